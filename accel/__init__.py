@@ -1,0 +1,10 @@
+"""accel-verify: block validation kernels (SHA-256/Merkle, Ed25519, option margin) on CUDA,
+OpenCL or the C fallback, bit-identical on all three."""
+from .backends import Backend, BackendUnavailable, KernelError, get_backend, probe
+from .config import AccelConfig, ConfigError
+from .merkle import MerkleProof, merkle_proof, merkle_root, sha256_many, verify_merkle_proof
+
+__all__ = [
+    "AccelConfig", "Backend", "BackendUnavailable", "ConfigError", "KernelError", "MerkleProof",
+    "get_backend", "merkle_proof", "merkle_root", "probe", "sha256_many", "verify_merkle_proof",
+]

@@ -1,0 +1,63 @@
+"""Backend registry: one instance per backend, created on first use; `auto` prefers a GPU."""
+from __future__ import annotations
+
+import threading
+
+from .. import config as _config
+from .base import Backend, BackendUnavailable, KernelError
+
+_lock = threading.Lock()
+_instances: dict[str, Backend] = {}
+
+
+def _create(name: str, cfg: _config.AccelConfig) -> Backend:
+    if name == "cpu":
+        from .cpu import CpuBackend
+        return CpuBackend(cfg.threads)
+    if name == "opencl":
+        from .opencl import OpenClBackend
+        return OpenClBackend(cfg.opencl_device)
+    if name == "cuda":
+        from .cuda import CudaBackend
+        return CudaBackend(cfg.cuda_device)
+    raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(_config.BACKENDS)}")
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """The backend called `name` (default: the configured one). Raises BackendUnavailable saying why."""
+    if isinstance(name, Backend):
+        return name
+    cfg = _config.load()
+    name = name or cfg.backend
+    if name == "auto":
+        return _auto(cfg)
+    with _lock:
+        if name not in _instances:
+            _instances[name] = _create(name, cfg)
+        return _instances[name]
+
+
+def _auto(cfg) -> Backend:
+    """CUDA, then an OpenCL GPU, then the C fallback."""
+    for name in ("cuda", "opencl"):
+        try:
+            b = get_backend(name)
+        except BackendUnavailable:
+            continue
+        if b.is_gpu:
+            return b
+    return get_backend("cpu")
+
+
+def probe() -> dict[str, Backend | BackendUnavailable]:
+    """Every backend, or the reason it cannot run here."""
+    out: dict[str, Backend | BackendUnavailable] = {}
+    for name in ("cpu", "opencl", "cuda"):
+        try:
+            out[name] = get_backend(name)
+        except BackendUnavailable as exc:
+            out[name] = exc
+    return out
+
+
+__all__ = ["Backend", "BackendUnavailable", "KernelError", "get_backend", "probe"]

@@ -1,0 +1,78 @@
+"""The one interface every backend implements: compile (lazily, per kernel module), allocate, copy,
+launch. Kernel sources are read from kernels/ and their quoted includes inlined here, so the GPU
+compilers and their caches see one self-contained text."""
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+_KERNEL_DEF = re.compile(r"KERNEL\s+void\s+av_(\w+)\s*\(")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here; the message says what is missing and how to get it."""
+
+
+class KernelError(RuntimeError):
+    """A kernel failed to compile or launch."""
+
+
+def inline_source(name: str, seen: set[str] | None = None) -> str:
+    """The text of kernels/<name> with every quoted include inlined once (include guards kept)."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return ""
+    seen.add(name)
+    text = (KERNEL_DIR / name).read_text()
+    return _INCLUDE.sub(lambda m: inline_source(m.group(1), seen), text)
+
+
+@lru_cache(maxsize=None)
+def kernel_modules() -> dict[str, str]:
+    """Kernel name -> the module header under kernels/ that defines it."""
+    found: dict[str, str] = {}
+    for path in sorted(KERNEL_DIR.glob("*.h")):
+        for kname in _KERNEL_DEF.findall(path.read_text()):
+            found[kname] = path.name
+    return found
+
+
+def module_of(kernel: str) -> str:
+    try:
+        return kernel_modules()[kernel]
+    except KeyError:
+        raise KernelError(f"no kernel av_{kernel} in {KERNEL_DIR}") from None
+
+
+class Backend(ABC):
+    name: str
+    device: str
+
+    @abstractmethod
+    def to_device(self, array: np.ndarray):
+        """A device copy of a host array (on cpu: the contiguous array itself)."""
+
+    @abstractmethod
+    def empty(self, shape, dtype):
+        """An uninitialised device buffer."""
+
+    @abstractmethod
+    def to_host(self, buffer) -> np.ndarray:
+        """The buffer's contents as a host NumPy array (waits for pending work)."""
+
+    @abstractmethod
+    def launch(self, kernel: str, n: int, *args) -> None:
+        """Run av_<kernel> over items 0..n-1; args are buffers or NumPy scalars of the C types."""
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name != "cpu"
+
+    def __repr__(self) -> str:
+        return f"<{self.name} backend: {self.device}>"

@@ -1,0 +1,55 @@
+"""The C fallback: the portable kernels compiled by cffi at install time, run across cores."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable, KernelError
+
+
+def _load():
+    try:
+        from accel import _native
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the C fallback is not built ({exc}); run `pip install -e .` (or `make test`)"
+        ) from exc
+    return _native
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def __init__(self, threads: int = 0):
+        native = _load()
+        self._ffi, self._lib = native.ffi, native.lib
+        self.threads = self._lib.av_set_threads(threads)
+        self.device = f"C fallback, {self.threads} threads of {os.cpu_count()} cores"
+
+    def to_device(self, array):
+        return np.ascontiguousarray(array)
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def to_host(self, buffer):
+        return buffer
+
+    def launch(self, kernel, n, *args):
+        try:
+            fn = getattr(self._lib, "av_" + kernel)
+        except AttributeError:
+            raise KernelError(f"the C fallback has no av_{kernel}; rebuild with `pip install -e .`") from None
+        params = self._ffi.typeof(fn).args
+        cargs = []
+        for ctype, arg in zip(params, args):
+            if isinstance(arg, np.ndarray):
+                if not arg.flags.c_contiguous:
+                    raise KernelError(f"av_{kernel}: buffer arguments must be C-contiguous")
+                cargs.append(self._ffi.cast(ctype, self._ffi.from_buffer(arg, require_writable=False)))
+            else:
+                cargs.append(arg.item() if isinstance(arg, np.generic) else arg)
+        rc = fn(*cargs, int(n))
+        if rc != 0:
+            raise KernelError(f"av_{kernel} returned {rc}")

@@ -1,0 +1,68 @@
+"""CUDA through CuPy: the kernel modules compiled by NVRTC, with FMA contraction off."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable, KernelError, inline_source, module_of
+
+NVRTC_OPTIONS = ("--fmad=false", "--std=c++14")
+BLOCK = 256
+
+
+def _import():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendUnavailable("CuPy is not installed (pip install 'accel-verify[cuda]')") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CuPy raises its own runtime error types when no driver is present
+        raise BackendUnavailable(f"no CUDA driver or device ({exc})") from exc
+    if count == 0:
+        raise BackendUnavailable("CUDA driver found but no CUDA device")
+    return cupy
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+
+    def __init__(self, device_index: int = 0):
+        self._cp = cp = _import()
+        self._dev = cp.cuda.Device(device_index)
+        props = cp.cuda.runtime.getDeviceProperties(device_index)
+        self.device = f"{props['name'].decode()} (CUDA device {device_index})"
+        self._modules: dict[str, object] = {}
+
+    def _module(self, module: str):
+        mod = self._modules.get(module)
+        if mod is None:
+            src = inline_source("portable.h") + "\n" + inline_source(module)
+            try:
+                mod = self._cp.RawModule(code=src, options=NVRTC_OPTIONS)
+                mod.compile()
+            except Exception as exc:
+                raise KernelError(f"NVRTC build of kernels/{module} failed: {exc}") from exc
+            self._modules[module] = mod
+        return mod
+
+    def to_device(self, array):
+        with self._dev:
+            return self._cp.asarray(np.ascontiguousarray(array))
+
+    def empty(self, shape, dtype):
+        with self._dev:
+            return self._cp.empty(shape, dtype)
+
+    def to_host(self, buffer):
+        with self._dev:
+            return self._cp.asnumpy(buffer)
+
+    def launch(self, kernel, n, *args):
+        if n == 0:
+            return
+        fn = self._module(module_of(kernel)).get_function("av_" + kernel)
+        with self._dev:
+            try:
+                fn(((int(n) + BLOCK - 1) // BLOCK,), (BLOCK,), (*args, np.uint64(n)))
+            except Exception as exc:
+                raise KernelError(f"CUDA launch of av_{kernel} failed: {exc}") from exc

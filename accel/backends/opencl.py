@@ -1,0 +1,122 @@
+"""OpenCL through pyopencl: a GPU in production, PoCL (a CPU OpenCL) in CI. Same kernel source."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable, KernelError, inline_source, module_of
+
+# Never -cl-mad-enable or -cl-fast-relaxed-math: results must match the other backends bit for bit.
+BUILD_OPTIONS = ["-cl-std=CL1.2"]
+
+
+def _import():
+    try:
+        import pyopencl as cl
+    except ImportError as exc:
+        raise BackendUnavailable("pyopencl is not installed (pip install 'accel-verify[opencl]')") from exc
+    return cl
+
+
+def list_devices() -> list:
+    cl = _import()
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as exc:
+        raise BackendUnavailable(
+            f"no OpenCL platform ({exc}); install a driver, e.g. `apt-get install pocl-opencl-icd` for CPU OpenCL"
+        ) from exc
+    return [d for p in platforms for d in p.get_devices()]
+
+
+def pick_device(prefer: str = ""):
+    """The device whose name contains `prefer`, else the first GPU, else the first device."""
+    cl = _import()
+    devices = list_devices()
+    if not devices:
+        raise BackendUnavailable("OpenCL platforms expose no device; `apt-get install pocl-opencl-icd` adds a CPU one")
+    if prefer:
+        named = [d for d in devices if prefer.lower() in d.name.lower()]
+        if not named:
+            raise BackendUnavailable(f"no OpenCL device matches {prefer!r}; have {[d.name for d in devices]}")
+        return named[0]
+    gpus = [d for d in devices if d.type & cl.device_type.GPU]
+    return (gpus or devices)[0]
+
+
+def is_gpu_device(device) -> bool:
+    return bool(device.type & _import().device_type.GPU)
+
+
+@dataclass
+class ClBuffer:
+    buf: object
+    shape: tuple
+    dtype: np.dtype
+
+
+class OpenClBackend(Backend):
+    name = "opencl"
+
+    def __init__(self, device_name: str = ""):
+        self._cl = cl = _import()
+        dev = pick_device(device_name)
+        self._dev = dev
+        self.device = f"{dev.name.strip()} ({dev.platform.name.strip()})"
+        if dev.double_fp_config == 0:
+            raise BackendUnavailable(f"OpenCL device {self.device} has no double precision")
+        self._ctx = cl.Context([dev])
+        self._queue = cl.CommandQueue(self._ctx)
+        self._programs: dict[str, object] = {}
+        self._kernels: dict[str, object] = {}
+
+    @property
+    def is_gpu(self) -> bool:
+        return is_gpu_device(self._dev)
+
+    def _program(self, module: str):
+        prog = self._programs.get(module)
+        if prog is None:
+            src = inline_source("portable.h") + "\n" + inline_source(module)
+            try:
+                prog = self._cl.Program(self._ctx, src).build(options=BUILD_OPTIONS)
+            except self._cl.Error as exc:
+                raise KernelError(f"OpenCL build of kernels/{module} failed on {self.device}:\n{exc}") from exc
+            self._programs[module] = prog
+        return prog
+
+    def to_device(self, array):
+        array = np.ascontiguousarray(array)
+        mf = self._cl.mem_flags
+        if array.nbytes:
+            buf = self._cl.Buffer(self._ctx, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=array)
+        else:
+            buf = self._cl.Buffer(self._ctx, mf.READ_WRITE, 1)  # OpenCL has no empty buffers
+        return ClBuffer(buf, array.shape, array.dtype)
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+        nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+        return ClBuffer(self._cl.Buffer(self._ctx, self._cl.mem_flags.READ_WRITE, nbytes), shape, dtype)
+
+    def to_host(self, buffer):
+        out = np.empty(buffer.shape, buffer.dtype)
+        if out.nbytes:
+            self._cl.enqueue_copy(self._queue, out, buffer.buf)
+        self._queue.finish()
+        return out
+
+    def launch(self, kernel, n, *args):
+        if n == 0:
+            return
+        fn = self._kernels.get(kernel)
+        if fn is None:
+            fn = self._kernels[kernel] = self._cl.Kernel(self._program(module_of(kernel)), "av_" + kernel)
+        cargs = [a.buf if isinstance(a, ClBuffer) else a for a in args]
+        try:
+            fn.set_args(*cargs, np.uint64(n))
+            self._cl.enqueue_nd_range_kernel(self._queue, fn, (int(n),), None)
+        except self._cl.Error as exc:
+            raise KernelError(f"OpenCL launch of av_{kernel} failed on {self.device}: {exc}") from exc

@@ -1,0 +1,102 @@
+"""SHA-256 of many messages and Merkle trees by CometBFT's rule (RFC 6962 hashing, split at the
+largest power of two below n), computed level by level on a backend."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dispatch
+from .packing import pack_messages
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def sha256_many(messages, backend=None) -> list[bytes]:
+    """SHA-256 digest of every message (list of bytes, or 2-D uint8 array of equal-length rows)."""
+    data, offsets = pack_messages(messages)
+    n = len(offsets) - 1
+
+    def work(b):
+        out = b.empty((n, 32), np.uint8)
+        b.launch("sha256_many", n, b.to_device(data), b.to_device(offsets), out)
+        return b.to_host(out)
+
+    digests = dispatch.run(backend, work) if n else np.empty((0, 32), np.uint8)
+    return [bytes(row) for row in digests]
+
+
+def _levels(b, data, offsets, keep: bool) -> list[np.ndarray]:
+    """Leaf hashes and every level above them on backend b; only the root level unless keep."""
+    n = len(offsets) - 1
+    level = b.empty((n, 32), np.uint8)
+    b.launch("merkle_leaves", n, b.to_device(data), b.to_device(offsets), level)
+    levels = [b.to_host(level)] if keep else []
+    count = n
+    while count > 1:
+        up = (count + 1) // 2
+        above = b.empty((up, 32), np.uint8)
+        b.launch("merkle_level", up, level, np.uint64(count), above)
+        level, count = above, up
+        if keep:
+            levels.append(b.to_host(level))
+    return levels if keep else [b.to_host(level)]
+
+
+def merkle_root(leaves, backend=None) -> bytes:
+    """Root of the tree over `leaves` (list of bytes or 2-D uint8 array); SHA-256('') when empty."""
+    data, offsets = pack_messages(leaves, "leaf")
+    if len(offsets) == 1:
+        return EMPTY_ROOT
+    top = dispatch.run(backend, lambda b: _levels(b, data, offsets, keep=False))
+    return bytes(top[-1][0])
+
+
+@dataclass(frozen=True)
+class MerkleProof:
+    """CometBFT's proof: the leaf's position, its hash and the sibling hashes from the bottom up."""
+    total: int
+    index: int
+    leaf_hash: bytes
+    aunts: tuple[bytes, ...]
+
+
+def merkle_proof(leaves, index: int, backend=None) -> MerkleProof:
+    data, offsets = pack_messages(leaves, "leaf")
+    total = len(offsets) - 1
+    if not 0 <= index < total:
+        raise ValueError(f"index {index} is outside a tree of {total} leaves")
+    levels = dispatch.run(backend, lambda b: _levels(b, data, offsets, keep=True))
+    aunts, i = [], index
+    for level in levels[:-1]:
+        sibling = i ^ 1
+        if sibling < len(level):
+            aunts.append(bytes(level[sibling]))
+        i //= 2
+    return MerkleProof(total, index, bytes(levels[0][index]), tuple(aunts))
+
+
+def leaf_hash(leaf: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + leaf).digest()
+
+
+def inner_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def verify_merkle_proof(root: bytes, leaf: bytes, proof: MerkleProof) -> bool:
+    """Whether `leaf` sits at proof.index of a proof.total-leaf tree with this root."""
+    if not isinstance(proof, MerkleProof):
+        raise TypeError(f"proof must be a MerkleProof, not {type(proof).__name__}")
+    if not 0 <= proof.index < proof.total or leaf_hash(leaf) != proof.leaf_hash:
+        return False
+    h, i, count, aunts = proof.leaf_hash, proof.index, proof.total, list(proof.aunts)
+    while count > 1:
+        if i ^ 1 < count:  # a last odd node is carried up without a sibling
+            if not aunts:
+                return False
+            sib = aunts.pop(0)
+            h = inner_hash(sib, h) if i & 1 else inner_hash(h, sib)
+        i, count = i // 2, (count + 1) // 2
+    return not aunts and h == root

@@ -1,0 +1,2 @@
+/* Every kernel module, for whole-source builds (nvcc check, OpenCL full build). */
+#include "merkle.h"

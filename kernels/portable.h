@@ -1,0 +1,56 @@
+/* Portability layer: the only place where CUDA, OpenCL C and C99 differ.
+ *
+ * Kernel math is written once against these names:
+ *   u8 u32 u64 i32 i64   fixed-width integers
+ *   DEVICE               a helper function callable from a kernel
+ *   GLOBAL               address-space qualifier of buffers passed in from the host
+ *   CONSTANT_TABLE       qualifier of a file-scope read-only table
+ *   KERNEL               a kernel entry point (GPU targets only; C loops over items itself)
+ *   GLOBAL_ID            index of the current work item (GPU targets only)
+ *
+ * Item functions take the item index as their first argument and GLOBAL buffers after it, so the
+ * GPU entries launch one item per thread and the C entry loops over items across cores.
+ * Floating point must never be contracted into FMA: every target is built with contraction off
+ * (NVRTC --fmad=false, OpenCL FP_CONTRACT OFF, gcc -ffp-contract=off). */
+#ifndef AV_PORTABLE_H
+#define AV_PORTABLE_H
+
+#if defined(__OPENCL_VERSION__)
+#pragma OPENCL FP_CONTRACT OFF
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+typedef uchar u8;
+typedef uint u32;
+typedef ulong u64;
+typedef int i32;
+typedef long i64;
+#define DEVICE static inline
+#define GLOBAL __global
+#define CONSTANT_TABLE __constant
+#define KERNEL __kernel
+#define GLOBAL_ID ((u64)get_global_id(0))
+
+#elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef int i32;
+typedef long long i64;
+#define DEVICE static __device__ inline
+#define GLOBAL
+#define CONSTANT_TABLE static __device__ const
+#define KERNEL extern "C" __global__
+#define GLOBAL_ID ((u64)blockIdx.x * (u64)blockDim.x + (u64)threadIdx.x)
+
+#else
+#include <stdint.h>
+typedef uint8_t u8;
+typedef uint32_t u32;
+typedef uint64_t u64;
+typedef int32_t i32;
+typedef int64_t i64;
+#define DEVICE static inline
+#define GLOBAL
+#define CONSTANT_TABLE static const
+#endif
+
+#endif
