@@ -3,53 +3,92 @@
 #include "../kernels/merkle.h"
 #include "cpu/sha256_ni.h"
 
+/* Below this many items (about 0.2 ms of hashing) waking other threads costs more than it saves,
+ * and on a busy machine a descheduled thread stalls the whole region. */
+#define AV_PAR_MIN 8192
+#define AV_LANES 2
+
 #ifdef AV_HAVE_SHANI_CODE
 static int use_shani(void) {
     static int cached = -1;
     if (cached < 0) cached = sha256_ni_available();
     return cached;
 }
+
+/* Items AV_LANES*g .. AV_LANES*g+AV_LANES-1 of a packed batch, side by side when all are short. */
+static void ni_hash_group(uint64_t g, uint64_t n, int has_prefix, uint8_t prefix, const uint8_t *data,
+                          const uint64_t *offsets, uint8_t *out) {
+    uint64_t i = AV_LANES * g, len[AV_LANES];
+    const uint8_t *m[AV_LANES];
+    uint8_t *o[AV_LANES];
+    int short_all = i + AV_LANES <= n;
+    for (int l = 0; short_all && l < AV_LANES; ++l) {
+        len[l] = offsets[i + l + 1] - offsets[i + l];
+        m[l] = data + offsets[i + l];
+        o[l] = out + 32 * (i + l);
+        short_all = len[l] < 119;
+    }
+    if (short_all && has_prefix && prefix == 0x00 && len[0] == 32 && len[1] == 32) {
+        sha256_ni_leaf32_x2(o, m);
+        return;
+    }
+    if (short_all) {
+        sha256_ni_digest_x2(o, has_prefix, prefix, m, len);
+        return;
+    }
+    for (uint64_t j = i; j < i + AV_LANES && j < n; ++j)
+        sha256_ni_digest(out + 32 * j, has_prefix, prefix, data + offsets[j], offsets[j + 1] - offsets[j]);
+}
 #else
 static int use_shani(void) { return 0; }
-#define sha256_ni_digest(out, hp, p, msg, len) ((void)0)
+#define ni_hash_group(g, n, hp, pre, data, offsets, out) ((void)0)
 #endif
 
-/* Below this many items a parallel region costs more than it saves. */
-#define AV_PAR_MIN 512
-
-int av_sha256_many(const uint8_t *data, const uint64_t *offsets, uint8_t *out, uint64_t n) {
-    int ni = use_shani();
+static int hash_packed(const uint8_t *data, const uint64_t *offsets, uint8_t *out, uint64_t n, int has_prefix,
+                       uint8_t prefix) {
+    if (use_shani()) {
+#pragma omp parallel for schedule(dynamic, 128) if (n >= AV_PAR_MIN)
+        for (int64_t g = 0; g < (int64_t)((n + AV_LANES - 1) / AV_LANES); ++g)
+            ni_hash_group((uint64_t)g, n, has_prefix, prefix, data, offsets, out);
+        return 0;
+    }
 #pragma omp parallel for schedule(dynamic, 256) if (n >= AV_PAR_MIN)
     for (int64_t i = 0; i < (int64_t)n; ++i) {
-        if (ni)
-            sha256_ni_digest(out + 32 * i, 0, 0, data + offsets[i], offsets[i + 1] - offsets[i]);
+        if (has_prefix)
+            merkle_leaves_item((u64)i, data, offsets, out);
         else
             sha256_many_item((u64)i, data, offsets, out);
     }
     return 0;
 }
 
+int av_sha256_many(const uint8_t *data, const uint64_t *offsets, uint8_t *out, uint64_t n) {
+    return hash_packed(data, offsets, out, n, 0, 0);
+}
+
 int av_merkle_leaves(const uint8_t *data, const uint64_t *offsets, uint8_t *out, uint64_t n) {
-    int ni = use_shani();
-#pragma omp parallel for schedule(dynamic, 1024) if (n >= AV_PAR_MIN)
-    for (int64_t i = 0; i < (int64_t)n; ++i) {
-        if (ni)
-            sha256_ni_digest(out + 32 * i, 1, 0x00, data + offsets[i], offsets[i + 1] - offsets[i]);
-        else
-            merkle_leaves_item((u64)i, data, offsets, out);
-    }
-    return 0;
+    return hash_packed(data, offsets, out, n, 1, 0x00);
 }
 
 int av_merkle_level(const uint8_t *below, uint64_t count, uint8_t *above, uint64_t n) {
-    int ni = use_shani();
+    uint64_t pairs = count / 2; /* nodes with two children; an odd last one is copied up */
+    if (use_shani()) {
 #pragma omp parallel for schedule(static) if (n >= AV_PAR_MIN)
-    for (int64_t i = 0; i < (int64_t)n; ++i) {
-        if (ni && 2 * (uint64_t)i + 1 < count)
-            sha256_ni_digest(above + 32 * i, 1, 0x01, below + 64 * i, 64);
-        else
-            merkle_level_item((u64)i, below, count, above);
+        for (int64_t g = 0; g < (int64_t)((pairs + AV_LANES - 1) / AV_LANES); ++g) {
+            uint64_t i = AV_LANES * (uint64_t)g;
+            if (i + AV_LANES <= pairs) {
+                const uint8_t *m[AV_LANES] = {below + 64 * i, below + 64 * i + 64};
+                uint8_t *o[AV_LANES] = {above + 32 * i, above + 32 * i + 32};
+                sha256_ni_inner_x2(o, m);
+            } else {
+                for (uint64_t j = i; j < pairs; ++j) sha256_ni_digest(above + 32 * j, 1, 0x01, below + 64 * j, 64);
+            }
+        }
+        if (count & 1) merkle_level_item(pairs, below, count, above);
+        return 0;
     }
+#pragma omp parallel for schedule(static) if (n >= AV_PAR_MIN)
+    for (int64_t i = 0; i < (int64_t)n; ++i) merkle_level_item((u64)i, below, count, above);
     return 0;
 }
 

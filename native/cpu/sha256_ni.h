@@ -19,79 +19,181 @@ static int sha256_ni_available(void) {
 
 #define AV_SHANI __attribute__((target("sha,sse4.1,ssse3")))
 
-AV_SHANI static void sha256_ni_blocks(uint32_t state[8], const uint8_t *data, size_t nblocks) {
-    static const uint32_t K[64] = {
-        0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
-        0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
-        0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu, 0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau,
-        0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u, 0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u,
-        0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu, 0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u,
-        0xa2bfe8a1u, 0xa81a664bu, 0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u,
-        0x19a4c116u, 0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
-        0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u, 0xc67178f2u};
-    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state[0]), 0xB1); /* CDAB */
-    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&state[4]), 0x1B);  /* EFGH */
-    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);                                            /* ABEF */
-    s1 = _mm_blend_epi16(s1, tmp, 0xF0);                                                 /* CDGH */
-    for (; nblocks; --nblocks, data += 64) {
-        __m128i abef = s0, cdgh = s1, w[16];
-#pragma GCC unroll 16
-        for (int g = 0; g < 16; ++g) {
-            if (g < 4)
-                w[g] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(data + 16 * g)), bswap);
-            else
-                w[g] = _mm_sha256msg2_epu32(
-                    _mm_add_epi32(_mm_sha256msg1_epu32(w[g - 4], w[g - 3]), _mm_alignr_epi8(w[g - 1], w[g - 2], 4)),
-                    w[g - 1]);
-            __m128i m = _mm_add_epi32(w[g], _mm_loadu_si128((const __m128i *)&K[4 * g]));
-            s1 = _mm_sha256rnds2_epu32(s1, s0, m);
-            s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(m, 0x0E));
-        }
-        s0 = _mm_add_epi32(s0, abef);
-        s1 = _mm_add_epi32(s1, cdgh);
-    }
-    tmp = _mm_shuffle_epi32(s0, 0x1B);     /* FEBA */
-    s1 = _mm_shuffle_epi32(s1, 0xB1);      /* DCHG */
-    s0 = _mm_blend_epi16(tmp, s1, 0xF0);   /* DCBA */
-    s1 = _mm_alignr_epi8(s1, tmp, 8);      /* HGFE */
-    _mm_storeu_si128((__m128i *)&state[0], s0);
-    _mm_storeu_si128((__m128i *)&state[4], s1);
+static const uint32_t SHA256_NI_K[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
+    0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
+    0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu, 0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau,
+    0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u, 0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u,
+    0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu, 0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u,
+    0xa2bfe8a1u, 0xa81a664bu, 0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u,
+    0x19a4c116u, 0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u, 0xc67178f2u};
+static const uint32_t SHA256_NI_IV[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+                                         0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+
+/* The SHA instructions keep the state as ABEF / CDGH halves. */
+AV_SHANI static inline void ni_load(const uint32_t h[8], __m128i s[2]) {
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B); /* EFGH */
+    s[0] = _mm_alignr_epi8(tmp, efgh, 8);      /* ABEF */
+    s[1] = _mm_blend_epi16(efgh, tmp, 0xF0);   /* CDGH */
 }
 
-/* SHA-256 of (prefix byte, if has_prefix) || msg, big-endian digest into out. */
-static void sha256_ni_digest(uint8_t out[32], int has_prefix, uint8_t prefix, const uint8_t *msg, uint64_t len) {
-    uint32_t h[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
-                     0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
-    uint8_t block[128];
-    uint64_t total = len + (has_prefix ? 1 : 0), done = 0;
-    if (has_prefix && len >= 63) { /* first block straddles the prefix: build it */
-        block[0] = prefix;
-        memcpy(block + 1, msg, 63);
-        sha256_ni_blocks(h, block, 1);
+AV_SHANI static inline void ni_store_digest(uint8_t out[32], const __m128i s[2]) {
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i feba = _mm_shuffle_epi32(s[0], 0x1B);
+    __m128i dchg = _mm_shuffle_epi32(s[1], 0xB1);
+    __m128i dcba = _mm_blend_epi16(feba, dchg, 0xF0);
+    __m128i hgfe = _mm_alignr_epi8(dchg, feba, 8);
+    _mm_storeu_si128((__m128i *)out, _mm_shuffle_epi8(dcba, bswap));
+    _mm_storeu_si128((__m128i *)(out + 16), _mm_shuffle_epi8(hgfe, bswap));
+}
+
+/* One block into each of LANES independent states: interleaving hides the rounds' latency. */
+#define AV_NI_BLOCKS(LANES)                                                                          \
+    AV_SHANI static inline void ni_block_x##LANES(__m128i s[LANES][2], const uint8_t *d[LANES]) {    \
+        const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);        \
+        __m128i save[LANES][2], w[LANES][4];                                                         \
+        for (int l = 0; l < LANES; ++l) { save[l][0] = s[l][0]; save[l][1] = s[l][1]; }              \
+        _Pragma("GCC unroll 16") for (int g = 0; g < 16; ++g) {                                      \
+            __m128i k = _mm_loadu_si128((const __m128i *)&SHA256_NI_K[4 * g]);                      \
+            for (int l = 0; l < LANES; ++l) {                                                        \
+                __m128i wg;                                                                          \
+                if (g < 4)                                                                           \
+                    wg = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(d[l] + 16 * g)), bswap); \
+                else                                                                                 \
+                    wg = _mm_sha256msg2_epu32(                                                       \
+                        _mm_add_epi32(_mm_sha256msg1_epu32(w[l][g & 3], w[l][(g + 1) & 3]),         \
+                                      _mm_alignr_epi8(w[l][(g + 3) & 3], w[l][(g + 2) & 3], 4)),    \
+                        w[l][(g + 3) & 3]);                                                          \
+                w[l][g & 3] = wg;                                                                    \
+                __m128i m = _mm_add_epi32(wg, k);                                                    \
+                s[l][1] = _mm_sha256rnds2_epu32(s[l][1], s[l][0], m);                                \
+                s[l][0] = _mm_sha256rnds2_epu32(s[l][0], s[l][1], _mm_shuffle_epi32(m, 0x0E));       \
+            }                                                                                        \
+        }                                                                                            \
+        for (int l = 0; l < LANES; ++l) {                                                            \
+            s[l][0] = _mm_add_epi32(s[l][0], save[l][0]);                                            \
+            s[l][1] = _mm_add_epi32(s[l][1], save[l][1]);                                            \
+        }                                                                                            \
+    }
+AV_NI_BLOCKS(1)
+
+/* Message (prefix byte, if has_prefix) || msg padded into buf; returns its block count, or 0 if it
+ * needs more than two blocks (the caller then streams it). */
+static inline int ni_pad_short(uint8_t buf[128], int has_prefix, uint8_t prefix, const uint8_t *msg, uint64_t len) {
+    uint64_t total = len + (has_prefix ? 1 : 0);
+    if (total > 119) return 0;
+    int nb = total + 9 <= 64 ? 1 : 2;
+    size_t pos = 0;
+    if (has_prefix) buf[pos++] = prefix;
+    memcpy(buf + pos, msg, len);
+    pos += len;
+    buf[pos++] = 0x80;
+    memset(buf + pos, 0, 64 * nb - pos);
+    uint64_t bits = total * 8;
+    for (int k = 0; k < 8; ++k) buf[64 * nb - 1 - k] = (uint8_t)(bits >> (8 * k));
+    return nb;
+}
+
+/* SHA-256 of (prefix byte, if has_prefix) || msg, any length, into out. */
+AV_SHANI static void sha256_ni_digest(uint8_t out[32], int has_prefix, uint8_t prefix, const uint8_t *msg, uint64_t len) {
+    __m128i s[1][2];
+    uint8_t buf[128];
+    const uint8_t *d[1];
+    ni_load(SHA256_NI_IV, s[0]);
+    uint64_t total = len + (has_prefix ? 1 : 0);
+    if (has_prefix && len >= 64) { /* the first block straddles the prefix */
+        buf[0] = prefix;
+        memcpy(buf + 1, msg, 63);
+        d[0] = buf;
+        ni_block_x1(s, d);
         msg += 63;
-        done = 64;
+        len -= 63;
         has_prefix = 0;
     }
-    uint64_t rest = total - done;
-    uint64_t whole = has_prefix ? 0 : rest / 64;
-    sha256_ni_blocks(h, msg, whole);
-    msg += whole * 64;
-    uint64_t tail = rest - whole * 64; /* bytes left, prefix included */
-    size_t pos = 0;
-    if (has_prefix) block[pos++] = prefix;
-    memcpy(block + pos, msg, tail - pos);
-    pos = tail;
-    block[pos++] = 0x80;
-    size_t blen = pos + 8 <= 64 ? 64 : 128;
-    memset(block + pos, 0, blen - pos);
-    uint64_t bits = total * 8;
-    for (int k = 0; k < 8; ++k) block[blen - 1 - k] = (uint8_t)(bits >> (8 * k));
-    sha256_ni_blocks(h, block, blen / 64);
-    for (int j = 0; j < 8; ++j) {
-        out[4 * j] = (uint8_t)(h[j] >> 24); out[4 * j + 1] = (uint8_t)(h[j] >> 16);
-        out[4 * j + 2] = (uint8_t)(h[j] >> 8); out[4 * j + 3] = (uint8_t)h[j];
+    for (; len >= 64 && !has_prefix; len -= 64, msg += 64) {
+        d[0] = msg;
+        ni_block_x1(s, d);
     }
+    int nb = ni_pad_short(buf, has_prefix, prefix, msg, len);
+    /* the tail fits two blocks, but its length field must count the whole message */
+    uint64_t bits = total * 8;
+    for (int k = 0; k < 8; ++k) buf[64 * nb - 1 - k] = (uint8_t)(bits >> (8 * k));
+    for (int b = 0; b < nb; ++b) {
+        d[0] = buf + 64 * b;
+        ni_block_x1(s, d);
+    }
+    ni_store_digest(out, s[0]);
 }
+
+/* LANES short messages (each at most 119 bytes with its prefix) hashed side by side; lanes whose
+ * block counts differ from lane 0's are finished one at a time. */
+#define AV_NI_DIGEST_LANES(LANES)                                                                     \
+    AV_SHANI static void sha256_ni_digest_x##LANES(uint8_t *out[LANES], int has_prefix, uint8_t prefix, \
+                                                   const uint8_t *m[LANES], const uint64_t len[LANES]) { \
+        uint8_t buf[LANES][128];                                                                      \
+        __m128i s[LANES][2];                                                                          \
+        const uint8_t *d[LANES];                                                                      \
+        int nb[LANES], same = 1;                                                                      \
+        for (int l = 0; l < LANES; ++l) {                                                             \
+            nb[l] = ni_pad_short(buf[l], has_prefix, prefix, m[l], len[l]);                           \
+            same &= nb[l] == nb[0];                                                                   \
+            ni_load(SHA256_NI_IV, s[l]);                                                              \
+        }                                                                                             \
+        if (!same) {                                                                                  \
+            for (int l = 0; l < LANES; ++l) sha256_ni_digest(out[l], has_prefix, prefix, m[l], len[l]); \
+            return;                                                                                   \
+        }                                                                                             \
+        for (int b = 0; b < nb[0]; ++b) {                                                             \
+            for (int l = 0; l < LANES; ++l) d[l] = buf[l] + 64 * b;                                   \
+            ni_block_x##LANES(s, d);                                                                  \
+        }                                                                                             \
+        for (int l = 0; l < LANES; ++l) ni_store_digest(out[l], s[l]);                                \
+    }
+AV_NI_BLOCKS(2)
+AV_NI_DIGEST_LANES(2)
+
+/* Merkle's two hot shapes with their padding laid out once: a 32-byte leaf behind 0x00 (one
+ * block) and an inner node 0x01 || left || right (two blocks, the second nearly all padding). */
+AV_SHANI static void sha256_ni_leaf32_x2(uint8_t *out[2], const uint8_t *m[2]) {
+    uint8_t buf[2][64];
+    __m128i s[2][2];
+    const uint8_t *d[2] = {buf[0], buf[1]};
+    for (int l = 0; l < 2; ++l) {
+        memset(buf[l], 0, 64);
+        memcpy(buf[l] + 1, m[l], 32);
+        buf[l][33] = 0x80;
+        buf[l][62] = 0x01; /* 33 bytes = 264 bits */
+        buf[l][63] = 0x08;
+        ni_load(SHA256_NI_IV, s[l]);
+    }
+    ni_block_x2(s, d);
+    ni_store_digest(out[0], s[0]);
+    ni_store_digest(out[1], s[1]);
+}
+
+AV_SHANI static void sha256_ni_inner_x2(uint8_t *out[2], const uint8_t *children[2]) {
+    uint8_t buf[2][128];
+    __m128i s[2][2];
+    const uint8_t *d[2];
+    for (int l = 0; l < 2; ++l) {
+        buf[l][0] = 0x01;
+        memcpy(buf[l] + 1, children[l], 64);
+        memset(buf[l] + 65, 0, 63);
+        buf[l][65] = 0x80;
+        buf[l][126] = 0x02; /* 65 bytes = 520 bits */
+        buf[l][127] = 0x08;
+        ni_load(SHA256_NI_IV, s[l]);
+    }
+    for (int b = 0; b < 2; ++b) {
+        d[0] = buf[0] + 64 * b;
+        d[1] = buf[1] + 64 * b;
+        ni_block_x2(s, d);
+    }
+    ni_store_digest(out[0], s[0]);
+    ni_store_digest(out[1], s[1]);
+}
+
 #endif
 #endif

@@ -1,0 +1,295 @@
+"""Options risk: batch Black-76 / Black-Scholes-Merton greeks and per-account margin in integer
+ticks, computed by kernels/risk.h so every backend returns the same bytes. Units, conversions and
+every margin parameter: docs/RISK.md."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import numpy as np
+
+from . import dispatch
+
+# Instrument flags (kernels/black76.h, kernels/margin.h): kind = PUT | CALL | FUTURE, plus INVERSE.
+PUT, CALL, INVERSE, FUTURE = 0, 1, 2, 8
+_SPOT = 4
+_KINDS = (PUT, CALL, FUTURE, PUT | INVERSE, CALL | INVERSE, FUTURE | INVERSE)
+_MAX_MOVES = _MAX_EXT = 16  # RK_MAX_MOVES, RK_MAX_EXT
+_MAX_EXP_ARG = 700.0  # |r t| and |(r-q) t| beyond this overflow the discount/growth factor
+
+
+class Greeks(NamedTuple):
+    price: np.ndarray
+    delta: np.ndarray
+    gamma: np.ndarray
+    vega: np.ndarray
+    theta: np.ndarray
+    rho: np.ndarray
+
+
+class MarginResult(NamedTuple):
+    initial: np.ndarray  # int64 ticks
+    maintenance: np.ndarray  # int64 ticks
+    worst: np.ndarray  # int32 scenario index, see MarginParams.scenario
+
+
+@dataclass(frozen=True)
+class MarginParams:
+    """Margin model parameters; docs/RISK.md explains each. Fractions are of the index price."""
+    moves: tuple = (-0.16, -0.12, -0.08, -0.04, 0.0, 0.04, 0.08, 0.12, 0.16)
+    vol_up: float = 0.45
+    vol_down: float = 0.30
+    vol_ref_days: float = 30.0
+    vol_exponent: float = 0.3
+    vol_down_floor: float = 0.1
+    days_per_year: float = 365.0
+    extended_moves: tuple = (-0.66, -0.33, 0.5, 1.0, 2.0)
+    extended_weight: float = 0.5
+    short_option_contingency: float = 0.012
+    initial_multiplier: float = 1.3
+    tick: float = 1e-8
+    option_initial: float = 0.15
+    option_initial_floor: float = 0.10
+    option_maintenance: float = 0.075
+    future_initial: float = 0.02
+    future_maintenance: float = 0.01
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+                raise ValueError(f"MarginParams.{f.name} must be finite numbers, not {value!r}")
+        if not 1 <= len(self.moves) <= _MAX_MOVES or not len(self.extended_moves) <= _MAX_EXT:
+            raise ValueError(f"MarginParams: 1..{_MAX_MOVES} moves and at most {_MAX_EXT} extended moves")
+        if min(self.moves + self.extended_moves) <= -1.0:
+            raise ValueError("MarginParams: every move must be above -1 (-100%)")
+        if not 0.0 < self.vol_down_floor <= 1.0:
+            raise ValueError(f"MarginParams.vol_down_floor must be in (0, 1], not {self.vol_down_floor}")
+        if self.initial_multiplier < 1.0:
+            raise ValueError(f"MarginParams.initial_multiplier must be >= 1, not {self.initial_multiplier}")
+        for name in ("vol_ref_days", "days_per_year", "tick"):
+            if getattr(self, name) <= 0.0:
+                raise ValueError(f"MarginParams.{name} must be > 0, not {getattr(self, name)}")
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), tuple) and getattr(self, f.name) < 0.0:
+                raise ValueError(f"MarginParams.{f.name} must be >= 0, not {getattr(self, f.name)}")
+
+    @property
+    def n_scenarios(self) -> int:
+        return 3 * len(self.moves) + len(self.extended_moves)
+
+    def scenario(self, i: int) -> tuple[float, str]:
+        """(underlying move, vol state) of scenario i as reported in MarginResult.worst."""
+        n = len(self.moves)
+        if not 0 <= i < self.n_scenarios:
+            raise ValueError(f"scenario index {i} outside 0..{self.n_scenarios - 1}")
+        if i >= 3 * n:
+            return self.extended_moves[i - 3 * n], "up"
+        return self.moves[i % n], ("up", "same", "down")[i // n]
+
+    def _array(self, index: float, rate: float) -> np.ndarray:
+        """The kernel's parameter array (layout: RK_P_* in kernels/margin.h)."""
+        head = [len(self.moves), len(self.extended_moves), self.vol_up, self.vol_down, self.vol_ref_days,
+                self.vol_exponent, self.vol_down_floor, self.days_per_year, self.extended_weight,
+                self.short_option_contingency, self.initial_multiplier, self.tick, rate, index,
+                self.option_initial, self.option_initial_floor, self.option_maintenance,
+                self.future_initial, self.future_maintenance]
+        return np.array(head + list(self.moves) + list(self.extended_moves), np.float64)
+
+
+@dataclass(frozen=True)
+class Portfolio:
+    """Positions of many accounts: account a holds rows offsets[a]..offsets[a+1]-1 of
+    (instrument, size); size in contracts, negative = short (USD notional for inverse futures)."""
+    offsets: np.ndarray
+    instrument: np.ndarray
+    size: np.ndarray
+
+    def __post_init__(self):
+        object.__setattr__(self, "offsets", _int_array("offsets", self.offsets, np.int64))
+        object.__setattr__(self, "instrument", _int_array("instrument", self.instrument, np.int32))
+        object.__setattr__(self, "size", _float_array("size", self.size))
+        off, n = self.offsets, len(self.instrument)
+        if len(off) == 0 or off[0] != 0 or off[-1] != n:
+            raise ValueError(f"offsets must start at 0 and end at the number of positions ({n})")
+        _first_bad("offsets", np.diff(off) < 0, off[1:], "must not decrease")
+        if len(self.size) != n:
+            raise ValueError(f"size has {len(self.size)} entries, instrument has {n}")
+        _first_bad("size", ~np.isfinite(self.size), self.size, "must be finite")
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Instrument table with its marks: one row per instrument; kind is PUT, CALL or FUTURE, plus
+    INVERSE for coin-settled ones. expiry in years, vol and rate per year; strike and vol are
+    ignored for futures. index is the underlying index price."""
+    index: float
+    rate: float
+    forward: np.ndarray
+    strike: np.ndarray
+    expiry: np.ndarray
+    vol: np.ndarray
+    kind: np.ndarray
+
+    def __post_init__(self):
+        if not (np.isfinite(self.index) and self.index > 0):
+            raise ValueError(f"index must be finite and > 0, not {self.index!r}")
+        if not np.isfinite(self.rate):
+            raise ValueError(f"rate must be finite, not {self.rate!r}")
+        for name in ("forward", "strike", "expiry", "vol"):
+            object.__setattr__(self, name, _float_array(name, getattr(self, name)))
+        object.__setattr__(self, "kind", _int_array("kind", self.kind, np.uint8))
+        m = len(self.kind)
+        for name in ("forward", "strike", "expiry", "vol"):
+            if len(getattr(self, name)) != m:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, kind has {m}")
+        _first_bad("kind", ~np.isin(self.kind, _KINDS), self.kind, f"must be one of {_KINDS}")
+        option = (self.kind & FUTURE) == 0
+        _positive("forward", self.forward)
+        _first_bad("strike", option & ~_is_positive(self.strike), self.strike, "must be finite and > 0 for an option")
+        _first_bad("vol", option & ~_is_positive(self.vol), self.vol, "must be finite and > 0 for an option")
+        _first_bad("expiry", ~_is_nonnegative(self.expiry), self.expiry, "must be finite and >= 0")
+        _first_bad("expiry", np.abs(self.rate * self.expiry) > _MAX_EXP_ARG, self.expiry,
+                   f"makes |rate * expiry| exceed {_MAX_EXP_ARG}")
+
+
+def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False, index=None,
+           backend=None) -> Greeks:
+    """Price, delta, gamma, vega, theta, rho of European options, per 1.00 (docs/RISK.md).
+
+    q=None: Black-76, the first argument is the forward. Otherwise Black-Scholes-Merton: the first
+    argument is the spot and q the dividend / carry yield (F = S exp((r - q) t)), greeks by spot.
+    inverse: coin-settled, every output divided by `index` (default: the first argument).
+    Scalars broadcast; arrays must share one length. t = 0 is expiry (intrinsic value)."""
+    spot = q is not None
+    names = ("forward_or_spot", "strike", "t", "r", "vol", "q", "index")
+    raw = (forward_or_spot, strike, t, r, vol, 0.0 if q is None else q,
+           forward_or_spot if index is None else index)
+    n = _common_length(dict(zip(names, raw)) | {"is_call": is_call, "inverse": inverse})
+    x, k, tt, rr, vv, qq, ix = (_float_array(nm, np.broadcast_to(np.asarray(v, np.float64), (n,)))
+                                for nm, v in zip(names, raw))
+    _positive("forward_or_spot", x)
+    _positive("strike", k)
+    _positive("vol", vv)
+    _positive("index", ix)
+    _first_bad("t", ~_is_nonnegative(tt), tt, "must be finite and >= 0")
+    _first_bad("r", ~np.isfinite(rr), rr, "must be finite")
+    _first_bad("q", ~np.isfinite(qq), qq, "must be finite")
+    _first_bad("r", np.abs(rr * tt) > _MAX_EXP_ARG, rr, f"makes |r * t| exceed {_MAX_EXP_ARG}")
+    _first_bad("q", np.abs((rr - qq) * tt) > _MAX_EXP_ARG, qq, f"makes |(r - q) * t| exceed {_MAX_EXP_ARG}")
+    flags = (np.broadcast_to(np.asarray(is_call, bool), (n,)) * np.uint8(CALL)
+             | np.broadcast_to(np.asarray(inverse, bool), (n,)) * np.uint8(INVERSE)
+             | np.uint8(_SPOT if spot else 0)).astype(np.uint8)
+
+    def work(b):
+        out = b.empty((6, n), np.float64)
+        b.launch("greeks", n, *(b.to_device(a) for a in (x, k, tt, rr, qq, vv, ix, flags)), out)
+        return b.to_host(out)
+
+    out = dispatch.run(backend, work) if n else np.empty((6, 0))
+    return Greeks(*out)
+
+
+def portfolio_margin(portfolio, marks, params: MarginParams | None = None, backend=None) -> MarginResult:
+    """Per-account initial and maintenance margin (int64 ticks) and worst scenario (int32) under
+    the portfolio model: the worst scenario loss plus the short option contingency."""
+    pf, mk, pp = _margin_inputs(portfolio, marks, params)
+    n = len(pf.offsets) - 1
+
+    def work(b):
+        im, mm, worst = b.empty(n, np.int64), b.empty(n, np.int64), b.empty(n, np.int32)
+        b.launch("portfolio_margin", n, *_margin_buffers(b, pf, mk, pp), im, mm, worst)
+        return b.to_host(im), b.to_host(mm), b.to_host(worst)
+
+    im, mm, worst = dispatch.run(backend, work)
+    _check_ticks(mm, im)
+    return MarginResult(im, mm, worst)
+
+
+def standard_margin(portfolio, marks, params: MarginParams | None = None, backend=None):
+    """Per-account (initial, maintenance) in int64 ticks without the portfolio model: per short
+    option and per future, summed (docs/RISK.md)."""
+    pf, mk, pp = _margin_inputs(portfolio, marks, params)
+    n = len(pf.offsets) - 1
+
+    def work(b):
+        im, mm = b.empty(n, np.int64), b.empty(n, np.int64)
+        b.launch("standard_margin", n, *_margin_buffers(b, pf, mk, pp), im, mm)
+        return b.to_host(im), b.to_host(mm)
+
+    im, mm = dispatch.run(backend, work)
+    _check_ticks(mm, im)
+    return im, mm
+
+
+def _margin_inputs(portfolio, marks, params):
+    pf = portfolio if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
+    mk = marks if isinstance(marks, Marks) else Marks(**marks)
+    params = MarginParams() if params is None else params
+    _first_bad("instrument", (pf.instrument < 0) | (pf.instrument >= len(mk.kind)), pf.instrument,
+               f"must index the {len(mk.kind)} instruments of marks")
+    return pf, mk, params._array(float(mk.index), float(mk.rate))
+
+
+def _margin_buffers(b, pf, mk, pp):
+    arrays = (pf.offsets, pf.instrument, pf.size, mk.forward, mk.strike, mk.expiry, mk.vol, mk.kind, pp)
+    return [b.to_device(a) for a in arrays]
+
+
+def _check_ticks(*results):
+    for res in results:
+        bad = np.flatnonzero(res < 0)
+        if bad.size:
+            raise ValueError(f"account {bad[0]}: margin does not fit in int64 ticks; raise MarginParams.tick")
+
+
+def _common_length(args: dict) -> int:
+    n = None
+    for name, value in args.items():
+        shape = np.shape(value)
+        if len(shape) > 1:
+            raise ValueError(f"{name} must be a scalar or 1-D, has shape {shape}")
+        if shape:
+            if n is not None and shape[0] != n[1]:
+                raise ValueError(f"{name} has {shape[0]} entries, {n[0]} has {n[1]}")
+            n = n or (name, shape[0])
+    return 1 if n is None else n[1]
+
+
+def _float_array(name, value) -> np.ndarray:
+    try:
+        arr = np.ascontiguousarray(value, np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, has shape {arr.shape}")
+    return arr
+
+
+def _int_array(name, value, dtype) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
+        raise ValueError(f"{name} must be a 1-D integer array, has dtype {arr.dtype} and shape {arr.shape}")
+    info = np.iinfo(dtype)
+    _first_bad(name, (arr < info.min) | (arr > info.max), arr, f"does not fit {np.dtype(dtype).name}")
+    return np.ascontiguousarray(arr, dtype)
+
+
+def _is_positive(arr):
+    return np.isfinite(arr) & (arr > 0)
+
+
+def _is_nonnegative(arr):
+    return np.isfinite(arr) & (arr >= 0)
+
+
+def _positive(name, arr):
+    _first_bad(name, ~_is_positive(arr), arr, "must be finite and > 0")
+
+
+def _first_bad(name, mask, values, why):
+    bad = np.flatnonzero(mask)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name}[{i}] = {values[i]!r}: {why}")

@@ -1,0 +1,111 @@
+"""Turns a pytest-benchmark JSON file into a Markdown table of medians and ratios against the
+baseline run in the same process (benchmarks whose extra_info has baseline=True), plus one plot
+of items per second against batch size for each benchmark group family.
+
+    python bench/report.py bench/out/results.json [--md out.md] [--png-dir bench/out]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+from collections import defaultdict
+from pathlib import Path
+
+
+def load(path):
+    data = json.loads(Path(path).read_text())
+    rows = []
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        rows.append({
+            "group": b.get("group") or b["name"],
+            "impl": info.get("impl", b["name"]),
+            "n": info.get("n"),
+            "baseline": bool(info.get("baseline")),
+            "median": b["stats"]["median"],
+            "rounds": b["stats"]["rounds"],
+        })
+    return data.get("machine_info", {}), rows
+
+
+def table(rows) -> str:
+    out = ["| group | implementation | median | items/s | vs baseline |", "|---|---|---:|---:|---:|"]
+    by_group = defaultdict(list)
+    for r in rows:
+        by_group[r["group"]].append(r)
+    for group in sorted(by_group, key=_natural):
+        rs = by_group[group]
+        base = min((r["median"] for r in rs if r["baseline"]), default=None)
+        for r in sorted(rs, key=lambda r: r["median"]):
+            rate = f"{r['n'] / r['median']:,.0f}" if r["n"] else ""
+            ratio = f"{base / r['median']:.2f}x" if base else ""
+            out.append(f"| {group} | {r['impl']}{' (baseline)' if r['baseline'] else ''} | "
+                       f"{_fmt(r['median'])} | {rate} | {ratio} |")
+    return "\n".join(out)
+
+
+def plot(rows, png_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    families = defaultdict(list)
+    for r in rows:
+        if r["n"]:
+            families[r["group"].split(" ")[0]].append(r)
+    written = []
+    for fam, rs in families.items():
+        series = defaultdict(list)
+        for r in rs:
+            series[r["impl"]].append((r["n"], r["n"] / r["median"]))
+        if all(len(v) < 2 for v in series.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for impl, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (items)")
+        ax.set_ylabel("items per second (median)")
+        ax.set_title(f"{fam} on {platform.node() or 'this machine'}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        path = png_dir / f"{fam}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _fmt(sec: float) -> str:
+    return f"{sec * 1e3:.2f} ms" if sec >= 1e-3 else f"{sec * 1e6:.1f} µs"
+
+
+def _natural(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("json")
+    ap.add_argument("--md", help="also write the table to this file")
+    ap.add_argument("--png-dir", default=None, help="where plots go (default: beside the JSON)")
+    args = ap.parse_args(argv)
+    machine, rows = load(args.json)
+    cpu = machine.get("cpu", {}).get("brand_raw", machine.get("processor", "?"))
+    text = f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, Python {machine.get('python_version', '?')}\n\n" + table(rows)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text + "\n")
+    for p in plot(rows, Path(args.png_dir or Path(args.json).parent)):
+        print(f"plot: {p}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Backend fixtures. A backend that cannot run here is skipped with the reason, except under CI
+(CI=true), where the C fallback and OpenCL (PoCL) must be present and their absence fails the run."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from accel.backends import Backend, BackendUnavailable, get_backend
+
+ALL = ("cpu", "opencl", "cuda")
+REQUIRED_IN_CI = {"cpu", "opencl"}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_cache: dict[str, Backend | BackendUnavailable] = {}
+
+
+def backend_or_reason(name: str) -> Backend | BackendUnavailable:
+    if name not in _cache:
+        try:
+            _cache[name] = get_backend(name)
+        except BackendUnavailable as exc:
+            _cache[name] = exc
+    return _cache[name]
+
+
+def require(name: str) -> Backend:
+    b = backend_or_reason(name)
+    if isinstance(b, Backend):
+        return b
+    if IN_CI and name in REQUIRED_IN_CI:
+        pytest.fail(f"{name} backend is required under CI but unavailable: {b}")
+    pytest.skip(f"{name} backend unavailable: {b}")
+
+
+@pytest.fixture(params=ALL)
+def backend(request) -> Backend:
+    """Each backend in turn."""
+    return require(request.param)
+
+
+@pytest.fixture(scope="session")
+def backends() -> list[Backend]:
+    """Every backend that runs here (the C fallback always among them), for cross-checks."""
+    found = []
+    for name in ALL:
+        b = backend_or_reason(name)
+        if isinstance(b, Backend):
+            found.append(b)
+        elif IN_CI and name in REQUIRED_IN_CI:
+            pytest.fail(f"{name} backend is required under CI but unavailable: {b}")
+    return found
+
+
+@pytest.fixture
+def cpu() -> Backend:
+    return require("cpu")

@@ -1,0 +1,95 @@
+"""Backend selection, configuration, and the fall back to the C fallback when a GPU fails."""
+import logging
+
+import numpy as np
+import pytest
+
+import accel
+from accel import config, dispatch
+from accel.backends import Backend, BackendUnavailable, get_backend
+
+
+def test_cpu_always_available(cpu):
+    assert cpu.name == "cpu" and not cpu.is_gpu
+
+
+def test_unknown_backend_named():
+    with pytest.raises(BackendUnavailable, match="unknown backend 'tpu'"):
+        get_backend("tpu")
+
+
+def test_auto_prefers_gpu_else_cpu():
+    b = get_backend("auto")
+    others = [x for x in accel.probe().values() if isinstance(x, Backend) and x.is_gpu]
+    assert b.is_gpu == bool(others)
+
+
+def test_env_selects_backend(monkeypatch):
+    monkeypatch.setenv("ACCEL_BACKEND", "cpu")
+    assert get_backend().name == "cpu"
+
+
+def test_config_file(tmp_path):
+    p = tmp_path / "accel.toml"
+    p.write_text('[accel]\nbackend = "opencl"\nthreads = 2\ngpu_fallback = false\n')
+    cfg = config.load(p, env={})
+    assert (cfg.backend, cfg.threads, cfg.gpu_fallback) == ("opencl", 2, False)
+    assert config.load(p, env={"ACCEL_BACKEND": "cpu"}).backend == "cpu"
+
+
+@pytest.mark.parametrize("text,match", [
+    ('[accel]\nbackend = "gpu"\n', "backend must be one of"),
+    ('[accel]\nthreds = 2\n', "unknown"),
+    ('[accel]\nthreads = -1\n', "threads must be"),
+    ("[accel\n", "cannot read"),
+])
+def test_bad_config_is_explained(tmp_path, text, match):
+    p = tmp_path / "accel.toml"
+    p.write_text(text)
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(p, env={})
+
+
+def test_bad_env_bool():
+    with pytest.raises(config.ConfigError, match="ACCEL_GPU_FALLBACK"):
+        config.load(None, env={"ACCEL_GPU_FALLBACK": "maybe"})
+
+
+class FailingGpu(Backend):
+    """A GPU that dies after `ok` launches, as a driver reset mid-batch would."""
+    name, device, is_gpu = "cuda", "flaky test GPU", True
+
+    def __init__(self, cpu, ok):
+        self.cpu, self.ok = cpu, ok
+
+    def to_device(self, a):
+        return self.cpu.to_device(a)
+
+    def empty(self, shape, dtype):
+        return self.cpu.empty(shape, dtype)
+
+    def to_host(self, buf):
+        return self.cpu.to_host(buf)
+
+    def launch(self, kernel, n, *args):
+        if self.ok == 0:
+            raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED (simulated)")
+        self.ok -= 1
+        self.cpu.launch(kernel, n, *args)
+
+
+@pytest.mark.parametrize("ok", [0, 1, 5])
+def test_gpu_failure_falls_back_with_same_result(cpu, caplog, ok):
+    leaves = [bytes([i]) * 40 for i in range(100)]
+    expected = accel.merkle_root(leaves, backend=cpu)
+    with caplog.at_level(logging.WARNING, logger="accel"):
+        got = accel.merkle_root(leaves, backend=FailingGpu(cpu, ok))
+    assert got == expected
+    assert "redoing the work on the C fallback" in caplog.text
+
+
+def test_fallback_can_be_disabled(cpu, monkeypatch):
+    monkeypatch.setenv("ACCEL_GPU_FALLBACK", "false")
+    with pytest.raises(RuntimeError, match="simulated"):
+        dispatch.run(FailingGpu(cpu, 0), lambda b: b.launch("sha256_many", 1, np.zeros(1, np.uint8),
+                                                            np.zeros(2, np.uint64), np.zeros(32, np.uint8)))
