@@ -4,6 +4,7 @@
 #define AV_SHA256_NI_H
 #include <stdint.h>
 #include <string.h>
+#include "sha256.h" /* the round constants and IV, shared with the portable kernel */
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -19,24 +20,18 @@ static int sha256_ni_available(void) {
 
 #define AV_SHANI __attribute__((target("sha,sse4.1,ssse3")))
 
-static const uint32_t SHA256_NI_K[64] = {
-    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
-    0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
-    0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu, 0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau,
-    0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u, 0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u,
-    0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu, 0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u,
-    0xa2bfe8a1u, 0xa81a664bu, 0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u,
-    0x19a4c116u, 0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
-    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u, 0xc67178f2u};
-static const uint32_t SHA256_NI_IV[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
-                                         0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
-
 /* The SHA instructions keep the state as ABEF / CDGH halves. */
 AV_SHANI static inline void ni_load(const uint32_t h[8], __m128i s[2]) {
     __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
     __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B); /* EFGH */
     s[0] = _mm_alignr_epi8(tmp, efgh, 8);      /* ABEF */
     s[1] = _mm_blend_epi16(efgh, tmp, 0xF0);   /* CDGH */
+}
+
+AV_SHANI static inline void ni_load_iv(__m128i s[2]) {
+    u32 iv[8];
+    sha256_init(iv);
+    ni_load(iv, s);
 }
 
 AV_SHANI static inline void ni_store_digest(uint8_t out[32], const __m128i s[2]) {
@@ -56,7 +51,7 @@ AV_SHANI static inline void ni_store_digest(uint8_t out[32], const __m128i s[2])
         __m128i save[LANES][2], w[LANES][4];                                                         \
         for (int l = 0; l < LANES; ++l) { save[l][0] = s[l][0]; save[l][1] = s[l][1]; }              \
         _Pragma("GCC unroll 16") for (int g = 0; g < 16; ++g) {                                      \
-            __m128i k = _mm_loadu_si128((const __m128i *)&SHA256_NI_K[4 * g]);                      \
+            __m128i k = _mm_loadu_si128((const __m128i *)&SHA256_K[4 * g]);                      \
             for (int l = 0; l < LANES; ++l) {                                                        \
                 __m128i wg;                                                                          \
                 if (g < 4)                                                                           \
@@ -101,7 +96,7 @@ AV_SHANI static void sha256_ni_digest(uint8_t out[32], int has_prefix, uint8_t p
     __m128i s[1][2];
     uint8_t buf[128];
     const uint8_t *d[1];
-    ni_load(SHA256_NI_IV, s[0]);
+    ni_load_iv(s[0]);
     uint64_t total = len + (has_prefix ? 1 : 0);
     if (has_prefix && len >= 64) { /* the first block straddles the prefix */
         buf[0] = prefix;
@@ -139,7 +134,7 @@ AV_SHANI static void sha256_ni_digest(uint8_t out[32], int has_prefix, uint8_t p
         for (int l = 0; l < LANES; ++l) {                                                             \
             nb[l] = ni_pad_short(buf[l], has_prefix, prefix, m[l], len[l]);                           \
             same &= nb[l] == nb[0];                                                                   \
-            ni_load(SHA256_NI_IV, s[l]);                                                              \
+            ni_load_iv(s[l]);                                                              \
         }                                                                                             \
         if (!same) {                                                                                  \
             for (int l = 0; l < LANES; ++l) sha256_ni_digest(out[l], has_prefix, prefix, m[l], len[l]); \
@@ -166,7 +161,7 @@ AV_SHANI static void sha256_ni_leaf32_x2(uint8_t *out[2], const uint8_t *m[2]) {
         buf[l][33] = 0x80;
         buf[l][62] = 0x01; /* 33 bytes = 264 bits */
         buf[l][63] = 0x08;
-        ni_load(SHA256_NI_IV, s[l]);
+        ni_load_iv(s[l]);
     }
     ni_block_x2(s, d);
     ni_store_digest(out[0], s[0]);
@@ -184,7 +179,7 @@ AV_SHANI static void sha256_ni_inner_x2(uint8_t *out[2], const uint8_t *children
         buf[l][65] = 0x80;
         buf[l][126] = 0x02; /* 65 bytes = 520 bits */
         buf[l][127] = 0x08;
-        ni_load(SHA256_NI_IV, s[l]);
+        ni_load_iv(s[l]);
     }
     for (int b = 0; b < 2; ++b) {
         d[0] = buf[0] + 64 * b;
