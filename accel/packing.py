@@ -17,14 +17,21 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
         return np.ascontiguousarray(messages).reshape(-1), np.arange(n + 1, dtype=np.uint64) * np.uint64(width)
     if isinstance(messages, (str, *_BYTES)) or not hasattr(messages, "__len__"):
         raise TypeError(f"{what}s must be a list of bytes or a 2-D uint8 array, not {type(messages).__name__}")
-    for i, m in enumerate(messages):
-        if not isinstance(m, _BYTES):
-            raise TypeError(f"{what} {i} is {type(m).__name__}, expected bytes")
     n = len(messages)
+    try:
+        joined = b"".join(messages)  # fast path; a non-bytes item is found below
+    except TypeError:
+        joined = None
     offsets = np.zeros(n + 1, dtype=np.uint64)
-    if n:
+    if n and joined is not None:
         np.cumsum(np.fromiter(map(len, messages), dtype=np.uint64, count=n), out=offsets[1:])
-    data = np.frombuffer(b"".join(messages), dtype=np.uint8)
+    # len() undercounts any buffer whose items are wider than a byte, so equal totals mean every
+    # item is plain bytes-like; otherwise find and name the first offender.
+    if joined is None or int(offsets[-1]) != len(joined):
+        for i, m in enumerate(messages):
+            if not isinstance(m, _BYTES) or len(m) != memoryview(m).nbytes:
+                raise TypeError(f"{what} {i} is {type(m).__name__}, expected bytes")
+    data = np.frombuffer(joined, dtype=np.uint8)
     return data, offsets
 
 
