@@ -10,7 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+
+
+def _kernel_dir() -> Path:
+    """kernels/ of a source checkout, else the copy installed as the package accel.kernels."""
+    source = Path(__file__).resolve().parents[2] / "kernels"
+    if (source / "portable.h").exists():
+        return source
+    return Path(__file__).resolve().parents[1] / "kernels"
+
+
+KERNEL_DIR = _kernel_dir()
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 _KERNEL_DEF = re.compile(r"KERNEL\s+void\s+av_(\w+)\s*\(")
 
