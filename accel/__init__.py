@@ -2,9 +2,10 @@
 OpenCL or the C fallback, bit-identical on all three."""
 from .backends import Backend, BackendUnavailable, KernelError, get_backend, probe
 from .config import AccelConfig, ConfigError
+from .ed25519 import ed25519_verify, ed25519_verify_batch, ed25519_key_is_safe
 from .merkle import MerkleProof, merkle_proof, merkle_root, sha256_many, verify_merkle_proof
 
 __all__ = [
-    "AccelConfig", "Backend", "BackendUnavailable", "ConfigError", "KernelError", "MerkleProof",
-    "get_backend", "merkle_proof", "merkle_root", "probe", "sha256_many", "verify_merkle_proof",
+    "AccelConfig", "Backend", "BackendUnavailable", "ConfigError", "KernelError", "MerkleProof", "ed25519_key_is_safe", "ed25519_verify", "ed25519_verify_batch", "get_backend", 
+    "merkle_proof", "merkle_root", "probe", "sha256_many", "verify_merkle_proof",
 ]

@@ -1,2 +1,3 @@
 /* Every kernel module, for whole-source builds (nvcc check, OpenCL full build). */
 #include "merkle.h"
+#include "ed25519.h"

@@ -9,6 +9,7 @@ from .base import Backend, BackendUnavailable, KernelError, inline_source, modul
 
 # Never -cl-mad-enable or -cl-fast-relaxed-math: results must match the other backends bit for bit.
 BUILD_OPTIONS = ["-cl-std=CL1.2"]
+WORK_GROUP = 64
 
 
 def _import():
@@ -117,6 +118,9 @@ class OpenClBackend(Backend):
         cargs = [a.buf if isinstance(a, ClBuffer) else a for a in args]
         try:
             fn.set_args(*cargs, np.uint64(n))
-            self._cl.enqueue_nd_range_kernel(self._queue, fn, (int(n),), None)
+            # A fixed work-group: left to PoCL, large n gets groups whose private arrays overflow its
+            # thread stacks (and a rebuild per new size). Kernels ignore items at or past n.
+            groups = (int(n) + WORK_GROUP - 1) // WORK_GROUP
+            self._cl.enqueue_nd_range_kernel(self._queue, fn, (groups * WORK_GROUP,), (WORK_GROUP,))
         except self._cl.Error as exc:
             raise KernelError(f"OpenCL launch of av_{kernel} failed on {self.device}: {exc}") from exc

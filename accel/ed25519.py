@@ -1,0 +1,67 @@
+"""Ed25519 signature verification under the ZIP-215 rules (docs/ED25519.md) on any backend.
+
+Verdicts are a pure function of the inputs: every backend, and the C fallback's batch and single
+paths, return the same bits."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dispatch
+from .packing import pack_fixed, pack_messages
+
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def ed25519_verify_batch(public_keys, messages, signatures, backend=None) -> np.ndarray:
+    """One bool per signature: does signatures[i] sign messages[i] under public_keys[i]?
+
+    public_keys: (n, 32) uint8 array or list of 32-byte strings; signatures likewise with 64
+    bytes; messages: list of bytes (or a 2-D uint8 array of equal-length rows). Malformed input
+    raises ValueError/TypeError naming the index; a key or R that is not a curve point is simply a
+    False verdict."""
+    pks = pack_fixed(public_keys, 32, "public key")
+    sigs = pack_fixed(signatures, 64, "signature")
+    data, offsets = pack_messages(messages)
+    n = len(pks)
+    if not n == len(sigs) == len(offsets) - 1:
+        raise ValueError(
+            f"batch lengths differ: {n} public keys, {len(offsets) - 1} messages, {len(sigs)} signatures")
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+
+    def work(b):
+        out = b.empty((n,), np.uint8)
+        b.launch("ed25519_verify", n, b.to_device(pks), b.to_device(data), b.to_device(offsets),
+                 b.to_device(sigs), out)
+        return b.to_host(out)
+
+    return dispatch.run(backend, work).astype(bool)
+
+
+def _check_bytes(name: str, value, length: int | None) -> None:
+    if not isinstance(value, _BYTES):
+        raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} is {len(value)} bytes, expected {length}")
+
+
+def ed25519_verify(public_key, message, signature, backend=None) -> bool:
+    """Whether `signature` (64 bytes) signs `message` under `public_key` (32 bytes), by ZIP-215."""
+    _check_bytes("public_key", public_key, 32)
+    _check_bytes("message", message, None)
+    _check_bytes("signature", signature, 64)
+    return bool(ed25519_verify_batch([public_key], [message], [signature], backend)[0])
+
+
+def ed25519_key_is_safe(public_key, backend=None) -> bool:
+    """Whether `public_key` is canonically encoded and not of small order. ZIP-215 verification
+    accepts other keys too; this tells an application which keys it may want to refuse."""
+    _check_bytes("public_key", public_key, 32)
+    pks = pack_fixed([public_key], 32, "public key")
+
+    def work(b):
+        out = b.empty((1,), np.uint8)
+        b.launch("ed25519_key_is_safe", 1, b.to_device(pks), out)
+        return b.to_host(out)
+
+    return bool(dispatch.run(backend, work)[0])

@@ -1,0 +1,114 @@
+"""ed25519_verify_batch on each backend against a PyNaCl (libsodium) loop and a `cryptography`
+(OpenSSL) loop in the same process. The C fallback runs twice: on all cores, and on one thread
+(the per-core comparison with libsodium, which verifies on one core)."""
+import random
+
+import numpy as np
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+import accel
+from accel.backends.cpu import CpuBackend
+
+SIZES = [1, 64, 1024, 16384]
+
+
+@pytest.fixture(scope="module")
+def signed():
+    """16,384 signatures by 256 keys over 64..256-byte messages (vote-sized); sizes take prefixes."""
+    rng = random.Random(16384)
+    keys = [SigningKey(rng.randbytes(32)) for _ in range(256)]
+    pks, msgs, sigs = [], [], []
+    for i in range(max(SIZES)):
+        sk = keys[i % len(keys)]
+        msg = rng.randbytes(rng.randrange(64, 257))
+        pks.append(bytes(sk.verify_key))
+        msgs.append(msg)
+        sigs.append(sk.sign(msg).signature)
+    return (np.frombuffer(b"".join(pks), np.uint8).reshape(-1, 32), msgs,
+            np.frombuffer(b"".join(sigs), np.uint8).reshape(-1, 64))
+
+
+def _prefix(signed, n):
+    pks, msgs, sigs = signed
+    return pks[:n], msgs[:n], sigs[:n]
+
+
+def _rounds(n, slow=False):
+    if slow:
+        return 1 if n >= 16384 else 3
+    return 3 if n >= 16384 else 10 if n >= 1024 else 50
+
+
+def _nacl_loop(keys, msgs, sigs):
+    ok = 0
+    for key, msg, sig in zip(keys, msgs, sigs):
+        try:
+            key.verify(msg, sig)
+            ok += 1
+        except BadSignatureError:
+            pass
+    return ok
+
+
+def _cryptography_loop(keys, msgs, sigs):
+    ok = 0
+    for key, msg, sig in zip(keys, msgs, sigs):
+        try:
+            key.verify(sig, msg)
+            ok += 1
+        except InvalidSignature:
+            pass
+    return ok
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_ed25519_pynacl(benchmark, signed, n):
+    pks, msgs, sigs = _prefix(signed, n)
+    keys = [VerifyKey(pk.tobytes()) for pk in pks]
+    sig_bytes = [s.tobytes() for s in sigs]
+    benchmark.group = f"ed25519_verify n={n}"
+    benchmark.extra_info.update(impl="pynacl (libsodium, 1 core)", n=n, baseline=True)
+    assert benchmark.pedantic(_nacl_loop, args=(keys, msgs, sig_bytes), rounds=_rounds(n)) == n
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_ed25519_cryptography(benchmark, signed, n):
+    pks, msgs, sigs = _prefix(signed, n)
+    keys = [Ed25519PublicKey.from_public_bytes(pk.tobytes()) for pk in pks]
+    sig_bytes = [s.tobytes() for s in sigs]
+    benchmark.group = f"ed25519_verify n={n}"
+    benchmark.extra_info.update(impl="cryptography (OpenSSL, 1 core)", n=n)
+    assert benchmark.pedantic(_cryptography_loop, args=(keys, msgs, sig_bytes), rounds=_rounds(n)) == n
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_ed25519_accel(benchmark, backend, signed, n):
+    pks, msgs, sigs = _prefix(signed, n)
+    assert accel.ed25519_verify_batch(pks, msgs, sigs, backend=backend).all()  # also compiles
+    benchmark.group = f"ed25519_verify n={n}"
+    benchmark.extra_info.update(impl=f"accel-{backend.name}", device=backend.device, n=n)
+    slow = backend.name == "opencl" and not backend.is_gpu
+    benchmark.pedantic(accel.ed25519_verify_batch, args=(pks, msgs, sigs), kwargs={"backend": backend},
+                       rounds=_rounds(n, slow), warmup_rounds=0 if slow else 1)
+
+
+@pytest.fixture
+def cpu_one_thread():
+    """The C fallback limited to one OpenMP thread, restored to its configured count afterwards."""
+    threads = accel.get_backend("cpu").threads
+    yield CpuBackend(threads=1)
+    CpuBackend(threads=threads)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_ed25519_accel_cpu_one_thread(benchmark, cpu_one_thread, signed, n):
+    pks, msgs, sigs = _prefix(signed, n)
+    benchmark.group = f"ed25519_verify n={n}"
+    benchmark.extra_info.update(impl="accel-cpu (1 thread)", n=n)
+    result = benchmark.pedantic(accel.ed25519_verify_batch, args=(pks, msgs, sigs),
+                                kwargs={"backend": cpu_one_thread}, rounds=_rounds(n), warmup_rounds=1)
+    assert result.all()

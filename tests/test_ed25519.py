@@ -1,0 +1,467 @@
+"""Ed25519 verification under ZIP-215 on every backend: RFC 8032 vectors, PyNaCl-signed batches and
+their tampered copies, edge cases built here from the rule's definitions, the public Wycheproof and
+speccheck suites (read from ../shared/testdata), and the C fallback's batch path against its
+single checks."""
+import hashlib
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from nacl.signing import SigningKey
+
+import accel
+
+# ---- a small reference model of the curve, used only to build inputs and expected verdicts ----
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493
+D = -121665 * pow(121666, P - 2, P) % P
+SQRTM1 = pow(2, (P - 1) // 4, P)
+IDENTITY = (0, 1, 1, 0)
+
+
+def add(p1, p2):
+    """Extended-coordinate addition (RFC 8032 section 5.1.4); complete on the whole curve."""
+    x1, y1, z1, t1 = p1
+    x2, y2, z2, t2 = p2
+    a, b = (y1 - x1) * (y2 - x2) % P, (y1 + x1) * (y2 + x2) % P
+    c, d = 2 * t1 * t2 * D % P, 2 * z1 * z2 % P
+    e, f, g, h = b - a, d - c, d + c, b + a
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def mul(s, pt):
+    out = IDENTITY
+    while s:
+        if s & 1:
+            out = add(out, pt)
+        pt, s = add(pt, pt), s >> 1
+    return out
+
+
+def neg(pt):
+    x, y, z, t = pt
+    return (-x % P, y, z, -t % P)
+
+
+def affine(pt):
+    zi = pow(pt[2], P - 2, P)
+    return pt[0] * zi % P, pt[1] * zi % P
+
+
+def is_identity(pt):
+    x, y = affine(pt)
+    return x == 0 and y == 1
+
+
+def encode(pt):
+    x, y = affine(pt)
+    return (y | (x & 1) << 255).to_bytes(32, "little")
+
+
+def decode(enc: bytes):
+    """ZIP-215 decoding: y taken mod p, x = 0 may carry the sign bit; None if not on the curve."""
+    v = int.from_bytes(enc, "little")
+    y, sign = (v & (2**255 - 1)) % P, v >> 255
+    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P:
+        x = x * SQRTM1 % P
+    if (x * x - x2) % P:
+        return None
+    if x & 1 != sign:
+        x = -x % P
+    return (x, y, 1, x * y % P)
+
+
+def point_from_y(y, sign=0):
+    return decode((y | sign << 255).to_bytes(32, "little"))
+
+
+BASE = point_from_y(4 * pow(5, P - 2, P) % P)
+
+
+def challenge(r_enc: bytes, a_enc: bytes, msg: bytes) -> int:
+    return int.from_bytes(hashlib.sha512(r_enc + a_enc + msg).digest(), "little") % L
+
+
+def zip215_verdict(pk: bytes, msg: bytes, sig: bytes) -> bool:
+    """The rule as docs/ED25519.md states it, written as plainly as possible."""
+    s = int.from_bytes(sig[32:], "little")
+    a, r = decode(pk), decode(sig[:32])
+    if s >= L or a is None or r is None:
+        return False
+    k = challenge(sig[:32], pk, msg)
+    lhs = add(mul(s, BASE), neg(add(r, mul(k, a))))
+    return is_identity(mul(8, lhs))
+
+
+def torsion_points():
+    """The 8 points of small order: [L]Q for a Q with a full-order torsion part, and its multiples."""
+    y = 2
+    while True:
+        q = point_from_y(y)
+        if q is not None:
+            t = mul(L, q)
+            if not is_identity(mul(4, t)):
+                return [mul(i, t) for i in range(8)]
+        y += 1
+
+
+TORSION = torsion_points()
+NONCANONICAL_SMALL = [
+    (P + 1).to_bytes(32, "little"),                   # identity with y = p + 1
+    (P + 0).to_bytes(32, "little"),                   # y = 0 (order 4) written as y = p
+    (1 | 1 << 255).to_bytes(32, "little"),            # identity with the sign bit of x = 0 set
+    ((P - 1) | 1 << 255).to_bytes(32, "little"),      # (0, -1) with the sign bit set
+]
+
+# ---- fixtures ----------------------------------------------------------------------------------
+
+
+def signed_batch(n, seed, max_len=2000):
+    rng = random.Random(seed)
+    keys = [SigningKey(rng.randbytes(32)) for _ in range(min(n, 64))]
+    pks, msgs, sigs = [], [], []
+    for i in range(n):
+        sk = keys[i % len(keys)]
+        msg = rng.randbytes(rng.randrange(max_len + 1))
+        pks.append(bytes(sk.verify_key))
+        msgs.append(msg)
+        sigs.append(sk.sign(msg).signature)
+    return pks, msgs, sigs
+
+
+@pytest.fixture(scope="module")
+def valid2000():
+    return signed_batch(2000, seed=8032)
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def verdicts(b, pks, msgs, sigs):
+    out = accel.ed25519_verify_batch(pks, msgs, sigs, backend=b)
+    assert out.dtype == bool and out.shape == (len(sigs),)
+    return out
+
+
+# ---- RFC 8032 section 7.1 ---------------------------------------------------------------------
+
+TEST_1024_MSG = bytes.fromhex(
+    "08b8b2b733424243760fe426a4b54908632110a66c2f6591eabd3345e3e4eb98fa6e264bf09efe12ee50f8f54e9f77b1"
+    "e355f6c50544e23fb1433ddf73be84d879de7c0046dc4996d9e773f4bc9efe5738829adb26c81b37c93a1b270b20329d"
+    "658675fc6ea534e0810a4432826bf58c941efb65d57a338bbd2e26640f89ffbc1a858efcb8550ee3a5e1998bd177e93a"
+    "7363c344fe6b199ee5d02e82d522c4feba15452f80288a821a579116ec6dad2b3b310da903401aa62100ab5d1a36553e"
+    "06203b33890cc9b832f79ef80560ccb9a39ce767967ed628c6ad573cb116dbefefd75499da96bd68a8a97b928a8bbc10"
+    "3b6621fcde2beca1231d206be6cd9ec7aff6f6c94fcd7204ed3455c68c83f4a41da4af2b74ef5c53f1d8ac70bdcb7ed1"
+    "85ce81bd84359d44254d95629e9855a94a7c1958d1f8ada5d0532ed8a5aa3fb2d17ba70eb6248e594e1a2297acbbb39d"
+    "502f1a8c6eb6f1ce22b3de1a1f40cc24554119a831a9aad6079cad88425de6bde1a9187ebb6092cf67bf2b13fd65f270"
+    "88d78b7e883c8759d2c4f5c65adb7553878ad575f9fad878e80a0c9ba63bcbcc2732e69485bbc9c90bfbd62481d9089b"
+    "eccf80cfe2df16a2cf65bd92dd597b0707e0917af48bbb75fed413d238f5555a7a569d80c3414a8d0859dc65a46128ba"
+    "b27af87a71314f318c782b23ebfe808b82b0ce26401d2e22f04d83d1255dc51addd3b75a2b1ae0784504df543af8969b"
+    "e3ea7082ff7fc9888c144da2af58429ec96031dbcad3dad9af0dcbaaaf268cb8fcffead94f3c7ca495e056a9b47acdb7"
+    "51fb73e666c6c655ade8297297d07ad1ba5e43f1bca32301651339e22904cc8c42f58c30c04aafdb038dda0847dd988d"
+    "cda6f3bfd15c4b4c4525004aa06eeff8ca61783aacec57fb3d1f92b0fe2fd1a85f6724517b65e614ad6808d6f6ee34df"
+    "f7310fdc82aebfd904b01e1dc54b2927094b2db68d6f903b68401adebf5a7e08d78ff4ef5d63653a65040cf9bfd4aca7"
+    "984a74d37145986780fc0b16ac451649de6188a7dbdf191f64b5fc5e2ab47b57f7f7276cd419c17a3ca8e1b939ae49e4"
+    "88acba6b965610b5480109c8b17b80e1b7b750dfc7598d5d5011fd2dcc5600a32ef5b52a1ecc820e308aa342721aac09"
+    "43bf6686b64b2579376504ccc493d97e6aed3fb0f9cd71a43dd497f01f17c0e2cb3797aa2a2f256656168e6c496afc5f"
+    "b93246f6b1116398a346f1a641f3b041e989f7914f90cc2c7fff357876e506b50d334ba77c225bc307ba537152f3f161"
+    "0e4eafe595f6d9d90d11faa933a15ef1369546868a7f3a45a96768d40fd9d03412c091c6315cf4fde7cb68606937380d"
+    "b2eaaa707b4c4185c32eddcdd306705e4dc1ffc872eeee475a64dfac86aba41c0618983f8741c5ef68d3a101e8a3b8ca"
+    "c60c905c15fc910840b94c00a0b9d0")
+
+# (secret key, public key, message, signature)
+RFC8032 = {
+    "TEST 1": ("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+               "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", b"",
+               "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"),
+    "TEST 2": ("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+               "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", bytes.fromhex("72"),
+               "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
+    "TEST 3": ("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+               "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025", bytes.fromhex("af82"),
+               "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a"),
+    "TEST 1024": ("f5e5767cf153319517630f226876b86c8160cc583bc013744c6bf255f5cc0ee5",
+                  "278117fc144c72340f67d0f2316e8386ceffbf2b2428c9c51fef7c597f1d426e", TEST_1024_MSG,
+                  "0aab4c900501b3e24d7cdf4663326a3a87df5e4843b2cbdb67cbf6e460fec350aa5371b1508f9f4528ecea23c436d94b5e8fcd4f681e30a6ac00a9704a188a03"),
+    "TEST SHA(abc)": ("833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42",
+                      "ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf",
+                      hashlib.sha512(b"abc").digest(),
+                      "dc2a4459e7369633a52b1bf277839a00201009a3efbf3ecb69bea2186c26b58909351fc9ac90b3ecfdfbc7c66431e0303dca179c138ac17ad9bef1177331a704"),
+}
+
+
+def test_rfc8032_vectors_typed_in_correctly():
+    for name, (sk, pk, msg, sig) in RFC8032.items():
+        key = SigningKey(bytes.fromhex(sk))
+        assert bytes(key.verify_key).hex() == pk, name
+        assert key.sign(msg).signature.hex() == sig, name
+
+
+def test_rfc8032_vectors(backend):
+    vecs = list(RFC8032.values())
+    pks = [bytes.fromhex(v[1]) for v in vecs]
+    sigs = [bytes.fromhex(v[3]) for v in vecs]
+    msgs = [v[2] for v in vecs]
+    assert verdicts(backend, pks, msgs, sigs).all()
+    assert not verdicts(backend, pks, msgs[1:] + msgs[:1], sigs).any()
+    for pk, msg, sig in zip(pks, msgs, sigs):
+        assert accel.ed25519_verify(pk, msg, sig, backend=backend)
+
+
+# ---- PyNaCl-signed batches ---------------------------------------------------------------------
+
+
+def test_random_signatures_all_valid(backend, valid2000):
+    assert verdicts(backend, *valid2000).all()
+
+
+def test_tampered_signatures_all_invalid(backend, valid2000):
+    pks, msgs, sigs = valid2000
+    rng = random.Random(215)
+    bad_key = [flip(pk, rng.randrange(256)) for pk in pks]
+    bad_msg = [flip(m, rng.randrange(8 * len(m))) if m else b"\x00" for m in msgs]
+    bad_r = [flip(s, rng.randrange(256)) for s in sigs]
+    bad_s = [flip(s, 256 + rng.randrange(256)) for s in sigs]
+    assert not verdicts(backend, bad_key, msgs, sigs).any()
+    assert not verdicts(backend, pks, bad_msg, sigs).any()
+    assert not verdicts(backend, pks, msgs, bad_r).any()
+    assert not verdicts(backend, pks, msgs, bad_s).any()
+
+
+def test_every_padding_boundary(backend):
+    """Messages of every length 0..300: R || A || M crosses each SHA-512 padding edge (112, 128, ...)."""
+    sk = SigningKey(b"\x07" * 32)
+    msgs = [bytes((i * 7 + j) % 256 for j in range(i)) for i in range(301)]
+    sigs = [sk.sign(m).signature for m in msgs]
+    pks = [bytes(sk.verify_key)] * len(msgs)
+    assert verdicts(backend, pks, msgs, sigs).all()
+    assert not verdicts(backend, pks, msgs[1:] + msgs[:1], sigs).any()
+
+
+def test_empty_batch_and_batch_of_one(backend, valid2000):
+    assert verdicts(backend, [], [], []).shape == (0,)
+    empty = accel.ed25519_verify_batch(np.zeros((0, 32), np.uint8), [], np.zeros((0, 64), np.uint8),
+                                       backend=backend)
+    assert empty.shape == (0,) and empty.dtype == bool
+    pks, msgs, sigs = valid2000
+    assert verdicts(backend, pks[:1], msgs[:1], sigs[:1]).tolist() == [True]
+    assert verdicts(backend, pks[:1], msgs[1:2], sigs[:1]).tolist() == [False]
+
+
+def test_array_inputs_match_lists(backend, valid2000):
+    pks, msgs, sigs = (x[:50] for x in valid2000)
+    as_arrays = accel.ed25519_verify_batch(
+        np.frombuffer(b"".join(pks), np.uint8).reshape(-1, 32), msgs,
+        np.frombuffer(b"".join(sigs), np.uint8).reshape(-1, 64), backend=backend)
+    assert as_arrays.all()
+
+
+def test_100k_signatures_on_the_c_fallback(cpu):
+    """Short messages keep signing cheap; a few bad ones at known places exercise the batch split."""
+    pks, msgs, sigs = signed_batch(100_000, seed=100_000, max_len=64)
+    bad = {7, 4095, 4096, 50_000, 99_999}
+    sigs = [flip(s, 300) if i in bad else s for i, s in enumerate(sigs)]
+    out = verdicts(cpu, pks, msgs, sigs)
+    assert set(np.flatnonzero(~out).tolist()) == bad
+
+
+def test_tables_match_their_generator():
+    root = Path(__file__).resolve().parents[1]
+    gen = subprocess.run([sys.executable, str(root / "tools" / "gen_ed25519_tables.py")],
+                         capture_output=True, text=True, check=True).stdout
+    assert gen == (root / "kernels" / "ed25519_tables.h").read_text()
+
+
+# ---- ZIP-215 edge cases, built from the rule ---------------------------------------------------
+
+
+def forge(a_scalar, a_enc, r_enc, r_scalar, msg):
+    """A signature with the given nonce point and encodings: S = r + k a, k over the bytes given."""
+    k = challenge(r_enc, a_enc, msg)
+    s = (r_scalar + k * a_scalar) % L
+    return r_enc + s.to_bytes(32, "little")
+
+
+def edge_cases():
+    """(name, public key, message, signature, ZIP-215 verdict)"""
+    rng = random.Random(25519)
+    a = rng.randrange(1, L)
+    a_pt = mul(a, BASE)
+    a_enc = encode(a_pt)
+    r = rng.randrange(1, L)
+    r_enc = encode(mul(r, BASE))
+    msg = b"zip215"
+    good = forge(a, a_enc, r_enc, r, msg)
+    s_good = int.from_bytes(good[32:], "little")
+    cases = [("valid", a_enc, msg, good, True),
+             ("S = L", a_enc, msg, good[:32] + L.to_bytes(32, "little"), False),
+             ("S + L", a_enc, msg, good[:32] + (s_good + L).to_bytes(32, "little"), False),
+             ("S = 2^256 - 1", a_enc, msg, good[:32] + b"\xff" * 32, False),
+             ("A undecodable (y = 2)", (2).to_bytes(32, "little"), msg, good, False),
+             ("R undecodable (y = 2)", a_enc, msg, (2).to_bytes(32, "little") + good[32:], False)]
+    for i, t in enumerate(TORSION):
+        t_enc = encode(t)
+        # small-order A and R with S = 0: [8](0 - R - kA) = 0 for every message
+        cases.append((f"small-order A and R #{i}", t_enc, msg, t_enc + bytes(32), True))
+        # small-order A with an honest R = [r]B, S = r
+        cases.append((f"small-order A #{i}", t_enc, msg, r_enc + r.to_bytes(32, "little"), True))
+        # small-order R, S = k a: [8](kaB - R - kaB) = 0
+        k = challenge(t_enc, a_enc, msg)
+        cases.append((f"small-order R #{i}", a_enc, msg, t_enc + (k * a % L).to_bytes(32, "little"), True))
+    for i, enc in enumerate(NONCANONICAL_SMALL):
+        assert decode(enc) is not None
+        cases.append((f"non-canonical A #{i}", enc, msg, r_enc + r.to_bytes(32, "little"), True))
+        # k over the non-canonical R bytes: a verifier that re-encoded R would get another k
+        k = challenge(enc, a_enc, msg)
+        cases.append((f"non-canonical R #{i}", a_enc, msg, enc + (k * a % L).to_bytes(32, "little"), True))
+    for i, t in enumerate(TORSION[1:], 1):
+        # R = [r]B + T: holds with the cofactor, fails without (S B - R - k A = -T)
+        rt_enc = encode(add(mul(r, BASE), t))
+        cases.append((f"cofactored only, R + T{i}", a_enc, msg, forge(a, a_enc, rt_enc, r, msg), True))
+        # A = [a]B + T: k A carries k T, which the cofactor clears
+        at_enc = encode(add(a_pt, t))
+        cases.append((f"cofactored only, A + T{i}", at_enc, msg, forge(a, at_enc, r_enc, r, msg), True))
+    return cases
+
+
+EDGE = edge_cases()
+
+
+def test_edge_cases_follow_the_reference_model():
+    for name, pk, msg, sig, want in EDGE:
+        assert zip215_verdict(pk, msg, sig) == want, name
+    for name, pk, msg, sig, _ in EDGE:
+        if name.startswith("cofactored only, R"):
+            k = challenge(sig[:32], pk, msg)
+            s = int.from_bytes(sig[32:], "little")
+            cofactorless = add(mul(s, BASE), neg(add(decode(sig[:32]), mul(k, decode(pk)))))
+            assert not is_identity(cofactorless), name
+
+
+def test_zip215_edge_cases(backend):
+    out = verdicts(backend, [c[1] for c in EDGE], [c[2] for c in EDGE], [c[3] for c in EDGE])
+    assert {c[0]: bool(v) for c, v in zip(EDGE, out)} == {c[0]: c[4] for c in EDGE}
+
+
+def test_key_is_safe(backend):
+    key = bytes(SigningKey(b"\x01" * 32).verify_key)
+    assert accel.ed25519_key_is_safe(key, backend=backend)
+    mixed = encode(add(decode(key), TORSION[1]))  # mixed order is not small order
+    assert accel.ed25519_key_is_safe(mixed, backend=backend)
+    for t in TORSION:
+        assert not accel.ed25519_key_is_safe(encode(t), backend=backend)
+    for enc in NONCANONICAL_SMALL:
+        assert not accel.ed25519_key_is_safe(enc, backend=backend)
+    y_plus_p = [y for y in range(3, 19) if point_from_y(y) is not None][0] + P  # large order, y >= p
+    assert not accel.ed25519_key_is_safe(y_plus_p.to_bytes(32, "little"), backend=backend)
+    assert accel.ed25519_key_is_safe(encode(point_from_y(y_plus_p - P)), backend=backend)
+    assert not accel.ed25519_key_is_safe((2).to_bytes(32, "little"), backend=backend)
+
+
+# ---- public suites (../shared/testdata/ed25519) ------------------------------------------------
+
+TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "ed25519"
+
+
+def load_or_skip(name):
+    path = TESTDATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return json.loads(path.read_text())
+
+
+def test_wycheproof(backend):
+    data = load_or_skip("wycheproof_ed25519_test.json")
+    cases = [(bytes.fromhex(g["publicKey"]["pk"]), t) for g in data["testGroups"] for t in g["tests"]]
+    sized = [(pk, t) for pk, t in cases if len(t["sig"]) == 128]
+    for pk, t in cases:
+        if len(t["sig"]) != 128:  # truncated or padded signatures are input errors here
+            with pytest.raises(ValueError, match="signature 0"):
+                accel.ed25519_verify_batch([pk], [bytes.fromhex(t["msg"])], [bytes.fromhex(t["sig"])],
+                                           backend=backend)
+    out = verdicts(backend, [pk for pk, _ in sized], [bytes.fromhex(t["msg"]) for _, t in sized],
+                   [bytes.fromhex(t["sig"]) for _, t in sized])
+    for (pk, t), got in zip(sized, out):
+        want = zip215_verdict(pk, bytes.fromhex(t["msg"]), bytes.fromhex(t["sig"]))
+        assert got == want, t["tcId"]
+        if want != (t["result"] == "valid"):  # ZIP-215 may only be more lenient about encodings
+            assert want and "InvalidEncoding" in t["flags"], t["tcId"]
+    assert out[[t["tcId"] for _, t in sized].index(151)]
+
+
+def test_speccheck(backend):
+    cases = load_or_skip("speccheck_cases.json")
+    out = verdicts(backend, [bytes.fromhex(c["pub_key"]) for c in cases],
+                   [bytes.fromhex(c["message"]) for c in cases], [bytes.fromhex(c["signature"]) for c in cases])
+    assert "".join("V" if v else "X" for v in out) == "VVVVVVXXXVVV"
+
+
+# ---- bit-for-bit agreement ---------------------------------------------------------------------
+
+
+def mixed_batch():
+    """Valid, tampered and edge-case signatures shuffled together."""
+    pks, msgs, sigs = signed_batch(3000, seed=3, max_len=300)
+    rng = random.Random(4)
+    for i in rng.sample(range(3000), 60):
+        sigs[i] = flip(sigs[i], rng.randrange(512))
+    for _, pk, msg, sig, _ in EDGE:
+        j = rng.randrange(len(pks))
+        pks.insert(j, pk)
+        msgs.insert(j, msg)
+        sigs.insert(j, sig)
+    return pks, msgs, sigs
+
+
+def test_backends_agree_bit_for_bit(backends):
+    pks, msgs, sigs = mixed_batch()
+    results = {b.name: verdicts(b, pks, msgs, sigs) for b in backends}
+    ref = results["cpu"]
+    assert 0 < ref.sum() < len(ref)
+    for name, out in results.items():
+        assert np.array_equal(out, ref), name
+
+
+def test_c_batch_path_equals_single_checks(cpu):
+    """The C fallback's random-linear-combination path against its plain per-signature loop."""
+    from accel.packing import pack_fixed, pack_messages
+    pks, msgs, sigs = mixed_batch()
+    data, offsets = pack_messages(msgs)
+    single = np.empty(len(sigs), np.uint8)
+    cpu.launch("ed25519_verify_single", len(sigs), pack_fixed(pks, 32, "public key"), data, offsets,
+               pack_fixed(sigs, 64, "signature"), single)
+    assert np.array_equal(verdicts(cpu, pks, msgs, sigs), single.astype(bool))
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def test_bad_input_names_the_index(cpu, valid2000):
+    pks, msgs, sigs = (list(x[:4]) for x in valid2000)
+    with pytest.raises(ValueError, match="public key 2 is 31 bytes"):
+        accel.ed25519_verify_batch(pks[:2] + [pks[2][:31]] + pks[3:], msgs, sigs, backend=cpu)
+    with pytest.raises(ValueError, match="signature 3 is 65 bytes"):
+        accel.ed25519_verify_batch(pks, msgs, sigs[:3] + [sigs[3] + b"\x00"], backend=cpu)
+    with pytest.raises(TypeError, match="message 1 is str"):
+        accel.ed25519_verify_batch(pks, [msgs[0], "text"] + msgs[2:], sigs, backend=cpu)
+    with pytest.raises(TypeError, match="public key 0 is int"):
+        accel.ed25519_verify_batch([7] + pks[1:], msgs, sigs, backend=cpu)
+    with pytest.raises(ValueError, match="4 public keys, 3 messages, 4 signatures"):
+        accel.ed25519_verify_batch(pks, msgs[:3], sigs, backend=cpu)
+    with pytest.raises(ValueError, match=r"shape \(n, 64\)"):
+        accel.ed25519_verify_batch(pks, msgs, np.zeros((4, 63), np.uint8), backend=cpu)
+    with pytest.raises(TypeError, match="message must be bytes"):
+        accel.ed25519_verify(pks[0], "text", sigs[0], backend=cpu)
+    with pytest.raises(ValueError, match="signature is 63 bytes"):
+        accel.ed25519_verify(pks[0], msgs[0], sigs[0][:63], backend=cpu)
+    with pytest.raises(ValueError, match="public_key is 33 bytes"):
+        accel.ed25519_key_is_safe(pks[0] + b"\x00", backend=cpu)
