@@ -15,7 +15,7 @@ PUT, CALL, INVERSE, FUTURE = 0, 1, 2, 8
 _SPOT = 4
 _KINDS = (PUT, CALL, FUTURE, PUT | INVERSE, CALL | INVERSE, FUTURE | INVERSE)
 _MAX_MOVES = _MAX_EXT = 16  # RK_MAX_MOVES, RK_MAX_EXT
-_MAX_EXP_ARG = 700.0  # |r t| and |(r-q) t| beyond this overflow the discount/growth factor
+_MAX_EXP_ARG = 700.0  # B76_MAX_EXP_ARG: |r t|, |(r-q) t| bound keeping discount and growth finite
 
 
 class Greeks(NamedTuple):
@@ -55,6 +55,8 @@ class MarginParams:
     future_maintenance: float = 0.01
 
     def __post_init__(self):
+        for name in ("moves", "extended_moves"):  # lists and arrays are fine too; keep it hashable
+            object.__setattr__(self, name, tuple(float(m) for m in getattr(self, name)))
         for f in fields(self):
             value = getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
@@ -113,7 +115,7 @@ class Portfolio:
         off, n = self.offsets, len(self.instrument)
         if len(off) == 0 or off[0] != 0 or off[-1] != n:
             raise ValueError(f"offsets must start at 0 and end at the number of positions ({n})")
-        _first_bad("offsets", np.diff(off) < 0, off[1:], "must not decrease")
+        _first_bad("offsets", np.concatenate([[False], np.diff(off) < 0]), off, "must not decrease")
         if len(self.size) != n:
             raise ValueError(f"size has {len(self.size)} entries, instrument has {n}")
         _first_bad("size", ~np.isfinite(self.size), self.size, "must be finite")
@@ -161,34 +163,44 @@ def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False
     q=None: Black-76, the first argument is the forward. Otherwise Black-Scholes-Merton: the first
     argument is the spot and q the dividend / carry yield (F = S exp((r - q) t)), greeks by spot.
     inverse: coin-settled, every output divided by `index` (default: the first argument).
-    Scalars broadcast; arrays must share one length. t = 0 is expiry (intrinsic value)."""
-    spot = q is not None
-    names = ("forward_or_spot", "strike", "t", "r", "vol", "q", "index")
-    raw = (forward_or_spot, strike, t, r, vol, 0.0 if q is None else q,
-           forward_or_spot if index is None else index)
-    n = _common_length(dict(zip(names, raw)) | {"is_call": is_call, "inverse": inverse})
-    x, k, tt, rr, vv, qq, ix = (_float_array(nm, np.broadcast_to(np.asarray(v, np.float64), (n,)))
-                                for nm, v in zip(names, raw))
-    _positive("forward_or_spot", x)
-    _positive("strike", k)
-    _positive("vol", vv)
-    _positive("index", ix)
-    _first_bad("t", ~_is_nonnegative(tt), tt, "must be finite and >= 0")
-    _first_bad("r", ~np.isfinite(rr), rr, "must be finite")
-    _first_bad("q", ~np.isfinite(qq), qq, "must be finite")
-    _first_bad("r", np.abs(rr * tt) > _MAX_EXP_ARG, rr, f"makes |r * t| exceed {_MAX_EXP_ARG}")
-    _first_bad("q", np.abs((rr - qq) * tt) > _MAX_EXP_ARG, qq, f"makes |(r - q) * t| exceed {_MAX_EXP_ARG}")
-    flags = (np.broadcast_to(np.asarray(is_call, bool), (n,)) * np.uint8(CALL)
-             | np.broadcast_to(np.asarray(inverse, bool), (n,)) * np.uint8(INVERSE)
-             | np.uint8(_SPOT if spot else 0)).astype(np.uint8)
+    Scalars broadcast; arrays must share one length. t = 0 is expiry (intrinsic value).
+    Raises ValueError naming the first bad input."""
+    values = {"forward_or_spot": forward_or_spot, "strike": strike, "t": t, "r": r,
+              "q": r if q is None else q, "vol": vol,  # Black-76 is BSM with q = r
+              "index": forward_or_spot if index is None else index}
+    n = _common_length(values | {"is_call": is_call, "inverse": inverse})
+    arrays = [_float_array(name, np.atleast_1d(v)) for name, v in values.items()]
+    call, inv = np.atleast_1d(np.asarray(is_call, bool)), np.atleast_1d(np.asarray(inverse, bool))
+    flags = (call * np.uint8(CALL) | inv * np.uint8(INVERSE) | np.uint8(0 if q is None else _SPOT)).astype(np.uint8)
+    arrays.append(flags)
+    # bit j: input j has one element for all options (kernels/risk.h, greeks_item)
+    scalars = sum(1 << j for j, a in enumerate(arrays) if len(a) == 1 and n != 1)
+    if n == 0:
+        return Greeks(*np.empty((6, 0)))
 
     def work(b):
         out = b.empty((6, n), np.float64)
-        b.launch("greeks", n, *(b.to_device(a) for a in (x, k, tt, rr, qq, vv, ix, flags)), out)
+        b.launch("greeks", n, *(b.to_device(a) for a in arrays), np.uint32(scalars), out)
         return b.to_host(out)
 
-    out = dispatch.run(backend, work) if n else np.empty((6, 0))
+    out = dispatch.run(backend, work)
+    if np.isnan(out[0]).any():  # the kernel marks invalid input; find and name the first one
+        _validate_greeks(n, dict(zip(values, arrays)))
+        raise RuntimeError("greeks: the kernel rejected an input that passes validation")
     return Greeks(*out)
+
+
+def _validate_greeks(n, a):
+    x, k, t, r, q, vol, index = (np.broadcast_to(v, (n,)) for v in a.values())
+    _positive("forward_or_spot", x)
+    _positive("strike", k)
+    _positive("vol", vol)
+    _positive("index", index)
+    _first_bad("t", ~_is_nonnegative(t), t, "must be finite and >= 0")
+    _first_bad("r", ~np.isfinite(r), r, "must be finite")
+    _first_bad("q", ~np.isfinite(q), q, "must be finite")
+    _first_bad("r", np.abs(r * t) > _MAX_EXP_ARG, r, f"makes |r * t| exceed {_MAX_EXP_ARG}")
+    _first_bad("q", np.abs((r - q) * t) > _MAX_EXP_ARG, q, f"makes |(r - q) * t| exceed {_MAX_EXP_ARG}")
 
 
 def portfolio_margin(portfolio, marks, params: MarginParams | None = None, backend=None) -> MarginResult:

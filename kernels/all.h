@@ -1,3 +1,4 @@
 /* Every kernel module, for whole-source builds (nvcc check, OpenCL full build). */
 #include "merkle.h"
 #include "ed25519.h"
+#include "risk.h"

@@ -1,0 +1,122 @@
+"""Options risk on each backend, against NumPy/SciPy vectorised implementations of the same math run
+in the same process: greeks of 10^6 options, and portfolio margin of 10,000 accounts x 20
+positions over the full scenario grid (9 moves x 3 vol states + 5 extended moves)."""
+import numpy as np
+from scipy.special import ndtr
+
+import accel.risk as risk
+from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
+
+N_OPTIONS = 10**6
+ACCOUNTS, POSITIONS, INSTRUMENTS = 10_000, 20, 400
+
+
+def options(n=N_OPTIONS, seed=1):
+    rng = np.random.default_rng(seed)
+    f = rng.uniform(1_000.0, 100_000.0, n)
+    return (f, f * np.exp(rng.normal(0, 0.3, n)), rng.uniform(1 / 365, 1.0, n), 0.02,
+            rng.uniform(0.2, 1.5, n), rng.random(n) < 0.5)
+
+
+def numpy_greeks(f, k, t, r, vol, is_call):
+    """Black-76 price and greeks, per 1.00, as a NumPy/SciPy user would write them."""
+    w = np.where(is_call, 1.0, -1.0)
+    disc = np.exp(-r * t)
+    rt = np.sqrt(t)
+    s = vol * rt
+    d1 = np.log(f / k) / s + 0.5 * s
+    d2 = d1 - s
+    n1, n2 = ndtr(w * d1), ndtr(w * d2)
+    pdf = np.exp(-0.5 * d1 * d1) / np.sqrt(2 * np.pi)
+    price = w * disc * (f * n1 - k * n2)
+    vega = disc * f * pdf * rt
+    return (price, w * disc * n1, disc * pdf / (f * s), vega, r * price - vega * vol / (2 * t), -t * price)
+
+
+def book(seed=2):
+    rng = np.random.default_rng(seed)
+    kind = rng.choice([CALL, PUT, FUTURE], INSTRUMENTS, p=[0.45, 0.45, 0.1]).astype(np.uint8)
+    marks = Marks(index=60_000.0, rate=0.02, forward=60_000.0 * np.exp(rng.normal(0, 0.01, INSTRUMENTS)),
+                  strike=60_000.0 * np.exp(rng.normal(0, 0.25, INSTRUMENTS)),
+                  expiry=rng.uniform(1 / 365, 1.0, INSTRUMENTS), vol=rng.uniform(0.3, 1.2, INSTRUMENTS), kind=kind)
+    pf = Portfolio(offsets=np.arange(ACCOUNTS + 1) * POSITIONS,
+                   instrument=rng.integers(0, INSTRUMENTS, ACCOUNTS * POSITIONS),
+                   size=np.round(rng.normal(0, 5, ACCOUNTS * POSITIONS), 1))
+    return pf, marks
+
+
+def numpy_margin(pf, mk, p=MarginParams()):
+    """The portfolio model vectorised over positions x scenarios (SciPy ndtr), maintenance only."""
+    j = pf.instrument
+    f, k, t, vol, kind = mk.forward[j], mk.strike[j], mk.expiry[j], mk.vol[j], mk.kind[j]
+    shock = (p.vol_ref_days / np.maximum(t * p.days_per_year, 1.0)) ** p.vol_exponent
+    up, down = 1 + p.vol_up * shock, np.maximum(1 - p.vol_down * shock, p.vol_down_floor)
+    moves = np.array(p.moves * 3 + p.extended_moves)
+    vmul = np.concatenate([np.repeat([up], len(p.moves), 0), np.ones((len(p.moves), len(j))),
+                           np.repeat([down], len(p.moves), 0), np.repeat([up], len(p.extended_moves), 0)])
+
+    def value(ff, vv):
+        s = vv * np.sqrt(t)
+        d1 = np.log(ff / k) / s + 0.5 * s
+        w = np.where(kind == CALL, 1.0, -1.0)
+        opt = w * np.exp(-mk.rate * t) * (ff * ndtr(w * d1) - k * ndtr(w * (d1 - s)))
+        return np.where(kind == FUTURE, ff, opt)
+
+    pnl = pf.size * (value(f * (1 + moves[:, None]), vol * vmul) - value(f, vol))
+    by_account = np.add.reduceat(pnl, pf.offsets[:-1], axis=1)
+    loss = -by_account
+    loss[3 * len(p.moves):] *= p.extended_weight
+    shorts = np.where((kind != FUTURE) & (pf.size < 0), -pf.size * p.short_option_contingency * mk.index, 0.0)
+    return np.maximum(loss.max(axis=0), 0) + np.add.reduceat(shorts, pf.offsets[:-1])
+
+
+def test_greeks_numpy(benchmark):
+    args = options()
+    benchmark.group = f"greeks n={N_OPTIONS}"
+    benchmark.extra_info.update(impl="numpy+scipy", n=N_OPTIONS, baseline=True)
+    benchmark.pedantic(numpy_greeks, args=args, rounds=5, warmup_rounds=1)
+
+
+def test_greeks_accel(benchmark, backend):
+    args = options()
+    expected = risk.greeks(*args, backend="cpu")
+    got = risk.greeks(*args, backend=backend)  # also compiles / warms up
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(expected, got))
+    assert np.all(np.abs(got.price - numpy_greeks(*args)[0]) <= 1e-9 * args[0])
+    benchmark.group = f"greeks n={N_OPTIONS}"
+    benchmark.extra_info.update(impl=f"accel-{backend.name}", device=backend.device, n=N_OPTIONS)
+    benchmark.pedantic(risk.greeks, args=args, kwargs={"backend": backend}, rounds=10, warmup_rounds=1)
+
+
+def test_margin_numpy(benchmark):
+    pf, mk = book()
+    benchmark.group = f"portfolio_margin {ACCOUNTS}x{POSITIONS}"
+    benchmark.extra_info.update(impl="numpy+scipy", n=ACCOUNTS, baseline=True)
+    benchmark.pedantic(numpy_margin, args=(pf, mk), rounds=3, warmup_rounds=0)
+
+
+def test_margin_accel(benchmark, backend):
+    pf, mk = book()
+    expected = risk.portfolio_margin(pf, mk, backend="cpu")
+    got = risk.portfolio_margin(pf, mk, backend=backend)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(expected, got))
+    ref = numpy_margin(pf, mk)
+    assert np.all(np.abs(got.maintenance * MarginParams().tick - ref) <= 1e-6 * np.maximum(ref, 1.0))
+    benchmark.group = f"portfolio_margin {ACCOUNTS}x{POSITIONS}"
+    benchmark.extra_info.update(impl=f"accel-{backend.name}", device=backend.device, n=ACCOUNTS)
+    benchmark.pedantic(risk.portfolio_margin, args=(pf, mk), kwargs={"backend": backend}, rounds=5,
+                       warmup_rounds=1)
+
+
+def test_greeks_cpu_one_thread(benchmark):
+    """The C fallback on one core, to separate vectorisation from the two-core split."""
+    from accel.backends.cpu import CpuBackend
+    args = options()
+    all_threads = risk.dispatch.get_backend("cpu").threads
+    b = CpuBackend(1)
+    try:
+        benchmark.group = f"greeks n={N_OPTIONS}"
+        benchmark.extra_info.update(impl="accel-cpu (1 thread)", n=N_OPTIONS)
+        benchmark.pedantic(risk.greeks, args=args, kwargs={"backend": b}, rounds=5, warmup_rounds=1)
+    finally:
+        CpuBackend(all_threads)  # the OpenMP thread count is process-wide

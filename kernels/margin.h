@@ -1,0 +1,174 @@
+/* Per-account margin: Deribit-style portfolio margin (revalue every position under a grid of
+ * underlying moves times volatility states, take the worst loss) and standard margin for short
+ * options. One work item per account; positions are summed in array order, so every backend adds
+ * the same numbers in the same order. Money leaves as integer ticks. docs/RISK.md documents every
+ * parameter. */
+#ifndef AV_MARGIN_H
+#define AV_MARGIN_H
+#include "portable.h"
+#include "mathx.h"
+#include "black76.h"
+
+#define RK_FUTURE 8u /* instrument flag bit: a future (value F, or -1/F when inverse) */
+
+/* Layout of the float64 parameter array built by accel/risk.py (keep the two in step). */
+#define RK_P_NMOVES 0
+#define RK_P_NEXT 1
+#define RK_P_VOL_UP 2
+#define RK_P_VOL_DOWN 3
+#define RK_P_VOL_REF_DAYS 4
+#define RK_P_VOL_EXPONENT 5
+#define RK_P_VOL_DOWN_FLOOR 6
+#define RK_P_DAYS_PER_YEAR 7
+#define RK_P_EXT_WEIGHT 8
+#define RK_P_CONTINGENCY 9
+#define RK_P_IM_MULT 10
+#define RK_P_TICK 11
+#define RK_P_RATE 12
+#define RK_P_INDEX 13
+#define RK_P_OPT_IM 14
+#define RK_P_OPT_IM_FLOOR 15
+#define RK_P_OPT_MM 16
+#define RK_P_FUT_IM 17
+#define RK_P_FUT_MM 18
+#define RK_P_MOVES 19 /* the standard moves, then the extended moves */
+
+#define RK_MAX_MOVES 16
+#define RK_MAX_EXT 16
+#define RK_MAX_SCEN (3 * RK_MAX_MOVES + RK_MAX_EXT)
+
+/* Value of one contract in the settlement currency: USD, or coin when inverse; rt = sqrt(t).
+ * Every case is computed and selected (the option formula on a future's row is harmless garbage),
+ * so the C loop over scenarios vectorises. */
+DEVICE double rk_value(u32 flags, double f, double index, double k, double rt, double vol, double disc)
+{
+    int inverse = (flags & B76_INVERSE) != 0;
+    double future = mx_sel(inverse, -1.0 / f, f);
+    double option = b76_price(flags, f, k, rt, vol, disc);
+    option = mx_sel(inverse, option / index, option);
+    return mx_sel((flags & RK_FUTURE) != 0, future, option);
+}
+
+/* ceil(money / tick) as an integer; -1 flags a result that does not fit (or is not a number). */
+DEVICE i64 rk_ticks(double money, double tick)
+{
+    double x = money / tick;
+    if (!(x < 9.2e18)) return -1;
+    i64 v = (i64)x; /* truncation = floor for x >= 0 */
+    if ((double)v < x) v += 1;
+    return v;
+}
+
+/* Scenario s: the underlying multiplier 1 + move, and its vol state in *vs (0 up, 1 same, 2 down).
+ * Standard grid s = vs * nm + move index, then the extended moves (vol up). */
+DEVICE double rk_scenario(int s, int nm, GLOBAL const double *pp, int *vs)
+{
+    int ext = s >= 3 * nm;
+    *vs = ext ? 0 : s / nm;
+    return 1.0 + pp[RK_P_MOVES + (ext ? s - 2 * nm : s % nm)];
+}
+
+/* Per-position constants: discount, sqrt(t) and the vol multiplier of each vol state. The shocks
+ * grow for short expiries: (ref_days / max(DTE, 1))^exponent. */
+DEVICE void rk_position(double t, GLOBAL const double *pp, double *disc, double *rt, double *vmul)
+{
+    *disc = mx_exp(-pp[RK_P_RATE] * t);
+    *rt = sqrt(t);
+    double dte = mx_max(t * pp[RK_P_DAYS_PER_YEAR], 1.0);
+    double shock = mx_pow(pp[RK_P_VOL_REF_DAYS] / dte, pp[RK_P_VOL_EXPONENT]);
+    vmul[0] = 1.0 + pp[RK_P_VOL_UP] * shock;
+    vmul[1] = 1.0;
+    vmul[2] = mx_max(1.0 - pp[RK_P_VOL_DOWN] * shock, pp[RK_P_VOL_DOWN_FLOOR]);
+}
+
+/* Short option contingency of one position (0 for the rest). */
+DEVICE double rk_contingency(u32 fl, double size, double index, GLOBAL const double *pp)
+{
+    if ((fl & RK_FUTURE) || !(size < 0.0)) return 0.0;
+    return -size * pp[RK_P_CONTINGENCY] * ((fl & B76_INVERSE) ? 1.0 : index);
+}
+
+/* Worst scenario (the largest loss, extended moves weighted, ties to the lower index) and the
+ * account's margins in ticks. */
+DEVICE void rk_finish(u64 a, const double *pnl, int nm, int nscen, double contingency, GLOBAL const double *pp,
+                      GLOBAL i64 *im, GLOBAL i64 *mm, GLOBAL i32 *worst)
+{
+    i32 wi = 0;
+    double wl = -pnl[0];
+    for (int s = 1; s < nscen; s++) {
+        double loss = s < 3 * nm ? -pnl[s] : -pnl[s] * pp[RK_P_EXT_WEIGHT];
+        if (loss > wl) { wl = loss; wi = s; }
+    }
+    double mmv = mx_max(wl, 0.0) + contingency;
+    mm[a] = rk_ticks(mmv, pp[RK_P_TICK]);
+    im[a] = rk_ticks(mmv * pp[RK_P_IM_MULT], pp[RK_P_TICK]);
+    worst[a] = wi;
+}
+
+/* Account a: each position revalued under every scenario, losses summed in position order. (The C
+ * fallback batches the same rk_value calls and sums in the same order; see native/risk.c.) */
+DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,
+                                  GLOBAL const double *pos_size, GLOBAL const double *forward,
+                                  GLOBAL const double *strike, GLOBAL const double *expiry,
+                                  GLOBAL const double *vol, GLOBAL const u8 *kind, GLOBAL const double *pp,
+                                  GLOBAL i64 *im, GLOBAL i64 *mm, GLOBAL i32 *worst)
+{
+    int nm = (int)pp[RK_P_NMOVES];
+    int nscen = 3 * nm + (int)pp[RK_P_NEXT];
+    double index = pp[RK_P_INDEX];
+    double pnl[RK_MAX_SCEN];
+    for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
+    double contingency = 0.0;
+    for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
+        i32 j = pos_inst[p];
+        double size = pos_size[p];
+        u32 fl = kind[j];
+        double f = forward[j], k = strike[j], v = vol[j];
+        double disc, rt, vmul[3];
+        rk_position(expiry[j], pp, &disc, &rt, vmul);
+        double base = rk_value(fl, f, index, k, rt, v, disc);
+        for (int s = 0; s < nscen; s++) {
+            int vs;
+            double mv = rk_scenario(s, nm, pp, &vs);
+            pnl[s] += size * (rk_value(fl, f * mv, index * mv, k, rt, v * vmul[vs], disc) - base);
+        }
+        contingency += rk_contingency(fl, size, index, pp);
+    }
+    rk_finish(a, pnl, nm, nscen, contingency, pp, im, mm, worst);
+}
+
+DEVICE void standard_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,
+                                 GLOBAL const double *pos_size, GLOBAL const double *forward,
+                                 GLOBAL const double *strike, GLOBAL const double *expiry,
+                                 GLOBAL const double *vol, GLOBAL const u8 *kind, GLOBAL const double *pp,
+                                 GLOBAL i64 *im, GLOBAL i64 *mm)
+{
+    double index = pp[RK_P_INDEX];
+    double imv = 0.0, mmv = 0.0;
+    for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
+        i32 j = pos_inst[p];
+        double size = pos_size[p];
+        double qty = size < 0.0 ? -size : size;
+        u32 fl = kind[j];
+        double f = forward[j], k = strike[j];
+        if (fl & RK_FUTURE) {
+            double notional = (fl & B76_INVERSE) ? qty / f : qty * f;
+            imv += pp[RK_P_FUT_IM] * notional;
+            mmv += pp[RK_P_FUT_MM] * notional;
+        } else if (size < 0.0) { /* long options are paid for and carry no margin */
+            double t = expiry[j];
+            double mark = b76_price(fl, f, k, sqrt(t), vol[j], mx_exp(-pp[RK_P_RATE] * t));
+            double otm = (fl & B76_CALL) ? mx_max(k - index, 0.0) : mx_max(index - k, 0.0);
+            double mmc = pp[RK_P_OPT_MM] * index + mark;
+            double imc = mx_max(pp[RK_P_OPT_IM] * index - otm, pp[RK_P_OPT_IM_FLOOR] * index) + mark;
+            imc = mx_max(imc, mmc);
+            if (fl & B76_INVERSE) { mmc /= index; imc /= index; }
+            imv += qty * imc;
+            mmv += qty * mmc;
+        }
+    }
+    im[a] = rk_ticks(imv, pp[RK_P_TICK]);
+    mm[a] = rk_ticks(mmv, pp[RK_P_TICK]);
+}
+
+#endif

@@ -1,0 +1,147 @@
+/* C entries of kernels/risk.h across cores. math.h only declares sqrt, which is correctly
+ * rounded IEEE on every target; the kernels call no other libm function. */
+#include <math.h>
+#include <string.h>
+#include "../kernels/risk.h"
+
+/* Greeks run in blocks: the block's inputs are first laid out densely (broadcasting the scalar
+ * ones, taking sqrt(t), widening the flags), then one branch-free loop over the block vectorises,
+ * AVX2 where the CPU has it, into a block-local output that is copied out row by row (six output
+ * rows written side by side collide in the cache: n*8 bytes apart is a multiple of the page
+ * size). Each lane runs greeks_one's IEEE operations in the same order, so the bits equal the
+ * portable path's. */
+#define AV_RISK_BLOCK 256
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+/* The output rows are not read again here: non-temporal stores skip the read for ownership, which
+ * is about a third of the loop's memory traffic. The fence orders them before the caller reads. */
+static void store_row(double *dst, const double *src, uint64_t len) {
+    uint64_t j = 0;
+    if (((uintptr_t)dst & 15) && len) {
+        dst[0] = src[0];
+        j = 1;
+    }
+    for (; j + 1 < len; j += 2) _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
+    if (j < len) dst[j] = src[j];
+}
+#define STORE_FENCE() _mm_sfence()
+#else
+static void store_row(double *dst, const double *src, uint64_t len) { memcpy(dst, src, len * sizeof(double)); }
+#define STORE_FENCE() ((void)0)
+#endif
+
+static void load_block(double *dst, const double *src, int scalar, uint64_t i0, uint64_t len) {
+    if (scalar)
+        for (uint64_t j = 0; j < len; ++j) dst[j] = src[0];
+    else
+        memcpy(dst, src + i0, len * sizeof(double));
+}
+
+/* One vectorised pass over a block; `assume` is a constant at each expansion, so the compiler drops
+ * the work it makes exact. */
+#define GREEKS_SIMD(assume)                                                                                   \
+    _Pragma("omp simd") for (uint64_t j = 0; j < len; ++j)                                                   \
+        greeks_one(b[0][j], b[1][j], b[2][j], rt[j], b[3][j], b[4][j], b[5][j], b[6][j], (u32)fb[j], (assume), \
+                   &g[0][j], AV_RISK_BLOCK)
+
+__attribute__((target_clones("avx2", "default"), flatten))
+static void greeks_block(uint64_t i0, uint64_t len, const double *const *in, const uint8_t *flags,
+                         uint32_t scalars, double *out, uint64_t n) {
+    double b[7][AV_RISK_BLOCK], rt[AV_RISK_BLOCK], g[B76_OUTPUTS][AV_RISK_BLOCK];
+    uint64_t fb[AV_RISK_BLOCK]; /* 64-bit: gcc will not vectorise tests on bytes next to doubles */
+    for (int a = 0; a < 7; ++a) load_block(b[a], in[a], (scalars >> a) & 1u, i0, len);
+    int no_carry = 1, linear = 1;
+    for (uint64_t j = 0; j < len; ++j) {
+        rt[j] = sqrt(b[2][j]);
+        fb[j] = flags[(scalars & 128u) ? 0 : i0 + j];
+        no_carry &= b[3][j] == b[4][j];
+        linear &= (fb[j] & B76_INVERSE) == 0;
+    }
+    if (no_carry && linear)
+        GREEKS_SIMD(B76_ASSUME_NO_CARRY | B76_ASSUME_LINEAR);
+    else if (no_carry)
+        GREEKS_SIMD(B76_ASSUME_NO_CARRY);
+    else
+        GREEKS_SIMD(0u);
+    for (int o = 0; o < B76_OUTPUTS; ++o) store_row(out + (uint64_t)o * n + i0, g[o], len);
+    STORE_FENCE();
+}
+
+int av_greeks(const double *x, const double *k, const double *t, const double *r, const double *q,
+              const double *vol, const double *index, const uint8_t *flags, uint32_t scalars, double *out,
+              uint64_t n) {
+    const double *in[7] = {x, k, t, r, q, vol, index};
+    int64_t blocks = (int64_t)((n + AV_RISK_BLOCK - 1) / AV_RISK_BLOCK);
+#pragma omp parallel for schedule(static) if (blocks >= 4)
+    for (int64_t bi = 0; bi < blocks; ++bi) {
+        uint64_t i0 = (uint64_t)bi * AV_RISK_BLOCK;
+        greeks_block(i0, n - i0 < AV_RISK_BLOCK ? n - i0 : AV_RISK_BLOCK, in, flags, scalars, out, n);
+    }
+    return 0;
+}
+
+/* Portfolio margin of one account as the portable item computes it, but with every rk_value call
+ * of a chunk of positions (the base value, then each scenario) gathered into arrays and evaluated
+ * in one vectorised loop; the losses are then summed in the item's order. */
+#define AV_MARGIN_CHUNK 16 /* positions per batch */
+#define AV_MARGIN_TASKS (AV_MARGIN_CHUNK * (RK_MAX_SCEN + 1))
+
+__attribute__((target_clones("avx2", "default"), flatten))
+static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
+                                 const double *forward, const double *strike, const double *expiry, const double *vol,
+                                 const uint8_t *kind, const double *pp, int64_t *im, int64_t *mm, int32_t *worst) {
+    int nm = (int)pp[RK_P_NMOVES];
+    int nscen = 3 * nm + (int)pp[RK_P_NEXT];
+    int per = nscen + 1;
+    double index = pp[RK_P_INDEX];
+    double pnl[RK_MAX_SCEN], contingency = 0.0;
+    double tf[AV_MARGIN_TASKS], ti[AV_MARGIN_TASKS], tk[AV_MARGIN_TASKS], trt[AV_MARGIN_TASKS];
+    double tv[AV_MARGIN_TASKS], td[AV_MARGIN_TASKS], val[AV_MARGIN_TASKS];
+    uint64_t tfl[AV_MARGIN_TASKS];
+    for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
+    for (int64_t p0 = offsets[a]; p0 < offsets[a + 1]; p0 += AV_MARGIN_CHUNK) {
+        int np = (int)(offsets[a + 1] - p0 < AV_MARGIN_CHUNK ? offsets[a + 1] - p0 : AV_MARGIN_CHUNK);
+        for (int q = 0; q < np; q++) {
+            int32_t j = pos_inst[p0 + q];
+            double disc, rt, vmul[3];
+            rk_position(expiry[j], pp, &disc, &rt, vmul);
+            for (int s = -1; s < nscen; s++) { /* -1: the base value, unmoved */
+                int vs = 1, o = q * per + s + 1;
+                double mv = s < 0 ? 1.0 : rk_scenario(s, nm, pp, &vs);
+                tf[o] = s < 0 ? forward[j] : forward[j] * mv;
+                ti[o] = s < 0 ? index : index * mv;
+                tv[o] = s < 0 ? vol[j] : vol[j] * vmul[vs];
+                tk[o] = strike[j], trt[o] = rt, td[o] = disc, tfl[o] = kind[j];
+            }
+        }
+#pragma omp simd
+        for (int o = 0; o < np * per; o++) val[o] = rk_value((u32)tfl[o], tf[o], ti[o], tk[o], trt[o], tv[o], td[o]);
+        for (int q = 0; q < np; q++) {
+            double size = pos_size[p0 + q], base = val[q * per];
+            for (int s = 0; s < nscen; s++) pnl[s] += size * (val[q * per + 1 + s] - base);
+            contingency += rk_contingency(kind[pos_inst[p0 + q]], size, index, pp);
+        }
+    }
+    rk_finish(a, pnl, nm, nscen, contingency, pp, im, mm, worst);
+}
+
+int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
+                        const double *forward, const double *strike, const double *expiry, const double *vol,
+                        const uint8_t *kind, const double *params, int64_t *im, int64_t *mm, int32_t *worst,
+                        uint64_t n) {
+#pragma omp parallel for schedule(dynamic, 16) if (n >= 32)
+    for (int64_t a = 0; a < (int64_t)n; ++a)
+        portfolio_margin_one((uint64_t)a, offsets, pos_inst, pos_size, forward, strike, expiry, vol, kind, params, im,
+                             mm, worst);
+    return 0;
+}
+
+int av_standard_margin(const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
+                       const double *forward, const double *strike, const double *expiry, const double *vol,
+                       const uint8_t *kind, const double *params, int64_t *im, int64_t *mm, uint64_t n) {
+#pragma omp parallel for schedule(dynamic, 64) if (n >= 256)
+    for (int64_t a = 0; a < (int64_t)n; ++a)
+        standard_margin_item((u64)a, offsets, pos_inst, pos_size, forward, strike, expiry, vol, kind, params, im, mm);
+    return 0;
+}

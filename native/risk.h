@@ -1,0 +1,3 @@
+int av_greeks(const double *x, const double *k, const double *t, const double *r, const double *q, const double *vol, const double *index, const uint8_t *flags, uint32_t scalars, double *out, uint64_t n);
+int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const double *pos_size, const double *forward, const double *strike, const double *expiry, const double *vol, const uint8_t *kind, const double *params, int64_t *im, int64_t *mm, int32_t *worst, uint64_t n);
+int av_standard_margin(const int64_t *offsets, const int32_t *pos_inst, const double *pos_size, const double *forward, const double *strike, const double *expiry, const double *vol, const uint8_t *kind, const double *params, int64_t *im, int64_t *mm, uint64_t n);

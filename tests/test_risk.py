@@ -1,0 +1,360 @@
+"""Options risk (issue 4): greeks against an mpmath reference and published examples, expiry and
+inverse conventions, input errors, margin by hand, and byte-identical results on every backend."""
+from __future__ import annotations
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+import accel.risk as risk
+from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio, greeks, portfolio_margin
+
+NAMES = ("price", "delta", "gamma", "vega", "theta", "rho")
+
+
+# ---------------------------------------------------------------- mpmath reference
+
+def reference(x, k, t, r, vol, is_call, q=None):
+    """Exact (30-digit) price and greeks of the double inputs; q=None is Black-76."""
+    with mp.workdps(30):
+        x, k, t, r, vol = (mp.mpf(float(v)) for v in (x, k, t, r, vol))
+        spot = q is not None
+        q = mp.mpf(float(q)) if spot else r
+        w = 1 if is_call else -1
+        disc, dq = mp.exp(-r * t), mp.exp(-q * t)
+        f = x * mp.exp((r - q) * t)
+        s = vol * mp.sqrt(t)
+        d1 = mp.log(f / k) / s + s / 2
+        d2 = d1 - s
+        n1, n2, pdf = mp.ncdf(w * d1), mp.ncdf(w * d2), mp.npdf(d1)
+        price = w * disc * (f * n1 - k * n2)
+        theta = -disc * f * pdf * vol / (2 * mp.sqrt(t)) + w * disc * (q * f * n1 - r * k * n2)
+        rho = w * t * k * disc * n2 if spot else -t * price
+        out = (price, w * dq * n1, dq * pdf / (x * s), disc * f * pdf * mp.sqrt(t), theta, rho)
+        return [float(v) for v in out]
+
+
+def random_options(rng, n):
+    x = 10.0 ** rng.uniform(-2, 5, n)
+    k = x * np.exp(rng.normal(0, 0.5, n) * rng.choice([0.2, 1.0, 3.0], n))
+    t = np.where(rng.random(n) < 0.8, rng.uniform(1e-3, 5, n), 10.0 ** rng.uniform(-5, -3, n))
+    vol = np.where(rng.random(n) < 0.9, rng.uniform(0.05, 2.0, n), rng.uniform(2.0, 5.0, n))
+    r = rng.uniform(-0.02, 0.15, n)
+    q = rng.uniform(0.0, 0.1, n)
+    return x, k, t, r, vol, rng.random(n) < 0.5, q
+
+
+def test_accuracy_against_mpmath(cpu):
+    """10,000 random options: within 1e-12 relative, or 1e-12 of the output's natural scale
+    (forward for money outputs, 1 for delta, the at-the-money gamma for gamma)."""
+    rng = np.random.default_rng(20240501)
+    x, k, t, r, vol, call, q = random_options(rng, 10_000)
+    spot = np.arange(len(x)) % 3 == 0  # a third Black-Scholes-Merton on the spot
+    got_fwd = np.array(greeks(x, k, t, r, vol, call, backend=cpu))
+    got_spot = np.array(greeks(x, k, t, r, vol, call, q=q, backend=cpu))
+    worst = {name: 0.0 for name in NAMES}
+    for i in range(len(x)):
+        qi = q[i] if spot[i] else None
+        got = (got_spot if spot[i] else got_fwd)[:, i]
+        ref = reference(x[i], k[i], t[i], r[i], vol[i], call[i], qi)
+        f = x[i] * math.exp((r[i] - (qi if spot[i] else r[i])) * t[i])
+        scale = (f, 1.0, 1.0 / (x[i] * vol[i] * math.sqrt(t[i])), f, f, f)
+        for j, name in enumerate(NAMES):
+            err = abs(got[j] - ref[j]) / (abs(ref[j]) + scale[j])
+            worst[name] = max(worst[name], err)
+            assert err <= 1e-12, (name, i, got[j], ref[j])
+    assert max(worst.values()) > 0  # the comparison saw real numbers
+
+
+def test_hull_example(cpu):
+    """Hull, Options Futures and Other Derivatives: S=49, K=50, r=5%, 20 weeks, vol 20%."""
+    g = greeks(49.0, 50.0, 0.3846, 0.05, 0.2, True, q=0.0, backend=cpu)
+    assert round(g.price[0], 2) == 2.40
+    assert round(g.delta[0], 3) == 0.522
+    assert round(g.gamma[0], 3) == 0.066
+    assert round(g.vega[0], 1) == 12.1
+    assert round(g.theta[0], 2) == -4.31
+    assert round(g.rho[0], 2) == 8.91
+
+
+# Haug, Option Pricing Formulas (1998), as tabulated in QuantLib's test-suite/europeanoption.cpp:
+# type, strike, spot, q, r, t, vol, output, value
+HAUG_GREEKS = [
+    (CALL, 100.0, 105.0, 0.10, 0.10, 0.5, 0.36, "delta", 0.5946),
+    (PUT, 100.0, 105.0, 0.10, 0.10, 0.5, 0.36, "delta", -0.3566),
+    (PUT, 100.0, 105.0, 0.10, 0.10, 0.5, 0.36, "elasticity", -4.8775),
+    (CALL, 60.0, 55.0, 0.00, 0.10, 0.75, 0.30, "gamma", 0.0278),
+    (PUT, 60.0, 55.0, 0.00, 0.10, 0.75, 0.30, "gamma", 0.0278),
+    (CALL, 60.0, 55.0, 0.00, 0.10, 0.75, 0.30, "vega", 18.9358),
+    (PUT, 60.0, 55.0, 0.00, 0.10, 0.75, 0.30, "vega", 18.9358),
+    (PUT, 405.0, 430.0, 0.05, 0.07, 1 / 12, 0.20, "theta", -31.1924),
+    (PUT, 405.0, 430.0, 0.05, 0.07, 1 / 12, 0.20, "theta_per_day", -0.0855),
+    (CALL, 75.0, 72.0, 0.00, 0.09, 1.0, 0.19, "rho", 38.7325),
+]
+HAUG_VALUES = [
+    (CALL, 65.0, 60.0, 0.00, 0.08, 0.25, 0.30, 2.1334),
+    (PUT, 95.0, 100.0, 0.05, 0.10, 0.50, 0.20, 2.4648),
+    (PUT, 19.0, 19.0, 0.10, 0.10, 0.75, 0.28, 1.7011),
+    (CALL, 19.0, 19.0, 0.10, 0.10, 0.75, 0.28, 1.7011),
+    (CALL, 1.60, 1.56, 0.08, 0.06, 0.50, 0.12, 0.0291),
+    (PUT, 70.0, 75.0, 0.05, 0.10, 0.50, 0.35, 4.0870),
+    (CALL, 40.0, 42.0, 0.08, 0.04, 0.75, 0.35, 5.0975),
+]
+
+
+@pytest.mark.parametrize("kind,strike,spot,q,r,t,vol,output,value", HAUG_GREEKS)
+def test_haug_greeks(cpu, kind, strike, spot, q, r, t, vol, output, value):
+    g = greeks(spot, strike, t, r, vol, kind == CALL, q=q, backend=cpu)
+    got = {"elasticity": g.delta[0] * spot / g.price[0], "theta_per_day": g.theta[0] / 365.0}.get(
+        output, getattr(g, output, [None])[0])
+    assert round(got, 4) == value
+
+
+@pytest.mark.parametrize("kind,strike,spot,q,r,t,vol,value", HAUG_VALUES)
+def test_haug_values(cpu, kind, strike, spot, q, r, t, vol, value):
+    assert round(greeks(spot, strike, t, r, vol, kind == CALL, q=q, backend=cpu).price[0], 4) == value
+
+
+def test_put_call_parity(cpu):
+    rng = np.random.default_rng(7)
+    x, k, t, r, vol, _, q = random_options(rng, 5000)
+    for qq in (None, q):
+        c = greeks(x, k, t, r, vol, True, q=qq, backend=cpu)
+        p = greeks(x, k, t, r, vol, False, q=qq, backend=cpu)
+        carry = r if qq is None else qq
+        f, disc = x * np.exp((r - carry) * t), np.exp(-r * t)
+        tol = 1e-12 * (f + k)
+        assert np.all(np.abs((c.price - p.price) - disc * (f - k)) <= tol)
+        assert np.all(np.abs((c.delta - p.delta) - np.exp(-carry * t)) <= 1e-12)
+        assert np.array_equal(c.gamma, p.gamma) and np.array_equal(c.vega, p.vega)
+
+
+# ---------------------------------------------------------------- conventions
+
+def test_expiry(cpu):
+    """t = 0: intrinsic value, delta 1 / 0 (one half at the money), every other greek 0."""
+    g = greeks([90.0, 100.0, 110.0], 100.0, 0.0, 0.05, 0.5, True, backend=cpu)
+    assert g.price.tolist() == [0.0, 0.0, 10.0]
+    assert g.delta.tolist() == [0.0, 0.5, 1.0]
+    for name in ("gamma", "vega", "theta", "rho"):
+        assert getattr(g, name).tolist() == [0.0, 0.0, 0.0]
+    p = greeks([90.0, 100.0, 110.0], 100.0, 0.0, 0.05, 0.5, False, backend=cpu)
+    assert p.price.tolist() == [10.0, 0.0, 0.0] and p.delta.tolist() == [-1.0, -0.5, 0.0]
+
+
+def test_near_expiry_converges(cpu):
+    g = greeks(110.0, 100.0, 1e-12, 0.0, 0.5, True, backend=cpu)
+    assert abs(g.price[0] - 10.0) < 1e-12 and g.delta[0] == 1.0
+
+
+def test_inverse_divides_by_index(cpu):
+    usd = np.array(greeks(30000.0, 32000.0, 0.1, 0.0, 0.6, True, backend=cpu))
+    coin = np.array(greeks(30000.0, 32000.0, 0.1, 0.0, 0.6, True, inverse=True, index=29900.0, backend=cpu))
+    np.testing.assert_allclose(coin, usd / 29900.0, rtol=1e-15)
+    default_index = np.array(greeks(30000.0, 32000.0, 0.1, 0.0, 0.6, True, inverse=True, backend=cpu))
+    np.testing.assert_allclose(default_index, usd / 30000.0, rtol=1e-15)
+
+
+def test_scalars_broadcast_like_arrays(cpu):
+    rng = np.random.default_rng(3)
+    x, k, t, r, vol, call, _ = random_options(rng, 1000)
+    full = greeks(x, k, t, np.full(1000, 0.03), np.full(1000, 0.7), np.full(1000, True), backend=cpu)
+    scal = greeks(x, k, t, 0.03, 0.7, True, backend=cpu)
+    for a, b in zip(full, scal):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(strike=[100.0, np.nan, 90.0]), r"strike\[1\]"),
+    (dict(strike=[100.0, 100.0, -1.0]), r"strike\[2\]"),
+    (dict(forward_or_spot=[100.0, 0.0, 100.0]), r"forward_or_spot\[1\]"),
+    (dict(forward_or_spot=[np.inf, 100.0, 100.0]), r"forward_or_spot\[0\]"),
+    (dict(vol=[0.5, 0.5, 0.0]), r"vol\[2\]"),
+    (dict(t=[1.0, -1e-9, 1.0]), r"t\[1\]"),
+    (dict(t=[1.0, 1.0, np.inf]), r"t\[2\]"),
+    (dict(r=[0.0, np.nan, 0.0]), r"r\[1\]"),
+    (dict(strike=[100.0, 100.0]), r"strike has 2 entries"),
+])
+def test_bad_input_names_first_bad_index(cpu, kwargs, message):
+    args = dict(forward_or_spot=[100.0, 100.0, 100.0], strike=100.0, t=1.0, r=0.0, vol=0.5, is_call=True)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        greeks(**args, backend=cpu)
+
+
+# ---------------------------------------------------------------- margin
+
+def one_account(kinds, forwards, strikes, expiries, vols, sizes, index=100.0, rate=0.0):
+    marks = Marks(index=index, rate=rate, forward=forwards, strike=strikes, expiry=expiries, vol=vols, kind=kinds)
+    return Portfolio(offsets=[0, len(sizes)], instrument=np.arange(len(sizes)), size=sizes), marks
+
+
+def ceil_ticks(money, tick):
+    x = money / tick
+    return int(x) + (int(x) < x)
+
+
+def test_short_future_margin_exact(cpu):
+    """A short linear future loses 16% of F at +16% (vol states tie; the first, 'up', wins)."""
+    p = MarginParams(extended_moves=())
+    pf, mk = one_account([FUTURE], [100.0], [0.0], [0.25], [0.0], [-2.0])
+    res = portfolio_margin(pf, mk, p, backend=cpu)
+    loss = -(-2.0 * (100.0 * (1.0 + 0.16) - 100.0))
+    assert res.maintenance.tolist() == [ceil_ticks(loss, p.tick)]
+    assert res.initial.tolist() == [ceil_ticks(loss * 1.3, p.tick)]
+    assert p.scenario(int(res.worst[0])) == (0.16, "up")
+
+
+def test_short_call_margin(cpu):
+    """Short call: worst loss near the scipy revaluation at +16% / vol up, plus the contingency."""
+    from scipy.stats import norm
+    p = MarginParams(extended_moves=())
+    f, k, t, v = 100.0, 110.0, 30 / 365, 0.6
+    pf, mk = one_account([CALL], [f], [k], [t], [v], [-1.0])
+    res = portfolio_margin(pf, mk, p, backend=cpu)
+    assert p.scenario(int(res.worst[0])) == (0.16, "up")
+
+    def black(ff, vv):
+        s = vv * math.sqrt(t)
+        d1 = math.log(ff / k) / s + s / 2
+        return ff * norm.cdf(d1) - k * norm.cdf(d1 - s)
+    up = 1 + 0.45 * (30 / (t * 365)) ** 0.3
+    expected = black(f * 1.16, v * up) - black(f, v) + 0.012 * 100.0
+    # rounded up to whole ticks: at most one tick above the (1e-12 accurate) scipy value
+    assert -1e-9 < res.maintenance[0] * p.tick - expected < p.tick + 1e-9
+    assert -1e-9 < res.initial[0] * p.tick - 1.3 * expected < p.tick + 1e-9
+
+
+def test_extended_scenarios_and_inverse(cpu):
+    """The +200% extended move dominates a short inverse call; its loss is counted at the weight."""
+    p = MarginParams(extended_weight=0.5)
+    pf, mk = one_account([CALL | INVERSE], [100.0], [120.0], [0.1], [0.5], [-1.0])
+    res = portfolio_margin(pf, mk, p, backend=cpu)
+    assert p.scenario(int(res.worst[0])) == (2.0, "up")
+    base = portfolio_margin(pf, mk, MarginParams(extended_weight=0.25), backend=cpu)
+    assert base.maintenance[0] < res.maintenance[0]
+
+
+def test_long_options_and_empty_accounts(cpu):
+    pf = Portfolio(offsets=[0, 0, 1, 1], instrument=[0], size=[1.0])
+    mk = Marks(index=100.0, rate=0.01, forward=[100.0], strike=[100.0], expiry=[0.5], vol=[0.5], kind=[PUT])
+    res = portfolio_margin(pf, mk, backend=cpu)
+    assert res.maintenance[0] == 0 and res.maintenance[2] == 0 and res.initial[0] == 0
+    assert 0 < res.maintenance[1] * 1e-8 < greeks(100.0, 100.0, 0.5, 0.01, 0.5, False).price[0]
+
+
+def test_standard_margin(cpu):
+    from scipy.stats import norm
+    f = k = 100.0
+    t, v = 0.25, 0.5
+    pf, mk = one_account([CALL, PUT, FUTURE, CALL], [f, f, f, f], [k, 90.0, 0.0, k], [t, t, t, t],
+                         [v, v, 0.0, v], [-2.0, -1.0, 3.0, 5.0])
+    im, mm = risk.standard_margin(pf, mk, backend=cpu)
+    s = v * math.sqrt(t)
+    call = f * norm.cdf(s / 2) - k * norm.cdf(-s / 2)
+    d1 = math.log(f / 90.0) / s + s / 2
+    put = 90.0 * norm.cdf(-(d1 - s)) - f * norm.cdf(-d1)
+    exp_mm = 2 * (7.5 + call) + (7.5 + put) + 0.01 * 300.0
+    exp_im = 2 * (15.0 + call) + max(max(15.0 - 10.0, 10.0) + put, 7.5 + put) + 0.02 * 300.0
+    assert abs(mm[0] * 1e-8 - exp_mm) < 1e-8 and abs(im[0] * 1e-8 - exp_im) < 1e-8
+
+
+def test_margin_params():
+    p = MarginParams()
+    assert p.n_scenarios == 32 and p.moves[4] == 0.0 and len(p.moves) == 9
+    assert p.scenario(9 + 4) == (0.0, "same") and p.scenario(27) == (-0.66, "up")
+    for bad in (dict(tick=0.0), dict(moves=()), dict(moves=(-1.0, 0.0)), dict(vol_up=-0.1),
+                dict(initial_multiplier=0.9), dict(vol_down_floor=0.0), dict(extended_weight=float("nan"))):
+        with pytest.raises(ValueError):
+            MarginParams(**bad)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(offsets=[0, 2, 1, 2]), r"offsets\[2\]"),
+    (dict(offsets=[0, 1]), "end at the number of positions"),
+    (dict(instrument=[0, 5]), r"instrument\[1\]"),
+    (dict(size=[1.0, np.nan]), r"size\[1\]"),
+])
+def test_portfolio_errors(cpu, change, message):
+    base = dict(offsets=[0, 1, 2], instrument=[0, 0], size=[1.0, -1.0])
+    marks = dict(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[CALL])
+    with pytest.raises(ValueError, match=message):
+        portfolio_margin(base | change, marks, backend=cpu)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(vol=[0.0]), r"vol\[0\]"),
+    (dict(strike=[np.inf]), r"strike\[0\]"),
+    (dict(expiry=[-1.0]), r"expiry\[0\]"),
+    (dict(kind=[5]), r"kind\[0\]"),
+    (dict(index=0.0), "index"),
+])
+def test_marks_errors(change, message):
+    marks = dict(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[CALL])
+    with pytest.raises(ValueError, match=message):
+        Marks(**(marks | change))
+
+
+def test_tick_overflow_raises(cpu):
+    pf, mk = one_account([FUTURE], [1e6], [0.0], [0.1], [0.0], [-1e6])
+    with pytest.raises(ValueError, match="account 0"):
+        portfolio_margin(pf, mk, MarginParams(tick=1e-12), backend=cpu)
+
+
+# ---------------------------------------------------------------- determinism across backends
+
+def extreme_options(rng, n):
+    x, k, t, r, vol, call, q = random_options(rng, n)
+    m = n // 8
+    k[:m] = x[:m] * 10.0 ** rng.choice([-12, -6, -3, 3, 6, 12], m)  # deep in / out of the money
+    t[m:2 * m] = 10.0 ** rng.uniform(-300, -6, m)  # t near 0
+    t[2 * m:2 * m + 50] = 0.0
+    vol[3 * m:4 * m] = 5.0
+    t[3 * m:4 * m] = rng.uniform(1, 30, m)
+    k[4 * m:4 * m + 50] = x[4 * m:4 * m + 50]  # exactly at the money
+    x[5 * m:5 * m + 50], k[5 * m:5 * m + 50] = 1e-300, 1e300  # ratio underflows
+    return x, k, t, r, vol, call, q
+
+
+def random_book(rng, accounts, per_account, instruments=60):
+    kind = rng.choice([CALL, PUT, FUTURE, CALL | INVERSE, PUT | INVERSE], instruments).astype(np.uint8)
+    marks = Marks(index=30000.0, rate=0.02, forward=30000.0 * np.exp(rng.normal(0, 0.02, instruments)),
+                  strike=30000.0 * np.exp(rng.normal(0, 0.3, instruments)),
+                  expiry=np.where(rng.random(instruments) < 0.1, 0.0, rng.uniform(0, 1, instruments)),
+                  vol=rng.uniform(0.2, 5.0, instruments), kind=kind)
+    counts = rng.integers(0, 2 * per_account, accounts)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    pf = Portfolio(offsets=offsets, instrument=rng.integers(0, instruments, offsets[-1]),
+                   size=np.round(rng.normal(0, 10, offsets[-1]), 1))
+    return pf, marks
+
+
+def test_greeks_identical_on_every_backend(backends):
+    rng = np.random.default_rng(11)
+    x, k, t, r, vol, call, q = extreme_options(rng, 20_000)
+    inv = rng.random(len(x)) < 0.3
+    runs = {b.name: (greeks(x, k, t, r, vol, call, inverse=inv, backend=b),
+                     greeks(x, k, t, r, vol, call, q=q, backend=b)) for b in backends}
+    first = next(iter(runs.values()))
+    assert np.isfinite(np.array(first[1])).all()  # (inverse with a 1e-300 index overflows, as it should)
+    for name, run in runs.items():
+        for a, b in zip(first, run):
+            for j, out in enumerate(NAMES):
+                assert a[j].tobytes() == b[j].tobytes(), (name, out)
+
+
+def test_margin_identical_on_every_backend(backends):
+    rng = np.random.default_rng(12)
+    pf, mk = random_book(rng, 300, 10)
+    runs = [(portfolio_margin(pf, mk, backend=b), risk.standard_margin(pf, mk, backend=b)) for b in backends]
+    for pm, sm in runs[1:]:
+        for a, b in zip(runs[0][0] + runs[0][1], pm + sm):
+            assert a.tobytes() == b.tobytes()
+    assert (runs[0][0].maintenance >= 0).all() and (runs[0][0].initial >= runs[0][0].maintenance).all()
+
+
+def test_backend_fixture_runs_greeks(backend):
+    g = greeks(49.0, 50.0, 0.3846, 0.05, 0.2, True, q=0.0, backend=backend)
+    assert round(g.price[0], 2) == 2.40
