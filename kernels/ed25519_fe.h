@@ -92,12 +92,17 @@ DEVICE void ed_fe_frombytes(ed_fe *h, const u8 *s) {
     ed_fe_carry(h, t); /* balanced limbs, like every other operand */
 }
 
-/* Canonical encoding. Adding 2p makes the value positive, two floor-carry passes bring it
- * below 2^255, and a trial carry of value + 19 says whether it is still >= p. */
+/* Canonical encoding. A rounding carry first balances the limbs whatever uncarried sums produced
+ * f (a difference of such sums can sit below -2p); adding 2p then makes the value positive, two
+ * floor-carry passes bring it below 2^255, and a trial carry of value + 19 says whether it is
+ * still >= p. */
 DEVICE void ed_fe_tobytes(u8 *s, const ed_fe *f) {
     i64 t[10];
+    ed_fe g;
+    for (u32 i = 0; i < 10; i++) t[i] = f->v[i];
+    ed_fe_carry(&g, t);
     for (u32 i = 0; i < 10; i++)
-        t[i] = (i64)f->v[i] + ((i64)2 << ed_fe_bits(i)) - (i == 0 ? 38 : 2);
+        t[i] = (i64)g.v[i] + ((i64)2 << ed_fe_bits(i)) - (i == 0 ? 38 : 2);
     for (u32 pass = 0; pass < 2; pass++) {
         for (u32 i = 0; i < 10; i++) {
             i64 c = t[i] >> ed_fe_bits(i);
