@@ -32,10 +32,17 @@ class AccelConfig:
     gpu_fallback: bool = True
 
     def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            want, noun = {"str": (str, "a string"), "int": (int, "an integer"), "bool": (bool, "true or false")}[f.type]
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise ConfigError(f"{f.name} must be {noun}, not {value!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
+        if self.cuda_device < 0:
+            raise ConfigError(f"cuda_device must be >= 0, not {self.cuda_device}")
 
 
 def _parse_bool(key: str, text: str) -> bool:

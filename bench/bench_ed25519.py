@@ -98,10 +98,8 @@ def test_ed25519_accel(benchmark, backend, signed, n):
 
 @pytest.fixture
 def cpu_one_thread():
-    """The C fallback limited to one OpenMP thread, restored to its configured count afterwards."""
-    threads = accel.get_backend("cpu").threads
-    yield CpuBackend(threads=1)
-    CpuBackend(threads=threads)
+    """The C fallback limited to one OpenMP thread (set per call, so other backends keep theirs)."""
+    return CpuBackend(threads=1)
 
 
 @pytest.mark.parametrize("n", SIZES)

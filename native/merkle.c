@@ -92,7 +92,8 @@ int av_merkle_level(const uint8_t *below, uint64_t count, uint8_t *above, uint64
     return 0;
 }
 
+/* Threads of the calling thread's next parallel regions; 0 means one per core. */
 int av_set_threads(int32_t threads) {
-    if (threads > 0) omp_set_num_threads(threads);
+    omp_set_num_threads(threads > 0 ? threads : omp_get_num_procs());
     return omp_get_max_threads();
 }

@@ -42,6 +42,9 @@ def test_config_file(tmp_path):
     ('[accel]\nthreds = 2\n', "unknown"),
     ('[accel]\nthreads = -1\n', "threads must be"),
     ("[accel\n", "cannot read"),
+    ('[accel]\ngpu_fallback = "false"\n', "gpu_fallback must be true or false"),
+    ('[accel]\nthreads = "4"\n', "threads must be an integer"),
+    ('[accel]\ncuda_device = -1\n', "cuda_device must be >= 0"),
 ])
 def test_bad_config_is_explained(tmp_path, text, match):
     p = tmp_path / "accel.toml"

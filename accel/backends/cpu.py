@@ -24,7 +24,7 @@ class CpuBackend(Backend):
     def __init__(self, threads: int = 0):
         native = _load()
         self._ffi, self._lib = native.ffi, native.lib
-        self.threads = self._lib.av_set_threads(threads)
+        self.threads = self._lib.av_set_threads(threads)  # 0 resolves to every core
         self.device = f"C fallback, {self.threads} threads of {os.cpu_count()} cores"
 
     def to_device(self, array):
@@ -42,14 +42,20 @@ class CpuBackend(Backend):
         except AttributeError:
             raise KernelError(f"the C fallback has no av_{kernel}; rebuild with `pip install -e .`") from None
         params = self._ffi.typeof(fn).args
+        if len(args) + 1 != len(params):
+            raise KernelError(f"av_{kernel} takes {len(params) - 1} arguments before n, got {len(args)}")
         cargs = []
-        for ctype, arg in zip(params, args):
+        for pos, (ctype, arg) in enumerate(zip(params, args)):
             if isinstance(arg, np.ndarray):
-                if not arg.flags.c_contiguous:
-                    raise KernelError(f"av_{kernel}: buffer arguments must be C-contiguous")
+                if ctype.kind != "pointer" or not arg.flags.c_contiguous:
+                    raise KernelError(f"av_{kernel} argument {pos}: expected a contiguous {ctype.cname} buffer")
+                if arg.dtype.itemsize != self._ffi.sizeof(ctype.item):
+                    raise KernelError(f"av_{kernel} argument {pos}: {arg.dtype} array passed as {ctype.cname}")
                 cargs.append(self._ffi.cast(ctype, self._ffi.from_buffer(arg, require_writable=False)))
             else:
                 cargs.append(arg.item() if isinstance(arg, np.generic) else arg)
+        # OpenMP's thread count belongs to the calling thread: set it on every call
+        self._lib.av_set_threads(self.threads)
         rc = fn(*cargs, int(n))
         if rc != 0:
             raise KernelError(f"av_{kernel} returned {rc}")

@@ -28,22 +28,28 @@ class CudaBackend(Backend):
 
     def __init__(self, device_index: int = 0):
         self._cp = cp = _import()
+        count = cp.cuda.runtime.getDeviceCount()
+        if not 0 <= device_index < count:
+            raise BackendUnavailable(f"cuda_device = {device_index}, but this machine has {count} CUDA device(s)")
         self._dev = cp.cuda.Device(device_index)
         props = cp.cuda.runtime.getDeviceProperties(device_index)
         self.device = f"{props['name'].decode()} (CUDA device {device_index})"
         self._modules: dict[str, object] = {}
+        self._functions: dict[str, object] = {}
 
-    def _module(self, module: str):
-        mod = self._modules.get(module)
-        if mod is None:
-            src = inline_source("portable.h") + "\n" + inline_source(module)
+    def _function(self, kernel: str):
+        """The compiled kernel, loaded on this backend's device (call inside `with self._dev`)."""
+        fn = self._functions.get(kernel)
+        if fn is None:
+            module = module_of(kernel)
             try:
-                mod = self._cp.RawModule(code=src, options=NVRTC_OPTIONS)
-                mod.compile()
+                if module not in self._modules:
+                    src = inline_source("portable.h") + "\n" + inline_source(module)
+                    self._modules[module] = self._cp.RawModule(code=src, options=NVRTC_OPTIONS)
+                fn = self._functions[kernel] = self._modules[module].get_function("av_" + kernel)
             except Exception as exc:
                 raise KernelError(f"NVRTC build of kernels/{module} failed: {exc}") from exc
-            self._modules[module] = mod
-        return mod
+        return fn
 
     def to_device(self, array):
         with self._dev:
@@ -60,9 +66,10 @@ class CudaBackend(Backend):
     def launch(self, kernel, n, *args):
         if n == 0:
             return
-        fn = self._module(module_of(kernel)).get_function("av_" + kernel)
         with self._dev:
+            fn = self._function(kernel)
+            block = min(BLOCK, fn.max_threads_per_block)
             try:
-                fn(((int(n) + BLOCK - 1) // BLOCK,), (BLOCK,), (*args, np.uint64(n)))
+                fn(((int(n) + block - 1) // block,), (block,), (*args, np.uint64(n)))
             except Exception as exc:
                 raise KernelError(f"CUDA launch of av_{kernel} failed: {exc}") from exc

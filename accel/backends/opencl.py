@@ -1,6 +1,7 @@
 """OpenCL through pyopencl: a GPU in production, PoCL (a CPU OpenCL) in CI. Same kernel source."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,13 @@ def list_devices() -> list:
         raise BackendUnavailable(
             f"no OpenCL platform ({exc}); install a driver, e.g. `apt-get install pocl-opencl-icd` for CPU OpenCL"
         ) from exc
-    return [d for p in platforms for d in p.get_devices()]
+    devices = []
+    for platform in platforms:
+        try:  # a registered driver without hardware (a GPU ICD in a container) reports no device
+            devices.extend(platform.get_devices())
+        except cl.Error:
+            continue
+    return devices
 
 
 def pick_device(prefer: str = ""):
@@ -65,12 +72,17 @@ class OpenClBackend(Backend):
         dev = pick_device(device_name)
         self._dev = dev
         self.device = f"{dev.name.strip()} ({dev.platform.name.strip()})"
-        if dev.double_fp_config == 0:
-            raise BackendUnavailable(f"OpenCL device {self.device} has no double precision")
-        self._ctx = cl.Context([dev])
-        self._queue = cl.CommandQueue(self._ctx)
+        try:
+            if dev.double_fp_config == 0:
+                raise BackendUnavailable(f"OpenCL device {self.device} has no double precision")
+            self._ctx = cl.Context([dev])
+            self._queue = cl.CommandQueue(self._ctx)
+        except cl.Error as exc:
+            raise BackendUnavailable(f"OpenCL device {self.device} cannot be opened: {exc}") from exc
         self._programs: dict[str, object] = {}
-        self._kernels: dict[str, object] = {}
+        self._kernels: dict[str, tuple[object, int]] = {}
+        # set_args + enqueue on a shared Kernel object must not interleave between threads
+        self._lock = threading.Lock()
 
     @property
     def is_gpu(self) -> bool:
@@ -109,18 +121,27 @@ class OpenClBackend(Backend):
         self._queue.finish()
         return out
 
+    def _kernel(self, kernel: str):
+        """The kernel object and the work-group size to launch it with."""
+        entry = self._kernels.get(kernel)
+        if entry is None:
+            fn = self._cl.Kernel(self._program(module_of(kernel)), "av_" + kernel)
+            limit = fn.get_work_group_info(self._cl.kernel_work_group_info.WORK_GROUP_SIZE, self._dev)
+            entry = self._kernels[kernel] = (fn, max(1, min(WORK_GROUP, limit)))
+        return entry
+
     def launch(self, kernel, n, *args):
         if n == 0:
             return
-        fn = self._kernels.get(kernel)
-        if fn is None:
-            fn = self._kernels[kernel] = self._cl.Kernel(self._program(module_of(kernel)), "av_" + kernel)
         cargs = [a.buf if isinstance(a, ClBuffer) else a for a in args]
-        try:
-            fn.set_args(*cargs, np.uint64(n))
-            # A fixed work-group: left to PoCL, large n gets groups whose private arrays overflow its
-            # thread stacks (and a rebuild per new size). Kernels ignore items at or past n.
-            groups = (int(n) + WORK_GROUP - 1) // WORK_GROUP
-            self._cl.enqueue_nd_range_kernel(self._queue, fn, (groups * WORK_GROUP,), (WORK_GROUP,))
-        except self._cl.Error as exc:
-            raise KernelError(f"OpenCL launch of av_{kernel} failed on {self.device}: {exc}") from exc
+        with self._lock:
+            fn, group = self._kernel(kernel)
+            try:
+                # A fixed work-group: left to PoCL, large n gets groups whose private arrays
+                # overflow its thread stacks (and a rebuild per new size). Kernels ignore items
+                # at or past n.
+                fn.set_args(*cargs, np.uint64(n))
+                groups = (int(n) + group - 1) // group
+                self._cl.enqueue_nd_range_kernel(self._queue, fn, (groups * group,), (group,))
+            except self._cl.Error as exc:
+                raise KernelError(f"OpenCL launch of av_{kernel} failed on {self.device}: {exc}") from exc
