@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py native/*.py | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat Makefile pyproject.toml setup.py native/*.py | cksum | cut -d' ' -f1)
 EXTRAS ?= test,bench,opencl
 
 .PHONY: setup system-deps test demo bench gpu-check clean
@@ -13,16 +13,23 @@ EXTRAS ?= test,bench,opencl
 system-deps:
 	@scripts/system-deps.sh
 
+# Build tools go into the venv first, so the C fallback builds without build isolation: a rebuild
+# after editing kernels/ or native/ needs no network, and a fresh clone builds it once.
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
-	rm -f $(VENV)/.installed-*; touch $(STAMP)
+	$(VENV)/bin/pip install -q --disable-pip-version-check "setuptools>=68" wheel "cffi>=1.16"
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-build-isolation -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*; touch $(STAMP) $(NATIVE)
 
 # The C fallback is rebuilt whenever kernels/ or native/ changed since the last build.
 NATIVE := $(VENV)/.native-built
+# (Checked in the recipe, not by make: the stamp rule above has just built it on a fresh venv.)
 $(NATIVE): $(STAMP) $(wildcard kernels/*.h native/*.c native/*.h native/cpu/*.h)
-	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
-	touch $@
+	@if [ -n "$$(find kernels native -name '*.[ch]' -newer $@ 2>/dev/null | head -n 1)" ]; then \
+		echo "kernels/ or native/ changed: rebuilding the C fallback"; \
+		$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .; \
+	fi
+	@touch $@
 
 setup: system-deps $(NATIVE)
 

@@ -170,7 +170,7 @@ def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False
               "index": forward_or_spot if index is None else index}
     n = _common_length(values | {"is_call": is_call, "inverse": inverse})
     arrays = [_float_array(name, np.atleast_1d(v)) for name, v in values.items()]
-    call, inv = np.atleast_1d(np.asarray(is_call, bool)), np.atleast_1d(np.asarray(inverse, bool))
+    call, inv = _flag_array("is_call", is_call), _flag_array("inverse", inverse)
     flags = (call * np.uint8(CALL) | inv * np.uint8(INVERSE) | np.uint8(0 if q is None else _SPOT)).astype(np.uint8)
     arrays.append(flags)
     # bit j: input j has one element for all options (kernels/risk.h, greeks_item)
@@ -188,6 +188,17 @@ def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False
         _validate_greeks(n, dict(zip(values, arrays)))
         raise RuntimeError("greeks: the kernel rejected an input that passes validation")
     return Greeks(*out)
+
+
+def _flag_array(name, value) -> np.ndarray:
+    """A bool array from bools or 0/1 integers; strings, floats and other values are errors."""
+    a = np.atleast_1d(np.asarray(value))
+    if a.dtype == bool:
+        return a
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be bool or 0/1 integers, not {a.dtype}")
+    _first_bad(name, (a != 0) & (a != 1), a, "must be 0 or 1")
+    return a.astype(bool)
 
 
 def _validate_greeks(n, a):
@@ -304,4 +315,5 @@ def _first_bad(name, mask, values, why):
     bad = np.flatnonzero(mask)
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{name}[{i}] = {values[i]!r}: {why}")
+        value = values[i].item() if isinstance(values[i], np.generic) else values[i]
+        raise ValueError(f"{name}[{i}] = {value!r}: {why}")

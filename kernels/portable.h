@@ -43,6 +43,14 @@ typedef long long i64;
 
 #else
 #include <stdint.h>
+#include <float.h>
+/* Guards for the C fallback's own build flags: the GPU builds cannot be given these. */
+#if defined(__FAST_MATH__)
+#error "kernels must not be built with -ffast-math: results would differ from the GPU backends"
+#endif
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#error "kernels need FLT_EVAL_METHOD == 0 (SSE2-style doubles, no x87 excess precision)"
+#endif
 typedef uint8_t u8;
 typedef uint32_t u32;
 typedef uint64_t u64;

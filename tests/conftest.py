@@ -1,5 +1,7 @@
 """Backend fixtures. A backend that cannot run here is skipped with the reason, except under CI
-(CI=true), where the C fallback and OpenCL (PoCL) must be present and their absence fails the run."""
+(CI=true), where the C fallback and OpenCL (PoCL) must be present and their absence fails the run,
+and except those named in ACCEL_REQUIRE_BACKENDS (e.g. "cuda,opencl" on a GPU machine, set by
+`make gpu-check`), whose absence fails too."""
 from __future__ import annotations
 
 import os
@@ -9,8 +11,9 @@ import pytest
 from accel.backends import Backend, BackendUnavailable, get_backend
 
 ALL = ("cpu", "opencl", "cuda")
-REQUIRED_IN_CI = {"cpu", "opencl"}
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REQUIRED = ({"cpu", "opencl"} if IN_CI else {"cpu"}) | {
+    name.strip() for name in os.environ.get("ACCEL_REQUIRE_BACKENDS", "").split(",") if name.strip()}
 
 _cache: dict[str, Backend | BackendUnavailable] = {}
 
@@ -28,8 +31,8 @@ def require(name: str) -> Backend:
     b = backend_or_reason(name)
     if isinstance(b, Backend):
         return b
-    if IN_CI and name in REQUIRED_IN_CI:
-        pytest.fail(f"{name} backend is required under CI but unavailable: {b}")
+    if name in REQUIRED:
+        pytest.fail(f"{name} backend is required here but unavailable: {b}")
     pytest.skip(f"{name} backend unavailable: {b}")
 
 
@@ -47,8 +50,8 @@ def backends() -> list[Backend]:
         b = backend_or_reason(name)
         if isinstance(b, Backend):
             found.append(b)
-        elif IN_CI and name in REQUIRED_IN_CI:
-            pytest.fail(f"{name} backend is required under CI but unavailable: {b}")
+        elif name in REQUIRED:
+            pytest.fail(f"{name} backend is required here but unavailable: {b}")
     return found
 
 

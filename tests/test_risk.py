@@ -335,10 +335,12 @@ def test_greeks_identical_on_every_backend(backends):
     rng = np.random.default_rng(11)
     x, k, t, r, vol, call, q = extreme_options(rng, 20_000)
     inv = rng.random(len(x)) < 0.3
-    runs = {b.name: (greeks(x, k, t, r, vol, call, inverse=inv, backend=b),
+    # plain Black-76 (the C fallback's fastest path: no carry, linear), inverse mixed in, and BSM
+    runs = {b.name: (greeks(x, k, t, r, vol, call, backend=b),
+                     greeks(x, k, t, r, vol, call, inverse=inv, backend=b),
                      greeks(x, k, t, r, vol, call, q=q, backend=b)) for b in backends}
     first = next(iter(runs.values()))
-    assert np.isfinite(np.array(first[1])).all()  # (inverse with a 1e-300 index overflows, as it should)
+    assert np.isfinite(np.array(first[2])).all()  # (inverse with a 1e-300 index overflows, as it should)
     for name, run in runs.items():
         for a, b in zip(first, run):
             for j, out in enumerate(NAMES):
@@ -358,3 +360,11 @@ def test_margin_identical_on_every_backend(backends):
 def test_backend_fixture_runs_greeks(backend):
     g = greeks(49.0, 50.0, 0.3846, 0.05, 0.2, True, q=0.0, backend=backend)
     assert round(g.price[0], 2) == 2.40
+
+
+@pytest.mark.parametrize("flag,match", [(["False"], "is_call must be bool"), ([0.5], "is_call must be bool"),
+                                        ([1, 2], r"is_call\[1\] = 2")])
+def test_option_type_flags_are_checked(flag, match):
+    n = len(flag)
+    with pytest.raises(ValueError, match=match):
+        greeks([100.0] * n, [100.0] * n, [1.0] * n, [0.0] * n, [0.5] * n, flag)
