@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -46,7 +45,7 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
-def plot(rows, png_dir: Path) -> list[Path]:
+def plot(rows, png_dir: Path, machine_label: str) -> list[Path]:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -72,7 +71,7 @@ def plot(rows, png_dir: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_xlabel("batch size (items)")
         ax.set_ylabel("items per second (median)")
-        ax.set_title(f"{fam} on {platform.node() or 'this machine'}")
+        ax.set_title(f"{fam} on {machine_label}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         path = png_dir / f"{fam}.png"
@@ -99,11 +98,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     machine, rows = load(args.json)
     cpu = machine.get("cpu", {}).get("brand_raw", machine.get("processor", "?"))
-    text = f"Machine: {cpu}, {machine.get('cpu', {}).get('count', '?')} cores, Python {machine.get('python_version', '?')}\n\n" + table(rows)
+    label = f"{cpu}, {machine.get('cpu', {}).get('count', '?')} cores"
+    text = f"Machine: {label}, Python {machine.get('python_version', '?')}\n\n" + table(rows)
     print(text)
     if args.md:
         Path(args.md).write_text(text + "\n")
-    for p in plot(rows, Path(args.png_dir or Path(args.json).parent)):
+    for p in plot(rows, Path(args.png_dir or Path(args.json).parent), label):
         print(f"plot: {p}")
 
 
