@@ -48,7 +48,7 @@ DEVICE void ed_fe_carry(ed_fe *h, i64 *t) {
 
 /* Limbs i and j land in column i + j; both odd means the weights overshoot by one bit (factor
  * 2), and columns past 9 wrap around with factor 19. */
-DEVICE void ed_fe_mul(ed_fe *h, const ed_fe *f, const ed_fe *g) {
+DEVICE_CALL void ed_fe_mul(ed_fe *h, const ed_fe *f, const ed_fe *g) {
     i64 t[10];
     for (u32 k = 0; k < 10; k++) t[k] = 0;
     for (u32 i = 0; i < 10; i++) {
@@ -63,7 +63,7 @@ DEVICE void ed_fe_mul(ed_fe *h, const ed_fe *f, const ed_fe *g) {
     ed_fe_carry(h, t);
 }
 
-DEVICE void ed_fe_sq(ed_fe *h, const ed_fe *f) {
+DEVICE_CALL void ed_fe_sq(ed_fe *h, const ed_fe *f) {
     i64 t[10];
     for (u32 k = 0; k < 10; k++) t[k] = 0;
     for (u32 i = 0; i < 10; i++) {

@@ -3,6 +3,8 @@
  * Kernel math is written once against these names:
  *   u8 u32 u64 i32 i64   fixed-width integers
  *   DEVICE               a helper function callable from a kernel
+ *   DEVICE_CALL          a large helper called from many places: kept out of line on CUDA, where
+ *                        inlining every call site multiplies code size and compile time
  *   GLOBAL               address-space qualifier of buffers passed in from the host
  *   CONSTANT_TABLE       qualifier of a file-scope read-only table
  *   KERNEL               a kernel entry point (GPU targets only; C loops over items itself)
@@ -24,6 +26,7 @@ typedef ulong u64;
 typedef int i32;
 typedef long i64;
 #define DEVICE static inline
+#define DEVICE_CALL DEVICE
 #define GLOBAL __global
 #define CONSTANT_TABLE __constant
 #define KERNEL __kernel
@@ -36,6 +39,7 @@ typedef unsigned long long u64;
 typedef int i32;
 typedef long long i64;
 #define DEVICE static __device__ inline
+#define DEVICE_CALL static __device__ __noinline__
 #define GLOBAL
 #define CONSTANT_TABLE static __device__ const
 #define KERNEL extern "C" __global__
@@ -57,6 +61,7 @@ typedef uint64_t u64;
 typedef int32_t i32;
 typedef int64_t i64;
 #define DEVICE static inline
+#define DEVICE_CALL DEVICE
 #define GLOBAL
 #define CONSTANT_TABLE static const
 #endif
