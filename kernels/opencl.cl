@@ -1,2 +1,2 @@
-/* OpenCL entry: FP_CONTRACT is switched off in portable.h; never build with -cl-mad-enable. */
+/* OpenCL entry: FP_CONTRACT is switched off in portable.h; never build with the mad-enable option. */
 #include "all.h"

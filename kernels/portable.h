@@ -50,7 +50,7 @@ typedef long long i64;
 #include <float.h>
 /* Guards for the C fallback's own build flags: the GPU builds cannot be given these. */
 #if defined(__FAST_MATH__)
-#error "kernels must not be built with -ffast-math: results would differ from the GPU backends"
+#error "kernels must not be built with fast-math: results would differ from the GPU backends"
 #endif
 #if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
 #error "kernels need FLT_EVAL_METHOD == 0 (SSE2-style doubles, no x87 excess precision)"

@@ -8,7 +8,8 @@ import numpy as np
 
 from .base import Backend, BackendUnavailable, KernelError, inline_source, module_of
 
-# Never -cl-mad-enable or -cl-fast-relaxed-math: results must match the other backends bit for bit.
+# Never the OpenCL mad-enable or fast-relaxed-math options: results must match the other backends
+# bit for bit.
 BUILD_OPTIONS = ["-cl-std=CL1.2"]
 WORK_GROUP = 64
 
