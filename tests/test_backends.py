@@ -96,3 +96,27 @@ def test_fallback_can_be_disabled(cpu, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         dispatch.run(FailingGpu(cpu, 0), lambda b: b.launch("sha256_many", 1, np.zeros(1, np.uint8),
                                                             np.zeros(2, np.uint64), np.zeros(32, np.uint8)))
+
+
+def _calls():
+    """One call of each public batch API, with inputs, for the fall-back test below."""
+    from nacl.signing import SigningKey
+    sk = SigningKey(bytes(range(32)))
+    msgs = [bytes([i]) * i for i in range(20)]
+    sigs = [sk.sign(m).signature for m in msgs]
+    sigs[3] = sigs[4]  # one bad signature among good ones
+    pks = [bytes(sk.verify_key)] * 20
+    return {
+        "ed25519_verify_batch": lambda b: accel.ed25519_verify_batch(pks, msgs, sigs, backend=b).tobytes(),
+        "greeks": lambda b: np.array(accel.greeks([100.0, 90.0], 95.0, 0.5, 0.01, 0.6, [True, False],
+                                                  backend=b)).tobytes(),
+        "sha256_many": lambda b: b"".join(accel.sha256_many(msgs, backend=b)),
+    }
+
+
+@pytest.mark.parametrize("api", ["ed25519_verify_batch", "greeks", "sha256_many"])
+def test_every_api_falls_back_with_same_bits(cpu, caplog, api):
+    call = _calls()[api]
+    with caplog.at_level(logging.WARNING, logger="accel"):
+        assert call(FailingGpu(cpu, 0)) == call(cpu)
+    assert "redoing the work on the C fallback" in caplog.text
