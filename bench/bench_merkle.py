@@ -38,6 +38,16 @@ def test_merkle_hashlib(benchmark, n):
 
 
 @pytest.mark.parametrize("n", SIZES)
+def test_hashlib_leaf_loop(benchmark, n):
+    """Only the leaf hashes, in a hashlib loop: the floor of any pure-Python tree (about half of it)."""
+    leaves = [r.tobytes() for r in _leaves(n)]
+    sha = hashlib.sha256
+    benchmark.group = f"merkle_root n={n}"
+    benchmark.extra_info.update(impl="hashlib leaf loop only", n=n)
+    benchmark.pedantic(lambda: [sha(b"\x00" + leaf).digest() for leaf in leaves], rounds=_rounds(n))
+
+
+@pytest.mark.parametrize("n", SIZES)
 def test_merkle_accel(benchmark, backend, n):
     leaves = _leaves(n)
     expected = accel.merkle_root(leaves, backend="cpu")
