@@ -108,3 +108,33 @@ def test_ed25519_accel_cpu_one_thread(benchmark, cpu_one_thread, signed, n):
     result = benchmark.pedantic(accel.ed25519_verify_batch, args=(pks, msgs, sigs),
                                 kwargs={"backend": cpu_one_thread}, rounds=_rounds(n), warmup_rounds=1)
     assert result.all()
+
+
+BAD_N = 1024
+
+
+def _all_bad(signed):
+    """The first BAD_N signatures, each with one bit of S flipped: the batch check fails every time
+    and the C fallback splits down to single checks (the adversarial case)."""
+    pks, msgs, sigs = _prefix(signed, BAD_N)
+    bad = sigs.copy()
+    bad[:, 40] ^= 1
+    return pks, msgs, bad
+
+
+def test_ed25519_all_bad_accel_cpu(benchmark, signed):
+    pks, msgs, bad = _all_bad(signed)
+    assert not accel.ed25519_verify_batch(pks, msgs, bad, backend="cpu").any()
+    benchmark.group = f"ed25519_verify all-bad n={BAD_N}"
+    benchmark.extra_info.update(impl="accel-cpu (every signature bad)", n=BAD_N)
+    benchmark.pedantic(accel.ed25519_verify_batch, args=(pks, msgs, bad), kwargs={"backend": "cpu"},
+                       rounds=5, warmup_rounds=1)
+
+
+def test_ed25519_all_bad_pynacl(benchmark, signed):
+    pks, msgs, bad = _all_bad(signed)
+    keys = [VerifyKey(bytes(k)) for k in pks]
+    sig_bytes = [bytes(s) for s in bad]
+    benchmark.group = f"ed25519_verify all-bad n={BAD_N}"
+    benchmark.extra_info.update(impl="pynacl (libsodium, 1 core)", n=BAD_N, baseline=True)
+    assert benchmark.pedantic(_nacl_loop, args=(keys, msgs, sig_bytes), rounds=5) == 0
