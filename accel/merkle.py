@@ -29,9 +29,13 @@ def sha256_many(messages, backend=None) -> list[bytes]:
 
 def _levels(b, data, offsets, keep: bool) -> list[np.ndarray]:
     """Leaf hashes and every level above them on backend b; only the root level unless keep."""
-    n = len(offsets) - 1
+    return device_levels(b, b.to_device(data), b.to_device(offsets), len(offsets) - 1, keep)
+
+
+def device_levels(b, data, offsets, n: int, keep: bool = False) -> list[np.ndarray]:
+    """_levels over leaves already in device buffers of backend b (packed data, n + 1 offsets)."""
     level = b.empty((n, 32), np.uint8)
-    b.launch("merkle_leaves", n, b.to_device(data), b.to_device(offsets), level)
+    b.launch("merkle_leaves", n, data, offsets, level)
     levels = [b.to_host(level)] if keep else []
     count = n
     while count > 1:

@@ -80,6 +80,9 @@ class Backend(ABC):
     def launch(self, kernel: str, n: int, *args) -> None:
         """Run av_<kernel> over items 0..n-1; args are buffers or NumPy scalars of the C types."""
 
+    def synchronize(self) -> None:
+        """Wait until every launched kernel has finished (for timing device work alone)."""
+
     @property
     def is_gpu(self) -> bool:
         return self.name != "cpu"

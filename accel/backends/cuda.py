@@ -63,6 +63,10 @@ class CudaBackend(Backend):
         with self._dev:
             return self._cp.asnumpy(buffer)
 
+    def synchronize(self):
+        with self._dev:
+            self._cp.cuda.get_current_stream().synchronize()
+
     def launch(self, kernel, n, *args):
         if n == 0:
             return

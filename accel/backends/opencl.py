@@ -122,6 +122,9 @@ class OpenClBackend(Backend):
         self._queue.finish()
         return out
 
+    def synchronize(self):
+        self._queue.finish()
+
     def _kernel(self, kernel: str):
         """The kernel object and the work-group size to launch it with."""
         entry = self._kernels.get(kernel)

@@ -1,0 +1,200 @@
+"""GPU throughput figures (issue 11) beside the C fallback, in one process and one run.
+
+For each kernel: kernel time with the inputs already on the device (launch to synchronise), the
+end-to-end time of the public API (host arrays in, results out), the C fallback's end-to-end time
+on the same inputs, and a bit-for-bit comparison of the two. Then, per kernel, the crossover: the
+smallest batch from which the GPU stays faster end to end (what `gpu_min_batch` defaults to).
+
+    python bench/gpu_throughput.py [--gpu cuda|opencl] [--small] [--json FILE]
+
+--small shrinks every size so the script itself can be checked on PoCL without a GPU.
+Times are medians of --repeat runs after one warm-up."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import accel
+from accel import merkle, risk
+from accel.backends import get_backend
+
+
+def median_s(fn, repeat: int) -> float:
+    fn()  # warm-up: compilation, module load, allocator pools
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def kernel_s(b, fn, repeat: int) -> float:
+    """Device time of fn's launches: the host clock around launch + synchronise."""
+    def run():
+        fn()
+        b.synchronize()
+    return median_s(run, repeat)
+
+
+def signed_batch(n: int, distinct: int, msg_len: int = 100):
+    """n signatures of msg_len-byte messages: `distinct` fresh ones (PyNaCl) tiled to n. Every
+    item is verified in full whatever repeats, so tiling changes no work, only set-up time."""
+    from nacl.signing import SigningKey
+    rng = np.random.default_rng(11)
+    d = min(n, distinct)
+    msgs = rng.integers(0, 256, size=(d, msg_len), dtype=np.uint8)
+    pks = np.empty((d, 32), np.uint8)
+    sigs = np.empty((d, 64), np.uint8)
+    keys = [SigningKey(rng.bytes(32)) for _ in range(min(d, 1024))]
+    for i in range(d):
+        sk = keys[i % len(keys)]
+        pks[i] = np.frombuffer(bytes(sk.verify_key), np.uint8)
+        sigs[i] = np.frombuffer(sk.sign(msgs[i].tobytes()).signature, np.uint8)
+    reps = -(-n // d)
+    return (np.tile(pks, (reps, 1))[:n], np.tile(msgs, (reps, 1))[:n], np.tile(sigs, (reps, 1))[:n])
+
+
+def rate(n, seconds):
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def crossover(sizes, gpu_s, cpu_s):
+    """Smallest size from which the GPU is faster at every larger size measured (None: never)."""
+    best = None
+    for n in reversed(sizes):
+        if gpu_s[n] < cpu_s[n]:
+            best = n
+        else:
+            break
+    return best
+
+
+def sweep(label, sizes, gpu_fn, cpu_fn, repeat):
+    gpu_s = {n: median_s(lambda: gpu_fn(n), repeat) for n in sizes}
+    cpu_s = {n: median_s(lambda: cpu_fn(n), repeat) for n in sizes}
+    rows = [{"n": n, "gpu_ms": gpu_s[n] * 1e3, "cpu_ms": cpu_s[n] * 1e3, "gpu_over_cpu": cpu_s[n] / gpu_s[n]}
+            for n in sizes]
+    x = crossover(sizes, gpu_s, cpu_s)
+    print(f"  {label} crossover sweep (end to end, ms):")
+    for r in rows:
+        print(f"    n={r['n']:>9,}  gpu {r['gpu_ms']:9.3f}  cpu {r['cpu_ms']:9.3f}  gpu speed-up {r['gpu_over_cpu']:6.2f}x")
+    print(f"  {label} crossover: {x if x is not None else 'GPU never faster in this range'}")
+    return {"rows": rows, "crossover": x}
+
+
+def bench_ed25519(g, c, small, repeat):
+    big = 4096 if small else 1 << 20
+    pks, msgs, sigs = signed_batch(big, 512 if small else 65536)
+    out = {}
+    probe = min(big, 65536)
+    t0 = time.perf_counter()
+    accel.ed25519_verify_batch(pks[:probe], msgs[:probe], sigs[:probe], backend=g)
+    accel.ed25519_verify_batch(pks[:probe], msgs[:probe], sigs[:probe], backend=g)
+    per_sig = (time.perf_counter() - t0) / (2 * probe)
+    while big > probe and big * per_sig > 4.0:  # keep one run within seconds on a slow kernel
+        big //= 2
+    pks, msgs, sigs = pks[:big], msgs[:big], sigs[:big]
+    d = [g.to_device(a) for a in (pks, msgs.reshape(-1), np.arange(big + 1, dtype=np.uint64) * 100, sigs)]
+    res = g.empty((big,), np.uint8)
+    k = kernel_s(g, lambda: g.launch("ed25519_verify", big, *d, res), repeat)
+    e2e_g = median_s(lambda: accel.ed25519_verify_batch(pks, msgs, sigs, backend=g), repeat)
+    e2e_c = median_s(lambda: accel.ed25519_verify_batch(pks, msgs, sigs, backend=c), max(1, repeat // 3))
+    vg = accel.ed25519_verify_batch(pks, msgs, sigs, backend=g)
+    bad = sigs.copy()
+    bad[::3, 40] ^= 1  # every third signature broken: verdicts must still match
+    same = bool((vg == accel.ed25519_verify_batch(pks, msgs, sigs, backend=c)).all()) and bool(
+        (accel.ed25519_verify_batch(pks, msgs, bad, backend=g) == accel.ed25519_verify_batch(pks, msgs, bad, backend=c)).all())
+    out["batch"] = {"n": big, "kernel_sig_per_s": rate(big, k), "e2e_sig_per_s": rate(big, e2e_g),
+                    "cpu_e2e_sig_per_s": rate(big, e2e_c), "all_valid": bool(vg.all()), "identical": same}
+    block = min(10_000, big)
+    b_g = median_s(lambda: accel.ed25519_verify_batch(pks[:block], msgs[:block], sigs[:block], backend=g), repeat)
+    b_c = median_s(lambda: accel.ed25519_verify_batch(pks[:block], msgs[:block], sigs[:block], backend=c), repeat)
+    out["block"] = {"n": block, "gpu_ms": b_g * 1e3, "cpu_ms": b_c * 1e3}
+    print(f"ed25519 ({g.device}): {big:,} x 100-byte messages")
+    print(f"  kernel {rate(big, k) / 1e6:8.3f} M sig/s   end-to-end {rate(big, e2e_g) / 1e6:8.3f} M sig/s   "
+          f"C fallback {rate(big, e2e_c) / 1e6:8.3f} M sig/s   identical={same}")
+    print(f"  block of {block:,}: gpu {b_g * 1e3:.2f} ms, C fallback {b_c * 1e3:.2f} ms")
+    sizes = [1 << s for s in range(4, 13 if small else 17, 2)]
+    out["sweep"] = sweep("ed25519", sizes,
+                         lambda n: accel.ed25519_verify_batch(pks[:n], msgs[:n], sigs[:n], backend=g),
+                         lambda n: accel.ed25519_verify_batch(pks[:n], msgs[:n], sigs[:n], backend=c), repeat)
+    return out
+
+
+def bench_merkle(g, c, small, repeat):
+    n = 1 << (14 if small else 24)
+    leaves = np.random.default_rng(5).integers(0, 256, size=(n, 32), dtype=np.uint8)
+    d_data, d_off = g.to_device(leaves.reshape(-1)), g.to_device(np.arange(n + 1, dtype=np.uint64) * 32)
+    k = kernel_s(g, lambda: merkle.device_levels(g, d_data, d_off, n), repeat)
+    e2e_g = median_s(lambda: accel.merkle_root(leaves, backend=g), repeat)
+    e2e_c = median_s(lambda: accel.merkle_root(leaves, backend=c), repeat)
+    same = accel.merkle_root(leaves, backend=g) == accel.merkle_root(leaves, backend=c)
+    print(f"merkle ({g.device}): {n:,} x 32-byte leaves")
+    print(f"  kernel {rate(n, k) / 1e9:8.3f} G leaves/s   end-to-end {rate(n, e2e_g) / 1e9:8.3f} G leaves/s   "
+          f"C fallback {rate(n, e2e_c) / 1e9:8.3f} G leaves/s   identical={same}")
+    out = {"batch": {"n": n, "kernel_leaves_per_s": rate(n, k), "e2e_leaves_per_s": rate(n, e2e_g),
+                     "cpu_e2e_leaves_per_s": rate(n, e2e_c), "identical": same}}
+    sizes = [1 << s for s in range(6, 15 if small else 21, 2)]
+    out["sweep"] = sweep("merkle", sizes, lambda m: accel.merkle_root(leaves[:m], backend=g),
+                         lambda m: accel.merkle_root(leaves[:m], backend=c), repeat)
+    return out
+
+
+def bench_greeks(g, c, small, repeat):
+    n = 10**5 if small else 10**7
+    rng = np.random.default_rng(7)
+    f = rng.uniform(1_000.0, 100_000.0, n)
+    args = (f, f * np.exp(rng.normal(0, 0.3, n)), rng.uniform(1 / 365, 1.0, n), 0.02, rng.uniform(0.2, 1.5, n),
+            rng.random(n) < 0.5)
+    call = args[5].astype(np.uint8) * np.uint8(risk.CALL)
+    host = [args[0], args[1], args[2], np.full(n, 0.02), np.full(n, 0.02), args[4], args[0], call]
+    dev = [g.to_device(a) for a in host]
+    res = g.empty((6, n), np.float64)
+    k = kernel_s(g, lambda: g.launch("greeks", n, *dev, np.uint32(0), res), repeat)
+    e2e_g = median_s(lambda: risk.greeks(*args, backend=g), repeat)
+    e2e_c = median_s(lambda: risk.greeks(*args, backend=c), repeat)
+    a, b = np.array(risk.greeks(*args, backend=g)), np.array(risk.greeks(*args, backend=c))
+    same = a.tobytes() == b.tobytes()
+    print(f"greeks ({g.device}): {n:,} options, price + 5 greeks in double")
+    print(f"  kernel {rate(n, k) / 1e9:8.3f} G opt/s   end-to-end {rate(n, e2e_g) / 1e9:8.3f} G opt/s   "
+          f"C fallback {rate(n, e2e_c) / 1e9:8.3f} G opt/s   identical={same}")
+    out = {"batch": {"n": n, "kernel_options_per_s": rate(n, k), "e2e_options_per_s": rate(n, e2e_g),
+                     "cpu_e2e_options_per_s": rate(n, e2e_c), "identical": same}}
+    sizes = [10**s for s in range(2, 6 if small else 8)]
+    out["sweep"] = sweep("greeks", sizes, lambda m: risk.greeks(*(x[:m] if np.ndim(x) else x for x in args), backend=g),
+                         lambda m: risk.greeks(*(x[:m] if np.ndim(x) else x for x in args), backend=c), repeat)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gpu", default="cuda", choices=["cuda", "opencl"])
+    ap.add_argument("--small", action="store_true", help="small sizes, to check the script on PoCL")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--only", default="ed25519,merkle,greeks")
+    ap.add_argument("--json", help="write every figure here")
+    args = ap.parse_args(argv)
+    g, c = get_backend(args.gpu), get_backend("cpu")
+    print(f"GPU backend: {g.device}; C fallback: {c.device}")
+    results = {"gpu": g.device, "cpu": c.device, "host_cores": os.cpu_count()}
+    ok = True
+    for name in args.only.split(","):
+        r = globals()["bench_" + name](g, c, args.small, args.repeat)
+        ok &= r["batch"]["identical"]
+        results[name] = r
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    print("every GPU result identical to the C fallback" if ok else "MISMATCH between GPU and C fallback")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
