@@ -31,11 +31,34 @@ def ed25519_verify_batch(public_keys, messages, signatures, backend=None) -> np.
 
     def work(b):
         out = b.empty((n,), np.uint8)
-        b.launch("ed25519_verify", n, b.to_device(pks), b.to_device(data), b.to_device(offsets),
-                 b.to_device(sigs), out)
+        d_pks, d_data, d_offsets, d_sigs = (b.to_device(a) for a in (pks, data, offsets, sigs))
+        if b.name == "cpu":
+            b.launch("ed25519_verify", n, d_pks, d_data, d_offsets, d_sigs, out)
+        else:
+            verify_on_gpu(b, n, d_pks, d_data, d_offsets, d_sigs, out, hash_order(offsets))
         return b.to_host(out)
 
     return dispatch.run(backend, work).astype(bool)
+
+
+GPU_GROUP = 32  # ED_GPU_GROUP in kernels/ed25519_gpu.h
+
+
+def hash_order(offsets: np.ndarray) -> np.ndarray | None:
+    """Signatures ordered by the SHA-512 blocks their challenge hashes (64 + message bytes), so
+    a warp of the challenge kernel hashes messages of one length; None when all lengths match."""
+    blocks = (np.diff(offsets) + (64 + 17 + 127)) // 128
+    if len(blocks) == 0 or blocks.min() == blocks.max():
+        return None
+    return np.argsort(np.minimum(blocks, 0xFFFF).astype(np.uint16), kind="stable").astype(np.uint32)
+
+
+def verify_on_gpu(b, n, pks, data, offsets, sigs, out, order) -> None:
+    """The GPU-shaped path (kernels/ed25519_gpu.h) over device buffers: challenges, then checks."""
+    ks = b.empty((n, 32), np.uint8)
+    d_order = b.to_device(order if order is not None else np.zeros(1, np.uint32))
+    b.launch("ed25519_challenge", n, pks, data, offsets, sigs, d_order, np.uint32(order is not None), ks)
+    b.launch("ed25519_verify_k", n, pks, sigs, ks, out, group=GPU_GROUP)
 
 
 def _check_bytes(name: str, value, length: int | None) -> None:

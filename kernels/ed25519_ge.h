@@ -38,6 +38,16 @@ DEVICE void ed_base_load(ed_precomp *p, u32 idx) {
     }
 }
 
+/* Table entry idx as a cached point (Z = 1), for code that adds through ed_add only. */
+DEVICE void ed_base_cached(ed_cached *c, u32 idx) {
+    for (u32 i = 0; i < ED_FE_LIMBS; i++) {
+        c->YpX.v[i] = ED_BASE[idx][0][i];
+        c->YmX.v[i] = ED_BASE[idx][1][i];
+        c->Z.v[i] = i == 0;
+        c->T2d.v[i] = ED_BASE[idx][2][i];
+    }
+}
+
 DEVICE int ed_fe_iszero(const ed_fe *f) {
     u8 s[32];
     ed_fe_tobytes(s, f);
@@ -86,7 +96,7 @@ DEVICE void ed_fe_pow22523(ed_fe *out, const ed_fe *z) {
 
 /* ZIP-215 decoding: y is taken mod p, so encodings with y >= p are accepted, and so is x = 0
  * with the sign bit set. Fails (returns 0) only when no x satisfies the curve equation. */
-DEVICE int ed_p3_decode(ed_p3 *h, const u8 *s) {
+DEVICE_OUTLINED int ed_p3_decode(ed_p3 *h, const u8 *s) {
     ed_fe u, v, v3, t, check;
     ed_fe_frombytes(&h->Y, s);
     ed_fe_set(&h->Z, 1);
@@ -224,79 +234,117 @@ DEVICE void ed_madd(ed_p1p1 *r, const ed_p3 *p, const ed_precomp *q, int neg) {
     }
 }
 
-/* Signed sliding window (wNAF) digits of a scalar below 2^253: each nonzero digit is odd and
- * below 2^(w-1) in magnitude, so the table holds only odd multiples. */
-DEVICE void ed_wnaf(i32 *naf, const u8 *s, u32 w) {
-    for (u32 i = 0; i < 256; i++) naf[i] = 0;
-    u32 carry = 0, pos = 0;
-    while (pos < 256) {
+/* Signed sliding window (wNAF) digits of a scalar below 2^253, one nonzero digit per call:
+ * returns 0 when none is left, else sets *at and *digit (odd, |digit| < 2^(w-1); w <= 8, so a
+ * digit fits an i8). Start with *pos = *carry = 0. The table holds only odd multiples. */
+DEVICE int ed_wnaf_next(const u8 *s, u32 w, u32 *pos, u32 *carry, u32 *at, i32 *digit) {
+    while (*pos < 256) {
         u32 bits = 0;
-        for (u32 k = 0; k < w && pos + k < 256; k++)
-            bits |= (u32)((s[(pos + k) / 8] >> ((pos + k) % 8)) & 1) << k;
-        u32 window = carry + bits;
+        for (u32 k = 0; k < w && *pos + k < 256; k++)
+            bits |= (u32)((s[(*pos + k) / 8] >> ((*pos + k) % 8)) & 1) << k;
+        u32 window = *carry + bits;
         if ((window & 1) == 0) { /* digit 0 here; any carry moves up one bit */
-            pos++;
+            (*pos)++;
             continue;
         }
+        *at = *pos;
         if (window < (1u << (w - 1))) {
-            naf[pos] = (i32)window;
-            carry = 0;
+            *digit = (i32)window;
+            *carry = 0;
         } else {
-            naf[pos] = (i32)window - (i32)(1u << w);
-            carry = 1;
+            *digit = (i32)window - (i32)(1u << w);
+            *carry = 1;
         }
-        pos += w;
+        *pos += w;
+        return 1;
     }
+    return 0;
+}
+
+DEVICE void ed_wnaf(i8 *naf, const u8 *s, u32 w) {
+    u32 pos = 0, carry = 0, at;
+    i32 digit;
+    for (u32 i = 0; i < 256; i++) naf[i] = 0;
+    while (ed_wnaf_next(s, w, &pos, &carry, &at, &digit)) naf[at] = (i8)digit;
+}
+
+/* Table of odd multiples of -A: *u = -A and *two = cached -2A; ed_odd_next then moves *u on by
+ * -2A, so successive calls give -3A, -5A, ... */
+DEVICE void ed_odd_start(ed_p3 *u, ed_cached *two, const ed_p3 *A) {
+    ed_p1p1 t;
+    ed_p3 a2;
+    ed_p3_neg(u, A);
+    ed_p3_dbl(&t, u);
+    ed_p1p1_to_p3(&a2, &t);
+    ed_p3_to_cached(two, &a2);
+}
+
+DEVICE void ed_odd_next(ed_p3 *u, const ed_cached *two) {
+    ed_p1p1 t;
+    ed_add(&t, u, two, 0);
+    ed_p1p1_to_p3(u, &t);
+}
+
+/* Highest position where either digit string is nonzero (-1: both scalars are zero). */
+DEVICE int ed_top(const i8 *sn, const i8 *kn) {
+    int i = 255;
+    while (i >= 0 && sn[i] == 0 && kn[i] == 0) i--;
+    return i;
+}
+
+/* One step of the double-scalar loop after the doubling and the [k](-A) digit: the [s]B digit. */
+DEVICE void ed_base_digit(ed_p1p1 *t, i32 digit) {
+    ed_p3 u;
+    ed_precomp bp;
+    if (digit == 0) return;
+    ed_p1p1_to_p3(&u, t);
+    ed_base_load(&bp, (u32)(digit < 0 ? -digit : digit) / 2);
+    ed_madd(t, &u, &bp, digit < 0);
+}
+
+/* Given t = [s]B - [k]A and R as a cached point, whether [8](t - R) is the identity: the
+ * cofactored ZIP-215 equation. */
+DEVICE int ed_check_finish(const ed_p1p1 *t, const ed_cached *R) {
+    ed_p3 u;
+    ed_p1p1 v;
+    ed_p2 r;
+    ed_p1p1_to_p3(&u, t);
+    ed_add(&v, &u, R, 1);
+    for (u32 j = 0; j < 3; j++) {
+        ed_p1p1_to_p2(&r, &v);
+        ed_p2_dbl(&v, &r);
+    }
+    return ed_p1p1_is_identity(&v);
 }
 
 /* The cofactored ZIP-215 equation [8]([s]B - [k]A - R) == 0, by one wNAF double-scalar
  * multiplication. s and k are reduced scalars, A and R decoded points. */
 DEVICE int ed_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k) {
-    i32 sn[256], kn[256];
-    ed_cached ai[1 << (ED_A_WINDOW - 2)], c;
+    i8 sn[256], kn[256];
+    ed_cached ai[1 << (ED_A_WINDOW - 2)], two;
     ed_p3 u;
     ed_p1p1 t;
     ed_p2 r;
-    ed_precomp bp;
     ed_wnaf(sn, s, ED_BASE_WINDOW);
     ed_wnaf(kn, k, ED_A_WINDOW);
-
-    ed_p3_neg(&u, A);                  /* table of odd multiples of -A */
-    ed_p3_to_cached(&ai[0], &u);
-    ed_p3_dbl(&t, &u);
-    ed_p3 a2;
-    ed_p1p1_to_p3(&a2, &t);
-    ed_p3_to_cached(&c, &a2);
-    for (u32 i = 1; i < (1u << (ED_A_WINDOW - 2)); i++) {
-        ed_add(&t, &u, &c, 0);
-        ed_p1p1_to_p3(&u, &t);
+    ed_odd_start(&u, &two, A);
+    for (u32 i = 0; i < (1u << (ED_A_WINDOW - 2)); i++) {
+        if (i) ed_odd_next(&u, &two);
         ed_p3_to_cached(&ai[i], &u);
     }
-
-    int i = 255;
-    while (i >= 0 && sn[i] == 0 && kn[i] == 0) i--;
     ed_p1p1_identity(&t);
-    for (; i >= 0; i--) {
+    for (int i = ed_top(sn, kn); i >= 0; i--) {
         ed_p1p1_to_p2(&r, &t);
         ed_p2_dbl(&t, &r);
         if (kn[i] != 0) {
             ed_p1p1_to_p3(&u, &t);
             ed_add(&t, &u, &ai[(kn[i] < 0 ? -kn[i] : kn[i]) / 2], kn[i] < 0);
         }
-        if (sn[i] != 0) {
-            ed_p1p1_to_p3(&u, &t);
-            ed_base_load(&bp, (u32)(sn[i] < 0 ? -sn[i] : sn[i]) / 2);
-            ed_madd(&t, &u, &bp, sn[i] < 0);
-        }
+        ed_base_digit(&t, sn[i]);
     }
-    ed_p1p1_to_p3(&u, &t);
-    ed_p3_to_cached(&c, R);
-    ed_add(&t, &u, &c, 1);
-    for (u32 j = 0; j < 3; j++) {
-        ed_p1p1_to_p2(&r, &t);
-        ed_p2_dbl(&t, &r);
-    }
-    return ed_p1p1_is_identity(&t);
+    ed_cached rc;
+    ed_p3_to_cached(&rc, R);
+    return ed_check_finish(&t, &rc);
 }
 
 #endif

@@ -1,13 +1,26 @@
 /* Portability layer: the only place where CUDA, OpenCL C and C99 differ.
  *
  * Kernel math is written once against these names:
- *   u8 u32 u64 i32 i64   fixed-width integers
+ *   u8 u32 u64 i8 i32 i64  fixed-width integers
  *   DEVICE               a helper function callable from a kernel
- *   DEVICE_CALL          a large helper called from many places: kept out of line on CUDA, where
- *                        inlining every call site multiplies code size and compile time
+ *   DEVICE_OUTLINED      one that CUDA keeps out of line: point decoding, large and called
+ *                        twice, whose inlined copies would push the verify kernels into spills.
+ *                        (Field arithmetic stays inline: out of line, nvcc/NVRTC 13.0 -O3
+ *                        miscompiled it, see ed25519_fe.h.)
+ *   DEVICE          a large helper called from many places (the field multiply): inline
+ *                        everywhere. Kept out of line, nvcc/NVRTC 13.0 at -O3 miscompiled the
+ *                        25.5-bit field code (wrong squares on some inputs: ZIP-215 torsion cases
+ *                        gave other verdicts than the C fallback on an H100; -G or inlining fixed
+ *                        it; gcc and clang with UBSan/ASan find nothing). Kept as a name so the
+ *                        choice stays in one place.
  *   GLOBAL               address-space qualifier of buffers passed in from the host
+ *   LOCAL                address-space qualifier of a pointer into work-group shared memory
+ *   LOCAL_ARRAY(T, x, n) declares x, n elements of T in work-group shared memory (GPU kernels)
+ *   LOCAL_ID             index of the work item in its group
  *   CONSTANT_TABLE       qualifier of a file-scope read-only table
  *   KERNEL               a kernel entry point (GPU targets only; C loops over items itself)
+ *   KERNEL_BOUNDED(n, b) one launched in work-groups of exactly n items; on CUDA, at least b
+ *                        blocks per multiprocessor, which caps registers where spills would start
  *   GLOBAL_ID            index of the current work item (GPU targets only)
  *
  * Item functions take the item index as their first argument and GLOBAL buffers after it, so the
@@ -21,29 +34,39 @@
 #pragma OPENCL FP_CONTRACT OFF
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 typedef uchar u8;
+typedef char i8;
 typedef uint u32;
 typedef ulong u64;
 typedef int i32;
 typedef long i64;
 #define DEVICE static inline
-#define DEVICE_CALL DEVICE
+#define DEVICE_OUTLINED DEVICE
 #define GLOBAL __global
 #define CONSTANT_TABLE __constant
 #define KERNEL __kernel
+#define KERNEL_BOUNDED(n, b) __kernel __attribute__((reqd_work_group_size(n, 1, 1))) void
 #define GLOBAL_ID ((u64)get_global_id(0))
+#define LOCAL __local
+#define LOCAL_ARRAY(T, x, n) __local T x[n]
+#define LOCAL_ID ((u32)get_local_id(0))
 
 #elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
 typedef unsigned char u8;
+typedef signed char i8;
 typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef int i32;
 typedef long long i64;
 #define DEVICE static __device__ inline
-#define DEVICE_CALL static __device__ __noinline__
+#define DEVICE_OUTLINED static __device__ __noinline__
 #define GLOBAL
 #define CONSTANT_TABLE static __device__ const
 #define KERNEL extern "C" __global__
+#define KERNEL_BOUNDED(n, b) extern "C" __global__ void __launch_bounds__(n, b)
 #define GLOBAL_ID ((u64)blockIdx.x * (u64)blockDim.x + (u64)threadIdx.x)
+#define LOCAL
+#define LOCAL_ARRAY(T, x, n) __shared__ T x[n]
+#define LOCAL_ID ((u32)threadIdx.x)
 
 #else
 #include <stdint.h>
@@ -56,12 +79,13 @@ typedef long long i64;
 #error "kernels need FLT_EVAL_METHOD == 0 (SSE2-style doubles, no x87 excess precision)"
 #endif
 typedef uint8_t u8;
+typedef int8_t i8;
 typedef uint32_t u32;
 typedef uint64_t u64;
 typedef int32_t i32;
 typedef int64_t i64;
 #define DEVICE static inline
-#define DEVICE_CALL DEVICE
+#define DEVICE_OUTLINED DEVICE
 #define GLOBAL
 #define CONSTANT_TABLE static const
 #endif

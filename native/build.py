@@ -8,8 +8,9 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-# Contraction and fast-math would make floating point differ from the GPU builds.
-CFLAGS = ["-O3", "-std=gnu99", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fPIC"]
+# Contraction and fast-math would make floating point differ from the GPU builds; kernels read
+# aligned byte buffers as 32-bit words (kernels/merkle.h), which strict aliasing would forbid.
+CFLAGS = ["-O3", "-std=gnu99", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-fPIC"]
 
 
 def declarations() -> str:

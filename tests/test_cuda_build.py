@@ -1,5 +1,6 @@
 """The CUDA build of kernels/ must compile even where no GPU exists: nvcc is on CI machines."""
 import os
+import re
 import shutil
 import subprocess
 
@@ -48,3 +49,21 @@ def test_opencl_whole_source_builds(backends):
     b = ocl[0]
     src = inline_source("portable.h") + inline_source("opencl.cl")
     cl.Program(b._ctx, src).build(options=BUILD_OPTIONS)
+
+
+def test_gpu_verify_kernel_fits_registers_and_a_small_stack(tmp_path):
+    """Issue 11's bar for the GPU-shaped Ed25519 kernel, read off ptxas for an H100 (sm_90): at
+    most 1 KB of stack per thread and no spills, in the kernel or the functions it calls."""
+    from accel.backends.base import inline_source
+    src = tmp_path / "ed25519_gpu.cu"
+    src.write_text(inline_source("portable.h") + "\n" + inline_source("ed25519_gpu.h"))
+    proc = subprocess.run(
+        [nvcc(), "-cubin", "-arch=sm_90", "--fmad=false", "-std=c++14", "-Xptxas", "-v", str(src),
+         "-o", str(tmp_path / "k.cubin")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = proc.stderr.split("Compiling entry function 'av_ed25519_verify_k'")[1].split("Compiling entry")[0]
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    assert frames, proc.stderr
+    assert int(frames[0][0]) <= 1024, report
+    assert all(int(stores) == 0 and int(loads) == 0 for _, stores, loads in frames), report
+    assert int(re.search(r"(\d+) bytes cumulative stack size", report).group(1)) <= 1024, report

@@ -431,6 +431,73 @@ def test_backends_agree_bit_for_bit(backends):
         assert np.array_equal(out, ref), name
 
 
+def torsion_batch(n, seed):
+    """Signatures whose A and R carry random torsion (A = [a]B + T_i, R = [r]B + T_j): the cases
+    that CUDA 13.0 at -O3 once got wrong with an out-of-line field multiply. Each holds under the
+    cofactored equation unless its S is tampered (every fourth)."""
+    rng = random.Random(seed)
+    pks, msgs, sigs = [], [], []
+    for i in range(n):
+        a, r = rng.randrange(1, L), rng.randrange(1, L)
+        a_enc = encode(add(mul(a, BASE), TORSION[rng.randrange(8)]))
+        r_enc = encode(add(mul(r, BASE), TORSION[rng.randrange(8)]))
+        msg = rng.randbytes(rng.randrange(0, 300))
+        sig = forge(a, a_enc, r_enc, r, msg)
+        pks.append(a_enc)
+        msgs.append(msg)
+        sigs.append(flip(sig, 300) if i % 4 == 3 else sig)
+    return pks, msgs, sigs
+
+
+def test_torsion_cases_agree_across_backends(backends):
+    pks, msgs, sigs = torsion_batch(160, seed=8)
+    want = np.array([zip215_verdict(*c) for c in zip(pks, msgs, sigs)])
+    assert want.sum() == 120
+    for b in backends:
+        assert np.array_equal(verdicts(b, pks, msgs, sigs), want), b.name
+
+
+def test_gpu_path_equals_portable_path(backends):
+    """The GPU-shaped kernels (challenges in length order, then checks with the table of -A in
+    shared memory) against the one-kernel portable path on the same backend (PoCL here, a GPU
+    under make gpu-check), and both against the C fallback; with mixed message lengths (the
+    hashing order differs from the input order) and with one length (no reordering)."""
+    from accel.ed25519 import hash_order, verify_on_gpu
+    from accel.packing import pack_fixed, pack_messages
+    gpu_targets = [b for b in backends if b.name != "cpu"]
+    if not gpu_targets:
+        pytest.skip("no OpenCL or CUDA backend here to run the GPU-shaped kernels")
+    mixed = mixed_batch()
+    tors = torsion_batch(64, seed=9)
+    keys = [SigningKey(bytes([i]) * 32) for i in range(1, 9)]
+    same_len = ([bytes(keys[i % 8].verify_key) for i in range(300)], [bytes([i % 256]) * 100 for i in range(300)], [])
+    same_len[2].extend(keys[i % 8].sign(m).signature if i % 7 else bytes(64) for i, m in enumerate(same_len[1]))
+    for pks, msgs, sigs in (mixed, tors, same_len):
+        ref = verdicts(backends[0], pks, msgs, sigs)
+        assert backends[0].name == "cpu" and 0 < ref.sum()
+        d_pk, d_sig = pack_fixed(pks, 32, "public key"), pack_fixed(sigs, 64, "signature")
+        data, offsets = pack_messages(msgs)
+        for b in gpu_targets:
+            args = [b.to_device(x) for x in (d_pk, data, offsets, d_sig)]
+            portable, shaped = b.empty((len(pks),), np.uint8), b.empty((len(pks),), np.uint8)
+            b.launch("ed25519_verify", len(pks), *args, portable)
+            verify_on_gpu(b, len(pks), *args, shaped, hash_order(offsets))
+            assert np.array_equal(b.to_host(portable).astype(bool), ref), b.name
+            assert np.array_equal(b.to_host(shaped).astype(bool), ref), b.name
+
+
+def test_hash_order_groups_messages_by_sha512_blocks():
+    from accel.ed25519 import hash_order
+    lengths = [300, 0, 47, 48, 1000, 5]  # 64 + len + 17 bytes padded: 1, 1, 1, 2 blocks, ...
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.uint64)
+    order = hash_order(offsets)
+    blocks = [(64 + n + 17 + 127) // 128 for n in lengths]
+    assert sorted(order.tolist()) == list(range(len(lengths)))
+    assert [blocks[i] for i in order] == sorted(blocks)
+    assert order.tolist()[:3] == [1, 2, 5]  # stable among equal block counts
+    assert hash_order(np.arange(5, dtype=np.uint64) * 100) is None
+
+
 def test_c_batch_path_equals_single_checks(cpu):
     """The C fallback's random-linear-combination path against its plain per-signature loop."""
     from accel.packing import pack_fixed, pack_messages

@@ -22,7 +22,7 @@ def _kernel_dir() -> Path:
 
 KERNEL_DIR = _kernel_dir()
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
-_KERNEL_DEF = re.compile(r"KERNEL\s+void\s+av_(\w+)\s*\(")
+_KERNEL_DEF = re.compile(r"KERNEL(?:\s+void|_BOUNDED\([^)]*\))\s+av_(\w+)\s*\(")
 
 
 class BackendUnavailable(RuntimeError):
@@ -77,8 +77,9 @@ class Backend(ABC):
         """The buffer's contents as a host NumPy array (waits for pending work)."""
 
     @abstractmethod
-    def launch(self, kernel: str, n: int, *args) -> None:
-        """Run av_<kernel> over items 0..n-1; args are buffers or NumPy scalars of the C types."""
+    def launch(self, kernel: str, n: int, *args, group: int | None = None) -> None:
+        """Run av_<kernel> over items 0..n-1; args are buffers or NumPy scalars of the C types.
+        group: the work-group size a kernel is written for (GPU targets; the C loop ignores it)."""
 
     def synchronize(self) -> None:
         """Wait until every launched kernel has finished (for timing device work alone)."""

@@ -36,7 +36,7 @@ class CpuBackend(Backend):
     def to_host(self, buffer):
         return buffer
 
-    def launch(self, kernel, n, *args):
+    def launch(self, kernel, n, *args, group=None):
         try:
             fn = getattr(self._lib, "av_" + kernel)
         except AttributeError:

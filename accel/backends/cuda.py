@@ -67,12 +67,14 @@ class CudaBackend(Backend):
         with self._dev:
             self._cp.cuda.get_current_stream().synchronize()
 
-    def launch(self, kernel, n, *args):
+    def launch(self, kernel, n, *args, group=None):
         if n == 0:
             return
         with self._dev:
             fn = self._function(kernel)
-            block = min(BLOCK, fn.max_threads_per_block)
+            block = min(group or BLOCK, fn.max_threads_per_block)
+            if group and block != group:
+                raise KernelError(f"av_{kernel} needs blocks of {group} threads; this device allows {block}")
             try:
                 fn(((int(n) + block - 1) // block,), (block,), (*args, np.uint64(n)))
             except Exception as exc:

@@ -134,12 +134,15 @@ class OpenClBackend(Backend):
             entry = self._kernels[kernel] = (fn, max(1, min(WORK_GROUP, limit)))
         return entry
 
-    def launch(self, kernel, n, *args):
+    def launch(self, kernel, n, *args, group=None):
         if n == 0:
             return
         cargs = [a.buf if isinstance(a, ClBuffer) else a for a in args]
         with self._lock:
-            fn, group = self._kernel(kernel)
+            fn, limit = self._kernel(kernel)
+            if group and group > limit:
+                raise KernelError(f"av_{kernel} needs work-groups of {group}; {self.device} allows {limit}")
+            group = group or limit
             try:
                 # A fixed work-group: left to PoCL, large n gets groups whose private arrays
                 # overflow its thread stacks (and a rebuild per new size). Kernels ignore items
