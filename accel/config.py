@@ -7,6 +7,9 @@ Keys (all optional):
   cuda_device    CUDA device index                   env ACCEL_CUDA_DEVICE   default 0
   gpu_fallback   rerun on the C fallback when a GPU  env ACCEL_GPU_FALLBACK  default true
                  backend fails mid-batch (logged)
+  gpu_min_batch  batches smaller than this stay on   env ACCEL_GPU_MIN_BATCH default -1: per kernel,
+                 the C fallback when the configured        the crossovers measured on an H100
+                 backend is a GPU (0: always the GPU)      (accel/dispatch.py, bench/RESULTS.md)
 The file is $ACCEL_CONFIG, else ./accel.toml if present.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ class AccelConfig:
     opencl_device: str = ""
     cuda_device: int = 0
     gpu_fallback: bool = True
+    gpu_min_batch: int = -1
 
     def __post_init__(self):
         for f in fields(self):
@@ -41,6 +45,8 @@ class AccelConfig:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
+        if self.gpu_min_batch < -1:
+            raise ConfigError(f"gpu_min_batch must be >= 0 (or -1 for the measured defaults), not {self.gpu_min_batch}")
         if self.cuda_device < 0:
             raise ConfigError(f"cuda_device must be >= 0, not {self.cuda_device}")
 

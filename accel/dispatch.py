@@ -12,8 +12,24 @@ log = logging.getLogger("accel")
 T = TypeVar("T")
 
 
-def run(backend: str | Backend | None, fn: Callable[[Backend], T]) -> T:
+# Batch sizes from which the GPU beat the C fallback end to end (host arrays in, results out) on
+# an H100 beside 16 host cores: `bench/gpu_throughput.py`, figures in bench/RESULTS.md. Below
+# them, work on the configured backend stays on the C fallback unless gpu_min_batch says otherwise.
+GPU_MIN_BATCH = {"ed25519": 4096, "merkle": 4096, "sha256": 4096, "risk": 4096}
+
+
+def min_batch(kernel: str) -> int:
+    configured = config.load().gpu_min_batch
+    return GPU_MIN_BATCH[kernel] if configured < 0 else configured
+
+
+def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None = None,
+        kernel: str | None = None) -> T:
+    """fn(backend). With backend=None (the configured one), a GPU, and n items of `kernel` below
+    its minimum batch, fn runs on the C fallback instead: GPU launches lose on small batches."""
     b = get_backend(backend)
+    if backend is None and b.is_gpu and kernel is not None and n is not None and n < min_batch(kernel):
+        b = get_backend("cpu")
     if b.name == "cpu":
         return fn(b)
     try:

@@ -30,18 +30,25 @@ def ed25519_verify_batch(public_keys, messages, signatures, backend=None) -> np.
         return np.zeros(0, dtype=bool)
 
     def work(b):
-        out = b.empty((n,), np.uint8)
-        d_pks, d_data, d_offsets, d_sigs = (b.to_device(a) for a in (pks, data, offsets, sigs))
         if b.name == "cpu":
-            b.launch("ed25519_verify", n, d_pks, d_data, d_offsets, d_sigs, out)
-        else:
-            verify_on_gpu(b, n, d_pks, d_data, d_offsets, d_sigs, out, hash_order(offsets))
-        return b.to_host(out)
+            out = b.empty((n,), np.uint8)
+            b.launch("ed25519_verify", n, pks, data, offsets, sigs, out)
+            return out
 
-    return dispatch.run(backend, work).astype(bool)
+        def step(lo, hi):
+            base = offsets[lo]
+            rebased = offsets[lo:hi + 1] - base
+            out = b.empty((hi - lo,), np.uint8)
+            verify_on_gpu(b, hi - lo, *(b.to_device(a) for a in (pks[lo:hi], data[base:offsets[hi]], rebased, sigs[lo:hi])),
+                          out, hash_order(rebased))
+            return out
+        return b.chunked(n, GPU_CHUNK, step)
+
+    return dispatch.run(backend, work, n, "ed25519").astype(bool)
 
 
 GPU_GROUP = 32  # ED_GPU_GROUP in kernels/ed25519_gpu.h
+GPU_CHUNK = 1 << 17  # signatures per chunk: copies of one overlap the kernels of the one before
 
 
 def hash_order(offsets: np.ndarray) -> np.ndarray | None:
@@ -87,4 +94,4 @@ def ed25519_key_is_safe(public_key, backend=None) -> bool:
         b.launch("ed25519_key_is_safe", 1, b.to_device(pks), out)
         return b.to_host(out)
 
-    return bool(dispatch.run(backend, work)[0])
+    return bool(dispatch.run(backend, work, 1, "ed25519")[0])

@@ -23,13 +23,18 @@ def sha256_many(messages, backend=None) -> list[bytes]:
         b.launch("sha256_many", n, b.to_device(data), b.to_device(offsets), out)
         return b.to_host(out)
 
-    digests = dispatch.run(backend, work) if n else np.empty((0, 32), np.uint8)
+    digests = dispatch.run(backend, work, n, "sha256") if n else np.empty((0, 32), np.uint8)
     return [bytes(row) for row in digests]
 
 
 def _levels(b, data, offsets, keep: bool) -> list[np.ndarray]:
     """Leaf hashes and every level above them on backend b; only the root level unless keep."""
     return device_levels(b, b.to_device(data), b.to_device(offsets), len(offsets) - 1, keep)
+
+
+# A GPU finishes a tree on the host once a level is this small: a few dozen hashlib calls cost
+# less than a launch and a synchronisation per level.
+HOST_TOP = 64
 
 
 def device_levels(b, data, offsets, n: int, keep: bool = False) -> list[np.ndarray]:
@@ -39,6 +44,8 @@ def device_levels(b, data, offsets, n: int, keep: bool = False) -> list[np.ndarr
     levels = [b.to_host(level)] if keep else []
     count = n
     while count > 1:
+        if b.is_gpu and not keep and count <= HOST_TOP:
+            return [_host_root(b.to_host(level))]
         up = (count + 1) // 2
         above = b.empty((up, 32), np.uint8)
         b.launch("merkle_level", up, level, np.uint64(count), above)
@@ -53,7 +60,7 @@ def merkle_root(leaves, backend=None) -> bytes:
     data, offsets = pack_messages(leaves, "leaf")
     if len(offsets) == 1:
         return EMPTY_ROOT
-    top = dispatch.run(backend, lambda b: _levels(b, data, offsets, keep=False))
+    top = dispatch.run(backend, lambda b: _levels(b, data, offsets, keep=False), len(offsets) - 1, "merkle")
     return bytes(top[-1][0])
 
 
@@ -71,7 +78,7 @@ def merkle_proof(leaves, index: int, backend=None) -> MerkleProof:
     total = len(offsets) - 1
     if not 0 <= index < total:
         raise ValueError(f"index {index} is outside a tree of {total} leaves")
-    levels = dispatch.run(backend, lambda b: _levels(b, data, offsets, keep=True))
+    levels = dispatch.run(backend, lambda b: _levels(b, data, offsets, keep=True), total, "merkle")
     aunts, i = [], index
     for level in levels[:-1]:
         sibling = i ^ 1
@@ -79,6 +86,14 @@ def merkle_proof(leaves, index: int, backend=None) -> MerkleProof:
             aunts.append(bytes(level[sibling]))
         i //= 2
     return MerkleProof(total, index, bytes(levels[0][index]), tuple(aunts))
+
+
+def _host_root(level: np.ndarray) -> np.ndarray:
+    """The root above a (small) level of node hashes, by the same pairing rule as the kernels."""
+    nodes = [row.tobytes() for row in level]
+    while len(nodes) > 1:
+        nodes = [inner_hash(*nodes[i:i + 2]) if i + 1 < len(nodes) else nodes[i] for i in range(0, len(nodes), 2)]
+    return np.frombuffer(nodes[0], np.uint8).reshape(1, 32)
 
 
 def leaf_hash(leaf: bytes) -> bytes:

@@ -15,6 +15,7 @@ PUT, CALL, INVERSE, FUTURE = 0, 1, 2, 8
 _SPOT = 4
 _KINDS = (PUT, CALL, FUTURE, PUT | INVERSE, CALL | INVERSE, FUTURE | INVERSE)
 _MAX_MOVES = _MAX_EXT = 16  # RK_MAX_MOVES, RK_MAX_EXT
+_GPU_CHUNK = 1 << 20  # options per chunk on a GPU: copies of one overlap the kernel of another
 _MAX_EXP_ARG = 700.0  # B76_MAX_EXP_ARG: |r t|, |(r-q) t| bound keeping discount and growth finite
 
 
@@ -179,11 +180,14 @@ def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False
         return Greeks(*np.empty((6, 0)))
 
     def work(b):
-        out = b.empty((6, n), np.float64)
-        b.launch("greeks", n, *(b.to_device(a) for a in arrays), np.uint32(scalars), out)
-        return b.to_host(out)
+        def step(lo, hi):
+            out = b.empty((6, hi - lo), np.float64)
+            b.launch("greeks", hi - lo, *(b.to_device(a if len(a) == 1 else a[lo:hi]) for a in arrays),
+                     np.uint32(scalars), out)
+            return out
+        return b.chunked(n, _GPU_CHUNK if b.is_gpu else n, step, axis=1)
 
-    out = dispatch.run(backend, work)
+    out = dispatch.run(backend, work, n, "risk")
     if np.isnan(out[0]).any():  # the kernel marks invalid input; find and name the first one
         _validate_greeks(n, dict(zip(values, arrays)))
         raise RuntimeError("greeks: the kernel rejected an input that passes validation")
@@ -225,7 +229,7 @@ def portfolio_margin(portfolio, marks, params: MarginParams | None = None, backe
         b.launch("portfolio_margin", n, *_margin_buffers(b, pf, mk, pp), im, mm, worst)
         return b.to_host(im), b.to_host(mm), b.to_host(worst)
 
-    im, mm, worst = dispatch.run(backend, work)
+    im, mm, worst = dispatch.run(backend, work, n, "risk")
     _check_ticks(mm, im)
     return MarginResult(im, mm, worst)
 
@@ -241,7 +245,7 @@ def standard_margin(portfolio, marks, params: MarginParams | None = None, backen
         b.launch("standard_margin", n, *_margin_buffers(b, pf, mk, pp), im, mm)
         return b.to_host(im), b.to_host(mm)
 
-    im, mm = dispatch.run(backend, work)
+    im, mm = dispatch.run(backend, work, n, "risk")
     _check_ticks(mm, im)
     return im, mm
 

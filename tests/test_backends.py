@@ -74,7 +74,7 @@ class FailingGpu(Backend):
     def to_host(self, buf):
         return self.cpu.to_host(buf)
 
-    def launch(self, kernel, n, *args):
+    def launch(self, kernel, n, *args, group=None):
         if self.ok == 0:
             raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED (simulated)")
         self.ok -= 1
@@ -82,8 +82,9 @@ class FailingGpu(Backend):
 
 
 @pytest.mark.parametrize("ok", [0, 1, 5])
-def test_gpu_failure_falls_back_with_same_result(cpu, caplog, ok):
-    leaves = [bytes([i]) * 40 for i in range(100)]
+def test_gpu_failure_falls_back_with_same_result(cpu, caplog, monkeypatch, ok):
+    monkeypatch.setenv("ACCEL_GPU_FALLBACK", "true")  # make gpu-check turns it off for the run
+    leaves = [bytes([i % 256]) * 40 for i in range(5000)]  # enough levels for the sixth launch
     expected = accel.merkle_root(leaves, backend=cpu)
     with caplog.at_level(logging.WARNING, logger="accel"):
         got = accel.merkle_root(leaves, backend=FailingGpu(cpu, ok))
@@ -115,8 +116,47 @@ def _calls():
 
 
 @pytest.mark.parametrize("api", ["ed25519_verify_batch", "greeks", "sha256_many"])
-def test_every_api_falls_back_with_same_bits(cpu, caplog, api):
+def test_every_api_falls_back_with_same_bits(cpu, caplog, monkeypatch, api):
+    monkeypatch.setenv("ACCEL_GPU_FALLBACK", "true")
     call = _calls()[api]
     with caplog.at_level(logging.WARNING, logger="accel"):
         assert call(FailingGpu(cpu, 0)) == call(cpu)
     assert "redoing the work on the C fallback" in caplog.text
+
+
+class CountingGpu(FailingGpu):
+    """A healthy GPU stand-in that counts its launches."""
+
+    def __init__(self, cpu):
+        super().__init__(cpu, ok=10**9)
+        self.launches = 0
+
+    def launch(self, kernel, n, *args, group=None):
+        self.launches += 1
+        super().launch(kernel, n, *args, group=group)
+
+
+@pytest.mark.parametrize("env, small_on_gpu", [({}, False), ({"ACCEL_GPU_MIN_BATCH": "0"}, True),
+                                               ({"ACCEL_GPU_MIN_BATCH": "50"}, False)])
+def test_small_batches_stay_on_the_c_fallback(cpu, monkeypatch, env, small_on_gpu):
+    """Below gpu_min_batch (default: the measured crossover) the configured GPU is not used; an
+    explicitly named backend always is."""
+    from accel import backends
+    gpu = CountingGpu(cpu)
+    monkeypatch.setattr(backends, "get_backend", lambda name=None: gpu if name is None or name is gpu else cpu)
+    monkeypatch.setattr(dispatch, "get_backend", lambda name=None: gpu if name is None or name is gpu else cpu)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    leaves = [bytes([i]) * 32 for i in range(40)]
+    root = accel.merkle_root(leaves, backend=cpu)
+    assert accel.merkle_root(leaves) == root
+    assert (gpu.launches > 0) == small_on_gpu
+    gpu.launches = 0
+    assert accel.merkle_root(leaves, backend=gpu) == root
+    assert gpu.launches > 0
+
+
+def test_gpu_min_batch_is_validated():
+    with pytest.raises(config.ConfigError, match="gpu_min_batch"):
+        config.load(None, env={"ACCEL_GPU_MIN_BATCH": "-5"})
+    assert config.load(None, env={"ACCEL_GPU_MIN_BATCH": "128"}).gpu_min_batch == 128

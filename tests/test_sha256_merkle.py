@@ -138,3 +138,23 @@ def test_word_and_byte_paths_of_leaf_hashing_agree(backend):
     for head in (b"", b"a", b"ab", b"abc", b"abcd"):
         leaves = ([head] if head else []) + body
         assert accel.merkle_root(leaves, backend=backend) == ref_root(leaves), head
+
+
+class GpuLike:
+    """The C fallback presented as a GPU, so the GPU-only host finish of small top levels runs."""
+    name, device, is_gpu = "cuda", "C fallback posing as a GPU", True
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+
+    def __getattr__(self, attr):
+        return getattr(self.cpu, attr)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 63, 64, 65, 127, 128, 129, 1000])
+def test_gpu_finishes_small_top_levels_on_the_host(cpu, n):
+    from accel.merkle import device_levels
+    leaves = [bytes([i % 251]) * (i % 40) for i in range(n)]
+    data, offsets = np.frombuffer(b"".join(leaves), np.uint8), np.cumsum([0] + [len(x) for x in leaves]).astype(np.uint64)
+    (root,) = device_levels(GpuLike(cpu), data, offsets, n)
+    assert root.tobytes() == ref_root(leaves)

@@ -84,6 +84,14 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait until every launched kernel has finished (for timing device work alone)."""
 
+    def chunked(self, n: int, chunk: int, step, axis: int = 0) -> np.ndarray:
+        """step(lo, hi) uploads items lo..hi-1, launches, and returns a device buffer of results;
+        the results of every chunk, joined along `axis`, come back as one host array. GPU
+        backends overlap one chunk's copies with another's kernels."""
+        if n <= chunk:
+            return self.to_host(step(0, n))
+        return np.concatenate([self.to_host(step(lo, min(n, lo + chunk))) for lo in range(0, n, chunk)], axis=axis)
+
     @property
     def is_gpu(self) -> bool:
         return self.name != "cpu"

@@ -1,5 +1,9 @@
-"""CUDA through CuPy: the kernel modules compiled by NVRTC, with FMA contraction off."""
+"""CUDA through CuPy: the kernel modules compiled by NVRTC, with FMA contraction off. CuPy keeps
+each compiled module in its on-disk cache ($CUPY_CACHE_DIR, default ~/.cupy/kernel_cache), so only
+the first process on a machine pays for compilation."""
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -7,6 +11,8 @@ from .base import Backend, BackendUnavailable, KernelError, inline_source, modul
 
 NVRTC_OPTIONS = ("--fmad=false", "--std=c++14")
 BLOCK = 256
+# Below this, one synchronous copy is cheaper than staging through pinned memory.
+PINNED_MIN_BYTES = 1 << 20
 
 
 def _import():
@@ -36,6 +42,10 @@ class CudaBackend(Backend):
         self.device = f"{props['name'].decode()} (CUDA device {device_index})"
         self._modules: dict[str, object] = {}
         self._functions: dict[str, object] = {}
+        with self._dev:
+            self._streams = (cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True))
+        # pinned staging buffers of copies in flight, per thread, kept until their stream syncs
+        self._staged = threading.local()
 
     def _function(self, kernel: str):
         """The compiled kernel, loaded on this backend's device (call inside `with self._dev`)."""
@@ -51,9 +61,30 @@ class CudaBackend(Backend):
                 raise KernelError(f"NVRTC build of kernels/{module} failed: {exc}") from exc
         return fn
 
+    def _keep(self) -> list:
+        if not hasattr(self._staged, "buffers"):
+            self._staged.buffers = []
+        return self._staged.buffers
+
+    def _pinned(self, shape, dtype) -> np.ndarray:
+        """A host array in page-locked memory (from CuPy's pool), which copies run from
+        asynchronously and at full bus speed."""
+        import cupyx
+        return cupyx.empty_pinned(shape, dtype)
+
     def to_device(self, array):
+        """Large arrays go through pinned memory as an asynchronous copy on the current stream."""
+        array = np.ascontiguousarray(array)
+        cp = self._cp
         with self._dev:
-            return self._cp.asarray(np.ascontiguousarray(array))
+            if array.nbytes < PINNED_MIN_BYTES:
+                return cp.asarray(array)
+            host = self._pinned(array.shape, array.dtype)
+            np.copyto(host, array)
+            out = cp.empty(array.shape, array.dtype)
+            out.set(host, stream=cp.cuda.get_current_stream())
+            self._keep().append(host)
+            return out
 
     def empty(self, shape, dtype):
         with self._dev:
@@ -61,7 +92,27 @@ class CudaBackend(Backend):
 
     def to_host(self, buffer):
         with self._dev:
-            return self._cp.asnumpy(buffer)
+            out = self._cp.asnumpy(buffer)  # waits for the current stream
+            self._keep().clear()
+            return out
+
+    def chunked(self, n, chunk, step, axis=0):
+        """Chunks alternate between two streams: while one chunk's kernels run, the next one's
+        inputs are staged and copied, and results come back into pinned memory asynchronously."""
+        parts = []
+        with self._dev:
+            try:
+                for i, lo in enumerate(range(0, n, chunk)):
+                    with self._streams[i % 2] as stream:
+                        buf = step(lo, min(n, lo + chunk))
+                        host = self._pinned(buf.shape, buf.dtype)
+                        buf.get(stream=stream, out=host, blocking=False)
+                        parts.append(host)
+            finally:
+                for stream in self._streams:
+                    stream.synchronize()
+                self._keep().clear()
+        return np.concatenate(parts, axis=axis)
 
     def synchronize(self):
         with self._dev:
