@@ -4,8 +4,8 @@
  *    similar length instead of waiting on its longest one;
  *  - the verify kernel then does the same arithmetic for every item: the [s]B table is the one
  *    global table (shared by all threads, read by s's bytes, no recoding), the odd multiples of
- *    -A live in work-group shared memory, laid out thread-minor so a warp's reads fall in
- *    distinct banks, and k's wNAF digits take 4 bits each: the private stack stays under 1 KB.
+ *    -A (and R, for the last step) live in work-group shared memory, laid out thread-minor so a
+ *    warp's reads fall in distinct banks: the private stack stays under 1 KB with no spills.
  * GPU targets only (the C fallback has its own batch path). Launch av_ed25519_verify_k with
  * work-groups of exactly ED_GPU_GROUP items. */
 #ifndef AV_ED25519_GPU_H
@@ -13,8 +13,13 @@
 #include "ed25519.h"
 
 #define ED_GPU_GROUP 32
+/* Tunables (bench/RESULTS.md has the measurements behind the defaults; -D overrides them). */
+#ifndef ED_GPU_BLOCKS_PER_SM
 #define ED_GPU_BLOCKS_PER_SM 8 /* 256 threads x 255 registers fill a 64K-register SM: no spills */
-#define ED_GPU_A_WINDOW 4                                /* odd multiples 1A, 3A, 5A, 7A */
+#endif
+#ifndef ED_GPU_A_WINDOW
+#define ED_GPU_A_WINDOW 4      /* wNAF width for k: odd multiples 1A, 3A, 5A, 7A in shared memory */
+#endif
 #define ED_GPU_A_POINTS (1 << (ED_GPU_A_WINDOW - 2))
 #define ED_GPU_CACHED_WORDS (4 * ED_FE_LIMBS)            /* one ed_cached as i32 words */
 
@@ -54,34 +59,24 @@ DEVICE void ed_gpu_load(ed_cached *c, LOCAL const i32 *tab, u32 q, u32 lid) {
     }
 }
 
-/* Digit of k at bit i, from two 4-bit digits (plus 8) per byte. */
-DEVICE i32 ed_gpu_digit(const u8 *kn, u32 i) {
-    return (i32)((kn[i / 2] >> (4 * (i & 1))) & 15u) - 8;
-}
-
 DEVICE u32 ed_ctz8(u32 b) {
     u32 t = 0;
     while (t < 7 && !((b >> t) & 1)) t++;
     return t;
 }
 
-/* ed_check with the table of -A in shared memory (tab, column lid), k's wNAF digits packed in
- * 128 bytes, and no digits stored for s: byte j of s, when nonzero, adds [its odd part]B at bit
- * 8j + (its trailing zero bits), from the global table of odd multiples up to 255B. */
+/* ed_check with the table of -A in shared memory (tab, column lid), and no digits stored for s:
+ * byte j of s, when nonzero, adds [its odd part]B at bit 8j + (its trailing zero bits), from the
+ * global table of odd multiples up to 255B. */
 DEVICE int ed_gpu_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k, LOCAL i32 *tab, u32 lid) {
-    u8 kn[128];
+    i8 kn[256];
     ed_cached two, c;
     ed_p3 u;
     ed_p1p1 t;
     ed_p2 r;
-    u32 pos = 0, carry = 0, at;
-    i32 digit, top = -1;
-    for (u32 j = 0; j < 128; j++) kn[j] = 0x88;
-    while (ed_wnaf_next(k, ED_GPU_A_WINDOW, &pos, &carry, &at, &digit)) {
-        u32 sh = 4 * (at & 1);
-        kn[at / 2] = (u8)((kn[at / 2] & ~(15u << sh)) | ((u32)(digit + 8) << sh));
-        top = (i32)at;
-    }
+    i32 digit, top = 255;
+    ed_wnaf(kn, k, ED_GPU_A_WINDOW);
+    while (top >= 0 && kn[top] == 0) top--;
     for (u32 j = 0; j < 32; j++)
         if (s[j] != 0 && (i32)(8 * j + ed_ctz8(s[j])) > top) top = (i32)(8 * j + ed_ctz8(s[j]));
     ed_p3_to_cached(&c, R);
@@ -100,7 +95,7 @@ DEVICE int ed_gpu_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k
         for (u32 which = 0; which < 2; which++) {
             u32 b = s[i / 8];
             if (which == 0) {
-                digit = ed_gpu_digit(kn, (u32)i);
+                digit = kn[i];
                 if (digit != 0) ed_gpu_load(&c, tab, (u32)(digit < 0 ? -digit : digit) / 2, lid);
             } else {
                 digit = (b != 0 && (u32)(i & 7) == ed_ctz8(b)) ? (i32)(b >> (i & 7)) : 0;
