@@ -15,7 +15,11 @@ T = TypeVar("T")
 # Batch sizes from which the GPU beat the C fallback end to end (host arrays in, results out) on
 # an H100 beside 16 host cores: `bench/gpu_throughput.py`, figures in bench/RESULTS.md. Below
 # them, work on the configured backend stays on the C fallback unless gpu_min_batch says otherwise.
-GPU_MIN_BATCH = {"ed25519": 4096, "merkle": 4096, "sha256": 4096, "risk": 4096}
+# Greeks lost end to end at every size measured (10^2..10^7 options: the copies cost more than the
+# C fallback's whole job), so risk work stays on the C fallback by default; SHA-256 of messages
+# follows the Merkle leaf kernel.
+NEVER = 1 << 62
+GPU_MIN_BATCH = {"ed25519": 4096, "merkle": 4096, "sha256": 4096, "risk": NEVER}
 
 
 def min_batch(kernel: str) -> int:

@@ -39,14 +39,22 @@ def ed25519_verify_batch(public_keys, messages, signatures, backend=None) -> np.
             base = offsets[lo]
             rebased = offsets[lo:hi + 1] - base
             out = b.empty((hi - lo,), np.uint8)
-            verify_on_gpu(b, hi - lo, *(b.to_device(a) for a in (pks[lo:hi], data[base:offsets[hi]], rebased, sigs[lo:hi])),
-                          out, hash_order(rebased))
+            args = [b.to_device(a) for a in (pks[lo:hi], data[base:offsets[hi]], rebased, sigs[lo:hi])]
+            if GPU_SHAPED:
+                verify_on_gpu(b, hi - lo, *args, out, hash_order(rebased))
+            else:
+                b.launch("ed25519_verify", hi - lo, *args, out)
             return out
         return b.chunked(n, GPU_CHUNK, step)
 
     return dispatch.run(backend, work, n, "ed25519").astype(bool)
 
 
+# Which kernels a GPU runs. The one-kernel portable path measured faster on an H100 (3.41 M sig/s
+# of kernel time at 2^20, against 2.51-2.55 M for the GPU-shaped kernels; bench/RESULTS.md), so it
+# is the default; both are tested on every GPU target and timed by bench/gpu_throughput.py, and
+# the default follows the measurement.
+GPU_SHAPED = False
 GPU_GROUP = 32  # ED_GPU_GROUP in kernels/ed25519_gpu.h
 GPU_CHUNK = 1 << 17  # signatures per chunk: copies of one overlap the kernels of the one before
 

@@ -2,7 +2,8 @@
 # One call on a lent GPU machine (no network; CuPy comes with its image): build, run every CUDA and
 # OpenCL-GPU test with those backends required (a skip there is a failure), the GPU throughput
 # figures beside the C fallback (bench/gpu_throughput.py), and print a summary last.
-# Outputs go to $OUT (else bench/out). BENCH=1 also runs the pytest-benchmark suites.
+# Outputs go to $OUT (else bench/out). TUNE=1 also times the Ed25519 kernel variants
+# (bench/ed25519_variants.py), BENCH=1 the pytest-benchmark suites.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/out}"; mkdir -p "$out"
@@ -61,6 +62,10 @@ if [ $opencl_gpu = 1 ]; then
     timeout "${THROUGHPUT_TIMEOUT:-300}" $py bench/gpu_throughput.py --gpu opencl --repeat 3 \
         --json "$out/throughput-opencl.json" > "$out/throughput-opencl.txt" 2>&1 || status=1
 fi
+if [ "${TUNE:-0}" = 1 ]; then
+    step "Ed25519 kernel variants (about a minute of NVRTC each)"
+    timeout "${TUNE_TIMEOUT:-400}" $py bench/ed25519_variants.py > "$out/variants.txt" 2>&1 || status=1
+fi
 if [ "${BENCH:-0}" = 1 ]; then
     step "pytest-benchmark suites"
     ACCEL_REQUIRE_BACKENDS=cuda $py -m pytest -q -p no:cacheprovider bench --benchmark-only \
@@ -75,6 +80,7 @@ grep -E "^(FAILED|ERROR)" "$out/tests.txt" | head -20
 for f in "$out"/throughput-*.txt; do
     [ -f "$f" ] && { echo "--- $(basename "$f")"; grep -vE "^    n=" "$f" | tail -n 25; }
 done
+[ -f "$out/variants.txt" ] && cat "$out/variants.txt"
 [ -f "$out/bench.txt" ] && echo "bench: $(tail -n 1 "$out/bench.txt")"
 echo "gpu-check: $([ $status = 0 ] && echo PASS || echo FAIL)"
 exit $status
