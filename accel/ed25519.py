@@ -12,13 +12,7 @@ from .packing import pack_fixed, pack_messages
 _BYTES = (bytes, bytearray, memoryview)
 
 
-def ed25519_verify_batch(public_keys, messages, signatures, backend=None) -> np.ndarray:
-    """One bool per signature: does signatures[i] sign messages[i] under public_keys[i]?
-
-    public_keys: (n, 32) uint8 array or list of 32-byte strings; signatures likewise with 64
-    bytes; messages: list of bytes (or a 2-D uint8 array of equal-length rows). Malformed input
-    raises ValueError/TypeError naming the index; a key or R that is not a curve point is simply a
-    False verdict."""
+def _packed(public_keys, messages, signatures):
     pks = pack_fixed(public_keys, 32, "public key")
     sigs = pack_fixed(signatures, 64, "signature")
     data, offsets = pack_messages(messages)
@@ -26,28 +20,61 @@ def ed25519_verify_batch(public_keys, messages, signatures, backend=None) -> np.
     if not n == len(sigs) == len(offsets) - 1:
         raise ValueError(
             f"batch lengths differ: {n} public keys, {len(offsets) - 1} messages, {len(sigs)} signatures")
+    return n, pks, data, offsets, sigs
+
+
+def ed25519_verify_all(public_keys, messages, signatures, backend=None) -> bool:
+    """Whether every signature is valid: all() of ed25519_verify_batch's verdicts, for block
+    validation, where one bad signature makes the block invalid. On the C fallback it is one
+    batch equation per chunk with no search for the bad ones, so its cost does not depend on how
+    many are bad (bench/RESULTS.md); inputs as for ed25519_verify_batch."""
+    n, pks, data, offsets, sigs = _packed(public_keys, messages, signatures)
+    if n == 0:
+        return True
+
+    def work(b):
+        if b.name != "cpu":  # a GPU checks every signature at the same cost anyway
+            return bool(_verify(b, n, pks, data, offsets, sigs).all())
+        out = b.empty((1,), np.uint8)
+        b.launch("ed25519_verify_all", n, pks, data, offsets, sigs, out)
+        return bool(out[0])
+
+    return dispatch.run(backend, work, n, "ed25519")
+
+
+def ed25519_verify_batch(public_keys, messages, signatures, backend=None) -> np.ndarray:
+    """One bool per signature: does signatures[i] sign messages[i] under public_keys[i]?
+
+    public_keys: (n, 32) uint8 array or list of 32-byte strings; signatures likewise with 64
+    bytes; messages: list of bytes (or a 2-D uint8 array of equal-length rows). Malformed input
+    raises ValueError/TypeError naming the index; a key or R that is not a curve point is simply a
+    False verdict. With b bad signatures the C fallback's cost grows with b, up to its single
+    checks of the whole batch plus two batch checks (the price when all are bad)."""
+    n, pks, data, offsets, sigs = _packed(public_keys, messages, signatures)
     if n == 0:
         return np.zeros(0, dtype=bool)
 
-    def work(b):
-        if b.name == "cpu":
-            out = b.empty((n,), np.uint8)
-            b.launch("ed25519_verify", n, pks, data, offsets, sigs, out)
-            return out
+    return dispatch.run(backend, lambda b: _verify(b, n, pks, data, offsets, sigs), n, "ed25519").astype(bool)
 
-        def step(lo, hi):
-            base = offsets[lo]
-            rebased = offsets[lo:hi + 1] - base
-            out = b.empty((hi - lo,), np.uint8)
-            args = [b.to_device(a) for a in (pks[lo:hi], data[base:offsets[hi]], rebased, sigs[lo:hi])]
-            if GPU_SHAPED:
-                verify_on_gpu(b, hi - lo, *args, out, hash_order(rebased))
-            else:
-                b.launch("ed25519_verify", hi - lo, *args, out)
-            return out
-        return b.chunked(n, GPU_CHUNK, step)
 
-    return dispatch.run(backend, work, n, "ed25519").astype(bool)
+def _verify(b, n, pks, data, offsets, sigs) -> np.ndarray:
+    """Per-signature verdicts (uint8) on backend b."""
+    if b.name == "cpu":
+        out = b.empty((n,), np.uint8)
+        b.launch("ed25519_verify", n, pks, data, offsets, sigs, out)
+        return out
+
+    def step(lo, hi):
+        base = offsets[lo]
+        rebased = offsets[lo:hi + 1] - base
+        out = b.empty((hi - lo,), np.uint8)
+        args = [b.to_device(a) for a in (pks[lo:hi], data[base:offsets[hi]], rebased, sigs[lo:hi])]
+        if GPU_SHAPED:
+            verify_on_gpu(b, hi - lo, *args, out, hash_order(rebased))
+        else:
+            b.launch("ed25519_verify", hi - lo, *args, out)
+        return out
+    return b.chunked(n, GPU_CHUNK, step)
 
 
 # Which kernels a GPU runs. The one-kernel portable path measured faster on an H100 (3.41 M sig/s

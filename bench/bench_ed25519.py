@@ -138,3 +138,36 @@ def test_ed25519_all_bad_pynacl(benchmark, signed):
     benchmark.group = f"ed25519_verify all-bad n={BAD_N}"
     benchmark.extra_info.update(impl="pynacl (libsodium, 1 core)", n=BAD_N, baseline=True)
     assert benchmark.pedantic(_nacl_loop, args=(keys, msgs, sig_bytes), rounds=5) == 0
+
+
+BAD_COUNTS = [0, 1, 8, 64, 16384]
+
+
+def _with_bad(signed, bad):
+    """All 16,384 signatures with `bad` of them broken (one bit of S), evenly spaced: every split
+    of a failed batch then finds bad signatures on both sides, the costliest placement."""
+    pks, msgs, sigs = signed
+    sigs = sigs.copy()
+    where = np.linspace(0, len(sigs) - 1, bad).astype(int) if bad else []
+    sigs[where, 40] ^= 1
+    return pks, msgs, sigs
+
+
+@pytest.mark.parametrize("bad", BAD_COUNTS)
+def test_ed25519_bad_per_signature_cpu(benchmark, signed, bad):
+    pks, msgs, sigs = _with_bad(signed, bad)
+    assert int((~accel.ed25519_verify_batch(pks, msgs, sigs, backend="cpu")).sum()) == bad
+    benchmark.group = "ed25519 n=16384 with b bad: per-signature verdicts"
+    benchmark.extra_info.update(impl="accel-cpu ed25519_verify_batch", n=len(sigs), bad=bad, baseline=bad == 0)
+    benchmark.pedantic(accel.ed25519_verify_batch, args=(pks, msgs, sigs), kwargs={"backend": "cpu"},
+                       rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("bad", BAD_COUNTS)
+def test_ed25519_bad_verify_all_cpu(benchmark, signed, bad):
+    pks, msgs, sigs = _with_bad(signed, bad)
+    assert accel.ed25519_verify_all(pks, msgs, sigs, backend="cpu") is (bad == 0)
+    benchmark.group = "ed25519 n=16384 with b bad: one verdict (ed25519_verify_all)"
+    benchmark.extra_info.update(impl="accel-cpu ed25519_verify_all", n=len(sigs), bad=bad, baseline=bad == 0)
+    benchmark.pedantic(accel.ed25519_verify_all, args=(pks, msgs, sigs), kwargs={"backend": "cpu"},
+                       rounds=3, warmup_rounds=1)

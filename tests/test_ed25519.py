@@ -490,6 +490,42 @@ def test_gpu_path_equals_portable_path(backends):
             assert np.array_equal(b.to_host(shaped).astype(bool), ref), b.name
 
 
+@pytest.mark.parametrize("bad", [0, 1, 2, 8, 64, 300, 3000])
+def test_bad_signatures_anywhere_get_their_single_verdicts(cpu, bad):
+    """The C fallback's bisection and its budget, with bad signatures spread evenly (each half of
+    every split fails) and clustered, against the per-signature loop."""
+    from accel.packing import pack_fixed, pack_messages
+    pks, msgs, sigs = signed_batch(3000, seed=77, max_len=100)
+    for where in (np.linspace(0, 2999, bad).astype(int) if bad else [], range(bad)):
+        tampered = [flip(sig, 300) if i in set(where) else sig for i, sig in enumerate(sigs)]
+        data, offsets = pack_messages(msgs)
+        single = np.empty(3000, np.uint8)
+        cpu.launch("ed25519_verify_single", 3000, pack_fixed(pks, 32, "public key"), data, offsets,
+                   pack_fixed(tampered, 64, "signature"), single)
+        out = verdicts(cpu, pks, msgs, tampered)
+        assert np.array_equal(out, single.astype(bool))
+        assert int((~out).sum()) == bad
+
+
+def test_verify_all_is_all_of_the_verdicts(backend):
+    mixed = mixed_batch()
+    tors = torsion_batch(32, seed=12)
+    cases = [mixed, tors, signed_batch(50, seed=3, max_len=80)]
+    # ZIP-215 edge cases that hold, alone and among valid signatures: verify_all must accept them
+    good_edges = [c for c in EDGE if c[4]]
+    cases.append(([c[1] for c in good_edges], [c[2] for c in good_edges], [c[3] for c in good_edges]))
+    valid = signed_batch(40, seed=4, max_len=80)
+    for i in (0, 17, 39):  # one bad signature at the start, middle, end
+        cases.append((valid[0], valid[1], [flip(s, 260) if j == i else s for j, s in enumerate(valid[2])]))
+    for pks, msgs, sigs in cases:
+        want = bool(verdicts(backend, pks, msgs, sigs).all())
+        assert accel.ed25519_verify_all(pks, msgs, sigs, backend=backend) is want
+    assert accel.ed25519_verify_all(*valid, backend=backend) is True
+    assert accel.ed25519_verify_all([], [], [], backend=backend) is True
+    with pytest.raises(ValueError, match="signature 1 is 63 bytes"):
+        accel.ed25519_verify_all(valid[0][:2], valid[1][:2], [valid[2][0], valid[2][1][:63]], backend=backend)
+
+
 def test_hash_order_groups_messages_by_sha512_blocks():
     from accel.ed25519 import hash_order
     lengths = [300, 0, 47, 48, 1000, 5]  # 64 + len + 17 bytes padded: 1, 1, 1, 2 blocks, ...
