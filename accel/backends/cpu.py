@@ -1,11 +1,31 @@
 """The C fallback: the portable kernels compiled by cffi at install time, run across cores."""
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
 from .base import Backend, BackendUnavailable, KernelError
+
+
+# libgomp does not survive fork(): a child's first parallel region after the parent has run one
+# waits forever for pool threads that were not copied. A forked child therefore runs the C
+# fallback on its own thread (still correct, and the same bits); a fresh process (spawn,
+# forkserver) has all its cores.
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    if not _forked:
+        logging.getLogger("accel").info(
+            "forked child: the C fallback runs on one thread here (OpenMP cannot follow a fork); "
+            "start workers with the 'spawn' or 'forkserver' method to use every core")
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _load():
@@ -55,7 +75,7 @@ class CpuBackend(Backend):
             else:
                 cargs.append(arg.item() if isinstance(arg, np.generic) else arg)
         # OpenMP's thread count belongs to the calling thread: set it on every call
-        self._lib.av_set_threads(self.threads)
+        self._lib.av_set_threads(1 if _forked else self.threads)
         rc = fn(*cargs, int(n))
         if rc != 0:
             raise KernelError(f"av_{kernel} returned {rc}")
