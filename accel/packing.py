@@ -17,22 +17,26 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
         return np.ascontiguousarray(messages).reshape(-1), np.arange(n + 1, dtype=np.uint64) * np.uint64(width)
     if isinstance(messages, (str, *_BYTES)) or not hasattr(messages, "__len__"):
         raise TypeError(f"{what}s must be a list of bytes or a 2-D uint8 array, not {type(messages).__name__}")
-    n = len(messages)
+    # One snapshot: the joined bytes and the lengths must come from the same items, or a sequence
+    # that yields other items a second time (or a list another thread changes meanwhile) would
+    # hand the kernels offsets past the end of the data.
+    items = list(messages)
+    n = len(items)
     try:
-        joined = b"".join(messages)  # fast path; a non-bytes item is found below
+        joined = b"".join(items)  # fast path; a non-bytes item is found below
     except TypeError:
         joined = None
     offsets = np.zeros(n + 1, dtype=np.uint64)
     if n and joined is not None:
-        np.cumsum(np.fromiter(map(len, messages), dtype=np.uint64, count=n), out=offsets[1:])
-    # len() undercounts any buffer whose items are wider than a byte, so equal totals mean every
-    # item is plain bytes-like; otherwise find and name the first offender.
+        np.cumsum(np.fromiter(map(len, items), dtype=np.uint64, count=n), out=offsets[1:])
     if joined is None or int(offsets[-1]) != len(joined):
-        for i, m in enumerate(messages):
+        # len() undercounts a buffer whose items are wider than a byte: name the first offender
+        for i, m in enumerate(items):
             if not isinstance(m, _BYTES) or len(m) != memoryview(m).nbytes:
                 raise TypeError(f"{what} {i} is {type(m).__name__}, expected bytes")
-    data = np.frombuffer(joined, dtype=np.uint8)
-    return data, offsets
+        raise ValueError(f"{what}s changed size while being packed (another thread resized a "
+                         f"bytearray?); {len(joined)} bytes joined, lengths sum to {int(offsets[-1])}")
+    return np.frombuffer(joined, dtype=np.uint8), offsets
 
 
 def pack_fixed(records, width: int, what: str) -> np.ndarray:
@@ -43,9 +47,13 @@ def pack_fixed(records, width: int, what: str) -> np.ndarray:
         return np.ascontiguousarray(records)
     if isinstance(records, (str, *_BYTES)) or not hasattr(records, "__len__"):
         raise TypeError(f"{what}s must be a list of {width}-byte strings or a uint8 array, not {type(records).__name__}")
-    for i, r in enumerate(records):
+    items = list(records)  # one snapshot, as in pack_messages
+    for i, r in enumerate(items):
         if not isinstance(r, _BYTES):
             raise TypeError(f"{what} {i} is {type(r).__name__}, expected {width} bytes")
-        if len(r) != width:
-            raise ValueError(f"{what} {i} is {len(r)} bytes, expected {width}")
-    return np.frombuffer(b"".join(records), dtype=np.uint8).reshape(len(records), width).copy()
+        if len(r) != width or memoryview(r).nbytes != width:
+            raise ValueError(f"{what} {i} is {memoryview(r).nbytes} bytes, expected {width}")
+    joined = b"".join(items)
+    if len(joined) != width * len(items):
+        raise ValueError(f"{what}s changed size while being packed (another thread resized a bytearray?)")
+    return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), width).copy()
