@@ -188,9 +188,13 @@ def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False
         return b.chunked(n, _GPU_CHUNK if b.is_gpu else n, step, axis=1)
 
     out = dispatch.run(backend, work, n, "risk")
-    if np.isnan(out[0]).any():  # the kernel marks invalid input; find and name the first one
-        _validate_greeks(n, dict(zip(values, arrays)))
-        raise RuntimeError("greeks: the kernel rejected an input that passes validation")
+    if np.isnan(out[0]).any():  # the kernel marks invalid input and overflow; name the first one
+        inputs = dict(zip(values, arrays))
+        _validate_greeks(n, inputs)
+        i = int(np.flatnonzero(np.isnan(out[0]))[0])
+        at = ", ".join(f"{name}={float(a[0 if len(a) == 1 else i])!r}" for name, a in inputs.items())
+        raise ValueError(f"greeks: option {i} ({at}) gives a result beyond double precision; "
+                         "no backend returns NaN or infinity for it")
     return Greeks(*out)
 
 
@@ -264,11 +268,18 @@ def _margin_buffers(b, pf, mk, pp):
     return [b.to_device(a) for a in arrays]
 
 
+_OVERFLOW, _NOT_FINITE = -1, -2  # RK_OVERFLOW, RK_NOT_FINITE in kernels/margin.h
+
+
 def _check_ticks(*results):
     for res in results:
         bad = np.flatnonzero(res < 0)
         if bad.size:
-            raise ValueError(f"account {bad[0]}: margin does not fit in int64 ticks; raise MarginParams.tick")
+            a = int(bad[0])
+            if res[a] == _NOT_FINITE:
+                raise ValueError(f"account {a}: a scenario loss is not a finite number (its positions' values "
+                                 "overflow double precision); no margin can be computed for it")
+            raise ValueError(f"account {a}: margin does not fit in int64 ticks; raise MarginParams.tick")
 
 
 def _common_length(args: dict) -> int:

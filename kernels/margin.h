@@ -49,11 +49,17 @@ DEVICE double rk_value(u32 flags, double f, double index, double k, double rt, d
     return mx_sel((flags & RK_FUTURE) != 0, future, option);
 }
 
-/* ceil(money / tick) as an integer; -1 flags a result that does not fit (or is not a number). */
+#define RK_OVERFLOW (-1)   /* margin in ticks: does not fit an i64 */
+#define RK_NOT_FINITE (-2) /* margin in ticks: a loss or the margin itself is NaN or infinite */
+
+/* ceil(money / tick) as an integer, or one of the two error values above. */
 DEVICE i64 rk_ticks(double money, double tick)
 {
     double x = money / tick;
-    if (!(x < 9.2e18)) return -1;
+    if (!mx_isfinite(money)) return RK_NOT_FINITE;
+    /* margins are >= 0; below -1 tick or beyond int64 (and NaN) is an error, and converting such
+     * a double to i64 would be undefined behaviour in C, free to differ between targets */
+    if (!(x > -1.0 && x < 9.2e18)) return RK_OVERFLOW;
     i64 v = (i64)x; /* truncation = floor for x >= 0 */
     if ((double)v < x) v += 1;
     return v;
@@ -95,13 +101,17 @@ DEVICE void rk_finish(u64 a, const double *pnl, int nm, int nscen, double contin
 {
     i32 wi = 0;
     double wl = -pnl[0];
+    int finite = mx_isfinite(wl) & mx_isfinite(contingency);
     for (int s = 1; s < nscen; s++) {
         double loss = s < 3 * nm ? -pnl[s] : -pnl[s] * pp[RK_P_EXT_WEIGHT];
+        finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = s; }
     }
     double mmv = mx_max(wl, 0.0) + contingency;
-    mm[a] = rk_ticks(mmv, pp[RK_P_TICK]);
-    im[a] = rk_ticks(mmv * pp[RK_P_IM_MULT], pp[RK_P_TICK]);
+    /* a NaN or infinite loss would be skipped by the comparison above and could leave an
+     * account with no margin: it is an error (RK_NOT_FINITE), never a number */
+    mm[a] = finite ? rk_ticks(mmv, pp[RK_P_TICK]) : RK_NOT_FINITE;
+    im[a] = finite ? rk_ticks(mmv * pp[RK_P_IM_MULT], pp[RK_P_TICK]) : RK_NOT_FINITE;
     worst[a] = wi;
 }
 

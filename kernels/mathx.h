@@ -30,6 +30,8 @@ DEVICE double mx_sel(int c, double a, double b)
     u64 m = (u64)0 - (u64)(c != 0);
     return mx_from_bits((mx_to_bits(a) & m) | (mx_to_bits(b) & ~m));
 }
+/* Finite: not NaN and not infinite, from the exponent bits (no comparison a compiler could fold). */
+DEVICE int mx_isfinite(double x) { return (mx_to_bits(x) & 0x7ff0000000000000ULL) != 0x7ff0000000000000ULL; }
 DEVICE double mx_abs(double x) { return mx_from_bits(mx_to_bits(x) & 0x7fffffffffffffffULL); }
 DEVICE double mx_min(double a, double b) { return mx_sel(b < a, b, a); }
 DEVICE double mx_max(double a, double b) { return mx_sel(b > a, b, a); }

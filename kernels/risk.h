@@ -22,7 +22,8 @@ DEVICE int greeks_valid(double x, double k, double t, double r, double q, double
     return ok & (rt <= B76_MAX_EXP_ARG) & (gt <= B76_MAX_EXP_ARG);
 }
 
-/* One option: its six outputs to out[0], out[stride], ... (all NaN for invalid input); rt = sqrt(t),
+/* One option: its six outputs to out[0], out[stride], ... (all NaN for invalid input or a
+ * non-finite result); rt = sqrt(t),
  * assume as for b76_greeks. */
 DEVICE void greeks_one(double x, double k, double t, double rt, double r, double q, double vol, double index,
                        u32 flags, u32 assume, GLOBAL double *out, u64 stride)
@@ -30,6 +31,9 @@ DEVICE void greeks_one(double x, double k, double t, double rt, double r, double
     double g[B76_OUTPUTS];
     b76_greeks(x, k, t, rt, r, q, vol, index, flags, assume, g);
     int ok = greeks_valid(x, k, t, r, q, vol, index);
+    /* valid but extreme inputs can overflow double precision: every output then becomes the one
+     * canonical NaN (payloads of computed NaNs differ between targets) and the caller raises */
+    for (int j = 0; j < B76_OUTPUTS; j++) ok &= mx_isfinite(g[j]);
     double nan = mx_from_bits(0x7ff8000000000000ULL);
     for (int j = 0; j < B76_OUTPUTS; j++) out[(u64)j * stride] = mx_sel(ok, g[j], nan);
 }

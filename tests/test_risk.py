@@ -8,6 +8,7 @@ import mpmath as mp
 import numpy as np
 import pytest
 
+import accel
 import accel.risk as risk
 from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio, greeks, portfolio_margin
 
@@ -368,3 +369,36 @@ def test_option_type_flags_are_checked(flag, match):
     n = len(flag)
     with pytest.raises(ValueError, match=match):
         greeks([100.0] * n, [100.0] * n, [1.0] * n, [0.0] * n, [0.5] * n, flag)
+
+
+# ---- extreme but valid inputs (issue 7) --------------------------------------------------------
+
+OVERFLOWING = [(1.7e308, 1.0, 1.0, -1.0, 0.5, True),   # discount e^1 times the largest forward: inf
+               (1.0, 1.0, 1e300, 0.0, 1e200, True)]    # vol^2 t beyond double: NaN greeks
+
+
+@pytest.mark.parametrize("args", OVERFLOWING)
+def test_greeks_beyond_double_precision_are_an_error(backend, args):
+    """Every backend raises the same ValueError naming the option; none returns NaN or inf, whose
+    payloads differ between targets."""
+    with pytest.raises(ValueError, match=r"option 0 \(forward_or_spot="):
+        accel.greeks(*args, backend=backend)
+    f, k, t, r, vol, call = args
+    fs = np.array([100.0, 110.0, 120.0, f, 130.0])
+    with pytest.raises(ValueError, match="option 3 "):
+        accel.greeks(fs, [100.0, 100.0, 100.0, k, 100.0], [0.5, 0.5, 0.5, t, 0.5], r, [0.5, 0.5, 0.5, vol, 0.5],
+                     call, backend=backend)
+    ok = accel.greeks(np.delete(fs, 3), 100.0, 0.5, r, 0.5, call, backend=backend)
+    assert all(np.isfinite(g).all() for g in ok)
+
+
+def test_a_non_finite_scenario_loss_is_an_error(backend):
+    """Two futures near the largest double, sizes -1 and 0: a scenario loss is NaN (0 x inf), which
+    the worst-loss comparison used to skip, leaving the account a margin of zero."""
+    marks = Marks(index=1.0, rate=0.0, forward=np.array([1.0, 1.7e308]), strike=np.ones(2), expiry=np.ones(2),
+                  vol=np.ones(2), kind=np.array([FUTURE, FUTURE]))
+    pf = Portfolio(offsets=[0, 1, 3], instrument=[0, 1, 1], size=[2.0, -1.0, 0.0])
+    with pytest.raises(ValueError, match="account 1: a scenario loss is not a finite number"):
+        accel.portfolio_margin(pf, marks, backend=backend)
+    fine = Portfolio(offsets=[0, 1], instrument=[0], size=[2.0])
+    assert accel.portfolio_margin(fine, marks, backend=backend).maintenance[0] >= 0
