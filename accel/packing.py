@@ -8,15 +8,19 @@ import numpy as np
 _BYTES = (bytes, bytearray, memoryview)
 
 
+def _plural(what: str) -> str:
+    return what[:-1] + "ves" if what.endswith("f") else what + "s"
+
+
 def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarray]:
     """(data uint8[total], offsets uint64[n+1]) from a list of bytes or a 2-D uint8 array."""
     if isinstance(messages, np.ndarray):
         if messages.dtype != np.uint8 or messages.ndim != 2:
-            raise ValueError(f"{what}s as an array must be 2-D uint8 (n, length), got {messages.dtype} {messages.shape}")
+            raise ValueError(f"{_plural(what)} as an array must be 2-D uint8 (n, length), got {messages.dtype} {messages.shape}")
         n, width = messages.shape
         return np.ascontiguousarray(messages).reshape(-1), np.arange(n + 1, dtype=np.uint64) * np.uint64(width)
     if isinstance(messages, (str, *_BYTES)) or not hasattr(messages, "__len__"):
-        raise TypeError(f"{what}s must be a list of bytes or a 2-D uint8 array, not {type(messages).__name__}")
+        raise TypeError(f"{_plural(what)} must be a list of bytes or a 2-D uint8 array, not {type(messages).__name__}")
     # One snapshot: the joined bytes and the lengths must come from the same items, or a sequence
     # that yields other items a second time (or a list another thread changes meanwhile) would
     # hand the kernels offsets past the end of the data.
@@ -34,7 +38,7 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
         for i, m in enumerate(items):
             if not isinstance(m, _BYTES) or len(m) != memoryview(m).nbytes:
                 raise TypeError(f"{what} {i} is {type(m).__name__}, expected bytes")
-        raise ValueError(f"{what}s changed size while being packed (another thread resized a "
+        raise ValueError(f"{_plural(what)} changed size while being packed (another thread resized a "
                          f"bytearray?); {len(joined)} bytes joined, lengths sum to {int(offsets[-1])}")
     return np.frombuffer(joined, dtype=np.uint8), offsets
 
@@ -55,5 +59,5 @@ def pack_fixed(records, width: int, what: str) -> np.ndarray:
             raise ValueError(f"{what} {i} is {memoryview(r).nbytes} bytes, expected {width}")
     joined = b"".join(items)
     if len(joined) != width * len(items):
-        raise ValueError(f"{what}s changed size while being packed (another thread resized a bytearray?)")
+        raise ValueError(f"{_plural(what)} changed size while being packed (another thread resized a bytearray?)")
     return np.frombuffer(joined, dtype=np.uint8).reshape(len(items), width).copy()

@@ -1,4 +1,5 @@
 """Backend selection, configuration, and the fall back to the C fallback when a GPU fails."""
+import hashlib
 import logging
 
 import numpy as np
@@ -160,3 +161,34 @@ def test_gpu_min_batch_is_validated():
     with pytest.raises(config.ConfigError, match="gpu_min_batch"):
         config.load(None, env={"ACCEL_GPU_MIN_BATCH": "-5"})
     assert config.load(None, env={"ACCEL_GPU_MIN_BATCH": "128"}).gpu_min_batch == 128
+
+
+def test_auto_remembers_unavailable_backends(monkeypatch):
+    """Issue 7: every call with the default backend used to retry CUDA (a CuPy import under the
+    registry lock). Each backend is now tried once; reset() tries again."""
+    from accel import backends
+    tried = []
+    real = backends._create
+
+    def counting(name, cfg):
+        tried.append(name)
+        if name == "cuda":
+            raise backends.BackendUnavailable("no CUDA in this test")
+        return real(name, cfg)
+    monkeypatch.setattr(backends, "_create", counting)
+    monkeypatch.setenv("ACCEL_BACKEND", "auto")
+    backends.reset()
+    try:
+        first = backends.get_backend()
+        for _ in range(5):
+            assert backends.get_backend() is first
+            assert accel.sha256_many([b"x"]) == [hashlib.sha256(b"x").digest()]
+        assert tried.count("cuda") == 1
+        with pytest.raises(backends.BackendUnavailable, match="no CUDA in this test"):
+            backends.get_backend("cuda")
+        assert tried.count("cuda") == 1
+        backends.reset()
+        backends.get_backend()
+        assert tried.count("cuda") == 2
+    finally:
+        backends.reset()

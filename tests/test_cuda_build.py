@@ -67,3 +67,23 @@ def test_gpu_verify_kernel_fits_registers_and_a_small_stack(tmp_path):
     assert int(frames[0][0]) <= 1024, report
     assert all(int(stores) == 0 and int(loads) == 0 for _, stores, loads in frames), report
     assert int(re.search(r"(\d+) bytes cumulative stack size", report).group(1)) <= 1024, report
+
+
+def test_opencl_builds_are_checked_for_contraction(backends):
+    """The OpenCL twin of the PTX check above: every module's binary is read for fused
+    multiply-adds (where the driver's format is known), and a contracted build is refused."""
+    ocl = [b for b in backends if b.name == "opencl"]
+    if not ocl:
+        pytest.skip("no OpenCL backend here")
+    import pyopencl as cl
+
+    from accel.backends.base import KernelError
+    from accel.backends.opencl import check_no_contraction
+    b = ocl[0]
+    for module in sorted(set(kernel_modules().values())):
+        b._program(module)
+    assert b.contraction_checked  # PoCL's LLVM bitcode is readable
+    fused = cl.Program(b._ctx, "#pragma OPENCL FP_CONTRACT ON\n#pragma OPENCL EXTENSION cl_khr_fp64 : enable\n"
+                       "__kernel void k(__global double *a) { a[0] = a[1] * a[2] + a[3]; }").build()
+    with pytest.raises(KernelError, match="contracted multiply-adds"):
+        check_no_contraction(fused, "a contracted test kernel")

@@ -54,3 +54,12 @@ def test_verification_with_a_shifting_sequence_is_safe(cpu):
     assert out.shape == (2,)
     assert accel.sha256_many(Shifty([b"abc"], [b"abcdef" * 100]), backend=cpu) == \
         accel.sha256_many([b"abc"], backend=cpu)
+
+
+def test_errors_say_leaves(cpu):
+    with pytest.raises(TypeError, match="^leaves must be a list of bytes"):
+        accel.merkle_root("abc", backend=cpu)
+    with pytest.raises(ValueError, match="^leaves as an array must be 2-D"):
+        accel.merkle_root(np.zeros(3, np.uint8), backend=cpu)
+    with pytest.raises(TypeError, match="^messages must be a list"):
+        accel.sha256_many(b"abc", backend=cpu)

@@ -7,7 +7,17 @@ from .. import config as _config
 from .base import Backend, BackendUnavailable, KernelError
 
 _lock = threading.Lock()
-_instances: dict[str, Backend] = {}
+# Outcomes are remembered, failures too: `auto` must not retry CUDA (a CuPy import under the lock)
+# on every call, since consensus verifies many small batches. reset() probes again.
+_instances: dict[str, Backend | BackendUnavailable] = {}
+_auto_pick: dict[_config.AccelConfig, Backend] = {}
+
+
+def reset() -> None:
+    """Forget every backend and failure, e.g. after installing a driver or CuPy."""
+    with _lock:
+        _instances.clear()
+        _auto_pick.clear()
 
 
 def _create(name: str, cfg: _config.AccelConfig) -> Backend:
@@ -30,11 +40,23 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     cfg = _config.load()
     name = name or cfg.backend
     if name == "auto":
-        return _auto(cfg)
-    with _lock:
-        if name not in _instances:
-            _instances[name] = _create(name, cfg)
-        return _instances[name]
+        picked = _auto_pick.get(cfg)
+        if picked is None:
+            picked = _auto_pick[cfg] = _auto(cfg)
+        return picked
+    found = _instances.get(name)
+    if found is None:
+        with _lock:
+            found = _instances.get(name)
+            if found is None:
+                try:
+                    found = _create(name, cfg)
+                except BackendUnavailable as exc:
+                    found = exc
+                _instances[name] = found
+    if isinstance(found, BackendUnavailable):
+        raise found
+    return found
 
 
 def _auto(cfg) -> Backend:
@@ -60,4 +82,4 @@ def probe() -> dict[str, Backend | BackendUnavailable]:
     return out
 
 
-__all__ = ["Backend", "BackendUnavailable", "KernelError", "get_backend", "probe"]
+__all__ = ["Backend", "BackendUnavailable", "KernelError", "get_backend", "probe", "reset"]

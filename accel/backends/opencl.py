@@ -1,6 +1,7 @@
 """OpenCL through pyopencl: a GPU in production, PoCL (a CPU OpenCL) in CI. Same kernel source."""
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from .base import Backend, BackendUnavailable, KernelError, inline_source, modul
 # Never the OpenCL mad-enable or fast-relaxed-math options: results must match the other backends
 # bit for bit.
 BUILD_OPTIONS = ["-cl-std=CL1.2"]
+log = logging.getLogger("accel")
 WORK_GROUP = 64
 
 
@@ -58,6 +60,29 @@ def is_gpu_device(device) -> bool:
     return bool(device.type & _import().device_type.GPU)
 
 
+def check_no_contraction(program, what: str) -> bool:
+    """Refuse a build whose binary shows fused multiply-adds: a driver may ignore FP_CONTRACT OFF,
+    and fused results differ from the other backends'. Readable binaries: PTX (NVIDIA) and LLVM
+    bitcode (PoCL and other LLVM-based drivers). Returns False where the format is unknown and
+    nothing could be checked (README: OpenCL drivers)."""
+    cl = _import()
+    checked = True
+    for binary in program.get_info(cl.program_info.BINARIES):
+        binary = bytes(binary)
+        if b".target" in binary and b".version" in binary:  # PTX text
+            fused = b"fma.rn.f64" in binary or b"fma.rn.f32" in binary
+        elif b"BC\xc0\xde" in binary:  # LLVM bitcode: contraction appears as llvm.fmuladd
+            fused = b"llvm.fmuladd" in binary
+        else:
+            log.info("%s: driver binary format unknown; FMA contraction not checked", what)
+            checked = False
+            continue
+        if fused:
+            raise KernelError(f"{what}: the driver contracted multiply-adds into FMA despite FP_CONTRACT OFF; "
+                              "results would differ from the other backends, so this device is refused")
+    return checked
+
+
 @dataclass
 class ClBuffer:
     buf: object
@@ -97,6 +122,7 @@ class OpenClBackend(Backend):
                 prog = self._cl.Program(self._ctx, src).build(options=BUILD_OPTIONS)
             except self._cl.Error as exc:
                 raise KernelError(f"OpenCL build of kernels/{module} failed on {self.device}:\n{exc}") from exc
+            self.contraction_checked = check_no_contraction(prog, f"kernels/{module} on {self.device}")
             self._programs[module] = prog
         return prog
 
