@@ -171,3 +171,18 @@ def test_ed25519_bad_verify_all_cpu(benchmark, signed, bad):
     benchmark.extra_info.update(impl="accel-cpu ed25519_verify_all", n=len(sigs), bad=bad, baseline=bad == 0)
     benchmark.pedantic(accel.ed25519_verify_all, args=(pks, msgs, sigs), kwargs={"backend": "cpu"},
                        rounds=3, warmup_rounds=1)
+
+
+def test_ed25519_single_check_path_cpu(benchmark, signed):
+    """The per-signature loop (no batch equation) on the same 16,384: the cost the split of a
+    failed batch is measured against."""
+    from accel.packing import pack_messages
+    pks, msgs, sigs = signed
+    data, offsets = pack_messages(msgs)
+    out = np.empty(len(sigs), np.uint8)
+    cpu = accel.get_backend("cpu")
+    benchmark.group = "ed25519 n=16384 with b bad: per-signature verdicts"
+    benchmark.extra_info.update(impl="accel-cpu single checks only (ed25519_verify_single)", n=len(sigs))
+    benchmark.pedantic(cpu.launch, args=("ed25519_verify_single", len(sigs), pks, data, offsets, sigs, out),
+                       rounds=3, warmup_rounds=1)
+    assert out.all()

@@ -65,3 +65,13 @@ def test_merkle_accel_from_list(benchmark, n):
     benchmark.group = f"merkle_root n={n}"
     benchmark.extra_info.update(impl="accel-cpu (list input)", n=n)
     benchmark.pedantic(accel.merkle_root, args=(leaves,), kwargs={"backend": "cpu"}, rounds=5, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("how", ["configured backend", "named backend"])
+def test_sha256_one_message(benchmark, how):
+    """A vote-sized call: with the configured backend (backend=None) every call used to re-probe
+    CUDA under a lock (issue 7); now it costs about what naming the backend does."""
+    backend = None if how == "configured backend" else accel.get_backend("cpu")
+    benchmark.group = "sha256_many([b'x'])"
+    benchmark.extra_info.update(impl=f"accel, {how}", n=1, baseline=how == "named backend")
+    assert benchmark(accel.sha256_many, [b"x"], backend=backend) == [hashlib.sha256(b"x").digest()]
