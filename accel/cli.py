@@ -13,7 +13,7 @@ from .backends import Backend, probe
 
 
 def cmd_info(args) -> int:
-    cfg = config.load()
+    cfg = config.get()
     print(f"configured backend: {cfg.backend}")
     for name, b in probe().items():
         if isinstance(b, Backend):

@@ -1,25 +1,34 @@
-"""Configuration: one `[accel]` table in a TOML file, overridden by environment variables.
+"""Configuration: one `[accel]` table in a TOML file, overridden by environment variables, read
+once per process (get(); reload() reads again, so a file edited mid-run cannot switch half the
+settings).
 
 Keys (all optional):
   backend        "auto" | "cpu" | "opencl" | "cuda"   env ACCEL_BACKEND   default "auto"
   threads        C fallback threads, 0 = all cores   env ACCEL_THREADS   default 0
-  opencl_device  substring of the OpenCL device name env ACCEL_OPENCL_DEVICE default "" (first GPU, else first)
+  opencl_device  substring of the OpenCL device name env ACCEL_OPENCL_DEVICE default "" (first GPU, else first);
+                 "gpu" requires a GPU device
   cuda_device    CUDA device index                   env ACCEL_CUDA_DEVICE   default 0
   gpu_fallback   rerun on the C fallback when a GPU  env ACCEL_GPU_FALLBACK  default true
                  backend fails mid-batch (logged)
   gpu_min_batch  batches smaller than this stay on   env ACCEL_GPU_MIN_BATCH default -1: per kernel,
                  the C fallback when the configured        the crossovers measured on an H100
                  backend is a GPU (0: always the GPU)      (accel/dispatch.py, bench/RESULTS.md)
-The file is $ACCEL_CONFIG, else ./accel.toml if present.
+The file is $ACCEL_CONFIG, else ./accel.toml if present. Anything else in the file (another table,
+a key outside [accel], a misspelt key) is an error naming the file and line; every error names
+where the value came from, the file's line or the environment variable.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
+import threading
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 BACKENDS = ("auto", "cpu", "opencl", "cuda")
+log = logging.getLogger("accel")
 
 
 class ConfigError(ValueError):
@@ -51,41 +60,100 @@ class AccelConfig:
             raise ConfigError(f"cuda_device must be >= 0, not {self.cuda_device}")
 
 
-def _parse_bool(key: str, text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key} must be true or false, not {text!r}")
+KEYS = {f.name: f.type for f in fields(AccelConfig)}
+
+
+def _env_value(name: str, kind: str, raw: str):
+    """An environment value read as strictly as its TOML spelling would be."""
+    if kind == "bool":
+        if raw not in ("true", "false"):
+            raise ConfigError(f"{name} must be true or false, not {raw!r}")
+        return raw == "true"
+    if kind == "int":
+        if not re.fullmatch(r"[+-]?\d+", raw):
+            raise ConfigError(f"{name} must be an integer, not {raw!r}")
+        return int(raw)
+    return raw
+
+
+def _line(text: str, table: str | None, key: str | None) -> int:
+    """Line (1-based) of `[table]` (key None) or of `key = ...` inside `table` (None: top level)."""
+    current = None
+    for no, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
+        if header:
+            current = header.group(1)
+            if key is None and current == table:
+                return no
+            continue
+        if key is not None and current == table and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+            return no
+    return 0
+
+
+def _from_file(path) -> dict:
+    """{key: (value, where)} from the [accel] table of a TOML file."""
+    try:
+        text = Path(path).read_text()
+        data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for name, value in data.items():
+        if name == "accel" and isinstance(value, dict):
+            continue
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}:{_line(text, name, None)}: unknown table [{name}]; settings go in [accel]")
+        raise ConfigError(f"{path}:{_line(text, None, name)}: {name!r} is outside any table; put it under [accel]")
+    out = {}
+    for key, value in data.get("accel", {}).items():
+        line = _line(text, f"accel.{key}", None) if isinstance(value, dict) else _line(text, "accel", key)
+        where = f"{path}:{line}"
+        if key not in KEYS:
+            raise ConfigError(f"{where}: unknown [accel] key {key!r}; known: {sorted(KEYS)}")
+        out[key] = (value, where)
+    return out
 
 
 def load(path: str | os.PathLike | None = None, env: dict | None = None) -> AccelConfig:
+    """Read the configuration now (get() is the cached one)."""
     env = os.environ if env is None else env
     path = path or env.get("ACCEL_CONFIG") or ("accel.toml" if Path("accel.toml").exists() else None)
-    values: dict = {}
-    if path:
+    values = _from_file(path) if path else {}
+    for key, kind in KEYS.items():
+        name = "ACCEL_" + key.upper()
+        raw = env.get(name)
+        if raw:
+            values[key] = (_env_value(name, kind, raw), name)
+    for key, (value, where) in values.items():  # one key at a time, so the error names its source
         try:
-            with open(path, "rb") as fh:
-                table = tomllib.load(fh).get("accel", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        known = {f.name for f in fields(AccelConfig)}
-        unknown = set(table) - known
-        if unknown:
-            raise ConfigError(f"{path}: unknown [accel] keys {sorted(unknown)}; known: {sorted(known)}")
-        values.update(table)
-    for f in fields(AccelConfig):
-        raw = env.get("ACCEL_" + f.name.upper())
-        if raw is None or raw == "":
-            continue
-        if f.type == "bool":
-            values[f.name] = _parse_bool("ACCEL_" + f.name.upper(), raw)
-        elif f.type == "int":
-            try:
-                values[f.name] = int(raw)
-            except ValueError:
-                raise ConfigError(f"ACCEL_{f.name.upper()} must be an integer, not {raw!r}") from None
-        else:
-            values[f.name] = raw
-    return AccelConfig(**values)
+            AccelConfig(**{key: value})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    cfg = AccelConfig(**{key: value for key, (value, _) in values.items()})
+    cores = os.cpu_count() or 1
+    if cfg.threads > cores:
+        log.warning("%s: threads = %d but this machine has %d cores; the C fallback will oversubscribe them",
+                    values["threads"][1], cfg.threads, cores)
+    return cfg
+
+
+_lock = threading.Lock()
+_current: AccelConfig | None = None
+
+
+def get() -> AccelConfig:
+    """The process's configuration, read on first use."""
+    global _current
+    if _current is None:
+        with _lock:
+            if _current is None:
+                _current = load()
+    return _current
+
+
+def reload() -> AccelConfig:
+    """Read the file and the environment again; later calls use the new settings."""
+    global _current
+    with _lock:
+        _current = load()
+    return _current

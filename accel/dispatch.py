@@ -23,7 +23,7 @@ GPU_MIN_BATCH = {"ed25519": 4096, "merkle": 4096, "sha256": 4096, "risk": NEVER}
 
 
 def min_batch(kernel: str) -> int:
-    configured = config.load().gpu_min_batch
+    configured = config.get().gpu_min_batch
     return GPU_MIN_BATCH[kernel] if configured < 0 else configured
 
 
@@ -39,7 +39,7 @@ def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None
     try:
         return fn(b)
     except Exception as exc:
-        if not config.load().gpu_fallback:
+        if not config.get().gpu_fallback:
             raise
         log.warning("%s backend failed (%s: %s); redoing the work on the C fallback", b.name, type(exc).__name__, exc)
         return fn(get_backend("cpu"))

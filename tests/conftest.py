@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from accel import config
 from accel.backends import Backend, BackendUnavailable, get_backend
 
 ALL = ("cpu", "opencl", "cuda")
@@ -58,3 +59,11 @@ def backends() -> list[Backend]:
 @pytest.fixture
 def cpu() -> Backend:
     return require("cpu")
+
+
+@pytest.fixture(autouse=True)
+def fresh_config():
+    """The configuration is read once per process; a test that changes the environment calls
+    config.reload(), and this puts the process's settings back after monkeypatch undoes it."""
+    yield
+    config.reload()

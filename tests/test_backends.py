@@ -1,6 +1,7 @@
 """Backend selection, configuration, and the fall back to the C fallback when a GPU fails."""
 import hashlib
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ def test_auto_prefers_gpu_else_cpu():
 
 def test_env_selects_backend(monkeypatch):
     monkeypatch.setenv("ACCEL_BACKEND", "cpu")
+    config.reload()
     assert get_backend().name == "cpu"
 
 
@@ -40,7 +42,11 @@ def test_config_file(tmp_path):
 
 @pytest.mark.parametrize("text,match", [
     ('[accel]\nbackend = "gpu"\n', "backend must be one of"),
-    ('[accel]\nthreds = 2\n', "unknown"),
+    ('[accel]\nthreds = 2\n', r"accel.toml:2: unknown \[accel\] key 'threds'"),
+    ('backend = "cuda"\n', r"accel.toml:1: 'backend' is outside any table; put it under \[accel\]"),
+    ('# GPU on\n[acel]\nbackend = "cuda"\n', r"accel.toml:2: unknown table \[acel\]"),
+    ('[accel]\nbackend = "cpu"\n[accel.extra]\nx = 1\n', r"accel.toml:4: unknown \[accel\] key 'extra'"),
+    ('[accel]\n\nthreads = -1\n', r"accel.toml:3: threads must be >= 0"),
     ('[accel]\nthreads = -1\n', "threads must be"),
     ("[accel\n", "cannot read"),
     ('[accel]\ngpu_fallback = "false"\n', "gpu_fallback must be true or false"),
@@ -54,9 +60,40 @@ def test_bad_config_is_explained(tmp_path, text, match):
         config.load(p, env={})
 
 
-def test_bad_env_bool():
-    with pytest.raises(config.ConfigError, match="ACCEL_GPU_FALLBACK"):
-        config.load(None, env={"ACCEL_GPU_FALLBACK": "maybe"})
+@pytest.mark.parametrize("name,raw,match", [
+    ("ACCEL_GPU_FALLBACK", "maybe", "ACCEL_GPU_FALLBACK must be true or false"),
+    ("ACCEL_GPU_FALLBACK", "yes", "ACCEL_GPU_FALLBACK must be true or false"),  # TOML rejects "yes" too
+    ("ACCEL_GPU_FALLBACK", "1", "ACCEL_GPU_FALLBACK must be true or false"),
+    ("ACCEL_THREADS", "4.0", "ACCEL_THREADS must be an integer"),
+    ("ACCEL_THREADS", "-2", "ACCEL_THREADS: threads must be >= 0"),
+    ("ACCEL_BACKEND", "gpu", "ACCEL_BACKEND: backend must be one of"),
+])
+def test_bad_env_values_name_the_variable(name, raw, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(None, env={name: raw})
+
+
+def test_env_bools_as_toml_spells_them():
+    assert config.load(None, env={"ACCEL_GPU_FALLBACK": "false"}).gpu_fallback is False
+    assert config.load(None, env={"ACCEL_GPU_FALLBACK": "true"}).gpu_fallback is True
+
+
+def test_more_threads_than_cores_is_a_warning(tmp_path, caplog):
+    p = tmp_path / "accel.toml"
+    p.write_text(f"[accel]\nthreads = {(os.cpu_count() or 1) + 1}\n")
+    with caplog.at_level(logging.WARNING, logger="accel"):
+        config.load(p, env={})
+    assert "accel.toml:2: threads" in caplog.text and "cores" in caplog.text
+
+
+def test_config_is_read_once_per_process(tmp_path, monkeypatch):
+    p = tmp_path / "accel.toml"
+    p.write_text('[accel]\nbackend = "cpu"\ngpu_fallback = true\n')
+    monkeypatch.setenv("ACCEL_CONFIG", str(p))
+    first = config.reload()
+    p.write_text('[accel]\nbackend = "opencl"\ngpu_fallback = false\n')  # edited mid-run
+    assert config.get() is first and (config.get().backend, config.get().gpu_fallback) == ("cpu", True)
+    assert config.reload().backend == "opencl"
 
 
 class FailingGpu(Backend):
@@ -85,6 +122,7 @@ class FailingGpu(Backend):
 @pytest.mark.parametrize("ok", [0, 1, 5])
 def test_gpu_failure_falls_back_with_same_result(cpu, caplog, monkeypatch, ok):
     monkeypatch.setenv("ACCEL_GPU_FALLBACK", "true")  # make gpu-check turns it off for the run
+    config.reload()
     leaves = [bytes([i % 256]) * 40 for i in range(5000)]  # enough levels for the sixth launch
     expected = accel.merkle_root(leaves, backend=cpu)
     with caplog.at_level(logging.WARNING, logger="accel"):
@@ -95,6 +133,7 @@ def test_gpu_failure_falls_back_with_same_result(cpu, caplog, monkeypatch, ok):
 
 def test_fallback_can_be_disabled(cpu, monkeypatch):
     monkeypatch.setenv("ACCEL_GPU_FALLBACK", "false")
+    config.reload()
     with pytest.raises(RuntimeError, match="simulated"):
         dispatch.run(FailingGpu(cpu, 0), lambda b: b.launch("sha256_many", 1, np.zeros(1, np.uint8),
                                                             np.zeros(2, np.uint64), np.zeros(32, np.uint8)))
@@ -119,6 +158,7 @@ def _calls():
 @pytest.mark.parametrize("api", ["ed25519_verify_batch", "greeks", "sha256_many"])
 def test_every_api_falls_back_with_same_bits(cpu, caplog, monkeypatch, api):
     monkeypatch.setenv("ACCEL_GPU_FALLBACK", "true")
+    config.reload()
     call = _calls()[api]
     with caplog.at_level(logging.WARNING, logger="accel"):
         assert call(FailingGpu(cpu, 0)) == call(cpu)
@@ -148,6 +188,7 @@ def test_small_batches_stay_on_the_c_fallback(cpu, monkeypatch, env, small_on_gp
     monkeypatch.setattr(dispatch, "get_backend", lambda name=None: gpu if name is None or name is gpu else cpu)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+        config.reload()
     leaves = [bytes([i]) * 32 for i in range(40)]
     root = accel.merkle_root(leaves, backend=cpu)
     assert accel.merkle_root(leaves) == root
@@ -177,6 +218,7 @@ def test_auto_remembers_unavailable_backends(monkeypatch):
         return real(name, cfg)
     monkeypatch.setattr(backends, "_create", counting)
     monkeypatch.setenv("ACCEL_BACKEND", "auto")
+    config.reload()
     backends.reset()
     try:
         first = backends.get_backend()

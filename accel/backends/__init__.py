@@ -37,7 +37,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     """The backend called `name` (default: the configured one). Raises BackendUnavailable saying why."""
     if isinstance(name, Backend):
         return name
-    cfg = _config.load()
+    cfg = _config.get()
     name = name or cfg.backend
     if name == "auto":
         picked = _auto_pick.get(cfg)
