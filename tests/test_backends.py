@@ -45,7 +45,7 @@ def test_config_file(tmp_path):
     ('[accel]\nthreds = 2\n', r"accel.toml:2: unknown \[accel\] key 'threds'"),
     ('backend = "cuda"\n', r"accel.toml:1: 'backend' is outside any table; put it under \[accel\]"),
     ('# GPU on\n[acel]\nbackend = "cuda"\n', r"accel.toml:2: unknown table \[acel\]"),
-    ('[accel]\nbackend = "cpu"\n[accel.extra]\nx = 1\n', r"accel.toml:4: unknown \[accel\] key 'extra'"),
+    ('[accel]\nbackend = "cpu"\n[accel.extra]\nx = 1\n', r"accel.toml:3: unknown \[accel\] key 'extra'"),
     ('[accel]\n\nthreads = -1\n', r"accel.toml:3: threads must be >= 0"),
     ('[accel]\nthreads = -1\n', "threads must be"),
     ("[accel\n", "cannot read"),
