@@ -234,3 +234,55 @@ def test_auto_remembers_unavailable_backends(monkeypatch):
         assert tried.count("cuda") == 2
     finally:
         backends.reset()
+
+
+def test_no_driver_is_named_as_such():
+    from accel.backends.cuda import _import, driver_present
+    if driver_present():
+        pytest.skip("this machine has an NVIDIA driver")
+    with pytest.raises(BackendUnavailable, match="no NVIDIA driver found"):
+        _import()
+
+
+def test_missing_packages_point_at_the_checkout_install(monkeypatch):
+    """The README's install is `pip install -e '.[cuda]'` from the checkout: accel-verify is not
+    published, so a hint naming the package sends operators nowhere."""
+    import sys
+
+    from accel.backends import cuda, opencl
+    monkeypatch.setattr(cuda, "driver_present", lambda: True)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setitem(sys.modules, "pyopencl", None)
+    for module, extra in ((cuda, "cuda"), (opencl, "opencl")):
+        with pytest.raises(BackendUnavailable) as info:
+            module._import()
+        assert f"pip install -e '.[{extra}]'" in str(info.value)
+        assert "accel-verify[" not in str(info.value)
+
+
+def test_opencl_on_a_cpu_driver_is_a_warning_and_can_be_refused(monkeypatch, caplog):
+    from accel import backends
+    b = backend_or_none("opencl")
+    if b is None or b.is_gpu:
+        pytest.skip("needs an OpenCL CPU driver (PoCL)")
+    monkeypatch.setenv("ACCEL_BACKEND", "opencl")
+    config.reload()
+    backends.reset()
+    try:
+        with caplog.at_level(logging.WARNING, logger="accel"):
+            assert backends.get_backend().name == "opencl"
+        assert "a CPU driver" in caplog.text and 'opencl_device = "gpu"' in caplog.text
+        monkeypatch.setenv("ACCEL_OPENCL_DEVICE", "gpu")
+        config.reload()
+        backends.reset()
+        with pytest.raises(BackendUnavailable, match='opencl_device = "gpu" but OpenCL offers no GPU'):
+            backends.get_backend()
+    finally:
+        backends.reset()
+
+
+def backend_or_none(name):
+    try:
+        return get_backend(name)
+    except BackendUnavailable:
+        return None

@@ -1,6 +1,7 @@
 """Backend registry: one instance per backend, created on first use; `auto` prefers a GPU."""
 from __future__ import annotations
 
+import logging
 import threading
 
 from .. import config as _config
@@ -11,6 +12,8 @@ _lock = threading.Lock()
 # on every call, since consensus verifies many small batches. reset() probes again.
 _instances: dict[str, Backend | BackendUnavailable] = {}
 _auto_pick: dict[_config.AccelConfig, Backend] = {}
+_warned: set[str] = set()
+log = logging.getLogger("accel")
 
 
 def reset() -> None:
@@ -18,6 +21,7 @@ def reset() -> None:
     with _lock:
         _instances.clear()
         _auto_pick.clear()
+        _warned.clear()
 
 
 def _create(name: str, cfg: _config.AccelConfig) -> Backend:
@@ -38,6 +42,7 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     if isinstance(name, Backend):
         return name
     cfg = _config.get()
+    configured = name is None
     name = name or cfg.backend
     if name == "auto":
         picked = _auto_pick.get(cfg)
@@ -56,6 +61,10 @@ def get_backend(name: str | Backend | None = None) -> Backend:
                 _instances[name] = found
     if isinstance(found, BackendUnavailable):
         raise found
+    if configured and name == "opencl" and not found.is_gpu and name not in _warned:
+        _warned.add(name)
+        log.warning("backend = \"opencl\" runs on %s, a CPU driver: expect it several times slower than the C "
+                    "fallback (backend = \"cpu\"); set opencl_device = \"gpu\" to require a GPU", found.device)
     return found
 
 

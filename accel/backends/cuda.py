@@ -3,6 +3,7 @@ each compiled module in its on-disk cache ($CUPY_CACHE_DIR, default ~/.cupy/kern
 the first process on a machine pays for compilation."""
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -15,15 +16,29 @@ BLOCK = 256
 PINNED_MIN_BYTES = 1 << 20
 
 
+def driver_present() -> bool:
+    """Whether NVIDIA's driver library loads: without it CuPy reports cudaErrorInsufficientDriver,
+    which reads as "upgrade the driver" on a machine that has none."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def _import():
+    if not driver_present():
+        raise BackendUnavailable("no NVIDIA driver found (libcuda.so.1 cannot be loaded): this machine has no "
+                                 "usable NVIDIA GPU driver")
     try:
         import cupy
     except ImportError as exc:
-        raise BackendUnavailable("CuPy is not installed (pip install 'accel-verify[cuda]')") from exc
+        raise BackendUnavailable("CuPy is not installed: from the checkout, `.venv/bin/pip install -e '.[cuda]'` "
+                                 "(CUDA 13 drivers) or `-e '.[cuda12]'` (CUDA 12)") from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CuPy raises its own runtime error types when no driver is present
-        raise BackendUnavailable(f"no CUDA driver or device ({exc})") from exc
+    except Exception as exc:  # CuPy raises its own runtime error types
+        raise BackendUnavailable(f"the NVIDIA driver is present but CUDA cannot start ({exc})") from exc
     if count == 0:
         raise BackendUnavailable("CUDA driver found but no CUDA device")
     return cupy

@@ -20,7 +20,8 @@ def _import():
     try:
         import pyopencl as cl
     except ImportError as exc:
-        raise BackendUnavailable("pyopencl is not installed (pip install 'accel-verify[opencl]')") from exc
+        raise BackendUnavailable("pyopencl is not installed: from the checkout, "
+                                 "`.venv/bin/pip install -e '.[opencl]'` (make test does it)") from exc
     return cl
 
 
@@ -42,11 +43,17 @@ def list_devices() -> list:
 
 
 def pick_device(prefer: str = ""):
-    """The device whose name contains `prefer`, else the first GPU, else the first device."""
+    """The device whose name contains `prefer`, else the first GPU, else the first device;
+    prefer = "gpu" takes the first GPU and refuses anything else."""
     cl = _import()
     devices = list_devices()
     if not devices:
         raise BackendUnavailable("OpenCL platforms expose no device; `apt-get install pocl-opencl-icd` adds a CPU one")
+    if prefer.lower() == "gpu":
+        gpus = [d for d in devices if d.type & cl.device_type.GPU]
+        if not gpus:
+            raise BackendUnavailable(f"opencl_device = \"gpu\" but OpenCL offers no GPU, only {[d.name.strip() for d in devices]}")
+        return gpus[0]
     if prefer:
         named = [d for d in devices if prefer.lower() in d.name.lower()]
         if not named:
