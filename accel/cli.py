@@ -1,62 +1,139 @@
-"""`accel info`: which backends run here and why the others do not.
-`accel merkle-demo`: a Merkle root over many leaves on every available backend, timed."""
+"""The `accel` command. Errors print one line and exit with status 2; `check` exits 1 when this
+validator may not start."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from importlib import metadata
 
 import numpy as np
 
-from . import config, merkle
-from .backends import Backend, probe
+from . import config, merkle, readiness
+from .backends import Backend, BackendUnavailable, KernelError, get_backend, probe
+
+
+def _version() -> str:
+    try:
+        return metadata.version("accel-verify")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def cmd_info(args) -> int:
     cfg = config.get()
+    found = probe()
+    auto = get_backend("auto")
+    if args.json:
+        print(json.dumps({"configured_backend": cfg.backend, "auto_picks": auto.name, "backends": {
+            name: ({"available": True, "gpu": b.is_gpu, "device": b.device} if isinstance(b, Backend)
+                   else {"available": False, "reason": str(b)}) for name, b in found.items()}}, indent=1))
+        return 0
     print(f"configured backend: {cfg.backend}")
-    for name, b in probe().items():
+    for name, b in found.items():
         if isinstance(b, Backend):
-            kind = "GPU" if b.is_gpu else "CPU"
-            print(f"  {name:7s} available  {kind}  {b.device}")
+            print(f"  {name:7s} available  {'GPU' if b.is_gpu else 'CPU'}  {b.device}")
         else:
             print(f"  {name:7s} missing    {b}")
-    from .backends import get_backend
-    print(f"auto picks: {get_backend('auto').name}")
+    print(f"auto picks: {auto.name}")
+    print("(`accel check` says whether the configured backend can run; `info` only lists)")
     return 0
+
+
+def cmd_check(args) -> int:
+    device, results = readiness.check(args.backend)
+    ok = all(r.ok for r in results)
+    if args.json:
+        print(json.dumps({"backend": device, "ready": ok,
+                          "kernels": [{"kernels": r.kernels, "ok": r.ok, "detail": r.detail} for r in results]},
+                         indent=1))
+    else:
+        print(f"backend {device}")
+        for r in results:
+            print(f"  {'ok  ' if r.ok else 'FAIL'}  {r.kernels:38s} {r.detail}")
+        print("ready: this validator may start" if ok else "NOT READY: this validator must not start on this backend")
+    return 0 if ok else 1
 
 
 def cmd_merkle(args) -> int:
     rng = np.random.default_rng(args.seed)
     leaves = rng.integers(0, 256, size=(args.leaves, 32), dtype=np.uint8)
-    print(f"Merkle root over {args.leaves:,} random 32-byte leaves (seed {args.seed})")
-    roots = {}
+    rows, roots = [], {}
     for name, b in probe().items():
         if not isinstance(b, Backend):
-            print(f"  {name:7s} skipped: {b}")
+            rows.append({"backend": name, "skipped": str(b)})
             continue
         merkle.merkle_root(leaves[:2], backend=b)  # compile / warm up outside the timing
         t0 = time.perf_counter()
         roots[name] = merkle.merkle_root(leaves, backend=b)
         dt = time.perf_counter() - t0
-        print(f"  {name:7s} {dt * 1e3:9.1f} ms  {args.leaves / dt / 1e6:7.2f} M leaves/s  root {roots[name].hex()[:16]}…")
-    if len(set(roots.values())) > 1:
-        print("ERROR: backends disagree on the root", file=sys.stderr)
-        return 1
-    print(f"all {len(roots)} backends agree")
-    return 0
+        rows.append({"backend": name, "ms": dt * 1e3, "leaves_per_s": args.leaves / dt, "root": roots[name].hex()})
+    agree = len(set(roots.values())) <= 1
+    if args.json:
+        print(json.dumps({"leaves": args.leaves, "seed": args.seed, "agree": agree, "runs": rows}, indent=1))
+    else:
+        print(f"Merkle root over {args.leaves:,} random 32-byte leaves (seed {args.seed})")
+        for r in rows:
+            if "skipped" in r:
+                print(f"  {r['backend']:7s} skipped: {r['skipped']}")
+            else:
+                print(f"  {r['backend']:7s} {r['ms']:9.1f} ms  {r['leaves_per_s'] / 1e6:7.2f} M leaves/s  "
+                      f"root {r['root'][:16]}...")
+        print(f"all {len(roots)} backends agree" if agree else "ERROR: backends disagree on the root")
+    return 0 if agree else 1
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="accel", description="GPU-accelerated block validation for BFT validators: Ed25519 (ZIP-215), "
+        "Merkle roots and option margin on CUDA, OpenCL or the C fallback, bit-identical on all.",
+        epilog="Configuration: [accel] in accel.toml or $ACCEL_CONFIG, ACCEL_* variables (README).")
+    ap.add_argument("--version", action="version", version=f"accel-verify {_version()}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    info = sub.add_parser("info", help="list the backends, their devices, and why the missing ones are missing",
+                          description="List every backend and what `auto` picks. Exit status 0 whether or not "
+                          "the configured backend can run: use `accel check` for that.")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(fn=cmd_info)
+    check = sub.add_parser("check", help="may this validator start? (exit 0 yes, 1 no)",
+                           description="Load the configuration, start the configured backend (or --backend), "
+                           "compile its kernels and compare each with known answers, bit for bit. Exit "
+                           "status 0 when every kernel passes, 1 when any fails or the backend cannot start.")
+    check.add_argument("--backend", choices=config.BACKENDS, help="check this backend instead of the configured one")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(fn=cmd_check)
+    demo = sub.add_parser("merkle-demo", help="time a Merkle root on every available backend",
+                          description="Merkle root over random 32-byte leaves on every backend, timed, with "
+                          "the roots compared (exit 1 if they differ).")
+    demo.add_argument("--leaves", type=_positive, default=1_000_000, help="number of leaves (default 1,000,000)")
+    demo.add_argument("--seed", type=int, default=1, help="random seed of the leaves (default 1)")
+    demo.add_argument("--json", action="store_true", help="machine-readable output")
+    demo.set_defaults(fn=cmd_merkle)
+    return ap
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="accel", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="list backends and devices").set_defaults(fn=cmd_info)
-    m = sub.add_parser("merkle-demo", help="time a Merkle root on every backend")
-    m.add_argument("--leaves", type=int, default=1_000_000)
-    m.add_argument("--seed", type=int, default=1)
-    m.set_defaults(fn=cmd_merkle)
+    ap = parser()
     args = ap.parse_args(argv)
-    return args.fn(args)
+    if args.cmd is None:
+        ap.print_help(sys.stderr)
+        return 2
+    try:
+        return args.fn(args)
+    except (config.ConfigError, BackendUnavailable, KernelError, ValueError, TypeError, OSError) as exc:
+        print(f"accel: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

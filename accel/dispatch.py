@@ -3,6 +3,8 @@ fallback, whose results are bit-identical, so a validator's verdict never depend
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager
 from typing import Callable, TypeVar
 
 from . import config
@@ -27,6 +29,20 @@ def min_batch(kernel: str) -> int:
     return GPU_MIN_BATCH[kernel] if configured < 0 else configured
 
 
+_strict = threading.local()
+
+
+@contextmanager
+def no_fallback():
+    """In this thread, a failing GPU raises instead of being redone on the C fallback (readiness
+    checks must see the backend itself)."""
+    _strict.on = True
+    try:
+        yield
+    finally:
+        _strict.on = False
+
+
 def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None = None,
         kernel: str | None = None) -> T:
     """fn(backend). With backend=None (the configured one), a GPU, and n items of `kernel` below
@@ -39,7 +55,7 @@ def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None
     try:
         return fn(b)
     except Exception as exc:
-        if not config.get().gpu_fallback:
+        if not config.get().gpu_fallback or getattr(_strict, "on", False):
             raise
         log.warning("%s backend failed (%s: %s); redoing the work on the C fallback", b.name, type(exc).__name__, exc)
         return fn(get_backend("cpu"))

@@ -1,0 +1,147 @@
+"""Whether this validator may start: the configured backend initialises, compiles every kernel it
+runs, and gives the known answers, bit for bit. `accel check` prints the result; a node calls
+check() before it joins the network and refuses to start on a backend that cannot run.
+
+Known answers are independent of this package where a reference exists (hashlib, RFC 8032), and
+otherwise the exact bits the C fallback gives on every machine (greeks, margin): every backend
+must return those bits, or validators on different hardware would fork."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import config, dispatch, ed25519, merkle, risk
+from .backends import Backend, BackendUnavailable, get_backend
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    kernels: str
+    ok: bool
+    detail: str
+
+
+# RFC 8032 section 7.1, TEST 1 and TEST 2 (public key, message, signature).
+_RFC8032 = [
+    ("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"),
+    ("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
+]
+_SMALL_ORDER = bytes([1] + [0] * 31)  # the identity: valid as A and R under ZIP-215, never a safe key
+
+# Exact bits of the C fallback (float64 as uint64; margins in ticks) for the inputs below.
+_GREEKS_BITS = [
+    [4662411763738087777, 4631349639758068347, 4620389392870878458],
+    [4601780209201128925, 13820645456726742413, 4602893852666288461],
+    [4537069703166213068, 4562027159615698758, 4581208838597913660],
+    [4667711676544117185, 4635667659355412389, 4630618318471110450],
+    [13892295579606468834, 13880715666746410371, 13838706655046761476],
+    [13876776601338122593, 13829422869134220487, 13843761429725654266],
+]
+_PORTFOLIO_TICKS = [[11040932119333, 209027652], [8493024707180, 160790502], [31, 27]]
+_STANDARD_TICKS = [[4254786053097, 41190638], [2814336053097, 36190638]]
+
+
+def _signatures():
+    pks = [bytes.fromhex(pk) for pk, _, _ in _RFC8032]
+    msgs = [bytes.fromhex(m) for _, m, _ in _RFC8032]
+    sigs = [bytes.fromhex(s) for _, _, s in _RFC8032]
+    tampered = bytearray(sigs[0])
+    tampered[40] ^= 1
+    return (pks + [pks[0], _SMALL_ORDER], msgs + [msgs[0], b"any message"],
+            sigs + [bytes(tampered), _SMALL_ORDER + bytes(32)]), [True, True, False, True]
+
+
+def _book():
+    marks = risk.Marks(index=60000.0, rate=0.02, forward=np.array([60100.0, 60200.0, 60300.0]),
+                       strike=np.array([60000.0, 55000.0, 0.0]), expiry=np.array([0.1, 0.3, 0.2]),
+                       vol=np.array([0.6, 0.7, 0.0]),
+                       kind=np.array([risk.CALL, risk.PUT | risk.INVERSE, risk.FUTURE], np.uint8))
+    return risk.Portfolio(offsets=[0, 2, 3], instrument=[0, 2, 1], size=[-3.0, 1.5, -2.0]), marks
+
+
+def _ref_root(leaves: list[bytes]) -> bytes:
+    level = [merkle.leaf_hash(x) for x in leaves]
+    while len(level) > 1:
+        level = [merkle.inner_hash(*level[i:i + 2]) if i + 1 < len(level) else level[i]
+                 for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def _cases(b: Backend) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
+    sigs, want = _signatures()
+    messages = [b"", b"abc", bytes(range(256)) * 4]
+    leaves = [i.to_bytes(4, "little") * 8 for i in range(1000)]
+    greeks_in = ([60000.0, 2000.0, 100.0], [65000.0, 1800.0, 100.0], [0.25, 0.02, 1.0], 0.03, [0.6, 1.1, 0.2],
+                 [True, False, True])
+
+    def verdicts():
+        got = [bool(v) for v in ed25519._verify(b, 4, *_packed(sigs))]
+        return got == want, f"{got} (RFC 8032 x2, a tampered one, ZIP-215 small order)"
+
+    def shaped():
+        n, pks, data, offsets, s = ed25519._packed(*sigs)
+        out = b.empty((n,), np.uint8)
+        ed25519.verify_on_gpu(b, n, *(b.to_device(a) for a in (pks, data, offsets, s)), out,
+                              ed25519.hash_order(offsets))
+        got = [bool(v) for v in b.to_host(out)]
+        return got == want, f"{got} (GPU-shaped kernels)"
+
+    def safe_keys():
+        got = [ed25519.ed25519_key_is_safe(k, backend=b) for k in (sigs[0][0], _SMALL_ORDER)]
+        return got == [True, False], f"{got} (an RFC 8032 key, the identity)"
+
+    def sha256():
+        ok = merkle.sha256_many(messages, backend=b) == [hashlib.sha256(m).digest() for m in messages]
+        return ok, "3 messages against hashlib"
+
+    def merkle_root():
+        root = merkle.merkle_root(leaves, backend=b)
+        return root == _ref_root(leaves), f"1,000 leaves against a hashlib tree: {root.hex()[:16]}..."
+
+    def greeks():
+        got = [a.view(np.uint64).tolist() for a in risk.greeks(*greeks_in, backend=b)]
+        return got == _GREEKS_BITS, "3 options, price and 5 greeks, exact bits"
+
+    def portfolio():
+        got = [a.tolist() for a in risk.portfolio_margin(*_book(), backend=b)]
+        return got == _PORTFOLIO_TICKS, f"2 accounts, ticks {got[1]}"
+
+    def standard():
+        got = [a.tolist() for a in risk.standard_margin(*_book(), backend=b)]
+        return got == _STANDARD_TICKS, f"2 accounts, ticks {got[1]}"
+
+    cases = [("ed25519_verify", verdicts)]
+    if b.name != "cpu":
+        cases.append(("ed25519_challenge + ed25519_verify_k", shaped))
+    return cases + [("ed25519_key_is_safe", safe_keys), ("sha256_many", sha256),
+                    ("merkle_leaves + merkle_level", merkle_root), ("greeks", greeks),
+                    ("portfolio_margin", portfolio), ("standard_margin", standard)]
+
+
+def _packed(sigs):
+    return ed25519._packed(*sigs)[1:]
+
+
+def check(backend: str | None = None) -> tuple[str, list[KernelCheck]]:
+    """(the backend's description, one KernelCheck per kernel). A backend that cannot start gives
+    one failing line saying why. Raises ConfigError for a bad configuration."""
+    cfg = config.get()
+    name = backend or cfg.backend
+    try:
+        b = get_backend(backend)
+    except BackendUnavailable as exc:
+        return f"{name} (configured)" if backend is None else name, [KernelCheck("backend", False, str(exc))]
+    results = []
+    for kernels, case in _cases(b):
+        try:
+            with dispatch.no_fallback():
+                ok, detail = case()
+        except Exception as exc:  # a compile or launch failure is this kernel's verdict
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        results.append(KernelCheck(kernels, ok, detail))
+    return f"{b.name}: {b.device}", results

@@ -1,0 +1,84 @@
+"""The `accel` command as an operator and a script use it (issue 10): help, version, one-line
+errors with status 2, `check` whose exit status says whether a validator may start, --json."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from accel.backends import BackendUnavailable, get_backend
+
+
+def accel(*args, **env):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")} | env
+    return subprocess.run([sys.executable, "-m", "accel.cli", *args], capture_output=True, text=True,
+                          env=full, timeout=600)
+
+
+def test_help_describes_every_command():
+    out = accel("--help")
+    assert out.returncode == 0
+    for command in ("info", "check", "merkle-demo"):
+        assert command in out.stdout
+    assert "--leaves" in accel("merkle-demo", "--help").stdout
+
+
+def test_bare_accel_prints_the_commands():
+    out = accel()
+    assert out.returncode == 2
+    assert "check" in out.stderr and "required" not in out.stderr
+
+
+def test_version():
+    out = accel("--version")
+    assert out.returncode == 0 and out.stdout.startswith("accel-verify ")
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (("merkle-demo", "--leaves", "-5"), {}, "must be at least 1"),
+    (("info",), {"ACCEL_GPU_FALLBACK": "yes"}, "ACCEL_GPU_FALLBACK must be true or false"),
+    (("check",), {"ACCEL_THREADS": "many"}, "ACCEL_THREADS must be an integer"),
+])
+def test_errors_are_one_line_and_status_2(args, env, message):
+    out = accel(*args, **env)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2  # argparse adds its usage line
+
+
+@pytest.mark.parametrize("name", ["cpu", "opencl"])
+def test_check_passes_on_the_c_fallback_and_pocl(name):
+    """`accel check` in CI: both must be ready (PoCL is required under CI)."""
+    try:
+        get_backend(name)
+    except BackendUnavailable as exc:
+        if name == "opencl" and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+            pytest.skip(f"no OpenCL here: {exc}")
+        raise
+    out = accel("check", "--backend", name)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ready: this validator may start" in out.stdout
+    assert out.stdout.count("  ok  ") >= 7 and "FAIL" not in out.stdout
+    report = json.loads(accel("check", "--backend", name, "--json").stdout)
+    assert report["ready"] is True and all(k["ok"] for k in report["kernels"])
+
+
+def test_check_fails_when_the_configured_backend_cannot_run():
+    try:
+        get_backend("cuda")
+        pytest.skip("CUDA runs here")
+    except BackendUnavailable:
+        pass
+    out = accel("check", ACCEL_BACKEND="cuda")
+    assert out.returncode == 1
+    assert "FAIL" in out.stdout and "NOT READY" in out.stdout
+    info = accel("info", ACCEL_BACKEND="cuda")
+    assert info.returncode == 0 and "accel check" in info.stdout
+
+
+def test_info_and_demo_json():
+    info = json.loads(accel("info", "--json").stdout)
+    assert info["backends"]["cpu"]["available"] is True
+    demo = json.loads(accel("merkle-demo", "--leaves", "1000", "--json").stdout)
+    assert demo["agree"] is True and demo["leaves"] == 1000
