@@ -74,6 +74,11 @@ class MerkleProof:
 
 
 def merkle_proof(leaves, index: int, backend=None) -> MerkleProof:
+    """The inclusion proof of leaves[index] in the tree merkle_root(leaves) builds: the leaf's
+    hash and its siblings' hashes from the bottom up (CometBFT's Proof.Aunts). Check it with
+    verify_merkle_proof(root, leaf, proof). Raises ValueError for an index outside the tree."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"index must be an integer, not {type(index).__name__}")
     data, offsets = pack_messages(leaves, "leaf")
     total = len(offsets) - 1
     if not 0 <= index < total:
@@ -105,9 +110,15 @@ def inner_hash(left: bytes, right: bytes) -> bytes:
 
 
 def verify_merkle_proof(root: bytes, leaf: bytes, proof: MerkleProof) -> bool:
-    """Whether `leaf` sits at proof.index of a proof.total-leaf tree with this root."""
+    """Whether `leaf` sits at proof.index of a proof.total-leaf tree with this root. root and leaf
+    are bytes (a hex string is a TypeError, not a quiet False)."""
     if not isinstance(proof, MerkleProof):
         raise TypeError(f"proof must be a MerkleProof, not {type(proof).__name__}")
+    for name, value in (("root", root), ("leaf", leaf)):
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    if len(root) != 32:
+        raise ValueError(f"root is {len(root)} bytes, expected 32")
     if not 0 <= proof.index < proof.total or leaf_hash(leaf) != proof.leaf_hash:
         return False
     h, i, count, aunts = proof.leaf_hash, proof.index, proof.total, list(proof.aunts)

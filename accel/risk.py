@@ -224,7 +224,18 @@ def _validate_greeks(n, a):
 
 def portfolio_margin(portfolio, marks, params: MarginParams | None = None, backend=None) -> MarginResult:
     """Per-account initial and maintenance margin (int64 ticks) and worst scenario (int32) under
-    the portfolio model: the worst scenario loss plus the short option contingency."""
+    the portfolio model: the worst scenario loss plus the short option contingency.
+
+    portfolio: a Portfolio (or a dict of its fields): account a holds the positions
+      offsets[a]..offsets[a+1]-1, each an instrument index into marks and a size in contracts
+      (negative = short; USD notional for inverse futures).
+    marks: a Marks (or dict): per instrument its kind (PUT, CALL or FUTURE, plus INVERSE for
+      coin-settled), forward, strike, expiry in years and vol, with the underlying's index price
+      and the rate.
+    params: MarginParams (default: the documented defaults, docs/RISK.md).
+    Returns MarginResult(initial, maintenance, worst); a tick is params.tick of the settlement
+    currency, rounded up. Raises ValueError naming the first bad input, an account whose margin
+    does not fit int64 ticks, or one whose scenario loss is not finite."""
     pf, mk, pp = _margin_inputs(portfolio, marks, params)
     n = len(pf.offsets) - 1
 

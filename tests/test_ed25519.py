@@ -383,6 +383,13 @@ def load_or_skip(name):
     return json.loads(path.read_text())
 
 
+def test_missing_vectors_say_where_they_come_from(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "TESTDATA", tmp_path)
+    with pytest.raises(pytest.skip.Exception, match="ACCEL_TESTDATA") as info:
+        load_or_skip("wycheproof_ed25519_test.json")
+    assert "../shared/testdata" in str(info.value)
+
+
 def test_wycheproof(backend):
     data = load_or_skip("wycheproof_ed25519_test.json")
     cases = [(bytes.fromhex(g["publicKey"]["pk"]), t) for g in data["testGroups"] for t in g["tests"]]

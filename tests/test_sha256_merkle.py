@@ -158,3 +158,26 @@ def test_gpu_finishes_small_top_levels_on_the_host(cpu, n):
     data, offsets = np.frombuffer(b"".join(leaves), np.uint8), np.cumsum([0] + [len(x) for x in leaves]).astype(np.uint64)
     (root,) = device_levels(GpuLike(cpu), data, offsets, n)
     assert root.tobytes() == ref_root(leaves)
+
+
+def test_proof_inputs_are_typed(cpu):
+    """Issue 10: a hex root used to give a quiet False where the README promises a TypeError."""
+    from accel.merkle import verify_merkle_proof
+    leaves = [bytes([i]) * 5 for i in range(9)]
+    root, proof = accel.merkle_root(leaves, backend=cpu), accel.merkle_proof(leaves, 4, backend=cpu)
+    assert verify_merkle_proof(root, leaves[4], proof)
+    with pytest.raises(TypeError, match="root must be bytes, not str"):
+        verify_merkle_proof(root.hex(), leaves[4], proof)
+    with pytest.raises(TypeError, match="leaf must be bytes, not str"):
+        verify_merkle_proof(root, "leaf", proof)
+    with pytest.raises(ValueError, match="root is 31 bytes"):
+        verify_merkle_proof(root[:31], leaves[4], proof)
+    with pytest.raises(TypeError, match="index must be an integer"):
+        accel.merkle_proof(leaves, "4", backend=cpu)
+
+
+def test_public_functions_document_themselves():
+    for fn in (accel.merkle_proof, accel.merkle_root, accel.verify_merkle_proof, accel.portfolio_margin,
+               accel.ed25519_verify_all, accel.greeks):
+        assert fn.__doc__ and len(fn.__doc__) > 80, fn.__name__
+    assert "offsets" in accel.portfolio_margin.__doc__ and "Marks" in accel.portfolio_margin.__doc__
