@@ -1,6 +1,7 @@
 # make test  - set everything up on a fresh machine and run the test suite
 # make demo  - set up and run the main job on the default backend
-# make bench - the pytest-benchmark suites, JSON and a ratio report under bench/out/
+# make bench - the pytest-benchmark suites, JSON and a ratio report under bench/out/; every run is
+#              also autosaved under .benchmarks/ (compare: .venv/bin/pytest-benchmark compare)
 # make gpu-check - on a machine with an NVIDIA GPU: every CUDA/OpenCL-GPU test and the GPU benchmarks
 PYTHON ?= python3
 VENV := .venv
@@ -42,7 +43,7 @@ demo: setup
 
 bench: setup
 	mkdir -p bench/out
-	$(PY) -m pytest bench --benchmark-only --benchmark-json=bench/out/results.json $(BENCH_ARGS)
+	$(PY) -m pytest bench --benchmark-only --benchmark-autosave --benchmark-json=bench/out/results.json $(BENCH_ARGS)
 	$(PY) bench/report.py bench/out/results.json
 
 gpu-check:

@@ -1,7 +1,23 @@
-"""Benchmarks run each backend that exists here; a missing one is skipped with its reason."""
+"""Benchmarks run each backend that exists here; a missing one is skipped with its reason.
+
+Suites set their own rounds (the slow baselines take seconds a round), but
+`--benchmark-min-rounds` raises them, as it does for plain benchmarks, so noise can be cut from
+the command line. The JSON's machine_info names the CPU, the flags the kernels use and the
+libraries measured, so runs stay comparable (`make bench` autosaves under .benchmarks/;
+`.venv/bin/pytest-benchmark compare` lists and compares them)."""
+import os
+import platform
+import re
+import subprocess
+from importlib import metadata
+
 import pytest
 
 from accel.backends import BackendUnavailable, get_backend
+
+CPU_FLAGS = ("sse4_2", "avx2", "avx512f", "avx512ifma", "sha_ni", "aes")
+LIBRARIES = ("accel-verify", "numpy", "scipy", "pynacl", "cryptography", "cffi", "pyopencl", "cupy-cuda13x",
+             "cupy-cuda12x", "pytest-benchmark")
 
 
 def backend_or_skip(name):
@@ -14,3 +30,49 @@ def backend_or_skip(name):
 @pytest.fixture(params=["cpu", "opencl", "cuda"])
 def backend(request):
     return backend_or_skip(request.param)
+
+
+@pytest.fixture
+def benchmark(benchmark, request):
+    """The plugin's fixture, whose pedantic() takes at least --benchmark-min-rounds rounds when
+    that option is given."""
+    given = any(a.startswith("--benchmark-min-rounds") for a in request.config.invocation_params.args)
+    floor = request.config.getoption("benchmark_min_rounds") if given else 0
+    pedantic = benchmark.pedantic
+
+    def at_least(*args, rounds=1, **kwargs):
+        return pedantic(*args, rounds=max(rounds, floor), **kwargs)
+    benchmark.pedantic = at_least
+    return benchmark
+
+
+def _cpu():
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return platform.processor(), []
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = set(re.search(r"^flags\s*:\s*(.+)$", text, re.M).group(1).split()) if "flags" in text else set()
+    return (model.group(1).strip() if model else platform.processor()), [f for f in CPU_FLAGS if f in flags]
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    model, flags = _cpu()
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        gcc = "not found"
+    devices = {}
+    for name in ("cpu", "opencl", "cuda"):
+        try:
+            devices[name] = get_backend(name).device
+        except BackendUnavailable as exc:
+            devices[name] = f"unavailable: {exc}"
+    machine_info["accel"] = {"cpu_model": model, "cpu_flags": flags, "cores": os.cpu_count(),
+                             "libraries": versions, "compiler": gcc, "backends": devices}

@@ -97,9 +97,13 @@ def main(argv=None):
     ap.add_argument("--png-dir", default=None, help="where plots go (default: beside the JSON)")
     args = ap.parse_args(argv)
     machine, rows = load(args.json)
-    cpu = machine.get("cpu", {}).get("brand_raw", machine.get("processor", "?"))
-    label = f"{cpu}, {machine.get('cpu', {}).get('count', '?')} cores"
-    text = f"Machine: {label}, Python {machine.get('python_version', '?')}\n\n" + table(rows)
+    ours = machine.get("accel", {})
+    cpu = ours.get("cpu_model") or machine.get("cpu", {}).get("brand_raw", machine.get("processor", "?"))
+    label = f"{cpu}, {ours.get('cores', machine.get('cpu', {}).get('count', '?'))} cores"
+    libs = ", ".join(f"{k} {v}" for k, v in ours.get("libraries", {}).items())
+    text = (f"Machine: {label}; flags {' '.join(ours.get('cpu_flags', [])) or '?'}; "
+            f"Python {machine.get('python_version', '?')}; {ours.get('compiler', '?')}\n"
+            f"Libraries: {libs or '?'}\n\n" + table(rows))
     print(text)
     if args.md:
         Path(args.md).write_text(text + "\n")
