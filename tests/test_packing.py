@@ -63,3 +63,28 @@ def test_errors_say_leaves(cpu):
         accel.merkle_root(np.zeros(3, np.uint8), backend=cpu)
     with pytest.raises(TypeError, match="^messages must be a list"):
         accel.sha256_many(b"abc", backend=cpu)
+
+
+def test_packed_input_is_taken_as_it_is(cpu):
+    from accel import Packed
+    msgs = [bytes([i]) * (i % 7) for i in range(50)]
+    data, offsets = pack_messages(msgs)
+    packed = Packed(data, offsets)
+    assert accel.merkle_root(packed, backend=cpu) == accel.merkle_root(msgs, backend=cpu)
+    assert accel.sha256_many(packed, backend=cpu) == accel.sha256_many(msgs, backend=cpu)
+    joined = Packed.join([Packed(*pack_messages(msgs[:20])), Packed(*pack_messages(msgs[20:]))])
+    assert joined.data.tobytes() == data.tobytes() and np.array_equal(joined.offsets, offsets)
+    assert len(joined) == 50 and joined.item(13) == msgs[13]
+
+
+@pytest.mark.parametrize("data,offsets,match", [
+    (np.zeros(10, np.uint8), np.array([0, 5, 11], np.uint64), "from 0 to the data's 10 bytes"),
+    (np.zeros(10, np.uint8), np.array([0, 7, 5, 10], np.uint64), "decrease at message 1"),
+    (np.zeros(10, np.uint8), np.array([1, 10], np.uint64), "from 0"),
+    (np.zeros(10, np.int8), np.array([0, 10], np.uint64), "1-D uint8"),
+    (np.zeros(10, np.uint8), np.array([0, 10], np.int64), "uint64"),
+])
+def test_bad_packed_input_is_refused(cpu, data, offsets, match):
+    from accel import Packed
+    with pytest.raises(ValueError, match=match):
+        accel.sha256_many(Packed(data, offsets), backend=cpu)
