@@ -1,0 +1,1 @@
+"""Applications behind the consensus core: validate(block) before voting, commit after."""

@@ -1,0 +1,375 @@
+"""The consensus protocol as a pure state machine: chained BFT in the Jolteon / DiemBFT-v4 style,
+with 2-chain commits and timeout certificates, for n = 3f + 1 validators.
+
+Why this member of the HotStuff family: in the common case a block commits after two rounds of
+votes instead of classic HotStuff's three (lower finality, which is what this project measures),
+and the price, a view change whose timeouts carry each validator's highest QC, is paid only when
+a leader fails.
+
+The core only computes: handle(sender, message), on_timer(view) and start() return actions
+(send, broadcast, set a timer, persist the safety state, a block committed or rejected); the
+driver delivers messages and timer expiries and carries the actions out, Persist before any send
+that follows it. No I/O, clock or randomness lives here.
+
+Safety rules (the only things that keep two honest validators from committing different blocks):
+  * vote at most once per view, and only in the current view: last_voted_view only grows, and it
+    is written (Persist) before the vote leaves;
+  * vote for a block only if it extends the QC of the view just before it, or carries a TC for
+    that view and extends a QC at least as high as any in the TC (_safe_to_vote);
+  * stop voting in a view once this validator has timed out in it (_on_local_timeout).
+Commit rule (2-chain): a block B0 is committed when a QC certifies its child B1 and B1's view is
+B0's plus one (_process_qc); its uncommitted ancestors commit with it, in order.
+Pacemaker: a view ends with a QC (the leader of the next view collects the votes) or a TC (2f+1
+timeouts); timeouts grow 2x for each view in a row that failed, back to the base after a QC.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from .apps.kv import EMPTY
+from .messages import (
+    QC, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs, Vote, proposal_bytes, timeout_bytes,
+    vote_bytes,
+)
+
+
+# ---- actions ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Send:
+    to: int
+    msg: object
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    msg: object  # to every validator but this one
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    view: int
+    delay_ms: float
+
+
+@dataclass(frozen=True)
+class Safety:
+    last_voted_view: int
+    high_qc: QC
+
+
+@dataclass(frozen=True)
+class Persist:
+    safety: Safety
+
+
+@dataclass(frozen=True)
+class Committed:
+    block: Block
+    validation_ms: dict
+
+
+@dataclass(frozen=True)
+class Rejected:
+    block_id: bytes
+    proposer: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Config:
+    me: int
+    keys: tuple[bytes, ...]  # every validator's Ed25519 public key, by index
+    base_timeout_ms: float = 1000.0
+    max_timeout_ms: float = 60_000.0
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    @property
+    def f(self) -> int:
+        return (self.n - 1) // 3
+
+    @property
+    def quorum(self) -> int:
+        return 2 * self.f + 1
+
+    def leader(self, view: int) -> int:
+        return view % self.n
+
+
+def genesis_block(state_root: bytes) -> Block:
+    """View 0, height 0: the same on every validator of one application genesis."""
+    zero = bytes(32)
+    empty = Txs.empty()
+    return Block(0, 0, zero, 0, EMPTY, state_root, empty.digest(), empty, QC(zero, 0, 0))
+
+
+class InvalidCertificate(ValueError):
+    pass
+
+
+@dataclass
+class _Tally:
+    """Votes (or timeouts) for one target, by voter."""
+    sigs: dict = field(default_factory=dict)
+
+
+class Core:
+    def __init__(self, cfg: Config, sign: Callable[[bytes], bytes], app, safety: Safety | None = None):
+        self.cfg, self.sign, self.app = cfg, sign, app
+        self.genesis = genesis_block(app.genesis.root)
+        gqc = QC(self.genesis.id, 0, 0)
+        self.safety = safety or Safety(0, gqc)
+        self.view = 0
+        self.blocks: dict[bytes, Block] = {self.genesis.id: self.genesis}
+        self.states = {self.genesis.id: app.genesis}
+        self.proposals: dict[bytes, Proposal] = {}
+        self.timings: dict[bytes, dict] = {}
+        self.committed = self.genesis
+        self.votes: dict[tuple[int, bytes], _Tally] = {}
+        self.timeouts: dict[int, dict] = {}  # view -> voter -> Timeout
+        self.last_tc: TC | None = None
+        self.failures = 0
+        self.proposed: set[int] = set()
+        self.timed_out: set[int] = set()
+        self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
+
+    # ---- entry points -------------------------------------------------------------------------
+    def start(self) -> list:
+        return self._enter_view(max(1, self.safety.high_qc.view + 1), via_qc=True)
+
+    def handle(self, sender: int, msg) -> list:
+        if isinstance(msg, Proposal):
+            return self._on_proposal(sender, msg)
+        if isinstance(msg, Vote):
+            return self._on_vote(msg)
+        if isinstance(msg, Timeout):
+            return self._on_timeout(sender, msg)
+        if isinstance(msg, BlockRequest):
+            p = self.proposals.get(msg.block_id)
+            return [Send(sender, BlockResponse(p))] if p is not None else []
+        if isinstance(msg, BlockResponse):
+            return self._on_proposal(sender, msg.proposal)
+        return []
+
+    def on_timer(self, view: int) -> list:
+        return self._on_local_timeout(view) if view == self.view else []
+
+    # ---- certificates -------------------------------------------------------------------------
+    def _voters(self, voters, sigs: bytes) -> None:
+        if len(set(voters)) != len(voters) or len(voters) < self.cfg.quorum:
+            raise InvalidCertificate(f"{len(set(voters))} distinct signers, {self.cfg.quorum} needed")
+        if any(not 0 <= v < self.cfg.n for v in voters) or len(sigs) != 64 * len(voters):
+            raise InvalidCertificate("signer index or signature length out of range")
+
+    def qc_certs(self, qc: QC) -> tuple[list, list, list]:
+        """The (keys, messages, signatures) that make `qc` valid; InvalidCertificate if it cannot be."""
+        if qc.view == 0:
+            if qc.block_id != self.genesis.id or qc.voters:
+                raise InvalidCertificate("a view-0 QC must be the genesis QC")
+            return [], [], []
+        self._voters(qc.voters, qc.sigs)
+        msg = vote_bytes(qc.block_id, qc.view)
+        return ([self.cfg.keys[v] for v in qc.voters], [msg] * len(qc.voters),
+                [qc.sigs[64 * i:64 * i + 64] for i in range(len(qc.voters))])
+
+    def tc_certs(self, tc: TC) -> tuple[list, list, list]:
+        self._voters(tc.voters, tc.sigs)
+        if len(tc.high_views) != len(tc.voters) or tc.high_qc.view != max(tc.high_views):
+            raise InvalidCertificate("a TC's QC must be the highest its timeouts name")
+        keys, msgs, sigs = self.qc_certs(tc.high_qc)
+        return (keys + [self.cfg.keys[v] for v in tc.voters], msgs + [timeout_bytes(tc.view, h) for h in tc.high_views],
+                sigs + [tc.sigs[64 * i:64 * i + 64] for i in range(len(tc.voters))])
+
+    def _verified(self, certs) -> bool:
+        keys, msgs, sigs = certs
+        if not keys:
+            return True
+        import numpy as np
+        from accel import Packed
+        return self.app.verifier.verify_all(np.zeros((0, 32), np.uint8), Packed(np.zeros(0, np.uint8), np.zeros(1, np.uint64)),
+                                            np.zeros((0, 64), np.uint8), certs)
+
+    # ---- proposals ----------------------------------------------------------------------------
+    def _on_proposal(self, sender: int, p: Proposal) -> list:
+        b = p.block
+        if b.id in self.blocks:
+            return []
+        if b.proposer != self.cfg.leader(b.view) or not 0 <= b.proposer < self.cfg.n:
+            return [Rejected(b.id, b.proposer, f"view {b.view}'s leader is {self.cfg.leader(b.view)}")]
+        if b.parent != b.qc.block_id or b.height != b.qc.height + 1 or b.view <= b.qc.view:
+            return [Rejected(b.id, b.proposer, "block does not extend the QC it carries")]
+        if b.tc is not None and b.tc.view + 1 != b.view:
+            return [Rejected(b.id, b.proposer, "a block's TC must be for the view just before it")]
+        parent = self.blocks.get(b.parent)
+        if parent is None:  # fetch the missing ancestor from whoever sent this one
+            self.waiting.setdefault(b.parent, []).append((sender, p))
+            return [Send(sender, BlockRequest(b.parent))]
+        if parent.view != b.qc.view:
+            return [Rejected(b.id, b.proposer, "the QC's view is not its block's")]
+        try:
+            keys, msgs, sigs = self.qc_certs(b.qc)
+            if b.tc is not None:
+                tk, tm, ts = self.tc_certs(b.tc)
+                keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+        except InvalidCertificate as exc:
+            return [Rejected(b.id, b.proposer, f"invalid certificate: {exc}")]
+        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature])
+        verdict = self.app.validate(self.states[b.parent], b, certs)
+        if not verdict.ok:
+            return [Rejected(b.id, b.proposer, verdict.reason)]
+        self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
+        self.timings[b.id] = verdict.timings_ms
+        out = self._process_qc(b.qc, sender)
+        if b.tc is not None:
+            out += self._process_tc(b.tc)
+        if self._safe_to_vote(b):
+            out += self._vote(b)
+        for child_sender, child in self.waiting.pop(b.id, []):
+            out += self._on_proposal(child_sender, child)
+        return out
+
+    def _safe_to_vote(self, b: Block) -> bool:
+        if b.view != self.view or b.view <= self.safety.last_voted_view or b.view in self.timed_out:
+            return False
+        if b.qc.view + 1 == b.view:
+            return True
+        return b.tc is not None and b.tc.view + 1 == b.view and b.qc.view >= max(b.tc.high_views)
+
+    def _vote(self, b: Block) -> list:
+        self.safety = replace(self.safety, last_voted_view=b.view)
+        vote = Vote(b.id, b.view, b.height, self.cfg.me, self.sign(vote_bytes(b.id, b.view)))
+        out = [Persist(self.safety)]
+        nxt = self.cfg.leader(b.view + 1)
+        return out + (self._on_vote(vote) if nxt == self.cfg.me else [Send(nxt, vote)])
+
+    def _propose(self, view: int) -> list:
+        if view in self.proposed or self.cfg.leader(view) != self.cfg.me:
+            return []
+        parent = self.blocks.get(self.safety.high_qc.block_id)
+        if parent is None:
+            return []  # the block is being fetched; this view will time out
+        self.proposed.add(view)
+        exclude = set()
+        cursor = parent
+        while cursor.height > self.committed.height:
+            exclude.update(hashlib.sha256(cursor.txs.bodies.item(i)).digest() for i in range(len(cursor.txs)))
+            cursor = self.blocks[cursor.parent]
+        txs, state = self.app.propose(self.states[parent.id], exclude)
+        tc = self.last_tc if self.last_tc is not None and self.last_tc.view + 1 == view else None
+        b = Block(view, parent.height + 1, parent.id, self.cfg.me, self.app.tx_root(txs), state.root, txs.digest(),
+                  txs, self.safety.high_qc, tc)
+        p = Proposal(b, self.sign(proposal_bytes(b.id)))
+        return [Broadcast(p)] + self._on_proposal(self.cfg.me, p)
+
+    # ---- votes, QCs, commits ------------------------------------------------------------------
+    def _on_vote(self, v: Vote) -> list:
+        if self.cfg.leader(v.view + 1) != self.cfg.me or v.view + 1 < self.view or not 0 <= v.voter < self.cfg.n:
+            return []
+        tally = self.votes.setdefault((v.view, v.block_id), _Tally())
+        if v.voter in tally.sigs or len(tally.sigs) >= self.cfg.quorum:
+            return []
+        if not self.app.verifier.verify_one(self.cfg.keys[v.voter], vote_bytes(v.block_id, v.view), v.signature):
+            return []
+        tally.sigs[v.voter] = v.signature
+        if len(tally.sigs) < self.cfg.quorum:
+            return []
+        voters = tuple(sorted(tally.sigs))
+        qc = QC(v.block_id, v.view, v.height, voters, b"".join(tally.sigs[i] for i in voters))
+        return self._process_qc(qc, self.cfg.me)
+
+    def _process_qc(self, qc: QC, sender: int) -> list:
+        out = []
+        if qc.block_id not in self.blocks:
+            out.append(Send(sender, BlockRequest(qc.block_id)))
+        elif qc.view > self.safety.high_qc.view:
+            self.safety = replace(self.safety, high_qc=qc)
+            out.append(Persist(self.safety))
+            out += self._commit_for(qc)
+        if qc.view >= self.view:
+            out += self._enter_view(qc.view + 1, via_qc=True)
+        return out
+
+    def _commit_for(self, qc: QC) -> list:
+        b1 = self.blocks[qc.block_id]
+        b0 = self.blocks.get(b1.parent)
+        if b0 is None or b1.view != b0.view + 1 or b0.height <= self.committed.height:
+            return []
+        chain = []
+        cursor = b0
+        while cursor.height > self.committed.height:
+            chain.append(cursor)
+            cursor = self.blocks[cursor.parent]
+        if cursor.id != self.committed.id:  # would be a fork of what this validator committed
+            raise AssertionError("safety violated: a committed block is not an ancestor")
+        out = []
+        for b in reversed(chain):
+            self.committed = b
+            self.app.committed(b)
+            out.append(Committed(b, self.timings.get(b.id, {})))
+        self._prune()
+        return out
+
+    def _prune(self) -> None:
+        floor = self.committed.view
+        self.votes = {k: t for k, t in self.votes.items() if k[0] >= floor}
+        self.timeouts = {v: t for v, t in self.timeouts.items() if v >= floor}
+
+    # ---- views, timeouts ----------------------------------------------------------------------
+    def _enter_view(self, view: int, via_qc: bool) -> list:
+        if view <= self.view:
+            return []
+        self.view = view
+        self.failures = 0 if via_qc else self.failures + 1
+        delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures, 16), self.cfg.max_timeout_ms)
+        return [SetTimer(view, delay)] + self._propose(view)
+
+    def _on_local_timeout(self, view: int) -> list:
+        """Stop voting in this view and ask everyone to move on, showing the highest QC known."""
+        self.timed_out.add(view)
+        self.safety = replace(self.safety, last_voted_view=max(self.safety.last_voted_view, view))
+        hq = self.safety.high_qc
+        t = Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view)))
+        delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures + 1, 16), self.cfg.max_timeout_ms)
+        return [Persist(self.safety), Broadcast(t), SetTimer(view, delay)] + self._on_timeout(self.cfg.me, t)
+
+    def _on_timeout(self, sender: int, t: Timeout) -> list:
+        if t.view < self.view or not 0 <= t.voter < self.cfg.n or t.voter in self.timeouts.get(t.view, {}):
+            return []
+        if t.voter != self.cfg.me:
+            try:
+                keys, msgs, sigs = self.qc_certs(t.high_qc)
+            except InvalidCertificate:
+                return []
+            certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view)], sigs + [t.signature])
+            if not self._verified(certs):
+                return []
+        tally = self.timeouts.setdefault(t.view, {})
+        tally[t.voter] = t
+        out = self._process_qc(t.high_qc, sender) if t.high_qc.view > 0 else []
+        if t.view < self.view:  # the QC moved this validator past the view
+            return out
+        if len(tally) > self.cfg.f and t.view not in self.timed_out and t.view >= self.view:
+            self.view = t.view  # f+1 timeouts: at least one honest validator gave up on this view
+            out += self._on_local_timeout(t.view)
+        if len(tally) == self.cfg.quorum:
+            voters = tuple(sorted(tally))
+            high = max((tally[v].high_qc for v in voters), key=lambda q: q.view)
+            tc = TC(t.view, voters, tuple(tally[v].high_qc.view for v in voters),
+                    b"".join(tally[v].signature for v in voters), high)
+            out += self._process_tc(tc)
+        return out
+
+    def _process_tc(self, tc: TC) -> list:
+        if self.last_tc is None or tc.view > self.last_tc.view:
+            self.last_tc = tc
+        out = []
+        if tc.high_qc.view > self.safety.high_qc.view and tc.high_qc.block_id in self.blocks:
+            self.safety = replace(self.safety, high_qc=tc.high_qc)
+            out.append(Persist(self.safety))
+            out += self._commit_for(tc.high_qc)
+        return out + self._enter_view(tc.view + 1, via_qc=False)

@@ -1,0 +1,150 @@
+"""An in-process simulated network for the consensus core: seeded, with per-link delays, drops,
+duplicates, reordering (random delays), partitions that heal, crashed validators and Twins
+(two cores sharing one validator's key). Time is simulated; every message crosses the real wire
+encoding, and a frame that does not decode is dropped and counted."""
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nacl.signing import SigningKey
+
+from . import messages
+from .apps.kv import KvApp, transfer_body
+from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
+from .verify import Verifier
+
+
+@dataclass
+class Link:
+    delay_ms: tuple[float, float] = (1.0, 10.0)  # uniform one-way delay
+    drop: float = 0.0
+    duplicate: float = 0.0
+
+
+@dataclass
+class Node:
+    index: int          # validator index (twins share one)
+    core: Core
+    name: str
+    committed: list = field(default_factory=list)  # (block, time committed, validation ms)
+    rejected: list = field(default_factory=list)
+
+
+class Simulation:
+    def __init__(self, n: int = 4, seed: int = 0, link: Link | None = None, txs_per_block: int = 20,
+                 validation: str = "accel", base_timeout_ms: float = 200.0,
+                 make_core: Callable[[Config, Callable, KvApp], Core] = Core):
+        self.rng = random.Random(seed)
+        self.link = link or Link()
+        self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
+        self.cfg = [Config(i, tuple(bytes(k.verify_key) for k in self.keys), base_timeout_ms) for i in range(n)]
+        self.clients = [SigningKey(self.rng.randbytes(32)) for _ in range(8)]
+        genesis = {bytes(c.verify_key): 10**12 for c in self.clients}
+        self.txs_per_block = txs_per_block
+        self.verifier = Verifier(validation)
+        self.make_core = make_core
+        self.nodes: list[Node] = []
+        for i in range(n):
+            self.add_node(i, f"v{i}", genesis)
+        self.genesis = genesis
+        self.crashed: set[str] = set()
+        self.partitions: list[tuple[float, float, list[set[str]]]] = []
+        self.queue: list = []
+        self.now = 0.0
+        self._seq = 0
+        self.undecodable = 0
+        self.persisted: dict[str, object] = {}
+        self._nonces = [0] * len(self.clients)
+
+    def add_node(self, index: int, name: str, genesis: dict) -> Node:
+        key = self.keys[index]
+        app = KvApp(self.verifier, genesis, max_txs=self.txs_per_block)
+        node = Node(index, self.make_core(self.cfg[index], lambda m, k=key: k.sign(m).signature, app), name)
+        self.nodes.append(node)
+        return node
+
+    # ---- load ---------------------------------------------------------------------------------
+    def load(self, count: int) -> None:
+        """Signed transfers between the client accounts, given to every validator's mempool."""
+        for _ in range(count):
+            c = self.rng.randrange(len(self.clients))
+            to = bytes(self.clients[(c + 1) % len(self.clients)].verify_key)
+            body = transfer_body(bytes(self.clients[c].verify_key), self._nonces[c], to, 1)
+            self._nonces[c] += 1
+            sig = self.clients[c].sign(body).signature
+            for node in self.nodes:
+                node.core.app.submit(body, sig)
+
+    # ---- scheduling ---------------------------------------------------------------------------
+    def _push(self, at: float, what: tuple) -> None:
+        self._seq += 1
+        heapq.heappush(self.queue, (at, self._seq, what))
+
+    def _blocked(self, src: str, dst: str) -> bool:
+        for start, end, groups in self.partitions:
+            if start <= self.now < end and not any(src in g and dst in g for g in groups):
+                return True
+        return False
+
+    def _deliver(self, src: Node, to_index: int, msg) -> None:
+        frame = messages.encode(msg)
+        for dst in self.nodes:
+            if dst.index != to_index or dst is src:
+                continue
+            if self._blocked(src.name, dst.name) or self.rng.random() < self.link.drop:
+                continue
+            copies = 2 if self.rng.random() < self.link.duplicate else 1
+            for _ in range(copies):
+                self._push(self.now + self.rng.uniform(*self.link.delay_ms), ("msg", dst.name, src.index, frame))
+
+    def _apply(self, node: Node, actions: list) -> None:
+        for a in actions:
+            if isinstance(a, Persist):
+                self.persisted[node.name] = a.safety
+            elif isinstance(a, Send):
+                self._deliver(node, a.to, a.msg)
+            elif isinstance(a, Broadcast):
+                for i in range(len(self.keys)):
+                    if i != node.index or any(o.index == i and o is not node for o in self.nodes):
+                        self._deliver(node, i, a.msg)
+            elif isinstance(a, SetTimer):
+                self._push(self.now + a.delay_ms, ("timer", node.name, a.view))
+            elif isinstance(a, Committed):
+                node.committed.append((a.block, self.now, a.validation_ms))
+            elif isinstance(a, Rejected):
+                node.rejected.append(a)
+
+    def _node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, blocks: int, max_ms: float = 120_000.0, live: Callable[[Node], bool] | None = None) -> None:
+        """Until every live validator committed `blocks` blocks, or max_ms of simulated time."""
+        live = live or (lambda node: node.name not in self.crashed)
+        for node in self.nodes:
+            if node.name not in self.crashed:
+                self._apply(node, node.core.start())
+        while self.queue and self.now < max_ms:
+            if all(len(n.committed) >= blocks for n in self.nodes if live(n)):
+                return
+            at, _, (kind, name, *rest) = heapq.heappop(self.queue)
+            self.now = at
+            if name in self.crashed:
+                continue
+            node = self._node(name)
+            if kind == "timer":
+                self._apply(node, node.core.on_timer(rest[0]))
+            else:
+                sender, frame = rest
+                try:
+                    msg = messages.decode(frame)
+                except messages.DecodeError:
+                    self.undecodable += 1
+                    continue
+                self._apply(node, node.core.handle(sender, msg))
+
+    def chains(self, nodes=None) -> dict[str, list[bytes]]:
+        return {n.name: [b.id for b, _, _ in n.committed] for n in (nodes or self.nodes)}

@@ -1,0 +1,62 @@
+"""Signature and Merkle work of block validation, accelerated or software-only.
+
+"accel": every signature of a block in one accel.ed25519_verify_all call on the configured backend
+(ZIP-215 verdicts), Merkle roots by accel.merkle_root. "software": the measurement baseline, one
+PyNaCl (libsodium) verification per signature and a hashlib tree, as a Python validator would do
+it. libsodium is stricter than ZIP-215 on crafted edge cases (small-order and non-canonical
+points, docs/ED25519.md), so software-only validators must not share a network with accelerated
+ones: they could disagree on such a block."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+import accel
+from accel import Packed
+from accel.packing import pack_fixed, pack_messages
+
+MODES = ("accel", "software")
+
+
+class Verifier:
+    def __init__(self, validation: str = "accel", backend=None):
+        if validation not in MODES:
+            raise ValueError(f"validation must be one of {MODES}, not {validation!r}")
+        self.validation, self.backend = validation, backend
+
+    def verify_all(self, keys: np.ndarray, messages: Packed, sigs: np.ndarray, certs=((), (), ())) -> bool:
+        """Whether every signature holds: the block's (keys (n, 32), packed messages, (n, 64)) and
+        the certificates' (lists of keys, messages and signatures), in one batch."""
+        cert_keys, cert_msgs, cert_sigs = certs
+        if len(cert_keys):
+            keys = np.concatenate([keys, pack_fixed(list(cert_keys), 32, "public key")])
+            messages = Packed.join([messages, Packed(*pack_messages(list(cert_msgs)))])
+            sigs = np.concatenate([sigs, pack_fixed(list(cert_sigs), 64, "signature")])
+        if self.validation == "accel":
+            return accel.ed25519_verify_all(keys, messages, sigs, backend=self.backend)
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
+        data, offsets = messages.data.tobytes(), messages.offsets.tolist()
+        try:
+            for i in range(len(keys)):
+                VerifyKey(keys[i].tobytes()).verify(data[offsets[i]:offsets[i + 1]], sigs[i].tobytes())
+        except (BadSignatureError, ValueError):
+            return False
+        return True
+
+    def verify_one(self, key: bytes, message: bytes, sig: bytes) -> bool:
+        return self.verify_all(np.frombuffer(key, np.uint8).reshape(1, 32), Packed(*pack_messages([message])),
+                               np.frombuffer(sig, np.uint8).reshape(1, 64))
+
+    def merkle_root(self, leaves) -> bytes:
+        if self.validation == "accel":
+            return accel.merkle_root(leaves, backend=self.backend)
+        items = [leaves.item(i) for i in range(len(leaves))] if isinstance(leaves, Packed) else list(leaves)
+        if not items:
+            return hashlib.sha256(b"").digest()
+        level = [hashlib.sha256(b"\x00" + x).digest() for x in items]
+        while len(level) > 1:
+            level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() if i + 1 < len(level) else level[i]
+                     for i in range(0, len(level), 2)]
+        return level[0]
