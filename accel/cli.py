@@ -84,6 +84,25 @@ def cmd_merkle(args) -> int:
     return 0 if agree else 1
 
 
+def cmd_validate_bench(args) -> int:
+    from consensus.bench import STAGES, validate_bench
+    if args.backend and args.validation == "software":
+        raise ValueError("--backend applies to --validation accel only")
+    result = validate_bench(args.txs, args.validation, args.backend, args.runs)
+    result["backend"] = get_backend(args.backend).name if args.validation == "accel" else "software"
+    if args.report:
+        with open(args.report, "w") as fh:
+            json.dump(result, fh, indent=1)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        ms = result["validation_ms"]
+        print(f"validate() of a {args.txs:,}-transaction {args.app} block, {result['backend']}, "
+              f"median of {args.runs}:")
+        print("  " + "  ".join(f"{s} {ms[s]:.2f} ms" for s in STAGES))
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -120,6 +139,18 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="random seed of the leaves (default 1)")
     demo.add_argument("--json", action="store_true", help="machine-readable output")
     demo.set_defaults(fn=cmd_merkle)
+    vb = sub.add_parser("validate-bench", help="time one validator's validation of a block, by stage",
+                        description="Build a valid block of signed key-value transactions and time validate() "
+                        "on it: signatures, transaction root, execution, state root (median of --runs).")
+    vb.add_argument("--app", choices=["kv"], default="kv", help="application (default kv)")
+    vb.add_argument("--txs", type=_positive, default=10_000, help="transactions in the block (default 10,000)")
+    vb.add_argument("--validation", choices=["accel", "software"], default="accel",
+                    help="accel (the configured backend, or --backend) or software-only: PyNaCl and hashlib")
+    vb.add_argument("--backend", choices=config.BACKENDS, help="backend for --validation accel")
+    vb.add_argument("--runs", type=_positive, default=5, help="timed runs after one warm-up (default 5)")
+    vb.add_argument("--report", help="write the JSON result here")
+    vb.add_argument("--json", action="store_true", help="machine-readable output")
+    vb.set_defaults(fn=cmd_validate_bench)
     return ap
 
 

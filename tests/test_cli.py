@@ -82,3 +82,14 @@ def test_info_and_demo_json():
     assert info["backends"]["cpu"]["available"] is True
     demo = json.loads(accel("merkle-demo", "--leaves", "1000", "--json").stdout)
     assert demo["agree"] is True and demo["leaves"] == 1000
+
+
+def test_validate_bench_reports_every_stage(tmp_path):
+    for validation in ("accel", "software"):
+        report = tmp_path / f"{validation}.json"
+        out = accel("validate-bench", "--txs", "300", "--runs", "2", "--validation", validation, "--report", str(report))
+        assert out.returncode == 0, out.stderr
+        data = json.loads(report.read_text())
+        assert data["txs"] == 300 and data["validation"] == validation
+        assert set(data["validation_ms"]) == {"signatures", "tx_root", "execute", "state_root", "total"}
+        assert data["validation_ms"]["total"] >= data["validation_ms"]["signatures"] > 0
