@@ -68,6 +68,7 @@ class Persist:
 @dataclass(frozen=True)
 class Committed:
     block: Block
+    proposal: Proposal  # what a store keeps, so the block can be served and replayed
     validation_ms: dict
 
 
@@ -119,7 +120,10 @@ class _Tally:
 
 
 class Core:
-    def __init__(self, cfg: Config, sign: Callable[[bytes], bytes], app, safety: Safety | None = None):
+    def __init__(self, cfg: Config, sign: Callable[[bytes], bytes], app, safety: Safety | None = None,
+                 history: tuple[Proposal, ...] = ()):
+        """safety and history: what a store kept (the safety state, the committed proposals in
+        height order), to restart a validator where it stopped."""
         self.cfg, self.sign, self.app = cfg, sign, app
         self.genesis = genesis_block(app.genesis.root)
         gqc = QC(self.genesis.id, 0, 0)
@@ -137,6 +141,14 @@ class Core:
         self.proposed: set[int] = set()
         self.timed_out: set[int] = set()
         self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
+        for p in history:  # replay what this validator committed before it stopped
+            b = p.block
+            state = app.execute(self.states[b.parent], b.txs.bodies)
+            if state.root != b.state_root:
+                raise ValueError(f"stored block at height {b.height} does not replay to its state root")
+            self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, state, p
+            self.committed = b
+            app.committed(b)
 
     # ---- entry points -------------------------------------------------------------------------
     def start(self) -> list:
@@ -310,7 +322,7 @@ class Core:
         for b in reversed(chain):
             self.committed = b
             self.app.committed(b)
-            out.append(Committed(b, self.timings.get(b.id, {})))
+            out.append(Committed(b, self.proposals[b.id], self.timings.get(b.id, {})))
         self._prune()
         return out
 

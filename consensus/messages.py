@@ -292,6 +292,19 @@ def _get_body(r: _Reader, kind: int):
     raise DecodeError(f"unknown message type {kind}")
 
 
+def encode_qc(qc: QC) -> bytes:
+    w = _Writer()
+    _put_qc(w, qc)
+    return w.bytes()
+
+
+def decode_qc(data: bytes) -> QC:
+    r = _Reader(data)
+    qc = _get_qc(r)
+    r.done()
+    return qc
+
+
 def decode(frame: bytes):
     """The message in one frame (length prefix included). Raises DecodeError."""
     if len(frame) < 6:

@@ -14,6 +14,8 @@ from nacl.signing import SigningKey
 from . import messages
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
+from .messages import Vote
+from .store import Store
 from .verify import Verifier
 
 
@@ -31,12 +33,13 @@ class Node:
     name: str
     committed: list = field(default_factory=list)  # (block, time committed, validation ms)
     rejected: list = field(default_factory=list)
+    store: Store | None = None
 
 
 class Simulation:
     def __init__(self, n: int = 4, seed: int = 0, link: Link | None = None, txs_per_block: int = 20,
                  validation: str = "accel", base_timeout_ms: float = 200.0,
-                 make_core: Callable[[Config, Callable, KvApp], Core] = Core):
+                 make_core: Callable[..., Core] = Core):
         self.rng = random.Random(seed)
         self.link = link or Link()
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
@@ -57,6 +60,8 @@ class Simulation:
         self._seq = 0
         self.undecodable = 0
         self.persisted: dict[str, object] = {}
+        self.votes_signed: dict[tuple[int, int], set] = {}  # (validator, view) -> blocks it voted for
+        self.restarts: dict[str, float] = {}
         self._nonces = [0] * len(self.clients)
 
     def add_node(self, index: int, name: str, genesis: dict) -> Node:
@@ -104,7 +109,11 @@ class Simulation:
         for a in actions:
             if isinstance(a, Persist):
                 self.persisted[node.name] = a.safety
+                if node.store is not None:
+                    node.store.save_safety(a.safety)
             elif isinstance(a, Send):
+                if isinstance(a.msg, Vote):
+                    self.votes_signed.setdefault((node.index, a.msg.view), set()).add(a.msg.block_id)
                 self._deliver(node, a.to, a.msg)
             elif isinstance(a, Broadcast):
                 for i in range(len(self.keys)):
@@ -114,8 +123,30 @@ class Simulation:
                 self._push(self.now + a.delay_ms, ("timer", node.name, a.view))
             elif isinstance(a, Committed):
                 node.committed.append((a.block, self.now, a.validation_ms))
+                if node.store is not None:
+                    node.store.add_committed(a.proposal)
             elif isinstance(a, Rejected):
                 node.rejected.append(a)
+
+    def durable(self, name: str, path) -> None:
+        """Give a validator a store (before run()), so it can be killed and restarted."""
+        self._node(name).store = Store(path)
+
+    def kill(self, name: str, at_ms: float, restart_ms: float) -> None:
+        """Crash a validator at at_ms (its memory is lost) and start it again from its store."""
+        self._push(at_ms, ("kill", name))
+        self._push(restart_ms, ("restart", name))
+
+    def _restart(self, node: Node) -> None:
+        app = KvApp(self.verifier, self.genesis, max_txs=self.txs_per_block)
+        for other in self.nodes:  # the load the lost mempool had; committed ones are dropped on replay
+            if other is not node:
+                for body, sig in other.core.app.mempool.values():
+                    app.submit(body, sig)
+        key = self.keys[node.index]
+        node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app,
+                                   node.store.safety(), node.store.history())
+        self._apply(node, node.core.start())
 
     def _node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -132,6 +163,13 @@ class Simulation:
                 return
             at, _, (kind, name, *rest) = heapq.heappop(self.queue)
             self.now = at
+            if kind == "kill":
+                self.crashed.add(name)
+                continue
+            if kind == "restart":
+                self.crashed.discard(name)
+                self._restart(self._node(name))
+                continue
             if name in self.crashed:
                 continue
             node = self._node(name)
