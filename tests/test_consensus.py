@@ -273,7 +273,6 @@ def test_killed_validator_restarts_from_its_store_and_catches_up(tmp_path, seed)
 
 def test_store_round_trip(tmp_path):
     from consensus.core import Safety
-    from consensus.store import Store
     sim = Simulation(n=4, seed=1)
     sim.durable("v0", tmp_path / "v0.db")
     sim.load(30)
