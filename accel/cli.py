@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
@@ -103,6 +104,42 @@ def cmd_validate_bench(args) -> int:
     return 0
 
 
+def cmd_node(args) -> int:
+    import logging
+
+    from consensus.node import run_node
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_node(args.config)
+
+
+def cmd_localnet(args) -> int:
+    from consensus.localnet import Localnet
+    backend = None
+    if args.validation == "accel":
+        backend = get_backend(args.backend).name  # fails here, before any process starts
+    net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
+                   args.base_timeout_ms)
+    print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
+          f"{', backend ' + backend if backend else ''}); Ctrl-C stops them", file=sys.stderr)
+    try:
+        report = net.run(args.kill_restart, args.timeout, progress=lambda line: print(line, file=sys.stderr))
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"accel: error: {exc}", file=sys.stderr)
+        return 1
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1))
+    chains = list(report["chains"].values())
+    shortest = min(len(c) for c in chains)
+    same = all(c[:shortest] == chains[0][:shortest] for c in chains)
+    totals = sorted(b["validation_ms"].get("total", 0.0) for b in report["blocks"] if b["validation_ms"])
+    print(f"every validator committed {shortest} or more blocks; chains {'agree' if same else 'DISAGREE'}; "
+          f"median validation {totals[len(totals) // 2] if totals else float('nan'):.1f} ms per block")
+    return 0 if same else 1
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -151,6 +188,28 @@ def parser() -> argparse.ArgumentParser:
     vb.add_argument("--report", help="write the JSON result here")
     vb.add_argument("--json", action="store_true", help="machine-readable output")
     vb.set_defaults(fn=cmd_validate_bench)
+    node = sub.add_parser("node", help="run one validator (its config written by localnet)",
+                          description="Run one validator process: consensus over TCP, SQLite store, built-in "
+                          "load generator. Checks the accel backend first and refuses to start if it cannot run.")
+    node.add_argument("--config", required=True, help="the validator's TOML file")
+    node.set_defaults(fn=cmd_node)
+    ln = sub.add_parser("localnet", help="run a local validator network and report validation and finality",
+                        description="Start N validator processes on loopback, run until each committed --blocks "
+                        "blocks of --txs-per-block signed transactions, stop them, and report per-block "
+                        "validation time by stage and time to finality.")
+    ln.add_argument("--validators", type=_positive, default=4, help="number of validators, 3f+1 (default 4)")
+    ln.add_argument("--blocks", type=_positive, default=30, help="blocks every validator must commit (default 30)")
+    ln.add_argument("--txs-per-block", type=_positive, default=100, help="transactions per block (default 100)")
+    ln.add_argument("--validation", choices=["accel", "software"], default="accel",
+                    help="validate through accel (default) or software-only (PyNaCl, hashlib)")
+    ln.add_argument("--backend", choices=config.BACKENDS, help="accel backend (default: the configured one)")
+    ln.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per message (default 0)")
+    ln.add_argument("--base-timeout-ms", type=float, default=1000.0, help="view timeout before backoff (default 1000)")
+    ln.add_argument("--kill-restart", action="store_true", help="SIGKILL validator 1 midway and restart it")
+    ln.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    ln.add_argument("--dir", help="where configs, stores and logs go (default: a new temporary directory)")
+    ln.add_argument("--report", help="write the JSON report here")
+    ln.set_defaults(fn=cmd_localnet)
     return ap
 
 

@@ -296,8 +296,9 @@ class Core:
 
     def _process_qc(self, qc: QC, sender: int) -> list:
         out = []
-        if qc.block_id not in self.blocks:
-            out.append(Send(sender, BlockRequest(qc.block_id)))
+        if qc.block_id not in self.blocks:  # e.g. a restarted validator's high QC: ask for the block
+            ask = BlockRequest(qc.block_id)
+            out.append(Broadcast(ask) if sender == self.cfg.me else Send(sender, ask))
         elif qc.view > self.safety.high_qc.view:
             self.safety = replace(self.safety, high_qc=qc)
             out.append(Persist(self.safety))

@@ -1,0 +1,158 @@
+"""`accel localnet`: N validator processes on loopback, each with its own config, key, store and
+events file; runs until every validator committed the requested blocks, shows progress, stops the
+processes (also on Ctrl-C) and writes the report scripts read."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
+                  base_timeout_ms: float) -> list[Path]:
+    seeds = [os.urandom(32) for _ in range(validators)]
+    keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
+    addresses = [f"127.0.0.1:{p}" for p in _free_ports(validators)]
+    paths = []
+    for i, seed in enumerate(seeds):
+        path = directory / f"node{i}.toml"
+        path.write_text(
+            "[node]\n"
+            f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
+            f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
+            f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
+            f"delay_ms = {delay_ms}\nload_seed = 1\n\n"
+            "[network]\n"
+            f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n")
+        paths.append(path)
+    return paths
+
+
+class Localnet:
+    def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
+                 delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0):
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.validators, self.blocks, self.txs = validators, blocks, txs
+        self.backend, self.validation = backend, validation
+        self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms)
+        self.env = {k: v for k, v in os.environ.items()} | ({"ACCEL_BACKEND": backend} if backend else {})
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.events: dict[int, list[dict]] = {i: [] for i in range(validators)}
+        self._read: dict[int, int] = {i: 0 for i in range(validators)}
+
+    def start(self, i: int) -> None:
+        log = open(self.dir / f"node{i}.log", "a")
+        self.procs[i] = subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(self.configs[i])],
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+
+    def kill(self, i: int) -> None:
+        os.killpg(self.procs[i].pid, signal.SIGKILL)
+        self.procs[i].wait()
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.time() + 5
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def poll_events(self) -> None:
+        for i in range(self.validators):
+            path = self.dir / f"node{i}.events.jsonl"
+            if not path.exists():
+                continue
+            with open(path) as fh:
+                fh.seek(self._read[i])
+                chunk = fh.read()
+            complete = chunk[:chunk.rfind("\n") + 1]
+            self._read[i] += len(complete.encode())
+            self.events[i].extend(json.loads(line) for line in complete.splitlines() if line)
+
+    def heights(self) -> list[int]:
+        return [max((e["height"] for e in ev if e["kind"] == "committed"), default=0) for ev in self.events.values()]
+
+    def run(self, kill_restart: bool = False, timeout_s: float = 600.0, progress=print) -> dict:
+        t0 = time.time()
+        for i in range(self.validators):
+            self.start(i)
+        killed = restarted = False
+        last = ""
+        try:
+            while True:
+                time.sleep(0.25)
+                self.poll_events()
+                h = self.heights()
+                line = f"[{time.time() - t0:6.1f} s] committed heights: " + " ".join(f"v{i}={x}" for i, x in enumerate(h))
+                if line[12:] != last:
+                    progress(line)
+                    last = line[12:]
+                for i, p in self.procs.items():
+                    if p.poll() is not None and not (killed and i == 1 and not restarted):
+                        raise RuntimeError(f"validator {i} exited with status {p.returncode}; see {self.dir}/node{i}.log")
+                if kill_restart and not killed and min(h) >= self.blocks // 2:
+                    progress("killing validator 1 with SIGKILL")
+                    self.kill(1)
+                    killed, kill_at = True, time.time()
+                if killed and not restarted and time.time() - kill_at > 1.0:
+                    progress("restarting validator 1")
+                    self.start(1)
+                    restarted = True
+                if min(h) >= self.blocks and (not kill_restart or restarted):
+                    break
+                if time.time() - t0 > timeout_s:
+                    raise RuntimeError(f"timed out after {timeout_s:.0f} s at heights {h}")
+        finally:
+            self.stop()
+        self.poll_events()
+        return self.report(t0)
+
+    def report(self, t0: float) -> dict:
+        chains, committed, proposed, timings = {}, {}, {}, {}
+        for i, ev in self.events.items():
+            chain = {}
+            for e in ev:
+                if e["kind"] == "committed":
+                    chain.setdefault(e["height"], e)
+                    committed[e["block_hash"]] = min(committed.get(e["block_hash"], e["at"]), e["at"])
+                    if e["validation_ms"]:
+                        timings.setdefault(e["height"], (e["txs"], e["validation_ms"]))
+                elif e["kind"] == "proposed":
+                    proposed.setdefault(e["block_hash"], e["at"])
+            chains[str(i)] = [{"height": h, "block_hash": chain[h]["block_hash"], "state_root": chain[h]["state_root"]}
+                              for h in sorted(chain)]
+        longest = max(chains.values(), key=len)
+        blocks = []
+        for entry in longest:
+            h, bh = entry["height"], entry["block_hash"]
+            txs, ms = timings.get(h, (None, {}))
+            blocks.append({"height": h, "txs": txs, "validation_ms": ms,
+                           "finality_ms": (committed[bh] - proposed[bh]) * 1e3 if bh in proposed else None,
+                           "committed_ms": (committed[bh] - t0) * 1e3})
+        return {"validators": self.validators, "backend": self.backend or "configured",
+                "validation": self.validation, "txs_per_block": self.txs, "directory": str(self.dir),
+                "chains": chains, "blocks": blocks}
