@@ -1,5 +1,6 @@
 # make test  - set everything up on a fresh machine and run the test suite
-# make demo  - set up and run the main job on the default backend
+# make demo  - set up and run the main job: a local validator network on the default backend,
+#              beside the same network with software-only validation
 # make bench - the pytest-benchmark suites, JSON and a ratio report under bench/out/; every run is
 #              also autosaved under .benchmarks/ (compare: .venv/bin/pytest-benchmark compare)
 # make gpu-check - on a machine with an NVIDIA GPU: every CUDA/OpenCL-GPU test and the GPU benchmarks
@@ -37,9 +38,15 @@ setup: system-deps $(NATIVE)
 test: setup
 	$(PY) -m pytest
 
+# A 4-validator localnet on the default backend, then the same with software-only validation,
+# and the two side by side (reports in demo-out/).
+DEMO_ARGS ?= --validators 4 --blocks 30 --txs-per-block 1000
 demo: setup
 	$(VENV)/bin/accel info
-	$(VENV)/bin/accel merkle-demo --leaves 1000000
+	mkdir -p demo-out
+	$(VENV)/bin/accel localnet $(DEMO_ARGS) --validation accel --report demo-out/accel.json
+	$(VENV)/bin/accel localnet $(DEMO_ARGS) --validation software --report demo-out/software.json
+	$(PY) -m consensus.report demo-out/accel.json demo-out/software.json | tee demo-out/table.md
 
 bench: setup
 	mkdir -p bench/out
@@ -50,4 +57,4 @@ gpu-check:
 	scripts/gpu-check.sh
 
 clean:
-	rm -rf $(VENV) build accel/_native* *.egg-info bench/out
+	rm -rf $(VENV) build accel/_native* *.egg-info bench/out demo-out
