@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,12 +35,16 @@ class Node:
     committed: list = field(default_factory=list)  # (block, time committed, validation ms)
     rejected: list = field(default_factory=list)
     store: Store | None = None
+    busy_until: float = 0.0
 
 
 class Simulation:
     def __init__(self, n: int = 4, seed: int = 0, link: Link | None = None, txs_per_block: int = 20,
                  validation: str = "accel", base_timeout_ms: float = 200.0,
-                 make_core: Callable[..., Core] = Core):
+                 make_core: Callable[..., Core] = Core, compute: bool = False):
+        """compute: charge each validator the real time its core takes to handle an event (it is
+        busy meanwhile, and what it sends leaves after), so validation shows in time to
+        finality; off, only network delays pass and runs are exactly reproducible."""
         self.rng = random.Random(seed)
         self.link = link or Link()
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
@@ -62,6 +67,8 @@ class Simulation:
         self.persisted: dict[str, object] = {}
         self.votes_signed: dict[tuple[int, int], set] = {}  # (validator, view) -> blocks it voted for
         self.restarts: dict[str, float] = {}
+        self.compute = compute
+        self.proposed_at: dict[bytes, float] = {}
         self._nonces = [0] * len(self.clients)
 
     def add_node(self, index: int, name: str, genesis: dict) -> Node:
@@ -116,6 +123,8 @@ class Simulation:
                     self.votes_signed.setdefault((node.index, a.msg.view), set()).add(a.msg.block_id)
                 self._deliver(node, a.to, a.msg)
             elif isinstance(a, Broadcast):
+                if isinstance(a.msg, messages.Proposal):
+                    self.proposed_at.setdefault(a.msg.block.id, self.now)
                 for i in range(len(self.keys)):
                     if i != node.index or any(o.index == i and o is not node for o in self.nodes):
                         self._deliver(node, i, a.msg)
@@ -174,7 +183,7 @@ class Simulation:
                 continue
             node = self._node(name)
             if kind == "timer":
-                self._apply(node, node.core.on_timer(rest[0]))
+                work = lambda: node.core.on_timer(rest[0])  # noqa: E731
             else:
                 sender, frame = rest
                 try:
@@ -182,7 +191,16 @@ class Simulation:
                 except messages.DecodeError:
                     self.undecodable += 1
                     continue
-                self._apply(node, node.core.handle(sender, msg))
+                work = lambda: node.core.handle(sender, msg)  # noqa: E731
+            if self.compute:
+                self.now = max(at, node.busy_until)
+                started = time.perf_counter()
+                actions = work()
+                self.now += (time.perf_counter() - started) * 1e3
+                node.busy_until = self.now
+            else:
+                actions = work()
+            self._apply(node, actions)
 
     def chains(self, nodes=None) -> dict[str, list[bytes]]:
         return {n.name: [b.id for b, _, _ in n.committed] for n in (nodes or self.nodes)}

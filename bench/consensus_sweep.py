@@ -1,0 +1,100 @@
+"""Block validation by stage and time to finality on the simulated network (issue 8): every
+combination of validators, transactions per block, one-way delay and validation mode, each
+validator charged the real time its validation takes (Simulation(compute=True)).
+
+    python bench/consensus_sweep.py [--validators 4,7,10] [--txs 100,1000,10000] [--delays 0,5,50]
+                                    [--modes cpu,software] [--blocks 6] [--json FILE] [--png FILE]
+
+Modes: an accel backend name (cpu, opencl, cuda) or software (PyNaCl and hashlib)."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from consensus.sim import Link, Simulation
+
+STAGES = ("signatures", "tx_root", "execute", "state_root", "total")
+
+
+def one(n: int, txs: int, delay: float, mode: str, blocks: int) -> dict:
+    validation = "software" if mode == "software" else "accel"
+    sim = Simulation(n=n, seed=1, link=Link((delay, delay)), txs_per_block=txs, validation=validation,
+                     base_timeout_ms=max(2000.0, 20 * delay), compute=True)
+    if validation == "accel":
+        sim.verifier.backend = mode
+    sim.load(txs * (blocks + 2))
+    started = time.perf_counter()
+    sim.run(blocks=blocks, max_ms=3_600_000)
+    wall = time.perf_counter() - started
+    node = sim.nodes[0]
+    full = [(b, t, ms) for b, t, ms in node.committed if len(b.txs) == txs and ms]
+    first_commit = {}
+    for x in sim.nodes:
+        for b, t, _ in x.committed:
+            first_commit[b.id] = min(first_commit.get(b.id, t), t)
+    finality = [first_commit[b.id] - sim.proposed_at[b.id] for b, _, _ in full if b.id in sim.proposed_at]
+    return {"validators": n, "txs": txs, "delay_ms": delay, "mode": mode, "blocks": len(full),
+            "validation_ms": {s: statistics.median(ms[s] for _, _, ms in full) for s in STAGES} if full else {},
+            "finality_ms": statistics.median(finality) if finality else None, "wall_s": wall}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--validators", default="4,7,10")
+    ap.add_argument("--txs", default="100,1000,10000")
+    ap.add_argument("--delays", default="0,5,50")
+    ap.add_argument("--modes", default="cpu,software")
+    ap.add_argument("--blocks", type=int, default=6)
+    ap.add_argument("--json")
+    ap.add_argument("--png")
+    args = ap.parse_args(argv)
+    rows = []
+    print("| validators | txs/block | delay ms | mode | validation total ms | signatures ms | execute ms | finality ms |")
+    print("|---:|---:|---:|---|---:|---:|---:|---:|")
+    for n in map(int, args.validators.split(",")):
+        for txs in map(int, args.txs.split(",")):
+            for delay in map(float, args.delays.split(",")):
+                for mode in args.modes.split(","):
+                    r = one(n, txs, delay, mode, args.blocks)
+                    rows.append(r)
+                    v = r["validation_ms"]
+                    print(f"| {n} | {txs:,} | {delay:g} | {mode} | {v.get('total', float('nan')):.1f} | "
+                          f"{v.get('signatures', float('nan')):.1f} | {v.get('execute', float('nan')):.1f} | "
+                          f"{r['finality_ms'] if r['finality_ms'] is not None else float('nan'):.1f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    if args.png:
+        plot(rows, args.png)
+    return 0
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sizes = sorted({r["txs"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.8), squeeze=False)
+    for ax, txs in zip(axes[0], sizes):
+        for mode in sorted({r["mode"] for r in rows}):
+            for n in sorted({r["validators"] for r in rows}):
+                pts = sorted((r["delay_ms"], r["finality_ms"]) for r in rows
+                             if r["txs"] == txs and r["mode"] == mode and r["validators"] == n and r["finality_ms"])
+                if pts:
+                    ax.plot(*zip(*pts), "o-" if mode != "software" else "s--", label=f"{mode}, n={n}")
+        ax.set_title(f"{txs:,} transactions per block")
+        ax.set_xlabel("one-way delay (ms)")
+        ax.set_ylabel("time to finality (ms)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Time to finality, accelerated (C fallback) against software-only validation (simulated network)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
