@@ -3,6 +3,7 @@
 #              beside the same network with software-only validation
 # make bench - the pytest-benchmark suites, JSON and a ratio report under bench/out/; every run is
 #              also autosaved under .benchmarks/ (compare: .venv/bin/pytest-benchmark compare)
+# make bench-consensus - validation and finality of the BFT loop over sizes and delays (simulated)
 # make gpu-check - on a machine with an NVIDIA GPU: every CUDA/OpenCL-GPU test and the GPU benchmarks
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat Makefile pyproject.toml setup.py native/*.py | cksum | cut -d' ' -f1)
 EXTRAS ?= test,bench,opencl
 
-.PHONY: setup system-deps test demo bench gpu-check clean
+.PHONY: setup system-deps test demo bench bench-consensus gpu-check clean
 
 system-deps:
 	@scripts/system-deps.sh
@@ -52,6 +53,13 @@ bench: setup
 	mkdir -p bench/out
 	$(PY) -m pytest bench --benchmark-only --benchmark-autosave --benchmark-json=bench/out/results.json $(BENCH_ARGS)
 	$(PY) bench/report.py bench/out/results.json
+
+# Validation by stage and time to finality over validators, block sizes and delays (simulated
+# network, real compute): a table, JSON and a plot under bench/out/.
+bench-consensus: setup
+	mkdir -p bench/out
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/consensus_sweep.py --json bench/out/consensus.json \
+		--png bench/out/consensus_finality.png $(SWEEP_ARGS) | tee bench/out/consensus.md
 
 gpu-check:
 	scripts/gpu-check.sh
