@@ -62,6 +62,12 @@ if [ $opencl_gpu = 1 ]; then
     timeout "${THROUGHPUT_TIMEOUT:-300}" $py bench/gpu_throughput.py --gpu opencl --repeat 3 \
         --json "$out/throughput-opencl.json" > "$out/throughput-opencl.txt" 2>&1 || status=1
 fi
+step "block validation through CUDA (accel validate-bench, consensus sweep)"
+for v in "--backend cuda" "--backend cpu" "--validation software"; do
+    timeout 300 $py -m accel.cli validate-bench --txs 10000 $v --runs 3 >> "$out/consensus.txt" 2>&1 || status=1
+done
+OMP_WAIT_POLICY=PASSIVE timeout "${SWEEP_TIMEOUT:-300}" $py bench/consensus_sweep.py --validators 4,7 --txs 1000,10000 \
+    --delays 0,5 --modes cuda,cpu,software --blocks 4 --json "$out/consensus.json" >> "$out/consensus.txt" 2>&1 || status=1
 if [ "${TUNE:-0}" = 1 ]; then
     step "Ed25519 kernel variants (about a minute of NVRTC each)"
     timeout "${TUNE_TIMEOUT:-400}" $py bench/ed25519_variants.py > "$out/variants.txt" 2>&1 || status=1
@@ -80,6 +86,7 @@ grep -E "^(FAILED|ERROR)" "$out/tests.txt" | head -20
 for f in "$out"/throughput-*.txt; do
     [ -f "$f" ] && { echo "--- $(basename "$f")"; grep -vE "^    n=" "$f" | tail -n 25; }
 done
+[ -f "$out/consensus.txt" ] && tail -n 20 "$out/consensus.txt"
 [ -f "$out/variants.txt" ] && cat "$out/variants.txt"
 [ -f "$out/bench.txt" ] && echo "bench: $(tail -n 1 "$out/bench.txt")"
 echo "gpu-check: $([ $status = 0 ] && echo PASS || echo FAIL)"
