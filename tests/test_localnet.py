@@ -2,8 +2,11 @@
 midway and restarted from its store, all four on the same committed chain; the report as scripts
 read it."""
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 
 def test_four_processes_commit_the_same_chain_through_a_kill(tmp_path):
@@ -25,3 +28,20 @@ def test_four_processes_commit_the_same_chain_through_a_kill(tmp_path):
     assert full and set(full[0]["validation_ms"]) == {"signatures", "tx_root", "execute", "state_root", "total"}
     assert all(b["committed_ms"] > 0 for b in data["blocks"])
     assert any(b["finality_ms"] is not None and b["finality_ms"] > 0 for b in data["blocks"])
+
+
+def test_a_node_refuses_to_start_on_a_backend_that_cannot_run(tmp_path):
+    from accel.backends import BackendUnavailable, get_backend
+    from consensus.localnet import write_configs
+    try:
+        get_backend("cuda")
+        pytest.skip("CUDA runs here")
+    except BackendUnavailable:
+        pass
+    config = write_configs(tmp_path, 4, 10, "accel", 0.0, 1000.0)[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")} | {"ACCEL_BACKEND": "cuda"}
+    proc = subprocess.run([sys.executable, "-m", "accel.cli", "node", "--config", str(config)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode != 0
+    assert "cannot run" in proc.stderr and "not starting" in proc.stderr
+    assert not (tmp_path / "node0").exists() or not (tmp_path / "node0" / "validator.db").exists()
