@@ -45,3 +45,67 @@ def test_a_node_refuses_to_start_on_a_backend_that_cannot_run(tmp_path):
     assert proc.returncode != 0
     assert "cannot run" in proc.stderr and "not starting" in proc.stderr
     assert not (tmp_path / "node0").exists() or not (tmp_path / "node0" / "validator.db").exists()
+
+
+def test_tcp_transport_drops_malformed_frames_and_keeps_going():
+    """Garbage, a frame of a future version and a truncated body are dropped and counted; the
+    message after them on the same connection still arrives; an impossible length closes only
+    that connection."""
+    import asyncio
+    import socket
+    import struct
+
+    from consensus import messages
+    from consensus.net import Network
+
+    async def scenario():
+        got = []
+        port = socket.socket()
+        port.bind(("127.0.0.1", 0))
+        addr = port.getsockname()
+        port.close()
+        net = Network(0, [addr, ("127.0.0.1", 1)], lambda sender, msg: got.append((sender, msg)))
+        await net.start()
+        good = messages.encode(messages.BlockRequest(bytes(range(32))))
+        future = good[:4] + b"\x09" + good[5:]
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write(struct.pack(">H", 1) + struct.pack(">I", 3) + b"abc" + future
+                     + struct.pack(">I", 8) + b"\x01\x04" + bytes(6) + good)
+        await writer.drain()
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        _, w2 = await asyncio.open_connection(*addr)
+        w2.write(struct.pack(">H", 1) + struct.pack(">I", messages.MAX_MESSAGE + 1))
+        await w2.drain()
+        await asyncio.sleep(0.1)
+        writer.write(good)
+        await writer.drain()
+        for _ in range(100):
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await net.stop()
+        return got, net.dropped
+
+    got, dropped = asyncio.run(scenario())
+    assert [(s, m.block_id) for s, m in got] == [(1, bytes(range(32)))] * 2
+    assert dropped == 4
+
+
+def test_localnet_stops_its_validators_on_ctrl_c(tmp_path):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "localnet", "--blocks", "100000", "--txs-per-block", "5",
+                             "--backend", "cpu", "--dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob("node*.events.jsonl")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "stopped" in err
+    ps = subprocess.run(["pgrep", "-f", str(tmp_path / "node")], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "validator processes left running"
