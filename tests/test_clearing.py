@@ -1,0 +1,156 @@
+"""The clearing state machine's rules (issue 9, first part), one test each, and its determinism
+across backends."""
+import random
+
+import numpy as np
+import pytest
+from nacl.signing import SigningKey
+
+from accel.risk import CALL, FUTURE, PUT
+from consensus.apps.clearing import QUANTUM, Clearing, Rejected, Series
+
+T0 = 1_800_000_000
+USD = int(round(1 / QUANTUM))
+ORACLES = [bytes(SigningKey(bytes([50 + i]) * 32).verify_key) for i in range(3)]
+
+
+def key(i: int) -> bytes:
+    return bytes(SigningKey(bytes([i + 1]) * 32).verify_key)
+
+
+def market(backend="cpu", accounts=3, cash=1_000_000):
+    c = Clearing(ORACLES, quorum=2, backend=backend, insurance=1_000_000 * USD)
+    for s in (Series(1, "BTC", CALL, 60_000.0, T0 + 30 * 24 * 3600), Series(2, "BTC", PUT, 55_000.0, T0 + 30 * 24 * 3600),
+              Series(3, "BTC", FUTURE, 0.0, T0 + 90 * 24 * 3600), Series(4, "BTC", CALL, 65_000.0, T0 + 3600)):
+        c.list_series(s)
+    for i in range(accounts):
+        c.register(key(i))
+        c.deposit(key(i), 0, cash * USD)
+    c.mark("BTC", 60_000.0, {1: 0.6, 2: 0.65, 4: 0.7}, 1, T0, ORACLES[:2])
+    return c
+
+
+def test_unsafe_keys_are_refused_at_registration():
+    c = Clearing(ORACLES, 2, backend="cpu")
+    with pytest.raises(Rejected, match="unsafe"):
+        c.register(bytes([1] + [0] * 31))  # the identity point: anyone can sign for it under ZIP-215
+    c.register(key(0))
+    with pytest.raises(Rejected, match="already registered"):
+        c.register(key(0))
+
+
+def test_replayed_nonce_is_refused():
+    c = market()
+    with pytest.raises(Rejected, match="nonce 0, expected 1"):
+        c.deposit(key(0), 0, USD)
+    c.deposit(key(0), 1, USD)
+    with pytest.raises(Rejected, match="replayed"):
+        c.withdraw(key(0), 1, USD)
+
+
+def test_withdrawal_beyond_free_collateral_is_refused():
+    c = market()
+    c.trade(key(0), 1, key(1), 1, 1, 5, 4_000 * USD)  # key(1) sells 5 calls: margin held against it
+    seller_cash = c.accounts[key(1)].collateral
+    with pytest.raises(Rejected, match="exceeds the free collateral"):
+        c.withdraw(key(1), 2, seller_cash)
+    before = c.root()
+    c.withdraw(key(1), 2, 10 * USD)
+    assert c.accounts[key(1)].collateral == seller_cash - 10 * USD and c.root() != before
+
+
+def test_under_margined_trade_is_refused_and_changes_nothing():
+    c = market(cash=10_000)
+    before = c.root()
+    with pytest.raises(Rejected, match="below initial margin"):
+        c.trade(key(0), 1, key(1), 1, 1, 1, 4_000 * USD)  # a short call needs about 76,000 USD here
+    assert c.root() == before and c.accounts[key(0)].nonce == 1
+    c.deposit(key(1), 1, 200_000 * USD)
+    c.trade(key(0), 1, key(1), 2, 1, 1, 4_000 * USD)
+    assert c.accounts[key(0)].positions == {1: 1} and c.accounts[key(1)].positions == {1: -1}
+
+
+@pytest.mark.parametrize("signers,seq,ts,match", [
+    (ORACLES[:1], 2, T0 + 60, "signed by 1 oracle"),
+    ([key(7), key(8)], 2, T0 + 60, "signed by 0 oracle"),
+    (ORACLES[:2], 1, T0 + 60, "stale or out of order"),
+    (ORACLES[:2], 2, T0, "stale or out of order"),
+    (ORACLES, 3, T0 - 5, "stale or out of order"),
+])
+def test_bad_marks_are_refused(signers, seq, ts, match):
+    c = market()
+    with pytest.raises(Rejected, match=match):
+        c.mark("BTC", 61_000.0, {1: 0.6, 2: 0.6, 4: 0.6}, seq, ts, signers)
+    with pytest.raises(Rejected, match="does not verify"):
+        c.mark("BTC", 61_000.0, {1: 0.6, 2: 0.6, 4: 0.6}, 9, T0 + 99, ORACLES, signatures_valid=False)
+    c.mark("BTC", 61_000.0, {1: 0.6, 2: 0.6, 4: 0.6}, 2, T0 + 60, ORACLES[1:])
+
+
+def test_liquidation_after_a_shock_charges_the_insurance_fund():
+    c = market(cash=80_000)
+    c.trade(key(0), 1, key(1), 1, 3, 1, 60_000 * USD)  # key(1) short a future at 60,000 on 80,000 USD
+    assert not c.liquidations
+    fund = c.insurance
+    c.mark("BTC", 150_000.0, {1: 1.2, 2: 1.2, 4: 1.2}, 2, T0 + 60, ORACLES[:2])  # +150%: the short is wiped out
+    liquidated = dict(c.liquidations)
+    assert key(1) in liquidated and c.accounts[key(1)].positions == {}
+    assert c.accounts[key(1)].collateral == 0
+    loss_beyond = (150_000 - 60_000) * USD - 80_000 * USD
+    assert liquidated[key(1)] == loss_beyond and c.insurance == fund - loss_beyond
+    assert key(0) not in liquidated and c.accounts[key(0)].positions == {3: 1}
+
+
+def test_expiry_settlement_pays_intrinsic_value():
+    c = market()
+    c.trade(key(0), 1, key(1), 1, 4, 3, 500 * USD)  # the one-hour 65,000 call
+    with pytest.raises(Rejected, match="expires at"):
+        c.settle(4)
+    cash = (c.accounts[key(0)].collateral, c.accounts[key(1)].collateral)
+    c.mark("BTC", 66_000.0, {1: 0.6, 2: 0.6}, 2, T0 + 3600, ORACLES[:2])  # the expired series needs no vol
+    c.settle(4)
+    assert c.accounts[key(0)].collateral - cash[0] == 3 * 1_000 * USD
+    assert c.accounts[key(1)].collateral - cash[1] == -3 * 1_000 * USD
+    assert 4 not in c.accounts[key(0)].positions
+    with pytest.raises(Rejected, match="not open"):
+        c.trade(key(0), 2, key(1), 2, 4, 1, USD)
+
+
+def _random_stream(c, rng, steps):
+    roots = []
+    seq, ts = 1, T0
+    for _ in range(steps):
+        op = rng.random()
+        try:
+            if op < 0.6:
+                a, b = rng.sample(range(6), 2)
+                c.trade(key(a), c.accounts[key(a)].nonce, key(b), c.accounts[key(b)].nonce, rng.choice([1, 2, 3]),
+                        rng.randint(1, 3), rng.randint(100, 5_000) * USD)
+            elif op < 0.8:
+                seq, ts = seq + 1, ts + rng.randint(1, 600)
+                c.mark("BTC", 60_000.0 * (1 + rng.uniform(-0.2, 0.2)), {1: rng.uniform(0.3, 1.5),
+                       2: rng.uniform(0.3, 1.5), 4: rng.uniform(0.3, 1.5)}, seq, ts, ORACLES[:2])
+            else:
+                a = rng.randrange(6)
+                c.withdraw(key(a), c.accounts[key(a)].nonce, rng.randint(1, 20_000) * USD)
+        except Rejected:
+            pass
+        roots.append(c.root())
+    return roots
+
+
+def test_state_roots_are_identical_on_every_backend(backends):
+    """One random stream of trades, marks (shocks, liquidations) and withdrawals, applied on each
+    backend and on the C fallback with 1 and 2 threads: the same state root after every step."""
+    from accel.backends.cpu import CpuBackend
+    runs = {}
+    for b in list(backends) + [CpuBackend(1), CpuBackend(2)]:
+        c = market(backend=b, accounts=6, cash=150_000)
+        runs[f"{b.name}/{getattr(b, 'threads', '')}"] = _random_stream(c, random.Random(9), 200)
+    first = next(iter(runs.values()))
+    assert len(set(first)) > 50  # the stream did change the state
+    for name, roots in runs.items():
+        assert roots == first, name
+    c = market(backend="cpu", accounts=6, cash=150_000)
+    _random_stream(c, random.Random(9), 200)
+    assert any(a.positions for a in c.accounts.values())
+    assert np.all([a.collateral >= 0 for a in c.accounts.values()])
