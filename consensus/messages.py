@@ -58,9 +58,10 @@ class TC:
 
 @dataclass(frozen=True)
 class Txs:
-    """A block's transactions, packed: bodies (what each signature signs) and their signatures."""
+    """A block's transactions, packed: bodies (what the signatures sign) and the signatures."""
     bodies: Packed
-    sigs: np.ndarray  # (n, 64) uint8
+    sigs: np.ndarray  # (m, 64) uint8: the signatures of every transaction in order (m = n when
+                      # each has one signer; more where a transaction has several, as a trade)
 
     def __len__(self) -> int:
         return len(self.bodies)
@@ -220,6 +221,7 @@ def _put_block(w: _Writer, b: Block):
     w.u32(n)
     w.raw(np.diff(b.txs.bodies.offsets).astype(">u4").tobytes())
     w.raw(b.txs.bodies.data.tobytes())
+    w.u32(len(b.txs.sigs))
     w.raw(b.txs.sigs.tobytes())
 
 
@@ -233,7 +235,8 @@ def _get_block(r: _Reader) -> Block:
     offsets = np.zeros(n + 1, np.uint64)
     np.cumsum(lengths, out=offsets[1:])
     data = np.frombuffer(r.take(int(offsets[-1])), np.uint8)
-    sigs = np.frombuffer(r.take(64 * n), np.uint8).reshape(n, 64)
+    m = r.u32()
+    sigs = np.frombuffer(r.take(64 * m), np.uint8).reshape(m, 64)
     return Block(view, height, parent, proposer, tx_root, state_root, sig_digest, Txs(Packed(data, offsets), sigs),
                  qc, tc)
 

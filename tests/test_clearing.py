@@ -104,10 +104,10 @@ def test_expiry_settlement_pays_intrinsic_value():
     c = market()
     c.trade(key(0), 1, key(1), 1, 4, 3, 500 * USD)  # the one-hour 65,000 call
     with pytest.raises(Rejected, match="expires at"):
-        c.settle(4)
+        c.settle(key(2), 1, 4)
     cash = (c.accounts[key(0)].collateral, c.accounts[key(1)].collateral)
     c.mark("BTC", 66_000.0, {1: 0.6, 2: 0.6}, 2, T0 + 3600, ORACLES[:2])  # the expired series needs no vol
-    c.settle(4)
+    c.settle(key(2), 1, 4)
     assert c.accounts[key(0)].collateral - cash[0] == 3 * 1_000 * USD
     assert c.accounts[key(1)].collateral - cash[1] == -3 * 1_000 * USD
     assert 4 not in c.accounts[key(0)].positions
@@ -154,3 +154,55 @@ def test_state_roots_are_identical_on_every_backend(backends):
     _random_stream(c, random.Random(9), 200)
     assert any(a.positions for a in c.accounts.values())
     assert np.all([a.collateral >= 0 for a in c.accounts.values()])
+
+
+# ---- the wire format ---------------------------------------------------------------------------
+
+def test_clearing_transactions_decode_sign_and_apply():
+    """Every operation through its body, a block's signature batch with two signers per trade and
+    three per mark (one accel.ed25519_verify_all call), then applied to the state."""
+    import accel
+    from accel import Packed
+    from accel.packing import pack_fixed, pack_messages
+    from consensus.apps import clearing_tx as ctx
+    users = [SigningKey(bytes([i + 1]) * 32) for i in range(2)]
+    oracles = [SigningKey(bytes([50 + i]) * 32) for i in range(3)]
+    u = [bytes(k.verify_key) for k in users]
+    o = [bytes(k.verify_key) for k in oracles]
+    signed = [(ctx.register(u[0]), [users[0]]), (ctx.register(u[1]), [users[1]]),
+              (ctx.deposit(u[0], 0, 10**6 * USD), [users[0]]), (ctx.deposit(u[1], 0, 10**6 * USD), [users[1]]),
+              (ctx.mark("BTC", 60_000.0, 1, T0, {1: 0.6, 2: 0.65, 4: 0.7}, o), oracles),
+              (ctx.trade(u[0], 1, u[1], 1, 1, 2, 4_000 * USD), users),
+              (ctx.withdraw(u[0], 2, 10 * USD), [users[0]]),
+              (ctx.mark("BTC", 66_000.0, 2, T0 + 3600, {1: 0.6, 2: 0.6}, o[:2]), oracles[:2]),
+              (ctx.settle(u[1], 2, 4), [users[1]])]
+    bodies = Packed(*pack_messages([b for b, _ in signed]))
+    sigs = pack_fixed([k.sign(b).signature for b, keys in signed for k in keys], 64, "signature")
+    txs, keys, messages = ctx.signature_batch(bodies, sigs)
+    assert len(sigs) == 1 + 1 + 1 + 1 + 3 + 2 + 1 + 2 + 1 and [t.op for t in txs] == [1, 1, 2, 2, 5, 4, 3, 5, 6]
+    assert accel.ed25519_verify_all(keys, messages, sigs, backend="cpu")
+    tampered = sigs.copy()
+    tampered[8, 3] ^= 1  # the seller's signature on the trade
+    assert not accel.ed25519_verify_all(keys, messages, tampered, backend="cpu")
+    c = Clearing(ORACLES, quorum=2, backend="cpu")
+    for s in (Series(1, "BTC", CALL, 60_000.0, T0 + 30 * 24 * 3600), Series(2, "BTC", PUT, 55_000.0, T0 + 30 * 24 * 3600),
+              Series(4, "BTC", CALL, 65_000.0, T0 + 3600)):
+        c.list_series(s)
+    for tx in txs:
+        ctx.apply(c, tx)
+    assert c.accounts[u[0]].positions == {1: 2} and 4 in c.settled
+    assert c.accounts[u[1]].nonce == 3 and c.accounts[u[0]].nonce == 3
+    with pytest.raises(ctx.Malformed, match="2 signatures for 3 signers"):
+        ctx.signature_batch(Packed(*pack_messages([signed[5][0], signed[6][0]])), sigs[:2])
+
+
+@pytest.mark.parametrize("body,match", [
+    (b"\x00\x00", "shorter"), (b"\x00\x00\x00\x02\x01" + bytes(32), "chain id 2"),
+    (b"\x00\x00\x00\x01\x09" + bytes(32), "unknown operation 9"),
+    (b"\x00\x00\x00\x01\x02" + bytes(40), "takes 53 bytes"),
+    (b"\x00\x00\x00\x01\x05" + bytes(10), "operation 5"),
+])
+def test_malformed_clearing_transactions_say_why(body, match):
+    from consensus.apps import clearing_tx as ctx
+    with pytest.raises(ctx.Malformed, match=match):
+        ctx.decode(body)

@@ -21,7 +21,8 @@ Rules (each raises Rejected with the reason, leaving the state unchanged):
   liquidate  after a mark, every account on that underlying whose equity is below maintenance
              margin has all its positions closed at the mark; a loss beyond its collateral is
              charged to the insurance fund
-  settle     once a mark at or after expiry exists, the series settles at intrinsic value
+  settle     once a mark at or after expiry exists, any account may settle the series at its
+             intrinsic value
 """
 from __future__ import annotations
 
@@ -268,20 +269,23 @@ class Clearing:
                 acct.collateral = 0
             self.liquidations.append((key, charged))
 
-    def settle(self, series: int) -> None:
+    def settle(self, key: bytes, nonce: int, series: int) -> None:
+        """Any registered account may trigger a series' settlement once it has expired."""
         s = self.series.get(series)
         if s is None or series in self.settled:
             raise Rejected(f"series {series} is not open")
+        self._nonce(key, nonce)
         mark = self._mark_for(s.underlying)
         if mark.timestamp < s.expiry:
             raise Rejected(f"series {series} expires at {s.expiry}; the last mark is at {mark.timestamp}")
         value = {CALL: max(mark.index - s.strike, 0.0), PUT: max(s.strike - mark.index, 0.0), FUTURE: mark.index}[s.kind]
-        for key in sorted(self.accounts):
-            acct = self.accounts[key]
+        for holder in sorted(self.accounts):
+            acct = self.accounts[holder]
             size = acct.positions.pop(series, 0)
             if size:
                 acct.collateral += to_quanta(size * value)
         self.settled.add(series)
+        self.accounts[key].nonce += 1
 
     def root(self) -> bytes:
         """The state root: a Merkle tree over the accounts sorted by key, the insurance fund last."""

@@ -1,0 +1,134 @@
+"""Clearing transactions on the wire (issue 9): the body every signer signs, who signs it, and the
+signature batch of a whole block. A trade is signed by both counterparties and an oracle mark by
+each oracle it lists, so a block's signatures outnumber its transactions; they follow the
+bodies' order, each transaction's signers in the order its body lists them.
+
+Body: chain id u32 | op u8 | fields (big-endian)
+  1 register  key 32
+  2 deposit   key 32 | nonce u64 | amount u64 (quanta)
+  3 withdraw  key 32 | nonce u64 | amount u64
+  4 trade     buyer 32 | buyer nonce u64 | seller 32 | seller nonce u64 | series u32 | size u32 |
+              price u64 (quanta per contract)
+  5 mark      underlying 8 (ASCII, zero-padded) | index f64 | sequence u64 | timestamp u64 |
+              count u16, then (series u32 | vol f64) x count | signers u8, then key 32 x signers
+  6 settle    key 32 | nonce u64 | series u32
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import numpy as np
+
+from accel import Packed
+
+from .clearing import Clearing
+
+CHAIN_ID = 1
+REGISTER, DEPOSIT, WITHDRAW, TRADE, MARK, SETTLE = 1, 2, 3, 4, 5, 6
+_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQQ", WITHDRAW: ">32sQQ", TRADE: ">32sQ32sQIIQ", SETTLE: ">32sQI"}
+
+
+class Malformed(ValueError):
+    """Bytes that are not a clearing transaction; the message says what is wrong."""
+
+
+class Tx(NamedTuple):
+    op: int
+    fields: tuple
+    signers: tuple[bytes, ...]
+
+
+def register(key: bytes) -> bytes:
+    return struct.pack(">IB", CHAIN_ID, REGISTER) + key
+
+
+def deposit(key: bytes, nonce: int, amount: int) -> bytes:
+    return struct.pack(">IB32sQQ", CHAIN_ID, DEPOSIT, key, nonce, amount)
+
+
+def withdraw(key: bytes, nonce: int, amount: int) -> bytes:
+    return struct.pack(">IB32sQQ", CHAIN_ID, WITHDRAW, key, nonce, amount)
+
+
+def trade(buyer: bytes, buyer_nonce: int, seller: bytes, seller_nonce: int, series: int, size: int,
+          price: int) -> bytes:
+    return struct.pack(">IB32sQ32sQIIQ", CHAIN_ID, TRADE, buyer, buyer_nonce, seller, seller_nonce, series, size, price)
+
+
+def mark(underlying: str, index: float, sequence: int, timestamp: int, vols: dict, oracles: list[bytes]) -> bytes:
+    name = underlying.encode("ascii")
+    if len(name) > 8:
+        raise ValueError(f"underlying {underlying!r} is longer than 8 characters")
+    out = struct.pack(">IB8sdQQH", CHAIN_ID, MARK, name.ljust(8, b"\0"), index, sequence, timestamp, len(vols))
+    out += b"".join(struct.pack(">Id", i, v) for i, v in sorted(vols.items()))
+    return out + struct.pack(">B", len(oracles)) + b"".join(oracles)
+
+
+def settle(key: bytes, nonce: int, series: int) -> bytes:
+    return struct.pack(">IB32sQI", CHAIN_ID, SETTLE, key, nonce, series)
+
+
+def decode(body: bytes) -> Tx:
+    """The transaction in a body; Malformed says why it is not one."""
+    if len(body) < 5:
+        raise Malformed("shorter than a transaction header")
+    chain, op = struct.unpack_from(">IB", body)
+    if chain != CHAIN_ID:
+        raise Malformed(f"chain id {chain}, this network is {CHAIN_ID}")
+    try:
+        if op in _FIXED:
+            fmt = _FIXED[op]
+            if len(body) != 5 + struct.calcsize(fmt):
+                raise Malformed(f"operation {op} takes {5 + struct.calcsize(fmt)} bytes, not {len(body)}")
+            fields = struct.unpack_from(fmt, body, 5)
+            signers = (fields[0], fields[2]) if op == TRADE else (fields[0],)
+            return Tx(op, fields, signers)
+        if op == MARK:
+            name, index, sequence, timestamp, count = struct.unpack_from(">8sdQQH", body, 5)
+            pos = 5 + 34
+            vols = dict(struct.unpack_from(">Id", body, pos + 12 * i) for i in range(count))
+            pos += 12 * count
+            (nsig,) = struct.unpack_from(">B", body, pos)
+            keys = tuple(body[pos + 1 + 32 * i:pos + 33 + 32 * i] for i in range(nsig))
+            if pos + 1 + 32 * nsig != len(body) or len(vols) != count:
+                raise Malformed("mark length does not match its counts (or repeats a series)")
+            return Tx(op, (name.rstrip(b"\0").decode("ascii"), index, sequence, timestamp, vols), keys)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise Malformed(f"operation {op}: {exc}") from None
+    raise Malformed(f"unknown operation {op}")
+
+
+def signature_batch(bodies: Packed, sigs: np.ndarray) -> tuple[list[Tx], np.ndarray, Packed]:
+    """The decoded transactions, and (keys (m, 32), messages) lined up with sigs (m, 64): each
+    body repeated once per signer, gathered with array indexing. Malformed if the block's
+    signature count does not match its transactions' signers."""
+    txs = [decode(bodies.item(i)) for i in range(len(bodies))]
+    counts = np.array([len(t.signers) for t in txs], np.int64)
+    if int(counts.sum()) != len(sigs):
+        raise Malformed(f"{len(sigs)} signatures for {int(counts.sum())} signers")
+    keys = np.frombuffer(b"".join(k for t in txs for k in t.signers), np.uint8).reshape(-1, 32)
+    which = np.repeat(np.arange(len(txs)), counts)
+    starts, ends = bodies.offsets[:-1].astype(np.int64)[which], bodies.offsets[1:].astype(np.int64)[which]
+    lengths = ends - starts
+    offsets = np.zeros(len(which) + 1, np.uint64)
+    np.cumsum(lengths, out=offsets[1:])
+    index = np.repeat(starts - offsets[:-1].astype(np.int64), lengths) + np.arange(int(offsets[-1]))
+    return txs, keys, Packed(bodies.data[index], offsets)
+
+
+def apply(state: Clearing, tx: Tx) -> None:
+    """Carry out a decoded transaction whose signatures verified (Rejected if a rule refuses it)."""
+    f = tx.fields
+    if tx.op == REGISTER:
+        state.register(f[0])
+    elif tx.op == DEPOSIT:
+        state.deposit(*f)
+    elif tx.op == WITHDRAW:
+        state.withdraw(*f)
+    elif tx.op == TRADE:
+        state.trade(*f)
+    elif tx.op == MARK:
+        state.mark(f[0], f[1], f[4], f[2], f[3], list(tx.signers))
+    elif tx.op == SETTLE:
+        state.settle(*f)
