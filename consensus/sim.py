@@ -40,7 +40,7 @@ class Node:
 
 class Simulation:
     def __init__(self, n: int = 4, seed: int = 0, link: Link | None = None, txs_per_block: int = 20,
-                 validation: str = "accel", base_timeout_ms: float = 200.0,
+                 validation: str = "accel", base_timeout_ms: float = 200.0, app: str = "kv", backend=None,
                  make_core: Callable[..., Core] = Core, compute: bool = False):
         """compute: charge each validator the real time its core takes to handle an event (it is
         busy meanwhile, and what it sends leaves after), so validation shows in time to
@@ -50,9 +50,10 @@ class Simulation:
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
         self.cfg = [Config(i, tuple(bytes(k.verify_key) for k in self.keys), base_timeout_ms) for i in range(n)]
         self.clients = [SigningKey(self.rng.randbytes(32)) for _ in range(8)]
-        genesis = {bytes(c.verify_key): 10**12 for c in self.clients}
+        self.app = app
+        genesis = {bytes(c.verify_key): 10**12 for c in self.clients} if app == "kv" else None
         self.txs_per_block = txs_per_block
-        self.verifier = Verifier(validation)
+        self.verifier = Verifier(validation, backend)
         self.make_core = make_core
         self.nodes: list[Node] = []
         for i in range(n):
@@ -73,14 +74,30 @@ class Simulation:
 
     def add_node(self, index: int, name: str, genesis: dict) -> Node:
         key = self.keys[index]
-        app = KvApp(self.verifier, genesis, max_txs=self.txs_per_block)
+        app = self._make_app(genesis)
         node = Node(index, self.make_core(self.cfg[index], lambda m, k=key: k.sign(m).signature, app), name)
         self.nodes.append(node)
         return node
 
+    def _make_app(self, genesis):
+        if self.app == "kv":
+            return KvApp(self.verifier, genesis, max_txs=self.txs_per_block)
+        from .apps.clearing_app import ClearingApp
+        from .apps.clearing_load import genesis_market
+        return ClearingApp(self.verifier, genesis_market(self.verifier.backend), max_txs=self.txs_per_block)
+
     # ---- load ---------------------------------------------------------------------------------
     def load(self, count: int) -> None:
-        """Signed transfers between the client accounts, given to every validator's mempool."""
+        """Signed transactions given to every validator's mempool: transfers between the client
+        accounts (kv), or a clearing market's registrations, deposits, oracle marks and trades."""
+        if self.app != "kv":
+            from .apps.clearing_load import ClearingLoad
+            if not hasattr(self, "_clearing_load"):
+                self._clearing_load = ClearingLoad(self.rng.randrange(1 << 30))
+            for body, sigs in self._clearing_load.take(count):
+                for node in self.nodes:
+                    node.core.app.submit(body, sigs)
+            return
         for _ in range(count):
             c = self.rng.randrange(len(self.clients))
             to = bytes(self.clients[(c + 1) % len(self.clients)].verify_key)
@@ -147,7 +164,7 @@ class Simulation:
         self._push(restart_ms, ("restart", name))
 
     def _restart(self, node: Node) -> None:
-        app = KvApp(self.verifier, self.genesis, max_txs=self.txs_per_block)
+        app = self._make_app(self.genesis)
         for other in self.nodes:  # the load the lost mempool had; committed ones are dropped on replay
             if other is not node:
                 for body, sig in other.core.app.mempool.values():

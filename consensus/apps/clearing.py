@@ -3,8 +3,7 @@ option series and futures, trades, oracle marks, liquidation and settlement, wit
 computed by accel.portfolio_margin. Deterministic: integer quanta for money, prices from accel's
 bit-identical kernels turned into quanta by one rounding rule, everything else integer.
 
-Not yet here: the wire encoding of these transactions inside blocks, the KvApp-style validate()
-with the signature batch and the signature cache, and localnet traffic (the rest of issue 9).
+Transactions on the wire: clearing_tx.py; behind the consensus core: clearing_app.py.
 
 Money: collateral, cash flows and margins are integer quanta of the settlement currency (USD),
 QUANTUM = 1e-8, the tick margins are computed in. A position is valued at its mark (an option's
@@ -26,6 +25,8 @@ Rules (each raises Rejected with the reason, leaving the state unchanged):
 """
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +88,16 @@ class Clearing:
         self.marks: dict[str, Mark] = {}
         self.insurance = insurance
         self.liquidations: list[tuple[bytes, int]] = []  # (account, insurance charged), in order
+        self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
+
+    def __deepcopy__(self, memo) -> "Clearing":
+        """A snapshot for the next block: accounts, marks and sets copied; the backend, the oracle
+        keys, parameters and listed series (never changed in place) shared."""
+        new = copy.copy(self)
+        new.accounts = {k: Account(a.nonce, a.collateral, dict(a.positions)) for k, a in self.accounts.items()}
+        new.series, new.settled, new.marks = dict(self.series), set(self.settled), dict(self.marks)
+        new.liquidations = list(self.liquidations)
+        return new
 
     # ---- helpers ------------------------------------------------------------------------------
     def _account(self, key: bytes) -> Account:
@@ -138,6 +149,13 @@ class Clearing:
     def margins(self, keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """(initial, maintenance) in quanta per account: one portfolio_margin call per underlying,
         summed (each underlying has its own parameters)."""
+        started = time.perf_counter()
+        try:
+            return self._margins(keys)
+        finally:
+            self.margin_s += time.perf_counter() - started
+
+    def _margins(self, keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
         im, mm = np.zeros(len(keys), np.int64), np.zeros(len(keys), np.int64)
         unds = sorted({self.series[i].underlying for k in keys for i in self.accounts[k].positions})
         for und in unds:
@@ -287,10 +305,12 @@ class Clearing:
         self.settled.add(series)
         self.accounts[key].nonce += 1
 
-    def root(self) -> bytes:
-        """The state root: a Merkle tree over the accounts sorted by key, the insurance fund last."""
+    def leaves(self) -> list[bytes]:
+        """What the state root commits to: the accounts sorted by key, then the insurance fund."""
         leaves = [k + a.nonce.to_bytes(8, "big") + a.collateral.to_bytes(16, "big", signed=True)
                   + b"".join(i.to_bytes(4, "big") + s.to_bytes(8, "big", signed=True) for i, s in sorted(a.positions.items()))
                   for k, a in sorted(self.accounts.items())]
-        leaves.append(b"insurance" + self.insurance.to_bytes(16, "big", signed=True))
-        return accel.merkle_root(leaves, backend=self.backend)
+        return leaves + [b"insurance" + self.insurance.to_bytes(16, "big", signed=True)]
+
+    def root(self) -> bytes:
+        return accel.merkle_root(self.leaves(), backend=self.backend)

@@ -1,0 +1,124 @@
+"""The clearing state machine behind the consensus core (the KvApp interface): validate() a block
+before voting, stage by stage (every signature of the block and its certificates in one batch,
+the transaction root, execution with margin timed apart, the state root), propose from the
+mempool, replay committed blocks after a restart.
+
+A block holding a transaction that a rule refuses is invalid: its proposer should have left it
+out (propose() does), so honest validators reject the block rather than skip the transaction.
+Not yet here: the signature cache of mempool-verified transactions, and a NumPy/SciPy margin for
+software-only validation (software-only validation currently shares accel's margin kernels)."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import dataclass
+
+from accel import Packed
+from accel.packing import pack_fixed, pack_messages
+
+from ..messages import Block, Txs
+from ..verify import Verifier
+from . import clearing_tx as ctx
+from .clearing import Clearing, Rejected
+from .kv import EMPTY, Verdict
+
+
+@dataclass
+class State:
+    clearing: Clearing
+    root: bytes
+
+
+class ClearingApp:
+    def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000):
+        self.verifier, self.max_txs = verifier, max_txs
+        self.genesis = State(genesis, verifier.merkle_root(genesis.leaves()))
+        self.mempool: dict[bytes, tuple[bytes, list[bytes]]] = {}  # sha256(body) -> (body, signatures)
+
+    def submit(self, body: bytes, signatures: list[bytes]) -> None:
+        """Into the mempool if it is a well-formed transaction with one signature per signer;
+        Malformed says why not."""
+        tx = ctx.decode(body)
+        if len(signatures) != len(tx.signers) or any(len(s) != 64 for s in signatures):
+            raise ctx.Malformed(f"{len(tx.signers)} signer(s) need as many 64-byte signatures, got {len(signatures)}")
+        self.mempool.setdefault(hashlib.sha256(body).digest(), (body, list(signatures)))
+
+    def _run(self, parent: State, txs: list) -> tuple[State, float]:
+        """The state after txs (all must apply), and the seconds spent on margin."""
+        state = copy.deepcopy(parent.clearing)
+        state.margin_s = 0.0
+        for i, tx in enumerate(txs):
+            try:
+                ctx.apply(state, tx)
+            except ValueError as exc:  # a rule's Rejected, or accel refusing an extreme mark
+                raise Rejected(f"transaction {i}: {exc}") from None
+        return State(state, b""), state.margin_s
+
+    def execute(self, parent: State, bodies: Packed) -> State:
+        """Replay (a committed block from this validator's own store)."""
+        out, _ = self._run(parent, [ctx.decode(bodies.item(i)) for i in range(len(bodies))])
+        out.root = self.verifier.merkle_root(out.clearing.leaves())
+        return out
+
+    def tx_root(self, txs: Txs) -> bytes:
+        return self.verifier.merkle_root(txs.bodies) if len(txs) else EMPTY
+
+    def validate(self, parent: State, block: Block, certs: tuple) -> Verdict:
+        t = {}
+        start = time.perf_counter()
+        if block.txs.digest() != block.sig_digest:
+            return Verdict(False, "signature digest does not match the header", None, {})
+        try:
+            txs, keys, messages = ctx.signature_batch(block.txs.bodies, block.txs.sigs)
+        except ctx.Malformed as exc:
+            return Verdict(False, f"malformed transaction: {exc}", None, {})
+        if not self.verifier.verify_all(keys, messages, block.txs.sigs, certs):
+            return Verdict(False, "a transaction or certificate signature does not verify", None, {})
+        t["signatures"] = (time.perf_counter() - start) * 1e3
+        mark = time.perf_counter()
+        root = self.tx_root(block.txs)
+        t["tx_root"] = (time.perf_counter() - mark) * 1e3
+        if root != block.tx_root:
+            return Verdict(False, "transaction root does not match the header", None, t)
+        mark = time.perf_counter()
+        try:
+            state, margin_s = self._run(parent, txs)
+        except Rejected as exc:
+            return Verdict(False, f"invalid transaction: {exc}", None, t)
+        t["margin"] = margin_s * 1e3
+        t["execute"] = (time.perf_counter() - mark) * 1e3 - t["margin"]
+        mark = time.perf_counter()
+        state.root = self.verifier.merkle_root(state.clearing.leaves())
+        t["state_root"] = (time.perf_counter() - mark) * 1e3
+        t["total"] = (time.perf_counter() - start) * 1e3
+        if state.root != block.state_root:
+            return Verdict(False, "state root does not match the header", None, t)
+        return Verdict(True, "", state, t)
+
+    def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
+        """Mempool transactions in arrival order that apply on top of parent, up to max_txs;
+        refused ones are left out."""
+        state = copy.deepcopy(parent.clearing)
+        bodies, sigs = [], []
+        for h, (body, signatures) in list(self.mempool.items()):
+            if len(bodies) >= self.max_txs:
+                break
+            if h in exclude:
+                continue
+            try:
+                ctx.apply(state, ctx.decode(body))
+            except ValueError:  # Rejected, Malformed, or accel refusing an extreme mark
+                state = copy.deepcopy(parent.clearing)  # a refused transaction may have half-applied:
+                for kept in bodies:                     # rebuild from what is kept (a rare path)
+                    ctx.apply(state, ctx.decode(kept))
+                continue
+            bodies.append(body)
+            sigs.extend(signatures)
+        txs = Txs(Packed(*pack_messages(bodies)), pack_fixed(sigs, 64, "signature")) if bodies else Txs.empty()
+        return txs, State(state, self.verifier.merkle_root(state.leaves()))
+
+    def committed(self, block: Block) -> None:
+        for i in range(len(block.txs)):
+            self.mempool.pop(hashlib.sha256(block.txs.bodies.item(i)).digest(), None)
+
