@@ -118,7 +118,7 @@ def cmd_localnet(args) -> int:
     if args.validation == "accel":
         backend = get_backend(args.backend).name  # fails here, before any process starts
     net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
-                   args.base_timeout_ms)
+                   args.base_timeout_ms, args.app)
     print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
           f"{', backend ' + backend if backend else ''}); Ctrl-C stops them", file=sys.stderr)
     try:
@@ -197,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
                         description="Start N validator processes on loopback, run until each committed --blocks "
                         "blocks of --txs-per-block signed transactions, stop them, and report per-block "
                         "validation time by stage and time to finality.")
+    ln.add_argument("--app", choices=["kv", "clearing"], default="kv",
+                    help="application and its load: signed key-value transfers, or the options clearing market")
     ln.add_argument("--validators", type=_positive, default=4, help="number of validators, 3f+1 (default 4)")
     ln.add_argument("--blocks", type=_positive, default=30, help="blocks every validator must commit (default 30)")
     ln.add_argument("--txs-per-block", type=_positive, default=100, help="transactions per block (default 100)")

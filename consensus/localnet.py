@@ -28,7 +28,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
-                  base_timeout_ms: float) -> list[Path]:
+                  base_timeout_ms: float, app: str = "kv") -> list[Path]:
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(validators)]
@@ -40,7 +40,7 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
             f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
             f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
-            f"delay_ms = {delay_ms}\nload_seed = 1\n\n"
+            f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\n\n"
             "[network]\n"
             f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n")
         paths.append(path)
@@ -49,12 +49,13 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
 
 class Localnet:
     def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
-                 delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0):
+                 delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "kv"):
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.validators, self.blocks, self.txs = validators, blocks, txs
         self.backend, self.validation = backend, validation
-        self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms)
+        self.app = app
+        self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app)
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work
         # (measured: execution twice as slow with 4 validators on 2 cores).
@@ -156,6 +157,6 @@ class Localnet:
             blocks.append({"height": h, "txs": txs, "validation_ms": ms,
                            "finality_ms": (committed[bh] - proposed[bh]) * 1e3 if bh in proposed else None,
                            "committed_ms": (committed[bh] - t0) * 1e3})
-        return {"validators": self.validators, "backend": self.backend or "configured",
+        return {"validators": self.validators, "app": self.app, "backend": self.backend or "configured",
                 "validation": self.validation, "txs_per_block": self.txs, "directory": str(self.dir),
                 "chains": chains, "blocks": blocks}

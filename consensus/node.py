@@ -2,8 +2,9 @@
 
 Its configuration is a TOML file (`accel localnet` writes them):
   [node]    index, listen ("host:port"), seed (hex of the 32-byte signing key seed), data_dir,
-            validation ("accel" | "software"), txs_per_block, base_timeout_ms, delay_ms, events
-            (a JSON-lines file of proposals and commits), load_seed (the built-in load generator)
+            app ("kv" | "clearing"), validation ("accel" | "software"), txs_per_block,
+            base_timeout_ms, delay_ms, events (a JSON-lines file of proposals and commits),
+            load_seed (the built-in load generator)
   [network] keys (every validator's public key, hex, by index), addresses ("host:port" by index)
 The accel backend comes from the usual [accel] configuration (accel.toml, ACCEL_* variables).
 Before it joins, the node runs accel's readiness check on the backend validation uses and refuses
@@ -47,6 +48,7 @@ class NodeConfig:
     load_seed: int
     keys: tuple[bytes, ...]
     addresses: tuple[tuple[str, int], ...]
+    app: str = "kv"
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -60,7 +62,7 @@ class NodeConfig:
                    node.get("validation", "accel"), int(node.get("txs_per_block", 100)),
                    float(node.get("base_timeout_ms", 1000)), float(node.get("delay_ms", 0)), Path(node["events"]),
                    int(node.get("load_seed", 1)), tuple(bytes.fromhex(k) for k in net["keys"]),
-                   tuple(addr(a) for a in net["addresses"]))
+                   tuple(addr(a) for a in net["addresses"]), node.get("app", "kv"))
 
 
 class LoadGenerator:
@@ -83,16 +85,40 @@ class LoadGenerator:
             self.made += 1
 
 
+class ClearingFeed:
+    """The clearing load generator's stream, the same on every validator."""
+
+    def __init__(self, seed: int):
+        from .apps.clearing_load import ClearingLoad
+        self.load = ClearingLoad(seed)
+
+    def skip(self, count: int) -> None:
+        self.load.take(count)
+
+    def top_up(self, app, want: int) -> None:
+        if len(app.mempool) < want:
+            for body, sigs in self.load.take(want - len(app.mempool)):
+                app.submit(body, sigs)
+
+
 class NodeRunner:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.data_dir / "validator.db")
-        self.load = LoadGenerator(cfg.load_seed)
-        self.app = KvApp(Verifier(cfg.validation), self.load.genesis(), max_txs=cfg.txs_per_block)
         key = SigningKey(cfg.seed)
         history = self.store.history()
-        self.load.made = sum(len(p.block.txs) for p in history)  # replayed transactions are not reissued
+        replayed = sum(len(p.block.txs) for p in history)  # committed transactions are not reissued
+        if cfg.app == "clearing":
+            from .apps.clearing_app import ClearingApp
+            from .apps.clearing_load import genesis_market
+            self.load = ClearingFeed(cfg.load_seed)
+            self.load.skip(replayed)
+            self.app = ClearingApp(Verifier(cfg.validation), genesis_market(), max_txs=cfg.txs_per_block)
+        else:
+            self.load = LoadGenerator(cfg.load_seed)
+            self.load.made = replayed
+            self.app = KvApp(Verifier(cfg.validation), self.load.genesis(), max_txs=cfg.txs_per_block)
         self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms), lambda m: key.sign(m).signature,
                          self.app, self.store.safety(), history)
         self.inbox: asyncio.Queue = asyncio.Queue()

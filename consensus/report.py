@@ -8,12 +8,13 @@ import json
 import statistics
 import sys
 
-STAGES = ("signatures", "tx_root", "execute", "state_root", "total")
+STAGES = ("signatures", "tx_root", "execute", "margin", "state_root", "total")
 
 
 def summary(report: dict) -> dict:
-    blocks = [b for b in report["blocks"] if b["txs"]]
-    out = {s: statistics.median(b["validation_ms"][s] for b in blocks) for s in STAGES} if blocks else {}
+    blocks = [b for b in report["blocks"] if b["txs"] and b["validation_ms"]]
+    out = {s: statistics.median(b["validation_ms"][s] for b in blocks) for s in STAGES
+           if blocks and s in blocks[0]["validation_ms"]}
     final = [b["finality_ms"] for b in blocks if b["finality_ms"] is not None]
     out["finality"] = statistics.median(final) if final else float("nan")
     if len(blocks) > 1:
@@ -26,9 +27,11 @@ def table(reports: list[dict]) -> str:
     names = [f"{r['validation']} ({r['backend']})" if r["validation"] == "accel" else "software-only" for r in reports]
     rows = [summary(r) for r in reports]
     first = reports[0]
-    lines = [f"{first['validators']} validators, {first['txs_per_block']} transactions per block, medians per block",
+    lines = [f"{first['validators']} validators, {first.get('app', 'kv')} application, {first['txs_per_block']} "
+             "transactions per block, medians per block",
              "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for key, label in [(s, f"validation: {s} (ms)") for s in STAGES] + [("finality", "time to finality (ms)"),
+    stages = [s for s in STAGES if any(s in row for row in rows)]
+    for key, label in [(s, f"validation: {s} (ms)") for s in stages] + [("finality", "time to finality (ms)"),
                                                                          ("tx_per_s", "committed tx/s")]:
         lines.append(f"| {label} | " + " | ".join(f"{row.get(key, float('nan')):,.1f}" for row in rows) + " |")
     if len(rows) == 2 and rows[0].get("total") and rows[1].get("total"):

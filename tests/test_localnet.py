@@ -109,3 +109,19 @@ def test_localnet_stops_its_validators_on_ctrl_c(tmp_path):
     assert proc.returncode == 130 and "stopped" in err
     ps = subprocess.run(["pgrep", "-f", str(tmp_path / "node")], capture_output=True, text=True)
     assert ps.stdout.strip() == "", "validator processes left running"
+
+
+def test_clearing_localnet_reports_a_margin_stage(tmp_path):
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "accel.cli", "localnet", "--app", "clearing", "--validators", "4", "--blocks", "8",
+         "--txs-per-block", "30", "--backend", "cpu", "--base-timeout-ms", "500", "--dir", str(tmp_path / "net"),
+         "--report", str(report), "--timeout", "240"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(report.read_text())
+    assert data["app"] == "clearing"
+    chains = list(data["chains"].values())
+    shortest = min(len(c) for c in chains)
+    assert shortest >= 8 and all(c[:shortest] == chains[0][:shortest] for c in chains)
+    full = [b for b in data["blocks"] if b["txs"] and b["validation_ms"]]
+    assert full and all("margin" in b["validation_ms"] for b in full)
