@@ -278,3 +278,39 @@ def test_clearing_chain_is_the_same_on_every_backend(backends):
     assert len(first) == 200 and len({r for _, r in first}) > 150
     for name, chain in chains.items():
         assert chain == first, name
+
+
+def test_margin_is_checked_at_the_end_of_a_block():
+    """A block whose trades leave an account below initial margin is invalid; a proposer leaves
+    the last such trade out and keeps the rest, in one margin call per fill."""
+    from accel import Packed
+    from accel.packing import pack_fixed, pack_messages
+    from consensus.apps import clearing_tx as ctx
+    from consensus.apps.clearing_app import ClearingApp
+    from consensus.apps.clearing_load import ClearingLoad, genesis_market
+    from consensus.core import genesis_block
+    from consensus.messages import QC, Block, Txs
+    from consensus.verify import Verifier
+    app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
+    load = ClearingLoad(seed=2, users=4)
+    setup = load.take(9)  # 4 registrations, 4 deposits of 10M USD, one mark
+    txs0 = Txs(Packed(*pack_messages([b for b, _ in setup])), pack_fixed([x for _, s in setup for x in s], 64, "sig"))
+    g = genesis_block(app.genesis.root)
+    parent = app.execute(app.genesis, txs0.bodies)
+    k, u = load.keys, load.users
+
+    def signed(body):
+        return body, [u[k.index(body[5:37])].sign(body).signature, u[k.index(body[45:77])].sign(body).signature]
+    fine = signed(ctx.trade(k[0], 1, k[1], 1, 1, 2, 4_000 * USD))
+    huge = signed(ctx.trade(k[0], 2, k[1], 2, 1, 500, 4_000 * USD))  # 500 short calls on 10M USD
+    after = signed(ctx.trade(k[2], 1, k[3], 1, 2, 1, 2_000 * USD))
+    for body, sigs in (fine, huge, after):
+        app.submit(body, sigs)
+    txs, state = app.propose(parent, set())
+    assert [txs.bodies.item(i) for i in range(len(txs))] == [fine[0], after[0]]
+    block = Block(2, 2, g.id, 2, app.tx_root(txs), state.root, txs.digest(), txs, QC(g.id, 0, 0))
+    assert app.validate(parent, block, ((), (), ())).ok
+    bad = Txs(Packed(*pack_messages([fine[0], huge[0]])), pack_fixed(fine[1] + huge[1], 64, "sig"))
+    block = Block(2, 2, g.id, 2, app.tx_root(bad), state.root, bad.digest(), bad, QC(g.id, 0, 0))
+    verdict = app.validate(parent, block, ((), (), ()))
+    assert not verdict.ok and "ends the block below initial margin" in verdict.reason

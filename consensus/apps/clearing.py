@@ -15,6 +15,7 @@ Rules (each raises Rejected with the reason, leaving the state unchanged):
   nonces     every signer's nonce must be its next one
   withdraw   at most the free collateral: min(cash, equity - initial margin)
   trade      both counterparties sign; afterwards each one's equity covers its initial margin
+             (in a block: at the block's end, every touched account checked in one margin call)
   mark       signed by at least `quorum` distinct registered oracle keys; sequence and timestamp
              must both increase (stale or out-of-order marks are refused)
   liquidate  after a mark, every account on that underlying whose equity is below maintenance
@@ -89,6 +90,11 @@ class Clearing:
         self.insurance = insurance
         self.liquidations: list[tuple[bytes, int]] = []  # (account, insurance charged), in order
         self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
+        # Deferred margin (how blocks are validated): trades and withdrawals skip their own margin
+        # check and note the accounts they touch; end_of_block() then checks them all in one
+        # portfolio_margin call per underlying instead of one call per transaction.
+        self.defer = False
+        self.touched: set[bytes] = set()
 
     def __deepcopy__(self, memo) -> "Clearing":
         """A snapshot for the next block: accounts, marks and sets copied; the backend, the oracle
@@ -97,6 +103,7 @@ class Clearing:
         new.accounts = {k: Account(a.nonce, a.collateral, dict(a.positions)) for k, a in self.accounts.items()}
         new.series, new.settled, new.marks = dict(self.series), set(self.settled), dict(self.marks)
         new.liquidations = list(self.liquidations)
+        new.touched = set(self.touched)
         return new
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -210,6 +217,13 @@ class Clearing:
             raise Rejected("a withdrawal must be positive")
         self._nonce(key, nonce)
         acct = self.accounts[key]
+        if self.defer:
+            if amount > acct.collateral:
+                raise Rejected(f"withdrawal of {amount} exceeds the cash {acct.collateral}")
+            acct.collateral -= amount
+            acct.nonce += 1
+            self.touched.add(key)
+            return
         (equity,), (im, _) = self.equity([key]), self.margins([key])
         free = min(acct.collateral, equity - int(im[0]))
         if amount > free:
@@ -237,6 +251,11 @@ class Clearing:
             else:
                 acct.positions.pop(series, None)
         keys = [buyer, seller]
+        if self.defer:
+            self.touched.update(keys)
+            self.accounts[buyer].nonce += 1
+            self.accounts[seller].nonce += 1
+            return
         equity, (im, _) = self.equity(keys), self.margins(keys)
         short = [k for k, e, m in zip(keys, equity, im) if e < m]
         if short:
@@ -245,6 +264,15 @@ class Clearing:
             raise Rejected(f"trade leaves account {short[0].hex()[:16]} below initial margin")
         self.accounts[buyer].nonce += 1
         self.accounts[seller].nonce += 1
+
+    def end_of_block(self) -> list[bytes]:
+        """With deferred margin: the accounts a trade or withdrawal of this block touched that end
+        it below initial margin (one margin call for all of them); clears the record."""
+        keys, self.touched = sorted(self.touched), set()
+        if not keys:
+            return []
+        equity, (im, _) = self.equity(keys), self.margins(keys)
+        return [k for k, e, m in zip(keys, equity, im) if e < m]
 
     def mark(self, underlying: str, index: float, vols: dict, sequence: int, timestamp: int, signers: list[bytes],
              signatures_valid: bool = True) -> None:

@@ -5,6 +5,8 @@ mempool, replay committed blocks after a restart.
 
 A block holding a transaction that a rule refuses is invalid: its proposer should have left it
 out (propose() does), so honest validators reject the block rather than skip the transaction.
+Margin is deferred to the end of the block: every account a trade or withdrawal touched must end
+the block above initial margin, checked in one portfolio_margin call per underlying.
 Not yet here: the signature cache of mempool-verified transactions, and a NumPy/SciPy margin for
 software-only validation (software-only validation currently shares accel's margin kernels)."""
 from __future__ import annotations
@@ -45,14 +47,19 @@ class ClearingApp:
         self.mempool.setdefault(hashlib.sha256(body).digest(), (body, list(signatures)))
 
     def _run(self, parent: State, txs: list) -> tuple[State, float]:
-        """The state after txs (all must apply), and the seconds spent on margin."""
+        """The state after txs (all must apply, and every account they touch must end the block
+        above initial margin), and the seconds spent on margin."""
         state = copy.deepcopy(parent.clearing)
-        state.margin_s = 0.0
+        state.margin_s, state.defer = 0.0, True
         for i, tx in enumerate(txs):
             try:
                 ctx.apply(state, tx)
             except ValueError as exc:  # a rule's Rejected, or accel refusing an extreme mark
                 raise Rejected(f"transaction {i}: {exc}") from None
+        short = state.end_of_block()
+        if short:
+            raise Rejected(f"account {short[0].hex()[:16]} ends the block below initial margin")
+        state.defer = False
         return State(state, b""), state.margin_s
 
     def execute(self, parent: State, bodies: Packed) -> State:
@@ -96,25 +103,49 @@ class ClearingApp:
             return Verdict(False, "state root does not match the header", None, t)
         return Verdict(True, "", state, t)
 
-    def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
-        """Mempool transactions in arrival order that apply on top of parent, up to max_txs;
-        refused ones are left out."""
+    def _fill(self, parent: State, candidates: list, dropped: set[int]) -> tuple[Clearing, list]:
+        """Apply candidates in order with deferred margin, leaving out refused ones and the
+        dropped ones (by position)."""
         state = copy.deepcopy(parent.clearing)
-        bodies, sigs = [], []
-        for h, (body, signatures) in list(self.mempool.items()):
-            if len(bodies) >= self.max_txs:
+        state.defer = True
+        kept = []
+        for pos, (body, signatures, tx) in enumerate(candidates):
+            if len(kept) >= self.max_txs:
                 break
-            if h in exclude:
+            if pos in dropped:
                 continue
             try:
-                ctx.apply(state, ctx.decode(body))
-            except ValueError:  # Rejected, Malformed, or accel refusing an extreme mark
-                state = copy.deepcopy(parent.clearing)  # a refused transaction may have half-applied:
-                for kept in bodies:                     # rebuild from what is kept (a rare path)
-                    ctx.apply(state, ctx.decode(kept))
+                ctx.apply(state, tx)
+            except ValueError:  # Rejected, or accel refusing an extreme mark
+                state = copy.deepcopy(parent.clearing)  # it may have half-applied: rebuild
+                state.defer = True
+                for _, _, done, _ in kept:
+                    ctx.apply(state, done)
                 continue
-            bodies.append(body)
-            sigs.extend(signatures)
+            kept.append((body, signatures, tx, pos))
+        return state, kept
+
+    def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
+        """Mempool transactions in arrival order that apply on top of parent, up to max_txs;
+        refused ones are left out. If an account would end the block below initial margin, the
+        last transaction it signed is left out and the block filled again, until none would."""
+        candidates = []
+        for h, (body, signatures) in self.mempool.items():
+            if h not in exclude:
+                try:
+                    candidates.append((body, signatures, ctx.decode(body)))
+                except ctx.Malformed:
+                    continue
+        dropped: set[int] = set()
+        while True:
+            state, kept = self._fill(parent, candidates, dropped)
+            short = set(state.end_of_block())
+            if not short:
+                break
+            dropped.add(next(pos for _, _, tx, pos in reversed(kept) if short.intersection(tx.signers)))
+        state.defer = False
+        bodies = [b for b, _, _, _ in kept]
+        sigs = [s for _, signatures, _, _ in kept for s in signatures]
         txs = Txs(Packed(*pack_messages(bodies)), pack_fixed(sigs, 64, "signature")) if bodies else Txs.empty()
         return txs, State(state, self.verifier.merkle_root(state.leaves()))
 
