@@ -95,10 +95,19 @@ def merkle_proof(leaves, index: int, backend=None) -> MerkleProof:
 
 def _host_root(level: np.ndarray) -> np.ndarray:
     """The root above a (small) level of node hashes, by the same pairing rule as the kernels."""
-    nodes = [row.tobytes() for row in level]
+    return np.frombuffer(_root_above([row.tobytes() for row in level]), np.uint8).reshape(1, 32)
+
+
+def _root_above(nodes: list[bytes]) -> bytes:
+    """Pair neighbours level by level, carrying an odd last node up (the kernels' rule)."""
     while len(nodes) > 1:
         nodes = [inner_hash(*nodes[i:i + 2]) if i + 1 < len(nodes) else nodes[i] for i in range(0, len(nodes), 2)]
-    return np.frombuffer(nodes[0], np.uint8).reshape(1, 32)
+    return nodes[0]
+
+
+def hashlib_root(leaves: list[bytes]) -> bytes:
+    """merkle_root computed with hashlib alone: the software-only baseline and a reference."""
+    return _root_above([leaf_hash(x) for x in leaves]) if leaves else EMPTY_ROOT
 
 
 def leaf_hash(leaf: bytes) -> bytes:

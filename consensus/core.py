@@ -197,15 +197,6 @@ class Core:
         return (keys + [self.cfg.keys[v] for v in tc.voters], msgs + [timeout_bytes(tc.view, h) for h in tc.high_views],
                 sigs + [tc.sigs[64 * i:64 * i + 64] for i in range(len(tc.voters))])
 
-    def _verified(self, certs) -> bool:
-        keys, msgs, sigs = certs
-        if not keys:
-            return True
-        import numpy as np
-        from accel import Packed
-        return self.app.verifier.verify_all(np.zeros((0, 32), np.uint8), Packed(np.zeros(0, np.uint8), np.zeros(1, np.uint64)),
-                                            np.zeros((0, 64), np.uint8), certs)
-
     # ---- proposals ----------------------------------------------------------------------------
     def _on_proposal(self, sender: int, p: Proposal) -> list:
         b = p.block
@@ -359,7 +350,7 @@ class Core:
             except InvalidCertificate:
                 return []
             certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view)], sigs + [t.signature])
-            if not self._verified(certs):
+            if not self.app.verifier.verify_lists(*certs):
                 return []
         tally = self.timeouts.setdefault(t.view, {})
         tally[t.voter] = t

@@ -8,12 +8,11 @@ points, docs/ED25519.md), so software-only validators must not share a network w
 ones: they could disagree on such a block."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 import accel
 from accel import Packed
+from accel.merkle import hashlib_root
 from accel.packing import pack_fixed, pack_messages
 
 MODES = ("accel", "software")
@@ -45,18 +44,18 @@ class Verifier:
             return False
         return True
 
+    def verify_lists(self, keys: list, messages: list, sigs: list) -> bool:
+        """verify_all over plain lists (a vote, a timeout and its QC): one batch."""
+        if not keys:
+            return True
+        none = Packed(np.zeros(0, np.uint8), np.zeros(1, np.uint64))
+        return self.verify_all(np.zeros((0, 32), np.uint8), none, np.zeros((0, 64), np.uint8), (keys, messages, sigs))
+
     def verify_one(self, key: bytes, message: bytes, sig: bytes) -> bool:
-        return self.verify_all(np.frombuffer(key, np.uint8).reshape(1, 32), Packed(*pack_messages([message])),
-                               np.frombuffer(sig, np.uint8).reshape(1, 64))
+        return self.verify_lists([key], [message], [sig])
 
     def merkle_root(self, leaves) -> bytes:
         if self.validation == "accel":
             return accel.merkle_root(leaves, backend=self.backend)
         items = [leaves.item(i) for i in range(len(leaves))] if isinstance(leaves, Packed) else list(leaves)
-        if not items:
-            return hashlib.sha256(b"").digest()
-        level = [hashlib.sha256(b"\x00" + x).digest() for x in items]
-        while len(level) > 1:
-            level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() if i + 1 < len(level) else level[i]
-                     for i in range(0, len(level), 2)]
-        return level[0]
+        return hashlib_root(items)

@@ -86,12 +86,15 @@ class KvApp:
             return EMPTY
         return self.verifier.merkle_root([accounts[k].leaf(k) for k in sorted(accounts)])
 
-    def execute(self, parent: State, bodies: Packed) -> State:
+    def _accounts_after(self, parent: State, bodies: Packed) -> dict:
         accounts = dict(parent.accounts)
-        data = bodies.data.tobytes()
-        offsets = bodies.offsets.tolist()
+        data, offsets = bodies.data.tobytes(), bodies.offsets.tolist()
         for i in range(len(offsets) - 1):
             self._apply(accounts, data[offsets[i]:offsets[i + 1]])
+        return accounts
+
+    def execute(self, parent: State, bodies: Packed) -> State:
+        accounts = self._accounts_after(parent, bodies)
         return State(accounts, self._root(accounts))
 
     @staticmethod
@@ -151,10 +154,7 @@ class KvApp:
         if root != block.tx_root:
             return Verdict(False, "transaction root does not match the header", None, t)
         mark = time.perf_counter()
-        accounts = dict(parent.accounts)
-        data, offsets = txs.bodies.data.tobytes(), txs.bodies.offsets.tolist()
-        for i in range(n):
-            self._apply(accounts, data[offsets[i]:offsets[i + 1]])
+        accounts = self._accounts_after(parent, txs.bodies)
         t["execute"] = (time.perf_counter() - mark) * 1e3
         mark = time.perf_counter()
         state = State(accounts, self._root(accounts))
