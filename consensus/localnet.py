@@ -15,6 +15,8 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from .store import Store
+
 
 def _free_ports(count: int) -> list[int]:
     socks = [socket.socket() for _ in range(count)]
@@ -136,27 +138,32 @@ class Localnet:
         return self.report(t0)
 
     def report(self, t0: float) -> dict:
-        chains, committed, proposed, timings = {}, {}, {}, {}
-        for i, ev in self.events.items():
-            chain = {}
+        """Chains from each validator's store (what it committed durably: a validator killed
+        between its store and its events file still shows the block), times from the events."""
+        committed, proposed, timings = {}, {}, {}
+        for ev in self.events.values():
             for e in ev:
                 if e["kind"] == "committed":
-                    chain.setdefault(e["height"], e)
                     committed[e["block_hash"]] = min(committed.get(e["block_hash"], e["at"]), e["at"])
                     if e["validation_ms"]:
                         timings.setdefault(e["height"], (e["txs"], e["validation_ms"]))
                 elif e["kind"] == "proposed":
                     proposed.setdefault(e["block_hash"], e["at"])
-            chains[str(i)] = [{"height": h, "block_hash": chain[h]["block_hash"], "state_root": chain[h]["state_root"]}
-                              for h in sorted(chain)]
+        chains = {}
+        for i in range(self.validators):
+            store = Store(self.dir / f"node{i}" / "validator.db")
+            chains[str(i)] = [{"height": p.block.height, "block_hash": p.block.id.hex(),
+                               "state_root": p.block.state_root.hex()} for p in store.history()]
+            store.close()
         longest = max(chains.values(), key=len)
         blocks = []
         for entry in longest:
             h, bh = entry["height"], entry["block_hash"]
             txs, ms = timings.get(h, (None, {}))
             blocks.append({"height": h, "txs": txs, "validation_ms": ms,
-                           "finality_ms": (committed[bh] - proposed[bh]) * 1e3 if bh in proposed else None,
-                           "committed_ms": (committed[bh] - t0) * 1e3})
+                           "finality_ms": (committed[bh] - proposed[bh]) * 1e3 if bh in proposed and bh in committed
+                           else None,
+                           "committed_ms": (committed[bh] - t0) * 1e3 if bh in committed else None})
         return {"validators": self.validators, "app": self.app, "backend": self.backend or "configured",
                 "validation": self.validation, "txs_per_block": self.txs, "directory": str(self.dir),
                 "chains": chains, "blocks": blocks}
