@@ -94,9 +94,11 @@ class Simulation:
             from .apps.clearing_load import ClearingLoad
             if not hasattr(self, "_clearing_load"):
                 self._clearing_load = ClearingLoad(self.rng.randrange(1 << 30))
-            for body, sigs in self._clearing_load.take(count):
-                for node in self.nodes:
-                    node.core.app.submit(body, sigs)
+            batch = self._clearing_load.take(count)
+            for node in self.nodes:
+                refused = [r for r in node.core.app.submit_many(batch) if r]
+                if refused:
+                    raise RuntimeError(f"the clearing load made a transaction the mempool refuses: {refused[0]}")
             return
         for _ in range(count):
             c = self.rng.randrange(len(self.clients))

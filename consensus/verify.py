@@ -8,6 +8,8 @@ points, docs/ED25519.md), so software-only validators must not share a network w
 ones: they could disagree on such a block."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 import accel
@@ -43,6 +45,27 @@ class Verifier:
         except (BadSignatureError, ValueError):
             return False
         return True
+
+    def verify_each(self, keys: np.ndarray, messages: Packed, sigs: np.ndarray) -> np.ndarray:
+        """A verdict per signature (a mempool admitting a batch of transactions)."""
+        if self.validation == "accel":
+            return accel.ed25519_verify_batch(keys, messages, sigs, backend=self.backend)
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
+        out = np.zeros(len(keys), bool)
+        for i in range(len(keys)):
+            try:
+                VerifyKey(keys[i].tobytes()).verify(messages.item(i), sigs[i].tobytes())
+                out[i] = True
+            except (BadSignatureError, ValueError):
+                pass
+        return out
+
+    def digests(self, items: Packed) -> list[bytes]:
+        """SHA-256 of every item."""
+        if self.validation == "accel":
+            return accel.sha256_many(items, backend=self.backend)
+        return [hashlib.sha256(items.item(i)).digest() for i in range(len(items))]
 
     def verify_lists(self, keys: list, messages: list, sigs: list) -> bool:
         """verify_all over plain lists (a vote, a timeout and its QC): one batch."""

@@ -178,7 +178,9 @@ def test_clearing_transactions_decode_sign_and_apply():
               (ctx.settle(u[1], 2, 4), [users[1]])]
     bodies = Packed(*pack_messages([b for b, _ in signed]))
     sigs = pack_fixed([k.sign(b).signature for b, keys in signed for k in keys], 64, "signature")
-    txs, keys, messages = ctx.signature_batch(bodies, sigs)
+    txs = ctx.decode_all(bodies)
+    keys, messages, rows = ctx.signature_batch(bodies, txs, ctx.signer_counts(txs, sigs))
+    assert (rows == np.arange(len(sigs))).all()
     assert len(sigs) == 1 + 1 + 1 + 1 + 3 + 2 + 1 + 2 + 1 and [t.op for t in txs] == [1, 1, 2, 2, 5, 4, 3, 5, 6]
     assert accel.ed25519_verify_all(keys, messages, sigs, backend="cpu")
     tampered = sigs.copy()
@@ -193,7 +195,7 @@ def test_clearing_transactions_decode_sign_and_apply():
     assert c.accounts[u[0]].positions == {1: 2} and 4 in c.settled
     assert c.accounts[u[1]].nonce == 3 and c.accounts[u[0]].nonce == 3
     with pytest.raises(ctx.Malformed, match="2 signatures for 3 signers"):
-        ctx.signature_batch(Packed(*pack_messages([signed[5][0], signed[6][0]])), sigs[:2])
+        ctx.signer_counts(ctx.decode_all(Packed(*pack_messages([signed[5][0], signed[6][0]]))), sigs[:2])
 
 
 @pytest.mark.parametrize("body,match", [
@@ -314,3 +316,66 @@ def test_margin_is_checked_at_the_end_of_a_block():
     block = Block(2, 2, g.id, 2, app.tx_root(bad), state.root, bad.digest(), bad, QC(g.id, 0, 0))
     verdict = app.validate(parent, block, ((), (), ()))
     assert not verdict.ok and "ends the block below initial margin" in verdict.reason
+
+
+def _funded_app(sig_cache=True, users=4):
+    """A clearing app past its setup block (registrations, deposits, a mark) and the load that
+    made it."""
+    from accel import Packed
+    from accel.packing import pack_messages
+    from consensus.apps.clearing_app import ClearingApp
+    from consensus.apps.clearing_load import ClearingLoad, genesis_market
+    from consensus.verify import Verifier
+    app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"), sig_cache=sig_cache)
+    load = ClearingLoad(seed=2, users=users)
+    setup = load.take(2 * users + 1)
+    return app, load, app.execute(app.genesis, Packed(*pack_messages([b for b, _ in setup])))
+
+
+def test_the_mempool_checks_signatures_in_one_batch_and_says_why_it_refuses():
+    from consensus.apps import clearing_tx as ctx
+    app, load, _ = _funded_app()
+    calls = []
+    each = app.verifier.verify_each
+    app.verifier.verify_each = lambda keys, *rest: calls.append(len(keys)) or each(keys, *rest)
+    good = load.take(3)
+    forged = (good[0][0][:-1] + bytes([good[0][0][-1] ^ 1]), good[0][1])  # the signatures are over another body
+    reasons = app.submit_many(good + [(b"\x00\x00\x00\x01\x09", []), forged, (good[1][0], good[1][1][:1])])
+    assert reasons[:3] == ["", "", ""] and len(app.mempool) == 3
+    assert reasons[3].startswith("malformed: unknown operation 9")
+    assert reasons[4] == "a signature does not verify"
+    assert reasons[5].startswith("malformed:") and "need as many 64-byte signatures, got 1" in reasons[5]
+    assert calls == [sum(len(s) for _, s in good) + len(forged[1])]  # one batch, the malformed ones left out
+    with pytest.raises(ctx.BadSignature, match="does not verify"):
+        app.submit(*forged)
+    with pytest.raises(ctx.Malformed, match="shorter"):
+        app.submit(b"\x00", [])
+    assert len(app.mempool) == 3
+
+
+@pytest.mark.parametrize("sig_cache", [True, False])
+def test_validation_skips_only_signatures_the_mempool_verified(sig_cache):
+    """With the cache, a block of mempool transactions sends only its certificates' signatures to
+    verification; a transaction whose block signatures differ from the verified ones (here: one
+    forged) is checked and the block refused. With sig_cache off everything is checked."""
+    from accel import Packed
+    from accel.packing import pack_fixed, pack_messages
+    from consensus.core import genesis_block
+    from consensus.messages import QC, Block, Txs
+    app, load, parent = _funded_app(sig_cache)
+    assert not [r for r in app.submit_many(load.take(40)) if r]
+    txs, state = app.propose(parent, set())
+    g = genesis_block(app.genesis.root)
+    checked = []
+    verify_all = app.verifier.verify_all
+    app.verifier.verify_all = lambda keys, *rest: checked.append(len(keys)) or verify_all(keys, *rest)
+    block = Block(2, 2, g.id, 2, app.tx_root(txs), state.root, txs.digest(), txs, QC(g.id, 0, 0))
+    assert len(txs) == 40 and app.validate(parent, block, ((), (), ())).ok
+    assert checked == [0 if sig_cache else len(txs.sigs)]
+    sigs = txs.sigs.copy()
+    sigs[5, 10] ^= 1
+    forged = Txs(txs.bodies, sigs)
+    block = Block(2, 2, g.id, 2, app.tx_root(forged), state.root, forged.digest(), forged, QC(g.id, 0, 0))
+    verdict = app.validate(parent, block, ((), (), ()))
+    assert not verdict.ok and "signature does not verify" in verdict.reason
+    assert checked[-1] == (2 if sig_cache else len(sigs))  # only the forged trade's (or mark's) two signers

@@ -7,14 +7,18 @@ A block holding a transaction that a rule refuses is invalid: its proposer shoul
 out (propose() does), so honest validators reject the block rather than skip the transaction.
 Margin is deferred to the end of the block: every account a trade or withdrawal touched must end
 the block above initial margin, checked in one portfolio_margin call per underlying.
-Not yet here: the signature cache of mempool-verified transactions, and a NumPy/SciPy margin for
-software-only validation (software-only validation currently shares accel's margin kernels)."""
+Transactions enter the mempool with their signatures checked in one batch, and validation skips
+the signatures of block transactions the mempool already holds (verified) unless sig_cache is off.
+Not yet here: a NumPy/SciPy margin for software-only validation (software-only validation
+currently shares accel's margin kernels)."""
 from __future__ import annotations
 
 import copy
 import hashlib
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from accel import Packed
 from accel.packing import pack_fixed, pack_messages
@@ -33,18 +37,59 @@ class State:
 
 
 class ClearingApp:
-    def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000):
-        self.verifier, self.max_txs = verifier, max_txs
+    def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000, sig_cache: bool = True):
+        self.verifier, self.max_txs, self.sig_cache = verifier, max_txs, sig_cache
         self.genesis = State(genesis, verifier.merkle_root(genesis.leaves()))
-        self.mempool: dict[bytes, tuple[bytes, list[bytes]]] = {}  # sha256(body) -> (body, signatures)
+        # sha256(body) -> (body, signatures). Every entry's signatures verified on admission, so
+        # the mempool is also the signature cache: a block transaction found here with the same
+        # signatures needs no second check (sig_cache=False checks everything, for measurement).
+        self.mempool: dict[bytes, tuple[bytes, list[bytes]]] = {}
+
+    def submit_many(self, items: list[tuple[bytes, list[bytes]]]) -> list[str]:
+        """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
+        per item, "" if admitted (or already there), else why it was refused."""
+        reasons, fresh = [""] * len(items), []
+        for i, (body, signatures) in enumerate(items):
+            try:
+                tx = ctx.decode(body)
+                if len(signatures) != len(tx.signers) or any(len(s) != 64 for s in signatures):
+                    raise ctx.Malformed(f"{len(tx.signers)} signer(s) need as many 64-byte signatures, "
+                                        f"got {len(signatures)}")
+            except ctx.Malformed as exc:
+                reasons[i] = f"malformed: {exc}"
+                continue
+            digest = hashlib.sha256(body).digest()
+            if self.mempool.get(digest, (None, None))[1] != list(signatures):
+                fresh.append((i, digest, body, list(signatures), tx))
+        if not fresh:
+            return reasons
+        keys = np.frombuffer(b"".join(k for *_, tx in fresh for k in tx.signers), np.uint8).reshape(-1, 32)
+        messages = Packed(*pack_messages([body for _, _, body, _, tx in fresh for _ in tx.signers]))
+        sigs = pack_fixed([s for _, _, _, signatures, _ in fresh for s in signatures], 64, "signature")
+        verdicts = self.verifier.verify_each(keys, messages, sigs)
+        ends = np.cumsum([len(tx.signers) for *_, tx in fresh])
+        for (i, digest, body, signatures, tx), end in zip(fresh, ends):
+            if not verdicts[end - len(tx.signers):end].all():
+                reasons[i] = "a signature does not verify"
+            else:
+                self.mempool.setdefault(digest, (body, signatures))
+        return reasons
 
     def submit(self, body: bytes, signatures: list[bytes]) -> None:
-        """Into the mempool if it is a well-formed transaction with one signature per signer;
-        Malformed says why not."""
-        tx = ctx.decode(body)
-        if len(signatures) != len(tx.signers) or any(len(s) != 64 for s in signatures):
-            raise ctx.Malformed(f"{len(tx.signers)} signer(s) need as many 64-byte signatures, got {len(signatures)}")
-        self.mempool.setdefault(hashlib.sha256(body).digest(), (body, list(signatures)))
+        """One transaction into the mempool; Malformed or BadSignature says why not."""
+        reason = self.submit_many([(body, signatures)])[0]
+        if reason:
+            raise (ctx.Malformed if reason.startswith("malformed") else ctx.BadSignature)(reason)
+
+    def _cached(self, bodies: Packed, sigs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per transaction, whether the mempool holds it with the same signatures (verified)."""
+        ends = np.cumsum(counts).tolist()
+        out = np.zeros(len(bodies), bool)
+        for i, digest in enumerate(self.verifier.digests(bodies)):
+            held = self.mempool.get(digest)
+            if held is not None:
+                out[i] = b"".join(held[1]) == sigs[ends[i] - int(counts[i]):ends[i]].tobytes()
+        return out
 
     def _run(self, parent: State, txs: list) -> tuple[State, float]:
         """The state after txs (all must apply, and every account they touch must end the block
@@ -64,7 +109,7 @@ class ClearingApp:
 
     def execute(self, parent: State, bodies: Packed) -> State:
         """Replay (a committed block from this validator's own store)."""
-        out, _ = self._run(parent, [ctx.decode(bodies.item(i)) for i in range(len(bodies))])
+        out, _ = self._run(parent, ctx.decode_all(bodies))
         out.root = self.verifier.merkle_root(out.clearing.leaves())
         return out
 
@@ -76,11 +121,15 @@ class ClearingApp:
         start = time.perf_counter()
         if block.txs.digest() != block.sig_digest:
             return Verdict(False, "signature digest does not match the header", None, {})
+        bodies, sigs = block.txs.bodies, block.txs.sigs
         try:
-            txs, keys, messages = ctx.signature_batch(block.txs.bodies, block.txs.sigs)
+            txs = ctx.decode_all(bodies)
+            counts = ctx.signer_counts(txs, sigs)
         except ctx.Malformed as exc:
             return Verdict(False, f"malformed transaction: {exc}", None, {})
-        if not self.verifier.verify_all(keys, messages, block.txs.sigs, certs):
+        skip = self._cached(bodies, sigs, counts) if self.sig_cache and self.mempool else None
+        keys, messages, rows = ctx.signature_batch(bodies, txs, counts, skip)
+        if not self.verifier.verify_all(keys, messages, sigs[rows], certs):
             return Verdict(False, "a transaction or certificate signature does not verify", None, {})
         t["signatures"] = (time.perf_counter() - start) * 1e3
         mark = time.perf_counter()

@@ -99,22 +99,40 @@ def decode(body: bytes) -> Tx:
     raise Malformed(f"unknown operation {op}")
 
 
-def signature_batch(bodies: Packed, sigs: np.ndarray) -> tuple[list[Tx], np.ndarray, Packed]:
-    """The decoded transactions, and (keys (m, 32), messages) lined up with sigs (m, 64): each
-    body repeated once per signer, gathered with array indexing. Malformed if the block's
-    signature count does not match its transactions' signers."""
-    txs = [decode(bodies.item(i)) for i in range(len(bodies))]
+class BadSignature(ValueError):
+    """A well-formed transaction whose signatures do not all verify."""
+
+
+def decode_all(bodies: Packed) -> list[Tx]:
+    return [decode(bodies.item(i)) for i in range(len(bodies))]
+
+
+def signer_counts(txs: list[Tx], sigs: np.ndarray) -> np.ndarray:
+    """Signatures per transaction; Malformed if they do not add up to the block's signatures."""
     counts = np.array([len(t.signers) for t in txs], np.int64)
     if int(counts.sum()) != len(sigs):
         raise Malformed(f"{len(sigs)} signatures for {int(counts.sum())} signers")
-    keys = np.frombuffer(b"".join(k for t in txs for k in t.signers), np.uint8).reshape(-1, 32)
+    return counts
+
+
+def signature_batch(bodies: Packed, txs: list[Tx], counts: np.ndarray,
+                    skip: np.ndarray | None = None) -> tuple[np.ndarray, Packed, np.ndarray]:
+    """(keys (m, 32), messages, rows): for every signature of a transaction not in `skip` (a bool
+    per transaction), its signer's key, the body it signs and its row in the block's signatures;
+    bodies are repeated once per signer, gathered with array indexing."""
     which = np.repeat(np.arange(len(txs)), counts)
+    rows = np.arange(len(which))
+    if skip is not None:
+        rows = rows[~skip[which]]
+        which = which[rows]
+    signers = [k for t in txs for k in t.signers]
+    keys = np.frombuffer(b"".join(signers[r] for r in rows), np.uint8).reshape(-1, 32)
     starts, ends = bodies.offsets[:-1].astype(np.int64)[which], bodies.offsets[1:].astype(np.int64)[which]
     lengths = ends - starts
     offsets = np.zeros(len(which) + 1, np.uint64)
     np.cumsum(lengths, out=offsets[1:])
     index = np.repeat(starts - offsets[:-1].astype(np.int64), lengths) + np.arange(int(offsets[-1]))
-    return txs, keys, Packed(bodies.data[index], offsets)
+    return keys, Packed(bodies.data[index], offsets), rows
 
 
 def apply(state: Clearing, tx: Tx) -> None:
