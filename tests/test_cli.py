@@ -93,3 +93,16 @@ def test_validate_bench_reports_every_stage(tmp_path):
         assert data["txs"] == 300 and data["validation"] == validation
         assert set(data["validation_ms"]) == {"signatures", "tx_root", "execute", "state_root", "total"}
         assert data["validation_ms"]["total"] >= data["validation_ms"]["signatures"] > 0
+
+
+def test_validate_bench_of_a_clearing_block_has_a_margin_stage(tmp_path):
+    for flags in ([], ["--sig-cache"]):
+        out = accel("validate-bench", "--app", "clearing", "--txs", "300", "--runs", "1", "--json", *flags)
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        ms = data["validation_ms"]
+        assert data["sig_cache"] == bool(flags)
+        assert set(ms) == {"signatures", "tx_root", "execute", "margin", "state_root", "total"}
+        assert ms["margin"] > 0 and ms["total"] >= ms["signatures"]
+    out = accel("validate-bench", "--app", "kv", "--sig-cache", "--txs", "10")
+    assert out.returncode == 2 and "clearing app's mempool" in out.stderr

@@ -35,6 +35,7 @@ class ClearingLoad:
         self.keys = [bytes(u.verify_key) for u in self.users]
         self.nonces = [0] * users
         self.sequence, self.timestamp, self.index = 0, T0, 60_000.0
+        self.taken = 0  # transactions after the setup
         self.pending = [self._signed(ctx.register(k), [u]) for k, u in zip(self.keys, self.users)]
         for i in range(users):
             self.pending.append(self._signed(ctx.deposit(self.keys[i], 0, 10**7 * USD), [self.users[i]]))
@@ -54,13 +55,16 @@ class ClearingLoad:
         return self._signed(ctx.mark("BTC", self.index, self.sequence, self.timestamp, vols,
                                      [bytes(k.verify_key) for k in oracles]), oracles)
 
-    def take(self, count: int) -> list[tuple[bytes, list[bytes]]]:
+    def take(self, count: int, mark_every: int | None = None) -> list[tuple[bytes, list[bytes]]]:
+        """The next count transactions: setup first, then trades with an oracle mark at random
+        one time in 20, or every mark_every-th transaction."""
         out = []
         while len(out) < count:
             if self.pending:
                 out.append(self.pending.pop(0))
                 continue
-            if self.rng.random() < 0.05:
+            self.taken += 1
+            if (self.rng.random() < 0.05) if mark_every is None else (self.taken % mark_every == 0):
                 out.append(self._mark())
                 continue
             a, b = self.rng.sample(range(len(self.users)), 2)
