@@ -118,7 +118,7 @@ def cmd_localnet(args) -> int:
     if args.validation == "accel":
         backend = get_backend(args.backend).name  # fails here, before any process starts
     net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
-                   args.base_timeout_ms, args.app)
+                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port)
     print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
           f"{', backend ' + backend if backend else ''}); Ctrl-C stops them", file=sys.stderr)
     try:
@@ -196,8 +196,10 @@ def parser() -> argparse.ArgumentParser:
     vb.set_defaults(fn=cmd_validate_bench)
     node = sub.add_parser("node", help="run one validator (its config written by localnet)",
                           description="Run one validator process: consensus over TCP, SQLite store, built-in "
-                          "load generator. Checks the accel backend first and refuses to start if it cannot run.")
-    node.add_argument("--config", required=True, help="the validator's TOML file")
+                          "load generator. Checks the accel backend first and refuses to start if it cannot run.",
+                          epilog="Every key of the validator's file: docs/OPERATOR.md.")
+    node.add_argument("--config", required=True, help="the validator's TOML file ([node], [network], optional "
+                      "[accel] and [metrics])")
     node.set_defaults(fn=cmd_node)
     ln = sub.add_parser("localnet", help="run a local validator network and report validation and finality",
                         description="Start N validator processes on loopback, run until each committed --blocks "
@@ -211,6 +213,10 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--validation", choices=["accel", "software"], default="accel",
                     help="validate through accel (default) or software-only (PyNaCl, hashlib)")
     ln.add_argument("--backend", choices=config.BACKENDS, help="accel backend (default: the configured one)")
+    ln.add_argument("--gpu-min-batch", type=int, help="[accel] gpu_min_batch of every validator: smaller batches "
+                    "stay on the C fallback (default: the configured one)")
+    ln.add_argument("--metrics-port", type=_positive, metavar="BASE",
+                    help="validator i serves Prometheus metrics on 127.0.0.1:BASE+i")
     ln.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per message (default 0)")
     ln.add_argument("--base-timeout-ms", type=float, default=1000.0, help="view timeout before backoff (default 1000)")
     ln.add_argument("--kill-restart", action="store_true", help="SIGKILL validator 1 midway and restart it")

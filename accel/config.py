@@ -16,6 +16,10 @@ Keys (all optional):
 The file is $ACCEL_CONFIG, else ./accel.toml if present. Anything else in the file (another table,
 a key outside [accel], a misspelt key) is an error naming the file and line; every error names
 where the value came from, the file's line or the environment variable.
+
+A program with its own TOML file (a validator: consensus/node.py) reads the [accel] table of that
+file with load(path, shared=True) and installs the result with use(); the file then stands in for
+accel.toml / $ACCEL_CONFIG, and ACCEL_* variables still override it, as they override any file.
 """
 from __future__ import annotations
 
@@ -76,7 +80,7 @@ def _env_value(name: str, kind: str, raw: str):
     return raw
 
 
-def _line(text: str, table: str | None, key: str | None) -> int:
+def line_of(text: str, table: str | None, key: str | None) -> int:
     """Line (1-based) of `[table]` (key None) or of `key = ...` inside `table` (None: top level)."""
     current = None
     for no, line in enumerate(text.splitlines(), 1):
@@ -91,22 +95,23 @@ def _line(text: str, table: str | None, key: str | None) -> int:
     return 0
 
 
-def _from_file(path) -> dict:
-    """{key: (value, where)} from the [accel] table of a TOML file."""
+def _from_file(path, shared: bool = False) -> dict:
+    """{key: (value, where)} from the [accel] table of a TOML file; shared: the other tables are
+    another program's (it checks them), not errors."""
     try:
         text = Path(path).read_text()
         data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     for name, value in data.items():
-        if name == "accel" and isinstance(value, dict):
+        if (name == "accel" or shared) and isinstance(value, dict):
             continue
         if isinstance(value, dict):
-            raise ConfigError(f"{path}:{_line(text, name, None)}: unknown table [{name}]; settings go in [accel]")
-        raise ConfigError(f"{path}:{_line(text, None, name)}: {name!r} is outside any table; put it under [accel]")
+            raise ConfigError(f"{path}:{line_of(text, name, None)}: unknown table [{name}]; settings go in [accel]")
+        raise ConfigError(f"{path}:{line_of(text, None, name)}: {name!r} is outside any table; put it under [accel]")
     out = {}
     for key, value in data.get("accel", {}).items():
-        line = _line(text, f"accel.{key}", None) if isinstance(value, dict) else _line(text, "accel", key)
+        line = line_of(text, f"accel.{key}", None) if isinstance(value, dict) else line_of(text, "accel", key)
         where = f"{path}:{line}"
         if key not in KEYS:
             raise ConfigError(f"{where}: unknown [accel] key {key!r}; known: {sorted(KEYS)}")
@@ -114,11 +119,12 @@ def _from_file(path) -> dict:
     return out
 
 
-def load(path: str | os.PathLike | None = None, env: dict | None = None) -> AccelConfig:
-    """Read the configuration now (get() is the cached one)."""
+def load(path: str | os.PathLike | None = None, env: dict | None = None, shared: bool = False) -> AccelConfig:
+    """Read the configuration now (get() is the cached one). shared: `path` is another program's
+    TOML file; only its [accel] table is read."""
     env = os.environ if env is None else env
     path = path or env.get("ACCEL_CONFIG") or ("accel.toml" if Path("accel.toml").exists() else None)
-    values = _from_file(path) if path else {}
+    values = _from_file(path, shared) if path else {}
     for key, kind in KEYS.items():
         name = "ACCEL_" + key.upper()
         raw = env.get(name)
@@ -149,6 +155,15 @@ def get() -> AccelConfig:
             if _current is None:
                 _current = load()
     return _current
+
+
+def use(cfg: AccelConfig) -> AccelConfig:
+    """Make cfg the process's configuration (until reload()). Call it before the first backend is
+    created: backends keep the settings they started with (accel.backends.reset() forgets them)."""
+    global _current
+    with _lock:
+        _current = cfg
+    return cfg
 
 
 def reload() -> AccelConfig:

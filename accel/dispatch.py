@@ -1,9 +1,12 @@
 """Runs work on a backend; a GPU that fails mid-batch is logged and the work redone on the C
-fallback, whose results are bit-identical, so a validator's verdict never depends on the GPU."""
+fallback, whose results are bit-identical, so a validator's verdict never depends on the GPU.
+Every such fallback is counted by (backend, kernel): fallbacks(), which a validator exports as a
+metric (consensus/metrics.py), since a GPU that keeps failing is otherwise only a slower node."""
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, TypeVar
 
@@ -30,6 +33,14 @@ def min_batch(kernel: str) -> int:
 
 
 _strict = threading.local()
+_fallbacks: Counter[tuple[str, str]] = Counter()
+_fallbacks_lock = threading.Lock()
+
+
+def fallbacks() -> dict[tuple[str, str], int]:
+    """{(backend, kernel): batches redone on the C fallback} since the process started."""
+    with _fallbacks_lock:
+        return dict(_fallbacks)
 
 
 @contextmanager
@@ -57,5 +68,10 @@ def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None
     except Exception as exc:
         if not config.get().gpu_fallback or getattr(_strict, "on", False):
             raise
-        log.warning("%s backend failed (%s: %s); redoing the work on the C fallback", b.name, type(exc).__name__, exc)
+        kernel = kernel or "other"
+        error = f"{type(exc).__name__}: {exc}"
+        with _fallbacks_lock:
+            _fallbacks[b.name, kernel] += 1
+        log.warning("%s backend failed on %s (%s); redoing the work on the C fallback", b.name, kernel, error,
+                    extra={"backend": b.name, "kernel": kernel, "error": error})
         return fn(get_backend("cpu"))

@@ -11,11 +11,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from accel import config
+from accel.config import AccelConfig
+
 from .store import Store
+
+ACCEL_VARIABLES = {"ACCEL_CONFIG"} | {"ACCEL_" + key.upper() for key in config.KEYS}
 
 
 def _free_ports(count: int) -> list[int]:
@@ -30,13 +36,20 @@ def _free_ports(count: int) -> list[int]:
 
 
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
-                  base_timeout_ms: float, app: str = "kv") -> list[Path]:
+                  base_timeout_ms: float, app: str = "kv", accel: AccelConfig | None = None,
+                  metrics_port: int | None = None) -> list[Path]:
+    """One TOML file per validator (docs/OPERATOR.md); with accel, an [accel] table holding every
+    key, so the file alone says what the validator runs; with metrics_port, validator i serves
+    its metrics on metrics_port + i."""
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(validators)]
+    accel_table = "" if accel is None else "\n[accel]\n" + "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in asdict(accel).items())
     paths = []
     for i, seed in enumerate(seeds):
         path = directory / f"node{i}.toml"
+        metrics = "" if metrics_port is None else f"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port + i}\"\n"
         path.write_text(
             "[node]\n"
             f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
@@ -44,24 +57,35 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
             f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\n\n"
             "[network]\n"
-            f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n")
+            f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics)
         paths.append(path)
     return paths
 
 
 class Localnet:
     def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
-                 delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "kv"):
+                 delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "kv",
+                 gpu_min_batch: int | None = None, metrics_port: int | None = None):
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.validators, self.blocks, self.txs = validators, blocks, txs
         self.backend, self.validation = backend, validation
-        self.app = app
-        self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app)
+        self.app, self.metrics_port = app, metrics_port
+        # This process's accel configuration (accel.toml, ACCEL_*), then the flags, written into
+        # every validator's file; the validators start without ACCEL_* variables, which would
+        # override their files.
+        accel = None
+        if backend:
+            accel = replace(config.get(), backend=backend)
+            if gpu_min_batch is not None:
+                accel = replace(accel, gpu_min_batch=gpu_min_batch)
+        self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
+                                     metrics_port)
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work
         # (measured: execution twice as slow with 4 validators on 2 cores).
-        self.env = {"OMP_WAIT_POLICY": "PASSIVE"} | dict(os.environ) | ({"ACCEL_BACKEND": backend} if backend else {})
+        self.env = {"OMP_WAIT_POLICY": "PASSIVE"} | {k: v for k, v in os.environ.items()
+                                                     if accel is None or k not in ACCEL_VARIABLES}
         self.procs: dict[int, subprocess.Popen] = {}
         self.events: dict[int, list[dict]] = {i: [] for i in range(validators)}
         self._read: dict[int, int] = {i: 0 for i in range(validators)}
@@ -106,6 +130,9 @@ class Localnet:
         t0 = time.time()
         for i in range(self.validators):
             self.start(i)
+        if self.metrics_port is not None:
+            progress(f"metrics: http://127.0.0.1:{self.metrics_port}/metrics .. "
+                     f"http://127.0.0.1:{self.metrics_port + self.validators - 1}/metrics")
         killed = restarted = False
         last = ""
         try:

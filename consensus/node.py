@@ -1,12 +1,14 @@
 """One validator process: the core, driven by the TCP transport, real timers and the SQLite store.
 
-Its configuration is a TOML file (`accel localnet` writes them):
-  [node]    index, listen ("host:port"), seed (hex of the 32-byte signing key seed), data_dir,
-            app ("kv" | "clearing"), validation ("accel" | "software"), txs_per_block,
-            base_timeout_ms, delay_ms, events (a JSON-lines file of proposals and commits),
-            load_seed (the built-in load generator)
-  [network] keys (every validator's public key, hex, by index), addresses ("host:port" by index)
-The accel backend comes from the usual [accel] configuration (accel.toml, ACCEL_* variables).
+Its configuration is one TOML file (`accel localnet` writes them; docs/OPERATOR.md describes every
+key, docs/validator.example.toml is a complete example):
+  [node]    index, listen, seed, data_dir, events, app, validation, txs_per_block, base_timeout_ms,
+            delay_ms, load_seed, log_format ("text" | "json")
+  [network] keys and addresses of every validator, by index
+  [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
+            variables still override it
+  [metrics] optional: listen = "host:port" serves Prometheus metrics (consensus/metrics.py)
+Every table and key is checked: a misspelt or mistyped one is an error naming the file and line.
 Before it joins, the node runs accel's readiness check on the backend validation uses and refuses
 to start if any kernel fails."""
 from __future__ import annotations
@@ -16,22 +18,53 @@ import json
 import logging
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from accel import readiness
+from accel import config, readiness
+from accel.backends import get_backend
+from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
 from .messages import Proposal
+from .metrics import NodeMetrics
 from .store import Store
 from .verify import Verifier
 
 log = logging.getLogger("consensus.node")
 CLIENTS = 64
 FUNDS = 10**15
+
+REQUIRED = object()
+# table -> key -> (type, default); [accel] is accel.config's. docs/OPERATOR.md says what each means.
+SCHEMA = {
+    "node": {"index": (int, REQUIRED), "listen": (str, REQUIRED), "seed": (str, REQUIRED),
+             "data_dir": (str, REQUIRED), "events": (str, REQUIRED), "app": (str, "kv"),
+             "validation": (str, "accel"), "txs_per_block": (int, 100), "base_timeout_ms": (float, 1000.0),
+             "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text")},
+    "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
+    "metrics": {"listen": (str, "")},
+}
+CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json")}
+NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array"}
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{text!r} is not \"host:port\"")
+    return host, int(port)
+
+
+def _hex32(text: str) -> bytes:
+    raw = bytes.fromhex(text)
+    if len(raw) != 32:
+        raise ValueError(f"{len(raw)} bytes, not 32")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -49,20 +82,105 @@ class NodeConfig:
     keys: tuple[bytes, ...]
     addresses: tuple[tuple[str, int], ...]
     app: str = "kv"
+    log_format: str = "text"
+    metrics: tuple[str, int] | None = None
+    accel: AccelConfig | None = None  # None: the usual accel.toml / $ACCEL_CONFIG and ACCEL_*
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
-        data = tomllib.loads(Path(path).read_text())
-        node, net = data["node"], data["network"]
+        """Read and check the file; ConfigError names the file and line of the first problem."""
+        try:
+            text = Path(path).read_text()
+            data = tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        for name, value in data.items():
+            if name not in SCHEMA and name != "accel" or not isinstance(value, dict):
+                line = line_of(text, name, None) or line_of(text, None, name)
+                raise ConfigError(f"{path}:{line}: unknown table or key {name!r}; a validator's file has "
+                                  "[node], [network], [accel] and [metrics]")
+        t = {table: cls._table(path, text, table, data) for table in SCHEMA}
 
-        def addr(text):
-            host, port = text.rsplit(":", 1)
-            return host, int(port)
-        return cls(int(node["index"]), addr(node["listen"]), bytes.fromhex(node["seed"]), Path(node["data_dir"]),
-                   node.get("validation", "accel"), int(node.get("txs_per_block", 100)),
-                   float(node.get("base_timeout_ms", 1000)), float(node.get("delay_ms", 0)), Path(node["events"]),
-                   int(node.get("load_seed", 1)), tuple(bytes.fromhex(k) for k in net["keys"]),
-                   tuple(addr(a) for a in net["addresses"]), node.get("app", "kv"))
+        def convert(table, key, fn):
+            try:
+                return fn(t[table][key])
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{path}:{line_of(text, table, key)}: [{table}] {key}: {exc}") from None
+        node = t["node"]
+        cfg = cls(node["index"], convert("node", "listen", _addr), convert("node", "seed", _hex32),
+                   Path(node["data_dir"]), node["validation"], node["txs_per_block"], float(node["base_timeout_ms"]),
+                   float(node["delay_ms"]), Path(node["events"]), node["load_seed"],
+                   convert("network", "keys", lambda ks: tuple(map(_hex32, ks))),
+                   convert("network", "addresses", lambda xs: tuple(map(_addr, xs))), node["app"],
+                   node["log_format"], convert("metrics", "listen", lambda x: _addr(x) if x else None),
+                   config.load(path, shared=True) if "accel" in data else None)
+        if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
+            raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
+                              f"per validator, [node] index {cfg.index} among them")
+        if bytes(SigningKey(cfg.seed).verify_key) != cfg.keys[cfg.index]:
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'seed')}: [node] seed's public key is not "
+                              f"[network] keys[{cfg.index}]")
+        return cfg
+
+    @staticmethod
+    def _table(path, text: str, table: str, data: dict) -> dict:
+        """The table's keys, checked, with defaults for those not given."""
+        schema, given = SCHEMA[table], data.get(table, {})
+        for key, value in given.items():
+            where = f"{path}:{line_of(text, table, key)}"
+            if key not in schema:
+                raise ConfigError(f"{where}: unknown [{table}] key {key!r}; known: {sorted(schema)}")
+            want = schema[key][0]
+            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+                raise ConfigError(f"{where}: [{table}] {key} must be {NOUNS[want]}, not {value!r}")
+            if table == "node" and key in CHOICES and value not in CHOICES[key]:
+                raise ConfigError(f"{where}: [node] {key} must be one of {', '.join(CHOICES[key])}, not {value!r}")
+        missing = [key for key, (_, default) in schema.items() if default is REQUIRED and key not in given]
+        if missing:
+            raise ConfigError(f"{path}: [{table}] needs {', '.join(missing)}")
+        return {key: given.get(key, default) for key, (_, default) in schema.items()}
+
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "node"}
+
+
+def _fields(record: logging.LogRecord) -> dict:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, node, msg, then the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "node": getattr(record, "node", None),
+                 "msg": record.getMessage()} | _fields(record)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The usual line, with the record's extra fields appended as key=value."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        extra = "".join(f" {k}={json.dumps(v, default=str)}" for k, v in _fields(record).items())
+        return super().formatMessage(record) + extra
+
+
+def configure_logging(index: int, log_format: str, stream=None) -> logging.Handler:
+    """Every logger of the process (accel's fallback warnings included) through one handler that
+    stamps the validator's index on each record."""
+    def stamp(record):
+        record.node = index
+        return True
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(stamp)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         TextFormatter("%(asctime)s node%(node)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    return handler
 
 
 class LoadGenerator:
@@ -119,6 +237,20 @@ class NodeRunner:
             self.load = LoadGenerator(cfg.load_seed)
             self.load.made = replayed
             self.app = KvApp(Verifier(cfg.validation), self.load.genesis(), max_txs=cfg.txs_per_block)
+        if cfg.validation == "accel":
+            b = get_backend()
+            backend, device = b.name, b.device
+        else:
+            backend, device = "software", "PyNaCl and hashlib"
+        self.metrics = NodeMetrics(self.app, backend, device, cfg.validation)
+        self.metrics.height.set(history[-1].block.height if history else 0)
+        validate = self.app.validate
+
+        def timed_validate(*args):  # every validation, rejected blocks too, observed as it happens
+            verdict = validate(*args)
+            self.metrics.validated(verdict)
+            return verdict
+        self.app.validate = timed_validate
         self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms), lambda m: key.sign(m).signature,
                          self.app, self.store.safety(), history)
         self.inbox: asyncio.Queue = asyncio.Queue()
@@ -144,8 +276,14 @@ class NodeRunner:
                 b = a.block
                 self._event(kind="committed", height=b.height, block_hash=b.id.hex(), state_root=b.state_root.hex(),
                             txs=len(b.txs), validation_ms=a.validation_ms)
+                self.metrics.height.set(b.height)
+                log.info("committed a block", extra={"height": b.height, "block_hash": b.id.hex(), "txs": len(b.txs),
+                                                     "validation_ms": a.validation_ms})
             elif isinstance(a, Rejected):
                 self._event(kind="rejected", block_hash=a.block_id.hex(), proposer=a.proposer, reason=a.reason)
+                self.metrics.rejected.inc()
+                log.warning("rejected a block", extra={"block_hash": a.block_id.hex(), "proposer": a.proposer,
+                                                       "reason": a.reason})
 
     async def run(self) -> None:
         from .net import Network
@@ -165,14 +303,23 @@ class NodeRunner:
 
 def run_node(config_path) -> int:
     cfg = NodeConfig.load(config_path)
+    configure_logging(cfg.index, cfg.log_format)
+    if cfg.accel is not None:
+        config.use(cfg.accel)  # before readiness, so the check runs the backend this file names
+    log.info("validator %d starting: %s app, %s validation", cfg.index, cfg.app, cfg.validation,
+             extra={"accel": asdict(config.get())} if cfg.validation == "accel" else {})
     if cfg.validation == "accel":
         device, results = readiness.check()
         failed = [r for r in results if not r.ok]
         if failed:
             for r in failed:
-                log.error("readiness: %s failed on %s: %s", r.kernels, device, r.detail)
+                log.error("readiness: %s failed on %s: %s", r.kernels, device, r.detail,
+                          extra={"kernels": r.kernels, "device": device, "detail": r.detail})
             raise SystemExit(f"validator {cfg.index}: the configured backend cannot run ({device}); not starting")
     runner = NodeRunner(cfg)
+    if cfg.metrics is not None:
+        runner.metrics.serve(cfg.metrics)
+        log.info("metrics on http://%s:%d/metrics", *cfg.metrics)
     try:
         asyncio.run(runner.run())
     except KeyboardInterrupt:

@@ -1,0 +1,50 @@
+"""A validator's Prometheus metrics (names and labels: docs/OPERATOR.md). One registry per node, not
+prometheus_client's global one, so several nodes can live in one process (tests, simulations).
+Values that exist elsewhere (mempool size, accel's fallback counts) are read at scrape time rather
+than copied on every change."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily
+
+from accel import dispatch
+
+# Stages run from tens of microseconds (the transaction root of a small block) to seconds (the
+# signatures of a large block on the C fallback).
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Fallbacks:
+    """accel_gpu_fallbacks_total from accel.dispatch's process-wide counts."""
+
+    def collect(self):
+        family = CounterMetricFamily("accel_gpu_fallbacks", "GPU batches that failed and were redone on the C "
+                                     "fallback", labels=["backend", "kernel"])
+        for (backend, kernel), count in sorted(dispatch.fallbacks().items()):
+            family.add_metric([backend, kernel], count)
+        yield family
+
+
+class NodeMetrics:
+    def __init__(self, app, backend: str, device: str, validation: str):
+        self.registry = r = CollectorRegistry()
+        self.stages = Histogram("accel_validation_seconds", "Block validation time by stage (total: all of it)",
+                                ["stage"], buckets=BUCKETS, registry=r)
+        Info("accel_backend", "The accel backend validation runs on", registry=r).info(
+            {"backend": backend, "device": device, "validation": validation})
+        Gauge("accel_mempool_transactions", "Transactions waiting in the mempool",
+              registry=r).set_function(lambda: len(app.mempool))
+        self.height = Gauge("accel_committed_height", "Height of the last committed block", registry=r)
+        self.rejected = Counter("accel_blocks_rejected", "Proposed blocks this validator rejected", registry=r)
+        r.register(_Fallbacks())
+
+    def validated(self, verdict) -> None:
+        """A block's validation, accepted or not: each stage it reached (verdict.timings_ms)."""
+        for stage, ms in verdict.timings_ms.items():
+            self.stages.labels(stage).observe(ms / 1e3)
+
+    def serve(self, listen: tuple[str, int]):
+        """HTTP /metrics on its own thread, so a slow scrape never holds up the event loop.
+        Returns the server (shutdown() stops it)."""
+        server, _ = start_http_server(listen[1], listen[0], registry=self.registry)
+        return server
