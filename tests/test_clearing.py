@@ -379,3 +379,41 @@ def test_validation_skips_only_signatures_the_mempool_verified(sig_cache):
     verdict = app.validate(parent, block, ((), (), ()))
     assert not verdict.ok and "signature does not verify" in verdict.reason
     assert checked[-1] == (2 if sig_cache else len(sigs))  # only the forged trade's (or mark's) two signers
+
+
+def test_a_gpu_failing_mid_batch_falls_back_and_the_roots_are_the_same(caplog):
+    """A backend whose every third kernel launch fails, as a driver error or an out-of-memory
+    would: each failed batch is redone on the C fallback and logged, and the chain's state roots
+    are those of the C fallback alone."""
+    import logging
+
+    from accel import KernelError
+    from accel.backends.cpu import CpuBackend
+    from consensus.sim import Simulation
+
+    class FailingGpu(CpuBackend):
+        name, is_gpu = "failing-gpu", True
+
+        def __init__(self):
+            super().__init__(0)
+            self.launches = self.failures = 0
+
+        def launch(self, kernel, n, *args, group=None):
+            self.launches += 1
+            if self.launches % 3 == 0:
+                self.failures += 1
+                raise KernelError(f"av_{kernel}: simulated CUDA_ERROR_LAUNCH_FAILED")
+            return super().launch(kernel, n, *args, group=group)
+
+    roots = {}
+    gpu = FailingGpu()
+    for name, backend in (("failing", gpu), ("cpu", CpuBackend(0))):
+        sim = Simulation(n=4, seed=8, app="clearing", txs_per_block=5, backend=backend)
+        sim.load(150)
+        with caplog.at_level(logging.WARNING, logger="accel"):
+            sim.run(blocks=30, max_ms=600_000)
+        roots[name] = [(b.height, b.state_root) for b, _, _ in sim.nodes[0].committed[:30]]
+    assert len(roots["cpu"]) == 30 and roots["failing"] == roots["cpu"]
+    assert gpu.failures > 10
+    redone = [r for r in caplog.records if "redoing the work on the C fallback" in r.getMessage()]
+    assert len(redone) == gpu.failures and "failing-gpu" in redone[0].getMessage()
