@@ -43,7 +43,7 @@ def clearing_block(txs: int, verifier: Verifier, traders: int = 1000, mark_every
     margined after it)."""
     load = ClearingLoad(seed=1, users=traders)
     genesis = genesis_market(verifier.backend)
-    for body, _ in load.take(2 * traders + 1):  # registrations, deposits, the first mark
+    for body, _ in load.take(load.setup_size):  # registrations, deposits, the first marks
         ctx.apply(genesis, ctx.decode(body))
     app = ClearingApp(verifier, genesis, max_txs=txs, sig_cache=False)
     items = load.take(txs, mark_every=mark_every)

@@ -295,7 +295,7 @@ def test_margin_is_checked_at_the_end_of_a_block():
     from consensus.verify import Verifier
     app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
     load = ClearingLoad(seed=2, users=4)
-    setup = load.take(9)  # 4 registrations, 4 deposits of 10M USD, one mark
+    setup = load.take(load.setup_size)  # 4 registrations, 4 deposits, a mark per underlying
     txs0 = Txs(Packed(*pack_messages([b for b, _ in setup])), pack_fixed([x for _, s in setup for x in s], 64, "sig"))
     g = genesis_block(app.genesis.root)
     parent = app.execute(app.genesis, txs0.bodies)
@@ -304,7 +304,7 @@ def test_margin_is_checked_at_the_end_of_a_block():
     def signed(body):
         return body, [u[k.index(body[5:37])].sign(body).signature, u[k.index(body[45:77])].sign(body).signature]
     fine = signed(ctx.trade(k[0], 1, k[1], 1, 1, 2, 4_000 * USD))
-    huge = signed(ctx.trade(k[0], 2, k[1], 2, 1, 500, 4_000 * USD))  # 500 short calls on 10M USD
+    huge = signed(ctx.trade(k[0], 2, k[1], 2, 1, 5_000, 4_000 * USD))  # 5,000 short calls on 10M USD
     after = signed(ctx.trade(k[2], 1, k[3], 1, 2, 1, 2_000 * USD))
     for body, sigs in (fine, huge, after):
         app.submit(body, sigs)
@@ -328,7 +328,7 @@ def _funded_app(sig_cache=True, users=4):
     from consensus.verify import Verifier
     app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"), sig_cache=sig_cache)
     load = ClearingLoad(seed=2, users=users)
-    setup = load.take(2 * users + 1)
+    setup = load.take(load.setup_size)
     return app, load, app.execute(app.genesis, Packed(*pack_messages([b for b, _ in setup])))
 
 

@@ -1,24 +1,42 @@
-"""A clearing market for simulations and load: the genesis (oracles and listed series) and a
-deterministic stream of signed transactions (registrations, deposits, oracle marks, trades) that
-apply in order: accounts hold ample collateral and trade one contract at a time, so no nonce is
-ever left behind by a refused transaction."""
+"""A clearing market for simulations, load and the demo: the genesis (oracles and listed BTC and ETH
+series) and a deterministic stream of signed transactions that all apply in order, so a validator
+restarted after n committed transactions resumes the stream at n.
+
+Who trades:
+  market makers  a few accounts with deep collateral, the other side of every taker's trade
+  takers         buy or sell 1-3 contracts of a random series at the model price
+  leveraged      (with crash_after) accounts that each sell puts once, collateralised just above
+                 initial margin, and never trade again: the crash liquidates them
+Oracle marks come one time in 20 (or every mark_every-th transaction), alternating BTC and ETH,
+the index on a random walk. With crash_after=n, the marks after the n-th trade are a volatility
+crash: the index falls by `crash` and vols double, which liquidates the leveraged accounts and
+charges the insurance fund with the losses beyond their collateral."""
 from __future__ import annotations
 
+import math
 import random
 
+import numpy as np
 from nacl.signing import SigningKey
 
-from accel.risk import CALL, FUTURE, PUT
+import accel
+from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
 
 from . import clearing_tx as ctx
-from .clearing import QUANTUM, Clearing, Series
+from .clearing import QUANTUM, YEAR_S, Clearing, Series
 
 T0 = 1_800_000_000
 DAY = 24 * 3600
 USD = int(round(1 / QUANTUM))
 ORACLES = [SigningKey(bytes([200 + i]) * 32) for i in range(3)]
 SERIES = [Series(1, "BTC", CALL, 60_000.0, T0 + 30 * DAY), Series(2, "BTC", PUT, 55_000.0, T0 + 30 * DAY),
-          Series(3, "BTC", CALL, 70_000.0, T0 + 90 * DAY), Series(4, "BTC", FUTURE, 0.0, T0 + 90 * DAY)]
+          Series(3, "BTC", CALL, 70_000.0, T0 + 90 * DAY), Series(4, "BTC", FUTURE, 0.0, T0 + 90 * DAY),
+          Series(5, "ETH", CALL, 3_000.0, T0 + 30 * DAY), Series(6, "ETH", PUT, 2_700.0, T0 + 30 * DAY),
+          Series(7, "ETH", CALL, 3_500.0, T0 + 90 * DAY), Series(8, "ETH", FUTURE, 0.0, T0 + 90 * DAY)]
+START = {"BTC": 60_000.0, "ETH": 3_000.0}
+MAKER_CASH, TAKER_CASH = 200_000_000 * USD, 10_000_000 * USD
+LEVERAGED_SERIES, LEVERAGED_SIZE = 2, 5  # each leveraged account sells 5 BTC 55k puts
+LEVERAGED_CUSHION = 1.02  # collateral = initial margin of that position times this
 
 
 def genesis_market(backend=None) -> Clearing:
@@ -28,36 +46,97 @@ def genesis_market(backend=None) -> Clearing:
     return c
 
 
+def black76(f: float, s: Series, t: int, vol: float) -> float:
+    """A quote (the load's own pricing; validators never see it, only the price in the trade)."""
+    if s.kind == FUTURE:
+        return f
+    years = max(s.expiry - t, 0) / YEAR_S
+    sd = vol * math.sqrt(years)
+    if sd == 0.0:
+        return max(f - s.strike, 0.0) if s.kind == CALL else max(s.strike - f, 0.0)
+    d1 = math.log(f / s.strike) / sd + sd / 2
+    n = lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))  # noqa: E731
+    call = f * n(d1) - s.strike * n(d1 - sd)
+    return call if s.kind == CALL else call - f + s.strike
+
+
 class ClearingLoad:
-    def __init__(self, seed: int, users: int = 16):
+    def __init__(self, seed: int, users: int = 16, crash_after: int | None = None, crash: float = 0.6,
+                 leveraged: int = 0):
         self.rng = random.Random(seed)
+        makers = max(1, users // 8)
+        if users - makers - leveraged < 2:
+            raise ValueError(f"{users} users leave fewer than 2 takers beside {makers} maker(s) and {leveraged} leveraged")
         self.users = [SigningKey(self.rng.randbytes(32)) for _ in range(users)]
         self.keys = [bytes(u.verify_key) for u in self.users]
+        self.makers = list(range(makers))
+        self.leveraged = list(range(makers, makers + leveraged))
+        self.takers = list(range(makers + leveraged, users))
         self.nonces = [0] * users
-        self.sequence, self.timestamp, self.index = 0, T0, 60_000.0
+        self.crash_after, self.crash = crash_after, crash
+        self.sequence, self.timestamp = {"BTC": 0, "ETH": 0}, T0
+        self.index, self.vols = dict(START), {s.id: 0.6 for s in SERIES if s.kind != FUTURE}
         self.taken = 0  # transactions after the setup
+        self.trades = 0
+        self.crashed: set[str] = set()
         self.pending = [self._signed(ctx.register(k), [u]) for k, u in zip(self.keys, self.users)]
+        put_margin = self._leveraged_margin() if leveraged else 0
         for i in range(users):
-            self.pending.append(self._signed(ctx.deposit(self.keys[i], 0, 10**7 * USD), [self.users[i]]))
+            cash = MAKER_CASH if i in self.makers else TAKER_CASH if i in self.takers else put_margin
+            self.pending.append(self._signed(ctx.deposit(self.keys[i], 0, cash), [self.users[i]]))
             self.nonces[i] = 1
-        self.pending.append(self._mark())
+        self.pending += [self._mark("BTC"), self._mark("ETH")]
+        for i in self.leveraged:
+            self.pending.append(self._trade(self.makers[0], i, LEVERAGED_SERIES, LEVERAGED_SIZE))
+        self.setup_size = len(self.pending)
+
+    def _leveraged_margin(self) -> int:
+        """Initial margin (quanta) of LEVERAGED_SIZE short puts at the opening marks, with the cushion."""
+        s = next(x for x in SERIES if x.id == LEVERAGED_SERIES)
+        f = START[s.underlying]
+        marks = Marks(index=f, rate=0.0, forward=np.array([f]), strike=np.array([s.strike]),
+                      expiry=np.array([(s.expiry - T0) / YEAR_S]), vol=np.array([0.6]), kind=np.array([s.kind], np.uint8))
+        res = accel.portfolio_margin(Portfolio(np.array([0, 1]), np.array([0]), np.array([-float(LEVERAGED_SIZE)])),
+                                     marks, MarginParams(tick=QUANTUM), backend="cpu")
+        return int(int(res.initial[0]) * LEVERAGED_CUSHION)
 
     @staticmethod
     def _signed(body: bytes, signers: list) -> tuple[bytes, list[bytes]]:
         return body, [k.sign(body).signature for k in signers]
 
-    def _mark(self):
-        self.sequence += 1
+    def _mark(self, underlying: str):
+        self.sequence[underlying] += 1
         self.timestamp += 60
-        self.index *= 1 + self.rng.uniform(-0.01, 0.01)
-        vols = {s.id: round(self.rng.uniform(0.5, 0.8), 4) for s in SERIES if s.kind != FUTURE}
-        oracles = ORACLES[:2] if self.sequence % 2 else ORACLES[1:]
-        return self._signed(ctx.mark("BTC", self.index, self.sequence, self.timestamp, vols,
-                                     [bytes(k.verify_key) for k in oracles]), oracles)
+        step = self.rng.uniform(-0.01, 0.01)
+        if self.crash_after is not None and self.trades >= self.crash_after and underlying not in self.crashed:
+            self.crashed.add(underlying)
+            step = -self.crash
+            for s in SERIES:
+                if s.underlying == underlying and s.kind != FUTURE:
+                    self.vols[s.id] *= 2.0
+        self.index[underlying] *= 1 + step
+        vols = {}
+        for s in SERIES:
+            if s.underlying == underlying and s.kind != FUTURE:
+                self.vols[s.id] = round(min(max(self.vols[s.id] * (1 + self.rng.uniform(-0.02, 0.02)), 0.2), 3.0), 4)
+                vols[s.id] = self.vols[s.id]
+        oracles = ORACLES[:2] if self.sequence[underlying] % 2 else ORACLES[1:]
+        return self._signed(ctx.mark(underlying, self.index[underlying], self.sequence[underlying], self.timestamp,
+                                     vols, [bytes(k.verify_key) for k in oracles]), oracles)
+
+    def _trade(self, buyer: int, seller: int, series: int, size: int):
+        s = next(x for x in SERIES if x.id == series)
+        price = black76(self.index[s.underlying], s, self.timestamp, self.vols.get(series, 0.0))
+        body = ctx.trade(self.keys[buyer], self.nonces[buyer], self.keys[seller], self.nonces[seller], series, size,
+                         max(int(round(price)), 0) * USD)
+        self.nonces[buyer] += 1
+        self.nonces[seller] += 1
+        return self._signed(body, [self.users[buyer], self.users[seller]])
 
     def take(self, count: int, mark_every: int | None = None) -> list[tuple[bytes, list[bytes]]]:
-        """The next count transactions: setup first, then trades with an oracle mark at random
-        one time in 20, or every mark_every-th transaction."""
+        """The next count transactions: the setup first (registrations, deposits, a mark per
+        underlying, the leveraged accounts' trades), then trades with an oracle mark at random one
+        time in 20, or every mark_every-th transaction."""
         out = []
         while len(out) < count:
             if self.pending:
@@ -65,13 +144,10 @@ class ClearingLoad:
                 continue
             self.taken += 1
             if (self.rng.random() < 0.05) if mark_every is None else (self.taken % mark_every == 0):
-                out.append(self._mark())
+                out.append(self._mark("BTC" if self.sequence["BTC"] <= self.sequence["ETH"] else "ETH"))
                 continue
-            a, b = self.rng.sample(range(len(self.users)), 2)
-            series = self.rng.choice(SERIES).id
-            body = ctx.trade(self.keys[a], self.nonces[a], self.keys[b], self.nonces[b], series, 1,
-                             self.rng.randint(100, 5_000) * USD)
-            self.nonces[a] += 1
-            self.nonces[b] += 1
-            out.append(self._signed(body, [self.users[a], self.users[b]]))
+            maker, taker = self.rng.choice(self.makers), self.rng.choice(self.takers)
+            buyer, seller = (taker, maker) if self.rng.random() < 0.5 else (maker, taker)
+            out.append(self._trade(buyer, seller, self.rng.choice(SERIES).id, self.rng.randint(1, 3)))
+            self.trades += 1
         return out
