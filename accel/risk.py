@@ -36,17 +36,21 @@ class MarginResult(NamedTuple):
 
 @dataclass(frozen=True)
 class MarginParams:
-    """Margin model parameters; docs/RISK.md explains each. Fractions are of the index price."""
+    """Margin model parameters, defaults after Deribit's BTC-USD portfolio margin; docs/RISK.md
+    explains and cites each. Fractions are of the index price."""
     moves: tuple = (-0.16, -0.12, -0.08, -0.04, 0.0, 0.04, 0.08, 0.12, 0.16)
-    vol_up: float = 0.45
-    vol_down: float = 0.30
+    vol_up: float = 0.5
+    vol_down: float = 0.25
     vol_ref_days: float = 30.0
-    vol_exponent: float = 0.3
-    vol_down_floor: float = 0.1
+    vol_exponent: float = 0.3  # shock exponent under vol_ref_days to expiry
+    vol_exponent_long: float = 0.13  # from vol_ref_days to expiry on
+    vol_up_floor: float = 0.5  # the vol shocked up is at least this (an absolute volatility)
+    vol_down_floor: float = 0.1  # the vol-down multiplier is at least this
     days_per_year: float = 365.0
-    extended_moves: tuple = (-0.66, -0.33, 0.5, 1.0, 2.0)
+    extended_moves: tuple = (-0.66, -0.33, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
     extended_weight: float = 0.5
-    short_option_contingency: float = 0.012
+    short_option_contingency: float = 0.01  # per net short option per strike, of the index
+    future_contingency: float = 0.01  # of the underlying value of offsetting futures
     initial_multiplier: float = 1.3
     tick: float = 1e-8
     option_initial: float = 0.15
@@ -97,7 +101,8 @@ class MarginParams:
                 self.vol_exponent, self.vol_down_floor, self.days_per_year, self.extended_weight,
                 self.short_option_contingency, self.initial_multiplier, self.tick, rate, index,
                 self.option_initial, self.option_initial_floor, self.option_maintenance,
-                self.future_initial, self.future_maintenance]
+                self.future_initial, self.future_maintenance, self.vol_exponent_long, self.vol_up_floor,
+                self.future_contingency]
         return np.array(head + list(self.moves) + list(self.extended_moves), np.float64)
 
 

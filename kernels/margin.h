@@ -31,7 +31,10 @@
 #define RK_P_OPT_MM 16
 #define RK_P_FUT_IM 17
 #define RK_P_FUT_MM 18
-#define RK_P_MOVES 19 /* the standard moves, then the extended moves */
+#define RK_P_VOL_EXPONENT_LONG 19
+#define RK_P_VOL_UP_FLOOR 20
+#define RK_P_FUT_CONTINGENCY 21
+#define RK_P_MOVES 22 /* the standard moves, then the extended moves */
 
 #define RK_MAX_MOVES 16
 #define RK_MAX_EXT 16
@@ -74,24 +77,70 @@ DEVICE double rk_scenario(int s, int nm, GLOBAL const double *pp, int *vs)
     return 1.0 + pp[RK_P_MOVES + (ext ? s - 2 * nm : s % nm)];
 }
 
-/* Per-position constants: discount, sqrt(t) and the vol multiplier of each vol state. The shocks
- * grow for short expiries: (ref_days / max(DTE, 1))^exponent. */
-DEVICE void rk_position(double t, GLOBAL const double *pp, double *disc, double *rt, double *vmul)
+/* Per-position constants: discount, sqrt(t) and the volatility of each vol state (0 up, 1 same,
+ * 2 down). The shocks grow for short expiries: shock = (ref_days / max(DTE, 1))^p with p the
+ * short-term exponent below ref_days and the long-term one from it on; the vol shocked up is at
+ * least RK_P_VOL_UP_FLOOR (an absolute volatility), the multiplier of the vol shocked down at least
+ * RK_P_VOL_DOWN_FLOOR. */
+DEVICE void rk_position(double t, double vol, GLOBAL const double *pp, double *disc, double *rt, double *vols)
 {
     *disc = mx_exp(-pp[RK_P_RATE] * t);
     *rt = sqrt(t);
     double dte = mx_max(t * pp[RK_P_DAYS_PER_YEAR], 1.0);
-    double shock = mx_pow(pp[RK_P_VOL_REF_DAYS] / dte, pp[RK_P_VOL_EXPONENT]);
-    vmul[0] = 1.0 + pp[RK_P_VOL_UP] * shock;
-    vmul[1] = 1.0;
-    vmul[2] = mx_max(1.0 - pp[RK_P_VOL_DOWN] * shock, pp[RK_P_VOL_DOWN_FLOOR]);
+    double ref = pp[RK_P_VOL_REF_DAYS];
+    double p = mx_sel(dte < ref, pp[RK_P_VOL_EXPONENT], pp[RK_P_VOL_EXPONENT_LONG]);
+    double shock = mx_pow(ref / dte, p);
+    vols[0] = mx_max(vol * (1.0 + pp[RK_P_VOL_UP] * shock), pp[RK_P_VOL_UP_FLOOR]);
+    vols[1] = vol;
+    vols[2] = vol * mx_max(1.0 - pp[RK_P_VOL_DOWN] * shock, pp[RK_P_VOL_DOWN_FLOOR]);
 }
 
-/* Short option contingency of one position (0 for the rest). */
-DEVICE double rk_contingency(u32 fl, double size, double index, GLOBAL const double *pp)
+/* Positions that net against each other for the contingencies: options of one strike and expiry
+ * (calls and puts together), futures of one expiry; linear and inverse apart. */
+DEVICE int rk_same_group(u32 fa, double ka, double ta, u32 fb, double kb, double tb)
 {
-    if ((fl & RK_FUTURE) || !(size < 0.0)) return 0.0;
-    return -size * pp[RK_P_CONTINGENCY] * ((fl & B76_INVERSE) ? 1.0 : index);
+    u32 ga = fa & (RK_FUTURE | B76_INVERSE), gb = fb & (RK_FUTURE | B76_INVERSE);
+    return (ga == gb) & (ta == tb) & (((ga & RK_FUTURE) != 0) | (ka == kb));
+}
+
+/* The account's contingencies, in the settlement currency:
+ *  - per net short option per strike: contingency * |net| * index (coin: contingency * |net|);
+ *  - offsetting futures: future_contingency * min(net long, net short) in underlying value,
+ *    contracts * index for linear futures, USD notional / index (coin) for inverse ones.
+ * Each group's net is summed in position order from its first position, so every backend adds
+ * the same numbers in the same order. O(positions^2) per account: accounts are small. */
+DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,
+                             GLOBAL const double *pos_size, GLOBAL const double *strike,
+                             GLOBAL const double *expiry, GLOBAL const u8 *kind, GLOBAL const double *pp)
+{
+    double index = pp[RK_P_INDEX];
+    double opt = 0.0, lin_long = 0.0, lin_short = 0.0, inv_long = 0.0, inv_short = 0.0;
+    i64 lo = offsets[a], hi = offsets[a + 1];
+    for (i64 p = lo; p < hi; p++) {
+        i32 j = pos_inst[p];
+        u32 fl = kind[j];
+        double k = strike[j], t = expiry[j];
+        int first = 1;
+        for (i64 q = lo; q < p && first; q++) {
+            i32 jq = pos_inst[q];
+            first = !rk_same_group(fl, k, t, kind[jq], strike[jq], expiry[jq]);
+        }
+        if (!first) continue; /* counted with the group's first position */
+        double net = 0.0;
+        for (i64 q = p; q < hi; q++) {
+            i32 jq = pos_inst[q];
+            net += mx_sel(rk_same_group(fl, k, t, kind[jq], strike[jq], expiry[jq]), pos_size[q], 0.0);
+        }
+        double longs = mx_max(net, 0.0), shorts = mx_max(-net, 0.0);
+        if (fl & RK_FUTURE) {
+            if (fl & B76_INVERSE) { inv_long += longs; inv_short += shorts; }
+            else { lin_long += longs; lin_short += shorts; }
+        } else {
+            opt += shorts * ((fl & B76_INVERSE) ? 1.0 : index);
+        }
+    }
+    double offset = mx_min(lin_long, lin_short) * index + mx_min(inv_long, inv_short) / index;
+    return pp[RK_P_CONTINGENCY] * opt + pp[RK_P_FUT_CONTINGENCY] * offset;
 }
 
 /* Worst scenario (the largest loss, extended moves weighted, ties to the lower index) and the
@@ -128,22 +177,21 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
     double index = pp[RK_P_INDEX];
     double pnl[RK_MAX_SCEN];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
-    double contingency = 0.0;
     for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
         i32 j = pos_inst[p];
         double size = pos_size[p];
         u32 fl = kind[j];
         double f = forward[j], k = strike[j], v = vol[j];
-        double disc, rt, vmul[3];
-        rk_position(expiry[j], pp, &disc, &rt, vmul);
+        double disc, rt, vols[3];
+        rk_position(expiry[j], v, pp, &disc, &rt, vols);
         double base = rk_value(fl, f, index, k, rt, v, disc);
         for (int s = 0; s < nscen; s++) {
             int vs;
             double mv = rk_scenario(s, nm, pp, &vs);
-            pnl[s] += size * (rk_value(fl, f * mv, index * mv, k, rt, v * vmul[vs], disc) - base);
+            pnl[s] += size * (rk_value(fl, f * mv, index * mv, k, rt, vols[vs], disc) - base);
         }
-        contingency += rk_contingency(fl, size, index, pp);
     }
+    double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
     rk_finish(a, pnl, nm, nscen, contingency, pp, im, mm, worst);
 }
 

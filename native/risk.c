@@ -95,7 +95,7 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     int per = nscen + 1;
     double index = pp[RK_P_INDEX];
-    double pnl[RK_MAX_SCEN], contingency = 0.0;
+    double pnl[RK_MAX_SCEN];
     double tf[AV_MARGIN_TASKS], ti[AV_MARGIN_TASKS], tk[AV_MARGIN_TASKS], trt[AV_MARGIN_TASKS];
     double tv[AV_MARGIN_TASKS], td[AV_MARGIN_TASKS], val[AV_MARGIN_TASKS];
     uint64_t tfl[AV_MARGIN_TASKS];
@@ -104,14 +104,14 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
         int np = (int)(offsets[a + 1] - p0 < AV_MARGIN_CHUNK ? offsets[a + 1] - p0 : AV_MARGIN_CHUNK);
         for (int q = 0; q < np; q++) {
             int32_t j = pos_inst[p0 + q];
-            double disc, rt, vmul[3];
-            rk_position(expiry[j], pp, &disc, &rt, vmul);
+            double disc, rt, vols[3];
+            rk_position(expiry[j], vol[j], pp, &disc, &rt, vols);
             for (int s = -1; s < nscen; s++) { /* -1: the base value, unmoved */
                 int vs = 1, o = q * per + s + 1;
                 double mv = s < 0 ? 1.0 : rk_scenario(s, nm, pp, &vs);
                 tf[o] = s < 0 ? forward[j] : forward[j] * mv;
                 ti[o] = s < 0 ? index : index * mv;
-                tv[o] = s < 0 ? vol[j] : vol[j] * vmul[vs];
+                tv[o] = s < 0 ? vol[j] : vols[vs];
                 tk[o] = strike[j], trt[o] = rt, td[o] = disc, tfl[o] = kind[j];
             }
         }
@@ -120,9 +120,9 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
         for (int q = 0; q < np; q++) {
             double size = pos_size[p0 + q], base = val[q * per];
             for (int s = 0; s < nscen; s++) pnl[s] += size * (val[q * per + 1 + s] - base);
-            contingency += rk_contingency(kind[pos_inst[p0 + q]], size, index, pp);
         }
     }
+    double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
     rk_finish(a, pnl, nm, nscen, contingency, pp, im, mm, worst);
 }
 

@@ -208,34 +208,112 @@ def test_short_future_margin_exact(cpu):
     assert p.scenario(int(res.worst[0])) == (0.16, "up")
 
 
-def test_short_call_margin(cpu):
-    """Short call: worst loss near the scipy revaluation at +16% / vol up, plus the contingency."""
+def scipy_black(f, k, t, vol, call=True, r=0.0):
+    """Discounted Black-76 price with SciPy's normal CDF (independent of kernels/)."""
     from scipy.stats import norm
+    s = vol * math.sqrt(t)
+    d1 = math.log(f / k) / s + s / 2
+    w = 1.0 if call else -1.0
+    return math.exp(-r * t) * w * (f * norm.cdf(w * d1) - k * norm.cdf(w * (d1 - s)))
+
+
+def vol_up(vol, days):
+    """The documented vol-up state (docs/RISK.md) for the default parameters, written out."""
+    dte = max(days, 1.0)
+    shock = (30.0 / dte) ** (0.3 if dte < 30.0 else 0.13)
+    return max(vol * (1.0 + 0.5 * shock), 0.5)
+
+
+def assert_ticks_near(ticks, money, tick=1e-8):
+    """ticks is money rounded up to whole ticks, money known to ~1e-12 relative (SciPy)."""
+    slack = 1e-11 * abs(money) + 1e-9
+    assert -slack < ticks * tick - money < tick + slack, (ticks * tick, money)
+
+
+@pytest.mark.parametrize("days,vol", [(30.0, 0.6), (10.0, 0.8), (90.0, 0.8), (0.5, 0.9)])
+def test_short_call_margin(cpu, days, vol):
+    """Short call: the worst loss is the SciPy revaluation at +16% with vol up, shocked by
+    (30/DTE)^0.3 under 30 days to expiry and ^0.13 from 30 on (DTE floored at 1), plus 1% of the
+    index for the one net short option."""
     p = MarginParams(extended_moves=())
-    f, k, t, v = 100.0, 110.0, 30 / 365, 0.6
-    pf, mk = one_account([CALL], [f], [k], [t], [v], [-1.0])
+    f, k, t = 100.0, 110.0, days / 365
+    pf, mk = one_account([CALL], [f], [k], [t], [vol], [-1.0])
     res = portfolio_margin(pf, mk, p, backend=cpu)
     assert p.scenario(int(res.worst[0])) == (0.16, "up")
+    expected = scipy_black(f * 1.16, k, t, vol_up(vol, days)) - scipy_black(f, k, t, vol) + 0.01 * 100.0
+    assert vol_up(vol, days) > 0.5  # the shock, not the floor, sets the vol here
+    assert_ticks_near(res.maintenance[0], expected)
+    assert_ticks_near(res.initial[0], 1.3 * expected)
 
-    def black(ff, vv):
-        s = vv * math.sqrt(t)
-        d1 = math.log(ff / k) / s + s / 2
-        return ff * norm.cdf(d1) - k * norm.cdf(d1 - s)
-    up = 1 + 0.45 * (30 / (t * 365)) ** 0.3
-    expected = black(f * 1.16, v * up) - black(f, v) + 0.012 * 100.0
-    # rounded up to whole ticks: at most one tick above the (1e-12 accurate) scipy value
-    assert -1e-9 < res.maintenance[0] * p.tick - expected < p.tick + 1e-9
-    assert -1e-9 < res.initial[0] * p.tick - 1.3 * expected < p.tick + 1e-9
+
+def test_vol_up_floor(cpu):
+    """A low-vol option is shocked up to at least 50% vol (Deribit's min vol for shock up)."""
+    f, k, t, vol = 100.0, 105.0, 60 / 365, 0.2
+    assert 0.2 * (1 + 0.5 * (30 / 60) ** 0.13) < 0.5
+    pf, mk = one_account([CALL], [f], [k], [t], [vol], [-1.0])
+    p = MarginParams(extended_moves=(), short_option_contingency=0.0)
+    res = portfolio_margin(pf, mk, p, backend=cpu)
+    assert p.scenario(int(res.worst[0])) == (0.16, "up")
+    assert_ticks_near(res.maintenance[0], scipy_black(f * 1.16, k, t, 0.5) - scipy_black(f, k, t, vol))
+    unfloored = portfolio_margin(pf, mk, MarginParams(extended_moves=(), short_option_contingency=0.0,
+                                                      vol_up_floor=0.0), backend=cpu)
+    shocked = 0.2 * (1 + 0.5 * (30 / 60) ** 0.13)
+    assert_ticks_near(unfloored.maintenance[0], scipy_black(f * 1.16, k, t, shocked) - scipy_black(f, k, t, vol))
 
 
 def test_extended_scenarios_and_inverse(cpu):
-    """The +200% extended move dominates a short inverse call; its loss is counted at the weight."""
-    p = MarginParams(extended_weight=0.5)
-    pf, mk = one_account([CALL | INVERSE], [100.0], [120.0], [0.1], [0.5], [-1.0])
+    """The +500% extended move dominates a short inverse call; its loss (in coin) counts at the
+    weight, plus 0.01 coin for the net short option."""
+    p = MarginParams()
+    f = index = 100.0
+    k, t, vol = 120.0, 0.1, 0.5
+    pf, mk = one_account([CALL | INVERSE], [f], [k], [t], [vol], [-1.0], index=index)
     res = portfolio_margin(pf, mk, p, backend=cpu)
-    assert p.scenario(int(res.worst[0])) == (2.0, "up")
-    base = portfolio_margin(pf, mk, MarginParams(extended_weight=0.25), backend=cpu)
-    assert base.maintenance[0] < res.maintenance[0]
+    assert p.scenario(int(res.worst[0])) == (5.0, "up")
+    up = vol_up(vol, t * 365)
+    loss = scipy_black(6 * f, k, t, up) / (6 * index) - scipy_black(f, k, t, vol) / index
+    assert_ticks_near(res.maintenance[0], 0.5 * loss + 0.01)
+    quarter = portfolio_margin(pf, mk, MarginParams(extended_weight=0.25), backend=cpu)
+    assert_ticks_near(quarter.maintenance[0], 0.25 * loss + 0.01)
+
+
+# (kinds, strikes, expiries, sizes, expected contingency in units of index * 1%, or of 1% coin
+# when inverse): the netting rules of docs/RISK.md, by hand
+CONTINGENCY_CASES = [
+    ([CALL, PUT], [100.0, 100.0], [0.1, 0.1], [10.0, -20.0], 10.0),   # Deribit's example: net -10 at strike X
+    ([CALL, PUT], [100.0, 90.0], [0.1, 0.1], [10.0, -20.0], 20.0),    # different strikes do not net
+    ([CALL, PUT], [100.0, 100.0], [0.1, 0.2], [10.0, -20.0], 20.0),   # nor different expiries
+    ([CALL, CALL, PUT], [100.0, 100.0, 90.0], [0.1, 0.1, 0.1], [-3.0, -2.0, 4.0], 5.0),  # rows of one strike add
+    ([CALL, PUT], [100.0, 100.0], [0.1, 0.1], [20.0, -20.0], 0.0),    # fully netted
+    ([FUTURE, FUTURE], [0.0, 0.0], [0.1, 0.2], [100.0, -100.0], 100.0),  # Deribit's example: offsetting futures
+    ([FUTURE, FUTURE], [0.0, 0.0], [0.1, 0.2], [100.0, -60.0], 60.0),    # only the offsetting part
+    ([FUTURE, FUTURE, FUTURE], [0.0, 0.0, 0.0], [0.1, 0.1, 0.2], [50.0, -50.0, 30.0], 0.0),  # same expiry nets first
+    ([FUTURE, FUTURE], [0.0, 0.0], [0.1, 0.2], [-100.0, -60.0], 0.0),   # all short: nothing offsets
+    ([CALL | INVERSE, PUT | INVERSE], [100.0, 100.0], [0.1, 0.1], [1.0, -4.0], 3.0),
+    ([FUTURE | INVERSE, FUTURE | INVERSE], [0.0, 0.0], [0.1, 0.2], [3000.0, -5000.0], 3000.0),  # USD notional
+    ([CALL, CALL | INVERSE], [100.0, 100.0], [0.1, 0.1], [5.0, -2.0], 2.0),  # linear and inverse apart
+]
+
+
+@pytest.mark.parametrize("kinds,strikes,expiries,sizes,units", CONTINGENCY_CASES)
+def test_contingency_netting(backend, kinds, strikes, expiries, sizes, units):
+    """Scenario losses switched off (one zero move, no vol shocks): the margin is the contingency."""
+    index = 200.0
+    p = MarginParams(moves=(0.0,), extended_moves=(), vol_up=0.0, vol_down=0.0, vol_up_floor=0.0,
+                     short_option_contingency=0.01, future_contingency=0.02)
+    pf, mk = one_account(kinds, [index] * len(kinds), strikes, expiries, [0.5] * len(kinds), sizes, index=index)
+    res = portfolio_margin(pf, mk, p, backend=backend)
+    if kinds[-1] & INVERSE and kinds[-1] & FUTURE:
+        expected = 0.02 * units / index  # coin: USD notional / index
+    elif kinds[0] & FUTURE:
+        expected = 0.02 * units * index
+    elif kinds[-1] & INVERSE:
+        expected = 0.01 * units  # coin per contract
+    else:
+        expected = 0.01 * units * index
+    assert_ticks_near(res.maintenance[0], expected)
+    from accel import risk_numpy
+    assert_ticks_near(risk_numpy.portfolio_margin(pf, mk, p).maintenance[0], expected)
 
 
 def test_long_options_and_empty_accounts(cpu):
@@ -264,12 +342,42 @@ def test_standard_margin(cpu):
 
 def test_margin_params():
     p = MarginParams()
-    assert p.n_scenarios == 32 and p.moves[4] == 0.0 and len(p.moves) == 9
+    assert p.n_scenarios == 35 and p.moves[4] == 0.0 and len(p.moves) == 9
     assert p.scenario(9 + 4) == (0.0, "same") and p.scenario(27) == (-0.66, "up")
+    assert p.scenario(34) == (5.0, "up") and p.scenario(26) == (0.16, "down")
     for bad in (dict(tick=0.0), dict(moves=()), dict(moves=(-1.0, 0.0)), dict(vol_up=-0.1),
-                dict(initial_multiplier=0.9), dict(vol_down_floor=0.0), dict(extended_weight=float("nan"))):
-        with pytest.raises(ValueError):
+                dict(initial_multiplier=0.9), dict(vol_down_floor=0.0), dict(extended_weight=float("nan")),
+                dict(vol_up_floor=-0.5), dict(vol_exponent_long=float("inf")), dict(future_contingency=-0.01),
+                dict(extended_moves=(0.5,) * 17)):
+        with pytest.raises(ValueError, match="MarginParams"):
             MarginParams(**bad)
+    with pytest.raises(ValueError, match="scenario index 35"):
+        p.scenario(35)
+
+
+def test_param_array_layout_matches_kernel():
+    """accel/risk.py's _array and the RK_P_* offsets of kernels/margin.h name the same fields."""
+    import re
+    from accel.backends.base import KERNEL_DIR
+    offsets = {name: int(i) for name, i in
+               re.findall(r"#define RK_P_(\w+) (\d+)", (KERNEL_DIR / "margin.h").read_text())}
+    fields = {"VOL_UP": "vol_up", "VOL_DOWN": "vol_down", "VOL_REF_DAYS": "vol_ref_days",
+              "VOL_EXPONENT": "vol_exponent", "VOL_EXPONENT_LONG": "vol_exponent_long",
+              "VOL_UP_FLOOR": "vol_up_floor", "VOL_DOWN_FLOOR": "vol_down_floor", "DAYS_PER_YEAR": "days_per_year",
+              "EXT_WEIGHT": "extended_weight", "CONTINGENCY": "short_option_contingency",
+              "FUT_CONTINGENCY": "future_contingency", "IM_MULT": "initial_multiplier", "TICK": "tick",
+              "OPT_IM": "option_initial", "OPT_IM_FLOOR": "option_initial_floor", "OPT_MM": "option_maintenance",
+              "FUT_IM": "future_initial", "FUT_MM": "future_maintenance"}
+    assert set(offsets) == set(fields) | {"NMOVES", "NEXT", "RATE", "INDEX", "MOVES"}
+    # every field a distinct value, so a swapped slot shows
+    values = {name: (i + 1) / 32 for i, name in enumerate(fields.values())} | {"initial_multiplier": 2.5}
+    p = MarginParams(moves=(0.01, 0.02), extended_moves=(0.5,), **values)
+    arr = p._array(index=123.0, rate=0.07)
+    for name, field in fields.items():
+        assert arr[offsets[name]] == values[field], name
+    assert arr[offsets["NMOVES"]] == 2 and arr[offsets["NEXT"]] == 1
+    assert arr[offsets["RATE"]] == 0.07 and arr[offsets["INDEX"]] == 123.0
+    assert arr[offsets["MOVES"]:].tolist() == [0.01, 0.02, 0.5] and offsets["MOVES"] == max(offsets.values())
 
 
 @pytest.mark.parametrize("change,message", [
@@ -319,12 +427,18 @@ def extreme_options(rng, n):
     return x, k, t, r, vol, call, q
 
 
-def random_book(rng, accounts, per_account, instruments=60):
-    kind = rng.choice([CALL, PUT, FUTURE, CALL | INVERSE, PUT | INVERSE], instruments).astype(np.uint8)
+EXPIRIES = np.array([0.0, 1 / 365 / 24, 1 / 365, 7 / 365, 29 / 365, 30 / 365, 90 / 365, 1.0])
+
+
+def random_book(rng, accounts, per_account, instruments=60, kinds=(CALL, PUT, FUTURE, CALL | INVERSE, PUT | INVERSE)):
+    """Random accounts over an instrument table whose strikes (a 1,000 grid) and expiries (half from
+    a list of 0 to 1 year) repeat, so calls, puts and futures share strikes and expiries and the
+    contingencies net."""
+    kind = rng.choice(kinds, instruments).astype(np.uint8)
+    expiry = np.where(rng.random(instruments) < 0.5, rng.choice(EXPIRIES, instruments), rng.uniform(0, 1, instruments))
     marks = Marks(index=30000.0, rate=0.02, forward=30000.0 * np.exp(rng.normal(0, 0.02, instruments)),
-                  strike=30000.0 * np.exp(rng.normal(0, 0.3, instruments)),
-                  expiry=np.where(rng.random(instruments) < 0.1, 0.0, rng.uniform(0, 1, instruments)),
-                  vol=rng.uniform(0.2, 5.0, instruments), kind=kind)
+                  strike=np.round(30000.0 * np.exp(rng.normal(0, 0.3, instruments)), -3),
+                  expiry=expiry, vol=rng.uniform(0.2, 5.0, instruments), kind=kind)
     counts = rng.integers(0, 2 * per_account, accounts)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     pf = Portfolio(offsets=offsets, instrument=rng.integers(0, instruments, offsets[-1]),
@@ -357,6 +471,56 @@ def test_margin_identical_on_every_backend(backends):
         for a, b in zip(runs[0][0] + runs[0][1], pm + sm):
             assert a.tobytes() == b.tobytes()
     assert (runs[0][0].maintenance >= 0).all() and (runs[0][0].initial >= runs[0][0].maintenance).all()
+
+
+def test_numpy_margin_agrees_with_the_kernel(cpu):
+    """accel.risk_numpy (NumPy exp/log, SciPy ndtr) against the kernel on 600 random accounts of
+    calls, puts and futures, linear and inverse, expiries from 0 to a year: within 1e-9 relative
+    plus 2 ticks, and the same worst scenario except where the top two losses are a near-tie."""
+    from accel import risk_numpy
+    rng = np.random.default_rng(21)
+    kinds = (CALL, PUT, FUTURE, CALL | INVERSE, PUT | INVERSE, FUTURE | INVERSE)
+    pf, mk = random_book(rng, 600, 12, instruments=150, kinds=kinds)
+    p = MarginParams()
+    got, ref = portfolio_margin(pf, mk, p, backend=cpu), risk_numpy.portfolio_margin(pf, mk, p)
+    for a, b in ((got.maintenance, ref.maintenance), (got.initial, ref.initial)):
+        assert a.dtype == b.dtype == np.int64
+        assert np.all(np.abs(a - b) <= 1e-9 * np.abs(b) + 2), np.abs(a - b).max()
+    assert (ref.maintenance > 0).mean() > 0.9  # real margins, not a sea of empty accounts
+    losses = risk_numpy.scenario_losses(pf, mk, p)
+    assert losses.shape == (p.n_scenarios, 600) and ref.worst.dtype == np.int32
+    top2 = np.sort(losses, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-9 * np.abs(top2[1]) + 1e-6
+    assert clear.mean() > 0.9 and np.array_equal(got.worst[clear], ref.worst[clear])
+    cols = np.arange(600)  # a differing choice is a tie in the NumPy model's own losses
+    assert np.all(np.abs(losses[got.worst, cols] - losses[ref.worst, cols]) <= 1e-9 * np.abs(top2[1]) + 1e-6)
+    assert len(set(ref.worst.tolist())) > 5  # many different scenarios are the worst somewhere
+
+
+def test_numpy_margin_inputs_and_errors():
+    from accel import risk_numpy
+    pf, mk = one_account([FUTURE], [1e6], [0.0], [0.1], [0.0], [-1e6])
+    with pytest.raises(ValueError, match="account 0: margin does not fit in int64 ticks"):
+        risk_numpy.portfolio_margin(pf, mk, MarginParams(tick=1e-12))
+    marks = Marks(index=1.0, rate=0.0, forward=np.array([1.0, 1.7e308]), strike=np.ones(2), expiry=np.ones(2),
+                  vol=np.ones(2), kind=np.array([FUTURE, FUTURE]))
+    with np.errstate(all="raise"):  # no floating-point warning escapes either
+        with pytest.raises(ValueError, match="account 1: a scenario loss is not a finite number"):
+            risk_numpy.portfolio_margin(Portfolio(offsets=[0, 1, 3], instrument=[0, 1, 1], size=[2.0, -1.0, 0.0]),
+                                        marks)
+    with pytest.raises(ValueError, match=r"instrument\[1\]"):
+        risk_numpy.portfolio_margin(dict(offsets=[0, 2], instrument=[0, 5], size=[1.0, 1.0]), marks)
+    empty = risk_numpy.portfolio_margin(Portfolio(offsets=[0, 0, 0], instrument=[], size=[]), marks)
+    assert empty.maintenance.tolist() == [0, 0] and empty.worst.tolist() == [0, 0]
+
+
+def test_numpy_margin_without_scipy(monkeypatch):
+    import sys
+    from accel import risk_numpy
+    monkeypatch.setitem(sys.modules, "scipy.special", None)
+    pf, mk = one_account([CALL], [100.0], [100.0], [0.1], [0.5], [-1.0])
+    with pytest.raises(ImportError, match="accel.risk_numpy needs SciPy"):
+        risk_numpy.portfolio_margin(pf, mk)
 
 
 def test_backend_fixture_runs_greeks(backend):
