@@ -13,7 +13,7 @@ from . import risk
 from .risk import FUTURE, INVERSE, CALL, MarginParams, MarginResult
 
 _MAX_TICKS = 9.2e18  # rk_ticks: x >= this does not fit an int64
-_CHUNK = 1 << 15  # positions per block: the (scenarios x positions) temporaries stay in cache-sized MBs
+_CHUNK = 1 << 14  # rows per block: the (scenarios x rows) temporaries stay a few MB
 
 
 def _ndtr():
@@ -73,52 +73,57 @@ def _losses_of(pf, mk, p):
     weight = np.where(np.arange(ns) < 3 * nm, 1.0, p.extended_weight)
 
     pnl = np.zeros((ns, n_acc))
-    counts = np.diff(pf.offsets)
-    acc_of_row = np.repeat(np.arange(n_acc), counts)
-    n = len(pf.instrument)
-    for lo in range(0, n, _CHUNK):  # blocks of positions (not accounts): memory, not semantics
-        hi = min(lo + _CHUNK, n)
-        block = _position_pnl(pf, mk, p, lo, hi, mult, state, ndtr)  # (ns, hi - lo)
-        acc = acc_of_row[lo:hi]
-        starts = np.flatnonzero(np.r_[True, acc[1:] != acc[:-1]])  # rows of one account are contiguous
-        pnl[:, acc[starts]] += np.add.reduceat(block, starts, axis=1)
+    acc_of_row = np.repeat(np.arange(n_acc), np.diff(pf.offsets))
+    kind = mk.kind[pf.instrument].astype(np.int64)
+    # four kinds of rows, each valued by its own formula and summed per account apart (a subset of
+    # rows in account order still holds each account's rows together, which reduceat needs)
+    future, inverse = (kind & FUTURE) != 0, (kind & INVERSE) != 0
+    for rows_of_kind in (~future & ~inverse, ~future & inverse, future & ~inverse, future & inverse):
+        rows = np.flatnonzero(rows_of_kind)
+        for lo in range(0, len(rows), _CHUNK):  # blocks of rows: memory, not semantics
+            r = rows[lo:lo + _CHUNK]
+            block = _position_pnl(pf, mk, p, r, kind[r], mult, state, ndtr)  # (ns, len(r))
+            acc = acc_of_row[r]
+            starts = np.flatnonzero(np.r_[True, acc[1:] != acc[:-1]])
+            pnl[:, acc[starts]] += np.add.reduceat(block, starts, axis=1)
     return -pnl * weight[:, None]
 
 
-def _position_pnl(pf, mk, p, lo, hi, mult, state, ndtr):
-    """size * (value under each scenario - value now) of positions lo..hi-1: (scenarios, positions)."""
-    j = pf.instrument[lo:hi]
-    size = pf.size[lo:hi]
-    f, k, t, vol, kind = mk.forward[j], mk.strike[j], mk.expiry[j], mk.vol[j], mk.kind[j].astype(np.int64)
-    index = float(mk.index)
-    future = (kind & FUTURE) != 0
-    inverse = (kind & INVERSE) != 0
-
-    dte = np.maximum(t * p.days_per_year, 1.0)
-    power = np.where(dte < p.vol_ref_days, p.vol_exponent, p.vol_exponent_long)
-    shock = np.exp(power * np.log(p.vol_ref_days / dte))
-    # a future's vol is ignored and may be anything
-    vols = np.stack([np.maximum(vol * (1.0 + p.vol_up * shock), p.vol_up_floor), vol,
-                     vol * np.maximum(1.0 - p.vol_down * shock, p.vol_down_floor)])
-
-    values = np.empty((len(mult) + 1, hi - lo))  # row 0: now; row 1 + s: scenario s
-    m = np.r_[1.0, mult][:, None]
-    scen_vol = np.vstack([vol[None, :], vols[state]])
-    values[:, future] = np.where(inverse[future], -1.0 / (f[future] * m), f[future] * m)
-    o = ~future
-    if o.any():
-        values[:, o] = _black76(f[o] * m, k[o], t[o], scen_vol[:, o], mk.rate, (kind[o] & CALL) != 0, ndtr)
-        values[:, o] = np.where(inverse[o], values[:, o] / (index * m), values[:, o])
+def _position_pnl(pf, mk, p, rows, kind, mult, state, ndtr):
+    """size * (value under each scenario - value now) of rows of one kind (kernels/margin.h,
+    rk_value): an array (scenarios, rows)."""
+    j = pf.instrument[rows]
+    size = pf.size[rows]
+    f, t = mk.forward[j], mk.expiry[j]
+    m = np.r_[1.0, mult][:, None]  # row 0: now; row 1 + s: scenario s
+    inverse = (kind[0] & INVERSE) != 0
+    if kind[0] & FUTURE:
+        values = -1.0 / (f * m) if inverse else f * m
+    else:
+        k, vol = mk.strike[j], mk.vol[j]
+        dte = np.maximum(t * p.days_per_year, 1.0)
+        power = np.where(dte < p.vol_ref_days, p.vol_exponent, p.vol_exponent_long)
+        shock = np.exp(power * np.log(p.vol_ref_days / dte))
+        vols = np.stack([np.maximum(vol * (1.0 + p.vol_up * shock), p.vol_up_floor), vol,
+                         vol * np.maximum(1.0 - p.vol_down * shock, p.vol_down_floor)])
+        scen_vol = np.vstack([vol[None, :], vols[state]])
+        values = _black76(f, m, k, t, scen_vol, mk.rate, (kind & CALL) != 0, ndtr)
+        if inverse:
+            values /= float(mk.index) * m
     return size * (values[1:] - values[0])
 
 
-def _black76(f, k, t, vol, rate, call, ndtr):
-    """Discounted Black-76 price; the intrinsic value where vol * sqrt(t) is 0 (expiry)."""
+def _black76(f, m, k, t, vol, rate, call, ndtr):
+    """Discounted Black-76 price of forward f * m (m: a column of multipliers); the intrinsic
+    value where vol * sqrt(t) is 0 (expiry)."""
     w = np.where(call, 1.0, -1.0)
+    fm = f * m
     s = vol * np.sqrt(t)
-    d1 = np.log(f / k) / s + 0.5 * s
-    price = w * (f * ndtr(w * d1) - k * ndtr(w * (d1 - s)))
-    price = np.where(s > 0.0, price, np.maximum(w * (f - k), 0.0))
+    d1 = (np.log(f / k) + np.log(m)) / s + 0.5 * s
+    n1 = ndtr(w * d1)
+    d1 -= s
+    price = w * (fm * n1 - k * ndtr(w * d1))
+    price = np.where(s > 0.0, price, np.maximum(w * (fm - k), 0.0))
     return np.exp(-rate * t) * price
 
 
