@@ -48,7 +48,8 @@ class MarginParams:
     vol_down_floor: float = 0.1  # the vol-down multiplier is at least this
     days_per_year: float = 365.0
     extended_moves: tuple = (-0.66, -0.33, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
-    extended_weight: float = 0.5
+    extended_weight: float = 1.0  # fraction of an extended-move loss that counts, before the dampener
+    extended_reference_move: float = 0.16  # dampener: a move m counts min(1, this / |m|) of that
     short_option_contingency: float = 0.01  # per net short option per strike, of the index
     future_contingency: float = 0.01  # of the underlying value of offsetting futures
     initial_multiplier: float = 1.3
@@ -83,6 +84,12 @@ class MarginParams:
                 raise ValueError(f"MarginParams.{f.name} must be >= 0, not {getattr(self, f.name)}")
 
     @property
+    def extended_weights(self) -> tuple[float, ...]:
+        """Weight of each extended move's loss: extended_weight * min(1, extended_reference_move / |m|)."""
+        return tuple(self.extended_weight * min(1.0, self.extended_reference_move / abs(m)) if m else
+                     self.extended_weight for m in self.extended_moves)
+
+    @property
     def n_scenarios(self) -> int:
         return 3 * len(self.moves) + len(self.extended_moves)
 
@@ -103,7 +110,7 @@ class MarginParams:
                 self.option_initial, self.option_initial_floor, self.option_maintenance,
                 self.future_initial, self.future_maintenance, self.vol_exponent_long, self.vol_up_floor,
                 self.future_contingency]
-        return np.array(head + list(self.moves) + list(self.extended_moves), np.float64)
+        return np.array(head + list(self.moves) + list(self.extended_moves) + list(self.extended_weights), np.float64)
 
 
 @dataclass(frozen=True)

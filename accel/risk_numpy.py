@@ -70,7 +70,7 @@ def _losses_of(pf, mk, p):
     # scenario s: underlying multiplier and vol state (0 up, 1 same, 2 down), as MarginParams.scenario
     mult = 1.0 + np.array(p.moves * 3 + p.extended_moves)
     state = np.concatenate([np.repeat([0, 1, 2], nm), np.zeros(len(p.extended_moves), int)])
-    weight = np.where(np.arange(ns) < 3 * nm, 1.0, p.extended_weight)
+    weight = np.r_[np.ones(3 * nm), p.extended_weights]
 
     pnl = np.zeros((ns, n_acc))
     acc_of_row = np.repeat(np.arange(n_acc), np.diff(pf.offsets))

@@ -20,7 +20,7 @@
 #define RK_P_VOL_EXPONENT 5
 #define RK_P_VOL_DOWN_FLOOR 6
 #define RK_P_DAYS_PER_YEAR 7
-#define RK_P_EXT_WEIGHT 8
+#define RK_P_EXT_WEIGHT 8 /* informational: the kernel reads each extended move's own weight (below) */
 #define RK_P_CONTINGENCY 9
 #define RK_P_IM_MULT 10
 #define RK_P_TICK 11
@@ -34,7 +34,7 @@
 #define RK_P_VOL_EXPONENT_LONG 19
 #define RK_P_VOL_UP_FLOOR 20
 #define RK_P_FUT_CONTINGENCY 21
-#define RK_P_MOVES 22 /* the standard moves, then the extended moves */
+#define RK_P_MOVES 22 /* the nm standard moves, the next extended moves, then the next extended weights */
 
 #define RK_MAX_MOVES 16
 #define RK_MAX_EXT 16
@@ -143,16 +143,17 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
     return pp[RK_P_CONTINGENCY] * opt + pp[RK_P_FUT_CONTINGENCY] * offset;
 }
 
-/* Worst scenario (the largest loss, extended moves weighted, ties to the lower index) and the
- * account's margins in ticks. */
+/* Worst scenario (the largest loss, each extended move's loss times its weight, ties to the lower
+ * index) and the account's margins in ticks. */
 DEVICE void rk_finish(u64 a, const double *pnl, int nm, int nscen, double contingency, GLOBAL const double *pp,
                       GLOBAL i64 *im, GLOBAL i64 *mm, GLOBAL i32 *worst)
 {
+    int w0 = RK_P_MOVES + nm + (nscen - 3 * nm) - 3 * nm; /* pp[w0 + s]: weight of extended scenario s */
     i32 wi = 0;
     double wl = -pnl[0];
     int finite = mx_isfinite(wl) & mx_isfinite(contingency);
     for (int s = 1; s < nscen; s++) {
-        double loss = s < 3 * nm ? -pnl[s] : -pnl[s] * pp[RK_P_EXT_WEIGHT];
+        double loss = s < 3 * nm ? -pnl[s] : -pnl[s] * pp[w0 + s];
         finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = s; }
     }

@@ -261,20 +261,56 @@ def test_vol_up_floor(cpu):
     assert_ticks_near(unfloored.maintenance[0], scipy_black(f * 1.16, k, t, shocked) - scipy_black(f, k, t, vol))
 
 
-def test_extended_scenarios_and_inverse(cpu):
-    """The +500% extended move dominates a short inverse call; its loss (in coin) counts at the
-    weight, plus 0.01 coin for the net short option."""
+def scipy_losses(kind, f, k, t, vol, size, index, p):
+    """One position's loss under each scenario, written out from docs/RISK.md with SciPy: the
+    vol states, floors and exponents, and each extended move's weight
+    extended_weight * min(1, extended_reference_move / |m|)."""
+    dte = max(t * p.days_per_year, 1.0)
+    shock = (p.vol_ref_days / dte) ** (p.vol_exponent if dte < p.vol_ref_days else p.vol_exponent_long)
+    vols = {"up": max(vol * (1 + p.vol_up * shock), p.vol_up_floor), "same": vol,
+            "down": vol * max(1 - p.vol_down * shock, p.vol_down_floor)}
+    inverse, call = bool(kind & INVERSE), bool(kind & CALL)
+    base = scipy_black(f, k, t, vol, call) / (index if inverse else 1.0)
+    losses = []
+    for i in range(p.n_scenarios):
+        move, state = p.scenario(i)
+        value = scipy_black(f * (1 + move), k, t, vols[state], call) / (index * (1 + move) if inverse else 1.0)
+        ext = i >= 3 * len(p.moves)
+        weight = p.extended_weight * min(1.0, p.extended_reference_move / abs(move)) if ext else 1.0
+        losses.append(-size * (value - base) * weight)
+    return losses
+
+
+@pytest.mark.parametrize("strike,move", [(120.0, 0.16), (200.0, 2.0), (400.0, 5.0)])
+def test_extended_scenarios_and_inverse(cpu, strike, move):
+    """Short inverse calls further and further out of the money: the worst scenario moves from the
+    standard grid's +16% into the extended table, each extended loss counting its dampened
+    weight (0.16 / |move| by default); plus 0.01 coin for the net short option."""
     p = MarginParams()
     f = index = 100.0
-    k, t, vol = 120.0, 0.1, 0.5
-    pf, mk = one_account([CALL | INVERSE], [f], [k], [t], [vol], [-1.0], index=index)
+    pf, mk = one_account([CALL | INVERSE], [f], [strike], [0.1], [0.5], [-1.0], index=index)
     res = portfolio_margin(pf, mk, p, backend=cpu)
-    assert p.scenario(int(res.worst[0])) == (5.0, "up")
-    up = vol_up(vol, t * 365)
-    loss = scipy_black(6 * f, k, t, up) / (6 * index) - scipy_black(f, k, t, vol) / index
-    assert_ticks_near(res.maintenance[0], 0.5 * loss + 0.01)
-    quarter = portfolio_margin(pf, mk, MarginParams(extended_weight=0.25), backend=cpu)
-    assert_ticks_near(quarter.maintenance[0], 0.25 * loss + 0.01)
+    losses = scipy_losses(CALL | INVERSE, f, strike, 0.1, 0.5, -1.0, index, p)
+    worst = int(np.argmax(losses))
+    assert p.scenario(worst) == (move, "up") and int(res.worst[0]) == worst
+    assert_ticks_near(res.maintenance[0], losses[worst] + 0.01)
+    undamped = MarginParams(extended_weight=0.25, extended_reference_move=5.0)  # a flat quarter
+    res = portfolio_margin(pf, mk, undamped, backend=cpu)
+    losses = scipy_losses(CALL | INVERSE, f, strike, 0.1, 0.5, -1.0, index, undamped)
+    assert undamped.extended_weights == (0.25,) * 8
+    assert_ticks_near(res.maintenance[0], max(losses) + 0.01)
+
+
+def test_extended_table_does_not_dominate_a_future():
+    """The dampener makes a linear position's weighted extended loss equal its +-16% loss (Paradex's
+    Deribit-like weights: 24%, 48%, 32%, 16%, 8%, 5.33%, 4%, 3.2%), so a short future is
+    margined at 16% of its notional, not at half of a +500% move."""
+    p = MarginParams()
+    assert np.allclose(p.extended_weights, [0.24, 0.48, 0.32, 0.16, 0.08, 0.0533, 0.04, 0.032], atol=0.005)  # printed rounded
+    pf, mk = one_account([FUTURE], [60_000.0], [0.0], [0.1], [0.0], [-1.0], index=60_000.0)
+    res = portfolio_margin(pf, mk, p)
+    assert_ticks_near(res.maintenance[0], 0.16 * 60_000.0)
+    assert p.scenario(int(res.worst[0])) == (0.16, "up")  # ties with +500%: the lower index wins
 
 
 # (kinds, strikes, expiries, sizes, expected contingency in units of index * 1%, or of 1% coin
@@ -345,6 +381,7 @@ def test_margin_params():
     assert p.n_scenarios == 35 and p.moves[4] == 0.0 and len(p.moves) == 9
     assert p.scenario(9 + 4) == (0.0, "same") and p.scenario(27) == (-0.66, "up")
     assert p.scenario(34) == (5.0, "up") and p.scenario(26) == (0.16, "down")
+    assert p.extended_weights[3] == 0.16 and len(p.extended_weights) == 8
     for bad in (dict(tick=0.0), dict(moves=()), dict(moves=(-1.0, 0.0)), dict(vol_up=-0.1),
                 dict(initial_multiplier=0.9), dict(vol_down_floor=0.0), dict(extended_weight=float("nan")),
                 dict(vol_up_floor=-0.5), dict(vol_exponent_long=float("inf")), dict(future_contingency=-0.01),
@@ -371,13 +408,15 @@ def test_param_array_layout_matches_kernel():
     assert set(offsets) == set(fields) | {"NMOVES", "NEXT", "RATE", "INDEX", "MOVES"}
     # every field a distinct value, so a swapped slot shows
     values = {name: (i + 1) / 32 for i, name in enumerate(fields.values())} | {"initial_multiplier": 2.5}
-    p = MarginParams(moves=(0.01, 0.02), extended_moves=(0.5,), **values)
+    p = MarginParams(moves=(0.01, 0.02), extended_moves=(0.5, -2 / 3), extended_reference_move=0.25, **values)
     arr = p._array(index=123.0, rate=0.07)
     for name, field in fields.items():
         assert arr[offsets[name]] == values[field], name
-    assert arr[offsets["NMOVES"]] == 2 and arr[offsets["NEXT"]] == 1
+    assert arr[offsets["NMOVES"]] == 2 and arr[offsets["NEXT"]] == 2
     assert arr[offsets["RATE"]] == 0.07 and arr[offsets["INDEX"]] == 123.0
-    assert arr[offsets["MOVES"]:].tolist() == [0.01, 0.02, 0.5] and offsets["MOVES"] == max(offsets.values())
+    w = values["extended_weight"]  # the moves, then each extended move's weight w * min(1, 0.25 / |m|)
+    assert arr[offsets["MOVES"]:].tolist() == [0.01, 0.02, 0.5, -2 / 3, w * 0.5, w * (0.25 / (2 / 3))]
+    assert offsets["MOVES"] == max(offsets.values())
 
 
 @pytest.mark.parametrize("change,message", [
