@@ -417,3 +417,22 @@ def test_a_gpu_failing_mid_batch_falls_back_and_the_roots_are_the_same(caplog):
     assert gpu.failures > 10
     redone = [r for r in caplog.records if "redoing the work on the C fallback" in r.getMessage()]
     assert len(redone) == gpu.failures and "failing-gpu" in redone[0].getMessage()
+
+
+def test_software_only_validation_prices_and_margins_without_accel(monkeypatch):
+    """A software-only clearing network (PyNaCl, hashlib, NumPy/SciPy margin) commits the load,
+    and none of its validation reaches accel's pricing or margin kernels."""
+    import accel
+    from consensus.sim import Simulation
+
+    def kernel_called(*args, **kwargs):
+        raise AssertionError("software-only validation called an accel kernel")
+    monkeypatch.setattr(accel, "greeks", kernel_called)
+    monkeypatch.setattr(accel, "portfolio_margin", kernel_called)
+    sim = Simulation(n=4, seed=4, app="clearing", txs_per_block=40, validation="software")
+    sim.load(400)
+    sim.run(blocks=12)
+    assert sum(len(b.txs) for b, _, _ in sim.nodes[0].committed) == 400
+    state = sim.nodes[1].core.states[sim.nodes[1].core.committed.id].clearing
+    assert state.software and any(a.positions for a in state.accounts.values())
+    assert any(ms.get("margin", 0) > 0 for _, _, ms in sim.nodes[1].committed)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import accel
+from accel import risk_numpy
 from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
 
 QUANTUM = 1e-8
@@ -49,6 +50,16 @@ def to_quanta(amount: float) -> int:
     if not np.isfinite(amount):
         raise Rejected(f"amount {amount!r} is not finite")
     return int(round(amount / QUANTUM))
+
+
+def _black76_numpy(forward: float, strike, years, vol, call) -> np.ndarray:
+    """Black-76 prices at zero rate in NumPy/SciPy (software-only validation)."""
+    from scipy.special import ndtr
+    sd = vol * np.sqrt(years)
+    live = sd > 0
+    d1 = np.where(live, np.log(forward / strike) / np.where(live, sd, 1.0) + sd / 2, 0.0)
+    value = np.where(live, forward * ndtr(d1) - strike * ndtr(d1 - sd), np.maximum(forward - strike, 0.0))
+    return np.where(call, value, value - forward + strike)
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class Clearing:
         self.insurance = insurance
         self.liquidations: list[tuple[bytes, int]] = []  # (account, insurance charged), in order
         self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
+        # Software-only validation (the measurement baseline): prices and margins in NumPy/SciPy
+        # instead of accel's kernels. Not the same bits, so such validators form their own network.
+        self.software = False
         # Deferred margin (how blocks are validated): trades and withdrawals skip their own margin
         # check and note the accounts they touch; end_of_block() then checks them all in one
         # portfolio_margin call per underlying instead of one call per transaction.
@@ -140,11 +154,12 @@ class Clearing:
                 if s.kind == FUTURE:
                     out[s.id] = mark.index
             if options:
-                g = accel.greeks(mark.index, [s.strike for s in options],
-                                 [self._years(s, mark.timestamp) for s in options], 0.0,
-                                 [mark.vols.get(s.id, 1.0) for s in options], [s.kind == CALL for s in options],
-                                 backend=self.backend)
-                out.update({s.id: float(p) for s, p in zip(options, g.price)})
+                args = (mark.index, np.array([s.strike for s in options]),
+                        np.array([self._years(s, mark.timestamp) for s in options]),
+                        np.array([mark.vols.get(s.id, 1.0) for s in options]), np.array([s.kind == CALL for s in options]))
+                price = _black76_numpy(*args) if self.software else accel.greeks(
+                    *args[:3], 0.0, *args[3:], backend=self.backend).price
+                out.update({s.id: float(p) for s, p in zip(options, price)})
         return out
 
     def equity(self, keys: list[bytes]) -> list[int]:
@@ -183,8 +198,9 @@ class Clearing:
                           vol=np.array([mark.vols.get(s.id, 1.0) for s in series]),
                           kind=np.array([s.kind for s in series], np.uint8))
             params = self.params.get(und, MarginParams(tick=QUANTUM))
-            res = accel.portfolio_margin(Portfolio(np.array(offsets), np.array(rows, np.int64),
-                                                   np.array(sizes)), marks, params, backend=self.backend)
+            book = Portfolio(np.array(offsets), np.array(rows, np.int64), np.array(sizes))
+            res = (risk_numpy.portfolio_margin(book, marks, params) if self.software
+                   else accel.portfolio_margin(book, marks, params, backend=self.backend))
             im += res.initial
             mm += res.maintenance
         return im, mm

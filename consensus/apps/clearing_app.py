@@ -9,8 +9,7 @@ Margin is deferred to the end of the block: every account a trade or withdrawal 
 the block above initial margin, checked in one portfolio_margin call per underlying.
 Transactions enter the mempool with their signatures checked in one batch, and validation skips
 the signatures of block transactions the mempool already holds (verified) unless sig_cache is off.
-Not yet here: a NumPy/SciPy margin for software-only validation (software-only validation
-currently shares accel's margin kernels)."""
+Software-only validation prices and margins in NumPy/SciPy (accel.risk_numpy) as well."""
 from __future__ import annotations
 
 import copy
@@ -39,6 +38,7 @@ class State:
 class ClearingApp:
     def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000, sig_cache: bool = True):
         self.verifier, self.max_txs, self.sig_cache = verifier, max_txs, sig_cache
+        genesis.software = verifier.validation == "software"
         self.genesis = State(genesis, verifier.merkle_root(genesis.leaves()))
         # sha256(body) -> (body, signatures). Every entry's signatures verified on admission, so
         # the mempool is also the signature cache: a block transaction found here with the same
