@@ -95,7 +95,7 @@ class NodeConfig:
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         for name, value in data.items():
-            if name not in SCHEMA and name != "accel" or not isinstance(value, dict):
+            if (name not in SCHEMA and name != "accel") or not isinstance(value, dict):
                 line = line_of(text, name, None) or line_of(text, None, name)
                 raise ConfigError(f"{path}:{line}: unknown table or key {name!r}; a validator's file has "
                                   "[node], [network], [accel] and [metrics]")
