@@ -118,7 +118,7 @@ def cmd_localnet(args) -> int:
     if args.validation == "accel":
         backend = get_backend(args.backend).name  # fails here, before any process starts
     net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
-                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port)
+                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port, not args.no_sig_cache)
     print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
           f"{', backend ' + backend if backend else ''}); Ctrl-C stops them", file=sys.stderr)
     try:
@@ -180,9 +180,9 @@ def parser() -> argparse.ArgumentParser:
                         description="Build a valid block of signed transactions (key-value, or option trades and "
                         "oracle marks) and time validate() on it: signatures, transaction root, execution, margin "
                         "(clearing), state root (median of --runs).")
-    vb.add_argument("--app", choices=["kv", "clearing"], default="kv",
-                    help="kv: signed transfers; clearing: option trades (two signatures each) and oracle marks, "
-                    "with every touched account margined")
+    vb.add_argument("--app", choices=["kv", "clearing"], default="clearing",
+                    help="clearing (default): option trades (two signatures each) and oracle marks, "
+                    "with every touched account margined; kv: signed transfers")
     vb.add_argument("--sig-cache", action="store_true",
                     help="clearing: the block's transactions are already verified in the mempool (default: "
                     "every signature checked)")
@@ -205,8 +205,11 @@ def parser() -> argparse.ArgumentParser:
                         description="Start N validator processes on loopback, run until each committed --blocks "
                         "blocks of --txs-per-block signed transactions, stop them, and report per-block "
                         "validation time by stage and time to finality.")
-    ln.add_argument("--app", choices=["kv", "clearing"], default="kv",
-                    help="application and its load: signed key-value transfers, or the options clearing market")
+    ln.add_argument("--app", choices=["kv", "clearing"], default="clearing",
+                    help="application and its load: the options clearing market (default; BTC and ETH options, "
+                    "a volatility crash after 5 blocks), or signed key-value transfers")
+    ln.add_argument("--no-sig-cache", action="store_true",
+                    help="clearing: check every signature of a block, even those the mempool verified")
     ln.add_argument("--validators", type=_positive, default=4, help="number of validators, 3f+1 (default 4)")
     ln.add_argument("--blocks", type=_positive, default=30, help="blocks every validator must commit (default 30)")
     ln.add_argument("--txs-per-block", type=_positive, default=100, help="transactions per block (default 100)")

@@ -36,8 +36,8 @@ def _free_ports(count: int) -> list[int]:
 
 
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
-                  base_timeout_ms: float, app: str = "kv", accel: AccelConfig | None = None,
-                  metrics_port: int | None = None) -> list[Path]:
+                  base_timeout_ms: float, app: str = "clearing", accel: AccelConfig | None = None,
+                  metrics_port: int | None = None, sig_cache: bool = True) -> list[Path]:
     """One TOML file per validator (docs/OPERATOR.md); with accel, an [accel] table holding every
     key, so the file alone says what the validator runs; with metrics_port, validator i serves
     its metrics on metrics_port + i."""
@@ -55,7 +55,7 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
             f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
             f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
-            f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\n\n"
+            f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n\n"
             "[network]\n"
             f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics)
         paths.append(path)
@@ -64,8 +64,8 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
 
 class Localnet:
     def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
-                 delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "kv",
-                 gpu_min_batch: int | None = None, metrics_port: int | None = None):
+                 delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "clearing",
+                 gpu_min_batch: int | None = None, metrics_port: int | None = None, sig_cache: bool = True):
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.validators, self.blocks, self.txs = validators, blocks, txs
@@ -80,7 +80,8 @@ class Localnet:
             if gpu_min_batch is not None:
                 accel = replace(accel, gpu_min_batch=gpu_min_batch)
         self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
-                                     metrics_port)
+                                     metrics_port, sig_cache)
+        self.sig_cache = sig_cache
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work
         # (measured: execution twice as slow with 4 validators on 2 cores).
@@ -192,5 +193,6 @@ class Localnet:
                            else None,
                            "committed_ms": (committed[bh] - t0) * 1e3 if bh in committed else None})
         return {"validators": self.validators, "app": self.app, "backend": self.backend or "configured",
-                "validation": self.validation, "txs_per_block": self.txs, "directory": str(self.dir),
+                "validation": self.validation, "txs_per_block": self.txs, "sig_cache": self.sig_cache,
+                "directory": str(self.dir),
                 "chains": chains, "blocks": blocks}

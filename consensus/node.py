@@ -3,7 +3,7 @@
 Its configuration is one TOML file (`accel localnet` writes them; docs/OPERATOR.md describes every
 key, docs/validator.example.toml is a complete example):
   [node]    index, listen, seed, data_dir, events, app, validation, txs_per_block, base_timeout_ms,
-            delay_ms, load_seed, log_format ("text" | "json")
+            delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks
   [network] keys and addresses of every validator, by index
   [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
             variables still override it
@@ -43,14 +43,15 @@ REQUIRED = object()
 # table -> key -> (type, default); [accel] is accel.config's. docs/OPERATOR.md says what each means.
 SCHEMA = {
     "node": {"index": (int, REQUIRED), "listen": (str, REQUIRED), "seed": (str, REQUIRED),
-             "data_dir": (str, REQUIRED), "events": (str, REQUIRED), "app": (str, "kv"),
+             "data_dir": (str, REQUIRED), "events": (str, REQUIRED), "app": (str, "clearing"),
              "validation": (str, "accel"), "txs_per_block": (int, 100), "base_timeout_ms": (float, 1000.0),
-             "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text")},
+             "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
+             "sig_cache": (bool, True), "crash_after_blocks": (int, 5)},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
 }
 CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json")}
-NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array"}
+NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -81,8 +82,10 @@ class NodeConfig:
     load_seed: int
     keys: tuple[bytes, ...]
     addresses: tuple[tuple[str, int], ...]
-    app: str = "kv"
+    app: str = "clearing"
     log_format: str = "text"
+    sig_cache: bool = True
+    crash_after_blocks: int = 5
     metrics: tuple[str, int] | None = None
     accel: AccelConfig | None = None  # None: the usual accel.toml / $ACCEL_CONFIG and ACCEL_*
 
@@ -112,7 +115,8 @@ class NodeConfig:
                    float(node["delay_ms"]), Path(node["events"]), node["load_seed"],
                    convert("network", "keys", lambda ks: tuple(map(_hex32, ks))),
                    convert("network", "addresses", lambda xs: tuple(map(_addr, xs))), node["app"],
-                   node["log_format"], convert("metrics", "listen", lambda x: _addr(x) if x else None),
+                   node["log_format"], node["sig_cache"], node["crash_after_blocks"],
+                   convert("metrics", "listen", lambda x: _addr(x) if x else None),
                    config.load(path, shared=True) if "accel" in data else None)
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
@@ -131,7 +135,7 @@ class NodeConfig:
             if key not in schema:
                 raise ConfigError(f"{where}: unknown [{table}] key {key!r}; known: {sorted(schema)}")
             want = schema[key][0]
-            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+            if (want is bool) != isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
                 raise ConfigError(f"{where}: [{table}] {key} must be {NOUNS[want]}, not {value!r}")
             if table == "node" and key in CHOICES and value not in CHOICES[key]:
                 raise ConfigError(f"{where}: [node] {key} must be one of {', '.join(CHOICES[key])}, not {value!r}")
@@ -204,19 +208,24 @@ class LoadGenerator:
 
 
 class ClearingFeed:
-    """The clearing load generator's stream, the same on every validator."""
+    """The clearing market's stream (consensus/apps/clearing_load.py), the same on every
+    validator: 64 accounts (8 makers, 8 leveraged put sellers, 48 takers) and, once
+    crash_after_blocks blocks' worth of trades went by, the volatility crash (0: none)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, txs_per_block: int, crash_after_blocks: int):
         from .apps.clearing_load import ClearingLoad
-        self.load = ClearingLoad(seed)
+        self.load = ClearingLoad(seed, users=64, leveraged=8,
+                                 crash_after=crash_after_blocks * txs_per_block if crash_after_blocks else None)
 
     def skip(self, count: int) -> None:
         self.load.take(count)
 
     def top_up(self, app, want: int) -> None:
+        """Mempool admission, its signatures checked in one batch."""
         if len(app.mempool) < want:
-            for body, sigs in self.load.take(want - len(app.mempool)):
-                app.submit(body, sigs)
+            refused = [r for r in app.submit_many(self.load.take(want - len(app.mempool))) if r]
+            if refused:
+                log.warning("the mempool refused %d load transaction(s): %s", len(refused), refused[0])
 
 
 class NodeRunner:
@@ -230,9 +239,10 @@ class NodeRunner:
         if cfg.app == "clearing":
             from .apps.clearing_app import ClearingApp
             from .apps.clearing_load import genesis_market
-            self.load = ClearingFeed(cfg.load_seed)
+            self.load = ClearingFeed(cfg.load_seed, cfg.txs_per_block, cfg.crash_after_blocks)
             self.load.skip(replayed)
-            self.app = ClearingApp(Verifier(cfg.validation), genesis_market(), max_txs=cfg.txs_per_block)
+            self.app = ClearingApp(Verifier(cfg.validation), genesis_market(), max_txs=cfg.txs_per_block,
+                                   sig_cache=cfg.sig_cache)
         else:
             self.load = LoadGenerator(cfg.load_seed)
             self.load.made = replayed
@@ -241,7 +251,7 @@ class NodeRunner:
             b = get_backend()
             backend, device = b.name, b.device
         else:
-            backend, device = "software", "PyNaCl and hashlib"
+            backend, device = "software", "PyNaCl, hashlib, NumPy/SciPy"
         self.metrics = NodeMetrics(self.app, backend, device, cfg.validation)
         self.metrics.height.set(history[-1].block.height if history else 0)
         validate = self.app.validate

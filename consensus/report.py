@@ -23,6 +23,10 @@ def summary(report: dict) -> dict:
     return out
 
 
+def _times(ratio: float, better: str, worse: str) -> str:
+    return f"{ratio:.1f}x {better}" if ratio >= 1 else f"{1 / ratio:.1f}x {worse}"
+
+
 def table(reports: list[dict]) -> str:
     names = [f"{r['validation']} ({r['backend']})" if r["validation"] == "accel" else "software-only" for r in reports]
     rows = [summary(r) for r in reports]
@@ -34,8 +38,11 @@ def table(reports: list[dict]) -> str:
     for key, label in [(s, f"validation: {s} (ms)") for s in stages] + [("finality", "time to finality (ms)"),
                                                                          ("tx_per_s", "committed tx/s")]:
         lines.append(f"| {label} | " + " | ".join(f"{row.get(key, float('nan')):,.1f}" for row in rows) + " |")
-    if len(rows) == 2 and rows[0].get("total") and rows[1].get("total"):
-        lines.append(f"validation total: {rows[1]['total'] / rows[0]['total']:.1f}x lower with {names[0]}")
+    software = [row for r, row in zip(reports, rows) if r["validation"] == "software"]
+    for name, r, row in zip(names, reports, rows):
+        if software and r["validation"] == "accel" and row.get("total") and software[0].get("total"):
+            lines.append(f"{name} against software-only: validation {_times(software[0]['total'] / row['total'], 'faster', 'slower')}, "
+                         f"time to finality {_times(software[0]['finality'] / row['finality'], 'shorter', 'longer')}")
     return "\n".join(lines)
 
 

@@ -436,3 +436,21 @@ def test_software_only_validation_prices_and_margins_without_accel(monkeypatch):
     state = sim.nodes[1].core.states[sim.nodes[1].core.committed.id].clearing
     assert state.software and any(a.positions for a in state.accounts.values())
     assert any(ms.get("margin", 0) > 0 for _, _, ms in sim.nodes[1].committed)
+
+
+def test_a_mark_that_accel_refuses_leaves_no_trace():
+    """accel refusing a margin (ValueError) mid-mark leaves the previous mark and every account as
+    they were, so a proposer can skip the transaction without rebuilding the block's state."""
+    c = market()
+    c.trade(key(0), 1, key(1), 1, 1, 2, 4_000 * USD)
+    before = (c.leaves(), c.marks["BTC"])
+
+    def refuse(keys):
+        raise ValueError("account 0: margin does not fit in int64 ticks")
+    c.margins = refuse
+    with pytest.raises(ValueError, match="does not fit"):
+        c.mark("BTC", 1e9, {1: 0.6, 2: 0.65, 4: 0.7}, 2, T0 + 60, ORACLES[:2])
+    assert (c.leaves(), c.marks["BTC"]) == before
+    with pytest.raises(ValueError, match="does not fit"):
+        c.trade(key(0), 2, key(1), 2, 1, 2, 4_000 * USD)
+    assert c.leaves() == before[0]

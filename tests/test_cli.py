@@ -87,7 +87,8 @@ def test_info_and_demo_json():
 def test_validate_bench_reports_every_stage(tmp_path):
     for validation in ("accel", "software"):
         report = tmp_path / f"{validation}.json"
-        out = accel("validate-bench", "--txs", "300", "--runs", "2", "--validation", validation, "--report", str(report))
+        out = accel("validate-bench", "--app", "kv", "--txs", "300", "--runs", "2", "--validation", validation,
+                    "--report", str(report))
         assert out.returncode == 0, out.stderr
         data = json.loads(report.read_text())
         assert data["txs"] == 300 and data["validation"] == validation

@@ -51,11 +51,13 @@ def test_the_example_file_loads_and_every_key_is_documented():
     (("txs_per_block = 1000", "txs_per_blok = 1000"), r":14: unknown \[node\] key 'txs_per_blok'"),
     (("txs_per_block = 1000", 'txs_per_block = "1000"'), r":14: \[node\] txs_per_block must be an integer"),
     (('log_format = "json"', 'log_format = "xml"'), r":18: \[node\] log_format must be one of text, json"),
-    (("gpu_fallback = true", 'gpu_fallback = "yes"'), r":37: gpu_fallback must be true or false"),
-    (("threads = 0", "thread = 0"), r":34: unknown \[accel\] key 'thread'"),
-    (("[metrics]", "[metric]"), r":40: unknown table or key 'metric'"),
-    (('listen = "127.0.0.1:9464"', 'listen = "9464"'), r":42: \[metrics\] listen: '9464' is not \"host:port\""),
+    (("gpu_fallback = true", 'gpu_fallback = "yes"'), r":39: gpu_fallback must be true or false"),
+    (("threads = 0", "thread = 0"), r":36: unknown \[accel\] key 'thread'"),
+    (("[metrics]", "[metric]"), r":42: unknown table or key 'metric'"),
+    (('listen = "127.0.0.1:9464"', 'listen = "9464"'), r":44: \[metrics\] listen: '9464' is not \"host:port\""),
     (("index = 0", "index = 1"), r":9: \[node\] seed's public key is not \[network\] keys\[1\]"),
+    (("sig_cache = true", "sig_cache = 1"), r":19: \[node\] sig_cache must be true or false"),
+    (("crash_after_blocks = 5", "crash_after_blocks = true"), r":20: \[node\] crash_after_blocks must be an integer"),
 ])
 def test_a_bad_file_names_its_line(tmp_path, edit, message):
     path = tmp_path / "validator.toml"

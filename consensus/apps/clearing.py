@@ -10,7 +10,8 @@ QUANTUM = 1e-8, the tick margins are computed in. A position is valued at its ma
 model price from the oracle's index and vol, a future's forward), so equity = collateral + the
 marked value of the positions; buying pays price x size from buyer to seller at the trade.
 
-Rules (each raises Rejected with the reason, leaving the state unchanged):
+Rules (each raises Rejected with the reason, leaving the state unchanged; so does a ValueError from
+accel refusing a margin, so a proposer can skip a refused transaction without rebuilding):
   register   the key must pass accel.ed25519_key_is_safe (canonical, not small order)
   nonces     every signer's nonce must be its next one
   withdraw   at most the free collateral: min(cash, equity - initial margin)
@@ -272,12 +273,15 @@ class Clearing:
             self.accounts[buyer].nonce += 1
             self.accounts[seller].nonce += 1
             return
-        equity, (im, _) = self.equity(keys), self.margins(keys)
-        short = [k for k, e, m in zip(keys, equity, im) if e < m]
-        if short:
+        try:
+            equity, (im, _) = self.equity(keys), self.margins(keys)
+            short = [k for k, e, m in zip(keys, equity, im) if e < m]
+            if short:
+                raise Rejected(f"trade leaves account {short[0].hex()[:16]} below initial margin")
+        except ValueError:  # refused, or accel refusing the margin: the trade leaves no trace
             for k, (cash, positions) in saved.items():
                 self.accounts[k].collateral, self.accounts[k].positions = cash, positions
-            raise Rejected(f"trade leaves account {short[0].hex()[:16]} below initial margin")
+            raise
         self.accounts[buyer].nonce += 1
         self.accounts[seller].nonce += 1
 
@@ -309,8 +313,16 @@ class Clearing:
                    and i not in vols and i not in self.settled and s.expiry > timestamp]  # expired: intrinsic
         if missing:
             raise Rejected(f"{underlying} mark lacks the vol of series {missing[0]}")
+        previous = self.marks.get(underlying)
         self.marks[underlying] = Mark(index, dict(vols), sequence, timestamp)
-        self._liquidate(underlying)
+        try:
+            self._liquidate(underlying)  # computes every margin before it changes an account
+        except ValueError:  # accel refusing an extreme mark: the mark leaves no trace
+            if previous is None:
+                del self.marks[underlying]
+            else:
+                self.marks[underlying] = previous
+            raise
 
     def _liquidate(self, underlying: str) -> None:
         keys = sorted(k for k, a in self.accounts.items()

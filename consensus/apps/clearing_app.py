@@ -165,11 +165,7 @@ class ClearingApp:
                 continue
             try:
                 ctx.apply(state, tx)
-            except ValueError:  # Rejected, or accel refusing an extreme mark
-                state = copy.deepcopy(parent.clearing)  # it may have half-applied: rebuild
-                state.defer = True
-                for _, _, done, _ in kept:
-                    ctx.apply(state, done)
+            except ValueError:  # Rejected, or accel refusing an extreme mark: nothing applied
                 continue
             kept.append((body, signatures, tx, pos))
         return state, kept

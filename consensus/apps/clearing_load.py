@@ -9,7 +9,7 @@ Who trades:
                  initial margin, and never trade again: the crash liquidates them
 Oracle marks come one time in 20 (or every mark_every-th transaction), alternating BTC and ETH,
 the index on a random walk. With crash_after=n, the marks after the n-th trade are a volatility
-crash: the index falls by `crash` and vols double, which liquidates the leveraged accounts and
+crash: the index falls by `crash` (50%) and vols double, which liquidates the leveraged accounts and
 charges the insurance fund with the losses beyond their collateral."""
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ SERIES = [Series(1, "BTC", CALL, 60_000.0, T0 + 30 * DAY), Series(2, "BTC", PUT,
 START = {"BTC": 60_000.0, "ETH": 3_000.0}
 MAKER_CASH, TAKER_CASH = 200_000_000 * USD, 10_000_000 * USD
 LEVERAGED_SERIES, LEVERAGED_SIZE = 2, 5  # each leveraged account sells 5 BTC 55k puts
-LEVERAGED_CUSHION = 1.02  # collateral = initial margin of that position times this
+# collateral = initial margin of that position at the opening marks times this: enough for the
+# marks that may follow in the same block, far from enough for the crash
+LEVERAGED_CUSHION = 1.2
 
 
 def genesis_market(backend=None) -> Clearing:
@@ -61,7 +63,7 @@ def black76(f: float, s: Series, t: int, vol: float) -> float:
 
 
 class ClearingLoad:
-    def __init__(self, seed: int, users: int = 16, crash_after: int | None = None, crash: float = 0.6,
+    def __init__(self, seed: int, users: int = 16, crash_after: int | None = None, crash: float = 0.5,
                  leveraged: int = 0):
         self.rng = random.Random(seed)
         makers = max(1, users // 8)
@@ -80,12 +82,13 @@ class ClearingLoad:
         self.trades = 0
         self.crashed: set[str] = set()
         self.pending = [self._signed(ctx.register(k), [u]) for k, u in zip(self.keys, self.users)]
+        marks = [self._mark("BTC"), self._mark("ETH")]  # made first: the leveraged collateral depends on them
         put_margin = self._leveraged_margin() if leveraged else 0
         for i in range(users):
             cash = MAKER_CASH if i in self.makers else TAKER_CASH if i in self.takers else put_margin
             self.pending.append(self._signed(ctx.deposit(self.keys[i], 0, cash), [self.users[i]]))
             self.nonces[i] = 1
-        self.pending += [self._mark("BTC"), self._mark("ETH")]
+        self.pending += marks
         for i in self.leveraged:
             self.pending.append(self._trade(self.makers[0], i, LEVERAGED_SERIES, LEVERAGED_SIZE))
         self.setup_size = len(self.pending)
@@ -93,9 +96,10 @@ class ClearingLoad:
     def _leveraged_margin(self) -> int:
         """Initial margin (quanta) of LEVERAGED_SIZE short puts at the opening marks, with the cushion."""
         s = next(x for x in SERIES if x.id == LEVERAGED_SERIES)
-        f = START[s.underlying]
+        f = self.index[s.underlying]
         marks = Marks(index=f, rate=0.0, forward=np.array([f]), strike=np.array([s.strike]),
-                      expiry=np.array([(s.expiry - T0) / YEAR_S]), vol=np.array([0.6]), kind=np.array([s.kind], np.uint8))
+                      expiry=np.array([(s.expiry - self.timestamp) / YEAR_S]), vol=np.array([self.vols[s.id]]),
+                      kind=np.array([s.kind], np.uint8))
         res = accel.portfolio_margin(Portfolio(np.array([0, 1]), np.array([0]), np.array([-float(LEVERAGED_SIZE)])),
                                      marks, MarginParams(tick=QUANTUM), backend="cpu")
         return int(int(res.initial[0]) * LEVERAGED_CUSHION)

@@ -1,0 +1,176 @@
+"""`make demo` (python -m consensus.demo): the main job. For each block size, a 4-validator clearing
+network on loopback validates through every accel backend this machine has, then software-only
+(PyNaCl, hashlib, NumPy/SciPy); the validators' load is the clearing market of
+consensus/apps/clearing_load.py (BTC and ETH options, market makers and takers, oracle marks, a
+volatility crash that liquidates leveraged accounts). Ends with a table per block size
+(validation time by stage, time to finality), the market's story (replayed from a validator's
+store, its state roots checked), a plot, and the raw reports in the output directory."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import accel
+from accel.backends import BackendUnavailable
+
+from . import report
+from .apps import clearing_tx as ctx
+from .apps.clearing_app import ClearingApp
+from .apps.clearing_load import USD, genesis_market
+from .localnet import Localnet
+from .store import Store
+from .verify import Verifier
+
+OPS = {ctx.REGISTER: "registrations", ctx.DEPOSIT: "deposits", ctx.WITHDRAW: "withdrawals", ctx.TRADE: "trades",
+       ctx.MARK: "oracle marks", ctx.SETTLE: "settlements"}
+
+
+def backends() -> tuple[list[str], list[str]]:
+    """(the accel backends worth a run here, GPUs first; notes on those left out). OpenCL on a CPU
+    driver (PoCL) runs the same kernels as the C fallback, slower, so it is left out unless asked."""
+    found, use, notes = accel.probe(), [], []
+    for name in ("cuda", "opencl", "cpu"):
+        b = found[name]
+        if isinstance(b, BackendUnavailable):
+            notes.append(f"{name}: {str(b).splitlines()[0]}")
+        elif name != "cpu" and not b.is_gpu:
+            notes.append(f"{name}: {b.device} is not a GPU, left out (--backends {name},cpu runs it)")
+        else:
+            use.append(name)
+    return use, notes
+
+
+def market_story(store_path: Path) -> dict:
+    """Replays a validator's committed chain: what the market did, and whether every state root
+    recomputes."""
+    app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
+    state, ops, roots_ok = app.genesis, Counter(), True
+    insurance0 = state.clearing.insurance
+    store = Store(store_path)
+    try:
+        history = store.history()
+    finally:
+        store.close()
+    for p in history:
+        bodies = p.block.txs.bodies
+        ops.update(OPS[t.op] for t in ctx.decode_all(bodies))
+        state = app.execute(state, bodies)
+        roots_ok &= state.root == p.block.state_root
+    c = state.clearing
+    return {"blocks": len(history), "transactions": dict(ops), "accounts": len(c.accounts),
+            "open_positions": sum(len(a.positions) for a in c.accounts.values()),
+            "liquidations": len(c.liquidations),
+            "insurance_charged_usd": (insurance0 - c.insurance) / USD,
+            "index": {u: m.index for u, m in sorted(c.marks.items())},
+            "state_roots_recomputed": roots_ok}
+
+
+def _progress(name: str):
+    last = [0.0]
+
+    def show(line: str) -> None:
+        if time.time() - last[0] >= 2.0 or not line.startswith("["):
+            last[0] = time.time()
+            print(f"  {name}: {line}", flush=True)
+    return show
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sizes = sorted({r["txs_per_block"] for r in runs})
+    fig, axes = plt.subplots(2, len(sizes), figsize=(4.8 * len(sizes), 7), squeeze=False)
+    colors = {"signatures": "#4c72b0", "tx_root": "#dd8452", "execute": "#55a868", "margin": "#c44e52",
+              "state_root": "#8172b3"}
+    for col, size in enumerate(sizes):
+        group = [r for r in runs if r["txs_per_block"] == size]
+        names = [_name(r) for r in group]
+        rows = [report.summary(r) for r in group]
+        bottom = [0.0] * len(group)
+        for stage, color in colors.items():
+            values = [row.get(stage, 0.0) for row in rows]
+            axes[0][col].bar(names, values, bottom=bottom, color=color, label=stage)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        axes[0][col].set_title(f"{size:,} transactions per block")
+        axes[0][col].set_ylabel("block validation, median (ms)")
+        axes[1][col].bar(names, [row["finality"] for row in rows], color="#64b5cd")
+        axes[1][col].set_ylabel("time to finality, median (ms)")
+        for ax in axes[:, col]:
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.tick_params(axis="x", labelsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{runs[0]['validators']} validators, clearing market: accel against software-only validation",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _name(run: dict) -> str:
+    return run["backend"] if run["validation"] == "accel" else "software"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m consensus.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
+    ap.add_argument("--validators", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=20,
+                    help="blocks every validator commits per run (default 20; at most 20,000 transactions' worth, "
+                    "and at least 6)")
+    ap.add_argument("--sizes", default="100,1000,10000",
+                    help="transactions per block, comma-separated (default 100,1000,10000)")
+    ap.add_argument("--backends", help="accel backends, comma-separated (default: every one available here)")
+    ap.add_argument("--sig-cache", action="store_true",
+                    help="let validation skip signatures the mempool verified (default: every signature checked, "
+                    "as for a block of transactions a validator has not seen)")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    names, notes = (args.backends.split(","), []) if args.backends else backends()
+    for note in notes:
+        print(f"  {note}", flush=True)
+    plan = [(size, "accel", b) for size in sizes for b in names] + [(size, "software", None) for size in sizes]
+    plan.sort(key=lambda p: p[0])
+    print(f"accel backends here: {', '.join(names)}; {len(plan)} runs of {args.validators} validators", flush=True)
+    runs = []
+    started = time.time()
+    for i, (size, validation, backend) in enumerate(plan, 1):
+        name = f"{backend or 'software'}-{size}"
+        print(f"[{i}/{len(plan)}] {name}: {size:,}-transaction blocks, "
+              f"{'accel on ' + backend if backend else 'software-only'} validation", flush=True)
+        blocks = max(6, min(args.blocks, 20_000 // size))
+        net = Localnet(args.validators, blocks, size, backend, validation, 0.0, str(out / "runs" / name),
+                       app="clearing", sig_cache=args.sig_cache)
+        runs.append(net.run(progress=_progress(name)))
+        (out / "runs" / f"{name}.json").write_text(json.dumps(runs[-1], indent=1))
+    # the story of the largest blocks among runs long enough to pass the crash (after 5 blocks)
+    told = max((r for r in runs if len(r["blocks"]) >= 10), key=lambda r: r["txs_per_block"], default=runs[-1])
+    story = market_story(Path(told["directory"]) / "node0" / "validator.db") | {"run": Path(told["directory"]).name}
+    tables = [report.table([r for r in runs if r["txs_per_block"] == size]) for size in sizes]
+    text = "\n\n".join(tables) + "\n\n" + _story_text(story) + "\n"
+    (out / "table.md").write_text(text)
+    (out / "demo.json").write_text(json.dumps({"runs": runs, "market": story}, indent=1))
+    plot(runs, out / "demo.png")
+    print("\n" + text)
+    print(f"{len(plan)} runs in {time.time() - started:.0f} s; table {out / 'table.md'}, plot {out / 'demo.png'}, "
+          f"raw reports {out / 'demo.json'}")
+    return 0 if story["state_roots_recomputed"] else 1
+
+
+def _story_text(story: dict) -> str:
+    ops = ", ".join(f"{n:,} {op}" for op, n in sorted(story["transactions"].items(), key=lambda x: -x[1]))
+    index = ", ".join(f"{u} {v:,.0f}" for u, v in story["index"].items())
+    return (f"Market (replayed from validator 0 of run {story['run']}, {story['blocks']} blocks, state roots "
+            f"{'recomputed and equal' if story['state_roots_recomputed'] else 'DIFFERENT'}): {ops}; "
+            f"{story['accounts']} accounts, {story['open_positions']} open positions; last index {index}; "
+            f"{story['liquidations']} liquidations, {story['insurance_charged_usd']:,.2f} USD charged to the "
+            "insurance fund.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
