@@ -1,6 +1,6 @@
 # make test  - set everything up on a fresh machine and run the test suite
-# make demo  - set up and run the main job: a local validator network on the default backend,
-#              beside the same network with software-only validation
+# make demo  - set up and run the main job: the clearing market on a local validator network, per
+#              block size, on each accel backend here and software-only (table, plot, JSON in demo-out/)
 # make bench - the pytest-benchmark suites, JSON and a ratio report under bench/out/; every run is
 #              also autosaved under .benchmarks/ (compare: .venv/bin/pytest-benchmark compare)
 # make bench-consensus - validation and finality of the BFT loop over sizes and delays (simulated)
@@ -39,15 +39,12 @@ setup: system-deps $(NATIVE)
 test: setup
 	$(PY) -m pytest
 
-# A 4-validator localnet on the default backend, then the same with software-only validation,
-# and the two side by side (reports in demo-out/).
-DEMO_ARGS ?= --validators 4 --blocks 30 --txs-per-block 1000
+# The clearing market on 4 local validators per block size, through every accel backend here and
+# software-only: a table, a plot and the raw reports in demo-out/ (consensus/demo.py).
+DEMO_ARGS ?=
 demo: setup
 	$(VENV)/bin/accel info
-	mkdir -p demo-out
-	$(VENV)/bin/accel localnet $(DEMO_ARGS) --validation accel --report demo-out/accel.json
-	$(VENV)/bin/accel localnet $(DEMO_ARGS) --validation software --report demo-out/software.json
-	$(PY) -m consensus.report demo-out/accel.json demo-out/software.json | tee demo-out/table.md
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m consensus.demo --out demo-out $(DEMO_ARGS)
 
 bench: setup
 	mkdir -p bench/out

@@ -111,7 +111,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def _name(run: dict) -> str:
-    return run["backend"] if run["validation"] == "accel" else "software"
+    return f"accel: {run['backend']}" if run["validation"] == "accel" else "software-only"
 
 
 def main(argv=None) -> int:
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--validators", type=int, default=4)
     ap.add_argument("--blocks", type=int, default=20,
                     help="blocks every validator commits per run (default 20; at most 20,000 transactions' worth, "
-                    "and at least 6)")
+                    "and at least 4)")
     ap.add_argument("--sizes", default="100,1000,10000",
                     help="transactions per block, comma-separated (default 100,1000,10000)")
     ap.add_argument("--backends", help="accel backends, comma-separated (default: every one available here)")
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         name = f"{backend or 'software'}-{size}"
         print(f"[{i}/{len(plan)}] {name}: {size:,}-transaction blocks, "
               f"{'accel on ' + backend if backend else 'software-only'} validation", flush=True)
-        blocks = max(6, min(args.blocks, 20_000 // size))
+        blocks = max(4, min(args.blocks, 20_000 // size))
         net = Localnet(args.validators, blocks, size, backend, validation, 0.0, str(out / "runs" / name),
                        app="clearing", sig_cache=args.sig_cache)
         runs.append(net.run(progress=_progress(name)))
