@@ -62,9 +62,11 @@ if [ $opencl_gpu = 1 ]; then
     timeout "${THROUGHPUT_TIMEOUT:-300}" $py bench/gpu_throughput.py --gpu opencl --repeat 3 \
         --json "$out/throughput-opencl.json" > "$out/throughput-opencl.txt" 2>&1 || status=1
 fi
-step "block validation through CUDA (accel validate-bench, consensus sweep)"
-for v in "--backend cuda" "--backend cpu" "--validation software"; do
-    timeout 300 $py -m accel.cli validate-bench --txs 10000 $v --runs 3 >> "$out/consensus.txt" 2>&1 || status=1
+step "block validation through CUDA (accel validate-bench of clearing and key-value blocks, consensus sweep)"
+for app in clearing kv; do
+    for v in "--backend cuda" "--backend cpu" "--validation software"; do
+        timeout 300 $py -m accel.cli validate-bench --app $app --txs 10000 $v --runs 3 >> "$out/consensus.txt" 2>&1 || status=1
+    done
 done
 OMP_WAIT_POLICY=PASSIVE timeout "${SWEEP_TIMEOUT:-300}" $py bench/consensus_sweep.py --validators 4,7 --txs 1000,10000 \
     --delays 0,5 --modes cuda,cpu,software --blocks 4 --json "$out/consensus.json" >> "$out/consensus.txt" 2>&1 || status=1
