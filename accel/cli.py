@@ -114,6 +114,8 @@ def cmd_node(args) -> int:
 
 def cmd_localnet(args) -> int:
     from consensus.localnet import Localnet
+    if args.validators < 4:
+        raise ValueError(f"--validators {args.validators}: BFT needs n = 3f + 1 >= 4")
     backend = None
     if args.validation == "accel":
         backend = get_backend(args.backend).name  # fails here, before any process starts

@@ -101,6 +101,14 @@ class Config:
     def leader(self, view: int) -> int:
         return view % self.n
 
+    def __post_init__(self):
+        # Under 4 validators f is 0: the leader's own vote is a quorum, so a lone validator would
+        # propose, certify and propose again without end (and no fault would be tolerated).
+        if self.n < 4:
+            raise ValueError(f"{self.n} validator(s): BFT needs n = 3f + 1 >= 4")
+        if not 0 <= self.me < self.n:
+            raise ValueError(f"validator index {self.me} outside 0..{self.n - 1}")
+
 
 def genesis_block(state_root: bytes) -> Block:
     """View 0, height 0: the same on every validator of one application genesis."""

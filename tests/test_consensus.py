@@ -282,3 +282,16 @@ def test_store_round_trip(tmp_path):
     assert store.safety() == sim.persisted["v0"]
     store.save_safety(Safety(99, store.safety().high_qc))
     assert store.safety().last_voted_view == 99
+
+
+def test_fewer_than_four_validators_are_refused():
+    """With n < 4, f = 0 and the leader's own vote is a quorum: refused up front instead of a
+    validator certifying its own proposals without end."""
+    from consensus.core import Config
+    keys = tuple(bytes([i]) * 32 for i in range(4))
+    for n in (1, 2, 3):
+        with pytest.raises(ValueError, match=f"{n} validator\\(s\\): BFT needs n = 3f \\+ 1 >= 4"):
+            Config(0, keys[:n])
+    with pytest.raises(ValueError, match="index 4 outside 0..3"):
+        Config(4, keys)
+    assert Config(3, keys).quorum == 3
