@@ -95,14 +95,19 @@ def line_of(text: str, table: str | None, key: str | None) -> int:
     return 0
 
 
+def read_toml(path) -> tuple[str, dict]:
+    """(text, parsed) of a TOML file; ConfigError if it cannot be read or parsed."""
+    try:
+        text = Path(path).read_text()
+        return text, tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+
+
 def _from_file(path, shared: bool = False) -> dict:
     """{key: (value, where)} from the [accel] table of a TOML file; shared: the other tables are
     another program's (it checks them), not errors."""
-    try:
-        text = Path(path).read_text()
-        data = tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    text, data = read_toml(path)
     for name, value in data.items():
         if (name == "accel" or shared) and isinstance(value, dict):
             continue

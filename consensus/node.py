@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import time
-import tomllib
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,11 +91,7 @@ class NodeConfig:
     @classmethod
     def load(cls, path) -> "NodeConfig":
         """Read and check the file; ConfigError names the file and line of the first problem."""
-        try:
-            text = Path(path).read_text()
-            data = tomllib.loads(text)
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        text, data = config.read_toml(path)
         for name, value in data.items():
             if (name not in SCHEMA and name != "accel") or not isinstance(value, dict):
                 line = line_of(text, name, None) or line_of(text, None, name)
