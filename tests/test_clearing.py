@@ -18,15 +18,32 @@ def key(i: int) -> bytes:
     return bytes(SigningKey(bytes([i + 1]) * 32).verify_key)
 
 
-def market(backend="cpu", accounts=3, cash=1_000_000):
-    c = Clearing(ORACLES, quorum=2, backend=backend, insurance=1_000_000 * USD)
-    for s in (Series(1, "BTC", CALL, 60_000.0, T0 + 30 * 24 * 3600), Series(2, "BTC", PUT, 55_000.0, T0 + 30 * 24 * 3600),
-              Series(3, "BTC", FUTURE, 0.0, T0 + 90 * 24 * 3600), Series(4, "BTC", CALL, 65_000.0, T0 + 3600)):
+BTC = 10**8  # quanta per coin
+DAY = 24 * 3600
+INVERSE = (Series(11, "BTC", CALL, 60_000.0, T0 + 30 * DAY, inverse=True),
+           Series(12, "BTC", FUTURE, 0.0, T0 + 90 * DAY, inverse=True),
+           Series(13, "BTC", CALL, 65_000.0, T0 + 3600, inverse=True),
+           Series(14, "BTC", FUTURE, 0.0, T0 + 3600, inverse=True))
+VOLS = {1: 0.6, 2: 0.65, 4: 0.7}
+INVERSE_VOLS = VOLS | {11: 0.6, 13: 0.7}
+
+
+def market(backend="cpu", accounts=3, cash=1_000_000, coin=None):
+    """Linear BTC series 1-4 and `accounts` accounts with `cash` USD each; with coin (BTC per
+    account) the inverse series 11-14 too, and a BTC insurance fund of 10 BTC."""
+    c = Clearing(ORACLES, quorum=2, backend=backend,
+                 insurance=1_000_000 * USD if coin is None else {"USD": 1_000_000 * USD, "BTC": 10 * BTC})
+    for s in (Series(1, "BTC", CALL, 60_000.0, T0 + 30 * DAY), Series(2, "BTC", PUT, 55_000.0, T0 + 30 * DAY),
+              Series(3, "BTC", FUTURE, 0.0, T0 + 90 * DAY), Series(4, "BTC", CALL, 65_000.0, T0 + 3600)):
+        c.list_series(s)
+    for s in INVERSE if coin is not None else ():
         c.list_series(s)
     for i in range(accounts):
         c.register(key(i))
-        c.deposit(key(i), 0, cash * USD)
-    c.mark("BTC", 60_000.0, {1: 0.6, 2: 0.65, 4: 0.7}, 1, T0, ORACLES[:2])
+        c.deposit(key(i), 0, "USD", cash * USD)
+        if coin:
+            c.deposit(key(i), 1, "BTC", int(coin * BTC))
+    c.mark("BTC", 60_000.0, VOLS if coin is None else INVERSE_VOLS, 1, T0, ORACLES[:2])
     return c
 
 
@@ -42,21 +59,21 @@ def test_unsafe_keys_are_refused_at_registration():
 def test_replayed_nonce_is_refused():
     c = market()
     with pytest.raises(Rejected, match="nonce 0, expected 1"):
-        c.deposit(key(0), 0, USD)
-    c.deposit(key(0), 1, USD)
+        c.deposit(key(0), 0, "USD", USD)
+    c.deposit(key(0), 1, "USD", USD)
     with pytest.raises(Rejected, match="replayed"):
-        c.withdraw(key(0), 1, USD)
+        c.withdraw(key(0), 1, "USD", USD)
 
 
 def test_withdrawal_beyond_free_collateral_is_refused():
     c = market()
     c.trade(key(0), 1, key(1), 1, 1, 5, 4_000 * USD)  # key(1) sells 5 calls: margin held against it
-    seller_cash = c.accounts[key(1)].collateral
+    seller_cash = c.accounts[key(1)].collateral["USD"]
     with pytest.raises(Rejected, match="exceeds the free collateral"):
-        c.withdraw(key(1), 2, seller_cash)
+        c.withdraw(key(1), 2, "USD", seller_cash)
     before = c.root()
-    c.withdraw(key(1), 2, 10 * USD)
-    assert c.accounts[key(1)].collateral == seller_cash - 10 * USD and c.root() != before
+    c.withdraw(key(1), 2, "USD", 10 * USD)
+    assert c.accounts[key(1)].collateral["USD"] == seller_cash - 10 * USD and c.root() != before
 
 
 def test_under_margined_trade_is_refused_and_changes_nothing():
@@ -65,7 +82,7 @@ def test_under_margined_trade_is_refused_and_changes_nothing():
     with pytest.raises(Rejected, match="below initial margin"):
         c.trade(key(0), 1, key(1), 1, 1, 1, 4_000 * USD)  # a short call needs about 76,000 USD here
     assert c.root() == before and c.accounts[key(0)].nonce == 1
-    c.deposit(key(1), 1, 200_000 * USD)
+    c.deposit(key(1), 1, "USD", 200_000 * USD)
     c.trade(key(0), 1, key(1), 2, 1, 1, 4_000 * USD)
     assert c.accounts[key(0)].positions == {1: 1} and c.accounts[key(1)].positions == {1: -1}
 
@@ -92,11 +109,12 @@ def test_liquidation_after_a_shock_charges_the_insurance_fund():
     assert not c.liquidations
     fund = c.insurance
     c.mark("BTC", 150_000.0, {1: 1.2, 2: 1.2, 4: 1.2}, 2, T0 + 60, ORACLES[:2])  # +150%: the short is wiped out
-    liquidated = dict(c.liquidations)
+    liquidated = {k: (asset, charged) for k, asset, charged in c.liquidations}
     assert key(1) in liquidated and c.accounts[key(1)].positions == {}
-    assert c.accounts[key(1)].collateral == 0
+    assert c.accounts[key(1)].collateral == {}
     loss_beyond = (150_000 - 60_000) * USD - 80_000 * USD
-    assert liquidated[key(1)] == loss_beyond and c.insurance == fund - loss_beyond
+    assert liquidated[key(1)] == ("USD", loss_beyond) and c.insurance == fund - loss_beyond
+    assert c.funds["USD"] == c.insurance
     assert key(0) not in liquidated and c.accounts[key(0)].positions == {3: 1}
 
 
@@ -105,17 +123,173 @@ def test_expiry_settlement_pays_intrinsic_value():
     c.trade(key(0), 1, key(1), 1, 4, 3, 500 * USD)  # the one-hour 65,000 call
     with pytest.raises(Rejected, match="expires at"):
         c.settle(key(2), 1, 4)
-    cash = (c.accounts[key(0)].collateral, c.accounts[key(1)].collateral)
+    cash = (c.accounts[key(0)].collateral["USD"], c.accounts[key(1)].collateral["USD"])
     c.mark("BTC", 66_000.0, {1: 0.6, 2: 0.6}, 2, T0 + 3600, ORACLES[:2])  # the expired series needs no vol
     c.settle(key(2), 1, 4)
-    assert c.accounts[key(0)].collateral - cash[0] == 3 * 1_000 * USD
-    assert c.accounts[key(1)].collateral - cash[1] == -3 * 1_000 * USD
+    assert c.accounts[key(0)].collateral["USD"] - cash[0] == 3 * 1_000 * USD
+    assert c.accounts[key(1)].collateral["USD"] - cash[1] == -3 * 1_000 * USD
     assert 4 not in c.accounts[key(0)].positions
     with pytest.raises(Rejected, match="not open"):
         c.trade(key(0), 2, key(1), 2, 4, 1, USD)
 
 
+# ---- assets, inverse series, margin per asset ----------------------------------------------------
+
+def test_an_inverse_trade_pays_and_is_margined_in_coin():
+    """An inverse call's premium moves BTC and its margin is in BTC (one portfolio_margin call with
+    the INVERSE flag); the USD balances and the USD book are untouched. An inverse future sized in
+    USD notional pays size / F coin to its buyer, and its P&L is N (1/F0 - 1/F1) BTC."""
+    import accel
+    from accel.risk import INVERSE as FLAG, MarginParams, Marks, Portfolio
+    c = market(coin=5)
+    premium = 1_000_000  # 0.01 BTC per contract
+    c.trade(key(0), 2, key(1), 2, 11, 2, premium)
+    assert c.accounts[key(0)].collateral == {"USD": 1_000_000 * USD, "BTC": 5 * BTC - 2 * premium}
+    assert c.accounts[key(1)].collateral == {"USD": 1_000_000 * USD, "BTC": 5 * BTC + 2 * premium}
+    margin = c.margins([key(0), key(1), key(2)])
+    assert set(margin) == {"BTC"} and margin["BTC"][0][2] == 0 and margin["BTC"][0][1] > margin["BTC"][1][1] > 0
+    # the same figure as accel.portfolio_margin of the coin book alone
+    s = c.series[11]
+    marks = Marks(index=60_000.0, rate=0.0, forward=np.array([60_000.0]), strike=np.array([s.strike]),
+                  expiry=np.array([30 / 365]), vol=np.array([0.6]), kind=np.array([CALL | FLAG], np.uint8))
+    direct = accel.portfolio_margin(Portfolio(np.array([0, 1]), np.array([0]), np.array([-2.0])), marks,
+                                    MarginParams(tick=QUANTUM), backend="cpu")
+    assert margin["BTC"][0][1] == direct.initial[0]
+    linear = accel.portfolio_margin(Portfolio(np.array([0, 1]), np.array([0]), np.array([-2.0])),
+                                    Marks(**{**marks.__dict__, "kind": np.array([CALL], np.uint8)}),
+                                    MarginParams(tick=QUANTUM), backend="cpu")
+    assert 0.5 < margin["BTC"][0][1] * 60_000 / linear.initial[0] < 2  # about the USD margin / index
+    (e0, e1, _) = c.equity([key(0), key(1), key(2)])
+    value = c.values([11])[11]
+    assert e1["BTC"] == 5 * BTC + 2 * premium - round(2 * value / QUANTUM) and e1["USD"] == 1_000_000 * USD
+    # an inverse future: 60,000 USD of notional at 60,000: the buyer receives 1 BTC
+    c.trade(key(2), 2, key(1), 3, 12, 60_000, 60_000 * USD)
+    assert c.accounts[key(2)].collateral["BTC"] == 6 * BTC and c.accounts[key(1)].collateral["BTC"] == 4 * BTC + 2 * premium
+    before = c.equity([key(2)])[0]["BTC"]
+    c.mark("BTC", 66_000.0, INVERSE_VOLS, 2, T0 + 60, ORACLES[:2])
+    gain = c.equity([key(2)])[0]["BTC"] - before
+    assert abs(gain - 60_000 * (1 / 60_000 - 1 / 66_000) * BTC) <= 1
+
+
+def test_a_usd_only_account_cannot_trade_an_inverse_series_without_coin():
+    c = market(coin=5)
+    c.register(key(5))
+    c.deposit(key(5), 0, "USD", 10_000_000 * USD)  # plenty of USD, no BTC
+    before = c.root()
+    with pytest.raises(Rejected, match="below initial margin in BTC"):
+        c.trade(key(0), 2, key(5), 1, 11, 1, 1_000_000)  # selling an inverse call
+    with pytest.raises(Rejected, match="below initial margin in BTC"):
+        c.trade(key(5), 1, key(0), 2, 11, 1, 1_000_000)  # buying one: the premium is in BTC
+    with pytest.raises(Rejected, match="below initial margin in BTC"):
+        c.trade(key(5), 1, key(0), 2, 12, 10_000, 60_000 * USD)  # an inverse future
+    assert c.root() == before and c.accounts[key(5)].nonce == 1
+    c.trade(key(5), 1, key(0), 2, 1, 1, 4_000 * USD)  # a linear call is fine
+    c.deposit(key(5), 2, "BTC", BTC)
+    c.trade(key(0), 3, key(5), 3, 11, 1, 1_000_000)
+    assert c.accounts[key(5)].positions == {1: 1, 11: -1}
+
+
+def test_withdrawal_is_limited_by_the_free_collateral_of_its_asset():
+    c = market(coin=2)
+    c.trade(key(0), 2, key(1), 2, 11, 5, 1_000_000)  # key(1) short 5 inverse calls: BTC margin held
+    btc = c.accounts[key(1)].collateral["BTC"]
+    (equity,), margin = c.equity([key(1)]), c.margins([key(1)])
+    free = min(btc, equity["BTC"] - int(margin["BTC"][0][0]))
+    assert 0 < free < btc
+    with pytest.raises(Rejected, match=f"withdrawal of {free + 1} BTC exceeds the free collateral {free}"):
+        c.withdraw(key(1), 3, "BTC", free + 1)
+    c.withdraw(key(1), 3, "USD", 1_000_000 * USD)  # the USD book holds no position: all of it is free
+    assert "USD" not in c.accounts[key(1)].collateral
+    with pytest.raises(Rejected, match="exceeds the free collateral 0"):
+        c.withdraw(key(1), 4, "USD", 1)
+    c.withdraw(key(1), 4, "BTC", free)
+    assert c.accounts[key(1)].collateral == {"BTC": btc - free}
+    # deferred (in a block): at most the cash now, the margin at the block's end
+    c.defer = True
+    with pytest.raises(Rejected, match="exceeds the cash"):
+        c.withdraw(key(0), 3, "BTC", 3 * BTC)
+    c.withdraw(key(0), 3, "BTC", c.accounts[key(0)].collateral["BTC"])  # the long calls' BTC book: short
+    c.withdraw(key(2), 2, "USD", 1_000 * USD)
+    assert c.touched == {(key(0), "BTC"), (key(2), "USD")} and c.end_of_block() == [key(0)]
+
+
+def test_liquidation_of_an_inverse_book_charges_the_coin_insurance_fund():
+    """A long inverse future on 1 BTC of collateral: BTC falls from 60,000 to 20,000, the BTC book is
+    closed at the mark, the BTC loss beyond its collateral charged to the BTC fund; the account's
+    USD book (a linear future, well collateralised) is left alone, so is the USD fund."""
+    c = market(coin=1)
+    c.trade(key(1), 2, key(0), 2, 12, 60_000, 60_000 * USD)  # key(1) long 60,000 USD of notional: +1 BTC
+    c.trade(key(1), 3, key(2), 2, 3, 1, 60_000 * USD)  # and long one linear future
+    assert c.accounts[key(1)].collateral == {"USD": 940_000 * USD, "BTC": 2 * BTC}
+    funds = dict(c.funds)
+    c.mark("BTC", 20_000.0, INVERSE_VOLS, 2, T0 + 60, ORACLES[:2])
+    # BTC equity: 2 BTC - 60,000 / 20,000 BTC = -1 BTC
+    assert c.liquidations == [(key(1), "BTC", BTC)]
+    assert c.funds == {**funds, "BTC": funds["BTC"] - BTC} and c.insurance == funds["USD"]
+    assert c.accounts[key(1)].positions == {3: 1} and c.accounts[key(1)].collateral == {"USD": 940_000 * USD}
+    assert c.accounts[key(0)].positions == {12: -60_000}  # the winner keeps its position
+    assert c.leaves()[-2:] == [b"insurance" + b"BTC".ljust(8, b"\0") + (9 * BTC).to_bytes(16, "big", signed=True),
+                               b"insurance" + b"USD".ljust(8, b"\0") + funds["USD"].to_bytes(16, "big", signed=True)]
+
+
+def test_settlement_of_inverse_series_pays_coin():
+    """At expiry an inverse call pays (index - strike) / index BTC per contract and an inverse
+    future -1/index BTC per USD of notional (with the 1/F0 received at the trade: N (1/F0 - 1/F1))."""
+    c = market(coin=5)
+    c.trade(key(0), 2, key(1), 2, 13, 3, 500_000)  # the one-hour 65,000 inverse call, 0.005 BTC each
+    c.trade(key(0), 3, key(1), 3, 14, 66_000, 60_000 * USD)  # the one-hour inverse future, 66,000 USD
+    with pytest.raises(Rejected, match="expires at"):
+        c.settle(key(2), 2, 13)
+    btc = (c.accounts[key(0)].collateral["BTC"], c.accounts[key(1)].collateral["BTC"])
+    assert btc == (5 * BTC - 3 * 500_000 + 11 * BTC // 10, 5 * BTC + 3 * 500_000 - 11 * BTC // 10)
+    c.mark("BTC", 66_000.0, {1: 0.6, 2: 0.6, 11: 0.6}, 2, T0 + 3600, ORACLES[:2])
+    c.settle(key(2), 2, 13)
+    c.settle(key(2), 3, 14)
+    call = round(3 * 1_000 / 66_000 / QUANTUM)
+    assert c.accounts[key(0)].collateral["BTC"] - btc[0] == call - BTC
+    assert c.accounts[key(1)].collateral["BTC"] - btc[1] == -call + BTC
+    assert c.accounts[key(0)].collateral["USD"] == c.accounts[key(1)].collateral["USD"] == 1_000_000 * USD
+    assert c.accounts[key(0)].positions == {} and {13, 14} <= c.settled
+
+
+def test_deposits_name_a_known_asset():
+    c = market(coin=1)
+    with pytest.raises(Rejected, match="unknown asset 'ETH'"):
+        c.deposit(key(0), 2, "ETH", USD)
+    with pytest.raises(Rejected, match="unknown asset 'DOGE'"):
+        c.withdraw(key(0), 2, "DOGE", 1)
+    assert c.accounts[key(0)].nonce == 2 and c.assets == {"USD", "BTC"}
+    c.deposit(key(0), 2, "BTC", 7)
+    assert c.accounts[key(0)].collateral["BTC"] == BTC + 7
+    linear_only = market()
+    with pytest.raises(Rejected, match="unknown asset 'BTC'"):
+        linear_only.deposit(key(0), 1, "BTC", BTC)
+    named = Clearing(ORACLES, 2, backend="cpu", assets=("USD", "ETH"))
+    assert named.assets == {"USD", "ETH"} and named.funds == {"USD": 0, "ETH": 0}
+    from consensus.apps import clearing_tx as ctx
+    with pytest.raises(ValueError, match="1 to 8 ASCII letters or digits"):
+        ctx.deposit(key(0), 0, "BITCOINZZ", 1)
+    tx = ctx.decode(ctx.withdraw(key(0), 4, "BTC", 9))
+    assert tx.op == ctx.WITHDRAW and tx.fields == (key(0), 4, "BTC", 9) and tx.signers == (key(0),)
+
+
+def test_leaves_commit_to_every_asset_balance_in_a_canonical_order():
+    a, b = market(coin=1), market(coin=1)
+    assert a.leaves() == b.leaves()
+    b.accounts[key(0)].collateral = dict(reversed(list(b.accounts[key(0)].collateral.items())))
+    b.funds = dict(reversed(list(b.funds.items())))
+    assert a.leaves() == b.leaves()  # insertion order does not matter
+    a.deposit(key(0), 2, "BTC", 1)
+    assert a.root() != b.root()
+    leaf = a.leaves()[sorted(a.accounts).index(key(0))]
+    assert leaf[:41] == key(0) + (3).to_bytes(8, "big") + bytes([2])
+    assert leaf[41:89] == (b"BTC".ljust(8, b"\0") + (BTC + 1).to_bytes(16, "big", signed=True)
+                           + b"USD".ljust(8, b"\0") + (1_000_000 * USD).to_bytes(16, "big", signed=True))
+
+
 def _random_stream(c, rng, steps):
+    """Trades of linear and inverse series (options and futures), marks (shocks: liquidations of
+    USD and BTC books) and withdrawals of USD and BTC."""
     roots = []
     seq, ts = 1, T0
     for _ in range(steps):
@@ -123,15 +297,21 @@ def _random_stream(c, rng, steps):
         try:
             if op < 0.6:
                 a, b = rng.sample(range(6), 2)
-                c.trade(key(a), c.accounts[key(a)].nonce, key(b), c.accounts[key(b)].nonce, rng.choice([1, 2, 3]),
-                        rng.randint(1, 3), rng.randint(100, 5_000) * USD)
+                series = rng.choice([1, 2, 3, 11, 12])
+                size, price = rng.randint(1, 3), rng.randint(100, 5_000) * USD
+                if series == 11:
+                    price = rng.randint(160_000, 8_300_000)  # BTC quanta
+                elif series == 12:
+                    size, price = size * 10_000, rng.randint(50_000, 70_000) * USD  # USD notional, USD price
+                c.trade(key(a), c.accounts[key(a)].nonce, key(b), c.accounts[key(b)].nonce, series, size, price)
             elif op < 0.8:
                 seq, ts = seq + 1, ts + rng.randint(1, 600)
-                c.mark("BTC", 60_000.0 * (1 + rng.uniform(-0.2, 0.2)), {1: rng.uniform(0.3, 1.5),
-                       2: rng.uniform(0.3, 1.5), 4: rng.uniform(0.3, 1.5)}, seq, ts, ORACLES[:2])
+                c.mark("BTC", 60_000.0 * (1 + rng.uniform(-0.2, 0.2)), {i: rng.uniform(0.3, 1.5) for i in (1, 2, 4, 11, 13)},
+                       seq, ts, ORACLES[:2])
             else:
                 a = rng.randrange(6)
-                c.withdraw(key(a), c.accounts[key(a)].nonce, rng.randint(1, 20_000) * USD)
+                asset, amount = rng.choice([("USD", rng.randint(1, 20_000) * USD), ("BTC", rng.randint(1, 30) * BTC // 10)])
+                c.withdraw(key(a), c.accounts[key(a)].nonce, asset, amount)
         except Rejected:
             pass
         roots.append(c.root())
@@ -139,21 +319,23 @@ def _random_stream(c, rng, steps):
 
 
 def test_state_roots_are_identical_on_every_backend(backends):
-    """One random stream of trades, marks (shocks, liquidations) and withdrawals, applied on each
-    backend and on the C fallback with 1 and 2 threads: the same state root after every step."""
+    """One random stream of trades (linear and inverse), marks (shocks, liquidations) and
+    withdrawals, applied on each backend and on the C fallback with 1 and 2 threads: the same
+    state root after every step."""
     from accel.backends.cpu import CpuBackend
     runs = {}
     for b in list(backends) + [CpuBackend(1), CpuBackend(2)]:
-        c = market(backend=b, accounts=6, cash=150_000)
+        c = market(backend=b, accounts=6, cash=150_000, coin=3)
         runs[f"{b.name}/{getattr(b, 'threads', '')}"] = _random_stream(c, random.Random(9), 200)
     first = next(iter(runs.values()))
     assert len(set(first)) > 50  # the stream did change the state
     for name, roots in runs.items():
         assert roots == first, name
-    c = market(backend="cpu", accounts=6, cash=150_000)
+    c = market(backend="cpu", accounts=6, cash=150_000, coin=3)
     _random_stream(c, random.Random(9), 200)
     assert any(a.positions for a in c.accounts.values())
-    assert np.all([a.collateral >= 0 for a in c.accounts.values()])
+    assert any(s.inverse for a in c.accounts.values() for i in a.positions for s in (c.series[i],))
+    assert {a for _, a, _ in c.liquidations} == {"USD", "BTC"}  # both kinds of book were liquidated
 
 
 # ---- the wire format ---------------------------------------------------------------------------
@@ -170,10 +352,10 @@ def test_clearing_transactions_decode_sign_and_apply():
     u = [bytes(k.verify_key) for k in users]
     o = [bytes(k.verify_key) for k in oracles]
     signed = [(ctx.register(u[0]), [users[0]]), (ctx.register(u[1]), [users[1]]),
-              (ctx.deposit(u[0], 0, 10**6 * USD), [users[0]]), (ctx.deposit(u[1], 0, 10**6 * USD), [users[1]]),
+              (ctx.deposit(u[0], 0, "USD", 10**6 * USD), [users[0]]), (ctx.deposit(u[1], 0, "USD", 10**6 * USD), [users[1]]),
               (ctx.mark("BTC", 60_000.0, 1, T0, {1: 0.6, 2: 0.65, 4: 0.7}, o), oracles),
               (ctx.trade(u[0], 1, u[1], 1, 1, 2, 4_000 * USD), users),
-              (ctx.withdraw(u[0], 2, 10 * USD), [users[0]]),
+              (ctx.withdraw(u[0], 2, "USD", 10 * USD), [users[0]]),
               (ctx.mark("BTC", 66_000.0, 2, T0 + 3600, {1: 0.6, 2: 0.6}, o[:2]), oracles[:2]),
               (ctx.settle(u[1], 2, 4), [users[1]])]
     bodies = Packed(*pack_messages([b for b, _ in signed]))
@@ -201,7 +383,10 @@ def test_clearing_transactions_decode_sign_and_apply():
 @pytest.mark.parametrize("body,match", [
     (b"\x00\x00", "shorter"), (b"\x00\x00\x00\x02\x01" + bytes(32), "chain id 2"),
     (b"\x00\x00\x00\x01\x09" + bytes(32), "unknown operation 9"),
-    (b"\x00\x00\x00\x01\x02" + bytes(40), "takes 53 bytes"),
+    (b"\x00\x00\x00\x01\x02" + bytes(40), "takes 61 bytes"),
+    (b"\x00\x00\x00\x01\x02" + bytes(40) + bytes(8) + bytes(8), "asset .* is not 1 to 8 ASCII letters"),
+    (b"\x00\x00\x00\x01\x03" + bytes(40) + b"U\0SD\0\0\0\0" + bytes(8), "asset .* is not 1 to 8 ASCII letters"),
+    (b"\x00\x00\x00\x01\x02" + bytes(40) + b"\xffUSD\0\0\0\0" + bytes(8), "operation 2"),
     (b"\x00\x00\x00\x01\x05" + bytes(10), "operation 5"),
 ])
 def test_malformed_clearing_transactions_say_why(body, match):
@@ -294,8 +479,8 @@ def test_margin_is_checked_at_the_end_of_a_block():
     from consensus.messages import QC, Block, Txs
     from consensus.verify import Verifier
     app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
-    load = ClearingLoad(seed=2, users=4)
-    setup = load.take(load.setup_size)  # 4 registrations, 4 deposits, a mark per underlying
+    load = ClearingLoad(seed=2, users=8)  # maker 0 (USD, BTC, ETH), takers 1, 2, 5, 6 USD, 3 and 7 BTC, 4 ETH
+    setup = load.take(load.setup_size)  # registrations, deposits, a mark per underlying
     txs0 = Txs(Packed(*pack_messages([b for b, _ in setup])), pack_fixed([x for _, s in setup for x in s], 64, "sig"))
     g = genesis_block(app.genesis.root)
     parent = app.execute(app.genesis, txs0.bodies)
@@ -303,13 +488,20 @@ def test_margin_is_checked_at_the_end_of_a_block():
 
     def signed(body):
         return body, [u[k.index(body[5:37])].sign(body).signature, u[k.index(body[45:77])].sign(body).signature]
-    fine = signed(ctx.trade(k[0], 1, k[1], 1, 1, 2, 4_000 * USD))
-    huge = signed(ctx.trade(k[0], 2, k[1], 2, 1, 5_000, 4_000 * USD))  # 5,000 short calls on 10M USD
-    after = signed(ctx.trade(k[2], 1, k[3], 1, 2, 1, 2_000 * USD))
-    for body, sigs in (fine, huge, after):
+    n = load.nonces  # after the deposits
+
+    def load_coin(i):
+        from consensus.apps.clearing_load import TAKER_COIN
+        return TAKER_COIN[load.book[i]]
+    fine = signed(ctx.trade(k[0], n[0], k[1], n[1], 1, 2, 4_000 * USD))
+    huge = signed(ctx.trade(k[0], n[0] + 1, k[1], n[1] + 1, 1, 5_000, 4_000 * USD))  # 5,000 short calls on 10M USD
+    after = signed(ctx.trade(k[2], n[2], k[5], n[5], 2, 1, 2_000 * USD))
+    coin = signed(ctx.trade(k[3], n[3], k[7], n[7], 9, 2, 8_000_000))  # inverse BTC calls, 0.08 BTC each
+    for body, sigs in (fine, huge, after, coin):
         app.submit(body, sigs)
     txs, state = app.propose(parent, set())
-    assert [txs.bodies.item(i) for i in range(len(txs))] == [fine[0], after[0]]
+    assert [txs.bodies.item(i) for i in range(len(txs))] == [fine[0], after[0], coin[0]]
+    assert state.clearing.accounts[k[3]].collateral["BTC"] == load_coin(3) - 2 * 8_000_000
     block = Block(2, 2, g.id, 2, app.tx_root(txs), state.root, txs.digest(), txs, QC(g.id, 0, 0))
     assert app.validate(parent, block, ((), (), ())).ok
     bad = Txs(Packed(*pack_messages([fine[0], huge[0]])), pack_fixed(fine[1] + huge[1], 64, "sig"))
@@ -445,7 +637,7 @@ def test_a_mark_that_accel_refuses_leaves_no_trace():
     c.trade(key(0), 1, key(1), 1, 1, 2, 4_000 * USD)
     before = (c.leaves(), c.marks["BTC"])
 
-    def refuse(keys):
+    def refuse(*args):
         raise ValueError("account 0: margin does not fit in int64 ticks")
     c.margins = refuse
     with pytest.raises(ValueError, match="does not fit"):

@@ -1,16 +1,25 @@
-"""A clearing market for simulations, load and the demo: the genesis (oracles and listed BTC and ETH
-series) and a deterministic stream of signed transactions that all apply in order, so a validator
-restarted after n committed transactions resumes the stream at n.
+"""A clearing market for simulations, load and the demo: the genesis (oracles, the USD, BTC and ETH
+assets, linear and inverse BTC and ETH series) and a deterministic stream of signed transactions
+that all apply in order, so a validator restarted after n committed transactions resumes the
+stream at n.
 
-Who trades:
-  market makers  a few accounts with deep collateral, the other side of every taker's trade
-  takers         buy or sell 1-3 contracts of a random series at the model price
-  leveraged      (with crash_after) accounts that each sell puts once, collateralised just above
-                 initial margin, and never trade again: the crash liquidates them
-Oracle marks come one time in 20 (or every mark_every-th transaction), alternating BTC and ETH,
-the index on a random walk. With crash_after=n, the marks after the n-th trade are a volatility
-crash: the index falls by `crash` (50%) and vols double, which liquidates the leveraged accounts and
-charges the insurance fund with the losses beyond their collateral."""
+Who trades (each book is margined in its own asset, so an account trades the series of the
+assets it deposited):
+  market makers  a few accounts with deep USD collateral, the other side of every taker's trade;
+                 the first quarter of them (at least one) also deposit BTC and ETH and make the
+                 inverse markets
+  takers         buy or sell 1-3 contracts of a random series of their book at the model price:
+                 half deposit USD and trade the linear series, a quarter deposit BTC and trade the
+                 inverse BTC series, a quarter ETH likewise (inverse options priced in coin,
+                 inverse futures in lots of 10,000 USD of notional)
+  leveraged      (with crash_after) USD accounts that each sell linear puts once, collateralised
+                 just above initial margin, and never trade again: the crash liquidates them
+One deposit per account and asset (coin makers: three), so the setup is about as long as with one
+asset. Oracle marks come one time in 20 (or every mark_every-th transaction),
+alternating BTC and ETH, the index on a random walk. With crash_after=n, the marks after the n-th
+trade are a volatility crash: the index falls by `crash` (50%) and vols double, which liquidates the
+leveraged accounts (USD books) and charges the USD insurance fund with the losses beyond their
+collateral."""
 from __future__ import annotations
 
 import math
@@ -32,9 +41,20 @@ ORACLES = [SigningKey(bytes([200 + i]) * 32) for i in range(3)]
 SERIES = [Series(1, "BTC", CALL, 60_000.0, T0 + 30 * DAY), Series(2, "BTC", PUT, 55_000.0, T0 + 30 * DAY),
           Series(3, "BTC", CALL, 70_000.0, T0 + 90 * DAY), Series(4, "BTC", FUTURE, 0.0, T0 + 90 * DAY),
           Series(5, "ETH", CALL, 3_000.0, T0 + 30 * DAY), Series(6, "ETH", PUT, 2_700.0, T0 + 30 * DAY),
-          Series(7, "ETH", CALL, 3_500.0, T0 + 90 * DAY), Series(8, "ETH", FUTURE, 0.0, T0 + 90 * DAY)]
+          Series(7, "ETH", CALL, 3_500.0, T0 + 90 * DAY), Series(8, "ETH", FUTURE, 0.0, T0 + 90 * DAY),
+          # inverse (coin-settled): options priced in coin, futures sized in USD of notional
+          Series(9, "BTC", CALL, 60_000.0, T0 + 30 * DAY, inverse=True), Series(10, "BTC", FUTURE, 0.0, T0 + 90 * DAY, inverse=True),
+          Series(11, "ETH", CALL, 3_000.0, T0 + 30 * DAY, inverse=True), Series(12, "ETH", FUTURE, 0.0, T0 + 90 * DAY, inverse=True)]
 START = {"BTC": 60_000.0, "ETH": 3_000.0}
+COIN = USD  # quanta per coin (every asset counts in 1e-8)
 MAKER_CASH, TAKER_CASH = 200_000_000 * USD, 10_000_000 * USD
+# coin collateral of makers and takers: as much as their USD at the opening index
+MAKER_COIN = {"BTC": 3_400 * COIN, "ETH": 67_000 * COIN}
+TAKER_COIN = {"BTC": 170 * COIN, "ETH": 3_400 * COIN}
+INVERSE_FUTURE_LOT = 10_000  # USD of notional per lot; a taker trades 1-3 lots
+INSURANCE = {"USD": 10**6 * USD, "BTC": 20 * COIN, "ETH": 400 * COIN}
+TAKER_BOOKS = ("USD", "USD", "BTC", "ETH")  # taker j's book: TAKER_BOOKS[j % 4]
+TRADED = {a: [s.id for s in SERIES if s.asset == a] for a in ("USD", "BTC", "ETH")}  # the series of each book
 LEVERAGED_SERIES, LEVERAGED_SIZE = 2, 5  # each leveraged account sells 5 BTC 55k puts
 # collateral = initial margin of that position at the opening marks times this: enough for the
 # marks that may follow in the same block, far from enough for the crash
@@ -42,14 +62,15 @@ LEVERAGED_CUSHION = 1.2
 
 
 def genesis_market(backend=None) -> Clearing:
-    c = Clearing([bytes(k.verify_key) for k in ORACLES], quorum=2, backend=backend, insurance=10**6 * USD)
+    c = Clearing([bytes(k.verify_key) for k in ORACLES], quorum=2, backend=backend, insurance=INSURANCE)
     for s in SERIES:
         c.list_series(s)
     return c
 
 
 def black76(f: float, s: Series, t: int, vol: float) -> float:
-    """A quote (the load's own pricing; validators never see it, only the price in the trade)."""
+    """A quote in USD (the load's own pricing; validators never see it, only the price in the
+    trade)."""
     if s.kind == FUTURE:
         return f
     years = max(s.expiry - t, 0) / YEAR_S
@@ -74,6 +95,8 @@ class ClearingLoad:
         self.makers = list(range(makers))
         self.leveraged = list(range(makers, makers + leveraged))
         self.takers = list(range(makers + leveraged, users))
+        self.coin_makers = self.makers[:max(1, makers // 4)]
+        self.book = {t: TAKER_BOOKS[j % len(TAKER_BOOKS)] for j, t in enumerate(self.takers)}
         self.nonces = [0] * users
         self.crash_after, self.crash = crash_after, crash
         self.sequence, self.timestamp = {"BTC": 0, "ETH": 0}, T0
@@ -85,9 +108,16 @@ class ClearingLoad:
         marks = [self._mark("BTC"), self._mark("ETH")]  # made first: the leveraged collateral depends on them
         put_margin = self._leveraged_margin() if leveraged else 0
         for i in range(users):
-            cash = MAKER_CASH if i in self.makers else TAKER_CASH if i in self.takers else put_margin
-            self.pending.append(self._signed(ctx.deposit(self.keys[i], 0, cash), [self.users[i]]))
-            self.nonces[i] = 1
+            if i in self.makers:
+                deposits = [("USD", MAKER_CASH)] + (sorted(MAKER_COIN.items()) if i in self.coin_makers else [])
+            elif i in self.takers:
+                deposits = [("USD", TAKER_CASH)] if self.book[i] == "USD" else [(self.book[i], TAKER_COIN[self.book[i]])]
+            else:
+                deposits = [("USD", put_margin)]
+            for asset, amount in deposits:
+                self.pending.append(self._signed(ctx.deposit(self.keys[i], self.nonces[i], asset, amount),
+                                                 [self.users[i]]))
+                self.nonces[i] += 1
         self.pending += marks
         for i in self.leveraged:
             self.pending.append(self._trade(self.makers[0], i, LEVERAGED_SERIES, LEVERAGED_SIZE))
@@ -130,9 +160,16 @@ class ClearingLoad:
 
     def _trade(self, buyer: int, seller: int, series: int, size: int):
         s = next(x for x in SERIES if x.id == series)
-        price = black76(self.index[s.underlying], s, self.timestamp, self.vols.get(series, 0.0))
+        f = self.index[s.underlying]
+        price = black76(f, s, self.timestamp, self.vols.get(series, 0.0))
+        if s.inverse and s.kind != FUTURE:  # the premium in coin, to 1e-6 coin
+            quanta = max(int(round(price / f * 1e6)), 0) * (COIN // 10**6)
+        else:  # USD, to the dollar (an inverse future's price is its USD futures price too)
+            quanta = max(int(round(price)), 1 if s.inverse else 0) * USD
+        if s.inverse and s.kind == FUTURE:
+            size *= INVERSE_FUTURE_LOT
         body = ctx.trade(self.keys[buyer], self.nonces[buyer], self.keys[seller], self.nonces[seller], series, size,
-                         max(int(round(price)), 0) * USD)
+                         quanta)
         self.nonces[buyer] += 1
         self.nonces[seller] += 1
         return self._signed(body, [self.users[buyer], self.users[seller]])
@@ -150,8 +187,10 @@ class ClearingLoad:
             if (self.rng.random() < 0.05) if mark_every is None else (self.taken % mark_every == 0):
                 out.append(self._mark("BTC" if self.sequence["BTC"] <= self.sequence["ETH"] else "ETH"))
                 continue
-            maker, taker = self.rng.choice(self.makers), self.rng.choice(self.takers)
+            taker = self.rng.choice(self.takers)
+            book = self.book[taker]
+            maker = self.rng.choice(self.makers if book == "USD" else self.coin_makers)
             buyer, seller = (taker, maker) if self.rng.random() < 0.5 else (maker, taker)
-            out.append(self._trade(buyer, seller, self.rng.choice(SERIES).id, self.rng.randint(1, 3)))
+            out.append(self._trade(buyer, seller, self.rng.choice(TRADED[book]), self.rng.randint(1, 3)))
             self.trades += 1
         return out

@@ -5,10 +5,11 @@ bodies' order, each transaction's signers in the order its body lists them.
 
 Body: chain id u32 | op u8 | fields (big-endian)
   1 register  key 32
-  2 deposit   key 32 | nonce u64 | amount u64 (quanta)
-  3 withdraw  key 32 | nonce u64 | amount u64
+  2 deposit   key 32 | nonce u64 | asset 8 (ASCII letters/digits, zero-padded) | amount u64 (quanta)
+  3 withdraw  key 32 | nonce u64 | asset 8 | amount u64
   4 trade     buyer 32 | buyer nonce u64 | seller 32 | seller nonce u64 | series u32 | size u32 |
-              price u64 (quanta per contract)
+              price u64 (quanta of the series' settlement asset per contract; an inverse future:
+              its USD futures price in USD quanta, size in USD of notional)
   5 mark      underlying 8 (ASCII, zero-padded) | index f64 | sequence u64 | timestamp u64 |
               count u16, then (series u32 | vol f64) x count | signers u8, then key 32 x signers
   6 settle    key 32 | nonce u64 | series u32
@@ -22,11 +23,11 @@ import numpy as np
 
 from accel import Packed
 
-from .clearing import Clearing
+from .clearing import Clearing, asset_name_ok
 
 CHAIN_ID = 1
 REGISTER, DEPOSIT, WITHDRAW, TRADE, MARK, SETTLE = 1, 2, 3, 4, 5, 6
-_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQQ", WITHDRAW: ">32sQQ", TRADE: ">32sQ32sQIIQ", SETTLE: ">32sQI"}
+_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQ8sQ", WITHDRAW: ">32sQ8sQ", TRADE: ">32sQ32sQIIQ", SETTLE: ">32sQI"}
 
 
 class Malformed(ValueError):
@@ -43,12 +44,18 @@ def register(key: bytes) -> bytes:
     return struct.pack(">IB", CHAIN_ID, REGISTER) + key
 
 
-def deposit(key: bytes, nonce: int, amount: int) -> bytes:
-    return struct.pack(">IB32sQQ", CHAIN_ID, DEPOSIT, key, nonce, amount)
+def _name(name: str, what: str) -> bytes:
+    if not asset_name_ok(name):
+        raise ValueError(f"{what} {name!r}: 1 to 8 ASCII letters or digits")
+    return name.encode("ascii").ljust(8, b"\0")
 
 
-def withdraw(key: bytes, nonce: int, amount: int) -> bytes:
-    return struct.pack(">IB32sQQ", CHAIN_ID, WITHDRAW, key, nonce, amount)
+def deposit(key: bytes, nonce: int, asset: str, amount: int) -> bytes:
+    return struct.pack(">IB32sQ8sQ", CHAIN_ID, DEPOSIT, key, nonce, _name(asset, "asset"), amount)
+
+
+def withdraw(key: bytes, nonce: int, asset: str, amount: int) -> bytes:
+    return struct.pack(">IB32sQ8sQ", CHAIN_ID, WITHDRAW, key, nonce, _name(asset, "asset"), amount)
 
 
 def trade(buyer: bytes, buyer_nonce: int, seller: bytes, seller_nonce: int, series: int, size: int,
@@ -82,6 +89,12 @@ def decode(body: bytes) -> Tx:
             if len(body) != 5 + struct.calcsize(fmt):
                 raise Malformed(f"operation {op} takes {5 + struct.calcsize(fmt)} bytes, not {len(body)}")
             fields = struct.unpack_from(fmt, body, 5)
+            if op in (DEPOSIT, WITHDRAW):
+                name = fields[2].rstrip(b"\0")
+                if not asset_name_ok(name.decode("ascii")):
+                    raise Malformed(f"operation {op}: asset {fields[2]!r} is not 1 to 8 ASCII letters or digits, "
+                                    "zero-padded")
+                fields = (fields[0], fields[1], name.decode("ascii"), fields[3])
             signers = (fields[0], fields[2]) if op == TRADE else (fields[0],)
             return Tx(op, fields, signers)
         if op == MARK:
