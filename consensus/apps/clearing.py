@@ -134,7 +134,7 @@ class Clearing:
         self.series: dict[int, Series] = {}
         self.settled: set[int] = set()
         self.marks: dict[str, Mark] = {}
-        funds = {USD: insurance} if isinstance(insurance, int) else dict(insurance)
+        funds = dict(insurance) if isinstance(insurance, dict) else {USD: int(insurance)}
         self.assets: set[str] = set()
         self.funds: dict[str, int] = {}  # insurance fund per asset, quanta (may go negative)
         for a in sorted({USD, *assets, *funds}):

@@ -5,8 +5,9 @@ mempool, replay committed blocks after a restart.
 
 A block holding a transaction that a rule refuses is invalid: its proposer should have left it
 out (propose() does), so honest validators reject the block rather than skip the transaction.
-Margin is deferred to the end of the block: every account a trade or withdrawal touched must end
-the block above initial margin, checked in one portfolio_margin call per underlying.
+Margin is deferred to the end of the block: every book (account, settlement asset) a trade or
+withdrawal touched must end the block above initial margin, checked in one portfolio_margin call
+per (underlying, settlement asset) group (docs/CLEARING.md).
 Transactions enter the mempool with their signatures checked in one batch, and validation skips
 the signatures of block transactions the mempool already holds (verified) unless sig_cache is off.
 Software-only validation prices and margins in NumPy/SciPy (accel.risk_numpy) as well."""
