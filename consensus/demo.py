@@ -49,7 +49,7 @@ def market_story(store_path: Path) -> dict:
     recomputes."""
     app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
     state, ops, roots_ok = app.genesis, Counter(), True
-    insurance0 = state.clearing.insurance
+    funds0 = dict(state.clearing.funds)
     store = Store(store_path)
     try:
         history = store.history()
@@ -64,7 +64,8 @@ def market_story(store_path: Path) -> dict:
     return {"blocks": len(history), "transactions": dict(ops), "accounts": len(c.accounts),
             "open_positions": sum(len(a.positions) for a in c.accounts.values()),
             "liquidations": len(c.liquidations),
-            "insurance_charged_usd": (insurance0 - c.insurance) / USD,
+            "insurance_charged_usd": (funds0["USD"] - c.funds["USD"]) / USD,
+            "insurance_charged": {a: (funds0.get(a, 0) - q) / USD for a, q in sorted(c.funds.items())},
             "index": {u: m.index for u, m in sorted(c.marks.items())},
             "state_roots_recomputed": roots_ok}
 
@@ -168,8 +169,8 @@ def _story_text(story: dict) -> str:
     return (f"Market (replayed from validator 0 of run {story['run']}, {story['blocks']} blocks, state roots "
             f"{'recomputed and equal' if story['state_roots_recomputed'] else 'DIFFERENT'}): {ops}; "
             f"{story['accounts']} accounts, {story['open_positions']} open positions; last index {index}; "
-            f"{story['liquidations']} liquidations, {story['insurance_charged_usd']:,.2f} USD charged to the "
-            "insurance fund.")
+            f"{story['liquidations']} liquidations; charged to the insurance funds: "
+            + ", ".join(f"{q:,.2f} {a}" for a, q in story["insurance_charged"].items()) + ".")
 
 
 if __name__ == "__main__":
