@@ -646,3 +646,41 @@ def test_a_mark_that_accel_refuses_leaves_no_trace():
     with pytest.raises(ValueError, match="does not fit"):
         c.trade(key(0), 2, key(1), 2, 1, 2, 4_000 * USD)
     assert c.leaves() == before[0]
+
+
+def test_the_mempool_drops_and_refuses_what_a_committed_block_used_up():
+    """A transaction reusing a nonce, a registration or a mark sequence that a committed block
+    consumed can never apply: the commit drops it from the mempool and a later submit is refused
+    with the reason."""
+    from consensus.apps import clearing_tx as ctx
+    from consensus.core import genesis_block
+    from consensus.messages import QC, Block
+    from consensus.apps.clearing_app import ClearingApp
+    from consensus.apps.clearing_load import ClearingLoad, genesis_market
+    from consensus.verify import Verifier
+    app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
+    load = ClearingLoad(seed=2, users=4)
+    setup = _txs(load.take(load.setup_size))
+    parent = app.execute(app.genesis, setup.bodies)
+    app.committed(Block(1, 1, bytes(32), 1, b"", parent.root, setup.digest(), setup, QC(bytes(32), 0, 0)))
+    trades = load.take(6)
+    k, u = load.keys, load.users
+    first = next(ctx.decode(b) for b, _ in trades if ctx.decode(b).op == ctx.TRADE)
+    buyer, nonce = first.fields[0], first.fields[1]
+    rival_body = ctx.deposit(buyer, nonce, "USD", 5)  # the same nonce as the buyer's first trade
+    rival = (rival_body, [u[k.index(buyer)].sign(rival_body).signature])
+    assert not [r for r in app.submit_many(trades + [rival]) if r] and len(app.mempool) == 7
+    txs, state = app.propose(parent, set())
+    g = genesis_block(app.genesis.root)
+    app.committed(Block(2, 2, g.id, 2, app.tx_root(txs), state.root, txs.digest(), txs, QC(g.id, 0, 0)))
+    assert len(txs) == 6 and app.mempool == {} and app.decoded == {}  # the rival was refused, then dropped
+    assert app.submit_many([rival])[0].startswith(f"stale: account {buyer.hex()[:16]} nonce {nonce}")
+    again = ctx.register(k[0])
+    assert app.submit_many([(again, [u[0].sign(again).signature])])[0].endswith("is registered")
+
+
+def _txs(items):
+    from accel import Packed
+    from accel.packing import pack_fixed, pack_messages
+    from consensus.messages import Txs
+    return Txs(Packed(*pack_messages([b for b, _ in items])), pack_fixed([s for _, sig in items for s in sig], 64, "sig"))

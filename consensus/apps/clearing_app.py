@@ -45,6 +45,13 @@ class ClearingApp:
         # the mempool is also the signature cache: a block transaction found here with the same
         # signatures needs no second check (sig_cache=False checks everything, for measurement).
         self.mempool: dict[bytes, tuple[bytes, list[bytes]]] = {}
+        self.decoded: dict[bytes, ctx.Tx] = {}  # the mempool's transactions, decoded once
+        # What committed blocks used up (next nonce per account, registered keys, last mark
+        # sequence per underlying): a transaction needing any of it again can never apply, so the
+        # mempool refuses it and drops it at the next commit instead of keeping it forever.
+        self.next_nonce: dict[bytes, int] = {}
+        self.registered: set[bytes] = set()
+        self.sequence: dict[str, int] = {}
 
     def submit_many(self, items: list[tuple[bytes, list[bytes]]]) -> list[str]:
         """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
@@ -59,6 +66,9 @@ class ClearingApp:
             except ctx.Malformed as exc:
                 reasons[i] = f"malformed: {exc}"
                 continue
+            reasons[i] = self._stale(tx)
+            if reasons[i]:
+                continue
             digest = hashlib.sha256(body).digest()
             if self.mempool.get(digest, (None, None))[1] != list(signatures):
                 fresh.append((i, digest, body, list(signatures), tx))
@@ -72,9 +82,20 @@ class ClearingApp:
         for (i, digest, body, signatures, tx), end in zip(fresh, ends):
             if not verdicts[end - len(tx.signers):end].all():
                 reasons[i] = "a signature does not verify"
-            else:
-                self.mempool.setdefault(digest, (body, signatures))
+            elif digest not in self.mempool:
+                self.mempool[digest], self.decoded[digest] = (body, signatures), tx
         return reasons
+
+    def _stale(self, tx: ctx.Tx) -> str:
+        nonces, key, mark = ctx.consumed(tx)
+        for account, nonce in nonces:
+            if nonce < self.next_nonce.get(account, 0):
+                return f"stale: account {account.hex()[:16]} nonce {nonce} is used by a committed transaction"
+        if key in self.registered:
+            return f"stale: account {key.hex()[:16]} is registered"
+        if mark is not None and mark[1] <= self.sequence.get(mark[0], 0):
+            return f"stale: {mark[0]} mark {mark[1]} is not after the committed mark {self.sequence[mark[0]]}"
+        return ""
 
     def submit(self, body: bytes, signatures: list[bytes]) -> None:
         """One transaction into the mempool; Malformed or BadSignature says why not."""
@@ -175,13 +196,8 @@ class ClearingApp:
         """Mempool transactions in arrival order that apply on top of parent, up to max_txs;
         refused ones are left out. If an account would end the block below initial margin, the
         last transaction it signed is left out and the block filled again, until none would."""
-        candidates = []
-        for h, (body, signatures) in self.mempool.items():
-            if h not in exclude:
-                try:
-                    candidates.append((body, signatures, ctx.decode(body)))
-                except ctx.Malformed:
-                    continue
+        candidates = [(body, signatures, self.decoded[h]) for h, (body, signatures) in self.mempool.items()
+                      if h not in exclude]
         dropped: set[int] = set()
         while True:
             state, kept = self._fill(parent, candidates, dropped)
@@ -196,6 +212,18 @@ class ClearingApp:
         return txs, State(state, self.verifier.merkle_root(state.leaves()))
 
     def committed(self, block: Block) -> None:
+        """Drop the block's transactions from the mempool, and those it made stale."""
         for i in range(len(block.txs)):
-            self.mempool.pop(hashlib.sha256(block.txs.bodies.item(i)).digest(), None)
+            body = block.txs.bodies.item(i)
+            digest = hashlib.sha256(body).digest()
+            self.mempool.pop(digest, None)
+            nonces, key, mark = ctx.consumed(self.decoded.pop(digest, None) or ctx.decode(body))
+            for account, nonce in nonces:
+                self.next_nonce[account] = max(self.next_nonce.get(account, 0), nonce + 1)
+            if key is not None:
+                self.registered.add(key)
+            if mark is not None:
+                self.sequence[mark[0]] = max(self.sequence.get(mark[0], 0), mark[1])
+        for digest in [h for h, tx in self.decoded.items() if self._stale(tx)]:
+            del self.mempool[digest], self.decoded[digest]
 

@@ -148,6 +148,19 @@ def signature_batch(bodies: Packed, txs: list[Tx], counts: np.ndarray,
     return keys, Packed(bodies.data[index], offsets), rows
 
 
+def consumed(tx: Tx) -> tuple[list[tuple[bytes, int]], bytes | None, tuple[str, int] | None]:
+    """What a committed transaction uses up for good: its (account, nonce) pairs, the key it
+    registers, the (underlying, sequence) of its mark."""
+    f = tx.fields
+    if tx.op == TRADE:
+        return [(f[0], f[1]), (f[2], f[3])], None, None
+    if tx.op in (DEPOSIT, WITHDRAW, SETTLE):
+        return [(f[0], f[1])], None, None
+    if tx.op == REGISTER:
+        return [], f[0], None
+    return [], None, (f[0], f[2])
+
+
 def apply(state: Clearing, tx: Tx) -> None:
     """Carry out a decoded transaction whose signatures verified (Rejected if a rule refuses it)."""
     f = tx.fields
