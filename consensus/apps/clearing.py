@@ -371,7 +371,8 @@ class Clearing:
         self._nonce(buyer, buyer_nonce)
         self._nonce(seller, seller_nonce)
         asset = s.asset
-        saved = {k: (dict(self.accounts[k].collateral), dict(self.accounts[k].positions)) for k in (buyer, seller)}
+        saved = None if self.defer else {k: (dict(self.accounts[k].collateral), dict(self.accounts[k].positions))
+                                         for k in (buyer, seller)}  # deferred: nothing can fail from here
         for key, sign in ((buyer, 1), (seller, -1)):
             acct = self.accounts[key]
             _credit(acct, asset, -sign * flow)
