@@ -19,8 +19,10 @@ from nacl.signing import SigningKey
 from accel import config
 from accel.config import AccelConfig
 
+from .apps.clearing_load import market_load, write_stream
 from .store import Store
 
+CRASH_AFTER_BLOCKS = 5  # the market's volatility crash, as [node] crash_after_blocks' default
 ACCEL_VARIABLES = {"ACCEL_CONFIG"} | {"ACCEL_" + key.upper() for key in config.KEYS}
 
 
@@ -37,7 +39,7 @@ def _free_ports(count: int) -> list[int]:
 
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
                   base_timeout_ms: float, app: str = "clearing", accel: AccelConfig | None = None,
-                  metrics_port: int | None = None, sig_cache: bool = True) -> list[Path]:
+                  metrics_port: int | None = None, sig_cache: bool = True, load_file: Path | None = None) -> list[Path]:
     """One TOML file per validator (docs/OPERATOR.md); with accel, an [accel] table holding every
     key, so the file alone says what the validator runs; with metrics_port, validator i serves
     its metrics on metrics_port + i."""
@@ -55,7 +57,8 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
             f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
             f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
-            f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n\n"
+            f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n"
+            + (f"load_file = \"{load_file}\"\n" if load_file else "") + "\n"
             "[network]\n"
             f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics)
         paths.append(path)
@@ -79,8 +82,14 @@ class Localnet:
             accel = replace(config.get(), backend=backend)
             if gpu_min_batch is not None:
                 accel = replace(accel, gpu_min_batch=gpu_min_batch)
+        load_file = None
+        if app == "clearing":
+            # The clients sign the market's transactions once, here; validators read them from the
+            # file and only verify them, instead of each signing the whole stream again.
+            load_file = self.dir / "load.bin"
+            write_stream(load_file, market_load(1, txs, CRASH_AFTER_BLOCKS).take((blocks + 5) * txs))
         self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
-                                     metrics_port, sig_cache)
+                                     metrics_port, sig_cache, load_file)
         self.sig_cache = sig_cache
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work

@@ -3,7 +3,7 @@
 Its configuration is one TOML file (`accel localnet` writes them; docs/OPERATOR.md describes every
 key, docs/validator.example.toml is a complete example):
   [node]    index, listen, seed, data_dir, events, app, validation, txs_per_block, base_timeout_ms,
-            delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks
+            delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks, load_file
   [network] keys and addresses of every validator, by index
   [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
             variables still override it
@@ -45,7 +45,7 @@ SCHEMA = {
              "data_dir": (str, REQUIRED), "events": (str, REQUIRED), "app": (str, "clearing"),
              "validation": (str, "accel"), "txs_per_block": (int, 100), "base_timeout_ms": (float, 1000.0),
              "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
-             "sig_cache": (bool, True), "crash_after_blocks": (int, 5)},
+             "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, "")},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
 }
@@ -85,6 +85,7 @@ class NodeConfig:
     log_format: str = "text"
     sig_cache: bool = True
     crash_after_blocks: int = 5
+    load_file: str = ""
     metrics: tuple[str, int] | None = None
     accel: AccelConfig | None = None  # None: the usual accel.toml / $ACCEL_CONFIG and ACCEL_*
 
@@ -110,7 +111,7 @@ class NodeConfig:
                    float(node["delay_ms"]), Path(node["events"]), node["load_seed"],
                    convert("network", "keys", lambda ks: tuple(map(_hex32, ks))),
                    convert("network", "addresses", lambda xs: tuple(map(_addr, xs))), node["app"],
-                   node["log_format"], node["sig_cache"], node["crash_after_blocks"],
+                   node["log_format"], node["sig_cache"], node["crash_after_blocks"], node["load_file"],
                    convert("metrics", "listen", lambda x: _addr(x) if x else None),
                    config.load(path, shared=True) if "accel" in data else None)
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
@@ -203,14 +204,13 @@ class LoadGenerator:
 
 
 class ClearingFeed:
-    """The clearing market's stream (consensus/apps/clearing_load.py), the same on every
-    validator: 64 accounts (8 makers, 8 leveraged put sellers, 48 takers) and, once
-    crash_after_blocks blocks' worth of trades went by, the volatility crash (0: none)."""
+    """The clearing market's stream, the same on every validator: read from `load_file` (signed
+    once by the clients, as localnet writes it), else generated here (clearing_load.market_load)."""
 
-    def __init__(self, seed: int, txs_per_block: int, crash_after_blocks: int):
-        from .apps.clearing_load import ClearingLoad
-        self.load = ClearingLoad(seed, users=64, leveraged=8,
-                                 crash_after=crash_after_blocks * txs_per_block if crash_after_blocks else None)
+    def __init__(self, cfg: "NodeConfig"):
+        from .apps import clearing_load
+        self.load = (clearing_load.StreamFile(cfg.load_file) if cfg.load_file else
+                     clearing_load.market_load(cfg.load_seed, cfg.txs_per_block, cfg.crash_after_blocks))
 
     def skip(self, count: int) -> None:
         self.load.take(count)
@@ -234,7 +234,7 @@ class NodeRunner:
         if cfg.app == "clearing":
             from .apps.clearing_app import ClearingApp
             from .apps.clearing_load import genesis_market
-            self.load = ClearingFeed(cfg.load_seed, cfg.txs_per_block, cfg.crash_after_blocks)
+            self.load = ClearingFeed(cfg)
             self.load.skip(replayed)
             self.app = ClearingApp(Verifier(cfg.validation), genesis_market(), max_txs=cfg.txs_per_block,
                                    sig_cache=cfg.sig_cache)

@@ -684,3 +684,14 @@ def _txs(items):
     from accel.packing import pack_fixed, pack_messages
     from consensus.messages import Txs
     return Txs(Packed(*pack_messages([b for b, _ in items])), pack_fixed([s for _, sig in items for s in sig], 64, "sig"))
+
+
+def test_a_stream_file_gives_back_the_signed_load_in_order(tmp_path):
+    """localnet's load file: the market's transactions, signed once, read back in order and in
+    pieces, then nothing once the stream is over."""
+    from consensus.apps.clearing_load import StreamFile, market_load, write_stream
+    items = market_load(1, 50, 1).take(300)
+    write_stream(tmp_path / "load.bin", items)
+    stream = StreamFile(tmp_path / "load.bin")
+    assert stream.take(100) + stream.take(150) + stream.take(100) == items
+    assert stream.take(5) == []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 
 import numpy as np
 from nacl.signing import SigningKey
@@ -193,4 +194,38 @@ class ClearingLoad:
             buyer, seller = (taker, maker) if self.rng.random() < 0.5 else (maker, taker)
             out.append(self._trade(buyer, seller, self.rng.choice(TRADED[book]), self.rng.randint(1, 3)))
             self.trades += 1
+        return out
+
+
+def market_load(seed: int, txs_per_block: int, crash_after_blocks: int) -> ClearingLoad:
+    """The validators' market (accel localnet, the demo): 64 accounts, 8 of them market makers and
+    8 leveraged put sellers, and the crash once crash_after_blocks blocks' worth of trades went by
+    (0: none)."""
+    return ClearingLoad(seed, users=64, leveraged=8,
+                        crash_after=crash_after_blocks * txs_per_block if crash_after_blocks else None)
+
+
+# A stream file: the signed transactions, each as body length u32 | body | signatures u8 | 64 x that.
+def write_stream(path, items) -> None:
+    with open(path, "wb") as fh:
+        for body, sigs in items:
+            fh.write(struct.pack(">I", len(body)) + body + struct.pack(">B", len(sigs)) + b"".join(sigs))
+
+
+class StreamFile:
+    """Reads a stream file in order (clients signed it once; validators only verify)."""
+
+    def __init__(self, path):
+        self.fh = open(path, "rb")
+
+    def take(self, count: int) -> list[tuple[bytes, list[bytes]]]:
+        out = []
+        while len(out) < count:
+            head = self.fh.read(4)
+            if len(head) < 4:
+                break  # the stream is over: blocks go on empty
+            body = self.fh.read(struct.unpack(">I", head)[0])
+            n = self.fh.read(1)[0]
+            sigs = self.fh.read(64 * n)
+            out.append((body, [sigs[64 * i:64 * i + 64] for i in range(n)]))
         return out
