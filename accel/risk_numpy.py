@@ -113,6 +113,14 @@ def _position_pnl(pf, mk, p, rows, kind, mult, state, ndtr):
     return size * (values[1:] - values[0])
 
 
+def black76_price(forward, strike, t, vol, call, rate: float = 0.0) -> np.ndarray:
+    """Discounted Black-76 prices (the intrinsic value at expiry), the pricing this model margins
+    with: for software-only valuation of positions, beside accel.greeks(...).price."""
+    with np.errstate(all="ignore"):  # log(f/k)/0 at expiry, replaced by the intrinsic value
+        return _black76(np.asarray(forward, float), 1.0, np.asarray(strike, float), np.asarray(t, float),
+                        np.asarray(vol, float), rate, np.asarray(call, bool), _ndtr())
+
+
 def _black76(f, m, k, t, vol, rate, call, ndtr):
     """Discounted Black-76 price of forward f * m (m: a column of multipliers); the intrinsic
     value where vol * sqrt(t) is 0 (expiry)."""

@@ -72,16 +72,6 @@ def asset_name_ok(name: str) -> bool:
     return isinstance(name, str) and 1 <= len(name) <= 8 and name.isascii() and name.isalnum()
 
 
-def _black76_numpy(forward: float, strike, years, vol, call) -> np.ndarray:
-    """Black-76 prices at zero rate in NumPy/SciPy (software-only validation)."""
-    from scipy.special import ndtr
-    sd = vol * np.sqrt(years)
-    live = sd > 0
-    d1 = np.where(live, np.log(forward / strike) / np.where(live, sd, 1.0) + sd / 2, 0.0)
-    value = np.where(live, forward * ndtr(d1) - strike * ndtr(d1 - sd), np.maximum(forward - strike, 0.0))
-    return np.where(call, value, value - forward + strike)
-
-
 @dataclass(frozen=True)
 class Series:
     id: int
@@ -218,7 +208,7 @@ class Clearing:
                         np.array([self._years(s, mark.timestamp) for s in options]),
                         np.array([mark.vols.get(s.id, 1.0) for s in options]), np.array([s.kind == CALL for s in options]))
                 if self.software:
-                    price = _black76_numpy(*args) / np.where(inverse, mark.index, 1.0)
+                    price = risk_numpy.black76_price(*args) / np.where(inverse, mark.index, 1.0)
                 else:
                     price = accel.greeks(*args[:3], 0.0, *args[3:], inverse=inverse, index=mark.index,
                                          backend=self.backend).price
