@@ -36,30 +36,13 @@ class Verifier:
             sigs = np.concatenate([sigs, pack_fixed(list(cert_sigs), 64, "signature")])
         if self.validation == "accel":
             return accel.ed25519_verify_all(keys, messages, sigs, backend=self.backend)
-        from nacl.exceptions import BadSignatureError
-        from nacl.signing import VerifyKey
-        data, offsets = messages.data.tobytes(), messages.offsets.tolist()
-        try:
-            for i in range(len(keys)):
-                VerifyKey(keys[i].tobytes()).verify(data[offsets[i]:offsets[i + 1]], sigs[i].tobytes())
-        except (BadSignatureError, ValueError):
-            return False
-        return True
+        return all(_libsodium_verdicts(keys, messages, sigs))  # stops at the first bad one
 
     def verify_each(self, keys: np.ndarray, messages: Packed, sigs: np.ndarray) -> np.ndarray:
         """A verdict per signature (a mempool admitting a batch of transactions)."""
         if self.validation == "accel":
             return accel.ed25519_verify_batch(keys, messages, sigs, backend=self.backend)
-        from nacl.exceptions import BadSignatureError
-        from nacl.signing import VerifyKey
-        out = np.zeros(len(keys), bool)
-        for i in range(len(keys)):
-            try:
-                VerifyKey(keys[i].tobytes()).verify(messages.item(i), sigs[i].tobytes())
-                out[i] = True
-            except (BadSignatureError, ValueError):
-                pass
-        return out
+        return np.fromiter(_libsodium_verdicts(keys, messages, sigs), bool, count=len(keys))
 
     def digests(self, items: Packed) -> list[bytes]:
         """SHA-256 of every item."""
@@ -82,3 +65,16 @@ class Verifier:
             return accel.merkle_root(leaves, backend=self.backend)
         items = [leaves.item(i) for i in range(len(leaves))] if isinstance(leaves, Packed) else list(leaves)
         return hashlib_root(items)
+
+
+def _libsodium_verdicts(keys: np.ndarray, messages: Packed, sigs: np.ndarray):
+    """Software-only: one PyNaCl (libsodium) verification per signature, a verdict at a time."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+    data, offsets = messages.data.tobytes(), messages.offsets.tolist()
+    for i in range(len(keys)):
+        try:
+            VerifyKey(keys[i].tobytes()).verify(data[offsets[i]:offsets[i + 1]], sigs[i].tobytes())
+            yield True
+        except (BadSignatureError, ValueError):
+            yield False
