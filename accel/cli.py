@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from importlib import metadata
@@ -142,6 +143,54 @@ def cmd_localnet(args) -> int:
     return 0 if same else 1
 
 
+def _local_arch() -> str | None:
+    """This machine's GPU architecture (sm_XY) as nvidia-smi reports it, without starting CUDA."""
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return "sm_" + out[0].replace(".", "") if out and re.fullmatch(r"\d+\.\d+", out[0]) else None
+
+
+def cmd_build_cuda(args) -> int:
+    from .backends import cubins
+    archs = args.arch or [_local_arch()]
+    if archs == [None]:
+        raise ValueError("no NVIDIA GPU here to read the architecture from: name the target, "
+                         "e.g. --arch sm_90 (H100, H200)")
+    for arch in archs:
+        if not re.fullmatch(r"sm_\d+a?", arch):
+            raise ValueError(f"--arch {arch!r}: expected sm_<compute capability>, e.g. sm_90")
+    out = Path(args.out or config.get().cuda_cubin_dir or cubins.default_dir())
+    defines = tuple(f"-D{d}" for d in args.define)
+    known = sorted(set(cubins.kernel_modules().values()))
+    for m in args.module or ():
+        if m not in known:
+            raise ValueError(f"--module {m!r}: not a kernel module; known: {', '.join(known)}")
+    modules = args.module or known
+    builds = [(m, defines) for m in modules]
+    print(f"building {len(builds)} CUDA module(s) for {', '.join(archs)} into {out} (ptxas figures per kernel)",
+          file=sys.stderr)
+    started, report = time.perf_counter(), []
+
+    def progress(module, defs, path, resources):
+        print(f"  {module} {' '.join(defs)} -> {path.name}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        for r in resources:
+            print(f"      {r.kernel}: {r.registers} registers, "
+                  f"{r.stack} B stack, {r.spill_stores}/{r.spill_loads} B spilled, {r.shared} B shared",
+                  file=sys.stderr)
+            report.append({"arch": path.name.split(".")[1], "module": module, "defines": list(defs),
+                           **r.__dict__})
+
+    for arch in archs:
+        cubins.build_all(arch, out, builds, args.jobs, progress)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -229,6 +278,19 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--dir", help="where configs, stores and logs go (default: a new temporary directory)")
     ln.add_argument("--report", help="write the JSON report here")
     ln.set_defaults(fn=cmd_localnet)
+    bc = sub.add_parser("build-cuda", help="prebuild the CUDA modules with nvcc (no GPU needed)",
+                        description="Compile every kernel module with nvcc into a cubin for a GPU architecture, "
+                        "where the CUDA backend looks first ([accel] cuda_cubin_dir), so no validator waits on "
+                        "NVRTC at its first block. Prints ptxas's registers, stack and spills per kernel.")
+    bc.add_argument("--arch", action="append", help="target, e.g. sm_90 for H100/H200 (repeatable; default: this "
+                    "machine's GPU)")
+    bc.add_argument("--out", help="directory (default: [accel] cuda_cubin_dir, else ~/.cache/accel-verify/cubin)")
+    bc.add_argument("--module", action="append", help="only this kernels/ module, e.g. ed25519.h (repeatable)")
+    bc.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                    help="build with -DNAME=VALUE (tuning variants; the backend loads only the plain build)")
+    bc.add_argument("--jobs", type=int, default=0, help="parallel nvcc processes (default: one per core)")
+    bc.add_argument("--json", action="store_true", help="print ptxas's figures as JSON")
+    bc.set_defaults(fn=cmd_build_cuda)
     return ap
 
 

@@ -8,6 +8,9 @@ Keys (all optional):
   opencl_device  substring of the OpenCL device name env ACCEL_OPENCL_DEVICE default "" (first GPU, else first);
                  "gpu" requires a GPU device
   cuda_device    CUDA device index                   env ACCEL_CUDA_DEVICE   default 0
+  cuda_cubin_dir where `accel build-cuda` put the      env ACCEL_CUDA_CUBIN_DIR default "": its own
+                 prebuilt CUDA modules (a module not         default, ~/.cache/accel-verify/cubin
+                 found there is compiled by NVRTC)           ($XDG_CACHE_HOME if set)
   gpu_fallback   rerun on the C fallback when a GPU  env ACCEL_GPU_FALLBACK  default true
                  backend fails mid-batch (logged)
   gpu_min_batch  batches smaller than this stay on   env ACCEL_GPU_MIN_BATCH default -1: per kernel,
@@ -45,6 +48,7 @@ class AccelConfig:
     threads: int = 0
     opencl_device: str = ""
     cuda_device: int = 0
+    cuda_cubin_dir: str = ""
     gpu_fallback: bool = True
     gpu_min_batch: int = -1
 

@@ -33,7 +33,7 @@ def _create(name: str, cfg: _config.AccelConfig) -> Backend:
         return OpenClBackend(cfg.opencl_device)
     if name == "cuda":
         from .cuda import CudaBackend
-        return CudaBackend(cfg.cuda_device)
+        return CudaBackend(cfg.cuda_device, cfg.cuda_cubin_dir)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(_config.BACKENDS)}")
 
 

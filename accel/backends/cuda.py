@@ -1,17 +1,21 @@
-"""CUDA through CuPy: the kernel modules compiled by NVRTC, with FMA contraction off. CuPy keeps
-each compiled module in its on-disk cache ($CUPY_CACHE_DIR, default ~/.cupy/kernel_cache), so only
-the first process on a machine pays for compilation."""
+"""CUDA through CuPy. Each kernel module is loaded from a cubin that `accel build-cuda` prebuilt
+with nvcc for this GPU's architecture (accel/backends/cubins.py), else compiled by NVRTC; both
+with FMA contraction off. CuPy keeps NVRTC's modules in its on-disk cache ($CUPY_CACHE_DIR,
+default ~/.cupy/kernel_cache), so only the first process on a machine pays for compilation."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, KernelError, inline_source, module_of
+from . import cubins
+from .base import Backend, BackendUnavailable, KernelError, module_of
 
-NVRTC_OPTIONS = ("--fmad=false", "--std=c++14")
+NVRTC_OPTIONS = cubins.CUDA_OPTIONS
 BLOCK = 256
+log = logging.getLogger("accel")
 # Below this, one synchronous copy is cheaper than staging through pinned memory.
 PINNED_MIN_BYTES = 1 << 20
 
@@ -47,7 +51,7 @@ def _import():
 class CudaBackend(Backend):
     name = "cuda"
 
-    def __init__(self, device_index: int = 0):
+    def __init__(self, device_index: int = 0, cubin_dir: str = ""):
         self._cp = cp = _import()
         count = cp.cuda.runtime.getDeviceCount()
         if not 0 <= device_index < count:
@@ -55,25 +59,57 @@ class CudaBackend(Backend):
         self._dev = cp.cuda.Device(device_index)
         props = cp.cuda.runtime.getDeviceProperties(device_index)
         self.device = f"{props['name'].decode()} (CUDA device {device_index})"
-        self._modules: dict[str, object] = {}
+        self.arch = f"sm_{props['major']}{props['minor']}"
+        self.cubin_dir = cubin_dir or str(cubins.default_dir())
+        self._modules: dict[tuple, object] = {}
+        self.origins: dict[tuple, str] = {}  # (module, defines) -> the cubin it came from, or "NVRTC"
         self._functions: dict[str, object] = {}
         with self._dev:
             self._streams = (cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True))
         # pinned staging buffers of copies in flight, per thread, kept until their stream syncs
         self._staged = threading.local()
 
+    def module(self, module: str, defines: tuple[str, ...] = ()):
+        """kernels/<module> loaded on this device: the prebuilt cubin
+        for this architecture if there is one, else NVRTC's build. defines: extra -D options."""
+        key = (module, defines)
+        if key not in self._modules:
+            with self._dev:
+                self._modules[key] = self._load(module, defines)
+        return self._modules[key]
+
+    def _load(self, module: str, defines: tuple[str, ...]):
+        cubin = cubins.find(self.cubin_dir, module, self.arch, defines)
+        if cubin is not None:
+            try:
+                loaded = self._cp.RawModule(path=str(cubin))
+                loaded.compile()  # CuPy loads lazily: load now, so a bad file is caught here
+                log.info("CUDA: kernels/%s loaded from %s", module, cubin)
+                self.origins[module, defines] = str(cubin)
+                return loaded
+            except Exception as exc:  # a cubin from a newer nvcc than this driver knows
+                log.warning("CUDA: cannot load %s (%s); compiling kernels/%s with NVRTC", cubin, exc, module)
+        else:
+            log.info("CUDA: no prebuilt cubin for kernels/%s (%s) in %s; compiling with NVRTC "
+                     "(`accel build-cuda` prebuilds)", module, self.arch, self.cubin_dir)
+        try:
+            built = self._cp.RawModule(code=cubins.module_source(module), options=NVRTC_OPTIONS + defines)
+            built.compile()
+            self.origins[module, defines] = "NVRTC"
+            return built
+        except Exception as exc:
+            raise KernelError(f"NVRTC build of kernels/{module} failed: {exc}") from exc
+
     def _function(self, kernel: str):
         """The compiled kernel, loaded on this backend's device (call inside `with self._dev`)."""
         fn = self._functions.get(kernel)
         if fn is None:
-            module = module_of(kernel)
             try:
-                if module not in self._modules:
-                    src = inline_source("portable.h") + "\n" + inline_source(module)
-                    self._modules[module] = self._cp.RawModule(code=src, options=NVRTC_OPTIONS)
-                fn = self._functions[kernel] = self._modules[module].get_function("av_" + kernel)
+                fn = self._functions[kernel] = self.module(module_of(kernel)).get_function("av_" + kernel)
+            except KernelError:
+                raise
             except Exception as exc:
-                raise KernelError(f"NVRTC build of kernels/{module} failed: {exc}") from exc
+                raise KernelError(f"CUDA module of av_{kernel} has no such kernel: {exc}") from exc
         return fn
 
     def _keep(self) -> list:

@@ -1,0 +1,114 @@
+"""Prebuilt CUDA modules: nvcc compiles each kernel module ahead of time into a cubin for one GPU
+architecture, so a validator's first block does not wait on NVRTC (about a minute per Ed25519
+module on an H100 host). A cubin's file name carries a digest of the exact source text, compile
+options and architecture: an edited kernel or another option finds no cubin and is compiled by
+NVRTC as before, never run stale. Needs nvcc, not a GPU or CuPy (`accel build-cuda`)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import KernelError, inline_source, kernel_modules
+
+# The same options for NVRTC (accel/backends/cuda.py) and nvcc: no contracted multiply-adds.
+CUDA_OPTIONS = ("--fmad=false", "--std=c++14")
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "accel-verify" / "cubin"
+
+
+def module_source(module: str) -> str:
+    """The self-contained text both compilers see for kernels/<module>."""
+    return inline_source("portable.h") + "\n" + inline_source(module)
+
+
+def cubin_name(module: str, arch: str, defines: tuple[str, ...] = ()) -> str:
+    digest = hashlib.sha256("\0".join((module_source(module), *CUDA_OPTIONS, *defines, arch)).encode())
+    return f"{Path(module).stem}.{arch}.{digest.hexdigest()[:16]}.cubin"
+
+
+def find(directory: str | os.PathLike, module: str, arch: str, defines: tuple[str, ...] = ()) -> Path | None:
+    path = Path(directory) / cubin_name(module, arch, defines)
+    return path if path.is_file() else None
+
+
+def nvcc() -> str | None:
+    if shutil.which("nvcc"):
+        return shutil.which("nvcc")
+    return "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """ptxas's report for one kernel."""
+    kernel: str
+    registers: int
+    stack: int
+    spill_stores: int
+    spill_loads: int
+    shared: int
+
+
+_ENTRY = re.compile(r"Compiling entry function '(\w+)'")
+
+
+def parse_ptxas(report: str) -> list[KernelResources]:
+    """The per-kernel figures of `ptxas -v` (nvcc -Xptxas -v) output."""
+    out = []
+    pieces = _ENTRY.split(report)
+    for name, body in zip(pieces[1::2], pieces[2::2]):
+        frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", body)
+        regs = re.search(r"Used (\d+) registers", body)
+        smem = re.search(r"(\d+) bytes smem", body)
+        if frame and regs:
+            out.append(KernelResources(name, int(regs.group(1)), int(frame.group(1)), int(frame.group(2)),
+                                       int(frame.group(3)), int(smem.group(1)) if smem else 0))
+    return out
+
+
+def build(module: str, arch: str, directory: str | os.PathLike, defines: tuple[str, ...] = (),
+          compiler: str | None = None) -> tuple[Path, list[KernelResources]]:
+    """Compile kernels/<module> into directory/<cubin_name>; (path, ptxas's figures)."""
+    compiler = compiler or nvcc()
+    if compiler is None:
+        raise KernelError("nvcc not found: install the CUDA toolkit (or put nvcc on PATH) to prebuild CUDA modules")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / cubin_name(module, arch, defines)
+    src = target.with_suffix(".cu")
+    src.write_text(module_source(module))
+    tmp = target.with_suffix(".cubin.part")
+    try:
+        proc = subprocess.run([compiler, "-cubin", f"-arch={arch}", *CUDA_OPTIONS, *defines, "-Xptxas", "-v",
+                               "-diag-suppress", "177", str(src), "-o", str(tmp)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KernelError(f"nvcc build of kernels/{module} for {arch} failed:\n{proc.stderr.strip()}")
+        tmp.replace(target)  # complete or absent: a reader never loads half a file
+    finally:
+        src.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return target, parse_ptxas(proc.stderr)
+
+
+def build_all(arch: str, directory: str | os.PathLike, builds=None, jobs: int = 0, progress=None):
+    """Compile in parallel each (module, defines) of `builds` (default: every kernel module as
+    it stands); progress(module, defines, path, resources) as each one finishes, in order."""
+    builds = builds or [(m, ()) for m in sorted(set(kernel_modules().values()))]
+    with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        futures = [(m, d, pool.submit(build, m, arch, directory, d)) for m, d in builds]
+        results = []
+        for module, defines, future in futures:
+            path, resources = future.result()
+            if progress:
+                progress(module, defines, path, resources)
+            results.append((module, defines, path, resources))
+    return results
