@@ -5,13 +5,15 @@
 #              also autosaved under .benchmarks/ (compare: .venv/bin/pytest-benchmark compare)
 # make bench-consensus - validation and finality of the BFT loop over sizes and delays (simulated)
 # make gpu-check - on a machine with an NVIDIA GPU: every CUDA/OpenCL-GPU test and the GPU benchmarks
+# make gpu-prep  - before a GPU lease, no GPU needed: prebuilt CUDA modules, wheels and test vectors
+#                  for gpu-check to carry (scripts/gpu-prep.sh)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat Makefile pyproject.toml setup.py native/*.py | cksum | cut -d' ' -f1)
 EXTRAS ?= test,bench,opencl
 
-.PHONY: setup system-deps test demo bench bench-consensus gpu-check clean
+.PHONY: setup system-deps test demo bench bench-consensus gpu-check gpu-prep clean
 
 system-deps:
 	@scripts/system-deps.sh
@@ -61,5 +63,8 @@ bench-consensus: setup
 gpu-check:
 	scripts/gpu-check.sh
 
+gpu-prep: setup
+	scripts/gpu-prep.sh
+
 clean:
-	rm -rf $(VENV) build accel/_native* *.egg-info bench/out demo-out
+	rm -rf $(VENV) build accel/_native* *.egg-info bench/out demo-out .cubin

@@ -2,8 +2,11 @@
 # One call on a lent GPU machine (no network; CuPy comes with its image): build, run every CUDA and
 # OpenCL-GPU test with those backends required (a skip there is a failure), the GPU throughput
 # figures beside the C fallback (bench/gpu_throughput.py), and print a summary last.
-# Outputs go to $OUT (else bench/out). TUNE=1 also times the Ed25519 kernel variants
-# (bench/ed25519_variants.py), BENCH=1 the pytest-benchmark suites.
+# Outputs go to $OUT (else bench/out), in at most 8 files (what a lease sends back): setup.txt,
+# tests.txt, throughput.txt and throughput-{cuda,opencl}.json, tune.txt (the Ed25519 variants,
+# TUNE=0 skips them, and ncu's report, PROFILE=0 skips it), consensus.txt and consensus.json.
+# BENCH=1 adds the pytest-benchmark suites (more files). BUDGET_S (default 540) bounds the whole.
+# Run `make gpu-prep` first, where there is network (no GPU needed), and carry what it prints.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-bench/out}"; mkdir -p "$out"
@@ -17,14 +20,14 @@ py=python3
 export PYTHONPATH="$PWD/.gpu-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d gpu-wheels ]; then
     step "installing carried wheels"
-    $py -m pip install -q --no-index --no-deps --target .gpu-site gpu-wheels/*.whl >"$out/install.log" 2>&1 ||
-        { echo "wheel install failed: see $out/install.log"; tail -20 "$out/install.log"; exit 1; }
+    $py -m pip install -q --no-index --no-deps --target .gpu-site gpu-wheels/*.whl >"$out/setup.txt" 2>&1 ||
+        { echo "wheel install failed: see $out/setup.txt"; tail -20 "$out/setup.txt"; exit 1; }
 fi
 step "building the C fallback"
-if ! $py setup.py -q build_ext --inplace >>"$out/install.log" 2>&1; then
-    tail -20 "$out/install.log"
+if ! $py setup.py -q build_ext --inplace >>"$out/setup.txt" 2>&1; then
+    tail -20 "$out/setup.txt"
     # the extension is abi3: one built elsewhere from the same sources (carried) loads here too
-    [ -f accel/_native.abi3.so ] || { echo "build of the C fallback failed: see $out/install.log"; exit 1; }
+    [ -f accel/_native.abi3.so ] || { echo "build of the C fallback failed: see $out/setup.txt"; exit 1; }
     echo "note: build failed here; using the carried accel/_native.abi3.so"
 fi
 
@@ -37,6 +40,18 @@ if ! ls /etc/OpenCL/vendors/*.icd >/dev/null 2>&1; then
         export OCL_ICD_VENDORS=/tmp/ocl-vendors
     fi
 fi
+# Modules `make gpu-prep` prebuilt (carried in .cubin/): loaded in a second instead of a minute of
+# NVRTC each; a module whose sources changed since has no current cubin and is compiled here.
+if [ -d .cubin ]; then
+    export ACCEL_CUDA_CUBIN_DIR="$PWD/.cubin"
+    $py -c "import sys; from accel.backends import cubins, base
+mods = sorted(set(base.kernel_modules().values())); stale = [m for m in mods if not cubins.find('.cubin', m, sys.argv[1])]
+print(f'prebuilt CUDA modules: {len(mods) - len(stale)} of {len(mods)} current for {sys.argv[1]}',
+      f'(NVRTC will compile {\", \".join(stale)})' if stale else '')" \
+        "sm_$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '.')"
+else
+    echo "note: no .cubin/ (make gpu-prep): NVRTC compiles each module here, about a minute per Ed25519 module"
+fi
 required=cuda
 opencl_gpu=0
 if $py -c "from accel.backends import get_backend as g; import sys; sys.exit(0 if g('opencl').is_gpu else 1)" 2>/dev/null; then
@@ -44,52 +59,74 @@ if $py -c "from accel.backends import get_backend as g; import sys; sys.exit(0 i
 else
     echo "note: no OpenCL GPU device (pyopencl or NVIDIA's OpenCL ICD missing): OpenCL-GPU tests skip"
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader > "$out/gpu.txt" 2>&1
-$py -m accel.cli info | tee "$out/info.txt"
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1)
+echo "GPU: $gpu" >> "$out/setup.txt"
+$py -m accel.cli info | tee -a "$out/setup.txt"
 
 # A GPU error must fail here, not be redone quietly on the C fallback.
-export ACCEL_GPU_FALLBACK=false
-step "tests (required: $required)"
+export ACCEL_GPU_FALLBACK=false PYTHONUNBUFFERED=1
+
+# A lease is short (15 device minutes, the machine's start included), so the steps run in order of
+# what they are worth within BUDGET_S seconds: each gets its own limit or what is left, and one
+# that would start with less than it needs is skipped and named in the summary.
+deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))
+skipped=()
+run_step() {  # run_step NAME LIMIT_S MIN_S LOG COMMAND...
+    local name=$1 limit=$2 min=$3 log=$4; shift 4
+    local left=$(( deadline - $(date +%s) ))
+    if [ "$left" -lt "$min" ]; then
+        skipped+=("$name"); echo "[gpu-check] skipped, ${left}s of budget left: $name"; return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    step "$name (limit ${limit}s)"
+    timeout "$limit" "$@" >> "$out/$log" 2>&1 || { status=1; echo "[gpu-check] FAILED or cut at ${limit}s: $name"; }
+}
+
 # nvcc's compile checks need no GPU and run in CI; here they would only spend device time.
-ACCEL_REQUIRE_BACKENDS=$required timeout "${TEST_TIMEOUT:-400}" $py -m pytest -q -rs -p no:cacheprovider tests \
-    -k "not nvcc and not fits_registers" \
-    > "$out/tests.txt" 2>&1 || status=1
-step "throughput (cuda)"
-timeout "${THROUGHPUT_TIMEOUT:-300}" $py bench/gpu_throughput.py --gpu cuda --repeat "${REPEAT:-5}" \
-    --json "$out/throughput-cuda.json" > "$out/throughput-cuda.txt" 2>&1 || status=1
+run_step "tests (required: $required)" "${TEST_TIMEOUT:-240}" 60 tests.txt \
+    env ACCEL_REQUIRE_BACKENDS=$required $py -m pytest -q -rs -p no:cacheprovider tests -k "not nvcc and not fits_registers"
+run_step "throughput (cuda)" "${THROUGHPUT_TIMEOUT:-200}" 60 throughput.txt \
+    $py bench/gpu_throughput.py --gpu cuda --repeat "${REPEAT:-5}" --json "$out/throughput-cuda.json"
+if [ "${TUNE:-1}" = 1 ]; then
+    run_step "Ed25519 kernel variants" "${TUNE_TIMEOUT:-120}" 40 tune.txt $py bench/ed25519_variants.py
+fi
+run_step "clearing block through CUDA, the C fallback and software-only (accel validate-bench)" 150 45 consensus.txt \
+    bash -c "for v in '--backend cuda' '--backend cpu' '--validation software'; do
+                 $py -m accel.cli validate-bench --app clearing --txs 10000 \$v --runs 3 || exit 1; done"
+if [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
+    # --clock-control none: the card is measured as found (its clocks are not ours to set)
+    run_step "ncu profile of the Ed25519 verify kernels" 90 45 tune.txt \
+        ncu --clock-control none --kernel-name regex:av_ed25519_verify --section SpeedOfLight --section Occupancy \
+            --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis \
+            --section MemoryWorkloadAnalysis --section InstructionStats \
+            $py bench/ed25519_variants.py --profile 65536
+fi
 if [ $opencl_gpu = 1 ]; then
-    step "throughput (opencl)"
-    timeout "${THROUGHPUT_TIMEOUT:-300}" $py bench/gpu_throughput.py --gpu opencl --repeat 3 \
-        --json "$out/throughput-opencl.json" > "$out/throughput-opencl.txt" 2>&1 || status=1
+    run_step "throughput (opencl)" "${THROUGHPUT_TIMEOUT:-200}" 60 throughput.txt \
+        $py bench/gpu_throughput.py --gpu opencl --repeat 3 --json "$out/throughput-opencl.json"
 fi
-step "block validation through CUDA (accel validate-bench of clearing and key-value blocks, consensus sweep)"
-for app in clearing kv; do
-    for v in "--backend cuda" "--backend cpu" "--validation software"; do
-        timeout 300 $py -m accel.cli validate-bench --app $app --txs 10000 $v --runs 3 >> "$out/consensus.txt" 2>&1 || status=1
-    done
-done
-OMP_WAIT_POLICY=PASSIVE timeout "${SWEEP_TIMEOUT:-300}" $py bench/consensus_sweep.py --validators 4,7 --txs 1000,10000 \
-    --delays 0,5 --modes cuda,cpu,software --blocks 4 --json "$out/consensus.json" >> "$out/consensus.txt" 2>&1 || status=1
-if [ "${TUNE:-0}" = 1 ]; then
-    step "Ed25519 kernel variants (about a minute of NVRTC each)"
-    timeout "${TUNE_TIMEOUT:-400}" $py bench/ed25519_variants.py > "$out/variants.txt" 2>&1 || status=1
-fi
+run_step "key-value block (accel validate-bench)" 90 30 consensus.txt \
+    bash -c "for v in '--backend cuda' '--backend cpu' '--validation software'; do
+                 $py -m accel.cli validate-bench --app kv --txs 10000 \$v --runs 3 || exit 1; done"
+run_step "consensus sweep (simulated network)" "${SWEEP_TIMEOUT:-300}" 60 consensus.txt \
+    env OMP_WAIT_POLICY=PASSIVE $py bench/consensus_sweep.py --validators 4,7 --txs 1000,10000 \
+        --delays 0,5 --modes cuda,cpu,software --blocks 4 --json "$out/consensus.json"
 if [ "${BENCH:-0}" = 1 ]; then
-    step "pytest-benchmark suites"
-    ACCEL_REQUIRE_BACKENDS=cuda $py -m pytest -q -p no:cacheprovider bench --benchmark-only \
-        --benchmark-json="$out/bench.json" > "$out/bench.txt" 2>&1 || status=1
+    run_step "pytest-benchmark suites" 300 60 bench.txt \
+        env ACCEL_REQUIRE_BACKENDS=cuda $py -m pytest -q -p no:cacheprovider bench --benchmark-only \
+            --benchmark-json="$out/bench.json"
     $py bench/report.py "$out/bench.json" --md "$out/bench.md" --png-dir "$out" > /dev/null 2>&1 || status=1
 fi
 
 echo "===== gpu-check summary ====="
-echo "GPU: $(cat "$out/gpu.txt")"
+echo "GPU: $gpu"
 echo "tests: $(tail -n 1 "$out/tests.txt")"
 grep -E "^(FAILED|ERROR)" "$out/tests.txt" | head -20
-for f in "$out"/throughput-*.txt; do
-    [ -f "$f" ] && { echo "--- $(basename "$f")"; grep -vE "^    n=" "$f" | tail -n 25; }
-done
+[ -f "$out/throughput.txt" ] && { echo "--- throughput"; grep -vE "^    n=" "$out/throughput.txt" | tail -n 50; }
 [ -f "$out/consensus.txt" ] && tail -n 20 "$out/consensus.txt"
-[ -f "$out/variants.txt" ] && cat "$out/variants.txt"
+[ -f "$out/tune.txt" ] && { echo "--- variants, and ncu's headlines (all of it in tune.txt)"
+    grep -E "^(variant|shaped|portable)|  av_ed25519|Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput|Local Memory|Executed Ipc A" "$out/tune.txt" | head -70; }
+[ ${#skipped[@]} -gt 0 ] && echo "skipped for lack of budget: ${skipped[*]}"
 [ -f "$out/bench.txt" ] && echo "bench: $(tail -n 1 "$out/bench.txt")"
 echo "gpu-check: $([ $status = 0 ] && echo PASS || echo FAIL)"
 exit $status
