@@ -52,34 +52,39 @@ DEVICE void ed_fe_carry(ed_fe *h, i64 *t) {
  * ASan find nothing in the source. tests/test_ed25519.py's cross-backend checks catch a relapse.
  *
  * Limbs i and j land in column i + j; both odd means the weights overshoot by one bit (factor
- * 2), and columns past 9 wrap around with factor 19. */
+ * 2), and columns past 9 wrap around with factor 19. Every product is of two i32 values (the
+ * factors 2 folded into the limb of f, at most 4 * 2^27 < 2^31), so it is one 32 x 32 -> 64-bit
+ * multiply-add on a GPU (MAD_WIDE: IMAD.WIDE on NVIDIA) instead of a 64-bit multiply; a
+ * column's wrapped products are summed apart and multiplied by 19 once. Column by column, only
+ * two accumulators are live besides t. The column values, and so the results, are the same
+ * integers as summing 19 * f_i * g_j term by term: on sm_90 the double-scalar loop of ed_check
+ * went from 9,602 to 6,544 instructions and from 255 registers (spilling) to 206. */
 DEVICE void ed_fe_mul(ed_fe *h, const ed_fe *f, const ed_fe *g) {
     i64 t[10];
-    for (u32 k = 0; k < 10; k++) t[k] = 0;
-    for (u32 i = 0; i < 10; i++) {
-        i64 fi = f->v[i];
-        for (u32 j = 0; j < 10; j++) {
-            i64 gj = g->v[j];
-            if (i + j >= 10) gj *= 19;
-            if (i & j & 1) gj *= 2;
-            t[(i + j) % 10] += fi * gj;
-        }
+    for (u32 k = 0; k < 10; k++) { /* column k: f_i g_j with i + j = k, then 19x those with k + 10 */
+        i64 col = 0, wrap = 0;
+        for (u32 i = 0; i <= k; i++)
+            col = MAD_WIDE((i & (k - i) & 1) ? 2 * f->v[i] : f->v[i], g->v[k - i], col);
+        for (u32 i = k + 1; i < 10; i++)
+            wrap = MAD_WIDE((i & (k + 10 - i) & 1) ? 2 * f->v[i] : f->v[i], g->v[k + 10 - i], wrap);
+        t[k] = col + 19 * wrap;
     }
     ed_fe_carry(h, t);
 }
 
 DEVICE void ed_fe_sq(ed_fe *h, const ed_fe *f) {
     i64 t[10];
-    for (u32 k = 0; k < 10; k++) t[k] = 0;
-    for (u32 i = 0; i < 10; i++) {
-        i64 fi = f->v[i];
-        for (u32 j = i; j < 10; j++) {
-            i64 fj = f->v[j];
-            if (i != j) fj *= 2;
-            if (i + j >= 10) fj *= 19;
-            if (i & j & 1) fj *= 2;
-            t[(i + j) % 10] += fi * fj;
+    for (u32 k = 0; k < 10; k++) { /* as ed_fe_mul, each cross term once and doubled */
+        i64 col = 0, wrap = 0;
+        for (u32 i = 0; 2 * i <= k; i++) {
+            u32 j = k - i;
+            col = MAD_WIDE((i != j ? 2 : 1) * ((i & j & 1) ? 2 : 1) * f->v[i], f->v[j], col);
         }
+        for (u32 i = (k + 11) / 2; i < 10; i++) {
+            u32 j = k + 10 - i;
+            wrap = MAD_WIDE((i != j ? 2 : 1) * ((i & j & 1) ? 2 : 1) * f->v[i], f->v[j], wrap);
+        }
+        t[k] = col + 19 * wrap;
     }
     ed_fe_carry(h, t);
 }
