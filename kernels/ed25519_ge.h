@@ -20,6 +20,15 @@
 #define ED_CONST_SQRTM1 2
 #define ED_A_WINDOW 5 /* odd multiples 1A..15A: 8 cached points per work item */
 
+/* The point formulas below, inline by default. ED_OUTLINE_POINTS=1 keeps them out of line on
+ * CUDA (elsewhere DEVICE_OUTLINED is DEVICE): a tuning variant (bench/ed25519_variants.py), since
+ * inlined, the loop of ed_check is 150 KB of sm_90 code, past an SM's instruction cache. */
+#if defined(ED_OUTLINE_POINTS) && ED_OUTLINE_POINTS
+#define ED_POINT_FN DEVICE_OUTLINED
+#else
+#define ED_POINT_FN DEVICE
+#endif
+
 typedef struct { ed_fe X, Y, Z; } ed_p2;
 typedef struct { ed_fe X, Y, Z, T; } ed_p3;
 typedef struct { ed_fe X, Y, Z, T; } ed_p1p1;
@@ -148,13 +157,13 @@ DEVICE int ed_p1p1_is_identity(const ed_p1p1 *p) {
     return ed_fe_iszero(&p->X) && ed_fe_iszero(&d);
 }
 
-DEVICE void ed_p1p1_to_p2(ed_p2 *r, const ed_p1p1 *p) {
+ED_POINT_FN void ed_p1p1_to_p2(ed_p2 *r, const ed_p1p1 *p) {
     ed_fe_mul(&r->X, &p->X, &p->T);
     ed_fe_mul(&r->Y, &p->Y, &p->Z);
     ed_fe_mul(&r->Z, &p->Z, &p->T);
 }
 
-DEVICE void ed_p1p1_to_p3(ed_p3 *r, const ed_p1p1 *p) {
+ED_POINT_FN void ed_p1p1_to_p3(ed_p3 *r, const ed_p1p1 *p) {
     ed_fe_mul(&r->X, &p->X, &p->T);
     ed_fe_mul(&r->Y, &p->Y, &p->Z);
     ed_fe_mul(&r->Z, &p->Z, &p->T);
@@ -171,7 +180,7 @@ DEVICE void ed_p3_to_cached(ed_cached *c, const ed_p3 *p) {
 }
 
 /* Doubling needs no T, so runs of doublings stay in p2 and skip a multiply each. */
-DEVICE void ed_p2_dbl(ed_p1p1 *r, const ed_p2 *p) {
+ED_POINT_FN void ed_p2_dbl(ed_p1p1 *r, const ed_p2 *p) {
     ed_fe xx, yy, b, a;
     ed_fe_sq(&xx, &p->X);
     ed_fe_sq(&yy, &p->Y);
@@ -194,7 +203,7 @@ DEVICE void ed_p3_dbl(ed_p1p1 *r, const ed_p3 *p) {
 }
 
 /* r = p + q, or p - q when neg (negating a cached point swaps Y+X with Y-X and flips 2dT). */
-DEVICE void ed_add(ed_p1p1 *r, const ed_p3 *p, const ed_cached *q, int neg) {
+ED_POINT_FN void ed_add(ed_p1p1 *r, const ed_p3 *p, const ed_cached *q, int neg) {
     ed_fe a, b, c, d;
     ed_fe_sub(&a, &p->Y, &p->X);
     ed_fe_mul(&a, &a, neg ? &q->YpX : &q->YmX);
@@ -215,7 +224,7 @@ DEVICE void ed_add(ed_p1p1 *r, const ed_p3 *p, const ed_cached *q, int neg) {
 }
 
 /* Mixed addition with an affine point: Z2 = 1 saves a multiply. */
-DEVICE void ed_madd(ed_p1p1 *r, const ed_p3 *p, const ed_precomp *q, int neg) {
+ED_POINT_FN void ed_madd(ed_p1p1 *r, const ed_p3 *p, const ed_precomp *q, int neg) {
     ed_fe a, b, c, d;
     ed_fe_sub(&a, &p->Y, &p->X);
     ed_fe_mul(&a, &a, neg ? &q->ypx : &q->ymx);

@@ -99,7 +99,7 @@ if [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
         ncu --clock-control none --kernel-name regex:av_ed25519_verify --section SpeedOfLight --section Occupancy \
             --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis \
             --section MemoryWorkloadAnalysis --section InstructionStats \
-            $py bench/ed25519_variants.py --profile 65536
+            $py bench/ed25519_variants.py --profile 32768
 fi
 if [ $opencl_gpu = 1 ]; then
     run_step "throughput (opencl)" "${THROUGHPUT_TIMEOUT:-200}" 60 throughput.txt \
