@@ -31,15 +31,19 @@ except ImportError:  # --prebuild needs nvcc, not CuPy
     cp = None
 
 OUTLINED = ("-DED_OUTLINE_POINTS=1",)
+OUTLINED_FE = ("-DED_OUTLINE_FE=1",)  # the shape NVVM once miscompiled: its verdicts are checked first
 # name: (module, -D options, threads per block). The one-kernel path (ed25519.h) takes any block
 # size; the GPU-shaped one (ed25519_gpu.h) is written for blocks of ED_GPU_GROUP = 32. With the
-# point formulas out of line the one-kernel path needs 160 registers, so blocks of 128 let three
-# blocks (12 warps) share an SM where blocks of 256 leave it at 8 warps.
+# point formulas out of line the one-kernel path needs 160 registers (142 with the field functions
+# out of line), so blocks of 128 let three blocks (12 warps) share an SM where blocks of 256 leave
+# it at 8 warps.
 VARIANTS = {
     "portable": ("ed25519.h", (), 256),
     "portable b128": ("ed25519.h", (), 128),
     "portable outlined": ("ed25519.h", OUTLINED, 256),
     "portable outl. b128": ("ed25519.h", OUTLINED, 128),
+    "portable fe outl.": ("ed25519.h", OUTLINED_FE, 256),
+    "portable fe o. b128": ("ed25519.h", OUTLINED_FE, 128),
     "shaped w4": ("ed25519_gpu.h", (), 32),
     "shaped w4 outlined": ("ed25519_gpu.h", OUTLINED, 32),
     "shaped w5 4/SM": ("ed25519_gpu.h", ("-DED_GPU_A_WINDOW=5", "-DED_GPU_BLOCKS_PER_SM=4"), 32),

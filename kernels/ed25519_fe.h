@@ -50,6 +50,8 @@ DEVICE void ed_fe_carry(ed_fe *h, i64 *t) {
  * this file's squares on some inputs: ZIP-215 torsion cases got other verdicts than the C
  * fallback on an H100, while -G or inlining gave the right ones, and gcc/clang with UBSan and
  * ASan find nothing in the source. tests/test_ed25519.py's cross-backend checks catch a relapse.
+ * ED_OUTLINE_FE=1 builds them out of line again on CUDA, for bench/ed25519_variants.py only,
+ * which compares that build's verdicts on the torsion cases with the C fallback's before timing.
  *
  * Limbs i and j land in column i + j; both odd means the weights overshoot by one bit (factor
  * 2), and columns past 9 wrap around with factor 19. Every product is of two i32 values (the
@@ -59,7 +61,13 @@ DEVICE void ed_fe_carry(ed_fe *h, i64 *t) {
  * two accumulators are live besides t. The column values, and so the results, are the same
  * integers as summing 19 * f_i * g_j term by term: on sm_90 the double-scalar loop of ed_check
  * went from 9,602 to 6,544 instructions and from 255 registers (spilling) to 206. */
-DEVICE void ed_fe_mul(ed_fe *h, const ed_fe *f, const ed_fe *g) {
+#if defined(ED_OUTLINE_FE) && ED_OUTLINE_FE
+#define ED_FE_FN DEVICE_OUTLINED
+#else
+#define ED_FE_FN DEVICE
+#endif
+
+ED_FE_FN void ed_fe_mul(ed_fe *h, const ed_fe *f, const ed_fe *g) {
     i64 t[10];
     for (u32 k = 0; k < 10; k++) { /* column k: f_i g_j with i + j = k, then 19x those with k + 10 */
         i64 col = 0, wrap = 0;
@@ -72,7 +80,7 @@ DEVICE void ed_fe_mul(ed_fe *h, const ed_fe *f, const ed_fe *g) {
     ed_fe_carry(h, t);
 }
 
-DEVICE void ed_fe_sq(ed_fe *h, const ed_fe *f) {
+ED_FE_FN void ed_fe_sq(ed_fe *h, const ed_fe *f) {
     i64 t[10];
     for (u32 k = 0; k < 10; k++) { /* as ed_fe_mul, each cross term once and doubled */
         i64 col = 0, wrap = 0;
