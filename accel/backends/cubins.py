@@ -48,16 +48,18 @@ def nvcc() -> str | None:
 
 @dataclass(frozen=True)
 class KernelResources:
-    """ptxas's report for one kernel."""
+    """ptxas's report for one kernel; spills count the out-of-line functions it calls too."""
     kernel: str
     registers: int
     stack: int
+    cumulative_stack: int
     spill_stores: int
     spill_loads: int
     shared: int
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)'")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def parse_ptxas(report: str) -> list[KernelResources]:
@@ -65,12 +67,15 @@ def parse_ptxas(report: str) -> list[KernelResources]:
     out = []
     pieces = _ENTRY.split(report)
     for name, body in zip(pieces[1::2], pieces[2::2]):
-        frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", body)
+        frames = [tuple(map(int, f)) for f in _FRAME.findall(body)]  # the kernel's, then its callees'
         regs = re.search(r"Used (\d+) registers", body)
+        cumulative = re.search(r"(\d+) bytes cumulative stack size", body)
         smem = re.search(r"(\d+) bytes smem", body)
-        if frame and regs:
-            out.append(KernelResources(name, int(regs.group(1)), int(frame.group(1)), int(frame.group(2)),
-                                       int(frame.group(3)), int(smem.group(1)) if smem else 0))
+        if frames and regs:
+            out.append(KernelResources(name, int(regs.group(1)), frames[0][0],
+                                       int(cumulative.group(1)) if cumulative else frames[0][0],
+                                       sum(f[1] for f in frames), sum(f[2] for f in frames),
+                                       int(smem.group(1)) if smem else 0))
     return out
 
 
