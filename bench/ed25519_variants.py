@@ -32,6 +32,7 @@ except ImportError:  # --prebuild needs nvcc, not CuPy
 
 OUTLINED = ("-DED_OUTLINE_POINTS=1",)
 OUTLINED_FE = ("-DED_OUTLINE_FE=1",)  # the shape NVVM once miscompiled: its verdicts are checked first
+TWO_CARRIES = ("-DED_FE_CARRY_CHAINS=2",)
 # name: (module, -D options, threads per block). The one-kernel path (ed25519.h) takes any block
 # size; the GPU-shaped one (ed25519_gpu.h) is written for blocks of ED_GPU_GROUP = 32. With the
 # point formulas out of line the one-kernel path needs 160 registers (142 with the field functions
@@ -44,8 +45,10 @@ VARIANTS = {
     "portable outl. b128": ("ed25519.h", OUTLINED, 128),
     "portable fe outl.": ("ed25519.h", OUTLINED_FE, 256),
     "portable fe o. b128": ("ed25519.h", OUTLINED_FE, 128),
+    "portable 2 carries": ("ed25519.h", TWO_CARRIES, 256),
     "shaped w4": ("ed25519_gpu.h", (), 32),
     "shaped w4 outlined": ("ed25519_gpu.h", OUTLINED, 32),
+    "shaped w4 2 carries": ("ed25519_gpu.h", TWO_CARRIES, 32),
     "shaped w5 4/SM": ("ed25519_gpu.h", ("-DED_GPU_A_WINDOW=5", "-DED_GPU_BLOCKS_PER_SM=4"), 32),
 }
 N = 1 << 20

@@ -31,18 +31,34 @@ DEVICE void ed_fe_neg(ed_fe *h, const ed_fe *f) {
     for (u32 i = 0; i < 10; i++) h->v[i] = -f->v[i];
 }
 
-/* Rounding carries leave balanced limbs; the carry out of limb 9 is worth 2^255 = 19. */
+/* One rounding carry out of limb i: it leaves limb i balanced; the carry out of limb 9 is worth
+ * 2^255 = 19. */
+DEVICE void ed_fe_carry_from(i64 *t, u32 i) {
+    u32 b = ed_fe_bits(i);
+    i64 c = (t[i] + ((i64)1 << (b - 1))) >> b;
+    t[i] -= c * ((i64)1 << b);
+    if (i < 9) t[i + 1] += c;
+    else t[0] += 19 * c;
+}
+
+/* Balanced limbs from column sums. By default one chain, limb 0 to 9 and round to 0 and 1 again;
+ * ED_FE_CARRY_CHAINS=2 runs two chains side by side (0..4 and 4..9, then 9 round to 0 and 1, as
+ * ref10 orders them), half the dependent steps for a GPU to wait on (a tuning variant, timed by
+ * bench/ed25519_variants.py). Either leaves every limb within 2^25 plus a little: the limbs differ
+ * between the two, their value mod p does not. */
 DEVICE void ed_fe_carry(ed_fe *h, i64 *t) {
-    for (u32 i = 0; i < 10; i++) {
-        u32 b = ed_fe_bits(i);
-        i64 c = (t[i] + ((i64)1 << (b - 1))) >> b;
-        t[i] -= c * ((i64)1 << b);
-        if (i < 9) t[i + 1] += c;
-        else t[0] += 19 * c;
+#if defined(ED_FE_CARRY_CHAINS) && ED_FE_CARRY_CHAINS == 2
+    for (u32 i = 0; i < 4; i++) {
+        ed_fe_carry_from(t, i);
+        ed_fe_carry_from(t, i + 4);
     }
-    i64 c = (t[0] + ((i64)1 << 25)) >> 26;
-    t[0] -= c * ((i64)1 << 26);
-    t[1] += c;
+    ed_fe_carry_from(t, 4);
+    ed_fe_carry_from(t, 8);
+#else
+    for (u32 i = 0; i < 9; i++) ed_fe_carry_from(t, i);
+#endif
+    ed_fe_carry_from(t, 9);
+    ed_fe_carry_from(t, 0);
     for (u32 i = 0; i < 10; i++) h->v[i] = (i32)t[i];
 }
 

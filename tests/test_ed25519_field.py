@@ -13,13 +13,18 @@ OFFSETS = [(51 * i + 1) // 2 for i in range(10)]
 CARRIED = 2**25 + 2**12  # a carried limb: |v| <= 2^25 (26-bit limbs) plus a little
 
 
-@pytest.fixture(scope="module")
-def fe(tmp_path_factory):
+# Each build of the field code a GPU may run: the default, and the tuning variants that change it.
+BUILDS = {"default": [], "two carry chains": ["-DED_FE_CARRY_CHAINS=2"]}
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def fe(tmp_path_factory, request):
     cffi = pytest.importorskip("cffi")
+    name = "_fe_under_test_" + request.param.replace(" ", "_")
     ffi = cffi.FFI()
     ffi.cdef("void fe_mul(int32_t *h, const int32_t *f, const int32_t *g);"
              "void fe_sq(int32_t *h, const int32_t *f);")
-    ffi.set_source("_fe_under_test", """
+    ffi.set_source(name, """
         #include "ed25519_fe.h"
         void fe_mul(int32_t *h, const int32_t *f, const int32_t *g) {
             ed_fe a, b, c;
@@ -32,14 +37,14 @@ def fe(tmp_path_factory):
             for (int i = 0; i < 10; i++) a.v[i] = f[i];
             ed_fe_sq(&c, &a);
             for (int i = 0; i < 10; i++) h[i] = c.v[i];
-        }""", include_dirs=[str(KERNEL_DIR)], extra_compile_args=["-O2", "-fwrapv", "-std=gnu99"])
+        }""", include_dirs=[str(KERNEL_DIR)], extra_compile_args=["-O2", "-fwrapv", "-std=gnu99", *BUILDS[request.param]])
     out = tmp_path_factory.mktemp("fe")
     try:
         path = ffi.compile(tmpdir=str(out))
     except Exception as exc:  # no C compiler: the C fallback could not have been built either
         pytest.skip(f"cannot compile kernels/ed25519_fe.h as C: {exc}")
     import importlib.util
-    spec = importlib.util.spec_from_file_location("_fe_under_test", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
