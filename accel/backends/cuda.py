@@ -59,7 +59,7 @@ class CudaBackend(Backend):
         self._dev = cp.cuda.Device(device_index)
         props = cp.cuda.runtime.getDeviceProperties(device_index)
         self.device = f"{props['name'].decode()} (CUDA device {device_index})"
-        self.arch = f"sm_{props['major']}{props['minor']}"
+        self.arch = "sm_" + self._dev.compute_capability  # "90" on an H100
         self.cubin_dir = cubin_dir or str(cubins.default_dir())
         self._modules: dict[tuple, object] = {}
         self.origins: dict[tuple, str] = {}  # (module, defines) -> the cubin it came from, or "NVRTC"
