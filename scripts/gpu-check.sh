@@ -118,14 +118,16 @@ if [ "${BENCH:-0}" = 1 ]; then
     $py bench/report.py "$out/bench.json" --md "$out/bench.md" --png-dir "$out" > /dev/null 2>&1 || status=1
 fi
 
+# Least wanted first: the reply keeps the end of the output (every file comes back whole anyway).
 echo "===== gpu-check summary ====="
-echo "GPU: $gpu"
-echo "tests: $(tail -n 1 "$out/tests.txt")"
-grep -E "^(FAILED|ERROR)" "$out/tests.txt" | head -20
+[ -f "$out/tune.txt" ] && { echo "--- ncu headlines (all of it in tune.txt)"
+    grep -E "^  av_ed25519|Duration|Achieved Occupancy|Compute \(SM\) Throughput|Executed Ipc Active|Warp Cycles Per Issued" \
+        "$out/tune.txt" | head -60
+    echo "--- Ed25519 variants"; grep -E "^(variant|shaped|portable)" "$out/tune.txt"; }
+[ -f "$out/consensus.txt" ] && { echo "--- block validation"; tail -n 20 "$out/consensus.txt"; }
 [ -f "$out/throughput.txt" ] && { echo "--- throughput"; grep -vE "^    n=" "$out/throughput.txt" | tail -n 50; }
-[ -f "$out/consensus.txt" ] && tail -n 20 "$out/consensus.txt"
-[ -f "$out/tune.txt" ] && { echo "--- variants, and ncu's headlines (all of it in tune.txt)"
-    grep -E "^(variant|shaped|portable)|  av_ed25519|Duration|Registers Per|Achieved Occupancy|Compute \(SM\) Throughput|Memory Throughput|Local Memory|Executed Ipc A" "$out/tune.txt" | head -70; }
+echo "GPU: $gpu"
+[ -f "$out/tests.txt" ] && { echo "tests: $(tail -n 1 "$out/tests.txt")"; grep -E "^(FAILED|ERROR)" "$out/tests.txt" | head -20; }
 [ ${#skipped[@]} -gt 0 ] && echo "skipped for lack of budget: ${skipped[*]}"
 [ -f "$out/bench.txt" ] && echo "bench: $(tail -n 1 "$out/bench.txt")"
 echo "gpu-check: $([ $status = 0 ] && echo PASS || echo FAIL)"
