@@ -1,6 +1,6 @@
 """Tuning of the Ed25519 verify kernels on CUDA: each variant is a kernel module built with other
--D values of its tunables (kernels/ed25519_ge.h, ed25519_gpu.h) and launched with some block
-size; its verdicts are checked against the C fallback on valid, tampered, ZIP-215 edge and
+-D values of its tunables (kernels/ed25519_fe.h, ed25519_ge.h, ed25519_gpu.h) or a register cap,
+and launched with some block size; its verdicts are checked against the C fallback on valid, tampered, ZIP-215 edge and
 torsion-carrying signatures, then its kernel time is taken at 2^20 signatures of 100-byte
 messages.
 
@@ -33,7 +33,8 @@ except ImportError:  # --prebuild needs nvcc, not CuPy
 OUTLINED = ("-DED_OUTLINE_POINTS=1",)
 OUTLINED_FE = ("-DED_OUTLINE_FE=1",)  # the shape NVVM once miscompiled: its verdicts are checked first
 TWO_CARRIES = ("-DED_FE_CARRY_CHAINS=2",)
-# name: (module, -D options, threads per block). The one-kernel path (ed25519.h) takes any block
+CAP128 = ("--maxrregcount=128",)  # two blocks of 256 (16 warps) per SM, at the cost of some spills
+# name: (module, compiler options, threads per block). The one-kernel path (ed25519.h) takes any block
 # size; the GPU-shaped one (ed25519_gpu.h) is written for blocks of ED_GPU_GROUP = 32. With the
 # point formulas out of line the one-kernel path needs 160 registers (142 with the field functions
 # out of line), so blocks of 128 let three blocks (12 warps) share an SM where blocks of 256 leave
@@ -46,6 +47,8 @@ VARIANTS = {
     "portable fe outl.": ("ed25519.h", OUTLINED_FE, 256),
     "portable fe o. b128": ("ed25519.h", OUTLINED_FE, 128),
     "portable 2 carries": ("ed25519.h", TWO_CARRIES, 256),
+    "portable outl. r128": ("ed25519.h", OUTLINED + CAP128, 256),
+    "portable fe o. r128": ("ed25519.h", OUTLINED_FE + CAP128, 256),
     "shaped w4": ("ed25519_gpu.h", (), 32),
     "shaped w4 outlined": ("ed25519_gpu.h", OUTLINED, 32),
     "shaped w4 2 carries": ("ed25519_gpu.h", TWO_CARRIES, 32),

@@ -30,13 +30,13 @@ def module_source(module: str) -> str:
     return inline_source("portable.h") + "\n" + inline_source(module)
 
 
-def cubin_name(module: str, arch: str, defines: tuple[str, ...] = ()) -> str:
-    digest = hashlib.sha256("\0".join((module_source(module), *CUDA_OPTIONS, *defines, arch)).encode())
+def cubin_name(module: str, arch: str, extra: tuple[str, ...] = ()) -> str:
+    digest = hashlib.sha256("\0".join((module_source(module), *CUDA_OPTIONS, *extra, arch)).encode())
     return f"{Path(module).stem}.{arch}.{digest.hexdigest()[:16]}.cubin"
 
 
-def find(directory: str | os.PathLike, module: str, arch: str, defines: tuple[str, ...] = ()) -> Path | None:
-    path = Path(directory) / cubin_name(module, arch, defines)
+def find(directory: str | os.PathLike, module: str, arch: str, extra: tuple[str, ...] = ()) -> Path | None:
+    path = Path(directory) / cubin_name(module, arch, extra)
     return path if path.is_file() else None
 
 
@@ -79,7 +79,7 @@ def parse_ptxas(report: str) -> list[KernelResources]:
     return out
 
 
-def build(module: str, arch: str, directory: str | os.PathLike, defines: tuple[str, ...] = (),
+def build(module: str, arch: str, directory: str | os.PathLike, extra: tuple[str, ...] = (),
           compiler: str | None = None) -> tuple[Path, list[KernelResources]]:
     """Compile kernels/<module> into directory/<cubin_name>; (path, ptxas's figures)."""
     compiler = compiler or nvcc()
@@ -87,12 +87,12 @@ def build(module: str, arch: str, directory: str | os.PathLike, defines: tuple[s
         raise KernelError("nvcc not found: install the CUDA toolkit (or put nvcc on PATH) to prebuild CUDA modules")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / cubin_name(module, arch, defines)
+    target = directory / cubin_name(module, arch, extra)
     src = target.with_suffix(".cu")
     src.write_text(module_source(module))
     tmp = target.with_suffix(".cubin.part")
     try:
-        proc = subprocess.run([compiler, "-cubin", f"-arch={arch}", *CUDA_OPTIONS, *defines, "-Xptxas", "-v",
+        proc = subprocess.run([compiler, "-cubin", f"-arch={arch}", *CUDA_OPTIONS, *extra, "-Xptxas", "-v",
                                "-diag-suppress", "177", str(src), "-o", str(tmp)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -105,15 +105,15 @@ def build(module: str, arch: str, directory: str | os.PathLike, defines: tuple[s
 
 
 def build_all(arch: str, directory: str | os.PathLike, builds=None, jobs: int = 0, progress=None):
-    """Compile in parallel each (module, defines) of `builds` (default: every kernel module as
-    it stands); progress(module, defines, path, resources) as each one finishes, in order."""
+    """Compile in parallel each (module, extra options) of `builds` (default: every kernel module as
+    it stands); progress(module, extra, path, resources) as each one finishes, in order."""
     builds = builds or [(m, ()) for m in sorted(set(kernel_modules().values()))]
     with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
         futures = [(m, d, pool.submit(build, m, arch, directory, d)) for m, d in builds]
         results = []
-        for module, defines, future in futures:
+        for module, extra, future in futures:
             path, resources = future.result()
             if progress:
-                progress(module, defines, path, resources)
-            results.append((module, defines, path, resources))
+                progress(module, extra, path, resources)
+            results.append((module, extra, path, resources))
     return results

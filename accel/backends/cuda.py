@@ -62,30 +62,30 @@ class CudaBackend(Backend):
         self.arch = "sm_" + self._dev.compute_capability  # "90" on an H100
         self.cubin_dir = cubin_dir or str(cubins.default_dir())
         self._modules: dict[tuple, object] = {}
-        self.origins: dict[tuple, str] = {}  # (module, defines) -> the cubin it came from, or "NVRTC"
+        self.origins: dict[tuple, str] = {}  # (module, extra options) -> the cubin it came from, or "NVRTC"
         self._functions: dict[str, object] = {}
         with self._dev:
             self._streams = (cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True))
         # pinned staging buffers of copies in flight, per thread, kept until their stream syncs
         self._staged = threading.local()
 
-    def module(self, module: str, defines: tuple[str, ...] = ()):
-        """kernels/<module> loaded on this device: the prebuilt cubin
-        for this architecture if there is one, else NVRTC's build. defines: extra -D options."""
-        key = (module, defines)
+    def module(self, module: str, extra: tuple[str, ...] = ()):
+        """kernels/<module> loaded on this device: the prebuilt cubin for this architecture if
+        there is one, else NVRTC's build. extra: more compiler options (-D..., --maxrregcount=...)."""
+        key = (module, extra)
         if key not in self._modules:
             with self._dev:
-                self._modules[key] = self._load(module, defines)
+                self._modules[key] = self._load(module, extra)
         return self._modules[key]
 
-    def _load(self, module: str, defines: tuple[str, ...]):
-        cubin = cubins.find(self.cubin_dir, module, self.arch, defines)
+    def _load(self, module: str, extra: tuple[str, ...]):
+        cubin = cubins.find(self.cubin_dir, module, self.arch, extra)
         if cubin is not None:
             try:
                 loaded = self._cp.RawModule(path=str(cubin))
                 loaded.compile()  # CuPy loads lazily: load now, so a bad file is caught here
                 log.info("CUDA: kernels/%s loaded from %s", module, cubin)
-                self.origins[module, defines] = str(cubin)
+                self.origins[module, extra] = str(cubin)
                 return loaded
             except Exception as exc:  # a cubin from a newer nvcc than this driver knows
                 log.warning("CUDA: cannot load %s (%s); compiling kernels/%s with NVRTC", cubin, exc, module)
@@ -93,9 +93,9 @@ class CudaBackend(Backend):
             log.info("CUDA: no prebuilt cubin for kernels/%s (%s) in %s; compiling with NVRTC "
                      "(`accel build-cuda` prebuilds)", module, self.arch, self.cubin_dir)
         try:
-            built = self._cp.RawModule(code=cubins.module_source(module), options=NVRTC_OPTIONS + defines)
+            built = self._cp.RawModule(code=cubins.module_source(module), options=NVRTC_OPTIONS + extra)
             built.compile()
-            self.origins[module, defines] = "NVRTC"
+            self.origins[module, extra] = "NVRTC"
             return built
         except Exception as exc:
             raise KernelError(f"NVRTC build of kernels/{module} failed: {exc}") from exc
