@@ -196,3 +196,12 @@ def test_prebuilt_cubins_give_the_bits_of_nvrtc_builds_on_a_gpu(tmp_path):
     for m in ("merkle.h", "risk.h"):
         assert prebuilt.origins[m, ()] == str(cubins.find(tmp_path / "prebuilt", m, prebuilt.arch))
         assert nvrtc.origins[m, ()] == "NVRTC"
+
+
+def test_build_cuda_without_nvcc_says_what_to_install(monkeypatch, capsys, tmp_path):
+    from accel.backends import cubins
+    from accel.cli import main
+    monkeypatch.setattr(cubins, "nvcc", lambda: None)
+    assert main(["build-cuda", "--arch", "sm_90", "--module", "merkle.h", "--out", str(tmp_path)]) == 2
+    assert "nvcc not found: install the CUDA toolkit" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
