@@ -1,12 +1,12 @@
 """The CUDA build of kernels/ must compile even where no GPU exists: nvcc is on CI machines."""
 import json
 import os
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from accel.backends import cubins
 from accel.backends.base import KERNEL_DIR, kernel_modules
 from accel.backends.cuda import NVRTC_OPTIONS
 
@@ -14,7 +14,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def nvcc() -> str:
-    path = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    path = cubins.nvcc()
     if path is None:
         if IN_CI:
             pytest.fail("nvcc is required under CI to compile the CUDA kernels")
@@ -57,7 +57,6 @@ def test_gpu_verify_kernel_fits_registers_and_a_small_stack(tmp_path):
     most 1 KB of stack per thread and no spills, in the kernel or the functions it calls. Every
     other Ed25519 kernel of the module (the one-kernel path too) must not spill either: the field
     multiply's 32-bit products keep them within 255 registers (bench/RESULTS.md)."""
-    from accel.backends import cubins
     _, resources = cubins.build("ed25519_gpu.h", "sm_90", tmp_path, compiler=nvcc())
     by_name = {r.kernel: r for r in resources}
     assert set(by_name) == {"av_ed25519_verify_k", "av_ed25519_challenge", "av_ed25519_verify",
@@ -89,7 +88,6 @@ def test_opencl_builds_are_checked_for_contraction(backends):
 
 # ---- prebuilt modules (accel build-cuda) --------------------------------------------------------
 def test_build_cuda_writes_a_cubin_the_backend_finds_and_reports_ptxas(tmp_path, capsys):
-    from accel.backends import cubins
     from accel.cli import main
     nvcc()
     assert main(["build-cuda", "--arch", "sm_90", "--module", "merkle.h", "--out", str(tmp_path), "--json"]) == 0
@@ -105,7 +103,6 @@ def test_build_cuda_writes_a_cubin_the_backend_finds_and_reports_ptxas(tmp_path,
 
 
 def test_a_cubin_is_named_by_its_exact_source(monkeypatch):
-    from accel.backends import cubins
     name = cubins.cubin_name("merkle.h", "sm_90")
     text = cubins.module_source("merkle.h")
     monkeypatch.setattr(cubins, "module_source", lambda module: text + "\n/* edited */")
@@ -144,7 +141,6 @@ def _fake_cuda_backend(cubin_dir):
 
 
 def test_the_cuda_backend_loads_a_prebuilt_cubin_else_compiles(tmp_path, caplog):
-    from accel.backends import cubins
     from accel.backends.cuda import NVRTC_OPTIONS
     caplog.set_level("INFO", logger="accel")
     b = _fake_cuda_backend(tmp_path)
@@ -173,7 +169,6 @@ def test_prebuilt_cubins_give_the_bits_of_nvrtc_builds_on_a_gpu(tmp_path):
     from conftest import require
 
     from accel import greeks, merkle_root
-    from accel.backends import cubins
     from accel.backends.cuda import CudaBackend
     require("cuda")
     compiler = cubins.nvcc()
@@ -199,7 +194,6 @@ def test_prebuilt_cubins_give_the_bits_of_nvrtc_builds_on_a_gpu(tmp_path):
 
 
 def test_build_cuda_without_nvcc_says_what_to_install(monkeypatch, capsys, tmp_path):
-    from accel.backends import cubins
     from accel.cli import main
     monkeypatch.setattr(cubins, "nvcc", lambda: None)
     assert main(["build-cuda", "--arch", "sm_90", "--module", "merkle.h", "--out", str(tmp_path)]) == 2

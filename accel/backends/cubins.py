@@ -41,9 +41,9 @@ def find(directory: str | os.PathLike, module: str, arch: str, extra: tuple[str,
 
 
 def nvcc() -> str | None:
-    if shutil.which("nvcc"):
-        return shutil.which("nvcc")
-    return "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+    """nvcc on PATH, else in the CUDA toolkit's usual place; None when neither."""
+    fallback = "/usr/local/cuda/bin/nvcc"
+    return shutil.which("nvcc") or (fallback if os.path.exists(fallback) else None)
 
 
 @dataclass(frozen=True)
