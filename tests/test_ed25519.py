@@ -497,6 +497,39 @@ def test_gpu_path_equals_portable_path(backends):
             assert np.array_equal(b.to_host(shaped).astype(bool), ref), b.name
 
 
+@pytest.mark.parametrize("options", [("-DED_GPU_A_WINDOW=3",), ("-DED_GPU_A_WINDOW=5",), ("-DED_FE_CARRY_CHAINS=2",)])
+def test_gpu_path_tuning_variants_keep_the_verdicts(backends, options):
+    """Tunables that bench/ed25519_variants.py times on CUDA and that change the arithmetic (the
+    wNAF window of [k]A, the carry order), built by OpenCL here: a variant that changed a verdict
+    shows in CI, before any GPU time is spent on it."""
+    ocl = [b for b in backends if b.name == "opencl"]
+    if not ocl:
+        pytest.skip("no OpenCL backend here to build the variants")
+    import pyopencl as cl
+
+    from accel.backends.base import inline_source
+    from accel.backends.opencl import BUILD_OPTIONS
+    from accel.ed25519 import GPU_GROUP, hash_order
+    from accel.packing import pack_fixed, pack_messages
+    b = ocl[0]
+    prog = cl.Program(b._ctx, inline_source("portable.h") + "\n" + inline_source("ed25519_gpu.h")).build(
+        options=BUILD_OPTIONS + list(options))
+    pks, msgs, sigs = (x + y for x, y in zip(mixed_batch(), torsion_batch(64, seed=17)))
+    n = len(pks)
+    data, offsets = pack_messages(msgs)
+    order = hash_order(offsets)
+    args = [b.to_device(x).buf for x in (pack_fixed(pks, 32, "public key"), data, offsets,
+                                         pack_fixed(sigs, 64, "signature"), order)]
+    ks, out = b.empty((n, 32), np.uint8), b.empty((n,), np.uint8)
+    size = -(-n // GPU_GROUP) * GPU_GROUP
+    challenge, check = cl.Kernel(prog, "av_ed25519_challenge"), cl.Kernel(prog, "av_ed25519_verify_k")
+    challenge.set_args(*args, np.uint32(1), ks.buf, np.uint64(n))
+    cl.enqueue_nd_range_kernel(b._queue, challenge, (size,), (GPU_GROUP,))
+    check.set_args(args[0], args[3], ks.buf, out.buf, np.uint64(n))
+    cl.enqueue_nd_range_kernel(b._queue, check, (size,), (GPU_GROUP,))
+    assert np.array_equal(b.to_host(out).astype(bool), verdicts(backends[0], pks, msgs, sigs))
+
+
 @pytest.mark.parametrize("bad", [0, 1, 2, 8, 64, 300, 3000])
 def test_bad_signatures_anywhere_get_their_single_verdicts(cpu, bad):
     """The C fallback's bisection and its budget, with bad signatures spread evenly (each half of
