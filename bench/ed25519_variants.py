@@ -42,7 +42,7 @@ CAP128 = ("--maxrregcount=128",)  # two blocks of 256 (16 warps) per SM, at the 
 VARIANTS = {
     "portable": ("ed25519.h", (), 256),
     "portable b128": ("ed25519.h", (), 128),
-    "portable b32": ("ed25519.h", (), 32),  # 206 registers: 9 one-warp blocks fit an SM, 8 warps in blocks of 256
+    "portable b32": ("ed25519.h", (), 32),  # 206 registers: 9 one-warp blocks may fit an SM; 8 warps in blocks of 256
     "portable outlined": ("ed25519.h", OUTLINED, 256),
     "portable outl. b128": ("ed25519.h", OUTLINED, 128),
     "portable fe outl.": ("ed25519.h", OUTLINED_FE, 256),
