@@ -27,10 +27,15 @@ def cmd_info(args) -> int:
     cfg = config.get()
     found = probe()
     auto = get_backend("auto")
+    cuda = found.get("cuda")
+    modules = _cuda_modules(cuda) if isinstance(cuda, Backend) else None
     if args.json:
-        print(json.dumps({"configured_backend": cfg.backend, "auto_picks": auto.name, "backends": {
+        report = {"configured_backend": cfg.backend, "auto_picks": auto.name, "backends": {
             name: ({"available": True, "gpu": b.is_gpu, "device": b.device} if isinstance(b, Backend)
-                   else {"available": False, "reason": str(b)}) for name, b in found.items()}}, indent=1))
+                   else {"available": False, "reason": str(b)}) for name, b in found.items()}}
+        if modules:
+            report["backends"]["cuda"]["modules"] = modules
+        print(json.dumps(report, indent=1))
         return 0
     print(f"configured backend: {cfg.backend}")
     for name, b in found.items():
@@ -38,9 +43,21 @@ def cmd_info(args) -> int:
             print(f"  {name:7s} available  {'GPU' if b.is_gpu else 'CPU'}  {b.device}")
         else:
             print(f"  {name:7s} missing    {b}")
+    if modules:
+        missing = modules["compiled_by_nvrtc_at_first_use"]
+        print(f"  cuda modules for {modules['arch']} in {modules['cubin_dir']}: "
+              + ("every one prebuilt" if not missing else f"no current cubin for {', '.join(missing)} "
+                 "(NVRTC compiles each at first use, about a minute for Ed25519; `accel build-cuda` prebuilds)"))
     print(f"auto picks: {auto.name}")
     print("(`accel check` says whether the configured backend can run; `info` only lists)")
     return 0
+
+
+def _cuda_modules(b) -> dict:
+    """Where the CUDA backend's modules will come from: prebuilt cubins, or NVRTC at first use."""
+    from .backends import cubins
+    return {"arch": b.arch, "cubin_dir": b.cubin_dir,
+            "compiled_by_nvrtc_at_first_use": cubins.stale(b.cubin_dir, b.arch)}
 
 
 def cmd_check(args) -> int:

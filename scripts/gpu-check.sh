@@ -41,14 +41,9 @@ if ! ls /etc/OpenCL/vendors/*.icd >/dev/null 2>&1; then
     fi
 fi
 # Modules `make gpu-prep` prebuilt (carried in .cubin/): loaded in a second instead of a minute of
-# NVRTC each; a module whose sources changed since has no current cubin and is compiled here.
+# NVRTC each; `accel info` below names any whose sources changed since (NVRTC compiles those here).
 if [ -d .cubin ]; then
     export ACCEL_CUDA_CUBIN_DIR="$PWD/.cubin"
-    $py -c "import sys; from accel.backends import cubins, base
-mods = sorted(set(base.kernel_modules().values())); stale = [m for m in mods if not cubins.find('.cubin', m, sys.argv[1])]
-print(f'prebuilt CUDA modules: {len(mods) - len(stale)} of {len(mods)} current for {sys.argv[1]}',
-      f'(NVRTC will compile {\", \".join(stale)})' if stale else '')" \
-        "sm_$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '.')"
 else
     echo "note: no .cubin/ (make gpu-prep): NVRTC compiles each module here, about a minute per Ed25519 module"
 fi

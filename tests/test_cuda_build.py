@@ -199,3 +199,21 @@ def test_build_cuda_without_nvcc_says_what_to_install(monkeypatch, capsys, tmp_p
     assert main(["build-cuda", "--arch", "sm_90", "--module", "merkle.h", "--out", str(tmp_path)]) == 2
     assert "nvcc not found: install the CUDA toolkit" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_info_says_which_cuda_modules_nvrtc_will_compile(tmp_path, monkeypatch, capsys, cpu):
+    """An operator reads off `accel info` whether the first block will wait on NVRTC."""
+    from accel import cli
+    cuda = _fake_cuda_backend(tmp_path)
+    cuda.device = "NVIDIA H100 80GB HBM3 (CUDA device 0)"
+    monkeypatch.setattr(cli, "probe", lambda: {"cpu": cpu, "cuda": cuda})
+    monkeypatch.setattr(cli, "get_backend", lambda name=None: cuda)
+    for module in sorted(set(kernel_modules().values()) - {"risk.h"}):
+        (tmp_path / cubins.cubin_name(module, "sm_90")).write_bytes(b"\x7fELF")
+    assert cli.main(["info"]) == 0
+    assert f"cuda modules for sm_90 in {tmp_path}: no current cubin for risk.h (NVRTC" in capsys.readouterr().out
+    (tmp_path / cubins.cubin_name("risk.h", "sm_90")).write_bytes(b"\x7fELF")
+    assert cli.main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["backends"]["cuda"]
+    assert report["available"] and report["modules"] == {
+        "arch": "sm_90", "cubin_dir": str(tmp_path), "compiled_by_nvrtc_at_first_use": []}

@@ -40,6 +40,11 @@ def find(directory: str | os.PathLike, module: str, arch: str, extra: tuple[str,
     return path if path.is_file() else None
 
 
+def stale(directory: str | os.PathLike, arch: str) -> list[str]:
+    """The kernel modules with no current cubin for arch in directory (NVRTC compiles those)."""
+    return [m for m in sorted(set(kernel_modules().values())) if find(directory, m, arch) is None]
+
+
 def nvcc() -> str | None:
     """nvcc on PATH, else in the CUDA toolkit's usual place; None when neither."""
     fallback = "/usr/local/cuda/bin/nvcc"
