@@ -13,7 +13,6 @@ messages.
 Prints one row per variant; the fastest with the same verdicts is what the kernels' tunables and
 accel/ed25519.py (GPU_SHAPED) should default to."""
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,18 +69,6 @@ def prebuild(directory, arch):
                       f"stack, {r.spill_stores} B spilled, {r.shared} B shared per block", flush=True)
 
 
-def median_s(fn, reps=5):
-    fn()
-    cp.cuda.Device().synchronize()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        cp.cuda.Device().synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def launcher(mod, module, block):
     """(run(device args, n, hash order) -> device verdicts, the verify kernel)."""
     if module == "ed25519.h":
@@ -110,7 +97,7 @@ def main(profile: int = 0):
     import test_ed25519 as cases_from
     from accel.ed25519 import hash_order
     from accel.packing import pack_fixed, pack_messages
-    from gpu_throughput import signed_batch
+    from gpu_throughput import kernel_s, signed_batch
     cuda = accel.get_backend("cuda")
     n = profile or N
     big = signed_batch(n, min(n, 65536))
@@ -131,7 +118,7 @@ def main(profile: int = 0):
         run, fn = launcher(cuda.module(module, opts), module, block)
         load_s = time.perf_counter() - t0
         same = np.array_equal(run(check_args, len(pks), hash_order(offsets)).get().astype(bool), want)
-        rate = N / median_s(lambda: run(bench_args, N, None)) / 1e6
+        rate = N / kernel_s(cuda, lambda: run(bench_args, N, None), 5) / 1e6
         origin = Path(cuda.origins[module, opts]).name
         print(f"{name:20s} {'same' if same else 'DIFF':8s}  {rate:8.3f}                {fn.num_regs:9d}  "
               f"{fn.local_size_bytes:11d}  {load_s:6.1f}  {origin}", flush=True)
