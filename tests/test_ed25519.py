@@ -15,102 +15,10 @@ import pytest
 from nacl.signing import SigningKey
 
 import accel
-
-# ---- a small reference model of the curve, used only to build inputs and expected verdicts ----
-P = 2**255 - 19
-L = 2**252 + 27742317777372353535851937790883648493
-D = -121665 * pow(121666, P - 2, P) % P
-SQRTM1 = pow(2, (P - 1) // 4, P)
-IDENTITY = (0, 1, 1, 0)
-
-
-def add(p1, p2):
-    """Extended-coordinate addition (RFC 8032 section 5.1.4); complete on the whole curve."""
-    x1, y1, z1, t1 = p1
-    x2, y2, z2, t2 = p2
-    a, b = (y1 - x1) * (y2 - x2) % P, (y1 + x1) * (y2 + x2) % P
-    c, d = 2 * t1 * t2 * D % P, 2 * z1 * z2 % P
-    e, f, g, h = b - a, d - c, d + c, b + a
-    return (e * f % P, g * h % P, f * g % P, e * h % P)
-
-
-def mul(s, pt):
-    out = IDENTITY
-    while s:
-        if s & 1:
-            out = add(out, pt)
-        pt, s = add(pt, pt), s >> 1
-    return out
-
-
-def neg(pt):
-    x, y, z, t = pt
-    return (-x % P, y, z, -t % P)
-
-
-def affine(pt):
-    zi = pow(pt[2], P - 2, P)
-    return pt[0] * zi % P, pt[1] * zi % P
-
-
-def is_identity(pt):
-    x, y = affine(pt)
-    return x == 0 and y == 1
-
-
-def encode(pt):
-    x, y = affine(pt)
-    return (y | (x & 1) << 255).to_bytes(32, "little")
-
-
-def decode(enc: bytes):
-    """ZIP-215 decoding: y taken mod p, x = 0 may carry the sign bit; None if not on the curve."""
-    v = int.from_bytes(enc, "little")
-    y, sign = (v & (2**255 - 1)) % P, v >> 255
-    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
-    x = pow(x2, (P + 3) // 8, P)
-    if (x * x - x2) % P:
-        x = x * SQRTM1 % P
-    if (x * x - x2) % P:
-        return None
-    if x & 1 != sign:
-        x = -x % P
-    return (x, y, 1, x * y % P)
-
-
-def point_from_y(y, sign=0):
-    return decode((y | sign << 255).to_bytes(32, "little"))
-
-
-BASE = point_from_y(4 * pow(5, P - 2, P) % P)
-
-
-def challenge(r_enc: bytes, a_enc: bytes, msg: bytes) -> int:
-    return int.from_bytes(hashlib.sha512(r_enc + a_enc + msg).digest(), "little") % L
-
-
-def zip215_verdict(pk: bytes, msg: bytes, sig: bytes) -> bool:
-    """The rule as docs/ED25519.md states it, written as plainly as possible."""
-    s = int.from_bytes(sig[32:], "little")
-    a, r = decode(pk), decode(sig[:32])
-    if s >= L or a is None or r is None:
-        return False
-    k = challenge(sig[:32], pk, msg)
-    lhs = add(mul(s, BASE), neg(add(r, mul(k, a))))
-    return is_identity(mul(8, lhs))
-
-
-def torsion_points():
-    """The 8 points of small order: [L]Q for a Q with a full-order torsion part, and its multiples."""
-    y = 2
-    while True:
-        q = point_from_y(y)
-        if q is not None:
-            t = mul(L, q)
-            if not is_identity(mul(4, t)):
-                return [mul(i, t) for i in range(8)]
-        y += 1
-
+# The reference model of the curve and of the rule, in plain Python: it builds the inputs and
+# gives the expected verdicts here, and software-only validation (consensus/verify.py) uses it.
+from accel.ed25519_ref import (BASE, L, P, add, challenge, decode, encode, is_identity, key_is_safe, mul, neg,
+                               point_from_y, torsion_points, zip215_verdict)
 
 TORSION = torsion_points()
 NONCANONICAL_SMALL = [
@@ -367,6 +275,17 @@ def test_key_is_safe(backend):
     assert accel.ed25519_key_is_safe(encode(point_from_y(y_plus_p - P)), backend=backend)
     assert not accel.ed25519_key_is_safe((2).to_bytes(32, "little"), backend=backend)
 
+
+
+def test_reference_key_is_safe_is_the_kernels_rule(cpu):
+    """accel.ed25519_ref.key_is_safe (for software-only code) against the C fallback's."""
+    key = bytes(SigningKey(b"\x01" * 32).verify_key)
+    y_plus_p = [y for y in range(3, 19) if point_from_y(y) is not None][0] + P
+    keys = ([key, encode(add(decode(key), TORSION[1])), (2).to_bytes(32, "little"), y_plus_p.to_bytes(32, "little"),
+             encode(point_from_y(y_plus_p - P))] + [encode(t) for t in TORSION] + NONCANONICAL_SMALL
+            + [c[1] for c in EDGE])
+    assert [key_is_safe(k) for k in keys] == [accel.ed25519_key_is_safe(k, backend=cpu) for k in keys]
+    assert key_is_safe(key) and not key_is_safe(encode(TORSION[1]))
 
 # ---- public suites (../shared/testdata/ed25519) ------------------------------------------------
 
@@ -632,3 +551,78 @@ def test_decoding_agrees_on_random_encodings(backends):
     assert 0 < ref.sum() < len(ref)
     for name, out in results.items():
         assert np.array_equal(out, ref), name
+
+
+# ---- software-only validation (consensus/verify.py): libsodium, then the reference -------------
+
+
+def software_cases():
+    """(name, public keys, messages, signatures) on which software-only validation must give the
+    kernels' verdicts: the edge cases, signatures carrying torsion, a mixed batch, and the public
+    suites where present."""
+    cases = [("edge cases", [c[1] for c in EDGE], [c[2] for c in EDGE], [c[3] for c in EDGE]),
+             ("torsion", *torsion_batch(160, seed=8)),
+             ("mixed", *[x[:600] for x in mixed_batch()])]
+    if (TESTDATA / "ed25519" / "wycheproof_ed25519_test.json").exists():
+        data = load_or_skip("wycheproof_ed25519_test.json")
+        sized = [(g["publicKey"]["pk"], t) for g in data["testGroups"] for t in g["tests"] if len(t["sig"]) == 128]
+        cases.append(("wycheproof", [bytes.fromhex(pk) for pk, _ in sized], [bytes.fromhex(t["msg"]) for _, t in sized],
+                      [bytes.fromhex(t["sig"]) for _, t in sized]))
+    if (TESTDATA / "ed25519" / "speccheck_cases.json").exists():
+        spec = load_or_skip("speccheck_cases.json")
+        cases.append(("speccheck", [bytes.fromhex(c["pub_key"]) for c in spec],
+                      [bytes.fromhex(c["message"]) for c in spec], [bytes.fromhex(c["signature"]) for c in spec]))
+    return cases
+
+
+def verifier_inputs(pks, msgs, sigs):
+    from accel.packing import pack_fixed, pack_messages
+    return pack_fixed(pks, 32, "public key"), accel.Packed(*pack_messages(msgs)), pack_fixed(sigs, 64, "signature")
+
+
+def test_libsodium_accepts_a_subset_of_zip215():
+    """What software-only validation rests on: every signature libsodium (PyNaCl) accepts is
+    ZIP-215-valid, so only its refusals need the reference's second look; and it does refuse the
+    crafted ones (small-order and non-canonical points, cofactored-only equations)."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    def libsodium(pk, msg, sig):
+        try:
+            VerifyKey(pk).verify(msg, sig)
+            return True
+        except BadSignatureError:
+            return False
+    refused_valid = 0
+    for name, pks, msgs, sigs in software_cases():
+        for i, case in enumerate(zip(pks, msgs, sigs)):
+            if libsodium(*case):
+                assert zip215_verdict(*case), (name, i)
+            elif zip215_verdict(*case):
+                refused_valid += 1
+    # libsodium refuses every crafted case that holds under ZIP-215, except "A + T" ones whose k
+    # happens to clear T (k T = 0), where the cofactorless equation holds as well
+    for name, pk, msg, sig, want in EDGE:
+        k, s = challenge(sig[:32], pk, msg), int.from_bytes(sig[32:], "little")
+        cofactorless = want and is_identity(add(mul(s, BASE), neg(add(decode(sig[:32]), mul(k, decode(pk))))))
+        assert libsodium(pk, msg, sig) is (name == "valid" or (name.startswith("cofactored only, A") and cofactorless)), name
+    assert refused_valid >= 40
+
+
+@pytest.mark.parametrize("case", [c[0] for c in software_cases()])
+def test_software_verifier_gives_the_kernels_verdicts(cpu, case):
+    """consensus.verify.Verifier("software") (PyNaCl, then the reference on what it refuses)
+    against the C fallback's ZIP-215 verdicts, per signature and for a whole block, so a
+    software-only validator and an accelerated one never disagree on a block."""
+    from consensus.verify import Verifier
+    _, pks, msgs, sigs = next(c for c in software_cases() if c[0] == case)
+    want = verdicts(cpu, pks, msgs, sigs)
+    soft, fast = Verifier("software"), Verifier("accel", cpu)
+    got = soft.verify_each(*verifier_inputs(pks, msgs, sigs))
+    assert got.dtype == bool and np.array_equal(got, want), np.flatnonzero(got != want).tolist()
+    assert soft.verify_all(*verifier_inputs(pks, msgs, sigs)) is bool(want.all()) is fast.verify_all(
+        *verifier_inputs(pks, msgs, sigs))
+    valid = [j for j in range(len(pks)) if want[j]]
+    assert valid and soft.verify_all(*verifier_inputs(*([x[j] for j in valid] for x in (pks, msgs, sigs)))) is True
+    for j in range(min(len(pks), 60)):  # one signature at a time, through the certificate path too
+        assert soft.verify_one(pks[j], msgs[j], sigs[j]) is bool(want[j]), (case, j)
