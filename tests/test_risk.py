@@ -2,6 +2,7 @@
 inverse conventions, input errors, margin by hand, and byte-identical results on every backend."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import mpmath as mp
@@ -349,7 +350,7 @@ def test_contingency_netting(backend, kinds, strikes, expiries, sizes, units):
         expected = 0.01 * units * index
     assert_ticks_near(res.maintenance[0], expected)
     from accel import risk_numpy
-    assert_ticks_near(risk_numpy.portfolio_margin(pf, mk, p).maintenance[0], expected)
+    assert_same_result(risk_numpy.portfolio_margin(pf, mk, p), res)
 
 
 def test_long_options_and_empty_accounts(cpu):
@@ -512,30 +513,6 @@ def test_margin_identical_on_every_backend(backends):
     assert (runs[0][0].maintenance >= 0).all() and (runs[0][0].initial >= runs[0][0].maintenance).all()
 
 
-def test_numpy_margin_agrees_with_the_kernel(cpu):
-    """accel.risk_numpy (NumPy exp/log, SciPy ndtr) against the kernel on 600 random accounts of
-    calls, puts and futures, linear and inverse, expiries from 0 to a year: within 1e-9 relative
-    plus 2 ticks, and the same worst scenario except where the top two losses are a near-tie."""
-    from accel import risk_numpy
-    rng = np.random.default_rng(21)
-    kinds = (CALL, PUT, FUTURE, CALL | INVERSE, PUT | INVERSE, FUTURE | INVERSE)
-    pf, mk = random_book(rng, 600, 12, instruments=150, kinds=kinds)
-    p = MarginParams()
-    got, ref = portfolio_margin(pf, mk, p, backend=cpu), risk_numpy.portfolio_margin(pf, mk, p)
-    for a, b in ((got.maintenance, ref.maintenance), (got.initial, ref.initial)):
-        assert a.dtype == b.dtype == np.int64
-        assert np.all(np.abs(a - b) <= 1e-9 * np.abs(b) + 2), np.abs(a - b).max()
-    assert (ref.maintenance > 0).mean() > 0.9  # real margins, not a sea of empty accounts
-    losses = risk_numpy.scenario_losses(pf, mk, p)
-    assert losses.shape == (p.n_scenarios, 600) and ref.worst.dtype == np.int32
-    top2 = np.sort(losses, axis=0)[-2:]
-    clear = top2[1] - top2[0] > 1e-9 * np.abs(top2[1]) + 1e-6
-    assert clear.mean() > 0.9 and np.array_equal(got.worst[clear], ref.worst[clear])
-    cols = np.arange(600)  # a differing choice is a tie in the NumPy model's own losses
-    assert np.all(np.abs(losses[got.worst, cols] - losses[ref.worst, cols]) <= 1e-9 * np.abs(top2[1]) + 1e-6)
-    assert len(set(ref.worst.tolist())) > 5  # many different scenarios are the worst somewhere
-
-
 def test_numpy_margin_inputs_and_errors():
     from accel import risk_numpy
     pf, mk = one_account([FUTURE], [1e6], [0.0], [0.1], [0.0], [-1e6])
@@ -551,15 +528,6 @@ def test_numpy_margin_inputs_and_errors():
         risk_numpy.portfolio_margin(dict(offsets=[0, 2], instrument=[0, 5], size=[1.0, 1.0]), marks)
     empty = risk_numpy.portfolio_margin(Portfolio(offsets=[0, 0, 0], instrument=[], size=[]), marks)
     assert empty.maintenance.tolist() == [0, 0] and empty.worst.tolist() == [0, 0]
-
-
-def test_numpy_margin_without_scipy(monkeypatch):
-    import sys
-    from accel import risk_numpy
-    monkeypatch.setitem(sys.modules, "scipy.special", None)
-    pf, mk = one_account([CALL], [100.0], [100.0], [0.1], [0.5], [-1.0])
-    with pytest.raises(ImportError, match="accel.risk_numpy needs SciPy"):
-        risk_numpy.portfolio_margin(pf, mk)
 
 
 def test_backend_fixture_runs_greeks(backend):
@@ -608,17 +576,255 @@ def test_a_non_finite_scenario_loss_is_an_error(backend):
     assert accel.portfolio_margin(fine, marks, backend=backend).maintenance[0] >= 0
 
 
-def test_numpy_black76_prices_match_the_kernel():
-    """accel.risk_numpy.black76_price (software-only valuation) agrees with the kernel's prices,
-    intrinsic value at expiry included."""
-    import accel
-    from accel.risk_numpy import black76_price
+# ---- accel.risk_numpy: the software-only path, bit-identical (issue 19, finding 10) ------------
+
+def assert_same_result(got, ref):
+    """Two MarginResults (or arrays) with the same dtypes and the same bytes."""
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if not np.array_equal(a, b):
+            bad = np.flatnonzero(a != b)
+            raise AssertionError(f"{len(bad)} differ, first at {bad[:5].tolist()}: {a[bad[:5]]} vs {b[bad[:5]]}")
+
+
+def outcome(fn):
+    """The result of fn(), or the message of the ValueError it raises."""
+    try:
+        return fn()
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+
+
+STRESS_EXPIRIES = np.array([0.0, -0.0, 1e-300, 1e-200, 1e-12, 1e-8, 1 / 365 / 24 / 60, 1 / 365 / 24, 0.5 / 365,
+                            1 / 365, 1.0000001 / 365, 29 / 365, 30 / 365, 31 / 365, 90 / 365, 1.0, 5.0])
+MONEYNESS = np.array([1e-6, 1e-3, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0, 1.01, 1.05, 1.1, 1.25, 2.0, 10.0, 1e3, 1e6])
+
+
+def stress_book(rng, accounts, instruments, index, rate, largest):
+    """Accounts at the edges of the model: all six kinds; strikes deep in and out of the money and
+    exactly at the forward; expiries 0, -0.0, 1e-300, minutes, the 1-day DTE floor and the 30-day
+    exponent switch, years; vols from 1e-8 to 20; sizes from 1e-3 to `largest` contracts of both signs,
+    zeros and rows that cancel exactly; 10% of accounts empty, some with hundreds of positions.
+    Strikes and expiries come from small sets and each account draws from a window of instruments,
+    so rows repeat and the contingencies net."""
+    kind = rng.choice(risk._KINDS, instruments).astype(np.uint8)
+    forward = index * np.exp(rng.normal(0, 0.05, instruments))
+    forward[rng.random(instruments) < 0.1] = index  # forward exactly at the index
+    strike = index * rng.choice(MONEYNESS, instruments)
+    atm = rng.random(instruments) < 0.15
+    strike[atm] = forward[atm]  # exactly at the money
+    expiry = np.where(rng.random(instruments) < 0.6, rng.choice(STRESS_EXPIRIES, instruments),
+                      rng.uniform(0, 2, instruments))
+    vol = np.where(rng.random(instruments) < 0.7, rng.uniform(0.05, 2.0, instruments),
+                   10.0 ** rng.uniform(-8, 1.3, instruments))
+    marks = Marks(index=index, rate=rate, forward=forward, strike=strike, expiry=expiry, vol=vol, kind=kind)
+    counts = np.where(rng.random(accounts) < 0.1, 0, rng.integers(1, 12, accounts))
+    counts[rng.choice(accounts, 8, replace=False)] = rng.integers(100, 400, 8)  # many positions
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    n = int(offsets[-1])
+    base = np.repeat(rng.integers(0, instruments, accounts), counts)
+    inst = (base + rng.integers(0, 12, n)) % instruments
+    size = np.where(rng.random(n) < 0.5, np.round(rng.normal(0, 10, n), 1),
+                    rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-3, np.log10(largest), n))
+    cancel = np.flatnonzero(rng.random(n) < 0.1)[1:]
+    inst[cancel], size[cancel] = inst[cancel - 1], -size[cancel - 1]  # the row before, undone
+    size[rng.random(n) < 0.02] = 0.0
+    size[rng.random(n) < 0.01] = -0.0
+    return Portfolio(offsets=offsets, instrument=inst, size=size), marks
+
+
+STRESS_PARAMS = [  # (accounts, instruments, index, rate, largest size, params)
+    (50_000, 6_000, 30_000.0, 0.02, 1e4, MarginParams()),
+    (30_000, 4_000, 0.05, -0.01, 1e7, MarginParams(moves=(-0.3, -0.1, 0.0, 0.1, 0.3), extended_moves=(-0.9, 0.7, 9.0),
+                                              vol_up_floor=0.0, vol_exponent=0.5, vol_exponent_long=0.2,
+                                              extended_reference_move=10.0, short_option_contingency=0.03,
+                                              future_contingency=0.005)),
+    (20_000, 3_000, 2e6, 0.1, 1e4, MarginParams(moves=(-0.5, 0.0, 0.9), extended_moves=(), vol_ref_days=7.0, tick=1e-3,
+                                           days_per_year=360.0, vol_down_floor=0.5, initial_multiplier=1.0,
+                                           vol_up=3.0, vol_down=0.9)),
+]
+
+
+def test_numpy_margin_bit_identical(backends):
+    """accel.risk_numpy.portfolio_margin against every backend, byte for byte: 100,000 stress
+    accounts under three parameter sets (one with its tick set so the largest margin is just under
+    the int64 limit), plus 2,000 random ones; then the same tick overflowing raises the same error."""
+    from accel import risk_numpy
+    rng = np.random.default_rng(1919)
+    total = 0
+    for i, (accounts, instruments, index, rate, largest, p) in enumerate(STRESS_PARAMS):
+        pf, mk = stress_book(rng, accounts, instruments, index, rate, largest)
+        if i == 1:  # a tick at which the largest initial margin is about 9.1e18 ticks (the limit is 9.2e18)
+            largest = portfolio_margin(pf, mk, MarginParams(**{**p.__dict__, "tick": 1.0}), backend=backends[0])
+            p = MarginParams(**{**p.__dict__, "tick": float(largest.initial.max()) / 9.1e18})
+        ours = risk_numpy.portfolio_margin(pf, mk, p)
+        for b in backends:
+            assert_same_result(ours, portfolio_margin(pf, mk, p, backend=b))
+        total += accounts
+        assert (ours.maintenance == 0).mean() > 0.05 and (ours.maintenance > 0).mean() > 0.5
+        assert len(set(ours.worst.tolist())) >= min(p.n_scenarios, 10)  # many scenarios are the worst somewhere
+        if i == 1:
+            assert ours.initial.max() > 9.0e18  # near the int64 limit
+            over = MarginParams(**{**p.__dict__, "tick": p.tick * 0.98})
+            message = outcome(lambda: risk_numpy.portfolio_margin(pf, mk, over))
+            assert "margin does not fit in int64 ticks" in message
+            for b in backends:
+                assert message == outcome(lambda: portfolio_margin(pf, mk, over, backend=b))
+            if UNCHECKED:  # the error codes of every account, and the worst scenarios of those too
+                ours = risk_numpy.portfolio_margin(pf, mk, over, checked=False)
+                assert (ours.initial == -1).any() and (ours.initial > 1e18).any()
+                for b in backends:
+                    assert_same_result(ours, portfolio_margin(pf, mk, over, backend=b, checked=False))
+        # the loss matrix is the one the margins come from: first maximum per account
+        if i == 2:
+            losses = risk_numpy.scenario_losses(pf, mk, p)
+            assert losses.shape == (p.n_scenarios, accounts) and losses.dtype == np.float64
+            assert np.array_equal(np.argmax(losses, axis=0), ours.worst)
+    assert total >= 100_000
+    pf, mk = random_book(rng, 2_000, 12, instruments=150,
+                         kinds=(CALL, PUT, FUTURE, CALL | INVERSE, PUT | INVERSE, FUTURE | INVERSE))
+    ours = risk_numpy.portfolio_margin(pf, mk)
+    for b in backends:
+        assert_same_result(ours, portfolio_margin(pf, mk, backend=b))
+
+
+def test_numpy_margin_sums_in_row_order(cpu):
+    """Sizes of very different magnitudes in one account: a different summation order than the
+    kernel's (row by row) changes the last bits of the losses, which this test would see."""
+    from accel import risk_numpy
     rng = np.random.default_rng(5)
-    n = 2000
+    n = 64
+    pf = Portfolio(offsets=np.arange(0, 64 * 200 + 1, 200), instrument=rng.integers(0, n, 64 * 200),
+                   size=rng.choice([-1.0, 1.0], 64 * 200) * 10.0 ** rng.uniform(-4, 5, 64 * 200))
+    mk = Marks(index=100.0, rate=0.0, forward=100.0 * np.exp(rng.normal(0, 0.1, n)), strike=np.full(n, 100.0),
+               expiry=np.full(n, 0.25), vol=np.full(n, 0.8), kind=rng.choice([CALL, PUT, FUTURE], n))
+    p = MarginParams(tick=1e-4)
+    assert_same_result(risk_numpy.portfolio_margin(pf, mk, p), portfolio_margin(pf, mk, p, backend=cpu))
+    losses = risk_numpy.scenario_losses(pf, mk, p)
+    # the same rows summed in the reverse order give other bits somewhere: the test can see order
+    rev = Portfolio(offsets=pf.offsets, instrument=pf.instrument.reshape(64, 200)[:, ::-1].ravel(),
+                    size=pf.size.reshape(64, 200)[:, ::-1].ravel())
+    assert not np.array_equal(risk_numpy.scenario_losses(rev, mk, p), losses)
+
+
+UNCHECKED = "checked" in inspect.signature(portfolio_margin).parameters  # accel.portfolio_margin(checked=False)
+
+
+def test_numpy_margin_errors_match_the_kernel(backends):
+    """The same ValueError for a non-finite loss and for int64 overflow; with checked=False, the
+    same error codes (-1, -2) and worst scenarios in a batch that mixes them with good accounts."""
+    from accel import risk_numpy
+    marks = Marks(index=1.0, rate=0.0, forward=np.array([1.0, 1.7e308]), strike=np.ones(2), expiry=np.ones(2),
+                  vol=np.ones(2), kind=np.array([FUTURE, FUTURE]))
+    cases = [(Portfolio(offsets=[0, 1, 3], instrument=[0, 1, 1], size=[2.0, -1.0, 0.0]), marks, None),
+             one_account([FUTURE], [1e6], [0.0], [0.1], [0.0], [-1e6]) + (MarginParams(tick=1e-12),),
+             one_account([CALL, PUT], [1e6, 1e6], [1e6, 1e6], [0.1, 0.0], [0.5, 0.5], [-1e8, 3.0])
+             + (MarginParams(tick=1e-6),)]
+    for pf, mk, p in cases:
+        message = outcome(lambda: risk_numpy.portfolio_margin(pf, mk, p))
+        assert message.startswith("ValueError: account")
+        for b in backends:
+            assert message == outcome(lambda: portfolio_margin(pf, mk, p, backend=b))
+    forward = np.array([1.0, 1.7e308, 1e6, 3.0e4, 3.0e4])
+    mixed = Marks(index=3.0e4, rate=0.01, forward=forward, strike=np.array([1.0, 1.0, 1.0, 3.0e4, 2.5e4]),
+                  expiry=np.array([1.0, 1.0, 0.1, 0.1, 0.0]), vol=np.array([1.0, 1.0, 1.0, 0.5, 0.7]),
+                  kind=np.array([FUTURE, FUTURE, FUTURE, CALL, PUT | INVERSE]))
+    pf = Portfolio(offsets=[0, 1, 3, 4, 4, 7, 8], instrument=[0, 1, 1, 2, 3, 4, 0, 4],
+                   size=[2.0, -1.0, 0.0, -1e11, -3.0, 2.0, 1.0, -5.0])
+    message = outcome(lambda: risk_numpy.portfolio_margin(pf, mixed))
+    assert message.startswith("ValueError: account 1: a scenario loss is not a finite number")
+    if UNCHECKED:
+        ours = risk_numpy.portfolio_margin(pf, mixed, checked=False)
+        assert ours.maintenance[1] == -2 and ours.maintenance[2] == -1 and (ours.maintenance[[0, 3, 4, 5]] >= 0).all()
+        for b in backends:
+            assert message == outcome(lambda: portfolio_margin(pf, mixed, backend=b))
+            assert_same_result(ours, portfolio_margin(pf, mixed, backend=b, checked=False))
+
+
+def test_numpy_greeks_price_bit_identical(backends):
+    """greeks_price against accel.greeks(...).price on every backend, byte for byte: 120,000
+    options (deep in and out of the money, t = 0 and t down to 1e-300, vol 5, at the money,
+    underflowing F/K, random) linear, inverse at the forward and inverse at another index; and
+    scalars broadcast."""
+    from accel import risk_numpy
+    rng = np.random.default_rng(1920)
+    n = 120_000
+    x, k, t, r, vol, call, _ = extreme_options(rng, n)
+    t[rng.random(n) < 0.03] = 0.0
+    inv = rng.random(n) < 0.4
+    inv[x < 1e-200] = False  # coin-settled at a 1e-300 index overflows: an error, tested below
+    index = x * np.exp(rng.normal(0, 0.1, n))
+    runs = {"linear": dict(), "inverse": dict(inverse=inv), "inverse at an index": dict(inverse=inv, index=index)}
+    for name, kw in runs.items():
+        ours = risk_numpy.greeks_price(x, k, t, r, vol, call, **kw)
+        assert ours.dtype == np.float64 and ours.shape == (n,) and np.isfinite(ours).all()
+        for b in backends:
+            ref = accel.greeks(x, k, t, r, vol, call, backend=b, **kw).price
+            assert np.array_equal(ours.view(np.int64), ref.view(np.int64)), (name, b.name)
+    sl = slice(0, 2000)
+    for args, kw in [((30_000.0, k[sl] * 0 + 31_000.0, t[sl], 0.02, 0.6, True), dict(inverse=True, index=29_000.0)),
+                     ((x[sl], 100.0, 0.0, 0.0, vol[sl], call[sl]), {}),
+                     ((x[0], k[0], t[0], r[0], vol[0], bool(call[0])), dict(inverse=True)),
+                     (([], 1.0, 1.0, 0.0, 0.5, True), {})]:
+        ours = risk_numpy.greeks_price(*args, **kw)
+        ref = accel.greeks(*args, backend=backends[0], **kw).price
+        assert ours.shape == ref.shape and np.array_equal(ours.view(np.int64), ref.view(np.int64))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(strike=[100.0, np.nan, 90.0]), dict(strike=[100.0, 100.0, -1.0]), dict(forward_or_spot=[100.0, 0.0, 100.0]),
+    dict(forward_or_spot=[np.inf, 100.0, 100.0]), dict(vol=[0.5, 0.5, 0.0]), dict(t=[1.0, -1e-9, 1.0]),
+    dict(t=[1.0, 1.0, np.inf]), dict(r=[0.0, np.nan, 0.0]), dict(strike=[100.0, 100.0]), dict(r=[0.0, 800.0, 0.0]),
+    dict(is_call=[True, 2, False]), dict(is_call="yes"), dict(inverse=[True, False, True], index=[1.0, 1.0, -1.0]),
+    dict(forward_or_spot=[1e-300, 1.0, 1.0], strike=[1e300, 1.0, 1.0], is_call=False, inverse=True),  # overflows
+    dict(forward_or_spot=[100.0, 1.7e308, 100.0], r=-1.0),  # the discount times the largest forward
+    dict(vol=[0.5, 1e200, 0.5], t=1e300),  # vol^2 t beyond double: NaN greeks, finite price
+])
+def test_numpy_greeks_price_errors_match(cpu, kwargs):
+    from accel import risk_numpy
+    args = dict(forward_or_spot=[100.0, 100.0, 100.0], strike=100.0, t=1.0, r=0.0, vol=0.5, is_call=True) | kwargs
+    ref = outcome(lambda: accel.greeks(**args, backend=cpu).price)
+    assert isinstance(ref, str)
+    forward = args.pop("forward_or_spot")
+    assert outcome(lambda: risk_numpy.greeks_price(forward, **args)) == ref
+
+
+def test_numpy_black76_price_is_the_kernel_price(cpu):
+    """black76_price (kept for earlier callers) has greeks_price's bits, and divided by the index
+    where inverse it is accel.greeks' inverse price (as consensus/apps/clearing.py uses it)."""
+    from accel import risk_numpy
+    rng = np.random.default_rng(5)
+    n = 20_000
     k = 60_000.0 * np.exp(rng.normal(0, 0.3, n))
     t = np.where(rng.random(n) < 0.1, 0.0, rng.uniform(1 / 365, 2.0, n))
-    vol, call = rng.uniform(0.1, 2.0, n), rng.random(n) < 0.5
-    ours = black76_price(60_000.0, k, t, vol, call)
-    kernel = accel.greeks(60_000.0, k, t, 0.0, vol, call, backend="cpu").price
-    assert np.allclose(ours, kernel, rtol=1e-12, atol=1e-9 * 60_000.0)
+    vol, call, inv = rng.uniform(0.1, 2.0, n), rng.random(n) < 0.5, rng.random(n) < 0.5
+    ours = risk_numpy.black76_price(60_000.0, k, t, vol, call) / np.where(inv, 59_000.0, 1.0)
+    ref = accel.greeks(60_000.0, k, t, 0.0, vol, call, inverse=inv, index=59_000.0, backend=cpu).price
+    assert np.array_equal(ours.view(np.int64), ref.view(np.int64))
+    ours = risk_numpy.black76_price(60_000.0, k, t, vol, call, rate=0.05)
+    assert np.array_equal(ours.view(np.int64), risk_numpy.greeks_price(60_000.0, k, t, 0.05, vol, call).view(np.int64))
     assert (ours[t == 0] == np.maximum(np.where(call, 60_000.0 - k, k - 60_000.0), 0.0)[t == 0]).all()
+
+
+def test_numpy_math_is_ported_not_called(monkeypatch):
+    """accel.risk_numpy calls no library transcendental, power, floating-point reduction or SciPy
+    (bits would then depend on the library), and runs with SciPy absent."""
+    import ast
+    import inspect
+    import sys
+    from accel import risk_numpy
+    tree = ast.parse(inspect.getsource(risk_numpy))
+    banned = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "power", "float_power", "erf", "erfc", "ndtr",
+              "sum", "nansum", "reduceat", "add.reduce", "dot", "einsum", "matmul", "mean", "float128", "longdouble",
+              "fma", "cbrt", "hypot", "logaddexp"}
+    for node in ast.walk(tree):
+        assert not isinstance(node, ast.Attribute) or node.attr not in banned, node.attr
+        assert not (isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Pow, ast.MatMult))), ast.dump(node)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+            assert not any(nm.split(".")[0] in ("scipy", "math", "cmath") for nm in names), names
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.special", None)
+    pf, mk = one_account([CALL], [100.0], [100.0], [0.1], [0.5], [-1.0])
+    assert risk_numpy.portfolio_margin(pf, mk).maintenance[0] > 0
+    assert risk_numpy.greeks_price(100.0, 100.0, 0.1, 0.0, 0.5, True)[0] > 0
