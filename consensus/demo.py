@@ -26,7 +26,7 @@ from .store import Store
 from .verify import Verifier
 
 OPS = {ctx.REGISTER: "registrations", ctx.DEPOSIT: "deposits", ctx.WITHDRAW: "withdrawals", ctx.TRADE: "trades",
-       ctx.MARK: "oracle marks", ctx.SETTLE: "settlements"}
+       ctx.MARK: "oracle marks"}
 
 
 def backends() -> tuple[list[str], list[str]]:
@@ -66,6 +66,7 @@ def market_story(store_path: Path) -> dict:
             "liquidations": len(c.liquidations),
             "insurance_charged_usd": (funds0["USD"] - c.funds["USD"]) / USD,
             "insurance_charged": {a: (funds0.get(a, 0) - q) / USD for a, q in sorted(c.funds.items())},
+            "socialized": {a: sum(x.socialized for x in c.liquidations if x.asset == a) / USD for a in sorted(c.funds)},
             "index": {u: m.index for u, m in sorted(c.marks.items())},
             "state_roots_recomputed": roots_ok}
 

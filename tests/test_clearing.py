@@ -1,5 +1,6 @@
 """The clearing state machine's rules (issue 9, first part), one test each, and its determinism
 across backends."""
+import hashlib
 import random
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from accel.risk import CALL, FUTURE, PUT
-from consensus.apps.clearing import QUANTUM, Clearing, Rejected, Series
+from consensus.apps.clearing import QUANTUM, Clearing, Liquidation, Rejected, Series
 
 T0 = 1_800_000_000
 USD = int(round(1 / QUANTUM))
@@ -104,31 +105,37 @@ def test_bad_marks_are_refused(signers, seq, ts, match):
 
 
 def test_liquidation_after_a_shock_charges_the_insurance_fund():
+    """The wiped-out short future is closed at the mark against the only long (auto-deleveraging),
+    who keeps its profit; the loss beyond the short's collateral comes out of the fund."""
     c = market(cash=80_000)
     c.trade(key(0), 1, key(1), 1, 3, 1, 60_000 * USD)  # key(1) short a future at 60,000 on 80,000 USD
     assert not c.liquidations
     fund = c.insurance
     c.mark("BTC", 150_000.0, {1: 1.2, 2: 1.2, 4: 1.2}, 2, T0 + 60, ORACLES[:2])  # +150%: the short is wiped out
-    liquidated = {k: (asset, charged) for k, asset, charged in c.liquidations}
-    assert key(1) in liquidated and c.accounts[key(1)].positions == {}
-    assert c.accounts[key(1)].collateral == {}
     loss_beyond = (150_000 - 60_000) * USD - 80_000 * USD
-    assert liquidated[key(1)] == ("USD", loss_beyond) and c.insurance == fund - loss_beyond
-    assert c.funds["USD"] == c.insurance
-    assert key(0) not in liquidated and c.accounts[key(0)].positions == {3: 1}
+    assert c.liquidations == [Liquidation(key(1), "USD", loss_beyond, 0)]
+    assert c.accounts[key(1)].positions == {} and c.accounts[key(1)].collateral == {}
+    assert c.insurance == fund - loss_beyond and c.funds["USD"] == c.insurance
+    assert c.accounts[key(0)].positions == {}  # deleveraged at the mark: its gain is cash now
+    assert c.accounts[key(0)].collateral["USD"] == (80_000 + 150_000 - 60_000) * USD
+    assert c.violations() == []
 
 
 def test_expiry_settlement_pays_intrinsic_value():
+    """The first mark at or after expiry fixes the settlement value and settles every holder;
+    the series closes for trading."""
     c = market()
     c.trade(key(0), 1, key(1), 1, 4, 3, 500 * USD)  # the one-hour 65,000 call
-    with pytest.raises(Rejected, match="expires at"):
-        c.settle(key(2), 1, 4)
+    c.mark("BTC", 70_000.0, {1: 0.6, 2: 0.6, 4: 0.6}, 2, T0 + 3599, ORACLES[:2])  # a second before expiry
+    assert 4 not in c.fixings and c.accounts[key(0)].positions == {4: 3}
     cash = (c.accounts[key(0)].collateral["USD"], c.accounts[key(1)].collateral["USD"])
-    c.mark("BTC", 66_000.0, {1: 0.6, 2: 0.6}, 2, T0 + 3600, ORACLES[:2])  # the expired series needs no vol
-    c.settle(key(2), 1, 4)
+    c.mark("BTC", 66_000.0, {1: 0.6, 2: 0.6}, 3, T0 + 3600, ORACLES[:2])  # the expired series needs no vol
+    assert c.fixings[4] == 1_000 * USD
     assert c.accounts[key(0)].collateral["USD"] - cash[0] == 3 * 1_000 * USD
     assert c.accounts[key(1)].collateral["USD"] - cash[1] == -3 * 1_000 * USD
-    assert 4 not in c.accounts[key(0)].positions
+    assert 4 not in c.accounts[key(0)].positions and 4 not in c.accounts[key(1)].positions
+    c.mark("BTC", 90_000.0, {1: 0.6, 2: 0.6}, 4, T0 + 3700, ORACLES[:2])  # later marks change nothing
+    assert c.fixings[4] == 1_000 * USD
     with pytest.raises(Rejected, match="not open"):
         c.trade(key(0), 2, key(1), 2, 4, 1, USD)
 
@@ -160,15 +167,17 @@ def test_an_inverse_trade_pays_and_is_margined_in_coin():
                                     MarginParams(tick=QUANTUM), backend="cpu")
     assert 0.5 < margin["BTC"][0][1] * 60_000 / linear.initial[0] < 2  # about the USD margin / index
     (e0, e1, _) = c.equity([key(0), key(1), key(2)])
-    value = c.values([11])[11]
-    assert e1["BTC"] == 5 * BTC + 2 * premium - round(2 * value / QUANTUM) and e1["USD"] == 1_000_000 * USD
+    value = c.values([11])[11]  # quanta per contract
+    assert e1["BTC"] == 5 * BTC + 2 * premium - 2 * value and e1["USD"] == 1_000_000 * USD
     # an inverse future: 60,000 USD of notional at 60,000: the buyer receives 1 BTC
     c.trade(key(2), 2, key(1), 3, 12, 60_000, 60_000 * USD)
     assert c.accounts[key(2)].collateral["BTC"] == 6 * BTC and c.accounts[key(1)].collateral["BTC"] == 4 * BTC + 2 * premium
     before = c.equity([key(2)])[0]["BTC"]
     c.mark("BTC", 66_000.0, INVERSE_VOLS, 2, T0 + 60, ORACLES[:2])
     gain = c.equity([key(2)])[0]["BTC"] - before
-    assert abs(gain - 60_000 * (1 / 60_000 - 1 / 66_000) * BTC) <= 1
+    # one USD of notional valued in whole quanta at each mark (-1667, then -1515), times the size
+    assert gain == 60_000 * (round(-1 / 66_000 / QUANTUM) - round(-1 / 60_000 / QUANTUM))
+    assert abs(gain - 60_000 * (1 / 60_000 - 1 / 66_000) * BTC) <= 60_000
 
 
 def test_a_usd_only_account_cannot_trade_an_inverse_series_without_coin():
@@ -224,12 +233,13 @@ def test_liquidation_of_an_inverse_book_charges_the_coin_insurance_fund():
     funds = dict(c.funds)
     c.mark("BTC", 20_000.0, INVERSE_VOLS, 2, T0 + 60, ORACLES[:2])
     # BTC equity: 2 BTC - 60,000 / 20,000 BTC = -1 BTC
-    assert c.liquidations == [(key(1), "BTC", BTC)]
+    assert c.liquidations == [Liquidation(key(1), "BTC", BTC, 0)]
     assert c.funds == {**funds, "BTC": funds["BTC"] - BTC} and c.insurance == funds["USD"]
     assert c.accounts[key(1)].positions == {3: 1} and c.accounts[key(1)].collateral == {"USD": 940_000 * USD}
-    assert c.accounts[key(0)].positions == {12: -60_000}  # the winner keeps its position
-    assert c.leaves()[-2:] == [b"insurance" + b"BTC".ljust(8, b"\0") + (9 * BTC).to_bytes(16, "big", signed=True),
-                               b"insurance" + b"USD".ljust(8, b"\0") + funds["USD"].to_bytes(16, "big", signed=True)]
+    assert c.accounts[key(0)].positions == {}  # the winner is deleveraged: its profit is cash
+    assert c.leaves()[-4:-2] == [b"insurance" + b"BTC".ljust(8, b"\0") + (9 * BTC).to_bytes(16, "big", signed=True),
+                                 b"insurance" + b"USD".ljust(8, b"\0") + funds["USD"].to_bytes(16, "big", signed=True)]
+    assert c.violations() == []
 
 
 def test_settlement_of_inverse_series_pays_coin():
@@ -238,18 +248,15 @@ def test_settlement_of_inverse_series_pays_coin():
     c = market(coin=5)
     c.trade(key(0), 2, key(1), 2, 13, 3, 500_000)  # the one-hour 65,000 inverse call, 0.005 BTC each
     c.trade(key(0), 3, key(1), 3, 14, 66_000, 60_000 * USD)  # the one-hour inverse future, 66,000 USD
-    with pytest.raises(Rejected, match="expires at"):
-        c.settle(key(2), 2, 13)
     btc = (c.accounts[key(0)].collateral["BTC"], c.accounts[key(1)].collateral["BTC"])
     assert btc == (5 * BTC - 3 * 500_000 + 11 * BTC // 10, 5 * BTC + 3 * 500_000 - 11 * BTC // 10)
     c.mark("BTC", 66_000.0, {1: 0.6, 2: 0.6, 11: 0.6}, 2, T0 + 3600, ORACLES[:2])
-    c.settle(key(2), 2, 13)
-    c.settle(key(2), 3, 14)
-    call = round(3 * 1_000 / 66_000 / QUANTUM)
-    assert c.accounts[key(0)].collateral["BTC"] - btc[0] == call - BTC
-    assert c.accounts[key(1)].collateral["BTC"] - btc[1] == -call + BTC
+    call = 3 * round(1_000 / 66_000 / QUANTUM)  # one contract valued in quanta once, times the size
+    future = 66_000 * round(-1 / 66_000 / QUANTUM)  # -1515 quanta per USD of notional
+    assert c.accounts[key(0)].collateral["BTC"] - btc[0] == call + future
+    assert c.accounts[key(1)].collateral["BTC"] - btc[1] == -call - future
     assert c.accounts[key(0)].collateral["USD"] == c.accounts[key(1)].collateral["USD"] == 1_000_000 * USD
-    assert c.accounts[key(0)].positions == {} and {13, 14} <= c.settled
+    assert c.accounts[key(0)].positions == {} and {13, 14} <= set(c.fixings)
 
 
 def test_deposits_name_a_known_asset():
@@ -335,7 +342,8 @@ def test_state_roots_are_identical_on_every_backend(backends):
     _random_stream(c, random.Random(9), 200)
     assert any(a.positions for a in c.accounts.values())
     assert any(s.inverse for a in c.accounts.values() for i in a.positions for s in (c.series[i],))
-    assert {a for _, a, _ in c.liquidations} == {"USD", "BTC"}  # both kinds of book were liquidated
+    assert {x.asset for x in c.liquidations} == {"USD", "BTC"}  # both kinds of book were liquidated
+    assert c.violations() == []
 
 
 # ---- the wire format ---------------------------------------------------------------------------
@@ -356,14 +364,13 @@ def test_clearing_transactions_decode_sign_and_apply():
               (ctx.mark("BTC", 60_000.0, 1, T0, {1: 0.6, 2: 0.65, 4: 0.7}, o), oracles),
               (ctx.trade(u[0], 1, u[1], 1, 1, 2, 4_000 * USD), users),
               (ctx.withdraw(u[0], 2, "USD", 10 * USD), [users[0]]),
-              (ctx.mark("BTC", 66_000.0, 2, T0 + 3600, {1: 0.6, 2: 0.6}, o[:2]), oracles[:2]),
-              (ctx.settle(u[1], 2, 4), [users[1]])]
+              (ctx.mark("BTC", 66_000.0, 2, T0 + 3600, {1: 0.6, 2: 0.6}, o[:2]), oracles[:2])]
     bodies = Packed(*pack_messages([b for b, _ in signed]))
     sigs = pack_fixed([k.sign(b).signature for b, keys in signed for k in keys], 64, "signature")
     txs = ctx.decode_all(bodies)
     keys, messages, rows = ctx.signature_batch(bodies, txs, ctx.signer_counts(txs, sigs))
     assert (rows == np.arange(len(sigs))).all()
-    assert len(sigs) == 1 + 1 + 1 + 1 + 3 + 2 + 1 + 2 + 1 and [t.op for t in txs] == [1, 1, 2, 2, 5, 4, 3, 5, 6]
+    assert len(sigs) == 1 + 1 + 1 + 1 + 3 + 2 + 1 + 2 and [t.op for t in txs] == [1, 1, 2, 2, 5, 4, 3, 5]
     assert accel.ed25519_verify_all(keys, messages, sigs, backend="cpu")
     tampered = sigs.copy()
     tampered[8, 3] ^= 1  # the seller's signature on the trade
@@ -374,8 +381,8 @@ def test_clearing_transactions_decode_sign_and_apply():
         c.list_series(s)
     for tx in txs:
         ctx.apply(c, tx)
-    assert c.accounts[u[0]].positions == {1: 2} and 4 in c.settled
-    assert c.accounts[u[1]].nonce == 3 and c.accounts[u[0]].nonce == 3
+    assert c.accounts[u[0]].positions == {1: 2} and 4 in c.fixings
+    assert c.accounts[u[1]].nonce == 2 and c.accounts[u[0]].nonce == 3
     with pytest.raises(ctx.Malformed, match="2 signatures for 3 signers"):
         ctx.signer_counts(ctx.decode_all(Packed(*pack_messages([signed[5][0], signed[6][0]]))), sigs[:2])
 
@@ -388,6 +395,8 @@ def test_clearing_transactions_decode_sign_and_apply():
     (b"\x00\x00\x00\x01\x03" + bytes(40) + b"U\0SD\0\0\0\0" + bytes(8), "asset .* is not 1 to 8 ASCII letters"),
     (b"\x00\x00\x00\x01\x02" + bytes(40) + b"\xffUSD\0\0\0\0" + bytes(8), "operation 2"),
     (b"\x00\x00\x00\x01\x05" + bytes(10), "operation 5"),
+    (b"\x00\x00\x00\x01\x06" + bytes(44), "operation 6 is retired .*settles by itself"),
+    (b"\x00\x00\x00\x01\x05" + b"B C\0\0\0\0\0" + bytes(26) + bytes(1), "underlying .* is not 1 to 8"),
 ])
 def test_malformed_clearing_transactions_say_why(body, match):
     from consensus.apps import clearing_tx as ctx
@@ -468,8 +477,8 @@ def test_clearing_chain_is_the_same_on_every_backend(backends):
 
 
 def test_margin_is_checked_at_the_end_of_a_block():
-    """A block whose trades leave an account below initial margin is invalid; a proposer leaves
-    the last such trade out and keeps the rest, in one margin call per fill."""
+    """A block whose trades leave an account below initial margin is invalid; a proposer holds back
+    every transaction of such an account, keeps the rest, and evicts the account's last one."""
     from accel import Packed
     from accel.packing import pack_fixed, pack_messages
     from consensus.apps import clearing_tx as ctx
@@ -500,7 +509,10 @@ def test_margin_is_checked_at_the_end_of_a_block():
     for body, sigs in (fine, huge, after, coin):
         app.submit(body, sigs)
     txs, state = app.propose(parent, set())
-    assert [txs.bodies.item(i) for i in range(len(txs))] == [fine[0], after[0], coin[0]]
+    assert [txs.bodies.item(i) for i in range(len(txs))] == [after[0], coin[0]]
+    huge_digest = hashlib.sha256(huge[0]).digest()
+    assert "below initial margin" in app.refused[huge_digest] and huge_digest not in app.mempool
+    assert len(app.mempool) == 3  # fine waits for the next block
     assert state.clearing.accounts[k[3]].collateral["BTC"] == load_coin(3) - 2 * 8_000_000
     block = Block(2, 2, g.id, 2, app.tx_root(txs), state.root, txs.digest(), txs, QC(g.id, 0, 0))
     assert app.validate(parent, block, ((), (), ())).ok
@@ -641,7 +653,7 @@ def test_a_mark_that_accel_refuses_leaves_no_trace():
         raise ValueError("account 0: margin does not fit in int64 ticks")
     c.margins = refuse
     with pytest.raises(ValueError, match="does not fit"):
-        c.mark("BTC", 1e9, {1: 0.6, 2: 0.65, 4: 0.7}, 2, T0 + 60, ORACLES[:2])
+        c.mark("BTC", 1e7, {1: 0.6, 2: 0.65, 4: 0.7}, 2, T0 + 60, ORACLES[:2])
     assert (c.leaves(), c.marks["BTC"]) == before
     with pytest.raises(ValueError, match="does not fit"):
         c.trade(key(0), 2, key(1), 2, 1, 2, 4_000 * USD)

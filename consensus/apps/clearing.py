@@ -1,47 +1,24 @@
-"""The options clearing state machine (issue 9): accounts identified by Ed25519 keys, collateral
-per asset in integer quanta, a registry of option series and futures (underlying, strike, expiry,
-call/put/future, inverse or linear), trades, oracle marks, liquidation and settlement, with every
-margin computed by accel.portfolio_margin. Deterministic: integer quanta for money, prices from
-accel's bit-identical kernels turned into quanta by one rounding rule, everything else integer.
-docs/CLEARING.md states the rules; transactions on the wire: clearing_tx.py; behind the consensus
-core: clearing_app.py.
+"""The options clearing state machine: accounts identified by Ed25519 keys, collateral per asset
+in integer quanta, option series and futures listed at genesis, trades, oracle marks, expiry
+fixings, liquidation with auto-deleveraging, and circuit breakers. docs/CLEARING.md states the
+rules and the invariants the tests check; transactions on the wire: clearing_tx.py; behind the
+consensus core: clearing_app.py.
 
-Assets: "USD" and the coins (the underlyings of listed inverse series, plus any named at genesis).
-Every amount is an integer number of quanta of its asset, QUANTUM = 1e-8 (1e-8 USD, 1e-8 BTC).
-A series settles in USD when linear and in its underlying coin when inverse (Series.asset).
+Money is integers only. A mark values every open series of its underlying once, in integer quanta
+per contract (accel's bit-identical kernels, or accel.risk_numpy's same bits for software-only
+validators); equity, settlement and liquidation multiply those integers by sizes, and margins are
+summed as Python integers, so no sum can wrap. Every cash movement is a transfer between two
+holders (accounts, the insurance fund) or a deposit or withdrawal, so per asset
+    sum(account cash) + fund == deposits - withdrawals        (Clearing.supply)
+holds after every transaction, and per series the positions sum to zero (Clearing.violations()
+checks both, and the rest of the list in docs/CLEARING.md).
 
-Books: an account's positions settling in one asset, with its collateral in that asset, form a
-book, margined on its own (Deribit style): equity in asset X = collateral[X] + marked value of
-the positions settling in X; initial and maintenance margin of those positions from one
-accel.portfolio_margin call per (underlying, settlement asset) group, summed over underlyings
-(the USD book holds every underlying's linear series; a coin's book only that coin's inverse
-series). A position is valued at its mark: an option at its model price (inverse: divided by the
-index, in coin), a linear future at F, an inverse future at -1/F coin per USD of notional.
-
-Rules (each raises Rejected with the reason, leaving the state unchanged; so does a ValueError from
-accel refusing a margin, so a proposer can skip a refused transaction without rebuilding):
-  register   the key must pass accel.ed25519_key_is_safe (canonical, not small order)
-  nonces     every signer's nonce must be its next one
-  deposit    a known asset, a positive amount
-  withdraw   at most the free collateral of that asset: min(cash, equity - initial margin)
-  trade      both counterparties sign; the buyer pays price x size to the seller in the series'
-             settlement asset (an inverse future's price is its USD futures price F and the buyer
-             receives size / F coin: the contract's value -1/F per USD); afterwards each one's book
-             in that asset covers its initial margin (in a block: at the block's end, every
-             touched book checked, one margin call per group for all of them)
-  mark       signed by at least `quorum` distinct registered oracle keys; sequence and timestamp
-             must both increase (stale or out-of-order marks are refused)
-  liquidate  after a mark, every book holding that underlying whose equity is below its
-             maintenance margin has all its positions closed at the mark; a loss beyond the
-             book's collateral is charged to that asset's insurance fund
-  settle     once a mark at or after expiry exists, any account may settle the series at its
-             intrinsic value (inverse: intrinsic USD / index, in coin)
-"""
+Each refusal raises Rejected with the reason and leaves the state unchanged."""
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,9 +31,31 @@ YEAR_S = 365 * 24 * 3600
 USD = "USD"
 _PER_UNIT = 10**8  # quanta per unit of any asset (1 / QUANTUM)
 
+# Limits (docs/CLEARING.md, "Limits"): every amount, size, price and mark is bounded where it
+# enters, so position values stay far inside the state root's i128 and no price leaves the range
+# where the kernels' doubles are exact enough to round to the same quanta everywhere.
+MAX_AMOUNT = 10**18        # quanta per deposit or withdrawal (10^10 units)
+MAX_SIZE = 10**9           # contracts (USD of notional for inverse futures) per trade
+MAX_POSITION = 10**10      # |contracts| an account may hold in one series
+MAX_PRICE = 10**17         # quanta per contract (10^9 units)
+MAX_BALANCE = 10**30       # |quanta| of one asset an account may hold after its own transaction
+INDEX_RANGE = (1e-4, 1e8)  # a mark's index, USD
+VOL_RANGE = (1e-4, 100.0)  # a mark's implied vols
+STRIKE_RANGE = (1e-4, 1e8)  # a listed option's strike, USD
+MAX_EXPIRY = 2**40         # a listed series' expiry, unix seconds
+
 
 class Rejected(ValueError):
     """A transaction the state machine refuses; the message says why."""
+
+
+class ShortBooks(Rejected):
+    """Books that a transaction of this block left below initial margin, found at the block's end
+    or by a mark that would liquidate them; `accounts` lists their owners."""
+
+    def __init__(self, accounts: list[bytes], why: str):
+        super().__init__(f"account {accounts[0].hex()[:16]} {why}")
+        self.accounts = accounts
 
 
 def to_quanta(amount: float) -> int:
@@ -87,6 +86,23 @@ class Series:
         return self.underlying if self.inverse else USD
 
 
+@dataclass(frozen=True)
+class Breakers:
+    """Circuit breakers (docs/CLEARING.md): an underlying whose index moves more than `band` (a
+    fraction) from any of its marks of the last `window` blocks goes reduce-only until a later
+    mark is within the band of every mark still in the window; a settlement asset whose
+    insurance fund is below `fund_floor[asset]` quanta is reduce-only while it is."""
+    band: float = 0.25
+    window: int = 20
+    fund_floor: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not (np.isfinite(self.band) and self.band > 0) or self.window < 1:
+            raise ValueError(f"Breakers: band must be > 0 and window >= 1 block, not {self.band}, {self.window}")
+        if any(not isinstance(q, int) or q < 0 for q in self.fund_floor.values()):
+            raise ValueError("Breakers.fund_floor: quanta >= 0 per asset")
+
+
 @dataclass
 class Account:
     nonce: int = 0
@@ -94,12 +110,20 @@ class Account:
     positions: dict = field(default_factory=dict)        # series id -> contracts (netted, != 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mark:
     index: float
     vols: dict       # series id -> implied vol
     sequence: int
     timestamp: int
+    values: dict     # series id -> value of one contract in quanta of its asset, at this mark
+
+
+class Liquidation(NamedTuple):
+    account: bytes
+    asset: str
+    insurance: int    # quanta the fund paid for the book's loss beyond its collateral
+    socialized: int   # quanta beyond the fund, charged to the deleveraged counterparties
 
 
 def _credit(acct: Account, asset: str, amount: int) -> None:
@@ -110,34 +134,47 @@ def _credit(acct: Account, asset: str, amount: int) -> None:
         acct.collateral.pop(asset, None)
 
 
+def _ranged(name: str, x: float, bounds: tuple[float, float]) -> None:
+    if not (isinstance(x, (int, float)) and np.isfinite(x) and bounds[0] <= x <= bounds[1]):
+        raise Rejected(f"{name} {x!r} outside {bounds[0]:g}..{bounds[1]:g}")
+
+
 class Clearing:
     def __init__(self, oracle_keys: list[bytes], quorum: int, params: dict[str, MarginParams] | None = None,
-                 backend=None, insurance: int | dict[str, int] = 0, assets=(USD,)):
+                 backend=None, insurance: int | dict[str, int] = 0, assets=(USD,), breakers: Breakers | None = None):
         """insurance: the funds per asset (an int: the USD fund). assets: those deposits may name
-        (USD always; listing an inverse series adds its underlying)."""
+        (USD always; listing an inverse series adds its underlying). breakers: None, none."""
         if not 1 <= quorum <= len(oracle_keys):
             raise ValueError(f"quorum {quorum} outside 1..{len(oracle_keys)} oracle keys")
         self.oracles, self.quorum = list(oracle_keys), quorum
         self.params = params or {}
         self.backend = backend
+        self.breakers = breakers
         self.accounts: dict[bytes, Account] = {}
         self.series: dict[int, Series] = {}
-        self.settled: set[int] = set()
+        self.holders: dict[int, set[bytes]] = {}  # series id -> accounts holding it
+        self.fixings: dict[int, int] = {}  # settled series -> its settlement value per contract, quanta
         self.marks: dict[str, Mark] = {}
+        self.history: dict[str, list[tuple[int, float]]] = {}  # underlying -> (height, index) of recent marks
+        self.halted: dict[str, str] = {}  # underlying -> why it is reduce-only
         funds = dict(insurance) if isinstance(insurance, dict) else {USD: int(insurance)}
         self.assets: set[str] = set()
-        self.funds: dict[str, int] = {}  # insurance fund per asset, quanta (may go negative)
+        self.funds: dict[str, int] = {}   # insurance fund per asset, quanta, never below 0
+        self.supply: dict[str, int] = {}  # per asset: the funds at genesis + deposits - withdrawals
         for a in sorted({USD, *assets, *funds}):
             self._add_asset(a)
-        self.funds.update(funds)
-        self.liquidations: list[tuple[bytes, str, int]] = []  # (account, book's asset, insurance charged)
+        for a, q in funds.items():
+            if not isinstance(q, int) or q < 0:
+                raise ValueError(f"insurance fund {a}: quanta >= 0, not {q!r}")
+            self.funds[a] = self.supply[a] = q
+        self.liquidations: list[Liquidation] = []
+        self.height = 0  # blocks begun (the circuit breakers' clock)
         self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
-        # Software-only validation (the measurement baseline): prices and margins in NumPy/SciPy
-        # instead of accel's kernels. Not the same bits, so such validators form their own network.
+        # Software-only validation: prices and margins by accel.risk_numpy (the kernels' bits).
         self.software = False
         # Deferred margin (how blocks are validated): trades and withdrawals skip their own margin
-        # check and note the books (account, asset) they touch; end_of_block() then checks them all
-        # in one portfolio_margin call per (underlying, settlement asset) instead of per transaction.
+        # check and note the books (account, asset) they touch; end_of_block() checks them all in
+        # one portfolio_margin call per (underlying, settlement asset).
         self.defer = False
         self.touched: set[tuple[bytes, str]] = set()
 
@@ -146,16 +183,21 @@ class Clearing:
         """The USD insurance fund, quanta (every asset's: self.funds)."""
         return self.funds[USD]
 
-    def __deepcopy__(self, memo) -> "Clearing":
-        """A snapshot for the next block: accounts, marks, funds and sets copied; the backend, the
-        oracle keys, parameters, assets and listed series (never changed in place) shared."""
-        new = copy.copy(self)
+    def snapshot(self) -> "Clearing":
+        """A copy for the next block: accounts, marks, funds and indexes copied; the backend, the
+        oracle keys, parameters and listed series (never changed in place) shared."""
+        new = object.__new__(Clearing)
+        new.__dict__.update(self.__dict__)
         new.accounts = {k: Account(a.nonce, dict(a.collateral), dict(a.positions)) for k, a in self.accounts.items()}
-        new.series, new.settled, new.marks = dict(self.series), set(self.settled), dict(self.marks)
-        new.funds, new.assets = dict(self.funds), set(self.assets)
-        new.liquidations = list(self.liquidations)
-        new.touched = set(self.touched)
+        new.holders = {i: set(h) for i, h in self.holders.items()}
+        new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
+        new.history = {u: list(h) for u, h in self.history.items()}
+        new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
+        new.assets, new.liquidations, new.touched = set(self.assets), list(self.liquidations), set(self.touched)
         return new
+
+    def __deepcopy__(self, memo) -> "Clearing":
+        return self.snapshot()
 
     # ---- helpers ------------------------------------------------------------------------------
     def _add_asset(self, name: str) -> None:
@@ -163,6 +205,7 @@ class Clearing:
             raise ValueError(f"asset {name!r}: 1 to 8 ASCII letters or digits")
         self.assets.add(name)
         self.funds.setdefault(name, 0)
+        self.supply.setdefault(name, 0)
 
     def _account(self, key: bytes) -> Account:
         acct = self.accounts.get(key)
@@ -185,68 +228,88 @@ class Clearing:
             raise Rejected(f"{underlying} has no oracle mark yet")
         return mark
 
-    def _years(self, s: Series, now: int) -> float:
-        return max(s.expiry - now, 0) / YEAR_S
+    def _set_position(self, key: bytes, series: int, held: int) -> None:
+        acct = self.accounts[key]
+        if held:
+            acct.positions[series] = held
+            self.holders.setdefault(series, set()).add(key)
+        else:
+            acct.positions.pop(series, None)
+            self.holders.get(series, set()).discard(key)
 
-    def values(self, ids: list[int]) -> dict[int, float]:
-        """Mark value per contract of each series in its settlement asset (one greeks batch per
-        underlying): options at Black-76 (inverse: divided by the index), linear futures F, inverse
-        futures -1/F per USD of notional."""
+    def _value(self, series: int, override: dict[str, Mark] | None = None) -> int:
+        und = self.series[series].underlying
+        mark = (override or {}).get(und) or self.marks[und]
+        return mark.values[series]
+
+    # ---- valuation ----------------------------------------------------------------------------
+    def _series_values(self, underlying: str, index: float, vols: dict, timestamp: int) -> dict[int, int]:
+        """Value of one contract of every open series of `underlying` at a mark, in quanta of its
+        settlement asset: options by Black-76 at rate 0 on F = index (inverse: divided by the
+        index), linear futures F, inverse futures -1/F per USD of notional; a series expired by
+        then at its intrinsic value (its fixing). Rejected if a value is out of reach."""
+        live = [s for s in self.series.values() if s.underlying == underlying and s.id not in self.fixings]
         out = {}
-        by_underlying: dict[str, list[Series]] = {}
-        for i in ids:
-            by_underlying.setdefault(self.series[i].underlying, []).append(self.series[i])
-        for und, group in by_underlying.items():
-            mark = self._mark_for(und)
-            options = [s for s in group if s.kind != FUTURE]
-            for s in group:
-                if s.kind == FUTURE:
-                    out[s.id] = -1.0 / mark.index if s.inverse else mark.index
-            if options:
-                inverse = np.array([s.inverse for s in options])
-                args = (mark.index, np.array([s.strike for s in options]),
-                        np.array([self._years(s, mark.timestamp) for s in options]),
-                        np.array([mark.vols.get(s.id, 1.0) for s in options]), np.array([s.kind == CALL for s in options]))
+        options = [s for s in live if s.kind != FUTURE and s.expiry > timestamp]
+        for s in live:
+            if s.kind == FUTURE:
+                out[s.id] = to_quanta(-1.0 / index if s.inverse else index)
+            elif s.expiry <= timestamp:
+                intrinsic = max(index - s.strike, 0.0) if s.kind == CALL else max(s.strike - index, 0.0)
+                out[s.id] = to_quanta(intrinsic / index if s.inverse else intrinsic)
+        if options:
+            args = (index, np.array([s.strike for s in options]),
+                    np.array([(s.expiry - timestamp) / YEAR_S for s in options]), 0.0,
+                    np.array([vols[s.id] for s in options]), np.array([s.kind == CALL for s in options]))
+            inverse = np.array([s.inverse for s in options])
+            try:
                 if self.software:
-                    price = risk_numpy.black76_price(*args) / np.where(inverse, mark.index, 1.0)
+                    price = risk_numpy.greeks_price(*args, inverse=inverse, index=index)
                 else:
-                    price = accel.greeks(*args[:3], 0.0, *args[3:], inverse=inverse, index=mark.index,
-                                         backend=self.backend).price
-                out.update({s.id: float(p) for s, p in zip(options, price)})
+                    price = accel.greeks(*args, inverse=inverse, index=index, backend=self.backend).price
+            except ValueError as exc:
+                raise Rejected(f"{underlying} mark cannot be priced: {exc}") from None
+            out.update({s.id: to_quanta(float(p)) for s, p in zip(options, price)})
         return out
 
-    def equity(self, keys: list[bytes]) -> list[dict[str, int]]:
-        """Per account, its equity in every asset it holds collateral or positions in (quanta)."""
-        ids = sorted({i for k in keys for i in self.accounts[k].positions})
-        value = self.values(ids) if ids else {}
+    def values(self, ids: list[int]) -> dict[int, int]:
+        """Value of one contract of each open series at its underlying's last mark, in quanta."""
+        return {i: self._value(i) for i in ids}
+
+    def equity(self, keys: list[bytes], override: dict[str, Mark] | None = None) -> list[dict[str, int]]:
+        """Per account, its equity in every asset it holds collateral or positions in (quanta):
+        cash plus size times the value of one contract, exactly."""
         out = []
         for k in keys:
             acct = self.accounts[k]
             eq = dict(acct.collateral)
-            for i, size in sorted(acct.positions.items()):
+            for i, size in acct.positions.items():
                 a = self.series[i].asset
-                eq[a] = eq.get(a, 0) + to_quanta(size * value[i])
+                eq[a] = eq.get(a, 0) + size * self._value(i, override)
             out.append(eq)
         return out
 
-    def margins(self, keys: list[bytes], assets=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def margins(self, keys: list[bytes], assets=None, override: dict[str, Mark] | None = None,
+                skip: frozenset = frozenset()) -> dict[str, tuple[list, list]]:
         """Per settlement asset (of the books in `assets`, default all): (initial, maintenance) in
-        quanta of that asset per account; one portfolio_margin call per (underlying, settlement
-        asset) group for all the accounts, summed over underlyings (each has its own parameters).
-        Assets no account has positions in are absent (margin 0)."""
+        quanta of that asset per account, as Python integers, or None where a margin does not fit
+        the kernel's int64 ticks (a book too large to margin counts as below any margin); one
+        portfolio_margin call per (underlying, settlement asset) group, summed over underlyings.
+        override: marks to use instead of the state's; skip: series to leave out."""
         started = time.perf_counter()
         try:
-            return self._margins(keys, assets)
+            return self._margins(keys, assets, override or {}, skip)
         finally:
             self.margin_s += time.perf_counter() - started
 
-    def _margins(self, keys: list[bytes], assets) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    def _margins(self, keys, assets, override, skip) -> dict[str, tuple[list, list]]:
+        out: dict[str, tuple[list, list]] = {}
         groups = sorted({(s.underlying, s.inverse) for k in keys for i in self.accounts[k].positions
-                         for s in (self.series[i],) if assets is None or s.asset in assets})
+                         for s in (self.series[i],) if (assets is None or s.asset in assets) and i not in skip})
         for und, inverse in groups:
-            mark = self._mark_for(und)
-            inst = sorted(i for i, s in self.series.items() if s.underlying == und and s.inverse == inverse)
+            mark = override.get(und) or self.marks[und]
+            inst = sorted(i for i, s in self.series.items() if s.underlying == und and s.inverse == inverse
+                          and i not in skip and i not in self.fixings)
             slot = {i: j for j, i in enumerate(inst)}
             offsets, rows, sizes = [0], [], []
             for k in keys:
@@ -259,39 +322,52 @@ class Clearing:
             flag = INVERSE if inverse else 0
             marks = Marks(index=mark.index, rate=0.0, forward=np.full(len(inst), mark.index),
                           strike=np.array([s.strike if s.kind != FUTURE else 1.0 for s in series]),
-                          expiry=np.array([self._years(s, mark.timestamp) for s in series]),
+                          expiry=np.array([max(s.expiry - mark.timestamp, 0) / YEAR_S for s in series]),
                           vol=np.array([mark.vols.get(s.id, 1.0) for s in series]),
                           kind=np.array([s.kind | flag for s in series], np.uint8))
             params = self.params.get(und, MarginParams(tick=QUANTUM))
             book = Portfolio(np.array(offsets), np.array(rows, np.int64), np.array(sizes))
-            res = (risk_numpy.portfolio_margin(book, marks, params) if self.software
-                   else accel.portfolio_margin(book, marks, params, backend=self.backend))
+            res = (risk_numpy.portfolio_margin(book, marks, params, checked=False) if self.software
+                   else accel.portfolio_margin(book, marks, params, backend=self.backend, checked=False))
             asset = und if inverse else USD
-            if asset in out:
-                im, mm = out[asset]
-                out[asset] = (im + res.initial, mm + res.maintenance)
-            else:
-                out[asset] = (res.initial.astype(np.int64), res.maintenance.astype(np.int64))
+            im0, mm0 = out.get(asset, ([0] * len(keys), [0] * len(keys)))
+            out[asset] = tuple([None if a is None or b < 0 else a + b for a, b in zip(total, part.tolist())]
+                               for total, part in ((im0, res.initial), (mm0, res.maintenance)))
         return out
 
-    def _below(self, books: list[tuple[bytes, str]], initial: bool = True) -> list[tuple[bytes, str, int]]:
+    def _below(self, books: list[tuple[bytes, str]], initial: bool = True, override=None,
+               skip: frozenset = frozenset()) -> list[tuple[bytes, str, int]]:
         """The books (account, asset) whose equity is below initial (or maintenance) margin, with
         that equity, in the given order; one equity pass and one margin call per group."""
         keys = sorted({k for k, _ in books})
         at = {k: j for j, k in enumerate(keys)}
-        equity = self.equity(keys)
-        margin = self.margins(keys, {a for _, a in books})
+        equity = self.equity(keys, override)
+        margin = self.margins(keys, {a for _, a in books}, override, skip)
         out = []
         for k, a in books:
             j = at[k]
             e = equity[j].get(a, 0)
-            m = int(margin[a][0 if initial else 1][j]) if a in margin else 0
-            if e < m:
+            m = margin[a][0 if initial else 1][j] if a in margin else 0
+            if m is None or e < m:
                 out.append((k, a, e))
         return out
 
+    def _reduce_only(self, s: Series) -> str:
+        """Why trades in s may only shrink positions now ("" if they may do anything)."""
+        if s.underlying in self.halted:
+            return self.halted[s.underlying]
+        floor = self.breakers.fund_floor.get(s.asset, 0) if self.breakers else 0
+        if self.funds[s.asset] < floor:
+            return f"the {s.asset} insurance fund {self.funds[s.asset]} is below its floor {floor}"
+        return ""
+
     # ---- transactions -------------------------------------------------------------------------
+    def begin_block(self) -> None:
+        self.height += 1
+
     def register(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise Rejected(f"a key is 32 bytes, not {len(key)}")
         if key in self.accounts:
             raise Rejected(f"account {key.hex()[:16]} is already registered")
         if not accel.ed25519_key_is_safe(key, backend=self.backend):
@@ -301,10 +377,14 @@ class Clearing:
     def list_series(self, s: Series) -> None:
         """At genesis only (no transaction lists a series); an inverse series makes its underlying
         an asset."""
-        if s.id in self.series:
-            raise Rejected(f"series {s.id} is already listed")
-        if s.kind not in (CALL, PUT, FUTURE) or (s.kind != FUTURE and not s.strike > 0):
-            raise Rejected(f"series {s.id}: kind must be CALL, PUT or FUTURE, with a positive strike for options")
+        if s.id in self.series or not 0 <= s.id < 2**32:
+            raise Rejected(f"series {s.id} is already listed or not a u32")
+        if s.kind not in (CALL, PUT, FUTURE):
+            raise Rejected(f"series {s.id}: kind must be CALL, PUT or FUTURE")
+        if s.kind != FUTURE:
+            _ranged(f"series {s.id}: strike", s.strike, STRIKE_RANGE)
+        if not 0 < s.expiry <= MAX_EXPIRY:
+            raise Rejected(f"series {s.id}: expiry {s.expiry} outside 1..{MAX_EXPIRY}")
         if not asset_name_ok(s.underlying) or s.underlying == USD:
             raise Rejected(f"series {s.id}: underlying {s.underlying!r} must be 1 to 8 ASCII letters or digits, not USD")
         if s.inverse:
@@ -312,17 +392,20 @@ class Clearing:
         self.series[s.id] = s
 
     def deposit(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
-        if amount <= 0:
-            raise Rejected("a deposit must be positive")
+        if not 0 < amount <= MAX_AMOUNT:
+            raise Rejected(f"a deposit must be 1..{MAX_AMOUNT} quanta")
         self._asset(asset)
         self._nonce(key, nonce)
         acct = self.accounts[key]
+        if acct.collateral.get(asset, 0) + amount > MAX_BALANCE:
+            raise Rejected(f"the deposit would take the {asset} balance past {MAX_BALANCE} quanta")
         _credit(acct, asset, amount)
+        self.supply[asset] += amount
         acct.nonce += 1
 
     def withdraw(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
-        if amount <= 0:
-            raise Rejected("a withdrawal must be positive")
+        if not 0 < amount <= MAX_AMOUNT:
+            raise Rejected(f"a withdrawal must be 1..{MAX_AMOUNT} quanta")
         self._asset(asset)
         self._nonce(key, nonce)
         acct = self.accounts[key]
@@ -330,28 +413,30 @@ class Clearing:
         if self.defer:
             if amount > cash:
                 raise Rejected(f"withdrawal of {amount} {asset} exceeds the cash {max(cash, 0)}")
-            _credit(acct, asset, -amount)
-            acct.nonce += 1
             self.touched.add((key, asset))
-            return
-        (equity,), margin = self.equity([key]), self.margins([key], {asset})
-        free = min(cash, equity.get(asset, 0) - (int(margin[asset][0][0]) if asset in margin else 0))
-        if amount > free:
-            raise Rejected(f"withdrawal of {amount} {asset} exceeds the free collateral {max(free, 0)}")
+        else:
+            (equity,), margin = self.equity([key]), self.margins([key], {asset})
+            im = margin[asset][0][0] if asset in margin else 0
+            free = 0 if im is None else min(cash, equity.get(asset, 0) - im)
+            if amount > free:
+                raise Rejected(f"withdrawal of {amount} {asset} exceeds the free collateral {max(free, 0)}")
         _credit(acct, asset, -amount)
+        self.supply[asset] -= amount
         acct.nonce += 1
 
     def trade(self, buyer: bytes, buyer_nonce: int, seller: bytes, seller_nonce: int, series: int, size: int,
               price: int) -> None:
         """buyer pays price (quanta of the settlement asset per contract) x size to seller; for an
         inverse future price is the USD futures price F (USD quanta) and the seller pays the buyer
-        size / F coin (the contract's value, -1/F per USD). Both books must still cover their initial
-        margin afterwards. (Both signatures are checked where the transaction is decoded.)"""
-        if buyer == seller or size <= 0 or price < 0:
-            raise Rejected("a trade needs two accounts, a positive size and a price >= 0")
+        size / F coin (the contract's value, -1/F per USD). Both books must cover their initial
+        margin afterwards (deferred: at the block's end). Both signatures are checked where the
+        transaction is decoded."""
+        if buyer == seller or not 0 < size <= MAX_SIZE or not 0 <= price <= MAX_PRICE:
+            raise Rejected(f"a trade needs two accounts, a size of 1..{MAX_SIZE} and a price of 0..{MAX_PRICE}")
         s = self.series.get(series)
-        if s is None or series in self.settled:
+        if s is None or series in self.fixings:
             raise Rejected(f"series {series} is not open for trading")
+        self._mark_for(s.underlying)
         if s.inverse and s.kind == FUTURE:
             if price <= 0:
                 raise Rejected(f"series {series} is an inverse future: its price is a positive USD futures price")
@@ -361,29 +446,34 @@ class Clearing:
         self._nonce(buyer, buyer_nonce)
         self._nonce(seller, seller_nonce)
         asset = s.asset
-        saved = None if self.defer else {k: (dict(self.accounts[k].collateral), dict(self.accounts[k].positions))
-                                         for k in (buyer, seller)}  # deferred: nothing can fail from here
+        new = {}
         for key, sign in ((buyer, 1), (seller, -1)):
             acct = self.accounts[key]
-            _credit(acct, asset, -sign * flow)
-            held = acct.positions.get(series, 0) + sign * size
-            if held:
-                acct.positions[series] = held
-            else:
-                acct.positions.pop(series, None)
-        if self.defer:
+            held = acct.positions.get(series, 0)
+            cash = acct.collateral.get(asset, 0) - sign * flow
+            new[key] = (held + sign * size, cash)
+            if abs(held + sign * size) > MAX_POSITION or abs(cash) > MAX_BALANCE:
+                raise Rejected(f"the trade takes account {key.hex()[:16]} past a position of {MAX_POSITION} "
+                               f"or a balance of {MAX_BALANCE} quanta")
+            why = self._reduce_only(s)
+            if why and not (held * sign < 0 and size <= abs(held)):
+                raise Rejected(f"series {series} is reduce-only ({why}): the trade must shrink both positions")
+        saved = {k: (dict(self.accounts[k].collateral), self.accounts[k].positions.get(series, 0)) for k in new}
+        for key, (held, cash) in new.items():
+            _credit(self.accounts[key], asset, cash - self.accounts[key].collateral.get(asset, 0))
+            self._set_position(key, series, held)
+        if not self.defer:
+            try:
+                short = self._below([(buyer, asset), (seller, asset)])
+                if short:
+                    raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
+            except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
+                for k, (collateral, held) in saved.items():
+                    self.accounts[k].collateral = collateral
+                    self._set_position(k, series, held)
+                raise
+        else:
             self.touched.update(((buyer, asset), (seller, asset)))
-            self.accounts[buyer].nonce += 1
-            self.accounts[seller].nonce += 1
-            return
-        try:
-            short = self._below([(buyer, asset), (seller, asset)])
-            if short:
-                raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
-        except ValueError:  # refused, or accel refusing the margin: the trade leaves no trace
-            for k, (cash, positions) in saved.items():
-                self.accounts[k].collateral, self.accounts[k].positions = cash, positions
-            raise
         self.accounts[buyer].nonce += 1
         self.accounts[seller].nonce += 1
 
@@ -392,96 +482,161 @@ class Clearing:
         touched and that book ends it below initial margin (one margin call per group for all of
         them); clears the record."""
         books, self.touched = sorted(self.touched), set()
-        if not books:
-            return []
-        return sorted({k for k, _, _ in self._below(books)})
+        return sorted({k for k, _, _ in self._below(books)}) if books else []
 
     def mark(self, underlying: str, index: float, vols: dict, sequence: int, timestamp: int, signers: list[bytes],
              signatures_valid: bool = True) -> None:
         """An oracle mark; signers are the keys whose signatures over it verified (checked where the
-        transaction is decoded, in the block's one signature batch)."""
+        transaction is decoded, in the block's one signature batch). In order: the series expired
+        by it are fixed and settled, every book holding the underlying is checked against
+        maintenance margin and closed if below it, the circuit breaker is updated. Everything
+        that can refuse it is computed before anything changes."""
         if not signatures_valid:
             raise Rejected("an oracle signature does not verify")
         known = {k for k in signers if k in self.oracles}
         if len(known) < self.quorum:
             raise Rejected(f"mark signed by {len(known)} oracle(s), {self.quorum} needed")
-        if not (np.isfinite(index) and index > 0) or not all(np.isfinite(v) and v > 0 for v in vols.values()):
-            raise Rejected("a mark needs a positive index and positive vols")
+        mine = {i: s for i, s in self.series.items() if s.underlying == underlying}
+        if not mine:
+            raise Rejected(f"no listed series has the underlying {underlying!r}")
+        _ranged(f"{underlying} index", index, INDEX_RANGE)
+        for i, v in vols.items():
+            if i not in mine or mine[i].kind == FUTURE:
+                raise Rejected(f"{underlying} mark has a vol for series {i}, not an option on {underlying}")
+            _ranged(f"vol of series {i}", v, VOL_RANGE)
         last = self.marks.get(underlying)
         if last is not None and (sequence <= last.sequence or timestamp <= last.timestamp):
             raise Rejected(f"{underlying} mark {sequence} at {timestamp} is stale or out of order "
                            f"(last: {last.sequence} at {last.timestamp})")
-        missing = [i for i, s in self.series.items() if s.underlying == underlying and s.kind != FUTURE
-                   and i not in vols and i not in self.settled and s.expiry > timestamp]  # expired: intrinsic
+        missing = [i for i, s in sorted(mine.items()) if s.kind != FUTURE and i not in vols
+                   and i not in self.fixings and s.expiry > timestamp]  # expired: intrinsic
         if missing:
             raise Rejected(f"{underlying} mark lacks the vol of series {missing[0]}")
-        previous = self.marks.get(underlying)
-        self.marks[underlying] = Mark(index, dict(vols), sequence, timestamp)
-        try:
-            self._liquidate(underlying)  # computes every margin before it changes an account
-        except ValueError:  # accel refusing an extreme mark: the mark leaves no trace
-            if previous is None:
-                del self.marks[underlying]
-            else:
-                self.marks[underlying] = previous
-            raise
-
-    def _liquidate(self, underlying: str) -> None:
-        """Every book holding a series of `underlying` checked against maintenance margin; a book
-        below it is closed at the mark, its loss beyond collateral charged to its asset's fund."""
-        books = sorted({(k, self.series[i].asset) for k, a in self.accounts.items() for i in a.positions
-                        if self.series[i].underlying == underlying})
-        if not books:
-            return
-        for key, asset, e in self._below(books, initial=False):
-            acct = self.accounts[key]
-            acct.positions = {i: n for i, n in acct.positions.items() if self.series[i].asset != asset}
-            acct.collateral.pop(asset, None)
-            charged = 0
-            if e < 0:  # every position of the book closed at its mark value
-                charged = -e
-                self.funds[asset] -= charged
-            else:
-                _credit(acct, asset, e)
-            self.liquidations.append((key, asset, charged))
-
-    def settle(self, key: bytes, nonce: int, series: int) -> None:
-        """Any registered account may trigger a series' settlement once it has expired: intrinsic
-        value per contract, in its settlement asset (inverse: USD intrinsic / index in coin, an
-        inverse future -1/index per USD of notional)."""
-        s = self.series.get(series)
-        if s is None or series in self.settled:
-            raise Rejected(f"series {series} is not open")
-        self._nonce(key, nonce)
-        mark = self._mark_for(s.underlying)
-        if mark.timestamp < s.expiry:
-            raise Rejected(f"series {series} expires at {s.expiry}; the last mark is at {mark.timestamp}")
-        if s.kind == FUTURE:
-            value = -1.0 / mark.index if s.inverse else mark.index
+        new = Mark(index, dict(vols), sequence, timestamp, self._series_values(underlying, index, vols, timestamp))
+        expiring = frozenset(i for i, s in mine.items() if i not in self.fixings and s.expiry <= timestamp)
+        # after settlement the expiring series are cash: equity counts them at their fixing, margin skips them
+        books = sorted({(k, self.series[i].asset) for i in mine for k in self.holders.get(i, ())
+                        if i not in expiring})
+        below = self._below(books, initial=False, override={underlying: new}, skip=expiring) if books else []
+        caught = sorted({k for k, a, _ in below if (k, a) in self.touched})
+        if caught:
+            raise ShortBooks(caught, f"would be liquidated by this {underlying} mark after a transaction of "
+                                     "the same block touched its book")
+        halted = self._breaker(underlying, index)
+        self.marks[underlying] = new
+        for i in sorted(expiring):
+            self._settle(i)
+        for key, asset, _ in below:
+            self._liquidate(key, asset, {k for k, a, _ in below if a == asset})
+        if halted:
+            self.halted[underlying] = halted
         else:
-            value = max(mark.index - s.strike, 0.0) if s.kind == CALL else max(s.strike - mark.index, 0.0)
-            if s.inverse:
-                value /= mark.index
-        for holder in sorted(self.accounts):
-            acct = self.accounts[holder]
-            size = acct.positions.pop(series, 0)
-            if size:
-                _credit(acct, s.asset, to_quanta(size * value))
-        self.settled.add(series)
-        self.accounts[key].nonce += 1
+            self.halted.pop(underlying, None)
 
+    def _breaker(self, underlying: str, index: float) -> str:
+        """Records the mark in the breaker's window; why the underlying is reduce-only after it
+        ("" if it is not)."""
+        if self.breakers is None:
+            return ""
+        window = [(h, x) for h, x in self.history.get(underlying, []) if h > self.height - self.breakers.window]
+        moved = [x for _, x in window if abs(index - x) > self.breakers.band * x]
+        self.history[underlying] = window + [(self.height, index)]
+        if moved:
+            return (f"{underlying} index {index:g} moved more than {self.breakers.band:.0%} from {moved[0]:g} "
+                    f"within {self.breakers.window} blocks")
+        return ""
+
+    def _settle(self, series: int) -> None:
+        """Every holder paid size x the fixing (one contract's value at the first mark at or after
+        expiry, in integer quanta); open interest sums to zero, so the payments do too."""
+        value = self.marks[self.series[series].underlying].values[series]
+        asset = self.series[series].asset
+        for holder in sorted(self.holders.pop(series, ())):
+            acct = self.accounts[holder]
+            _credit(acct, asset, acct.positions.pop(series) * value)
+        self.fixings[series] = value
+
+    def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes]) -> None:
+        """Closes every position of the account's `asset` book at the mark against the opposite
+        positions of other accounts (auto-deleveraging: other books being liquidated by the same
+        mark first, then the largest opposite positions, then by key). A loss beyond the book's
+        collateral is paid by the asset's insurance fund as far as it goes; the rest is charged
+        to the deleveraged counterparties in proportion to the value they closed."""
+        acct = self.accounts[key]
+        weights: dict[bytes, int] = {}
+        for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
+            size, value = acct.positions[i], self._value(i)
+            ranked = sorted((h for h in self.holders[i] if h != key and (self.accounts[h].positions[i] > 0) != (size > 0)),
+                            key=lambda h: (h not in bankrupt, -abs(self.accounts[h].positions[i]), h))
+            for h in ranked:
+                if not size:
+                    break
+                theirs = self.accounts[h].positions[i]
+                q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
+                _credit(acct, asset, q * value)
+                _credit(self.accounts[h], asset, -q * value)
+                self._set_position(h, i, theirs + q)
+                size -= q
+                weights[h] = weights.get(h, 0) + abs(q) * max(abs(value), 1)
+            if size:  # open interest sums to zero: someone always holds the other side
+                raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
+            self._set_position(key, i, 0)
+        cash = acct.collateral.get(asset, 0)
+        paid = min(max(-cash, 0), self.funds[asset])
+        self.funds[asset] -= paid
+        _credit(acct, asset, paid)
+        loss = max(-(cash + paid), 0)
+        if loss and not weights:  # its positions went to an earlier bankrupt's deleveraging: everyone in profit pays
+            weights = {h: c for h, a in self.accounts.items() if h != key and (c := a.collateral.get(asset, 0)) > 0}
+        if loss and weights:
+            total = sum(weights.values())
+            shares = {h: loss * w // total for h, w in sorted(weights.items())}
+            for h in sorted(weights, key=lambda h: (-weights[h], h))[:loss - sum(shares.values())]:
+                shares[h] += 1  # the rounding remainder, one quantum each to the largest
+            for h, q in shares.items():
+                _credit(self.accounts[h], asset, -q)
+            _credit(acct, asset, loss)
+        else:
+            loss = 0  # nobody holds a positive balance to charge: the debt stays on the account
+        self.liquidations.append(Liquidation(key, asset, paid, loss))
+
+    # ---- the commitment and its invariants -------------------------------------------------------
     def leaves(self) -> list[bytes]:
         """What the state root commits to: the accounts sorted by key (key 32 | nonce u64 | assets
         u8, then (asset 8 zero-padded | quanta i128) sorted by asset | (series u32 | size i64)
-        sorted by series), then one leaf per asset's insurance fund, sorted by asset
-        ("insurance" | asset 8 | quanta i128)."""
+        sorted by series), then per asset, sorted, its insurance fund ("insurance" | asset 8 |
+        quanta i128) and its supply ("supply" | asset 8 | quanta i128)."""
         def amounts(d: dict) -> bytes:
             return b"".join(a.encode("ascii").ljust(8, b"\0") + q.to_bytes(16, "big", signed=True)
                             for a, q in sorted(d.items()))
         leaves = [k + a.nonce.to_bytes(8, "big") + len(a.collateral).to_bytes(1, "big") + amounts(a.collateral)
                   + b"".join(i.to_bytes(4, "big") + s.to_bytes(8, "big", signed=True) for i, s in sorted(a.positions.items()))
                   for k, a in sorted(self.accounts.items())]
-        return leaves + [b"insurance" + amounts({a: q}) for a, q in sorted(self.funds.items())]
+        return (leaves + [b"insurance" + amounts({a: q}) for a, q in sorted(self.funds.items())]
+                + [b"supply" + amounts({a: q}) for a, q in sorted(self.supply.items())])
 
     def root(self) -> bytes:
         return accel.merkle_root(self.leaves(), backend=self.backend)
+
+    def violations(self) -> list[str]:
+        """Every ledger invariant of docs/CLEARING.md that does not hold (an empty list: all do).
+        Reads the whole state: for tests and audits, not for every block."""
+        out = []
+        for a in sorted(self.assets):
+            cash = sum(acct.collateral.get(a, 0) for acct in self.accounts.values())
+            if cash + self.funds[a] != self.supply[a]:
+                out.append(f"{a}: account cash {cash} + fund {self.funds[a]} != supply {self.supply[a]}")
+            if self.funds[a] < 0:
+                out.append(f"{a}: insurance fund {self.funds[a]} below zero")
+        for i in sorted(self.series):
+            held = {k: a.positions[i] for k, a in self.accounts.items() if i in a.positions}
+            if sum(held.values()):
+                out.append(f"series {i}: open interest sums to {sum(held.values())}, not 0")
+            if set(held) != self.holders.get(i, set()):
+                out.append(f"series {i}: the holders index differs from the positions")
+            if i in self.fixings and held:
+                out.append(f"series {i}: settled but still held")
+        for k, acct in self.accounts.items():
+            if any(q == 0 for q in acct.collateral.values()) or any(n == 0 for n in acct.positions.values()):
+                out.append(f"account {k.hex()[:16]}: a zero balance or position is stored")
+        return out

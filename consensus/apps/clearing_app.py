@@ -13,8 +13,8 @@ the signatures of block transactions the mempool already holds (verified) unless
 Software-only validation prices and margins in NumPy/SciPy (accel.risk_numpy) as well."""
 from __future__ import annotations
 
-import copy
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -26,8 +26,40 @@ from accel.packing import pack_fixed, pack_messages
 from ..messages import Block, Txs
 from ..verify import Verifier
 from . import clearing_tx as ctx
-from .clearing import Clearing, Rejected
+from .clearing import Clearing, Rejected, ShortBooks
 from .kv import EMPTY, Verdict
+
+log = logging.getLogger("consensus.clearing")
+MAX_PASSES = 8  # fills of one proposal before it falls back to what no margin check refuses
+REFUSALS_KEPT = 10_000  # reasons of recently refused transactions, for clients asking
+
+
+class _Internal(Rejected):
+    """An exception no rule raises (a bug, or accel failing outright): the transaction or block is
+    refused and the error logged, so no input can crash a validator."""
+
+
+def _guarded(fn, *args):
+    """fn(*args), with every failure a Rejected: a rule's own, accel's ValueError refusing an
+    input, or anything else as _Internal."""
+    try:
+        return fn(*args)
+    except Rejected:
+        raise
+    except ValueError as exc:
+        raise Rejected(str(exc)) from None
+    except Exception as exc:
+        log.exception("clearing: internal error")
+        raise _Internal(f"internal error: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class _Fill:
+    state: Clearing
+    kept: list            # (body, signatures, tx)
+    refused: dict         # digest -> why a rule refused it
+    short: dict           # account -> candidate position of its last kept transaction
+    broken: int | None    # candidate position of an internal error (-1: at the block's end)
 
 
 @dataclass
@@ -50,6 +82,7 @@ class ClearingApp:
         # sequence per underlying): a transaction needing any of it again can never apply, so the
         # mempool refuses it and drops it at the next commit instead of keeping it forever.
         self.next_nonce: dict[bytes, int] = {}
+        self.refused: dict[bytes, str] = {}  # sha256(body) -> why it left the mempool unapplied
         self.registered: set[bytes] = set()
         self.sequence: dict[str, int] = {}
 
@@ -57,13 +90,17 @@ class ClearingApp:
         """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
         per item, "" if admitted (or already there), else why it was refused."""
         reasons, fresh = [""] * len(items), []
-        for i, (body, signatures) in enumerate(items):
+        for i, item in enumerate(items):
             try:
+                body, signatures = item
+                if not isinstance(body, bytes) or not all(isinstance(s, bytes) for s in signatures):
+                    raise ctx.Malformed("a body and its signatures are bytes")
                 tx = ctx.decode(body)
+                signatures = list(signatures)
                 if len(signatures) != len(tx.signers) or any(len(s) != 64 for s in signatures):
                     raise ctx.Malformed(f"{len(tx.signers)} signer(s) need as many 64-byte signatures, "
                                         f"got {len(signatures)}")
-            except ctx.Malformed as exc:
+            except (ctx.Malformed, TypeError, ValueError) as exc:
                 reasons[i] = f"malformed: {exc}"
                 continue
             reasons[i] = self._stale(tx)
@@ -93,7 +130,7 @@ class ClearingApp:
                 return f"stale: account {account.hex()[:16]} nonce {nonce} is used by a committed transaction"
         if key in self.registered:
             return f"stale: account {key.hex()[:16]} is registered"
-        if mark is not None and mark[1] <= self.sequence.get(mark[0], 0):
+        if mark is not None and mark[0] in self.sequence and mark[1] <= self.sequence[mark[0]]:
             return f"stale: {mark[0]} mark {mark[1]} is not after the committed mark {self.sequence[mark[0]]}"
         return ""
 
@@ -116,14 +153,15 @@ class ClearingApp:
     def _run(self, parent: State, txs: list) -> tuple[State, float]:
         """The state after txs (all must apply, and every account they touch must end the block
         above initial margin), and the seconds spent on margin."""
-        state = copy.deepcopy(parent.clearing)
+        state = parent.clearing.snapshot()
         state.margin_s, state.defer = 0.0, True
+        state.begin_block()
         for i, tx in enumerate(txs):
             try:
-                ctx.apply(state, tx)
-            except ValueError as exc:  # a rule's Rejected, or accel refusing an extreme mark
+                _guarded(ctx.apply, state, tx)
+            except Rejected as exc:
                 raise Rejected(f"transaction {i}: {exc}") from None
-        short = state.end_of_block()
+        short = _guarded(state.end_of_block)
         if short:
             raise Rejected(f"account {short[0].hex()[:16]} ends the block below initial margin")
         state.defer = False
@@ -174,42 +212,83 @@ class ClearingApp:
             return Verdict(False, "state root does not match the header", None, t)
         return Verdict(True, "", state, t)
 
-    def _fill(self, parent: State, candidates: list, dropped: set[int]) -> tuple[Clearing, list]:
-        """Apply candidates in order with deferred margin, leaving out refused ones and the
-        dropped ones (by position)."""
-        state = copy.deepcopy(parent.clearing)
+    def _fill(self, parent: State, candidates: list, held_back: set[bytes], only_safe: bool) -> _Fill:
+        """Candidates applied in order with deferred margin, leaving out those a rule refuses and
+        those signed by a held-back account (only_safe: every trade and withdrawal, which no mark
+        can then catch). A mark that would liquidate a book touched earlier is left out too,
+        its short accounts noted."""
+        state = parent.clearing.snapshot()
         state.defer = True
-        kept = []
-        for pos, (body, signatures, tx) in enumerate(candidates):
-            if len(kept) >= self.max_txs:
+        state.begin_block()
+        out = _Fill(state, [], {}, {}, None)
+        last: dict[bytes, int] = {}  # account -> position in candidates of its last kept transaction
+        for pos, (digest, body, signatures, tx) in enumerate(candidates):
+            if len(out.kept) >= self.max_txs:
                 break
-            if pos in dropped:
+            if held_back.intersection(tx.signers) or (only_safe and tx.op in (ctx.TRADE, ctx.WITHDRAW)):
                 continue
             try:
-                ctx.apply(state, tx)
-            except ValueError:  # Rejected, or accel refusing an extreme mark: nothing applied
+                _guarded(ctx.apply, state, tx)
+            except ShortBooks as exc:
+                out.short.update({k: last[k] for k in exc.accounts if k not in out.short})
                 continue
-            kept.append((body, signatures, tx, pos))
-        return state, kept
+            except _Internal:
+                out.broken = pos
+                return out
+            except Rejected as exc:
+                out.refused[digest] = str(exc)
+                continue
+            out.kept.append((body, signatures, tx))
+            for k in tx.signers:
+                last[k] = pos
+        if not out.short:
+            try:
+                out.short = {k: last[k] for k in _guarded(state.end_of_block)}
+            except _Internal:  # no transaction to blame: propose what is safe
+                out.broken = -1
+        return out
 
     def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
-        """Mempool transactions in arrival order that apply on top of parent, up to max_txs;
-        refused ones are left out. If an account would end the block below initial margin, the
-        last transaction it signed is left out and the block filled again, until none would."""
-        candidates = [(body, signatures, self.decoded[h]) for h, (body, signatures) in self.mempool.items()
+        """Mempool transactions in arrival order that apply on top of parent, up to max_txs.
+        Refused ones leave the mempool, with their reason in `refused`. If accounts would end the
+        block below initial margin (or a mark would liquidate a book they touched), every
+        transaction of theirs is held back and the block filled again; the last one each signed
+        leaves the mempool, so it cannot hold back the others for good. After MAX_PASSES fills, or
+        an internal error, the block holds only what no margin check can refuse."""
+        candidates = [(h, body, signatures, self.decoded[h]) for h, (body, signatures) in self.mempool.items()
                       if h not in exclude]
-        dropped: set[int] = set()
-        while True:
-            state, kept = self._fill(parent, candidates, dropped)
-            short = set(state.end_of_block())
-            if not short:
+        held_back: set[bytes] = set()
+        for attempt in range(MAX_PASSES + 1):
+            fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES)
+            if attempt == 0:
+                self._evict(fill.refused)
+            if fill.broken is None and not fill.short:
                 break
-            dropped.add(next(pos for _, _, tx, pos in reversed(kept) if short.intersection(tx.signers)))
+            held_back.update(fill.short)
+            self._evict({candidates[pos][0]: f"left account {k.hex()[:16]} below initial margin"
+                         for k, pos in fill.short.items()})
+            if fill.broken is not None and fill.broken >= 0:
+                self._evict({candidates[fill.broken][0]: "internal error while applying it (logged)"})
+                candidates.pop(fill.broken)
+            elif fill.broken is not None:
+                held_back = {k for *_, tx in candidates for k in tx.signers}
+        else:  # still short or broken after the last fill: an empty block
+            fill = self._fill(parent, [], set(), only_safe=True)
+        state = fill.state
         state.defer = False
-        bodies = [b for b, _, _, _ in kept]
-        sigs = [s for _, signatures, _, _ in kept for s in signatures]
+        bodies = [b for b, _, _ in fill.kept]
+        sigs = [s for _, signatures, _ in fill.kept for s in signatures]
         txs = Txs(Packed(*pack_messages(bodies)), pack_fixed(sigs, 64, "signature")) if bodies else Txs.empty()
         return txs, State(state, self.verifier.merkle_root(state.leaves()))
+
+    def _evict(self, reasons: dict[bytes, str]) -> None:
+        """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept."""
+        for digest, reason in reasons.items():
+            self.mempool.pop(digest, None)
+            self.decoded.pop(digest, None)
+            self.refused[digest] = reason
+        while len(self.refused) > REFUSALS_KEPT:
+            del self.refused[next(iter(self.refused))]
 
     def committed(self, block: Block) -> None:
         """Drop the block's transactions from the mempool, and those it made stale."""

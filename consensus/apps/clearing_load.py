@@ -33,7 +33,7 @@ import accel
 from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
 
 from . import clearing_tx as ctx
-from .clearing import QUANTUM, YEAR_S, Clearing, Series
+from .clearing import QUANTUM, YEAR_S, Breakers, Clearing, Series
 
 T0 = 1_800_000_000
 DAY = 24 * 3600
@@ -62,8 +62,13 @@ LEVERAGED_SERIES, LEVERAGED_SIZE = 2, 5  # each leveraged account sells 5 BTC 55
 LEVERAGED_CUSHION = 1.2
 
 
+# Circuit breakers wide enough that the demo's 50% crash liquidates rather than halts; tests use tighter ones.
+BREAKERS = Breakers(band=0.6, window=20)
+
+
 def genesis_market(backend=None) -> Clearing:
-    c = Clearing([bytes(k.verify_key) for k in ORACLES], quorum=2, backend=backend, insurance=INSURANCE)
+    c = Clearing([bytes(k.verify_key) for k in ORACLES], quorum=2, backend=backend, insurance=INSURANCE,
+                 breakers=BREAKERS)
     for s in SERIES:
         c.list_series(s)
     return c

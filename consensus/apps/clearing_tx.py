@@ -12,7 +12,8 @@ Body: chain id u32 | op u8 | fields (big-endian)
               its USD futures price in USD quanta, size in USD of notional)
   5 mark      underlying 8 (ASCII, zero-padded) | index f64 | sequence u64 | timestamp u64 |
               count u16, then (series u32 | vol f64) x count | signers u8, then key 32 x signers
-  6 settle    key 32 | nonce u64 | series u32
+A series settles by itself at the first mark at or after its expiry; operation 6 (settle) is
+retired and decodes as Malformed.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from accel import Packed
 from .clearing import Clearing, asset_name_ok
 
 CHAIN_ID = 1
-REGISTER, DEPOSIT, WITHDRAW, TRADE, MARK, SETTLE = 1, 2, 3, 4, 5, 6
-_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQ8sQ", WITHDRAW: ">32sQ8sQ", TRADE: ">32sQ32sQIIQ", SETTLE: ">32sQI"}
+REGISTER, DEPOSIT, WITHDRAW, TRADE, MARK = 1, 2, 3, 4, 5
+_RETIRED = {6: "settle: a series settles by itself at the first mark at or after its expiry"}
+_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQ8sQ", WITHDRAW: ">32sQ8sQ", TRADE: ">32sQ32sQIIQ"}
 
 
 class Malformed(ValueError):
@@ -72,10 +74,6 @@ def mark(underlying: str, index: float, sequence: int, timestamp: int, vols: dic
     return out + struct.pack(">B", len(oracles)) + b"".join(oracles)
 
 
-def settle(key: bytes, nonce: int, series: int) -> bytes:
-    return struct.pack(">IB32sQI", CHAIN_ID, SETTLE, key, nonce, series)
-
-
 def decode(body: bytes) -> Tx:
     """The transaction in a body; Malformed says why it is not one."""
     if len(body) < 5:
@@ -106,9 +104,16 @@ def decode(body: bytes) -> Tx:
             keys = tuple(body[pos + 1 + 32 * i:pos + 33 + 32 * i] for i in range(nsig))
             if pos + 1 + 32 * nsig != len(body) or len(vols) != count:
                 raise Malformed("mark length does not match its counts (or repeats a series)")
-            return Tx(op, (name.rstrip(b"\0").decode("ascii"), index, sequence, timestamp, vols), keys)
+            underlying = name.rstrip(b"\0").decode("ascii")
+            if not asset_name_ok(underlying):
+                raise Malformed(f"mark: underlying {name!r} is not 1 to 8 ASCII letters or digits, zero-padded")
+            if len(set(keys)) != len(keys):
+                raise Malformed("mark lists an oracle twice")
+            return Tx(op, (underlying, index, sequence, timestamp, vols), keys)
     except (struct.error, UnicodeDecodeError) as exc:
         raise Malformed(f"operation {op}: {exc}") from None
+    if op in _RETIRED:
+        raise Malformed(f"operation {op} is retired ({_RETIRED[op]})")
     raise Malformed(f"unknown operation {op}")
 
 
@@ -154,7 +159,7 @@ def consumed(tx: Tx) -> tuple[list[tuple[bytes, int]], bytes | None, tuple[str, 
     f = tx.fields
     if tx.op == TRADE:
         return [(f[0], f[1]), (f[2], f[3])], None, None
-    if tx.op in (DEPOSIT, WITHDRAW, SETTLE):
+    if tx.op in (DEPOSIT, WITHDRAW):
         return [(f[0], f[1])], None, None
     if tx.op == REGISTER:
         return [], f[0], None
@@ -174,5 +179,3 @@ def apply(state: Clearing, tx: Tx) -> None:
         state.trade(*f)
     elif tx.op == MARK:
         state.mark(f[0], f[1], f[4], f[2], f[3], list(tx.signers))
-    elif tx.op == SETTLE:
-        state.settle(*f)
