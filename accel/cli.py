@@ -134,13 +134,22 @@ def cmd_localnet(args) -> int:
     from consensus.localnet import Localnet
     if args.validators < 4:
         raise ValueError(f"--validators {args.validators}: BFT needs n = 3f + 1 >= 4")
+    k = args.software_validators
+    if k and args.validation != "accel":
+        raise ValueError(f"--software-validators {k} mixes software-only validators into an accel network; "
+                         "with --validation software every validator already is one")
+    if k > args.validators:
+        raise ValueError(f"--software-validators {k}: there are only {args.validators} validators")
     backend = None
     if args.validation == "accel":
         backend = get_backend(args.backend).name  # fails here, before any process starts
     net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
-                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port, not args.no_sig_cache)
+                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port, not args.no_sig_cache, k)
+    software = [i for i, mode in enumerate(net.modes) if mode == "software"]
+    mix = (f"; validators {', '.join(map(str, software))} software-only" if software and len(software) < args.validators
+           else "; every validator software-only" if software and args.validation == "accel" else "")
     print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
-          f"{', backend ' + backend if backend else ''}); Ctrl-C stops them", file=sys.stderr)
+          f"{', backend ' + backend if backend else ''}{mix}); Ctrl-C stops them", file=sys.stderr)
     try:
         report = net.run(args.kill_restart, args.timeout, progress=lambda line: print(line, file=sys.stderr))
     except KeyboardInterrupt:
@@ -218,6 +227,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="accel", description="GPU-accelerated block validation for BFT validators: Ed25519 (ZIP-215), "
@@ -272,7 +291,8 @@ def parser() -> argparse.ArgumentParser:
     ln = sub.add_parser("localnet", help="run a local validator network and report validation and finality",
                         description="Start N validator processes on loopback, run until each committed --blocks "
                         "blocks of --txs-per-block signed transactions, stop them, and report per-block "
-                        "validation time by stage and time to finality.")
+                        "validation time by stage and time to finality. --software-validators K runs the last K "
+                        "software-only among accelerated ones, on one chain.")
     ln.add_argument("--app", choices=["kv", "clearing"], default="clearing",
                     help="application and its load: the options clearing market (default; BTC and ETH options, "
                     "a volatility crash after 5 blocks), or signed key-value transfers")
@@ -283,6 +303,10 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--txs-per-block", type=_positive, default=100, help="transactions per block (default 100)")
     ln.add_argument("--validation", choices=["accel", "software"], default="accel",
                     help="validate through accel (default) or software-only (PyNaCl, hashlib)")
+    ln.add_argument("--software-validators", type=_count, default=0, metavar="K",
+                    help="with --validation accel: the last K validators validate software-only (PyNaCl, hashlib, "
+                    "NumPy/SciPy) and the others through accel, on one network (default 0); the report records "
+                    "each validator's mode")
     ln.add_argument("--backend", choices=config.BACKENDS, help="accel backend (default: the configured one)")
     ln.add_argument("--gpu-min-batch", type=int, help="[accel] gpu_min_batch of every validator: smaller batches "
                     "stay on the C fallback (default: the configured one)")

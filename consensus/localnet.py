@@ -1,6 +1,8 @@
 """`accel localnet`: N validator processes on loopback, each with its own config, key, store and
 events file; runs until every validator committed the requested blocks, shows progress, stops the
-processes (also on Ctrl-C) and writes the report scripts read."""
+processes (also on Ctrl-C) and writes the report scripts read. Every validator validates through
+accel, or every one software-only, or a mix: the last K software-only (software_validators), the
+others accel; the report records each validator's mode."""
 from __future__ import annotations
 
 import json
@@ -37,12 +39,24 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+def validation_modes(validators: int, validation: str, software_validators: int = 0) -> list[str]:
+    """Each validator's [node] validation: `validation`, except the last software_validators
+    validators, which run "software" (a network that mixes software-only validators with
+    accelerated ones)."""
+    if not 0 <= software_validators <= validators:
+        raise ValueError(f"software validators: {software_validators} is not between 0 and the {validators} validators")
+    return [validation] * (validators - software_validators) + ["software"] * software_validators
+
+
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
                   base_timeout_ms: float, app: str = "clearing", accel: AccelConfig | None = None,
-                  metrics_port: int | None = None, sig_cache: bool = True, load_file: Path | None = None) -> list[Path]:
+                  metrics_port: int | None = None, sig_cache: bool = True, load_file: Path | None = None,
+                  software_validators: int = 0) -> list[Path]:
     """One TOML file per validator (docs/OPERATOR.md); with accel, an [accel] table holding every
     key, so the file alone says what the validator runs; with metrics_port, validator i serves
-    its metrics on metrics_port + i."""
+    its metrics on metrics_port + i; the last software_validators validators get validation =
+    "software" (validation_modes)."""
+    modes = validation_modes(validators, validation, software_validators)
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(validators)]
@@ -56,7 +70,7 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             "[node]\n"
             f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
             f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
-            f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
+            f"validation = \"{modes[i]}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
             f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n"
             + (f"load_file = \"{load_file}\"\n" if load_file else "") + "\n"
             "[network]\n"
@@ -68,11 +82,14 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
 class Localnet:
     def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
                  delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "clearing",
-                 gpu_min_batch: int | None = None, metrics_port: int | None = None, sig_cache: bool = True):
+                 gpu_min_batch: int | None = None, metrics_port: int | None = None, sig_cache: bool = True,
+                 software_validators: int = 0):
+        self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.validators, self.blocks, self.txs = validators, blocks, txs
         self.backend, self.validation = backend, validation
+        self.software_validators = software_validators
         self.app, self.metrics_port = app, metrics_port
         # This process's accel configuration (accel.toml, ACCEL_*), then the flags, written into
         # every validator's file; the validators start without ACCEL_* variables, which would
@@ -89,7 +106,7 @@ class Localnet:
             load_file = self.dir / "load.bin"
             write_stream(load_file, market_load(1, txs, CRASH_AFTER_BLOCKS).take((blocks + 5) * txs))
         self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
-                                     metrics_port, sig_cache, load_file)
+                                     metrics_port, sig_cache, load_file, software_validators)
         self.sig_cache = sig_cache
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work
@@ -176,14 +193,17 @@ class Localnet:
 
     def report(self, t0: float) -> dict:
         """Chains from each validator's store (what it committed durably: a validator killed
-        between its store and its events file still shows the block), times from the events."""
-        committed, proposed, timings = {}, {}, {}
-        for ev in self.events.values():
+        between its store and its events file still shows the block), times from the events.
+        A block's validation_ms comes from a validator of validator 0's mode; in a mixed network
+        software_validation_ms comes from a software-only one."""
+        committed, proposed = {}, {}
+        timings: dict[str, dict] = {mode: {} for mode in set(self.modes)}
+        for i, ev in self.events.items():
             for e in ev:
                 if e["kind"] == "committed":
                     committed[e["block_hash"]] = min(committed.get(e["block_hash"], e["at"]), e["at"])
                     if e["validation_ms"]:
-                        timings.setdefault(e["height"], (e["txs"], e["validation_ms"]))
+                        timings[self.modes[i]].setdefault(e["height"], (e["txs"], e["validation_ms"]))
                 elif e["kind"] == "proposed":
                     proposed.setdefault(e["block_hash"], e["at"])
         chains = {}
@@ -196,12 +216,16 @@ class Localnet:
         blocks = []
         for entry in longest:
             h, bh = entry["height"], entry["block_hash"]
-            txs, ms = timings.get(h, (None, {}))
-            blocks.append({"height": h, "txs": txs, "validation_ms": ms,
-                           "finality_ms": (committed[bh] - proposed[bh]) * 1e3 if bh in proposed and bh in committed
-                           else None,
-                           "committed_ms": (committed[bh] - t0) * 1e3 if bh in committed else None})
+            txs, ms = timings[self.modes[0]].get(h, (None, {}))
+            block = {"height": h, "txs": txs, "validation_ms": ms,
+                     "finality_ms": (committed[bh] - proposed[bh]) * 1e3 if bh in proposed and bh in committed
+                     else None,
+                     "committed_ms": (committed[bh] - t0) * 1e3 if bh in committed else None}
+            if len(timings) > 1:
+                block["software_validation_ms"] = timings["software"].get(h, (None, {}))[1]
+            blocks.append(block)
         return {"validators": self.validators, "app": self.app, "backend": self.backend or "configured",
-                "validation": self.validation, "txs_per_block": self.txs, "sig_cache": self.sig_cache,
-                "directory": str(self.dir),
+                "validation": self.modes[0], "software_validators": self.modes.count("software"),
+                "validation_modes": {str(i): mode for i, mode in enumerate(self.modes)},
+                "txs_per_block": self.txs, "sig_cache": self.sig_cache, "directory": str(self.dir),
                 "chains": chains, "blocks": blocks}

@@ -22,6 +22,9 @@ def test_help_describes_every_command():
     for command in ("info", "check", "merkle-demo"):
         assert command in out.stdout
     assert "--leaves" in accel("merkle-demo", "--help").stdout
+    assert "--software-validators K" in accel("localnet", "--help").stdout
+    negative = accel("localnet", "--software-validators", "-1")
+    assert negative.returncode == 2 and "--software-validators: must be at least 0" in negative.stderr
 
 
 def test_bare_accel_prints_the_commands():
@@ -39,6 +42,8 @@ def test_version():
     (("merkle-demo", "--leaves", "-5"), {}, "must be at least 1"),
     (("info",), {"ACCEL_GPU_FALLBACK": "yes"}, "ACCEL_GPU_FALLBACK must be true or false"),
     (("check",), {"ACCEL_THREADS": "many"}, "ACCEL_THREADS must be an integer"),
+    (("localnet", "--software-validators", "5"), {}, "--software-validators 5: there are only 4 validators"),
+    (("localnet", "--software-validators", "2", "--validation", "software"), {}, "every validator already is one"),
 ])
 def test_errors_are_one_line_and_status_2(args, env, message):
     out = accel(*args, **env)

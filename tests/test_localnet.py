@@ -134,3 +134,123 @@ def test_key_value_localnet_checks_every_signature(tmp_path):
     full = [b for b in data["blocks"] if b["txs"] and b["validation_ms"]]
     assert full and all(set(b["validation_ms"]) == {"signatures", "tx_root", "execute", "state_root", "total"}
                         for b in full)
+
+
+# ---- a network of accelerated and software-only validators (issue 19) ----------------------------
+
+MIXED = {"0": "accel", "1": "accel", "2": "software", "3": "software"}
+
+
+def rejections(directory) -> list[str]:
+    """Every block a validator refused, with its mode and reason, from the events files."""
+    from pathlib import Path
+    out = []
+    for path in sorted(Path(directory).glob("node*.events.jsonl")):
+        i = path.name.split(".")[0][4:]
+        for line in path.read_text().splitlines():
+            e = json.loads(line)
+            if e["kind"] == "rejected":
+                out.append(f"validator {i} ({MIXED.get(i)}) refused {e['proposer']}'s block: {e['reason']}")
+    return out
+
+
+def assert_one_chain(data: dict, blocks: int) -> None:
+    """Every validator's store holds the same block id and state root at every height it committed."""
+    chains = data["chains"]
+    assert sorted(chains) == ["0", "1", "2", "3"] and all(len(c) >= blocks for c in chains.values())
+    for i, chain in chains.items():
+        assert [b["height"] for b in chain] == list(range(1, len(chain) + 1)), i
+    for h in range(max(len(c) for c in chains.values())):
+        at_h = {i: (c[h]["block_hash"], c[h]["state_root"]) for i, c in chains.items() if len(c) > h}
+        assert len(set(at_h.values())) == 1, f"height {h + 1}: {at_h}"
+
+
+def test_accel_and_software_validators_commit_one_chain_through_the_crash(tmp_path):
+    """4 validators, the last 2 software-only (PyNaCl, hashlib, NumPy/SciPy margin) and the first 2
+    through accel's C fallback, run the clearing market through its volatility crash: one chain
+    (the same block ids and state roots at every height in every store), no block refused, and the
+    crash's liquidations in the committed state, replayed from a software-only validator's store
+    by accel with every state root recomputed."""
+    from consensus.demo import market_story
+    from consensus.node import NodeConfig
+    report, net = tmp_path / "report.json", tmp_path / "net"
+    proc = subprocess.run(
+        [sys.executable, "-m", "accel.cli", "localnet", "--validators", "4", "--software-validators", "2",
+         "--blocks", "40", "--txs-per-block", "20", "--backend", "cpu", "--base-timeout-ms", "500", "--dir", str(net),
+         "--report", str(report), "--timeout", "240"], capture_output=True, text=True, timeout=300)
+    refused = rejections(net)
+    assert proc.returncode == 0, "\n".join(refused[:10]) + "\n" + proc.stdout + proc.stderr[-3000:]
+    assert "validators 2, 3 software-only" in proc.stderr and "chains agree" in proc.stdout
+    assert not refused, "\n".join(refused[:10])
+    data = json.loads(report.read_text())
+    assert data["validation_modes"] == MIXED and data["software_validators"] == 2
+    assert data["validation"] == "accel" and data["backend"] == "cpu"
+    assert [NodeConfig.load(net / f"node{i}.toml").validation for i in range(4)] == list(MIXED.values())
+    assert_one_chain(data, 40)
+    # both kinds validated blocks (each stage timed), not only voted on their own proposals
+    full = [b for b in data["blocks"] if b["txs"]]
+    assert any(b["validation_ms"] for b in full) and any(b["software_validation_ms"] for b in full)
+    stories = [market_story(net / f"node{i}" / "validator.db") for i in (0, 3)]
+    assert stories[0] == stories[1]
+    story = stories[1]  # a software-only validator's chain, replayed through accel
+    assert story["state_roots_recomputed"] and story["blocks"] >= 40
+    assert story["liquidations"] == 8 and story["insurance_charged_usd"] > 0
+    assert story["transactions"]["trades"] > 300 and story["transactions"]["oracle marks"] > 5
+
+
+def cofactored_only(key, msg: bytes, sig: bytes) -> bytes:
+    """The signer's own signature rewritten with R' = R + T (T of order 8) and S' = r + k' a: valid
+    under ZIP-215 (cofactored), refused by libsodium (cofactorless): the signature that forked
+    software-only validators from accelerated ones before issue 19."""
+    import hashlib
+
+    from accel.ed25519_ref import L, add, challenge, decode, encode, torsion_points
+    a = int.from_bytes(hashlib.sha512(bytes(key)).digest()[:32], "little") & (2**254 - 8) | 2**254  # RFC 8032 5.1.5
+    pk = bytes(key.verify_key)
+    r = (int.from_bytes(sig[32:], "little") - challenge(sig[:32], pk, msg) * a) % L
+    r_enc = encode(add(decode(sig[:32]), torsion_points()[1]))
+    return r_enc + ((r + challenge(r_enc, pk, msg) * a) % L).to_bytes(32, "little")
+
+
+def test_mixed_validators_agree_on_signatures_only_zip215_accepts(tmp_path):
+    """The clearing market's oracle marks signed with cofactored-only signatures (libsodium refuses
+    them, ZIP-215 accepts them): accelerated and software-only validators admit and commit the
+    same marks, on one chain, and no block is refused."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    from accel.ed25519_ref import zip215_verdict
+    from consensus.apps.clearing_load import ORACLES, StreamFile, write_stream
+    from consensus.localnet import Localnet
+    from consensus.store import Store
+    net = Localnet(4, 20, 20, "cpu", "accel", 0.0, str(tmp_path / "net"), 500.0, "clearing", software_validators=2)
+    items = StreamFile(net.dir / "load.bin").take(10**6)
+    crafted = set()
+    for n, (body, sigs) in enumerate(items):
+        for j, sig in enumerate(sigs):
+            oracle = [k for k in ORACLES if _libsodium_ok(VerifyKey(bytes(k.verify_key)), body, sig, BadSignatureError)]
+            if oracle:
+                sigs[j] = cofactored_only(oracle[0], body, sig)
+                assert zip215_verdict(bytes(oracle[0].verify_key), body, sigs[j])
+                assert not _libsodium_ok(oracle[0].verify_key, body, sigs[j], BadSignatureError)
+                crafted.add(sigs[j])
+    write_stream(net.dir / "load.bin", items)
+    assert len(crafted) >= 12  # every oracle signature of the stream's marks
+    data = net.run(timeout_s=240, progress=lambda line: None)
+    refused = rejections(net.dir)
+    assert not refused, "\n".join(refused[:10])
+    assert data["validation_modes"] == MIXED
+    assert_one_chain(data, 20)
+    for i in range(4):
+        store = Store(net.dir / f"node{i}" / "validator.db")
+        committed = {bytes(s) for p in store.history() for s in p.block.txs.sigs}
+        store.close()
+        assert len(committed & crafted) >= 8, i  # four marks or more, two oracle signatures each
+
+
+def _libsodium_ok(verify_key, body, sig, bad) -> bool:
+    try:
+        verify_key.verify(body, sig)
+        return True
+    except bad:
+        return False
