@@ -410,9 +410,10 @@ def _contingency(pf, mk, pp):
         acc = np.repeat(np.arange(n_acc), np.diff(pf.offsets))
         # group the rows: a stable sort keeps each group's rows in row order (first row first)
         order = np.lexsort((expiry, strike, grp, acc))
-        new = np.ones(n, bool)
-        new[1:] = ((acc[order][1:] != acc[order][:-1]) | (grp[order][1:] != grp[order][:-1])
-                   | (strike[order][1:] != strike[order][:-1]) | (expiry[order][1:] != expiry[order][:-1]))
+        new = np.zeros(n, bool)
+        new[0] = True
+        for key in (acc[order], grp[order], strike[order], expiry[order]):  # == as rk_same_group: 0.0 == -0.0
+            new[1:] |= key[1:] != key[:-1]
         gstart = np.flatnonzero(new)
         label = np.cumsum(new) - 1  # group of each row of `order`
         rank = np.arange(n) - gstart[label]  # its place within the group
