@@ -36,7 +36,21 @@ class NodeMetrics:
               registry=r).set_function(lambda: len(app.mempool))
         self.height = Gauge("accel_committed_height", "Height of the last committed block", registry=r)
         self.rejected = Counter("accel_blocks_rejected", "Proposed blocks this validator rejected", registry=r)
+        self.reduce_only = Gauge("accel_clearing_reduce_only", "1 while a circuit breaker holds the underlying's "
+                                 "series reduce-only (clearing)", ["underlying"], registry=r)
+        self.fund = Gauge("accel_clearing_insurance_quanta", "Insurance fund per asset at the last committed block "
+                          "(clearing; 1e-8 units)", ["asset"], registry=r)
         r.register(_Fallbacks())
+
+    def committed_state(self, state) -> None:
+        """The clearing ledger's breakers and funds after a committed block (other apps: nothing)."""
+        clearing = getattr(state, "clearing", None)
+        if clearing is None:
+            return
+        for und in sorted({s.underlying for s in clearing.series.values()}):
+            self.reduce_only.labels(und).set(1 if und in clearing.halted else 0)
+        for asset, quanta in clearing.funds.items():
+            self.fund.labels(asset).set(quanta)
 
     def validated(self, verdict) -> None:
         """A block's validation, accepted or not: each stage it reached (verdict.timings_ms)."""

@@ -282,6 +282,7 @@ class NodeRunner:
                 self._event(kind="committed", height=b.height, block_hash=b.id.hex(), state_root=b.state_root.hex(),
                             txs=len(b.txs), validation_ms=a.validation_ms)
                 self.metrics.height.set(b.height)
+                self.metrics.committed_state(self.core.states.get(b.id))
                 log.info("committed a block", extra={"height": b.height, "block_hash": b.id.hex(), "txs": len(b.txs),
                                                      "validation_ms": a.validation_ms})
             elif isinstance(a, Rejected):

@@ -168,6 +168,20 @@ def test_metrics_after_a_verdict(monkeypatch):
     assert s[("accel_blocks_rejected_total", ())] == 1
 
 
+def test_clearing_breakers_and_funds_are_metrics():
+    from consensus.apps.clearing_app import State
+    from consensus.apps.clearing_load import genesis_market
+    c = genesis_market("cpu")
+    c.halted["BTC"] = "BTC index moved more than 60% within 20 blocks"
+    m = NodeMetrics(FakeApp(), "cpu", "C fallback", "accel")
+    m.committed_state(State(c, b""))
+    m.committed_state(None)  # the kv app's states carry no ledger
+    s = _samples(generate_latest(m.registry).decode())
+    assert s[("accel_clearing_reduce_only", (("underlying", "BTC"),))] == 1
+    assert s[("accel_clearing_reduce_only", (("underlying", "ETH"),))] == 0
+    assert s[("accel_clearing_insurance_quanta", (("asset", "BTC"),))] == c.funds["BTC"]
+
+
 def test_metrics_are_served_over_http():
     m = NodeMetrics(FakeApp(), "cpu", "C fallback", "accel")
     port = _free_ports(1)[0]
