@@ -257,17 +257,6 @@ def greeks_price(forward, strike, t, r, vol, is_call, *, inverse=False, index=No
     return price
 
 
-def black76_price(forward, strike, t, vol, call, rate: float = 0.0) -> np.ndarray:
-    """Discounted Black-76 prices (the intrinsic value at expiry), unvalidated, with the kernel's
-    bits: equal to greeks_price(forward, strike, t, rate, vol, call) wherever that returns.
-    Kept for callers written before greeks_price; prefer greeks_price, which validates."""
-    f, k, tt, vv, c = np.broadcast_arrays(*(np.asarray(a, float) for a in (forward, strike, t, vol)),
-                                          np.asarray(call, bool))
-    with np.errstate(all="ignore"):
-        disc = _exp(-rate * tt)
-        return _b76_price(np.where(c, 1.0, -1.0), f, k, np.sqrt(tt), vv, disc)
-
-
 # ---------------------------------------------------------------- kernels/margin.h
 
 def portfolio_margin(portfolio, marks, params: MarginParams | None = None, checked: bool = True) -> MarginResult:

@@ -1,6 +1,6 @@
 """`make demo` (python -m consensus.demo): the main job. For each block size, a 4-validator clearing
 network on loopback validates through every accel backend this machine has, then software-only
-(PyNaCl, hashlib, NumPy/SciPy); the validators' load is the clearing market of
+(PyNaCl with the ZIP-215 model, hashlib, accel.risk_numpy); the validators' load is the clearing market of
 consensus/apps/clearing_load.py (BTC and ETH options, market makers and takers, oracle marks, a
 volatility crash that liquidates leveraged accounts). Ends with a table per block size
 (validation time by stage, time to finality), the market's story (replayed from a validator's

@@ -246,7 +246,7 @@ class NodeRunner:
             b = get_backend()
             backend, device = b.name, b.device
         else:
-            backend, device = "software", "PyNaCl, hashlib, NumPy/SciPy"
+            backend, device = "software", "PyNaCl and accel.ed25519_ref, hashlib, accel.risk_numpy"
         self.metrics = NodeMetrics(self.app, backend, device, cfg.validation)
         self.metrics.height.set(history[-1].block.height if history else 0)
         validate = self.app.validate

@@ -789,23 +789,6 @@ def test_numpy_greeks_price_errors_match(cpu, kwargs):
     assert outcome(lambda: risk_numpy.greeks_price(forward, **args)) == ref
 
 
-def test_numpy_black76_price_is_the_kernel_price(cpu):
-    """black76_price (kept for earlier callers) has greeks_price's bits, and divided by the index
-    where inverse it is accel.greeks' inverse price (as consensus/apps/clearing.py uses it)."""
-    from accel import risk_numpy
-    rng = np.random.default_rng(5)
-    n = 20_000
-    k = 60_000.0 * np.exp(rng.normal(0, 0.3, n))
-    t = np.where(rng.random(n) < 0.1, 0.0, rng.uniform(1 / 365, 2.0, n))
-    vol, call, inv = rng.uniform(0.1, 2.0, n), rng.random(n) < 0.5, rng.random(n) < 0.5
-    ours = risk_numpy.black76_price(60_000.0, k, t, vol, call) / np.where(inv, 59_000.0, 1.0)
-    ref = accel.greeks(60_000.0, k, t, 0.0, vol, call, inverse=inv, index=59_000.0, backend=cpu).price
-    assert np.array_equal(ours.view(np.int64), ref.view(np.int64))
-    ours = risk_numpy.black76_price(60_000.0, k, t, vol, call, rate=0.05)
-    assert np.array_equal(ours.view(np.int64), risk_numpy.greeks_price(60_000.0, k, t, 0.05, vol, call).view(np.int64))
-    assert (ours[t == 0] == np.maximum(np.where(call, 60_000.0 - k, k - 60_000.0), 0.0)[t == 0]).all()
-
-
 def test_numpy_math_is_ported_not_called(monkeypatch):
     """accel.risk_numpy calls no library transcendental, power, floating-point reduction or SciPy
     (bits would then depend on the library), and runs with SciPy absent."""

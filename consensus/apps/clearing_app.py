@@ -7,10 +7,13 @@ A block holding a transaction that a rule refuses is invalid: its proposer shoul
 out (propose() does), so honest validators reject the block rather than skip the transaction.
 Margin is deferred to the end of the block: every book (account, settlement asset) a trade or
 withdrawal touched must end the block above initial margin, checked in one portfolio_margin call
-per (underlying, settlement asset) group (docs/CLEARING.md).
+per (underlying, settlement asset) group, and no mark may liquidate such a book on the way
+(docs/CLEARING.md, "Order inside a block").
 Transactions enter the mempool with their signatures checked in one batch, and validation skips
 the signatures of block transactions the mempool already holds (verified) unless sig_cache is off.
-Software-only validation prices and margins in NumPy/SciPy (accel.risk_numpy) as well."""
+Software-only validation prices and margins with accel.risk_numpy: the kernels' bits in NumPy, so
+both kinds of validator reach the same state roots. No input raises out of submit_many, propose
+or validate (docs/CLEARING.md, "Invariants")."""
 from __future__ import annotations
 
 import hashlib
