@@ -155,7 +155,7 @@ class Clearing:
         self.holders: dict[int, set[bytes]] = {}  # series id -> accounts holding it
         self.fixings: dict[int, int] = {}  # settled series -> its settlement value per contract, quanta
         self.marks: dict[str, Mark] = {}
-        self.history: dict[str, list[tuple[int, float]]] = {}  # underlying -> (height, index) of recent marks
+        self.history: dict[str, list[tuple[int, float, float]]] = {}  # underlying -> (height, lowest, highest index) of recent blocks
         self.halted: dict[str, str] = {}  # underlying -> why it is reduce-only
         funds = dict(insurance) if isinstance(insurance, dict) else {USD: int(insurance)}
         self.assets: set[str] = set()
@@ -535,14 +535,22 @@ class Clearing:
 
     def _breaker(self, underlying: str, index: float) -> str:
         """Records the mark in the breaker's window; why the underlying is reduce-only after it
-        ("" if it is not)."""
+        ("" if it is not). Differing by more than band from some mark in the window is exceeding
+        the window's lowest index times 1 + band or falling below its highest times 1 - band, so
+        the window keeps one (height, lowest, highest) per block."""
         if self.breakers is None:
             return ""
-        window = [(h, x) for h, x in self.history.get(underlying, []) if h > self.height - self.breakers.window]
-        moved = [x for _, x in window if abs(index - x) > self.breakers.band * x]
-        self.history[underlying] = window + [(self.height, index)]
-        if moved:
-            return (f"{underlying} index {index:g} moved more than {self.breakers.band:.0%} from {moved[0]:g} "
+        band = self.breakers.band
+        window = [w for w in self.history.get(underlying, []) if w[0] > self.height - self.breakers.window]
+        lo, hi = min((w[1] for w in window), default=index), max((w[2] for w in window), default=index)
+        if window and window[-1][0] == self.height:
+            window[-1] = (self.height, min(window[-1][1], index), max(window[-1][2], index))
+        else:
+            window.append((self.height, index, index))
+        self.history[underlying] = window
+        if index > lo * (1 + band) or index < hi * (1 - band):
+            ref = lo if index > lo * (1 + band) else hi
+            return (f"{underlying} index {index:g} moved more than {band:.0%} from {ref:g} "
                     f"within {self.breakers.window} blocks")
         return ""
 
