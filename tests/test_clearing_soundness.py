@@ -382,3 +382,18 @@ def test_every_refusal_leaves_the_state_as_it_was():
             attempt()
         assert c.leaves() == before
     assert isinstance(ShortBooks([K[0]], "x"), Rejected) and Liquidation._fields[2:] == ("insurance", "socialized")
+
+
+def test_a_proposal_that_keeps_finding_short_accounts_ends_with_what_no_margin_check_refuses(monkeypatch):
+    """Past MAX_PASSES fills the proposer keeps registrations, deposits and marks only: a valid
+    block whatever the mempool holds."""
+    from consensus.apps import clearing_app
+    c = funded()
+    app, parent = app_on(c)
+    items = [trade_tx(c, 0, 1, 3, 1, 60_000 * USD), signed(ctx.deposit(K[2], 1, "USD", USD), USERS[2]),
+             signed(ctx.withdraw(K[3], 1, "USD", USD), USERS[3]), mark_tx("BTC", 61_000.0, 2, T0 + 60, VOLS | {6: 0.6})]
+    assert not any(app.submit_many(items))
+    monkeypatch.setattr(clearing_app, "MAX_PASSES", 0)
+    txs, state = app.propose(parent, set())
+    assert bodies(txs) == [items[1][0], items[3][0]] and validate(app, parent, [items[1], items[3]]).ok
+    assert len(app.mempool) == 2  # the trade and the withdrawal wait, they were not refused

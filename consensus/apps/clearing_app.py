@@ -33,7 +33,7 @@ from .clearing import Clearing, Rejected, ShortBooks
 from .kv import EMPTY, Verdict
 
 log = logging.getLogger("consensus.clearing")
-MAX_PASSES = 8  # fills of one proposal before it falls back to what no margin check refuses
+MAX_PASSES = 4  # fills of one proposal before it falls back to what no margin check refuses
 REFUSALS_KEPT = 10_000  # reasons of recently refused transactions, for clients asking
 
 
