@@ -64,6 +64,14 @@ class Verifier:
     def verify_one(self, key: bytes, message: bytes, sig: bytes) -> bool:
         return self.verify_lists([key], [message], [sig])
 
+    def sha256_rows(self, rows: np.ndarray) -> np.ndarray:
+        """SHA-256 of each row of a 2-D uint8 array, as an (n, 32) array (a state tree's nodes)."""
+        if self.validation == "accel":
+            digests = accel.sha256_many(rows, backend=self.backend)
+        else:
+            digests = [hashlib.sha256(r.tobytes()).digest() for r in rows]
+        return np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 32)
+
     def merkle_root(self, leaves) -> bytes:
         if self.validation == "accel":
             return accel.merkle_root(leaves, backend=self.backend)

@@ -281,12 +281,12 @@ def test_proposing_with_thousands_of_refused_transactions_applies_each_once(monk
 def test_extreme_marks_are_refused_with_a_reason_and_change_nothing(index):
     c = funded()
     c.trade(K[0], 1, K[1], 1, 3, 3, 60_000 * USD)
-    before = c.leaves()
+    before = c.root()
     with pytest.raises(Rejected, match="outside"):
         c.mark("BTC", index, VOLS | {6: 0.6}, 2, T0 + 60, O[:2])
     with pytest.raises(Rejected, match="outside"):
         c.mark("BTC", 60_000.0, {1: index, 2: 0.5, 6: 0.5}, 2, T0 + 60, O[:2])
-    assert c.leaves() == before and c.marks["BTC"].sequence == 1
+    assert c.root() == before and c.marks["BTC"].sequence == 1
     app, parent = app_on(c)
     verdict = validate(app, parent, [mark_tx("BTC", index, 2, T0 + 60, VOLS | {6: 0.6})])
     assert not verdict.ok and "outside" in verdict.reason
@@ -372,7 +372,7 @@ def test_breakers_validate_their_settings():
 def test_every_refusal_leaves_the_state_as_it_was():
     """A refused transaction changes nothing (the proposer relies on it to skip one and go on)."""
     c = funded(cash=(1_000_000, 10_000))
-    before = c.leaves()
+    before = c.root()
     for attempt in (lambda: c.trade(K[0], 1, K[1], 1, 2, 10_000, USD),
                     lambda: c.withdraw(K[1], 1, "USD", 10**7 * USD),
                     lambda: c.trade(K[0], 1, K[1], 1, 99, 1, USD),
@@ -380,7 +380,7 @@ def test_every_refusal_leaves_the_state_as_it_was():
                     lambda: c.mark("BTC", 60_000.0, {}, 2, T0 + 1, O[:2])):
         with pytest.raises(Rejected):
             attempt()
-        assert c.leaves() == before
+        assert c.root() == before
     assert isinstance(ShortBooks([K[0]], "x"), Rejected) and Liquidation._fields[2:] == ("insurance", "socialized")
 
 

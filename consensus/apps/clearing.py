@@ -24,7 +24,10 @@ import numpy as np
 
 import accel
 from accel import risk_numpy
+from accel.merkle import MerkleProof, hashlib_root, inner_hash
 from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio
+
+from .ledger_state import MerkleTree, Versioned
 
 QUANTUM = 1e-8
 YEAR_S = 365 * 24 * 3600
@@ -108,6 +111,7 @@ class Account:
     nonce: int = 0
     collateral: dict = field(default_factory=dict)       # asset -> quanta (no zero entries)
     positions: dict = field(default_factory=dict)        # series id -> contracts (netted, != 0)
+    slot: int = 0                                        # its leaf in the state tree: registration order
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,15 @@ def _credit(acct: Account, asset: str, amount: int) -> None:
         acct.collateral.pop(asset, None)
 
 
+def _amounts(d: dict) -> bytes:
+    return b"".join(a.encode("ascii").ljust(8, b"\0") + q.to_bytes(16, "big", signed=True) for a, q in sorted(d.items()))
+
+
+def accel_sha256_many(backend):
+    """sha256 of each row of a 2-D uint8 array through accel, as an (n, 32) array."""
+    return lambda rows: np.frombuffer(b"".join(accel.sha256_many(rows, backend=backend)), np.uint8).reshape(-1, 32)
+
+
 def _ranged(name: str, x: float, bounds: tuple[float, float]) -> None:
     if not (isinstance(x, (int, float)) and np.isfinite(x) and bounds[0] <= x <= bounds[1]):
         raise Rejected(f"{name} {x!r} outside {bounds[0]:g}..{bounds[1]:g}")
@@ -150,9 +163,15 @@ class Clearing:
         self.params = params or {}
         self.backend = backend
         self.breakers = breakers
-        self.accounts: dict[bytes, Account] = {}
+        # Copy on write: a snapshot shares every Account object and holders set with its parent;
+        # _mut() and _holders() give this version its own before it changes one.
+        self.accounts = Versioned()  # key -> Account
+        self._private: set[bytes] = set()
         self.series: dict[int, Series] = {}
         self.holders: dict[int, set[bytes]] = {}  # series id -> accounts holding it
+        self._private_holders: set[int] = set()
+        self.tree = MerkleTree()  # over the account leaves, by slot
+        self.dirty: set[bytes] = set()  # accounts changed since the tree last saw them
         self.fixings: dict[int, int] = {}  # settled series -> its settlement value per contract, quanta
         self.marks: dict[str, Mark] = {}
         self.history: dict[str, list[tuple[int, float, float]]] = {}  # underlying -> (height, lowest, highest index) of recent blocks
@@ -184,12 +203,14 @@ class Clearing:
         return self.funds[USD]
 
     def snapshot(self) -> "Clearing":
-        """A copy for the next block: accounts, marks, funds and indexes copied; the backend, the
-        oracle keys, parameters and listed series (never changed in place) shared."""
+        """A copy for the next block, in time proportional to what changed lately, not to the
+        ledger: accounts, holders and the state tree copied on write; marks, funds and the small
+        indexes copied; the backend, oracle keys, parameters and listed series shared."""
         new = object.__new__(Clearing)
         new.__dict__.update(self.__dict__)
-        new.accounts = {k: Account(a.nonce, dict(a.collateral), dict(a.positions)) for k, a in self.accounts.items()}
-        new.holders = {i: set(h) for i, h in self.holders.items()}
+        new.accounts, new._private, new._private_holders = self.accounts.copy(), set(), set()
+        new.tree, new.dirty = self.tree.copy(), set(self.dirty)
+        new.holders = dict(self.holders)
         new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
@@ -228,14 +249,30 @@ class Clearing:
             raise Rejected(f"{underlying} has no oracle mark yet")
         return mark
 
+    def _mut(self, key: bytes) -> Account:
+        """The account, this version's own copy (to change)."""
+        if key not in self._private:
+            a = self.accounts[key]
+            self.accounts[key] = Account(a.nonce, dict(a.collateral), dict(a.positions), a.slot)
+            self._private.add(key)
+        self.dirty.add(key)
+        return self.accounts[key]
+
+    def _holders(self, series: int) -> set[bytes]:
+        """The series' holders, this version's own set (to change)."""
+        if series not in self._private_holders:
+            self.holders[series] = set(self.holders.get(series, ()))
+            self._private_holders.add(series)
+        return self.holders[series]
+
     def _set_position(self, key: bytes, series: int, held: int) -> None:
-        acct = self.accounts[key]
+        acct = self._mut(key)
         if held:
             acct.positions[series] = held
-            self.holders.setdefault(series, set()).add(key)
+            self._holders(series).add(key)
         else:
             acct.positions.pop(series, None)
-            self.holders.get(series, set()).discard(key)
+            self._holders(series).discard(key)
 
     def _value(self, series: int, override: dict[str, Mark] | None = None) -> int:
         und = self.series[series].underlying
@@ -372,7 +409,9 @@ class Clearing:
             raise Rejected(f"account {key.hex()[:16]} is already registered")
         if not accel.ed25519_key_is_safe(key, backend=self.backend):
             raise Rejected(f"key {key.hex()[:16]} is unsafe (non-canonical or of small order): anyone could sign for it")
-        self.accounts[key] = Account()
+        self.accounts[key] = Account(slot=len(self.accounts))
+        self._private.add(key)
+        self.dirty.add(key)
 
     def list_series(self, s: Series) -> None:
         """At genesis only (no transaction lists a series); an inverse series makes its underlying
@@ -396,9 +435,9 @@ class Clearing:
             raise Rejected(f"a deposit must be 1..{MAX_AMOUNT} quanta")
         self._asset(asset)
         self._nonce(key, nonce)
-        acct = self.accounts[key]
-        if acct.collateral.get(asset, 0) + amount > MAX_BALANCE:
+        if self.accounts[key].collateral.get(asset, 0) + amount > MAX_BALANCE:
             raise Rejected(f"the deposit would take the {asset} balance past {MAX_BALANCE} quanta")
+        acct = self._mut(key)
         _credit(acct, asset, amount)
         self.supply[asset] += amount
         acct.nonce += 1
@@ -408,8 +447,7 @@ class Clearing:
             raise Rejected(f"a withdrawal must be 1..{MAX_AMOUNT} quanta")
         self._asset(asset)
         self._nonce(key, nonce)
-        acct = self.accounts[key]
-        cash = acct.collateral.get(asset, 0)
+        cash = self.accounts[key].collateral.get(asset, 0)
         if self.defer:
             if amount > cash:
                 raise Rejected(f"withdrawal of {amount} {asset} exceeds the cash {max(cash, 0)}")
@@ -420,6 +458,7 @@ class Clearing:
             free = 0 if im is None else min(cash, equity.get(asset, 0) - im)
             if amount > free:
                 raise Rejected(f"withdrawal of {amount} {asset} exceeds the free collateral {max(free, 0)}")
+        acct = self._mut(key)
         _credit(acct, asset, -amount)
         self.supply[asset] -= amount
         acct.nonce += 1
@@ -460,7 +499,8 @@ class Clearing:
                 raise Rejected(f"series {series} is reduce-only ({why}): the trade must shrink both positions")
         saved = {k: (dict(self.accounts[k].collateral), self.accounts[k].positions.get(series, 0)) for k in new}
         for key, (held, cash) in new.items():
-            _credit(self.accounts[key], asset, cash - self.accounts[key].collateral.get(asset, 0))
+            acct = self._mut(key)
+            _credit(acct, asset, cash - acct.collateral.get(asset, 0))
             self._set_position(key, series, held)
         if not self.defer:
             try:
@@ -469,13 +509,13 @@ class Clearing:
                     raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
             except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
                 for k, (collateral, held) in saved.items():
-                    self.accounts[k].collateral = collateral
+                    self._mut(k).collateral = collateral
                     self._set_position(k, series, held)
                 raise
         else:
             self.touched.update(((buyer, asset), (seller, asset)))
-        self.accounts[buyer].nonce += 1
-        self.accounts[seller].nonce += 1
+        self._mut(buyer).nonce += 1
+        self._mut(seller).nonce += 1
 
     def end_of_block(self) -> list[bytes]:
         """With deferred margin: the accounts one of whose books a trade or withdrawal of this block
@@ -560,7 +600,7 @@ class Clearing:
         value = self.marks[self.series[series].underlying].values[series]
         asset = self.series[series].asset
         for holder in sorted(self.holders.pop(series, ())):
-            acct = self.accounts[holder]
+            acct = self._mut(holder)
             _credit(acct, asset, acct.positions.pop(series) * value)
         self.fixings[series] = value
 
@@ -570,7 +610,7 @@ class Clearing:
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
         collateral is paid by the asset's insurance fund as far as it goes; the rest is charged
         to the deleveraged counterparties in proportion to the value they closed."""
-        acct = self.accounts[key]
+        acct = self._mut(key)
         weights: dict[bytes, int] = {}
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
@@ -582,7 +622,7 @@ class Clearing:
                 theirs = self.accounts[h].positions[i]
                 q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
                 _credit(acct, asset, q * value)
-                _credit(self.accounts[h], asset, -q * value)
+                _credit(self._mut(h), asset, -q * value)
                 self._set_position(h, i, theirs + q)
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * max(abs(value), 1)
@@ -602,29 +642,51 @@ class Clearing:
             for h in sorted(weights, key=lambda h: (-weights[h], h))[:loss - sum(shares.values())]:
                 shares[h] += 1  # the rounding remainder, one quantum each to the largest
             for h, q in shares.items():
-                _credit(self.accounts[h], asset, -q)
+                _credit(self._mut(h), asset, -q)
             _credit(acct, asset, loss)
         else:
             loss = 0  # nobody holds a positive balance to charge: the debt stays on the account
         self.liquidations.append(Liquidation(key, asset, paid, loss))
 
     # ---- the commitment and its invariants -------------------------------------------------------
+    @staticmethod
+    def _leaf(key: bytes, a: Account) -> bytes:
+        return (key + a.nonce.to_bytes(8, "big") + len(a.collateral).to_bytes(1, "big") + _amounts(a.collateral)
+                + b"".join(i.to_bytes(4, "big") + s.to_bytes(8, "big", signed=True) for i, s in sorted(a.positions.items())))
+
     def leaves(self) -> list[bytes]:
-        """What the state root commits to: the accounts sorted by key (key 32 | nonce u64 | assets
-        u8, then (asset 8 zero-padded | quanta i128) sorted by asset | (series u32 | size i64)
-        sorted by series), then per asset, sorted, its insurance fund ("insurance" | asset 8 |
-        quanta i128) and its supply ("supply" | asset 8 | quanta i128)."""
-        def amounts(d: dict) -> bytes:
-            return b"".join(a.encode("ascii").ljust(8, b"\0") + q.to_bytes(16, "big", signed=True)
-                            for a, q in sorted(d.items()))
-        leaves = [k + a.nonce.to_bytes(8, "big") + len(a.collateral).to_bytes(1, "big") + amounts(a.collateral)
-                  + b"".join(i.to_bytes(4, "big") + s.to_bytes(8, "big", signed=True) for i, s in sorted(a.positions.items()))
-                  for k, a in sorted(self.accounts.items())]
-        return (leaves + [b"insurance" + amounts({a: q}) for a, q in sorted(self.funds.items())]
-                + [b"supply" + amounts({a: q}) for a, q in sorted(self.supply.items())])
+        """Every account's leaf, in slot (registration) order: key 32 | nonce u64 | assets u8, then
+        (asset 8 zero-padded | quanta i128) sorted by asset | (series u32 | size i64) sorted by
+        series. The state tree's leaves, for audits and tests (the root is kept incrementally)."""
+        return [self._leaf(k, a) for k, a in sorted(self.accounts.items(), key=lambda ka: ka[1].slot)]
+
+    def globals_leaves(self) -> list[bytes]:
+        """Per asset, sorted, its insurance fund ("insurance" | asset 8 | quanta i128), then per
+        asset its supply ("supply" | asset 8 | quanta i128)."""
+        return ([b"insurance" + _amounts({a: q}) for a, q in sorted(self.funds.items())]
+                + [b"supply" + _amounts({a: q}) for a, q in sorted(self.supply.items())])
+
+    def state_root(self, sha256_many) -> bytes:
+        """inner_hash(accounts root, globals root) (docs/CLEARING.md, "State root"): the accounts'
+        tree updated for the accounts changed since it last was (their leaves and ancestors,
+        hashed by sha256_many, rows of a 2-D uint8 array to an (n, 32) array), the few global
+        leaves hashed whole."""
+        if self.dirty:
+            changed = {self.accounts[k].slot: self._leaf(k, self.accounts[k]) for k in self.dirty}
+            self.tree.update(changed, len(self.accounts), sha256_many)
+            self.dirty = set()
+        return inner_hash(self.tree.root, hashlib_root(self.globals_leaves()))
 
     def root(self) -> bytes:
-        return accel.merkle_root(self.leaves(), backend=self.backend)
+        return self.state_root(accel_sha256_many(self.backend))
+
+    def account_proof(self, key: bytes, sha256_many=None) -> tuple[bytes, MerkleProof, bytes, bytes]:
+        """(the account's leaf, its proof in the accounts' tree, that tree's root, the globals root):
+        verify_merkle_proof(accounts_root, leaf, proof) and inner_hash(accounts_root, globals_root)
+        == the state root of the block this state belongs to. KeyError for an unknown account."""
+        acct = self.accounts[key]
+        self.state_root(sha256_many or accel_sha256_many(self.backend))
+        return self._leaf(key, acct), self.tree.proof(acct.slot), self.tree.root, hashlib_root(self.globals_leaves())
 
     def violations(self) -> list[str]:
         """Every ledger invariant of docs/CLEARING.md that does not hold (an empty list: all do).

@@ -75,7 +75,7 @@ class ClearingApp:
     def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000, sig_cache: bool = True):
         self.verifier, self.max_txs, self.sig_cache = verifier, max_txs, sig_cache
         genesis.software = verifier.validation == "software"
-        self.genesis = State(genesis, verifier.merkle_root(genesis.leaves()))
+        self.genesis = State(genesis, genesis.state_root(verifier.sha256_rows))
         # sha256(body) -> (body, signatures). Every entry's signatures verified on admission, so
         # the mempool is also the signature cache: a block transaction found here with the same
         # signatures needs no second check (sig_cache=False checks everything, for measurement).
@@ -173,7 +173,7 @@ class ClearingApp:
     def execute(self, parent: State, bodies: Packed) -> State:
         """Replay (a committed block from this validator's own store)."""
         out, _ = self._run(parent, ctx.decode_all(bodies))
-        out.root = self.verifier.merkle_root(out.clearing.leaves())
+        out.root = out.clearing.state_root(self.verifier.sha256_rows)
         return out
 
     def tx_root(self, txs: Txs) -> bytes:
@@ -208,7 +208,7 @@ class ClearingApp:
         t["margin"] = margin_s * 1e3
         t["execute"] = (time.perf_counter() - mark) * 1e3 - t["margin"]
         mark = time.perf_counter()
-        state.root = self.verifier.merkle_root(state.clearing.leaves())
+        state.root = state.clearing.state_root(self.verifier.sha256_rows)
         t["state_root"] = (time.perf_counter() - mark) * 1e3
         t["total"] = (time.perf_counter() - start) * 1e3
         if state.root != block.state_root:
@@ -282,7 +282,7 @@ class ClearingApp:
         bodies = [b for b, _, _ in fill.kept]
         sigs = [s for _, signatures, _ in fill.kept for s in signatures]
         txs = Txs(Packed(*pack_messages(bodies)), pack_fixed(sigs, 64, "signature")) if bodies else Txs.empty()
-        return txs, State(state, self.verifier.merkle_root(state.leaves()))
+        return txs, State(state, state.state_root(self.verifier.sha256_rows))
 
     def _evict(self, reasons: dict[bytes, str]) -> None:
         """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept."""

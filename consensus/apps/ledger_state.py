@@ -1,0 +1,187 @@
+"""Versioned state for the ledger: copies that share what they do not change, so a validator holds
+the state of every uncommitted block without copying the whole ledger per block (issue 20).
+
+- Versioned: a map whose copy() costs the entries changed since the last rebase, not the map's
+  size: a shared, never-mutated base dict and a private delta on top.
+- MerkleTree: the state root's tree (accel.merkle's rule: RFC 6962 hashes, neighbours paired
+  level by level, an odd last node carried up) over a list of leaves that grows and changes in
+  place. update() hashes only the changed leaves and their ancestors, one batch per level;
+  copy() shares every level's array and copies the small per-level patches."""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import numpy as np
+
+from accel.merkle import EMPTY_ROOT, MerkleProof
+
+_MISSING = object()
+REBASE_AT = 1 << 14  # a patch or delta larger than this (or an eighth of its base) is folded into a new base
+
+
+class Versioned:
+    """A dict-like map of never-deleted keys. copy() shares the base and copies the delta; writes go
+    to the delta; once the delta outgrows REBASE_AT it becomes part of a new base (the old one
+    stays with the copies that use it)."""
+    __slots__ = ("_base", "_delta", "_added")
+
+    def __init__(self, data=None):
+        self._base, self._delta, self._added = dict(data or {}), {}, 0
+
+    def copy(self) -> "Versioned":
+        if len(self._delta) > max(REBASE_AT, len(self._base) // 8):
+            self._base, self._delta, self._added = {**self._base, **self._delta}, {}, 0
+        new = object.__new__(Versioned)
+        new._base, new._delta, new._added = self._base, dict(self._delta), self._added
+        return new
+
+    def __getitem__(self, key):
+        value = self._delta.get(key, _MISSING)
+        return self._base[key] if value is _MISSING else value
+
+    def get(self, key, default=None):
+        value = self._delta.get(key, _MISSING)
+        return self._base.get(key, default) if value is _MISSING else value
+
+    def __contains__(self, key) -> bool:
+        return key in self._delta or key in self._base
+
+    def __setitem__(self, key, value) -> None:
+        if key not in self._delta and key not in self._base:
+            self._added += 1
+        self._delta[key] = value
+
+    def __len__(self) -> int:
+        return len(self._base) + self._added
+
+    def items(self):
+        yield from self._delta.items()
+        yield from ((k, v) for k, v in self._base.items() if k not in self._delta)
+
+    def __iter__(self):
+        return (k for k, _ in self.items())
+
+    def values(self):
+        return (v for _, v in self.items())
+
+
+class _Level:
+    """One level of node hashes: a shared base array and a sorted patch (indices, hashes) over it;
+    indices past the base live only in the patch."""
+    __slots__ = ("base", "at", "val")
+
+    def __init__(self, base: np.ndarray, at=None, val=None):
+        self.base = base
+        self.at = np.zeros(0, np.int64) if at is None else at
+        self.val = np.zeros((0, 32), np.uint8) if val is None else val
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(index), 32), np.uint8)
+        inside = index < len(self.base)
+        out[inside] = self.base[index[inside]]
+        if len(self.at):
+            pos = np.minimum(np.searchsorted(self.at, index), len(self.at) - 1)
+            hit = self.at[pos] == index
+            out[hit] = self.val[pos[hit]]
+        return out
+
+    def patched(self, index: np.ndarray, hashes: np.ndarray) -> "_Level":
+        """This level with hashes written at index (sorted, unique); folds the patch into a new
+        base when it grows past REBASE_AT or an eighth of the base."""
+        at = np.concatenate([self.at, index])
+        val = np.concatenate([self.val, hashes])
+        order = np.argsort(at, kind="stable")
+        at, val = at[order], val[order]
+        last = np.r_[at[1:] != at[:-1], True]  # the new hash wins over the patch's old one
+        at, val = at[last], val[last]
+        if len(at) > max(REBASE_AT, len(self.base) // 8):
+            size = max(len(self.base), int(at[-1]) + 1)
+            base = np.zeros((size, 32), np.uint8)
+            base[:len(self.base)] = self.base
+            base[at] = val
+            return _Level(base)
+        return _Level(self.base, at, val)
+
+
+def _inner(sha256_many, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    msgs = np.concatenate([np.ones((len(left), 1), np.uint8), left, right], axis=1)
+    return sha256_many(msgs)
+
+
+class MerkleTree:
+    """The tree accel.merkle_root builds over leaves 0..count-1, kept level by level. sha256_many
+    hashes the rows of a 2-D uint8 array and returns an (n, 32) array (the verifier's: accel or
+    hashlib); every validator computes the same nodes, whichever it uses."""
+
+    def __init__(self):
+        self.levels: list[_Level] = []
+        self.count = 0
+
+    def copy(self) -> "MerkleTree":
+        new = MerkleTree()
+        new.levels, new.count = list(self.levels), self.count  # levels are never changed in place
+        return new
+
+    @property
+    def root(self) -> bytes:
+        if not self.count:
+            return EMPTY_ROOT
+        return self.levels[-1].gather(np.zeros(1, np.int64))[0].tobytes()
+
+    def update(self, leaves: dict[int, bytes], count: int, sha256_many: Callable) -> None:
+        """Leaves at the given indices changed (or appeared: count >= the old count, and every new
+        index is among them); their hashes and their ancestors' are recomputed."""
+        if not leaves and count == self.count:
+            return
+        index = np.array(sorted(leaves), np.int64)
+        hashes = _hash_rows(sha256_many, [b"\x00" + leaves[i] for i in index.tolist()])
+        old, new = self.count, count
+        level = 0
+        if not self.levels:
+            self.levels.append(_Level(np.zeros((0, 32), np.uint8)))
+        self.levels[0] = self.levels[0].patched(index, hashes)
+        while new > 1:
+            parents = np.unique(index // 2)
+            if new != old:  # the last pair's shape changed: its parent and every new one are redone
+                parents = np.union1d(parents, np.arange(max(old - 1, 0) // 2, (new + 1) // 2))
+            left_i, right_i = 2 * parents, 2 * parents + 1
+            below = self.levels[level]
+            left = below.gather(left_i)
+            paired = right_i < new
+            up = left.copy()  # an odd last node is carried up as it is
+            if paired.any():
+                up[paired] = _inner(sha256_many, left[paired], below.gather(right_i[paired]))
+            level += 1
+            if len(self.levels) == level:
+                self.levels.append(_Level(np.zeros((0, 32), np.uint8)))
+            self.levels[level] = self.levels[level].patched(parents, up)
+            index, old, new = parents, (old + 1) // 2, (new + 1) // 2
+        del self.levels[level + 1:]
+        self.count = count
+
+    def proof(self, i: int) -> MerkleProof:
+        """accel.merkle_proof's answer for leaf i, from the kept levels."""
+        if not 0 <= i < self.count:
+            raise ValueError(f"index {i} is outside a tree of {self.count} leaves")
+        aunts, j, count = [], i, self.count
+        for level in self.levels[:-1]:
+            if j ^ 1 < count:
+                aunts.append(level.gather(np.array([j ^ 1]))[0].tobytes())
+            j, count = j // 2, (count + 1) // 2
+        return MerkleProof(self.count, i, self.levels[0].gather(np.array([i]))[0].tobytes(), tuple(aunts))
+
+
+def _hash_rows(sha256_many, rows: list[bytes]) -> np.ndarray:
+    """Digests of rows of different lengths: grouped by length, each group one batch."""
+    out = np.zeros((len(rows), 32), np.uint8)
+    lengths = np.array([len(r) for r in rows], np.int64)
+    for n in np.unique(lengths).tolist():
+        sel = np.flatnonzero(lengths == n)
+        out[sel] = sha256_many(np.frombuffer(b"".join(rows[k] for k in sel.tolist()), np.uint8).reshape(len(sel), n))
+    return out
+
+
+def hashlib_sha256_many(rows: np.ndarray) -> np.ndarray:
+    """sha256 of each row with hashlib (software-only validation)."""
+    return np.frombuffer(b"".join(hashlib.sha256(r.tobytes()).digest() for r in rows), np.uint8).reshape(-1, 32)
