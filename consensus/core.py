@@ -25,6 +25,7 @@ timeouts); timeouts grow 2x for each view in a row that failed, back to the base
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -149,6 +150,9 @@ class Core:
         self.proposed: set[int] = set()
         self.timed_out: set[int] = set()
         self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
+        # what was dropped or refused, by reason: input from the network that failed a check
+        # (a driver exports these; nothing here is an error of this validator)
+        self.counters: Counter = Counter()
         for p in history:  # replay what this validator committed before it stopped
             b = p.block
             state = app.execute(self.states[b.parent], b.txs.bodies)
@@ -347,19 +351,29 @@ class Core:
         hq = self.safety.high_qc
         t = Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view)))
         delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures + 1, 16), self.cfg.max_timeout_ms)
-        return [Persist(self.safety), Broadcast(t), SetTimer(view, delay)] + self._on_timeout(self.cfg.me, t)
+        return [Persist(self.safety), Broadcast(t), SetTimer(view, delay)] + self._tally_timeout(self.cfg.me, t)
 
     def _on_timeout(self, sender: int, t: Timeout) -> list:
+        """A timeout from the network: its signature and its QC's are verified whoever it names as
+        voter (this validator included: anyone can put its index in a frame). This validator's own
+        timeouts never come this way; _on_local_timeout tallies them directly."""
         if t.view < self.view or not 0 <= t.voter < self.cfg.n or t.voter in self.timeouts.get(t.view, {}):
             return []
-        if t.voter != self.cfg.me:
-            try:
-                keys, msgs, sigs = self.qc_certs(t.high_qc)
-            except InvalidCertificate:
-                return []
-            certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view)], sigs + [t.signature])
-            if not self.app.verifier.verify_lists(*certs):
-                return []
+        try:
+            keys, msgs, sigs = self.qc_certs(t.high_qc)
+        except InvalidCertificate:
+            self.counters["timeout_invalid"] += 1
+            return []
+        certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view)], sigs + [t.signature])
+        if not self.app.verifier.verify_lists(*certs):
+            self.counters["timeout_invalid"] += 1
+            return []
+        return self._tally_timeout(sender, t)
+
+    def _tally_timeout(self, sender: int, t: Timeout) -> list:
+        """Count a verified timeout (or this validator's own)."""
+        if t.view < self.view or t.voter in self.timeouts.get(t.view, {}):
+            return []
         tally = self.timeouts.setdefault(t.view, {})
         tally[t.voter] = t
         out = self._process_qc(t.high_qc, sender) if t.high_qc.view > 0 else []

@@ -156,6 +156,16 @@ class Simulation:
             elif isinstance(a, Rejected):
                 node.rejected.append(a)
 
+    def inject(self, at_ms: float, to: str, sender: int, msg) -> None:
+        """Deliver `msg` to validator `to` at at_ms as if validator `sender` had sent it (the sender
+        index is unauthenticated on the wire): a Byzantine peer's or a stranger's frame. It crosses
+        the wire encoding like any other message."""
+        self._push(at_ms, ("msg", to, sender, messages.encode(msg)))
+
+    def at(self, at_ms: float, fn: Callable[["Simulation"], None]) -> None:
+        """Call fn(sim) at simulated time at_ms (an adversary acting on what the run has reached)."""
+        self._push(at_ms, ("call", "", fn))
+
     def durable(self, name: str, path) -> None:
         """Give a validator a store (before run()), so it can be killed and restarted."""
         self._node(name).store = Store(path)
@@ -191,6 +201,9 @@ class Simulation:
                 return
             at, _, (kind, name, *rest) = heapq.heappop(self.queue)
             self.now = at
+            if kind == "call":
+                rest[0](self)
+                continue
             if kind == "kill":
                 self.crashed.add(name)
                 continue
