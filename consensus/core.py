@@ -31,7 +31,7 @@ from typing import Callable
 
 from .apps.kv import EMPTY
 from .messages import (
-    QC, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs, Vote, proposal_bytes, timeout_bytes,
+    MAX_HEIGHT, MAX_VIEW, QC, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs, Vote, proposal_bytes, timeout_bytes,
     vote_bytes,
 )
 
@@ -191,11 +191,14 @@ class Core:
             raise InvalidCertificate("signer index or signature length out of range")
 
     def qc_certs(self, qc: QC) -> tuple[list, list, list]:
-        """The (keys, messages, signatures) that make `qc` valid; InvalidCertificate if it cannot be."""
+        """The (keys, messages, signatures) that make `qc` valid; InvalidCertificate if it cannot be.
+        The signatures cover the block id and view, not the height: see _qc_matches."""
         if qc.view == 0:
-            if qc.block_id != self.genesis.id or qc.voters:
+            if qc.block_id != self.genesis.id or qc.voters or qc.height != 0:
                 raise InvalidCertificate("a view-0 QC must be the genesis QC")
             return [], [], []
+        if qc.view >= MAX_VIEW or qc.height >= MAX_HEIGHT:
+            raise InvalidCertificate("view or height out of range")
         self._voters(qc.voters, qc.sigs)
         msg = vote_bytes(qc.block_id, qc.view)
         return ([self.cfg.keys[v] for v in qc.voters], [msg] * len(qc.voters),
@@ -209,6 +212,15 @@ class Core:
         return (keys + [self.cfg.keys[v] for v in tc.voters], msgs + [timeout_bytes(tc.view, h) for h in tc.high_views],
                 sigs + [tc.sigs[64 * i:64 * i + 64] for i in range(len(tc.voters))])
 
+    def _qc_matches(self, qc: QC) -> bool:
+        """Whether this validator holds the block `qc` certifies, with the QC's view and height. A
+        QC's signatures cover the block id (which covers the block's height) and the view, but not
+        the QC's height field: that is a label anyone relaying the QC can change, so it is trusted
+        only where it equals the certified block's height. A QC whose block is unknown is never
+        adopted (it only gets the block fetched)."""
+        b = self.blocks.get(qc.block_id)
+        return b is not None and b.view == qc.view and b.height == qc.height
+
     # ---- proposals ----------------------------------------------------------------------------
     def _on_proposal(self, sender: int, p: Proposal) -> list:
         b = p.block
@@ -216,6 +228,8 @@ class Core:
             return []
         if b.proposer != self.cfg.leader(b.view) or not 0 <= b.proposer < self.cfg.n:
             return [Rejected(b.id, b.proposer, f"view {b.view}'s leader is {self.cfg.leader(b.view)}")]
+        if b.view >= MAX_VIEW or b.height >= MAX_HEIGHT:
+            return [Rejected(b.id, b.proposer, "view or height out of range")]
         if b.parent != b.qc.block_id or b.height != b.qc.height + 1 or b.view <= b.qc.view:
             return [Rejected(b.id, b.proposer, "block does not extend the QC it carries")]
         if b.tc is not None and b.tc.view + 1 != b.view:
@@ -224,8 +238,10 @@ class Core:
         if parent is None:  # fetch the missing ancestor from whoever sent this one
             self.waiting.setdefault(b.parent, []).append((sender, p))
             return [Send(sender, BlockRequest(b.parent))]
-        if parent.view != b.qc.view:
-            return [Rejected(b.id, b.proposer, "the QC's view is not its block's")]
+        if parent.view != b.qc.view or parent.height != b.qc.height:
+            return [Rejected(b.id, b.proposer, "the QC's view or height is not its block's")]
+        if b.height != parent.height + 1:  # implied by the two checks above; the rule itself
+            return [Rejected(b.id, b.proposer, "a block's height must be its parent's plus one")]
         try:
             keys, msgs, sigs = self.qc_certs(b.qc)
             if b.tc is not None:
@@ -285,16 +301,25 @@ class Core:
     def _on_vote(self, v: Vote) -> list:
         if self.cfg.leader(v.view + 1) != self.cfg.me or v.view + 1 < self.view or not 0 <= v.voter < self.cfg.n:
             return []
-        tally = self.votes.setdefault((v.view, v.block_id), _Tally())
-        if v.voter in tally.sigs or len(tally.sigs) >= self.cfg.quorum:
+        if v.view >= MAX_VIEW:
+            return []
+        tally = self.votes.get((v.view, v.block_id))
+        if tally is not None and (v.voter in tally.sigs or len(tally.sigs) >= self.cfg.quorum):
             return []
         if not self.app.verifier.verify_one(self.cfg.keys[v.voter], vote_bytes(v.block_id, v.view), v.signature):
-            return []
+            self.counters["vote_invalid"] += 1
+            return []  # (no tally is created for a vote that does not verify)
+        tally = self.votes.setdefault((v.view, v.block_id), _Tally())
         tally.sigs[v.voter] = v.signature
         if len(tally.sigs) < self.cfg.quorum:
             return []
         voters = tuple(sorted(tally.sigs))
-        qc = QC(v.block_id, v.view, v.height, voters, b"".join(tally.sigs[i] for i in voters))
+        # the height is the certified block's, never a voter's say (a vote's signature does not
+        # cover it); a QC for a block not held yet keeps the last vote's, checked by _qc_matches
+        # before anything relies on it
+        block = self.blocks.get(v.block_id)
+        qc = QC(v.block_id, v.view, block.height if block is not None else v.height, voters,
+                b"".join(tally.sigs[i] for i in voters))
         return self._process_qc(qc, self.cfg.me)
 
     def _process_qc(self, qc: QC, sender: int) -> list:
@@ -302,6 +327,9 @@ class Core:
         if qc.block_id not in self.blocks:  # e.g. a restarted validator's high QC: ask for the block
             ask = BlockRequest(qc.block_id)
             out.append(Broadcast(ask) if sender == self.cfg.me else Send(sender, ask))
+        elif not self._qc_matches(qc):
+            self.counters["qc_mismatch"] += 1
+            return []  # signatures over one block, view or height of another: nothing to act on
         elif qc.view > self.safety.high_qc.view:
             self.safety = replace(self.safety, high_qc=qc)
             out.append(Persist(self.safety))
@@ -357,7 +385,8 @@ class Core:
         """A timeout from the network: its signature and its QC's are verified whoever it names as
         voter (this validator included: anyone can put its index in a frame). This validator's own
         timeouts never come this way; _on_local_timeout tallies them directly."""
-        if t.view < self.view or not 0 <= t.voter < self.cfg.n or t.voter in self.timeouts.get(t.view, {}):
+        if t.view < self.view or t.view >= MAX_VIEW or not 0 <= t.voter < self.cfg.n \
+                or t.voter in self.timeouts.get(t.view, {}):
             return []
         try:
             keys, msgs, sigs = self.qc_certs(t.high_qc)
@@ -394,7 +423,7 @@ class Core:
         if self.last_tc is None or tc.view > self.last_tc.view:
             self.last_tc = tc
         out = []
-        if tc.high_qc.view > self.safety.high_qc.view and tc.high_qc.block_id in self.blocks:
+        if tc.high_qc.view > self.safety.high_qc.view and self._qc_matches(tc.high_qc):
             self.safety = replace(self.safety, high_qc=tc.high_qc)
             out.append(Persist(self.safety))
             out += self._commit_for(tc.high_qc)

@@ -17,6 +17,10 @@ from accel import Packed
 
 VERSION = 1
 MAX_MESSAGE = 64 << 20  # bytes; a 10,000-transaction block is about 2 MB
+# Views and heights on the wire are below these (DecodeError otherwise), so view + 1 and height + 1
+# always fit the u64 fields of Block.id (2^48 views at one a millisecond is 8,900 years).
+MAX_VIEW = 1 << 48
+MAX_HEIGHT = 1 << 48
 
 
 class DecodeError(ValueError):
@@ -181,8 +185,14 @@ def _put_qc(w: _Writer, qc: QC):
     w.raw(qc.sigs)
 
 
+def _bounded(view: int, height: int = 0) -> None:
+    if view >= MAX_VIEW or height >= MAX_HEIGHT:
+        raise DecodeError(f"view {view} or height {height} out of range")
+
+
 def _get_qc(r: _Reader) -> QC:
     block_id, view, height = r.raw(32), r.u64(), r.u64()
+    _bounded(view, height)
     count = r.u16()
     voters = tuple(r.u16() for _ in range(count))
     return QC(block_id, view, height, voters, r.raw(64 * count))
@@ -200,6 +210,7 @@ def _put_tc(w: _Writer, tc: TC):
 
 def _get_tc(r: _Reader) -> TC:
     view, count = r.u64(), r.u16()
+    _bounded(view)
     pairs = [(r.u16(), r.u64()) for _ in range(count)]
     sigs = r.raw(64 * count)
     return TC(view, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), sigs, _get_qc(r))
@@ -227,6 +238,7 @@ def _put_block(w: _Writer, b: Block):
 
 def _get_block(r: _Reader) -> Block:
     view, height, parent, proposer = r.u64(), r.u64(), r.raw(32), r.u16()
+    _bounded(view, height)
     tx_root, state_root, sig_digest = r.raw(32), r.raw(32), r.raw(32)
     qc = _get_qc(r)
     tc = _get_tc(r) if r.u8() else None
@@ -284,9 +296,12 @@ def _get_body(r: _Reader, kind: int):
         block = _get_block(r)
         return Proposal(block, r.raw(64))
     if kind == 2:
-        return Vote(r.raw(32), r.u64(), r.u64(), r.u16(), r.raw(64))
+        block_id, view, height = r.raw(32), r.u64(), r.u64()
+        _bounded(view, height)
+        return Vote(block_id, view, height, r.u16(), r.raw(64))
     if kind == 3:
         view, qc = r.u64(), _get_qc(r)
+        _bounded(view)
         return Timeout(view, qc, r.u16(), r.raw(64))
     if kind == 4:
         return BlockRequest(r.raw(32))

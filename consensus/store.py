@@ -10,6 +10,10 @@ from .core import Safety
 from .messages import Proposal
 
 
+class StoreError(RuntimeError):
+    """The store does not hold what this validator must have written (one line, with heights)."""
+
+
 class Store:
     def __init__(self, path):
         self.db = sqlite3.connect(str(path), isolation_level=None)
@@ -29,8 +33,22 @@ class Store:
         return Safety(row[0], messages.decode_qc(row[1])) if row else None
 
     def add_committed(self, proposal: Proposal) -> None:
+        """Append the next committed block: its height must be the last one's plus one and its
+        parent the last one's id (StoreError otherwise: a broken invariant of the caller, never
+        silently ignored). The same block again is a no-op."""
         b = proposal.block
-        self.db.execute("INSERT OR IGNORE INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
+        last = self.db.execute("SELECT height, id FROM committed ORDER BY height DESC LIMIT 1").fetchone()
+        if last is not None and last[0] >= b.height:
+            row = self.db.execute("SELECT id FROM committed WHERE height = ?", (b.height,)).fetchone()
+            if row is not None and bytes(row[0]) == b.id:
+                return
+            raise StoreError(f"committed block at height {b.height} conflicts with the stored one "
+                             f"{bytes(row[0]).hex() if row else '(none)'}; stored chain ends at {last[0]}")
+        want_height, want_parent = (last[0] + 1, bytes(last[1])) if last is not None else (1, None)
+        if b.height != want_height or (want_parent is not None and b.parent != want_parent):
+            raise StoreError(f"committed block at height {b.height} does not extend the stored chain "
+                             f"(which ends at height {want_height - 1})")
+        self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
 
     def history(self) -> tuple[Proposal, ...]:
         rows = self.db.execute("SELECT proposal FROM committed ORDER BY height").fetchall()
