@@ -138,6 +138,23 @@ def _credit(acct: Account, asset: str, amount: int) -> None:
         acct.collateral.pop(asset, None)
 
 
+def _exact_sum(parts: list[np.ndarray]) -> list:
+    """Per account, the sum of its margins over groups as a Python integer, or None where a part is
+    a kernel error code (< 0: does not fit int64 ticks, not finite); summed in int64 where that
+    cannot overflow, else in Python integers."""
+    bad = np.zeros(len(parts[0]), bool)
+    for p in parts:
+        bad |= p < 0
+    clean = [np.where(bad, 0, p) for p in parts]
+    if sum(int(p.max(initial=0)) for p in clean) <= np.iinfo(np.int64).max:
+        total = sum(clean[1:], clean[0].copy()).tolist()
+    else:
+        total = [sum(int(p[j]) for p in clean) for j in range(len(bad))]
+    for j in np.flatnonzero(bad).tolist():
+        total[j] = None
+    return total
+
+
 def _amounts(d: dict) -> bytes:
     return b"".join(a.encode("ascii").ljust(8, b"\0") + q.to_bytes(16, "big", signed=True) for a, q in sorted(d.items()))
 
@@ -166,7 +183,7 @@ class Clearing:
         # Copy on write: a snapshot shares every Account object and holders set with its parent;
         # _mut() and _holders() give this version its own before it changes one.
         self.accounts = Versioned()  # key -> Account
-        self._private: set[bytes] = set()
+        self._private: dict[bytes, Account] = {}
         self.series: dict[int, Series] = {}
         self.holders: dict[int, set[bytes]] = {}  # series id -> accounts holding it
         self._private_holders: set[int] = set()
@@ -208,7 +225,7 @@ class Clearing:
         indexes copied; the backend, oracle keys, parameters and listed series shared."""
         new = object.__new__(Clearing)
         new.__dict__.update(self.__dict__)
-        new.accounts, new._private, new._private_holders = self.accounts.copy(), set(), set()
+        new.accounts, new._private, new._private_holders = self.accounts.copy(), {}, set()
         new.tree, new.dirty = self.tree.copy(), set(self.dirty)
         new.holders = dict(self.holders)
         new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
@@ -251,12 +268,12 @@ class Clearing:
 
     def _mut(self, key: bytes) -> Account:
         """The account, this version's own copy (to change)."""
-        if key not in self._private:
+        acct = self._private.get(key)
+        if acct is None:
             a = self.accounts[key]
-            self.accounts[key] = Account(a.nonce, dict(a.collateral), dict(a.positions), a.slot)
-            self._private.add(key)
+            acct = self._private[key] = self.accounts[key] = Account(a.nonce, dict(a.collateral), dict(a.positions), a.slot)
         self.dirty.add(key)
-        return self.accounts[key]
+        return acct
 
     def _holders(self, series: int) -> set[bytes]:
         """The series' holders, this version's own set (to change)."""
@@ -265,8 +282,8 @@ class Clearing:
             self._private_holders.add(series)
         return self.holders[series]
 
-    def _set_position(self, key: bytes, series: int, held: int) -> None:
-        acct = self._mut(key)
+    def _set_position(self, key: bytes, acct: Account, series: int, held: int) -> None:
+        """acct: key's own copy (_mut)."""
         if held:
             acct.positions[series] = held
             self._holders(series).add(key)
@@ -340,21 +357,23 @@ class Clearing:
             self.margin_s += time.perf_counter() - started
 
     def _margins(self, keys, assets, override, skip) -> dict[str, tuple[list, list]]:
+        # one pass over the accounts' positions (each account's in series order: the kernel sums a
+        # book's rows in order, so the order is part of the result) into rows per group
+        rows: dict[tuple[str, bool], tuple[list, list, list]] = {}
+        for j, k in enumerate(keys):
+            for i, size in sorted(self.accounts[k].positions.items()):
+                s = self.series[i]
+                if (assets is None or s.asset in assets) and i not in skip:
+                    group = rows.setdefault((s.underlying, s.inverse), ([], [], []))
+                    group[0].append(j)
+                    group[1].append(i)
+                    group[2].append(float(size))
         out: dict[str, tuple[list, list]] = {}
-        groups = sorted({(s.underlying, s.inverse) for k in keys for i in self.accounts[k].positions
-                         for s in (self.series[i],) if (assets is None or s.asset in assets) and i not in skip})
-        for und, inverse in groups:
+        totals: dict[str, list[np.ndarray]] = {}
+        for (und, inverse), (owner, ids, sizes) in sorted(rows.items()):
             mark = override.get(und) or self.marks[und]
             inst = sorted(i for i, s in self.series.items() if s.underlying == und and s.inverse == inverse
                           and i not in skip and i not in self.fixings)
-            slot = {i: j for j, i in enumerate(inst)}
-            offsets, rows, sizes = [0], [], []
-            for k in keys:
-                for i, size in sorted(self.accounts[k].positions.items()):
-                    if i in slot:
-                        rows.append(slot[i])
-                        sizes.append(float(size))
-                offsets.append(len(rows))
             series = [self.series[i] for i in inst]
             flag = INVERSE if inverse else 0
             marks = Marks(index=mark.index, rate=0.0, forward=np.full(len(inst), mark.index),
@@ -362,14 +381,16 @@ class Clearing:
                           expiry=np.array([max(s.expiry - mark.timestamp, 0) / YEAR_S for s in series]),
                           vol=np.array([mark.vols.get(s.id, 1.0) for s in series]),
                           kind=np.array([s.kind | flag for s in series], np.uint8))
+            offsets = np.zeros(len(keys) + 1, np.int64)
+            np.cumsum(np.bincount(np.array(owner, np.int64), minlength=len(keys)), out=offsets[1:])
+            book = Portfolio(offsets, np.searchsorted(np.array(inst, np.int64), np.array(ids, np.int64)),
+                             np.array(sizes))
             params = self.params.get(und, MarginParams(tick=QUANTUM))
-            book = Portfolio(np.array(offsets), np.array(rows, np.int64), np.array(sizes))
             res = (risk_numpy.portfolio_margin(book, marks, params, checked=False) if self.software
                    else accel.portfolio_margin(book, marks, params, backend=self.backend, checked=False))
-            asset = und if inverse else USD
-            im0, mm0 = out.get(asset, ([0] * len(keys), [0] * len(keys)))
-            out[asset] = tuple([None if a is None or b < 0 else a + b for a, b in zip(total, part.tolist())]
-                               for total, part in ((im0, res.initial), (mm0, res.maintenance)))
+            totals.setdefault(und if inverse else USD, []).append((res.initial, res.maintenance))
+        for asset, parts in totals.items():
+            out[asset] = tuple(_exact_sum([p[which] for p in parts]) for which in (0, 1))
         return out
 
     def _below(self, books: list[tuple[bytes, str]], initial: bool = True, override=None,
@@ -409,8 +430,7 @@ class Clearing:
             raise Rejected(f"account {key.hex()[:16]} is already registered")
         if not accel.ed25519_key_is_safe(key, backend=self.backend):
             raise Rejected(f"key {key.hex()[:16]} is unsafe (non-canonical or of small order): anyone could sign for it")
-        self.accounts[key] = Account(slot=len(self.accounts))
-        self._private.add(key)
+        self.accounts[key] = self._private[key] = Account(slot=len(self.accounts))
         self.dirty.add(key)
 
     def list_series(self, s: Series) -> None:
@@ -484,38 +504,37 @@ class Clearing:
             flow = price * size
         self._nonce(buyer, buyer_nonce)
         self._nonce(seller, seller_nonce)
-        asset = s.asset
-        new = {}
+        asset, why = s.asset, self._reduce_only(s)
+        new = []
         for key, sign in ((buyer, 1), (seller, -1)):
             acct = self.accounts[key]
             held = acct.positions.get(series, 0)
             cash = acct.collateral.get(asset, 0) - sign * flow
-            new[key] = (held + sign * size, cash)
             if abs(held + sign * size) > MAX_POSITION or abs(cash) > MAX_BALANCE:
                 raise Rejected(f"the trade takes account {key.hex()[:16]} past a position of {MAX_POSITION} "
                                f"or a balance of {MAX_BALANCE} quanta")
-            why = self._reduce_only(s)
             if why and not (held * sign < 0 and size <= abs(held)):
                 raise Rejected(f"series {series} is reduce-only ({why}): the trade must shrink both positions")
-        saved = {k: (dict(self.accounts[k].collateral), self.accounts[k].positions.get(series, 0)) for k in new}
-        for key, (held, cash) in new.items():
+            new.append((key, held, held + sign * size, cash))
+        for key, _, held, cash in new:  # nothing can refuse the trade from here, but its margin
             acct = self._mut(key)
             _credit(acct, asset, cash - acct.collateral.get(asset, 0))
-            self._set_position(key, series, held)
-        if not self.defer:
-            try:
-                short = self._below([(buyer, asset), (seller, asset)])
-                if short:
-                    raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
-            except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
-                for k, (collateral, held) in saved.items():
-                    self._mut(k).collateral = collateral
-                    self._set_position(k, series, held)
-                raise
-        else:
+            self._set_position(key, acct, series, held)
+            acct.nonce += 1
+        if self.defer:
             self.touched.update(((buyer, asset), (seller, asset)))
-        self._mut(buyer).nonce += 1
-        self._mut(seller).nonce += 1
+            return
+        try:
+            short = self._below([(buyer, asset), (seller, asset)])
+            if short:
+                raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
+        except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
+            for key, held, _, cash in new:
+                acct = self._mut(key)
+                _credit(acct, asset, cash + (flow if key == buyer else -flow) - acct.collateral.get(asset, 0))
+                self._set_position(key, acct, series, held)
+                acct.nonce -= 1
+            raise
 
     def end_of_block(self) -> list[bytes]:
         """With deferred margin: the accounts one of whose books a trade or withdrawal of this block
@@ -623,12 +642,12 @@ class Clearing:
                 q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
                 _credit(acct, asset, q * value)
                 _credit(self._mut(h), asset, -q * value)
-                self._set_position(h, i, theirs + q)
+                self._set_position(h, self._mut(h), i, theirs + q)
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * max(abs(value), 1)
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
-            self._set_position(key, i, 0)
+            self._set_position(key, acct, i, 0)
         cash = acct.collateral.get(asset, 0)
         paid = min(max(-cash, 0), self.funds[asset])
         self.funds[asset] -= paid

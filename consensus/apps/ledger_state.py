@@ -37,8 +37,8 @@ class Versioned:
         return new
 
     def __getitem__(self, key):
-        value = self._delta.get(key, _MISSING)
-        return self._base[key] if value is _MISSING else value
+        delta = self._delta
+        return delta[key] if key in delta else self._base[key]
 
     def get(self, key, default=None):
         value = self._delta.get(key, _MISSING)
