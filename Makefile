@@ -4,6 +4,7 @@
 # make bench - the pytest-benchmark suites, JSON and a ratio report under bench/out/; every run is
 #              also autosaved under .benchmarks/ (compare: .venv/bin/pytest-benchmark compare)
 # make bench-consensus - validation and finality of the BFT loop over sizes and delays (simulated)
+# make bench-state - a clearing block's validation and proposal against the state's size (to 1M accounts)
 # make gpu-check - on a machine with an NVIDIA GPU: every CUDA/OpenCL-GPU test and the GPU benchmarks
 # make gpu-prep  - before a GPU lease, no GPU needed: prebuilt CUDA modules, wheels and test vectors
 #                  for gpu-check to carry (scripts/gpu-prep.sh)
@@ -13,7 +14,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat Makefile pyproject.toml setup.py native/*.py | cksum | cut -d' ' -f1)
 EXTRAS ?= test,bench,opencl
 
-.PHONY: setup system-deps test demo bench bench-consensus gpu-check gpu-prep clean
+.PHONY: setup system-deps test demo bench bench-consensus bench-state gpu-check gpu-prep clean
 
 system-deps:
 	@scripts/system-deps.sh
@@ -59,6 +60,14 @@ bench-consensus: setup
 	mkdir -p bench/out
 	OMP_WAIT_POLICY=PASSIVE $(PY) bench/consensus_sweep.py --json bench/out/consensus.json \
 		--png bench/out/consensus_finality.png $(SWEEP_ARGS) | tee bench/out/consensus.md
+
+# The 10,000-transaction clearing block over 1,000 to 1,000,000 accounts, C fallback and software-only,
+# each point in its own process: a table, JSON and a plot under bench/out/.
+STATE_ARGS ?=
+bench-state: setup
+	mkdir -p bench/out
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/state_scale.py --json bench/out/state_scale.json \
+		--png bench/out/state_scale.png $(STATE_ARGS) | tee bench/out/state_scale.md
 
 gpu-check:
 	scripts/gpu-check.sh

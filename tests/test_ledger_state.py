@@ -97,3 +97,14 @@ def test_software_and_accel_hashing_build_the_same_tree():
     rows = np.frombuffer(bytes(range(256)) * 13, np.uint8)[:65 * 40].reshape(40, 65)
     assert np.array_equal(hashlib_sha256_many(rows), accel_sha256_many("cpu")(rows))
     assert accel.sha256_many([b"x"], backend="cpu")[0] == hashlib_sha256_many(np.frombuffer(b"x", np.uint8).reshape(1, 1))[0].tobytes()
+
+
+def test_the_benchmarks_bulk_accounts_make_a_sound_state_and_a_valid_block():
+    from consensus.bench import add_accounts, validate_bench
+    from consensus.apps.clearing_load import genesis_market
+    c = genesis_market("cpu")
+    add_accounts(c, 300)
+    assert len(c.accounts) == 300 and c.violations() == []
+    assert c.root() == _reference_root(c)
+    result = validate_bench(60, "accel", "cpu", runs=1, app="clearing", accounts=500)
+    assert result["accounts"] == 1_500 and result["propose_ms"] > 0 and result["validation_ms"]["state_root"] > 0
