@@ -25,6 +25,7 @@ timeouts); timeouts grow 2x for each view in a row that failed, back to the base
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -118,8 +119,16 @@ def genesis_block(state_root: bytes) -> Block:
     return Block(0, 0, zero, 0, EMPTY, state_root, empty.digest(), empty, QC(zero, 0, 0))
 
 
+log = logging.getLogger("consensus.core")
+
+
 class InvalidCertificate(ValueError):
     pass
+
+
+class InvariantViolation(AssertionError):
+    """A broken internal invariant of this validator (never something a peer sent): the one
+    exception Core.handle lets out, so the driver stops the node with its one-line message."""
 
 
 @dataclass
@@ -167,6 +176,55 @@ class Core:
         return self._enter_view(max(1, self.safety.high_qc.view + 1), via_qc=True)
 
     def handle(self, sender: int, msg) -> list:
+        """The actions for one message from the network. Never raises on input: what fails a
+        check is dropped (Rejected for a block) and counted in self.counters; an exception from
+        anywhere below is counted as "input_error" and logged, and the message dropped. Only an
+        InvariantViolation (this validator's own state broken) gets out."""
+        try:
+            return self._dispatch(sender, msg)
+        except InvariantViolation:
+            raise
+        except Exception:
+            self.counters["input_error"] += 1
+            log.exception("dropped a %s from %s: it raised", type(msg).__name__, sender)
+            return []
+
+    def _malformed(self, msg) -> str:
+        """Why a decoded message cannot be one this protocol sends (field ranges and lengths the
+        wire decoder does not know), or ""; checked before anything else looks at it."""
+        def qc_bad(qc):
+            return not (isinstance(qc, QC) and len(qc.block_id) == 32 and 0 <= qc.view < MAX_VIEW
+                        and 0 <= qc.height < MAX_HEIGHT and len(qc.sigs) == 64 * len(qc.voters)
+                        and all(0 <= v < self.cfg.n for v in qc.voters))
+        if isinstance(msg, BlockResponse):
+            msg = msg.proposal
+        if isinstance(msg, Proposal):
+            b = msg.block
+            if not (0 <= b.view < MAX_VIEW and 0 <= b.height < MAX_HEIGHT and 0 <= b.proposer < self.cfg.n
+                    and len(b.parent) == 32 and len(msg.signature) == 64) or qc_bad(b.qc):
+                return "proposal"
+            if b.tc is not None and (qc_bad(b.tc.high_qc) or not 0 <= b.tc.view < MAX_VIEW):
+                return "proposal"
+        elif isinstance(msg, Vote):
+            if not (0 <= msg.view < MAX_VIEW and 0 <= msg.voter < self.cfg.n and len(msg.signature) == 64
+                    and len(msg.block_id) == 32):
+                return "vote"
+        elif isinstance(msg, Timeout):
+            if not (0 <= msg.view < MAX_VIEW and 0 <= msg.voter < self.cfg.n and len(msg.signature) == 64) \
+                    or qc_bad(msg.high_qc):
+                return "timeout"
+        elif isinstance(msg, BlockRequest):
+            if len(msg.block_id) != 32:
+                return "request"
+        else:
+            return "unknown"
+        return ""
+
+    def _dispatch(self, sender: int, msg) -> list:
+        bad = self._malformed(msg)
+        if bad:
+            self.counters[f"{bad}_malformed"] += 1
+            return []
         if isinstance(msg, Proposal):
             return self._on_proposal(sender, msg)
         if isinstance(msg, Vote):
@@ -250,7 +308,12 @@ class Core:
         except InvalidCertificate as exc:
             return [Rejected(b.id, b.proposer, f"invalid certificate: {exc}")]
         certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature])
-        verdict = self.app.validate(self.states[b.parent], b, certs)
+        try:
+            verdict = self.app.validate(self.states[b.parent], b, certs)
+        except Exception as exc:  # an application must not raise on a block; if it does, the block is refused
+            log.exception("validation of block %s raised", b.id.hex())
+            self.counters["validate_error"] += 1
+            return [Rejected(b.id, b.proposer, f"validation raised {type(exc).__name__}: {exc}")]
         if not verdict.ok:
             return [Rejected(b.id, b.proposer, verdict.reason)]
         self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
@@ -290,7 +353,12 @@ class Core:
         while cursor.height > self.committed.height:
             exclude.update(hashlib.sha256(cursor.txs.bodies.item(i)).digest() for i in range(len(cursor.txs)))
             cursor = self.blocks[cursor.parent]
-        txs, state = self.app.propose(self.states[parent.id], exclude)
+        try:
+            txs, state = self.app.propose(self.states[parent.id], exclude)
+        except Exception:  # no block from this leader in this view; the view times out
+            log.exception("proposing for view %d raised", view)
+            self.counters["propose_error"] += 1
+            return []
         tc = self.last_tc if self.last_tc is not None and self.last_tc.view + 1 == view else None
         b = Block(view, parent.height + 1, parent.id, self.cfg.me, self.app.tx_root(txs), state.root, txs.digest(),
                   txs, self.safety.high_qc, tc)
@@ -349,7 +417,8 @@ class Core:
             chain.append(cursor)
             cursor = self.blocks[cursor.parent]
         if cursor.id != self.committed.id:  # would be a fork of what this validator committed
-            raise AssertionError("safety violated: a committed block is not an ancestor")
+            raise InvariantViolation(f"safety violated: block {b0.id.hex()} at height {b0.height} does not extend "
+                                     f"the committed block {self.committed.id.hex()} at height {self.committed.height}")
         out = []
         for b in reversed(chain):
             self.committed = b

@@ -145,8 +145,8 @@ def test_views_and_heights_past_the_bound_do_not_decode_and_are_refused():
         messages.decode(messages.encode(vote))
     fresh = Simulation(n=4, seed=1).nodes[2].core  # and in the core, for input that skips the wire
     huge = replace(p.block, height=2**64 - 1)
-    assert [type(a).__name__ for a in fresh.handle(1, Proposal(huge, p.signature))] == ["Rejected"]
-    assert fresh.handle(1, vote) == []
+    assert fresh.handle(1, Proposal(huge, p.signature)) == [] and fresh.handle(1, vote) == []
+    assert fresh.counters["proposal_malformed"] == 1 and fresh.counters["vote_malformed"] == 1
 
 
 def test_the_store_refuses_a_gap_or_a_second_block_at_a_height(tmp_path):
@@ -165,3 +165,155 @@ def test_the_store_refuses_a_gap_or_a_second_block_at_a_height(tmp_path):
         store.add_committed(Proposal(other, bytes(64)))
     store.add_committed(props[1])
     assert [p.block.id for p in store.history()] == [p.block.id for p in props[:2]]
+
+
+# ---- finding 5: no input raises out of Core.handle ---------------------------------------------
+
+def _kv_block(core, view, bodies, sigs):
+    """A block on genesis for `view` with these transactions (headers consistent with them)."""
+    from consensus.apps.kv import EMPTY
+    from consensus.messages import Block, Txs
+    from accel import Packed
+    import numpy as np
+    data = np.frombuffer(b"".join(bodies), np.uint8)
+    offsets = np.zeros(len(bodies) + 1, np.uint64)
+    np.cumsum([len(x) for x in bodies], out=offsets[1:])
+    txs = Txs(Packed(data, offsets), np.frombuffer(b"".join(sigs), np.uint8).reshape(-1, 64))
+    g = core.genesis
+    root = core.app.tx_root(txs) if len(bodies) else EMPTY
+    return Block(view, 1, g.id, core.cfg.leader(view), root, g.state_root, txs.digest(), txs, QC(g.id, 0, 0))
+
+
+def _bad_set_body(client, nonce=0):
+    from consensus.apps.kv import set_body
+    body = bytearray(set_body(bytes(client.verify_key), nonce, b"k", b"v" * 8))
+    body[45] = 250  # the key length points past the body's end
+    return bytes(body)
+
+
+def test_malformed_kv_proposals_are_rejected_not_raised():
+    """Unsigned proposals on genesis (the proposer's signature is checked with the rest, after the
+    layout): signature rows that do not match the bodies, a key length past a body's end."""
+    from consensus.apps.kv import transfer_body
+    sim = Simulation(n=4, seed=3)
+    c = sim.clients[0]
+    good = transfer_body(bytes(c.verify_key), 0, bytes(32), 1)
+    bad_set = _bad_set_body(c)
+    cases = [([good, good], [c.sign(good).signature]), ([good], [c.sign(good).signature] * 2),
+             ([bad_set], [c.sign(bad_set).signature]), ([good[:60]], [c.sign(good[:60]).signature]),
+             ([good + b"x"], [c.sign(good + b"x").signature])]
+    for node in sim.nodes:
+        for i, (bodies, sigs) in enumerate(cases):
+            b = _kv_block(node.core, 4 * i + 1 + (node.index + 1) % 4, bodies, sigs)  # led by another
+            out = node.core.handle(b.proposer, Proposal(b, bytes(64)))
+            assert [type(a).__name__ for a in out] == ["Rejected"], (i, out)
+    sim.load(40)
+    sim.run(blocks=6)
+    assert all(len(x.committed) >= 6 for x in sim.nodes)
+
+
+class BadSetLeader(Core):
+    """A Byzantine leader: its blocks carry a validly signed set transaction whose key length
+    points past the body's end, signed by the proposer and with a consistent state root."""
+    client = None
+
+    def _propose(self, view):
+        from consensus.apps.kv import pack_txs
+        if view in self.proposed or self.cfg.leader(view) != self.cfg.me:
+            return []
+        out = super()._propose(view)
+        for i, a in enumerate(out):
+            if isinstance(a, Broadcast):
+                b = a.msg.block
+                body = _bad_set_body(self.client, 10**6 + view)
+                txs = pack_txs([b.txs.bodies.item(j) for j in range(len(b.txs))] + [body],
+                               [b.txs.sigs[j].tobytes() for j in range(len(b.txs))] + [self.client.sign(body).signature])
+                bad = replace(b, txs=txs, tx_root=self.app.tx_root(txs), sig_digest=txs.digest())
+                out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id))))
+        return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_leaders_malformed_transaction_is_rejected_and_a_clients_is_refused(seed):
+    sim = Simulation(n=4, seed=seed, make_core=lambda cfg, sign, app, *a: (BadSetLeader if cfg.me == 1 else Core)(cfg, sign, app, *a))
+    BadSetLeader.client = sim.clients[1]
+    sim.load(40)
+    for node in sim.nodes:  # and a client hands every mempool the same malformed body
+        body = _bad_set_body(sim.clients[2], 0)
+        node.core.app.submit(body, sim.clients[2].sign(body).signature)
+    honest = {"v0", "v2", "v3"}
+    sim.run(blocks=8, max_ms=200_000, live=lambda node: node.name in honest)
+    nodes = [x for x in sim.nodes if x.name in honest]
+    assert all(len(x.committed) >= 8 for x in nodes)
+    assert_safe(sim, honest)
+    assert any(r.proposer == 1 and "key length" in r.reason for x in nodes for r in x.rejected)
+
+
+def _mutants(msg, rng):
+    """Field-level corruptions of a protocol object, delivered without the wire's checks (so the
+    core's own checks are what stands): out-of-range voters, wrong lengths, huge numbers."""
+    import numpy as np
+    from consensus import messages as m
+    ints = [0, 1, 3, 4, 99, 2**16 - 1, 2**48, 2**64 - 1, -1]
+    qcs = lambda qc: [replace(qc, voters=(0, 1, 99)), replace(qc, voters=(0, 0, 1)), replace(qc, sigs=b"x"),
+                      replace(qc, height=rng.choice(ints)), replace(qc, view=rng.choice(ints)),
+                      replace(qc, voters=(-1, 0, 1)), replace(qc, block_id=b"short")]
+    if isinstance(msg, m.Proposal):
+        b = msg.block
+        out = [replace(msg, signature=b"")] + [replace(msg, block=replace(b, qc=q)) for q in qcs(b.qc)]
+        out += [replace(msg, block=replace(b, **{f: rng.choice(ints)})) for f in ("view", "height", "proposer")]
+        out += [replace(msg, block=replace(b, txs=replace(b.txs, sigs=np.zeros((len(b.txs) + 1, 64), np.uint8))))]
+        out += [replace(msg, block=replace(b, txs=replace(b.txs, sigs=np.zeros((3,), np.uint8))))]
+        tc = m.TC(b.view - 1, (0, 1, 2), (1, 2), bytes(100), b.qc)
+        out += [replace(msg, block=replace(b, tc=tc)), m.BlockResponse(out[0])]
+        return out
+    if isinstance(msg, m.Vote):
+        return [replace(msg, voter=v) for v in ints] + [replace(msg, signature=b"abc"), replace(msg, view=2**64 - 1)]
+    if isinstance(msg, m.Timeout):
+        return ([replace(msg, high_qc=q) for q in qcs(msg.high_qc)] + [replace(msg, voter=v) for v in ints]
+                + [replace(msg, signature=b""), replace(msg, view=2**64 - 1)])
+    return [m.BlockRequest(b"short"), m.BlockRequest(bytes(32)), "not a message", None]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_core_handle_never_raises_on_corrupted_messages(seed):
+    import random
+    from consensus import messages as m
+    rng = random.Random(seed)
+    sim = Simulation(n=4, seed=seed)
+    sim.load(30)
+    sim.run(blocks=4)
+    core = sim.nodes[0].core
+    samples = list(core.proposals.values())
+    b = samples[-1].block
+    samples += [m.Vote(b.id, b.view, b.height, 1, bytes(64)), m.Timeout(core.view, b.qc, 2, bytes(64)), m.BlockRequest(b.id)]
+    for node in sim.nodes:
+        for msg in samples:
+            for bad in _mutants(msg, rng):
+                for sender in (0, 1, 5, -1):
+                    node.core.handle(sender, bad)  # must not raise
+        # each corruption met an explicit check, not the last-resort catch in handle()
+        assert node.core.counters["input_error"] == 0, node.core.counters
+        assert node.core.counters["proposal_malformed"] and node.core.counters["vote_malformed"]
+    sim.run(blocks=8)  # and the network still commits
+    assert all(len(x.committed) >= 8 for x in sim.nodes)
+    assert_safe(sim)
+
+
+def test_an_application_that_raises_gets_the_block_refused():
+    sim = Simulation(n=4, seed=0)
+    sim.load(20)
+    v3 = sim.nodes[3].core
+    validate = v3.app.validate
+    calls = []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return validate(*args)
+    v3.app.validate = flaky
+    sim.run(blocks=5)
+    assert all(len(x.committed) >= 5 for x in sim.nodes)
+    assert any("validation raised RuntimeError: boom" in r.reason for r in sim.nodes[3].rejected)
+    assert v3.counters["validate_error"] == 1

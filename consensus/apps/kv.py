@@ -8,7 +8,10 @@ Transaction body (what the signature signs):
   op 1 set:      key length u8 | key | value length u16 | value
   op 2 transfer: recipient key 32 | amount u64
 A transaction whose nonce is not the sender's next one, or that spends more than the balance, is
-skipped by the state transition (the block stays valid); a bad signature makes the block invalid.
+skipped by the state transition (the block stays valid); a bad signature, an unknown op, a body
+whose length is not exactly its layout's, or signature rows that are not one per body make the
+block invalid (well_formed), and the mempool refuses such a transaction (submit). No input raises
+out of validate, submit or propose.
 """
 from __future__ import annotations
 
@@ -122,11 +125,34 @@ class KvApp:
 
     @staticmethod
     def well_formed(bodies: Packed) -> str:
-        """Why the bodies cannot be transactions, or "" (vectorised over the lengths; the layout
-        inside a body is checked only as far as the header, the rest parses defensively)."""
-        lengths = np.diff(bodies.offsets)
-        if len(lengths) and lengths.min() < HEADER + 9:
+        """Why the bodies cannot be transactions, or "" (vectorised): each is a header, an op of 1
+        or 2, and exactly the payload that op's layout says (a set's key and value lengths inside
+        the body and adding up to it; a transfer's 40 bytes)."""
+        lengths = np.diff(bodies.offsets.astype(np.int64))
+        if not len(lengths):
+            return ""
+        if lengths.min() < HEADER + 9:
             return f"transaction {int(np.argmin(lengths))} is shorter than a transaction header"
+        data = bodies.data
+        starts = bodies.offsets[:-1].astype(np.int64)
+        ops = data[starts + HEADER - 1]
+        bad = np.flatnonzero((ops != OP_SET) & (ops != OP_TRANSFER))
+        if len(bad):
+            return f"transaction {int(bad[0])} has an unknown op {int(ops[bad[0]])}"
+        bad = np.flatnonzero((ops == OP_TRANSFER) & (lengths != HEADER + 40))
+        if len(bad):
+            return f"transaction {int(bad[0])}: a transfer is {HEADER + 40} bytes, not {int(lengths[bad[0]])}"
+        sets = np.flatnonzero(ops == OP_SET)
+        if len(sets):
+            klen = data[starts[sets] + HEADER].astype(np.int64)
+            past = np.flatnonzero(HEADER + 3 + klen > lengths[sets])
+            if len(past):
+                return f"transaction {int(sets[past[0]])}: its key length points past the body's end"
+            at = starts[sets] + HEADER + 1 + klen
+            vlen = data[at].astype(np.int64) * 256 + data[at + 1].astype(np.int64)
+            wrong = np.flatnonzero(HEADER + 3 + klen + vlen != lengths[sets])
+            if len(wrong):
+                return f"transaction {int(sets[wrong[0]])}: its key and value lengths do not add up to its length"
         return ""
 
     # ---- validation ---------------------------------------------------------------------------
@@ -136,6 +162,8 @@ class KvApp:
         t = {}
         start = time.perf_counter()
         txs = block.txs
+        if txs.sigs.ndim != 2 or txs.sigs.shape[0] != len(txs):
+            return Verdict(False, f"{txs.sigs.shape[0]} signature rows for {len(txs)} transactions", None, {})
         reason = self.well_formed(txs.bodies)
         if reason:
             return Verdict(False, reason, None, {})
@@ -165,8 +193,18 @@ class KvApp:
         return Verdict(True, "", state, t)
 
     # ---- proposing and mempool ----------------------------------------------------------------
-    def submit(self, body: bytes, signature: bytes) -> None:
+    def submit(self, body: bytes, signature: bytes) -> str:
+        """Admit a transaction to the mempool; why not ("" when admitted): a body that is not a
+        well-formed transaction or a signature that is not 64 bytes (a block holding either would
+        be invalid, so no honest proposal may carry it). Signatures are checked in blocks."""
+        body, signature = bytes(body), bytes(signature)
+        if len(signature) != 64:
+            return "a signature is 64 bytes"
+        reason = self.well_formed(Packed(np.frombuffer(body, np.uint8), np.array([0, len(body)], np.uint64)))
+        if reason:
+            return reason
         self.mempool.setdefault(hashlib.sha256(body).digest(), (body, signature))
+        return ""
 
     def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
         """Up to max_txs mempool transactions not already in an uncommitted ancestor, and the
