@@ -234,9 +234,6 @@ class Clearing:
         new.assets, new.liquidations, new.touched = set(self.assets), list(self.liquidations), set(self.touched)
         return new
 
-    def __deepcopy__(self, memo) -> "Clearing":
-        return self.snapshot()
-
     # ---- helpers ------------------------------------------------------------------------------
     def _add_asset(self, name: str) -> None:
         if not asset_name_ok(name):
