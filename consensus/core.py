@@ -32,7 +32,7 @@ from typing import Callable
 
 from .apps.kv import EMPTY
 from .messages import (
-    MAX_HEIGHT, MAX_VIEW, QC, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs, Vote, proposal_bytes, timeout_bytes,
+    MAX_HEIGHT, MAX_RANGE, MAX_VIEW, RANGE_BYTES, QC, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs, Vote, proposal_bytes, timeout_bytes,
     vote_bytes,
 )
 
@@ -120,6 +120,8 @@ def genesis_block(state_root: bytes) -> Block:
 
 
 log = logging.getLogger("consensus.core")
+MAX_PARKED = 256   # proposals kept while their parent is fetched
+MAX_FETCHES = 16   # blocks asked for and not yet received
 
 
 class InvalidCertificate(ValueError):
@@ -159,6 +161,9 @@ class Core:
         self.proposed: set[int] = set()
         self.timed_out: set[int] = set()
         self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
+        self.parked: set[bytes] = set()  # ids of the proposals in waiting (at most MAX_PARKED)
+        self.fetching: dict[bytes, int] = {}  # block id asked for -> the peer asked (at most MAX_FETCHES)
+        self.chain: list[bytes] = [self.genesis.id]  # committed block ids by height
         # what was dropped or refused, by reason: input from the network that failed a check
         # (a driver exports these; nothing here is an error of this validator)
         self.counters: Counter = Counter()
@@ -169,6 +174,7 @@ class Core:
                 raise ValueError(f"stored block at height {b.height} does not replay to its state root")
             self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, state, p
             self.committed = b
+            self.chain.append(b.id)
             app.committed(b)
 
     # ---- entry points -------------------------------------------------------------------------
@@ -197,7 +203,10 @@ class Core:
                         and 0 <= qc.height < MAX_HEIGHT and len(qc.sigs) == 64 * len(qc.voters)
                         and all(0 <= v < self.cfg.n for v in qc.voters))
         if isinstance(msg, BlockResponse):
-            msg = msg.proposal
+            ps = msg.proposals
+            if not (isinstance(ps, tuple) and 1 <= len(ps) <= MAX_RANGE and all(isinstance(p, Proposal) for p in ps)):
+                return "response"
+            return next((why for why in map(self._malformed, ps) if why), "")
         if isinstance(msg, Proposal):
             b = msg.block
             if not (0 <= b.view < MAX_VIEW and 0 <= b.height < MAX_HEIGHT and 0 <= b.proposer < self.cfg.n
@@ -214,7 +223,7 @@ class Core:
                     or qc_bad(msg.high_qc):
                 return "timeout"
         elif isinstance(msg, BlockRequest):
-            if len(msg.block_id) != 32:
+            if len(msg.block_id) != 32 or not 0 <= msg.from_height < MAX_HEIGHT or not 1 <= msg.max_blocks <= MAX_RANGE:
                 return "request"
         else:
             return "unknown"
@@ -232,14 +241,22 @@ class Core:
         if isinstance(msg, Timeout):
             return self._on_timeout(sender, msg)
         if isinstance(msg, BlockRequest):
-            p = self.proposals.get(msg.block_id)
-            return [Send(sender, BlockResponse(p))] if p is not None else []
+            return self._on_block_request(sender, msg)
         if isinstance(msg, BlockResponse):
-            return self._on_proposal(sender, msg.proposal)
+            return self._on_block_response(sender, msg)
         return []
 
     def on_timer(self, view: int) -> list:
-        return self._on_local_timeout(view) if view == self.view else []
+        if view != self.view:
+            return []
+        # a view that timed out: fetches still unanswered may be asked again (of anyone)
+        retry = [b for b in self.fetching if b not in self.blocks]
+        retry += [b for b in self.waiting if b not in self.parked and b not in self.blocks and b not in retry]
+        self.fetching.clear()
+        out = self._on_local_timeout(view)
+        for block_id in retry:
+            out += self._fetch(block_id, self.cfg.me)
+        return out
 
     # ---- certificates -------------------------------------------------------------------------
     def _voters(self, voters, sigs: bytes) -> None:
@@ -281,6 +298,19 @@ class Core:
 
     # ---- proposals ----------------------------------------------------------------------------
     def _on_proposal(self, sender: int, p: Proposal) -> list:
+        """Validate a proposal and act on it; then, in a loop (never recursion, however long the
+        chain that was waiting for it), each parked proposal whose parent it was."""
+        out, todo = [], [(sender, p)]
+        while todo:
+            s, q = todo.pop()
+            out += self._on_one_proposal(s, q)
+            if q.block.id in self.blocks:
+                for child in self.waiting.pop(q.block.id, []):
+                    self.parked.discard(child[1].block.id)
+                    todo.append(child)
+        return out
+
+    def _on_one_proposal(self, sender: int, p: Proposal) -> list:
         b = p.block
         if b.id in self.blocks:
             return []
@@ -293,9 +323,8 @@ class Core:
         if b.tc is not None and b.tc.view + 1 != b.view:
             return [Rejected(b.id, b.proposer, "a block's TC must be for the view just before it")]
         parent = self.blocks.get(b.parent)
-        if parent is None:  # fetch the missing ancestor from whoever sent this one
-            self.waiting.setdefault(b.parent, []).append((sender, p))
-            return [Send(sender, BlockRequest(b.parent))]
+        if parent is None:  # park it and fetch the missing ancestors from whoever sent it
+            return self._park(sender, p)
         if parent.view != b.qc.view or parent.height != b.qc.height:
             return [Rejected(b.id, b.proposer, "the QC's view or height is not its block's")]
         if b.height != parent.height + 1:  # implied by the two checks above; the rule itself
@@ -323,8 +352,83 @@ class Core:
             out += self._process_tc(b.tc)
         if self._safe_to_vote(b):
             out += self._vote(b)
-        for child_sender, child in self.waiting.pop(b.id, []):
-            out += self._on_proposal(child_sender, child)
+        return out
+
+    # ---- fetching missing blocks --------------------------------------------------------------
+    def _park(self, sender: int, p: Proposal) -> list:
+        """Keep a proposal whose parent is unknown until the parent arrives, and fetch it: only a
+        proposal above the committed height whose proposer's signature holds, at most MAX_PARKED
+        of them; no fetch where the parent is itself parked (the fetch for its own parent brings
+        the chain) or already asked for."""
+        b = p.block
+        if b.height <= self.committed.height or b.id in self.parked:
+            return []
+        if len(self.parked) >= MAX_PARKED:
+            self.counters["parked_full"] += 1
+            return []
+        if not self.app.verifier.verify_one(self.cfg.keys[b.proposer], proposal_bytes(b.id), p.signature):
+            self.counters["proposal_invalid"] += 1
+            return [Rejected(b.id, b.proposer, "the proposer's signature does not verify")]
+        self.waiting.setdefault(b.parent, []).append((sender, p))
+        self.parked.add(b.id)
+        return [] if b.parent in self.parked else self._fetch(b.parent, sender)
+
+    def _fetch(self, block_id: bytes, peer: int) -> list:
+        """Ask `peer` (everyone, if it is this validator) for the chain from the committed height
+        up to block_id, once: at most MAX_FETCHES outstanding, forgotten when a view times out."""
+        if block_id in self.blocks or block_id in self.fetching:
+            return []
+        if len(self.fetching) >= MAX_FETCHES:
+            self.counters["fetches_full"] += 1
+            return []
+        self.fetching[block_id] = peer
+        ask = BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)
+        return [Broadcast(ask) if peer == self.cfg.me else Send(peer, ask)]
+
+    def _ancestry(self, block_id: bytes, from_height: int, limit: int) -> list[bytes]:
+        """The ids of the chain ending at block_id from from_height up, oldest first, at most
+        `limit` (the oldest ones); committed heights are looked up by height, not walked."""
+        b = self.blocks.get(block_id)
+        if b is None or b.height < from_height:
+            return []
+        ids = []
+        while b is not None and b.height >= max(from_height, 1):
+            if b.height <= self.committed.height and self.chain[b.height] == b.id:
+                ids += reversed(self.chain[max(from_height, 1):b.height + 1])
+                break
+            ids.append(b.id)
+            b = self.blocks.get(b.parent)
+        ids.reverse()
+        return ids[:limit]
+
+    def _on_block_request(self, sender: int, req: BlockRequest) -> list:
+        ids = self._ancestry(req.block_id, req.from_height or self.blocks.get(req.block_id, self.genesis).height,
+                             min(req.max_blocks, MAX_RANGE))
+        props, size = [], 0
+        for i in ids:
+            p = self.proposals.get(i)
+            if p is None:
+                break
+            props.append(p)
+            size += 512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes
+            if size >= RANGE_BYTES:
+                break
+        return [Send(sender, BlockResponse(tuple(props)))] if props else []
+
+    def _on_block_response(self, sender: int, resp: BlockResponse) -> list:
+        """Proposals of one chain, oldest first: each validated as any proposal. A fetch that the
+        answer brought closer but not to its end asks the same peer for the next range."""
+        out, new = [], 0
+        for p in resp.proposals:
+            known = p.block.id in self.blocks
+            out += self._on_proposal(sender, p)
+            new += not known and p.block.id in self.blocks
+        last = resp.proposals[-1].block
+        for block_id, peer in list(self.fetching.items()):
+            if block_id in self.blocks:
+                del self.fetching[block_id]
+            elif peer == sender and new and last.id in self.blocks:  # progress, not there yet
+                out.append(Send(sender, BlockRequest(block_id, last.height + 1, MAX_RANGE)))
         return out
 
     def _safe_to_vote(self, b: Block) -> bool:
@@ -393,8 +497,7 @@ class Core:
     def _process_qc(self, qc: QC, sender: int) -> list:
         out = []
         if qc.block_id not in self.blocks:  # e.g. a restarted validator's high QC: ask for the block
-            ask = BlockRequest(qc.block_id)
-            out.append(Broadcast(ask) if sender == self.cfg.me else Send(sender, ask))
+            out += self._fetch(qc.block_id, sender)
         elif not self._qc_matches(qc):
             self.counters["qc_mismatch"] += 1
             return []  # signatures over one block, view or height of another: nothing to act on
@@ -422,6 +525,7 @@ class Core:
         out = []
         for b in reversed(chain):
             self.committed = b
+            self.chain.append(b.id)
             self.app.committed(b)
             out.append(Committed(b, self.proposals[b.id], self.timings.get(b.id, {})))
         self._prune()

@@ -21,6 +21,8 @@ MAX_MESSAGE = 64 << 20  # bytes; a 10,000-transaction block is about 2 MB
 # always fit the u64 fields of Block.id (2^48 views at one a millisecond is 8,900 years).
 MAX_VIEW = 1 << 48
 MAX_HEIGHT = 1 << 48
+MAX_RANGE = 64  # proposals one BlockRequest may ask for (and one BlockResponse carry)
+RANGE_BYTES = 8 << 20  # a responder stops adding proposals to a response past about this size
 
 
 class DecodeError(ValueError):
@@ -123,13 +125,20 @@ class Timeout:
 
 @dataclass(frozen=True)
 class BlockRequest:
-    """Ask a peer for a block this node has not seen (a parent it needs to validate a child)."""
+    """Ask a peer for a block this node has not seen (a parent it needs to validate a child) and
+    its ancestors: the chain ending at block_id, from height from_height on (0: the block alone),
+    oldest first, at most max_blocks (<= MAX_RANGE) of them; the oldest part of that chain when it
+    is longer, so a validator far behind asks again from where the answer stopped."""
     block_id: bytes
+    from_height: int = 0
+    max_blocks: int = 1
 
 
 @dataclass(frozen=True)
 class BlockResponse:
-    proposal: Proposal
+    """Proposals of one chain, oldest first (each a parent of the next): at most MAX_RANGE, and
+    about RANGE_BYTES unless a single proposal is larger."""
+    proposals: tuple
 
 
 # ---- encoding ---------------------------------------------------------------------------------
@@ -273,8 +282,12 @@ def _put_body(w: _Writer, msg):
         w.raw(msg.signature)
     elif isinstance(msg, BlockRequest):
         w.raw(msg.block_id)
+        w.u64(msg.from_height)
+        w.u16(msg.max_blocks)
     elif isinstance(msg, BlockResponse):
-        _put_body(w, msg.proposal)
+        w.u16(len(msg.proposals))
+        for p in msg.proposals:
+            _put_body(w, p)
     else:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
 
@@ -304,9 +317,16 @@ def _get_body(r: _Reader, kind: int):
         _bounded(view)
         return Timeout(view, qc, r.u16(), r.raw(64))
     if kind == 4:
-        return BlockRequest(r.raw(32))
+        block_id, from_height, count = r.raw(32), r.u64(), r.u16()
+        _bounded(0, from_height)
+        if not 1 <= count <= MAX_RANGE:
+            raise DecodeError(f"a block request for {count} blocks (1 to {MAX_RANGE})")
+        return BlockRequest(block_id, from_height, count)
     if kind == 5:
-        return BlockResponse(_get_body(r, 1))
+        count = r.u16()
+        if not 1 <= count <= MAX_RANGE:
+            raise DecodeError(f"a block response of {count} proposals (1 to {MAX_RANGE})")
+        return BlockResponse(tuple(_get_body(r, 1) for _ in range(count)))
     raise DecodeError(f"unknown message type {kind}")
 
 

@@ -265,14 +265,15 @@ def _mutants(msg, rng):
         out += [replace(msg, block=replace(b, txs=replace(b.txs, sigs=np.zeros((len(b.txs) + 1, 64), np.uint8))))]
         out += [replace(msg, block=replace(b, txs=replace(b.txs, sigs=np.zeros((3,), np.uint8))))]
         tc = m.TC(b.view - 1, (0, 1, 2), (1, 2), bytes(100), b.qc)
-        out += [replace(msg, block=replace(b, tc=tc)), m.BlockResponse(out[0])]
+        out += [replace(msg, block=replace(b, tc=tc)), m.BlockResponse((out[0],)), m.BlockResponse(()), m.BlockResponse(out[0])]
         return out
     if isinstance(msg, m.Vote):
         return [replace(msg, voter=v) for v in ints] + [replace(msg, signature=b"abc"), replace(msg, view=2**64 - 1)]
     if isinstance(msg, m.Timeout):
         return ([replace(msg, high_qc=q) for q in qcs(msg.high_qc)] + [replace(msg, voter=v) for v in ints]
                 + [replace(msg, signature=b""), replace(msg, view=2**64 - 1)])
-    return [m.BlockRequest(b"short"), m.BlockRequest(bytes(32)), "not a message", None]
+    return [m.BlockRequest(b"short"), m.BlockRequest(bytes(32)), m.BlockRequest(bytes(32), 2**64, 10**6),
+            m.BlockRequest(bytes(32), 1, 0), "not a message", None]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -317,3 +318,35 @@ def test_an_application_that_raises_gets_the_block_refused():
     assert all(len(x.committed) >= 5 for x in sim.nodes)
     assert any("validation raised RuntimeError: boom" in r.reason for r in sim.nodes[3].rejected)
     assert v3.counters["validate_error"] == 1
+
+
+# ---- finding 6: catching up is iterative, ranged, de-duplicated and bounded --------------------
+
+@pytest.mark.parametrize("behind", [1_500, pytest.param(5_000, marks=pytest.mark.slow)])
+def test_a_validator_far_behind_catches_up(behind):
+    """v3 is down while the others commit 1,500 or 5,000 (empty) blocks, then starts from genesis: it
+    fetches the chain in ranges (no recursion: CPython's default limit is 1,000 frames) and
+    commits the same blocks."""
+    from consensus import messages as m
+    sim = Simulation(n=4, seed=7, link=Link((1.0, 5.0)), base_timeout_ms=500.0)
+    sim.crashed = {"v3"}
+    sim.run(blocks=behind, max_ms=10**7)
+    v3 = sim._node("v3")
+    assert not v3.committed and all(len(x.committed) >= behind for x in sim.nodes if x is not v3)
+    requests = []
+    deliver = sim._deliver
+
+    def spy(src, to, msg):
+        if src is v3 and isinstance(msg, m.BlockRequest):
+            requests.append(msg)
+        deliver(src, to, msg)
+    sim._deliver = spy
+    sim.crashed.clear()
+    sim._apply(v3, v3.core.start())
+    target = len(sim.nodes[0].committed) + 5
+    sim.run(blocks=target, max_ms=sim.now + 600_000, live=lambda node: True)
+    assert len(v3.committed) >= target
+    assert_safe(sim)
+    assert v3.core.counters["input_error"] == 0
+    assert len(requests) < behind // 16 and all(r.max_blocks <= m.MAX_RANGE for r in requests)
+    assert len({(r.block_id, r.from_height) for r in requests}) == len(requests)  # no request twice

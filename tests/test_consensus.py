@@ -194,7 +194,8 @@ def _sample_messages():
     tout = messages.Timeout(7, b.qc, 2, bytes(64))
     tc = messages.TC(7, (0, 1, 2), (1, 2, 3), bytes(192), b.qc)
     with_tc = Proposal(replace(b, tc=tc), bytes(64))
-    return props + [vote, tout, with_tc, messages.BlockRequest(b.id), messages.BlockResponse(props[0])]
+    return props + [vote, tout, with_tc, messages.BlockRequest(b.id), messages.BlockRequest(b.id, 1, messages.MAX_RANGE),
+                                                    messages.BlockResponse((props[0],)), messages.BlockResponse(tuple(props))]
 
 
 def test_every_message_survives_the_wire():
@@ -206,7 +207,7 @@ def test_every_message_survives_the_wire():
             assert np.array_equal(again.block.txs.bodies.offsets, msg.block.txs.bodies.offsets)
             assert again.block.qc == msg.block.qc and again.block.tc == msg.block.tc
         elif isinstance(msg, messages.BlockResponse):
-            assert again.proposal.block.id == msg.proposal.block.id
+            assert [p.block.id for p in again.proposals] == [p.block.id for p in msg.proposals]
         else:
             assert again == msg
 
