@@ -121,7 +121,9 @@ def cmd_validate_bench(args) -> int:
               f"median of {args.runs}" + (f", {result['accounts']:,} accounts in state:" if "accounts" in result else ":"))
         print("  " + "  ".join(f"{s} {ms[s]:.2f} ms" for s in ms))
         if "propose_ms" in result:
-            print(f"  propose() of the same block: {result['propose_ms']:.2f} ms")
+            print(f"  propose() of the same block: {result['propose_ms']:.2f} ms; the parent state as a snapshot: "
+                  f"{result['snapshot_mb']:.1f} MB, written in {result['snapshot_s']:.2f} s, restored and checked "
+                  f"against its root in {result['restore_s']:.2f} s")
     return 0
 
 
@@ -130,7 +132,7 @@ def cmd_node(args) -> int:
 
     from consensus.node import run_node
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run_node(args.config)
+    return run_node(args.config, args.exit_with_parent)
 
 
 def cmd_localnet(args) -> int:
@@ -147,17 +149,23 @@ def cmd_localnet(args) -> int:
     if args.validation == "accel":
         backend = get_backend(args.backend).name  # fails here, before any process starts
     net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
-                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port, not args.no_sig_cache, k)
+                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port, not args.no_sig_cache, k,
+                   args.rpc_port)
     software = [i for i, mode in enumerate(net.modes) if mode == "software"]
     mix = (f"; validators {', '.join(map(str, software))} software-only" if software and len(software) < args.validators
            else "; every validator software-only" if software and args.validation == "accel" else "")
     print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
           f"{', backend ' + backend if backend else ''}{mix}); Ctrl-C stops them", file=sys.stderr)
+    if args.rpc_port:
+        print(f"client API: http://127.0.0.1:{args.rpc_port}/status .. "
+              f"http://127.0.0.1:{args.rpc_port + args.validators - 1}/status", file=sys.stderr)
     try:
         report = net.run(args.kill_restart, args.timeout, progress=lambda line: print(line, file=sys.stderr))
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)
+        print(f"stopped ({getattr(exc, 'args', ('SIGINT',))[0] or 'SIGINT'}); every validator it started has exited",
+              file=sys.stderr)
+        return 128 + signum
     except RuntimeError as exc:
         print(f"accel: error: {exc}", file=sys.stderr)
         return 1
@@ -170,6 +178,63 @@ def cmd_localnet(args) -> int:
     print(f"every validator committed {shortest} or more blocks; chains {'agree' if same else 'DISAGREE'}; "
           f"median validation {totals[len(totals) // 2] if totals else float('nan'):.1f} ms per block")
     return 0 if same else 1
+
+
+def cmd_keygen(args) -> int:
+    from consensus.client import write_key
+    key = write_key(args.out, force=args.force)
+    print(json.dumps({"public_key": bytes(key.verify_key).hex(), "file": str(args.out)}))
+    return 0
+
+
+def cmd_tx(args) -> int:
+    """Build, sign and submit one clearing transaction, or ask about one (consensus/client.py);
+    a validator that refuses the request or cannot be reached: one line, exit status 1."""
+    from consensus import client as cl
+    try:
+        return _tx(args, cl)
+    except cl.RpcError as exc:
+        print(f"accel: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _tx(args, cl) -> int:
+    c = cl.Client(args.node.split(","), timeout=args.http_timeout)
+    if args.op == "status":
+        print(json.dumps(c.tx(args.hash.removeprefix("0x")), indent=1))
+        return 0
+    if args.op == "account":
+        key = cl.read_key(args.key).verify_key if Path(args.key).exists() else args.key
+        answer = c.account(key)
+        print(json.dumps(answer, indent=1))
+        return 0 if "nonce" in answer else 1
+
+    def nonce(key, given):
+        return given if given is not None else c.next_nonce(key)
+    if args.op == "register":
+        tx = cl.register(cl.read_key(args.key))
+    elif args.op in ("deposit", "withdraw"):
+        key = cl.read_key(args.key)
+        tx = getattr(cl, args.op)(key, nonce(key, args.nonce), args.asset, cl.quanta(args.amount))
+    elif args.op == "trade":
+        buyer, seller = cl.read_key(args.buyer), cl.read_key(args.seller)
+        tx = cl.trade(buyer, nonce(buyer, args.buyer_nonce), seller, nonce(seller, args.seller_nonce), args.series,
+                      args.size, cl.quanta(args.price))
+    else:  # mark
+        vols = {}
+        for item in args.vol or ():
+            series, _, vol = item.partition("=")
+            if not series.isdigit() or not vol:
+                raise ValueError(f"--vol {item!r}: expected SERIES=VOL, e.g. 1=0.6")
+            vols[int(series)] = float(vol)
+        tx = cl.mark([cl.read_key(k) for k in args.oracle], args.underlying, args.index, args.sequence,
+                     args.timestamp if args.timestamp is not None else int(time.time()), vols)
+    results = c.broadcast([tx])
+    out = results[0]
+    if args.wait and out["accepted"]:
+        out = out | {"height": c.wait_committed([out["hash"]], timeout=args.wait)[out["hash"]], "status": "committed"}
+    print(json.dumps(out, indent=1))
+    return 0 if out["accepted"] else 1
 
 
 def _local_arch() -> str | None:
@@ -293,7 +358,55 @@ def parser() -> argparse.ArgumentParser:
                           epilog="Every key of the validator's file: docs/OPERATOR.md.")
     node.add_argument("--config", required=True, help="the validator's TOML file ([node], [network], optional "
                       "[accel] and [metrics])")
+    node.add_argument("--exit-with-parent", type=int, metavar="PID",
+                      help="stop when the parent process is no longer PID (a launcher such as localnet died)")
     node.set_defaults(fn=cmd_node)
+    kg = sub.add_parser("keygen", help="write a new Ed25519 key file for the client API",
+                        description="Write a new Ed25519 signing key ({\"seed\", \"public_key\"} in hex, mode 0600) "
+                        "for `accel tx`; prints the public key. An existing file is kept unless --force.")
+    kg.add_argument("--out", required=True, help="the key file to write")
+    kg.add_argument("--force", action="store_true", help="overwrite an existing file")
+    kg.set_defaults(fn=cmd_keygen)
+    tx = sub.add_parser("tx", help="sign and submit a clearing transaction to validators, or look one up",
+                        description="Build a clearing transaction, sign it with the key files given, submit it "
+                        "through the validators' client API ([rpc] listen) and print the mempool's verdict and "
+                        "its hash; or print a transaction's status or an account's state. Amounts and prices are "
+                        "in units (1e-8 is the smallest); a nonce not given is the account's committed nonce.")
+    tx.add_argument("--node", default="http://127.0.0.1:26657",
+                    help="validator API URL(s), comma-separated: the transaction goes to each (default "
+                    "http://127.0.0.1:26657)")
+    tx.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="wait this long for the transaction to commit, and print its height")
+    tx.add_argument("--http-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    ops = tx.add_subparsers(dest="op", metavar="OP", required=True)
+    r = ops.add_parser("register", help="register the key's account")
+    r.add_argument("--key", required=True, help="key file (accel keygen)")
+    for name in ("deposit", "withdraw"):
+        d = ops.add_parser(name, help=f"{name} collateral")
+        d.add_argument("--key", required=True, help="key file (accel keygen)")
+        d.add_argument("--asset", default="USD", help="USD (default), BTC, ETH")
+        d.add_argument("--amount", required=True, help="in units, e.g. 1000 or 0.5")
+        d.add_argument("--nonce", type=int, help="default: the committed nonce")
+    t = ops.add_parser("trade", help="a trade signed by buyer and seller")
+    t.add_argument("--buyer", required=True, help="buyer's key file")
+    t.add_argument("--seller", required=True, help="seller's key file")
+    t.add_argument("--series", type=int, required=True)
+    t.add_argument("--size", type=int, required=True, help="contracts")
+    t.add_argument("--price", required=True, help="per contract, in units of the series' settlement asset")
+    t.add_argument("--buyer-nonce", type=int)
+    t.add_argument("--seller-nonce", type=int)
+    m = ops.add_parser("mark", help="an oracle mark signed by a quorum of oracle keys")
+    m.add_argument("--oracle", action="append", required=True, help="an oracle's key file (repeat for each)")
+    m.add_argument("--underlying", required=True, help="BTC, ETH")
+    m.add_argument("--index", type=float, required=True, help="the index, USD")
+    m.add_argument("--sequence", type=int, required=True, help="after the last committed mark's")
+    m.add_argument("--timestamp", type=int, help="unix seconds (default: now)")
+    m.add_argument("--vol", action="append", metavar="SERIES=VOL", help="implied vol of a series (repeat)")
+    st = ops.add_parser("status", help="pending, committed (height), refused (reason) or unknown")
+    st.add_argument("hash", help="the transaction's hash (sha256 of its body), hex")
+    ac = ops.add_parser("account", help="an account's nonce, collateral, positions and proof")
+    ac.add_argument("key", help="a key file, or a public key in hex")
+    tx.set_defaults(fn=cmd_tx)
     ln = sub.add_parser("localnet", help="run a local validator network and report validation and finality",
                         description="Start N validator processes on loopback, run until each committed --blocks "
                         "blocks of --txs-per-block signed transactions, stop them, and report per-block "
@@ -318,6 +431,8 @@ def parser() -> argparse.ArgumentParser:
                     "stay on the C fallback (default: the configured one)")
     ln.add_argument("--metrics-port", type=_positive, metavar="BASE",
                     help="validator i serves Prometheus metrics on 127.0.0.1:BASE+i")
+    ln.add_argument("--rpc-port", type=_positive, metavar="BASE",
+                    help="validator i serves the client API ([rpc] listen) on 127.0.0.1:BASE+i")
     ln.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per message (default 0)")
     ln.add_argument("--base-timeout-ms", type=float, default=1000.0, help="view timeout before backoff (default 1000)")
     ln.add_argument("--kill-restart", action="store_true", help="SIGKILL validator 1 midway and restart it")

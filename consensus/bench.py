@@ -136,4 +136,20 @@ def validate_bench(txs: int, validation: str, backend=None, runs: int = 5, app: 
            "setup_s": setup_s}
     if clearing:
         out |= {"accounts": len(parent_state.clearing.accounts), "propose_ms": statistics.median(proposals[1:])}
+        out |= snapshot_times(verifier, parent_state)
     return out
+
+
+def snapshot_times(verifier: Verifier, state) -> dict:
+    """Seconds to write the parent state as a snapshot and to restore it (checked against its
+    root), and the snapshot's size: what a restart or a state sync would pay."""
+    from .apps import clearing_snapshot
+    from .apps.clearing_load import genesis_market
+    t0 = time.perf_counter()
+    blob = clearing_snapshot.encode(state.clearing)
+    t1 = time.perf_counter()
+    genesis = genesis_market(verifier.backend)
+    if BULK_SERIES in state.clearing.series:
+        genesis.list_series(state.clearing.series[BULK_SERIES])
+    clearing_snapshot.restore(genesis, blob, state.root, verifier.sha256_rows)
+    return {"snapshot_s": t1 - t0, "restore_s": time.perf_counter() - t1, "snapshot_mb": len(blob) / 2**20}

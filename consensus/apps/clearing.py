@@ -16,6 +16,7 @@ checks both, and the rest of the list in docs/CLEARING.md).
 Each refusal raises Rejected with the reason and leaves the state unchanged."""
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -155,8 +156,12 @@ def _exact_sum(parts: list[np.ndarray]) -> list:
     return total
 
 
+def _name8(name: str) -> bytes:
+    return name.encode("ascii").ljust(8, b"\0")
+
+
 def _amounts(d: dict) -> bytes:
-    return b"".join(a.encode("ascii").ljust(8, b"\0") + q.to_bytes(16, "big", signed=True) for a, q in sorted(d.items()))
+    return b"".join(_name8(a) + q.to_bytes(16, "big", signed=True) for a, q in sorted(d.items()))
 
 
 def accel_sha256_many(backend):
@@ -677,10 +682,23 @@ class Clearing:
         return [self._leaf(k, a) for k, a in sorted(self.accounts.items(), key=lambda ka: ka[1].slot)]
 
     def globals_leaves(self) -> list[bytes]:
-        """Per asset, sorted, its insurance fund ("insurance" | asset 8 | quanta i128), then per
-        asset its supply ("supply" | asset 8 | quanta i128)."""
-        return ([b"insurance" + _amounts({a: q}) for a, q in sorted(self.funds.items())]
-                + [b"supply" + _amounts({a: q}) for a, q in sorted(self.supply.items())])
+        """Everything in the state but the accounts, as leaves (docs/CLEARING.md, "State root"):
+        per asset its insurance fund and its supply, the height, per underlying its last mark
+        (with each open series' value at it) and its circuit breaker's window, per settled series
+        its fixing. With the account leaves, enough to rebuild the state (clearing_snapshot)."""
+        out = [b"insurance" + _amounts({a: q}) for a, q in sorted(self.funds.items())]
+        out += [b"supply" + _amounts({a: q}) for a, q in sorted(self.supply.items())]
+        out.append(b"height" + self.height.to_bytes(8, "big"))
+        for und, m in sorted(self.marks.items()):
+            out.append(b"mark" + _name8(und) + struct.pack(">dQQH", m.index, m.sequence, m.timestamp, len(m.vols))
+                       + b"".join(struct.pack(">Id", i, v) for i, v in sorted(m.vols.items()))
+                       + struct.pack(">H", len(m.values))
+                       + b"".join(struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(m.values.items())))
+        for und, window in sorted(self.history.items()):
+            out.append(b"breaker" + _name8(und) + struct.pack(">H", len(window))
+                       + b"".join(struct.pack(">Qdd", *w) for w in window) + self.halted.get(und, "").encode())
+        out += [b"fixing" + struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(self.fixings.items())]
+        return out
 
     def state_root(self, sha256_many) -> bytes:
         """inner_hash(accounts root, globals root) (docs/CLEARING.md, "State root"): the accounts'

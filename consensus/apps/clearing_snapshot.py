@@ -1,0 +1,126 @@
+"""A clearing state as bytes and back (issue 20: durable state, state sync): the state tree's own
+leaves (every account in slot order, then the global leaves: funds, supply, height, marks,
+breakers, fixings), so a snapshot is checked by rebuilding the state root from it and comparing
+with the root a committed block carries. What the genesis fixes (oracles, quorum, margin
+parameters, breakers' settings, listed series, assets) is not in it: restore() takes it from the
+genesis state every validator has.
+
+Layout: b"AVSNAP1" | accounts u64 | (length u32 | leaf) x accounts | globals u32 | (length u32 | leaf) x globals."""
+from __future__ import annotations
+
+import struct
+
+from .clearing import Account, Clearing, Mark
+from .ledger_state import MerkleTree, Versioned
+
+MAGIC = b"AVSNAP1"
+
+
+def encode(c: Clearing) -> bytes:
+    """The snapshot of c (its account leaves and global leaves)."""
+    parts = [MAGIC, len(c.accounts).to_bytes(8, "big")]
+    for leaf in c.leaves():
+        parts += [len(leaf).to_bytes(4, "big"), leaf]
+    globals_ = c.globals_leaves()
+    parts.append(len(globals_).to_bytes(4, "big"))
+    for leaf in globals_:
+        parts += [len(leaf).to_bytes(4, "big"), leaf]
+    return b"".join(parts)
+
+
+def restore(genesis: Clearing, blob: bytes, state_root: bytes, sha256_many) -> Clearing:
+    """The state a snapshot holds, on top of the genesis' configuration, after checking that its
+    state root (hashed by sha256_many, as Clearing.state_root) is state_root: a snapshot from an
+    untrusted peer is only used if it matches a block the validator knows committed. ValueError
+    names what is wrong."""
+    try:
+        accounts, globals_ = _split(blob)
+        c = genesis.snapshot()
+        c.accounts = Versioned({k: a for k, a in (_account(leaf, slot) for slot, leaf in enumerate(accounts))})
+        if len(c.accounts) != len(accounts):
+            raise ValueError("an account appears twice")
+        c._private, c._private_holders, c.tree, c.dirty = {}, set(), MerkleTree(), set(c.accounts)
+        c.holders = {}
+        for key, acct in c.accounts.items():
+            for i in acct.positions:
+                if i not in c.series:
+                    raise ValueError(f"account {key.hex()[:16]} holds series {i}, which the genesis does not list")
+                c.holders.setdefault(i, set()).add(key)
+        _globals(c, globals_)
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise ValueError(f"not a clearing snapshot: {exc}") from None
+    c.liquidations, c.touched, c.defer = [], set(), False
+    if c.state_root(sha256_many) != state_root:
+        raise ValueError("the snapshot's state root does not match the committed block's")
+    if c.globals_leaves() != globals_:
+        raise ValueError("the snapshot's global leaves are not in their canonical form")
+    return c
+
+
+def _split(blob: bytes) -> tuple[list[bytes], list[bytes]]:
+    if not blob.startswith(MAGIC):
+        raise ValueError("not a clearing snapshot (no AVSNAP1 header)")
+    pos, out = len(MAGIC), []
+    for width in (8, 4):
+        count = int.from_bytes(blob[pos:pos + width], "big")
+        pos += width
+        leaves = []
+        for _ in range(count):
+            n = int.from_bytes(blob[pos:pos + 4], "big")
+            leaves.append(blob[pos + 4:pos + 4 + n])
+            if len(leaves[-1]) != n:
+                raise ValueError("the snapshot ends inside a leaf")
+            pos += 4 + n
+        out.append(leaves)
+    if pos != len(blob):
+        raise ValueError(f"{len(blob) - pos} bytes after the snapshot's last leaf")
+    return out[0], out[1]
+
+
+def _account(leaf: bytes, slot: int) -> tuple[bytes, Account]:
+    key, nonce, n = leaf[:32], int.from_bytes(leaf[32:40], "big"), leaf[40]
+    collateral, pos = {}, 41
+    for _ in range(n):
+        collateral[leaf[pos:pos + 8].rstrip(b"\0").decode("ascii")] = int.from_bytes(leaf[pos + 8:pos + 24], "big", signed=True)
+        pos += 24
+    positions = {}
+    while pos < len(leaf):
+        positions[int.from_bytes(leaf[pos:pos + 4], "big")] = int.from_bytes(leaf[pos + 4:pos + 12], "big", signed=True)
+        pos += 12
+    if pos != len(leaf) or len(key) != 32:
+        raise ValueError(f"account leaf {slot} is malformed")
+    return key, Account(nonce, collateral, positions, slot)
+
+
+def _globals(c: Clearing, leaves: list[bytes]) -> None:
+    c.funds, c.supply, c.marks, c.history, c.halted, c.fixings = {}, {}, {}, {}, {}, {}
+    for leaf in leaves:
+        if leaf.startswith(b"insurance") or leaf.startswith(b"supply"):
+            body = leaf[9:] if leaf.startswith(b"insurance") else leaf[6:]
+            asset, quanta = body[:8].rstrip(b"\0").decode("ascii"), int.from_bytes(body[8:24], "big", signed=True)
+            (c.funds if leaf.startswith(b"insurance") else c.supply)[asset] = quanta
+        elif leaf.startswith(b"height"):
+            c.height = int.from_bytes(leaf[6:14], "big")
+        elif leaf.startswith(b"mark"):
+            und = leaf[4:12].rstrip(b"\0").decode("ascii")
+            index, seq, ts, nv = struct.unpack_from(">dQQH", leaf, 12)
+            pos = 12 + 26
+            vols = dict(struct.unpack_from(">Id", leaf, pos + 12 * j) for j in range(nv))
+            pos += 12 * nv
+            (nq,) = struct.unpack_from(">H", leaf, pos)
+            values = {int.from_bytes(leaf[pos + 2 + 20 * j:pos + 6 + 20 * j], "big"):
+                      int.from_bytes(leaf[pos + 6 + 20 * j:pos + 22 + 20 * j], "big", signed=True) for j in range(nq)}
+            c.marks[und] = Mark(index, vols, seq, ts, values)
+        elif leaf.startswith(b"breaker"):
+            und = leaf[7:15].rstrip(b"\0").decode("ascii")
+            (k,) = struct.unpack_from(">H", leaf, 15)
+            c.history[und] = [struct.unpack_from(">Qdd", leaf, 17 + 24 * j) for j in range(k)]
+            reason = leaf[17 + 24 * k:].decode()
+            if reason:
+                c.halted[und] = reason
+        elif leaf.startswith(b"fixing"):
+            c.fixings[int.from_bytes(leaf[6:10], "big")] = int.from_bytes(leaf[10:26], "big", signed=True)
+        else:
+            raise ValueError(f"unknown global leaf {leaf[:12]!r}")
+    if set(c.funds) != c.assets or set(c.supply) != c.assets:
+        raise ValueError("the snapshot's funds and supply do not name the genesis' assets")
