@@ -1,6 +1,8 @@
 """`accel localnet`: N validator processes on loopback, each with its own config, key, store and
 events file; runs until every validator committed the requested blocks, shows progress, stops the
-processes (also on Ctrl-C) and writes the report scripts read. Every validator validates through
+processes (also on Ctrl-C, SIGTERM, an error of its own; validators it started also stop by
+themselves when it dies, even by SIGKILL: `accel node --exit-with-parent`) and writes the report
+scripts read. Every validator validates through
 accel, or every one software-only, or a mix: the last K software-only (software_validators), the
 others accel; the report records each validator's mode."""
 from __future__ import annotations
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -48,33 +51,45 @@ def validation_modes(validators: int, validation: str, software_validators: int 
     return [validation] * (validators - software_validators) + ["software"] * software_validators
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) while the network runs; its validators are stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
                   base_timeout_ms: float, app: str = "clearing", accel: AccelConfig | None = None,
                   metrics_port: int | None = None, sig_cache: bool = True, load_file: Path | None = None,
-                  software_validators: int = 0) -> list[Path]:
+                  software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin") -> list[Path]:
     """One TOML file per validator (docs/OPERATOR.md); with accel, an [accel] table holding every
     key, so the file alone says what the validator runs; with metrics_port, validator i serves
-    its metrics on metrics_port + i; the last software_validators validators get validation =
-    "software" (validation_modes)."""
+    its metrics on metrics_port + i, with rpc_port its client API on rpc_port + i (0: free ports);
+    the last software_validators validators get validation = "software" (validation_modes);
+    load = "none": no built-in load, only what clients submit."""
     modes = validation_modes(validators, validation, software_validators)
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(validators)]
     accel_table = "" if accel is None else "\n[accel]\n" + "".join(
         f"{key} = {json.dumps(value)}\n" for key, value in asdict(accel).items())
+    rpc_ports = (None if rpc_port is None else _free_ports(validators) if rpc_port == 0
+                 else [rpc_port + i for i in range(validators)])
     paths = []
     for i, seed in enumerate(seeds):
         path = directory / f"node{i}.toml"
         metrics = "" if metrics_port is None else f"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port + i}\"\n"
+        rpc = "" if rpc_ports is None else f"\n[rpc]\nlisten = \"127.0.0.1:{rpc_ports[i]}\"\n"
         path.write_text(
             "[node]\n"
             f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
             f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
             f"validation = \"{modes[i]}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
             f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n"
-            + (f"load_file = \"{load_file}\"\n" if load_file else "") + "\n"
+            + (f"load_file = \"{load_file}\"\n" if load_file else "") + f"load = \"{load}\"\n\n"
             "[network]\n"
-            f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics)
+            f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics + rpc)
         paths.append(path)
     return paths
 
@@ -83,10 +98,14 @@ class Localnet:
     def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
                  delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "clearing",
                  gpu_min_batch: int | None = None, metrics_port: int | None = None, sig_cache: bool = True,
-                 software_validators: int = 0):
+                 software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin"):
         self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)
+        used = sorted(p.name for p in self.dir.iterdir() if p.name.startswith("node") or p.name == "load.bin")
+        if used:  # another network's stores and events would be read as this one's
+            raise ValueError(f"{self.dir} already holds a network ({', '.join(used[:3])}"
+                             f"{', ...' if len(used) > 3 else ''}); give a new or empty directory")
         self.validators, self.blocks, self.txs = validators, blocks, txs
         self.backend, self.validation = backend, validation
         self.software_validators = software_validators
@@ -100,13 +119,14 @@ class Localnet:
             if gpu_min_batch is not None:
                 accel = replace(accel, gpu_min_batch=gpu_min_batch)
         load_file = None
-        if app == "clearing":
+        self.load, self.rpc_port = load, rpc_port
+        if app == "clearing" and load == "builtin":
             # The clients sign the market's transactions once, here; validators read them from the
             # file and only verify them, instead of each signing the whole stream again.
             load_file = self.dir / "load.bin"
             write_stream(load_file, market_load(1, txs, CRASH_AFTER_BLOCKS).take((blocks + 5) * txs))
         self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
-                                     metrics_port, sig_cache, load_file, software_validators)
+                                     metrics_port, sig_cache, load_file, software_validators, rpc_port, load)
         self.sig_cache = sig_cache
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work
@@ -119,8 +139,17 @@ class Localnet:
 
     def start(self, i: int) -> None:
         log = open(self.dir / f"node{i}.log", "a")
-        self.procs[i] = subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(self.configs[i])],
+        # Its own session (a terminal's Ctrl-C reaches this launcher, which stops it in order), and
+        # --exit-with-parent: it stops by itself if this process dies without stopping it.
+        self.procs[i] = subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(self.configs[i]),
+                                          "--exit-with-parent", str(os.getpid())],
                                          stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        log.close()
+
+    def rpc_urls(self) -> list[str]:
+        """Each validator's client API (rpc_port given)."""
+        from .node import NodeConfig
+        return ["http://%s:%d" % NodeConfig.load(c).rpc for c in self.configs]
 
     def kill(self, i: int) -> None:
         os.killpg(self.procs[i].pid, signal.SIGKILL)
@@ -129,7 +158,10 @@ class Localnet:
     def stop(self) -> None:
         for p in self.procs.values():
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         deadline = time.time() + 5
         for p in self.procs.values():
             try:
@@ -154,6 +186,12 @@ class Localnet:
         return [max((e["height"] for e in ev if e["kind"] == "committed"), default=0) for ev in self.events.values()]
 
     def run(self, kill_restart: bool = False, timeout_s: float = 600.0, progress=print) -> dict:
+        """Runs until every validator committed `blocks`; SIGTERM or SIGINT raise Interrupted (a
+        KeyboardInterrupt) after the validators stopped."""
+        with stopping_on_signals():
+            return self._run(kill_restart, timeout_s, progress)
+
+    def _run(self, kill_restart: bool, timeout_s: float, progress) -> dict:
         t0 = time.time()
         for i in range(self.validators):
             self.start(i)
@@ -229,3 +267,24 @@ class Localnet:
                 "validation_modes": {str(i): mode for i, mode in enumerate(self.modes)},
                 "txs_per_block": self.txs, "sig_cache": self.sig_cache, "directory": str(self.dir),
                 "chains": chains, "blocks": blocks}
+
+
+class stopping_on_signals:
+    """Within it, SIGTERM and SIGINT raise Interrupted in the main thread (so `finally` blocks stop
+    what was started); the previous handlers come back after it."""
+
+    def __enter__(self):
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Interrupted(signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        return False

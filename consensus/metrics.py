@@ -40,7 +40,19 @@ class NodeMetrics:
                                  "series reduce-only (clearing)", ["underlying"], registry=r)
         self.fund = Gauge("accel_clearing_insurance_quanta", "Insurance fund per asset at the last committed block "
                           "(clearing; 1e-8 units)", ["asset"], registry=r)
+        self.timeouts = Counter("accel_view_timeouts", "Views whose timer ran out here before a quorum moved on "
+                                "(a leader down or slow: each costs a timeout)", registry=r)
         r.register(_Fallbacks())
+
+    def liveness(self, node) -> None:
+        """Gauges read from the node (consensus/node.py NodeRunner) at scrape time."""
+        r = self.registry
+        Gauge("accel_peers_connected", "Other validators heard from in the last 5 s",
+              registry=r).set_function(lambda: len(node.peers_connected()))
+        Gauge("accel_seconds_since_commit", "Seconds since this validator last committed a block (since its "
+              "start if none)", registry=r).set_function(node.seconds_since_commit)
+        Gauge("accel_view", "The consensus view this validator is in", registry=r).set_function(
+            lambda: node.core.view if hasattr(node, "core") else 0)
 
     def committed_state(self, state) -> None:
         """The clearing ledger's breakers and funds after a committed block (other apps: nothing)."""

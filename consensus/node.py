@@ -8,14 +8,21 @@ key, docs/validator.example.toml is a complete example):
   [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
             variables still override it
   [metrics] optional: listen = "host:port" serves Prometheus metrics (consensus/metrics.py)
+  [rpc]     optional: listen = "host:port" serves the client API (consensus/rpc.py), with its limits
+The node binds [node] listen and tells nobody: peers dial [network] addresses[index], which may
+differ (a validator behind NAT, or binding 0.0.0.0).
 Every table and key is checked: a misspelt or mistyped one is an error naming the file and line.
 Before it joins, the node runs accel's readiness check on the backend validation uses and refuses
 to start if any kernel fails."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
+import signal
+import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -35,6 +42,9 @@ from .store import Store
 from .verify import Verifier
 
 log = logging.getLogger("consensus.node")
+TX_INDEX = 1_000_000  # committed transactions whose height /tx can tell (the latest ones)
+PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected
+WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
 CLIENTS = 64
 FUNDS = 10**15
 
@@ -45,11 +55,16 @@ SCHEMA = {
              "data_dir": (str, REQUIRED), "events": (str, REQUIRED), "app": (str, "clearing"),
              "validation": (str, "accel"), "txs_per_block": (int, 100), "base_timeout_ms": (float, 1000.0),
              "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
-             "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, "")},
+             "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, ""),
+             "load": (str, "builtin")},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
+    "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
+            "max_batch": (int, 1000), "max_mempool": (int, 100_000)},
 }
-CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json")}
+CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json"),
+           "load": ("builtin", "none")}
+POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool")}
 NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
 
 
@@ -88,6 +103,10 @@ class NodeConfig:
     load_file: str = ""
     metrics: tuple[str, int] | None = None
     accel: AccelConfig | None = None  # None: the usual accel.toml / $ACCEL_CONFIG and ACCEL_*
+    load: str = "builtin"             # "none": only what clients submit through the API
+    rpc: tuple[str, int] | None = None
+    rpc_limits: dict | None = None    # [rpc] max_body_bytes, requests_per_s, max_batch, max_mempool
+    path: str = ""
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -97,7 +116,7 @@ class NodeConfig:
             if (name not in SCHEMA and name != "accel") or not isinstance(value, dict):
                 line = line_of(text, name, None) or line_of(text, None, name)
                 raise ConfigError(f"{path}:{line}: unknown table or key {name!r}; a validator's file has "
-                                  "[node], [network], [accel] and [metrics]")
+                                  "[node], [network], [accel], [metrics] and [rpc]")
         t = {table: cls._table(path, text, table, data) for table in SCHEMA}
 
         def convert(table, key, fn):
@@ -113,7 +132,9 @@ class NodeConfig:
                    convert("network", "addresses", lambda xs: tuple(map(_addr, xs))), node["app"],
                    node["log_format"], node["sig_cache"], node["crash_after_blocks"], node["load_file"],
                    convert("metrics", "listen", lambda x: _addr(x) if x else None),
-                   config.load(path, shared=True) if "accel" in data else None)
+                   config.load(path, shared=True) if "accel" in data else None, node["load"],
+                   convert("rpc", "listen", lambda x: _addr(x) if x else None),
+                   {k: v for k, v in t["rpc"].items() if k != "listen"}, str(path))
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
@@ -135,6 +156,8 @@ class NodeConfig:
                 raise ConfigError(f"{where}: [{table}] {key} must be {NOUNS[want]}, not {value!r}")
             if table == "node" and key in CHOICES and value not in CHOICES[key]:
                 raise ConfigError(f"{where}: [node] {key} must be one of {', '.join(CHOICES[key])}, not {value!r}")
+            if (table, key) in POSITIVE and not value > 0:
+                raise ConfigError(f"{where}: [{table}] {key} must be above 0, not {value!r}")
         missing = [key for key, (_, default) in schema.items() if default is REQUIRED and key not in given]
         if missing:
             raise ConfigError(f"{path}: [{table}] needs {', '.join(missing)}")
@@ -223,32 +246,59 @@ class ClearingFeed:
                 log.warning("the mempool refused %d load transaction(s): %s", len(refused), refused[0])
 
 
+class StartupError(Exception):
+    """A validator that cannot start: one line naming the key and the path or address."""
+
+
 class NodeRunner:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(cfg.data_dir / "validator.db")
+        where = f"{cfg.path}: " if cfg.path else ""
+        try:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            self.store = Store(cfg.data_dir / "validator.db")
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
+                               f"writable directory: {getattr(exc, 'strerror', None) or exc}") from None
         key = SigningKey(cfg.seed)
         history = self.store.history()
         replayed = sum(len(p.block.txs) for p in history)  # committed transactions are not reissued
-        if cfg.app == "clearing":
-            from .apps.clearing_app import ClearingApp
-            from .apps.clearing_load import genesis_market
-            self.load = ClearingFeed(cfg)
-            self.load.skip(replayed)
-            self.app = ClearingApp(Verifier(cfg.validation), genesis_market(), max_txs=cfg.txs_per_block,
-                                   sig_cache=cfg.sig_cache)
-        else:
-            self.load = LoadGenerator(cfg.load_seed)
-            self.load.made = replayed
-            self.app = KvApp(Verifier(cfg.validation), self.load.genesis(), max_txs=cfg.txs_per_block)
+        try:
+            if cfg.app == "clearing":
+                from .apps.clearing_app import ClearingApp
+                from .apps.clearing_load import genesis_market
+                self.load = ClearingFeed(cfg) if cfg.load == "builtin" else None
+                if self.load:
+                    self.load.skip(replayed)
+                self.app = ClearingApp(Verifier(cfg.validation), genesis_market(), max_txs=cfg.txs_per_block,
+                                       sig_cache=cfg.sig_cache)
+            else:
+                gen = LoadGenerator(cfg.load_seed)  # its accounts are the genesis either way
+                gen.made = replayed
+                self.load = gen if cfg.load == "builtin" else None
+                self.app = KvApp(Verifier(cfg.validation), gen.genesis(), max_txs=cfg.txs_per_block)
+        except OSError as exc:
+            raise StartupError(f"validator {cfg.index}: {where}[node] load_file {cfg.load_file!r}: "
+                               f"{exc.strerror or exc}") from None
         if cfg.validation == "accel":
             b = get_backend()
             backend, device = b.name, b.device
         else:
             backend, device = "software", "PyNaCl and accel.ed25519_ref, hashlib, accel.risk_numpy"
+        self.backend, self.device = backend, device
         self.metrics = NodeMetrics(self.app, backend, device, cfg.validation)
         self.metrics.height.set(history[-1].block.height if history else 0)
+        # sha256(body) -> height, for /tx: the latest TX_INDEX committed transactions
+        self.tx_heights: dict[bytes, int] = {}
+        for p in history[-TX_INDEX:]:
+            self._index(p.block)
+        self.submitted = 0  # transactions clients submitted that the mempool admitted
+        self.started = self.last_commit = time.monotonic()
+        self.committed_since_start = 0
+        self.peers_seen: dict[int, float] = {}
+        self.highest_seen = history[-1].block.height if history else 0
+        self.stall_s = max(10.0, 10 * cfg.base_timeout_ms / 1000.0)  # /health: progress within this
+        self.metrics.liveness(self)
         validate = self.app.validate
 
         def timed_validate(*args):  # every validation, rejected blocks too, observed as it happens
@@ -259,7 +309,98 @@ class NodeRunner:
         self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms), lambda m: key.sign(m).signature,
                          self.app, self.store.safety(), history)
         self.inbox: asyncio.Queue = asyncio.Queue()
-        self.events = open(cfg.events, "a", buffering=1)
+        try:
+            self.events = open(cfg.events, "a", buffering=1)
+        except OSError as exc:
+            raise StartupError(f"validator {cfg.index}: {where}[node] events {str(cfg.events)!r}: "
+                               f"{exc.strerror or exc}") from None
+        self.rpc = None
+        self.stop_reason = ""
+        self.exit_with_parent: int | None = None  # the launcher's pid: stop when it is gone
+
+    def _index(self, block) -> None:
+        for i in range(len(block.txs)):
+            self.tx_heights[hashlib.sha256(block.txs.bodies.item(i)).digest()] = block.height
+        if len(self.tx_heights) > TX_INDEX:
+            for digest in list(self.tx_heights)[:len(self.tx_heights) - TX_INDEX]:
+                del self.tx_heights[digest]
+
+    # ---- liveness: /status, /health, metrics, warnings ------------------------------------------------
+    def peers_connected(self, now: float | None = None) -> list[int]:
+        now = time.monotonic() if now is None else now
+        seen = list(self.peers_seen.items())  # one copy: the metrics thread reads this too
+        return sorted(i for i, at in seen if now - at <= PEER_WINDOW_S)
+
+    def seconds_since_commit(self) -> float:
+        return time.monotonic() - self.last_commit
+
+    def catching_up(self) -> bool:
+        """Proposals from peers run more than two heights ahead of what this validator committed."""
+        return self.highest_seen > self.core.committed.height + 2
+
+    def status(self) -> dict:
+        now, b = time.monotonic(), self.core.committed
+        return {"node": self.cfg.index, "app": self.cfg.app, "height": b.height, "block_hash": b.id.hex(),
+                "state_root": b.state_root.hex(), "view": self.core.view, "backend": self.backend,
+                "device": self.device, "validation": self.cfg.validation, "catching_up": self.catching_up(),
+                "highest_seen_height": self.highest_seen,
+                "peers": {"connected": len(self.peers_connected(now)), "validators": len(self.cfg.keys) - 1,
+                          "last_heard_s": {str(i): round(now - at, 3) for i, at in sorted(self.peers_seen.items())}},
+                "mempool": len(self.app.mempool), "seconds_since_commit": round(now - self.last_commit, 3),
+                "committed_since_start": self.committed_since_start, "txs_submitted": self.submitted}
+
+    def unhealthy(self) -> str:
+        """Why this validator is not making progress ("" when it is)."""
+        since, peers = self.seconds_since_commit(), len(self.peers_connected())
+        others = len(self.cfg.keys) - 1
+        if not self.committed_since_start and since <= self.stall_s:
+            return f"starting: no block committed yet ({since:.0f} s; {peers} of {others} peers connected)"
+        if since > self.stall_s:
+            return (f"nothing committed for {since:.0f} s (height {self.core.committed.height}, view "
+                    f"{self.core.view}); {peers} of {others} peers connected")
+        if self.catching_up():
+            return f"catching up: committed height {self.core.committed.height}, peers propose at {self.highest_seen}"
+        return ""
+
+    def _deliver(self, sender: int, msg) -> None:
+        self.peers_seen[sender] = time.monotonic()
+        if isinstance(msg, Proposal):
+            self.highest_seen = max(self.highest_seen, msg.block.height)
+        self.inbox.put_nowait(("msg", sender, msg))
+
+    async def _watchdog(self) -> None:
+        """Warnings for a validator that hears from no peer, or commits nothing, for a while."""
+        warned = {"peers": 0.0, "commit": 0.0}
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if not self.peers_connected(now) and now - self.started > PEER_WINDOW_S \
+                    and now - warned["peers"] >= WARN_EVERY_S:
+                warned["peers"] = now
+                last = max(self.peers_seen.values(), default=None)
+                log.warning("no peer connected: nothing heard from any of the %d other validators %s",
+                            len(self.cfg.keys) - 1, f"for {now - last:.0f} s" if last else "since the start",
+                            extra={"peers": [f"{h}:{p}" for i, (h, p) in enumerate(self.cfg.addresses)
+                                             if i != self.cfg.index]})
+            since = now - self.last_commit
+            if since > self.stall_s and now - warned["commit"] >= WARN_EVERY_S:
+                warned["commit"] = now
+                log.warning("nothing committed for %.0f s (height %d, view %d, %d of %d peers connected)", since,
+                            self.core.committed.height, self.core.view, len(self.peers_connected(now)),
+                            len(self.cfg.keys) - 1)
+
+    async def _watch_parent(self, pid: int) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if os.getppid() != pid:
+                self.stop(f"its launcher (pid {pid}) exited")
+                return
+
+    def stop(self, reason: str) -> None:
+        if not self.stop_reason:
+            self.stop_reason = reason
+            log.info("validator %d stopping: %s", self.cfg.index, reason)
+            self._stopping.set()
 
     def _event(self, **fields) -> None:
         self.events.write(json.dumps(fields | {"validator": self.cfg.index, "at": time.time()}) + "\n")
@@ -283,6 +424,9 @@ class NodeRunner:
                             txs=len(b.txs), validation_ms=a.validation_ms)
                 self.metrics.height.set(b.height)
                 self.metrics.committed_state(self.core.states.get(b.id))
+                self._index(b)
+                self.last_commit = time.monotonic()
+                self.committed_since_start += 1
                 log.info("committed a block", extra={"height": b.height, "block_hash": b.id.hex(), "txs": len(b.txs),
                                                      "validation_ms": a.validation_ms})
             elif isinstance(a, Rejected):
@@ -291,23 +435,75 @@ class NodeRunner:
                 log.warning("rejected a block", extra={"block_hash": a.block_id.hex(), "proposer": a.proposer,
                                                        "reason": a.reason})
 
+    def _top_up(self) -> None:
+        if self.load is not None:
+            self.load.top_up(self.app, 2 * self.cfg.txs_per_block)
+
+    async def _listen(self, what: str, key: str, address: tuple[str, int], start) -> None:
+        try:
+            await start()
+        except OSError as exc:
+            where = f"{self.cfg.path}: " if self.cfg.path else ""
+            raise StartupError(f"validator {self.cfg.index}: {where}cannot listen on {address[0]}:{address[1]} "
+                               f"({key}, {what}): {exc.strerror or exc}") from None
+
     async def run(self) -> None:
         from .net import Network
-        self.net = Network(self.cfg.index, list(self.cfg.addresses),
-                           lambda sender, msg: self.inbox.put_nowait(("msg", sender, msg)), self.cfg.delay_ms)
-        await self.net.start()
-        self.load.top_up(self.app, 2 * self.cfg.txs_per_block)
-        self._apply(self.core.start())
+        from .rpc import Rpc
+        cfg = self.cfg
+        # the node binds [node] listen; addresses[index] is what peers dial, and may differ
+        addresses = list(cfg.addresses)
+        addresses[cfg.index] = cfg.listen
+        self.net = Network(cfg.index, addresses, self._deliver, cfg.delay_ms)
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig.name)
+        tasks = []
+        try:
+            await self._listen("peers", "[node] listen", cfg.listen, self.net.start)
+            if cfg.rpc is not None:
+                self.rpc = Rpc(self, cfg.rpc, **(cfg.rpc_limits or {}))
+                await self._listen("client API", "[rpc] listen", cfg.rpc, self.rpc.start)
+                log.info("client API on http://%s:%d", *cfg.rpc)
+            self._top_up()
+            self._apply(self.core.start())
+            tasks = [asyncio.create_task(self._consensus()), asyncio.create_task(self._watchdog())]
+            if self.exit_with_parent is not None:
+                tasks.append(asyncio.create_task(self._watch_parent(self.exit_with_parent)))
+            stopping = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait(tasks + [stopping], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopping and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()
+        finally:
+            for t in tasks:
+                t.cancel()
+            if self.rpc is not None:
+                await self.rpc.stop()
+            await self.net.stop()
+            self.store.close()
+            self.events.close()
+            if self.stop_reason:
+                log.info("validator %d stopped at height %d", cfg.index, self.core.committed.height)
+
+    async def _consensus(self) -> None:
         while True:
             kind, *rest = await self.inbox.get()
             if kind == "timer":
+                if rest[0] == self.core.view:  # still in the view whose timer ran out
+                    self.metrics.timeouts.inc()
+                    log.warning("view %d timed out (leader %d); moving on", rest[0],
+                                self.core.cfg.leader(rest[0]), extra={"view": rest[0]})
                 self._apply(self.core.on_timer(rest[0]))
             else:
                 self._apply(self.core.handle(rest[0], rest[1]))
-            self.load.top_up(self.app, 2 * self.cfg.txs_per_block)
+            self._top_up()
 
 
-def run_node(config_path) -> int:
+def run_node(config_path, exit_with_parent: int | None = None) -> int:
+    """exit_with_parent: a pid; the validator stops when its parent is no longer that process (a
+    launcher such as `accel localnet` that died, even by SIGKILL)."""
     cfg = NodeConfig.load(config_path)
     configure_logging(cfg.index, cfg.log_format)
     if cfg.accel is not None:
@@ -322,12 +518,20 @@ def run_node(config_path) -> int:
                 log.error("readiness: %s failed on %s: %s", r.kernels, device, r.detail,
                           extra={"kernels": r.kernels, "device": device, "detail": r.detail})
             raise SystemExit(f"validator {cfg.index}: the configured backend cannot run ({device}); not starting")
-    runner = NodeRunner(cfg)
-    if cfg.metrics is not None:
-        runner.metrics.serve(cfg.metrics)
-        log.info("metrics on http://%s:%d/metrics", *cfg.metrics)
+    where = f"{cfg.path}: " if cfg.path else ""
     try:
+        runner = NodeRunner(cfg)
+        runner.exit_with_parent = exit_with_parent
+        if cfg.metrics is not None:
+            try:
+                runner.metrics.serve(cfg.metrics)
+            except OSError as exc:
+                raise StartupError(f"validator {cfg.index}: {where}cannot listen on {cfg.metrics[0]}:{cfg.metrics[1]} "
+                                   f"([metrics] listen, metrics): {exc.strerror or exc}") from None
+            log.info("metrics on http://%s:%d/metrics", *cfg.metrics)
         asyncio.run(runner.run())
+    except StartupError as exc:  # one line on stderr, exit status 1
+        raise SystemExit(str(exc)) from None
     except KeyboardInterrupt:
         pass
     return 0
