@@ -58,8 +58,14 @@ class SetTimer:
 
 @dataclass(frozen=True)
 class Safety:
+    """What must be on disk before a vote (or timeout) that follows it leaves: the last view this
+    validator voted in, its highest QC, and `blocks`, the proposals of the uncommitted chains from
+    the committed block up to the high QC's block and up to the block it last voted for. With
+    those a validator restarted together with all the others still holds the block its high QC
+    certifies, and the chain goes on (a store keeps each block once; equality ignores them)."""
     last_voted_view: int
     high_qc: QC
+    blocks: tuple = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,8 @@ class Core:
         self.cfg, self.sign, self.app = cfg, sign, app
         self.genesis = genesis_block(app.genesis.root)
         gqc = QC(self.genesis.id, 0, 0)
-        self.safety = safety or Safety(0, gqc)
+        self.safety = replace(safety, blocks=()) if safety is not None else Safety(0, gqc)
+        self.voted = b""  # the block this validator last voted for
         self.view = 0
         self.blocks: dict[bytes, Block] = {self.genesis.id: self.genesis}
         self.states = {self.genesis.id: app.genesis}
@@ -176,10 +183,35 @@ class Core:
             self.committed = b
             self.chain.append(b.id)
             app.committed(b)
+        for p in sorted(safety.blocks if safety is not None else (), key=lambda p: p.block.height):
+            self._restore(p)  # the uncommitted blocks stored with the safety state
+
+    def _restore(self, p: Proposal) -> None:
+        """Take back a stored uncommitted block: validated again like any proposal (its state is
+        rebuilt by executing it), without acting on it. One that does not validate is a damaged
+        store (InvariantViolation): this validator wrote it after validating it."""
+        b = p.block
+        if b.id in self.blocks or b.height <= self.committed.height:
+            return
+        if b.parent not in self.blocks:
+            self.counters["stored_block_orphan"] += 1  # a branch below it was lost; it is fetched if needed
+            return
+        keys, msgs, sigs = self.qc_certs(b.qc)
+        if b.tc is not None:
+            tk, tm, ts = self.tc_certs(b.tc)
+            keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature])
+        verdict = self.app.validate(self.states[b.parent], b, certs)
+        if not verdict.ok:
+            raise InvariantViolation(f"stored block at height {b.height} ({b.id.hex()}) does not validate: "
+                                     f"{verdict.reason}")
+        self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
+        self.timings[b.id] = verdict.timings_ms
 
     # ---- entry points -------------------------------------------------------------------------
     def start(self) -> list:
-        return self._enter_view(max(1, self.safety.high_qc.view + 1), via_qc=True)
+        out = self._enter_view(max(1, self.safety.high_qc.view + 1), via_qc=True)
+        return out + self._fetch(self.safety.high_qc.block_id, self.cfg.me)  # (if missing: an older store)
 
     def handle(self, sender: int, msg) -> list:
         """The actions for one message from the network. Never raises on input: what fails a
@@ -441,7 +473,8 @@ class Core:
     def _vote(self, b: Block) -> list:
         self.safety = replace(self.safety, last_voted_view=b.view)
         vote = Vote(b.id, b.view, b.height, self.cfg.me, self.sign(vote_bytes(b.id, b.view)))
-        out = [Persist(self.safety)]
+        self.voted = b.id
+        out = [self._persist()]
         nxt = self.cfg.leader(b.view + 1)
         return out + (self._on_vote(vote) if nxt == self.cfg.me else [Send(nxt, vote)])
 
@@ -503,11 +536,22 @@ class Core:
             return []  # signatures over one block, view or height of another: nothing to act on
         elif qc.view > self.safety.high_qc.view:
             self.safety = replace(self.safety, high_qc=qc)
-            out.append(Persist(self.safety))
+            out.append(self._persist())
             out += self._commit_for(qc)
         if qc.view >= self.view:
             out += self._enter_view(qc.view + 1, via_qc=True)
         return out
+
+    def _persist(self) -> Persist:
+        """The safety state to write, with the uncommitted blocks it needs (see Safety)."""
+        ids = []
+        for tip in (self.safety.high_qc.block_id, self.voted):
+            b = self.blocks.get(tip)
+            while b is not None and b.height > self.committed.height and b.id not in ids:
+                ids.append(b.id)
+                b = self.blocks.get(b.parent)
+        props = sorted((self.proposals[i] for i in ids if i in self.proposals), key=lambda p: p.block.height)
+        return Persist(replace(self.safety, blocks=tuple(props)))
 
     def _commit_for(self, qc: QC) -> list:
         b1 = self.blocks[qc.block_id]
@@ -552,7 +596,7 @@ class Core:
         hq = self.safety.high_qc
         t = Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view)))
         delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures + 1, 16), self.cfg.max_timeout_ms)
-        return [Persist(self.safety), Broadcast(t), SetTimer(view, delay)] + self._tally_timeout(self.cfg.me, t)
+        return [self._persist(), Broadcast(t), SetTimer(view, delay)] + self._tally_timeout(self.cfg.me, t)
 
     def _on_timeout(self, sender: int, t: Timeout) -> list:
         """A timeout from the network: its signature and its QC's are verified whoever it names as
@@ -598,6 +642,6 @@ class Core:
         out = []
         if tc.high_qc.view > self.safety.high_qc.view and self._qc_matches(tc.high_qc):
             self.safety = replace(self.safety, high_qc=tc.high_qc)
-            out.append(Persist(self.safety))
+            out.append(self._persist())
             out += self._commit_for(tc.high_qc)
         return out + self._enter_view(tc.view + 1, via_qc=False)

@@ -1,6 +1,9 @@
 """A validator's durable state in SQLite (WAL mode, synchronous writes): the safety state, written
-before any vote that follows it leaves, and the committed blocks, from which a restarted
-validator replays its state and serves peers that are catching up."""
+before any vote that follows it leaves, with the uncommitted blocks it carries (Safety.blocks: up
+to the high QC's block and the last block voted for, so a network restarted all at once still
+holds the block its high QCs certify), and the committed blocks, from which a restarted
+validator replays its state and serves peers that are catching up. Uncommitted blocks are
+deleted as their height commits."""
 from __future__ import annotations
 
 import sqlite3
@@ -23,14 +26,36 @@ class Store:
                         "last_voted_view INTEGER NOT NULL, high_qc BLOB NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS committed (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
                         "proposal BLOB NOT NULL)")
+        # uncommitted blocks of the safety state (Safety.blocks), dropped as their height commits
+        self.db.execute("CREATE TABLE IF NOT EXISTS uncommitted (id BLOB PRIMARY KEY, height INTEGER NOT NULL, "
+                        "proposal BLOB NOT NULL)")
+        self._kept = {bytes(r[0]) for r in self.db.execute("SELECT id FROM uncommitted")}
 
     def save_safety(self, safety: Safety) -> None:
-        self.db.execute("INSERT OR REPLACE INTO safety VALUES (1, ?, ?)",
-                        (safety.last_voted_view, messages.encode_qc(safety.high_qc)))
+        """The safety state and the uncommitted blocks it carries (those not stored yet), in one
+        synchronous transaction: on disk before the caller lets a vote leave."""
+        new = [p for p in safety.blocks if p.block.id not in self._kept]
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for p in new:
+                self.db.execute("INSERT OR IGNORE INTO uncommitted VALUES (?, ?, ?)",
+                                (p.block.id, p.block.height, messages.encode(p)))
+            self.db.execute("INSERT OR REPLACE INTO safety VALUES (1, ?, ?)",
+                            (safety.last_voted_view, messages.encode_qc(safety.high_qc)))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._kept.update(p.block.id for p in new)
 
     def safety(self) -> Safety | None:
+        """The safety state, with the uncommitted blocks stored above the committed chain."""
         row = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
-        return Safety(row[0], messages.decode_qc(row[1])) if row else None
+        if not row:
+            return None
+        top = self.db.execute("SELECT COALESCE(MAX(height), 0) FROM committed").fetchone()[0]
+        blocks = self.db.execute("SELECT proposal FROM uncommitted WHERE height > ? ORDER BY height", (top,)).fetchall()
+        return Safety(row[0], messages.decode_qc(row[1]), tuple(messages.decode(r[0]) for r in blocks))
 
     def add_committed(self, proposal: Proposal) -> None:
         """Append the next committed block: its height must be the last one's plus one and its
@@ -48,7 +73,16 @@ class Store:
         if b.height != want_height or (want_parent is not None and b.parent != want_parent):
             raise StoreError(f"committed block at height {b.height} does not extend the stored chain "
                              f"(which ends at height {want_height - 1})")
-        self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
+            gone = [bytes(r[0]) for r in self.db.execute("SELECT id FROM uncommitted WHERE height <= ?", (b.height,))]
+            self.db.execute("DELETE FROM uncommitted WHERE height <= ?", (b.height,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._kept.difference_update(gone)
 
     def history(self) -> tuple[Proposal, ...]:
         rows = self.db.execute("SELECT proposal FROM committed ORDER BY height").fetchall()

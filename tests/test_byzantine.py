@@ -350,3 +350,27 @@ def test_a_validator_far_behind_catches_up(behind):
     assert v3.core.counters["input_error"] == 0
     assert len(requests) < behind // 16 and all(r.max_blocks <= m.MAX_RANGE for r in requests)
     assert len({(r.block_id, r.from_height) for r in requests}) == len(requests)  # no request twice
+
+
+# ---- finding 4: any number of validators can restart together ---------------------------------
+
+@pytest.mark.parametrize("seed", range(4))
+def test_all_validators_killed_and_restarted_together_commit_50_more_blocks(tmp_path, seed):
+    """Every validator loses its memory at the same moment and starts again from its store: the
+    blocks its high QC certifies (and those it voted for) were stored before its votes left, so
+    the chain goes on."""
+    sim = Simulation(n=4, seed=seed, link=Link((1.0, 20.0)))
+    for node in sim.nodes:
+        sim.durable(node.name, tmp_path / f"{node.name}.db")
+    kill_at = 150.0 + 37.0 * seed
+    for node in sim.nodes:
+        sim.kill(node.name, kill_at, kill_at + 1_000.0)
+    sim.load(600)
+    sim.run(blocks=10**9, max_ms=kill_at + 1.0, live=lambda node: True)
+    before = {n.name: len(n.committed) for n in sim.nodes}
+    assert min(before.values()) >= 2
+    sim.run(blocks=max(before.values()) + 50, max_ms=kill_at + 120_000, live=lambda node: True)
+    assert all(len(n.committed) >= before[n.name] + 50 for n in sim.nodes), \
+        {n.name: (before[n.name], len(n.committed)) for n in sim.nodes}
+    assert_safe(sim)
+    assert all(len(blocks) == 1 for blocks in sim.votes_signed.values())  # no validator voted twice in a view
