@@ -273,3 +273,35 @@ def test_accel_tx_commands_against_a_network(tmp_path):
         assert r.returncode == 1 and "stale" in json.loads(r.stdout)["reason"]
     finally:
         net.stop()
+
+
+def test_the_api_through_a_validator_killed_and_restarted(tmp_path):
+    """1,000 transactions committed; validator 1 SIGKILLed; 200 more committed by the other three;
+    validator 1 restarted from its store: healthy again, and its index tells every transaction's
+    height as the others do."""
+    net = Localnet(4, 1, 250, "cpu", "accel", 0.0, str(tmp_path / "net"), 500.0, "clearing", rpc_port=0, load="none")
+    keys, nonces, txs = _market(100, 1000)
+    c = cl.Client(net.rpc_urls(), timeout=30)
+    try:
+        for i in range(4):
+            net.start(i)
+        c.wait_healthy(60)
+        first = [v["hash"] for v in c.broadcast(txs)]
+        c.wait_committed(first, timeout=60)
+        net.kill(1)
+        three = cl.Client([u for i, u in enumerate(c.urls) if i != 1], timeout=30)
+        more = [cl.withdraw(k, nonces[i] + j, "USD", USD) for j in range(2) for i, k in enumerate(keys)]
+        verdicts = three.broadcast(more)
+        assert all(v["accepted"] for v in verdicts), verdicts[0]
+        later = three.wait_committed([v["hash"] for v in verdicts], timeout=60)
+        net.start(1)
+        c.wait_healthy(60)
+        one = c.urls[1]
+        c.wait_committed(list(later), timeout=60, url=one)
+        sample = first[::97] + list(later)[::37]
+        assert [r["height"] for r in c.statuses(sample, one)] == [r["height"] for r in c.statuses(sample)]
+        acct = c.account(keys[7], one)
+        assert acct["nonce"] == nonces[7] + 2 and cl.verify_account_proof(acct)
+    finally:
+        net.stop()
+    assert "validator 1 stopping" not in (net.dir / "node1.log").read_text().split("starting")[1]  # SIGKILL: no word
