@@ -1,6 +1,10 @@
 """Turns a pytest-benchmark JSON file into a Markdown table of medians and ratios against the
 baseline run in the same process (benchmarks whose extra_info has baseline=True), plus one plot
-of items per second against batch size for each benchmark group family.
+of items per second against batch size for each benchmark group family (the group without its
+"n=..."), drawn only where a family has more than one batch size. An implementation's name
+carries its other parameters from extra_info (e.g. "bad=64"), so no two rows or lines share a
+name. Plots a previous report wrote into the same directory and this one did not are removed
+(listed in .report-plots.json there).
 
     python bench/report.py bench/out/results.json [--md out.md] [--png-dir bench/out]
 """
@@ -13,14 +17,19 @@ from collections import defaultdict
 from pathlib import Path
 
 
+SHOWN = {"impl", "n", "baseline", "device"}  # extra_info keys with a column or place of their own
+MANIFEST = ".report-plots.json"
+
+
 def load(path):
     data = json.loads(Path(path).read_text())
     rows = []
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
+        params = ", ".join(f"{k}={v}" for k, v in sorted(info.items()) if k not in SHOWN)
         rows.append({
             "group": b.get("group") or b["name"],
-            "impl": info.get("impl", b["name"]),
+            "impl": info.get("impl", b["name"]) + (f" ({params})" if params else ""),
             "n": info.get("n"),
             "baseline": bool(info.get("baseline")),
             "median": b["stats"]["median"],
@@ -55,13 +64,15 @@ def plot(rows, png_dir: Path, machine_label: str) -> list[Path]:
     families = defaultdict(list)
     for r in rows:
         if r["n"]:
-            families[r["group"].split(" ")[0]].append(r)
+            families[family(r["group"])].append(r)
+    png_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for fam, rs in families.items():
         series = defaultdict(list)
         for r in rs:
             series[r["impl"]].append((r["n"], r["n"] / r["median"]))
-        if all(len(v) < 2 for v in series.values()):
+        series = {k: v for k, v in series.items() if len({n for n, _ in v}) >= 2}
+        if not series:  # one batch size: nothing to draw against it (the table has the figures)
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for impl, pts in sorted(series.items()):
@@ -74,12 +85,26 @@ def plot(rows, png_dir: Path, machine_label: str) -> list[Path]:
         ax.set_title(f"{fam} on {machine_label}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        path = png_dir / f"{fam}.png"
+        path = png_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', fam).strip('_')}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    manifest = png_dir / MANIFEST
+    try:
+        before = json.loads(manifest.read_text()) if manifest.exists() else []
+    except ValueError:
+        before = []
+    for name in set(before) - {p.name for p in written}:
+        if "/" not in name:
+            (png_dir / name).unlink(missing_ok=True)
+    manifest.write_text(json.dumps(sorted(p.name for p in written)))
     return written
+
+
+def family(group: str) -> str:
+    """The group without its batch size: "ed25519_verify n=1024" -> "ed25519_verify"."""
+    return re.sub(r"\s*\bn=\d+", "", group).strip()
 
 
 def _fmt(sec: float) -> str:
