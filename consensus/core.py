@@ -147,10 +147,14 @@ class _Tally:
 
 class Core:
     def __init__(self, cfg: Config, sign: Callable[[bytes], bytes], app, safety: Safety | None = None,
-                 history: tuple[Proposal, ...] = ()):
+                 history: tuple[Proposal, ...] = (), committed_source: Callable[[int, int], list] | None = None):
         """safety and history: what a store kept (the safety state, the committed proposals in
-        height order), to restart a validator where it stopped."""
+        height order), to restart a validator where it stopped. committed_source(from_height,
+        count): committed proposals from a store (Store.committed_range), to serve peers; with one,
+        committed proposals are pruned from memory like blocks and states (see _prune), without
+        one they are kept (to serve peers catching up) and the rest is pruned."""
         self.cfg, self.sign, self.app = cfg, sign, app
+        self.committed_source = committed_source
         self.genesis = genesis_block(app.genesis.root)
         gqc = QC(self.genesis.id, 0, 0)
         self.safety = replace(safety, blocks=()) if safety is not None else Safety(0, gqc)
@@ -176,13 +180,24 @@ class Core:
         self.counters: Counter = Counter()
         for p in history:  # replay what this validator committed before it stopped
             b = p.block
+            if b.parent != self.committed.id or b.height != self.committed.height + 1:
+                raise InvariantViolation(f"stored block at height {b.height} does not extend the one at height "
+                                         f"{self.committed.height}")
+            if b.txs.digest() != b.sig_digest or app.tx_root(b.txs) != b.tx_root:
+                raise InvariantViolation(f"stored block at height {b.height} ({b.id.hex()}): its transactions do not "
+                                         "match its signature digest or transaction root")
             state = app.execute(self.states[b.parent], b.txs.bodies)
             if state.root != b.state_root:
-                raise ValueError(f"stored block at height {b.height} does not replay to its state root")
-            self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, state, p
+                raise InvariantViolation(f"stored block at height {b.height} does not replay to its state root")
+            self.blocks[b.id], self.states[b.id] = b, state
+            if committed_source is None:
+                self.proposals[b.id] = p
             self.committed = b
             self.chain.append(b.id)
             app.committed(b)
+            if b.height > 1:  # only the newest block's state is needed to go on
+                del self.blocks[b.parent], self.states[b.parent]
+        self._check_proposers(history)
         for p in sorted(safety.blocks if safety is not None else (), key=lambda p: p.block.height):
             self._restore(p)  # the uncommitted blocks stored with the safety state
 
@@ -417,28 +432,52 @@ class Core:
         ask = BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)
         return [Broadcast(ask) if peer == self.cfg.me else Send(peer, ask)]
 
-    def _ancestry(self, block_id: bytes, from_height: int, limit: int) -> list[bytes]:
-        """The ids of the chain ending at block_id from from_height up, oldest first, at most
-        `limit` (the oldest ones); committed heights are looked up by height, not walked."""
+    def _height_of(self, block_id: bytes) -> int | None:
         b = self.blocks.get(block_id)
-        if b is None or b.height < from_height:
+        if b is not None:
+            return b.height
+        try:  # a committed block pruned from memory (a scan: requests for those are rare)
+            return self.chain.index(block_id, 1)
+        except ValueError:
+            return None
+
+    def _ancestry(self, block_id: bytes, from_height: int, limit: int) -> list[bytes]:
+        """The ids of the chain ending at block_id from from_height up (0: the block alone), oldest
+        first, at most `limit` (the oldest ones); committed heights are looked up by height, not
+        walked."""
+        top = self._height_of(block_id)
+        if top is None:
             return []
-        ids = []
-        while b is not None and b.height >= max(from_height, 1):
-            if b.height <= self.committed.height and self.chain[b.height] == b.id:
-                ids += reversed(self.chain[max(from_height, 1):b.height + 1])
-                break
+        low = max(from_height, 1) if from_height else top
+        if low > top:
+            return []
+        def committed(block_id, height):
+            return height <= self.committed.height and self.chain[height] == block_id
+        b = self.blocks.get(block_id)
+        ids = []  # the uncommitted part, newest first
+        while b is not None and b.height >= low and not committed(b.id, b.height):
             ids.append(b.id)
             b = self.blocks.get(b.parent)
         ids.reverse()
-        return ids[:limit]
+        if b is None and not ids:  # a committed block pruned from memory
+            prefix = self.chain[low:top + 1] if committed(block_id, top) else []
+        elif b is None:
+            return []  # a branch whose lower part this validator does not hold
+        elif b.height >= low:  # reached the committed chain
+            prefix = self.chain[low:b.height + 1]
+        else:
+            prefix = []
+        return (prefix + ids)[:limit]
 
     def _on_block_request(self, sender: int, req: BlockRequest) -> list:
-        ids = self._ancestry(req.block_id, req.from_height or self.blocks.get(req.block_id, self.genesis).height,
-                             min(req.max_blocks, MAX_RANGE))
+        ids = self._ancestry(req.block_id, req.from_height, min(req.max_blocks, MAX_RANGE))
+        stored = {}
+        if self.committed_source is not None and ids and ids[0] not in self.proposals:
+            first = self._height_of(ids[0])
+            stored = {p.block.id: p for p in self.committed_source(first, len(ids))}
         props, size = [], 0
         for i in ids:
-            p = self.proposals.get(i)
+            p = self.proposals.get(i) or stored.get(i)
             if p is None:
                 break
             props.append(p)
@@ -530,7 +569,8 @@ class Core:
     def _process_qc(self, qc: QC, sender: int) -> list:
         out = []
         if qc.block_id not in self.blocks:  # e.g. a restarted validator's high QC: ask for the block
-            out += self._fetch(qc.block_id, sender)
+            if qc.view > self.safety.high_qc.view:  # (an older one's block may be pruned: nothing to do)
+                out += self._fetch(qc.block_id, sender)
         elif not self._qc_matches(qc):
             self.counters["qc_mismatch"] += 1
             return []  # signatures over one block, view or height of another: nothing to act on
@@ -575,10 +615,38 @@ class Core:
         self._prune()
         return out
 
+    def _check_proposers(self, history) -> None:
+        """The proposers' signatures of stored blocks, in one batch (a damaged store would
+        otherwise serve peers blocks they reject)."""
+        if not history:
+            return
+        keys = [self.cfg.keys[p.block.proposer] for p in history]
+        if not self.app.verifier.verify_lists(keys, [proposal_bytes(p.block.id) for p in history],
+                                              [p.signature for p in history]):
+            bad = next(p.block.height for p in history if not self.app.verifier.verify_one(
+                self.cfg.keys[p.block.proposer], proposal_bytes(p.block.id), p.signature))
+            raise InvariantViolation(f"stored block at height {bad}: its proposer's signature does not verify")
+
     def _prune(self) -> None:
-        floor = self.committed.view
+        """Forget what nothing can need any more: tallies of views before the committed block's,
+        and blocks, states and timings below the committed height (the committed block stays,
+        the parent of every block that can still commit; branches off below it never can).
+        Committed proposals go too where a store serves them (committed_source); the proposals
+        of abandoned branches always do. Parked proposals at or below the committed height go."""
+        floor, height = self.committed.view, self.committed.height
         self.votes = {k: t for k, t in self.votes.items() if k[0] >= floor}
         self.timeouts = {v: t for v, t in self.timeouts.items() if v >= floor}
+        self.proposed = {v for v in self.proposed if v >= floor}
+        self.timed_out = {v for v in self.timed_out if v >= floor}
+        for i in [i for i, b in self.blocks.items() if b.height < height]:
+            b = self.blocks.pop(i)
+            self.states.pop(i, None)
+            self.timings.pop(i, None)
+            if self.committed_source is not None or self.chain[b.height] != i:
+                self.proposals.pop(i, None)
+        for parent in [k for k, v in self.waiting.items() if all(p.block.height <= height for _, p in v)]:
+            for _, p in self.waiting.pop(parent):
+                self.parked.discard(p.block.id)
 
     # ---- views, timeouts ----------------------------------------------------------------------
     def _enter_view(self, view: int, via_qc: bool) -> list:

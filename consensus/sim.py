@@ -70,6 +70,7 @@ class Simulation:
         self.restarts: dict[str, float] = {}
         self.compute = compute
         self.proposed_at: dict[bytes, float] = {}
+        self.proposed_by: dict[str, dict[int, bytes]] = {}  # node name -> view -> block it proposed
         self._nonces = [0] * len(self.clients)
 
     def add_node(self, index: int, name: str, genesis: dict) -> Node:
@@ -144,6 +145,7 @@ class Simulation:
             elif isinstance(a, Broadcast):
                 if isinstance(a.msg, messages.Proposal):
                     self.proposed_at.setdefault(a.msg.block.id, self.now)
+                    self.proposed_by.setdefault(node.name, {})[a.msg.block.view] = a.msg.block.id
                 for i in range(len(self.keys)):
                     if i != node.index or any(o.index == i and o is not node for o in self.nodes):
                         self._deliver(node, i, a.msg)
@@ -167,8 +169,11 @@ class Simulation:
         self._push(at_ms, ("call", "", fn))
 
     def durable(self, name: str, path) -> None:
-        """Give a validator a store (before run()), so it can be killed and restarted."""
-        self._node(name).store = Store(path)
+        """Give a validator a store (before run()), so it can be killed and restarted; its core
+        then serves committed blocks from it and prunes them from memory."""
+        node = self._node(name)
+        node.store = Store(path)
+        node.core.committed_source = node.store.committed_range
 
     def kill(self, name: str, at_ms: float, restart_ms: float) -> None:
         """Crash a validator at at_ms (its memory is lost) and start it again from its store."""
@@ -183,7 +188,7 @@ class Simulation:
                     app.submit(body, sig)
         key = self.keys[node.index]
         node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app,
-                                   node.store.safety(), node.store.history())
+                                   node.store.safety(), node.store.history(), node.store.committed_range)
         self._apply(node, node.core.start())
 
     def _node(self, name: str) -> Node:

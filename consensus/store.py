@@ -52,6 +52,9 @@ class Store:
         """The safety state, with the uncommitted blocks stored above the committed chain."""
         row = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
         if not row:
+            if self.db.execute("SELECT EXISTS (SELECT 1 FROM committed) OR EXISTS (SELECT 1 FROM uncommitted)").fetchone()[0]:
+                raise StoreError("the store holds blocks but no safety row (last voted view): refusing to start, "
+                                 "a validator that forgot its votes could vote twice in a view")
             return None
         top = self.db.execute("SELECT COALESCE(MAX(height), 0) FROM committed").fetchone()[0]
         blocks = self.db.execute("SELECT proposal FROM uncommitted WHERE height > ? ORDER BY height", (top,)).fetchall()
@@ -84,9 +87,35 @@ class Store:
             raise
         self._kept.difference_update(gone)
 
+    def committed_range(self, from_height: int, count: int) -> list[Proposal]:
+        """Up to `count` committed proposals from from_height on, in height order (Core's
+        committed_source: what it serves peers once it pruned them from memory)."""
+        rows = self.db.execute("SELECT proposal FROM committed WHERE height >= ? ORDER BY height LIMIT ?",
+                               (from_height, count)).fetchall()
+        return [messages.decode(r[0]) for r in rows]
+
     def history(self) -> tuple[Proposal, ...]:
-        rows = self.db.execute("SELECT proposal FROM committed ORDER BY height").fetchall()
-        return tuple(messages.decode(r[0]) for r in rows)
+        """The committed proposals in height order, checked: heights 1, 2, ... without a gap, each
+        block's parent the one before, each row's id its block's (StoreError, one line, naming the
+        height). The core checks the digests, proposers' signatures and state roots on replay."""
+        rows = self.db.execute("SELECT height, id, proposal FROM committed ORDER BY height").fetchall()
+        out, parent = [], None
+        for height, block_id, frame in rows:
+            if height != len(out) + 1:
+                raise StoreError(f"stored chain has a gap: height {height} follows height {len(out)}")
+            try:
+                p = messages.decode(frame)
+            except messages.DecodeError as exc:
+                raise StoreError(f"stored block at height {height} does not decode: {exc}") from None
+            b = p.block
+            if not isinstance(p, Proposal) or b.height != height or b.id != bytes(block_id):
+                raise StoreError(f"stored block at height {height} is not the block its row names "
+                                 f"(height {b.height}, id {b.id.hex()[:16]}, row id {bytes(block_id).hex()[:16]})")
+            if parent is not None and b.parent != parent:
+                raise StoreError(f"stored block at height {height} does not extend the one at height {height - 1}")
+            out.append(p)
+            parent = b.id
+        return tuple(out)
 
     def close(self) -> None:
         self.db.close()

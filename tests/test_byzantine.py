@@ -52,7 +52,6 @@ def test_forged_timeouts_in_the_receivers_own_name_change_nothing(seed):
     assert_safe(sim)
     assert all(len(n.committed) >= 8 for n in sim.nodes)
     for n in sim.nodes:
-        assert all(b.id in clean.nodes[0].core.blocks or b.id in n.core.blocks for b, _, _ in n.committed)
         assert _signed(n.core, n.core.safety.high_qc), n.name
         assert _signed(n.core, sim.persisted[n.name].high_qc), n.name
         assert n.core.counters["timeout_invalid"] > 0
@@ -124,9 +123,10 @@ def test_a_vote_with_a_wrong_height_cannot_set_the_qcs_height(seed):
     assert all(len(x.committed) >= 10 for x in sim.nodes)
     assert_safe(sim)
     for x in sim.nodes:
+        height = {b.id: b.height for b, _, _ in x.committed}
         for b, _, _ in x.committed:
             if b.qc.view:
-                assert b.qc.height == x.core.blocks[b.qc.block_id].height
+                assert b.qc.height == height[b.qc.block_id]
 
 
 def test_views_and_heights_past_the_bound_do_not_decode_and_are_refused():
@@ -374,3 +374,136 @@ def test_all_validators_killed_and_restarted_together_commit_50_more_blocks(tmp_
         {n.name: (before[n.name], len(n.committed)) for n in sim.nodes}
     assert_safe(sim)
     assert all(len(blocks) == 1 for blocks in sim.votes_signed.values())  # no validator voted twice in a view
+
+
+# ---- findings 8 and 9: memory flat, and a store checked at start-up ----------------------------
+
+def _held(core) -> dict:
+    return {"blocks": len(core.blocks), "states": len(core.states), "proposals": len(core.proposals),
+            "timings": len(core.timings), "votes": len(core.votes), "timeouts": len(core.timeouts),
+            "parked": len(core.parked), "proposed": len(core.proposed), "timed_out": len(core.timed_out)}
+
+
+def test_memory_stays_flat_as_the_chain_grows(tmp_path):
+    """With a store serving committed blocks, a validator holds the same few blocks, states and
+    proposals at height 1,000 as at height 200 (before, every one since genesis)."""
+    sim = Simulation(n=4, seed=4, link=Link((1.0, 5.0)))
+    for node in sim.nodes:
+        sim.durable(node.name, tmp_path / f"{node.name}.db")
+    sim.load(400)
+    sim.run(blocks=200, max_ms=10**7)
+    at_200 = [_held(n.core) for n in sim.nodes]
+    sim.run(blocks=1_000, max_ms=10**7)
+    at_1000 = [_held(n.core) for n in sim.nodes]
+    for a, b in zip(at_200, at_1000):
+        assert all(v <= 8 for v in b.values()), b
+        assert all(b[k] <= max(a[k], 4) for k in b), (a, b)
+    assert_safe(sim)
+
+
+def test_a_validator_behind_catches_up_from_stores_that_pruned(tmp_path):
+    """The others pruned their committed blocks from memory: they serve them from their stores."""
+    sim = Simulation(n=4, seed=6, link=Link((1.0, 5.0)))
+    for node in sim.nodes:
+        sim.durable(node.name, tmp_path / f"{node.name}.db")
+    sim.crashed = {"v3"}
+    sim.load(300)
+    sim.run(blocks=400, max_ms=10**7)
+    assert all(len(n.core.proposals) < 10 for n in sim.nodes)
+    v3 = sim._node("v3")
+    sim.crashed.clear()
+    sim._apply(v3, v3.core.start())
+    sim.run(blocks=len(sim.nodes[0].committed) + 5, max_ms=sim.now + 300_000, live=lambda node: True)
+    assert len(v3.committed) >= 405
+    assert_safe(sim)
+    assert [p.block.id for p in v3.store.history()] == [b.id for b, _, _ in v3.committed]
+
+
+def _store_with_blocks(tmp_path, blocks=5):
+    tmp_path.mkdir()
+    sim = Simulation(n=4, seed=2)
+    sim.durable("v0", tmp_path / "v0.db")
+    sim.load(50)
+    sim.run(blocks=blocks)
+    sim._node("v0").store.close()
+    return sim, tmp_path / "v0.db"
+
+
+def _restart_core(sim, path):
+    from consensus.store import Store
+    store = Store(path)
+    app = sim._make_app(sim.genesis)
+    key = sim.keys[0]
+    return Core(sim.cfg[0], lambda m: key.sign(m).signature, app, store.safety(), store.history(),
+                store.committed_range)
+
+
+def test_store_checks_at_start_up(tmp_path):
+    import sqlite3
+    from consensus import messages as m
+    from consensus.core import InvariantViolation
+    from consensus.store import StoreError
+    sim, path = _store_with_blocks(tmp_path / "ok")
+    core = _restart_core(sim, path)  # an intact store starts
+    assert core.committed.height >= 5
+
+    def damaged(name, sql, *args):
+        _, p = _store_with_blocks(tmp_path / name)
+        db = sqlite3.connect(p)
+        db.execute(sql, args)
+        db.commit()
+        db.close()
+        return p
+
+    with pytest.raises(StoreError, match="gap: height 4 follows height 2"):
+        _restart_core(sim, damaged("gap", "DELETE FROM committed WHERE height = 3"))
+    with pytest.raises(StoreError, match="no safety row"):
+        _restart_core(sim, damaged("nosafety", "DELETE FROM safety"))
+    with pytest.raises(StoreError, match="height 2 is not the block its row names"):
+        _restart_core(sim, damaged("id", "UPDATE committed SET id = ? WHERE height = 2", bytes(32)))
+    # a stored transaction signature flipped (re-encoded, so the frame still decodes)
+    _, p = _store_with_blocks(tmp_path / "sig")
+    db = sqlite3.connect(p)
+    height, frame = next((h, f) for h, f in db.execute("SELECT height, proposal FROM committed ORDER BY height")
+                         if len(m.decode(f).block.txs))
+    prop = m.decode(frame)
+    sigs = prop.block.txs.sigs.copy()
+    sigs[0, 3] ^= 1
+    bad = replace(prop, block=replace(prop.block, txs=replace(prop.block.txs, sigs=sigs)))
+    db.execute("UPDATE committed SET proposal = ? WHERE height = ?", (m.encode(bad), height))
+    db.commit()
+    db.close()
+    with pytest.raises(InvariantViolation, match=f"height {height} .*signature digest"):
+        _restart_core(sim, p)
+    # a proposer's signature flipped
+    _, p = _store_with_blocks(tmp_path / "proposer")
+    db = sqlite3.connect(p)
+    prop = m.decode(db.execute("SELECT proposal FROM committed WHERE height = 2").fetchone()[0])
+    bad = replace(prop, signature=bytes(64))
+    db.execute("UPDATE committed SET proposal = ? WHERE height = 2", (m.encode(bad),))
+    db.commit()
+    db.close()
+    with pytest.raises(InvariantViolation, match="height 2: its proposer's signature does not verify"):
+        _restart_core(sim, p)
+
+
+def test_block_requests_are_served_from_memory_and_from_the_store(tmp_path):
+    from consensus import messages as m
+    sim = Simulation(n=4, seed=8)
+    sim.durable("v0", tmp_path / "v0.db")
+    sim.load(60)
+    sim.run(blocks=30)
+    v0, v1 = sim.nodes[0].core, sim.nodes[1].core  # v0 pruned its committed proposals, v1 kept them
+    chain = [b.id for b, _, _ in sim.nodes[0].committed]
+    for core in (v0, v1):
+        def ask(block_id, from_height, count):
+            out = core.handle(2, m.BlockRequest(block_id, from_height, count))
+            return [p.block.id for p in out[0].msg.proposals] if out else []
+        assert ask(chain[9], 0, 1) == [chain[9]]                      # the block alone
+        assert ask(chain[9], 3, 64) == chain[2:10]                    # its ancestors from height 3
+        assert ask(chain[29], 5, 4) == chain[4:8]                     # the oldest 4 of them
+        assert ask(chain[-1], 1, 64) == chain[:len(chain)][:64]
+        assert ask(chain[9], 11, 64) == [] and ask(bytes(32), 1, 4) == []
+        tip = max(core.blocks.values(), key=lambda b: b.height)       # through uncommitted blocks
+        got = ask(tip.id, len(chain) - 1, 64)
+        assert got[0] == chain[-2] and got[-1] == tip.id

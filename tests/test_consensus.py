@@ -85,9 +85,8 @@ def test_twins_equivocating_leader_never_splits_the_honest(seed):
     sim.run(blocks=14, max_ms=200_000, live=lambda node: node.name in honest)
     assert all(len(x.committed) >= 14 for x in sim.nodes if x.name in honest)
     assert_safe(sim, honest)
-    first = sim.nodes[0].core
-    both = {b.view: b.id for b in (p.block for p in first.proposals.values()) if b.proposer == 0}
-    twin_blocks = {b.view: b.id for b in (p.block for p in twin.core.proposals.values()) if b.proposer == 0}
+    # (what each twin broadcast, as the simulation saw it: cores prune abandoned branches)
+    both, twin_blocks = sim.proposed_by["v0"], sim.proposed_by["v0-twin"]
     assert any(both[v] != twin_blocks[v] for v in set(both) & set(twin_blocks)), "the twins never equivocated"
 
 
