@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from consensus.core import Broadcast, Core
+from consensus.core import Broadcast, Core, Send
 from consensus.messages import QC, Proposal, Timeout, proposal_bytes
 from consensus.sim import Link, Simulation
 from test_consensus import assert_safe
@@ -507,3 +507,95 @@ def test_block_requests_are_served_from_memory_and_from_the_store(tmp_path):
         tip = max(core.blocks.values(), key=lambda b: b.height)       # through uncommitted blocks
         got = ask(tip.id, len(chain) - 1, 64)
         assert got[0] == chain[-2] and got[-1] == tip.id
+
+
+# ---- a Byzantine validator of several kinds, across seeds ---------------------------------------
+
+class Byzantine(Core):
+    """Validator 1, misbehaving while `active` (cleared by the test at a set time): `modes` picks
+    what it does. equivocate: two different signed blocks per view it leads, one to each half;
+    relabel: its proposals' and votes' heights changed; withhold: sends nothing; flood: with every
+    message it handles, forged timeouts and votes in others' names (the receiver's included),
+    proposals with forged QCs, requests for unknown blocks, and replays of what it received."""
+    active = True
+    modes: tuple = ()
+
+    def handle(self, sender, msg):
+        return self._misbehave(super().handle(sender, msg), msg)
+
+    def on_timer(self, view):
+        return self._misbehave(super().on_timer(view), None)
+
+    def _misbehave(self, out, msg):
+        import random
+        from consensus import messages as m
+        if not Byzantine.active:
+            return out
+        rng = random.Random(len(self.blocks) * 7919 + self.view)
+        if "withhold" in self.modes:
+            return [a for a in out if not isinstance(a, (Broadcast, Send))]
+        res = []
+        for a in out:
+            msg_out = getattr(a, "msg", None)
+            if "relabel" in self.modes and isinstance(msg_out, m.Vote):
+                a = replace(a, msg=replace(msg_out, height=msg_out.height + rng.randrange(1, 9)))
+            if isinstance(a, Broadcast) and isinstance(msg_out, Proposal) and msg_out.block.proposer == self.cfg.me:
+                b = msg_out.block
+                if "relabel" in self.modes:
+                    bad = replace(b, height=b.height + 3, qc=replace(b.qc, height=b.qc.height + 3))
+                    res.append(Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id)))))
+                    continue
+                if "equivocate" in self.modes:
+                    other = replace(b, state_root=bytes(32)) if not len(b.txs) else replace(
+                        b, txs=m.Txs.empty(), tx_root=self.app.tx_root(m.Txs.empty()), sig_digest=m.Txs.empty().digest(),
+                        state_root=self.states[b.parent].root)
+                    twin = Proposal(other, self.sign(proposal_bytes(other.id)))  # valid too, unless b is empty
+                    res += [Send(i, msg_out if i % 2 else twin) for i in range(self.cfg.n) if i != self.cfg.me]
+                    continue
+            res.append(a)
+        if "flood" in self.modes:
+            newest = max(self.blocks.values(), key=lambda b: b.view)
+            forged = QC(newest.id, newest.view + 1, newest.height, (0, 2, 3), bytes(192))
+            for i in range(self.cfg.n):
+                if i == self.cfg.me:
+                    continue
+                res += [Send(i, m.Timeout(self.view, forged, i, bytes(64))),
+                        Send(i, m.Timeout(self.view, forged, (i + 1) % self.cfg.n, rng.randbytes(64))),
+                        Send(i, m.Vote(newest.id, self.view, newest.height, i, rng.randbytes(64))),
+                        Send(i, m.BlockRequest(rng.randbytes(32), 1, m.MAX_RANGE))]
+                if msg is not None and not isinstance(msg, m.BlockResponse):
+                    res.append(Send(i, msg))  # a replay
+                if isinstance(msg, Proposal):
+                    res.append(Send(i, replace(msg, block=replace(msg.block, qc=replace(msg.block.qc, sigs=bytes(
+                        len(msg.block.qc.sigs)))))))
+        return res
+
+
+MODES = [("equivocate",), ("relabel",), ("withhold",), ("flood",), ("equivocate", "flood"), ("relabel", "flood")]
+
+
+@pytest.mark.parametrize("modes", MODES, ids=["+".join(x) for x in MODES])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_byzantine_validator_against_three_honest(modes, seed):
+    """While it misbehaves the honest three stay on one chain and never raise; after it stops
+    (it then runs as an honest validator) every validator commits 10 more blocks."""
+    class B(Byzantine):
+        pass
+    B.modes = modes
+    Byzantine.active = True
+    sim = Simulation(n=4, seed=seed, link=Link((1.0, 25.0)),
+                     make_core=lambda cfg, sign, app, *a: (B if cfg.me == 1 else Core)(cfg, sign, app, *a))
+    sim.load(300)
+    honest = {"v0", "v2", "v3"}
+    sim.at(3_000.0, lambda s: setattr(Byzantine, "active", False))
+    try:
+        sim.run(blocks=10**9, max_ms=3_000.0, live=lambda node: node.name in honest)
+        during = {n.name: len(n.committed) for n in sim.nodes}
+        assert_safe(sim, honest)
+        sim.run(blocks=max(during.values()) + 10, max_ms=200_000, live=lambda node: True)
+    finally:
+        Byzantine.active = True
+    assert all(len(n.committed) >= during[n.name] + 10 for n in sim.nodes), (during, sim.chains())
+    assert_safe(sim)
+    assert all(n.core.counters["input_error"] == 0 for n in sim.nodes if n.name in honest)
+    assert min(during[x] for x in honest) >= 3  # the honest made progress under the attack too
