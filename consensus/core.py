@@ -404,18 +404,30 @@ class Core:
     # ---- fetching missing blocks --------------------------------------------------------------
     def _park(self, sender: int, p: Proposal) -> list:
         """Keep a proposal whose parent is unknown until the parent arrives, and fetch it: only a
-        proposal above the committed height whose proposer's signature holds, at most MAX_PARKED
-        of them; no fetch where the parent is itself parked (the fetch for its own parent brings
-        the chain) or already asked for."""
+        proposal above the committed height whose proposer's signature and certificates (QC, TC)
+        hold, at most MAX_PARKED of them; no fetch where the parent is itself parked (the fetch
+        for its own parent brings the chain) or already asked for. The certificates are checked
+        here, not only once the parent is known, because the proposer's signature covers the
+        block id and the id does not cover them: a relayed copy with a forged QC parked first
+        would otherwise keep the real one out (one copy is parked per id)."""
         b = p.block
         if b.height <= self.committed.height or b.id in self.parked:
             return []
         if len(self.parked) >= MAX_PARKED:
             self.counters["parked_full"] += 1
             return []
-        if not self.app.verifier.verify_one(self.cfg.keys[b.proposer], proposal_bytes(b.id), p.signature):
+        try:
+            keys, msgs, sigs = self.qc_certs(b.qc)
+            if b.tc is not None:
+                tk, tm, ts = self.tc_certs(b.tc)
+                keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+        except InvalidCertificate as exc:
             self.counters["proposal_invalid"] += 1
-            return [Rejected(b.id, b.proposer, "the proposer's signature does not verify")]
+            return [Rejected(b.id, b.proposer, f"invalid certificate: {exc}")]
+        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature])
+        if not self.app.verifier.verify_lists(*certs):
+            self.counters["proposal_invalid"] += 1
+            return [Rejected(b.id, b.proposer, "a certificate or the proposer's signature does not verify")]
         self.waiting.setdefault(b.parent, []).append((sender, p))
         self.parked.add(b.id)
         return [] if b.parent in self.parked else self._fetch(b.parent, sender)

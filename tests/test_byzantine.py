@@ -599,3 +599,24 @@ def test_a_byzantine_validator_against_three_honest(modes, seed):
     assert_safe(sim)
     assert all(n.core.counters["input_error"] == 0 for n in sim.nodes if n.name in honest)
     assert min(during[x] for x in honest) >= 3  # the honest made progress under the attack too
+
+
+def test_a_relayed_copy_with_a_forged_qc_cannot_keep_the_real_proposal_out():
+    """The proposer's signature covers the block id, which does not cover the QC: a stranger
+    relays a real proposal whose parent the receiver lacks, with its QC's signatures zeroed, ahead
+    of the real one. The copy is refused before it is parked; the real one is parked and taken."""
+    from consensus import messages as m
+    sim = Simulation(n=4, seed=9)
+    sim.load(30)
+    sim.run(blocks=6)
+    donor = sim.nodes[0].core
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    fresh = Simulation(n=4, seed=9).nodes[2].core  # knows genesis only
+    real = donor.proposals[chain[3].id]
+    forged = replace(real, block=replace(real.block, qc=replace(real.block.qc, sigs=bytes(len(real.block.qc.sigs)))))
+    assert forged.block.id == real.block.id
+    assert [type(a).__name__ for a in fresh.handle(3, forged)] == ["Rejected"]
+    out = fresh.handle(0, real)
+    assert real.block.id in fresh.parked and any(isinstance(a.msg, m.BlockRequest) for a in out if hasattr(a, "msg"))
+    fresh.handle(0, m.BlockResponse(tuple(donor.proposals[b.id] for b in chain[:3])))
+    assert real.block.id in fresh.blocks
