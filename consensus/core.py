@@ -21,6 +21,20 @@ Commit rule (2-chain): a block B0 is committed when a QC certifies its child B1 
 B0's plus one (_process_qc); its uncommitted ancestors commit with it, in order.
 Pacemaker: a view ends with a QC (the leader of the next view collects the votes) or a TC (2f+1
 timeouts); timeouts grow 2x for each view in a row that failed, back to the base after a QC.
+
+Input from the network (issue 22): every message is verified before it changes any state, with no
+shortcut keyed on a field its sender controls (a timeout naming this validator is verified like
+any other; only _on_local_timeout tallies this validator's own). A QC's signatures cover its block
+id and view, not its height: the height is trusted only where it equals the certified block's
+(_qc_matches), a block's height must be its parent's plus one, and views and heights are below
+messages.MAX_VIEW / MAX_HEIGHT. handle() never raises on input: what fails a check is dropped (a
+Rejected action for a block) and counted in Core.counters; only InvariantViolation gets out.
+Missing blocks are fetched in ranges (BlockRequest from the committed height, at most MAX_RANGE a
+response), one fetch per block, at most MAX_FETCHES outstanding and MAX_PARKED proposals waiting
+(certificates and proposer's signature checked first), children processed in a loop.
+Durability: Persist carries the uncommitted blocks up to the high QC's block and the last voted
+block (Safety.blocks), so a network restarted all at once still holds what its high QCs certify;
+memory is pruned below the committed block (_prune).
 """
 from __future__ import annotations
 

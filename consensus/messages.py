@@ -4,7 +4,16 @@ Every message on the wire is a 4-byte big-endian length, then a version byte, a 
 body. Decoding checks every length against what is left, so a malformed or oversized message
 raises DecodeError (the driver drops and counts it) and never crashes a node. A block keeps its
 transactions packed as they arrived: one buffer of bodies with offsets, and an (n, 64) array of
-signatures, decoded with array operations, never a per-transaction loop."""
+signatures, decoded with array operations, never a per-transaction loop.
+
+Bodies by type (big-endian; a QC is block id 32 | view u64 | height u64 | count u16 | voters u16 each
+| 64-byte signatures): 1 Proposal (block, then the proposer's signature), 2 Vote, 3 Timeout,
+4 BlockRequest (block id 32 | from_height u64 | max_blocks u16, 1 to MAX_RANGE), 5 BlockResponse
+(count u16, 1 to MAX_RANGE | that many Proposal bodies, oldest first). Every view is below MAX_VIEW
+and every height below MAX_HEIGHT, or the frame does not decode. What a signature covers:
+vote_bytes (block id, view), timeout_bytes (view, the high QC's view), proposal_bytes (block id);
+a QC's height is not signed (the core checks it against the certified block, whose id covers
+its height)."""
 from __future__ import annotations
 
 import hashlib
