@@ -524,7 +524,8 @@ class Core:
         for block_id, peer in list(self.fetching.items()):
             if block_id in self.blocks:
                 del self.fetching[block_id]
-            elif peer == sender and new and last.id in self.blocks:  # progress, not there yet
+            elif peer in (sender, self.cfg.me) and new and last.id in self.blocks:  # progress, not there yet
+                self.fetching[block_id] = sender  # (a fetch asked of everyone goes on with the first to answer)
                 out.append(Send(sender, BlockRequest(block_id, last.height + 1, MAX_RANGE)))
         return out
 

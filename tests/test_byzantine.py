@@ -620,3 +620,21 @@ def test_a_relayed_copy_with_a_forged_qc_cannot_keep_the_real_proposal_out():
     assert real.block.id in fresh.parked and any(isinstance(a.msg, m.BlockRequest) for a in out if hasattr(a, "msg"))
     fresh.handle(0, m.BlockResponse(tuple(donor.proposals[b.id] for b in chain[:3])))
     assert real.block.id in fresh.blocks
+
+
+def test_a_restarted_validator_far_behind_fetches_its_high_qcs_block_from_everyone(tmp_path):
+    """v3 stops at about height 20 and starts again from its store once the others are 300 blocks
+    further: its start-up fetch (asked of everyone) goes on range after range with whoever answers."""
+    sim = Simulation(n=4, seed=5, link=Link((1.0, 5.0)))
+    for node in sim.nodes:
+        sim.durable(node.name, tmp_path / f"{node.name}.db")
+    sim.load(100)
+    sim.run(blocks=20, max_ms=10**7)
+    sim.crashed = {"v3"}
+    sim.run(blocks=320, max_ms=10**7)
+    v3 = sim._node("v3")
+    sim.crashed.clear()
+    sim._restart(v3)
+    sim.run(blocks=len(sim.nodes[0].committed) + 3, max_ms=sim.now + 300_000, live=lambda node: True)
+    assert len(v3.committed) >= 320
+    assert_safe(sim)
