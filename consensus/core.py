@@ -46,8 +46,8 @@ from typing import Callable
 
 from .apps.kv import EMPTY
 from .messages import (
-    MAX_HEIGHT, MAX_RANGE, MAX_VIEW, RANGE_BYTES, QC, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs, Vote, proposal_bytes, timeout_bytes,
-    vote_bytes,
+    MAX_HEIGHT, MAX_RANGE, MAX_VIEW, QC, RANGE_BYTES, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs,
+    Vote, proposal_bytes, timeout_bytes, vote_bytes,
 )
 
 

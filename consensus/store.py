@@ -52,7 +52,8 @@ class Store:
         """The safety state, with the uncommitted blocks stored above the committed chain."""
         row = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
         if not row:
-            if self.db.execute("SELECT EXISTS (SELECT 1 FROM committed) OR EXISTS (SELECT 1 FROM uncommitted)").fetchone()[0]:
+            held = "SELECT EXISTS (SELECT 1 FROM committed) OR EXISTS (SELECT 1 FROM uncommitted)"
+            if self.db.execute(held).fetchone()[0]:
                 raise StoreError("the store holds blocks but no safety row (last voted view): refusing to start, "
                                  "a validator that forgot its votes could vote twice in a view")
             return None

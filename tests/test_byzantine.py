@@ -12,6 +12,11 @@ from consensus.sim import Link, Simulation
 from test_consensus import assert_safe
 
 
+def _one_of(index, cls):
+    """make_core for a Simulation: validator `index` runs cls, the others Core."""
+    return lambda cfg, sign, app, *rest: (cls if cfg.me == index else Core)(cfg, sign, app, *rest)
+
+
 def _newest(node):
     return max(node.core.blocks.values(), key=lambda b: (b.view, b.height))
 
@@ -92,7 +97,7 @@ def test_a_leader_relabelling_heights_is_rejected_and_the_chain_goes_on(relabel,
     class Leader(Relabeller):
         pass
     Leader.relabel = staticmethod(RELABELS[relabel])
-    sim = Simulation(n=4, seed=seed, make_core=lambda cfg, sign, app, *a: (Leader if cfg.me == 1 else Core)(cfg, sign, app, *a))
+    sim = Simulation(n=4, seed=seed, make_core=_one_of(1, Leader))
     sim.load(60)
     honest = {"v0", "v2", "v3"}
     sim.run(blocks=10, max_ms=200_000, live=lambda node: node.name in honest)
@@ -117,7 +122,7 @@ class HeightLiar(Core):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_a_vote_with_a_wrong_height_cannot_set_the_qcs_height(seed):
-    sim = Simulation(n=4, seed=seed, make_core=lambda cfg, sign, app, *a: (HeightLiar if cfg.me == 2 else Core)(cfg, sign, app, *a))
+    sim = Simulation(n=4, seed=seed, make_core=_one_of(2, HeightLiar))
     sim.load(60)
     sim.run(blocks=10, max_ms=200_000)
     assert all(len(x.committed) >= 10 for x in sim.nodes)
@@ -226,8 +231,8 @@ class BadSetLeader(Core):
             if isinstance(a, Broadcast):
                 b = a.msg.block
                 body = _bad_set_body(self.client, 10**6 + view)
-                txs = pack_txs([b.txs.bodies.item(j) for j in range(len(b.txs))] + [body],
-                               [b.txs.sigs[j].tobytes() for j in range(len(b.txs))] + [self.client.sign(body).signature])
+                sigs = [b.txs.sigs[j].tobytes() for j in range(len(b.txs))] + [self.client.sign(body).signature]
+                txs = pack_txs([b.txs.bodies.item(j) for j in range(len(b.txs))] + [body], sigs)
                 bad = replace(b, txs=txs, tx_root=self.app.tx_root(txs), sig_digest=txs.digest())
                 out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id))))
         return out
@@ -235,7 +240,7 @@ class BadSetLeader(Core):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_a_leaders_malformed_transaction_is_rejected_and_a_clients_is_refused(seed):
-    sim = Simulation(n=4, seed=seed, make_core=lambda cfg, sign, app, *a: (BadSetLeader if cfg.me == 1 else Core)(cfg, sign, app, *a))
+    sim = Simulation(n=4, seed=seed, make_core=_one_of(1, BadSetLeader))
     BadSetLeader.client = sim.clients[1]
     sim.load(40)
     for node in sim.nodes:  # and a client hands every mempool the same malformed body
@@ -265,7 +270,8 @@ def _mutants(msg, rng):
         out += [replace(msg, block=replace(b, txs=replace(b.txs, sigs=np.zeros((len(b.txs) + 1, 64), np.uint8))))]
         out += [replace(msg, block=replace(b, txs=replace(b.txs, sigs=np.zeros((3,), np.uint8))))]
         tc = m.TC(b.view - 1, (0, 1, 2), (1, 2), bytes(100), b.qc)
-        out += [replace(msg, block=replace(b, tc=tc)), m.BlockResponse((out[0],)), m.BlockResponse(()), m.BlockResponse(out[0])]
+        out += [replace(msg, block=replace(b, tc=tc)), m.BlockResponse((out[0],)), m.BlockResponse(()),
+                m.BlockResponse(out[0])]
         return out
     if isinstance(msg, m.Vote):
         return [replace(msg, voter=v) for v in ints] + [replace(msg, signature=b"abc"), replace(msg, view=2**64 - 1)]
@@ -287,7 +293,8 @@ def test_core_handle_never_raises_on_corrupted_messages(seed):
     core = sim.nodes[0].core
     samples = list(core.proposals.values())
     b = samples[-1].block
-    samples += [m.Vote(b.id, b.view, b.height, 1, bytes(64)), m.Timeout(core.view, b.qc, 2, bytes(64)), m.BlockRequest(b.id)]
+    samples += [m.Vote(b.id, b.view, b.height, 1, bytes(64)), m.Timeout(core.view, b.qc, 2, bytes(64)),
+                m.BlockRequest(b.id)]
     for node in sim.nodes:
         for msg in samples:
             for bad in _mutants(msg, rng):
@@ -546,8 +553,9 @@ class Byzantine(Core):
                     res.append(Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id)))))
                     continue
                 if "equivocate" in self.modes:
+                    empty = m.Txs.empty()
                     other = replace(b, state_root=bytes(32)) if not len(b.txs) else replace(
-                        b, txs=m.Txs.empty(), tx_root=self.app.tx_root(m.Txs.empty()), sig_digest=m.Txs.empty().digest(),
+                        b, txs=empty, tx_root=self.app.tx_root(empty), sig_digest=empty.digest(),
                         state_root=self.states[b.parent].root)
                     twin = Proposal(other, self.sign(proposal_bytes(other.id)))  # valid too, unless b is empty
                     res += [Send(i, msg_out if i % 2 else twin) for i in range(self.cfg.n) if i != self.cfg.me]
@@ -584,7 +592,7 @@ def test_a_byzantine_validator_against_three_honest(modes, seed):
     B.modes = modes
     Byzantine.active = True
     sim = Simulation(n=4, seed=seed, link=Link((1.0, 25.0)),
-                     make_core=lambda cfg, sign, app, *a: (B if cfg.me == 1 else Core)(cfg, sign, app, *a))
+                     make_core=_one_of(1, B))
     sim.load(300)
     honest = {"v0", "v2", "v3"}
     sim.at(3_000.0, lambda s: setattr(Byzantine, "active", False))
