@@ -86,7 +86,7 @@ def test_twins_equivocating_leader_never_splits_the_honest(seed):
     assert all(len(x.committed) >= 14 for x in sim.nodes if x.name in honest)
     assert_safe(sim, honest)
     # (what each twin broadcast, as the simulation saw it: cores prune abandoned branches)
-    both, twin_blocks = sim.proposed_by["v0"], sim.proposed_by["v0-twin"]
+    both, twin_blocks = sim.proposed_by.get("v0", {}), sim.proposed_by.get("v0-twin", {})
     assert any(both[v] != twin_blocks[v] for v in set(both) & set(twin_blocks)), "the twins never equivocated"
 
 
