@@ -142,6 +142,7 @@ def genesis_block(state_root: bytes) -> Block:
 log = logging.getLogger("consensus.core")
 MAX_PARKED = 256   # proposals kept while their parent is fetched
 MAX_FETCHES = 16   # blocks asked for and not yet received
+VOTE_WINDOW = 1_000  # votes for views further ahead of this validator's are dropped
 
 
 class InvalidCertificate(ValueError):
@@ -180,6 +181,7 @@ class Core:
         self.timings: dict[bytes, dict] = {}
         self.committed = self.genesis
         self.votes: dict[tuple[int, bytes], _Tally] = {}
+        self.vote_voters: dict[int, set] = {}  # view -> voters with a verified vote in it (one each)
         self.timeouts: dict[int, dict] = {}  # view -> voter -> Timeout
         self.last_tc: TC | None = None
         self.failures = 0
@@ -574,6 +576,11 @@ class Core:
             return []
         if v.view >= MAX_VIEW:
             return []
+        if v.view > self.view + VOTE_WINDOW:
+            self.counters["vote_far_ahead"] += 1
+            return []
+        if v.voter in self.vote_voters.get(v.view, ()):
+            return []  # one vote per voter and view: a second (another block) is an equivocation
         tally = self.votes.get((v.view, v.block_id))
         if tally is not None and (v.voter in tally.sigs or len(tally.sigs) >= self.cfg.quorum):
             return []
@@ -582,6 +589,7 @@ class Core:
             return []  # (no tally is created for a vote that does not verify)
         tally = self.votes.setdefault((v.view, v.block_id), _Tally())
         tally.sigs[v.voter] = v.signature
+        self.vote_voters.setdefault(v.view, set()).add(v.voter)
         if len(tally.sigs) < self.cfg.quorum:
             return []
         voters = tuple(sorted(tally.sigs))
@@ -662,6 +670,7 @@ class Core:
         of abandoned branches always do. Parked proposals at or below the committed height go."""
         floor, height = self.committed.view, self.committed.height
         self.votes = {k: t for k, t in self.votes.items() if k[0] >= floor}
+        self.vote_voters = {v: s for v, s in self.vote_voters.items() if v >= floor}
         self.timeouts = {v: t for v, t in self.timeouts.items() if v >= floor}
         self.proposed = {v for v in self.proposed if v >= floor}
         self.timed_out = {v for v in self.timed_out if v >= floor}
@@ -712,9 +721,19 @@ class Core:
         return self._tally_timeout(sender, t)
 
     def _tally_timeout(self, sender: int, t: Timeout) -> list:
-        """Count a verified timeout (or this validator's own)."""
+        """Count a verified timeout (or this validator's own). Of a voter's timeouts for views
+        ahead of this validator's, only the latest is kept (an honest one times out in increasing
+        views), so signed timeouts for many future views cannot pile up."""
         if t.view < self.view or t.voter in self.timeouts.get(t.view, {}):
             return []
+        if t.view > self.view:
+            held = [v for v, tally in self.timeouts.items() if v > self.view and t.voter in tally]
+            if any(v > t.view for v in held):
+                return []
+            for v in held:
+                del self.timeouts[v][t.voter]
+                if not self.timeouts[v]:
+                    del self.timeouts[v]
         tally = self.timeouts.setdefault(t.view, {})
         tally[t.voter] = t
         out = self._process_qc(t.high_qc, sender) if t.high_qc.view > 0 else []

@@ -646,3 +646,31 @@ def test_a_restarted_validator_far_behind_fetches_its_high_qcs_block_from_everyo
     sim.run(blocks=len(sim.nodes[0].committed) + 3, max_ms=sim.now + 300_000, live=lambda node: True)
     assert len(v3.committed) >= 320
     assert_safe(sim)
+
+
+def test_signed_votes_and_timeouts_for_many_views_do_not_pile_up():
+    """A Byzantine validator signs votes for many blocks and future views, and timeouts for many
+    future views: the next leader keeps one vote per voter and view, none beyond VOTE_WINDOW views
+    ahead, and one future timeout per voter."""
+    import os
+    from consensus import messages as m
+    from consensus.core import VOTE_WINDOW
+    sim = Simulation(n=4, seed=1)
+    sim.load(20)
+    sim.run(blocks=3)
+    core, byz = sim.nodes[0].core, sim.keys[2]
+    gqc = QC(core.genesis.id, 0, 0)
+    before = (len(core.votes), len(core.timeouts))
+    led = [v for v in range(core.view, core.view + 3 * VOTE_WINDOW) if core.cfg.leader(v + 1) == 0]
+    for view in led:
+        for _ in range(3):
+            block_id = os.urandom(32)
+            core.handle(2, m.Vote(block_id, view, 5, 2, byz.sign(m.vote_bytes(block_id, view)).signature))
+    for view in range(core.view + 1, core.view + 300):
+        core.handle(2, m.Timeout(view, gqc, 2, byz.sign(m.timeout_bytes(view, 0)).signature))
+    assert len(core.votes) <= before[0] + VOTE_WINDOW // 4 + 2
+    assert all(len(s) <= 1 for v, s in core.vote_voters.items() if v > core.view)
+    assert sum(2 in t for v, t in core.timeouts.items() if v > core.view) == 1
+    assert core.counters["vote_far_ahead"] > 0
+    sim.run(blocks=8)
+    assert all(len(x.committed) >= 8 for x in sim.nodes)
