@@ -180,6 +180,19 @@ def cmd_localnet(args) -> int:
     return 0 if same else 1
 
 
+def cmd_testnet(args) -> int:
+    from consensus.localnet import write_network
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    paths = write_network(Path(args.out), hosts, args.port, None if args.no_rpc else args.rpc_port,
+                          None if args.no_metrics else args.metrics_port, args.data_root, args.listen_on_address,
+                          args.app, args.validation, args.txs_per_block, args.base_timeout_ms, args.load)
+    for i, (host, path) in enumerate(zip(hosts, paths)):
+        print(f"validator {i} on {host}: {path} (copy it there; it holds the validator's secret seed)")
+    print(f"public keys, addresses and API URLs: {Path(args.out) / 'network.json'}; "
+          "then on each host: accel node --config node<i>.toml (docs/OPERATOR.md)")
+    return 0
+
+
 def cmd_keygen(args) -> int:
     from consensus.client import write_key
     key = write_key(args.out, force=args.force)
@@ -361,6 +374,30 @@ def parser() -> argparse.ArgumentParser:
     node.add_argument("--exit-with-parent", type=int, metavar="PID",
                       help="stop when the parent process is no longer PID (a launcher such as localnet died)")
     node.set_defaults(fn=cmd_node)
+    tn = sub.add_parser("testnet", help="write the configs and keys of a validator network on several hosts",
+                        description="Write node<i>.toml for a validator on each host (its own secret seed, every "
+                        "validator's public key and address, the client API and metrics ports) and network.json, "
+                        "as `cometbft testnet` does. Copy each file to its host and run `accel node --config`.")
+    tn.add_argument("--hosts", required=True, help="comma-separated host names or addresses, one per validator "
+                    "(3f+1 of them), as the others reach it")
+    tn.add_argument("--out", required=True, help="directory for the files (must not hold node*.toml already)")
+    tn.add_argument("--port", type=_positive, default=26700, help="peer port on every host (default 26700)")
+    tn.add_argument("--rpc-port", type=_positive, default=26657, help="client API port (default 26657)")
+    tn.add_argument("--metrics-port", type=_positive, default=9464, help="Prometheus port (default 9464)")
+    tn.add_argument("--no-rpc", action="store_true", help="no client API")
+    tn.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
+    tn.add_argument("--data-root", default="/var/lib/accel-validator",
+                    help="validator i keeps its store under DATA_ROOT/node<i> (default /var/lib/accel-validator)")
+    tn.add_argument("--listen-on-address", action="store_true",
+                    help="bind each host's own address instead of 0.0.0.0 (several validators on one machine, "
+                    "e.g. 127.0.0.1..127.0.0.4)")
+    tn.add_argument("--app", choices=["kv", "clearing"], default="clearing")
+    tn.add_argument("--validation", choices=["accel", "software"], default="accel")
+    tn.add_argument("--txs-per-block", type=_positive, default=1000)
+    tn.add_argument("--base-timeout-ms", type=float, default=1000.0)
+    tn.add_argument("--load", choices=["none", "builtin"], default="none",
+                    help="none (default): only client transactions; builtin: the market's generated load")
+    tn.set_defaults(fn=cmd_testnet)
     kg = sub.add_parser("keygen", help="write a new Ed25519 key file for the client API",
                         description="Write a new Ed25519 signing key ({\"seed\", \"public_key\"} in hex, mode 0600) "
                         "for `accel tx`; prints the public key. An existing file is kept unless --force.")

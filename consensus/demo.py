@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections import Counter
@@ -25,6 +26,9 @@ from .localnet import Localnet
 from .store import Store
 from .verify import Verifier
 
+MIN_BLOCKS = 10             # a median of fewer non-empty blocks is not a measurement
+MAX_LOAD = 2_000_000        # transactions signed up front per run (blocks x size)
+DEFAULT_BLOCKS = {100: 20, 1000: 20, 10_000: 12}  # per size; others 20 (--blocks sets every size)
 OPS = {ctx.REGISTER: "registrations", ctx.DEPOSIT: "deposits", ctx.WITHDRAW: "withdrawals", ctx.TRADE: "trades",
        ctx.MARK: "oracle marks"}
 
@@ -120,9 +124,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m consensus.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
     ap.add_argument("--validators", type=int, default=4)
-    ap.add_argument("--blocks", type=int, default=20,
-                    help="blocks every validator commits per run (default 20; at most 20,000 transactions' worth, "
-                    "and at least 4)")
+    ap.add_argument("--blocks", type=int,
+                    help=f"blocks every validator commits per run, for every size (default: 20, and 12 for 10,000-"
+                    f"transaction blocks; at least {MIN_BLOCKS}, and at most {MAX_LOAD:,} transactions per run)")
     ap.add_argument("--sizes", default="100,1000,10000",
                     help="transactions per block, comma-separated (default 100,1000,10000)")
     ap.add_argument("--backends", help="accel backends, comma-separated (default: every one available here)")
@@ -130,26 +134,50 @@ def main(argv=None) -> int:
                     help="let validation skip signatures the mempool verified (default: every signature checked, "
                     "as for a block of transactions a validator has not seen)")
     args = ap.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        ap.error(f"--sizes {args.sizes!r}: comma-separated integers")
+    blocks_for = {size: args.blocks or DEFAULT_BLOCKS.get(size, 20) for size in sizes}
+    for size, blocks in blocks_for.items():
+        if size < 1:
+            ap.error(f"--sizes: {size} transactions per block")
+        if blocks < MIN_BLOCKS:
+            ap.error(f"--blocks {blocks}: medians need at least {MIN_BLOCKS} blocks")
+        if blocks * size > MAX_LOAD:
+            ap.error(f"--blocks {blocks} of {size:,} transactions: {blocks * size:,} transactions to sign up front, "
+                     f"more than {MAX_LOAD:,}; ask for at most {MAX_LOAD // size:,} blocks of this size")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in args.sizes.split(",")]
+    if (out / "runs").exists():  # never read (or show) another run's files
+        print(f"  removing the previous run's networks in {out / 'runs'}", flush=True)
+        shutil.rmtree(out / "runs")
+    for old in ("table.md", "demo.json", "demo.png"):
+        (out / old).unlink(missing_ok=True)
     names, notes = (args.backends.split(","), []) if args.backends else backends()
     for note in notes:
         print(f"  {note}", flush=True)
     plan = [(size, "accel", b) for size in sizes for b in names] + [(size, "software", None) for size in sizes]
     plan.sort(key=lambda p: p[0])
     print(f"accel backends here: {', '.join(names)}; {len(plan)} runs of {args.validators} validators", flush=True)
-    runs = []
+    runs, streams = [], {}
     started = time.time()
-    for i, (size, validation, backend) in enumerate(plan, 1):
-        name = f"{backend or 'software'}-{size}"
-        print(f"[{i}/{len(plan)}] {name}: {size:,}-transaction blocks, "
-              f"{'accel on ' + backend if backend else 'software-only'} validation", flush=True)
-        blocks = max(4, min(args.blocks, 20_000 // size))
-        net = Localnet(args.validators, blocks, size, backend, validation, 0.0, str(out / "runs" / name),
-                       app="clearing", sig_cache=args.sig_cache)
-        runs.append(net.run(progress=_progress(name)))
-        (out / "runs" / f"{name}.json").write_text(json.dumps(runs[-1], indent=1))
+    try:
+        for i, (size, validation, backend) in enumerate(plan, 1):
+            name = f"{backend or 'software'}-{size}"
+            print(f"[{i}/{len(plan)}] {name}: {blocks_for[size]} blocks of {size:,} transactions, "
+                  f"{'accel on ' + backend if backend else 'software-only'} validation", flush=True)
+            # the view timeout grows with the block: validating 10,000 transactions software-only on
+            # shared cores takes seconds, and a timeout then only wastes work (no validator is down)
+            net = Localnet(args.validators, blocks_for[size], size, backend, validation, 0.0, str(out / "runs" / name),
+                           base_timeout_ms=max(1000.0, 2.5 * size), app="clearing", sig_cache=args.sig_cache,
+                           load_stream=streams.get(size))
+            streams.setdefault(size, net.dir / "load.bin")  # the same signed stream for every run of a size
+            runs.append(net.run(progress=_progress(name)))
+            (out / "runs" / f"{name}.json").write_text(json.dumps(runs[-1], indent=1))
+    except KeyboardInterrupt as exc:  # SIGINT, SIGTERM (localnet.Interrupted): its validators have stopped
+        print(f"stopped ({exc.args[0] if exc.args else 'SIGINT'}); every validator it started has exited", flush=True)
+        return 128 + getattr(exc, "signum", 2)
     # the story of the largest blocks among runs long enough to pass the crash (after 5 blocks)
     told = max((r for r in runs if len(r["blocks"]) >= 10), key=lambda r: r["txs_per_block"], default=runs[-1])
     story = market_story(Path(told["directory"]) / "node0" / "validator.db") | {"run": Path(told["directory"]).name}

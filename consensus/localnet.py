@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,7 +99,10 @@ class Localnet:
     def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
                  delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "clearing",
                  gpu_min_batch: int | None = None, metrics_port: int | None = None, sig_cache: bool = True,
-                 software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin"):
+                 software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin",
+                 load_stream: Path | None = None):
+        """load_stream: a load.bin of another network with the same blocks and txs, copied instead
+        of signing the same stream again."""
         self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,10 @@ class Localnet:
             # The clients sign the market's transactions once, here; validators read them from the
             # file and only verify them, instead of each signing the whole stream again.
             load_file = self.dir / "load.bin"
-            write_stream(load_file, market_load(1, txs, CRASH_AFTER_BLOCKS).take((blocks + 5) * txs))
+            if load_stream is not None:
+                shutil.copyfile(load_stream, load_file)
+            else:
+                write_stream(load_file, market_load(1, txs, CRASH_AFTER_BLOCKS).take((blocks + 5) * txs))
         self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
                                      metrics_port, sig_cache, load_file, software_validators, rpc_port, load)
         self.sig_cache = sig_cache
@@ -288,3 +295,53 @@ class stopping_on_signals:
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
         return False
+
+
+def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port: int | None = 26657,
+                  metrics_port: int | None = 9464, data_root: str = "/var/lib/accel-validator",
+                  listen_on_address: bool = False, app: str = "clearing", validation: str = "accel",
+                  txs: int = 1000, base_timeout_ms: float = 1000.0, load: str = "none") -> list[Path]:
+    """`accel testnet`: the files of a network of len(hosts) validators on other machines, as
+    `cometbft testnet` writes them: node<i>.toml for the validator on hosts[i] (its secret seed
+    inside, mode 0600), every peer at host:port, the client API and metrics on their ports, data
+    under data_root/node<i>, and network.json (keys, addresses, API URLs: nothing secret).
+    Validator i binds 0.0.0.0 (listen_on_address: its own host, for several on one machine)."""
+    if len(hosts) < 4:
+        raise ValueError(f"{len(hosts)} hosts: BFT needs n = 3f + 1 >= 4 validators")
+    if len(set(zip(hosts, [port] * len(hosts)))) != len(hosts):
+        raise ValueError("two validators at the same host:port")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    taken = sorted(p.name for p in directory.glob("node*.toml"))
+    if taken:
+        raise ValueError(f"{directory} already holds {', '.join(taken[:2])}: not overwriting validators' keys")
+    seeds = [os.urandom(32) for _ in hosts]
+    keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
+    addresses = [f"{h}:{port}" for h in hosts]
+    paths = []
+    for i, (host, seed) in enumerate(zip(hosts, seeds)):
+        bind = host if listen_on_address else "0.0.0.0"
+        data = f"{data_root}/node{i}"
+        text = ("# accel testnet: validator %d of %d, on %s. Keep it secret (seed). docs/OPERATOR.md\n" % (i, len(hosts), host)
+                + "[node]\n"
+                f"index = {i}\nlisten = \"{bind}:{port}\"\nseed = \"{seed.hex()}\"\n"
+                f"data_dir = \"{data}\"\nevents = \"{data}/events.jsonl\"\napp = \"{app}\"\n"
+                f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
+                f"load = \"{load}\"\nlog_format = \"json\"\n\n"
+                "[network]\n"
+                f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n")
+        if rpc_port is not None:
+            text += f"\n[rpc]\nlisten = \"{bind}:{rpc_port}\"\n"
+        if metrics_port is not None:
+            text += f"\n[metrics]\nlisten = \"{bind}:{metrics_port}\"\n"
+        path = directory / f"node{i}.toml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        paths.append(path)
+    (directory / "network.json").write_text(json.dumps({
+        "validators": [{"index": i, "host": h, "public_key": k, "address": a,
+                        "rpc": f"http://{h}:{rpc_port}" if rpc_port is not None else None,
+                        "metrics": f"http://{h}:{metrics_port}/metrics" if metrics_port is not None else None}
+                       for i, (h, k, a) in enumerate(zip(hosts, keys, addresses))]}, indent=1) + "\n")
+    return paths

@@ -43,7 +43,8 @@ from .verify import Verifier
 
 log = logging.getLogger("consensus.node")
 TX_INDEX = 1_000_000  # committed transactions whose height /tx can tell (the latest ones)
-PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected
+PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected (at least; see peer_window_s)
+LOAD_DEPTH = 4        # the built-in load keeps this many blocks' worth of transactions in the mempool
 WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
 CLIENTS = 64
 FUNDS = 10**15
@@ -298,6 +299,10 @@ class NodeRunner:
         self.peers_seen: dict[int, float] = {}
         self.highest_seen = history[-1].block.height if history else 0
         self.stall_s = max(10.0, 10 * cfg.base_timeout_ms / 1000.0)  # /health: progress within this
+        # a peer heard from this recently counts as connected (a validator busy validating a large
+        # block sends nothing meanwhile: the window grows with the view timeout)
+        self.peer_window_s = max(PEER_WINDOW_S, 5 * cfg.base_timeout_ms / 1000.0)
+        self.timed_out = -1  # the last view whose timeout was counted
         self.metrics.liveness(self)
         validate = self.app.validate
 
@@ -329,7 +334,7 @@ class NodeRunner:
     def peers_connected(self, now: float | None = None) -> list[int]:
         now = time.monotonic() if now is None else now
         seen = list(self.peers_seen.items())  # one copy: the metrics thread reads this too
-        return sorted(i for i, at in seen if now - at <= PEER_WINDOW_S)
+        return sorted(i for i, at in seen if now - at <= self.peer_window_s)
 
     def seconds_since_commit(self) -> float:
         return time.monotonic() - self.last_commit
@@ -374,7 +379,7 @@ class NodeRunner:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            if not self.peers_connected(now) and now - self.started > PEER_WINDOW_S \
+            if not self.peers_connected(now) and now - self.started > self.peer_window_s \
                     and now - warned["peers"] >= WARN_EVERY_S:
                 warned["peers"] = now
                 last = max(self.peers_seen.values(), default=None)
@@ -436,8 +441,10 @@ class NodeRunner:
                                                        "reason": a.reason})
 
     def _top_up(self) -> None:
+        # LOAD_DEPTH blocks' worth: the two blocks not yet committed above the committed one hold
+        # two, which a proposal must leave out (with 2, every third block was empty)
         if self.load is not None:
-            self.load.top_up(self.app, 2 * self.cfg.txs_per_block)
+            self.load.top_up(self.app, LOAD_DEPTH * self.cfg.txs_per_block)
 
     async def _listen(self, what: str, key: str, address: tuple[str, int], start) -> None:
         try:
@@ -491,7 +498,8 @@ class NodeRunner:
         while True:
             kind, *rest = await self.inbox.get()
             if kind == "timer":
-                if rest[0] == self.core.view:  # still in the view whose timer ran out
+                if rest[0] == self.core.view and rest[0] != self.timed_out:  # the view's first timeout
+                    self.timed_out = rest[0]
                     self.metrics.timeouts.inc()
                     log.warning("view %d timed out (leader %d); moving on", rest[0],
                                 self.core.cfg.leader(rest[0]), extra={"view": rest[0]})

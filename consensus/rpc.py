@@ -28,7 +28,6 @@ import time
 from aiohttp import web
 
 log = logging.getLogger("consensus.rpc")
-PEER_WINDOW_S = 5.0       # a peer counts as connected if a message came from it this recently
 CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
 
 

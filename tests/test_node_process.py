@@ -63,7 +63,7 @@ def test_validators_stop_by_themselves_when_their_launcher_is_killed(tmp_path):
 
 def test_demo_stops_its_validators_on_sigterm(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "consensus.demo", "--out", str(tmp_path), "--sizes", "100",
-                             "--backends", "cpu", "--blocks", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--backends", "cpu", "--blocks", "1000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     runs = tmp_path / "runs"
     deadline = time.time() + 90

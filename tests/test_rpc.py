@@ -305,3 +305,42 @@ def test_the_api_through_a_validator_killed_and_restarted(tmp_path):
     finally:
         net.stop()
     assert "validator 1 stopping" not in (net.dir / "node1.log").read_text().split("starting")[1]  # SIGKILL: no word
+
+
+def test_a_network_from_accel_testnet_on_four_loopback_addresses(tmp_path):
+    """`accel testnet` writes the files for 4 hosts (here 127.0.0.1 .. 127.0.0.4, each validator
+    binding its own address); 4 validators started from them commit 1,000 transactions sent
+    through the API, an account reads back with its proof, every /health is 200."""
+    import os
+
+    from accel.cli import main
+    from consensus.localnet import _free_ports
+    port, rpc, metrics = _free_ports(3)
+    hosts = [f"127.0.0.{i}" for i in range(1, 5)]
+    assert main(["testnet", "--hosts", ",".join(hosts), "--out", str(tmp_path / "net"), "--port", str(port),
+                 "--rpc-port", str(rpc), "--metrics-port", str(metrics), "--data-root", str(tmp_path / "data"),
+                 "--listen-on-address", "--txs-per-block", "250", "--base-timeout-ms", "500"]) == 0
+    net = json.loads((tmp_path / "net" / "network.json").read_text())
+    assert [v["address"] for v in net["validators"]] == [f"{h}:{port}" for h in hosts]
+    assert all((tmp_path / "net" / f"node{i}.toml").stat().st_mode & 0o777 == 0o600 for i in range(4))
+    assert main(["testnet", "--hosts", ",".join(hosts), "--out", str(tmp_path / "net")]) == 2  # keys kept
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")} | {"ACCEL_BACKEND": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(tmp_path / "net" / f"node{i}.toml")],
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"node{i}.log", "w"), env=env)
+             for i in range(4)]
+    try:
+        c = cl.Client([v["rpc"] for v in net["validators"]], timeout=30)
+        c.wait_healthy(60)
+        keys, nonces, txs = _market(100, 1000)
+        verdicts = c.broadcast(txs)
+        assert all(v["accepted"] for v in verdicts)
+        c.wait_committed([v["hash"] for v in verdicts], timeout=60)
+        acct = c.account(keys[3])
+        assert acct["nonce"] == nonces[3] and cl.verify_account_proof(acct)
+        assert all(c.health(u) == {"healthy": True} for u in c.urls)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(20)
+    assert all((tmp_path / "data" / f"node{i}" / "validator.db").exists() for i in range(4))
