@@ -4,7 +4,11 @@ Values that exist elsewhere (mempool size, accel's fallback counts) are read at 
 than copied on every change."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+import threading
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily
 
 from accel import dispatch
@@ -70,7 +74,25 @@ class NodeMetrics:
             self.stages.labels(stage).observe(ms / 1e3)
 
     def serve(self, listen: tuple[str, int]):
-        """HTTP /metrics on its own thread, so a slow scrape never holds up the event loop.
-        Returns the server (shutdown() stops it)."""
-        server, _ = start_http_server(listen[1], listen[0], registry=self.registry)
+        """HTTP /metrics on its own thread, so a slow scrape never holds up the event loop; any
+        other path is a 404 (liveness is the client API's /health). Returns the server
+        (shutdown() stops it); OSError if listen cannot be bound."""
+        metrics = make_wsgi_app(self.registry)
+
+        def only_metrics(environ, start_response):
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found: metrics are at /metrics (a validator's health: its client API's /health)\n"]
+            return metrics(environ, start_response)
+        server = make_server(listen[0], listen[1], only_metrics, _Server, _Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
         return server
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):  # no access log on stderr
+        pass

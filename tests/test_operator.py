@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -189,6 +190,9 @@ def test_metrics_are_served_over_http():
     try:
         FakeApp.mempool = {b"x": None}
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        with pytest.raises(urllib.error.HTTPError) as other:  # only /metrics (issue 21)
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert other.value.code == 404
     finally:
         server.shutdown()
         FakeApp.mempool = {b"a": None, b"b": None, b"c": None}
