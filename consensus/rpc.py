@@ -152,6 +152,8 @@ class Rpc:
             raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("the body's JSON is nested too deeply") from None
 
     @staticmethod
     def _item(obj, where: str) -> tuple[bytes, list[bytes]]:

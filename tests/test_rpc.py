@@ -68,6 +68,8 @@ def test_bad_requests_get_a_4xx_with_one_line_and_the_node_carries_on(tmp_path):
         out["bad hex"] = await _post(s, base + "/broadcast_tx_sync", json={"tx": "0xzz", "signatures": []})
         out["bad base64"] = await _post(s, base + "/broadcast_tx_sync", json={"tx": "!!", "signatures": []})
         out["sigs not list"] = await _post(s, base + "/broadcast_tx_sync", json={"tx": "0x00", "signatures": "x"})
+        out["too deep"] = await _post(s, base + "/broadcast_txs", data=b"[" * 2000 + b"]" * 2000)
+        out["tx not a string"] = await _post(s, base + "/broadcast_txs", json={"txs": [{"tx": [1], "signatures": []}]})
         out["not a list"] = await _post(s, base + "/broadcast_txs", json={"txs": 5})
         out["too many"] = await _post(s, base + "/broadcast_txs", json={"txs": [cl.encode_tx((body, sigs))] * 11})
         out["too large"] = await _post(s, base + "/broadcast_txs", data=b"x" * 5000)
@@ -92,7 +94,7 @@ def test_bad_requests_get_a_4xx_with_one_line_and_the_node_carries_on(tmp_path):
         return out
 
     out = _serve(tmp_path, scenario, max_body_bytes=4096, max_batch=10, max_mempool=1)
-    for name in ("not json", "no tx", "bad hex", "bad base64", "sigs not list", "not a list", "too many", "hash missing",
+    for name in ("not json", "too deep", "tx not a string", "no tx", "bad hex", "bad base64", "sigs not list", "not a list", "too many", "hash missing",
                  "hash short"):
         status, answer = out[name]
         assert status == 400 and "\n" not in answer["error"] and answer["error"], (name, out[name])
