@@ -150,15 +150,13 @@ def cmd_localnet(args) -> int:
         backend = get_backend(args.backend).name  # fails here, before any process starts
     net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
                    args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port, not args.no_sig_cache, k,
-                   args.rpc_port)
+                   args.rpc_port or 0)
     software = [i for i, mode in enumerate(net.modes) if mode == "software"]
     mix = (f"; validators {', '.join(map(str, software))} software-only" if software and len(software) < args.validators
            else "; every validator software-only" if software and args.validation == "accel" else "")
     print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
           f"{', backend ' + backend if backend else ''}{mix}); Ctrl-C stops them", file=sys.stderr)
-    if args.rpc_port:
-        print(f"client API: http://127.0.0.1:{args.rpc_port}/status .. "
-              f"http://127.0.0.1:{args.rpc_port + args.validators - 1}/status", file=sys.stderr)
+    print(f"client API (accel tx --node ...): {','.join(net.rpc_urls())}", file=sys.stderr)
     try:
         report = net.run(args.kill_restart, args.timeout, progress=lambda line: print(line, file=sys.stderr))
     except KeyboardInterrupt as exc:
@@ -469,7 +467,8 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--metrics-port", type=_positive, metavar="BASE",
                     help="validator i serves Prometheus metrics on 127.0.0.1:BASE+i")
     ln.add_argument("--rpc-port", type=_positive, metavar="BASE",
-                    help="validator i serves the client API ([rpc] listen) on 127.0.0.1:BASE+i")
+                    help="validator i serves the client API ([rpc] listen) on 127.0.0.1:BASE+i (default: free "
+                    "ports, printed at the start)")
     ln.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per message (default 0)")
     ln.add_argument("--base-timeout-ms", type=float, default=1000.0, help="view timeout before backoff (default 1000)")
     ln.add_argument("--kill-restart", action="store_true", help="SIGKILL validator 1 midway and restart it")

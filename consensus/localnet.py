@@ -72,10 +72,12 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
     modes = validation_modes(validators, validation, software_validators)
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
-    addresses = [f"127.0.0.1:{p}" for p in _free_ports(validators)]
+    # every free port in one call, so the peer and API ports cannot coincide
+    free = _free_ports(2 * validators if rpc_port == 0 else validators)
+    addresses = [f"127.0.0.1:{p}" for p in free[:validators]]
     accel_table = "" if accel is None else "\n[accel]\n" + "".join(
         f"{key} = {json.dumps(value)}\n" for key, value in asdict(accel).items())
-    rpc_ports = (None if rpc_port is None else _free_ports(validators) if rpc_port == 0
+    rpc_ports = (None if rpc_port is None else free[validators:] if rpc_port == 0
                  else [rpc_port + i for i in range(validators)])
     paths = []
     for i, seed in enumerate(seeds):
@@ -99,10 +101,11 @@ class Localnet:
     def __init__(self, validators: int, blocks: int, txs: int, backend: str | None, validation: str,
                  delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "clearing",
                  gpu_min_batch: int | None = None, metrics_port: int | None = None, sig_cache: bool = True,
-                 software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin",
+                 software_validators: int = 0, rpc_port: int | None = 0, load: str = "builtin",
                  load_stream: Path | None = None):
-        """load_stream: a load.bin of another network with the same blocks and txs, copied instead
-        of signing the same stream again."""
+        """rpc_port: every validator serves the client API, on rpc_port + i (0, the default: free
+        ports; None: no API). load_stream: a load.bin of another network with the same blocks and
+        txs, copied instead of signing the same stream again."""
         self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,14 @@ def test_demo_stops_its_validators_on_sigterm(tmp_path):
     assert _survivors(runs) == [], out[-2000:]
 
 
+def test_localnet_gives_every_validator_a_client_api_on_its_own_port(tmp_path):
+    from consensus.node import NodeConfig
+    net = Localnet(4, 1, 5, "cpu", "accel", 0.0, str(tmp_path))
+    urls = net.rpc_urls()
+    ports = [int(u.rsplit(":", 1)[1]) for u in urls] + [NodeConfig.load(c).listen[1] for c in net.configs]
+    assert len(urls) == 4 and len(set(ports)) == 8
+
+
 def test_localnet_refuses_a_directory_holding_another_network(tmp_path):
     Localnet(4, 1, 5, "cpu", "accel", 0.0, str(tmp_path))
     with pytest.raises(ValueError, match="already holds a network"):
