@@ -311,8 +311,9 @@ class NodeRunner:
             self.metrics.validated(verdict)
             return verdict
         self.app.validate = timed_validate
+        # committed proposals leave memory once stored: peers catching up are served from the store
         self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms), lambda m: key.sign(m).signature,
-                         self.app, self.store.safety(), history)
+                         self.app, self.store.safety(), history, committed_source=self.store.committed_range)
         self.inbox: asyncio.Queue = asyncio.Queue()
         try:
             self.events = open(cfg.events, "a", buffering=1)
