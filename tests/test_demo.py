@@ -52,7 +52,11 @@ def test_a_second_demo_measures_afresh(tmp_path):
     data = json.loads((tmp_path / "demo.json").read_text())
     for run in data["runs"]:
         assert all(b["committed_ms"] > 0 for b in run["blocks"])  # no other run's events read
-        assert sum(1 for b in run["blocks"] if b["txs"]) >= 12 and not [b for b in run["blocks"] if not b["txs"]]
+        txs = [b["txs"] for b in run["blocks"]]
+        assert sum(1 for t in txs if t) >= 12
+        # no empty block while the signed stream lasts (a slow machine may commit past its end
+        # while the validators stop: those blocks are empty, and say nothing about the load)
+        assert all(txs[:max(i for i, t in enumerate(txs) if t) + 1]), txs
         events = (tmp_path / "runs" / f"{'cpu' if run['validation'] == 'accel' else 'software'}-100"
                   / "node0.events.jsonl").read_text().splitlines()
         committed = [json.loads(e)["height"] for e in events if '"committed"' in e]
