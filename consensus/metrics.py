@@ -57,6 +57,9 @@ class NodeMetrics:
               "start if none)", registry=r).set_function(node.seconds_since_commit)
         Gauge("accel_view", "The consensus view this validator is in", registry=r).set_function(
             lambda: node.core.view if hasattr(node, "core") else 0)
+        Gauge("accel_duplicate_index_connections", "Connections claiming this validator's index, or a second "
+              "live one claiming a peer's (two processes with one key)", registry=r).set_function(
+            lambda: node.net.duplicates if hasattr(node, "net") else 0)
 
     def committed_state(self, state) -> None:
         """The clearing ledger's breakers and funds after a committed block (other apps: nothing)."""

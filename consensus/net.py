@@ -5,7 +5,9 @@ Each connection opens with the sender's 2-byte validator index, then carries fra
 connection stays up unless the length prefix itself is impossible. Outgoing frames queue per peer;
 a peer that is down is retried with backoff and frames queued beyond a bound are dropped (the
 protocol's timeouts recover from loss). The sender index is not authenticated: a localnet
-transport; everything the protocol relies on is signed inside the messages."""
+transport; everything the protocol relies on is signed inside the messages. A connection claiming
+this validator's own index is refused, and frames from two live connections claiming one index
+are logged (once a minute) and counted: both mean two processes run with one validator's key."""
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +19,10 @@ from . import messages
 
 log = logging.getLogger("consensus.net")
 QUEUE_LIMIT = 10_000
+# A validator writes to a peer over one connection at a time: frames from two live connections
+# claiming one index within this many seconds mean two processes run with that index.
+DUPLICATE_WINDOW_S = 2.0
+WARN_EVERY_S = 60.0
 
 
 class Network:
@@ -26,6 +32,9 @@ class Network:
         self.queues = {i: asyncio.Queue(QUEUE_LIMIT) for i in range(len(addresses)) if i != me}
         self.dropped = 0    # frames that did not decode or were too large
         self.overflow = 0   # frames dropped because a peer's queue was full
+        self.duplicates = 0  # connections claiming this validator's index, or a second live one per sender
+        self._last: dict[int, tuple[object, object, float]] = {}  # sender -> (connection, peer address, time)
+        self._warned: dict[int, float] = {}
         self.tasks: list[asyncio.Task] = []
         self.server = None
 
@@ -80,6 +89,11 @@ class Network:
             (sender,) = struct.unpack(">H", await reader.readexactly(2))
             if not 0 <= sender < len(self.addresses):
                 return
+            peer, conn = writer.get_extra_info("peername"), object()
+            if sender == self.me:
+                self._duplicate(sender, f"a connection from {peer} claims this validator's own index {sender}: "
+                                        "is a second validator running with this index and key?")
+                return
             while True:
                 head = await reader.readexactly(4)
                 (length,) = struct.unpack(">I", head)
@@ -93,8 +107,21 @@ class Network:
                     self.dropped += 1
                     log.debug("dropped a frame from %d: %s", sender, exc)
                     continue
+                now = asyncio.get_running_loop().time()
+                last = self._last.get(sender)
+                if last is not None and last[0] is not conn and now - last[2] < DUPLICATE_WINDOW_S:
+                    self._duplicate(sender, f"validator {sender} is heard over two connections at once, from "
+                                            f"{last[1]} and {peer}: two validators run with index {sender}?")
+                self._last[sender] = (conn, peer, now)
                 self.deliver(sender, msg)
         except (asyncio.IncompleteReadError, ConnectionError):
             return
         finally:
             writer.close()
+
+    def _duplicate(self, sender: int, why: str) -> None:
+        self.duplicates += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._warned.get(sender, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[sender] = now
+            log.warning(why)

@@ -259,3 +259,48 @@ def _libsodium_ok(verify_key, body, sig, bad) -> bool:
         return True
     except bad:
         return False
+
+
+def test_two_processes_with_one_index_are_noticed(caplog):
+    """A second validator started with index 1 (two live connections both claiming it) and a
+    connection claiming the receiver's own index are logged and counted; the frames of index 1
+    still arrive (they are signed: the index decides nothing)."""
+    import asyncio
+    import logging
+    import socket
+    import struct
+
+    from consensus import messages
+    from consensus.net import Network
+
+    async def scenario():
+        got = []
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        addr = s.getsockname()
+        s.close()
+        net = Network(0, [addr, ("127.0.0.1", 1), ("127.0.0.1", 2)], lambda sender, msg: got.append(sender))
+        await net.start()
+        frame = messages.encode(messages.BlockRequest(bytes(range(32))))
+        writers = []
+        for _ in range(2):
+            _, w = await asyncio.open_connection(*addr)
+            w.write(struct.pack(">H", 1))
+            writers.append(w)
+        for w in writers * 2:
+            w.write(frame)
+            await w.drain()
+            await asyncio.sleep(0.05)
+        _, own = await asyncio.open_connection(*addr)
+        own.write(struct.pack(">H", 0) + frame)
+        await own.drain()
+        await asyncio.sleep(0.2)
+        await net.stop()
+        return got, net.duplicates
+
+    with caplog.at_level(logging.WARNING, logger="consensus.net"):
+        got, duplicates = asyncio.run(scenario())
+    assert got == [1, 1, 1, 1] and duplicates == 4
+    text = caplog.text
+    assert "two validators run with index 1?" in text and "claims this validator's own index 0" in text
+    assert text.count("two validators run with index 1?") == 1  # once a minute, not per frame
