@@ -144,7 +144,6 @@ def snapshot_times(verifier: Verifier, state) -> dict:
     """Seconds to write the parent state as a snapshot and to restore it (checked against its
     root), and the snapshot's size: what a restart or a state sync would pay."""
     from .apps import clearing_snapshot
-    from .apps.clearing_load import genesis_market
     t0 = time.perf_counter()
     blob = clearing_snapshot.encode(state.clearing)
     t1 = time.perf_counter()

@@ -393,13 +393,9 @@ class Core:
         if b.height != parent.height + 1:  # implied by the two checks above; the rule itself
             return [Rejected(b.id, b.proposer, "a block's height must be its parent's plus one")]
         try:
-            keys, msgs, sigs = self.qc_certs(b.qc)
-            if b.tc is not None:
-                tk, tm, ts = self.tc_certs(b.tc)
-                keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+            certs = self._proposal_certs(p)
         except InvalidCertificate as exc:
             return [Rejected(b.id, b.proposer, f"invalid certificate: {exc}")]
-        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature])
         try:
             verdict = self.app.validate(self.states[b.parent], b, certs)
         except Exception as exc:  # an application must not raise on a block; if it does, the block is refused
@@ -417,6 +413,16 @@ class Core:
             out += self._vote(b)
         return out
 
+    def _proposal_certs(self, p: Proposal) -> tuple[list, list, list]:
+        """(keys, messages, signatures) a proposal's validity rests on: its QC's, its TC's and its
+        proposer's signature over the block id. InvalidCertificate if a certificate is malformed."""
+        b = p.block
+        keys, msgs, sigs = self.qc_certs(b.qc)
+        if b.tc is not None:
+            tk, tm, ts = self.tc_certs(b.tc)
+            keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+        return keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature]
+
     # ---- fetching missing blocks --------------------------------------------------------------
     def _park(self, sender: int, p: Proposal) -> list:
         """Keep a proposal whose parent is unknown until the parent arrives, and fetch it: only a
@@ -433,14 +439,10 @@ class Core:
             self.counters["parked_full"] += 1
             return []
         try:
-            keys, msgs, sigs = self.qc_certs(b.qc)
-            if b.tc is not None:
-                tk, tm, ts = self.tc_certs(b.tc)
-                keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+            certs = self._proposal_certs(p)
         except InvalidCertificate as exc:
             self.counters["proposal_invalid"] += 1
             return [Rejected(b.id, b.proposer, f"invalid certificate: {exc}")]
-        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature])
         if not self.app.verifier.verify_lists(*certs):
             self.counters["proposal_invalid"] += 1
             return [Rejected(b.id, b.proposer, "a certificate or the proposer's signature does not verify")]

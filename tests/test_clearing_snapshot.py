@@ -5,11 +5,11 @@ import random
 import pytest
 
 from consensus.apps import clearing_snapshot as snap
-from consensus.apps.clearing import Breakers, Rejected, accel_sha256_many
-from consensus.apps.ledger_state import hashlib_sha256_many
+from consensus.apps.clearing import Breakers, Rejected
+from consensus.verify import Verifier
 from tests.test_clearing_soundness import DAY, K, O, T0, USD, VOLS, funded, genesis
 
-SHA = accel_sha256_many("cpu")
+SHA = Verifier("accel", "cpu").sha256_rows
 
 
 def _stream(c, rng, steps):
@@ -59,7 +59,7 @@ def test_a_restored_state_has_the_root_the_leaves_and_the_future_of_the_original
     _stream(c, random.Random(99), 150)
     _stream(r, random.Random(99), 150)
     assert r.root() == c.root()
-    assert snap.restore(_genesis(), blob, root, hashlib_sha256_many).root() == root  # software-only hashing
+    assert snap.restore(_genesis(), blob, root, Verifier("software").sha256_rows).root() == root  # software-only hashing
 
 
 def test_a_snapshot_that_does_not_match_the_committed_root_is_refused():

@@ -8,8 +8,11 @@ import pytest
 import accel
 from accel.merkle import hashlib_root, inner_hash, merkle_proof, merkle_root, verify_merkle_proof
 from consensus.apps import ledger_state
-from consensus.apps.clearing import accel_sha256_many
-from consensus.apps.ledger_state import MerkleTree, Versioned, hashlib_sha256_many
+from consensus.apps.ledger_state import MerkleTree, Versioned
+from consensus.verify import Verifier
+
+accel_sha256_many = Verifier("accel", "cpu").sha256_rows
+hashlib_sha256_many = Verifier("software").sha256_rows
 
 
 @pytest.fixture
@@ -37,7 +40,7 @@ def test_a_versioned_map_copy_never_sees_later_writes_of_the_other(small_rebase)
 def test_the_tree_equals_the_full_tree_and_its_proofs_across_versions(small_rebase):
     rng = random.Random(1)
     leaves, tree, kept = [], MerkleTree(), []
-    sha = accel_sha256_many("cpu")
+    sha = accel_sha256_many
     for step in range(250):
         changed = {}
         for _ in range(rng.randint(0, 5)):
@@ -95,7 +98,7 @@ def test_an_account_proof_checks_against_the_state_root():
 
 def test_software_and_accel_hashing_build_the_same_tree():
     rows = np.frombuffer(bytes(range(256)) * 13, np.uint8)[:65 * 40].reshape(40, 65)
-    assert np.array_equal(hashlib_sha256_many(rows), accel_sha256_many("cpu")(rows))
+    assert np.array_equal(hashlib_sha256_many(rows), accel_sha256_many(rows))
     assert accel.sha256_many([b"x"], backend="cpu")[0] == hashlib_sha256_many(np.frombuffer(b"x", np.uint8).reshape(1, 1))[0].tobytes()
 
 

@@ -28,6 +28,7 @@ from accel import risk_numpy
 from accel.merkle import MerkleProof, hashlib_root, inner_hash
 from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio
 
+from ..verify import Verifier
 from .ledger_state import MerkleTree, Versioned
 
 QUANTUM = 1e-8
@@ -162,11 +163,6 @@ def _name8(name: str) -> bytes:
 
 def _amounts(d: dict) -> bytes:
     return b"".join(_name8(a) + q.to_bytes(16, "big", signed=True) for a, q in sorted(d.items()))
-
-
-def accel_sha256_many(backend):
-    """sha256 of each row of a 2-D uint8 array through accel, as an (n, 32) array."""
-    return lambda rows: np.frombuffer(b"".join(accel.sha256_many(rows, backend=backend)), np.uint8).reshape(-1, 32)
 
 
 def _ranged(name: str, x: float, bounds: tuple[float, float]) -> None:
@@ -712,14 +708,14 @@ class Clearing:
         return inner_hash(self.tree.root, hashlib_root(self.globals_leaves()))
 
     def root(self) -> bytes:
-        return self.state_root(accel_sha256_many(self.backend))
+        return self.state_root(Verifier("accel", self.backend).sha256_rows)
 
     def account_proof(self, key: bytes, sha256_many=None) -> tuple[bytes, MerkleProof, bytes, bytes]:
         """(the account's leaf, its proof in the accounts' tree, that tree's root, the globals root):
         verify_merkle_proof(accounts_root, leaf, proof) and inner_hash(accounts_root, globals_root)
         == the state root of the block this state belongs to. KeyError for an unknown account."""
         acct = self.accounts[key]
-        self.state_root(sha256_many or accel_sha256_many(self.backend))
+        self.state_root(sha256_many or Verifier("accel", self.backend).sha256_rows)
         return self._leaf(key, acct), self.tree.proof(acct.slot), self.tree.root, hashlib_root(self.globals_leaves())
 
     def violations(self) -> list[str]:

@@ -9,7 +9,6 @@ the state of every uncommitted block without copying the whole ledger per block 
   copy() shares every level's array and copies the small per-level patches."""
 from __future__ import annotations
 
-import hashlib
 from typing import Callable
 
 import numpy as np
@@ -111,7 +110,7 @@ def _inner(sha256_many, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 class MerkleTree:
     """The tree accel.merkle_root builds over leaves 0..count-1, kept level by level. sha256_many
-    hashes the rows of a 2-D uint8 array and returns an (n, 32) array (the verifier's: accel or
+    hashes the rows of a 2-D uint8 array and returns an (n, 32) array (Verifier.sha256_rows: accel or
     hashlib); every validator computes the same nodes, whichever it uses."""
 
     def __init__(self):
@@ -180,8 +179,3 @@ def _hash_rows(sha256_many, rows: list[bytes]) -> np.ndarray:
         sel = np.flatnonzero(lengths == n)
         out[sel] = sha256_many(np.frombuffer(b"".join(rows[k] for k in sel.tolist()), np.uint8).reshape(len(sel), n))
     return out
-
-
-def hashlib_sha256_many(rows: np.ndarray) -> np.ndarray:
-    """sha256 of each row with hashlib (software-only validation)."""
-    return np.frombuffer(b"".join(hashlib.sha256(r.tobytes()).digest() for r in rows), np.uint8).reshape(-1, 32)
