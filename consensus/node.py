@@ -42,6 +42,7 @@ from .store import Store
 from .verify import Verifier
 
 log = logging.getLogger("consensus.node")
+CATCH_UP_HEIGHTS = 8  # see NodeRunner.catching_up
 TX_INDEX = 1_000_000  # committed transactions whose height /tx can tell (the latest ones)
 PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected (at least; see peer_window_s)
 LOAD_DEPTH = 4        # the built-in load keeps this many blocks' worth of transactions in the mempool
@@ -341,8 +342,11 @@ class NodeRunner:
         return time.monotonic() - self.last_commit
 
     def catching_up(self) -> bool:
-        """Proposals from peers run more than two heights ahead of what this validator committed."""
-        return self.highest_seen > self.core.committed.height + 2
+        """Proposals from peers run more than CATCH_UP_HEIGHTS ahead of what this validator committed.
+        In step, the 2-chain commit lags the newest proposal by 2, and a proposal counts as seen
+        when it arrives, before the inbox is worked through: a validator under load is a few
+        heights behind for a moment without falling behind."""
+        return self.highest_seen > self.core.committed.height + CATCH_UP_HEIGHTS
 
     def status(self) -> dict:
         now, b = time.monotonic(), self.core.committed
