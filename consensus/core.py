@@ -132,6 +132,16 @@ class Config:
             raise ValueError(f"validator index {self.me} outside 0..{self.n - 1}")
 
 
+@dataclass(frozen=True)
+class Base:
+    """A committed block and its state to start from instead of the genesis (a snapshot, its state
+    already checked against the block's state root), with the committed block ids by height from
+    0 to it (None where not known: below a state-synced store's first block)."""
+    proposal: Proposal
+    state: object
+    chain: tuple
+
+
 def genesis_block(state_root: bytes) -> Block:
     """View 0, height 0: the same on every validator of one application genesis."""
     zero = bytes(32)
@@ -162,9 +172,11 @@ class _Tally:
 
 class Core:
     def __init__(self, cfg: Config, sign: Callable[[bytes], bytes], app, safety: Safety | None = None,
-                 history: tuple[Proposal, ...] = (), committed_source: Callable[[int, int], list] | None = None):
+                 history: tuple[Proposal, ...] = (), committed_source: Callable[[int, int], list] | None = None,
+                 base: Base | None = None):
         """safety and history: what a store kept (the safety state, the committed proposals in
-        height order), to restart a validator where it stopped. committed_source(from_height,
+        height order after the genesis, or after base: a snapshot's block and state), to restart a
+        validator where it stopped; self.replayed counts the blocks executed to get there. committed_source(from_height,
         count): committed proposals from a store (Store.committed_range), to serve peers; with one,
         committed proposals are pruned from memory like blocks and states (see _prune), without
         one they are kept (to serve peers catching up) and the rest is pruned."""
@@ -194,6 +206,18 @@ class Core:
         # what was dropped or refused, by reason: input from the network that failed a check
         # (a driver exports these; nothing here is an error of this validator)
         self.counters: Counter = Counter()
+        if base is not None:
+            b = base.proposal.block
+            if getattr(base.state, "root", None) != b.state_root or len(base.chain) != b.height + 1 \
+                    or base.chain[b.height] != b.id:
+                raise InvariantViolation(f"the snapshot at height {b.height} is not of its block")
+            self.blocks, self.states = {b.id: b}, {b.id: base.state}
+            if committed_source is None:
+                self.proposals[b.id] = base.proposal
+            self.committed = b
+            self.chain = [self.genesis.id, *base.chain[1:]]
+            app.committed(b)
+        self.replayed = len(history)
         for p in history:  # replay what this validator committed before it stopped
             b = p.block
             if b.parent != self.committed.id or b.height != self.committed.height + 1:
@@ -211,9 +235,9 @@ class Core:
             self.committed = b
             self.chain.append(b.id)
             app.committed(b)
-            if b.height > 1:  # only the newest block's state is needed to go on
+            if b.parent != self.genesis.id:  # only the newest block's state is needed to go on
                 del self.blocks[b.parent], self.states[b.parent]
-        self._check_proposers(history)
+        self._check_proposers(((base.proposal,) if base is not None else ()) + tuple(history))
         for p in sorted(safety.blocks if safety is not None else (), key=lambda p: p.block.height):
             self._restore(p)  # the uncommitted blocks stored with the safety state
 
@@ -242,6 +266,8 @@ class Core:
     # ---- entry points -------------------------------------------------------------------------
     def start(self) -> list:
         out = self._enter_view(max(1, self.safety.high_qc.view + 1), via_qc=True)
+        if self.safety.high_qc.view == 0:  # (a state-synced validator holds no genesis block to fetch)
+            return out
         return out + self._fetch(self.safety.high_qc.block_id, self.cfg.me)  # (if missing: an older store)
 
     def handle(self, sender: int, msg) -> list:
@@ -497,7 +523,8 @@ class Core:
             prefix = self.chain[low:b.height + 1]
         else:
             prefix = []
-        return (prefix + ids)[:limit]
+        out = (prefix + ids)[:limit]
+        return [] if None in out else out  # (below a state-synced validator's first block: others serve it)
 
     def _on_block_request(self, sender: int, req: BlockRequest) -> list:
         ids = self._ancestry(req.block_id, req.from_height, min(req.max_blocks, MAX_RANGE))

@@ -63,12 +63,14 @@ class Interrupted(KeyboardInterrupt):
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
                   base_timeout_ms: float, app: str = "clearing", accel: AccelConfig | None = None,
                   metrics_port: int | None = None, sig_cache: bool = True, load_file: Path | None = None,
-                  software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin") -> list[Path]:
+                  software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin",
+                  snapshot_every: int | None = None, accounts: int = 0) -> list[Path]:
     """One TOML file per validator (docs/OPERATOR.md); with accel, an [accel] table holding every
     key, so the file alone says what the validator runs; with metrics_port, validator i serves
     its metrics on metrics_port + i, with rpc_port its client API on rpc_port + i (0: free ports);
     the last software_validators validators get validation = "software" (validation_modes);
-    load = "none": no built-in load, only what clients submit."""
+    load = "none": no built-in load, only what clients submit; snapshot_every: [node] snapshot_every
+    (None: its default); accounts: [node] genesis_accounts, the same bulk accounts in every genesis."""
     modes = validation_modes(validators, validation, software_validators)
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
@@ -90,7 +92,9 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
             f"validation = \"{modes[i]}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
             f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n"
-            + (f"load_file = \"{load_file}\"\n" if load_file else "") + f"load = \"{load}\"\n\n"
+            + (f"load_file = \"{load_file}\"\n" if load_file else "") + f"load = \"{load}\"\n"
+            + (f"snapshot_every = {snapshot_every}\n" if snapshot_every is not None else "")
+            + (f"genesis_accounts = {accounts}\n" if accounts else "") + "\n"
             "[network]\n"
             f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics + rpc)
         paths.append(path)
@@ -102,10 +106,14 @@ class Localnet:
                  delay_ms: float, directory: str | None, base_timeout_ms: float = 1000.0, app: str = "clearing",
                  gpu_min_batch: int | None = None, metrics_port: int | None = None, sig_cache: bool = True,
                  software_validators: int = 0, rpc_port: int | None = 0, load: str = "builtin",
-                 load_stream: Path | None = None):
+                 load_stream: Path | None = None, snapshot_every: int | None = None, accounts: int = 0):
         """rpc_port: every validator serves the client API, on rpc_port + i (0, the default: free
         ports; None: no API). load_stream: a load.bin of another network with the same blocks and
-        txs, copied instead of signing the same stream again."""
+        txs, copied instead of signing the same stream again. snapshot_every, accounts: every
+        validator's [node] snapshot_every and genesis_accounts (clearing: N funded accounts holding
+        positions in every genesis, consensus.bench.add_accounts)."""
+        if accounts and app != "clearing":
+            raise ValueError(f"{accounts} genesis accounts: only the clearing app has bulk accounts")
         self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +144,8 @@ class Localnet:
             else:
                 write_stream(load_file, market_load(1, txs, CRASH_AFTER_BLOCKS).take((blocks + 5) * txs))
         self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
-                                     metrics_port, sig_cache, load_file, software_validators, rpc_port, load)
+                                     metrics_port, sig_cache, load_file, software_validators, rpc_port, load,
+                                     snapshot_every, accounts)
         self.sig_cache = sig_cache
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work

@@ -29,6 +29,25 @@ class _Fallbacks:
         yield family
 
 
+class _Dropped:
+    """accel_input_dropped_total from the core's counters (Core.counters: messages and blocks from
+    the network dropped or refused, by reason), read at scrape time."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def collect(self):
+        family = CounterMetricFamily("accel_input_dropped", "Messages from peers the consensus core dropped or "
+                                     "refused, by reason (a check they failed; none is this validator's error)",
+                                     labels=["reason"])
+        core = getattr(self.node, "core", None)
+        # dict.copy runs in C under the GIL: no "changed size during iteration" against the
+        # consensus thread adding a reason
+        for reason, count in sorted(dict.copy(core.counters).items() if core is not None else ()):
+            family.add_metric([reason], count)
+        yield family
+
+
 class NodeMetrics:
     def __init__(self, app, backend: str, device: str, validation: str):
         self.registry = r = CollectorRegistry()
@@ -44,6 +63,11 @@ class NodeMetrics:
                                  "series reduce-only (clearing)", ["underlying"], registry=r)
         self.fund = Gauge("accel_clearing_insurance_quanta", "Insurance fund per asset at the last committed block "
                           "(clearing; 1e-8 units)", ["asset"], registry=r)
+        self.snapshot_height = Gauge("accel_snapshot_height", "Height of the last state snapshot written to the "
+                                     "store (a restart replays only the blocks after it)", registry=r)
+        self.snapshot_bytes = Gauge("accel_snapshot_bytes", "Size of the last state snapshot", registry=r)
+        self.snapshot_seconds = Gauge("accel_snapshot_seconds", "Time the last snapshot took to encode and store "
+                                      "(the consensus loop waits meanwhile)", registry=r)
         self.timeouts = Counter("accel_view_timeouts", "Views whose timer ran out here before a quorum moved on "
                                 "(a leader down or slow: each costs a timeout)", registry=r)
         r.register(_Fallbacks())
@@ -57,6 +81,9 @@ class NodeMetrics:
               "start if none)", registry=r).set_function(node.seconds_since_commit)
         Gauge("accel_view", "The consensus view this validator is in", registry=r).set_function(
             lambda: node.core.view if hasattr(node, "core") else 0)
+        Gauge("accel_replayed_blocks", "Committed blocks replayed at the start (after the snapshot it began "
+              "from)", registry=r).set_function(lambda: node.core.replayed if hasattr(node, "core") else 0)
+        r.register(_Dropped(node))
         Gauge("accel_duplicate_index_connections", "Connections claiming this validator's index, or a second "
               "live one claiming a peer's (two processes with one key)", registry=r).set_function(
             lambda: node.net.duplicates if hasattr(node, "net") else 0)
@@ -70,6 +97,11 @@ class NodeMetrics:
             self.reduce_only.labels(und).set(1 if und in clearing.halted else 0)
         for asset, quanta in clearing.funds.items():
             self.fund.labels(asset).set(quanta)
+
+    def snapshot(self, height: int, size: int, seconds: float) -> None:
+        self.snapshot_height.set(height)
+        self.snapshot_bytes.set(size)
+        self.snapshot_seconds.set(seconds)
 
     def validated(self, verdict) -> None:
         """A block's validation, accepted or not: each stage it reached (verdict.timings_ms)."""

@@ -3,7 +3,8 @@
 Its configuration is one TOML file (`accel localnet` writes them; docs/OPERATOR.md describes every
 key, docs/validator.example.toml is a complete example):
   [node]    index, listen, seed, data_dir, events, app, validation, txs_per_block, base_timeout_ms,
-            delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks, load_file
+            delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks, load_file,
+            load, snapshot_every, genesis_accounts
   [network] keys and addresses of every validator, by index
   [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
             variables still override it
@@ -35,10 +36,11 @@ from accel.backends import get_backend
 from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
-from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
+from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persist, Rejected, Send, SetTimer
 from .messages import Proposal
 from .metrics import NodeMetrics
-from .store import Store
+from . import snapshots
+from .store import Store, StoreError
 from .verify import Verifier
 
 log = logging.getLogger("consensus.node")
@@ -58,7 +60,7 @@ SCHEMA = {
              "validation": (str, "accel"), "txs_per_block": (int, 100), "base_timeout_ms": (float, 1000.0),
              "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
              "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, ""),
-             "load": (str, "builtin")},
+             "load": (str, "builtin"), "snapshot_every": (int, 500), "genesis_accounts": (int, 0)},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
@@ -66,6 +68,7 @@ SCHEMA = {
 }
 CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json"),
            "load": ("builtin", "none")}
+NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts")}
 POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool")}
 NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
 
@@ -109,6 +112,8 @@ class NodeConfig:
     rpc: tuple[str, int] | None = None
     rpc_limits: dict | None = None    # [rpc] max_body_bytes, requests_per_s, max_batch, max_mempool
     path: str = ""
+    snapshot_every: int = 500         # a state snapshot every this many committed blocks (0: never)
+    genesis_accounts: int = 0         # clearing: funded accounts with positions added to the genesis
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -136,7 +141,8 @@ class NodeConfig:
                    convert("metrics", "listen", lambda x: _addr(x) if x else None),
                    config.load(path, shared=True) if "accel" in data else None, node["load"],
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),
-                   {k: v for k, v in t["rpc"].items() if k != "listen"}, str(path))
+                   {k: v for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
+                   node["genesis_accounts"])
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
@@ -160,6 +166,8 @@ class NodeConfig:
                 raise ConfigError(f"{where}: [node] {key} must be one of {', '.join(CHOICES[key])}, not {value!r}")
             if (table, key) in POSITIVE and not value > 0:
                 raise ConfigError(f"{where}: [{table}] {key} must be above 0, not {value!r}")
+            if (table, key) in NON_NEGATIVE and value < 0:
+                raise ConfigError(f"{where}: [{table}] {key} must be 0 or more, not {value!r}")
         missing = [key for key, (_, default) in schema.items() if default is REQUIRED and key not in given]
         if missing:
             raise ConfigError(f"{path}: [{table}] needs {', '.join(missing)}")
@@ -263,25 +271,34 @@ class NodeRunner:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
                                f"writable directory: {getattr(exc, 'strerror', None) or exc}") from None
         key = SigningKey(cfg.seed)
-        history = self.store.history()
-        replayed = sum(len(p.block.txs) for p in history)  # committed transactions are not reissued
         try:
             if cfg.app == "clearing":
                 from .apps.clearing_app import ClearingApp
                 from .apps.clearing_load import genesis_market
                 self.load = ClearingFeed(cfg) if cfg.load == "builtin" else None
-                if self.load:
-                    self.load.skip(replayed)
-                self.app = ClearingApp(Verifier(cfg.validation), genesis_market(), max_txs=cfg.txs_per_block,
+                genesis = genesis_market()
+                if cfg.genesis_accounts:
+                    from .bench import add_accounts
+                    add_accounts(genesis, cfg.genesis_accounts)
+                self.app = ClearingApp(Verifier(cfg.validation), genesis, max_txs=cfg.txs_per_block,
                                        sig_cache=cfg.sig_cache)
             else:
                 gen = LoadGenerator(cfg.load_seed)  # its accounts are the genesis either way
-                gen.made = replayed
                 self.load = gen if cfg.load == "builtin" else None
                 self.app = KvApp(Verifier(cfg.validation), gen.genesis(), max_txs=cfg.txs_per_block)
         except OSError as exc:
             raise StartupError(f"validator {cfg.index}: {where}[node] load_file {cfg.load_file!r}: "
                                f"{exc.strerror or exc}") from None
+        # the newest snapshot that restores, and the committed blocks after it to replay
+        started = time.monotonic()
+        start = snapshots.load(self.store, self.app)
+        history = start.history
+        # committed transactions are not reissued by the built-in load
+        self.committed_txs = start.txs + sum(len(p.block.txs) for p in history)
+        if isinstance(self.load, ClearingFeed):
+            self.load.skip(self.committed_txs)
+        elif self.load is not None:
+            self.load.made = self.committed_txs
         if cfg.validation == "accel":
             b = get_backend()
             backend, device = b.name, b.device
@@ -289,8 +306,8 @@ class NodeRunner:
             backend, device = "software", "PyNaCl and accel.ed25519_ref, hashlib, accel.risk_numpy"
         self.backend, self.device = backend, device
         self.metrics = NodeMetrics(self.app, backend, device, cfg.validation)
-        self.metrics.height.set(history[-1].block.height if history else 0)
-        # sha256(body) -> height, for /tx: the latest TX_INDEX committed transactions
+        # sha256(body) -> height, for /tx: the latest TX_INDEX committed transactions (after a
+        # restart, those of the blocks replayed since the snapshot and the ones committed since)
         self.tx_heights: dict[bytes, int] = {}
         for p in history[-TX_INDEX:]:
             self._index(p.block)
@@ -298,7 +315,7 @@ class NodeRunner:
         self.started = self.last_commit = time.monotonic()
         self.committed_since_start = 0
         self.peers_seen: dict[int, float] = {}
-        self.highest_seen = history[-1].block.height if history else 0
+        self.snapshot_due = False
         self.stall_s = max(10.0, 10 * cfg.base_timeout_ms / 1000.0)  # /health: progress within this
         # a peer heard from this recently counts as connected (a validator busy validating a large
         # block sends nothing meanwhile: the window grows with the view timeout)
@@ -314,7 +331,15 @@ class NodeRunner:
         self.app.validate = timed_validate
         # committed proposals leave memory once stored: peers catching up are served from the store
         self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms), lambda m: key.sign(m).signature,
-                         self.app, self.store.safety(), history, committed_source=self.store.committed_range)
+                         self.app, self.store.safety(), history, self.store.committed_range, start.base)
+        self.highest_seen = self.core.committed.height
+        self.metrics.height.set(self.core.committed.height)
+        self.restart_s = time.monotonic() - started
+        base = start.base.proposal.block.height if start.base else 0
+        log.info("state at height %d: %s, %d block(s) replayed (%.2f s)", self.core.committed.height,
+                 f"from the snapshot at height {base}" if start.base else "from the genesis", self.core.replayed,
+                 self.restart_s, extra={"height": self.core.committed.height, "replayed": self.core.replayed,
+                                        "snapshot_height": base})
         self.inbox: asyncio.Queue = asyncio.Queue()
         try:
             self.events = open(cfg.events, "a", buffering=1)
@@ -430,6 +455,9 @@ class NodeRunner:
             elif isinstance(a, Committed):
                 self.store.add_committed(a.proposal)
                 b = a.block
+                self.committed_txs += len(b.txs)
+                every = self.cfg.snapshot_every
+                self.snapshot_due |= bool(every) and b.height % every == 0
                 self._event(kind="committed", height=b.height, block_hash=b.id.hex(), state_root=b.state_root.hex(),
                             txs=len(b.txs), validation_ms=a.validation_ms)
                 self.metrics.height.set(b.height)
@@ -444,6 +472,21 @@ class NodeRunner:
                 self.metrics.rejected.inc()
                 log.warning("rejected a block", extra={"block_hash": a.block_id.hex(), "proposer": a.proposer,
                                                        "reason": a.reason})
+        if self.snapshot_due:  # after the actions, so this commit's votes and proposal left first
+            self.snapshot_due = False
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        """The newest committed block's state into the store (the states of the blocks committed
+        before it in one step are pruned already), in the consensus loop: the committed state is
+        shared copy-on-write with the blocks above it, so it is encoded here and not on a thread."""
+        b = self.core.committed
+        started = time.monotonic()
+        size = snapshots.take(self.store, self.app, b, self.core.states[b.id], self.committed_txs)
+        took = time.monotonic() - started
+        self.metrics.snapshot(b.height, size, took)
+        log.info("snapshot at height %d: %d bytes in %.3f s", b.height, size, took,
+                 extra={"height": b.height, "bytes": size, "seconds": round(took, 3)})
 
     def _top_up(self) -> None:
         # LOAD_DEPTH blocks' worth: the two blocks not yet committed above the committed one hold
@@ -545,6 +588,12 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
         asyncio.run(runner.run())
     except StartupError as exc:  # one line on stderr, exit status 1
         raise SystemExit(str(exc)) from None
+    except (StoreError, InvariantViolation) as exc:
+        # this validator's own store or state is broken: one line saying so, no traceback, and no
+        # restart loop hiding it (exit status 1)
+        log.error("validator %d stopped: %s: %s", cfg.index, "store" if isinstance(exc, StoreError)
+                  else "invariant violated", exc, extra={"error": type(exc).__name__})
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass
     return 0

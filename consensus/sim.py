@@ -12,7 +12,7 @@ from typing import Callable
 
 from nacl.signing import SigningKey
 
-from . import messages
+from . import messages, snapshots
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
 from .messages import Vote
@@ -36,6 +36,8 @@ class Node:
     rejected: list = field(default_factory=list)
     store: Store | None = None
     busy_until: float = 0.0
+    snapshot_every: int = 0  # with a store: a state snapshot every this many committed blocks (0: none)
+    committed_txs: int = 0   # transactions committed up to the core's committed block
 
 
 class Simulation:
@@ -133,6 +135,7 @@ class Simulation:
                 self._push(self.now + self.rng.uniform(*self.link.delay_ms), ("msg", dst.name, src.index, frame))
 
     def _apply(self, node: Node, actions: list) -> None:
+        due = False
         for a in actions:
             if isinstance(a, Persist):
                 self.persisted[node.name] = a.safety
@@ -153,10 +156,16 @@ class Simulation:
                 self._push(self.now + a.delay_ms, ("timer", node.name, a.view))
             elif isinstance(a, Committed):
                 node.committed.append((a.block, self.now, a.validation_ms))
+                node.committed_txs += len(a.block.txs)
                 if node.store is not None:
                     node.store.add_committed(a.proposal)
+                    every = node.snapshot_every
+                    due = due or (every and a.block.height % every == 0)
             elif isinstance(a, Rejected):
                 node.rejected.append(a)
+        if due:  # the newest committed block's state (earlier ones of one commit are pruned already)
+            b = node.core.committed
+            snapshots.take(node.store, node.core.app, b, node.core.states[b.id], node.committed_txs)
 
     def inject(self, at_ms: float, to: str, sender: int, msg) -> None:
         """Deliver `msg` to validator `to` at at_ms as if validator `sender` had sent it (the sender
@@ -168,11 +177,12 @@ class Simulation:
         """Call fn(sim) at simulated time at_ms (an adversary acting on what the run has reached)."""
         self._push(at_ms, ("call", "", fn))
 
-    def durable(self, name: str, path) -> None:
+    def durable(self, name: str, path, snapshot_every: int = 0) -> None:
         """Give a validator a store (before run()), so it can be killed and restarted; its core
-        then serves committed blocks from it and prunes them from memory."""
+        then serves committed blocks from it and prunes them from memory. snapshot_every: a state
+        snapshot every this many committed blocks, which a restart starts from."""
         node = self._node(name)
-        node.store = Store(path)
+        node.store, node.snapshot_every = Store(path), snapshot_every
         node.core.committed_source = node.store.committed_range
 
     def kill(self, name: str, at_ms: float, restart_ms: float) -> None:
@@ -187,8 +197,10 @@ class Simulation:
                 for body, sig in other.core.app.mempool.values():
                     app.submit(body, sig)
         key = self.keys[node.index]
+        start = snapshots.load(node.store, app)
         node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app,
-                                   node.store.safety(), node.store.history(), node.store.committed_range)
+                                   node.store.safety(), start.history, node.store.committed_range, start.base)
+        node.committed_txs = start.txs + sum(len(p.block.txs) for p in start.history)
         self._apply(node, node.core.start())
 
     def _node(self, name: str) -> Node:

@@ -1,9 +1,13 @@
 """A validator's durable state in SQLite (WAL mode, synchronous writes): the safety state, written
 before any vote that follows it leaves, with the uncommitted blocks it carries (Safety.blocks: up
 to the high QC's block and the last block voted for, so a network restarted all at once still
-holds the block its high QCs certify), and the committed blocks, from which a restarted
-validator replays its state and serves peers that are catching up. Uncommitted blocks are
-deleted as their height commits."""
+holds the block its high QCs certify), the committed blocks, from which a restarted validator
+replays its state and serves peers that are catching up, and the latest snapshots of the
+application's state (consensus/snapshots.py), so a restart replays only the blocks after the
+newest one. Uncommitted blocks are deleted as their height commits.
+
+The committed blocks run without a gap from height 1, or, in a store that began from a peer's
+snapshot (state sync), from that snapshot's height: the blocks below it were never fetched."""
 from __future__ import annotations
 
 import sqlite3
@@ -29,6 +33,9 @@ class Store:
         # uncommitted blocks of the safety state (Safety.blocks), dropped as their height commits
         self.db.execute("CREATE TABLE IF NOT EXISTS uncommitted (id BLOB PRIMARY KEY, height INTEGER NOT NULL, "
                         "proposal BLOB NOT NULL)")
+        # state snapshots: `txs` is the number of transactions committed up to and including `height`
+        self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
+                        "state_root BLOB NOT NULL, txs INTEGER NOT NULL, blob BLOB NOT NULL)")
         self._kept = {bytes(r[0]) for r in self.db.execute("SELECT id FROM uncommitted")}
 
     def save_safety(self, safety: Safety) -> None:
@@ -88,6 +95,64 @@ class Store:
             raise
         self._kept.difference_update(gone)
 
+    def add_snapshot(self, height: int, block_id: bytes, state_root: bytes, txs: int, blob: bytes,
+                     keep: int = 2) -> None:
+        """Store the state snapshot of the committed block at `height` and drop all but the newest
+        `keep` (one older than the newest stays, should the newest be unreadable)."""
+        row = self.db.execute("SELECT id FROM committed WHERE height = ?", (height,)).fetchone()
+        if row is None or bytes(row[0]) != block_id:
+            raise StoreError(f"a snapshot at height {height} is not of the stored committed block there")
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)",
+                            (height, block_id, state_root, txs, blob))
+            self.db.execute("DELETE FROM snapshots WHERE height NOT IN "
+                            "(SELECT height FROM snapshots ORDER BY height DESC LIMIT ?)", (keep,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def begin_from_snapshot(self, proposal: Proposal, txs: int, blob: bytes) -> None:
+        """Start an empty store from a peer's snapshot (state sync): the committed block it
+        belongs to, whose commit the caller verified, and the snapshot, in one transaction; the
+        next committed block is that block's child."""
+        b = proposal.block
+        if self.db.execute("SELECT EXISTS (SELECT 1 FROM committed)").fetchone()[0]:
+            raise StoreError(f"state sync to height {b.height} into a store that holds committed blocks")
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
+            self.db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)", (b.height, b.id, b.state_root, txs, blob))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def snapshots(self) -> list[tuple[int, bytes, bytes, int]]:
+        """(height, block id, state root, transactions committed up to it) of each stored
+        snapshot, newest first."""
+        rows = self.db.execute("SELECT height, id, state_root, txs FROM snapshots ORDER BY height DESC").fetchall()
+        return [(h, bytes(i), bytes(r), t) for h, i, r, t in rows]
+
+    def snapshot_blob(self, height: int) -> bytes | None:
+        row = self.db.execute("SELECT blob FROM snapshots WHERE height = ?", (height,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def first_height(self) -> int:
+        """The lowest committed height stored: 1, or a state-synced store's snapshot height (0: none)."""
+        return self.db.execute("SELECT COALESCE(MIN(height), 0) FROM committed").fetchone()[0]
+
+    def top_height(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(height), 0) FROM committed").fetchone()[0]
+
+    def committed_ids(self) -> list[bytes | None]:
+        """The committed block ids by height from 1 (None below a state-synced store's first height),
+        without decoding the blocks."""
+        rows = self.db.execute("SELECT height, id FROM committed ORDER BY height").fetchall()
+        first = rows[0][0] if rows else 1
+        return [None] * (first - 1) + [bytes(r[1]) for r in rows]
+
     def committed_range(self, from_height: int, count: int) -> list[Proposal]:
         """Up to `count` committed proposals from from_height on, in height order (Core's
         committed_source: what it serves peers once it pruned them from memory)."""
@@ -95,15 +160,17 @@ class Store:
                                (from_height, count)).fetchall()
         return [messages.decode(r[0]) for r in rows]
 
-    def history(self) -> tuple[Proposal, ...]:
-        """The committed proposals in height order, checked: heights 1, 2, ... without a gap, each
+    def history(self, after: int = 0, parent: bytes | None = None) -> tuple[Proposal, ...]:
+        """The committed proposals above height `after` (the first one's parent must be `parent`,
+        where given) in height order, checked: heights after + 1, after + 2, ... without a gap, each
         block's parent the one before, each row's id its block's (StoreError, one line, naming the
         height). The core checks the digests, proposers' signatures and state roots on replay."""
-        rows = self.db.execute("SELECT height, id, proposal FROM committed ORDER BY height").fetchall()
-        out, parent = [], None
+        rows = self.db.execute("SELECT height, id, proposal FROM committed WHERE height > ? ORDER BY height",
+                               (after,)).fetchall()
+        out = []
         for height, block_id, frame in rows:
-            if height != len(out) + 1:
-                raise StoreError(f"stored chain has a gap: height {height} follows height {len(out)}")
+            if height != after + len(out) + 1:
+                raise StoreError(f"stored chain has a gap: height {height} follows height {after + len(out)}")
             try:
                 p = messages.decode(frame)
             except messages.DecodeError as exc:
