@@ -27,7 +27,12 @@ def test_four_processes_commit_the_same_chain_through_a_kill(tmp_path):
     assert [b["height"] for b in chains[1]] == list(range(1, len(chains[1]) + 1))
     full = [b for b in data["blocks"] if b["txs"]]
     assert full and set(full[0]["validation_ms"]) == {"signatures", "tx_root", "execute", "margin", "state_root", "total"}
-    assert all(b["committed_ms"] > 0 for b in data["blocks"])
+    # times come from the events files, which a validator writes after its store: the 50 blocks
+    # the run waited for are in every events file, a later one stored just before a validator
+    # stopped may be in none
+    assert [b["height"] for b in data["blocks"][:50]] == list(range(1, 51))
+    assert all(b["committed_ms"] > 0 for b in data["blocks"][:50])
+    assert all(b["committed_ms"] is None or b["committed_ms"] > 0 for b in data["blocks"][50:])
     assert any(b["finality_ms"] is not None and b["finality_ms"] > 0 for b in data["blocks"])
     # the market went through its volatility crash: every leveraged account liquidated, the
     # insurance fund charged, and validator 1's chain (killed and restarted) replays to its roots
@@ -104,14 +109,12 @@ def test_tcp_transport_drops_malformed_frames_and_keeps_going():
 
 def test_localnet_stops_its_validators_on_ctrl_c(tmp_path):
     import signal
-    import time
-    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "localnet", "--blocks", "100000", "--txs-per-block", "5",
-                             "--backend", "cpu", "--dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob("node*.events.jsonl")):
-        time.sleep(0.2)
-    time.sleep(1.0)
+
+    from tests.test_node_process import wait_committing
+    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "localnet", "--app", "kv", "--blocks", "100000",
+                             "--txs-per-block", "5", "--backend", "cpu", "--dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_committing(proc, tmp_path)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "stopped" in err

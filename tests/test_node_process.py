@@ -24,14 +24,34 @@ def _survivors(directory) -> list[str]:
     return [line for line in ps.stdout.splitlines() if "pgrep" not in line]
 
 
-def _launch(tmp_path) -> subprocess.Popen:
-    proc = subprocess.Popen(ACCEL + ["localnet", "--blocks", "100000", "--txs-per-block", "5", "--backend", "cpu",
-                                     "--base-timeout-ms", "300", "--dir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not all((tmp_path / f"node{i}.events.jsonl").exists() and
-                                              (tmp_path / f"node{i}.events.jsonl").stat().st_size for i in range(4)):
+def _committing(directory, validators: int = 4) -> bool:
+    """Whether every validator's events file records a committed block: each is past its start,
+    signal handlers in place."""
+    files = [directory / f"node{i}.events.jsonl" for i in range(validators)]
+    return all(f.exists() and '"kind": "committed"' in f.read_text() for f in files)
+
+
+def wait_committing(proc: subprocess.Popen, directory, timeout_s: float = 120.0) -> None:
+    """Until every validator committed a block. A launcher signalled before that may still be
+    writing its configs (a clearing load of 100,000 blocks took over a minute to sign on a loaded
+    machine: the signal then came before any validator, or its handler, existed), so no test
+    signals it sooner; this fails with the launcher's output instead of racing it."""
+    deadline = time.time() + timeout_s
+    while not _committing(directory):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"the validators did not all commit a block (launcher status {proc.returncode}): "
+                                 f"{(out or '')[-1000:]} {(err or '')[-2000:]}")
         time.sleep(0.2)
+
+
+def _launch(tmp_path) -> subprocess.Popen:
+    # key-value: nothing signed up front, the validators start at once
+    proc = subprocess.Popen(ACCEL + ["localnet", "--app", "kv", "--blocks", "100000", "--txs-per-block", "5",
+                                     "--backend", "cpu", "--base-timeout-ms", "300", "--dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_committing(proc, tmp_path)
     assert len(_survivors(tmp_path)) == 4
     return proc
 
@@ -66,11 +86,12 @@ def test_demo_stops_its_validators_on_sigterm(tmp_path):
                              "--backends", "cpu", "--blocks", "1000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     runs = tmp_path / "runs"
-    deadline = time.time() + 90
+    deadline = time.time() + 120
     while time.time() < deadline and not list(runs.glob("*/node3.events.jsonl")):
         time.sleep(0.2)
-    time.sleep(1.0)
-    assert len(_survivors(runs)) >= 4
+    (run,) = list(runs.glob("*/node3.events.jsonl")) or [None]
+    assert run is not None, "the demo started no network in 120 s"
+    wait_committing(proc, run.parent)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
