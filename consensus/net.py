@@ -1,42 +1,120 @@
-"""asyncio TCP transport between validators on loopback (or a LAN).
+"""asyncio TCP transport between validators.
 
-Each connection opens with the sender's 2-byte validator index, then carries framed messages
-(messages.encode). Frames that are oversized or do not decode are dropped and counted; the
-connection stays up unless the length prefix itself is impossible. Outgoing frames queue per peer;
-a peer that is down is retried with backoff and frames queued beyond a bound are dropped (the
-protocol's timeouts recover from loss). The sender index is not authenticated: a localnet
-transport; everything the protocol relies on is signed inside the messages. A connection claiming
-this validator's own index is refused, and frames from two live connections claiming one index
-are logged (once a minute) and counted: both mean two processes run with one validator's key."""
+Connections are one-way: validator i dials validator j and writes its frames, j only reads. Each
+connection opens with a handshake signed with both validators' Ed25519 keys (docs/FRAME.md,
+"Transport between validators"): j sends a fresh challenge, i answers with its index, a challenge
+of its own and a signature over both challenges, both indices and both keys; j answers with its
+signature over the same. Only a connection whose dialer proved its key delivers frames, as that
+validator's, and a dialer writes only to a listener that proved its own: a stranger, a replayed or
+relayed handshake or a validator claiming another's index delivers nothing. Handshakes that fail or
+do not finish within a timeout close the connection and are counted.
+
+Frames (messages.encode) that are oversized or do not decode are dropped and counted; the
+connection stays up unless the length prefix itself is impossible (closed before the payload is
+read). Limits (Limits): unauthenticated connections at once (the oldest is closed for a newer
+one), authenticated connections per validator, bytes and frames a validator may send per second
+(its connection is read more slowly past them), frames and bytes queued for a peer (beyond them
+frames are dropped: the protocol's timeouts recover from loss). A peer that is down is retried with
+backoff. A connection authenticated with this validator's own key is refused, and frames from two
+live connections of one validator are logged (once a minute) and counted: both mean two processes
+run with one validator's key."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
 
 from . import messages
 
 log = logging.getLogger("consensus.net")
-QUEUE_LIMIT = 10_000
 # A validator writes to a peer over one connection at a time: frames from two live connections
-# claiming one index within this many seconds mean two processes run with that index.
+# of one validator within this many seconds mean two processes run with its key.
 DUPLICATE_WINDOW_S = 2.0
 WARN_EVERY_S = 60.0
+
+MAGIC = b"AVN1"  # protocol and handshake version; anything else at a validator's port is not a peer
+CHALLENGE = 32
+LISTENER_HELLO = len(MAGIC) + 2 + CHALLENGE                # magic | listener index | challenge
+DIALER_HELLO = len(MAGIC) + 2 + CHALLENGE + 64             # magic | dialer index | challenge | signature
+TAG = b"AV-NET-HANDSHAKE-"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection or peer may cost; docs/FRAME.md says why each default."""
+    handshake_timeout_s: float = 10.0
+    max_pending: int = 64            # connections not (yet) authenticated, at once
+    per_peer: int = 2                # authenticated connections of one validator, at once
+    queue_frames: int = 10_000       # frames queued for one peer
+    queue_bytes: int = messages.MAX_MESSAGE  # bytes queued for one peer (one largest frame always fits)
+    inbound_bytes_per_s: float = float(64 << 20)  # read from one validator, all its connections
+    inbound_frames_per_s: float = 2_000.0
+
+
+def transcript(role: bytes, listener_challenge: bytes, dialer_challenge: bytes, dialer: int, listener: int,
+               dialer_key: bytes, listener_key: bytes) -> bytes:
+    """What the dialer (role b"dialer") or the listener (b"listener") signs. Both challenges make
+    it fresh on both sides (no replay), both indices and keys tie it to this pair of validators of
+    this network (a signature meant for another listener does not verify here), and the role keeps
+    one side's signature from standing in for the other's."""
+    return (TAG + role + listener_challenge + dialer_challenge + struct.pack(">HH", dialer, listener)
+            + dialer_key + listener_key)
+
+
+class HandshakeError(Exception):
+    """A connection that did not prove it is the validator it should be."""
 
 
 class Network:
     def __init__(self, me: int, addresses: list[tuple[str, int]], deliver: Callable[[int, object], None],
-                 delay_ms: float = 0.0):
+                 delay_ms: float = 0.0, *, seed: bytes, keys: Sequence[bytes], limits: Limits = Limits()):
+        """seed: this validator's 32-byte Ed25519 seed; keys: every validator's public key, by
+        index (as addresses)."""
+        if len(keys) != len(addresses) or not 0 <= me < len(keys):
+            raise ValueError(f"{len(keys)} keys for {len(addresses)} addresses, this validator's index {me}")
+        try:
+            self.verify_keys = [VerifyKey(bytes(k)) for k in keys]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"validator keys: {exc} (each a 32-byte Ed25519 public key)") from None
+        self.keys = [bytes(k) for k in keys]
+        self.signing = SigningKey(bytes(seed))
+        if bytes(self.signing.verify_key) != self.keys[me]:
+            raise ValueError(f"the seed's public key is not keys[{me}]")
         self.me, self.addresses, self.deliver, self.delay = me, addresses, deliver, delay_ms / 1000.0
-        self.queues = {i: asyncio.Queue(QUEUE_LIMIT) for i in range(len(addresses)) if i != me}
+        self.limits = limits
+        self.queues = {i: asyncio.Queue(limits.queue_frames) for i in range(len(addresses)) if i != me}
+        self.queued_bytes = {i: 0 for i in self.queues}
         self.dropped = 0    # frames that did not decode or were too large
-        self.overflow = 0   # frames dropped because a peer's queue was full
-        self.duplicates = 0  # connections claiming this validator's index, or a second live one per sender
+        self.overflow = 0   # frames not queued because a peer's queue was full (frames or bytes)
+        self.overflow_bytes = 0
+        self.duplicates = 0  # connections with this validator's key, or a second live one per sender
+        self.handshake_failures = 0  # connections closed: not this protocol, no such index, a bad signature
+        self.handshake_timeouts = 0  # connections closed: the handshake did not finish in time
+        self.pending_evicted = 0     # unauthenticated connections closed for newer ones over max_pending
+        self.peer_connections_replaced = 0  # a validator's oldest connections closed past per_peer
+        self.oversized = 0           # connections closed for a length prefix over MAX_MESSAGE
+        self.throttled = 0           # pauses in reading a validator that went over its rate
+        self._pending: dict[object, asyncio.StreamWriter] = {}  # in arrival order: the first is the oldest
+        self._peers: dict[int, dict[object, asyncio.StreamWriter]] = {}  # sender -> its live connections
+        self._budget: dict[int, list[float]] = {}  # sender -> [bytes, frames, time] (token buckets)
         self._last: dict[int, tuple[object, object, float]] = {}  # sender -> (connection, peer address, time)
         self._warned: dict[int, float] = {}
         self.tasks: list[asyncio.Task] = []
         self.server = None
+
+    @property
+    def pending_connections(self) -> int:
+        return len(self._pending)
+
+    @property
+    def peer_connections(self) -> int:
+        return sum(len(c) for c in self._peers.values())
 
     async def start(self) -> None:
         host, port = self.addresses[self.me]
@@ -48,6 +126,8 @@ class Network:
             t.cancel()
         if self.server is not None:
             self.server.close()
+        for w in list(self._pending.values()) + [w for c in self._peers.values() for w in c.values()]:
+            w.close()
 
     def send(self, to: int, msg) -> None:
         frame = messages.encode(msg)
@@ -63,61 +143,189 @@ class Network:
     def _enqueue(self, to: int, frame: bytes) -> None:
         if to not in self.queues:  # this validator itself, or no such validator
             return
-        try:
-            self.queues[to].put_nowait(frame)
-        except asyncio.QueueFull:
+        queued = self.queued_bytes[to]
+        # bytes too, not only frames: queue_frames frames of up to MAX_MESSAGE would be gigabytes
+        # (a peer asking for block ranges it does not read); an empty queue takes any frame
+        if queued and queued + len(frame) > self.limits.queue_bytes or self.queues[to].full():
             self.overflow += 1
+            self.overflow_bytes += len(frame)
+            return
+        self.queues[to].put_nowait(frame)
+        self.queued_bytes[to] = queued + len(frame)
 
     async def _writer(self, peer: int) -> None:
         backoff = 0.05
         while True:
-            try:
-                host, port = self.addresses[peer]
-                _, writer = await asyncio.open_connection(host, port)
-                writer.write(struct.pack(">H", self.me))
+            writer = await self._connect(peer)
+            if writer is not None:
                 backoff = 0.05
-                while True:
-                    frame = await self.queues[peer].get()
-                    writer.write(frame)
-                    await writer.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                try:
+                    while True:
+                        frame = await self.queues[peer].get()
+                        self.queued_bytes[peer] -= len(frame)
+                        writer.write(frame)
+                        await writer.drain()
+                except OSError:  # the peer went away; dial again
+                    pass
+                finally:
+                    writer.close()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _connect(self, peer: int) -> asyncio.StreamWriter | None:
+        """_dial within the handshake timeout; None (counted unless the peer is just down) when it fails."""
+        try:
+            async with asyncio.timeout(self.limits.handshake_timeout_s):
+                return await self._dial(peer)
+        except TimeoutError:  # before OSError, of which it is one
+            self.handshake_timeouts += 1
+            log.debug("validator %d at %s:%d did not finish the handshake in time", peer, *self.addresses[peer])
+        except (HandshakeError, asyncio.IncompleteReadError) as exc:
+            self.handshake_failures += 1
+            log.debug("dialing validator %d at %s:%d: %s", peer, *self.addresses[peer],
+                      exc if isinstance(exc, HandshakeError) else "the connection closed during the handshake")
+        except OSError:  # the peer is down: the usual case, not worth a line
+            pass
+        return None
+
+    async def _dial(self, peer: int) -> asyncio.StreamWriter:
+        """A connection to `peer` whose listener proved it holds keys[peer], this validator's proof sent."""
+        host, port = self.addresses[peer]
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            hello = await reader.readexactly(LISTENER_HELLO)
+            if hello[:len(MAGIC)] != MAGIC:
+                raise HandshakeError("the listener does not speak this protocol")
+            (index,) = struct.unpack(">H", hello[4:6])
+            if index != peer:
+                raise HandshakeError(f"the listener says it is validator {index}")
+            theirs, mine = hello[6:], os.urandom(CHALLENGE)
+            signed = self.signing.sign(transcript(b"dialer", theirs, mine, self.me, peer, self.keys[self.me],
+                                                  self.keys[peer])).signature
+            writer.write(MAGIC + struct.pack(">H", self.me) + mine + signed)
+            proof = await reader.readexactly(64)
+            if not self._verified(peer, transcript(b"listener", theirs, mine, self.me, peer, self.keys[self.me],
+                                                   self.keys[peer]), proof):
+                raise HandshakeError("the listener's signature does not verify")
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    def _verified(self, signer: int, message: bytes, signature: bytes) -> bool:
+        try:
+            self.verify_keys[signer].verify(message, signature)
+            return True
+        except BadSignatureError:
+            return False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        """The dialer's index, once it proved its key and this validator sent its own proof."""
+        mine = os.urandom(CHALLENGE)
+        writer.write(MAGIC + struct.pack(">H", self.me) + mine)
+        hello = await reader.readexactly(DIALER_HELLO)
+        if hello[:len(MAGIC)] != MAGIC:
+            raise HandshakeError("not this protocol")
+        (sender,) = struct.unpack(">H", hello[4:6])
+        if not 0 <= sender < len(self.keys):
+            raise HandshakeError(f"no validator {sender}")
+        theirs, signature = hello[6:6 + CHALLENGE], hello[6 + CHALLENGE:]
+        if not self._verified(sender, transcript(b"dialer", mine, theirs, sender, self.me, self.keys[sender],
+                                                 self.keys[self.me]), signature):
+            raise HandshakeError(f"a signature that is not validator {sender}'s")
+        writer.write(self.signing.sign(transcript(b"listener", mine, theirs, sender, self.me, self.keys[sender],
+                                                  self.keys[self.me])).signature)
+        return sender
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn, peer = object(), writer.get_extra_info("peername")
+        if len(self._pending) >= self.limits.max_pending:
+            # the oldest: an honest handshake takes a round trip, so a stranger has to open
+            # max_pending connections within one to keep a validator out
+            oldest = next(iter(self._pending))
+            self._pending.pop(oldest).close()
+            self.pending_evicted += 1
+        self._pending[conn] = writer
+        sender = None
         try:
-            (sender,) = struct.unpack(">H", await reader.readexactly(2))
-            if not 0 <= sender < len(self.addresses):
+            try:
+                async with asyncio.timeout(self.limits.handshake_timeout_s):
+                    sender = await self._accept(reader, writer)
+            except TimeoutError:
+                self.handshake_timeouts += 1
+                log.debug("%s did not finish its handshake in %.1f s", peer, self.limits.handshake_timeout_s)
                 return
-            peer, conn = writer.get_extra_info("peername"), object()
+            except (HandshakeError, asyncio.IncompleteReadError, OSError) as exc:
+                if conn in self._pending:  # not closed here for a newer connection
+                    self.handshake_failures += 1
+                    log.debug("handshake from %s refused: %s", peer, exc if isinstance(exc, HandshakeError)
+                              else f"the connection closed ({type(exc).__name__})")
+                return
+            finally:
+                self._pending.pop(conn, None)
             if sender == self.me:
-                self._duplicate(sender, f"a connection from {peer} claims this validator's own index {sender}: "
+                self._duplicate(sender, f"a connection from {peer} holds this validator's key (index {sender}): "
                                         "is a second validator running with this index and key?")
                 return
-            while True:
-                head = await reader.readexactly(4)
-                (length,) = struct.unpack(">I", head)
-                if length > messages.MAX_MESSAGE:
-                    self.dropped += 1
-                    return  # cannot resynchronise a stream after an impossible length
-                frame = head + await reader.readexactly(length)
-                try:
-                    msg = messages.decode(frame)
-                except messages.DecodeError as exc:
-                    self.dropped += 1
-                    log.debug("dropped a frame from %d: %s", sender, exc)
-                    continue
-                now = asyncio.get_running_loop().time()
-                last = self._last.get(sender)
-                if last is not None and last[0] is not conn and now - last[2] < DUPLICATE_WINDOW_S:
-                    self._duplicate(sender, f"validator {sender} is heard over two connections at once, from "
-                                            f"{last[1]} and {peer}: two validators run with index {sender}?")
-                self._last[sender] = (conn, peer, now)
-                self.deliver(sender, msg)
-        except (asyncio.IncompleteReadError, ConnectionError):
+            live = self._peers.setdefault(sender, {})
+            live[conn] = writer
+            if len(live) > self.limits.per_peer:  # connections a validator left half-open, or a flood
+                oldest = next(iter(live))
+                live.pop(oldest).close()
+                self.peer_connections_replaced += 1
+            await self._read_frames(sender, conn, peer, reader)
+        except (asyncio.IncompleteReadError, OSError):
+            return
+        except asyncio.CancelledError:
+            # the loop shutting down; nobody awaits a connection's task, and Python 3.11 would log
+            # a cancelled one as an unhandled error
             return
         finally:
+            if sender is not None and self._peers.get(sender, {}).get(conn) is writer:
+                del self._peers[sender][conn]
             writer.close()
+
+    async def _read_frames(self, sender: int, conn: object, peer, reader: asyncio.StreamReader) -> None:
+        while True:
+            head = await reader.readexactly(4)
+            (length,) = struct.unpack(">I", head)
+            if length > messages.MAX_MESSAGE:
+                self.dropped += 1
+                self.oversized += 1
+                log.debug("closed the connection of validator %d: a length prefix of %d bytes", sender, length)
+                return  # cannot resynchronise a stream after an impossible length
+            frame = head + await reader.readexactly(length)
+            self._take(sender, conn, peer, frame)
+            await self._charge(sender, len(frame))
+
+    def _take(self, sender: int, conn: object, peer, frame: bytes) -> None:
+        try:
+            msg = messages.decode(frame)
+        except messages.DecodeError as exc:
+            self.dropped += 1
+            log.debug("dropped a frame from %d: %s", sender, exc)
+            return
+        now = asyncio.get_running_loop().time()
+        last = self._last.get(sender)
+        if last is not None and last[0] is not conn and now - last[2] < DUPLICATE_WINDOW_S:
+            self._duplicate(sender, f"validator {sender} is heard over two connections at once, from "
+                                    f"{last[1]} and {peer}: two validators run with index {sender}?")
+        self._last[sender] = (conn, peer, now)
+        self.deliver(sender, msg)
+
+    async def _charge(self, sender: int, size: int) -> None:
+        """Token buckets of one second's worth per validator, charged after a frame is handled:
+        past its rate, its connections are not read until the debt is paid (TCP pushes back on
+        it), so one validator's flood cannot crowd out the others' frames."""
+        lim, now = self.limits, asyncio.get_running_loop().time()
+        budget = self._budget.setdefault(sender, [lim.inbound_bytes_per_s, lim.inbound_frames_per_s, now])
+        elapsed, budget[2] = now - budget[2], now
+        budget[0] = min(lim.inbound_bytes_per_s, budget[0] + elapsed * lim.inbound_bytes_per_s) - size
+        budget[1] = min(lim.inbound_frames_per_s, budget[1] + elapsed * lim.inbound_frames_per_s) - 1
+        wait = max(-budget[0] / lim.inbound_bytes_per_s, -budget[1] / lim.inbound_frames_per_s)
+        if wait > 0:
+            self.throttled += 1
+            await asyncio.sleep(wait)
 
     def _duplicate(self, sender: int, why: str) -> None:
         self.duplicates += 1

@@ -509,7 +509,7 @@ class NodeRunner:
         # the node binds [node] listen; addresses[index] is what peers dial, and may differ
         addresses = list(cfg.addresses)
         addresses[cfg.index] = cfg.listen
-        self.net = Network(cfg.index, addresses, self._deliver, cfg.delay_ms)
+        self.net = Network(cfg.index, addresses, self._deliver, cfg.delay_ms, seed=cfg.seed, keys=cfg.keys)
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -60,53 +60,6 @@ def test_a_node_refuses_to_start_on_a_backend_that_cannot_run(tmp_path):
     assert not (tmp_path / "node0").exists() or not (tmp_path / "node0" / "validator.db").exists()
 
 
-def test_tcp_transport_drops_malformed_frames_and_keeps_going():
-    """Garbage, a frame of a future version and a truncated body are dropped and counted; the
-    message after them on the same connection still arrives; an impossible length closes only
-    that connection."""
-    import asyncio
-    import socket
-    import struct
-
-    from consensus import messages
-    from consensus.net import Network
-
-    async def scenario():
-        got = []
-        port = socket.socket()
-        port.bind(("127.0.0.1", 0))
-        addr = port.getsockname()
-        port.close()
-        net = Network(0, [addr, ("127.0.0.1", 1)], lambda sender, msg: got.append((sender, msg)))
-        await net.start()
-        good = messages.encode(messages.BlockRequest(bytes(range(32))))
-        future = good[:4] + b"\x09" + good[5:]
-        reader, writer = await asyncio.open_connection(*addr)
-        writer.write(struct.pack(">H", 1) + struct.pack(">I", 3) + b"abc" + future
-                     + struct.pack(">I", 8) + b"\x01\x04" + bytes(6) + good)
-        await writer.drain()
-        for _ in range(100):
-            if got:
-                break
-            await asyncio.sleep(0.01)
-        _, w2 = await asyncio.open_connection(*addr)
-        w2.write(struct.pack(">H", 1) + struct.pack(">I", messages.MAX_MESSAGE + 1))
-        await w2.drain()
-        await asyncio.sleep(0.1)
-        writer.write(good)
-        await writer.drain()
-        for _ in range(100):
-            if len(got) == 2:
-                break
-            await asyncio.sleep(0.01)
-        await net.stop()
-        return got, net.dropped
-
-    got, dropped = asyncio.run(scenario())
-    assert [(s, m.block_id) for s, m in got] == [(1, bytes(range(32)))] * 2
-    assert dropped == 4
-
-
 def test_localnet_stops_its_validators_on_ctrl_c(tmp_path):
     import signal
 
@@ -262,48 +215,3 @@ def _libsodium_ok(verify_key, body, sig, bad) -> bool:
         return True
     except bad:
         return False
-
-
-def test_two_processes_with_one_index_are_noticed(caplog):
-    """A second validator started with index 1 (two live connections both claiming it) and a
-    connection claiming the receiver's own index are logged and counted; the frames of index 1
-    still arrive (they are signed: the index decides nothing)."""
-    import asyncio
-    import logging
-    import socket
-    import struct
-
-    from consensus import messages
-    from consensus.net import Network
-
-    async def scenario():
-        got = []
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        addr = s.getsockname()
-        s.close()
-        net = Network(0, [addr, ("127.0.0.1", 1), ("127.0.0.1", 2)], lambda sender, msg: got.append(sender))
-        await net.start()
-        frame = messages.encode(messages.BlockRequest(bytes(range(32))))
-        writers = []
-        for _ in range(2):
-            _, w = await asyncio.open_connection(*addr)
-            w.write(struct.pack(">H", 1))
-            writers.append(w)
-        for w in writers * 2:
-            w.write(frame)
-            await w.drain()
-            await asyncio.sleep(0.05)
-        _, own = await asyncio.open_connection(*addr)
-        own.write(struct.pack(">H", 0) + frame)
-        await own.drain()
-        await asyncio.sleep(0.2)
-        await net.stop()
-        return got, net.duplicates
-
-    with caplog.at_level(logging.WARNING, logger="consensus.net"):
-        got, duplicates = asyncio.run(scenario())
-    assert got == [1, 1, 1, 1] and duplicates == 4
-    text = caplog.text
-    assert "two validators run with index 1?" in text and "claims this validator's own index 0" in text
-    assert text.count("two validators run with index 1?") == 1  # once a minute, not per frame
