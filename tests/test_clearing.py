@@ -651,7 +651,7 @@ def test_a_mark_that_accel_refuses_leaves_no_trace():
 
     def refuse(*args):
         raise ValueError("account 0: margin does not fit in int64 ticks")
-    c.margins = refuse
+    c._margins = refuse  # where every margin computation calls accel
     with pytest.raises(ValueError, match="does not fit"):
         c.mark("BTC", 1e7, {1: 0.6, 2: 0.65, 4: 0.7}, 2, T0 + 60, ORACLES[:2])
     assert (c.leaves(), c.marks["BTC"]) == before

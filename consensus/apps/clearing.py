@@ -16,6 +16,7 @@ checks both, and the rest of the list in docs/CLEARING.md).
 Each refusal raises Rejected with the reason and leaves the state unchanged."""
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,11 @@ class Liquidation(NamedTuple):
     socialized: int   # quanta beyond the fund, charged to the deleveraged counterparties
 
 
+class _Sums(NamedTuple):
+    sums: list      # per account, quanta (Python integers)
+    nonzero: set    # accounts with a position in the asset
+
+
 def _credit(acct: Account, asset: str, amount: int) -> None:
     held = acct.collateral.get(asset, 0) + amount
     if held:
@@ -214,6 +220,10 @@ class Clearing:
         # one portfolio_margin call per (underlying, settlement asset).
         self.defer = False
         self.touched: set[tuple[bytes, str]] = set()
+        # Columnar execution (clearing_columns): while a block executes, the hot state of the
+        # accounts it reaches lives in arrays; anything that reads accounts one by one writes them
+        # back first (_flush).
+        self._cols = None
 
     @property
     def insurance(self) -> int:
@@ -224,6 +234,7 @@ class Clearing:
         """A copy for the next block, in time proportional to what changed lately, not to the
         ledger: accounts, holders and the state tree copied on write; marks, funds and the small
         indexes copied; the backend, oracle keys, parameters and listed series shared."""
+        self._flush()
         new = object.__new__(Clearing)
         new.__dict__.update(self.__dict__)
         new.accounts, new._private, new._private_holders = self.accounts.copy(), {}, set()
@@ -236,6 +247,19 @@ class Clearing:
         return new
 
     # ---- helpers ------------------------------------------------------------------------------
+    def columns(self):
+        """The block's columnar working set (clearing_columns.Columns), made on first use."""
+        if self._cols is None:
+            from .clearing_columns import Columns
+            self._cols = Columns(self)
+        return self._cols
+
+    def _flush(self) -> None:
+        """The columnar working set written back into the accounts, and dropped."""
+        if self._cols is not None:
+            self._cols.write_back(self)
+            self._cols = None
+
     def _add_asset(self, name: str) -> None:
         if not asset_name_ok(name):
             raise ValueError(f"asset {name!r}: 1 to 8 ASCII letters or digits")
@@ -331,13 +355,15 @@ class Clearing:
     def equity(self, keys: list[bytes], override: dict[str, Mark] | None = None) -> list[dict[str, int]]:
         """Per account, its equity in every asset it holds collateral or positions in (quanta):
         cash plus size times the value of one contract, exactly."""
+        self._flush()
+        rows = self._rows(keys)
+        held = self._position_values(len(keys), rows, override or {})
         out = []
-        for k in keys:
-            acct = self.accounts[k]
-            eq = dict(acct.collateral)
-            for i, size in acct.positions.items():
-                a = self.series[i].asset
-                eq[a] = eq.get(a, 0) + size * self._value(i, override)
+        for j, k in enumerate(keys):
+            eq = dict(self.accounts[k].collateral)
+            for a, per in held.items():
+                if j in per.nonzero:
+                    eq[a] = eq.get(a, 0) + per.sums[j]
             out.append(eq)
         return out
 
@@ -348,27 +374,62 @@ class Clearing:
         the kernel's int64 ticks (a book too large to margin counts as below any margin); one
         portfolio_margin call per (underlying, settlement asset) group, summed over underlyings.
         override: marks to use instead of the state's; skip: series to leave out."""
+        self._flush()
         started = time.perf_counter()
         try:
-            return self._margins(keys, assets, override or {}, skip)
+            return self._margins(len(keys), self._rows(keys, skip), assets, override or {}, skip)
         finally:
             self.margin_s += time.perf_counter() - started
 
-    def _margins(self, keys, assets, override, skip) -> dict[str, tuple[list, list]]:
-        # one pass over the accounts' positions (each account's in series order: the kernel sums a
-        # book's rows in order, so the order is part of the result) into rows per group
-        rows: dict[tuple[str, bool], tuple[list, list, list]] = {}
-        for j, k in enumerate(keys):
-            for i, size in sorted(self.accounts[k].positions.items()):
-                s = self.series[i]
-                if (assets is None or s.asset in assets) and i not in skip:
-                    group = rows.setdefault((s.underlying, s.inverse), ([], [], []))
-                    group[0].append(j)
-                    group[1].append(i)
-                    group[2].append(float(size))
-        out: dict[str, tuple[list, list]] = {}
-        totals: dict[str, list[np.ndarray]] = {}
-        for (und, inverse), (owner, ids, sizes) in sorted(rows.items()):
+    def _rows(self, keys: list[bytes], skip: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The accounts' positions as arrays (owner: index into keys, series id, size), each
+        account's rows together and in series order (the kernel sums a book's rows in order, so
+        the order is part of the result), without the series in skip."""
+        held = [self.accounts[k].positions for k in keys]
+        counts = np.fromiter(map(len, held), np.int64, len(held))
+        n = int(counts.sum())
+        owner = np.repeat(np.arange(len(keys), dtype=np.int64), counts)
+        ids = np.fromiter(itertools.chain.from_iterable(held), np.int64, n)
+        sizes = np.fromiter(itertools.chain.from_iterable(p.values() for p in held), np.int64, n)
+        keep = np.lexsort((ids, owner))
+        if skip:
+            keep = keep[~np.isin(ids[keep], np.fromiter(skip, np.int64, len(skip)))]
+        return owner[keep], ids[keep], sizes[keep]
+
+    def _position_values(self, n: int, rows, override: dict) -> dict[str, "_Sums"]:
+        """Per settlement asset, per account, the sum of size x value of one contract over its
+        positions, exactly: in int64 where no sum can overflow it, else in Python integers."""
+        owner, ids, sizes = rows
+        uniq, which = np.unique(ids, return_inverse=True)
+        values = [self._value(int(i), override) for i in uniq]
+        asset_of = [self.series[int(i)].asset for i in uniq]
+        most = int(np.bincount(owner).max(initial=0)) if len(owner) else 0
+        exact64 = max(map(abs, values), default=0) * int(np.abs(sizes).max(initial=0)) * most < 2**63
+        out = {}
+        for a in sorted(set(asset_of)):
+            mine = np.array([x == a for x in asset_of])[which]
+            o = owner[mine]
+            if exact64:
+                sums = np.zeros(n, np.int64)
+                np.add.at(sums, o, sizes[mine] * np.array(values, np.int64)[which[mine]])
+                sums = sums.tolist()
+            else:
+                sums = [0] * n
+                for j, s, u in zip(o.tolist(), sizes[mine].tolist(), which[mine].tolist()):
+                    sums[j] += s * values[u]
+            out[a] = _Sums(sums, set(o.tolist()))
+        return out
+
+    def _margins(self, n, rows, assets, override, skip) -> dict[str, tuple[list, list]]:
+        owner, ids, sizes = rows
+        uniq, which = np.unique(ids, return_inverse=True)
+        group_of = [(self.series[int(i)].underlying, self.series[int(i)].inverse) for i in uniq]
+        totals: dict[str, list] = {}
+        for und, inverse in sorted(set(group_of)):
+            asset = und if inverse else USD
+            if assets is not None and asset not in assets:
+                continue
+            mine = np.array([g == (und, inverse) for g in group_of])[which]
             mark = override.get(und) or self.marks[und]
             inst = sorted(i for i, s in self.series.items() if s.underlying == und and s.inverse == inverse
                           and i not in skip and i not in self.fixings)
@@ -379,30 +440,48 @@ class Clearing:
                           expiry=np.array([max(s.expiry - mark.timestamp, 0) / YEAR_S for s in series]),
                           vol=np.array([mark.vols.get(s.id, 1.0) for s in series]),
                           kind=np.array([s.kind | flag for s in series], np.uint8))
-            offsets = np.zeros(len(keys) + 1, np.int64)
-            np.cumsum(np.bincount(np.array(owner, np.int64), minlength=len(keys)), out=offsets[1:])
-            book = Portfolio(offsets, np.searchsorted(np.array(inst, np.int64), np.array(ids, np.int64)),
-                             np.array(sizes))
+            offsets = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(owner[mine], minlength=n), out=offsets[1:])
+            book = Portfolio(offsets, np.searchsorted(np.array(inst, np.int64), ids[mine]),
+                             sizes[mine].astype(np.float64))
             params = self.params.get(und, MarginParams(tick=QUANTUM))
             res = (risk_numpy.portfolio_margin(book, marks, params, checked=False) if self.software
                    else accel.portfolio_margin(book, marks, params, backend=self.backend, checked=False))
-            totals.setdefault(und if inverse else USD, []).append((res.initial, res.maintenance))
-        for asset, parts in totals.items():
-            out[asset] = tuple(_exact_sum([p[which] for p in parts]) for which in (0, 1))
-        return out
+            totals.setdefault(asset, []).append((res.initial, res.maintenance))
+        return {asset: tuple(_exact_sum([p[which] for p in parts]) for which in (0, 1))
+                for asset, parts in totals.items()}
 
     def _below(self, books: list[tuple[bytes, str]], initial: bool = True, override=None,
                skip: frozenset = frozenset()) -> list[tuple[bytes, str, int]]:
         """The books (account, asset) whose equity is below initial (or maintenance) margin, with
-        that equity, in the given order; one equity pass and one margin call per group."""
+        that equity, in the given order; one pass over the accounts' positions into arrays, one
+        margin call per group."""
+        started = time.perf_counter()
+        try:
+            return self._books_below(books, initial, override or {}, skip)
+        finally:
+            self.margin_s += time.perf_counter() - started
+
+    def _books_below(self, books, initial, override, skip) -> list[tuple[bytes, str, int]]:
         keys = sorted({k for k, _ in books})
         at = {k: j for j, k in enumerate(keys)}
-        equity = self.equity(keys, override)
-        margin = self.margins(keys, {a for _, a in books}, override, skip)
+        rows = self._cols.positions(self, keys) if self._cols is not None else None
+        if rows is None:
+            self._flush()
+            rows = self._rows(keys)
+            cash = {a: [self.accounts[k].collateral.get(a, 0) for k in keys] for a in {a for _, a in books}}
+        else:
+            at_row = self._cols.rows(self, keys)
+            cash = {a: self._cols.balances(at_row, a) for a in {a for _, a in books}}
+        held = self._position_values(len(keys), rows, override)
+        if skip:
+            live = ~np.isin(rows[1], np.fromiter(skip, np.int64, len(skip)))
+            rows = tuple(r[live] for r in rows)
+        margin = self._margins(len(keys), rows, {a for _, a in books}, override, skip)
         out = []
         for k, a in books:
             j = at[k]
-            e = equity[j].get(a, 0)
+            e = cash[a][j] + (held[a].sums[j] if a in held else 0)
             m = margin[a][0 if initial else 1][j] if a in margin else 0
             if m is None or e < m:
                 out.append((k, a, e))
@@ -449,6 +528,7 @@ class Clearing:
         self.series[s.id] = s
 
     def deposit(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
+        self._flush()
         if not 0 < amount <= MAX_AMOUNT:
             raise Rejected(f"a deposit must be 1..{MAX_AMOUNT} quanta")
         self._asset(asset)
@@ -461,6 +541,7 @@ class Clearing:
         acct.nonce += 1
 
     def withdraw(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
+        self._flush()
         if not 0 < amount <= MAX_AMOUNT:
             raise Rejected(f"a withdrawal must be 1..{MAX_AMOUNT} quanta")
         self._asset(asset)
@@ -488,6 +569,7 @@ class Clearing:
         size / F coin (the contract's value, -1/F per USD). Both books must cover their initial
         margin afterwards (deferred: at the block's end). Both signatures are checked where the
         transaction is decoded."""
+        self._flush()
         if buyer == seller or not 0 < size <= MAX_SIZE or not 0 <= price <= MAX_PRICE:
             raise Rejected(f"a trade needs two accounts, a size of 1..{MAX_SIZE} and a price of 0..{MAX_PRICE}")
         s = self.series.get(series)
@@ -539,7 +621,9 @@ class Clearing:
         touched and that book ends it below initial margin (one margin call per group for all of
         them); clears the record."""
         books, self.touched = sorted(self.touched), set()
-        return sorted({k for k, _, _ in self._below(books)}) if books else []
+        short = sorted({k for k, _, _ in self._below(books)}) if books else []
+        self._flush()
+        return short
 
     def mark(self, underlying: str, index: float, vols: dict, sequence: int, timestamp: int, signers: list[bytes],
              signatures_valid: bool = True) -> None:
@@ -579,6 +663,8 @@ class Clearing:
         if caught:
             raise ShortBooks(caught, f"would be liquidated by this {underlying} mark after a transaction of "
                                      "the same block touched its book")
+        if expiring or below:  # settlement and liquidation work on the accounts one by one
+            self._flush()
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
         for i in sorted(expiring):
@@ -675,6 +761,7 @@ class Clearing:
         """Every account's leaf, in slot (registration) order: key 32 | nonce u64 | assets u8, then
         (asset 8 zero-padded | quanta i128) sorted by asset | (series u32 | size i64) sorted by
         series. The state tree's leaves, for audits and tests (the root is kept incrementally)."""
+        self._flush()
         return [self._leaf(k, a) for k, a in sorted(self.accounts.items(), key=lambda ka: ka[1].slot)]
 
     def globals_leaves(self) -> list[bytes]:
@@ -701,6 +788,7 @@ class Clearing:
         tree updated for the accounts changed since it last was (their leaves and ancestors,
         hashed by sha256_many, rows of a 2-D uint8 array to an (n, 32) array), the few global
         leaves hashed whole."""
+        self._flush()
         if self.dirty:
             changed = {self.accounts[k].slot: self._leaf(k, self.accounts[k]) for k in self.dirty}
             self.tree.update(changed, len(self.accounts), sha256_many)
@@ -714,6 +802,7 @@ class Clearing:
         """(the account's leaf, its proof in the accounts' tree, that tree's root, the globals root):
         verify_merkle_proof(accounts_root, leaf, proof) and inner_hash(accounts_root, globals_root)
         == the state root of the block this state belongs to. KeyError for an unknown account."""
+        self._flush()
         acct = self.accounts[key]
         self.state_root(sha256_many or Verifier("accel", self.backend).sha256_rows)
         return self._leaf(key, acct), self.tree.proof(acct.slot), self.tree.root, hashlib_root(self.globals_leaves())
@@ -721,6 +810,7 @@ class Clearing:
     def violations(self) -> list[str]:
         """Every ledger invariant of docs/CLEARING.md that does not hold (an empty list: all do).
         Reads the whole state: for tests and audits, not for every block."""
+        self._flush()
         out = []
         for a in sorted(self.assets):
             cash = sum(acct.collateral.get(a, 0) for acct in self.accounts.values())

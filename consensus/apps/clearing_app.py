@@ -30,9 +30,11 @@ from ..messages import Block, Txs
 from ..verify import Verifier
 from . import clearing_tx as ctx
 from .clearing import Clearing, Rejected, ShortBooks
+from .clearing_columns import apply_run
 from .kv import EMPTY, Verdict
 
 log = logging.getLogger("consensus.clearing")
+_COLUMNAR = (ctx.DEPOSIT, ctx.WITHDRAW, ctx.TRADE)
 MAX_PASSES = 4  # fills of one proposal before it falls back to what no margin check refuses
 REFUSALS_KEPT = 10_000  # reasons of recently refused transactions, for clients asking
 
@@ -54,6 +56,21 @@ def _guarded(fn, *args):
     except Exception as exc:
         log.exception("clearing: internal error")
         raise _Internal(f"internal error: {type(exc).__name__}: {exc}") from None
+
+
+def _runs(txs: list) -> list[tuple[int, int]]:
+    """txs cut into (start, end) slices: each mark or registration alone, and the runs of deposits,
+    withdrawals and trades between them (columnar execution applies a run at once)."""
+    out, start = [], 0
+    for i, tx in enumerate(txs):
+        if tx.op not in _COLUMNAR:
+            if start < i:
+                out.append((start, i))
+            out.append((i, i + 1))
+            start = i + 1
+    if start < len(txs):
+        out.append((start, len(txs)))
+    return out
 
 
 @dataclass
@@ -159,11 +176,14 @@ class ClearingApp:
         state = parent.clearing.snapshot()
         state.margin_s, state.defer = 0.0, True
         state.begin_block()
-        for i, tx in enumerate(txs):
-            try:
-                _guarded(ctx.apply, state, tx)
-            except Rejected as exc:
-                raise Rejected(f"transaction {i}: {exc}") from None
+        for start, end in _runs(txs):
+            if end - start > 1 and _guarded(apply_run, state, txs[start:end]):
+                continue
+            for i in range(start, end):  # one by one: a mark, a registration, or a run with a refusal
+                try:
+                    _guarded(ctx.apply, state, txs[i])
+                except Rejected as exc:
+                    raise Rejected(f"transaction {i}: {exc}") from None
         short = _guarded(state.end_of_block)
         if short:
             raise Rejected(f"account {short[0].hex()[:16]} ends the block below initial margin")
@@ -225,25 +245,61 @@ class ClearingApp:
         state.begin_block()
         out = _Fill(state, [], {}, {}, None)
         last: dict[bytes, int] = {}  # account -> position in candidates of its last kept transaction
-        for pos, (digest, body, signatures, tx) in enumerate(candidates):
-            if len(out.kept) >= self.max_txs:
-                break
-            if held_back.intersection(tx.signers) or (only_safe and tx.op in (ctx.TRADE, ctx.WITHDRAW)):
-                continue
+
+        def skipped(tx) -> bool:
+            return bool(held_back.intersection(tx.signers)) or (only_safe and tx.op in (ctx.TRADE, ctx.WITHDRAW))
+
+        def keep(pos: int) -> None:
+            _, body, signatures, tx = candidates[pos]
+            out.kept.append((body, signatures, tx))
+            for k in tx.signers:
+                last[k] = pos
+
+        def one(pos: int) -> bool:
+            """Applies candidate pos alone; False if the fill must stop (an internal error)."""
+            digest, _, _, tx = candidates[pos]
             try:
                 _guarded(ctx.apply, state, tx)
             except ShortBooks as exc:
                 out.short.update({k: last[k] for k in exc.accounts if k not in out.short})
-                continue
             except _Internal:
                 out.broken = pos
-                return out
+                return False
             except Rejected as exc:
                 out.refused[digest] = str(exc)
+            else:
+                keep(pos)
+            return True
+
+        pos = 0
+        while pos < len(candidates) and len(out.kept) < self.max_txs:
+            if skipped(candidates[pos][3]):
+                pos += 1
                 continue
-            out.kept.append((body, signatures, tx))
-            for k in tx.signers:
-                last[k] = pos
+            if candidates[pos][3].op not in _COLUMNAR:
+                if not one(pos):
+                    return out
+                pos += 1
+                continue
+            # the run of deposits, withdrawals and trades from here, as many as the block has room for
+            run, pos = [], pos
+            while pos < len(candidates) and len(run) < self.max_txs - len(out.kept):
+                tx = candidates[pos][3]
+                if not skipped(tx):
+                    if tx.op not in _COLUMNAR:
+                        break
+                    run.append(pos)
+                pos += 1
+            try:
+                at_once = len(run) > 1 and _guarded(apply_run, state, [candidates[p][3] for p in run])
+            except _Internal:  # the state may be half written: propose what is safe
+                out.broken = -1
+                return out
+            for p in run:
+                if at_once:
+                    keep(p)
+                elif not one(p):
+                    return out
         if not out.short:
             try:
                 out.short = {k: last[k] for k in _guarded(state.end_of_block)}

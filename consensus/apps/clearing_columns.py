@@ -1,0 +1,260 @@
+"""Columnar execution (issue 20, docs/CLEARING.md "Columnar execution"): while a block executes,
+the hot state of the accounts it reaches (nonce, cash per asset, position per series) lives in
+arrays, transactions between two marks are applied in array passes, marks read the margin inputs
+of every holder from the arrays, and the accounts are written back once, at the block's end (or
+before a rule that works on accounts one by one: a settlement, a liquidation, a transaction
+applied alone).
+
+apply_run() applies a run of deposits, withdrawals and trades exactly as Clearing.deposit,
+withdraw and trade would one after the other, or declines and changes nothing: when one of them
+would be refused, or an amount leaves the range where int64 arithmetic is exact. The caller then
+applies the run one transaction at a time, which refuses the same transactions with their
+reasons, so a verdict never depends on which path ran. Inside a run:
+  - each account's legs (a deposit or withdrawal is one leg, a trade a buyer's and a seller's)
+    carry its nonces in order, from its current nonce on;
+  - the cash of each (account, asset) is its balance plus the running sum of its legs' flows: a
+    withdrawal must leave it >= 0 (MAX_BALANCE, far above int64, cannot be reached here);
+  - the position of each (account, series) is its holding plus the running sum of sizes: within
+    MAX_POSITION after every leg, and a reduce-only series' legs must shrink it.
+Marks and the reduce-only state do not change inside a run (only marks move them), so the checks
+of a run's transactions hold together exactly when they hold one after the other."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from accel.risk import FUTURE
+
+from . import clearing_tx as ctx
+from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE
+
+_SAFE = 2**62  # every value and running sum stays below this in magnitude: int64 cannot wrap
+_LOW = 0xFFFFFFFF
+
+
+def _groups(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, lengths): a stable order of the legs by group, where each group starts in it
+    and how many legs it has."""
+    order = np.argsort(group, kind="stable")
+    g = group[order]
+    first = np.ones(len(g), bool)
+    first[1:] = g[1:] != g[:-1]
+    starts = np.flatnonzero(first)
+    return order, starts, np.diff(np.append(starts, len(g)))
+
+
+def _running(group: np.ndarray, start: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Per leg (in leg order): start[its group] plus the deltas of its group up to and including it."""
+    order, starts, lengths = _groups(group)
+    d = delta[order]
+    total = np.cumsum(d)
+    out = np.empty_like(total)
+    out[order] = total - np.repeat((total - d)[starts], lengths) + start[group[order]]
+    return out
+
+
+def _last(group: np.ndarray, groups: int) -> np.ndarray:
+    """Per group, the index of its last leg."""
+    out = np.full(groups, -1, np.int64)
+    out[group] = np.arange(len(group))  # a later leg overwrites an earlier one
+    return out
+
+
+class Columns:
+    """The block's working set. Rows are accounts in the order they were first reached; cash is
+    dense (accounts x assets); positions are sparse lines (row << 32 | series id -> size), a
+    closed position a line holding 0."""
+
+    def __init__(self, state):
+        self.assets = sorted(state.assets)
+        self.asset_col = {a: j for j, a in enumerate(self.assets)}
+        self.keys: list[bytes] = []
+        self.row: dict[bytes, int] = {}
+        self.nonce = np.zeros(0, np.int64)
+        self.cash = np.zeros((0, len(self.assets)), np.int64)
+        self.changed = np.zeros(0, bool)
+        self.line: dict[int, int] = {}
+        self.line_key = np.zeros(0, np.int64)
+        self.size = np.zeros(0, np.int64)
+
+    def rows(self, state, keys) -> np.ndarray | None:
+        """The rows of keys, reaching the accounts not held yet; None if one is not registered or
+        holds a balance or position beyond the int64 range."""
+        new = [k for k in dict.fromkeys(keys) if k not in self.row]
+        if new:
+            accts = [state.accounts.get(k) for k in new]
+            if any(a is None for a in accts):
+                return None
+            first = len(self.keys)
+            ncash = np.fromiter(map(len, (a.collateral for a in accts)), np.int64, len(accts))
+            nlines = np.fromiter(map(len, (a.positions for a in accts)), np.int64, len(accts))
+            values = list(itertools.chain.from_iterable(a.collateral.values() for a in accts))
+            sizes = list(itertools.chain.from_iterable(a.positions.values() for a in accts))
+            if max(map(abs, values), default=0) >= _SAFE or max(map(abs, sizes), default=0) >= _SAFE:
+                return None
+            cash = np.zeros((len(new), len(self.assets)), np.int64)
+            cols = np.fromiter((self.asset_col[a] for acct in accts for a in acct.collateral), np.int64, len(values))
+            cash[np.repeat(np.arange(len(new)), ncash), cols] = np.array(values, np.int64)
+            ids = np.fromiter(itertools.chain.from_iterable(a.positions for a in accts), np.int64, len(sizes))
+            line_key = (np.repeat(np.arange(first, first + len(new), dtype=np.int64), nlines) << 32) | ids
+            self.line.update(zip(line_key.tolist(), range(len(self.line_key), len(self.line_key) + len(line_key))))
+            self.line_key = np.concatenate([self.line_key, line_key])
+            self.size = np.concatenate([self.size, np.array(sizes, np.int64)])
+            self.row.update(zip(new, range(first, first + len(new))))
+            self.keys += new
+            self.nonce = np.concatenate([self.nonce, np.fromiter((a.nonce for a in accts), np.int64, len(accts))])
+            self.cash = np.concatenate([self.cash, cash])
+            self.changed = np.concatenate([self.changed, np.zeros(len(new), bool)])
+        return np.fromiter(map(self.row.__getitem__, keys), np.int64, len(keys))
+
+    def lines(self, keys: list) -> np.ndarray:
+        """The lines (indices) of (row << 32 | series) keys, adding a 0 line for each one missing."""
+        out = np.fromiter((self.line.get(k, -1) for k in keys), np.int64, len(keys))
+        missing = np.flatnonzero(out < 0)
+        if len(missing):
+            fresh = list(dict.fromkeys(keys[m] for m in missing.tolist()))
+            at = dict(zip(fresh, range(len(self.line_key), len(self.line_key) + len(fresh))))
+            self.line.update(at)
+            self.line_key = np.concatenate([self.line_key, np.array(fresh, np.int64)])
+            self.size = np.concatenate([self.size, np.zeros(len(fresh), np.int64)])
+            out[missing] = [at[keys[m]] for m in missing.tolist()]
+        return out
+
+    def positions(self, state, keys: list[bytes]):
+        """(owner: index into keys, series id, size) of the accounts' open positions, each account's
+        rows together in series order; None if an account cannot be held in int64 columns."""
+        rows = self.rows(state, keys)
+        if rows is None:
+            return None
+        owner_of = np.full(len(self.keys), -1, np.int64)
+        owner_of[rows] = np.arange(len(keys))
+        owner = owner_of[self.line_key >> 32]
+        held = (owner >= 0) & (self.size != 0)
+        owner, ids, sizes = owner[held], self.line_key[held] & _LOW, self.size[held]
+        keep = np.lexsort((ids, owner))
+        return owner[keep], ids[keep], sizes[keep]
+
+    def balances(self, rows: np.ndarray, asset: str) -> list[int]:
+        return self.cash[rows, self.asset_col[asset]].tolist()
+
+    def write_back(self, state) -> None:
+        """Every changed account's nonce, cash and positions into its Account (the state's own copy)."""
+        changed = np.flatnonzero(self.changed)
+        if not len(changed):
+            return
+        accts = {r: state._mut(self.keys[r]) for r in changed.tolist()}
+        for r, acct in accts.items():
+            acct.nonce = int(self.nonce[r])
+            acct.collateral = {}
+            acct.positions = {}
+        rs, cs = np.nonzero(self.cash[changed])
+        for r, c, v in zip(changed[rs].tolist(), cs.tolist(), self.cash[changed[rs], cs].tolist()):
+            accts[r].collateral[self.assets[c]] = v
+        mine = self.changed[self.line_key >> 32] & (self.size != 0)
+        order = np.argsort(self.line_key[mine], kind="stable")  # series order within each account
+        keys, sizes = self.line_key[mine][order].tolist(), self.size[mine][order].tolist()
+        for k, v in zip(keys, sizes):
+            accts[k >> 32].positions[k & _LOW] = v
+        self.changed[:] = False
+
+
+def apply_run(state, txs: list[ctx.Tx]) -> bool:
+    """Applies txs (deposits, withdrawals and trades only) to state if every one of them applies,
+    and says so; otherwise leaves it as it was and returns False."""
+    if not state.defer or not txs:
+        return False
+    # legs in transaction order: (account, nonce, asset, cash flow, series or -1, size, tx kind)
+    accounts, nonces, assets, flows, series, sizes, kinds = [], [], [], [], [], [], []
+    reduce_only: dict[int, bool] = {}
+    for tx in txs:
+        f = tx.fields
+        if tx.op == ctx.TRADE:
+            buyer, bn, seller, sn, i, size, price = f
+            s = state.series.get(i)
+            if (buyer == seller or not 0 < size <= MAX_SIZE or not 0 <= price <= MAX_PRICE or s is None
+                    or i in state.fixings or s.underlying not in state.marks):
+                return False
+            if s.inverse and s.kind == FUTURE:
+                if price <= 0:
+                    return False
+                flow = -((size * _PER_UNIT * _PER_UNIT + price // 2) // price)
+            else:
+                flow = price * size
+            if i not in reduce_only:
+                reduce_only[i] = bool(state._reduce_only(s))
+            a = s.asset
+            accounts += (buyer, seller)
+            nonces += (bn, sn)
+            assets += (a, a)
+            flows += (-flow, flow)
+            series += (i, i)
+            sizes += (size, -size)
+            kinds += (ctx.TRADE, ctx.TRADE)
+        elif tx.op in (ctx.DEPOSIT, ctx.WITHDRAW):
+            key, nonce, asset, amount = f
+            if not 0 < amount <= MAX_AMOUNT or asset not in state.assets:
+                return False
+            accounts.append(key)
+            nonces.append(nonce)
+            assets.append(asset)
+            flows.append(amount if tx.op == ctx.DEPOSIT else -amount)
+            series.append(-1)
+            sizes.append(0)
+            kinds.append(tx.op)
+        else:
+            return False
+    if max(nonces) >= _SAFE or max(map(abs, flows)) >= _SAFE // len(flows):
+        return False
+    cols = state.columns()
+    rows = cols.rows(state, accounts)
+    if rows is None:
+        return False
+    # nonces: each account's legs carry its current nonce, then the next ones, in order
+    order, starts, lengths = _groups(rows)
+    rank = np.empty_like(rows)
+    rank[order] = np.arange(len(rows)) - np.repeat(starts, lengths)
+    if not np.array_equal(np.array(nonces, np.int64), cols.nonce[rows] + rank):
+        return False
+    # cash per (account, asset)
+    asset_col = np.fromiter(map(cols.asset_col.__getitem__, assets), np.int64, len(assets))
+    books, book_of = np.unique(rows * len(cols.assets) + asset_col, return_inverse=True)
+    book_row, book_col = books // len(cols.assets), books % len(cols.assets)
+    flow = np.array(flows, np.int64)
+    cash = _running(book_of, cols.cash[book_row, book_col], flow)
+    kind = np.array(kinds, np.int64)
+    if (cash[kind == ctx.WITHDRAW] < 0).any() or (np.abs(cash) >= _SAFE).any():
+        return False
+    # positions per (account, series)
+    trade = np.flatnonzero(kind == ctx.TRADE)
+    ids = np.array(series, np.int64)[trade]
+    size = np.array(sizes, np.int64)[trade]
+    line = cols.lines(((rows[trade] << 32) | ids).tolist())
+    lines, line_of = np.unique(line, return_inverse=True)
+    held = cols.size[lines]
+    position = _running(line_of, held, size)
+    if (np.abs(position) > MAX_POSITION).any():
+        return False
+    shrink = np.fromiter((reduce_only[i] for i in ids.tolist()), bool, len(ids))
+    if shrink.any():
+        before, legs = (position - size)[shrink], size[shrink]
+        if not ((before * legs < 0) & (np.abs(legs) <= np.abs(before))).all():
+            return False
+    # every check passed: the final values, the holders whose positions opened or closed, the supply
+    cols.nonce[rows[order[starts]]] += lengths
+    cols.cash[book_row, book_col] = cash[_last(book_of, len(books))]
+    final = position[_last(line_of, len(lines))]
+    cols.size[lines] = final
+    cols.changed[rows] = True
+    flipped = (held == 0) != (final == 0)
+    for ln, now in zip(cols.line_key[lines[flipped]].tolist(), final[flipped].tolist()):
+        holders = state._holders(ln & _LOW)
+        if now:
+            holders.add(cols.keys[ln >> 32])
+        else:
+            holders.discard(cols.keys[ln >> 32])
+    for j in np.flatnonzero(kind != ctx.TRADE).tolist():
+        state.supply[assets[j]] += flows[j]
+    margined = np.flatnonzero(kind != ctx.DEPOSIT).tolist()
+    state.touched.update((accounts[j], assets[j]) for j in margined)
+    return True
