@@ -1,6 +1,7 @@
 /* C entries of kernels/risk.h across cores. math.h only declares sqrt, which is correctly
  * rounded IEEE on every target; the kernels call no other libm function. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "../kernels/risk.h"
 
@@ -81,45 +82,60 @@ int av_greeks(const double *x, const double *k, const double *t, const double *r
     return 0;
 }
 
-/* Portfolio margin of one account as the portable item computes it, but with every rk_value call
- * of a chunk of positions (the base value, then each scenario) gathered into arrays and evaluated
- * in one vectorised loop; the losses are then summed in the item's order. */
+/* Portfolio margin as the portable item computes it, with every rk_value call of a chunk of
+ * positions (the base value, then each scenario) gathered into arrays and evaluated in one
+ * vectorised loop; the losses are then summed in the item's order. When the positions of a call
+ * outnumber its instruments, each instrument is valued once for the call (a table of its base and
+ * scenario values) instead of once per position holding it: the same rk_value calls on the same
+ * inputs, so the same bits. */
 #define AV_MARGIN_CHUNK 16 /* positions per batch */
 #define AV_MARGIN_TASKS (AV_MARGIN_CHUNK * (RK_MAX_SCEN + 1))
 
+/* val[q * per + 0] = instrument inst[q]'s base value, val[q * per + 1 + s] its value in scenario s */
 __attribute__((target_clones("avx2", "default"), flatten))
-static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
-                                 const double *forward, const double *strike, const double *expiry, const double *vol,
-                                 const uint8_t *kind, const double *pp, int64_t *im, int64_t *mm, int32_t *worst) {
+static void value_chunk(const int32_t *inst, int np, const double *forward, const double *strike,
+                        const double *expiry, const double *vol, const uint8_t *kind, const double *pp, double *val) {
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     int per = nscen + 1;
     double index = pp[RK_P_INDEX];
-    double pnl[RK_MAX_SCEN];
     double tf[AV_MARGIN_TASKS], ti[AV_MARGIN_TASKS], tk[AV_MARGIN_TASKS], trt[AV_MARGIN_TASKS];
-    double tv[AV_MARGIN_TASKS], td[AV_MARGIN_TASKS], val[AV_MARGIN_TASKS];
+    double tv[AV_MARGIN_TASKS], td[AV_MARGIN_TASKS];
     uint64_t tfl[AV_MARGIN_TASKS];
+    for (int q = 0; q < np; q++) {
+        int32_t j = inst[q];
+        double disc, rt, vols[3];
+        rk_position(expiry[j], vol[j], pp, &disc, &rt, vols);
+        for (int s = -1; s < nscen; s++) { /* -1: the base value, unmoved */
+            int vs = 1, o = q * per + s + 1;
+            double mv = s < 0 ? 1.0 : rk_scenario(s, nm, pp, &vs);
+            tf[o] = s < 0 ? forward[j] : forward[j] * mv;
+            ti[o] = s < 0 ? index : index * mv;
+            tv[o] = s < 0 ? vol[j] : vols[vs];
+            tk[o] = strike[j], trt[o] = rt, td[o] = disc, tfl[o] = kind[j];
+        }
+    }
+#pragma omp simd
+    for (int o = 0; o < np * per; o++) val[o] = rk_value((u32)tfl[o], tf[o], ti[o], tk[o], trt[o], tv[o], td[o]);
+}
+
+static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
+                                 const double *forward, const double *strike, const double *expiry, const double *vol,
+                                 const uint8_t *kind, const double *pp, const double *table, int64_t *im, int64_t *mm,
+                                 int32_t *worst) {
+    int nm = (int)pp[RK_P_NMOVES];
+    int nscen = 3 * nm + (int)pp[RK_P_NEXT];
+    int per = nscen + 1;
+    double pnl[RK_MAX_SCEN];
+    double chunk[AV_MARGIN_TASKS];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
     for (int64_t p0 = offsets[a]; p0 < offsets[a + 1]; p0 += AV_MARGIN_CHUNK) {
         int np = (int)(offsets[a + 1] - p0 < AV_MARGIN_CHUNK ? offsets[a + 1] - p0 : AV_MARGIN_CHUNK);
+        if (!table) value_chunk(pos_inst + p0, np, forward, strike, expiry, vol, kind, pp, chunk);
         for (int q = 0; q < np; q++) {
-            int32_t j = pos_inst[p0 + q];
-            double disc, rt, vols[3];
-            rk_position(expiry[j], vol[j], pp, &disc, &rt, vols);
-            for (int s = -1; s < nscen; s++) { /* -1: the base value, unmoved */
-                int vs = 1, o = q * per + s + 1;
-                double mv = s < 0 ? 1.0 : rk_scenario(s, nm, pp, &vs);
-                tf[o] = s < 0 ? forward[j] : forward[j] * mv;
-                ti[o] = s < 0 ? index : index * mv;
-                tv[o] = s < 0 ? vol[j] : vols[vs];
-                tk[o] = strike[j], trt[o] = rt, td[o] = disc, tfl[o] = kind[j];
-            }
-        }
-#pragma omp simd
-        for (int o = 0; o < np * per; o++) val[o] = rk_value((u32)tfl[o], tf[o], ti[o], tk[o], trt[o], tv[o], td[o]);
-        for (int q = 0; q < np; q++) {
-            double size = pos_size[p0 + q], base = val[q * per];
-            for (int s = 0; s < nscen; s++) pnl[s] += size * (val[q * per + 1 + s] - base);
+            const double *val = table ? table + (int64_t)pos_inst[p0 + q] * per : chunk + q * per;
+            double size = pos_size[p0 + q], base = val[0];
+            for (int s = 0; s < nscen; s++) pnl[s] += size * (val[1 + s] - base);
         }
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
@@ -130,10 +146,24 @@ int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const d
                         const double *forward, const double *strike, const double *expiry, const double *vol,
                         const uint8_t *kind, const double *params, int64_t *im, int64_t *mm, int32_t *worst,
                         uint64_t n) {
-#pragma omp parallel for schedule(dynamic, 16) if (n >= 32)
+    int64_t positions = offsets[n] - offsets[0], ninst = 0;
+    for (int64_t p = offsets[0]; p < offsets[n]; ++p)
+        if (pos_inst[p] >= ninst) ninst = (int64_t)pos_inst[p] + 1;
+    double *table = NULL;
+    int per = 3 * (int)params[RK_P_NMOVES] + (int)params[RK_P_NEXT] + 1;
+    if (positions > ninst && (table = malloc((size_t)ninst * per * sizeof(double))) != NULL) {
+        int32_t inst[AV_MARGIN_CHUNK];
+        for (int64_t j0 = 0; j0 < ninst; j0 += AV_MARGIN_CHUNK) {
+            int np = (int)(ninst - j0 < AV_MARGIN_CHUNK ? ninst - j0 : AV_MARGIN_CHUNK);
+            for (int q = 0; q < np; q++) inst[q] = (int32_t)(j0 + q);
+            value_chunk(inst, np, forward, strike, expiry, vol, kind, params, table + j0 * per);
+        }
+    }
+#pragma omp parallel for schedule(dynamic, 64) if (positions >= 4096)
     for (int64_t a = 0; a < (int64_t)n; ++a)
-        portfolio_margin_one((uint64_t)a, offsets, pos_inst, pos_size, forward, strike, expiry, vol, kind, params, im,
-                             mm, worst);
+        portfolio_margin_one((uint64_t)a, offsets, pos_inst, pos_size, forward, strike, expiry, vol, kind, params,
+                             table, im, mm, worst);
+    free(table);
     return 0;
 }
 

@@ -135,7 +135,7 @@ class Liquidation(NamedTuple):
 
 class _Sums(NamedTuple):
     sums: list      # per account, quanta (Python integers)
-    nonzero: set    # accounts with a position in the asset
+    held: list      # per account, whether it holds a position in the asset
 
 
 def _credit(acct: Account, asset: str, amount: int) -> None:
@@ -362,7 +362,7 @@ class Clearing:
         for j, k in enumerate(keys):
             eq = dict(self.accounts[k].collateral)
             for a, per in held.items():
-                if j in per.nonzero:
+                if per.held[j]:
                     eq[a] = eq.get(a, 0) + per.sums[j]
             out.append(eq)
         return out
@@ -417,7 +417,9 @@ class Clearing:
                 sums = [0] * n
                 for j, s, u in zip(o.tolist(), sizes[mine].tolist(), which[mine].tolist()):
                     sums[j] += s * values[u]
-            out[a] = _Sums(sums, set(o.tolist()))
+            held = np.zeros(n, bool)
+            held[o] = True
+            out[a] = _Sums(sums, held.tolist())
         return out
 
     def _margins(self, n, rows, assets, override, skip) -> dict[str, tuple[list, list]]:
@@ -656,8 +658,11 @@ class Clearing:
         new = Mark(index, dict(vols), sequence, timestamp, self._series_values(underlying, index, vols, timestamp))
         expiring = frozenset(i for i, s in mine.items() if i not in self.fixings and s.expiry <= timestamp)
         # after settlement the expiring series are cash: equity counts them at their fixing, margin skips them
-        books = sorted({(k, self.series[i].asset) for i in mine for k in self.holders.get(i, ())
-                        if i not in expiring})
+        holders: dict[str, list[set]] = {}
+        for i, s in mine.items():
+            if i not in expiring:
+                holders.setdefault(s.asset, []).append(self.holders.get(i, set()))
+        books = sorted((k, a) for a, sets in holders.items() for k in set().union(*sets))
         below = self._below(books, initial=False, override={underlying: new}, skip=expiring) if books else []
         caught = sorted({k for k, a, _ in below if (k, a) in self.touched})
         if caught:

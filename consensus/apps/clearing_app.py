@@ -16,6 +16,8 @@ both kinds of validator reach the same state roots. No input raises out of submi
 or validate (docs/CLEARING.md, "Invariants")."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import logging
 import time
@@ -56,6 +58,21 @@ def _guarded(fn, *args):
     except Exception as exc:
         log.exception("clearing: internal error")
         raise _Internal(f"internal error: {type(exc).__name__}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Cyclic garbage collection held off for one block: a block allocates tens of thousands of
+    young objects (decoded transactions, their fields, arrays), and each collection triggered on
+    the way walks all of them again (about a fifth of execution time, measured). Reference
+    counting frees them as usual; any cycle waits for the next collection after the block."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _runs(txs: list) -> list[tuple[int, int]]:
@@ -190,6 +207,7 @@ class ClearingApp:
         state.defer = False
         return State(state, b""), state.margin_s
 
+    @_gc_paused()
     def execute(self, parent: State, bodies: Packed) -> State:
         """Replay (a committed block from this validator's own store)."""
         out, _ = self._run(parent, ctx.decode_all(bodies))
@@ -199,6 +217,7 @@ class ClearingApp:
     def tx_root(self, txs: Txs) -> bytes:
         return self.verifier.merkle_root(txs.bodies) if len(txs) else EMPTY
 
+    @_gc_paused()
     def validate(self, parent: State, block: Block, certs: tuple) -> Verdict:
         t = {}
         start = time.perf_counter()
@@ -307,6 +326,7 @@ class ClearingApp:
                 out.broken = -1
         return out
 
+    @_gc_paused()
     def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
         """Mempool transactions in arrival order that apply on top of parent, up to max_txs.
         Refused ones leave the mempool, with their reason in `refused`. If accounts would end the

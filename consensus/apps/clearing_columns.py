@@ -159,86 +159,117 @@ class Columns:
         self.changed[:] = False
 
 
+class _Legs:
+    """A run's legs in transaction order (a trade's buyer, then its seller), as columns."""
+
+    def __init__(self, n: int):
+        self.keys = np.empty(n, object)
+        self.nonce = np.zeros(n, np.int64)
+        self.asset = np.zeros(n, np.int64)    # column of the asset its cash moves in
+        self.flow = np.zeros(n, np.int64)     # quanta into the account's cash
+        self.series = np.zeros(n, np.int64)   # trades: the series
+        self.size = np.zeros(n, np.int64)     # trades: contracts into the account's position
+        self.kind = np.zeros(n, np.int64)     # the transaction's operation
+        self.shrink = np.zeros(n, bool)       # trades in a reduce-only series
+
+
+def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
+    """The run's legs, or None where a transaction would be refused on its own fields, or its
+    amounts could leave the int64 range."""
+    ops = np.fromiter((t.op for t in txs), np.int64, len(txs))
+    trade = ops == ctx.TRADE
+    if not (trade | (ops == ctx.DEPOSIT) | (ops == ctx.WITHDRAW)).all():
+        return None
+    count = np.where(trade, 2, 1)
+    first = np.cumsum(count) - count
+    legs = _Legs(int(count.sum()))
+    legs.kind[first] = ops
+    legs.kind[first[trade] + 1] = ctx.TRADE
+    at = np.flatnonzero(trade)
+    if len(at):
+        buyer, bn, seller, sn, ids, size, price = zip(*[txs[k].fields for k in at.tolist()])
+        size = np.fromiter(size, np.int64, len(at))
+        price = np.fromiter(price, np.uint64, len(at))
+        nonces = np.fromiter(bn + sn, np.uint64, 2 * len(at))
+        if (any(map(bytes.__eq__, buyer, seller)) or not ((size > 0) & (size <= MAX_SIZE)).all()
+                or (price > MAX_PRICE).any() or (nonces >= _SAFE).any()):
+            return None
+        price = price.astype(np.int64)
+        listed = {}
+        for i in set(ids):
+            s = state.series.get(i)
+            if s is None or i in state.fixings or s.underlying not in state.marks:
+                return None
+            listed[i] = (cols.asset_col[s.asset], s.inverse and s.kind == FUTURE, bool(state._reduce_only(s)))
+        asset, inverse, shrink = (np.array(c) for c in zip(*[listed[i] for i in ids]))
+        if (price.astype(np.float64) * size >= 2**61).any() or (inverse & (price <= 0)).any():
+            return None
+        flow = price * size
+        if inverse.any():  # coin quanta for size USD at the futures price, rounded half up
+            flow[inverse] = [-((z * _PER_UNIT * _PER_UNIT + p // 2) // p)
+                             for z, p in zip(size[inverse].tolist(), price[inverse].tolist())]
+        b, sl = first[at], first[at] + 1
+        legs.keys[b], legs.keys[sl] = buyer, seller
+        legs.nonce[b], legs.nonce[sl] = nonces[:len(at)].astype(np.int64), nonces[len(at):].astype(np.int64)
+        legs.asset[b] = legs.asset[sl] = asset
+        legs.flow[b], legs.flow[sl] = -flow, flow
+        legs.series[b] = legs.series[sl] = np.array(ids, np.int64)
+        legs.size[b], legs.size[sl] = size, -size
+        legs.shrink[b] = legs.shrink[sl] = shrink
+    at = np.flatnonzero(~trade)
+    if len(at):
+        keys, nonces, assets, amounts = zip(*[txs[k].fields for k in at.tolist()])
+        amounts = np.fromiter(amounts, np.uint64, len(at))
+        nonces = np.fromiter(nonces, np.uint64, len(at))
+        if (not ((amounts > 0) & (amounts <= MAX_AMOUNT)).all() or (nonces >= _SAFE).any()
+                or not set(assets) <= state.assets):
+            return None
+        legs.keys[first[at]] = keys
+        legs.nonce[first[at]] = nonces.astype(np.int64)
+        legs.asset[first[at]] = np.fromiter(map(cols.asset_col.__getitem__, assets), np.int64, len(at))
+        legs.flow[first[at]] = np.where(ops[at] == ctx.DEPOSIT, 1, -1) * amounts.astype(np.int64)
+    if np.abs(legs.flow).astype(np.float64).sum() >= 2**61:
+        return None
+    return legs
+
+
 def apply_run(state, txs: list[ctx.Tx]) -> bool:
     """Applies txs (deposits, withdrawals and trades only) to state if every one of them applies,
     and says so; otherwise leaves it as it was and returns False."""
     if not state.defer or not txs:
         return False
-    # legs in transaction order: (account, nonce, asset, cash flow, series or -1, size, tx kind)
-    accounts, nonces, assets, flows, series, sizes, kinds = [], [], [], [], [], [], []
-    reduce_only: dict[int, bool] = {}
-    for tx in txs:
-        f = tx.fields
-        if tx.op == ctx.TRADE:
-            buyer, bn, seller, sn, i, size, price = f
-            s = state.series.get(i)
-            if (buyer == seller or not 0 < size <= MAX_SIZE or not 0 <= price <= MAX_PRICE or s is None
-                    or i in state.fixings or s.underlying not in state.marks):
-                return False
-            if s.inverse and s.kind == FUTURE:
-                if price <= 0:
-                    return False
-                flow = -((size * _PER_UNIT * _PER_UNIT + price // 2) // price)
-            else:
-                flow = price * size
-            if i not in reduce_only:
-                reduce_only[i] = bool(state._reduce_only(s))
-            a = s.asset
-            accounts += (buyer, seller)
-            nonces += (bn, sn)
-            assets += (a, a)
-            flows += (-flow, flow)
-            series += (i, i)
-            sizes += (size, -size)
-            kinds += (ctx.TRADE, ctx.TRADE)
-        elif tx.op in (ctx.DEPOSIT, ctx.WITHDRAW):
-            key, nonce, asset, amount = f
-            if not 0 < amount <= MAX_AMOUNT or asset not in state.assets:
-                return False
-            accounts.append(key)
-            nonces.append(nonce)
-            assets.append(asset)
-            flows.append(amount if tx.op == ctx.DEPOSIT else -amount)
-            series.append(-1)
-            sizes.append(0)
-            kinds.append(tx.op)
-        else:
-            return False
-    if max(nonces) >= _SAFE or max(map(abs, flows)) >= _SAFE // len(flows):
-        return False
     cols = state.columns()
-    rows = cols.rows(state, accounts)
+    legs = _legs(state, cols, txs)
+    if legs is None:
+        return False
+    keys = legs.keys.tolist()
+    rows = cols.rows(state, keys)
     if rows is None:
         return False
     # nonces: each account's legs carry its current nonce, then the next ones, in order
     order, starts, lengths = _groups(rows)
     rank = np.empty_like(rows)
     rank[order] = np.arange(len(rows)) - np.repeat(starts, lengths)
-    if not np.array_equal(np.array(nonces, np.int64), cols.nonce[rows] + rank):
+    if not np.array_equal(legs.nonce, cols.nonce[rows] + rank):
         return False
     # cash per (account, asset)
-    asset_col = np.fromiter(map(cols.asset_col.__getitem__, assets), np.int64, len(assets))
-    books, book_of = np.unique(rows * len(cols.assets) + asset_col, return_inverse=True)
+    books, book_of = np.unique(rows * len(cols.assets) + legs.asset, return_inverse=True)
     book_row, book_col = books // len(cols.assets), books % len(cols.assets)
-    flow = np.array(flows, np.int64)
-    cash = _running(book_of, cols.cash[book_row, book_col], flow)
-    kind = np.array(kinds, np.int64)
-    if (cash[kind == ctx.WITHDRAW] < 0).any() or (np.abs(cash) >= _SAFE).any():
+    cash = _running(book_of, cols.cash[book_row, book_col], legs.flow)
+    if (cash[legs.kind == ctx.WITHDRAW] < 0).any() or (np.abs(cash) >= _SAFE).any():
         return False
     # positions per (account, series)
-    trade = np.flatnonzero(kind == ctx.TRADE)
-    ids = np.array(series, np.int64)[trade]
-    size = np.array(sizes, np.int64)[trade]
-    line = cols.lines(((rows[trade] << 32) | ids).tolist())
-    lines, line_of = np.unique(line, return_inverse=True)
+    trade = np.flatnonzero(legs.kind == ctx.TRADE)
+    size = legs.size[trade]
+    lines, line_of = np.unique(cols.lines(((rows[trade] << 32) | legs.series[trade]).tolist()), return_inverse=True)
     held = cols.size[lines]
     position = _running(line_of, held, size)
     if (np.abs(position) > MAX_POSITION).any():
         return False
-    shrink = np.fromiter((reduce_only[i] for i in ids.tolist()), bool, len(ids))
+    shrink = legs.shrink[trade]
     if shrink.any():
-        before, legs = (position - size)[shrink], size[shrink]
-        if not ((before * legs < 0) & (np.abs(legs) <= np.abs(before))).all():
+        before, moved = (position - size)[shrink], size[shrink]
+        if not ((before * moved < 0) & (np.abs(moved) <= np.abs(before))).all():
             return False
     # every check passed: the final values, the holders whose positions opened or closed, the supply
     cols.nonce[rows[order[starts]]] += lengths
@@ -253,8 +284,8 @@ def apply_run(state, txs: list[ctx.Tx]) -> bool:
             holders.add(cols.keys[ln >> 32])
         else:
             holders.discard(cols.keys[ln >> 32])
-    for j in np.flatnonzero(kind != ctx.TRADE).tolist():
-        state.supply[assets[j]] += flows[j]
-    margined = np.flatnonzero(kind != ctx.DEPOSIT).tolist()
-    state.touched.update((accounts[j], assets[j]) for j in margined)
+    for j in np.flatnonzero(legs.kind != ctx.TRADE).tolist():
+        state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
+    margined = np.flatnonzero(legs.kind != ctx.DEPOSIT)
+    state.touched.update(zip(legs.keys[margined].tolist(), map(cols.assets.__getitem__, legs.asset[margined].tolist())))
     return True
