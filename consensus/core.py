@@ -46,8 +46,8 @@ from typing import Callable
 
 from .apps.kv import EMPTY
 from .messages import (
-    MAX_HEIGHT, MAX_RANGE, MAX_VIEW, QC, RANGE_BYTES, TC, Block, BlockRequest, BlockResponse, Proposal, Timeout, Txs,
-    Vote, proposal_bytes, timeout_bytes, vote_bytes,
+    MAX_HEIGHT, MAX_RANGE, MAX_VIEW, QC, RANGE_BYTES, TC, Block, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
+    SnapshotRequest, Timeout, Txs, Vote, proposal_bytes, timeout_bytes, vote_bytes,
 )
 
 
@@ -182,6 +182,9 @@ class Core:
         one they are kept (to serve peers catching up) and the rest is pruned."""
         self.cfg, self.sign, self.app = cfg, sign, app
         self.committed_source = committed_source
+        # snapshot_source(height, chunk): a SnapshotChunk from a store (statesync.serve) or None;
+        # a driver with a store sets it, so validators joining late can state-sync from this one
+        self.snapshot_source: Callable[[int, int], SnapshotChunk | None] | None = None
         self.genesis = genesis_block(app.genesis.root)
         gqc = QC(self.genesis.id, 0, 0)
         self.safety = replace(safety, blocks=()) if safety is not None else Safety(0, gqc)
@@ -314,7 +317,7 @@ class Core:
         elif isinstance(msg, BlockRequest):
             if len(msg.block_id) != 32 or not 0 <= msg.from_height < MAX_HEIGHT or not 1 <= msg.max_blocks <= MAX_RANGE:
                 return "request"
-        else:
+        elif not isinstance(msg, (SnapshotRequest, SnapshotChunk)):
             return "unknown"
         return ""
 
@@ -333,6 +336,12 @@ class Core:
             return self._on_block_request(sender, msg)
         if isinstance(msg, BlockResponse):
             return self._on_block_response(sender, msg)
+        if isinstance(msg, SnapshotChunk):  # only a validator state-syncing (statesync.StateSync) takes them
+            self.counters["snapshot_unasked"] += 1
+            return []
+        if isinstance(msg, SnapshotRequest) and self.snapshot_source is not None:
+            chunk = self.snapshot_source(msg.height, msg.chunk)
+            return [Send(sender, chunk)] if chunk is not None else []
         return []
 
     def on_timer(self, view: int) -> list:

@@ -9,7 +9,10 @@ signatures, decoded with array operations, never a per-transaction loop.
 Bodies by type (big-endian; a QC is block id 32 | view u64 | height u64 | count u16 | voters u16 each
 | 64-byte signatures): 1 Proposal (block, then the proposer's signature), 2 Vote, 3 Timeout,
 4 BlockRequest (block id 32 | from_height u64 | max_blocks u16, 1 to MAX_RANGE), 5 BlockResponse
-(count u16, 1 to MAX_RANGE | that many Proposal bodies, oldest first). Every view is below MAX_VIEW
+(count u16, 1 to MAX_RANGE | that many Proposal bodies, oldest first), 6 SnapshotRequest (height u64 |
+chunk u32), 7 SnapshotChunk (height u64 | chunk u32 | chunks u32, 1 to MAX_SNAPSHOT_CHUNKS | txs
+u64 | count u16, 0 to MAX_RANGE | that many Proposal bodies | data length u32, at most
+SNAPSHOT_CHUNK | data). Every view is below MAX_VIEW
 and every height below MAX_HEIGHT, or the frame does not decode. What a signature covers:
 vote_bytes (block id, view), timeout_bytes (view, the high QC's view), proposal_bytes (block id);
 a QC's height is not signed (the core checks it against the certified block, whose id covers
@@ -32,6 +35,8 @@ MAX_VIEW = 1 << 48
 MAX_HEIGHT = 1 << 48
 MAX_RANGE = 64  # proposals one BlockRequest may ask for (and one BlockResponse carry)
 RANGE_BYTES = 8 << 20  # a responder stops adding proposals to a response past about this size
+SNAPSHOT_CHUNK = 4 << 20  # bytes of a state snapshot per SnapshotChunk (every chunk but the last is this long)
+MAX_SNAPSHOT_CHUNKS = 1024  # so a snapshot taken from a peer is at most 4 GiB
 
 
 class DecodeError(ValueError):
@@ -148,6 +153,29 @@ class BlockResponse:
     """Proposals of one chain, oldest first (each a parent of the next): at most MAX_RANGE, and
     about RANGE_BYTES unless a single proposal is larger."""
     proposals: tuple
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """State sync: ask a peer for one chunk of its state snapshot at `height` (0: the newest one it
+    can prove committed; its chunk 0 says which height that is)."""
+    height: int
+    chunk: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotChunk:
+    """One chunk of a state snapshot. Chunk 0 carries the proof: the committed proposals from the
+    snapshot's block (proof[0], whose state root the snapshot must hash to) up to a block whose
+    child's QC commits it directly (2-chain), so the asker can check the block committed before
+    it trusts the state. txs: the transactions committed up to the snapshot (the responder's word;
+    only the built-in load uses it)."""
+    height: int
+    chunk: int
+    chunks: int
+    txs: int
+    proof: tuple
+    data: bytes
 
 
 # ---- encoding ---------------------------------------------------------------------------------
@@ -271,7 +299,7 @@ def _get_block(r: _Reader) -> Block:
                  qc, tc)
 
 
-_TYPES = {Proposal: 1, Vote: 2, Timeout: 3, BlockRequest: 4, BlockResponse: 5}
+_TYPES = {Proposal: 1, Vote: 2, Timeout: 3, BlockRequest: 4, BlockResponse: 5, SnapshotRequest: 6, SnapshotChunk: 7}
 
 
 def _put_body(w: _Writer, msg):
@@ -297,6 +325,18 @@ def _put_body(w: _Writer, msg):
         w.u16(len(msg.proposals))
         for p in msg.proposals:
             _put_body(w, p)
+    elif isinstance(msg, SnapshotRequest):
+        w.u64(msg.height)
+        w.u32(msg.chunk)
+    elif isinstance(msg, SnapshotChunk):
+        w.u64(msg.height)
+        w.u32(msg.chunk)
+        w.u32(msg.chunks)
+        w.u64(msg.txs)
+        w.u16(len(msg.proof))
+        for p in msg.proof:
+            _put_body(w, p)
+        w.blob(msg.data)
     else:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
 
@@ -336,6 +376,25 @@ def _get_body(r: _Reader, kind: int):
         if not 1 <= count <= MAX_RANGE:
             raise DecodeError(f"a block response of {count} proposals (1 to {MAX_RANGE})")
         return BlockResponse(tuple(_get_body(r, 1) for _ in range(count)))
+    if kind == 6:
+        height, chunk = r.u64(), r.u32()
+        _bounded(0, height)
+        if chunk >= MAX_SNAPSHOT_CHUNKS:
+            raise DecodeError(f"snapshot chunk {chunk} (below {MAX_SNAPSHOT_CHUNKS})")
+        return SnapshotRequest(height, chunk)
+    if kind == 7:
+        height, chunk, chunks, txs = r.u64(), r.u32(), r.u32(), r.u64()
+        _bounded(0, height)
+        if not chunk < chunks <= MAX_SNAPSHOT_CHUNKS:
+            raise DecodeError(f"snapshot chunk {chunk} of {chunks} (at most {MAX_SNAPSHOT_CHUNKS})")
+        count = r.u16()
+        if count > MAX_RANGE:
+            raise DecodeError(f"a snapshot proof of {count} proposals (at most {MAX_RANGE})")
+        proof = tuple(_get_body(r, 1) for _ in range(count))
+        size = r.u32()
+        if size > SNAPSHOT_CHUNK:
+            raise DecodeError(f"a snapshot chunk of {size} bytes (at most {SNAPSHOT_CHUNK})")
+        return SnapshotChunk(height, chunk, chunks, txs, proof, r.raw(size))
     raise DecodeError(f"unknown message type {kind}")
 
 

@@ -4,7 +4,7 @@ Its configuration is one TOML file (`accel localnet` writes them; docs/OPERATOR.
 key, docs/validator.example.toml is a complete example):
   [node]    index, listen, seed, data_dir, events, app, validation, txs_per_block, base_timeout_ms,
             delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks, load_file,
-            load, snapshot_every, genesis_accounts
+            load, snapshot_every, genesis_accounts, state_sync
   [network] keys and addresses of every validator, by index
   [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
             variables still override it
@@ -39,7 +39,7 @@ from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persist, Rejected, Send, SetTimer
 from .messages import Proposal
 from .metrics import NodeMetrics
-from . import snapshots
+from . import snapshots, statesync
 from .store import Store, StoreError
 from .verify import Verifier
 
@@ -60,7 +60,8 @@ SCHEMA = {
              "validation": (str, "accel"), "txs_per_block": (int, 100), "base_timeout_ms": (float, 1000.0),
              "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
              "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, ""),
-             "load": (str, "builtin"), "snapshot_every": (int, 500), "genesis_accounts": (int, 0)},
+             "load": (str, "builtin"), "snapshot_every": (int, 500), "genesis_accounts": (int, 0),
+             "state_sync": (bool, False)},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
@@ -114,6 +115,7 @@ class NodeConfig:
     path: str = ""
     snapshot_every: int = 500         # a state snapshot every this many committed blocks (0: never)
     genesis_accounts: int = 0         # clearing: funded accounts with positions added to the genesis
+    state_sync: bool = False          # an empty store takes a peer's snapshot before the validator joins
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -142,7 +144,7 @@ class NodeConfig:
                    config.load(path, shared=True) if "accel" in data else None, node["load"],
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),
                    {k: v for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
-                   node["genesis_accounts"])
+                   node["genesis_accounts"], node["state_sync"])
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
@@ -332,11 +334,15 @@ class NodeRunner:
         # committed proposals leave memory once stored: peers catching up are served from the store
         self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms), lambda m: key.sign(m).signature,
                          self.app, self.store.safety(), history, self.store.committed_range, start.base)
+        self.core.snapshot_source = self._serve_snapshot
+        # an empty store with state_sync: a peer's snapshot first (see _synced)
+        self.sync = (statesync.StateSync(self.core.cfg, self.app)
+                     if cfg.state_sync and self.store.first_height() == 0 else None)
         self.highest_seen = self.core.committed.height
         self.metrics.height.set(self.core.committed.height)
         self.restart_s = time.monotonic() - started
         base = start.base.proposal.block.height if start.base else 0
-        log.info("state at height %d: %s, %d block(s) replayed (%.2f s)", self.core.committed.height,
+        log.info("state at height %d: %s, %d block(s) replayed (%.3f s)", self.core.committed.height,
                  f"from the snapshot at height {base}" if start.base else "from the genesis", self.core.replayed,
                  self.restart_s, extra={"height": self.core.committed.height, "replayed": self.core.replayed,
                                         "snapshot_height": base})
@@ -349,6 +355,30 @@ class NodeRunner:
         self.rpc = None
         self.stop_reason = ""
         self.exit_with_parent: int | None = None  # the launcher's pid: stop when it is gone
+
+    def _serve_snapshot(self, height: int, chunk: int):
+        return statesync.serve(self.store, height, chunk)
+
+    def _synced(self) -> None:
+        """The peer's snapshot is verified: into the store, and the core starts from it (the
+        blocks after it are fetched as by any validator behind)."""
+        done, self.sync = self.sync.done, None
+        base = statesync.begin(self.store, done)
+        self.core = Core(self.core.cfg, self.core.sign, self.app, None, done.after, self.store.committed_range, base)
+        self.core.snapshot_source = self._serve_snapshot
+        self.committed_txs = done.txs + sum(len(p.block.txs) for p in done.after)
+        if isinstance(self.load, ClearingFeed):
+            self.load.skip(self.committed_txs)
+        elif self.load is not None:
+            self.load.made = self.committed_txs
+        for p in done.after:
+            self._index(p.block)
+        self.metrics.height.set(self.core.committed.height)
+        log.info("state synced: the snapshot at height %d from validator %d, its commit and state root verified; "
+                 "fetching the blocks after it", done.proposal.block.height, done.peer,
+                 extra={"height": done.proposal.block.height, "peer": done.peer, "bytes": len(done.blob)})
+        self._top_up()
+        self._apply(self.core.start())
 
     def _index(self, block) -> None:
         for i in range(len(block.txs)):
@@ -521,8 +551,12 @@ class NodeRunner:
                 self.rpc = Rpc(self, cfg.rpc, **(cfg.rpc_limits or {}))
                 await self._listen("client API", "[rpc] listen", cfg.rpc, self.rpc.start)
                 log.info("client API on http://%s:%d", *cfg.rpc)
-            self._top_up()
-            self._apply(self.core.start())
+            if self.sync is not None:
+                log.info("state sync: the store is empty; asking peers for a snapshot")
+                self._apply(self.sync.start())
+            else:
+                self._top_up()
+                self._apply(self.core.start())
             tasks = [asyncio.create_task(self._consensus()), asyncio.create_task(self._watchdog())]
             if self.exit_with_parent is not None:
                 tasks.append(asyncio.create_task(self._watch_parent(self.exit_with_parent)))
@@ -545,6 +579,14 @@ class NodeRunner:
     async def _consensus(self) -> None:
         while True:
             kind, *rest = await self.inbox.get()
+            if self.sync is not None:  # taking a snapshot: only its own messages and timer count
+                if kind == "timer" and rest[0] == statesync.SYNC_TIMER:
+                    self._apply(self.sync.on_timer())
+                elif kind == "msg":
+                    self._apply(self.sync.handle(rest[0], rest[1]))
+                if self.sync.done is not None:
+                    self._synced()
+                continue
             if kind == "timer":
                 if rest[0] == self.core.view and rest[0] != self.timed_out:  # the view's first timeout
                     self.timed_out = rest[0]

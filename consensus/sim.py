@@ -12,7 +12,7 @@ from typing import Callable
 
 from nacl.signing import SigningKey
 
-from . import messages, snapshots
+from . import messages, snapshots, statesync
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
 from .messages import Vote
@@ -38,6 +38,7 @@ class Node:
     busy_until: float = 0.0
     snapshot_every: int = 0  # with a store: a state snapshot every this many committed blocks (0: none)
     committed_txs: int = 0   # transactions committed up to the core's committed block
+    sync: statesync.StateSync | None = None  # while it takes a snapshot from its peers
 
 
 class Simulation:
@@ -184,6 +185,7 @@ class Simulation:
         node = self._node(name)
         node.store, node.snapshot_every = Store(path), snapshot_every
         node.core.committed_source = node.store.committed_range
+        node.core.snapshot_source = lambda height, chunk: statesync.serve(node.store, height, chunk)
 
     def kill(self, name: str, at_ms: float, restart_ms: float) -> None:
         """Crash a validator at at_ms (its memory is lost) and start it again from its store."""
@@ -200,7 +202,27 @@ class Simulation:
         start = snapshots.load(node.store, app)
         node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app,
                                    node.store.safety(), start.history, node.store.committed_range, start.base)
+        node.core.snapshot_source = lambda height, chunk: statesync.serve(node.store, height, chunk)
         node.committed_txs = start.txs + sum(len(p.block.txs) for p in start.history)
+        self._apply(node, node.core.start())
+
+    def state_sync(self, name: str, path, at_ms: float) -> None:
+        """A validator down from the start joins at at_ms with an empty store at path: it takes a
+        peer's snapshot (statesync.StateSync), then fetches the blocks after it."""
+        self.crashed.add(name)
+        self._push(at_ms, ("sync", name))
+        self._node(name).store = Store(path)
+
+    def _synced(self, node: Node) -> None:
+        """The snapshot is in: the validator's core starts from it."""
+        done, app = node.sync.done, node.sync.app
+        node.sync = None
+        base = statesync.begin(node.store, done)
+        key = self.keys[node.index]
+        node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app, None, done.after,
+                                   node.store.committed_range, base)
+        node.core.snapshot_source = lambda height, chunk: statesync.serve(node.store, height, chunk)
+        node.committed_txs = done.txs + sum(len(p.block.txs) for p in done.after)
         self._apply(node, node.core.start())
 
     def _node(self, name: str) -> Node:
@@ -228,9 +250,26 @@ class Simulation:
                 self.crashed.discard(name)
                 self._restart(self._node(name))
                 continue
+            if kind == "sync":
+                self.crashed.discard(name)
+                node = self._node(name)
+                node.sync = statesync.StateSync(self.cfg[node.index], self._make_app(self.genesis))
+                self._apply(node, node.sync.start())
+                continue
             if name in self.crashed:
                 continue
             node = self._node(name)
+            if node.sync is not None:  # taking a snapshot: only its own messages and timer count
+                if kind == "timer" and rest[0] == statesync.SYNC_TIMER:
+                    self._apply(node, node.sync.on_timer())
+                elif kind == "msg":
+                    try:
+                        self._apply(node, node.sync.handle(rest[0], messages.decode(rest[1])))
+                    except messages.DecodeError:
+                        self.undecodable += 1
+                if node.sync.done is not None:
+                    self._synced(node)
+                continue
             if kind == "timer":
                 work = lambda: node.core.on_timer(rest[0])  # noqa: E731
             else:
