@@ -133,9 +133,21 @@ class Liquidation(NamedTuple):
     socialized: int   # quanta beyond the fund, charged to the deleveraged counterparties
 
 
+_EXACT = 2**62  # integer columns whose values stay below this are int64: two of them add exactly
+
+
+def _column(values) -> np.ndarray:
+    """Integers as an int64 array where all are below _EXACT in magnitude, else as Python integers
+    (an object array): either way + and < are exact."""
+    out = np.array(values, dtype=object)
+    if not len(out) or max(abs(int(out.max())), abs(int(out.min()))) < _EXACT:
+        return out.astype(np.int64)
+    return out
+
+
 class _Sums(NamedTuple):
-    sums: list      # per account, quanta (Python integers)
-    held: list      # per account, whether it holds a position in the asset
+    sums: np.ndarray  # per account, quanta (_column)
+    held: np.ndarray  # per account, whether it holds a position in the asset
 
 
 def _credit(acct: Account, asset: str, amount: int) -> None:
@@ -146,21 +158,17 @@ def _credit(acct: Account, asset: str, amount: int) -> None:
         acct.collateral.pop(asset, None)
 
 
-def _exact_sum(parts: list[np.ndarray]) -> list:
-    """Per account, the sum of its margins over groups as a Python integer, or None where a part is
-    a kernel error code (< 0: does not fit int64 ticks, not finite); summed in int64 where that
+def _exact_sum(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(per account, the sum of its margins over groups (a _column: 0 where bad), bad: where a part
+    is a kernel error code (< 0: does not fit int64 ticks, not finite)); summed in int64 where that
     cannot overflow, else in Python integers."""
     bad = np.zeros(len(parts[0]), bool)
     for p in parts:
         bad |= p < 0
     clean = [np.where(bad, 0, p) for p in parts]
-    if sum(int(p.max(initial=0)) for p in clean) <= np.iinfo(np.int64).max:
-        total = sum(clean[1:], clean[0].copy()).tolist()
-    else:
-        total = [sum(int(p[j]) for p in clean) for j in range(len(bad))]
-    for j in np.flatnonzero(bad).tolist():
-        total[j] = None
-    return total
+    if sum(int(p.max(initial=0)) for p in clean) < _EXACT:
+        return sum(clean[1:], clean[0].copy()), bad
+    return _column([sum(int(p[j]) for p in clean) for j in range(len(bad))]), bad
 
 
 def _name8(name: str) -> bytes:
@@ -363,7 +371,7 @@ class Clearing:
             eq = dict(self.accounts[k].collateral)
             for a, per in held.items():
                 if per.held[j]:
-                    eq[a] = eq.get(a, 0) + per.sums[j]
+                    eq[a] = eq.get(a, 0) + int(per.sums[j])
             out.append(eq)
         return out
 
@@ -377,9 +385,11 @@ class Clearing:
         self._flush()
         started = time.perf_counter()
         try:
-            return self._margins(len(keys), self._rows(keys, skip), assets, override or {}, skip)
+            groups = self._margins(len(keys), self._rows(keys, skip), assets, override or {}, skip)
         finally:
             self.margin_s += time.perf_counter() - started
+        return {a: tuple([None if b else int(v) for v, b in zip(total, bad)] for total, bad in pair)
+                for a, pair in groups.items()}
 
     def _rows(self, keys: list[bytes], skip: frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The accounts' positions as arrays (owner: index into keys, series id, size), each
@@ -404,25 +414,21 @@ class Clearing:
         values = [self._value(int(i), override) for i in uniq]
         asset_of = [self.series[int(i)].asset for i in uniq]
         most = int(np.bincount(owner).max(initial=0)) if len(owner) else 0
-        exact64 = max(map(abs, values), default=0) * int(np.abs(sizes).max(initial=0)) * most < 2**63
+        exact64 = max(map(abs, values), default=0) * int(np.abs(sizes).max(initial=0)) * most < _EXACT
+        value = np.array(values, np.int64 if exact64 else object)[which]
         out = {}
         for a in sorted(set(asset_of)):
             mine = np.array([x == a for x in asset_of])[which]
             o = owner[mine]
-            if exact64:
-                sums = np.zeros(n, np.int64)
-                np.add.at(sums, o, sizes[mine] * np.array(values, np.int64)[which[mine]])
-                sums = sums.tolist()
-            else:
-                sums = [0] * n
-                for j, s, u in zip(o.tolist(), sizes[mine].tolist(), which[mine].tolist()):
-                    sums[j] += s * values[u]
+            sums = np.zeros(n, np.int64 if exact64 else object)
+            np.add.at(sums, o, sizes[mine].astype(sums.dtype) * value[mine])
             held = np.zeros(n, bool)
             held[o] = True
-            out[a] = _Sums(sums, held.tolist())
+            out[a] = _Sums(sums if exact64 else _column(sums), held)
         return out
 
-    def _margins(self, n, rows, assets, override, skip) -> dict[str, tuple[list, list]]:
+    def _margins(self, n, rows, assets, override, skip) -> dict[str, tuple[tuple, tuple]]:
+        """Per settlement asset: (initial, maintenance), each (_column, bad) (_exact_sum)."""
         owner, ids, sizes = rows
         uniq, which = np.unique(ids, return_inverse=True)
         group_of = [(self.series[int(i)].underlying, self.series[int(i)].inverse) for i in uniq]
@@ -468,26 +474,36 @@ class Clearing:
         keys = sorted({k for k, _ in books})
         at = {k: j for j, k in enumerate(keys)}
         rows = self._cols.positions(self, keys) if self._cols is not None else None
+        assets = sorted({a for _, a in books})
         if rows is None:
             self._flush()
             rows = self._rows(keys)
-            cash = {a: [self.accounts[k].collateral.get(a, 0) for k in keys] for a in {a for _, a in books}}
+            cash = {a: _column([self.accounts[k].collateral.get(a, 0) for k in keys]) for a in assets}
         else:
             at_row = self._cols.rows(self, keys)
-            cash = {a: self._cols.balances(at_row, a) for a in {a for _, a in books}}
+            cash = {a: self._cols.balances(at_row, a) for a in assets}
         held = self._position_values(len(keys), rows, override)
         if skip:
             live = ~np.isin(rows[1], np.fromiter(skip, np.int64, len(skip)))
             rows = tuple(r[live] for r in rows)
-        margin = self._margins(len(keys), rows, {a for _, a in books}, override, skip)
-        out = []
-        for k, a in books:
-            j = at[k]
-            e = cash[a][j] + (held[a].sums[j] if a in held else 0)
-            m = margin[a][0 if initial else 1][j] if a in margin else 0
-            if m is None or e < m:
-                out.append((k, a, e))
-        return out
+        margin = self._margins(len(keys), rows, set(assets), override, skip)
+        book_j = np.fromiter((at[k] for k, _ in books), np.int64, len(books))
+        book_asset = [a for _, a in books]
+        found, equity = [], []
+        for a in assets:
+            idx = np.flatnonzero(np.array([x == a for x in book_asset]))
+            j = book_j[idx]
+            e = cash[a][j] + held[a].sums[j] if a in held else cash[a][j]
+            if a in margin:
+                m, bad = margin[a][0 if initial else 1]
+                short = bad[j] | (e < m[j])
+            else:
+                short = e < 0
+            found.append(idx[short])
+            equity += e[short].tolist()
+        order = np.argsort(np.concatenate(found), kind="stable") if found else []
+        return [(books[b][0], books[b][1], int(equity[o])) for o, b in
+                zip(order.tolist(), np.concatenate(found)[order].tolist())] if found else []
 
     def _reduce_only(self, s: Series) -> str:
         """Why trades in s may only shrink positions now ("" if they may do anything)."""

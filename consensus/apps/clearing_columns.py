@@ -135,8 +135,8 @@ class Columns:
         keep = np.lexsort((ids, owner))
         return owner[keep], ids[keep], sizes[keep]
 
-    def balances(self, rows: np.ndarray, asset: str) -> list[int]:
-        return self.cash[rows, self.asset_col[asset]].tolist()
+    def balances(self, rows: np.ndarray, asset: str) -> np.ndarray:
+        return self.cash[rows, self.asset_col[asset]]
 
     def write_back(self, state) -> None:
         """Every changed account's nonce, cash and positions into its Account (the state's own copy)."""
