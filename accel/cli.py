@@ -148,16 +148,19 @@ def cmd_localnet(args) -> int:
     backend = None
     if args.validation == "accel":
         backend = get_backend(args.backend).name  # fails here, before any process starts
-    net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms, args.dir,
-                   args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port, not args.no_sig_cache, k,
-                   args.rpc_port or 0)
-    software = [i for i, mode in enumerate(net.modes) if mode == "software"]
-    mix = (f"; validators {', '.join(map(str, software))} software-only" if software and len(software) < args.validators
-           else "; every validator software-only" if software and args.validation == "accel" else "")
-    print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
-          f"{', backend ' + backend if backend else ''}{mix}); Ctrl-C stops them", file=sys.stderr)
-    print(f"client API (accel tx --node ...): {','.join(net.rpc_urls())}", file=sys.stderr)
-    try:
+    if args.accounts and args.app != "clearing":
+        raise ValueError("--accounts sizes the clearing app's genesis (--app clearing)")
+    try:  # building the network signs the load first (seconds): Ctrl-C there stops cleanly too
+        net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms,
+                       args.dir, args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port,
+                       not args.no_sig_cache, k, args.rpc_port or 0, accounts=args.accounts)
+        software = [i for i, mode in enumerate(net.modes) if mode == "software"]
+        mix = (f"; validators {', '.join(map(str, software))} software-only"
+               if software and len(software) < args.validators
+               else "; every validator software-only" if software and args.validation == "accel" else "")
+        print(f"{args.validators} validators in {net.dir} ({args.validation} validation"
+              f"{', backend ' + backend if backend else ''}{mix}); Ctrl-C stops them", file=sys.stderr)
+        print(f"client API (accel tx --node ...): {','.join(net.rpc_urls())}", file=sys.stderr)
         report = net.run(args.kill_restart, args.timeout, progress=lambda line: print(line, file=sys.stderr))
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", 2)
@@ -469,6 +472,9 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--rpc-port", type=_positive, metavar="BASE",
                     help="validator i serves the client API ([rpc] listen) on 127.0.0.1:BASE+i (default: free "
                     "ports, printed at the start)")
+    ln.add_argument("--accounts", type=_count, default=0, metavar="N",
+                    help="clearing: N more funded accounts holding positions in every validator's genesis "
+                         "([node] genesis_accounts; 1,000,000 build in about 10 s per validator)")
     ln.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per message (default 0)")
     ln.add_argument("--base-timeout-ms", type=float, default=1000.0, help="view timeout before backoff (default 1000)")
     ln.add_argument("--kill-restart", action="store_true", help="SIGKILL validator 1 midway and restart it")

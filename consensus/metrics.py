@@ -48,6 +48,26 @@ class _Dropped:
         yield family
 
 
+class _Transport:
+    """accel_transport_events_total from the transport's counters (consensus/net.py Network), by
+    event, read at scrape time: what strangers and peers cost the validator's connections."""
+    EVENTS = ("handshake_failures", "handshake_timeouts", "pending_evicted", "peer_connections_replaced",
+              "oversized", "dropped", "overflow", "overflow_bytes", "throttled")
+
+    def __init__(self, node):
+        self.node = node
+
+    def collect(self):
+        family = CounterMetricFamily("accel_transport_events", "Transport events by kind: connections closed for a "
+                                     "failed or slow handshake, strangers evicted, frames dropped (undecodable, "
+                                     "oversized, a full queue: overflow, overflow_bytes), reads throttled",
+                                     labels=["event"])
+        net = getattr(self.node, "net", None)
+        for event in self.EVENTS if net is not None else ():
+            family.add_metric([event], getattr(net, event))
+        yield family
+
+
 class NodeMetrics:
     def __init__(self, app, backend: str, device: str, validation: str):
         self.registry = r = CollectorRegistry()
@@ -84,9 +104,14 @@ class NodeMetrics:
         Gauge("accel_replayed_blocks", "Committed blocks replayed at the start (after the snapshot it began "
               "from)", registry=r).set_function(lambda: node.core.replayed if hasattr(node, "core") else 0)
         r.register(_Dropped(node))
-        Gauge("accel_duplicate_index_connections", "Connections claiming this validator's index, or a second "
-              "live one claiming a peer's (two processes with one key)", registry=r).set_function(
+        Gauge("accel_duplicate_index_connections", "Connections proving this validator's own key, or a second "
+              "live one proving a peer's (two processes with one key)", registry=r).set_function(
             lambda: node.net.duplicates if hasattr(node, "net") else 0)
+        connections = Gauge("accel_connections", "Open connections: strangers not yet authenticated (pending), "
+                            "and validators", ["kind"], registry=r)
+        connections.labels("pending").set_function(lambda: node.net.pending_connections if hasattr(node, "net") else 0)
+        connections.labels("validator").set_function(lambda: node.net.peer_connections if hasattr(node, "net") else 0)
+        r.register(_Transport(node))
 
     def committed_state(self, state) -> None:
         """The clearing ledger's breakers and funds after a committed block (other apps: nothing)."""

@@ -38,3 +38,37 @@ def test_a_broken_store_stops_the_node_with_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if "stopped" in line]
     assert len(lines) == 1 and "validator 0 stopped: store: stored block at height 1 does not decode" in lines[0], \
         proc.stderr
+
+
+def test_the_transports_counters_are_prometheus_metrics():
+    """Every counter consensus/net.py keeps on a Network is exported by event, with the open
+    connections by kind; a node without a network yet (starting) exports none."""
+    from consensus.metrics import _Transport
+    node = SimpleNamespace(core=SimpleNamespace(counters=Counter(), replayed=0, view=0), peers_connected=lambda: [],
+                           seconds_since_commit=lambda: 0.0)
+    m = NodeMetrics(SimpleNamespace(mempool={}), "cpu", "test", "accel")
+    m.liveness(node)
+    assert "accel_transport_events_total{" not in generate_latest(m.registry).decode()
+    node.net = SimpleNamespace(duplicates=0, pending_connections=5, peer_connections=3,
+                               **{event: 10 + j for j, event in enumerate(_Transport.EVENTS)})
+    text = generate_latest(m.registry).decode()
+    for j, event in enumerate(_Transport.EVENTS):
+        assert f'accel_transport_events_total{{event="{event}"}} {10 + j}.0' in text
+    assert 'accel_connections{kind="pending"} 5.0' in text and 'accel_connections{kind="validator"} 3.0' in text
+
+
+def test_every_transport_counter_the_metrics_read_exists_on_a_network():
+    import asyncio
+
+    from nacl.signing import SigningKey
+
+    from consensus.metrics import _Transport
+    from consensus.net import Network
+    seed = bytes(32)
+
+    async def make():
+        return Network(0, [("127.0.0.1", 1), ("127.0.0.1", 2)], lambda *a: None, seed=seed,
+                       keys=[bytes(SigningKey(seed).verify_key), bytes(SigningKey(b"\1" * 32).verify_key)])
+    net = asyncio.run(make())
+    assert all(isinstance(getattr(net, event), int) for event in _Transport.EVENTS)
+    assert net.pending_connections == 0 and net.peer_connections == 0
