@@ -203,7 +203,7 @@ class Core:
         self.proposed: set[int] = set()
         self.timed_out: set[int] = set()
         self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
-        self.parked: set[bytes] = set()  # ids of the proposals in waiting (at most MAX_PARKED)
+        self.parked: dict[bytes, int] = {}  # id -> proposer of the proposals in waiting (at most MAX_PARKED)
         self.fetching: dict[bytes, int] = {}  # block id asked for -> the peer asked (at most MAX_FETCHES)
         self.chain: list[bytes] = [self.genesis.id]  # committed block ids by height
         # what was dropped or refused, by reason: input from the network that failed a check
@@ -404,7 +404,7 @@ class Core:
             out += self._on_one_proposal(s, q)
             if q.block.id in self.blocks:
                 for child in self.waiting.pop(q.block.id, []):
-                    self.parked.discard(child[1].block.id)
+                    self.parked.pop(child[1].block.id, None)
                     todo.append(child)
         return out
 
@@ -462,7 +462,7 @@ class Core:
     def _park(self, sender: int, p: Proposal) -> list:
         """Keep a proposal whose parent is unknown until the parent arrives, and fetch it: only a
         proposal above the committed height whose proposer's signature and certificates (QC, TC)
-        hold, at most MAX_PARKED of them; no fetch where the parent is itself parked (the fetch
+        hold, at most MAX_PARKED of them and MAX_PARKED / n of one proposer's; no fetch where the parent is itself parked (the fetch
         for its own parent brings the chain) or already asked for. The certificates are checked
         here, not only once the parent is known, because the proposer's signature covers the
         block id and the id does not cover them: a relayed copy with a forged QC parked first
@@ -473,6 +473,9 @@ class Core:
         if len(self.parked) >= MAX_PARKED:
             self.counters["parked_full"] += 1
             return []
+        if sum(1 for q in self.parked.values() if q == b.proposer) >= MAX_PARKED // self.cfg.n:
+            self.counters["parked_full_proposer"] += 1  # one Byzantine leader's equivocations cannot fill it
+            return []
         try:
             certs = self._proposal_certs(p)
         except InvalidCertificate as exc:
@@ -482,7 +485,7 @@ class Core:
             self.counters["proposal_invalid"] += 1
             return [Rejected(b.id, b.proposer, "a certificate or the proposer's signature does not verify")]
         self.waiting.setdefault(b.parent, []).append((sender, p))
-        self.parked.add(b.id)
+        self.parked[b.id] = b.proposer
         return [] if b.parent in self.parked else self._fetch(b.parent, sender)
 
     def _fetch(self, block_id: bytes, peer: int) -> list:
@@ -720,7 +723,7 @@ class Core:
                 self.proposals.pop(i, None)
         for parent in [k for k, v in self.waiting.items() if all(p.block.height <= height for _, p in v)]:
             for _, p in self.waiting.pop(parent):
-                self.parked.discard(p.block.id)
+                self.parked.pop(p.block.id, None)
 
     # ---- views, timeouts ----------------------------------------------------------------------
     def _enter_view(self, view: int, via_qc: bool) -> list:

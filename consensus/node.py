@@ -48,6 +48,7 @@ CATCH_UP_HEIGHTS = 8  # see NodeRunner.catching_up
 TX_INDEX = 1_000_000  # committed transactions whose height /tx can tell (the latest ones)
 PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected (at least; see peer_window_s)
 LOAD_DEPTH = 4        # the built-in load keeps this many blocks' worth of transactions in the mempool
+INBOX_PER_PEER = 4_096  # messages of one validator waiting for the core; more are dropped (timeouts recover)
 WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
 CLIENTS = 64
 FUNDS = 10**15
@@ -347,6 +348,7 @@ class NodeRunner:
                  self.restart_s, extra={"height": self.core.committed.height, "replayed": self.core.replayed,
                                         "snapshot_height": base})
         self.inbox: asyncio.Queue = asyncio.Queue()
+        self.queued: dict[int, int] = {}  # sender -> its messages in the inbox (at most INBOX_PER_PEER)
         try:
             self.events = open(cfg.events, "a", buffering=1)
         except OSError as exc:
@@ -431,6 +433,11 @@ class NodeRunner:
         self.peers_seen[sender] = time.monotonic()
         if isinstance(msg, Proposal):
             self.highest_seen = max(self.highest_seen, msg.block.height)
+        if self.queued.get(sender, 0) >= INBOX_PER_PEER:
+            # the transport bounds a peer's rate, not how far ahead of a busy core it may get
+            self.core.counters["inbox_full"] += 1
+            return
+        self.queued[sender] = self.queued.get(sender, 0) + 1
         self.inbox.put_nowait(("msg", sender, msg))
 
     async def _watchdog(self) -> None:
@@ -579,6 +586,8 @@ class NodeRunner:
     async def _consensus(self) -> None:
         while True:
             kind, *rest = await self.inbox.get()
+            if kind == "msg":
+                self.queued[rest[0]] -= 1
             if self.sync is not None:  # taking a snapshot: only its own messages and timer count
                 if kind == "timer" and rest[0] == statesync.SYNC_TIMER:
                     self._apply(self.sync.on_timer())

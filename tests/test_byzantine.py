@@ -630,6 +630,29 @@ def test_a_relayed_copy_with_a_forged_qc_cannot_keep_the_real_proposal_out():
     assert real.block.id in fresh.blocks
 
 
+def test_one_equivocating_leader_cannot_fill_the_parked_proposals():
+    """A Byzantine leader signs many versions of its block over a parent the receiver lacks (each
+    with a valid QC and its own signature, so each passes the checks before parking): at most
+    MAX_PARKED / n of one proposer's are parked, and another leader's proposal still is."""
+    from consensus.core import MAX_PARKED
+    sim = Simulation(n=4, seed=9)
+    sim.load(30)
+    sim.run(blocks=8)
+    donor = sim.nodes[0].core
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    fresh = Simulation(n=4, seed=9).nodes[2].core  # knows genesis only
+    real = donor.proposals[chain[3].id]
+    leader = real.block.proposer
+    for j in range(MAX_PARKED):
+        block = replace(real.block, state_root=j.to_bytes(32, "big"))
+        fresh.handle(leader, Proposal(block, sim.keys[leader].sign(proposal_bytes(block.id)).signature))
+    mine = sum(1 for q in fresh.parked.values() if q == leader)
+    assert mine == MAX_PARKED // 4 and fresh.counters["parked_full_proposer"] == MAX_PARKED - mine
+    other = next(donor.proposals[b.id] for b in chain[4:] if b.proposer != leader)
+    fresh.handle(other.block.proposer, other)
+    assert other.block.id in fresh.parked
+
+
 def test_a_restarted_validator_far_behind_fetches_its_high_qcs_block_from_everyone(tmp_path):
     """v3 stops at about height 20 and starts again from its store once the others are 300 blocks
     further: its start-up fetch (asked of everyone) goes on range after range with whoever answers."""

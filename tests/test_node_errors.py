@@ -1,5 +1,6 @@
 """What an operator sees of the core's drop counters (Prometheus) and of a broken store or state
 (one line, exit status 1, no traceback): issue 22."""
+import asyncio
 import subprocess
 import sys
 from collections import Counter
@@ -58,7 +59,6 @@ def test_the_transports_counters_are_prometheus_metrics():
 
 
 def test_every_transport_counter_the_metrics_read_exists_on_a_network():
-    import asyncio
 
     from nacl.signing import SigningKey
 
@@ -72,3 +72,36 @@ def test_every_transport_counter_the_metrics_read_exists_on_a_network():
     net = asyncio.run(make())
     assert all(isinstance(getattr(net, event), int) for event in _Transport.EVENTS)
     assert net.pending_connections == 0 and net.peer_connections == 0
+
+
+def test_one_validator_cannot_queue_more_than_its_share_of_the_inbox(tmp_path):
+    """A peer within its transport rate can still send faster than a busy core works: past
+    INBOX_PER_PEER of its messages waiting, more are dropped and counted (inbox_full), and other
+    validators' messages still get in; once the core has worked through them there is room again."""
+
+    from consensus.messages import Vote
+    from consensus.node import INBOX_PER_PEER, NodeConfig, NodeRunner
+    config = write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, app="kv", load="none")[0]
+    node = NodeRunner(NodeConfig.load(config))
+    try:
+        vote = Vote(bytes(32), 1, 1, 1, bytes(64))
+        for _ in range(INBOX_PER_PEER + 100):
+            node._deliver(1, vote)
+        node._deliver(2, vote)
+        assert node.inbox.qsize() == INBOX_PER_PEER + 1 and node.core.counters["inbox_full"] == 100
+        asyncio.run(_work_through(node))
+        assert node.inbox.qsize() == 0 and node.queued == {1: 0, 2: 0}
+        for _ in range(INBOX_PER_PEER):
+            node._deliver(1, vote)
+        assert node.inbox.qsize() == INBOX_PER_PEER and node.core.counters["inbox_full"] == 100
+    finally:
+        node.store.close()
+        node.events.close()
+
+
+async def _work_through(node):
+    """The node's consensus loop until its inbox is empty."""
+    task = asyncio.create_task(node._consensus())
+    while node.inbox.qsize():
+        await asyncio.sleep(0.01)
+    task.cancel()
