@@ -16,6 +16,7 @@ both kinds of validator reach the same state roots. No input raises out of submi
 or validate (docs/CLEARING.md, "Invariants")."""
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import hashlib
@@ -93,7 +94,7 @@ def _runs(txs: list) -> list[tuple[int, int]]:
 @dataclass
 class _Fill:
     state: Clearing
-    kept: list            # (body, signatures, tx)
+    kept: list            # positions in candidates of the transactions kept, in order
     refused: dict         # digest -> why a rule refused it
     short: dict           # account -> candidate position of its last kept transaction
     broken: int | None    # candidate position of an internal error (-1: at the block's end)
@@ -263,16 +264,20 @@ class ClearingApp:
         state.defer = True
         state.begin_block()
         out = _Fill(state, [], {}, {}, None)
-        last: dict[bytes, int] = {}  # account -> position in candidates of its last kept transaction
+        filtering = bool(held_back) or only_safe  # else nothing is skipped: runs are cut without looking at each
 
         def skipped(tx) -> bool:
             return bool(held_back.intersection(tx.signers)) or (only_safe and tx.op in (ctx.TRADE, ctx.WITHDRAW))
 
-        def keep(pos: int) -> None:
-            _, body, signatures, tx = candidates[pos]
-            out.kept.append((body, signatures, tx))
-            for k in tx.signers:
-                last[k] = pos
+        def last(accounts) -> dict[bytes, int]:
+            """Per account, the position of the last kept transaction it signed (the short path only)."""
+            want, found = set(accounts), {}
+            for pos in reversed(out.kept):
+                for k in want.intersection(candidates[pos][3].signers):
+                    found.setdefault(k, pos)
+                if len(found) == len(want):
+                    break
+            return found
 
         def one(pos: int) -> bool:
             """Applies candidate pos alone; False if the fill must stop (an internal error)."""
@@ -280,19 +285,20 @@ class ClearingApp:
             try:
                 _guarded(ctx.apply, state, tx)
             except ShortBooks as exc:
-                out.short.update({k: last[k] for k in exc.accounts if k not in out.short})
+                out.short.update({k: p for k, p in last(exc.accounts).items() if k not in out.short})
             except _Internal:
                 out.broken = pos
                 return False
             except Rejected as exc:
                 out.refused[digest] = str(exc)
             else:
-                keep(pos)
+                out.kept.append(pos)
             return True
 
+        barriers = [pos for pos, c in enumerate(candidates) if c[3].op not in _COLUMNAR] + [len(candidates)]
         pos = 0
         while pos < len(candidates) and len(out.kept) < self.max_txs:
-            if skipped(candidates[pos][3]):
+            if filtering and skipped(candidates[pos][3]):
                 pos += 1
                 continue
             if candidates[pos][3].op not in _COLUMNAR:
@@ -301,27 +307,33 @@ class ClearingApp:
                 pos += 1
                 continue
             # the run of deposits, withdrawals and trades from here, as many as the block has room for
-            run, pos = [], pos
-            while pos < len(candidates) and len(run) < self.max_txs - len(out.kept):
-                tx = candidates[pos][3]
-                if not skipped(tx):
-                    if tx.op not in _COLUMNAR:
-                        break
-                    run.append(pos)
-                pos += 1
+            room = self.max_txs - len(out.kept)
+            if not filtering:
+                stop = min(barriers[bisect.bisect_left(barriers, pos)], pos + room)
+                run, pos = list(range(pos, stop)), stop
+            else:
+                run = []
+                while pos < len(candidates) and len(run) < room:
+                    tx = candidates[pos][3]
+                    if not skipped(tx):
+                        if tx.op not in _COLUMNAR:
+                            break
+                        run.append(pos)
+                    pos += 1
             try:
                 at_once = len(run) > 1 and _guarded(apply_run, state, [candidates[p][3] for p in run])
             except _Internal:  # the state may be half written: propose what is safe
                 out.broken = -1
                 return out
+            if at_once:
+                out.kept += run
+                continue
             for p in run:
-                if at_once:
-                    keep(p)
-                elif not one(p):
+                if not one(p):
                     return out
         if not out.short:
             try:
-                out.short = {k: last[k] for k in _guarded(state.end_of_block)}
+                out.short = last(_guarded(state.end_of_block))
             except _Internal:  # no transaction to blame: propose what is safe
                 out.broken = -1
         return out
@@ -355,9 +367,11 @@ class ClearingApp:
             fill = self._fill(parent, [], set(), only_safe=True)
         state = fill.state
         state.defer = False
-        bodies = [b for b, _, _ in fill.kept]
-        sigs = [s for _, signatures, _ in fill.kept for s in signatures]
-        txs = Txs(Packed(*pack_messages(bodies)), pack_fixed(sigs, 64, "signature")) if bodies else Txs.empty()
+        bodies = [candidates[p][1] for p in fill.kept]
+        # every mempool signature is 64 bytes (checked on admission): joined, not checked again
+        sigs = b"".join(s for p in fill.kept for s in candidates[p][2])
+        txs = (Txs(Packed(*pack_messages(bodies)), np.frombuffer(bytearray(sigs), np.uint8).reshape(-1, 64))
+               if bodies else Txs.empty())
         return txs, State(state, state.state_root(self.verifier.sha256_rows))
 
     def _evict(self, reasons: dict[bytes, str]) -> None:
