@@ -51,6 +51,9 @@ STRIKE_RANGE = (1e-4, 1e8)  # a listed option's strike, USD
 MAX_EXPIRY = 2**40         # a listed series' expiry, unix seconds
 
 
+DEFAULT_PARAMS = MarginParams(tick=QUANTUM)  # an underlying without parameters of its own
+
+
 class Rejected(ValueError):
     """A transaction the state machine refuses; the message says why."""
 
@@ -232,6 +235,7 @@ class Clearing:
         # accounts it reaches lives in arrays; anything that reads accounts one by one writes them
         # back first (_flush).
         self._cols = None
+        self._instrument_cache: dict = {}  # (underlying, inverse, mark, ...) -> a margin group's instruments
 
     @property
     def insurance(self) -> int:
@@ -252,6 +256,7 @@ class Clearing:
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
         new.assets, new.liquidations, new.touched = set(self.assets), list(self.liquidations), set(self.touched)
+        new._instrument_cache = {}
         return new
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -421,7 +426,9 @@ class Clearing:
             mine = np.array([x == a for x in asset_of])[which]
             o = owner[mine]
             sums = np.zeros(n, np.int64 if exact64 else object)
-            np.add.at(sums, o, sizes[mine].astype(sums.dtype) * value[mine])
+            if len(o):  # rows are grouped by owner: one sum per run of equal owners
+                starts = np.flatnonzero(np.concatenate(([True], o[1:] != o[:-1])))
+                sums[o[starts]] = np.add.reduceat(sizes[mine].astype(sums.dtype) * value[mine], starts)
             held = np.zeros(n, bool)
             held[o] = True
             out[a] = _Sums(sums if exact64 else _column(sums), held)
@@ -439,42 +446,65 @@ class Clearing:
                 continue
             mine = np.array([g == (und, inverse) for g in group_of])[which]
             mark = override.get(und) or self.marks[und]
-            inst = sorted(i for i, s in self.series.items() if s.underlying == und and s.inverse == inverse
-                          and i not in skip and i not in self.fixings)
-            series = [self.series[i] for i in inst]
-            flag = INVERSE if inverse else 0
-            marks = Marks(index=mark.index, rate=0.0, forward=np.full(len(inst), mark.index),
-                          strike=np.array([s.strike if s.kind != FUTURE else 1.0 for s in series]),
-                          expiry=np.array([max(s.expiry - mark.timestamp, 0) / YEAR_S for s in series]),
-                          vol=np.array([mark.vols.get(s.id, 1.0) for s in series]),
-                          kind=np.array([s.kind | flag for s in series], np.uint8))
+            inst, marks = self._instruments(und, inverse, mark, skip)
             offsets = np.zeros(n + 1, np.int64)
             np.cumsum(np.bincount(owner[mine], minlength=n), out=offsets[1:])
-            book = Portfolio(offsets, np.searchsorted(np.array(inst, np.int64), ids[mine]),
+            book = Portfolio(offsets, np.searchsorted(inst, ids[mine]),
                              sizes[mine].astype(np.float64))
-            params = self.params.get(und, MarginParams(tick=QUANTUM))
+            params = self.params.get(und) or DEFAULT_PARAMS
             res = (risk_numpy.portfolio_margin(book, marks, params, checked=False) if self.software
                    else accel.portfolio_margin(book, marks, params, backend=self.backend, checked=False))
             totals.setdefault(asset, []).append((res.initial, res.maintenance))
         return {asset: tuple(_exact_sum([p[which] for p in parts]) for which in (0, 1))
                 for asset, parts in totals.items()}
 
+    def _instruments(self, und: str, inverse: bool, mark: Mark, skip: frozenset) -> tuple[np.ndarray, Marks]:
+        """The open series of a margin group (sorted ids) and their kernel inputs at a mark; kept
+        while the mark, the settled series and skip stay the same (a block's marks and its end
+        margin the same groups again)."""
+        key = (und, inverse, id(mark), len(self.fixings), skip)
+        hit = self._instrument_cache.get(key)
+        if hit is not None and hit[0] is mark:
+            return hit[1], hit[2]
+        inst = sorted(i for i, s in self.series.items() if s.underlying == und and s.inverse == inverse
+                      and i not in skip and i not in self.fixings)
+        series = [self.series[i] for i in inst]
+        flag = INVERSE if inverse else 0
+        marks = Marks(index=mark.index, rate=0.0, forward=np.full(len(inst), mark.index),
+                      strike=np.array([s.strike if s.kind != FUTURE else 1.0 for s in series]),
+                      expiry=np.array([max(s.expiry - mark.timestamp, 0) / YEAR_S for s in series]),
+                      vol=np.array([mark.vols.get(s.id, 1.0) for s in series]),
+                      kind=np.array([s.kind | flag for s in series], np.uint8))
+        if len(self._instrument_cache) > 64:
+            self._instrument_cache.clear()
+        self._instrument_cache[key] = (mark, np.array(inst, np.int64), marks)
+        return self._instrument_cache[key][1], marks
+
     def _below(self, books: list[tuple[bytes, str]], initial: bool = True, override=None,
                skip: frozenset = frozenset()) -> list[tuple[bytes, str, int]]:
         """The books (account, asset) whose equity is below initial (or maintenance) margin, with
-        that equity, in the given order; one pass over the accounts' positions into arrays, one
-        margin call per group."""
+        that equity, in the given order."""
+        by_asset: dict[str, set[bytes]] = {}
+        for k, a in books:
+            by_asset.setdefault(a, set()).add(k)
+        rank = {b: i for i, b in enumerate(books)}
+        return sorted(self._below_by_asset(by_asset, initial, override, skip), key=lambda b: rank[b[:2]])
+
+    def _below_by_asset(self, by_asset: dict[str, set[bytes]], initial: bool = True, override=None,
+                        skip: frozenset = frozenset()) -> list[tuple[bytes, str, int]]:
+        """The books (account, asset: the accounts of by_asset[asset]) below initial (or
+        maintenance) margin, with their equity, sorted by (account, asset); one pass over the
+        accounts' positions into arrays, one margin call per group."""
         started = time.perf_counter()
         try:
-            return self._books_below(books, initial, override or {}, skip)
+            return self._books_below(by_asset, initial, override or {}, skip)
         finally:
             self.margin_s += time.perf_counter() - started
 
-    def _books_below(self, books, initial, override, skip) -> list[tuple[bytes, str, int]]:
-        keys = sorted({k for k, _ in books})
-        at = {k: j for j, k in enumerate(keys)}
+    def _books_below(self, by_asset, initial, override, skip) -> list[tuple[bytes, str, int]]:
+        keys = sorted(set().union(*by_asset.values()))
+        assets = sorted(by_asset)
         rows = self._cols.positions(self, keys) if self._cols is not None else None
-        assets = sorted({a for _, a in books})
         if rows is None:
             self._flush()
             rows = self._rows(keys)
@@ -487,23 +517,19 @@ class Clearing:
             live = ~np.isin(rows[1], np.fromiter(skip, np.int64, len(skip)))
             rows = tuple(r[live] for r in rows)
         margin = self._margins(len(keys), rows, set(assets), override, skip)
-        book_j = np.fromiter((at[k] for k, _ in books), np.int64, len(books))
-        book_asset = [a for _, a in books]
-        found, equity = [], []
+        out = []
         for a in assets:
-            idx = np.flatnonzero(np.array([x == a for x in book_asset]))
-            j = book_j[idx]
+            members = by_asset[a]
+            j = np.flatnonzero(np.fromiter((k in members for k in keys), bool, len(keys)))
             e = cash[a][j] + held[a].sums[j] if a in held else cash[a][j]
             if a in margin:
                 m, bad = margin[a][0 if initial else 1]
                 short = bad[j] | (e < m[j])
             else:
                 short = e < 0
-            found.append(idx[short])
-            equity += e[short].tolist()
-        order = np.argsort(np.concatenate(found), kind="stable") if found else []
-        return [(books[b][0], books[b][1], int(equity[o])) for o, b in
-                zip(order.tolist(), np.concatenate(found)[order].tolist())] if found else []
+            out += [(keys[b], a, int(q)) for b, q in zip(j[short].tolist(), e[short].tolist())]
+        out.sort(key=lambda b: b[:2])
+        return out
 
     def _reduce_only(self, s: Series) -> str:
         """Why trades in s may only shrink positions now ("" if they may do anything)."""
@@ -638,8 +664,13 @@ class Clearing:
         """With deferred margin: the accounts one of whose books a trade or withdrawal of this block
         touched and that book ends it below initial margin (one margin call per group for all of
         them); clears the record."""
-        books, self.touched = sorted(self.touched), set()
-        short = sorted({k for k, _, _ in self._below(books)}) if books else []
+        if self._cols is not None:
+            self.touched |= self._cols.take_touched()
+        by_asset: dict[str, set[bytes]] = {}
+        for k, a in self.touched:
+            by_asset.setdefault(a, set()).add(k)
+        self.touched = set()
+        short = sorted({k for k, _, _ in self._below_by_asset(by_asset)}) if by_asset else []
         self._flush()
         return short
 
@@ -678,9 +709,11 @@ class Clearing:
         for i, s in mine.items():
             if i not in expiring:
                 holders.setdefault(s.asset, []).append(self.holders.get(i, set()))
-        books = sorted((k, a) for a, sets in holders.items() for k in set().union(*sets))
-        below = self._below(books, initial=False, override={underlying: new}, skip=expiring) if books else []
-        caught = sorted({k for k, a, _ in below if (k, a) in self.touched})
+        by_asset = {a: k for a, sets in holders.items() if (k := set().union(*sets))}
+        below = (self._below_by_asset(by_asset, initial=False, override={underlying: new}, skip=expiring)
+                 if by_asset else [])
+        caught = sorted({k for k, a, _ in below if (k, a) in self.touched
+                         or (self._cols is not None and self._cols.is_touched(k, a))})
         if caught:
             raise ShortBooks(caught, f"would be liquidated by this {underlying} mark after a transaction of "
                                      "the same block touched its book")

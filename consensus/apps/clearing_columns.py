@@ -61,65 +61,126 @@ def _last(group: np.ndarray, groups: int) -> np.ndarray:
     return out
 
 
+def _key_array(keys: list[bytes]) -> np.ndarray:
+    return np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), 32)
+
+
+def _prefix(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each 32-byte key as an integer (an index into keys, checked in full)."""
+    return np.ascontiguousarray(keys[:, :8]).view(np.uint64).reshape(-1)
+
+
+class _Index:
+    """A sorted array of integer keys with the position each came with: lookups for many keys in
+    one searchsorted, insertions of a few in one pass."""
+
+    def __init__(self):
+        self.sorted = np.zeros(0, np.uint64)
+        self.at = np.zeros(0, np.int64)
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, found): for each key the position of an equal one (where found)."""
+        if not len(self.sorted):
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        i = np.minimum(np.searchsorted(self.sorted, keys), len(self.sorted) - 1)
+        return self.at[i], self.sorted[i] == keys
+
+    def add(self, keys: np.ndarray, at: np.ndarray) -> None:
+        order = np.argsort(keys, kind="stable")
+        keys, at = keys[order], at[order]
+        where = np.searchsorted(self.sorted, keys)
+        self.sorted = np.insert(self.sorted, where, keys)
+        self.at = np.insert(self.at, where, at)
+
+
 class Columns:
     """The block's working set. Rows are accounts in the order they were first reached; cash is
     dense (accounts x assets); positions are sparse lines (row << 32 | series id -> size), a
-    closed position a line holding 0."""
+    closed position a line holding 0; touched marks the books (row, asset) whose margin the
+    block's end checks."""
 
     def __init__(self, state):
         self.assets = sorted(state.assets)
         self.asset_col = {a: j for j, a in enumerate(self.assets)}
         self.keys: list[bytes] = []
-        self.row: dict[bytes, int] = {}
+        self.row: dict[bytes, int] = {}   # every row (a key's prefix may be another key's)
+        self.key_bytes = np.zeros((0, 32), np.uint8)
+        self.by_prefix = _Index()
         self.nonce = np.zeros(0, np.int64)
         self.cash = np.zeros((0, len(self.assets)), np.int64)
+        self.touched = np.zeros((0, len(self.assets)), bool)
         self.changed = np.zeros(0, bool)
-        self.line: dict[int, int] = {}
+        self.by_line = _Index()
         self.line_key = np.zeros(0, np.int64)
         self.size = np.zeros(0, np.int64)
 
-    def rows(self, state, keys) -> np.ndarray | None:
-        """The rows of keys, reaching the accounts not held yet; None if one is not registered or
-        holds a balance or position beyond the int64 range."""
-        new = [k for k in dict.fromkeys(keys) if k not in self.row]
-        if new:
-            accts = [state.accounts.get(k) for k in new]
-            if any(a is None for a in accts):
-                return None
-            first = len(self.keys)
-            ncash = np.fromiter(map(len, (a.collateral for a in accts)), np.int64, len(accts))
-            nlines = np.fromiter(map(len, (a.positions for a in accts)), np.int64, len(accts))
-            values = list(itertools.chain.from_iterable(a.collateral.values() for a in accts))
-            sizes = list(itertools.chain.from_iterable(a.positions.values() for a in accts))
-            if max(map(abs, values), default=0) >= _SAFE or max(map(abs, sizes), default=0) >= _SAFE:
-                return None
-            cash = np.zeros((len(new), len(self.assets)), np.int64)
-            cols = np.fromiter((self.asset_col[a] for acct in accts for a in acct.collateral), np.int64, len(values))
-            cash[np.repeat(np.arange(len(new)), ncash), cols] = np.array(values, np.int64)
-            ids = np.fromiter(itertools.chain.from_iterable(a.positions for a in accts), np.int64, len(sizes))
-            line_key = (np.repeat(np.arange(first, first + len(new), dtype=np.int64), nlines) << 32) | ids
-            self.line.update(zip(line_key.tolist(), range(len(self.line_key), len(self.line_key) + len(line_key))))
-            self.line_key = np.concatenate([self.line_key, line_key])
-            self.size = np.concatenate([self.size, np.array(sizes, np.int64)])
-            self.row.update(zip(new, range(first, first + len(new))))
-            self.keys += new
-            self.nonce = np.concatenate([self.nonce, np.fromiter((a.nonce for a in accts), np.int64, len(accts))])
-            self.cash = np.concatenate([self.cash, cash])
-            self.changed = np.concatenate([self.changed, np.zeros(len(new), bool)])
-        return np.fromiter(map(self.row.__getitem__, keys), np.int64, len(keys))
-
-    def lines(self, keys: list) -> np.ndarray:
-        """The lines (indices) of (row << 32 | series) keys, adding a 0 line for each one missing."""
-        out = np.fromiter((self.line.get(k, -1) for k in keys), np.int64, len(keys))
-        missing = np.flatnonzero(out < 0)
-        if len(missing):
-            fresh = list(dict.fromkeys(keys[m] for m in missing.tolist()))
-            at = dict(zip(fresh, range(len(self.line_key), len(self.line_key) + len(fresh))))
-            self.line.update(at)
-            self.line_key = np.concatenate([self.line_key, np.array(fresh, np.int64)])
-            self.size = np.concatenate([self.size, np.zeros(len(fresh), np.int64)])
-            out[missing] = [at[keys[m]] for m in missing.tolist()]
+    def rows(self, state, keys: list[bytes], array: np.ndarray | None = None) -> np.ndarray | None:
+        """The rows of keys (array: the same keys as an (n, 32) array), reaching the accounts not held
+        yet; None if one is not registered or holds a balance or position beyond the int64 range."""
+        array = _key_array(keys) if array is None else array
+        out, found = self.by_prefix.find(_prefix(array))
+        if len(self.keys):
+            found &= (self.key_bytes[out] == array).all(axis=1)
+        if found.all():
+            return out
+        missing = np.flatnonzero(~found).tolist()
+        new = [k for k in dict.fromkeys(keys[m] for m in missing) if k not in self.row]
+        if new and not self._load(state, new):
+            return None
+        out[missing] = [self.row[keys[m]] for m in missing]
         return out
+
+    def _load(self, state, new: list[bytes]) -> bool:
+        accts = [state.accounts.get(k) for k in new]
+        if any(a is None for a in accts):
+            return False
+        ncash = np.fromiter(map(len, (a.collateral for a in accts)), np.int64, len(accts))
+        nlines = np.fromiter(map(len, (a.positions for a in accts)), np.int64, len(accts))
+        values = list(itertools.chain.from_iterable(a.collateral.values() for a in accts))
+        sizes = list(itertools.chain.from_iterable(a.positions.values() for a in accts))
+        if max(map(abs, values), default=0) >= _SAFE or max(map(abs, sizes), default=0) >= _SAFE:
+            return False
+        first = len(self.keys)
+        cash = np.zeros((len(new), len(self.assets)), np.int64)
+        cols = np.fromiter((self.asset_col[a] for acct in accts for a in acct.collateral), np.int64, len(values))
+        cash[np.repeat(np.arange(len(new)), ncash), cols] = np.array(values, np.int64)
+        ids = np.fromiter(itertools.chain.from_iterable(a.positions for a in accts), np.int64, len(sizes))
+        line_key = (np.repeat(np.arange(first, first + len(new), dtype=np.int64), nlines) << 32) | ids
+        self._add_lines(line_key, np.array(sizes, np.int64))
+        self.row.update(zip(new, range(first, first + len(new))))
+        self.keys += new
+        array = _key_array(new)
+        self.key_bytes = np.concatenate([self.key_bytes, array])
+        self.by_prefix.add(_prefix(array), np.arange(first, first + len(new)))
+        self.nonce = np.concatenate([self.nonce, np.fromiter((a.nonce for a in accts), np.int64, len(accts))])
+        self.cash = np.concatenate([self.cash, cash])
+        self.touched = np.concatenate([self.touched, np.zeros(cash.shape, bool)])
+        self.changed = np.concatenate([self.changed, np.zeros(len(new), bool)])
+        return True
+
+    def _add_lines(self, keys: np.ndarray, sizes: np.ndarray) -> None:
+        self.by_line.add(keys.view(np.uint64), np.arange(len(self.line_key), len(self.line_key) + len(keys)))
+        self.line_key = np.concatenate([self.line_key, keys])
+        self.size = np.concatenate([self.size, sizes])
+
+    def lines(self, keys: np.ndarray) -> np.ndarray:
+        """The lines (indices) of (row << 32 | series) keys, adding a 0 line for each one missing."""
+        out, found = self.by_line.find(keys.view(np.uint64))
+        if not found.all():
+            fresh = np.unique(keys[~found])
+            self._add_lines(fresh, np.zeros(len(fresh), np.int64))
+            out[~found], _ = self.by_line.find(keys[~found].view(np.uint64))
+        return out
+
+    def take_touched(self) -> set[tuple[bytes, str]]:
+        """The books marked touched, as (account, asset), unmarked."""
+        r, c = np.nonzero(self.touched)
+        self.touched[:] = False
+        return set(zip(map(self.keys.__getitem__, r.tolist()), map(self.assets.__getitem__, c.tolist())))
+
+    def is_touched(self, key: bytes, asset: str) -> bool:
+        r = self.row.get(key)
+        return r is not None and bool(self.touched[r, self.asset_col[asset]])
 
     def positions(self, state, keys: list[bytes]):
         """(owner: index into keys, series id, size) of the accounts' open positions, each account's
@@ -157,6 +218,7 @@ class Columns:
         for k, v in zip(keys, sizes):
             accts[k >> 32].positions[k & _LOW] = v
         self.changed[:] = False
+        state.touched |= self.take_touched()
 
 
 class _Legs:
@@ -164,6 +226,7 @@ class _Legs:
 
     def __init__(self, n: int):
         self.keys = np.empty(n, object)
+        self.key_bytes = np.zeros((n, 32), np.uint8)
         self.nonce = np.zeros(n, np.int64)
         self.asset = np.zeros(n, np.int64)    # column of the asset its cash moves in
         self.flow = np.zeros(n, np.int64)     # quanta into the account's cash
@@ -210,6 +273,7 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
                              for z, p in zip(size[inverse].tolist(), price[inverse].tolist())]
         b, sl = first[at], first[at] + 1
         legs.keys[b], legs.keys[sl] = buyer, seller
+        legs.key_bytes[b], legs.key_bytes[sl] = _key_array(buyer), _key_array(seller)
         legs.nonce[b], legs.nonce[sl] = nonces[:len(at)].astype(np.int64), nonces[len(at):].astype(np.int64)
         legs.asset[b] = legs.asset[sl] = asset
         legs.flow[b], legs.flow[sl] = -flow, flow
@@ -225,6 +289,7 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
                 or not set(assets) <= state.assets):
             return None
         legs.keys[first[at]] = keys
+        legs.key_bytes[first[at]] = _key_array(keys)
         legs.nonce[first[at]] = nonces.astype(np.int64)
         legs.asset[first[at]] = np.fromiter(map(cols.asset_col.__getitem__, assets), np.int64, len(at))
         legs.flow[first[at]] = np.where(ops[at] == ctx.DEPOSIT, 1, -1) * amounts.astype(np.int64)
@@ -243,7 +308,7 @@ def apply_run(state, txs: list[ctx.Tx]) -> bool:
     if legs is None:
         return False
     keys = legs.keys.tolist()
-    rows = cols.rows(state, keys)
+    rows = cols.rows(state, keys, legs.key_bytes)
     if rows is None:
         return False
     # nonces: each account's legs carry its current nonce, then the next ones, in order
@@ -261,7 +326,7 @@ def apply_run(state, txs: list[ctx.Tx]) -> bool:
     # positions per (account, series)
     trade = np.flatnonzero(legs.kind == ctx.TRADE)
     size = legs.size[trade]
-    lines, line_of = np.unique(cols.lines(((rows[trade] << 32) | legs.series[trade]).tolist()), return_inverse=True)
+    lines, line_of = np.unique(cols.lines((rows[trade] << 32) | legs.series[trade]), return_inverse=True)
     held = cols.size[lines]
     position = _running(line_of, held, size)
     if (np.abs(position) > MAX_POSITION).any():
@@ -286,6 +351,6 @@ def apply_run(state, txs: list[ctx.Tx]) -> bool:
             holders.discard(cols.keys[ln >> 32])
     for j in np.flatnonzero(legs.kind != ctx.TRADE).tolist():
         state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
-    margined = np.flatnonzero(legs.kind != ctx.DEPOSIT)
-    state.touched.update(zip(legs.keys[margined].tolist(), map(cols.assets.__getitem__, legs.asset[margined].tolist())))
+    margined = legs.kind != ctx.DEPOSIT
+    cols.touched[rows[margined], legs.asset[margined]] = True
     return True
