@@ -612,7 +612,7 @@ def test_two_accounts_and_a_third_attack_columnar_execution(stream, thin):
 # ---- the C margin's instrument table ------------------------------------------------------------------
 
 
-def test_c_margin_table_and_chunks_match_numpy():
+def test_c_margin_table_and_chunks_match_numpy(backends):
     """av_portfolio_margin values each instrument once when positions outnumber instruments (a
     table), else per chunk of positions, and uses threads from 4,096 positions: every path the
     same bits as accel.risk_numpy, including instruments nobody holds and the highest index held."""
@@ -631,9 +631,10 @@ def test_c_margin_table_and_chunks_match_numpy():
                        size=rng.choice([-1.0, 1.0], len(inst)) * 10.0 ** rng.uniform(-2, 6, len(inst)))
         for p in (MarginParams(tick=1e-8), MarginParams()):
             ours = risk_numpy.portfolio_margin(pf, mk, p, checked=False)
-            got = accel.portfolio_margin(pf, mk, p, backend="cpu", checked=False)
-            for x, y in zip(got, ours):
-                assert x.dtype == y.dtype and np.array_equal(x, y)
+            for b in backends:  # the C fallback always, PoCL where it runs
+                got = accel.portfolio_margin(pf, mk, p, backend=b, checked=False)
+                for x, y in zip(got, ours):
+                    assert x.dtype == y.dtype and np.array_equal(x, y), b
 
 
 def test_proposers_with_held_back_accounts_and_marks_build_the_same_blocks():
