@@ -21,6 +21,8 @@ of a run's transactions hold together exactly when they hold one after the other
 from __future__ import annotations
 
 import itertools
+import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from accel.risk import FUTURE
 from . import clearing_tx as ctx
 from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE
 
+log = logging.getLogger("consensus.clearing")
 _SAFE = 2**62  # every value and running sum stays below this in magnitude: int64 cannot wrap
 _LOW = 0xFFFFFFFF
 
@@ -138,7 +141,8 @@ class Columns:
         nlines = np.fromiter(map(len, (a.positions for a in accts)), np.int64, len(accts))
         values = list(itertools.chain.from_iterable(a.collateral.values() for a in accts))
         sizes = list(itertools.chain.from_iterable(a.positions.values() for a in accts))
-        if max(map(abs, values), default=0) >= _SAFE or max(map(abs, sizes), default=0) >= _SAFE:
+        if (max(map(abs, values), default=0) >= _SAFE or max(map(abs, sizes), default=0) >= _SAFE
+                or max(a.nonce for a in accts) >= _SAFE):
             return False
         first = len(self.keys)
         cash = np.zeros((len(new), len(self.assets)), np.int64)
@@ -269,8 +273,11 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
             return None
         flow = price * size
         if inverse.any():  # coin quanta for size USD at the futures price, rounded half up
-            flow[inverse] = [-((z * _PER_UNIT * _PER_UNIT + p // 2) // p)
-                             for z, p in zip(size[inverse].tolist(), price[inverse].tolist())]
+            coins = [-((z * _PER_UNIT * _PER_UNIT + p // 2) // p)
+                     for z, p in zip(size[inverse].tolist(), price[inverse].tolist())]
+            if max(map(abs, coins)) >= _SAFE:
+                return None
+            flow[inverse] = coins
         b, sl = first[at], first[at] + 1
         legs.keys[b], legs.keys[sl] = buyer, seller
         legs.key_bytes[b], legs.key_bytes[sl] = _key_array(buyer), _key_array(seller)
@@ -298,31 +305,57 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
     return legs
 
 
+class _Plan(NamedTuple):
+    """What a run that passed every check writes."""
+    legs: _Legs
+    rows: np.ndarray
+    accounts: tuple      # (rows that moved, how many nonces each used)
+    books: tuple         # (row, asset column, final cash) per book
+    lines: np.ndarray    # the lines the run's trades moved
+    held: np.ndarray     # their sizes before the run
+    final: np.ndarray    # and after it
+
+
 def apply_run(state, txs: list[ctx.Tx]) -> bool:
     """Applies txs (deposits, withdrawals and trades only) to state if every one of them applies,
-    and says so; otherwise leaves it as it was and returns False."""
+    and says so; otherwise leaves it as it was and returns False. The checks write nothing: if
+    one of them fails in a way it should not (a bug), the run is declined and logged, and the
+    one-by-one engine, the reference, decides."""
     if not state.defer or not txs:
         return False
+    try:
+        plan = _check(state, txs)
+    except Exception:
+        log.exception("columnar execution could not check a run of %d transactions; applying them one by one",
+                      len(txs))
+        return False
+    if plan is None:
+        return False
+    _write(state, plan)
+    return True
+
+
+def _check(state, txs: list[ctx.Tx]) -> _Plan | None:
+    """The run's plan if every transaction of it applies, else None."""
     cols = state.columns()
     legs = _legs(state, cols, txs)
     if legs is None:
-        return False
-    keys = legs.keys.tolist()
-    rows = cols.rows(state, keys, legs.key_bytes)
+        return None
+    rows = cols.rows(state, legs.keys.tolist(), legs.key_bytes)
     if rows is None:
-        return False
+        return None
     # nonces: each account's legs carry its current nonce, then the next ones, in order
     order, starts, lengths = _groups(rows)
     rank = np.empty_like(rows)
     rank[order] = np.arange(len(rows)) - np.repeat(starts, lengths)
     if not np.array_equal(legs.nonce, cols.nonce[rows] + rank):
-        return False
+        return None
     # cash per (account, asset)
     books, book_of = np.unique(rows * len(cols.assets) + legs.asset, return_inverse=True)
     book_row, book_col = books // len(cols.assets), books % len(cols.assets)
     cash = _running(book_of, cols.cash[book_row, book_col], legs.flow)
     if (cash[legs.kind == ctx.WITHDRAW] < 0).any() or (np.abs(cash) >= _SAFE).any():
-        return False
+        return None
     # positions per (account, series)
     trade = np.flatnonzero(legs.kind == ctx.TRADE)
     size = legs.size[trade]
@@ -330,20 +363,28 @@ def apply_run(state, txs: list[ctx.Tx]) -> bool:
     held = cols.size[lines]
     position = _running(line_of, held, size)
     if (np.abs(position) > MAX_POSITION).any():
-        return False
+        return None
     shrink = legs.shrink[trade]
     if shrink.any():
         before, moved = (position - size)[shrink], size[shrink]
-        if not ((before * moved < 0) & (np.abs(moved) <= np.abs(before))).all():
-            return False
-    # every check passed: the final values, the holders whose positions opened or closed, the supply
-    cols.nonce[rows[order[starts]]] += lengths
-    cols.cash[book_row, book_col] = cash[_last(book_of, len(books))]
-    final = position[_last(line_of, len(lines))]
-    cols.size[lines] = final
+        if not (((before < 0) != (moved < 0)) & (before != 0) & (np.abs(moved) <= np.abs(before))).all():
+            return None
+    return _Plan(legs, rows, (rows[order[starts]], lengths), (book_row, book_col, cash[_last(book_of, len(books))]),
+                 lines, held, position[_last(line_of, len(lines))])
+
+
+def _write(state, plan: _Plan) -> None:
+    """A checked run's final nonces, cash and positions into the columns; the holders whose
+    positions opened or closed, the supply and the touched books into the state."""
+    cols, legs, rows = state.columns(), plan.legs, plan.rows
+    cols.nonce[plan.accounts[0]] += plan.accounts[1]
+    cols.cash[plan.books[0], plan.books[1]] = plan.books[2]
+    cols.size[plan.lines] = plan.final
     cols.changed[rows] = True
-    flipped = (held == 0) != (final == 0)
-    for ln, now in zip(cols.line_key[lines[flipped]].tolist(), final[flipped].tolist()):
+    for i in np.unique(legs.series[legs.kind == ctx.TRADE]).tolist():
+        state._holders(i)  # this version's own holders set of every series traded, as one by one
+    flipped = (plan.held == 0) != (plan.final == 0)
+    for ln, now in zip(cols.line_key[plan.lines[flipped]].tolist(), plan.final[flipped].tolist()):
         holders = state._holders(ln & _LOW)
         if now:
             holders.add(cols.keys[ln >> 32])
@@ -353,4 +394,3 @@ def apply_run(state, txs: list[ctx.Tx]) -> bool:
         state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
     margined = legs.kind != ctx.DEPOSIT
     cols.touched[rows[margined], legs.asset[margined]] = True
-    return True
