@@ -219,7 +219,7 @@ class Core:
                 self.proposals[b.id] = base.proposal
             self.committed = b
             self.chain = [self.genesis.id, *base.chain[1:]]
-            app.committed(b)
+            app.committed(b, self.states[b.id])
         self.replayed = len(history)
         for p in history:  # replay what this validator committed before it stopped
             b = p.block
@@ -237,7 +237,7 @@ class Core:
                 self.proposals[b.id] = p
             self.committed = b
             self.chain.append(b.id)
-            app.committed(b)
+            app.committed(b, self.states[b.id])
             if b.parent != self.genesis.id:  # only the newest block's state is needed to go on
                 del self.blocks[b.parent], self.states[b.parent]
         self._check_proposers(((base.proposal,) if base is not None else ()) + tuple(history))
@@ -686,7 +686,7 @@ class Core:
         for b in reversed(chain):
             self.committed = b
             self.chain.append(b.id)
-            self.app.committed(b)
+            self.app.committed(b, self.states[b.id])
             out.append(Committed(b, self.proposals[b.id], self.timings.get(b.id, {})))
         self._prune()
         return out

@@ -674,7 +674,7 @@ def test_the_mempool_drops_and_refuses_what_a_committed_block_used_up():
     load = ClearingLoad(seed=2, users=4)
     setup = _txs(load.take(load.setup_size))
     parent = app.execute(app.genesis, setup.bodies)
-    app.committed(Block(1, 1, bytes(32), 1, b"", parent.root, setup.digest(), setup, QC(bytes(32), 0, 0)))
+    app.committed(Block(1, 1, bytes(32), 1, b"", parent.root, setup.digest(), setup, QC(bytes(32), 0, 0)), parent)
     trades = load.take(6)
     k, u = load.keys, load.users
     first = next(ctx.decode(b) for b, _ in trades if ctx.decode(b).op == ctx.TRADE)
@@ -684,11 +684,39 @@ def test_the_mempool_drops_and_refuses_what_a_committed_block_used_up():
     assert not [r for r in app.submit_many(trades + [rival]) if r] and len(app.mempool) == 7
     txs, state = app.propose(parent, set())
     g = genesis_block(app.genesis.root)
-    app.committed(Block(2, 2, g.id, 2, app.tx_root(txs), state.root, txs.digest(), txs, QC(g.id, 0, 0)))
+    app.committed(Block(2, 2, g.id, 2, app.tx_root(txs), state.root, txs.digest(), txs, QC(g.id, 0, 0)), state)
     assert len(txs) == 6 and app.mempool == {} and app.decoded == {}  # the rival was refused, then dropped
     assert app.submit_many([rival])[0].startswith(f"stale: account {buyer.hex()[:16]} nonce {nonce}")
     again = ctx.register(k[0])
     assert app.submit_many([(again, [u[0].sign(again).signature])])[0].endswith("is registered")
+
+
+def test_the_mempool_refuses_what_a_snapshots_state_used_up():
+    """A validator restarted from a snapshot replays none of the blocks before it: what they used
+    up is read from the committed state itself, so their nonces, registrations and mark sequences
+    are refused as stale all the same."""
+    from consensus.apps import clearing_tx as ctx
+    from consensus.apps.clearing_app import ClearingApp
+    from consensus.apps.clearing_load import ClearingLoad, genesis_market
+    from consensus.messages import QC, Block, Txs
+    from consensus.verify import Verifier
+    load = ClearingLoad(seed=2, users=4)
+    setup = _txs(load.take(load.setup_size))
+    first = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
+    snapshot = first.execute(first.genesis, setup.bodies)  # as restored at start-up
+    app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
+    app.committed(Block(1, 1, bytes(32), 1, b"", snapshot.root, Txs.empty().digest(), Txs.empty(),
+                        QC(bytes(32), 0, 0)), snapshot)
+    k, u = load.keys, load.users
+    used = snapshot.clearing.accounts[k[0]].nonce - 1
+    body = ctx.deposit(k[0], used, "USD", 5)
+    assert app.submit_many([(body, [u[0].sign(body).signature])])[0].startswith(f"stale: account {k[0].hex()[:16]}")
+    again = ctx.register(k[1])
+    assert app.submit_many([(again, [u[1].sign(again).signature])])[0].endswith("is registered")
+    body = next(b for b in (setup.bodies.item(i) for i in range(len(setup))) if ctx.decode(b).op == ctx.MARK)
+    mark = ctx.decode(body)
+    sigs = [bytes(64)] * len(mark.signers)  # staleness is decided before any signature is checked
+    assert app.submit_many([(body, sigs)])[0].startswith(f"stale: {mark.fields[0]} mark")
 
 
 def _txs(items):

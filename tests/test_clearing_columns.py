@@ -138,7 +138,7 @@ def test_proposers_build_the_same_blocks_columnar_and_one_by_one(stream):
             built.append((txs.bodies.data.tobytes(), txs.bodies.offsets.tobytes(), state.root, dict(app.refused)))
             parents[j] = state
             from tests.test_clearing_properties import block_of
-            app.committed(block_of(txs, bytes(32), state.root, app))
+            app.committed(block_of(txs, bytes(32), state.root, app), state)
         assert built[0] == built[1]
 
 

@@ -656,7 +656,7 @@ def test_proposers_with_held_back_accounts_and_marks_build_the_same_blocks():
                     txs, state = app.propose(parent, set())
                 blocks.append((txs.bodies.data.tobytes(), state.root))
                 assert state.clearing.violations() == []
-                app.committed(block_of(txs, parent.root, state.root, app))
+                app.committed(block_of(txs, parent.root, state.root, app), state)
                 parent = state
             built.append((blocks, dict(app.refused)))
         assert built[0] == built[1]

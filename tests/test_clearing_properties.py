@@ -215,7 +215,7 @@ def test_propose_and_validate_never_raise_and_the_ledger_balances(stream):
         for asset, q in committed_flows(txs).items():
             supply[asset] = supply.get(asset, 0) + q
         check_invariants(state.clearing, supply)
-        proposer.committed(block_of(txs, bytes(32), state.root, proposer))
+        proposer.committed(block_of(txs, bytes(32), state.root, proposer), state)
         parent = state
 
 

@@ -116,13 +116,11 @@ class ClearingApp:
         # signatures needs no second check (sig_cache=False checks everything, for measurement).
         self.mempool: dict[bytes, tuple[bytes, list[bytes]]] = {}
         self.decoded: dict[bytes, ctx.Tx] = {}  # the mempool's transactions, decoded once
-        # What committed blocks used up (next nonce per account, registered keys, last mark
-        # sequence per underlying): a transaction needing any of it again can never apply, so the
-        # mempool refuses it and drops it at the next commit instead of keeping it forever.
-        self.next_nonce: dict[bytes, int] = {}
+        # The state of the last committed block: a transaction needing what it used up (a nonce,
+        # a registration, a mark sequence) can never apply, so the mempool refuses it and drops it
+        # at the next commit instead of keeping it forever. Read, never changed.
+        self.head: Clearing = self.genesis.clearing
         self.refused: dict[bytes, str] = {}  # sha256(body) -> why it left the mempool unapplied
-        self.registered: set[bytes] = set()
-        self.sequence: dict[str, int] = {}
 
     def submit_many(self, items: list[tuple[bytes, list[bytes]]]) -> list[str]:
         """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
@@ -163,13 +161,16 @@ class ClearingApp:
 
     def _stale(self, tx: ctx.Tx) -> str:
         nonces, key, mark = ctx.consumed(tx)
+        accounts = self.head.accounts
         for account, nonce in nonces:
-            if nonce < self.next_nonce.get(account, 0):
+            held = accounts.get(account)
+            if held is not None and nonce < held.nonce:
                 return f"stale: account {account.hex()[:16]} nonce {nonce} is used by a committed transaction"
-        if key in self.registered:
+        if key is not None and key in accounts:
             return f"stale: account {key.hex()[:16]} is registered"
-        if mark is not None and mark[0] in self.sequence and mark[1] <= self.sequence[mark[0]]:
-            return f"stale: {mark[0]} mark {mark[1]} is not after the committed mark {self.sequence[mark[0]]}"
+        last = self.head.marks.get(mark[0]) if mark is not None else None
+        if last is not None and mark[1] <= last.sequence:
+            return f"stale: {mark[0]} mark {mark[1]} is not after the committed mark {last.sequence}"
         return ""
 
     def submit(self, body: bytes, signatures: list[bytes]) -> None:
@@ -383,19 +384,14 @@ class ClearingApp:
         while len(self.refused) > REFUSALS_KEPT:
             del self.refused[next(iter(self.refused))]
 
-    def committed(self, block: Block) -> None:
-        """Drop the block's transactions from the mempool, and those it made stale."""
+    def committed(self, block: Block, state: State) -> None:
+        """block committed, with state its state: drop its transactions from the mempool, and
+        those it made stale (also after a restart from a snapshot: staleness reads the state)."""
+        self.head = state.clearing
         for i in range(len(block.txs)):
-            body = block.txs.bodies.item(i)
-            digest = hashlib.sha256(body).digest()
+            digest = hashlib.sha256(block.txs.bodies.item(i)).digest()
             self.mempool.pop(digest, None)
-            nonces, key, mark = ctx.consumed(self.decoded.pop(digest, None) or ctx.decode(body))
-            for account, nonce in nonces:
-                self.next_nonce[account] = max(self.next_nonce.get(account, 0), nonce + 1)
-            if key is not None:
-                self.registered.add(key)
-            if mark is not None:
-                self.sequence[mark[0]] = max(self.sequence.get(mark[0], 0), mark[1])
+            self.decoded.pop(digest, None)
         for digest in [h for h, tx in self.decoded.items() if self._stale(tx)]:
             del self.mempool[digest], self.decoded[digest]
 

@@ -216,7 +216,7 @@ class KvApp:
     def tx_root(self, txs: Txs) -> bytes:
         return self.verifier.merkle_root(txs.bodies) if len(txs) else EMPTY
 
-    def committed(self, block: Block) -> None:
-        """Drop the block's transactions from the mempool."""
+    def committed(self, block: Block, state=None) -> None:
+        """Drop the block's transactions from the mempool (state: the block's, unused here)."""
         for i in range(len(block.txs)):
             self.mempool.pop(hashlib.sha256(block.txs.bodies.item(i)).digest(), None)
