@@ -41,7 +41,6 @@ def test_propose(benchmark, market, with_refused):
 
     def fill():
         app.mempool.clear()
-        app.decoded.clear()
         assert not [r for r in app.submit_many(items) if r.startswith("malformed")]
         return (app.genesis, set()), {}
 

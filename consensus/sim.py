@@ -196,8 +196,8 @@ class Simulation:
         app = self._make_app(self.genesis)
         for other in self.nodes:  # the load the lost mempool had; committed ones are dropped on replay
             if other is not node:
-                for body, sig in other.core.app.mempool.values():
-                    app.submit(body, sig)
+                for pending in other.core.app.mempool.values():  # (body, signature(s), ...) of either app
+                    app.submit(pending[0], pending[1])
         key = self.keys[node.index]
         start = snapshots.load(node.store, app)
         node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app,

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -91,6 +92,15 @@ def _runs(txs: list) -> list[tuple[int, int]]:
     return out
 
 
+class Pending(NamedTuple):
+    """A mempool transaction: its body, signatures (checked on admission), decoded form, and its
+    signatures joined as they sit in a block."""
+    body: bytes
+    signatures: list
+    tx: ctx.Tx
+    joined: bytes
+
+
 @dataclass
 class _Fill:
     state: Clearing
@@ -114,8 +124,7 @@ class ClearingApp:
         # sha256(body) -> (body, signatures). Every entry's signatures verified on admission, so
         # the mempool is also the signature cache: a block transaction found here with the same
         # signatures needs no second check (sig_cache=False checks everything, for measurement).
-        self.mempool: dict[bytes, tuple[bytes, list[bytes]]] = {}
-        self.decoded: dict[bytes, ctx.Tx] = {}  # the mempool's transactions, decoded once
+        self.mempool: dict[bytes, Pending] = {}
         # The state of the last committed block: a transaction needing what it used up (a nonce,
         # a registration, a mark sequence) can never apply, so the mempool refuses it and drops it
         # at the next commit instead of keeping it forever. Read, never changed.
@@ -143,7 +152,8 @@ class ClearingApp:
             if reasons[i]:
                 continue
             digest = hashlib.sha256(body).digest()
-            if self.mempool.get(digest, (None, None))[1] != list(signatures):
+            held = self.mempool.get(digest)
+            if held is None or held.signatures != list(signatures):
                 fresh.append((i, digest, body, list(signatures), tx))
         if not fresh:
             return reasons
@@ -156,7 +166,7 @@ class ClearingApp:
             if not verdicts[end - len(tx.signers):end].all():
                 reasons[i] = "a signature does not verify"
             elif digest not in self.mempool:
-                self.mempool[digest], self.decoded[digest] = (body, signatures), tx
+                self.mempool[digest] = Pending(body, signatures, tx, b"".join(signatures))
         return reasons
 
     def _stale(self, tx: ctx.Tx) -> str:
@@ -186,7 +196,7 @@ class ClearingApp:
         for i, digest in enumerate(self.verifier.digests(bodies)):
             held = self.mempool.get(digest)
             if held is not None:
-                out[i] = b"".join(held[1]) == sigs[ends[i] - int(counts[i]):ends[i]].tobytes()
+                out[i] = held.joined == sigs[ends[i] - int(counts[i]):ends[i]].tobytes()
         return out
 
     def _run(self, parent: State, txs: list) -> tuple[State, float]:
@@ -347,8 +357,8 @@ class ClearingApp:
         transaction of theirs is held back and the block filled again; the last one each signed
         leaves the mempool, so it cannot hold back the others for good. After MAX_PASSES fills, or
         an internal error, the block holds only what no margin check can refuse."""
-        candidates = [(h, body, signatures, self.decoded[h]) for h, (body, signatures) in self.mempool.items()
-                      if h not in exclude]
+        candidates = [(h, p.body, p, p.tx) for h, p in self.mempool.items() if h not in exclude] if exclude else \
+            [(h, p.body, p, p.tx) for h, p in self.mempool.items()]
         held_back: set[bytes] = set()
         for attempt in range(MAX_PASSES + 1):
             fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES)
@@ -370,7 +380,7 @@ class ClearingApp:
         state.defer = False
         bodies = [candidates[p][1] for p in fill.kept]
         # every mempool signature is 64 bytes (checked on admission): joined, not checked again
-        sigs = b"".join(s for p in fill.kept for s in candidates[p][2])
+        sigs = b"".join([candidates[p][2].joined for p in fill.kept])
         txs = (Txs(Packed(*pack_messages(bodies)), np.frombuffer(bytearray(sigs), np.uint8).reshape(-1, 64))
                if bodies else Txs.empty())
         return txs, State(state, state.state_root(self.verifier.sha256_rows))
@@ -379,7 +389,6 @@ class ClearingApp:
         """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept."""
         for digest, reason in reasons.items():
             self.mempool.pop(digest, None)
-            self.decoded.pop(digest, None)
             self.refused[digest] = reason
         while len(self.refused) > REFUSALS_KEPT:
             del self.refused[next(iter(self.refused))]
@@ -391,7 +400,6 @@ class ClearingApp:
         for i in range(len(block.txs)):
             digest = hashlib.sha256(block.txs.bodies.item(i)).digest()
             self.mempool.pop(digest, None)
-            self.decoded.pop(digest, None)
-        for digest in [h for h, tx in self.decoded.items() if self._stale(tx)]:
-            del self.mempool[digest], self.decoded[digest]
+        for digest in [h for h, p in self.mempool.items() if self._stale(p.tx)]:
+            del self.mempool[digest]
 
