@@ -16,6 +16,7 @@ checks both, and the rest of the list in docs/CLEARING.md).
 Each refusal raises Rejected with the reason and leaves the state unchanged."""
 from __future__ import annotations
 
+import functools
 import itertools
 import struct
 import time
@@ -174,6 +175,7 @@ def _exact_sum(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return _column([sum(int(p[j]) for p in clean) for j in range(len(bad))]), bad
 
 
+@functools.lru_cache(maxsize=1024)
 def _name8(name: str) -> bytes:
     return name.encode("ascii").ljust(8, b"\0")
 
@@ -808,8 +810,13 @@ class Clearing:
     # ---- the commitment and its invariants -------------------------------------------------------
     @staticmethod
     def _leaf(key: bytes, a: Account) -> bytes:
-        return (key + a.nonce.to_bytes(8, "big") + len(a.collateral).to_bytes(1, "big") + _amounts(a.collateral)
-                + b"".join(i.to_bytes(4, "big") + s.to_bytes(8, "big", signed=True) for i, s in sorted(a.positions.items())))
+        col = a.collateral
+        parts = [key, a.nonce.to_bytes(8, "big"), len(col).to_bytes(1, "big")]
+        for name in sorted(col):
+            parts += (_name8(name), col[name].to_bytes(16, "big", signed=True))
+        for i in sorted(a.positions):
+            parts += (i.to_bytes(4, "big"), a.positions[i].to_bytes(8, "big", signed=True))
+        return b"".join(parts)
 
     def leaves(self) -> list[bytes]:
         """Every account's leaf, in slot (registration) order: key 32 | nonce u64 | assets u8, then
