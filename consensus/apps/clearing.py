@@ -312,6 +312,12 @@ class Clearing:
         self.dirty.add(key)
         return acct
 
+    def _replace(self, key: bytes, nonce: int, collateral: dict, positions: dict) -> None:
+        """key's account, with these contents, as this version's own (the columns' write-back)."""
+        slot = self.accounts[key].slot
+        self._private[key] = self.accounts[key] = Account(nonce, collateral, positions, slot)
+        self.dirty.add(key)
+
     def _holders(self, series: int) -> set[bytes]:
         """The series' holders, this version's own set (to change)."""
         if series not in self._private_holders:

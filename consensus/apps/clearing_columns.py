@@ -204,24 +204,26 @@ class Columns:
         return self.cash[rows, self.asset_col[asset]]
 
     def write_back(self, state) -> None:
-        """Every changed account's nonce, cash and positions into its Account (the state's own copy)."""
+        """Every changed account's nonce, cash and positions into the state (new Account objects,
+        this version's own), and the touched books into its record."""
         changed = np.flatnonzero(self.changed)
-        if not len(changed):
-            return
-        accts = {r: state._mut(self.keys[r]) for r in changed.tolist()}
-        for r, acct in accts.items():
-            acct.nonce = int(self.nonce[r])
-            acct.collateral = {}
-            acct.positions = {}
-        rs, cs = np.nonzero(self.cash[changed])
-        for r, c, v in zip(changed[rs].tolist(), cs.tolist(), self.cash[changed[rs], cs].tolist()):
-            accts[r].collateral[self.assets[c]] = v
-        mine = self.changed[self.line_key >> 32] & (self.size != 0)
-        order = np.argsort(self.line_key[mine], kind="stable")  # series order within each account
-        keys, sizes = self.line_key[mine][order].tolist(), self.size[mine][order].tolist()
-        for k, v in zip(keys, sizes):
-            accts[k >> 32].positions[k & _LOW] = v
-        self.changed[:] = False
+        if len(changed):
+            cash = self.cash[changed]
+            collateral: list[dict] = [{} for _ in range(len(changed))]
+            rs, cs = np.nonzero(cash)
+            for j, c, v in zip(rs.tolist(), cs.tolist(), cash[rs, cs].tolist()):
+                collateral[j][self.assets[c]] = v
+            at = np.full(len(self.keys), -1, np.int64)
+            at[changed] = np.arange(len(changed))
+            mine = self.changed[self.line_key >> 32] & (self.size != 0)
+            order = np.argsort(self.line_key[mine], kind="stable")  # by account, then series
+            keys, sizes = self.line_key[mine][order], self.size[mine][order]
+            bounds = np.searchsorted(at[keys >> 32], np.arange(len(changed) + 1)).tolist()
+            ids, sizes = (keys & _LOW).tolist(), sizes.tolist()
+            for j, (r, nonce) in enumerate(zip(changed.tolist(), self.nonce[changed].tolist())):
+                a, b = bounds[j], bounds[j + 1]
+                state._replace(self.keys[r], nonce, collateral[j], dict(zip(ids[a:b], sizes[a:b])))
+            self.changed[:] = False
         state.touched |= self.take_touched()
 
 
