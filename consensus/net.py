@@ -93,6 +93,7 @@ class Network:
         self.dropped = 0    # frames that did not decode or were too large
         self.overflow = 0   # frames not queued because a peer's queue was full (frames or bytes)
         self.overflow_bytes = 0
+        self.unencodable = 0  # messages of this validator's own too large to frame (logged as errors)
         self.duplicates = 0  # connections with this validator's key, or a second live one per sender
         self.handshake_failures = 0  # connections closed: not this protocol, no such index, a bad signature
         self.handshake_timeouts = 0  # connections closed: the handshake did not finish in time
@@ -130,7 +131,12 @@ class Network:
             w.close()
 
     def send(self, to: int, msg) -> None:
-        frame = messages.encode(msg)
+        try:
+            frame = messages.encode(msg)
+        except ValueError as exc:  # this validator built a message no frame can carry: its bug, not a peer's
+            self.unencodable += 1
+            log.error("not sent to validator %d: %s: %s", to, type(msg).__name__, exc)
+            return
         if self.delay:
             asyncio.get_running_loop().call_later(self.delay, self._enqueue, to, frame)
         else:

@@ -589,8 +589,8 @@ class NodeRunner:
             if kind == "msg":
                 self.queued[rest[0]] -= 1
             if self.sync is not None:  # taking a snapshot: only its own messages and timer count
-                if kind == "timer" and rest[0] == statesync.SYNC_TIMER:
-                    self._apply(self.sync.on_timer())
+                if kind == "timer" and rest[0] <= statesync.SYNC_TIMER:
+                    self._apply(self.sync.on_timer(rest[0]))
                 elif kind == "msg":
                     self._apply(self.sync.handle(rest[0], rest[1]))
                 if self.sync.done is not None:

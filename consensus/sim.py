@@ -260,8 +260,8 @@ class Simulation:
                 continue
             node = self._node(name)
             if node.sync is not None:  # taking a snapshot: only its own messages and timer count
-                if kind == "timer" and rest[0] == statesync.SYNC_TIMER:
-                    self._apply(node, node.sync.on_timer())
+                if kind == "timer" and rest[0] <= statesync.SYNC_TIMER:
+                    self._apply(node, node.sync.on_timer(rest[0]))
                 elif kind == "msg":
                     try:
                         self._apply(node, node.sync.handle(rest[0], messages.decode(rest[1])))

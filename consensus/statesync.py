@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import snapshots
+from . import messages, snapshots
 from .core import Base, Config, SetTimer, Send
 from .messages import (
     MAX_RANGE, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_CHUNK, Proposal, SnapshotChunk, SnapshotRequest, proposal_bytes, vote_bytes,
 )
 from .store import Store
 
-RETRY_MS = 2_000.0  # a peer silent this long is left for the next one
-SYNC_TIMER = -1     # the SetTimer view of state sync's timer (views are never negative)
+RETRY_MS = 2_000.0  # a peer silent this long after an ask is left for the next one
+SYNC_TIMER = -1     # the SetTimer view of state sync's first ask; ask n's is SYNC_TIMER - n (views are >= 0)
+MAX_TXS = 1 << 48   # a snapshot's count of committed transactions (the peer's word) beyond this is refused
 
 
 def _direct_commit(proposals) -> int | None:
@@ -40,21 +41,30 @@ def _direct_commit(proposals) -> int | None:
 
 def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | None:
     """A chunk of the newest stored snapshot whose commit the store can prove (height 0), or of the
-    one at `height`; None if there is none."""
+    one at `height`; None if there is none. Only a first chunk carries the proof, and only when
+    it fits in one frame beside the chunk (an older snapshot may do otherwise)."""
     for h, block_id, _, txs in store.snapshots():
         if height not in (0, h):
             continue
-        proof = store.committed_range(h, MAX_RANGE)
-        k = _direct_commit(proof)
-        if k is None or proof[0].block.id != block_id:
-            continue  # (the blocks that commit it are not committed here yet: an older snapshot may do)
+        proof: tuple = ()
+        if chunk == 0 or height == 0:
+            found = store.committed_range(h, 3)  # usually enough: the block, its child, the QC over it
+            if _direct_commit(found) is None:
+                found = store.committed_range(h, MAX_RANGE)
+            k = _direct_commit(found)
+            if k is None or found[0].block.id != block_id:
+                continue  # (the blocks that commit it are not committed here yet: an older snapshot may do)
+            proof = tuple(found[:k + 3])
         size = store.db.execute("SELECT length(blob) FROM snapshots WHERE height = ?", (h,)).fetchone()[0]
         chunks = max(1, -(-size // SNAPSHOT_CHUNK))
         if chunk >= chunks or chunks > MAX_SNAPSHOT_CHUNKS:
             return None
         (data,) = store.db.execute("SELECT substr(blob, ?, ?) FROM snapshots WHERE height = ?",
                                    (chunk * SNAPSHOT_CHUNK + 1, SNAPSHOT_CHUNK, h)).fetchone()
-        return SnapshotChunk(h, chunk, chunks, txs, tuple(proof[:k + 3]) if chunk == 0 else (), bytes(data))
+        out = SnapshotChunk(h, chunk, chunks, txs, proof if chunk == 0 else (), bytes(data))
+        if chunk == 0 and sum(len(messages.encode(p)) for p in proof) + len(data) + 1024 > messages.MAX_MESSAGE:
+            continue  # blocks too large to carry beside the chunk in one frame
+        return out
     return None
 
 
@@ -112,6 +122,7 @@ class StateSync:
     def __init__(self, cfg: Config, app):
         self.cfg, self.app = cfg, app
         self.peer = cfg.me
+        self.asks = 0  # each ask sets its own timer (SYNC_TIMER - its number): an answered ask's timer is void
         self.done: Synced | None = None
         self.counters: dict[str, int] = {}
         self._reset()
@@ -132,13 +143,21 @@ class StateSync:
 
     def _ask(self) -> list:
         height = self.head.height if self.head is not None else 0
-        return [Send(self.peer, SnapshotRequest(height, len(self.parts))), SetTimer(SYNC_TIMER, RETRY_MS)]
+        self.asks += 1
+        return [Send(self.peer, SnapshotRequest(height, len(self.parts))), SetTimer(self.timer, RETRY_MS)]
+
+    @property
+    def timer(self) -> int:
+        """The timer view of the latest ask."""
+        return SYNC_TIMER - (self.asks - 1)
 
     def start(self) -> list:
         return self._next_peer()
 
-    def on_timer(self) -> list:
-        if self.done is not None:
+    def on_timer(self, view: int) -> list:
+        """A state-sync timer (view <= SYNC_TIMER) ran out: if it is the latest ask's, its peer was
+        silent."""
+        if self.done is not None or view != self.timer:
             return []
         self._count("peer_silent")
         return self._next_peer()
@@ -151,12 +170,12 @@ class StateSync:
             self._count("chunk_unasked")
             return []
         last = msg.chunk == msg.chunks - 1
-        if len(msg.data) > SNAPSHOT_CHUNK or (not last and len(msg.data) != SNAPSHOT_CHUNK):
+        if len(msg.data) > SNAPSHOT_CHUNK or (not last and len(msg.data) != SNAPSHOT_CHUNK) or not 0 <= msg.txs < MAX_TXS:
             self._count("chunk_bad")
             return self._next_peer()
         if self.head is None:
             why = commit_proof(self.cfg, self.app.verifier, msg.proof)
-            if why or msg.proof[0].block.height != msg.height:
+            if why or msg.proof[0].block.height != msg.height or msg.height < 1:  # the genesis needs no sync
                 self._count("proof_bad")
                 return self._next_peer()
             self.head = msg

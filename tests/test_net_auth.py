@@ -385,3 +385,18 @@ def test_a_stranger_flood_delivers_nothing_and_the_honest_link_goes_on():
     # every stranger's connection closed by validator 0 (at least: validator 1's own dials may
     # have been evicted or timed out too while the flood filled max_pending)
     assert most_pending <= 16 and closed_strangers >= len(payloads) * sent
+
+
+def test_a_message_too_large_to_frame_is_logged_and_counted_not_raised(caplog):
+    """A message this validator built too large for a frame (its own bug, e.g. a response that
+    outgrew its bound) is dropped with an error line and counted; the driver goes on."""
+    async def scenario():
+        net = network(0, addresses(), [])
+        huge = messages.SnapshotChunk(1, 0, 1, 0, (), bytes(messages.MAX_MESSAGE))
+        net.send(1, huge)
+        net.send(1, request(1))
+        return net.unencodable, net.queues[1].qsize()
+
+    with caplog.at_level(logging.ERROR, logger="consensus.net"):
+        unencodable, queued = asyncio.run(scenario())
+    assert unencodable == 1 and queued == 1 and "not sent to validator 1: SnapshotChunk" in caplog.text

@@ -84,17 +84,19 @@ def test_forged_proofs_and_chunks_are_refused_and_the_next_peer_asked(tmp_path):
 
     assert sync.handle(0, chunk) == [] and sync.done is not None
     assert sync.done.proposal.block.height == chunk.height and sync.done.state.root == chunk.proof[0].block.state_root
-    assert sync.on_timer() == [] and sync.handle(0, chunk) == []
+    assert sync.on_timer(sync.timer) == [] and sync.handle(0, chunk) == []
 
 
 def test_a_silent_peer_is_left_for_the_next(tmp_path):
     sim, chunk = _chunk(tmp_path)
     sync = _sync(sim)
-    (ask, _) = sync.on_timer()
+    stale = sync.timer
+    (ask, _) = sync.on_timer(sync.timer)
     assert ask.to == 1 and sync.counters == {"peer_silent": 1}
-    (ask, _) = sync.on_timer()
+    assert sync.on_timer(stale) == []  # an earlier ask's timer: void
+    (ask, _) = sync.on_timer(sync.timer)
     assert ask.to == 2
-    (ask, _) = sync.on_timer()
+    (ask, _) = sync.on_timer(sync.timer)
     assert ask.to == 0  # never itself
 
 

@@ -62,10 +62,16 @@ def _split(blob: bytes) -> tuple[list[bytes], list[bytes]]:
         raise ValueError("not a clearing snapshot (no AVSNAP1 header)")
     pos, out = len(MAGIC), []
     for width in (8, 4):
+        if pos + width > len(blob):
+            raise ValueError("the snapshot ends inside a count")
         count = int.from_bytes(blob[pos:pos + width], "big")
         pos += width
+        if count > (len(blob) - pos) // 4:  # every leaf takes at least its 4-byte length
+            raise ValueError(f"{count} leaves cannot fit in the snapshot's {len(blob) - pos} bytes left")
         leaves = []
         for _ in range(count):
+            if pos + 4 > len(blob):
+                raise ValueError("the snapshot ends inside a leaf's length")
             n = int.from_bytes(blob[pos:pos + 4], "big")
             leaves.append(blob[pos + 4:pos + 4 + n])
             if len(leaves[-1]) != n:
