@@ -18,6 +18,7 @@ to start if any kernel fails."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -347,6 +348,10 @@ class NodeRunner:
                  f"from the snapshot at height {base}" if start.base else "from the genesis", self.core.replayed,
                  self.restart_s, extra={"height": self.core.committed.height, "replayed": self.core.replayed,
                                         "snapshot_height": base})
+        # The loaded state is millions of long-lived objects at a large market: a full collection
+        # of the cyclic GC would walk them all (seconds, mid-consensus). They are moved out of its
+        # reach; what blocks allocate later is collected as usual (clearing_app pauses it per block).
+        gc.freeze()
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.queued: dict[int, int] = {}  # sender -> its messages in the inbox (at most INBOX_PER_PEER)
         try:
