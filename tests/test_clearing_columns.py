@@ -15,7 +15,7 @@ from consensus.apps import clearing_app
 from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing import MAX_POSITION, Breakers, Rejected
 from consensus.apps.clearing_app import ClearingApp
-from consensus.apps.clearing_columns import _running
+from consensus.apps.clearing_columns import _native, _ptr
 from consensus.verify import Verifier
 from tests.test_clearing_properties import (EXAMPLES, JUMPS, K, OPTIONS, SERIES, USD, USERS, Stream, blocks, genesis,
                                             signed)
@@ -181,11 +181,29 @@ def test_a_position_past_its_limit_inside_a_run_is_refused_for_the_same_reason()
     assert result[0] == "refused" and result[1].startswith("transaction 10:") and "past a position" in result[1]
 
 
-def test_grouped_running_sums():
-    group = np.array([2, 0, 2, 1, 0, 2])
-    start = np.array([10, 20, 30])
-    delta = np.array([1, 2, 3, 4, 5, 6])
-    assert _running(group, start, delta).tolist() == [31, 12, 34, 24, 17, 40]
+def test_the_native_run_applies_legs_in_order_and_names_the_first_that_fails():
+    """native/ledger.c on three accounts: nonces in order, a withdrawal may empty the cash but not
+    overdraw it, a position may reach the limit but not pass it, a reduce-only leg must shrink;
+    0 when every leg applies, else 1 + the first leg that does not."""
+    def run(row, nonce, flow, withdraw, line, size, shrink, cash=(10, 0, 5), held=(0, 3)):
+        cols = (np.array([0, 0, 7], np.int64), np.array(cash, np.int64).reshape(3, 1), np.array(held, np.int64))
+        arrays = [np.array(x, np.int64) for x in (row, nonce, [0] * len(row), flow)]
+        arrays += [np.array(withdraw, np.uint8), np.array(line, np.int64), np.array(size, np.int64),
+                   np.array(shrink, np.uint8)]
+        failed = _native().av_ledger_run(*(_ptr(a) for a in arrays), 1, 10, 2**62, *(_ptr(c) for c in cols),
+                                         len(row))
+        return failed, [c.ravel().tolist() for c in cols]
+    # a trade between rows 0 (buys 4 at 2) and 1, then row 1 withdraws all it got, row 2 deposits
+    ok = run([0, 1, 1, 2], [0, 0, 1, 7], [-8, 8, -8, 1], [0, 0, 1, 0], [0, 1, -1, -1], [4, -4, 0, 0], [0] * 4)
+    assert ok == (0, [[1, 2, 8], [2, 0, 6], [4, -1]])
+    assert run([0, 0], [0, 0], [1, 1], [0, 0], [-1, -1], [0, 0], [0, 0])[0] == 2        # a nonce used twice
+    assert run([2], [7], [-6], [1], [-1], [0], [0])[0] == 1                              # overdrawn
+    assert run([0], [0], [0], [0], [0], [10], [0])[0] == 0                               # at the limit
+    assert run([0, 0], [0, 1], [0, 0], [0, 0], [0, 0], [10, 1], [0, 0])[0] == 2          # past it
+    assert run([1], [0], [0], [0], [1], [-3], [1])[0] == 0                               # shrinks to 0
+    assert run([1], [0], [0], [0], [1], [-4], [1])[0] == 1                               # flips: not a shrink
+    assert run([1], [0], [0], [0], [1], [1], [1])[0] == 1                                # grows
+    assert run([0], [0], [1], [0], [-1], [0], [0], cash=(2**62 - 1, 0, 0))[0] == 1       # leaves int64's exact range
 
 
 def test_a_balance_beyond_int64_takes_the_one_by_one_path_with_the_same_result():

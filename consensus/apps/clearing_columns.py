@@ -1,7 +1,7 @@
 """Columnar execution (issue 20, docs/CLEARING.md "Columnar execution"): while a block executes,
 the hot state of the accounts it reaches (nonce, cash per asset, position per series) lives in
-arrays, transactions between two marks are applied in array passes, marks read the margin inputs
-of every holder from the arrays, and the accounts are written back once, at the block's end (or
+arrays, transactions between two marks are applied as one run, marks read the margin inputs of
+every holder from the arrays, and the accounts are written back once, at the block's end (or
 before a rule that works on accounts one by one: a settlement, a liquidation, a transaction
 applied alone).
 
@@ -9,15 +9,15 @@ apply_run() applies a run of deposits, withdrawals and trades exactly as Clearin
 withdraw and trade would one after the other, or declines and changes nothing: when one of them
 would be refused, or an amount leaves the range where int64 arithmetic is exact. The caller then
 applies the run one transaction at a time, which refuses the same transactions with their
-reasons, so a verdict never depends on which path ran. Inside a run:
-  - each account's legs (a deposit or withdrawal is one leg, a trade a buyer's and a seller's)
-    carry its nonces in order, from its current nonce on;
-  - the cash of each (account, asset) is its balance plus the running sum of its legs' flows: a
-    withdrawal must leave it >= 0 (MAX_BALANCE, far above int64, cannot be reached here);
-  - the position of each (account, series) is its holding plus the running sum of sizes: within
-    MAX_POSITION after every leg, and a reduce-only series' legs must shrink it.
-Marks and the reduce-only state do not change inside a run (only marks move them), so the checks
-of a run's transactions hold together exactly when they hold one after the other."""
+reasons, so a verdict never depends on which path ran. A run is checked in two steps:
+  - the checks on each transaction's own fields, in array passes (_legs): sizes, prices, amounts,
+    assets, listed and marked series, two distinct accounts;
+  - its legs (a deposit or withdrawal is one leg, a trade a buyer's and a seller's) applied in
+    order to copies of the columns by native/ledger.c, with the checks that depend on the state:
+    the account's next nonce, a withdrawal leaving its cash >= 0, a position within MAX_POSITION,
+    a reduce-only series' legs shrinking it (MAX_BALANCE, far above int64, cannot be reached).
+Marks and the reduce-only state do not change inside a run (only marks move them), so these are
+the one-by-one checks, in the one-by-one order."""
 from __future__ import annotations
 
 import itertools
@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from accel import _native as _c
 from accel.risk import FUTURE
 
 from . import clearing_tx as ctx
@@ -34,34 +35,6 @@ from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE
 log = logging.getLogger("consensus.clearing")
 _SAFE = 2**62  # every value and running sum stays below this in magnitude: int64 cannot wrap
 _LOW = 0xFFFFFFFF
-
-
-def _groups(group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order, starts, lengths): a stable order of the legs by group, where each group starts in it
-    and how many legs it has."""
-    order = np.argsort(group, kind="stable")
-    g = group[order]
-    first = np.ones(len(g), bool)
-    first[1:] = g[1:] != g[:-1]
-    starts = np.flatnonzero(first)
-    return order, starts, np.diff(np.append(starts, len(g)))
-
-
-def _running(group: np.ndarray, start: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """Per leg (in leg order): start[its group] plus the deltas of its group up to and including it."""
-    order, starts, lengths = _groups(group)
-    d = delta[order]
-    total = np.cumsum(d)
-    out = np.empty_like(total)
-    out[order] = total - np.repeat((total - d)[starts], lengths) + start[group[order]]
-    return out
-
-
-def _last(group: np.ndarray, groups: int) -> np.ndarray:
-    """Per group, the index of its last leg."""
-    out = np.full(groups, -1, np.int64)
-    out[group] = np.arange(len(group))  # a later leg overwrites an earlier one
-    return out
 
 
 def _key_array(keys: list[bytes]) -> np.ndarray:
@@ -310,12 +283,11 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
 class _Plan(NamedTuple):
     """What a run that passed every check writes."""
     legs: _Legs
-    rows: np.ndarray
-    accounts: tuple      # (rows that moved, how many nonces each used)
-    books: tuple         # (row, asset column, final cash) per book
-    lines: np.ndarray    # the lines the run's trades moved
-    held: np.ndarray     # their sizes before the run
-    final: np.ndarray    # and after it
+    rows: np.ndarray     # each leg's row
+    line: np.ndarray     # each trade leg's line (-1: not a trade)
+    nonce: np.ndarray    # the columns after the run
+    cash: np.ndarray
+    size: np.ndarray
 
 
 def apply_run(state, txs: list[ctx.Tx]) -> bool:
@@ -338,7 +310,9 @@ def apply_run(state, txs: list[ctx.Tx]) -> bool:
 
 
 def _check(state, txs: list[ctx.Tx]) -> _Plan | None:
-    """The run's plan if every transaction of it applies, else None."""
+    """The run's plan if every transaction of it applies, else None: the legs applied in order to
+    copies of the columns by native/ledger.c (the checks that depend on the state), after the
+    checks on the transactions' own fields (_legs)."""
     cols = state.columns()
     legs = _legs(state, cols, txs)
     if legs is None:
@@ -346,47 +320,30 @@ def _check(state, txs: list[ctx.Tx]) -> _Plan | None:
     rows = cols.rows(state, legs.keys.tolist(), legs.key_bytes)
     if rows is None:
         return None
-    # nonces: each account's legs carry its current nonce, then the next ones, in order
-    order, starts, lengths = _groups(rows)
-    rank = np.empty_like(rows)
-    rank[order] = np.arange(len(rows)) - np.repeat(starts, lengths)
-    if not np.array_equal(legs.nonce, cols.nonce[rows] + rank):
-        return None
-    # cash per (account, asset)
-    books, book_of = np.unique(rows * len(cols.assets) + legs.asset, return_inverse=True)
-    book_row, book_col = books // len(cols.assets), books % len(cols.assets)
-    cash = _running(book_of, cols.cash[book_row, book_col], legs.flow)
-    if (cash[legs.kind == ctx.WITHDRAW] < 0).any() or (np.abs(cash) >= _SAFE).any():
-        return None
-    # positions per (account, series)
-    trade = np.flatnonzero(legs.kind == ctx.TRADE)
-    size = legs.size[trade]
-    lines, line_of = np.unique(cols.lines((rows[trade] << 32) | legs.series[trade]), return_inverse=True)
-    held = cols.size[lines]
-    position = _running(line_of, held, size)
-    if (np.abs(position) > MAX_POSITION).any():
-        return None
-    shrink = legs.shrink[trade]
-    if shrink.any():
-        before, moved = (position - size)[shrink], size[shrink]
-        if not (((before < 0) != (moved < 0)) & (before != 0) & (np.abs(moved) <= np.abs(before))).all():
-            return None
-    return _Plan(legs, rows, (rows[order[starts]], lengths), (book_row, book_col, cash[_last(book_of, len(books))]),
-                 lines, held, position[_last(line_of, len(lines))])
+    trade = legs.kind == ctx.TRADE
+    line = np.full(len(rows), -1, np.int64)
+    line[trade] = cols.lines((rows[trade] << 32) | legs.series[trade])
+    nonce, cash, size = cols.nonce.copy(), cols.cash.copy(), cols.size.copy()
+    withdraw = (legs.kind == ctx.WITHDRAW).view(np.uint8)
+    failed = _native().av_ledger_run(*(_ptr(a) for a in (rows, legs.nonce, legs.asset, legs.flow, withdraw, line,
+                                                         legs.size, legs.shrink.view(np.uint8))),
+                                     len(cols.assets), MAX_POSITION, _SAFE, _ptr(nonce), _ptr(cash), _ptr(size),
+                                     len(rows))
+    return None if failed else _Plan(legs, rows, line, nonce, cash, size)
 
 
 def _write(state, plan: _Plan) -> None:
-    """A checked run's final nonces, cash and positions into the columns; the holders whose
-    positions opened or closed, the supply and the touched books into the state."""
+    """A checked run's columns kept; the holders whose positions opened or closed, the supply and
+    the touched books into the state."""
     cols, legs, rows = state.columns(), plan.legs, plan.rows
-    cols.nonce[plan.accounts[0]] += plan.accounts[1]
-    cols.cash[plan.books[0], plan.books[1]] = plan.books[2]
-    cols.size[plan.lines] = plan.final
+    lines = np.unique(plan.line[plan.line >= 0])
+    held, final = cols.size[lines], plan.size[lines]
+    cols.nonce, cols.cash, cols.size = plan.nonce, plan.cash, plan.size
     cols.changed[rows] = True
     for i in np.unique(legs.series[legs.kind == ctx.TRADE]).tolist():
         state._holders(i)  # this version's own holders set of every series traded, as one by one
-    flipped = (plan.held == 0) != (plan.final == 0)
-    for ln, now in zip(cols.line_key[plan.lines[flipped]].tolist(), plan.final[flipped].tolist()):
+    flipped = (held == 0) != (final == 0)
+    for ln, now in zip(cols.line_key[lines[flipped]].tolist(), final[flipped].tolist()):
         holders = state._holders(ln & _LOW)
         if now:
             holders.add(cols.keys[ln >> 32])
@@ -396,3 +353,13 @@ def _write(state, plan: _Plan) -> None:
         state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
     margined = legs.kind != ctx.DEPOSIT
     cols.touched[rows[margined], legs.asset[margined]] = True
+
+
+def _native():
+    return _c.lib
+
+
+def _ptr(array: np.ndarray):
+    """A C pointer to an int64 or uint8 array (kept alive by the pointer while it is in use)."""
+    ctype = "int64_t *" if array.dtype == np.int64 else "uint8_t *"
+    return _c.ffi.cast(ctype, _c.ffi.from_buffer(np.ascontiguousarray(array)))
