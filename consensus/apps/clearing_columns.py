@@ -237,13 +237,15 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
                 or (price > MAX_PRICE).any() or (nonces >= _SAFE).any()):
             return None
         price = price.astype(np.int64)
-        listed = {}
-        for i in set(ids):
+        series = np.fromiter(ids, np.int64, len(at))
+        listed, which = np.unique(series, return_inverse=True)
+        per = []  # per listed series: (asset column, an inverse future, reduce-only)
+        for i in listed.tolist():
             s = state.series.get(i)
             if s is None or i in state.fixings or s.underlying not in state.marks:
                 return None
-            listed[i] = (cols.asset_col[s.asset], s.inverse and s.kind == FUTURE, bool(state._reduce_only(s)))
-        asset, inverse, shrink = (np.array(c) for c in zip(*[listed[i] for i in ids]))
+            per.append((cols.asset_col[s.asset], s.inverse and s.kind == FUTURE, bool(state._reduce_only(s))))
+        asset, inverse, shrink = (np.array(c)[which] for c in zip(*per))
         if (price.astype(np.float64) * size >= 2**61).any() or (inverse & (price <= 0)).any():
             return None
         flow = price * size
@@ -259,7 +261,7 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
         legs.nonce[b], legs.nonce[sl] = nonces[:len(at)].astype(np.int64), nonces[len(at):].astype(np.int64)
         legs.asset[b] = legs.asset[sl] = asset
         legs.flow[b], legs.flow[sl] = -flow, flow
-        legs.series[b] = legs.series[sl] = np.array(ids, np.int64)
+        legs.series[b] = legs.series[sl] = series
         legs.size[b], legs.size[sl] = size, -size
         legs.shrink[b] = legs.shrink[sl] = shrink
     at = np.flatnonzero(~trade)
