@@ -609,17 +609,22 @@ def test_a_byzantine_validator_against_three_honest(modes, seed):
     assert min(during[x] for x in honest) >= 3  # the honest made progress under the attack too
 
 
+def _donor_and_fresh(blocks: int):
+    """(simulation, a validator's core that committed `blocks` blocks, its committed blocks, a core
+    of the same network that knows the genesis only)."""
+    sim = Simulation(n=4, seed=9)
+    sim.load(30)
+    sim.run(blocks=blocks)
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    return sim, sim.nodes[0].core, chain, Simulation(n=4, seed=9).nodes[2].core
+
+
 def test_a_relayed_copy_with_a_forged_qc_cannot_keep_the_real_proposal_out():
     """The proposer's signature covers the block id, which does not cover the QC: a stranger
     relays a real proposal whose parent the receiver lacks, with its QC's signatures zeroed, ahead
     of the real one. The copy is refused before it is parked; the real one is parked and taken."""
     from consensus import messages as m
-    sim = Simulation(n=4, seed=9)
-    sim.load(30)
-    sim.run(blocks=6)
-    donor = sim.nodes[0].core
-    chain = [b for b, _, _ in sim.nodes[0].committed]
-    fresh = Simulation(n=4, seed=9).nodes[2].core  # knows genesis only
+    sim, donor, chain, fresh = _donor_and_fresh(6)
     real = donor.proposals[chain[3].id]
     forged = replace(real, block=replace(real.block, qc=replace(real.block.qc, sigs=bytes(len(real.block.qc.sigs)))))
     assert forged.block.id == real.block.id
@@ -635,12 +640,7 @@ def test_one_equivocating_leader_cannot_fill_the_parked_proposals():
     with a valid QC and its own signature, so each passes the checks before parking): at most
     MAX_PARKED / n of one proposer's are parked, and another leader's proposal still is."""
     from consensus.core import MAX_PARKED
-    sim = Simulation(n=4, seed=9)
-    sim.load(30)
-    sim.run(blocks=8)
-    donor = sim.nodes[0].core
-    chain = [b for b, _, _ in sim.nodes[0].committed]
-    fresh = Simulation(n=4, seed=9).nodes[2].core  # knows genesis only
+    sim, donor, chain, fresh = _donor_and_fresh(8)
     real = donor.proposals[chain[3].id]
     leader = real.block.proposer
     for j in range(MAX_PARKED):

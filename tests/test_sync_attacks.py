@@ -214,10 +214,8 @@ def test_snapshot_messages_at_and_past_their_bounds_on_the_wire():
             messages.decode(messages.encode(bad))
 
 
-def test_a_syncing_validator_passes_a_silent_peer_and_strangers_in_the_simulation(tmp_path, monkeypatch):
-    """v0 (the first peer v3 asks) is down; frames with a bad snapshot arrive under the indices of
-    peers not asked, of v3 itself and of no validator: v3 counts them, asks v1 after v0's
-    silence, syncs from it and commits on the same chain."""
+def _record_syncs(monkeypatch) -> list:
+    """The StateSync objects the simulation makes from now on, in order."""
     made = []
     original = statesync.StateSync
 
@@ -225,6 +223,14 @@ def test_a_syncing_validator_passes_a_silent_peer_and_strangers_in_the_simulatio
         made.append(original(*args, **kwargs))
         return made[-1]
     monkeypatch.setattr(statesync, "StateSync", recording)
+    return made
+
+
+def test_a_syncing_validator_passes_a_silent_peer_and_strangers_in_the_simulation(tmp_path, monkeypatch):
+    """v0 (the first peer v3 asks) is down; frames with a bad snapshot arrive under the indices of
+    peers not asked, of v3 itself and of no validator: v3 counts them, asks v1 after v0's
+    silence, syncs from it and commits on the same chain."""
+    made = _record_syncs(monkeypatch)
     sim = _net(tmp_path, blocks=25)
     junk = _wire(replace(statesync.serve(sim._node("v1").store, 0, 0), data=b"AVKVSN1" + b"\xff" * 8))
     sim.state_sync("v3", tmp_path / "v3.db", sim.now + 1.0)
@@ -244,13 +250,7 @@ def test_a_syncing_validator_passes_a_silent_peer_and_strangers_in_the_simulatio
 
 def test_a_peer_answering_every_chunk_in_time_is_not_abandoned(tmp_path, monkeypatch):
     monkeypatch.setattr(statesync, "SNAPSHOT_CHUNK", 64)
-    made = []
-    original = statesync.StateSync
-
-    def recording(*args, **kwargs):
-        made.append(original(*args, **kwargs))
-        return made[-1]
-    monkeypatch.setattr(statesync, "StateSync", recording)
+    made = _record_syncs(monkeypatch)
     sim = _net(tmp_path, blocks=25)
     chunks = statesync.serve(sim._node("v1").store, 0, 0).chunks
     assert chunks >= 5
