@@ -154,6 +154,16 @@ class _Sums(NamedTuple):
     held: np.ndarray  # per account, whether it holds a position in the asset
 
 
+def _sums_fit(owner: np.ndarray, sizes: np.ndarray, value: np.ndarray) -> bool:
+    """Whether every account's sum of size x value (int64 rows of owner) stays below 2^62 in
+    magnitude at every step, so int64 sums it exactly: its sum of |size x value| is bounded in
+    float64 against 2^61 (a float sum of n terms errs by far less than the factor 2 between)."""
+    if not len(owner):
+        return True
+    weight = np.abs(sizes).astype(np.float64) * np.abs(value).astype(np.float64)
+    return float(np.bincount(owner, weights=weight).max()) < 2.0**61
+
+
 def _credit(acct: Account, asset: str, amount: int) -> None:
     held = acct.collateral.get(asset, 0) + amount
     if held:
@@ -426,9 +436,10 @@ class Clearing:
         uniq, which = np.unique(ids, return_inverse=True)
         values = [self._value(int(i), override) for i in uniq]
         asset_of = [self.series[int(i)].asset for i in uniq]
-        most = int(np.bincount(owner).max(initial=0)) if len(owner) else 0
-        exact64 = max(map(abs, values), default=0) * int(np.abs(sizes).max(initial=0)) * most < _EXACT
-        value = np.array(values, np.int64 if exact64 else object)[which]
+        value = np.array(values, np.int64 if max(map(abs, values), default=0) < _EXACT else object)[which]
+        exact64 = value.dtype == np.int64 and _sums_fit(owner, sizes, value)
+        if not exact64:
+            value = value.astype(object)
         out = {}
         for a in sorted(set(asset_of)):
             mine = np.array([x == a for x in asset_of])[which]
@@ -510,25 +521,29 @@ class Clearing:
             self.margin_s += time.perf_counter() - started
 
     def _books_below(self, by_asset, initial, override, skip) -> list[tuple[bytes, str, int]]:
-        keys = sorted(set().union(*by_asset.values()))
+        keys = list(set().union(*by_asset.values()))
         assets = sorted(by_asset)
-        rows = self._cols.positions(self, keys) if self._cols is not None else None
-        if rows is None:
+        held_in = self._cols.positions(self, keys) if self._cols is not None else None
+        if held_in is None:
             self._flush()
+            keys.sort()
             rows = self._rows(keys)
             cash = {a: _column([self.accounts[k].collateral.get(a, 0) for k in keys]) for a in assets}
-        else:
-            at_row = self._cols.rows(self, keys)
+        else:  # keys in the order of their rows (each account's margin is its own: any order gives it)
+            order, at_row, rows = held_in
+            keys = [keys[i] for i in order.tolist()]
             cash = {a: self._cols.balances(at_row, a) for a in assets}
         held = self._position_values(len(keys), rows, override)
         if skip:
             live = ~np.isin(rows[1], np.fromiter(skip, np.int64, len(skip)))
             rows = tuple(r[live] for r in rows)
         margin = self._margins(len(keys), rows, set(assets), override, skip)
+        at = {k: i for i, k in enumerate(keys)}
         out = []
         for a in assets:
             members = by_asset[a]
-            j = np.flatnonzero(np.fromiter((k in members for k in keys), bool, len(keys)))
+            j = (np.arange(len(keys)) if len(members) == len(keys)
+                 else np.fromiter(map(at.__getitem__, members), np.int64, len(members)))
             e = cash[a][j] + held[a].sums[j] if a in held else cash[a][j]
             if a in margin:
                 m, bad = margin[a][0 if initial else 1]

@@ -160,18 +160,21 @@ class Columns:
         return r is not None and bool(self.touched[r, self.asset_col[asset]])
 
     def positions(self, state, keys: list[bytes]):
-        """(owner: index into keys, series id, size) of the accounts' open positions, each account's
-        rows together in series order; None if an account cannot be held in int64 columns."""
+        """(order, rows, (owner, series id, size)): keys[order] are the accounts in the order of
+        their rows, rows their rows in that order, and owner indexes keys[order], each account's
+        open positions together in series order (the order of the line index); None if an
+        account cannot be held in int64 columns."""
         rows = self.rows(state, keys)
         if rows is None:
             return None
+        order = np.argsort(rows)
         owner_of = np.full(len(self.keys), -1, np.int64)
-        owner_of[rows] = np.arange(len(keys))
-        owner = owner_of[self.line_key >> 32]
-        held = (owner >= 0) & (self.size != 0)
-        owner, ids, sizes = owner[held], self.line_key[held] & _LOW, self.size[held]
-        keep = np.lexsort((ids, owner))
-        return owner[keep], ids[keep], sizes[keep]
+        owner_of[rows[order]] = np.arange(len(keys))
+        line = self.by_line.sorted
+        owner = owner_of[(line >> 32).astype(np.int64)]
+        size = self.size[self.by_line.at]
+        held = (owner >= 0) & (size != 0)
+        return order, rows[order], (owner[held], (line[held] & _LOW).astype(np.int64), size[held])
 
     def balances(self, rows: np.ndarray, asset: str) -> np.ndarray:
         return self.cash[rows, self.asset_col[asset]]
