@@ -218,3 +218,26 @@ def test_a_balance_beyond_int64_takes_the_one_by_one_path_with_the_same_result()
     ops = [("trade", 3, 1, 3, 1, 1.0, 0), ("deposit", 3, "USD", 5 * USD, 0), ("trade", 0, 3, 3, 2, 1.0, 0)]
     txs = [ctx.decode(maker.tx(o)[0]) for o in ops]
     assert both(app, app.genesis, txs)[0] == "ok"
+
+
+def test_a_run_reads_the_same_legs_from_its_bodies_as_from_its_fields():
+    """Legs are read from the wire bodies as records; a transaction built from its fields (no body)
+    is encoded again. A mixed run (trades beside deposits and withdrawals) gives the same legs both
+    ways, and a run holding another operation is declined."""
+    from consensus.apps.clearing_columns import _legs
+    state = funded_genesis().snapshot()
+    state.defer = True
+    maker = Stream(state)
+    ops = [("trade", 0, 1, SERIES[0].id, 3, 1.0, 0), ("deposit", 2, "BTC", 5 * USD, 0),
+           ("trade", 3, 4, SERIES[-1].id, 2, 1.1, 0), ("withdraw", 1, "USD", 7 * USD, 0),
+           ("trade", 4, 0, SERIES[1].id, 1, 0.9, 0)]
+    decoded = [ctx.decode(maker.tx(o)[0]) for o in ops]
+    built = [ctx.Tx(t.op, t.fields, t.signers) for t in decoded]
+    a, b = _legs(state, state.columns(), decoded), _legs(state, state.columns(), built)
+    assert a is not None and b is not None and len(a.kind) == 8
+    for name in ("key_bytes", "nonce", "asset", "flow", "series", "size", "kind", "shrink"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.kind.tolist() == [ctx.TRADE] * 2 + [ctx.DEPOSIT] + [ctx.TRADE] * 2 + [ctx.WITHDRAW] + [ctx.TRADE] * 2
+    assert a.key_bytes[0].tobytes() == K[0] and a.key_bytes[1].tobytes() == K[1] and a.flow[2] == 5 * USD
+    register = ctx.decode(ctx.register(bytes(range(32))))
+    assert _legs(state, state.columns(), decoded[:2] + [register]) is None

@@ -90,20 +90,21 @@ class Columns:
         self.line_key = np.zeros(0, np.int64)
         self.size = np.zeros(0, np.int64)
 
-    def rows(self, state, keys: list[bytes], array: np.ndarray | None = None) -> np.ndarray | None:
-        """The rows of keys (array: the same keys as an (n, 32) array), reaching the accounts not held
-        yet; None if one is not registered or holds a balance or position beyond the int64 range."""
-        array = _key_array(keys) if array is None else array
+    def rows(self, state, array: np.ndarray) -> np.ndarray | None:
+        """The rows of the keys of array (n, 32), reaching the accounts not held yet; None if one is
+        not registered or holds a balance or position beyond the int64 range."""
         out, found = self.by_prefix.find(_prefix(array))
         if len(self.keys):
             found &= (self.key_bytes[out] == array).all(axis=1)
         if found.all():
             return out
-        missing = np.flatnonzero(~found).tolist()
-        new = [k for k in dict.fromkeys(keys[m] for m in missing) if k not in self.row]
+        missing = np.flatnonzero(~found)
+        blob = array[missing].tobytes()
+        keys = [blob[i:i + 32] for i in range(0, len(blob), 32)]
+        new = [k for k in dict.fromkeys(keys) if k not in self.row]
         if new and not self._load(state, new):
             return None
-        out[missing] = [self.row[keys[m]] for m in missing]
+        out[missing] = [self.row[k] for k in keys]
         return out
 
     def _load(self, state, new: list[bytes]) -> bool:
@@ -164,7 +165,7 @@ class Columns:
         their rows, rows their rows in that order, and owner indexes keys[order], each account's
         open positions together in series order (the order of the line index); None if an
         account cannot be held in int64 columns."""
-        rows = self.rows(state, keys)
+        rows = self.rows(state, _key_array(keys))
         if rows is None:
             return None
         order = np.argsort(rows)
@@ -207,7 +208,6 @@ class _Legs:
     """A run's legs in transaction order (a trade's buyer, then its seller), as columns."""
 
     def __init__(self, n: int):
-        self.keys = np.empty(n, object)
         self.key_bytes = np.zeros((n, 32), np.uint8)
         self.nonce = np.zeros(n, np.int64)
         self.asset = np.zeros(n, np.int64)    # column of the asset its cash moves in
@@ -218,29 +218,61 @@ class _Legs:
         self.shrink = np.zeros(n, bool)       # trades in a reduce-only series
 
 
-def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
-    """The run's legs, or None where a transaction would be refused on its own fields, or its
-    amounts could leave the int64 range."""
-    ops = np.fromiter((t.op for t in txs), np.int64, len(txs))
-    trade = ops == ctx.TRADE
-    if not (trade | (ops == ctx.DEPOSIT) | (ops == ctx.WITHDRAW)).all():
+# the bodies of clearing_tx's wire format, read as records (after the 5-byte chain id and op)
+_TRADE = np.dtype([("head", "V5"), ("buyer", "u1", 32), ("bn", ">u8"), ("seller", "u1", 32), ("sn", ">u8"),
+                   ("series", ">u4"), ("size", ">u4"), ("price", ">u8")])
+_MOVE = np.dtype([("head", "V5"), ("key", "u1", 32), ("nonce", ">u8"), ("asset", "S8"), ("amount", ">u8")])
+
+
+def _body(tx: ctx.Tx) -> bytes:
+    """The body of a deposit, withdrawal or trade built from its fields, not decoded."""
+    if tx.op == ctx.TRADE:
+        return ctx.trade(*tx.fields)
+    if tx.op in (ctx.DEPOSIT, ctx.WITHDRAW):
+        return (ctx.deposit if tx.op == ctx.DEPOSIT else ctx.withdraw)(*tx.fields)
+    raise ValueError(f"operation {tx.op} is not applied in runs")
+
+
+def _records(txs: list[ctx.Tx]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(ops, trades, moves): each transaction's operation, and the bodies of the trades and of the
+    deposits and withdrawals as records, in order; None if another operation is among them."""
+    bodies = [t.body if t.body is not None else _body(t) for t in txs]
+    data = np.frombuffer(b"".join(bodies), np.uint8)
+    lengths = np.fromiter(map(len, bodies), np.int64, len(bodies))
+    starts = np.cumsum(lengths) - lengths
+    ops = data[starts + 4].astype(np.int64)
+    trade, move = ops == ctx.TRADE, (ops == ctx.DEPOSIT) | (ops == ctx.WITHDRAW)
+    if not (trade | move).all():
         return None
+    if trade.all():  # the bodies side by side are the records
+        return ops, data.view(_TRADE), np.zeros(0, _MOVE)
+
+    def gather(which: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        return np.ascontiguousarray(data[starts[which][:, None] + np.arange(dtype.itemsize)]).view(dtype).reshape(-1)
+    return ops, gather(trade, _TRADE), gather(move, _MOVE)
+
+
+def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
+    """The run's legs, read from the transactions' bodies, or None where a transaction would be
+    refused on its own fields, or its amounts could leave the int64 range."""
+    records = _records(txs)
+    if records is None:
+        return None
+    ops, trades, moves = records
+    trade = ops == ctx.TRADE
     count = np.where(trade, 2, 1)
     first = np.cumsum(count) - count
     legs = _Legs(int(count.sum()))
     legs.kind[first] = ops
     legs.kind[first[trade] + 1] = ctx.TRADE
-    at = np.flatnonzero(trade)
-    if len(at):
-        buyer, bn, seller, sn, ids, size, price = zip(*[txs[k].fields for k in at.tolist()])
-        size = np.fromiter(size, np.int64, len(at))
-        price = np.fromiter(price, np.uint64, len(at))
-        nonces = np.fromiter(bn + sn, np.uint64, 2 * len(at))
-        if (any(map(bytes.__eq__, buyer, seller)) or not ((size > 0) & (size <= MAX_SIZE)).all()
+    if len(trades):
+        size, price = trades["size"].astype(np.int64), trades["price"]
+        nonces = np.concatenate([trades["bn"], trades["sn"]])
+        if ((trades["buyer"] == trades["seller"]).all(axis=1).any() or not ((size > 0) & (size <= MAX_SIZE)).all()
                 or (price > MAX_PRICE).any() or (nonces >= _SAFE).any()):
             return None
         price = price.astype(np.int64)
-        series = np.fromiter(ids, np.int64, len(at))
+        series = trades["series"].astype(np.int64)
         listed, which = np.unique(series, return_inverse=True)
         per = []  # per listed series: (asset column, an inverse future, reduce-only)
         for i in listed.tolist():
@@ -258,28 +290,26 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
             if max(map(abs, coins)) >= _SAFE:
                 return None
             flow[inverse] = coins
-        b, sl = first[at], first[at] + 1
-        legs.keys[b], legs.keys[sl] = buyer, seller
-        legs.key_bytes[b], legs.key_bytes[sl] = _key_array(buyer), _key_array(seller)
-        legs.nonce[b], legs.nonce[sl] = nonces[:len(at)].astype(np.int64), nonces[len(at):].astype(np.int64)
-        legs.asset[b] = legs.asset[sl] = asset
-        legs.flow[b], legs.flow[sl] = -flow, flow
-        legs.series[b] = legs.series[sl] = series
-        legs.size[b], legs.size[sl] = size, -size
-        legs.shrink[b] = legs.shrink[sl] = shrink
-    at = np.flatnonzero(~trade)
-    if len(at):
-        keys, nonces, assets, amounts = zip(*[txs[k].fields for k in at.tolist()])
-        amounts = np.fromiter(amounts, np.uint64, len(at))
-        nonces = np.fromiter(nonces, np.uint64, len(at))
+        at = first[trade]
+        legs.key_bytes[at], legs.key_bytes[at + 1] = trades["buyer"], trades["seller"]
+        legs.nonce[at], legs.nonce[at + 1] = trades["bn"].astype(np.int64), trades["sn"].astype(np.int64)
+        legs.asset[at] = legs.asset[at + 1] = asset
+        legs.flow[at], legs.flow[at + 1] = -flow, flow
+        legs.series[at] = legs.series[at + 1] = series
+        legs.size[at], legs.size[at + 1] = size, -size
+        legs.shrink[at] = legs.shrink[at + 1] = shrink
+    if len(moves):
+        amounts, nonces = moves["amount"], moves["nonce"]
+        names, column = np.unique(moves["asset"], return_inverse=True)
+        assets = [n.rstrip(b"\0").decode("ascii") for n in names.tolist()]
         if (not ((amounts > 0) & (amounts <= MAX_AMOUNT)).all() or (nonces >= _SAFE).any()
                 or not set(assets) <= state.assets):
             return None
-        legs.keys[first[at]] = keys
-        legs.key_bytes[first[at]] = _key_array(keys)
-        legs.nonce[first[at]] = nonces.astype(np.int64)
-        legs.asset[first[at]] = np.fromiter(map(cols.asset_col.__getitem__, assets), np.int64, len(at))
-        legs.flow[first[at]] = np.where(ops[at] == ctx.DEPOSIT, 1, -1) * amounts.astype(np.int64)
+        at = first[~trade]
+        legs.key_bytes[at] = moves["key"]
+        legs.nonce[at] = nonces.astype(np.int64)
+        legs.asset[at] = np.array([cols.asset_col[a] for a in assets], np.int64)[column]
+        legs.flow[at] = np.where(ops[~trade] == ctx.DEPOSIT, 1, -1) * amounts.astype(np.int64)
     if np.abs(legs.flow).astype(np.float64).sum() >= 2**61:
         return None
     return legs
@@ -322,7 +352,7 @@ def _check(state, txs: list[ctx.Tx]) -> _Plan | None:
     legs = _legs(state, cols, txs)
     if legs is None:
         return None
-    rows = cols.rows(state, legs.keys.tolist(), legs.key_bytes)
+    rows = cols.rows(state, legs.key_bytes)
     if rows is None:
         return None
     trade = legs.kind == ctx.TRADE

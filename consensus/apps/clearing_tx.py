@@ -40,6 +40,7 @@ class Tx(NamedTuple):
     op: int
     fields: tuple
     signers: tuple[bytes, ...]
+    body: bytes | None = None  # the bytes it was decoded from (None: built from its fields)
 
 
 def register(key: bytes) -> bytes:
@@ -94,7 +95,7 @@ def decode(body: bytes) -> Tx:
                                     "zero-padded")
                 fields = (fields[0], fields[1], name.decode("ascii"), fields[3])
             signers = (fields[0], fields[2]) if op == TRADE else (fields[0],)
-            return Tx(op, fields, signers)
+            return Tx(op, fields, signers, body)
         if op == MARK:
             name, index, sequence, timestamp, count = struct.unpack_from(">8sdQQH", body, 5)
             pos = 5 + 34
@@ -109,7 +110,7 @@ def decode(body: bytes) -> Tx:
                 raise Malformed(f"mark: underlying {name!r} is not 1 to 8 ASCII letters or digits, zero-padded")
             if len(set(keys)) != len(keys):
                 raise Malformed("mark lists an oracle twice")
-            return Tx(op, (underlying, index, sequence, timestamp, vols), keys)
+            return Tx(op, (underlying, index, sequence, timestamp, vols), keys, body)
     except (struct.error, UnicodeDecodeError) as exc:
         raise Malformed(f"operation {op}: {exc}") from None
     if op in _RETIRED:
