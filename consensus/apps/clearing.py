@@ -322,11 +322,11 @@ class Clearing:
         self.dirty.add(key)
         return acct
 
-    def _replace(self, key: bytes, nonce: int, collateral: dict, positions: dict) -> None:
-        """key's account, with these contents, as this version's own (the columns' write-back)."""
-        slot = self.accounts[key].slot
-        self._private[key] = self.accounts[key] = Account(nonce, collateral, positions, slot)
-        self.dirty.add(key)
+    def _replace_many(self, accounts: dict[bytes, Account]) -> None:
+        """Registered accounts given new contents, as this version's own (the columns' write-back)."""
+        self._private.update(accounts)
+        self.accounts.replace_existing(accounts)
+        self.dirty.update(accounts)
 
     def _holders(self, series: int) -> set[bytes]:
         """The series' holders, this version's own set (to change)."""

@@ -20,7 +20,6 @@ Marks and the reduce-only state do not change inside a run (only marks move them
 the one-by-one checks, in the one-by-one order."""
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import NamedTuple
 
@@ -30,7 +29,7 @@ from accel import _native as _c
 from accel.risk import FUTURE
 
 from . import clearing_tx as ctx
-from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE
+from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE, Account
 
 log = logging.getLogger("consensus.clearing")
 _SAFE = 2**62  # every value and running sum stays below this in magnitude: int64 cannot wrap
@@ -83,6 +82,7 @@ class Columns:
         self.key_bytes = np.zeros((0, 32), np.uint8)
         self.by_prefix = _Index()
         self.nonce = np.zeros(0, np.int64)
+        self.slot = np.zeros(0, np.int64)    # each account's leaf in the state tree
         self.cash = np.zeros((0, len(self.assets)), np.int64)
         self.touched = np.zeros((0, len(self.assets)), bool)
         self.changed = np.zeros(0, bool)
@@ -108,29 +108,36 @@ class Columns:
         return out
 
     def _load(self, state, new: list[bytes]) -> bool:
-        accts = [state.accounts.get(k) for k in new]
-        if any(a is None for a in accts):
+        accts = list(map(state.accounts.get, new))
+        if None in accts:
             return False
-        ncash = np.fromiter(map(len, (a.collateral for a in accts)), np.int64, len(accts))
-        nlines = np.fromiter(map(len, (a.positions for a in accts)), np.int64, len(accts))
-        values = list(itertools.chain.from_iterable(a.collateral.values() for a in accts))
-        sizes = list(itertools.chain.from_iterable(a.positions.values() for a in accts))
+        nonce, slot, ncash, nlines, cols, values, ids, sizes = [], [], [], [], [], [], [], []
+        col_of = self.asset_col.__getitem__
+        for a in accts:  # one pass: a block reaches a thousand accounts or more
+            c, p = a.collateral, a.positions
+            nonce.append(a.nonce)
+            slot.append(a.slot)
+            ncash.append(len(c))
+            cols += map(col_of, c)
+            values += c.values()
+            nlines.append(len(p))
+            ids += p
+            sizes += p.values()
         if (max(map(abs, values), default=0) >= _SAFE or max(map(abs, sizes), default=0) >= _SAFE
-                or max(a.nonce for a in accts) >= _SAFE):
+                or max(nonce) >= _SAFE):
             return False
         first = len(self.keys)
         cash = np.zeros((len(new), len(self.assets)), np.int64)
-        cols = np.fromiter((self.asset_col[a] for acct in accts for a in acct.collateral), np.int64, len(values))
-        cash[np.repeat(np.arange(len(new)), ncash), cols] = np.array(values, np.int64)
-        ids = np.fromiter(itertools.chain.from_iterable(a.positions for a in accts), np.int64, len(sizes))
-        line_key = (np.repeat(np.arange(first, first + len(new), dtype=np.int64), nlines) << 32) | ids
+        cash[np.repeat(np.arange(len(new)), ncash), np.array(cols, np.int64)] = np.array(values, np.int64)
+        line_key = (np.repeat(np.arange(first, first + len(new), dtype=np.int64), nlines) << 32) | np.array(ids, np.int64)
         self._add_lines(line_key, np.array(sizes, np.int64))
         self.row.update(zip(new, range(first, first + len(new))))
         self.keys += new
         array = _key_array(new)
         self.key_bytes = np.concatenate([self.key_bytes, array])
         self.by_prefix.add(_prefix(array), np.arange(first, first + len(new)))
-        self.nonce = np.concatenate([self.nonce, np.fromiter((a.nonce for a in accts), np.int64, len(accts))])
+        self.nonce = np.concatenate([self.nonce, np.array(nonce, np.int64)])
+        self.slot = np.concatenate([self.slot, np.array(slot, np.int64)])
         self.cash = np.concatenate([self.cash, cash])
         self.touched = np.concatenate([self.touched, np.zeros(cash.shape, bool)])
         self.changed = np.concatenate([self.changed, np.zeros(len(new), bool)])
@@ -190,16 +197,19 @@ class Columns:
             rs, cs = np.nonzero(cash)
             for j, c, v in zip(rs.tolist(), cs.tolist(), cash[rs, cs].tolist()):
                 collateral[j][self.assets[c]] = v
+            line, size = self.by_line.sorted, self.size[self.by_line.at]  # by account, then series
+            owner = (line >> 32).astype(np.int64)
+            mine = self.changed[owner] & (size != 0)
             at = np.full(len(self.keys), -1, np.int64)
             at[changed] = np.arange(len(changed))
-            mine = self.changed[self.line_key >> 32] & (self.size != 0)
-            order = np.argsort(self.line_key[mine], kind="stable")  # by account, then series
-            keys, sizes = self.line_key[mine][order], self.size[mine][order]
-            bounds = np.searchsorted(at[keys >> 32], np.arange(len(changed) + 1)).tolist()
-            ids, sizes = (keys & _LOW).tolist(), sizes.tolist()
-            for j, (r, nonce) in enumerate(zip(changed.tolist(), self.nonce[changed].tolist())):
+            bounds = np.searchsorted(at[owner[mine]], np.arange(len(changed) + 1)).tolist()
+            ids, sizes = (line[mine] & _LOW).tolist(), size[mine].tolist()
+            new = {}
+            for j, (r, nonce, slot) in enumerate(zip(changed.tolist(), self.nonce[changed].tolist(),
+                                                     self.slot[changed].tolist())):
                 a, b = bounds[j], bounds[j + 1]
-                state._replace(self.keys[r], nonce, collateral[j], dict(zip(ids[a:b], sizes[a:b])))
+                new[self.keys[r]] = Account(nonce, collateral[j], dict(zip(ids[a:b], sizes[a:b])), slot)
+            state._replace_many(new)
             self.changed[:] = False
         state.touched |= self.take_touched()
 
@@ -371,19 +381,22 @@ def _write(state, plan: _Plan) -> None:
     """A checked run's columns kept; the holders whose positions opened or closed, the supply and
     the touched books into the state."""
     cols, legs, rows = state.columns(), plan.legs, plan.rows
-    lines = np.unique(plan.line[plan.line >= 0])
-    held, final = cols.size[lines], plan.size[lines]
+    moved = np.zeros(len(plan.size), bool)
+    moved[plan.line[plan.line >= 0]] = True
+    lines = np.flatnonzero(moved)
+    flipped = lines[(cols.size[lines] == 0) != (plan.size[lines] == 0)]
     cols.nonce, cols.cash, cols.size = plan.nonce, plan.cash, plan.size
     cols.changed[rows] = True
     for i in np.unique(legs.series[legs.kind == ctx.TRADE]).tolist():
         state._holders(i)  # this version's own holders set of every series traded, as one by one
-    flipped = (held == 0) != (final == 0)
-    for ln, now in zip(cols.line_key[lines[flipped]].tolist(), final[flipped].tolist()):
-        holders = state._holders(ln & _LOW)
-        if now:
-            holders.add(cols.keys[ln >> 32])
-        else:
-            holders.discard(cols.keys[ln >> 32])
+    flipped = flipped[np.argsort(cols.line_key[flipped] & _LOW, kind="stable")]  # by series
+    series, owner, opened = cols.line_key[flipped] & _LOW, cols.line_key[flipped] >> 32, cols.size[flipped] != 0
+    cuts = np.flatnonzero(np.diff(series)) + 1
+    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(series)].tolist()):
+        if a < b:
+            holders, now = state._holders(int(series[a])), opened[a:b]
+            holders.difference_update(map(cols.keys.__getitem__, owner[a:b][~now].tolist()))
+            holders.update(map(cols.keys.__getitem__, owner[a:b][now].tolist()))
     for j in np.flatnonzero(legs.kind != ctx.TRADE).tolist():
         state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
     margined = legs.kind != ctx.DEPOSIT

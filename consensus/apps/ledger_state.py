@@ -51,6 +51,10 @@ class Versioned:
             self._added += 1
         self._delta[key] = value
 
+    def replace_existing(self, pairs: dict) -> None:
+        """New values for keys the map holds already (so the count stays)."""
+        self._delta.update(pairs)
+
     def __len__(self) -> int:
         return len(self._base) + self._added
 
