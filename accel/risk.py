@@ -14,9 +14,15 @@ from . import dispatch
 PUT, CALL, INVERSE, FUTURE = 0, 1, 2, 8
 _SPOT = 4
 _KINDS = (PUT, CALL, FUTURE, PUT | INVERSE, CALL | INVERSE, FUTURE | INVERSE)
+_IS_KIND = np.isin(np.arange(256), _KINDS)  # by uint8 kind: a lookup costs a tenth of np.isin
 _MAX_MOVES = _MAX_EXT = 16  # RK_MAX_MOVES, RK_MAX_EXT
 _GPU_CHUNK = 1 << 20  # options per chunk on a GPU: copies of one overlap the kernel of another
 _MAX_EXP_ARG = 700.0  # B76_MAX_EXP_ARG: |r t|, |(r-q) t| bound keeping discount and growth finite
+_P_RATE, _P_INDEX = 12, 13  # RK_P_RATE, RK_P_INDEX
+# id(params) -> (params, its _layout()): a clearing block margins with the same parameters dozens of
+# times. By identity, not equality: equal parameters may differ in the sign of a zero. Holding params
+# keeps its id from being reused.
+_layouts: dict[int, tuple] = {}
 
 
 class Greeks(NamedTuple):
@@ -104,9 +110,20 @@ class MarginParams:
 
     def _array(self, index: float, rate: float) -> np.ndarray:
         """The kernel's parameter array (layout: RK_P_* in kernels/margin.h)."""
+        hit = _layouts.get(id(self))
+        if hit is None:
+            if len(_layouts) >= 64:
+                _layouts.clear()
+            hit = _layouts[id(self)] = self, self._layout()
+        arr = hit[1].copy()
+        arr[_P_RATE], arr[_P_INDEX] = rate, index
+        return arr
+
+    def _layout(self) -> np.ndarray:
+        """_array with rate and index left 0: the rest depends on the frozen fields alone."""
         head = [len(self.moves), len(self.extended_moves), self.vol_up, self.vol_down, self.vol_ref_days,
                 self.vol_exponent, self.vol_down_floor, self.days_per_year, self.extended_weight,
-                self.short_option_contingency, self.initial_multiplier, self.tick, rate, index,
+                self.short_option_contingency, self.initial_multiplier, self.tick, 0.0, 0.0,  # rate, index
                 self.option_initial, self.option_initial_floor, self.option_maintenance,
                 self.future_initial, self.future_maintenance, self.vol_exponent_long, self.vol_up_floor,
                 self.future_contingency]
@@ -128,10 +145,14 @@ class Portfolio:
         off, n = self.offsets, len(self.instrument)
         if len(off) == 0 or off[0] != 0 or off[-1] != n:
             raise ValueError(f"offsets must start at 0 and end at the number of positions ({n})")
-        _first_bad("offsets", np.concatenate([[False], np.diff(off) < 0]), off, "must not decrease")
+        drops = off[1:] < off[:-1]
+        if drops.any():
+            _first_bad("offsets", np.concatenate([[False], drops]), off, "must not decrease")
         if len(self.size) != n:
             raise ValueError(f"size has {len(self.size)} entries, instrument has {n}")
-        _first_bad("size", ~np.isfinite(self.size), self.size, "must be finite")
+        finite = np.isfinite(self.size)
+        if not finite.all():
+            _first_bad("size", ~finite, self.size, "must be finite")
 
 
 @dataclass(frozen=True)
@@ -159,7 +180,7 @@ class Marks:
         for name in ("forward", "strike", "expiry", "vol"):
             if len(getattr(self, name)) != m:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries, kind has {m}")
-        _first_bad("kind", ~np.isin(self.kind, _KINDS), self.kind, f"must be one of {_KINDS}")
+        _first_bad("kind", ~_IS_KIND[self.kind], self.kind, f"must be one of {_KINDS}")
         option = (self.kind & FUTURE) == 0
         _positive("forward", self.forward)
         _first_bad("strike", option & ~_is_positive(self.strike), self.strike, "must be finite and > 0 for an option")
@@ -285,8 +306,10 @@ def _margin_inputs(portfolio, marks, params):
     pf = portfolio if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
     mk = marks if isinstance(marks, Marks) else Marks(**marks)
     params = MarginParams() if params is None else params
-    _first_bad("instrument", (pf.instrument < 0) | (pf.instrument >= len(mk.kind)), pf.instrument,
-               f"must index the {len(mk.kind)} instruments of marks")
+    inst = pf.instrument
+    if inst.size and (inst.min() < 0 or inst.max() >= len(mk.kind)):
+        _first_bad("instrument", (inst < 0) | (inst >= len(mk.kind)), inst,
+                   f"must index the {len(mk.kind)} instruments of marks")
     return pf, mk, params._array(float(mk.index), float(mk.rate))
 
 
@@ -337,7 +360,9 @@ def _int_array(name, value, dtype) -> np.ndarray:
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
         raise ValueError(f"{name} must be a 1-D integer array, has dtype {arr.dtype} and shape {arr.shape}")
     info = np.iinfo(dtype)
-    _first_bad(name, (arr < info.min) | (arr > info.max), arr, f"does not fit {np.dtype(dtype).name}")
+    # a dtype that casts safely needs no check, else two reductions; masks only name the culprit
+    if arr.size and not np.can_cast(arr.dtype, dtype) and (arr.min() < info.min or arr.max() > info.max):
+        _first_bad(name, (arr < info.min) | (arr > info.max), arr, f"does not fit {np.dtype(dtype).name}")
     return np.ascontiguousarray(arr, dtype)
 
 

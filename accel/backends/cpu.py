@@ -46,6 +46,7 @@ class CpuBackend(Backend):
         self._ffi, self._lib = native.ffi, native.lib
         self.threads = self._lib.av_set_threads(threads)  # 0 resolves to every core
         self.device = f"C fallback, {self.threads} threads of {os.cpu_count()} cores"
+        self._signatures: dict[str, tuple] = {}
 
     def to_device(self, array):
         return np.ascontiguousarray(array)
@@ -56,22 +57,34 @@ class CpuBackend(Backend):
     def to_host(self, buffer):
         return buffer
 
+    def _signature(self, kernel):
+        """(function, (C type name, array type or None, item size) per argument before n), looked
+        up once per kernel: a clearing block launches the same kernel dozens of times on small batches."""
+        found = self._signatures.get(kernel)
+        if found is None:
+            try:
+                fn = getattr(self._lib, "av_" + kernel)
+            except AttributeError:
+                raise KernelError(f"the C fallback has no av_{kernel}; rebuild with `pip install -e .`") from None
+            ffi = self._ffi
+            params = tuple((ctype.cname, ffi.typeof(ffi.getctype(ctype.item, "[]")), ffi.sizeof(ctype.item))
+                           if ctype.kind == "pointer" else (ctype.cname, None, None)
+                           for ctype in ffi.typeof(fn).args[:-1])
+            found = self._signatures[kernel] = fn, params
+        return found
+
     def launch(self, kernel, n, *args, group=None):
-        try:
-            fn = getattr(self._lib, "av_" + kernel)
-        except AttributeError:
-            raise KernelError(f"the C fallback has no av_{kernel}; rebuild with `pip install -e .`") from None
-        params = self._ffi.typeof(fn).args
-        if len(args) + 1 != len(params):
-            raise KernelError(f"av_{kernel} takes {len(params) - 1} arguments before n, got {len(args)}")
+        fn, params = self._signature(kernel)
+        if len(args) != len(params):
+            raise KernelError(f"av_{kernel} takes {len(params)} arguments before n, got {len(args)}")
         cargs = []
-        for pos, (ctype, arg) in enumerate(zip(params, args)):
+        for pos, ((cname, array_type, itemsize), arg) in enumerate(zip(params, args)):
             if isinstance(arg, np.ndarray):
-                if ctype.kind != "pointer" or not arg.flags.c_contiguous:
-                    raise KernelError(f"av_{kernel} argument {pos}: expected a contiguous {ctype.cname} buffer")
-                if arg.dtype.itemsize != self._ffi.sizeof(ctype.item):
-                    raise KernelError(f"av_{kernel} argument {pos}: {arg.dtype} array passed as {ctype.cname}")
-                cargs.append(self._ffi.cast(ctype, self._ffi.from_buffer(arg, require_writable=False)))
+                if array_type is None or not arg.flags.c_contiguous:
+                    raise KernelError(f"av_{kernel} argument {pos}: expected a contiguous {cname} buffer")
+                if arg.dtype.itemsize != itemsize:
+                    raise KernelError(f"av_{kernel} argument {pos}: {arg.dtype} array passed as {cname}")
+                cargs.append(self._ffi.from_buffer(array_type, arg, require_writable=False))
             else:
                 cargs.append(arg.item() if isinstance(arg, np.generic) else arg)
         # OpenMP's thread count belongs to the calling thread: set it on every call
