@@ -241,3 +241,31 @@ def test_a_run_reads_the_same_legs_from_its_bodies_as_from_its_fields():
     assert a.key_bytes[0].tobytes() == K[0] and a.key_bytes[1].tobytes() == K[1] and a.flow[2] == 5 * USD
     register = ctx.decode(ctx.register(bytes(range(32))))
     assert _legs(state, state.columns(), decoded[:2] + [register]) is None
+
+
+def test_written_back_accounts_carry_the_leaves_their_encoding_gives():
+    """Write-back encodes the changed accounts' state-tree leaves in array passes; each must be
+    byte for byte Clearing._leaf of the account written (negative cash, several assets, opened and
+    closed positions), and a later one-by-one change of the account drops it."""
+    app = ClearingApp(Verifier("accel", "cpu"), funded_genesis())
+    state = app.genesis.clearing.snapshot()
+    state.defer = True
+    maker = Stream(state)
+    ops = [("trade", 0, 1, SERIES[0].id, 3, 1.0, 0), ("trade", 1, 0, SERIES[0].id, 3, 1.0, 0),
+           ("trade", 2, 3, SERIES[-1].id, 2, 1.1, 0), ("withdraw", 4, "BTC", USD, 0),
+           ("deposit", 1, "USD", 3 * USD, 0), ("trade", 3, 4, SERIES[1].id, 5, 0.8, 0)]
+    txs = [ctx.decode(maker.tx(o)[0]) for o in ops]
+    assert clearing_app.apply_run(state, txs)
+    cols = state.columns()
+    cols.cash[0, cols.asset_col["BTC"]] = -7  # a negative balance encodes as a sign-extended i128
+    cols.changed[0] = True
+    state._flush()
+    assert set(state._leaves) == set(K)
+    for k, leaf in state._leaves.items():
+        assert leaf == state._leaf(k, state.accounts[k]), k.hex()
+    state.deposit(K[2], state.accounts[K[2]].nonce, "USD", 1)
+    assert K[2] not in state._leaves and K[0] in state._leaves
+    root = state.state_root(Verifier("accel", "cpu").sha256_rows)
+    fresh = state.snapshot()
+    fresh.dirty, fresh._leaves, fresh.tree = set(fresh.accounts), {}, type(fresh.tree)()
+    assert fresh.state_root(Verifier("accel", "cpu").sha256_rows) == root

@@ -219,6 +219,7 @@ class Clearing:
         self._private_holders: set[int] = set()
         self.tree = MerkleTree()  # over the account leaves, by slot
         self.dirty: set[bytes] = set()  # accounts changed since the tree last saw them
+        self._leaves: dict[bytes, bytes] = {}  # leaves of dirty accounts already encoded (dropped by _mut)
         self.fixings: dict[int, int] = {}  # settled series -> its settlement value per contract, quanta
         self.marks: dict[str, Mark] = {}
         self.history: dict[str, list[tuple[int, float, float]]] = {}  # underlying -> (height, lowest, highest index) of recent blocks
@@ -262,7 +263,7 @@ class Clearing:
         new = object.__new__(Clearing)
         new.__dict__.update(self.__dict__)
         new.accounts, new._private, new._private_holders = self.accounts.copy(), {}, set()
-        new.tree, new.dirty = self.tree.copy(), set(self.dirty)
+        new.tree, new.dirty, new._leaves = self.tree.copy(), set(self.dirty), dict(self._leaves)
         new.holders = dict(self.holders)
         new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
         new.history = {u: list(h) for u, h in self.history.items()}
@@ -315,6 +316,7 @@ class Clearing:
 
     def _mut(self, key: bytes) -> Account:
         """The account, this version's own copy (to change)."""
+        self._leaves.pop(key, None)
         acct = self._private.get(key)
         if acct is None:
             a = self.accounts[key]
@@ -322,11 +324,13 @@ class Clearing:
         self.dirty.add(key)
         return acct
 
-    def _replace_many(self, accounts: dict[bytes, Account]) -> None:
-        """Registered accounts given new contents, as this version's own (the columns' write-back)."""
+    def _replace_many(self, accounts: dict[bytes, Account], leaves: dict[bytes, bytes]) -> None:
+        """Registered accounts given new contents, as this version's own, with their leaves (the
+        columns' write-back)."""
         self._private.update(accounts)
         self.accounts.replace_existing(accounts)
         self.dirty.update(accounts)
+        self._leaves.update(leaves)
 
     def _holders(self, series: int) -> set[bytes]:
         """The series' holders, this version's own set (to change)."""
@@ -872,9 +876,10 @@ class Clearing:
         leaves hashed whole."""
         self._flush()
         if self.dirty:
-            changed = {self.accounts[k].slot: self._leaf(k, self.accounts[k]) for k in self.dirty}
+            leaves = self._leaves
+            changed = {(a := self.accounts[k]).slot: leaves[k] if k in leaves else self._leaf(k, a) for k in self.dirty}
             self.tree.update(changed, len(self.accounts), sha256_many)
-            self.dirty = set()
+            self.dirty, self._leaves = set(), {}
         return inner_hash(self.tree.root, hashlib_root(self.globals_leaves()))
 
     def root(self) -> bytes:

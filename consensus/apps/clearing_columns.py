@@ -29,7 +29,7 @@ from accel import _native as _c
 from accel.risk import FUTURE
 
 from . import clearing_tx as ctx
-from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE, Account
+from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE, Account, _name8
 
 log = logging.getLogger("consensus.clearing")
 _SAFE = 2**62  # every value and running sum stays below this in magnitude: int64 cannot wrap
@@ -77,6 +77,7 @@ class Columns:
     def __init__(self, state):
         self.assets = sorted(state.assets)
         self.asset_col = {a: j for j, a in enumerate(self.assets)}
+        self.names8 = np.frombuffer(b"".join(map(_name8, self.assets)), np.uint8).reshape(-1, 8)
         self.keys: list[bytes] = []
         self.row: dict[bytes, int] = {}   # every row (a key's prefix may be another key's)
         self.key_bytes = np.zeros((0, 32), np.uint8)
@@ -163,6 +164,37 @@ class Columns:
         self.touched[:] = False
         return set(zip(map(self.keys.__getitem__, r.tolist()), map(self.assets.__getitem__, c.tolist())))
 
+    def _leaves(self, changed, cash, rs, cs, ids, sizes, bounds: list[int]) -> list[bytes]:
+        """The state-tree leaves (Clearing._leaf's bytes) of the accounts at rows changed, built in
+        array passes: cash[rs, cs] their nonzero balances (row by row, assets in name order), ids
+        and sizes their open positions (account by account in series order, bounds[j] the first
+        of changed[j]'s)."""
+        m = len(changed)
+        ncash, npos = np.bincount(rs, minlength=m), np.diff(bounds)
+        length = 41 + 24 * ncash + 12 * npos
+        start = np.cumsum(length) - length
+        out = np.zeros(int(length.sum()), np.uint8)
+        head = np.zeros((m, 41), np.uint8)  # key 32 | nonce u64 | assets u8
+        head[:, :32] = self.key_bytes[changed]
+        head[:, 32:40] = self.nonce[changed].astype(">u8").view(np.uint8).reshape(m, 8)
+        head[:, 40] = ncash
+        out[start[:, None] + np.arange(41)] = head
+        value = cash[rs, cs]
+        entry = np.zeros((len(rs), 24), np.uint8)  # asset 8 | quanta i128
+        entry[:, :8] = self.names8[cs]
+        entry[:, 8:16] = np.where(value < 0, 0xFF, 0)[:, None]
+        entry[:, 16:] = value.astype(">i8").view(np.uint8).reshape(-1, 8)
+        nth = np.arange(len(rs)) - (np.cumsum(ncash) - ncash)[rs]
+        out[(start[rs] + 41 + 24 * nth)[:, None] + np.arange(24)] = entry
+        owner = np.repeat(np.arange(m), npos)
+        entry = np.zeros((len(ids), 12), np.uint8)  # series u32 | size i64
+        entry[:, :4] = ids.astype(">u4").view(np.uint8).reshape(-1, 4)
+        entry[:, 4:] = sizes.astype(">i8").view(np.uint8).reshape(-1, 8)
+        nth = np.arange(len(ids)) - np.asarray(bounds[:-1], np.int64)[owner]
+        out[(start[owner] + 41 + 24 * ncash[owner] + 12 * nth)[:, None] + np.arange(12)] = entry
+        blob, ends = out.tobytes(), (start + length).tolist()
+        return [blob[a:b] for a, b in zip(start.tolist(), ends)]
+
     def is_touched(self, key: bytes, asset: str) -> bool:
         r = self.row.get(key)
         return r is not None and bool(self.touched[r, self.asset_col[asset]])
@@ -203,13 +235,14 @@ class Columns:
             at = np.full(len(self.keys), -1, np.int64)
             at[changed] = np.arange(len(changed))
             bounds = np.searchsorted(at[owner[mine]], np.arange(len(changed) + 1)).tolist()
+            leaves = self._leaves(changed, cash, rs, cs, (line[mine] & _LOW), size[mine], bounds)
             ids, sizes = (line[mine] & _LOW).tolist(), size[mine].tolist()
             new = {}
             for j, (r, nonce, slot) in enumerate(zip(changed.tolist(), self.nonce[changed].tolist(),
                                                      self.slot[changed].tolist())):
                 a, b = bounds[j], bounds[j + 1]
                 new[self.keys[r]] = Account(nonce, collateral[j], dict(zip(ids[a:b], sizes[a:b])), slot)
-            state._replace_many(new)
+            state._replace_many(new, dict(zip(new, leaves)))
             self.changed[:] = False
         state.touched |= self.take_touched()
 

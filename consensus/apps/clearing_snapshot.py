@@ -39,7 +39,7 @@ def restore(genesis: Clearing, blob: bytes, state_root: bytes, sha256_many) -> C
         c.accounts = Versioned({k: a for k, a in (_account(leaf, slot) for slot, leaf in enumerate(accounts))})
         if len(c.accounts) != len(accounts):
             raise ValueError("an account appears twice")
-        c._private, c._private_holders, c.tree, c.dirty = {}, set(), MerkleTree(), set(c.accounts)
+        c._private, c._private_holders, c.tree, c.dirty, c._leaves = {}, set(), MerkleTree(), set(c.accounts), {}
         c.holders = {}
         for key, acct in c.accounts.items():
             for i in acct.positions:
