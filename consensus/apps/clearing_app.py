@@ -284,7 +284,7 @@ class ClearingApp:
             """Per account, the position of the last kept transaction it signed (the short path only)."""
             want, found = set(accounts), {}
             for pos in reversed(out.kept):
-                for k in want.intersection(candidates[pos][3].signers):
+                for k in want.intersection(candidates[pos][1].tx.signers):
                     found.setdefault(k, pos)
                 if len(found) == len(want):
                     break
@@ -292,7 +292,7 @@ class ClearingApp:
 
         def one(pos: int) -> bool:
             """Applies candidate pos alone; False if the fill must stop (an internal error)."""
-            digest, _, _, tx = candidates[pos]
+            digest, tx = candidates[pos][0], candidates[pos][1].tx
             try:
                 _guarded(ctx.apply, state, tx)
             except ShortBooks as exc:
@@ -306,13 +306,13 @@ class ClearingApp:
                 out.kept.append(pos)
             return True
 
-        barriers = [pos for pos, c in enumerate(candidates) if c[3].op not in _COLUMNAR] + [len(candidates)]
+        barriers = [pos for pos, (_, p) in enumerate(candidates) if p.tx.op not in _COLUMNAR] + [len(candidates)]
         pos = 0
         while pos < len(candidates) and len(out.kept) < self.max_txs:
-            if filtering and skipped(candidates[pos][3]):
+            if filtering and skipped(candidates[pos][1].tx):
                 pos += 1
                 continue
-            if candidates[pos][3].op not in _COLUMNAR:
+            if candidates[pos][1].tx.op not in _COLUMNAR:
                 if not one(pos):
                     return out
                 pos += 1
@@ -325,14 +325,14 @@ class ClearingApp:
             else:
                 run = []
                 while pos < len(candidates) and len(run) < room:
-                    tx = candidates[pos][3]
+                    tx = candidates[pos][1].tx
                     if not skipped(tx):
                         if tx.op not in _COLUMNAR:
                             break
                         run.append(pos)
                     pos += 1
             try:
-                at_once = len(run) > 1 and _guarded(apply_run, state, [candidates[p][3] for p in run])
+                at_once = len(run) > 1 and _guarded(apply_run, state, [candidates[p][1].tx for p in run])
             except _Internal:  # the state may be half written: propose what is safe
                 out.broken = -1
                 return out
@@ -357,8 +357,8 @@ class ClearingApp:
         transaction of theirs is held back and the block filled again; the last one each signed
         leaves the mempool, so it cannot hold back the others for good. After MAX_PASSES fills, or
         an internal error, the block holds only what no margin check can refuse."""
-        candidates = [(h, p.body, p, p.tx) for h, p in self.mempool.items() if h not in exclude] if exclude else \
-            [(h, p.body, p, p.tx) for h, p in self.mempool.items()]
+        candidates = [(h, p) for h, p in self.mempool.items() if h not in exclude] if exclude else \
+            list(self.mempool.items())  # (digest, Pending) in arrival order
         held_back: set[bytes] = set()
         for attempt in range(MAX_PASSES + 1):
             fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES)
@@ -373,14 +373,15 @@ class ClearingApp:
                 self._evict({candidates[fill.broken][0]: "internal error while applying it (logged)"})
                 candidates.pop(fill.broken)
             elif fill.broken is not None:
-                held_back = {k for *_, tx in candidates for k in tx.signers}
+                held_back = {k for _, p in candidates for k in p.tx.signers}
         else:  # still short or broken after the last fill: an empty block
             fill = self._fill(parent, [], set(), only_safe=True)
         state = fill.state
         state.defer = False
-        bodies = [candidates[p][1] for p in fill.kept]
+        kept = [candidates[p][1] for p in fill.kept]
+        bodies = [p.body for p in kept]
         # every mempool signature is 64 bytes (checked on admission): joined, not checked again
-        sigs = b"".join([candidates[p][2].joined for p in fill.kept])
+        sigs = b"".join([p.joined for p in kept])
         txs = (Txs(Packed(*pack_messages(bodies)), np.frombuffer(bytearray(sigs), np.uint8).reshape(-1, 64))
                if bodies else Txs.empty())
         return txs, State(state, state.state_root(self.verifier.sha256_rows))
