@@ -441,6 +441,7 @@ def _native():
 
 
 def _ptr(array: np.ndarray):
-    """A C pointer to an int64 or uint8 array (kept alive by the pointer while it is in use)."""
-    ctype = "int64_t *" if array.dtype == np.int64 else "uint8_t *"
-    return _c.ffi.cast(ctype, _c.ffi.from_buffer(np.ascontiguousarray(array)))
+    """A C pointer to an int64 or uint8 array's data; the pointer holds the buffer it points into
+    (a contiguous copy where the array is not), so the data lives as long as the pointer."""
+    ctype = "int64_t[]" if array.dtype == np.int64 else "uint8_t[]"
+    return _c.ffi.from_buffer(ctype, np.ascontiguousarray(array))
