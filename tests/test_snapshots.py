@@ -4,6 +4,7 @@ refused (the next older one, or the genesis, is used), and the chain goes on wit
 import logging
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from nacl.signing import SigningKey
 
 from consensus import snapshots
@@ -125,3 +126,22 @@ def test_a_key_value_snapshot_holds_data_nonces_and_balances_exactly():
             snapshots.restore(app, bad, state.root)
     with pytest.raises(ValueError, match="does not match"):
         snapshots.restore(app, blob, app.genesis.root)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.integers(0, 2**64 - 1),
+       st.dictionaries(st.sampled_from(["USD", "BTC", "ETH", "A", "SOL12345"]), st.integers(-2**127, 2**127 - 1).filter(bool)),
+       st.dictionaries(st.integers(0, 2**32 - 1), st.integers(-2**63, 2**63 - 1).filter(bool), max_size=40),
+       st.integers(0, 10**6))
+def test_a_snapshot_reads_every_account_leaf_back_into_the_account_it_encodes(nonce, collateral, positions, slot):
+    """restore() hashes the snapshot's own leaves (a root equal to the committed one proves they are
+    its leaves) and keeps the accounts read from them, so reading must invert Clearing._leaf."""
+    from consensus.apps.clearing import Account, Clearing
+    from consensus.apps.clearing_snapshot import _account
+    key = bytes(range(32))
+    acct = Account(nonce, collateral, positions, slot)
+    leaf = Clearing._leaf(key, acct)
+    assert _account(leaf, slot) == (key, acct)
+    for bad in (leaf[:40], leaf + b"\0", leaf[:-1]):
+        with pytest.raises(ValueError):
+            _account(bad, slot)

@@ -8,6 +8,7 @@ genesis state every validator has.
 Layout: b"AVSNAP1" | accounts u64 | (length u32 | leaf) x accounts | globals u32 | (length u32 | leaf) x globals."""
 from __future__ import annotations
 
+import functools
 import struct
 
 from .clearing import Account, Clearing, Mark
@@ -19,8 +20,7 @@ MAGIC = b"AVSNAP1"
 def encode(c: Clearing) -> bytes:
     """The snapshot of c (its account leaves and global leaves)."""
     parts = [MAGIC, len(c.accounts).to_bytes(8, "big")]
-    for leaf in c.leaves():
-        parts += [len(leaf).to_bytes(4, "big"), leaf]
+    parts += [part for leaf in c.leaves() for part in (len(leaf).to_bytes(4, "big"), leaf)]
     globals_ = c.globals_leaves()
     parts.append(len(globals_).to_bytes(4, "big"))
     for leaf in globals_:
@@ -39,7 +39,10 @@ def restore(genesis: Clearing, blob: bytes, state_root: bytes, sha256_many) -> C
         c.accounts = Versioned({k: a for k, a in (_account(leaf, slot) for slot, leaf in enumerate(accounts))})
         if len(c.accounts) != len(accounts):
             raise ValueError("an account appears twice")
-        c._private, c._private_holders, c.tree, c.dirty, c._leaves = {}, set(), MerkleTree(), set(c.accounts), {}
+        # the accounts' tree is hashed from the snapshot's own leaves: a root equal to the committed
+        # block's proves they are its leaves, and _account reads a leaf back into the account it encodes
+        c._private, c._private_holders, c.tree, c.dirty = {}, set(), MerkleTree(), set(c.accounts)
+        c._leaves = {leaf[:32]: leaf for leaf in accounts}
         c.holders = {}
         for key, acct in c.accounts.items():
             for i in acct.positions:
@@ -83,19 +86,23 @@ def _split(blob: bytes) -> tuple[list[bytes], list[bytes]]:
     return out[0], out[1]
 
 
+@functools.lru_cache(maxsize=256)
+def _shape(assets: int, positions: int) -> struct.Struct:
+    """An account leaf's layout with that many balances and positions (i128 balances as 16 bytes)."""
+    return struct.Struct(">32sQB" + "8s16s" * assets + "Iq" * positions)
+
+
 def _account(leaf: bytes, slot: int) -> tuple[bytes, Account]:
-    key, nonce, n = leaf[:32], int.from_bytes(leaf[32:40], "big"), leaf[40]
-    collateral, pos = {}, 41
-    for _ in range(n):
-        collateral[leaf[pos:pos + 8].rstrip(b"\0").decode("ascii")] = int.from_bytes(leaf[pos + 8:pos + 24], "big", signed=True)
-        pos += 24
-    positions = {}
-    while pos < len(leaf):
-        positions[int.from_bytes(leaf[pos:pos + 4], "big")] = int.from_bytes(leaf[pos + 4:pos + 12], "big", signed=True)
-        pos += 12
-    if pos != len(leaf) or len(key) != 32:
+    """The account a leaf encodes (Clearing._leaf's layout)."""
+    n = leaf[40] if len(leaf) > 40 else 0
+    m, rest = divmod(len(leaf) - 41 - 24 * n, 12)
+    if len(leaf) <= 40 or m < 0 or rest:
         raise ValueError(f"account leaf {slot} is malformed")
-    return key, Account(nonce, collateral, positions, slot)
+    f = _shape(n, m).unpack(leaf)
+    cash = f[3:3 + 2 * n]
+    collateral = {name.rstrip(b"\0").decode("ascii"): int.from_bytes(q, "big", signed=True)
+                  for name, q in zip(cash[::2], cash[1::2])}
+    return f[0], Account(f[1], collateral, dict(zip(f[3 + 2 * n::2], f[4 + 2 * n::2])), slot)
 
 
 def _globals(c: Clearing, leaves: list[bytes]) -> None:
