@@ -498,8 +498,7 @@ class NodeRunner:
                 self.store.add_committed(a.proposal)
                 b = a.block
                 self.committed_txs += len(b.txs)
-                every = self.cfg.snapshot_every
-                self.snapshot_due |= bool(every) and b.height % every == 0
+                self.snapshot_due |= snapshots.due(b.height, self.cfg.snapshot_every, self.cfg.index, len(self.cfg.keys))
                 self._event(kind="committed", height=b.height, block_hash=b.id.hex(), state_root=b.state_root.hex(),
                             txs=len(b.txs), validation_ms=a.validation_ms)
                 self.metrics.height.set(b.height)

@@ -160,8 +160,7 @@ class Simulation:
                 node.committed_txs += len(a.block.txs)
                 if node.store is not None:
                     node.store.add_committed(a.proposal)
-                    every = node.snapshot_every
-                    due = due or (every and a.block.height % every == 0)
+                    due = due or snapshots.due(a.block.height, node.snapshot_every, node.index, len(self.keys))
             elif isinstance(a, Rejected):
                 node.rejected.append(a)
         if due:  # the newest committed block's state (earlier ones of one commit are pruned already)

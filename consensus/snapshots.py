@@ -79,6 +79,13 @@ def restore(app, blob: bytes, state_root: bytes):
     return state
 
 
+def due(height: int, every: int, me: int, n: int) -> bool:
+    """Whether validator me of n snapshots the committed block at height: one block in every
+    `every`, at a phase of its own (me * every // n), because encoding a large state pauses the
+    validator (seconds at a million accounts) and validators pausing together stall the chain."""
+    return bool(every) and height % every == me * every // n
+
+
 def take(store: Store, app, block, state, txs: int) -> int:
     """Snapshot the committed block's state into the store (keeping the newest KEPT); returns
     the snapshot's size in bytes."""

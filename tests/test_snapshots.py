@@ -45,9 +45,12 @@ def test_a_restart_replays_only_the_blocks_after_the_newest_snapshot(tmp_path, a
     sim = _run(tmp_path, 27, app=app)
     store = sim._node("v1").store
     top = store.top_height()
-    assert [h for h, *_ in store.snapshots()] == [20, 10]  # the newest two are kept
+    # the newest two are kept; v1 takes them at its own phase, 1 * 10 // 4 blocks past each tenth
+    # (or the block after, where one commit reached two blocks: the newest is the one kept)
+    newest, older = [h for h, *_ in store.snapshots()]
+    assert newest in (22, 23) and older in (12, 13)
     core = _restart(sim, "v1")
-    assert core.replayed == top - 20 and core.committed.height == top
+    assert core.replayed == top - newest and core.committed.height == top
     # the state a restart rebuilt is the one the validator had, and every other validator's
     held = sim._node("v1").committed[top - 1][0]
     assert core.committed.id == held.id and core.states[held.id].root == held.state_root
@@ -55,8 +58,9 @@ def test_a_restart_replays_only_the_blocks_after_the_newest_snapshot(tmp_path, a
 
 
 def test_a_restarted_validator_goes_on_from_its_snapshot_on_the_same_chain(tmp_path):
-    """Killed after 25 blocks and restarted from its store (a snapshot at 20 and 5 blocks), it
-    commits the next 30 blocks with every other validator, the same ids and state roots."""
+    """Killed after 25 blocks and restarted from its store (a snapshot at 25, v2's phase being
+    2 * 10 // 4), it commits the next 30 blocks with every other validator, the same ids and
+    state roots."""
     sim = Simulation(n=4, seed=2)
     for node in sim.nodes:
         sim.durable(node.name, tmp_path / f"{node.name}.db", snapshot_every=10)
@@ -73,7 +77,7 @@ def test_a_restarted_validator_goes_on_from_its_snapshot_on_the_same_chain(tmp_p
     sim.at(5.0, kill_at_25)
     sim.run(blocks=60, max_ms=120_000, live=lambda node: True)
     v2 = sim._node("v2")
-    assert 25 <= killed["height"] < 30 and v2.core.replayed == killed["height"] - 20
+    assert 25 <= killed["height"] < 30 and v2.core.replayed == killed["height"] - 25
     assert len([t for _, t, _ in v2.committed if t > killed["restart"]]) >= 30
     chains = {n.name: [(b.id, b.state_root) for b, _, _ in n.committed] for n in sim.nodes}
     for name, chain in chains.items():
@@ -84,11 +88,11 @@ def test_a_tampered_snapshot_is_refused_and_an_older_one_or_the_genesis_used(tmp
     sim = _run(tmp_path, 27)
     store = sim._node("v1").store
     top = store.top_height()
-    _corrupt(store, 20)
+    _corrupt(store, 22)  # v1's two snapshots (its phase: 2)
     with caplog.at_level(logging.WARNING, logger="consensus.snapshots"):
-        assert _restart(sim, "v1").replayed == top - 10
-    assert "the snapshot at height 20 is refused (the snapshot's state root does not match" in caplog.text
-    _corrupt(store, 10)
+        assert _restart(sim, "v1").replayed == top - 12
+    assert "the snapshot at height 22 is refused (the snapshot's state root does not match" in caplog.text
+    _corrupt(store, 12)
     core = _restart(sim, "v1")
     assert core.replayed == top and core.committed.state_root == sim._node("v0").committed[top - 1][0].state_root
 
@@ -145,3 +149,13 @@ def test_a_snapshot_reads_every_account_leaf_back_into_the_account_it_encodes(no
     for bad in (leaf[:40], leaf + b"\0", leaf[:-1]):
         with pytest.raises(ValueError):
             _account(bad, slot)
+
+
+def test_validators_snapshot_at_phases_of_their_own():
+    """Encoding a large state pauses a validator for seconds; four validators that all paused at
+    the same heights would stall the chain, so each takes its snapshot at its own offset."""
+    heights = {me: [h for h in range(1, 1001) if snapshots.due(h, 500, me, 4)] for me in range(4)}
+    assert heights == {0: [500, 1000], 1: [125, 625], 2: [250, 750], 3: [375, 875]}
+    assert [h for h in range(1, 30) if snapshots.due(h, 10, 3, 4)] == [7, 17, 27]
+    assert not any(snapshots.due(h, 0, me, 4) for h in range(1, 100) for me in range(4))
+    assert [h for h in range(1, 8) if snapshots.due(h, 1, 2, 4)] == list(range(1, 8))

@@ -136,7 +136,9 @@ def test_a_validator_process_with_a_lost_disk_syncs_from_a_peer(tmp_path):
         net.stop()
     log = (net.dir / "node3.log").read_text()
     synced = re.search(r"state synced: the snapshot at height (\d+) from validator (\d)", log)
-    assert synced and int(synced[1]) >= 20 and int(synced[1]) % 20 == 0, log[-3000:]
+    # the peer's snapshot heights: its phase (index * 20 // 4) in every 20, or the block after where
+    # one commit reached two blocks
+    assert synced and int(synced[1]) >= 5 and (int(synced[1]) - int(synced[2]) * 5) % 20 in (0, 1), log[-3000:]
     store = Store(net.dir / "node3" / "validator.db")
     first, top3 = store.first_height(), store.top_height()
     store.close()

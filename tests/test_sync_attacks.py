@@ -88,9 +88,10 @@ def _forgeries(sim, chunk):
 
 
 def test_forged_and_relabelled_proofs_are_refused_and_the_next_peer_asked(tmp_path):
-    sim = _net(tmp_path)
-    chunk = statesync.serve(sim._node("v1").store, 0, 0)
-    assert chunk is not None and chunk.height == 20 and chunk.chunks == 1
+    sim = _net(tmp_path, blocks=30)  # blocks past v1's newest snapshot (at its phase, 22) to forge from
+    store = sim._node("v1").store
+    chunk = statesync.serve(store, 0, 0)
+    assert chunk is not None and chunk.height == store.snapshots()[0][0] and chunk.chunks == 1
     for name, forged in _forgeries(sim, chunk).items():
         sync = _sync(sim)
         out = sync.handle(0, _wire(forged))
@@ -115,13 +116,14 @@ def test_a_relabelled_qc_height_is_harmless(tmp_path):
 def test_an_older_snapshots_bytes_under_a_newer_blocks_proof_are_refused(tmp_path):
     sim = _net(tmp_path)
     store = sim._node("v1").store
-    new, old = statesync.serve(store, 20, 0), statesync.serve(store, 10, 0)
+    newest, older = [h for h, *_ in store.snapshots()]
+    new, old = statesync.serve(store, newest, 0), statesync.serve(store, older, 0)
     assert new.proof[0].block.state_root != old.proof[0].block.state_root
     sync = _sync(sim)
     (ask, _) = sync.handle(0, _wire(replace(new, data=old.data)))
     assert sync.counters == {"snapshot_bad": 1} and ask.to == 1 and sync.done is None
     sync.handle(1, _wire(old))  # an older committed snapshot, proven: taken
-    assert sync.done is not None and sync.done.proposal.block.height == 10
+    assert sync.done is not None and sync.done.proposal.block.height == older
 
 
 def test_garbage_snapshots_with_a_valid_proof_never_raise(tmp_path):
@@ -232,6 +234,7 @@ def test_a_syncing_validator_passes_a_silent_peer_and_strangers_in_the_simulatio
     silence, syncs from it and commits on the same chain."""
     made = _record_syncs(monkeypatch)
     sim = _net(tmp_path, blocks=25)
+    newest = sim._node("v1").store.snapshots()[0][0]
     junk = _wire(replace(statesync.serve(sim._node("v1").store, 0, 0), data=b"AVKVSN1" + b"\xff" * 8))
     sim.state_sync("v3", tmp_path / "v3.db", sim.now + 1.0)
     sim.crashed.add("v0")
@@ -243,7 +246,7 @@ def test_a_syncing_validator_passes_a_silent_peer_and_strangers_in_the_simulatio
     v3 = sim._node("v3")
     assert v3.sync is None and made and made[0].done.peer == 1
     assert made[0].counters == {"chunk_unasked": 4, "peer_silent": 1}
-    assert v3.store.first_height() == 20
+    assert v3.store.first_height() == newest  # v1's newest snapshot when v3 asked
     ids = {b.height: b.id for b, _, _ in sim._node("v1").committed}
     assert v3.committed and all(ids.get(b.height, b.id) == b.id for b, _, _ in v3.committed)
 
@@ -411,15 +414,15 @@ def _tamper(store: Store, how: str) -> int:
                                  "newer_than_chain"])
 def test_a_tampered_snapshot_row_falls_back_with_one_warning_to_the_same_state(tmp_path, caplog, how):
     sim = _durable(tmp_path)
-    store = sim._node("v1").store
+    store = sim._node("v0").store  # v0 snapshots at phase 0: at 10 and 20
     top = store.top_height()
     want = _tamper(store, how)
     with caplog.at_level(logging.WARNING, logger="consensus.snapshots"):
-        core = _restart(sim, "v1")
+        core = _restart(sim, "v0")
     warnings = [r for r in caplog.records if r.name == "consensus.snapshots"]
     assert len(warnings) == 1 and "is refused" in warnings[0].getMessage()
     assert core.replayed == top - want and core.committed.height == top
-    live = sim._node("v0").committed[top - 1][0]
+    live = sim._node("v1").committed[top - 1][0]
     assert core.committed.id == live.id and core.states[live.id].root == live.state_root
 
 
@@ -436,12 +439,12 @@ def test_a_restart_from_a_snapshot_refuses_the_same_transactions_as_a_validator_
     for node in sim.nodes:
         assert not any(node.core.app.submit_many(batch))
     sim.run(blocks=25)
-    live = sim._node("v1")
+    live = sim._node("v0")  # phase 0: snapshots at 10 and 20
     top = live.store.top_height()
     assert [h for h, *_ in live.store.snapshots()][0] == 20 and top > 20
     app = sim._make_app(None)
     assert not any(app.submit_many(batch))  # before the restart: nothing committed yet as far as it knows
-    core = _restart(sim, "v1", app)
+    core = _restart(sim, "v0", app)
     assert core.replayed == top - 20 and core.states[core.committed.id].root == live.core.committed.state_root
     assert set(app.mempool) == set(live.core.app.mempool)
     assert len(app.mempool) < len(batch)
