@@ -84,21 +84,26 @@ def _forgeries(c: Clearing) -> dict[str, tuple[int, bytes]]:
 # ---- 1. restore() hashes the snapshot's own leaves ------------------------------------------------
 
 def test_non_canonical_leaves_are_read_but_never_match_the_committed_root():
-    """Every forgery is a leaf _account accepts and no live state has; put in the
-    place of the honest leaf, the snapshot is refused against the committed root (the bytes are
-    what is hashed), so the accounts read from it never become a validator's state."""
+    """Every forgery is a leaf _account accepts (or, with more balances than the genesis has
+    assets, refuses outright) and no live state has; put in the place of the honest leaf, the
+    snapshot is refused against the committed root (the bytes are what is hashed), so the accounts
+    read from it never become a validator's state."""
     c = _state()
     root, honest = c.root(), c.leaves()
     g = c.globals_leaves()
     assert snap.restore(genesis(), _blob(honest, g), root, SHA).root() == root
     for name, (slot, leaf) in _forgeries(c).items():
-        key, acct = snap._account(leaf, slot)
+        accounts = list(honest)
+        accounts[slot] = leaf
+        if leaf[40] > len(c.assets):  # more balances than the genesis has assets: refused as read
+            with pytest.raises(ValueError, match=f"account leaf {slot} is malformed"):
+                snap.restore(genesis(), _blob(accounts, g), root, SHA)
+            continue
+        key, acct = snap._account(leaf, slot, len(c.assets), len(c.series))
         # either an encoding _leaf does not write, or an account no transaction makes (a zero
         # balance, an asset the genesis does not have)
         odd = Clearing._leaf(key, acct) != leaf or 0 in acct.collateral.values() or set(acct.collateral) - c.assets
         assert key == K[slot] and leaf != honest[slot] and odd, name
-        accounts = list(honest)
-        accounts[slot] = leaf
         with pytest.raises(ValueError, match="does not match the committed block"):
             snap.restore(genesis(), _blob(accounts, g), root, SHA)
 
@@ -199,7 +204,7 @@ def _forge_first_balance(blob: bytes) -> tuple[bytes, bytes]:
     i = next(j for j, leaf in enumerate(accounts) if leaf[40])
     leaf = accounts[i]
     accounts[i] = leaf[:40] + bytes([leaf[40] + 1]) + leaf[41:65] + leaf[41:]
-    assert snap._account(accounts[i], i) == snap._account(leaf, i)
+    assert snap._account(accounts[i], i, 8, 64) == snap._account(leaf, i, 8, 64)
     return _blob(accounts, g), _root_of(accounts, g)
 
 
@@ -358,3 +363,23 @@ def test_peers_with_snapshots_at_different_heights_each_sync_a_validator_to_the_
         heights.add(b.height)
         assert chain[b.height].id == b.id and sync.done.state.root == b.state_root
     assert len(heights) == 3
+
+
+def test_a_refused_snapshot_leaves_no_memory_behind():
+    """A peer's garbage snapshot (one account leaf claiming 500,000 positions, 6 MB) is refused
+    before a layout for its shape is built and cached: no honest leaf holds more positions than
+    the genesis lists series, or more balances than it lists assets."""
+    import gc
+    import tracemalloc
+    c = _state()
+    blob = _blob(c.leaves()[:3] + [K[3] + bytes(8) + b"\0" + bytes(12 * 500_000)], c.globals_leaves())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="account leaf 3 is malformed"):
+            snap.restore(genesis(), blob, c.root(), SHA)
+        gc.collect()
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert retained < len(blob) // 10, f"{retained / 1e6:.1f} MB kept after refusing a {len(blob) / 1e6:.0f} MB snapshot"

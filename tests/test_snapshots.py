@@ -145,10 +145,13 @@ def test_a_snapshot_reads_every_account_leaf_back_into_the_account_it_encodes(no
     key = bytes(range(32))
     acct = Account(nonce, collateral, positions, slot)
     leaf = Clearing._leaf(key, acct)
-    assert _account(leaf, slot) == (key, acct)
+    assert _account(leaf, slot, 5, 40) == (key, acct)
     for bad in (leaf[:40], leaf + b"\0", leaf[:-1]):
         with pytest.raises(ValueError):
-            _account(bad, slot)
+            _account(bad, slot, 5, 40)
+    if positions:  # more positions than the genesis has series: refused before its layout is built
+        with pytest.raises(ValueError, match="malformed"):
+            _account(leaf, slot, 5, len(positions) - 1)
 
 
 def test_validators_snapshot_at_phases_of_their_own():

@@ -36,7 +36,8 @@ def restore(genesis: Clearing, blob: bytes, state_root: bytes, sha256_many) -> C
     try:
         accounts, globals_ = _split(blob)
         c = genesis.snapshot()
-        c.accounts = Versioned({k: a for k, a in (_account(leaf, slot) for slot, leaf in enumerate(accounts))})
+        most = len(c.assets), len(c.series)
+        c.accounts = Versioned({k: a for k, a in (_account(leaf, slot, *most) for slot, leaf in enumerate(accounts))})
         if len(c.accounts) != len(accounts):
             raise ValueError("an account appears twice")
         # the accounts' tree is hashed from the snapshot's own leaves: a root equal to the committed
@@ -92,11 +93,13 @@ def _shape(assets: int, positions: int) -> struct.Struct:
     return struct.Struct(">32sQB" + "8s16s" * assets + "Iq" * positions)
 
 
-def _account(leaf: bytes, slot: int) -> tuple[bytes, Account]:
-    """The account a leaf encodes (Clearing._leaf's layout)."""
+def _account(leaf: bytes, slot: int, most_assets: int, most_positions: int) -> tuple[bytes, Account]:
+    """The account a leaf encodes (Clearing._leaf's layout). A leaf with more balances or positions
+    than the genesis lists assets or series is refused before its layout is built: a peer's
+    snapshot is read before its root can be checked."""
     n = leaf[40] if len(leaf) > 40 else 0
     m, rest = divmod(len(leaf) - 41 - 24 * n, 12)
-    if len(leaf) <= 40 or m < 0 or rest:
+    if len(leaf) <= 40 or m < 0 or rest or n > most_assets or m > most_positions:
         raise ValueError(f"account leaf {slot} is malformed")
     f = _shape(n, m).unpack(leaf)
     cash = f[3:3 + 2 * n]
