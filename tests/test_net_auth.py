@@ -76,6 +76,14 @@ def addresses(count: int = 3):
     return [("127.0.0.1", p) for p in _free_ports(count)]
 
 
+async def listening(limits: Limits = Limits()):
+    """(addresses, what it delivers, the network): validator 0 of three, listening."""
+    addrs, got = addresses(), []
+    net = network(0, addrs, got, limits)
+    await net.start()
+    return addrs, got, net
+
+
 def test_keys_are_required_and_checked():
     addrs = addresses()
     with pytest.raises(TypeError):
@@ -113,10 +121,7 @@ def test_strangers_deliver_nothing():
     a validator that thought it dialed another listener: each is closed and counted, and frames
     sent after it are never delivered."""
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got)
-        await net.start()
+        addrs, got, net = await listening()
         frame = messages.encode(request(9))
         attempts = []
 
@@ -167,10 +172,7 @@ def test_strangers_deliver_nothing():
 
 def test_a_connection_that_never_finishes_the_handshake_is_closed():
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got, Limits(handshake_timeout_s=0.05))
-        await net.start()
+        addrs, got, net = await listening(Limits(handshake_timeout_s=0.05))
         silent, kept = await asyncio.open_connection(*addrs[0])  # kept: a dropped writer closes
         partial, w = await asyncio.open_connection(*addrs[0])
         w.write(b"AVN1\x00\x01" + bytes(20))  # a third of a dialer's hello
@@ -186,10 +188,7 @@ def test_an_impossible_length_prefix_closes_the_connection_before_any_payload():
     64 MiB + 1 it announces. Malformed frames with possible lengths are dropped and the
     connection goes on (the message after them arrives)."""
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got)
-        await net.start()
+        addrs, got, net = await listening()
         good = messages.encode(request(1))
         future = good[:4] + b"\x09" + good[5:]
         reader, writer = await authenticated(addrs[0], 1)
@@ -213,10 +212,7 @@ def test_connection_limits_hold():
     on the port cannot keep a validator out; past per_peer connections of one validator its
     oldest is closed."""
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got, Limits(max_pending=3, per_peer=2))
-        await net.start()
+        addrs, got, net = await listening(Limits(max_pending=3, per_peer=2))
         idle = [await asyncio.open_connection(*addrs[0]) for _ in range(5)]  # kept: a dropped writer closes
         for reader, _ in idle:
             await reader.readexactly(38)  # accepted and challenged
@@ -265,10 +261,7 @@ def test_outgoing_bytes_per_peer_are_bounded():
 
 def test_a_validator_over_its_rate_is_read_later_and_the_others_are_not_held_up():
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got, Limits(inbound_frames_per_s=0.2))  # a burst of 0.2 frames, then one per 5 s
-        await net.start()
+        addrs, got, net = await listening(Limits(inbound_frames_per_s=0.2))  # a burst of 0.2 frames, then one per 5 s
         _, w1 = await authenticated(addrs[0], 1)
         _, w2 = await authenticated(addrs[0], 2)
         w1.write(messages.encode(request(1)) * 3)
@@ -287,10 +280,7 @@ def test_two_connections_with_one_key_are_logged_and_counted(caplog):
     receiver's own key: logged (once a minute) and counted; validator 1's frames still arrive
     (they are signed: the index decides nothing)."""
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got)
-        await net.start()
+        addrs, got, net = await listening()
         frame = messages.encode(request(1))
         writers = [(await authenticated(addrs[0], 1))[1] for _ in range(2)]
         for n, w in enumerate(writers * 2):

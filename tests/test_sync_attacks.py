@@ -23,7 +23,7 @@ from consensus.messages import (
 from consensus.net import Limits, Network
 from consensus.sim import Link, Simulation
 from consensus.store import Store
-from tests.test_net_auth import KEYS, SEEDS, addresses, authenticated, closed, network, until
+from tests.test_net_auth import KEYS, SEEDS, addresses, authenticated, closed, listening, network, until
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -488,10 +488,7 @@ def test_a_reflected_handshake_authenticates_nothing():
 
 def test_a_dialer_claiming_the_listeners_own_index_is_refused():
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got)
-        await net.start()
+        addrs, got, net = await listening()
         reader, writer = await asyncio.open_connection(*addrs[0])
         hello = await reader.readexactly(38)
         writer.write(b"AVN1" + struct.pack(">H", 0) + hello[6:] + bytes(64) + messages.encode(messages.BlockRequest(bytes(32))))
@@ -513,10 +510,7 @@ def test_a_frame_of_exactly_max_message_is_delivered_and_the_connection_goes_on(
         messages.encode(replace(big, signature=bytes(65)))
 
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got)
-        await net.start()
+        addrs, got, net = await listening()
         reader, writer = await authenticated(addrs[0], 1)
         writer.write(frame)
         writer.write(messages.encode(messages.BlockRequest(bytes(32))))
@@ -531,10 +525,7 @@ def test_a_frame_of_exactly_max_message_is_delivered_and_the_connection_goes_on(
 
 def test_a_peer_at_its_rate_limit_loses_nothing_and_keeps_its_connection():
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got, Limits(inbound_frames_per_s=200.0))
-        await net.start()
+        addrs, got, net = await listening(Limits(inbound_frames_per_s=200.0))
         reader, writer = await authenticated(addrs[0], 1)
         for i in range(300):
             writer.write(messages.encode(messages.BlockRequest(struct.pack(">I", i) * 8)))
@@ -552,10 +543,7 @@ def test_half_open_strangers_do_not_keep_a_validator_out():
     """max_pending strangers each send all but the last byte of a dialer's hello; a real validator
     dialing afterwards still connects and delivers."""
     async def scenario():
-        addrs = addresses()
-        got = []
-        net = network(0, addrs, got, Limits(max_pending=4, handshake_timeout_s=30.0))
-        await net.start()
+        addrs, got, net = await listening(Limits(max_pending=4, handshake_timeout_s=30.0))
         held = []
         for _ in range(4):
             r, w = await asyncio.open_connection(*addrs[0])
