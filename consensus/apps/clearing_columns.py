@@ -210,11 +210,15 @@ class Columns:
         order = np.argsort(rows)
         owner_of = np.full(len(self.keys), -1, np.int64)
         owner_of[rows[order]] = np.arange(len(keys))
-        line = self.by_line.sorted
-        owner = owner_of[(line >> 32).astype(np.int64)]
-        size = self.size[self.by_line.at]
+        row, series, size = self._lines_by_account()
+        owner = owner_of[row]
         held = (owner >= 0) & (size != 0)
-        return order, rows[order], (owner[held], (line[held] & _LOW).astype(np.int64), size[held])
+        return order, rows[order], (owner[held], series[held], size[held])
+
+    def _lines_by_account(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, series id, size) of every line, by row and then series (the line index's order)."""
+        line = self.by_line.sorted
+        return (line >> 32).astype(np.int64), (line & _LOW).astype(np.int64), self.size[self.by_line.at]
 
     def balances(self, rows: np.ndarray, asset: str) -> np.ndarray:
         return self.cash[rows, self.asset_col[asset]]
@@ -229,14 +233,14 @@ class Columns:
             rs, cs = np.nonzero(cash)
             for j, c, v in zip(rs.tolist(), cs.tolist(), cash[rs, cs].tolist()):
                 collateral[j][self.assets[c]] = v
-            line, size = self.by_line.sorted, self.size[self.by_line.at]  # by account, then series
-            owner = (line >> 32).astype(np.int64)
+            owner, series, size = self._lines_by_account()
             mine = self.changed[owner] & (size != 0)
             at = np.full(len(self.keys), -1, np.int64)
             at[changed] = np.arange(len(changed))
             bounds = np.searchsorted(at[owner[mine]], np.arange(len(changed) + 1)).tolist()
-            leaves = self._leaves(changed, cash, rs, cs, (line[mine] & _LOW), size[mine], bounds)
-            ids, sizes = (line[mine] & _LOW).tolist(), size[mine].tolist()
+            ids, sizes = series[mine], size[mine]
+            leaves = self._leaves(changed, cash, rs, cs, ids, sizes, bounds)
+            ids, sizes = ids.tolist(), sizes.tolist()
             new = {}
             for j, (r, nonce, slot) in enumerate(zip(changed.tolist(), self.nonce[changed].tolist(),
                                                      self.slot[changed].tolist())):
