@@ -40,6 +40,9 @@ CAP128 = ("--maxrregcount=128",)  # two blocks of 256 (16 warps) per SM, at the 
 # it at 8 warps.
 VARIANTS = {
     "portable": ("ed25519.h", (), 256),
+    # the schedule before regular digits, where a warp issued both additions at ~250 bits
+    # (bench/ed25519_warp_model.py): 2.3x the loop's instructions, what the timing should show
+    "portable sliding": ("ed25519.h", ("-DED_REGULAR_DIGITS=0",), 256),
     "portable b128": ("ed25519.h", (), 128),
     "portable b32": ("ed25519.h", (), 32),  # 206 registers: 9 one-warp blocks may fit an SM; 8 warps in blocks of 256
     "portable outlined": ("ed25519.h", OUTLINED, 256),
@@ -49,12 +52,13 @@ VARIANTS = {
     "portable 2 carries": ("ed25519.h", TWO_CARRIES, 256),
     "portable outl. r128": ("ed25519.h", OUTLINED + CAP128, 256),
     "portable fe o. r128": ("ed25519.h", OUTLINED_FE + CAP128, 256),
-    "shaped w4": ("ed25519_gpu.h", (), 32),
-    "shaped w4 outlined": ("ed25519_gpu.h", OUTLINED, 32),
-    "shaped w4 2 carries": ("ed25519_gpu.h", TWO_CARRIES, 32),
-    "shaped w5 4/SM": ("ed25519_gpu.h", ("-DED_GPU_A_WINDOW=5", "-DED_GPU_BLOCKS_PER_SM=4"), 32),
-    # a smaller table (15 KB per block) and 168 registers: 12 warps per SM instead of 8
-    "shaped w3 outl. 12/SM": ("ed25519_gpu.h", ("-DED_GPU_A_WINDOW=3", "-DED_GPU_BLOCKS_PER_SM=12") + OUTLINED, 32),
+    "shaped w3": ("ed25519_gpu.h", (), 32),
+    "shaped w3 outlined": ("ed25519_gpu.h", OUTLINED, 32),
+    "shaped w3 2 carries": ("ed25519_gpu.h", TWO_CARRIES, 32),
+    # 4-bit digits of k (64 additions instead of 85) from 8 multiples: 46 KB per block, 4 per SM
+    "shaped w4 4/SM": ("ed25519_gpu.h", ("-DED_GPU_A_WINDOW=4", "-DED_GPU_BLOCKS_PER_SM=4"), 32),
+    # a smaller table (15 KB per block), 128 additions for k: 12 warps per SM instead of 8
+    "shaped w2 outl. 12/SM": ("ed25519_gpu.h", ("-DED_GPU_A_WINDOW=2", "-DED_GPU_BLOCKS_PER_SM=12") + OUTLINED, 32),
 }
 N = 1 << 20
 

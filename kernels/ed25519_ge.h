@@ -20,6 +20,20 @@
 #define ED_CONST_SQRTM1 2
 #define ED_A_WINDOW 5 /* odd multiples 1A..15A: 8 cached points per work item */
 
+/* The double-scalar schedule of ed_check. Sliding windows (0: the C fallback) add only at a
+ * scalar's nonzero digits, about 70 additions a signature, where a CPU branches for free. On a
+ * GPU the 32 threads of a warp run each branch when any of them takes it, and with sliding
+ * windows some thread has a digit at nearly every bit: the warp issues both additions at ~250
+ * bits. Regular digits (1: GPU targets) are odd and nonzero at fixed bits, so every thread adds
+ * at the same steps: 64 + 32 additions, none of them idle lanes. Same group element, same bits. */
+#ifndef ED_REGULAR_DIGITS
+#ifdef KERNEL
+#define ED_REGULAR_DIGITS 1
+#else
+#define ED_REGULAR_DIGITS 0
+#endif
+#endif
+
 /* The point formulas below, inline by default. ED_OUTLINE_POINTS=1 keeps them out of line on
  * CUDA (elsewhere DEVICE_OUTLINED is DEVICE): a tuning variant (bench/ed25519_variants.py), since
  * inlined, the loop of ed_check is 150 KB of sm_90 code, past an SM's instruction cache. */
@@ -328,7 +342,7 @@ DEVICE int ed_check_finish(const ed_p1p1 *t, const ed_cached *R) {
 
 /* The cofactored ZIP-215 equation [8]([s]B - [k]A - R) == 0, by one wNAF double-scalar
  * multiplication. s and k are reduced scalars, A and R decoded points. */
-DEVICE int ed_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k) {
+DEVICE int ed_check_sliding(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k) {
     i8 sn[256], kn[256];
     ed_cached ai[1 << (ED_A_WINDOW - 2)], two;
     ed_p3 u;
@@ -354,6 +368,83 @@ DEVICE int ed_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k) {
     ed_cached rc;
     ed_p3_to_cached(&rc, R);
     return ed_check_finish(&t, &rc);
+}
+
+/* An odd scalar for regular digits: k, or k + L when k is even (below 2^254 either way). The
+ * verdict stays: [L]B = 0, and [L]A is a point of order dividing 8, which the cofactored
+ * equation's [8] removes whatever A's torsion. */
+DEVICE void ed_sc_odd(u8 *out, const u8 *k) {
+    u32 even = (k[0] & 1) ^ 1, carry = 0;
+    for (u32 i = 0; i < 32; i++) {
+        u32 v = (u32)k[i] + (even ? (ED_L[i / 4] >> (8 * (i % 4))) & 0xff : 0) + carry;
+        out[i] = (u8)v;
+        carry = v >> 8;
+    }
+}
+
+/* How many regular w-bit digits an odd scalar below 2^254 takes: the last one then stays below 2^w. */
+#define ED_REGULAR_LEN(w) ((255 + (w) - 1) / (w))
+
+/* Regular digit j (at bit w j) of an odd scalar k below 2^254, for a table of odd multiples:
+ * returns the entry (|digit| - 1) / 2 and sets *neg. Digit j is 2b + 1 - 2^w for the w bits b of
+ * k from bit w j + 1, the last one 2b + 1 for all bits above (Joye-Tunstall recoding, read
+ * straight from k: every digit odd, |digit| < 2^w, sum of digit_j 2^(w j) = k). w <= 8. */
+DEVICE u32 ed_regular_entry(const u8 *k, u32 j, u32 w, int *neg) {
+    u32 at = w * j + 1, i = at / 8, mid = 1u << (w - 1);
+    u32 bits = (u32)k[i] | (i + 1 < 32 ? (u32)k[i + 1] << 8 : 0);
+    u32 b = (bits >> (at % 8)) & ((1u << w) - 1);
+    if (j + 1 == ED_REGULAR_LEN(w)) b |= mid;
+    *neg = b < mid;
+    return (b & (mid - 1)) ^ (*neg ? mid - 1 : 0);
+}
+
+/* ed_check with regular digits: [k](-A) in ED_A_WINDOW - 1 bit digits from the same table of
+ * odd multiples (8 of them), [s]B in 8-bit digits from ED_BASE, over one chain of doublings. */
+DEVICE int ed_check_regular(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k) {
+    const u32 wa = ED_A_WINDOW - 1, wb = ED_BASE_WINDOW;
+    const i32 top = (i32)(wa * (ED_REGULAR_LEN(wa) - 1));
+    u8 so[32], ko[32];
+    ed_cached ai[1 << (ED_A_WINDOW - 2)], two;
+    ed_precomp bp;
+    ed_p3 u;
+    ed_p1p1 t;
+    ed_p2 r;
+    int neg;
+    ed_sc_odd(so, s);
+    ed_sc_odd(ko, k);
+    ed_odd_start(&u, &two, A);
+    for (u32 i = 0; i < (1u << (ED_A_WINDOW - 2)); i++) {
+        if (i) ed_odd_next(&u, &two);
+        ed_p3_to_cached(&ai[i], &u);
+    }
+    ed_p1p1_identity(&t);
+    for (i32 i = top; i >= 0; i--) {
+        if (i != top) {
+            ed_p1p1_to_p2(&r, &t);
+            ed_p2_dbl(&t, &r);
+        }
+        if ((u32)i % wa == 0) {
+            u32 e = ed_regular_entry(ko, (u32)i / wa, wa, &neg);
+            ed_p1p1_to_p3(&u, &t);
+            ed_add(&t, &u, &ai[e], neg);
+        }
+        if ((u32)i % wb == 0) {
+            ed_base_load(&bp, ed_regular_entry(so, (u32)i / wb, wb, &neg));
+            ed_p1p1_to_p3(&u, &t);
+            ed_madd(&t, &u, &bp, neg);
+        }
+    }
+    ed_cached rc;
+    ed_p3_to_cached(&rc, R);
+    return ed_check_finish(&t, &rc);
+}
+
+DEVICE int ed_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k) {
+#if ED_REGULAR_DIGITS
+    return ed_check_regular(A, R, s, k);
+#else
+    return ed_check_sliding(A, R, s, k);
+#endif
 }
 
 #endif

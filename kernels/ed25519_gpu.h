@@ -2,10 +2,11 @@
  *  - the challenges k = SHA-512(R || A || M) mod L come from their own kernel, whose work items
  *    take signatures in an order the host chose (by message length), so a warp hashes messages of
  *    similar length instead of waiting on its longest one;
- *  - the verify kernel then does the same arithmetic for every item: the [s]B table is the one
- *    global table (shared by all threads, read by s's bytes, no recoding), the odd multiples of
- *    -A (and R, for the last step) live in work-group shared memory, laid out thread-minor so a
- *    warp's reads fall in distinct banks: the private stack stays under 1 KB with no spills.
+ *  - the verify kernel then does the same arithmetic for every item, adding at the same bits in
+ *    every thread (regular digits, ed25519_ge.h): the [s]B table is the one global table (shared
+ *    by all threads), the odd multiples of -A (and R, for the last step) live in work-group
+ *    shared memory, laid out thread-minor so a warp's reads fall in distinct banks: the private
+ *    stack stays under 1 KB with no spills.
  * GPU targets only (the C fallback has its own batch path). Launch av_ed25519_verify_k with
  * work-groups of exactly ED_GPU_GROUP items. */
 #ifndef AV_ED25519_GPU_H
@@ -18,9 +19,9 @@
 #define ED_GPU_BLOCKS_PER_SM 8 /* 256 threads x 255 registers fill a 64K-register SM: no spills */
 #endif
 #ifndef ED_GPU_A_WINDOW
-#define ED_GPU_A_WINDOW 4      /* wNAF width for k: odd multiples 1A, 3A, 5A, 7A in shared memory */
+#define ED_GPU_A_WINDOW 3      /* bits per digit of k: odd multiples 1A, 3A, 5A, 7A in shared memory */
 #endif
-#define ED_GPU_A_POINTS (1 << (ED_GPU_A_WINDOW - 2))
+#define ED_GPU_A_POINTS (1 << (ED_GPU_A_WINDOW - 1))
 #define ED_GPU_CACHED_WORDS (4 * ED_FE_LIMBS)            /* one ed_cached as i32 words */
 
 /* Work item j hashes signature order[j] (or j itself when !use_order). */
@@ -59,26 +60,19 @@ DEVICE void ed_gpu_load(ed_cached *c, LOCAL const i32 *tab, u32 q, u32 lid) {
     }
 }
 
-DEVICE u32 ed_ctz8(u32 b) {
-    u32 t = 0;
-    while (t < 7 && !((b >> t) & 1)) t++;
-    return t;
-}
-
-/* ed_check with the table of -A in shared memory (tab, column lid), and no digits stored for s:
- * byte j of s, when nonzero, adds [its odd part]B at bit 8j + (its trailing zero bits), from the
- * global table of odd multiples up to 255B. */
+/* ed_check_regular with the table of -A in shared memory (tab, column lid): digits of k of
+ * ED_GPU_A_WINDOW bits, of s of 8 bits from the global table, over one chain of doublings. */
 DEVICE int ed_gpu_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k, LOCAL i32 *tab, u32 lid) {
-    i8 kn[256];
+    const u32 wa = ED_GPU_A_WINDOW, wb = ED_BASE_WINDOW;
+    const i32 top = (i32)(wa * (ED_REGULAR_LEN(wa) - 1));
+    u8 so[32], ko[32];
     ed_cached two, c;
     ed_p3 u;
     ed_p1p1 t;
     ed_p2 r;
-    i32 digit, top = 255;
-    ed_wnaf(kn, k, ED_GPU_A_WINDOW);
-    while (top >= 0 && kn[top] == 0) top--;
-    for (u32 j = 0; j < 32; j++)
-        if (s[j] != 0 && (i32)(8 * j + ed_ctz8(s[j])) > top) top = (i32)(8 * j + ed_ctz8(s[j]));
+    int neg;
+    ed_sc_odd(so, s);
+    ed_sc_odd(ko, k);
     ed_p3_to_cached(&c, R);
     ed_gpu_store(tab, ED_GPU_A_POINTS, lid, &c);
     ed_odd_start(&u, &two, A);
@@ -89,22 +83,19 @@ DEVICE int ed_gpu_check(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k
     }
     ed_p1p1_identity(&t);
     for (i32 i = top; i >= 0; i--) {
-        ed_p1p1_to_p2(&r, &t);
-        ed_p2_dbl(&t, &r);
+        if (i != top) {
+            ed_p1p1_to_p2(&r, &t);
+            ed_p2_dbl(&t, &r);
+        }
         /* one inlined addition serves both tables: the code stays small enough for registers */
         for (u32 which = 0; which < 2; which++) {
-            u32 b = s[i / 8];
-            if (which == 0) {
-                digit = kn[i];
-                if (digit != 0) ed_gpu_load(&c, tab, (u32)(digit < 0 ? -digit : digit) / 2, lid);
-            } else {
-                digit = (b != 0 && (u32)(i & 7) == ed_ctz8(b)) ? (i32)(b >> (i & 7)) : 0;
-                if (digit != 0) ed_base_cached(&c, (u32)digit / 2);
-            }
-            if (digit != 0) {
-                ed_p1p1_to_p3(&u, &t);
-                ed_add(&t, &u, &c, digit < 0);
-            }
+            u32 w = which ? wb : wa;
+            if ((u32)i % w != 0) continue;
+            u32 e = ed_regular_entry(which ? so : ko, (u32)i / w, w, &neg);
+            if (which) ed_base_cached(&c, e);
+            else ed_gpu_load(&c, tab, e, lid);
+            ed_p1p1_to_p3(&u, &t);
+            ed_add(&t, &u, &c, neg);
         }
     }
     ed_gpu_load(&c, tab, ED_GPU_A_POINTS, lid);
