@@ -69,10 +69,11 @@ def _verify(b, n, pks, data, offsets, sigs) -> np.ndarray:
         rebased = offsets[lo:hi + 1] - base
         out = b.empty((hi - lo,), np.uint8)
         args = [b.to_device(a) for a in (pks[lo:hi], data[base:offsets[hi]], rebased, sigs[lo:hi])]
+        order = hash_order(rebased)
         if GPU_SHAPED:
-            verify_on_gpu(b, hi - lo, *args, out, hash_order(rebased))
+            verify_on_gpu(b, hi - lo, *args, out, order)
         else:
-            b.launch("ed25519_verify", hi - lo, *args, out)
+            b.launch("ed25519_verify", hi - lo, *args, *ordering(b, order), out)
         return out
     return b.chunked(n, GPU_CHUNK, step)
 
@@ -88,18 +89,22 @@ GPU_CHUNK = 1 << 17  # signatures per chunk: copies of one overlap the kernels o
 
 def hash_order(offsets: np.ndarray) -> np.ndarray | None:
     """Signatures ordered by the SHA-512 blocks their challenge hashes (64 + message bytes), so
-    a warp of the challenge kernel hashes messages of one length; None when all lengths match."""
+    a warp of a kernel that hashes takes messages of one length; None when all lengths match."""
     blocks = (np.diff(offsets) + (64 + 17 + 127)) // 128
     if len(blocks) == 0 or blocks.min() == blocks.max():
         return None
     return np.argsort(np.minimum(blocks, 0xFFFF).astype(np.uint16), kind="stable").astype(np.uint32)
 
 
+def ordering(b, order: np.ndarray | None) -> tuple:
+    """The (order, use_order) arguments of the GPU kernels that hash, on backend b."""
+    return b.to_device(order if order is not None else np.zeros(1, np.uint32)), np.uint32(order is not None)
+
+
 def verify_on_gpu(b, n, pks, data, offsets, sigs, out, order) -> None:
     """The GPU-shaped path (kernels/ed25519_gpu.h) over device buffers: challenges, then checks."""
     ks = b.empty((n, 32), np.uint8)
-    d_order = b.to_device(order if order is not None else np.zeros(1, np.uint32))
-    b.launch("ed25519_challenge", n, pks, data, offsets, sigs, d_order, np.uint32(order is not None), ks)
+    b.launch("ed25519_challenge", n, pks, data, offsets, sigs, *ordering(b, order), ks)
     b.launch("ed25519_verify_k", n, pks, sigs, ks, out, group=GPU_GROUP)
 
 

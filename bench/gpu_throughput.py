@@ -111,7 +111,7 @@ def bench_ed25519(g, c, small, repeat):
     k = kernel_s(g, lambda: verify_on_gpu(g, big, *d, res, None), repeat)
     k_hash = kernel_s(g, lambda: g.launch("ed25519_challenge", big, *d, none, np.uint32(0), ks), repeat)
     k_check = kernel_s(g, lambda: g.launch("ed25519_verify_k", big, d[0], d[3], ks, res, group=GPU_GROUP), repeat)
-    k_portable = kernel_s(g, lambda: g.launch("ed25519_verify", big, *d, res), max(1, repeat // 2))
+    k_portable = kernel_s(g, lambda: g.launch("ed25519_verify", big, *d, none, np.uint32(0), res), max(1, repeat // 2))
     e2e_g = median_s(lambda: accel.ed25519_verify_batch(pks, msgs, sigs, backend=g), repeat)
     ed25519.GPU_SHAPED = not ed25519.GPU_SHAPED  # the other path end to end too, to choose the default
     try:

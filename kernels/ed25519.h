@@ -61,11 +61,13 @@ DEVICE void ed25519_key_is_safe_item(u64 i, GLOBAL const u8 *pks, GLOBAL u8 *out
 }
 
 #ifdef KERNEL
+/* Work item j checks signature order[j] (j itself when !use_order): with the host's order by
+ * message length, a warp hashes messages of one length instead of waiting on its longest. */
 KERNEL void av_ed25519_verify(GLOBAL const u8 *pks, GLOBAL const u8 *msgs,
-                              GLOBAL const u64 *offsets, GLOBAL const u8 *sigs, GLOBAL u8 *out,
-                              u64 n) {
-    u64 i = GLOBAL_ID;
-    if (i < n) ed25519_verify_item(i, pks, msgs, offsets, sigs, out);
+                              GLOBAL const u64 *offsets, GLOBAL const u8 *sigs,
+                              GLOBAL const u32 *order, u32 use_order, GLOBAL u8 *out, u64 n) {
+    u64 j = GLOBAL_ID;
+    if (j < n) ed25519_verify_item(use_order ? (u64)order[j] : j, pks, msgs, offsets, sigs, out);
 }
 
 KERNEL void av_ed25519_key_is_safe(GLOBAL const u8 *pks, GLOBAL u8 *out, u64 n) {

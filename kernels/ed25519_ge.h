@@ -33,6 +33,9 @@
 #define ED_REGULAR_DIGITS 0
 #endif
 #endif
+#ifndef ED_REGULAR_A_BITS
+#define ED_REGULAR_A_BITS 4 /* bits per regular digit of k: odd multiples 1A..15A, as wNAF-5 */
+#endif
 
 /* The point formulas below, inline by default. ED_OUTLINE_POINTS=1 keeps them out of line on
  * CUDA (elsewhere DEVICE_OUTLINED is DEVICE): a tuning variant (bench/ed25519_variants.py), since
@@ -398,13 +401,13 @@ DEVICE u32 ed_regular_entry(const u8 *k, u32 j, u32 w, int *neg) {
     return (b & (mid - 1)) ^ (*neg ? mid - 1 : 0);
 }
 
-/* ed_check with regular digits: [k](-A) in ED_A_WINDOW - 1 bit digits from the same table of
- * odd multiples (8 of them), [s]B in 8-bit digits from ED_BASE, over one chain of doublings. */
+/* ed_check with regular digits: [k](-A) in ED_REGULAR_A_BITS-bit digits from a table of odd
+ * multiples, [s]B in 8-bit digits from ED_BASE, over one chain of doublings. */
 DEVICE int ed_check_regular(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u8 *k) {
-    const u32 wa = ED_A_WINDOW - 1, wb = ED_BASE_WINDOW;
+    const u32 wa = ED_REGULAR_A_BITS, wb = ED_BASE_WINDOW;
     const i32 top = (i32)(wa * (ED_REGULAR_LEN(wa) - 1));
     u8 so[32], ko[32];
-    ed_cached ai[1 << (ED_A_WINDOW - 2)], two;
+    ed_cached ai[1 << (ED_REGULAR_A_BITS - 1)], two;
     ed_precomp bp;
     ed_p3 u;
     ed_p1p1 t;
@@ -413,7 +416,7 @@ DEVICE int ed_check_regular(const ed_p3 *A, const ed_p3 *R, const u8 *s, const u
     ed_sc_odd(so, s);
     ed_sc_odd(ko, k);
     ed_odd_start(&u, &two, A);
-    for (u32 i = 0; i < (1u << (ED_A_WINDOW - 2)); i++) {
+    for (u32 i = 0; i < (1u << (ED_REGULAR_A_BITS - 1)); i++) {
         if (i) ed_odd_next(&u, &two);
         ed_p3_to_cached(&ai[i], &u);
     }

@@ -392,7 +392,7 @@ def test_gpu_path_equals_portable_path(backends):
     shared memory) against the one-kernel portable path on the same backend (PoCL here, a GPU
     under make gpu-check), and both against the C fallback; with mixed message lengths (the
     hashing order differs from the input order) and with one length (no reordering)."""
-    from accel.ed25519 import hash_order, verify_on_gpu
+    from accel.ed25519 import hash_order, ordering, verify_on_gpu
     from accel.packing import pack_fixed, pack_messages
     gpu_targets = [b for b in backends if b.name != "cpu"]
     if not gpu_targets:
@@ -410,14 +410,14 @@ def test_gpu_path_equals_portable_path(backends):
         for b in gpu_targets:
             args = [b.to_device(x) for x in (d_pk, data, offsets, d_sig)]
             portable, shaped = b.empty((len(pks),), np.uint8), b.empty((len(pks),), np.uint8)
-            b.launch("ed25519_verify", len(pks), *args, portable)
+            b.launch("ed25519_verify", len(pks), *args, *ordering(b, hash_order(offsets)), portable)
             verify_on_gpu(b, len(pks), *args, shaped, hash_order(offsets))
             assert np.array_equal(b.to_host(portable).astype(bool), ref), b.name
             assert np.array_equal(b.to_host(shaped).astype(bool), ref), b.name
 
 
 @pytest.mark.parametrize("options", [("-DED_GPU_A_WINDOW=2",), ("-DED_GPU_A_WINDOW=4",), ("-DED_FE_CARRY_CHAINS=2",),
-                                     ("-DED_REGULAR_DIGITS=0",)])
+                                     ("-DED_REGULAR_DIGITS=0",), ("-DED_REGULAR_A_BITS=3",)])
 def test_gpu_path_tuning_variants_keep_the_verdicts(backends, options):
     """Tunables that bench/ed25519_variants.py times on CUDA and that change the arithmetic (the
     digit width of [k]A, the carry order, the sliding-window schedule on a GPU target), built by
@@ -449,7 +449,7 @@ def test_gpu_path_tuning_variants_keep_the_verdicts(backends, options):
     check.set_args(args[0], args[3], ks.buf, out.buf, np.uint64(n))
     cl.enqueue_nd_range_kernel(b._queue, check, (size,), (GPU_GROUP,))
     one_kernel = cl.Kernel(prog, "av_ed25519_verify")
-    one_kernel.set_args(*args[:4], portable.buf, np.uint64(n))
+    one_kernel.set_args(*args, np.uint32(1), portable.buf, np.uint64(n))
     cl.enqueue_nd_range_kernel(b._queue, one_kernel, (size,), (GPU_GROUP,))  # PoCL picks groups too big for its stacks
     want = verdicts(backends[0], pks, msgs, sigs)
     assert np.array_equal(b.to_host(out).astype(bool), want)
