@@ -79,9 +79,9 @@ def _verify(b, n, pks, data, offsets, sigs) -> np.ndarray:
 
 
 # Which kernels a GPU runs. The one-kernel portable path measured faster on an H100 (3.41 M sig/s
-# of kernel time at 2^20, against 2.51-2.55 M for the GPU-shaped kernels; bench/RESULTS.md), so it
-# is the default; both are tested on every GPU target and timed by bench/gpu_throughput.py, and
-# the default follows the measurement.
+# of kernel time at 2^20, against 2.51-2.55 M for the GPU-shaped kernels, both with sliding
+# windows; bench/RESULTS.md), so it is the default; both are tested on every GPU target and timed
+# by bench/gpu_throughput.py, and the default follows the measurement.
 GPU_SHAPED = False
 GPU_GROUP = 32  # ED_GPU_GROUP in kernels/ed25519_gpu.h
 GPU_CHUNK = 1 << 17  # signatures per chunk: copies of one overlap the kernels of the one before
