@@ -24,6 +24,7 @@ import numpy as np
 import accel
 from accel import ed25519, merkle, risk
 from accel.backends import get_backend
+from accel.backends.base import KernelError
 from accel.ed25519 import GPU_GROUP, verify_on_gpu
 
 os.environ["ACCEL_GPU_FALLBACK"] = "false"  # a GPU error must show, not be redone on the C fallback
@@ -132,7 +133,19 @@ def bench_ed25519(g, c, small, repeat):
     block = min(10_000, big)
     b_g = median_s(lambda: accel.ed25519_verify_batch(pks[:block], msgs[:block], sigs[:block], backend=g), repeat)
     b_c = median_s(lambda: accel.ed25519_verify_batch(pks[:block], msgs[:block], sigs[:block], backend=c), repeat)
-    out["block"] = {"n": block, "gpu_ms": b_g * 1e3, "cpu_ms": b_c * 1e3}
+    # A block fills few SMs in blocks of 256 threads (10,000 signatures: 40 of an H100's 132), so
+    # its time is one thread's latency; smaller thread blocks spread it over more SMs.
+    d_block = [g.to_device(a) for a in (pks[:block], msgs[:block].reshape(-1),
+                                        np.arange(block + 1, dtype=np.uint64) * 100, sigs[:block])]
+    res_block = g.empty((block,), np.uint8)
+    by_group = {}
+    for grp in (32, 64, 128, 256):
+        try:
+            by_group[grp] = 1e3 * kernel_s(g, lambda: g.launch("ed25519_verify", block, *d_block, none, np.uint32(0),
+                                                               res_block, group=grp), repeat)
+        except KernelError as exc:  # a work-group size this device refuses
+            print(f"  (threads per block {grp}: {exc})")
+    out["block"] = {"n": block, "gpu_ms": b_g * 1e3, "cpu_ms": b_c * 1e3, "kernel_ms_by_threads_per_block": by_group}
     print(f"ed25519 ({g.device}): {big:,} x 100-byte messages")
     print(f"  kernel {rate(big, k) / 1e6:8.3f} M sig/s   end-to-end {rate(big, e2e_g) / 1e6:8.3f} M sig/s   "
           f"C fallback {rate(big, e2e_c) / 1e6:8.3f} M sig/s   identical={same}")
@@ -140,7 +153,8 @@ def bench_ed25519(g, c, small, repeat):
           f"portable one-kernel path {rate(big, k_portable) / 1e6:.3f} M sig/s")
     print(f"  end to end: default ({out['batch']['default_path']}) {rate(big, e2e_g) / 1e6:.3f} M sig/s, "
           f"the other path {rate(big, e2e_other) / 1e6:.3f} M sig/s")
-    print(f"  block of {block:,}: gpu {b_g * 1e3:.2f} ms, C fallback {b_c * 1e3:.2f} ms")
+    print(f"  block of {block:,}: gpu {b_g * 1e3:.2f} ms, C fallback {b_c * 1e3:.2f} ms; one-kernel path's kernel "
+          "by threads per block: " + ", ".join(f"{grp}: {ms:.2f} ms" for grp, ms in by_group.items()))
     sizes = [1 << s for s in range(4, 13 if small else 17, 2)]
     out["sweep"] = sweep("ed25519", sizes,
                          lambda n: accel.ed25519_verify_batch(pks[:n], msgs[:n], sigs[:n], backend=g),
