@@ -32,6 +32,21 @@ _RFC8032 = [
      "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
 ]
 _SMALL_ORDER = bytes([1] + [0] * 31)  # the identity: valid as A and R under ZIP-215, never a safe key
+# A = [a]B + T and R = [r]B + T' with T, T' of order 8: valid only by the cofactored equation, the
+# cases a miscompiled GPU build once got wrong (bench/RESULTS.md). The first challenge is even (a
+# GPU's regular digits use k + L there), the second odd. Made by accel.ed25519_ref's model.
+_COFACTORED = [
+    ("6b951dc903395ccad29ddebb9169d2b5df6f1942dd0cd4806c74ce291a15bd7d",
+     "24a3553ab7778b4fac4bf44e9300efbc760f8e5817770ac7685a54ce12fea0bf0a73c55ba7ac62df2f7b639945afc0bac21f57560"
+     "3fcf36004c9047de848f33a18727051f518d307fd8c43e35966b3c3926bbff2502823a2483e6df3cc47a8a85bdbab90c87bda6b07"
+     "a31bce83babe6746b6293523c938c35272e91a98dbf61a3fbc",
+     "8c7f903876ab4a9e9ca22e146ab3bb4459bd69252d154eaf805ff0136b3a2bac20053c6de9e86bf8ba541fd7f8d654fea0f7c39b39"
+     "43043bc3e573df33c97101"),
+    ("01292f0540898cc8c1d71377fd672307d18278cf91e0c865ec4b538d0de66b7c",
+     "9eb07e8bc7c2158f9fabaa96f7e47c3f520348ad757e7244a9315b26a24328a87c",
+     "5a700d9e382e51857ad804b5e887e02fddf1a4f8e84ec1201cead7962e80e3fab654d45e8aff82fab6170daecdcdfb0cfdbc3da944"
+     "8678516b0ea6743d39b107"),
+]
 
 # Exact bits of the C fallback (float64 as uint64; margins in ticks) for the inputs below.
 _GREEKS_BITS = [
@@ -47,13 +62,17 @@ _STANDARD_TICKS = [[4254786053097, 41190638], [2814336053097, 36190638]]
 
 
 def _signatures():
-    pks = [bytes.fromhex(pk) for pk, _, _ in _RFC8032]
-    msgs = [bytes.fromhex(m) for _, m, _ in _RFC8032]
-    sigs = [bytes.fromhex(s) for _, _, s in _RFC8032]
+    cases = _RFC8032 + _COFACTORED
+    pks = [bytes.fromhex(pk) for pk, _, _ in cases]
+    msgs = [bytes.fromhex(m) for _, m, _ in cases]
+    sigs = [bytes.fromhex(s) for _, _, s in cases]
     tampered = bytearray(sigs[0])
     tampered[40] ^= 1
-    return (pks + [pks[0], _SMALL_ORDER], msgs + [msgs[0], b"any message"],
-            sigs + [bytes(tampered), _SMALL_ORDER + bytes(32)]), [True, True, False, True]
+    off_by_one = bytearray(sigs[2])
+    off_by_one[32] ^= 1  # S of the first cofactored case, one apart
+    return (pks + [pks[0], pks[2], _SMALL_ORDER], msgs + [msgs[0], msgs[2], b"any message"],
+            sigs + [bytes(tampered), bytes(off_by_one), _SMALL_ORDER + bytes(32)]), \
+        [True, True, True, True, False, False, True]
 
 
 def _book():
@@ -73,7 +92,7 @@ def _cases(b: Backend) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
 
     def verdicts():
         got = [bool(v) for v in ed25519._verify(b, *ed25519._packed(*sigs))]
-        return got == want, f"{got} (RFC 8032 x2, a tampered one, ZIP-215 small order)"
+        return got == want, f"{got} (RFC 8032 x2, cofactored only x2, two tampered, ZIP-215 small order)"
 
     def shaped():
         n, pks, data, offsets, s = ed25519._packed(*sigs)

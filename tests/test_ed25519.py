@@ -633,3 +633,18 @@ def test_software_verifier_gives_the_kernels_verdicts(cpu, case):
     assert valid and soft.verify_all(*verifier_inputs(*([x[j] for j in valid] for x in (pks, msgs, sigs)))) is True
     for j in range(min(len(pks), 60)):  # one signature at a time, through the certificate path too
         assert soft.verify_one(pks[j], msgs[j], sigs[j]) is bool(want[j]), (case, j)
+
+
+def test_readiness_known_answers_are_the_models_and_need_the_cofactor():
+    """accel check's Ed25519 cases (accel/readiness.py) hold under the ZIP-215 model, and its two
+    torsion cases hold only with the cofactor, one of them with an even challenge."""
+    from accel.readiness import _COFACTORED, _signatures
+    (pks, msgs, sigs), want = _signatures()
+    assert [zip215_verdict(*c) for c in zip(pks, msgs, sigs)] == want
+    parities = set()
+    for pk, msg, sig in ((bytes.fromhex(x) for x in case) for case in _COFACTORED):
+        k = challenge(sig[:32], pk, msg)
+        s = int.from_bytes(sig[32:], "little")
+        assert not is_identity(add(mul(s, BASE), neg(add(decode(sig[:32]), mul(k, decode(pk))))))
+        parities.add(k % 2)
+    assert parities == {0, 1}
