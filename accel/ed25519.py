@@ -61,7 +61,7 @@ def _verify(b, n, pks, data, offsets, sigs) -> np.ndarray:
     """Per-signature verdicts (uint8) on backend b."""
     if b.name == "cpu":
         out = b.empty((n,), np.uint8)
-        b.launch("ed25519_verify", n, pks, data, offsets, sigs, out)
+        b.launch("ed25519_verify", n, pks, data, offsets, sigs, *ordering(b, None), out)
         return out
 
     def step(lo, hi):

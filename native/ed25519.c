@@ -333,8 +333,12 @@ static u64 ed_chunk(u64 n) {
     return chunk < 1 ? 1 : chunk;
 }
 
+/* The GPU kernel's arguments (kernels/ed25519.h), so every backend launches it alike; order, the
+ * sequence in which a GPU's threads hash, means nothing to chunks that each thread runs alone. */
 int av_ed25519_verify(const uint8_t *pks, const uint8_t *msgs, const uint64_t *offsets,
-                      const uint8_t *sigs, uint8_t *out, uint64_t n) {
+                      const uint8_t *sigs, const uint32_t *order, uint32_t use_order, uint8_t *out, uint64_t n) {
+    (void)order;
+    (void)use_order;
     ed_p3 base;
     ed_base(&base);
     u64 chunk = ed_chunk(n);
