@@ -77,9 +77,14 @@ run_step() {  # run_step NAME LIMIT_S MIN_S LOG COMMAND...
     timeout "$limit" "$@" >> "$out/$log" 2>&1 || { status=1; echo "[gpu-check] FAILED or cut at ${limit}s: $name"; }
 }
 
-# nvcc's compile checks need no GPU and run in CI; here they would only spend device time.
+# The test files that run kernels on a GPU backend (the rest of the suite is CPU work CI runs, over
+# five minutes of it: more than a lease's test step); TESTS=tests runs everything. nvcc's compile
+# checks need no GPU and run in CI; here they would only spend device time.
+tests=${TESTS:-"tests/test_ed25519.py tests/test_ed25519_regular_review.py tests/test_sha256_merkle.py
+    tests/test_risk.py tests/test_backends.py tests/test_cli.py tests/test_operator.py tests/test_localnet.py
+    tests/test_clearing.py tests/test_clearing_columns_attacks.py tests/test_gpu_scripts.py"}
 run_step "tests (required: $required)" "${TEST_TIMEOUT:-240}" 60 tests.txt \
-    env ACCEL_REQUIRE_BACKENDS=$required $py -m pytest -q -rs -p no:cacheprovider tests -k "not nvcc and not fits_registers"
+    env ACCEL_REQUIRE_BACKENDS=$required $py -m pytest -q -rs -p no:cacheprovider $tests -k "not nvcc and not fits_registers"
 run_step "throughput (cuda)" "${THROUGHPUT_TIMEOUT:-200}" 60 throughput.txt \
     $py bench/gpu_throughput.py --gpu cuda --repeat "${REPEAT:-5}" --json "$out/throughput-cuda.json"
 if [ "${TUNE:-1}" = 1 ]; then
