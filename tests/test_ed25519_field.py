@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from accel.backends.base import KERNEL_DIR
+from kernel_c import compile_as_c
 
 P = 2**255 - 19
 OFFSETS = [(51 * i + 1) // 2 for i in range(10)]
@@ -19,12 +19,9 @@ BUILDS = {"default": [], "two carry chains": ["-DED_FE_CARRY_CHAINS=2"]}
 
 @pytest.fixture(scope="module", params=sorted(BUILDS))
 def fe(tmp_path_factory, request):
-    cffi = pytest.importorskip("cffi")
-    name = "_fe_under_test_" + request.param.replace(" ", "_")
-    ffi = cffi.FFI()
-    ffi.cdef("void fe_mul(int32_t *h, const int32_t *f, const int32_t *g);"
-             "void fe_sq(int32_t *h, const int32_t *f);")
-    ffi.set_source(name, """
+    return compile_as_c(tmp_path_factory.mktemp("fe"), "_fe_under_test_" + request.param.replace(" ", "_"),
+                        "void fe_mul(int32_t *h, const int32_t *f, const int32_t *g);"
+                        "void fe_sq(int32_t *h, const int32_t *f);", """
         #include "ed25519_fe.h"
         void fe_mul(int32_t *h, const int32_t *f, const int32_t *g) {
             ed_fe a, b, c;
@@ -37,17 +34,7 @@ def fe(tmp_path_factory, request):
             for (int i = 0; i < 10; i++) a.v[i] = f[i];
             ed_fe_sq(&c, &a);
             for (int i = 0; i < 10; i++) h[i] = c.v[i];
-        }""", include_dirs=[str(KERNEL_DIR)], extra_compile_args=["-O2", "-fwrapv", "-std=gnu99", *BUILDS[request.param]])
-    out = tmp_path_factory.mktemp("fe")
-    try:
-        path = ffi.compile(tmpdir=str(out))
-    except Exception as exc:  # no C compiler: the C fallback could not have been built either
-        pytest.skip(f"cannot compile kernels/ed25519_fe.h as C: {exc}")
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+        }""", BUILDS[request.param])
 
 
 def value(limbs) -> int:

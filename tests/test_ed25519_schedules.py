@@ -2,14 +2,13 @@
 C fallback's) and regular digits (GPU targets'), with the recoding read straight off the scalar's
 bits. Both must give the ZIP-215 model's verdicts, torsion and edge cases included, wherever they
 run; PoCL and CUDA compare the regular one with the C fallback again (tests/test_ed25519.py)."""
-import importlib.util
 import random
 
 import pytest
 
-from accel.backends.base import KERNEL_DIR
 from accel.ed25519_ref import L, zip215_verdict
 
+from kernel_c import compile_as_c
 from test_ed25519 import EDGE, mixed_batch, torsion_batch
 
 LEN = {w: -(-255 // w) for w in (2, 3, 4, 5, 8)}  # ED_REGULAR_LEN
@@ -21,14 +20,11 @@ BUILDS = {"default": [], "3-bit digits of k": ["-DED_REGULAR_A_BITS=3"]}
 
 @pytest.fixture(scope="module", params=sorted(BUILDS))
 def ge(tmp_path_factory, request):
-    cffi = pytest.importorskip("cffi")
-    ffi = cffi.FFI()
-    ffi.cdef("""
+    return compile_as_c(tmp_path_factory.mktemp("ge"),
+                        "_ge_schedules_under_test_" + request.param.replace(" ", "_").replace("-", "_"), """
         unsigned regular_entry(const uint8_t *k, unsigned j, unsigned w, int *neg);
         void sc_odd(uint8_t *out, const uint8_t *k);
-        int verify(const uint8_t *pk, const uint8_t *msg, uint64_t len, const uint8_t *sig, int regular);""")
-    name = "_ge_schedules_under_test_" + request.param.replace(" ", "_").replace("-", "_")
-    ffi.set_source(name, """
+        int verify(const uint8_t *pk, const uint8_t *msg, uint64_t len, const uint8_t *sig, int regular);""", """
         #include "ed25519.h"
         unsigned regular_entry(const u8 *k, unsigned j, unsigned w, int *neg) {
             return ed_regular_entry(k, j, w, neg);
@@ -40,16 +36,7 @@ def ge(tmp_path_factory, request):
             if (!(ed_sc_is_canonical(sig + 32) && ed_p3_decode(&A, pk) && ed_p3_decode(&R, sig))) return 0;
             ed25519_challenge(k, sig, pk, msg, len);
             return regular ? ed_check_regular(&A, &R, sig + 32, k) : ed_check_sliding(&A, &R, sig + 32, k);
-        }""", include_dirs=[str(KERNEL_DIR)],
-        extra_compile_args=["-O2", "-fwrapv", "-std=gnu99", *BUILDS[request.param]])
-    try:
-        path = ffi.compile(tmpdir=str(tmp_path_factory.mktemp("ge")))
-    except Exception as exc:  # no C compiler: the C fallback could not have been built either
-        pytest.skip(f"cannot compile kernels/ed25519.h as C: {exc}")
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+        }""", BUILDS[request.param])
 
 
 def scalars():
