@@ -45,6 +45,9 @@ VARIANTS = {
     "portable sliding": ("ed25519.h", ("-DED_REGULAR_DIGITS=0",), 256),
     # 3-bit digits of k from 4 multiples of -A: 85 additions instead of 64, 640 B less stack
     "portable w3": ("ed25519.h", ("-DED_REGULAR_A_BITS=3",), 256),
+    # 168 registers (72 B spilled, through L1) in blocks of 128: three blocks, 12 warps per SM
+    # instead of 8, for a kernel whose schedulers mostly wait (bench/RESULTS.md)
+    "portable r168 b128": ("ed25519.h", ("--maxrregcount=168",), 128),
     "portable b128": ("ed25519.h", (), 128),
     "portable b32": ("ed25519.h", (), 32),  # 206 registers: 9 one-warp blocks may fit an SM; 8 warps in blocks of 256
     "portable outlined": ("ed25519.h", OUTLINED, 256),
