@@ -5,7 +5,7 @@
 #              also autosaved under .benchmarks/ (compare: .venv/bin/pytest-benchmark compare)
 # make bench-consensus - validation and finality of the BFT loop over sizes and delays (simulated)
 # make bench-state - a clearing block's validation and proposal against the state's size (to 1M accounts)
-# make gpu-check - on a machine with an NVIDIA GPU: every CUDA/OpenCL-GPU test and the GPU benchmarks
+# make gpu-check - on a machine with an NVIDIA GPU: the CUDA/OpenCL-GPU tests and the GPU benchmarks
 # make gpu-prep  - before a GPU lease, no GPU needed: prebuilt CUDA modules, wheels and test vectors
 #                  for gpu-check to carry (scripts/gpu-prep.sh)
 PYTHON ?= python3

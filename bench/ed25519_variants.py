@@ -34,10 +34,10 @@ OUTLINED_FE = ("-DED_OUTLINE_FE=1",)  # the shape NVVM once miscompiled: its ver
 TWO_CARRIES = ("-DED_FE_CARRY_CHAINS=2",)
 CAP128 = ("--maxrregcount=128",)  # two blocks of 256 (16 warps) per SM, at the cost of some spills
 # name: (module, compiler options, threads per block). The one-kernel path (ed25519.h) takes any block
-# size; the GPU-shaped one (ed25519_gpu.h) is written for blocks of ED_GPU_GROUP = 32. With the
-# point formulas out of line the one-kernel path needs 160 registers (142 with the field functions
-# out of line), so blocks of 128 let three blocks (12 warps) share an SM where blocks of 256 leave
-# it at 8 warps.
+# size; the GPU-shaped one (ed25519_gpu.h) is written for blocks of ED_GPU_GROUP = 32. Registers
+# (nvcc 13.0, sm_90) decide the warps per SM: inline, the one-kernel path needs 226, 8 warps in any
+# block size; with the point formulas out of line 192, 10 warps in blocks of 32 (8 in blocks of
+# 128 or 256); with the field functions out of line 156, 12 warps in blocks of 128.
 VARIANTS = {
     "portable": ("ed25519.h", (), 256),
     # the schedule before regular digits, where a warp issued both additions at ~250 bits
@@ -48,10 +48,8 @@ VARIANTS = {
     # 168 registers (72 B spilled, through L1) in blocks of 128: three blocks, 12 warps per SM
     # instead of 8, for a kernel whose schedulers mostly wait (bench/RESULTS.md)
     "portable r168 b128": ("ed25519.h", ("--maxrregcount=168",), 128),
-    "portable b128": ("ed25519.h", (), 128),
-    "portable b32": ("ed25519.h", (), 32),  # 206 registers: 9 one-warp blocks may fit an SM; 8 warps in blocks of 256
     "portable outlined": ("ed25519.h", OUTLINED, 256),
-    "portable outl. b128": ("ed25519.h", OUTLINED, 128),
+    "portable outl. b32": ("ed25519.h", OUTLINED, 32),
     "portable fe outl.": ("ed25519.h", OUTLINED_FE, 256),
     "portable fe o. b128": ("ed25519.h", OUTLINED_FE, 128),
     "portable 2 carries": ("ed25519.h", TWO_CARRIES, 256),

@@ -5,7 +5,7 @@ where any thread has a digit. Sliding windows (wNAF) put digits at random bits i
 regular digits put them at the same bits in all. The script draws random scalars, applies each
 schedule's digit rules as the kernels do, and counts multiplies (M) and squares (S) per warp.
 
-    python bench/ed25519_warp_model.py [--warps 256] [--mul 301] [--sq 220]
+    python bench/ed25519_warp_model.py [--warps 256] [--mul 301] [--sq 220] [--seed 11]
 
 --mul/--sq: sm_90 instructions per field multiply and square (SASS of test kernels, bench/RESULTS.md),
 to turn the counts into instructions per signature."""

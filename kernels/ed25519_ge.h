@@ -36,6 +36,9 @@
 #ifndef ED_REGULAR_A_BITS
 #define ED_REGULAR_A_BITS 4 /* bits per regular digit of k: odd multiples 1A..15A, as wNAF-5 */
 #endif
+#if ED_REGULAR_A_BITS < 1 || ED_REGULAR_A_BITS > 8
+#error "ED_REGULAR_A_BITS must be 1..8: ed_regular_entry reads a digit from two bytes"
+#endif
 
 /* The point formulas below, inline by default. ED_OUTLINE_POINTS=1 keeps them out of line on
  * CUDA (elsewhere DEVICE_OUTLINED is DEVICE): a tuning variant (bench/ed25519_variants.py), since

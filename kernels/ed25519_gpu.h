@@ -21,6 +21,9 @@
 #ifndef ED_GPU_A_WINDOW
 #define ED_GPU_A_WINDOW 3      /* bits per digit of k: odd multiples 1A, 3A, 5A, 7A in shared memory */
 #endif
+#if ED_GPU_A_WINDOW < 1 || ED_GPU_A_WINDOW > 4
+#error "ED_GPU_A_WINDOW must be 1..4: at 5, 17 cached points of 32 items need 87 KB of shared memory, past NVIDIA's 48 KB"
+#endif
 #define ED_GPU_A_POINTS (1 << (ED_GPU_A_WINDOW - 1))
 #define ED_GPU_CACHED_WORDS (4 * ED_FE_LIMBS)            /* one ed_cached as i32 words */
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (no network; CuPy comes with its image): build, run every CUDA and
-# OpenCL-GPU test with those backends required (a skip there is a failure), the GPU throughput
+# One call on a lent GPU machine (no network; CuPy comes with its image): build, run the test files
+# that launch kernels on a GPU backend, with CUDA and any OpenCL GPU required (a missing one fails), the GPU throughput
 # figures beside the C fallback (bench/gpu_throughput.py), and print a summary last.
 # Outputs go to $OUT (else bench/out), in at most 8 files (what a lease sends back): setup.txt,
 # tests.txt, throughput.txt and throughput-{cuda,opencl}.json, tune.txt (the Ed25519 variants,
@@ -82,7 +82,7 @@ run_step() {  # run_step NAME LIMIT_S MIN_S LOG COMMAND...
 # checks need no GPU and run in CI; here they would only spend device time.
 tests=${TESTS:-"tests/test_ed25519.py tests/test_ed25519_regular_review.py tests/test_sha256_merkle.py
     tests/test_risk.py tests/test_backends.py tests/test_cli.py tests/test_operator.py tests/test_localnet.py
-    tests/test_clearing.py tests/test_clearing_columns_attacks.py tests/test_gpu_scripts.py"}
+    tests/test_clearing.py tests/test_clearing_columns_attacks.py tests/test_gpu_scripts.py tests/test_cuda_build.py"}
 run_step "tests (required: $required)" "${TEST_TIMEOUT:-240}" 60 tests.txt \
     env ACCEL_REQUIRE_BACKENDS=$required $py -m pytest -q -rs -p no:cacheprovider $tests -k "not nvcc and not fits_registers"
 run_step "throughput (cuda)" "${THROUGHPUT_TIMEOUT:-200}" 60 throughput.txt \

@@ -32,7 +32,7 @@ from test_ed25519 import NONCANONICAL_SMALL, TORSION
 # a point of large order whose y < 19, written with y + p (non-canonical, not small order)
 _Y = [y for y in range(3, 19) if point_from_y(y) is not None][0]
 LARGE_NONCANONICAL = (_Y + P).to_bytes(32, "little")
-WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8)  # every ED_REGULAR_A_BITS / ED_GPU_A_WINDOW the code allows, and 8 for B
+WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8)  # every ED_REGULAR_A_BITS the code allows (ED_GPU_A_WINDOW: 1..4), and 8 for B
 
 
 def le(x: int) -> bytes:
@@ -160,7 +160,7 @@ KERNEL void review_scalar(GLOBAL const u8 *in, GLOBAL u8 *out, u64 n) {
 """
 
 # Builds whose digits differ: the defaults, the widths bench/ed25519_variants.py times, and the
-# other widths the recoding claims to support (w <= 8 for A, GPU-shaped 1..5 in shared memory).
+# other widths the kernels allow (1..8 for A, GPU-shaped 1..4 in shared memory).
 VARIANTS = {
     "default": (),
     "A_BITS=3": ("-DED_REGULAR_A_BITS=3",),
@@ -168,10 +168,10 @@ VARIANTS = {
     "A_BITS=2, GPU w2": ("-DED_REGULAR_A_BITS=2", "-DED_GPU_A_WINDOW=2"),
     "A_BITS=1, GPU w1": ("-DED_REGULAR_A_BITS=1", "-DED_GPU_A_WINDOW=1"),
     "A_BITS=8, GPU w4": ("-DED_REGULAR_A_BITS=8", "-DED_GPU_A_WINDOW=4"),
-    "A_BITS=6, GPU w5": ("-DED_REGULAR_A_BITS=6", "-DED_GPU_A_WINDOW=5"),
+    "A_BITS=6, GPU w3": ("-DED_REGULAR_A_BITS=6", "-DED_GPU_A_WINDOW=3"),
 }
 A_BITS = {"default": 4, "A_BITS=3": 3, "A_BITS=5": 5, "A_BITS=2, GPU w2": 2, "A_BITS=1, GPU w1": 1,
-          "A_BITS=8, GPU w4": 8, "A_BITS=6, GPU w5": 6}
+          "A_BITS=8, GPU w4": 8, "A_BITS=6, GPU w3": 6}
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +278,9 @@ def test_schedules_on_chosen_scalars_match_the_model(ocl, chosen, variant):
     """k = 0, 1, 2, L - 1, L - 2, S = 0 .. L - 1, extreme digits at every width, each torsion
     point in A, non-canonical A and R, R off by [L]A (the term k + L adds): sliding, regular and
     GPU-shaped schedules as PoCL compiles them must each give the model's verdict."""
+    if variant != "default" and ocl.is_gpu:
+        pytest.skip("the non-default builds run on PoCL in CI; on a GPU each is a slow driver compile, and "
+                    "bench/ed25519_variants.py checks the timed ones under CUDA")
     cases, want = chosen
     out = run_review(ocl, review_program(ocl, VARIANTS[variant]), cases)
     assert out[0, 3] == 16 + A_BITS[variant]  # a GPU target: regular digits, at the width asked
