@@ -48,6 +48,25 @@ class _Internal(Rejected):
     refused and the error logged, so no input can crash a validator."""
 
 
+def _trading_partners(candidates: list, accounts: set[bytes]) -> set[bytes]:
+    """accounts and every account linked to one of them by candidate trades, directly or through
+    others: those whose positions depend on a held-back account's trades (a union-find)."""
+    parent: dict[bytes, bytes] = {}
+
+    def root(k: bytes) -> bytes:
+        while parent.get(k, k) != k:
+            parent[k] = parent.get(parent[k], parent[k])
+            k = parent[k]
+        return k
+    for _, pending in candidates:
+        if pending.tx.op == ctx.TRADE:
+            a, b = root(pending.tx.signers[0]), root(pending.tx.signers[1])
+            if a != b:
+                parent[a] = b
+    linked = {root(k) for k in accounts}
+    return set(accounts) | {k for k in parent if root(k) in linked}
+
+
 def _guarded(fn, *args):
     """fn(*args), with every failure a Rejected: a rule's own, accel's ValueError refusing an
     input, or anything else as _Internal."""
@@ -355,13 +374,18 @@ class ClearingApp:
         Refused ones leave the mempool, with their reason in `refused`. If accounts would end the
         block below initial margin (or a mark would liquidate a book they touched), every
         transaction of theirs is held back and the block filled again; the last one each signed
-        leaves the mempool, so it cannot hold back the others for good. After MAX_PASSES fills, or
-        an internal error, the block holds only what no margin check can refuse."""
+        leaves the mempool, so it cannot hold back the others for good. After MAX_PASSES fills, the
+        held-back accounts' trading partners, theirs and so on are held back too, so accounts that
+        trade only among themselves keep their place however long a chain of short accounts an
+        attacker resubmits; if that fill still finds short accounts, or after an internal error,
+        the block holds only what no margin check can refuse."""
         candidates = [(h, p) for h, p in self.mempool.items() if h not in exclude] if exclude else \
             list(self.mempool.items())  # (digest, Pending) in arrival order
         held_back: set[bytes] = set()
-        for attempt in range(MAX_PASSES + 1):
-            fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES)
+        for attempt in range(MAX_PASSES + 2):
+            if attempt == MAX_PASSES:  # chains of short accounts: hold back whoever trades with them, at once
+                held_back = _trading_partners(candidates, held_back)
+            fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES + 1)
             if attempt == 0:
                 self._evict(fill.refused)
             if fill.broken is None and not fill.short:
