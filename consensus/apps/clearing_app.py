@@ -64,7 +64,7 @@ def _trading_partners(candidates: list, accounts: set[bytes]) -> set[bytes]:
             if a != b:
                 parent[a] = b
     linked = {root(k) for k in accounts}
-    return set(accounts) | {k for k in parent if root(k) in linked}
+    return set(accounts) | linked | {k for k in parent if root(k) in linked}
 
 
 def _guarded(fn, *args):
@@ -127,6 +127,7 @@ class _Fill:
     refused: dict         # digest -> why a rule refused it
     short: dict           # account -> candidate position of its last kept transaction
     broken: int | None    # candidate position of an internal error (-1: at the block's end)
+    stop: int | None = None  # candidates looked at: those before this position (None: cut short)
 
 
 @dataclass
@@ -361,6 +362,7 @@ class ClearingApp:
             for p in run:
                 if not one(p):
                     return out
+        out.stop = pos
         if not out.short:
             try:
                 out.short = last(_guarded(state.end_of_block))
@@ -374,11 +376,13 @@ class ClearingApp:
         Refused ones leave the mempool, with their reason in `refused`. If accounts would end the
         block below initial margin (or a mark would liquidate a book they touched), every
         transaction of theirs is held back and the block filled again; the last one each signed
-        leaves the mempool, so it cannot hold back the others for good. After MAX_PASSES fills, the
-        held-back accounts' trading partners, theirs and so on are held back too, so accounts that
-        trade only among themselves keep their place however long a chain of short accounts an
-        attacker resubmits; if that fill still finds short accounts, or after an internal error,
-        the block holds only what no margin check can refuse."""
+        leaves the mempool, so it cannot hold back the others for good. Fills after the first look
+        only at the candidates the first one reached, so the room held-back accounts free brings
+        in no new account to fall short. After MAX_PASSES fills, the held-back accounts' trading
+        partners, theirs and so on are held back too, so accounts that trade only among
+        themselves keep their place however long a chain of short accounts an attacker
+        resubmits; if that fill still finds short accounts, or after an internal error, the block
+        holds only what no margin check can refuse."""
         candidates = [(h, p) for h, p in self.mempool.items() if h not in exclude] if exclude else \
             list(self.mempool.items())  # (digest, Pending) in arrival order
         held_back: set[bytes] = set()
@@ -388,6 +392,8 @@ class ClearingApp:
             fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES + 1)
             if attempt == 0:
                 self._evict(fill.refused)
+                if fill.stop is not None:  # room that held-back accounts free brings in nobody new
+                    del candidates[fill.stop:]
             if fill.broken is None and not fill.short:
                 break
             held_back.update(fill.short)
