@@ -11,6 +11,7 @@ from . import dispatch
 from .packing import pack_messages
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+MAX_TOTAL = (1 << 63) - 1  # the most leaves a proof may claim (CometBFT's int64 total)
 
 
 def sha256_many(messages, backend=None) -> list[bytes]:
@@ -128,9 +129,24 @@ def verify_merkle_proof(root: bytes, leaf: bytes, proof: MerkleProof) -> bool:
             raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
     if len(root) != 32:
         raise ValueError(f"root is {len(root)} bytes, expected 32")
-    if not 0 <= proof.index < proof.total or leaf_hash(leaf) != proof.leaf_hash:
+    for name in ("total", "index"):
+        value = getattr(proof, name)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"proof.{name} must be an integer, not {type(value).__name__}")
+    if not isinstance(proof.aunts, (tuple, list)):
+        raise TypeError(f"proof.aunts must be a tuple of bytes, not {type(proof.aunts).__name__}")
+    for j, aunt in enumerate(proof.aunts):
+        if not isinstance(aunt, (bytes, bytearray, memoryview)):
+            raise TypeError(f"proof.aunts[{j}] must be bytes, not {type(aunt).__name__}")
+    # A proof from elsewhere is data: a total past int64 (CometBFT's bound; also what keeps the
+    # loop below from running once per bit of a huge integer), more aunts than such a tree has
+    # levels, or a hash that is not 32 bytes is simply not a proof of this leaf.
+    total, index = int(proof.total), int(proof.index)
+    if not 0 <= index < total <= MAX_TOTAL or len(proof.aunts) > 63:
         return False
-    h, i, count, aunts = proof.leaf_hash, proof.index, proof.total, list(proof.aunts)
+    if any(len(bytes(a)) != 32 for a in proof.aunts) or leaf_hash(leaf) != proof.leaf_hash:
+        return False
+    h, i, count, aunts = proof.leaf_hash, index, total, [bytes(a) for a in proof.aunts]
     while count > 1:
         if i ^ 1 < count:  # a last odd node is carried up without a sibling
             if not aunts:

@@ -3,6 +3,9 @@ ticks, computed by kernels/risk.h so every backend returns the same bytes. Units
 every margin parameter: docs/RISK.md."""
 from __future__ import annotations
 
+import decimal
+import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -68,11 +71,21 @@ class MarginParams:
 
     def __post_init__(self):
         for name in ("moves", "extended_moves"):  # lists and arrays are fine too; keep it hashable
-            object.__setattr__(self, name, tuple(float(m) for m in getattr(self, name)))
+            value = getattr(self, name)
+            try:
+                items = list(value)
+            except TypeError:
+                raise ValueError(f"MarginParams.{name} must be a sequence of numbers, not {value!r}") from None
+            if not all(isinstance(m, numbers.Real) and not isinstance(m, (bool, np.bool_)) for m in items):
+                raise ValueError(f"MarginParams.{name} must be finite numbers, not {value!r}")
+            try:
+                object.__setattr__(self, name, tuple(float(m) for m in items))
+            except OverflowError:
+                raise ValueError(f"MarginParams.{name} must be finite numbers, not {value!r}") from None
         for f in fields(self):
             value = getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
-            if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+            if not all(isinstance(v, (int, float)) and _finite_real(v) for v in values):
                 raise ValueError(f"MarginParams.{f.name} must be finite numbers, not {value!r}")
         if not 1 <= len(self.moves) <= _MAX_MOVES or not len(self.extended_moves) <= _MAX_EXT:
             raise ValueError(f"MarginParams: 1..{_MAX_MOVES} moves and at most {_MAX_EXT} extended moves")
@@ -169,6 +182,8 @@ class Marks:
     kind: np.ndarray
 
     def __post_init__(self):
+        object.__setattr__(self, "index", _real_scalar("index", self.index))
+        object.__setattr__(self, "rate", _real_scalar("rate", self.rate))
         if not (np.isfinite(self.index) and self.index > 0):
             raise ValueError(f"index must be finite and > 0, not {self.index!r}")
         if not np.isfinite(self.rate):
@@ -306,6 +321,8 @@ def _margin_inputs(portfolio, marks, params):
     pf = portfolio if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
     mk = marks if isinstance(marks, Marks) else Marks(**marks)
     params = MarginParams() if params is None else params
+    if not isinstance(params, MarginParams):
+        raise TypeError(f"params must be a MarginParams, not {type(params).__name__}")
     inst = pf.instrument
     if inst.size and (inst.min() < 0 or inst.max() >= len(mk.kind)):
         _first_bad("instrument", (inst < 0) | (inst >= len(mk.kind)), inst,
@@ -345,11 +362,52 @@ def _common_length(args: dict) -> int:
     return 1 if n is None else n[1]
 
 
-def _float_array(name, value) -> np.ndarray:
+def _finite_real(v) -> bool:
+    """Whether the int or float v is finite as a double (a huge int is not)."""
     try:
-        arr = np.ascontiguousarray(value, np.float64)
-    except (TypeError, ValueError) as exc:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _real_values(name, value) -> np.ndarray:
+    """value as a float64 array of any shape, from real numbers only: integer and float arrays
+    and scalars, and Python objects that are real numbers. Everything else is a ValueError naming
+    `name`: a complex array (NumPy would drop the imaginary part with a mere warning), datetimes
+    and timedeltas (NumPy would read them as counts of their unit), strings (NumPy would parse
+    them), bools, None, a masked array with masked entries (the mask would be dropped) and an
+    integer beyond double precision (an OverflowError otherwise)."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise ValueError(f"{name} has masked entries; pass plain numbers")
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{name} must be numeric: {exc}") from None
+    kind = arr.dtype.kind
+    if kind in "fiu":
+        return np.ascontiguousarray(arr, np.float64)
+    if kind == "O":
+        flat = arr.ravel()
+        for i, v in enumerate(flat):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Real, decimal.Decimal)):
+                raise ValueError(f"{name} must be numeric: element {i} is {type(v).__name__}")
+        try:
+            return np.array([float(v) for v in flat], np.float64).reshape(arr.shape)
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise ValueError(f"{name} must be numeric: {exc}") from None
+    raise ValueError(f"{name} must be real numbers (integer or float), not {arr.dtype}")
+
+
+def _real_scalar(name, value) -> float:
+    """One real number (see _real_values) as a Python float."""
+    arr = _real_values(name, value)
+    if arr.shape != () and arr.shape != (1,):
+        raise ValueError(f"{name} must be a number, has shape {arr.shape}")
+    return float(arr.reshape(-1)[0])
+
+
+def _float_array(name, value) -> np.ndarray:
+    arr = _real_values(name, value)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, has shape {arr.shape}")
     return arr

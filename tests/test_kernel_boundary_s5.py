@@ -1,0 +1,284 @@
+"""Differential review of the accel kernel boundary (session 5): every backend against the NumPy and
+pure-Python references on fresh edge inputs, and malformed input at the Python API.
+
+Regression tests for the defects found (each failed before its fix):
+- risk inputs of non-real dtypes were silently converted (a complex array lost its imaginary part with
+  a mere warning, datetime64/timedelta64 became day counts, strings were parsed, bools became 1.0,
+  a masked array lost its mask) or raised other than ValueError (an integer beyond double precision:
+  OverflowError; Marks.index or rate given as a string, None or huge int: TypeError), which the
+  clearing app, catching ValueError, would let escape;
+- verify_merkle_proof accepted a proof claiming more leaves than int64 (CometBFT's bound), looped
+  once per bit of such a total (quadratic time in its size: a hang), and raised obscure TypeErrors
+  for a float index or a str total.
+The differential tests (greeks raw bits with NaN lanes, margin at subnormal/huge values, Merkle
+trees around powers of two with proofs of the last leaf, Ed25519 edge encodings at chunk
+boundaries) held when written and guard the bit-identity rule."""
+from __future__ import annotations
+
+import decimal
+import hashlib
+
+import numpy as np
+import pytest
+
+import accel
+from accel import ed25519_ref as ref
+from accel import risk, risk_numpy
+from accel.merkle import MAX_TOTAL, MerkleProof, hashlib_root, leaf_hash, verify_merkle_proof
+from accel.risk import CALL, FUTURE, MarginParams, Marks, Portfolio
+
+# ---------------------------------------------------------------- risk: malformed numbers
+
+BAD_REALS = {
+    "complex array": np.array([100.0 + 1j, 90.0]),
+    "complex scalar": np.complex128(100.0 + 0j),
+    "datetime64": np.array(["2026-01-01", "2026-01-02"], "datetime64[D]"),
+    "timedelta64": np.array([100, 90], "timedelta64[D]"),
+    "strings": np.array(["100", "90"]),
+    "a string": "100",
+    "bools": np.array([True, True]),
+    "masked": np.ma.array([100.0, 90.0], mask=[False, True]),
+    "huge int": [10**400, 90.0],
+    "None in a list": [100.0, None],
+    "bytes in a list": [100.0, b"90"],
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_REALS))
+def test_risk_inputs_refuse_values_that_are_not_real_numbers(what):
+    bad = BAD_REALS[what]
+    good = dict(strike=100.0, t=0.5, r=0.01, vol=0.4, is_call=True)
+    with pytest.raises(ValueError, match="forward_or_spot"):
+        accel.greeks(bad, backend="cpu", **good)
+    with pytest.raises(ValueError, match=r"\bvol\b"):
+        accel.greeks([100.0, 90.0], 100.0, 0.5, 0.01, bad, True, backend="cpu")
+    with pytest.raises(ValueError, match=r"\bq\b"):
+        accel.greeks([100.0, 90.0], 100.0, 0.5, 0.01, 0.4, True, q=bad, backend="cpu")
+    with pytest.raises(ValueError, match="forward_or_spot"):
+        risk_numpy.greeks_price(bad, **good)
+    marks = dict(index=100.0, rate=0.0, forward=[100.0, 90.0], strike=[100.0, 90.0], expiry=[0.1, 0.2],
+                 vol=[0.5, 0.6], kind=[CALL, FUTURE])
+    with pytest.raises(ValueError, match="strike"):
+        Marks(**(marks | dict(strike=bad)))
+    with pytest.raises(ValueError, match="size"):
+        Portfolio(offsets=[0, 2], instrument=[0, 1], size=bad)
+    if np.ndim(bad) == 0 or isinstance(bad, str):
+        for field in ("index", "rate"):
+            with pytest.raises(ValueError, match=field):
+                Marks(**(marks | {field: bad}))
+
+
+def test_real_numbers_in_every_form_give_the_float64_bits():
+    """What the strict parsing still takes: ints, float16/32, big-endian, strided views, 0-d
+    arrays, Decimal and object arrays of real numbers, each giving the bits of its float64 value."""
+    x = np.array([100.0, 90.0, 120.0, 80.0])
+    want = accel.greeks(x, 100.0, 0.5, 0.01, 0.4, True, backend="cpu")
+    forms = [x.astype(">f8"), x.astype(np.float32), x.astype(np.int64), x.astype(np.uint16), x.astype(np.float16),
+             np.repeat(x, 2)[::2], x.astype(object), [decimal.Decimal(str(v)) for v in x], [int(v) for v in x]]
+    for form in forms:
+        got = accel.greeks(form, 100.0, 0.5, 0.01, 0.4, True, backend="cpu")
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got, want)), type(form)
+    scalar = accel.greeks(np.array(100.0), np.float32(100.0), decimal.Decimal("0.5"), 0, 0.4, 1, backend="cpu")
+    assert scalar.price.tobytes() == accel.greeks(100.0, 100.0, 0.5, 0.0, 0.4, True, backend="cpu").price.tobytes()
+    mk = Marks(index=np.float64(100.0), rate=0, forward=[100], strike=np.array([100], np.int32), expiry=[0.1],
+               vol=[0.5], kind=[CALL])
+    assert type(mk.index) is float and mk.index == 100.0 and mk.rate == 0.0
+    assert Marks(index=np.array([100.0]), rate=0.0, forward=[1.0], strike=[1.0], expiry=[0.0], vol=[1.0],
+                 kind=[FUTURE]).index == 100.0
+
+
+@pytest.mark.parametrize("change", [
+    dict(vol_up=10**400), dict(tick=10**400), dict(moves=(0.1, 10**400)), dict(moves=("0.1",)),
+    dict(extended_moves=(True,)), dict(moves=None), dict(moves=0.1), dict(extended_moves=("x", 1.0)),
+])
+def test_margin_params_refuse_non_numbers_with_value_error(change):
+    with pytest.raises(ValueError, match="MarginParams"):
+        MarginParams(**change)
+    assert MarginParams(moves=np.array([-0.1, 0.0, 0.1], np.float32)).moves[1] == 0.0  # arrays still fine
+
+
+def test_margin_params_must_be_margin_params():
+    book = Portfolio(offsets=[0, 1], instrument=[0], size=[-1.0])
+    marks = Marks(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[CALL])
+    for bad in ({}, {"tick": 1e-8}, "default"):
+        with pytest.raises(TypeError, match="params must be a MarginParams"):
+            accel.portfolio_margin(book, marks, bad, backend="cpu")
+        with pytest.raises(TypeError, match="params must be a MarginParams"):
+            risk_numpy.portfolio_margin(book, marks, bad)
+
+
+# ---------------------------------------------------------------- risk: differential bits
+
+SPECIAL = np.array([0.0, -0.0, 5e-324, -5e-324, 1e-310, 2.2250738585072014e-308, 1e-300, 1e-200, 1e-12, 1e-8,
+                    0.5, 1.0, 2.0, 1e8, 1e100, 1e154, 1e300, 1.7976931348623157e308, np.inf, -np.inf, np.nan, -1.0])
+
+
+def _raw_greeks(b, x, k, t, r, q, vol, index, flags):
+    """av_greeks' six rows as the kernel writes them, NaN lanes included (accel.greeks raises)."""
+    arrays = [np.ascontiguousarray(a, np.float64) for a in (x, k, t, r, q, vol, index)] + [flags.astype(np.uint8)]
+    out = b.empty((6, len(x)), np.float64)
+    b.launch("greeks", len(x), *(b.to_device(a) for a in arrays), np.uint32(0), out)
+    return b.to_host(out)
+
+
+def _edge_options(rng, n):
+    def col(lo, hi, p):
+        v = 10.0 ** rng.uniform(lo, hi, n)
+        m = rng.random(n) < p
+        v[m] = rng.choice(SPECIAL, m.sum())
+        return v
+    x = col(-3, 6, 0.15)
+    with np.errstate(all="ignore"):
+        k = np.where(rng.random(n) < 0.5, x * np.exp(rng.normal(0, 1, n)), col(-3, 6, 0.15))
+    atm = rng.random(n) < 0.05
+    k[atm] = x[atm]
+    t, vol = col(-10, 1.5, 0.25), col(-6, 1, 0.2)
+    r = rng.uniform(-0.5, 0.5, n)
+    sp = rng.random(n) < 0.05
+    r[sp] = rng.choice([0.0, -0.0, 699.9, -699.9, 700.0, 1e-320, -1e-320, 1e300], sp.sum())
+    q = np.where(rng.random(n) < 0.5, r, rng.uniform(-0.5, 0.5, n))
+    index = np.where(rng.random(n) < 0.5, x, col(-3, 6, 0.15))
+    flags = (rng.integers(0, 2, n) | rng.integers(0, 2, n) * 2 | rng.integers(0, 2, n) * 4).astype(np.uint8)
+    return x, k, t, r, q, vol, index, flags
+
+
+def test_greeks_raw_bits_on_edge_inputs_agree_everywhere(backends):
+    """150,000 options with subnormals, -0.0, infinities, NaN, t = 0 and tiny, vol tiny and huge, r t
+    at the 700 bound, spot and inverse flags, q = r and not: every backend writes the same six
+    rows bit for bit, every invalid or overflowing lane is the one canonical NaN, and the Black-76
+    price of accel.risk_numpy has the kernel's bits and the kernel's verdict on every lane, also
+    when q = r everywhere (the C fallback's no-carry and linear fast paths)."""
+    rng = np.random.default_rng(2026_12_06)
+    x, k, t, r, q, vol, index, flags = _edge_options(rng, 100_000)
+    runs = [(x, k, t, r, q, vol, index, flags), (x[:50_000], k[:50_000], t[:50_000], r[:50_000], r[:50_000],
+                                                 vol[:50_000], index[:50_000], flags[:50_000] & np.uint8(1))]
+    for args in runs:
+        first = _raw_greeks(backends[0], *args)
+        bits = first.view(np.uint64)
+        nan = np.isnan(first)
+        assert 0.05 < nan[0].mean() < 0.6 and (nan == nan[0]).all()  # all six NaN together
+        assert (bits[nan] == 0x7FF8000000000000).all()
+        for b in backends[1:]:
+            assert np.array_equal(_raw_greeks(b, *args).view(np.uint64), bits), b.name
+        xs, ks, ts, rs, qs, vs, idx, fl = args
+        black = ((fl & 4) == 0) & (qs == rs)
+        assert black.sum() > 20_000
+        with np.errstate(all="ignore"):
+            price, ok = risk_numpy._b76_greeks_ok(xs[black], ks[black], ts[black], rs[black], vs[black], idx[black],
+                                                  (fl[black] & 1) != 0, (fl[black] & 2) != 0)
+        assert np.array_equal(ok, ~nan[0][black])
+        assert np.array_equal(price[ok].view(np.uint64), bits[0][black][ok])
+
+
+def test_margin_at_subnormal_and_huge_values_agrees_everywhere(backends):
+    """Instruments with subnormal to near-overflow forwards, strikes and vols, expiries 0, -0.0,
+    subnormal and at the 30-day switch, sizes including subnormals and 1e300, an index from
+    1e-300 to 1e300, and ticks from 5e-324 to 1e300: accel.risk_numpy and every backend give the
+    same margins, error codes and worst scenarios (checked=False), and standard margin agrees
+    between backends."""
+    rng = np.random.default_rng(61)
+    spec = np.array([5e-324, 1e-310, 2.2250738585072014e-308, 1e-300, 1e-12, 1.0, 1e12, 1e150, 1e300, 1.7e308])
+    m = 1500
+
+    def col(lo, hi, p, values=spec):
+        v = 10.0 ** rng.uniform(lo, hi, m)
+        pick = rng.random(m) < p
+        v[pick] = rng.choice(values, pick.sum())
+        return v
+
+    codes = set()
+    for index, rate, tick in [(1e-300, -0.3, 5e-324), (3e4, 0.05, 1e-8), (1e300, 0.0, 1e300), (5e-324, -0.0, 1.0)]:
+        with np.errstate(all="ignore"):
+            forward = np.where(rng.random(m) < 0.5, index * np.exp(rng.normal(0, 0.2, m)), col(-5, 8, 0.2))
+            forward = np.where((forward > 0) & np.isfinite(forward), forward, 1.0)
+            strike = np.where(rng.random(m) < 0.5, forward * np.exp(rng.normal(0, 0.5, m)), col(-5, 8, 0.2))
+        strike = np.where((strike > 0) & np.isfinite(strike), strike, 1.0)
+        expiry = col(-12, 1, 0.3, np.array([0.0, -0.0, 5e-324, 1e-300, 1 / 365, 29.99999 / 365, 30 / 365, 1e3]))
+        mk = Marks(index=index, rate=rate, forward=forward, strike=strike, expiry=expiry, vol=col(-8, 1.5, 0.2),
+                   kind=rng.choice(risk._KINDS, m).astype(np.uint8))
+        counts = rng.integers(0, 8, 6000)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        n = int(offsets[-1])
+        size = rng.choice([-1.0, 1.0], n) * 10.0 ** rng.uniform(-5, 6, n)
+        pick = rng.random(n) < 0.1
+        size[pick] = rng.choice([0.0, -0.0, 5e-324, -5e-324, 1e300, -1e300], pick.sum())
+        pf = Portfolio(offsets=offsets, instrument=rng.integers(0, m, n), size=size)
+        for p in (MarginParams(tick=tick), MarginParams(tick=tick, vol_up=1e6, vol_ref_days=1e300)):
+            want = risk_numpy.portfolio_margin(pf, mk, p, checked=False)
+            codes |= set(np.unique(want.maintenance[want.maintenance < 0]).tolist())
+            for b in backends:
+                got = accel.portfolio_margin(pf, mk, p, backend=b, checked=False)
+                assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want)), b.name
+            std = [outcome(lambda: accel.standard_margin(pf, mk, p, backend=b)) for b in backends]
+            assert all(_same(s, std[0]) for s in std), [b.name for b in backends]
+    assert codes == {-2, -1}  # both error codes were reached
+
+
+def outcome(fn):
+    try:
+        return fn()
+    except ValueError as exc:
+        return str(exc)
+
+
+def _same(a, b):
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------- Merkle proofs
+
+def test_a_proof_claiming_more_leaves_than_int64_is_refused():
+    """The last leaf of a 2^64 + 1-leaf tree rises alone to the level of two nodes and needs one
+    aunt: the root of a two-leaf tree [x, leaf] then "proves" the leaf in a tree of more leaves
+    than CometBFT's int64 total allows, which the check used to accept; with a total of
+    2^(10^5) + 1 it looped once per bit, each step on a 10^5-bit integer (seconds; 10^7 bits:
+    hours). Totals up to int64 keep the rule (totals are not authenticated by the root)."""
+    leaf, other = b"the leaf", leaf_hash(b"another leaf")
+    root = hashlib_root([b"another leaf", leaf])
+    assert verify_merkle_proof(root, leaf, MerkleProof(2, 1, leaf_hash(leaf), (other,)))
+    assert verify_merkle_proof(root, leaf, MerkleProof(2**62 + 1, 2**62, leaf_hash(leaf), (other,)))
+    for total in (MAX_TOTAL + 1, 2**64 + 1, 2**100_000 + 1):
+        assert verify_merkle_proof(root, leaf, MerkleProof(total, total - 1, leaf_hash(leaf), (other,))) is False
+    assert MAX_TOTAL == 2**63 - 1
+
+
+def test_malformed_proofs_get_a_type_error_or_false():
+    leaves = [bytes([i]) * i for i in range(5)]
+    root, proof = hashlib_root(leaves), accel.merkle_proof(leaves, 4, backend="cpu")
+    assert verify_merkle_proof(root, leaves[4], proof)
+    h, aunts = proof.leaf_hash, proof.aunts
+    for bad, match in [(MerkleProof(5, 4.0, h, aunts), "proof.index must be an integer, not float"),
+                       (MerkleProof("5", 4, h, aunts), "proof.total must be an integer, not str"),
+                       (MerkleProof(5.0, 4, h, aunts), "proof.total must be an integer, not float"),
+                       (MerkleProof(5, 4, h, tuple(a.hex() for a in aunts)), r"proof.aunts\[0\] must be bytes"),
+                       (MerkleProof(5, 4, h, aunts[0]), "proof.aunts must be a tuple of bytes, not bytes"),
+                       (MerkleProof(5, 4, h, None), "proof.aunts must be a tuple of bytes, not NoneType")]:
+        with pytest.raises(TypeError, match=match):
+            verify_merkle_proof(root, leaves[4], bad)
+    assert verify_merkle_proof(root, leaves[4], MerkleProof(np.int64(5), np.uint8(4), h, list(aunts)))
+    for bad in (MerkleProof(5, 4, h, (aunts[0] + b"\0",)), MerkleProof(5, 4, h, (aunts[0][:31],)),
+                MerkleProof(5, 4, h[:31], aunts), MerkleProof(5, 4, h, aunts + (b"\0" * 32,)),
+                MerkleProof(5, 4, h, aunts * 64), MerkleProof(-1, 4, h, aunts), MerkleProof(5, -1, h, aunts)):
+        assert verify_merkle_proof(root, leaves[4], bad) is False
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 10])
+def test_trees_around_powers_of_two_and_the_last_leaf(backend, k):
+    """2^k - 1, 2^k and 2^k + 1 leaves of lengths around the SHA-256 block edges once the 0x00
+    prefix is counted (54, 55, 56, 63, 64, 118, 119, 120): roots as hashlib's, and the proofs of
+    the first, middle and last leaf as CometBFT gives them, checking against the root."""
+    rng = np.random.default_rng(k)
+    for n in (2**k - 1, 2**k, 2**k + 1):
+        lengths = rng.choice([0, 1, 31, 32, 33, 54, 55, 56, 63, 64, 118, 119, 120, 247], n)
+        leaves = [rng.bytes(int(length)) for length in lengths]
+        root = hashlib_root(leaves)
+        assert accel.merkle_root(leaves, backend=backend) == root
+        for i in sorted({0, n // 2, n - 1}):
+            proof = accel.merkle_proof(leaves, i, backend=backend)
+            assert proof.total == n and proof.leaf_hash == leaf_hash(leaves[i])
+            assert verify_merkle_proof(root, leaves[i], proof)
+            assert not verify_merkle_proof(root, leaves[i] + b"\0", proof)
+    digests = accel.sha256_many([b"\x5a" * n for n in range(0, 300)], backend=backend)
+    assert digests == [hashlib.sha256(b"\x5a" * n).digest() for n in range(0, 300)]
