@@ -24,6 +24,7 @@ import pytest
 import accel
 from accel import ed25519_ref as ref
 from accel import risk, risk_numpy
+from accel.backends import Backend
 from accel.merkle import MAX_TOTAL, MerkleProof, hashlib_root, leaf_hash, verify_merkle_proof
 from accel.risk import CALL, FUTURE, MarginParams, Marks, Portfolio
 
@@ -282,3 +283,197 @@ def test_trees_around_powers_of_two_and_the_last_leaf(backend, k):
             assert not verify_merkle_proof(root, leaves[i] + b"\0", proof)
     digests = accel.sha256_many([b"\x5a" * n for n in range(0, 300)], backend=backend)
     assert digests == [hashlib.sha256(b"\x5a" * n).digest() for n in range(0, 300)]
+
+
+# ---------------------------------------------------------------- Ed25519 verdicts
+
+def _nacl_batch(n, seed):
+    from nacl.signing import SigningKey
+    rng = np.random.default_rng(seed)
+    keys = [SigningKey(rng.bytes(32)) for _ in range(8)]
+    pks, msgs, sigs = [], [], []
+    for i in range(n):
+        sk, msg = keys[i % 8], rng.bytes(int(rng.integers(0, 260)))
+        pks.append(bytes(sk.verify_key))
+        msgs.append(msg)
+        sigs.append(sk.sign(msg).signature)
+    return pks, msgs, sigs
+
+
+# every y >= p (y = p + d, d = 0..18) with both signs of x, and x = 0 with the sign bit set
+NONCANONICAL = ([((ref.P + d) | s << 255).to_bytes(32, "little") for d in range(19) for s in (0, 1)]
+                + [(1 | 1 << 255).to_bytes(32, "little"), ((ref.P - 1) | 1 << 255).to_bytes(32, "little")])
+
+
+def _edge_signatures():
+    """(public key, message, signature) on every non-canonical encoding as A, as R and as both,
+    S at and past L with and without high bits, and sign-flipped A and R of an honest signature."""
+    pks, msgs, sigs = _nacl_batch(len(NONCANONICAL) + 1, 25519)
+    cases = []
+    for i, enc in enumerate(NONCANONICAL):
+        pk, msg, sig = pks[i], msgs[i], sigs[i]
+        cases += [(enc, msg, sig), (pk, msg, enc + sig[32:]), (enc, msg, enc + bytes(32)),
+                  (enc, msg, enc + (1).to_bytes(32, "little")), (enc, msg, enc + (ref.L - 1).to_bytes(32, "little"))]
+    pk, msg, sig = pks[-1], msgs[-1], sigs[-1]
+    s = int.from_bytes(sig[32:], "little")
+    for value in (ref.L, ref.L + 1, s + ref.L, s + 2 * ref.L, 2**252, 2**253 - 1, s | 1 << 255, s | 1 << 253,
+                  2**256 - 1, ref.L - 1, 0, s):
+        cases.append((pk, msg, sig[:32] + value.to_bytes(32, "little")))
+    cases.append((pk[:31] + bytes([pk[31] ^ 0x80]), msg, sig))
+    cases.append((pk, msg, sig[:31] + bytes([sig[31] ^ 0x80]) + sig[32:]))
+    return cases
+
+
+def test_noncanonical_encodings_and_s_ranges_follow_the_model_everywhere(backends):
+    """All 19 non-canonical y values with both signs of x (26 of these 40 encodings decode) as A,
+    R or both, S from 0 to 2^256 - 1: every backend's batch, single and all() verdicts and its
+    key_is_safe are the ZIP-215 model's."""
+    cases = _edge_signatures()
+    want = [ref.zip215_verdict(*c) for c in cases]
+    assert 5 <= sum(want) < len(want) - 100
+    assert sum(ref.decode(e) is not None for e in NONCANONICAL) == 26
+    for b in backends:
+        assert accel.ed25519_verify_batch(*zip(*cases), backend=b).tolist() == want, b.name
+        assert [accel.ed25519_verify(*c, backend=b) for c in cases[::7]] == want[::7], b.name
+        valid = [c for c, w in zip(cases, want) if w]
+        assert accel.ed25519_verify_all(*zip(*valid), backend=b) is True
+        assert accel.ed25519_verify_all(*zip(*(valid + [cases[want.index(False)]])), backend=b) is False
+        assert [accel.ed25519_key_is_safe(e, backend=b) for e in NONCANONICAL] == [False] * len(NONCANONICAL)
+
+
+def test_batches_at_the_c_chunk_edges_keep_every_verdict(monkeypatch):
+    """The C fallback checks chunks of at most 8,192 signatures (one per thread below that) as one
+    random combination and splits failing ones; batches of 7, 8, 9, 8,191, 8,192 and 8,193 on 1 and
+    3 threads, with a signature valid only by the cofactor, a small-order key with S = 0, S + L and
+    a changed message at the first, last and chunk-edge positions: every verdict in place, and
+    verify_all their all()."""
+    from accel.backends.cpu import CpuBackend
+    rng = np.random.default_rng(8192)
+    pks, msgs, sigs = _nacl_batch(8193, 77)
+    torsion = ref.torsion_points()
+    a = int(rng.integers(1, 2**62))
+    a_enc = ref.encode(ref.mul(a, ref.BASE))
+
+    def special(kind, i):
+        if kind == 0:  # R = [r]B + T: valid only with the cofactor
+            r = int(rng.integers(1, 2**62))
+            r_enc = ref.encode(ref.add(ref.mul(r, ref.BASE), torsion[1 + i % 7]))
+            k = ref.challenge(r_enc, a_enc, msgs[i])
+            return (a_enc, msgs[i], r_enc + ((r + k * a) % ref.L).to_bytes(32, "little")), True
+        if kind == 1:
+            t = ref.encode(torsion[i % 8])
+            return (t, msgs[i], t + bytes(32)), True
+        if kind == 2:
+            s = int.from_bytes(sigs[i][32:], "little") + ref.L
+            return (pks[i], msgs[i], sigs[i][:32] + s.to_bytes(32, "little")), False
+        return (pks[i], msgs[i] + b"!", sigs[i]), False
+
+    for threads in (1, 3):
+        cpu = CpuBackend(threads)
+        for n in (7, 8, 9, 8191, 8192, 8193):
+            p, m, s = list(pks[:n]), list(msgs[:n]), list(sigs[:n])
+            want = [True] * n
+            for j, pos in enumerate(sorted({0, 7, 8, n // 3, 2730, 2731, 4096, 4097, 8191, 8192, n - 1})):
+                if pos < n:
+                    (p[pos], m[pos], s[pos]), want[pos] = special((j + n + threads) % 4, pos)
+            assert accel.ed25519_verify_batch(p, m, s, backend=cpu).tolist() == want, (threads, n)
+            assert accel.ed25519_verify_all(p, m, s, backend=cpu) is all(want)
+            good = [i for i in range(n) if want[i]]
+            assert accel.ed25519_verify_all([p[i] for i in good], [m[i] for i in good], [s[i] for i in good],
+                                            backend=cpu) is True
+
+
+@pytest.mark.parametrize("shaped", [False, True], ids=["one-kernel", "GPU-shaped"])
+def test_gpu_chunks_of_every_small_size_keep_edge_verdicts(backends, monkeypatch, shaped):
+    """GPU_CHUNK forced to 1, 2, 7 and 64 on every GPU-kind backend here (PoCL on this machine),
+    both GPU paths, over the edge signatures: each verdict stays at its index."""
+    from accel import ed25519 as ed
+    cases = _edge_signatures()[:120]
+    want = [ref.zip215_verdict(*c) for c in cases]
+    gpus = [b for b in backends if b.name != "cpu"]
+    if not gpus:
+        pytest.skip("no OpenCL or CUDA backend here")
+    monkeypatch.setattr(ed, "GPU_SHAPED", shaped)
+    for chunk in (1, 2, 7, 64):
+        monkeypatch.setattr(ed, "GPU_CHUNK", chunk)
+        for b in gpus:
+            assert accel.ed25519_verify_batch(*zip(*cases), backend=b).tolist() == want, (b.name, chunk)
+
+
+# ---------------------------------------------------------------- a GPU failing mid-batch
+
+class _FlakyGpu(Backend):
+    """A real backend posing as a GPU that fails on launch number `ok` (a driver reset mid-batch)."""
+    name, device = "cuda", "flaky stand-in"
+
+    def __init__(self, inner, ok):
+        self.inner, self.ok = inner, ok
+
+    @property
+    def is_gpu(self):
+        return True
+
+    def to_device(self, array):
+        return self.inner.to_device(array)
+
+    def empty(self, shape, dtype):
+        return self.inner.empty(shape, dtype)
+
+    def to_host(self, buffer):
+        return self.inner.to_host(buffer)
+
+    def launch(self, kernel, n, *args, group=None):
+        if self.ok == 0:
+            raise RuntimeError("CUDA_ERROR_LAUNCH_FAILED (simulated)")
+        self.ok -= 1
+        self.inner.launch(kernel, n, *args, group=group)
+
+
+def test_every_api_redoes_a_failed_gpu_batch_on_the_c_fallback(backends, monkeypatch, caplog):
+    """Every public batch API over a backend that fails on its first, second or fourth launch
+    (chunks already done on the device are thrown away): the C fallback's bits, one logged
+    fallback counted per call under the API's kernel."""
+    import logging
+
+    from accel import config, dispatch
+    from accel import ed25519 as ed
+    monkeypatch.setenv("ACCEL_GPU_FALLBACK", "true")
+    config.reload()
+    monkeypatch.setattr(ed, "GPU_CHUNK", 16)
+    monkeypatch.setattr(risk, "_GPU_CHUNK", 50)
+    pks, msgs, sigs = _nacl_batch(70, 5)
+    sigs[40] = sigs[41]
+    leaves = [bytes([i % 256]) * (i % 70) for i in range(300)]
+    x = np.linspace(50.0, 150.0, 200)
+    book = Portfolio(offsets=[0, 2, 2, 5], instrument=[0, 1, 1, 0, 1], size=[-1.0, 2.0, -3.0, 1.0, -0.5])
+    marks = Marks(index=100.0, rate=0.01, forward=[101.0, 100.0], strike=[90.0, 1.0], expiry=[0.2, 0.5],
+                  vol=[0.7, 1.0], kind=[CALL, FUTURE])
+    calls = {
+        "ed25519": [lambda b: accel.ed25519_verify_batch(pks, msgs, sigs, backend=b).tobytes(),
+                    lambda b: accel.ed25519_verify_all(pks, msgs, sigs, backend=b),
+                    lambda b: accel.ed25519_key_is_safe(pks[0], backend=b)],
+        "merkle": [lambda b: accel.merkle_root(leaves, backend=b),
+                   lambda b: accel.merkle_proof(leaves, 299, backend=b)],
+        "sha256": [lambda b: accel.sha256_many(leaves, backend=b)],
+        "risk": [lambda b: np.array(accel.greeks(x, 100.0, 0.5, 0.01, 0.6, x > 100.0, backend=b)).tobytes(),
+                 lambda b: tuple(a.tobytes() for a in accel.portfolio_margin(book, marks, backend=b)),
+                 lambda b: tuple(a.tobytes() for a in accel.standard_margin(book, marks, backend=b))],
+    }
+    cpu = next(b for b in backends if b.name == "cpu")
+    for inner in backends:
+        for kernel, fns in calls.items():
+            for fn in fns:
+                want = fn(cpu)
+                for ok in (0, 1, 3):
+                    before = dispatch.fallbacks().get(("cuda", kernel), 0)
+                    caplog.clear()
+                    with caplog.at_level(logging.WARNING, logger="accel"):
+                        got = fn(_FlakyGpu(inner, ok))
+                    assert got == want, (inner.name, kernel, ok)
+                    launched_all = not caplog.records  # a call needing at most `ok` launches never failed
+                    assert not (ok == 0 and launched_all), (inner.name, kernel)
+                    after = dispatch.fallbacks().get(("cuda", kernel), 0)
+                    assert after == before + (0 if launched_all else 1), (inner.name, kernel, ok)
+                    if not launched_all:
+                        assert f"cuda backend failed on {kernel}" in caplog.text and "simulated" in caplog.text
+                assert fn(_FlakyGpu(inner, 0)) == want  # the first launch failing always falls back
