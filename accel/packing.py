@@ -3,6 +3,8 @@ array, fixed-width records as (n, width) uint8 arrays. Wrong types and shapes ra
 the offending index, before any backend is touched."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from collections.abc import Set as AbcSet
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +35,29 @@ class Packed(NamedTuple):
         return self.data[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
 
 
+def _buffer_problem(m) -> str | None:
+    """Why m cannot be taken as a run of bytes, or None: bytes and bytearray always can; a
+    memoryview only when it is one C-contiguous dimension of 1-byte items (len() counts other
+    views' rows or items, not bytes, and b"".join refuses a non-contiguous one)."""
+    if isinstance(m, (bytes, bytearray)):
+        return None
+    if not isinstance(m, memoryview):
+        return type(m).__name__
+    if m.ndim != 1 or m.itemsize != 1:
+        return f"a {m.ndim}-D memoryview of {m.itemsize}-byte items ({m.format!r})"
+    if not m.c_contiguous:
+        return "a non-contiguous memoryview (bytes() copies it)"
+    return None
+
+
+def _check_sequence(items, plural: str, expected: str) -> None:
+    """Batch inputs are ordered: a set or a mapping would pair items with others' by hash order."""
+    if isinstance(items, (str, *_BYTES)) or not hasattr(items, "__len__"):
+        raise TypeError(f"{plural} must be {expected}, not {type(items).__name__}")
+    if isinstance(items, (AbcSet, Mapping)):
+        raise TypeError(f"{plural} must be {expected} in order, not a {type(items).__name__} (unordered)")
+
+
 def _check_packed(p: Packed, what: str) -> tuple[np.ndarray, np.ndarray]:
     data, offsets = p
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1):
@@ -61,8 +86,7 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
             raise ValueError(f"{_plural(what)} as an array must be 2-D uint8 (n, length), got {messages.dtype} {messages.shape}")
         n, width = messages.shape
         return np.ascontiguousarray(messages).reshape(-1), np.arange(n + 1, dtype=np.uint64) * np.uint64(width)
-    if isinstance(messages, (str, *_BYTES)) or not hasattr(messages, "__len__"):
-        raise TypeError(f"{_plural(what)} must be a list of bytes or a 2-D uint8 array, not {type(messages).__name__}")
+    _check_sequence(messages, _plural(what), "a list of bytes or a 2-D uint8 array")
     # One snapshot: the joined bytes and the lengths must come from the same items, or a sequence
     # that yields other items a second time (or a list another thread changes meanwhile) would
     # hand the kernels offsets past the end of the data.
@@ -78,8 +102,13 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
     if joined is None or int(offsets[-1]) != len(joined):
         # len() undercounts a buffer whose items are wider than a byte: name the first offender
         for i, m in enumerate(items):
-            if not isinstance(m, _BYTES) or len(m) != memoryview(m).nbytes:
-                raise TypeError(f"{what} {i} is {type(m).__name__}, expected bytes")
+            problem = _buffer_problem(m)
+            if problem is None and len(m) != memoryview(m).nbytes:
+                problem = f"{type(m).__name__} whose len() is not its size"
+            if problem:
+                raise TypeError(f"{what} {i} is {problem}, expected bytes")
+        if joined is None:
+            raise TypeError(f"{_plural(what)} could not be joined as bytes")
         raise ValueError(f"{_plural(what)} changed size while being packed (another thread resized a "
                          f"bytearray?); {len(joined)} bytes joined, lengths sum to {int(offsets[-1])}")
     return np.frombuffer(joined, dtype=np.uint8), offsets
@@ -91,12 +120,12 @@ def pack_fixed(records, width: int, what: str) -> np.ndarray:
         if records.dtype != np.uint8 or records.ndim != 2 or records.shape[1] != width:
             raise ValueError(f"{what}s as an array must be uint8 of shape (n, {width}), got {records.dtype} {records.shape}")
         return np.ascontiguousarray(records)
-    if isinstance(records, (str, *_BYTES)) or not hasattr(records, "__len__"):
-        raise TypeError(f"{what}s must be a list of {width}-byte strings or a uint8 array, not {type(records).__name__}")
+    _check_sequence(records, f"{what}s", f"a list of {width}-byte strings or a uint8 array")
     items = list(records)  # one snapshot, as in pack_messages
     for i, r in enumerate(items):
-        if not isinstance(r, _BYTES):
-            raise TypeError(f"{what} {i} is {type(r).__name__}, expected {width} bytes")
+        problem = _buffer_problem(r)
+        if problem:
+            raise TypeError(f"{what} {i} is {problem}, expected {width} bytes")
         if len(r) != width or memoryview(r).nbytes != width:
             raise ValueError(f"{what} {i} is {memoryview(r).nbytes} bytes, expected {width}")
     joined = b"".join(items)

@@ -477,3 +477,47 @@ def test_every_api_redoes_a_failed_gpu_batch_on_the_c_fallback(backends, monkeyp
                     if not launched_all:
                         assert f"cuda backend failed on {kernel}" in caplog.text and "simulated" in caplog.text
                 assert fn(_FlakyGpu(inner, 0)) == want  # the first launch failing always falls back
+
+
+# ---------------------------------------------------------------- packing: buffers and containers
+
+def test_unordered_containers_are_refused():
+    """A set or dict of messages, keys or signatures used to be packed in hash order: verdicts and
+    digests then belonged to other items than the caller's index says (two good signatures whose
+    messages came as a set could both come back False)."""
+    pks, msgs, sigs = _nacl_batch(2, 3)
+    for bad in ({"messages": set(msgs)}, {"messages": dict.fromkeys(msgs)}, {"public_keys": set(pks)},
+                {"signatures": frozenset(sigs)}, {"messages": dict.fromkeys(msgs).keys()}):
+        args = dict(public_keys=pks, messages=msgs, signatures=sigs) | bad
+        with pytest.raises(TypeError, match="in order, not a"):
+            accel.ed25519_verify_batch(**args, backend="cpu")
+        with pytest.raises(TypeError, match="in order, not a"):
+            accel.ed25519_verify_all(**args, backend="cpu")
+    with pytest.raises(TypeError, match="leaves must be .* in order, not a set"):
+        accel.merkle_root({b"a", b"b"}, backend="cpu")
+    with pytest.raises(TypeError, match="messages must be .* in order, not a dict"):
+        accel.sha256_many({b"a": 1}, backend="cpu")
+    assert accel.sha256_many((b"a", bytearray(b"b"), memoryview(b"c")), backend="cpu") == \
+        [hashlib.sha256(m).digest() for m in (b"a", b"b", b"c")]
+    assert accel.ed25519_verify_batch(tuple(pks), tuple(msgs), tuple(sigs), backend="cpu").all()
+
+
+def test_buffers_that_are_not_plain_bytes_are_named():
+    """A non-contiguous memoryview used to fail on a None (TypeError: object of type 'NoneType' has
+    no len()), and a 64-byte two-row view was "64 bytes, expected 64": each now gets a TypeError
+    naming the item and what it is; a contiguous byte view is still taken as its bytes."""
+    strided = memoryview(b"abcdefgh")[::2]
+    two_rows = memoryview(np.zeros((2, 32), np.uint8))
+    with pytest.raises(TypeError, match=r"^message 1 is a non-contiguous memoryview \(bytes\(\) copies it\), "
+                                        r"expected bytes$"):
+        accel.sha256_many([b"x", strided], backend="cpu")
+    with pytest.raises(TypeError, match="^leaf 0 is a non-contiguous memoryview"):
+        accel.merkle_root([strided], backend="cpu")
+    with pytest.raises(TypeError, match=r"^signature 0 is a 2-D memoryview of 1-byte items \('B'\), expected 64 bytes$"):
+        accel.ed25519_verify_batch([bytes(32)], [b""], [two_rows], backend="cpu")
+    with pytest.raises(TypeError, match="^public key 0 is a non-contiguous memoryview"):
+        accel.ed25519_verify_batch([memoryview(bytes(64))[::2]], [b""], [bytes(64)], backend="cpu")
+    with pytest.raises(TypeError, match=r"^message 0 is a 1-D memoryview of 4-byte items \('I'\)"):
+        accel.sha256_many([memoryview(np.zeros(3, np.uint32))], backend="cpu")
+    assert accel.sha256_many([bytes(strided), memoryview(b"abc")[1:]], backend="cpu") == \
+        [hashlib.sha256(b"aceg").digest(), hashlib.sha256(b"bc").digest()]
