@@ -6,7 +6,7 @@ from __future__ import annotations
 import decimal
 import math
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -318,8 +318,13 @@ def standard_margin(portfolio, marks, params: MarginParams | None = None, backen
 
 
 def _margin_inputs(portfolio, marks, params):
-    pf = portfolio if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
-    mk = marks if isinstance(marks, Marks) else Marks(**marks)
+    # Checked on every call, objects too: a frozen dataclass freezes its attributes, not the NumPy
+    # arrays in them, and a caller that changed offsets, sizes or kinds in place after building
+    # the object would hand the kernels offsets past their arrays (a crash) or lengths that differ
+    # (each backend reading other memory). dataclasses.replace runs the checks again and copies
+    # nothing that already has the kernel's dtype.
+    pf = replace(portfolio) if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
+    mk = replace(marks) if isinstance(marks, Marks) else Marks(**marks)
     params = MarginParams() if params is None else params
     if not isinstance(params, MarginParams):
         raise TypeError(f"params must be a MarginParams, not {type(params).__name__}")

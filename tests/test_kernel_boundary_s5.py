@@ -521,3 +521,60 @@ def test_buffers_that_are_not_plain_bytes_are_named():
         accel.sha256_many([memoryview(np.zeros(3, np.uint32))], backend="cpu")
     assert accel.sha256_many([bytes(strided), memoryview(b"abc")[1:]], backend="cpu") == \
         [hashlib.sha256(b"aceg").digest(), hashlib.sha256(b"bc").digest()]
+
+
+# ---------------------------------------------------------------- risk: arrays changed after checks
+
+def _book_and_marks():
+    marks = Marks(index=100.0, rate=0.0, forward=[100.0, 100.0], strike=[100.0, 1.0], expiry=[0.1, 0.1],
+                  vol=[0.5, 1.0], kind=[CALL, FUTURE])
+    return Portfolio(offsets=[0, 1, 2], instrument=[0, 1], size=[-1.0, 1.0]), marks
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda pf, mk: pf.offsets.__setitem__(1, -10**9), r"offsets\[1\] = -1000000000: must not decrease"),
+    (lambda pf, mk: pf.offsets.__setitem__(2, 7), "offsets must start at 0 and end at the number of positions"),
+    (lambda pf, mk: mk.kind.__setitem__(0, 77), r"kind\[0\] = 77: must be one of"),
+    (lambda pf, mk: pf.size.__setitem__(0, np.nan), r"size\[0\] = nan: must be finite"),
+    (lambda pf, mk: mk.strike.__setitem__(0, -1.0), r"strike\[0\] = -1.0: must be finite and > 0"),
+    (lambda pf, mk: object.__setattr__(pf, "size", np.zeros(0)), "size has 0 entries, instrument has 2"),
+    (lambda pf, mk: object.__setattr__(mk, "vol", np.ones(5)), "vol has 5 entries, kind has 2"),
+])
+def test_books_changed_after_construction_are_checked_again(backends, change, message):
+    """Portfolio and Marks are frozen, but their arrays are not: a book changed in place after its
+    checks reached the kernels unchecked (sizes of another length: backends read other memory and
+    disagreed, the C fallback 1 tick, OpenCL -1). Every call checks again, on every backend and in
+    accel.risk_numpy alike."""
+    for b in backends:
+        pf, mk = _book_and_marks()
+        change(pf, mk)
+        with pytest.raises(ValueError, match=message):
+            accel.portfolio_margin(pf, mk, backend=b, checked=False)
+        with pytest.raises(ValueError, match=message):
+            accel.standard_margin(pf, mk, backend=b)
+    pf, mk = _book_and_marks()
+    change(pf, mk)
+    with pytest.raises(ValueError, match=message):
+        risk_numpy.portfolio_margin(pf, mk, checked=False)
+    pf, mk = _book_and_marks()  # a book whose instrument ids were swapped for int64 still margins right
+    want = accel.portfolio_margin(pf, mk, backend="cpu")
+    object.__setattr__(pf, "instrument", pf.instrument.astype(np.int64))
+    for b in backends:
+        assert all(g.tobytes() == w.tobytes() for g, w in zip(accel.portfolio_margin(pf, mk, backend=b), want))
+
+
+def test_offsets_past_the_positions_no_longer_crash_the_process():
+    """An account's end offset raised in place after the Portfolio's checks: the kernels read
+    positions a billion rows past the arrays (a segmentation fault on the C fallback and OpenCL).
+    Run in a child process so that a crash fails this test instead of ending the run."""
+    import subprocess
+    import sys
+    code = ("import accel\nfrom accel.risk import Marks, Portfolio\n"
+            "mk = Marks(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[1])\n"
+            "pf = Portfolio(offsets=[0, 1], instrument=[0], size=[-1.0])\n"
+            "pf.offsets[1] = 10**9\n"
+            "try:\n    accel.portfolio_margin(pf, mk, backend='cpu')\n"
+            "except ValueError as exc:\n    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert "refused: offsets must start at 0 and end at the number of positions (1)" in done.stdout
