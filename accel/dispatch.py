@@ -47,11 +47,12 @@ def fallbacks() -> dict[tuple[str, str], int]:
 def no_fallback():
     """In this thread, a failing GPU raises instead of being redone on the C fallback (readiness
     checks must see the backend itself)."""
+    before = getattr(_strict, "on", False)
     _strict.on = True
     try:
         yield
     finally:
-        _strict.on = False
+        _strict.on = before  # nested: the outer block stays strict
 
 
 def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None = None,

@@ -578,3 +578,18 @@ def test_offsets_past_the_positions_no_longer_crash_the_process():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, (done.returncode, done.stderr[-500:])
     assert "refused: offsets must start at 0 and end at the number of positions (1)" in done.stdout
+
+
+def test_no_fallback_stays_strict_after_a_nested_block(monkeypatch):
+    """dispatch.no_fallback() (readiness checks must see the GPU itself) used to end strictness at
+    the end of any nested block, so the rest of the outer block quietly fell back again."""
+    from accel import config, dispatch
+    monkeypatch.setenv("ACCEL_GPU_FALLBACK", "true")
+    config.reload()
+    cpu = accel.get_backend("cpu")
+    with dispatch.no_fallback():
+        with dispatch.no_fallback():
+            pass
+        with pytest.raises(RuntimeError, match="simulated"):
+            accel.sha256_many([b"abc"], backend=_FlakyGpu(cpu, 0))
+    assert accel.sha256_many([b"abc"], backend=_FlakyGpu(cpu, 0)) == [hashlib.sha256(b"abc").digest()]
