@@ -150,6 +150,7 @@ def cmd_localnet(args) -> int:
         backend = get_backend(args.backend).name  # fails here, before any process starts
     if args.accounts and args.app != "clearing":
         raise ValueError("--accounts sizes the clearing app's genesis (--app clearing)")
+    _port_ranges(args.validators, **{"metrics-port": args.metrics_port, "rpc-port": args.rpc_port})
     try:  # building the network signs the load first (seconds): Ctrl-C there stops cleanly too
         net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms,
                        args.dir, args.base_timeout_ms, args.app, args.gpu_min_batch, args.metrics_port,
@@ -218,7 +219,12 @@ def _tx(args, cl) -> int:
         print(json.dumps(c.tx(args.hash.removeprefix("0x")), indent=1))
         return 0
     if args.op == "account":
-        key = cl.read_key(args.key).verify_key if Path(args.key).exists() else args.key
+        if Path(args.key).exists():
+            key = cl.read_key(args.key).verify_key
+        elif re.fullmatch(r"(0x)?[0-9a-fA-F]{64}", args.key):
+            key = args.key.removeprefix("0x")
+        else:
+            raise ValueError(f"account {args.key!r}: neither a key file nor a public key of 64 hex digits")
         answer = c.account(key)
         print(json.dumps(answer, indent=1))
         return 0 if "nonce" in answer else 1
@@ -315,6 +321,39 @@ def _at_least(minimum: int):
 _positive, _count = _at_least(1), _at_least(0)
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1..65535."""
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1..65535)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, not {text}")
+    return value
+
+
+def _port_ranges(validators: int, **bases) -> None:
+    """Each named base port's range BASE..BASE+validators-1 fits in 1..65535, and no two overlap."""
+    spans = {name: (base, base + validators - 1) for name, base in bases.items() if base}
+    for name, (low, high) in spans.items():
+        if high > 65535:
+            raise ValueError(f"--{name} {low}: validator {validators - 1} would listen on {high}, past 65535")
+    names = sorted(spans)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if spans[a][0] <= spans[b][1] and spans[b][0] <= spans[a][1]:
+                raise ValueError(f"--{a} {spans[a][0]} and --{b} {spans[b][0]}: the {validators} validators' "
+                                 "ports overlap; give ranges apart")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="accel", description="GPU-accelerated block validation for BFT validators: Ed25519 (ZIP-215), "
@@ -378,9 +417,9 @@ def parser() -> argparse.ArgumentParser:
     tn.add_argument("--hosts", required=True, help="comma-separated host names or addresses, one per validator "
                     "(3f+1 of them), as the others reach it")
     tn.add_argument("--out", required=True, help="directory for the files (must not hold node*.toml already)")
-    tn.add_argument("--port", type=_positive, default=26700, help="peer port on every host (default 26700)")
-    tn.add_argument("--rpc-port", type=_positive, default=26657, help="client API port (default 26657)")
-    tn.add_argument("--metrics-port", type=_positive, default=9464, help="Prometheus port (default 9464)")
+    tn.add_argument("--port", type=_port, default=26700, help="peer port on every host (default 26700)")
+    tn.add_argument("--rpc-port", type=_port, default=26657, help="client API port (default 26657)")
+    tn.add_argument("--metrics-port", type=_port, default=9464, help="Prometheus port (default 9464)")
     tn.add_argument("--no-rpc", action="store_true", help="no client API")
     tn.add_argument("--no-metrics", action="store_true", help="no metrics endpoint")
     tn.add_argument("--data-root", default="/var/lib/accel-validator",
@@ -409,7 +448,7 @@ def parser() -> argparse.ArgumentParser:
     tx.add_argument("--node", default="http://127.0.0.1:26657",
                     help="validator API URL(s), comma-separated: the transaction goes to each (default "
                     "http://127.0.0.1:26657)")
-    tx.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+    tx.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                     help="wait this long for the transaction to commit, and print its height")
     tx.add_argument("--http-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     ops = tx.add_subparsers(dest="op", metavar="OP", required=True)
@@ -463,9 +502,9 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--backend", choices=config.BACKENDS, help="accel backend (default: the configured one)")
     ln.add_argument("--gpu-min-batch", type=int, help="[accel] gpu_min_batch of every validator: smaller batches "
                     "stay on the C fallback (default: the configured one)")
-    ln.add_argument("--metrics-port", type=_positive, metavar="BASE",
+    ln.add_argument("--metrics-port", type=_port, metavar="BASE",
                     help="validator i serves Prometheus metrics on 127.0.0.1:BASE+i")
-    ln.add_argument("--rpc-port", type=_positive, metavar="BASE",
+    ln.add_argument("--rpc-port", type=_port, metavar="BASE",
                     help="validator i serves the client API ([rpc] listen) on 127.0.0.1:BASE+i (default: free "
                     "ports, printed at the start)")
     ln.add_argument("--accounts", type=_count, default=0, metavar="N",

@@ -15,7 +15,10 @@ so `broadcast` sends it to every URL the client has. Standard library only (urll
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +28,7 @@ from pathlib import Path
 from nacl.signing import SigningKey, VerifyKey
 
 from .apps import clearing_tx as ctx
+from .apps.clearing import INDEX_RANGE, MAX_AMOUNT, MAX_PRICE, MAX_SIZE, VOL_RANGE, asset_name_ok
 
 Tx = tuple[bytes, list[bytes]]
 QUANTA = 10**8  # quanta per unit of any asset
@@ -52,26 +56,57 @@ def public(key) -> bytes:
 
 
 def write_key(path, key: SigningKey | None = None, force: bool = False) -> SigningKey:
-    """A key file: {"seed": hex, "public_key": hex}, readable by its owner only; an existing file
-    is kept unless force."""
+    """A key file: {"seed": hex, "public_key": hex}, readable by its owner only (0600); an existing
+    file is kept unless force. With force the old file (or a symbolic link) is replaced by a new
+    0600 file, never rewritten in place: an existing file's wider mode, or a link's target, would
+    otherwise receive the secret seed."""
     key = key or SigningKey.generate()
     path = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    if not force and (path.exists() or path.is_symlink()):
+        raise ValueError(f"{path} exists; not overwriting a key (--force does)")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the key file's name")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600, O_EXCL
     try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise ValueError(f"{path} exists; not overwriting a key (--force does)") from None
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"seed": bytes(key).hex(), "public_key": bytes(key.verify_key).hex()}, fh)
-        fh.write("\n")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"seed": bytes(key).hex(), "public_key": bytes(key.verify_key).hex()}, fh)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if force:
+            os.replace(tmp, path)
+        else:  # a file that appeared meanwhile is still kept
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ValueError(f"{path} exists; not overwriting a key (--force does)") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
     return key
 
 
 def read_key(path) -> SigningKey:
+    """A key file written by write_key; one that others may read is refused, as ssh refuses a
+    private key others can read (the seed may already be exposed: make a new key)."""
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path}: not a regular file")
+        if mode & 0o077:
+            raise ValueError(f"{path}: the key file is readable or writable by others (mode {mode & 0o777:o}); "
+                             f"`chmod 600 {path}`, or make a new key if others may have read it")
         data = json.loads(Path(path).read_text())
         key = SigningKey(bytes.fromhex(data["seed"]))
-    except (KeyError, ValueError, TypeError) as exc:
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such key file (accel keygen --out {path} writes one)") from None
+    except (KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a key file written by `accel keygen` ({exc})") from None
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(f"{path}:") else
+                         f"{path}: not a key file written by `accel keygen` ({msg})") from None
+    except Exception as exc:  # nacl's errors for a seed of the wrong length, say
         raise ValueError(f"{path}: not a key file written by `accel keygen` ({exc})") from None
     if "public_key" in data and data["public_key"] != bytes(key.verify_key).hex():
         raise ValueError(f"{path}: public_key does not match the seed")
@@ -81,49 +116,121 @@ def read_key(path) -> SigningKey:
 def quanta(amount: str | int | Decimal) -> int:
     """An amount in units ("1000", "0.5") as integer quanta (1e-8); refuses what is not a whole
     number of quanta."""
+    if isinstance(amount, bool):
+        raise ValueError(f"amount {amount!r} is not a number")
     try:
-        value = Decimal(str(amount)) * QUANTA
+        value = Decimal(str(amount).strip()) * QUANTA
     except InvalidOperation:
         raise ValueError(f"amount {amount!r} is not a number") from None
+    if not value.is_finite():
+        raise ValueError(f"amount {amount!r} is not a finite number")
     if value != value.to_integral_value():
         raise ValueError(f"amount {amount} is finer than 1e-8")
     return int(value)
 
 
 # ---- signed clearing transactions -------------------------------------------------------------------
+# Each builder checks its fields against the wire format's widths (clearing_tx.py) and the clearing
+# rules' bounds (clearing.py) and raises ValueError naming the field, before anything is signed or
+# sent: a value the wire cannot carry would otherwise surface as struct.error, and one the
+# validators refuse as a round trip.
+U32, U64 = 2**32 - 1, 2**64 - 1
+
+
+def _int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value} outside {low}..{high}")
+    return value
+
+
+def _real(name: str, value, bounds: tuple[float, float]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    if not (math.isfinite(value) and bounds[0] <= value <= bounds[1]):
+        raise ValueError(f"{name} {value!r} outside {bounds[0]:g}..{bounds[1]:g}")
+    return float(value)
+
+
+def _asset(name: str, value) -> str:
+    if not asset_name_ok(value):
+        raise ValueError(f"{name} {value!r}: 1 to 8 ASCII letters or digits")
+    return value
+
+
+def _key(value) -> SigningKey:
+    if not isinstance(value, SigningKey):
+        raise ValueError(f"a signer must be a nacl SigningKey (read_key reads a key file), not {type(value).__name__}")
+    return value
+
+
 def sign(body: bytes, *signers: SigningKey) -> Tx:
-    return body, [k.sign(body).signature for k in signers]
+    return body, [_key(k).sign(body).signature for k in signers]
 
 
 def register(key: SigningKey) -> Tx:
-    return sign(ctx.register(public(key)), key)
+    return sign(ctx.register(public(_key(key))), key)
 
 
 def deposit(key: SigningKey, nonce: int, asset: str, amount: int) -> Tx:
     """amount in quanta (quanta("1000") for 1,000 units)."""
-    return sign(ctx.deposit(public(key), nonce, asset, amount), key)
+    return sign(ctx.deposit(public(_key(key)), _int("nonce", nonce, 0, U64), _asset("asset", asset),
+                            _int("amount (quanta)", amount, 1, MAX_AMOUNT)), key)
 
 
 def withdraw(key: SigningKey, nonce: int, asset: str, amount: int) -> Tx:
-    return sign(ctx.withdraw(public(key), nonce, asset, amount), key)
+    return sign(ctx.withdraw(public(_key(key)), _int("nonce", nonce, 0, U64), _asset("asset", asset),
+                             _int("amount (quanta)", amount, 1, MAX_AMOUNT)), key)
 
 
 def trade(buyer: SigningKey, buyer_nonce: int, seller: SigningKey, seller_nonce: int, series: int, size: int,
           price: int) -> Tx:
     """Signed by both counterparties; price in quanta of the series' settlement asset per contract."""
-    return sign(ctx.trade(public(buyer), buyer_nonce, public(seller), seller_nonce, series, size, price),
+    if public(_key(buyer)) == public(_key(seller)):
+        raise ValueError("a trade needs two accounts: the buyer is the seller")
+    return sign(ctx.trade(public(buyer), _int("buyer nonce", buyer_nonce, 0, U64), public(seller),
+                          _int("seller nonce", seller_nonce, 0, U64), _int("series", series, 0, U32),
+                          _int("size", size, 1, MAX_SIZE), _int("price (quanta)", price, 0, MAX_PRICE)),
                 buyer, seller)
 
 
 def mark(oracles: list[SigningKey], underlying: str, index: float, sequence: int, timestamp: int,
          vols: dict[int, float]) -> Tx:
     """An oracle mark, signed by each oracle it lists (a quorum of the network's oracle keys)."""
-    return sign(ctx.mark(underlying, index, sequence, timestamp, vols, [public(k) for k in oracles]), *oracles)
+    oracles = [_key(k) for k in oracles]
+    if not 1 <= len(oracles) <= 255:
+        raise ValueError(f"a mark lists 1..255 oracles, not {len(oracles)}")
+    if len({public(k) for k in oracles}) != len(oracles):
+        raise ValueError("a mark lists an oracle twice")
+    if not isinstance(vols, dict) or len(vols) > 65535:
+        raise ValueError("vols must be a dict {series: vol} of at most 65,535 series")
+    vols = {_int("vol's series", i, 0, U32): _real(f"vol of series {i}", v, VOL_RANGE) for i, v in vols.items()}
+    return sign(ctx.mark(_asset("underlying", underlying), _real("index", index, INDEX_RANGE),
+                         _int("sequence", sequence, 0, U64), _int("timestamp", timestamp, 0, U64), vols,
+                         [public(k) for k in oracles]), *oracles)
 
 
 def encode_tx(tx: Tx) -> dict:
     body, sigs = tx
     return {"tx": "0x" + body.hex(), "signatures": ["0x" + s.hex() for s in sigs]}
+
+
+def _hex_hash(digest) -> str:
+    """A transaction hash (32 bytes, or 64 hex digits with or without "0x") as 64 lowercase hex
+    digits; ValueError otherwise (before any request)."""
+    if isinstance(digest, (bytes, bytearray)):
+        raw = bytes(digest)
+    elif isinstance(digest, str):
+        text = digest.strip().removeprefix("0x").removeprefix("0X")
+        if len(text) != 64 or not all(c in "0123456789abcdefABCDEF" for c in text):
+            raise ValueError(f"transaction hash {digest!r} is not 64 hex digits")
+        raw = bytes.fromhex(text)
+    else:
+        raise ValueError(f"a transaction hash is bytes or hex, not {type(digest).__name__}")
+    if len(raw) != 32:
+        raise ValueError(f"a transaction hash is 32 bytes, not {len(raw)}")
+    return raw.hex()
 
 
 # ---- the API -----------------------------------------------------------------------------------------
@@ -133,6 +240,10 @@ class Client:
         if not self.urls:
             raise ValueError("no validator URL")
         self.urls = [u.rstrip("/") if "://" in u else "http://" + u.rstrip("/") for u in self.urls]
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, not {batch!r}")
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.timeout, self.batch = timeout, batch
 
     def _call(self, url: str, path: str, body: dict | None = None, ok404: bool = False, retries: int = 20) -> dict:
@@ -141,7 +252,10 @@ class Client:
         req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"} if data else {})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())
+                answer = json.loads(resp.read())
+            if not isinstance(answer, dict):
+                raise ValueError("not a JSON object")
+            return answer
         except urllib.error.HTTPError as exc:
             try:
                 payload = json.loads(exc.read())
@@ -155,6 +269,8 @@ class Client:
             raise RpcError(f"{url}{path}: {exc.code} {payload.get('error', exc.reason)}", exc.code, payload) from None
         except (urllib.error.URLError, OSError) as exc:
             raise RpcError(f"{url}{path}: {getattr(exc, 'reason', exc)}") from None
+        except ValueError as exc:  # a 200 whose body is not a JSON object: not a validator's API
+            raise RpcError(f"{url}{path}: the answer is not the API's JSON ({exc})") from None
 
     def broadcast(self, txs: list[Tx], all_validators: bool = True) -> list[dict]:
         """Submit signed transactions (in batches, in order) to every validator (or the first);
@@ -164,7 +280,10 @@ class Client:
             chunk = {"txs": [encode_tx(t) for t in txs[start:start + self.batch]]}
             results = None
             for url in self.urls if all_validators else self.urls[:1]:
-                got = self._call(url, "/broadcast_txs", chunk)["results"]
+                got = self._call(url, "/broadcast_txs", chunk).get("results")
+                if not isinstance(got, list) or len(got) != len(chunk["txs"]) or \
+                        not all(isinstance(r, dict) and "hash" in r and "accepted" in r for r in got):
+                    raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
                 results = results or got
             out.extend(results)
         return out
@@ -175,22 +294,21 @@ class Client:
 
     def tx(self, digest: str | bytes, url: str | None = None) -> dict:
         """status: pending, committed (with height), refused (with reason) or unknown."""
-        h = digest.hex() if isinstance(digest, bytes) else digest
-        return self._call(url or self.urls[0], f"/tx?hash=0x{h}", ok404=True)
+        return self._call(url or self.urls[0], f"/tx?hash=0x{_hex_hash(digest)}", ok404=True)
 
     def wait_committed(self, digests: list, timeout: float = 60.0, poll: float = 0.2,
                        url: str | None = None) -> dict[str, int]:
         """hash -> height once every transaction committed (on the first validator, or url); RpcError
         naming the first refused one, or those still pending at the timeout."""
-        left = {d.hex() if isinstance(d, bytes) else d for d in digests}
+        left = {_hex_hash(d) for d in digests}
         heights: dict[str, int] = {}
         deadline = time.monotonic() + timeout
         while left:
             for r in self.statuses(sorted(left), url):
-                if r.get("status") == "committed":
-                    heights[r["hash"]] = r["height"]
+                if r.get("status") == "committed" and r.get("hash") in left:
+                    heights[r["hash"]] = r.get("height")
                 elif r.get("status") == "refused":
-                    raise RpcError(f"transaction {r['hash']} refused: {r.get('reason')}", body=r)
+                    raise RpcError(f"transaction {r.get('hash')} refused: {r.get('reason')}", body=r)
             left -= set(heights)
             if left:
                 if time.monotonic() > deadline:
@@ -202,10 +320,14 @@ class Client:
 
     def statuses(self, digests: list, url: str | None = None) -> list[dict]:
         """/tx of many transactions, `batch` to a request."""
-        hexes = [d.hex() if isinstance(d, bytes) else d for d in digests]
+        hexes = ["0x" + _hex_hash(d) for d in digests]
         out = []
         for start in range(0, len(hexes), self.batch):
-            out += self._call(url or self.urls[0], "/txs", {"hashes": hexes[start:start + self.batch]})["results"]
+            got = self._call(url or self.urls[0], "/txs", {"hashes": hexes[start:start + self.batch]}).get("results")
+            if not isinstance(got, list) or len(got) != len(hexes[start:start + self.batch]) or \
+                    not all(isinstance(r, dict) for r in got):
+                raise RpcError(f"{url or self.urls[0]}/txs: the answer does not hold one status per hash")
+            out += got
         return out
 
     def account(self, key, url: str | None = None) -> dict:
@@ -242,11 +364,59 @@ class Client:
         return self._call(url or self.urls[0], "/health", ok404=True)
 
 
-def verify_account_proof(answer: dict) -> bool:
-    """Whether /account's proof ties the account's leaf to the state root it names."""
+def decode_account_leaf(leaf: bytes) -> dict:
+    """An account's leaf in the state tree (Clearing.leaves: key 32 | nonce u64 | assets u8, then
+    (asset 8 zero-padded | quanta i128) per asset, then (series u32 | size i64) per series) as
+    /account's fields {"key", "nonce", "collateral", "positions"}; ValueError if it is not one."""
+    if len(leaf) < 41:
+        raise ValueError(f"an account leaf is at least 41 bytes, not {len(leaf)}")
+    count, pos = leaf[40], 41
+    collateral, positions = {}, {}
+    for _ in range(count):
+        if pos + 24 > len(leaf):
+            raise ValueError("the leaf ends inside its collateral")
+        raw = leaf[pos:pos + 8]
+        name = raw.rstrip(b"\0")
+        if not (name.isascii() and asset_name_ok(name.decode("ascii")) and raw == name.ljust(8, b"\0")):
+            raise ValueError(f"asset {raw!r} is not 1 to 8 ASCII letters or digits, zero-padded")
+        collateral[name.decode("ascii")] = int.from_bytes(leaf[pos + 8:pos + 24], "big", signed=True)
+        pos += 24
+    if (len(leaf) - pos) % 12:
+        raise ValueError("the leaf's positions are not whole (series u32 | size i64) entries")
+    for at in range(pos, len(leaf), 12):
+        positions[str(int.from_bytes(leaf[at:at + 4], "big"))] = int.from_bytes(leaf[at + 4:at + 12], "big", signed=True)
+    return {"key": leaf[:32].hex(), "nonce": int.from_bytes(leaf[32:40], "big"), "collateral": collateral,
+            "positions": positions}
+
+
+def verify_account_proof(answer: dict, state_root: str | bytes | None = None) -> bool:
+    """Whether /account's answer is what its proof proves: the account's leaf sits in the
+    accounts' tree, that tree and the globals root hash to the state root, and the answer's key,
+    nonce, collateral and positions are the leaf's (a validator could otherwise serve a true proof
+    beside made-up balances). state_root: the root the caller trusts for that height (from the
+    block header the validators signed, or from f + 1 validators that agree); without it the proof
+    only ties the answer to the root the same validator names. A malformed answer is False."""
     from accel.merkle import MerkleProof, inner_hash, verify_merkle_proof
-    p = answer["proof"]
-    proof = MerkleProof(p["total"], p["index"], bytes.fromhex(p["leaf_hash"]), tuple(bytes.fromhex(a) for a in p["aunts"]))
-    accounts_root = bytes.fromhex(p["accounts_root"])
-    return (p["leaf"][:64] == answer["key"] and verify_merkle_proof(accounts_root, bytes.fromhex(p["leaf"]), proof)
-            and inner_hash(accounts_root, bytes.fromhex(p["globals_root"])).hex() == answer["state_root"])
+    try:
+        p = answer["proof"]
+        leaf = bytes.fromhex(p["leaf"])
+        root = bytes.fromhex(answer["state_root"])
+        if state_root is not None and root != (bytes.fromhex(state_root.removeprefix("0x"))
+                                               if isinstance(state_root, str) else bytes(state_root)):
+            return False
+        aunts = p["aunts"]
+        if not (isinstance(p["total"], int) and isinstance(p["index"], int) and isinstance(aunts, list)):
+            return False
+        proof = MerkleProof(p["total"], p["index"], bytes.fromhex(p["leaf_hash"]),
+                            tuple(bytes.fromhex(a) for a in aunts))
+        accounts_root, globals_root = bytes.fromhex(p["accounts_root"]), bytes.fromhex(p["globals_root"])
+        if len(accounts_root) != 32 or len(globals_root) != 32 or len(root) != 32:
+            return False
+        fields = decode_account_leaf(leaf)
+        claimed = {"key": answer["key"], "nonce": answer["nonce"], "collateral": answer["collateral"],
+                   "positions": answer["positions"]}
+        return (fields == claimed and type(answer["nonce"]) is int
+                and verify_merkle_proof(accounts_root, leaf, proof)
+                and inner_hash(accounts_root, globals_root) == root)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False

@@ -74,8 +74,18 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
     modes = validation_modes(validators, validation, software_validators)
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
-    # every free port in one call, so the peer and API ports cannot coincide
-    free = _free_ports(2 * validators if rpc_port == 0 else validators)
+    # every free port in one call, so the peer and API ports cannot coincide; none of them in
+    # the fixed ranges the metrics and API ports take (rpc_port, metrics_port + i)
+    fixed = {base + i for base in (metrics_port, rpc_port) if base for i in range(validators)}
+    for base, name in ((metrics_port, "metrics_port"), (rpc_port, "rpc_port")):
+        if base and not 1 <= base <= 65535 - (validators - 1):
+            raise ValueError(f"{name} {base}: {validators} validators' ports from it do not fit in 1..65535")
+    if metrics_port and rpc_port and len(fixed) < 2 * validators:
+        raise ValueError(f"metrics_port {metrics_port} and rpc_port {rpc_port}: the validators' ports overlap")
+    while True:
+        free = _free_ports(2 * validators if rpc_port == 0 else validators)
+        if not fixed & set(free):
+            break
     addresses = [f"127.0.0.1:{p}" for p in free[:validators]]
     accel_table = "" if accel is None else "\n[accel]\n" + "".join(
         f"{key} = {json.dumps(value)}\n" for key, value in asdict(accel).items())
@@ -322,6 +332,15 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         raise ValueError(f"{len(hosts)} hosts: BFT needs n = 3f + 1 >= 4 validators")
     if len(set(zip(hosts, [port] * len(hosts)))) != len(hosts):
         raise ValueError("two validators at the same host:port")
+    named = {"--port (peers)": port, "--rpc-port": rpc_port, "--metrics-port": metrics_port}
+    for name, value in named.items():
+        if value is not None and not (isinstance(value, int) and 1 <= value <= 65535):
+            raise ValueError(f"{name} {value!r} is not a TCP port (1..65535)")
+    used = [(name, value) for name, value in named.items() if value is not None]
+    for i, (a, pa) in enumerate(used):
+        for b, pb in used[i + 1:]:
+            if pa == pb:
+                raise ValueError(f"{a} and {b} are both {pa}: each validator binds them on one host")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     taken = sorted(p.name for p in directory.glob("node*.toml"))

@@ -14,18 +14,28 @@ CometBFT's RPC conventions. Served when the validator's file has `[rpc] listen =
 BYTES is "0x" followed by hex, or base64 (CometBFT's JSON encoding). A transaction's hash is
 sha256(body), in hex. Every refusal is a 4xx with {"error": "<one line>"}: a malformed request
 (400), an unknown path (404) or method (405), a body over max_body_bytes (413), a client over
-its request rate (429), a full mempool (503). A handler that fails is logged and answered 500;
-no request can stop the node."""
+its request rate (429), a full mempool (503), a client over its connections (503). A request
+the HTTP parser refuses (a bad request line, header or length) is a 400 with the same one-line
+JSON, logged at debug level only. JSON bodies are strict: no NaN or Infinity, no key twice, no
+field the endpoint does not name; hex is "0x" and an even number of hex digits, nothing else.
+Connections are bounded (per client address and in all) and one that sends nothing for
+idle_timeout_s is closed, so slow or idle connections cannot take the process's file
+descriptors from its peers and store. A handler that fails is logged and answered 500; no
+request can stop the node."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import json
 import logging
+import re
+import resource
 import time
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("consensus.rpc")
 CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
@@ -35,26 +45,41 @@ class BadRequest(ValueError):
     """A request this API refuses; the message is the one-line reason."""
 
 
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
 def decode_bytes(text, what: str) -> bytes:
-    """'0x' + hex, or base64."""
+    """'0x' + an even number of hex digits (nothing else: bytes.fromhex alone would skip spaces),
+    or base64."""
     if not isinstance(text, str):
         raise BadRequest(f"{what} must be a string: \"0x\" + hex, or base64")
     try:
         if text[:2] in ("0x", "0X"):
+            if not _HEX.fullmatch(text, 2):
+                raise ValueError("not hex")
             return bytes.fromhex(text[2:])
         return base64.b64decode(text, validate=True)
     except (ValueError, binascii.Error):
-        raise BadRequest(f"{what} is neither \"0x\" + hex nor base64") from None
+        raise BadRequest(f"{what} is neither \"0x\" + an even number of hex digits nor base64") from None
+
+
+def decode_hash(text, what: str) -> bytes:
+    """A 32-byte hash or key: a string of 64 hex digits, with or without "0x"."""
+    if not isinstance(text, str):
+        raise BadRequest(f"{what} must be a string of 64 hex digits, not {type(text).__name__}")
+    raw = decode_bytes(text if text[:2] in ("0x", "0X") else "0x" + text, what)
+    if len(raw) != 32:
+        raise BadRequest(f"{what} is {len(raw)} bytes, not 32")
+    return raw
 
 
 def _hash_param(request: web.Request, name: str) -> bytes:
-    text = request.query.get(name)
-    if text is None:
+    values = request.query.getall(name, [])
+    if not values:
         raise BadRequest(f"missing ?{name}=0x<64 hex digits>")
-    raw = decode_bytes(text if text[:2] in ("0x", "0X") else "0x" + text, name)
-    if len(raw) != 32:
-        raise BadRequest(f"{name} is {len(raw)} bytes, not 32")
-    return raw
+    if len(values) > 1:
+        raise BadRequest(f"?{name}= given {len(values)} times; give it once")
+    return decode_hash(values[0], name)
 
 
 class _Bucket:
@@ -89,19 +114,126 @@ class _Full(Exception):
     pass
 
 
+def _no_constant(name: str):
+    raise BadRequest(f"the body is not strict JSON: {name} is not a JSON value")
+
+
+def _unique(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise BadRequest(f"the body gives the key {twice!r} twice")
+    return out
+
+
+def _only(obj, fields: tuple[str, ...], where: str) -> None:
+    """obj is an object whose keys are among fields (a misspelt "signature" is refused, not read
+    as no signatures)."""
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{where} must be a JSON object with {', '.join(repr(f) for f in fields)}")
+    unknown = sorted(set(obj) - set(fields))
+    if unknown:
+        raise BadRequest(f"{where} has the unknown field {unknown[0][:40]!r}; its fields: "
+                         f"{', '.join(repr(f) for f in fields)}")
+
+
 def _error(code: int, reason: str, **extra) -> web.Response:
     return web.json_response({"error": reason} | extra, status=code)
 
 
+def _default_connections() -> int:
+    """A quarter of the process's file descriptors (its peers, store and snapshots keep the rest),
+    at most 1,024."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(16, min(1024, (soft if soft != resource.RLIM_INFINITY else 4096) // 4))
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with the API's connection bounds (refused connections get a
+    one-line 503 and are closed), an idle timeout (no byte received for idle_timeout_s: closed),
+    and the HTTP parser's refusals answered as one-line JSON and logged at debug level only (a
+    stranger's bad request lines cannot flood the node's log)."""
+
+    def __init__(self, rpc: "Rpc", manager, **kwargs):
+        super().__init__(manager, **kwargs)
+        self._rpc, self._client, self._idle, self._heard = rpc, None, None, 0.0
+        self._conn = None
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        refusal = self._rpc._admit(client)
+        if refusal:
+            body = json.dumps({"error": refusal}).encode()
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            transport.close()
+            return
+        self._client, self._conn = client, transport
+        super().connection_made(transport)
+        self._heard = time.monotonic()
+        self._idle = asyncio.get_running_loop().call_later(self._rpc.idle_timeout_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        quiet = time.monotonic() - self._heard
+        if quiet >= self._rpc.idle_timeout_s:
+            self._rpc.idle_closed += 1
+            self._conn.close()
+        else:
+            self._idle = asyncio.get_running_loop().call_later(self._rpc.idle_timeout_s - quiet, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        if self._client is None:
+            return  # refused: its bytes are not read
+        self._heard = time.monotonic()
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        if self._client is not None:
+            super().eof_received()
+
+    def connection_lost(self, exc) -> None:
+        if self._client is None:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+        self._rpc._release(self._client)
+        self._client = None
+        super().connection_lost(exc)
+
+    def handle_error(self, request, status: int = 500, exc=None, message=None):
+        if status >= 500:
+            log.warning("rpc: %s from %s: %s", status, request.remote, type(exc).__name__ if exc else message)
+            reason = "internal error"
+        else:
+            log.debug("rpc: refused a malformed request from %s: %s", request.remote, exc)
+            self._rpc.refused_requests += 1
+            text = str(getattr(exc, "message", None) or message or "malformed request")
+            reason = "malformed HTTP request: " + " ".join(text.split())[:200]
+        resp = web.json_response({"error": reason}, status=status)
+        resp.force_close()
+        return resp
+
+
 class Rpc:
-    """The API of one NodeRunner (its app, core, committed-transaction index and liveness)."""
+    """The API of one NodeRunner (its app, core, committed-transaction index and liveness).
+    max_connections (None: a quarter of the file-descriptor limit, at most 1,024) and
+    max_connections_per_client bound the open connections; one that sends nothing for
+    idle_timeout_s seconds is closed."""
 
     def __init__(self, node, listen: tuple[str, int], max_body_bytes: int = 1 << 20, requests_per_s: float = 100.0,
-                 max_batch: int = 1000, max_mempool: int = 100_000):
+                 max_batch: int = 1000, max_mempool: int = 100_000, max_connections: int | None = None,
+                 max_connections_per_client: int = 64, idle_timeout_s: float = 30.0):
         self.node, self.listen = node, listen
         self.max_batch, self.max_mempool, self.max_body = max_batch, max_mempool, max_body_bytes
         self.limit = RateLimit(requests_per_s)
         self.refused_requests = 0
+        self.max_connections = _default_connections() if max_connections is None else max_connections
+        self.max_per_client, self.idle_timeout_s = max_connections_per_client, idle_timeout_s
+        self.connections: dict[str, int] = {}  # client address -> open connections
+        self.open_connections = self.refused_connections = self.idle_closed = 0
+        self._server: asyncio.AbstractServer | None = None
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._guard])
         app.router.add_post("/broadcast_tx_sync", self.broadcast_tx)
         app.router.add_post("/broadcast_txs", self.broadcast_txs)
@@ -114,14 +246,58 @@ class Rpc:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        """Binds listen; OSError (address in use, no such address) goes to the caller."""
+        """Binds listen; OSError (address in use, no such address, a port outside 0..65535) goes to
+        the caller."""
+        host, port = self.listen
+        if not (isinstance(port, int) and 0 <= port <= 65535):
+            raise OSError(f"port {port} is outside 0..65535")
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        await web.TCPSite(self.runner, self.listen[0], self.listen[1]).start()
+        loop = asyncio.get_running_loop()
+        server = self.runner.server
+
+        def handler() -> _Handler:
+            return _Handler(self, server, loop=loop, access_log=None, keepalive_timeout=self.idle_timeout_s)
+        try:
+            self._server = await loop.create_server(handler, host, port, reuse_address=True)
+        except (OverflowError, ValueError) as exc:
+            await self.runner.cleanup()
+            raise OSError(str(exc)) from None
+        except BaseException:
+            await self.runner.cleanup()
+            raise
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
         if self.runner is not None:
-            await self.runner.cleanup()
+            await self.runner.cleanup()  # closes the open connections
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def bound_port(self) -> int:
+        """The port listened on (listen's, or the one the system chose for port 0)."""
+        return self._server.sockets[0].getsockname()[1]
+
+    def _admit(self, client: str) -> str:
+        """'' if a new connection from client may open (and counts it), else why not."""
+        if self.open_connections >= self.max_connections:
+            self.refused_connections += 1
+            return f"{self.max_connections} connections open to this API; try again later"
+        if self.connections.get(client, 0) >= self.max_per_client:
+            self.refused_connections += 1
+            return f"{self.max_per_client} connections open from {client}; close some"
+        self.connections[client] = self.connections.get(client, 0) + 1
+        self.open_connections += 1
+        return ""
+
+    def _release(self, client: str) -> None:
+        self.open_connections -= 1
+        left = self.connections.get(client, 0) - 1
+        if left > 0:
+            self.connections[client] = left
+        else:
+            self.connections.pop(client, None)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
@@ -140,25 +316,34 @@ class Rpc:
                       405: f"{request.method} is not allowed on {request.path}",
                       413: f"request body over {self.max_body} bytes"}.get(exc.status, exc.reason)
             return _error(exc.status, reason)
+        except ConnectionError:  # the client went away mid-request (or was closed as idle)
+            return _error(400, "the connection closed before the request was read")
         except Exception as exc:  # a bug: logged, answered, the node carries on
             log.exception("rpc: %s %s failed", request.method, request.path)
             return _error(500, f"internal error: {type(exc).__name__}")
 
     # ---- transactions ----------------------------------------------------------------------------
-    async def _json(self, request: web.Request):
+    async def _json(self, request: web.Request, fields: tuple[str, ...]) -> dict:
+        """The body: one JSON object with no field but `fields` (strict JSON: no NaN or Infinity, no
+        key given twice, which parsers read differently)."""
         try:
-            return json.loads(await request.read())
+            body = json.loads(await request.read(), parse_constant=_no_constant, object_pairs_hook=_unique)
         except web.HTTPException:
+            raise
+        except BadRequest:
             raise
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not JSON: {exc}") from None
         except RecursionError:
             raise BadRequest("the body's JSON is nested too deeply") from None
+        _only(body, fields, "the body")
+        return body
 
     @staticmethod
     def _item(obj, where: str) -> tuple[bytes, list[bytes]]:
         if not isinstance(obj, dict) or "tx" not in obj:
             raise BadRequest(f"{where} must be an object {{\"tx\": ..., \"signatures\": [...]}}")
+        _only(obj, ("tx", "signatures"), where)
         sigs = obj.get("signatures", [])
         if not isinstance(sigs, list):
             raise BadRequest(f"{where}.signatures must be a list")
@@ -183,15 +368,15 @@ class Rpc:
         return out
 
     async def broadcast_tx(self, request: web.Request) -> web.Response:
-        item = self._item(await self._json(request), "body")
+        item = self._item(await self._json(request, ("tx", "signatures")), "body")
         try:
             return web.json_response(self._submit([item])[0])
         except _Full:
             return _error(503, f"mempool full ({len(self.node.app.mempool)} transactions); try again later")
 
     async def broadcast_txs(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        txs = body.get("txs") if isinstance(body, dict) else None
+        body = await self._json(request, ("txs",))
+        txs = body.get("txs")
         if not isinstance(txs, list):
             raise BadRequest("the body must be {\"txs\": [{\"tx\": ..., \"signatures\": [...]}, ...]}")
         if len(txs) > self.max_batch:
@@ -220,18 +405,13 @@ class Rpc:
         return web.json_response(out)
 
     async def txs(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        hashes = body.get("hashes") if isinstance(body, dict) else None
+        body = await self._json(request, ("hashes",))
+        hashes = body.get("hashes")
         if not isinstance(hashes, list):
             raise BadRequest("the body must be {\"hashes\": [\"0x<64 hex>\", ...]}")
         if len(hashes) > self.max_batch:
             raise BadRequest(f"{len(hashes)} hashes in one request; at most {self.max_batch}")
-        digests = []
-        for i, h in enumerate(hashes):
-            raw = decode_bytes(h if isinstance(h, str) and h[:2] in ("0x", "0X") else f"0x{h}", f"hashes[{i}]")
-            if len(raw) != 32:
-                raise BadRequest(f"hashes[{i}] is {len(raw)} bytes, not 32")
-            digests.append(raw)
+        digests = [decode_hash(h, f"hashes[{i}]") for i, h in enumerate(hashes)]
         return web.json_response({"results": [self._tx_status(d) for d in digests]})
 
     # ---- state ---------------------------------------------------------------------------------------
