@@ -75,9 +75,21 @@ def encode(pt):
     return (y | (x & 1) << 255).to_bytes(32, "little")
 
 
+def _as_bytes(name: str, value, length: int | None = None) -> bytes:
+    """value's bytes if it is bytes, a bytearray or a memoryview (of `length` bytes where given).
+    Anything else is a TypeError, as accel.ed25519_verify gives: bytes() would turn an int n
+    into n zero bytes (a small-order key) and a list of ints into bytes."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    value = bytes(value)
+    if length is not None and len(value) != length:
+        raise ValueError(f"{name} is {len(value)} bytes, expected {length}")
+    return value
+
+
 def decode(enc: bytes):
     """ZIP-215 decoding: y taken mod p, x = 0 may carry the sign bit; None if not on the curve."""
-    v = int.from_bytes(enc, "little")
+    v = int.from_bytes(_as_bytes("an encoded point", enc, 32), "little")
     y, sign = (v & (2**255 - 1)) % P, v >> 255
     x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
     x = pow(x2, (P + 3) // 8, P)
@@ -105,7 +117,7 @@ def challenge(r_enc: bytes, a_enc: bytes, msg: bytes) -> int:
 def zip215_verdict(pk: bytes, msg: bytes, sig: bytes) -> bool:
     """The ZIP-215 verdict on one signature: S < L, A and R decode (leniently), and
     [8]([S]B - R - [k]A) is the identity with k over the bytes as given."""
-    pk, msg, sig = bytes(pk), bytes(msg), bytes(sig)
+    pk, msg, sig = _as_bytes("public key", pk), _as_bytes("message", msg), _as_bytes("signature", sig)
     if len(pk) != 32 or len(sig) != 64:
         raise ValueError(f"a public key is 32 bytes and a signature 64, not {len(pk)} and {len(sig)}")
     s = int.from_bytes(sig[32:], "little")
@@ -122,8 +134,9 @@ def zip215_verdict(pk: bytes, msg: bytes, sig: bytes) -> bool:
 def key_is_safe(pk: bytes) -> bool:
     """accel.ed25519_key_is_safe's rule: A decodes, its encoding is canonical (re-encoding the
     point gives the same 32 bytes) and it is not of small order ([8]A is not the identity)."""
-    a = decode(bytes(pk))
-    return a is not None and encode(a) == bytes(pk) and not is_identity(mul(8, a))
+    pk = _as_bytes("public key", pk, 32)
+    a = decode(pk)
+    return a is not None and encode(a) == pk and not is_identity(mul(8, a))
 
 
 def torsion_points():

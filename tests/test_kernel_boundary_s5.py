@@ -593,3 +593,24 @@ def test_no_fallback_stays_strict_after_a_nested_block(monkeypatch):
         with pytest.raises(RuntimeError, match="simulated"):
             accel.sha256_many([b"abc"], backend=_FlakyGpu(cpu, 0))
     assert accel.sha256_many([b"abc"], backend=_FlakyGpu(cpu, 0)) == [hashlib.sha256(b"abc").digest()]
+
+
+def test_reference_model_refuses_what_accel_refuses():
+    """accel.ed25519_ref (the software-only validators' second opinion) turned an int n into n
+    zero bytes: zip215_verdict(32, 0, 64) was True (a small-order key, R and S of zeros), where
+    accel.ed25519_verify raises TypeError; a list of ints passed too, and a 33-byte point encoding
+    was read as a larger number. Both sides now refuse the same inputs."""
+    for args in [(32, b"", bytes(64)), (bytes(32), 0, bytes(64)), (bytes(32), b"", 64), ([0] * 32, b"", bytes(64)),
+                 (bytes(32), b"", [0] * 64), ("00" * 32, b"", bytes(64))]:
+        with pytest.raises(TypeError, match="must be bytes"):
+            ref.zip215_verdict(*args)
+        with pytest.raises(TypeError, match="must be bytes"):
+            accel.ed25519_verify(*args, backend="cpu")
+    with pytest.raises(TypeError, match="public key must be bytes"):
+        ref.key_is_safe(32)
+    with pytest.raises(ValueError, match="public key is 33 bytes"):
+        ref.key_is_safe(bytes(33))
+    with pytest.raises(ValueError, match="33 bytes, expected 32"):
+        ref.decode(bytes(32) + b"\x01")
+    assert ref.zip215_verdict(bytearray(32), memoryview(b""), bytearray(64)) is True  # small order, S = 0
+    assert accel.ed25519_verify(bytearray(32), memoryview(b""), bytearray(64), backend="cpu") is True
