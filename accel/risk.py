@@ -248,6 +248,7 @@ def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False
 
 def _flag_array(name, value) -> np.ndarray:
     """A bool array from bools or 0/1 integers; strings, floats and other values are errors."""
+    _refuse_masked(name, value)
     a = np.atleast_1d(np.asarray(value))
     if a.dtype == bool:
         return a
@@ -375,6 +376,12 @@ def _finite_real(v) -> bool:
         return False
 
 
+def _refuse_masked(name, value) -> None:
+    """np.asarray drops a masked array's mask: its hidden entries would be read as data."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise ValueError(f"{name} has masked entries; pass plain values")
+
+
 def _real_values(name, value) -> np.ndarray:
     """value as a float64 array of any shape, from real numbers only: integer and float arrays
     and scalars, and Python objects that are real numbers. Everything else is a ValueError naming
@@ -382,8 +389,7 @@ def _real_values(name, value) -> np.ndarray:
     and timedeltas (NumPy would read them as counts of their unit), strings (NumPy would parse
     them), bools, None, a masked array with masked entries (the mask would be dropped) and an
     integer beyond double precision (an OverflowError otherwise)."""
-    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
-        raise ValueError(f"{name} has masked entries; pass plain numbers")
+    _refuse_masked(name, value)
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -419,6 +425,7 @@ def _float_array(name, value) -> np.ndarray:
 
 
 def _int_array(name, value, dtype) -> np.ndarray:
+    _refuse_masked(name, value)
     arr = np.asarray(value)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iub"):
         raise ValueError(f"{name} must be a 1-D integer array, has dtype {arr.dtype} and shape {arr.shape}")

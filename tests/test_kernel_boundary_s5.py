@@ -614,3 +614,21 @@ def test_reference_model_refuses_what_accel_refuses():
         ref.decode(bytes(32) + b"\x01")
     assert ref.zip215_verdict(bytearray(32), memoryview(b""), bytearray(64)) is True  # small order, S = 0
     assert accel.ed25519_verify(bytearray(32), memoryview(b""), bytearray(64), backend="cpu") is True
+
+
+def test_masked_flags_and_integer_arrays_are_refused():
+    """The flags and integer arrays dropped a mask as the float ones did: the hidden entry became
+    an option type, an offset or an instrument kind."""
+    with pytest.raises(ValueError, match="is_call has masked entries"):
+        accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, np.ma.array([1, 0], mask=[False, True]), backend="cpu")
+    with pytest.raises(ValueError, match="inverse has masked entries"):
+        accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, True, inverse=np.ma.array([1, 0], mask=[True, False]))
+    with pytest.raises(ValueError, match="offsets has masked entries"):
+        Portfolio(offsets=np.ma.array([0, 1, 2], mask=[0, 1, 0]), instrument=[0, 0], size=[1.0, 1.0])
+    with pytest.raises(ValueError, match="instrument has masked entries"):
+        Portfolio(offsets=[0, 1], instrument=np.ma.array([0], mask=[1]), size=[1.0])
+    with pytest.raises(ValueError, match="kind has masked entries"):
+        Marks(index=1.0, rate=0.0, forward=[1.0], strike=[1.0], expiry=[1.0], vol=[1.0], kind=np.ma.array([8], mask=[1]))
+    unmasked = accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, np.ma.array([1, 0], mask=[False, False]), backend="cpu")
+    assert unmasked.price.tobytes() == accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, [True, False],
+                                                    backend="cpu").price.tobytes()
