@@ -32,6 +32,12 @@ Rejected action for a block) and counted in Core.counters; only InvariantViolati
 Missing blocks are fetched in ranges (BlockRequest from the committed height, at most MAX_RANGE a
 response), one fetch per block, at most MAX_FETCHES outstanding and MAX_PARKED proposals waiting
 (certificates and proposer's signature checked first), children processed in a loop.
+Blocks a Byzantine leader signs (review s5): a block is taken only if an honest validator could
+vote for it (its QC or a TC is of the view just before it), above the committed block's view, and
+one block a view unless it is known to be certified (fetched, or certified by the next proposal of
+a response, _vouched); so a leader's blocks for far views or many versions of one view are dropped
+before any validation. A parked proposal's transactions must match its digest and root (the id
+covers only those). Committed ids are looked up by a dict (self.heights), never a chain scan.
 Durability: Persist carries the uncommitted blocks up to the high QC's block and the last voted
 block (Safety.blocks), so a network restarted all at once still holds what its high QCs certify;
 memory is pruned below the committed block (_prune).
@@ -201,11 +207,19 @@ class Core:
         self.last_tc: TC | None = None
         self.failures = 0
         self.proposed: set[int] = set()
+        # view -> the first block taken in it: a second one of the same view (an equivocating
+        # leader's) is taken only where it is certified (see _vouched), so one Byzantine leader
+        # cannot fill memory with blocks of its view
+        self.view_blocks: dict[int, bytes] = {}
         self.timed_out: set[int] = set()
         self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
         self.parked: dict[bytes, int] = {}  # id -> proposer of the proposals in waiting (at most MAX_PARKED)
         self.fetching: dict[bytes, int] = {}  # block id asked for -> the peer asked (at most MAX_FETCHES)
         self.chain: list[bytes] = [self.genesis.id]  # committed block ids by height
+        # committed block id -> height, above the genesis: a peer's BlockRequest for a block pruned
+        # from memory is looked up here, not by a scan of the chain (a Byzantine validator asking
+        # for ids nobody committed would otherwise cost a scan of the whole chain per request)
+        self.heights: dict[bytes, int] = {}
         # what was dropped or refused, by reason: input from the network that failed a check
         # (a driver exports these; nothing here is an error of this validator)
         self.counters: Counter = Counter()
@@ -219,6 +233,7 @@ class Core:
                 self.proposals[b.id] = base.proposal
             self.committed = b
             self.chain = [self.genesis.id, *base.chain[1:]]
+            self.heights = {i: h for h, i in enumerate(self.chain) if h and i is not None}
             app.committed(b, self.states[b.id])
         self.replayed = len(history)
         for p in history:  # replay what this validator committed before it stopped
@@ -237,6 +252,7 @@ class Core:
                 self.proposals[b.id] = p
             self.committed = b
             self.chain.append(b.id)
+            self.heights[b.id] = b.height
             app.committed(b, self.states[b.id])
             if b.parent != self.genesis.id:  # only the newest block's state is needed to go on
                 del self.blocks[b.parent], self.states[b.parent]
@@ -265,6 +281,7 @@ class Core:
                                      f"{verdict.reason}")
         self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
         self.timings[b.id] = verdict.timings_ms
+        self.view_blocks.setdefault(b.view, b.id)
 
     # ---- entry points -------------------------------------------------------------------------
     def start(self) -> list:
@@ -395,22 +412,29 @@ class Core:
         return b is not None and b.view == qc.view and b.height == qc.height
 
     # ---- proposals ----------------------------------------------------------------------------
-    def _on_proposal(self, sender: int, p: Proposal) -> list:
+    def _on_proposal(self, sender: int, p: Proposal, vouch: QC | None = None) -> list:
         """Validate a proposal and act on it; then, in a loop (never recursion, however long the
-        chain that was waiting for it), each parked proposal whose parent it was."""
+        chain that was waiting for it), each parked proposal whose parent it was. vouch: a QC that
+        may certify p (the next proposal's in a BlockResponse), see _vouched."""
         out, todo = [], [(sender, p)]
         while todo:
             s, q = todo.pop()
-            out += self._on_one_proposal(s, q)
+            out += self._on_one_proposal(s, q, vouch if q is p else None)
             if q.block.id in self.blocks:
                 for child in self.waiting.pop(q.block.id, []):
                     self.parked.pop(child[1].block.id, None)
                     todo.append(child)
         return out
 
-    def _on_one_proposal(self, sender: int, p: Proposal) -> list:
+    def _on_one_proposal(self, sender: int, p: Proposal, vouch: QC | None = None) -> list:
         b = p.block
         if b.id in self.blocks:
+            return []
+        if b.view <= self.committed.view:
+            # its view is before the committed block's: not a descendant of it (views grow along a
+            # chain), so it can never commit; dropped before any work (a Byzantine leader's old
+            # views, or a late copy)
+            self.counters["proposal_stale"] += 1
             return []
         if b.proposer != self.cfg.leader(b.view) or not 0 <= b.proposer < self.cfg.n:
             return [Rejected(b.id, b.proposer, f"view {b.view}'s leader is {self.cfg.leader(b.view)}")]
@@ -420,6 +444,14 @@ class Core:
             return [Rejected(b.id, b.proposer, "block does not extend the QC it carries")]
         if b.tc is not None and b.tc.view + 1 != b.view:
             return [Rejected(b.id, b.proposer, "a block's TC must be for the view just before it")]
+        if b.tc is None and b.qc.view + 1 != b.view:
+            # no honest validator votes for it (_safe_to_vote), so it is never certified and never
+            # needed: without this a leader could sign blocks for any of its views, up to MAX_VIEW,
+            # each one validated and kept
+            return [Rejected(b.id, b.proposer, "a block needs the QC or a TC of the view just before it")]
+        if self.view_blocks.get(b.view, b.id) != b.id and not self._vouched(b, vouch):
+            self.counters["proposal_equivocation"] += 1  # a second block of one view, not certified
+            return []
         parent = self.blocks.get(b.parent)
         if parent is None:  # park it and fetch the missing ancestors from whoever sent it
             return self._park(sender, p)
@@ -441,12 +473,27 @@ class Core:
             return [Rejected(b.id, b.proposer, verdict.reason)]
         self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
         self.timings[b.id] = verdict.timings_ms
+        self.view_blocks.setdefault(b.view, b.id)
         out = self._process_qc(b.qc, sender)
         if b.tc is not None:
             out += self._process_tc(b.tc)
         if self._safe_to_vote(b):
             out += self._vote(b)
         return out
+
+    def _vouched(self, b: Block, qc: QC | None) -> bool:
+        """Whether block b is known to be certified, so it is taken although another block of
+        its view was (an equivocating leader's second version, which the others certified): a
+        block this validator fetches (a verified QC or parked proposal names it) or one that `qc`,
+        verified here, certifies."""
+        if b.id in self.fetching or b.id in self.waiting:
+            return True
+        if qc is None or qc.block_id != b.id or qc.view != b.view:
+            return False
+        try:
+            return self.app.verifier.verify_lists(*self.qc_certs(qc))
+        except InvalidCertificate:
+            return False
 
     def _proposal_certs(self, p: Proposal) -> tuple[list, list, list]:
         """(keys, messages, signatures) a proposal's validity rests on: its QC's, its TC's and its
@@ -484,6 +531,11 @@ class Core:
         if not self.app.verifier.verify_lists(*certs):
             self.counters["proposal_invalid"] += 1
             return [Rejected(b.id, b.proposer, "a certificate or the proposer's signature does not verify")]
+        if b.txs.digest() != b.sig_digest or self.app.tx_root(b.txs) != b.tx_root:
+            # nor does the id cover the transactions, only their root and digest: a relayed copy
+            # with other transactions parked first would keep the real one out just the same
+            self.counters["proposal_invalid"] += 1
+            return [Rejected(b.id, b.proposer, "its transactions do not match its signature digest or transaction root")]
         self.waiting.setdefault(b.parent, []).append((sender, p))
         self.parked[b.id] = b.proposer
         return [] if b.parent in self.parked else self._fetch(b.parent, sender)
@@ -504,10 +556,7 @@ class Core:
         b = self.blocks.get(block_id)
         if b is not None:
             return b.height
-        try:  # a committed block pruned from memory (a scan: requests for those are rare)
-            return self.chain.index(block_id, 1)
-        except ValueError:
-            return None
+        return self.heights.get(block_id)  # a committed block pruned from memory
 
     def _ancestry(self, block_id: bytes, from_height: int, limit: int) -> list[bytes]:
         """The ids of the chain ending at block_id from from_height up (0: the block alone), oldest
@@ -559,9 +608,10 @@ class Core:
         """Proposals of one chain, oldest first: each validated as any proposal. A fetch that the
         answer brought closer but not to its end asks the same peer for the next range."""
         out, new = [], 0
-        for p in resp.proposals:
+        for i, p in enumerate(resp.proposals):
             known = p.block.id in self.blocks
-            out += self._on_proposal(sender, p)
+            nxt = resp.proposals[i + 1].block.qc if i + 1 < len(resp.proposals) else None
+            out += self._on_proposal(sender, p, nxt)
             new += not known and p.block.id in self.blocks
         last = resp.proposals[-1].block
         for block_id, peer in list(self.fetching.items()):
@@ -593,6 +643,9 @@ class Core:
         parent = self.blocks.get(self.safety.high_qc.block_id)
         if parent is None:
             return []  # the block is being fetched; this view will time out
+        tc = self.last_tc if self.last_tc is not None and self.last_tc.view + 1 == view else None
+        if tc is None and self.safety.high_qc.view + 1 != view:
+            return []  # entered by a QC whose block is not held yet: no one would vote for the block
         self.proposed.add(view)
         exclude = set()
         cursor = parent
@@ -605,7 +658,6 @@ class Core:
             log.exception("proposing for view %d raised", view)
             self.counters["propose_error"] += 1
             return []
-        tc = self.last_tc if self.last_tc is not None and self.last_tc.view + 1 == view else None
         b = Block(view, parent.height + 1, parent.id, self.cfg.me, self.app.tx_root(txs), state.root, txs.digest(),
                   txs, self.safety.high_qc, tc)
         p = Proposal(b, self.sign(proposal_bytes(b.id)))
@@ -686,6 +738,7 @@ class Core:
         for b in reversed(chain):
             self.committed = b
             self.chain.append(b.id)
+            self.heights[b.id] = b.height
             self.app.committed(b, self.states[b.id])
             out.append(Committed(b, self.proposals[b.id], self.timings.get(b.id, {})))
         self._prune()
@@ -714,6 +767,7 @@ class Core:
         self.vote_voters = {v: s for v, s in self.vote_voters.items() if v >= floor}
         self.timeouts = {v: t for v, t in self.timeouts.items() if v >= floor}
         self.proposed = {v for v in self.proposed if v >= floor}
+        self.view_blocks = {v: i for v, i in self.view_blocks.items() if v > floor}
         self.timed_out = {v for v in self.timed_out if v >= floor}
         for i in [i for i, b in self.blocks.items() if b.height < height]:
             b = self.blocks.pop(i)

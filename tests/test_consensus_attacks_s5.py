@@ -1,0 +1,210 @@
+"""Attacks on the consensus core by an authenticated Byzantine validator (review s5): blocks it
+signs for views it leads (any number of them, far ahead or many versions of one view), handed
+over directly or in unasked BlockResponses, must not pile up in an honest validator's memory or
+each cost it a validation; and a relayed copy of a proposal with other transactions must not keep
+the real one out of the parked proposals. Each test injects what the attacker can sign with its
+own key only, and checks the honest validators keep committing."""
+import hashlib
+from dataclasses import replace
+
+from consensus import messages as m
+from consensus.core import Rejected
+from consensus.messages import QC, Block, BlockResponse, Proposal, proposal_bytes, vote_bytes
+from consensus.sim import Simulation
+from test_consensus import assert_safe
+
+
+def _running(blocks=3, seed=1):
+    sim = Simulation(n=4, seed=seed)
+    sim.load(400)  # more than the blocks take: variants of a block pick different transactions
+    sim.run(blocks=blocks)
+    return sim
+
+
+def _signed(sim, block: Block) -> Proposal:
+    return Proposal(block, sim.keys[block.proposer].sign(proposal_bytes(block.id)).signature)
+
+
+def _qc(sim, block: Block, voters=(0, 1, 2)) -> QC:
+    """A real QC over `block`: the voters' signatures (as honest validators that voted for it)."""
+    sigs = b"".join(sim.keys[v].sign(vote_bytes(block.id, block.view)).signature for v in voters)
+    return QC(block.id, block.view, block.height, tuple(voters), sigs)
+
+
+def _variant(core, parent: Block, qc: QC, view: int, proposer: int, skip: int) -> Block:
+    """A valid block of `view` over `parent`: the mempool's transactions but the first `skip`
+    (each skip a different block with its own correct roots)."""
+    exclude = set(list(core.app.mempool)[:skip])
+    txs, state = core.app.propose(core.states[parent.id], exclude)
+    return Block(view, parent.height + 1, parent.id, proposer, core.app.tx_root(txs), state.root, txs.digest(), txs, qc)
+
+
+def test_blocks_for_far_future_views_of_a_byzantine_leader_are_not_kept():
+    """A Byzantine validator signs a valid block over the current high QC for each of its views
+    ahead (views it leads, up to 4,000 views on): no honest validator votes for a block whose QC
+    is not of the view before it, so none is validated or kept (before the fix: all 1,000 were,
+    each with its state), and the chain goes on."""
+    sim = _running()
+    core = sim.nodes[0].core
+    hq, byz = core.safety.high_qc, 2
+    parent = core.blocks[hq.block_id]
+    before = len(core.blocks)
+    out = []
+    for view in range(core.view + 2, core.view + 4_000):
+        if core.cfg.leader(view) == byz:
+            out += core.handle(byz, _signed(sim, _variant(core, parent, hq, view, byz, 0)))
+    assert len(core.blocks) <= before and len(core.states) == len(core.blocks)
+    assert out and all(isinstance(a, Rejected) for a in out)
+    sim.run(blocks=8)
+    assert all(len(n.committed) >= 8 for n in sim.nodes)
+    assert_safe(sim)
+
+
+def _child(core, grandparent: Block, b: Block, qc_b: QC) -> Block:
+    """A valid block of the view after b's, over b (b not held: its state is computed here), by
+    that view's leader, carrying qc_b."""
+    state_b = core.app.execute(core.states[grandparent.id], b.txs.bodies)
+    txs, state = core.app.propose(state_b, {hashlib.sha256(b.txs.bodies.item(i)).digest() for i in range(len(b.txs))})
+    return Block(b.view + 1, b.height + 1, b.id, core.cfg.leader(b.view + 1), core.app.tx_root(txs), state.root,
+                 txs.digest(), txs, qc_b)
+
+
+def _first_of_view(sim, core, parent, hq, view, byz) -> Block:
+    """The block of `view` the core holds (the real one, if it came), else version 0, sent now."""
+    held = [b for b in core.blocks.values() if b.view == view]
+    if not held:
+        core.handle(byz, _signed(sim, _variant(core, parent, hq, view, byz, 0)))
+        held = [b for b in core.blocks.values() if b.view == view]
+    assert len(held) == 1
+    return held[0]
+
+
+def _equivocation_setup():
+    """A running simulation, an honest validator's core, and the Byzantine leader of the view
+    after the core's high QC (not the core's own validator)."""
+    sim = _running()
+    for node in sim.nodes:
+        core = node.core
+        hq = core.safety.high_qc
+        byz = core.cfg.leader(hq.view + 1)
+        if byz != node.index:
+            return sim, node, core, hq, byz
+    raise AssertionError("no validator that is not the next leader")
+
+
+def test_one_view_of_an_equivocating_leader_keeps_one_block_directly_or_in_responses():
+    """The Byzantine leader of the next view signs 40 valid versions of its block (different
+    transactions, each with correct roots) and sends them directly, then 40 more in unasked
+    BlockResponses: one block of that view is kept and validated, the others are dropped before
+    any validation (before the fix: all 80 kept, each executed)."""
+    sim, node, core, hq, byz = _equivocation_setup()
+    parent = core.blocks[hq.block_id]
+    view = hq.view + 1
+    before = len(core.blocks)
+    for skip in range(40):
+        core.handle(byz, _signed(sim, _variant(core, parent, hq, view, byz, skip)))
+    for start in range(40, 80, 4):
+        props = tuple(_signed(sim, _variant(core, parent, hq, view, byz, s)) for s in range(start, start + 4))
+        core.handle(byz, BlockResponse(props))
+    kept = [b for b in core.blocks.values() if b.view == view]
+    assert len(kept) == 1 and len(core.blocks) <= before + 1 and len(core.states) == len(core.blocks)
+    assert core.counters["proposal_equivocation"] >= 79  # (80 where the real block of the view came first)
+    sim.run(blocks=len(node.committed) + 6)
+    assert all(len(n.committed) >= 8 for n in sim.nodes)
+    assert_safe(sim)
+
+
+def test_a_second_block_of_a_view_that_the_others_certified_is_still_taken():
+    """The other side of the one-block-a-view rule: the validator first took version A of an
+    equivocating leader's view; the others certified version B. B is fetched (the next proposal's
+    verified QC names it) and taken, and so is B in a response whose next proposal's QC
+    certifies it (verified before B is taken)."""
+    sim, node, core, hq, byz = _equivocation_setup()
+    parent = core.blocks[hq.block_id]
+    view = hq.view + 1
+    a = _first_of_view(sim, core, parent, hq, view, byz)
+    b = _variant(core, parent, hq, view, byz, 5)
+    assert a.id != b.id
+    child = _child(core, parent, b, _qc(sim, b))
+    # B alone, directly: a second block of the view, not certified as far as this validator knows
+    core.handle(byz, _signed(sim, b))
+    assert b.id not in core.blocks and core.counters["proposal_equivocation"] == 1
+    # in a response with the child carrying its QC: taken, and so is the child
+    core.handle(child.proposer, BlockResponse((_signed(sim, b), _signed(sim, child))))
+    assert b.id in core.blocks and child.id in core.blocks
+    assert core.safety.high_qc.block_id == b.id
+
+
+def test_a_second_block_of_a_view_is_taken_when_fetched():
+    """As above, by the usual path: the child arrives first (parked, B fetched), B in the answer."""
+    sim, node, core, hq, byz = _equivocation_setup()
+    parent = core.blocks[hq.block_id]
+    view = hq.view + 1
+    a = _first_of_view(sim, core, parent, hq, view, byz)
+    b = _variant(core, parent, hq, view, byz, 5)
+    assert a.id != b.id
+    child = _child(core, parent, b, _qc(sim, b))
+    out = core.handle(child.proposer, _signed(sim, child))
+    assert child.id in core.parked and any(isinstance(getattr(x, "msg", None), m.BlockRequest) for x in out)
+    core.handle(child.proposer, BlockResponse((_signed(sim, b),)))
+    assert b.id in core.blocks and child.id in core.blocks
+
+
+def test_a_relayed_copy_with_other_transactions_cannot_keep_the_real_proposal_out():
+    """The proposer's signature covers the block id, and the id covers the transactions only by
+    their root and signature digest: a Byzantine peer relays a real proposal whose parent the
+    receiver lacks with one transaction signature changed, ahead of the real one. The copy is
+    refused before it is parked (before the fix it was parked, the real one dropped as a
+    duplicate, and the copy then rejected once the parent came: the block was lost); the real one
+    is parked and taken."""
+    import numpy as np
+    sim = Simulation(n=4, seed=9)
+    sim.load(200)
+    sim.run(blocks=6)
+    donor = sim.nodes[0].core
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    fresh = Simulation(n=4, seed=9).nodes[2].core
+    real = donor.proposals[chain[3].id]
+    assert len(real.block.txs) > 0
+    sigs = np.array(real.block.txs.sigs, copy=True)
+    sigs[0, 0] ^= 1
+    forged = replace(real, block=replace(real.block, txs=replace(real.block.txs, sigs=sigs)))
+    assert forged.block.id == real.block.id
+    assert [type(a).__name__ for a in fresh.handle(3, forged)] == ["Rejected"]
+    fresh.handle(0, real)
+    assert real.block.id in fresh.parked
+    fresh.handle(0, m.BlockResponse(tuple(donor.proposals[b.id] for b in chain[:3])))
+    assert real.block.id in fresh.blocks
+
+
+class _ScanCountingList(list):
+    """A chain of committed ids that counts the whole-chain scans made on it."""
+    scans = 0
+
+    def index(self, *args):
+        type(self).scans += 1
+        return super().index(*args)
+
+    def __contains__(self, item):
+        type(self).scans += 1
+        return super().__contains__(item)
+
+
+def test_block_requests_for_unknown_ids_cost_no_scan_of_the_chain(tmp_path):
+    """A Byzantine validator asks for blocks nobody committed (random ids), at its full frame rate:
+    each request was a scan of the whole committed chain (10 ms at a million blocks, 2,000 frames
+    a second allowed per validator), now a lookup; a pruned committed block is still served."""
+    import os
+    sim = Simulation(n=4, seed=3)
+    sim.durable("v0", tmp_path / "v0.db")
+    sim.load(100)
+    sim.run(blocks=12)
+    core = sim.nodes[0].core
+    core.chain = _ScanCountingList(core.chain)
+    for _ in range(200):
+        assert core.handle(2, m.BlockRequest(os.urandom(32), 1, m.MAX_RANGE)) == []
+    old = core.chain[2]
+    assert old not in core.blocks  # pruned from memory, served from the store
+    out = core.handle(2, m.BlockRequest(old, 1, m.MAX_RANGE))
+    assert [p.block.id for p in out[0].msg.proposals] == list(core.chain[1:3])
+    assert _ScanCountingList.scans == 0
