@@ -513,7 +513,8 @@ def test_buffers_that_are_not_plain_bytes_are_named():
         accel.sha256_many([b"x", strided], backend="cpu")
     with pytest.raises(TypeError, match="^leaf 0 is a non-contiguous memoryview"):
         accel.merkle_root([strided], backend="cpu")
-    with pytest.raises(TypeError, match=r"^signature 0 is a 2-D memoryview of 1-byte items \('B'\), expected 64 bytes$"):
+    two_d = r"^signature 0 is a 2-D memoryview of 1-byte items \('B'\), expected 64 bytes$"
+    with pytest.raises(TypeError, match=two_d):
         accel.ed25519_verify_batch([bytes(32)], [b""], [two_rows], backend="cpu")
     with pytest.raises(TypeError, match="^public key 0 is a non-contiguous memoryview"):
         accel.ed25519_verify_batch([memoryview(bytes(64))[::2]], [b""], [bytes(64)], backend="cpu")
@@ -628,7 +629,9 @@ def test_masked_flags_and_integer_arrays_are_refused():
     with pytest.raises(ValueError, match="instrument has masked entries"):
         Portfolio(offsets=[0, 1], instrument=np.ma.array([0], mask=[1]), size=[1.0])
     with pytest.raises(ValueError, match="kind has masked entries"):
-        Marks(index=1.0, rate=0.0, forward=[1.0], strike=[1.0], expiry=[1.0], vol=[1.0], kind=np.ma.array([8], mask=[1]))
-    unmasked = accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, np.ma.array([1, 0], mask=[False, False]), backend="cpu")
+        Marks(index=1.0, rate=0.0, forward=[1.0], strike=[1.0], expiry=[1.0], vol=[1.0],
+              kind=np.ma.array([8], mask=[1]))
+    flags = np.ma.array([1, 0], mask=[False, False])
+    unmasked = accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, flags, backend="cpu")
     assert unmasked.price.tobytes() == accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, [True, False],
                                                     backend="cpu").price.tobytes()
