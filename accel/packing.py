@@ -32,6 +32,12 @@ class Packed(NamedTuple):
         return len(self.offsets) - 1
 
     def item(self, i: int) -> bytes:
+        """Message i, counted from the end when negative as in a list (offsets[i + 1] of i = -1 is
+        offsets[0]: that read an empty message); IndexError outside the batch."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"message {i} of a batch of {n}")
+        i = int(i) + n if i < 0 else int(i)
         return self.data[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
 
 

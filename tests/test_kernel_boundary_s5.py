@@ -635,3 +635,12 @@ def test_masked_flags_and_integer_arrays_are_refused():
     unmasked = accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, flags, backend="cpu")
     assert unmasked.price.tobytes() == accel.greeks([100.0, 90.0], 100.0, 1.0, 0.0, 0.5, [True, False],
                                                     backend="cpu").price.tobytes()
+
+
+def test_packed_item_counts_from_the_end_like_a_list():
+    """Packed.item(-1) read data[offsets[-1]:offsets[0]], an empty message, instead of the last."""
+    packed = accel.Packed.join([accel.Packed(np.frombuffer(b"abcde", np.uint8), np.array([0, 2, 5], np.uint64))])
+    assert [packed.item(i) for i in (0, 1, -1, -2, np.int64(1))] == [b"ab", b"cde", b"cde", b"ab", b"cde"]
+    for bad in (2, -3):
+        with pytest.raises(IndexError):
+            packed.item(bad)
