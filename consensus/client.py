@@ -261,8 +261,12 @@ class Client:
                 payload = json.loads(exc.read())
             except ValueError:
                 payload = {}
-            if exc.code == 429 and retries > 0:
-                time.sleep(0.25)
+            if exc.code == 429 and retries > 0:  # after the validator's Retry-After (at most 5 s)
+                try:
+                    pause = min(5.0, max(0.25, float(exc.headers.get("Retry-After") or 0.25)))
+                except (TypeError, ValueError):
+                    pause = 0.25
+                time.sleep(pause)
                 return self._call(url, path, body, ok404, retries - 1)
             if ok404 and exc.code in (404, 503):
                 return payload | {"http_status": exc.code}

@@ -14,7 +14,8 @@ CometBFT's RPC conventions. Served when the validator's file has `[rpc] listen =
 BYTES is "0x" followed by hex, or base64 (CometBFT's JSON encoding). A transaction's hash is
 sha256(body), in hex. Every refusal is a 4xx with {"error": "<one line>"}: a malformed request
 (400), an unknown path (404) or method (405), a body over max_body_bytes (413), a client over
-its request rate (429), a full mempool (503), a client over its connections (503). A request
+its request rate or its share of the validator's verification time (429, with Retry-After), a
+full mempool (503), a client over its connections (503). A request
 the HTTP parser refuses (a bad request line, header or length) is a 400 with the same one-line
 JSON, logged at debug level only. JSON bodies are strict: no NaN or Infinity, no key twice, no
 field the endpoint does not name; hex is "0x" and an even number of hex digits, nothing else.
@@ -28,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -110,8 +112,70 @@ class RateLimit:
         return True
 
 
+def client_of(remote: str | None) -> str:
+    """Whom a connection's or request's bounds count against: its IPv4 address, or the /64 network
+    of an IPv6 one (a host holds a whole /64, so counting single IPv6 addresses would give one
+    attacker endless fresh budgets)."""
+    try:
+        ip = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return remote or "?"
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class WorkBudget:
+    """Seconds of the node's event loop that submissions may take, per second: `share` for one
+    client, `total` for every client together, each a bucket holding up to 2 s worth. A
+    submission is answered while both buckets are above zero, and its measured time is taken
+    from both afterwards (a bucket may go below zero; it refills before the client's next one).
+    The loop that verifies submissions also runs consensus: without this bound, batches of
+    invalid signatures at the request rate kept it busy past the view timeout (1,000 bad
+    signatures take 50 ms on the C fallback, 1.6 s software-only; 100 such requests a second is
+    5 s of work a second), and strangers sending them to every validator stalled the chain."""
+
+    def __init__(self, share: float, total: float):
+        self.share, self.total = share, total
+        self.clients: dict[str, list[float]] = {}  # client -> [seconds left, at]
+        self.all = [2 * total, time.monotonic()]
+
+    def _refill(self, bucket: list[float], rate: float, now: float) -> list[float]:
+        bucket[0] = min(2 * rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        return bucket
+
+    def refusal(self, client: str, now: float | None = None) -> tuple[str, float]:
+        """('', 0) if the client may submit now, else (why not, seconds until it may)."""
+        now = time.monotonic() if now is None else now
+        mine = self.clients.pop(client, None) or [2 * self.share, now]
+        self.clients[client] = mine  # most recently used last
+        while len(self.clients) > CLIENTS_TRACKED:
+            del self.clients[next(iter(self.clients))]
+        if self._refill(mine, self.share, now)[0] <= 0:
+            wait = -mine[0] / self.share + 0.1
+            return (f"{client} is over its share of this validator's verification time ({self.share:g} s a second); "
+                    f"try again in {wait:.1f} s"), wait
+        if self._refill(self.all, self.total, now)[0] <= 0:
+            wait = -self.all[0] / self.total + 0.1
+            return (f"submissions are over this validator's verification time ({self.total:g} s a second); "
+                    f"try again in {wait:.1f} s"), wait
+        return "", 0.0
+
+    def charge(self, client: str, seconds: float) -> None:
+        if client in self.clients:
+            self.clients[client][0] -= seconds
+        self.all[0] -= seconds
+
+
 class _Full(Exception):
     pass
+
+
+class _Busy(Exception):
+    """Over the WorkBudget; the message says why."""
 
 
 def _no_constant(name: str):
@@ -138,8 +202,9 @@ def _only(obj, fields: tuple[str, ...], where: str) -> None:
                          f"{', '.join(repr(f) for f in fields)}")
 
 
-def _error(code: int, reason: str, **extra) -> web.Response:
-    return web.json_response({"error": reason} | extra, status=code)
+def _error(code: int, reason: str, retry_after: float | None = None, **extra) -> web.Response:
+    headers = None if retry_after is None else {"Retry-After": str(max(1, int(retry_after + 0.999)))}
+    return web.json_response({"error": reason} | extra, status=code, headers=headers)
 
 
 def _default_connections() -> int:
@@ -162,7 +227,7 @@ class _Handler(RequestHandler):
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        client = client_of(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
         refusal = self._rpc._admit(client)
         if refusal:
             body = json.dumps({"error": refusal}).encode()
@@ -220,11 +285,13 @@ class Rpc:
     """The API of one NodeRunner (its app, core, committed-transaction index and liveness).
     max_connections (None: a quarter of the file-descriptor limit, at most 1,024) and
     max_connections_per_client bound the open connections; one that sends nothing for
-    idle_timeout_s seconds is closed."""
+    idle_timeout_s seconds is closed. Submissions may take submit_share_s seconds of the node's
+    loop a second per client, submit_total_s for all (WorkBudget); past them, 429."""
 
     def __init__(self, node, listen: tuple[str, int], max_body_bytes: int = 1 << 20, requests_per_s: float = 100.0,
                  max_batch: int = 1000, max_mempool: int = 100_000, max_connections: int | None = None,
-                 max_connections_per_client: int = 64, idle_timeout_s: float = 30.0):
+                 max_connections_per_client: int = 64, idle_timeout_s: float = 30.0,
+                 submit_share_s: float = 0.1, submit_total_s: float = 0.4):
         self.node, self.listen = node, listen
         self.max_batch, self.max_mempool, self.max_body = max_batch, max_mempool, max_body_bytes
         self.limit = RateLimit(requests_per_s)
@@ -234,6 +301,7 @@ class Rpc:
         self.connections: dict[str, int] = {}  # client address -> open connections
         self.open_connections = self.refused_connections = self.idle_closed = 0
         self._server: asyncio.AbstractServer | None = None
+        self.work = WorkBudget(submit_share_s, submit_total_s)
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._guard])
         app.router.add_post("/broadcast_tx_sync", self.broadcast_tx)
         app.router.add_post("/broadcast_txs", self.broadcast_txs)
@@ -301,9 +369,10 @@ class Rpc:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
-        if not self.limit.allow(request.remote or "?"):
+        if not self.limit.allow(client_of(request.remote)):
             self.refused_requests += 1
-            return _error(429, f"over {self.limit.rate:g} requests per second from {request.remote}; slow down")
+            return _error(429, f"over {self.limit.rate:g} requests per second from {request.remote}; slow down",
+                          retry_after=1)
         try:
             return await handler(request)
         except BadRequest as exc:
@@ -350,7 +419,17 @@ class Rpc:
         return (decode_bytes(obj["tx"], f"{where}.tx"),
                 [decode_bytes(s, f"{where}.signatures[{i}]") for i, s in enumerate(sigs)])
 
-    def _submit(self, items: list[tuple[bytes, list[bytes]]]) -> list[dict]:
+    def _submit(self, items: list[tuple[bytes, list[bytes]]], client: str = "?") -> list[dict]:
+        refusal, wait = self.work.refusal(client)
+        if refusal:
+            raise _Busy(refusal, wait)
+        started = time.perf_counter()
+        try:
+            return self._submit_now(items)
+        finally:
+            self.work.charge(client, time.perf_counter() - started)
+
+    def _submit_now(self, items: list[tuple[bytes, list[bytes]]]) -> list[dict]:
         app = self.node.app
         fresh = sum(1 for body, _ in items if hashlib.sha256(body).digest() not in app.mempool)
         if fresh and len(app.mempool) + fresh > self.max_mempool:
@@ -370,7 +449,10 @@ class Rpc:
     async def broadcast_tx(self, request: web.Request) -> web.Response:
         item = self._item(await self._json(request, ("tx", "signatures")), "body")
         try:
-            return web.json_response(self._submit([item])[0])
+            return web.json_response(self._submit([item], client_of(request.remote))[0])
+        except _Busy as exc:
+            self.refused_requests += 1
+            return _error(429, str(exc), retry_after=exc.args[1])
         except _Full:
             return _error(503, f"mempool full ({len(self.node.app.mempool)} transactions); try again later")
 
@@ -383,7 +465,10 @@ class Rpc:
             raise BadRequest(f"{len(txs)} transactions in one request; at most {self.max_batch}")
         items = [self._item(t, f"txs[{i}]") for i, t in enumerate(txs)]
         try:
-            return web.json_response({"results": self._submit(items)})
+            return web.json_response({"results": self._submit(items, client_of(request.remote))})
+        except _Busy as exc:
+            self.refused_requests += 1
+            return _error(429, str(exc), retry_after=exc.args[1])
         except _Full:
             return _error(503, f"mempool full ({len(self.node.app.mempool)} transactions); try again later")
 

@@ -415,3 +415,49 @@ def test_an_accel_string_with_a_nul_is_refused_naming_the_line(tmp_path):
     path.write_text('[accel]\nbackend = "cpu"\ncuda_cubin_dir = "a\\u0000b"\n')
     with pytest.raises(ConfigError, match=rf"{path}:3: cuda_cubin_dir must not contain a NUL"):
         config.load(path, env={})
+
+
+# ---- verification time: one client, and all together ------------------------------------------
+def _bad_batch(n: int, salt: int) -> dict:
+    return {"txs": [cl.encode_tx((cl.register(SigningKey(bytes([salt, i % 256, i // 256]) + bytes(29)))[0],
+                                  [bytes(64)])) for i in range(n)]}
+
+
+def test_submissions_are_bounded_by_the_validators_verification_time(tmp_path):
+    """Batches of invalid signatures were verified on the node's own loop at the request rate
+    (100 a second), so a stranger could keep consensus from running (1,000 bad signatures: 50 ms
+    on the C fallback, 1.6 s software-only). Now a client's submissions may take its share of the
+    loop's time, all clients together theirs; past that a 429 with Retry-After, other clients
+    and the read endpoints still served."""
+    import aiohttp
+
+    async def scenario(s, base, runner):
+        out = {"first": await _post(s, base + "/broadcast_txs", json=_bad_batch(20, 1))}
+        async with s.post(base + "/broadcast_txs", json=_bad_batch(20, 2)) as r:
+            out["second"] = (r.status, await r.json(), r.headers.get("Retry-After"))
+        out["status"] = await _get(s, base + "/status")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as other:
+            out["other client"] = await _post(other, base + "/broadcast_txs", json=_bad_batch(20, 3))
+        return out
+    out = _serve(tmp_path, scenario, submit_share_s=1e-6, submit_total_s=1000.0)
+    assert out["first"][0] == 200 and not any(r["accepted"] for r in out["first"][1]["results"])
+    status, answer, retry = out["second"]
+    assert status == 429 and "share of this validator's verification time" in answer["error"]
+    assert "\n" not in answer["error"] and int(retry) >= 1
+    assert out["status"][0] == 200 and out["other client"][0] == 200
+
+    async def together(s, base, runner):
+        first = await _post(s, base + "/broadcast_txs", json=_bad_batch(20, 4))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as other:
+            return first, await _post(other, base + "/broadcast_tx_sync", json=_bad_batch(1, 5)["txs"][0])
+    (tmp_path / "all").mkdir()
+    first, other = _serve(tmp_path / "all", together, submit_share_s=1000.0, submit_total_s=1e-6)
+    assert first[0] == 200 and other[0] == 429 and "over this validator's verification time" in other[1]["error"]
+
+
+def test_bounds_count_an_ipv6_client_by_its_64():
+    from consensus.rpc import client_of
+    assert client_of("2001:db8:1:2::5") == client_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_of("2001:db8:1:3::5") != client_of("2001:db8:1:2::5")
+    assert client_of("::ffff:10.0.0.1") == client_of("10.0.0.1") == "10.0.0.1"
+    assert client_of("fe80::1%eth0") == "fe80::/64" and client_of(None) == "?"
