@@ -38,7 +38,7 @@ from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persist, Rejected, Send, SetTimer
-from .messages import Proposal
+from .messages import RANGE_BYTES, BlockRequest, Proposal, SnapshotRequest
 from .metrics import NodeMetrics
 from . import snapshots, statesync
 from .store import Store, StoreError
@@ -49,6 +49,7 @@ CATCH_UP_HEIGHTS = 8  # see NodeRunner.catching_up
 TX_INDEX = 1_000_000  # committed transactions whose height /tx can tell (the latest ones)
 PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected (at least; see peer_window_s)
 LOAD_DEPTH = 4        # the built-in load keeps this many blocks' worth of transactions in the mempool
+REQUEST_BACKLOG = RANGE_BYTES  # bytes waiting to go to a peer past which its block/snapshot requests are dropped
 INBOX_PER_PEER = 4_096  # messages of one validator waiting for the core; more are dropped (timeouts recover)
 WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
 CLIENTS = 64
@@ -406,8 +407,8 @@ class NodeRunner:
     def catching_up(self) -> bool:
         """Proposals from peers run more than CATCH_UP_HEIGHTS ahead of what this validator committed.
         In step, the 2-chain commit lags the newest proposal by 2, and a proposal counts as seen
-        when it arrives, before the inbox is worked through: a validator under load is a few
-        heights behind for a moment without falling behind."""
+        once the core took or parked it (its signatures checked, see _handle): a validator under
+        load is a few heights behind for a moment without falling behind."""
         return self.highest_seen > self.core.committed.height + CATCH_UP_HEIGHTS
 
     def status(self) -> dict:
@@ -436,8 +437,6 @@ class NodeRunner:
 
     def _deliver(self, sender: int, msg) -> None:
         self.peers_seen[sender] = time.monotonic()
-        if isinstance(msg, Proposal):
-            self.highest_seen = max(self.highest_seen, msg.block.height)
         if self.queued.get(sender, 0) >= INBOX_PER_PEER:
             # the transport bounds a peer's rate, not how far ahead of a busy core it may get
             self.core.counters["inbox_full"] += 1
@@ -608,8 +607,24 @@ class NodeRunner:
                                 self.core.cfg.leader(rest[0]), extra={"view": rest[0]})
                 self._apply(self.core.on_timer(rest[0]))
             else:
-                self._apply(self.core.handle(rest[0], rest[1]))
+                self._handle(rest[0], rest[1])
             self._top_up()
+
+    def _handle(self, sender: int, msg) -> None:
+        """A peer's message to the core. A block or snapshot request is answered only while less
+        than REQUEST_BACKLOG bytes wait to go to that peer: an answer costs this validator a read
+        and an encoding of up to RANGE_BYTES (or a snapshot chunk), a request 50 bytes, and an honest
+        peer asks for the next range once it has the last. A proposal counts for catching_up only
+        once the core holds or parked it (its signatures checked): a height a peer merely claims
+        would keep /health at "catching up" for ever."""
+        if isinstance(msg, (BlockRequest, SnapshotRequest)):
+            net = getattr(self, "net", None)
+            if net is not None and net.queued_bytes.get(sender, 0) >= REQUEST_BACKLOG:
+                self.core.counters["request_backlog"] += 1
+                return
+        self._apply(self.core.handle(sender, msg))
+        if isinstance(msg, Proposal) and (msg.block.id in self.core.blocks or msg.block.id in self.core.parked):
+            self.highest_seen = max(self.highest_seen, msg.block.height)
 
 
 def run_node(config_path, exit_with_parent: int | None = None) -> int:

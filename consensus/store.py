@@ -65,8 +65,26 @@ class Store:
                                  "a validator that forgot its votes could vote twice in a view")
             return None
         top = self.db.execute("SELECT COALESCE(MAX(height), 0) FROM committed").fetchone()[0]
-        blocks = self.db.execute("SELECT proposal FROM uncommitted WHERE height > ? ORDER BY height", (top,)).fetchall()
-        return Safety(row[0], messages.decode_qc(row[1]), tuple(messages.decode(r[0]) for r in blocks))
+        rows = self.db.execute("SELECT id, height, proposal FROM uncommitted WHERE height > ? ORDER BY height",
+                               (top,)).fetchall()
+        # a damaged row is one line naming it (StoreError), never a DecodeError or AttributeError
+        # from deep in the start-up
+        try:
+            high_qc = messages.decode_qc(bytes(row[1]))
+        except (messages.DecodeError, TypeError) as exc:
+            raise StoreError(f"the stored high QC does not decode: {exc}") from None
+        if not isinstance(row[0], int) or not 0 <= row[0] < messages.MAX_VIEW:
+            raise StoreError(f"the stored last voted view {row[0]!r} is not a view")
+        blocks = []
+        for block_id, height, frame in rows:
+            try:
+                p = messages.decode(bytes(frame))
+            except (messages.DecodeError, TypeError) as exc:
+                raise StoreError(f"stored uncommitted block at height {height} does not decode: {exc}") from None
+            if not isinstance(p, Proposal) or p.block.id != bytes(block_id) or p.block.height != height:
+                raise StoreError(f"stored uncommitted block at height {height} is not the block its row names")
+            blocks.append(p)
+        return Safety(row[0], high_qc, tuple(blocks))
 
     def add_committed(self, proposal: Proposal) -> None:
         """Append the next committed block: its height must be the last one's plus one and its

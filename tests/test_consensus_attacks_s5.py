@@ -208,3 +208,112 @@ def test_block_requests_for_unknown_ids_cost_no_scan_of_the_chain(tmp_path):
     out = core.handle(2, m.BlockRequest(old, 1, m.MAX_RANGE))
     assert [p.block.id for p in out[0].msg.proposals] == list(core.chain[1:3])
     assert _ScanCountingList.scans == 0
+
+
+def _runner(tmp_path):
+    from consensus.localnet import write_configs
+    from consensus.node import NodeConfig, NodeRunner
+    config = write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, app="kv", load="none")[0]
+    return NodeRunner(NodeConfig.load(config))
+
+
+async def _work_through(node):
+    import asyncio
+    task = asyncio.create_task(node._consensus())
+    while node.inbox.qsize():
+        await asyncio.sleep(0.01)
+    task.cancel()
+
+
+def test_a_proposal_claiming_a_far_height_does_not_make_a_validator_catch_up(tmp_path):
+    """A Byzantine peer sends a proposal claiming height 2^40 (unsigned, its parent unknown): the
+    node's /health said "catching up" for ever (highest_seen took the claim on arrival); only a
+    proposal the core took or parked counts now."""
+    import asyncio
+    node = _runner(tmp_path)
+    try:
+        core = node.core
+        g = core.genesis
+        fake = Block(2, 1 << 40, bytes(32), 2, g.tx_root, g.state_root, g.sig_digest, g.txs, QC(bytes(32), 1, (1 << 40) - 1))
+        node._deliver(2, Proposal(fake, bytes(64)))
+        asyncio.run(_work_through(node))
+        assert node.highest_seen == 0 and not node.catching_up()
+    finally:
+        node.store.close()
+        node.events.close()
+
+
+def test_block_and_snapshot_requests_wait_for_the_peer_to_read_its_answers(tmp_path):
+    """A Byzantine peer sends requests and does not read the answers: each answer costs a read and
+    an encoding of up to RANGE_BYTES (a request 50 bytes), and all were made and then dropped at
+    the full outgoing queue. Past REQUEST_BACKLOG bytes waiting for that peer its requests are
+    dropped before the core serves them (counted); another peer's are served."""
+    import asyncio
+    from types import SimpleNamespace
+    from consensus import node as node_module
+    backlog = getattr(node_module, "REQUEST_BACKLOG", m.RANGE_BYTES)  # (the limit: one largest answer)
+    node = _runner(tmp_path)
+    try:
+        served = []
+        handle = node.core.handle
+        node.core.handle = lambda sender, msg: served.append(sender) or handle(sender, msg)
+        node.net = SimpleNamespace(queued_bytes={1: backlog, 2: 0}, send=lambda *a: None)
+        for _ in range(50):
+            node._deliver(1, m.BlockRequest(node.core.genesis.id, 1, m.MAX_RANGE))
+            node._deliver(1, m.SnapshotRequest(0, 0))
+        node._deliver(2, m.BlockRequest(node.core.genesis.id, 1, m.MAX_RANGE))
+        asyncio.run(_work_through(node))
+        assert served == [2] and node.core.counters["request_backlog"] == 100
+    finally:
+        node.store.close()
+        node.events.close()
+
+
+def test_damaged_safety_rows_stop_the_start_with_one_store_error(tmp_path):
+    """An operator's store damaged in the safety row or the uncommitted blocks (a truncated high
+    QC, garbage, another message type, another block's frame under a row): each start-up stops
+    with a StoreError naming what is wrong (before: a DecodeError or an AttributeError from inside
+    the core's start, a traceback instead of the node's one line)."""
+    import shutil
+    import sqlite3
+
+    import pytest
+
+    from consensus.store import Store, StoreError
+    sim = Simulation(n=4, seed=2)
+    sim.durable("v0", tmp_path / "v0.db")
+    sim.load(50)
+    sim.run(blocks=5)
+    sim._node("v0").store.close()
+    db = sqlite3.connect(tmp_path / "v0.db")
+    top = db.execute("SELECT MAX(height) FROM committed").fetchone()[0]
+    rows = db.execute("SELECT id, height, proposal FROM uncommitted WHERE height > ?", (top,)).fetchall()
+    db.close()
+    assert rows
+    vote = m.encode(m.Vote(bytes(32), 1, 1, 1, bytes(64)))
+    db = sqlite3.connect(tmp_path / "v0.db")
+    other = db.execute("SELECT proposal FROM committed WHERE height = 1").fetchone()[0]  # another block's
+    db.close()
+    cases = {
+        "qc": ("UPDATE safety SET high_qc = substr(high_qc, 1, 20)", "high QC does not decode"),
+        "garbage": ("UPDATE uncommitted SET proposal = x'00000003010203'", "does not decode"),
+        "vote": ("UPDATE uncommitted SET proposal = ?", "not the block its row names", vote),
+        "other": ("UPDATE uncommitted SET proposal = ?", "not the block its row names", other),
+        "view": ("UPDATE safety SET last_voted_view = -5", "not a view"),
+    }
+    for name, (sql, why, *args) in cases.items():
+        path = tmp_path / f"{name}.db"
+        shutil.copy(tmp_path / "v0.db", path)
+        db = sqlite3.connect(path)
+        db.execute(sql, args)
+        db.commit()
+        db.close()
+        store = Store(path)
+        try:
+            with pytest.raises(StoreError, match=why):
+                store.safety()
+        finally:
+            store.close()
+    intact = Store(tmp_path / "v0.db")
+    assert len(intact.safety().blocks) == len(rows)
+    intact.close()
