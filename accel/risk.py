@@ -152,9 +152,11 @@ class Portfolio:
     size: np.ndarray
 
     def __post_init__(self):
-        object.__setattr__(self, "offsets", _int_array("offsets", self.offsets, np.int64))
-        object.__setattr__(self, "instrument", _int_array("instrument", self.instrument, np.int32))
-        object.__setattr__(self, "size", _float_array("size", self.size))
+        # own read-only copies: the caller's arrays may change later (a reused buffer), and these
+        # are what the kernels index with (_margin_inputs checks their shape again per call)
+        object.__setattr__(self, "offsets", _sealed(_int_array("offsets", self.offsets, np.int64)))
+        object.__setattr__(self, "instrument", _sealed(_int_array("instrument", self.instrument, np.int32)))
+        object.__setattr__(self, "size", _sealed(_float_array("size", self.size)))
         off, n = self.offsets, len(self.instrument)
         if len(off) == 0 or off[0] != 0 or off[-1] != n:
             raise ValueError(f"offsets must start at 0 and end at the number of positions ({n})")
@@ -189,8 +191,8 @@ class Marks:
         if not np.isfinite(self.rate):
             raise ValueError(f"rate must be finite, not {self.rate!r}")
         for name in ("forward", "strike", "expiry", "vol"):
-            object.__setattr__(self, name, _float_array(name, getattr(self, name)))
-        object.__setattr__(self, "kind", _int_array("kind", self.kind, np.uint8))
+            object.__setattr__(self, name, _sealed(_float_array(name, getattr(self, name))))
+        object.__setattr__(self, "kind", _sealed(_int_array("kind", self.kind, np.uint8)))
         m = len(self.kind)
         for name in ("forward", "strike", "expiry", "vol"):
             if len(getattr(self, name)) != m:
@@ -319,13 +321,16 @@ def standard_margin(portfolio, marks, params: MarginParams | None = None, backen
 
 
 def _margin_inputs(portfolio, marks, params):
-    # Checked on every call, objects too: a frozen dataclass freezes its attributes, not the NumPy
-    # arrays in them, and a caller that changed offsets, sizes or kinds in place after building
-    # the object would hand the kernels offsets past their arrays (a crash) or lengths that differ
-    # (each backend reading other memory). dataclasses.replace runs the checks again and copies
-    # nothing that already has the kernel's dtype.
-    pf = replace(portfolio) if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
-    mk = replace(marks) if isinstance(marks, Marks) else Marks(**marks)
+    # A Portfolio and a Marks hold read-only copies of their arrays, checked when built. What the
+    # kernels index with is checked again on every call, cheaply: an object whose arrays were
+    # swapped (object.__setattr__) or made writeable and changed would otherwise hand them offsets
+    # past their arrays (a crash) or lengths that differ (each backend reading other memory).
+    # Anything out of shape is checked in full (dataclasses.replace reruns __post_init__), which
+    # names the bad input.
+    pf = portfolio if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
+    mk = marks if isinstance(marks, Marks) else Marks(**marks)
+    if not _intact(pf, mk):
+        pf, mk = replace(pf), replace(mk)
     params = MarginParams() if params is None else params
     if not isinstance(params, MarginParams):
         raise TypeError(f"params must be a MarginParams, not {type(params).__name__}")
@@ -334,6 +339,35 @@ def _margin_inputs(portfolio, marks, params):
         _first_bad("instrument", (inst < 0) | (inst >= len(mk.kind)), inst,
                    f"must index the {len(mk.kind)} instruments of marks")
     return pf, mk, params._array(float(mk.index), float(mk.rate))
+
+
+_LAYOUT = {"offsets": np.int64, "instrument": np.int32, "size": np.float64, "forward": np.float64,
+           "strike": np.float64, "expiry": np.float64, "vol": np.float64, "kind": np.uint8}
+
+
+def _sealed(arr: np.ndarray) -> np.ndarray:
+    """A read-only copy of arr that owns its memory."""
+    out = np.array(arr, copy=True, order="C")
+    out.flags.writeable = False
+    return out
+
+
+def _intact(pf, mk) -> bool:
+    """Whether pf and mk still have the layout their checks established: kernel dtypes, 1-D,
+    contiguous, read-only, consistent lengths, offsets from 0 to the positions never decreasing,
+    instrument kinds known (instrument ids are range-checked by the caller on every call)."""
+    for obj, names in ((pf, ("offsets", "instrument", "size")), (mk, ("forward", "strike", "expiry", "vol", "kind"))):
+        for name in names:
+            a = getattr(obj, name)
+            if not (isinstance(a, np.ndarray) and a.dtype == _LAYOUT[name] and a.ndim == 1
+                    and a.flags.c_contiguous and not a.flags.writeable):
+                return False
+    off, n, m = pf.offsets, len(pf.instrument), len(mk.kind)
+    if len(off) == 0 or off[0] != 0 or off[-1] != n or len(pf.size) != n:
+        return False
+    if any(len(getattr(mk, name)) != m for name in ("forward", "strike", "expiry", "vol")):
+        return False
+    return not (off[1:] < off[:-1]).any() and bool(_IS_KIND[mk.kind].all())
 
 
 def _margin_buffers(b, pf, mk, pp):

@@ -532,20 +532,28 @@ def _book_and_marks():
     return Portfolio(offsets=[0, 1, 2], instrument=[0, 1], size=[-1.0, 1.0]), marks
 
 
+def _writeable(arr):
+    arr.flags.writeable = True
+    return arr
+
+
 @pytest.mark.parametrize("change,message", [
-    (lambda pf, mk: pf.offsets.__setitem__(1, -10**9), r"offsets\[1\] = -1000000000: must not decrease"),
-    (lambda pf, mk: pf.offsets.__setitem__(2, 7), "offsets must start at 0 and end at the number of positions"),
-    (lambda pf, mk: mk.kind.__setitem__(0, 77), r"kind\[0\] = 77: must be one of"),
-    (lambda pf, mk: pf.size.__setitem__(0, np.nan), r"size\[0\] = nan: must be finite"),
-    (lambda pf, mk: mk.strike.__setitem__(0, -1.0), r"strike\[0\] = -1.0: must be finite and > 0"),
+    (lambda pf, mk: _writeable(pf.offsets).__setitem__(1, -10**9), r"offsets\[1\] = -1000000000: must not decrease"),
+    (lambda pf, mk: _writeable(pf.offsets).__setitem__(2, 7), "offsets must start at 0 and end at the number of positions"),
+    (lambda pf, mk: _writeable(mk.kind).__setitem__(0, 77), r"kind\[0\] = 77: must be one of"),
+    (lambda pf, mk: _writeable(pf.size).__setitem__(0, np.nan), r"size\[0\] = nan: must be finite"),
+    (lambda pf, mk: _writeable(mk.strike).__setitem__(0, -1.0), r"strike\[0\] = -1.0: must be finite and > 0"),
     (lambda pf, mk: object.__setattr__(pf, "size", np.zeros(0)), "size has 0 entries, instrument has 2"),
     (lambda pf, mk: object.__setattr__(mk, "vol", np.ones(5)), "vol has 5 entries, kind has 2"),
+    (lambda pf, mk: object.__setattr__(pf, "offsets", np.array([0, 2, 1, 2])), r"offsets\[2\] = 1: must not decrease"),
 ])
 def test_books_changed_after_construction_are_checked_again(backends, change, message):
-    """Portfolio and Marks are frozen, but their arrays are not: a book changed in place after its
-    checks reached the kernels unchecked (sizes of another length: backends read other memory and
-    disagreed, the C fallback 1 tick, OpenCL -1). Every call checks again, on every backend and in
-    accel.risk_numpy alike."""
+    """Portfolio and Marks are frozen, but their arrays were the caller's and writeable: a book
+    changed in place after its checks reached the kernels unchecked (offsets past the arrays: a
+    segmentation fault; sizes of another length: backends read other memory and disagreed, the C
+    fallback 1 tick, OpenCL -1). The objects now keep read-only copies, and every call checks the
+    layout the kernels index with again, so even a book forced past that (arrays swapped, made
+    writeable) is refused by name on every backend and in accel.risk_numpy alike."""
     for b in backends:
         pf, mk = _book_and_marks()
         change(pf, mk)
@@ -564,6 +572,25 @@ def test_books_changed_after_construction_are_checked_again(backends, change, me
         assert all(g.tobytes() == w.tobytes() for g, w in zip(accel.portfolio_margin(pf, mk, backend=b), want))
 
 
+def test_books_keep_their_own_read_only_arrays():
+    """The caller's arrays changing after construction (a reused buffer) no longer change the book,
+    and writing into the book's arrays is an error at the write."""
+    offsets, inst, size = np.array([0, 1, 2]), np.array([0, 1], np.int32), np.array([-1.0, 1.0])
+    strike = np.array([100.0, 1.0])
+    pf = Portfolio(offsets=offsets, instrument=inst, size=size)
+    mk = Marks(index=100.0, rate=0.0, forward=[100.0, 100.0], strike=strike, expiry=[0.1, 0.1], vol=[0.5, 1.0],
+               kind=[CALL, FUTURE])
+    want = accel.portfolio_margin(pf, mk, backend="cpu")
+    offsets[2], inst[1], size[0], strike[0] = 10**9, 10**6, np.nan, -5.0
+    got = accel.portfolio_margin(pf, mk, backend="cpu")
+    assert all(g.tobytes() == w.tobytes() for g, w in zip(got, want))
+    assert pf.offsets.tolist() == [0, 1, 2] and mk.strike[0] == 100.0
+    for arr in (pf.offsets, pf.instrument, pf.size, mk.forward, mk.strike, mk.expiry, mk.vol, mk.kind):
+        assert not arr.flags.writeable and arr.flags.owndata
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 1
+
+
 def test_offsets_past_the_positions_no_longer_crash_the_process():
     """An account's end offset raised in place after the Portfolio's checks: the kernels read
     positions a billion rows past the arrays (a segmentation fault on the C fallback and OpenCL).
@@ -573,6 +600,7 @@ def test_offsets_past_the_positions_no_longer_crash_the_process():
     code = ("import accel\nfrom accel.risk import Marks, Portfolio\n"
             "mk = Marks(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[1])\n"
             "pf = Portfolio(offsets=[0, 1], instrument=[0], size=[-1.0])\n"
+            "pf.offsets.flags.writeable = True\n"
             "pf.offsets[1] = 10**9\n"
             "try:\n    accel.portfolio_margin(pf, mk, backend='cpu')\n"
             "except ValueError as exc:\n    print('refused:', exc)\n")
