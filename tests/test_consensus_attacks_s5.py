@@ -317,3 +317,29 @@ def test_damaged_safety_rows_stop_the_start_with_one_store_error(tmp_path):
     intact = Store(tmp_path / "v0.db")
     assert len(intact.safety().blocks) == len(rows)
     intact.close()
+
+
+def test_a_peer_answering_fetches_one_block_at_a_time_is_passed_over():
+    """A Byzantine peer answers a validator's fetch (asked of everyone) first, with one real block
+    each time: the fetch went on with it alone, one block per round trip instead of MAX_RANGE.
+    An answer short of MAX_RANGE proposals and of RANGE_BYTES that does not reach the fetched
+    block now has the next range asked of the next validator; a full answer goes on with its peer."""
+    sim = Simulation(n=4, seed=9)
+    sim.load(200)
+    sim.run(blocks=150)
+    donor = sim.nodes[0].core
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    fresh = Simulation(n=4, seed=9).nodes[2].core
+    target = chain[140].id
+    fresh._fetch(target, fresh.cfg.me)
+    asked = []
+    for _ in range(3):  # validator 1, one block at a time
+        nxt = chain[fresh.committed.height:fresh.committed.height + 1]
+        out = fresh.handle(1, m.BlockResponse(tuple(donor.proposals[b.id] for b in nxt)))
+        asked += [a.to for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)]
+        if fresh.fetching.get(target) != 1:
+            break
+    assert asked and asked[0] == 3 and fresh.fetching[target] == 3  # (2 is the validator itself)
+    full = [donor.proposals[b.id] for b in chain if b.id not in fresh.blocks][:m.MAX_RANGE]
+    out = fresh.handle(3, m.BlockResponse(tuple(full)))
+    assert [a.to for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)] == [3]
