@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -131,6 +132,10 @@ def cmd_node(args) -> int:
     import logging
 
     from consensus.node import run_node
+    if args.exit_with_parent is not None and args.exit_with_parent != os.getppid():
+        # it would stop half a second after starting, with the reason only in its log
+        raise ValueError(f"--exit-with-parent {args.exit_with_parent}: this process's parent is pid {os.getppid()}; "
+                         "give the launcher's own pid (or leave the flag out)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run_node(args.config, args.exit_with_parent)
 
@@ -329,15 +334,22 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, not {text}")
-    return value
+def _finite(positive: bool, unit: str = "seconds"):
+    """An argparse type: a finite number, above 0 (positive) or 0 or more (NaN, inf and negative
+    times were written into every validator's file, where timers misbehaved)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not (value > 0 if positive else value >= 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number of {unit}, "
+                                             f"{'above 0' if positive else '0 or more'}, not {text}")
+        return value
+    return parse
+
+
+_seconds = _finite(False)
 
 
 def _port_ranges(validators: int, **bases) -> None:
@@ -430,7 +442,7 @@ def parser() -> argparse.ArgumentParser:
     tn.add_argument("--app", choices=["kv", "clearing"], default="clearing")
     tn.add_argument("--validation", choices=["accel", "software"], default="accel")
     tn.add_argument("--txs-per-block", type=_positive, default=1000)
-    tn.add_argument("--base-timeout-ms", type=float, default=1000.0)
+    tn.add_argument("--base-timeout-ms", type=_finite(True, "milliseconds"), default=1000.0)
     tn.add_argument("--load", choices=["none", "builtin"], default="none",
                     help="none (default): only client transactions; builtin: the market's generated load")
     tn.set_defaults(fn=cmd_testnet)
@@ -510,10 +522,10 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--accounts", type=_count, default=0, metavar="N",
                     help="clearing: N more funded accounts holding positions in every validator's genesis "
                          "([node] genesis_accounts; 1,000,000 build in about 10 s per validator)")
-    ln.add_argument("--delay-ms", type=float, default=0.0, help="added one-way delay per message (default 0)")
-    ln.add_argument("--base-timeout-ms", type=float, default=1000.0, help="view timeout before backoff (default 1000)")
+    ln.add_argument("--delay-ms", type=_finite(False, "milliseconds"), default=0.0, help="added one-way delay per message (default 0)")
+    ln.add_argument("--base-timeout-ms", type=_finite(True, "milliseconds"), default=1000.0, help="view timeout before backoff (default 1000)")
     ln.add_argument("--kill-restart", action="store_true", help="SIGKILL validator 1 midway and restart it")
-    ln.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    ln.add_argument("--timeout", type=_finite(True), default=600.0, help="give up after this many seconds (default 600)")
     ln.add_argument("--dir", help="where configs, stores and logs go (default: a new temporary directory)")
     ln.add_argument("--report", help="write the JSON report here")
     ln.set_defaults(fn=cmd_localnet)

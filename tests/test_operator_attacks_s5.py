@@ -370,6 +370,13 @@ def test_accel_tx_refuses_bad_fields_in_one_line_before_any_request(tmp_path, ca
     (["localnet", "--rpc-port", "65534"], "past 65535"),
     (["localnet", "--rpc-port", "30000", "--metrics-port", "30002"], "overlap"),
     (["tx", "--wait", "-1", "status", "00"], "finite number of seconds"),
+    (["localnet", "--base-timeout-ms", "nan"], "finite number of milliseconds, above 0"),
+    (["localnet", "--base-timeout-ms", "0"], "finite number of milliseconds, above 0"),
+    (["localnet", "--delay-ms", "inf"], "finite number of milliseconds, 0 or more"),
+    (["localnet", "--delay-ms", "-5"], "finite number of milliseconds, 0 or more"),
+    (["localnet", "--timeout", "-1"], "finite number of seconds, above 0"),
+    (["testnet", "--hosts", "a,b,c,d", "--out", "{dir}", "--base-timeout-ms", "-1"], "above 0"),
+    (["node", "--config", "{dir}/none.toml", "--exit-with-parent", "1"], "this process's parent is pid"),
 ])
 def test_ports_out_of_range_or_clashing_are_refused_before_anything_is_written(tmp_path, capsys, args, message):
     """Before: a port past 65535 or the API on the peers' port was written into every validator's
