@@ -37,7 +37,8 @@ import resource
 import time
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 log = logging.getLogger("consensus.rpc")
 CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
@@ -267,6 +268,14 @@ class _Handler(RequestHandler):
         self._client = None
         super().connection_lost(exc)
 
+    def log_exception(self, *args, **kwargs) -> None:
+        """aiohttp's own connection-level errors (a body it cannot decode, read again after the
+        answer went out): a client's doing, at debug level without the traceback (the API's
+        handlers log their own failures, consensus.rpc)."""
+        exc = kwargs.get("exc_info")
+        log.debug("rpc: %s (%s)", args[0] % args[1:] if len(args) > 1 else args[0] if args else "",
+                  " ".join(str(exc).split())[:200] if isinstance(exc, BaseException) else exc)
+
     def handle_error(self, request, status: int = 500, exc=None, message=None):
         if status >= 500:
             log.warning("rpc: %s from %s: %s", status, request.remote, type(exc).__name__ if exc else message)
@@ -401,6 +410,8 @@ class Rpc:
             raise
         except BadRequest:
             raise
+        except (RequestPayloadError, HttpProcessingError) as exc:  # bad chunks, a broken gzip/deflate body
+            raise BadRequest(f"the body cannot be read: {' '.join(str(exc).split())[:160]}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not JSON: {exc}") from None
         except RecursionError:

@@ -468,3 +468,22 @@ def test_bounds_count_an_ipv6_client_by_its_64():
     assert client_of("2001:db8:1:3::5") != client_of("2001:db8:1:2::5")
     assert client_of("::ffff:10.0.0.1") == client_of("10.0.0.1") == "10.0.0.1"
     assert client_of("fe80::1%eth0") == "fe80::/64" and client_of(None) == "?"
+
+
+def test_a_body_that_cannot_be_decoded_is_a_400_not_a_logged_500(tmp_path, caplog):
+    """Content-Encoding gzip or deflate over bytes that are neither: aiohttp's decode error went
+    through the handler as a 500 with two logged tracebacks per request; now a one-line 400."""
+    head = b"POST /broadcast_tx_sync HTTP/1.1\r\nHost: x\r\nContent-Encoding: %s\r\nContent-Length: 10\r\n\r\n"
+
+    async def scenario(s, base, runner):
+        host, port = runner.cfg.rpc
+        return [await _raw(host, port, head % enc + b"0123456789") for enc in (b"gzip", b"deflate")]
+    with caplog.at_level(logging.INFO):
+        answers = _serve(tmp_path, scenario)
+    for raw in answers:
+        top, _, body = raw.partition(b"\r\n\r\n")
+        assert top.startswith(b"HTTP/1.1 400"), raw[:200]
+        error = json.loads(body)["error"]
+        assert error.startswith("the body cannot be read") and "\n" not in error
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], \
+        [r.getMessage() for r in caplog.records]
