@@ -215,6 +215,10 @@ class Core:
         self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
         self.parked: dict[bytes, int] = {}  # id -> proposer of the proposals in waiting (at most MAX_PARKED)
         self.fetching: dict[bytes, int] = {}  # block id asked for -> the peer asked (at most MAX_FETCHES)
+        # block id -> a verified QC over it that came before the block (at most MAX_FETCHES): taken
+        # when the block arrives, so a leader that formed a QC for a proposal withheld from it
+        # still proposes in its view (see _process_qc)
+        self.pending_qcs: dict[bytes, QC] = {}
         self.chain: list[bytes] = [self.genesis.id]  # committed block ids by height
         # committed block id -> height, above the genesis: a peer's BlockRequest for a block pruned
         # from memory is looked up here, not by a scan of the chain (a Byzantine validator asking
@@ -479,6 +483,13 @@ class Core:
             out += self._process_tc(b.tc)
         if self._safe_to_vote(b):
             out += self._vote(b)
+        qc = self.pending_qcs.pop(b.id, None)
+        if qc is not None and qc.view == b.view:
+            # a QC that came first (this validator, the next leader, formed it from the votes for a
+            # proposal its leader withheld from it): taken now, with the block's height (the
+            # height is not signed; a vote's may have been anyone's), and the view proposed in
+            out += self._process_qc(replace(qc, height=b.height), sender)
+            out += self._propose(self.view)
         return out
 
     def _vouched(self, b: Block, qc: QC | None) -> bool:
@@ -711,6 +722,11 @@ class Core:
         if qc.block_id not in self.blocks:  # e.g. a restarted validator's high QC: ask for the block
             if qc.view > self.safety.high_qc.view:  # (an older one's block may be pruned: nothing to do)
                 out += self._fetch(qc.block_id, sender)
+                held = self.pending_qcs.get(qc.block_id)
+                if qc.block_id in self.fetching and (held is None or held.view < qc.view):
+                    self.pending_qcs[qc.block_id] = qc
+                    if len(self.pending_qcs) > MAX_FETCHES:  # the lowest view goes
+                        del self.pending_qcs[min(self.pending_qcs, key=lambda i: self.pending_qcs[i].view)]
         elif not self._qc_matches(qc):
             self.counters["qc_mismatch"] += 1
             return []  # signatures over one block, view or height of another: nothing to act on
@@ -780,6 +796,7 @@ class Core:
         self.timeouts = {v: t for v, t in self.timeouts.items() if v >= floor}
         self.proposed = {v for v in self.proposed if v >= floor}
         self.view_blocks = {v: i for v, i in self.view_blocks.items() if v > floor}
+        self.pending_qcs = {i: q for i, q in self.pending_qcs.items() if q.view > floor}
         self.timed_out = {v for v in self.timed_out if v >= floor}
         for i in [i for i, b in self.blocks.items() if b.height < height]:
             b = self.blocks.pop(i)
