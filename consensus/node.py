@@ -326,6 +326,9 @@ class NodeRunner:
         # block sends nothing meanwhile: the window grows with the view timeout)
         self.peer_window_s = max(PEER_WINDOW_S, 5 * cfg.base_timeout_ms / 1000.0)
         self.timed_out = -1  # the last view whose timeout was counted
+        # proposer -> (when its last rejection was logged, rejections since not logged): one line
+        # and event per proposer every WARN_EVERY_S (see _rejected)
+        self.rejections: dict[int, list] = {}
         self.metrics.liveness(self)
         validate = self.app.validate
 
@@ -508,13 +511,29 @@ class NodeRunner:
                 log.info("committed a block", extra={"height": b.height, "block_hash": b.id.hex(), "txs": len(b.txs),
                                                      "validation_ms": a.validation_ms})
             elif isinstance(a, Rejected):
-                self._event(kind="rejected", block_hash=a.block_id.hex(), proposer=a.proposer, reason=a.reason)
-                self.metrics.rejected.inc()
-                log.warning("rejected a block", extra={"block_hash": a.block_id.hex(), "proposer": a.proposer,
-                                                       "reason": a.reason})
+                self._rejected(a)
         if self.snapshot_due:  # after the actions, so this commit's votes and proposal left first
             self.snapshot_due = False
             self._snapshot()
+
+    def _rejected(self, a: Rejected) -> None:
+        """A refused block: counted (the metric) every time, logged and written to the events
+        file at most once per proposer every WARN_EVERY_S, with the number not logged since. A
+        refusal comes before any signature is checked where the block breaks a rule on its face
+        (another view's leader, a height that is not its parent's plus one), so a peer's frames
+        at its full rate of 2,000 a second were as many warnings and event lines (disk filled at
+        hundreds of KB a second), each naming whatever proposer the frame claimed."""
+        self.metrics.rejected.inc()
+        now = time.monotonic()
+        last = self.rejections.setdefault(a.proposer, [-WARN_EVERY_S, 0])
+        if now - last[0] < WARN_EVERY_S:
+            last[1] += 1
+            return
+        suppressed, last[:] = last[1], [now, 0]
+        self._event(kind="rejected", block_hash=a.block_id.hex(), proposer=a.proposer, reason=a.reason,
+                    not_logged=suppressed)
+        log.warning("rejected a block", extra={"block_hash": a.block_id.hex(), "proposer": a.proposer,
+                                               "reason": a.reason, "not_logged": suppressed})
 
     def _snapshot(self) -> None:
         """The newest committed block's state into the store (the states of the blocks committed

@@ -373,3 +373,30 @@ def test_a_proposal_withheld_from_the_next_leader_still_commits_and_costs_no_vie
     assert sum(b.proposer == 1 for b, _, _ in v0.committed) >= 3
     assert v0.core.view <= len(v0.committed) + 6
     assert_safe(sim)
+
+
+def test_a_flood_of_refused_proposals_is_counted_not_logged_line_by_line(tmp_path, caplog):
+    """A peer sends 500 unsigned proposals that break a rule on their face (a view whose leader is
+    not the proposer they name): each was a warning and an events-file line naming that proposer
+    (2,000 frames a second allowed: hundreds of KB a second of disk). Now each is counted in the
+    metric and one line per proposer is written, saying how many were not."""
+    import asyncio
+    import json
+    import logging
+    node = _runner(tmp_path)
+    try:
+        g = node.core.genesis
+        caplog.set_level(logging.WARNING, logger="consensus.node")
+        for view in range(2, 1002, 2):  # proposer 3 is the leader of none of these views
+            fake = Block(view, 1, g.id, 3, g.tx_root, g.state_root, g.sig_digest, g.txs, QC(g.id, 0, 0))
+            node._deliver(1, Proposal(fake, bytes(64)))
+        asyncio.run(_work_through(node))
+        node.events.flush()
+        events = [json.loads(line) for line in open(node.cfg.events)]
+        rejected = [e for e in events if e["kind"] == "rejected"]
+        assert len(rejected) == 1 and rejected[0]["proposer"] == 3
+        assert len([r for r in caplog.records if r.getMessage() == "rejected a block"]) == 1
+        assert node.metrics.rejected._value.get() == 500
+    finally:
+        node.store.close()
+        node.events.close()
