@@ -304,9 +304,17 @@ class Core:
         except InvariantViolation:
             raise
         except Exception:
-            self.counters["input_error"] += 1
-            log.exception("dropped a %s from %s: it raised", type(msg).__name__, sender)
+            self._log_exception("input_error", "dropped a %s from %s: it raised", type(msg).__name__, sender)
             return []
+
+    def _log_exception(self, reason: str, text: str, *args) -> None:
+        """Count an exception under `reason` and log it with its traceback the 1st, 2nd, 4th, 8th...
+        time: whatever input makes something raise, a peer can send at its full frame rate, and a
+        traceback each time would fill the log."""
+        self.counters[reason] += 1
+        n = self.counters[reason]
+        if n & (n - 1) == 0:
+            log.exception(text + " (%d so far)", *args, n)
 
     def _malformed(self, msg) -> str:
         """Why a decoded message cannot be one this protocol sends (field ranges and lengths the
@@ -470,8 +478,7 @@ class Core:
         try:
             verdict = self.app.validate(self.states[b.parent], b, certs)
         except Exception as exc:  # an application must not raise on a block; if it does, the block is refused
-            log.exception("validation of block %s raised", b.id.hex())
-            self.counters["validate_error"] += 1
+            self._log_exception("validate_error", "validation of block %s raised", b.id.hex())
             return [Rejected(b.id, b.proposer, f"validation raised {type(exc).__name__}: {exc}")]
         if not verdict.ok:
             return [Rejected(b.id, b.proposer, verdict.reason)]
@@ -678,8 +685,7 @@ class Core:
         try:
             txs, state = self.app.propose(self.states[parent.id], exclude)
         except Exception:  # no block from this leader in this view; the view times out
-            log.exception("proposing for view %d raised", view)
-            self.counters["propose_error"] += 1
+            self._log_exception("propose_error", "proposing for view %d raised", view)
             return []
         b = Block(view, parent.height + 1, parent.id, self.cfg.me, self.app.tx_root(txs), state.root, txs.digest(),
                   txs, self.safety.high_qc, tc)

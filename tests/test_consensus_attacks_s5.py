@@ -400,3 +400,29 @@ def test_a_flood_of_refused_proposals_is_counted_not_logged_line_by_line(tmp_pat
     finally:
         node.store.close()
         node.events.close()
+
+
+def test_inputs_that_raise_are_counted_and_logged_sparsely(caplog):
+    """Whatever input makes the core or an application raise, a peer can send at its full rate:
+    each was a traceback in the log. Now each is counted and logged the 1st, 2nd, 4th, 8th...
+    time: 100 raising validations and 100 raising messages give 7 tracebacks each."""
+    import logging
+    sim = Simulation(n=4, seed=1)
+    sim.load(200)
+    core = sim.nodes[0].core  # at the genesis: view 1 is validator 1's
+    parent, hq, byz = core.genesis, QC(core.genesis.id, 0, 0), 1
+    caplog.set_level(logging.ERROR, logger="consensus.core")
+
+    def boom(*args):
+        raise RuntimeError("boom")
+    core.app.validate = boom
+    for skip in range(100):  # none is taken, so each version of the view is validated
+        out = core.handle(byz, _signed(sim, _variant(core, parent, hq, 1, byz, skip)))
+        assert [type(a).__name__ for a in out] == ["Rejected"]
+    core._dispatch = boom
+    for _ in range(100):
+        assert core.handle(byz, m.Vote(bytes(32), 1, 1, 1, bytes(64))) == []
+    assert core.counters["input_error"] == 100
+    assert len([r for r in caplog.records if "it raised" in r.getMessage()]) == 7
+    assert core.counters["validate_error"] == 100
+    assert len([r for r in caplog.records if "validation of block" in r.getMessage()]) == 7
