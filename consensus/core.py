@@ -37,7 +37,10 @@ vote for it (its QC or a TC is of the view just before it), above the committed 
 one block a view unless it is known to be certified (fetched, or certified by the next proposal of
 a response, _vouched); so a leader's blocks for far views or many versions of one view are dropped
 before any validation. A parked proposal's transactions must match its digest and root (the id
-covers only those). Committed ids are looked up by a dict (self.heights), never a chain scan.
+covers only those). Committed ids are looked up by a dict (self.heights), never a chain scan. A
+verified QC over a block not held yet waits for it (pending_qcs), so a next leader from whom the
+proposal was withheld still proposes; a fetch answered short (under MAX_RANGE and RANGE_BYTES)
+goes on with the next validator. Exceptions from input are logged at counts 1, 2, 4, 8...
 Durability: Persist carries the uncommitted blocks up to the high QC's block and the last voted
 block (Safety.blocks), so a network restarted all at once still holds what its high QCs certify;
 memory is pruned below the committed block (_prune).
