@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -28,6 +29,7 @@ from .verify import Verifier
 
 MIN_BLOCKS = 10             # a median of fewer non-empty blocks is not a measurement
 MAX_LOAD = 2_000_000        # transactions signed up front per run (blocks x size)
+DEMO_RUN = re.compile(r"(cuda|opencl|cpu|software)-\d+(\.json)?")  # what a demo writes in OUT/runs
 DEFAULT_BLOCKS = {100: 20, 1000: 20, 10_000: 12}  # per size; others 20 (--blocks sets every size)
 OPS = {ctx.REGISTER: "registrations", ctx.DEPOSIT: "deposits", ctx.WITHDRAW: "withdrawals", ctx.TRADE: "trades",
        ctx.MARK: "oracle marks"}
@@ -147,11 +149,28 @@ def main(argv=None) -> int:
         if blocks * size > MAX_LOAD:
             ap.error(f"--blocks {blocks} of {size:,} transactions: {blocks * size:,} transactions to sign up front, "
                      f"more than {MAX_LOAD:,}; ask for at most {MAX_LOAD // size:,} blocks of this size")
+    if args.validators < 4:
+        ap.error(f"--validators {args.validators}: BFT needs n = 3f + 1 >= 4")
+    for name in (args.backends.split(",") if args.backends is not None else ()):
+        if name not in ("cuda", "opencl", "cpu"):
+            ap.error(f"--backends: {name!r} is not an accel backend (cuda, opencl, cpu)")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {out}: a file, not a directory")
+    runs_dir = out / "runs"
+    if runs_dir.is_symlink() or (runs_dir.exists() and not runs_dir.is_dir()):
+        ap.error(f"--out {out}: {runs_dir} is not a directory a demo wrote; not removing it (give another --out)")
+    if runs_dir.exists():
+        # only a previous demo's networks (cpu-100, software-1000.json, ...): --out . in a
+        # directory of the user's own must not lose its runs/ to rmtree
+        foreign = [p.name for p in runs_dir.iterdir() if not DEMO_RUN.fullmatch(p.name)]
+        if foreign:
+            ap.error(f"--out {out}: {runs_dir} holds {', '.join(sorted(foreign)[:3])}, which no demo wrote; "
+                     "not removing it (give another --out)")
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "runs").exists():  # never read (or show) another run's files
-        print(f"  removing the previous run's networks in {out / 'runs'}", flush=True)
-        shutil.rmtree(out / "runs")
+    if runs_dir.exists():  # never read (or show) another run's files
+        print(f"  removing the previous run's networks in {runs_dir}", flush=True)
+        shutil.rmtree(runs_dir)
     for old in ("table.md", "demo.json", "demo.png"):
         (out / old).unlink(missing_ok=True)
     names, notes = (args.backends.split(","), []) if args.backends else backends()

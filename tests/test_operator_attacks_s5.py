@@ -487,3 +487,43 @@ def test_a_body_that_cannot_be_decoded_is_a_400_not_a_logged_500(tmp_path, caplo
         assert error.startswith("the body cannot be read") and "\n" not in error
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], \
         [r.getMessage() for r in caplog.records]
+
+
+# ---- the demo's arguments ------------------------------------------------------------------------
+@pytest.mark.parametrize("args,message", [
+    (["--validators", "2"], "BFT needs n = 3f + 1 >= 4"),
+    (["--backends", "gpu"], "'gpu' is not an accel backend"),
+    (["--backends", ""], "'' is not an accel backend"),
+])
+def test_the_demo_refuses_bad_arguments_before_any_network(tmp_path, capsys, args, message):
+    """--validators 2 and --backends gpu went on to sign the load and start networks that could
+    not run (an unknown backend was a traceback in Localnet)."""
+    from consensus import demo
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--out", str(tmp_path / "out"), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_demo_never_removes_a_runs_directory_it_did_not_write(tmp_path, capsys, monkeypatch):
+    """`--out .` in a directory of one's own removed its runs/ (shutil.rmtree) before anything
+    else: a new user's files lost. Now only a previous demo's networks are removed."""
+    from consensus import demo
+
+    def no_network(*args, **kwargs):
+        raise RuntimeError("this test starts no network")
+    monkeypatch.setattr(demo, "Localnet", no_network)
+    mine = tmp_path / "runs" / "experiment-7"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--out", str(tmp_path), "--backends", "cpu", "--sizes", "100", "--blocks", "10"])
+    assert exc.value.code == 2 and "which no demo wrote; not removing it" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me"
+    # a previous demo's own networks are still replaced
+    ours = tmp_path / "again"
+    (ours / "runs" / "cpu-100").mkdir(parents=True)
+    (ours / "runs" / "software-100.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="no network"):
+        demo.main(["--out", str(ours), "--backends", "cpu", "--sizes", "100", "--blocks", "10"])
+    assert not (ours / "runs").exists()
