@@ -677,8 +677,11 @@ class Core:
         if parent is None:
             return []  # the block is being fetched; this view will time out
         tc = self.last_tc if self.last_tc is not None and self.last_tc.view + 1 == view else None
-        if tc is None and self.safety.high_qc.view + 1 != view:
-            return []  # entered by a QC whose block is not held yet: no one would vote for the block
+        hq = self.safety.high_qc
+        if hq.view + 1 != view and (tc is None or hq.view < max(tc.high_views)):
+            # entered by a QC (or a TC naming a QC) whose block is not held yet: no one would vote
+            # for the block (_safe_to_vote); proposed once it arrives (pending_qcs)
+            return []
         self.proposed.add(view)
         exclude = set()
         cursor = parent

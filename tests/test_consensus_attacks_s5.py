@@ -426,3 +426,32 @@ def test_inputs_that_raise_are_counted_and_logged_sparsely(caplog):
     assert len([r for r in caplog.records if "it raised" in r.getMessage()]) == 7
     assert core.counters["validate_error"] == 100
     assert len([r for r in caplog.records if "validation of block" in r.getMessage()]) == 7
+
+
+def test_a_leader_shown_a_qc_it_lacks_in_a_timeout_proposes_once_the_block_arrives():
+    """A timeout carries a QC over a block the next leader does not hold (the leader missed the
+    proposal): the QC moves it to its view, where it proposed a block over its older QC, which no
+    one votes for, and the view was lost. Now it proposes nothing until the block arrives
+    (fetched), then extends it."""
+    from consensus.messages import Timeout, timeout_bytes
+    sim = _running()
+    for node in sim.nodes:
+        core = node.core
+        hq = core.safety.high_qc
+        if core.cfg.leader(hq.view + 2) == node.index and core.view == hq.view + 1:
+            break
+    else:
+        raise AssertionError("no validator leading the view after next")
+    view, others = hq.view + 1, [i for i in range(4) if i != node.index]
+    parent = core.blocks[hq.block_id]
+    b = _variant(core, parent, hq, view, core.cfg.leader(view), 3)
+    qc_b = _qc(sim, b, tuple(sorted(others)))
+    assert b.id not in core.blocks
+    voter = others[-1]
+    out = core.handle(voter, Timeout(view, qc_b, voter, sim.keys[voter].sign(timeout_bytes(view, view)).signature))
+    assert core.view == view + 1 and b.id in core.fetching
+    assert not any(isinstance(a, Broadcast) and isinstance(a.msg, Proposal) for a in out)
+    out = core.handle(others[0], BlockResponse((_signed(sim, b),)))
+    props = [a.msg for a in out if isinstance(a, Broadcast) and isinstance(a.msg, Proposal)]
+    assert len(props) == 1 and props[0].block.view == view + 1 and props[0].block.qc.block_id == b.id
+    assert core.safety.high_qc.block_id == b.id and core.safety.high_qc.height == b.height
