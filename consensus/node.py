@@ -38,7 +38,7 @@ from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persist, Rejected, Send, SetTimer
-from .messages import RANGE_BYTES, BlockRequest, Proposal, SnapshotRequest
+from .messages import MAX_MESSAGE, RANGE_BYTES, BlockRequest, BlockResponse, Proposal, SnapshotChunk, SnapshotRequest
 from .metrics import NodeMetrics
 from . import snapshots, statesync
 from .store import Store, StoreError
@@ -51,6 +51,7 @@ PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected (at 
 LOAD_DEPTH = 4        # the built-in load keeps this many blocks' worth of transactions in the mempool
 REQUEST_BACKLOG = RANGE_BYTES  # bytes waiting to go to a peer past which its block/snapshot requests are dropped
 INBOX_PER_PEER = 4_096  # messages of one validator waiting for the core; more are dropped (timeouts recover)
+INBOX_BYTES_PER_PEER = 4 * MAX_MESSAGE  # and their bytes (4,096 frames of up to 64 MiB would be 256 GiB)
 WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
 CLIENTS = 64
 FUNDS = 10**15
@@ -358,6 +359,7 @@ class NodeRunner:
         gc.freeze()
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.queued: dict[int, int] = {}  # sender -> its messages in the inbox (at most INBOX_PER_PEER)
+        self.queued_bytes: dict[int, int] = {}  # sender -> their bytes, about (_weight; INBOX_BYTES_PER_PEER)
         try:
             self.events = open(cfg.events, "a", buffering=1)
         except OSError as exc:
@@ -444,8 +446,13 @@ class NodeRunner:
             # the transport bounds a peer's rate, not how far ahead of a busy core it may get
             self.core.counters["inbox_full"] += 1
             return
+        size = _weight(msg)
+        if self.queued_bytes.get(sender, 0) + size > INBOX_BYTES_PER_PEER:
+            self.core.counters["inbox_bytes_full"] += 1
+            return
         self.queued[sender] = self.queued.get(sender, 0) + 1
-        self.inbox.put_nowait(("msg", sender, msg))
+        self.queued_bytes[sender] = self.queued_bytes.get(sender, 0) + size
+        self.inbox.put_nowait(("msg", sender, msg, size))
 
     async def _watchdog(self) -> None:
         """Warnings for a validator that hears from no peer, or commits nothing, for a while."""
@@ -610,6 +617,7 @@ class NodeRunner:
             kind, *rest = await self.inbox.get()
             if kind == "msg":
                 self.queued[rest[0]] -= 1
+                self.queued_bytes[rest[0]] -= rest[2]
             if self.sync is not None:  # taking a snapshot: only its own messages and timer count
                 if kind == "timer" and rest[0] <= statesync.SYNC_TIMER:
                     self._apply(self.sync.on_timer(rest[0]))
@@ -644,6 +652,17 @@ class NodeRunner:
         self._apply(self.core.handle(sender, msg))
         if isinstance(msg, Proposal) and (msg.block.id in self.core.blocks or msg.block.id in self.core.parked):
             self.highest_seen = max(self.highest_seen, msg.block.height)
+
+
+def _weight(msg) -> int:
+    """About the bytes a decoded message holds: its transactions' and snapshot data, 512 beside."""
+    if isinstance(msg, Proposal):
+        return 512 + msg.block.txs.bodies.data.nbytes + msg.block.txs.bodies.offsets.nbytes + msg.block.txs.sigs.nbytes
+    if isinstance(msg, BlockResponse):
+        return sum(map(_weight, msg.proposals))
+    if isinstance(msg, SnapshotChunk):
+        return 512 + len(msg.data) + sum(map(_weight, msg.proof))
+    return 512
 
 
 def run_node(config_path, exit_with_parent: int | None = None) -> int:

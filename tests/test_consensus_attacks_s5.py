@@ -455,3 +455,34 @@ def test_a_leader_shown_a_qc_it_lacks_in_a_timeout_proposes_once_the_block_arriv
     props = [a.msg for a in out if isinstance(a, Broadcast) and isinstance(a.msg, Proposal)]
     assert len(props) == 1 and props[0].block.view == view + 1 and props[0].block.qc.block_id == b.id
     assert core.safety.high_qc.block_id == b.id and core.safety.high_qc.height == b.height
+
+
+def test_one_validators_waiting_messages_are_bounded_in_bytes_too(tmp_path):
+    """INBOX_PER_PEER bounded a peer's messages waiting for a busy core by count only: 4,096
+    frames of up to 64 MiB each (the transport lets 64 MiB a second through) were 256 GiB. Now
+    their bytes are bounded too (INBOX_BYTES_PER_PEER), counted past it, other peers unaffected,
+    and the room comes back as the core works through them."""
+    import asyncio
+
+    import numpy as np
+
+    from accel import Packed
+    from consensus import node as node_module
+    from consensus.messages import Txs
+    limit = getattr(node_module, "INBOX_BYTES_PER_PEER", 4 * m.MAX_MESSAGE)
+    node = _runner(tmp_path)
+    try:
+        g = node.core.genesis
+        big = 60 << 20
+        txs = Txs(Packed(np.zeros(big, np.uint8), np.array([0, big], np.uint64)), np.zeros((1, 64), np.uint8))
+        for view in range(2, 14, 2):
+            node._deliver(1, Proposal(Block(view, 1, g.id, 3, g.tx_root, g.state_root, g.sig_digest, txs,
+                                            QC(g.id, 0, 0)), bytes(64)))
+        node._deliver(2, m.Vote(bytes(32), 1, 1, 2, bytes(64)))
+        taken = limit // (big + 1024)
+        assert node.inbox.qsize() == taken + 1 and node.core.counters["inbox_bytes_full"] == 6 - taken
+        asyncio.run(_work_through(node))
+        assert node.queued_bytes == {1: 0, 2: 0}
+    finally:
+        node.store.close()
+        node.events.close()
