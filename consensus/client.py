@@ -21,6 +21,7 @@ import stat
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -233,13 +234,27 @@ def _hex_hash(digest) -> str:
     return raw.hex()
 
 
+MAX_ANSWER = 64 << 20  # bytes of one answer a client reads (a hostile server's endless body)
+
+
+def _bounded(resp, where: str) -> bytes:
+    data = resp.read(MAX_ANSWER + 1)
+    if len(data) > MAX_ANSWER:
+        raise RpcError(f"{where}: the answer is over {MAX_ANSWER >> 20} MiB; not the API's")
+    return data
+
+
 # ---- the API -----------------------------------------------------------------------------------------
 class Client:
     def __init__(self, urls: str | list[str], timeout: float = 10.0, batch: int = 500):
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("no validator URL")
-        self.urls = [u.rstrip("/") if "://" in u else "http://" + u.rstrip("/") for u in self.urls]
+        self.urls = [u.strip().rstrip("/") if "://" in u else "http://" + u.strip().rstrip("/") for u in self.urls]
+        for u in self.urls:  # urllib would also open file://, ftp://, data: URLs
+            parts = urllib.parse.urlsplit(u)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"validator URL {u!r}: expected http://host:port or https://host:port")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
@@ -252,14 +267,16 @@ class Client:
         req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"} if data else {})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                answer = json.loads(resp.read())
+                answer = json.loads(_bounded(resp, f"{url}{path}"))
             if not isinstance(answer, dict):
                 raise ValueError("not a JSON object")
             return answer
         except urllib.error.HTTPError as exc:
             try:
-                payload = json.loads(exc.read())
+                payload = json.loads(exc.read(MAX_ANSWER))
             except ValueError:
+                payload = {}
+            if not isinstance(payload, dict):
                 payload = {}
             if exc.code == 429 and retries > 0:  # after the validator's Retry-After (at most 5 s)
                 try:

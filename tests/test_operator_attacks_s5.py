@@ -527,3 +527,23 @@ def test_the_demo_never_removes_a_runs_directory_it_did_not_write(tmp_path, caps
     with pytest.raises(RuntimeError, match="no network"):
         demo.main(["--out", str(ours), "--backends", "cpu", "--sizes", "100", "--blocks", "10"])
     assert not (ours / "runs").exists()
+
+
+@pytest.mark.parametrize("url", ["file:///etc", "ftp://example.com", "http://", "gopher://x:70"])
+def test_the_client_takes_only_http_urls(url):
+    """urllib opened file:// and ftp:// URLs too: `accel tx --node file:///etc ...` read local
+    files as if a validator answered."""
+    with pytest.raises(ValueError, match="expected http://host:port"):
+        cl.Client(url)
+
+
+def test_the_client_bounds_an_answers_size_and_shape(stub, monkeypatch):
+    """A hostile server's endless body was read whole into memory; an error answer that is a JSON
+    array was an AttributeError."""
+    monkeypatch.setattr(cl, "MAX_ANSWER", 1000)
+    _Stub.answers = {"/status": (200, b'{"x": "' + b"a" * 5000 + b'"}'), "/health": (500, b"[1]")}
+    c = cl.Client(stub, timeout=5)
+    with pytest.raises(cl.RpcError, match="over 0 MiB"):
+        c.status()
+    with pytest.raises(cl.RpcError, match="500"):
+        c.health()
