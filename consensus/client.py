@@ -67,6 +67,8 @@ def write_key(path, key: SigningKey | None = None, force: bool = False) -> Signi
         raise ValueError(f"{path} exists; not overwriting a key (--force does)")
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give the key file's name")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path}: no directory {path.parent} to write the key file in")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600, O_EXCL
     try:
         with os.fdopen(fd, "w") as fh:

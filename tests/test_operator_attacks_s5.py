@@ -547,3 +547,13 @@ def test_the_client_bounds_an_answers_size_and_shape(stub, monkeypatch):
         c.status()
     with pytest.raises(cl.RpcError, match="500"):
         c.health()
+
+
+def test_keygen_into_a_missing_directory_names_it(tmp_path, capsys):
+    """Since key files are written through a temporary file (the --force fix above) it said
+    "[Errno 2] No such file or directory: '.../.k.json.x1y2'", a name the user never gave."""
+    from accel.cli import main
+    assert main(["keygen", "--out", str(tmp_path / "no" / "k.json")]) == 2
+    assert f"no directory {tmp_path / 'no'} to write the key file in" in capsys.readouterr().err
+    assert main(["keygen", "--out", str(tmp_path), "--force"]) == 2
+    assert "is a directory" in capsys.readouterr().err
