@@ -556,7 +556,8 @@ class Core:
             # nor does the id cover the transactions, only their root and digest: a relayed copy
             # with other transactions parked first would keep the real one out just the same
             self.counters["proposal_invalid"] += 1
-            return [Rejected(b.id, b.proposer, "its transactions do not match its signature digest or transaction root")]
+            return [Rejected(b.id, b.proposer,
+                             "its transactions do not match its signature digest or transaction root")]
         self.waiting.setdefault(b.parent, []).append((sender, p))
         self.parked[b.id] = b.proposer
         return [] if b.parent in self.parked else self._fetch(b.parent, sender)

@@ -234,7 +234,8 @@ def test_a_proposal_claiming_a_far_height_does_not_make_a_validator_catch_up(tmp
     try:
         core = node.core
         g = core.genesis
-        fake = Block(2, 1 << 40, bytes(32), 2, g.tx_root, g.state_root, g.sig_digest, g.txs, QC(bytes(32), 1, (1 << 40) - 1))
+        fake = Block(2, 1 << 40, bytes(32), 2, g.tx_root, g.state_root, g.sig_digest, g.txs,
+                     QC(bytes(32), 1, (1 << 40) - 1))
         node._deliver(2, Proposal(fake, bytes(64)))
         asyncio.run(_work_through(node))
         assert node.highest_seen == 0 and not node.catching_up()
