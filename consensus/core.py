@@ -536,7 +536,17 @@ class Core:
         block id and the id does not cover them: a relayed copy with a forged QC parked first
         would otherwise keep the real one out (one copy is parked per id)."""
         b = p.block
-        if b.height <= self.committed.height or b.id in self.parked:
+        if b.height <= self.committed.height:
+            return []
+        if b.id in self.parked:
+            # the proposer's own copy after a relayed one: the parent was asked of the relayer, who
+            # may never answer (a Byzantine peer racing the leader's proposals to every validator
+            # held each fetch until the view timed out); the proposer built on the parent, so it
+            # is asked too (once: the fetch is then its)
+            asked = self.fetching.get(b.parent)
+            if sender == b.proposer and asked is not None and asked not in (sender, self.cfg.me):
+                self.fetching[b.parent] = sender
+                return [Send(sender, BlockRequest(b.parent, self.committed.height + 1, MAX_RANGE))]
             return []
         if len(self.parked) >= MAX_PARKED:
             self.counters["parked_full"] += 1

@@ -487,3 +487,27 @@ def test_one_validators_waiting_messages_are_bounded_in_bytes_too(tmp_path):
     finally:
         node.store.close()
         node.events.close()
+
+
+def test_a_relayer_racing_the_proposer_does_not_hold_the_parents_fetch():
+    """A Byzantine peer relays a real proposal whose parent the receiver lacks ahead of its
+    proposer: it is parked and the parent asked of the relayer, who never answers; the proposer's
+    own copy was dropped as parked already, so the fetch waited for the view to time out. Now
+    the proposer's copy has the parent asked of the proposer, whose answer brings it in."""
+    sim = Simulation(n=4, seed=9)
+    sim.load(200)
+    sim.run(blocks=6)
+    donor = sim.nodes[0].core
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    fresh = Simulation(n=4, seed=9).nodes[2].core
+    real = donor.proposals[chain[3].id]
+    proposer = real.block.proposer
+    relayer = next(i for i in (3, 1, 0) if i != proposer)
+    out = fresh.handle(relayer, real)
+    assert real.block.id in fresh.parked and [a.to for a in out if isinstance(a, Send)] == [relayer]
+    out = fresh.handle(proposer, real)
+    asks = [a for a in out if isinstance(a, Send) and isinstance(a.msg, m.BlockRequest)]
+    assert [a.to for a in asks] == [proposer] and asks[0].msg.block_id == real.block.parent
+    assert fresh.handle(proposer, real) == []  # once
+    fresh.handle(proposer, m.BlockResponse(tuple(donor.proposals[b.id] for b in chain[:3])))
+    assert real.block.id in fresh.blocks
