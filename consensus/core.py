@@ -444,7 +444,7 @@ class Core:
     def _on_one_proposal(self, sender: int, p: Proposal, vouch: QC | None = None) -> list:
         b = p.block
         if b.id in self.blocks:
-            return []
+            return self._proposers_copy(sender, p)
         if b.view <= self.committed.view:
             # its view is before the committed block's: not a descendant of it (views grow along a
             # chain), so it can never commit; dropped before any work (a Byzantine leader's old
@@ -501,6 +501,32 @@ class Core:
             out += self._process_qc(replace(qc, height=b.height), sender)
             out += self._propose(self.view)
         return out
+
+    def _proposers_copy(self, sender: int, p: Proposal) -> list:
+        """A block held already, sent again by its proposer: the id covers neither its QC nor its
+        TC, so a relayed copy taken first may carry other valid certificates than the proposer's
+        (another TC of the same view, with a higher QC view among its timeouts), making the block
+        one this validator may not vote for where the proposer's own makes it one it may; then
+        the proposer's copy replaces it (certificates verified) and the vote goes out."""
+        b, held = p.block, self.blocks[p.block.id]
+        if sender != b.proposer or (held.qc, held.tc) == (b.qc, b.tc) or self._safe_to_vote(held) \
+                or not self._safe_to_vote(b) or b.parent not in self.blocks:
+            return []
+        try:
+            certs = self._proposal_certs(p)
+        except InvalidCertificate:
+            return []
+        if not self.app.verifier.verify_lists(*certs):
+            return []
+        parent = self.blocks[b.parent]
+        if parent.view != b.qc.view or parent.height != b.qc.height:
+            return []
+        self.counters["proposal_recertified"] += 1
+        self.blocks[b.id], self.proposals[b.id] = b, p
+        out = self._process_qc(b.qc, sender)
+        if b.tc is not None:
+            out += self._process_tc(b.tc)
+        return out + (self._vote(b) if self._safe_to_vote(b) else [])
 
     def _vouched(self, b: Block, qc: QC | None) -> bool:
         """Whether block b is known to be certified, so it is taken although another block of

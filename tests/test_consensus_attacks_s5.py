@@ -511,3 +511,44 @@ def test_a_relayer_racing_the_proposer_does_not_hold_the_parents_fetch():
     assert fresh.handle(proposer, real) == []  # once
     fresh.handle(proposer, m.BlockResponse(tuple(donor.proposals[b.id] for b in chain[:3])))
     assert real.block.id in fresh.blocks
+
+
+def test_a_relayed_copy_with_another_tc_cannot_keep_a_validator_from_voting():
+    """After a timed-out view, the leader's block carries a TC whose highest QC it extends. The
+    block id covers neither the QC nor the TC: a Byzantine peer relays a copy first whose TC (same
+    view, valid signatures) names a higher QC among its timeouts, so the copy is one no validator
+    may vote for; the leader's own copy was then dropped as held, and the view lost. Now the
+    proposer's copy replaces it and the vote goes out."""
+    import os
+
+    from consensus.messages import TC, timeout_bytes
+    sim = _running()
+    for node in sim.nodes:
+        core = node.core
+        hq = core.safety.high_qc
+        v = hq.view + 3
+        if core.cfg.leader(v) != node.index and core.view <= v - 1:
+            break
+    else:
+        raise AssertionError("no validator that is not the leader of the view")
+    leader, voters = core.cfg.leader(v), (0, 1, 2)  # (the timeouts of any three validators)
+
+    def tc(highs, high_qc):
+        sigs = b"".join(sim.keys[i].sign(timeout_bytes(v - 1, h)).signature for i, h in zip(voters, highs))
+        return TC(v - 1, voters, tuple(highs), sigs, high_qc)
+    rid = os.urandom(32)
+    higher = QC(rid, hq.view + 1, hq.height + 1, voters,
+                b"".join(sim.keys[i].sign(vote_bytes(rid, hq.view + 1)).signature for i in voters))
+    parent = core.blocks[hq.block_id]
+    real = replace(_variant(core, parent, hq, v, leader, 0), tc=tc((hq.view,) * 3, hq))
+    copy = replace(real, tc=tc((hq.view, hq.view, hq.view + 1), higher))
+    assert copy.id == real.id
+    byz = next(i for i in range(4) if i not in (node.index, leader))
+    out = core.handle(byz, _signed(sim, copy))
+    assert real.id in core.blocks and core.view == v
+    assert not any(isinstance(a, Send) and isinstance(a.msg, m.Vote) for a in out) and core.voted != real.id
+    assert core.safety.last_voted_view < v
+    core.handle(leader, _signed(sim, real))
+    assert core.safety.last_voted_view == v and core.voted == real.id  # (sent to the next leader, or tallied)
+    assert core.blocks[real.id].tc == real.tc
+    assert core.handle(leader, _signed(sim, real)) == []  # once
