@@ -7,8 +7,10 @@ accel, or every one software-only, or a mix: the last K software-only (software_
 others accel; the report records each validator's mode."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -319,6 +321,31 @@ class stopping_on_signals:
         return False
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def _check_host(host: str) -> None:
+    """A host name, or an IPv4 or IPv6 address without brackets or port (--port and the other
+    flags set the ports): "10.0.0.1:26700" would have been written as the host "10.0.0.1:26700"."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if host.startswith("[") and host.endswith("]"):
+        raise ValueError(f"host {host!r}: give an IPv6 address without brackets, e.g. {host[1:-1]}")
+    if re.fullmatch(r"[^:]+:\d+", host):
+        raise ValueError(f"host {host!r}: give the host without a port ({host.rsplit(':', 1)[0]}); --port, "
+                         "--rpc-port and --metrics-port set the ports")
+    if not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"host {host!r} is neither a host name nor an IP address")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port: int | None = 26657,
                   metrics_port: int | None = 9464, data_root: str = "/var/lib/accel-validator",
                   listen_on_address: bool = False, app: str = "clearing", validation: str = "accel",
@@ -330,6 +357,9 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
     Validator i binds 0.0.0.0 (listen_on_address: its own host, for several on one machine)."""
     if len(hosts) < 4:
         raise ValueError(f"{len(hosts)} hosts: BFT needs n = 3f + 1 >= 4 validators")
+    for host in hosts:
+        _check_host(host)
+    ipv6 = any(":" in h for h in hosts)
     if len(set(zip(hosts, [port] * len(hosts)))) != len(hosts):
         raise ValueError("two validators at the same host:port")
     named = {"--port (peers)": port, "--rpc-port": rpc_port, "--metrics-port": metrics_port}
@@ -351,7 +381,9 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
     addresses = [f"{h}:{port}" for h in hosts]
     paths = []
     for i, (host, seed) in enumerate(zip(hosts, seeds)):
-        bind = host if listen_on_address else "0.0.0.0"
+        # an IPv6 network binds "::" (both families on Linux): "0.0.0.0" takes IPv4 only, and
+        # peers dialling the IPv6 addresses would never reach it
+        bind = host if listen_on_address else "::" if ipv6 else "0.0.0.0"
         data = f"{data_root}/node{i}"
         text = ("# accel testnet: validator %d of %d, on %s. Keep it secret (seed). docs/OPERATOR.md\n" % (i, len(hosts), host)
                 + "[node]\n"
@@ -372,7 +404,8 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         paths.append(path)
     (directory / "network.json").write_text(json.dumps({
         "validators": [{"index": i, "host": h, "public_key": k, "address": a,
-                        "rpc": f"http://{h}:{rpc_port}" if rpc_port is not None else None,
-                        "metrics": f"http://{h}:{metrics_port}/metrics" if metrics_port is not None else None}
+                        "rpc": f"http://{_url_host(h)}:{rpc_port}" if rpc_port is not None else None,
+                        "metrics": f"http://{_url_host(h)}:{metrics_port}/metrics" if metrics_port is not None
+                        else None}
                        for i, (h, k, a) in enumerate(zip(hosts, keys, addresses))]}, indent=1) + "\n")
     return paths

@@ -557,3 +557,32 @@ def test_keygen_into_a_missing_directory_names_it(tmp_path, capsys):
     assert f"no directory {tmp_path / 'no'} to write the key file in" in capsys.readouterr().err
     assert main(["keygen", "--out", str(tmp_path), "--force"]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+# ---- accel testnet's hosts -----------------------------------------------------------------------
+@pytest.mark.parametrize("hosts,message", [
+    ("10.0.0.1:26700,10.0.0.2:26700,10.0.0.3:26700,10.0.0.4:26700", "without a port"),
+    ("[::1],[::2],[::3],[::4]", "without brackets"),
+    ('a",b,c,d', "neither a host name nor an IP address"),
+    ("a b,c,d,e", "neither a host name nor an IP address"),
+])
+def test_testnet_refuses_hosts_it_cannot_write(tmp_path, capsys, hosts, message):
+    """"10.0.0.1:26700" was written as the host "10.0.0.1:26700" (peers dialled
+    10.0.0.1:26700:26700); bracketed IPv6 and names with quotes or spaces went into every file."""
+    from accel.cli import main
+    assert main(["testnet", "--hosts", hosts, "--out", str(tmp_path / "net")]) == 2
+    assert message in capsys.readouterr().err
+    assert not list((tmp_path / "net").glob("node*.toml")) if (tmp_path / "net").exists() else True
+
+
+def test_an_ipv6_testnet_binds_both_families_and_writes_valid_urls(tmp_path):
+    """Validators of IPv6 hosts bound 0.0.0.0 (IPv4 only), which their peers, dialling the IPv6
+    addresses, could never reach; network.json's URLs were http://::1:26657."""
+    from consensus.localnet import write_network
+    from consensus.node import NodeConfig
+    paths = write_network(tmp_path, ["::1", "::2", "::3", "::4"])
+    cfg = NodeConfig.load(paths[0])
+    assert cfg.listen == ("::", 26700) and cfg.rpc == ("::", 26657) and cfg.addresses[1] == ("::2", 26700)
+    urls = [v["rpc"] for v in json.loads((tmp_path / "network.json").read_text())["validators"]]
+    assert urls[0] == "http://[::1]:26657"
+    cl.Client(urls)  # each a URL the client takes
