@@ -328,7 +328,9 @@ class Rpc:
         host, port = self.listen
         if not (isinstance(port, int) and 0 <= port <= 65535):
             raise OSError(f"port {port} is outside 0..65535")
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # shutdown_timeout: how long stop() lets requests in flight finish; aiohttp's 60 s let a
+        # client holding a half-sent body delay the validator's own shutdown by 30 s or more
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self.runner.setup()
         loop = asyncio.get_running_loop()
         server = self.runner.server
