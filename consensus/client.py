@@ -355,8 +355,14 @@ class Client:
 
     def account(self, key, url: str | None = None) -> dict:
         """The account at the last committed block (nonce, collateral, positions, proof), or
-        {"error": ...} with http_status 404 when it is not registered."""
-        return self._call(url or self.urls[0], f"/account?key=0x{public(key).hex()}", ok404=True)
+        {"error": ...} with http_status 404 when it is not registered. An answer about another
+        key is an RpcError (verify_account_proof alone would accept another account's true proof)."""
+        want = public(key).hex()
+        answer = self._call(url or self.urls[0], f"/account?key=0x{want}", ok404=True)
+        if answer.get("key", want) != want:
+            raise RpcError(f"{url or self.urls[0]}/account: asked about {want[:16]}, answered about "
+                           f"{str(answer.get('key'))[:16]}", body=answer)
+        return answer
 
     def next_nonce(self, key) -> int:
         """The committed nonce (0 for an account not registered yet); transactions still pending
@@ -412,15 +418,18 @@ def decode_account_leaf(leaf: bytes) -> dict:
             "positions": positions}
 
 
-def verify_account_proof(answer: dict, state_root: str | bytes | None = None) -> bool:
+def verify_account_proof(answer: dict, state_root: str | bytes | None = None, key=None) -> bool:
     """Whether /account's answer is what its proof proves: the account's leaf sits in the
     accounts' tree, that tree and the globals root hash to the state root, and the answer's key,
     nonce, collateral and positions are the leaf's (a validator could otherwise serve a true proof
     beside made-up balances). state_root: the root the caller trusts for that height (from the
     block header the validators signed, or from f + 1 validators that agree); without it the proof
-    only ties the answer to the root the same validator names. A malformed answer is False."""
+    only ties the answer to the root the same validator names. key: the account asked about (a
+    true proof of another account is False). A malformed answer is False."""
     from accel.merkle import MerkleProof, inner_hash, verify_merkle_proof
     try:
+        if key is not None and answer["key"] != public(key).hex():
+            return False
         p = answer["proof"]
         leaf = bytes.fromhex(p["leaf"])
         root = bytes.fromhex(answer["state_root"])

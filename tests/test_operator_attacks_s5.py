@@ -207,6 +207,16 @@ def test_the_account_proof_binds_the_fields_served_beside_it(tmp_path):
         assert cl.verify_account_proof(broken) is False
     assert missing[0] == 404 and "proof" not in missing[1] and "not registered" in missing[1]["error"]
     assert cl.decode_account_leaf(bytes.fromhex(answer["proof"]["leaf"]))["collateral"] == {"USD": 123 * 10**8}
+    # another account's true proof, served to whoever asked about K2
+    assert cl.verify_account_proof(answer, key=K1) and not cl.verify_account_proof(answer, key=K2)
+
+
+def test_the_client_refuses_an_answer_about_another_account(stub):
+    _Stub.answers = {"/account": (200, json.dumps({"key": bytes(K1.verify_key).hex(), "nonce": 1}).encode())}
+    c = cl.Client(stub, timeout=5)
+    assert c.account(K1)["nonce"] == 1
+    with pytest.raises(cl.RpcError, match="answered about"):
+        c.account(K2)
 
 
 # ---- the Python client ---------------------------------------------------------------------------
