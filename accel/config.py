@@ -64,13 +64,18 @@ class AccelConfig:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         # upper bounds: the C side takes these as C ints (a larger value was an OverflowError
         # traceback at the first batch, not a configuration error)
-        if not 0 <= self.threads <= MAX_THREADS:
-            raise ConfigError(f"threads must be 0..{MAX_THREADS} (0 = all cores), not {self.threads}")
-        if not -1 <= self.gpu_min_batch <= 2**31 - 1:
-            raise ConfigError(f"gpu_min_batch must be 0..{2**31 - 1} (or -1 for the measured defaults), "
-                              f"not {self.gpu_min_batch}")
-        if not 0 <= self.cuda_device <= MAX_CUDA_DEVICE:
-            raise ConfigError(f"cuda_device must be 0..{MAX_CUDA_DEVICE}, not {self.cuda_device}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"threads must be at most {MAX_THREADS} (0 = all cores), not {self.threads}")
+        if self.gpu_min_batch < -1:
+            raise ConfigError(f"gpu_min_batch must be >= 0 (or -1 for the measured defaults), not {self.gpu_min_batch}")
+        if self.gpu_min_batch > 2**31 - 1:
+            raise ConfigError(f"gpu_min_batch must be at most {2**31 - 1}, not {self.gpu_min_batch}")
+        if self.cuda_device < 0:
+            raise ConfigError(f"cuda_device must be >= 0, not {self.cuda_device}")
+        if self.cuda_device > MAX_CUDA_DEVICE:
+            raise ConfigError(f"cuda_device must be at most {MAX_CUDA_DEVICE}, not {self.cuda_device}")
         for name in ("opencl_device", "cuda_cubin_dir"):
             if "\0" in getattr(self, name):
                 raise ConfigError(f"{name} must not contain a NUL character")
