@@ -67,6 +67,26 @@ def _trading_partners(candidates: list, accounts: set[bytes]) -> set[bytes]:
     return set(accounts) | linked | {k for k in parent if root(k) in linked}
 
 
+def _marks_first(candidates: list) -> tuple[list, int]:
+    """(candidates reordered, how many lead): every registration and each account's deposits
+    that come before anything else it signs, then every mark, each in arrival order, then the
+    rest in arrival order. The lead touches no book (deposits are not margined), so no mark in
+    it can catch one: the marks apply, and liquidate, the same way whoever is held back after
+    it; past the lead, accounts that no candidate trade links change nothing of each other's."""
+    head, marks, rest = [], [], []
+    busy: set[bytes] = set()  # accounts that signed a trade or a withdrawal before
+    for item in candidates:
+        tx = item[1].tx
+        if tx.op == ctx.MARK:
+            marks.append(item)
+        elif tx.op in (ctx.REGISTER, ctx.DEPOSIT) and tx.signers[0] not in busy:
+            head.append(item)
+        else:
+            busy.update(tx.signers)
+            rest.append(item)
+    return head + marks + rest, len(head) + len(marks)
+
+
 def _guarded(fn, *args):
     """fn(*args), with every failure a Rejected: a rule's own, accel's ValueError refusing an
     input, or anything else as _Internal."""
@@ -286,18 +306,23 @@ class ClearingApp:
             return Verdict(False, "state root does not match the header", None, t)
         return Verdict(True, "", state, t)
 
-    def _fill(self, parent: State, candidates: list, held_back: set[bytes], only_safe: bool) -> _Fill:
+    def _fill(self, parent: State, candidates: list, held_back: set[bytes], only_safe: bool,
+              free: int = 0) -> _Fill:
         """Candidates applied in order with deferred margin, leaving out those a rule refuses and
         those signed by a held-back account (only_safe: every trade and withdrawal, which no mark
-        can then catch). A mark that would liquidate a book touched earlier is left out too,
-        its short accounts noted."""
+        can then catch), but for the first `free` candidates, which are never held back (the
+        registrations, leading deposits and marks _marks_first puts first). A mark that would
+        liquidate a book touched earlier is left out too, its short accounts noted."""
         state = parent.clearing.snapshot()
         state.defer = True
         state.begin_block()
         out = _Fill(state, [], {}, {}, None)
         filtering = bool(held_back) or only_safe  # else nothing is skipped: runs are cut without looking at each
 
-        def skipped(tx) -> bool:
+        def skipped(pos: int) -> bool:
+            tx = candidates[pos][1].tx
+            if pos < free:
+                return False
             return bool(held_back.intersection(tx.signers)) or (only_safe and tx.op in (ctx.TRADE, ctx.WITHDRAW))
 
         def last(accounts) -> dict[bytes, int]:
@@ -329,7 +354,7 @@ class ClearingApp:
         barriers = [pos for pos, (_, p) in enumerate(candidates) if p.tx.op not in _COLUMNAR] + [len(candidates)]
         pos = 0
         while pos < len(candidates) and len(out.kept) < self.max_txs:
-            if filtering and skipped(candidates[pos][1].tx):
+            if filtering and skipped(pos):
                 pos += 1
                 continue
             if candidates[pos][1].tx.op not in _COLUMNAR:
@@ -345,9 +370,8 @@ class ClearingApp:
             else:
                 run = []
                 while pos < len(candidates) and len(run) < room:
-                    tx = candidates[pos][1].tx
-                    if not skipped(tx):
-                        if tx.op not in _COLUMNAR:
+                    if not skipped(pos):
+                        if candidates[pos][1].tx.op not in _COLUMNAR:
                             break
                         run.append(pos)
                     pos += 1
@@ -379,21 +403,30 @@ class ClearingApp:
         leaves the mempool, so it cannot hold back the others for good. Fills after the first look
         only at the candidates the first one reached, so the room held-back accounts free brings
         in no new account to fall short. After MAX_PASSES fills, the held-back accounts' trading
-        partners, theirs and so on are held back too, so accounts that trade only among
-        themselves keep their place however long a chain of short accounts an attacker
-        resubmits; if that fill still finds short accounts, or after an internal error, the block
+        partners, theirs and so on are held back too, and the candidates are reordered so that
+        every registration, each account's leading deposits and every mark come first, applied
+        whatever is held back (_marks_first): the marks then apply on the same state in every such
+        fill, accounts linked by no trade fill independently of each other, and a second such fill
+        (holding back the first one's short accounts and their partners) finds nobody short. So
+        accounts that trade only among themselves keep their place however long a chain of short
+        accounts an attacker resubmits, and whatever a pending mark does to the attacker's other
+        accounts. If that fill still finds short accounts, or after an internal error, the block
         holds only what no margin check can refuse."""
         candidates = [(h, p) for h, p in self.mempool.items() if h not in exclude] if exclude else \
             list(self.mempool.items())  # (digest, Pending) in arrival order
         held_back: set[bytes] = set()
-        for attempt in range(MAX_PASSES + 2):
-            if attempt == MAX_PASSES:  # chains of short accounts: hold back whoever trades with them, at once
+        free = 0  # the lead of the candidates no account holds back (the last fills: _marks_first)
+        for attempt in range(MAX_PASSES + 3):
+            if attempt == MAX_PASSES:  # the last resort: marks on a state nothing held back changes
+                candidates, free = _marks_first(candidates)
+            if attempt >= MAX_PASSES:  # chains of short accounts: hold back whoever trades with them
                 held_back = _trading_partners(candidates, held_back)
-            fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES + 1)
+            lead = {"free": free} if free else {}  # (the first fills' calls as they always were)
+            fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES + 2, **lead)
             if attempt == 0:
                 self._evict(fill.refused)
-                if fill.stop is not None:  # room that held-back accounts free brings in nobody new
-                    del candidates[fill.stop:]
+            if attempt in (0, MAX_PASSES) and fill.stop is not None:
+                del candidates[fill.stop:]  # room that held-back accounts free brings in nobody new
             if fill.broken is None and not fill.short:
                 break
             held_back.update(fill.short)
@@ -402,6 +435,7 @@ class ClearingApp:
             if fill.broken is not None and fill.broken >= 0:
                 self._evict({candidates[fill.broken][0]: "internal error while applying it (logged)"})
                 candidates.pop(fill.broken)
+                free -= fill.broken < free
             elif fill.broken is not None:
                 held_back = {k for _, p in candidates for k in p.tx.signers}
         else:  # still short or broken after the last fill: an empty block
