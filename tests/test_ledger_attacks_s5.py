@@ -13,7 +13,11 @@ is checked by a second, software-only validator (same state root, Clearing.viola
    transactions are never committed: they cost nothing). The fix: the last fills put every
    registration, each account's leading deposits and every mark before the trades and
    withdrawals, so the marks apply on the same state whatever is held back, and accounts trading
-   only among themselves then fill the same way in every such fill."""
+   only among themselves then fill the same way in every such fill.
+2. Censorship by block room (found and fixed): one short account sending a block's worth of
+   withdrawals ahead of the honest ones filled the first fill's reach, and the later fills look
+   only at that reach (the last review's fix), so every block was empty. The fix: a block with
+   room left goes on past the reach with accounts that signed nothing in it."""
 import logging
 
 import pytest
@@ -211,3 +215,36 @@ def test_accounts_trading_among_themselves_get_into_every_block_whatever_the_att
         return out
 
     assert blocks(app, validator, len(stream), attacker, honest, at=lambda h: stream[h][1]) == [2] * len(stream)
+
+
+# ---- 2. one account's transactions filling the first fill's reach ----------------------------------
+
+
+def test_one_short_account_filling_the_block_cannot_keep_later_honest_transactions_out():
+    """One attacker account S (short 1 future) sends a block's worth of withdrawals, the first
+    taking it below initial margin, the rest 1 quantum each, and resends the one evicted each
+    block. The first fill reaches only S's (the block is full), finds S short; the later fills
+    looked only at what the first reached (the room fix), so every block was empty and the honest
+    trade and withdrawal arriving after S's never got in. Now the block goes on past that reach
+    with accounts that signed nothing in it."""
+    c = genesis()
+    (S, Y), (SK, YK) = keys(230, 2)
+    H, HK = keys(220, 2)
+    for k in (SK, YK, *HK):
+        c.register(k)
+        c.deposit(k, 0, "USD", (20_000 if k == SK else 1_000_000) * USD)
+    c.mark("BTC", 60_000.0, VOLS, 1, T0 + 60, O[:2])
+    c.trade(YK, 1, SK, 1, 3, 1, 60_000 * USD)
+    room = 40
+
+    def honest(state):
+        n = state.accounts[HK[0]].nonce, state.accounts[HK[1]].nonce
+        return [signed(ctx.trade(HK[0], n[0], HK[1], n[1], 3, 1, 60_000 * USD), [H[0], H[1]]),
+                signed(ctx.withdraw(HK[0], n[0] + 1, "USD", USD), [H[0]])]
+
+    def attacker(state, h):
+        n = state.accounts[SK].nonce
+        return [signed(ctx.withdraw(SK, n + j, "USD", 1 if j else 10_000 * USD), [S]) for j in range(room)]
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=room)
+    validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=room)
+    assert blocks(app, validator, 3, attacker, honest, at=lambda h: room) == [2, 2, 2]

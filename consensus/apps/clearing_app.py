@@ -313,9 +313,16 @@ class ClearingApp:
         can then catch), but for the first `free` candidates, which are never held back (the
         registrations, leading deposits and marks _marks_first puts first). A mark that would
         liquidate a book touched earlier is left out too, its short accounts noted."""
-        state = parent.clearing.snapshot()
+        return self._apply_fill(parent.clearing, True, self.max_txs, candidates, held_back, only_safe, free)
+
+    def _apply_fill(self, start: Clearing, new_block: bool, limit: int, candidates: list, held_back: set[bytes],
+                    only_safe: bool, free: int = 0) -> _Fill:
+        """_fill on top of start (new_block: a block begins there; else the block goes on from a
+        fill of it), keeping at most limit transactions."""
+        state = start.snapshot()
         state.defer = True
-        state.begin_block()
+        if new_block:
+            state.begin_block()
         out = _Fill(state, [], {}, {}, None)
         filtering = bool(held_back) or only_safe  # else nothing is skipped: runs are cut without looking at each
 
@@ -353,7 +360,7 @@ class ClearingApp:
 
         barriers = [pos for pos, (_, p) in enumerate(candidates) if p.tx.op not in _COLUMNAR] + [len(candidates)]
         pos = 0
-        while pos < len(candidates) and len(out.kept) < self.max_txs:
+        while pos < len(candidates) and len(out.kept) < limit:
             if filtering and skipped(pos):
                 pos += 1
                 continue
@@ -363,7 +370,7 @@ class ClearingApp:
                 pos += 1
                 continue
             # the run of deposits, withdrawals and trades from here, as many as the block has room for
-            room = self.max_txs - len(out.kept)
+            room = limit - len(out.kept)
             if not filtering:
                 stop = min(barriers[bisect.bisect_left(barriers, pos)], pos + room)
                 run, pos = list(range(pos, stop)), stop
@@ -415,6 +422,7 @@ class ClearingApp:
         candidates = [(h, p) for h, p in self.mempool.items() if h not in exclude] if exclude else \
             list(self.mempool.items())  # (digest, Pending) in arrival order
         held_back: set[bytes] = set()
+        tail: list = []  # the candidates past the first fill's reach
         free = 0  # the lead of the candidates no account holds back (the last fills: _marks_first)
         for attempt in range(MAX_PASSES + 3):
             if attempt == MAX_PASSES:  # the last resort: marks on a state nothing held back changes
@@ -426,6 +434,8 @@ class ClearingApp:
             if attempt == 0:
                 self._evict(fill.refused)
             if attempt in (0, MAX_PASSES) and fill.stop is not None:
+                if attempt == 0:
+                    tail = candidates[fill.stop:]
                 del candidates[fill.stop:]  # room that held-back accounts free brings in nobody new
             if fill.broken is None and not fill.short:
                 break
@@ -440,9 +450,37 @@ class ClearingApp:
                 held_back = {k for _, p in candidates for k in p.tx.signers}
         else:  # still short or broken after the last fill: an empty block
             fill = self._fill(parent, [], set(), only_safe=True)
-        state = fill.state
-        state.defer = False
         kept = [candidates[p][1] for p in fill.kept]
+        if fill.short or fill.broken is not None or len(kept) >= self.max_txs or not tail:
+            return self._block(fill.state, kept)
+        # Room left, because held-back accounts' transactions filled the first fill's reach: the
+        # block goes on with the candidates past it whose signers signed nothing before nor were
+        # held back (no mark: what came before stays margined as it was). Those found short are
+        # held back with their trading partners once, the second try looking only at what the
+        # first reached (accounts linked by no trade change nothing of each other's); if that
+        # too finds one short, the block stays as it was.
+        signed = held_back.union(*(p.tx.signers for p in kept))
+        more = [c for c in tail if c[0] in self.mempool and c[1].tx.op in _COLUMNAR
+                and signed.isdisjoint(c[1].tx.signers)]
+        out: set[bytes] = set()
+        for attempt in range(2):
+            ext = self._apply_fill(fill.state, False, self.max_txs - len(kept), more, out, False)
+            if attempt == 0:
+                self._evict(ext.refused)
+                if ext.stop is not None:
+                    del more[ext.stop:]
+            if ext.broken is None and not ext.short:
+                return self._block(ext.state, kept + [more[p][1] for p in ext.kept])
+            self._evict({more[pos][0]: f"left account {k.hex()[:16]} below initial margin"
+                         for k, pos in ext.short.items()})
+            if ext.broken is not None:
+                break
+            out = _trading_partners(more, out | set(ext.short))
+        return self._block(fill.state, kept)
+
+    def _block(self, state: Clearing, kept: list) -> tuple[Txs, State]:
+        """The proposal of the transactions kept, with the state they lead to."""
+        state.defer = False
         bodies = [p.body for p in kept]
         # every mempool signature is 64 bytes (checked on admission): joined, not checked again
         sigs = b"".join([p.joined for p in kept])
