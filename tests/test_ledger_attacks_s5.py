@@ -265,3 +265,21 @@ def test_one_short_account_filling_the_block_cannot_keep_later_honest_transactio
     app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=room)
     validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=room)
     assert blocks(app, validator, 3, attacker, honest, at=lambda h: room) == [2, 2, 2]
+
+
+def test_a_new_account_past_the_first_fills_reach_registers_and_deposits_in_the_extension():
+    """The extension past the first fill's reach takes registrations too: without them a new
+    account's deposit there was refused as unregistered and evicted from the mempool."""
+    c = genesis()
+    (S, Y, N), (SK, YK, NK) = keys(230, 3)
+    for k in (SK, YK):
+        c.register(k)
+        c.deposit(k, 0, "USD", (20_000 if k == SK else 1_000_000) * USD)
+    c.mark("BTC", 60_000.0, VOLS, 1, T0 + 60, O[:2])
+    c.trade(YK, 1, SK, 1, 3, 1, 60_000 * USD)
+    room = 10
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=room)
+    validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=room)
+    new = [signed(ctx.register(NK), [N]), signed(ctx.deposit(NK, 0, "USD", 5 * USD), [N])]
+    attack = [signed(ctx.withdraw(SK, 2 + j, "USD", 1 if j else 10_000 * USD), [S]) for j in range(room)]
+    assert blocks(app, validator, 1, lambda state, h: attack, lambda state: new, at=lambda h: room) == [2]

@@ -455,12 +455,13 @@ class ClearingApp:
             return self._block(fill.state, kept)
         # Room left, because held-back accounts' transactions filled the first fill's reach: the
         # block goes on with the candidates past it whose signers signed nothing before nor were
-        # held back (no mark: what came before stays margined as it was). Those found short are
+        # held back (registrations too, so a new account's deposits are not refused; no mark:
+        # what came before stays margined as it was). Those found short are
         # held back with their trading partners once, the second try looking only at what the
         # first reached (accounts linked by no trade change nothing of each other's); if that
         # too finds one short, the block stays as it was.
         signed = held_back.union(*(p.tx.signers for p in kept))
-        more = [c for c in tail if c[0] in self.mempool and c[1].tx.op in _COLUMNAR
+        more = [c for c in tail if c[0] in self.mempool and c[1].tx.op != ctx.MARK
                 and signed.isdisjoint(c[1].tx.signers)]
         out: set[bytes] = set()
         for attempt in range(2):
