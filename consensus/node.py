@@ -22,6 +22,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -73,16 +74,28 @@ SCHEMA = {
 }
 CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json"),
            "load": ("builtin", "none")}
-NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts")}
-POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool")}
+NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts"), ("node", "delay_ms"),
+                ("node", "crash_after_blocks"), ("node", "load_seed")}
+POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool"),
+            ("node", "txs_per_block"), ("node", "base_timeout_ms")}
+BELOW = {("node", "load_seed"): 1 << 64}  # the load's keys are derived from its 8 bytes
 NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
 
 
 def _addr(text: str) -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isascii() or not port.isdigit():
         raise ValueError(f"{text!r} is not \"host:port\"")
+    if int(port) > 65535:
+        raise ValueError(f"{text!r}: port {int(port)} is outside 0..65535")
     return host, int(port)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past any float
+        return False
 
 
 def _hex32(text: str) -> bytes:
@@ -152,6 +165,13 @@ class NodeConfig:
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
+        bound = [(table, a) for table, a in (("node", cfg.listen), ("rpc", cfg.rpc), ("metrics", cfg.metrics))
+                 if a is not None and a[1] != 0]
+        for i, (first, (host1, port1)) in enumerate(bound):
+            for table, (host, port) in bound[i + 1:]:
+                if port == port1 and (host == host1 or {host, host1} & {"", "0.0.0.0", "::"}):
+                    raise ConfigError(f"{path}:{line_of(text, table, 'listen')}: [{table}] listen {host}:{port} "
+                                      f"takes [{first}] listen's port; give each its own")
         if bytes(SigningKey(cfg.seed).verify_key) != cfg.keys[cfg.index]:
             raise ConfigError(f"{path}:{line_of(text, 'node', 'seed')}: [node] seed's public key is not "
                               f"[network] keys[{cfg.index}]")
@@ -170,6 +190,10 @@ class NodeConfig:
                 raise ConfigError(f"{where}: [{table}] {key} must be {NOUNS[want]}, not {value!r}")
             if table == "node" and key in CHOICES and value not in CHOICES[key]:
                 raise ConfigError(f"{where}: [node] {key} must be one of {', '.join(CHOICES[key])}, not {value!r}")
+            if want is float and not _finite(value):
+                raise ConfigError(f"{where}: [{table}] {key} must be a finite number, not {value!r}")
+            if (table, key) in BELOW and value >= BELOW[table, key]:
+                raise ConfigError(f"{where}: [{table}] {key} must be below {BELOW[table, key]}, not {value!r}")
             if (table, key) in POSITIVE and not value > 0:
                 raise ConfigError(f"{where}: [{table}] {key} must be above 0, not {value!r}")
             if (table, key) in NON_NEGATIVE and value < 0:
