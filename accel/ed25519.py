@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from .packing import pack_fixed, pack_messages
+from .packing import _buffer_problem, pack_fixed, pack_messages
 
 _BYTES = (bytes, bytearray, memoryview)
 
@@ -111,6 +111,9 @@ def verify_on_gpu(b, n, pks, data, offsets, sigs, out, order) -> None:
 def _check_bytes(name: str, value, length: int | None) -> None:
     if not isinstance(value, _BYTES):
         raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    problem = _buffer_problem(value)
+    if problem:  # len() of a shaped view counts its rows, not its bytes
+        raise TypeError(f"{name} is {problem}, expected bytes")
     if length is not None and len(value) != length:
         raise ValueError(f"{name} is {len(value)} bytes, expected {length}")
 

@@ -92,6 +92,8 @@ def _software_verdicts(keys: np.ndarray, messages: Packed, sigs: np.ndarray):
     (tests/test_ed25519.py compares these verdicts with accel's on the edge cases and suites)."""
     from nacl.exceptions import BadSignatureError
     from nacl.signing import VerifyKey
+    if not len(keys) == len(messages) == len(sigs):  # as accel refuses: never a verdict on part of a batch
+        raise ValueError(f"batch lengths differ: {len(keys)} keys, {len(messages)} messages, {len(sigs)} signatures")
     data, offsets = messages.data.tobytes(), messages.offsets.tolist()
     for i in range(len(keys)):
         key, msg, sig = keys[i].tobytes(), data[offsets[i]:offsets[i + 1]], sigs[i].tobytes()
