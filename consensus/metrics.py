@@ -150,9 +150,37 @@ class NodeMetrics:
 
 
 class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them: past that a connection is closed
+    at once (a stranger holding half-sent requests kept a thread each, without limit)."""
     daemon_threads = True
+    MAX_CONNECTIONS = 16
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address):  # a client gone or timed out: no traceback
+        pass
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = 10  # seconds a connection may stay silent
+
     def log_message(self, *args):  # no access log on stderr
         pass
