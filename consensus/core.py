@@ -507,8 +507,14 @@ class Core:
         TC, so a relayed copy taken first may carry other valid certificates than the proposer's
         (another TC of the same view, with a higher QC view among its timeouts), making the block
         one this validator may not vote for where the proposer's own makes it one it may; then
-        the proposer's copy replaces it (certificates verified) and the vote goes out."""
-        b, held = p.block, self.blocks[p.block.id]
+        the proposer's copy replaces it (certificates verified) and the vote goes out. Only the
+        certificates are taken from it: nor does the id cover the transactions (only their root,
+        digest and count), so the held block's, validated and executed, stay (a Byzantine leader's
+        second copy with other transactions would otherwise be stored, served and replayed beside
+        a state computed from the first)."""
+        held = self.blocks[p.block.id]
+        b = replace(held, qc=p.block.qc, tc=p.block.tc)
+        p = Proposal(b, p.signature)
         if sender != b.proposer or (held.qc, held.tc) == (b.qc, b.tc) or self._safe_to_vote(held) \
                 or not self._safe_to_vote(b) or b.parent not in self.blocks:
             return []
