@@ -575,6 +575,8 @@ class Core:
             # may never answer (a Byzantine peer racing the leader's proposals to every validator
             # held each fetch until the view timed out); the proposer built on the parent, so it
             # is asked too (once: the fetch is then its)
+            if sender == b.proposer:
+                self._repark(sender, p)
             asked = self.fetching.get(b.parent)
             if sender == b.proposer and asked is not None and asked not in (sender, self.cfg.me):
                 self.fetching[b.parent] = sender
@@ -603,6 +605,28 @@ class Core:
         self.waiting.setdefault(b.parent, []).append((sender, p))
         self.parked[b.id] = b.proposer
         return [] if b.parent in self.parked else self._fetch(b.parent, sender)
+
+    def _repark(self, sender: int, p: Proposal) -> None:
+        """The proposer's own copy of a proposal parked from a relayer: its certificates replace
+        the relayed copy's (as _proposers_copy does for a held block), since a relayed copy whose
+        TC names a higher QC among its timeouts is one no validator may vote for once its parent
+        comes. The parked transactions (checked against the digest and root) stay; the
+        proposer's copy replaces a relayer's once."""
+        entries = self.waiting.get(p.block.parent, [])
+        i = next((i for i, (_, q) in enumerate(entries) if q.block.id == p.block.id), None)
+        if i is None:
+            return
+        s, q = entries[i]
+        if s == q.block.proposer or (q.block.qc, q.block.tc) == (p.block.qc, p.block.tc):
+            return
+        copy = Proposal(replace(q.block, qc=p.block.qc, tc=p.block.tc), p.signature)
+        try:
+            certs = self._proposal_certs(copy)
+        except InvalidCertificate:
+            return
+        if self.app.verifier.verify_lists(*certs):
+            entries[i] = (sender, copy)
+            self.counters["proposal_recertified"] += 1
 
     def _fetch(self, block_id: bytes, peer: int) -> list:
         """Ask `peer` (everyone, if it is this validator) for the chain from the committed height

@@ -61,3 +61,30 @@ def test_a_proposers_second_copy_cannot_change_the_transactions_of_a_held_block(
     assert held.txs.digest() == held.sig_digest and core.app.tx_root(held.txs) == held.tx_root
     assert core.proposals[real.id].block.txs.digest() == real.txs.digest()
     assert core.states[real.id].root == held.state_root
+
+
+def test_a_proposers_copy_replaces_a_relayed_copy_parked_with_another_tc():
+    """8d2dc38 let the proposer's copy replace a relayed copy held with an unvotable TC, but not
+    one parked (its parent missing): a Byzantine peer relaying the leader's block first, with a
+    valid TC of the same view naming a higher QC among its timeouts, had it parked; the
+    proposer's own copy only redirected the parent's fetch and was dropped, so once the parent
+    came the relayed copy was taken and this validator did not vote in the view. Now the
+    proposer's certificates replace the relayed copy's in the parked proposal (its transactions,
+    checked when parked, stay)."""
+    from consensus.sim import Simulation
+    sim, node, donor, hq, v, real_tc, bad_tc = _tc_setup()
+    leader = donor.cfg.leader(v)
+    real = replace(_variant(donor, donor.blocks[hq.block_id], hq, v, leader, 0), tc=real_tc)
+    me = next(i for i in range(4) if i != leader)
+    relayer = next(i for i in range(4) if i not in (leader, me))
+    fresh = Simulation(n=4, seed=1).nodes[me].core  # (the same genesis; it holds no block yet)
+    fresh.handle(relayer, _signed(sim, replace(real, tc=bad_tc)))
+    assert real.id in fresh.parked
+    fresh.handle(leader, _signed(sim, real))
+    chain = donor._ancestry(hq.block_id, 1, m.MAX_RANGE)
+    out = fresh.handle(leader, m.BlockResponse(tuple(donor.proposals[i] for i in chain)))
+    assert real.id in fresh.blocks and fresh.blocks[real.id].tc == real_tc
+    assert fresh.safety.last_voted_view == v and fresh.voted == real.id
+    assert any(isinstance(a, Send) and isinstance(a.msg, m.Vote) and a.msg.block_id == real.id for a in out) \
+        or fresh.cfg.leader(v + 1) == me
+    assert fresh.blocks[real.id].txs.digest() == real.txs.digest()
