@@ -440,8 +440,7 @@ class ClearingApp:
             if fill.broken is None and not fill.short:
                 break
             held_back.update(fill.short)
-            self._evict({candidates[pos][0]: f"left account {k.hex()[:16]} below initial margin"
-                         for k, pos in fill.short.items()})
+            self._evict_short(candidates, fill.kept, fill.short)
             if fill.broken is not None and fill.broken >= 0:
                 self._evict({candidates[fill.broken][0]: "internal error while applying it (logged)"})
                 candidates.pop(fill.broken)
@@ -472,8 +471,7 @@ class ClearingApp:
                     del more[ext.stop:]
             if ext.broken is None and not ext.short:
                 return self._block(ext.state, kept + [more[p][1] for p in ext.kept])
-            self._evict({more[pos][0]: f"left account {k.hex()[:16]} below initial margin"
-                         for k, pos in ext.short.items()})
+            self._evict_short(more, ext.kept, ext.short)
             if ext.broken is not None:
                 break
             out = _trading_partners(more, out | set(ext.short))
@@ -488,6 +486,46 @@ class ClearingApp:
         txs = (Txs(Packed(*pack_messages(bodies)), np.frombuffer(bytearray(sigs), np.uint8).reshape(-1, 64))
                if bodies else Txs.empty())
         return txs, State(state, state.state_root(self.verifier.sha256_rows))
+
+    def _evict_short(self, candidates: list, kept: list, short: dict) -> None:
+        """Short accounts' transactions leave the mempool: for each, its last transaction kept
+        in the fill (at short[account]), the later half of the transactions it signed there from
+        its first trade or withdrawal on (its leading deposits stay; they cannot make it short),
+        and then every mempool transaction of it from the first of those nonces on, which can no
+        longer apply in nonce order. Only the last one left before, so an account sending N
+        transactions that leave it short had N-1, N-2, ... of them applied again in the first
+        fill of each of the next N blocks; now each round halves them (about 2N applications in
+        all). Nothing is remembered against the account: a transaction sent again is admitted
+        and proposed like any other."""
+        reasons: dict[bytes, str] = {}
+        cut: dict[bytes, int] = {}  # account -> its first nonce evicted
+        for k, last in short.items():
+            why = f"left account {k.hex()[:16]} below initial margin"
+            mine, margined = [], False
+            for pos in kept:
+                if pos > last:
+                    break
+                tx = candidates[pos][1].tx
+                if k in tx.signers:
+                    margined = margined or tx.op != ctx.DEPOSIT
+                    if margined:
+                        mine.append(pos)
+            if not mine or mine[-1] != last:
+                mine.append(last)
+            for pos in mine[len(mine) - max(1, len(mine) // 2):]:
+                reasons[candidates[pos][0]] = why
+                n = dict(ctx.consumed(candidates[pos][1].tx)[0]).get(k)
+                if n is not None:
+                    cut[k] = min(cut.get(k, n), n)
+        if cut:
+            for digest, pending in self.mempool.items():
+                if digest in reasons or cut.keys().isdisjoint(pending.tx.signers):
+                    continue
+                for k, n in ctx.consumed(pending.tx)[0]:
+                    if k in cut and n >= cut[k]:
+                        reasons[digest] = f"follows a transaction of account {k.hex()[:16]} that left it below initial margin"
+                        break
+        self._evict(reasons)
 
     def _evict(self, reasons: dict[bytes, str]) -> None:
         """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept."""
