@@ -88,3 +88,68 @@ def test_a_proposers_copy_replaces_a_relayed_copy_parked_with_another_tc():
     assert any(isinstance(a, Send) and isinstance(a.msg, m.Vote) and a.msg.block_id == real.id for a in out) \
         or fresh.cfg.leader(v + 1) == me
     assert fresh.blocks[real.id].txs.digest() == real.txs.digest()
+
+
+def _stall_after_a_tc_the_others_missed(seed=1):
+    """A running simulation in which every message in flight is lost, all four validators time
+    out in view V; the timeouts of v1 and v2 reach v3 only, which forms the TC and moves to
+    V + 1; then v1 crashes for good. v0 and v2 are left in V (their timeouts of V are older than
+    v3's view, v3's timeouts of V + 1 are one voter's)."""
+    from consensus.core import Broadcast
+    sim = _running(seed=seed)
+    sim.queue.clear()
+    v0, v1, v2, v3 = sim.nodes
+    view = v0.core.view
+    assert all(n.core.view == view for n in sim.nodes)
+
+    def timeout(node):
+        out = node.core.on_timer(view)
+        sim._apply(node, [a for a in out if not isinstance(a, Broadcast)])  # its broadcast is lost
+        return next(a.msg for a in out if isinstance(a, Broadcast) and isinstance(a.msg, m.Timeout))
+    t0, t1, t2, t3 = map(timeout, sim.nodes)
+    sim._apply(v3, v3.core.handle(1, t1) + v3.core.handle(2, t2))
+    sim.crashed.add("v1")
+    assert v3.core.view == view + 1 and v0.core.view == v2.core.view == view
+    return sim
+
+
+def test_validators_left_in_a_view_the_others_formed_a_tc_in_catch_up():
+    """A TC is formed by each validator from the timeouts it receives and is never sent; a
+    timeout of a view before the receiver's was dropped. So two honest validators that lost the
+    timeouts of a view in which the third formed a TC (one validator crashed, f = 1) waited in it
+    for ever: the three honest never committed again once the loss stopped (found driving the
+    simulation past partitions with 5% loss). Now a validator answers a peer's own timeout of a
+    view it formed a TC in with the timeouts of that TC (once per peer between its own timer
+    expiries), from which the peer forms the TC itself."""
+    sim = _stall_after_a_tc_the_others_missed()
+    honest = {"v0", "v2", "v3"}
+    before = max(len(n.committed) for n in sim.nodes)
+    sim.run(blocks=before + 5, max_ms=sim.now + 60_000, live=lambda n: n.name in honest)
+    assert all(len(n.committed) >= before + 5 for n in sim.nodes if n.name in honest)
+    from test_consensus import assert_safe
+    assert_safe(sim, honest)
+
+
+def test_f_plus_one_timeouts_in_views_ahead_move_a_validator_to_the_lowest_of_them():
+    """f+1 validators timed out in views past this validator's, each in another one (V + 1 and
+    V + 2, n = 4): at least one honest validator reached V + 1, so this one times out there too
+    (before: only f+1 timeouts of one view counted, and validators spread over views 3, 3, 4 and
+    5 after a partition with loss never formed another TC)."""
+    from consensus.core import Broadcast
+    sim = _running()
+    core = next(n.core for n in sim.nodes)
+    view, hq = core.view, core.safety.high_qc
+    others = [i for i in range(4) if i != core.cfg.me]
+
+    def timeout(voter, v):
+        return m.Timeout(v, hq, voter, sim.keys[voter].sign(timeout_bytes(v, hq.view)).signature)
+    assert core.handle(others[0], timeout(others[0], view + 2)) == [] and core.view == view
+    out = core.handle(others[1], timeout(others[1], view + 1))
+    assert core.view == view + 1 and view + 1 in core.timed_out
+    assert any(isinstance(a, Broadcast) and isinstance(a.msg, m.Timeout) and a.msg.view == view + 1 for a in out)
+    # one voter (f) ahead is not enough, however far
+    core2 = sim.nodes[1].core if core is not sim.nodes[1].core else sim.nodes[2].core
+    v2 = core2.view
+    voter = next(i for i in range(4) if i != core2.cfg.me)
+    core2.handle(voter, m.Timeout(v2 + 5, hq, voter, sim.keys[voter].sign(timeout_bytes(v2 + 5, hq.view)).signature))
+    assert core2.view == v2
