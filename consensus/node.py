@@ -70,14 +70,17 @@ SCHEMA = {
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
-            "max_batch": (int, 1000), "max_mempool": (int, 100_000)},
+            "max_batch": (int, 1000), "max_mempool": (int, 100_000), "max_connections": (int, 0),
+            "max_connections_per_client": (int, 64), "idle_timeout_s": (float, 30.0),
+            "submit_share_s": (float, 0.1), "submit_total_s": (float, 0.4)},
 }
 CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json"),
            "load": ("builtin", "none")}
 NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts"), ("node", "delay_ms"),
-                ("node", "crash_after_blocks"), ("node", "load_seed")}
+                ("node", "crash_after_blocks"), ("node", "load_seed"), ("rpc", "max_connections")}
 POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool"),
-            ("node", "txs_per_block"), ("node", "base_timeout_ms")}
+            ("rpc", "max_connections_per_client"), ("rpc", "idle_timeout_s"), ("rpc", "submit_share_s"),
+            ("rpc", "submit_total_s"), ("node", "txs_per_block"), ("node", "base_timeout_ms")}
 BELOW = {("node", "load_seed"): 1 << 64}  # the load's keys are derived from its 8 bytes
 NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
 
@@ -128,7 +131,7 @@ class NodeConfig:
     accel: AccelConfig | None = None  # None: the usual accel.toml / $ACCEL_CONFIG and ACCEL_*
     load: str = "builtin"             # "none": only what clients submit through the API
     rpc: tuple[str, int] | None = None
-    rpc_limits: dict | None = None    # [rpc] max_body_bytes, requests_per_s, max_batch, max_mempool
+    rpc_limits: dict | None = None    # [rpc]'s keys but listen: consensus.rpc.Rpc's bounds
     path: str = ""
     snapshot_every: int = 500         # a state snapshot every this many committed blocks (0: never)
     genesis_accounts: int = 0         # clearing: funded accounts with positions added to the genesis
@@ -160,7 +163,8 @@ class NodeConfig:
                    convert("metrics", "listen", lambda x: _addr(x) if x else None),
                    config.load(path, shared=True) if "accel" in data else None, node["load"],
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),
-                   {k: v for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
+                   {k: None if (k, v) == ("max_connections", 0) else v  # 0: Rpc's default
+                    for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
                    node["genesis_accounts"], node["state_sync"])
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "

@@ -74,3 +74,19 @@ def test_distinct_ports_and_port_zero_still_load(tmp_path):
     path.write_text(path.read_text() + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
     cfg = NodeConfig.load(path)
     assert cfg.metrics == ("127.0.0.1", 0) and cfg.rpc[1] != cfg.listen[1]
+
+
+def test_the_client_apis_bounds_are_keys_of_the_file(tmp_path):
+    from consensus.rpc import Rpc
+    path = _config(tmp_path)
+    path.write_text(path.read_text() + "max_connections_per_client = 3\nidle_timeout_s = 5.0\nsubmit_share_s = 0.05\n")
+    cfg = NodeConfig.load(path)
+    assert cfg.rpc_limits["max_connections"] is None  # 0, the default: Rpc's own choice
+    rpc = Rpc(None, cfg.rpc, **cfg.rpc_limits)
+    assert (rpc.max_per_client, rpc.idle_timeout_s, rpc.work.share, rpc.work.total) == (3, 5.0, 0.05, 0.4)
+    assert rpc.max_connections > 0
+    path.write_text(path.read_text() + "max_connections = 7\n")
+    assert Rpc(None, cfg.rpc, **NodeConfig.load(path).rpc_limits).max_connections == 7
+    path.write_text(path.read_text().replace("idle_timeout_s = 5.0", "idle_timeout_s = 0.0"))
+    with pytest.raises(ConfigError, match=r"\[rpc\] idle_timeout_s must be above 0"):
+        NodeConfig.load(path)
