@@ -20,7 +20,12 @@ Safety rules (the only things that keep two honest validators from committing di
 Commit rule (2-chain): a block B0 is committed when a QC certifies its child B1 and B1's view is
 B0's plus one (_process_qc); its uncommitted ancestors commit with it, in order.
 Pacemaker: a view ends with a QC (the leader of the next view collects the votes) or a TC (2f+1
-timeouts); timeouts grow 2x for each view in a row that failed, back to the base after a QC.
+timeouts); timeouts grow 2x for each view in a row that failed, back to the base after a QC. A TC is formed by
+each validator from the timeouts it receives and never sent on its own, so a validator left in a
+view the others formed a TC in is helped on (review p6): a peer's own timeout of such a view is
+answered with that TC's timeouts (_help_behind), and f+1 voters' timeouts in views ahead move a
+validator to the lowest view at least one honest validator reached. A proposer's own copy of a
+block held or parked from a relayer gives it the proposer's certificates, never its transactions.
 
 Input from the network (issue 22): every message is verified before it changes any state, with no
 shortcut keyed on a field its sender controls (a timeout naming this validator is verified like
