@@ -204,3 +204,52 @@ def test_liquidation_adl_and_expiry_streams_agree_across_engines(stream):
         for liq in parent_new.clearing.liquidations[before:]:
             assert liq.insurance >= 0 and liq.socialized >= 0
         parent, vparent, ref = parent_new, vstate, obo
+
+
+# ---- 3. two bankrupt books trading with each other handed their loss to bystanders --------------
+
+
+@pytest.mark.parametrize("x1_first, x1_cash, futures", [(True, 150_000, 10), (False, 150_000, 10), (True, 130_000, 6)])
+def test_bankrupt_books_trading_with_each_other_cannot_charge_bystanders(x1_first, x1_cash, futures):
+    """Attacker X1 long 10 BTC futures from its account Y and 4 puts from its account X2; a crash
+    (60,000 -> 6,000) takes X1 and X2 below zero. The first liquidated of them closed its puts
+    against the other (bankrupt against bankrupt), so the second had no positions left at its
+    turn and its loss, much of it charged to it by the first's socialized loss, was charged to
+    every account with a positive USD balance: bystander Z, who never traded, paid 84,247 USD,
+    and the attacker's three accounts ended 84,247 USD (plus the fund) above what they
+    deposited. Now a book whose positions an earlier bankrupt took charges whom that one
+    charged (Y), and a book with solvent counterparties charges those first. Third case: X1 is
+    only below maintenance (its put gain leaves it cash); the loss of X2, whose puts X1 took, is
+    charged to X1 as far as its cash goes (a charge beyond it would have left X1, with no
+    positions, a debt nobody pays), the rest to whom X1 charged."""
+    from consensus.apps.clearing import Clearing
+    from tests.test_clearing_properties import ORACLES, SERIES
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 100 * USD, "BTC": 0})
+    for s in SERIES:
+        c.list_series(s)
+    _, kk = keys(100, 12)
+    kk = sorted(kk)
+    X1, X2 = (kk[0], kk[1]) if x1_first else (kk[1], kk[0])
+    Y, Z = kk[5], kk[9]
+    deposits = {X1: x1_cash * USD, X2: 50_000 * USD, Y: 2_000_000 * USD, Z: 1_000_000 * USD}
+    for k, q in deposits.items():
+        c.register(k)
+        c.deposit(k, 0, "USD", q)
+    c.mark("BTC", 60_000.0, VOLS, 1, T0 + 60, O[:2])
+    c.trade(X1, 1, Y, 1, 3, futures, 60_000 * USD)
+    c.trade(X1, 2, X2, 1, 2, 4, c.values([2])[2])
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    validator = ClearingApp(Verifier("software"), c.snapshot())
+    body = ctx.mark("BTC", 6_000.0, 2, T0 + 120, VOLS, O[:2])
+    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply_of(c))
+    assert len(txs) == 1
+    after = state.clearing
+    assert {l.account for l in after.liquidations} == {X1, X2}
+    assert after.accounts[Z].collateral.get("USD", 0) == deposits[Z]  # the bystander pays nothing
+    attacker = sum(after.accounts[k].collateral.get("USD", 0) for k in (X1, X2, Y))
+    assert attacker <= deposits[X1] + deposits[X2] + deposits[Y] + 100 * USD  # at most the fund
+    assert vstate.clearing.accounts[Z].collateral.get("USD", 0) == deposits[Z]
+    for k in (X1, X2):  # closed out: no positions, and no debt left behind
+        assert not after.accounts[k].positions and after.accounts[k].collateral.get("USD", 0) >= 0
+

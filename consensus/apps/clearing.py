@@ -750,8 +750,9 @@ class Clearing:
         self.marks[underlying] = new
         for i in sorted(expiring):
             self._settle(i)
+        heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
         for key, asset, _ in below:
-            self._liquidate(key, asset, {k for k, a, _ in below if a == asset})
+            self._liquidate(key, asset, {k for k, a, _ in below if a == asset}, heirs)
         if halted:
             self.halted[underlying] = halted
         else:
@@ -788,14 +789,23 @@ class Clearing:
             _credit(acct, asset, acct.positions.pop(series) * value)
         self.fixings[series] = value
 
-    def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes]) -> None:
+    def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None) -> None:
         """Closes every position of the account's `asset` book at the mark against the opposite
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
         collateral is paid by the asset's insurance fund as far as it goes; the rest is charged
-        to the deleveraged counterparties in proportion to the value they closed."""
+        to the deleveraged counterparties in proportion to the value they closed: those not
+        being liquidated by this mark if there are any (else the ones that are, who pass it on at
+        their turn). A book whose positions an earlier liquidation of this mark already took
+        charges that book's owner if it is left with cash, else the counterparties that
+        liquidation charged (heirs, shared by the mark's liquidations), not every account in
+        profit, so two books trading with each other cannot hand one's loss to bystanders while
+        the other, or their owner's third account, keeps the gain."""
+        heirs = {} if heirs is None else heirs
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
+        solvent: dict[bytes, int] = {}  # the counterparties not being liquidated by this mark
+        took: set[bytes] = set()  # books being liquidated whose positions this one took
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
             ranked = sorted((h for h in self.holders[i] if h != key and (self.accounts[h].positions[i] > 0) != (size > 0)),
@@ -810,6 +820,10 @@ class Clearing:
                 self._set_position(h, self._mut(h), i, theirs + q)
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * max(abs(value), 1)
+                if h in bankrupt:
+                    took.add(h)
+                else:
+                    solvent[h] = weights[h]
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)
@@ -818,19 +832,43 @@ class Clearing:
         self.funds[asset] -= paid
         _credit(acct, asset, paid)
         loss = max(-(cash + paid), 0)
-        if loss and not weights:  # its positions went to an earlier bankrupt's deleveraging: everyone in profit pays
+        closed = weights  # the value each counterparty closed against this book
+        rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
+        if solvent:
+            weights = solvent
+        elif not closed:  # its positions went to earlier liquidations of this mark: their owners pay
+            weights = {}
+            for h in sorted(heirs.get((asset, key), {})):  # as far as their cash goes, then whom they charged
+                if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
+                    rich[h] = c
+                for k, v in heirs.get((asset, h, "charged"), {}).items():
+                    if k != key:
+                        weights[k] = weights.get(k, 0) + v
+        for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
+            heirs.setdefault((asset, h), {})[key] = closed[h]
+        charged = 0
+        if loss and rich:
+            charged = min(loss, sum(rich.values()))
+            self._charge(asset, charged, rich)  # in proportion to cash: nobody charged beyond its own
+        if loss > charged and not weights:  # nobody to inherit from: everyone in profit pays
             weights = {h: c for h, a in self.accounts.items() if h != key and (c := a.collateral.get(asset, 0)) > 0}
-        if loss and weights:
-            total = sum(weights.values())
-            shares = {h: loss * w // total for h, w in sorted(weights.items())}
-            for h in sorted(weights, key=lambda h: (-weights[h], h))[:loss - sum(shares.values())]:
-                shares[h] += 1  # the rounding remainder, one quantum each to the largest
-            for h, q in shares.items():
-                _credit(self._mut(h), asset, -q)
-            _credit(acct, asset, loss)
-        else:
-            loss = 0  # nobody holds a positive balance to charge: the debt stays on the account
+        heirs[(asset, key, "charged")] = dict(weights)
+        if loss > charged and weights:
+            self._charge(asset, loss - charged, weights)
+            charged = loss
+        _credit(acct, asset, charged)  # what is left is a debt that stays on the account
+        loss = charged
         self.liquidations.append(Liquidation(key, asset, paid, loss))
+
+    def _charge(self, asset: str, loss: int, weights: dict[bytes, int]) -> None:
+        """loss quanta of asset taken from the accounts of weights in proportion to them, the
+        rounding remainder one quantum each to the largest weights (then by key)."""
+        total = sum(weights.values())
+        shares = {h: loss * w // total for h, w in sorted(weights.items())}
+        for h in sorted(weights, key=lambda h: (-weights[h], h))[:loss - sum(shares.values())]:
+            shares[h] += 1
+        for h, q in shares.items():
+            _credit(self._mut(h), asset, -q)
 
     # ---- the commitment and its invariants -------------------------------------------------------
     @staticmethod
