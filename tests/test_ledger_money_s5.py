@@ -253,3 +253,44 @@ def test_bankrupt_books_trading_with_each_other_cannot_charge_bystanders(x1_firs
     for k in (X1, X2):  # closed out: no positions, and no debt left behind
         assert not after.accounts[k].positions and after.accounts[k].collateral.get("USD", 0) >= 0
 
+
+# ---- 4. a settlement leaving its payer a debt no mark would ever liquidate ------------------------
+
+
+def test_a_settlement_debt_is_paid_by_the_fund_and_the_receivers_not_left_on_the_books():
+    """Attacker X writes 4 puts (55,000) to its other account Y with 50,000 USD of margin; the
+    first mark at expiry fixes them at a crash (6,000): X pays 196,000 and, holding nothing
+    else, was never liquidated: its cash stayed at -145,771 USD for good, the fund untouched,
+    while Y withdrew 295,771 USD having deposited 100,000 (the pair took out 145,771 more than it
+    put in, owed to every other account). Now the fund pays such a debt as far as it goes and
+    the settlement's receivers the rest, in proportion to what they received."""
+    from consensus.apps.clearing import Clearing
+    from tests.test_clearing_properties import DAY as _DAY, ORACLES, SERIES as _SERIES
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 1_000 * USD, "BTC": 0})
+    for s in _SERIES:
+        c.list_series(s)
+    (XS, YS, ZS), (X, Y, Z) = keys(100, 3)
+    deposits = {X: 50_000 * USD, Y: 100_000 * USD, Z: 1_000_000 * USD}
+    for k, q in deposits.items():
+        c.register(k)
+        c.deposit(k, 0, "USD", q)
+    c.mark("BTC", 60_000.0, VOLS, 1, T0 + 60, O[:2])
+    c.trade(Y, 1, X, 1, 2, 4, c.values([2])[2])
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    validator = ClearingApp(Verifier("software"), c.snapshot())
+    supply = supply_of(c)
+    body = ctx.mark("BTC", 6_000.0, 2, T0 + 2 * _DAY, {}, O[:2])
+    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
+    assert len(txs) == 1 and 2 in state.clearing.fixings
+    after = state.clearing
+    for k, a in after.accounts.items():  # no debt without a position that a mark could liquidate
+        assert all(q >= 0 for q in a.collateral.values()) or a.positions, k.hex()
+    assert after.funds["USD"] == 0
+    assert after.accounts[Z].collateral["USD"] == deposits[Z]
+    # Y takes out everything it holds: at most what the pair and the fund put in
+    out = [signed(ctx.withdraw(Y, 2, "USD", after.accounts[Y].collateral["USD"]), [YS])]
+    assert app.submit_many(out) == [""]
+    txs, state, vstate = chain(app, validator, state, vstate, supply)
+    assert len(txs) == 1
+    assert after.accounts[Y].collateral["USD"] <= deposits[X] + deposits[Y] + 1_000 * USD

@@ -748,11 +748,14 @@ class Clearing:
             self._flush()
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
+        paid: dict[tuple[bytes, str], dict[bytes, int]] = {}  # settlement payers -> whom they paid
         for i in sorted(expiring):
-            self._settle(i)
+            self._settle(i, paid)
         heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
         for key, asset, _ in below:
             self._liquidate(key, asset, {k for k, a, _ in below if a == asset}, heirs)
+        for (key, asset), receivers in sorted(paid.items()):
+            self._settle_debt(key, asset, receivers)
         if halted:
             self.halted[underlying] = halted
         else:
@@ -779,15 +782,48 @@ class Clearing:
                     f"within {self.breakers.window} blocks")
         return ""
 
-    def _settle(self, series: int) -> None:
+    def _settle(self, series: int, paid: dict | None = None) -> None:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
-        expiry, in integer quanta); open interest sums to zero, so the payments do too."""
+        expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
+        (payer, asset) -> {receiver: quanta received from this series' settlement}, added to."""
         value = self.marks[self.series[series].underlying].values[series]
         asset = self.series[series].asset
+        flows = {}
         for holder in sorted(self.holders.pop(series, ())):
             acct = self._mut(holder)
-            _credit(acct, asset, acct.positions.pop(series) * value)
+            flows[holder] = acct.positions.pop(series) * value
+            _credit(acct, asset, flows[holder])
         self.fixings[series] = value
+        if paid is not None:
+            receivers = {k: q for k, q in flows.items() if q > 0}
+            for k in sorted(k for k, q in flows.items() if q < 0):
+                mine = paid.setdefault((k, asset), {})
+                for r, q in receivers.items():
+                    mine[r] = mine.get(r, 0) + q
+
+    def _settle_debt(self, key: bytes, asset: str, receivers: dict[bytes, int]) -> None:
+        """A settlement payer left with negative cash in asset and no open position in it (so no
+        later mark would ever liquidate it): the fund pays the debt as far as it goes, the rest is
+        charged to those its series' settlement paid, in proportion to what they received (the
+        settlement at the bankrupt book's bankruptcy price), recorded as a Liquidation. Without
+        this, a short option settling deep in the money left its writer's debt on the books for
+        good while the holder, perhaps the writer's owner's other account, withdrew the gain."""
+        acct = self.accounts[key]
+        cash = acct.collateral.get(asset, 0)
+        if cash >= 0 or any(self.series[i].asset == asset for i in acct.positions):
+            return
+        acct = self._mut(key)
+        fund = min(-cash, self.funds[asset])
+        self.funds[asset] -= fund
+        _credit(acct, asset, fund)
+        loss = -(cash + fund)
+        weights = {r: q for r, q in receivers.items() if r != key}
+        if loss and weights:
+            self._charge(asset, loss, weights)
+            _credit(acct, asset, loss)
+        else:
+            loss = 0
+        self.liquidations.append(Liquidation(key, asset, fund, loss))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None) -> None:
         """Closes every position of the account's `asset` book at the mark against the opposite
