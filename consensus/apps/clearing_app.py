@@ -406,8 +406,10 @@ class ClearingApp:
         """Mempool transactions in arrival order that apply on top of parent, up to max_txs.
         Refused ones leave the mempool, with their reason in `refused`. If accounts would end the
         block below initial margin (or a mark would liquidate a book they touched), every
-        transaction of theirs is held back and the block filled again; the last one each signed
-        leaves the mempool, so it cannot hold back the others for good. Fills after the first look
+        transaction of theirs is held back and the block filled again; what can no longer apply
+        leaves the mempool with their last kept and the later half of their margined ones
+        (_evict_short), so they cannot hold back the others for good nor cost later blocks their
+        whole backlog again. Fills after the first look
         only at the candidates the first one reached, so the room held-back accounts free brings
         in no new account to fall short. After MAX_PASSES fills, the held-back accounts' trading
         partners, theirs and so on are held back too, and the candidates are reordered so that
