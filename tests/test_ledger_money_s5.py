@@ -167,6 +167,9 @@ def _one_by_one(parent, txs):
           + [("withdraw", 0, "USD", 1_200 * USD, 0)],
           [("mark", "ETH", 0.6, 1, 60, True, 2)], [("mark", "ETH", 0.5, 1, 4 * 3600, True, 2)],
           [("mark", "ETH", 2.0, 1, 3 * 3600, True, 2)]])
+@example([[("trade", 0, 1, 2, 7, 1.0, 0), ("trade", 2, 3, 7, 3, 1.0, 0), ("trade", 4, 3, 4, 2, 1.0, 0)],
+          [("mark", "ETH", 0.5, 1, 4 * 3600, True, 2)], [("mark", "BTC", 0.5, 1, 2 * DAY, True, 2)],
+          [("withdraw", 1, "USD", "all", 0), ("withdraw", 3, "USD", "all", 0)]])
 def test_liquidation_adl_and_expiry_streams_agree_across_engines(stream):
     """Small books, sizes of 1 to 7 among five accounts, crashes and expiries: the proposer
     (accel's C fallback, columnar), a software-only validator and the one-by-one engine reach the
