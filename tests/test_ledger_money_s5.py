@@ -158,7 +158,7 @@ def _one_by_one(parent, txs):
     return c
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(_stream)
 @example([[("trade", 0, 1, 6, 2, 1.0, 0), ("trade", 2, 3, 6, 3, 1.0, 0)], [("mark", "ETH", 0.5, 1, 60, True, 2)],
