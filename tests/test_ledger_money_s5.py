@@ -221,7 +221,7 @@ def test_bankrupt_books_trading_with_each_other_cannot_charge_bystanders(x1_firs
     every account with a positive USD balance: bystander Z, who never traded, paid 84,247 USD,
     and the attacker's three accounts ended 84,247 USD (plus the fund) above what they
     deposited. Now a book whose positions an earlier bankrupt took charges whom that one
-    charged (Y), and a book with solvent counterparties charges those first. Third case: X1 is
+    charged (Y). Third case: X1 is
     only below maintenance (its put gain leaves it cash); the loss of X2, whose puts X1 took, is
     charged to X1 as far as its cash goes (a charge beyond it would have left X1, with no
     positions, a debt nobody pays), the rest to whom X1 charged."""

@@ -830,9 +830,8 @@ class Clearing:
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
         collateral is paid by the asset's insurance fund as far as it goes; the rest is charged
-        to the deleveraged counterparties in proportion to the value they closed: those not
-        being liquidated by this mark if there are any (else the ones that are, who pass it on at
-        their turn). A book whose positions an earlier liquidation of this mark already took
+        to the deleveraged counterparties in proportion to the value they closed (one being
+        liquidated by this mark later passes its share on at its turn). A book whose positions an earlier liquidation of this mark already took
         charges that book's owner if it is left with cash, else the counterparties that
         liquidation charged (heirs, shared by the mark's liquidations), not every account in
         profit, so two books trading with each other cannot hand one's loss to bystanders while
@@ -840,7 +839,6 @@ class Clearing:
         heirs = {} if heirs is None else heirs
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
-        solvent: dict[bytes, int] = {}  # the counterparties not being liquidated by this mark
         took: set[bytes] = set()  # books being liquidated whose positions this one took
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
@@ -858,8 +856,6 @@ class Clearing:
                 weights[h] = weights.get(h, 0) + abs(q) * max(abs(value), 1)
                 if h in bankrupt:
                     took.add(h)
-                else:
-                    solvent[h] = weights[h]
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)
@@ -870,9 +866,7 @@ class Clearing:
         loss = max(-(cash + paid), 0)
         closed = weights  # the value each counterparty closed against this book
         rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
-        if solvent:
-            weights = solvent
-        elif not closed:  # its positions went to earlier liquidations of this mark: their owners pay
+        if not closed:  # its positions went to earlier liquidations of this mark: their owners pay
             weights = {}
             for h in sorted(heirs.get((asset, key), {})):  # as far as their cash goes, then whom they charged
                 if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
