@@ -13,7 +13,13 @@ cost later proposals. Every block proposed here is checked by a second, software
    fill, and every transaction of it in the mempool from the first of those nonces on (they can
    no longer apply in nonce order): about 2N applications in about log2(N) blocks. Evicted
    transactions are not remembered against the account: resubmitted, they are admitted and
-   proposed like any other."""
+   proposed like any other.
+2. The proposer's engine (columnar, accel's C fallback), a software-only validator and the
+   one-by-one engine agree on streams aimed at liquidation, ADL, socialized loss and expiry
+   (same roots, liquidations, fixings; no debt left where no mark could liquidate it).
+3. Bystanders paid for two bankrupt books trading with each other (fixed: heirs).
+4. A settlement left its writer a debt no mark would ever liquidate (fixed: fund, then the
+   other side of the series)."""
 import logging
 
 import pytest
@@ -170,6 +176,8 @@ def _one_by_one(parent, txs):
 @example([[("trade", 0, 1, 2, 7, 1.0, 0), ("trade", 2, 3, 7, 3, 1.0, 0), ("trade", 4, 3, 4, 2, 1.0, 0)],
           [("mark", "ETH", 0.5, 1, 4 * 3600, True, 2)], [("mark", "BTC", 0.5, 1, 2 * DAY, True, 2)],
           [("withdraw", 1, "USD", "all", 0), ("withdraw", 3, "USD", "all", 0)]])
+@example([[], [], [("deposit", 0, "USD", USD, 0), ("deposit", 0, "USD", USD, 0), ("trade", 0, 1, 4, 2, 1.0, 0),
+                  ("mark", "BTC", 0.5, 1, 18000, True, 2)]])
 def test_liquidation_adl_and_expiry_streams_agree_across_engines(stream):
     """Small books, sizes of 1 to 7 among five accounts, crashes and expiries: the proposer
     (accel's C fallback, columnar), a software-only validator and the one-by-one engine reach the
@@ -206,6 +214,12 @@ def test_liquidation_adl_and_expiry_streams_agree_across_engines(stream):
         assert obo.violations() == []
         for liq in parent_new.clearing.liquidations[before:]:
             assert liq.insurance >= 0 and liq.socialized >= 0
+        # no debt that no mark would ever liquidate: negative cash only beside a position in the
+        # asset (the last example: a buyer of inverse calls that expired worthless was left owing
+        # what it paid beyond its cash, while the writer could withdraw it)
+        for k, a in parent_new.clearing.accounts.items():
+            for asset, q in a.collateral.items():
+                assert q >= 0 or any(parent_new.clearing.series[i].asset == asset for i in a.positions), (k.hex(), asset)
         parent, vparent, ref = parent_new, vstate, obo
 
 
@@ -297,3 +311,4 @@ def test_a_settlement_debt_is_paid_by_the_fund_and_the_receivers_not_left_on_the
     txs, state, vstate = chain(app, validator, state, vstate, supply)
     assert len(txs) == 1
     assert after.accounts[Y].collateral["USD"] <= deposits[X] + deposits[Y] + 1_000 * USD
+

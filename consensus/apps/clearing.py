@@ -785,29 +785,34 @@ class Clearing:
     def _settle(self, series: int, paid: dict | None = None) -> None:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
         expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
-        (payer, asset) -> {receiver: quanta received from this series' settlement}, added to."""
+        (holder, asset) -> {holder of the other side: contracts x max(|fixing|, 1)}, added to
+        (whom a debt the settlement leaves the holder is charged to: _settle_debt)."""
         value = self.marks[self.series[series].underlying].values[series]
         asset = self.series[series].asset
-        flows = {}
+        sizes = {}
         for holder in sorted(self.holders.pop(series, ())):
             acct = self._mut(holder)
-            flows[holder] = acct.positions.pop(series) * value
-            _credit(acct, asset, flows[holder])
+            sizes[holder] = acct.positions.pop(series)
+            _credit(acct, asset, sizes[holder] * value)
         self.fixings[series] = value
         if paid is not None:
-            receivers = {k: q for k, q in flows.items() if q > 0}
-            for k in sorted(k for k, q in flows.items() if q < 0):
+            for k, n in sizes.items():
                 mine = paid.setdefault((k, asset), {})
-                for r, q in receivers.items():
-                    mine[r] = mine.get(r, 0) + q
+                for r, m in sizes.items():
+                    if (m > 0) != (n > 0):
+                        mine[r] = mine.get(r, 0) + abs(m) * max(abs(value), 1)
 
     def _settle_debt(self, key: bytes, asset: str, receivers: dict[bytes, int]) -> None:
-        """A settlement payer left with negative cash in asset and no open position in it (so no
-        later mark would ever liquidate it): the fund pays the debt as far as it goes, the rest is
-        charged to those its series' settlement paid, in proportion to what they received (the
-        settlement at the bankrupt book's bankruptcy price), recorded as a Liquidation. Without
-        this, a short option settling deep in the money left its writer's debt on the books for
-        good while the holder, perhaps the writer's owner's other account, withdrew the gain."""
+        """A holder of a series this mark settled, left with negative cash in asset and no open
+        position in it (so no later mark would ever liquidate it): the fund pays the debt as far
+        as it goes, the rest is charged to the holders of the other side of its series, in
+        proportion to contracts x max(|fixing|, 1) (what they received, for a writer settling in
+        the money: the settlement at the bankrupt book's bankruptcy price), recorded as a
+        Liquidation. Without this, a short option settling deep in the money left its writer's
+        debt on the books for good while the holder, perhaps the writer's owner's other account,
+        withdrew the gain; and so did a buyer who paid the premium with borrowed cash (negative,
+        the option's value its equity) for an option expiring worthless, while the writer
+        withdrew the premium."""
         acct = self.accounts[key]
         cash = acct.collateral.get(asset, 0)
         if cash >= 0 or any(self.series[i].asset == asset for i in acct.positions):
