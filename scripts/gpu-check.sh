@@ -82,7 +82,8 @@ run_step() {  # run_step NAME LIMIT_S MIN_S LOG COMMAND...
 # checks need no GPU and run in CI; here they would only spend device time.
 tests=${TESTS:-"tests/test_ed25519.py tests/test_ed25519_regular_review.py tests/test_sha256_merkle.py
     tests/test_risk.py tests/test_backends.py tests/test_cli.py tests/test_operator.py tests/test_localnet.py
-    tests/test_clearing.py tests/test_clearing_columns_attacks.py tests/test_gpu_scripts.py tests/test_cuda_build.py"}
+    tests/test_clearing.py tests/test_clearing_columns_attacks.py tests/test_gpu_scripts.py tests/test_cuda_build.py
+    tests/test_kernel_boundary_s5.py"}
 run_step "tests (required: $required)" "${TEST_TIMEOUT:-240}" 60 tests.txt \
     env ACCEL_REQUIRE_BACKENDS=$required $py -m pytest -q -rs -p no:cacheprovider $tests -k "not nvcc and not fits_registers"
 run_step "throughput (cuda)" "${THROUGHPUT_TIMEOUT:-200}" 60 throughput.txt \
