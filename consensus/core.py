@@ -521,15 +521,11 @@ class Core:
         a state computed from the first)."""
         held = self.blocks[p.block.id]
         b = replace(held, qc=p.block.qc, tc=p.block.tc)
-        p = Proposal(b, p.signature)
         if sender != b.proposer or (held.qc, held.tc) == (b.qc, b.tc) or self._safe_to_vote(held) \
                 or not self._safe_to_vote(b) or b.parent not in self.blocks:
             return []
-        try:
-            certs = self._proposal_certs(p)
-        except InvalidCertificate:
-            return []
-        if not self.app.verifier.verify_lists(*certs):
+        p = self._recertified(held, p)
+        if p is None:
             return []
         parent = self.blocks[b.parent]
         if parent.view != b.qc.view or parent.height != b.qc.height:
@@ -626,14 +622,20 @@ class Core:
         s, q = entries[i]
         if s == q.block.proposer or (q.block.qc, q.block.tc) == (p.block.qc, p.block.tc):
             return
-        copy = Proposal(replace(q.block, qc=p.block.qc, tc=p.block.tc), p.signature)
+        copy = self._recertified(q.block, p)
+        if copy is not None:
+            entries[i] = (sender, copy)
+            self.counters["proposal_recertified"] += 1
+
+    def _recertified(self, block: Block, p: Proposal) -> Proposal | None:
+        """block with the certificates and signature of p, its proposer's copy, if they verify
+        (its transactions stay block's: the id does not cover them)."""
+        copy = Proposal(replace(block, qc=p.block.qc, tc=p.block.tc), p.signature)
         try:
             certs = self._proposal_certs(copy)
         except InvalidCertificate:
-            return
-        if self.app.verifier.verify_lists(*certs):
-            entries[i] = (sender, copy)
-            self.counters["proposal_recertified"] += 1
+            return None
+        return copy if self.app.verifier.verify_lists(*certs) else None
 
     def _fetch(self, block_id: bytes, peer: int) -> list:
         """Ask `peer` (everyone, if it is this validator) for the chain from the committed height
