@@ -70,6 +70,11 @@ def _check_packed(p: Packed, what: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"packed {what}s: data must be a 1-D uint8 array")
     if not (isinstance(offsets, np.ndarray) and offsets.dtype == np.uint64 and offsets.ndim == 1 and len(offsets)):
         raise ValueError(f"packed {what}s: offsets must be a non-empty 1-D uint64 array")
+    # Our own copy of the offsets, checked and then handed to the kernels: they index the data with
+    # them while the GIL is released (the C fallback) or after an upload, so checking the caller's
+    # array would let another thread change it in between and send a kernel past the data (a
+    # segfault). 8 bytes per message. The data may change too, but only changes the digests.
+    offsets = np.array(offsets, dtype=np.uint64, order="C", copy=True)
     if offsets[0] != 0 or int(offsets[-1]) != len(data):
         raise ValueError(f"packed {what}s: offsets must run from 0 to the data's {len(data)} bytes")
     bad = np.flatnonzero(offsets[1:] < offsets[:-1])
