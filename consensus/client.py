@@ -14,6 +14,8 @@ yet: a transaction sent to one validator is proposed when that validator leads (
 so `broadcast` sends it to every URL the client has. Standard library only (urllib)."""
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import math
 import os
@@ -219,6 +221,15 @@ def encode_tx(tx: Tx) -> dict:
     return {"tx": "0x" + body.hex(), "signatures": ["0x" + s.hex() for s in sigs]}
 
 
+def _reason(exc: BaseException) -> str:
+    """One line saying why a request failed (URLError's reason, else the exception itself)."""
+    reason = getattr(exc, "reason", None) if isinstance(exc, urllib.error.URLError) else None
+    text = " ".join(str(reason if reason is not None else exc).split()) or type(exc).__name__
+    if isinstance(exc, http.client.HTTPException):
+        text = f"not an HTTP answer ({type(exc).__name__}: {text})"
+    return text[:300]
+
+
 def _hex_hash(digest) -> str:
     """A transaction hash (32 bytes, or 64 hex digits with or without "0x") as 64 lowercase hex
     digits; ValueError otherwise (before any request)."""
@@ -246,6 +257,41 @@ def _bounded(resp, where: str) -> bytes:
     return data
 
 
+def _loads(data: bytes):
+    """json.loads, with JSON nested past Python's recursion limit a ValueError like any other
+    JSON the client cannot read (a RecursionError escaped the client before)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """The API never redirects: urllib would follow a validator's 3xx to any http, https or ftp
+    URL (Client refuses ftp:// itself), and turn a POST into a GET without its body."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise RpcError(f"{req.full_url}: answered {code}, a redirect to {str(newurl)[:200]!r}; "
+                       "the validators' API never redirects", code)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+# What reading a hostile or broken server's answer can raise besides HTTPError: the connection
+# (OSError, URLError), the HTTP framing (http.client.HTTPException: a bad status line, too many
+# or too long headers, a body shorter than its length) and the JSON (ValueError).
+_TRANSPORT = (OSError, http.client.HTTPException)
+
+
+def _status_of(r, digest: str) -> bool:
+    """Whether r is /tx's answer about digest (64 lowercase hex digits)."""
+    if not isinstance(r, dict) or r.get("hash") != digest:
+        return False
+    status = r.get("status")
+    if status == "committed":
+        return type(r.get("height")) is int and r["height"] >= 0
+    return status in ("pending", "refused", "unknown")
+
+
 # ---- the API -----------------------------------------------------------------------------------------
 class Client:
     def __init__(self, urls: str | list[str], timeout: float = 10.0, batch: int = 500):
@@ -264,48 +310,64 @@ class Client:
         self.timeout, self.batch = timeout, batch
 
     def _call(self, url: str, path: str, body: dict | None = None, ok404: bool = False, retries: int = 20) -> dict:
-        """One request; a 429 (over the validator's rate) is retried after a pause, `retries` times."""
+        """One request; a 429 (over the validator's rate) is retried after a pause, `retries` times.
+        Whatever the server does (no answer, a redirect, broken HTTP, an answer that is not a JSON
+        object, however nested or cut short) is an RpcError naming the URL, never another
+        exception."""
+        where = f"{url}{path}"
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"} if data else {})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                answer = json.loads(_bounded(resp, f"{url}{path}"))
-            if not isinstance(answer, dict):
-                raise ValueError("not a JSON object")
-            return answer
+            with _OPENER.open(req, timeout=self.timeout) as resp:
+                answer = _loads(_bounded(resp, where))
+        except RpcError:
+            raise
         except urllib.error.HTTPError as exc:
+            error = exc
+        except (urllib.error.URLError, *_TRANSPORT) as exc:
+            raise RpcError(f"{where}: {_reason(exc)}") from None
+        except ValueError as exc:  # a 200 whose body is not JSON: not a validator's API
+            raise RpcError(f"{where}: the answer is not the API's JSON ({' '.join(str(exc).split())[:200]})") from None
+        else:
+            if not isinstance(answer, dict):
+                raise RpcError(f"{where}: the answer is not the API's JSON (not a JSON object)")
+            return answer
+        try:  # a 4xx/5xx: its one-line JSON reason, if the body holds one
+            payload = _loads(error.read(MAX_ANSWER))
+        except (ValueError, *_TRANSPORT):
+            payload = {}
+        finally:
+            error.close()
+        if not isinstance(payload, dict):
+            payload = {}
+        if error.code == 429 and retries > 0:  # after the validator's Retry-After (at most 5 s)
             try:
-                payload = json.loads(exc.read(MAX_ANSWER))
-            except ValueError:
-                payload = {}
-            if not isinstance(payload, dict):
-                payload = {}
-            if exc.code == 429 and retries > 0:  # after the validator's Retry-After (at most 5 s)
-                try:
-                    pause = min(5.0, max(0.25, float(exc.headers.get("Retry-After") or 0.25)))
-                except (TypeError, ValueError):
-                    pause = 0.25
-                time.sleep(pause)
-                return self._call(url, path, body, ok404, retries - 1)
-            if ok404 and exc.code in (404, 503):
-                return payload | {"http_status": exc.code}
-            raise RpcError(f"{url}{path}: {exc.code} {payload.get('error', exc.reason)}", exc.code, payload) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise RpcError(f"{url}{path}: {getattr(exc, 'reason', exc)}") from None
-        except ValueError as exc:  # a 200 whose body is not a JSON object: not a validator's API
-            raise RpcError(f"{url}{path}: the answer is not the API's JSON ({exc})") from None
+                pause = min(5.0, max(0.25, float(error.headers.get("Retry-After") or 0.25)))
+            except (TypeError, ValueError):
+                pause = 0.25
+            time.sleep(pause)
+            return self._call(url, path, body, ok404, retries - 1)
+        if ok404 and error.code in (404, 503):
+            return payload | {"http_status": error.code}
+        reason = payload.get("error", error.reason)
+        raise RpcError(f"{where}: {error.code} {' '.join(str(reason).split())[:300]}", error.code, payload) from None
 
     def broadcast(self, txs: list[Tx], all_validators: bool = True) -> list[dict]:
         """Submit signed transactions (in batches, in order) to every validator (or the first);
-        per transaction the first validator's verdict: hash, accepted, reason."""
+        per transaction the first validator's verdict: hash, accepted, reason. An answer without
+        one verdict per transaction, in order, each naming its transaction's hash (sha256 of the
+        body, computed here) and accepted true or false, is an RpcError."""
         out = []
         for start in range(0, len(txs), self.batch):
-            chunk = {"txs": [encode_tx(t) for t in txs[start:start + self.batch]]}
+            part = txs[start:start + self.batch]
+            chunk = {"txs": [encode_tx(t) for t in part]}
+            hashes = [hashlib.sha256(body).hexdigest() for body, _ in part]
             results = None
             for url in self.urls if all_validators else self.urls[:1]:
                 got = self._call(url, "/broadcast_txs", chunk).get("results")
                 if not isinstance(got, list) or len(got) != len(chunk["txs"]) or \
-                        not all(isinstance(r, dict) and "hash" in r and "accepted" in r for r in got):
+                        not all(isinstance(r, dict) and r.get("hash") == h and type(r.get("accepted")) is bool
+                                for r, h in zip(got, hashes)):
                     raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
                 results = results or got
             out.extend(results)
@@ -316,8 +378,16 @@ class Client:
         return self._call(self.urls[0], "/broadcast_tx_sync", encode_tx(tx))
 
     def tx(self, digest: str | bytes, url: str | None = None) -> dict:
-        """status: pending, committed (with height), refused (with reason) or unknown."""
-        return self._call(url or self.urls[0], f"/tx?hash=0x{_hex_hash(digest)}", ok404=True)
+        """status: pending, committed (with height), refused (with reason) or unknown; an answer
+        about another hash, or with no known status, is an RpcError."""
+        want = _hex_hash(digest)
+        answer = self._call(url or self.urls[0], f"/tx?hash=0x{want}", ok404=True)
+        if not _status_of(answer, want):
+            why = f"{answer.get('http_status')} {answer.get('error')}" if "error" in answer and "status" not in answer \
+                else f"the answer is not a status of transaction {want[:16]}"
+            raise RpcError(f"{url or self.urls[0]}/tx: {' '.join(str(why).split())[:300]}", answer.get("http_status"),
+                           answer)
+        return answer
 
     def wait_committed(self, digests: list, timeout: float = 60.0, poll: float = 0.2,
                        url: str | None = None) -> dict[str, int]:
@@ -342,13 +412,16 @@ class Client:
         return heights
 
     def statuses(self, digests: list, url: str | None = None) -> list[dict]:
-        """/tx of many transactions, `batch` to a request."""
+        """/tx of many transactions, `batch` to a request. An answer that does not give, in order,
+        each hash asked about with a known status (and a committed one's height, an integer) is
+        an RpcError."""
         hexes = ["0x" + _hex_hash(d) for d in digests]
         out = []
         for start in range(0, len(hexes), self.batch):
-            got = self._call(url or self.urls[0], "/txs", {"hashes": hexes[start:start + self.batch]}).get("results")
-            if not isinstance(got, list) or len(got) != len(hexes[start:start + self.batch]) or \
-                    not all(isinstance(r, dict) for r in got):
+            asked = hexes[start:start + self.batch]
+            got = self._call(url or self.urls[0], "/txs", {"hashes": asked}).get("results")
+            if not isinstance(got, list) or len(got) != len(asked) or \
+                    not all(_status_of(r, h[2:]) for r, h in zip(got, asked)):
                 raise RpcError(f"{url or self.urls[0]}/txs: the answer does not hold one status per hash")
             out += got
         return out

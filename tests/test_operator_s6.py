@@ -1,0 +1,180 @@
+"""Session 6 review of the front door (the client API, the Python client, the operator's
+commands) as a new operator and as an attacker: every test here failed before its fix."""
+import asyncio
+import json
+import socket
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_rpc import _serve  # noqa: E402
+
+from consensus import client as cl  # noqa: E402
+
+K1, K2 = SigningKey(bytes(range(32))), SigningKey(bytes(range(1, 33)))
+
+
+# ---- the Python client against a hostile or broken server -----------------------------------------
+class _Hostile:
+    """A TCP server answering every connection with the same bytes, whatever it was asked."""
+
+    def __init__(self, answer: bytes):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.answer = answer
+        threading.Thread(target=self._run, daemon=True).start()
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn.settimeout(2)
+                conn.recv(65536)
+                conn.sendall(self.answer)
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def _http(status: str, body: bytes, headers: bytes = b"") -> bytes:
+    return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n%s\r\n%s" % (status.encode(), len(body), headers, body)
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+HOSTILE_ANSWERS = {
+    "JSON nested past the recursion limit": _http("200 OK", DEEP),
+    "an error whose JSON is nested past the recursion limit": _http("500 Oops", DEEP),
+    "not an HTTP status line": b"HELLO\r\n\r\n",
+    "more than 100 headers": b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n{}",
+    "a header line over 64 KiB": b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n{}",
+    "a broken chunked body": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "a redirect to ftp": _http("302 Found", b"", b"Location: ftp://127.0.0.1:1/x\r\n"),
+    "a redirect to another http server": _http("307 Temporary Redirect", b"", b"Location: http://127.0.0.1:1/x\r\n"),
+    "a status whose hash is a list": _http("200 OK", json.dumps({"results": [{"status": "committed", "hash": [1]},
+                                                                             {"hash": {}}], "hash": [2],
+                                                                 "status": "committed"}).encode()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ANSWERS))
+def test_the_client_raises_only_rpc_error_whatever_the_server_answers(name):
+    """Found by answering the client from a hostile server: JSON nested 100,000 deep raised
+    RecursionError, a bad status line, too many or too long headers and a broken chunked body
+    raised http.client's exceptions (BadStatusLine, HTTPException, LineTooLong, IncompleteRead),
+    an error answer that failed while read raised ConnectionResetError, a status whose hash was
+    a list raised TypeError out of wait_committed, and a 302 to ftp:// was followed (urllib opens
+    ftp, which Client refuses as a URL). Now each is one RpcError naming the URL; redirects are
+    never followed."""
+    server = _Hostile(HOSTILE_ANSWERS[name])
+    try:
+        c = cl.Client(server.url, timeout=5)
+        calls = {"status": c.status, "health": c.health, "account": lambda: c.account(K1),
+                 "tx": lambda: c.tx("00" * 32), "statuses": lambda: c.statuses(["00" * 32]),
+                 "wait_committed": lambda: c.wait_committed(["00" * 32], timeout=0.5, poll=0.05),
+                 "broadcast": lambda: c.broadcast([cl.register(K1)]), "submit": lambda: c.submit(cl.register(K1))}
+        for call, fn in calls.items():
+            if name in ("a status whose hash is a list",) and call in ("status", "health", "account", "submit"):
+                continue  # a JSON object: what these return as is
+            with pytest.raises(cl.RpcError) as err:
+                fn()
+            text = str(err.value)
+            assert text.startswith(server.url) and "\n" not in text and len(text) < 600, (call, text)
+            if "redirect" in name:
+                assert "redirect" in text, (call, text)
+    finally:
+        server.close()
+
+
+def test_the_client_checks_each_verdict_and_status_names_what_it_asked_about():
+    """A validator answering /broadcast_txs or /txs about other hashes than the client's
+    transactions (or a committed status without an integer height) was taken as the answer:
+    wait_committed would report a height for a transaction never committed. Now the client
+    computes each hash itself and an answer about anything else is an RpcError."""
+    tx = cl.register(K1)
+    digest = __import__("hashlib").sha256(tx[0]).hexdigest()
+    other = "11" * 32
+    bad = {
+        "broadcast": {"results": [{"hash": other, "accepted": True, "code": 0, "reason": ""}]},
+        "broadcast accepted not bool": {"results": [{"hash": digest, "accepted": "yes", "code": 0, "reason": ""}]},
+        "statuses": {"results": [{"hash": other, "status": "committed", "height": 5}]},
+        "statuses height": {"results": [{"hash": digest, "status": "committed", "height": "5"}]},
+        "tx": {"hash": other, "status": "committed", "height": 5},
+    }
+    for name, answer in bad.items():
+        server = _Hostile(_http("200 OK", json.dumps(answer).encode()))
+        try:
+            c = cl.Client(server.url, timeout=5)
+            fn = {"broadcast": lambda: c.broadcast([tx]), "statuses": lambda: c.wait_committed([digest], timeout=0.5),
+                  "tx": lambda: c.tx(digest)}[name.split()[0]]
+            with pytest.raises(cl.RpcError):
+                fn()
+        finally:
+            server.close()
+    good = _Hostile(_http("200 OK", json.dumps({"results": [{"hash": digest, "status": "committed",
+                                                              "height": 7}]}).encode()))
+    try:
+        assert cl.Client(good.url).wait_committed([digest], timeout=1) == {digest: 7}
+    finally:
+        good.close()
+
+
+# ---- files the operator's commands write ---------------------------------------------------------
+@pytest.mark.parametrize("odd", ['quo"te', "back\\slash", 'x"\nload = "builtin', "tab\there", "ünï"])
+def test_testnet_and_localnet_files_load_whatever_the_directory_is_called(tmp_path, odd):
+    """Found by `accel testnet --data-root 'x"y'`: the path went into the TOML file between
+    quotes as it was, so every node<i>.toml failed to load ("Expected newline ... line 6"), and a
+    data root holding a newline and a quote wrote keys of its own choosing (load = "builtin").
+    `accel localnet --dir` wrote its paths the same way. Now the paths are TOML strings (escaped)
+    and read back as given; a data root with control characters, or empty (the store would have
+    gone to /node0), is refused in one line."""
+    from consensus.localnet import write_configs, write_network
+    from consensus.node import NodeConfig
+    control = any(ord(c) < 0x20 for c in odd)
+    if control:
+        with pytest.raises(ValueError, match="--data-root"):
+            write_network(tmp_path / "net", ["a", "b", "c", "d"], data_root=odd)
+    else:
+        paths = write_network(tmp_path / "net", ["a", "b", "c", "d"], data_root=odd)
+        node = tomllib.loads(paths[1].read_text())["node"]
+        assert node["data_dir"] == f"{odd}/node1" and node["events"] == f"{odd}/node1/events.jsonl"
+        assert node["load"] == "none"
+    with pytest.raises(ValueError, match="--data-root"):
+        write_network(tmp_path / "net2", ["a", "b", "c", "d"], data_root="")
+    where = tmp_path / odd
+    where.mkdir()
+    path = write_configs(where, 4, 10, "software", 0.0, 1000.0, load="none", rpc_port=0,
+                         load_file=where / "load.bin")[2]
+    cfg = tomllib.loads(path.read_text())["node"]
+    assert cfg["data_dir"] == str(where / "node2") and cfg["load_file"] == str(where / "load.bin")
+    assert cfg["load"] == "none"
+    assert NodeConfig.load(path).index == 2
+
+
+def test_localnet_config_files_holding_a_seed_are_private_whatever_the_umask(tmp_path):
+    """write_configs (accel localnet, `--dir` an operator's directory) wrote each node<i>.toml,
+    which holds the validator's secret seed, with path.write_text: mode 0644 under the usual
+    umask, readable by every local user (accel testnet and keygen write 0600). Now 0600."""
+    import os
+    from consensus.localnet import write_configs
+    old = os.umask(0o002)
+    try:
+        paths = write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none")
+        again = write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none")  # replaced, still 0600
+    finally:
+        os.umask(old)
+    for p in paths + again:
+        assert p.stat().st_mode & 0o777 == 0o600, (p, oct(p.stat().st_mode))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
