@@ -62,6 +62,26 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+def toml_string(value) -> str:
+    """value (a path, say) as a TOML basic string: quotes, backslashes and control characters
+    escaped. The files were written with "..." around the raw text, so a directory or data root
+    holding a quote or a backslash gave a file no validator could load (or one with other keys
+    than written)."""
+    text = str(value)
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append("\\u%04x" % code)
+        elif 0xD800 <= code <= 0xDFFF:  # a file name's undecodable bytes (surrogateescape)
+            raise ValueError(f"{text!r}: not UTF-8, cannot be written in a TOML file")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
                   base_timeout_ms: float, app: str = "clearing", accel: AccelConfig | None = None,
                   metrics_port: int | None = None, sig_cache: bool = True, load_file: Path | None = None,
@@ -98,19 +118,36 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
         path = directory / f"node{i}.toml"
         metrics = "" if metrics_port is None else f"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port + i}\"\n"
         rpc = "" if rpc_ports is None else f"\n[rpc]\nlisten = \"127.0.0.1:{rpc_ports[i]}\"\n"
-        path.write_text(
+        _write_secret(path,
             "[node]\n"
             f"index = {i}\nlisten = \"{addresses[i]}\"\nseed = \"{seed.hex()}\"\n"
-            f"data_dir = \"{directory / f'node{i}'}\"\nevents = \"{directory / f'node{i}.events.jsonl'}\"\n"
+            f"data_dir = {toml_string(directory / f'node{i}')}\nevents = {toml_string(directory / f'node{i}.events.jsonl')}\n"
             f"validation = \"{modes[i]}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
             f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n"
-            + (f"load_file = \"{load_file}\"\n" if load_file else "") + f"load = \"{load}\"\n"
+            + (f"load_file = {toml_string(load_file)}\n" if load_file else "") + f"load = \"{load}\"\n"
             + (f"snapshot_every = {snapshot_every}\n" if snapshot_every is not None else "")
             + (f"genesis_accounts = {accounts}\n" if accounts else "") + "\n"
             "[network]\n"
             f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics + rpc)
         paths.append(path)
     return paths
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """A validator's file (it holds the secret seed) as a new file of mode 0600, whatever the
+    umask (path.write_text left it readable by everyone under the usual 022); a file there
+    before is replaced."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class Localnet:
@@ -371,6 +408,9 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         for b, pb in used[i + 1:]:
             if pa == pb:
                 raise ValueError(f"{a} and {b} are both {pa}: each validator binds them on one host")
+    if not data_root or any(ord(c) < 0x20 or ord(c) == 0x7F for c in data_root):
+        raise ValueError(f"--data-root {data_root!r}: give a directory (no control characters); validator i "
+                         "keeps its store under DATA_ROOT/node<i>")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     taken = sorted(p.name for p in directory.glob("node*.toml"))
@@ -388,7 +428,7 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         text = ("# accel testnet: validator %d of %d, on %s. Keep it secret (seed). docs/OPERATOR.md\n" % (i, len(hosts), host)
                 + "[node]\n"
                 f"index = {i}\nlisten = \"{bind}:{port}\"\nseed = \"{seed.hex()}\"\n"
-                f"data_dir = \"{data}\"\nevents = \"{data}/events.jsonl\"\napp = \"{app}\"\n"
+                f"data_dir = {toml_string(data)}\nevents = {toml_string(data + '/events.jsonl')}\napp = \"{app}\"\n"
                 f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
                 f"load = \"{load}\"\nlog_format = \"json\"\n\n"
                 "[network]\n"
