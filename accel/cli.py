@@ -104,10 +104,26 @@ def cmd_merkle(args) -> int:
     return 0 if agree else 1
 
 
+def _report_path(path: str | None) -> None:
+    """--report's file can be written: checked before a run of minutes, whose results were lost
+    when only the write at its end found no such directory."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--report {path}: a directory; give the report file's name")
+    parent = target.parent
+    if not parent.is_dir():
+        raise ValueError(f"--report {path}: no directory {parent} to write the report in")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"--report {path}: not writable")
+
+
 def cmd_validate_bench(args) -> int:
     from consensus.bench import validate_bench
     if args.backend and args.validation == "software":
         raise ValueError("--backend applies to --validation accel only")
+    _report_path(args.report)
     result = validate_bench(args.txs, args.validation, args.backend, args.runs, args.app, args.sig_cache,
                             args.accounts)
     result["backend"] = get_backend(args.backend).name if args.validation == "accel" else "software"
@@ -155,6 +171,7 @@ def cmd_localnet(args) -> int:
         backend = get_backend(args.backend).name  # fails here, before any process starts
     if args.accounts and args.app != "clearing":
         raise ValueError("--accounts sizes the clearing app's genesis (--app clearing)")
+    _report_path(args.report)
     _port_ranges(args.validators, **{"metrics-port": args.metrics_port, "rpc-port": args.rpc_port})
     try:  # building the network signs the load first (seconds): Ctrl-C there stops cleanly too
         net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms,
@@ -236,24 +253,36 @@ def _tx(args, cl) -> int:
 
     def nonce(key, given):
         return given if given is not None else c.next_nonce(key)
-    if args.op == "register":
-        tx = cl.register(cl.read_key(args.key))
-    elif args.op in ("deposit", "withdraw"):
-        key = cl.read_key(args.key)
-        tx = getattr(cl, args.op)(key, nonce(key, args.nonce), args.asset, cl.quanta(args.amount))
-    elif args.op == "trade":
-        buyer, seller = cl.read_key(args.buyer), cl.read_key(args.seller)
-        tx = cl.trade(buyer, nonce(buyer, args.buyer_nonce), seller, nonce(seller, args.seller_nonce), args.series,
-                      args.size, cl.quanta(args.price))
-    else:  # mark
-        vols = {}
+
+    def build(nonces: bool):
+        """The signed transaction; nonces False: with nonce 0 for those not given, so that every
+        field is checked (amounts, prices, the same key twice, ...) before any request."""
+        def n(key, given):
+            return nonce(key, given) if nonces else given if given is not None else 0
+        if args.op == "register":
+            return cl.register(cl.read_key(args.key))
+        if args.op in ("deposit", "withdraw"):
+            key = cl.read_key(args.key)
+            return getattr(cl, args.op)(key, n(key, args.nonce), args.asset, cl.quanta(args.amount))
+        if args.op == "trade":
+            buyer, seller = cl.read_key(args.buyer), cl.read_key(args.seller)
+            return cl.trade(buyer, n(buyer, args.buyer_nonce), seller, n(seller, args.seller_nonce), args.series,
+                            args.size, cl.quanta(args.price))
+        vols = {}  # mark
         for item in args.vol or ():
             series, _, vol = item.partition("=")
             if not series.isdigit() or not vol:
                 raise ValueError(f"--vol {item!r}: expected SERIES=VOL, e.g. 1=0.6")
-            vols[int(series)] = float(vol)
-        tx = cl.mark([cl.read_key(k) for k in args.oracle], args.underlying, args.index, args.sequence,
-                     args.timestamp if args.timestamp is not None else int(time.time()), vols)
+            try:
+                vols[int(series)] = float(vol)
+            except ValueError:
+                raise ValueError(f"--vol {item!r}: {vol!r} is not a number") from None
+        return cl.mark([cl.read_key(k) for k in args.oracle], args.underlying, args.index, args.sequence,
+                       args.timestamp if args.timestamp is not None else int(time.time()), vols)
+    tx = build(False)
+    if args.op in ("deposit", "withdraw", "trade") and None in (
+            (args.nonce,) if args.op != "trade" else (args.buyer_nonce, args.seller_nonce)):
+        tx = build(True)  # the committed nonce(s), asked of the validator
     results = c.broadcast([tx])
     out = results[0]
     if args.wait and out["accepted"]:
@@ -389,7 +418,7 @@ def parser() -> argparse.ArgumentParser:
                           description="Merkle root over random 32-byte leaves on every backend, timed, with "
                           "the roots compared (exit 1 if they differ).")
     demo.add_argument("--leaves", type=_positive, default=1_000_000, help="number of leaves (default 1,000,000)")
-    demo.add_argument("--seed", type=int, default=1, help="random seed of the leaves (default 1)")
+    demo.add_argument("--seed", type=_count, default=1, help="random seed of the leaves (default 1)")
     demo.add_argument("--json", action="store_true", help="machine-readable output")
     demo.set_defaults(fn=cmd_merkle)
     vb = sub.add_parser("validate-bench", help="time one validator's validation of a block, by stage",
@@ -406,7 +435,7 @@ def parser() -> argparse.ArgumentParser:
     vb.add_argument("--validation", choices=["accel", "software"], default="accel",
                     help="accel (the configured backend, or --backend) or software-only: PyNaCl and hashlib")
     vb.add_argument("--backend", choices=config.BACKENDS, help="backend for --validation accel")
-    vb.add_argument("--accounts", type=int, default=0,
+    vb.add_argument("--accounts", type=_count, default=0,
                     help="clearing: this many more funded accounts holding positions in the state, written "
                     "directly (default 0: the block's 1,000 traders only)")
     vb.add_argument("--runs", type=_positive, default=5, help="timed runs after one warm-up (default 5)")
@@ -539,7 +568,7 @@ def parser() -> argparse.ArgumentParser:
     bc.add_argument("--module", action="append", help="only this kernels/ module, e.g. ed25519.h (repeatable)")
     bc.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                     help="build with -DNAME=VALUE (tuning variants; the backend loads only the plain build)")
-    bc.add_argument("--jobs", type=int, default=0, help="parallel nvcc processes (default: one per core)")
+    bc.add_argument("--jobs", type=_count, default=0, help="parallel nvcc processes (default: one per core)")
     bc.add_argument("--json", action="store_true", help="print ptxas's figures as JSON")
     bc.set_defaults(fn=cmd_build_cuda)
     return ap

@@ -300,9 +300,15 @@ class Client:
             raise ValueError("no validator URL")
         self.urls = [u.strip().rstrip("/") if "://" in u else "http://" + u.strip().rstrip("/") for u in self.urls]
         for u in self.urls:  # urllib would also open file://, ftp://, data: URLs
-            parts = urllib.parse.urlsplit(u)
+            try:
+                parts = urllib.parse.urlsplit(u)
+                port = parts.port  # a ValueError past 65535 or not a number
+            except ValueError as exc:
+                raise ValueError(f"validator URL {u!r}: {exc}; expected http://host:port") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"validator URL {u!r}: expected http://host:port or https://host:port")
+            if port == 0:
+                raise ValueError(f"validator URL {u!r}: port 0 is not a port a validator listens on")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):

@@ -178,3 +178,60 @@ def test_localnet_config_files_holding_a_seed_are_private_whatever_the_umask(tmp
     for p in paths + again:
         assert p.stat().st_mode & 0o777 == 0o600, (p, oct(p.stat().st_mode))
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---- the operator's commands: every field checked before any request or run ----------------------
+@pytest.mark.parametrize("args,message", [
+    (["deposit", "--key", "{key}", "--amount", "1e-9"], "finer than 1e-8"),
+    (["withdraw", "--key", "{key}", "--amount", "0"], "amount (quanta) 0 outside"),
+    (["trade", "--buyer", "{key}", "--seller", "{key}", "--series", "1", "--size", "1", "--price", "1"],
+     "the buyer is the seller"),
+    (["trade", "--buyer", "{key}", "--seller", "{key2}", "--series", "1", "--size", "1", "--price", "0.000000001"],
+     "finer than 1e-8"),
+    (["trade", "--buyer", "{key}", "--seller", "{key2}", "--series", "1", "--size", "0", "--price", "1"],
+     "size 0 outside"),
+    (["mark", "--oracle", "{key}", "--underlying", "BTC", "--index", "1", "--sequence", "1", "--vol", "1=abc"],
+     "--vol '1=abc'"),
+])
+def test_accel_tx_checks_every_field_before_asking_for_a_nonce(tmp_path, capsys, args, message):
+    """Found as a new user: `accel tx deposit --amount 1e-9` (no --nonce) first asked the
+    validator for the committed nonce, so a bad amount or price, a trade with one key on both
+    sides or a size of 0 was reported as the validator's connection error (or, with a validator
+    up, after a request); `--vol 1=abc` said only "could not convert string to float". Now every
+    field is checked before any request, and --vol names itself."""
+    from accel.cli import main
+    for name in ("key", "key2"):
+        cl.write_key(tmp_path / f"{name}.json")
+    args = [a.format(key=tmp_path / "key.json", key2=tmp_path / "key2.json") for a in args]
+    assert main(["tx", "--node", "http://127.0.0.1:9", *args]) == 2  # nothing listens there
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("accel: error: ") and "\n" not in err and message in err, err
+    assert "127.0.0.1:9" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tx", "--node", "http://[::1", "status", "00" * 32], "validator URL 'http://[::1'"),
+    (["tx", "--node", "http://127.0.0.1:99999", "status", "00" * 32], "validator URL 'http://127.0.0.1:99999'"),
+    (["tx", "--node", "http://127.0.0.1:0", "status", "00" * 32], "port 0"),
+    (["validate-bench", "--report", "{dir}/missing/r.json"], "--report"),
+    (["validate-bench", "--report", "{dir}"], "give the report file's name"),
+    (["localnet", "--report", "{dir}/missing/r.json"], "--report"),
+    (["validate-bench", "--accounts", "-1"], "--accounts"),
+    (["merkle-demo", "--seed", "-1"], "--seed"),
+    (["build-cuda", "--jobs", "-1", "--arch", "sm_90"], "--jobs"),
+])
+def test_operator_commands_refuse_bad_flags_in_one_line_before_running(tmp_path, capsys, args, message):
+    """`accel localnet --report /missing/r.json` ran the whole network (minutes) and then lost its
+    report on the write; validate-bench the same. `--node http://[::1` said "Invalid IPv6 URL"
+    without the URL, a port past 65535 was taken; --accounts -1 was run as 0, --seed -1 and
+    --jobs -1 failed in numpy and concurrent.futures without naming the flag. Now each is one
+    line naming the flag, before anything runs."""
+    from accel.cli import main
+    try:
+        status = main([a.format(dir=tmp_path) for a in args])
+    except SystemExit as exc:  # argparse's own refusal
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err and "Traceback" not in err, err
+    assert not [p for p in tmp_path.iterdir()]
