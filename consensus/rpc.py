@@ -389,6 +389,9 @@ class Rpc:
         except BadRequest as exc:
             self.refused_requests += 1
             return _error(400, str(exc))
+        except _Busy as exc:  # over the WorkBudget (parsing a body, a submission)
+            self.refused_requests += 1
+            return _error(429, str(exc.args[0]), retry_after=exc.args[1])
         except web.HTTPException as exc:  # aiohttp's own: unknown path, method, body too large
             self.refused_requests += 1
             reason = {404: f"no such endpoint {request.path}; see /status, /health, /tx, /account, "
@@ -405,21 +408,46 @@ class Rpc:
     # ---- transactions ----------------------------------------------------------------------------
     async def _json(self, request: web.Request, fields: tuple[str, ...]) -> dict:
         """The body: one JSON object with no field but `fields` (strict JSON: no NaN or Infinity, no
-        key given twice, which parsers read differently)."""
+        key given twice, which parsers read differently). Parsing it takes the loop's time (a
+        megabyte of small objects: 50 to 100 ms), so it is charged to the client's WorkBudget
+        like a submission: refused (429) while the client or all clients are over it."""
         try:
-            body = json.loads(await request.read(), parse_constant=_no_constant, object_pairs_hook=_unique)
+            raw = await request.read()
         except web.HTTPException:
-            raise
-        except BadRequest:
             raise
         except (RequestPayloadError, HttpProcessingError) as exc:  # bad chunks, a broken gzip/deflate body
             raise BadRequest(f"the body cannot be read: {' '.join(str(exc).split())[:160]}") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body is not JSON: {exc}") from None
-        except RecursionError:
-            raise BadRequest("the body's JSON is nested too deeply") from None
-        _only(body, fields, "the body")
-        return body
+        with self._charged(client_of(request.remote)):
+            try:
+                body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique)
+            except BadRequest:
+                raise
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest(f"the body is not JSON: {exc}") from None
+            except RecursionError:
+                raise BadRequest("the body's JSON is nested too deeply") from None
+            _only(body, fields, "the body")
+            return body
+
+    def _charged(self, client: str, check: bool = True):
+        """A context that charges the client's WorkBudget the time spent inside; with check, it
+        first refuses (_Busy) a client over it. A request is checked once, before its body is
+        parsed; its submission, if the body was one, is then charged without a second check
+        (a body parsed and then refused would be work for nothing)."""
+        rpc = self
+
+        class _Charge:
+            def __enter__(self):
+                if check:
+                    refusal, wait = rpc.work.refusal(client)
+                    if refusal:
+                        raise _Busy(refusal, wait)
+                self.started = time.perf_counter()
+
+            def __exit__(self, *exc):
+                rpc.work.charge(client, time.perf_counter() - self.started)
+                return False
+        return _Charge()
 
     @staticmethod
     def _item(obj, where: str) -> tuple[bytes, list[bytes]]:
@@ -433,14 +461,9 @@ class Rpc:
                 [decode_bytes(s, f"{where}.signatures[{i}]") for i, s in enumerate(sigs)])
 
     def _submit(self, items: list[tuple[bytes, list[bytes]]], client: str = "?") -> list[dict]:
-        refusal, wait = self.work.refusal(client)
-        if refusal:
-            raise _Busy(refusal, wait)
-        started = time.perf_counter()
-        try:
+        """Admits items, charging the client's WorkBudget (checked when its body was parsed)."""
+        with self._charged(client, check=False):
             return self._submit_now(items)
-        finally:
-            self.work.charge(client, time.perf_counter() - started)
 
     def _submit_now(self, items: list[tuple[bytes, list[bytes]]]) -> list[dict]:
         app = self.node.app
@@ -463,9 +486,6 @@ class Rpc:
         item = self._item(await self._json(request, ("tx", "signatures")), "body")
         try:
             return web.json_response(self._submit([item], client_of(request.remote))[0])
-        except _Busy as exc:
-            self.refused_requests += 1
-            return _error(429, str(exc), retry_after=exc.args[1])
         except _Full:
             return _error(503, f"mempool full ({len(self.node.app.mempool)} transactions); try again later")
 
@@ -479,9 +499,6 @@ class Rpc:
         items = [self._item(t, f"txs[{i}]") for i, t in enumerate(txs)]
         try:
             return web.json_response({"results": self._submit(items, client_of(request.remote))})
-        except _Busy as exc:
-            self.refused_requests += 1
-            return _error(429, str(exc), retry_after=exc.args[1])
         except _Full:
             return _error(503, f"mempool full ({len(self.node.app.mempool)} transactions); try again later")
 

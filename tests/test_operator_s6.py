@@ -235,3 +235,44 @@ def test_operator_commands_refuse_bad_flags_in_one_line_before_running(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in err and "Traceback" not in err, err
     assert not [p for p in tmp_path.iterdir()]
+
+
+# ---- the client API's loop time -------------------------------------------------------------------
+def test_parsing_request_bodies_is_bounded_by_the_clients_share_of_the_loop(tmp_path):
+    """Found by timing what a stranger's request costs the node's loop: a 1 MB body of small
+    JSON objects takes 50 to 100 ms to parse (the strict-JSON hook runs per object) before any
+    check, and only submissions were charged to the WorkBudget, so a client at the request rate
+    (100 a second) kept the loop that runs consensus busy for seconds a second with /txs or
+    /broadcast_txs bodies that are refused after parsing (too many items). Now every body's
+    parse is charged to the client's share too, and a client over it gets a 429 (with
+    Retry-After and a one-line reason, not a tuple's repr) before its body is parsed; other
+    clients are still served."""
+    import aiohttp
+    junk = b'{"hashes": [' + b",".join([b"{}"] * 300_000) + b"]}"  # refused after parsing: not hashes
+
+    async def scenario(s, base, runner):
+        out = {"first": await _post_raw(s, base + "/txs", junk)}
+        async with s.post(base + "/txs", data=junk) as r:
+            out["second"] = (r.status, await r.json(), r.headers.get("Retry-After"))
+        out["broadcast"] = await _post_raw(s, base + "/broadcast_tx_sync", json.dumps(cl.encode_tx(cl.register(K1))).encode())
+        out["status"] = await _get_raw(s, base + "/status")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as other:
+            out["other"] = await _post_raw(other, base + "/txs", json.dumps({"hashes": ["00" * 32]}).encode())
+        return out
+    out = _serve(tmp_path, scenario, max_body_bytes=4 << 20, submit_share_s=1e-6, submit_total_s=1000.0)
+    assert out["first"][0] == 400
+    status, answer, retry = out["second"]
+    assert status == 429 and "share of this validator's verification time" in answer["error"], out["second"]
+    assert "\n" not in answer["error"] and not answer["error"].startswith("(") and int(retry) >= 1
+    assert out["broadcast"][0] == 429 and out["broadcast"][1]["error"].startswith("127.0.0.1 is over its share")
+    assert out["status"][0] == 200 and out["other"][0] == 200
+
+
+async def _post_raw(session, url, data):
+    async with session.post(url, data=data) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def _get_raw(session, url):
+    async with session.get(url) as r:
+        return r.status, await r.json(content_type=None)
