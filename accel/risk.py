@@ -3,6 +3,7 @@ ticks, computed by kernels/risk.h so every backend returns the same bytes. Units
 every margin parameter: docs/RISK.md."""
 from __future__ import annotations
 
+import copy
 import decimal
 import math
 import numbers
@@ -327,8 +328,12 @@ def _margin_inputs(portfolio, marks, params):
     # past their arrays (a crash) or lengths that differ (each backend reading other memory).
     # Anything out of shape is checked in full (dataclasses.replace reruns __post_init__), which
     # names the bad input.
-    pf = portfolio if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
-    mk = marks if isinstance(marks, Marks) else Marks(**marks)
+    # The checks and the kernels see private copies of the arrays (a few microseconds against the
+    # valuations): read-only is a flag another thread may set back, and changing an offset or an
+    # instrument id between a check of the caller's object and the kernel reading it (the C
+    # fallback releases the GIL) sent the kernel past the arrays.
+    pf = _private(portfolio) if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
+    mk = _private(marks) if isinstance(marks, Marks) else Marks(**marks)
     if not _intact(pf, mk):
         pf, mk = replace(pf), replace(mk)
     params = MarginParams() if params is None else params
@@ -349,6 +354,19 @@ def _sealed(arr: np.ndarray) -> np.ndarray:
     """A read-only copy of arr that owns its memory."""
     out = np.array(arr, copy=True, order="C")
     out.flags.writeable = False
+    return out
+
+
+def _private(obj):
+    """A shallow copy of a Portfolio or Marks whose arrays are sealed copies of obj's, so no other
+    thread can change what is checked and then read. Arrays made writeable again (a book changed
+    in place) and attributes that are not the kernels' arrays are left as they are, for _intact to
+    refuse (the caller then checks everything in full, on copies)."""
+    out = copy.copy(obj)
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, np.ndarray) and value.dtype == _LAYOUT.get(f.name) and not value.flags.writeable:
+            object.__setattr__(out, f.name, _sealed(value))
     return out
 
 

@@ -7,7 +7,12 @@ Regression tests for the defects found (each failed before its fix):
   check (a GPU): another thread changing an offset in between sent the kernel past the data. A
   thread flipping one offset of a Packed that sha256_many was hashing segfaulted the process
   within seconds; a valid but different change gave digests of other messages than were checked.
-  Now the offsets are copied, then checked, and the copy is what the kernels read."""
+  Now the offsets are copied, then checked, and the copy is what the kernels read.
+- the same race in portfolio_margin and standard_margin: a Portfolio's and a Marks' arrays are
+  read-only copies checked again on every call, but read-only is a flag any thread may set back,
+  and the kernels then read the object's arrays: a thread making the instrument ids (or offsets)
+  writeable, setting one past the instruments and back segfaulted portfolio_margin within
+  seconds. Now each call checks and hands the kernels its own sealed copies."""
 from __future__ import annotations
 
 import subprocess
@@ -21,6 +26,7 @@ from nacl.signing import SigningKey
 import accel
 from accel import dispatch
 from accel.packing import Packed
+from accel.risk import CALL, FUTURE, PUT, Marks, Portfolio
 
 
 def _packed(msgs: list[bytes]) -> Packed:
@@ -80,15 +86,17 @@ _RACE = textwrap.dedent("""
     data = np.zeros(n * 40, np.uint8)
     offsets = np.arange(n + 1, dtype=np.uint64) * np.uint64(40)
     packed, good, stop = Packed(data, offsets), offsets[n // 2], []
-    def flip():
+    def flip():  # far past the data about half the time, so a check may pass and a kernel then read it
         while not stop:
-            offsets[n // 2] = np.uint64(1 << 60)  # far past the data
-            offsets[n // 2] = good
+            for value in (np.uint64(1 << 60), good):
+                offsets[n // 2] = value
+                for _ in range(300):
+                    pass
     t = threading.Thread(target=flip)
     t.start()
     want, done, refused, start = accel.sha256_many([bytes(40)], backend="cpu")[0], 0, 0, time.monotonic()
     try:
-        while time.monotonic() - start < 3 and done < 40:
+        while time.monotonic() - start < 3 and done < 60:
             try:
                 got = accel.sha256_many(packed, backend="cpu")
             except ValueError:  # the check saw the bad offset: refused, as it should be
@@ -108,5 +116,99 @@ def test_a_thread_flipping_a_packed_offset_cannot_crash_the_c_fallback():
     run): one thread keeps setting an offset of a Packed far past its data and back while the
     main thread hashes it on the C fallback. Each call is refused or hashes the checked batch."""
     proc = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert "done" in proc.stdout
+
+
+# ---------------------------------------------------------------- margin books after the check
+
+def _book(n_accounts=40, per=5, m=12, seed=3):
+    rng = np.random.default_rng(seed)
+    marks = Marks(index=100.0, rate=0.01, forward=rng.uniform(90, 110, m), strike=rng.uniform(60, 140, m),
+                  expiry=rng.uniform(0.0, 1.0, m), vol=rng.uniform(0.2, 1.0, m),
+                  kind=np.array([CALL, PUT, FUTURE] * (m // 3), np.uint8))
+    book = Portfolio(offsets=np.arange(n_accounts + 1) * per, instrument=rng.integers(0, m, n_accounts * per),
+                     size=rng.uniform(-5, 5, n_accounts * per))
+    return book, marks
+
+
+@pytest.mark.parametrize("api", ["portfolio_margin", "standard_margin"])
+def test_margin_books_changed_after_the_check_do_not_reach_the_kernels(backends, monkeypatch, api):
+    """A thread makes the book's arrays writeable again and changes them between the per-call
+    check and the kernel (simulated at dispatch): offsets and instrument ids still valid but other
+    ones, sizes and marks other values. Every backend margins the book as it was checked."""
+    real_run = dispatch.run
+    fn = getattr(accel, api)
+    for b in backends:
+        book, marks = _book()
+        want = [a.tobytes() for a in fn(book, marks, backend=b)]
+
+        def run(*args, **kw):
+            for arr, value in ((book.offsets, None), (book.instrument, 0), (book.size, 7.0), (marks.forward, 50.0),
+                               (marks.kind, FUTURE)):
+                arr.flags.writeable = True
+                if value is None:
+                    arr[1:-1] = arr[-1]  # every position in the first account
+                else:
+                    arr[:] = value
+                arr.flags.writeable = False
+            return real_run(*args, **kw)
+
+        monkeypatch.setattr(dispatch, "run", run)
+        got = [a.tobytes() for a in fn(book, marks, backend=b)]
+        monkeypatch.setattr(dispatch, "run", real_run)
+        assert book.offsets[1] == book.offsets[-1] and (book.instrument == 0).all()  # the change did happen
+        assert got == want, (b.name, api)
+
+
+_MARGIN_RACE = textwrap.dedent("""
+    import sys, threading, time
+    import numpy as np
+    import accel
+    from accel.risk import CALL, Marks, Portfolio
+    m, n, per = 50, 20_000, 8
+    rng = np.random.default_rng(1)
+    marks = Marks(index=100.0, rate=0.01, forward=np.full(m, 100.0), strike=rng.uniform(50, 150, m),
+                  expiry=np.full(m, 0.2), vol=np.full(m, 0.5), kind=np.full(m, CALL, np.uint8))
+    book = Portfolio(offsets=np.arange(n + 1) * per, instrument=rng.integers(0, m, n * per),
+                     size=rng.uniform(-5, 5, n * per))
+    arr = book.instrument if sys.argv[1] == "instrument" else book.offsets
+    k, stop = len(arr) // 2, []
+    good, bad = arr[k:].copy(), (-(1 << 31) if sys.argv[1] == "instrument" else 1 << 40)
+    want = accel.portfolio_margin(book, marks, backend="cpu")
+    def flip():  # bad about half the time, so a check may pass and a kernel then read it
+        while not stop:
+            for value in (bad, good):
+                arr.flags.writeable = True
+                arr[k:] = value
+                arr.flags.writeable = False
+                for _ in range(300):
+                    pass
+    t = threading.Thread(target=flip)
+    t.start()
+    done = refused = 0
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < 3 and done < 60:
+            try:
+                got = accel.portfolio_margin(book, marks, backend="cpu")
+            except ValueError:  # a check saw the bad value: refused, as it should be
+                refused += 1
+                continue
+            assert all((g == w).all() for g, w in zip(got, want)), "margins of another book than was checked"
+            done += 1
+    finally:
+        stop.append(1)
+        t.join()
+    print("done", done, "refused", refused)
+""")
+
+
+@pytest.mark.parametrize("array", ["instrument", "offsets"])
+def test_a_thread_rewriting_a_sealed_book_cannot_crash_the_c_fallback(array):
+    """A real race, in a child process: one thread makes the book's instrument ids (or offsets)
+    writeable, sets half of them far outside the instruments (positions) and back, while the main thread
+    margins the book on the C fallback. Each call is refused or margins the book as checked."""
+    proc = subprocess.run([sys.executable, "-c", _MARGIN_RACE, array], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
     assert "done" in proc.stdout
