@@ -312,13 +312,18 @@ class Rpc:
         self._server: asyncio.AbstractServer | None = None
         self.work = WorkBudget(submit_share_s, submit_total_s)
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._guard])
-        app.router.add_post("/broadcast_tx_sync", self.broadcast_tx)
-        app.router.add_post("/broadcast_txs", self.broadcast_txs)
-        app.router.add_get("/tx", self.tx)
-        app.router.add_post("/txs", self.txs)
-        app.router.add_get("/account", self.account)
-        app.router.add_get("/status", self.status)
-        app.router.add_get("/health", self.health)
+        # every path and method has a route of the API's own (a wrong method, an unknown path: one
+        # that raises the 405 or 404 _guard words), so every request's Expect header goes to
+        # _expect: aiohttp's own answered an unknown expectation in plain text and a body over
+        # max_body_bytes with "100 Continue", inviting it
+        for path, method, handler in (("/broadcast_tx_sync", "POST", self.broadcast_tx),
+                                      ("/broadcast_txs", "POST", self.broadcast_txs), ("/tx", "GET", self.tx),
+                                      ("/txs", "POST", self.txs), ("/account", "GET", self.account),
+                                      ("/status", "GET", self.status), ("/health", "GET", self.health)):
+            add = app.router.add_get if method == "GET" else app.router.add_post
+            add(path, handler, expect_handler=self._expect)
+            app.router.add_route("*", path, self._wrong_method, expect_handler=self._expect)
+        app.router.add_route("*", "/{tail:.*}", self._no_such_endpoint, expect_handler=self._expect)
         self.app = app
         self.runner: web.AppRunner | None = None
 
@@ -404,6 +409,32 @@ class Rpc:
         except Exception as exc:  # a bug: logged, answered, the node carries on
             log.exception("rpc: %s %s failed", request.method, request.path)
             return _error(500, f"internal error: {type(exc).__name__}")
+
+    async def _wrong_method(self, request: web.Request):
+        allowed = {r.method for r in request.match_info.route.resource if r.method != "*"}
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    async def _no_such_endpoint(self, request: web.Request):
+        raise web.HTTPNotFound()
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """The Expect header (before the handler and its middleware): "100-continue" is answered
+        "100 Continue" unless the declared body is over max_body_bytes (413, closed: the client
+        need not send it); any other expectation is a 417. Both refusals one-line JSON."""
+        expect = request.headers.get("Expect", "")
+        if expect.lower() != "100-continue":
+            self.refused_requests += 1
+            resp = _error(417, f"Expect: {' '.join(expect.split())[:60]!r} is not supported; only 100-continue")
+        elif request.content_length is not None and request.content_length > self.max_body:
+            self.refused_requests += 1
+            resp = _error(413, f"request body over {self.max_body} bytes")
+        else:
+            if request.version >= (1, 1):
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0
+            return None
+        resp.force_close()
+        return resp
 
     # ---- transactions ----------------------------------------------------------------------------
     async def _json(self, request: web.Request, fields: tuple[str, ...]) -> dict:

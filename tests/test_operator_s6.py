@@ -276,3 +276,51 @@ async def _post_raw(session, url, data):
 async def _get_raw(session, url):
     async with session.get(url) as r:
         return r.status, await r.json(content_type=None)
+
+
+async def _raw(host, port, data: bytes) -> bytes:
+    r, w = await asyncio.open_connection(host, port)
+    w.write(data)
+    await w.drain()
+    out = b""
+    try:
+        while chunk := await asyncio.wait_for(r.read(65536), 2):
+            out += chunk
+    except asyncio.TimeoutError:
+        pass
+    w.close()
+    return out
+
+
+def test_expect_headers_get_the_apis_one_line_answers(tmp_path):
+    """Found sending raw HTTP to the API port: aiohttp's own Expect handling ran before the API's,
+    so `Expect: 200-ok` was answered 417 in plain text (every refusal is documented as one-line
+    JSON), and `Expect: 100-continue` with a Content-Length far over max_body_bytes was answered
+    "100 Continue", inviting the client to send it all before the 413. Now both are one-line
+    JSON refusals at once (413 before any body), on every path and method, and 100-continue
+    within the bound still works."""
+    head = "POST {path} HTTP/1.1\r\nHost: x\r\nExpect: {expect}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+
+    async def scenario(s, base, runner):
+        host, port = runner.cfg.rpc
+        body = b'{"hashes": []}'
+        return {
+            "bad expect": await _raw(host, port, head.format(path="/txs", expect="200-ok", n=len(body)).encode() + body),
+            "bad expect, unknown path": await _raw(host, port, head.format(path="/nope", expect="x", n=2).encode() + b"{}"),
+            "bad expect, wrong method": await _raw(host, port, head.format(path="/status", expect="x", n=2).encode()
+                                                   + b"{}"),
+            "too big": await _raw(host, port, head.format(path="/broadcast_txs", expect="100-continue",
+                                                          n=10**9).encode()),
+            "fine": await _raw(host, port, head.format(path="/txs", expect="100-continue", n=len(body)).encode() + body),
+        }
+    out = _serve(tmp_path, scenario)
+    for name in ("bad expect", "bad expect, unknown path", "bad expect, wrong method", "too big"):
+        raw = out[name]
+        head_, _, body = raw.partition(b"\r\n\r\n")
+        assert b" 100 Continue" not in head_, (name, raw[:300])
+        assert head_.split(b" ")[1] == (b"413" if name == "too big" else b"417"), (name, raw[:300])
+        assert b"application/json" in head_, (name, raw[:300])
+        error = json.loads(body)["error"]
+        assert error and "\n" not in error
+    assert out["fine"].startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and out["fine"].endswith(
+        b'{"results": []}')
