@@ -12,7 +12,12 @@ Regression tests for the defects found (each failed before its fix):
   read-only copies checked again on every call, but read-only is a flag any thread may set back,
   and the kernels then read the object's arrays: a thread making the instrument ids (or offsets)
   writeable, setting one past the instruments and back segfaulted portfolio_margin within
-  seconds. Now each call checks and hands the kernels its own sealed copies."""
+  seconds. Now each call checks and hands the kernels its own sealed copies.
+- backend="" (or 0, False) silently ran on the configured backend, and skipped the rule that keeps
+  small batches of the configured GPU on the C fallback (dispatch.run applies it to None only);
+  bytes or other objects were cached as unknown names, one entry per distinct value. Now only None
+  means the configured backend: another type is a TypeError, an unknown string BackendUnavailable,
+  neither remembered."""
 from __future__ import annotations
 
 import subprocess
@@ -212,3 +217,24 @@ def test_a_thread_rewriting_a_sealed_book_cannot_crash_the_c_fallback(array):
     proc = subprocess.run([sys.executable, "-c", _MARGIN_RACE, array], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
     assert "done" in proc.stdout
+
+
+# ---------------------------------------------------------------- backend names
+
+@pytest.mark.parametrize("name,error", [("", accel.BackendUnavailable), (" cpu", accel.BackendUnavailable),
+                                        ("CPU", accel.BackendUnavailable), (False, TypeError), (0, TypeError),
+                                        (b"cpu", TypeError), (["cpu"], TypeError)])
+def test_a_backend_that_is_not_a_name_is_refused_not_the_configured_one(monkeypatch, name, error):
+    """Only None stands for the configured backend; every other value that is not a backend's
+    name is refused by every API, and not remembered."""
+    from accel import backends, config
+    monkeypatch.setenv("ACCEL_BACKEND", "cpu")
+    config.reload()
+    with pytest.raises(error, match="auto, cpu, opencl, cuda"):
+        accel.get_backend(name)
+    with pytest.raises(error):
+        accel.sha256_many([b"x"], backend=name)
+    with pytest.raises(error):
+        accel.ed25519_verify_batch([bytes(32)], [b""], [bytes(64)], backend=name)
+    assert all(isinstance(key, str) and key in config.BACKENDS for key in backends._instances)
+    assert accel.sha256_many([b"x"], backend=None) == accel.sha256_many([b"x"], backend="cpu")

@@ -41,9 +41,16 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     """The backend called `name` (default: the configured one). Raises BackendUnavailable saying why."""
     if isinstance(name, Backend):
         return name
+    # Only None means "the configured one": "", 0 or False did too, silently, and skipped the
+    # small-batch rule that dispatch.run applies to None. A wrong name is an error, never cached.
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"backend must be None, a Backend or one of {', '.join(_config.BACKENDS)}, "
+                        f"not {type(name).__name__}")
+    if name is not None and name not in _config.BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(_config.BACKENDS)}")
     cfg = _config.get()
     configured = name is None
-    name = name or cfg.backend
+    name = cfg.backend if name is None else name
     if name == "auto":
         picked = _auto_pick.get(cfg)
         if picked is None:
