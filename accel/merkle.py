@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dispatch
-from .packing import pack_messages
+from .packing import _buffer_problem, pack_messages
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 MAX_TOTAL = (1 << 63) - 1  # the most leaves a proof may claim (CometBFT's int64 total)
@@ -127,6 +127,9 @@ def verify_merkle_proof(root: bytes, leaf: bytes, proof: MerkleProof) -> bool:
     for name, value in (("root", root), ("leaf", leaf)):
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+        problem = _buffer_problem(value)
+        if problem:  # len() of a shaped view counts rows; a strided one cannot be concatenated
+            raise TypeError(f"{name} is {problem}, expected bytes")
     if len(root) != 32:
         raise ValueError(f"root is {len(root)} bytes, expected 32")
     for name in ("total", "index"):

@@ -17,7 +17,10 @@ Regression tests for the defects found (each failed before its fix):
   small batches of the configured GPU on the C fallback (dispatch.run applies it to None only);
   bytes or other objects were cached as unknown names, one entry per distinct value. Now only None
   means the configured backend: another type is a TypeError, an unknown string BackendUnavailable,
-  neither remembered."""
+  neither remembered.
+- verify_merkle_proof took a shaped memoryview root by its row count ("root is 1 bytes" for 32
+  bytes in one row) and raised "can't concat memoryview to bytes" for a strided leaf; both are now
+  a TypeError naming the view, as ed25519_verify does."""
 from __future__ import annotations
 
 import subprocess
@@ -238,3 +241,16 @@ def test_a_backend_that_is_not_a_name_is_refused_not_the_configured_one(monkeypa
         accel.ed25519_verify_batch([bytes(32)], [b""], [bytes(64)], backend=name)
     assert all(isinstance(key, str) and key in config.BACKENDS for key in backends._instances)
     assert accel.sha256_many([b"x"], backend=None) == accel.sha256_many([b"x"], backend="cpu")
+
+
+# ---------------------------------------------------------------- Merkle proofs: buffers
+
+def test_proof_roots_and_leaves_that_are_not_plain_bytes_are_named():
+    leaves = [b"a", b"b", b"c"]
+    root, proof = accel.merkle_root(leaves, backend="cpu"), accel.merkle_proof(leaves, 2, backend="cpu")
+    rows = memoryview(np.frombuffer(root, np.uint8).reshape(4, 8))
+    with pytest.raises(TypeError, match="root is a 2-D memoryview"):
+        accel.verify_merkle_proof(rows, b"c", proof)
+    with pytest.raises(TypeError, match="leaf is a non-contiguous memoryview"):
+        accel.verify_merkle_proof(root, memoryview(b"cxcx")[::2], proof)
+    assert accel.verify_merkle_proof(memoryview(bytearray(root)), memoryview(b"c"), proof)
