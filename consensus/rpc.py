@@ -19,9 +19,10 @@ full mempool (503), a client over its connections (503). A request
 the HTTP parser refuses (a bad request line, header or length) is a 400 with the same one-line
 JSON, logged at debug level only. JSON bodies are strict: no NaN or Infinity, no key twice, no
 field the endpoint does not name; hex is "0x" and an even number of hex digits, nothing else.
-Connections are bounded (per client address and in all) and one that sends nothing for
-idle_timeout_s is closed, so slow or idle connections cannot take the process's file
-descriptors from its peers and store. A handler that fails is logged and answered 500; no
+Connections are bounded (per client address and in all) and one that does not send a request's
+head within idle_timeout_s of connecting or of its last answer (and its body within
+idle_timeout_s more) is closed, however it trickles bytes, so slow or idle connections cannot
+take the process's file descriptors from its peers and store. A handler that fails is logged and answered 500; no
 request can stop the node."""
 from __future__ import annotations
 
@@ -217,7 +218,9 @@ def _default_connections() -> int:
 
 class _Handler(RequestHandler):
     """aiohttp's connection handler, with the API's connection bounds (refused connections get a
-    one-line 503 and are closed), an idle timeout (no byte received for idle_timeout_s: closed),
+    one-line 503 and are closed), an idle timeout (idle_timeout_s from the connection, or from its
+    last answer, to send a request's head, and idle_timeout_s again for its body: else closed;
+    bytes trickled in do not extend it, so a slowloris client cannot hold a connection for ever),
     and the HTTP parser's refusals answered as one-line JSON and logged at debug level only (a
     stranger's bad request lines cannot flood the node's log)."""
 
@@ -252,8 +255,11 @@ class _Handler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._client is None:
             return  # refused: its bytes are not read
-        self._heard = time.monotonic()
         super().data_received(data)
+
+    def progressed(self) -> None:
+        """A request's head arrived, or its answer was given: the idle clock starts again."""
+        self._heard = time.monotonic()
 
     def eof_received(self) -> None:
         if self._client is not None:
@@ -385,6 +391,16 @@ class Rpc:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
+        proto = request.protocol
+        if isinstance(proto, _Handler):
+            proto.progressed()
+        try:
+            return await self._guarded(request, handler)
+        finally:
+            if isinstance(proto, _Handler):
+                proto.progressed()
+
+    async def _guarded(self, request: web.Request, handler):
         if not self.limit.allow(client_of(request.remote)):
             self.refused_requests += 1
             return _error(429, f"over {self.limit.rate:g} requests per second from {request.remote}; slow down",

@@ -324,3 +324,48 @@ def test_expect_headers_get_the_apis_one_line_answers(tmp_path):
         assert error and "\n" not in error
     assert out["fine"].startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and out["fine"].endswith(
         b'{"results": []}')
+
+
+def test_a_connection_trickling_a_request_is_closed_after_idle_timeout(tmp_path):
+    """Slowloris on the API port: the idle clock restarted at every byte received, so a client
+    sending a request's head and then one byte of its body every idle_timeout_s - 1 seconds held
+    its connections for ever (64 per address, up to max_connections in all: 16 addresses took
+    the whole API from every other client; aiohttp's keep-alive timer covers only the head).
+    Now the body must arrive within idle_timeout_s of the head (and a head within
+    idle_timeout_s of the connection or of the last answer); a client answered in time keeps
+    its connection alive for more requests."""
+    head = b"POST /txs HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n"
+    body = b'{"hashes": [' + b" " * 386 + b"]}"
+
+    async def scenario(s, base, runner):
+        host, port = runner.cfg.rpc
+        r, w = await asyncio.open_connection(host, port)
+        w.write(head)
+        closed_after = None
+        for i in range(len(body)):  # one byte every 0.1 s: never 0.5 s silent, 40 s in all
+            try:
+                w.write(body[i:i + 1])
+                await w.drain()
+            except ConnectionError:
+                closed_after = i
+                break
+            try:
+                if await asyncio.wait_for(r.read(1), 0.1) == b"":
+                    closed_after = i
+                    break
+            except asyncio.TimeoutError:
+                pass
+        w.close()
+        # keep-alive: two requests on one connection, each answered within the bound
+        r, w = await asyncio.open_connection(host, port)
+        answers = []
+        for _ in range(2):
+            w.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await w.drain()
+            answers.append(await asyncio.wait_for(r.readuntil(b"}"), 5))
+            await asyncio.sleep(0.3)
+        w.close()
+        return closed_after, answers
+    closed_after, answers = _serve(tmp_path, scenario, idle_timeout_s=0.5)
+    assert closed_after is not None and closed_after < len(body) - 1, closed_after
+    assert all(b"healthy" in a for a in answers)
