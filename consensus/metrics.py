@@ -4,6 +4,7 @@ Values that exist elsewhere (mempool size, accel's fallback counts) are read at 
 than copied on every change."""
 from __future__ import annotations
 
+import socket
 import threading
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -151,9 +152,13 @@ class NodeMetrics:
 
 class _Server(ThreadingMixIn, WSGIServer):
     """A thread per connection, at most MAX_CONNECTIONS of them: past that a connection is closed
-    at once (a stranger holding half-sent requests kept a thread each, without limit)."""
+    at once (a stranger holding half-sent requests kept a thread each, without limit). A
+    connection is cut REQUEST_DEADLINE_S after it was accepted, whatever it sends: the socket
+    timeout (_Quiet.timeout) bounds only each silence, so a stranger trickling a byte every few
+    seconds into 16 connections held every slot for ever and no scrape got through."""
     daemon_threads = True
     MAX_CONNECTIONS = 16
+    REQUEST_DEADLINE_S = 10.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -170,12 +175,24 @@ class _Server(ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request, client_address):
+        timer = threading.Timer(self.REQUEST_DEADLINE_S, _cut, (request,))
+        timer.daemon = True
+        timer.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            timer.cancel()
             self._slots.release()
 
     def handle_error(self, request, client_address):  # a client gone or timed out: no traceback
+        pass
+
+
+def _cut(sock) -> None:
+    """Ends a connection's reads and writes from another thread (its handler then finishes)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
         pass
 
 

@@ -369,3 +369,38 @@ def test_a_connection_trickling_a_request_is_closed_after_idle_timeout(tmp_path)
     closed_after, answers = _serve(tmp_path, scenario, idle_timeout_s=0.5)
     assert closed_after is not None and closed_after < len(body) - 1, closed_after
     assert all(b"healthy" in a for a in answers)
+
+
+# ---- the metrics port ---------------------------------------------------------------------------
+def test_a_metrics_connection_trickling_its_request_is_cut_at_the_deadline(monkeypatch):
+    """Slowloris on the metrics port (bound on 0.0.0.0 by accel testnet): the server's only
+    bound was a 10 s socket timeout per silence, so a stranger sending a byte every few seconds
+    into its 16 connections held every slot (and thread) for ever, and no scrape got through.
+    Now a connection is cut REQUEST_DEADLINE_S after it was accepted, whatever it sends."""
+    import types
+    from consensus.metrics import NodeMetrics, _Server
+    monkeypatch.setattr(_Server, "REQUEST_DEADLINE_S", 1.0, raising=False)
+    metrics = NodeMetrics(types.SimpleNamespace(mempool={}), "cpu", "test", "accel")
+    server = metrics.serve(("127.0.0.1", 0))
+    port = server.server_address[1]
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 20
+    cut_at = None
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        s.settimeout(0.3)
+        for i in range(len(request)):  # a byte every 0.3 s: 12 s in all, never 10 s silent
+            try:
+                s.sendall(request[i:i + 1])
+                if s.recv(1) == b"":
+                    cut_at = i
+                    break
+            except socket.timeout:
+                pass
+            except OSError:
+                cut_at = i
+                break
+    finally:
+        s.close()
+        server.shutdown()
+        server.server_close()
+    assert cut_at is not None and cut_at < len(request) - 1, cut_at
