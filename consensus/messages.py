@@ -10,9 +10,12 @@ Bodies by type (big-endian; a QC is block id 32 | view u64 | height u64 | count 
 | 64-byte signatures): 1 Proposal (block, then the proposer's signature), 2 Vote, 3 Timeout,
 4 BlockRequest (block id 32 | from_height u64 | max_blocks u16, 1 to MAX_RANGE), 5 BlockResponse
 (count u16, 1 to MAX_RANGE | that many Proposal bodies, oldest first), 6 SnapshotRequest (height u64 |
-chunk u32), 7 SnapshotChunk (height u64 | chunk u32 | chunks u32, 1 to MAX_SNAPSHOT_CHUNKS | txs
-u64 | count u16, 0 to MAX_RANGE | that many Proposal bodies | data length u32, at most
-SNAPSHOT_CHUNK | data). Every view is below MAX_VIEW
+chunk u32, below MAX_SNAPSHOT_CHUNKS or OFFER), 7 SnapshotChunk (height u64 | chunk u32 | chunks u32, 1 to
+MAX_SNAPSHOT_CHUNKS | txs u64 | count u16, 0 to MAX_RANGE | that many Proposal bodies | data length
+u32, at most SNAPSHOT_CHUNK | data | manifest length u32, at most 8 + 32 x MAX_SNAPSHOT_CHUNKS |
+manifest: on chunk 0 the snapshot's size u64 | the SHA-256 of each chunk, empty on the others),
+8 SnapshotOffer (height u64 | size u64 | chunks u32, 1 to MAX_SNAPSHOT_CHUNKS, size at most chunks x
+SNAPSHOT_CHUNK; the answer to a SnapshotRequest for chunk OFFER). Every view is below MAX_VIEW
 and every height below MAX_HEIGHT, or the frame does not decode. What a signature covers:
 vote_bytes (block id, view), timeout_bytes (view, the high QC's view), proposal_bytes (block id);
 a QC's height is not signed (the core checks it against the certified block, whose id covers
@@ -37,6 +40,7 @@ MAX_RANGE = 64  # proposals one BlockRequest may ask for (and one BlockResponse 
 RANGE_BYTES = 8 << 20  # a responder stops adding proposals to a response past about this size
 SNAPSHOT_CHUNK = 4 << 20  # bytes of a state snapshot per SnapshotChunk (every chunk but the last is this long)
 MAX_SNAPSHOT_CHUNKS = 1024  # so a snapshot taken from a peer is at most 4 GiB
+OFFER = 0xFFFFFFFF  # a SnapshotRequest's chunk asking for the peer's SnapshotOffer instead of a chunk
 
 
 class DecodeError(ValueError):
@@ -158,7 +162,8 @@ class BlockResponse:
 @dataclass(frozen=True)
 class SnapshotRequest:
     """State sync: ask a peer for one chunk of its state snapshot at `height` (0: the newest one it
-    can prove committed; its chunk 0 says which height that is)."""
+    can prove committed; its chunk 0 says which height that is), or (chunk OFFER) for the size of
+    its newest snapshot (a SnapshotOffer), with which peers vouch for another's (statesync)."""
     height: int
     chunk: int = 0
 
@@ -169,13 +174,25 @@ class SnapshotChunk:
     snapshot's block (proof[0], whose state root the snapshot must hash to) up to a block whose
     child's QC commits it directly (2-chain), so the asker can check the block committed before
     it trusts the state. txs: the transactions committed up to the snapshot (the responder's word;
-    only the built-in load uses it)."""
+    only the built-in load uses it). manifest (chunk 0 only): the snapshot's size in bytes (u64) and
+    the SHA-256 of each of its chunks, so the asker checks every chunk as it arrives."""
     height: int
     chunk: int
     chunks: int
     txs: int
     proof: tuple
     data: bytes
+    manifest: bytes = b""
+
+
+@dataclass(frozen=True)
+class SnapshotOffer:
+    """The answer to SnapshotRequest(_, OFFER): the height, size in bytes and chunk count of the
+    newest snapshot the peer holds. A syncing validator takes a large snapshot only when f + 1
+    peers' offers vouch for its size (statesync)."""
+    height: int
+    size: int
+    chunks: int
 
 
 # ---- encoding ---------------------------------------------------------------------------------
@@ -299,7 +316,8 @@ def _get_block(r: _Reader) -> Block:
                  qc, tc)
 
 
-_TYPES = {Proposal: 1, Vote: 2, Timeout: 3, BlockRequest: 4, BlockResponse: 5, SnapshotRequest: 6, SnapshotChunk: 7}
+_TYPES = {Proposal: 1, Vote: 2, Timeout: 3, BlockRequest: 4, BlockResponse: 5, SnapshotRequest: 6, SnapshotChunk: 7,
+          SnapshotOffer: 8}
 
 
 def _put_body(w: _Writer, msg):
@@ -337,6 +355,11 @@ def _put_body(w: _Writer, msg):
         for p in msg.proof:
             _put_body(w, p)
         w.blob(msg.data)
+        w.blob(msg.manifest)
+    elif isinstance(msg, SnapshotOffer):
+        w.u64(msg.height)
+        w.u64(msg.size)
+        w.u32(msg.chunks)
     else:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
 
@@ -379,7 +402,7 @@ def _get_body(r: _Reader, kind: int):
     if kind == 6:
         height, chunk = r.u64(), r.u32()
         _bounded(0, height)
-        if chunk >= MAX_SNAPSHOT_CHUNKS:
+        if chunk >= MAX_SNAPSHOT_CHUNKS and chunk != OFFER:
             raise DecodeError(f"snapshot chunk {chunk} (below {MAX_SNAPSHOT_CHUNKS})")
         return SnapshotRequest(height, chunk)
     if kind == 7:
@@ -394,7 +417,17 @@ def _get_body(r: _Reader, kind: int):
         size = r.u32()
         if size > SNAPSHOT_CHUNK:
             raise DecodeError(f"a snapshot chunk of {size} bytes (at most {SNAPSHOT_CHUNK})")
-        return SnapshotChunk(height, chunk, chunks, txs, proof, r.raw(size))
+        data = r.raw(size)
+        manifest = r.blob()
+        if len(manifest) > 8 + 32 * MAX_SNAPSHOT_CHUNKS:  # (what it says StateSync checks)
+            raise DecodeError(f"a snapshot manifest of {len(manifest)} bytes")
+        return SnapshotChunk(height, chunk, chunks, txs, proof, data, manifest)
+    if kind == 8:
+        height, size, chunks = r.u64(), r.u64(), r.u32()
+        _bounded(0, height)
+        if not 1 <= chunks <= MAX_SNAPSHOT_CHUNKS or size > chunks * SNAPSHOT_CHUNK:
+            raise DecodeError(f"a snapshot offer of {size} bytes in {chunks} chunks")
+        return SnapshotOffer(height, size, chunks)
     raise DecodeError(f"unknown message type {kind}")
 
 

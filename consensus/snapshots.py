@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .core import Base
 from .messages import Txs
-from .store import Store, StoreError
+from .store import Store, StoreError, snapshot_row_problem
 
 log = logging.getLogger("consensus.snapshots")
 KEPT = 2  # snapshots a store keeps: the newest, and one to fall back on
@@ -110,12 +110,19 @@ def load(store: Store, app) -> Start:
     first = store.first_height()
     for height, block_id, state_root, txs in store.snapshots():
         try:
+            problem = snapshot_row_problem(height, block_id, state_root, txs)
+            if problem:
+                raise ValueError(f"its row is damaged: {problem}")
             (p,) = store.committed_range(height, 1) or (None,)
-            if p is None or p.block.height != height or p.block.id != block_id or p.block.state_root != state_root:
+            if p is None or not hasattr(p, "block") or p.block.height != height or p.block.id != block_id \
+                    or p.block.state_root != state_root:
                 raise ValueError("it is not of the committed block stored at its height")
-            state = restore(app, store.snapshot_blob(height), state_root)
+            blob = store.snapshot_blob(height)
+            if blob is None:
+                raise ValueError("its bytes are not stored as a blob")
+            state = restore(app, blob, state_root)
         except ValueError as exc:
-            log.warning("the snapshot at height %d is refused (%s); starting from an older one or the genesis",
+            log.warning("the snapshot at height %r is refused (%s); starting from an older one or the genesis",
                         height, exc)
             continue
         chain = [None] + store.committed_ids()[:height]

@@ -12,21 +12,40 @@ state root (snapshots.restore), which the 2f + 1 validators that voted for S che
 (SNAPSHOT_CHUNK bytes each, at most MAX_SNAPSHOT_CHUNKS) are asked for one at a time from one
 peer; a peer that answers what was not asked, sends a bad proof or chunk, or goes quiet for a
 timer's length is left for the next one. After it, the validator starts from the snapshot (Core's
-base) and fetches the blocks after it as any validator behind does (ranged BlockRequests)."""
+base) and fetches the blocks after it as any validator behind does (ranged BlockRequests).
+
+What a syncing validator holds before it can tell a snapshot is wrong is bounded (the state root
+is checked only on the whole snapshot). Chunk 0 carries a manifest: the snapshot's size and the
+SHA-256 of each chunk. The size must agree with the chunk count and be at most `max_bytes`
+(MAX_SYNC_BYTES, 4 GiB, unless the caller gives less); every chunk is checked against its hash on
+arrival and a chunk that does not match is dropped with the peer that sent it (snapshot_bad), so
+the peer cannot grow a snapshot past its manifest or change it midway. A snapshot over
+VOUCH_FREE bytes (64 MiB) is fetched past chunk 0 only once f + 1 peers (the serving peer one of
+them) vouch for its size: each answers SnapshotRequest(0, OFFER) with the size of its newest
+snapshot (a SnapshotOffer), and one vouches when VOUCH_FACTOR x that size + VOUCH_FREE is at least
+the manifest's (honest validators' snapshots are of heights a snapshot interval or two apart, so
+of similar sizes). At least one of f + 1 is honest, so a Byzantine peer can make this validator
+hold at most 2 x an honest peer's snapshot + 64 MiB (plus one frame) of junk, never 4 GiB; a
+size not vouched for within a timer is left for the next peer (snapshot_unvouched)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from . import messages, snapshots
 from .core import Base, Config, SetTimer, Send
 from .messages import (
-    MAX_RANGE, MAX_SNAPSHOT_CHUNKS, SNAPSHOT_CHUNK, Proposal, SnapshotChunk, SnapshotRequest, proposal_bytes, vote_bytes,
+    MAX_RANGE, MAX_SNAPSHOT_CHUNKS, OFFER, SNAPSHOT_CHUNK, Proposal, SnapshotChunk, SnapshotOffer, SnapshotRequest,
+    proposal_bytes, vote_bytes,
 )
-from .store import Store
+from .store import Store, snapshot_row_problem
 
 RETRY_MS = 2_000.0  # a peer silent this long after an ask is left for the next one
 SYNC_TIMER = -1     # the SetTimer view of state sync's first ask; ask n's is SYNC_TIMER - n (views are >= 0)
 MAX_TXS = 1 << 48   # a snapshot's count of committed transactions (the peer's word) beyond this is refused
+MAX_SYNC_BYTES = MAX_SNAPSHOT_CHUNKS * SNAPSHOT_CHUNK  # StateSync's default max_bytes: 4 GiB
+VOUCH_FREE = 64 << 20  # a snapshot up to this size is taken from one peer; a larger one needs f + 1 vouching
+VOUCH_FACTOR = 2       # a peer whose own snapshot is s bytes vouches for one up to 2 s + VOUCH_FREE
 
 
 def _direct_commit(proposals) -> int | None:
@@ -41,28 +60,50 @@ def _direct_commit(proposals) -> int | None:
 
 def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | None:
     """A chunk of the newest stored snapshot whose commit the store can prove (height 0), or of the
-    one at `height`; None if there is none. Only a first chunk carries the proof, and only when
-    it fits in one frame beside the chunk (an older snapshot may do otherwise)."""
-    for h, block_id, _, txs in store.snapshots():
-        if height not in (0, h):
-            continue
+    one at `height`; None if there is none. Only a first chunk carries the proof and the manifest,
+    and only when they fit in one frame beside the chunk (an older snapshot may do otherwise).
+    chunk OFFER: the SnapshotOffer of the newest stored snapshot (its height, size and chunks)."""
+    if chunk == OFFER:
+        row = store.db.execute("SELECT height, length(blob) FROM snapshots WHERE typeof(blob) = 'blob' "
+                               "AND typeof(height) = 'integer' ORDER BY height DESC LIMIT 1").fetchone()
+        if row is None or not 1 <= row[0] < messages.MAX_HEIGHT:
+            return None
+        chunks = max(1, -(-row[1] // SNAPSHOT_CHUNK))
+        return SnapshotOffer(row[0], row[1], chunks) if chunks <= MAX_SNAPSHOT_CHUNKS else None
+    for h, block_id, state_root, txs in store.snapshots():
+        if height not in (0, h) or snapshot_row_problem(h, block_id, state_root, txs):
+            continue  # (a row a damaged disk left: what it says cannot be served, or would raise)
         proof: tuple = ()
         if chunk == 0 or height == 0:
-            found = store.committed_range(h, 3)  # usually enough: the block, its child, the QC over it
-            if _direct_commit(found) is None:
-                found = store.committed_range(h, MAX_RANGE)
+            try:
+                found = store.committed_range(h, 3)  # usually enough: the block, its child, the QC over it
+                if not all(isinstance(p, Proposal) for p in found):
+                    raise ValueError("a committed row holds another message")
+                if _direct_commit(found) is None:
+                    found = store.committed_range(h, MAX_RANGE)
+                    if not all(isinstance(p, Proposal) for p in found):
+                        raise ValueError("a committed row holds another message")
+            except ValueError:  # (DecodeError) a damaged row above it: an older snapshot may do
+                continue
             k = _direct_commit(found)
             if k is None or found[0].block.id != block_id:
                 continue  # (the blocks that commit it are not committed here yet: an older snapshot may do)
             proof = tuple(found[:k + 3])
-        size = store.db.execute("SELECT length(blob) FROM snapshots WHERE height = ?", (h,)).fetchone()[0]
+        size, kind = store.db.execute("SELECT length(blob), typeof(blob) FROM snapshots WHERE height = ?",
+                                      (h,)).fetchone()
+        if kind != "blob":
+            continue
         chunks = max(1, -(-size // SNAPSHOT_CHUNK))
         if chunk >= chunks or chunks > MAX_SNAPSHOT_CHUNKS:
             return None
         (data,) = store.db.execute("SELECT substr(blob, ?, ?) FROM snapshots WHERE height = ?",
                                    (chunk * SNAPSHOT_CHUNK + 1, SNAPSHOT_CHUNK, h)).fetchone()
-        out = SnapshotChunk(h, chunk, chunks, txs, proof if chunk == 0 else (), bytes(data))
-        if chunk == 0 and sum(len(messages.encode(p)) for p in proof) + len(data) + 1024 > messages.MAX_MESSAGE:
+        manifest = store.snapshot_manifest(h, SNAPSHOT_CHUNK) if chunk == 0 else b""
+        if manifest is None:
+            continue
+        out = SnapshotChunk(h, chunk, chunks, txs, proof if chunk == 0 else (), bytes(data), manifest)
+        if chunk == 0 and sum(len(messages.encode(p)) for p in proof) + len(data) + len(manifest) + 1024 \
+                > messages.MAX_MESSAGE:
             continue  # blocks too large to carry beside the chunk in one frame
         return out
     return None
@@ -117,10 +158,13 @@ class StateSync:
     """A validator with an empty store, taking a snapshot from its peers (see the module's
     docstring). Like the core, it only computes: start(), handle(sender, msg) and on_timer() return
     Send and SetTimer actions (the timer's view is SYNC_TIMER); `done` is set once a snapshot
-    restored. Nothing a peer sends raises; what is refused is counted in `counters`."""
+    restored. Nothing a peer sends raises; what is refused is counted in `counters`. max_bytes:
+    the largest snapshot taken (at most MAX_SYNC_BYTES); the chunks held are never more than the
+    manifest's size, which is at most this."""
 
-    def __init__(self, cfg: Config, app):
+    def __init__(self, cfg: Config, app, max_bytes: int = MAX_SYNC_BYTES):
         self.cfg, self.app = cfg, app
+        self.max_bytes = min(max_bytes, MAX_SYNC_BYTES)
         self.peer = cfg.me
         self.asks = 0  # each ask sets its own timer (SYNC_TIMER - its number): an answered ask's timer is void
         self.done: Synced | None = None
@@ -130,6 +174,8 @@ class StateSync:
     def _reset(self) -> None:
         self.head: SnapshotChunk | None = None
         self.parts: list[bytes] = []
+        self.size = 0  # the manifest's
+        self.vouching: dict[int, int] | None = None  # while a large snapshot waits for f + 1 vouchers: peer -> size
 
     def _count(self, why: str) -> None:
         self.counters[why] = self.counters.get(why, 0) + 1
@@ -156,16 +202,35 @@ class StateSync:
 
     def on_timer(self, view: int) -> list:
         """A state-sync timer (view <= SYNC_TIMER) ran out: if it is the latest ask's, its peer was
-        silent."""
+        silent (or, for a large snapshot, f + 1 peers did not vouch for its size in time)."""
         if self.done is not None or view != self.timer:
             return []
-        self._count("peer_silent")
+        self._count("peer_silent" if self.vouching is None else "snapshot_unvouched")
         return self._next_peer()
 
-    def handle(self, sender: int, msg) -> list:
-        if self.done is not None or not isinstance(msg, SnapshotChunk):
+    def _vouched(self) -> bool:
+        return sum(VOUCH_FACTOR * s + VOUCH_FREE >= self.size for s in self.vouching.values()) > self.cfg.f
+
+    def _offer(self, sender: int, msg: SnapshotOffer) -> list:
+        if self.vouching is None:  # none asked for, or a late answer to an ask that is done
             return []
-        if sender != self.peer or msg.chunk != len(self.parts) or \
+        if not 0 <= sender < self.cfg.n or sender == self.cfg.me or sender in self.vouching:
+            self._count("offer_unasked")
+            return []
+        self.vouching[sender] = msg.size
+        if not self._vouched():
+            return []
+        self.vouching = None
+        return self._ask()
+
+    def handle(self, sender: int, msg) -> list:
+        if self.done is not None:
+            return []
+        if isinstance(msg, SnapshotOffer):
+            return self._offer(sender, msg)
+        if not isinstance(msg, SnapshotChunk):
+            return []
+        if sender != self.peer or msg.chunk != len(self.parts) or self.vouching is not None or \
                 (self.head is not None and (msg.height, msg.chunks) != (self.head.height, self.head.chunks)):
             self._count("chunk_unasked")
             return []
@@ -178,13 +243,37 @@ class StateSync:
             if why or msg.proof[0].block.height != msg.height or msg.height < 1:  # the genesis needs no sync
                 self._count("proof_bad")
                 return self._next_peer()
-            self.head = msg
+            manifest = msg.manifest
+            size = int.from_bytes(manifest[:8], "big")
+            if len(manifest) != 8 + 32 * msg.chunks or msg.chunks != max(1, -(-size // SNAPSHOT_CHUNK)):
+                self._count("manifest_bad")
+                return self._next_peer()
+            if size > self.max_bytes:
+                self._count("snapshot_too_large")
+                return self._next_peer()
+        else:
+            manifest = self.head.manifest
+        if hashlib.sha256(msg.data).digest() != manifest[8 + 32 * msg.chunk:40 + 32 * msg.chunk]:
+            self._count("snapshot_bad")  # not the chunk its manifest names: dropped, and the peer left
+            return self._next_peer()
+        if self.head is None:
+            self.head, self.size = msg, size
         self.parts.append(msg.data)
         if not last:
+            if msg.chunk == 0 and self.size > VOUCH_FREE:
+                self.vouching = {sender: self.size}
+                if not self._vouched():  # (f = 0: the serving peer alone is enough)
+                    self.asks += 1
+                    return [Send(p, SnapshotRequest(0, OFFER)) for p in range(self.cfg.n)
+                            if p not in (sender, self.cfg.me)] + [SetTimer(self.timer, RETRY_MS)]
+                self.vouching = None
             return self._ask()
         blob = b"".join(self.parts)
+        self.parts = []
         first = self.head.proof[0]
         try:
+            if len(blob) != self.size:
+                raise ValueError(f"{len(blob)} bytes, the manifest says {self.size}")
             state = snapshots.restore(self.app, blob, first.block.state_root)
         except ValueError:
             self._count("snapshot_bad")

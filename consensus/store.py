@@ -10,6 +10,7 @@ The committed blocks run without a gap from height 1, or, in a store that began 
 snapshot (state sync), from that snapshot's height: the blocks below it were never fetched."""
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
 from . import messages
@@ -37,6 +38,7 @@ class Store:
         self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
                         "state_root BLOB NOT NULL, txs INTEGER NOT NULL, blob BLOB NOT NULL)")
         self._kept = {bytes(r[0]) for r in self.db.execute("SELECT id FROM uncommitted")}
+        self._manifests: dict[tuple, bytes] = {}  # (height, block id, chunk size) -> snapshot_manifest's answer
 
     def save_safety(self, safety: Safety) -> None:
         """The safety state and the uncommitted blocks it carries (those not stored yet), in one
@@ -149,13 +151,35 @@ class Store:
 
     def snapshots(self) -> list[tuple[int, bytes, bytes, int]]:
         """(height, block id, state root, transactions committed up to it) of each stored
-        snapshot, newest first."""
+        snapshot, newest first. A row a damaged disk left with a column of another type reads with
+        b"" for an id or root that is not a blob, and as it is otherwise: snapshot_row_problem
+        says what is wrong with it (its readers pass over such a row, never raise on it)."""
         rows = self.db.execute("SELECT height, id, state_root, txs FROM snapshots ORDER BY height DESC").fetchall()
-        return [(h, bytes(i), bytes(r), t) for h, i, r, t in rows]
+        return [(h, _blob(i), _blob(r), t) for h, i, r, t in rows]
 
     def snapshot_blob(self, height: int) -> bytes | None:
+        """The snapshot's bytes (None: no such row, or its bytes are not stored as a blob)."""
         row = self.db.execute("SELECT blob FROM snapshots WHERE height = ?", (height,)).fetchone()
-        return bytes(row[0]) if row else None
+        return bytes(row[0]) if row and isinstance(row[0], bytes) else None
+
+    def snapshot_manifest(self, height: int, chunk_size: int) -> bytes | None:
+        """The stored snapshot at `height`'s manifest (state sync, SnapshotChunk.manifest): its size
+        u64 | the SHA-256 of each chunk_size-byte chunk. Computed once per snapshot and kept (a
+        peer asking for chunk 0 again and again costs no hashing of a large snapshot each time)."""
+        row = self.db.execute("SELECT id, length(blob) FROM snapshots WHERE height = ?", (height,)).fetchone()
+        if row is None:
+            return None
+        key = (height, bytes(row[0]), chunk_size)
+        if key not in self._manifests:
+            blob = self.snapshot_blob(height)
+            if blob is None:
+                return None
+            digests = [hashlib.sha256(blob[i:i + chunk_size]).digest()
+                       for i in range(0, max(len(blob), 1), chunk_size)]
+            stored = {(h, bytes(i)) for h, i, _, _ in self.snapshots()}
+            self._manifests = {k: v for k, v in self._manifests.items() if k[:2] in stored}
+            self._manifests[key] = len(blob).to_bytes(8, "big") + b"".join(digests)
+        return self._manifests[key]
 
     def first_height(self) -> int:
         """The lowest committed height stored: 1, or a state-synced store's snapshot height (0: none)."""
@@ -205,3 +229,20 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _blob(value) -> bytes:
+    return bytes(value) if isinstance(value, bytes) else b""
+
+
+def snapshot_row_problem(height, block_id: bytes, state_root: bytes, txs) -> str:
+    """What makes a snapshots row (as Store.snapshots reads it) unusable, or "": a height or a
+    transaction count that is not an integer in range (a count the wire cannot carry would make
+    serving it raise), an id or a state root that is not 32 bytes."""
+    if type(height) is not int or not 1 <= height < messages.MAX_HEIGHT:
+        return f"its height {height!r} is not a height"
+    if type(txs) is not int or not 0 <= txs < 1 << 48:
+        return f"its transaction count {txs!r} is not a count"
+    if len(block_id) != 32 or len(state_root) != 32:
+        return "its block id or state root is not 32 bytes"
+    return ""
