@@ -21,6 +21,7 @@ run with one validator's key."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import struct
@@ -55,6 +56,11 @@ class Limits:
     queue_bytes: int = messages.MAX_MESSAGE  # bytes queued for one peer (one largest frame always fits)
     inbound_bytes_per_s: float = float(64 << 20)  # read from one validator, all its connections
     inbound_frames_per_s: float = 2_000.0
+    # per source address (an IPv4 address, an IPv6 /64), never for the validators' own addresses:
+    handshakes_per_s: float = 8.0    # connections accepted per second from one address (each may cost a verify)
+    handshake_burst: int = 32        # ... and at once, after a quiet time (the token bucket's size)
+    pending_per_address: int = 8     # connections not (yet) authenticated from one address, at once
+    tracked_addresses: int = 4_096   # addresses whose handshake budget is remembered (the oldest forgotten)
 
 
 def transcript(role: bytes, listener_challenge: bytes, dialer_challenge: bytes, dialer: int, listener: int,
@@ -73,9 +79,11 @@ class HandshakeError(Exception):
 
 class Network:
     def __init__(self, me: int, addresses: list[tuple[str, int]], deliver: Callable[[int, object], None],
-                 delay_ms: float = 0.0, *, seed: bytes, keys: Sequence[bytes], limits: Limits = Limits()):
+                 delay_ms: float = 0.0, *, seed: bytes, keys: Sequence[bytes], limits: Limits = Limits(),
+                 clock: Callable[[], float] | None = None):
         """seed: this validator's 32-byte Ed25519 seed; keys: every validator's public key, by
-        index (as addresses)."""
+        index (as addresses). clock: seconds, for the per-address handshake budget (the event
+        loop's time unless given: tests count refusals with a clock of their own)."""
         if len(keys) != len(addresses) or not 0 <= me < len(keys):
             raise ValueError(f"{len(keys)} keys for {len(addresses)} addresses, this validator's index {me}")
         try:
@@ -101,6 +109,13 @@ class Network:
         self.peer_connections_replaced = 0  # a validator's oldest connections closed past per_peer
         self.oversized = 0           # connections closed for a length prefix over MAX_MESSAGE
         self.throttled = 0           # pauses in reading a validator that went over its rate
+        self.handshakes_refused = 0  # connections closed at once: their address over its handshake rate
+        self.pending_address_evicted = 0  # an address's oldest unauthenticated connection closed past pending_per_address
+        self.clock = clock
+        self._validator_hosts: set[str] = set()  # the validators' addresses: not limited per address
+        self._by_address: dict[str, dict[object, asyncio.StreamWriter]] = {}  # source -> its pending connections
+        self._source_of: dict[object, str] = {}  # a pending connection -> its source (where counted per address)
+        self._handshake_budget: dict[str, list[float]] = {}  # source -> [tokens, time], oldest first
         self._pending: dict[object, asyncio.StreamWriter] = {}  # in arrival order: the first is the oldest
         self._peers: dict[int, dict[object, asyncio.StreamWriter]] = {}  # sender -> its live connections
         self._budget: dict[int, list[float]] = {}  # sender -> [bytes, frames, time] (token buckets)
@@ -118,6 +133,14 @@ class Network:
         return sum(len(c) for c in self._peers.values())
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in self.addresses:
+            try:
+                infos = await loop.getaddrinfo(host, port, type=1)  # SOCK_STREAM
+            except (OSError, UnicodeError):  # a name that does not resolve now: its literal form only
+                infos = []
+            self._validator_hosts.update(_source(info[4][0]) for info in infos)
+            self._validator_hosts.add(_source(host))
         host, port = self.addresses[self.me]
         self.server = await asyncio.start_server(self._serve, host, port)
         self.tasks = [asyncio.create_task(self._writer(i)) for i in self.queues]
@@ -133,7 +156,9 @@ class Network:
     def send(self, to: int, msg) -> None:
         try:
             frame = messages.encode(msg)
-        except ValueError as exc:  # this validator built a message no frame can carry: its bug, not a peer's
+        except (ValueError, TypeError, struct.error) as exc:
+            # this validator built a message no frame can carry (too large, or a field out of its
+            # wire range, as from a damaged store row): its bug, not a peer's, and never raised
             self.unencodable += 1
             log.error("not sent to validator %d: %s: %s", to, type(msg).__name__, exc)
             return
@@ -243,13 +268,53 @@ class Network:
                                                   self.keys[self.me])).signature)
         return sender
 
+    def _admit(self, source: str) -> bool:
+        """Whether a connection from `source` may start a handshake now: its token bucket
+        (handshake_burst tokens, handshakes_per_s a second) has one. Buckets of the
+        tracked_addresses most recently seen are kept (a full one says nothing and may go)."""
+        lim = self.limits
+        now = self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+        bucket = self._handshake_budget.pop(source, None)
+        if bucket is None:
+            bucket = [float(lim.handshake_burst), now]
+        bucket[0] = min(float(lim.handshake_burst), bucket[0] + max(0.0, now - bucket[1]) * lim.handshakes_per_s)
+        bucket[1] = now
+        self._handshake_budget[source] = bucket  # now the newest
+        if len(self._handshake_budget) > lim.tracked_addresses:
+            del self._handshake_budget[next(iter(self._handshake_budget))]
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn, peer = object(), writer.get_extra_info("peername")
+        source = _source(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if source not in self._validator_hosts:
+            if not self._admit(source):
+                self.handshakes_refused += 1
+                log.debug("refused a connection from %s: over its %.0f handshakes a second", peer,
+                          self.limits.handshakes_per_s)
+                writer.close()
+                return
+            mine = self._by_address.setdefault(source, {})
+            if len(mine) >= self.limits.pending_per_address:
+                # its oldest, as for max_pending: a stranger sharing an address with an honest
+                # dialer cannot keep it out by holding connections open
+                oldest, stale = next(iter(mine.items()))
+                self._pending.pop(oldest, None)
+                self._forget(oldest)
+                stale.close()
+                self.pending_address_evicted += 1
+            mine = self._by_address.setdefault(source, {})
+            mine[conn] = writer
+            self._source_of[conn] = source
         if len(self._pending) >= self.limits.max_pending:
             # the oldest: an honest handshake takes a round trip, so a stranger has to open
             # max_pending connections within one to keep a validator out
             oldest = next(iter(self._pending))
             self._pending.pop(oldest).close()
+            self._forget(oldest)
             self.pending_evicted += 1
         self._pending[conn] = writer
         sender = None
@@ -269,6 +334,7 @@ class Network:
                 return
             finally:
                 self._pending.pop(conn, None)
+                self._forget(conn)
             if sender == self.me:
                 self._duplicate(sender, f"a connection from {peer} holds this validator's key (index {sender}): "
                                         "is a second validator running with this index and key?")
@@ -290,6 +356,15 @@ class Network:
             if sender is not None and self._peers.get(sender, {}).get(conn) is writer:
                 del self._peers[sender][conn]
             writer.close()
+
+    def _forget(self, conn: object) -> None:
+        """conn is no longer pending: out of its address's count (an address with none is dropped)."""
+        source = self._source_of.pop(conn, None)
+        mine = self._by_address.get(source)
+        if mine is not None:
+            mine.pop(conn, None)
+            if not mine:
+                del self._by_address[source]
 
     async def _read_frames(self, sender: int, conn: object, peer, reader: asyncio.StreamReader) -> None:
         while True:
@@ -339,3 +414,18 @@ class Network:
         if now - self._warned.get(sender, -WARN_EVERY_S) >= WARN_EVERY_S:
             self._warned[sender] = now
             log.warning(why)
+
+
+def _source(host: str) -> str:
+    """The address a per-address limit counts a connection under: an IPv4 address as it is, an
+    IPv6 one by its /64 (one host is usually given a whole /64), an IPv4-mapped IPv6 one as the
+    IPv4 address; anything else (a name) as written."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
