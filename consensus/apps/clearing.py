@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from fractions import Fraction
 import struct
 import time
 from dataclasses import dataclass, field
@@ -731,11 +732,15 @@ class Clearing:
             raise Rejected(f"{underlying} mark lacks the vol of series {missing[0]}")
         new = Mark(index, dict(vols), sequence, timestamp, self._series_values(underlying, index, vols, timestamp))
         expiring = frozenset(i for i, s in mine.items() if i not in self.fixings and s.expiry <= timestamp)
-        # after settlement the expiring series are cash: equity counts them at their fixing, margin skips them
+        # after settlement the expiring series are cash: equity counts them at their fixing, margin skips them.
+        # Their holders are checked too, whatever else they hold: a writer whose settlement leaves its
+        # book (perhaps only positions on other underlyings) short is liquidated now, with the
+        # settlement's receivers among whom its loss is charged to, not at a later mark of another
+        # underlying after they withdrew; and one that traded in this block makes it invalid
+        # (ShortBooks), so a write and the expiry in one block cannot hand the loss to the fund.
         holders: dict[str, list[set]] = {}
         for i, s in mine.items():
-            if i not in expiring:
-                holders.setdefault(s.asset, []).append(self.holders.get(i, set()))
+            holders.setdefault(s.asset, []).append(self.holders.get(i, set()))
         by_asset = {a: k for a, sets in holders.items() if (k := set().union(*sets))}
         below = (self._below_by_asset(by_asset, initial=False, override={underlying: new}, skip=expiring)
                  if by_asset else [])
@@ -752,8 +757,13 @@ class Clearing:
         for i in sorted(expiring):
             self._settle(i, paid)
         heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
+        pending: dict[str, set[bytes]] = {}  # per asset, the books still to liquidate
+        for k, a, _ in below:
+            pending.setdefault(a, set()).add(k)
+        bankrupt = {a: frozenset(ks) for a, ks in pending.items()}
         for key, asset, _ in below:
-            self._liquidate(key, asset, {k for k, a, _ in below if a == asset}, heirs)
+            pending[asset].discard(key)
+            self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)))
         for (key, asset), receivers in sorted(paid.items()):
             self._settle_debt(key, asset, receivers)
         if halted:
@@ -823,14 +833,12 @@ class Clearing:
         _credit(acct, asset, fund)
         loss = -(cash + fund)
         weights = {r: q for r, q in receivers.items() if r != key}
-        if loss and weights:
-            self._charge(asset, loss, weights)
-            _credit(acct, asset, loss)
-        else:
-            loss = 0
-        self.liquidations.append(Liquidation(key, asset, fund, loss))
+        charged = self._socialize(key, asset, loss, weights, frozenset())
+        _credit(acct, asset, charged)
+        self.liquidations.append(Liquidation(key, asset, fund, charged))
 
-    def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None) -> None:
+    def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
+                   pending: set[bytes] | None = None, settled: dict[bytes, int] | None = None) -> None:
         """Closes every position of the account's `asset` book at the mark against the opposite
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
@@ -840,8 +848,13 @@ class Clearing:
         charges that book's owner if it is left with cash, else the counterparties that
         liquidation charged (heirs, shared by the mark's liquidations), not every account in
         profit, so two books trading with each other cannot hand one's loss to bystanders while
-        the other, or their owner's third account, keeps the gain."""
+        the other, or their owner's third account, keeps the gain. No account but those of pending
+        (the books this mark liquidates later, default bankrupt) is charged beyond its equity in
+        the asset (_charge). settled: the holders of the other side of its series this mark settled
+        (_settle's weights), charged beside the deleveraged counterparties: the settlement closed
+        those positions against them."""
         heirs = {} if heirs is None else heirs
+        pending = set(bankrupt) - {key} if pending is None else pending
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
         took: set[bytes] = set()  # books being liquidated whose positions this one took
@@ -881,29 +894,81 @@ class Clearing:
                         weights[k] = weights.get(k, 0) + v
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
+        for r, w in sorted((settled or {}).items()):
+            if r != key:
+                weights[r] = weights.get(r, 0) + w
         charged = 0
-        if loss and rich:
-            charged = min(loss, sum(rich.values()))
-            self._charge(asset, charged, rich)  # in proportion to cash: nobody charged beyond its own
+        if loss and rich:  # in proportion to cash: nobody charged beyond its own
+            charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
         if loss > charged and not weights:  # nobody to inherit from: everyone in profit pays
-            weights = {h: c for h, a in self.accounts.items() if h != key and (c := a.collateral.get(asset, 0)) > 0}
+            weights = self._in_profit(key, asset)
         heirs[(asset, key, "charged")] = dict(weights)
-        if loss > charged and weights:
-            self._charge(asset, loss - charged, weights)
-            charged = loss
+        charged += self._socialize(key, asset, loss - charged, weights, pending)
         _credit(acct, asset, charged)  # what is left is a debt that stays on the account
-        loss = charged
-        self.liquidations.append(Liquidation(key, asset, paid, loss))
+        self.liquidations.append(Liquidation(key, asset, paid, charged))
 
-    def _charge(self, asset: str, loss: int, weights: dict[bytes, int]) -> None:
-        """loss quanta of asset taken from the accounts of weights in proportion to them, the
-        rounding remainder one quantum each to the largest weights (then by key)."""
-        total = sum(weights.values())
-        shares = {h: loss * w // total for h, w in sorted(weights.items())}
-        for h in sorted(weights, key=lambda h: (-weights[h], h))[:loss - sum(shares.values())]:
-            shares[h] += 1
-        for h, q in shares.items():
-            _credit(self._mut(h), asset, -q)
+    def _in_profit(self, key: bytes, asset: str) -> dict[bytes, int]:
+        """Every account but key with a positive balance in asset -> that balance."""
+        return {h: c for h, a in self.accounts.items() if h != key and (c := a.collateral.get(asset, 0)) > 0}
+
+    def _socialize(self, key: bytes, asset: str, loss: int, weights: dict[bytes, int], pending) -> int:
+        """Up to loss quanta of key's debt in asset charged to the accounts of weights (_charge: none
+        beyond its equity but those of pending), what they cannot pay to every other account with a
+        positive balance in the asset, in proportion to it, the same way; returns what was charged
+        (all of loss unless the whole market's equity in the asset is short of it)."""
+        charged = self._charge(asset, loss, weights, pending) if loss > 0 and weights else 0
+        if loss > charged:
+            rest = self._in_profit(key, asset)
+            if rest:
+                charged += self._charge(asset, loss - charged, rest, pending)
+        return charged
+
+    def _room(self, key: bytes, asset: str) -> int:
+        """What a socialized loss may take from key's asset book: its equity in the asset (cash plus
+        size x the value of one contract at the last mark, over its positions settling in asset),
+        not below 0. Charging more would leave it bankrupt, and one with no position in the asset
+        (fully deleveraged, or settled) a debt no later mark would ever collect."""
+        acct = self.accounts[key]
+        equity = acct.collateral.get(asset, 0)
+        for i, n in acct.positions.items():
+            if self.series[i].asset == asset:
+                equity += n * self._value(i)
+        return max(equity, 0)
+
+    def _charge(self, asset: str, loss: int, weights: dict[bytes, int], pending=frozenset()) -> int:
+        """Up to loss quanta of asset taken from the accounts of weights in proportion to them (the
+        rounding remainder one quantum each to the largest weights, then by key), none beyond its
+        room (_room) but the books of pending, which this mark liquidates later (they pass their
+        share on at their turn): whom the proportion would take past its room gives its room,
+        and the rest is shared by the others in proportion again. Exact integers in a fixed order
+        (by room / weight, then key), so every validator takes the same quanta. Returns what was
+        taken: loss, unless every account of weights gave all its room."""
+        room = {h: None if h in pending else self._room(h, asset) for h in weights}
+        take: dict[bytes, int] = {}
+        left, total = loss, sum(weights.values())
+        # the proportion only grows as accounts give all their room: the first whose share fits
+        # leaves everyone after it (a larger room per weight) fitting too
+        for h in sorted((h for h in weights if room[h] is not None), key=lambda h: (Fraction(room[h], weights[h]), h)):
+            if room[h] * total >= left * weights[h]:
+                break
+            take[h] = room[h]
+            left, total = left - room[h], total - weights[h]
+        rest = sorted(h for h in weights if h not in take)
+        if left and rest:
+            shares = {h: left * weights[h] // total for h in rest}
+            extra = left - sum(shares.values())  # below the number of shares with a fraction: each has room
+            for h in sorted(rest, key=lambda h: (-weights[h], h)):
+                if not extra:
+                    break
+                if room[h] is None or shares[h] < room[h]:
+                    shares[h] += 1
+                    extra -= 1
+            take.update(shares)
+            left = extra
+        for h in sorted(take):
+            if take[h]:
+                _credit(self._mut(h), asset, -take[h])
+        return loss - left
 
     # ---- the commitment and its invariants -------------------------------------------------------
     @staticmethod
@@ -992,4 +1057,8 @@ class Clearing:
         for k, acct in self.accounts.items():
             if any(q == 0 for q in acct.collateral.values()) or any(n == 0 for n in acct.positions.values()):
                 out.append(f"account {k.hex()[:16]}: a zero balance or position is stored")
+            books = {self.series[i].asset for i in acct.positions}
+            for a, q in sorted(acct.collateral.items()):
+                if q < 0 and a not in books:  # no mark would ever liquidate it: a debt nobody collects
+                    out.append(f"account {k.hex()[:16]}: {a} cash {q} below zero with no position in {a}")
         return out

@@ -1,0 +1,205 @@
+"""Money review of the clearing ledger, sixth session (an attacker with two or more funded
+accounts, sometimes the proposer): socialized loss, auto-deleveraging, settlement and
+liquidation. Every block proposed here is checked by a second, software-only validator (same
+state root, Clearing.violations() empty, which now includes: no account holds negative cash in an
+asset in which it holds no position, a debt no later mark could collect).
+
+1. A socialized-loss share beyond what the counterparty had: the loss of a liquidated book was
+   charged to its deleveraged counterparties in proportion to the value they closed, whatever
+   they held. A counterparty whose weight was large beside its equity (long ETH futures bought
+   on borrowed cash, its equity just its initial margin) was charged far beyond it by a BTC
+   crash it had no part in and left, fully deleveraged, with negative cash and no position: a
+   debt nobody would ever collect, while the attacker's other account (the bankrupt's BTC
+   counterparty) kept most of its gain. Now a share is capped at the counterparty's equity in
+   the asset (a book the same mark liquidates later is not capped: it passes its share on) and
+   the rest goes to the others, then to every account with a positive balance, the same way.
+2. A write and its expiry in one block: the mark checked (ShortBooks) only holders of series it
+   does not settle, so a writer with no collateral, its trade's margin deferred to the block's
+   end, had its settlement debt paid by the fund and ended the block clean: an attacker took the
+   whole fund to its other account. Now every holder of an expiring series is checked.
+3. A writer left bankrupt by an expiry but holding a position on another underlying was neither
+   liquidated at that mark nor given to the settlement-debt rule: the receivers withdrew their
+   gain before the other underlying's next mark handed the loss to bystanders. Now it is
+   liquidated at the expiry mark, the settlement's receivers among those charged."""
+import logging
+
+import pytest
+
+from consensus.apps import clearing_tx as ctx
+from consensus.apps.clearing import Clearing
+from consensus.apps.clearing_app import ClearingApp
+from consensus.verify import Verifier
+from tests.test_clearing_properties import (DAY, O, ORACLES, SERIES, T0, USD, block_of, check_invariants,
+                                            committed_flows, signed)
+from tests.test_proposal_starvation_review import keys, supply_of
+
+VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    logging.disable(logging.CRITICAL)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def chain(app, validator, parent, vparent, supply):
+    """One block proposed by app on parent, checked by the software validator, committed by both."""
+    txs, state = app.propose(parent, set())
+    block = block_of(txs, bytes(32), state.root, validator)
+    v = validator.validate(vparent, block, ((), (), ()))
+    assert v.ok, v.reason
+    assert v.state.root == state.root
+    for a, q in committed_flows(txs).items():
+        supply[a] = supply.get(a, 0) + q
+    check_invariants(state.clearing, supply)
+    assert v.state.clearing.violations() == []
+    app.committed(block_of(txs, bytes(32), state.root, app), state)
+    validator.committed(block, v.state)
+    return txs, state, v.state
+
+
+def market(fund=100 * USD):
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": fund, "BTC": 0})
+    for s in SERIES:
+        c.list_series(s)
+    c.mark("BTC", 60_000.0, VOLS, 1, T0 + 60, O[:2])
+    c.mark("ETH", 3_000.0, {7: 0.7}, 1, T0 + 60, O[:2])
+    return c
+
+
+def apps(c):
+    return ClearingApp(Verifier("accel", "cpu"), c.snapshot()), ClearingApp(Verifier("software"), c.snapshot())
+
+
+def marked(app, *bodies):
+    items = [(b, [k.sign(b).signature for k in ORACLES[:2]]) for b in bodies]
+    assert app.submit_many(items) == [""] * len(items)
+
+
+def no_unbacked_debt(c):
+    for k, a in c.accounts.items():
+        books = {c.series[i].asset for i in a.positions}
+        for asset, q in a.collateral.items():
+            assert q >= 0 or asset in books, (k.hex()[:16], asset, q)
+
+
+# ---- 1. a socialized-loss share beyond the counterparty's equity -------------------------------
+
+
+def test_a_deleveraged_counterparty_is_not_charged_beyond_its_equity():
+    """Attacker A buys 1 BTC future from its own account H (60,000) and sells 10 ETH futures to
+    honest E, which buys them on borrowed cash with its initial margin (6,241 USD) deposited;
+    A deposits its initial margin. BTC crashes to 6,000: A's loss beyond its cash (35,279) was
+    charged 30/36 to E (ETH futures closed at 3,000 x 10 against BTC's 6,000 x 1), which, fully
+    deleveraged, ended with -23,074 USD and no position, for good; H kept 48,136 of its 54,000
+    gain. Now E pays at most its equity (6,241) and H the rest."""
+    c = market()
+    _, kk = keys(100, 4)
+    A, H, E, Z = sorted(kk)
+    deposits = {A: 18_721 * USD, H: 1_000_000 * USD, E: 6_241 * USD, Z: 1_000_000 * USD}
+    for k, q in deposits.items():
+        c.register(k)
+        c.deposit(k, 0, "USD", q)
+    c.trade(A, 1, H, 1, 3, 1, 60_000 * USD)
+    c.trade(E, 1, A, 2, 6, 10, 3_000 * USD)
+    assert c.accounts[E].collateral["USD"] < 0  # E's futures are bought on borrowed cash
+    app, validator = apps(c)
+    marked(app, ctx.mark("BTC", 6_000.0, 2, T0 + 120, VOLS, O[:2]))
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply_of(c))
+    after = state.clearing
+    assert [l.account for l in after.liquidations] == [A]
+    assert not after.accounts[E].positions and not after.accounts[A].positions
+    no_unbacked_debt(after)
+    assert after.accounts[E].collateral.get("USD", 0) == 0  # charged its whole equity, no more
+    assert after.accounts[Z].collateral["USD"] == deposits[Z]  # the bystander pays nothing
+    (liq,) = after.liquidations
+    assert liq.insurance == 100 * USD and liq.socialized == 35_179 * USD
+    # H, the other counterparty, pays the rest: 60,000 received, 6,000 paid back at the mark
+    assert after.accounts[H].collateral["USD"] == deposits[H] + 54_000 * USD - (35_179 - 6_241) * USD
+    assert vstate.clearing.accounts[E].collateral.get("USD", 0) == 0
+
+
+# ---- 2. a write and its expiry in one block: the fund paid a book no margin check ever saw -------
+
+
+def test_a_write_and_the_expiry_in_one_block_cannot_drain_the_fund():
+    """Attacker X (no collateral at all) writes 10 puts (55,000) to its account Y at price 0 and
+    the expiry mark (50,000) follows in the same block (the attacker proposing, or simply sending
+    the trade before the oracles' mark arrives): the trade's margin is deferred to the block's
+    end, the mark's ShortBooks check looked only at holders of series the mark does not settle,
+    the settlement left X 50,000 USD in debt with no position, the fund paid it and the block
+    ended with both books clean: Y withdrew the whole 50,000 USD fund. Now the holders of the
+    expiring series are checked at the mark too: X's book, touched in the block, makes it
+    invalid; the proposer holds the trade back."""
+    c = market(fund=50_000 * USD)
+    (XS, YS, ZS), (X, Y, Z) = keys(100, 3)
+    for k, q in ((X, 0), (Y, 1_000 * USD), (Z, 1_000_000 * USD)):
+        c.register(k)
+        if q:
+            c.deposit(k, 0, "USD", q)
+    app, validator = apps(c)
+    trade = signed(ctx.trade(Y, 1, X, 0, 2, 10, 0), [YS, XS])
+    body = ctx.mark("BTC", 50_000.0, 2, T0 + 2 * DAY, {}, O[:2])
+    mark = (body, [k.sign(body).signature for k in ORACLES[:2]])
+    # the attacker's block, trade then mark: invalid
+    from tests.test_clearing_properties import as_txs
+    raw = as_txs([trade, mark])
+    try:
+        root = validator.execute(validator.genesis, raw.bodies).root
+    except ValueError:
+        root = bytes(32)
+    v = validator.validate(validator.genesis, block_of(raw, bytes(32), root, validator), ((), (), ()))
+    assert not v.ok
+    # the honest proposer's block: the mark alone (the trade held back), the fund untouched
+    assert app.submit_many([trade, mark]) == ["", ""]
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply_of(c))
+    assert len(txs) == 1 and 2 in state.clearing.fixings
+    assert state.clearing.funds["USD"] == 50_000 * USD
+    assert state.clearing.accounts[Y].collateral["USD"] == 1_000 * USD
+    assert not state.clearing.liquidations
+
+
+# ---- 3. a settlement debt parked behind a position on another underlying ------------------------
+
+
+def test_a_writer_left_bankrupt_by_an_expiry_is_liquidated_at_that_mark_whatever_else_it_holds():
+    """Attacker X writes 20 ETH puts (3,000, expiring in 3 h) to its account Y and holds 1 BTC
+    future against honest E. The ETH mark at expiry fixes the puts at 2,700 (index 300): X's
+    USD book is bankrupt, but the mark checked only holders of ETH series it did not settle and
+    the settlement debt rule skipped X because it still held a USD position (the BTC future):
+    X stayed bankrupt until the next BTC mark, while Y withdrew its 54,000 gain; that mark then
+    charged X's loss to E and, beyond E, to everyone with a USD balance. Now the holders of the
+    expiring series are checked at the mark: X is liquidated there, its loss charged to E (whose
+    future it closed) and Y (whom the settlement paid) in proportion to the value they closed."""
+    c = market(fund=100 * USD)
+    (XS, YS, ES, ZS), (X, Y, E, Z) = keys(100, 4)
+    deposits = {X: 30_000 * USD, Y: 1_000 * USD, E: 20_000 * USD, Z: 1_000_000 * USD}
+    for k, q in deposits.items():
+        c.register(k)
+        c.deposit(k, 0, "USD", q)
+    c.trade(Y, 1, X, 1, 7, 20, c.values([7])[7])
+    c.trade(X, 2, E, 1, 3, 1, 60_000 * USD)
+    app, validator = apps(c)
+    supply = supply_of(c)
+    marked(app, ctx.mark("ETH", 300.0, 2, T0 + 3 * 3600, {}, O[:2]))
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
+    after = state.clearing
+    assert 7 in after.fixings and [l.account for l in after.liquidations] == [X]
+    (liq,) = after.liquidations
+    assert liq.insurance == 100 * USD and liq.socialized > 0
+    assert not after.accounts[X].positions and after.accounts[X].collateral.get("USD", 0) == 0
+    assert not after.accounts[E].positions
+    y_gain = after.accounts[Y].collateral["USD"] - deposits[Y]
+    e_gain = after.accounts[E].collateral["USD"] - deposits[E]
+    assert y_gain < 20 * 2_700 * USD and e_gain < 0  # both share X's loss
+    assert y_gain + e_gain == deposits[X] + 100 * USD  # which leaves the pair no more than X put in
+    assert after.accounts[Z].collateral["USD"] == deposits[Z]
+    # Y takes out everything; a later BTC mark finds nothing left to charge anyone
+    assert app.submit_many([signed(ctx.withdraw(Y, 2, "USD", after.accounts[Y].collateral["USD"]), [YS])]) == [""]
+    marked(app, ctx.mark("BTC", 59_000.0, 2, T0 + 4 * 3600, VOLS, O[:2]))
+    txs, state, vstate = chain(app, validator, state, vstate, supply)
+    assert len(txs) == 2 and len(state.clearing.liquidations) == 1
+    assert state.clearing.accounts[Z].collateral["USD"] == deposits[Z]
+    assert state.clearing.accounts[E].collateral["USD"] == after.accounts[E].collateral["USD"]
+
