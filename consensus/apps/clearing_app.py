@@ -116,18 +116,34 @@ def _gc_paused():
             gc.enable()
 
 
-def _runs(txs: list) -> list[tuple[int, int]]:
-    """txs cut into (start, end) slices: each mark or registration alone, and the runs of deposits,
-    withdrawals and trades between them (columnar execution applies a run at once)."""
-    out, start = [], 0
+def _runs(txs: list) -> list[tuple[list[int], list[int]]]:
+    """txs cut into steps (alone, run), each applied in turn: `alone` the positions applied one by
+    one first (a mark; registrations), then `run` the deposits, withdrawals and trades applied at
+    once (columnar execution). Only marks cut runs: a registration whose key no transaction of
+    the run before it names joins the run's registrations, applied ahead of the run, which is the
+    state of applying them in block order (a registration touches only its new account, and
+    nothing before it in the run can see that account). A registration of a key the run named
+    before it (that transaction or the registration is refused: the block is invalid) is a step
+    alone, after the run. Every run copies the block's working set (every holder of an underlying
+    a mark valued), so registrations between deposits (any client can send them) made the work
+    (block / 3) x (working set)."""
+    out: list[tuple[list[int], list[int]]] = []
+    regs: list[int] = []
+    run: list[int] = []
+    named: set[bytes] = set()
     for i, tx in enumerate(txs):
-        if tx.op not in _COLUMNAR:
-            if start < i:
-                out.append((start, i))
-            out.append((i, i + 1))
-            start = i + 1
-    if start < len(txs):
-        out.append((start, len(txs)))
+        if tx.op in _COLUMNAR:
+            run.append(i)
+            named.update(tx.signers)
+        elif tx.op == ctx.REGISTER and tx.signers[0] not in named:
+            regs.append(i)
+        else:
+            if regs or run:
+                out.append((regs, run))
+            out.append(([i], []))
+            regs, run, named = [], [], set()
+    if regs or run:
+        out.append((regs, run))
     return out
 
 
@@ -245,19 +261,27 @@ class ClearingApp:
         state = parent.clearing.snapshot()
         state.margin_s, state.defer = 0.0, True
         state.begin_block()
-        for start, end in _runs(txs):
-            if end - start > 1 and _guarded(apply_run, state, txs[start:end]):
-                continue
-            for i in range(start, end):  # one by one: a mark, a registration, or a run with a refusal
-                try:
-                    _guarded(ctx.apply, state, txs[i])
-                except Rejected as exc:
-                    raise Rejected(f"transaction {i}: {exc}") from None
+        for alone, run in _runs(txs):
+            if len(run) > 1:  # after its registrations (alone), which it may name
+                for i in alone:
+                    self._one(state, txs, i)
+                if _guarded(apply_run, state, [txs[i] for i in run]):
+                    continue
+                alone = []
+            for i in alone + run:  # one by one: a mark, registrations, or a run with a refusal
+                self._one(state, txs, i)
         short = _guarded(state.end_of_block)
         if short:
             raise Rejected(f"account {short[0].hex()[:16]} ends the block below initial margin")
         state.defer = False
         return State(state, b""), state.margin_s
+
+    @staticmethod
+    def _one(state: Clearing, txs: list, i: int) -> None:
+        try:
+            _guarded(ctx.apply, state, txs[i])
+        except Rejected as exc:
+            raise Rejected(f"transaction {i}: {exc}") from None
 
     @_gc_paused()
     def execute(self, parent: State, bodies: Packed) -> State:
@@ -369,19 +393,37 @@ class ClearingApp:
                     return out
                 pos += 1
                 continue
-            # the run of deposits, withdrawals and trades from here, as many as the block has room for
-            room = limit - len(out.kept)
-            if not filtering:
-                stop = min(barriers[bisect.bisect_left(barriers, pos)], pos + room)
-                run, pos = list(range(pos, stop)), stop
-            else:
-                run = []
-                while pos < len(candidates) and len(run) < room:
-                    if not skipped(pos):
-                        if candidates[pos][1].tx.op not in _COLUMNAR:
-                            break
-                        run.append(pos)
+            # the run of deposits, withdrawals and trades from here, as many as the block has room
+            # for; a registration on the way whose key the run has not named is applied at once
+            # and the run goes on (_runs: only marks cut runs)
+            run: list[int] = []
+            first = len(out.kept)  # out.kept from here: this run's registrations, then the run
+            named: set[bytes] = set()
+            seen = 0  # run[:seen] is in named
+            while pos < len(candidates) and len(out.kept) + len(run) < limit:
+                if filtering and skipped(pos):
                     pos += 1
+                    continue
+                tx = candidates[pos][1].tx
+                if tx.op in _COLUMNAR:
+                    if filtering:
+                        run.append(pos)
+                        pos += 1
+                    else:  # up to the next mark or registration at once
+                        stop = min(barriers[bisect.bisect_left(barriers, pos)], pos + limit - len(out.kept) - len(run))
+                        run += range(pos, stop)
+                        pos = stop
+                    continue
+                if tx.op != ctx.REGISTER:
+                    break
+                for p in run[seen:]:
+                    named.update(candidates[p][1].tx.signers)
+                seen = len(run)
+                if tx.signers[0] in named:
+                    break
+                if not one(pos):
+                    return out
+                pos += 1
             try:
                 at_once = len(run) > 1 and _guarded(apply_run, state, [candidates[p][1].tx for p in run])
             except _Internal:  # the state may be half written: propose what is safe
@@ -389,10 +431,13 @@ class ClearingApp:
                 return out
             if at_once:
                 out.kept += run
-                continue
-            for p in run:
-                if not one(p):
-                    return out
+            else:
+                for p in run:
+                    if not one(p):
+                        out.kept[first:] = sorted(out.kept[first:])
+                        return out
+            if len(out.kept) > first + 1:  # the block keeps the candidates' order
+                out.kept[first:] = sorted(out.kept[first:])
         out.stop = pos
         if not out.short:
             try:
@@ -501,17 +546,19 @@ class ClearingApp:
         and proposed like any other."""
         reasons: dict[bytes, str] = {}
         cut: dict[bytes, int] = {}  # account -> its first nonce evicted
+        # one pass over the kept transactions for all short accounts (one pass each made S short
+        # accounts of a K-transaction fill cost S x K / 2 steps): per account, the positions it
+        # signed up to its last kept one, from its first trade or withdrawal on (kept is in order)
+        signed: dict[bytes, list[int]] = {}
+        for pos in kept:
+            tx = candidates[pos][1].tx
+            for k in tx.signers:
+                last = short.get(k)
+                if last is not None and pos <= last and (k in signed or tx.op != ctx.DEPOSIT):
+                    signed.setdefault(k, []).append(pos)
         for k, last in short.items():
             why = f"left account {k.hex()[:16]} below initial margin"
-            mine, margined = [], False
-            for pos in kept:
-                if pos > last:
-                    break
-                tx = candidates[pos][1].tx
-                if k in tx.signers:
-                    margined = margined or tx.op != ctx.DEPOSIT
-                    if margined:
-                        mine.append(pos)
+            mine = signed.get(k, [])
             if not mine or mine[-1] != last:
                 mine.append(last)
             for pos in mine[len(mine) - max(1, len(mine) // 2):]:
