@@ -55,7 +55,7 @@ def validation_modes(validators: int, validation: str, software_validators: int 
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM (or SIGINT) while the network runs; its validators are stopped."""
+    """SIGTERM (or SIGINT, SIGHUP) while the network runs; its validators are stopped."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -338,13 +338,15 @@ class Localnet:
 
 
 class stopping_on_signals:
-    """Within it, SIGTERM and SIGINT raise Interrupted in the main thread (so `finally` blocks stop
-    what was started); the previous handlers come back after it."""
+    """Within it, SIGTERM, SIGINT and SIGHUP (the terminal or ssh session closed) raise Interrupted
+    in the main thread (so `finally` blocks stop what was started); the previous handlers come
+    back after it. SIGHUP killed the launcher outright before: its validators were left to notice
+    their parent gone, nothing said why it stopped."""
 
     def __enter__(self):
         self.old = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 self.old[sig] = signal.signal(sig, self._raise)
         return self
 

@@ -404,3 +404,29 @@ def test_a_metrics_connection_trickling_its_request_is_cut_at_the_deadline(monke
         server.shutdown()
         server.server_close()
     assert cut_at is not None and cut_at < len(request) - 1, cut_at
+
+
+# ---- process hygiene --------------------------------------------------------------------------------
+def test_localnet_stops_its_validators_in_order_on_sighup(tmp_path):
+    """Found closing the terminal of a running `accel localnet` (SIGHUP): the launcher died at
+    once by the signal's default action (status 129, nothing said), leaving its validators to
+    notice their parent gone on their own. Now SIGHUP is handled as SIGTERM and SIGINT are: the
+    validators are stopped, the launcher says so and exits 128 + 1."""
+    import signal
+    import subprocess
+
+    from tests.test_node_process import wait_committing
+    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "localnet", "--app", "kv", "--blocks", "100000",
+                             "--txs-per-block", "5", "--validation", "software", "--dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_committing(proc, tmp_path)
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 129 and "stopped (SIGHUP); every validator it started has exited" in err, err[-500:]
+    ps = subprocess.run(["pgrep", "-f", str(tmp_path / "node")], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "validator processes left running"
