@@ -332,9 +332,9 @@ def _margin_inputs(portfolio, marks, params):
     # valuations): read-only is a flag another thread may set back, and changing an offset or an
     # instrument id between a check of the caller's object and the kernel reading it (the C
     # fallback releases the GIL) sent the kernel past the arrays.
-    pf = _private(portfolio) if isinstance(portfolio, Portfolio) else Portfolio(**portfolio)
-    mk = _private(marks) if isinstance(marks, Marks) else Marks(**marks)
-    if not _intact(pf, mk):
+    pf, pf_copied = _private(portfolio) if isinstance(portfolio, Portfolio) else (Portfolio(**portfolio), True)
+    mk, mk_copied = _private(marks) if isinstance(marks, Marks) else (Marks(**marks), True)
+    if not (pf_copied and mk_copied and _intact(pf, mk)):
         pf, mk = replace(pf), replace(mk)
     params = MarginParams() if params is None else params
     if not isinstance(params, MarginParams):
@@ -358,16 +358,21 @@ def _sealed(arr: np.ndarray) -> np.ndarray:
 
 
 def _private(obj):
-    """A shallow copy of a Portfolio or Marks whose arrays are sealed copies of obj's, so no other
-    thread can change what is checked and then read. Arrays made writeable again (a book changed
-    in place) and attributes that are not the kernels' arrays are left as they are, for _intact to
-    refuse (the caller then checks everything in full, on copies)."""
-    out = copy.copy(obj)
+    """(a shallow copy of a Portfolio or Marks whose arrays are sealed copies of obj's, whether
+    every one was copied), so no other thread can change what is checked and then read. Arrays
+    made writeable again (a book changed in place) and attributes that are not the kernels' arrays
+    are left as they are and the caller checks everything in full, on copies: such an array's flag
+    may be set back before _intact looks at it, and the array changed after."""
+    out, copied = copy.copy(obj), True
     for f in fields(obj):
+        if f.name not in _LAYOUT:
+            continue
         value = getattr(obj, f.name)
-        if isinstance(value, np.ndarray) and value.dtype == _LAYOUT.get(f.name) and not value.flags.writeable:
+        if isinstance(value, np.ndarray) and value.dtype == _LAYOUT[f.name] and not value.flags.writeable:
             object.__setattr__(out, f.name, _sealed(value))
-    return out
+        else:
+            copied = False
+    return out, copied
 
 
 def _intact(pf, mk) -> bool:

@@ -20,10 +20,15 @@ Regression tests for the defects found (each failed before its fix):
   neither remembered.
 - verify_merkle_proof took a shaped memoryview root by its row count ("root is 1 bytes" for 32
   bytes in one row) and raised "can't concat memoryview to bytes" for a strided leaf; both are now
-  a TypeError naming the view, as ed25519_verify does."""
+  a TypeError naming the view, as ed25519_verify does.
+
+Attacks that held are kept as guards: Ed25519 batches whose errors cancel in an unweighted sum,
+and every backend and C thread count called from many threads at once."""
 from __future__ import annotations
 
+import random
 import subprocess
+import threading
 import sys
 import textwrap
 
@@ -254,3 +259,70 @@ def test_proof_roots_and_leaves_that_are_not_plain_bytes_are_named():
     with pytest.raises(TypeError, match="leaf is a non-contiguous memoryview"):
         accel.verify_merkle_proof(root, memoryview(b"cxcx")[::2], proof)
     assert accel.verify_merkle_proof(memoryview(bytearray(root)), memoryview(b"c"), proof)
+
+
+# ---------------------------------------------------------------- Ed25519: cancelling errors
+
+def test_errors_that_cancel_in_an_unweighted_batch_sum_fail_each_signature(backends):
+    """Signature i with S + d and signature j with S - d (both S canonical): their errors cancel in
+    the sum of the S values, so a batch equation with equal (or predictable) weights would pass
+    both. Each must get its single verdict, False, at every batch size around the C fallback's
+    batch threshold and chunking, and make verify_all False."""
+    from accel.ed25519_ref import L
+    pks, msgs, sigs = _signed(70)
+    sigs[3] = SigningKey(bytes([4]) * 32).sign(msgs[3]).signature  # undo _signed's tampering
+    rng = random.Random(5)
+    for n in (2, 7, 8, 9, 16, 17, 64, 70):
+        i, j = rng.sample(range(n), 2)
+        d = rng.randrange(1, L)
+        bad = list(sigs[:n])
+        for at, delta in ((i, d), (j, -d)):
+            s = (int.from_bytes(bad[at][32:], "little") + delta) % L
+            bad[at] = bad[at][:32] + s.to_bytes(32, "little")
+        want = [k not in (i, j) for k in range(n)]
+        for b in backends:
+            assert accel.ed25519_verify_batch(pks[:n], msgs[:n], bad, backend=b).tolist() == want, (b.name, n)
+            assert accel.ed25519_verify_all(pks[:n], msgs[:n], bad, backend=b) is False, (b.name, n)
+            assert accel.ed25519_verify_all(pks[:n], msgs[:n], sigs[:n], backend=b) is True, (b.name, n)
+
+
+# ---------------------------------------------------------------- many threads at once
+
+def test_threads_on_every_backend_and_thread_count_get_the_serial_bits(backends):
+    """Six Python threads call verification, Merkle, SHA-256, greeks and margin at once on the C
+    fallback at 1, 2 and 3 OpenMP threads and on every other backend (the C calls release the
+    GIL, so they overlap): every result equals the serial one, bit for bit."""
+    from accel.backends.cpu import CpuBackend
+    pks, msgs, sigs = _signed(120)
+    leaves = [bytes([i % 256]) * (i % 90) for i in range(2000)]
+    x = np.linspace(10.0, 1000.0, 3000)
+    book, marks = _book(n_accounts=300, per=6)
+    jobs = {
+        "verify": lambda b: accel.ed25519_verify_batch(pks, msgs, sigs, backend=b).tobytes(),
+        "all": lambda b: accel.ed25519_verify_all(pks[4:], msgs[4:], sigs[4:], backend=b),
+        "root": lambda b: accel.merkle_root(leaves, backend=b),
+        "sha": lambda b: b"".join(accel.sha256_many(leaves, backend=b)),
+        "greeks": lambda b: np.array(accel.greeks(x, 500.0, 0.3, 0.01, 0.6, x > 400.0, backend=b)).tobytes(),
+        "margin": lambda b: b"".join(a.tobytes() for a in accel.portfolio_margin(book, marks, backend=b)),
+    }
+    pool = [CpuBackend(1), CpuBackend(2), CpuBackend(3), *backends]
+    want = {name: fn(pool[0]) for name, fn in jobs.items()}
+    assert want["all"] is True and want["verify"].count(0) == 1
+    errors = []
+
+    def worker(seed):
+        r = random.Random(seed)
+        for _ in range(12):
+            b, name = r.choice(pool), r.choice(sorted(jobs))
+            try:
+                if jobs[name](b) != want[name]:
+                    errors.append((name, b.device))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append((name, b.device, repr(exc)))
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
