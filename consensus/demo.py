@@ -140,6 +140,8 @@ def main(argv=None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         ap.error(f"--sizes {args.sizes!r}: comma-separated integers")
+    if len(set(sizes)) != len(sizes):  # a second run of a size went into the first one's directory and stores
+        ap.error(f"--sizes {args.sizes!r}: a size given twice")
     blocks_for = {size: args.blocks or DEFAULT_BLOCKS.get(size, 20) for size in sizes}
     for size, blocks in blocks_for.items():
         if size < 1:
@@ -192,7 +194,11 @@ def main(argv=None) -> int:
                            base_timeout_ms=max(1000.0, 2.5 * size), app="clearing", sig_cache=args.sig_cache,
                            load_stream=streams.get(size))
             streams.setdefault(size, net.dir / "load.bin")  # the same signed stream for every run of a size
-            runs.append(net.run(progress=_progress(name)))
+            try:
+                runs.append(net.run(progress=_progress(name)))
+            except RuntimeError as exc:  # a validator that exited, a run past its timeout: one line
+                print(f"python -m consensus.demo: error: run {name}: {exc}", file=sys.stderr, flush=True)
+                return 1
             (out / "runs" / f"{name}.json").write_text(json.dumps(runs[-1], indent=1))
     except KeyboardInterrupt as exc:  # SIGINT, SIGTERM (localnet.Interrupted): its validators have stopped
         print(f"stopped ({exc.args[0] if exc.args else 'SIGINT'}); every validator it started has exited", flush=True)

@@ -430,3 +430,27 @@ def test_localnet_stops_its_validators_in_order_on_sighup(tmp_path):
     assert proc.returncode == 129 and "stopped (SIGHUP); every validator it started has exited" in err, err[-500:]
     ps = subprocess.run(["pgrep", "-f", str(tmp_path / "node")], capture_output=True, text=True)
     assert ps.stdout.strip() == "", "validator processes left running"
+
+
+def test_the_demo_says_in_one_line_when_a_run_fails_and_refuses_a_size_twice(tmp_path, capsys, monkeypatch):
+    """`make demo` with a validator that exits (or a run past its timeout) ended in a Python
+    traceback (localnet's RuntimeError, uncaught); `--sizes 100,100` ran the second network in
+    the first one's directory, on its stores. Now the first is one line naming the run (exit 1),
+    the second refused before anything runs."""
+    from consensus import demo
+
+    class Failing:
+        def __init__(self, *args, **kwargs):
+            self.dir = Path(args[6])
+
+        def run(self, **kwargs):
+            raise RuntimeError("validator 2 exited with status 1; see net/node2.log")
+    monkeypatch.setattr(demo, "Localnet", Failing)
+    status = demo.main(["--out", str(tmp_path / "out"), "--backends", "cpu", "--sizes", "100", "--blocks", "10"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and err.endswith("error: run cpu-100: validator 2 exited with status 1; see net/node2.log")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--out", str(tmp_path / "out2"), "--backends", "cpu", "--sizes", "100,100", "--blocks", "10"])
+    assert exc.value.code == 2 and "a size given twice" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
