@@ -269,3 +269,33 @@ def test_many_short_accounts_are_evicted_and_the_honest_trade_gets_in():
     assert all(app.refused[h].startswith("left account") for h in
                [hashlib.sha256(b).digest() for b, _ in items[:-1]])
     agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
+
+
+# ---- 3. blocks longer than any honest proposer builds -------------------------------------------
+
+
+def test_a_block_over_max_block_txs_is_refused_before_its_signatures_and_proposals_stay_under(monkeypatch):
+    """A Byzantine proposer's block was bounded only by the 64 MiB frame (600,000 registrations,
+    6,000 times a node's default block), and every validator checked every signature in it. Now a
+    block over MAX_BLOCK_TXS (here made 30) is refused before any signature is checked, whatever
+    the validator's own max_txs, and a proposer never builds one."""
+    c, items = registration_flood(20, with_mark=False)  # 60 valid transactions
+    big = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=10_000)
+    assert big.submit_many(items) == [""] * len(items)
+    txs, state = big.propose(big.genesis, set())
+    assert len(txs) == 60
+    monkeypatch.setattr(clearing_app, "MAX_BLOCK_TXS", 30)
+    for v in (ClearingApp(Verifier("software"), c.snapshot(), max_txs=10_000),
+              ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=10_000, sig_cache=False)):
+        checked = []
+        real = v.verifier.verify_all
+        monkeypatch.setattr(v.verifier, "verify_all", lambda *a: checked.append(1) or real(*a))
+        verdict = v.validate(v.genesis, block_of(txs, bytes(32), state.root, v), ((), (), ()))
+        assert not verdict.ok and "at most 30" in verdict.reason
+        assert checked == []
+    proposer = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=10_000)
+    assert proposer.max_txs == 30
+    assert proposer.submit_many(items) == [""] * len(items)
+    txs, state = proposer.propose(proposer.genesis, set())
+    assert len(txs) == 30
+    agree(proposer, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
