@@ -438,15 +438,25 @@ class Client:
         key is an RpcError (verify_account_proof alone would accept another account's true proof)."""
         want = public(key).hex()
         answer = self._call(url or self.urls[0], f"/account?key=0x{want}", ok404=True)
+        if answer.get("http_status", 404) != 404:  # a 503 (too many connections) is not "not registered"
+            raise RpcError(f"{url or self.urls[0]}/account: {answer['http_status']} "
+                           f"{' '.join(str(answer.get('error')).split())[:300]}", answer["http_status"], answer)
         if answer.get("key", want) != want:
             raise RpcError(f"{url or self.urls[0]}/account: asked about {want[:16]}, answered about "
                            f"{str(answer.get('key'))[:16]}", body=answer)
         return answer
 
-    def next_nonce(self, key) -> int:
-        """The committed nonce (0 for an account not registered yet); transactions still pending
-        are not counted."""
-        return self.account(key).get("nonce", 0)
+    def next_nonce(self, key, url: str | None = None) -> int:
+        """The committed nonce (0 for an account not registered yet: a 404); transactions still
+        pending are not counted. An answer without an integer nonce 0..2^64-1 is an RpcError (a
+        503 or a malformed answer was read as nonce 0 before)."""
+        answer = self.account(key, url)
+        if answer.get("http_status") == 404 and "nonce" not in answer:
+            return 0
+        nonce = answer.get("nonce")
+        if type(nonce) is not int or not 0 <= nonce <= U64:
+            raise RpcError(f"{url or self.urls[0]}/account: no nonce in the answer ({str(nonce)[:40]!r})", body=answer)
+        return nonce
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Until every validator's /health says 200 (a validator not listening yet is waited for);

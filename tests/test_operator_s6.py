@@ -454,3 +454,30 @@ def test_the_demo_says_in_one_line_when_a_run_fails_and_refuses_a_size_twice(tmp
         demo.main(["--out", str(tmp_path / "out2"), "--backends", "cpu", "--sizes", "100,100", "--blocks", "10"])
     assert exc.value.code == 2 and "a size given twice" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("answer", [
+    _http("503 Service Unavailable", b'{"error": "64 connections open from 127.0.0.1; close some"}'),
+    _http("200 OK", json.dumps({"key": bytes(K1.verify_key).hex(), "height": 3}).encode()),
+    _http("200 OK", json.dumps({"key": bytes(K1.verify_key).hex(), "nonce": "7"}).encode()),
+    _http("200 OK", json.dumps({"key": bytes(K1.verify_key).hex(), "nonce": -1}).encode()),
+])
+def test_next_nonce_is_an_error_unless_the_validator_names_one(answer):
+    """`accel tx deposit` without --nonce signs with Client.next_nonce, which read a 503 (the
+    validator's connection bound), an answer without a nonce or with a string one as nonce 0
+    (or passed "7" on): the transaction was then refused as stale, or a builder's error blamed
+    the user's nonce. Now only a 404 (not registered) is nonce 0; anything else without an
+    integer nonce is an RpcError."""
+    server = _Hostile(answer)
+    try:
+        with pytest.raises(cl.RpcError):
+            cl.Client(server.url).next_nonce(K1)
+    finally:
+        server.close()
+    unknown = _Hostile(_http("404 Not Found", b'{"error": "account 1234 is not registered at height 9"}'))
+    known = _Hostile(_http("200 OK", json.dumps({"key": bytes(K1.verify_key).hex(), "nonce": 4}).encode()))
+    try:
+        assert cl.Client(unknown.url).next_nonce(K1) == 0 and cl.Client(known.url).next_nonce(K1) == 4
+    finally:
+        unknown.close()
+        known.close()
