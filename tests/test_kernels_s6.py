@@ -21,6 +21,10 @@ Regression tests for the defects found (each failed before its fix):
 - verify_merkle_proof took a shaped memoryview root by its row count ("root is 1 bytes" for 32
   bytes in one row) and raised "can't concat memoryview to bytes" for a strided leaf; both are now
   a TypeError naming the view, as ed25519_verify does.
+- two builds of one CUDA module into one directory (two `accel build-cuda` runs sharing the
+  cache, or a module named twice) shared their .cu and .part paths: one deleted the other's source
+  mid-compile or moved its half-written output into place (FileNotFoundError seen with a stand-in
+  compiler). Each build now works in a directory of its own beside the target.
 
 Attacks that held are kept as guards: Ed25519 batches whose errors cancel in an unweighted sum,
 and every backend and C thread count called from many threads at once."""
@@ -326,3 +330,39 @@ def test_threads_on_every_backend_and_thread_count_get_the_serial_bits(backends)
     for t in threads:
         t.join()
     assert errors == []
+
+
+# ---------------------------------------------------------------- CUDA prebuilds side by side
+
+_SLOW_COMPILER = """#!{python}
+import sys, time
+args = sys.argv[1:]
+out, src = args[args.index("-o") + 1], args[args.index("-o") - 1]
+time.sleep(0.2)
+data = open(src, "rb").read()
+with open(out, "wb") as f:  # written in two halves, as a compiler may
+    f.write(b"\\x7fELF" + data[:len(data) // 2])
+    f.flush()
+    time.sleep(0.2)
+    f.write(data[len(data) // 2:])
+print("ptxas info    : Compiling entry function 'av_stand_in'", file=sys.stderr)
+"""
+
+
+def test_two_builds_of_one_cuda_module_into_one_directory_both_finish_whole(tmp_path):
+    """A stand-in for nvcc that takes a moment and writes its output in two halves; two builds of
+    merkle.h for one architecture run at once into one directory. Both succeed, the cubin is whole
+    (the full source behind the ELF magic), and nothing else is left in the directory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from accel.backends import cubins
+    compiler = tmp_path / "nvcc"
+    compiler.write_text(_SLOW_COMPILER.format(python=sys.executable))
+    compiler.chmod(0o755)
+    out = tmp_path / "cubins"
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(cubins.build, "merkle.h", "sm_90", out, (), str(compiler)) for _ in range(2)]
+        paths = [f.result()[0] for f in futures]
+    assert paths[0] == paths[1] == cubins.find(out, "merkle.h", "sm_90")
+    assert paths[0].read_bytes() == b"\x7fELF" + cubins.module_source("merkle.h").encode()
+    assert [p.name for p in out.iterdir()] == [paths[0].name]

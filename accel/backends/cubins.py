@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,14 @@ def build(module: str, arch: str, directory: str | os.PathLike, extra: tuple[str
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / cubin_name(module, arch, extra)
-    src = target.with_suffix(".cu")
-    src.write_text(module_source(module))
-    tmp = target.with_suffix(".cubin.part")
+    # Source and output in a directory of this build's own, beside the target: two builds of one
+    # module (two `accel build-cuda` runs into one cache, or a module named twice) shared the .cu
+    # and .part paths, so one deleted the other's source mid-compile or moved its half-written
+    # output into place. The file names nvcc sees stay the target's.
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
+    src, tmp = work / target.with_suffix(".cu").name, work / target.name
     try:
+        src.write_text(module_source(module))
         proc = subprocess.run([compiler, "-cubin", f"-arch={arch}", *CUDA_OPTIONS, *extra, "-Xptxas", "-v",
                                "-diag-suppress", "177", str(src), "-o", str(tmp)],
                               capture_output=True, text=True)
@@ -104,8 +109,7 @@ def build(module: str, arch: str, directory: str | os.PathLike, extra: tuple[str
             raise KernelError(f"nvcc build of kernels/{module} for {arch} failed:\n{proc.stderr.strip()}")
         tmp.replace(target)  # complete or absent: a reader never loads half a file
     finally:
-        src.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     return target, parse_ptxas(proc.stderr)
 
 
