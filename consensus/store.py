@@ -22,9 +22,65 @@ class StoreError(RuntimeError):
     """The store does not hold what this validator must have written (one line, with heights)."""
 
 
+def _damaged(exc: sqlite3.DatabaseError) -> StoreError:
+    return StoreError(f"the store does not read back ({exc}): its file is damaged; restore a backup, or remove the "
+                      "data directory to start again (from the genesis, or from a peer's snapshot with state_sync)")
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose reads raise StoreError (one line) where SQLite finds the file damaged
+    ("database disk image is malformed", "file is not a database": a plain sqlite3.DatabaseError,
+    raised by whichever read reaches the damaged page), not an exception from deep in a caller.
+    Its subclasses (a full disk, a locked file, a constraint) are left as they are."""
+
+    def execute(self, *args):
+        try:
+            return super().execute(*args)
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:
+                raise _damaged(exc) from None
+            raise
+
+    def fetchone(self):
+        try:
+            return super().fetchone()
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:
+                raise _damaged(exc) from None
+            raise
+
+    def fetchall(self):
+        try:
+            return super().fetchall()
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:
+                raise _damaged(exc) from None
+            raise
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:
+                raise _damaged(exc) from None
+            raise
+
+
+class _Connection(sqlite3.Connection):
+    def execute(self, *args):
+        return self.cursor(_Cursor).execute(*args)
+
+
+def _id(value, what: str) -> bytes:
+    """A stored id column's bytes; StoreError (one line) where a damaged row holds another type."""
+    if not isinstance(value, bytes):
+        raise StoreError(f"{what} holds {type(value).__name__}, not a block id: the store is damaged")
+    return bytes(value)
+
+
 class Store:
     def __init__(self, path):
-        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db = sqlite3.connect(str(path), isolation_level=None, factory=_Connection)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a vote may leave only after its state is on disk
         self.db.execute("CREATE TABLE IF NOT EXISTS safety (one INTEGER PRIMARY KEY CHECK (one = 1), "
@@ -37,7 +93,7 @@ class Store:
         # state snapshots: `txs` is the number of transactions committed up to and including `height`
         self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
                         "state_root BLOB NOT NULL, txs INTEGER NOT NULL, blob BLOB NOT NULL)")
-        self._kept = {bytes(r[0]) for r in self.db.execute("SELECT id FROM uncommitted")}
+        self._kept = {_id(r[0], "an uncommitted row") for r in self.db.execute("SELECT id FROM uncommitted")}
         self._manifests: dict[tuple, bytes] = {}  # (height, block id, chunk size) -> snapshot_manifest's answer
 
     def save_safety(self, safety: Safety) -> None:
@@ -83,7 +139,8 @@ class Store:
                 p = messages.decode(bytes(frame))
             except (messages.DecodeError, TypeError) as exc:
                 raise StoreError(f"stored uncommitted block at height {height} does not decode: {exc}") from None
-            if not isinstance(p, Proposal) or p.block.id != bytes(block_id) or p.block.height != height:
+            if not isinstance(p, Proposal) or p.block.id != _id(block_id, f"the uncommitted row at height {height}") \
+                    or p.block.height != height:
                 raise StoreError(f"stored uncommitted block at height {height} is not the block its row names")
             blocks.append(p)
         return Safety(row[0], high_qc, tuple(blocks))
@@ -96,18 +153,20 @@ class Store:
         last = self.db.execute("SELECT height, id FROM committed ORDER BY height DESC LIMIT 1").fetchone()
         if last is not None and last[0] >= b.height:
             row = self.db.execute("SELECT id FROM committed WHERE height = ?", (b.height,)).fetchone()
-            if row is not None and bytes(row[0]) == b.id:
+            stored = _id(row[0], f"the committed row at height {b.height}") if row is not None else None
+            if stored == b.id:
                 return
             raise StoreError(f"committed block at height {b.height} conflicts with the stored one "
-                             f"{bytes(row[0]).hex() if row else '(none)'}; stored chain ends at {last[0]}")
-        want_height, want_parent = (last[0] + 1, bytes(last[1])) if last is not None else (1, None)
+                             f"{stored.hex() if stored else '(none)'}; stored chain ends at {last[0]}")
+        want_height, want_parent = (last[0] + 1, _id(last[1], f"the committed row at height {last[0]}")) \
+            if last is not None else (1, None)
         if b.height != want_height or (want_parent is not None and b.parent != want_parent):
             raise StoreError(f"committed block at height {b.height} does not extend the stored chain "
                              f"(which ends at height {want_height - 1})")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
-            gone = [bytes(r[0]) for r in self.db.execute("SELECT id FROM uncommitted WHERE height <= ?", (b.height,))]
+            gone = [r[0] for r in self.db.execute("SELECT id FROM uncommitted WHERE height <= ?", (b.height,))]
             self.db.execute("DELETE FROM uncommitted WHERE height <= ?", (b.height,))
             self.db.execute("COMMIT")
         except BaseException:
@@ -120,7 +179,7 @@ class Store:
         """Store the state snapshot of the committed block at `height` and drop all but the newest
         `keep` (one older than the newest stays, should the newest be unreadable)."""
         row = self.db.execute("SELECT id FROM committed WHERE height = ?", (height,)).fetchone()
-        if row is None or bytes(row[0]) != block_id:
+        if row is None or row[0] != block_id:
             raise StoreError(f"a snapshot at height {height} is not of the stored committed block there")
         self.db.execute("BEGIN IMMEDIATE")
         try:
@@ -169,7 +228,7 @@ class Store:
         row = self.db.execute("SELECT id, length(blob) FROM snapshots WHERE height = ?", (height,)).fetchone()
         if row is None:
             return None
-        key = (height, bytes(row[0]), chunk_size)
+        key = (height, _blob(row[0]), chunk_size)
         if key not in self._manifests:
             blob = self.snapshot_blob(height)
             if blob is None:
@@ -193,14 +252,19 @@ class Store:
         without decoding the blocks."""
         rows = self.db.execute("SELECT height, id FROM committed ORDER BY height").fetchall()
         first = rows[0][0] if rows else 1
-        return [None] * (first - 1) + [bytes(r[1]) for r in rows]
+        return [None] * (first - 1) + [_id(r[1], f"the committed row at height {r[0]}") for r in rows]
 
     def committed_range(self, from_height: int, count: int) -> list[Proposal]:
         """Up to `count` committed proposals from from_height on, in height order (Core's
         committed_source: what it serves peers once it pruned them from memory)."""
-        rows = self.db.execute("SELECT proposal FROM committed WHERE height >= ? ORDER BY height LIMIT ?",
+        rows = self.db.execute("SELECT height, proposal FROM committed WHERE height >= ? ORDER BY height LIMIT ?",
                                (from_height, count)).fetchall()
-        return [messages.decode(r[0]) for r in rows]
+        out = []
+        for height, frame in rows:  # a damaged row: DecodeError naming it, whatever the column holds
+            if not isinstance(frame, bytes):
+                raise messages.DecodeError(f"the stored block at height {height} is a {type(frame).__name__}")
+            out.append(messages.decode(frame))
+        return out
 
     def history(self, after: int = 0, parent: bytes | None = None) -> tuple[Proposal, ...]:
         """The committed proposals above height `after` (the first one's parent must be `parent`,
@@ -215,12 +279,15 @@ class Store:
                 raise StoreError(f"stored chain has a gap: height {height} follows height {after + len(out)}")
             try:
                 p = messages.decode(frame)
-            except messages.DecodeError as exc:
+            except (messages.DecodeError, TypeError) as exc:
                 raise StoreError(f"stored block at height {height} does not decode: {exc}") from None
+            if not isinstance(p, Proposal):
+                raise StoreError(f"stored block at height {height} is a {type(p).__name__}, not a proposal")
             b = p.block
-            if not isinstance(p, Proposal) or b.height != height or b.id != bytes(block_id):
+            block_id = _id(block_id, f"the committed row at height {height}")
+            if b.height != height or b.id != block_id:
                 raise StoreError(f"stored block at height {height} is not the block its row names "
-                                 f"(height {b.height}, id {b.id.hex()[:16]}, row id {bytes(block_id).hex()[:16]})")
+                                 f"(height {b.height}, id {b.id.hex()[:16]}, row id {block_id.hex()[:16]})")
             if parent is not None and b.parent != parent:
                 raise StoreError(f"stored block at height {height} does not extend the one at height {height - 1}")
             out.append(p)
