@@ -298,9 +298,10 @@ def test_threads_on_every_backend_and_thread_count_get_the_serial_bits(backends)
     GIL, so they overlap): every result equals the serial one, bit for bit."""
     from accel.backends.cpu import CpuBackend
     pks, msgs, sigs = _signed(120)
-    leaves = [bytes([i % 256]) * (i % 90) for i in range(2000)]
+    # past the C fallback's thresholds for going parallel (8,192 leaves, 4 greeks blocks, 4,096 positions)
+    leaves = [bytes([i % 256]) * (i % 90) for i in range(9000)]
     x = np.linspace(10.0, 1000.0, 3000)
-    book, marks = _book(n_accounts=300, per=6)
+    book, marks = _book(n_accounts=800, per=6)
     jobs = {
         "verify": lambda b: accel.ed25519_verify_batch(pks, msgs, sigs, backend=b).tobytes(),
         "all": lambda b: accel.ed25519_verify_all(pks[4:], msgs[4:], sigs[4:], backend=b),
