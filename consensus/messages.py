@@ -257,7 +257,9 @@ def _get_qc(r: _Reader) -> QC:
     block_id, view, height = r.raw(32), r.u64(), r.u64()
     _bounded(view, height)
     count = r.u16()
-    voters = tuple(r.u16() for _ in range(count))
+    # read as one array, never a Python loop per voter: a Byzantine peer's frame of QCs with 65,535
+    # voters each (1M per 64 MiB frame) held the event loop for about a second per frame
+    voters = tuple(np.frombuffer(r.take(2 * count), ">u2").tolist())
     return QC(block_id, view, height, voters, r.raw(64 * count))
 
 
@@ -274,9 +276,12 @@ def _put_tc(w: _Writer, tc: TC):
 def _get_tc(r: _Reader) -> TC:
     view, count = r.u64(), r.u16()
     _bounded(view)
-    pairs = [(r.u16(), r.u64()) for _ in range(count)]
+    pairs = np.frombuffer(r.take(10 * count), _TC_PAIR)  # (voter u16, high QC view u64), as for a QC's voters
     sigs = r.raw(64 * count)
-    return TC(view, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), sigs, _get_qc(r))
+    return TC(view, tuple(pairs["voter"].tolist()), tuple(pairs["high_view"].tolist()), sigs, _get_qc(r))
+
+
+_TC_PAIR = np.dtype([("voter", ">u2"), ("high_view", ">u8")])
 
 
 def _put_block(w: _Writer, b: Block):
