@@ -138,7 +138,7 @@ def check(backend: str | None = None) -> tuple[str, list[KernelCheck]]:
     """(the backend's description, one KernelCheck per kernel). A backend that cannot start gives
     one failing line saying why. Raises ConfigError for a bad configuration."""
     cfg = config.get()
-    name = backend or cfg.backend
+    name = cfg.backend if backend is None else backend
     try:
         b = get_backend(backend)
     except BackendUnavailable as exc:
