@@ -27,7 +27,7 @@ from consensus.apps.clearing import Rejected
 from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
 from tests.test_clearing_columns import funded_genesis
-from tests.test_clearing_properties import O, ORACLES, T0, USD, as_txs, block_of, signed
+from tests.test_clearing_properties import K, O, ORACLES, T0, USD, USERS, as_txs, block_of, signed
 
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
 
@@ -299,3 +299,49 @@ def test_a_block_over_max_block_txs_is_refused_before_its_signatures_and_proposa
     txs, state = proposer.propose(proposer.genesis, set())
     assert len(txs) == 30
     agree(proposer, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
+
+
+# ---- 4. accel refusing an input inside a proposal ----------------------------------------------
+
+
+def _margined_mempool():
+    c = funded_genesis()
+    n = [c.accounts[k].nonce for k in K]
+    items = [signed(ctx.trade(K[0], n[0], K[1], n[1], 3, 1, 60_000 * USD), [USERS[0], USERS[1]]),
+             signed(ctx.withdraw(K[2], n[2], "USD", USD), [USERS[2]]),
+             signed(ctx.deposit(K[3], n[3], "USD", USD), [USERS[3]])]
+    return c, items
+
+
+def test_accel_refusing_the_margin_call_at_the_blocks_end_does_not_raise_out_of_propose(monkeypatch):
+    """accel.portfolio_margin raising ValueError (how accel refuses an input) at the end of a fill
+    came out of propose as Rejected (only _Internal was caught there), against invariant 4; the
+    leader lost its view, and every leader every view while the state made accel refuse. Now the
+    fill is broken and the proposal falls back to what is safe (nothing here: every signer is
+    held back), valid for a software-only validator (whose margin is NumPy's), and nothing is
+    refused for it."""
+    import accel
+    c, items = _margined_mempool()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    assert app.submit_many(items) == [""] * 3
+
+    def refuses(*a, **k):
+        raise ValueError("the backend refuses this batch")
+    monkeypatch.setattr(accel, "portfolio_margin", refuses)
+    txs, state = app.propose(app.genesis, set())
+    assert len(txs) == 0
+    assert len(app.mempool) == 3 and not app.refused
+    agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
+
+
+def test_a_run_raising_valueerror_does_not_raise_out_of_propose(monkeypatch):
+    c, items = _margined_mempool()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    assert app.submit_many(items) == [""] * 3
+
+    def refuses(state, txs):
+        raise ValueError("refused")
+    monkeypatch.setattr(clearing_app, "apply_run", refuses)
+    txs, state = app.propose(app.genesis, set())  # raised Rejected before
+    assert len(txs) == 0 and len(app.mempool) == 3 and not app.refused
+    agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)

@@ -434,8 +434,8 @@ class ClearingApp:
                 pos += 1
             try:
                 at_once = len(run) > 1 and _guarded(apply_run, state, [candidates[p][1].tx for p in run])
-            except _Internal:  # the state may be half written: propose what is safe
-                out.broken = -1
+            except Rejected:  # no rule refuses a whole run (it declines): accel refusing an input
+                out.broken = -1  # (ValueError) or a bug, and the state may be half written: propose what is safe
                 return out
             if at_once:
                 out.kept += run
@@ -450,8 +450,8 @@ class ClearingApp:
         if not out.short:
             try:
                 out.short = last(_guarded(state.end_of_block))
-            except _Internal:  # no transaction to blame: propose what is safe
-                out.broken = -1
+            except Rejected:  # accel refusing the margin call (ValueError) or a bug: no transaction
+                out.broken = -1  # to blame, propose what is safe (it raised out of propose before)
         return out
 
     @_gc_paused()
