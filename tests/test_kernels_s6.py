@@ -25,6 +25,9 @@ Regression tests for the defects found (each failed before its fix):
   cache, or a module named twice) shared their .cu and .part paths: one deleted the other's source
   mid-compile or moved its half-written output into place (FileNotFoundError seen with a stand-in
   compiler). Each build now works in a directory of its own beside the target.
+- opencl_device = " " (a blank value) matched every OpenCL device whose name has a space and took
+  the first of them, a CPU driver listed before the GPU included, where an empty value takes the
+  first GPU: now refused, saying why.
 
 Attacks that held are kept as guards: Ed25519 batches whose errors cancel in an unweighted sum,
 and every backend and C thread count called from many threads at once."""
@@ -378,3 +381,24 @@ def test_two_builds_of_one_cuda_module_into_one_directory_both_finish_whole(tmp_
     assert paths[0] == paths[1] == cubins.find(out, "merkle.h", "sm_90")
     assert paths[0].read_bytes() == b"\x7fELF" + cubins.module_source("merkle.h").encode()
     assert [p.name for p in out.iterdir()] == [paths[0].name]
+
+
+# ---------------------------------------------------------------- OpenCL device choice
+
+def test_a_blank_opencl_device_is_refused_not_matched_against_every_name(monkeypatch):
+    pytest.importorskip("pyopencl")
+    import pyopencl as cl
+
+    from accel.backends import opencl
+
+    class Dev:
+        def __init__(self, name, kind):
+            self.name, self.type = name, kind
+
+    cpu_dev, gpu_dev = Dev("pthread-cpu AMD EPYC", cl.device_type.CPU), Dev("NVIDIA H100 80GB", cl.device_type.GPU)
+    monkeypatch.setattr(opencl, "list_devices", lambda: [cpu_dev, gpu_dev])
+    assert opencl.pick_device("") is gpu_dev
+    assert opencl.pick_device("epyc") is cpu_dev
+    for blank in (" ", "  ", "\t"):
+        with pytest.raises(accel.BackendUnavailable, match="only whitespace"):
+            opencl.pick_device(blank)

@@ -49,6 +49,10 @@ def pick_device(prefer: str = ""):
     devices = list_devices()
     if not devices:
         raise BackendUnavailable("OpenCL platforms expose no device; `apt-get install pocl-opencl-icd` adds a CPU one")
+    if prefer and not prefer.strip():  # a substring every device name with a space contains
+        raise BackendUnavailable(f"opencl_device = {prefer!r} is only whitespace and would pick whichever device "
+                                 "name has a space; leave it empty (the first GPU, else the first device) or "
+                                 "name the device")
     if prefer.lower() == "gpu":
         gpus = [d for d in devices if d.type & cl.device_type.GPU]
         if not gpus:
