@@ -11,7 +11,9 @@
 
 A transaction is (body, [signatures]). The validators do not gossip their mempools to each other
 yet: a transaction sent to one validator is proposed when that validator leads (one view in n),
-so `broadcast` sends it to every URL the client has. Standard library only (urllib)."""
+so `broadcast` sends it to every URL the client has; validators that cannot be reached are passed
+over (as BFT passes over f of them), and reads go to the first that answers. Standard library
+only (urllib)."""
 from __future__ import annotations
 
 import hashlib
@@ -359,46 +361,83 @@ class Client:
         raise RpcError(f"{where}: {error.code} {' '.join(str(reason).split())[:300]}", error.code, payload) from None
 
     def broadcast(self, txs: list[Tx], all_validators: bool = True) -> list[dict]:
-        """Submit signed transactions (in batches, in order) to every validator (or the first);
-        per transaction the first validator's verdict: hash, accepted, reason. An answer without
-        one verdict per transaction, in order, each naming its transaction's hash (sha256 of the
-        body, computed here) and accepted true or false, is an RpcError."""
+        """Submit signed transactions (in batches, in order) to every validator (or the first that
+        answers); per transaction the verdict of the first validator that answered: hash, accepted,
+        reason. A validator that cannot be reached or answers something that is not one verdict
+        per transaction (in order, each naming its transaction's hash, computed here, and accepted
+        true or false) is passed over, as BFT passes over f of them; an RpcError only when none
+        answered (it names each one's failure)."""
         out = []
         for start in range(0, len(txs), self.batch):
             part = txs[start:start + self.batch]
             chunk = {"txs": [encode_tx(t) for t in part]}
             hashes = [hashlib.sha256(body).hexdigest() for body, _ in part]
-            results = None
-            for url in self.urls if all_validators else self.urls[:1]:
+
+            def send(url):
                 got = self._call(url, "/broadcast_txs", chunk).get("results")
                 if not isinstance(got, list) or len(got) != len(chunk["txs"]) or \
                         not all(isinstance(r, dict) and r.get("hash") == h and type(r.get("accepted")) is bool
                                 for r, h in zip(got, hashes)):
                     raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
-                results = results or got
+                return got
+            if all_validators:
+                results, failures = None, []
+                for url in self.urls:
+                    try:
+                        got = send(url)
+                    except RpcError as exc:
+                        if exc.status is not None and exc.status < 500 and exc.status != 429:
+                            raise  # the request itself refused (400, 413): every validator would
+                        failures.append(exc)
+                        continue
+                    results = results or got
+                if results is None:
+                    raise _none_answered(failures)
+            else:
+                results = self._any(None, send)
             out.extend(results)
         return out
 
+    def _any(self, url: str | None, call):
+        """call(url); without url, call on each validator in turn until one answers: one that
+        cannot be reached, is overloaded (5xx, 429 past its retries) or answers something that
+        is not the API's is passed over (an RpcError naming each when none answers). A refusal
+        of the request itself (4xx) is the answer."""
+        if url is not None:
+            return call(url)
+        failures = []
+        for u in self.urls:
+            try:
+                return call(u)
+            except RpcError as exc:
+                if exc.status is not None and exc.status < 500 and exc.status != 429:
+                    raise
+                failures.append(exc)
+        raise _none_answered(failures)
+
     def submit(self, tx: Tx) -> dict:
-        """One transaction to the first validator: its verdict (hash, accepted, reason)."""
-        return self._call(self.urls[0], "/broadcast_tx_sync", encode_tx(tx))
+        """One transaction to the first validator that answers: its verdict (hash, accepted, reason)."""
+        return self._any(None, lambda u: self._call(u, "/broadcast_tx_sync", encode_tx(tx)))
 
     def tx(self, digest: str | bytes, url: str | None = None) -> dict:
-        """status: pending, committed (with height), refused (with reason) or unknown; an answer
-        about another hash, or with no known status, is an RpcError."""
+        """status: pending, committed (with height), refused (with reason) or unknown, on url (or
+        the first validator that answers); an answer about another hash, or with no known
+        status, is an RpcError."""
         want = _hex_hash(digest)
-        answer = self._call(url or self.urls[0], f"/tx?hash=0x{want}", ok404=True)
-        if not _status_of(answer, want):
-            why = f"{answer.get('http_status')} {answer.get('error')}" if "error" in answer and "status" not in answer \
-                else f"the answer is not a status of transaction {want[:16]}"
-            raise RpcError(f"{url or self.urls[0]}/tx: {' '.join(str(why).split())[:300]}", answer.get("http_status"),
-                           answer)
-        return answer
+
+        def ask(u):
+            answer = self._call(u, f"/tx?hash=0x{want}", ok404=True)
+            if not _status_of(answer, want):
+                why = f"{answer.get('http_status')} {answer.get('error')}" if "error" in answer and "status" not in answer \
+                    else f"the answer is not a status of transaction {want[:16]}"
+                raise RpcError(f"{u}/tx: {' '.join(str(why).split())[:300]}", answer.get("http_status"), answer)
+            return answer
+        return self._any(url, ask)
 
     def wait_committed(self, digests: list, timeout: float = 60.0, poll: float = 0.2,
                        url: str | None = None) -> dict[str, int]:
-        """hash -> height once every transaction committed (on the first validator, or url); RpcError
-        naming the first refused one, or those still pending at the timeout."""
+        """hash -> height once every transaction committed (on url, or the first validator that
+        answers); RpcError naming the first refused one, or those still pending at the timeout."""
         left = {_hex_hash(d) for d in digests}
         heights: dict[str, int] = {}
         deadline = time.monotonic() + timeout
@@ -418,33 +457,40 @@ class Client:
         return heights
 
     def statuses(self, digests: list, url: str | None = None) -> list[dict]:
-        """/tx of many transactions, `batch` to a request. An answer that does not give, in order,
-        each hash asked about with a known status (and a committed one's height, an integer) is
-        an RpcError."""
+        """/tx of many transactions, `batch` to a request, on url (or the first validator that
+        answers). An answer that does not give, in order, each hash asked about with a known
+        status (and a committed one's height, an integer) is an RpcError."""
         hexes = ["0x" + _hex_hash(d) for d in digests]
         out = []
         for start in range(0, len(hexes), self.batch):
             asked = hexes[start:start + self.batch]
-            got = self._call(url or self.urls[0], "/txs", {"hashes": asked}).get("results")
-            if not isinstance(got, list) or len(got) != len(asked) or \
-                    not all(_status_of(r, h[2:]) for r, h in zip(got, asked)):
-                raise RpcError(f"{url or self.urls[0]}/txs: the answer does not hold one status per hash")
-            out += got
+
+            def ask(u):
+                got = self._call(u, "/txs", {"hashes": asked}).get("results")
+                if not isinstance(got, list) or len(got) != len(asked) or \
+                        not all(_status_of(r, h[2:]) for r, h in zip(got, asked)):
+                    raise RpcError(f"{u}/txs: the answer does not hold one status per hash")
+                return got
+            out += self._any(url, ask)
         return out
 
     def account(self, key, url: str | None = None) -> dict:
         """The account at the last committed block (nonce, collateral, positions, proof), or
-        {"error": ...} with http_status 404 when it is not registered. An answer about another
-        key is an RpcError (verify_account_proof alone would accept another account's true proof)."""
+        {"error": ...} with http_status 404 when it is not registered, from url (or the first
+        validator that answers). An answer about another key is an RpcError (verify_account_proof
+        alone would accept another account's true proof)."""
         want = public(key).hex()
-        answer = self._call(url or self.urls[0], f"/account?key=0x{want}", ok404=True)
-        if answer.get("http_status", 404) != 404:  # a 503 (too many connections) is not "not registered"
-            raise RpcError(f"{url or self.urls[0]}/account: {answer['http_status']} "
-                           f"{' '.join(str(answer.get('error')).split())[:300]}", answer["http_status"], answer)
-        if answer.get("key", want) != want:
-            raise RpcError(f"{url or self.urls[0]}/account: asked about {want[:16]}, answered about "
-                           f"{str(answer.get('key'))[:16]}", body=answer)
-        return answer
+
+        def ask(u):
+            answer = self._call(u, f"/account?key=0x{want}", ok404=True)
+            if answer.get("http_status", 404) != 404:  # a 503 (too many connections) is not "not registered"
+                raise RpcError(f"{u}/account: {answer['http_status']} "
+                               f"{' '.join(str(answer.get('error')).split())[:300]}", answer["http_status"], answer)
+            if answer.get("key", want) != want:
+                raise RpcError(f"{u}/account: asked about {want[:16]}, answered about "
+                               f"{str(answer.get('key'))[:16]}", body=answer)
+            return answer
+        return self._any(url, ask)
 
     def next_nonce(self, key, url: str | None = None) -> int:
         """The committed nonce (0 for an account not registered yet: a 404); transactions still
@@ -475,11 +521,20 @@ class Client:
             time.sleep(0.2)
 
     def status(self, url: str | None = None) -> dict:
-        return self._call(url or self.urls[0], "/status")
+        return self._any(url, lambda u: self._call(u, "/status"))
 
     def health(self, url: str | None = None) -> dict:
         """{"healthy": bool, "reason": ...}; 503 is an answer here, not an error."""
         return self._call(url or self.urls[0], "/health", ok404=True)
+
+
+def _none_answered(failures: list) -> RpcError:
+    """The RpcError when no validator answered: each one's failure, on one line (one validator's
+    as it is)."""
+    if len(failures) == 1:
+        return failures[0]
+    return RpcError(f"no validator answered: {'; '.join(str(f) for f in failures)}"[:2000],
+                    failures[-1].status if failures else None, failures[-1].body if failures else None)
 
 
 def decode_account_leaf(leaf: bytes) -> dict:

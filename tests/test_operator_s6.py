@@ -481,3 +481,98 @@ def test_next_nonce_is_an_error_unless_the_validator_names_one(answer):
     finally:
         unknown.close()
         known.close()
+
+
+# ---- the client with a validator down -------------------------------------------------------------
+class _FakeValidator:
+    """An HTTP server answering the API's paths as a validator holding one committed account and
+    committing every transaction it is sent at height 9."""
+
+    def __init__(self):
+        import http.server
+        committed = set()
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.startswith("/account"):
+                    key = self.path.split("0x", 1)[1]
+                    self._send(200, {"key": key, "nonce": 3, "height": 9})
+                elif self.path.startswith("/tx"):
+                    h = self.path.split("0x", 1)[1]
+                    self._send(200, {"hash": h, "status": "committed", "height": 9} if h in committed
+                               else {"hash": h, "status": "pending"})
+                else:
+                    self._send(200, {"height": 9})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/broadcast_txs":
+                    out = []
+                    for t in body["txs"]:
+                        h = __import__("hashlib").sha256(bytes.fromhex(t["tx"][2:])).hexdigest()
+                        committed.add(h)
+                        out.append({"hash": h, "code": 0, "accepted": True, "reason": ""})
+                    self._send(200, {"results": out})
+                elif self.path == "/broadcast_tx_sync":
+                    h = __import__("hashlib").sha256(bytes.fromhex(body["tx"][2:])).hexdigest()
+                    self._send(200, {"hash": h, "code": 0, "accepted": True, "reason": ""})
+                else:  # /txs
+                    self._send(200, {"results": [{"hash": h[2:], "status": "committed", "height": 9}
+                                                 for h in body["hashes"]]})
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _dead_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return "http://127.0.0.1:%d" % port
+
+
+def test_the_client_passes_over_a_validator_that_is_down(tmp_path, capsys):
+    """Found running `accel tx --node URL0,URL1,URL2,URL3` with validator 0 stopped (BFT's f = 1):
+    every call failed with "Connection refused" (broadcast stopped at the first validator it
+    could not reach, the nonce, statuses and account were asked of the first URL only), so one
+    validator down stopped every client (tests/test_rpc.py had to build a Client without it).
+    Now broadcast sends to every validator that answers and reads and the nonce go to the first
+    that answers; an RpcError names each failure only when none answers."""
+    from accel.cli import main
+    live = _FakeValidator()
+    dead, hostile = _dead_url(), _Hostile(b"HELLO\r\n\r\n")
+    try:
+        c = cl.Client([dead, hostile.url, live.url], timeout=5)
+        tx = cl.register(K1)
+        verdicts = c.broadcast([tx])
+        assert verdicts[0]["accepted"] and c.wait_committed([verdicts[0]["hash"]], timeout=5) == {
+            verdicts[0]["hash"]: 9}
+        assert c.next_nonce(K1) == 3 and c.tx(verdicts[0]["hash"])["status"] == "committed"
+        assert c.status()["height"] == 9 and c.submit(tx)["accepted"]
+        cl.write_key(tmp_path / "k.json", K2)
+        assert main(["tx", "--node", f"{dead},{live.url}", "--wait", "5", "deposit", "--key",
+                     str(tmp_path / "k.json"), "--amount", "5"]) == 0
+        assert json.loads(capsys.readouterr().out)["height"] == 9
+        with pytest.raises(cl.RpcError, match="no validator answered: .*" + dead + ".*" + hostile.url):
+            cl.Client([dead, hostile.url]).broadcast([tx])
+        with pytest.raises(cl.RpcError, match="no validator answered"):
+            cl.Client([dead, hostile.url]).next_nonce(K1)
+    finally:
+        live.close()
+        hostile.close()
