@@ -77,7 +77,23 @@ def main(argv=None) -> int:
     if not paths:
         print(__doc__, file=sys.stderr)
         return 2
-    print(table([json.loads(open(p).read()) for p in paths]))
+    reports = []
+    for p in paths:  # a missing or foreign file: one line naming it, not a traceback
+        try:
+            with open(p) as fh:
+                report = json.load(fh)
+            if not isinstance(report, dict) or not isinstance(report.get("blocks"), list):
+                raise ValueError("not a localnet report (no \"blocks\" list)")
+        except (OSError, ValueError, RecursionError) as exc:
+            print(f"python -m consensus.report: error: {p}: {' '.join(str(exc).split())[:300]}", file=sys.stderr)
+            return 2
+        reports.append(report)
+    try:
+        print(table(reports))
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
+        print(f"python -m consensus.report: error: not a localnet report ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -576,3 +576,18 @@ def test_the_client_passes_over_a_validator_that_is_down(tmp_path, capsys):
     finally:
         live.close()
         hostile.close()
+
+
+def test_the_report_tool_says_in_one_line_what_is_wrong_with_a_file(tmp_path, capsys):
+    """`python -m consensus.report` (docs: demo-out/*.json) on a missing file, a file that is not
+    JSON or a JSON file that is not a localnet report ended in a traceback; now one line naming
+    the file, exit 2."""
+    from consensus import report
+    (tmp_path / "bad.json").write_text("{nope")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "partial.json").write_text(json.dumps({"blocks": [{"txs": 1}]}))
+    for name, needle in (("missing.json", "missing.json"), ("bad.json", "bad.json"), ("list.json", "not a localnet report"),
+                         ("partial.json", "not a localnet report")):
+        assert report.main([str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err and "Traceback" not in err, (name, err)
