@@ -61,6 +61,8 @@ class Limits:
     handshake_burst: int = 32        # ... and at once, after a quiet time (the token bucket's size)
     pending_per_address: int = 8     # connections not (yet) authenticated from one address, at once
     tracked_addresses: int = 4_096   # addresses whose handshake budget is remembered (the oldest forgotten)
+    strangers_per_s: float = 256.0   # connections accepted per second from every address but the validators', together
+    strangers_burst: int = 512       # ... and at once
 
 
 def transcript(role: bytes, listener_challenge: bytes, dialer_challenge: bytes, dialer: int, listener: int,
@@ -116,6 +118,7 @@ class Network:
         self._by_address: dict[str, dict[object, asyncio.StreamWriter]] = {}  # source -> its pending connections
         self._source_of: dict[object, str] = {}  # a pending connection -> its source (where counted per address)
         self._handshake_budget: dict[str, list[float]] = {}  # source -> [tokens, time], oldest first
+        self._strangers_budget: list[float] | None = None     # [tokens, time] of every non-validator address
         self._pending: dict[object, asyncio.StreamWriter] = {}  # in arrival order: the first is the oldest
         self._peers: dict[int, dict[object, asyncio.StreamWriter]] = {}  # sender -> its live connections
         self._budget: dict[int, list[float]] = {}  # sender -> [bytes, frames, time] (token buckets)
@@ -270,8 +273,10 @@ class Network:
 
     def _admit(self, source: str) -> bool:
         """Whether a connection from `source` may start a handshake now: its token bucket
-        (handshake_burst tokens, handshakes_per_s a second) has one. Buckets of the
-        tracked_addresses most recently seen are kept (a full one says nothing and may go)."""
+        (handshake_burst tokens, handshakes_per_s a second) and the one of every address but the
+        validators' together (strangers_burst, strangers_per_s: a stranger with more addresses
+        than tracked_addresses, as an IPv6 /48 has /64s, is bounded too) each have one. Buckets of
+        the tracked_addresses most recently seen are kept (a forgotten one starts full)."""
         lim = self.limits
         now = self.clock() if self.clock is not None else asyncio.get_running_loop().time()
         bucket = self._handshake_budget.pop(source, None)
@@ -282,9 +287,15 @@ class Network:
         self._handshake_budget[source] = bucket  # now the newest
         if len(self._handshake_budget) > lim.tracked_addresses:
             del self._handshake_budget[next(iter(self._handshake_budget))]
-        if bucket[0] < 1.0:
+        every = self._strangers_budget
+        if every is None:
+            every = self._strangers_budget = [float(lim.strangers_burst), now]
+        every[0] = min(float(lim.strangers_burst), every[0] + max(0.0, now - every[1]) * lim.strangers_per_s)
+        every[1] = now
+        if bucket[0] < 1.0 or every[0] < 1.0:
             return False
         bucket[0] -= 1.0
+        every[0] -= 1.0
         return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -293,8 +304,8 @@ class Network:
         if source not in self._validator_hosts:
             if not self._admit(source):
                 self.handshakes_refused += 1
-                log.debug("refused a connection from %s: over its %.0f handshakes a second", peer,
-                          self.limits.handshakes_per_s)
+                log.debug("refused a connection from %s: over its %.0f handshakes a second (or strangers' "
+                          "%.0f together)", peer, self.limits.handshakes_per_s, self.limits.strangers_per_s)
                 writer.close()
                 return
             mine = self._by_address.setdefault(source, {})

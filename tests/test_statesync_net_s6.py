@@ -442,7 +442,7 @@ def test_the_per_address_budget_remembers_a_bounded_number_of_addresses():
     now = [0.0]
 
     async def scenario():
-        net = network(0, addresses(), [], Limits(tracked_addresses=16, handshake_burst=1))
+        net = network(0, addresses(), [], Limits(tracked_addresses=16, handshake_burst=1, strangers_burst=10**6))
         net.clock = lambda: now[0]
         for i in range(1000):
             net._admit(f"198.51.100.{i % 250}-{i}")
@@ -454,8 +454,26 @@ def test_the_per_address_budget_remembers_a_bounded_number_of_addresses():
     asyncio.run(scenario())
 
 
+def test_strangers_with_more_addresses_than_are_tracked_share_one_budget():
+    """Before, a stranger cycling through more addresses than tracked_addresses (an IPv6 /48's
+    /64s) found each forgotten one's bucket full again: no bound at all. Every address but the
+    validators' now also draws on one bucket of strangers_burst, strangers_per_s."""
+    now = [0.0]
+
+    async def scenario():
+        net = network(0, addresses(), [], Limits(tracked_addresses=16, handshake_burst=4, strangers_per_s=50.0,
+                                                 strangers_burst=100))
+        net.clock = lambda: now[0]
+        admitted = sum(net._admit(_source(f"2001:db8:0:{i:x}::1")) for i in range(1000))
+        now[0] += 1.0
+        later = sum(net._admit(_source(f"2001:db8:1:{i:x}::1")) for i in range(1000))
+        return admitted, later
+
+    assert asyncio.run(scenario()) == (100, 50)
+
+
 def test_the_handshake_limits_are_documented():
     doc = open("docs/FRAME.md").read()
-    for name in ("handshakes_per_s", "handshake_burst", "pending_per_address", "tracked_addresses",
+    for name in ("handshakes_per_s", "handshake_burst", "pending_per_address", "tracked_addresses", "strangers_per_s",
                  "handshakes_refused", "pending_address_evicted", "VOUCH_FREE", "manifest", "SnapshotOffer"):
         assert name in doc, name
