@@ -585,6 +585,9 @@ def main(argv=None) -> int:
     except (config.ConfigError, BackendUnavailable, KernelError, ValueError, TypeError, OSError) as exc:
         print(f"accel: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in `accel tx --wait`, validate-bench, ...: no traceback
+        print(f"accel {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -591,3 +591,20 @@ def test_the_report_tool_says_in_one_line_what_is_wrong_with_a_file(tmp_path, ca
         assert report.main([str(tmp_path / name)]) == 2, name
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err, (name, err)
+
+
+def test_ctrl_c_in_an_accel_command_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while `accel tx --wait` waited for the commit (or in validate-bench, merkle-demo,
+    keygen ...) ended in a KeyboardInterrupt traceback; now one line and status 130, as
+    `accel localnet` already did."""
+    from accel.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cl.Client, "wait_committed", interrupted)
+    monkeypatch.setattr(cl.Client, "broadcast", lambda self, txs: [{"hash": "00" * 32, "accepted": True,
+                                                                    "code": 0, "reason": ""}])
+    cl.write_key(tmp_path / "k.json", K1)
+    assert main(["tx", "--wait", "30", "register", "--key", str(tmp_path / "k.json")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "accel tx: interrupted"
