@@ -608,3 +608,17 @@ def test_ctrl_c_in_an_accel_command_is_one_line_and_status_130(tmp_path, capsys,
     assert main(["tx", "--wait", "30", "register", "--key", str(tmp_path / "k.json")]) == 130
     err = capsys.readouterr().err.strip()
     assert err == "accel tx: interrupted"
+
+
+@pytest.mark.parametrize("hosts", ["::1,0::1,::2,::3", "node-a,NODE-A,node-b,node-c", "a.example,a.example.,b,c",
+                                   "10.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3"])
+def test_testnet_refuses_one_host_spelt_twice(tmp_path, capsys, hosts):
+    """`accel testnet --hosts ::1,0::1,...` (or NODE-A and node-a, or a name with and without
+    its trailing dot) wrote two validators at one address and port: the second could never bind
+    and the network ran with one validator missing. The check compared the strings. Now hosts
+    are compared as addresses (IPs compressed, names case-folded); nothing is written."""
+    from accel.cli import main
+    assert main(["testnet", "--hosts", hosts, "--out", str(tmp_path / "net")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "two validators at the same host:port" in err and "\n" not in err
+    assert not (tmp_path / "net").exists() or not list((tmp_path / "net").glob("node*.toml"))
