@@ -427,6 +427,8 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         raise ValueError(f"--data-root {data_root!r}: give a directory (no control characters); validator i "
                          "keeps its store under DATA_ROOT/node<i>")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"--out {directory}: a file, not a directory")
     directory.mkdir(parents=True, exist_ok=True)
     taken = sorted(p.name for p in directory.glob("node*.toml"))
     if taken:

@@ -15,7 +15,8 @@ BYTES is "0x" followed by hex, or base64 (CometBFT's JSON encoding). A transacti
 sha256(body), in hex. Every refusal is a 4xx with {"error": "<one line>"}: a malformed request
 (400), an unknown path (404) or method (405), a body over max_body_bytes (413), a client over
 its request rate or its share of the validator's verification time (429, with Retry-After), a
-full mempool (503), a client over its connections (503). A request
+full mempool (503), a client over its connections (503), an Expect header other than
+100-continue (417; a body declared over max_body_bytes with 100-continue: 413 at once). A request
 the HTTP parser refuses (a bad request line, header or length) is a 400 with the same one-line
 JSON, logged at debug level only. JSON bodies are strict: no NaN or Infinity, no key twice, no
 field the endpoint does not name; hex is "0x" and an even number of hex digits, nothing else.

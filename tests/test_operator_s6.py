@@ -622,3 +622,11 @@ def test_testnet_refuses_one_host_spelt_twice(tmp_path, capsys, hosts):
     err = capsys.readouterr().err.strip()
     assert "two validators at the same host:port" in err and "\n" not in err
     assert not (tmp_path / "net").exists() or not list((tmp_path / "net").glob("node*.toml"))
+
+
+def test_testnet_out_that_is_a_file_names_the_flag(tmp_path, capsys):
+    """`accel testnet --out FILE` said only "[Errno 17] File exists: 'FILE'"; now it names --out."""
+    from accel.cli import main
+    (tmp_path / "f").write_text("x")
+    assert main(["testnet", "--hosts", "a,b,c,d", "--out", str(tmp_path / "f")]) == 2
+    assert "--out " + str(tmp_path / "f") + ": a file, not a directory" in capsys.readouterr().err
