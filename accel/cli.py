@@ -273,6 +273,8 @@ def _tx(args, cl) -> int:
             series, _, vol = item.partition("=")
             if not series.isdigit() or not vol:
                 raise ValueError(f"--vol {item!r}: expected SERIES=VOL, e.g. 1=0.6")
+            if int(series) in vols:  # the later one silently replaced the earlier
+                raise ValueError(f"--vol {item!r}: series {int(series)} given twice")
             try:
                 vols[int(series)] = float(vol)
             except ValueError:

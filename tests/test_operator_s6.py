@@ -192,6 +192,8 @@ def test_localnet_config_files_holding_a_seed_are_private_whatever_the_umask(tmp
      "size 0 outside"),
     (["mark", "--oracle", "{key}", "--underlying", "BTC", "--index", "1", "--sequence", "1", "--vol", "1=abc"],
      "--vol '1=abc'"),
+    (["mark", "--oracle", "{key}", "--underlying", "BTC", "--index", "1", "--sequence", "1", "--vol", "1=0.5",
+      "--vol", "01=0.6"], "series 1 given twice"),
 ])
 def test_accel_tx_checks_every_field_before_asking_for_a_nonce(tmp_path, capsys, args, message):
     """Found as a new user: `accel tx deposit --amount 1e-9` (no --nonce) first asked the
