@@ -21,8 +21,10 @@ import http.client
 import json
 import math
 import os
+import socket
 import stat
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -277,7 +279,67 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
                        "the validators' API never redirects", code)
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+_local = threading.local()  # the sockets the current thread's request opened (_Deadline)
+
+
+def _watched(cls):
+    """cls (HTTPConnection or HTTPSConnection), recording its socket for this thread's _Deadline."""
+    class Watched(cls):
+        def connect(self):
+            super().connect()
+            socks = getattr(_local, "socks", None)
+            if socks is not None:
+                socks.append(self.sock)
+    Watched.__name__ = cls.__name__
+    return Watched
+
+
+_WATCHED = {cls: _watched(cls) for cls in (http.client.HTTPConnection, http.client.HTTPSConnection)}
+
+
+class _WatchedHTTP(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **kw):
+        return super().do_open(_WATCHED.get(http_class, http_class), req, **kw)
+
+
+class _WatchedHTTPS(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **kw):
+        return super().do_open(_WATCHED.get(http_class, http_class), req, **kw)
+
+
+class _Deadline:
+    """A whole request's time bound: urllib's timeout bounds each wait for a byte, so a server
+    trickling its answer a byte at a time (headers included) held the client for ever. At the
+    deadline the request's sockets are shut down, and the read fails at once."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.fired = seconds, False
+
+    def __enter__(self):
+        self.socks = _local.socks = []
+        self.timer = threading.Timer(self.seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in list(self.socks):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def why(self, where: str) -> "RpcError | None":
+        return RpcError(f"{where}: no complete answer within {self.seconds:g} s") if self.fired else None
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+        _local.socks = None
+        return False
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect, _WatchedHTTP, _WatchedHTTPS)
 # What reading a hostile or broken server's answer can raise besides HTTPError: the connection
 # (OSError, URLError), the HTTP framing (http.client.HTTPException: a bad status line, too many
 # or too long headers, a body shorter than its length) and the JSON (ValueError).
@@ -320,32 +382,38 @@ class Client:
     def _call(self, url: str, path: str, body: dict | None = None, ok404: bool = False, retries: int = 20) -> dict:
         """One request; a 429 (over the validator's rate) is retried after a pause, `retries` times.
         Whatever the server does (no answer, a redirect, broken HTTP, an answer that is not a JSON
-        object, however nested or cut short) is an RpcError naming the URL, never another
-        exception."""
+        object, however nested or cut short, or one trickled in past `timeout` seconds in all) is
+        an RpcError naming the URL, never another exception."""
         where = f"{url}{path}"
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with _OPENER.open(req, timeout=self.timeout) as resp:
-                answer = _loads(_bounded(resp, where))
-        except RpcError:
-            raise
-        except urllib.error.HTTPError as exc:
-            error = exc
-        except (urllib.error.URLError, *_TRANSPORT) as exc:
-            raise RpcError(f"{where}: {_reason(exc)}") from None
-        except ValueError as exc:  # a 200 whose body is not JSON: not a validator's API
-            raise RpcError(f"{where}: the answer is not the API's JSON ({' '.join(str(exc).split())[:200]})") from None
-        else:
+        with _Deadline(self.timeout) as deadline:
+            try:
+                try:
+                    with _OPENER.open(req, timeout=self.timeout) as resp:
+                        answer = _loads(_bounded(resp, where))
+                except urllib.error.HTTPError as exc:
+                    error = exc
+                    try:  # a 4xx/5xx: its one-line JSON reason, if the body holds one
+                        payload = _loads(error.read(MAX_ANSWER))
+                    except (ValueError, *_TRANSPORT):
+                        payload = {}
+                    finally:
+                        error.close()
+                    answer = None
+            except RpcError:
+                raise
+            except (urllib.error.URLError, *_TRANSPORT) as exc:
+                raise deadline.why(where) or RpcError(f"{where}: {_reason(exc)}") from None
+            except ValueError as exc:  # a 200 whose body is not JSON: not a validator's API
+                raise deadline.why(where) or RpcError(
+                    f"{where}: the answer is not the API's JSON ({' '.join(str(exc).split())[:200]})") from None
+            if deadline.why(where) and (answer is None and not payload):
+                raise deadline.why(where)
+        if answer is not None:
             if not isinstance(answer, dict):
                 raise RpcError(f"{where}: the answer is not the API's JSON (not a JSON object)")
             return answer
-        try:  # a 4xx/5xx: its one-line JSON reason, if the body holds one
-            payload = _loads(error.read(MAX_ANSWER))
-        except (ValueError, *_TRANSPORT):
-            payload = {}
-        finally:
-            error.close()
         if not isinstance(payload, dict):
             payload = {}
         if error.code == 429 and retries > 0:  # after the validator's Retry-After (at most 5 s)

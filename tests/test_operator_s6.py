@@ -632,3 +632,32 @@ def test_testnet_out_that_is_a_file_names_the_flag(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["testnet", "--hosts", "a,b,c,d", "--out", str(tmp_path / "f")]) == 2
     assert "--out " + str(tmp_path / "f") + ": a file, not a directory" in capsys.readouterr().err
+
+
+def test_the_client_gives_up_on_an_answer_trickled_past_its_timeout():
+    """A hostile validator trickling its answer (headers included) a byte at a time held the
+    client as long as it liked: urllib's timeout bounds each wait for a byte, not the request.
+    Now `timeout` bounds the whole request: an RpcError saying so, the socket shut down."""
+    import time as _time
+    answer = _http("200 OK", b'{"height": 1}')
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+
+    def trickle():
+        conn, _ = sock.accept()
+        try:
+            conn.recv(65536)
+            for i in range(len(answer)):
+                conn.sendall(answer[i:i + 1])
+                _time.sleep(0.25)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        with pytest.raises(cl.RpcError, match="no complete answer within 1 s"):
+            cl.Client("http://127.0.0.1:%d" % sock.getsockname()[1], timeout=1).status()
+    finally:
+        sock.close()
