@@ -661,3 +661,49 @@ def test_the_client_gives_up_on_an_answer_trickled_past_its_timeout():
             cl.Client("http://127.0.0.1:%d" % sock.getsockname()[1], timeout=1).status()
     finally:
         sock.close()
+
+
+# ---- docs against code --------------------------------------------------------------------------
+def _doc_mismatches(text: str) -> list[str]:
+    """Every key row of OPERATOR.md's [table] sections that names a key the loader does not know,
+    or a default other than the loader's (the other direction, every loader key documented, is
+    tests/test_operator.py's)."""
+    import re
+    from accel import config
+    from consensus.node import REQUIRED, SCHEMA
+    accel_defaults = {f.name: f.default for f in __import__("dataclasses").fields(config.AccelConfig)}
+    out = []
+    for section in re.split(r"^## ", text, flags=re.M):
+        m = re.match(r"\[(\w+)\]", section)
+        if not m:
+            continue
+        table = m.group(1)
+        known = ({k: d for k, (_, d) in SCHEMA[table].items()} if table in SCHEMA else accel_defaults)
+        for line in section.splitlines():
+            if not line.startswith("| `") or table == "metrics" and line.startswith("| `accel_"):
+                continue
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            key, default = cells[0].strip("`"), cells[2]
+            if key not in known:
+                out.append(f"[{table}] {key}: documented, not in the loader")
+                continue
+            want = known[key]
+            if want is REQUIRED:
+                ok = default == "required"
+            else:
+                literal = re.match(r"`([^`]*)`", default)
+                ok = literal is not None and tomllib.loads(f"v = {literal.group(1)}")["v"] == want
+            if not ok:
+                out.append(f"[{table}] {key}: documented default {default!r}, the loader's {want!r}")
+    return out
+
+
+def test_every_documented_key_exists_with_its_documented_default():
+    """The brief's doc check, in the direction no test made: every key row in OPERATOR.md's
+    [node], [network], [accel], [metrics] and [rpc] tables is a key the loader knows, with the
+    loader's default (checked to catch a changed default or a row for a removed key)."""
+    text = (Path(__file__).parent.parent / "docs" / "OPERATOR.md").read_text()
+    assert _doc_mismatches(text) == []
+    altered = text.replace("| `txs_per_block` | integer | `100` |", "| `txs_per_block` | integer | `200` |").replace(
+        "| `max_batch` |", "| `max_txs` | integer | `5` | gone |\n| `max_batch` |")
+    assert len(_doc_mismatches(altered)) == 2
