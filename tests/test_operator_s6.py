@@ -707,3 +707,42 @@ def test_every_documented_key_exists_with_its_documented_default():
     altered = text.replace("| `txs_per_block` | integer | `100` |", "| `txs_per_block` | integer | `200` |").replace(
         "| `max_batch` |", "| `max_txs` | integer | `5` | gone |\n| `max_batch` |")
     assert len(_doc_mismatches(altered)) == 2
+
+
+def test_decoding_a_requests_hex_is_charged_to_the_clients_share(tmp_path, monkeypatch):
+    """Found timing what a stranger's request costs the loop: checking a megabyte of "0x" hex
+    with the pattern (?:[0-9a-fA-F]{2})* took about 90 ms, outside every WorkBudget charge (only
+    parsing and the mempool's checks were charged), so bodies of one long hex string kept the
+    loop busy at the request rate. Now the check is one scan (milliseconds) and decoding the
+    items and hashes is charged to the client's share too. (The charge is observed with a clock
+    that only decoding advances, so the test asserts no speed.)"""
+    import aiohttp
+    from consensus import rpc as rpc_module
+    from test_rpc import _node
+    runner = _node(tmp_path)
+    clock = {"t": 0.0}
+    decode = rpc_module.decode_bytes
+
+    def slow_decode(text, what):
+        clock["t"] += 10.0
+        return decode(text, what)
+    monkeypatch.setattr(rpc_module, "decode_bytes", slow_decode)
+
+    async def main():
+        rpc = rpc_module.Rpc(runner, runner.cfg.rpc, submit_share_s=1000.0, submit_total_s=1000.0)
+        rpc.clock = lambda: clock["t"]
+        await rpc.start()
+        try:
+            before = rpc.work.all[0]
+            async with aiohttp.ClientSession() as s:
+                async with s.post("http://%s:%d/broadcast_tx_sync" % runner.cfg.rpc,
+                                  json=cl.encode_tx(cl.register(K1))) as r:
+                    assert r.status == 200
+            return before - rpc.work.all[0]
+        finally:
+            await rpc.stop()
+    try:
+        charged = asyncio.run(main())
+    finally:
+        runner.store.close()
+    assert charged >= 20.0  # the body and its one signature: two decodes, each 10 s on this clock
