@@ -20,7 +20,14 @@ asset in which it holds no position, a debt no later mark could collect).
 3. A writer left bankrupt by an expiry but holding a position on another underlying was neither
    liquidated at that mark nor given to the settlement-debt rule: the receivers withdrew their
    gain before the other underlying's next mark handed the loss to bystanders. Now it is
-   liquidated at the expiry mark, the settlement's receivers among those charged."""
+   liquidated at the expiry mark, the settlement's receivers among those charged.
+4. With shares capped at equity, a counterparty hedged by a position with the attacker's third
+   account (its equity unmoved by the crash) handed the rest of the loss to every account with a
+   balance. Now the rest goes to the counterparties still holding positions, beyond their
+   equity, and they are liquidated at the same mark: the loss follows the positions to the gain.
+5. The capped charge as a property (Hypothesis), and the engines' agreement on streams of books
+   holding both underlyings, borrowed cash, tenfold moves and expiries (with section 1 as a
+   stream)."""
 import logging
 
 import pytest
@@ -160,6 +167,34 @@ def test_a_write_and_the_expiry_in_one_block_cannot_drain_the_fund():
     assert not state.clearing.liquidations
 
 
+
+def test_a_writer_withdrawing_its_margin_in_the_expiry_block_cannot_drain_the_fund():
+    """The same with a margined writer: X deposits 200,000 USD and writes 10 puts to Y in an
+    earlier block; the block of the expiry mark (50,000) withdraws X's whole cash first (a
+    withdrawal's margin is deferred too): the fund paid X's 50,000 settlement debt and the block
+    was valid. Now X's book, touched in the block and short at the mark, makes it invalid."""
+    from tests.test_clearing_properties import as_txs
+    c = market(fund=50_000 * USD)
+    (XS, YS), (X, Y) = keys(100, 2)
+    for k, q in ((X, 200_000 * USD), (Y, 100_000 * USD)):
+        c.register(k)
+        c.deposit(k, 0, "USD", q)
+    c.trade(Y, 1, X, 1, 2, 10, c.values([2])[2])
+    app, validator = apps(c)
+    out = signed(ctx.withdraw(X, 2, "USD", c.accounts[X].collateral["USD"]), [XS])
+    body = ctx.mark("BTC", 50_000.0, 2, T0 + 2 * DAY, {}, O[:2])
+    mark = (body, [k.sign(body).signature for k in ORACLES[:2]])
+    raw = as_txs([out, mark])
+    try:
+        root = validator.execute(validator.genesis, raw.bodies).root
+    except ValueError:
+        root = bytes(32)
+    assert not validator.validate(validator.genesis, block_of(raw, bytes(32), root, validator), ((), (), ())).ok
+    assert app.submit_many([out, mark]) == ["", ""]
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply_of(c))
+    assert len(txs) == 1 and state.clearing.funds["USD"] == 50_000 * USD
+    assert state.clearing.accounts[X].collateral["USD"] > 0  # the settlement came out of X's margin
+
 # ---- 3. a settlement debt parked behind a position on another underlying ------------------------
 
 
@@ -203,3 +238,119 @@ def test_a_writer_left_bankrupt_by_an_expiry_is_liquidated_at_that_mark_whatever
     assert state.clearing.accounts[Z].collateral["USD"] == deposits[Z]
     assert state.clearing.accounts[E].collateral["USD"] == after.accounts[E].collateral["USD"]
 
+
+# ---- 4. a loss routed to bystanders through a hedged counterparty --------------------------------
+
+
+def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bystanders():
+    """Attacker A buys 1 BTC future from its account B, which hedges it with a deep
+    in-the-money call (10,000) bought from its third account C (B's margin is next to nothing
+    once hedged).
+    A crash (60,000 -> 6,000) bankrupts A: its 41,400 USD loss beyond the fund went to B, whose
+    equity hardly moved (the future's gain is the call's loss). Uncapped, B was left bankrupt
+    with the call until the next BTC mark, while C withdrew the gain; capped at B's equity, the
+    rest went to every account with a balance: bystander Z paid 21,030 USD and the attacker's
+    three accounts ended that much above what they put in. Now B, its equity taken and a
+    position left, is charged the rest and liquidated at the same mark: its call is closed
+    against C, and C pays the loss."""
+    from accel.risk import CALL
+    from consensus.apps.clearing import Series
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 100 * USD, "BTC": 0})
+    for s in SERIES:
+        c.list_series(s)
+    c.list_series(Series(20, "BTC", CALL, 10_000.0, T0 + 30 * DAY))
+    vols = {**VOLS, 20: 0.7}
+    c.mark("BTC", 60_000.0, vols, 1, T0 + 60, O[:2])
+    (AS, BS, CS, ZS), (A, B, C, Z) = keys(100, 4)
+    deposits = {A: 12_500 * USD, B: 15_000 * USD, C: 15_000 * USD, Z: 1_000_000 * USD}
+    for k, q in deposits.items():
+        c.register(k)
+        c.deposit(k, 0, "USD", q)
+    c.trade(A, 1, B, 1, 3, 1, 60_000 * USD)
+    c.trade(B, 2, C, 1, 20, 1, c.values([20])[20])
+    app, validator = apps(c)
+    supply = supply_of(c)
+    marked(app, ctx.mark("BTC", 6_000.0, 2, T0 + 120, vols, O[:2]))
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
+    after = state.clearing
+    assert [l.account for l in after.liquidations] == [A, B]
+    assert after.accounts[Z].collateral["USD"] == deposits[Z]  # the bystander pays nothing
+    attacker = sum(after.accounts[k].collateral.get("USD", 0) for k in (A, B, C))
+    assert attacker == deposits[A] + deposits[B] + deposits[C] + 100 * USD  # the fund, nothing more
+    for k in (A, B, C):
+        assert not after.accounts[k].positions
+    assert vstate.clearing.accounts[Z].collateral["USD"] == deposits[Z]
+
+
+# ---- 5. the capped charge itself, and streams through every engine -------------------------------
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.integers(-50, 10**6), st.integers(1, 10**6), st.booleans()), min_size=1, max_size=9),
+       st.integers(1, 4 * 10**6))
+def test_a_capped_charge_takes_what_it_can_in_proportion_and_nobody_past_its_room(accounts, loss):
+    """Clearing._charge over accounts with cash only (room = max(cash, 0)), some pending (no cap):
+    it takes min(loss, sum of rooms) (all of loss if one is pending), nobody past its room but the
+    pending, and nobody at a higher rate per weight than one left with room, beyond a quantum each
+    (the rounding remainder goes a quantum each to the largest weights, not the largest fractions)."""
+    c = market()
+    _, kk = keys(20, len(accounts))
+    weights, pending, room = {}, set(), {}
+    for k, (cash, w, is_pending) in zip(kk, accounts):
+        c.register(k)
+        if cash:
+            c.accounts[k].collateral["USD"] = cash
+        weights[k] = w
+        room[k] = max(cash, 0)
+        if is_pending:
+            pending.add(k)
+    before = {k: c.accounts[k].collateral.get("USD", 0) for k in kk}
+    taken = c._charge("USD", loss, weights, pending)
+    take = {k: before[k] - c.accounts[k].collateral.get("USD", 0) for k in kk}
+    assert sum(take.values()) == taken
+    assert taken == (loss if pending else min(loss, sum(room.values())))
+    for k in kk:
+        assert take[k] >= 0
+        assert k in pending or take[k] <= room[k]
+    for h in kk:
+        if h in pending or take[h] < room[h]:  # h could have paid more: nobody paid at a higher rate
+            for g in kk:
+                assert (take[g] - 1) * weights[h] <= (take[h] + 1) * weights[g], (g.hex()[:8], h.hex()[:8])
+    for k in kk:  # nobody but the pending left below zero by it
+        assert k in pending or c.accounts[k].collateral.get("USD", 0) >= min(before[k], 0)
+
+
+from tests.test_clearing_properties import DAY as _DAY  # noqa: E402
+from tests.test_ledger_money_s5 import test_liquidation_adl_and_expiry_streams_agree_across_engines as _s5  # noqa: E402
+
+_user = st.integers(0, 4)
+_op = st.one_of(
+    st.tuples(st.just("deposit"), _user, st.sampled_from(["USD", "BTC"]), st.integers(1, 3_000).map(lambda x: x * USD),
+              st.just(0)),
+    st.tuples(st.just("withdraw"), _user, st.sampled_from(["USD", "USD", "BTC"]),
+              st.one_of(st.just("all"), st.integers(1, 3_000).map(lambda x: x * USD)), st.just(0)),
+    *[st.tuples(st.just("trade"), _user, _user, st.sampled_from([6, 6, 3, 3, 7, 2, 1, 4, 5]),
+                st.sampled_from([1, 1, 2, 3]), st.sampled_from([0.0, 0.9, 1.0, 1.0, 1.1, 1.5]),
+                st.just(0)).filter(lambda o: o[1] != o[2])] * 4,
+    st.tuples(st.just("mark"), st.sampled_from(["BTC", "ETH"]), st.sampled_from([0.1, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0]),
+              st.just(1), st.sampled_from([60] * 6 + [3 * 3600, 6 * 3600, 2 * _DAY]), st.just(True), st.just(2)),
+)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.lists(_op, max_size=10), min_size=3, max_size=8))
+@example([[("deposit", 0, "USD", 3_000 * USD, 0)] * 8 + [("deposit", 1, "USD", 3_000 * USD, 0)] * 7
+          + [("deposit", 2, "USD", 3_000 * USD, 0)] * 3 + [("deposit", 2, "USD", 500 * USD, 0)],
+          [("trade", 0, 1, 6, 20, 1.0, 0), ("trade", 2, 0, 3, 1, 1.0, 0)],  # E (2) buys on borrowed cash
+          [("mark", "ETH", 0.1, 1, 60, True, 2)]])  # section 1 in a stream: E charged past its equity
+@example([[("trade", 0, 1, 3, 1, 1.0, 0), ("trade", 2, 0, 6, 3, 1.0, 0), ("trade", 3, 2, 7, 2, 0.0, 0)],
+          [("mark", "BTC", 0.1, 1, 60, True, 2)], [("mark", "ETH", 0.1, 1, 3 * 3600, True, 2)],
+          [("withdraw", 1, "USD", "all", 0), ("withdraw", 2, "USD", "all", 0)], [("mark", "BTC", 1.0, 1, 60, True, 2)]])
+def test_cross_underlying_books_crashes_and_expiries_agree_across_engines_with_no_unbacked_debt(stream):
+    """The fifth session's engine agreement (columnar proposer, software-only validator, one by
+    one: same roots, liquidations, fixings; no negative cash beside no position) over books that
+    hold both underlyings, trades at a price of 0 or 1.5 x the quote (cash borrowed or lent),
+    tenfold crashes and rallies and marks at the expiries, with a small fund."""
+    _s5.hypothesis.inner_test(stream)

@@ -761,11 +761,23 @@ class Clearing:
         for k, a, _ in below:
             pending.setdefault(a, set()).add(k)
         bankrupt = {a: frozenset(ks) for a, ks in pending.items()}
+        cascade: list[tuple[bytes, str]] = []  # books a socialized loss took all the equity of (_socialize)
         for key, asset, _ in below:
             pending[asset].discard(key)
-            self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)))
+            self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade)
         for (key, asset), receivers in sorted(paid.items()):
-            self._settle_debt(key, asset, receivers)
+            self._settle_debt(key, asset, receivers, cascade)
+        done = {(k, a) for k, a, _ in below}
+        while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
+            batch = sorted(set(cascade) - done)
+            cascade.clear()
+            for key, asset in batch:
+                pending.setdefault(asset, set()).add(key)
+            for key, asset in batch:
+                pending[asset].discard(key)
+                done.add((key, asset))
+                self._liquidate(key, asset, frozenset(k for k, a in batch if a == asset), heirs, pending[asset],
+                                paid.get((key, asset)), cascade)
         if halted:
             self.halted[underlying] = halted
         else:
@@ -812,7 +824,7 @@ class Clearing:
                     if (m > 0) != (n > 0):
                         mine[r] = mine.get(r, 0) + abs(m) * max(abs(value), 1)
 
-    def _settle_debt(self, key: bytes, asset: str, receivers: dict[bytes, int]) -> None:
+    def _settle_debt(self, key: bytes, asset: str, receivers: dict[bytes, int], cascade: list | None = None) -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
         position in it (so no later mark would ever liquidate it): the fund pays the debt as far
         as it goes, the rest is charged to the holders of the other side of its series, in
@@ -833,12 +845,13 @@ class Clearing:
         _credit(acct, asset, fund)
         loss = -(cash + fund)
         weights = {r: q for r, q in receivers.items() if r != key}
-        charged = self._socialize(key, asset, loss, weights, frozenset())
+        charged = self._socialize(key, asset, loss, weights, frozenset(), cascade)
         _credit(acct, asset, charged)
         self.liquidations.append(Liquidation(key, asset, fund, charged))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
-                   pending: set[bytes] | None = None, settled: dict[bytes, int] | None = None) -> None:
+                   pending: set[bytes] | None = None, settled: dict[bytes, int] | None = None,
+                   cascade: list | None = None) -> None:
         """Closes every position of the account's `asset` book at the mark against the opposite
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
@@ -852,7 +865,8 @@ class Clearing:
         (the books this mark liquidates later, default bankrupt) is charged beyond its equity in
         the asset (_charge). settled: the holders of the other side of its series this mark settled
         (_settle's weights), charged beside the deleveraged counterparties: the settlement closed
-        those positions against them."""
+        those positions against them. cascade: where the books a socialized loss takes past their
+        equity are listed, to be liquidated at this mark (_socialize)."""
         heirs = {} if heirs is None else heirs
         pending = set(bankrupt) - {key} if pending is None else pending
         acct = self._mut(key)
@@ -903,7 +917,7 @@ class Clearing:
         if loss > charged and not weights:  # nobody to inherit from: everyone in profit pays
             weights = self._in_profit(key, asset)
         heirs[(asset, key, "charged")] = dict(weights)
-        charged += self._socialize(key, asset, loss - charged, weights, pending)
+        charged += self._socialize(key, asset, loss - charged, weights, pending, cascade)
         _credit(acct, asset, charged)  # what is left is a debt that stays on the account
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
@@ -911,17 +925,32 @@ class Clearing:
         """Every account but key with a positive balance in asset -> that balance."""
         return {h: c for h, a in self.accounts.items() if h != key and (c := a.collateral.get(asset, 0)) > 0}
 
-    def _socialize(self, key: bytes, asset: str, loss: int, weights: dict[bytes, int], pending) -> int:
+    def _socialize(self, key: bytes, asset: str, loss: int, weights: dict[bytes, int], pending,
+                   cascade: list | None = None) -> int:
         """Up to loss quanta of key's debt in asset charged to the accounts of weights (_charge: none
-        beyond its equity but those of pending), what they cannot pay to every other account with a
-        positive balance in the asset, in proportion to it, the same way; returns what was charged
-        (all of loss unless the whole market's equity in the asset is short of it)."""
+        beyond its equity but those of pending); returns what was charged (all of loss unless the
+        whole market's equity in the asset is short of it). If they cannot pay it all, every one
+        of them that still holds a position in the asset (all its equity now taken) is charged the
+        rest in proportion, beyond its equity, and listed in cascade, to be liquidated at this
+        mark: the loss follows the positions on to whoever holds their other side (a counterparty
+        hedged by a position with the attacker's third account cannot hand the loss to bystanders
+        while that account keeps the gain). Only without one does the rest go to every other
+        account with a positive balance in the asset, in proportion to it, capped the same way."""
         charged = self._charge(asset, loss, weights, pending) if loss > 0 and weights else 0
+        if loss > charged and cascade is not None:
+            carriers = {h: w for h, w in weights.items() if h not in pending and self._holds(h, asset)}
+            if carriers:
+                charged += self._charge(asset, loss - charged, carriers, carriers)
+                cascade.extend((h, asset) for h in sorted(carriers))
         if loss > charged:
             rest = self._in_profit(key, asset)
             if rest:
                 charged += self._charge(asset, loss - charged, rest, pending)
         return charged
+
+    def _holds(self, key: bytes, asset: str) -> bool:
+        """Whether key holds a position settling in asset."""
+        return any(self.series[i].asset == asset for i in self.accounts[key].positions)
 
     def _room(self, key: bytes, asset: str) -> int:
         """What a socialized loss may take from key's asset book: its equity in the asset (cash plus
