@@ -28,6 +28,12 @@ Regression tests for the defects found (each failed before its fix):
 - opencl_device = " " (a blank value) matched every OpenCL device whose name has a space and took
   the first of them, a CPU driver listed before the GPU included, where an empty value takes the
   first GPU: now refused, saying why.
+- a process forked after it had used the OpenCL backend hung for ever at its first OpenCL call in
+  the child (PoCL's threads, like any GPU driver's state, do not survive fork(); a fresh context
+  hung too), where the C fallback already runs on one thread in such a child. Now a GPU backend
+  started before a fork is unavailable in the child: a named one raises BackendUnavailable saying
+  why, `auto` takes the C fallback, and a backend object kept from the parent refuses work with a
+  KernelError that dispatch redoes on the C fallback (logged).
 
 Attacks that held are kept as guards: Ed25519 batches whose errors cancel in an unweighted sum,
 and every backend and C thread count called from many threads at once."""
@@ -402,3 +408,49 @@ def test_a_blank_opencl_device_is_refused_not_matched_against_every_name(monkeyp
     for blank in (" ", "  ", "\t"):
         with pytest.raises(accel.BackendUnavailable, match="only whitespace"):
             opencl.pick_device(blank)
+
+
+# ---------------------------------------------------------------- GPU backends across fork()
+
+_FORK = textwrap.dedent("""
+    import os, select, sys
+    import accel
+    leaves = [bytes([i % 256]) * 40 for i in range(5000)]
+    want = accel.merkle_root(leaves, backend="opencl")  # the parent has started the driver
+    kept = accel.get_backend("opencl")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            out = []
+            for how in ("opencl", kept, None, "auto", "cpu"):
+                try:
+                    out.append("same" if accel.merkle_root(leaves, backend=how) == want else "DIFFERENT")
+                except accel.BackendUnavailable as exc:
+                    out.append("unavailable: " + str(exc))
+            os.write(write, "\\n".join(out).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 60)
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print(os.read(read, 65536).decode() if ready else "HUNG")
+    assert accel.merkle_root(leaves, backend="opencl") == want  # the parent keeps its driver
+""")
+
+
+def test_a_process_forked_after_opencl_ran_does_not_hang_in_it(backends):
+    """The parent runs a Merkle root on OpenCL, then forks. In the child, backend="opencl" is
+    unavailable with the reason, the parent's backend object falls back to the C fallback (same
+    root), None and "auto" take the C fallback: nothing hangs."""
+    if not any(b.name == "opencl" for b in backends):
+        pytest.skip("no OpenCL backend here")
+    proc = subprocess.run([sys.executable, "-c", _FORK], capture_output=True, text=True, timeout=180,
+                          env={**__import__("os").environ, "ACCEL_BACKEND": "auto"})
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("unavailable: the opencl backend was started in process"), lines
+    assert "cannot follow a fork" in lines[0]
+    assert lines[1:] == ["same"] * 4, lines

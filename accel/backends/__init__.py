@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from .. import config as _config
-from .base import Backend, BackendUnavailable, KernelError
+from .base import Backend, BackendUnavailable, KernelError, fork_reason
 
 _lock = threading.Lock()
 # Outcomes are remembered, failures too: `auto` must not retry CUDA (a CuPy import under the lock)
@@ -14,6 +15,27 @@ _instances: dict[str, Backend | BackendUnavailable] = {}
 _auto_pick: dict[_config.AccelConfig, Backend] = {}
 _warned: set[str] = set()
 log = logging.getLogger("accel")
+
+
+def _after_fork_in_child() -> None:
+    """GPU drivers do not survive fork(): a GPU backend the parent started is unavailable here (its
+    calls, or a new context's, would hang), so `auto` takes the C fallback and a named GPU backend
+    says why. A GPU backend object kept from the parent refuses work (base._same_process)."""
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    for name, found in list(_instances.items()):
+        if isinstance(found, Backend) and found.name != "cpu":
+            _instances[name] = BackendUnavailable(fork_reason(found.name, found._started_in))
+            if found.name == "opencl":  # the CUDA driver may be under it: no fresh start of either
+                _instances.setdefault("cuda", BackendUnavailable(fork_reason("opencl", found._started_in)))
+            else:
+                _instances.setdefault("opencl", BackendUnavailable(fork_reason("cuda", found._started_in)))
+    for cfg, picked in list(_auto_pick.items()):
+        if picked.name != "cpu":
+            del _auto_pick[cfg]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def reset() -> None:

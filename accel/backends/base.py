@@ -3,6 +3,7 @@ launch. Kernel sources are read from kernels/ and their quoted includes inlined 
 compilers and their caches see one self-contained text."""
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from functools import lru_cache
@@ -23,6 +24,24 @@ def _kernel_dir() -> Path:
 KERNEL_DIR = _kernel_dir()
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
 _KERNEL_DEF = re.compile(r"KERNEL(?:\s+void|_BOUNDED\([^)]*\))\s+av_(\w+)\s*\(")
+
+
+# The process this module runs in, updated in a forked child: GPU drivers (CUDA, OpenCL, PoCL's
+# thread pool) do not survive fork(), so a GPU backend started before a fork refuses work in the
+# child (a KernelError, which dispatch redoes on the C fallback) instead of hanging in the driver.
+_process = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _process
+    _process = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def current_process() -> int:
+    return _process
 
 
 class BackendUnavailable(RuntimeError):
@@ -84,6 +103,12 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait until every launched kernel has finished (for timing device work alone)."""
 
+    def _same_process(self) -> None:
+        """GPU backends: refuse work in a process forked after this backend started its driver."""
+        started = getattr(self, "_started_in", None)
+        if started is not None and started != _process:
+            raise KernelError(fork_reason(self.name, started))
+
     def chunked(self, n: int, chunk: int, step, axis: int = 0) -> np.ndarray:
         """step(lo, hi) uploads items lo..hi-1, launches, and returns a device buffer of results;
         the results of every chunk, joined along `axis`, come back as one host array. GPU
@@ -98,3 +123,9 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"<{self.name} backend: {self.device}>"
+
+
+def fork_reason(name: str, started: int) -> str:
+    return (f"the {name} backend was started in process {started}, and this process was forked from it: "
+            "GPU drivers cannot follow a fork (their calls would hang); start workers with the 'spawn' or "
+            "'forkserver' method, or use the C fallback (backend = \"cpu\") in forked workers")

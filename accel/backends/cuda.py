@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from . import cubins
-from .base import Backend, BackendUnavailable, KernelError, module_of
+from .base import Backend, BackendUnavailable, KernelError, current_process, module_of
 
 NVRTC_OPTIONS = cubins.CUDA_OPTIONS
 BLOCK = 256
@@ -52,6 +52,7 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, device_index: int = 0, cubin_dir: str = ""):
+        self._started_in = current_process()  # a forked child may not use it (base._same_process)
         self._cp = cp = _import()
         count = cp.cuda.runtime.getDeviceCount()
         if not 0 <= device_index < count:
@@ -72,6 +73,7 @@ class CudaBackend(Backend):
     def module(self, module: str, extra: tuple[str, ...] = ()):
         """kernels/<module> loaded on this device: the prebuilt cubin for this architecture if
         there is one, else NVRTC's build. extra: more compiler options (-D..., --maxrregcount=...)."""
+        self._same_process()
         key = (module, extra)
         if key not in self._modules:
             with self._dev:
@@ -125,6 +127,7 @@ class CudaBackend(Backend):
 
     def to_device(self, array):
         """Large arrays go through pinned memory as an asynchronous copy on the current stream."""
+        self._same_process()
         array = np.ascontiguousarray(array)
         cp = self._cp
         with self._dev:
@@ -138,10 +141,12 @@ class CudaBackend(Backend):
             return out
 
     def empty(self, shape, dtype):
+        self._same_process()
         with self._dev:
             return self._cp.empty(shape, dtype)
 
     def to_host(self, buffer):
+        self._same_process()
         with self._dev:
             out = self._cp.asnumpy(buffer)  # waits for the current stream
             self._keep().clear()
@@ -150,6 +155,7 @@ class CudaBackend(Backend):
     def chunked(self, n, chunk, step, axis=0):
         """Chunks alternate between two streams: while one chunk's kernels run, the next one's
         inputs are staged and copied, and results come back into pinned memory asynchronously."""
+        self._same_process()
         parts = []
         with self._dev:
             try:
@@ -166,10 +172,12 @@ class CudaBackend(Backend):
         return np.concatenate(parts, axis=axis)
 
     def synchronize(self):
+        self._same_process()
         with self._dev:
             self._cp.cuda.get_current_stream().synchronize()
 
     def launch(self, kernel, n, *args, group=None):
+        self._same_process()
         if n == 0:
             return
         with self._dev:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, KernelError, inline_source, module_of
+from .base import Backend, BackendUnavailable, KernelError, current_process, inline_source, module_of
 
 # Never the OpenCL mad-enable or fast-relaxed-math options: results must match the other backends
 # bit for bit.
@@ -106,8 +106,9 @@ class OpenClBackend(Backend):
 
     def __init__(self, device_name: str = ""):
         self._cl = cl = _import()
+        self._started_in = current_process()  # a forked child may not use it (base._same_process)
         dev = pick_device(device_name)
-        self._dev = dev
+        self._dev, self._is_gpu = dev, is_gpu_device(dev)  # asked once: no driver call per dispatch
         self.device = f"{dev.name.strip()} ({dev.platform.name.strip()})"
         try:
             if dev.double_fp_config == 0:
@@ -123,7 +124,7 @@ class OpenClBackend(Backend):
 
     @property
     def is_gpu(self) -> bool:
-        return is_gpu_device(self._dev)
+        return self._is_gpu
 
     def _program(self, module: str):
         prog = self._programs.get(module)
@@ -138,6 +139,7 @@ class OpenClBackend(Backend):
         return prog
 
     def to_device(self, array):
+        self._same_process()
         array = np.ascontiguousarray(array)
         mf = self._cl.mem_flags
         if array.nbytes:
@@ -147,12 +149,14 @@ class OpenClBackend(Backend):
         return ClBuffer(buf, array.shape, array.dtype)
 
     def empty(self, shape, dtype):
+        self._same_process()
         dtype = np.dtype(dtype)
         shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
         nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
         return ClBuffer(self._cl.Buffer(self._ctx, self._cl.mem_flags.READ_WRITE, nbytes), shape, dtype)
 
     def to_host(self, buffer):
+        self._same_process()
         out = np.empty(buffer.shape, buffer.dtype)
         if out.nbytes:
             self._cl.enqueue_copy(self._queue, out, buffer.buf)
@@ -160,6 +164,7 @@ class OpenClBackend(Backend):
         return out
 
     def synchronize(self):
+        self._same_process()
         self._queue.finish()
 
     def _kernel(self, kernel: str):
@@ -172,6 +177,7 @@ class OpenClBackend(Backend):
         return entry
 
     def launch(self, kernel, n, *args, group=None):
+        self._same_process()
         if n == 0:
             return
         cargs = [a.buf if isinstance(a, ClBuffer) else a for a in args]
