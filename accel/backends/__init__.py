@@ -25,11 +25,11 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()  # another thread may have held it at the fork
     for name, found in list(_instances.items()):
         if isinstance(found, Backend) and found.name != "cpu":
-            _instances[name] = BackendUnavailable(fork_reason(found.name, found._started_in))
-            if found.name == "opencl":  # the CUDA driver may be under it: no fresh start of either
-                _instances.setdefault("cuda", BackendUnavailable(fork_reason("opencl", found._started_in)))
-            else:
-                _instances.setdefault("opencl", BackendUnavailable(fork_reason("cuda", found._started_in)))
+            started = getattr(found, "_started_in", None)
+            _instances[name] = BackendUnavailable(fork_reason(found.name, started))
+            # the CUDA driver may be under OpenCL and the other way round: no fresh start of either
+            other = "cuda" if found.name == "opencl" else "opencl"
+            _instances.setdefault(other, BackendUnavailable(fork_reason(found.name, started)))
     for cfg, picked in list(_auto_pick.items()):
         if picked.name != "cpu":
             del _auto_pick[cfg]
