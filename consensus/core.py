@@ -166,6 +166,7 @@ def genesis_block(state_root: bytes) -> Block:
 log = logging.getLogger("consensus.core")
 MAX_PARKED = 256   # proposals kept while their parent is fetched
 MAX_FETCHES = 16   # blocks asked for and not yet received
+FETCH_VIEWS = 8    # views entered (not by fetched blocks) a fetch waits for its answer before it is asked again
 VOTE_WINDOW = 1_000  # votes for views further ahead of this validator's are dropped
 
 
@@ -224,6 +225,12 @@ class Core:
         self.waiting: dict[bytes, list[tuple[int, Proposal]]] = {}  # parent id -> proposals needing it
         self.parked: dict[bytes, int] = {}  # id -> proposer of the proposals in waiting (at most MAX_PARKED)
         self.fetching: dict[bytes, int] = {}  # block id asked for -> the peer asked (at most MAX_FETCHES)
+        # views entered other than by fetched blocks (a response's QCs move a validator behind
+        # through many views at once): the clock of _refetch, with the tick each fetch was last asked at
+        self.ticks = 0
+        self.answering = False  # while a BlockResponse's proposals are taken
+        self.fetched_in: dict[bytes, int] = {}  # block id asked for -> self.ticks when last asked (_refetch)
+        self.fetch_tries: dict[bytes, int] = {}  # block id asked for -> times _refetch asked it again
         # block id -> a verified QC over it that came before the block (at most MAX_FETCHES): taken
         # when the block arrives, so a leader that formed a QC for a proposal withheld from it
         # still proposes in its view (see _process_qc)
@@ -389,6 +396,8 @@ class Core:
         retry = [b for b in self.fetching if b not in self.blocks]
         retry += [b for b in self.waiting if b not in self.parked and b not in self.blocks and b not in retry]
         self.fetching.clear()
+        self.fetched_in.clear()
+        self.fetch_tries.clear()
         self.helped.clear()
         out = self._on_local_timeout(view)
         for block_id in retry:
@@ -582,7 +591,7 @@ class Core:
                 self._repark(sender, p)
             asked = self.fetching.get(b.parent)
             if sender == b.proposer and asked is not None and asked not in (sender, self.cfg.me):
-                self.fetching[b.parent] = sender
+                self.fetching[b.parent], self.fetched_in[b.parent] = sender, self.ticks
                 return [Send(sender, BlockRequest(b.parent, self.committed.height + 1, MAX_RANGE))]
             return []
         if len(self.parked) >= MAX_PARKED:
@@ -645,7 +654,7 @@ class Core:
         if len(self.fetching) >= MAX_FETCHES:
             self.counters["fetches_full"] += 1
             return []
-        self.fetching[block_id] = peer
+        self.fetching[block_id], self.fetched_in[block_id] = peer, self.ticks
         ask = BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)
         return [Broadcast(ask) if peer == self.cfg.me else Send(peer, ask)]
 
@@ -705,11 +714,15 @@ class Core:
         """Proposals of one chain, oldest first: each validated as any proposal. A fetch that the
         answer brought closer but not to its end asks the same peer for the next range."""
         out, new = [], 0
-        for i, p in enumerate(resp.proposals):
-            known = p.block.id in self.blocks
-            nxt = resp.proposals[i + 1].block.qc if i + 1 < len(resp.proposals) else None
-            out += self._on_proposal(sender, p, nxt)
-            new += not known and p.block.id in self.blocks
+        self.answering = True
+        try:
+            for i, p in enumerate(resp.proposals):
+                known = p.block.id in self.blocks
+                nxt = resp.proposals[i + 1].block.qc if i + 1 < len(resp.proposals) else None
+                out += self._on_proposal(sender, p, nxt)
+                new += not known and p.block.id in self.blocks
+        finally:
+            self.answering = False
         last = resp.proposals[-1].block
         # an answer that stops short of the fetched block is full (MAX_RANGE proposals or about
         # RANGE_BYTES, as _on_block_request cuts it) from an honest peer that holds the chain; a
@@ -721,8 +734,10 @@ class Core:
         for block_id, peer in list(self.fetching.items()):
             if block_id in self.blocks:
                 del self.fetching[block_id]
+                self.fetched_in.pop(block_id, None)
             elif peer in (sender, self.cfg.me) and new and last.id in self.blocks:  # progress, not there yet
-                self.fetching[block_id] = ask  # (a fetch asked of everyone goes on with the first to answer)
+                # (a fetch asked of everyone goes on with the first to answer)
+                self.fetching[block_id], self.fetched_in[block_id] = ask, self.ticks
                 out.append(Send(ask, BlockRequest(block_id, last.height + 1, MAX_RANGE)))
         return out
 
@@ -904,7 +919,42 @@ class Core:
         self.helped.clear()
         self.failures = 0 if via_qc else self.failures + 1
         delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures, 16), self.cfg.max_timeout_ms)
-        return [SetTimer(view, delay)] + self._propose(view)
+        if self.answering:
+            return [SetTimer(view, delay)] + self._propose(view)
+        self.ticks += 1
+        return [SetTimer(view, delay)] + self._refetch() + self._propose(view)
+
+    def _refetch(self) -> list:
+        """Fetches unanswered for FETCH_VIEWS views, asked again of the validator after the one
+        asked (of everyone's first but this one for a fetch asked of everyone), and the slots of
+        blocks that came another way freed. A fetch was forgotten only when a view of this
+        validator timed out, and while QCs or TCs formed by the others move it on no view of it
+        does: a validator behind whose requests went unanswered (a peer's request backlog, a frame
+        lost, a Byzantine peer that never answers) held MAX_FETCHES of them for ever and fetched
+        nothing more, parking the chain's proposals as they came (found driving the simulation with
+        a validator whose link stalled while the others went on: stuck at height 46 for good)."""
+        out = []
+        for block_id, asked in list(self.fetched_in.items()):
+            if block_id not in self.fetching or block_id in self.blocks or block_id in self.heights:
+                self.fetching.pop(block_id, None)  # (came another way; committed ones may be pruned already)
+                del self.fetched_in[block_id]
+            elif self.ticks - asked >= FETCH_VIEWS:
+                tries = self.fetch_tries.get(block_id, 0) + 1
+                if tries >= self.cfg.n:  # every validator asked: a block nobody serves (an abandoned
+                    del self.fetching[block_id], self.fetched_in[block_id]  # branch's); its slot is freed
+                    self.fetch_tries.pop(block_id, None)
+                    continue
+                peer = self._after(self.fetching[block_id])
+                self.fetching[block_id], self.fetched_in[block_id] = peer, self.ticks
+                self.fetch_tries[block_id] = tries
+                self.counters["fetch_retried"] += 1
+                out.append(Send(peer, BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)))
+        self.fetch_tries = {i: t for i, t in self.fetch_tries.items() if i in self.fetching}
+        # parents of parked proposals that no fetch is for (MAX_FETCHES were out when they were parked)
+        for parent, entries in list(self.waiting.items()):
+            if parent not in self.parked and parent not in self.blocks and parent not in self.fetching:
+                out += self._fetch(parent, entries[0][0])
+        return out
 
     def _on_local_timeout(self, view: int) -> list:
         """Stop voting in this view and ask everyone to move on, showing the highest QC known."""

@@ -50,7 +50,15 @@ CATCH_UP_HEIGHTS = 8  # see NodeRunner.catching_up
 TX_INDEX = 1_000_000  # committed transactions whose height /tx can tell (the latest ones)
 PEER_WINDOW_S = 5.0   # a peer heard from this recently counts as connected (at least; see peer_window_s)
 LOAD_DEPTH = 4        # the built-in load keeps this many blocks' worth of transactions in the mempool
-REQUEST_BACKLOG = RANGE_BYTES  # bytes waiting to go to a peer past which its block/snapshot requests are dropped
+# A peer's block and snapshot requests are dropped (request_admitted) while ANSWER_BACKLOG bytes of
+# answers (block ranges, snapshot chunks) wait to go to it, or REQUEST_BACKLOG bytes of anything: the
+# proposals, votes and timeouts queued for a slow peer do not hold back its catch-up answers (they
+# did, with one bound on everything: a validator behind on a slow link had its requests dropped
+# while a range's worth of new proposals waited for it), and past REQUEST_BACKLOG an answer would
+# not fit in the peer's outgoing queue (net.Limits.queue_bytes) anyway
+ANSWER_BACKLOG = RANGE_BYTES
+REQUEST_BACKLOG = MAX_MESSAGE - RANGE_BYTES
+ANSWER_TYPES = frozenset((5, 7))  # the frame type bytes of BlockResponse and SnapshotChunk (messages._TYPES)
 INBOX_PER_PEER = 4_096  # messages of one validator waiting for the core; more are dropped (timeouts recover)
 INBOX_BYTES_PER_PEER = 4 * MAX_MESSAGE  # and their bytes (4,096 frames of up to 64 MiB would be 256 GiB)
 WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
@@ -604,6 +612,8 @@ class NodeRunner:
         addresses = list(cfg.addresses)
         addresses[cfg.index] = cfg.listen
         self.net = Network(cfg.index, addresses, self._deliver, cfg.delay_ms, seed=cfg.seed, keys=cfg.keys)
+        # the same queues, counting the answers in them (request_admitted); before start() makes the writers
+        self.net.queues = {i: PeerQueue(q.maxsize) for i, q in self.net.queues.items()}
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -667,19 +677,51 @@ class NodeRunner:
 
     def _handle(self, sender: int, msg) -> None:
         """A peer's message to the core. A block or snapshot request is answered only while less
-        than REQUEST_BACKLOG bytes wait to go to that peer: an answer costs this validator a read
-        and an encoding of up to RANGE_BYTES (or a snapshot chunk), a request 50 bytes, and an honest
-        peer asks for the next range once it has the last. A proposal counts for catching_up only
-        once the core holds or parked it (its signatures checked): a height a peer merely claims
-        would keep /health at "catching up" for ever."""
+        than ANSWER_BACKLOG bytes of answers (and REQUEST_BACKLOG of anything) wait to go to that
+        peer (request_admitted): an answer costs this validator a read and an encoding of up to
+        RANGE_BYTES (or a snapshot chunk), a request 50 bytes, and an honest peer asks for the next
+        range once it has the last. A proposal counts for catching_up only once the core holds or
+        parked it (its signatures checked): a height a peer merely claims would keep /health at
+        "catching up" for ever."""
         if isinstance(msg, (BlockRequest, SnapshotRequest)):
             net = getattr(self, "net", None)
-            if net is not None and net.queued_bytes.get(sender, 0) >= REQUEST_BACKLOG:
-                self.core.counters["request_backlog"] += 1
-                return
+            if net is not None:
+                queue = getattr(net, "queues", {}).get(sender)
+                if not request_admitted(net.queued_bytes.get(sender, 0), getattr(queue, "answer_bytes", 0)):
+                    self.core.counters["request_backlog"] += 1
+                    return
         self._apply(self.core.handle(sender, msg))
         if isinstance(msg, Proposal) and (msg.block.id in self.core.blocks or msg.block.id in self.core.parked):
             self.highest_seen = max(self.highest_seen, msg.block.height)
+
+
+def request_admitted(queued: int, answers: int, answer_backlog: int = ANSWER_BACKLOG,
+                     request_backlog: int = REQUEST_BACKLOG) -> bool:
+    """Whether a peer's block or snapshot request is served, with `queued` bytes waiting to go to
+    it in all and `answers` of them answers to its earlier requests (the simulation applies the
+    same rule with its own bounds). A Byzantine peer that asks and does not read gets at most one
+    range's worth of answers queued; an honest peer asks for the next range once it has the last,
+    so its answers are never held back by the proposals queued beside them."""
+    return answers < answer_backlog and queued < request_backlog
+
+
+class PeerQueue(asyncio.Queue):
+    """A peer's outgoing frames (net.Network's queue for it) that also counts the bytes of the
+    answers among them (answer_bytes, frames typed ANSWER_TYPES), for request_admitted."""
+    def _init(self, maxsize):
+        super()._init(maxsize)
+        self.answer_bytes = 0
+
+    def _put(self, frame):
+        super()._put(frame)
+        if len(frame) > 5 and frame[5] in ANSWER_TYPES:
+            self.answer_bytes += len(frame)
+
+    def _get(self):
+        frame = super()._get()
+        if len(frame) > 5 and frame[5] in ANSWER_TYPES:
+            self.answer_bytes -= len(frame)
+        return frame
 
 
 def _weight(msg) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,7 +16,8 @@ from nacl.signing import SigningKey
 from . import messages, snapshots, statesync
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
-from .messages import Vote
+from .messages import BlockRequest, SnapshotRequest, Vote
+from .node import ANSWER_BACKLOG, ANSWER_TYPES, REQUEST_BACKLOG, request_admitted
 from .store import Store
 from .verify import Verifier
 
@@ -75,6 +77,13 @@ class Simulation:
         self.proposed_at: dict[bytes, float] = {}
         self.proposed_by: dict[str, dict[int, bytes]] = {}  # node name -> view -> block it proposed
         self._nonces = [0] * len(self.clients)
+        # slow_link: validator name -> bytes a millisecond each link into it carries; the frames
+        # queued for it by each sender, (time the last byte leaves, bytes, is an answer)
+        self.bandwidth: dict[str, float] = {}
+        self.stalled: dict[str, float] = {}  # validator name -> until when its links carry nothing
+        self.outq: dict[tuple[str, str], deque] = {}
+        self.backlog = (ANSWER_BACKLOG, REQUEST_BACKLOG, messages.MAX_MESSAGE)  # answers, all, queue bound
+        self.overflow = 0  # frames not queued: the outgoing queue to a slow link was full
 
     def add_node(self, index: int, name: str, genesis: dict) -> Node:
         key = self.keys[index]
@@ -133,7 +142,48 @@ class Simulation:
                 continue
             copies = 2 if self.rng.random() < self.link.duplicate else 1
             for _ in range(copies):
-                self._push(self.now + self.rng.uniform(*self.link.delay_ms), ("msg", dst.name, src.index, frame))
+                leaves = self._queue(src.name, dst.name, frame) if dst.name in self.bandwidth else self.now
+                if leaves is not None:
+                    self._push(leaves + self.rng.uniform(*self.link.delay_ms), ("msg", dst.name, src.index, frame))
+
+    def slow_link(self, name: str, bytes_per_ms: float, stalled_until_ms: float = 0.0,
+                  answer_backlog: int = ANSWER_BACKLOG, request_backlog: int = REQUEST_BACKLOG,
+                  queue_bytes: int = messages.MAX_MESSAGE) -> None:
+        """Each link into validator `name` carries bytes_per_ms, and nothing before stalled_until_ms
+        (a connection that hangs, then comes back): a sender's frames to it wait in
+        a queue of at most queue_bytes (net.Network's; a full one drops them), and the validators
+        serve its block and snapshot requests as a node does (node.request_admitted: answer_backlog
+        bytes of answers or request_backlog of anything queued for it drop them). The bounds
+        default to the node's; a test with small blocks scales them down with its blocks."""
+        self.bandwidth[name], self.stalled[name] = bytes_per_ms, stalled_until_ms
+        self.backlog = (answer_backlog, request_backlog, queue_bytes)
+
+    def _queued(self, src: str, dst: str) -> deque:
+        q = self.outq.setdefault((src, dst), deque())
+        while q and q[0][0] <= self.now:
+            q.popleft()
+        return q
+
+    def _queue(self, src: str, dst: str, frame: bytes) -> float | None:
+        """When the last byte of `frame` leaves src's queue for dst (None: the queue is full)."""
+        q = self._queued(src, dst)
+        queued = sum(size for _, size, _ in q)
+        if queued and queued + len(frame) > self.backlog[2]:
+            self.overflow += 1
+            return None
+        leaves = max(self.now, self.stalled[dst], q[-1][0] if q else 0.0) + len(frame) / self.bandwidth[dst]
+        q.append((leaves, len(frame), frame[5] in ANSWER_TYPES))
+        return leaves
+
+    def _admitted(self, node: Node, sender: int) -> bool:
+        """Whether `node` serves a block or snapshot request of `sender` (see slow_link)."""
+        for peer in self.nodes:
+            if peer.index == sender and peer.name in self.bandwidth:
+                q = self._queued(node.name, peer.name)
+                if not request_admitted(sum(size for _, size, _ in q), sum(size for _, size, a in q if a),
+                                        *self.backlog[:2]):
+                    return False
+        return True
 
     def _apply(self, node: Node, actions: list) -> None:
         due = False
@@ -277,6 +327,10 @@ class Simulation:
                     msg = messages.decode(frame)
                 except messages.DecodeError:
                     self.undecodable += 1
+                    continue
+                if self.bandwidth and isinstance(msg, (BlockRequest, SnapshotRequest)) \
+                        and not self._admitted(node, sender):
+                    node.core.counters["request_backlog"] += 1
                     continue
                 work = lambda: node.core.handle(sender, msg)  # noqa: E731
             if self.compute:
