@@ -746,3 +746,31 @@ def test_decoding_a_requests_hex_is_charged_to_the_clients_share(tmp_path, monke
     finally:
         runner.store.close()
     assert charged >= 20.0  # the body and its one signature: two decodes, each 10 s on this clock
+
+
+def test_requests_over_the_rate_cost_the_loop_nothing_more(tmp_path):
+    """Found pipelining requests on one connection: a request over the rate was still parsed,
+    routed and answered 429 (a millisecond or more of the loop that runs consensus each), and
+    the connection kept reading, so 20,000 "GET /status" pipelined in 660 kB took the loop 44 s
+    at requests_per_s = 1. Now a 429 for the rate closes the connection (what was pipelined
+    behind it is not read), and a client over its rate is refused a new connection at once
+    (a static 429 before aiohttp reads anything)."""
+    async def scenario(s, base, runner):
+        host, port = runner.cfg.rpc
+        r, w = await asyncio.open_connection(host, port)
+        w.write(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n" * 2000)
+        data = b""
+        try:
+            while chunk := await asyncio.wait_for(r.read(1 << 20), 5):
+                data += chunk
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        w.close()
+        again = await _raw(host, port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        return data, again
+    data, again = _serve(tmp_path, scenario, requests_per_s=1.0)
+    answered = data.count(b"HTTP/1.1 ")
+    assert 1 <= data.count(b"HTTP/1.1 429") and answered <= 10, answered  # the burst (2), one 429, closed
+    head, _, body = again.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 429") and b"Retry-After: 1" in head
+    assert "requests per second" in json.loads(body)["error"]
