@@ -248,11 +248,14 @@ class Store:
         return self.db.execute("SELECT COALESCE(MAX(height), 0) FROM committed").fetchone()[0]
 
     def committed_ids(self) -> list[bytes | None]:
-        """The committed block ids by height from 1 (None below a state-synced store's first height),
-        without decoding the blocks."""
-        rows = self.db.execute("SELECT height, id FROM committed ORDER BY height").fetchall()
-        first = rows[0][0] if rows else 1
-        return [None] * (first - 1) + [_id(r[1], f"the committed row at height {r[0]}") for r in rows]
+        """The committed block ids by height from 1, without decoding the blocks: entry h - 1 is the
+        id at height h, None where no row is (below a state-synced store's first height, or a row a
+        damaged disk lost: placed by height, so a lost row never shifts the ids above it)."""
+        rows = self.db.execute("SELECT height, id FROM committed WHERE height >= 1 ORDER BY height").fetchall()
+        out: list[bytes | None] = [None] * (rows[-1][0] if rows else 0)
+        for height, block_id in rows:
+            out[height - 1] = _id(block_id, f"the committed row at height {height}")
+        return out
 
     def committed_range(self, from_height: int, count: int) -> list[Proposal]:
         """Up to `count` committed proposals from from_height on, in height order (Core's

@@ -326,6 +326,33 @@ def test_a_store_file_cut_short_or_bit_flipped_starts_or_stops_with_one_store_er
     assert outcomes["StoreError"] >= 40 and outcomes["started"] >= 40, outcomes
 
 
+def test_a_committed_row_lost_below_the_snapshot_does_not_shift_the_chain_or_stop_the_restart(tmp_path):
+    """A committed row below the newest snapshot lost (a damaged disk, or deleted): committed_ids
+    listed the ids one after another, so every id above the gap moved down one height and the
+    restart stopped with "the snapshot at height 22 is not of its block" (InvariantViolation),
+    though the snapshot and the chain after it are intact. Ids are now placed by height (None in
+    the gap, as below a state-synced store's first block): the validator starts from its snapshot
+    and serves what it holds, the gap's blocks are left to other peers."""
+    from consensus.messages import BlockRequest
+    sim = _net(tmp_path)
+    store = sim._node("v1").store
+    newest = store.snapshots()[0][0]
+    ids = store.committed_ids()
+    store.db.execute("DELETE FROM committed WHERE height = 3")
+    assert store.committed_ids() == ids[:2] + [None] + ids[3:]
+    app = sim._make_app(sim.genesis)
+    start = snapshots.load(store, app)
+    assert start.base.proposal.block.height == newest
+    key = sim.keys[1]
+    core = Core(sim.cfg[1], lambda m: key.sign(m).signature, app, store.safety(), start.history,
+                store.committed_range, start.base)
+    assert core.committed.height == store.top_height() and core.chain[5] == ids[4]
+    top = ids[-1]
+    (send,) = core.handle(0, BlockRequest(top, 10, 5))  # above the gap: served
+    assert [p.block.height for p in send.msg.proposals] == [10, 11, 12, 13, 14]
+    assert core.handle(0, BlockRequest(top, 2, 5)) == []  # across it: left to others
+
+
 # ---- frames at their limits ------------------------------------------------------------------------
 
 def test_certificates_of_65535_signers_decode_as_arrays_not_a_loop_per_signer(monkeypatch):
