@@ -345,3 +345,30 @@ def test_a_run_raising_valueerror_does_not_raise_out_of_propose(monkeypatch):
     txs, state = app.propose(app.genesis, set())  # raised Rejected before
     assert len(txs) == 0 and len(app.mempool) == 3 and not app.refused
     agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
+
+
+# ---- 5. one account filling the mempool ----------------------------------------------------------
+
+
+def test_one_account_cannot_queue_more_than_its_window_of_consecutive_transactions():
+    """One account's consecutive deposits are each valid, so never refused nor evicted: 100,000 of
+    them filled the client API's mempool (max_mempool) and every other client got 503 until 1,000
+    default blocks drained it. Now the mempool admits an account's transactions only up to
+    max(4 x max_txs, 1024) nonces past its committed one (here 1024); the window moves on with
+    each committed block, and an honest account is unaffected."""
+    c = funded_genesis()
+    (sk,), (k,) = users(8, 1)
+    c.register(k)
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=100)
+    window = max(clearing_app.AHEAD_BLOCKS * 100, clearing_app.MIN_AHEAD)
+    items = [signed(ctx.deposit(k, n, "USD", USD), [sk]) for n in range(window + 5)]
+    reasons = app.submit_many(items)
+    assert reasons[:window] == [""] * window
+    assert all(r.startswith("ahead: ") for r in reasons[window:])
+    honest = signed(ctx.deposit(K[0], c.accounts[K[0]].nonce, "USD", USD), [USERS[0]])
+    assert app.submit_many([honest]) == [""]
+    txs, state = app.propose(app.genesis, set())
+    assert len(txs) == 100
+    agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
+    app.committed(block_of(txs, bytes(32), state.root, app), state)
+    assert app.submit_many(items[window:window + 5]) == [""] * 5  # the window moved on by the block

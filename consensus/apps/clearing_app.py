@@ -41,6 +41,12 @@ log = logging.getLogger("consensus.clearing")
 _COLUMNAR = (ctx.DEPOSIT, ctx.WITHDRAW, ctx.TRADE)
 MAX_PASSES = 4  # fills of one proposal before it falls back to what no margin check refuses
 REFUSALS_KEPT = 10_000  # reasons of recently refused transactions, for clients asking
+# The mempool admits a transaction only if each account it consumes a nonce of is at most this
+# many nonces past the account's next committed one: max(AHEAD_BLOCKS x max_txs, MIN_AHEAD). One
+# account signing consecutive deposits (each valid, so never refused) filled the client API's
+# whole mempool (max_mempool, 100,000), and the API then refused every other client's
+# transaction until 1,000 default blocks drained it.
+AHEAD_BLOCKS, MIN_AHEAD = 4, 1024
 # Transactions one block may hold, on every validator (a rule of the network, not of one node's
 # configuration): a validator refuses a longer block before checking anything in it, and a
 # proposer never builds one (max_txs above it is capped). Only the 64 MiB frame bounded a
@@ -210,7 +216,7 @@ class ClearingApp:
             except (ctx.Malformed, TypeError, ValueError) as exc:
                 reasons[i] = f"malformed: {exc}"
                 continue
-            reasons[i] = self._stale(tx)
+            reasons[i] = self._stale(tx) or self._ahead(tx)
             if reasons[i]:
                 continue
             digest = hashlib.sha256(body).digest()
@@ -243,6 +249,16 @@ class ClearingApp:
         last = self.head.marks.get(mark[0]) if mark is not None else None
         if last is not None and mark[1] <= last.sequence:
             return f"stale: {mark[0]} mark {mark[1]} is not after the committed mark {last.sequence}"
+        return ""
+
+    def _ahead(self, tx: ctx.Tx) -> str:
+        """Why tx waits too far ahead of its accounts' committed nonces ("" if it does not)."""
+        window = max(AHEAD_BLOCKS * self.max_txs, MIN_AHEAD)
+        for account, nonce in ctx.consumed(tx)[0]:
+            held = self.head.accounts.get(account)
+            if nonce - (held.nonce if held is not None else 0) >= window:
+                return (f"ahead: account {account.hex()[:16]} nonce {nonce} is {window} or more past its next "
+                        f"committed nonce {held.nonce if held is not None else 0}; send it after a block")
         return ""
 
     def submit(self, body: bytes, signatures: list[bytes]) -> None:
