@@ -11,8 +11,10 @@ do not finish within a timeout close the connection and are counted.
 
 Frames (messages.encode) that are oversized or do not decode are dropped and counted; the
 connection stays up unless the length prefix itself is impossible (closed before the payload is
-read). Limits (Limits): unauthenticated connections at once (the oldest is closed for a newer
-one), authenticated connections per validator, bytes and frames a validator may send per second
+read). Limits (Limits): connections accepted per second per source address and from all
+strangers together (each may cost a signature check; past them a connection is closed before
+the listener's hello), unauthenticated connections at once, in all and per source address (the
+oldest is closed for a newer one), authenticated connections per validator, bytes and frames a validator may send per second
 (its connection is read more slowly past them), frames and bytes queued for a peer (beyond them
 frames are dropped: the protocol's timeouts recover from loss). A peer that is down is retried with
 backoff. A connection authenticated with this validator's own key is refused, and frames from two
