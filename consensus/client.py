@@ -453,9 +453,7 @@ class Client:
                 for url in self.urls:
                     try:
                         got = send(url)
-                    except RpcError as exc:
-                        if exc.status is not None and exc.status < 500 and exc.status != 429:
-                            raise  # the request itself refused (400, 413): every validator would
+                    except RpcError as exc:  # a 4xx too: one hostile validator's 400 must not stop the rest
                         failures.append(exc)
                         continue
                     results = results or got
@@ -468,9 +466,9 @@ class Client:
 
     def _any(self, url: str | None, call):
         """call(url); without url, call on each validator in turn until one answers: one that
-        cannot be reached, is overloaded (5xx, 429 past its retries) or answers something that
-        is not the API's is passed over (an RpcError naming each when none answers). A refusal
-        of the request itself (4xx) is the answer."""
+        cannot be reached, is overloaded (5xx, 429 past its retries), refuses the request (4xx:
+        a hostile validator's 400 must not stop the client) or answers something that is not
+        the API's is passed over; an RpcError when none answers."""
         if url is not None:
             return call(url)
         failures = []
@@ -478,8 +476,6 @@ class Client:
             try:
                 return call(u)
             except RpcError as exc:
-                if exc.status is not None and exc.status < 500 and exc.status != 429:
-                    raise
                 failures.append(exc)
         raise _none_answered(failures)
 
@@ -598,8 +594,10 @@ class Client:
 
 def _none_answered(failures: list) -> RpcError:
     """The RpcError when no validator answered: each one's failure, on one line (one validator's
-    as it is)."""
-    if len(failures) == 1:
+    as it is, and the first one's when every validator refused the request with a 4xx: the
+    request's own fault, say a body over max_body_bytes)."""
+    if len(failures) == 1 or failures and all(f.status is not None and 400 <= f.status < 500 and f.status != 429
+                                              for f in failures):
         return failures[0]
     return RpcError(f"no validator answered: {'; '.join(str(f) for f in failures)}"[:2000],
                     failures[-1].status if failures else None, failures[-1].body if failures else None)

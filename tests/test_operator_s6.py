@@ -571,6 +571,14 @@ def test_the_client_passes_over_a_validator_that_is_down(tmp_path, capsys):
         assert main(["tx", "--node", f"{dead},{live.url}", "--wait", "5", "deposit", "--key",
                      str(tmp_path / "k.json"), "--amount", "5"]) == 0
         assert json.loads(capsys.readouterr().out)["height"] == 9
+        refusing = _Hostile(_http("400 Bad Request", b'{"error": "no"}'))  # a hostile validator's 400
+        try:
+            c2 = cl.Client([refusing.url, live.url], timeout=5)
+            assert c2.broadcast([tx])[0]["accepted"] and c2.next_nonce(K1) == 3
+            with pytest.raises(cl.RpcError, match="400 no"):  # every one refusing: the first's refusal
+                cl.Client([refusing.url, refusing.url]).status()
+        finally:
+            refusing.close()
         with pytest.raises(cl.RpcError, match="no validator answered: .*" + dead + ".*" + hostile.url):
             cl.Client([dead, hostile.url]).broadcast([tx])
         with pytest.raises(cl.RpcError, match="no validator answered"):
