@@ -44,6 +44,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 log = logging.getLogger("consensus.rpc")
 CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
+TOTAL_REQUESTS = 20  # requests a second from all clients together: this many times requests_per_s
 
 
 class BadRequest(ValueError):
@@ -96,32 +97,51 @@ class _Bucket:
 
 
 class RateLimit:
-    """A token bucket per client address: `rate` requests a second, bursts of up to 2 s worth."""
+    """A token bucket per client address: `rate` requests a second, bursts of up to 2 s worth; and,
+    with total, one for every client together (total requests a second, bursts of 2 s worth). The
+    per-client bound alone let many addresses (an IPv6 /48 is 65,536 clients) send as many
+    requests as their bandwidth allows, each answered on the loop that runs consensus."""
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, total: float | None = None):
         self.rate, self.burst = rate, max(1.0, 2 * rate)
         self.buckets: dict[str, _Bucket] = {}
+        self.total = total
+        self.all: _Bucket | None = None  # made at the first request
+
+    def _level(self, b: _Bucket | None, rate: float, burst: float, now: float) -> float:
+        return burst if b is None else min(burst, b.tokens + max(0.0, now - b.at) * rate)
 
     def empty(self, client: str, now: float | None = None) -> bool:
         """Whether the client's next request would be refused (nothing taken)."""
-        b = self.buckets.get(client)
-        if b is None:
-            return False
         now = time.monotonic() if now is None else now
-        return min(self.burst, b.tokens + (now - b.at) * self.rate) < 1
+        if self._level(self.buckets.get(client), self.rate, self.burst, now) < 1:
+            return True
+        return self.total is not None and self._level(self.all, self.total, max(1.0, 2 * self.total), now) < 1
 
-    def allow(self, client: str, now: float | None = None) -> bool:
+    def refusal(self, client: str, now: float | None = None) -> str:
+        """'' if the client may make a request now (taken from its bucket and the total), else
+        'client' or 'all': which bound refuses it."""
         now = time.monotonic() if now is None else now
         b = self.buckets.pop(client, None) or _Bucket(self.burst, now)
         self.buckets[client] = b  # most recently used last
         while len(self.buckets) > CLIENTS_TRACKED:
             del self.buckets[next(iter(self.buckets))]
-        b.tokens = min(self.burst, b.tokens + (now - b.at) * self.rate)
-        b.at = now
+        b.tokens, b.at = self._level(b, self.rate, self.burst, now), max(b.at, now)
         if b.tokens < 1:
-            return False
+            return "client"
+        if self.total is not None:
+            if self.all is None:
+                self.all = _Bucket(max(1.0, 2 * self.total), now)
+            a = self.all
+            a.tokens, a.at = self._level(a, self.total, max(1.0, 2 * self.total), now), max(a.at, now)
+            if a.tokens < 1:
+                return "all"
+            a.tokens -= 1
         b.tokens -= 1
-        return True
+        return ""
+
+    def allow(self, client: str, now: float | None = None) -> bool:
+        return not self.refusal(client, now)
 
 
 def client_of(remote: str | None) -> str:
@@ -313,15 +333,19 @@ class Rpc:
     max_connections (None: a quarter of the file-descriptor limit, at most 1,024) and
     max_connections_per_client bound the open connections; one that sends nothing for
     idle_timeout_s seconds is closed. Submissions may take submit_share_s seconds of the node's
-    loop a second per client, submit_total_s for all (WorkBudget); past them, 429."""
+    loop a second per client, submit_total_s for all (WorkBudget); past them, 429. Requests:
+    requests_per_s per client, requests_total_per_s (default TOTAL_REQUESTS x requests_per_s)
+    from all clients together."""
 
     def __init__(self, node, listen: tuple[str, int], max_body_bytes: int = 1 << 20, requests_per_s: float = 100.0,
                  max_batch: int = 1000, max_mempool: int = 100_000, max_connections: int | None = None,
                  max_connections_per_client: int = 64, idle_timeout_s: float = 30.0,
-                 submit_share_s: float = 0.1, submit_total_s: float = 0.4):
+                 submit_share_s: float = 0.1, submit_total_s: float = 0.4,
+                 requests_total_per_s: float | None = None):
         self.node, self.listen = node, listen
         self.max_batch, self.max_mempool, self.max_body = max_batch, max_mempool, max_body_bytes
-        self.limit = RateLimit(requests_per_s)
+        self.limit = RateLimit(requests_per_s, TOTAL_REQUESTS * requests_per_s if requests_total_per_s is None
+                               else requests_total_per_s)
         self.refused_requests = 0
         self.max_connections = _default_connections() if max_connections is None else max_connections
         self.max_per_client, self.idle_timeout_s = max_connections_per_client, idle_timeout_s
@@ -387,7 +411,8 @@ class Rpc:
         over its request rate is refused here, before aiohttp spends anything on it."""
         if self.limit.empty(client):
             self.refused_connections += 1
-            return f"over {self.limit.rate:g} requests per second from {client}; slow down"
+            return f"over the request rate ({self.limit.rate:g} requests per second from {client}, " \
+                   f"{self.limit.total:g} from all clients); slow down"
         if self.open_connections >= self.max_connections:
             self.refused_connections += 1
             return f"{self.max_connections} connections open to this API; try again later"
@@ -418,10 +443,13 @@ class Rpc:
                 proto.progressed()
 
     async def _guarded(self, request: web.Request, handler):
-        if not self.limit.allow(client_of(request.remote)):
+        refused = self.limit.refusal(client_of(request.remote))
+        if refused:
             self.refused_requests += 1
-            resp = _error(429, f"over {self.limit.rate:g} requests per second from {request.remote}; slow down",
-                          retry_after=1)
+            resp = _error(429, f"over {self.limit.rate:g} requests per second from {request.remote}; slow down"
+                          if refused == "client" else
+                          f"this API is over {self.limit.total:g} requests per second from all clients; "
+                          "try again in a second", retry_after=1)
             # closed after it: requests pipelined behind it are not read (each refusal still took
             # the loop a millisecond or more: 20,000 pipelined on one connection, 660 kB, took 44 s)
             resp.force_close()

@@ -783,3 +783,27 @@ def test_requests_over_the_rate_cost_the_loop_nothing_more(tmp_path):
     head, _, body = again.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 429") and b"Retry-After: 1" in head
     assert "requests per second" in json.loads(body)["error"]
+
+
+def test_requests_from_many_addresses_are_bounded_together(tmp_path):
+    """The request rate was bounded per client address only, so many addresses (an IPv6 /48 is
+    65,536 clients, each with its own burst) could send as many requests as their bandwidth
+    allowed, each answered on the loop that runs consensus. Now all clients together get
+    requests_total_per_s (default 20 x requests_per_s); past it a 429 for everyone, and a new
+    connection is refused at once until the bucket refills."""
+    import aiohttp
+    from consensus.rpc import RateLimit
+
+    async def scenario(s, base, runner):
+        codes = [(await _get_raw(s, base + "/health"))[0] for _ in range(3)]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as other:
+            async with other.get(base + "/status") as r:
+                codes.append(r.status)
+                error = (await r.json())["error"]
+        return codes, error
+    codes, error = _serve(tmp_path, scenario, requests_per_s=100.0, requests_total_per_s=1.0)
+    assert codes[:2] == [503, 503] and codes[2:] == [429, 429], codes  # a burst of 2 in all, then refused
+    assert "from all clients" in error or "all clients" in error
+    limit = RateLimit(100.0, total=1.0)
+    assert [limit.allow("a", 0.0), limit.allow("b", 0.0), limit.allow("c", 0.0), limit.allow("d", 1.0)] == \
+        [True, True, False, True]
