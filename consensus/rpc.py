@@ -334,7 +334,7 @@ class Rpc:
     max_connections_per_client bound the open connections; one that sends nothing for
     idle_timeout_s seconds is closed. Submissions may take submit_share_s seconds of the node's
     loop a second per client, submit_total_s for all (WorkBudget); past them, 429. Requests:
-    requests_per_s per client, requests_total_per_s (default TOTAL_REQUESTS x requests_per_s)
+    requests_per_s per client, requests_total_per_s (None or 0: TOTAL_REQUESTS x requests_per_s)
     from all clients together."""
 
     def __init__(self, node, listen: tuple[str, int], max_body_bytes: int = 1 << 20, requests_per_s: float = 100.0,
@@ -344,8 +344,7 @@ class Rpc:
                  requests_total_per_s: float | None = None):
         self.node, self.listen = node, listen
         self.max_batch, self.max_mempool, self.max_body = max_batch, max_mempool, max_body_bytes
-        self.limit = RateLimit(requests_per_s, TOTAL_REQUESTS * requests_per_s if requests_total_per_s is None
-                               else requests_total_per_s)
+        self.limit = RateLimit(requests_per_s, requests_total_per_s or TOTAL_REQUESTS * requests_per_s)  # 0: default
         self.refused_requests = 0
         self.max_connections = _default_connections() if max_connections is None else max_connections
         self.max_per_client, self.idle_timeout_s = max_connections_per_client, idle_timeout_s
