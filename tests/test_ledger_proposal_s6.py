@@ -372,3 +372,35 @@ def test_one_account_cannot_queue_more_than_its_window_of_consecutive_transactio
     agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
     app.committed(block_of(txs, bytes(32), state.root, app), state)
     assert app.submit_many(items[window:window + 5]) == [""] * 5  # the window moved on by the block
+
+
+# ---- 6. replay on another network ----------------------------------------------------------------
+
+
+def test_a_transaction_signed_for_another_network_is_refused_there():
+    """Every network had chain id 1 in every body, so a deposit, withdrawal or trade a key signed
+    on a test network replayed on another network with the same genesis accounts (same key, same
+    nonce). A ClearingApp now takes its network's chain_id: a body of another chain is refused by
+    submit_many (with the reason) and makes a block invalid; its own bodies apply as before."""
+    c = funded_genesis()
+    n = c.accounts[K[0]].nonce
+    other = signed(ctx.withdraw(K[0], n, "USD", USD), [USERS[0]])                  # chain 1
+    mine = signed(ctx.withdraw(K[0], n, "USD", USD, chain=7), [USERS[0]])          # chain 7
+    assert ctx.decode(mine[0], 7).fields == ctx.decode(other[0]).fields
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), chain_id=7)
+    assert app.submit_many([other, mine]) == ["malformed: chain id 1, this network is 7", ""]
+    txs, state = app.propose(app.genesis, set())
+    assert [txs.bodies.item(i) for i in range(len(txs))] == [mine[0]]
+    for v in (ClearingApp(Verifier("software"), c.snapshot(), chain_id=7),
+              ClearingApp(Verifier("accel", "cpu"), c.snapshot(), chain_id=7)):
+        verdict = v.validate(v.genesis, block_of(txs, bytes(32), state.root, v), ((), (), ()))
+        assert verdict.ok and verdict.state.root == state.root
+        assert v.execute(v.genesis, txs.bodies).root == state.root
+        replayed = as_txs([other])
+        verdict = v.validate(v.genesis, block_of(replayed, bytes(32), state.root, v), ((), (), ()))
+        assert not verdict.ok and "chain id 1, this network is 7" in verdict.reason
+    chain1 = ClearingApp(Verifier("software"), c.snapshot())
+    verdict = chain1.validate(chain1.genesis, block_of(txs, bytes(32), state.root, chain1), ((), (), ()))
+    assert not verdict.ok and "chain id 7, this network is 1" in verdict.reason
+    with pytest.raises(ValueError):
+        ClearingApp(Verifier("software"), c.snapshot(), chain_id=2**32)

@@ -185,8 +185,14 @@ class State:
 
 
 class ClearingApp:
-    def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000, sig_cache: bool = True):
+    def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000, sig_cache: bool = True,
+                 chain_id: int = ctx.CHAIN_ID):
+        """chain_id: the network's (every transaction body starts with it, so what a key signed for
+        another network, or a test network, is refused here: all networks had chain id 1)."""
+        if not (isinstance(chain_id, int) and 0 <= chain_id < 2**32):
+            raise ValueError(f"chain id {chain_id!r}: a u32")
         self.verifier, self.max_txs, self.sig_cache = verifier, min(max_txs, MAX_BLOCK_TXS), sig_cache
+        self.chain_id = chain_id
         genesis.software = verifier.validation == "software"
         self.genesis = State(genesis, genesis.state_root(verifier.sha256_rows))
         # sha256(body) -> (body, signatures). Every entry's signatures verified on admission, so
@@ -208,7 +214,7 @@ class ClearingApp:
                 body, signatures = item
                 if not isinstance(body, bytes) or not all(isinstance(s, bytes) for s in signatures):
                     raise ctx.Malformed("a body and its signatures are bytes")
-                tx = ctx.decode(body)
+                tx = ctx.decode(body, self.chain_id)
                 signatures = list(signatures)
                 if len(signatures) != len(tx.signers) or any(len(s) != 64 for s in signatures):
                     raise ctx.Malformed(f"{len(tx.signers)} signer(s) need as many 64-byte signatures, "
@@ -308,7 +314,7 @@ class ClearingApp:
     @_gc_paused()
     def execute(self, parent: State, bodies: Packed) -> State:
         """Replay (a committed block from this validator's own store)."""
-        out, _ = self._run(parent, ctx.decode_all(bodies))
+        out, _ = self._run(parent, ctx.decode_all(bodies, self.chain_id))
         out.root = out.clearing.state_root(self.verifier.sha256_rows)
         return out
 
@@ -325,7 +331,7 @@ class ClearingApp:
             return Verdict(False, "signature digest does not match the header", None, {})
         bodies, sigs = block.txs.bodies, block.txs.sigs
         try:
-            txs = ctx.decode_all(bodies)
+            txs = ctx.decode_all(bodies, self.chain_id)
             counts = ctx.signer_counts(txs, sigs)
         except ctx.Malformed as exc:
             return Verdict(False, f"malformed transaction: {exc}", None, {})

@@ -3,7 +3,9 @@ signature batch of a whole block. A trade is signed by both counterparties and a
 each oracle it lists, so a block's signatures outnumber its transactions; they follow the
 bodies' order, each transaction's signers in the order its body lists them.
 
-Body: chain id u32 | op u8 | fields (big-endian)
+Body: chain id u32 | op u8 | fields (big-endian). The chain id names the network (ClearingApp's
+chain_id, CHAIN_ID unless its genesis says otherwise), so what a key signs for one network cannot
+be replayed on another; every encoder takes it as `chain`.
   1 register  key 32
   2 deposit   key 32 | nonce u64 | asset 8 (ASCII letters/digits, zero-padded) | amount u64 (quanta)
   3 withdraw  key 32 | nonce u64 | asset 8 | amount u64
@@ -43,8 +45,8 @@ class Tx(NamedTuple):
     body: bytes | None = None  # the bytes it was decoded from (None: built from its fields)
 
 
-def register(key: bytes) -> bytes:
-    return struct.pack(">IB", CHAIN_ID, REGISTER) + key
+def register(key: bytes, chain: int = CHAIN_ID) -> bytes:
+    return struct.pack(">IB", chain, REGISTER) + key
 
 
 def _name(name: str, what: str) -> bytes:
@@ -53,35 +55,36 @@ def _name(name: str, what: str) -> bytes:
     return name.encode("ascii").ljust(8, b"\0")
 
 
-def deposit(key: bytes, nonce: int, asset: str, amount: int) -> bytes:
-    return struct.pack(">IB32sQ8sQ", CHAIN_ID, DEPOSIT, key, nonce, _name(asset, "asset"), amount)
+def deposit(key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN_ID) -> bytes:
+    return struct.pack(">IB32sQ8sQ", chain, DEPOSIT, key, nonce, _name(asset, "asset"), amount)
 
 
-def withdraw(key: bytes, nonce: int, asset: str, amount: int) -> bytes:
-    return struct.pack(">IB32sQ8sQ", CHAIN_ID, WITHDRAW, key, nonce, _name(asset, "asset"), amount)
+def withdraw(key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN_ID) -> bytes:
+    return struct.pack(">IB32sQ8sQ", chain, WITHDRAW, key, nonce, _name(asset, "asset"), amount)
 
 
 def trade(buyer: bytes, buyer_nonce: int, seller: bytes, seller_nonce: int, series: int, size: int,
-          price: int) -> bytes:
-    return struct.pack(">IB32sQ32sQIIQ", CHAIN_ID, TRADE, buyer, buyer_nonce, seller, seller_nonce, series, size, price)
+          price: int, chain: int = CHAIN_ID) -> bytes:
+    return struct.pack(">IB32sQ32sQIIQ", chain, TRADE, buyer, buyer_nonce, seller, seller_nonce, series, size, price)
 
 
-def mark(underlying: str, index: float, sequence: int, timestamp: int, vols: dict, oracles: list[bytes]) -> bytes:
+def mark(underlying: str, index: float, sequence: int, timestamp: int, vols: dict, oracles: list[bytes],
+         chain: int = CHAIN_ID) -> bytes:
     name = underlying.encode("ascii")
     if len(name) > 8:
         raise ValueError(f"underlying {underlying!r} is longer than 8 characters")
-    out = struct.pack(">IB8sdQQH", CHAIN_ID, MARK, name.ljust(8, b"\0"), index, sequence, timestamp, len(vols))
+    out = struct.pack(">IB8sdQQH", chain, MARK, name.ljust(8, b"\0"), index, sequence, timestamp, len(vols))
     out += b"".join(struct.pack(">Id", i, v) for i, v in sorted(vols.items()))
     return out + struct.pack(">B", len(oracles)) + b"".join(oracles)
 
 
-def decode(body: bytes) -> Tx:
-    """The transaction in a body; Malformed says why it is not one."""
+def decode(body: bytes, chain_id: int = CHAIN_ID) -> Tx:
+    """The transaction in a body of the network chain_id; Malformed says why it is not one."""
     if len(body) < 5:
         raise Malformed("shorter than a transaction header")
     chain, op = struct.unpack_from(">IB", body)
-    if chain != CHAIN_ID:
-        raise Malformed(f"chain id {chain}, this network is {CHAIN_ID}")
+    if chain != chain_id:
+        raise Malformed(f"chain id {chain}, this network is {chain_id}")
     try:
         if op in _FIXED:
             fmt = _FIXED[op]
@@ -122,8 +125,8 @@ class BadSignature(ValueError):
     """A well-formed transaction whose signatures do not all verify."""
 
 
-def decode_all(bodies: Packed) -> list[Tx]:
-    return [decode(bodies.item(i)) for i in range(len(bodies))]
+def decode_all(bodies: Packed, chain_id: int = CHAIN_ID) -> list[Tx]:
+    return [decode(bodies.item(i), chain_id) for i in range(len(bodies))]
 
 
 def signer_counts(txs: list[Tx], sigs: np.ndarray) -> np.ndarray:
