@@ -242,17 +242,9 @@ def test_a_writer_left_bankrupt_by_an_expiry_is_liquidated_at_that_mark_whatever
 # ---- 4. a loss routed to bystanders through a hedged counterparty --------------------------------
 
 
-def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bystanders():
-    """Attacker A buys 1 BTC future from its account B, which hedges it with a deep
-    in-the-money call (10,000) bought from its third account C (B's margin is next to nothing
-    once hedged).
-    A crash (60,000 -> 6,000) bankrupts A: its 41,400 USD loss beyond the fund went to B, whose
-    equity hardly moved (the future's gain is the call's loss). Uncapped, B was left bankrupt
-    with the call until the next BTC mark, while C withdrew the gain; capped at B's equity, the
-    rest went to every account with a balance: bystander Z paid 21,030 USD and the attacker's
-    three accounts ended that much above what they put in. Now B, its equity taken and a
-    position left, is charged the rest and liquidated at the same mark: its call is closed
-    against C, and C pays the loss."""
+def hedged_market():
+    """A (12,500 USD) long 1 BTC future from B (15,000), which holds a deep in-the-money call
+    (10,000) bought from C (15,000); bystander Z (1,000,000); a 100 USD fund."""
     from accel.risk import CALL
     from consensus.apps.clearing import Series
     c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 100 * USD, "BTC": 0})
@@ -268,6 +260,21 @@ def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bysta
         c.deposit(k, 0, "USD", q)
     c.trade(A, 1, B, 1, 3, 1, 60_000 * USD)
     c.trade(B, 2, C, 1, 20, 1, c.values([20])[20])
+    return c, (A, B, C, Z), (AS, BS, CS, ZS), deposits, vols
+
+
+def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bystanders():
+    """Attacker A buys 1 BTC future from its account B, which hedges it with a deep
+    in-the-money call (10,000) bought from its third account C (B's margin is next to nothing
+    once hedged).
+    A crash (60,000 -> 6,000) bankrupts A: its 41,400 USD loss beyond the fund went to B, whose
+    equity hardly moved (the future's gain is the call's loss). Uncapped, B was left bankrupt
+    with the call until the next BTC mark, while C withdrew the gain; capped at B's equity, the
+    rest went to every account with a balance: bystander Z paid 21,030 USD and the attacker's
+    three accounts ended that much above what they put in. Now B, its equity taken and a
+    position left, is charged the rest and liquidated at the same mark: its call is closed
+    against C, and C pays the loss."""
+    c, (A, B, C, Z), _, deposits, vols = hedged_market()
     app, validator = apps(c)
     supply = supply_of(c)
     marked(app, ctx.mark("BTC", 6_000.0, 2, T0 + 120, vols, O[:2]))
@@ -281,6 +288,34 @@ def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bysta
         assert not after.accounts[k].positions
     assert vstate.clearing.accounts[Z].collateral["USD"] == deposits[Z]
 
+
+
+def test_a_book_touched_in_the_block_is_never_liquidated_by_the_socialized_loss_of_its_mark():
+    """The same market; in the crash's block B first withdraws all but its maintenance margin
+    (a withdrawal's margin is checked at the block's end). The carrier rule liquidated B at the
+    mark, and its book, empty then, passed the block's end: a mark liquidated a book touched in
+    its block, which the deferred-margin rule forbids (ShortBooks). Now a touched book is not a
+    carrier: capped at its equity, it ends the block short of initial margin, so that block is
+    invalid; the proposer holds B's withdrawal back and B, untouched, passes the loss on."""
+    from tests.test_clearing_properties import as_txs
+    c, (A, B, C, Z), (AS, BS, CS, ZS), deposits, vols = hedged_market()
+    app, validator = apps(c)
+    (eq,), m = c.equity([B]), c.margins([B])
+    out = signed(ctx.withdraw(B, 3, "USD", eq["USD"] - m["USD"][1][0]), [BS])
+    body = ctx.mark("BTC", 6_000.0, 2, T0 + 120, vols, O[:2])
+    mark = (body, [k.sign(body).signature for k in ORACLES[:2]])
+    raw = as_txs([out, mark])
+    try:
+        root = validator.execute(validator.genesis, raw.bodies).root
+    except ValueError:
+        root = bytes(32)
+    assert not validator.validate(validator.genesis, block_of(raw, bytes(32), root, validator), ((), (), ())).ok
+    assert app.submit_many([out, mark]) == ["", ""]
+    txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply_of(c))
+    assert len(txs) == 1
+    after = state.clearing
+    assert [l.account for l in after.liquidations] == [A, B]
+    assert after.accounts[Z].collateral["USD"] == deposits[Z]
 
 # ---- 5. the capped charge itself, and streams through every engine -------------------------------
 from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402

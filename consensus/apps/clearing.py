@@ -934,11 +934,14 @@ class Clearing:
         rest in proportion, beyond its equity, and listed in cascade, to be liquidated at this
         mark: the loss follows the positions on to whoever holds their other side (a counterparty
         hedged by a position with the attacker's third account cannot hand the loss to bystanders
-        while that account keeps the gain). Only without one does the rest go to every other
+        while that account keeps the gain). Not a book a transaction of this block touched: a mark
+        never liquidates one (it stays capped, and the block's end finds it short of initial
+        margin: the block is invalid, the proposer holds its transactions back). Only without one does the rest go to every other
         account with a positive balance in the asset, in proportion to it, capped the same way."""
         charged = self._charge(asset, loss, weights, pending) if loss > 0 and weights else 0
         if loss > charged and cascade is not None:
-            carriers = {h: w for h, w in weights.items() if h not in pending and self._holds(h, asset)}
+            carriers = {h: w for h, w in weights.items()
+                        if h not in pending and self._holds(h, asset) and not self._touched(h, asset)}
             if carriers:
                 charged += self._charge(asset, loss - charged, carriers, carriers)
                 cascade.extend((h, asset) for h in sorted(carriers))
@@ -947,6 +950,10 @@ class Clearing:
             if rest:
                 charged += self._charge(asset, loss - charged, rest, pending)
         return charged
+
+    def _touched(self, key: bytes, asset: str) -> bool:
+        """Whether a trade or withdrawal of this block touched key's asset book."""
+        return (key, asset) in self.touched or (self._cols is not None and self._cols.is_touched(key, asset))
 
     def _holds(self, key: bytes, asset: str) -> bool:
         """Whether key holds a position settling in asset."""
