@@ -77,8 +77,12 @@ class AccelConfig:
         if self.cuda_device > MAX_CUDA_DEVICE:
             raise ConfigError(f"cuda_device must be at most {MAX_CUDA_DEVICE}, not {self.cuda_device}")
         for name in ("opencl_device", "cuda_cubin_dir"):
-            if "\0" in getattr(self, name):
+            value = getattr(self, name)
+            if "\0" in value:
                 raise ConfigError(f"{name} must not contain a NUL character")
+            if value != value.strip():
+                raise ConfigError(f"{name} must not begin or end with whitespace (a blank value would match or "
+                                  f"name something else than meant), not {value!r}")
 
 
 KEYS = {f.name: f.type for f in fields(AccelConfig)}

@@ -53,7 +53,8 @@ class _Transport:
     """accel_transport_events_total from the transport's counters (consensus/net.py Network), by
     event, read at scrape time: what strangers and peers cost the validator's connections."""
     EVENTS = ("handshake_failures", "handshake_timeouts", "pending_evicted", "peer_connections_replaced",
-              "oversized", "dropped", "overflow", "overflow_bytes", "throttled", "unencodable")
+              "oversized", "dropped", "overflow", "overflow_bytes", "throttled", "unencodable",
+              "handshakes_refused", "pending_address_evicted")
 
     def __init__(self, node):
         self.node = node
