@@ -242,15 +242,15 @@ def test_a_writer_left_bankrupt_by_an_expiry_is_liquidated_at_that_mark_whatever
 # ---- 4. a loss routed to bystanders through a hedged counterparty --------------------------------
 
 
-def hedged_market():
+def hedged_market(expiry=T0 + 30 * DAY):
     """A (12,500 USD) long 1 BTC future from B (15,000), which holds a deep in-the-money call
-    (10,000) bought from C (15,000); bystander Z (1,000,000); a 100 USD fund."""
+    (10,000, expiring then) bought from C (15,000); bystander Z (1,000,000); a 100 USD fund."""
     from accel.risk import CALL
     from consensus.apps.clearing import Series
     c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 100 * USD, "BTC": 0})
     for s in SERIES:
         c.list_series(s)
-    c.list_series(Series(20, "BTC", CALL, 10_000.0, T0 + 30 * DAY))
+    c.list_series(Series(20, "BTC", CALL, 10_000.0, expiry))
     vols = {**VOLS, 20: 0.7}
     c.mark("BTC", 60_000.0, vols, 1, T0 + 60, O[:2])
     (AS, BS, CS, ZS), (A, B, C, Z) = keys(100, 4)
@@ -263,7 +263,8 @@ def hedged_market():
     return c, (A, B, C, Z), (AS, BS, CS, ZS), deposits, vols
 
 
-def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bystanders():
+@pytest.mark.parametrize("settled", [False, True])
+def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bystanders(settled):
     """Attacker A buys 1 BTC future from its account B, which hedges it with a deep
     in-the-money call (10,000) bought from its third account C (B's margin is next to nothing
     once hedged).
@@ -273,14 +274,21 @@ def test_a_hedged_counterparty_passes_the_loss_on_to_its_other_side_not_to_bysta
     rest went to every account with a balance: bystander Z paid 21,030 USD and the attacker's
     three accounts ended that much above what they put in. Now B, its equity taken and a
     position left, is charged the rest and liquidated at the same mark: its call is closed
-    against C, and C pays the loss."""
-    c, (A, B, C, Z), _, deposits, vols = hedged_market()
+    against C, and C pays the loss. Settled: the call expires at the crash's mark (its fixing 0),
+    B's hedge is gone with it and B holds nothing after the deleveraging: capped, the rest went to
+    Z again (21,033 USD) while C kept the premium; now B passes it on to the other side of its
+    settled series (C), as a writer's settlement debt is."""
+    c, (A, B, C, Z), _, deposits, vols = hedged_market(T0 + 2 * DAY if settled else T0 + 30 * DAY)
     app, validator = apps(c)
     supply = supply_of(c)
-    marked(app, ctx.mark("BTC", 6_000.0, 2, T0 + 120, vols, O[:2]))
+    if settled:
+        marked(app, ctx.mark("BTC", 6_000.0, 2, T0 + 2 * DAY, {}, O[:2]))
+    else:
+        marked(app, ctx.mark("BTC", 6_000.0, 2, T0 + 120, vols, O[:2]))
     txs, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
     after = state.clearing
     assert [l.account for l in after.liquidations] == [A, B]
+    assert (20 in after.fixings) == settled
     assert after.accounts[Z].collateral["USD"] == deposits[Z]  # the bystander pays nothing
     attacker = sum(after.accounts[k].collateral.get("USD", 0) for k in (A, B, C))
     assert attacker == deposits[A] + deposits[B] + deposits[C] + 100 * USD  # the fund, nothing more

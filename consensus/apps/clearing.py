@@ -131,6 +131,13 @@ class Mark:
     values: dict     # series id -> value of one contract in quanta of its asset, at this mark
 
 
+class _Cascade(list):
+    """(account, asset) books a mark's socialized losses took all the equity of, to liquidate at
+    the same mark (Clearing._socialize); settled: the books (account, asset) that held a series
+    the mark settled, with holders on its other side."""
+    settled: set = frozenset()
+
+
 class Liquidation(NamedTuple):
     account: bytes
     asset: str
@@ -761,23 +768,25 @@ class Clearing:
         for k, a, _ in below:
             pending.setdefault(a, set()).add(k)
         bankrupt = {a: frozenset(ks) for a, ks in pending.items()}
-        cascade: list[tuple[bytes, str]] = []  # books a socialized loss took all the equity of (_socialize)
+        cascade = _Cascade()  # books a socialized loss took all the equity of (_socialize)
+        cascade.settled = {b for b, other in paid.items() if other}
         for key, asset, _ in below:
             pending[asset].discard(key)
             self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade)
-        for (key, asset), receivers in sorted(paid.items()):
-            self._settle_debt(key, asset, receivers, cascade)
         done = {(k, a) for k, a, _ in below}
-        while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
-            batch = sorted(set(cascade) - done)
-            cascade.clear()
-            for key, asset in batch:
-                pending.setdefault(asset, set()).add(key)
-            for key, asset in batch:
-                pending[asset].discard(key)
-                done.add((key, asset))
-                self._liquidate(key, asset, frozenset(k for k, a in batch if a == asset), heirs, pending[asset],
-                                paid.get((key, asset)), cascade)
+        for step in range(2):  # the cascade, then the settlement debts left (none, by the rules) and theirs
+            while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
+                batch = sorted(set(cascade) - done)
+                cascade.clear()
+                for key, asset in batch:
+                    pending.setdefault(asset, set()).add(key)
+                for key, asset in batch:
+                    pending[asset].discard(key)
+                    done.add((key, asset))
+                    self._liquidate(key, asset, frozenset(k for k, a in batch if a == asset), heirs,
+                                    pending[asset], paid.get((key, asset)), cascade)
+            for (key, asset), receivers in sorted(paid.items()) if not step else ():
+                self._settle_debt(key, asset, receivers, cascade)
         if halted:
             self.halted[underlying] = halted
         else:
@@ -930,18 +939,20 @@ class Clearing:
         """Up to loss quanta of key's debt in asset charged to the accounts of weights (_charge: none
         beyond its equity but those of pending); returns what was charged (all of loss unless the
         whole market's equity in the asset is short of it). If they cannot pay it all, every one
-        of them that still holds a position in the asset (all its equity now taken) is charged the
-        rest in proportion, beyond its equity, and listed in cascade, to be liquidated at this
-        mark: the loss follows the positions on to whoever holds their other side (a counterparty
-        hedged by a position with the attacker's third account cannot hand the loss to bystanders
+        of them that still holds a position in the asset, or held one this mark settled (all its
+        equity now taken), is charged the rest in proportion, beyond its equity, and listed in
+        cascade, to be liquidated at this mark: the loss follows the positions on to whoever holds
+        their other side, or held it at the settlement (a counterparty hedged by a position with
+        the attacker's third account, open or just settled, cannot hand the loss to bystanders
         while that account keeps the gain). Not a book a transaction of this block touched: a mark
         never liquidates one (it stays capped, and the block's end finds it short of initial
         margin: the block is invalid, the proposer holds its transactions back). Only without one does the rest go to every other
         account with a positive balance in the asset, in proportion to it, capped the same way."""
         charged = self._charge(asset, loss, weights, pending) if loss > 0 and weights else 0
         if loss > charged and cascade is not None:
-            carriers = {h: w for h, w in weights.items()
-                        if h not in pending and self._holds(h, asset) and not self._touched(h, asset)}
+            settled = getattr(cascade, "settled", ())
+            carriers = {h: w for h, w in weights.items() if h not in pending and not self._touched(h, asset)
+                        and (self._holds(h, asset) or (h, asset) in settled)}
             if carriers:
                 charged += self._charge(asset, loss - charged, carriers, carriers)
                 cascade.extend((h, asset) for h in sorted(carriers))
