@@ -404,3 +404,35 @@ def test_a_transaction_signed_for_another_network_is_refused_there():
     assert not verdict.ok and "chain id 7, this network is 1" in verdict.reason
     with pytest.raises(ValueError):
         ClearingApp(Verifier("software"), c.snapshot(), chain_id=2**32)
+
+
+# ---- 7. unsigned marks cutting proposals into runs ---------------------------------------------
+
+
+def test_marks_without_an_oracle_quorum_do_not_cut_a_proposal_into_runs(monkeypatch):
+    """A mark lists its signers, so one listing none needs no signature: the mempool admits it
+    (the rules refuse it at the proposal) and any client can send thousands for nothing. Each was
+    a barrier of the proposal's first fill, cutting the run and costing a copy of the working set
+    (every holder of BTC after the real mark): n of them between deposits made n runs. Now a mark
+    the quorum rule refuses (it reads no state and changes none) is refused where it stands and
+    the run goes on; the same reason is kept for its client."""
+    n = 30
+    c = funded_genesis()
+    sk, ks = users(9, 2 * n)
+    for k in ks:
+        c.register(k)
+    items = [signed(ctx.mark("BTC", 60_100.0, 2, T0 + 120, VOLS, O[:2]), ORACLES[:2])]
+    junk = []
+    for i in range(n):
+        signers = i % 2  # none (no signature at all), or one oracle of the two needed
+        junk.append(signed(ctx.mark("BTC", 60_000.0 + i, 3 + i, T0 + 200 + i, VOLS, O[:signers]), ORACLES[:signers]))
+        items += [signed(ctx.deposit(ks[2 * i], 0, "USD", USD), [sk[2 * i]]),
+                  signed(ctx.deposit(ks[2 * i + 1], 0, "USD", USD), [sk[2 * i + 1]]), junk[-1]]
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    assert app.submit_many(items) == [""] * len(items)
+    runs = Counting(monkeypatch)
+    txs, state = app.propose(app.genesis, set())
+    assert runs.calls <= 1, f"{runs.calls} runs in the proposal's fill (was {n})"
+    assert len(txs) == 1 + 2 * n
+    assert all(f"{i % 2} oracle(s), 2 needed" in app.refused[hashlib.sha256(b).digest()] for i, (b, _) in enumerate(junk))
+    agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
