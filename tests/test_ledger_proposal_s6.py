@@ -13,7 +13,16 @@ built here is checked by a second, software-only validator (same state root, no 
 2. Short accounts made _evict_short quadratic (found and fixed): each short account walked every
    kept transaction up to its last one, so S accounts going short in one fill of K kept
    transactions cost S x K / 2 steps (0.09 s for 2,000, 2.2 s for 10,000 per fill, and a fill
-   can repeat 9 times a proposal). Now one pass over the kept transactions serves them all."""
+   can repeat 9 times a proposal). Now one pass over the kept transactions serves them all.
+3. A Byzantine block was bounded only by the 64 MiB frame (fixed: MAX_BLOCK_TXS, refused before
+   any signature is checked).
+4. accel refusing an input (ValueError) in a run or the block's end margin raised out of propose
+   (fixed: the fill is broken and the proposal falls back to what is safe).
+5. One account's consecutive deposits could fill the client API's whole mempool (fixed: a window
+   of max(4 x max_txs, 1024) nonces past the committed one).
+6. Every network signed chain id 1 (fixed in the app: ClearingApp(chain_id=...)).
+7. Marks below the oracle quorum (no signature needed) cut the proposal's first fill into runs
+   (fixed: refused where they stand, the run goes on)."""
 import hashlib
 import logging
 import random
