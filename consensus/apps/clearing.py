@@ -923,10 +923,11 @@ class Clearing:
         charged = 0
         if loss and rich:  # in proportion to cash: nobody charged beyond its own
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
-        if loss > charged and not weights:  # nobody to inherit from: everyone in profit pays
+        everyone = loss > charged and not weights
+        if everyone:  # nobody to inherit from: everyone in profit pays (capped; nobody carries it on)
             weights = self._in_profit(key, asset)
         heirs[(asset, key, "charged")] = dict(weights)
-        charged += self._socialize(key, asset, loss - charged, weights, pending, cascade)
+        charged += self._socialize(key, asset, loss - charged, weights, pending, None if everyone else cascade)
         _credit(acct, asset, charged)  # what is left is a debt that stays on the account
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
