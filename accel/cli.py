@@ -119,10 +119,20 @@ def _report_path(path: str | None) -> None:
         raise ValueError(f"--report {path}: not writable")
 
 
+def _block_size(app: str, flag: str, n: int) -> None:
+    """A clearing block longer than the network's rule is refused by every validator: say so before
+    a run whose block would not validate, or a network whose proposers would cap it silently."""
+    from consensus.apps.clearing_app import MAX_BLOCK_TXS
+    if app == "clearing" and n > MAX_BLOCK_TXS:
+        raise ValueError(f"{flag} {n}: a clearing block holds at most {MAX_BLOCK_TXS:,} transactions "
+                         "(clearing_app.MAX_BLOCK_TXS, a rule of the network)")
+
+
 def cmd_validate_bench(args) -> int:
     from consensus.bench import validate_bench
     if args.backend and args.validation == "software":
         raise ValueError("--backend applies to --validation accel only")
+    _block_size(args.app, "--txs", args.txs)
     _report_path(args.report)
     result = validate_bench(args.txs, args.validation, args.backend, args.runs, args.app, args.sig_cache,
                             args.accounts)
@@ -171,6 +181,7 @@ def cmd_localnet(args) -> int:
         backend = get_backend(args.backend).name  # fails here, before any process starts
     if args.accounts and args.app != "clearing":
         raise ValueError("--accounts sizes the clearing app's genesis (--app clearing)")
+    _block_size(args.app, "--txs-per-block", args.txs_per_block)
     _report_path(args.report)
     _port_ranges(args.validators, **{"metrics-port": args.metrics_port, "rpc-port": args.rpc_port})
     try:  # building the network signs the load first (seconds): Ctrl-C there stops cleanly too
@@ -207,6 +218,7 @@ def cmd_localnet(args) -> int:
 def cmd_testnet(args) -> int:
     from consensus.localnet import write_network
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    _block_size(args.app, "--txs-per-block", args.txs_per_block)
     paths = write_network(Path(args.out), hosts, args.port, None if args.no_rpc else args.rpc_port,
                           None if args.no_metrics else args.metrics_port, args.data_root, args.listen_on_address,
                           args.app, args.validation, args.txs_per_block, args.base_timeout_ms, args.load)
