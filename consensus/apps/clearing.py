@@ -17,6 +17,7 @@ Each refusal raises Rejected with the reason and leaves the state unchanged."""
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 from fractions import Fraction
 import struct
@@ -136,6 +137,95 @@ class _Cascade(list):
     the same mark (Clearing._socialize); settled: the books (account, asset) that held a series
     the mark settled, with holders on its other side."""
     settled: set = frozenset()
+
+
+class _Owed:
+    """Weights (account -> quanta) kept as explicit entries plus terms (side, factor, excluded): every
+    account r of side (r -> contracts) but those of excluded weighs contracts x factor more. A
+    settled series' weights this way cost one term per holder, not one entry per pair of holders
+    (both sides of a series of n holders: n^2 / 2 entries, built at every expiry); the entries are
+    built (dict) only where a loss is charged in proportion to them. Sums of integers: the same
+    weights in whatever order they are added."""
+    __slots__ = ("explicit", "terms")
+
+    def __init__(self, explicit: dict | None = None, terms: list | None = None):
+        self.explicit = {} if explicit is None else explicit
+        self.terms = [] if terms is None else terms
+
+    def __bool__(self) -> bool:
+        return bool(self.explicit) or any(any(r not in ex for r in side) for side, _, ex in self.terms)
+
+    def without(self, key: bytes) -> "_Owed":
+        return _Owed({k: v for k, v in self.explicit.items() if k != key},
+                     [(side, f, ex | {key}) for side, f, ex in self.terms])
+
+    def add(self, other: "_Owed") -> None:
+        for k, v in other.explicit.items():
+            self.explicit[k] = self.explicit.get(k, 0) + v
+        self.terms += other.terms
+
+    def copy(self) -> "_Owed":
+        return _Owed(dict(self.explicit), list(self.terms))
+
+    def dict(self) -> dict[bytes, int]:
+        out = dict(self.explicit)
+        for side, f, ex in self.terms:
+            for r, m in side.items():
+                if r not in ex:
+                    out[r] = out.get(r, 0) + m * f
+        return out
+
+
+class _Ranks:
+    """One mark's order of auto-deleveraging (Clearing._liquidate): per (series, side), the holders
+    of that side by (not being liquidated in this round, -|position|, key), as heaps instead of a
+    sort of all holders per liquidated book (L liquidations of one series: L sorts of its H
+    holders). Positions only shrink while a mark liquidates (a closed one's counterparties move
+    toward zero, never past it; nothing opens one), so an entry whose position shrank is re-pushed
+    when it reaches the top (its key only grows), and the heaps pop in the order the sort gave.
+    A round's bankrupt books (all of them are liquidated in the round, and then hold nothing in
+    the asset) come first from their own heap, and are dropped from the shared one."""
+
+    def __init__(self, clearing: "Clearing"):
+        self.c = clearing
+        self.all: dict[tuple[int, int], list] = {}  # (series, side) -> heap of (-|position|, key)
+        self.first: dict[frozenset, dict] = {}     # bankrupt set -> (series, side) -> heap
+
+    def _heap(self, keys, series: int, side: int) -> list:
+        accounts = self.c.accounts
+        heap = [(-abs(p), h) for h in keys if (p := accounts[h].positions.get(series)) is not None and (p > 0) == (side > 0)]
+        heapq.heapify(heap)
+        return heap
+
+    def _top(self, heap: list, series: int, side: int, skip) -> bytes | None:
+        """The first valid holder of heap (stale entries re-pushed, gone ones and skip dropped)."""
+        accounts = self.c.accounts
+        while heap:
+            neg, h = heap[0]
+            p = accounts[h].positions.get(series)
+            if p is None or (p > 0) != (side > 0) or h in skip:
+                heapq.heappop(heap)
+            elif -abs(p) != neg:
+                heapq.heapreplace(heap, (-abs(p), h))
+            else:
+                return h
+        return None
+
+    def next(self, series: int, side: int, bankrupt: frozenset, key: bytes) -> bytes | None:
+        """The holder of series on side whom key's liquidation closes against next (None: none left)."""
+        first = self.first.get(bankrupt)
+        if first is None:
+            first = self.first[bankrupt] = {}
+        heap = first.get((series, side))
+        if heap is None:
+            heap = first[(series, side)] = self._heap(bankrupt, series, side)
+        h = self._top(heap, series, side, (key,))
+        if h is not None:
+            return h
+        heap = self.all.get((series, side))
+        if heap is None:
+            heap = self.all[(series, side)] = self._heap(self.c.holders.get(series, ()), series, side)
+        return self._top(heap, series, side, bankrupt)
 
 
 class Liquidation(NamedTuple):
@@ -760,10 +850,11 @@ class Clearing:
             self._flush()
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
-        paid: dict[tuple[bytes, str], dict[bytes, int]] = {}  # settlement payers -> whom they paid
+        paid: dict[tuple[bytes, str], _Owed] = {}  # settlement payers -> whom they paid (lazily)
         for i in sorted(expiring):
             self._settle(i, paid)
         heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
+        ranks = _Ranks(self)  # shared too: who closes against a liquidated book, in order
         pending: dict[str, set[bytes]] = {}  # per asset, the books still to liquidate
         for k, a, _ in below:
             pending.setdefault(a, set()).add(k)
@@ -772,19 +863,21 @@ class Clearing:
         cascade.settled = {b for b, other in paid.items() if other}
         for key, asset, _ in below:
             pending[asset].discard(key)
-            self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade)
+            self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade, ranks)
         done = {(k, a) for k, a, _ in below}
         for step in range(2):  # the cascade, then the settlement debts left (none, by the rules) and theirs
             while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
                 batch = sorted(set(cascade) - done)
                 cascade.clear()
+                round_bankrupt: dict[str, set[bytes]] = {}
                 for key, asset in batch:
                     pending.setdefault(asset, set()).add(key)
+                    round_bankrupt.setdefault(asset, set()).add(key)
+                frozen = {a: frozenset(ks) for a, ks in round_bankrupt.items()}
                 for key, asset in batch:
                     pending[asset].discard(key)
                     done.add((key, asset))
-                    self._liquidate(key, asset, frozenset(k for k, a in batch if a == asset), heirs,
-                                    pending[asset], paid.get((key, asset)), cascade)
+                    self._liquidate(key, asset, frozen[asset], heirs, pending[asset], paid.get((key, asset)), cascade, ranks)
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
         if halted:
@@ -816,8 +909,9 @@ class Clearing:
     def _settle(self, series: int, paid: dict | None = None) -> None:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
         expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
-        (holder, asset) -> {holder of the other side: contracts x max(|fixing|, 1)}, added to
-        (whom a debt the settlement leaves the holder is charged to: _settle_debt)."""
+        (holder, asset) -> the holders of the other side, each weighing contracts x max(|fixing|, 1)
+        (an _Owed term: the side's dict, shared by its holders), added to (whom a debt the
+        settlement leaves the holder is charged to: _settle_debt)."""
         value = self.marks[self.series[series].underlying].values[series]
         asset = self.series[series].asset
         sizes = {}
@@ -827,13 +921,13 @@ class Clearing:
             _credit(acct, asset, sizes[holder] * value)
         self.fixings[series] = value
         if paid is not None:
+            factor, none = max(abs(value), 1), frozenset()
+            longs = {k: n for k, n in sizes.items() if n > 0}
+            shorts = {k: -n for k, n in sizes.items() if n < 0}
             for k, n in sizes.items():
-                mine = paid.setdefault((k, asset), {})
-                for r, m in sizes.items():
-                    if (m > 0) != (n > 0):
-                        mine[r] = mine.get(r, 0) + abs(m) * max(abs(value), 1)
+                paid.setdefault((k, asset), _Owed()).terms.append((shorts if n > 0 else longs, factor, none))
 
-    def _settle_debt(self, key: bytes, asset: str, receivers: dict[bytes, int], cascade: list | None = None) -> None:
+    def _settle_debt(self, key: bytes, asset: str, receivers: _Owed, cascade: list | None = None) -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
         position in it (so no later mark would ever liquidate it): the fund pays the debt as far
         as it goes, the rest is charged to the holders of the other side of its series, in
@@ -853,14 +947,14 @@ class Clearing:
         self.funds[asset] -= fund
         _credit(acct, asset, fund)
         loss = -(cash + fund)
-        weights = {r: q for r, q in receivers.items() if r != key}
+        weights = receivers.without(key).dict() if loss > 0 else {}  # unused without a loss
         charged = self._socialize(key, asset, loss, weights, frozenset(), cascade)
         _credit(acct, asset, charged)
         self.liquidations.append(Liquidation(key, asset, fund, charged))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
-                   pending: set[bytes] | None = None, settled: dict[bytes, int] | None = None,
-                   cascade: list | None = None) -> None:
+                   pending: set[bytes] | None = None, settled: _Owed | None = None,
+                   cascade: list | None = None, ranks: _Ranks | None = None) -> None:
         """Closes every position of the account's `asset` book at the mark against the opposite
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
@@ -875,18 +969,21 @@ class Clearing:
         the asset (_charge). settled: the holders of the other side of its series this mark settled
         (_settle's weights), charged beside the deleveraged counterparties: the settlement closed
         those positions against them. cascade: where the books a socialized loss takes past their
-        equity are listed, to be liquidated at this mark (_socialize)."""
+        equity are listed, to be liquidated at this mark (_socialize). ranks: the mark's _Ranks
+        (shared by its liquidations; weights, heirs' records and settled are kept lazily, _Owed,
+        built only where a loss is charged with them)."""
         heirs = {} if heirs is None else heirs
         pending = set(bankrupt) - {key} if pending is None else pending
+        ranks = _Ranks(self) if ranks is None else ranks
+        bankrupt = bankrupt if isinstance(bankrupt, frozenset) else frozenset(bankrupt)
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
         took: set[bytes] = set()  # books being liquidated whose positions this one took
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
-            ranked = sorted((h for h in self.holders[i] if h != key and (self.accounts[h].positions[i] > 0) != (size > 0)),
-                            key=lambda h: (h not in bankrupt, -abs(self.accounts[h].positions[i]), h))
-            for h in ranked:
-                if not size:
+            while size:
+                h = ranks.next(i, -1 if size > 0 else 1, bankrupt, key)
+                if h is None:
                     break
                 theirs = self.accounts[h].positions[i]
                 q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
@@ -907,26 +1004,25 @@ class Clearing:
         loss = max(-(cash + paid), 0)
         closed = weights  # the value each counterparty closed against this book
         rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
+        owed = _Owed(dict(closed))  # whom its loss is charged to, in proportion
         if not closed:  # its positions went to earlier liquidations of this mark: their owners pay
-            weights = {}
             for h in sorted(heirs.get((asset, key), {})):  # as far as their cash goes, then whom they charged
                 if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
                     rich[h] = c
-                for k, v in heirs.get((asset, h, "charged"), {}).items():
-                    if k != key:
-                        weights[k] = weights.get(k, 0) + v
+                if (asset, h, "charged") in heirs:
+                    owed.add(heirs[(asset, h, "charged")].without(key))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
-        for r, w in sorted((settled or {}).items()):
-            if r != key:
-                weights[r] = weights.get(r, 0) + w
+        if settled is not None:
+            owed.add(settled.without(key))
         charged = 0
         if loss and rich:  # in proportion to cash: nobody charged beyond its own
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
-        everyone = loss > charged and not weights
+        everyone = loss > charged and not owed
         if everyone:  # nobody to inherit from: everyone in profit pays (capped; nobody carries it on)
-            weights = self._in_profit(key, asset)
-        heirs[(asset, key, "charged")] = dict(weights)
+            owed = _Owed(self._in_profit(key, asset))
+        heirs[(asset, key, "charged")] = owed.copy()
+        weights = owed.dict() if loss > charged else {}  # unused without a loss left
         charged += self._socialize(key, asset, loss - charged, weights, pending, None if everyone else cascade)
         _credit(acct, asset, charged)  # what is left is a debt that stays on the account
         self.liquidations.append(Liquidation(key, asset, paid, charged))
