@@ -239,7 +239,7 @@ class Reference(Clearing):
 # ---- 1. differential: the same results as before the fix ---------------------------------------
 OPTIONS = {"BTC": [s.id for s in SERIES if s.underlying == "BTC" and s.kind != FUTURE],
            "ETH": [s.id for s in SERIES if s.underlying == "ETH" and s.kind != FUTURE]}
-MOVES = (0.45, 0.6, 0.75, 0.9, 1.0, 1.1, 1.3, 1.7, 2.2)
+MOVES = (0.45, 0.6, 0.75, 0.9, 0.99, 1.0, 1.01, 1.1, 1.3, 1.7, 2.2)
 STEPS = (60, 600, 3600, 3 * 3600, 8 * 3600, DAY)
 
 
@@ -281,14 +281,20 @@ def book(cls, seed: int) -> tuple[Clearing, list]:
         _inject(c, k, {"USD": rng.choice([0, 50, 500, 3_000, 20_000, 200_000]) * USD,
                        "BTC": rng.choice([0, 0, USD // 100, USD // 10, USD])})
     whales = keys[:rng.randint(1, 3)]
-    for _ in range(rng.randint(n // 2, 3 * n)):
+    priced = rng.random() < 0.5  # traded at the mark's value: equity is the cash deposited, so both
+    for _ in range(rng.randint(n // 2, 3 * n)):  # sides of thin books go bankrupt together
         s = rng.choice(SERIES).id
         a, b = (rng.choice(whales), rng.choice(keys)) if rng.random() < 0.4 else rng.sample(keys, 2)
         if a == b:
             continue
         if rng.random() < 0.5:
             a, b = b, a
-        _position(c, a, b, s, rng.choice([1, 1, 2, 3, 5, 10, 40]))
+        size = rng.choice([1, 1, 2, 3, 5, 10, 40])
+        _position(c, a, b, s, size)
+        if priced:
+            value = c._value(s) * size
+            _inject(c, a, {c.series[s].asset: -value})
+            _inject(c, b, {c.series[s].asset: value})
     for asset in ("USD", "BTC"):
         fund = rng.choice([0, 0, 1, 100 * USD, GENESIS_FUNDS[asset]])
         c.supply[asset] += fund - c.funds[asset]
@@ -424,3 +430,28 @@ def test_a_mark_liquidating_many_books_of_one_series_costs_linear_work(n):
         work.append(_calls(lambda: c.mark("BTC", 68_000.0, {i: 0.7 for i in OPTIONS["BTC"]}, 2, T0 + 120, O[:2])))
         assert len(c.liquidations) == size and not c.holders.get(3) and not c.violations()
     assert work[1] <= 5 * work[0], work  # was a sort of all holders per book: 16x and more
+
+
+def _tangled(n: int) -> Clearing:
+    """One book long n futures (series 3) against n thin shorts, every one of them below maintenance
+    at a small move: the big book, first in key order, closes against the n bankrupt books first
+    (bankrupt against bankrupt); each of them then inherits its record of whom it charged."""
+    c = _fresh(Clearing)
+    big, value = b"\x00" * 32, c.marks["BTC"].values[3]
+    _inject(c, big, {"USD": 100 * n * USD - n * value})
+    for i in range(n):
+        k = b"\x02" + i.to_bytes(31, "big")
+        _inject(c, k, {"USD": 100 * USD + value})
+        _position(c, big, k, 3, 1)
+    return c
+
+
+@pytest.mark.parametrize("n", [100])
+def test_books_inheriting_one_liquidations_record_cost_linear_work(n):
+    work = []
+    for size in (n, 4 * n):
+        c = _tangled(size)
+        work.append(_calls(lambda: c.mark("BTC", 60_060.0, {i: 0.7 for i in OPTIONS["BTC"]}, 2, T0 + 120, O[:2])))
+        assert len(c.liquidations) == size + 1 and c.liquidations[0].account == b"\x00" * 32
+        assert not c.holders.get(3) and not c.violations()
+    assert work[1] <= 5 * work[0], work  # each of them copied the record of n entries: 16x and more

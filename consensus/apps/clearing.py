@@ -140,37 +140,49 @@ class _Cascade(list):
 
 
 class _Owed:
-    """Weights (account -> quanta) kept as explicit entries plus terms (side, factor, excluded): every
-    account r of side (r -> contracts) but those of excluded weighs contracts x factor more. A
-    settled series' weights this way cost one term per holder, not one entry per pair of holders
-    (both sides of a series of n holders: n^2 / 2 entries, built at every expiry); the entries are
-    built (dict) only where a loss is charged in proportion to them. Sums of integers: the same
-    weights in whatever order they are added."""
+    """Weights (account -> quanta) kept as explicit entries plus terms (source, factor, excluded):
+    a source is a side of a settled series (account -> contracts: each of its accounts weighs
+    contracts x factor more) or another _Owed (its weights, factor 1), less the accounts of
+    excluded. A settled series' weights this way cost one term per holder, not one entry per pair
+    of holders (both sides of a series of n holders: n^2 / 2 entries, built at every expiry), and
+    a liquidation inheriting whom an earlier one charged refers to that record instead of copying
+    it (n bankrupt books whose positions one liquidation took: n^2 entries); the entries are built
+    (dict) only where a loss is charged in proportion to them. Sums of integers: the same weights
+    in whatever order they are added. Records are never changed once referred to."""
     __slots__ = ("explicit", "terms")
 
     def __init__(self, explicit: dict | None = None, terms: list | None = None):
         self.explicit = {} if explicit is None else explicit
         self.terms = [] if terms is None else terms
 
-    def __bool__(self) -> bool:
-        return bool(self.explicit) or any(any(r not in ex for r in side) for side, _, ex in self.terms)
-
     def without(self, key: bytes) -> "_Owed":
-        return _Owed({k: v for k, v in self.explicit.items() if k != key},
-                     [(side, f, ex | {key}) for side, f, ex in self.terms])
+        return _Owed({}, [(self, 1, frozenset((key,)))])
 
     def add(self, other: "_Owed") -> None:
         for k, v in other.explicit.items():
             self.explicit[k] = self.explicit.get(k, 0) + v
         self.terms += other.terms
 
-    def copy(self) -> "_Owed":
-        return _Owed(dict(self.explicit), list(self.terms))
+    def _walk(self):
+        """(weights dict or side, factor, excluded) for every explicit part reached, iteratively
+        (no recursion however records refer to each other)."""
+        stack = [(self, frozenset())]
+        while stack:
+            owed, ex = stack.pop()
+            yield owed.explicit, 1, ex
+            for src, f, tex in owed.terms:
+                if isinstance(src, _Owed):
+                    stack.append((src, ex | tex))
+                else:
+                    yield src, f, ex | tex
+
+    def __bool__(self) -> bool:
+        return any(any(r not in ex for r in part) for part, _, ex in self._walk())
 
     def dict(self) -> dict[bytes, int]:
-        out = dict(self.explicit)
-        for side, f, ex in self.terms:
-            for r, m in side.items():
+        out: dict[bytes, int] = {}
+        for part, f, ex in self._walk():
+            for r, m in part.items():
                 if r not in ex:
                     out[r] = out.get(r, 0) + m * f
         return out
@@ -1009,7 +1021,7 @@ class Clearing:
             for h in sorted(heirs.get((asset, key), {})):  # as far as their cash goes, then whom they charged
                 if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
                     rich[h] = c
-                if (asset, h, "charged") in heirs:
+                if (asset, h, "charged") in heirs:  # referred to, not copied (never changed after)
                     owed.add(heirs[(asset, h, "charged")].without(key))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
@@ -1021,7 +1033,7 @@ class Clearing:
         everyone = loss > charged and not owed
         if everyone:  # nobody to inherit from: everyone in profit pays (capped; nobody carries it on)
             owed = _Owed(self._in_profit(key, asset))
-        heirs[(asset, key, "charged")] = owed.copy()
+        heirs[(asset, key, "charged")] = owed  # not changed from here on
         weights = owed.dict() if loss > charged else {}  # unused without a loss left
         charged += self._socialize(key, asset, loss - charged, weights, pending, None if everyone else cascade)
         _credit(acct, asset, charged)  # what is left is a debt that stays on the account
