@@ -14,7 +14,7 @@ B. Every liquidation sorted all holders of each of its series: L liquidations at
 Tests:
 1. differential: many random books (liquidations, auto-deleveraging, insurance, socialized losses
    and their cascade, expiries with settlement debts) marked by the current code and by the
-   code before the fix (Reference below: its mark, _settle, _settle_debt and _liquidate copied
+   code before the fix (Reference below: its mark, _settle, _settle_debt, _liquidate and _charge copied
    verbatim from clearing.py at dbb05d2): the same refusals, leaves, Liquidation records, funds,
    supply, fixings and state root after every mark;
 2. work counts, not timing: the Python and C function calls the interpreter makes during the
@@ -22,6 +22,7 @@ Tests:
    N and 4N: at most 5x (they were 16x and more: quadratic)."""
 import random
 import sys
+from fractions import Fraction
 
 import pytest
 
@@ -31,8 +32,8 @@ from tests.test_clearing_properties import DAY, GENESIS_FUNDS, O, SERIES, T0, US
 
 
 class Reference(Clearing):
-    """The clearing as of dbb05d2 (before the fix): mark, _settle, _settle_debt and _liquidate
-    verbatim; everything else is the current code's (unchanged by the fix)."""
+    """The clearing as of dbb05d2 (before the fix): mark, _settle, _settle_debt, _liquidate and
+    _charge verbatim; everything else is the current code's (unchanged by the fix)."""
 
     def mark(self, underlying: str, index: float, vols: dict, sequence: int, timestamp: int, signers: list[bytes],
              signatures_valid: bool = True) -> None:
@@ -234,6 +235,41 @@ class Reference(Clearing):
         charged += self._socialize(key, asset, loss - charged, weights, pending, None if everyone else cascade)
         _credit(acct, asset, charged)  # what is left is a debt that stays on the account
         self.liquidations.append(Liquidation(key, asset, paid, charged))
+
+    def _charge(self, asset: str, loss: int, weights: dict[bytes, int], pending=frozenset()) -> int:
+        """Up to loss quanta of asset taken from the accounts of weights in proportion to them (the
+        rounding remainder one quantum each to the largest weights, then by key), none beyond its
+        room (_room) but the books of pending, which this mark liquidates later (they pass their
+        share on at their turn): whom the proportion would take past its room gives its room,
+        and the rest is shared by the others in proportion again. Exact integers in a fixed order
+        (by room / weight, then key), so every validator takes the same quanta. Returns what was
+        taken: loss, unless every account of weights gave all its room."""
+        room = {h: None if h in pending else self._room(h, asset) for h in weights}
+        take: dict[bytes, int] = {}
+        left, total = loss, sum(weights.values())
+        # the proportion only grows as accounts give all their room: the first whose share fits
+        # leaves everyone after it (a larger room per weight) fitting too
+        for h in sorted((h for h in weights if room[h] is not None), key=lambda h: (Fraction(room[h], weights[h]), h)):
+            if room[h] * total >= left * weights[h]:
+                break
+            take[h] = room[h]
+            left, total = left - room[h], total - weights[h]
+        rest = sorted(h for h in weights if h not in take)
+        if left and rest:
+            shares = {h: left * weights[h] // total for h in rest}
+            extra = left - sum(shares.values())  # below the number of shares with a fraction: each has room
+            for h in sorted(rest, key=lambda h: (-weights[h], h)):
+                if not extra:
+                    break
+                if room[h] is None or shares[h] < room[h]:
+                    shares[h] += 1
+                    extra -= 1
+            take.update(shares)
+            left = extra
+        for h in sorted(take):
+            if take[h]:
+                _credit(self._mut(h), asset, -take[h])
+        return loss - left
 
 
 # ---- 1. differential: the same results as before the fix ---------------------------------------

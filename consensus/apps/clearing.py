@@ -1103,19 +1103,22 @@ class Clearing:
         take: dict[bytes, int] = {}
         left, total = loss, sum(weights.values())
         # the proportion only grows as accounts give all their room: the first whose share fits
-        # leaves everyone after it (a larger room per weight) fitting too
-        for h in sorted((h for h in weights if room[h] is not None), key=lambda h: (Fraction(room[h], weights[h]), h)):
-            if room[h] * total >= left * weights[h]:
-                break
-            take[h] = room[h]
-            left, total = left - room[h], total - weights[h]
-        rest = sorted(h for h in weights if h not in take)
+        # leaves everyone after it (a larger room per weight) fitting too. When every share fits
+        # (the usual case) the first in that order fits: nothing to sort.
+        if any(r is not None and r * total < left * weights[h] for h, r in room.items()):
+            for h in sorted((h for h in weights if room[h] is not None), key=lambda h: (Fraction(room[h], weights[h]), h)):
+                if room[h] * total >= left * weights[h]:
+                    break
+                take[h] = room[h]
+                left, total = left - room[h], total - weights[h]
+        rest = [h for h in weights if h not in take]
         if left and rest:
             shares = {h: left * weights[h] // total for h in rest}
             extra = left - sum(shares.values())  # below the number of shares with a fraction: each has room
-            for h in sorted(rest, key=lambda h: (-weights[h], h)):
-                if not extra:
-                    break
+            order = [(-weights[h], h) for h in rest]  # popped in sorted order, only as far as needed
+            heapq.heapify(order)
+            while extra and order:
+                h = heapq.heappop(order)[1]
                 if room[h] is None or shares[h] < room[h]:
                     shares[h] += 1
                     extra -= 1
