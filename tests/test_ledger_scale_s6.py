@@ -27,7 +27,7 @@ from fractions import Fraction
 import pytest
 
 from consensus.apps.clearing import (FUTURE, INDEX_RANGE, VOL_RANGE, Account, Breakers, Clearing, Liquidation, Mark,
-                                     Rejected, ShortBooks, _Cascade, _credit, _ranged)
+                                     Rejected, Series, ShortBooks, _Cascade, _credit, _ranged)
 from tests.test_clearing_properties import DAY, GENESIS_FUNDS, O, SERIES, T0, USD
 
 
@@ -491,3 +491,36 @@ def test_books_inheriting_one_liquidations_record_cost_linear_work(n):
         assert len(c.liquidations) == size + 1 and c.liquidations[0].account == b"\x00" * 32
         assert not c.holders.get(3) and not c.violations()
     assert work[1] <= 5 * work[0], work  # each of them copied the record of n entries: 16x and more
+
+
+def _spread(n: int) -> Clearing:
+    """n futures listed on BTC beside the usual series, each held by one thin short against one
+    rich account: a rally liquidates the n thin books, each in its own series, none beyond its
+    collateral (a charge to the rich account reads its n positions: _room, the listing's size)."""
+    c = Clearing(O, quorum=2, backend="cpu", insurance=dict(GENESIS_FUNDS))
+    for s in SERIES + tuple(Series(100 + i, "BTC", FUTURE, 0.0, T0 + 30 * DAY) for i in range(n)):
+        c.list_series(s)
+    c.mark("BTC", 60_000.0, {i: 0.7 for i in OPTIONS["BTC"]}, 1, T0 + 60, O[:2])
+    rich = b"\x09" * 32
+    _inject(c, rich, {"USD": 10**12 * USD})
+    for i in range(n):
+        k = b"\x01" + i.to_bytes(31, "big")
+        value = c.marks["BTC"].values[100 + i]  # traded at the mark: its equity is the 6,000 USD
+        _inject(c, k, {"USD": 6_000 * USD + value})
+        _inject(c, rich, {"USD": -value})
+        _position(c, rich, k, 100 + i, 1)
+    return c
+
+
+@pytest.mark.parametrize("n", [60])
+def test_a_mark_liquidating_books_in_many_series_costs_linear_work(n):
+    """The round's bankrupt books are put in their heaps once, not once per series (f2dcee5 went
+    through all of them for each series a liquidation reached: n series x n books)."""
+    work = []
+    for size in (n, 4 * n):
+        c = _spread(size)
+        work.append(_calls(lambda: c.mark("BTC", 65_000.0, {i: 0.7 for i in OPTIONS["BTC"]}, 2, T0 + 120, O[:2])))
+        assert len(c.liquidations) == size and not any(c.holders.get(100 + i) for i in range(size))
+        assert not any(r.insurance or r.socialized for r in c.liquidations)  # no loss: nothing charged
+        assert not c.violations()
+    assert work[1] <= 5 * work[0], work

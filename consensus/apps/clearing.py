@@ -226,11 +226,15 @@ class _Ranks:
     def next(self, series: int, side: int, bankrupt: frozenset, key: bytes) -> bytes | None:
         """The holder of series on side whom key's liquidation closes against next (None: none left)."""
         first = self.first.get(bankrupt)
-        if first is None:
-            first = self.first[bankrupt] = {}
-        heap = first.get((series, side))
-        if heap is None:
-            heap = first[(series, side)] = self._heap(bankrupt, series, side)
+        if first is None:  # every (series, side) of the round's books at once: their positions, not
+            first = self.first[bankrupt] = {}  # the round's books once per series
+            accounts = self.c.accounts
+            for b in bankrupt:
+                for j, p in accounts[b].positions.items():
+                    first.setdefault((j, 1 if p > 0 else -1), []).append((-abs(p), b))
+            for heap in first.values():
+                heapq.heapify(heap)
+        heap = first.get((series, side), [])
         h = self._top(heap, series, side, (key,))
         if h is not None:
             return h
