@@ -17,9 +17,16 @@ Tests:
    code before the fix (Reference below: its mark, _settle, _settle_debt, _liquidate and _charge copied
    verbatim from clearing.py at dbb05d2): the same refusals, leaves, Liquidation records, funds,
    supply, fixings and state root after every mark;
-2. work counts, not timing: the Python and C function calls the interpreter makes during the
-   expiry mark (N pairs) and during the liquidation mark (N thin books against one holder), for
-   N and 4N: at most 5x (they were 16x and more: quadratic)."""
+2. work counts, not timing: the Python and C function calls the interpreter makes during a mark,
+   for N and 4N, at most 5x: the expiry of N pairs (dbb05d2: 15.5x); N thin books liquidated
+   against one holder (dbb05d2: 7.5x); one book closing against N bankrupt books, each of which
+   then inherits its record of whom it charged (p7 found it: copied, N^2 entries; dbb05d2 and
+   aa95e60: 10x); N thin books each in its own series (aa95e60 put the round's bankrupt books in
+   a heap once per series: 10x).
+
+Not fixed (a rule, not its computation): a loss charged to N accounts changes N balances, so L
+bankrupt writers of one series at its expiry, once the fund is spent, are L charges to the H
+holders of its other side (docs/CLEARING.md, "Liquidation and auto-deleveraging", Cost)."""
 import random
 import sys
 from fractions import Fraction
