@@ -338,7 +338,7 @@ class Core:
         def qc_bad(qc):
             return not (isinstance(qc, QC) and len(qc.block_id) == 32 and 0 <= qc.view < MAX_VIEW
                         and 0 <= qc.height < MAX_HEIGHT and len(qc.sigs) == 64 * len(qc.voters)
-                        and all(0 <= v < self.cfg.n for v in qc.voters))
+                        and len(qc.voters) <= self.cfg.n and all(0 <= v < self.cfg.n for v in qc.voters))
         if isinstance(msg, BlockResponse):
             ps = msg.proposals
             if not (isinstance(ps, tuple) and 1 <= len(ps) <= MAX_RANGE and all(isinstance(p, Proposal) for p in ps)):
@@ -406,6 +406,8 @@ class Core:
 
     # ---- certificates -------------------------------------------------------------------------
     def _voters(self, voters, sigs: bytes) -> None:
+        if len(voters) > self.cfg.n:  # before any pass over them: a frame may name 65,535
+            raise InvalidCertificate(f"{len(voters)} signers, {self.cfg.n} validators")
         if len(set(voters)) != len(voters) or len(voters) < self.cfg.quorum:
             raise InvalidCertificate(f"{len(set(voters))} distinct signers, {self.cfg.quorum} needed")
         if any(not 0 <= v < self.cfg.n for v in voters) or len(sigs) != 64 * len(voters):
