@@ -221,7 +221,8 @@ def cmd_testnet(args) -> int:
     _block_size(args.app, "--txs-per-block", args.txs_per_block)
     paths = write_network(Path(args.out), hosts, args.port, None if args.no_rpc else args.rpc_port,
                           None if args.no_metrics else args.metrics_port, args.data_root, args.listen_on_address,
-                          args.app, args.validation, args.txs_per_block, args.base_timeout_ms, args.load)
+                          args.app, args.validation, args.txs_per_block, args.base_timeout_ms, args.load,
+                          args.chain_id)
     for i, (host, path) in enumerate(zip(hosts, paths)):
         print(f"validator {i} on {host}: {path} (copy it there; it holds the validator's secret seed)")
     print(f"public keys, addresses and API URLs: {Path(args.out) / 'network.json'}; "
@@ -247,6 +248,12 @@ def cmd_tx(args) -> int:
         return 1
 
 
+def _chain_id(text: str) -> int:
+    if not re.fullmatch(r"\d{1,10}", text) or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: an integer 0..{2**32 - 1}")
+    return int(text)
+
+
 def _tx(args, cl) -> int:
     c = cl.Client(args.node.split(","), timeout=args.http_timeout)
     if args.op == "status":
@@ -266,20 +273,20 @@ def _tx(args, cl) -> int:
     def nonce(key, given):
         return given if given is not None else c.next_nonce(key)
 
-    def build(nonces: bool):
+    def build(nonces: bool, chain: int):
         """The signed transaction; nonces False: with nonce 0 for those not given, so that every
         field is checked (amounts, prices, the same key twice, ...) before any request."""
         def n(key, given):
             return nonce(key, given) if nonces else given if given is not None else 0
         if args.op == "register":
-            return cl.register(cl.read_key(args.key))
+            return cl.register(cl.read_key(args.key), chain)
         if args.op in ("deposit", "withdraw"):
             key = cl.read_key(args.key)
-            return getattr(cl, args.op)(key, n(key, args.nonce), args.asset, cl.quanta(args.amount))
+            return getattr(cl, args.op)(key, n(key, args.nonce), args.asset, cl.quanta(args.amount), chain)
         if args.op == "trade":
             buyer, seller = cl.read_key(args.buyer), cl.read_key(args.seller)
             return cl.trade(buyer, n(buyer, args.buyer_nonce), seller, n(seller, args.seller_nonce), args.series,
-                            args.size, cl.quanta(args.price))
+                            args.size, cl.quanta(args.price), chain)
         vols = {}  # mark
         for item in args.vol or ():
             series, _, vol = item.partition("=")
@@ -292,11 +299,12 @@ def _tx(args, cl) -> int:
             except ValueError:
                 raise ValueError(f"--vol {item!r}: {vol!r} is not a number") from None
         return cl.mark([cl.read_key(k) for k in args.oracle], args.underlying, args.index, args.sequence,
-                       args.timestamp if args.timestamp is not None else int(time.time()), vols)
-    tx = build(False)
-    if args.op in ("deposit", "withdraw", "trade") and None in (
-            (args.nonce,) if args.op != "trade" else (args.buyer_nonce, args.seller_nonce)):
-        tx = build(True)  # the committed nonce(s), asked of the validator
+                       args.timestamp if args.timestamp is not None else int(time.time()), vols, chain)
+    tx = build(False, args.chain_id if args.chain_id is not None else 0)
+    asks = args.op in ("deposit", "withdraw", "trade") and None in (
+        (args.nonce,) if args.op != "trade" else (args.buyer_nonce, args.seller_nonce))
+    if asks or args.chain_id is None:  # the committed nonce(s) and the chain id, asked of the validator
+        tx = build(asks, args.chain_id if args.chain_id is not None else c.chain_id())
     results = c.broadcast([tx])
     out = results[0]
     if args.wait and out["accepted"]:
@@ -488,6 +496,8 @@ def parser() -> argparse.ArgumentParser:
     tn.add_argument("--base-timeout-ms", type=_finite(True, "milliseconds"), default=1000.0)
     tn.add_argument("--load", choices=["none", "builtin"], default="none",
                     help="none (default): only client transactions; builtin: the market's generated load")
+    tn.add_argument("--chain-id", type=_chain_id, metavar="ID",
+                    help="clearing: the network's chain id, signed into every transaction (default: drawn at random)")
     tn.set_defaults(fn=cmd_testnet)
     kg = sub.add_parser("keygen", help="write a new Ed25519 key file for the client API",
                         description="Write a new Ed25519 signing key ({\"seed\", \"public_key\"} in hex, mode 0600) "
@@ -505,6 +515,8 @@ def parser() -> argparse.ArgumentParser:
                     "http://127.0.0.1:26657)")
     tx.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                     help="wait this long for the transaction to commit, and print its height")
+    tx.add_argument("--chain-id", type=_chain_id, metavar="ID",
+                    help="the network's chain id, signed into the transaction (default: the validator's, from /status)")
     tx.add_argument("--http-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     ops = tx.add_subparsers(dest="op", metavar="OP", required=True)
     r = ops.add_parser("register", help="register the key's account")

@@ -168,6 +168,10 @@ def _asset(name: str, value) -> str:
     return value
 
 
+def _chain(value) -> int:
+    return _int("chain id", value, 0, U32)
+
+
 def _key(value) -> SigningKey:
     if not isinstance(value, SigningKey):
         raise ValueError(f"a signer must be a nacl SigningKey (read_key reads a key file), not {type(value).__name__}")
@@ -178,34 +182,38 @@ def sign(body: bytes, *signers: SigningKey) -> Tx:
     return body, [_key(k).sign(body).signature for k in signers]
 
 
-def register(key: SigningKey) -> Tx:
-    return sign(ctx.register(public(_key(key))), key)
+# chain: the network's chain id (its validators' [node] chain_id, in their /status; Client.chain_id):
+# every body starts with it, so what a key signs for one network is refused on another.
+
+def register(key: SigningKey, chain: int = ctx.CHAIN_ID) -> Tx:
+    return sign(ctx.register(public(_key(key)), _chain(chain)), key)
 
 
-def deposit(key: SigningKey, nonce: int, asset: str, amount: int) -> Tx:
+def deposit(key: SigningKey, nonce: int, asset: str, amount: int, chain: int = ctx.CHAIN_ID) -> Tx:
     """amount in quanta (quanta("1000") for 1,000 units)."""
     return sign(ctx.deposit(public(_key(key)), _int("nonce", nonce, 0, U64), _asset("asset", asset),
-                            _int("amount (quanta)", amount, 1, MAX_AMOUNT)), key)
+                            _int("amount (quanta)", amount, 1, MAX_AMOUNT), _chain(chain)), key)
 
 
-def withdraw(key: SigningKey, nonce: int, asset: str, amount: int) -> Tx:
+def withdraw(key: SigningKey, nonce: int, asset: str, amount: int, chain: int = ctx.CHAIN_ID) -> Tx:
     return sign(ctx.withdraw(public(_key(key)), _int("nonce", nonce, 0, U64), _asset("asset", asset),
-                             _int("amount (quanta)", amount, 1, MAX_AMOUNT)), key)
+                             _int("amount (quanta)", amount, 1, MAX_AMOUNT), _chain(chain)), key)
 
 
 def trade(buyer: SigningKey, buyer_nonce: int, seller: SigningKey, seller_nonce: int, series: int, size: int,
-          price: int) -> Tx:
+          price: int, chain: int = ctx.CHAIN_ID) -> Tx:
     """Signed by both counterparties; price in quanta of the series' settlement asset per contract."""
     if public(_key(buyer)) == public(_key(seller)):
         raise ValueError("a trade needs two accounts: the buyer is the seller")
     return sign(ctx.trade(public(buyer), _int("buyer nonce", buyer_nonce, 0, U64), public(seller),
                           _int("seller nonce", seller_nonce, 0, U64), _int("series", series, 0, U32),
-                          _int("size", size, 1, MAX_SIZE), _int("price (quanta)", price, 0, MAX_PRICE)),
+                          _int("size", size, 1, MAX_SIZE), _int("price (quanta)", price, 0, MAX_PRICE),
+                          _chain(chain)),
                 buyer, seller)
 
 
 def mark(oracles: list[SigningKey], underlying: str, index: float, sequence: int, timestamp: int,
-         vols: dict[int, float]) -> Tx:
+         vols: dict[int, float], chain: int = ctx.CHAIN_ID) -> Tx:
     """An oracle mark, signed by each oracle it lists (a quorum of the network's oracle keys)."""
     oracles = [_key(k) for k in oracles]
     if not 1 <= len(oracles) <= 255:
@@ -217,7 +225,7 @@ def mark(oracles: list[SigningKey], underlying: str, index: float, sequence: int
     vols = {_int("vol's series", i, 0, U32): _real(f"vol of series {i}", v, VOL_RANGE) for i, v in vols.items()}
     return sign(ctx.mark(_asset("underlying", underlying), _real("index", index, INDEX_RANGE),
                          _int("sequence", sequence, 0, U64), _int("timestamp", timestamp, 0, U64), vols,
-                         [public(k) for k in oracles]), *oracles)
+                         [public(k) for k in oracles], _chain(chain)), *oracles)
 
 
 def encode_tx(tx: Tx) -> dict:
@@ -586,6 +594,16 @@ class Client:
 
     def status(self, url: str | None = None) -> dict:
         return self._any(url, lambda u: self._call(u, "/status"))
+
+    def chain_id(self, url: str | None = None) -> int:
+        """The network's chain id, from a validator's /status: what transactions for it are signed
+        with (a body of another chain is refused). A validator naming none is an RpcError."""
+        answer = self.status(url)
+        chain = answer.get("chain_id")
+        if type(chain) is not int or not 0 <= chain <= U32:
+            raise RpcError(f"{url or self.urls[0]}/status: no chain id in the answer ({str(chain)[:40]!r})",
+                           body=answer)
+        return chain
 
     def health(self, url: str | None = None) -> dict:
         """{"healthy": bool, "reason": ...}; 503 is an answer here, not an error."""

@@ -397,12 +397,15 @@ def _url_host(host: str) -> str:
 def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port: int | None = 26657,
                   metrics_port: int | None = 9464, data_root: str = "/var/lib/accel-validator",
                   listen_on_address: bool = False, app: str = "clearing", validation: str = "accel",
-                  txs: int = 1000, base_timeout_ms: float = 1000.0, load: str = "none") -> list[Path]:
+                  txs: int = 1000, base_timeout_ms: float = 1000.0, load: str = "none",
+                  chain_id: int | None = None) -> list[Path]:
     """`accel testnet`: the files of a network of len(hosts) validators on other machines, as
     `cometbft testnet` writes them: node<i>.toml for the validator on hosts[i] (its secret seed
     inside, mode 0600), every peer at host:port, the client API and metrics on their ports, data
     under data_root/node<i>, and network.json (keys, addresses, API URLs: nothing secret).
-    Validator i binds 0.0.0.0 (listen_on_address: its own host, for several on one machine)."""
+    Validator i binds 0.0.0.0 (listen_on_address: its own host, for several on one machine).
+    chain_id (clearing): the network's, drawn at random when None, so that transactions signed for
+    this network are refused on any other sharing its clients' keys."""
     if len(hosts) < 4:
         raise ValueError(f"{len(hosts)} hosts: BFT needs n = 3f + 1 >= 4 validators")
     for host in hosts:
@@ -433,6 +436,10 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
     taken = sorted(p.name for p in directory.glob("node*.toml"))
     if taken:
         raise ValueError(f"{directory} already holds {', '.join(taken[:2])}: not overwriting validators' keys")
+    if app != "clearing" and chain_id is not None:
+        raise ValueError(f"--chain-id {chain_id}: the clearing app's (transactions of --app {app} carry none)")
+    if app == "clearing" and chain_id is None:
+        chain_id = int.from_bytes(os.urandom(4), "big")
     seeds = [os.urandom(32) for _ in hosts]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
     addresses = [f"{h}:{port}" for h in hosts]
@@ -447,7 +454,8 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
                 f"index = {i}\nlisten = \"{bind}:{port}\"\nseed = \"{seed.hex()}\"\n"
                 f"data_dir = {toml_string(data)}\nevents = {toml_string(data + '/events.jsonl')}\napp = \"{app}\"\n"
                 f"validation = \"{validation}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
-                f"load = \"{load}\"\nlog_format = \"json\"\n\n"
+                f"load = \"{load}\"\nlog_format = \"json\"\n"
+                + (f"chain_id = {chain_id}\n" if app == "clearing" else "") + "\n"
                 "[network]\n"
                 f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n")
         if rpc_port is not None:
@@ -460,6 +468,7 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
             fh.write(text)
         paths.append(path)
     (directory / "network.json").write_text(json.dumps({
+        "chain_id": chain_id if app == "clearing" else None,
         "validators": [{"index": i, "host": h, "public_key": k, "address": a,
                         "rpc": f"http://{_url_host(h)}:{rpc_port}" if rpc_port is not None else None,
                         "metrics": f"http://{_url_host(h)}:{metrics_port}/metrics" if metrics_port is not None

@@ -46,6 +46,10 @@ CHALLENGE = 32
 LISTENER_HELLO = len(MAGIC) + 2 + CHALLENGE                # magic | listener index | challenge
 DIALER_HELLO = len(MAGIC) + 2 + CHALLENGE + 64             # magic | dialer index | challenge | signature
 TAG = b"AV-NET-HANDSHAKE-"
+# the type bytes (after the length and version) of the frames that answer a peer's own requests:
+# block ranges and snapshot chunks, counted apart (answer_bytes) so that the node bounds them apart
+# from the proposals and votes queued beside them (node.request_admitted)
+ANSWER_TYPES = frozenset(messages._TYPES[t] for t in (messages.BlockResponse, messages.SnapshotChunk))
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Network:
         self.limits = limits
         self.queues = {i: asyncio.Queue(limits.queue_frames) for i in range(len(addresses)) if i != me}
         self.queued_bytes = {i: 0 for i in self.queues}
+        self.answer_bytes = {i: 0 for i in self.queues}  # of them, answers to the peer's requests (ANSWER_TYPES)
         self.dropped = 0    # frames that did not decode or were too large
         self.overflow = 0   # frames not queued because a peer's queue was full (frames or bytes)
         self.overflow_bytes = 0
@@ -188,6 +193,8 @@ class Network:
             return
         self.queues[to].put_nowait(frame)
         self.queued_bytes[to] = queued + len(frame)
+        if frame[5] in ANSWER_TYPES:
+            self.answer_bytes[to] += len(frame)
 
     async def _writer(self, peer: int) -> None:
         backoff = 0.05
@@ -199,6 +206,8 @@ class Network:
                     while True:
                         frame = await self.queues[peer].get()
                         self.queued_bytes[peer] -= len(frame)
+                        if frame[5] in ANSWER_TYPES:
+                            self.answer_bytes[peer] -= len(frame)
                         writer.write(frame)
                         await writer.drain()
                 except OSError:  # the peer went away; dial again

@@ -58,7 +58,6 @@ LOAD_DEPTH = 4        # the built-in load keeps this many blocks' worth of trans
 # not fit in the peer's outgoing queue (net.Limits.queue_bytes) anyway
 ANSWER_BACKLOG = RANGE_BYTES
 REQUEST_BACKLOG = MAX_MESSAGE - RANGE_BYTES
-ANSWER_TYPES = frozenset((5, 7))  # the frame type bytes of BlockResponse and SnapshotChunk (messages._TYPES)
 INBOX_PER_PEER = 4_096  # messages of one validator waiting for the core; more are dropped (timeouts recover)
 INBOX_BYTES_PER_PEER = 4 * MAX_MESSAGE  # and their bytes (4,096 frames of up to 64 MiB would be 256 GiB)
 WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
@@ -74,22 +73,24 @@ SCHEMA = {
              "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
              "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, ""),
              "load": (str, "builtin"), "snapshot_every": (int, 500), "genesis_accounts": (int, 0),
-             "state_sync": (bool, False)},
+             "state_sync": (bool, False), "chain_id": (int, 1)},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
             "max_batch": (int, 1000), "max_mempool": (int, 100_000), "max_connections": (int, 0),
             "max_connections_per_client": (int, 64), "idle_timeout_s": (float, 30.0),
-            "submit_share_s": (float, 0.1), "submit_total_s": (float, 0.4)},
+            "submit_share_s": (float, 0.1), "submit_total_s": (float, 0.4), "requests_total_per_s": (float, 0.0)},
 }
 CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json"),
            "load": ("builtin", "none")}
 NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts"), ("node", "delay_ms"),
-                ("node", "crash_after_blocks"), ("node", "load_seed"), ("rpc", "max_connections")}
+                ("node", "crash_after_blocks"), ("node", "load_seed"), ("rpc", "max_connections"),
+                ("node", "chain_id"), ("rpc", "requests_total_per_s")}
 POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool"),
             ("rpc", "max_connections_per_client"), ("rpc", "idle_timeout_s"), ("rpc", "submit_share_s"),
             ("rpc", "submit_total_s"), ("node", "txs_per_block"), ("node", "base_timeout_ms")}
-BELOW = {("node", "load_seed"): 1 << 64}  # the load's keys are derived from its 8 bytes
+BELOW = {("node", "load_seed"): 1 << 64,  # the load's keys are derived from its 8 bytes
+         ("node", "chain_id"): 1 << 32}   # a u32 at the head of every clearing transaction
 NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
 
 
@@ -97,6 +98,8 @@ def _addr(text: str) -> tuple[str, int]:
     host, sep, port = str(text).rpartition(":")
     if not sep or not port.isascii() or not port.isdigit():
         raise ValueError(f"{text!r} is not \"host:port\"")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:26657, as URLs spell an IPv6 address
+        host = host[1:-1]
     if int(port) > 65535:
         raise ValueError(f"{text!r}: port {int(port)} is outside 0..65535")
     return host, int(port)
@@ -144,6 +147,7 @@ class NodeConfig:
     snapshot_every: int = 500         # a state snapshot every this many committed blocks (0: never)
     genesis_accounts: int = 0         # clearing: funded accounts with positions added to the genesis
     state_sync: bool = False          # an empty store takes a peer's snapshot before the validator joins
+    chain_id: int = 1                 # clearing: the network's id, signed into every transaction
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -173,7 +177,7 @@ class NodeConfig:
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),
                    {k: None if (k, v) == ("max_connections", 0) else v  # 0: Rpc's default
                     for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
-                   node["genesis_accounts"], node["state_sync"])
+                   node["genesis_accounts"], node["state_sync"], node["chain_id"])
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
@@ -184,6 +188,14 @@ class NodeConfig:
                 if port == port1 and (host == host1 or {host, host1} & {"", "0.0.0.0", "::"}):
                     raise ConfigError(f"{path}:{line_of(text, table, 'listen')}: [{table}] listen {host}:{port} "
                                       f"takes [{first}] listen's port; give each its own")
+        from .apps.clearing_app import MAX_BLOCK_TXS
+        if cfg.app == "clearing" and cfg.txs_per_block > MAX_BLOCK_TXS:
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'txs_per_block')}: [node] txs_per_block "
+                              f"{cfg.txs_per_block}: a clearing block holds at most {MAX_BLOCK_TXS} transactions")
+        if cfg.chain_id != 1 and (cfg.app != "clearing" or cfg.load_file):
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'chain_id')}: [node] chain_id {cfg.chain_id}: "
+                              + ("the clearing app's key" if cfg.app != "clearing" else
+                                 "load_file's transactions are signed for chain 1"))
         if bytes(SigningKey(cfg.seed).verify_key) != cfg.keys[cfg.index]:
             raise ConfigError(f"{path}:{line_of(text, 'node', 'seed')}: [node] seed's public key is not "
                               f"[network] keys[{cfg.index}]")
@@ -285,7 +297,8 @@ class ClearingFeed:
     def __init__(self, cfg: "NodeConfig"):
         from .apps import clearing_load
         self.load = (clearing_load.StreamFile(cfg.load_file) if cfg.load_file else
-                     clearing_load.market_load(cfg.load_seed, cfg.txs_per_block, cfg.crash_after_blocks))
+                     clearing_load.market_load(cfg.load_seed, cfg.txs_per_block, cfg.crash_after_blocks,
+                                               cfg.chain_id))
 
     def skip(self, count: int) -> None:
         self.load.take(count)
@@ -323,7 +336,7 @@ class NodeRunner:
                     from .bench import add_accounts
                     add_accounts(genesis, cfg.genesis_accounts)
                 self.app = ClearingApp(Verifier(cfg.validation), genesis, max_txs=cfg.txs_per_block,
-                                       sig_cache=cfg.sig_cache)
+                                       sig_cache=cfg.sig_cache, chain_id=cfg.chain_id)
             else:
                 gen = LoadGenerator(cfg.load_seed)  # its accounts are the genesis either way
                 self.load = gen if cfg.load == "builtin" else None
@@ -454,7 +467,7 @@ class NodeRunner:
 
     def status(self) -> dict:
         now, b = time.monotonic(), self.core.committed
-        return {"node": self.cfg.index, "app": self.cfg.app, "height": b.height, "block_hash": b.id.hex(),
+        return {"node": self.cfg.index, "app": self.cfg.app, "chain_id": self.cfg.chain_id, "height": b.height, "block_hash": b.id.hex(),
                 "state_root": b.state_root.hex(), "view": self.core.view, "backend": self.backend,
                 "device": self.device, "validation": self.cfg.validation, "catching_up": self.catching_up(),
                 "highest_seen_height": self.highest_seen,
@@ -612,11 +625,9 @@ class NodeRunner:
         addresses = list(cfg.addresses)
         addresses[cfg.index] = cfg.listen
         self.net = Network(cfg.index, addresses, self._deliver, cfg.delay_ms, seed=cfg.seed, keys=cfg.keys)
-        # the same queues, counting the answers in them (request_admitted); before start() makes the writers
-        self.net.queues = {i: PeerQueue(q.maxsize) for i, q in self.net.queues.items()}
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal or ssh session closed
             loop.add_signal_handler(sig, self.stop, sig.name)
         tasks = []
         try:
@@ -686,8 +697,7 @@ class NodeRunner:
         if isinstance(msg, (BlockRequest, SnapshotRequest)):
             net = getattr(self, "net", None)
             if net is not None:
-                queue = getattr(net, "queues", {}).get(sender)
-                if not request_admitted(net.queued_bytes.get(sender, 0), getattr(queue, "answer_bytes", 0)):
+                if not request_admitted(net.queued_bytes.get(sender, 0), net.answer_bytes.get(sender, 0)):
                     self.core.counters["request_backlog"] += 1
                     return
         self._apply(self.core.handle(sender, msg))
@@ -703,25 +713,6 @@ def request_admitted(queued: int, answers: int, answer_backlog: int = ANSWER_BAC
     range's worth of answers queued; an honest peer asks for the next range once it has the last,
     so its answers are never held back by the proposals queued beside them."""
     return answers < answer_backlog and queued < request_backlog
-
-
-class PeerQueue(asyncio.Queue):
-    """A peer's outgoing frames (net.Network's queue for it) that also counts the bytes of the
-    answers among them (answer_bytes, frames typed ANSWER_TYPES), for request_admitted."""
-    def _init(self, maxsize):
-        super()._init(maxsize)
-        self.answer_bytes = 0
-
-    def _put(self, frame):
-        super()._put(frame)
-        if len(frame) > 5 and frame[5] in ANSWER_TYPES:
-            self.answer_bytes += len(frame)
-
-    def _get(self):
-        frame = super()._get()
-        if len(frame) > 5 and frame[5] in ANSWER_TYPES:
-            self.answer_bytes -= len(frame)
-        return frame
 
 
 def _weight(msg) -> int:

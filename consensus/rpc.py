@@ -8,7 +8,7 @@ CometBFT's RPC conventions. Served when the validator's file has `[rpc] listen =
   POST /txs                 {"hashes": ["0x<64 hex>", ...]} -> the same, per hash (unknown: 200)
   GET  /account?key=0x<64 hex>  nonce, collateral, positions at the last committed block, with
                                 the account's Merkle proof against that block's state root
-  GET  /status              height, view, peers, backend, catching up, mempool
+  GET  /status              chain id, height, view, peers, backend, catching up, mempool
   GET  /health              200 while the node commits blocks, else 503 with the reason
 
 BYTES is "0x" followed by hex, or base64 (CometBFT's JSON encoding). A transaction's hash is

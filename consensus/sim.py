@@ -17,7 +17,8 @@ from . import messages, snapshots, statesync
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
 from .messages import BlockRequest, SnapshotRequest, Vote
-from .node import ANSWER_BACKLOG, ANSWER_TYPES, REQUEST_BACKLOG, request_admitted
+from .net import ANSWER_TYPES
+from .node import ANSWER_BACKLOG, REQUEST_BACKLOG, request_admitted
 from .store import Store
 from .verify import Verifier
 

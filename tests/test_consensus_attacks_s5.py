@@ -258,7 +258,7 @@ def test_block_and_snapshot_requests_wait_for_the_peer_to_read_its_answers(tmp_p
         served = []
         handle = node.core.handle
         node.core.handle = lambda sender, msg: served.append(sender) or handle(sender, msg)
-        node.net = SimpleNamespace(queued_bytes={1: backlog, 2: 0}, send=lambda *a: None)
+        node.net = SimpleNamespace(queued_bytes={1: backlog, 2: 0}, answer_bytes={1: 0, 2: 0}, send=lambda *a: None)
         for _ in range(50):
             node._deliver(1, m.BlockRequest(node.core.genesis.id, 1, m.MAX_RANGE))
             node._deliver(1, m.SnapshotRequest(0, 0))

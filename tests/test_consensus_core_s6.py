@@ -69,7 +69,7 @@ def test_catch_up_answers_are_bounded_apart_from_the_proposals_queued_for_a_peer
     REQUEST_BACKLOG; an answer waiting for it (ANSWER_BACKLOG bytes) still does, so a Byzantine
     peer that asks and never reads costs at most one range."""
     from consensus import node as node_module
-    from consensus.node import ANSWER_BACKLOG, REQUEST_BACKLOG, PeerQueue
+    from consensus.node import ANSWER_BACKLOG, REQUEST_BACKLOG
     from consensus.net import Limits
     assert ANSWER_BACKLOG == m.RANGE_BYTES and REQUEST_BACKLOG + ANSWER_BACKLOG <= Limits().queue_bytes
     node = _runner(tmp_path)
@@ -77,13 +77,9 @@ def test_catch_up_answers_are_bounded_apart_from_the_proposals_queued_for_a_peer
         served = []
         handle = node.core.handle
         node.core.handle = lambda sender, msg: served.append(sender) or handle(sender, msg)
-        queues = {i: PeerQueue() for i in (1, 2, 3)}
-        queues[1].put_nowait(_frame(1, 4 * (2 << 20)))         # 8 MiB of proposals for 1
-        queues[2].put_nowait(_frame(1, 1024))
-        queues[2].put_nowait(_frame(5, ANSWER_BACKLOG))          # an answer waits for 2
-        queues[3].put_nowait(_frame(7, 1024))                    # a snapshot chunk for 3, under the bound
+        # 8 MiB of proposals wait for 1; an answer (and a proposal) for 2; a snapshot chunk for 3, under the bound
         node.net = SimpleNamespace(queued_bytes={1: 4 * (2 << 20), 2: ANSWER_BACKLOG + 1024, 3: 1024},
-                                   queues=queues, send=lambda *a: None)
+                                   answer_bytes={1: 0, 2: ANSWER_BACKLOG, 3: 1024}, send=lambda *a: None)
         for peer in (1, 2, 3):
             node._deliver(peer, m.BlockRequest(node.core.genesis.id, 1, m.MAX_RANGE))
         asyncio.run(_work_through(node))
@@ -95,30 +91,54 @@ def test_catch_up_answers_are_bounded_apart_from_the_proposals_queued_for_a_peer
         node.events.close()
 
 
-def test_a_peer_queue_counts_the_answers_in_it_as_the_network_sends_them():
-    """The node's queues (PeerQueue, put in net.Network's place) count the block responses and
-    snapshot chunks among a peer's frames as Network.send queues them and its writer takes them."""
+def test_the_network_counts_the_answers_queued_for_a_peer_as_it_sends_them():
+    """net.Network counts the block responses and snapshot chunks among a peer's queued frames
+    (answer_bytes) as send queues them and its writer takes them off to the peer."""
     from nacl.signing import SigningKey
 
     from consensus.net import Network
-    from consensus.node import PeerQueue
     seeds = [bytes([i + 1]) * 32 for i in range(4)]
     keys = [bytes(SigningKey(s).verify_key) for s in seeds]
-    net = Network(0, [("127.0.0.1", 1)] * 4, lambda *a: None, seed=seeds[0], keys=keys)
-    net.queues = {i: PeerQueue(q.maxsize) for i, q in net.queues.items()}
     sim = Simulation(n=4, seed=0, validation="software")
     sim.load(40)
     sim.run(blocks=3)
     core = sim._node("v0").core
     answer = m.BlockResponse(tuple(core.proposals[i] for i in core.chain[1:3]))
     vote = m.Vote(bytes(32), 1, 1, 1, bytes(64))
-    net.send(1, vote)
-    net.send(1, answer)
-    net.send(2, answer)
-    assert net.queues[1].answer_bytes == net.queues[2].answer_bytes == len(m.encode(answer))
-    assert net.queues[1].get_nowait() == m.encode(vote) and net.queues[1].answer_bytes == len(m.encode(answer))
-    net.queues[1].get_nowait()
-    assert net.queues[1].answer_bytes == 0 and net.queues[2].answer_bytes > 0
+
+    async def scenario():
+        net = Network(0, [("127.0.0.1", 1)] * 4, lambda *a: None, seed=seeds[0], keys=keys)
+        net.send(1, vote)
+        net.send(1, answer)
+        net.send(2, answer)
+        queued = dict(net.answer_bytes)
+        written = []
+        wrote_two = asyncio.Event()
+
+        class Writer:
+            def write(self, frame):
+                written.append(frame)
+                if len(written) == 2:
+                    wrote_two.set()
+
+            async def drain(self):
+                await asyncio.sleep(0)
+
+            def close(self):
+                pass
+
+        async def connect(peer):
+            return Writer() if peer == 1 else await asyncio.sleep(3600)
+        net._connect = connect
+        tasks = [asyncio.create_task(net._writer(i)) for i in (1, 2)]
+        await asyncio.wait_for(wrote_two.wait(), 5)
+        for t in tasks:
+            t.cancel()
+        return queued, dict(net.answer_bytes), written
+    queued, after, written = asyncio.run(scenario())
+    assert queued[1] == queued[2] == len(m.encode(answer)) and queued[3] == 0
+    assert written == [m.encode(vote), m.encode(answer)]
+    assert after[1] == 0 and after[2] == len(m.encode(answer))
 
 
 async def _work_through(node):

@@ -515,7 +515,7 @@ class _FakeValidator:
                     self._send(200, {"hash": h, "status": "committed", "height": 9} if h in committed
                                else {"hash": h, "status": "pending"})
                 else:
-                    self._send(200, {"height": 9})
+                    self._send(200, {"height": 9, "chain_id": 1})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -615,7 +615,7 @@ def test_ctrl_c_in_an_accel_command_is_one_line_and_status_130(tmp_path, capsys,
     monkeypatch.setattr(cl.Client, "broadcast", lambda self, txs: [{"hash": "00" * 32, "accepted": True,
                                                                     "code": 0, "reason": ""}])
     cl.write_key(tmp_path / "k.json", K1)
-    assert main(["tx", "--wait", "30", "register", "--key", str(tmp_path / "k.json")]) == 130
+    assert main(["tx", "--chain-id", "1", "--wait", "30", "register", "--key", str(tmp_path / "k.json")]) == 130
     err = capsys.readouterr().err.strip()
     assert err == "accel tx: interrupted"
 

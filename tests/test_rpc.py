@@ -166,21 +166,22 @@ def test_accel_tx_says_in_one_line_when_no_validator_answers(tmp_path, capsys):
 
 
 # ---- a network: 1,000 transactions through the API ----------------------------------------------
-def _market(accounts: int, total: int):
-    """Signed transactions, in an order every validator can apply: registrations, deposits, a BTC
-    mark by two oracles, then BTC-future trades between neighbours (alternating sides)."""
+def _market(accounts: int, total: int, chain: int = 1):
+    """Signed transactions for the network chain, in an order every validator can apply:
+    registrations, deposits, a BTC mark by two oracles, then BTC-future trades between neighbours
+    (alternating sides)."""
     keys = [SigningKey(bytes([7, i % 256, i // 256]) + bytes(29)) for i in range(accounts)]
     nonce = [0] * accounts
-    txs = [cl.register(k) for k in keys]
+    txs = [cl.register(k, chain) for k in keys]
     for i, k in enumerate(keys):
-        txs.append(cl.deposit(k, nonce[i], "USD", 10_000_000 * USD))
+        txs.append(cl.deposit(k, nonce[i], "USD", 10_000_000 * USD, chain))
         nonce[i] += 1
-    txs.append(cl.mark(ORACLES[:2], "BTC", 60_000.0, 1, T0, {1: 0.6, 2: 0.6, 3: 0.6, 9: 0.6}))
+    txs.append(cl.mark(ORACLES[:2], "BTC", 60_000.0, 1, T0, {1: 0.6, 2: 0.6, 3: 0.6, 9: 0.6}, chain))
     n = 0
     while len(txs) < total:
         a, b = (2 * n) % accounts, (2 * n + 1) % accounts
         buyer, seller = (a, b) if (n // (accounts // 2)) % 2 == 0 else (b, a)
-        txs.append(cl.trade(keys[buyer], nonce[buyer], keys[seller], nonce[seller], 4, 1, 60_000 * USD))
+        txs.append(cl.trade(keys[buyer], nonce[buyer], keys[seller], nonce[seller], 4, 1, 60_000 * USD, chain))
         nonce[buyer] += 1
         nonce[seller] += 1
         n += 1
@@ -333,7 +334,8 @@ def test_a_network_from_accel_testnet_on_four_loopback_addresses(tmp_path):
     try:
         c = cl.Client([v["rpc"] for v in net["validators"]], timeout=30)
         c.wait_healthy(60)
-        keys, nonces, txs = _market(100, 1000)
+        assert c.chain_id() == net["chain_id"]  # drawn by accel testnet, in every validator's file
+        keys, nonces, txs = _market(100, 1000, net["chain_id"])
         verdicts = c.broadcast(txs)
         assert all(v["accepted"] for v in verdicts)
         c.wait_committed([v["hash"] for v in verdicts], timeout=60)

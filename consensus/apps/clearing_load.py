@@ -91,8 +91,9 @@ def black76(f: float, s: Series, t: int, vol: float) -> float:
 
 class ClearingLoad:
     def __init__(self, seed: int, users: int = 16, crash_after: int | None = None, crash: float = 0.5,
-                 leveraged: int = 0):
+                 leveraged: int = 0, chain: int = ctx.CHAIN_ID):
         self.rng = random.Random(seed)
+        self.chain = chain  # the network's chain id, signed into every body
         makers = max(1, users // 8)
         if users - makers - leveraged < 2:
             raise ValueError(f"{users} users leave fewer than 2 takers beside {makers} maker(s) and {leveraged} leveraged")
@@ -110,7 +111,7 @@ class ClearingLoad:
         self.taken = 0  # transactions after the setup
         self.trades = 0
         self.crashed: set[str] = set()
-        self.pending = [self._signed(ctx.register(k), [u]) for k, u in zip(self.keys, self.users)]
+        self.pending = [self._signed(ctx.register(k, self.chain), [u]) for k, u in zip(self.keys, self.users)]
         marks = [self._mark("BTC"), self._mark("ETH")]  # made first: the leveraged collateral depends on them
         put_margin = self._leveraged_margin() if leveraged else 0
         for i in range(users):
@@ -121,7 +122,7 @@ class ClearingLoad:
             else:
                 deposits = [("USD", put_margin)]
             for asset, amount in deposits:
-                self.pending.append(self._signed(ctx.deposit(self.keys[i], self.nonces[i], asset, amount),
+                self.pending.append(self._signed(ctx.deposit(self.keys[i], self.nonces[i], asset, amount, self.chain),
                                                  [self.users[i]]))
                 self.nonces[i] += 1
         self.pending += marks
@@ -162,7 +163,7 @@ class ClearingLoad:
                 vols[s.id] = self.vols[s.id]
         oracles = ORACLES[:2] if self.sequence[underlying] % 2 else ORACLES[1:]
         return self._signed(ctx.mark(underlying, self.index[underlying], self.sequence[underlying], self.timestamp,
-                                     vols, [bytes(k.verify_key) for k in oracles]), oracles)
+                                     vols, [bytes(k.verify_key) for k in oracles], self.chain), oracles)
 
     def _trade(self, buyer: int, seller: int, series: int, size: int):
         s = next(x for x in SERIES if x.id == series)
@@ -175,7 +176,7 @@ class ClearingLoad:
         if s.inverse and s.kind == FUTURE:
             size *= INVERSE_FUTURE_LOT
         body = ctx.trade(self.keys[buyer], self.nonces[buyer], self.keys[seller], self.nonces[seller], series, size,
-                         quanta)
+                         quanta, self.chain)
         self.nonces[buyer] += 1
         self.nonces[seller] += 1
         return self._signed(body, [self.users[buyer], self.users[seller]])
@@ -202,12 +203,12 @@ class ClearingLoad:
         return out
 
 
-def market_load(seed: int, txs_per_block: int, crash_after_blocks: int) -> ClearingLoad:
+def market_load(seed: int, txs_per_block: int, crash_after_blocks: int, chain: int = ctx.CHAIN_ID) -> ClearingLoad:
     """The validators' market (accel localnet, the demo): 64 accounts, 8 of them market makers and
     8 leveraged put sellers, and the crash once crash_after_blocks blocks' worth of trades went by
-    (0: none)."""
+    (0: none), signed for the network chain."""
     return ClearingLoad(seed, users=64, leveraged=8,
-                        crash_after=crash_after_blocks * txs_per_block if crash_after_blocks else None)
+                        crash_after=crash_after_blocks * txs_per_block if crash_after_blocks else None, chain=chain)
 
 
 # A stream file: the signed transactions, each as body length u32 | body | signatures u8 | 64 x that.
