@@ -143,17 +143,22 @@ def _runs(txs: list) -> list[tuple[list[int], list[int]]]:
     regs: list[int] = []
     run: list[int] = []
     named: set[bytes] = set()
+    seen = 0  # run[:seen]'s signers are in named: gathered only when a registration asks
     for i, tx in enumerate(txs):
         if tx.op in _COLUMNAR:
             run.append(i)
-            named.update(tx.signers)
-        elif tx.op == ctx.REGISTER and tx.signers[0] not in named:
-            regs.append(i)
-        else:
-            if regs or run:
-                out.append((regs, run))
-            out.append(([i], []))
-            regs, run, named = [], [], set()
+            continue
+        if tx.op == ctx.REGISTER:
+            for j in run[seen:]:
+                named.update(txs[j].signers)
+            seen = len(run)
+            if tx.signers[0] not in named:
+                regs.append(i)
+                continue
+        if regs or run:
+            out.append((regs, run))
+        out.append(([i], []))
+        regs, run, named, seen = [], [], set(), 0
     if regs or run:
         out.append((regs, run))
     return out
