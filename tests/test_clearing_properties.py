@@ -180,6 +180,24 @@ def block_of(txs, parent_root, state_root, app):
     return Block(2, 2, parent_root, 2, app.tx_root(txs), state_root, txs.digest(), txs, QC(bytes(32), 0, 0))
 
 
+def chain(app, validator, parent, vparent, supply):
+    """One block proposed by app on parent, checked by a second (software-only) validator: valid,
+    the same state root, supply (asset -> quanta, updated here) and the invariants kept, no
+    violations; committed by both. (txs, app's state, validator's state)."""
+    txs, state = app.propose(parent, set())
+    block = block_of(txs, bytes(32), state.root, validator)
+    v = validator.validate(vparent, block, ((), (), ()))
+    assert v.ok, v.reason
+    assert v.state.root == state.root
+    for a, q in committed_flows(txs).items():
+        supply[a] = supply.get(a, 0) + q
+    check_invariants(state.clearing, supply)
+    assert v.state.clearing.violations() == []
+    app.committed(block_of(txs, bytes(32), state.root, app), state)
+    validator.committed(block, v.state)
+    return txs, state, v.state
+
+
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(blocks)

@@ -27,7 +27,7 @@ from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing import Mark
 from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
-from tests.test_clearing_properties import O, ORACLES, T0, USD, block_of, check_invariants, committed_flows, genesis, signed
+from tests.test_clearing_properties import O, ORACLES, T0, USD, chain, genesis, signed
 from tests.test_proposal_starvation_review import keys, supply_of
 
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
@@ -52,20 +52,9 @@ def blocks(app, validator, heights, attacker, honest, at=lambda h: 0):
         assert all(r == "" or r.startswith("stale") for r in app.submit_many(theirs[:at(h)]))
         assert app.submit_many(mine) == [""] * len(mine)
         assert all(r == "" or r.startswith("stale") for r in app.submit_many(theirs[at(h):]))
-        txs, state = app.propose(parent, set())
-        block = block_of(txs, bytes(32), state.root, validator)
-        v = validator.validate(vparent, block, ((), (), ()))
-        assert v.ok, v.reason
-        assert v.state.root == state.root
-        for a, q in committed_flows(txs).items():
-            supply[a] = supply.get(a, 0) + q
-        check_invariants(state.clearing, supply)
-        assert v.state.clearing.violations() == []
+        txs, parent, vparent = chain(app, validator, parent, vparent, supply)
         got = {txs.bodies.item(i) for i in range(len(txs))}
         out.append(sum(b in got for b, _ in mine))
-        app.committed(block_of(txs, bytes(32), state.root, app), state)
-        validator.committed(block, v.state)
-        parent, vparent = state, v.state
     return out
 
 

@@ -28,7 +28,7 @@ from consensus.apps import clearing_app as capp
 from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
-from tests.test_clearing_properties import O, T0, USD, block_of, check_invariants, committed_flows, genesis, signed
+from tests.test_clearing_properties import O, T0, USD, chain, genesis, signed
 from tests.test_proposal_starvation_review import keys, supply_of
 
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
@@ -57,22 +57,6 @@ class Counter:
             return apply_one(state, tx)
         monkeypatch.setattr(capp, "apply_run", run)
         monkeypatch.setattr(capp.ctx, "apply", one)
-
-
-def chain(app, validator, parent, vparent, supply, submit=lambda h: []):
-    """One block proposed by app on parent, checked by the software validator, committed by both."""
-    txs, state = app.propose(parent, set())
-    block = block_of(txs, bytes(32), state.root, validator)
-    v = validator.validate(vparent, block, ((), (), ()))
-    assert v.ok, v.reason
-    assert v.state.root == state.root
-    for a, q in committed_flows(txs).items():
-        supply[a] = supply.get(a, 0) + q
-    check_invariants(state.clearing, supply)
-    assert v.state.clearing.violations() == []
-    app.committed(block_of(txs, bytes(32), state.root, app), state)
-    validator.committed(block, v.state)
-    return txs, state, v.state
 
 
 def short_market():

@@ -36,8 +36,7 @@ from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing import Clearing
 from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
-from tests.test_clearing_properties import (DAY, O, ORACLES, SERIES, T0, USD, block_of, check_invariants,
-                                            committed_flows, signed)
+from tests.test_clearing_properties import DAY, O, ORACLES, SERIES, T0, USD, block_of, chain, signed
 from tests.test_proposal_starvation_review import keys, supply_of
 
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
@@ -48,22 +47,6 @@ def _quiet():
     logging.disable(logging.CRITICAL)
     yield
     logging.disable(logging.NOTSET)
-
-
-def chain(app, validator, parent, vparent, supply):
-    """One block proposed by app on parent, checked by the software validator, committed by both."""
-    txs, state = app.propose(parent, set())
-    block = block_of(txs, bytes(32), state.root, validator)
-    v = validator.validate(vparent, block, ((), (), ()))
-    assert v.ok, v.reason
-    assert v.state.root == state.root
-    for a, q in committed_flows(txs).items():
-        supply[a] = supply.get(a, 0) + q
-    check_invariants(state.clearing, supply)
-    assert v.state.clearing.violations() == []
-    app.committed(block_of(txs, bytes(32), state.root, app), state)
-    validator.committed(block, v.state)
-    return txs, state, v.state
 
 
 def market(fund=100 * USD):
