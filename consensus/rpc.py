@@ -561,7 +561,17 @@ class Rpc:
             return self._submit_now(items)
 
     def _submit_now(self, items: list[tuple[bytes, list[bytes]]]) -> list[dict]:
+        """Per item, the mempool's verdict; _Full if the mempool has no room for any of them. An
+        app that bounds its own mempool fairly (ClearingApp.max_mempool: a full mempool makes room
+        for an account holding less than the heaviest) is given max_mempool and answers per item;
+        for any other, a batch that would take the mempool past max_mempool is refused whole."""
         app = self.node.app
+        if hasattr(app, "max_mempool"):
+            app.max_mempool = self.max_mempool
+            reasons = app.submit_many(items)
+            if reasons and all(r.startswith("mempool full") for r in reasons):
+                raise _Full()
+            return self._answers(items, reasons)
         fresh = sum(1 for body, _ in items if hashlib.sha256(body).digest() not in app.mempool)
         if fresh and len(app.mempool) + fresh > self.max_mempool:
             raise _Full()
@@ -570,6 +580,9 @@ class Rpc:
         else:  # the key-value app: one signature per transaction, checked in blocks
             reasons = [app.submit(body, sigs[0]) if len(sigs) == 1 else "a transfer has exactly one signature"
                        for body, sigs in items]
+        return self._answers(items, reasons)
+
+    def _answers(self, items: list[tuple[bytes, list[bytes]]], reasons: list[str]) -> list[dict]:
         out = []
         for (body, _), reason in zip(items, reasons):
             out.append({"hash": hashlib.sha256(body).hexdigest(), "code": 1 if reason else 0,
