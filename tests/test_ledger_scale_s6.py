@@ -13,9 +13,12 @@ B. Every liquidation sorted all holders of each of its series: L liquidations at
 
 Tests:
 1. differential: many random books (liquidations, auto-deleveraging, insurance, socialized losses
-   and their cascade, expiries with settlement debts) marked by the current code and by the
-   code before the fix (Reference below: its mark, _settle, _settle_debt, _liquidate and _charge copied
-   verbatim from clearing.py at dbb05d2): the same refusals, leaves, Liquidation records, funds,
+   and their cascade, expiries; since session 7 with task A's constructions mixed in: thin
+   writers, hedged counterparties, inherited records, capped longs) marked by the current code
+   and by the code before the fix (Reference below: its mark, _settle, _settle_debt, _liquidate
+   and _charge copied verbatim from clearing.py at dbb05d2, then changed, marked s7, to the simple
+   form of session 7's rule for socialized losses: shared sources charged once per mark, see
+   tests/test_ledger_scale_s7.py): the same refusals, leaves, Liquidation records, funds,
    supply, fixings and state root after every mark;
 2. work counts, not timing: the Python and C function calls the interpreter makes during a mark,
    for N and 4N, at most 5x: the expiry of N pairs (dbb05d2: 15.5x); N thin books liquidated
@@ -24,9 +27,10 @@ Tests:
    aa95e60: 10x); N thin books each in its own series (aa95e60 put the round's bankrupt books in
    a heap once per series: 10x).
 
-Not fixed (a rule, not its computation): a loss charged to N accounts changes N balances, so L
-bankrupt writers of one series at its expiry, once the fund is spent, are L charges to the H
-holders of its other side (docs/CLEARING.md, "Liquidation and auto-deleveraging", Cost)."""
+Not fixed here (a rule, not its computation): a loss charged to N accounts changes N balances, so L
+bankrupt writers of one series at its expiry, once the fund is spent, were L charges to the H
+holders of its other side. Session 7 changed the rule (one charge per shared source and mark:
+tests/test_ledger_scale_s7.py; docs/CLEARING.md, "Liquidation and auto-deleveraging")."""
 import random
 import sys
 from fractions import Fraction
@@ -38,9 +42,30 @@ from consensus.apps.clearing import (FUTURE, INDEX_RANGE, VOL_RANGE, Account, Br
 from tests.test_clearing_properties import DAY, GENESIS_FUNDS, O, SERIES, T0, USD
 
 
+def _ref_split(amount: int, weights: list[int]) -> list[int]:
+    """amount in proportion to weights, floored; the remainder one quantum each to the first parts."""
+    parts = [Fraction(amount * w, sum(weights)).__floor__() for w in weights]
+    for j in range(amount - sum(parts)):
+        parts[j] += 1
+    return parts
+
+
+class _RefPools:
+    """A mark's shared sources, plainly: sides (series, sign) -> (asset, {holder: weight}); records
+    [(asset, explicit weights, [(source, weight)])]; amount owed per source; profit per asset;
+    owed: asset -> {liquidation index: quanta it put into sources}."""
+
+    def __init__(self):
+        self.sides, self.records, self.amount, self.profit, self.owed = {}, [], {}, {}, {}
+
+
 class Reference(Clearing):
-    """The clearing as of dbb05d2 (before the fix): mark, _settle, _settle_debt, _liquidate and
-    _charge verbatim; everything else is the current code's (unchanged by the fix)."""
+    """The clearing as of dbb05d2 (before the linear fix of aa95e60): mark, _settle, _settle_debt,
+    _liquidate and _charge verbatim but for the rule of session 7 (marked s7), in its simple form:
+    shared sources of socialized losses (settled sides, liquidations' records, everyone in profit)
+    charged once per drain with what the mark's liquidations owe them (docs/CLEARING.md, steps
+    3-6), sides' weights built at the settlement, every record looked at on every drain, auto-
+    deleveraging by a sort of all holders, _charge by a sort; everything else is the current code's."""
 
     def mark(self, underlying: str, index: float, vols: dict, sequence: int, timestamp: int, signers: list[bytes],
              signatures_valid: bool = True) -> None:
@@ -93,9 +118,10 @@ class Reference(Clearing):
             self._flush()
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
-        paid: dict[tuple[bytes, str], dict[bytes, int]] = {}  # settlement payers -> whom they paid
+        ref = _RefPools()  # s7: what the mark's liquidations owe each shared source, charged once per drain
+        paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> the other sides of their series
         for i in sorted(expiring):
-            self._settle(i, paid)
+            self._settle(i, paid, ref)
         heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
         pending: dict[str, set[bytes]] = {}  # per asset, the books still to liquidate
         for k, a, _ in below:
@@ -103,29 +129,37 @@ class Reference(Clearing):
         bankrupt = {a: frozenset(ks) for a, ks in pending.items()}
         cascade = _Cascade()  # books a socialized loss took all the equity of (_socialize)
         cascade.settled = {b for b, other in paid.items() if other}
+        cascade.done = done = {(k, a) for k, a, _ in below}
+        cascade.pools = ref
         for key, asset, _ in below:
             pending[asset].discard(key)
             self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade)
-        done = {(k, a) for k, a, _ in below}
         for step in range(2):  # the cascade, then the settlement debts left (none, by the rules) and theirs
-            while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
-                batch = sorted(set(cascade) - done)
-                cascade.clear()
-                for key, asset in batch:
-                    pending.setdefault(asset, set()).add(key)
-                for key, asset in batch:
-                    pending[asset].discard(key)
-                    done.add((key, asset))
-                    self._liquidate(key, asset, frozenset(k for k, a in batch if a == asset), heirs,
-                                    pending[asset], paid.get((key, asset)), cascade)
+            while True:
+                while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
+                    batch = sorted(set(cascade) - done)
+                    cascade.clear()
+                    for key, asset in batch:
+                        pending.setdefault(asset, set()).add(key)
+                    for key, asset in batch:
+                        pending[asset].discard(key)
+                        done.add((key, asset))
+                        self._liquidate(key, asset, frozenset(k for k, a in batch if a == asset), heirs,
+                                        pending[asset], paid.get((key, asset)), cascade)
+                self._drain(cascade)
+                if not cascade:
+                    self._drain(cascade, sides=True)
+                if not cascade:
+                    break
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
+        self._charge_profit(ref)
         if halted:
             self.halted[underlying] = halted
         else:
             self.halted.pop(underlying, None)
 
-    def _settle(self, series: int, paid: dict | None = None) -> None:
+    def _settle(self, series: int, paid: dict | None = None, ref=None) -> None:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
         expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
         (holder, asset) -> {holder of the other side: contracts x max(|fixing|, 1)}, added to
@@ -138,14 +172,15 @@ class Reference(Clearing):
             sizes[holder] = acct.positions.pop(series)
             _credit(acct, asset, sizes[holder] * value)
         self.fixings[series] = value
-        if paid is not None:
+        if paid is not None:  # s7: each side one source of weights, shared by the other side's holders
+            for sign in (1, -1):
+                side = {r: abs(m) * max(abs(value), 1) for r, m in sizes.items() if (m > 0) == (sign > 0)}
+                if side:
+                    ref.sides[(series, sign)] = (asset, side)
             for k, n in sizes.items():
-                mine = paid.setdefault((k, asset), {})
-                for r, m in sizes.items():
-                    if (m > 0) != (n > 0):
-                        mine[r] = mine.get(r, 0) + abs(m) * max(abs(value), 1)
+                paid.setdefault((k, asset), []).append((series, -1 if n > 0 else 1))
 
-    def _settle_debt(self, key: bytes, asset: str, receivers: dict[bytes, int], cascade: list | None = None) -> None:
+    def _settle_debt(self, key: bytes, asset: str, receivers: list, cascade: list | None = None) -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
         position in it (so no later mark would ever liquidate it): the fund pays the debt as far
         as it goes, the rest is charged to the holders of the other side of its series, in
@@ -165,8 +200,9 @@ class Reference(Clearing):
         self.funds[asset] -= fund
         _credit(acct, asset, fund)
         loss = -(cash + fund)
-        weights = {r: q for r, q in receivers.items() if r != key}
-        charged = self._socialize(key, asset, loss, weights, frozenset(), cascade)
+        sides = cascade.pools.sides  # s7: owed to the other sides of its series, by their weights
+        terms = [(s, sum(sides[s][1].values())) for s in receivers if s in sides]
+        charged = self._socialize(asset, loss, {}, terms, frozenset(), cascade, len(self.liquidations))
         _credit(acct, asset, charged)
         self.liquidations.append(Liquidation(key, asset, fund, charged))
 
@@ -219,29 +255,88 @@ class Reference(Clearing):
         loss = max(-(cash + paid), 0)
         closed = weights  # the value each counterparty closed against this book
         rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
+        terms = []  # s7: its shared sources (source, weight): records of whom heirs charged, settled sides
         if not closed:  # its positions went to earlier liquidations of this mark: their owners pay
-            weights = {}
             for h in sorted(heirs.get((asset, key), {})):  # as far as their cash goes, then whom they charged
                 if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
                     rich[h] = c
-                for k, v in heirs.get((asset, h, "charged"), {}).items():
-                    if k != key:
-                        weights[k] = weights.get(k, 0) + v
+                if heirs.get((asset, h, "charged")) is not None:  # weighing the value h took from key
+                    terms.append((heirs[(asset, h, "charged")], heirs[(asset, key)][h]))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
-        for r, w in sorted((settled or {}).items()):
-            if r != key:
-                weights[r] = weights.get(r, 0) + w
+        ref = cascade.pools
+        terms += [(s, sum(ref.sides[s][1].values())) for s in settled or () if s in ref.sides]
         charged = 0
         if loss and rich:  # in proportion to cash: nobody charged beyond its own
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
-        everyone = loss > charged and not weights
-        if everyone:  # nobody to inherit from: everyone in profit pays (capped; nobody carries it on)
-            weights = self._in_profit(key, asset)
-        heirs[(asset, key, "charged")] = dict(weights)
-        charged += self._socialize(key, asset, loss - charged, weights, pending, None if everyone else cascade)
-        _credit(acct, asset, charged)  # what is left is a debt that stays on the account
+        if closed or terms:  # the record of whom it charged (none: an heir of it inherits nothing)
+            ref.records.append((asset, dict(closed), list(terms)))
+            heirs[(asset, key, "charged")] = len(ref.records) - 1
+        else:
+            heirs[(asset, key, "charged")] = None
+        at = len(self.liquidations)
+        charged += self._socialize(asset, loss - charged, closed, terms, pending, cascade, at)
+        _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
+
+    def _socialize(self, asset, loss, explicit, terms, pending, cascade, at=None):
+        """s7: the new rule's simple form (docs/CLEARING.md, steps 3-6)."""
+        if loss <= 0:
+            return 0
+        ref = cascade.pools
+        if terms:
+            weights = [w for _, w in terms]
+            if explicit:
+                parts = _ref_split(loss, [sum(explicit.values())] + weights)
+                short = parts[0] - (self._charge(asset, parts[0], explicit, pending) if parts[0] else 0)
+                parts = [p + q for p, q in zip(parts[1:], _ref_split(short, weights))]
+            else:
+                parts = _ref_split(loss, weights)
+            for (source, _), p in zip(terms, parts):
+                ref.amount[source] = ref.amount.get(source, 0) + p
+            if at is not None and sum(parts):
+                ref.owed.setdefault(asset, {})[at] = sum(parts)
+            return loss
+        charged = self._charge(asset, loss, explicit, pending) if explicit else 0
+        if loss > charged and explicit:
+            carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in cascade.done
+                        and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in cascade.settled)}
+            if carriers:
+                charged += self._charge(asset, loss - charged, carriers, carriers)
+                cascade.extend((h, asset) for h in sorted(carriers))
+        if loss > charged:
+            ref.profit[asset] = ref.profit.get(asset, 0) + loss - charged
+            if at is not None:
+                ref.owed.setdefault(asset, {})[at] = loss - charged
+        return loss
+
+    def _drain(self, cascade, sides=False):
+        """s7: every record owed something, newest first; or (sides) every settled side, in order."""
+        ref = cascade.pools
+        for n in reversed(range(len(ref.records))) if not sides else ():
+            if ref.amount.get(n):
+                asset, explicit, terms = ref.records[n]
+                self._socialize(asset, ref.amount.pop(n), explicit, terms, frozenset(), cascade)
+        for side in sorted(ref.sides) if sides else ():
+            if ref.amount.get(side):
+                asset, weights = ref.sides[side]
+                self._socialize(asset, ref.amount.pop(side), weights, [], frozenset(), cascade)
+
+    def _charge_profit(self, ref):
+        """s7: per asset, once: every account with a positive balance; the unpaid rest back to the debtors."""
+        for asset in sorted(ref.profit):
+            loss = ref.profit[asset]
+            if not loss:
+                continue
+            rest = {h: c for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0}
+            unpaid = loss - (self._charge(asset, loss, rest) if rest else 0)
+            owed = ref.owed.get(asset, {})
+            if unpaid and owed:
+                for j, back in zip(sorted(owed), _ref_split(unpaid, [owed[j] for j in sorted(owed)])):
+                    rec = self.liquidations[j]
+                    _credit(self._mut(rec.account), asset, -back)
+                    self.liquidations[j] = rec._replace(socialized=rec.socialized - back)
+        ref.profit.clear()
 
     def _charge(self, asset: str, loss: int, weights: dict[bytes, int], pending=frozenset()) -> int:
         """Up to loss quanta of asset taken from the accounts of weights in proportion to them (the
@@ -338,6 +433,7 @@ def book(cls, seed: int) -> tuple[Clearing, list]:
             value = c._value(s) * size
             _inject(c, a, {c.series[s].asset: -value})
             _inject(c, b, {c.series[s].asset: value})
+    _constructions(c, random.Random(seed + 10**6))  # s7: its own stream (the rest as before)
     for asset in ("USD", "BTC"):
         fund = rng.choice([0, 0, 1, 100 * USD, GENESIS_FUNDS[asset]])
         c.supply[asset] += fund - c.funds[asset]
@@ -350,6 +446,56 @@ def book(cls, seed: int) -> tuple[Clearing, list]:
         last[und] = min(max(last[und] * rng.choice(MOVES), 1.0), 5e7)
         marks.append((und, last[und], {i: rng.choice([0.3, 0.7, 1.5]) for i in OPTIONS[und]}, seq[und], ts))
     return c, marks
+
+
+def _traded(c: Clearing, buyer: bytes, seller: bytes, series: int, n: int) -> None:
+    """A position opened at the mark's value (each book's equity moves by nothing)."""
+    _position(c, buyer, seller, series, n)
+    value = c._value(series) * n
+    _inject(c, buyer, {c.series[series].asset: -value})
+    _inject(c, seller, {c.series[series].asset: value})
+
+
+def _constructions(c: Clearing, rng: random.Random) -> None:
+    """s7: task A's constructions, a few books each, mixed into a market: (0) thin writers of one
+    series against its buyers, some also short a future against their own counterparty; (1) one
+    thin book long futures against thin shorts (it takes their positions when all are bankrupt)
+    and short calls to buyers (its record, inherited by each of them, holds a settled side); (2)
+    thin shorts against longs bought on borrowed cash (capped, nothing left to carry: everyone in
+    profit pays); (3) counterparties hedged with a third account (the loss follows the hedge)."""
+    tag = rng.randbytes(3)
+    serial = iter(range(10**6))
+
+    def fresh(cash: int, asset: str = "USD") -> bytes:
+        k = bytes([0xA0]) + tag + next(serial).to_bytes(28, "big")
+        _inject(c, k, {asset: cash})
+        return k
+    for kind in rng.sample(range(4), rng.randint(0, 4)):
+        n = rng.randint(1, 6)
+        if kind == 0:
+            series = rng.choice([1, 1, 2, 4])
+            asset = c.series[series].asset
+            thin = USD if asset == "USD" else USD // 1000
+            buyers = [fresh(rng.choice([0, 1, 10_000 * USD]), asset) for _ in range(rng.randint(1, 4))]
+            for _ in range(n):
+                w = fresh(rng.choice([0, thin, 100 * thin]), asset)
+                _traded(c, rng.choice(buyers), w, series, rng.choice([1, 2, 5]))
+                if rng.random() < 0.5:
+                    _traded(c, fresh(rng.choice([1, 1_000 * USD])), w, 3, 1)
+        elif kind == 1:
+            x = fresh(rng.choice([0, 100 * USD]))
+            for _ in range(n):
+                _traded(c, x, fresh(rng.choice([0, 100 * USD])), 3, 1)
+                _traded(c, fresh(rng.choice([0, 100_000 * USD])), x, 1, rng.choice([1, 2]))
+        elif kind == 2:
+            for _ in range(n):
+                _traded(c, fresh(rng.choice([1, 100 * USD])), fresh(rng.choice([0, 100 * USD])), 3, 1)
+        else:
+            third = fresh(rng.choice([1_000 * USD, 10**6 * USD]))
+            for _ in range(n):
+                w, cp = fresh(rng.choice([0, 100 * USD])), fresh(rng.choice([1, 100 * USD]))
+                _traded(c, cp, w, 3, rng.choice([1, 3]))
+                _traded(c, third, cp, 3, rng.choice([1, 3]))
 
 
 def _state(c: Clearing) -> tuple:
@@ -407,8 +553,13 @@ def test_random_markets_reach_the_same_state_and_liquidations_as_the_code_before
         debts.clear()
         carried.clear()
         assert new.root() == old.root(), seed
-    # the streams reached what the fix changed: liquidations, the fund, socialized losses, settlement debts
-    assert all(v > 0 for k, v in seen.items() if k != "refused"), seen
+    # the streams reached what the fix changed: liquidations, the fund, socialized losses, cascades
+    assert all(v > 0 for k, v in seen.items() if k not in ("refused", "settlement debts")), seen
+    # s7: a book the mark liquidated is never a carrier, and every liquidation's loss is placed (the
+    # rest the market cannot pay comes back only at the mark's end): no settlement debt is left for
+    # _settle_debt (before s7 these streams reached it through liquidated settled books charged
+    # beyond their equity); tests/test_ledger_scale_s7.py calls it directly on both implementations
+    assert seen["settlement debts"] == 0, seen
 
 
 # ---- 2. work counts (function calls, not time) -------------------------------------------------

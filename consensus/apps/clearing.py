@@ -135,57 +135,55 @@ class Mark:
 class _Cascade(list):
     """(account, asset) books a mark's socialized losses took all the equity of, to liquidate at
     the same mark (Clearing._socialize); settled: the books (account, asset) that held a series
-    the mark settled, with holders on its other side."""
+    the mark settled, with holders on its other side; done: the books the mark liquidated so far
+    (never carriers: a mark liquidates a book once); pools: the mark's _Pools."""
     settled: set = frozenset()
+    done: set = frozenset()
+    pools: "_Pools | None" = None
 
 
-class _Owed:
-    """Weights (account -> quanta) kept as explicit entries plus terms (source, factor, excluded):
-    a source is a side of a settled series (account -> contracts: each of its accounts weighs
-    contracts x factor more) or another _Owed (its weights, factor 1), less the accounts of
-    excluded. A settled series' weights this way cost one term per holder, not one entry per pair
-    of holders (both sides of a series of n holders: n^2 / 2 entries, built at every expiry), and
-    a liquidation inheriting whom an earlier one charged refers to that record instead of copying
-    it (n bankrupt books whose positions one liquidation took: n^2 entries); the entries are built
-    (dict) only where a loss is charged in proportion to them. Sums of integers: the same weights
-    in whatever order they are added. Records are never changed once referred to."""
-    __slots__ = ("explicit", "terms")
+def _split(amount: int, weights: list[int]) -> list[int]:
+    """amount (quanta >= 0) in proportion to weights (integers, sum > 0): amount x w // total each,
+    the remainder (fewer quanta than parts) one quantum each to the first parts in order."""
+    total = sum(weights)
+    parts = [amount * w // total for w in weights]
+    for j in range(amount - sum(parts)):
+        parts[j] += 1
+    return parts
 
-    def __init__(self, explicit: dict | None = None, terms: list | None = None):
-        self.explicit = {} if explicit is None else explicit
-        self.terms = [] if terms is None else terms
 
-    def without(self, key: bytes) -> "_Owed":
-        return _Owed({}, [(self, 1, frozenset((key,)))])
+class _Pools:
+    """One mark's shared sources of socialized losses (docs/CLEARING.md, "Liquidation and
+    auto-deleveraging", steps 3-6): what the mark's liquidations owe a source is summed here and
+    charged once per drain (Clearing._drain), not once per liquidation (L bankrupt writers of a
+    series each charging its H holders: L x H).
 
-    def add(self, other: "_Owed") -> None:
-        for k, v in other.explicit.items():
-            self.explicit[k] = self.explicit.get(k, 0) + v
-        self.terms += other.terms
+    Sources: a settled series' side (series, sign) -> (asset, {holder: contracts}, factor, total
+    weight: contracts x factor); a liquidation's record n -> (asset, explicit {account: weight},
+    terms [(source, weight)]), never changed once made, referring only to sources made before it.
+    amount: source -> quanta owed to it; profit: asset -> quanta owed to every account with a
+    positive balance in it, charged once at the mark's end (Clearing._charge_profit); owed: asset
+    -> {index in Clearing.liquidations: quanta that liquidation put into sources or profit} (what
+    the whole market cannot pay goes back to them)."""
+    __slots__ = ("sides", "records", "amount", "profit", "owed")
 
-    def _walk(self):
-        """(weights dict or side, factor, excluded) for every explicit part reached, iteratively
-        (no recursion however records refer to each other)."""
-        stack = [(self, frozenset())]
-        while stack:
-            owed, ex = stack.pop()
-            yield owed.explicit, 1, ex
-            for src, f, tex in owed.terms:
-                if isinstance(src, _Owed):
-                    stack.append((src, ex | tex))
-                else:
-                    yield src, f, ex | tex
+    def __init__(self):
+        self.sides: dict[tuple[int, int], tuple] = {}
+        self.records: list[tuple] = []
+        self.amount: dict = {}
+        self.profit: dict[str, int] = {}
+        self.owed: dict[str, dict[int, int]] = {}
 
-    def __bool__(self) -> bool:
-        return any(any(r not in ex for r in part) for part, _, ex in self._walk())
+    def put(self, source, amount: int) -> None:
+        if amount:
+            self.amount[source] = self.amount.get(source, 0) + amount
 
-    def dict(self) -> dict[bytes, int]:
-        out: dict[bytes, int] = {}
-        for part, f, ex in self._walk():
-            for r, m in part.items():
-                if r not in ex:
-                    out[r] = out.get(r, 0) + m * f
-        return out
+    def record(self, asset: str, explicit: dict, terms: list) -> int | None:
+        """A new record's number (None for an empty one: nothing to charge with it)."""
+        if not explicit and not terms:
+            return None
+        self.records.append((asset, explicit, terms))
+        return len(self.records) - 1
 
 
 class _Ranks:
@@ -866,9 +864,10 @@ class Clearing:
             self._flush()
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
-        paid: dict[tuple[bytes, str], _Owed] = {}  # settlement payers -> whom they paid (lazily)
+        pools = _Pools()  # the mark's shared sources of socialized losses, charged once per drain
+        paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> their series' other sides (sources)
         for i in sorted(expiring):
-            self._settle(i, paid)
+            self._settle(i, paid, pools)
         heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
         ranks = _Ranks(self)  # shared too: who closes against a liquidated book, in order
         pending: dict[str, set[bytes]] = {}  # per asset, the books still to liquidate
@@ -877,25 +876,33 @@ class Clearing:
         bankrupt = {a: frozenset(ks) for a, ks in pending.items()}
         cascade = _Cascade()  # books a socialized loss took all the equity of (_socialize)
         cascade.settled = {b for b, other in paid.items() if other}
+        cascade.done = done = {(k, a) for k, a, _ in below}
+        cascade.pools = pools
         for key, asset, _ in below:
             pending[asset].discard(key)
             self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade, ranks)
-        done = {(k, a) for k, a, _ in below}
         for step in range(2):  # the cascade, then the settlement debts left (none, by the rules) and theirs
-            while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
-                batch = sorted(set(cascade) - done)
-                cascade.clear()
-                round_bankrupt: dict[str, set[bytes]] = {}
-                for key, asset in batch:
-                    pending.setdefault(asset, set()).add(key)
-                    round_bankrupt.setdefault(asset, set()).add(key)
-                frozen = {a: frozenset(ks) for a, ks in round_bankrupt.items()}
-                for key, asset in batch:
-                    pending[asset].discard(key)
-                    done.add((key, asset))
-                    self._liquidate(key, asset, frozen[asset], heirs, pending[asset], paid.get((key, asset)), cascade, ranks)
+            while True:
+                while cascade:  # liquidated at this mark too, in rounds, each in key order: they pass the loss on
+                    batch = sorted(set(cascade) - done)
+                    cascade.clear()
+                    round_bankrupt: dict[str, set[bytes]] = {}
+                    for key, asset in batch:
+                        pending.setdefault(asset, set()).add(key)
+                        round_bankrupt.setdefault(asset, set()).add(key)
+                    frozen = {a: frozenset(ks) for a, ks in round_bankrupt.items()}
+                    for key, asset in batch:
+                        pending[asset].discard(key)
+                        done.add((key, asset))
+                        self._liquidate(key, asset, frozen[asset], heirs, pending[asset], paid.get((key, asset)), cascade, ranks)
+                self._drain(cascade)  # the records, each charged once with what it is owed
+                if not cascade:  # then the settled sides, only once the cascade is still: each side is
+                    self._drain(cascade, sides=True)  # charged again only after a side's carriers
+                if not cascade:  # were liquidated (once per side and mark), not once per round
+                    break
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
+        self._charge_profit(pools)
         if halted:
             self.halted[underlying] = halted
         else:
@@ -922,12 +929,12 @@ class Clearing:
                     f"within {self.breakers.window} blocks")
         return ""
 
-    def _settle(self, series: int, paid: dict | None = None) -> None:
+    def _settle(self, series: int, paid: dict | None = None, pools: "_Pools | None" = None) -> None:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
         expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
-        (holder, asset) -> the holders of the other side, each weighing contracts x max(|fixing|, 1)
-        (an _Owed term: the side's dict, shared by its holders), added to (whom a debt the
-        settlement leaves the holder is charged to: _settle_debt)."""
+        (holder, asset) -> the sources (pools: (series, side) -> the holders of that side, each
+        weighing contracts x max(|fixing|, 1), shared by the holders of the other side) whom a loss
+        the settlement leaves the holder is charged to (_liquidate, _settle_debt), appended to."""
         value = self.marks[self.series[series].underlying].values[series]
         asset = self.series[series].asset
         sizes = {}
@@ -937,23 +944,25 @@ class Clearing:
             _credit(acct, asset, sizes[holder] * value)
         self.fixings[series] = value
         if paid is not None:
-            factor, none = max(abs(value), 1), frozenset()
-            longs = {k: n for k, n in sizes.items() if n > 0}
-            shorts = {k: -n for k, n in sizes.items() if n < 0}
+            factor = max(abs(value), 1)
+            for sign in (1, -1):
+                side = {k: abs(n) for k, n in sizes.items() if (n > 0) == (sign > 0)}
+                if pools is not None and side:
+                    pools.sides[(series, sign)] = (asset, side, factor, factor * sum(side.values()))
             for k, n in sizes.items():
-                paid.setdefault((k, asset), _Owed()).terms.append((shorts if n > 0 else longs, factor, none))
+                paid.setdefault((k, asset), []).append((series, -1 if n > 0 else 1))
 
-    def _settle_debt(self, key: bytes, asset: str, receivers: _Owed, cascade: list | None = None) -> None:
+    def _settle_debt(self, key: bytes, asset: str, receivers: list, cascade: "_Cascade") -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
         position in it (so no later mark would ever liquidate it): the fund pays the debt as far
-        as it goes, the rest is charged to the holders of the other side of its series, in
-        proportion to contracts x max(|fixing|, 1) (what they received, for a writer settling in
-        the money: the settlement at the bankrupt book's bankruptcy price), recorded as a
-        Liquidation. Without this, a short option settling deep in the money left its writer's
-        debt on the books for good while the holder, perhaps the writer's owner's other account,
-        withdrew the gain; and so did a buyer who paid the premium with borrowed cash (negative,
-        the option's value its equity) for an option expiring worthless, while the writer
-        withdrew the premium."""
+        as it goes, the rest is owed to the other sides of its settled series (receivers: their
+        sources in cascade.pools, each weighing contracts x max(|fixing|, 1) over the side: what
+        they received, for a writer settling in the money: the settlement at the bankrupt book's
+        bankruptcy price), recorded as a Liquidation. Without this, a short option settling deep
+        in the money left its writer's debt on the books for good while the holder, perhaps the
+        writer's owner's other account, withdrew the gain; and so did a buyer who paid the
+        premium with borrowed cash (negative, the option's value its equity) for an option
+        expiring worthless, while the writer withdrew the premium."""
         acct = self.accounts[key]
         cash = acct.collateral.get(asset, 0)
         if cash >= 0 or any(self.series[i].asset == asset for i in acct.positions):
@@ -963,34 +972,42 @@ class Clearing:
         self.funds[asset] -= fund
         _credit(acct, asset, fund)
         loss = -(cash + fund)
-        weights = receivers.without(key).dict() if loss > 0 else {}  # unused without a loss
-        charged = self._socialize(key, asset, loss, weights, frozenset(), cascade)
+        sides = cascade.pools.sides
+        terms = [(s, sides[s][3]) for s in receivers if s in sides]
+        charged, pooled = self._socialize(asset, loss, {}, terms, frozenset(), cascade)
+        if pooled:
+            cascade.pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
         _credit(acct, asset, charged)
         self.liquidations.append(Liquidation(key, asset, fund, charged))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
-                   pending: set[bytes] | None = None, settled: _Owed | None = None,
-                   cascade: list | None = None, ranks: _Ranks | None = None) -> None:
+                   pending: set[bytes] | None = None, settled: list | None = None,
+                   cascade: "_Cascade | None" = None, ranks: _Ranks | None = None) -> None:
         """Closes every position of the account's `asset` book at the mark against the opposite
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
         collateral is paid by the asset's insurance fund as far as it goes; the rest is charged
-        to the deleveraged counterparties in proportion to the value they closed (one being
-        liquidated by this mark later passes its share on at its turn). A book whose positions an earlier liquidation of this mark already took
-        charges that book's owner if it is left with cash, else the counterparties that
-        liquidation charged (heirs, shared by the mark's liquidations), not every account in
-        profit, so two books trading with each other cannot hand one's loss to bystanders while
-        the other, or their owner's third account, keeps the gain. No account but those of pending
-        (the books this mark liquidates later, default bankrupt) is charged beyond its equity in
-        the asset (_charge). settled: the holders of the other side of its series this mark settled
-        (_settle's weights), charged beside the deleveraged counterparties: the settlement closed
-        those positions against them. cascade: where the books a socialized loss takes past their
-        equity are listed, to be liquidated at this mark (_socialize). ranks: the mark's _Ranks
-        (shared by its liquidations; weights, heirs' records and settled are kept lazily, _Owed,
-        built only where a loss is charged with them)."""
+        (_socialize) to the deleveraged counterparties in proportion to the value they closed (one
+        being liquidated by this mark later passes its share on at its turn) and owed to its shared
+        sources (cascade.pools, charged once per drain of the mark: _drain): the other sides of its
+        series this mark settled (settled: their sources, _settle), and, for a book whose
+        positions earlier liquidations of this mark took, the records of whom those liquidations
+        charged (heirs, shared by the mark's liquidations), each weighing the value it took, after
+        their owners' cash (as far as it goes, in proportion to it): two books trading with each
+        other cannot hand one's loss to bystanders while the other, or their owner's third
+        account, keeps the gain. No account but those of pending (the books this mark liquidates
+        later, default bankrupt) is charged beyond its equity in the asset (_charge). cascade:
+        where the books a socialized loss takes past their equity are listed, to be liquidated at
+        this mark (_socialize). ranks: the mark's _Ranks (shared by its liquidations). Called
+        outside a mark (cascade None), it drains its own pools at once."""
         heirs = {} if heirs is None else heirs
         pending = set(bankrupt) - {key} if pending is None else pending
         ranks = _Ranks(self) if ranks is None else ranks
+        alone = cascade is None
+        if alone:
+            cascade = _Cascade()
+            cascade.pools, cascade.done = _Pools(), {(key, asset)}
+        pools = cascade.pools
         bankrupt = bankrupt if isinstance(bankrupt, frozenset) else frozenset(bankrupt)
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
@@ -1020,60 +1037,125 @@ class Clearing:
         loss = max(-(cash + paid), 0)
         closed = weights  # the value each counterparty closed against this book
         rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
-        owed = _Owed(dict(closed))  # whom its loss is charged to, in proportion
+        terms: list = []  # its shared sources: (source, weight)
         if not closed:  # its positions went to earlier liquidations of this mark: their owners pay
-            for h in sorted(heirs.get((asset, key), {})):  # as far as their cash goes, then whom they charged
+            took_mine = heirs.get((asset, key), {})
+            for h in sorted(took_mine):  # as far as their cash goes, then whom they charged
                 if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
                     rich[h] = c
-                if (asset, h, "charged") in heirs:  # referred to, not copied (never changed after)
-                    owed.add(heirs[(asset, h, "charged")].without(key))
+                if (n := heirs.get((asset, h, "charged"))) is not None:
+                    terms.append((n, took_mine[h]))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
-        if settled is not None:
-            owed.add(settled.without(key))
+        sides = pools.sides
+        terms += [(s, sides[s][3]) for s in settled or () if s in sides]
         charged = 0
         if loss and rich:  # in proportion to cash: nobody charged beyond its own
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
-        everyone = loss > charged and not owed
-        if everyone:  # nobody to inherit from: everyone in profit pays (capped; nobody carries it on)
-            owed = _Owed(self._in_profit(key, asset))
-        heirs[(asset, key, "charged")] = owed  # not changed from here on
-        weights = owed.dict() if loss > charged else {}  # unused without a loss left
-        charged += self._socialize(key, asset, loss - charged, weights, pending, None if everyone else cascade)
-        _credit(acct, asset, charged)  # what is left is a debt that stays on the account
+        heirs[(asset, key, "charged")] = pools.record(asset, closed, terms)  # not changed from here on
+        got, pooled = self._socialize(asset, loss - charged, closed, terms, pending, cascade)
+        if pooled:
+            pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
+        charged += got
+        _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
+        if alone:
+            self._drain(cascade)
+            self._drain(cascade, sides=True)
+            self._charge_profit(pools)
 
-    def _in_profit(self, key: bytes, asset: str) -> dict[bytes, int]:
-        """Every account but key with a positive balance in asset -> that balance."""
-        return {h: c for h, a in self.accounts.items() if h != key and (c := a.collateral.get(asset, 0)) > 0}
-
-    def _socialize(self, key: bytes, asset: str, loss: int, weights: dict[bytes, int], pending,
-                   cascade: list | None = None) -> int:
-        """Up to loss quanta of key's debt in asset charged to the accounts of weights (_charge: none
-        beyond its equity but those of pending); returns what was charged (all of loss unless the
-        whole market's equity in the asset is short of it). If they cannot pay it all, every one
-        of them that still holds a position in the asset, or held one this mark settled (all its
+    def _socialize(self, asset: str, loss: int, explicit: dict[bytes, int], terms: list, pending,
+                   cascade: "_Cascade") -> tuple[int, int]:
+        """loss quanta of a debt in asset, charged to the accounts of explicit (weights) and owed to
+        the shared sources of terms ((source, weight) in cascade.pools); returns (quanta charged or
+        owed: all of loss, quanta owed to sources: what the mark's end gives back in proportion if
+        the whole market cannot pay). With terms: loss split in proportion to the weights (explicit
+        as their sum, _split), explicit's part charged at once (_charge: none beyond its equity but
+        those of pending), what it could not pay split among the terms again, each term's part owed
+        to its source. Without terms: charged to explicit; if they cannot pay it all, every one of
+        them that still holds a position in the asset, or held one this mark settled (all its
         equity now taken), is charged the rest in proportion, beyond its equity, and listed in
         cascade, to be liquidated at this mark: the loss follows the positions on to whoever holds
         their other side, or held it at the settlement (a counterparty hedged by a position with
         the attacker's third account, open or just settled, cannot hand the loss to bystanders
         while that account keeps the gain). Not a book a transaction of this block touched: a mark
         never liquidates one (it stays capped, and the block's end finds it short of initial
-        margin: the block is invalid, the proposer holds its transactions back). Only without one does the rest go to every other
-        account with a positive balance in the asset, in proportion to it, capped the same way."""
-        charged = self._charge(asset, loss, weights, pending) if loss > 0 and weights else 0
-        if loss > charged and cascade is not None:
-            settled = getattr(cascade, "settled", ())
-            carriers = {h: w for h, w in weights.items() if h not in pending and not self._touched(h, asset)
-                        and (self._holds(h, asset) or (h, asset) in settled)}
+        margin: the block is invalid, the proposer holds its transactions back); nor one this mark
+        already liquidated. Only without one is the rest owed to ("profit", asset): every account
+        with a positive balance in the asset, charged once at the mark's end (_charge_profit)."""
+        if loss <= 0:
+            return 0, 0
+        pools = cascade.pools
+        if terms:
+            tw = [w for _, w in terms]
+            if explicit:
+                first, *rest = _split(loss, [sum(explicit.values())] + tw)
+                short = first - (self._charge(asset, first, explicit, pending) if first else 0)
+                if short:
+                    rest = [a + b for a, b in zip(rest, _split(short, tw))]
+            else:
+                rest = _split(loss, tw)
+            for (source, _), part in zip(terms, rest):
+                pools.put(source, part)
+            return loss, sum(rest)
+        charged = self._charge(asset, loss, explicit, pending) if explicit else 0
+        if loss > charged and explicit:
+            settled, done = cascade.settled, cascade.done
+            carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in done
+                        and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in settled)}
             if carriers:
                 charged += self._charge(asset, loss - charged, carriers, carriers)
                 cascade.extend((h, asset) for h in sorted(carriers))
         if loss > charged:
-            rest = self._in_profit(key, asset)
-            if rest:
-                charged += self._charge(asset, loss - charged, rest, pending)
-        return charged
+            pools.profit[asset] = pools.profit.get(asset, 0) + loss - charged
+            return loss, loss - charged
+        return loss, 0
+
+    def _drain(self, cascade: "_Cascade", sides: bool = False) -> None:
+        """Charges what the mark's liquidations owe its shared sources (cascade.pools), each source
+        once with the sum owed to it (_socialize with its weights): the liquidations' records from
+        the newest (a record refers only to older records and to settled sides, so each is
+        charged once with all it is owed), or (sides) the settled sides in (series, side) order.
+        Books it takes past their equity go to cascade (then liquidated, and drained again)."""
+        pools = cascade.pools
+        if sides:
+            for side in sorted(s for s in pools.amount if not isinstance(s, int)):
+                asset, holders, factor, _ = pools.sides[side]
+                self._socialize(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()}, [],
+                                frozenset(), cascade)
+            return
+        queue = [-n for n in pools.amount if isinstance(n, int)]
+        heapq.heapify(queue)
+        queued = {-n for n in queue}
+        while queue:
+            n = -heapq.heappop(queue)
+            asset, explicit, terms = pools.records[n]
+            self._socialize(asset, pools.amount.pop(n), explicit, terms, frozenset(), cascade)
+            for source, _ in terms:  # older records it passed a part to
+                if isinstance(source, int) and source in pools.amount and source not in queued:
+                    queued.add(source)
+                    heapq.heappush(queue, -source)
+
+    def _charge_profit(self, pools: "_Pools") -> None:
+        """At the mark's end, per asset, what nobody of steps 3-5 could carry: charged once to every
+        account with a positive balance in the asset, in proportion to it, capped at its equity
+        (one pass over the accounts per asset and mark, not one per liquidation); what the whole
+        market cannot pay goes back, in proportion to what each put into the sources (_split, in
+        the order of Clearing.liquidations), to the liquidations that owed it: a debt left on the
+        account, its Liquidation's socialized less it."""
+        for asset in sorted(a for a, q in pools.profit.items() if q):
+            loss = pools.profit[asset]
+            rest = {h: c for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0}
+            unpaid = loss - (self._charge(asset, loss, rest) if rest else 0)
+            owed = pools.owed.get(asset, {})
+            if unpaid and owed:
+                at = sorted(owed)
+                for j, back in zip(at, _split(unpaid, [owed[j] for j in at])):
+                    if back:
+                        rec = self.liquidations[j]
+                        _credit(self._mut(rec.account), asset, -back)
+                        self.liquidations[j] = rec._replace(socialized=rec.socialized - back)
+        pools.profit.clear()
 
     def _touched(self, key: bytes, asset: str) -> bool:
         """Whether a trade or withdrawal of this block touched key's asset book."""
