@@ -26,7 +26,8 @@ these constructions mixed in.
 
 Tests:
 1. work counts (Python and C calls of the mark, never time), N and 4N, at most 5x, for each
-   construction (6e54f65: 14x to 17x);
+   construction (6e54f65: 14.6x to 15.6x); and the weight entries all the mark's charges are
+   given, at most 8 per account of the market (6e54f65: N x H);
 2. the constructions against the Reference, state and Liquidation records bit for bit, with the
    ledger invariants;
 3. a Hypothesis stream of adversarial mixes at one mark (bankrupt writers, hedged counterparties,
@@ -112,6 +113,27 @@ def test_one_mark_charging_n_bankrupt_books_costs_linear_work(kind):
         assert len(c.liquidations) == (n + 1 if kind == 3 else 2 * n if kind == 4 else n)
         assert sum(r.socialized for r in c.liquidations) > 0 and not c.violations() and c.supply == supply
     assert work[1] <= 5 * work[0], work
+
+
+@pytest.mark.parametrize("kind", [1, 2, 3, 4])
+def test_one_mark_materializes_weights_and_scans_accounts_in_proportion_to_its_books(kind, monkeypatch):
+    """The weight entries every _charge of the mark is given (accounts charged or looked at), for
+    each construction: at most 8 per account of the market, however many bankrupt books share a
+    side, a record or everyone in profit (6e54f65: one charge per bankrupt book over all of them,
+    N x H entries: 100 writers and buyers gave 10,000)."""
+    entries = []
+    real = Clearing._charge
+
+    def counting(self, asset, loss, weights, pending=frozenset()):
+        entries.append(len(weights))
+        return real(self, asset, loss, weights, pending)
+    monkeypatch.setattr(Clearing, "_charge", counting)
+    for n in (25, 100):
+        c, mark = construction(Clearing, kind, n)
+        entries.clear()
+        mark(c)
+        assert sum(entries) <= 8 * len(c.accounts), (n, sum(entries), len(c.accounts))
+        assert not c.violations()
 
 
 # ---- 2. the constructions against the simple form of the rule ------------------------------------
