@@ -220,6 +220,30 @@ def test_any_mapping_assigned_as_the_mempool_is_indexed():
     assert app.mempool.count == {} and app.mempool.heaviest() == (0, None)
 
 
+def test_which_of_equally_heavy_accounts_gives_way_is_not_decided_by_key_bytes():
+    """Among accounts of the heaviest weight, the one that got there first gives way first. The
+    owners' heap is rebuilt when it holds twice its owners (amortized O(1) an insertion), and the
+    rebuild first gave every owner the same age: ties went to the lowest key, which a client can
+    grind to keep its own transactions and have an honest account's evicted."""
+    def fake(owner, nonce):
+        return SimpleNamespace(tx=ctx.Tx(ctx.DEPOSIT, (owner, nonce, "USD", 1), (owner,)))
+    pool = Mempool()
+    early, late, other = b"\xff" * 32, b"\x00" * 32, b"\x01" * 32
+    for n in range(40):
+        pool[b"e%d" % n] = fake(early, n)
+    for n in range(40):
+        pool[b"l%d" % n] = fake(late, n)
+    for n in range(200):  # heap rebuilds on the way
+        pool[b"o%d" % n] = fake(other, n)
+        del pool[b"o%d" % n]
+    assert pool.heaviest() == (40, early)
+    assert pool.last(early) == b"e39"
+    del pool[b"e39"]
+    assert pool.heaviest() == (40, late) and pool.last(late) == b"l39"
+    del pool[b"l39"]
+    assert pool.heaviest() == (39, early)  # (both at 39: the early one got there first)
+
+
 # ---- 2. proposals ----------------------------------------------------------------------------------
 
 

@@ -247,6 +247,7 @@ class Mempool(dict):
         self.count: dict[bytes, int] = {}
         self.queues: dict[bytes, list] = {}   # owner -> heap of (-place, -seq, digest)
         self.owners: list = []                # heap of (-weight, seq, owner), weights possibly stale
+        self.since: dict[bytes, int] = {}     # owner -> seq of its weight's last change seen
         self.seq = 0
         self.weight = lambda owner, n: n      # an owner's weight, holding n (ClearingApp sets it)
         self.update(*args, **kwargs)
@@ -264,9 +265,10 @@ class Mempool(dict):
             seen: set[bytes] = set()  # (a digest that left and came back has two entries)
             self.queues[owner] = queue = [e for e in sorted(queue) if self._live(e[2], owner)
                                           and not (e[2] in seen or seen.add(e[2]))]
+        self.since[owner] = self.seq
         heapq.heappush(self.owners, (-self.weight(owner, n), self.seq, owner))
-        if len(self.owners) > 2 * len(self.count) + 64:
-            self.owners = [(-self.weight(o, n), 0, o) for o, n in self.count.items()]
+        if len(self.owners) > 2 * len(self.count) + 64:  # (ties keep their order: since)
+            self.owners = [(-self.weight(o, n), self.since[o], o) for o, n in self.count.items()]
             heapq.heapify(self.owners)
 
     def _live(self, digest: bytes, owner: bytes) -> bool:
@@ -279,7 +281,7 @@ class Mempool(dict):
         if n:
             self.count[owner] = n
         else:
-            del self.count[owner], self.queues[owner]
+            del self.count[owner], self.queues[owner], self.since[owner]
 
     def last(self, owner: bytes) -> bytes | None:
         """The digest of owner's pending transaction furthest along its queue (latest arrival on a tie)."""
@@ -289,18 +291,20 @@ class Mempool(dict):
         return queue[0][2] if queue else None
 
     def heaviest(self) -> tuple[int, bytes | None]:
-        """(weight, owner) of the owner weighing the most, the one that got there first on a tie;
-        (0, None) if the mempool is empty."""
+        """(weight, owner) of the owner weighing the most; on a tie, the one whose weight was seen
+        to change first (an account arriving at that weight after another gives way after it:
+        no key bytes decide, which a client could grind); (0, None) if the mempool is empty."""
         owners = self.owners
         while owners:
-            w, _, owner = owners[0]
+            w, seq, owner = owners[0]
             n = self.count.get(owner, 0)
             now = self.weight(owner, n) if n else 0
-            if now == -w:
+            if now == -w and seq == self.since.get(owner):
                 return now, owner
-            heapq.heappop(owners)  # stale: its count fell, or its key was registered since
-            if now:
+            heapq.heappop(owners)  # stale: its count changed, or its key was registered since
+            if now and seq == self.since.get(owner):  # the owner's current entry: reweighed
                 self.seq += 1
+                self.since[owner] = self.seq
                 heapq.heappush(owners, (-now, self.seq, owner))
         return 0, None
 
@@ -323,7 +327,7 @@ class Mempool(dict):
 
     def clear(self) -> None:
         dict.clear(self)
-        self.count, self.queues, self.owners = {}, {}, []
+        self.count, self.queues, self.owners, self.since = {}, {}, [], {}
 
     def setdefault(self, digest, default=None):
         if digest not in self:
