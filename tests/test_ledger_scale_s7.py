@@ -4,11 +4,12 @@ Found at 6e54f65 (/tmp/s6p7/writers.py): each bankrupt book's loss was charged (
 _socialize -> _charge) over every holder of the other side of its settled series, every account
 of the record it inherited, or every account in profit, one charge per bankrupt book. An attacker
 with about 100,000 free transactions (registrations, deposits, trades: two blocks) halted the
-chain at an expiry mark: every validator spent minutes on it. Measured on this machine (one core,
-seconds of the one mark; after: the rule below):
+chain at an expiry mark: every validator spent minutes on it. Measured on this machine (one core
+of two shared, seconds of the one mark; "100 x": N=2,000's time times 100, the quadratic's
+extrapolation; after: the rule below):
 
     construction                                   N=2,000 before  after   N=20,000 before  after
-    1. N thin writers short 1 call to N buyers           5.1        0.02    ~500 (100 x)     0.44
+    1. N thin writers short 1 call to N buyers           5.1        0.02    674 (measured)   0.44
     2. as 1, each also short a future (own cp)           4.4        0.04    ~440 (100 x)     0.76
     3. X takes N bankrupt shorts' futures, short 2N
        calls to N buyers; each short inherits X's        13.9       0.03    ~1,400 (100 x)   0.56
