@@ -31,6 +31,7 @@ from consensus.verify import Verifier
 from tests.test_backends import FailingGpu
 from tests.test_clearing_columns import funded_genesis
 from tests.test_clearing_properties import as_txs, block_of, signed
+from tests.test_ledger_proposal_s6 import reference
 
 TORSION = torsion_points()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "ed25519"
@@ -235,10 +236,8 @@ def test_an_unsafe_registration_makes_a_block_invalid_whatever_was_checked_befor
         v = ClearingApp(Verifier(mode, "cpu") if mode == "accel" else Verifier("software"), c.snapshot())
         assert v.submit_many(good[:2]) == ["", ""]
         ok = as_txs(good)
-        from tests.test_ledger_proposal_s6 import reference
-        ref = reference(v.genesis, [b for b, _ in good])
-        verdict = v.validate(v.genesis, block_of(ok, bytes(32), v.genesis.clearing.state_root(
-            v.verifier.sha256_rows) if ref is None else ref.state_root(v.verifier.sha256_rows), v), ((), (), ()))
+        root = reference(v.genesis, [b for b, _ in good]).state_root(v.verifier.sha256_rows)
+        verdict = v.validate(v.genesis, block_of(ok, bytes(32), root, v), ((), (), ()))
         assert verdict.ok, verdict.reason
         assert "safe_keys" not in vars(verdict.state.clearing)
         for unsafe in UNSAFE:
