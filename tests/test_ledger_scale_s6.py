@@ -207,7 +207,7 @@ class Reference(Clearing):
         self.liquidations.append(Liquidation(key, asset, fund, charged))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
-                   pending: set[bytes] | None = None, settled: dict[bytes, int] | None = None,
+                   pending: set[bytes] | None = None, settled: list | None = None,
                    cascade: list | None = None) -> None:
         """Closes every position of the account's `asset` book at the mark against the opposite
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
