@@ -274,6 +274,31 @@ def test_one_accounts_queue_does_not_take_the_block_ahead_of_everyone_else():
     agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
 
 
+def test_an_oracle_mark_is_no_barrier_behind_which_a_queue_takes_the_next_blocks():
+    """A first round-robin kept every quorum mark where it arrived (everything before it before
+    it): an account queueing 1,000 deposits before the block's oracle mark took every block until
+    they were gone, ahead of the mark and of every client arriving after it, as arrival order did
+    (and a mark comes every block). Now the mark goes first (the round after its underlying's
+    previous mark), what arrives after it after it, round-robin: the mark and the honest
+    transactions are in the first block."""
+    c = funded_genesis()
+    (s,), (k,) = users(63, 1)
+    c.register(k)
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=100)
+    queue = deposits(s, k, 0, 1000)
+    mark = signed(ctx.mark("BTC", 60_300.0, 2, T0 + 120, VOLS, O[:2]), ORACLES[:2])
+    honest = [signed(ctx.deposit(K[i], c.accounts[K[i]].nonce, "USD", USD), [USERS[i]]) for i in range(4)]
+    honest.append(signed(ctx.withdraw(K[4], c.accounts[K[4]].nonce, "USD", USD), [USERS[4]]))
+    assert app.submit_many(queue + [mark] + honest) == [""] * (len(queue) + 1 + len(honest))
+    txs, state = app.propose(app.genesis, set())
+    got = [txs.bodies.item(i) for i in range(len(txs))]
+    assert len(txs) == 100 and mark[0] in got and all(b in got for b, _ in honest)
+    assert got.index(mark[0]) < min(got.index(b) for b, _ in honest)
+    assert [b for b in got if b in {q for q, _ in queue}] == [b for b, _ in queue[:100 - 1 - len(honest)]]
+    assert not app.refused
+    agree(app, [ClearingApp(Verifier("software"), c.snapshot())], txs, state)
+
+
 def random_mempool(rnd, c, fresh):
     """A mempool in arrival order that applies in full in that order on c: deposits, withdrawals and
     trades among the five users with their nonces in order, fresh keys' registrations before what
@@ -315,9 +340,10 @@ def random_mempool(rnd, c, fresh):
 
 def test_round_robin_keeps_every_order_arrival_order_needed():
     """On random mempools that apply in full in arrival order (nonce chains, registrations before
-    what they sign, trades linking chains, quorum marks and signerless ones), _fair's order gives
-    the same state root, the same refusals (the signerless marks only) and the same accounts short
-    at the block's end; every quorum mark keeps everything before it before it."""
+    what they sign, trades linking chains, quorum marks and signerless ones; no mark liquidates
+    anyone), _fair's order gives the same state root, the same refusals (the signerless marks
+    only) and the same accounts short at the block's end; everything arriving after a quorum mark
+    goes after it, and quorum marks keep their order."""
     rnd = random.Random(11)
     fresh_sk, fresh_k = users(71, 40)
     for _ in range(25):
@@ -346,8 +372,8 @@ def test_round_robin_keeps_every_order_arrival_order_needed():
         position = {d: i for i, (d, _) in enumerate(fair)}
         for i, (d, p) in enumerate(arrival):
             if p.tx.op == ctx.MARK and p.tx.signers:
-                assert all(position[e] < position[d] for e, _ in arrival[:i])
                 assert all(position[e] > position[d] for e, _ in arrival[i + 1:])
+                assert all(position[e] < position[d] for e, q in arrival[:i] if q.tx.op == ctx.MARK and q.tx.signers)
 
 
 def test_a_proposal_from_a_mempool_past_one_block_is_valid_everywhere():
