@@ -245,10 +245,11 @@ def _place(tx: ctx.Tx) -> int:
 class Mempool(dict):
     """sha256(body) -> Pending in arrival order (a dict: every read is a dict's), which also keeps,
     on every insertion and removal, each owner's pending count (_owner), a max-heap of the owners
-    by count and a max-heap of each owner's transactions by _place: ClearingApp.submit_many finds
-    the account holding the most and its last transaction in O(log n). Heap entries go stale as
-    counts fall (removals do no heap work); they are checked where read, and a heap past twice
-    what it indexes is rebuilt (amortized O(1) an insertion)."""
+    by weight (`weight`: ClearingApp's, the count plus one for an unregistered key) and a max-heap
+    of each owner's transactions by _place: ClearingApp.submit_many finds the heaviest account and
+    its last transaction in O(log n). Heap entries go stale as counts fall (removals do no heap
+    work); they are checked where read, and a heap past twice what it indexes is rebuilt
+    (amortized O(1) an insertion)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__()
