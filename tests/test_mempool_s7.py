@@ -206,7 +206,9 @@ def test_admission_never_raises_and_the_index_stays_exact_through_evictions_refu
 
 def test_any_mapping_assigned_as_the_mempool_is_indexed():
     """app.mempool = {...} (a test or a tool replacing it) becomes a Mempool: the index cannot
-    drift from what it holds."""
+    drift from what it holds, and its owners are weighed by the app's rule from the start (the
+    owners' heap was first built with the plain count and reweighed afterwards: an unregistered
+    key's entry too light, so another owner could be named the heaviest)."""
     c = funded_genesis()
     app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
     items = deposits(USERS[1], K[1], c.accounts[K[1]].nonce, 3)
@@ -216,6 +218,11 @@ def test_any_mapping_assigned_as_the_mempool_is_indexed():
     del app.mempool[digest(items[0])]
     app.mempool.pop(digest(items[1]))
     assert app.mempool.count == {K[1]: 1} and app.mempool.heaviest() == (1, K[1])
+    (s,), (k,) = users(64, 1)
+    reg = signed(ctx.register(k), [s])
+    pending = clearing_app.Pending(reg[0], reg[1], ctx.decode(reg[0]), b"".join(reg[1]))
+    app.mempool = {digest(items[2]): app.mempool[digest(items[2])], digest(reg): pending}
+    assert app.mempool.heaviest() == (2, k)  # a fresh key's registration weighs two
     app.mempool.clear()
     assert app.mempool.count == {} and app.mempool.heaviest() == (0, None)
 

@@ -280,6 +280,13 @@ class Mempool(dict):
             self.owners = [(-self.weight(o, n), self.since[o], o) for o, n in self.count.items()]
             heapq.heapify(self.owners)
 
+    def reweigh(self, weight) -> None:
+        """weight(owner, n) from now on, every owner's entry made again with it (entries may be
+        too heavy where read, never too light)."""
+        self.weight = weight
+        self.owners = [(-weight(o, n), self.since[o], o) for o, n in self.count.items()]
+        heapq.heapify(self.owners)
+
     def _live(self, digest: bytes, owner: bytes) -> bool:
         held = self.get(digest)
         return held is not None and _owner(held.tx) == owner
@@ -434,7 +441,7 @@ class ClearingApp:
         # an account not registered at the last committed block weighs one more: keys are free, so
         # a flood of fresh keys' registrations (one pending each) must not keep out an account
         # that is registered and holds nothing pending
-        held.weight = lambda owner, n: n + (owner not in self.head.accounts)
+        held.reweigh(lambda owner, n: n + (owner not in self.head.accounts))
         self._mempool = held
 
     def submit_many(self, items: list[tuple[bytes, list[bytes]]]) -> list[str]:
