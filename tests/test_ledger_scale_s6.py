@@ -178,7 +178,7 @@ class Reference(Clearing):
                 if side:
                     ref.sides[(series, sign)] = (asset, side)
             for k, n in sizes.items():
-                paid.setdefault((k, asset), []).append((series, -1 if n > 0 else 1))
+                paid.setdefault((k, asset), []).append(((series, -1 if n > 0 else 1), abs(n) * max(abs(value), 1)))
 
     def _settle_debt(self, key: bytes, asset: str, receivers: list, cascade: list | None = None) -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
@@ -200,8 +200,8 @@ class Reference(Clearing):
         self.funds[asset] -= fund
         _credit(acct, asset, fund)
         loss = -(cash + fund)
-        sides = cascade.pools.sides  # s7: owed to the other sides of its series, by their weights
-        terms = [(s, sum(sides[s][1].values())) for s in receivers if s in sides]
+        sides = cascade.pools.sides  # s7: owed to the other sides of its series, by its own contracts there
+        terms = [(s, w) for s, w in receivers if s in sides]
         charged = self._socialize(asset, loss, {}, terms, frozenset(), cascade, len(self.liquidations))
         _credit(acct, asset, charged)
         self.liquidations.append(Liquidation(key, asset, fund, charged))
@@ -265,7 +265,7 @@ class Reference(Clearing):
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
         ref = cascade.pools
-        terms += [(s, sum(ref.sides[s][1].values())) for s in settled or () if s in ref.sides]
+        terms += [(s, w) for s, w in settled or () if s in ref.sides]
         charged = 0
         if loss and rich:  # in proportion to cash: nobody charged beyond its own
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)

@@ -279,3 +279,41 @@ def test_a_settlement_debt_is_owed_to_the_other_side_on_both_implementations():
         assert got == [983_283_333_332, 1_966_566_666_665, 2_949_849_999_998] and sum(got) == rec.socialized
         out.append(_state(c))
     assert out[0] == out[1]
+
+
+# ---- 6. a settled side weighs the debtor's own contracts, not the side's total -------------------
+def test_a_writer_of_one_contract_of_a_widely_held_series_cannot_hand_its_loss_to_that_series_longs():
+    """The attacker's W is short a future to its other account X and short one call of series 1,
+    whose long side is bystanders holding 10,000 contracts (against a rich writer). Fund empty;
+    the expiry mark at 70,000 leaves W 71,000 USD short. W's loss is split between what X closed
+    (one future, 70,000 USD) and the side its settlement closed one call against (10,000 USD):
+    X pays 7/8. At 6e54f65 and 1d3caa8 the side weighed all 10,001 contracts, so the bystanders
+    paid 99.9% and X kept its 70,000 gain. Both implementations, the same quanta."""
+    out = []
+    for cls in (Clearing, Reference):
+        c = _fresh(cls)
+        c.supply["USD"] -= c.funds["USD"]
+        c.funds["USD"] = 0
+        w, x, rich, b0 = _key(7, 0), _key(7, 1), _key(7, 2), _key(7, 3)
+        _inject(c, w, {"USD": 9_000 * USD})
+        _inject(c, x, {"USD": 20_000 * USD})
+        _inject(c, rich, {"USD": 10**9 * USD})
+        _inject(c, b0, {"USD": 100 * USD})
+        _position(c, x, w, 3, 1)
+        _position(c, b0, w, 1, 1)
+        bystanders = [_key(8, i) for i in range(10)]
+        for b in bystanders:
+            _inject(c, b, {"USD": 100 * USD})
+            _position(c, b, rich, 1, 1_000)
+        c.mark("BTC", 70_000.0, {i: 0.7 for i in OPTIONS["BTC"] if i != 1}, 2, EXPIRY, O[:2])
+        assert not c.violations()
+        (rec,) = c.liquidations
+        assert rec.account == w and rec.insurance == 0 and rec.socialized == 71_000 * USD
+        x_paid = 20_000 * USD + 70_000 * USD - c.equity([x])[0]["USD"]
+        assert x_paid == 71_000 * USD * 7 // 8
+        settled = 10_000 * USD * 1_000  # each bystander's settlement
+        by_paid = sum(100 * USD + settled - c.accounts[b].collateral["USD"] for b in bystanders)
+        b0_paid = 100 * USD + 10_000 * USD - c.accounts[b0].collateral["USD"]
+        assert x_paid + by_paid + b0_paid == rec.socialized
+        out.append(_state(c))
+    assert out[0] == out[1]

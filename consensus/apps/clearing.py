@@ -158,8 +158,8 @@ class _Pools:
     charged once per drain (Clearing._drain), not once per liquidation (L bankrupt writers of a
     series each charging its H holders: L x H).
 
-    Sources: a settled series' side (series, sign) -> (asset, {holder: contracts}, factor, total
-    weight: contracts x factor); a liquidation's record n -> (asset, explicit {account: weight},
+    Sources: a settled series' side (series, sign) -> (asset, {holder: contracts}, factor: max(|fixing|,
+    1)); a liquidation's record n -> (asset, explicit {account: weight},
     terms [(source, weight)]), never changed once made, referring only to sources made before it.
     amount: source -> quanta owed to it; profit: asset -> quanta owed to every account with a
     positive balance in it, charged once at the mark's end (Clearing._charge_profit); owed: asset
@@ -940,9 +940,14 @@ class Clearing:
     def _settle(self, series: int, paid: dict | None = None, pools: "_Pools | None" = None) -> None:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
         expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
-        (holder, asset) -> the sources (pools: (series, side) -> the holders of that side, each
-        weighing contracts x max(|fixing|, 1), shared by the holders of the other side) whom a loss
-        the settlement leaves the holder is charged to (_liquidate, _settle_debt), appended to."""
+        (holder, asset) -> (source, weight) pairs (pools: (series, side) -> the holders of that side,
+        each weighing contracts x max(|fixing|, 1) within it, shared by the holders of the other
+        side), appended to: whom a loss the settlement leaves the holder is charged to (_liquidate,
+        _settle_debt), the side weighing the holder's own contracts x max(|fixing|, 1), what its
+        settlement closed against that side, as a counterparty weighs the value it closed. Not the
+        side's total: a bankrupt writer of one contract of a widely held series would hand nearly
+        all its loss, its other books' included, to that series' longs (bystanders), and a
+        counterparty that closed against it (the writer's owner's other account) would keep its gain."""
         value = self.marks[self.series[series].underlying].values[series]
         asset = self.series[series].asset
         sizes = {}
@@ -956,15 +961,16 @@ class Clearing:
             for sign in (1, -1):
                 side = {k: abs(n) for k, n in sizes.items() if (n > 0) == (sign > 0)}
                 if pools is not None and side:
-                    pools.sides[(series, sign)] = (asset, side, factor, factor * sum(side.values()))
-            for k, n in sizes.items():
-                paid.setdefault((k, asset), []).append((series, -1 if n > 0 else 1))
+                    pools.sides[(series, sign)] = (asset, side, factor)
+            for k, n in sizes.items():  # (its source, weighing what its own settlement closed against it)
+                paid.setdefault((k, asset), []).append(((series, -1 if n > 0 else 1), abs(n) * factor))
 
     def _settle_debt(self, key: bytes, asset: str, receivers: list, cascade: "_Cascade") -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
         position in it (so no later mark would ever liquidate it): the fund pays the debt as far
         as it goes, the rest is owed to the other sides of its settled series (receivers: their
-        sources in cascade.pools, each weighing contracts x max(|fixing|, 1) over the side: what
+        sources in cascade.pools, each weighing its own contracts x max(|fixing|, 1), spread over
+        the side in proportion to contracts: what
         they received, for a writer settling in the money: the settlement at the bankrupt book's
         bankruptcy price), recorded as a Liquidation. Without this, a short option settling deep
         in the money left its writer's debt on the books for good while the holder, perhaps the
@@ -981,7 +987,7 @@ class Clearing:
         _credit(acct, asset, fund)
         loss = -(cash + fund)
         sides = cascade.pools.sides
-        terms = [(s, sides[s][3]) for s in receivers if s in sides]
+        terms = [(s, w) for s, w in receivers if s in sides]
         charged, pooled = self._socialize(asset, loss, {}, terms, frozenset(), cascade)
         if pooled:
             cascade.pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
@@ -1056,7 +1062,7 @@ class Clearing:
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
         sides = pools.sides
-        terms += [(s, sides[s][3]) for s in settled or () if s in sides]
+        terms += [(s, w) for s, w in settled or () if s in sides]
         charged = 0
         if loss and rich:  # in proportion to cash: nobody charged beyond its own
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
@@ -1128,7 +1134,7 @@ class Clearing:
         pools = cascade.pools
         if sides:
             for side in sorted(s for s in pools.amount if not isinstance(s, int)):
-                asset, holders, factor, _ = pools.sides[side]
+                asset, holders, factor = pools.sides[side]
                 self._socialize(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()}, [],
                                 frozenset(), cascade)
             return
