@@ -57,6 +57,13 @@ class _RefPools:
 
     def __init__(self):
         self.sides, self.records, self.amount, self.profit, self.owed = {}, [], {}, {}, {}
+        self.before = {}  # s7 review: series -> value at the marked underlying's previous mark
+
+
+def _ref_gain(ref, series: int, value: int, sign: int) -> int:
+    """s7 review: a contract's weight, what its holder on side sign gained on it at this mark (at least 1)."""
+    before = ref.before if ref is not None else {}
+    return max(sign * (value - before.get(series, value)), 1)
 
 
 class Reference(Clearing):
@@ -119,6 +126,7 @@ class Reference(Clearing):
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
         ref = _RefPools()  # s7: what the mark's liquidations owe each shared source, charged once per drain
+        ref.before = dict(last.values) if last is not None else {}
         paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> the other sides of their series
         for i in sorted(expiring):
             self._settle(i, paid, ref)
@@ -162,7 +170,7 @@ class Reference(Clearing):
     def _settle(self, series: int, paid: dict | None = None, ref=None) -> None:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
         expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
-        (holder, asset) -> {holder of the other side: contracts x max(|fixing|, 1)}, added to
+        (holder, asset) -> {holder of the other side: contracts x its gain a contract (_ref_gain)}, added to
         (whom a debt the settlement leaves the holder is charged to: _settle_debt)."""
         value = self.marks[self.series[series].underlying].values[series]
         asset = self.series[series].asset
@@ -174,11 +182,12 @@ class Reference(Clearing):
         self.fixings[series] = value
         if paid is not None:  # s7: each side one source of weights, shared by the other side's holders
             for sign in (1, -1):
-                side = {r: abs(m) * max(abs(value), 1) for r, m in sizes.items() if (m > 0) == (sign > 0)}
+                side = {r: abs(m) * _ref_gain(ref, series, value, sign) for r, m in sizes.items() if (m > 0) == (sign > 0)}
                 if side:
                     ref.sides[(series, sign)] = (asset, side)
             for k, n in sizes.items():
-                paid.setdefault((k, asset), []).append(((series, -1 if n > 0 else 1), abs(n) * max(abs(value), 1)))
+                other = -1 if n > 0 else 1
+                paid.setdefault((k, asset), []).append(((series, other), abs(n) * _ref_gain(ref, series, value, other)))
 
     def _settle_debt(self, key: bytes, asset: str, receivers: list, cascade: list | None = None) -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
@@ -213,7 +222,7 @@ class Reference(Clearing):
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
         collateral is paid by the asset's insurance fund as far as it goes; the rest is charged
-        to the deleveraged counterparties in proportion to the value they closed (one being
+        to the deleveraged counterparties in proportion to what they gained on what they closed (one being
         liquidated by this mark later passes its share on at its turn). A book whose positions an earlier liquidation of this mark already took
         charges that book's owner if it is left with cash, else the counterparties that
         liquidation charged (heirs, shared by the mark's liquidations), not every account in
@@ -242,7 +251,8 @@ class Reference(Clearing):
                 _credit(self._mut(h), asset, -q * value)
                 self._set_position(h, self._mut(h), i, theirs + q)
                 size -= q
-                weights[h] = weights.get(h, 0) + abs(q) * max(abs(value), 1)
+                weights[h] = weights.get(h, 0) + abs(q) * _ref_gain(cascade.pools if cascade is not None else None,
+                                                                   i, value, 1 if theirs > 0 else -1)
                 if h in bankrupt:
                     took.add(h)
             if size:  # open interest sums to zero: someone always holds the other side

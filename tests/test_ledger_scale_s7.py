@@ -44,7 +44,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from consensus.apps.clearing import Clearing, ShortBooks, _Cascade, _Pools
+from consensus.apps.clearing import Clearing, ShortBooks, _Cascade, _Pools, _split
 from tests.test_clearing_properties import DAY, O, T0, USD
 from tests.test_ledger_scale_s6 import (OPTIONS, Reference, _calls, _constructions, _fresh, _inject, _position,
                                         _RefPools, _state, _traded)
@@ -286,9 +286,12 @@ def test_a_writer_of_one_contract_of_a_widely_held_series_cannot_hand_its_loss_t
     """The attacker's W is short a future to its other account X and short one call of series 1,
     whose long side is bystanders holding 10,000 contracts (against a rich writer). Fund empty;
     the expiry mark at 70,000 leaves W 71,000 USD short. W's loss is split between what X closed
-    (one future, 70,000 USD) and the side its settlement closed one call against (10,000 USD):
-    X pays 7/8. At 6e54f65 and 1d3caa8 the side weighed all 10,001 contracts, so the bystanders
-    paid 99.9% and X kept its 70,000 gain. Both implementations, the same quanta."""
+    and the side its settlement closed one call against, each weighing what it gained on it at
+    this mark (since the s7 review, tests/test_ledger_money_s7.py: the future's 10,000 USD move
+    and the call's fixing less its value at the previous mark; at f65009c their values, 70,000
+    and 10,000: X paid 7/8): X pays 10,000 / (10,000 + the call's gain), more than half. At
+    6e54f65 and 1d3caa8 the side weighed all 10,001 contracts, so the bystanders paid 99.9% and X
+    kept its 70,000 gain. Both implementations, the same quanta."""
     out = []
     for cls in (Clearing, Reference):
         c = _fresh(cls)
@@ -305,12 +308,15 @@ def test_a_writer_of_one_contract_of_a_widely_held_series_cannot_hand_its_loss_t
         for b in bystanders:
             _inject(c, b, {"USD": 100 * USD})
             _position(c, b, rich, 1, 1_000)
+        fut0, call0 = c.marks["BTC"].values[3], c.marks["BTC"].values[1]
         c.mark("BTC", 70_000.0, {i: 0.7 for i in OPTIONS["BTC"] if i != 1}, 2, EXPIRY, O[:2])
         assert not c.violations()
         (rec,) = c.liquidations
         assert rec.account == w and rec.insurance == 0 and rec.socialized == 71_000 * USD
         x_paid = 20_000 * USD + 70_000 * USD - c.equity([x])[0]["USD"]
-        assert x_paid == 71_000 * USD * 7 // 8
+        gains = [c.marks["BTC"].values[3] - fut0, c.fixings[1] - call0]  # X's, the long side's (one call)
+        assert gains[0] == 10_000 * USD and 0 < gains[1] < gains[0]
+        assert x_paid == _split(71_000 * USD, gains)[0] > 71_000 * USD // 2
         settled = 10_000 * USD * 1_000  # each bystander's settlement
         by_paid = sum(100 * USD + settled - c.accounts[b].collateral["USD"] for b in bystanders)
         b0_paid = 100 * USD + 10_000 * USD - c.accounts[b0].collateral["USD"]

@@ -142,6 +142,18 @@ class _Cascade(list):
     pools: "_Pools | None" = None
 
 
+def _gain(pools: "_Pools | None", series: int, value: int, sign: int) -> int:
+    """A contract's weight in a socialized loss for a holder of series on the side sign (1 long,
+    -1 short) closed (or settled) at value: what the holder gained on it at this mark, sign x
+    (value - its value at the underlying's previous mark, pools.before), at least 1 quantum. Not
+    its value (notional, before session 7's review): a bankrupt book long 100 ETH futures from a
+    bystander at a BTC mark (the ETH value unchanged, nothing gained) handed the bystander 300,000 /
+    370,000 of the loss its BTC futures' buyer (its owner's other account) gained, and that buyer
+    kept it (tests/test_ledger_money_s7.py)."""
+    before = pools.before if pools is not None else {}
+    return max(sign * (value - before.get(series, value)), 1)
+
+
 def _split(amount: int, weights: list[int]) -> list[int]:
     """amount (quanta >= 0) in proportion to weights (integers, sum > 0): amount x w // total each,
     the remainder (fewer quanta than parts) one quantum each to the first parts in order."""
@@ -164,10 +176,12 @@ class _Pools:
     amount: source -> quanta owed to it; profit: asset -> quanta owed to every account with a
     positive balance in it, charged once at the mark's end (Clearing._charge_profit); owed: asset
     -> {index in Clearing.liquidations: quanta that liquidation put into sources or profit} (what
-    the whole market cannot pay goes back to them)."""
-    __slots__ = ("sides", "records", "amount", "profit", "owed")
+    the whole market cannot pay goes back to them); before: the values of the marked underlying's
+    series at its previous mark (_gain)."""
+    __slots__ = ("sides", "records", "amount", "profit", "owed", "before")
 
-    def __init__(self):
+    def __init__(self, before: dict | None = None):
+        self.before: dict[int, int] = before or {}  # series -> value at the underlying's previous mark
         self.sides: dict[tuple[int, int], tuple] = {}
         self.records: list[tuple] = []
         self.amount: dict = {}
@@ -872,7 +886,8 @@ class Clearing:
             self._flush()
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
-        pools = _Pools()  # the mark's shared sources of socialized losses, charged once per drain
+        pools = _Pools(last.values if last is not None else None)  # the mark's shared sources of
+        # socialized losses, charged once per drain; weights by what each holder gained at this mark (_gain)
         paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> their series' other sides (sources)
         for i in sorted(expiring):
             self._settle(i, paid, pools)
@@ -941,9 +956,9 @@ class Clearing:
         """Every holder paid size x the fixing (one contract's value at the first mark at or after
         expiry, in integer quanta); open interest sums to zero, so the payments do too. paid:
         (holder, asset) -> (source, weight) pairs (pools: (series, side) -> the holders of that side,
-        each weighing contracts x max(|fixing|, 1) within it, shared by the holders of the other
+        each weighing contracts x the side's gain a contract (_gain) within it, shared by the holders of the other
         side), appended to: whom a loss the settlement leaves the holder is charged to (_liquidate,
-        _settle_debt), the side weighing the holder's own contracts x max(|fixing|, 1), what its
+        _settle_debt), the side weighing the holder's own contracts x that side's gain a contract, what its
         settlement closed against that side, as a counterparty weighs the value it closed. Not the
         side's total: a bankrupt writer of one contract of a widely held series would hand nearly
         all its loss, its other books' included, to that series' longs (bystanders), and a
@@ -957,19 +972,20 @@ class Clearing:
             _credit(acct, asset, sizes[holder] * value)
         self.fixings[series] = value
         if paid is not None:
-            factor = max(abs(value), 1)
+            factor = {sign: _gain(pools, series, value, sign) for sign in (1, -1)}
             for sign in (1, -1):
                 side = {k: abs(n) for k, n in sizes.items() if (n > 0) == (sign > 0)}
                 if pools is not None and side:
-                    pools.sides[(series, sign)] = (asset, side, factor)
+                    pools.sides[(series, sign)] = (asset, side, factor[sign])
             for k, n in sizes.items():  # (its source, weighing what its own settlement closed against it)
-                paid.setdefault((k, asset), []).append(((series, -1 if n > 0 else 1), abs(n) * factor))
+                other = -1 if n > 0 else 1
+                paid.setdefault((k, asset), []).append(((series, other), abs(n) * factor[other]))
 
     def _settle_debt(self, key: bytes, asset: str, receivers: list, cascade: "_Cascade") -> None:
         """A holder of a series this mark settled, left with negative cash in asset and no open
         position in it (so no later mark would ever liquidate it): the fund pays the debt as far
         as it goes, the rest is owed to the other sides of its settled series (receivers: their
-        sources in cascade.pools, each weighing its own contracts x max(|fixing|, 1), spread over
+        sources in cascade.pools, each weighing its own contracts x the side's gain a contract, spread over
         the side in proportion to contracts: what
         they received, for a writer settling in the money: the settlement at the bankrupt book's
         bankruptcy price), recorded as a Liquidation. Without this, a short option settling deep
@@ -1001,7 +1017,8 @@ class Clearing:
         positions of other accounts (auto-deleveraging: other books being liquidated by the same
         mark first, then the largest opposite positions, then by key). A loss beyond the book's
         collateral is paid by the asset's insurance fund as far as it goes; the rest is charged
-        (_socialize) to the deleveraged counterparties in proportion to the value they closed (one
+        (_socialize) to the deleveraged counterparties in proportion to what they gained at this mark on
+        what they closed (_gain; one
         being liquidated by this mark later passes its share on at its turn) and owed to its shared
         sources (cascade.pools, charged once per drain of the mark: _drain): the other sides of its
         series this mark settled (settled: their sources, _settle), and, for a book whose
@@ -1038,7 +1055,7 @@ class Clearing:
                 _credit(self._mut(h), asset, -q * value)
                 self._set_position(h, self._mut(h), i, theirs + q)
                 size -= q
-                weights[h] = weights.get(h, 0) + abs(q) * max(abs(value), 1)
+                weights[h] = weights.get(h, 0) + abs(q) * _gain(pools, i, value, 1 if theirs > 0 else -1)
                 if h in bankrupt:
                     took.add(h)
             if size:  # open interest sums to zero: someone always holds the other side
