@@ -7,8 +7,7 @@ the same dispatch as the other calls (gpu_min_batch, a failing GPU redone on the
 the same verdicts and a log line), and ClearingApp uses it: submit_many refuses unsafe
 registrations at admission in one call, block execution (validate, execute) checks all of a
 block's registration keys in one call before executing, and a proposal reuses what admission
-found. Clearing.register skips its own call for keys so checked once the lead applies
-/tmp/s7/b_clearing.patch (Clearing.safe_keys); the tests of that step run when it is there."""
+found; Clearing.register skips its own call for keys so checked (Clearing.safe_keys)."""
 import hashlib
 import json
 import logging
@@ -25,7 +24,6 @@ from accel import ed25519 as ed
 from accel.ed25519_ref import L, P, add, decode, encode, key_is_safe, mul, point_from_y, torsion_points
 from consensus.apps import clearing_app
 from consensus.apps import clearing_tx as ctx
-from consensus.apps.clearing import Clearing
 from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
 from tests.test_backends import FailingGpu
@@ -35,7 +33,6 @@ from tests.test_ledger_proposal_s6 import reference
 
 TORSION = torsion_points()
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "ed25519"
-PATCHED = hasattr(Clearing, "safe_keys")  # Clearing.register reads the block's checked keys
 
 
 @pytest.fixture(autouse=True)
@@ -191,14 +188,12 @@ def test_admission_refuses_unsafe_registrations_in_one_batched_call(monkeypatch)
     del calls.calls[:]
     txs, state = app.propose(app.genesis, set())
     assert len(txs) == 20
-    if PATCHED:
-        assert calls.calls == []
+    assert calls.calls == []
     v = ClearingApp(Verifier("software"), c.snapshot())
     verdict = v.validate(v.genesis, block_of(txs, bytes(32), state.root, v), ((), (), ()))
     assert verdict.ok and verdict.state.root == state.root
 
 
-@pytest.mark.skipif(not PATCHED, reason="needs /tmp/s7/b_clearing.patch (Clearing.safe_keys)")
 def test_block_execution_checks_every_registration_key_in_one_call(monkeypatch):
     """A block of 300 registrations and deposits between them, validated by a validator whose
     mempool holds none of them: one kernel call of 300 keys, the only one (before: 300 calls of
@@ -255,7 +250,6 @@ def test_an_unsafe_registration_makes_a_block_invalid_whatever_was_checked_befor
             assert unsafe not in v._safe_keys
 
 
-@pytest.mark.skipif(not PATCHED, reason="needs /tmp/s7/b_clearing.patch (Clearing.safe_keys)")
 def test_a_snapshot_does_not_carry_the_checked_keys():
     c = funded_genesis()
     c.safe_keys = {bytes(32)}
