@@ -12,6 +12,13 @@ A. Found (/tmp/s7c/eth_attack.py): a counterparty's weight in a bankrupt book's 
    this mark (its value less the value at the underlying's previous mark, signed by the holder's
    side, at least 1 quantum), both for own counterparties and for settled sides (the fixing less
    the previous value) (docs/CLEARING.md, step 3; clearing._gain).
+C. Found: a book liquidated at a mark is never a carrier, and a settled side is drained after
+   the mark's liquidations, so the holder of an expiring call written by the attacker's W (its
+   L, liquidated at the expiry by futures sold to its X) could not pay W's loss owed to that
+   side, and everyone in profit did, while X kept L's gain, W's call's included. Fixed: what a
+   book this mark liquidated cannot pay of a drained source goes to its record's own weights
+   (whom its positions were closed against), capped, carriers beyond (step 5), then step 6
+   (docs/CLEARING.md, "Shared sources").
 B. A Hypothesis stream of trades at the mark's value among three attacker accounts, bystanders
    with positions and bystanders with only cash, then several marks (crashes, rallies, expiries
    of BTC and ETH series, USD and inverse BTC books), on both implementations: the same state
@@ -104,6 +111,37 @@ def test_a_settled_side_weighs_what_it_gained_at_the_expiry_not_the_fixing():
         b_paid = before[b0] + gains[1] - c.accounts[b0].collateral["USD"]
         assert [x_paid, b_paid] == _split(rec.socialized, gains)
         assert rec.socialized == sum(gains) - 9_000 * USD
+        out.append(_state(c))
+    assert out[0] == out[1]
+
+
+def test_a_side_holder_liquidated_at_the_expiry_passes_the_writers_loss_to_its_own_counterparties():
+    """Found by the s7 review (/tmp/s7c/defer_attack.py), three accounts: W writes 1 expiring call
+    to L, L is short 1 future to X, all traded at the mark (W 100, L 1,000, X 20,000 USD), fund 0,
+    a cash-only bystander B. The expiry at 70,000 leaves W and L bankrupt; L is liquidated (its
+    future closed against X) with the call's gain in its cash, before the call's side (L) is
+    drained with W's loss: capped at L's room (0), and L, liquidated, is no carrier, so at
+    f65009c W's loss went to everyone in profit: B paid 8,410 USD and X kept it (the attackers
+    ended 8,410 USD up). Now what a liquidated book cannot pay of a drained source goes to its own
+    weights (X): B pays nothing, W and L lose their deposits to X, the same on both
+    implementations, and L's record and W's are the same as before."""
+    out = []
+    for cls in (Clearing, Reference):
+        c = _fresh(cls)
+        _no_fund(c)
+        w, l, x, b = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x09" * 32
+        for k, q in ((w, 100), (l, 1_000), (x, 20_000), (b, 1_000_000)):
+            _inject(c, k, {"USD": q * USD})
+        _traded(c, l, w, 1, 1)
+        _traded(c, x, l, 3, 1)
+        before = {k: _eq(c, k) for k in (w, l, x, b)}
+        c.mark("BTC", 70_000.0, {i: 0.7 for i in OPTIONS["BTC"] if i != 1}, 2, T0 + 2 * DAY + 1, O[:2])
+        assert c.violations() == []
+        assert [r.account for r in c.liquidations] == [w, l]
+        assert all(r.insurance == 0 and r.socialized > 0 for r in c.liquidations)
+        assert c.accounts[b].collateral["USD"] == before[b]
+        assert _eq(c, w) == _eq(c, l) == 0
+        assert _eq(c, x) == before[x] + before[w] + before[l]
         out.append(_state(c))
     assert out[0] == out[1]
 

@@ -58,6 +58,7 @@ class _RefPools:
     def __init__(self):
         self.sides, self.records, self.amount, self.profit, self.owed = {}, [], {}, {}, {}
         self.before = {}  # s7 review: series -> value at the marked underlying's previous mark
+        self.of = {}  # s7 review: (account, asset) -> the record of its liquidation at this mark
 
 
 def _ref_gain(ref, series: int, value: int, sign: int) -> int:
@@ -157,7 +158,9 @@ class Reference(Clearing):
                 self._drain(cascade)
                 if not cascade:
                     self._drain(cascade, sides=True)
-                if not cascade:
+                if not cascade:  # s7 review: what liquidated books could not pay, to their own weights
+                    self._drain(cascade, own=True)
+                if not cascade and not any(q and (isinstance(k, int) or k in ref.sides) for k, q in ref.amount.items()):
                     break
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
@@ -281,7 +284,7 @@ class Reference(Clearing):
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
         if closed or terms:  # the record of whom it charged (none: an heir of it inherits nothing)
             ref.records.append((asset, dict(closed), list(terms)))
-            heirs[(asset, key, "charged")] = len(ref.records) - 1
+            heirs[(asset, key, "charged")] = ref.of[(key, asset)] = len(ref.records) - 1
         else:
             heirs[(asset, key, "charged")] = None
         at = len(self.liquidations)
@@ -289,7 +292,7 @@ class Reference(Clearing):
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
-    def _socialize(self, asset, loss, explicit, terms, pending, cascade, at=None):
+    def _socialize(self, asset, loss, explicit, terms, pending, cascade, at=None, passing=True):
         """s7: the new rule's simple form (docs/CLEARING.md, steps 3-6)."""
         if loss <= 0:
             return 0
@@ -314,15 +317,31 @@ class Reference(Clearing):
             if carriers:
                 charged += self._charge(asset, loss - charged, carriers, carriers)
                 cascade.extend((h, asset) for h in sorted(carriers))
+        on = sorted(h for h in explicit if (h, asset) in cascade.done and (h, asset) in ref.of
+                    and ref.records[ref.of[(h, asset)]][1]) if loss > charged and passing else []
+        if on:  # s7 review: what liquidated books cannot pay goes to their own weights
+            for h, p in zip(on, _ref_split(loss - charged, [explicit[h] for h in on])):
+                ref.amount[("own", ref.of[(h, asset)])] = ref.amount.get(("own", ref.of[(h, asset)]), 0) + p
+            if at is not None:
+                ref.owed.setdefault(asset, {})[at] = loss - charged
+            return loss
         if loss > charged:
             ref.profit[asset] = ref.profit.get(asset, 0) + loss - charged
             if at is not None:
                 ref.owed.setdefault(asset, {})[at] = loss - charged
         return loss
 
-    def _drain(self, cascade, sides=False):
-        """s7: every record owed something, newest first; or (sides) every settled side, in order."""
+    def _drain(self, cascade, sides=False, own=False):
+        """s7: every record owed something, newest first; or (sides) every settled side, in order;
+        or (own, s7 review) each record's own weights, what its book could not pay, by record."""
         ref = cascade.pools
+        if own:
+            for n in range(len(ref.records)):
+                if ref.amount.get(("own", n)):
+                    asset, explicit, _ = ref.records[n]
+                    self._socialize(asset, ref.amount.pop(("own", n)), explicit, [], frozenset(), cascade,
+                                    passing=False)
+            return
         for n in reversed(range(len(ref.records))) if not sides else ():
             if ref.amount.get(n):
                 asset, explicit, terms = ref.records[n]

@@ -176,12 +176,15 @@ class _Pools:
     amount: source -> quanta owed to it; profit: asset -> quanta owed to every account with a
     positive balance in it, charged once at the mark's end (Clearing._charge_profit); owed: asset
     -> {index in Clearing.liquidations: quanta that liquidation put into sources or profit} (what
-    the whole market cannot pay goes back to them); before: the values of the marked underlying's
+    the whole market cannot pay goes back to them); ("own", n): what a book liquidated by this mark
+    (record n) could not pay of a drained source, owed to its own weights only (_socialize); of:
+    (account, asset) -> the record of its liquidation at this mark; before: the values of the marked underlying's
     series at its previous mark (_gain)."""
-    __slots__ = ("sides", "records", "amount", "profit", "owed", "before")
+    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of")
 
     def __init__(self, before: dict | None = None):
         self.before: dict[int, int] = before or {}  # series -> value at the underlying's previous mark
+        self.of: dict[tuple[bytes, str], int] = {}  # (account, asset) -> the record of its liquidation
         self.sides: dict[tuple[int, int], tuple] = {}
         self.records: list[tuple] = []
         self.amount: dict = {}
@@ -921,7 +924,9 @@ class Clearing:
                 self._drain(cascade)  # the records, each charged once with what it is owed
                 if not cascade:  # then the settled sides, only once the cascade is still: each side is
                     self._drain(cascade, sides=True)  # charged again only after a side's carriers
-                if not cascade:  # were liquidated (once per side and mark), not once per round
+                if not cascade:  # were liquidated (once per side and mark), not once per round; then
+                    self._drain(cascade, own=True)  # what liquidated books could not pay, to their own weights
+                if not cascade and not any(isinstance(k, int) or k in pools.sides for k in pools.amount):
                     break
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
@@ -1083,7 +1088,9 @@ class Clearing:
         charged = 0
         if loss and rich:  # in proportion to cash: nobody charged beyond its own
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
-        heirs[(asset, key, "charged")] = pools.record(asset, closed, terms)  # not changed from here on
+        heirs[(asset, key, "charged")] = n = pools.record(asset, closed, terms)  # not changed from here on
+        if n is not None:
+            pools.of[(key, asset)] = n
         got, pooled = self._socialize(asset, loss - charged, closed, terms, pending, cascade)
         if pooled:
             pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
@@ -1093,10 +1100,11 @@ class Clearing:
         if alone:
             self._drain(cascade)
             self._drain(cascade, sides=True)
+            self._drain(cascade, own=True)
             self._charge_profit(pools)
 
     def _socialize(self, asset: str, loss: int, explicit: dict[bytes, int], terms: list, pending,
-                   cascade: "_Cascade") -> tuple[int, int]:
+                   cascade: "_Cascade", passing: bool = True) -> tuple[int, int]:
         """loss quanta of a debt in asset, charged to the accounts of explicit (weights) and owed to
         the shared sources of terms ((source, weight) in cascade.pools); returns (quanta charged or
         owed: all of loss, quanta owed to sources: what the mark's end gives back in proportion if
@@ -1112,8 +1120,16 @@ class Clearing:
         while that account keeps the gain). Not a book a transaction of this block touched: a mark
         never liquidates one (it stays capped, and the block's end finds it short of initial
         margin: the block is invalid, the proposer holds its transactions back); nor one this mark
-        already liquidated. Only without one is the rest owed to ("profit", asset): every account
-        with a positive balance in the asset, charged once at the mark's end (_charge_profit)."""
+        already liquidated. Without one, what the books of explicit this mark already liquidated
+        (drained sources only: a liquidation's own counterparties hold its positions) could not pay
+        is owed, in proportion to their weights, to ("own", n): the own weights of their
+        liquidations' records (whom their positions were closed against: what they gained from
+        the debtor passed on to them; passing False, charging those, passes nothing on). Only
+        without one is the rest owed to ("profit", asset): every account with a positive balance
+        in the asset, charged once at the mark's end (_charge_profit). Else the attacker's L, long
+        the expiring call its W wrote and short futures to its X, liquidated at the expiry before
+        the call's side was drained, left W's loss to everyone in profit while X kept L's gain
+        (tests/test_ledger_money_s7.py)."""
         if loss <= 0:
             return 0, 0
         pools = cascade.pools
@@ -1137,20 +1153,35 @@ class Clearing:
             if carriers:
                 charged += self._charge(asset, loss - charged, carriers, carriers)
                 cascade.extend((h, asset) for h in sorted(carriers))
+        if loss > charged and explicit and passing:
+            done = cascade.done
+            on = [(h, n) for h in sorted(h for h in explicit if (h, asset) in done)
+                  if (n := pools.of.get((h, asset))) is not None and pools.records[n][1]]
+            if on:
+                for (h, n), part in zip(on, _split(loss - charged, [explicit[h] for h, _ in on])):
+                    pools.put(("own", n), part)
+                return loss, loss - charged
         if loss > charged:
             pools.profit[asset] = pools.profit.get(asset, 0) + loss - charged
             return loss, loss - charged
         return loss, 0
 
-    def _drain(self, cascade: "_Cascade", sides: bool = False) -> None:
+    def _drain(self, cascade: "_Cascade", sides: bool = False, own: bool = False) -> None:
         """Charges what the mark's liquidations owe its shared sources (cascade.pools), each source
         once with the sum owed to it (_socialize with its weights): the liquidations' records from
         the newest (a record refers only to older records and to settled sides, so each is
         charged once with all it is owed), or (sides) the settled sides in (series, side) order.
-        Books it takes past their equity go to cascade (then liquidated, and drained again)."""
+        Books it takes past their equity go to cascade (then liquidated, and drained again). own:
+        what liquidated books could not pay of a drained source, each record's ("own", n) in
+        order of n, charged to its own weights alone (passed on no further)."""
         pools = cascade.pools
+        if own:
+            for n in sorted(k[1] for k in pools.amount if isinstance(k, tuple) and k[0] == "own"):
+                asset, explicit, _ = pools.records[n]
+                self._socialize(asset, pools.amount.pop(("own", n)), explicit, [], frozenset(), cascade, False)
+            return
         if sides:
-            for side in sorted(s for s in pools.amount if not isinstance(s, int)):
+            for side in sorted(s for s in pools.amount if s in pools.sides):
                 asset, holders, factor = pools.sides[side]
                 self._socialize(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()}, [],
                                 frozenset(), cascade)
