@@ -83,7 +83,9 @@ def test_a_deleveraged_counterparty_is_not_charged_beyond_its_equity():
     A deposits its initial margin. BTC crashes to 6,000: A's loss beyond its cash (35,279) was
     charged 30/36 to E (ETH futures closed at 3,000 x 10 against BTC's 6,000 x 1), which, fully
     deleveraged, ended with -23,074 USD and no position, for good; H kept 48,136 of its 54,000
-    gain. Now E pays at most its equity (6,241) and H the rest."""
+    gain. Then E paid at most its equity (6,241) and H the rest; since session 7 (a share weighs
+    what the counterparty gained at this mark) E, which gained nothing at the BTC mark, pays 6
+    quanta and H the rest."""
     c = market()
     _, kk = keys(100, 4)
     A, H, E, Z = sorted(kk)
@@ -101,13 +103,13 @@ def test_a_deleveraged_counterparty_is_not_charged_beyond_its_equity():
     assert [l.account for l in after.liquidations] == [A]
     assert not after.accounts[E].positions and not after.accounts[A].positions
     no_unbacked_debt(after)
-    assert after.accounts[E].collateral.get("USD", 0) == 0  # charged its whole equity, no more
+    assert after.accounts[E].collateral["USD"] == deposits[E] - 6  # its 10 ETH futures gained nothing at the BTC mark: 10 quanta of weight beside H's 54,000 USD gain
     assert after.accounts[Z].collateral["USD"] == deposits[Z]  # the bystander pays nothing
     (liq,) = after.liquidations
     assert liq.insurance == 100 * USD and liq.socialized == 35_179 * USD
     # H, the other counterparty, pays the rest: 60,000 received, 6,000 paid back at the mark
-    assert after.accounts[H].collateral["USD"] == deposits[H] + 54_000 * USD - (35_179 - 6_241) * USD
-    assert vstate.clearing.accounts[E].collateral.get("USD", 0) == 0
+    assert after.accounts[H].collateral["USD"] == deposits[H] + 54_000 * USD - (35_179 * USD - 6)
+    assert vstate.clearing.accounts[E].collateral["USD"] == deposits[E] - 6
 
 
 # ---- 2. a write and its expiry in one block: the fund paid a book no margin check ever saw -------
