@@ -19,13 +19,11 @@ accounts that cost nothing to make).
    registrations keeps out other fresh keys (new users), not registered accounts."""
 import contextlib
 import hashlib
-import logging
 import random
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-from nacl.signing import SigningKey
 
 from accel import Packed
 from accel.packing import pack_messages
@@ -36,21 +34,7 @@ from consensus.apps.clearing_app import ClearingApp, Mempool, _fair
 from consensus.verify import Verifier
 from tests.test_clearing_columns import funded_genesis
 from tests.test_clearing_properties import K, O, ORACLES, T0, USD, USERS, as_txs, block_of, signed
-from tests.test_ledger_proposal_s6 import agree
-
-VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
-
-
-def users(base: int, n: int):
-    sk = [SigningKey(bytes([base]) + i.to_bytes(4, "big") * 7 + bytes(3)) for i in range(n)]
-    return sk, [bytes(s.verify_key) for s in sk]
+from tests.test_ledger_proposal_s6 import VOLS, _quiet, agree, users  # noqa: F401 (_quiet: an autouse fixture)
 
 
 def deposits(sk, k, start, n):
