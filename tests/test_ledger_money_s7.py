@@ -19,6 +19,14 @@ C. Found: a book liquidated at a mark is never a carrier, and a settled side is 
    book this mark liquidated cannot pay of a drained source goes to its record's own weights
    (whom its positions were closed against), capped, carriers beyond (step 5), then step 6
    (docs/CLEARING.md, "Shared sources").
+D. Found (/tmp/s7c/chain_attack.py): the same one link longer. W writes a call to L, L is short a
+   future to L2, L2 writes calls to X; the expiry liquidates W, L and L2, and L2's record has no
+   own weights, only settled sides, one holding L again: C's step passed nothing on and a
+   cash-only bystander paid 2,352 USD, X kept it. Fixed: what a record's own weights cannot pay
+   goes along its chain, level by level (its sources, the records of their liquidated holders,
+   and so on), each record and side once, the level's holders not liquidated paying (capped);
+   only what no level pays goes to everyone in profit (Clearing._reach; docs/CLEARING.md step 5).
+   Tested on chains of 3, 5 and 7 links and a loop of two books holding each other's sides.
 B. A Hypothesis stream of trades at the mark's value among three attacker accounts, bystanders
    with positions and bystanders with only cash, then several marks (crashes, rallies, expiries
    of BTC and ETH series, USD and inverse BTC books), on both implementations: the same state
@@ -146,6 +154,67 @@ def test_a_side_holder_liquidated_at_the_expiry_passes_the_writers_loss_to_its_o
     assert out[0] == out[1]
 
 
+# ---- D. chains of books liquidated at the same mark, any length, loops ------------------------------
+def _chain_mark(cls, deposits: list, trades: list):
+    """Accounts 0..len(deposits)-1 (the last the attackers' rich X) with deposits in USD, fund 0,
+    a cash-only bystander B; trades (buyer, seller, series, contracts) at the mark's values; then
+    the expiry of series 1 at 70,000 (the future, series 3, up 10,000)."""
+    c = _fresh(cls)
+    _no_fund(c)
+    ks = [bytes([0x10 + i]) * 32 for i in range(len(deposits))]
+    b = b"\xee" * 32
+    for k, d in zip(ks, deposits):
+        _inject(c, k, {"USD": d * USD})
+    _inject(c, b, {"USD": 1_000_000 * USD})
+    for buyer, seller, series, n in trades:
+        _traded(c, ks[buyer], ks[seller], series, n)
+    before = {k: _eq(c, k) for k in ks + [b]}
+    c.mark("BTC", 70_000.0, {i: 0.7 for i in OPTIONS["BTC"] if i != 1}, 2, T0 + 2 * DAY + 1, O[:2])
+    return c, ks, b, before
+
+
+def _chain(links: int) -> list:
+    """links trades: account i writes calls to i + 1 (i even) or is short futures to it (i odd),
+    sizes 1, 1, 2, 2, 3, ...: each middle account gains less on what it bought than it loses on
+    what it sold (the call's fixing less its previous value < the future's 10,000 a contract)."""
+    return [(i + 1, i, 1 if i % 2 == 0 else 3, i // 2 + 1) for i in range(links)]
+
+
+CHAINS = {
+    "3 links (the review's chain)": ([100, 1_000, 1_000, 40_000], _chain(3)),
+    "5 links": ([100] + [1_000] * 4 + [40_000], _chain(5)),
+    "7 links": ([100] + [1_000] * 6 + [40_000], _chain(7)),
+    # L (1) long W's call and L2's, short 2 futures to L2 (2); L2 writes calls to L and X: each of
+    # the two liquidated books holds the other's side (L2's record the call side holding L, L's
+    # record its future's counterparty L2)
+    "loop of two": ([100, 1_000, 1_000, 40_000], [(1, 0, 1, 1), (2, 1, 3, 2), (1, 2, 1, 1), (3, 2, 1, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_a_chain_of_books_liquidated_at_one_mark_cannot_hand_the_loss_to_a_bystander(name):
+    """Found by the s7 review (/tmp/s7c/chain_attack.py): W writes 1 expiring call to L, L is short
+    1 future to L2, L2 writes 2 expiring calls to X (rich), all the attacker's; the expiry
+    liquidates W, L and L2. L2 has no own counterparties, only settled sides, one of them holding
+    L again (a loop), so at 882042e the ("own", n) step passed nothing on and a cash-only
+    bystander B paid 2,352 USD (5 links: 2,889; 7 links: 5,845; the loop of two: 2,796) while X
+    kept it. Now what a book's own weights cannot pay goes along its record's chain, level by
+    level, each source once (Clearing._reach): B pays nothing, every book in the chain loses
+    exactly its deposit, X pays the rest, the same quanta on both implementations."""
+    deposits, trades = CHAINS[name]
+    out = []
+    for cls in (Clearing, Reference):
+        c, ks, b, before = _chain_mark(cls, deposits, trades)
+        assert c.violations() == []
+        assert sorted(r.account for r in c.liquidations) == ks[:-1]  # every book but X
+        assert all(r.insurance == 0 and r.socialized > 0 for r in c.liquidations)
+        assert c.accounts[b].collateral["USD"] == before[b]
+        assert all(_eq(c, k) == 0 for k in ks[:-1])
+        assert _eq(c, ks[-1]) == sum(before[k] for k in ks)  # zero-sum among the attacker's accounts
+        out.append(_state(c))
+    assert out[0] == out[1]
+
+
 # ---- B. long adversarial streams ------------------------------------------------------------------
 class _Seen:
     """Records, at each mark's step 6, what was owed to everyone in profit per asset."""
@@ -188,6 +257,12 @@ def _stream(cls, seed: int, fund: int, rounds: int) -> list:
             s = rng.choice([i for und in LIVE for i in LIVE[und] if i not in c.fixings])
             a, b = rng.sample(ATTACKERS, 2) if rng.random() < 0.3 else rng.sample(traders, 2)
             _traded(c, a, b, s, rng.choice([1, 1, 2, 5, 30]) * (10_000 if c.series[s].inverse else 1))
+        if 1 not in c.fixings and rng.random() < 0.4:  # a chain of side holders (test D): calls, futures,
+            order = rng.sample(ATTACKERS, 3) + [rng.choice(HOLDERS + ATTACKERS)]  # calls, maybe a loop
+            for j in range(3):
+                _traded(c, order[j + 1], order[j], 3 if j % 2 else 1, j + 1)
+            if rng.random() < 0.5:
+                _traded(c, order[1], order[2], 1, 1)
         und = rng.choice(["BTC", "BTC", "ETH"])
         seq[und] += 1
         ts += rng.choice([600, 3 * 3600, 7 * 3600, DAY])

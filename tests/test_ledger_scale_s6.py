@@ -318,13 +318,15 @@ class Reference(Clearing):
                 charged += self._charge(asset, loss - charged, carriers, carriers)
                 cascade.extend((h, asset) for h in sorted(carriers))
         on = sorted(h for h in explicit if (h, asset) in cascade.done and (h, asset) in ref.of
-                    and ref.records[ref.of[(h, asset)]][1]) if loss > charged and passing else []
+                    ) if loss > charged and passing else []  # s7 c2: any record, not only one with own weights
         if on:  # s7 review: what liquidated books cannot pay goes to their own weights
             for h, p in zip(on, _ref_split(loss - charged, [explicit[h] for h in on])):
                 ref.amount[("own", ref.of[(h, asset)])] = ref.amount.get(("own", ref.of[(h, asset)]), 0) + p
             if at is not None:
                 ref.owed.setdefault(asset, {})[at] = loss - charged
             return loss
+        if loss > charged and not passing:  # s7 c2: the own drain passes it along the chain (_reach)
+            return charged
         if loss > charged:
             ref.profit[asset] = ref.profit.get(asset, 0) + loss - charged
             if at is not None:
@@ -336,11 +338,20 @@ class Reference(Clearing):
         or (own, s7 review) each record's own weights, what its book could not pay, by record."""
         ref = cascade.pools
         if own:
+            short = {}  # s7 c2: per asset, what own weights could not pay and their records
             for n in range(len(ref.records)):
                 if ref.amount.get(("own", n)):
                     asset, explicit, _ = ref.records[n]
-                    self._socialize(asset, ref.amount.pop(("own", n)), explicit, [], frozenset(), cascade,
-                                    passing=False)
+                    left = ref.amount.pop(("own", n))
+                    if explicit:
+                        left -= min(left, self._socialize(asset, left, explicit, [], frozenset(), cascade,
+                                                          passing=False))
+                    if left:
+                        short.setdefault(asset, []).append((n, left))
+            for asset in sorted(short):
+                left = self._reach(asset, sum(q for _, q in short[asset]), [n for n, _ in short[asset]], cascade)
+                if left:
+                    ref.profit[asset] = ref.profit.get(asset, 0) + left
             return
         for n in reversed(range(len(ref.records))) if not sides else ():
             if ref.amount.get(n):
@@ -350,6 +361,38 @@ class Reference(Clearing):
             if ref.amount.get(side):
                 asset, weights = ref.sides[side]
                 self._socialize(asset, ref.amount.pop(side), weights, [], frozenset(), cascade)
+
+    def _reach(self, asset, loss, origins, cascade):
+        """s7 c2: what the own weights of records origins could not pay (loss, summed), level by
+        level along their chains at once: each level the sources the previous one refers to (a
+        record's terms and the records of its own weights this mark liquidated; the records of a
+        side's holders it liquidated), each source once; the level's holders this mark did not
+        liquidate pay, capped, by their weights summed."""
+        ref, done = cascade.pools, cascade.done
+
+        def parts(source):
+            if isinstance(source, int):
+                members, after = ref.records[source][1], [s for s, _ in ref.records[source][2]]
+            else:
+                members, after = ref.sides[source][1], []
+            live = {h: w for h, w in members.items() if (h, asset) not in done}
+            nxt = [ref.of[(h, asset)] for h in sorted(members) if (h, asset) in done and (h, asset) in ref.of]
+            return live, nxt + [s for s in after if isinstance(s, int) or s in ref.sides]
+
+        seen = set(origins)
+        level = [s for n in origins for s in parts(n)[1]]
+        while loss and level:
+            fresh = list(dict.fromkeys(s for s in level if s not in seen))
+            seen.update(fresh)
+            weights, level = {}, []
+            for s in fresh:
+                live, nxt = parts(s)
+                for h, w in live.items():
+                    weights[h] = weights.get(h, 0) + w
+                level += nxt
+            if weights:
+                loss -= self._charge(asset, loss, weights)
+        return loss
 
     def _charge_profit(self, ref):
         """s7: per asset, once: every account with a positive balance; the unpaid rest back to the debtors."""

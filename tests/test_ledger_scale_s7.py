@@ -15,6 +15,9 @@ extrapolation; after: the rule below):
        calls to N buyers; each short inherits X's        13.9       0.03    ~1,400 (100 x)   0.56
     4. N thin shorts against N longs on borrowed cash
        (capped, nothing to carry): everyone in profit    8.2        0.04    ~820 (100 x)     0.80
+    5. (s7 c2) N chains W -> L -> L2 -> X through one expiring series: what each L's own weights
+       cannot pay goes along the chains to X; one search per record would be N x N (3,200: 3.9 s,
+       12,800: ~60 s); one per pass: 12,800 chains 1.3 s
 
 The rule now (docs/CLEARING.md, "Liquidation and auto-deleveraging", steps 3-6): a liquidation's
 loss is split between its own closed counterparties (charged at once, as before) and its shared
@@ -99,11 +102,23 @@ def construction(cls, kind: int, n: int):
             _traded(c, _key(1, i), _key(2, i), 3, 1)
             _inject(c, _key(5, i), {"USD": 1_000_000 * USD})  # bystanders
         return c, _rally
+    if kind == 5:  # s7 c2: n chains W -> L -> L2 -> X (one rich X): W writes 1 call to L, L short 1
+        x = _key(0, 0)  # future to L2, L2 writes 2 calls to X; the expiry liquidates every W, L, L2,
+        _inject(c, x, {"USD": 10**7 * USD})  # and what each L's own weights (its L2) cannot pay of
+        for i in range(n):  # the call side goes along the chains to X (Clearing._reach), the n
+            w, l, l2 = _key(1, i), _key(2, i), _key(3, i)  # records' shortfalls in one search
+            _inject(c, w, {"USD": 100 * USD})  # (one search per record: N x N)
+            _inject(c, l, {"USD": 1_000 * USD})
+            _inject(c, l2, {"USD": 1_000 * USD})
+            _traded(c, l, w, 1, 1)
+            _traded(c, l2, l, 3, 1)
+            _traded(c, x, l2, 1, 2)
+        return c, _expiry
     raise ValueError(kind)
 
 
 # ---- 1. work counts -------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5])
 def test_one_mark_charging_n_bankrupt_books_costs_linear_work(kind):
     """Each construction at n and 4n: the mark's calls at most 5x (6e54f65: 14x to 17x, every
     bankrupt book charged over all of a shared side, record, or the whole ledger)."""
@@ -112,12 +127,12 @@ def test_one_mark_charging_n_bankrupt_books_costs_linear_work(kind):
         c, mark = construction(Clearing, kind, n)
         supply = dict(c.supply)
         work.append(_calls(lambda: mark(c)))
-        assert len(c.liquidations) == (n + 1 if kind == 3 else 2 * n if kind == 4 else n)
+        assert len(c.liquidations) == (n + 1 if kind == 3 else 2 * n if kind == 4 else 3 * n if kind == 5 else n)
         assert sum(r.socialized for r in c.liquidations) > 0 and not c.violations() and c.supply == supply
     assert work[1] <= 5 * work[0], work
 
 
-@pytest.mark.parametrize("kind", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5])
 def test_one_mark_materializes_weights_and_scans_accounts_in_proportion_to_its_books(kind, monkeypatch):
     """The weight entries every _charge of the mark is given (accounts charged or looked at), for
     each construction: at most 8 per account of the market, however many bankrupt books share a
@@ -139,7 +154,7 @@ def test_one_mark_materializes_weights_and_scans_accounts_in_proportion_to_its_b
 
 
 # ---- 2. the constructions against the simple form of the rule ------------------------------------
-@pytest.mark.parametrize("kind", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("n", [1, 2, 7, 30])
 def test_the_constructions_reach_the_reference_state_and_records(kind, n):
     new, mark = construction(Clearing, kind, n)

@@ -177,7 +177,8 @@ class _Pools:
     positive balance in it, charged once at the mark's end (Clearing._charge_profit); owed: asset
     -> {index in Clearing.liquidations: quanta that liquidation put into sources or profit} (what
     the whole market cannot pay goes back to them); ("own", n): what a book liquidated by this mark
-    (record n) could not pay of a drained source, owed to its own weights only (_socialize); of:
+    (record n) could not pay of a drained source, owed to its own weights, then along its record's
+    chain (_socialize, Clearing._reach); of:
     (account, asset) -> the record of its liquidation at this mark; before: the values of the marked underlying's
     series at its previous mark (_gain)."""
     __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of")
@@ -1124,7 +1125,8 @@ class Clearing:
         (drained sources only: a liquidation's own counterparties hold its positions) could not pay
         is owed, in proportion to their weights, to ("own", n): the own weights of their
         liquidations' records (whom their positions were closed against: what they gained from
-        the debtor passed on to them; passing False, charging those, passes nothing on). Only
+        the debtor passed on to them; passing False, charging those, returns (charged, the rest) for
+        Clearing._reach to pass along the record's chain). Only
         without one is the rest owed to ("profit", asset): every account with a positive balance
         in the asset, charged once at the mark's end (_charge_profit). Else the attacker's L, long
         the expiring call its W wrote and short futures to its X, liquidated at the expiry before
@@ -1156,15 +1158,68 @@ class Clearing:
         if loss > charged and explicit and passing:
             done = cascade.done
             on = [(h, n) for h in sorted(h for h in explicit if (h, asset) in done)
-                  if (n := pools.of.get((h, asset))) is not None and pools.records[n][1]]
+                  if (n := pools.of.get((h, asset))) is not None]
             if on:
                 for (h, n), part in zip(on, _split(loss - charged, [explicit[h] for h, _ in on])):
                     pools.put(("own", n), part)
                 return loss, loss - charged
+        if loss > charged and not passing:  # the own drain passes the rest along the record (_reach)
+            return charged, loss - charged
         if loss > charged:
             pools.profit[asset] = pools.profit.get(asset, 0) + loss - charged
             return loss, loss - charged
         return loss, 0
+
+    def _reach(self, asset: str, loss: int, origins: list[int], cascade: "_Cascade") -> int:
+        """What the own weights of the records origins (in asset) could not pay of their ("own", n)
+        in one pass (_drain), loss in all, charged along their records' chains at once, level by
+        level: level 1 the sources the origins refer to (their terms: settled sides and inherited
+        records) and the records of their own weights this mark liquidated; level k + 1 the same of
+        level k's sources (a settled side's: the records of its holders this mark liquidated);
+        each record and side at most once (a loop ends where it started). At each level, the
+        members of its sources this mark did not liquidate are charged the rest at once, in
+        proportion to their weights there (summed over the level's sources), none beyond its
+        equity (_charge); returns what no level could pay (owed to everyone in profit). One
+        search for all the pass's records, not one per record: N records reaching one shared side
+        of H holders would be N x (N + H) (4 s for 3,200 chains at one mark). Without it, a chain
+        of books liquidated at the same mark (W short a call to L, L short a future to L2, L2
+        short calls to X) left the part of a book that took its gain in cash to everyone in profit
+        while X, at the chain's end, kept the gain (tests/test_ledger_money_s7.py)."""
+        pools, done = cascade.pools, cascade.done
+        seen: set = set(origins)
+
+        def onward(source) -> tuple[dict, list]:
+            if isinstance(source, int):  # a record: its own weights, then its terms
+                members, after = pools.records[source][1], [s for s, _ in pools.records[source][2]]
+            else:  # a settled side
+                _, holders, factor = pools.sides[source]
+                members, after = {h: c * factor for h, c in holders.items()}, []
+            live: dict = {}
+            nxt: list = []
+            for h in sorted(members):
+                if (h, asset) not in done:
+                    live[h] = members[h]
+                elif (m := pools.of.get((h, asset))) is not None:
+                    nxt.append(m)
+            return live, nxt + [s for s in after if isinstance(s, int) or s in pools.sides]
+
+        level = [s for n in origins for s in onward(n)[1]]
+        while loss and level:
+            fresh = []
+            for s in level:
+                if s not in seen:
+                    seen.add(s)
+                    fresh.append(s)
+            weights: dict = {}
+            level = []
+            for s in fresh:
+                live, nxt = onward(s)
+                for h, w in live.items():
+                    weights[h] = weights.get(h, 0) + w
+                level += nxt
+            if weights:
+                loss -= self._charge(asset, loss, weights)
+        return loss
 
     def _drain(self, cascade: "_Cascade", sides: bool = False, own: bool = False) -> None:
         """Charges what the mark's liquidations owe its shared sources (cascade.pools), each source
@@ -1173,12 +1228,23 @@ class Clearing:
         charged once with all it is owed), or (sides) the settled sides in (series, side) order.
         Books it takes past their equity go to cascade (then liquidated, and drained again). own:
         what liquidated books could not pay of a drained source, each record's ("own", n) in
-        order of n, charged to its own weights alone (passed on no further)."""
+        order of n, charged to its own weights, the rest along the record's chain (_reach), what
+        that cannot pay to everyone in profit."""
         pools = cascade.pools
         if own:
+            short: dict[str, list] = {}  # asset -> [what own weights could not pay, their records]
             for n in sorted(k[1] for k in pools.amount if isinstance(k, tuple) and k[0] == "own"):
                 asset, explicit, _ = pools.records[n]
-                self._socialize(asset, pools.amount.pop(("own", n)), explicit, [], frozenset(), cascade, False)
+                left = pools.amount.pop(("own", n))
+                if explicit:
+                    left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
+                if left:
+                    entry = short.setdefault(asset, [0, []])
+                    entry[0] += left
+                    entry[1].append(n)
+            for asset in sorted(short):
+                if left := self._reach(asset, short[asset][0], short[asset][1], cascade):
+                    pools.profit[asset] = pools.profit.get(asset, 0) + left
             return
         if sides:
             for side in sorted(s for s in pools.amount if s in pools.sides):
