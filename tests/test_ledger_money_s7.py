@@ -215,6 +215,37 @@ def test_a_chain_of_books_liquidated_at_one_mark_cannot_hand_the_loss_to_a_bysta
     assert out[0] == out[1]
 
 
+# found by a random search of such chains (/tmp/c2/fuzz.py) after the chain step was in
+CHAIN_SHAPES = {
+    # the chain reaches a side whose holder (2) is tapped out but still short a future to X (3):
+    # charged beyond its equity and liquidated at the mark (step 5 at the chain's level), X pays
+    "carrier at a level": ([1_000, 1, 1_000, 200_000],
+                           [(1, 0, 3, 3), (2, 1, 1, 3), (3, 2, 3, 1), (3, 0, 3, 1), (1, 3, 3, 1)]),
+    # 4, liquidated at the mark, is left with 9,957 USD of cash by its closure: a book this mark
+    # liquidated pays what its closure left it when the chain reaches it
+    "liquidated book with cash left": ([1, 3_000, 3_000, 100, 1, 20_000],
+                                       [(1, 0, 3, 3), (2, 1, 1, 1), (3, 2, 3, 1), (4, 3, 3, 2), (5, 4, 3, 1)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHAIN_SHAPES))
+def test_a_chain_reaching_a_tapped_out_holder_or_a_liquidated_book_with_cash_spares_the_bystander(name):
+    """Two shapes of the chain step (Clearing._reach) that, at its first version, still sent the
+    rest to everyone in profit (the bystander B paid 7,017 and 4,325 USD while an attacker
+    account kept a gain): B pays nothing, the attackers' accounts together end where they began
+    (zero-sum among them), the same quanta on both implementations."""
+    deposits, trades = CHAIN_SHAPES[name]
+    out = []
+    for cls in (Clearing, Reference):
+        c, ks, b, before = _chain_mark(cls, deposits, trades)
+        assert c.violations() == []
+        assert c.liquidations and all(r.insurance == 0 for r in c.liquidations)
+        assert c.accounts[b].collateral["USD"] == before[b]
+        assert sum(_eq(c, k) for k in ks) == sum(before[k] for k in ks)
+        out.append(_state(c))
+    assert out[0] == out[1]
+
+
 # ---- B. long adversarial streams ------------------------------------------------------------------
 class _Seen:
     """Records, at each mark's step 6, what was owed to everyone in profit per asset."""

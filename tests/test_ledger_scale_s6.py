@@ -375,7 +375,7 @@ class Reference(Clearing):
                 members, after = ref.records[source][1], [s for s, _ in ref.records[source][2]]
             else:
                 members, after = ref.sides[source][1], []
-            live = {h: w for h, w in members.items() if (h, asset) not in done}
+            live = dict(members)  # a liquidated book pays what its closure left it, capped
             nxt = [ref.of[(h, asset)] for h in sorted(members) if (h, asset) in done and (h, asset) in ref.of]
             return live, nxt + [s for s in after if isinstance(s, int) or s in ref.sides]
 
@@ -392,6 +392,11 @@ class Reference(Clearing):
                 level += nxt
             if weights:
                 loss -= self._charge(asset, loss, weights)
+            carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
+                        and (self._holds(h, asset) or (h, asset) in cascade.settled)} if loss else {}
+            if carriers:  # step 5 at the level: beyond equity, liquidated at this mark
+                loss -= self._charge(asset, loss, carriers, carriers)
+                cascade.extend((h, asset) for h in sorted(carriers))
         return loss
 
     def _charge_profit(self, ref):

@@ -1177,9 +1177,13 @@ class Clearing:
         records) and the records of their own weights this mark liquidated; level k + 1 the same of
         level k's sources (a settled side's: the records of its holders this mark liquidated);
         each record and side at most once (a loop ends where it started). At each level, the
-        members of its sources this mark did not liquidate are charged the rest at once, in
-        proportion to their weights there (summed over the level's sources), none beyond its
-        equity (_charge); returns what no level could pay (owed to everyone in profit). One
+        members of its sources are charged the rest at once, in proportion to their weights there
+        (summed over the level's sources), none beyond its equity (_charge: a book this mark
+        liquidated pays the cash its closure left it), what they cannot pay beyond it to those of
+        them this mark did not liquidate still holding a position
+        in the asset or one this mark settled, untouched by the block (step 5's carriers, listed in
+        cascade, liquidated at this mark: the loss follows their positions); returns what no level
+        could pay (owed to everyone in profit). One
         search for all the pass's records, not one per record: N records reaching one shared side
         of H holders would be N x (N + H) (4 s for 3,200 chains at one mark). Without it, a chain
         of books liquidated at the same mark (W short a call to L, L short a future to L2, L2
@@ -1194,14 +1198,8 @@ class Clearing:
             else:  # a settled side
                 _, holders, factor = pools.sides[source]
                 members, after = {h: c * factor for h, c in holders.items()}, []
-            live: dict = {}
-            nxt: list = []
-            for h in sorted(members):
-                if (h, asset) not in done:
-                    live[h] = members[h]
-                elif (m := pools.of.get((h, asset))) is not None:
-                    nxt.append(m)
-            return live, nxt + [s for s in after if isinstance(s, int) or s in pools.sides]
+            nxt = [m for h in sorted(members) if (h, asset) in done and (m := pools.of.get((h, asset))) is not None]
+            return members, nxt + [s for s in after if isinstance(s, int) or s in pools.sides]
 
         level = [s for n in origins for s in onward(n)[1]]
         while loss and level:
@@ -1219,6 +1217,13 @@ class Clearing:
                 level += nxt
             if weights:
                 loss -= self._charge(asset, loss, weights)
+            if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
+                settled = cascade.settled  # settled) a position, liquidated at this mark in turn
+                carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
+                            and (self._holds(h, asset) or (h, asset) in settled)}
+                if carriers:
+                    loss -= self._charge(asset, loss, carriers, carriers)
+                    cascade.extend((h, asset) for h in sorted(carriers))
         return loss
 
     def _drain(self, cascade: "_Cascade", sides: bool = False, own: bool = False) -> None:
