@@ -225,14 +225,21 @@ CHAIN_SHAPES = {
     # liquidated pays what its closure left it when the chain reaches it
     "liquidated book with cash left": ([1, 3_000, 3_000, 100, 1, 20_000],
                                        [(1, 0, 3, 3), (2, 1, 1, 1), (3, 2, 3, 1), (4, 3, 3, 2), (5, 4, 3, 1)]),
+    # 1 (thin, long a future from 2) is liquidated first and keeps the future's gain in cash; 2,
+    # charged past its equity as the call side's holder, is liquidated after it with nothing left
+    # to close (1's liquidation closed its future): it inherits 1's liquidation (1's cash pays),
+    # as a book whose positions a bankrupt's liquidation took already did (bystander paid 6,999)
+    "a counterparty liquidated first keeps its gain": ([1, 100, 3_000, 200_000],
+                                                      [(1, 0, 1, 3), (2, 1, 1, 3), (3, 2, 3, 2), (3, 1, 3, 1),
+                                                       (2, 3, 3, 1), (1, 3, 3, 2)]),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CHAIN_SHAPES))
 def test_a_chain_reaching_a_tapped_out_holder_or_a_liquidated_book_with_cash_spares_the_bystander(name):
-    """Two shapes of the chain step (Clearing._reach) that, at its first version, still sent the
-    rest to everyone in profit (the bystander B paid 7,017 and 4,325 USD while an attacker
-    account kept a gain): B pays nothing, the attackers' accounts together end where they began
+    """Shapes of the chain step (Clearing._reach) that, at its first version, still sent the
+    rest to everyone in profit (the bystander B paid 7,017, 4,325 and 6,999 USD while an attacker
+    account kept a gain; the third also at 882042e): B pays nothing, the attackers' accounts together end where they began
     (zero-sum among them), the same quanta on both implementations."""
     deposits, trades = CHAIN_SHAPES[name]
     out = []

@@ -256,8 +256,7 @@ class Reference(Clearing):
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * _ref_gain(cascade.pools if cascade is not None else None,
                                                                    i, value, 1 if theirs > 0 else -1)
-                if h in bankrupt:
-                    took.add(h)
+                took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)

@@ -1048,7 +1048,8 @@ class Clearing:
         bankrupt = bankrupt if isinstance(bankrupt, frozenset) else frozenset(bankrupt)
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
-        took: set[bytes] = set()  # books being liquidated whose positions this one took
+        took: set[bytes] = set()  # books whose positions this one took (bankrupt or not: one this
+        # mark liquidates later with nothing left to close inherits this liquidation)
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
             while size:
@@ -1062,8 +1063,7 @@ class Clearing:
                 self._set_position(h, self._mut(h), i, theirs + q)
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * _gain(pools, i, value, 1 if theirs > 0 else -1)
-                if h in bankrupt:
-                    took.add(h)
+                took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)
