@@ -232,6 +232,14 @@ CHAIN_SHAPES = {
     "a counterparty liquidated first keeps its gain": ([1, 100, 3_000, 200_000],
                                                       [(1, 0, 1, 3), (2, 1, 1, 3), (3, 2, 3, 2), (3, 1, 3, 1),
                                                        (2, 3, 3, 1), (1, 3, 3, 2)]),
+    # 3, liquidated first against the bankrupt 5, keeps 9,968 USD of 5's future in cash; 5 then
+    # closes its other positions against others, so (closing something) it never looked at who
+    # took its positions before: its loss went past 3's cash (bystander paid 628, s7 review seed
+    # 542). Now whoever took a book's positions earlier at the mark pays first, closed or not.
+    "a book taking a bankrupt's positions before it closes the rest": (
+        [1, 100, 3_000, 100, 100, 3_000, 200_000],
+        [(1, 0, 1, 2), (2, 1, 1, 1), (3, 2, 1, 1), (4, 3, 1, 1), (5, 4, 1, 2), (6, 5, 3, 2), (3, 6, 3, 1),
+         (0, 5, 3, 1), (2, 6, 3, 1)]),
 }
 
 
@@ -239,7 +247,7 @@ CHAIN_SHAPES = {
 def test_a_chain_reaching_a_tapped_out_holder_or_a_liquidated_book_with_cash_spares_the_bystander(name):
     """Shapes of the chain step (Clearing._reach) that, at its first version, still sent the
     rest to everyone in profit (the bystander B paid 7,017, 4,325 and 6,999 USD while an attacker
-    account kept a gain; the third also at 882042e): B pays nothing, the attackers' accounts together end where they began
+    account kept a gain; the third also at 882042e; the fourth, 628 USD, until the lead's fix): B pays nothing, the attackers' accounts together end where they began
     (zero-sum among them), the same quanta on both implementations."""
     deposits, trades = CHAIN_SHAPES[name]
     out = []

@@ -268,12 +268,11 @@ class Reference(Clearing):
         closed = weights  # the value each counterparty closed against this book
         rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
         terms = []  # s7: its shared sources (source, weight): records of whom heirs charged, settled sides
-        if not closed:  # its positions went to earlier liquidations of this mark: their owners pay
-            for h in sorted(heirs.get((asset, key), {})):  # as far as their cash goes, then whom they charged
-                if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
-                    rich[h] = c
-                if heirs.get((asset, h, "charged")) is not None:  # weighing the value h took from key
-                    terms.append((heirs[(asset, h, "charged")], heirs[(asset, key)][h]))
+        for h in sorted(heirs.get((asset, key), {})):  # s7: their owners' cash first, closed or not
+            if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
+                rich[h] = c
+            if not closed and heirs.get((asset, h, "charged")) is not None:  # weighing the value h took from key
+                terms.append((heirs[(asset, h, "charged")], heirs[(asset, key)][h]))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
         ref = cascade.pools

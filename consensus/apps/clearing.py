@@ -1075,13 +1075,12 @@ class Clearing:
         closed = weights  # the value each counterparty closed against this book
         rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
         terms: list = []  # its shared sources: (source, weight)
-        if not closed:  # its positions went to earlier liquidations of this mark: their owners pay
-            took_mine = heirs.get((asset, key), {})
-            for h in sorted(took_mine):  # as far as their cash goes, then whom they charged
-                if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
-                    rich[h] = c
-                if (n := heirs.get((asset, h, "charged"))) is not None:
-                    terms.append((n, took_mine[h]))
+        took_mine = heirs.get((asset, key), {})  # earlier liquidations of this mark that closed against it
+        for h in sorted(took_mine):  # their owners pay first, as far as their cash goes (they kept its gain)
+            if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
+                rich[h] = c
+            if not closed and (n := heirs.get((asset, h, "charged"))) is not None:
+                terms.append((n, took_mine[h]))  # (nothing closed itself: then whom they charged)
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
         sides = pools.sides
