@@ -155,10 +155,10 @@ def test_a_side_holder_liquidated_at_the_expiry_passes_the_writers_loss_to_its_o
 
 
 # ---- D. chains of books liquidated at the same mark, any length, loops ------------------------------
-def _chain_mark(cls, deposits: list, trades: list):
+def _chain_mark(cls, deposits: list, trades: list, index: float = 70_000.0):
     """Accounts 0..len(deposits)-1 (the last the attackers' rich X) with deposits in USD, fund 0,
     a cash-only bystander B; trades (buyer, seller, series, contracts) at the mark's values; then
-    the expiry of series 1 at 70,000 (the future, series 3, up 10,000)."""
+    the expiry of series 1 at index (70,000: the future, series 3, up 10,000)."""
     c = _fresh(cls)
     _no_fund(c)
     ks = [bytes([0x10 + i]) * 32 for i in range(len(deposits))]
@@ -169,7 +169,7 @@ def _chain_mark(cls, deposits: list, trades: list):
     for buyer, seller, series, n in trades:
         _traded(c, ks[buyer], ks[seller], series, n)
     before = {k: _eq(c, k) for k in ks + [b]}
-    c.mark("BTC", 70_000.0, {i: 0.7 for i in OPTIONS["BTC"] if i != 1}, 2, T0 + 2 * DAY + 1, O[:2])
+    c.mark("BTC", index, {i: 0.7 for i in OPTIONS["BTC"] if i != 1}, 2, T0 + 2 * DAY + 1, O[:2])
     return c, ks, b, before
 
 
@@ -240,6 +240,15 @@ CHAIN_SHAPES = {
         [1, 100, 3_000, 100, 100, 3_000, 200_000],
         [(1, 0, 1, 2), (2, 1, 1, 1), (3, 2, 1, 1), (4, 3, 1, 1), (5, 4, 1, 2), (6, 5, 3, 2), (3, 6, 3, 1),
          (0, 5, 3, 1), (2, 6, 3, 1)]),
+    # at 90,000: 4 (short 4 futures) closes 2 against 5, the other 2 went to the bankrupt 1 and
+    # 3 before, whose call losses went to the call side (6, 7); closing something itself, 4 did
+    # not charge whom 1's and 3's liquidations charged: 5 capped, 56,900 USD to everyone in
+    # profit (the bystander paid 52,578, s7 review seed 122). Now a book's share owed to earlier
+    # liquidations that took its positions goes on to their records, closed or not.
+    "records of earlier liquidations that took some of its positions": (
+        [100, 1_000, 1, 1_000, 100, 3_000, 100, 20_000],
+        [(1, 0, 3, 2), (2, 1, 1, 3), (3, 2, 3, 2), (4, 3, 1, 2), (5, 4, 3, 2), (6, 5, 1, 2), (7, 6, 1, 3),
+         (1, 4, 3, 2), (5, 4, 1, 2), (6, 3, 1, 2)], 90_000.0),
 }
 
 
@@ -247,12 +256,13 @@ CHAIN_SHAPES = {
 def test_a_chain_reaching_a_tapped_out_holder_or_a_liquidated_book_with_cash_spares_the_bystander(name):
     """Shapes of the chain step (Clearing._reach) that, at its first version, still sent the
     rest to everyone in profit (the bystander B paid 7,017, 4,325 and 6,999 USD while an attacker
-    account kept a gain; the third also at 882042e; the fourth, 628 USD, until the lead's fix): B pays nothing, the attackers' accounts together end where they began
+    account kept a gain; the third also at 882042e; the fourth and fifth, 628 and 52,578 USD,
+    until the lead's fixes): B pays nothing, the attackers' accounts together end where they began
     (zero-sum among them), the same quanta on both implementations."""
-    deposits, trades = CHAIN_SHAPES[name]
+    deposits, trades, *index = CHAIN_SHAPES[name]
     out = []
     for cls in (Clearing, Reference):
-        c, ks, b, before = _chain_mark(cls, deposits, trades)
+        c, ks, b, before = _chain_mark(cls, deposits, trades, *index)
         assert c.violations() == []
         assert c.liquidations and all(r.insurance == 0 for r in c.liquidations)
         assert c.accounts[b].collateral["USD"] == before[b]

@@ -271,7 +271,7 @@ class Reference(Clearing):
         for h in sorted(heirs.get((asset, key), {})):  # s7: their owners' cash first, closed or not
             if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
                 rich[h] = c
-            if not closed and heirs.get((asset, h, "charged")) is not None:  # weighing the value h took from key
+            if heirs.get((asset, h, "charged")) is not None:  # weighing the value h took from key
                 terms.append((heirs[(asset, h, "charged")], heirs[(asset, key)][h]))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]

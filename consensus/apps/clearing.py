@@ -1079,8 +1079,8 @@ class Clearing:
         for h in sorted(took_mine):  # their owners pay first, as far as their cash goes (they kept its gain)
             if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
                 rich[h] = c
-            if not closed and (n := heirs.get((asset, h, "charged"))) is not None:
-                terms.append((n, took_mine[h]))  # (nothing closed itself: then whom they charged)
+            if (n := heirs.get((asset, h, "charged"))) is not None:
+                terms.append((n, took_mine[h]))  # then whom they charged, weighing what they took
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
         sides = pools.sides
