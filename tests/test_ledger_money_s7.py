@@ -249,6 +249,15 @@ CHAIN_SHAPES = {
         [100, 1_000, 1, 1_000, 100, 3_000, 100, 20_000],
         [(1, 0, 3, 2), (2, 1, 1, 3), (3, 2, 3, 2), (4, 3, 1, 2), (5, 4, 3, 2), (6, 5, 1, 2), (7, 6, 1, 3),
          (1, 4, 3, 2), (5, 4, 1, 2), (6, 3, 1, 2)], 90_000.0),
+    # 1 (long 2 futures, 1 USD deposited) is liquidated first against 3 and keeps 6,378 USD of
+    # 3's futures in cash; 3's loss from the call side reaches it later, through the own drain,
+    # after 3's liquidation (where 1's cash was looked at with nothing yet to pay): 279 USD went
+    # to everyone in profit (s7 review seed 4719). Now the own drain charges the cash of whoever
+    # took the book's positions earlier at the mark after its own weights, as step 3 does.
+    "a taker's cash reached by the own drain": (
+        [1, 1, 3_000, 100, 3_000, 20_000],
+        [(1, 0, 3, 1), (2, 1, 3, 1), (3, 2, 1, 3), (4, 3, 3, 3), (5, 4, 3, 1), (4, 3, 3, 2), (3, 5, 3, 1),
+         (1, 0, 3, 2)]),
 }
 
 
@@ -256,7 +265,7 @@ CHAIN_SHAPES = {
 def test_a_chain_reaching_a_tapped_out_holder_or_a_liquidated_book_with_cash_spares_the_bystander(name):
     """Shapes of the chain step (Clearing._reach) that, at its first version, still sent the
     rest to everyone in profit (the bystander B paid 7,017, 4,325 and 6,999 USD while an attacker
-    account kept a gain; the third also at 882042e; the fourth and fifth, 628 and 52,578 USD,
+    account kept a gain; the third also at 882042e; the fourth to sixth, 628, 52,578 and 279 USD,
     until the lead's fixes): B pays nothing, the attackers' accounts together end where they began
     (zero-sum among them), the same quanta on both implementations."""
     deposits, trades, *index = CHAIN_SHAPES[name]

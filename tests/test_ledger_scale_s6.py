@@ -59,6 +59,7 @@ class _RefPools:
         self.sides, self.records, self.amount, self.profit, self.owed = {}, [], {}, {}, {}
         self.before = {}  # s7 review: series -> value at the marked underlying's previous mark
         self.of = {}  # s7 review: (account, asset) -> the record of its liquidation at this mark
+        self.takers = {}  # s7: record -> the owners of earlier liquidations that took its book's positions
 
 
 def _ref_gain(ref, series: int, value: int, sign: int) -> int:
@@ -283,6 +284,7 @@ class Reference(Clearing):
         if closed or terms:  # the record of whom it charged (none: an heir of it inherits nothing)
             ref.records.append((asset, dict(closed), list(terms)))
             heirs[(asset, key, "charged")] = ref.of[(key, asset)] = len(ref.records) - 1
+            ref.takers[len(ref.records) - 1] = sorted(heirs.get((asset, key), {}))
         else:
             heirs[(asset, key, "charged")] = None
         at = len(self.liquidations)
@@ -344,6 +346,10 @@ class Reference(Clearing):
                     if explicit:
                         left -= min(left, self._socialize(asset, left, explicit, [], frozenset(), cascade,
                                                           passing=False))
+                    rich = {h: self.accounts[h].collateral.get(asset, 0) for h in ref.takers.get(n, [])}
+                    rich = {h: c for h, c in rich.items() if c > 0}
+                    if left and rich:  # s7: then whoever took its positions earlier, by cash
+                        left -= self._charge(asset, min(left, sum(rich.values())), rich)
                     if left:
                         short.setdefault(asset, []).append((n, left))
             for asset in sorted(short):

@@ -181,10 +181,11 @@ class _Pools:
     chain (_socialize, Clearing._reach); of:
     (account, asset) -> the record of its liquidation at this mark; before: the values of the marked underlying's
     series at its previous mark (_gain)."""
-    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of")
+    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of", "takers")
 
     def __init__(self, before: dict | None = None):
         self.before: dict[int, int] = before or {}  # series -> value at the underlying's previous mark
+        self.takers: dict[int, list[bytes]] = {}  # record -> the owners of earlier liquidations that took its book's positions
         self.of: dict[tuple[bytes, str], int] = {}  # (account, asset) -> the record of its liquidation
         self.sides: dict[tuple[int, int], tuple] = {}
         self.records: list[tuple] = []
@@ -1091,6 +1092,8 @@ class Clearing:
         heirs[(asset, key, "charged")] = n = pools.record(asset, closed, terms)  # not changed from here on
         if n is not None:
             pools.of[(key, asset)] = n
+            if took_mine:
+                pools.takers[n] = sorted(took_mine)
         got, pooled = self._socialize(asset, loss - charged, closed, terms, pending, cascade)
         if pooled:
             pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
@@ -1242,6 +1245,9 @@ class Clearing:
                 left = pools.amount.pop(("own", n))
                 if explicit:
                     left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
+                rich = {h: c for h in pools.takers.get(n, ()) if (c := self.accounts[h].collateral.get(asset, 0)) > 0}
+                if left and rich:  # then the cash of whoever took its positions earlier at the mark, as in step 3
+                    left -= self._charge(asset, min(left, sum(rich.values())), rich)
                 if left:
                     entry = short.setdefault(asset, [0, []])
                     entry[0] += left
