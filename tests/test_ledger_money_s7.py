@@ -258,6 +258,14 @@ CHAIN_SHAPES = {
         [1, 1, 3_000, 100, 3_000, 20_000],
         [(1, 0, 3, 1), (2, 1, 3, 1), (3, 2, 1, 3), (4, 3, 3, 3), (5, 4, 3, 1), (4, 3, 3, 2), (3, 5, 3, 1),
          (1, 0, 3, 2)]),
+    # 1, liquidated first against 3, keeps 8,728 USD of 3's future; 3's loss reaches 3's record
+    # only as a level of another record's chain (_reach), which charged the level's weights but
+    # not its takers' cash: 615 USD to everyone in profit (s7 review seed 19444). Now each level
+    # charges the cash of whoever took its records' books' positions earlier at the mark first.
+    "a taker's cash reached at a level of the chain": (
+        [1_000, 1_000, 3_000, 1, 3_000, 100, 1_000, 1_000, 20_000],
+        [(1, 0, 3, 3), (2, 1, 3, 2), (3, 2, 1, 1), (4, 3, 3, 1), (5, 4, 1, 3), (6, 5, 3, 1), (7, 6, 3, 2),
+         (8, 7, 3, 2), (0, 8, 3, 2), (5, 6, 1, 1)]),
 }
 
 
@@ -265,8 +273,8 @@ CHAIN_SHAPES = {
 def test_a_chain_reaching_a_tapped_out_holder_or_a_liquidated_book_with_cash_spares_the_bystander(name):
     """Shapes of the chain step (Clearing._reach) that, at its first version, still sent the
     rest to everyone in profit (the bystander B paid 7,017, 4,325 and 6,999 USD while an attacker
-    account kept a gain; the third also at 882042e; the fourth to sixth, 628, 52,578 and 279 USD,
-    until the lead's fixes): B pays nothing, the attackers' accounts together end where they began
+    account kept a gain; the third also at 882042e; the fourth to seventh, 628, 52,578, 279 and
+    615 USD, until the lead's fixes): B pays nothing, the attackers' accounts together end where they began
     (zero-sum among them), the same quanta on both implementations."""
     deposits, trades, *index = CHAIN_SHAPES[name]
     out = []

@@ -394,7 +394,12 @@ class Reference(Clearing):
                 for h, w in live.items():
                     weights[h] = weights.get(h, 0) + w
                 level += nxt
-            if weights:
+            rich = {h: self.accounts[h].collateral.get(asset, 0)
+                    for h in sorted({h for s in fresh if isinstance(s, int) for h in ref.takers.get(s, [])})}
+            rich = {h: c for h, c in rich.items() if c > 0}
+            if rich:  # s7: the takers' cash of the level's records first
+                loss -= self._charge(asset, min(loss, sum(rich.values())), rich)
+            if weights and loss:
                 loss -= self._charge(asset, loss, weights)
             carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
                         and (self._holds(h, asset) or (h, asset) in cascade.settled)} if loss else {}

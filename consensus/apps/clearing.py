@@ -1178,8 +1178,9 @@ class Clearing:
         level: level 1 the sources the origins refer to (their terms: settled sides and inherited
         records) and the records of their own weights this mark liquidated; level k + 1 the same of
         level k's sources (a settled side's: the records of its holders this mark liquidated);
-        each record and side at most once (a loop ends where it started). At each level, the
-        members of its sources are charged the rest at once, in proportion to their weights there
+        each record and side at most once (a loop ends where it started). At each level, the cash
+        of whoever took its records' books' positions earlier at the mark first (_Pools.takers, in
+        proportion to it), then the members of its sources are charged the rest at once, in proportion to their weights there
         (summed over the level's sources), none beyond its equity (_charge: a book this mark
         liquidated pays the cash its closure left it), what they cannot pay beyond it to those of
         them this mark did not liquidate still holding a position
@@ -1217,7 +1218,11 @@ class Clearing:
                 for h, w in live.items():
                     weights[h] = weights.get(h, 0) + w
                 level += nxt
-            if weights:
+            takers = {h for s in fresh if isinstance(s, int) for h in pools.takers.get(s, ())}
+            rich = {h: c for h in sorted(takers) if (c := self.accounts[h].collateral.get(asset, 0)) > 0}
+            if rich:  # the cash of whoever took the level's books' positions earlier at the mark first
+                loss -= self._charge(asset, min(loss, sum(rich.values())), rich)
+            if weights and loss:
                 loss -= self._charge(asset, loss, weights)
             if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
                 settled = cascade.settled  # settled) a position, liquidated at this mark in turn
