@@ -40,7 +40,7 @@ from nacl.signing import SigningKey
 from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing_app import MAX_PASSES, ClearingApp, _trading_partners
 from consensus.verify import Verifier
-from tests.test_clearing_properties import O, ORACLES, T0, USD, block_of, check_invariants, committed_flows, genesis, signed
+from tests.test_clearing_properties import O, ORACLES, T0, USD, chain, genesis, signed
 
 P = 60_000 * USD
 
@@ -69,18 +69,9 @@ def run_blocks(app, validator, heights, resubmit, honest):
     out = []
     for _ in range(heights):
         assert all(r == "" or r.startswith("stale") for r in app.submit_many(resubmit()))  # committed ones: stale
-        txs, state = app.propose(parent, set())
-        block = block_of(txs, bytes(32), state.root, validator)
-        v = validator.validate(vparent, block, ((), (), ()))
-        assert v.ok, v.reason
-        assert v.state.root == state.root
-        for a, q in committed_flows(txs).items():
-            supply[a] = supply.get(a, 0) + q
-        check_invariants(state.clearing, supply)
+        txs, parent, vparent = chain(app, validator, parent, vparent, supply)
         got = {txs.bodies.item(i) for i in range(len(txs))}
         out.append(all(b in got for b, _ in honest))
-        app.committed(block_of(txs, bytes(32), state.root, app), state)
-        parent, vparent = state, v.state
     return out
 
 
