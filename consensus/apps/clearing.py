@@ -1074,21 +1074,16 @@ class Clearing:
         _credit(acct, asset, paid)
         loss = max(-(cash + paid), 0)
         closed = weights  # the value each counterparty closed against this book
-        rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
         terms: list = []  # its shared sources: (source, weight)
         took_mine = heirs.get((asset, key), {})  # earlier liquidations of this mark that closed against it
         for h in sorted(took_mine):  # their owners pay first, as far as their cash goes (they kept its gain)
-            if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
-                rich[h] = c
             if (n := heirs.get((asset, h, "charged"))) is not None:
                 terms.append((n, took_mine[h]))  # then whom they charged, weighing what they took
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
         sides = pools.sides
         terms += [(s, w) for s, w in settled or () if s in sides]
-        charged = 0
-        if loss and rich:  # in proportion to cash: nobody charged beyond its own
-            charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
+        charged = self._charge_cash(asset, loss, sorted(took_mine), pending)
         heirs[(asset, key, "charged")] = n = pools.record(asset, closed, terms)  # not changed from here on
         if n is not None:
             pools.of[(key, asset)] = n
@@ -1219,9 +1214,7 @@ class Clearing:
                     weights[h] = weights.get(h, 0) + w
                 level += nxt
             takers = {h for s in fresh if isinstance(s, int) for h in pools.takers.get(s, ())}
-            rich = {h: c for h in sorted(takers) if (c := self.accounts[h].collateral.get(asset, 0)) > 0}
-            if rich:  # the cash of whoever took the level's books' positions earlier at the mark first
-                loss -= self._charge(asset, min(loss, sum(rich.values())), rich)
+            loss -= self._charge_cash(asset, loss, sorted(takers))  # who took the level's books' positions first
             if weights and loss:
                 loss -= self._charge(asset, loss, weights)
             if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
@@ -1250,9 +1243,7 @@ class Clearing:
                 left = pools.amount.pop(("own", n))
                 if explicit:
                     left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
-                rich = {h: c for h in pools.takers.get(n, ()) if (c := self.accounts[h].collateral.get(asset, 0)) > 0}
-                if left and rich:  # then the cash of whoever took its positions earlier at the mark, as in step 3
-                    left -= self._charge(asset, min(left, sum(rich.values())), rich)
+                left -= self._charge_cash(asset, left, pools.takers.get(n, ()))  # then its takers', as in step 3
                 if left:
                     entry = short.setdefault(asset, [0, []])
                     entry[0] += left
@@ -1299,6 +1290,13 @@ class Clearing:
                         _credit(self._mut(rec.account), asset, -back)
                         self.liquidations[j] = rec._replace(socialized=rec.socialized - back)
         pools.profit.clear()
+
+    def _charge_cash(self, asset: str, loss: int, keys, pending=frozenset()) -> int:
+        """Up to loss quanta charged to those of keys (the owners of earlier liquidations of the mark
+        that took a book's positions: they kept what it lost) with cash in asset, in proportion to
+        it, nobody beyond its own (_charge); returns what was charged."""
+        rich = {h: c for h in keys if (c := self.accounts[h].collateral.get(asset, 0)) > 0}
+        return self._charge(asset, min(loss, sum(rich.values())), rich, pending) if loss > 0 and rich else 0
 
     def _touched(self, key: bytes, asset: str) -> bool:
         """Whether a trade or withdrawal of this block touched key's asset book."""
