@@ -70,6 +70,11 @@ class ShortBooks(Rejected):
         self.accounts = accounts
 
 
+def unsafe_key(key: bytes) -> str:
+    """Why a registration of key (not ed25519_key_is_safe) is refused, at admission and in a block."""
+    return f"key {key.hex()[:16]} is unsafe (non-canonical or of small order): anyone could sign for it"
+
+
 def to_quanta(amount: float) -> int:
     """An amount as integer quanta: round half to even of amount / QUANTUM (bit-identical inputs
     give identical quanta on every validator)."""
@@ -716,7 +721,7 @@ class Clearing:
         if key in self.accounts:
             raise Rejected(f"account {key.hex()[:16]} is already registered")
         if key not in self.safe_keys and not accel.ed25519_key_is_safe(key, backend=self.backend):
-            raise Rejected(f"key {key.hex()[:16]} is unsafe (non-canonical or of small order): anyone could sign for it")
+            raise Rejected(unsafe_key(key))
         self.accounts[key] = self._private[key] = Account(slot=len(self.accounts))
         self.dirty.add(key)
 

@@ -35,7 +35,7 @@ from accel.packing import pack_fixed, pack_messages
 from ..messages import Block, Txs
 from ..verify import Verifier
 from . import clearing_tx as ctx
-from .clearing import Clearing, Rejected, ShortBooks
+from .clearing import Clearing, Rejected, ShortBooks, unsafe_key
 from .clearing_columns import apply_run
 from .kv import EMPTY, Verdict
 
@@ -498,8 +498,7 @@ class ClearingApp:
             if checked and len(safe) < len(set(regs)):
                 for i, *_, tx in fresh:
                     if tx.op == ctx.REGISTER and tx.fields[0] not in safe:
-                        reasons[i] = (f"key {tx.fields[0].hex()[:16]} is unsafe (non-canonical or of small order): "
-                                      "anyone could sign for it")
+                        reasons[i] = unsafe_key(tx.fields[0])
                 fresh = [entry for entry in fresh if not reasons[entry[0]]]
         if not fresh:
             return reasons
