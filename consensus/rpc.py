@@ -558,17 +558,18 @@ class Rpc:
     def _submit(self, items: list[tuple[bytes, list[bytes]]], client: str = "?") -> list[dict]:
         """Admits items, charging the client's WorkBudget (checked when its body was parsed)."""
         with self._charged(client, check=False):
-            return self._submit_now(items)
+            return self._submit_now(items, client)
 
-    def _submit_now(self, items: list[tuple[bytes, list[bytes]]]) -> list[dict]:
+    def _submit_now(self, items: list[tuple[bytes, list[bytes]]], client: str = "?") -> list[dict]:
         """Per item, the mempool's verdict; _Full if the mempool has no room for any of them. An
         app that bounds its own mempool fairly (ClearingApp.max_mempool: a full mempool makes room
-        for an account holding less than the heaviest) is given max_mempool and answers per item;
+        for an account holding less than the heaviest) is given max_mempool and the client (whom
+        a key not registered yet counts against: ClearingApp._owner_for) and answers per item;
         for any other, a batch that would take the mempool past max_mempool is refused whole."""
         app = self.node.app
         if hasattr(app, "max_mempool"):
             app.max_mempool = self.max_mempool
-            reasons = app.submit_many(items)
+            reasons = app.submit_many(items, client=client)
             if reasons and all(r.startswith("mempool full") for r in reasons):
                 raise _Full()
             return self._answers(items, reasons)

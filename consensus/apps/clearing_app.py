@@ -64,6 +64,14 @@ MAX_BLOCK_TXS = 65_536
 # which an honest load whose busiest account holds 1.2% of the block (validate-bench: 1,000
 # traders) does not pay.
 FAIR_PART = 64
+# The mempool owner of every mark listing a quorum of the network's oracles (whose signatures
+# admission checks before it admits anything). Up to MARKS_KEPT pending marks weigh
+# nothing: a full mempool takes a quorum mark in place of the heaviest owner's last transaction,
+# whatever it weighs (a flood of fresh keys' registrations, free, each weighing two, kept the
+# oracles' marks out, and prices stood still), and never evicts one for another owner; past it
+# they weigh what they hold beyond it, like anyone's.
+MARKS = ("oracle marks",)
+MARKS_KEPT = 64
 # Keys ed25519_keys_are_safe found safe, kept by the app (oldest dropped first) so that a
 # registration checked on admission is not checked again by the proposal that takes it.
 SAFE_KEYS_KEPT = 1 << 18
@@ -131,13 +139,17 @@ def _fair(candidates: list, state: Clearing, quantum: int = 1) -> list:
     queued before each block's oracle mark took the next four blocks ahead of every client
     arriving after it, and the mark with them). What arrived before a mark and goes after it is
     checked at the mark's prices, as the block's margin is at its end anyway. A mark without a
-    quorum (refused, changing nothing) is none of this: any key can sign one. One pass, no sort;
+    quorum (refused, changing nothing) is none of this: any key can sign one. A transaction of
+    a key not registered yet, admitted for a client (Pending.owner: ClearingApp._owner_for), counts
+    against that client, not the key: a client's flood of fresh keys' registrations was as many
+    accounts, all in the first round ahead of every account's second transaction; now it is one
+    (its order unchanged: each key's chain still goes by its signers' rounds). One pass, no sort;
     an order close to arrival order where no account holds more than its share (the objects
     visited in about the order they were made: a reordered block of 10,000 costs its proposal
     milliseconds more in cache misses alone)."""
     rounds: list[list] = []
     last: dict = {}  # account (or ("mark", underlying)) -> the round of its latest candidate so far
-    seen: dict[bytes, int] = {}  # account -> its candidates so far
+    seen: dict = {}  # account (or a client's unregistered keys: Pending.owner) -> its candidates so far
     get, count, floor, mark, q = last.get, seen.get, 0, ctx.MARK, max(1, quantum)
     oracles, quorum = set(state.oracles), state.quorum
     for item in candidates:  # (0.25 us a candidate, measured: the common cases written out)
@@ -155,8 +167,9 @@ def _fair(candidates: list, state: Clearing, quantum: int = 1) -> list:
                 r = floor
         elif len(signers) == 1:
             k = signers[0]
-            n = count(k, 0)
-            seen[k] = n + 1
+            o = getattr(item[1], "owner", None) or k  # (a client's unregistered keys: one share)
+            n = count(o, 0)
+            seen[o] = n + 1
             r = n // q
             was = get(k, 0)
             if r < was:
@@ -182,6 +195,24 @@ def _fair(candidates: list, state: Clearing, quantum: int = 1) -> list:
         else:
             rounds[r].append(item)
     return [item for one in rounds for item in one] if len(rounds) > 1 else candidates
+
+
+def _quorum_marks_ahead(candidates: list, state: Clearing) -> list:
+    """candidates with every mark listing a quorum of oracles moved ahead of the rest, each group
+    in its order (ClearingApp.propose, from a mempool past one block): a quorum mark waited at
+    its arrival place (in arrival order, or in its round-robin round, which holds every account's
+    first transaction), so a flood of fresh keys' registrations that arrived before it (each its
+    own account, all in the first round) held the freshest price out of the next max_mempool /
+    max_txs blocks. Everything that arrived after a mark already goes after it (_fair); what
+    arrived before it and now goes after it is checked at its prices, as the block's margin is at
+    its end anyway. A mark without a quorum (refused, changing nothing) stays where it was."""
+    oracles, quorum = set(state.oracles), state.quorum
+    marks = [item for item in candidates
+             if item[1].tx.op == ctx.MARK and len(oracles.intersection(item[1].tx.signers)) >= quorum]
+    if not marks:
+        return candidates
+    ahead = {id(item) for item in marks}
+    return marks + [item for item in candidates if id(item) not in ahead]
 
 
 def _guarded(fn, *args):
@@ -250,10 +281,30 @@ def _runs(txs: list) -> list[tuple[list[int], list[int]]]:
 
 
 def _owner(tx: ctx.Tx) -> bytes:
-    """The account a mempool transaction counts against: its first signer (a trade's buyer, who
-    signed it with the seller; a registration's new key; a mark's first signer, b"" for a mark
-    listing none, which needs no signature: all such marks share one owner)."""
+    """The account a mempool transaction counts against, read from the transaction: its first
+    signer (a trade's buyer, who signed it with the seller; a registration's new key; a mark's
+    first signer, b"" for a mark listing none, which needs no signature: all such marks share one
+    owner). ClearingApp.submit_many may name another (Pending.owner, ClearingApp._owner_for):
+    MARKS for a mark with a quorum of oracles, the client that sent a key's transactions while
+    that key is not registered."""
     return tx.signers[0] if tx.signers else b""
+
+
+def _owner_of(pending):
+    """The owner a mempool entry counts against: the one it was admitted under, else _owner."""
+    owner = getattr(pending, "owner", None)
+    return _owner(pending.tx) if owner is None else owner
+
+
+def _who(owner) -> str:
+    """An owner, in words (a refusal's or an eviction's reason)."""
+    if owner == b"":
+        return "marks listing no signer"
+    if isinstance(owner, bytes):
+        return f"account {owner.hex()[:16]}"
+    if owner == MARKS:
+        return "the oracles' marks"
+    return f"client {owner[1]}'s unregistered keys"
 
 
 def _place(tx: ctx.Tx) -> int:
@@ -266,8 +317,8 @@ def _place(tx: ctx.Tx) -> int:
 
 class Mempool(dict):
     """sha256(body) -> Pending in arrival order (a dict: every read is a dict's), which also keeps,
-    on every insertion and removal, each owner's pending count (_owner), a max-heap of the owners
-    by weight (`weight`: ClearingApp's, the count plus one for an unregistered key) and a max-heap
+    on every insertion and removal, each owner's pending count (_owner_of), a max-heap of the owners
+    by weight (`weight`: ClearingApp._weight) and a max-heap
     of each owner's transactions by _place: ClearingApp.submit_many finds the heaviest account and
     its last transaction in O(log n). Heap entries go stale as counts fall (removals do no heap
     work); they are checked where read, and a heap past twice what it indexes is rebuilt
@@ -287,7 +338,7 @@ class Mempool(dict):
         if digest in self:
             self._gone(dict.pop(self, digest))
         dict.__setitem__(self, digest, pending)
-        owner = _owner(pending.tx)
+        owner = _owner_of(pending)
         self.seq += 1
         n = self.count[owner] = self.count.get(owner, 0) + 1
         queue = self.queues.setdefault(owner, [])
@@ -311,10 +362,10 @@ class Mempool(dict):
 
     def _live(self, digest: bytes, owner: bytes) -> bool:
         held = self.get(digest)
-        return held is not None and _owner(held.tx) == owner
+        return held is not None and _owner_of(held) == owner
 
     def _gone(self, pending) -> None:
-        owner = _owner(pending.tx)
+        owner = _owner_of(pending)
         n = self.count[owner] - 1
         if n:
             self.count[owner] = n
@@ -384,6 +435,7 @@ class Pending(NamedTuple):
     signatures: list
     tx: ctx.Tx
     joined: bytes
+    owner: object = None  # whom it counts against in the mempool (None: _owner(tx))
 
 
 @dataclass
@@ -460,16 +512,62 @@ class ClearingApp:
     def mempool(self, held) -> None:
         """Any mapping assigned becomes a Mempool (its owners' counts kept from then on)."""
         held = held if isinstance(held, Mempool) else Mempool(held)
-        # an account not registered at the last committed block weighs one more: keys are free, so
-        # a flood of fresh keys' registrations (one pending each) must not keep out an account
-        # that is registered and holds nothing pending
-        held.reweigh(lambda owner, n: n + (owner not in self.head.accounts))
+        held.reweigh(self._weight)
         self._mempool = held
 
-    def submit_many(self, items: list[tuple[bytes, list[bytes]]]) -> list[str]:
+    def _weight(self, owner, n: int) -> int:
+        """An owner's weight in the mempool, holding n transactions: an account's n, one more for
+        a key not registered at the last committed block (keys are free, so a flood of fresh
+        keys' registrations, one pending each, must not keep out an account that is registered
+        and holds nothing pending); a client's unregistered keys' (_owner_for), n + 1 likewise;
+        the oracles' marks (MARKS), what they hold past MARKS_KEPT."""
+        if isinstance(owner, bytes):
+            return n + (owner not in self.head.accounts)
+        if owner == MARKS:
+            return max(0, n - MARKS_KEPT)
+        return n + 1
+
+    def _owner_for(self, tx: ctx.Tx, client):
+        """The owner tx is admitted under: _owner(tx), but for the transactions of a key not
+        registered at the last committed block (its registration, what it signs after it) sent
+        through the client API, the client that sent them (("client", its address): the unit of
+        every bound of the API, an IPv4 address or an IPv6 /64). Keys cost nothing, so a flood of
+        fresh keys' registrations, each its own owner weighing two, kept every other new user's
+        registration out of a full mempool for as long as the flood went on; counted per client,
+        the flood is one heavy owner that gives way to anyone holding less, and keeping a new
+        user out takes as many addresses as half the mempool (docs/OPERATOR.md)."""
+        head, owner = self.head, _owner(tx)
+        if tx.op == ctx.MARK:
+            return MARKS if len(set(head.oracles).intersection(tx.signers)) >= head.quorum else owner
+        if client is None or owner in head.accounts:
+            return owner
+        return ("client", str(client))
+
+    def _needless(self, tx: ctx.Tx, registering: set[bytes]) -> str:
+        """Why tx can never apply, whatever comes before it ("" if it may): a deposit, withdrawal
+        or trade a key signs that is neither registered at the last committed block, nor
+        registering (in `registering`, the keys the same submission registers) nor with its
+        registration pending (a stranger's deposits from fresh keys took mempool room they could
+        never use, each refused only by a proposal)."""
+        head = self.head
+        if tx.op in (ctx.REGISTER, ctx.MARK):
+            return ""
+        for k in tx.signers:
+            if k not in head.accounts and k not in registering and \
+                    hashlib.sha256(ctx.register(k, self.chain_id)).digest() not in self.mempool:
+                return (f"account {k.hex()[:16]} is not registered: send its registration first "
+                        "(or in the same submission)")
+        return ""
+
+    def submit_many(self, items: list[tuple[bytes, list[bytes]]], client=None) -> list[str]:
         """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
-        per item, "" if admitted (or already there), else why it was refused."""
-        reasons, fresh = [""] * len(items), []
+        per item, "" if admitted (or already there), else why it was refused. client: who sent
+        them (the client API's address), which a key not yet registered counts against
+        (_owner_for); None (in-process callers) counts it against the key itself. A submission's
+        registrations enter the mempool before its other transactions (a key's deposit sent
+        ahead of its registration in one submission was admitted, then refused by the proposal:
+        lost)."""
+        reasons, decoded = [""] * len(items), []
         for i, item in enumerate(items):
             try:
                 body, signatures = item
@@ -484,14 +582,20 @@ class ClearingApp:
                 reasons[i] = f"malformed: {exc}"
                 continue
             reasons[i] = self._stale(tx) or self._ahead(tx)
+            if not reasons[i]:
+                decoded.append((i, body, signatures, tx))
+        registering = {tx.fields[0] for *_, tx in decoded if tx.op == ctx.REGISTER}
+        fresh = []
+        for i, body, signatures, tx in sorted(decoded, key=lambda e: e[3].op != ctx.REGISTER):
+            reasons[i] = self._needless(tx, registering)
             if reasons[i]:
                 continue
             digest = hashlib.sha256(body).digest()
             held = self.mempool.get(digest)
             if held is None:  # (before its signatures are checked: no room, no work)
-                reasons[i] = self._room(tx, evict=False)
-            if not reasons[i] and (held is None or held.signatures != list(signatures)):
-                fresh.append((i, digest, body, list(signatures), tx))
+                reasons[i] = self._room(tx, self._owner_for(tx, client), evict=False)
+            if not reasons[i] and (held is None or held.signatures != signatures):
+                fresh.append((i, digest, body, signatures, tx))
         regs = [tx.fields[0] for *_, tx in fresh if tx.op == ctx.REGISTER]
         if regs:  # unsafe keys refused before their signatures are checked, all in one call
             safe, checked = self._check_keys(regs)
@@ -511,16 +615,18 @@ class ClearingApp:
             if not verdicts[end - len(tx.signers):end].all():
                 reasons[i] = "a signature does not verify"
             elif digest not in self.mempool:
-                reasons[i] = self._room(tx, evict=True)
+                owner = self._owner_for(tx, client)  # (its registration refused: it can never apply)
+                reasons[i] = self._needless(tx, set()) or self._room(tx, owner, evict=True)
                 if not reasons[i]:
-                    self.mempool[digest] = Pending(body, signatures, tx, b"".join(signatures))
+                    self.mempool[digest] = Pending(body, signatures, tx, b"".join(signatures),
+                                                   None if owner == _owner(tx) else owner)
         return reasons
 
-    def _room(self, tx: ctx.Tx, evict: bool) -> str:
-        """"" if the mempool has room for tx (with evict, made by evicting), else why not. A full
-        mempool (max_mempool) takes a transaction from an account weighing at least two less than
-        the heaviest (its pending count, plus one for a key not registered at the last committed
-        block) in place of the heaviest one's transaction furthest along its queue: the tail of
+    def _room(self, tx: ctx.Tx, owner, evict: bool) -> str:
+        """"" if the mempool has room for tx, counted against owner (_owner_for; with evict, made by
+        evicting), else why not. A full mempool (max_mempool) takes a transaction from an owner
+        weighing at least two less than the heaviest (_weight; an oracle mark within MARKS_KEPT:
+        weighing less), in place of the heaviest one's transaction furthest along its queue: the tail of
         its nonce chain, so the rest still applies in order. Three accounts queueing 40,000
         deposits each (their window, _ahead) filled the client API's 100,000 and refilled it as
         blocks drained it: every other client got 503 for as long as they liked. Now they keep
@@ -531,16 +637,16 @@ class ClearingApp:
             return ""
         pool = self.mempool
         while len(pool) >= self.max_mempool:
-            owner = _owner(tx)
             mine = pool.weight(owner, pool.count.get(owner, 0))
             top, heavy = pool.heaviest()
-            victim = pool.last(heavy) if heavy is not None else None
-            if victim is None or mine + 1 >= top:
-                return (f"mempool full ({len(pool)} transactions): account {owner.hex()[:16]} holds "
-                        f"{pool.count.get(owner, 0)} of them, as many as any account may now; try again after a block")
+            victim = pool.last(heavy) if heavy is not None and heavy != owner else None
+            # an oracle mark within MARKS_KEPT takes the place of anyone's (it weighs nothing)
+            if victim is None or (mine + 1 >= top and not (owner == MARKS and mine == 0 and top > 0)):
+                return (f"mempool full ({len(pool)} transactions): {_who(owner)}: "
+                        f"{pool.count.get(owner, 0)} of them, as many as any owner may hold now; try again after a block")
             if not evict:
                 return ""
-            self._evict({victim: f"evicted from a full mempool: account {heavy.hex()[:16]} held the most "
+            self._evict({victim: f"evicted from a full mempool: {_who(heavy)} held the most "
                                             f"pending transactions ({pool.count[heavy]}); send it again after a block"})
         return ""
 
@@ -819,6 +925,7 @@ class ClearingApp:
         if len(candidates) > self.max_txs:  # (else the block may take them all: arrival order)
             if self.mempool.heaviest()[0] > self.max_txs // FAIR_PART:
                 candidates = _fair(candidates, parent.clearing, self.max_txs // max(1, len(self.mempool.count)))
+            candidates = _quorum_marks_ahead(candidates, parent.clearing)
         held_back: set[bytes] = set()
         tail: list = []  # the candidates past the first fill's reach
         free = 0  # the lead of the candidates no account holds back (the last fills: _marks_first)

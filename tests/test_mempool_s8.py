@@ -1,0 +1,225 @@
+"""Mempool admission and the client API, eighth session: what a stranger with an HTTP connection,
+or a client with fresh keys (free to make), can do to everyone else's transactions.
+
+1. A flood of fresh keys' registrations kept every new user out (fixed). Each fresh key was its
+   own mempool owner weighing two (one pending, plus one for a key not registered), so a mempool
+   full of them refused every other registration ("mempool full": the newcomer weighs one, and
+   only an owner two lighter than the heaviest gets in), for as long as the flood was refilled.
+   Now a key not registered at the last committed block counts against the client that sent it
+   (the API's address, the unit of all its bounds): one flooding client is one heavy owner that
+   gives way to a newcomer, and a proposal takes its share of each block like any account's.
+2. The same flood kept the oracles' marks out (fixed): an oracle is no account, so a quorum mark
+   weighed two like a fresh key and was refused, and prices stood still. Marks listing a quorum
+   of the network's oracles are one owner now (MARKS) that weighs nothing up to MARKS_KEPT
+   pending: a full mempool takes one in place of the heaviest owner's last transaction.
+3. A key's deposit sent ahead of its registration in one submission was admitted, then refused by
+   the proposal: lost (fixed: a submission's registrations enter the mempool first). A deposit
+   from a key neither registered nor registering took room it could never use until a proposal
+   refused it (fixed: refused on admission, with the reason)."""
+import contextlib
+import hashlib
+from types import SimpleNamespace
+
+import pytest
+
+from consensus import rpc as rpc_mod
+from consensus.apps import clearing_app
+from consensus.apps import clearing_tx as ctx
+from consensus.apps.clearing_app import ClearingApp
+from consensus.verify import Verifier
+from tests.test_clearing_columns import funded_genesis
+from tests.test_clearing_properties import K, O, ORACLES, T0, USD, USERS, block_of, signed
+from tests.test_ledger_proposal_s6 import VOLS, _quiet, users  # noqa: F401 (_quiet: an autouse fixture)
+
+
+def api(app, max_mempool):
+    """The client API's admission path (Rpc._submit: WorkBudget, the mempool bound, the client)."""
+    return rpc_mod.Rpc(SimpleNamespace(app=app, submitted=0), ("127.0.0.1", 0), max_mempool=max_mempool)
+
+
+def digest(item):
+    return hashlib.sha256(item[0]).digest()
+
+
+def step(app, validator, parent, vparent):
+    """One block proposed by app, checked by a software-only validator (valid, same root, no
+    violation), committed by both."""
+    txs, state = app.propose(parent, set())
+    block = block_of(txs, bytes(32), state.root, validator)
+    v = validator.validate(vparent, block, ((), (), ()))
+    assert v.ok and v.state.root == state.root, v.reason
+    assert v.state.clearing.violations() == []
+    app.committed(block_of(txs, bytes(32), state.root, app), state)
+    validator.committed(block, v.state)
+    return txs, state, v.state
+
+
+# ---- 1. a registration flood and a new user -------------------------------------------------------
+
+
+@pytest.mark.parametrize("clients", [1, 4, 16])
+def test_a_flood_of_fresh_keys_registrations_lets_a_new_user_in_within_a_bounded_number_of_blocks(clients):
+    """An attacker sending through `clients` addresses keeps a mempool of 64 full of fresh keys'
+    registrations and refills it before every block (80 more each time, so some of its own give
+    way too); a newcomer sends its registration and two deposits once, after the flood filled the
+    mempool. Before, the newcomer's registration was refused ("mempool full") and never got in.
+    Now all three are admitted (each in place of the attacker's latest), none is evicted by the
+    refills, and the newcomer's account exists within ceil(max_mempool / max_txs) + 1 blocks
+    (docs/OPERATOR.md's bound: what arrived before it), each deposit at most a block after it
+    (from one flooding address, all in the next block: the flood is one owner of the
+    round-robin, the newcomer another)."""
+    c = funded_genesis()
+    max_mempool, max_txs = 64, 8
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=max_txs)
+    validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=max_txs)
+    rpc = api(app, max_mempool)
+    fresh = iter(zip(*users(91, 1000)))
+    attackers = [f"10.0.{i}.1" for i in range(clients)]
+
+    def flood(n):
+        for j in range(n):
+            s, k = next(fresh)
+            with contextlib.suppress(rpc_mod._Full):  # (503 once its clients hold their share)
+                rpc._submit([signed(ctx.register(k), [s])], attackers[j % clients])
+    flood(max_mempool + 16)
+    assert len(app.mempool) == max_mempool
+    (nsk,), (nk,) = users(92, 1)
+    newcomer = [signed(ctx.register(nk), [nsk])] + [signed(ctx.deposit(nk, n, "USD", USD), [nsk]) for n in range(2)]
+    answers = rpc._submit(newcomer, "192.0.2.7")
+    assert [a["reason"] for a in answers] == [""] * 3
+    parent, vparent = app.genesis, validator.genesis
+    bound = -(-max_mempool // max_txs) + 1
+    registered = None
+    for block in range(1, bound + 3):
+        flood(80)
+        assert len(app.mempool) == max_mempool
+        assert digest(newcomer[0]) in app.mempool or registered  # its registration is never evicted
+        _, parent, vparent = step(app, validator, parent, vparent)
+        acct = parent.clearing.accounts.get(nk)
+        if acct is not None and registered is None:
+            registered = block
+        if acct is not None and acct.collateral.get("USD") == 2 * USD:
+            break
+    else:
+        pytest.fail(f"the newcomer's account is not funded after {bound + 2} blocks (registered: {registered})")
+    assert registered <= bound and block <= registered + 2  # (then one block for each deposit)
+    if clients == 1:  # the flood is one owner of the round-robin, the newcomer another: the next block
+        assert block == 1
+    assert not any(digest(item) in app.refused for item in newcomer)
+
+
+def test_a_flooding_clients_registrations_take_a_share_of_each_block_not_all_of_it():
+    """One client's 64 fresh keys' registrations arrived first, then five registered accounts
+    send three deposits each: the flood is one owner in the proposal's round-robin (by key, each
+    registration was an account of its own, all in round 0 ahead of every account's second
+    transaction), so a block of 16 takes every honest deposit's first two rounds' worth (before,
+    16 registrations took it, the honest deposits waited)."""
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=16)
+    rpc = api(app, 1000)
+    sk, ks = users(93, 64)
+    rpc._submit([signed(ctx.register(k), [s]) for s, k in zip(sk, ks)], "10.1.0.1")
+    honest = [signed(ctx.deposit(k, c.accounts[k].nonce + n, "USD", USD), [s])
+              for n in range(3) for s, k in zip(USERS, K)]
+    assert [a["reason"] for a in rpc._submit(honest, "192.0.2.8")] == [""] * len(honest)
+    txs, state = app.propose(app.genesis, set())
+    got = [ctx.decode(txs.bodies.item(i)) for i in range(len(txs))]
+    deposits = sum(tx.op == ctx.DEPOSIT for tx in got)
+    assert len(got) == 16 and deposits >= 10, [tx.op for tx in got]
+    validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=16)
+    v = validator.validate(validator.genesis, block_of(txs, bytes(32), state.root, validator), ((), (), ()))
+    assert v.ok and v.state.root == state.root, v.reason
+
+
+# ---- 2. the oracles' marks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via_api", [False, True])
+def test_an_oracle_mark_gets_into_a_mempool_full_of_fresh_keys(via_api):
+    """64 fresh keys' registrations fill a mempool of 64 (in-process, each key its own owner; or
+    through the API from 64 addresses, each a client of its own): a quorum mark was refused
+    ("mempool full": the oracle, no account, weighed like a fresh key), so the price feed stopped.
+    Now it is admitted in place of a registration, nobody's submission evicts it, and it is in
+    the next block, which applies its price."""
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=8)
+    rpc = api(app, 64)
+    sk, ks = users(94, 80)
+    for j, (s, k) in enumerate(zip(sk[:64], ks[:64])):
+        item = signed(ctx.register(k), [s])
+        assert (rpc._submit([item], f"10.2.{j}.1")[0]["reason"] if via_api else app.submit_many([item])[0]) == ""
+    app.max_mempool = 64
+    mark = signed(ctx.mark("BTC", 60_300.0, 2, T0 + 120, VOLS, O[:2]), ORACLES[:2])
+    assert (rpc._submit([mark], "192.0.2.9")[0]["reason"] if via_api else app.submit_many([mark])[0]) == ""
+    assert digest(mark) in app.mempool and len(app.mempool) == 64
+    for j, (s, k) in enumerate(zip(sk[64:], ks[64:])):  # more fresh keys: refused, the mark stays
+        item = signed(ctx.register(k), [s])
+        if via_api:
+            with pytest.raises(rpc_mod._Full):
+                rpc._submit([item], f"10.3.{j}.1")
+        else:
+            assert app.submit_many([item])[0].startswith("mempool full")
+    assert digest(mark) in app.mempool
+    honest = signed(ctx.deposit(K[0], c.accounts[K[0]].nonce, "USD", USD), [USERS[0]])
+    assert app.submit_many([honest]) == [""] and digest(mark) in app.mempool
+    txs, state = app.propose(app.genesis, set())
+    assert mark[0] in {txs.bodies.item(i) for i in range(len(txs))}
+    assert state.clearing.marks["BTC"].sequence == 2
+
+
+def test_marks_past_marks_kept_weigh_like_anyones():
+    """The oracles' marks weigh nothing only up to MARKS_KEPT pending: past it they weigh what
+    they hold beyond it, so a quorum flooding marks cannot keep the mempool to itself."""
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    kept = clearing_app.MARKS_KEPT
+    marks = [signed(ctx.mark("BTC", 60_000.0 + n, 2 + n, T0 + 120, VOLS, O[:2]), ORACLES[:2]) for n in range(kept + 3)]
+    assert app.submit_many(marks) == [""] * len(marks)
+    assert app.mempool.heaviest() == (3, clearing_app.MARKS)
+    app.max_mempool = len(marks)
+    honest = signed(ctx.deposit(K[0], c.accounts[K[0]].nonce, "USD", USD), [USERS[0]])
+    assert app.submit_many([honest]) == [""]  # in place of the latest mark
+    assert digest(marks[-1]) not in app.mempool and digest(marks[0]) in app.mempool
+
+
+# ---- 3. what can never apply ----------------------------------------------------------------------
+
+
+def test_a_registration_after_its_keys_deposit_in_one_submission_loses_nothing():
+    """[deposit(k, 0), register(k)] in one submit_many call: both were admitted in that order and
+    the proposal refused the deposit (not registered) and dropped it. Now a submission's
+    registrations enter the mempool first: the block registers k and credits its deposit."""
+    c = funded_genesis()
+    (s,), (k,) = users(95, 1)
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    items = [signed(ctx.deposit(k, 0, "USD", USD), [s]), signed(ctx.register(k), [s])]
+    assert app.submit_many(items) == ["", ""]
+    txs, state = app.propose(app.genesis, set())
+    assert len(txs) == 2 and app.refused == {}
+    assert state.clearing.accounts[k].collateral == {"USD": USD}
+
+
+def test_what_a_key_neither_registered_nor_registering_signs_is_refused_on_admission():
+    """A deposit, withdrawal or trade signed by a key that is not registered, is not registering in
+    the same submission and has no registration pending can never apply: it was admitted (a
+    signature check, a mempool slot) until a proposal refused it. Now refused with the reason, before
+    its signature is checked; once the key's registration is pending it is admitted; a submission
+    whose registration is refused (a bad signature) has its key's deposit refused too."""
+    c = funded_genesis()
+    (s, s2), (k, k2) = users(96, 2)
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    calls = []
+    verify = app.verifier.verify_each
+    app.verifier.verify_each = lambda *a: calls.append(len(a[0])) or verify(*a)
+    dep = signed(ctx.deposit(k, 0, "USD", USD), [s])
+    trade = signed(ctx.trade(K[1], c.accounts[K[1]].nonce, k, 1, 3, 1, 1_000 * USD), [USERS[1], s])
+    reasons = app.submit_many([dep, trade])
+    assert all(r.startswith(f"account {k.hex()[:16]} is not registered") for r in reasons), reasons
+    assert calls == [] and len(app.mempool) == 0
+    assert app.submit_many([signed(ctx.register(k), [s])]) == [""]
+    assert app.submit_many([dep]) == [""]
+    bad = (ctx.register(k2), [bytes(64)])
+    dep2 = signed(ctx.deposit(k2, 0, "USD", USD), [s2])
+    reasons = app.submit_many([bad, dep2])
+    assert reasons[0] == "a signature does not verify" and "not registered" in reasons[1]
+    assert digest(dep2) not in app.mempool
