@@ -12,10 +12,11 @@ or a client with fresh keys (free to make), can do to everyone else's transactio
    weighed two like a fresh key and was refused, and prices stood still. Marks listing a quorum
    of the network's oracles are one owner now (MARKS) that weighs nothing up to MARKS_KEPT
    pending: a full mempool takes one in place of the heaviest owner's last transaction.
-3. A key's deposit sent ahead of its registration in one submission was admitted, then refused by
-   the proposal: lost (fixed: a submission's registrations enter the mempool first). A deposit
-   from a key neither registered nor registering took room it could never use until a proposal
-   refused it (fixed: refused on admission, with the reason)."""
+3. Transactions that arrive before what they need were lost (fixed): a key's deposit sent ahead
+   of its registration (in one submission, or relayed), or a client's nonces n+1 before n, were
+   refused by the proposal ("not registered", "expected n") and dropped from the mempool, though
+   they apply right after it. Now one refused only for that stays pending while what it waits
+   for is pending (ClearingApp._early)."""
 import contextlib
 import hashlib
 from types import SimpleNamespace
@@ -186,40 +187,43 @@ def test_marks_past_marks_kept_weigh_like_anyones():
 
 
 def test_a_registration_after_its_keys_deposit_in_one_submission_loses_nothing():
-    """[deposit(k, 0), register(k)] in one submit_many call: both were admitted in that order and
-    the proposal refused the deposit (not registered) and dropped it. Now a submission's
-    registrations enter the mempool first: the block registers k and credits its deposit."""
+    """[deposit(k, 0), register(k)] in one submit_many call: both were admitted in that order, the
+    proposal refused the deposit (not registered) and dropped it from the mempool: lost. Now a
+    transaction refused only for coming before its key's pending registration stays pending: the
+    first block registers k (the block a validator accepts), the next credits the deposit."""
     c = funded_genesis()
     (s,), (k,) = users(95, 1)
     app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    validator = ClearingApp(Verifier("software"), c.snapshot())
     items = [signed(ctx.deposit(k, 0, "USD", USD), [s]), signed(ctx.register(k), [s])]
     assert app.submit_many(items) == ["", ""]
-    txs, state = app.propose(app.genesis, set())
-    assert len(txs) == 2 and app.refused == {}
-    assert state.clearing.accounts[k].collateral == {"USD": USD}
+    txs, parent, vparent = step(app, validator, app.genesis, validator.genesis)
+    assert [txs.bodies.item(i) for i in range(len(txs))] == [items[1][0]]
+    assert app.refused == {} and digest(items[0]) in app.mempool
+    txs, parent, vparent = step(app, validator, parent, vparent)
+    assert [txs.bodies.item(i) for i in range(len(txs))] == [items[0][0]]
+    assert parent.clearing.accounts[k].collateral == {"USD": USD} and len(app.mempool) == 0
 
 
-def test_what_a_key_neither_registered_nor_registering_signs_is_refused_on_admission():
-    """A deposit, withdrawal or trade signed by a key that is not registered, is not registering in
-    the same submission and has no registration pending can never apply: it was admitted (a
-    signature check, a mempool slot) until a proposal refused it. Now refused with the reason, before
-    its signature is checked; once the key's registration is pending it is admitted; a submission
-    whose registration is refused (a bad signature) has its key's deposit refused too."""
+def test_nonces_that_arrive_out_of_order_are_not_lost():
+    """A client's consecutive deposits reach the validator in the wrong order (two connections, or
+    relayed): nonces n+2, n+1 then n. The proposal applied n and refused (and dropped) n+1 and
+    n+2 ("expected n"): lost, though the chain applies. Now each stays pending while every nonce
+    below it is pending, and all three are credited within three blocks. A nonce past a gap that
+    nothing pending fills is still refused and dropped, with the reason."""
     c = funded_genesis()
-    (s, s2), (k, k2) = users(96, 2)
     app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
-    calls = []
-    verify = app.verifier.verify_each
-    app.verifier.verify_each = lambda *a: calls.append(len(a[0])) or verify(*a)
-    dep = signed(ctx.deposit(k, 0, "USD", USD), [s])
-    trade = signed(ctx.trade(K[1], c.accounts[K[1]].nonce, k, 1, 3, 1, 1_000 * USD), [USERS[1], s])
-    reasons = app.submit_many([dep, trade])
-    assert all(r.startswith(f"account {k.hex()[:16]} is not registered") for r in reasons), reasons
-    assert calls == [] and len(app.mempool) == 0
-    assert app.submit_many([signed(ctx.register(k), [s])]) == [""]
-    assert app.submit_many([dep]) == [""]
-    bad = (ctx.register(k2), [bytes(64)])
-    dep2 = signed(ctx.deposit(k2, 0, "USD", USD), [s2])
-    reasons = app.submit_many([bad, dep2])
-    assert reasons[0] == "a signature does not verify" and "not registered" in reasons[1]
-    assert digest(dep2) not in app.mempool
+    validator = ClearingApp(Verifier("software"), c.snapshot())
+    n = c.accounts[K[2]].nonce
+    chain = [signed(ctx.deposit(K[2], n + j, "USD", USD), [USERS[2]]) for j in range(3)]
+    gap = signed(ctx.deposit(K[3], c.accounts[K[3]].nonce + 5, "USD", USD), [USERS[3]])
+    for item in reversed(chain):
+        assert app.submit_many([item]) == [""]
+    assert app.submit_many([gap]) == [""]
+    parent, vparent = app.genesis, validator.genesis
+    for _ in range(3):
+        _, parent, vparent = step(app, validator, parent, vparent)
+    assert parent.clearing.accounts[K[2]].nonce == n + 3
+    assert parent.clearing.accounts[K[2]].collateral["USD"] == c.accounts[K[2]].collateral["USD"] + 3 * USD
+    assert not any(digest(item) in app.refused for item in chain)
+    assert "expected" in app.refused[digest(gap)] and digest(gap) not in app.mempool

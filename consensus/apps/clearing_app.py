@@ -22,6 +22,7 @@ import gc
 import hashlib
 import heapq
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -75,6 +76,12 @@ MARKS_KEPT = 64
 # Keys ed25519_keys_are_safe found safe, kept by the app (oldest dropped first) so that a
 # registration checked on admission is not checked again by the proposal that takes it.
 SAFE_KEYS_KEPT = 1 << 18
+
+
+# Clearing's refusals of a transaction that may apply later, after what is pending (_early): its
+# key not registered yet, or its nonce past the account's next one (key prefix, nonce, expected)
+_EARLY = re.compile(r"account ([0-9a-f]{16})(?: is not registered|: nonce (\d+), expected (\d+) "
+                    r"\(replayed or out of order\))$")
 
 
 class _Internal(Rejected):
@@ -330,6 +337,7 @@ class Mempool(dict):
         self.queues: dict[bytes, list] = {}   # owner -> heap of (-place, -seq, digest)
         self.owners: list = []                # heap of (-weight, seq, owner), weights possibly stale
         self.since: dict[bytes, int] = {}     # owner -> seq of its weight's last change seen
+        self.nonces: dict[tuple, int] = {}    # (account, nonce) -> pending transactions consuming it
         self.seq = 0
         self.weight = lambda owner, n: n      # an owner's weight, holding n (ClearingApp sets it)
         self.update(*args, **kwargs)
@@ -339,6 +347,8 @@ class Mempool(dict):
             self._gone(dict.pop(self, digest))
         dict.__setitem__(self, digest, pending)
         owner = _owner_of(pending)
+        for pair in ctx.consumed(pending.tx)[0]:
+            self.nonces[pair] = self.nonces.get(pair, 0) + 1
         self.seq += 1
         n = self.count[owner] = self.count.get(owner, 0) + 1
         queue = self.queues.setdefault(owner, [])
@@ -365,6 +375,12 @@ class Mempool(dict):
         return held is not None and _owner_of(held) == owner
 
     def _gone(self, pending) -> None:
+        for pair in ctx.consumed(pending.tx)[0]:
+            left = self.nonces[pair] - 1
+            if left:
+                self.nonces[pair] = left
+            else:
+                del self.nonces[pair]
         owner = _owner_of(pending)
         n = self.count[owner] - 1
         if n:
@@ -416,7 +432,7 @@ class Mempool(dict):
 
     def clear(self) -> None:
         dict.clear(self)
-        self.count, self.queues, self.owners, self.since = {}, {}, [], {}
+        self.count, self.queues, self.owners, self.since, self.nonces = {}, {}, [], {}, {}
 
     def setdefault(self, digest, default=None):
         if digest not in self:
@@ -543,30 +559,11 @@ class ClearingApp:
             return owner
         return ("client", str(client))
 
-    def _needless(self, tx: ctx.Tx, registering: set[bytes]) -> str:
-        """Why tx can never apply, whatever comes before it ("" if it may): a deposit, withdrawal
-        or trade a key signs that is neither registered at the last committed block, nor
-        registering (in `registering`, the keys the same submission registers) nor with its
-        registration pending (a stranger's deposits from fresh keys took mempool room they could
-        never use, each refused only by a proposal)."""
-        head = self.head
-        if tx.op in (ctx.REGISTER, ctx.MARK):
-            return ""
-        for k in tx.signers:
-            if k not in head.accounts and k not in registering and \
-                    hashlib.sha256(ctx.register(k, self.chain_id)).digest() not in self.mempool:
-                return (f"account {k.hex()[:16]} is not registered: send its registration first "
-                        "(or in the same submission)")
-        return ""
-
     def submit_many(self, items: list[tuple[bytes, list[bytes]]], client=None) -> list[str]:
         """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
         per item, "" if admitted (or already there), else why it was refused. client: who sent
         them (the client API's address), which a key not yet registered counts against
-        (_owner_for); None (in-process callers) counts it against the key itself. A submission's
-        registrations enter the mempool before its other transactions (a key's deposit sent
-        ahead of its registration in one submission was admitted, then refused by the proposal:
-        lost)."""
+        (_owner_for); None (in-process callers) counts it against the key itself."""
         reasons, decoded = [""] * len(items), []
         for i, item in enumerate(items):
             try:
@@ -584,12 +581,8 @@ class ClearingApp:
             reasons[i] = self._stale(tx) or self._ahead(tx)
             if not reasons[i]:
                 decoded.append((i, body, signatures, tx))
-        registering = {tx.fields[0] for *_, tx in decoded if tx.op == ctx.REGISTER}
         fresh = []
-        for i, body, signatures, tx in sorted(decoded, key=lambda e: e[3].op != ctx.REGISTER):
-            reasons[i] = self._needless(tx, registering)
-            if reasons[i]:
-                continue
+        for i, body, signatures, tx in decoded:
             digest = hashlib.sha256(body).digest()
             held = self.mempool.get(digest)
             if held is None:  # (before its signatures are checked: no room, no work)
@@ -615,8 +608,8 @@ class ClearingApp:
             if not verdicts[end - len(tx.signers):end].all():
                 reasons[i] = "a signature does not verify"
             elif digest not in self.mempool:
-                owner = self._owner_for(tx, client)  # (its registration refused: it can never apply)
-                reasons[i] = self._needless(tx, set()) or self._room(tx, owner, evict=True)
+                owner = self._owner_for(tx, client)
+                reasons[i] = self._room(tx, owner, evict=True)
                 if not reasons[i]:
                     self.mempool[digest] = Pending(body, signatures, tx, b"".join(signatures),
                                                    None if owner == _owner(tx) else owner)
@@ -937,7 +930,7 @@ class ClearingApp:
             lead = {"free": free} if free else {}  # (the first fills' calls as they always were)
             fill = self._fill(parent, candidates, held_back, only_safe=attempt == MAX_PASSES + 2, **lead)
             if attempt == 0:
-                self._evict(fill.refused)
+                self._evict(self._early(fill.refused))
             if attempt in (0, MAX_PASSES) and fill.stop is not None:
                 if attempt == 0:
                     tail = candidates[fill.stop:]
@@ -971,7 +964,7 @@ class ClearingApp:
         for attempt in range(2):
             ext = self._apply_fill(fill.state, False, self.max_txs - len(kept), more, out, False)
             if attempt == 0:
-                self._evict(ext.refused)
+                self._evict(self._early(ext.refused))
                 if ext.stop is not None:
                     del more[ext.stop:]
             if ext.broken is None and not ext.short:
@@ -1034,6 +1027,32 @@ class ClearingApp:
                         reasons[digest] = f"follows a transaction of account {k.hex()[:16]} that left it below initial margin"
                         break
         self._evict(reasons)
+
+    def _early(self, refused: dict[bytes, str]) -> dict[bytes, str]:
+        """refused less the transactions refused only for coming too early, which stay pending for
+        a later block: "not registered" while the key's registration is pending, or a nonce
+        past the account's next one while every nonce between is pending (they arrived out of
+        order: a key's deposit sent ahead of its registration in one submission, or a client's
+        consecutive nonces over two connections or to a validator that heard them in another
+        order). Each was evicted, lost though its chain applies. One kept this way is tried again
+        while what it waits for is pending: that applies, and it with it, or is refused and
+        evicted, and it after it."""
+        out, pool = {}, self.mempool
+        for digest, reason in refused.items():
+            held = pool.get(digest)
+            wait = _EARLY.match(reason) if held is not None else None
+            if wait is not None:
+                who = [k for k in held.tx.signers if k.hex().startswith(wait.group(1))]
+                if not who:
+                    pass
+                elif wait.group(2) is None:
+                    if hashlib.sha256(ctx.register(who[0], self.chain_id)).digest() in pool:
+                        continue
+                elif int(wait.group(2)) > int(wait.group(3)) and \
+                        all((who[0], n) in pool.nonces for n in range(int(wait.group(3)), int(wait.group(2)))):
+                    continue
+            out[digest] = reason
+        return out
 
     def _evict(self, reasons: dict[bytes, str]) -> None:
         """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept."""
