@@ -19,6 +19,8 @@ or a client with fresh keys (free to make), can do to everyone else's transactio
    for is pending (ClearingApp._early)."""
 import contextlib
 import hashlib
+import random
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -227,3 +229,75 @@ def test_nonces_that_arrive_out_of_order_are_not_lost():
     assert parent.clearing.accounts[K[2]].collateral["USD"] == c.accounts[K[2]].collateral["USD"] + 3 * USD
     assert not any(digest(item) in app.refused for item in chain)
     assert "expected" in app.refused[digest(gap)] and digest(gap) not in app.mempool
+
+
+# ---- 4. all of it at once ---------------------------------------------------------------------------
+
+
+def check_index(app):
+    """The Mempool's owner counts, owner weights and (account, nonce) index agree with a recount."""
+    pool = app.mempool
+    counts = Counter(clearing_app._owner_of(p) for p in pool.values())
+    assert pool.count == dict(counts) and set(pool.queues) == set(counts)
+    nonces = Counter(pair for p in pool.values() for pair in ctx.consumed(p.tx)[0])
+    assert pool.nonces == dict(nonces)
+    top, heavy = pool.heaviest()
+    assert top == max((app._weight(o, n) for o, n in counts.items()), default=0)
+    if heavy is not None:
+        assert app._weight(heavy, counts[heavy]) == top
+
+
+def test_random_clients_submissions_never_raise_and_every_block_is_valid():
+    """Random submissions through the API from a few addresses into a bounded mempool: fresh keys'
+    registrations and their deposits (some before the registration), registered accounts' nonces
+    in and out of order, duplicates, bad signatures, quorum marks and signerless ones, far-ahead
+    nonces; blocks proposed, checked by a software-only validator and committed between them.
+    Nothing raises, the bound holds, the index matches a recount, every block is valid with the
+    proposer's root and no invariant violation."""
+    rnd = random.Random(8)
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=16)
+    validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=16)
+    rpc = api(app, 48)
+    fresh = list(zip(*users(97, 200)))
+    keys = list(zip(USERS, K))
+    nxt = {k: c.accounts[k].nonce for _, k in keys}
+    parent, vparent, seq = app.genesis, validator.genesis, 2
+    for _ in range(8):
+        for _ in range(6):
+            items = []
+            for _ in range(rnd.randrange(1, 12)):
+                roll = rnd.random()
+                if roll < 0.25 and fresh:
+                    s, k = fresh.pop()
+                    reg, dep = signed(ctx.register(k), [s]), signed(ctx.deposit(k, 0, "USD", USD), [s])
+                    items += [dep, reg] if rnd.random() < 0.5 else [reg, dep]
+                elif roll < 0.55:
+                    s, k = rnd.choice(keys)
+                    chain = [signed(ctx.deposit(k, nxt[k] + j, "USD", USD), [s]) for j in range(rnd.randrange(1, 4))]
+                    nxt[k] += len(chain)
+                    items += chain[::-1] if rnd.random() < 0.5 else chain
+                elif roll < 0.65:
+                    items.append(signed(ctx.mark("BTC", rnd.choice([59_900.0, 60_100.0]), seq, T0 + 100 + seq, VOLS,
+                                                 O[:2]), ORACLES[:2]))
+                    seq += 1
+                elif roll < 0.72:
+                    items.append((ctx.mark("BTC", 61_000.0, seq + 9, T0 + 100, VOLS, []), []))
+                elif roll < 0.8:
+                    s, k = rnd.choice(keys)
+                    items.append((ctx.deposit(k, nxt[k], "USD", USD), [bytes(64)]))
+                elif roll < 0.88:
+                    s, k = rnd.choice(keys)
+                    items.append(signed(ctx.deposit(k, nxt[k] + 3000, "USD", USD), [s]))
+                elif items:
+                    items.append(rnd.choice(items))
+            with contextlib.suppress(rpc_mod._Full):
+                answers = rpc._submit(items, f"10.9.{rnd.randrange(4)}.1")
+                assert len(answers) == len(items)
+            assert len(app.mempool) <= 48
+            check_index(app)
+        _, parent, vparent = step(app, validator, parent, vparent)
+        check_index(app)
+        for _, k in keys:  # what left the mempool unapplied is sent again from the committed nonce
+            pend = [p.tx.fields[1] for p in app.mempool.values() if p.tx.op == ctx.DEPOSIT and p.tx.fields[0] == k]
+            nxt[k] = max([parent.clearing.accounts[k].nonce] + [n + 1 for n in pend if n < nxt[k]])
