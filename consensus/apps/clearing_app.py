@@ -918,7 +918,8 @@ class ClearingApp:
         if len(candidates) > self.max_txs:  # (else the block may take them all: arrival order)
             if self.mempool.heaviest()[0] > self.max_txs // FAIR_PART:
                 candidates = _fair(candidates, parent.clearing, self.max_txs // max(1, len(self.mempool.count)))
-            candidates = _quorum_marks_ahead(candidates, parent.clearing)
+            if MARKS in self.mempool.count:  # (quorum marks admitted: the one scan it takes)
+                candidates = _quorum_marks_ahead(candidates, parent.clearing)
         held_back: set[bytes] = set()
         tail: list = []  # the candidates past the first fill's reach
         free = 0  # the lead of the candidates no account holds back (the last fills: _marks_first)
