@@ -424,7 +424,8 @@ class NodeRunner:
     def _synced(self) -> None:
         """The peer's snapshot is verified: into the store, and the core starts from it (the
         blocks after it are fetched as by any validator behind)."""
-        done, self.sync = self.sync.done, None
+        sync, self.sync = self.sync, None
+        done = sync.done
         base = statesync.begin(self.store, done)
         self.core = Core(self.core.cfg, self.core.sign, self.app, None, done.after, self.store.committed_range, base)
         self.core.snapshot_source = self._serve_snapshot
@@ -438,7 +439,8 @@ class NodeRunner:
         self.metrics.height.set(self.core.committed.height)
         log.info("state synced: the snapshot at height %d from validator %d, its commit and state root verified; "
                  "fetching the blocks after it", done.proposal.block.height, done.peer,
-                 extra={"height": done.proposal.block.height, "peer": done.peer, "bytes": len(done.blob)})
+                 extra={"height": done.proposal.block.height, "peer": done.peer, "bytes": len(done.blob),
+                        "sync_counters": dict(sync.counters)})  # peer_silent, peer_slow, chunk_unasked, ...
         self._top_up()
         self._apply(self.core.start())
 

@@ -26,11 +26,28 @@ snapshot (a SnapshotOffer), and one vouches when VOUCH_FACTOR x that size + VOUC
 the manifest's (honest validators' snapshots are of heights a snapshot interval or two apart, so
 of similar sizes). At least one of f + 1 is honest, so a Byzantine peer can make this validator
 hold at most 2 x an honest peer's snapshot + 64 MiB (plus one frame) of junk, never 4 GiB; a
-size not vouched for within a timer is left for the next peer (snapshot_unvouched)."""
+size not vouched for within a timer is left for the next peer (snapshot_unvouched).
+
+What a slow peer can cost is bounded too. A peer answering each chunk just inside the 2 s timer
+held a sync for chunks x 2 s (about 8.5 minutes for a 1 GiB snapshot, and again for each such
+peer), and the chunks of one snapshot can only come from peers holding that snapshot (validators
+snapshot at staggered heights, so usually only the one). So each peer's snapshot is also due by
+a deadline, set when its chunk 0 arrives: RETRY_MS + (chunks - 1) x chunk_ms, chunk_ms being
+CHUNK_MS (500 ms) in the first round of the peers and doubling each round after, up to RETRY_MS.
+An ask's timer runs out at the deadline at the latest, and a chunk arriving after it is not
+taken: the peer is left for the next one (peer_slow), its chunks dropped, and the next peer's
+snapshot (of whatever height) is asked for. An honest peer serving 4 MiB chunks at about 64 Mbit/s
+or faster is done in the first round; a slower one in the round whose deadline fits it: a sync
+takes at most about 4 (n - 1) times what the fastest honest peer needs, never chunks x 2 s per
+Byzantine peer. The chunk count is the peer's word, bounded by the vouched size (a snapshot over
+VOUCH_FREE needs f + 1 vouchers, one of them honest), so a Byzantine peer claiming a large
+snapshot for a long deadline gets at most the deadline of 2 x an honest snapshot + 64 MiB."""
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from . import messages, snapshots
 from .core import Base, Config, SetTimer, Send
@@ -41,6 +58,7 @@ from .messages import (
 from .store import Store, snapshot_row_problem
 
 RETRY_MS = 2_000.0  # a peer silent this long after an ask is left for the next one
+CHUNK_MS = 500.0    # a peer's snapshot is due RETRY_MS + (chunks - 1) x this after its chunk 0 (doubling each round)
 SYNC_TIMER = -1     # the SetTimer view of state sync's first ask; ask n's is SYNC_TIMER - n (views are >= 0)
 MAX_TXS = 1 << 48   # a snapshot's count of committed transactions (the peer's word) beyond this is refused
 MAX_SYNC_BYTES = MAX_SNAPSHOT_CHUNKS * SNAPSHOT_CHUNK  # StateSync's default max_bytes: 4 GiB
@@ -160,13 +178,16 @@ class StateSync:
     Send and SetTimer actions (the timer's view is SYNC_TIMER); `done` is set once a snapshot
     restored. Nothing a peer sends raises; what is refused is counted in `counters`. max_bytes:
     the largest snapshot taken (at most MAX_SYNC_BYTES); the chunks held are never more than the
-    manifest's size, which is at most this."""
+    manifest's size, which is at most this. clock: milliseconds, for a peer's snapshot's deadline
+    (time.monotonic's unless given; the simulation gives its own)."""
 
-    def __init__(self, cfg: Config, app, max_bytes: int = MAX_SYNC_BYTES):
+    def __init__(self, cfg: Config, app, max_bytes: int = MAX_SYNC_BYTES, clock: Callable[[], float] | None = None):
         self.cfg, self.app = cfg, app
         self.max_bytes = min(max_bytes, MAX_SYNC_BYTES)
+        self.clock = clock if clock is not None else (lambda: time.monotonic() * 1000.0)
         self.peer = cfg.me
         self.asks = 0  # each ask sets its own timer (SYNC_TIMER - its number): an answered ask's timer is void
+        self.tries = 0  # peers asked for a snapshot so far (each round of the n - 1 doubles chunk_ms)
         self.done: Synced | None = None
         self.counters: dict[str, int] = {}
         self._reset()
@@ -176,11 +197,13 @@ class StateSync:
         self.parts: list[bytes] = []
         self.size = 0  # the manifest's
         self.vouching: dict[int, int] | None = None  # while a large snapshot waits for f + 1 vouchers: peer -> size
+        self.due: float | None = None  # (clock) by when the peer's whole snapshot is in, from its chunk 0 on
 
     def _count(self, why: str) -> None:
         self.counters[why] = self.counters.get(why, 0) + 1
 
     def _next_peer(self) -> list:
+        self.tries += 1
         self.peer = (self.peer + 1) % self.cfg.n
         if self.peer == self.cfg.me:
             self.peer = (self.peer + 1) % self.cfg.n
@@ -190,7 +213,20 @@ class StateSync:
     def _ask(self) -> list:
         height = self.head.height if self.head is not None else 0
         self.asks += 1
-        return [Send(self.peer, SnapshotRequest(height, len(self.parts))), SetTimer(self.timer, RETRY_MS)]
+        wait = RETRY_MS if self.due is None else min(RETRY_MS, max(0.0, self.due - self.clock()))
+        return [Send(self.peer, SnapshotRequest(height, len(self.parts))), SetTimer(self.timer, wait)]
+
+    def _late(self) -> bool:
+        """Whether the peer's snapshot is past its deadline (within a millisecond: a timer set for
+        the deadline runs out at it)."""
+        return self.due is not None and self.clock() >= self.due - 1.0
+
+    @property
+    def chunk_ms(self) -> float:
+        """The time per chunk the peer's snapshot is given: CHUNK_MS in the first round of the
+        peers, doubled each round after, at most RETRY_MS (the silence timer's)."""
+        rounds = (self.tries - 1) // max(1, self.cfg.n - 1)
+        return min(RETRY_MS, CHUNK_MS * 2 ** min(rounds, 16))
 
     @property
     def timer(self) -> int:
@@ -202,10 +238,11 @@ class StateSync:
 
     def on_timer(self, view: int) -> list:
         """A state-sync timer (view <= SYNC_TIMER) ran out: if it is the latest ask's, its peer was
-        silent (or, for a large snapshot, f + 1 peers did not vouch for its size in time)."""
+        silent (or, for a large snapshot, f + 1 peers did not vouch for its size in time), or its
+        snapshot is past its deadline (see the module's docstring)."""
         if self.done is not None or view != self.timer:
             return []
-        self._count("peer_silent" if self.vouching is None else "snapshot_unvouched")
+        self._count("peer_slow" if self._late() else "peer_silent" if self.vouching is None else "snapshot_unvouched")
         return self._next_peer()
 
     def _vouched(self) -> bool:
@@ -234,6 +271,9 @@ class StateSync:
                 (self.head is not None and (msg.height, msg.chunks) != (self.head.height, self.head.chunks)):
             self._count("chunk_unasked")
             return []
+        if self._late():
+            self._count("peer_slow")  # its snapshot not in by its deadline: dropped, the next peer's asked for
+            return self._next_peer()
         last = msg.chunk == msg.chunks - 1
         if len(msg.data) > SNAPSHOT_CHUNK or (not last and len(msg.data) != SNAPSHOT_CHUNK) or not 0 <= msg.txs < MAX_TXS:
             self._count("chunk_bad")
@@ -258,6 +298,7 @@ class StateSync:
             return self._next_peer()
         if self.head is None:
             self.head, self.size = msg, size
+            self.due = self.clock() + RETRY_MS + (msg.chunks - 1) * self.chunk_ms
         self.parts.append(msg.data)
         if not last:
             if msg.chunk == 0 and self.size > VOUCH_FREE:
