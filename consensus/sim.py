@@ -1,7 +1,15 @@
 """An in-process simulated network for the consensus core: seeded, with per-link delays, drops,
 duplicates, reordering (random delays), partitions that heal, crashed validators and Twins
 (two cores sharing one validator's key). Time is simulated; every message crosses the real wire
-encoding, and a frame that does not decode is dropped and counted."""
+encoding, and a frame that does not decode is dropped and counted.
+
+Each link carries what net.Network would (`limits`, net.Limits' defaults): a receiver reads at most
+inbound_frames_per_s frames and inbound_bytes_per_s bytes a second of one sender (a second's worth
+at once), and a frame that would wait behind more than queue_frames frames or queue_bytes bytes of
+its sender's is dropped (`overflow`), as a real sender's full queue drops it. Honest traffic is far
+below these bounds and is delivered exactly as without them; a Byzantine flood is paced and shed,
+so the simulation's event queue stays bounded as a real node's memory does (two validators
+replaying each other's floods grew it fivefold every 10 ms of simulated time)."""
 from __future__ import annotations
 
 import heapq
@@ -17,7 +25,7 @@ from . import messages, snapshots, statesync
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
 from .messages import BlockRequest, SnapshotRequest, Vote
-from .net import ANSWER_TYPES
+from .net import ANSWER_TYPES, Limits
 from .node import ANSWER_BACKLOG, REQUEST_BACKLOG, request_admitted
 from .store import Store
 from .verify import Verifier
@@ -47,10 +55,12 @@ class Node:
 class Simulation:
     def __init__(self, n: int = 4, seed: int = 0, link: Link | None = None, txs_per_block: int = 20,
                  validation: str = "accel", base_timeout_ms: float = 200.0, app: str = "kv", backend=None,
-                 make_core: Callable[..., Core] = Core, compute: bool = False):
+                 make_core: Callable[..., Core] = Core, compute: bool = False, limits: Limits = Limits()):
         """compute: charge each validator the real time its core takes to handle an event (it is
         busy meanwhile, and what it sends leaves after), so validation shows in time to
-        finality; off, only network delays pass and runs are exactly reproducible."""
+        finality; off, only network delays pass and runs are exactly reproducible. limits: the
+        transport's per-sender read rates and queue bounds each link applies (see the module's
+        docstring)."""
         self.rng = random.Random(seed)
         self.link = link or Link()
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
@@ -84,7 +94,11 @@ class Simulation:
         self.stalled: dict[str, float] = {}  # validator name -> until when its links carry nothing
         self.outq: dict[tuple[str, str], deque] = {}
         self.backlog = (ANSWER_BACKLOG, REQUEST_BACKLOG, messages.MAX_MESSAGE)  # answers, all, queue bound
-        self.overflow = 0  # frames not queued: the outgoing queue to a slow link was full
+        self.overflow = 0  # frames not queued: the outgoing queue to a slow link (or a paced one) was full
+        self.limits = limits
+        # (sender, receiver) -> [bytes budget, frames budget, time, when the next frame can be
+        # read, the read times and sizes of the frames not yet read] (see _paced)
+        self.links: dict[tuple[str, str], list] = {}
 
     def add_node(self, index: int, name: str, genesis: dict) -> Node:
         key = self.keys[index]
@@ -145,7 +159,39 @@ class Simulation:
             for _ in range(copies):
                 leaves = self._queue(src.name, dst.name, frame) if dst.name in self.bandwidth else self.now
                 if leaves is not None:
-                    self._push(leaves + self.rng.uniform(*self.link.delay_ms), ("msg", dst.name, src.index, frame))
+                    read = self._paced(src.name, dst.name, leaves + self.rng.uniform(*self.link.delay_ms), len(frame))
+                    if read is not None:
+                        self._push(read, ("msg", dst.name, src.index, frame))
+
+    def _paced(self, src: str, dst: str, arrives: float, size: int) -> float | None:
+        """When dst reads a frame of `size` bytes from src that reaches it at `arrives` (None: the
+        sender's queue for dst is full and the frame is dropped): net.Network._charge's token
+        buckets, one second's worth each, charged after a frame is read; a receiver in debt reads
+        the sender's next frame once the debt is paid. Frames not yet read count against the
+        sender's queue_frames and queue_bytes, as the frames TCP's push-back holds in a real
+        sender's queue do (an empty queue always takes one)."""
+        lim = self.limits
+        fps, bps = lim.inbound_frames_per_s / 1000.0, lim.inbound_bytes_per_s / 1000.0  # per ms
+        link = self.links.get((src, dst))
+        if link is None:
+            link = self.links[src, dst] = [lim.inbound_bytes_per_s, lim.inbound_frames_per_s, arrives, arrives,
+                                           deque(), 0]
+        waiting = link[4]
+        while waiting and waiting[0][0] <= self.now:
+            link[5] -= waiting.popleft()[1]
+        if waiting and (len(waiting) >= lim.queue_frames or link[5] + size > lim.queue_bytes):
+            self.overflow += 1
+            return None
+        read = max(arrives, link[3])
+        elapsed = max(0.0, read - link[2])
+        link[0] = min(lim.inbound_bytes_per_s, link[0] + elapsed * bps) - size
+        link[1] = min(lim.inbound_frames_per_s, link[1] + elapsed * fps) - 1
+        link[2] = read
+        link[3] = read + max(0.0, -link[0] / bps, -link[1] / fps)
+        if read > self.now:
+            waiting.append((read, size))
+            link[5] += size
+        return read
 
     def slow_link(self, name: str, bytes_per_ms: float, stalled_until_ms: float = 0.0,
                   answer_backlog: int = ANSWER_BACKLOG, request_backlog: int = REQUEST_BACKLOG,
@@ -303,7 +349,8 @@ class Simulation:
             if kind == "sync":
                 self.crashed.discard(name)
                 node = self._node(name)
-                node.sync = statesync.StateSync(self.cfg[node.index], self._make_app(self.genesis))
+                node.sync = statesync.StateSync(self.cfg[node.index], self._make_app(self.genesis),
+                                                 clock=lambda: self.now)
                 self._apply(node, node.sync.start())
                 continue
             if name in self.crashed:
