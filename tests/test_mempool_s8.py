@@ -231,6 +231,23 @@ def test_nonces_that_arrive_out_of_order_are_not_lost():
     assert "expected" in app.refused[digest(gap)] and digest(gap) not in app.mempool
 
 
+def test_copies_of_a_transaction_in_one_submission_are_checked_once():
+    """A batch of 300 copies of one deposit and 300 of one with a bad signature: every copy's
+    signatures were checked (600 verifications, the client's share of the loop spent 300 times
+    over for two verdicts). Now the copies read their first's verdict: two checks, the same
+    per-item answers, one transaction admitted."""
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    checked = []
+    verify = app.verifier.verify_each
+    app.verifier.verify_each = lambda keys, *a: checked.append(len(keys)) or verify(keys, *a)
+    good = signed(ctx.deposit(K[0], c.accounts[K[0]].nonce, "USD", USD), [USERS[0]])
+    bad = (ctx.deposit(K[1], c.accounts[K[1]].nonce, "USD", USD), [bytes(64)])
+    reasons = app.submit_many([good, bad] * 300)
+    assert reasons == ["", "a signature does not verify"] * 300
+    assert sum(checked) == 2 and len(app.mempool) == 1
+
+
 # ---- 4. all of it at once ---------------------------------------------------------------------------
 
 
