@@ -13,8 +13,10 @@ Frames (messages.encode) that are oversized or do not decode are dropped and cou
 connection stays up unless the length prefix itself is impossible (closed before the payload is
 read). Limits (Limits): connections accepted per second per source address and from all
 strangers together (each may cost a signature check; past them a connection is closed before
-the listener's hello), unauthenticated connections at once, in all and per source address (the
-oldest is closed for a newer one), authenticated connections per validator, bytes and frames a validator may send per second
+the listener's hello), and from a validator's own address the signature checks per second per
+validator claimed (past them a hello is closed unchecked), unauthenticated connections at once,
+in all and per source address, the validators' too (the oldest is closed for a newer one),
+authenticated connections per validator, bytes and frames a validator may send per second
 (its connection is read more slowly past them), frames and bytes queued for a peer (beyond them
 frames are dropped: the protocol's timeouts recover from loss). A peer that is down is retried with
 backoff. A connection authenticated with this validator's own key is refused, and frames from two
@@ -62,10 +64,12 @@ class Limits:
     queue_bytes: int = messages.MAX_MESSAGE  # bytes queued for one peer (one largest frame always fits)
     inbound_bytes_per_s: float = float(64 << 20)  # read from one validator, all its connections
     inbound_frames_per_s: float = 2_000.0
-    # per source address (an IPv4 address, an IPv6 /64), never for the validators' own addresses:
+    # per source address (an IPv4 address, an IPv6 /64); from a validator's own address, per
+    # validator the handshake claims (see Network._verify_admitted):
     handshakes_per_s: float = 8.0    # connections accepted per second from one address (each may cost a verify)
     handshake_burst: int = 32        # ... and at once, after a quiet time (the token bucket's size)
     pending_per_address: int = 8     # connections not (yet) authenticated from one address, at once
+    #                                  (from a validator's address: this x (its validators + 1))
     tracked_addresses: int = 4_096   # addresses whose handshake budget is remembered (the oldest forgotten)
     strangers_per_s: float = 256.0   # connections accepted per second from every address but the validators', together
     strangers_burst: int = 512       # ... and at once
@@ -118,10 +122,13 @@ class Network:
         self.peer_connections_replaced = 0  # a validator's oldest connections closed past per_peer
         self.oversized = 0           # connections closed for a length prefix over MAX_MESSAGE
         self.throttled = 0           # pauses in reading a validator that went over its rate
-        self.handshakes_refused = 0  # connections closed at once: their address over its handshake rate
+        self.handshakes_refused = 0  # connections closed at once: their address over its handshake rate (or,
+        #                              from a validator's address, hellos closed unverified: _verify_admitted)
         self.pending_address_evicted = 0  # an address's oldest unauthenticated connection closed past pending_per_address
         self.clock = clock
-        self._validator_hosts: set[str] = set()  # the validators' addresses: not limited per address
+        self._validator_hosts: set[str] = set()  # the validators' addresses: limited per claimed validator
+        self._at_host: dict[str, set[int]] = {}   # a validator's address -> the validators it is given for
+        self._verify_budget: dict[object, list[float]] = {}  # (address, claimed validator) or address -> bucket
         self._by_address: dict[str, dict[object, asyncio.StreamWriter]] = {}  # source -> its pending connections
         self._source_of: dict[object, str] = {}  # a pending connection -> its source (where counted per address)
         self._handshake_budget: dict[str, list[float]] = {}  # source -> [tokens, time], oldest first
@@ -144,13 +151,14 @@ class Network:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for host, port in self.addresses:
+        for index, (host, port) in enumerate(self.addresses):
             try:
                 infos = await loop.getaddrinfo(host, port, type=1)  # SOCK_STREAM
             except (OSError, UnicodeError):  # a name that does not resolve now: its literal form only
                 infos = []
-            self._validator_hosts.update(_source(info[4][0]) for info in infos)
-            self._validator_hosts.add(_source(host))
+            for source in {_source(info[4][0]) for info in infos} | {_source(host)}:
+                self._validator_hosts.add(source)
+                self._at_host.setdefault(source, set()).add(index)
         host, port = self.addresses[self.me]
         self.server = await asyncio.start_server(self._serve, host, port)
         self.tasks = [asyncio.create_task(self._writer(i)) for i in self.queues]
@@ -264,7 +272,7 @@ class Network:
         except BadSignatureError:
             return False
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str = "?") -> int:
         """The dialer's index, once it proved its key and this validator sent its own proof."""
         mine = os.urandom(CHALLENGE)
         writer.write(MAGIC + struct.pack(">H", self.me) + mine)
@@ -275,12 +283,48 @@ class Network:
         if not 0 <= sender < len(self.keys):
             raise HandshakeError(f"no validator {sender}")
         theirs, signature = hello[6:6 + CHALLENGE], hello[6 + CHALLENGE:]
+        if source in self._validator_hosts and not self._verify_admitted(source, sender):
+            self.handshakes_refused += 1  # (and, as the handshake failed, in handshake_failures)
+            raise HandshakeError(f"over validator {sender}'s {self.limits.handshakes_per_s:.0f} handshakes a "
+                                 f"second from {source}; not verified")
         if not self._verified(sender, transcript(b"dialer", mine, theirs, sender, self.me, self.keys[sender],
                                                  self.keys[self.me]), signature):
             raise HandshakeError(f"a signature that is not validator {sender}'s")
         writer.write(self.signing.sign(transcript(b"listener", mine, theirs, sender, self.me, self.keys[sender],
                                                   self.keys[self.me])).signature)
         return sender
+
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+
+    def _verify_admitted(self, source: str, sender: int) -> bool:
+        """Whether a handshake from one of the validators' addresses, claiming to be validator
+        `sender`, may have its signature checked now. Connections from these addresses are not
+        limited per address when they arrive (validators share hosts, and a flood from elsewhere
+        must not keep them out), so without this, a Byzantine validator, or a stranger on a
+        validator's host, made this validator check one signature (and, with a validator's key,
+        make one) per connection, as fast as it could open them. Now each (address, claimed
+        validator) pair, for the validators given at that address, has a token bucket of
+        handshake_burst tokens refilled at handshakes_per_s; claims of any other validator from
+        that address share one more. So an address can cost at most (its validators + 1) x
+        handshakes_per_s checks a second, and a flood of claims only delays the handshakes of the
+        validator it claims to be from its own address: a validator at another address, or at
+        this one but not claimed, is not held up. (Nothing tells the validator at that address
+        from a stranger beside it before the check: such a stranger can delay that validator's
+        reconnects, never close its live connections.) At most (addresses x (validators + 1))
+        buckets, so none is ever forgotten."""
+        lim = self.limits
+        key = (source, sender) if sender in self._at_host.get(source, ()) else source
+        bucket = self._verify_budget.get(key)
+        now = self._now()
+        if bucket is None:
+            bucket = self._verify_budget[key] = [float(lim.handshake_burst), now]
+        bucket[0] = min(float(lim.handshake_burst), bucket[0] + max(0.0, now - bucket[1]) * lim.handshakes_per_s)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
 
     def _admit(self, source: str) -> bool:
         """Whether a connection from `source` may start a handshake now: its token bucket
@@ -289,7 +333,7 @@ class Network:
         than tracked_addresses, as an IPv6 /48 has /64s, is bounded too) each have one. Buckets of
         the tracked_addresses most recently seen are kept (a forgotten one starts full)."""
         lim = self.limits
-        now = self.clock() if self.clock is not None else asyncio.get_running_loop().time()
+        now = self._now()
         bucket = self._handshake_budget.pop(source, None)
         if bucket is None:
             bucket = [float(lim.handshake_burst), now]
@@ -312,25 +356,27 @@ class Network:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn, peer = object(), writer.get_extra_info("peername")
         source = _source(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        if source not in self._validator_hosts:
-            if not self._admit(source):
-                self.handshakes_refused += 1
-                log.debug("refused a connection from %s: over its %.0f handshakes a second (or strangers' "
-                          "%.0f together)", peer, self.limits.handshakes_per_s, self.limits.strangers_per_s)
-                writer.close()
-                return
-            mine = self._by_address.setdefault(source, {})
-            if len(mine) >= self.limits.pending_per_address:
-                # its oldest, as for max_pending: a stranger sharing an address with an honest
-                # dialer cannot keep it out by holding connections open
-                oldest, stale = next(iter(mine.items()))
-                self._pending.pop(oldest, None)
-                self._forget(oldest)
-                stale.close()
-                self.pending_address_evicted += 1
-            mine = self._by_address.setdefault(source, {})
-            mine[conn] = writer
-            self._source_of[conn] = source
+        if source not in self._validator_hosts and not self._admit(source):
+            self.handshakes_refused += 1
+            log.debug("refused a connection from %s: over its %.0f handshakes a second (or strangers' "
+                      "%.0f together)", peer, self.limits.handshakes_per_s, self.limits.strangers_per_s)
+            writer.close()
+            return
+        # a validator's address too (with room for each of its validators' and one more): a
+        # flood from there evicts its own connections, not other validators' handshakes
+        room = self.limits.pending_per_address * (len(self._at_host[source]) + 1 if source in self._at_host else 1)
+        mine = self._by_address.setdefault(source, {})
+        if len(mine) >= room:
+            # its oldest, as for max_pending: a stranger sharing an address with an honest
+            # dialer cannot keep it out by holding connections open
+            oldest, stale = next(iter(mine.items()))
+            self._pending.pop(oldest, None)
+            self._forget(oldest)
+            stale.close()
+            self.pending_address_evicted += 1
+        mine = self._by_address.setdefault(source, {})  # (again: _forget drops an address left with none)
+        mine[conn] = writer
+        self._source_of[conn] = source
         if len(self._pending) >= self.limits.max_pending:
             # the oldest: an honest handshake takes a round trip, so a stranger has to open
             # max_pending connections within one to keep a validator out
@@ -343,7 +389,7 @@ class Network:
         try:
             try:
                 async with asyncio.timeout(self.limits.handshake_timeout_s):
-                    sender = await self._accept(reader, writer)
+                    sender = await self._accept(reader, writer, source)
             except TimeoutError:
                 self.handshake_timeouts += 1
                 log.debug("%s did not finish its handshake in %.1f s", peer, self.limits.handshake_timeout_s)
