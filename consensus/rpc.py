@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -157,6 +158,17 @@ def client_of(remote: str | None) -> str:
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def site_of(client: str) -> str:
+    """Whom a client's keys not yet registered count against in the mempool (ClearingApp's
+    owner of them): the client (an IPv4 address), but for IPv6 its /48, a site: one holds 65,536
+    /64 clients, more than half the default mempool, so counting them per /64 let one site's
+    registrations keep every new user out (docs/OPERATOR.md, "Mempool fairness")."""
+    if client.endswith("/64"):
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_network(client).supernet(new_prefix=48))
+    return client
 
 
 class WorkBudget:
@@ -569,7 +581,7 @@ class Rpc:
         app = self.node.app
         if hasattr(app, "max_mempool"):
             app.max_mempool = self.max_mempool
-            reasons = app.submit_many(items, client=client)
+            reasons = app.submit_many(items, client=site_of(client))
             if reasons and all(r.startswith("mempool full") for r in reasons):
                 raise _Full()
             return self._answers(items, reasons)

@@ -111,6 +111,25 @@ def test_a_flood_of_fresh_keys_registrations_lets_a_new_user_in_within_a_bounded
     assert not any(digest(item) in app.refused for item in newcomer)
 
 
+def test_an_ipv6_sites_many_64s_are_one_owner_of_fresh_keys():
+    """One IPv6 /48 is 65,536 API clients (/64s): counted per /64, 64 of them each sending one
+    fresh key's registration filled a mempool of 64 with owners weighing two, and a newcomer from
+    elsewhere was refused. Fresh keys count against an IPv6 client's /48 (rpc.site_of): the site
+    is one heavy owner, the newcomer gets in in place of its latest registration."""
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    rpc = api(app, 64)
+    sk, ks = users(98, 65)
+    for j, (s, k) in enumerate(zip(sk[:64], ks[:64])):
+        assert rpc._submit([signed(ctx.register(k), [s])], rpc_mod.client_of(f"2001:db8:7:{j:x}::1"))[0]["accepted"]
+    assert len(app.mempool) == 64
+    newcomer = signed(ctx.register(ks[64]), [sk[64]])
+    assert rpc._submit([newcomer], rpc_mod.client_of("2001:db8:9:1::1"))[0]["reason"] == ""
+    assert digest(newcomer) in app.mempool and len(app.mempool) == 64
+    assert rpc_mod.site_of(rpc_mod.client_of("2001:db8:7:ffff::1")) == "2001:db8:7::/48"
+    assert rpc_mod.site_of("10.0.0.1") == "10.0.0.1"
+
+
 def test_a_flooding_clients_registrations_take_a_share_of_each_block_not_all_of_it():
     """One client's 64 fresh keys' registrations arrived first, then five registered accounts
     send three deposits each: the flood is one owner in the proposal's round-robin (by key, each
