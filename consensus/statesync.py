@@ -40,7 +40,8 @@ snapshot (of whatever height) is asked for. An honest peer serving 4 MiB chunks 
 or faster is done in the first round (each peer before it cost at most its deadline, RETRY_MS +
 chunks x 500 ms); a slower one in the round whose deadline fits it, the rounds before it costing
 each peer at most its deadline: a sync takes at most about 4 (n - 1) times the longer of what the
-fastest honest peer needs and chunks x CHUNK_MS, where each slow Byzantine peer cost chunks x 2 s. The chunk count is the peer's word, bounded by the vouched size (a snapshot over
+fastest honest peer needs and chunks x CHUNK_MS, where each slow Byzantine peer cost chunks x 2 s.
+The chunk count is the peer's word, bounded by the vouched size (a snapshot over
 VOUCH_FREE needs f + 1 vouchers, one of them honest), so a Byzantine peer claiming a large
 snapshot for a long deadline gets at most the deadline of 2 x an honest snapshot + 64 MiB."""
 from __future__ import annotations

@@ -8,8 +8,6 @@ import struct
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from consensus import messages, statesync  # noqa: E402
