@@ -14,11 +14,14 @@ B. Every liquidation sorted all holders of each of its series: L liquidations at
 Tests:
 1. differential: many random books (liquidations, auto-deleveraging, insurance, socialized losses
    and their cascade, expiries; since session 7 with task A's constructions mixed in: thin
-   writers, hedged counterparties, inherited records, capped longs) marked by the current code
+   writers, hedged counterparties, inherited records, capped longs; since session 8 every book
+   starting solvent, _solvent) marked by the current code
    and by the code before the fix (Reference below: its mark, _settle, _settle_debt, _liquidate
    and _charge copied verbatim from clearing.py at dbb05d2, then changed, marked s7, to the simple
    form of session 7's rule for socialized losses: shared sources charged once per mark, see
-   tests/test_ledger_scale_s7.py): the same refusals, leaves, Liquidation records, funds,
+   tests/test_ledger_scale_s7.py; marked s8, the open sides before everyone in profit, from a
+   plain snapshot of every account's positions at the mark's start, see
+   tests/test_ledger_money_s8.py): the same refusals, leaves, Liquidation records, funds,
    supply, fixings and state root after every mark;
 2. work counts, not timing: the Python and C function calls the interpreter makes during a mark,
    for N and 4N, at most 5x: the expiry of N pairs (dbb05d2: 15.5x); N thin books liquidated
@@ -60,6 +63,9 @@ class _RefPools:
         self.before = {}  # s7 review: series -> value at the marked underlying's previous mark
         self.of = {}  # s7 review: (account, asset) -> the record of its liquidation at this mark
         self.takers = {}  # s7: record -> the owners of earlier liquidations that took its book's positions
+        self.snap = {}  # s8: account -> its positions at the mark's start (after the settlement)
+        self.opened = {}  # s8: asset -> {(series, side) closed against whose contracts gained: the gain}
+        self.paid = {}  # s8: asset -> {account: what the open sides took from it at this mark}
 
 
 def _ref_gain(ref, series: int, value: int, sign: int) -> int:
@@ -132,6 +138,7 @@ class Reference(Clearing):
         paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> the other sides of their series
         for i in sorted(expiring):
             self._settle(i, paid, ref)
+        ref.snap = {h: dict(a.positions) for h, a in self.accounts.items()}  # s8: the open sides' weights
         heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
         pending: dict[str, set[bytes]] = {}  # per asset, the books still to liquidate
         for k, a, _ in below:
@@ -161,7 +168,10 @@ class Reference(Clearing):
                     self._drain(cascade, sides=True)
                 if not cascade:  # s7 review: what liquidated books could not pay, to their own weights
                     self._drain(cascade, own=True)
-                if not cascade and not any(q and (isinstance(k, int) or k in ref.sides) for k, q in ref.amount.items()):
+                if not cascade:  # s8: what nobody carried, to the open sides first
+                    self._drain_open(cascade)
+                if not cascade and not any(q and (isinstance(k, int) or k in ref.sides or k[0] == "open")
+                                           for k, q in ref.amount.items()):
                     break
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
@@ -250,6 +260,9 @@ class Reference(Clearing):
                 if not size:
                     break
                 theirs = self.accounts[h].positions[i]
+                side = 1 if theirs > 0 else -1
+                if cascade is not None and side * (value - cascade.pools.before.get(i, value)) > 0:  # s8: open side
+                    cascade.pools.opened.setdefault(asset, {})[(i, side)] = side * (value - cascade.pools.before[i])
                 q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
                 _credit(acct, asset, q * value)
                 _credit(self._mut(h), asset, -q * value)
@@ -327,8 +340,8 @@ class Reference(Clearing):
             return loss
         if loss > charged and not passing:  # s7 c2: the own drain passes it along the chain (_reach)
             return charged
-        if loss > charged:
-            ref.profit[asset] = ref.profit.get(asset, 0) + loss - charged
+        if loss > charged:  # s8: owed to the open sides first
+            ref.amount[("open", asset)] = ref.amount.get(("open", asset), 0) + loss - charged
             if at is not None:
                 ref.owed.setdefault(asset, {})[at] = loss - charged
         return loss
@@ -354,8 +367,8 @@ class Reference(Clearing):
                         short.setdefault(asset, []).append((n, left))
             for asset in sorted(short):
                 left = self._reach(asset, sum(q for _, q in short[asset]), [n for n, _ in short[asset]], cascade)
-                if left:
-                    ref.profit[asset] = ref.profit.get(asset, 0) + left
+                if left:  # s8: owed to the open sides first
+                    ref.amount[("open", asset)] = ref.amount.get(("open", asset), 0) + left
             return
         for n in reversed(range(len(ref.records))) if not sides else ():
             if ref.amount.get(n):
@@ -408,6 +421,39 @@ class Reference(Clearing):
                 cascade.extend((h, asset) for h in sorted(carriers))
         return loss
 
+    def _drain_open(self, cascade):
+        """s8: per asset, what would go to everyone in profit, charged first to whoever held an open side
+        at the mark's start (snap), by contracts x gain summed over the sides, each at most that in
+        all; carriers beyond equity (up to it); the rest to everyone in profit."""
+        ref = cascade.pools
+        for asset in sorted(k[1] for k, q in ref.amount.items() if q and isinstance(k, tuple) and k[0] == "open"):
+            loss = ref.amount.pop(("open", asset))
+            gains = {}
+            for h, positions in ref.snap.items():
+                for (i, sign), gain in ref.opened.get(asset, {}).items():
+                    if positions.get(i, 0) * sign > 0:
+                        gains[h] = gains.get(h, 0) + abs(positions[i]) * gain
+            paid = ref.paid.setdefault(asset, {})
+            left = {h: w - paid.get(h, 0) for h, w in gains.items()}
+            live = {h: w for h, w in gains.items() if left[h] > 0}
+            if live:
+                taken = {}
+                loss -= self._charge(asset, loss, live, limit=left, taken=taken)
+                for h, q in taken.items():
+                    paid[h] = paid.get(h, 0) + q
+                    left[h] -= q
+                carriers = {h: w for h, w in live.items() if left[h] > 0 and (h, asset) not in cascade.done
+                            and not self._touched(h, asset)
+                            and (self._holds(h, asset) or (h, asset) in cascade.settled)} if loss else {}
+                if carriers:
+                    taken = {}
+                    loss -= self._charge(asset, loss, carriers, carriers, limit=left, taken=taken)
+                    for h, q in taken.items():
+                        paid[h] = paid.get(h, 0) + q
+                    cascade.extend((h, asset) for h in sorted(carriers))
+            if loss:
+                ref.profit[asset] = ref.profit.get(asset, 0) + loss
+
     def _charge_profit(self, ref):
         """s7: per asset, once: every account with a positive balance; the unpaid rest back to the debtors."""
         for asset in sorted(ref.profit):
@@ -424,7 +470,8 @@ class Reference(Clearing):
                     self.liquidations[j] = rec._replace(socialized=rec.socialized - back)
         ref.profit.clear()
 
-    def _charge(self, asset: str, loss: int, weights: dict[bytes, int], pending=frozenset()) -> int:
+    def _charge(self, asset: str, loss: int, weights: dict[bytes, int], pending=frozenset(), limit=None,
+                taken=None) -> int:
         """Up to loss quanta of asset taken from the accounts of weights in proportion to them (the
         rounding remainder one quantum each to the largest weights, then by key), none beyond its
         room (_room) but the books of pending, which this mark liquidates later (they pass their
@@ -433,6 +480,9 @@ class Reference(Clearing):
         (by room / weight, then key), so every validator takes the same quanta. Returns what was
         taken: loss, unless every account of weights gave all its room."""
         room = {h: None if h in pending else self._room(h, asset) for h in weights}
+        for h in limit or ():  # s8: at most limit[h] from h (the open sides: its gain)
+            if h in room:
+                room[h] = limit[h] if room[h] is None else min(room[h], limit[h])
         take: dict[bytes, int] = {}
         left, total = loss, sum(weights.values())
         # the proportion only grows as accounts give all their room: the first whose share fits
@@ -457,6 +507,8 @@ class Reference(Clearing):
         for h in sorted(take):
             if take[h]:
                 _credit(self._mut(h), asset, -take[h])
+        if taken is not None:
+            taken.update(take)
         return loss - left
 
 
@@ -520,6 +572,7 @@ def book(cls, seed: int) -> tuple[Clearing, list]:
             _inject(c, a, {c.series[s].asset: -value})
             _inject(c, b, {c.series[s].asset: value})
     _constructions(c, random.Random(seed + 10**6))  # s7: its own stream (the rest as before)
+    _solvent(c)  # s8: no book starts with negative equity (334 of seeds 0-699 had one)
     for asset in ("USD", "BTC"):
         fund = rng.choice([0, 0, 1, 100 * USD, GENESIS_FUNDS[asset]])
         c.supply[asset] += fund - c.funds[asset]
@@ -532,6 +585,19 @@ def book(cls, seed: int) -> tuple[Clearing, list]:
         last[und] = min(max(last[und] * rng.choice(MOVES), 1.0), 5e7)
         marks.append((und, last[und], {i: rng.choice([0.3, 0.7, 1.5]) for i in OPTIONS[und]}, seq[und], ts))
     return c, marks
+
+
+def _solvent(c: Clearing) -> None:
+    """s8: tops up every book whose equity in an asset is negative to exactly 0 (cash deposited, in
+    key order; no random draw, so the streams are unchanged): a market starting insolvent (a
+    position opened at no price, a short's cash short of its value) tests nothing a ledger that
+    checks margin on every trade can reach, and a bankrupt book at the first mark hid what the
+    mark itself does."""
+    keys = sorted(c.accounts)
+    for k, e in zip(keys, c.equity(keys)):
+        for asset, v in sorted(e.items()):
+            if v < 0:
+                _inject(c, k, {asset: -v})
 
 
 def _traded(c: Clearing, buyer: bytes, seller: bytes, series: int, n: int) -> None:
@@ -594,14 +660,19 @@ SEEDS = range(160)
 
 def test_random_markets_reach_the_same_state_and_liquidations_as_the_code_before_the_fix():
     seen = {"liquidations": 0, "insurance": 0, "socialized": 0, "settled and liquidated": 0,
-            "settlement debts": 0, "cascades": 0, "refused": 0}
-    orig_settle_debt, orig_extend = Clearing._settle_debt, _Cascade.extend
+            "settlement debts": 0, "cascades": 0, "refused": 0, "open sides paid": 0}
+    orig_settle_debt, orig_extend, orig_open = Clearing._settle_debt, _Cascade.extend, Clearing._drain_open
     debts, carried = [], []
 
     def extend(self, books):
         books = list(books)
         carried.append(len(books))
         orig_extend(self, books)
+
+    def opening(self, cascade):  # s8: passes in which the open sides (step 6) took something
+        before = sum(sum(p.values()) for p in cascade.pools.paid.values())
+        orig_open(self, cascade)
+        seen["open sides paid"] += sum(sum(p.values()) for p in cascade.pools.paid.values()) > before
 
     def counting(self, key, asset, receivers, cascade=None):
         before = len(self.liquidations)
@@ -612,19 +683,21 @@ def test_random_markets_reach_the_same_state_and_liquidations_as_the_code_before
         new, marks = book(Clearing, seed)
         old, marks_again = book(Reference, seed)
         assert marks == marks_again and _state(new) == _state(old)
+        keys = sorted(new.accounts)  # s8: every book starts solvent (tests/test_ledger_money_s8.py, D)
+        assert all(v >= 0 for e in new.equity(keys) for v in e.values()), seed
         for und, index, vols, seq, ts in marks:
             outcome = []
             for c in (new, old):
                 fixed, done = len(c.fixings), len(c.liquidations)
                 try:
                     if c is new:
-                        Clearing._settle_debt, _Cascade.extend = counting, extend
+                        Clearing._settle_debt, _Cascade.extend, Clearing._drain_open = counting, extend, opening
                     c.mark(und, index, vols, seq, ts, O[:2])
                     outcome.append(None)
                 except Rejected as e:
                     outcome.append((type(e), str(e)))
                 finally:
-                    Clearing._settle_debt, _Cascade.extend = orig_settle_debt, orig_extend
+                    Clearing._settle_debt, _Cascade.extend, Clearing._drain_open = orig_settle_debt, orig_extend, orig_open
                 if c is new:
                     recs = c.liquidations[done:]
                     seen["liquidations"] += len(recs)

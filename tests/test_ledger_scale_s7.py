@@ -18,6 +18,9 @@ extrapolation; after: the rule below):
     5. (s7 c2) N chains W -> L -> L2 -> X through one expiring series: what each L's own weights
        cannot pay goes along the chains to X; one search per record would be N x N (3,200: 3.9 s,
        12,800: ~60 s); one per pass: 12,800 chains 1.3 s
+    6. (s8) N copies of the chain search's seed 18220 (tests/test_ledger_money_s8.py): what the
+       tapped-out counterparties cannot pay goes to the open side they held (4N holders at the
+       mark's start), charged once per pass, each holder at most its gain there
 
 The rule now (docs/CLEARING.md, "Liquidation and auto-deleveraging", steps 3-6): a liquidation's
 loss is split between its own closed counterparties (charged at once, as before) and its shared
@@ -114,11 +117,20 @@ def construction(cls, kind: int, n: int):
             _traded(c, l2, l, 3, 1)
             _traded(c, x, l2, 1, 2)
         return c, _expiry
+    if kind == 6:  # s8: n copies of the chain search's seed 18220 (tests/test_ledger_money_s8.py): a
+        for g in range(n):  # counterparty tapped out by an earlier share of the mark; what it cannot
+            ks = [_key(0x10 + i, g) for i in range(8)]  # pay goes to the open side it held (the future's
+            for k, d in zip(ks, [1_000, 3_000, 3_000, 1, 3_000, 1_000, 3_000, 200_000]):  # longs at the
+                _inject(c, k, {"USD": d * USD})  # mark's start, 4n holders), one charge per pass
+            for a, b, s, q in [(1, 0, 1, 3), (2, 1, 1, 1), (3, 2, 3, 3), (4, 3, 3, 3), (5, 4, 3, 1), (6, 5, 3, 2),
+                               (7, 6, 3, 3), (0, 1, 3, 2), (5, 3, 3, 1), (5, 3, 3, 1)]:
+                _traded(c, ks[a], ks[b], s, q)
+        return c, _expiry
     raise ValueError(kind)
 
 
 # ---- 1. work counts -------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5, 6])
 def test_one_mark_charging_n_bankrupt_books_costs_linear_work(kind):
     """Each construction at n and 4n: the mark's calls at most 5x (6e54f65: 14x to 17x, every
     bankrupt book charged over all of a shared side, record, or the whole ledger)."""
@@ -127,12 +139,12 @@ def test_one_mark_charging_n_bankrupt_books_costs_linear_work(kind):
         c, mark = construction(Clearing, kind, n)
         supply = dict(c.supply)
         work.append(_calls(lambda: mark(c)))
-        assert len(c.liquidations) == (n + 1 if kind == 3 else 2 * n if kind == 4 else 3 * n if kind == 5 else n)
+        assert len(c.liquidations) == {3: n + 1, 4: 2 * n, 5: 3 * n, 6: 6 * n}.get(kind, n)
         assert sum(r.socialized for r in c.liquidations) > 0 and not c.violations() and c.supply == supply
     assert work[1] <= 5 * work[0], work
 
 
-@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5, 6])
 def test_one_mark_materializes_weights_and_scans_accounts_in_proportion_to_its_books(kind, monkeypatch):
     """The weight entries every _charge of the mark is given (accounts charged or looked at), for
     each construction: at most 8 per account of the market, however many bankrupt books share a
@@ -141,9 +153,9 @@ def test_one_mark_materializes_weights_and_scans_accounts_in_proportion_to_its_b
     entries = []
     real = Clearing._charge
 
-    def counting(self, asset, loss, weights, pending=frozenset()):
+    def counting(self, asset, loss, weights, pending=frozenset(), **kw):
         entries.append(len(weights))
-        return real(self, asset, loss, weights, pending)
+        return real(self, asset, loss, weights, pending, **kw)
     monkeypatch.setattr(Clearing, "_charge", counting)
     for n in (25, 100):
         c, mark = construction(Clearing, kind, n)
@@ -154,7 +166,7 @@ def test_one_mark_materializes_weights_and_scans_accounts_in_proportion_to_its_b
 
 
 # ---- 2. the constructions against the simple form of the rule ------------------------------------
-@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 5, 6])
 @pytest.mark.parametrize("n", [1, 2, 7, 30])
 def test_the_constructions_reach_the_reference_state_and_records(kind, n):
     new, mark = construction(Clearing, kind, n)

@@ -185,8 +185,15 @@ class _Pools:
     (record n) could not pay of a drained source, owed to its own weights, then along its record's
     chain (_socialize, Clearing._reach); of:
     (account, asset) -> the record of its liquidation at this mark; before: the values of the marked underlying's
-    series at its previous mark (_gain)."""
-    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of", "takers")
+    series at its previous mark (_gain). ("open", asset): what would go to everyone in profit,
+    owed first to the mark's open sides in the asset (Clearing._drain_open): opened: asset ->
+    {(series, side) a liquidation of the mark closed against whose contracts gained at this mark:
+    the gain a contract}; start: series -> {account: its position at the mark's start} for the
+    positions the mark's liquidations changed (the others are as they were); gains: asset ->
+    {holder at the mark's start of an open side: contracts x gain, summed over the sides merged};
+    merged: the open sides in gains; paid: asset -> {holder: what the open sides took from it}."""
+    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of", "takers", "opened", "start",
+                 "gains", "merged", "paid")
 
     def __init__(self, before: dict | None = None):
         self.before: dict[int, int] = before or {}  # series -> value at the underlying's previous mark
@@ -197,6 +204,11 @@ class _Pools:
         self.amount: dict = {}
         self.profit: dict[str, int] = {}
         self.owed: dict[str, dict[int, int]] = {}
+        self.opened: dict[str, dict[tuple[int, int], int]] = {}
+        self.start: dict[int, dict[bytes, int]] = {}
+        self.gains: dict[str, dict[bytes, int]] = {}
+        self.merged: set[tuple[int, int]] = set()
+        self.paid: dict[str, dict[bytes, int]] = {}
 
     def put(self, source, amount: int) -> None:
         if amount:
@@ -933,7 +945,10 @@ class Clearing:
                     self._drain(cascade, sides=True)  # charged again only after a side's carriers
                 if not cascade:  # were liquidated (once per side and mark), not once per round; then
                     self._drain(cascade, own=True)  # what liquidated books could not pay, to their own weights
-                if not cascade and not any(isinstance(k, int) or k in pools.sides for k in pools.amount):
+                if not cascade:  # then what nobody of steps 3-5 carried, to the open sides (step 6)
+                    self._drain_open(cascade)
+                if not cascade and not any(isinstance(k, int) or k in pools.sides or k[0] == "open"
+                                           for k in pools.amount):
                     break
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
@@ -1041,28 +1056,36 @@ class Clearing:
         account, keeps the gain. No account but those of pending (the books this mark liquidates
         later, default bankrupt) is charged beyond its equity in the asset (_charge). cascade:
         where the books a socialized loss takes past their equity are listed, to be liquidated at
-        this mark (_socialize). ranks: the mark's _Ranks (shared by its liquidations). Called
-        outside a mark (cascade None), it drains its own pools at once."""
+        this mark (_socialize). ranks: the mark's _Ranks (shared by its liquidations). Only a mark
+        calls it (cascade: its _Cascade, which it drains and whose carriers it liquidates in
+        rounds); called without one it refuses: it would drain its own pools without liquidating
+        the carriers its drain adds (step 5), leaving them charged beyond their equity."""
+        if cascade is None or cascade.pools is None:
+            raise RuntimeError("_liquidate runs only inside a mark (Clearing.mark): the mark liquidates the "
+                               "carriers its socialized losses add, and drains its shared sources")
         heirs = {} if heirs is None else heirs
         pending = set(bankrupt) - {key} if pending is None else pending
         ranks = _Ranks(self) if ranks is None else ranks
-        alone = cascade is None
-        if alone:
-            cascade = _Cascade()
-            cascade.pools, cascade.done = _Pools(), {(key, asset)}
         pools = cascade.pools
         bankrupt = bankrupt if isinstance(bankrupt, frozenset) else frozenset(bankrupt)
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
         took: set[bytes] = set()  # books whose positions this one took (bankrupt or not: one this
         # mark liquidates later with nothing left to close inherits this liquidation)
+        before = pools.before
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
+            start = pools.start.setdefault(i, {})  # positions at the mark's start (the open sides' weights)
+            start.setdefault(key, size)
             while size:
                 h = ranks.next(i, -1 if size > 0 else 1, bankrupt, key)
                 if h is None:
                     break
                 theirs = self.accounts[h].positions[i]
+                start.setdefault(h, theirs)
+                side = 1 if theirs > 0 else -1
+                if (gain := side * (value - before.get(i, value))) > 0:  # an open side (step 6)
+                    pools.opened.setdefault(asset, {})[(i, side)] = gain
                 q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
                 _credit(acct, asset, q * value)
                 _credit(self._mut(h), asset, -q * value)
@@ -1100,11 +1123,6 @@ class Clearing:
         charged += got
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
-        if alone:
-            self._drain(cascade)
-            self._drain(cascade, sides=True)
-            self._drain(cascade, own=True)
-            self._charge_profit(pools)
 
     def _socialize(self, asset: str, loss: int, explicit: dict[bytes, int], terms: list, pending,
                    cascade: "_Cascade", passing: bool = True) -> tuple[int, int]:
@@ -1129,8 +1147,9 @@ class Clearing:
         liquidations' records (whom their positions were closed against: what they gained from
         the debtor passed on to them; passing False, charging those, returns (charged, the rest) for
         Clearing._reach to pass along the record's chain). Only
-        without one is the rest owed to ("profit", asset): every account with a positive balance
-        in the asset, charged once at the mark's end (_charge_profit). Else the attacker's L, long
+        without one is the rest owed to step 6 (("open", asset): the mark's open sides first,
+        Clearing._drain_open, then every account with a positive balance in the asset, charged
+        once at the mark's end, _charge_profit). Else the attacker's L, long
         the expiring call its W wrote and short futures to its X, liquidated at the expiry before
         the call's side was drained, left W's loss to everyone in profit while X kept L's gain
         (tests/test_ledger_money_s7.py)."""
@@ -1167,8 +1186,8 @@ class Clearing:
                 return loss, loss - charged
         if loss > charged and not passing:  # the own drain passes the rest along the record (_reach)
             return charged, loss - charged
-        if loss > charged:
-            pools.profit[asset] = pools.profit.get(asset, 0) + loss - charged
+        if loss > charged:  # step 6: the mark's open sides first (_drain_open), then everyone in profit
+            pools.put(("open", asset), loss - charged)
             return loss, loss - charged
         return loss, 0
 
@@ -1186,7 +1205,7 @@ class Clearing:
         them this mark did not liquidate still holding a position
         in the asset or one this mark settled, untouched by the block (step 5's carriers, listed in
         cascade, liquidated at this mark: the loss follows their positions); returns what no level
-        could pay (owed to everyone in profit). One
+        could pay (owed to step 6: the open sides, then everyone in profit). One
         search for all the pass's records, not one per record: N records reaching one shared side
         of H holders would be N x (N + H) (4 s for 3,200 chains at one mark). Without it, a chain
         of books liquidated at the same mark (W short a call to L, L short a future to L2, L2
@@ -1239,7 +1258,7 @@ class Clearing:
         Books it takes past their equity go to cascade (then liquidated, and drained again). own:
         what liquidated books could not pay of a drained source, each record's ("own", n) in
         order of n, charged to its own weights, the rest along the record's chain (_reach), what
-        that cannot pay to everyone in profit."""
+        that cannot pay to step 6 (("open", asset): _drain_open)."""
         pools = cascade.pools
         if own:
             short: dict[str, list] = {}  # asset -> [what own weights could not pay, their records]
@@ -1255,7 +1274,7 @@ class Clearing:
                     entry[1].append(n)
             for asset in sorted(short):
                 if left := self._reach(asset, short[asset][0], short[asset][1], cascade):
-                    pools.profit[asset] = pools.profit.get(asset, 0) + left
+                    pools.put(("open", asset), left)  # step 6: the open sides first
             return
         if sides:
             for side in sorted(s for s in pools.amount if s in pools.sides):
@@ -1274,6 +1293,70 @@ class Clearing:
                 if isinstance(source, int) and source in pools.amount and source not in queued:
                     queued.add(source)
                     heapq.heappush(queue, -source)
+
+    def _open_gains(self, asset: str, pools: "_Pools") -> dict[bytes, int]:
+        """The members of the mark's open sides in asset (pools.opened) and their weights: each
+        holder of such a side at the mark's start, contracts then x the side's gain a contract,
+        summed over the sides. A side is merged once per mark (its holders then: the series'
+        holders now, whose positions no liquidation changed, and pools.start's; positions at the
+        start never change), so a side of H holders costs H once per mark."""
+        gains = pools.gains.setdefault(asset, {})
+        for side in sorted(pools.opened.get(asset, {})):
+            if side in pools.merged:
+                continue
+            pools.merged.add(side)
+            i, sign = side
+            gain, start = pools.opened[asset][side], pools.start.get(i, {})
+            for h in sorted(self.holders.get(i, ())):
+                if h not in start and (p := self.accounts[h].positions[i]) * sign > 0:
+                    gains[h] = gains.get(h, 0) + abs(p) * gain
+            for h in sorted(start):
+                if start[h] * sign > 0:
+                    gains[h] = gains.get(h, 0) + abs(start[h]) * gain
+        return gains
+
+    def _drain_open(self, cascade: "_Cascade") -> None:
+        """Step 6's first part: what nobody of steps 3-5 could carry (("open", asset), summed over
+        the pass) charged once per pass and asset to the mark's open sides (_open_gains: whoever
+        held, at the mark's start, a side of an open series that a liquidation of this mark closed
+        against and whose contracts gained at this mark), in proportion to contracts x gain, each
+        account at most that much in all the mark's passes and at most its equity (_charge); what
+        they cannot pay, to those of them whose equity it took (step 5: not liquidated by this mark,
+        untouched by the block, holding a position in the asset or one this mark settled) beyond
+        it, still at most their gain, liquidated at this mark in turn (cascade); the rest to everyone
+        in profit (pools.profit, _charge_profit). A side that did not gain is no source, so no
+        holder pays more than it gained at this mark on the sides it held. Without it, a bankrupt
+        book's counterparty tapped out by earlier shares of the mark sent the rest to everyone in
+        profit (a cash-only bystander paid 1,842 USD) while another holder of the side it closed
+        against, the attacker's, kept 207,238 USD of the same gain (tests/test_ledger_money_s8.py)."""
+        pools, done = cascade.pools, cascade.done
+        for asset in sorted(k[1] for k in pools.amount if isinstance(k, tuple) and k[0] == "open"):
+            loss = pools.amount.pop(("open", asset))
+            gains = self._open_gains(asset, pools)
+            paid = pools.paid.setdefault(asset, {})
+            left = {h: w - paid.get(h, 0) for h, w in gains.items()}
+            live = {h: gains[h] for h in gains if left[h] > 0}
+            if live:
+                taken: dict[bytes, int] = {}
+                got = self._charge(asset, loss, live, limit=left, taken=taken)
+                for h, q in taken.items():
+                    if q:
+                        paid[h] = paid.get(h, 0) + q
+                        left[h] -= q
+                loss -= got
+            if loss and live:  # every member gave its equity or its gain: carriers for the rest
+                settled = cascade.settled
+                carriers = {h: w for h, w in live.items() if left[h] > 0 and (h, asset) not in done
+                            and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in settled)}
+                if carriers:
+                    taken = {}
+                    loss -= self._charge(asset, loss, carriers, carriers, limit=left, taken=taken)
+                    for h, q in taken.items():
+                        if q:
+                            paid[h] = paid.get(h, 0) + q
+                    cascade.extend((h, asset) for h in sorted(carriers))
+            if loss:
+                pools.profit[asset] = pools.profit.get(asset, 0) + loss
 
     def _charge_profit(self, pools: "_Pools") -> None:
         """At the mark's end, per asset, what nobody of steps 3-5 could carry: charged once to every
@@ -1323,15 +1406,20 @@ class Clearing:
                 equity += n * self._value(i)
         return max(equity, 0)
 
-    def _charge(self, asset: str, loss: int, weights: dict[bytes, int], pending=frozenset()) -> int:
+    def _charge(self, asset: str, loss: int, weights: dict[bytes, int], pending=frozenset(), limit: dict | None = None,
+                taken: dict | None = None) -> int:
         """Up to loss quanta of asset taken from the accounts of weights in proportion to them (the
         rounding remainder one quantum each to the largest weights, then by key), none beyond its
         room (_room) but the books of pending, which this mark liquidates later (they pass their
         share on at their turn): whom the proportion would take past its room gives its room,
         and the rest is shared by the others in proportion again. Exact integers in a fixed order
         (by room / weight, then key), so every validator takes the same quanta. Returns what was
-        taken: loss, unless every account of weights gave all its room."""
+        taken: loss, unless every account of weights gave all its room. limit: at most so much from
+        each (its room the smaller of the two; of pending: the limit); taken: filled with what was
+        taken from each."""
         room = {h: None if h in pending else self._room(h, asset) for h in weights}
+        if limit is not None:
+            room = {h: limit[h] if r is None else min(r, limit[h]) for h, r in room.items()}
         take: dict[bytes, int] = {}
         left, total = loss, sum(weights.values())
         # the proportion only grows as accounts give all their room: the first whose share fits
@@ -1359,6 +1447,8 @@ class Clearing:
         for h in sorted(take):
             if take[h]:
                 _credit(self._mut(h), asset, -take[h])
+        if taken is not None:
+            taken.update(take)
         return loss - left
 
     # ---- the commitment and its invariants -------------------------------------------------------
