@@ -1308,7 +1308,7 @@ class Clearing:
             i, sign = side
             gain, start = pools.opened[asset][side], pools.start.get(i, {})
             for h in sorted(self.holders.get(i, ())):
-                if h not in start and (p := self.accounts[h].positions[i]) * sign > 0:
+                if h not in start and (p := self.accounts[h].positions.get(i, 0)) * sign > 0:
                     gains[h] = gains.get(h, 0) + abs(p) * gain
             for h in sorted(start):
                 if start[h] * sign > 0:
