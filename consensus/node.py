@@ -392,7 +392,7 @@ class NodeRunner:
                          self.app, self.store.safety(), history, self.store.committed_range, start.base)
         self.core.snapshot_source = self._serve_snapshot
         # an empty store with state_sync: a peer's snapshot first (see _synced)
-        self.sync = (statesync.StateSync(self.core.cfg, self.app)
+        self.sync = (statesync.StateSync(self.core.cfg, self.app, probe=True)
                      if cfg.state_sync and self.store.first_height() == 0 else None)
         self.highest_seen = self.core.committed.height
         self.metrics.height.set(self.core.committed.height)

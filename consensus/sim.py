@@ -350,7 +350,7 @@ class Simulation:
                 self.crashed.discard(name)
                 node = self._node(name)
                 node.sync = statesync.StateSync(self.cfg[node.index], self._make_app(self.genesis),
-                                                 clock=lambda: self.now)
+                                                 clock=lambda: self.now, probe=True)
                 self._apply(node, node.sync.start())
                 continue
             if name in self.crashed:

@@ -43,7 +43,22 @@ each peer at most its deadline: a sync takes at most about 4 (n - 1) times the l
 fastest honest peer needs and chunks x CHUNK_MS, where each slow Byzantine peer cost chunks x 2 s.
 The chunk count is the peer's word, bounded by the vouched size (a snapshot over
 VOUCH_FREE needs f + 1 vouchers, one of them honest), so a Byzantine peer claiming a large
-snapshot for a long deadline gets at most the deadline of 2 x an honest snapshot + 64 MiB."""
+snapshot for a long deadline gets at most the deadline of 2 x an honest snapshot + 64 MiB.
+
+A snapshot must also be one the validator can go on from (probe, which the node and the
+simulation turn on). A Byzantine peer could serve a snapshot committed long ago, valid against
+its block's state root, below the first block every honest validator holds (each was itself
+state-synced, or pruned), and then withhold the blocks after it: the validator took it and asked
+for those blocks for ever. So with its chunk 0 every peer is asked for the first block the
+snapshot needs fetched (the certified child of the proof's directly committed block: a
+BlockRequest for that one block, its id and height from the proof), and the snapshot is taken
+only once f + 1 peers (one of them honest, which serves the blocks after it) answered with it.
+Answers usually come before the last chunk; if not, the restored snapshot waits one timer, the
+probe asked again, and is then left for the next peer (snapshot_unservable). Honest validators
+hold every block from their first one up, and an honest peer's snapshot is at or above its own
+first block, so the highest honest snapshot is held after by every honest validator caught up:
+a live network (f + 1 honest peers up) always passes the probe for it. The cost: one block from
+each peer per snapshot tried."""
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +69,8 @@ from typing import Callable
 from . import messages, snapshots
 from .core import Base, Config, SetTimer, Send
 from .messages import (
-    MAX_RANGE, MAX_SNAPSHOT_CHUNKS, OFFER, SNAPSHOT_CHUNK, Proposal, SnapshotChunk, SnapshotOffer, SnapshotRequest,
-    proposal_bytes, vote_bytes,
+    MAX_RANGE, MAX_SNAPSHOT_CHUNKS, OFFER, SNAPSHOT_CHUNK, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
+    SnapshotOffer, SnapshotRequest, proposal_bytes, vote_bytes,
 )
 from .store import Store, snapshot_row_problem
 
@@ -183,8 +198,10 @@ class StateSync:
     manifest's size, which is at most this. clock: milliseconds, for a peer's snapshot's deadline
     (time.monotonic's unless given; the simulation gives its own)."""
 
-    def __init__(self, cfg: Config, app, max_bytes: int = MAX_SYNC_BYTES, clock: Callable[[], float] | None = None):
+    def __init__(self, cfg: Config, app, max_bytes: int = MAX_SYNC_BYTES, clock: Callable[[], float] | None = None,
+                 probe: bool = False):
         self.cfg, self.app = cfg, app
+        self.probe = probe
         self.max_bytes = min(max_bytes, MAX_SYNC_BYTES)
         self.clock = clock if clock is not None else (lambda: time.monotonic() * 1000.0)
         self.peer = cfg.me
@@ -200,6 +217,9 @@ class StateSync:
         self.size = 0  # the manifest's
         self.vouching: dict[int, int] | None = None  # while a large snapshot waits for f + 1 vouchers: peer -> size
         self.due: float | None = None  # (clock) by when the peer's whole snapshot is in, from its chunk 0 on
+        self.probing: tuple[bytes, int] | None = None  # (id, height) of the first block the snapshot needs fetched
+        self.holders: set[int] = set()  # peers that answered the probe with that block
+        self.ready: Synced | None = None  # the snapshot restored, waiting for f + 1 holders
 
     def _count(self, why: str) -> None:
         self.counters[why] = self.counters.get(why, 0) + 1
@@ -244,7 +264,8 @@ class StateSync:
         snapshot is past its deadline (see the module's docstring)."""
         if self.done is not None or view != self.timer:
             return []
-        self._count("peer_slow" if self._late() else "peer_silent" if self.vouching is None else "snapshot_unvouched")
+        self._count("snapshot_unservable" if self.ready is not None else "peer_slow" if self._late()
+                    else "peer_silent" if self.vouching is None else "snapshot_unvouched")
         return self._next_peer()
 
     def _vouched(self) -> bool:
@@ -267,7 +288,11 @@ class StateSync:
             return []
         if isinstance(msg, SnapshotOffer):
             return self._offer(sender, msg)
-        if not isinstance(msg, SnapshotChunk):
+        if isinstance(msg, BlockResponse):
+            return self._held(sender, msg)
+        if not isinstance(msg, SnapshotChunk) or self.ready is not None:
+            if isinstance(msg, SnapshotChunk):
+                self._count("chunk_unasked")
             return []
         if sender != self.peer or msg.chunk != len(self.parts) or self.vouching is not None or \
                 (self.head is not None and (msg.height, msg.chunks) != (self.head.height, self.head.chunks)):
@@ -298,19 +323,24 @@ class StateSync:
         if hashlib.sha256(msg.data).digest() != manifest[8 + 32 * msg.chunk:40 + 32 * msg.chunk]:
             self._count("snapshot_bad")  # not the chunk its manifest names: dropped, and the peer left
             return self._next_peer()
+        probes = []
         if self.head is None:
             self.head, self.size = msg, size
             self.due = self.clock() + RETRY_MS + (msg.chunks - 1) * self.chunk_ms
+            if self.probe:
+                b = msg.proof[_direct_commit(msg.proof) + 1].block
+                self.probing = (b.id, b.height)
+                probes = self._probes()
         self.parts.append(msg.data)
         if not last:
             if msg.chunk == 0 and self.size > VOUCH_FREE:
                 self.vouching = {sender: self.size}
                 if not self._vouched():  # (f = 0: the serving peer alone is enough)
                     self.asks += 1
-                    return [Send(p, SnapshotRequest(0, OFFER)) for p in range(self.cfg.n)
-                            if p not in (sender, self.cfg.me)] + [SetTimer(self.timer, RETRY_MS)]
+                    return probes + [Send(p, SnapshotRequest(0, OFFER)) for p in range(self.cfg.n)
+                                     if p not in (sender, self.cfg.me)] + [SetTimer(self.timer, RETRY_MS)]
                 self.vouching = None
-            return self._ask()
+            return probes + self._ask()
         blob = b"".join(self.parts)
         self.parts = []
         first = self.head.proof[0]
@@ -322,7 +352,32 @@ class StateSync:
             self._count("snapshot_bad")
             return self._next_peer()
         k = _direct_commit(self.head.proof)
-        self.done = Synced(first, state, blob, self.head.txs, tuple(self.head.proof[1:k + 1]), sender)
+        synced = Synced(first, state, blob, self.head.txs, tuple(self.head.proof[1:k + 1]), sender)
+        if not self.probe or len(self.holders) > self.cfg.f:
+            self.done = synced
+            return []
+        # f + 1 peers have not shown they hold the block after it yet: asked again (a probe may
+        # have been dropped), and the snapshot is left for the next peer's if they do not in time
+        self.ready, self.parts = synced, []
+        self.asks += 1
+        return (probes or self._probes()) + [SetTimer(self.timer, RETRY_MS)]
+
+    def _probes(self) -> list:
+        """Ask every peer that has not yet shown it holds the first block the snapshot needs
+        fetched (one block, its id and height from the proof) for that block."""
+        block_id, height = self.probing
+        return [Send(p, BlockRequest(block_id, height, 1)) for p in range(self.cfg.n)
+                if p != self.cfg.me and p not in self.holders]
+
+    def _held(self, sender: int, msg: BlockResponse) -> list:
+        """A peer's answer to the probe: it holds the block after the snapshot (one of f + 1
+        needed, see the module's docstring); anything else is not counted."""
+        if self.probing is None or not 0 <= sender < self.cfg.n or sender == self.cfg.me \
+                or not msg.proposals or msg.proposals[0].block.id != self.probing[0]:
+            return []
+        self.holders.add(sender)
+        if self.ready is not None and len(self.holders) > self.cfg.f:
+            self.done, self.ready = self.ready, None
         return []
 
 

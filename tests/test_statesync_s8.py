@@ -1,0 +1,112 @@
+"""Session 8 review of state sync: the leads the last consensus review left (an old but valid
+snapshot from a Byzantine peer, a snapshot pruned mid-transfer) and fresh attacks on sync and
+catch-up. Each test failed before its fix. Time is the simulation's (or a clock the test moves),
+never asserted as speed."""
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from consensus import messages, snapshots, statesync  # noqa: E402
+from consensus.messages import (  # noqa: E402
+    OFFER, BlockRequest, BlockResponse, SnapshotChunk, SnapshotOffer, SnapshotRequest,
+)
+from consensus.sim import Simulation  # noqa: E402
+from test_sync_attacks import _record_syncs, _wire  # noqa: E402
+
+
+def _chain(tmp_path, blocks: int, every: int = 10) -> Simulation:
+    """v0..v2 with stores (a snapshot every `every` blocks) commit `blocks` blocks; v3 is down."""
+    sim = Simulation(n=4, seed=3, txs_per_block=5, validation="software")
+    for node in sim.nodes[:3]:
+        sim.durable(node.name, tmp_path / f"{node.name}.db", snapshot_every=every)
+    sim.crashed.add("v3")
+    sim.load(blocks * 5)
+    sim.run(blocks=blocks, max_ms=10**9, live=lambda node: node.name != "v3")
+    return sim
+
+
+def _forget_below(store, height: int) -> None:
+    """An honest validator that holds no block below `height` (it was state-synced there itself,
+    or pruned): its committed rows and snapshots below it deleted."""
+    store.db.execute("DELETE FROM committed WHERE height < ?", (height,))
+    store.db.execute("DELETE FROM snapshots WHERE height < ?", (height,))
+
+
+def _same_chain(sim, name: str) -> None:
+    ids = {b.height: b.id for n in sim.nodes if n.name != name for b, _, _ in n.committed}
+    node = sim._node(name)
+    assert node.committed and all(ids.get(b.height, b.id) == b.id for b, _, _ in node.committed)
+
+
+# ---- lead 1: an old but valid snapshot ----------------------------------------------------------
+
+def test_an_old_valid_snapshot_below_every_honest_validators_blocks_is_passed_over(tmp_path, monkeypatch):
+    """v0 (Byzantine, the first peer v3 asks) keeps every snapshot and serves its oldest, at
+    height 10, under a real commit proof, and answers no block request but a one-block one. v1 and
+    v2 hold no block below 45 (state-synced there themselves). Before: v3 took the snapshot at 10,
+    then asked everyone for the blocks after it for ever (committed nothing). Now a snapshot is
+    taken only once f + 1 peers showed they hold the block after it (statesync: the probe), so v3
+    leaves v0's (snapshot_unservable), takes v1's and joins the chain."""
+    monkeypatch.setattr(snapshots, "KEPT", 1_000)
+    made = _record_syncs(monkeypatch)
+    sim = _chain(tmp_path, blocks=60)
+    v0 = sim._node("v0")
+    assert v0.store.snapshots()[-1][0] == 10
+    v0.core.snapshot_source = lambda height, chunk: statesync.serve(v0.store, height or 10, chunk)
+    answer = v0.core._on_block_request
+    v0.core._on_block_request = lambda sender, req: answer(sender, req) if req.max_blocks == 1 else []
+    for name in ("v1", "v2"):
+        _forget_below(sim._node(name).store, 45)
+    sim.state_sync("v3", tmp_path / "v3.db", sim.now + 1.0)
+    first = len(sim._node("v1").committed)
+    sim.run(blocks=first + 15, max_ms=sim.now + 60_000, live=lambda node: node.name != "v0")
+    sync = made[0]
+    assert sync.done is not None and sync.done.peer != 0, sync.counters
+    assert sync.counters.get("snapshot_unservable") == 1, sync.counters
+    assert sim._node("v3").store.first_height() >= 45
+    _same_chain(sim, "v3")
+
+
+def test_the_probe_counts_f_plus_1_distinct_peers_answering_with_the_block_after_the_snapshot(tmp_path):
+    """At the StateSync level: chunk 0 asks every peer for the proof's first block not committed by
+    it; the restored snapshot waits until f + 1 distinct peers answered with that block. Answers
+    with another block, from this validator's own index or no validator's, or the same peer
+    twice, count for nothing; the timer with too few holders leaves the snapshot
+    (snapshot_unservable) for the next peer; a second holder arriving in time completes it."""
+    sim = _chain(tmp_path, blocks=25)
+    store = sim._node("v0").store
+    head = statesync.serve(store, 0, 0)
+    assert head.chunks == 1
+    k = statesync._direct_commit(head.proof)
+    want = head.proof[k + 1]
+    other = head.proof[k]
+    for late in (False, True):
+        sync = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis), probe=True)
+        sync.start()
+        out = sync.handle(0, _wire(head))
+        asks = [a for a in out if type(a).__name__ == "Send"]
+        assert {a.to for a in asks} == {0, 1, 2}
+        assert all(a.msg == BlockRequest(want.block.id, want.block.height, 1) for a in asks)
+        assert sync.done is None and sync.ready is not None
+        timer = out[-1]
+        for sender, answer in ((1, other), (3, want), (9, want), (0, want), (0, want)):
+            assert sync.handle(sender, _wire(BlockResponse((answer,)))) == []
+        assert sync.done is None and sync.holders == {0}
+        if late:
+            (ask, _) = sync.on_timer(timer.view)
+            assert sync.counters == {"snapshot_unservable": 1} and ask.to == 1 and sync.ready is None
+            assert sync.handle(2, _wire(BlockResponse((want,)))) == [] and sync.done is None
+        else:
+            assert sync.handle(2, _wire(BlockResponse((want,)))) == [] and sync.done is not None
+            assert sync.done.proposal.block.id == head.proof[0].block.id and sync.on_timer(timer.view) == []
+
+
+def test_without_the_probe_a_state_sync_is_as_before(tmp_path):
+    """StateSync(probe=False), the unit tests' default: the snapshot is taken on its last chunk."""
+    sim = _chain(tmp_path, blocks=25)
+    sync = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis))
+    sync.start()
+    assert sync.handle(0, _wire(statesync.serve(sim._node("v0").store, 0, 0))) == [] and sync.done is not None
+    assert sync.holders == set() and sync.probing is None
