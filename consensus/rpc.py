@@ -46,6 +46,8 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 log = logging.getLogger("consensus.rpc")
 CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
 TOTAL_REQUESTS = 20  # requests a second from all clients together: this many times requests_per_s
+CONTENDED_S = 1.0  # WorkBudget: the total is contended with under this many seconds' worth left (of 2)
+FAIR_ACTIVE_S = 10.0  # WorkBudget: a site shares the contended total this long after its last request
 
 
 class BadRequest(ValueError):
@@ -179,21 +181,79 @@ class WorkBudget:
     The loop that verifies submissions also runs consensus: without this bound, batches of
     invalid signatures at the request rate kept it busy past the view timeout (1,000 bad
     signatures take 50 ms on the C fallback, 1.6 s software-only; 100 such requests a second is
-    5 s of work a second), and strangers sending them to every validator stalled the chain."""
+    5 s of work a second), and strangers sending them to every validator stalled the chain.
+
+    The total is shared max-min fairly among the sites asking for it (a site: an IPv4 address,
+    an IPv6 /48, site_of). It was first come first served: total / share clients at their share
+    (4 at the defaults) kept it at zero, and whoever asked the moment it refilled, most likely
+    one of them, took it: every other client was refused for as long as they kept at it. Now,
+    while the total is contended (under CONTENDED_S seconds' worth left), a site is admitted
+    only while it has not used more than its fair part: a fair clock advances total / (active
+    sites) a second (a site is active FAIR_ACTIVE_S seconds after its last request), each site
+    is credited what the clock advanced since its last request (at most 2 s of its part; a site
+    seen the first time starts at zero, owing nothing) and owes what it is charged. The total
+    is still a hard bound (a request needs it above zero), so addresses rotated through cannot
+    take more than it; with A sites over their part a site under it still finds the total above
+    zero (together they are held to A / (A + 1) of it) and gets about total / (A + 1); what
+    sites under their part leave goes back to the total and to whoever asks while it is not
+    contended."""
 
     def __init__(self, share: float, total: float):
         self.share, self.total = share, total
-        self.clients: dict[str, list[float]] = {}  # client -> [seconds left, at]
-        self.all = [2 * total, time.monotonic()]
+        self.clients: dict[str, list[float]] = {}  # client -> [seconds left, at], most recent last
+        self.all: list = [2 * total, None]  # [seconds left, at]; at None: the first request's time
+        self.sites: dict[str, list[float]] = {}  # site -> [fair seconds left, fair clock then], most recent last
+        self.active: dict[str, float] = {}  # site -> its last request, oldest first
+        self.fair_clock, self.fair_at = 0.0, None  # seconds of the total each active site was allotted
 
-    def _refill(self, bucket: list[float], rate: float, now: float) -> list[float]:
-        bucket[0] = min(2 * rate, bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
+    @staticmethod
+    def _refill(bucket: list, rate: float, now: float) -> list:
+        at = now if bucket[1] is None else bucket[1]
+        bucket[0] = min(2 * rate, bucket[0] + max(0.0, now - at) * rate)
+        bucket[1] = max(at, now)
         return bucket
+
+    def _advance(self, now: float) -> None:
+        """The fair clock to now, the sites idle FAIR_ACTIVE_S no longer counted from the moment
+        they went idle."""
+        at = now if self.fair_at is None else self.fair_at
+        while self.active:
+            site, last = next(iter(self.active.items()))
+            idle = last + FAIR_ACTIVE_S
+            if idle > now:
+                break
+            if idle > at:
+                self.fair_clock += (idle - at) * self.total / len(self.active)
+                at = idle
+            del self.active[site]
+        if now > at:
+            self.fair_clock += (now - at) * self.total / max(1, len(self.active))
+            at = now
+        self.fair_at = at
+
+    def _site(self, site: str, now: float) -> list[float]:
+        """The site's fair entry, credited to now and counted as active (most recent last)."""
+        self._advance(now)
+        self.active.pop(site, None)
+        self.active[site] = max(now, self.fair_at)
+        mine = self.sites.pop(site, None) or [0.0, self.fair_clock]
+        self.sites[site] = mine
+        while len(self.sites) > CLIENTS_TRACKED:
+            gone = next(iter(self.sites))
+            del self.sites[gone]
+            self.active.pop(gone, None)
+        while len(self.active) > CLIENTS_TRACKED:
+            del self.active[next(iter(self.active))]
+        cap = 2 * self.total / max(1, len(self.active))
+        mine[0] = min(cap, mine[0] + self.fair_clock - mine[1])
+        mine[1] = self.fair_clock
+        return mine
 
     def refusal(self, client: str, now: float | None = None) -> tuple[str, float]:
         """('', 0) if the client may submit now, else (why not, seconds until it may)."""
         now = time.monotonic() if now is None else now
+        site = site_of(client)
+        fair = self._site(site, now)
         mine = self.clients.pop(client, None) or [2 * self.share, now]
         self.clients[client] = mine  # most recently used last
         while len(self.clients) > CLIENTS_TRACKED:
@@ -206,11 +266,20 @@ class WorkBudget:
             wait = -self.all[0] / self.total + 0.1
             return (f"submissions are over this validator's verification time ({self.total:g} s a second); "
                     f"try again in {wait:.1f} s"), wait
+        if self.all[0] < CONTENDED_S * self.total and fair[0] < 0:
+            part = self.total / max(1, len(self.active))
+            wait = -fair[0] / part + 0.1
+            return (f"this validator's verification time ({self.total:g} s a second) is contended: {site} is over "
+                    f"its fair part of it ({part:.3g} s a second, one of {len(self.active)} clients asking); "
+                    f"try again in {wait:.1f} s"), wait
         return "", 0.0
 
     def charge(self, client: str, seconds: float) -> None:
         if client in self.clients:
             self.clients[client][0] -= seconds
+        fair = self.sites.get(site_of(client))
+        if fair is not None:
+            fair[0] -= seconds
         self.all[0] -= seconds
 
 
@@ -345,7 +414,8 @@ class Rpc:
     max_connections (None: a quarter of the file-descriptor limit, at most 1,024) and
     max_connections_per_client bound the open connections; one that sends nothing for
     idle_timeout_s seconds is closed. Submissions may take submit_share_s seconds of the node's
-    loop a second per client, submit_total_s for all (WorkBudget); past them, 429. Requests:
+    loop a second per client, submit_total_s for all, shared fairly while contended (WorkBudget);
+    past them, 429. Requests:
     requests_per_s per client, requests_total_per_s (None or 0: TOTAL_REQUESTS x requests_per_s)
     from all clients together."""
 
