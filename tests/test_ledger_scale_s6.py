@@ -19,7 +19,7 @@ Tests:
    and by the code before the fix (Reference below: its mark, _settle, _settle_debt, _liquidate
    and _charge copied verbatim from clearing.py at dbb05d2, then changed, marked s7, to the simple
    form of session 7's rule for socialized losses: shared sources charged once per mark, see
-   tests/test_ledger_scale_s7.py; marked s8, the open sides before everyone in profit, from a
+   tests/test_ledger_scale_s7.py; marked s8, step 6's gainers before everyone in profit, from a
    plain snapshot of every account's positions at the mark's start, see
    tests/test_ledger_money_s8.py): the same refusals, leaves, Liquidation records, funds,
    supply, fixings and state root after every mark;
@@ -63,9 +63,9 @@ class _RefPools:
         self.before = {}  # s7 review: series -> value at the marked underlying's previous mark
         self.of = {}  # s7 review: (account, asset) -> the record of its liquidation at this mark
         self.takers = {}  # s7: record -> the owners of earlier liquidations that took its book's positions
-        self.snap = {}  # s8: account -> its positions at the mark's start (after the settlement)
-        self.opened = {}  # s8: asset -> {(series, side) closed against whose contracts gained: the gain}
-        self.paid = {}  # s8: asset -> {account: what the open sides took from it at this mark}
+        self.snap = {}  # s8: account -> its positions at the mark's start (before the settlement)
+        self.moves = {}  # s8: series of the marked underlying -> value (or fixing) now less value before
+        self.paid = {}  # s8: asset -> {account: what step 6's gainers' charge took from it}
 
 
 def _ref_gain(ref, series: int, value: int, sign: int) -> int:
@@ -136,9 +136,10 @@ class Reference(Clearing):
         ref = _RefPools()  # s7: what the mark's liquidations owe each shared source, charged once per drain
         ref.before = dict(last.values) if last is not None else {}
         paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> the other sides of their series
+        ref.snap = {h: dict(a.positions) for h, a in self.accounts.items()}  # s8: step 6's gainers' weights
+        ref.moves = {i: v - last.values[i] for i, v in new.values.items() if last is not None and i in last.values}
         for i in sorted(expiring):
             self._settle(i, paid, ref)
-        ref.snap = {h: dict(a.positions) for h, a in self.accounts.items()}  # s8: the open sides' weights
         heirs: dict = {}  # shared by this mark's liquidations (_liquidate)
         pending: dict[str, set[bytes]] = {}  # per asset, the books still to liquidate
         for k, a, _ in below:
@@ -168,7 +169,7 @@ class Reference(Clearing):
                     self._drain(cascade, sides=True)
                 if not cascade:  # s7 review: what liquidated books could not pay, to their own weights
                     self._drain(cascade, own=True)
-                if not cascade:  # s8: what nobody carried, to the open sides first
+                if not cascade:  # s8: what nobody carried, to the mark's gainers first
                     self._drain_open(cascade)
                 if not cascade and not any(q and (isinstance(k, int) or k in ref.sides or k[0] == "open")
                                            for k, q in ref.amount.items()):
@@ -260,9 +261,6 @@ class Reference(Clearing):
                 if not size:
                     break
                 theirs = self.accounts[h].positions[i]
-                side = 1 if theirs > 0 else -1
-                if cascade is not None and side * (value - cascade.pools.before.get(i, value)) > 0:  # s8: open side
-                    cascade.pools.opened.setdefault(asset, {})[(i, side)] = side * (value - cascade.pools.before[i])
                 q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
                 _credit(acct, asset, q * value)
                 _credit(self._mut(h), asset, -q * value)
@@ -340,7 +338,7 @@ class Reference(Clearing):
             return loss
         if loss > charged and not passing:  # s7 c2: the own drain passes it along the chain (_reach)
             return charged
-        if loss > charged:  # s8: owed to the open sides first
+        if loss > charged:  # s8: owed to the mark's gainers first
             ref.amount[("open", asset)] = ref.amount.get(("open", asset), 0) + loss - charged
             if at is not None:
                 ref.owed.setdefault(asset, {})[at] = loss - charged
@@ -367,7 +365,7 @@ class Reference(Clearing):
                         short.setdefault(asset, []).append((n, left))
             for asset in sorted(short):
                 left = self._reach(asset, sum(q for _, q in short[asset]), [n for n, _ in short[asset]], cascade)
-                if left:  # s8: owed to the open sides first
+                if left:  # s8: owed to the mark's gainers first
                     ref.amount[("open", asset)] = ref.amount.get(("open", asset), 0) + left
             return
         for n in reversed(range(len(ref.records))) if not sides else ():
@@ -422,17 +420,18 @@ class Reference(Clearing):
         return loss
 
     def _drain_open(self, cascade):
-        """s8: per asset, what would go to everyone in profit, charged first to whoever held an open side
-        at the mark's start (snap), by contracts x gain summed over the sides, each at most that in
-        all; carriers beyond equity (up to it); the rest to everyone in profit."""
+        """s8: per asset, what would go to everyone in profit, charged first to whoever held at the
+        mark's start (snap) a side of a series of the marked underlying that gained at this mark, by
+        contracts x gain summed over the series, each at most that in all; carriers beyond equity
+        (up to it); the rest to everyone in profit."""
         ref = cascade.pools
         for asset in sorted(k[1] for k, q in ref.amount.items() if q and isinstance(k, tuple) and k[0] == "open"):
             loss = ref.amount.pop(("open", asset))
             gains = {}
             for h, positions in ref.snap.items():
-                for (i, sign), gain in ref.opened.get(asset, {}).items():
-                    if positions.get(i, 0) * sign > 0:
-                        gains[h] = gains.get(h, 0) + abs(positions[i]) * gain
+                for i, p in positions.items():
+                    if self.series[i].asset == asset and p * ref.moves.get(i, 0) > 0:
+                        gains[h] = gains.get(h, 0) + abs(p * ref.moves[i])
             paid = ref.paid.setdefault(asset, {})
             left = {h: w - paid.get(h, 0) for h, w in gains.items()}
             live = {h: w for h, w in gains.items() if left[h] > 0}
@@ -480,7 +479,7 @@ class Reference(Clearing):
         (by room / weight, then key), so every validator takes the same quanta. Returns what was
         taken: loss, unless every account of weights gave all its room."""
         room = {h: None if h in pending else self._room(h, asset) for h in weights}
-        for h in limit or ():  # s8: at most limit[h] from h (the open sides: its gain)
+        for h in limit or ():  # s8: at most limit[h] from h (step 6's gainers: its gain)
             if h in room:
                 room[h] = limit[h] if room[h] is None else min(room[h], limit[h])
         take: dict[bytes, int] = {}
@@ -660,7 +659,7 @@ SEEDS = range(160)
 
 def test_random_markets_reach_the_same_state_and_liquidations_as_the_code_before_the_fix():
     seen = {"liquidations": 0, "insurance": 0, "socialized": 0, "settled and liquidated": 0,
-            "settlement debts": 0, "cascades": 0, "refused": 0, "open sides paid": 0}
+            "settlement debts": 0, "cascades": 0, "refused": 0, "gainers paid": 0}
     orig_settle_debt, orig_extend, orig_open = Clearing._settle_debt, _Cascade.extend, Clearing._drain_open
     debts, carried = [], []
 
@@ -669,10 +668,10 @@ def test_random_markets_reach_the_same_state_and_liquidations_as_the_code_before
         carried.append(len(books))
         orig_extend(self, books)
 
-    def opening(self, cascade):  # s8: passes in which the open sides (step 6) took something
+    def opening(self, cascade):  # s8: passes in which step 6's gainers paid something
         before = sum(sum(p.values()) for p in cascade.pools.paid.values())
         orig_open(self, cascade)
-        seen["open sides paid"] += sum(sum(p.values()) for p in cascade.pools.paid.values()) > before
+        seen["gainers paid"] += sum(sum(p.values()) for p in cascade.pools.paid.values()) > before
 
     def counting(self, key, asset, receivers, cascade=None):
         before = len(self.liquidations)

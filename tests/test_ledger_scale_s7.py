@@ -19,7 +19,7 @@ extrapolation; after: the rule below):
        cannot pay goes along the chains to X; one search per record would be N x N (3,200: 3.9 s,
        12,800: ~60 s); one per pass: 12,800 chains 1.3 s
     6. (s8) N copies of the chain search's seed 18220 (tests/test_ledger_money_s8.py): what the
-       tapped-out counterparties cannot pay goes to the open side they held (4N holders at the
+       tapped-out counterparties cannot pay goes to the mark's gainers (4N holders of the future at the
        mark's start), charged once per pass, each holder at most its gain there
 
 The rule now (docs/CLEARING.md, "Liquidation and auto-deleveraging", steps 3-6): a liquidation's
@@ -119,7 +119,7 @@ def construction(cls, kind: int, n: int):
         return c, _expiry
     if kind == 6:  # s8: n copies of the chain search's seed 18220 (tests/test_ledger_money_s8.py): a
         for g in range(n):  # counterparty tapped out by an earlier share of the mark; what it cannot
-            ks = [_key(0x10 + i, g) for i in range(8)]  # pay goes to the open side it held (the future's
+            ks = [_key(0x10 + i, g) for i in range(8)]  # pay goes to the mark's gainers (the future's
             for k, d in zip(ks, [1_000, 3_000, 3_000, 1, 3_000, 1_000, 3_000, 200_000]):  # longs at the
                 _inject(c, k, {"USD": d * USD})  # mark's start, 4n holders), one charge per pass
             for a, b, s, q in [(1, 0, 1, 3), (2, 1, 1, 1), (3, 2, 3, 3), (4, 3, 3, 3), (5, 4, 3, 1), (6, 5, 3, 2),

@@ -186,14 +186,14 @@ class _Pools:
     chain (_socialize, Clearing._reach); of:
     (account, asset) -> the record of its liquidation at this mark; before: the values of the marked underlying's
     series at its previous mark (_gain). ("open", asset): what would go to everyone in profit,
-    owed first to the mark's open sides in the asset (Clearing._drain_open): opened: asset ->
-    {(series, side) a liquidation of the mark closed against whose contracts gained at this mark:
-    the gain a contract}; start: series -> {account: its position at the mark's start} for the
-    positions the mark's liquidations changed (the others are as they were); gains: asset ->
-    {holder at the mark's start of an open side: contracts x gain, summed over the sides merged};
-    merged: the open sides in gains; paid: asset -> {holder: what the open sides took from it}."""
-    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of", "takers", "opened", "start",
-                 "gains", "merged", "paid")
+    owed first to the mark's gainers in the asset (Clearing._drain_open): moves: series of the
+    marked underlying -> its value (or fixing) at this mark less its value at the previous one;
+    start: series -> {account: its position at the mark's start} for the positions the mark's
+    liquidations changed (the others are as they were); gains: asset -> {whoever held, at the
+    mark's start, a side of such a series that gained: contracts x the gain a contract, summed},
+    built once per mark when first owed; paid: asset -> {gainer: what step 6 took from it}."""
+    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of", "takers", "moves", "start",
+                 "gains", "paid")
 
     def __init__(self, before: dict | None = None):
         self.before: dict[int, int] = before or {}  # series -> value at the underlying's previous mark
@@ -204,10 +204,9 @@ class _Pools:
         self.amount: dict = {}
         self.profit: dict[str, int] = {}
         self.owed: dict[str, dict[int, int]] = {}
-        self.opened: dict[str, dict[tuple[int, int], int]] = {}
+        self.moves: dict[int, int] = {}
         self.start: dict[int, dict[bytes, int]] = {}
         self.gains: dict[str, dict[bytes, int]] = {}
-        self.merged: set[tuple[int, int]] = set()
         self.paid: dict[str, dict[bytes, int]] = {}
 
     def put(self, source, amount: int) -> None:
@@ -910,6 +909,7 @@ class Clearing:
         self.marks[underlying] = new
         pools = _Pools(last.values if last is not None else None)  # the mark's shared sources of
         # socialized losses, charged once per drain; weights by what each holder gained at this mark (_gain)
+        pools.moves = {i: v - last.values[i] for i, v in new.values.items() if last is not None and i in last.values}
         paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> their series' other sides (sources)
         for i in sorted(expiring):
             self._settle(i, paid, pools)
@@ -945,7 +945,7 @@ class Clearing:
                     self._drain(cascade, sides=True)  # charged again only after a side's carriers
                 if not cascade:  # were liquidated (once per side and mark), not once per round; then
                     self._drain(cascade, own=True)  # what liquidated books could not pay, to their own weights
-                if not cascade:  # then what nobody of steps 3-5 carried, to the open sides (step 6)
+                if not cascade:  # then what nobody of steps 3-5 carried, to the mark's gainers (step 6)
                     self._drain_open(cascade)
                 if not cascade and not any(isinstance(k, int) or k in pools.sides or k[0] == "open"
                                            for k in pools.amount):
@@ -1072,10 +1072,9 @@ class Clearing:
         weights: dict[bytes, int] = {}
         took: set[bytes] = set()  # books whose positions this one took (bankrupt or not: one this
         # mark liquidates later with nothing left to close inherits this liquidation)
-        before = pools.before
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
-            start = pools.start.setdefault(i, {})  # positions at the mark's start (the open sides' weights)
+            start = pools.start.setdefault(i, {})  # positions at the mark's start (step 6's gainers)
             start.setdefault(key, size)
             while size:
                 h = ranks.next(i, -1 if size > 0 else 1, bankrupt, key)
@@ -1083,9 +1082,6 @@ class Clearing:
                     break
                 theirs = self.accounts[h].positions[i]
                 start.setdefault(h, theirs)
-                side = 1 if theirs > 0 else -1
-                if (gain := side * (value - before.get(i, value))) > 0:  # an open side (step 6)
-                    pools.opened.setdefault(asset, {})[(i, side)] = gain
                 q = min(abs(size), abs(theirs)) * (1 if size > 0 else -1)  # contracts key gives up
                 _credit(acct, asset, q * value)
                 _credit(self._mut(h), asset, -q * value)
@@ -1147,7 +1143,7 @@ class Clearing:
         liquidations' records (whom their positions were closed against: what they gained from
         the debtor passed on to them; passing False, charging those, returns (charged, the rest) for
         Clearing._reach to pass along the record's chain). Only
-        without one is the rest owed to step 6 (("open", asset): the mark's open sides first,
+        without one is the rest owed to step 6 (("open", asset): the mark's gainers first,
         Clearing._drain_open, then every account with a positive balance in the asset, charged
         once at the mark's end, _charge_profit). Else the attacker's L, long
         the expiring call its W wrote and short futures to its X, liquidated at the expiry before
@@ -1186,7 +1182,7 @@ class Clearing:
                 return loss, loss - charged
         if loss > charged and not passing:  # the own drain passes the rest along the record (_reach)
             return charged, loss - charged
-        if loss > charged:  # step 6: the mark's open sides first (_drain_open), then everyone in profit
+        if loss > charged:  # step 6: the mark's gainers first (_drain_open), then everyone in profit
             pools.put(("open", asset), loss - charged)
             return loss, loss - charged
         return loss, 0
@@ -1205,7 +1201,7 @@ class Clearing:
         them this mark did not liquidate still holding a position
         in the asset or one this mark settled, untouched by the block (step 5's carriers, listed in
         cascade, liquidated at this mark: the loss follows their positions); returns what no level
-        could pay (owed to step 6: the open sides, then everyone in profit). One
+        could pay (owed to step 6: the mark's gainers, then everyone in profit). One
         search for all the pass's records, not one per record: N records reaching one shared side
         of H holders would be N x (N + H) (4 s for 3,200 chains at one mark). Without it, a chain
         of books liquidated at the same mark (W short a call to L, L short a future to L2, L2
@@ -1274,7 +1270,7 @@ class Clearing:
                     entry[1].append(n)
             for asset in sorted(short):
                 if left := self._reach(asset, short[asset][0], short[asset][1], cascade):
-                    pools.put(("open", asset), left)  # step 6: the open sides first
+                    pools.put(("open", asset), left)  # step 6: the mark's gainers first
             return
         if sides:
             for side in sorted(s for s in pools.amount if s in pools.sides):
@@ -1295,18 +1291,27 @@ class Clearing:
                     heapq.heappush(queue, -source)
 
     def _open_gains(self, asset: str, pools: "_Pools") -> dict[bytes, int]:
-        """The members of the mark's open sides in asset (pools.opened) and their weights: each
-        holder of such a side at the mark's start, contracts then x the side's gain a contract,
-        summed over the sides. A side is merged once per mark (its holders then: the series'
-        holders now, whose positions no liquidation changed, and pools.start's; positions at the
-        start never change), so a side of H holders costs H once per mark."""
-        gains = pools.gains.setdefault(asset, {})
-        for side in sorted(pools.opened.get(asset, {})):
-            if side in pools.merged:
+        """Step 6's gainers in asset and their weights, built once per mark (when first owed):
+        whoever held, at the mark's start, a side of a series of the marked underlying settling in
+        asset whose value (or fixing) rose for that side since the previous mark, weighing
+        contracts then x that gain a contract, summed over the series. A series this mark settled:
+        its holders at the settlement (pools.sides); an open one: its holders now whose positions
+        no liquidation changed, and pools.start's (a position at the start never changes after).
+        One pass over the underlying's holders in the asset per mark, as its margin check is."""
+        if asset in pools.gains:
+            return pools.gains[asset]
+        gains = pools.gains[asset] = {}
+        for i in sorted(pools.moves):
+            move = pools.moves[i]
+            if not move or self.series[i].asset != asset:
                 continue
-            pools.merged.add(side)
-            i, sign = side
-            gain, start = pools.opened[asset][side], pools.start.get(i, {})
+            sign, gain = (1, move) if move > 0 else (-1, -move)
+            if i in self.fixings:  # settled at this mark: its holders on that side then
+                held = pools.sides.get((i, sign), (None, {}, None))[1]
+                for h in sorted(held):
+                    gains[h] = gains.get(h, 0) + held[h] * gain
+                continue
+            start = pools.start.get(i, {})
             for h in sorted(self.holders.get(i, ())):
                 if h not in start and (p := self.accounts[h].positions.get(i, 0)) * sign > 0:
                     gains[h] = gains.get(h, 0) + abs(p) * gain
@@ -1317,18 +1322,20 @@ class Clearing:
 
     def _drain_open(self, cascade: "_Cascade") -> None:
         """Step 6's first part: what nobody of steps 3-5 could carry (("open", asset), summed over
-        the pass) charged once per pass and asset to the mark's open sides (_open_gains: whoever
-        held, at the mark's start, a side of an open series that a liquidation of this mark closed
-        against and whose contracts gained at this mark), in proportion to contracts x gain, each
-        account at most that much in all the mark's passes and at most its equity (_charge); what
-        they cannot pay, to those of them whose equity it took (step 5: not liquidated by this mark,
-        untouched by the block, holding a position in the asset or one this mark settled) beyond
-        it, still at most their gain, liquidated at this mark in turn (cascade); the rest to everyone
-        in profit (pools.profit, _charge_profit). A side that did not gain is no source, so no
-        holder pays more than it gained at this mark on the sides it held. Without it, a bankrupt
-        book's counterparty tapped out by earlier shares of the mark sent the rest to everyone in
-        profit (a cash-only bystander paid 1,842 USD) while another holder of the side it closed
-        against, the attacker's, kept 207,238 USD of the same gain (tests/test_ledger_money_s8.py)."""
+        the pass) charged once per pass and asset to the mark's gainers (_open_gains: whoever held,
+        at the mark's start, a side of a series of the marked underlying that gained at this mark),
+        in proportion to contracts x gain, each account at most that much in all the mark's passes
+        and at most its equity (_charge; a book this mark liquidated: the cash its closure left it);
+        what they cannot pay, to those of them whose equity it took (step 5: not liquidated by this
+        mark, untouched by the block, holding a position in the asset or one this mark settled)
+        beyond it, still at most their gain, liquidated at this mark in turn (cascade); the rest to
+        everyone in profit (pools.profit, _charge_profit). No one pays here more than it gained at
+        this mark; one that gained nothing pays nothing here. Without it, a bankrupt book's
+        counterparty tapped out by earlier shares of the mark sent the rest to everyone in profit
+        (a cash-only bystander paid 1,842 USD) while another holder of the side it closed against,
+        the attacker's, kept 207,238 USD of the same gain; or a book liquidated at the mark kept in
+        cash the gain on the calls a tapped-out account had written to it (2,143 USD)
+        (tests/test_ledger_money_s8.py)."""
         pools, done = cascade.pools, cascade.done
         for asset in sorted(k[1] for k in pools.amount if isinstance(k, tuple) and k[0] == "open"):
             loss = pools.amount.pop(("open", asset))
