@@ -279,7 +279,7 @@ class Simulation:
         then serves committed blocks from it and prunes them from memory. snapshot_every: a state
         snapshot every this many committed blocks, which a restart starts from."""
         node = self._node(name)
-        node.store, node.snapshot_every = Store(path), snapshot_every
+        node.store, node.snapshot_every = Store(path, clock=lambda: self.now / 1000.0), snapshot_every
         node.core.committed_source = node.store.committed_range
         node.core.snapshot_source = lambda height, chunk: statesync.serve(node.store, height, chunk)
 
@@ -307,7 +307,7 @@ class Simulation:
         peer's snapshot (statesync.StateSync), then fetches the blocks after it."""
         self.crashed.add(name)
         self._push(at_ms, ("sync", name))
-        self._node(name).store = Store(path)
+        self._node(name).store = Store(path, clock=lambda: self.now / 1000.0)
 
     def _synced(self, node: Node) -> None:
         """The snapshot is in: the validator's core starts from it."""

@@ -21,7 +21,7 @@ from .messages import Txs
 from .store import Store, StoreError, snapshot_row_problem
 
 log = logging.getLogger("consensus.snapshots")
-KEPT = 2  # snapshots a store keeps: the newest, and one to fall back on
+KEPT = 2  # snapshots a store keeps: the newest, and one to fall back on (and one in a transfer: Store.add_snapshot)
 KV_MAGIC = b"AVKVSN1"
 
 

@@ -58,7 +58,13 @@ probe asked again, and is then left for the next peer (snapshot_unservable). Hon
 hold every block from their first one up, and an honest peer's snapshot is at or above its own
 first block, so the highest honest snapshot is held after by every honest validator caught up:
 a live network (f + 1 honest peers up) always passes the probe for it. The cost: one block from
-each peer per snapshot tried."""
+each peer per snapshot tried.
+
+A server keeps a snapshot a chunk of which it served recently beside its KEPT newest
+(Store.add_snapshot), so a transfer slower than the snapshot interval is not cut by pruning; a
+chunk asked of a snapshot the server no longer holds is answered with its newest one's offer,
+and the syncing validator asks that peer for its newest at once (snapshot_gone; a second time,
+the next peer)."""
 from __future__ import annotations
 
 import hashlib
@@ -93,11 +99,18 @@ def _direct_commit(proposals) -> int | None:
     return None
 
 
-def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | None:
+def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | SnapshotOffer | None:
     """A chunk of the newest stored snapshot whose commit the store can prove (height 0), or of the
     one at `height`; None if there is none. Only a first chunk carries the proof and the manifest,
     and only when they fit in one frame beside the chunk (an older snapshot may do otherwise).
-    chunk OFFER: the SnapshotOffer of the newest stored snapshot (its height, size and chunks)."""
+    chunk OFFER: the SnapshotOffer of the newest stored snapshot (its height, size and chunks).
+    A chunk of a height the store holds no snapshot at (pruned since the peer's transfer began):
+    the newest's SnapshotOffer, which tells the peer at once that its snapshot is gone (it went
+    on waiting for a timer's length, then left this validator). Each chunk served keeps its
+    snapshot from being pruned for a while (Store.served)."""
+    if chunk != OFFER and height != 0 and (not 1 <= height < messages.MAX_HEIGHT or store.db.execute(
+            "SELECT NOT EXISTS (SELECT 1 FROM snapshots WHERE height = ?)", (height,)).fetchone()[0]):
+        chunk = OFFER
     if chunk == OFFER:
         row = store.db.execute("SELECT height, length(blob) FROM snapshots WHERE typeof(blob) = 'blob' "
                                "AND typeof(height) = 'integer' ORDER BY height DESC LIMIT 1").fetchone()
@@ -140,6 +153,7 @@ def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | None:
         if chunk == 0 and sum(len(messages.encode(p)) for p in proof) + len(data) + len(manifest) + 1024 \
                 > messages.MAX_MESSAGE:
             continue  # blocks too large to carry beside the chunk in one frame
+        store.served(h)
         return out
     return None
 
@@ -226,6 +240,7 @@ class StateSync:
 
     def _next_peer(self) -> list:
         self.tries += 1
+        self.regone = False  # (this peer said its snapshot is gone once: see _gone)
         self.peer = (self.peer + 1) % self.cfg.n
         if self.peer == self.cfg.me:
             self.peer = (self.peer + 1) % self.cfg.n
@@ -268,11 +283,25 @@ class StateSync:
                     else "peer_silent" if self.vouching is None else "snapshot_unvouched")
         return self._next_peer()
 
+    def _gone(self) -> list:
+        """The peer answered an ask for a chunk with the offer of another snapshot: the one being
+        fetched is gone (pruned, see serve). Its newest is asked for at once, once a peer (its
+        deadline anew from that one's chunk 0; the chunks held are dropped); a second time, or
+        a Byzantine peer saying so to restart its deadline, the next peer is asked."""
+        self._count("snapshot_gone")
+        if self.regone:
+            return self._next_peer()
+        self.regone = True
+        self._reset()
+        return self._ask()
+
     def _vouched(self) -> bool:
         return sum(VOUCH_FACTOR * s + VOUCH_FREE >= self.size for s in self.vouching.values()) > self.cfg.f
 
     def _offer(self, sender: int, msg: SnapshotOffer) -> list:
         if self.vouching is None:  # none asked for, or a late answer to an ask that is done
+            if sender == self.peer and self.head is not None and self.ready is None and msg.height != self.head.height:
+                return self._gone()
             return []
         if not 0 <= sender < self.cfg.n or sender == self.cfg.me or sender in self.vouching:
             self._count("offer_unasked")

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
+from typing import Callable
 
 from . import messages
 from .core import Safety
 from .messages import Proposal
+
+
+SERVING_S = 10.0  # a snapshot a chunk of which was served this recently is in a peer's transfer (see add_snapshot)
 
 
 class StoreError(RuntimeError):
@@ -79,7 +84,11 @@ def _id(value, what: str) -> bytes:
 
 
 class Store:
-    def __init__(self, path):
+    def __init__(self, path, clock: Callable[[], float] | None = None):
+        """clock: seconds, for how recently a snapshot was served (time.monotonic's unless given;
+        the simulation gives its own)."""
+        self.clock = clock if clock is not None else time.monotonic
+        self.serving: dict[int, float] = {}  # snapshot height -> when a chunk of it was last served
         self.db = sqlite3.connect(str(path), isolation_level=None, factory=_Connection)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a vote may leave only after its state is on disk
@@ -177,16 +186,24 @@ class Store:
     def add_snapshot(self, height: int, block_id: bytes, state_root: bytes, txs: int, blob: bytes,
                      keep: int = 2) -> None:
         """Store the state snapshot of the committed block at `height` and drop all but the newest
-        `keep` (one older than the newest stays, should the newest be unreadable)."""
+        `keep` (one older than the newest stays, should the newest be unreadable), and the newest
+        of the others a chunk of which was served within SERVING_S (served): a peer's transfer
+        slower than `keep` snapshot intervals lost its snapshot midway, and every peer's the
+        same way on a slow link, so such a sync never finished. At most keep + 1 are kept: a
+        peer asking for chunks of an old snapshot holds one more on disk, never more."""
         row = self.db.execute("SELECT id FROM committed WHERE height = ?", (height,)).fetchone()
         if row is None or row[0] != block_id:
             raise StoreError(f"a snapshot at height {height} is not of the stored committed block there")
+        now = self.clock()
+        self.serving = {h: at for h, at in self.serving.items() if now - at <= SERVING_S}
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?, ?, ?)",
                             (height, block_id, state_root, txs, blob))
-            self.db.execute("DELETE FROM snapshots WHERE height NOT IN "
-                            "(SELECT height FROM snapshots ORDER BY height DESC LIMIT ?)", (keep,))
+            stored = [r[0] for r in self.db.execute("SELECT height FROM snapshots ORDER BY height DESC")]
+            kept = stored[:keep] + [h for h in stored[keep:] if h in self.serving][:1]
+            self.db.execute(f"DELETE FROM snapshots WHERE height NOT IN ({','.join('?' * len(kept))})"
+                            if kept else "DELETE FROM snapshots", kept)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -207,6 +224,12 @@ class Store:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def served(self, height: int) -> None:
+        """A chunk of the snapshot at `height` went to a peer (statesync.serve): see add_snapshot."""
+        self.serving[height] = self.clock()
+        if len(self.serving) > 64:  # (heights a peer named that are not stored go with the oldest)
+            del self.serving[min(self.serving, key=self.serving.get)]
 
     def snapshots(self) -> list[tuple[int, bytes, bytes, int]]:
         """(height, block id, state root, transactions committed up to it) of each stored

@@ -110,3 +110,75 @@ def test_without_the_probe_a_state_sync_is_as_before(tmp_path):
     sync.start()
     assert sync.handle(0, _wire(statesync.serve(sim._node("v0").store, 0, 0))) == [] and sync.done is not None
     assert sync.holders == set() and sync.probing is None
+
+
+# ---- lead 2: a snapshot pruned mid-transfer ------------------------------------------------------
+
+def _slow(sim, names, ms: float) -> None:
+    """The validators `names` answer every snapshot request `ms` late (a slow link)."""
+    deliver = sim._deliver
+
+    def slow(src, to, msg):
+        if src.name in names and isinstance(msg, SnapshotChunk):
+            sim.at(sim.now + ms, lambda s: deliver(src, to, msg))
+        else:
+            deliver(src, to, msg)
+    sim._deliver = slow
+
+
+def test_a_transfer_slower_than_the_snapshots_life_still_finishes(tmp_path, monkeypatch):
+    """Every peer serves chunks 450 ms late (a slow link, inside every deadline), and the chain
+    takes a snapshot every 2 blocks, keeping 2: each snapshot is pruned long before its transfer
+    ends. Before, every peer went silent on the snapshot it had pruned (peer_silent), the next
+    peer's went the same way, and v3 never synced. Now a snapshot a chunk of which was served in
+    the last SERVING_S stays (one more than KEPT at most), and v3 takes v0's, the first asked."""
+    monkeypatch.setattr(statesync, "SNAPSHOT_CHUNK", 64)
+    made = _record_syncs(monkeypatch)
+    sim = _chain(tmp_path, blocks=25, every=2)
+    chunks = statesync.serve(sim._node("v0").store, 0, 0).chunks
+    assert chunks >= 6
+    _slow(sim, {"v0", "v1", "v2"}, 450.0)
+    v1 = sim._node("v1")
+    began, at_done, most = v1.core.committed.height, [], [0]
+
+    def watch(s):
+        most[0] = max([most[0]] + [len(n.store.snapshots()) for n in s.nodes[:3]])
+        if s._node("v3").sync is None and made and not at_done:
+            at_done.append(v1.core.committed.height)
+    for t in range(0, 20_000, 20):
+        sim.at(sim.now + t, watch)
+    sim.state_sync("v3", tmp_path / "v3.db", sim.now + 1.0)
+    sim.run(blocks=len(v1.committed) + 40, max_ms=sim.now + 20_000, live=lambda node: True)
+    sync = made[0]
+    assert sync.done is not None and sync.done.peer == 0, sync.counters
+    assert set(sync.counters) <= {"chunk_unasked"}, sync.counters
+    assert at_done and at_done[0] - began > 2 * (snapshots.KEPT + 1)  # the snapshot would have been pruned
+    assert most[0] <= snapshots.KEPT + 1
+    _same_chain(sim, "v3")
+
+
+def test_a_peer_that_pruned_the_snapshot_says_so_and_its_newest_is_fetched_at_once(tmp_path, monkeypatch):
+    """A chunk of a snapshot the peer no longer holds: serve answers with its newest snapshot's
+    offer (it answered nothing, and the syncing validator waited RETRY_MS on it), and StateSync
+    asks the same peer for its newest at once (snapshot_gone), its chunks held dropped; a second
+    'gone' from the same peer (or a Byzantine one repeating it) moves on to the next peer."""
+    monkeypatch.setattr(statesync, "SNAPSHOT_CHUNK", 64)
+    sim = _chain(tmp_path, blocks=25)
+    store = sim._node("v0").store
+    (newest, older) = [h for h, _, _, _ in store.snapshots()]
+    gone = statesync.serve(store, 3, 1)
+    assert isinstance(gone, SnapshotOffer) and gone == statesync.serve(store, 0, OFFER) and gone.height == newest
+    assert statesync.serve(store, 1 << 70, 0) == gone  # no such height at all: the same answer
+    sync = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis))
+    sync.start()
+    (ask, _) = sync.handle(0, _wire(statesync.serve(store, older, 0)))
+    assert ask.msg == SnapshotRequest(older, 1)
+    assert sync.handle(1, _wire(gone)) == [] and sync.counters == {}  # not the peer asked: nothing
+    (ask, timer) = sync.handle(0, _wire(gone))
+    assert sync.counters == {"snapshot_gone": 1} and sync.head is None and sync.parts == []
+    assert ask.to == 0 and ask.msg == SnapshotRequest(0, 0) and timer.delay_ms == statesync.RETRY_MS
+    (ask, _) = sync.handle(0, _wire(statesync.serve(store, 0, 0)))
+    assert ask.msg == SnapshotRequest(newest, 1)
+    assert sync.handle(0, _wire(replace(gone, height=newest))) == []  # its own snapshot's offer: not "gone"
+    (ask, _) = sync.handle(0, _wire(replace(gone, height=newest + 10)))  # gone again (a newer one since)
+    assert sync.counters == {"snapshot_gone": 2} and ask.to == 1 and ask.msg == SnapshotRequest(0, 0)
