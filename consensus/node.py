@@ -426,7 +426,7 @@ class NodeRunner:
         blocks after it are fetched as by any validator behind)."""
         sync, self.sync = self.sync, None
         done = sync.done
-        base = statesync.begin(self.store, done)
+        base = statesync.begin(self.store, done, self.core.safety)  # (the unstarted core's: nothing voted)
         self.core = Core(self.core.cfg, self.core.sign, self.app, None, done.after, self.store.committed_range, base)
         self.core.snapshot_source = self._serve_snapshot
         self.committed_txs = done.txs + sum(len(p.block.txs) for p in done.after)

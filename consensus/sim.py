@@ -313,7 +313,7 @@ class Simulation:
         """The snapshot is in: the validator's core starts from it."""
         done, app = node.sync.done, node.sync.app
         node.sync = None
-        base = statesync.begin(node.store, done)
+        base = statesync.begin(node.store, done, node.core.safety)  # (the unstarted core's: nothing voted)
         key = self.keys[node.index]
         node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app, None, done.after,
                                    node.store.committed_range, base)

@@ -410,10 +410,11 @@ class StateSync:
         return []
 
 
-def begin(store: Store, synced: Synced) -> Base:
-    """Write a verified snapshot and the committed blocks that came with it into an empty store;
-    the Base a core starts from (its history: synced.after)."""
-    store.begin_from_snapshot(synced.proposal, synced.txs, synced.blob)
+def begin(store: Store, synced: Synced, safety=None) -> Base:
+    """Write a verified snapshot and the committed blocks that came with it into an empty store,
+    with the core's starting safety state (Core(...).safety before it votes; see
+    Store.begin_from_snapshot); the Base a core starts from (its history: synced.after)."""
+    store.begin_from_snapshot(synced.proposal, synced.txs, synced.blob, safety)
     for p in synced.after:
         store.add_committed(p)
     b = synced.proposal.block

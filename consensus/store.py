@@ -209,10 +209,13 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
 
-    def begin_from_snapshot(self, proposal: Proposal, txs: int, blob: bytes) -> None:
+    def begin_from_snapshot(self, proposal: Proposal, txs: int, blob: bytes, safety: Safety | None = None) -> None:
         """Start an empty store from a peer's snapshot (state sync): the committed block it
         belongs to, whose commit the caller verified, and the snapshot, in one transaction; the
-        next committed block is that block's child."""
+        next committed block is that block's child. safety: the core's starting safety state
+        (nothing voted yet), written in the same transaction where given: a store holding blocks
+        but no safety row is refused on restart (safety()), and a validator killed after its sync
+        but before its core first persisted had to sync again from an emptied data directory."""
         b = proposal.block
         if self.db.execute("SELECT EXISTS (SELECT 1 FROM committed)").fetchone()[0]:
             raise StoreError(f"state sync to height {b.height} into a store that holds committed blocks")
@@ -220,6 +223,9 @@ class Store:
         try:
             self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
             self.db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)", (b.height, b.id, b.state_root, txs, blob))
+            if safety is not None:
+                self.db.execute("INSERT OR REPLACE INTO safety VALUES (1, ?, ?)",
+                                (safety.last_voted_view, messages.encode_qc(safety.high_qc)))
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

@@ -182,3 +182,32 @@ def test_a_peer_that_pruned_the_snapshot_says_so_and_its_newest_is_fetched_at_on
     assert sync.handle(0, _wire(replace(gone, height=newest))) == []  # its own snapshot's offer: not "gone"
     (ask, _) = sync.handle(0, _wire(replace(gone, height=newest + 10)))  # gone again (a newer one since)
     assert sync.counters == {"snapshot_gone": 2} and ask.to == 1 and ask.msg == SnapshotRequest(0, 0)
+
+
+# ---- 3. fresh attacks and faults ------------------------------------------------------------------
+
+def test_a_validator_killed_right_after_its_state_sync_restarts_from_its_store(tmp_path):
+    """v3 is killed the moment its snapshot is in (before its core persisted any safety state: no
+    vote, timeout or QC yet) and restarted from its store. Before: the store held the synced block
+    but no safety row, and the restart refused it ('holds blocks but no safety row'), so the
+    validator stopped and its data directory had to be removed. Now the synced store gets the
+    core's starting safety state (last voted view 0, the genesis QC) in the same transaction as the
+    snapshot, and v3 restarts from its snapshot and goes on with the chain."""
+    sim = _chain(tmp_path, blocks=25)
+    killed = []
+
+    def kill_when_synced(s):
+        node = s._node("v3")
+        if node.sync is None and not killed and node.store.first_height():
+            killed.append(s.now)
+            assert node.store.db.execute("SELECT COUNT(*) FROM committed").fetchone()[0] >= 1
+            s.crashed.add("v3")
+            s.kill("v3", s.now, s.now + 50.0)
+    start = sim.now
+    for t in range(0, 5_000):
+        sim.at(start + 1.0 + t, kill_when_synced)
+    sim.state_sync("v3", tmp_path / "v3.db", start + 1.0)
+    first = len(sim._node("v1").committed)
+    sim.run(blocks=first + 20, max_ms=start + 30_000, live=lambda node: True)
+    assert killed and sim._node("v3").store.safety() is not None
+    _same_chain(sim, "v3")
