@@ -31,6 +31,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -46,8 +47,8 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 log = logging.getLogger("consensus.rpc")
 CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
 TOTAL_REQUESTS = 20  # requests a second from all clients together: this many times requests_per_s
-CONTENDED_S = 1.0  # WorkBudget: the total is contended with under this many seconds' worth left (of 2)
-FAIR_ACTIVE_S = 10.0  # WorkBudget: a site shares the contended total this long after its last request
+CONTENDED_S = 1.0  # a total (requests, verification time) is contended under this many seconds' worth left (of 2)
+FAIR_ACTIVE_S = 10.0  # FairShare: a site shares a contended total this long after its last request
 
 
 class BadRequest(ValueError):
@@ -99,32 +100,121 @@ class _Bucket:
         self.tokens, self.at = tokens, at
 
 
+class FairShare:
+    """`rate` a second of something (requests, verification seconds) shared max-min fairly
+    among the sites asking for it (a site: an IPv4 address, an IPv6 /48, site_of), for a bound
+    on all clients together that would otherwise go to whoever asks first. A fair clock advances
+    rate / (active sites) a second (a site is active FAIR_ACTIVE_S seconds after its last
+    request); each site is credited what the clock advanced since its last request (at most 2 s
+    of its part; a site seen the first time starts at zero, owing nothing) and owes what it is
+    charged. The bound's owner admits a site while the bound is contended only with a credit of
+    zero or more: a site that has taken more than its part waits until the clock has repaid it.
+    The latest CLIENTS_TRACKED sites are kept (the oldest go first, with what they owed)."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.sites: dict[str, list[float]] = {}  # site -> [credit, the clock then], most recent last
+        self.active: dict[str, float] = {}  # site -> its last request, oldest first
+        self.clock, self.at = 0.0, None  # what each active site was allotted; when
+
+    def _advance(self, now: float) -> None:
+        """The clock to now; a site idle FAIR_ACTIVE_S is no longer counted from the moment it
+        went idle."""
+        at = now if self.at is None else self.at
+        while self.active:
+            site, last = next(iter(self.active.items()))
+            idle = last + FAIR_ACTIVE_S
+            if idle > now:
+                break
+            if idle > at:
+                self.clock += (idle - at) * self.rate / len(self.active)
+                at = idle
+            del self.active[site]
+        if now > at:
+            self.clock += (now - at) * self.rate / max(1, len(self.active))
+            at = now
+        self.at = at
+
+    def credit(self, site: str, now: float, visit: bool = True) -> float:
+        """The site's credit now (below zero: what it owes). With visit, the site asks now: it is
+        counted as active, and tracked."""
+        self._advance(now)
+        if visit:
+            self.active.pop(site, None)
+            self.active[site] = max(now, self.at)
+            entry = self.sites.pop(site, None) or [0.0, self.clock]
+            self.sites[site] = entry
+            while len(self.sites) > CLIENTS_TRACKED:
+                gone = next(iter(self.sites))
+                del self.sites[gone]
+                self.active.pop(gone, None)
+        else:
+            entry = self.sites.get(site)
+            if entry is None:
+                return 0.0
+        asking = len(self.active) + (site not in self.active)
+        value = min(2 * self.rate / asking, entry[0] + self.clock - entry[1])
+        if visit:
+            entry[0], entry[1] = value, self.clock
+        return value
+
+    def charge(self, site: str, amount: float) -> None:
+        entry = self.sites.get(site)
+        if entry is not None:
+            entry[0] -= amount
+
+    def part(self) -> float:
+        """Each active site's part, a second."""
+        return self.rate / max(1, len(self.active))
+
+    def refusal(self, site: str, credit: float, what: str, unit: str) -> tuple[str, float]:
+        """The words and the wait for a site whose credit is below zero."""
+        part, wait = self.part(), -credit / self.part() + 0.1
+        return (f"{what} is contended: {site} is over its fair part of it ({part:.3g} {unit} a second; "
+                f"clients asking: {len(self.active)}); try again in {wait:.1f} s"), wait
+
+
 class RateLimit:
     """A token bucket per client address: `rate` requests a second, bursts of up to 2 s worth; and,
-    with total, one for every client together (total requests a second, bursts of 2 s worth). The
-    per-client bound alone let many addresses (an IPv6 /48 is 65,536 clients) send as many
-    requests as their bandwidth allows, each answered on the loop that runs consensus."""
+    with total, one for every client together (total requests a second, bursts of 2 s worth),
+    shared fairly (FairShare) while under CONTENDED_S seconds' worth is left. The per-client
+    bound alone let many addresses (an IPv6 /48 is 65,536 clients) send as many requests as their
+    bandwidth allows, each answered on the loop that runs consensus; the total alone, first come
+    first served, was taken whole by total / rate addresses at their rate (20 at the defaults,
+    each sending more than its rate so as to be first when the total refilled): every other
+    client's requests and connections were refused, /status and /health included."""
 
     def __init__(self, rate: float, total: float | None = None):
         self.rate, self.burst = rate, max(1.0, 2 * rate)
         self.buckets: dict[str, _Bucket] = {}
         self.total = total
         self.all: _Bucket | None = None  # made at the first request
+        self.fair = FairShare(total) if total is not None else None
+        self.clock = time.monotonic  # `now` when a caller gives none
 
     def _level(self, b: _Bucket | None, rate: float, burst: float, now: float) -> float:
         return burst if b is None else min(burst, b.tokens + max(0.0, now - b.at) * rate)
 
+    def _contended(self, level: float) -> bool:
+        return level < CONTENDED_S * self.total
+
     def empty(self, client: str, now: float | None = None) -> bool:
         """Whether the client's next request would be refused (nothing taken)."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         if self._level(self.buckets.get(client), self.rate, self.burst, now) < 1:
             return True
-        return self.total is not None and self._level(self.all, self.total, max(1.0, 2 * self.total), now) < 1
+        if self.total is None:
+            return False
+        level = self._level(self.all, self.total, max(1.0, 2 * self.total), now)
+        return level < 1 or self._contended(level) and self.fair.credit(site_of(client), now, visit=False) < 0
 
     def refusal(self, client: str, now: float | None = None) -> str:
         """'' if the client may make a request now (taken from its bucket and the total), else
-        'client' or 'all': which bound refuses it."""
-        now = time.monotonic() if now is None else now
+        'client', 'all' or 'fair' (its site over its part of a contended total): which bound
+        refuses it."""
+        now = self.clock() if now is None else now
+        site = site_of(client)
+        credit = self.fair.credit(site, now) if self.fair is not None else 0.0
         b = self.buckets.pop(client, None) or _Bucket(self.burst, now)
         self.buckets[client] = b  # most recently used last
         while len(self.buckets) > CLIENTS_TRACKED:
@@ -139,7 +229,10 @@ class RateLimit:
             a.tokens, a.at = self._level(a, self.total, max(1.0, 2 * self.total), now), max(a.at, now)
             if a.tokens < 1:
                 return "all"
+            if self._contended(a.tokens) and credit < 0:
+                return "fair"
             a.tokens -= 1
+            self.fair.charge(site, 1.0)
         b.tokens -= 1
         return ""
 
@@ -162,6 +255,7 @@ def client_of(remote: str | None) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every request (RateLimit), and parsing an IPv6 network takes 10 us
 def site_of(client: str) -> str:
     """Whom a client's keys not yet registered count against in the mempool (ClearingApp's
     owner of them): the client (an IPv4 address), but for IPv6 its /48, a site: one holds 65,536
@@ -183,28 +277,21 @@ class WorkBudget:
     signatures take 50 ms on the C fallback, 1.6 s software-only; 100 such requests a second is
     5 s of work a second), and strangers sending them to every validator stalled the chain.
 
-    The total is shared max-min fairly among the sites asking for it (a site: an IPv4 address,
-    an IPv6 /48, site_of). It was first come first served: total / share clients at their share
-    (4 at the defaults) kept it at zero, and whoever asked the moment it refilled, most likely
-    one of them, took it: every other client was refused for as long as they kept at it. Now,
-    while the total is contended (under CONTENDED_S seconds' worth left), a site is admitted
-    only while it has not used more than its fair part: a fair clock advances total / (active
-    sites) a second (a site is active FAIR_ACTIVE_S seconds after its last request), each site
-    is credited what the clock advanced since its last request (at most 2 s of its part; a site
-    seen the first time starts at zero, owing nothing) and owes what it is charged. The total
-    is still a hard bound (a request needs it above zero), so addresses rotated through cannot
-    take more than it; with A sites over their part a site under it still finds the total above
-    zero (together they are held to A / (A + 1) of it) and gets about total / (A + 1); what
-    sites under their part leave goes back to the total and to whoever asks while it is not
-    contended."""
+    The total is shared max-min fairly (FairShare) among the sites asking for it while it is
+    contended (under CONTENDED_S seconds' worth left). It was first come first served: total /
+    share clients at their share (4 at the defaults) kept it at zero, and whoever asked the
+    moment it refilled, most likely one of them, took it: every other client was refused for as
+    long as they kept at it. The total is still a hard bound (a request needs it above zero), so
+    addresses rotated through cannot take more than it; with A sites over their part a site under
+    it still finds the total above zero (together they are held to A / (A + 1) of it) and gets
+    about total / (A + 1); what sites under their part leave goes back to the total and to
+    whoever asks while it is not contended."""
 
     def __init__(self, share: float, total: float):
         self.share, self.total = share, total
         self.clients: dict[str, list[float]] = {}  # client -> [seconds left, at], most recent last
         self.all: list = [2 * total, None]  # [seconds left, at]; at None: the first request's time
-        self.sites: dict[str, list[float]] = {}  # site -> [fair seconds left, fair clock then], most recent last
-        self.active: dict[str, float] = {}  # site -> its last request, oldest first
-        self.fair_clock, self.fair_at = 0.0, None  # seconds of the total each active site was allotted
+        self.fair = FairShare(total)
 
     @staticmethod
     def _refill(bucket: list, rate: float, now: float) -> list:
@@ -213,47 +300,11 @@ class WorkBudget:
         bucket[1] = max(at, now)
         return bucket
 
-    def _advance(self, now: float) -> None:
-        """The fair clock to now, the sites idle FAIR_ACTIVE_S no longer counted from the moment
-        they went idle."""
-        at = now if self.fair_at is None else self.fair_at
-        while self.active:
-            site, last = next(iter(self.active.items()))
-            idle = last + FAIR_ACTIVE_S
-            if idle > now:
-                break
-            if idle > at:
-                self.fair_clock += (idle - at) * self.total / len(self.active)
-                at = idle
-            del self.active[site]
-        if now > at:
-            self.fair_clock += (now - at) * self.total / max(1, len(self.active))
-            at = now
-        self.fair_at = at
-
-    def _site(self, site: str, now: float) -> list[float]:
-        """The site's fair entry, credited to now and counted as active (most recent last)."""
-        self._advance(now)
-        self.active.pop(site, None)
-        self.active[site] = max(now, self.fair_at)
-        mine = self.sites.pop(site, None) or [0.0, self.fair_clock]
-        self.sites[site] = mine
-        while len(self.sites) > CLIENTS_TRACKED:
-            gone = next(iter(self.sites))
-            del self.sites[gone]
-            self.active.pop(gone, None)
-        while len(self.active) > CLIENTS_TRACKED:
-            del self.active[next(iter(self.active))]
-        cap = 2 * self.total / max(1, len(self.active))
-        mine[0] = min(cap, mine[0] + self.fair_clock - mine[1])
-        mine[1] = self.fair_clock
-        return mine
-
     def refusal(self, client: str, now: float | None = None) -> tuple[str, float]:
         """('', 0) if the client may submit now, else (why not, seconds until it may)."""
         now = time.monotonic() if now is None else now
         site = site_of(client)
-        fair = self._site(site, now)
+        credit = self.fair.credit(site, now)
         mine = self.clients.pop(client, None) or [2 * self.share, now]
         self.clients[client] = mine  # most recently used last
         while len(self.clients) > CLIENTS_TRACKED:
@@ -266,20 +317,14 @@ class WorkBudget:
             wait = -self.all[0] / self.total + 0.1
             return (f"submissions are over this validator's verification time ({self.total:g} s a second); "
                     f"try again in {wait:.1f} s"), wait
-        if self.all[0] < CONTENDED_S * self.total and fair[0] < 0:
-            part = self.total / max(1, len(self.active))
-            wait = -fair[0] / part + 0.1
-            return (f"this validator's verification time ({self.total:g} s a second) is contended: {site} is over "
-                    f"its fair part of it ({part:.3g} s a second, one of {len(self.active)} clients asking); "
-                    f"try again in {wait:.1f} s"), wait
+        if self.all[0] < CONTENDED_S * self.total and credit < 0:
+            return self.fair.refusal(site, credit, f"this validator's verification time ({self.total:g} s a second)", "s")
         return "", 0.0
 
     def charge(self, client: str, seconds: float) -> None:
         if client in self.clients:
             self.clients[client][0] -= seconds
-        fair = self.sites.get(site_of(client))
-        if fair is not None:
-            fair[0] -= seconds
+        self.fair.charge(site_of(client), seconds)
         self.all[0] -= seconds
 
 
@@ -524,13 +569,21 @@ class Rpc:
                 proto.progressed()
 
     async def _guarded(self, request: web.Request, handler):
-        refused = self.limit.refusal(client_of(request.remote))
+        client = client_of(request.remote)
+        refused = self.limit.refusal(client)
         if refused:
             self.refused_requests += 1
-            resp = _error(429, f"over {self.limit.rate:g} requests per second from {request.remote}; slow down"
-                          if refused == "client" else
-                          f"this API is over {self.limit.total:g} requests per second from all clients; "
-                          "try again in a second", retry_after=1)
+            if refused == "client":
+                resp = _error(429, f"over {self.limit.rate:g} requests per second from {request.remote}; slow down",
+                              retry_after=1)
+            elif refused == "all":
+                resp = _error(429, f"this API is over {self.limit.total:g} requests per second from all clients; "
+                              "try again in a second", retry_after=1)
+            else:
+                fair = self.limit.fair
+                resp = _error(429, *fair.refusal(site_of(client), fair.credit(site_of(client), self.limit.clock(), False),
+                                                 f"this API's {self.limit.total:g} requests per second from all clients",
+                                                 "requests"))
             # closed after it: requests pipelined behind it are not read (each refusal still cost
             # the loop 0.04 ms: 20,000 pipelined on one connection, 660 kB, 0.8 s of its CPU)
             resp.force_close()

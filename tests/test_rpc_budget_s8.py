@@ -114,7 +114,7 @@ def test_rotating_addresses_cannot_take_more_than_the_total(monkeypatch):
         t += 0.0005  # 2,000 requests a second (the default rate limit of all clients together)
     assert admitted <= 0.4 * seconds + 2 * 0.4 + cost
     assert admitted >= 0.9 * 0.4 * seconds  # the total is still used (a hard bound, not a lockout)
-    assert len(budget.clients) <= 300 and len(budget.sites) <= 300 and len(budget.active) <= 300
+    assert len(budget.clients) <= 300 and len(budget.fair.sites) <= 300 and len(budget.fair.active) <= 300
 
 
 def test_rotating_addresses_among_a_few_do_not_shut_an_honest_one_out():
@@ -188,3 +188,110 @@ def test_an_injected_clock_before_the_budgets_start_does_not_break_it():
     assert budget.refusal("10.0.0.1", 0.0) == ("", 0.0)
     budget.charge("10.0.0.1", 0.05)
     assert budget.refusal("10.0.0.1", 0.1) == ("", 0.0)
+
+
+# ---- the same defect in the request rate's total (rpc.RateLimit) ----------------------------------
+def simulate_requests(limit, clients, seconds: float, t0: float = T0):
+    """As simulate, for RateLimit (each request one token): {name: [attempts, admitted]}."""
+    out = {name: [0, 0] for name, *_ in clients}
+    events = [(t0 + offset, i) for i, (_, _, offset) in enumerate(clients)]
+    heapq.heapify(events)
+    while events:
+        at, i = heapq.heappop(events)
+        if at >= t0 + seconds:
+            continue
+        name, period, _ = clients[i]
+        out[name][0] += 1
+        out[name][1] += not limit.refusal(name, at)
+        heapq.heappush(events, (at + period, i))
+    return out
+
+
+def flood(n, period=0.002):
+    """n addresses each sending 500 requests a second (each admitted at most at its 100)."""
+    return [(f"10.3.{k // 250}.{k % 250}", period, 0.00007 * k + 0.00001) for k in range(n)]
+
+
+def test_forty_addresses_no_longer_take_every_request_the_api_answers():
+    """Found looking for the same first-come total elsewhere: the request rate of all clients
+    together (requests_total_per_s, 20 x requests_per_s) was one bucket too, so 40 addresses
+    sending faster than their rate (they lose nothing: a refusal for their own rate takes nothing)
+    were first whenever it refilled, and an honest client's requests, /status and /health
+    included, and its new connections (Rpc._admit), were refused: 60 of 60 over a minute. Now the
+    honest client (1 a second, under its part 2000 / 41) gets every one."""
+    limit = rpc_mod.RateLimit(100.0, 2000.0)
+    out = simulate_requests(limit, flood(40) + [(HONEST, 1.0, 0.5003)], 60.0)
+    assert out[HONEST] == [60, 60], out[HONEST]
+    assert sum(admitted for _, admitted in out.values()) <= 2000 * 60 + 4000
+
+
+def test_a_client_asking_as_fast_as_the_flood_gets_its_part_of_the_requests():
+    limit = rpc_mod.RateLimit(100.0, 2000.0)
+    seconds = 30.0
+    out = simulate_requests(limit, flood(40) + [(HONEST, 0.002, 0.0003)], seconds)
+    part = 2000 / 41 * seconds
+    assert out[HONEST][1] >= 0.85 * part, (out[HONEST], part)
+    assert sum(admitted for _, admitted in out.values()) <= 2000 * seconds + 4000
+
+
+def test_a_connection_from_a_client_over_its_part_is_refused_and_an_honest_ones_is_not():
+    """Rpc._admit asks RateLimit.empty before a connection is served: it agrees with refusal."""
+    limit = rpc_mod.RateLimit(100.0, 2000.0)
+    simulate_requests(limit, flood(40), 5.0)
+    t = T0 + 5.0
+    assert not limit.empty(HONEST, t)
+    assert any(limit.empty(name, t) for name, *_ in flood(40))
+    for name, *_ in flood(40):
+        if limit.empty(name, t):
+            assert limit.refusal(name, t), name
+
+
+def test_rotating_addresses_cannot_send_more_requests_than_the_total(monkeypatch):
+    monkeypatch.setattr(rpc_mod, "CLIENTS_TRACKED", 300)
+    limit = rpc_mod.RateLimit(100.0, 2000.0)
+    admitted, t, k = 0, T0, 0
+    while t < T0 + 20.0:
+        admitted += limit.allow(f"10.{(k // 65536) % 256}.{(k // 256) % 256}.{k % 256}", t)
+        k += 1
+        t += 0.0001  # 10,000 requests a second, each from a fresh address
+    assert 0.9 * 2000 * 20 <= admitted <= 2000 * 20 + 4000
+    assert len(limit.buckets) <= 300 and len(limit.fair.sites) <= 300
+
+
+def test_over_its_part_of_the_requests_a_client_gets_a_429_saying_so_and_another_is_served(tmp_path):
+    """Through the API (its rate limit on a frozen clock, so no time passes between requests):
+    requests_total_per_s 2 (a burst of 4, contended under 2 left). 127.0.0.1 takes three; its
+    fourth finds the total contended and the client over its part: a one-line 429 naming it, with
+    Retry-After; 127.0.0.2, owing nothing, is served from what is left."""
+    import asyncio
+
+    import aiohttp
+
+    from test_rpc import _node
+    runner = _node(tmp_path)
+
+    async def main():
+        rpc = rpc_mod.Rpc(runner, runner.cfg.rpc, requests_per_s=100.0, requests_total_per_s=2.0)
+        rpc.limit.clock = lambda: T0
+        await rpc.start()
+        base = "http://%s:%d" % runner.cfg.rpc
+        try:
+            out = []
+            async with aiohttp.ClientSession() as s:
+                for _ in range(4):
+                    async with s.get(base + "/status") as r:
+                        out.append((r.status, await r.json(content_type=None), r.headers.get("Retry-After")))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as other:
+                async with other.get(base + "/status") as r:
+                    out.append((r.status, await r.json(content_type=None), None))
+            return out
+        finally:
+            await rpc.stop()
+    try:
+        out = asyncio.run(main())
+    finally:
+        runner.store.close()
+    assert [status for status, *_ in out] == [200, 200, 200, 429, 200], out
+    _, answer, retry = out[3]
+    assert "fair part" in answer["error"] and "127.0.0.1" in answer["error"] and "\n" not in answer["error"]
+    assert int(retry) >= 1
