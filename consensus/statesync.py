@@ -336,7 +336,8 @@ class StateSync:
             return self._next_peer()
         if self.head is None:
             why = commit_proof(self.cfg, self.app.verifier, msg.proof)
-            if why or msg.proof[0].block.height != msg.height or msg.height < 1:  # the genesis needs no sync
+            if why or msg.proof[0].block.height != msg.height or msg.height < 1 \
+                    or not self._signed_txs(msg.proof):  # (the genesis needs no sync)
                 self._count("proof_bad")
                 return self._next_peer()
             manifest = msg.manifest
@@ -390,6 +391,18 @@ class StateSync:
         self.ready, self.parts = synced, []
         self.asks += 1
         return (probes or self._probes()) + [SetTimer(self.timer, RETRY_MS)]
+
+    def _signed_txs(self, proof: tuple) -> bool:
+        """Whether the transactions of the proof's blocks that a sync stores (the snapshot's block
+        and the committed ones after it) are those their proposers signed: a block's id covers
+        its transactions' digest, root and count, not the transactions, so a Byzantine peer's
+        proof with other ones passed commit_proof, was stored, and the core's replay of it raised
+        InvariantViolation (the node stopped, and again on every restart from that store)."""
+        try:
+            return all(p.block.txs.digest() == p.block.sig_digest and self.app.tx_root(p.block.txs) == p.block.tx_root
+                       for p in proof[:_direct_commit(proof) + 1])
+        except Exception:  # (whatever a peer's transactions make the hashing do: refused, never raised)
+            return False
 
     def _probes(self) -> list:
         """Ask every peer that has not yet shown it holds the first block the snapshot needs

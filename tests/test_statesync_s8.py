@@ -211,3 +211,58 @@ def test_a_validator_killed_right_after_its_state_sync_restarts_from_its_store(t
     sim.run(blocks=first + 20, max_ms=start + 30_000, live=lambda node: True)
     assert killed and sim._node("v3").store.safety() is not None
     _same_chain(sim, "v3")
+
+
+def _proof_with_after(tmp_path):
+    """A chunk 0 of a snapshot whose block is committed only through a later one (its child in a
+    later view than the next, v3's views timing out: the proof carries committed blocks after it,
+    which a sync stores and replays), built from v0's store as a peer serves it."""
+    import hashlib
+    sim = _chain(tmp_path, blocks=25, every=10)
+    store = sim._node("v0").store
+    app = sim._make_app(sim.genesis)
+    for h, _, root, txs in store.snapshots():
+        found = store.committed_range(h + 1, messages.MAX_RANGE)
+        k = statesync._direct_commit(found)
+        if k is not None and k >= 1 and len(found[1].block.txs):
+            break
+    else:
+        raise AssertionError("no block committed through a later one")
+    state = app.execute(snapshots.restore(app, store.snapshot_blob(h), root), found[0].block.txs.bodies)
+    assert state.root == found[0].block.state_root
+    blob = snapshots.encode(app, state)
+    manifest = len(blob).to_bytes(8, "big") + hashlib.sha256(blob).digest()
+    chunk = SnapshotChunk(h + 1, 0, 1, txs + len(found[0].block.txs), tuple(found[:k + 3]), blob, manifest)
+    return sim, chunk
+
+
+def test_proof_blocks_whose_transactions_are_not_their_signed_ones_are_refused(tmp_path):
+    """A block's id (the proposer's signature) covers its transactions' digest and root, not the
+    transactions. A Byzantine peer's proof with the committed blocks after the snapshot carrying
+    other transactions passed commit_proof; the syncing validator stored them and its core's replay
+    raised InvariantViolation: the node stopped, and stopped again on every restart (the rows were
+    in its store). Now every proof block's transactions must match its digest and root (proof_bad,
+    the next peer asked)."""
+    from consensus.core import Core
+    sim, chunk = _proof_with_after(tmp_path)
+    sync = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis))
+    sync.start()
+    assert sync.handle(0, _wire(chunk)) == [] and sync.done is not None and sync.done.after  # the real one
+    p = chunk.proof[1]
+    others = [q.block.txs for q in chunk.proof[2:] + (chunk.proof[0],) if len(q.block.txs) == len(p.block.txs)]
+    assert others  # (the id covers the transactions' count: a block with as many)
+    for txs in others:
+        forged = replace(chunk, proof=(chunk.proof[0], replace(p, block=replace(p.block, txs=txs))) + chunk.proof[2:])
+        assert forged.proof[1].block.id == p.block.id  # the signature still verifies
+        sync = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis))
+        sync.start()
+        (ask, _) = sync.handle(0, _wire(forged))
+        assert sync.done is None and sync.counters == {"proof_bad": 1} and ask.to == 1
+    # what it cost before: the synced store and a core started from it
+    good = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis))
+    good.start()
+    good.handle(0, _wire(chunk))
+    from consensus.store import Store
+    store = Store(tmp_path / "v3.db")
+    base = statesync.begin(store, good.done)
+    Core(sim.cfg[3], lambda m: bytes(64), good.app, None, good.done.after, store.committed_range, base)
