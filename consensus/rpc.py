@@ -383,12 +383,12 @@ class _Handler(RequestHandler):
     def __init__(self, rpc: "Rpc", manager, **kwargs):
         super().__init__(manager, **kwargs)
         self._rpc, self._client, self._idle, self._heard = rpc, None, None, 0.0
-        self._conn = None
+        self._conn, self._released = None, False
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
         client = client_of(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
-        refusal = self._rpc._admit(client)
+        refusal = self._rpc._admit(client, self)
         if refusal:
             body = json.dumps({"error": refusal}).encode()
             head = (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n" if refusal.startswith("over ")
@@ -423,12 +423,22 @@ class _Handler(RequestHandler):
         if self._client is not None:
             super().eof_received()
 
+    def _let_go(self) -> None:
+        if not self._released:
+            self._released = True
+            if self._idle is not None:
+                self._idle.cancel()
+            self._rpc._release(self._client, self)
+
+    def displace(self) -> None:
+        """Closed for a client holding fewer connections (Rpc._admit): not counted from now."""
+        self._let_go()
+        self._conn.close()
+
     def connection_lost(self, exc) -> None:
         if self._client is None:
             return
-        if self._idle is not None:
-            self._idle.cancel()
-        self._rpc._release(self._client)
+        self._let_go()
         self._client = None
         super().connection_lost(exc)
 
@@ -476,7 +486,10 @@ class Rpc:
         self.max_connections = _default_connections() if max_connections is None else max_connections
         self.max_per_client, self.idle_timeout_s = max_connections_per_client, idle_timeout_s
         self.connections: dict[str, int] = {}  # client address -> open connections
-        self.open_connections = self.refused_connections = self.idle_closed = 0
+        self.open_connections = self.refused_connections = self.idle_closed = self.displaced_connections = 0
+        self._held: dict[str, dict] = {}  # site -> its connections' handlers, oldest first
+        self._by_count: dict[int, dict[str, None]] = {}  # connections held -> the sites holding that many
+        self._heaviest = 0  # the most connections one site holds
         self._server: asyncio.AbstractServer | None = None
         self.work = WorkBudget(submit_share_s, submit_total_s)
         self.clock = time.perf_counter  # what the WorkBudget's charges are measured with
@@ -532,30 +545,74 @@ class Rpc:
         """The port listened on (listen's, or the one the system chose for port 0)."""
         return self._server.sockets[0].getsockname()[1]
 
-    def _admit(self, client: str) -> str:
+    def _admit(self, client: str, handler=None) -> str:
         """'' if a new connection from client may open (and counts it), else why not. A client
-        over its request rate is refused here, before aiohttp spends anything on it."""
+        over its request rate is refused here, before aiohttp spends anything on it. With every
+        connection taken, a client whose site (site_of) holds fewer than the heaviest site less
+        one is let in in place of that site's oldest connection, which is closed (_displace):
+        first come first served, max_connections / max_connections_per_client addresses (16 at
+        the defaults) holding theirs open kept every other client out."""
         if self.limit.empty(client):
             self.refused_connections += 1
             return f"over the request rate ({self.limit.rate:g} requests per second from {client}, " \
                    f"{self.limit.total:g} from all clients); slow down"
-        if self.open_connections >= self.max_connections:
-            self.refused_connections += 1
-            return f"{self.max_connections} connections open to this API; try again later"
         if self.connections.get(client, 0) >= self.max_per_client:
             self.refused_connections += 1
             return f"{self.max_per_client} connections open from {client}; close some"
+        site = site_of(client)
+        if self.open_connections >= self.max_connections:
+            if not (handler is not None and len(self._held.get(site, ())) + 1 < self._heaviest and self._displace()):
+                self.refused_connections += 1
+                return f"{self.max_connections} connections open to this API; try again later"
         self.connections[client] = self.connections.get(client, 0) + 1
         self.open_connections += 1
+        if handler is not None:
+            self._hold(site, handler, +1)
         return ""
 
-    def _release(self, client: str) -> None:
+    def _hold(self, site: str, handler, step: int) -> None:
+        """Counts (step +1) or forgets (-1) a handler's connection against its site."""
+        held = self._held.setdefault(site, {})
+        before = len(held)
+        if step > 0:
+            held[handler] = None
+        else:
+            held.pop(handler, None)
+        after = len(held)
+        if not held:
+            del self._held[site]
+        if after == before:
+            return
+        if before:
+            self._by_count[before].pop(site, None)
+            if not self._by_count[before]:
+                del self._by_count[before]
+        if after:
+            self._by_count.setdefault(after, {})[site] = None
+        self._heaviest = max(self._heaviest, after)
+        while self._heaviest and self._heaviest not in self._by_count:
+            self._heaviest -= 1
+
+    def _displace(self) -> bool:
+        """Closes the oldest connection of the site holding the most (the first of them to get
+        there); whether one was closed."""
+        if not self._heaviest:
+            return False
+        site = next(iter(self._by_count[self._heaviest]))
+        victim = next(iter(self._held[site]))
+        self.displaced_connections += 1
+        victim.displace()
+        return True
+
+    def _release(self, client: str, handler=None) -> None:
         self.open_connections -= 1
         left = self.connections.get(client, 0) - 1
         if left > 0:
             self.connections[client] = left
         else:
             self.connections.pop(client, None)
+        if handler is not None:
+            self._hold(site_of(client), handler, -1)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):

@@ -295,3 +295,112 @@ def test_over_its_part_of_the_requests_a_client_gets_a_429_saying_so_and_another
     _, answer, retry = out[3]
     assert "fair part" in answer["error"] and "127.0.0.1" in answer["error"] and "\n" not in answer["error"]
     assert int(retry) >= 1
+
+
+# ---- the same defect in the connections of all clients (Rpc.max_connections) -----------------------
+def _with_api(tmp_path, scenario, **limits):
+    import asyncio
+
+    from test_rpc import _node
+    runner = _node(tmp_path)
+
+    async def main():
+        rpc = rpc_mod.Rpc(runner, runner.cfg.rpc, **limits)
+        await rpc.start()
+        try:
+            return await scenario(rpc, *runner.cfg.rpc)
+        finally:
+            await rpc.stop()
+    try:
+        return asyncio.run(main())
+    finally:
+        runner.store.close()
+
+
+async def _held(rpc, host, port, local, n, total):
+    import asyncio
+    out = [await asyncio.open_connection(host, port, local_addr=(local, 0)) for _ in range(n)]
+    while rpc.open_connections < total:  # accepted (no time asserted: it waits for the count)
+        await asyncio.sleep(0.01)
+    return out
+
+
+async def _status_from(host, port, local) -> bytes:
+    import asyncio
+    r, w = await asyncio.open_connection(host, port, local_addr=(local, 0))
+    w.write(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+    await w.drain()
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 20)
+    return head, (r, w)
+
+
+def test_clients_holding_every_connection_give_one_up_to_a_client_holding_none(tmp_path):
+    """Found looking for the same first-come total in the connection bounds: max_connections (a
+    quarter of the file descriptors, at most 1,024) went to whoever connected first, and
+    max_connections / max_connections_per_client addresses (16 at the defaults) holding their
+    connections open (a request every idle_timeout_s keeps one) had every other client's
+    connection refused (503) for as long as they liked. Now a client (IPv4 address, IPv6 /48)
+    holding fewer connections than the heaviest, less one, is let in in place of the heaviest
+    one's oldest connection, which is closed; a client as heavy as the rest is still refused."""
+    import asyncio
+
+    async def scenario(rpc, host, port):
+        a = await _held(rpc, host, port, "127.0.0.1", 2, 2)
+        b = await _held(rpc, host, port, "127.0.0.2", 2, 4)
+        head, c = await _status_from(host, port, "127.0.0.3")
+        closed = await asyncio.wait_for(a[0][0].read(), 20)  # EOF: the heaviest's oldest, closed
+        again, _ = await _status_from(host, port, "127.0.0.1")  # 1 held, the heaviest 2: refused
+        for _, w in a + b + [c]:
+            w.close()
+        return head, closed, again, rpc.open_connections
+    head, closed, again, still_open = _with_api(tmp_path, scenario, max_connections=4, max_connections_per_client=2)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert closed == b""
+    assert again.startswith(b"HTTP/1.1 503"), again
+    assert still_open <= 4
+
+
+def test_the_connection_counts_stay_consistent_through_displacements():
+    """Rpc._admit / _release / _displace bookkeeping over random opens and closes (fake
+    connections): every count agrees, the total never passes max_connections, the heaviest is the
+    heaviest, and a refusal for the total only ever goes to a client as heavy as the rest, less one."""
+    import random
+    from types import SimpleNamespace
+
+    rpc = rpc_mod.Rpc(SimpleNamespace(app=None, submitted=0), ("127.0.0.1", 0), max_connections=12,
+                      max_connections_per_client=5, requests_per_s=1e9)
+
+    class Conn:
+        def __init__(self, client):
+            self.client, self.open = client, True
+
+        def displace(self):
+            self.open = False
+            rpc._release(self.client, self)
+    rng = random.Random(8)
+    clients = [f"10.0.0.{i}" for i in range(6)] + [rpc_mod.client_of(f"2001:db8:5:{i:x}::1") for i in range(6)]
+    live = []
+    for _ in range(3000):
+        if live and rng.random() < 0.4:
+            conn = live.pop(rng.randrange(len(live)))
+            if conn.open:
+                conn.open = False
+                rpc._release(conn.client, conn)
+        else:
+            client = rng.choice(clients)
+            conn = Conn(client)
+            site = rpc_mod.site_of(client)
+            mine, heaviest, full = len(rpc._held.get(site, ())), rpc._heaviest, rpc.open_connections >= 12
+            reason = rpc._admit(client, conn)
+            if not reason:
+                live.append(conn)
+            elif "open to this API" in reason:
+                assert full and mine + 1 >= heaviest
+        live = [c for c in live if c.open]
+        counts = {}
+        for c in live:
+            counts[rpc_mod.site_of(c.client)] = counts.get(rpc_mod.site_of(c.client), 0) + 1
+        assert rpc.open_connections == len(live) == sum(rpc.connections.values()) <= 12
+        assert {s: len(h) for s, h in rpc._held.items()} == counts
+        assert rpc._heaviest == max(counts.values(), default=0)
+    assert rpc.displaced_connections > 0
