@@ -27,7 +27,7 @@ import os
 import signal
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -426,8 +426,12 @@ class NodeRunner:
         blocks after it are fetched as by any validator behind)."""
         sync, self.sync = self.sync, None
         done = sync.done
-        base = statesync.begin(self.store, done, self.core.safety)  # (the unstarted core's: nothing voted)
-        self.core = Core(self.core.cfg, self.core.sign, self.app, None, done.after, self.store.committed_range, base)
+        # the safety state the store held (a validator that voted before any block committed, then
+        # lost them: its last voted view stays), else the unstarted core's (nothing voted); its
+        # uncommitted blocks are of the chain below the snapshot and are not kept
+        safety = replace(self.core.safety, blocks=())
+        base = statesync.begin(self.store, done, safety)
+        self.core = Core(self.core.cfg, self.core.sign, self.app, safety, done.after, self.store.committed_range, base)
         self.core.snapshot_source = self._serve_snapshot
         self.committed_txs = done.txs + sum(len(p.block.txs) for p in done.after)
         if isinstance(self.load, ClearingFeed):

@@ -16,7 +16,7 @@ import heapq
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from nacl.signing import SigningKey
@@ -313,9 +313,13 @@ class Simulation:
         """The snapshot is in: the validator's core starts from it."""
         done, app = node.sync.done, node.sync.app
         node.sync = None
-        base = statesync.begin(node.store, done, node.core.safety)  # (the unstarted core's: nothing voted)
+        # the safety state its store held (votes from before any commit: its last voted view
+        # stays, as the node's does), else the unstarted core's (nothing voted)
+        stored = node.store.safety()
+        safety = replace(stored if stored is not None else node.core.safety, blocks=())
+        base = statesync.begin(node.store, done, safety)
         key = self.keys[node.index]
-        node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app, None, done.after,
+        node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app, safety, done.after,
                                    node.store.committed_range, base)
         node.core.snapshot_source = lambda height, chunk: statesync.serve(node.store, height, chunk)
         node.committed_txs = done.txs + sum(len(p.block.txs) for p in done.after)

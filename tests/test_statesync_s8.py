@@ -266,3 +266,29 @@ def test_proof_blocks_whose_transactions_are_not_their_signed_ones_are_refused(t
     store = Store(tmp_path / "v3.db")
     base = statesync.begin(store, good.done)
     Core(sim.cfg[3], lambda m: bytes(64), good.app, None, good.done.after, store.committed_range, base)
+
+
+def test_a_store_with_votes_but_no_blocks_keeps_its_last_voted_view_through_a_state_sync(tmp_path):
+    """A validator that voted before any block committed (the chain's first views), crashed, and
+    restarts with state_sync: its store has a safety row but no committed block, so it syncs. The
+    synced core started from no safety state (last voted view 0) and the row was overwritten, so it
+    could vote again in views it had voted in (equivocation). Now the core and the store go on from
+    the stored safety state: v3 votes in no view at or below its stored last voted view."""
+    from consensus.core import Safety
+    from consensus.messages import QC
+    from consensus.store import Store
+    sim = _chain(tmp_path, blocks=25)
+    voted = sim._node("v1").core.view + 40  # views v3 voted in before (as its row says), ahead of the chain
+    pre = Store(tmp_path / "v3.db")
+    gqc = sim._node("v3").core.safety.high_qc
+    assert gqc == QC(sim._node("v3").core.genesis.id, 0, 0)
+    pre.save_safety(Safety(voted, gqc))
+    pre.close()
+    sim.state_sync("v3", tmp_path / "v3.db", sim.now + 1.0)
+    first = len(sim._node("v1").committed)
+    sim.run(blocks=first + 40, max_ms=sim.now + 60_000, live=lambda node: True)
+    v3 = sim._node("v3")
+    assert v3.sync is None and v3.core.view > voted  # it went on past those views
+    assert not [view for (who, view) in sim.votes_signed if who == 3 and view <= voted]
+    assert v3.store.safety().last_voted_view >= voted
+    _same_chain(sim, "v3")
