@@ -7,7 +7,9 @@ parent B0's plus one commits B0 (the 2-chain rule), and every ancestor of a comm
 committed. So the peer sends, with the snapshot's first chunk, the committed proposals from the
 snapshot's block S up to such a pair and the proposal whose QC certifies B1 (commit_proof checks:
 consecutive heights, each block's parent the one before, each proposer the view's leader and its
-signature, the QC's signers and signatures, all in one batch). The snapshot then must hash to S's
+signature, the QC's signers and signatures, all in one batch; and the transactions of the blocks
+from S to the committed one, which the validator stores and replays, those their proposers
+signed: digest and root, _signed_txs). The snapshot then must hash to S's
 state root (snapshots.restore), which the 2f + 1 validators that voted for S checked. The chunks
 (SNAPSHOT_CHUNK bytes each, at most MAX_SNAPSHOT_CHUNKS) are asked for one at a time from one
 peer; a peer that answers what was not asked, sends a bad proof or chunk, or goes quiet for a
