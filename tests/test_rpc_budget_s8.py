@@ -404,3 +404,20 @@ def test_the_connection_counts_stay_consistent_through_displacements():
         assert {s: len(h) for s, h in rpc._held.items()} == counts
         assert rpc._heaviest == max(counts.values(), default=0)
     assert rpc.displaced_connections > 0
+
+
+def test_clients_sending_requests_larger_than_the_totals_burst_are_held_to_their_parts():
+    """Found attacking the fair share with large requests: four clients sending 1.6 s requests
+    (1,000 signatures software-only, twice the total's 2 s burst at the defaults) took the whole
+    total (48 s of 48 over two minutes): when the honest client had left the total over its
+    contended mark, a client over its part took it as slack, and each such request left the total
+    below zero for seconds. Now a client over its part takes slack only if its largest request fits
+    in it: the four are held to about their parts (4/5 of the total, plus one request each), and
+    the honest client (5 ms every 0.1 s) is still admitted (slowed: the total is below zero for
+    seconds after each of their requests, docs/OPERATOR.md)."""
+    budget = WorkBudget(0.1, 0.4)
+    seconds = 120.0
+    out = simulate(budget, four_heavy(cost=1.6) + [(HONEST, 0.1, 0.005, 0.0503)], seconds)
+    heavy = sum(out[a][2] for a in ATTACKERS)
+    assert heavy <= 0.4 * 4 / 5 * seconds + 4 * 1.6, out
+    assert out[HONEST][1] >= 0.2 * out[HONEST][0], out[HONEST]
