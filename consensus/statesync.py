@@ -123,22 +123,12 @@ def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | SnapshotOffe
     for h, block_id, state_root, txs in store.snapshots():
         if height not in (0, h) or snapshot_row_problem(h, block_id, state_root, txs):
             continue  # (a row a damaged disk left: what it says cannot be served, or would raise)
-        proof: tuple = ()
+        proof, proof_bytes = (), 0
         if chunk == 0 or height == 0:
-            try:
-                found = store.committed_range(h, 3)  # usually enough: the block, its child, the QC over it
-                if not all(isinstance(p, Proposal) for p in found):
-                    raise ValueError("a committed row holds another message")
-                if _direct_commit(found) is None:
-                    found = store.committed_range(h, MAX_RANGE)
-                    if not all(isinstance(p, Proposal) for p in found):
-                        raise ValueError("a committed row holds another message")
-            except ValueError:  # (DecodeError) a damaged row above it: an older snapshot may do
-                continue
-            k = _direct_commit(found)
-            if k is None or found[0].block.id != block_id:
-                continue  # (the blocks that commit it are not committed here yet: an older snapshot may do)
-            proof = tuple(found[:k + 3])
+            found = _proof_of(store, h, block_id)
+            if found is None:
+                continue  # (not provable here, or not yet: an older snapshot may do)
+            proof, proof_bytes = found
         size, kind = store.db.execute("SELECT length(blob), typeof(blob) FROM snapshots WHERE height = ?",
                                       (h,)).fetchone()
         if kind != "blob":
@@ -152,12 +142,44 @@ def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | SnapshotOffe
         if manifest is None:
             continue
         out = SnapshotChunk(h, chunk, chunks, txs, proof if chunk == 0 else (), bytes(data), manifest)
-        if chunk == 0 and sum(len(messages.encode(p)) for p in proof) + len(data) + len(manifest) + 1024 \
-                > messages.MAX_MESSAGE:
+        if chunk == 0 and proof_bytes + len(data) + len(manifest) + 1024 > messages.MAX_MESSAGE:
             continue  # blocks too large to carry beside the chunk in one frame
         store.served(h)
         return out
     return None
+
+
+def _proof_of(store: Store, h: int, block_id: bytes) -> tuple[tuple, int] | None:
+    """The commit proof of the stored snapshot at height h (of block block_id) and its encoded
+    size, or None where the store cannot prove it (yet: the blocks that commit it may come). A
+    proof found, or a snapshot never provable (MAX_RANGE blocks after it and no direct commit
+    among them), is kept in store.snapshot_proofs while the snapshot is stored: serve looked for
+    it on every chunk 0 and every ask for height 0, reading and decoding up to MAX_RANGE
+    committed blocks in the consensus loop for each 50-byte request."""
+    key = (h, block_id)
+    if key in store.snapshot_proofs:
+        return store.snapshot_proofs[key]
+    try:
+        found = store.committed_range(h, 3)  # usually enough: the block, its child, the QC over it
+        if not all(isinstance(p, Proposal) for p in found):
+            raise ValueError("a committed row holds another message")
+        if _direct_commit(found) is None:
+            found = store.committed_range(h, MAX_RANGE)
+            if not all(isinstance(p, Proposal) for p in found):
+                raise ValueError("a committed row holds another message")
+    except ValueError:  # (DecodeError) a damaged row above it: an older snapshot may do
+        return None
+    k = _direct_commit(found)
+    if k is None or found[0].block.id != block_id:
+        if len(found) == MAX_RANGE or (found and found[0].block.id != block_id):
+            store.keep_proof(key, None)  # never: no direct commit in MAX_RANGE blocks, or another block's row
+        return None
+    proof = tuple(found[:k + 3])
+    out = (proof, sum(len(messages.encode(p)) for p in proof))
+    if out[1] > messages.MAX_MESSAGE:
+        out = None  # (never fits in a frame: kept as such, not its blocks)
+    store.keep_proof(key, out)
+    return out
 
 
 def commit_proof(cfg: Config, verifier, proof: tuple) -> str:

@@ -104,6 +104,9 @@ class Store:
                         "state_root BLOB NOT NULL, txs INTEGER NOT NULL, blob BLOB NOT NULL)")
         self._kept = {_id(r[0], "an uncommitted row") for r in self.db.execute("SELECT id FROM uncommitted")}
         self._manifests: dict[tuple, bytes] = {}  # (height, block id, chunk size) -> snapshot_manifest's answer
+        # (height, block id) -> a stored snapshot's commit proof and its encoded size, or None where
+        # it can never have one (statesync._proof_of): found once, not per request
+        self.snapshot_proofs: dict[tuple, tuple | None] = {}
 
     def save_safety(self, safety: Safety) -> None:
         """The safety state and the uncommitted blocks it carries (those not stored yet), in one
@@ -230,6 +233,14 @@ class Store:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def keep_proof(self, key: tuple, proof) -> None:
+        """Keep a snapshot's commit proof (see snapshot_proofs), forgetting those of snapshots no
+        longer stored: at most one per stored snapshot."""
+        stored = {(h, bytes(i)) for h, i, _, _ in self.snapshots()}
+        self.snapshot_proofs = {k: v for k, v in self.snapshot_proofs.items() if k in stored}
+        if key in stored:
+            self.snapshot_proofs[key] = proof
 
     def served(self, height: int) -> None:
         """A chunk of the snapshot at `height` went to a peer (statesync.serve): see add_snapshot."""

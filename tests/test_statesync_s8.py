@@ -292,3 +292,36 @@ def test_a_store_with_votes_but_no_blocks_keeps_its_last_voted_view_through_a_st
     assert not [view for (who, view) in sim.votes_signed if who == 3 and view <= voted]
     assert v3.store.safety().last_voted_view >= voted
     _same_chain(sim, "v3")
+
+
+def test_serving_a_snapshot_reads_its_commit_proof_once(tmp_path, monkeypatch):
+    """serve() looked for the snapshot's commit proof on every chunk 0, and on every chunk of an
+    ask for height 0 (the newest provable): up to 3 committed blocks read and decoded per ask, and
+    MAX_RANGE (64) where the snapshot's block is committed only through a later one, in the
+    consensus loop, for a 50-byte request (a peer asking SnapshotRequest(0, i) over and over made
+    this validator decode 64 blocks of up to 64 MiB for each 4 MiB chunk it read). Now a proof
+    found is kept per snapshot (Store.snapshot_proofs, dropped with the snapshot): the blocks are
+    decoded once."""
+    monkeypatch.setattr(statesync, "SNAPSHOT_CHUNK", 64)
+    sim, chunk = _proof_with_after(tmp_path)
+    store = sim._node("v1").store
+    h = chunk.height
+    (p,) = store.committed_range(h, 1)
+    store.add_snapshot(h, p.block.id, p.block.state_root, chunk.txs, chunk.data, keep=10)
+    reads = []
+    original = store.committed_range
+
+    def counting(from_height, count):
+        out = original(from_height, count)
+        reads.append(len(out))
+        return out
+    store.committed_range = counting
+    first = statesync.serve(store, h, 0)
+    assert [q.block.id for q in first.proof] == [q.block.id for q in chunk.proof]
+    assert sum(reads) > 3  # (k >= 1: the long search)
+    newest = statesync.serve(store, 0, 0)
+    reads.clear()
+    for i in range(50):
+        assert messages.encode(statesync.serve(store, h, 0)) == messages.encode(first)
+        assert statesync.serve(store, 0, i % newest.chunks).height == newest.height
+    assert sum(reads) == 0, reads
