@@ -325,3 +325,35 @@ def test_serving_a_snapshot_reads_its_commit_proof_once(tmp_path, monkeypatch):
         assert messages.encode(statesync.serve(store, h, 0)) == messages.encode(first)
         assert statesync.serve(store, 0, i % newest.chunks).height == newest.height
     assert sum(reads) == 0, reads
+
+
+def test_a_served_snapshot_outlives_pruning_for_serving_s_and_never_more_than_one(tmp_path):
+    """Store level, on a clock the test moves: the newest older snapshot served in the last
+    SERVING_S stays beside the `keep` newest; a peer asking for chunks of an older one too holds
+    no second one (the newer in transfer is kept, not the older); past SERVING_S without a chunk
+    served it goes at the next snapshot."""
+    from consensus import store as store_mod
+    sim = _chain(tmp_path, blocks=25, every=10)
+    src = sim._node("v0").store
+    now = [0.0]
+    s = store_mod.Store(tmp_path / "pins.db", clock=lambda: now[0])
+    for p in src.committed_range(1, 30):
+        s.add_committed(p)
+    heights = [p.block.height for p in src.committed_range(1, 30)]
+
+    def snap(h):
+        (p,) = s.committed_range(h, 1)
+        s.add_snapshot(h, p.block.id, p.block.state_root, 0, b"x" * h, keep=2)
+        return [r[0] for r in s.snapshots()]
+    assert snap(1) == [1] and snap(2) == [2, 1]
+    s.served(1)
+    assert snap(3) == [3, 2, 1]                # 1 in transfer: kept
+    s.served(2)
+    assert snap(4) == [4, 3, 2]                # 2 and 1 both served: the newer kept, never both
+    now[0] += store_mod.SERVING_S + 1
+    assert snap(5) == [5, 4]                   # no chunk of 2 served since: pruned
+    for h in heights[5:20]:
+        s.served(min(r[0] for r in s.snapshots()))
+        now[0] += 1
+        assert len(snap(h)) <= 3
+    s.close()
