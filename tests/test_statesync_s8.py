@@ -357,3 +357,61 @@ def test_a_served_snapshot_outlives_pruning_for_serving_s_and_never_more_than_on
         now[0] += 1
         assert len(snap(h)) <= 3
     s.close()
+
+
+def test_random_interleavings_of_sync_messages_never_raise_and_keep_the_bounds(tmp_path, monkeypatch):
+    """A seeded random walk over what peers (and strangers) can send a probing StateSync: real and
+    forged chunks of two snapshots, offers naming any height, probe answers with the right block
+    or another, timers old and new, from any index. Nothing raises; the chunks held never pass
+    the manifest; holders are peers; a done sync is of a real committed snapshot."""
+    import random
+    monkeypatch.setattr(statesync, "SNAPSHOT_CHUNK", 64)
+    sim = _chain(tmp_path, blocks=25)
+    stores = [sim._node(f"v{i}").store for i in range(3)]
+    real = {}
+    for i, st in enumerate(stores):
+        head = statesync.serve(st, 0, 0)
+        real[i] = [head] + [statesync.serve(st, head.height, c) for c in range(1, head.chunks)]
+    blocks = [p for st in stores for p in st.committed_range(1, 30)]
+    rng = random.Random(8)
+    seen = {}
+    for run in range(40):
+        now = [0.0]
+        sync = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis), clock=lambda: now[0], probe=True)
+        out = sync.start()
+        timers = [a.view for a in out if type(a).__name__ == "SetTimer"]
+        for _ in range(60):
+            now[0] += rng.choices((0.0, 10.0, 600.0, 2_500.0), (4, 4, 1, 1))[0]
+            sender = rng.choice((0, 1, 2, 3, 7))
+            kind = rng.choices(range(6), (1, 1, 1, 1, 3, 6))[0]
+            if kind == 0 and timers:
+                out = sync.on_timer(rng.choice(timers[-3:]))
+            elif kind == 1:
+                parts = real[rng.randrange(3)]
+                msg = rng.choice(parts[:2] if rng.random() < 0.5 else parts)
+                if rng.random() < 0.2:
+                    msg = replace(msg, data=bytes(len(msg.data)))
+                out = sync.handle(sender, _wire(msg))
+            elif kind == 2:
+                out = sync.handle(sender, _wire(SnapshotOffer(rng.randrange(1, 1 << 40), rng.randrange(1, 64), 1)))
+            elif kind == 3:
+                out = sync.handle(sender, _wire(BlockResponse((rng.choice(blocks),))))
+            elif kind == 4 and sync.probing is not None:
+                want = next((p for p in blocks if p.block.id == sync.probing[0]), None)
+                out = sync.handle(sender, _wire(BlockResponse((want,)))) if want is not None else []
+            else:
+                peer = sync.peer
+                parts = real.get(peer)
+                if parts:
+                    out = sync.handle(peer, _wire(parts[min(len(sync.parts), len(parts) - 1)]))
+            timers += [a.view for a in out if type(a).__name__ == "SetTimer"]
+            assert sync.holders <= {0, 1, 2}
+            assert sum(map(len, sync.parts)) <= max(sync.size, 0) or sync.head is None
+            if sync.done is not None:
+                ok = {(p[0].height, p[0].proof[0].block.id) for p in real.values()}
+                assert (sync.done.proposal.block.height, sync.done.proposal.block.id) in ok
+                break
+        for why in list(sync.counters) + ["done"] * (sync.done is not None):
+            seen[why] = seen.get(why, 0) + 1
+    # (the walk reaches a finished sync and the refusals this review added)
+    assert seen.get("done") and seen.get("snapshot_gone") and seen.get("snapshot_unservable"), seen
