@@ -49,6 +49,7 @@ CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
 TOTAL_REQUESTS = 20  # requests a second from all clients together: this many times requests_per_s
 CONTENDED_S = 1.0  # a total (requests, verification time) is contended under this many seconds' worth left (of 2)
 FAIR_ACTIVE_S = 10.0  # FairShare: a site shares a contended total this long after its last request
+RESERVE_S = 1.0  # WorkBudget: a site under its part waiting for room closes the slack to others this long
 
 
 class BadRequest(ValueError):
@@ -301,6 +302,7 @@ class WorkBudget:
         self.clients: dict[str, list[float]] = {}  # client -> [seconds left, at], most recent last
         self.all: list = [2 * total, None]  # [seconds left, at]; at None: the first request's time
         self.fair = FairShare(total)
+        self.reserved_until = float("-inf")  # till then, no slack for sites over their part
 
     @staticmethod
     def _refill(bucket: list, rate: float, now: float) -> list:
@@ -331,9 +333,23 @@ class WorkBudget:
         # requests larger than that (1,000 signatures software-only: 1.6 s, twice the total's
         # burst at the defaults) whenever the total refilled, sites over their part took it
         # below zero each time, and the sites under theirs found it there for seconds
-        if credit < 0 and self.all[0] - CONTENDED_S * self.total < max(0.0, self.fair.largest(site)):
+        largest = max(0.0, self.fair.largest(site))
+        if credit < 0 and (self.all[0] - CONTENDED_S * self.total < largest or now < self.reserved_until):
             what = f"this validator's verification time ({self.total:g} s a second)"
             return self.fair.refusal(site, credit, what, "s")
+        # a request starts only when the total has room for the site's largest (at most its full
+        # burst): a request is charged after it ran, and sites sending requests larger than the
+        # total's headroom (1.6 s) at their part took it below zero for seconds each time (a
+        # light client then waited up to 14 s); now that happens only when it is full, once a
+        # site has shown such a request. A site under its part waiting for room keeps those over
+        # theirs from the slack for RESERVE_S (else they took it first, and it never came)
+        need = min(2 * self.total, largest)
+        if self.all[0] < need:
+            if credit >= 0:
+                self.reserved_until = max(self.reserved_until, now + RESERVE_S)
+            wait = (need - self.all[0]) / self.total + 0.1
+            return (f"this validator's verification time has {max(0.0, self.all[0]):.2f} s left and {site}'s "
+                    f"requests take up to {largest:.2f} s; try again in {wait:.1f} s"), wait
         return "", 0.0
 
     def charge(self, client: str, seconds: float) -> None:

@@ -421,3 +421,47 @@ def test_clients_sending_requests_larger_than_the_totals_burst_are_held_to_their
     heavy = sum(out[a][2] for a in ATTACKERS)
     assert heavy <= 0.4 * 4 / 5 * seconds + 4 * 1.6, out
     assert out[HONEST][1] >= 0.2 * out[HONEST][0], out[HONEST]
+
+
+def _refusal_stretches(budget, heavy, honest_period, honest_cost, seconds, skip):
+    """As simulate, for four heavy clients and HONEST; after `skip` seconds (the heavy clients'
+    first requests are their largest unknown yet), the honest client's tries and admissions and
+    the longest time between two of its admissions."""
+    clients = heavy + [(HONEST, honest_period, honest_cost, 0.0503)]
+    events = [(T0 + offset, i) for i, (_, _, _, offset) in enumerate(clients)]
+    heapq.heapify(events)
+    tries = admitted = 0
+    last, longest, seconds_admitted = None, 0.0, 0.0
+    while events:
+        at, i = heapq.heappop(events)
+        if at >= T0 + seconds:
+            continue
+        name, period, cost, _ = clients[i]
+        ok = not budget.refusal(name, at)[0]
+        if ok:
+            budget.charge(name, cost)
+        if name == HONEST and at > T0 + skip:
+            tries += 1
+            if ok:
+                admitted += 1
+                seconds_admitted += cost
+                longest = max(longest, at - last) if last is not None else 0.0
+                last = at
+        heapq.heappush(events, (at + period, i))
+    return tries, admitted, longest, seconds_admitted
+
+
+def test_a_request_starts_only_when_the_total_has_room_for_the_clients_largest():
+    """Found measuring how long the honest client of the test above waits: up to 14 s, admitted
+    for 30% of its tries, because each 1.6 s request (charged after it ran) left the total below
+    zero for 2 to 4 s and the four came one after another. Now a client's request starts only
+    when the total has room for its largest one (at most the total's full burst): after their
+    first requests the four wait for a full total, and the honest client is admitted within
+    about 2 s and for most of its tries. A client under its part waiting for room keeps those
+    over theirs from the slack meanwhile, so an honest client sending 0.6 s requests against
+    small heavy ones still gets its part (without that, they took the slack first: 1 of 1,200)."""
+    tries, admitted, longest, _ = _refusal_stretches(WorkBudget(0.1, 0.4), four_heavy(cost=1.6), 0.1, 0.005,
+                                                     150.0, 30.0)
+    assert longest <= 3.0 and admitted >= 0.5 * tries, (tries, admitted, longest)
+    _, _, _, got = _refusal_stretches(WorkBudget(0.1, 0.4), four_heavy(cost=0.02), 0.1, 0.6, 120.0, 0.0)
+    assert got >= 0.85 * 0.4 / 5 * 120.0, got
