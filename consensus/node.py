@@ -62,6 +62,7 @@ INBOX_PER_PEER = 4_096  # messages of one validator waiting for the core; more a
 INBOX_BYTES_PER_PEER = 4 * MAX_MESSAGE  # and their bytes (4,096 frames of up to 64 MiB would be 256 GiB)
 WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this often
 CLIENTS = 64
+SKIP_BATCH = 10_000   # ClearingFeed.skip passes over the stream this many transactions at a time
 FUNDS = 10**15
 
 REQUIRED = object()
@@ -301,7 +302,12 @@ class ClearingFeed:
                                                cfg.chain_id))
 
     def skip(self, count: int) -> None:
-        self.load.take(count)
+        """Pass over the first `count` transactions of the stream, SKIP_BATCH at a time (they were
+        taken into one list: a count of millions held them all at once)."""
+        while count > 0:
+            step = min(count, SKIP_BATCH)
+            self.load.take(step)
+            count -= step
 
     def top_up(self, app, want: int) -> None:
         """Mempool admission, its signatures checked in one batch."""
@@ -425,7 +431,7 @@ class NodeRunner:
         """The peer's snapshot is verified: into the store, and the core starts from it (the
         blocks after it are fetched as by any validator behind)."""
         sync, self.sync = self.sync, None
-        done = sync.done
+        done = statesync.bounded(sync.done, self.cfg.txs_per_block)
         # the safety state the store held (a validator that voted before any block committed, then
         # lost them: its last voted view stays), else the unstarted core's (nothing voted); its
         # uncommitted blocks are of the chain below the snapshot and are not kept

@@ -311,7 +311,7 @@ class Simulation:
 
     def _synced(self, node: Node) -> None:
         """The snapshot is in: the validator's core starts from it."""
-        done, app = node.sync.done, node.sync.app
+        done, app = statesync.bounded(node.sync.done, self.txs_per_block), node.sync.app
         node.sync = None
         # the safety state its store held (votes from before any commit: its last voted view
         # stays, as the node's does), else the unstarted core's (nothing voted)

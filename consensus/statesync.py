@@ -447,6 +447,18 @@ class StateSync:
         return []
 
 
+def bounded(synced: Synced, per_block: int) -> Synced:
+    """The synced snapshot with its count of committed transactions (the peer's word; only the
+    built-in load uses it: a synced node skips that many of its stream, and its own snapshots
+    carry the count on) at most per_block (the node's txs_per_block) for each block up to the
+    snapshot's. A Byzantine peer's 2^47 had a joining node with the built-in clearing load
+    generate and sign that many transactions (it never joined); an honest count past the bound
+    (proposers with a larger txs_per_block) only makes the load offer some committed ones again,
+    which the mempool refuses."""
+    from dataclasses import replace
+    return replace(synced, txs=min(synced.txs, synced.proposal.block.height * max(0, per_block)))
+
+
 def begin(store: Store, synced: Synced, safety=None) -> Base:
     """Write a verified snapshot and the committed blocks that came with it into an empty store,
     with the core's starting safety state (Core(...).safety before it votes; see

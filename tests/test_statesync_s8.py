@@ -415,3 +415,36 @@ def test_random_interleavings_of_sync_messages_never_raise_and_keep_the_bounds(t
             seen[why] = seen.get(why, 0) + 1
     # (the walk reaches a finished sync and the refusals this review added)
     assert seen.get("done") and seen.get("snapshot_gone") and seen.get("snapshot_unservable"), seen
+
+
+def test_a_peers_count_of_committed_transactions_is_bounded_by_the_blocks(tmp_path):
+    """A snapshot's count of committed transactions is the peer's word (only the built-in load
+    uses it: a synced node skips that many of its stream, and its own snapshots carry the count
+    on). A Byzantine peer claiming 2^47 at height 20 made a joining node with the default built-in
+    clearing load generate and sign 2^47 transactions into one list (it never joined, and ran out
+    of memory), and the count went on into every snapshot it served. Now the count taken is at
+    most txs_per_block for each block up to the snapshot's (statesync.committed_txs)."""
+    sim = _chain(tmp_path, blocks=25)
+    v0 = sim._node("v0")
+    v0.core.snapshot_source = lambda height, chunk: (
+        lambda c: replace(c, txs=1 << 47) if isinstance(c, SnapshotChunk) else c)(statesync.serve(v0.store, height, chunk))
+    sim.state_sync("v3", tmp_path / "v3.db", sim.now + 1.0)
+    first = len(sim._node("v1").committed)
+    sim.run(blocks=first + 10, max_ms=sim.now + 60_000, live=lambda node: True)
+    v3 = sim._node("v3")
+    assert v3.sync is None and v3.store.first_height() > 1
+    assert v3.committed_txs <= v3.core.committed.height * sim.txs_per_block
+    assert all(txs <= h * sim.txs_per_block for h, _, _, txs in v3.store.snapshots())
+    _same_chain(sim, "v3")
+    # the node's built-in clearing feed skips in bounded batches
+    from consensus import node as node_mod
+    taken = []
+
+    class Stream:
+        def take(self, count):
+            taken.append(count)
+            return [None] * count
+    feed = object.__new__(node_mod.ClearingFeed)
+    feed.load = Stream()
+    feed.skip(25_000)
+    assert sum(taken) == 25_000 and max(taken) <= node_mod.SKIP_BATCH
