@@ -429,9 +429,10 @@ class Reference(Clearing):
             loss = ref.amount.pop(("open", asset))
             gains = {}
             for h, positions in ref.snap.items():
-                for i, p in positions.items():
-                    if self.series[i].asset == asset and p * ref.moves.get(i, 0) > 0:
-                        gains[h] = gains.get(h, 0) + abs(p * ref.moves[i])
+                for i, p in positions.items():  # s8 review: net over the underlying's series
+                    if self.series[i].asset == asset and ref.moves.get(i, 0):
+                        gains[h] = gains.get(h, 0) + p * ref.moves[i]
+            gains = {h: g for h, g in gains.items() if g > 0}
             paid = ref.paid.setdefault(asset, {})
             left = {h: w - paid.get(h, 0) for h, w in gains.items()}
             live = {h: w for h, w in gains.items() if left[h] > 0}

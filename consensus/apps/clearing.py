@@ -1292,39 +1292,43 @@ class Clearing:
 
     def _open_gains(self, asset: str, pools: "_Pools") -> dict[bytes, int]:
         """Step 6's gainers in asset and their weights, built once per mark (when first owed):
-        whoever held, at the mark's start, a side of a series of the marked underlying settling in
-        asset whose value (or fixing) rose for that side since the previous mark, weighing
-        contracts then x that gain a contract, summed over the series. A series this mark settled:
-        its holders at the settlement (pools.sides); an open one: its holders now whose positions
-        no liquidation changed, and pools.start's (a position at the start never changes after).
+        whoever gained at this mark, on the whole, on the series of the marked underlying settling
+        in asset that it held at the mark's start: over those series, contracts then x the move of
+        a contract's value (or fixing) since the previous mark, signed by the side, summed; an
+        account is a gainer when that sum is above 0, and weighs it. A series this mark settled:
+        its holders at the settlement (pools.sides, both sides); an open one: its holders now whose
+        positions no liquidation changed, and pools.start's (a position at the start never
+        changes after). Net, not the gaining sides alone: a bystander long a call and short a
+        future (it lost 1,240 USD at the 90,000 expiry) weighed the call's 28,760 and paid 6,059
+        to an attacker's loss, its counterparty (net +1,240) 6,320 (tests/test_ledger_gainers_s8.py).
         One pass over the underlying's holders in the asset per mark, as its margin check is."""
         if asset in pools.gains:
             return pools.gains[asset]
-        gains = pools.gains[asset] = {}
+        net: dict[bytes, int] = {}
         for i in sorted(pools.moves):
             move = pools.moves[i]
             if not move or self.series[i].asset != asset:
                 continue
-            sign, gain = (1, move) if move > 0 else (-1, -move)
-            if i in self.fixings:  # settled at this mark: its holders on that side then
-                held = pools.sides.get((i, sign), (None, {}, None))[1]
-                for h in sorted(held):
-                    gains[h] = gains.get(h, 0) + held[h] * gain
+            if i in self.fixings:  # settled at this mark: its holders on each side then
+                for sign in (1, -1):
+                    held = pools.sides.get((i, sign), (None, {}, None))[1]
+                    for h in sorted(held):
+                        net[h] = net.get(h, 0) + sign * held[h] * move
                 continue
             start = pools.start.get(i, {})
             for h in sorted(self.holders.get(i, ())):
-                if h not in start and (p := self.accounts[h].positions.get(i, 0)) * sign > 0:
-                    gains[h] = gains.get(h, 0) + abs(p) * gain
+                if h not in start and (p := self.accounts[h].positions.get(i, 0)):
+                    net[h] = net.get(h, 0) + p * move
             for h in sorted(start):
-                if start[h] * sign > 0:
-                    gains[h] = gains.get(h, 0) + abs(start[h]) * gain
+                net[h] = net.get(h, 0) + start[h] * move
+        gains = pools.gains[asset] = {h: g for h, g in sorted(net.items()) if g > 0}
         return gains
 
     def _drain_open(self, cascade: "_Cascade") -> None:
         """Step 6's first part: what nobody of steps 3-5 could carry (("open", asset), summed over
-        the pass) charged once per pass and asset to the mark's gainers (_open_gains: whoever held,
-        at the mark's start, a side of a series of the marked underlying that gained at this mark),
-        in proportion to contracts x gain, each account at most that much in all the mark's passes
+        the pass) charged once per pass and asset to the mark's gainers (_open_gains: whoever gained
+        at this mark, net over the marked underlying's series it held at the mark's start), in
+        proportion to that net gain, each account at most that much in all the mark's passes
         and at most its equity (_charge; a book this mark liquidated: the cash its closure left it);
         what they cannot pay, to those of them whose equity it took (step 5: not liquidated by this
         mark, untouched by the block, holding a position in the asset or one this mark settled)

@@ -1,0 +1,101 @@
+"""Step 6's gainers (docs/CLEARING.md, step 6) under a fresh review of this morning's rule
+(1dbb3f6, 6177db0): attacks by accounts whose owner also holds the mark's bankrupt books.
+
+A. Found: a gainer weighed the gross gain of the sides that gained (contracts x gain, summed over
+   the gaining sides only), so a bystander hedged on the same underlying paid as if it had gained
+   what only one leg of its book gained. In the chain search's seed 14710 shape (the expiry of
+   the call at 90,000), a bystander H long 1 call and short 1 future (both from an honest rich
+   R, at the mark) lost 1,240 USD at this mark, yet weighed the call's 28,760 and paid 6,059 USD
+   of the attackers' loss; R (short the call, long the future: net +1,240) paid 6,320; the
+   attackers' accounts together ended 12,377 USD ahead of their deposits (their positions are
+   all among themselves: honest clearing leaves them where they began). Fixed: a gainer weighs
+   its net gain at this mark over the underlying's series in the asset (held at the mark's
+   start), and pays at most that; one that lost on the whole pays nothing there.
+"""
+import pytest
+
+from consensus.apps.clearing import Clearing
+from tests.test_clearing_properties import DAY, O, T0, USD
+from tests.test_ledger_money_s7 import _eq, _no_fund
+from tests.test_ledger_money_s8 import OPEN_SIDE_SHAPES
+from tests.test_ledger_scale_s6 import OPTIONS, Reference, _fresh, _inject, _state, _traded
+
+HEDGES = {"long call, short future": ((1, "H"), (3, "R")), "long future, short call": ((3, "H"), (1, "R"))}
+
+
+class _Watched(Clearing):
+    """Records what step 6's gainers paid at each mark (pools.paid)."""
+
+    def mark(self, *a, **kw):
+        self.open_paid = {}
+        super().mark(*a, **kw)
+
+    def _drain_open(self, cascade):
+        super()._drain_open(cascade)
+        self.open_paid = {a: dict(p) for a, p in cascade.pools.paid.items()}
+
+
+def _hedged(cls, name: str, hedge: str):
+    """The chain-search shape name (the attackers' accounts 0.., all trading among themselves), a
+    cash-only bystander B, and a hedged pair: H (50,000 USD) and R (1,000,000 USD), traded at the
+    mark: H long one series and short the other, R the opposite. Then the expiry of the call."""
+    deposits, trades, index = OPEN_SIDE_SHAPES[name]
+    c = _fresh(cls)
+    _no_fund(c)
+    ks = [bytes([0x10 + i]) * 32 for i in range(len(deposits))]
+    h, r, b = b"\xd1" * 32, b"\xdf" * 32, b"\xee" * 32
+    for k, d in zip(ks, deposits):
+        _inject(c, k, {"USD": d * USD})
+    for k, d in ((h, 50_000), (r, 1_000_000), (b, 1_000_000)):
+        _inject(c, k, {"USD": d * USD})
+    for buyer, seller, series, n in trades:
+        _traded(c, ks[buyer], ks[seller], series, n)
+    for series, longer in HEDGES[hedge]:
+        _traded(c, *((h, r) if longer == "H" else (r, h)), series, 1)
+    before = dict(c.marks["BTC"].values)
+    snap = {k: dict(c.accounts[k].positions) for k in (h, r)}
+    e0 = {k: _eq(c, k) for k in ks + [h, r, b]}
+    supply = dict(c.supply)
+    c.mark("BTC", index, {i: 0.7 for i in OPTIONS["BTC"] if i != 1}, 2, T0 + 2 * DAY + 1, O[:2])
+    after = {i: c.fixings.get(i, c.marks["BTC"].values.get(i)) for i in before}
+    net = {k: sum(p * (after[i] - before[i]) for i, p in snap[k].items() if c.series[i].asset == "USD")
+           for k in (h, r)}
+    return c, ks, (h, r, b), net, e0, supply
+
+
+@pytest.mark.parametrize("hedge", sorted(HEDGES))
+@pytest.mark.parametrize("name", sorted(OPEN_SIDE_SHAPES))
+def test_a_hedged_bystander_pays_step_6_at_most_its_net_gain_at_the_mark(name, hedge):
+    """A: whatever the chain-search shape and whichever leg H is long, step 6's charge takes from
+    H and R at most what each gained at this mark on the whole (net over its series of the
+    underlying; nothing from the one that lost), checked against the positions before the mark
+    and the series' values before and after it; the cash-only B pays nothing; invariants, supply,
+    and the same state as the Reference. At 6177db0, seed 14710 (long call, short future): H, net
+    -1,240 USD, paid 6,059 to step 6; R, net +1,240, paid 6,320."""
+    out = []
+    for cls in (_Watched, Reference):
+        c, ks, (h, r, b), net, e0, supply = _hedged(cls, name, hedge)
+        assert c.violations() == [] and c.supply == supply
+        assert c.accounts[b].collateral["USD"] == 1_000_000 * USD
+        assert net[h] == -net[r] != 0
+        if cls is _Watched:
+            paid = c.open_paid.get("USD", {})
+            for k in (h, r):
+                assert 0 <= paid.get(k, 0) <= max(net[k], 0), (k.hex()[:2], paid.get(k, 0), net[k])
+        out.append(_state(c))
+    assert out[0] == out[1]
+
+
+def test_the_hedged_bystanders_of_seed_14710_no_longer_fund_the_attackers():
+    """A, the figures: seed 14710 with H long the call and short the future. At 6177db0 step 6
+    took 6,059 USD from H and 6,320 from R, and the attackers' accounts ended 12,377 USD above
+    their deposits. Now H (a net loser) pays step 6 nothing, R at most its 1,240 of net gain, and
+    the attackers keep less than 1,240 + 1 USD of their bystanders' money (what R's net gain
+    paid instead of them); step 6 still charged someone (the check is not vacuous)."""
+    c, ks, (h, r, b), net, e0, _ = _hedged(_Watched, "seed 14710: the side's tapped holder carries it to the "
+                                                    "settled side", "long call, short future")
+    paid = c.open_paid.get("USD", {})
+    assert sum(paid.values()) > 0
+    assert paid.get(h, 0) == 0 and paid.get(r, 0) <= net[r] == 1_239_94934628
+    ahead = sum(_eq(c, k) - e0[k] for k in ks)
+    assert ahead <= net[r] + USD, ahead / USD
