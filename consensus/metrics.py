@@ -4,6 +4,8 @@ Values that exist elsewhere (mempool size, accel's fallback counts) are read at 
 than copied on every change."""
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import socket
 import threading
 from socketserver import ThreadingMixIn
@@ -152,28 +154,53 @@ class NodeMetrics:
 
 
 class _Server(ThreadingMixIn, WSGIServer):
-    """A thread per connection, at most MAX_CONNECTIONS of them: past that a connection is closed
-    at once (a stranger holding half-sent requests kept a thread each, without limit). A
-    connection is cut REQUEST_DEADLINE_S after it was accepted, whatever it sends: the socket
-    timeout (_Quiet.timeout) bounds only each silence, so a stranger trickling a byte every few
-    seconds into 16 connections held every slot for ever and no scrape got through."""
+    """A thread per connection, at most MAX_CONNECTIONS of them (a stranger holding half-sent
+    requests kept a thread each, without limit). A connection is cut REQUEST_DEADLINE_S after it
+    was accepted, whatever it sends: the socket timeout (_Quiet.timeout) bounds only each silence,
+    so a stranger trickling a byte every few seconds into 16 connections held every slot for ever
+    and no scrape got through. With every slot taken, a connection from a site (_site) holding
+    fewer than the heaviest site less one takes the place of that site's oldest, which is cut;
+    else it is closed at once: first come first served, one address reconnecting whenever the
+    deadline cut it held the slots and the scraper was refused (the client API's rule,
+    Rpc._admit)."""
     daemon_threads = True
     MAX_CONNECTIONS = 16
     REQUEST_DEADLINE_S = 10.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._held: dict[str, list] = {}  # site -> its connections' sockets, oldest first
+        self._open = 0
 
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+        site = _site(client_address[0] if isinstance(client_address, tuple) and client_address else "?")
+        with self._lock:
+            if self._open >= self.MAX_CONNECTIONS:
+                heavy = max(self._held, key=lambda s: len(self._held[s]))
+                if len(self._held.get(site, ())) + 1 >= len(self._held[heavy]):
+                    self.shutdown_request(request)
+                    return
+                self._forget(heavy, self._held[heavy][0], cut=True)
+            self._held.setdefault(site, []).append(request)
+            self._open += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            with self._lock:
+                self._forget(site, request)
             raise
+
+    def _forget(self, site: str, request, cut: bool = False) -> None:
+        """Stops counting a connection (under the lock); cut: ends it too (its thread then finishes)."""
+        held = self._held.get(site, [])
+        if request in held:
+            held.remove(request)
+            self._open -= 1
+            if not held:
+                del self._held[site]
+            if cut:
+                _cut(request)
 
     def process_request_thread(self, request, client_address):
         timer = threading.Timer(self.REQUEST_DEADLINE_S, _cut, (request,))
@@ -183,10 +210,24 @@ class _Server(ThreadingMixIn, WSGIServer):
             super().process_request_thread(request, client_address)
         finally:
             timer.cancel()
-            self._slots.release()
+            with self._lock:
+                self._forget(_site(client_address[0] if isinstance(client_address, tuple) and client_address
+                                   else "?"), request)
 
     def handle_error(self, request, client_address):  # a client gone or timed out: no traceback
         pass
+
+
+def _site(host: str) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /48 (a site holds 65,536
+    /64s)."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host.split("%")[0])
+        if address.version == 6:
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.ip_network(f"{address}/48", strict=False))
+    return host
 
 
 def _cut(sock) -> None:

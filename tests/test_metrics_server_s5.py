@@ -55,3 +55,38 @@ def test_half_sent_requests_hold_at_most_max_connections_threads():
     server.shutdown()
     server.server_close()
 
+
+
+def test_one_address_holding_every_slot_does_not_keep_a_scraper_out():
+    """One address holds every slot with half-sent requests (and could reconnect each time the
+    deadline cuts them): a scrape from another address was closed at once, first come first
+    served. Now a site holding fewer than the heaviest less one takes the place of the heaviest's
+    oldest connection, which is cut; the slots stay at MAX_CONNECTIONS."""
+    metrics = NodeMetrics(types.SimpleNamespace(mempool={}), "cpu", "test", "accel")
+    server = metrics.serve(("127.0.0.1", 0))
+    port = server.server_address[1]
+    held = []
+    try:
+        for _ in range(_Server.MAX_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            held.append(s)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _threads(server) < _Server.MAX_CONNECTIONS:
+            time.sleep(0.05)
+        assert _threads(server) == _Server.MAX_CONNECTIONS
+        scraper = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
+        scraper.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        body = b""
+        while chunk := scraper.recv(65536):
+            body += chunk
+        scraper.close()
+        assert b"200 OK" in body.split(b"\r\n")[0] and b"accel_committed_height" in body
+        held[0].settimeout(5)
+        assert held[0].recv(1) == b""  # the heaviest address's oldest connection, cut for it
+        assert server._open <= _Server.MAX_CONNECTIONS
+    finally:
+        for s in held:
+            s.close()
+        server.shutdown()
+        server.server_close()
