@@ -1,0 +1,105 @@
+"""Fresh attacks on the eighth session's client API and mempool changes (519fbf0 .. 6d0480e):
+what an account holder, a stranger with many addresses or an oracle can do with them.
+
+1. ClearingApp._early (8fdee39, a2a355a) kept a transaction refused only for arriving early while
+   what it waits for is pending, but did not ask whether that ever applies. Two accounts' trades
+   waiting on each other's nonces ((A, a), (B, b + 1) and (A, a + 1), (B, b)) each saw the other
+   pending and stayed for ever, retried by every proposal (fixed: what a kept one waits for must
+   lead to a transaction the fill did not refuse). The walk it did per expected nonce was
+   quadratic in an account's far nonces interleaved with ones that apply (fixed: one walk over
+   each run of pending pairs)."""
+import hashlib
+
+from consensus.apps import clearing_tx as ctx
+from consensus.apps.clearing_app import ClearingApp
+from consensus.verify import Verifier
+from tests.test_clearing_columns import funded_genesis
+from tests.test_clearing_properties import K, USD, USERS, signed
+from tests.test_ledger_proposal_s6 import _quiet  # noqa: F401 (an autouse fixture)
+from tests.test_mempool_s8 import CountingDict, step
+
+
+def digest(item):
+    return hashlib.sha256(item[0]).digest()
+
+
+def trade(buyer, bn, seller, sn, size=1, price=100):
+    return signed(ctx.trade(K[buyer], bn, K[seller], sn, 1, size, price), [USERS[buyer], USERS[seller]])
+
+
+# ---- 1. ClearingApp._early ------------------------------------------------------------------------
+
+
+def test_trades_waiting_on_each_others_nonces_are_not_kept_for_ever():
+    """Accounts 0 and 1 sign two trades that each consume the nonce the other one waits for, and
+    accounts 2, 3 and 4 a cycle of three: none can ever apply. Each was refused "expected n" with
+    its nonce n pending (held by the other), so _early kept every one, and every proposal tried
+    them again, for ever (an account pair's whole nonce window of them: thousands of refusals in
+    every block, and the mempool room with them). Now a transaction waiting on pairs whose every
+    holder the same fill refused (and did not keep) is evicted with its reason in that proposal;
+    a legitimate out-of-order pair of the same accounts' deposits beside them still applies."""
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    validator = ClearingApp(Verifier("software"), c.snapshot())
+    n = [c.accounts[k].nonce for k in K]
+    stuck = [trade(0, n[0], 1, n[1] + 1), trade(0, n[0] + 1, 1, n[1]),
+             trade(2, n[2], 3, n[3] + 1), trade(3, n[3], 4, n[4] + 1), trade(4, n[4], 2, n[2] + 1)]
+    assert app.submit_many(stuck) == [""] * len(stuck)
+    txs, parent, vparent = step(app, validator, app.genesis, validator.genesis)
+    assert len(txs) == 0
+    for item in stuck:
+        assert digest(item) not in app.mempool
+        assert "expected" in app.refused[digest(item)]
+    # the same accounts' own deposits, sent out of order, are still kept and credited
+    later = [signed(ctx.deposit(K[0], n[0] + j, "USD", USD), [USERS[0]]) for j in (1, 0)]
+    assert app.submit_many(later) == ["", ""]
+    for _ in range(2):
+        _, parent, vparent = step(app, validator, parent, vparent)
+    assert parent.clearing.accounts[K[0]].nonce == n[0] + 2 and len(app.mempool) == 0
+
+
+def test_trades_arriving_in_reverse_order_between_two_accounts_still_all_apply():
+    """The rule above must not drop an honest chain: trades i = 0..7 between accounts 0 and 1, each
+    consuming both accounts' nonce n + i, arrive last first. The first fill applies trade 0 and
+    refuses the rest "expected"; each waits on pairs held by the one before it, refused but kept,
+    down to trade 0, which applied: all are kept and all apply."""
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    validator = ClearingApp(Verifier("software"), c.snapshot())
+    n0, n1 = c.accounts[K[0]].nonce, c.accounts[K[1]].nonce
+    chain = [trade(0, n0 + i, 1, n1 + i) for i in range(8)]
+    for item in reversed(chain):
+        assert app.submit_many([item]) == [""]
+    parent, vparent = app.genesis, validator.genesis
+    for _ in range(8):
+        _, parent, vparent = step(app, validator, parent, vparent)
+        if not app.mempool:
+            break
+    assert not any(digest(item) in app.refused for item in chain)
+    assert parent.clearing.accounts[K[0]].nonce == n0 + 8 and parent.clearing.accounts[K[1]].nonce == n1 + 8
+
+
+def test_far_nonces_interleaved_with_ones_that_apply_are_looked_at_about_once():
+    """An account sends k deposits at nonces n + k + i interleaved with k at n + i (far, near,
+    far, near, ...): each far one is refused "nonce n + k + i, expected n + i", a different
+    expected nonce each time, and kept (every nonce between is pending). _early's walk was
+    memoized per (account, expected) only, so each far one walked k pairs: k^2 lookups of
+    Mempool.nonces (4,000 of each: 16 million, 3 s of the proposer's time; an account's window
+    at the project's max_txs is 40,000). Now a run of pairs found pending is skipped as a whole:
+    at most 2 k lookups, the same verdicts (the far ones kept, then applied)."""
+    k = 1_000
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=4 * k)
+    validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=4 * k)
+    n = c.accounts[K[0]].nonce
+    items = []
+    for i in range(k):
+        items.append(signed(ctx.deposit(K[0], n + k + i, "USD", 1), [USERS[0]]))
+        items.append(signed(ctx.deposit(K[0], n + i, "USD", 1), [USERS[0]]))
+    assert app.submit_many(items) == [""] * (2 * k)
+    app.mempool.nonces = CountingDict(app.mempool.nonces)
+    txs, parent, vparent = step(app, validator, app.genesis, validator.genesis)
+    assert len(txs) == k and app.mempool.nonces.lookups <= 2 * k
+    assert app.refused == {} and len(app.mempool) == k
+    _, parent, _ = step(app, validator, parent, vparent)
+    assert parent.clearing.accounts[K[0]].nonce == n + 2 * k and len(app.mempool) == 0
