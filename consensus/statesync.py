@@ -60,7 +60,10 @@ probe asked again, and is then left for the next peer (snapshot_unservable). Hon
 hold every block from their first one up, and an honest peer's snapshot is at or above its own
 first block, so the highest honest snapshot is held after by every honest validator caught up:
 a live network (f + 1 honest peers up) always passes the probe for it. The cost: one block from
-each peer per snapshot tried.
+each peer per snapshot tried. f + 1 holders need not exist with only f faults (n = 4, one down,
+two joining at once: neither joiner ever synced), so in a later round of the peers a restored
+snapshot at least as high as every one restored in the sync is taken with one holder
+(snapshot_one_holder, see _taken_alone).
 
 A server keeps a snapshot a chunk of which it served recently beside its KEPT newest
 (Store.add_snapshot), so a transfer slower than the snapshot interval is not cut by pruning; a
@@ -247,6 +250,7 @@ class StateSync:
         self.tries = 0  # peers asked for a snapshot so far (each round of the n - 1 doubles chunk_ms)
         self.done: Synced | None = None
         self.counters: dict[str, int] = {}
+        self.highest = 0  # the highest snapshot restored in this sync (its state root checked), any peer's
         self._reset()
 
     def _reset(self) -> None:
@@ -303,9 +307,27 @@ class StateSync:
         snapshot is past its deadline (see the module's docstring)."""
         if self.done is not None or view != self.timer:
             return []
+        if self.ready is not None and self._taken_alone():
+            self._count("snapshot_one_holder")
+            self.done, self.ready = self.ready, None
+            return []
         self._count("snapshot_unservable" if self.ready is not None else "peer_slow" if self._late()
                     else "peer_silent" if self.vouching is None else "snapshot_unvouched")
         return self._next_peer()
+
+    def _taken_alone(self) -> bool:
+        """Whether the restored snapshot waiting for f + 1 holders is taken with fewer: in a later
+        round of the peers (each was asked once), with at least one holder, and at least as high
+        as every snapshot restored in this sync. f + 1 holders may not exist with no fault beyond
+        f: n = 4, one validator down, and two joining at once (a lost disk, a new one): the only
+        peers beside the one serving were the down one and the other joiner, which holds nothing
+        until it is synced itself, so neither ever synced and the chain stopped for good. An old
+        snapshot a Byzantine peer restores (the probe's reason) is below the honest one restored
+        in the first round, so it is never the highest; a higher one restored (a real committed
+        block's, its state root checked) is above every honest validator's first block, so the
+        honest ones caught up hold the blocks after it."""
+        return self.tries > self.cfg.n - 1 and len(self.holders) >= 1 \
+            and self.ready.proposal.block.height >= self.highest
 
     def _gone(self) -> list:
         """The peer answered an ask for a chunk with the offer of another snapshot: the one being
@@ -407,6 +429,7 @@ class StateSync:
             return self._next_peer()
         k = _direct_commit(self.head.proof)
         synced = Synced(first, state, blob, self.head.txs, tuple(self.head.proof[1:k + 1]), sender)
+        self.highest = max(self.highest, first.block.height)
         if not self.probe or len(self.holders) > self.cfg.f:
             self.done = synced
             return []
