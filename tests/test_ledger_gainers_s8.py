@@ -99,3 +99,32 @@ def test_the_hedged_bystanders_of_seed_14710_no_longer_fund_the_attackers():
     assert paid.get(h, 0) == 0 and paid.get(r, 0) <= net[r] == 1_239_94934628
     ahead = sum(_eq(c, k) - e0[k] for k in ks)
     assert ahead <= net[r] + USD, ahead / USD
+
+
+@pytest.mark.parametrize("hedge", sorted(HEDGES))
+def test_a_settled_sides_holder_pays_at_most_its_part_when_the_other_holders_are_tapped_out(hedge):
+    """B: seed 9951 with the hedged pair: attacker 2 wrote the call to attacker 4 and cannot pay
+    its 57,420 USD; its loss is owed to the call's long side, where 4 (liquidated at the expiry,
+    the fixing spent on its futures, whose gain the attackers' longs 1 and 7 took) holds 3 and the
+    bystander holding one call (H, or R in the other hedge) 1. At 6177db0 and e069dd3 the side's
+    charge shared 4's part out to the bystander: H paid 48,760 USD, its whole equity, and 8,660
+    more as a carrier; the attackers' accounts, trading only among themselves, ended 57,796 USD
+    above their deposits. Now the bystander pays its part, a quarter (to the quantum), and 4's
+    part goes to the own weights of 4's liquidation (1 and 7); the attackers keep at most that
+    quarter (what pro-rata sharing of a side always costs its holders) and what step 6 took of
+    the pair's net gain (1,240 USD at most)."""
+    name = "seed 9951: the side's holders were closed by other liquidations"
+    out = []
+    for cls in (Clearing, Reference):
+        c, ks, (h, r, b), net, e0, supply = _hedged(cls, name, hedge)
+        assert c.violations() == [] and c.supply == supply
+        holder = h if HEDGES[hedge][0][0] == 1 else r  # who holds the long call beside attacker 4
+        (writer,) = [x for x in c.liquidations if x.account == ks[2]]
+        part = writer.socialized // 4
+        paid = e0[holder] + net[holder] - _eq(c, holder)
+        assert part - 1 <= paid <= part + 1, (paid / USD, part / USD)
+        assert _eq(c, h) > 0
+        gained = sum(max(net[k], 0) for k in (h, r))  # step 6 may take the pair's net gain (A)
+        assert sum(_eq(c, k) - e0[k] for k in ks) <= part + gained + 1
+        out.append(_state(c))
+    assert out[0] == out[1]

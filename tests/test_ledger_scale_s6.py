@@ -375,7 +375,22 @@ class Reference(Clearing):
         for side in sorted(ref.sides) if sides else ():
             if ref.amount.get(side):
                 asset, weights = ref.sides[side]
-                self._socialize(asset, ref.amount.pop(side), weights, [], frozenset(), cascade)
+                loss = ref.amount.pop(side)  # s8 review: each holder at most its part, not shared out
+                share = {h: Fraction(loss * w, sum(weights.values())).__floor__() for h, w in weights.items()}
+                for h in sorted(weights, key=lambda h: (-weights[h], h))[:loss - sum(share.values())]:
+                    share[h] += 1  # the remainder to the largest weights, then by key
+                for h, part in sorted(share.items()):
+                    q = min(part, self._room(h, asset))
+                    if part > q and (h, asset) not in cascade.done and not self._touched(h, asset) \
+                            and (self._holds(h, asset) or (h, asset) in cascade.settled):
+                        q = part  # step 5: it carries its part beyond its equity, liquidated at this mark
+                        cascade.extend([(h, asset)])
+                    if q:
+                        _credit(self._mut(h), asset, -q)
+                    if part > q:  # a liquidated holder's to its record's own weights, else step 6
+                        to = ("own", ref.of[(h, asset)]) if (h, asset) in cascade.done and (h, asset) in ref.of \
+                            else ("open", asset)
+                        ref.amount[to] = ref.amount.get(to, 0) + part - q
 
     def _reach(self, asset, loss, origins, cascade):
         """s7 c2: what the own weights of records origins could not pay (loss, summed), level by

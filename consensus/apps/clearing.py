@@ -1121,7 +1121,7 @@ class Clearing:
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
     def _socialize(self, asset: str, loss: int, explicit: dict[bytes, int], terms: list, pending,
-                   cascade: "_Cascade", passing: bool = True) -> tuple[int, int]:
+                   cascade: "_Cascade", passing: bool = True, parts: bool = False) -> tuple[int, int]:
         """loss quanta of a debt in asset, charged to the accounts of explicit (weights) and owed to
         the shared sources of terms ((source, weight) in cascade.pools); returns (quanta charged or
         owed: all of loss, quanta owed to sources: what the mark's end gives back in proportion if
@@ -1164,6 +1164,8 @@ class Clearing:
             for (source, _), part in zip(terms, rest):
                 pools.put(source, part)
             return loss, sum(rest)
+        if parts and explicit:
+            return self._socialize_parts(asset, loss, explicit, cascade)
         charged = self._charge(asset, loss, explicit, pending) if explicit else 0
         if loss > charged and explicit:
             settled, done = cascade.settled, cascade.done
@@ -1186,6 +1188,42 @@ class Clearing:
             pools.put(("open", asset), loss - charged)
             return loss, loss - charged
         return loss, 0
+
+    def _socialize_parts(self, asset: str, loss: int, weights: dict[bytes, int], cascade: "_Cascade") -> tuple[int, int]:
+        """A settled side's charge (_drain, sides): loss split among its holders in proportion to
+        their weights (_split, by key), each charged at most its part and its equity (_room; a
+        book this mark liquidated: the cash its closure left it). What one cannot pay of its part
+        is not shared out among the others: the holder carries it beyond its equity if it still
+        holds a position in the asset or held one this mark settled, untouched by the block, and
+        not liquidated by this mark (step 5, listed in cascade); else, one this mark liquidated,
+        its record's own weights (("own", n): whom its positions went to took what it gained);
+        else step 6 (("open", asset)). Returns (loss, what went to ("own", n) or step 6). Shared
+        out, a bystander holding one call of three, the other two held by the attacker's book that
+        the expiry liquidated after it spent the calls' fixing on its futures, paid all three's
+        part, 48,760 USD, its whole equity, and 8,660 more as a carrier, while the attacker's
+        longs of the future kept it (tests/test_ledger_gainers_s8.py, B)."""
+        pools, settled, done = cascade.pools, cascade.settled, cascade.done
+        total = sum(weights.values())
+        share = {h: loss * w // total for h, w in weights.items()}
+        extra = loss - sum(share.values())  # the remainder a quantum each to the largest weights, then by
+        for h in heapq.nsmallest(extra, weights, key=lambda h: (-weights[h], h)):  # key (as _charge)
+            share[h] += 1
+        charged, pooled = 0, 0
+        for h in sorted(share):
+            part = share[h]
+            q = min(part, self._room(h, asset))
+            if part > q and (h, asset) not in done and not self._touched(h, asset) \
+                    and (self._holds(h, asset) or (h, asset) in settled):
+                q = part  # step 5: it carries its part, liquidated at this mark in turn
+                cascade.extend([(h, asset)])
+            if q:
+                _credit(self._mut(h), asset, -q)
+                charged += q
+            if part > q:
+                n = pools.of.get((h, asset)) if (h, asset) in done else None
+                pools.put(("own", n) if n is not None else ("open", asset), part - q)
+                pooled += part - q
+        return loss, pooled
 
     def _reach(self, asset: str, loss: int, origins: list[int], cascade: "_Cascade") -> int:
         """What the own weights of the records origins (in asset) could not pay of their ("own", n)
@@ -1276,7 +1314,7 @@ class Clearing:
             for side in sorted(s for s in pools.amount if s in pools.sides):
                 asset, holders, factor = pools.sides[side]
                 self._socialize(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()}, [],
-                                frozenset(), cascade)
+                                frozenset(), cascade, parts=True)
             return
         queue = [-n for n in pools.amount if isinstance(n, int)]
         heapq.heapify(queue)
