@@ -25,6 +25,8 @@ run with one validator's key."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -48,6 +50,8 @@ CHALLENGE = 32
 LISTENER_HELLO = len(MAGIC) + 2 + CHALLENGE                # magic | listener index | challenge
 DIALER_HELLO = len(MAGIC) + 2 + CHALLENGE + 64             # magic | dialer index | challenge | signature
 TAG = b"AV-NET-HANDSHAKE-"
+MAC_TAG = b"AV-NET-HELLO-TAG-"
+TAG_BYTES = 16  # of a dialer's 32-byte challenge: 16 random bytes | a 16-byte tag (see Network._tagged)
 # the type bytes (after the length and version) of the frames that answer a peer's own requests:
 # block ranges and snapshot chunks, counted apart (answer_bytes) so that the node bounds them apart
 # from the proposals and votes queued beside them (node.request_admitted)
@@ -129,6 +133,7 @@ class Network:
         self._validator_hosts: set[str] = set()  # the validators' addresses: limited per claimed validator
         self._at_host: dict[str, set[int]] = {}   # a validator's address -> the validators it is given for
         self._verify_budget: dict[object, list[float]] = {}  # (address, claimed validator) or address -> bucket
+        self._pair_keys: dict[int, bytes | None] = {}  # peer -> the key of the hello tags between it and this one
         self._by_address: dict[str, dict[object, asyncio.StreamWriter]] = {}  # source -> its pending connections
         self._source_of: dict[object, str] = {}  # a pending connection -> its source (where counted per address)
         self._handshake_budget: dict[str, list[float]] = {}  # source -> [tokens, time], oldest first
@@ -252,7 +257,8 @@ class Network:
             (index,) = struct.unpack(">H", hello[4:6])
             if index != peer:
                 raise HandshakeError(f"the listener says it is validator {index}")
-            theirs, mine = hello[6:], os.urandom(CHALLENGE)
+            theirs = hello[6:]
+            mine = self._challenge(peer, theirs)
             signed = self.signing.sign(transcript(b"dialer", theirs, mine, self.me, peer, self.keys[self.me],
                                                   self.keys[peer])).signature
             writer.write(MAGIC + struct.pack(">H", self.me) + mine + signed)
@@ -283,7 +289,8 @@ class Network:
         if not 0 <= sender < len(self.keys):
             raise HandshakeError(f"no validator {sender}")
         theirs, signature = hello[6:6 + CHALLENGE], hello[6 + CHALLENGE:]
-        if source in self._validator_hosts and not self._verify_admitted(source, sender):
+        if source in self._validator_hosts and not self._verify_admitted(
+                ("tagged", sender) if self._tagged(sender, mine, theirs) else source, sender):
             self.handshakes_refused += 1  # (and, as the handshake failed, in handshake_failures)
             raise HandshakeError(f"over validator {sender}'s {self.limits.handshakes_per_s:.0f} handshakes a "
                                  f"second from {source}; not verified")
@@ -297,7 +304,46 @@ class Network:
     def _now(self) -> float:
         return self.clock() if self.clock is not None else asyncio.get_running_loop().time()
 
-    def _verify_admitted(self, source: str, sender: int) -> bool:
+    def _pair_key(self, peer: int) -> bytes | None:
+        """The key of the hello tags between `peer` and this validator: from their X25519 shared
+        secret (each one's Ed25519 key converted), which only the two can compute; None where a
+        key does not convert (no tags with that peer: its hellos go by the address's bucket)."""
+        if peer not in self._pair_keys:
+            key = None
+            if peer != self.me and 0 <= peer < len(self.keys):
+                try:
+                    from nacl.bindings import crypto_scalarmult
+                    shared = crypto_scalarmult(bytes(self.signing.to_curve25519_private_key()),
+                                               bytes(self.verify_keys[peer].to_curve25519_public_key()))
+                    lo, hi = sorted((self.me, peer))
+                    key = hashlib.sha256(MAC_TAG + shared + self.keys[lo] + self.keys[hi]).digest()
+                except Exception:  # (a key that is no curve point: no tags, as before them)
+                    key = None
+            self._pair_keys[peer] = key
+        return self._pair_keys[peer]
+
+    def _tag(self, key: bytes, dialer: int, listener_challenge: bytes, nonce: bytes) -> bytes:
+        return hmac.new(key, MAC_TAG + struct.pack(">H", dialer) + listener_challenge + nonce,
+                        hashlib.sha256).digest()[:TAG_BYTES]
+
+    def _challenge(self, peer: int, listener_challenge: bytes) -> bytes:
+        """This dialer's challenge to `peer`: 16 fresh random bytes and a tag over them and the
+        listener's challenge that only the two validators can make (random bytes where there is no
+        pair key). It is as fresh as a random one (the listener's signature covers it), and the
+        listener can tell this validator's hello from a stranger's before any signature check."""
+        nonce = os.urandom(CHALLENGE - TAG_BYTES)
+        key = self._pair_key(peer)
+        return nonce + (self._tag(key, self.me, listener_challenge, nonce) if key is not None
+                        else os.urandom(TAG_BYTES))
+
+    def _tagged(self, sender: int, listener_challenge: bytes, dialer_challenge: bytes) -> bool:
+        """Whether a hello claiming `sender` carries its tag (see _challenge): only `sender` (or
+        this validator) can have made it."""
+        key = self._pair_key(sender)
+        nonce, tag = dialer_challenge[:CHALLENGE - TAG_BYTES], dialer_challenge[CHALLENGE - TAG_BYTES:]
+        return key is not None and hmac.compare_digest(self._tag(key, sender, listener_challenge, nonce), tag)
+
+    def _verify_admitted(self, source, sender: int) -> bool:
         """Whether a handshake from one of the validators' addresses, claiming to be validator
         `sender`, may have its signature checked now. Connections from these addresses are not
         limited per address when they arrive (validators share hosts, and a flood from elsewhere
@@ -312,9 +358,18 @@ class Network:
         this one but not claimed, is not held up. (Nothing tells the validator at that address
         from a stranger beside it before the check: such a stranger can delay that validator's
         reconnects, never close its live connections.) At most (addresses x (validators + 1))
-        buckets, so none is ever forgotten."""
+        buckets, so none is ever forgotten.
+
+        That stranger kept the validator out for as long as it went on (the bucket empty, the
+        validator's own hellos closed unchecked like the flood's). So a hello carrying the
+        claimed validator's tag (_tagged: keyed by the secret only it and this validator share;
+        checked with one HMAC, no signature) is charged to that validator's own bucket,
+        source ("tagged", sender), whatever its address: no one else can draw from it, so a
+        flood of untagged claims never holds the validator up, and its own flood of tagged
+        ones is bounded the same (one more bucket per validator)."""
         lim = self.limits
-        key = (source, sender) if sender in self._at_host.get(source, ()) else source
+        key = source if isinstance(source, tuple) else \
+            (source, sender) if sender in self._at_host.get(source, ()) else source
         bucket = self._verify_budget.get(key)
         now = self._now()
         if bucket is None:

@@ -77,3 +77,53 @@ def test_one_holder_takes_only_the_highest_snapshot_restored_and_only_after_a_ro
             sync.on_timer(sync.timer)  # v2 silent
     assert sync.done is not None and sync.done.proposal.block.height == new.height, sync.counters
     assert sync.counters == {"snapshot_unservable": 3, "peer_silent": 1, "snapshot_one_holder": 1}
+
+
+# ---- the per-validator handshake bucket: a stranger at a validator's address ---------------------
+
+import asyncio  # noqa: E402
+
+from consensus.net import Limits, Network  # noqa: E402
+from test_consensus_s8 import HOST, _hello, _listener  # noqa: E402
+from test_net_auth import KEYS, SEEDS  # noqa: E402
+
+
+def test_a_stranger_at_a_validators_address_cannot_keep_it_from_reconnecting():
+    """A stranger at validator 1's address (a process on its host, a neighbour behind its NAT)
+    sends forged hellos claiming validator 1 faster than its handshakes_per_s (the listener's
+    clock stands still: the flood keeps the bucket empty). Before: validator 1's own dial was
+    closed unchecked like the flood's (handshakes_refused), and for as long as the flood went
+    on it could not reconnect: its frames never reached validator 0. Now a dialer's challenge
+    carries a tag only the two validators can make (keyed by their X25519 shared secret, the
+    wire unchanged), and a tagged hello is charged to the claimed validator's own bucket, which
+    no one else can draw from: validator 1 gets in at once; the untagged flood stays bounded by
+    the address's bucket (refused unchecked past it)."""
+    async def scenario():
+        addrs, got, net = _listener(Limits(handshakes_per_s=4.0, handshake_burst=6))
+        net.clock = lambda: 50.0
+        await net.start()
+        flood = [await _hello(addrs[0], 1, None) for _ in range(12)]
+        for r, _ in flood:
+            try:
+                await r.read()
+            except ConnectionError:
+                pass
+        refused = net.handshakes_refused
+        dialer = Network(1, addrs, lambda *_: None, seed=SEEDS[1], keys=KEYS)
+        writer = await dialer._connect(0)
+        ok = writer is not None
+        if ok:
+            from consensus import messages
+            writer.write(messages.encode(messages.BlockRequest(bytes(32))))
+            async with asyncio.timeout(5.0):
+                while not got:
+                    await asyncio.sleep(0.01)
+            writer.close()
+        for _, w in flood:
+            w.close()
+        await net.stop()
+        return refused, ok, got
+
+    refused, ok, got = asyncio.run(scenario())
+    assert refused == 12 - 6  # the flood: 6 checked (and failed), 6 refused unchecked
+    assert ok and [s for s, _ in got] == [1]
