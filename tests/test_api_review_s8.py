@@ -136,3 +136,27 @@ def test_random_out_of_order_nonces_and_trades_always_drain_from_the_mempool():
             _, parent, vparent = step(app, validator, parent, vparent)
         assert not app.mempool, (seed, len(app.mempool), sorted(set(app.refused.values()))[:3])
         assert parent.clearing.violations() == []
+
+
+# ---- 2. submit_many's client ----------------------------------------------------------------------
+
+
+def test_a_client_whose_name_cannot_be_written_does_not_raise_out_of_submit_many():
+    """submit_many(items, client) names the owner of a fresh key's transactions with str(client):
+    an in-process caller's client object whose str() raises took submit_many down with it (no
+    input may raise out of it). Now such a client is "?" (the API's name for an unknown peer),
+    and a client given as bytes, a number or a list is named by its str() as before."""
+    from tests.test_ledger_proposal_s6 import users
+
+    class Unwritable:
+        def __str__(self):
+            raise RuntimeError("no name")
+
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    sk, pk = users(97, 4)
+    for i, client in enumerate([Unwritable(), b"x", 7, [1]]):
+        items = [signed(ctx.register(pk[i]), [sk[i]]), signed(ctx.deposit(pk[i], 0, "USD", USD), [sk[i]])]
+        assert app.submit_many(items, client=client) == ["", ""]
+    owners = {p.owner for p in app.mempool.values()}
+    assert owners == {("client", "?"), ("client", "b'x'"), ("client", "7"), ("client", "[1]")}
