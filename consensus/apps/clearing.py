@@ -1148,7 +1148,8 @@ class Clearing:
         once at the mark's end, _charge_profit). Else the attacker's L, long
         the expiring call its W wrote and short futures to its X, liquidated at the expiry before
         the call's side was drained, left W's loss to everyone in profit while X kept L's gain
-        (tests/test_ledger_money_s7.py)."""
+        (tests/test_ledger_money_s7.py). parts (a settled side's charge, without terms): each
+        member at most its part, what one cannot pay going on by member (_socialize_parts)."""
         if loss <= 0:
             return 0, 0
         pools = cascade.pools
@@ -1288,7 +1289,8 @@ class Clearing:
         """Charges what the mark's liquidations owe its shared sources (cascade.pools), each source
         once with the sum owed to it (_socialize with its weights): the liquidations' records from
         the newest (a record refers only to older records and to settled sides, so each is
-        charged once with all it is owed), or (sides) the settled sides in (series, side) order.
+        charged once with all it is owed), or (sides) the settled sides in (series, side) order,
+        each holder at most its part (_socialize_parts: a tapped-out holder's part is not shared out).
         Books it takes past their equity go to cascade (then liquidated, and drained again). own:
         what liquidated books could not pay of a drained source, each record's ("own", n) in
         order of n, charged to its own weights, the rest along the record's chain (_reach), what
