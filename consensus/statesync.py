@@ -250,7 +250,7 @@ class StateSync:
         self.tries = 0  # peers asked for a snapshot so far (each round of the n - 1 doubles chunk_ms)
         self.done: Synced | None = None
         self.counters: dict[str, int] = {}
-        self.highest = 0  # the highest snapshot restored in this sync (its state root checked), any peer's
+        self.highest = 0  # the highest snapshot restored in this sync, or begun by a peer then slow (_seen)
         self._reset()
 
     def _reset(self) -> None:
@@ -311,21 +311,34 @@ class StateSync:
             self._count("snapshot_one_holder")
             self.done, self.ready = self.ready, None
             return []
+        self._seen()
         self._count("snapshot_unservable" if self.ready is not None else "peer_slow" if self._late()
                     else "peer_silent" if self.vouching is None else "snapshot_unvouched")
         return self._next_peer()
 
+    def _seen(self) -> None:
+        """The peer is left for slowness or silence (not for a bad chunk) after its chunk 0 (a
+        real commit proof): its snapshot's height counts toward `highest` as a restored one's
+        does. An honest peer too slow to finish in the first round still showed how high the
+        honest snapshots are, so a Byzantine peer's old one restored in the next round is not
+        taken alone before it."""
+        if self.head is not None:
+            self.highest = max(self.highest, self.head.height)
+
     def _taken_alone(self) -> bool:
         """Whether the restored snapshot waiting for f + 1 holders is taken with fewer: in a later
         round of the peers (each was asked once), with at least one holder, and at least as high
-        as every snapshot restored in this sync. f + 1 holders may not exist with no fault beyond
+        as every snapshot restored in this sync, or whose chunk 0 came from a peer left for
+        slowness or silence (_seen). f + 1 holders may not exist with no fault beyond
         f: n = 4, one validator down, and two joining at once (a lost disk, a new one): the only
         peers beside the one serving were the down one and the other joiner, which holds nothing
         until it is synced itself, so neither ever synced and the chain stopped for good. An old
         snapshot a Byzantine peer restores (the probe's reason) is below the honest one restored
         in the first round, so it is never the highest; a higher one restored (a real committed
         block's, its state root checked) is above every honest validator's first block, so the
-        honest ones caught up hold the blocks after it."""
+        honest ones caught up hold the blocks after it. (What is left: a Byzantine peer that
+        begins a higher snapshot than the honest ones, a real committed block's, then goes
+        quiet keeps them from being taken alone: such a sync waits for f + 1 holders as before.)"""
         return self.tries > self.cfg.n - 1 and len(self.holders) >= 1 \
             and self.ready.proposal.block.height >= self.highest
 
@@ -375,6 +388,7 @@ class StateSync:
             return []
         if self._late():
             self._count("peer_slow")  # its snapshot not in by its deadline: dropped, the next peer's asked for
+            self._seen()
             return self._next_peer()
         last = msg.chunk == msg.chunks - 1
         if len(msg.data) > SNAPSHOT_CHUNK or (not last and len(msg.data) != SNAPSHOT_CHUNK) or not 0 <= msg.txs < MAX_TXS:

@@ -127,3 +127,50 @@ def test_a_stranger_at_a_validators_address_cannot_keep_it_from_reconnecting():
     refused, ok, got = asyncio.run(scenario())
     assert refused == 12 - 6  # the flood: 6 checked (and failed), 6 refused unchecked
     assert ok and [s for s, _ in got] == [1]
+
+
+def _deliver(sync, peer: int, store, height: int) -> None:
+    """peer serves the stored snapshot at `height`, chunk after chunk, and answers the probe."""
+    while True:
+        chunk = statesync.serve(store, height, len(sync.parts))
+        sync.handle(peer, _wire(chunk))
+        if sync.ready is not None or sync.done is not None or sync.peer != peer:
+            break
+    head = statesync.serve(store, height, 0)
+    after = head.proof[statesync._direct_commit(head.proof) + 1]
+    sync.handle(peer, _wire(BlockResponse((after,))))
+
+
+def test_an_honest_peer_slow_in_the_first_round_still_keeps_an_old_snapshot_from_being_taken_alone(
+        tmp_path, monkeypatch):
+    """The same with chunks of 256 bytes (several per snapshot): in the first round v1's chunk 0
+    arrives (a real commit proof of its newest snapshot) and then v1 is slow (silent past the
+    timer). Its snapshot's height counts as a restored one's: in the second round v0's old
+    snapshot, the only one restored so far, is still not taken with v0 as its one holder; v1's,
+    restored in the second round, is."""
+    monkeypatch.setattr(snapshots, "KEPT", 1_000)
+    monkeypatch.setattr(statesync, "SNAPSHOT_CHUNK", 256)
+    sim = _chain(tmp_path, blocks=45)
+    old_store, new_store = sim._node("v0").store, sim._node("v1").store
+    new = statesync.serve(new_store, 0, 0)
+    assert statesync.serve(old_store, 10, 0).chunks > 1 and new.chunks > 1 and new.height > 10
+    sync = statesync.StateSync(sim.cfg[3], sim._make_app(sim.genesis), probe=True)
+    sync.start()
+    _deliver(sync, 0, old_store, 10)
+    assert sync.ready is not None and sync.holders == {0}
+    sync.on_timer(sync.timer)
+    assert sync.peer == 1
+    sync.handle(1, _wire(new))
+    assert sync.head is not None and len(sync.parts) == 1
+    sync.on_timer(sync.timer)  # v1 silent after its chunk 0
+    assert sync.peer == 2
+    sync.on_timer(sync.timer)  # v2 silent
+    assert sync.peer == 0
+    _deliver(sync, 0, old_store, 10)
+    assert sync.ready is not None and sync.holders == {0}
+    sync.on_timer(sync.timer)
+    assert sync.done is None and sync.peer == 1, sync.counters
+    _deliver(sync, 1, new_store, new.height)
+    sync.on_timer(sync.timer)
+    assert sync.done is not None and sync.done.proposal.block.height == new.height, sync.counters
+    assert sync.counters == {"snapshot_unservable": 2, "peer_silent": 2, "snapshot_one_holder": 1}
