@@ -108,8 +108,8 @@ def test_a_settled_sides_holder_pays_at_most_its_part_when_the_other_holders_are
     the fixing spent on its futures, whose gain the attackers' longs 1 and 7 took) holds 3 and the
     bystander holding one call (H, or R in the other hedge) 1. At 6177db0 and e069dd3 the side's
     charge shared 4's part out to the bystander: H paid 48,760 USD, its whole equity, and 8,660
-    more as a carrier; the attackers' accounts, trading only among themselves, ended 57,796 USD
-    above their deposits. Now the bystander pays its part, a quarter (to the quantum), and 4's
+    more as a carrier (R, in the other hedge, 57,420); the attackers' accounts, trading only among
+    themselves, ended 57,796 USD above their deposits at e069dd3 (64,334 at 6177db0). Now the bystander pays its part, a quarter (to the quantum), and 4's
     part goes to the own weights of 4's liquidation (1 and 7); the attackers keep at most that
     quarter (what pro-rata sharing of a side always costs its holders) and what step 6 took of
     the pair's net gain (1,240 USD at most)."""
