@@ -183,3 +183,34 @@ def test_markets_with_hedged_bystanders_reach_the_reference_state(seed):
     """C: the fast code and the Reference (step 6 by net gain; a settled side's holders each at
     most their part) reach the same state, invariants, supply, no uncollectable debt."""
     assert _pairs_market(Clearing, seed) == _pairs_market(Reference, seed)
+
+
+def test_a_settled_sides_tapped_holder_with_nothing_to_carry_sends_its_part_to_step_6():
+    """B, the rule by hand on both implementations: a settled side owed 40,000 USD, held by T (3
+    contracts, no cash, no position, not a settlement payer: no carrier, not liquidated) and the
+    bystander G (1 contract, 50,000 USD). G pays its part, 10,000; T's 30,000 goes to step 6
+    (the mark's gainers first), not to G (at e069dd3 G paid all 40,000)."""
+    from consensus.apps.clearing import _Cascade, _Pools
+    from tests.test_ledger_scale_s6 import _RefPools
+    out = []
+    for cls in (Clearing, Reference):
+        c = _fresh(cls)
+        _no_fund(c)
+        t, g = b"\x01" * 32, b"\x02" * 32
+        _inject(c, t, {"USD": 0})
+        _inject(c, g, {"USD": 50_000 * USD})
+        side = (1, 1)
+        if cls is Clearing:
+            pools = _Pools({1: c.marks["BTC"].values[1]})
+            pools.sides[side] = ("USD", {t: 3, g: 1}, 7)
+        else:
+            pools = _RefPools()
+            pools.sides[side] = ("USD", {t: 21, g: 7})
+        pools.amount[side] = 40_000 * USD
+        cascade = _Cascade()
+        cascade.pools, cascade.done, cascade.settled = pools, set(), set()
+        c._drain(cascade, sides=True)
+        assert c.accounts[g].collateral["USD"] == 40_000 * USD
+        assert pools.amount.get(("open", "USD")) == 30_000 * USD and not cascade
+        out.append(_state(c))
+    assert out[0] == out[1]
