@@ -79,6 +79,31 @@ def test_trades_arriving_in_reverse_order_between_two_accounts_still_all_apply()
     assert parent.clearing.accounts[K[0]].nonce == n0 + 8 and parent.clearing.accounts[K[1]].nonce == n1 + 8
 
 
+def test_a_nonce_held_by_a_trade_waiting_for_its_keys_registration_is_no_gap():
+    """A fresh key k's registration, its deposit and its trade with account 0 (k's nonce 1,
+    account 0's next nonce a), and account 0's deposit at a + 1, arrive registration last. The
+    first fill registers k and refuses the rest as early: the trade and k's deposit wait for k's
+    registration, account 0's deposit for nonce a, which the trade holds. The trade is kept, so
+    nonce a is no gap and the deposit must stay too (a first cut of the fix above counted only
+    nonces held by transactions kept for their nonces, and evicted it). All four apply."""
+    from tests.test_ledger_proposal_s6 import users
+    c = funded_genesis()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    validator = ClearingApp(Verifier("software"), c.snapshot())
+    (s,), (k,) = users(99, 1)
+    a = c.accounts[K[0]].nonce
+    items = [signed(ctx.deposit(K[0], a + 1, "USD", USD), [USERS[0]]),
+             signed(ctx.deposit(k, 0, "USD", 5000 * USD), [s]),
+             signed(ctx.trade(k, 1, K[0], a, 1, 1, 100), [s, USERS[0]]),
+             signed(ctx.register(k), [s])]
+    assert app.submit_many(items) == [""] * 4
+    parent, vparent = app.genesis, validator.genesis
+    for _ in range(4):
+        _, parent, vparent = step(app, validator, parent, vparent)
+    assert app.refused == {} and len(app.mempool) == 0
+    assert parent.clearing.accounts[K[0]].nonce == a + 2 and parent.clearing.accounts[k].nonce == 2
+
+
 def test_far_nonces_interleaved_with_ones_that_apply_are_looked_at_about_once():
     """An account sends k deposits at nonces n + k + i interleaved with k at n + i (far, near,
     far, near, ...): each far one is refused "nonce n + k + i, expected n + i", a different

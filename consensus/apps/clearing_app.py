@@ -1074,6 +1074,7 @@ class ClearingApp:
         out, pool = {}, self.mempool
         nonces = pool.nonces
         dropped: dict[tuple, int] = {}  # (account, nonce) -> refused transactions consuming it
+        made: set[tuple] = set()  # pairs consumed by a transaction kept here
         waiting: list = []  # (account, nonce, expected, digest, tx)
         for digest, reason in refused.items():
             held = pool.get(digest)
@@ -1090,13 +1091,14 @@ class ClearingApp:
                 registration = hashlib.sha256(ctx.register(who[0], self.chain_id)).digest()
                 if registration not in pool or registration in refused:
                     out[digest] = reason
+                else:  # kept: the nonces it holds are not a gap (a trade's other account waits on it)
+                    made.update(ctx.consumed(held.tx)[0])
             elif (nonce := int(wait.group(2))) > (want := int(wait.group(3))):
                 waiting.append((who[0], nonce, want, digest, held.tx))
             else:
                 out[digest] = reason
         if not waiting:
             return out
-        made: set[tuple] = set()  # pairs consumed by a transaction kept here
         jump: dict[tuple, int] = {}  # (account, m) -> some m' > m with every pair in [m, m') good
 
         def reach(account: bytes, m: int, limit: int) -> int:
