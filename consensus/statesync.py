@@ -139,8 +139,9 @@ def serve(store: Store, height: int, chunk: int) -> SnapshotChunk | SnapshotOffe
         chunks = max(1, -(-size // SNAPSHOT_CHUNK))
         if chunk >= chunks or chunks > MAX_SNAPSHOT_CHUNKS:
             return None
-        (data,) = store.db.execute("SELECT substr(blob, ?, ?) FROM snapshots WHERE height = ?",
-                                   (chunk * SNAPSHOT_CHUNK + 1, SNAPSHOT_CHUNK, h)).fetchone()
+        data = store.snapshot_piece(h, chunk * SNAPSHOT_CHUNK, SNAPSHOT_CHUNK)  # (not SQL substr: the whole blob)
+        if data is None:
+            continue
         manifest = store.snapshot_manifest(h, SNAPSHOT_CHUNK) if chunk == 0 else b""
         if manifest is None:
             continue
