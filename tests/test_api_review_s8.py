@@ -10,6 +10,8 @@ what an account holder, a stranger with many addresses or an oracle can do with 
    each run of pending pairs)."""
 import hashlib
 
+import pytest
+
 from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
@@ -130,30 +132,38 @@ def test_far_nonces_interleaved_with_ones_that_apply_are_looked_at_about_once():
     assert parent.clearing.accounts[K[0]].nonce == n + 2 * k and len(app.mempool) == 0
 
 
-def test_random_out_of_order_nonces_and_trades_always_drain_from_the_mempool():
-    """A seeded random walk over the class: five accounts' deposits and trades at nonces a few past
-    their next ones (gaps, duplicates, cycles, chains out of order), submitted in random order,
+@pytest.mark.parametrize("with_fresh_keys", [False, True])
+def test_random_out_of_order_nonces_and_trades_always_drain_from_the_mempool(with_fresh_keys):
+    """A seeded random walk over the class: five accounts' and two fresh keys' deposits and trades
+    at nonces a few past their next ones (gaps, duplicates, cycles, chains out of order, a fresh
+    key's transactions before its registration), submitted in random order through two clients,
     then no more submissions. Whatever the shape, every block is valid (a software-only
     validator agrees), and the mempool empties within a bounded number of blocks: nothing is
-    kept for ever. Before the fix, seed 9's trades formed a cycle, kept pending for good."""
+    kept for ever. Before the fix, seed 9's trades (without fresh keys) formed a cycle, kept
+    pending for good."""
     import random
+
+    from tests.test_ledger_proposal_s6 import users
+    fresh_sk, fresh = users(98, 2) if with_fresh_keys else ([], [])
+    keys, sks = K + fresh, USERS + fresh_sk
     for seed in range(24):
         rng = random.Random(seed)
         c = funded_genesis()
         app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=8)
         validator = ClearingApp(Verifier("software"), c.snapshot(), max_txs=8)
-        n = [c.accounts[k].nonce for k in K]
-        items = []
+        n = [c.accounts[k].nonce if k in c.accounts else 0 for k in keys]
+        items = [signed(ctx.register(k), [sk]) for k, sk in zip(fresh, fresh_sk)]
         for _ in range(30):
-            a = rng.randrange(5)
+            a = rng.randrange(len(keys))
             if rng.random() < 0.5:
-                items.append(signed(ctx.deposit(K[a], n[a] + rng.randrange(5), "USD", USD), [USERS[a]]))
+                items.append(signed(ctx.deposit(keys[a], n[a] + rng.randrange(5), "USD", 100 * USD), [sks[a]]))
             else:
-                b = rng.choice([x for x in range(5) if x != a])
-                items.append(trade(a, n[a] + rng.randrange(5), b, n[b] + rng.randrange(5)))
+                b = rng.choice([x for x in range(len(keys)) if x != a])
+                body = ctx.trade(keys[a], n[a] + rng.randrange(5), keys[b], n[b] + rng.randrange(5), 1, 1, 100)
+                items.append(signed(body, [sks[a], sks[b]]))
         rng.shuffle(items)
         for at in range(0, len(items), 7):
-            app.submit_many(items[at:at + 7])
+            app.submit_many(items[at:at + 7], client=f"10.0.0.{at % 2}")
         parent, vparent = app.genesis, validator.genesis
         for _ in range(12):
             if not app.mempool:
