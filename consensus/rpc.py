@@ -49,7 +49,10 @@ CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
 TOTAL_REQUESTS = 20  # requests a second from all clients together: this many times requests_per_s
 CONTENDED_S = 1.0  # a total (requests, verification time) is contended under this many seconds' worth left (of 2)
 FAIR_ACTIVE_S = 10.0  # FairShare: a site shares a contended total this long after its last request
-RESERVE_S = 1.0  # WorkBudget: a site under its part waiting for room closes the slack to others this long
+RESERVE_S = 1.0
+# FairShare: a site's largest request is forgotten once the fair clock has allotted it this many
+# times that since (kept for good, one 0.8 s batch held an honest site to a quarter of its part)
+LARGEST_KEPT = 4.0  # WorkBudget: a site under its part waiting for room closes the slack to others this long
 
 
 class BadRequest(ValueError):
@@ -144,9 +147,11 @@ class FairShare:
         if visit:
             self.active.pop(site, None)
             self.active[site] = max(now, self.at)
-            entry = self.sites.pop(site, None) or [0.0, self.clock, 0.0, 0.0]
+            entry = self.sites.pop(site, None) or [0.0, self.clock, 0.0, 0.0, self.clock]
             self.sites[site] = entry
-            entry[3], entry[2] = max(entry[3], entry[2]), 0.0
+            if entry[2] >= entry[3] or self.clock - entry[4] >= LARGEST_KEPT * entry[3]:
+                entry[3], entry[4] = entry[2], self.clock
+            entry[2] = 0.0
             while len(self.sites) > CLIENTS_TRACKED:
                 gone = next(iter(self.sites))
                 del self.sites[gone]
@@ -169,7 +174,13 @@ class FairShare:
 
     def largest(self, site: str) -> float:
         """The most the site was charged for one request (what it was charged between two of its
-        requests) while tracked."""
+        requests) lately: a larger one replaces it, and it is forgotten (the latest request's
+        charge instead) once the fair clock has allotted LARGEST_KEPT times it since it was set.
+        Kept while tracked, one large batch long ago held an honest site (or the other users of
+        its /48 or NAT address) to the total's full burst for every request: a quarter of its
+        part beside four heavy clients, for good. A site sending a large request whenever its
+        largest is forgotten gains little: it could send one every LARGEST_KEPT x its part's
+        worth, not as often as its credit allows (tests/test_api_review_s8.py)."""
         entry = self.sites.get(site)
         return 0.0 if entry is None else entry[3]
 

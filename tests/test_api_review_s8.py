@@ -14,6 +14,7 @@ import pytest
 
 from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing_app import ClearingApp
+from consensus.rpc import WorkBudget
 from consensus.verify import Verifier
 from tests.test_clearing_columns import funded_genesis
 from tests.test_clearing_properties import K, USD, USERS, signed
@@ -195,3 +196,65 @@ def test_a_client_whose_name_cannot_be_written_does_not_raise_out_of_submit_many
         assert app.submit_many(items, client=client) == ["", ""]
     owners = {p.owner for p in app.mempool.values()}
     assert owners == {("client", "?"), ("client", "b'x'"), ("client", "7"), ("client", "[1]")}
+
+
+# ---- 3. rpc.WorkBudget: a site's largest request ----------------------------------------------------
+
+
+def test_one_large_request_long_ago_does_not_hold_a_site_below_its_part_for_ever():
+    """Found attacking 7e2d799 (a request starts only when the total has room for its site's
+    largest): the largest was kept for as long as the site was tracked. An honest client that
+    once sent one 0.8 s batch (or whose IPv6 /48 or NAT address a stranger shares, who sent one)
+    then asks 5 ms every 50 ms beside four heavy clients: every request of its waited for a full
+    total, which the four (at their parts) keep from filling: 2.0 s of 8 in each 100 s, a quarter
+    of its part, for ever. Now a site's largest is forgotten once the fair clock has allotted it
+    LARGEST_KEPT times that since (its next larger request sets it again): the same client gets
+    its whole part (8.0 s) in the second 100 s, as one with no large request does."""
+    from tests.test_rpc_budget_s8 import HONEST, T0, four_heavy, simulate
+    budget = WorkBudget(0.1, 0.4)
+    assert budget.refusal(HONEST, T0 - 100.0)[0] == ""
+    budget.charge(HONEST, 0.8)
+    clients = four_heavy() + [(HONEST, 0.05, 0.005, 0.001)]
+    simulate(budget, clients, 100.0)
+    later = simulate(budget, clients, 100.0, T0 + 100.0)
+    assert later[HONEST][2] >= 0.95 * 0.4 / 5 * 100.0, later[HONEST]
+    assert all(later[a][2] <= 0.4 / 5 * 100.0 + 0.5 for a, *_ in four_heavy()), later
+
+
+def test_clients_sending_a_large_request_whenever_their_largest_is_forgotten_gain_little():
+    """The other side of the test above: four clients sending small requests as fast as allowed
+    and a 1.6 s one (twice the total's burst) every 80 s, just after their largest is forgotten,
+    each such request then starting without waiting for room. An honest client (5 ms every
+    0.1 s) is still admitted for most of its tries and never waits more than about 2 s (the
+    bound test_rpc_budget_s8 holds clients sending only large requests to)."""
+    import heapq
+
+    from tests.test_rpc_budget_s8 import ATTACKERS, HONEST, T0
+    budget, every, seconds = WorkBudget(0.1, 0.4), 80.0, 200.0
+    clients = [(a, 0.01) for a in ATTACKERS] + [(HONEST, 0.1)]
+    big_at = {a: T0 + k * every / 4 for k, a in enumerate(ATTACKERS)}
+    events = [(T0 + 0.0001 * i, i) for i in range(len(clients))]
+    heapq.heapify(events)
+    tries = admitted = 0
+    last, longest = None, 0.0
+    while events:
+        at, i = heapq.heappop(events)
+        if at >= T0 + seconds:
+            continue
+        name, period = clients[i]
+        if not budget.refusal(name, at)[0]:
+            if name == HONEST:
+                cost = 0.005
+            elif at >= big_at[name]:
+                cost, big_at[name] = 1.6, at + every
+            else:
+                cost = 0.001
+            budget.charge(name, cost)
+            if name == HONEST and at > T0 + 30.0:
+                admitted += 1
+                longest = max(longest, at - last) if last is not None else 0.0
+                last = at
+        if name == HONEST and at > T0 + 30.0:
+            tries += 1
+        heapq.heappush(events, (at + period, i))
+    assert admitted >= 0.8 * tries and longest <= 3.0, (tries, admitted, longest)
