@@ -286,18 +286,14 @@ class Store:
             return None
         key = (height, _blob(row[0]), chunk_size)
         if key not in self._manifests:
-            size = row[1]
-            if type(size) is not int:
+            blob = self.snapshot_blob(height)
+            if blob is None:
                 return None
-            digests = []
-            for i in range(0, max(size, 1), chunk_size):  # piece by piece: never the whole snapshot in memory
-                piece = self.snapshot_piece(height, i, chunk_size)
-                if piece is None:
-                    return None
-                digests.append(hashlib.sha256(piece).digest())
+            digests = [hashlib.sha256(blob[i:i + chunk_size]).digest()
+                       for i in range(0, max(len(blob), 1), chunk_size)]
             stored = {(h, bytes(i)) for h, i, _, _ in self.snapshots()}
             self._manifests = {k: v for k, v in self._manifests.items() if k[:2] in stored}
-            self._manifests[key] = size.to_bytes(8, "big") + b"".join(digests)
+            self._manifests[key] = len(blob).to_bytes(8, "big") + b"".join(digests)
         return self._manifests[key]
 
     def first_height(self) -> int:
