@@ -12,19 +12,7 @@ from consensus import messages, snapshots, statesync  # noqa: E402
 from consensus.messages import (  # noqa: E402
     OFFER, BlockRequest, BlockResponse, SnapshotChunk, SnapshotOffer, SnapshotRequest,
 )
-from consensus.sim import Simulation  # noqa: E402
-from test_sync_attacks import _record_syncs, _wire  # noqa: E402
-
-
-def _chain(tmp_path, blocks: int, every: int = 10) -> Simulation:
-    """v0..v2 with stores (a snapshot every `every` blocks) commit `blocks` blocks; v3 is down."""
-    sim = Simulation(n=4, seed=3, txs_per_block=5, validation="software")
-    for node in sim.nodes[:3]:
-        sim.durable(node.name, tmp_path / f"{node.name}.db", snapshot_every=every)
-    sim.crashed.add("v3")
-    sim.load(blocks * 5)
-    sim.run(blocks=blocks, max_ms=10**9, live=lambda node: node.name != "v3")
-    return sim
+from test_sync_attacks import _net as _chain, _record_syncs, _wire  # noqa: E402
 
 
 def _forget_below(store, height: int) -> None:
