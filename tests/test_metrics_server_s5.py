@@ -14,19 +14,25 @@ def _threads(server):
                and getattr(t, "_target", None) == server.process_request_thread)
 
 
+def _hold(server, port: int, held: list, n: int) -> None:
+    """n connections from 127.0.0.1, each with a request never finished (into held), and a wait
+    until the server has threaded as many as it takes."""
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+        held.append(s)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _threads(server) < _Server.MAX_CONNECTIONS:
+        time.sleep(0.05)
+
+
 def test_half_sent_requests_hold_at_most_max_connections_threads():
     metrics = NodeMetrics(types.SimpleNamespace(mempool={}), "cpu", "test", "accel")
     server = metrics.serve(("127.0.0.1", 0))
     port = server.server_address[1]
     held = []
     try:
-        for _ in range(3 * _Server.MAX_CONNECTIONS):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
-            held.append(s)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _threads(server) < _Server.MAX_CONNECTIONS:
-            time.sleep(0.05)
+        _hold(server, port, held, 3 * _Server.MAX_CONNECTIONS)
         time.sleep(0.3)  # every connection accepted by now; the surplus closed, not threaded
         assert _threads(server) == _Server.MAX_CONNECTIONS
         n = _Server.MAX_CONNECTIONS
@@ -67,13 +73,7 @@ def test_one_address_holding_every_slot_does_not_keep_a_scraper_out():
     port = server.server_address[1]
     held = []
     try:
-        for _ in range(_Server.MAX_CONNECTIONS):
-            s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
-            held.append(s)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _threads(server) < _Server.MAX_CONNECTIONS:
-            time.sleep(0.05)
+        _hold(server, port, held, _Server.MAX_CONNECTIONS)
         assert _threads(server) == _Server.MAX_CONNECTIONS
         scraper = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
         scraper.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
