@@ -61,7 +61,7 @@ from typing import Callable
 from .apps.kv import EMPTY
 from .messages import (
     MAX_HEIGHT, MAX_RANGE, MAX_VIEW, QC, RANGE_BYTES, TC, Block, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
-    SnapshotRequest, Timeout, Txs, Vote, proposal_bytes, timeout_bytes, vote_bytes,
+    SnapshotRequest, Timeout, Txs, Vote, proposal_bytes, timeout_bytes, vote_bytes, NETWORK_ID,
 )
 
 
@@ -121,6 +121,10 @@ class Config:
     keys: tuple[bytes, ...]  # every validator's Ed25519 public key, by index
     base_timeout_ms: float = 1000.0
     max_timeout_ms: float = 60_000.0
+    # the network id (messages.network_id: chain id, genesis state root, validator keys), in the
+    # bytes of every vote, timeout and proposal this validator signs or checks; the drivers derive
+    # it (node.py, sim.py); b"" (the unnamed network) only for unit tests and benches
+    network: bytes = b""
 
     @property
     def n(self) -> int:
@@ -144,6 +148,8 @@ class Config:
             raise ValueError(f"{self.n} validator(s): BFT needs n = 3f + 1 >= 4")
         if not 0 <= self.me < self.n:
             raise ValueError(f"validator index {self.me} outside 0..{self.n - 1}")
+        if len(self.network) not in (0, NETWORK_ID):
+            raise ValueError(f"a network id of {len(self.network)} bytes (0 or {NETWORK_ID})")
 
 
 @dataclass(frozen=True)
@@ -294,7 +300,8 @@ class Core:
         if b.tc is not None:
             tk, tm, ts = self.tc_certs(b.tc)
             keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
-        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature])
+        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id, self.cfg.network)],
+                 sigs + [p.signature])
         verdict = self.app.validate(self.states[b.parent], b, certs)
         if not verdict.ok:
             raise InvariantViolation(f"stored block at height {b.height} ({b.id.hex()}) does not validate: "
@@ -423,7 +430,7 @@ class Core:
         if qc.view >= MAX_VIEW or qc.height >= MAX_HEIGHT:
             raise InvalidCertificate("view or height out of range")
         self._voters(qc.voters, qc.sigs)
-        msg = vote_bytes(qc.block_id, qc.view)
+        msg = vote_bytes(qc.block_id, qc.view, self.cfg.network)
         return ([self.cfg.keys[v] for v in qc.voters], [msg] * len(qc.voters),
                 [qc.sigs[64 * i:64 * i + 64] for i in range(len(qc.voters))])
 
@@ -432,7 +439,8 @@ class Core:
         if len(tc.high_views) != len(tc.voters) or tc.high_qc.view != max(tc.high_views):
             raise InvalidCertificate("a TC's QC must be the highest its timeouts name")
         keys, msgs, sigs = self.qc_certs(tc.high_qc)
-        return (keys + [self.cfg.keys[v] for v in tc.voters], msgs + [timeout_bytes(tc.view, h) for h in tc.high_views],
+        return (keys + [self.cfg.keys[v] for v in tc.voters], msgs + [timeout_bytes(tc.view, h, self.cfg.network)
+                                                                  for h in tc.high_views],
                 sigs + [tc.sigs[64 * i:64 * i + 64] for i in range(len(tc.voters))])
 
     def _qc_matches(self, qc: QC) -> bool:
@@ -570,7 +578,7 @@ class Core:
         if b.tc is not None:
             tk, tm, ts = self.tc_certs(b.tc)
             keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
-        return keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id)], sigs + [p.signature]
+        return keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id, self.cfg.network)], sigs + [p.signature]
 
     # ---- fetching missing blocks --------------------------------------------------------------
     def _park(self, sender: int, p: Proposal) -> list:
@@ -757,7 +765,7 @@ class Core:
 
     def _vote(self, b: Block) -> list:
         self.safety = replace(self.safety, last_voted_view=b.view)
-        vote = Vote(b.id, b.view, b.height, self.cfg.me, self.sign(vote_bytes(b.id, b.view)))
+        vote = Vote(b.id, b.view, b.height, self.cfg.me, self.sign(vote_bytes(b.id, b.view, self.cfg.network)))
         self.voted = b.id
         out = [self._persist()]
         nxt = self.cfg.leader(b.view + 1)
@@ -788,7 +796,7 @@ class Core:
             return []
         b = Block(view, parent.height + 1, parent.id, self.cfg.me, self.app.tx_root(txs), state.root, txs.digest(),
                   txs, self.safety.high_qc, tc)
-        p = Proposal(b, self.sign(proposal_bytes(b.id)))
+        p = Proposal(b, self.sign(proposal_bytes(b.id, self.cfg.network)))
         return [Broadcast(p)] + self._on_proposal(self.cfg.me, p)
 
     # ---- votes, QCs, commits ------------------------------------------------------------------
@@ -805,7 +813,8 @@ class Core:
         tally = self.votes.get((v.view, v.block_id))
         if tally is not None and (v.voter in tally.sigs or len(tally.sigs) >= self.cfg.quorum):
             return []
-        if not self.app.verifier.verify_one(self.cfg.keys[v.voter], vote_bytes(v.block_id, v.view), v.signature):
+        if not self.app.verifier.verify_one(self.cfg.keys[v.voter], vote_bytes(v.block_id, v.view, self.cfg.network),
+                                            v.signature):
             self.counters["vote_invalid"] += 1
             return []  # (no tally is created for a vote that does not verify)
         tally = self.votes.setdefault((v.view, v.block_id), _Tally())
@@ -883,10 +892,10 @@ class Core:
         if not history:
             return
         keys = [self.cfg.keys[p.block.proposer] for p in history]
-        if not self.app.verifier.verify_lists(keys, [proposal_bytes(p.block.id) for p in history],
+        if not self.app.verifier.verify_lists(keys, [proposal_bytes(p.block.id, self.cfg.network) for p in history],
                                               [p.signature for p in history]):
             bad = next(p.block.height for p in history if not self.app.verifier.verify_one(
-                self.cfg.keys[p.block.proposer], proposal_bytes(p.block.id), p.signature))
+                self.cfg.keys[p.block.proposer], proposal_bytes(p.block.id, self.cfg.network), p.signature))
             raise InvariantViolation(f"stored block at height {bad}: its proposer's signature does not verify")
 
     def _prune(self) -> None:
@@ -963,7 +972,7 @@ class Core:
         self.timed_out.add(view)
         self.safety = replace(self.safety, last_voted_view=max(self.safety.last_voted_view, view))
         hq = self.safety.high_qc
-        t = Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view)))
+        t = Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view, self.cfg.network)))
         delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures + 1, 16), self.cfg.max_timeout_ms)
         return [self._persist(), Broadcast(t), SetTimer(view, delay)] + self._tally_timeout(self.cfg.me, t)
 
@@ -981,7 +990,8 @@ class Core:
         except InvalidCertificate:
             self.counters["timeout_invalid"] += 1
             return []
-        certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view)], sigs + [t.signature])
+        certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view, self.cfg.network)],
+                 sigs + [t.signature])
         if not self.app.verifier.verify_lists(*certs):
             self.counters["timeout_invalid"] += 1
             return []

@@ -19,7 +19,10 @@ SNAPSHOT_CHUNK; the answer to a SnapshotRequest for chunk OFFER). Every view is 
 and every height below MAX_HEIGHT, or the frame does not decode. What a signature covers:
 vote_bytes (block id, view), timeout_bytes (view, the high QC's view), proposal_bytes (block id);
 a QC's height is not signed (the core checks it against the certified block, whose id covers
-its height)."""
+its height). Every one of them also covers the network id (network_id: the chain id, the genesis
+state root and the validator keys, 32 bytes; Config.network), right after its tag, so that a vote,
+proposal or timeout signed on one network never verifies on another whose validators reuse the
+keys (a testnet and a mainnet); the handshake transcript (net.transcript) covers it too."""
 from __future__ import annotations
 
 import hashlib
@@ -47,16 +50,39 @@ class DecodeError(ValueError):
     """A message that is not a well-formed message of this protocol version."""
 
 
-def vote_bytes(block_id: bytes, view: int) -> bytes:
-    return b"AV-VOTE" + block_id + view.to_bytes(8, "big")
+NETWORK_ID = 32  # bytes of a network id (network_id); b"" is the unnamed network of unit tests and benches
 
 
-def timeout_bytes(view: int, high_qc_view: int) -> bytes:
-    return b"AV-TIMEOUT" + view.to_bytes(8, "big") + high_qc_view.to_bytes(8, "big")
+def network_id(chain_id: int, genesis_root: bytes, keys) -> bytes:
+    """The id of one network: SHA-256 over its chain id (u64), its genesis state root and its
+    validator keys in index order. Every validator of a network computes the same id from its
+    configuration and genesis, and any two networks differing in one of them get different ids,
+    so a signature over sign bytes that carry it (vote_bytes, timeout_bytes, proposal_bytes) is
+    worthless on any other network, even one whose validators reuse the same keys."""
+    keys = [bytes(k) for k in keys]
+    if not 0 <= chain_id < 1 << 64 or len(genesis_root) != 32 or not keys or any(len(k) != 32 for k in keys):
+        raise ValueError("a network id needs a u64 chain id, a 32-byte genesis root and 32-byte validator keys")
+    return hashlib.sha256(b"AV-NETWORK" + chain_id.to_bytes(8, "big") + bytes(genesis_root)
+                          + len(keys).to_bytes(2, "big") + b"".join(keys)).digest()
 
 
-def proposal_bytes(block_id: bytes) -> bytes:
-    return b"AV-PROPOSAL" + block_id
+def _net(network: bytes) -> bytes:
+    network = bytes(network)
+    if len(network) not in (0, NETWORK_ID):
+        raise ValueError(f"a network id of {len(network)} bytes (0 or {NETWORK_ID})")
+    return network
+
+
+def vote_bytes(block_id: bytes, view: int, network: bytes = b"") -> bytes:
+    return b"AV-VOTE" + _net(network) + block_id + view.to_bytes(8, "big")
+
+
+def timeout_bytes(view: int, high_qc_view: int, network: bytes = b"") -> bytes:
+    return b"AV-TIMEOUT" + _net(network) + view.to_bytes(8, "big") + high_qc_view.to_bytes(8, "big")
+
+
+def proposal_bytes(block_id: bytes, network: bytes = b"") -> bytes:
+    return b"AV-PROPOSAL" + _net(network) + block_id
 
 
 @dataclass(frozen=True)
@@ -121,7 +147,7 @@ class Block:
 @dataclass(frozen=True)
 class Proposal:
     block: Block
-    signature: bytes  # the proposer's, over proposal_bytes(block.id)
+    signature: bytes  # the proposer's, over proposal_bytes(block.id, network)
 
 
 @dataclass(frozen=True)
@@ -130,7 +156,7 @@ class Vote:
     view: int
     height: int
     voter: int
-    signature: bytes  # over vote_bytes(block_id, view)
+    signature: bytes  # over vote_bytes(block_id, view, network)
 
 
 @dataclass(frozen=True)
@@ -138,7 +164,7 @@ class Timeout:
     view: int
     high_qc: QC
     voter: int
-    signature: bytes  # over timeout_bytes(view, high_qc.view)
+    signature: bytes  # over timeout_bytes(view, high_qc.view, network)
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,14 @@ class Limits:
 
 
 def transcript(role: bytes, listener_challenge: bytes, dialer_challenge: bytes, dialer: int, listener: int,
-               dialer_key: bytes, listener_key: bytes) -> bytes:
+               dialer_key: bytes, listener_key: bytes, network: bytes = b"") -> bytes:
     """What the dialer (role b"dialer") or the listener (b"listener") signs. Both challenges make
     it fresh on both sides (no replay), both indices and keys tie it to this pair of validators of
-    this network (a signature meant for another listener does not verify here), and the role keeps
+    this network (a signature meant for another listener does not verify here), the network id
+    (messages.network_id; b"" for the unnamed network of tests) to this network, so a validator
+    whose key also serves another network cannot be connected to across them, and the role keeps
     one side's signature from standing in for the other's."""
-    return (TAG + role + listener_challenge + dialer_challenge + struct.pack(">HH", dialer, listener)
+    return (TAG + role + bytes(network) + listener_challenge + dialer_challenge + struct.pack(">HH", dialer, listener)
             + dialer_key + listener_key)
 
 
@@ -96,9 +98,10 @@ class HandshakeError(Exception):
 class Network:
     def __init__(self, me: int, addresses: list[tuple[str, int]], deliver: Callable[[int, object], None],
                  delay_ms: float = 0.0, *, seed: bytes, keys: Sequence[bytes], limits: Limits = Limits(),
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, network: bytes = b""):
         """seed: this validator's 32-byte Ed25519 seed; keys: every validator's public key, by
-        index (as addresses). clock: seconds, for the per-address handshake budget (the event
+        index (as addresses); network: the network id (messages.network_id) the handshake
+        transcripts carry (b"": none, for tests). clock: seconds, for the per-address handshake budget (the event
         loop's time unless given: tests count refusals with a clock of their own)."""
         if len(keys) != len(addresses) or not 0 <= me < len(keys):
             raise ValueError(f"{len(keys)} keys for {len(addresses)} addresses, this validator's index {me}")
@@ -107,6 +110,9 @@ class Network:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"validator keys: {exc} (each a 32-byte Ed25519 public key)") from None
         self.keys = [bytes(k) for k in keys]
+        self.network = bytes(network)
+        if len(self.network) not in (0, messages.NETWORK_ID):
+            raise ValueError(f"a network id of {len(self.network)} bytes (0 or {messages.NETWORK_ID})")
         self.signing = SigningKey(bytes(seed))
         if bytes(self.signing.verify_key) != self.keys[me]:
             raise ValueError(f"the seed's public key is not keys[{me}]")
@@ -260,11 +266,11 @@ class Network:
             theirs = hello[6:]
             mine = self._challenge(peer, theirs)
             signed = self.signing.sign(transcript(b"dialer", theirs, mine, self.me, peer, self.keys[self.me],
-                                                  self.keys[peer])).signature
+                                                  self.keys[peer], self.network)).signature
             writer.write(MAGIC + struct.pack(">H", self.me) + mine + signed)
             proof = await reader.readexactly(64)
             if not self._verified(peer, transcript(b"listener", theirs, mine, self.me, peer, self.keys[self.me],
-                                                   self.keys[peer]), proof):
+                                                   self.keys[peer], self.network), proof):
                 raise HandshakeError("the listener's signature does not verify")
         except BaseException:
             writer.close()
@@ -295,10 +301,10 @@ class Network:
             raise HandshakeError(f"over validator {sender}'s {self.limits.handshakes_per_s:.0f} handshakes a "
                                  f"second from {source}; not verified")
         if not self._verified(sender, transcript(b"dialer", mine, theirs, sender, self.me, self.keys[sender],
-                                                 self.keys[self.me]), signature):
+                                                 self.keys[self.me], self.network), signature):
             raise HandshakeError(f"a signature that is not validator {sender}'s")
         writer.write(self.signing.sign(transcript(b"listener", mine, theirs, sender, self.me, self.keys[sender],
-                                                  self.keys[self.me])).signature)
+                                                  self.keys[self.me], self.network)).signature)
         return sender
 
     def _now(self) -> float:
@@ -316,7 +322,7 @@ class Network:
                     shared = crypto_scalarmult(bytes(self.signing.to_curve25519_private_key()),
                                                bytes(self.verify_keys[peer].to_curve25519_public_key()))
                     lo, hi = sorted((self.me, peer))
-                    key = hashlib.sha256(MAC_TAG + shared + self.keys[lo] + self.keys[hi]).digest()
+                    key = hashlib.sha256(MAC_TAG + self.network + shared + self.keys[lo] + self.keys[hi]).digest()
                 except Exception:  # (a key that is no curve point: no tags, as before them)
                     key = None
             self._pair_keys[peer] = key

@@ -41,7 +41,7 @@ from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persist, Rejected, Send, SetTimer
 from .messages import MAX_MESSAGE, RANGE_BYTES, BlockRequest, BlockResponse, Proposal, SnapshotChunk, SnapshotRequest
 from .metrics import NodeMetrics
-from . import snapshots, statesync
+from . import messages, snapshots, statesync
 from .store import Store, StoreError
 from .verify import Verifier
 
@@ -350,6 +350,12 @@ class NodeRunner:
         except OSError as exc:
             raise StartupError(f"validator {cfg.index}: {where}[node] load_file {cfg.load_file!r}: "
                                f"{exc.strerror or exc}") from None
+        # the network id in every consensus signature (messages.network_id): of this chain id,
+        # genesis and validator set, the same on every validator of the network and on no other
+        self.network = messages.network_id(cfg.chain_id, self.app.genesis.root, cfg.keys)
+        problem = self.store.claim_network(self.network)
+        if problem:
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: {problem}")
         # the newest snapshot that restores, and the committed blocks after it to replay
         started = time.monotonic()
         start = snapshots.load(self.store, self.app)
@@ -394,7 +400,8 @@ class NodeRunner:
             return verdict
         self.app.validate = timed_validate
         # committed proposals leave memory once stored: peers catching up are served from the store
-        self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms), lambda m: key.sign(m).signature,
+        self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms, network=self.network),
+                         lambda m: key.sign(m).signature,
                          self.app, self.store.safety(), history, self.store.committed_range, start.base)
         self.core.snapshot_source = self._serve_snapshot
         # an empty store with state_sync: a peer's snapshot first (see _synced)
@@ -479,7 +486,8 @@ class NodeRunner:
 
     def status(self) -> dict:
         now, b = time.monotonic(), self.core.committed
-        return {"node": self.cfg.index, "app": self.cfg.app, "chain_id": self.cfg.chain_id, "height": b.height, "block_hash": b.id.hex(),
+        return {"node": self.cfg.index, "app": self.cfg.app, "chain_id": self.cfg.chain_id,
+                "network_id": self.network.hex(), "height": b.height, "block_hash": b.id.hex(),
                 "state_root": b.state_root.hex(), "view": self.core.view, "backend": self.backend,
                 "device": self.device, "validation": self.cfg.validation, "catching_up": self.catching_up(),
                 "highest_seen_height": self.highest_seen,
@@ -636,7 +644,8 @@ class NodeRunner:
         # the node binds [node] listen; addresses[index] is what peers dial, and may differ
         addresses = list(cfg.addresses)
         addresses[cfg.index] = cfg.listen
-        self.net = Network(cfg.index, addresses, self._deliver, cfg.delay_ms, seed=cfg.seed, keys=cfg.keys)
+        self.net = Network(cfg.index, addresses, self._deliver, cfg.delay_ms, seed=cfg.seed, keys=cfg.keys,
+                           network=self.network)
         self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: its terminal or ssh session closed

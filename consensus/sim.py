@@ -55,21 +55,27 @@ class Node:
 class Simulation:
     def __init__(self, n: int = 4, seed: int = 0, link: Link | None = None, txs_per_block: int = 20,
                  validation: str = "accel", base_timeout_ms: float = 200.0, app: str = "kv", backend=None,
-                 make_core: Callable[..., Core] = Core, compute: bool = False, limits: Limits = Limits()):
+                 make_core: Callable[..., Core] = Core, compute: bool = False, limits: Limits = Limits(),
+                 chain_id: int = 1):
         """compute: charge each validator the real time its core takes to handle an event (it is
         busy meanwhile, and what it sends leaves after), so validation shows in time to
         finality; off, only network delays pass and runs are exactly reproducible. limits: the
         transport's per-sender read rates and queue bounds each link applies (see the module's
-        docstring)."""
+        docstring). chain_id: in the network id only (messages.network_id)."""
         self.rng = random.Random(seed)
         self.link = link or Link()
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
-        self.cfg = [Config(i, tuple(bytes(k.verify_key) for k in self.keys), base_timeout_ms) for i in range(n)]
         self.clients = [SigningKey(self.rng.randbytes(32)) for _ in range(8)]
         self.app = app
         genesis = {bytes(c.verify_key): 10**12 for c in self.clients} if app == "kv" else None
         self.txs_per_block = txs_per_block
         self.verifier = Verifier(validation, backend)
+        # the network id, as node.py derives it: every consensus signature of this simulation
+        # covers it, so another simulation with the same validator keys but another genesis (kv:
+        # another seed) or chain id is another network, whose votes and proofs never verify here
+        keys = tuple(bytes(k.verify_key) for k in self.keys)
+        self.network = messages.network_id(chain_id, self._make_app(genesis).genesis.root, keys)
+        self.cfg = [Config(i, keys, base_timeout_ms, network=self.network) for i in range(n)]
         self.make_core = make_core
         self.nodes: list[Node] = []
         for i in range(n):

@@ -199,7 +199,7 @@ def commit_proof(cfg: Config, verifier, proof: tuple) -> str:
         if not 0 <= b.proposer < cfg.n or b.proposer != cfg.leader(b.view) or len(p.signature) != 64:
             return f"the proposal at height {b.height} is not its view's leader's"
         keys.append(cfg.keys[b.proposer])
-        msgs.append(proposal_bytes(b.id))
+        msgs.append(proposal_bytes(b.id, cfg.network))
         sigs.append(p.signature)
     k = _direct_commit(proof)
     if k is None:
@@ -210,7 +210,7 @@ def commit_proof(cfg: Config, verifier, proof: tuple) -> str:
         return f"the QC at height {proof[k + 1].block.height} has {len(set(qc.voters))} valid signers"
     for i, v in enumerate(qc.voters):
         keys.append(cfg.keys[v])
-        msgs.append(vote_bytes(qc.block_id, qc.view))
+        msgs.append(vote_bytes(qc.block_id, qc.view, cfg.network))
         sigs.append(qc.sigs[64 * i:64 * i + 64])
     if not verifier.verify_lists(keys, msgs, sigs):
         return "a proposer's or the QC's signature does not verify"

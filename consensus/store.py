@@ -102,11 +102,38 @@ class Store:
         # state snapshots: `txs` is the number of transactions committed up to and including `height`
         self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
                         "state_root BLOB NOT NULL, txs INTEGER NOT NULL, blob BLOB NOT NULL)")
+        # the network id (messages.network_id) the store's blocks and safety state were signed for:
+        # written once, by the first claim_network of an empty store
+        self.db.execute("CREATE TABLE IF NOT EXISTS network (one INTEGER PRIMARY KEY CHECK (one = 1), id BLOB NOT NULL)")
         self._kept = {_id(r[0], "an uncommitted row") for r in self.db.execute("SELECT id FROM uncommitted")}
         self._manifests: dict[tuple, bytes] = {}  # (height, block id, chunk size) -> snapshot_manifest's answer
         # (height, block id) -> a stored snapshot's commit proof and its encoded size, or None where
         # it can never have one (statesync._proof_of): found once, not per request
         self.snapshot_proofs: dict[tuple, tuple | None] = {}
+
+    def claim_network(self, network: bytes) -> str:
+        """Why this store cannot serve a validator of `network` ("" if it can): an empty store is
+        claimed for it (the id written); a store of another network, or one written before
+        consensus signatures carried the network id (no id, yet blocks, a safety row or
+        snapshots), is refused: its blocks' signatures verify on no network now, and a validator
+        must not carry another network's votes into this one. One line, for the operator."""
+        network = bytes(network)
+        row = self.db.execute("SELECT id FROM network").fetchone()
+        if row is not None:
+            held = bytes(row[0]) if isinstance(row[0], bytes) else b""
+            if held == network:
+                return ""
+            return (f"the store belongs to network {held.hex()[:16] or '?'}, this validator's is "
+                    f"{network.hex()[:16]} (another chain_id, genesis or [network] keys): start it with "
+                    "an empty data_dir, or give it that network's configuration")
+        held = ("SELECT EXISTS (SELECT 1 FROM safety) OR EXISTS (SELECT 1 FROM committed) "
+                "OR EXISTS (SELECT 1 FROM uncommitted) OR EXISTS (SELECT 1 FROM snapshots)")
+        if self.db.execute(held).fetchone()[0]:
+            return ("the store was written before consensus signatures carried the network id (its blocks' "
+                    "signatures verify on no network now): move data_dir aside and start the validator with "
+                    "an empty one (state_sync = true takes a peer's snapshot)")
+        self.db.execute("INSERT INTO network VALUES (1, ?)", (network,))
+        return ""
 
     def save_safety(self, safety: Safety) -> None:
         """The safety state and the uncommitted blocks it carries (those not stored yet), in one
@@ -307,8 +334,11 @@ class Store:
         """The committed block ids by height from 1, without decoding the blocks: entry h - 1 is the
         id at height h, None where no row is (below a state-synced store's first height, or a row a
         damaged disk lost: placed by height, so a lost row never shifts the ids above it)."""
-        rows = self.db.execute("SELECT height, id FROM committed WHERE height >= 1 ORDER BY height").fetchall()
-        out: list[bytes | None] = [None] * (rows[-1][0] if rows else 0)
+        # (a damaged table's pages can hand back rows out of order, or below the WHERE: sized by
+        # the highest, those below height 1 passed over, never an IndexError)
+        rows = [(h, i) for h, i in self.db.execute("SELECT height, id FROM committed WHERE height >= 1 "
+                                                   "ORDER BY height").fetchall() if isinstance(h, int) and h >= 1]
+        out: list[bytes | None] = [None] * max((h for h, _ in rows), default=0)
         for height, block_id in rows:
             out[height - 1] = _id(block_id, f"the committed row at height {height}")
         return out

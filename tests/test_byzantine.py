@@ -78,7 +78,7 @@ class Relabeller(Core):
             if isinstance(a, Broadcast):
                 qc_height, height = self.relabel(a.msg.block)
                 bad = replace(a.msg.block, height=height, qc=replace(a.msg.block.qc, height=qc_height))
-                out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id))))
+                out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id, self.cfg.network))))
         return out
 
 
@@ -234,7 +234,7 @@ class BadSetLeader(Core):
                 sigs = [b.txs.sigs[j].tobytes() for j in range(len(b.txs))] + [self.client.sign(body).signature]
                 txs = pack_txs([b.txs.bodies.item(j) for j in range(len(b.txs))] + [body], sigs)
                 bad = replace(b, txs=txs, tx_root=self.app.tx_root(txs), sig_digest=txs.digest())
-                out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id))))
+                out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id, self.cfg.network))))
         return out
 
 
@@ -550,14 +550,14 @@ class Byzantine(Core):
                 b = msg_out.block
                 if "relabel" in self.modes:
                     bad = replace(b, height=b.height + 3, qc=replace(b.qc, height=b.qc.height + 3))
-                    res.append(Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id)))))
+                    res.append(Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id, self.cfg.network)))))
                     continue
                 if "equivocate" in self.modes:
                     empty = m.Txs.empty()
                     other = replace(b, state_root=bytes(32)) if not len(b.txs) else replace(
                         b, txs=empty, tx_root=self.app.tx_root(empty), sig_digest=empty.digest(),
                         state_root=self.states[b.parent].root)
-                    twin = Proposal(other, self.sign(proposal_bytes(other.id)))  # valid too, unless b is empty
+                    twin = Proposal(other, self.sign(proposal_bytes(other.id, self.cfg.network)))  # valid too, unless b is empty
                     res += [Send(i, msg_out if i % 2 else twin) for i in range(self.cfg.n) if i != self.cfg.me]
                     continue
             res.append(a)
@@ -645,7 +645,7 @@ def test_one_equivocating_leader_cannot_fill_the_parked_proposals():
     leader = real.block.proposer
     for j in range(MAX_PARKED):
         block = replace(real.block, state_root=j.to_bytes(32, "big"))
-        fresh.handle(leader, Proposal(block, sim.keys[leader].sign(proposal_bytes(block.id)).signature))
+        fresh.handle(leader, Proposal(block, sim.keys[leader].sign(proposal_bytes(block.id, sim.network)).signature))
     mine = sum(1 for q in fresh.parked.values() if q == leader)
     assert mine == MAX_PARKED // 4 and fresh.counters["parked_full_proposer"] == MAX_PARKED - mine
     other = next(donor.proposals[b.id] for b in chain[4:] if b.proposer != leader)
@@ -688,9 +688,9 @@ def test_signed_votes_and_timeouts_for_many_views_do_not_pile_up():
     for view in led:
         for _ in range(3):
             block_id = os.urandom(32)
-            core.handle(2, m.Vote(block_id, view, 5, 2, byz.sign(m.vote_bytes(block_id, view)).signature))
+            core.handle(2, m.Vote(block_id, view, 5, 2, byz.sign(m.vote_bytes(block_id, view, sim.network)).signature))
     for view in range(core.view + 1, core.view + 300):
-        core.handle(2, m.Timeout(view, gqc, 2, byz.sign(m.timeout_bytes(view, 0)).signature))
+        core.handle(2, m.Timeout(view, gqc, 2, byz.sign(m.timeout_bytes(view, 0, sim.network)).signature))
     assert len(core.votes) <= before[0] + VOTE_WINDOW // 4 + 2
     assert all(len(s) <= 1 for v, s in core.vote_voters.items() if v > core.view)
     assert sum(2 in t for v, t in core.timeouts.items() if v > core.view) == 1

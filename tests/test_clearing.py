@@ -445,7 +445,7 @@ def test_a_block_with_a_refused_transaction_is_rejected():
                     b = a.msg.block
                     txs = Txs(Packed(*pack_messages([replay[0]])), np.frombuffer(b"".join(replay[1]), np.uint8).reshape(2, 64))
                     bad = replace(b, txs=txs, tx_root=self.app.tx_root(txs), sig_digest=txs.digest())
-                    out[i] = type(a)(Proposal(bad, self.sign(proposal_bytes(bad.id))))
+                    out[i] = type(a)(Proposal(bad, self.sign(proposal_bytes(bad.id, self.cfg.network))))
             return out
     sim = Simulation(n=4, seed=5, app="clearing", txs_per_block=20,
                      make_core=lambda cfg, sign, app, *rest: (Leader if cfg.me == 1 else Core)(cfg, sign, app, *rest))

@@ -99,7 +99,7 @@ class TamperingLeader(Core):
         for i, a in enumerate(out):
             if isinstance(a, Broadcast):
                 bad = self.tamper(self, a.msg.block)
-                out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id))))
+                out[i] = Broadcast(Proposal(bad, self.sign(proposal_bytes(bad.id, self.cfg.network))))
         return out
 
 

@@ -22,12 +22,12 @@ def _running(blocks=3, seed=1):
 
 
 def _signed(sim, block: Block) -> Proposal:
-    return Proposal(block, sim.keys[block.proposer].sign(proposal_bytes(block.id)).signature)
+    return Proposal(block, sim.keys[block.proposer].sign(proposal_bytes(block.id, sim.network)).signature)
 
 
 def _qc(sim, block: Block, voters=(0, 1, 2)) -> QC:
     """A real QC over `block`: the voters' signatures (as honest validators that voted for it)."""
-    sigs = b"".join(sim.keys[v].sign(vote_bytes(block.id, block.view)).signature for v in voters)
+    sigs = b"".join(sim.keys[v].sign(vote_bytes(block.id, block.view, sim.network)).signature for v in voters)
     return QC(block.id, block.view, block.height, tuple(voters), sigs)
 
 
@@ -449,7 +449,7 @@ def test_a_leader_shown_a_qc_it_lacks_in_a_timeout_proposes_once_the_block_arriv
     qc_b = _qc(sim, b, tuple(sorted(others)))
     assert b.id not in core.blocks
     voter = others[-1]
-    out = core.handle(voter, Timeout(view, qc_b, voter, sim.keys[voter].sign(timeout_bytes(view, view)).signature))
+    out = core.handle(voter, Timeout(view, qc_b, voter, sim.keys[voter].sign(timeout_bytes(view, view, sim.network)).signature))
     assert core.view == view + 1 and b.id in core.fetching
     assert not any(isinstance(a, Broadcast) and isinstance(a.msg, Proposal) for a in out)
     out = core.handle(others[0], BlockResponse((_signed(sim, b),)))
@@ -534,11 +534,11 @@ def test_a_relayed_copy_with_another_tc_cannot_keep_a_validator_from_voting():
     leader, voters = core.cfg.leader(v), (0, 1, 2)  # (the timeouts of any three validators)
 
     def tc(highs, high_qc):
-        sigs = b"".join(sim.keys[i].sign(timeout_bytes(v - 1, h)).signature for i, h in zip(voters, highs))
+        sigs = b"".join(sim.keys[i].sign(timeout_bytes(v - 1, h, sim.network)).signature for i, h in zip(voters, highs))
         return TC(v - 1, voters, tuple(highs), sigs, high_qc)
     rid = os.urandom(32)
     higher = QC(rid, hq.view + 1, hq.height + 1, voters,
-                b"".join(sim.keys[i].sign(vote_bytes(rid, hq.view + 1)).signature for i in voters))
+                b"".join(sim.keys[i].sign(vote_bytes(rid, hq.view + 1, sim.network)).signature for i in voters))
     parent = core.blocks[hq.block_id]
     real = replace(_variant(core, parent, hq, v, leader, 0), tc=tc((hq.view,) * 3, hq))
     copy = replace(real, tc=tc((hq.view, hq.view, hq.view + 1), higher))

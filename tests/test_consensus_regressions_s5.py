@@ -26,11 +26,11 @@ def _tc_setup():
     voters = (0, 1, 2)
 
     def tc(highs, high_qc):
-        sigs = b"".join(sim.keys[i].sign(timeout_bytes(v - 1, h)).signature for i, h in zip(voters, highs))
+        sigs = b"".join(sim.keys[i].sign(timeout_bytes(v - 1, h, sim.network)).signature for i, h in zip(voters, highs))
         return TC(v - 1, voters, tuple(highs), sigs, high_qc)
     rid = os.urandom(32)
     higher = QC(rid, hq.view + 1, hq.height + 1, voters,
-                b"".join(sim.keys[i].sign(vote_bytes(rid, hq.view + 1)).signature for i in voters))
+                b"".join(sim.keys[i].sign(vote_bytes(rid, hq.view + 1, sim.network)).signature for i in voters))
     return sim, node, core, hq, v, tc((hq.view,) * 3, hq), tc((hq.view, hq.view, hq.view + 1), higher)
 
 
@@ -142,7 +142,7 @@ def test_f_plus_one_timeouts_in_views_ahead_move_a_validator_to_the_lowest_of_th
     others = [i for i in range(4) if i != core.cfg.me]
 
     def timeout(voter, v):
-        return m.Timeout(v, hq, voter, sim.keys[voter].sign(timeout_bytes(v, hq.view)).signature)
+        return m.Timeout(v, hq, voter, sim.keys[voter].sign(timeout_bytes(v, hq.view, sim.network)).signature)
     assert core.handle(others[0], timeout(others[0], view + 2)) == [] and core.view == view
     out = core.handle(others[1], timeout(others[1], view + 1))
     assert core.view == view + 1 and view + 1 in core.timed_out
@@ -151,5 +151,5 @@ def test_f_plus_one_timeouts_in_views_ahead_move_a_validator_to_the_lowest_of_th
     core2 = sim.nodes[1].core if core is not sim.nodes[1].core else sim.nodes[2].core
     v2 = core2.view
     voter = next(i for i in range(4) if i != core2.cfg.me)
-    core2.handle(voter, m.Timeout(v2 + 5, hq, voter, sim.keys[voter].sign(timeout_bytes(v2 + 5, hq.view)).signature))
+    core2.handle(voter, m.Timeout(v2 + 5, hq, voter, sim.keys[voter].sign(timeout_bytes(v2 + 5, hq.view, sim.network)).signature))
     assert core2.view == v2

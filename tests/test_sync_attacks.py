@@ -144,7 +144,7 @@ def test_a_genesis_snapshot_signed_by_validator_0_is_refused(tmp_path):
     assert (p1.block.view, p2.block.qc.view, p2.block.qc.block_id) == (1, 1, p1.block.id)
     app = sim._make_app(sim.genesis)
     g = genesis_block(app.genesis.root)
-    forged = Proposal(g, sim.keys[0].sign(proposal_bytes(g.id)).signature)  # a Byzantine validator 0
+    forged = Proposal(g, sim.keys[0].sign(proposal_bytes(g.id, sim.network)).signature)  # a Byzantine validator 0
     chunk = SnapshotChunk(0, 0, 1, 0, (forged, p1, p2), snapshots.encode(app, app.genesis))
     sync = _sync(sim)
     sync.handle(0, _wire(chunk))
