@@ -28,7 +28,8 @@ def test_the_cores_drop_counters_are_prometheus_counters_by_reason():
 
 def test_a_broken_store_stops_the_node_with_one_line(tmp_path):
     config = write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, app="kv", load="none")[0]
-    (tmp_path / "node0").mkdir()
+    from consensus.node import NodeConfig, NodeRunner
+    NodeRunner(NodeConfig.load(config)).store.close()  # a store of this network (its id recorded)
     store = Store(tmp_path / "node0" / "validator.db")
     store.db.execute("INSERT INTO committed VALUES (1, ?, ?)", (bytes(32), b"not a block"))
     store.close()
