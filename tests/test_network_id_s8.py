@@ -189,3 +189,34 @@ def test_a_store_of_another_network_or_from_before_network_ids_is_refused_with_o
     s = Store(tmp_path / "empty.db")  # an empty store is claimed once, then holds to it
     assert s.claim_network(mine) == "" and s.claim_network(mine) == "" and s.claim_network(bytes(32)) != ""
     s.close()
+
+
+def test_validators_of_two_networks_sharing_keys_do_not_connect():
+    """Validator 1 of network B dials validator 0 of network A, both with the same keys: each side's
+    handshake signature names its own network, so the connection fails (counted) and nothing it
+    sends is delivered; between two validators of one network frames flow as before."""
+    import asyncio
+
+    from test_net_auth import KEYS, SEEDS, addresses, request, until
+
+    from consensus.net import Network
+    na, nb = messages.network_id(1, bytes(32), KEYS[:2]), messages.network_id(2, bytes(32), KEYS[:2])
+
+    async def scenario(n0, n1):
+        addrs, got = addresses(2), []
+        a = Network(0, addrs, lambda s, m: got.append((s, m)), seed=SEEDS[0], keys=KEYS[:2], network=n0)
+        b = Network(1, addrs, lambda s, m: None, seed=SEEDS[1], keys=KEYS[:2], network=n1)
+        await a.start()
+        await b.start()
+        b.send(0, request(7))
+        await until(lambda: got or a.handshake_failures + b.handshake_failures)
+        await a.stop()
+        await b.stop()
+        return got, a.handshake_failures + b.handshake_failures
+
+    got, failures = asyncio.run(scenario(na, na))
+    assert [(s, m.block_id[0]) for s, m in got] == [(1, 7)] and failures == 0
+    got, failures = asyncio.run(scenario(na, nb))
+    assert got == [] and failures >= 1
+    with pytest.raises(ValueError):
+        Network(0, addresses(2), lambda s, m: None, seed=SEEDS[0], keys=KEYS[:2], network=b"x")
