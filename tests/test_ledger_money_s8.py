@@ -260,7 +260,7 @@ def test_step_6_takes_a_gainer_s_gain_at_most_when_the_other_gainers_are_tapped_
         c.mark("BTC", 70_000.0, {i: 0.7 for i in OPTIONS["BTC"]}, 2, T0 + 120, O[:2])
         assert not c.liquidations
         gain = c.marks["BTC"].values[3] - fut0
-        pools = _Pools({3: fut0}) if cls is Clearing else _RefPools()
+        pools = _Pools() if cls is Clearing else _RefPools()
         if cls is Reference:
             pools.before, pools.snap = {3: fut0}, {t: {3: 10}, g: {3: 1}, r: {3: -1}}
         else:

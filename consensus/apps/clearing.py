@@ -147,16 +147,16 @@ class _Cascade(list):
     pools: "_Pools | None" = None
 
 
-def _gain(pools: "_Pools | None", series: int, value: int, sign: int) -> int:
+def _gain(pools: "_Pools", series: int, sign: int) -> int:
     """A contract's weight in a socialized loss for a holder of series on the side sign (1 long,
-    -1 short) closed (or settled) at value: what the holder gained on it at this mark, sign x
-    (value - its value at the underlying's previous mark, pools.before), at least 1 quantum. Not
+    -1 short) closed (or settled) at this mark: what the holder gained on it at this mark, sign x
+    (its value at this mark - its value at the underlying's previous mark, pools.moves), at least
+    1 quantum (a series of another underlying, unmoved by this mark: 1). Not
     its value (notional, before session 7's review): a bankrupt book long 100 ETH futures from a
     bystander at a BTC mark (the ETH value unchanged, nothing gained) handed the bystander 300,000 /
     370,000 of the loss its BTC futures' buyer (its owner's other account) gained, and that buyer
     kept it (tests/test_ledger_money_s7.py)."""
-    before = pools.before if pools is not None else {}
-    return max(sign * (value - before.get(series, value)), 1)
+    return max(sign * pools.moves.get(series, 0), 1)
 
 
 def _split(amount: int, weights: list[int]) -> list[int]:
@@ -184,19 +184,18 @@ class _Pools:
     the whole market cannot pay goes back to them); ("own", n): what a book liquidated by this mark
     (record n) could not pay of a drained source, owed to its own weights, then along its record's
     chain (_socialize, Clearing._reach); of:
-    (account, asset) -> the record of its liquidation at this mark; before: the values of the marked underlying's
-    series at its previous mark (_gain). ("open", asset): what would go to everyone in profit,
-    owed first to the mark's gainers in the asset (Clearing._drain_open): moves: series of the
-    marked underlying -> its value (or fixing) at this mark less its value at the previous one;
+    (account, asset) -> the record of its liquidation at this mark. ("open", asset): what would go
+    to everyone in profit, owed first to the mark's gainers in the asset (Clearing._drain_open).
+    moves: series of the marked underlying -> its value (or fixing) at this mark less its value
+    at the previous one (_gain, the gainers);
     start: series -> {account: its position at the mark's start} for the positions the mark's
     liquidations changed (the others are as they were); gains: asset -> {whoever held, at the
     mark's start, a side of such a series that gained: contracts x the gain a contract, summed},
     built once per mark when first owed; paid: asset -> {gainer: what step 6 took from it}."""
-    __slots__ = ("sides", "records", "amount", "profit", "owed", "before", "of", "takers", "moves", "start",
+    __slots__ = ("sides", "records", "amount", "profit", "owed", "of", "takers", "moves", "start",
                  "gains", "paid")
 
-    def __init__(self, before: dict | None = None):
-        self.before: dict[int, int] = before or {}  # series -> value at the underlying's previous mark
+    def __init__(self):
         self.takers: dict[int, list[bytes]] = {}  # record -> the owners of earlier liquidations that took its book's positions
         self.of: dict[tuple[bytes, str], int] = {}  # (account, asset) -> the record of its liquidation
         self.sides: dict[tuple[int, int], tuple] = {}
@@ -907,9 +906,10 @@ class Clearing:
             self._flush()
         halted = self._breaker(underlying, index)
         self.marks[underlying] = new
-        pools = _Pools(last.values if last is not None else None)  # the mark's shared sources of
-        # socialized losses, charged once per drain; weights by what each holder gained at this mark (_gain)
-        pools.moves = {i: v - last.values[i] for i, v in new.values.items() if last is not None and i in last.values}
+        pools = _Pools()  # the mark's shared sources of socialized losses, charged once per drain;
+        # weights by what each holder gained at this mark (_gain)
+        if last is not None:
+            pools.moves = {i: v - last.values[i] for i, v in new.values.items() if i in last.values}
         paid: dict[tuple[bytes, str], list] = {}  # settlement payers -> their series' other sides (sources)
         for i in sorted(expiring):
             self._settle(i, paid, pools)
@@ -947,8 +947,7 @@ class Clearing:
                     self._drain(cascade, own=True)  # what liquidated books could not pay, to their own weights
                 if not cascade:  # then what nobody of steps 3-5 carried, to the mark's gainers (step 6)
                     self._drain_open(cascade)
-                if not cascade and not any(isinstance(k, int) or k in pools.sides or k[0] == "open"
-                                           for k in pools.amount):
+                if not cascade:  # (each drain owes only to the ones after it: nothing is owed now)
                     break
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
@@ -999,7 +998,7 @@ class Clearing:
             _credit(acct, asset, sizes[holder] * value)
         self.fixings[series] = value
         if paid is not None:
-            factor = {sign: _gain(pools, series, value, sign) for sign in (1, -1)}
+            factor = {sign: _gain(pools, series, sign) for sign in (1, -1)}
             for sign in (1, -1):
                 side = {k: abs(n) for k, n in sizes.items() if (n > 0) == (sign > 0)}
                 if pools is not None and side:
@@ -1087,7 +1086,7 @@ class Clearing:
                 _credit(self._mut(h), asset, -q * value)
                 self._set_position(h, self._mut(h), i, theirs + q)
                 size -= q
-                weights[h] = weights.get(h, 0) + abs(q) * _gain(pools, i, value, 1 if theirs > 0 else -1)
+                weights[h] = weights.get(h, 0) + abs(q) * _gain(pools, i, 1 if theirs > 0 else -1)
                 took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
@@ -1121,7 +1120,7 @@ class Clearing:
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
     def _socialize(self, asset: str, loss: int, explicit: dict[bytes, int], terms: list, pending,
-                   cascade: "_Cascade", passing: bool = True, parts: bool = False) -> tuple[int, int]:
+                   cascade: "_Cascade", passing: bool = True) -> tuple[int, int]:
         """loss quanta of a debt in asset, charged to the accounts of explicit (weights) and owed to
         the shared sources of terms ((source, weight) in cascade.pools); returns (quanta charged or
         owed: all of loss, quanta owed to sources: what the mark's end gives back in proportion if
@@ -1148,8 +1147,7 @@ class Clearing:
         once at the mark's end, _charge_profit). Else the attacker's L, long
         the expiring call its W wrote and short futures to its X, liquidated at the expiry before
         the call's side was drained, left W's loss to everyone in profit while X kept L's gain
-        (tests/test_ledger_money_s7.py). parts (a settled side's charge, without terms): each
-        member at most its part, what one cannot pay going on by member (_socialize_parts)."""
+        (tests/test_ledger_money_s7.py). A settled side's charge is _socialize_parts."""
         if loss <= 0:
             return 0, 0
         pools = cascade.pools
@@ -1165,8 +1163,6 @@ class Clearing:
             for (source, _), part in zip(terms, rest):
                 pools.put(source, part)
             return loss, sum(rest)
-        if parts and explicit:
-            return self._socialize_parts(asset, loss, explicit, cascade)
         charged = self._charge(asset, loss, explicit, pending) if explicit else 0
         if loss > charged and explicit:
             settled, done = cascade.settled, cascade.done
@@ -1192,7 +1188,8 @@ class Clearing:
 
     def _socialize_parts(self, asset: str, loss: int, weights: dict[bytes, int], cascade: "_Cascade") -> tuple[int, int]:
         """A settled side's charge (_drain, sides): loss split among its holders in proportion to
-        their weights (_split, by key), each charged at most its part and its equity (_room; a
+        their weights (floored, the remainder a quantum each to the largest weights, then by key,
+        as _charge), each charged at most its part and its equity (_room; a
         book this mark liquidated: the cash its closure left it). What one cannot pay of its part
         is not shared out among the others: the holder carries it beyond its equity if it still
         holds a position in the asset or held one this mark settled, untouched by the block, and
@@ -1315,8 +1312,8 @@ class Clearing:
         if sides:
             for side in sorted(s for s in pools.amount if s in pools.sides):
                 asset, holders, factor = pools.sides[side]
-                self._socialize(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()}, [],
-                                frozenset(), cascade, parts=True)
+                self._socialize_parts(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()},
+                                      cascade)
             return
         queue = [-n for n in pools.amount if isinstance(n, int)]
         heapq.heapify(queue)

@@ -371,8 +371,7 @@ class Mempool(dict):
         self.since[owner] = self.seq
         heapq.heappush(self.owners, (-self.weight(owner, n), self.seq, owner))
         if len(self.owners) > 2 * len(self.count) + 64:  # (ties keep their order: since)
-            self.owners = [(-self.weight(o, n), self.since[o], o) for o, n in self.count.items()]
-            heapq.heapify(self.owners)
+            self.reweigh(self.weight)
 
     def reweigh(self, weight) -> None:
         """weight(owner, n) from now on, every owner's entry made again with it (entries may be
