@@ -61,7 +61,7 @@ from typing import Callable
 from .apps.kv import EMPTY
 from .messages import (
     MAX_HEIGHT, MAX_RANGE, MAX_VIEW, QC, RANGE_BYTES, TC, Block, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
-    SnapshotRequest, Timeout, Txs, Vote, proposal_bytes, timeout_bytes, vote_bytes, NETWORK_ID,
+    SnapshotRequest, Timeout, Txs, Vote, proposal_bytes, timeout_bytes, vote_bytes, network_bytes,
 )
 
 
@@ -148,8 +148,7 @@ class Config:
             raise ValueError(f"{self.n} validator(s): BFT needs n = 3f + 1 >= 4")
         if not 0 <= self.me < self.n:
             raise ValueError(f"validator index {self.me} outside 0..{self.n - 1}")
-        if len(self.network) not in (0, NETWORK_ID):
-            raise ValueError(f"a network id of {len(self.network)} bytes (0 or {NETWORK_ID})")
+        network_bytes(self.network)
 
 
 @dataclass(frozen=True)
@@ -296,12 +295,7 @@ class Core:
         if b.parent not in self.blocks:
             self.counters["stored_block_orphan"] += 1  # a branch below it was lost; it is fetched if needed
             return
-        keys, msgs, sigs = self.qc_certs(b.qc)
-        if b.tc is not None:
-            tk, tm, ts = self.tc_certs(b.tc)
-            keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
-        certs = (keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id, self.cfg.network)],
-                 sigs + [p.signature])
+        certs = self._proposal_certs(p)
         verdict = self.app.validate(self.states[b.parent], b, certs)
         if not verdict.ok:
             raise InvariantViolation(f"stored block at height {b.height} ({b.id.hex()}) does not validate: "

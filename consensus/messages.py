@@ -66,7 +66,8 @@ def network_id(chain_id: int, genesis_root: bytes, keys) -> bytes:
                           + len(keys).to_bytes(2, "big") + b"".join(keys)).digest()
 
 
-def _net(network: bytes) -> bytes:
+def network_bytes(network: bytes) -> bytes:
+    """network as bytes; ValueError unless b\"\" or NETWORK_ID bytes (Config, Network and the sign bytes)."""
     network = bytes(network)
     if len(network) not in (0, NETWORK_ID):
         raise ValueError(f"a network id of {len(network)} bytes (0 or {NETWORK_ID})")
@@ -74,15 +75,15 @@ def _net(network: bytes) -> bytes:
 
 
 def vote_bytes(block_id: bytes, view: int, network: bytes = b"") -> bytes:
-    return b"AV-VOTE" + _net(network) + block_id + view.to_bytes(8, "big")
+    return b"AV-VOTE" + network_bytes(network) + block_id + view.to_bytes(8, "big")
 
 
 def timeout_bytes(view: int, high_qc_view: int, network: bytes = b"") -> bytes:
-    return b"AV-TIMEOUT" + _net(network) + view.to_bytes(8, "big") + high_qc_view.to_bytes(8, "big")
+    return b"AV-TIMEOUT" + network_bytes(network) + view.to_bytes(8, "big") + high_qc_view.to_bytes(8, "big")
 
 
 def proposal_bytes(block_id: bytes, network: bytes = b"") -> bytes:
-    return b"AV-PROPOSAL" + _net(network) + block_id
+    return b"AV-PROPOSAL" + network_bytes(network) + block_id
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,6 @@ Values that exist elsewhere (mempool size, accel's fallback counts) are read at 
 than copied on every change."""
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import socket
 import threading
 from socketserver import ThreadingMixIn
@@ -15,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily
 
 from accel import dispatch
+
+from .rpc import client_of, site_of
 
 # Stages run from tens of microseconds (the transaction root of a small block) to seconds (the
 # signatures of a large block on the C fallback).
@@ -174,7 +174,7 @@ class _Server(ThreadingMixIn, WSGIServer):
         self._open = 0
 
     def process_request(self, request, client_address):
-        site = _site(client_address[0] if isinstance(client_address, tuple) and client_address else "?")
+        site = _site_of(client_address)
         with self._lock:
             if self._open >= self.MAX_CONNECTIONS:
                 heavy = max(self._held, key=lambda s: len(self._held[s]))
@@ -211,23 +211,15 @@ class _Server(ThreadingMixIn, WSGIServer):
         finally:
             timer.cancel()
             with self._lock:
-                self._forget(_site(client_address[0] if isinstance(client_address, tuple) and client_address
-                                   else "?"), request)
+                self._forget(_site_of(client_address), request)
 
     def handle_error(self, request, client_address):  # a client gone or timed out: no traceback
         pass
 
 
-def _site(host: str) -> str:
-    """Whom a connection counts against: its IPv4 address, or its IPv6 /48 (a site holds 65,536
-    /64s)."""
-    with contextlib.suppress(ValueError):
-        address = ipaddress.ip_address(host.split("%")[0])
-        if address.version == 6:
-            if address.ipv4_mapped is not None:
-                return str(address.ipv4_mapped)
-            return str(ipaddress.ip_network(f"{address}/48", strict=False))
-    return host
+def _site_of(client_address) -> str:
+    """Whom a connection counts against (rpc.site_of: an IPv4 address, an IPv6 /48)."""
+    return site_of(client_of(client_address[0] if isinstance(client_address, tuple) and client_address else None))
 
 
 def _cut(sock) -> None:

@@ -110,9 +110,7 @@ class Network:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"validator keys: {exc} (each a 32-byte Ed25519 public key)") from None
         self.keys = [bytes(k) for k in keys]
-        self.network = bytes(network)
-        if len(self.network) not in (0, messages.NETWORK_ID):
-            raise ValueError(f"a network id of {len(self.network)} bytes (0 or {messages.NETWORK_ID})")
+        self.network = messages.network_bytes(network)
         self.signing = SigningKey(bytes(seed))
         if bytes(self.signing.verify_key) != self.keys[me]:
             raise ValueError(f"the seed's public key is not keys[{me}]")
@@ -136,7 +134,6 @@ class Network:
         #                              from a validator's address, hellos closed unverified: _verify_admitted)
         self.pending_address_evicted = 0  # an address's oldest unauthenticated connection closed past pending_per_address
         self.clock = clock
-        self._validator_hosts: set[str] = set()  # the validators' addresses: limited per claimed validator
         self._at_host: dict[str, set[int]] = {}   # a validator's address -> the validators it is given for
         self._verify_budget: dict[object, list[float]] = {}  # (address, claimed validator) or address -> bucket
         self._pair_keys: dict[int, bytes | None] = {}  # peer -> the key of the hello tags between it and this one
@@ -168,7 +165,6 @@ class Network:
             except (OSError, UnicodeError):  # a name that does not resolve now: its literal form only
                 infos = []
             for source in {_source(info[4][0]) for info in infos} | {_source(host)}:
-                self._validator_hosts.add(source)
                 self._at_host.setdefault(source, set()).add(index)
         host, port = self.addresses[self.me]
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -284,7 +280,7 @@ class Network:
         except BadSignatureError:
             return False
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str = "?") -> int:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str) -> int:
         """The dialer's index, once it proved its key and this validator sent its own proof."""
         mine = os.urandom(CHALLENGE)
         writer.write(MAGIC + struct.pack(">H", self.me) + mine)
@@ -295,8 +291,8 @@ class Network:
         if not 0 <= sender < len(self.keys):
             raise HandshakeError(f"no validator {sender}")
         theirs, signature = hello[6:6 + CHALLENGE], hello[6 + CHALLENGE:]
-        if source in self._validator_hosts and not self._verify_admitted(
-                ("tagged", sender) if self._tagged(sender, mine, theirs) else source, sender):
+        if source in self._at_host and not self._verify_admitted(
+                source, sender, self._tagged(sender, mine, theirs)):
             self.handshakes_refused += 1  # (and, as the handshake failed, in handshake_failures)
             raise HandshakeError(f"over validator {sender}'s {self.limits.handshakes_per_s:.0f} handshakes a "
                                  f"second from {source}; not verified")
@@ -349,7 +345,7 @@ class Network:
         nonce, tag = dialer_challenge[:CHALLENGE - TAG_BYTES], dialer_challenge[CHALLENGE - TAG_BYTES:]
         return key is not None and hmac.compare_digest(self._tag(key, sender, listener_challenge, nonce), tag)
 
-    def _verify_admitted(self, source, sender: int) -> bool:
+    def _verify_admitted(self, source: str, sender: int, tagged: bool) -> bool:
         """Whether a handshake from one of the validators' addresses, claiming to be validator
         `sender`, may have its signature checked now. Connections from these addresses are not
         limited per address when they arrive (validators share hosts, and a flood from elsewhere
@@ -373,15 +369,10 @@ class Network:
         source ("tagged", sender), whatever its address: no one else can draw from it, so a
         flood of untagged claims never holds the validator up, and its own flood of tagged
         ones is bounded the same (one more bucket per validator)."""
-        lim = self.limits
-        key = source if isinstance(source, tuple) else \
-            (source, sender) if sender in self._at_host.get(source, ()) else source
-        bucket = self._verify_budget.get(key)
-        now = self._now()
-        if bucket is None:
-            bucket = self._verify_budget[key] = [float(lim.handshake_burst), now]
-        bucket[0] = min(float(lim.handshake_burst), bucket[0] + max(0.0, now - bucket[1]) * lim.handshakes_per_s)
-        bucket[1] = now
+        lim, now = self.limits, self._now()
+        key = ("tagged", sender) if tagged else (source, sender) if sender in self._at_host.get(source, ()) else source
+        bucket = _refill(self._verify_budget.setdefault(key, [float(lim.handshake_burst), now]),
+                         lim.handshakes_per_s, lim.handshake_burst, now)
         if bucket[0] < 1.0:
             return False
         bucket[0] -= 1.0
@@ -395,19 +386,14 @@ class Network:
         the tracked_addresses most recently seen are kept (a forgotten one starts full)."""
         lim = self.limits
         now = self._now()
-        bucket = self._handshake_budget.pop(source, None)
-        if bucket is None:
-            bucket = [float(lim.handshake_burst), now]
-        bucket[0] = min(float(lim.handshake_burst), bucket[0] + max(0.0, now - bucket[1]) * lim.handshakes_per_s)
-        bucket[1] = now
+        bucket = _refill(self._handshake_budget.pop(source, None) or [float(lim.handshake_burst), now],
+                         lim.handshakes_per_s, lim.handshake_burst, now)
         self._handshake_budget[source] = bucket  # now the newest
         if len(self._handshake_budget) > lim.tracked_addresses:
             del self._handshake_budget[next(iter(self._handshake_budget))]
-        every = self._strangers_budget
-        if every is None:
-            every = self._strangers_budget = [float(lim.strangers_burst), now]
-        every[0] = min(float(lim.strangers_burst), every[0] + max(0.0, now - every[1]) * lim.strangers_per_s)
-        every[1] = now
+        if self._strangers_budget is None:
+            self._strangers_budget = [float(lim.strangers_burst), now]
+        every = _refill(self._strangers_budget, lim.strangers_per_s, lim.strangers_burst, now)
         if bucket[0] < 1.0 or every[0] < 1.0:
             return False
         bucket[0] -= 1.0
@@ -417,7 +403,7 @@ class Network:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn, peer = object(), writer.get_extra_info("peername")
         source = _source(peer[0]) if isinstance(peer, tuple) and peer else "?"
-        if source not in self._validator_hosts and not self._admit(source):
+        if source not in self._at_host and not self._admit(source):
             self.handshakes_refused += 1
             log.debug("refused a connection from %s: over its %.0f handshakes a second (or strangers' "
                       "%.0f together)", peer, self.limits.handshakes_per_s, self.limits.strangers_per_s)
@@ -425,7 +411,7 @@ class Network:
             return
         # a validator's address too (with room for each of its validators' and one more): a
         # flood from there evicts its own connections, not other validators' handshakes
-        room = self.limits.pending_per_address * (len(self._at_host[source]) + 1 if source in self._at_host else 1)
+        room = self.limits.pending_per_address * (len(self._at_host.get(source, ())) + 1)
         mine = self._by_address.setdefault(source, {})
         if len(mine) >= room:
             # its oldest, as for max_pending: a stranger sharing an address with an honest
@@ -543,6 +529,13 @@ class Network:
         if now - self._warned.get(sender, -WARN_EVERY_S) >= WARN_EVERY_S:
             self._warned[sender] = now
             log.warning(why)
+
+
+def _refill(bucket: list[float], rate: float, burst: float, now: float) -> list[float]:
+    """A [tokens, time] token bucket brought to `now`: `rate` tokens a second, at most `burst`."""
+    bucket[0] = min(float(burst), bucket[0] + max(0.0, now - bucket[1]) * rate)
+    bucket[1] = now
+    return bucket
 
 
 def _source(host: str) -> str:

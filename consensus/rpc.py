@@ -587,7 +587,7 @@ class Rpc:
         """The port listened on (listen's, or the one the system chose for port 0)."""
         return self._server.sockets[0].getsockname()[1]
 
-    def _admit(self, client: str, handler=None) -> str:
+    def _admit(self, client: str, handler) -> str:
         """'' if a new connection from client may open (and counts it), else why not. A client
         over its request rate is refused here, before aiohttp spends anything on it. With every
         connection taken, a client whose site (site_of) holds fewer than the heaviest site less
@@ -603,13 +603,12 @@ class Rpc:
             return f"{self.max_per_client} connections open from {client}; close some"
         site = site_of(client)
         if self.open_connections >= self.max_connections:
-            if not (handler is not None and len(self._held.get(site, ())) + 1 < self._heaviest and self._displace()):
+            if not (len(self._held.get(site, ())) + 1 < self._heaviest and self._displace()):
                 self.refused_connections += 1
                 return f"{self.max_connections} connections open to this API; try again later"
         self.connections[client] = self.connections.get(client, 0) + 1
         self.open_connections += 1
-        if handler is not None:
-            self._hold(site, handler, +1)
+        self._hold(site, handler, +1)
         return ""
 
     def _hold(self, site: str, handler, step: int) -> None:
@@ -646,15 +645,14 @@ class Rpc:
         victim.displace()
         return True
 
-    def _release(self, client: str, handler=None) -> None:
+    def _release(self, client: str, handler) -> None:
         self.open_connections -= 1
         left = self.connections.get(client, 0) - 1
         if left > 0:
             self.connections[client] = left
         else:
             self.connections.pop(client, None)
-        if handler is not None:
-            self._hold(site_of(client), handler, -1)
+        self._hold(site_of(client), handler, -1)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):

@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import messages, snapshots
@@ -493,7 +493,6 @@ def bounded(synced: Synced, per_block: int) -> Synced:
     generate and sign that many transactions (it never joined); an honest count past the bound
     (proposers with a larger txs_per_block) only makes the load offer some committed ones again,
     which the mempool refuses."""
-    from dataclasses import replace
     return replace(synced, txs=min(synced.txs, synced.proposal.block.height * max(0, per_block)))
 
 
