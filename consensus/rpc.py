@@ -49,10 +49,10 @@ CLIENTS_TRACKED = 10_000  # rate-limit buckets kept (the oldest go first)
 TOTAL_REQUESTS = 20  # requests a second from all clients together: this many times requests_per_s
 CONTENDED_S = 1.0  # a total (requests, verification time) is contended under this many seconds' worth left (of 2)
 FAIR_ACTIVE_S = 10.0  # FairShare: a site shares a contended total this long after its last request
-RESERVE_S = 1.0
+RESERVE_S = 1.0  # WorkBudget: a site under its part waiting for room closes the slack to others this long
 # FairShare: a site's largest request is forgotten once the fair clock has allotted it this many
 # times that since (kept for good, one 0.8 s batch held an honest site to a quarter of its part)
-LARGEST_KEPT = 4.0  # WorkBudget: a site under its part waiting for room closes the slack to others this long
+LARGEST_KEPT = 4.0
 
 
 class BadRequest(ValueError):
@@ -117,7 +117,8 @@ class FairShare:
 
     def __init__(self, rate: float):
         self.rate = rate
-        # site -> [credit, the clock then, charged since its last request, its largest request], most recent last
+        # site -> [credit, the clock then, charged since its last request, its largest request, the clock
+        # when that was set], most recent last
         self.sites: dict[str, list[float]] = {}
         self.active: dict[str, float] = {}  # site -> its last request, oldest first
         self.clock, self.at = 0.0, None  # what each active site was allotted; when

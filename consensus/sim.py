@@ -103,7 +103,7 @@ class Simulation:
         self.overflow = 0  # frames not queued: the outgoing queue to a slow link (or a paced one) was full
         self.limits = limits
         # (sender, receiver) -> [bytes budget, frames budget, time, when the next frame can be
-        # read, the read times and sizes of the frames not yet read] (see _paced)
+        # read, the read times and sizes of the frames not yet read, their bytes] (see _paced)
         self.links: dict[tuple[str, str], list] = {}
 
     def add_node(self, index: int, name: str, genesis: dict) -> Node:
