@@ -1165,9 +1165,7 @@ class Clearing:
             return loss, sum(rest)
         charged = self._charge(asset, loss, explicit, pending) if explicit else 0
         if loss > charged and explicit:
-            settled, done = cascade.settled, cascade.done
-            carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in done
-                        and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in settled)}
+            carriers = {h: w for h, w in explicit.items() if h not in pending and self._carrier(h, asset, cascade)}
             if carriers:
                 charged += self._charge(asset, loss - charged, carriers, carriers)
                 cascade.extend((h, asset) for h in sorted(carriers))
@@ -1200,7 +1198,7 @@ class Clearing:
         the expiry liquidated after it spent the calls' fixing on its futures, paid all three's
         part, 48,760 USD, its whole equity, and 8,660 more as a carrier, while the attacker's
         longs of the future kept it (tests/test_ledger_gainers_s8.py, B)."""
-        pools, settled, done = cascade.pools, cascade.settled, cascade.done
+        pools, done = cascade.pools, cascade.done
         total = sum(weights.values())
         share = {h: loss * w // total for h, w in weights.items()}
         extra = loss - sum(share.values())  # the remainder a quantum each to the largest weights, then by
@@ -1210,8 +1208,7 @@ class Clearing:
         for h in sorted(share):
             part = share[h]
             q = min(part, self._room(h, asset))
-            if part > q and (h, asset) not in done and not self._touched(h, asset) \
-                    and (self._holds(h, asset) or (h, asset) in settled):
+            if part > q and self._carrier(h, asset, cascade):
                 q = part  # step 5: it carries its part, liquidated at this mark in turn
                 cascade.extend([(h, asset)])
             if q:
@@ -1274,9 +1271,8 @@ class Clearing:
             if weights and loss:
                 loss -= self._charge(asset, loss, weights)
             if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
-                settled = cascade.settled  # settled) a position, liquidated at this mark in turn
-                carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
-                            and (self._holds(h, asset) or (h, asset) in settled)}
+                # settled) a position, liquidated at this mark in turn
+                carriers = {h: w for h, w in weights.items() if self._carrier(h, asset, cascade)}
                 if carriers:
                     loss -= self._charge(asset, loss, carriers, carriers)
                     cascade.extend((h, asset) for h in sorted(carriers))
@@ -1377,7 +1373,7 @@ class Clearing:
         the attacker's, kept 207,238 USD of the same gain; or a book liquidated at the mark kept in
         cash the gain on the calls a tapped-out account had written to it (2,143 USD)
         (tests/test_ledger_money_s8.py)."""
-        pools, done = cascade.pools, cascade.done
+        pools = cascade.pools
         for asset in sorted(k[1] for k in pools.amount if isinstance(k, tuple) and k[0] == "open"):
             loss = pools.amount.pop(("open", asset))
             gains = self._open_gains(asset, pools)
@@ -1393,9 +1389,7 @@ class Clearing:
                         left[h] -= q
                 loss -= got
             if loss and live:  # every member gave its equity or its gain: carriers for the rest
-                settled = cascade.settled
-                carriers = {h: w for h, w in live.items() if left[h] > 0 and (h, asset) not in done
-                            and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in settled)}
+                carriers = {h: w for h, w in live.items() if left[h] > 0 and self._carrier(h, asset, cascade)}
                 if carriers:
                     taken = {}
                     loss -= self._charge(asset, loss, carriers, carriers, limit=left, taken=taken)
@@ -1437,6 +1431,13 @@ class Clearing:
     def _touched(self, key: bytes, asset: str) -> bool:
         """Whether a trade or withdrawal of this block touched key's asset book."""
         return (key, asset) in self.touched or (self._cols is not None and self._cols.is_touched(key, asset))
+
+    def _carrier(self, key: bytes, asset: str, cascade: "_Cascade") -> bool:
+        """Step 5: whether key's book in asset may be charged past its equity, then liquidated at
+        this mark in turn: not liquidated by it yet, untouched by the block, and holding a position
+        in the asset or having held one this mark settled."""
+        return ((key, asset) not in cascade.done and not self._touched(key, asset)
+                and (self._holds(key, asset) or (key, asset) in cascade.settled))
 
     def _holds(self, key: bytes, asset: str) -> bool:
         """Whether key holds a position settling in asset."""
