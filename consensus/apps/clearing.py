@@ -61,6 +61,17 @@ class Rejected(ValueError):
     """A transaction the state machine refuses; the message says why."""
 
 
+class TooEarly(Rejected):
+    """A refusal that a transaction still pending may lift: account's key not registered yet
+    (nonce None), or nonce past the account's next one, expected. The mempool keeps what it
+    refuses while what it waits for is pending (ClearingApp._early), reading these fields."""
+
+    def __init__(self, account: bytes, nonce: int | None = None, expected: int | None = None):
+        tail = " is not registered" if nonce is None else f": nonce {nonce}, expected {expected} (replayed or out of order)"
+        super().__init__(f"account {account.hex()[:16]}{tail}")
+        self.account, self.nonce, self.expected = account, nonce, expected
+
+
 class ShortBooks(Rejected):
     """Books that a transaction of this block left below initial margin, found at the block's end
     or by a mark that would liquidate them; `accounts` lists their owners."""
@@ -450,12 +461,14 @@ class Clearing:
     def _account(self, key: bytes) -> Account:
         acct = self.accounts.get(key)
         if acct is None:
-            raise Rejected(f"account {key.hex()[:16]} is not registered")
+            raise TooEarly(key)
         return acct
 
     def _nonce(self, key: bytes, nonce: int) -> None:
         want = self._account(key).nonce
-        if nonce != want:
+        if nonce > want:
+            raise TooEarly(key, nonce, want)
+        if nonce < want:
             raise Rejected(f"account {key.hex()[:16]}: nonce {nonce}, expected {want} (replayed or out of order)")
 
     def _asset(self, asset: str) -> None:

@@ -22,7 +22,6 @@ import gc
 import hashlib
 import heapq
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -36,7 +35,7 @@ from accel.packing import pack_fixed, pack_messages
 from ..messages import Block, Txs
 from ..verify import Verifier
 from . import clearing_tx as ctx
-from .clearing import Clearing, Rejected, ShortBooks, unsafe_key
+from .clearing import Clearing, Rejected, ShortBooks, TooEarly, unsafe_key
 from .clearing_columns import apply_run
 from .kv import EMPTY, Verdict
 
@@ -78,11 +77,7 @@ MARKS_KEPT = 64
 SAFE_KEYS_KEPT = 1 << 18
 
 
-# Clearing's refusals of a transaction that may apply later, after what is pending (_early): its
-# key not registered yet, or its nonce past the account's next one (key prefix, nonce, expected)
 EARLY_ROUNDS = 8  # passes of _early over the transactions waiting on others refused in the same fill
-_EARLY = re.compile(r"account ([0-9a-f]{16})(?: is not registered|: nonce (\d+), expected (\d+) "
-                    r"\(replayed or out of order\))$")
 
 
 class _Internal(Rejected):
@@ -468,7 +463,7 @@ class Pending(NamedTuple):
 class _Fill:
     state: Clearing
     kept: list            # positions in candidates of the transactions kept, in order
-    refused: dict         # digest -> why a rule refused it
+    refused: dict         # digest -> the Rejected a rule refused it with
     short: dict           # account -> candidate position of its last kept transaction
     broken: int | None    # candidate position of an internal error (-1: at the block's end)
     stop: int | None = None  # candidates looked at: those before this position (None: cut short)
@@ -841,7 +836,7 @@ class ClearingApp:
                 out.broken = pos
                 return False
             except Rejected as exc:
-                out.refused[digest] = str(exc)
+                out.refused[digest] = exc
             else:
                 out.kept.append(pos)
             return True
@@ -1056,7 +1051,7 @@ class ClearingApp:
                         break
         self._evict(reasons)
 
-    def _early(self, refused: dict[bytes, str]) -> dict[bytes, str]:
+    def _early(self, refused: dict[bytes, Rejected]) -> dict[bytes, str]:
         """refused less the transactions refused only for coming too early, which stay pending for
         a later block: "not registered" while the key's registration is pending, or a nonce
         past the account's next one while every nonce between is pending (they arrived out of
@@ -1085,27 +1080,23 @@ class ClearingApp:
         dropped: dict[tuple, int] = {}  # (account, nonce) -> refused transactions consuming it
         made: set[tuple] = set()  # pairs consumed by a transaction kept here
         waiting: list = []  # (account, nonce, expected, digest, tx)
-        for digest, reason in refused.items():
+        for digest, exc in refused.items():
             held = pool.get(digest)
             if held is None:
-                out[digest] = reason
+                out[digest] = str(exc)
                 continue
             for pair in ctx.consumed(held.tx)[0]:
                 dropped[pair] = dropped.get(pair, 0) + 1
-            wait = _EARLY.match(reason)
-            who = [k for k in held.tx.signers if k.hex().startswith(wait.group(1))] if wait is not None else []
-            if not who:
-                out[digest] = reason
-            elif wait.group(2) is None:
-                registration = hashlib.sha256(ctx.register(who[0], self.chain_id)).digest()
+            if not isinstance(exc, TooEarly) or exc.account not in held.tx.signers:
+                out[digest] = str(exc)
+            elif exc.nonce is None:
+                registration = hashlib.sha256(ctx.register(exc.account, self.chain_id)).digest()
                 if registration not in pool or registration in refused:
-                    out[digest] = reason
+                    out[digest] = str(exc)
                 else:  # kept: the nonces it holds are not a gap (a trade's other account waits on it)
                     made.update(ctx.consumed(held.tx)[0])
-            elif (nonce := int(wait.group(2))) > (want := int(wait.group(3))):
-                waiting.append((who[0], nonce, want, digest, held.tx))
             else:
-                out[digest] = reason
+                waiting.append((exc.account, exc.nonce, exc.expected, digest, held.tx))
         if not waiting:
             return out
         jump: dict[tuple, int] = {}  # (account, m) -> some m' > m with every pair in [m, m') good
@@ -1137,7 +1128,7 @@ class ClearingApp:
                 break
             waiting = left
         for w in waiting:
-            out[w[3]] = refused[w[3]]
+            out[w[3]] = str(refused[w[3]])
         return out
 
     def _evict(self, reasons: dict[bytes, str]) -> None:
