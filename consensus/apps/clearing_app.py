@@ -1052,29 +1052,26 @@ class ClearingApp:
         self._evict(reasons)
 
     def _early(self, refused: dict[bytes, Rejected]) -> dict[bytes, str]:
-        """refused less the transactions refused only for coming too early, which stay pending for
-        a later block: "not registered" while the key's registration is pending, or a nonce
-        past the account's next one while every nonce between is pending (they arrived out of
-        order: a key's deposit sent ahead of its registration in one submission, or a client's
-        consecutive nonces over two connections or to a validator that heard them in another
-        order). Each was evicted, lost though its chain applies. One kept this way is tried again
-        while what it waits for is pending: that applies, and it with it, or is refused and
-        evicted, and it after it.
+        """refused (digest -> the Rejected) less the transactions refused only for coming too
+        early (TooEarly), which stay pending for a later block; the rest, with their reasons, to
+        evict. Early: "not registered" while the key's registration is pending, or a nonce past
+        the account's next one while every nonce between is pending. Transactions arrive out of
+        order (a key's deposit ahead of its registration in one submission, a client's nonces
+        over two connections or relayed) and their chain still applies, so evicting them loses
+        them. One kept is tried again while what it waits for is pending: that applies, and it
+        with it, or is refused and evicted, and it after it.
 
         What it waits for must lead to something this fill did not refuse (a nonce pair, or a
         registration, held by a transaction that applied, was not reached or was held back) or
-        to one kept here: a pair whose every holder is refused and not kept is a gap. Two
-        accounts' trades waiting on each other ((A, a), (B, b + 1) and (A, a + 1), (B, b): each
-        refused for the other's nonce, each nonce pending) never apply, and were kept for ever,
-        retried by every proposal (an account pair's 40,000-nonce window of them, in every block);
-        and a run behind a nonce refused for good stayed one block more. Kept ones are found in
-        EARLY_ROUNDS passes over the waiting ones, each account's in nonce order; what is still
-        undecided is evicted with its reason (its client sends it again).
+        to one kept here: a pair whose every holder is refused and not kept is a gap. So two
+        accounts' trades waiting on each other ((A, a), (B, b + 1) and (A, a + 1), (B, b)) are
+        not kept for ever, retried by every proposal. Kept ones are found in EARLY_ROUNDS passes
+        over the waiting ones, each account's in nonce order; what is still undecided is evicted
+        with its reason (its client sends it again).
 
         Each pair is looked at about once: `jump` skips runs of pairs found good (with path
-        compression). The walk from each refusal's expected nonce, memoized per (account,
-        expected) only, was k^2 lookups for an account's k far nonces interleaved with k that
-        apply (each refused at another expected nonce): 4,000 of each cost a proposal 3 s."""
+        compression), since k far nonces of an account interleaved with k that apply would
+        otherwise walk k^2 pairs (4,000 of each: 3 s of a proposal)."""
         out, pool = {}, self.mempool
         nonces = pool.nonces
         dropped: dict[tuple, int] = {}  # (account, nonce) -> refused transactions consuming it
