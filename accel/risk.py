@@ -23,7 +23,7 @@ _MAX_MOVES = _MAX_EXT = 16  # RK_MAX_MOVES, RK_MAX_EXT
 _GPU_CHUNK = 1 << 20  # options per chunk on a GPU: copies of one overlap the kernel of another
 _MAX_EXP_ARG = 700.0  # B76_MAX_EXP_ARG: |r t|, |(r-q) t| bound keeping discount and growth finite
 _P_RATE, _P_INDEX = 12, 13  # RK_P_RATE, RK_P_INDEX
-# id(params) -> (params, its _layout()): a clearing block margins with the same parameters dozens of
+# id(params) -> (params, its checked _layout(), its field values): a clearing block margins with the same parameters dozens of
 # times. By identity, not equality: equal parameters may differ in the sign of a zero. Holding params
 # keeps its id from being reused.
 _layouts: dict[int, tuple] = {}
@@ -123,12 +123,22 @@ class MarginParams:
         return self.moves[i % n], ("up", "same", "down")[i // n]
 
     def _array(self, index: float, rate: float) -> np.ndarray:
-        """The kernel's parameter array (layout: RK_P_* in kernels/margin.h)."""
+        """The kernel's parameter array (layout: RK_P_* in kernels/margin.h).
+
+        Built from a checked copy of the fields: a frozen dataclass can still be changed with
+        object.__setattr__, and unpickling (copy, pickle, a snapshot) skips __post_init__, so the
+        fields may hold what __post_init__ refuses. More than RK_MAX_MOVES moves sent the kernels
+        past their per-account scenario array (a crash, or other memory read as losses), a NaN
+        shock or a negative tick became margins. A cached layout is reused only while every field
+        is still the very object it was built from (a few identity tests a call)."""
+        names = _PARAM_FIELDS
+        values = tuple(getattr(self, name, None) for name in names)  # unpickled: may lack one
         hit = _layouts.get(id(self))
-        if hit is None:
+        if hit is None or any(a is not b for a, b in zip(hit[2], values)):
+            checked = MarginParams(**dict(zip(names, values)))  # __post_init__ again: ValueError naming the field
             if len(_layouts) >= 64:
                 _layouts.clear()
-            hit = _layouts[id(self)] = self, self._layout()
+            hit = _layouts[id(self)] = self, checked._layout(), values
         arr = hit[1].copy()
         arr[_P_RATE], arr[_P_INDEX] = rate, index
         return arr
@@ -142,6 +152,9 @@ class MarginParams:
                 self.future_initial, self.future_maintenance, self.vol_exponent_long, self.vol_up_floor,
                 self.future_contingency]
         return np.array(head + list(self.moves) + list(self.extended_moves) + list(self.extended_weights), np.float64)
+
+
+_PARAM_FIELDS = tuple(f.name for f in fields(MarginParams))
 
 
 @dataclass(frozen=True)

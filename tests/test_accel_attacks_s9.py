@@ -1,0 +1,141 @@
+"""Fresh attacks on the accel kernel boundary (session 9, helper h1): inputs the earlier reviews
+(tests/test_kernel_boundary_s5.py, test_kernels_s6.py, test_kernels_s7.py) did not try.
+
+Regression tests for the defects found (each failed before its fix):
+- MarginParams was validated only in __post_init__, and its kernel layout cached by identity: a
+  MarginParams changed afterwards (object.__setattr__, as the Portfolio/Marks tests of session 5
+  do) or unpickled (pickle and copy skip __post_init__) reached the kernels unchecked. Too many
+  moves wrote past the kernels' per-account scenario array (a segfault of the C fallback at
+  100,000 moves, silent garbage below), a NaN shock or a negative tick became margins, and a
+  change after the first call was ignored (the stale cached layout) while params.scenario() and
+  params.moves described the new one."""
+from __future__ import annotations
+
+import copy
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import accel
+from accel import risk, risk_numpy
+from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
+
+
+def _book():
+    mk = Marks(index=100.0, rate=0.01, forward=np.array([100.0, 101.0, 100.0]), strike=np.array([100.0, 90.0, 0.0]),
+               expiry=np.array([0.1, 0.02, 0.5]), vol=np.array([0.5, 0.8, 0.0]),
+               kind=np.array([CALL, PUT, FUTURE], np.uint8))
+    pf = Portfolio(offsets=np.array([0, 2, 3]), instrument=np.array([0, 1, 2]), size=np.array([-1.0, 2.0, -3.0]))
+    return pf, mk
+
+
+# ---------------------------------------------------------------- MarginParams changed after its checks
+
+CHANGES = {
+    "17 moves": ("moves", tuple([0.01] * 17), "moves"),
+    "17 extended moves": ("extended_moves", tuple([0.5] * 17), "extended moves"),
+    "a move of -100%": ("moves", (-1.0, 0.0, 0.1), "above -1"),
+    "NaN vol_up": ("vol_up", float("nan"), "vol_up"),
+    "infinite tick": ("tick", float("inf"), "tick"),
+    "negative tick": ("tick", -1e-8, "tick"),
+    "zero days_per_year": ("days_per_year", 0.0, "days_per_year"),
+    "moves not numbers": ("moves", ("0.1",), "moves"),
+    "vol_down_floor 0": ("vol_down_floor", 0.0, "vol_down_floor"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(CHANGES))
+@pytest.mark.parametrize("api", ["portfolio", "standard", "numpy"])
+def test_margin_params_changed_after_construction_are_checked_again(backends, what, api):
+    """A frozen MarginParams changed with object.__setattr__ is refused with the ValueError its
+    constructor gives, on every backend and on the software-only path, whether or not it was used
+    before (its cached layout must not hide the change)."""
+    name, value, message = CHANGES[what]
+    pf, mk = _book()
+    for used_before in (False, True):
+        p = MarginParams()
+        if used_before:
+            accel.portfolio_margin(pf, mk, p, backend="cpu")
+        object.__setattr__(p, name, value)
+        for b in backends:
+            call = {"portfolio": lambda: accel.portfolio_margin(pf, mk, p, backend=b),
+                    "standard": lambda: accel.standard_margin(pf, mk, p, backend=b),
+                    "numpy": lambda: risk_numpy.portfolio_margin(pf, mk, p)}[api]
+            with pytest.raises(ValueError, match=message):
+                call()
+
+
+def test_a_valid_change_after_the_first_call_is_what_the_kernels_use(backends):
+    """The cached layout followed the object's identity only: a shock changed after the first
+    call kept the old margins (and the worst scenario's index then named the new moves)."""
+    pf, mk = _book()
+    p = MarginParams()
+    before = accel.portfolio_margin(pf, mk, p, backend="cpu")
+    object.__setattr__(p, "vol_up", 2.0)
+    object.__setattr__(p, "moves", (-0.3, 0.0, 0.3))
+    want = accel.portfolio_margin(pf, mk, MarginParams(vol_up=2.0, moves=(-0.3, 0.0, 0.3)), backend="cpu")
+    assert not np.array_equal(want.maintenance, before.maintenance)
+    for b in backends:
+        got = accel.portfolio_margin(pf, mk, p, backend=b)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want)), b.name
+    got = risk_numpy.portfolio_margin(pf, mk, p)
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+def _unpickled(**state):
+    """A MarginParams as pickle rebuilds one from (possibly crafted) state: __post_init__ never runs."""
+    p = pickle.loads(pickle.dumps(MarginParams()))
+    p.__dict__.update(state)
+    return p
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"moves": [0.1] * 40}, "moves"),
+    ({"tick": "1e-8"}, "tick"),
+    ({"vol_exponent": None}, "vol_exponent"),
+    ({"extended_moves": (-2.0,)}, "above -1"),
+])
+def test_unpickled_margin_params_are_checked_before_the_kernels(backends, state, message):
+    pf, mk = _book()
+    p = _unpickled(**state)
+    for b in backends:
+        with pytest.raises(ValueError, match=message):
+            accel.portfolio_margin(pf, mk, p, backend=b)
+    with pytest.raises(ValueError, match=message):
+        risk_numpy.portfolio_margin(pf, mk, p)
+
+
+def test_copies_of_good_params_give_the_same_bits(backends):
+    """What the checks must keep: copies and pickles of valid parameters margin as the original."""
+    pf, mk = _book()
+    p = MarginParams(moves=[-0.2, -0.0, 0.2], tick=1e-6)
+    want = accel.portfolio_margin(pf, mk, p, backend="cpu")
+    for q in (copy.copy(p), copy.deepcopy(p), pickle.loads(pickle.dumps(p)), p):
+        for b in backends:
+            got = accel.portfolio_margin(pf, mk, q, backend=b)
+            assert all(np.array_equal(g, w) for g, w in zip(got, want)), b.name
+
+
+def test_a_hundred_thousand_moves_set_after_the_checks_do_not_crash_the_process():
+    """In a child process (a segfault fails this test instead of ending the run): 100,000 moves set
+    on a checked MarginParams wrote past the C kernel's 64-scenario array and crashed it."""
+    code = textwrap.dedent("""
+        import numpy as np, accel
+        from accel.risk import CALL, MarginParams, Marks, Portfolio
+        mk = Marks(index=100.0, rate=0.0, forward=np.array([100.0]), strike=np.array([100.0]),
+                   expiry=np.array([0.1]), vol=np.array([0.5]), kind=np.array([CALL], np.uint8))
+        pf = Portfolio(offsets=np.array([0, 1]), instrument=np.array([0]), size=np.array([-1.0]))
+        p = MarginParams()
+        object.__setattr__(p, "moves", tuple([0.01] * 100_000))
+        try:
+            accel.portfolio_margin(pf, mk, p, backend="cpu")
+        except ValueError as exc:
+            print("refused:", exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: MarginParams: 1..16 moves" in done.stdout
