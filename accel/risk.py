@@ -21,6 +21,7 @@ _KINDS = (PUT, CALL, FUTURE, PUT | INVERSE, CALL | INVERSE, FUTURE | INVERSE)
 _IS_KIND = np.isin(np.arange(256), _KINDS)  # by uint8 kind: a lookup costs a tenth of np.isin
 _MAX_MOVES = _MAX_EXT = 16  # RK_MAX_MOVES, RK_MAX_EXT
 _GPU_CHUNK = 1 << 20  # options per chunk on a GPU: copies of one overlap the kernel of another
+_DBL_MAX = 1.7976931348623157e308
 _MAX_EXP_ARG = 700.0  # B76_MAX_EXP_ARG: |r t|, |(r-q) t| bound keeping discount and growth finite
 _P_RATE, _P_INDEX = 12, 13  # RK_P_RATE, RK_P_INDEX
 # id(params) -> (params, its checked _layout(), its field values): a clearing block margins with the same parameters dozens of
@@ -403,7 +404,20 @@ def _intact(pf, mk) -> bool:
         return False
     if any(len(getattr(mk, name)) != m for name in ("forward", "strike", "expiry", "vol")):
         return False
-    return not (off[1:] < off[:-1]).any() and bool(_IS_KIND[mk.kind].all())
+    if (off[1:] < off[:-1]).any() or not _IS_KIND[mk.kind].all():
+        return False
+    # The values too (a few vectorised passes): an array swapped for another read-only one, or an
+    # index or rate set with object.__setattr__, carried a negative index or forward, a NaN or
+    # negative vol or expiry, a string index or a NaN size to the kernels, which margined them
+    # silently (standard margin skipped a NaN size).
+    index, rate = mk.index, mk.rate
+    if type(index) is not float or type(rate) is not float or not (0.0 < index <= _DBL_MAX and abs(rate) <= _DBL_MAX):
+        return False
+    option = (mk.kind & FUTURE) == 0
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(pf.size).all() and _is_positive(mk.forward).all()
+                    and (_is_positive(mk.strike) | ~option).all() and (_is_positive(mk.vol) | ~option).all()
+                    and _is_nonnegative(mk.expiry).all() and (np.abs(rate * mk.expiry) <= _MAX_EXP_ARG).all())
 
 
 def _margin_buffers(b, pf, mk, pp):

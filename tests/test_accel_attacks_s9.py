@@ -8,7 +8,11 @@ Regression tests for the defects found (each failed before its fix):
   moves wrote past the kernels' per-account scenario array (a segfault of the C fallback at
   100,000 moves, silent garbage below), a NaN shock or a negative tick became margins, and a
   change after the first call was ignored (the stale cached layout) while params.scenario() and
-  params.moves described the new one."""
+  params.moves described the new one.
+- Portfolio and Marks re-checked the layout of their arrays on every call but not their values:
+  an array swapped for another read-only one, or index / rate set with object.__setattr__, was
+  margined silently (a negative index or forward, a negative vol or expiry, a string index parsed
+  as a number, a NaN size that standard margin skipped)."""
 from __future__ import annotations
 
 import copy
@@ -139,3 +143,65 @@ def test_a_hundred_thousand_moves_set_after_the_checks_do_not_crash_the_process(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused: MarginParams: 1..16 moves" in done.stdout
+
+
+# ---------------------------------------------------------------- books whose values changed after their checks
+
+def _read_only(values):
+    a = np.array(values, np.float64)
+    a.flags.writeable = False
+    return a
+
+
+BOOK_CHANGES = {
+    "index negative": (lambda pf, mk: object.__setattr__(mk, "index", -100.0), "index must be finite and > 0"),
+    "index a string": (lambda pf, mk: object.__setattr__(mk, "index", "100"), "index must be real numbers"),
+    "rate a string": (lambda pf, mk: object.__setattr__(mk, "rate", "0.05"), "rate must be real numbers"),
+    "rate huge": (lambda pf, mk: object.__setattr__(mk, "rate", 1e6), r"makes \|rate \* expiry\| exceed"),
+    "rate NaN": (lambda pf, mk: object.__setattr__(mk, "rate", float("nan")), "rate must be finite"),
+    "vol negative": (lambda pf, mk: object.__setattr__(mk, "vol", _read_only([-0.5, 0.8, 0.0])),
+                     r"vol\[0\] = -0.5: must be finite and > 0 for an option"),
+    "strike zero": (lambda pf, mk: object.__setattr__(mk, "strike", _read_only([100.0, 0.0, 0.0])),
+                    r"strike\[1\] = 0.0: must be finite and > 0 for an option"),
+    "forward negative": (lambda pf, mk: object.__setattr__(mk, "forward", _read_only([100.0, 101.0, -100.0])),
+                         r"forward\[2\] = -100.0: must be finite and > 0"),
+    "expiry negative": (lambda pf, mk: object.__setattr__(mk, "expiry", _read_only([-0.1, 0.02, 0.5])),
+                        r"expiry\[0\] = -0.1: must be finite and >= 0"),
+    "size NaN": (lambda pf, mk: object.__setattr__(pf, "size", _read_only([-1.0, np.nan, -3.0])),
+                 r"size\[1\] = nan: must be finite"),
+    "size infinite": (lambda pf, mk: object.__setattr__(pf, "size", _read_only([-1.0, 2.0, -np.inf])),
+                      r"size\[2\] = -inf: must be finite"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BOOK_CHANGES))
+def test_book_values_swapped_after_their_checks_are_refused_by_name(backends, what):
+    """Session 5 made the kernels' arrays read-only copies and re-checked their layout on every
+    call, but not their values: a book whose array was swapped for another read-only one, or whose
+    index or rate was set (object.__setattr__), was margined silently: a negative index or forward, a negative vol or expiry, a string index parsed
+    as a number, a NaN size dropped by standard margin. Now refused with the constructor's
+    ValueError, on every backend, by standard margin and by the software-only path."""
+    change, message = BOOK_CHANGES[what]
+    for b in backends:
+        for api in (accel.portfolio_margin, accel.standard_margin):
+            pf, mk = _book()
+            change(pf, mk)
+            with pytest.raises(ValueError, match=message):
+                api(pf, mk, backend=b)
+    pf, mk = _book()
+    change(pf, mk)
+    with pytest.raises(ValueError, match=message):
+        risk_numpy.portfolio_margin(pf, mk, checked=False)
+
+
+def test_unpickled_books_are_checked_like_built_ones(backends):
+    """Held before (unpickled arrays are writeable, so the book is checked in full): a pickled book
+    margins as the original; one whose state was edited after loading is refused."""
+    pf, mk = _book()
+    want = accel.portfolio_margin(pf, mk, backend="cpu")
+    pf2, mk2 = pickle.loads(pickle.dumps((pf, mk)))
+    for b in backends:
+        assert all(np.array_equal(g, w) for g, w in zip(accel.portfolio_margin(pf2, mk2, backend=b), want)), b.name
+    mk2.__dict__["vol"] = _read_only([0.5, -0.8, 0.0])
+    with pytest.raises(ValueError, match=r"vol\[1\] = -0.8"):
+        accel.portfolio_margin(pf2, mk2, backend="cpu")
