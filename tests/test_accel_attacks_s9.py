@@ -12,10 +12,14 @@ Regression tests for the defects found (each failed before its fix):
 - Portfolio and Marks re-checked the layout of their arrays on every call but not their values:
   an array swapped for another read-only one, or index / rate set with object.__setattr__, was
   margined silently (a negative index or forward, a negative vol or expiry, a string index parsed
-  as a number, a NaN size that standard margin skipped)."""
+  as a number, a NaN size that standard margin skipped).
+- pack_messages took message lengths from len() and checked only their sum: items whose len() is
+  not their size (a bytes subclass, a shaped array) but whose errors cancel split the batch at the
+  wrong places, giving other digests, roots and Ed25519 verdicts without an error."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import pickle
 import subprocess
 import sys
@@ -25,7 +29,7 @@ import numpy as np
 import pytest
 
 import accel
-from accel import risk, risk_numpy
+from accel import merkle, risk, risk_numpy
 from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
 
 
@@ -205,3 +209,55 @@ def test_unpickled_books_are_checked_like_built_ones(backends):
     mk2.__dict__["vol"] = _read_only([0.5, -0.8, 0.0])
     with pytest.raises(ValueError, match=r"vol\[1\] = -0.8"):
         accel.portfolio_margin(pf2, mk2, backend="cpu")
+
+
+# ---------------------------------------------------------------- messages whose len() is not their size
+
+class _LyingBytes(bytes):
+    """bytes whose len() is set by hand (a subclass may say anything)."""
+    def __len__(self):
+        return self.claimed
+
+
+def _lying(data: bytes, claimed: int) -> _LyingBytes:
+    out = _LyingBytes(data)
+    out.claimed = claimed
+    return out
+
+
+def test_message_lengths_come_from_the_bytes_not_from_len(backends):
+    """pack_messages took each message's length from len() and only checked their sum against the
+    joined bytes: a bytes subclass claiming 1 byte for b"abc" beside one claiming 5 for b"def" (sum
+    6, as joined) split the batch at the wrong places: SHA-256 of b"a" and b"bcdef", with no error.
+    The same with a (6, 0) and a (2, 4) uint8 array (len 6 and 2, 0 and 8 bytes). bytes now count
+    their own length; other buffers whose len() is not their size are a TypeError naming the item."""
+    msgs = [_lying(b"abc", 1), _lying(b"def", 5)]
+    want = [hashlib.sha256(b"abc").digest(), hashlib.sha256(b"def").digest()]
+    for b in backends:
+        assert accel.sha256_many(msgs, backend=b) == want, b.name
+        assert accel.merkle_root(msgs, backend=b) == merkle.hashlib_root([b"abc", b"def"]), b.name
+    shaped = [np.zeros((6, 0), np.uint8), np.arange(8, dtype=np.uint8).reshape(2, 4)]
+    with pytest.raises(TypeError, match="message 0 is ndarray whose len"):
+        accel.sha256_many(shaped, backend="cpu")
+    with pytest.raises(TypeError, match="leaf 0 is ndarray whose len"):
+        accel.merkle_root(shaped, backend="cpu")
+    views = [memoryview(np.zeros((6, 0), np.uint8)), memoryview(np.zeros((2, 4), np.uint8))]
+    with pytest.raises(TypeError, match="message 0 is a 2-D memoryview"):
+        accel.sha256_many(views, backend="cpu")
+
+
+def test_signatures_are_checked_on_the_messages_they_sign(backends):
+    """The Ed25519 side of the same defect: two signed messages passed as bytes subclasses whose
+    len() values are wrong but add up got both signatures refused (each checked against a piece
+    of the other message); with the sizes the bytes have they are both valid, on every backend,
+    batched, all-or-nothing and one by one."""
+    nacl = pytest.importorskip("nacl.signing")
+    keys = [nacl.SigningKey(bytes([7 + i]) * 32) for i in range(2)]
+    raw = [b"pay 10 to alice", b"pay 20 to bob!"]
+    sigs = [k.sign(m).signature for k, m in zip(keys, raw)]
+    pks = [bytes(k.verify_key) for k in keys]
+    msgs = [_lying(raw[0], 3), _lying(raw[1], len(raw[0]) + len(raw[1]) - 3)]
+    for b in backends:
+        assert accel.ed25519_verify_batch(pks, msgs, sigs, backend=b).tolist() == [True, True], b.name
+        assert accel.ed25519_verify_all(pks, msgs, sigs, backend=b), b.name
+        assert all(accel.ed25519_verify(p, m, s, backend=b) for p, m, s in zip(pks, msgs, sigs)), b.name
