@@ -87,7 +87,7 @@ class MarginParams:
         for f in fields(self):
             value = getattr(self, f.name)
             values = value if isinstance(value, tuple) else (value,)
-            if not all(isinstance(v, (int, float)) and _finite_real(v) for v in values):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite_real(v) for v in values):
                 raise ValueError(f"MarginParams.{f.name} must be finite numbers, not {value!r}")
         if not 1 <= len(self.moves) <= _MAX_MOVES or not len(self.extended_moves) <= _MAX_EXT:
             raise ValueError(f"MarginParams: 1..{_MAX_MOVES} moves and at most {_MAX_EXT} extended moves")

@@ -15,7 +15,8 @@ Regression tests for the defects found (each failed before its fix):
   as a number, a NaN size that standard margin skipped).
 - pack_messages took message lengths from len() and checked only their sum: items whose len() is
   not their size (a bytes subclass, a shaped array) but whose errors cancel split the batch at the
-  wrong places, giving other digests, roots and Ed25519 verdicts without an error."""
+  wrong places, giving other digests, roots and Ed25519 verdicts without an error.
+- MarginParams took a bool as a scalar parameter (True = 1.0) while refusing one among the moves."""
 from __future__ import annotations
 
 import copy
@@ -261,3 +262,17 @@ def test_signatures_are_checked_on_the_messages_they_sign(backends):
         assert accel.ed25519_verify_batch(pks, msgs, sigs, backend=b).tolist() == [True, True], b.name
         assert accel.ed25519_verify_all(pks, msgs, sigs, backend=b), b.name
         assert all(accel.ed25519_verify(p, m, s, backend=b) for p, m, s in zip(pks, msgs, sigs)), b.name
+
+
+@pytest.mark.parametrize("name", ["vol_up", "tick", "initial_multiplier", "extended_weight"])
+@pytest.mark.parametrize("value", [True, False])
+def test_margin_params_refuse_bools_like_the_moves_do(name, value):
+    """moves and every risk input refuse bools (session 5), but a scalar parameter took True as
+    1 and False as 0 (a JSON true in a parameter file became a shock of 100%)."""
+    with pytest.raises(ValueError, match=f"MarginParams.{name} must be finite numbers"):
+        MarginParams(**{name: value})
+    p = MarginParams()
+    object.__setattr__(p, name, value)
+    pf, mk = _book()
+    with pytest.raises(ValueError, match=f"MarginParams.{name} must be finite numbers"):
+        accel.portfolio_margin(pf, mk, p, backend="cpu")
