@@ -16,6 +16,9 @@ Keys (all optional):
   gpu_min_batch  batches smaller than this stay on   env ACCEL_GPU_MIN_BATCH default -1: per kernel,
                  the C fallback when the configured        the crossovers measured on an H100
                  backend is a GPU (0: always the GPU)      (accel/dispatch.py, bench/RESULTS.md)
+A variable set to the empty string counts as unset (the file's value, else the default, stays);
+a variable that looks like a setting and is none (ACCEL_BACKNED, ACCEL_THREAD, accel_backend) is an
+error naming the setting meant.
 The file is $ACCEL_CONFIG, else ./accel.toml if present. Anything else in the file (another table,
 a key outside [accel], a misspelt key) is an error naming the file and line; every error names
 where the value came from, the file's line or the environment variable.
@@ -26,6 +29,7 @@ accel.toml / $ACCEL_CONFIG, and ACCEL_* variables still override it, as they ove
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -101,6 +105,25 @@ def _env_value(name: str, kind: str, raw: str):
     return raw
 
 
+SETTINGS = tuple("ACCEL_" + key.upper() for key in KEYS)
+
+
+def _misspelt(env) -> None:
+    """ConfigError for a variable that looks like a setting and is none: a name within a typo of
+    one (ACCEL_BACKNED, ACCEL_THREAD) or one in lower case. A misspelt key in a file is an error;
+    a misspelt variable was ignored, and the file's or the default value ran (ACCEL_BACKNED=cpu
+    left the GPU in use). Other ACCEL_* names (ACCEL_CONFIG, the tests' own) are not settings."""
+    for name in env:
+        upper = name.upper()
+        if not upper.startswith("ACCEL_") or name in SETTINGS or name == "ACCEL_CONFIG":
+            continue
+        meant = upper if upper in SETTINGS + ("ACCEL_CONFIG",) else next(
+            iter(difflib.get_close_matches(upper, SETTINGS, n=1, cutoff=0.85)), None)
+        if meant:
+            raise ConfigError(f"environment variable {name} is not a setting; did you mean {meant}? "
+                              f"(settings: {', '.join(SETTINGS)})")
+
+
 def line_of(text: str, table: str | None, key: str | None) -> int:
     """Line (1-based) of `[table]` (key None) or of `key = ...` inside `table` (None: top level)."""
     current = None
@@ -151,6 +174,7 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None, shared:
     env = os.environ if env is None else env
     path = path or env.get("ACCEL_CONFIG") or ("accel.toml" if Path("accel.toml").exists() else None)
     values = _from_file(path, shared) if path else {}
+    _misspelt(env)
     for key, kind in KEYS.items():
         name = "ACCEL_" + key.upper()
         raw = env.get(name)

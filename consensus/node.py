@@ -18,6 +18,7 @@ to start if any kernel fails."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import hashlib
 import json
@@ -120,6 +121,29 @@ def _hex32(text: str) -> bytes:
     return raw
 
 
+def _check_network(path, text: str, cfg: "NodeConfig") -> None:
+    """[network] is the validator set: each key a distinct Ed25519 key no one else can sign for,
+    each address its own. A small-order key (the identity, a torsion point) verifies the signature
+    (R a small-order point, S = 0) on every message under ZIP-215's cofactored rule, so anyone
+    could cast that validator's votes and timeouts; a key that is no canonical point is a validator
+    that never signs; a key listed twice gives its holder two of the n votes; two validators at
+    one address leave one of them unreachable. Each was loaded and run (review s9)."""
+    from accel.ed25519_ref import key_is_safe
+    where = f"{path}:{line_of(text, 'network', 'keys')}"
+    for i, key in enumerate(cfg.keys):
+        if key in cfg.keys[:i]:
+            raise ConfigError(f"{where}: [network] keys[{i}] is keys[{cfg.keys.index(key)}] listed twice: one "
+                              f"holder would cast two of the {len(cfg.keys)} validators' votes")
+        if not key_is_safe(key):
+            raise ConfigError(f"{where}: [network] keys[{i}] {key.hex()} is not a validator key: not a canonical "
+                              "encoding of a curve point, or of small order (anyone could sign for it)")
+    where = f"{path}:{line_of(text, 'network', 'addresses')}"
+    for i, address in enumerate(cfg.addresses):
+        if address[1] != 0 and address in cfg.addresses[:i]:
+            raise ConfigError(f"{where}: [network] addresses[{i}] {address[0]}:{address[1]} is also "
+                              f"addresses[{cfg.addresses.index(address)}]: each validator needs its own")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     index: int
@@ -182,6 +206,7 @@ class NodeConfig:
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
+        _check_network(path, text, cfg)
         bound = [(table, a) for table, a in (("node", cfg.listen), ("rpc", cfg.rpc), ("metrics", cfg.metrics))
                  if a is not None and a[1] != 0]
         for i, (first, (host1, port1)) in enumerate(bound):
@@ -321,16 +346,66 @@ class StartupError(Exception):
     """A validator that cannot start: one line naming the key and the path or address."""
 
 
+class DataDirInUse(Exception):
+    """Another process holds the data directory's lock."""
+
+
+class LockedStore(Store):
+    """The store of a data directory that one process at a time may open: an exclusive flock on
+    data_dir/validator.lock (holding the holder's pid), held while the store is open and dropped
+    by the kernel when the process ends, even by SIGKILL. Two processes on one data_dir (the same
+    validator started twice, by its service and by hand with another port; a copied file whose
+    data_dir was left as it was) each wrote the other's safety state: a validator whose last voted
+    view is overwritten can vote twice in one view, and two validators' blocks interleaved."""
+
+    def __init__(self, data_dir: Path):
+        self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self.lock, 32).decode(errors="replace").strip() or "unknown"
+            os.close(self.lock)
+            raise DataDirInUse(f"in use by another validator process (pid {holder}); stop it first") from None
+        except OSError:
+            os.close(self.lock)
+            raise
+        try:
+            os.ftruncate(self.lock, 0)
+            os.pwrite(self.lock, f"{os.getpid()}\n".encode(), 0)
+            super().__init__(data_dir / "validator.db")
+        except BaseException:
+            os.close(self.lock)  # the lock goes with it
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self.lock >= 0:
+                os.close(self.lock)
+                self.lock = -1
+
+
 class NodeRunner:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         where = f"{cfg.path}: " if cfg.path else ""
         try:
             cfg.data_dir.mkdir(parents=True, exist_ok=True)
-            self.store = Store(cfg.data_dir / "validator.db")
+            self.store = LockedStore(cfg.data_dir)
+        except DataDirInUse as exc:
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: {exc}") from None
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
                                f"writable directory: {getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            self._open(cfg, where)
+        except BaseException:  # a validator that does not start lets its data_dir go
+            self.store.close()
+            raise
+
+    def _open(self, cfg: NodeConfig, where: str) -> None:
+        """The rest of the start, with the store open."""
         key = SigningKey(cfg.seed)
         try:
             if cfg.app == "clearing":

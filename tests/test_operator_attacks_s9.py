@@ -1,0 +1,157 @@
+"""Review s9 of the operator surface: a validator's file, its data directory, the accel
+configuration's environment and the `accel` command, attacked with inputs the earlier rounds did
+not try. Each test failed before its fix."""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from accel import cli, config
+from accel.config import ConfigError
+from accel.ed25519_ref import encode, torsion_points
+from consensus.localnet import write_configs
+from consensus.node import NodeConfig, NodeRunner, StartupError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tmp_path):
+    return write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, app="kv", load="none")
+
+
+def _keys_line(path):
+    text = path.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("keys = "))
+    return text, line, json.loads(line.split("=", 1)[1])
+
+
+@pytest.mark.parametrize("case", ["small_order", "identity", "not_a_point", "non_canonical", "duplicate"])
+def test_validator_keys_anyone_could_sign_for_or_listed_twice_are_refused(tmp_path, case):
+    """[network] keys is the validator set. A small-order key (the identity, any torsion point)
+    verifies the signature (R = a small-order point, s = 0) on every message under ZIP-215, so
+    anyone could cast that validator's votes; a key listed twice gives its holder two of the n
+    votes; a key that is no point (or a non-canonical encoding) is a validator that can never
+    sign. Each was loaded and run; now the file is refused naming [network] keys and the index."""
+    paths = _config(tmp_path)
+    text, line, keys = _keys_line(paths[0])
+    bad = {"small_order": encode(torsion_points()[3]).hex(),
+           "identity": (bytes([1]) + bytes(31)).hex(),
+           "not_a_point": (bytes([2]) + bytes(31)).hex(),  # y = 2 has no x on the curve
+           "non_canonical": (b"\xed" + b"\xff" * 30 + b"\x7f").hex(),  # y = p: not reduced
+           "duplicate": keys[1]}[case]
+    keys[2] = bad
+    paths[0].write_text(text.replace(line, "keys = " + json.dumps(keys)))
+    with pytest.raises(ConfigError) as err:
+        NodeConfig.load(paths[0])
+    message = str(err.value)
+    assert "\n" not in message and "[network] keys[2]" in message
+    assert re.match(rf"{re.escape(str(paths[0]))}:\d+:", message)
+    assert ("listed twice" in message) if case == "duplicate" else ("anyone could sign" in message
+                                                                     or "not a curve point" in message)
+
+
+def test_the_identity_key_really_verifies_any_message():
+    """Why a small-order validator key is refused: with ZIP-215's cofactored rule both verifiers
+    accept one signature for every message under it."""
+    from consensus.verify import Verifier
+    identity = bytes([1]) + bytes(31)
+    forged = identity + bytes(32)
+    for mode in ("software", "accel"):
+        v = Verifier(mode)
+        assert v.verify_one(identity, b"vote for block A", forged) and v.verify_one(identity, b"block B", forged)
+
+
+def test_the_same_address_for_two_validators_is_refused(tmp_path):
+    paths = _config(tmp_path)
+    text = paths[0].read_text()
+    line = next(x for x in text.splitlines() if x.startswith("addresses = "))
+    addresses = json.loads(line.split("=", 1)[1])
+    addresses[3] = addresses[1]
+    paths[0].write_text(text.replace(line, "addresses = " + json.dumps(addresses)))
+    with pytest.raises(ConfigError) as err:
+        NodeConfig.load(paths[0])
+    assert "[network] addresses[3]" in str(err.value) and "addresses[1]" in str(err.value)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from consensus.node import NodeConfig, NodeRunner
+    runner = NodeRunner(NodeConfig.load(sys.argv[1]))
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_data_dir_is_used_by_one_validator_process_at_a_time(tmp_path):
+    """Two processes on one data_dir (the same validator started twice, by systemd and by hand
+    with another listen port, or a copied file whose data_dir was not changed) each wrote the
+    other's safety state: a validator whose last voted view is overwritten may vote twice in a
+    view. The second now stops at start with one line naming data_dir and the holder's pid; the
+    lock goes with the process (a SIGKILLed validator restarts)."""
+    paths = _config(tmp_path)
+    cfg = NodeConfig.load(paths[0])
+    other = NodeConfig.load(paths[1])
+    copied = NodeConfig(**{**other.__dict__, "data_dir": cfg.data_dir})  # node1's file, node0's data_dir
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(paths[0])], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for c in (cfg, copied):
+            with pytest.raises(StartupError) as err:
+                NodeRunner(c)
+            line = str(err.value)
+            assert "\n" not in line and "data_dir" in line and "in use" in line and str(holder.pid) in line
+    finally:
+        holder.kill()
+        holder.wait()
+    runner = NodeRunner(cfg)  # the holder is gone: its lock too
+    runner.store.close()
+    again = NodeRunner(cfg)  # closed: the same process opens it again
+    again.store.close()
+
+
+def test_a_runner_that_fails_to_start_lets_its_data_dir_go(tmp_path):
+    """A NodeRunner refused after it opened the store (here: its events file cannot be opened)
+    closes the store and its lock, so the next start is not told the directory is in use."""
+    paths = _config(tmp_path)
+    cfg = NodeConfig.load(paths[0])
+    bad = NodeConfig(**{**cfg.__dict__, "events": tmp_path})  # a directory
+    with pytest.raises(StartupError) as err:
+        NodeRunner(bad)
+    assert "[node] events" in str(err.value)
+    runner = NodeRunner(cfg)
+    runner.store.close()
+
+
+def test_a_size_past_memory_is_one_line_not_a_traceback(capsys):
+    """`accel merkle-demo --leaves 10**14` was a MemoryError traceback (exit 1)."""
+    assert cli.main(["merkle-demo", "--leaves", str(10**14)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("accel: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert "memory" in err
+
+
+@pytest.mark.parametrize("name, meant", [("ACCEL_BACKNED", "ACCEL_BACKEND"), ("ACCEL_THREAD", "ACCEL_THREADS"),
+                                         ("ACCEL_GPU_MIN_BATCHES", "ACCEL_GPU_MIN_BATCH"),
+                                         ("ACCEL_GPUFALLBACK", "ACCEL_GPU_FALLBACK"),
+                                         ("accel_backend", "ACCEL_BACKEND")])
+def test_a_misspelt_accel_variable_is_an_error_naming_the_one_meant(name, meant):
+    """A misspelt key in a file is an error; a misspelt variable was ignored, and the validator
+    ran the file's (or the default) value: ACCEL_BACKNED=cpu left a GPU in use."""
+    with pytest.raises(ConfigError) as err:
+        config.load(None, env={name: "1"})
+    assert name in str(err.value) and meant in str(err.value) and "\n" not in str(err.value)
+
+
+def test_other_accel_variables_and_empty_ones_are_left_alone():
+    """Variables of the tests and scripts (not settings) load; an empty setting is unset, as
+    docs/OPERATOR.md says."""
+    env = {"ACCEL_CONFIG": "", "ACCEL_REQUIRE_BACKENDS": "cpu", "ACCEL_TESTDATA": "/x",
+           "ACCEL_HYPOTHESIS_EXAMPLES": "5", "ACCEL_BACKEND": "", "ACCEL_THREADS": ""}
+    assert config.load(None, env=env) == config.AccelConfig()
+    docs = open(os.path.join(ROOT, "docs", "OPERATOR.md")).read()
+    assert "set to the empty string counts as unset" in " ".join(docs.split())
