@@ -5,6 +5,7 @@ metric (consensus/metrics.py), since a GPU that keeps failing is otherwise only 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -35,6 +36,17 @@ def min_batch(kernel: str) -> int:
 _strict = threading.local()
 _fallbacks: Counter[tuple[str, str]] = Counter()
 _fallbacks_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Another thread may have held the lock at the fork: the child has no such thread to release
+    it, and its first fallback (every GPU call there falls back: base._same_process) or metrics
+    read would wait forever. The counts are kept."""
+    global _fallbacks_lock
+    _fallbacks_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def fallbacks() -> dict[tuple[str, str], int]:

@@ -16,7 +16,9 @@ Regression tests for the defects found (each failed before its fix):
 - pack_messages took message lengths from len() and checked only their sum: items whose len() is
   not their size (a bytes subclass, a shaped array) but whose errors cancel split the batch at the
   wrong places, giving other digests, roots and Ed25519 verdicts without an error.
-- MarginParams took a bool as a scalar parameter (True = 1.0) while refusing one among the moves."""
+- MarginParams took a bool as a scalar parameter (True = 1.0) while refusing one among the moves.
+- dispatch kept its fallback counter lock across fork(): a child forked while another thread held
+  it hung on its first fallback or metrics read."""
 from __future__ import annotations
 
 import copy
@@ -276,3 +278,31 @@ def test_margin_params_refuse_bools_like_the_moves_do(name, value):
     pf, mk = _book()
     with pytest.raises(ValueError, match=f"MarginParams.{name} must be finite numbers"):
         accel.portfolio_margin(pf, mk, p, backend="cpu")
+
+
+# ---------------------------------------------------------------- fork while another thread counts a fallback
+
+_FORK_WITH_LOCK_HELD = """
+import os, signal, sys
+from accel import dispatch
+dispatch._fallbacks_lock.acquire()  # as another thread counting a GPU fallback at the fork
+pid = os.fork()
+if pid == 0:
+    signal.alarm(10)  # a child stuck on the lock dies here instead of hanging the test
+    print("child", dispatch.fallbacks(), flush=True)
+    os._exit(0)
+dispatch._fallbacks_lock.release()
+_, status = os.waitpid(pid, 0)
+print("status", status, flush=True)
+sys.exit(0 if status == 0 else 1)
+"""
+
+
+def test_a_child_forked_while_a_fallback_was_counted_does_not_hang():
+    """dispatch's fallback counter lock was not renewed in a forked child: forked while another
+    thread held it (counting a fallback), the child's next fallback (in a forked child every GPU
+    call falls back) or metrics read waited forever."""
+    done = subprocess.run([sys.executable, "-c", _FORK_WITH_LOCK_HELD], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, (done.stdout, done.stderr[-2000:])
+    assert "child {}" in done.stdout
