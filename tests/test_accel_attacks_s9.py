@@ -18,7 +18,9 @@ Regression tests for the defects found (each failed before its fix):
   wrong places, giving other digests, roots and Ed25519 verdicts without an error.
 - MarginParams took a bool as a scalar parameter (True = 1.0) while refusing one among the moves.
 - dispatch kept its fallback counter lock across fork(): a child forked while another thread held
-  it hung on its first fallback or metrics read."""
+  it hung on its first fallback or metrics read.
+- The OpenCL contraction check knew only "fma.rn.f64" and "fma.rn.f32" in PTX (not fma.rn.ftz.f32,
+  mad.rn.f64, other rounding modes) and only llvm.fmuladd in LLVM bitcode (not llvm.fma)."""
 from __future__ import annotations
 
 import copy
@@ -306,3 +308,42 @@ def test_a_child_forked_while_a_fallback_was_counted_does_not_hang():
                           timeout=120)
     assert done.returncode == 0, (done.stdout, done.stderr[-2000:])
     assert "child {}" in done.stdout
+
+
+# ---------------------------------------------------------------- the OpenCL contraction check
+
+class _FakeProgram:
+    """What check_no_contraction reads of a built program: its binaries."""
+    def __init__(self, *binaries):
+        self.binaries = binaries
+
+    def get_info(self, _what):
+        return list(self.binaries)
+
+
+_PTX_HEAD = b"//\n.version 8.0\n.target sm_90\n.address_size 64\n"
+
+
+@pytest.mark.parametrize("fused", [b"fma.rn.ftz.f32 %f3, %f1, %f2, %f0;", b"mad.rn.f64 %fd3, %fd1, %fd2, %fd0;",
+                                   b"mad.f64 %fd3, %fd1, %fd2, %fd0;", b"fma.rz.f64 %fd3, %fd1, %fd2, %fd0;"])
+def test_every_ptx_spelling_of_a_fused_multiply_add_is_refused(fused):
+    """The PTX check looked for "fma.rn.f64" and "fma.rn.f32" only: a driver's fused multiply-add
+    written fma.rn.ftz.f32, mad.rn.f64 (fused on sm_20 and later) or with another rounding mode
+    passed, and the device would have been used with results that differ from the other backends."""
+    pytest.importorskip("pyopencl")
+    from accel.backends.base import KernelError
+    from accel.backends.opencl import check_no_contraction
+    with pytest.raises(KernelError, match="contracted multiply-adds"):
+        check_no_contraction(_FakeProgram(_PTX_HEAD + fused), "a PTX test binary")
+
+
+def test_ptx_without_floating_fma_and_bitcode_with_llvm_fma_are_told_apart():
+    pytest.importorskip("pyopencl")
+    from accel.backends.base import KernelError
+    from accel.backends.opencl import check_no_contraction
+    clean = _PTX_HEAD + b"mad.wide.s32 %rd1, %r1, %r2, %rd0;\nmad.lo.s32 %r3, %r1, %r2, %r0;\n" \
+        b"mul.rn.f64 %fd3, %fd1, %fd2;\nadd.rn.f64 %fd4, %fd3, %fd0;\n"
+    assert check_no_contraction(_FakeProgram(clean), "integer mad and separate mul/add") is True
+    with pytest.raises(KernelError, match="contracted multiply-adds"):
+        check_no_contraction(_FakeProgram(b"BC\xc0\xde....call double @llvm.fma.f64(...)"), "bitcode with llvm.fma")
+    assert check_no_contraction(_FakeProgram(b"\x7fELF unknown"), "unknown format") is False

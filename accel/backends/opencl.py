@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 
@@ -71,6 +72,13 @@ def is_gpu_device(device) -> bool:
     return bool(device.type & _import().device_type.GPU)
 
 
+# Every PTX spelling of a fused floating multiply-add: fma and mad (on sm_20 and later mad.f64 and
+# mad.rnd.f32 are fused too) with any rounding mode, .ftz and .sat, f32 and f64 (only "fma.rn.f64"
+# and "fma.rn.f32" were looked for: "fma.rn.ftz.f32" or "mad.rn.f64" passed). The kernels use no
+# floating FMA of their own (mad.wide.s32 in portable.h is integer and does not match).
+_PTX_FUSED = re.compile(rb"\b(?:fma|mad)(?:\.r[nzmp])?(?:\.ftz)?(?:\.sat)?\.f(?:32|64)\b")
+
+
 def check_no_contraction(program, what: str) -> bool:
     """Refuse a build whose binary shows fused multiply-adds: a driver may ignore FP_CONTRACT OFF,
     and fused results differ from the other backends'. Readable binaries: PTX (NVIDIA) and LLVM
@@ -81,9 +89,9 @@ def check_no_contraction(program, what: str) -> bool:
     for binary in program.get_info(cl.program_info.BINARIES):
         binary = bytes(binary)
         if b".target" in binary and b".version" in binary:  # PTX text
-            fused = b"fma.rn.f64" in binary or b"fma.rn.f32" in binary
+            fused = _PTX_FUSED.search(binary) is not None
         elif b"BC\xc0\xde" in binary:  # LLVM bitcode: contraction appears as llvm.fmuladd
-            fused = b"llvm.fmuladd" in binary
+            fused = b"llvm.fmuladd" in binary or b"llvm.fma." in binary
         else:
             log.info("%s: driver binary format unknown; FMA contraction not checked", what)
             checked = False
