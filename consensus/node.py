@@ -822,11 +822,46 @@ def _weight(msg) -> int:
     return 512
 
 
+# The public keys of RFC 8032's test vectors (TEST 1, 2, 3, 1024, SHA(abc)): their seeds are
+# published, so anyone can sign as a validator holding one. docs/validator.example.toml's network is
+# made of them (it loads, as the tests check, and must never run).
+PUBLISHED_KEYS = frozenset(bytes.fromhex(k) for k in (
+    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+    "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+    "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+    "278117fc144c72340f67d0f2316e8386ceffbf2b2428c9c51fef7c597f1d426e",
+    "ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf"))
+
+
+def _readable_by_others(path) -> str:
+    """Why the validator's file (it holds [node] seed) is exposed: readable or writable by others
+    than its owner ("" when not, or when it cannot be told). A client key file so exposed is
+    refused (client.read_key); a validator's is warned about at start, as the files copied to a
+    host often get the umask's 0644 (accel testnet and localnet write 0600)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777 if path else 0
+    except OSError:
+        return ""
+    if not mode & 0o077:
+        return ""
+    return (f"the file holds [node] seed and is readable or writable by others (mode {mode:o}): `chmod 600 {path}`, "
+            "and make a new seed (and tell the network its new key) if others may have read it")
+
+
 def run_node(config_path, exit_with_parent: int | None = None) -> int:
     """exit_with_parent: a pid; the validator stops when its parent is no longer that process (a
     launcher such as `accel localnet` that died, even by SIGKILL)."""
     cfg = NodeConfig.load(config_path)
+    where = f"{cfg.path}: " if cfg.path else ""
+    published = [i for i, k in enumerate(cfg.keys) if k in PUBLISHED_KEYS]
+    if published:  # before anything is created, bound or signed
+        raise SystemExit(f"validator {cfg.index}: {where}[network] keys[{published[0]}] is a key whose seed is "
+                         "published (RFC 8032's test keys, docs/validator.example.toml's): anyone can sign as that "
+                         "validator; give every validator a new seed (`accel testnet` writes them)")
     configure_logging(cfg.index, cfg.log_format)
+    exposed = _readable_by_others(cfg.path)
+    if exposed:
+        log.warning("%s%s", where, exposed)
     if cfg.accel is not None:
         config.use(cfg.accel)  # before readiness, so the check runs the backend this file names
     log.info("validator %d starting: %s app, %s validation", cfg.index, cfg.app, cfg.validation,
@@ -839,7 +874,6 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
                 log.error("readiness: %s failed on %s: %s", r.kernels, device, r.detail,
                           extra={"kernels": r.kernels, "device": device, "detail": r.detail})
             raise SystemExit(f"validator {cfg.index}: the configured backend cannot run ({device}); not starting")
-    where = f"{cfg.path}: " if cfg.path else ""
     try:
         runner = NodeRunner(cfg)
         runner.exit_with_parent = exit_with_parent

@@ -155,3 +155,46 @@ def test_other_accel_variables_and_empty_ones_are_left_alone():
     assert config.load(None, env=env) == config.AccelConfig()
     docs = open(os.path.join(ROOT, "docs", "OPERATOR.md")).read()
     assert "set to the empty string counts as unset" in " ".join(docs.split())
+
+
+ACCEL = [sys.executable, "-m", "accel.cli"]
+
+
+def test_the_example_network_made_of_published_keys_never_runs(tmp_path):
+    """docs/validator.example.toml's keys are RFC 8032's test keys (their seeds are published): a
+    copy of it with its paths changed ran as a validator anyone could sign for. Now `accel node`
+    stops before creating, binding or signing anything, naming the key."""
+    text = open(os.path.join(ROOT, "docs", "validator.example.toml")).read()
+    text = text.replace('"/var/lib/accel-validator"', json.dumps(str(tmp_path / "data")))
+    text = text.replace('"/var/lib/accel-validator/events.jsonl"', json.dumps(str(tmp_path / "events.jsonl")))
+    text = text.replace('"0.0.0.0:26700"', '"127.0.0.1:0"').replace('validation = "accel"', 'validation = "software"')
+    text = text.replace('"127.0.0.1:9464"', '""').replace('"127.0.0.1:26657"', '""')
+    path = tmp_path / "validator.toml"
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    NodeConfig.load(path)  # it loads (the documentation's example)
+    proc = subprocess.run(ACCEL + ["node", "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "[network] keys[0]" in last and "published" in last and str(path) in last
+    assert not (tmp_path / "data").exists() and not (tmp_path / "events.jsonl").exists()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600])
+def test_a_validator_file_others_can_read_is_warned_about(tmp_path, mode):
+    """The validator's file holds its signing seed; a client key file others can read is refused,
+    a validator's file was taken silently. Now its start logs a warning naming the mode (the
+    node then fails here on purpose: its data_dir is a file)."""
+    path = _config(tmp_path)[0]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    text = path.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("data_dir = "))
+    path.write_text(text.replace(line, "data_dir = " + json.dumps(str(blocker))))
+    os.chmod(path, mode)
+    proc = subprocess.run(ACCEL + ["node", "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "[node] data_dir" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    warned = "readable or writable by others (mode 644)" in proc.stderr and f"chmod 600 {path}" in proc.stderr
+    assert warned == (mode == 0o644)
