@@ -33,7 +33,7 @@ from accel.merkle import MerkleProof, hashlib_root, inner_hash
 from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio
 
 from ..verify import Verifier
-from .ledger_state import MerkleTree, Versioned
+from .ledger_state import MerkleTree, Versioned, VersionedSet
 
 QUANTUM = 1e-8
 YEAR_S = 365 * 24 * 3600
@@ -499,10 +499,13 @@ class Clearing:
         self.dirty.update(accounts)
         self._leaves.update(leaves)
 
-    def _holders(self, series: int) -> set[bytes]:
-        """The series' holders, this version's own set (to change)."""
+    def _holders(self, series: int) -> VersionedSet:
+        """The series' holders, this version's own set (to change): a copy of the shared one in
+        time proportional to its recent changes, not to its holders (ledger_state.VersionedSet;
+        a plain set, as a restore or a benchmark builds it, is taken over once)."""
         if series not in self._private_holders:
-            self.holders[series] = set(self.holders.get(series, ()))
+            held = self.holders.get(series)
+            self.holders[series] = held.copy() if isinstance(held, VersionedSet) else VersionedSet(held or ())
             self._private_holders.add(series)
         return self.holders[series]
 

@@ -9,6 +9,7 @@ the state of every uncommitted block without copying the whole ledger per block 
   copy() shares every level's array and copies the small per-level patches."""
 from __future__ import annotations
 
+from collections.abc import MutableSet, Set
 from typing import Callable
 
 import numpy as np
@@ -17,6 +18,8 @@ from accel.merkle import EMPTY_ROOT, MerkleProof
 
 _MISSING = object()
 REBASE_AT = 1 << 14  # a patch or delta larger than this (or an eighth of its base) is folded into a new base
+SET_DELTA = 1 << 10  # VersionedSet: a delta larger than this is frozen into the layers at the next copy
+LAYER_RATIO = 4  # VersionedSet: a layer is merged into the one under it once it is over a quarter of its size
 
 
 class Versioned:
@@ -67,6 +70,106 @@ class Versioned:
 
     def values(self):
         return (v for _, v in self.items())
+
+
+class VersionedSet(MutableSet):
+    """A set whose copy() costs what changed since the last copies, not the set's size (the holders
+    of one series: a block trading it must not copy its million holders, 143 ms, nor keep its own
+    copy while uncommitted). Layers of {key: present?} dicts, oldest (the bottom, present keys
+    only) first, never changed once frozen and shared by the copies; a private delta on top. A
+    copy freezes a delta larger than SET_DELTA onto the layers, merging each layer into the one
+    under it while it is more than 1/LAYER_RATIO of that one's size (a log-structured merge:
+    each change is copied O(log n) times in all, a lookup reads O(log n) small layers). Iteration
+    order is not a set's either way; every user sorts or only tests membership. A MutableSet: the
+    comparisons and operators of a set, with sets or VersionedSets on either side."""
+    __slots__ = ("_layers", "_delta", "_len")
+
+    def __init__(self, items=()):
+        bottom = dict.fromkeys(items, True)
+        self._layers, self._delta, self._len = (bottom,), {}, len(bottom)
+
+    def _has(self, key) -> bool:
+        v = self._delta.get(key)
+        if v is not None:
+            return v
+        for layer in reversed(self._layers):
+            v = layer.get(key)
+            if v is not None:
+                return v
+        return False
+
+    __contains__ = _has
+
+    def copy(self) -> "VersionedSet":
+        if len(self._delta) > SET_DELTA:  # (the same set, held differently)
+            layers = [*self._layers, self._delta]
+            while len(layers) > 1 and len(layers[-1]) * LAYER_RATIO > len(layers[-2]):
+                top = layers.pop()
+                merged = {**layers.pop(), **top}
+                if not layers:  # the bottom keeps present keys only
+                    merged = {k: True for k, v in merged.items() if v}
+                layers.append(merged)
+            self._layers, self._delta = tuple(layers), {}
+        new = object.__new__(VersionedSet)
+        new._layers, new._delta, new._len = self._layers, dict(self._delta), self._len
+        return new
+
+    def add(self, key) -> None:
+        if not self._has(key):
+            self._delta[key] = True
+            self._len += 1
+
+    def discard(self, key) -> None:
+        if self._has(key):
+            self._delta[key] = False
+            self._len -= 1
+
+    def update(self, keys) -> None:
+        for k in keys:
+            self.add(k)
+
+    def difference_update(self, keys) -> None:
+        for k in keys:
+            self.discard(k)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self):
+        decided: dict = {}
+        for layer in (self._delta, *reversed(self._layers[1:])):  # newest first: the first word wins
+            for k, v in layer.items():
+                decided.setdefault(k, v)
+        yield from (k for k, v in decided.items() if v)
+        yield from (k for k in self._layers[0] if k not in decided)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Set):
+            return len(self) == len(other) and all(k in other for k in self)
+        return NotImplemented
+
+    __hash__ = None
+
+    def issubset(self, other) -> bool:
+        return all(k in other for k in self) if isinstance(other, Set) else set(self).issubset(other)
+
+    def issuperset(self, other) -> bool:
+        return all(k in self for k in other)
+
+    def union(self, *others) -> set:
+        return set(self).union(*others)
+
+    def intersection(self, *others) -> set:
+        return set(self).intersection(*others)
+
+    def difference(self, *others) -> set:
+        return set(self).difference(*others)
+
+    def __repr__(self) -> str:
+        return f"VersionedSet({set(self)!r})"
 
 
 class _Level:
