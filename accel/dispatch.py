@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Callable, TypeVar
 
 from . import config
-from .backends import Backend, get_backend
+from .backends import Backend, ForkedAway, get_backend
 
 log = logging.getLogger("accel")
 T = TypeVar("T")
@@ -36,6 +36,7 @@ def min_batch(kernel: str) -> int:
 _strict = threading.local()
 _fallbacks: Counter[tuple[str, str]] = Counter()
 _fallbacks_lock = threading.Lock()
+_told: set[tuple[str, str]] = set()  # (backend, kernel) whose fallbacks were logged
 
 
 def _after_fork_in_child() -> None:
@@ -71,7 +72,17 @@ def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None
         kernel: str | None = None) -> T:
     """fn(backend). With backend=None (the configured one), a GPU, and n items of `kernel` below
     its minimum batch, fn runs on the C fallback instead: GPU launches lose on small batches."""
-    b = get_backend(backend)
+    try:
+        b = get_backend(backend)
+    except ForkedAway as exc:
+        # The configured GPU backend was started by the process this one was forked from (a
+        # worker pool started with fork): its work is redone on the C fallback like a GPU's that
+        # fails, rather than every call of the child raising. A backend named by the caller
+        # still raises, saying why.
+        if backend is not None or not config.get().gpu_fallback or getattr(_strict, "on", False):
+            raise
+        _count(config.get().backend, kernel or "other", f"{type(exc).__name__}: {exc}", once=True)
+        return fn(get_backend("cpu"))
     if backend is None and b.is_gpu and kernel is not None and n is not None and n < min_batch(kernel):
         b = get_backend("cpu")
     if b.name == "cpu":
@@ -81,10 +92,17 @@ def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None
     except Exception as exc:
         if not config.get().gpu_fallback or getattr(_strict, "on", False):
             raise
-        kernel = kernel or "other"
-        error = f"{type(exc).__name__}: {exc}"
-        with _fallbacks_lock:
-            _fallbacks[b.name, kernel] += 1
-        log.warning("%s backend failed on %s (%s); redoing the work on the C fallback", b.name, kernel, error,
-                    extra={"backend": b.name, "kernel": kernel, "error": error})
+        _count(b.name, kernel or "other", f"{type(exc).__name__}: {exc}")
         return fn(get_backend("cpu"))
+
+
+def _count(backend: str, kernel: str, error: str, once: bool = False) -> None:
+    """Count and log a batch redone on the C fallback; once: log only the first of this process
+    for (backend, kernel) (a forked child redoes every call: one line says why)."""
+    with _fallbacks_lock:
+        _fallbacks[backend, kernel] += 1
+        if once and (backend, kernel) in _told:
+            return
+        _told.add((backend, kernel))
+    log.warning("%s backend failed on %s (%s); redoing the work on the C fallback", backend, kernel, error,
+                extra={"backend": backend, "kernel": kernel, "error": error})

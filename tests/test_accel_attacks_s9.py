@@ -20,7 +20,9 @@ Regression tests for the defects found (each failed before its fix):
 - dispatch kept its fallback counter lock across fork(): a child forked while another thread held
   it hung on its first fallback or metrics read.
 - The OpenCL contraction check knew only "fma.rn.f64" and "fma.rn.f32" in PTX (not fma.rn.ftz.f32,
-  mad.rn.f64, other rounding modes) and only llvm.fmuladd in LLVM bitcode (not llvm.fma)."""
+  mad.rn.f64, other rounding modes) and only llvm.fmuladd in LLVM bitcode (not llvm.fma).
+- A worker forked from a process that started the configured GPU backend raised BackendUnavailable
+  on every call (backend=None) instead of redoing the work on the C fallback."""
 from __future__ import annotations
 
 import copy
@@ -347,3 +349,66 @@ def test_ptx_without_floating_fma_and_bitcode_with_llvm_fma_are_told_apart():
     with pytest.raises(KernelError, match="contracted multiply-adds"):
         check_no_contraction(_FakeProgram(b"BC\xc0\xde....call double @llvm.fma.f64(...)"), "bitcode with llvm.fma")
     assert check_no_contraction(_FakeProgram(b"\x7fELF unknown"), "unknown format") is False
+
+
+# ---------------------------------------------------------------- a forked worker of a configured GPU backend
+
+_FORKED_WORKER = """
+import logging, os, sys
+import numpy as np
+import accel
+from accel import dispatch
+from accel.backends import BackendUnavailable
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="LOG %(message)s")
+leaves = [bytes([i]) * 32 for i in range(100)]
+root = accel.merkle_root(leaves)  # the configured backend (OpenCL) starts in the parent
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    import signal
+    signal.alarm(60)
+    out = []
+    try:
+        out.append(accel.merkle_root(leaves) == root)
+        out.append(accel.merkle_root(leaves) == root)
+        out.append(accel.sha256_many([b"abc"]) == [__import__("hashlib").sha256(b"abc").digest()])
+        out.append(accel.ed25519_verify_batch([bytes(32)], [b""], [bytes(64)]).tolist() == [True])
+        out.append(dispatch.fallbacks().get(("opencl", "merkle")) == 2)
+        try:
+            accel.merkle_root(leaves, backend="opencl")
+            out.append("named: ran")
+        except BackendUnavailable as exc:
+            out.append("named: " + str(exc)[:22])
+        with dispatch.no_fallback():
+            try:
+                accel.merkle_root(leaves)
+                out.append("strict: ran")
+            except BackendUnavailable:
+                out.append("strict: raised")
+    except Exception as exc:
+        out.append(f"{type(exc).__name__}: {exc}")
+    os.write(w, repr(out).encode())
+    os._exit(0)
+os.close(w)
+os.waitpid(pid, 0)
+print("CHILD", os.read(r, 10000).decode())
+"""
+
+
+def test_a_forked_worker_of_the_configured_gpu_backend_falls_back_to_the_c_fallback(backends):
+    """backend = "opencl" configured, the parent started it, a worker forked: every call of the
+    worker raised BackendUnavailable (even one of a single signature), where a GPU that cannot
+    run is redone on the C fallback (base.py says a forked child's GPU work is). Now the configured
+    backend's work is redone there, with the same results, counted in fallbacks() and logged once
+    per kernel; a backend named by the caller, and no_fallback(), still raise."""
+    if not any(b.name == "opencl" for b in backends):
+        pytest.skip("no OpenCL backend here")
+    env = {**__import__("os").environ, "ACCEL_BACKEND": "opencl", "ACCEL_GPU_FALLBACK": "true"}
+    done = subprocess.run([sys.executable, "-c", _FORKED_WORKER], capture_output=True, text=True, timeout=180,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    child = [line for line in done.stdout.splitlines() if line.startswith("CHILD")]
+    assert child == ["CHILD [True, True, True, True, True, 'named: the opencl backend was', 'strict: raised']"], \
+        done.stdout
+    logged = [line for line in done.stdout.splitlines() if line.startswith("LOG opencl backend failed on merkle")]
+    assert len(logged) == 1, done.stdout

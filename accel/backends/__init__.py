@@ -6,7 +6,7 @@ import os
 import threading
 
 from .. import config as _config
-from .base import Backend, BackendUnavailable, KernelError, fork_reason
+from .base import Backend, BackendUnavailable, ForkedAway, KernelError, fork_reason
 
 _lock = threading.Lock()
 # Outcomes are remembered, failures too: `auto` must not retry CUDA (a CuPy import under the lock)
@@ -26,10 +26,10 @@ def _after_fork_in_child() -> None:
     for name, found in list(_instances.items()):
         if isinstance(found, Backend) and found.name != "cpu":
             started = getattr(found, "_started_in", None)
-            _instances[name] = BackendUnavailable(fork_reason(found.name, started))
+            _instances[name] = ForkedAway(fork_reason(found.name, started))
             # the CUDA driver may be under OpenCL and the other way round: no fresh start of either
             other = "cuda" if found.name == "opencl" else "opencl"
-            _instances.setdefault(other, BackendUnavailable(fork_reason(found.name, started)))
+            _instances.setdefault(other, ForkedAway(fork_reason(found.name, started)))
     for cfg, picked in list(_auto_pick.items()):
         if picked.name != "cpu":
             del _auto_pick[cfg]
@@ -120,4 +120,4 @@ def probe() -> dict[str, Backend | BackendUnavailable]:
     return out
 
 
-__all__ = ["Backend", "BackendUnavailable", "KernelError", "get_backend", "probe", "reset"]
+__all__ = ["Backend", "BackendUnavailable", "ForkedAway", "KernelError", "get_backend", "probe", "reset"]

@@ -48,6 +48,11 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run here; the message says what is missing and how to get it."""
 
 
+class ForkedAway(BackendUnavailable):
+    """The backend was started by the process this one was forked from: GPU drivers cannot follow
+    a fork. dispatch.run redoes the configured backend's work on the C fallback then."""
+
+
 class KernelError(RuntimeError):
     """A kernel failed to compile or launch."""
 
