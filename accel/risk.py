@@ -269,6 +269,8 @@ def _flag_array(name, value) -> np.ndarray:
     a = np.atleast_1d(np.asarray(value))
     if a.dtype == bool:
         return a
+    if a.size == 0 and a.dtype.kind in "fiu":  # [] is float64 to NumPy: no options, no flags
+        return a.astype(bool)
     if a.dtype.kind not in "iu":
         raise ValueError(f"{name} must be bool or 0/1 integers, not {a.dtype}")
     _first_bad(name, (a != 0) & (a != 1), a, "must be 0 or 1")

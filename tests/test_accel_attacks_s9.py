@@ -22,7 +22,8 @@ Regression tests for the defects found (each failed before its fix):
 - The OpenCL contraction check knew only "fma.rn.f64" and "fma.rn.f32" in PTX (not fma.rn.ftz.f32,
   mad.rn.f64, other rounding modes) and only llvm.fmuladd in LLVM bitcode (not llvm.fma).
 - A worker forked from a process that started the configured GPU backend raised BackendUnavailable
-  on every call (backend=None) instead of redoing the work on the C fallback."""
+  on every call (backend=None) instead of redoing the work on the C fallback.
+- greeks refused is_call = [] (float64 to NumPy) for an empty batch that every other input took."""
 from __future__ import annotations
 
 import copy
@@ -412,3 +413,14 @@ def test_a_forked_worker_of_the_configured_gpu_backend_falls_back_to_the_c_fallb
         done.stdout
     logged = [line for line in done.stdout.splitlines() if line.startswith("LOG opencl backend failed on merkle")]
     assert len(logged) == 1, done.stdout
+
+
+def test_an_empty_batch_of_greeks_takes_empty_lists_for_the_flags_too(backends):
+    """Every float input took [] for an empty batch, but is_call = [] (float64 to NumPy) was
+    refused as not bool: an empty batch built from lists failed on one argument."""
+    for b in backends:
+        g = accel.greeks([], [], [], 0.0, [], [], inverse=[], backend=b)
+        assert all(a.shape == (0,) for a in g), b.name
+    assert risk_numpy.greeks_price([], [], [], 0.0, [], []).shape == (0,)
+    with pytest.raises(ValueError, match="is_call must be bool or 0/1 integers, not float64"):
+        accel.greeks([1.0], [1.0], [1.0], 0.0, [1.0], [1.0])
