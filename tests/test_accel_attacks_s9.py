@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 import accel
-from accel import merkle, risk, risk_numpy
+from accel import merkle, risk_numpy
 from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
 
 
