@@ -94,6 +94,7 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
     load = "none": no built-in load, only what clients submit; snapshot_every: [node] snapshot_every
     (None: its default); accounts: [node] genesis_accounts, the same bulk accounts in every genesis."""
     modes = validation_modes(validators, validation, software_validators)
+    directory = Path(directory).absolute()  # the files name absolute paths, wherever they are read from
     seeds = [os.urandom(32) for _ in range(validators)]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
     # every free port in one call, so the peer and API ports cannot coincide; none of them in
@@ -124,7 +125,7 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             f"data_dir = {toml_string(directory / f'node{i}')}\nevents = {toml_string(directory / f'node{i}.events.jsonl')}\n"
             f"validation = \"{modes[i]}\"\ntxs_per_block = {txs}\nbase_timeout_ms = {base_timeout_ms}\n"
             f"delay_ms = {delay_ms}\nload_seed = 1\napp = \"{app}\"\nsig_cache = {str(sig_cache).lower()}\n"
-            + (f"load_file = {toml_string(load_file)}\n" if load_file else "") + f"load = \"{load}\"\n"
+            + (f"load_file = {toml_string(Path(load_file).absolute())}\n" if load_file else "") + f"load = \"{load}\"\n"
             + (f"snapshot_every = {snapshot_every}\n" if snapshot_every is not None else "")
             + (f"genesis_accounts = {accounts}\n" if accounts else "") + "\n"
             "[network]\n"
@@ -164,7 +165,7 @@ class Localnet:
         if accounts and app != "clearing":
             raise ValueError(f"{accounts} genesis accounts: only the clearing app has bulk accounts")
         self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
-        self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-"))
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-")).absolute()
         self.dir.mkdir(parents=True, exist_ok=True)
         used = sorted(p.name for p in self.dir.iterdir() if p.name.startswith("node") or p.name == "load.bin")
         if used:  # another network's stores and events would be read as this one's

@@ -184,6 +184,16 @@ class NodeConfig:
                 raise ConfigError(f"{path}:{line}: unknown table or key {name!r}; a validator's file has "
                                   "[node], [network], [accel], [metrics] and [rpc]")
         t = {table: cls._table(path, text, table, data) for table in SCHEMA}
+        home = Path(os.path.abspath(path)).parent
+
+        def place(value: str) -> Path:
+            """A path of the file, ~ expanded, a relative one from the file's directory: it was
+            taken from the working directory, so a validator restarted from another one (a shell
+            elsewhere, systemd's /) found an empty data_dir and began again from the genesis with
+            no record of its votes, free to vote twice in a view it had voted in."""
+            if not value.strip() or "\0" in value:
+                raise ValueError(f"{value!r} is not a path")
+            return home / Path(value).expanduser()
 
         def convert(table, key, fn):
             try:
@@ -192,11 +202,13 @@ class NodeConfig:
                 raise ConfigError(f"{path}:{line_of(text, table, key)}: [{table}] {key}: {exc}") from None
         node = t["node"]
         cfg = cls(node["index"], convert("node", "listen", _addr), convert("node", "seed", _hex32),
-                   Path(node["data_dir"]), node["validation"], node["txs_per_block"], float(node["base_timeout_ms"]),
-                   float(node["delay_ms"]), Path(node["events"]), node["load_seed"],
+                   convert("node", "data_dir", place), node["validation"], node["txs_per_block"],
+                   float(node["base_timeout_ms"]), float(node["delay_ms"]), convert("node", "events", place),
+                   node["load_seed"],
                    convert("network", "keys", lambda ks: tuple(map(_hex32, ks))),
                    convert("network", "addresses", lambda xs: tuple(map(_addr, xs))), node["app"],
-                   node["log_format"], node["sig_cache"], node["crash_after_blocks"], node["load_file"],
+                   node["log_format"], node["sig_cache"], node["crash_after_blocks"],
+                   convert("node", "load_file", lambda x: str(place(x)) if x else ""),
                    convert("metrics", "listen", lambda x: _addr(x) if x else None),
                    config.load(path, shared=True) if "accel" in data else None, node["load"],
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),

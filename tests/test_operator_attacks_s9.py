@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,56 @@ def test_a_validator_file_others_can_read_is_warned_about(tmp_path, mode):
     assert proc.returncode == 1 and "[node] data_dir" in proc.stderr.strip().splitlines()[-1], proc.stderr
     warned = "readable or writable by others (mode 644)" in proc.stderr and f"chmod 600 {path}" in proc.stderr
     assert warned == (mode == 0o644)
+
+
+def _set(path, **values):
+    text = path.read_text()
+    for key, value in values.items():
+        line = next((x for x in text.splitlines() if x.startswith(f"{key} = ")), None)
+        new = f"{key} = {value}"
+        text = text.replace(line, new) if line else text.replace("[node]\n", f"[node]\n{new}\n", 1)
+    path.write_text(text)
+
+
+def test_relative_paths_are_the_files_not_the_working_directorys(tmp_path, monkeypatch):
+    """A relative data_dir was taken from the working directory: the validator restarted from
+    another one (a shell elsewhere, systemd's /) found an empty store and began again from the
+    genesis with no record of its votes. Now data_dir, events and load_file are read from the
+    file's directory (and ~ is the home directory), wherever the node starts."""
+    path = _config(tmp_path)[0]
+    _set(path, data_dir='"store0"', events='"sub/ev.jsonl"', load_file='"load.bin"')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for given in (path, os.path.relpath(path, elsewhere)):
+        cfg = NodeConfig.load(given)
+        assert cfg.data_dir == tmp_path / "store0" and cfg.events == tmp_path / "sub" / "ev.jsonl"
+        assert cfg.load_file == str(tmp_path / "load.bin")
+    _set(path, data_dir='"~/accel-store"')
+    assert NodeConfig.load(path).data_dir == Path.home() / "accel-store"
+
+
+@pytest.mark.parametrize("key, value", [("data_dir", '""'), ("events", '"  "'), ("data_dir", '"a\\u0000b"'),
+                                        ("load_file", '"x\\u0000"')])
+def test_a_path_that_is_empty_or_holds_a_nul_is_refused_naming_its_line(tmp_path, key, value):
+    """data_dir = "" was the working directory (events = "" failed later as a directory), and a
+    NUL in a path was a ValueError traceback at start."""
+    path = _config(tmp_path)[0]
+    _set(path, **{key: value})
+    with pytest.raises(ConfigError) as err:
+        NodeConfig.load(path)
+    message = str(err.value)
+    assert "\n" not in message and f"[node] {key}" in message and "is not a path" in message
+    line = int(re.match(rf"{re.escape(str(path))}:(\d+):", message).group(1))
+    assert path.read_text().splitlines()[line - 1].startswith(key)
+
+
+def test_localnet_files_name_absolute_paths_whatever_directory_it_was_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("rel").mkdir()
+    paths = write_configs(Path("rel"), 4, 10, "software", 0.0, 1000.0, app="kv", load="none",
+                          load_file=Path("rel/load.bin"))
+    monkeypatch.chdir("/")
+    cfg = NodeConfig.load(tmp_path / "rel" / "node0.toml")
+    assert cfg.data_dir == tmp_path / "rel" / "node0" and cfg.load_file == str(tmp_path / "rel" / "load.bin")
+    assert all(p.is_absolute() for p in paths)
