@@ -387,12 +387,17 @@ class Client:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.timeout, self.batch = timeout, batch
 
-    def _call(self, url: str, path: str, body: dict | None = None, ok404: bool = False, retries: int = 20) -> dict:
-        """One request; a 429 (over the validator's rate) is retried after a pause, `retries` times.
+    def _call(self, url: str, path: str, body: dict | None = None, ok404: bool = False, retries: int = 20,
+              until: float | None = None) -> dict:
+        """One request; a 429 (over the validator's rate) is retried after a pause, `retries` times
+        while the pause ends within `timeout` seconds of the first try (`until`): a validator
+        answering 429 with Retry-After 5 to every request held each call 100 s whatever the
+        timeout, and `accel tx` ten times its --http-timeout per validator.
         Whatever the server does (no answer, a redirect, broken HTTP, an answer that is not a JSON
         object, however nested or cut short, or one trickled in past `timeout` seconds in all) is
         an RpcError naming the URL, never another exception."""
         where = f"{url}{path}"
+        until = time.monotonic() + self.timeout if until is None else until
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"} if data else {})
         with _Deadline(self.timeout) as deadline:
@@ -429,8 +434,9 @@ class Client:
                 pause = min(5.0, max(0.25, float(error.headers.get("Retry-After") or 0.25)))
             except (TypeError, ValueError):
                 pause = 0.25
-            time.sleep(pause)
-            return self._call(url, path, body, ok404, retries - 1)
+            if time.monotonic() + pause <= until:
+                time.sleep(pause)
+                return self._call(url, path, body, ok404, retries - 1, until)
         if ok404 and error.code in (404, 503):
             return payload | {"http_status": error.code}
         reason = payload.get("error", error.reason)

@@ -252,3 +252,44 @@ def test_localnet_files_name_absolute_paths_whatever_directory_it_was_given(tmp_
     cfg = NodeConfig.load(tmp_path / "rel" / "node0.toml")
     assert cfg.data_dir == tmp_path / "rel" / "node0" and cfg.load_file == str(tmp_path / "rel" / "load.bin")
     assert all(p.is_absolute() for p in paths)
+
+
+def test_a_validator_answering_429_for_ever_holds_a_call_no_longer_than_the_timeout():
+    """Each 429 was retried 20 times after its Retry-After (up to 5 s): a hostile or stuck
+    validator held every call 100 s, whatever the client's timeout. Now a retry is made only if
+    its pause ends within the timeout of the first try: with timeout 1 and Retry-After 5, one
+    request and an RpcError naming the 429."""
+    import http.server
+    import threading
+    from consensus.client import Client, RpcError
+    seen = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        retry_after = "5"
+
+        def do_GET(self):
+            seen.append(self.path)
+            body = b'{"error": "busy"}'
+            self.send_response(429)
+            self.send_header("Retry-After", self.retry_after)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(RpcError) as err:
+            Client(f"http://127.0.0.1:{server.server_port}", timeout=1.0).status()
+        assert "429 busy" in str(err.value) and len(seen) == 1
+        seen.clear()
+        Busy.retry_after = "1"  # retried while the pauses fit: at 0, 1, 2 and 3 s, about
+        with pytest.raises(RpcError):
+            Client(f"http://127.0.0.1:{server.server_port}", timeout=3.5).status()
+        assert 2 <= len(seen) <= 4
+    finally:
+        server.shutdown()
+        server.server_close()
