@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         reports.append(report)
     try:
         print(table(reports))
-    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:  # a number past a float too
         print(f"python -m consensus.report: error: not a localnet report ({type(exc).__name__}: {exc})",
               file=sys.stderr)
         return 2

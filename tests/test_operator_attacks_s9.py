@@ -293,3 +293,15 @@ def test_a_validator_answering_429_for_ever_holds_a_call_no_longer_than_the_time
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_report_tool_says_in_one_line_when_a_number_is_past_a_float(tmp_path, capsys):
+    """A report whose validation time is an integer past a float's range (JSON allows it) was an
+    OverflowError traceback."""
+    from consensus import report
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"validators": 4, "txs_per_block": 1, "validation": "software", "backend": "x",
+                                "blocks": [{"txs": 1, "validation_ms": {"total": 10**400}, "finality_ms": None}]}))
+    assert report.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a localnet report" in err and "OverflowError" in err
