@@ -21,7 +21,7 @@ from accel.backends import BackendUnavailable
 
 from . import report
 from .apps import clearing_tx as ctx
-from .apps.clearing_app import ClearingApp
+from .apps.clearing_app import MAX_BLOCK_TXS, ClearingApp
 from .apps.clearing_load import USD, genesis_market
 from .localnet import Localnet
 from .store import Store
@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     for size, blocks in blocks_for.items():
         if size < 1:
             ap.error(f"--sizes: {size} transactions per block")
+        if size > MAX_BLOCK_TXS:  # every validator refused its file, after the run's load was signed
+            ap.error(f"--sizes: {size:,} transactions per block; a clearing block holds at most {MAX_BLOCK_TXS:,}")
         if blocks < MIN_BLOCKS:
             ap.error(f"--blocks {blocks}: medians need at least {MIN_BLOCKS} blocks")
         if blocks * size > MAX_LOAD:

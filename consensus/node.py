@@ -65,6 +65,7 @@ WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this
 CLIENTS = 64
 SKIP_BATCH = 10_000   # ClearingFeed.skip passes over the stream this many transactions at a time
 FUNDS = 10**15
+MAX_VALIDATORS = 65_535  # validator indices and a QC's voter count are u16 (messages.py)
 
 REQUIRED = object()
 # table -> key -> (type, default); [accel] is accel.config's. docs/OPERATOR.md says what each means.
@@ -130,6 +131,9 @@ def _check_network(path, text: str, cfg: "NodeConfig") -> None:
     one address leave one of them unreachable. Each was loaded and run (review s9)."""
     from accel.ed25519_ref import key_is_safe
     where = f"{path}:{line_of(text, 'network', 'keys')}"
+    if len(cfg.keys) > MAX_VALIDATORS:  # the network id's count and a QC's voters are u16 (a traceback at start)
+        raise ConfigError(f"{where}: [network] keys: {len(cfg.keys):,} validators; a network has at most "
+                          f"{MAX_VALIDATORS:,} (a vote's validator index is 16 bits on the wire)")
     for i, key in enumerate(cfg.keys):
         if key in cfg.keys[:i]:
             raise ConfigError(f"{where}: [network] keys[{i}] is keys[{cfg.keys.index(key)}] listed twice: one "

@@ -305,3 +305,26 @@ def test_the_report_tool_says_in_one_line_when_a_number_is_past_a_float(tmp_path
     assert report.main([str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a localnet report" in err and "OverflowError" in err
+
+
+def test_the_demo_refuses_a_block_size_no_validator_takes_before_signing(tmp_path, capsys):
+    """--sizes 100000 signed a million transactions, then every validator refused its file
+    (txs_per_block past clearing_app.MAX_BLOCK_TXS): now an argparse error before anything."""
+    from consensus import demo
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--sizes", "100000", "--blocks", "10", "--out", str(tmp_path / "out"), "--backends", "cpu"])
+    assert exit_.value.code == 2 and "65,536" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_validators_than_a_vote_can_name_is_a_config_error(tmp_path):
+    """A validator index is 16 bits on the wire (a QC's voters, the network id's count): a file
+    with 65,536 keys loaded and the node failed at start with an OverflowError traceback."""
+    path = _config(tmp_path)[0]
+    _, _, keys = _keys_line(path)
+    many = (keys * 16_384)[:65_536]
+    addresses = [f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}:1" for i in range(65_536)]
+    _set(path, keys=json.dumps(many), addresses=json.dumps(addresses))
+    with pytest.raises(ConfigError) as err:
+        NodeConfig.load(path)
+    assert "65,536 validators" in str(err.value) and "at most 65,535" in str(err.value)
