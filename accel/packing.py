@@ -64,8 +64,19 @@ def _check_sequence(items, plural: str, expected: str) -> None:
         raise TypeError(f"{plural} must be {expected} in order, not a {type(items).__name__} (unordered)")
 
 
+def _plain(a: np.ndarray) -> np.ndarray:
+    """a as a plain ndarray on the same memory. A subclass may override shape, dtype, ndim or
+    len(): checks must read the array's own (a 10-byte array claiming 2**40 bytes let offsets
+    that far through, and the kernels read past it)."""
+    return a if type(a) is np.ndarray else np.ndarray.view(a, np.ndarray)
+
+
 def _check_packed(p: Packed, what: str) -> tuple[np.ndarray, np.ndarray]:
     data, offsets = p
+    if isinstance(data, np.ndarray):
+        data = _plain(data)
+    if isinstance(offsets, np.ndarray):
+        offsets = _plain(offsets)
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1):
         raise ValueError(f"packed {what}s: data must be a 1-D uint8 array")
     if not (isinstance(offsets, np.ndarray) and offsets.dtype == np.uint64 and offsets.ndim == 1 and len(offsets)):
@@ -93,6 +104,7 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
     if isinstance(messages, Packed):
         return _check_packed(messages, what)
     if isinstance(messages, np.ndarray):
+        messages = _plain(messages)  # its own shape and dtype, not a subclass's
         if messages.dtype != np.uint8 or messages.ndim != 2:
             raise ValueError(f"{_plural(what)} as an array must be 2-D uint8 (n, length), got {messages.dtype} {messages.shape}")
         n, width = messages.shape
@@ -146,6 +158,7 @@ def _size(what: str, i: int, m) -> int:
 def pack_fixed(records, width: int, what: str) -> np.ndarray:
     """(n, width) uint8 array from a list of `width`-byte strings or such an array."""
     if isinstance(records, np.ndarray):
+        records = _plain(records)  # its own shape and dtype, not a subclass's
         if records.dtype != np.uint8 or records.ndim != 2 or records.shape[1] != width:
             raise ValueError(f"{what}s as an array must be uint8 of shape (n, {width}), got {records.dtype} {records.shape}")
         return np.ascontiguousarray(records)
