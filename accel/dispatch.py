@@ -42,9 +42,12 @@ _told: set[tuple[str, str]] = set()  # (backend, kernel) whose fallbacks were lo
 def _after_fork_in_child() -> None:
     """Another thread may have held the lock at the fork: the child has no such thread to release
     it, and its first fallback (every GPU call there falls back: base._same_process) or metrics
-    read would wait forever. The counts are kept."""
+    read would wait forever. The counts are kept; what was logged is forgotten: the child's first
+    fallback of each kernel says why this process falls back (its parent's log lines said why
+    the parent's did, and kept a worker silent about being forked away)."""
     global _fallbacks_lock
     _fallbacks_lock = threading.Lock()
+    _told.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
