@@ -86,9 +86,19 @@ class MarginParams:
                 raise ValueError(f"MarginParams.{name} must be finite numbers, not {value!r}") from None
         for f in fields(self):
             value = getattr(self, f.name)
-            values = value if isinstance(value, tuple) else (value,)
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite_real(v) for v in values):
+            if f.name in ("moves", "extended_moves"):
+                if not all(_finite_real(v) for v in value):
+                    raise ValueError(f"MarginParams.{f.name} must be finite numbers, not {value!r}")
+                continue
+            # Each scalar read once as a plain float, kept and checked as that: a subclass's
+            # __float__ may answer differently on every call (checked as one number, laid out for
+            # the kernels as another), and _array caches a layout only for plain floats.
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ValueError(f"MarginParams.{f.name} must be finite numbers, not {value!r}")
+            plain = _plain_float(value)
+            if plain is None:
+                raise ValueError(f"MarginParams.{f.name} must be finite numbers, not {value!r}")
+            object.__setattr__(self, f.name, plain)
         if not 1 <= len(self.moves) <= _MAX_MOVES or not len(self.extended_moves) <= _MAX_EXT:
             raise ValueError(f"MarginParams: 1..{_MAX_MOVES} moves and at most {_MAX_EXT} extended moves")
         if min(self.moves + self.extended_moves) <= -1.0:
@@ -137,9 +147,14 @@ class MarginParams:
         hit = _layouts.get(id(self))
         if hit is None or any(a is not b for a, b in zip(hit[2], values)):
             checked = MarginParams(**dict(zip(names, values)))  # __post_init__ again: ValueError naming the field
-            if len(_layouts) >= 64:
-                _layouts.clear()
-            hit = _layouts[id(self)] = self, checked._layout(), values
+            hit = self, checked._layout(), values
+            # Cached only while the fields are immutable, plain floats and tuples of them (what
+            # __post_init__ leaves): a list set with object.__setattr__ is the same object after
+            # it is changed in place, and a stale layout would be used.
+            if all(type(v) is float or (type(v) is tuple and all(type(m) is float for m in v)) for v in values):
+                if len(_layouts) >= 64:
+                    _layouts.clear()
+                _layouts[id(self)] = hit
         arr = hit[1].copy()
         arr[_P_RATE], arr[_P_INDEX] = rate, index
         return arr
@@ -348,8 +363,11 @@ def _margin_inputs(portfolio, marks, params):
     # valuations): read-only is a flag another thread may set back, and changing an offset or an
     # instrument id between a check of the caller's object and the kernel reading it (the C
     # fallback releases the GIL) sent the kernel past the arrays.
-    pf, pf_copied = _private(portfolio) if isinstance(portfolio, Portfolio) else (Portfolio(**portfolio), True)
-    mk, mk_copied = _private(marks) if isinstance(marks, Marks) else (Marks(**marks), True)
+    # A subclass is read once, field by field, into the class itself: its __post_init__ may skip
+    # the checks (replace() would build the subclass again), its attributes may answer
+    # differently at every read, and its methods (_array) are its own.
+    pf, pf_copied = _private(portfolio) if type(portfolio) is Portfolio else (_exact(Portfolio, portfolio), True)
+    mk, mk_copied = _private(marks) if type(marks) is Marks else (_exact(Marks, marks), True)
     if not (pf_copied and mk_copied and _intact(pf, mk)):
         pf, mk = replace(pf), replace(mk)
     params = MarginParams() if params is None else params
@@ -359,7 +377,15 @@ def _margin_inputs(portfolio, marks, params):
     if inst.size and (inst.min() < 0 or inst.max() >= len(mk.kind)):
         _first_bad("instrument", (inst < 0) | (inst >= len(mk.kind)), inst,
                    f"must index the {len(mk.kind)} instruments of marks")
-    return pf, mk, params._array(float(mk.index), float(mk.rate))
+    return pf, mk, MarginParams._array(params, float(mk.index), float(mk.rate))  # not a subclass's _array
+
+
+def _exact(cls, value):
+    """A cls (Portfolio or Marks) built and checked from a dict of its fields, or from the fields
+    of an instance of a subclass, each read once."""
+    if isinstance(value, cls):
+        value = {f.name: getattr(value, f.name) for f in fields(cls)}
+    return cls(**value)
 
 
 _LAYOUT = {"offsets": np.int64, "instrument": np.int32, "size": np.float64, "forward": np.float64,
@@ -452,6 +478,16 @@ def _common_length(args: dict) -> int:
                 raise ValueError(f"{name} has {shape[0]} entries, {n[0]} has {n[1]}")
             n = n or (name, shape[0])
     return 1 if n is None else n[1]
+
+
+def _plain_float(v) -> float | None:
+    """The int or float v read once as a plain finite float, or None (a __float__ that returns
+    something else, or a value beyond double precision). float(-0.0) keeps the sign."""
+    try:
+        f = float(v)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return f if type(f) is float and math.isfinite(f) else None
 
 
 def _finite_real(v) -> bool:

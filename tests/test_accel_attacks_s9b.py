@@ -1,0 +1,352 @@
+"""Second-round attacks on the first round's fixes to the accel kernel boundary (session 9,
+helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed before its fix.
+
+- NumPy array subclasses whose shape, len() or dtype lie: pack_messages took a Packed's data
+  length from len(data) and a 2-D array's row count and width from .shape, both overridable by a
+  subclass, so offsets ran past the real data (SHA-256 of a 10-byte array read a terabyte: a
+  segfault); pack_fixed's width check read the subclass's shape too.
+- Subclasses of Portfolio, Marks and MarginParams: portfolio_margin kept the caller's subclass
+  through its checks (dataclasses.replace builds obj.__class__ and so runs the subclass's
+  __post_init__; params._array is the subclass's method), so a subclass that skips __post_init__
+  or returns its own parameter array reached the kernels unchecked (offsets past the positions,
+  a million moves: segfaults). The checks now always run on the exact classes.
+- MarginParams' cached layout was reused while every field was the same object, but a field set
+  to a list (object.__setattr__) is the same object after it is changed in place: later calls
+  used the stale layout, other margins than a fresh process computes for the same parameters.
+  Scalars were kept as given: a float subclass whose __float__ changes answer passed the checks
+  with one value and reached the kernel with another. Every field is now an exact float (or a
+  tuple of them) and only such fields are cached.
+- dispatch's once-per-kernel log of a forked worker's fallback remembered what the parent had
+  logged: a worker whose parent had logged a GPU failure of that kernel never said why it falls
+  back."""
+from __future__ import annotations
+
+import logging
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import accel
+from accel import dispatch, merkle, risk_numpy
+from accel.packing import Packed, pack_fixed, pack_messages
+from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
+
+
+def _book():
+    mk = Marks(index=100.0, rate=0.01, forward=np.array([100.0, 101.0, 100.0]), strike=np.array([100.0, 90.0, 0.0]),
+               expiry=np.array([0.1, 0.02, 0.5]), vol=np.array([0.5, 0.8, 0.0]),
+               kind=np.array([CALL, PUT, FUTURE], np.uint8))
+    pf = Portfolio(offsets=np.array([0, 2, 3]), instrument=np.array([0, 1, 2]), size=np.array([-1.0, 2.0, -3.0]))
+    return pf, mk
+
+
+def _same(a, b) -> bool:
+    return all(x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+
+def _in_child(code: str) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter: a defect here was a segfault, which must not end pytest."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+
+
+# ---------------------------------------------------------------- array subclasses that lie
+
+class _LongArray(np.ndarray):
+    def __len__(self):
+        return 1 << 40
+
+
+class _WideArray(np.ndarray):
+    @property
+    def shape(self):
+        real = np.ndarray.view(self, np.ndarray).shape
+        return (real[0], 1000) if len(real) == 2 else real
+
+
+class _ByteArray(np.ndarray):
+    @property
+    def dtype(self):
+        return np.dtype(np.uint8)
+
+
+def test_a_packed_batch_whose_data_lies_about_its_length_is_refused():
+    """len(data) of a Packed was the data's own __len__: a subclass claiming 2**40 bytes of a
+    10-byte array let offsets up to 2**40 through, and the C fallback hashed past the array."""
+    data = np.zeros(10, np.uint8).view(_LongArray)
+    with pytest.raises(ValueError, match="offsets must run from 0 to the data's 10 bytes"):
+        pack_messages(Packed(data, np.array([0, 1 << 40], np.uint64)))
+    done = _in_child("""
+        import numpy as np
+        from accel import merkle
+        from accel.packing import Packed
+        class Long(np.ndarray):
+            def __len__(self): return 1 << 40
+        try:
+            merkle.sha256_many(Packed(np.zeros(10, np.uint8).view(Long), np.array([0, 1 << 40], np.uint64)), backend="cpu")
+            print("ran")
+        except ValueError as exc:
+            print("refused", exc)
+    """)
+    assert done.returncode == 0 and done.stdout.startswith("refused"), (done.returncode, done.stdout, done.stderr[-500:])
+
+
+def test_a_packed_batch_of_real_bytes_in_a_subclass_gives_the_plain_digests(backends):
+    data = np.frombuffer(b"abcdef", np.uint8).view(_LongArray)
+    offsets = np.array([0, 3, 6], np.uint64)
+    want = merkle.sha256_many([b"abc", b"def"])
+    for b in backends:
+        assert merkle.sha256_many(Packed(data, offsets), backend=b) == want
+
+
+def test_a_packed_batch_whose_data_lies_about_its_dtype_is_refused():
+    data = np.zeros(10, np.float64).view(_ByteArray)
+    with pytest.raises(ValueError, match="data must be a 1-D uint8 array"):
+        pack_messages(Packed(data, np.array([0, 10], np.uint64)))
+
+
+@pytest.mark.parametrize("packer", ["messages", "fixed"])
+def test_a_2d_array_whose_shape_lies_is_packed_by_its_real_shape(packer):
+    """A 2-D uint8 array's rows and width came from .shape, which a subclass may override: rows of
+    2 bytes claimed as 1000 gave offsets past the data (messages) or passed as 32-byte keys."""
+    rows = np.arange(8, dtype=np.uint8).reshape(4, 2).view(_WideArray)
+    assert rows.shape == (4, 1000)
+    if packer == "messages":
+        data, offsets = pack_messages(rows)
+        assert offsets.tolist() == [0, 2, 4, 6, 8] and data.tobytes() == bytes(range(8))
+    else:
+        with pytest.raises(ValueError, match=r"shape \(n, 1000\), got uint8 \(4, 2\)"):
+            pack_fixed(rows, 1000, "record")
+
+
+def test_a_2d_array_whose_shape_lies_hashes_as_its_real_rows(backends):
+    rows = np.arange(8, dtype=np.uint8).reshape(4, 2)
+    want = merkle.sha256_many(rows)
+    for b in backends:
+        assert merkle.sha256_many(rows.view(_WideArray), backend=b) == want
+        assert merkle.merkle_root(rows.view(_WideArray), backend=b) == merkle.merkle_root(rows)
+
+
+def test_keys_whose_shape_lies_are_refused_before_the_kernels():
+    """An (n, 16) array claiming (n, 32) passed pack_fixed's width check: the kernels read 32
+    bytes a key, past the array."""
+    keys = np.zeros((2, 16), np.uint8).view(_WideArray)
+    sigs = np.zeros((2, 64), np.uint8)
+    with pytest.raises(ValueError, match=r"shape \(n, 32\), got uint8 \(2, 16\)"):
+        accel.ed25519_verify_batch(keys, [b"", b""], sigs, backend="cpu")
+    with pytest.raises(ValueError, match=r"shape \(n, 32\)"):
+        accel.ed25519_keys_are_safe(keys, backend="cpu")
+
+
+# ---------------------------------------------------------------- subclasses of the risk inputs
+
+_SKIPPING_SUBCLASSES = {
+    "portfolio skips its checks": """
+        class P(risk.Portfolio):
+            def __post_init__(self): pass
+        pf = P(offsets=np.array([0, 1 << 30], np.int64), instrument=np.zeros(1, np.int32), size=np.ones(1))
+        call = lambda: risk.portfolio_margin(pf, mk, backend="cpu")
+    """,
+    "marks skip their checks (one forward for two kinds)": """
+        class M(risk.Marks):
+            def __post_init__(self): pass
+        bad = M(index=100.0, rate=0.0, forward=np.array([100.0]), strike=np.array([100.0]), expiry=np.array([0.1]),
+                vol=np.array([0.5]), kind=np.array([1, 1], np.uint8))
+        call = lambda: risk.portfolio_margin(risk.Portfolio(offsets=[0, 1], instrument=[1], size=[1.0]), bad, backend="cpu")
+    """,
+    "marks skip their checks (a negative vol)": """
+        class M(risk.Marks):
+            def __post_init__(self): pass
+        bad = M(index=100.0, rate=0.0, forward=np.array([100.0]), strike=np.array([100.0]), expiry=np.array([0.1]),
+                vol=np.array([-0.5]), kind=np.array([1], np.uint8))
+        call = lambda: risk.portfolio_margin(risk.Portfolio(offsets=[0, 1], instrument=[0], size=[-1.0]), bad,
+                                             backend="cpu")
+    """,
+    "params bring their own array": """
+        class MP(risk.MarginParams):
+            def _array(self, index, rate):
+                a = risk.MarginParams()._array(index, rate)
+                a[0] = 1e6
+                return a
+        book = risk.Portfolio(offsets=[0, 1], instrument=[0], size=[1.0])
+        want = risk.portfolio_margin(book, mk, risk.MarginParams(), backend="cpu")
+        call = lambda: "same" if all(a.tobytes() == b.tobytes() for a, b in
+                                     zip(risk.portfolio_margin(book, mk, MP(), backend="cpu"), want)) else "other"
+    """,
+}
+
+
+@pytest.mark.parametrize("what", sorted(_SKIPPING_SUBCLASSES))
+def test_subclasses_of_the_risk_inputs_are_checked_as_the_classes_themselves(what):
+    """portfolio_margin checked the caller's own subclass: replace() reran the subclass's
+    __post_init__ and params._array was the subclass's method, so a subclass that skips the
+    checks or returns its own parameter array sent the kernels past their arrays (a segfault)."""
+    done = _in_child(textwrap.dedent("""
+        import numpy as np
+        from accel import risk
+        mk = risk.Marks(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[risk.CALL])
+    """) + textwrap.dedent(_SKIPPING_SUBCLASSES[what]) + textwrap.dedent("""
+        try:
+            print("ran", call())
+        except ValueError as exc:
+            print("refused", exc)
+    """))
+    expected = "ran same" if what.startswith("params") else "refused"  # its fields are the defaults
+    assert done.returncode == 0 and done.stdout.startswith(expected), (done.returncode, done.stdout, done.stderr[-800:])
+
+
+class _Book(Portfolio):
+    """A harmless subclass: the same numbers as the class itself."""
+
+
+class _Prices(Marks):
+    pass
+
+
+class _Params(MarginParams):
+    pass
+
+
+def test_harmless_subclasses_give_the_same_bits(backends):
+    pf, mk = _book()
+    sub_pf = _Book(offsets=pf.offsets, instrument=pf.instrument, size=pf.size)
+    sub_mk = _Prices(**{name: getattr(mk, name) for name in ("index", "rate", "forward", "strike", "expiry", "vol",
+                                                             "kind")})
+    p = MarginParams(moves=(-0.1, 0.0, 0.1))
+    sub_p = _Params(moves=(-0.1, 0.0, 0.1))
+    want = accel.portfolio_margin(pf, mk, p, backend="cpu")
+    for b in backends:
+        assert _same(accel.portfolio_margin(sub_pf, sub_mk, sub_p, backend=b), want)
+        assert _same(accel.standard_margin(sub_pf, sub_mk, sub_p, backend=b),
+                     accel.standard_margin(pf, mk, p, backend="cpu"))
+    assert _same(risk_numpy.portfolio_margin(sub_pf, sub_mk, sub_p), want)
+
+
+def test_a_subclass_whose_attributes_change_between_reads_is_read_once():
+    """Each attribute of a subclass is read once, checked and used: one whose offsets are good at
+    the check and huge at the launch cannot send the kernel past the positions."""
+    done = _in_child("""
+        import numpy as np
+        from accel import risk
+        mk = risk.Marks(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[risk.CALL])
+        class G(risk.Portfolio):
+            reads = None
+            def __getattribute__(self, name):
+                if name == "offsets" and type(self).reads is not None:
+                    type(self).reads += 1
+                    if type(self).reads > 1:
+                        a = np.array([0, 1 << 30], np.int64); a.flags.writeable = False; return a
+                return object.__getattribute__(self, name)
+        g = G(offsets=[0, 1], instrument=[0], size=[-1.0])
+        G.reads = 0
+        try:
+            got = risk.portfolio_margin(g, mk, backend="cpu")
+            want = risk.portfolio_margin(risk.Portfolio(offsets=[0, 1], instrument=[0], size=[-1.0]), mk, backend="cpu")
+            print("same" if all(a.tobytes() == b.tobytes() for a, b in zip(got, want)) else "other", G.reads)
+        except ValueError as exc:
+            print("refused", exc)
+    """)
+    assert done.returncode == 0 and done.stdout.split()[0] in ("same", "refused"), \
+        (done.returncode, done.stdout, done.stderr[-800:])
+
+
+# ---------------------------------------------------------------- MarginParams: mutable and lying fields
+
+def test_moves_set_to_a_list_and_changed_in_place_are_not_served_from_the_cache(backends):
+    """The cached layout was reused while each field was the same object: a list put in moves
+    (object.__setattr__) and then changed in place is the same object, so later calls margined
+    with the old moves, not what a fresh process (or MarginParams(moves=...)) computes."""
+    pf, mk = _book()
+    p = MarginParams()
+    moves = list(p.moves)
+    object.__setattr__(p, "moves", moves)
+    for b in backends:
+        accel.portfolio_margin(pf, mk, p, backend=b)
+    moves[:] = [0.9]
+    want = accel.portfolio_margin(pf, mk, MarginParams(moves=(0.9,)), backend="cpu")
+    assert not _same(want, accel.portfolio_margin(pf, mk, MarginParams(), backend="cpu"))
+    for b in backends:
+        assert _same(accel.portfolio_margin(pf, mk, p, backend=b), want)
+    assert _same(risk_numpy.portfolio_margin(pf, mk, p), want)
+    moves.append("x")
+    with pytest.raises(ValueError, match="MarginParams.moves must be finite numbers"):
+        accel.portfolio_margin(pf, mk, p, backend="cpu")
+
+
+class _Shifty(float):
+    """A float whose __float__ answers well at first and NaN afterwards."""
+    calls = 0
+
+    def __float__(self):
+        type(self).calls += 1
+        return 1e-8 if type(self).calls <= 1 else float("nan")
+
+
+def test_a_float_subclass_is_read_once_and_kept_as_a_plain_float():
+    """MarginParams kept scalar fields as given: a float subclass whose __float__ changed answer
+    was checked as one number and laid out for the kernels as another (a NaN tick margined)."""
+    _Shifty.calls = 0
+    p = MarginParams(tick=_Shifty(1e-8))
+    assert type(p.tick) is float and p.tick == 1e-8
+    pf, mk = _book()
+    want = accel.portfolio_margin(pf, mk, MarginParams(), backend="cpu")
+    assert _same(accel.portfolio_margin(pf, mk, p, backend="cpu"), want)
+    assert _same(accel.portfolio_margin(pf, mk, p, backend="cpu"), want)
+
+
+def test_a_float_subclass_set_after_construction_is_checked_as_the_kernels_see_it():
+    p = MarginParams()
+    _Shifty.calls = 0
+    object.__setattr__(p, "tick", _Shifty(1e-8))
+    pf, mk = _book()
+    want = accel.portfolio_margin(pf, mk, MarginParams(), backend="cpu")
+    assert _same(accel.portfolio_margin(pf, mk, p, backend="cpu"), want)  # 1e-8 read once, checked, used
+    with pytest.raises(ValueError, match="MarginParams.tick must be finite numbers"):
+        accel.portfolio_margin(pf, mk, p, backend="cpu")  # NaN now: refused, not margined
+
+
+@pytest.mark.parametrize("name,value", [("vol_ref_days", 30), ("tick", np.float64(1e-8)), ("vol_up", 1),
+                                        ("vol_down", -0.0)])
+def test_scalars_become_plain_floats_with_the_same_bits(name, value):
+    p = MarginParams(**{name: value})
+    assert type(getattr(p, name)) is float and getattr(p, name) == value
+    assert np.signbit(getattr(p, name)) == np.signbit(value)
+    layout = p._array(100.0, 0.0)
+    pf, mk = _book()
+    assert _same(accel.portfolio_margin(pf, mk, p, backend="cpu"),
+                 accel.portfolio_margin(pf, mk, pickle.loads(pickle.dumps(p)), backend="cpu"))
+    assert layout.tobytes() == MarginParams(**{name: float(value)})._array(100.0, 0.0).tobytes()
+
+
+# ---------------------------------------------------------------- a forked worker's fallback is logged
+
+_FORK_AFTER_PARENT_LOGGED = """
+import logging, os, sys
+from accel import dispatch
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="LOG %(process)d %(message)s")
+dispatch._count("opencl", "merkle", "KernelError: the parent's GPU failed once")  # logged in the parent
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    dispatch._count("opencl", "merkle", "ForkedAway: forked", once=True)
+    dispatch._count("opencl", "merkle", "ForkedAway: forked", once=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("CHILD", pid)
+"""
+
+
+def test_a_forked_worker_says_once_why_it_falls_back_even_if_its_parent_logged_that_kernel():
+    """_told (the (backend, kernel) pairs logged) was copied into a forked child: a parent that
+    had logged one GPU failure of a kernel left its workers silent about why every call of theirs
+    now runs on the C fallback."""
+    done = subprocess.run([sys.executable, "-c", _FORK_AFTER_PARENT_LOGGED], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    child = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("CHILD")]
+    assert len(child) == 1
+    forked = [line for line in done.stdout.splitlines() if line.startswith(f"LOG {child[0]} ") and "ForkedAway" in line]
+    assert len(forked) == 1, done.stdout
