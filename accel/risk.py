@@ -252,6 +252,7 @@ def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False
     n = _common_length(values | {"is_call": is_call, "inverse": inverse})
     arrays = [_float_array(name, np.atleast_1d(v)) for name, v in values.items()]
     call, inv = _flag_array("is_call", is_call), _flag_array("inverse", inverse)
+    _same_lengths(n, dict(zip(values, arrays)) | {"is_call": call, "inverse": inv})
     flags = (call * np.uint8(CALL) | inv * np.uint8(INVERSE) | np.uint8(0 if q is None else _SPOT)).astype(np.uint8)
     arrays.append(flags)
     # bit j: input j has one element for all options (kernels/risk.h, greeks_item)
@@ -470,7 +471,9 @@ def _check_ticks(*results):
 def _common_length(args: dict) -> int:
     n = None
     for name, value in args.items():
-        shape = np.shape(value)
+        # an ndarray's own shape: a subclass (or any object's .shape, which np.shape reads) may
+        # claim another; _same_lengths checks the converted arrays against n as well
+        shape = np.ndarray.view(value, np.ndarray).shape if isinstance(value, np.ndarray) else np.shape(value)
         if len(shape) > 1:
             raise ValueError(f"{name} must be a scalar or 1-D, has shape {shape}")
         if shape:
@@ -488,6 +491,15 @@ def _plain_float(v) -> float | None:
     except (OverflowError, TypeError, ValueError):
         return None
     return f if type(f) is float and math.isfinite(f) else None
+
+
+def _same_lengths(n: int, arrays: dict) -> None:
+    """Every converted input has n entries or one (a scalar): n came from the inputs' shapes, which
+    an object may state falsely (an array of 3 forwards claiming 2**26 sent the kernels 2**26
+    items past its end: a segfault)."""
+    for name, a in arrays.items():
+        if len(a) != n and len(a) != 1:
+            raise ValueError(f"{name} has {len(a)} entries, expected {n} (or one for all)")
 
 
 def _finite_real(v) -> bool:

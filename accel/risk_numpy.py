@@ -237,6 +237,7 @@ def greeks_price(forward, strike, t, r, vol, is_call, *, inverse=False, index=No
     n = risk._common_length(values | {"is_call": is_call, "inverse": inverse})
     arrays = [risk._float_array(name, np.atleast_1d(v)) for name, v in values.items()]
     call, inv = risk._flag_array("is_call", is_call), risk._flag_array("inverse", inverse)
+    risk._same_lengths(n, dict(zip(values, arrays)) | {"is_call": call, "inverse": inv})
     if n == 0:
         return np.empty(0)
     x, k, tt, rr, _, vv, idx = (np.broadcast_to(a, (n,)) for a in arrays)

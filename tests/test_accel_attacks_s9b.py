@@ -16,6 +16,8 @@ helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed 
   Scalars were kept as given: a float subclass whose __float__ changes answer passed the checks
   with one value and reached the kernel with another. Every field is now an exact float (or a
   tuple of them) and only such fields are cached.
+- greeks took the batch length from np.shape of its inputs, which reads an ndarray subclass's (or
+  any object's) .shape: 3 forwards claiming 2**26 sent the kernels 2**26 options (a segfault).
 - dispatch's once-per-kernel log of a forked worker's fallback remembered what the parent had
   logged: a worker whose parent had logged a GPU failure of that kernel never said why it falls
   back."""
@@ -350,3 +352,64 @@ def test_a_forked_worker_says_once_why_it_falls_back_even_if_its_parent_logged_t
     assert len(child) == 1
     forked = [line for line in done.stdout.splitlines() if line.startswith(f"LOG {child[0]} ") and "ForkedAway" in line]
     assert len(forked) == 1, done.stdout
+
+
+# ---------------------------------------------------------------- greeks: inputs whose shape lies
+
+class _LongRows(np.ndarray):
+    @property
+    def shape(self):
+        return (1 << 26,)
+
+
+class _ClaimsMany:
+    """An array-like whose .shape (read by np.shape) is not what np.asarray gives."""
+    shape = (1 << 26,)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.full(3, 100.0)
+
+
+def test_greeks_of_an_array_whose_shape_lies_use_its_real_length(backends):
+    """The batch length came from np.shape, which reads a subclass's (or any object's) .shape: 3
+    forwards claiming 2**26 sent the kernels 2**26 options past the array (a segfault)."""
+    done = _in_child("""
+        import numpy as np
+        from accel import risk
+        class S(np.ndarray):
+            @property
+            def shape(self): return (1 << 26,)
+        try:
+            print("ran", len(risk.greeks(np.full(3, 100.0).view(S), 100.0, 0.1, 0.0, 0.5, True, backend="cpu").price))
+        except ValueError as exc:
+            print("refused", exc)
+    """)
+    assert done.returncode == 0 and done.stdout.split()[:2] == ["ran", "3"], \
+        (done.returncode, done.stdout, done.stderr[-500:])
+    want = accel.greeks(np.full(3, 100.0), 100.0, 0.1, 0.0, 0.5, True, backend="cpu")
+    for b in backends:
+        got = accel.greeks(np.full(3, 100.0).view(_LongRows), 100.0, 0.1, 0.0, 0.5, True, backend=b)
+        assert _same(got, want)
+    assert risk_numpy.greeks_price(np.full(3, 100.0).view(_LongRows), 100.0, 0.1, 0.0, 0.5, True).tobytes() \
+        == want.price.tobytes()
+
+
+def test_greeks_of_an_array_like_whose_shape_lies_are_refused():
+    """An object whose .shape is not its array's (np.shape reads .shape): refused by name, where
+    the kernels were sent 2**26 options of a 3-entry array (a segfault, hence the child)."""
+    done = _in_child("""
+        import numpy as np
+        from accel import risk
+        class ClaimsMany:
+            shape = (1 << 26,)
+            def __array__(self, dtype=None, copy=None): return np.full(3, 100.0)
+        try:
+            print("ran", len(risk.greeks(ClaimsMany(), 100.0, 0.1, 0.0, 0.5, True, backend="cpu").price))
+        except ValueError as exc:
+            print("refused", exc)
+    """)
+    assert done.returncode == 0 and done.stdout.strip() == \
+        "refused forward_or_spot has 3 entries, expected 67108864 (or one for all)", \
+        (done.returncode, done.stdout, done.stderr[-500:])
+    with pytest.raises(ValueError, match=r"^forward_or_spot has 3 entries, expected 67108864 \(or one for all\)$"):
+        risk_numpy.greeks_price(_ClaimsMany(), 100.0, 0.1, 0.0, 0.5, True)
