@@ -19,18 +19,40 @@ Tests:
    changed independently (Hypothesis): the same members, size, equality, iteration without
    repeats;
 3. the holders index through snapshots, a restore (plain sets taken over) and the columnar path of
-   a block stays equal to the positions (Clearing.violations) and to the one-by-one engine."""
+   a block stays equal to the positions (Clearing.violations) and to the one-by-one engine.
+
+Found the same way (/tmp/s9h2/adl2.py): a book liquidated at a BTC mark holding one contract of
+an ETH future was closed against a heap built from all of that future's H holders (_Ranks._heap),
+whose mark did not margin them, at every such mark: 7,482 / 21,889 / 81,889 calls at H = 1,000 /
+4,000 / 16,000. Now each series auto-deleveraging reaches keeps a SizeIndex (its positions,
+versioned like the holders, each layer sorted once): the order is merged from it, the same order
+as the heap's (the differential below runs the property tests' dense streams through the app
+with the index rebuilt from every holder at each use, the old pass, and requires the same
+blocks, states and liquidations).
+
+4. marks each liquidating a book with one contract of a future of another underlying held by N
+   accounts: the calls of the marks after the first (which builds the index) at 4N at most 1.5x
+   N's (before: about 4x);
+5. attack streams through the app (columnar runs, forks of versions, thin books liquidated), the
+   kept index against a fresh pass over the holders at every use: the same outcomes, block by
+   block (tests/test_ledger_scale_s6.py's random markets check the kept index against the
+   Reference's sort of all holders, mark after mark)."""
 import tracemalloc
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import consensus.apps.ledger_state as ledger_state
+from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing import Clearing
-from consensus.apps.ledger_state import VersionedSet
+from consensus.apps.clearing_app import ClearingApp
+from consensus.apps.ledger_state import SizeIndex, VersionedSet
 from consensus.verify import Verifier
 from tests.test_clearing_properties import USD
-from tests.test_ledger_scale_s6 import _fresh, _inject, _position
+from tests.test_clearing_columns import funded_genesis, outcome
+from tests.test_clearing_columns_attacks import a_op, build
+from tests.test_clearing_properties import K, O, OPTIONS, T0
+from tests.test_ledger_scale_s6 import _calls, _fresh, _inject, _position, _traded
 
 
 def _key(kind: int, i: int) -> bytes:
@@ -153,3 +175,112 @@ def test_versioned_sets_compare_and_combine_as_sets():
     assert v.union(q) == p | q and v.intersection(q) == p & q and v.difference(q) == p - q
     assert v.issubset({1, 2, 3, 9}) and v.issuperset({1}) and not w.issubset(p) and v.isdisjoint({7})
     assert v == p and set(v) == p and sorted(w) == [2, 3, 4] and v != [1, 2, 3]
+
+
+
+# ---- 4. auto-deleveraging against a widely held series of another underlying ---------------------
+def _other_underlying(n: int) -> list[int]:
+    """n holders long one ETH future (series 6) each against one whale; then, per mark, a thin book
+    short a BTC future and holding one ETH future (long against the whale's short side, or short
+    to a holder against the longs), liquidated by a BTC rally: the calls of each mark."""
+    c = _fresh(Clearing)
+    whale = _key(9, 0)
+    _inject(c, whale, {"USD": 10**9 * USD})
+    for i in range(n):
+        _inject(c, _key(1, i), {"USD": 100_000 * USD})
+        _traded(c, _key(1, i), whale, 6, 1 + i % 3)
+    work = []
+    for r in range(4):
+        c = c.snapshot()
+        thin, rich = _key(2, r), _key(3, r)
+        _inject(c, thin, {"USD": 7_000 * USD})
+        _inject(c, rich, {"USD": 100_000 * USD})
+        _traded(c, rich, thin, 3, 1)
+        if r % 2:
+            _traded(c, thin, whale, 6, 1)
+        else:
+            _traded(c, _key(1, r), thin, 6, 1)
+        c.root()
+        index = c.marks["BTC"].index * 1.13
+        work.append(_calls(lambda: c.mark("BTC", index, {i: 0.7 for i in OPTIONS["BTC"]}, r + 2, T0 + 60 * (r + 2),
+                                          O[:2])))
+        assert c.liquidations[-1].account == thin and not c.accounts[thin].positions and not c.violations()
+    return work
+
+
+def test_liquidating_against_a_series_of_another_underlying_costs_the_same_at_n_and_4n_holders():
+    small, large = _other_underlying(1_000), _other_underlying(4_000)
+    assert max(large[1:]) <= 1.5 * max(small[1:]), (small, large)  # 8c29529: ~4x, a pass over all holders
+
+
+# ---- 5. the kept index gives the order a fresh pass gives ----------------------------------------
+def _fresh_index(self, series):
+    """The order as before the kept index: every holder's position read at each use."""
+    return SizeIndex({h: self.accounts[h].positions.get(series, 0) for h in self.holders.get(series, ())})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(stream=st.lists(st.lists(a_op, min_size=2, max_size=30), min_size=2, max_size=6),
+       forks=st.lists(st.integers(0, 10**6), min_size=6, max_size=6))
+def test_the_kept_order_matches_a_fresh_pass_over_attack_streams_through_the_app(stream, forks):
+    """tests/test_clearing_columns_attacks.py's streams on thin accounts 0 and 1 (liquidations come
+    quickly), blocks on forks of earlier states, columnar runs between the marks."""
+    c = funded_genesis()
+    for i in (0, 1):
+        c._mut(K[i]).collateral["USD"] = 1_000 * USD
+    c.supply["USD"] = sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]
+    app = ClearingApp(Verifier("accel", "cpu"), c)
+    parents = [app.genesis]
+    for ops, fork in zip(stream, forks):
+        parent = parents[fork % len(parents)]
+        txs = build(parent.clearing, [o for o in ops if o[0] != "halt"])
+        kept = outcome(app, parent, txs)
+        real = Clearing._size_index
+        Clearing._size_index = _fresh_index
+        try:
+            fresh = outcome(app, parent, txs)
+        finally:
+            Clearing._size_index = real
+        assert kept == fresh
+        if kept[0] == "ok":
+            state, _ = app._run(parent, txs)
+            state.root = state.clearing.root()
+            parents.append(state)
+
+
+def test_an_order_changed_by_columnar_runs_is_the_order_auto_deleveraging_follows():
+    """Through the app: a BTC rally liquidates account 4 (its ETH future closed against the shorts:
+    the index of series 6 is built); a columnar block then flips account 1 from long 2 to short 12
+    ETH futures and opens account 0's long 3; the next rally liquidates account 0, whose long
+    closes against the largest short, account 1 (12, ahead of account 3's 10): only the columns'
+    write tells the index. Each block the same as with a fresh pass over the holders."""
+    from tests.test_clearing_columns_attacks import Txs
+
+    app = ClearingApp(Verifier("accel", "cpu"), funded_genesis())
+    fut, eth = 3, 6
+
+    def block(parent, make):
+        txs = make(Txs(parent.clearing))
+        kept = outcome(app, parent, txs)
+        real = Clearing._size_index
+        Clearing._size_index = _fresh_index
+        try:
+            assert outcome(app, parent, txs) == kept
+        finally:
+            Clearing._size_index = real
+        assert kept[0] == "ok", kept
+        state, _ = app._run(parent, txs)
+        state.root = state.clearing.root()
+        return state
+
+    p = block(app.genesis, lambda t: [t.trade(2, 3, eth, 5, 3_000 * USD), t.trade(1, 3, eth, 2, 3_000 * USD),
+                                      t.trade(4, 3, eth, 1, 3_000 * USD), t.trade(2, 4, fut, 2, 60_000 * USD)])
+    p = block(p, lambda t: [t.mark("BTC", 69_000.0)])
+    assert [x.account for x in p.clearing.liquidations] == [K[4]] and eth in p.clearing._sizes
+    p = block(p, lambda t: [t.trade(2, 1, eth, 14, 3_000 * USD), t.trade(0, 3, eth, 3, 3_000 * USD),
+                            t.trade(2, 0, fut, 1, 69_000 * USD), t.wd(0, 30_000 * USD)])
+    p = block(p, lambda t: [t.mark("BTC", 80_000.0)])
+    c = p.clearing
+    assert [x.account for x in c.liquidations] == [K[4], K[0]] and not c.accounts[K[0]].positions
+    assert c.accounts[K[1]].positions[eth] == -9 and c.accounts[K[3]].positions[eth] == -10 and not c.violations()

@@ -33,7 +33,7 @@ from accel.merkle import MerkleProof, hashlib_root, inner_hash
 from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio
 
 from ..verify import Verifier
-from .ledger_state import MerkleTree, Versioned, VersionedSet
+from .ledger_state import MerkleTree, SizeIndex, Versioned, VersionedSet
 
 QUANTUM = 1e-8
 YEAR_S = 365 * 24 * 3600
@@ -243,14 +243,8 @@ class _Ranks:
 
     def __init__(self, clearing: "Clearing"):
         self.c = clearing
-        self.all: dict[tuple[int, int], list] = {}  # (series, side) -> heap of (-|position|, key)
+        self.all: dict[tuple[int, int], _Queue] = {}  # (series, side) -> its holders by (-|position|, key)
         self.first: dict[frozenset, dict] = {}     # bankrupt set -> (series, side) -> heap
-
-    def _heap(self, keys, series: int, side: int) -> list:
-        accounts = self.c.accounts
-        heap = [(-abs(p), h) for h in keys if (p := accounts[h].positions.get(series)) is not None and (p > 0) == (side > 0)]
-        heapq.heapify(heap)
-        return heap
 
     def _top(self, heap: list, series: int, side: int, skip) -> bytes | None:
         """The first valid holder of heap (stale entries re-pushed, gone ones and skip dropped)."""
@@ -281,10 +275,47 @@ class _Ranks:
         h = self._top(heap, series, side, (key,))
         if h is not None:
             return h
-        heap = self.all.get((series, side))
-        if heap is None:
-            heap = self.all[(series, side)] = self._heap(self.c.holders.get(series, ()), series, side)
-        return self._top(heap, series, side, bankrupt)
+        queue = self.all.get((series, side))
+        if queue is None:  # the holders of the side in order, from the series' kept index (not a pass
+            # over all of them: a series of another underlying was not margined by this mark)
+            queue = self.all[(series, side)] = _Queue(self.c._size_index(series).ordered(side))
+        accounts = self.c.accounts
+        while (entry := queue.peek()) is not None:  # as _top
+            neg, h = entry
+            p = accounts[h].positions.get(series)
+            if p is None or (p > 0) != (side > 0) or h in bankrupt:
+                queue.pop()
+            elif -abs(p) != neg:
+                queue.replace((-abs(p), h))
+            else:
+                return h
+        return None
+
+
+class _Queue:
+    """A heap's peek, pop and replace (by a larger entry) over an ordered stream of unique entries
+    and a heap of the re-keyed ones: the same order as one heap of them all (_Ranks)."""
+    __slots__ = ("it", "head", "heap")
+
+    def __init__(self, it):
+        self.it, self.heap = it, []
+        self.head = next(it, None)
+
+    def _from_heap(self) -> bool:
+        return bool(self.heap) and (self.head is None or self.heap[0] < self.head)
+
+    def peek(self):
+        return self.heap[0] if self._from_heap() else self.head
+
+    def pop(self) -> None:
+        if self._from_heap():
+            heapq.heappop(self.heap)
+        else:
+            self.head = next(self.it, None)
+
+    def replace(self, entry) -> None:
+        self.pop()
+        heapq.heappush(self.heap, entry)
 
 
 class Liquidation(NamedTuple):
@@ -381,6 +412,10 @@ class Clearing:
         self.series: dict[int, Series] = {}
         self.holders: dict[int, set[bytes]] = {}  # series id -> accounts holding it
         self._private_holders: set[int] = set()
+        # series -> its positions (SizeIndex), kept from the first auto-deleveraging against it on,
+        # wherever a position changes (_set_position, the columns' write): its holders in order
+        self._sizes: dict[int, SizeIndex] = {}
+        self._private_sizes: set[int] = set()
         self.tree = MerkleTree()  # over the account leaves, by slot
         self.dirty: set[bytes] = set()  # accounts changed since the tree last saw them
         self._leaves: dict[bytes, bytes] = {}  # leaves of dirty accounts already encoded (dropped by _mut)
@@ -429,6 +464,7 @@ class Clearing:
         new.accounts, new._private, new._private_holders = self.accounts.copy(), {}, set()
         new.tree, new.dirty, new._leaves = self.tree.copy(), set(self.dirty), dict(self._leaves)
         new.holders = dict(self.holders)
+        new._sizes, new._private_sizes = dict(self._sizes), set()
         new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
@@ -509,6 +545,21 @@ class Clearing:
             self._private_holders.add(series)
         return self.holders[series]
 
+    def _size_index(self, series: int) -> SizeIndex:
+        """The series' positions index, this version's own (to change); built from its holders the
+        first time (once per series, shared by the versions after)."""
+        idx = self._sizes.get(series)
+        if idx is None:
+            accounts = self.accounts
+            idx = SizeIndex({h: accounts[h].positions.get(series, 0) for h in self.holders.get(series, ())})
+        elif series in self._private_sizes:
+            return idx
+        else:
+            idx = idx.copy()
+        self._sizes[series] = idx
+        self._private_sizes.add(series)
+        return idx
+
     def _set_position(self, key: bytes, acct: Account, series: int, held: int) -> None:
         """acct: key's own copy (_mut)."""
         if held:
@@ -517,6 +568,8 @@ class Clearing:
         else:
             acct.positions.pop(series, None)
             self._holders(series).discard(key)
+        if series in self._sizes:
+            self._size_index(series).set(key, held)
 
     def _value(self, series: int, override: dict[str, Mark] | None = None) -> int:
         und = self.series[series].underlying

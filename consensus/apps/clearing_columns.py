@@ -434,6 +434,11 @@ def _write(state, plan: _Plan) -> None:
             holders, now = state._holders(int(series[a])), opened[a:b]
             holders.difference_update(map(cols.keys.__getitem__, owner[a:b][~now].tolist()))
             holders.update(map(cols.keys.__getitem__, owner[a:b][now].tolist()))
+    if state._sizes:  # the kept positions indexes (auto-deleveraging's order) of the series traded
+        kept = lines[np.isin(cols.line_key[lines] & _LOW, np.array(sorted(state._sizes), np.int64))]
+        for i, r, n in zip((cols.line_key[kept] & _LOW).tolist(), (cols.line_key[kept] >> 32).tolist(),
+                           cols.size[kept].tolist()):
+            state._size_index(i).set(cols.keys[r], n)
     for j in np.flatnonzero(legs.kind != ctx.TRADE).tolist():
         state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
     margined = legs.kind != ctx.DEPOSIT

@@ -9,6 +9,7 @@ the state of every uncommitted block without copying the whole ledger per block 
   copy() shares every level's array and copies the small per-level patches."""
 from __future__ import annotations
 
+import heapq
 from collections.abc import MutableSet, Set
 from typing import Callable
 
@@ -170,6 +171,73 @@ class VersionedSet(MutableSet):
 
     def __repr__(self) -> str:
         return f"VersionedSet({set(self)!r})"
+
+
+class _Sizes:
+    """A frozen layer of a SizeIndex: {key: size} (0: no position), never changed, and its holders
+    by side in order, sorted once when first asked for."""
+    __slots__ = ("entries", "views")
+
+    def __init__(self, entries: dict):
+        self.entries, self.views = entries, None
+
+    def view(self, side: int) -> list:
+        if self.views is None:
+            self.views = (sorted((-p, k) for k, p in self.entries.items() if p > 0),
+                          sorted((p, k) for k, p in self.entries.items() if p < 0))
+        return self.views[0 if side > 0 else 1]
+
+
+class SizeIndex:
+    """One series' positions, key -> contracts, versioned like VersionedSet (layers shared by the
+    copies, a private delta, merged log-structured), and ordered(side): its holders on a side by
+    (-|size|, key), the order auto-deleveraging closes against (clearing._Ranks), in time
+    proportional to the changes since the layers were sorted, not to the holders: each layer is
+    sorted once, when first asked for, and the layers are merged lazily."""
+    __slots__ = ("_layers", "_delta")
+
+    def __init__(self, sizes: dict):
+        self._layers, self._delta = (_Sizes({k: p for k, p in sizes.items() if p}),), {}
+
+    def get(self, key) -> int:
+        v = self._delta.get(key)
+        if v is not None:
+            return v
+        for layer in reversed(self._layers):
+            v = layer.entries.get(key)
+            if v is not None:
+                return v
+        return 0
+
+    def set(self, key, size: int) -> None:
+        self._delta[key] = size
+
+    def copy(self) -> "SizeIndex":
+        if len(self._delta) > SET_DELTA:
+            layers = [*self._layers, _Sizes(self._delta)]
+            while len(layers) > 1 and len(layers[-1].entries) * LAYER_RATIO > len(layers[-2].entries):
+                top = layers.pop()
+                merged = {**layers.pop().entries, **top.entries}
+                if not layers:  # the bottom keeps positions only
+                    merged = {k: p for k, p in merged.items() if p}
+                layers.append(_Sizes(merged))
+            self._layers, self._delta = tuple(layers), {}
+        new = object.__new__(SizeIndex)
+        new._layers, new._delta = self._layers, dict(self._delta)
+        return new
+
+    def ordered(self, side: int):
+        """An iterator of (-|size|, key) over the keys holding side now (size > 0 for side > 0),
+        in ascending order; a view of now: later changes do not reach it."""
+        layers = [*self._layers, _Sizes(dict(self._delta))]
+        newer = [[layer.entries for layer in layers[i + 1:]] for i in range(len(layers))]
+
+        def stream(i):
+            later = newer[i]
+            for entry in layers[i].view(side):
+                if not any(entry[1] in d for d in later):  # a newer layer has its size now
+                    yield entry
+        return heapq.merge(*(stream(i) for i in range(len(layers))))
 
 
 class _Level:
