@@ -612,7 +612,7 @@ def main(argv=None) -> int:
         print(f"accel: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError as exc:  # a size past this machine's memory (merkle-demo --leaves 10**14)
-        print(f"accel: error: out of memory: {exc or 'a size too large for this machine'}", file=sys.stderr)
+        print(f"accel: error: out of memory: {str(exc) or 'a size too large for this machine'}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C in `accel tx --wait`, validate-bench, ...: no traceback
         print(f"accel {args.cmd}: interrupted", file=sys.stderr)

@@ -33,6 +33,7 @@ import difflib
 import logging
 import os
 import re
+import stat
 import threading
 import tomllib
 from dataclasses import dataclass, fields
@@ -139,10 +140,23 @@ def line_of(text: str, table: str | None, key: str | None) -> int:
     return 0
 
 
+MAX_FILE_BYTES = 64 << 20  # a configuration file (a validator's with 65,535 keys is about 10 MB)
+
+
 def read_toml(path) -> tuple[str, dict]:
-    """(text, parsed) of a TOML file; ConfigError if it cannot be read or parsed."""
+    """(text, parsed) of a TOML file; ConfigError if it cannot be read or parsed, is not a regular
+    file or is larger than MAX_FILE_BYTES: a FIFO with no writer held the program at start for
+    ever, and /dev/zero (or a log given by mistake) was read until memory ran out."""
     try:
-        text = Path(path).read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, to be refused
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"cannot read config {path}: not a regular file")
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(f"cannot read config {path}: larger than {MAX_FILE_BYTES >> 20} MiB")
+        text = data.decode()
         return text, tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc

@@ -133,7 +133,18 @@ def test_a_size_past_memory_is_one_line_not_a_traceback(capsys):
     assert cli.main(["merkle-demo", "--leaves", str(10**14)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("accel: error:") and err.count("\n") == 1 and "Traceback" not in err
-    assert "memory" in err
+    assert "out of memory: Unable to allocate" in err
+
+
+def test_an_out_of_memory_without_a_message_still_says_what(monkeypatch, capsys):
+    """A bare MemoryError (no message) printed "out of memory: " and nothing after."""
+    def boom(args):
+        raise MemoryError()
+    args = cli.parser().parse_args(["info"])
+    args.fn = boom
+    monkeypatch.setattr(cli, "parser", lambda: type("P", (), {"parse_args": lambda self, argv: args})())
+    assert cli.main(["info"]) == 2
+    assert capsys.readouterr().err == "accel: error: out of memory: a size too large for this machine\n"
 
 
 @pytest.mark.parametrize("name, meant", [("ACCEL_BACKNED", "ACCEL_BACKEND"), ("ACCEL_THREAD", "ACCEL_THREADS"),
@@ -328,3 +339,33 @@ def test_more_validators_than_a_vote_can_name_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         NodeConfig.load(path)
     assert "65,536 validators" in str(err.value) and "at most 65,535" in str(err.value)
+
+
+LIMITED = textwrap.dedent("""
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    from accel.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_config_that_is_no_regular_file_or_too_large_is_one_line(tmp_path, kind):
+    """`accel node --config` (or $ACCEL_CONFIG) naming a FIFO waited for a writer for ever;
+    /dev/zero was read until memory ran out (a MemoryError traceback under a memory limit). Now
+    one line: not a regular file, or larger than config.MAX_FILE_BYTES."""
+    if kind == "fifo":
+        path = tmp_path / "fifo.toml"
+        os.mkfifo(path)
+    elif kind == "device":
+        path = "/dev/zero"
+    else:
+        path = tmp_path / "huge.toml"
+        with open(path, "wb") as fh:
+            fh.write(b"# " + b"x" * 1000 + b"\n")
+            fh.truncate(config.MAX_FILE_BYTES + 10)
+    proc = subprocess.run([sys.executable, "-c", LIMITED, "node", "--config", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"accel: error: cannot read config {path}: ")
+    assert ("larger than 64 MiB" if kind == "huge" else "not a regular file") in proc.stderr
