@@ -46,6 +46,11 @@ covers only those). Committed ids are looked up by a dict (self.heights), never 
 verified QC over a block not held yet waits for it (pending_qcs), so a next leader from whom the
 proposal was withheld still proposes; a fetch answered short (under MAX_RANGE and RANGE_BYTES)
 goes on with the next validator. Exceptions from input are logged at counts 1, 2, 4, 8...
+A sender whose timeout or proposal does not verify (or validate) is one no honest validator is:
+its timeouts, proposals and block responses are dropped unchecked until this validator's view
+changes (_faulty), and a QC verified once is not verified again (good_qcs), so a Byzantine
+validator's forged certificates cost their 2f+1 signatures once a view, not once a frame; a
+sender's block that does not validate has its other blocks of that view refused unchecked.
 Durability: Persist carries the uncommitted blocks up to the high QC's block and the last voted
 block (Safety.blocks), so a network restarted all at once still holds what its high QCs certify;
 memory is pruned below the committed block (_prune).
@@ -173,6 +178,7 @@ MAX_PARKED = 256   # proposals kept while their parent is fetched
 MAX_FETCHES = 16   # blocks asked for and not yet received
 FETCH_VIEWS = 8    # views entered (not by fetched blocks) a fetch waits for its answer before it is asked again
 VOTE_WINDOW = 1_000  # votes for views further ahead of this validator's are dropped
+GOOD_QCS = 32      # QCs whose signatures verified, kept so a timeout carrying one again costs one signature
 
 
 class InvalidCertificate(ValueError):
@@ -248,6 +254,14 @@ class Core:
         # what was dropped or refused, by reason: input from the network that failed a check
         # (a driver exports these; nothing here is an error of this validator)
         self.counters: Counter = Counter()
+        # sender -> the view of this validator in which it sent a timeout or proposal whose
+        # certificates or signatures do not verify (which an honest validator never sends: it
+        # sends only what it signed or verified itself): its timeouts, proposals and block
+        # responses are dropped unchecked for the rest of that view (_faulty). Each of those
+        # costs a QC's 2f+1 signatures to refuse, and one frame can carry 64 of them
+        self.muted: dict[int, int] = {}
+        self.refused: dict[int, int] = {}  # sender -> the view of its last block that did not validate
+        self.good_qcs: dict[tuple, None] = {}  # (block id, view, voters, sigs) of QCs verified (GOOD_QCS)
         if base is not None:
             b = base.proposal.block
             if getattr(base.state, "root", None) != b.state_root or len(base.chain) != b.height + 1 \
@@ -295,7 +309,11 @@ class Core:
         if b.parent not in self.blocks:
             self.counters["stored_block_orphan"] += 1  # a branch below it was lost; it is fetched if needed
             return
-        certs = self._proposal_certs(p)
+        try:
+            certs = self._proposal_certs(p)
+        except InvalidCertificate as exc:  # (a damaged row's QC or TC: one line, as any block that does not validate)
+            raise InvariantViolation(f"stored block at height {b.height} ({b.id.hex()}) does not validate: "
+                                     f"invalid certificate: {exc}") from None
         verdict = self.app.validate(self.states[b.parent], b, certs)
         if not verdict.ok:
             raise InvariantViolation(f"stored block at height {b.height} ({b.id.hex()}) does not validate: "
@@ -350,7 +368,10 @@ class Core:
             if not (0 <= b.view < MAX_VIEW and 0 <= b.height < MAX_HEIGHT and 0 <= b.proposer < self.cfg.n
                     and len(b.parent) == 32 and len(msg.signature) == 64) or qc_bad(b.qc):
                 return "proposal"
-            if b.tc is not None and (qc_bad(b.tc.high_qc) or not 0 <= b.tc.view < MAX_VIEW):
+            tc = b.tc
+            if tc is not None and (qc_bad(tc.high_qc) or not 0 <= tc.view < MAX_VIEW or len(tc.voters) > self.cfg.n
+                                   or len(tc.high_views) != len(tc.voters) or len(tc.sigs) != 64 * len(tc.voters)
+                                   or not all(0 <= v < self.cfg.n for v in tc.voters)):
                 return "proposal"
         elif isinstance(msg, Vote):
             if not (0 <= msg.view < MAX_VIEW and 0 <= msg.voter < self.cfg.n and len(msg.signature) == 64
@@ -371,6 +392,9 @@ class Core:
         bad = self._malformed(msg)
         if bad:
             self.counters[f"{bad}_malformed"] += 1
+            return []
+        if isinstance(msg, (Proposal, Timeout, BlockResponse)) and self.muted.get(sender) == self.view:
+            self.counters["muted"] += 1
             return []
         if isinstance(msg, Proposal):
             return self._on_proposal(sender, msg)
@@ -451,6 +475,9 @@ class Core:
         """Validate a proposal and act on it; then, in a loop (never recursion, however long the
         chain that was waiting for it), each parked proposal whose parent it was. vouch: a QC that
         may certify p (the next proposal's in a BlockResponse), see _vouched."""
+        if self.muted.get(sender) == self.view:  # (the rest of a response from a sender found faulty in it)
+            self.counters["muted"] += 1
+            return []
         out, todo = [], [(sender, p)]
         while todo:
             s, q = todo.pop()
@@ -484,7 +511,7 @@ class Core:
             # needed: without this a leader could sign blocks for any of its views, up to MAX_VIEW,
             # each one validated and kept
             return [Rejected(b.id, b.proposer, "a block needs the QC or a TC of the view just before it")]
-        if self.view_blocks.get(b.view, b.id) != b.id and not self._vouched(b, vouch):
+        if self.view_blocks.get(b.view, b.id) != b.id and not self._vouched(b, vouch, sender):
             self.counters["proposal_equivocation"] += 1  # a second block of one view, not certified
             return []
         parent = self.blocks.get(b.parent)
@@ -494,6 +521,9 @@ class Core:
             return [Rejected(b.id, b.proposer, "the QC's view or height is not its block's")]
         if b.height != parent.height + 1:  # implied by the two checks above; the rule itself
             return [Rejected(b.id, b.proposer, "a block's height must be its parent's plus one")]
+        if self.refused.get(sender) == b.view and sender != self.cfg.me:
+            self.counters["muted"] += 1  # another block of a view whose block from this sender did not validate
+            return []
         try:
             certs = self._proposal_certs(p)
         except InvalidCertificate as exc:
@@ -504,6 +534,9 @@ class Core:
             self._log_exception("validate_error", "validation of block %s raised", b.id.hex())
             return [Rejected(b.id, b.proposer, f"validation raised {type(exc).__name__}: {exc}")]
         if not verdict.ok:
+            # (its signatures checked, maybe executed: the sender's other blocks of that view are
+            # refused unchecked; a leader that is not the sender never made one that fails)
+            self.refused[sender] = b.view
             return [Rejected(b.id, b.proposer, verdict.reason)]
         self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
         self.timings[b.id] = verdict.timings_ms
@@ -550,7 +583,7 @@ class Core:
             out += self._process_tc(b.tc)
         return out + (self._vote(b) if self._safe_to_vote(b) else [])
 
-    def _vouched(self, b: Block, qc: QC | None) -> bool:
+    def _vouched(self, b: Block, qc: QC | None, sender: int) -> bool:
         """Whether block b is known to be certified, so it is taken although another block of
         its view was (an equivocating leader's second version, which the others certified): a
         block this validator fetches (a verified QC or parked proposal names it) or one that `qc`,
@@ -559,10 +592,18 @@ class Core:
             return True
         if qc is None or qc.block_id != b.id or qc.view != b.view:
             return False
+        known = (qc.block_id, qc.view, qc.voters, qc.sigs)
+        if known in self.good_qcs:
+            return True
         try:
-            return self.app.verifier.verify_lists(*self.qc_certs(qc))
+            ok = self.app.verifier.verify_lists(*self.qc_certs(qc))
         except InvalidCertificate:
-            return False
+            ok = False
+        if ok:
+            self._good_qc(known)
+        else:  # (an honest responder's next block is certified by the QC it carries)
+            self._faulty(sender)
+        return ok
 
     def _proposal_certs(self, p: Proposal) -> tuple[list, list, list]:
         """(keys, messages, signatures) a proposal's validity rests on: its QC's, its TC's and its
@@ -611,11 +652,13 @@ class Core:
             return [Rejected(b.id, b.proposer, f"invalid certificate: {exc}")]
         if not self.app.verifier.verify_lists(*certs):
             self.counters["proposal_invalid"] += 1
+            self._faulty(sender)
             return [Rejected(b.id, b.proposer, "a certificate or the proposer's signature does not verify")]
         if b.txs.digest() != b.sig_digest or self.app.tx_root(b.txs) != b.tx_root:
             # nor does the id cover the transactions, only their root and digest: a relayed copy
             # with other transactions parked first would keep the real one out just the same
             self.counters["proposal_invalid"] += 1
+            self._faulty(sender)
             return [Rejected(b.id, b.proposer,
                              "its transactions do not match its signature digest or transaction root")]
         self.waiting.setdefault(b.parent, []).append((sender, p))
@@ -686,12 +729,15 @@ class Core:
             ids.append(b.id)
             b = self.blocks.get(b.parent)
         ids.reverse()
+        # the committed part is sliced to at most `limit` ids, never from `low` to its top first:
+        # a request for the tip from height 1 copied the whole chain (15 ms a request at height
+        # 1,000,000, at a peer's full frame rate; and every request of a validator catching up)
         if b is None and not ids:  # a committed block pruned from memory
-            prefix = self.chain[low:top + 1] if committed(block_id, top) else []
+            prefix = self.chain[low:min(top, low + limit - 1) + 1] if committed(block_id, top) else []
         elif b is None:
             return []  # a branch whose lower part this validator does not hold
         elif b.height >= low:  # reached the committed chain
-            prefix = self.chain[low:b.height + 1]
+            prefix = self.chain[low:min(b.height, low + limit - 1) + 1]
         else:
             prefix = []
         out = (prefix + ids)[:limit]
@@ -755,7 +801,8 @@ class Core:
             return False
         if b.qc.view + 1 == b.view:
             return True
-        return b.tc is not None and b.tc.view + 1 == b.view and b.qc.view >= max(b.tc.high_views)
+        # (a TC naming no QC view is no TC: _proposers_copy asks before its certificates are verified)
+        return b.tc is not None and b.tc.view + 1 == b.view and b.qc.view >= max(b.tc.high_views, default=MAX_VIEW)
 
     def _vote(self, b: Block) -> list:
         self.safety = replace(self.safety, last_voted_view=b.view)
@@ -983,13 +1030,40 @@ class Core:
             keys, msgs, sigs = self.qc_certs(t.high_qc)
         except InvalidCertificate:
             self.counters["timeout_invalid"] += 1
+            self._faulty(sender)
             return []
+        qc = t.high_qc
+        known = (qc.block_id, qc.view, qc.voters, qc.sigs)
+        if known in self.good_qcs:  # (a QC verified before: only the timeout's own signature is left)
+            keys, msgs, sigs = [], [], []
         certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view, self.cfg.network)],
                  sigs + [t.signature])
         if not self.app.verifier.verify_lists(*certs):
             self.counters["timeout_invalid"] += 1
+            self._faulty(sender)
             return []
+        if keys:
+            self._good_qc(known)
         return self._tally_timeout(sender, t)
+
+    def _good_qc(self, known: tuple) -> None:
+        self.good_qcs[known] = None
+        if len(self.good_qcs) > GOOD_QCS:
+            del self.good_qcs[next(iter(self.good_qcs))]
+
+    def _faulty(self, sender: int) -> None:
+        """`sender` sent a timeout or proposal whose certificates or signatures do not verify, or a
+        block that does not validate (refusals on a block's face, checked before any signature,
+        do not count): never an honest validator (its timeouts carry its verified
+        high QC, it proposes valid blocks and answers fetches with blocks it validated, and a
+        sender's index is its authenticated link's). Its timeouts, proposals and block responses
+        are dropped unchecked until this validator's view changes: a Byzantine validator's
+        frames each cost up to a QC's 2f+1 signatures to refuse (a timeout with a forged QC
+        reusing one signature of its own, a response of 64 proposals each "certified" by the
+        next one's forged QC) and now cost that once a view."""
+        if 0 <= sender < self.cfg.n and sender != self.cfg.me:
+            self.muted[sender] = self.view
+            self.counters["faulty_sender"] += 1
 
     def _help_behind(self, peer: int, view: int) -> list:
         """A peer's own timeout of a view before this validator's: if this validator formed a TC

@@ -35,40 +35,34 @@ def _damaged(exc: sqlite3.DatabaseError) -> StoreError:
 class _Cursor(sqlite3.Cursor):
     """A cursor whose reads raise StoreError (one line) where SQLite finds the file damaged
     ("database disk image is malformed", "file is not a database": a plain sqlite3.DatabaseError,
-    raised by whichever read reaches the damaged page), not an exception from deep in a caller.
-    Its subclasses (a full disk, a locked file, a constraint) are left as they are."""
+    raised by whichever read reaches the damaged page), not an exception from deep in a caller;
+    so does text that is not UTF-8 (a damaged schema: UnicodeDecodeError from the statement; a
+    column whose type byte was flipped to text: "Could not decode to UTF-8" from the row). Other
+    errors (a full disk, a locked file, a constraint) are left as they are."""
 
     def execute(self, *args):
-        try:
-            return super().execute(*args)
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is sqlite3.DatabaseError:
-                raise _damaged(exc) from None
-            raise
+        return _reading(super().execute, *args)
 
     def fetchone(self):
-        try:
-            return super().fetchone()
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is sqlite3.DatabaseError:
-                raise _damaged(exc) from None
-            raise
+        return _reading(super().fetchone)
 
     def fetchall(self):
-        try:
-            return super().fetchall()
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is sqlite3.DatabaseError:
-                raise _damaged(exc) from None
-            raise
+        return _reading(super().fetchall)
 
     def __next__(self):
-        try:
-            return super().__next__()
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is sqlite3.DatabaseError:
-                raise _damaged(exc) from None
-            raise
+        return _reading(super().__next__)
+
+
+def _reading(call, *args):
+    try:
+        return call(*args)
+    except UnicodeDecodeError as exc:
+        raise _damaged(exc) from None
+    except sqlite3.DatabaseError as exc:
+        # (SQLite's own decoding of a column read as text: an OperationalError)
+        if type(exc) is sqlite3.DatabaseError or str(exc).startswith("Could not decode to UTF-8"):
+            raise _damaged(exc) from None
+        raise
 
 
 class _Connection(sqlite3.Connection):
@@ -94,6 +88,12 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")  # a vote may leave only after its state is on disk
         self.db.execute("CREATE TABLE IF NOT EXISTS safety (one INTEGER PRIMARY KEY CHECK (one = 1), "
                         "last_voted_view INTEGER NOT NULL, high_qc BLOB NOT NULL)")
+        # the safety row's digest (_safety_digest), written with it: SQLite keeps no checksum of a
+        # page, and a flipped bit of last_voted_view read back as a lower view let a restarted
+        # validator vote again in views it had voted in; one of the high QC's signatures, a high
+        # QC whose timeouts nobody accepts. A store written before it has no row (taken as it is).
+        self.db.execute("CREATE TABLE IF NOT EXISTS safety_check (one INTEGER PRIMARY KEY CHECK (one = 1), "
+                        "digest BLOB NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS committed (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
                         "proposal BLOB NOT NULL)")
         # uncommitted blocks of the safety state (Safety.blocks), dropped as their height commits
@@ -144,13 +144,19 @@ class Store:
             for p in new:
                 self.db.execute("INSERT OR IGNORE INTO uncommitted VALUES (?, ?, ?)",
                                 (p.block.id, p.block.height, messages.encode(p)))
-            self.db.execute("INSERT OR REPLACE INTO safety VALUES (1, ?, ?)",
-                            (safety.last_voted_view, messages.encode_qc(safety.high_qc)))
+            self._write_safety(safety)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
         self._kept.update(p.block.id for p in new)
+
+    def _write_safety(self, safety: Safety) -> None:
+        """The safety row and its digest (inside the caller's transaction)."""
+        qc = messages.encode_qc(safety.high_qc)
+        self.db.execute("INSERT OR REPLACE INTO safety VALUES (1, ?, ?)", (safety.last_voted_view, qc))
+        self.db.execute("INSERT OR REPLACE INTO safety_check VALUES (1, ?)",
+                        (_safety_digest(safety.last_voted_view, qc),))
 
     def safety(self) -> Safety | None:
         """The safety state, with the uncommitted blocks stored above the committed chain."""
@@ -172,6 +178,11 @@ class Store:
             raise StoreError(f"the stored high QC does not decode: {exc}") from None
         if not isinstance(row[0], int) or not 0 <= row[0] < messages.MAX_VIEW:
             raise StoreError(f"the stored last voted view {row[0]!r} is not a view")
+        check = self.db.execute("SELECT digest FROM safety_check").fetchone()
+        if check is not None and check[0] != _safety_digest(row[0], bytes(row[1])):
+            raise StoreError(f"the stored safety row (last voted view {row[0]}, high QC view {high_qc.view}) does not "
+                             "match its digest: the store is damaged (a validator that forgot its votes could vote twice "
+                             "in a view); restore a backup, or remove the data directory to start again")
         blocks = []
         for block_id, height, frame in rows:
             try:
@@ -254,8 +265,7 @@ class Store:
             self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
             self.db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)", (b.height, b.id, b.state_root, txs, blob))
             if safety is not None:
-                self.db.execute("INSERT OR REPLACE INTO safety VALUES (1, ?, ?)",
-                                (safety.last_voted_view, messages.encode_qc(safety.high_qc)))
+                self._write_safety(safety)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -385,6 +395,12 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _safety_digest(last_voted_view: int, high_qc: bytes) -> bytes:
+    """What the safety_check row holds: SHA-256 over the safety row's last voted view (u64) and
+    its encoded high QC."""
+    return hashlib.sha256(b"AV-SAFETY-ROW" + last_voted_view.to_bytes(8, "big") + bytes(high_qc)).digest()
 
 
 def _blob(value) -> bytes:
