@@ -33,10 +33,12 @@ blocks, states and liquidations).
 4. marks each liquidating a book with one contract of a future of another underlying held by N
    accounts: the calls of the marks after the first (which builds the index) at 4N at most 1.5x
    N's (before: about 4x);
-5. attack streams through the app (columnar runs, forks of versions, thin books liquidated), the
-   kept index against a fresh pass over the holders at every use: the same outcomes, block by
-   block (tests/test_ledger_scale_s6.py's random markets check the kept index against the
-   Reference's sort of all holders, mark after mark)."""
+5. random markets on forks of versions (positions grown, shrunk, flipped, opened, closed between
+   marks that liquidate thin books holding the ETH future) and a columnar block through the app
+   whose flip only the columns' write tells the index: the kept index against a fresh pass over
+   the holders at every use, the same records and positions (tests/test_ledger_scale_s6.py's
+   random markets check it against the Reference's sort of all holders, mark after mark)."""
+import random
 import tracemalloc
 
 import pytest
@@ -50,7 +52,6 @@ from consensus.apps.ledger_state import SizeIndex, VersionedSet
 from consensus.verify import Verifier
 from tests.test_clearing_properties import USD
 from tests.test_clearing_columns import funded_genesis, outcome
-from tests.test_clearing_columns_attacks import a_op, build
 from tests.test_clearing_properties import K, O, OPTIONS, T0
 from tests.test_ledger_scale_s6 import _calls, _fresh, _inject, _position, _traded
 
@@ -219,34 +220,57 @@ def _fresh_index(self, series):
     return SizeIndex({h: self.accounts[h].positions.get(series, 0) for h in self.holders.get(series, ())})
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
-@given(stream=st.lists(st.lists(a_op, min_size=2, max_size=30), min_size=2, max_size=6),
-       forks=st.lists(st.integers(0, 10**6), min_size=6, max_size=6))
-def test_the_kept_order_matches_a_fresh_pass_over_attack_streams_through_the_app(stream, forks):
-    """tests/test_clearing_columns_attacks.py's streams on thin accounts 0 and 1 (liquidations come
-    quickly), blocks on forks of earlier states, columnar runs between the marks."""
-    c = funded_genesis()
-    for i in (0, 1):
-        c._mut(K[i]).collateral["USD"] = 1_000 * USD
-    c.supply["USD"] = sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]
-    app = ClearingApp(Verifier("accel", "cpu"), c)
-    parents = [app.genesis]
-    for ops, fork in zip(stream, forks):
-        parent = parents[fork % len(parents)]
-        txs = build(parent.clearing, [o for o in ops if o[0] != "halt"])
-        kept = outcome(app, parent, txs)
-        real = Clearing._size_index
-        Clearing._size_index = _fresh_index
-        try:
-            fresh = outcome(app, parent, txs)
-        finally:
-            Clearing._size_index = real
-        assert kept == fresh
-        if kept[0] == "ok":
-            state, _ = app._run(parent, txs)
-            state.root = state.clearing.root()
-            parents.append(state)
+def _forked_market(seed: int) -> list:
+    """A market of holders of the ETH future (series 6) and the BTC future (3) with sizes of every
+    kind, and rounds on random earlier versions (forks): positions grown, shrunk, flipped, opened
+    and closed, then a thin book holding ETH futures on a random side liquidated by a BTC rally.
+    What each round's mark did: the liquidation records and the positions of series 6 and 3."""
+    rng = random.Random(seed)
+    c = _fresh(Clearing)
+    whale = _key(9, 0)
+    _inject(c, whale, {"USD": 10**10 * USD})
+    n = rng.choice([5, 20, 60])
+    for i in range(n):
+        _inject(c, _key(1, i), {"USD": 1_000_000 * USD})
+        for series in (6, 3):
+            if rng.random() < 0.8:
+                _traded(c, _key(1, i), whale, series, rng.choice([-7, -3, -1, 1, 2, 5, 9]))
+    versions, seen = [c], []
+    for r in range(8):
+        c = rng.choice(versions).snapshot()
+        for _ in range(rng.randint(0, 12)):  # grown, shrunk, flipped, closed, opened
+            who = _key(1, rng.randrange(n + 5))
+            if who not in c.accounts:
+                _inject(c, who, {"USD": 1_000_000 * USD})
+            series = rng.choice([6, 6, 3])
+            held = c.accounts[who].positions.get(series, 0)
+            d = rng.choice([-held or 1, rng.randint(-6, 6) or 2, -2 * held or -1])
+            _traded(c, who, whale, series, d)
+        thin, rich = _key(2, r), _key(3, r)
+        _inject(c, thin, {"USD": 7_000 * USD})
+        _inject(c, rich, {"USD": 1_000_000 * USD})
+        _traded(c, rich, thin, 3, 1)
+        size = rng.randint(1, 12)
+        other = rng.choice([whale, *(k for k in sorted(c.holders.get(6, ())) if k != thin)])
+        if rng.random() < 0.5:
+            _traded(c, thin, other, 6, size)
+        else:
+            _traded(c, other, thin, 6, size)
+        m = c.marks["BTC"]
+        c.mark("BTC", m.index * 1.13, {i: 0.7 for i in OPTIONS["BTC"]}, m.sequence + 1, m.timestamp + 60, O[:2])
+        assert not c.violations()
+        seen.append((c.liquidations[len(versions[0].liquidations):],
+                     {i: {k: a.positions.get(i) for k, a in c.accounts.items() if i in a.positions} for i in (3, 6)}))
+        versions.append(c)
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_kept_order_matches_a_fresh_pass_over_forked_markets(seed, monkeypatch):
+    kept = _forked_market(seed)
+    assert any(thin[:1] == b"\x02" for records, _ in kept for thin, *_ in records)
+    monkeypatch.setattr(Clearing, "_size_index", _fresh_index)
+    assert _forked_market(seed) == kept
 
 
 def test_an_order_changed_by_columnar_runs_is_the_order_auto_deleveraging_follows():
