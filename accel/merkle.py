@@ -106,6 +106,12 @@ def _root_above(nodes: list[bytes]) -> bytes:
     return nodes[0]
 
 
+def _plain_bytes(b) -> bytes:
+    """The bytes in b's buffer (bytes, bytearray or a byte memoryview) as an exact bytes object,
+    whose comparisons and length no subclass overrides."""
+    return b if type(b) is bytes else bytes(memoryview(b))
+
+
 def hashlib_root(leaves: list[bytes]) -> bytes:
     """merkle_root computed with hashlib alone: the software-only baseline and a reference."""
     return _root_above([leaf_hash(x) for x in leaves]) if leaves else EMPTY_ROOT
@@ -130,26 +136,36 @@ def verify_merkle_proof(root: bytes, leaf: bytes, proof: MerkleProof) -> bool:
         problem = _buffer_problem(value)
         if problem:  # len() of a shaped view counts rows; a strided one cannot be concatenated
             raise TypeError(f"{name} is {problem}, expected bytes")
+    # Every hash as plain bytes of its buffer, read once, before it is measured or compared: a bytes
+    # subclass may override len(), ==, != and __bytes__ (a leaf_hash equal to anything proved any
+    # leaf under a true proof of another; an aunt 32 bytes when measured and longer when hashed).
+    root, leaf = _plain_bytes(root), _plain_bytes(leaf)
     if len(root) != 32:
         raise ValueError(f"root is {len(root)} bytes, expected 32")
     for name in ("total", "index"):
         value = getattr(proof, name)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"proof.{name} must be an integer, not {type(value).__name__}")
-    if not isinstance(proof.aunts, (tuple, list)):
-        raise TypeError(f"proof.aunts must be a tuple of bytes, not {type(proof.aunts).__name__}")
-    for j, aunt in enumerate(proof.aunts):
+    aunts = proof.aunts
+    if not isinstance(aunts, (tuple, list)):
+        raise TypeError(f"proof.aunts must be a tuple of bytes, not {type(aunts).__name__}")
+    aunts = list(aunts)  # one snapshot: a list another thread changes is read once
+    for j, aunt in enumerate(aunts):
         if not isinstance(aunt, (bytes, bytearray, memoryview)):
             raise TypeError(f"proof.aunts[{j}] must be bytes, not {type(aunt).__name__}")
     # A proof from elsewhere is data: a total past int64 (CometBFT's bound; also what keeps the
     # loop below from running once per bit of a huge integer), more aunts than such a tree has
     # levels, or a hash that is not 32 bytes is simply not a proof of this leaf.
     total, index = int(proof.total), int(proof.index)
-    if not 0 <= index < total <= MAX_TOTAL or len(proof.aunts) > 63:
+    if not 0 <= index < total <= MAX_TOTAL or len(aunts) > 63:
         return False
-    if any(len(bytes(a)) != 32 for a in proof.aunts) or leaf_hash(leaf) != proof.leaf_hash:
+    stated = proof.leaf_hash
+    if not isinstance(stated, (bytes, bytearray, memoryview)):
         return False
-    h, i, count, aunts = proof.leaf_hash, index, total, [bytes(a) for a in proof.aunts]
+    stated, aunts = _plain_bytes(stated), [_plain_bytes(a) for a in aunts]
+    if any(len(a) != 32 for a in aunts) or leaf_hash(leaf) != stated:
+        return False
+    h, i, count = stated, index, total
     while count > 1:
         if i ^ 1 < count:  # a last odd node is carried up without a sibling
             if not aunts:

@@ -18,6 +18,9 @@ helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed 
   tuple of them) and only such fields are cached.
 - greeks took the batch length from np.shape of its inputs, which reads an ndarray subclass's (or
   any object's) .shape: 3 forwards claiming 2**26 sent the kernels 2**26 options (a segfault).
+- verify_merkle_proof compared and measured the proof's hashes as the objects given: a bytes
+  subclass as leaf_hash whose != always says False made a true proof of one leaf prove any leaf,
+  and an aunt was measured by one bytes(a) and hashed from another (__bytes__ may differ).
 - dispatch's once-per-kernel log of a forked worker's fallback remembered what the parent had
   logged: a worker whose parent had logged a GPU failure of that kernel never said why it falls
   back."""
@@ -413,3 +416,49 @@ def test_greeks_of_an_array_like_whose_shape_lies_are_refused():
         (done.returncode, done.stdout, done.stderr[-500:])
     with pytest.raises(ValueError, match=r"^forward_or_spot has 3 entries, expected 67108864 \(or one for all\)$"):
         risk_numpy.greeks_price(_ClaimsMany(), 100.0, 0.1, 0.0, 0.5, True)
+
+
+# ---------------------------------------------------------------- Merkle proofs: hashes whose comparisons lie
+
+class _EqualToAll(bytes):
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = bytes.__hash__
+
+
+class _Shapeshifter(bytes):
+    """32 bytes when measured through __bytes__ at first, 64 afterwards."""
+    calls = 0
+
+    def __bytes__(self):
+        type(self).calls += 1
+        return bytes(32) if type(self).calls == 1 else bytes(64)
+
+
+def test_a_leaf_hash_that_equals_everything_proves_nothing():
+    """verify_merkle_proof compared leaf_hash(leaf) != proof.leaf_hash, and Python asks a bytes
+    subclass on the right first: a leaf_hash whose != always says False, holding the true hash of
+    leaf 0, made a true proof of leaf 0 prove any leaf at all."""
+    leaves = [b"a", b"b", b"c"]
+    root = merkle.merkle_root(leaves)
+    true = accel.merkle_proof(leaves, 0)
+    assert accel.verify_merkle_proof(root, b"a", true)
+    forged = accel.MerkleProof(true.total, true.index, _EqualToAll(true.leaf_hash), true.aunts)
+    assert not accel.verify_merkle_proof(root, b"never in the tree", forged)
+    assert accel.verify_merkle_proof(root, b"a", forged)  # its bytes are the true hash of leaf 0
+    assert not accel.verify_merkle_proof(_EqualToAll(bytes(32)), b"a", true)
+
+
+def test_an_aunt_is_measured_as_it_is_hashed():
+    """Aunts were measured with len(bytes(a)) and hashed from a second bytes(a): a 64-byte aunt
+    whose __bytes__ said 32 bytes at the check passed it, and a root over a 64-byte sibling
+    verified (a hash that is not 32 bytes is not a proof, as CometBFT's rule has it)."""
+    true = accel.merkle_proof([b"a", b"b"], 0)
+    _Shapeshifter.calls = 0
+    odd = accel.MerkleProof(2, 0, true.leaf_hash, (_Shapeshifter(bytes(64)),))
+    assert not accel.verify_merkle_proof(merkle.inner_hash(true.leaf_hash, bytes(64)), b"a", odd)
+    assert not accel.verify_merkle_proof(merkle.inner_hash(true.leaf_hash, bytes(32)), b"a", odd)
