@@ -614,6 +614,20 @@ class NodeRunner:
         self.queued_bytes[sender] = self.queued_bytes.get(sender, 0) + size
         self.inbox.put_nowait(("msg", sender, msg, size))
 
+    def no_peer_warning(self, now: float) -> str:
+        """The line logged while no peer is connected; with the handshakes that failed, since peers
+        on another network (another [network] keys, chain_id or genesis: another network id) fail
+        every handshake, and the operator saw only "no peer connected" (the reasons are debug lines)."""
+        last = max(self.peers_seen.values(), default=None)
+        line = (f"no peer connected: nothing heard from any of the {len(self.cfg.keys) - 1} other validators "
+                + (f"for {now - last:.0f} s" if last else "since the start"))
+        failed = getattr(getattr(self, "net", None), "handshake_failures", 0)
+        if failed:
+            line += (f"; {failed} handshake(s) failed: a peer with another [network] keys, chain_id or genesis is on "
+                     f"another network (compare network_id in each validator's /status; this one's is "
+                     f"{self.network.hex()[:16]}...), or not an accel validator")
+        return line
+
     async def _watchdog(self) -> None:
         """Warnings for a validator that hears from no peer, or commits nothing, for a while."""
         warned = {"peers": 0.0, "commit": 0.0}
@@ -623,11 +637,10 @@ class NodeRunner:
             if not self.peers_connected(now) and now - self.started > self.peer_window_s \
                     and now - warned["peers"] >= WARN_EVERY_S:
                 warned["peers"] = now
-                last = max(self.peers_seen.values(), default=None)
-                log.warning("no peer connected: nothing heard from any of the %d other validators %s",
-                            len(self.cfg.keys) - 1, f"for {now - last:.0f} s" if last else "since the start",
+                log.warning("%s", self.no_peer_warning(now),
                             extra={"peers": [f"{h}:{p}" for i, (h, p) in enumerate(self.cfg.addresses)
-                                             if i != self.cfg.index]})
+                                             if i != self.cfg.index],
+                                   "handshake_failures": getattr(getattr(self, "net", None), "handshake_failures", 0)})
             since = now - self.last_commit
             if since > self.stall_s and now - warned["commit"] >= WARN_EVERY_S:
                 warned["commit"] = now

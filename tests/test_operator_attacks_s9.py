@@ -369,3 +369,21 @@ def test_a_config_that_is_no_regular_file_or_too_large_is_one_line(tmp_path, kin
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith(f"accel: error: cannot read config {path}: ")
     assert ("larger than 64 MiB" if kind == "huge" else "not a regular file") in proc.stderr
+
+
+def test_no_peer_warning_names_failed_handshakes_and_the_network_id(tmp_path):
+    """Validators given different [network] keys, chain_id or genesis are on different networks:
+    every handshake between them fails, and each logged only "no peer connected" (the reasons
+    were debug lines), with nothing pointing at the configuration. Now the warning counts the
+    failed handshakes and names this validator's network id to compare."""
+    from types import SimpleNamespace
+    runner = NodeRunner(NodeConfig.load(_config(tmp_path)[0]))
+    try:
+        alone = runner.no_peer_warning(100.0)
+        assert alone == "no peer connected: nothing heard from any of the 3 other validators since the start"
+        runner.net = SimpleNamespace(handshake_failures=7)
+        line = runner.no_peer_warning(100.0)
+        assert line.startswith(alone) and "7 handshake(s) failed" in line and "chain_id" in line
+        assert runner.network.hex()[:16] in line
+    finally:
+        runner.store.close()
