@@ -223,6 +223,20 @@ class NodeConfig:
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
         _check_network(path, text, cfg)
+        # the events file is appended to: one that is the store, the lock, the load or this file
+        # itself was written into (a JSON line appended to validator.db damaged the store; to this
+        # file, the next start could not parse it)
+        taken = {cfg.data_dir / name: f"[node] data_dir's {name}" for name in
+                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock")}
+        taken[Path(os.path.abspath(path))] = "this file"
+        if cfg.load_file:
+            taken[Path(cfg.load_file)] = "[node] load_file"
+        events = Path(os.path.normpath(cfg.events))
+        clash = next((what for p, what in taken.items() if Path(os.path.normpath(p)) == events
+                      or (events.exists() and p.exists() and os.path.samefile(events, p))), None)
+        if clash:
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'events')}: [node] events {str(cfg.events)!r} is {clash}; "
+                              "give the events their own file")
         bound = [(table, a) for table, a in (("node", cfg.listen), ("rpc", cfg.rpc), ("metrics", cfg.metrics))
                  if a is not None and a[1] != 0]
         for i, (first, (host1, port1)) in enumerate(bound):

@@ -387,3 +387,23 @@ def test_no_peer_warning_names_failed_handshakes_and_the_network_id(tmp_path):
         assert runner.network.hex()[:16] in line
     finally:
         runner.store.close()
+
+
+@pytest.mark.parametrize("target", ["store", "wal", "lock", "self", "load_file", "self_by_link"])
+def test_the_events_file_is_never_the_store_the_lock_the_load_or_the_file_itself(tmp_path, target):
+    """[node] events is appended to: given the store's validator.db (or its WAL, the lock) it
+    damaged the store with JSON lines; given the validator's own file, the next start could not
+    parse it. Each is now refused at load naming [node] events."""
+    path = _config(tmp_path)[0]
+    cfg = NodeConfig.load(path)
+    load = tmp_path / "load.bin"
+    load.write_bytes(b"")
+    link = tmp_path / "alias.jsonl"
+    os.symlink(path, link)
+    events = {"store": cfg.data_dir / "validator.db", "wal": cfg.data_dir / "validator.db-wal",
+              "lock": cfg.data_dir / "validator.lock", "self": path, "load_file": load,
+              "self_by_link": link}[target]
+    _set(path, events=json.dumps(str(events)), load_file=json.dumps(str(load)))
+    with pytest.raises(ConfigError) as err:
+        NodeConfig.load(path)
+    assert "[node] events" in str(err.value) and "give the events their own file" in str(err.value)
