@@ -271,6 +271,11 @@ def portfolio_margin(portfolio, marks, params: MarginParams | None = None, check
     negative codes (-1: does not fit, -2: not finite), as accel.portfolio_margin(checked=False)."""
     pf, mk, pp = risk._margin_inputs(portfolio, marks, params)
     n_acc = len(pf.offsets) - 1
+    if not _counts_ok(pp):  # rk_counts_ok: every account RK_NOT_FINITE, as the kernels give
+        bad = np.full(n_acc, risk._NOT_FINITE, np.int64)
+        if checked:
+            risk._check_ticks(bad)
+        return MarginResult(bad, bad.copy(), np.zeros(n_acc, np.int32))
     with np.errstate(all="ignore"):
         loss = _losses(pf, mk, pp)
         contingency = _contingency(pf, mk, pp)
@@ -357,6 +362,12 @@ def _account_order(offsets):
     counts = np.diff(offsets)
     order = np.argsort(-counts, kind="stable")
     return order, counts[order]
+
+
+def _counts_ok(pp) -> bool:
+    """rk_counts_ok (kernels/margin.h): 1 to 16 moves, 0 to 16 extended moves."""
+    nm, ne = pp[_P_NMOVES], pp[_P_NEXT]
+    return bool(1.0 <= nm <= risk._MAX_MOVES and 0.0 <= ne <= risk._MAX_EXT)
 
 
 def _losses(pf, mk, pp):

@@ -40,6 +40,16 @@
 #define RK_MAX_EXT 16
 #define RK_MAX_SCEN (3 * RK_MAX_MOVES + RK_MAX_EXT)
 
+/* Whether the parameter array's counts fit the per-account scenario array (RK_MAX_SCEN): 1 to
+ * RK_MAX_MOVES moves, 0 to RK_MAX_EXT extended moves. accel/risk.py checks MarginParams before
+ * every call; this keeps any other caller's array from writing past pnl[]. Compared as doubles,
+ * before any conversion to int (a NaN or huge count converted would be undefined behaviour). */
+DEVICE int rk_counts_ok(GLOBAL const double *pp)
+{
+    double nm = pp[RK_P_NMOVES], ne = pp[RK_P_NEXT];
+    return (nm >= 1.0) & (nm <= (double)RK_MAX_MOVES) & (ne >= 0.0) & (ne <= (double)RK_MAX_EXT);
+}
+
 /* Value of one contract in the settlement currency: USD, or coin when inverse; rt = sqrt(t).
  * Every case is computed and selected (the option formula on a future's row is harmless garbage),
  * so the C loop over scenarios vectorises. */
@@ -173,6 +183,12 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
                                   GLOBAL const double *vol, GLOBAL const u8 *kind, GLOBAL const double *pp,
                                   GLOBAL i64 *im, GLOBAL i64 *mm, GLOBAL i32 *worst)
 {
+    if (!rk_counts_ok(pp)) { /* no margin from such parameters: an error, as a NaN loss is */
+        im[a] = RK_NOT_FINITE;
+        mm[a] = RK_NOT_FINITE;
+        worst[a] = 0;
+        return;
+    }
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     double index = pp[RK_P_INDEX];

@@ -146,6 +146,10 @@ int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const d
                         const double *forward, const double *strike, const double *expiry, const double *vol,
                         const uint8_t *kind, const double *params, int64_t *im, int64_t *mm, int32_t *worst,
                         uint64_t n) {
+    if (!rk_counts_ok(params)) { /* as portfolio_margin_item: every account RK_NOT_FINITE */
+        for (uint64_t a = 0; a < n; ++a) im[a] = mm[a] = RK_NOT_FINITE, worst[a] = 0;
+        return 0;
+    }
     int64_t positions = offsets[n] - offsets[0], ninst = 0;
     for (int64_t p = offsets[0]; p < offsets[n]; ++p)
         if (pos_inst[p] >= ninst) ninst = (int64_t)pos_inst[p] + 1;

@@ -21,6 +21,10 @@ helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed 
 - verify_merkle_proof compared and measured the proof's hashes as the objects given: a bytes
   subclass as leaf_hash whose != always says False made a true proof of one leaf prove any leaf,
   and an aunt was measured by one bytes(a) and hashed from another (__bytes__ may differ).
+- Defence in depth: the kernels (kernels/margin.h portfolio_margin_item, native/risk.c
+  av_portfolio_margin) took the move counts of any parameter array as given: no moves divided by
+  zero, more than 16 wrote past the per-account scenario array. They now give every account
+  RK_NOT_FINITE (-2) for counts outside [1, 16] / [0, 16], as risk_numpy does.
 - dispatch's once-per-kernel log of a forked worker's fallback remembered what the parent had
   logged: a worker whose parent had logged a GPU failure of that kernel never said why it falls
   back."""
@@ -462,3 +466,81 @@ def test_an_aunt_is_measured_as_it_is_hashed():
     odd = accel.MerkleProof(2, 0, true.leaf_hash, (_Shapeshifter(bytes(64)),))
     assert not accel.verify_merkle_proof(merkle.inner_hash(true.leaf_hash, bytes(64)), b"a", odd)
     assert not accel.verify_merkle_proof(merkle.inner_hash(true.leaf_hash, bytes(32)), b"a", odd)
+
+
+# ---------------------------------------------------------------- the kernels' own guard on the move counts
+
+_BAD_COUNTS = {"17 moves": (17.0, 8.0), "no moves": (0.0, 8.0), "17 extended": (9.0, 17.0),
+               "a million moves": (1e6, 8.0), "NaN moves": (float("nan"), 8.0), "-1 extended": (9.0, -1.0),
+               "2**40 extended": (9.0, 2.0 ** 40)}
+
+
+def test_the_c_fallback_refuses_move_counts_past_its_scenario_array():
+    """Defence in depth: accel/risk.py checks MarginParams before every call, but the kernels took
+    the move counts of any parameter array as given (a million moves wrote past the 64-entry
+    per-account scenario array: a segfault). They now give every account RK_NOT_FINITE (-2)."""
+    done = _in_child("""
+        import numpy as np
+        from accel import risk
+        from accel.backends import get_backend
+        pf = risk.Portfolio(offsets=[0, 1, 2], instrument=[0, 0], size=[-1.0, 1.0])
+        mk = risk.Marks(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[risk.CALL])
+        pp = risk.MarginParams()._array(100.0, 0.0)
+        pp[0] = 1e6
+        im, mm, worst = np.empty(2, np.int64), np.empty(2, np.int64), np.empty(2, np.int32)
+        args = [pf.offsets, pf.instrument, pf.size, mk.forward, mk.strike, mk.expiry, mk.vol, mk.kind, pp, im, mm, worst]
+        get_backend("cpu").launch("portfolio_margin", 2, *args)
+        print("ran", im.tolist(), mm.tolist(), worst.tolist())
+    """)
+    assert done.returncode == 0 and done.stdout.strip() == "ran [-2, -2] [-2, -2] [0, 0]", \
+        (done.returncode, done.stdout, done.stderr[-500:])
+
+
+def test_every_backend_gives_not_finite_for_move_counts_outside_the_kernels_bounds(backends):
+    """Each backend that runs here, and risk_numpy, on parameter arrays whose counts are outside
+    the kernels' bounds (no moves divided by zero, more wrote past the scenario array): -2 for
+    every account, or the ValueError naming account 0 when checked. In a child process, as a
+    regression would be a crash."""
+    names = [b.name for b in backends]
+    done = _in_child(f"""
+        import numpy as np
+        import accel
+        from accel import risk, risk_numpy
+        from accel.risk import MarginParams
+        nan = float("nan")
+        bad_counts = {_BAD_COUNTS!r}
+        real = MarginParams._array
+        mk = risk.Marks(index=100.0, rate=0.01, forward=[100.0, 101.0, 100.0], strike=[100.0, 90.0, 0.0],
+                        expiry=[0.1, 0.02, 0.5], vol=[0.5, 0.8, 0.0], kind=[risk.CALL, risk.PUT, risk.FUTURE])
+        pf = risk.Portfolio(offsets=[0, 2, 3], instrument=[0, 1, 2], size=[-1.0, 2.0, -3.0])
+        for what, (nm, ne) in sorted(bad_counts.items()):
+            def bad(self, index, rate, nm=nm, ne=ne):
+                arr = real(self, index, rate)
+                arr[0], arr[1] = nm, ne
+                return arr
+            MarginParams._array = bad
+            got = [risk_numpy.portfolio_margin(pf, mk, checked=False)]
+            got += [accel.portfolio_margin(pf, mk, backend=name, checked=False) for name in {names!r}]
+            for name in {names!r}:
+                try:
+                    accel.portfolio_margin(pf, mk, backend=name)
+                    print(what, name, "checked: no error")
+                except ValueError as exc:
+                    assert str(exc).startswith("account 0: a scenario loss is not a finite number"), exc
+            print(what, all(r.initial.tolist() == r.maintenance.tolist() == [-2, -2] and r.worst.tolist() == [0, 0]
+                            for r in got))
+    """)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-800:])
+    assert sorted(done.stdout.splitlines()) == sorted(f"{what} True" for what in _BAD_COUNTS), done.stdout
+
+
+@pytest.mark.parametrize("counts", [(1.0, 0.0), (16.0, 16.0), (1.0, 16.0), (16.0, 0.0)])
+def test_move_counts_at_the_kernels_bounds_are_margined(backends, counts):
+    nm, ne = int(counts[0]), int(counts[1])
+    p = MarginParams(moves=tuple(np.linspace(-0.2, 0.2, nm)) if nm > 1 else (0.05,),
+                     extended_moves=tuple(np.linspace(-0.5, 3.0, ne)))
+    pf, mk = _book()
+    want = risk_numpy.portfolio_margin(pf, mk, p)
+    assert (want.maintenance > 0).all()
+    for b in backends:
+        assert _same(accel.portfolio_margin(pf, mk, p, backend=b), want), b.name
