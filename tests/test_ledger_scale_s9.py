@@ -1,5 +1,11 @@
 """A block's cost follows the block, not the state (issue 20, review s9, helper h2).
 
+Third (/tmp/s9h2): Clearing.snapshot copied the list of every liquidation since genesis for each
+block (list(self.liquidations)): a per-block cost and a per-version memory that grow with the
+chain's history. ledger_state.Log is that list shared by the versions (frozen chunks, a tail of
+its own): 6. a version's copy allocates the same bytes over 10,000 and 40,000 records; Log
+against a list through appends, writes, reads and copies (Hypothesis).
+
 Found at 8c29529 (/tmp/s9h2/hold.py): each version of the ledger copied the whole holders set of
 every series a block traded (Clearing._holders: set(self.holders[series])), so one trade of a
 series with H holders cost O(H) time and kept O(H) memory per uncommitted block: 160,000
@@ -46,9 +52,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import consensus.apps.ledger_state as ledger_state
 from consensus.apps import clearing_tx as ctx
-from consensus.apps.clearing import Clearing
+from consensus.apps.clearing import Clearing, Liquidation
 from consensus.apps.clearing_app import ClearingApp
-from consensus.apps.ledger_state import SizeIndex, VersionedSet
+from consensus.apps.ledger_state import Log, SizeIndex, VersionedSet
 from consensus.verify import Verifier
 from tests.test_clearing_properties import USD
 from tests.test_clearing_columns import funded_genesis, outcome
@@ -308,3 +314,49 @@ def test_an_order_changed_by_columnar_runs_is_the_order_auto_deleveraging_follow
     c = p.clearing
     assert [x.account for x in c.liquidations] == [K[4], K[0]] and not c.accounts[K[0]].positions
     assert c.accounts[K[1]].positions[eth] == -9 and c.accounts[K[3]].positions[eth] == -10 and not c.violations()
+
+
+# ---- 6. the liquidation records: shared, not copied per version ----------------------------------
+def test_a_version_does_not_copy_the_liquidations_of_the_history():
+    work = []
+    for n in (10_000, 40_000):
+        c = _fresh(Clearing)
+        for i in range(n):
+            c.liquidations.append(Liquidation(_key(1, i), "USD", i, 0))
+        c = c.snapshot()  # the first copy freezes them
+        tracemalloc.start()
+        try:
+            for _ in range(3):
+                c = c.snapshot()
+                c.liquidations.append(Liquidation(_key(2, 0), "USD", 1, 0))
+            work.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert len(c.liquidations) == n + 3 and c.liquidations[n - 1].insurance == n - 1
+        assert c.liquidations[-1] == Liquidation(_key(2, 0), "USD", 1, 0)
+    assert work[1] <= 1.5 * work[0], work  # 8c29529: a list of every record per version (4x)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.tuples(st.sampled_from(["append", "set", "copy", "switch", "read"]), st.integers(-50, 50)),
+                max_size=200))
+def test_logs_behave_as_lists_through_copies(ops):
+    versions = [(Log(), [])]
+    cur = 0
+    for op, k in ops:
+        log, plain = versions[cur]
+        if op == "append":
+            log.append(k), plain.append(k)
+        elif op == "set" and plain:
+            log[k % len(plain)] = -k
+            plain[k % len(plain)] = -k
+        elif op == "copy":
+            versions.append((log.copy(), list(plain)))
+        elif op == "switch":
+            cur = k % len(versions)
+        elif plain:
+            assert log[k % len(plain)] == plain[k % len(plain)] and log[-1] == plain[-1]
+            assert log[k % 7:] == plain[k % 7:] and log[:k] == plain[:k]
+        for v, p in versions:
+            assert len(v) == len(p) and list(v) == p and v == p and (not v) == (not p)
+    assert len(versions[0][0]._chunks) <= 2 * max(len(versions[0][1]), 1).bit_length() + 1

@@ -33,7 +33,7 @@ from accel.merkle import MerkleProof, hashlib_root, inner_hash
 from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio
 
 from ..verify import Verifier
-from .ledger_state import MerkleTree, SizeIndex, Versioned, VersionedSet
+from .ledger_state import Log, MerkleTree, SizeIndex, Versioned, VersionedSet
 
 QUANTUM = 1e-8
 YEAR_S = 365 * 24 * 3600
@@ -433,7 +433,7 @@ class Clearing:
             if not isinstance(q, int) or q < 0:
                 raise ValueError(f"insurance fund {a}: quanta >= 0, not {q!r}")
             self.funds[a] = self.supply[a] = q
-        self.liquidations: list[Liquidation] = []
+        self.liquidations: Log = Log()  # every liquidation since genesis (or a restore), shared by the versions
         self.height = 0  # blocks begun (the circuit breakers' clock)
         self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
         # Software-only validation: prices and margins by accel.risk_numpy (the kernels' bits).
@@ -468,7 +468,7 @@ class Clearing:
         new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
-        new.assets, new.liquidations, new.touched = set(self.assets), list(self.liquidations), set(self.touched)
+        new.assets, new.liquidations, new.touched = set(self.assets), self.liquidations.copy(), set(self.touched)
         new._instrument_cache = {}
         new.__dict__.pop("safe_keys", None)
         return new

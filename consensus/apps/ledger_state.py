@@ -10,7 +10,9 @@ the state of every uncommitted block without copying the whole ledger per block 
 from __future__ import annotations
 
 import heapq
-from collections.abc import MutableSet, Set
+from bisect import bisect_right
+from collections.abc import MutableSet, Sequence, Set
+from itertools import chain
 from typing import Callable
 
 import numpy as np
@@ -171,6 +173,75 @@ class VersionedSet(MutableSet):
 
     def __repr__(self) -> str:
         return f"VersionedSet({set(self)!r})"
+
+
+class Log(Sequence):
+    """A list the versions share (the ledger's liquidation records since genesis or a restore):
+    frozen chunks (tuples, never changed, shared by the copies) and this version's own tail.
+    copy() freezes the tail, merging each chunk into the one before it while it is more than half
+    its size (O(log n) chunks; each record copied O(log n) times in all), so a copy costs the
+    records added lately, not the history. Compares equal to a list (or Log) of the same items."""
+    __slots__ = ("_chunks", "_starts", "_frozen", "_tail")
+
+    def __init__(self, items=()):
+        self._chunks, self._starts, self._frozen, self._tail = (), (), 0, list(items)
+
+    def copy(self) -> "Log":
+        if self._tail:
+            chunks = [*self._chunks, tuple(self._tail)]
+            while len(chunks) > 1 and 2 * len(chunks[-1]) > len(chunks[-2]):
+                top = chunks.pop()
+                chunks.append(chunks.pop() + top)
+            starts, at = [], 0
+            for chunk in chunks:
+                starts.append(at)
+                at += len(chunk)
+            self._chunks, self._starts, self._frozen, self._tail = tuple(chunks), tuple(starts), at, []
+        new = object.__new__(Log)
+        new._chunks, new._starts, new._frozen, new._tail = self._chunks, self._starts, self._frozen, []
+        return new
+
+    def __len__(self) -> int:
+        return self._frozen + len(self._tail)
+
+    def _place(self, i: int) -> tuple[int, int]:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("log index out of range")
+        return i, bisect_right(self._starts, i) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(self)[i]
+        i, c = self._place(i)
+        return self._tail[i - self._frozen] if i >= self._frozen else self._chunks[c][i - self._starts[c]]
+
+    def __setitem__(self, i: int, value) -> None:
+        i, c = self._place(i)
+        if i >= self._frozen:
+            self._tail[i - self._frozen] = value
+        else:  # a frozen record: this version's own chunk (never reached by the ledger's rules)
+            chunk = list(self._chunks[c])
+            chunk[i - self._starts[c]] = value
+            self._chunks = self._chunks[:c] + (tuple(chunk),) + self._chunks[c + 1:]
+
+    def __iter__(self):
+        return chain(*self._chunks, self._tail)
+
+    def append(self, value) -> None:
+        self._tail.append(value)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (Log, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Log({list(self)!r})"
 
 
 class _Sizes:
