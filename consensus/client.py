@@ -39,6 +39,7 @@ from .apps.clearing import INDEX_RANGE, MAX_AMOUNT, MAX_PRICE, MAX_SIZE, VOL_RAN
 
 Tx = tuple[bytes, list[bytes]]
 QUANTA = 10**8  # quanta per unit of any asset
+MAX_QUANTA = 10**60  # quanta() refuses this or more: far past every amount and price (u64 fields)
 
 
 class RpcError(Exception):
@@ -127,14 +128,18 @@ def quanta(amount: str | int | Decimal) -> int:
     number of quanta."""
     if isinstance(amount, bool):
         raise ValueError(f"amount {amount!r} is not a number")
+    shown = str(amount).strip()
+    shown = shown if len(shown) <= 40 else shown[:40] + "..."
     try:
         value = Decimal(str(amount).strip()) * QUANTA
-    except InvalidOperation:
-        raise ValueError(f"amount {amount!r} is not a number") from None
+    except ArithmeticError:  # InvalidOperation; Overflow past the context's exponent (1e99999999)
+        raise ValueError(f"amount {shown!r} is not a number a transaction can carry") from None
     if not value.is_finite():
-        raise ValueError(f"amount {amount!r} is not a finite number")
+        raise ValueError(f"amount {shown!r} is not a finite number")
+    if abs(value) >= MAX_QUANTA:  # before int(): 1e999999 was a million-digit integer, printed whole
+        raise ValueError(f"amount {shown} is past any amount or price ({MAX_QUANTA:.0e} quanta)")
     if value != value.to_integral_value():
-        raise ValueError(f"amount {amount} is finer than 1e-8")
+        raise ValueError(f"amount {shown} is finer than 1e-8")
     return int(value)
 
 

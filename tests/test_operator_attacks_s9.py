@@ -407,3 +407,18 @@ def test_the_events_file_is_never_the_store_the_lock_the_load_or_the_file_itself
     with pytest.raises(ConfigError) as err:
         NodeConfig.load(path)
     assert "[node] events" in str(err.value) and "give the events their own file" in str(err.value)
+
+
+@pytest.mark.parametrize("amount", ["1e99999999", "1e999999", "1e400", "-1e400", "9" * 5000])
+def test_an_amount_past_any_range_is_one_short_line(amount, capsys):
+    """--amount 1e99999999 was a decimal.Overflow traceback; 1e400 (or 5,000 nines) an error line
+    holding the whole 400-digit (5,000-digit) number of quanta."""
+    from consensus.client import quanta
+    with pytest.raises(ValueError) as err:
+        quanta(amount)
+    assert len(str(err.value)) < 200
+    path = os.path.join(ROOT, "tests", "no-such-key.json")
+    assert cli.main(["tx", "--node", "http://127.0.0.1:1", "--chain-id", "1", "deposit", "--key", path,
+                     "--nonce", "0", f"--amount={amount}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 300 and "Traceback" not in err
