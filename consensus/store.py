@@ -86,25 +86,12 @@ class Store:
         self.db = sqlite3.connect(str(path), isolation_level=None, factory=_Connection)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a vote may leave only after its state is on disk
-        self.db.execute("CREATE TABLE IF NOT EXISTS safety (one INTEGER PRIMARY KEY CHECK (one = 1), "
-                        "last_voted_view INTEGER NOT NULL, high_qc BLOB NOT NULL)")
-        # the safety row's digest (_safety_digest), written with it: SQLite keeps no checksum of a
-        # page, and a flipped bit of last_voted_view read back as a lower view let a restarted
-        # validator vote again in views it had voted in; one of the high QC's signatures, a high
-        # QC whose timeouts nobody accepts. A store written before it has no row (taken as it is).
-        self.db.execute("CREATE TABLE IF NOT EXISTS safety_check (one INTEGER PRIMARY KEY CHECK (one = 1), "
-                        "digest BLOB NOT NULL)")
-        self.db.execute("CREATE TABLE IF NOT EXISTS committed (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
-                        "proposal BLOB NOT NULL)")
-        # uncommitted blocks of the safety state (Safety.blocks), dropped as their height commits
-        self.db.execute("CREATE TABLE IF NOT EXISTS uncommitted (id BLOB PRIMARY KEY, height INTEGER NOT NULL, "
-                        "proposal BLOB NOT NULL)")
-        # state snapshots: `txs` is the number of transactions committed up to and including `height`
-        self.db.execute("CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
-                        "state_root BLOB NOT NULL, txs INTEGER NOT NULL, blob BLOB NOT NULL)")
-        # the network id (messages.network_id) the store's blocks and safety state were signed for:
-        # written once, by the first claim_network of an empty store
-        self.db.execute("CREATE TABLE IF NOT EXISTS network (one INTEGER PRIMARY KEY CHECK (one = 1), id BLOB NOT NULL)")
+        for statement in _TABLES:
+            self.db.execute(statement)
+        problem = _schema_problem(self.db)
+        if problem:
+            raise StoreError(f"the store's schema is damaged ({problem}): restore a backup, or remove the data "
+                             "directory to start again")
         self._kept = {_id(r[0], "an uncommitted row") for r in self.db.execute("SELECT id FROM uncommitted")}
         self._manifests: dict[tuple, bytes] = {}  # (height, block id, chunk size) -> snapshot_manifest's answer
         # (height, block id) -> a stored snapshot's commit proof and its encoded size, or None where
@@ -180,9 +167,9 @@ class Store:
             raise StoreError(f"the stored last voted view {row[0]!r} is not a view")
         check = self.db.execute("SELECT digest FROM safety_check").fetchone()
         if check is not None and check[0] != _safety_digest(row[0], bytes(row[1])):
-            raise StoreError(f"the stored safety row (last voted view {row[0]}, high QC view {high_qc.view}) does not "
-                             "match its digest: the store is damaged (a validator that forgot its votes could vote twice "
-                             "in a view); restore a backup, or remove the data directory to start again")
+            raise StoreError(f"the stored safety row (last voted view {row[0]}, high QC view {high_qc.view}) does "
+                             "not match its digest: the store is damaged (a validator that forgot its votes could "
+                             "vote twice in a view); restore a backup, or remove the data directory to start again")
         blocks = []
         for block_id, height, frame in rows:
             try:
@@ -395,6 +382,57 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS safety (one INTEGER PRIMARY KEY CHECK (one = 1), "
+    "last_voted_view INTEGER NOT NULL, high_qc BLOB NOT NULL)",
+    # the safety row's digest (_safety_digest), written with it: SQLite keeps no checksum of a
+    # page, and a flipped bit of last_voted_view read back as a lower view let a restarted
+    # validator vote again in views it had voted in; one of the high QC's signatures, a high QC
+    # whose timeouts nobody accepts. A store written before it has no row (taken as it is).
+    "CREATE TABLE IF NOT EXISTS safety_check (one INTEGER PRIMARY KEY CHECK (one = 1), digest BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS committed (height INTEGER PRIMARY KEY, id BLOB NOT NULL, proposal BLOB NOT NULL)",
+    # uncommitted blocks of the safety state (Safety.blocks), dropped as their height commits
+    "CREATE TABLE IF NOT EXISTS uncommitted (id BLOB PRIMARY KEY, height INTEGER NOT NULL, proposal BLOB NOT NULL)",
+    # state snapshots: `txs` is the number of transactions committed up to and including `height`
+    "CREATE TABLE IF NOT EXISTS snapshots (height INTEGER PRIMARY KEY, id BLOB NOT NULL, "
+    "state_root BLOB NOT NULL, txs INTEGER NOT NULL, blob BLOB NOT NULL)",
+    # the network id (messages.network_id) the store's blocks and safety state were signed for:
+    # written once, by the first claim_network of an empty store
+    "CREATE TABLE IF NOT EXISTS network (one INTEGER PRIMARY KEY CHECK (one = 1), id BLOB NOT NULL)",
+)
+
+
+def _columns(db) -> dict:
+    """table name -> its columns (name, declared type, not null, primary key), of every table."""
+    names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    out = {}
+    for name in names:
+        if isinstance(name, str) and not name.startswith("sqlite_"):
+            info = db.execute("PRAGMA table_info(\"%s\")" % name.replace('"', '""')).fetchall()
+            # (SQLite's names and types are case-insensitive: a letter's case flipped changes nothing)
+            out[name.lower()] = [(str(c[1]).lower(), str(c[2]).upper(), c[3], c[5]) for c in info]
+    return out
+
+
+def _schema_problem(db) -> str:
+    """What differs between a store's tables and _TABLES' (a byte of the schema's text flipped on
+    disk renamed a column or a table: "no such column" from deep in a later read, or a table
+    created anew and empty beside the damaged one), or ""."""
+    reference = sqlite3.connect(":memory:")
+    try:
+        for statement in _TABLES:
+            reference.execute(statement)
+        want = _columns(reference)
+    finally:
+        reference.close()
+    got = _columns(db)
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            return f"table {name!r}" + (" is not one of its tables" if name not in want else
+                                        f" has columns {[c[0] for c in got.get(name, [])]}")
+    return ""
 
 
 def _safety_digest(last_voted_view: int, high_qc: bytes) -> bytes:

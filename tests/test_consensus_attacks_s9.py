@@ -388,10 +388,13 @@ def test_a_safety_row_read_back_with_other_values_stops_the_start(tmp_path):
 
 
 def test_damaged_schema_text_and_stored_certificates_stop_the_start_with_one_line(tmp_path):
-    """Two more ways a damaged store got out of the start as another exception than the one-line
+    """More ways a damaged store got out of the start as another exception than the one-line
     StoreError / InvariantViolation (found flipping each byte of a store): a byte of the schema's
-    text that is no longer UTF-8 raised UnicodeDecodeError from the first statement Store ran,
-    and a stored uncommitted block whose QC names a voter index out of range raised
+    text that is no longer UTF-8 raised UnicodeDecodeError from the first statement Store ran, one
+    flipped into another letter renamed a column (OperationalError "no such column" from a later
+    read) or a table (an empty one created beside it; Store now checks its tables' columns against
+    its schema's), a row's column flipped to text that is not UTF-8 raised OperationalError, and a
+    stored uncommitted block whose QC names a voter index out of range raised
     InvalidCertificate from Core's restore."""
     import shutil
     from consensus.core import InvariantViolation
@@ -405,6 +408,18 @@ def test_damaged_schema_text_and_stored_certificates_stop_the_start_with_one_lin
     with pytest.raises(StoreError, match="does not read back") as exc:
         _start(sim, schema)
     assert "\n" not in str(exc.value)
+    # a byte of the schema's text flipped into another letter: a column renamed ("no such column"
+    # from the first read of it) or a table renamed (created anew, empty, beside the damaged one)
+    for name, (old, new) in {"column": (b"proposal BLOB", b"proposxl BLOB"),
+                             "table": (b"committed (height", b"committex (height")}.items():
+        data = bytearray(path.read_bytes())
+        at = data.index(old)
+        data[at:at + len(old)] = new
+        renamed = tmp_path / f"{name}.db"
+        renamed.write_bytes(bytes(data))
+        with pytest.raises(StoreError, match="damaged") as exc:
+            _start(sim, renamed)
+        assert "\n" not in str(exc.value)
     # a committed row's id read back as text that is not UTF-8 (its type byte flipped): SQLite's
     # OperationalError "Could not decode to UTF-8 column 'id'" got out of committed_ids
     text = tmp_path / "text.db"
