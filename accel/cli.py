@@ -464,12 +464,12 @@ def parser() -> argparse.ArgumentParser:
     vb.add_argument("--report", help="write the JSON result here")
     vb.add_argument("--json", action="store_true", help="machine-readable output")
     vb.set_defaults(fn=cmd_validate_bench)
-    node = sub.add_parser("node", help="run one validator (its config written by localnet)",
+    node = sub.add_parser("node", help="run one validator (its file written by accel testnet or localnet)",
                           description="Run one validator process: consensus over TCP, SQLite store, built-in "
                           "load generator. Checks the accel backend first and refuses to start if it cannot run.",
                           epilog="Every key of the validator's file: docs/OPERATOR.md.")
     node.add_argument("--config", required=True, help="the validator's TOML file ([node], [network], optional "
-                      "[accel] and [metrics])")
+                      "[accel], [metrics] and [rpc]); relative paths in it are read from its directory")
     node.add_argument("--exit-with-parent", type=int, metavar="PID",
                       help="stop when the parent process is no longer PID (a launcher such as localnet died)")
     node.set_defaults(fn=cmd_node)

@@ -141,6 +141,10 @@ def _check_network(path, text: str, cfg: "NodeConfig") -> None:
         if not key_is_safe(key):
             raise ConfigError(f"{where}: [network] keys[{i}] {key.hex()} is not a validator key: not a canonical "
                               "encoding of a curve point, or of small order (anyone could sign for it)")
+    for j, address in enumerate(cfg.addresses):  # it would take the dials meant for validator j
+        if j != cfg.index and address == cfg.listen and address[1] != 0:
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'listen')}: [node] listen {address[0]}:{address[1]} is "
+                              f"[network] addresses[{j}], validator {j}'s, not this validator's ({cfg.index})")
     where = f"{path}:{line_of(text, 'network', 'addresses')}"
     for i, address in enumerate(cfg.addresses):
         if address[1] != 0 and address in cfg.addresses[:i]:

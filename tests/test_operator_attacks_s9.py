@@ -422,3 +422,20 @@ def test_an_amount_past_any_range_is_one_short_line(amount, capsys):
                      "--nonce", "0", f"--amount={amount}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and len(err) < 300 and "Traceback" not in err
+
+
+def test_listening_on_another_validators_address_is_refused(tmp_path):
+    """[node] listen equal to addresses[j] of another validator (a copied file whose index was
+    changed and listen not): it bound the port validator j's peers dial, or failed as "in use"."""
+    path = _config(tmp_path)[0]
+    cfg = NodeConfig.load(path)
+    host, port = cfg.addresses[2]
+    _set(path, listen=json.dumps(f"{host}:{port}"))
+    with pytest.raises(ConfigError) as err:
+        NodeConfig.load(path)
+    assert "[node] listen" in str(err.value) and "addresses[2]" in str(err.value)
+
+
+def test_node_help_names_every_table():
+    text = cli.parser()._subparsers._group_actions[0].choices["node"].format_help()
+    assert all(t in " ".join(text.split()) for t in ("[node]", "[network]", "[accel]", "[metrics]", "[rpc]"))
