@@ -25,6 +25,9 @@ helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed 
   av_portfolio_margin) took the move counts of any parameter array as given: no moves divided by
   zero, more than 16 wrote past the per-account scenario array. They now give every account
   RK_NOT_FINITE (-2) for counts outside [1, 16] / [0, 16], as risk_numpy does.
+- backends.reset() forgot the after-fork markers: a forked child that called it started the
+  parent's OpenCL driver afresh and hung in its first kernel; a parent that called reset() after
+  starting it forked children with no marker at all.
 - dispatch's once-per-kernel log of a forked worker's fallback remembered what the parent had
   logged: a worker whose parent had logged a GPU failure of that kernel never said why it falls
   back."""
@@ -544,3 +547,45 @@ def test_move_counts_at_the_kernels_bounds_are_margined(backends, counts):
     assert (want.maintenance > 0).all()
     for b in backends:
         assert _same(accel.portfolio_margin(pf, mk, p, backend=b), want), b.name
+
+
+# ---------------------------------------------------------------- reset() in a forked child
+
+_RESET_IN_CHILD = """
+import os, signal, sys
+import accel
+from accel import backends
+leaves = [bytes([i]) * 32 for i in range(100)]
+root = accel.merkle_root(leaves, backend="opencl")  # PoCL's threads start in the parent
+if sys.argv[1] == "parent reset":
+    backends.reset()  # the instance is forgotten; the driver's threads are still there
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)  # a child stuck in the driver dies here (status 14) instead of hanging the test
+    backends.reset()
+    try:
+        backends.get_backend("opencl")
+        print("child started opencl:", accel.merkle_root(leaves, backend="opencl") == root, flush=True)
+    except backends.ForkedAway as exc:
+        print("child refused:", str(exc)[:30], flush=True)
+    print("child fallback:", accel.merkle_root(leaves, backend="cpu") == root, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("status", status)
+"""
+
+
+@pytest.mark.parametrize("case", ["child reset", "parent reset"])
+def test_reset_in_a_forked_child_does_not_start_the_parents_gpu_driver_again(backends, case):
+    """backends.reset() cleared the after-fork markers with everything else: a forked child that
+    called it started OpenCL afresh, and PoCL's first kernel there waited forever (the driver's
+    threads were not copied). Likewise a parent that had reset() after starting it left its
+    children no marker at all. The markers now outlive reset(), and every driver a process began
+    to start is remembered for its children."""
+    if not any(b.name == "opencl" for b in backends):
+        pytest.skip("no OpenCL backend here")
+    done = subprocess.run([sys.executable, "-c", _RESET_IN_CHILD, case], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["child refused: the opencl backend was started", "child fallback: True",
+                                        "status 0"], done.stdout

@@ -6,6 +6,7 @@ import os
 import threading
 
 from .. import config as _config
+from . import base as _base
 from .base import Backend, BackendUnavailable, ForkedAway, KernelError, fork_reason
 
 _lock = threading.Lock()
@@ -14,6 +15,9 @@ _lock = threading.Lock()
 _instances: dict[str, Backend | BackendUnavailable] = {}
 _auto_pick: dict[_config.AccelConfig, Backend] = {}
 _warned: set[str] = set()
+# GPU backends this process may not start, since a process it was forked from started their
+# drivers: kept by reset(), which only forgets what can be probed again.
+_forked_away: dict[str, ForkedAway] = {}
 log = logging.getLogger("accel")
 
 
@@ -23,13 +27,19 @@ def _after_fork_in_child() -> None:
     says why. A GPU backend object kept from the parent refuses work (base._same_process)."""
     global _lock
     _lock = threading.Lock()  # another thread may have held it at the fork
-    for name, found in list(_instances.items()):
-        if isinstance(found, Backend) and found.name != "cpu":
-            started = getattr(found, "_started_in", None)
-            _instances[name] = ForkedAway(fork_reason(found.name, started))
-            # the CUDA driver may be under OpenCL and the other way round: no fresh start of either
-            other = "cuda" if found.name == "opencl" else "opencl"
-            _instances.setdefault(other, ForkedAway(fork_reason(found.name, started)))
+    # Every GPU driver the parent began to start, whether or not its backend is still registered
+    # (reset() forgets instances, a start that failed halfway still touched the driver):
+    # reset() in this child used to start PoCL afresh, and its first kernel waited forever.
+    started = {name: getattr(found, "_started_in", None) for name, found in _instances.items()
+               if isinstance(found, Backend) and found.name != "cpu"}
+    for name, pid in _base.drivers_started.items():
+        started.setdefault(name, pid)
+    for name, pid in started.items():
+        marker = _instances[name] = _forked_away.setdefault(name, ForkedAway(fork_reason(name, pid)))
+        # the CUDA driver may be under OpenCL and the other way round: no fresh start of either
+        other = "cuda" if name == "opencl" else "opencl"
+        if other not in started and other not in _instances:
+            _instances[other] = _forked_away.setdefault(other, marker)
     for cfg, picked in list(_auto_pick.items()):
         if picked.name != "cpu":
             del _auto_pick[cfg]
@@ -44,6 +54,7 @@ def reset() -> None:
         _instances.clear()
         _auto_pick.clear()
         _warned.clear()
+        _instances.update(_forked_away)  # a driver started before a fork stays unavailable here
 
 
 def _create(name: str, cfg: _config.AccelConfig) -> Backend:

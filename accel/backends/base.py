@@ -44,6 +44,18 @@ def current_process() -> int:
     return _process
 
 
+# GPU drivers this process, or one it was forked from, began to start: {backend name: the pid}.
+# Kept through backends.reset() and across fork(): a forked child must never start such a driver
+# again (its threads and state were not copied; PoCL's first kernel there waited forever).
+drivers_started: dict[str, int] = {}
+
+
+def starting_driver(name: str) -> int:
+    """Note that backend `name` is about to start its driver here; returns this process's id."""
+    drivers_started.setdefault(name, _process)
+    return _process
+
+
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here; the message says what is missing and how to get it."""
 

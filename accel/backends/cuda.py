@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from . import cubins
-from .base import Backend, BackendUnavailable, KernelError, current_process, module_of
+from .base import Backend, BackendUnavailable, KernelError, module_of, starting_driver
 
 NVRTC_OPTIONS = cubins.CUDA_OPTIONS
 BLOCK = 256
@@ -52,7 +52,7 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, device_index: int = 0, cubin_dir: str = ""):
-        self._started_in = current_process()  # a forked child may not use it (base._same_process)
+        self._started_in = starting_driver("cuda")  # a forked child may not use it (base._same_process)
         self._cp = cp = _import()
         count = cp.cuda.runtime.getDeviceCount()
         if not 0 <= device_index < count:

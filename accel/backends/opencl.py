@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, KernelError, current_process, inline_source, module_of
+from .base import Backend, BackendUnavailable, KernelError, inline_source, module_of, starting_driver
 
 # Never the OpenCL mad-enable or fast-relaxed-math options: results must match the other backends
 # bit for bit.
@@ -114,7 +114,7 @@ class OpenClBackend(Backend):
 
     def __init__(self, device_name: str = ""):
         self._cl = cl = _import()
-        self._started_in = current_process()  # a forked child may not use it (base._same_process)
+        self._started_in = starting_driver("opencl")  # a forked child may not use it (base._same_process)
         dev = pick_device(device_name)
         self._dev, self._is_gpu = dev, is_gpu_device(dev)  # asked once: no driver call per dispatch
         self.device = f"{dev.name.strip()} ({dev.platform.name.strip()})"
