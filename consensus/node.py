@@ -18,6 +18,7 @@ to start if any kernel fails."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import gc
 import hashlib
@@ -65,6 +66,7 @@ WARN_EVERY_S = 10.0   # at most one "no peer" / "nothing committed" warning this
 CLIENTS = 64
 SKIP_BATCH = 10_000   # ClearingFeed.skip passes over the stream this many transactions at a time
 FUNDS = 10**15
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # a disk that cannot take more
 MAX_VALIDATORS = 65_535  # validator indices and a QC's voter count are u16 (messages.py)
 
 REQUIRED = object()
@@ -939,6 +941,15 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
         # restart loop hiding it (exit status 1)
         log.error("validator %d stopped: %s: %s", cfg.index, "store" if isinstance(exc, StoreError)
                   else "invariant violated", exc, extra={"error": type(exc).__name__})
+        raise SystemExit(1) from None
+    except (sqlite3.Error, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in DISK_ERRNOS:
+            raise
+        # the disk under data_dir or events: full, read-only, failing (SQLite's "database or disk is
+        # full" was a traceback): nothing more can be recorded, so the validator stops, in one line
+        log.error("validator %d stopped: cannot write %s: %s", cfg.index,
+                  "[node] data_dir's store" if isinstance(exc, sqlite3.Error) else "to disk",
+                  getattr(exc, "strerror", None) or exc, extra={"error": type(exc).__name__})
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass

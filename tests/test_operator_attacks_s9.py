@@ -439,3 +439,28 @@ def test_listening_on_another_validators_address_is_refused(tmp_path):
 def test_node_help_names_every_table():
     text = cli.parser()._subparsers._group_actions[0].choices["node"].format_help()
     assert all(t in " ".join(text.split()) for t in ("[node]", "[network]", "[accel]", "[metrics]", "[rpc]"))
+
+
+FULL = textwrap.dedent("""
+    import errno, sqlite3, sys
+    from consensus import node
+    async def full(self):
+        raise {error}
+    node.NodeRunner.run = full
+    from accel.cli import main
+    sys.exit(main(["node", "--config", sys.argv[1]]))
+""")
+
+
+@pytest.mark.parametrize("error", ['sqlite3.OperationalError("database or disk is full")',
+                                   'OSError(errno.ENOSPC, "No space left on device")'])
+def test_a_full_disk_mid_run_stops_the_node_with_one_line(tmp_path, error):
+    """SQLite's "database or disk is full" (or ENOSPC writing the events) while the validator ran
+    was a traceback; now the node stops (nothing more can be recorded) with one line, status 1."""
+    path = _config(tmp_path)[0]
+    proc = subprocess.run([sys.executable, "-c", FULL.format(error=error), str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "validator 0 stopped: cannot write" in last
+    assert ("database or disk is full" if "sqlite3" in error else "No space left on device") in last
