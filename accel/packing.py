@@ -133,7 +133,7 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
         # len() undercounts a buffer whose items are wider than a byte: name the first offender
         for i, m in enumerate(items):
             problem = _buffer_problem(m)
-            if problem is None and len(m) != memoryview(m).nbytes:
+            if problem is None and _len(m) != memoryview(m).nbytes:
                 problem = f"{type(m).__name__} whose len() is not its size"
             if problem:
                 raise TypeError(f"{what} {i} is {problem}, expected bytes")
@@ -147,12 +147,21 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
 def _size(what: str, i: int, m) -> int:
     """The byte size of item i, a buffer b"".join took; TypeError if len() says otherwise."""
     size = memoryview(m).nbytes
-    if len(m) != size:
+    if _len(m) != size:
         problem = _buffer_problem(m)
         if problem is None or problem == type(m).__name__:
             problem = f"{type(m).__name__} whose len() is not its size"
         raise TypeError(f"{what} {i} is {problem}, expected bytes")
     return size
+
+
+def _len(m) -> int | None:
+    """len(m), or None for an object without one (a 0-d array: len() raised a TypeError that named
+    no item)."""
+    try:
+        return len(m)
+    except TypeError:
+        return None
 
 
 def pack_fixed(records, width: int, what: str) -> np.ndarray:
