@@ -100,7 +100,7 @@ def _env_value(name: str, kind: str, raw: str):
             raise ConfigError(f"{name} must be true or false, not {raw!r}")
         return raw == "true"
     if kind == "int":
-        if not re.fullmatch(r"[+-]?\d+", raw):
+        if not re.fullmatch(r"[+-]?[0-9]+", raw):  # \d took any script's digits: "٣" was 3, "１２" 12
             raise ConfigError(f"{name} must be an integer, not {raw!r}")
         return int(raw)
     return raw

@@ -464,3 +464,14 @@ def test_a_full_disk_mid_run_stops_the_node_with_one_line(tmp_path, error):
     last = proc.stderr.strip().splitlines()[-1]
     assert "validator 0 stopped: cannot write" in last
     assert ("database or disk is full" if "sqlite3" in error else "No space left on device") in last
+
+
+@pytest.mark.parametrize("raw", ["\u0663", "\uff11\uff12", "1\u0660"])
+def test_an_integer_variable_is_ascii_digits_as_in_toml(raw):
+    """ACCEL_THREADS="٣" was read as 3 and ACCEL_GPU_MIN_BATCH="１２" as 12 (a regex \\d takes any
+    script's digits, and int() reads them); TOML takes ASCII digits only, and so does the
+    environment now."""
+    for name in ("ACCEL_THREADS", "ACCEL_GPU_MIN_BATCH", "ACCEL_CUDA_DEVICE"):
+        with pytest.raises(ConfigError) as err:
+            config.load(None, env={name: raw})
+        assert f"{name} must be an integer" in str(err.value)
