@@ -158,7 +158,7 @@ def _attack(seed, twins=False, n=4, during_ms=4_000.0):
     return sim, during
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_a_random_adversary_never_splits_the_honest_and_cannot_stall_them(seed):
     _attack(seed, twins=seed % 2 == 1)
 
@@ -216,7 +216,7 @@ class CrashSim(Simulation):
 
 
 @pytest.mark.parametrize("after", [False, True])
-@pytest.mark.parametrize("first", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("first", [1, 2, 5])
 def test_a_validator_killed_between_any_two_store_writes_never_votes_twice(tmp_path, first, after):
     """v2 dies at its store's write number first, first + 7, first + 14, ... (before or after
     the write: between a safety row and the vote it guards, between commits of one QC, between a
@@ -227,9 +227,9 @@ def test_a_validator_killed_between_any_two_store_writes_never_votes_twice(tmp_p
     for node in sim.nodes:
         sim.durable(node.name, tmp_path / f"{node.name}.db", snapshot_every=4 if node.name == "v2" else 0)
     sim.load(300)
-    sim.run(blocks=30, max_ms=300_000, live=lambda node: True)
-    assert sim.crashes >= 5
-    assert all(len(x.committed) >= 30 for x in sim.nodes), {x.name: len(x.committed) for x in sim.nodes}
+    sim.run(blocks=20, max_ms=300_000, live=lambda node: True)
+    assert sim.crashes >= 4
+    assert all(len(x.committed) >= 20 for x in sim.nodes), {x.name: len(x.committed) for x in sim.nodes}
     assert_safe(sim)
     assert all(len(blocks) == 1 for blocks in sim.votes_signed.values()), \
         [k for k, b in sim.votes_signed.items() if len(b) > 1]
