@@ -142,12 +142,13 @@ class VersionedSet(MutableSet):
         return self._len > 0
 
     def __iter__(self):
+        if not self._delta and len(self._layers) == 1:  # the bottom alone (a mark's pass over a big index)
+            return iter(self._layers[0])
         decided: dict = {}
         for layer in (self._delta, *reversed(self._layers[1:])):  # newest first: the first word wins
             for k, v in layer.items():
                 decided.setdefault(k, v)
-        yield from (k for k, v in decided.items() if v)
-        yield from (k for k in self._layers[0] if k not in decided)
+        return chain((k for k, v in decided.items() if v), (k for k in self._layers[0] if k not in decided))
 
     def __eq__(self, other) -> bool:
         if isinstance(other, Set):
