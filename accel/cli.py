@@ -123,9 +123,13 @@ def _block_size(app: str, flag: str, n: int) -> None:
     """A clearing block longer than the network's rule is refused by every validator: say so before
     a run whose block would not validate, or a network whose proposers would cap it silently."""
     from consensus.apps.clearing_app import MAX_BLOCK_TXS
+    from consensus.node import KV_MAX_TXS
     if app == "clearing" and n > MAX_BLOCK_TXS:
         raise ValueError(f"{flag} {n}: a clearing block holds at most {MAX_BLOCK_TXS:,} transactions "
                          "(clearing_app.MAX_BLOCK_TXS, a rule of the network)")
+    if app == "kv" and n > KV_MAX_TXS:  # validate-bench --app kv --txs 10**11 built it until memory ran out
+        raise ValueError(f"{flag} {n}: a key-value block of more than {KV_MAX_TXS:,} transactions would not fit "
+                         "in one consensus message (node.KV_MAX_TXS)")
 
 
 def cmd_validate_bench(args) -> int:

@@ -67,6 +67,8 @@ CLIENTS = 64
 SKIP_BATCH = 10_000   # ClearingFeed.skip passes over the stream this many transactions at a time
 FUNDS = 10**15
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # a disk that cannot take more
+KV_TX_BYTES = 85 + 64 + 8  # a key-value transfer's body, its signature and its offset in a proposal's frame
+KV_MAX_TXS = (MAX_MESSAGE // 2) // KV_TX_BYTES  # a kv proposal fits one message, with room for its certificates
 MAX_VALIDATORS = 65_535  # validator indices and a QC's voter count are u16 (messages.py)
 
 REQUIRED = object()
@@ -254,6 +256,10 @@ class NodeConfig:
         if cfg.app == "clearing" and cfg.txs_per_block > MAX_BLOCK_TXS:
             raise ConfigError(f"{path}:{line_of(text, 'node', 'txs_per_block')}: [node] txs_per_block "
                               f"{cfg.txs_per_block}: a clearing block holds at most {MAX_BLOCK_TXS} transactions")
+        if cfg.app == "kv" and cfg.txs_per_block > KV_MAX_TXS:  # the built-in load signed 4x this at start, for ever
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'txs_per_block')}: [node] txs_per_block "
+                              f"{cfg.txs_per_block}: a key-value block of more than {KV_MAX_TXS} transactions would "
+                              "not fit in one message")
         if cfg.chain_id != 1 and (cfg.app != "clearing" or cfg.load_file):
             raise ConfigError(f"{path}:{line_of(text, 'node', 'chain_id')}: [node] chain_id {cfg.chain_id}: "
                               + ("the clearing app's key" if cfg.app != "clearing" else

@@ -475,3 +475,24 @@ def test_an_integer_variable_is_ascii_digits_as_in_toml(raw):
         with pytest.raises(ConfigError) as err:
             config.load(None, env={name: raw})
         assert f"{name} must be an integer" in str(err.value)
+
+
+def test_a_key_value_block_too_large_for_a_message_is_refused_before_anything(tmp_path, capsys):
+    """kv txs_per_block had no bound: 10**9 made the node sign 4 x 10**9 transfers for its load at
+    start (for ever, memory growing), and `validate-bench --app kv --txs 10**11` or `testnet --app
+    kv --txs-per-block 10**8` likewise; a block that large could never be sent (MAX_MESSAGE)."""
+    from consensus.node import KV_MAX_TXS
+    path = _config(tmp_path)[0]
+    _set(path, txs_per_block=str(KV_MAX_TXS))
+    NodeConfig.load(path)
+    _set(path, txs_per_block=str(10**9))
+    with pytest.raises(ConfigError) as err:
+        NodeConfig.load(path)
+    assert "[node] txs_per_block" in str(err.value) and "one message" in str(err.value)
+    for argv in (["validate-bench", "--app", "kv", "--txs", str(10**11)],
+                 ["testnet", "--hosts", "a,b,c,d", "--out", str(tmp_path / "tn"), "--app", "kv",
+                  "--txs-per-block", str(10**8)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "would not fit in one consensus message" in err
+    assert not (tmp_path / "tn").exists()
