@@ -496,3 +496,4 @@ def test_a_key_value_block_too_large_for_a_message_is_refused_before_anything(tm
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "would not fit in one consensus message" in err
     assert not (tmp_path / "tn").exists()
+    assert f"kv: at most {KV_MAX_TXS:,}" in open(os.path.join(ROOT, "docs", "OPERATOR.md")).read()
