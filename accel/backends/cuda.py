@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from . import cubins
-from .base import Backend, BackendUnavailable, KernelError, module_of, starting_driver
+from .base import Backend, BackendUnavailable, KernelError, current_process, module_of, starting_driver
 
 NVRTC_OPTIONS = cubins.CUDA_OPTIONS
 BLOCK = 256
@@ -39,6 +39,7 @@ def _import():
     except ImportError as exc:
         raise BackendUnavailable("CuPy is not installed: from the checkout, `.venv/bin/pip install -e '.[cuda]'` "
                                  "(CUDA 13 drivers) or `-e '.[cuda12]'` (CUDA 12)") from exc
+    starting_driver("cuda")  # from here the driver starts, even if it fails: not again in a forked child
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CuPy raises its own runtime error types
@@ -52,8 +53,8 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, device_index: int = 0, cubin_dir: str = ""):
-        self._started_in = starting_driver("cuda")  # a forked child may not use it (base._same_process)
         self._cp = cp = _import()
+        self._started_in = current_process()  # a forked child may not use it (base._same_process)
         count = cp.cuda.runtime.getDeviceCount()
         if not 0 <= device_index < count:
             raise BackendUnavailable(f"cuda_device = {device_index}, but this machine has {count} CUDA device(s)")

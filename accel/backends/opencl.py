@@ -114,7 +114,8 @@ class OpenClBackend(Backend):
 
     def __init__(self, device_name: str = ""):
         self._cl = cl = _import()
-        self._started_in = starting_driver("opencl")  # a forked child may not use it (base._same_process)
+        # from here the driver starts (even if this fails): a forked child may not use it (base._same_process)
+        self._started_in = starting_driver("opencl")
         dev = pick_device(device_name)
         self._dev, self._is_gpu = dev, is_gpu_device(dev)  # asked once: no driver call per dispatch
         self.device = f"{dev.name.strip()} ({dev.platform.name.strip()})"
