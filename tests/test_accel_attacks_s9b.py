@@ -29,6 +29,8 @@ helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed 
   parent's OpenCL driver afresh and hung in its first kernel; a parent that called reset() after
   starting it forked children with no marker at all. (A CUDA probe that found no driver is not a
   start: the child still says why CUDA is unavailable, as its parent does.)
+- A forked child dropped the parent's GPU backend object (the registry held its last reference),
+  so its context, queue, programs and buffers were released through the driver by the child.
 - dispatch's once-per-kernel log of a forked worker's fallback remembered what the parent had
   logged: a worker whose parent had logged a GPU failure of that kernel never said why it falls
   back."""
@@ -610,3 +612,32 @@ def test_a_message_without_a_length_is_named():
         pack_messages([np.array(5, np.uint8), b"x"])
     with pytest.raises(TypeError, match=r"^leaf 1 is ndarray whose len\(\) is not its size, expected bytes$"):
         merkle.merkle_root([b"x", np.array(5, np.uint8)])
+
+
+_DROPPED_IN_CHILD = """
+import gc, os, weakref
+import accel
+from accel import backends
+accel.merkle_root([bytes(32)] * 10, backend="opencl")
+alive = weakref.ref(backends.get_backend("opencl"))  # the registry holds the only reference
+pid = os.fork()
+if pid == 0:
+    gc.collect()
+    print("child: the parent's backend is", "kept" if alive() is not None else "released", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print("parent: the backend is", "kept" if alive() is not None else "released", flush=True)
+"""
+
+
+def test_a_forked_child_does_not_release_its_parents_gpu_objects_through_the_driver(backends):
+    """After a fork the registry replaced the parent's GPU backend with the ForkedAway marker, its
+    last reference in the child: the child then released the parent's context, queue, programs
+    and buffers through the driver (pyopencl's and CuPy's destructors), driver calls a forked
+    child must not make. The child now keeps them, unused."""
+    if not any(b.name == "opencl" for b in backends):
+        pytest.skip("no OpenCL backend here")
+    done = subprocess.run([sys.executable, "-c", _DROPPED_IN_CHILD], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["child: the parent's backend is kept", "parent: the backend is kept"], \
+        done.stdout

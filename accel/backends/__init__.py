@@ -18,6 +18,10 @@ _warned: set[str] = set()
 # GPU backends this process may not start, since a process it was forked from started their
 # drivers: kept by reset(), which only forgets what can be probed again.
 _forked_away: dict[str, ForkedAway] = {}
+# The GPU backend objects a parent process started, kept alive in its forked children: dropped
+# there, their contexts, queues, programs and buffers were released through the driver by the
+# child (pyopencl's and CuPy's destructors), the very driver calls a forked child must not make.
+_orphans: list[Backend] = []
 log = logging.getLogger("accel")
 
 
@@ -32,6 +36,8 @@ def _after_fork_in_child() -> None:
     # reset() in this child used to start PoCL afresh, and its first kernel waited forever.
     started = {name: getattr(found, "_started_in", None) for name, found in _instances.items()
                if isinstance(found, Backend) and found.name != "cpu"}
+    _orphans.extend(found for found in _instances.values() if isinstance(found, Backend) and found.name != "cpu")
+    _orphans.extend(picked for picked in _auto_pick.values() if picked.name != "cpu")
     for name, pid in _base.drivers_started.items():
         started.setdefault(name, pid)
     for name, pid in started.items():
