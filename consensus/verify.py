@@ -111,10 +111,19 @@ def _refused_verdict(key: bytes, msg: bytes, sig: bytes) -> bool:
     """The ZIP-215 verdict on one signature libsodium refused: the C fallback's (the verdicts every
     backend gives), else the plain-Python model's where no C fallback is built (the same verdicts,
     tests/test_ed25519.py; about 30 times slower)."""
+    # Any failure of the C path is that path's, never the signature's: not only a C fallback that
+    # is not built (BackendUnavailable), but one built from other sources (KernelError: no such
+    # kernel) and an accel configuration that does not load (ConfigError from an ACCEL_* variable
+    # or an accel.toml in the working directory, which a software-only validator never reads
+    # otherwise and its start does not check). Each raised out of every verify call that met a
+    # signature libsodium refuses: a block carrying a transaction whose signature only ZIP-215
+    # accepts was refused ("validation raised") by software-only validators and taken by the
+    # accelerated ones. The plain-Python model gives the same verdict.
     try:
         got = accel.ed25519_verify_batch(np.frombuffer(key, np.uint8).reshape(1, 32),
                                          Packed(np.frombuffer(msg, np.uint8), np.array([0, len(msg)], np.uint64)),
                                          np.frombuffer(sig, np.uint8).reshape(1, 64), backend="cpu")
-    except accel.BackendUnavailable:
+        verdict = got[0]
+    except Exception:
         return zip215_verdict(key, msg, sig)
-    return bool(got[0])
+    return bool(verdict)
