@@ -132,11 +132,20 @@ def _block_size(app: str, flag: str, n: int) -> None:
                          "in one consensus message (node.KV_MAX_TXS)")
 
 
+def _accounts(n: int) -> None:
+    """--accounts that this machine's memory cannot hold: one line before minutes of building."""
+    from consensus.node import accounts_fit
+    too_many = accounts_fit(n)
+    if too_many:
+        raise ValueError(f"--accounts {n}: {too_many}")
+
+
 def cmd_validate_bench(args) -> int:
     from consensus.bench import validate_bench
     if args.backend and args.validation == "software":
         raise ValueError("--backend applies to --validation accel only")
     _block_size(args.app, "--txs", args.txs)
+    _accounts(args.accounts)
     _report_path(args.report)
     result = validate_bench(args.txs, args.validation, args.backend, args.runs, args.app, args.sig_cache,
                             args.accounts)
@@ -186,6 +195,7 @@ def cmd_localnet(args) -> int:
     if args.accounts and args.app != "clearing":
         raise ValueError("--accounts sizes the clearing app's genesis (--app clearing)")
     _block_size(args.app, "--txs-per-block", args.txs_per_block)
+    _accounts(args.accounts)
     _report_path(args.report)
     _port_ranges(args.validators, **{"metrics-port": args.metrics_port, "rpc-port": args.rpc_port})
     try:  # building the network signs the load first (seconds): Ctrl-C there stops cleanly too

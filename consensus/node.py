@@ -69,6 +69,7 @@ FUNDS = 10**15
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # a disk that cannot take more
 KV_TX_BYTES = 85 + 64 + 8  # a key-value transfer's body, its signature and its offset in a proposal's frame
 KV_MAX_TXS = (MAX_MESSAGE // 2) // KV_TX_BYTES  # a kv proposal fits one message, with room for its certificates
+ACCOUNT_BYTES = 1024  # about the memory of one bulk genesis account (bench.add_accounts; ~830 B measured)
 MAX_VALIDATORS = 65_535  # validator indices and a QC's voter count are u16 (messages.py)
 
 REQUIRED = object()
@@ -384,6 +385,19 @@ class ClearingFeed:
                 log.warning("the mempool refused %d load transaction(s): %s", len(refused), refused[0])
 
 
+def accounts_fit(n: int) -> str:
+    """"" when n bulk genesis accounts (genesis_accounts, --accounts) fit in this machine's memory,
+    else why not: 10**14 of them were built until memory ran out (hours, then the OOM killer)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return ""
+    if n * ACCOUNT_BYTES <= total:
+        return ""
+    return (f"{n:,} genesis accounts need about {n * ACCOUNT_BYTES / 2**30:,.0f} GiB of memory; "
+            f"this machine has {total / 2**30:,.0f} GiB")
+
+
 class StartupError(Exception):
     """A validator that cannot start: one line naming the key and the path or address."""
 
@@ -456,6 +470,9 @@ class NodeRunner:
                 self.load = ClearingFeed(cfg) if cfg.load == "builtin" else None
                 genesis = genesis_market()
                 if cfg.genesis_accounts:
+                    too_many = accounts_fit(cfg.genesis_accounts)
+                    if too_many:
+                        raise StartupError(f"validator {cfg.index}: {where}[node] genesis_accounts: {too_many}")
                     from .bench import add_accounts
                     add_accounts(genesis, cfg.genesis_accounts)
                 self.app = ClearingApp(Verifier(cfg.validation), genesis, max_txs=cfg.txs_per_block,

@@ -497,3 +497,18 @@ def test_a_key_value_block_too_large_for_a_message_is_refused_before_anything(tm
         assert err.count("\n") == 1 and "would not fit in one consensus message" in err
     assert not (tmp_path / "tn").exists()
     assert f"kv: at most {KV_MAX_TXS:,}" in open(os.path.join(ROOT, "docs", "OPERATOR.md")).read()
+
+
+def test_more_genesis_accounts_than_memory_holds_is_one_line_before_building(tmp_path, capsys):
+    """genesis_accounts = 10**14 (or --accounts 10**14) was built until memory ran out: now one
+    line naming the key (or flag) and the memory it would take."""
+    path = write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none", accounts=10**14)[0]
+    with pytest.raises(StartupError) as err:
+        NodeRunner(NodeConfig.load(path))
+    assert "[node] genesis_accounts" in str(err.value) and "GiB of memory" in str(err.value)
+    for argv in (["validate-bench", "--accounts", str(10**14), "--txs", "1"],
+                 ["localnet", "--accounts", str(10**14), "--validation", "software", "--dir", str(tmp_path / "ln")]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--accounts" in err and "GiB of memory" in err
+    assert not (tmp_path / "ln").exists()
