@@ -77,6 +77,13 @@ def cmd_check(args) -> int:
 
 
 def cmd_merkle(args) -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = None
+    if total and args.leaves * 96 > total:  # the leaves, the level above them and a backend's copy
+        raise ValueError(f"--leaves {args.leaves}: about {args.leaves * 96 / 2**30:,.0f} GiB of memory; this machine "
+                         f"has {total / 2**30:,.0f} GiB")
     rng = np.random.default_rng(args.seed)
     leaves = rng.integers(0, 256, size=(args.leaves, 32), dtype=np.uint8)
     rows, roots = [], {}
