@@ -81,7 +81,12 @@ def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None
         # The configured GPU backend was started by the process this one was forked from (a
         # worker pool started with fork): its work is redone on the C fallback like a GPU's that
         # fails, rather than every call of the child raising. A backend named by the caller
-        # still raises, saying why.
+        # still raises, saying why. A batch the parent kept on the C fallback (below
+        # gpu_min_batch: all risk work by default) runs there as it did, neither counted as a
+        # fallback nor refused under no_fallback().
+        if (backend is None and exc.was_gpu and kernel is not None and n is not None
+                and n < min_batch(kernel)):
+            return fn(get_backend("cpu"))
         if backend is not None or not config.get().gpu_fallback or getattr(_strict, "on", False):
             raise
         _count(config.get().backend, kernel or "other", f"{type(exc).__name__}: {exc}", once=True)

@@ -31,6 +31,9 @@ helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed 
   start: the child still says why CUDA is unavailable, as its parent does.)
 - A forked child dropped the parent's GPU backend object (the registry held its last reference),
   so its context, queue, programs and buffers were released through the driver by the child.
+- A forked child of a GPU-configured process counted every call as a GPU fallback, also batches
+  the parent keeps on the C fallback (below gpu_min_batch: every margin call), and refused them
+  under no_fallback(); they now run on the C fallback as in the parent, uncounted.
 - dispatch's once-per-kernel log of a forked worker's fallback remembered what the parent had
   logged: a worker whose parent had logged a GPU failure of that kernel never said why it falls
   back."""
@@ -641,3 +644,51 @@ def test_a_forked_child_does_not_release_its_parents_gpu_objects_through_the_dri
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["child: the parent's backend is kept", "parent: the backend is kept"], \
         done.stdout
+
+
+_FORKED_GPU_SMALL_BATCHES = """
+import os, sys
+import numpy as np
+import accel
+from accel import dispatch
+from accel.backends import get_backend
+from accel.risk import CALL, Marks, Portfolio
+gpu = get_backend("opencl")
+gpu._is_gpu = True  # stand in for a GPU: below gpu_min_batch the parent keeps work on the C fallback
+small = [bytes([i]) * 32 for i in range(100)]
+big = [bytes(32)] * 5000
+root_small, root_big = accel.merkle_root(small), accel.merkle_root(big)
+book = Portfolio(offsets=[0, 1], instrument=[0], size=[-1.0])
+marks = Marks(index=100.0, rate=0.0, forward=[100.0], strike=[100.0], expiry=[0.1], vol=[0.5], kind=[CALL])
+margin = accel.portfolio_margin(book, marks)
+parent = dict(dispatch.fallbacks())
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    out = [accel.merkle_root(small) == root_small, accel.portfolio_margin(book, marks).maintenance.tolist()
+           == margin.maintenance.tolist()]
+    with dispatch.no_fallback():
+        out.append(accel.merkle_root(small) == root_small)  # never meant for the GPU: runs as in the parent
+    out.append(sorted(k for k, v in dispatch.fallbacks().items() if v != parent.get(k, 0)))
+    out.append(accel.merkle_root(big) == root_big)  # a GPU batch: redone on the C fallback, counted
+    out.append(sorted((k, v - parent.get(k, 0)) for k, v in dispatch.fallbacks().items() if v != parent.get(k, 0)))
+    os.write(w, repr(out).encode())
+    os._exit(0)
+os.close(w)
+os.waitpid(pid, 0)
+print("CHILD", os.read(r, 10000).decode())
+"""
+
+
+def test_a_forked_gpu_workers_small_batches_stay_on_the_c_fallback_uncounted(backends):
+    """A forked child of a GPU-configured process counted every call as a GPU fallback, also the
+    batches the parent never sends to the GPU (below gpu_min_batch: every margin call), so the
+    fallback metric climbed with each of them, and under no_fallback() they raised ForkedAway
+    where the parent ran them on the C fallback."""
+    if not any(b.name == "opencl" for b in backends):
+        pytest.skip("no OpenCL backend here")
+    env = {**__import__("os").environ, "ACCEL_BACKEND": "opencl", "ACCEL_GPU_FALLBACK": "true"}
+    done = subprocess.run([sys.executable, "-c", _FORKED_GPU_SMALL_BATCHES], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "CHILD [True, True, True, [], True, [(('opencl', 'merkle'), 1)]]", done.stdout

@@ -36,12 +36,14 @@ def _after_fork_in_child() -> None:
     # reset() in this child used to start PoCL afresh, and its first kernel waited forever.
     started = {name: getattr(found, "_started_in", None) for name, found in _instances.items()
                if isinstance(found, Backend) and found.name != "cpu"}
+    gpu = {name: found.is_gpu for name, found in _instances.items() if isinstance(found, Backend)}
     _orphans.extend(found for found in _instances.values() if isinstance(found, Backend) and found.name != "cpu")
     _orphans.extend(picked for picked in _auto_pick.values() if picked.name != "cpu")
     for name, pid in _base.drivers_started.items():
         started.setdefault(name, pid)
     for name, pid in started.items():
-        marker = _instances[name] = _forked_away.setdefault(name, ForkedAway(fork_reason(name, pid)))
+        marker = _instances[name] = _forked_away.setdefault(
+            name, ForkedAway(fork_reason(name, pid), was_gpu=gpu.get(name, True)))
         # the CUDA driver may be under OpenCL and the other way round: no fresh start of either
         other = "cuda" if name == "opencl" else "opencl"
         if other not in started and other not in _instances:

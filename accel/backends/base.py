@@ -62,7 +62,13 @@ class BackendUnavailable(RuntimeError):
 
 class ForkedAway(BackendUnavailable):
     """The backend was started by the process this one was forked from: GPU drivers cannot follow
-    a fork. dispatch.run redoes the configured backend's work on the C fallback then."""
+    a fork. dispatch.run redoes the configured backend's work on the C fallback then. was_gpu:
+    whether it ran on a GPU there (True when not known), so batches below gpu_min_batch, which
+    never went to it, stay on the C fallback uncounted, as in the parent."""
+
+    def __init__(self, message: str, was_gpu: bool = True):
+        super().__init__(message)
+        self.was_gpu = was_gpu
 
 
 class KernelError(RuntimeError):
