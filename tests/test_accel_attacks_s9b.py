@@ -1,5 +1,7 @@
 """Second-round attacks on the first round's fixes to the accel kernel boundary (session 9,
-helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed before its fix.
+helper r1; tests/test_accel_attacks_s9.py is the first round). Each regression test failed before
+its fix; a few guards (harmless subclasses, a subclass read once, counts at the kernels' bounds,
+-0.0 kept) check that valid input gives the same bits through the new paths and passed before too.
 
 - NumPy array subclasses whose shape, len() or dtype lie: pack_messages took a Packed's data
   length from len(data) and a 2-D array's row count and width from .shape, both overridable by a
@@ -39,7 +41,6 @@ helper r1; tests/test_accel_attacks_s9.py is the first round). Each test failed 
   back."""
 from __future__ import annotations
 
-import logging
 import pickle
 import subprocess
 import sys
@@ -49,7 +50,7 @@ import numpy as np
 import pytest
 
 import accel
-from accel import dispatch, merkle, risk_numpy
+from accel import merkle, risk_numpy
 from accel.packing import Packed, pack_fixed, pack_messages
 from accel.risk import CALL, FUTURE, PUT, MarginParams, Marks, Portfolio
 
