@@ -211,6 +211,15 @@ _lock = threading.Lock()
 _current: AccelConfig | None = None
 
 
+def _after_fork_in_child() -> None:
+    # a child forked while another thread held the lock (reading the config) would wait on it for ever
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def get() -> AccelConfig:
     """The process's configuration, read on first use."""
     global _current
