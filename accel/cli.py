@@ -77,13 +77,11 @@ def cmd_check(args) -> int:
 
 
 def cmd_merkle(args) -> int:
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        total = None
-    if total and args.leaves * 96 > total:  # the leaves, the level above them and a backend's copy
-        raise ValueError(f"--leaves {args.leaves}: about {args.leaves * 96 / 2**30:,.0f} GiB of memory; this machine "
-                         f"has {total / 2**30:,.0f} GiB")
+    from consensus.node import memory_limit  # the machine's, or its container's limit where lower
+    limit = memory_limit()
+    if limit and args.leaves * 96 > limit[0]:  # the leaves, the level above them and a backend's copy
+        raise ValueError(f"--leaves {args.leaves}: about {args.leaves * 96 / 2**30:,.1f} GiB of memory; "
+                         f"{limit[1]} {limit[0] / 2**30:,.1f} GiB")
     rng = np.random.default_rng(args.seed)
     leaves = rng.integers(0, 256, size=(args.leaves, 32), dtype=np.uint8)
     rows, roots = [], {}

@@ -111,15 +111,19 @@ SETTINGS = tuple("ACCEL_" + key.upper() for key in KEYS)
 
 def _misspelt(env) -> None:
     """ConfigError for a variable that looks like a setting and is none: a name within a typo of
-    one (ACCEL_BACKNED, ACCEL_THREAD) or one in lower case. A misspelt key in a file is an error;
+    one (ACCEL_BACKNED, ACCEL_THREAD) or a setting's name in other case (accel_backend; a name
+    in lower case within a typo of one is another program's, left alone). A misspelt key in a
+    file is an error;
     a misspelt variable was ignored, and the file's or the default value ran (ACCEL_BACKNED=cpu
     left the GPU in use). Other ACCEL_* names (ACCEL_CONFIG, the tests' own) are not settings."""
     for name in env:
         upper = name.upper()
         if not upper.startswith("ACCEL_") or name in SETTINGS or name == "ACCEL_CONFIG":
             continue
+        # a lower-case name is a setting's only when it is one but for case: another program's
+        # variables (accel_gpu_fallbacks, Prometheus' metric names in a script) are not typos of ours
         meant = upper if upper in SETTINGS + ("ACCEL_CONFIG",) else next(
-            iter(difflib.get_close_matches(upper, SETTINGS, n=1, cutoff=0.85)), None)
+            iter(difflib.get_close_matches(upper, SETTINGS, n=1, cutoff=0.85)), None) if name == upper else None
         if meant:
             raise ConfigError(f"environment variable {name} is not a setting; did you mean {meant}? "
                               f"(settings: {', '.join(SETTINGS)})")

@@ -28,7 +28,9 @@ import math
 import os
 import signal
 import sqlite3
+import stat
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -197,7 +199,11 @@ class NodeConfig:
                 raise ConfigError(f"{path}:{line}: unknown table or key {name!r}; a validator's file has "
                                   "[node], [network], [accel], [metrics] and [rpc]")
         t = {table: cls._table(path, text, table, data) for table in SCHEMA}
-        home = Path(os.path.abspath(path)).parent
+        # the directory of the file itself, its symbolic links resolved: a file given through a
+        # link (/etc/accel/validator.toml -> /srv/v0/validator.toml) or as /dev/stdin (< file) took
+        # its relative paths from the link's directory (/dev: data_dir /dev/data, a tmpfs), so one
+        # validator's file named two data_dirs, as many as the ways it was given, each lock apart
+        home = Path(os.path.realpath(path)).parent
 
         def place(value: str) -> Path:
             """A path of the file, ~ expanded, a relative one from the file's directory: it was
@@ -385,17 +391,92 @@ class ClearingFeed:
                 log.warning("the mempool refused %d load transaction(s): %s", len(refused), refused[0])
 
 
-def accounts_fit(n: int) -> str:
-    """"" when n bulk genesis accounts (genesis_accounts, --accounts) fit in this machine's memory,
-    else why not: 10**14 of them were built until memory ran out (hours, then the OOM killer)."""
+def memory_limit(root: str = "/") -> tuple[int, str] | None:
+    """(bytes, what) of the memory this process may use: the machine's, or its control group's
+    limit where lower (a container: the OOM killer acts at the group's limit, whatever the host
+    has), cgroup v2's memory.max or v1's memory.limit_in_bytes of this process's group and the
+    groups above it. None when nothing can be told. root: where /proc and /sys are (tests)."""
+    found = []
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        found.append((os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine has"))
     except (ValueError, OSError):
+        pass
+    base = os.path.join(root, "sys", "fs", "cgroup")
+    try:
+        with open(os.path.join(root, "proc", "self", "cgroup")) as fh:
+            groups = [line.rstrip("\n").split(":", 2) for line in fh]
+    except OSError:
+        groups = []
+    for g in groups:
+        if len(g) != 3:
+            continue
+        if g[0] == "0" and g[1] == "":  # v2 (the unified hierarchy, maybe beside v1 controllers)
+            top, name = ([base, os.path.join(base, "unified")], "memory.max")
+        elif "memory" in g[1].split(","):
+            top, name = ([os.path.join(base, "memory")], "memory.limit_in_bytes")
+        else:
+            continue
+        parts = [p for p in g[2].split("/") if p and p != ".."]
+        for t in top:  # the group and those above it; in a container its own view's root too
+            for depth in range(len(parts), -1, -1):
+                try:
+                    with open(os.path.join(t, *parts[:depth], name)) as fh:
+                        raw = fh.read().strip()
+                except OSError:
+                    continue
+                if raw.isascii() and raw.isdigit() and 0 < int(raw) < 1 << 62:  # "max", v1's "unlimited"
+                    found.append((int(raw), "this process's control group (container) allows"))
+    return min(found) if found else None
+
+
+def accounts_fit(n: int, root: str = "/") -> str:
+    """"" when n bulk genesis accounts (genesis_accounts, --accounts) fit in this process's memory
+    (memory_limit: a container's limit where lower than the machine's), else why not: 10**14 of
+    them were built until memory ran out (hours, then the OOM killer)."""
+    limit = memory_limit(root)
+    if limit is None or n * ACCOUNT_BYTES <= limit[0]:
         return ""
-    if n * ACCOUNT_BYTES <= total:
-        return ""
-    return (f"{n:,} genesis accounts need about {n * ACCOUNT_BYTES / 2**30:,.0f} GiB of memory; "
-            f"this machine has {total / 2**30:,.0f} GiB")
+    return (f"{n:,} genesis accounts need about {n * ACCOUNT_BYTES / 2**30:,.1f} GiB of memory; "
+            f"{limit[1]} {limit[0] / 2**30:,.1f} GiB")
+
+
+def open_events(cfg: "NodeConfig", where: str = ""):
+    """[node] events opened for appending, once the store is open: a regular file, a character
+    device (/dev/null, a terminal) or a FIFO some process reads, and never the store, its WAL or
+    shared memory, its lock, the load file or the validator's own file under any name. A FIFO no
+    process read held open() for ever (the validator never started, its port unbound, with no
+    word), and NodeConfig.load's check compares names and files that exist before the start: a
+    symbolic link to data_dir (or a hard link made later) named validator.db on a first start,
+    so the JSON lines went into the SQLite file the store had just created."""
+    def refuse(why: str):
+        return StartupError(f"validator {cfg.index}: {where}[node] events {str(cfg.events)!r}: {why}")
+    try:
+        fd = os.open(cfg.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO with no reader (or a socket): open() without O_NONBLOCK waited
+            raise refuse("a FIFO (or socket) that no process reads; give the events a file") from None
+        raise refuse(exc.strerror or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            raise refuse("not a regular file, a character device or a FIFO; give the events a file")
+        same = {(info.st_dev, info.st_ino)}
+        taken = [(cfg.data_dir / name, f"[node] data_dir's {name}") for name in
+                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock")]
+        taken += [(Path(cfg.path), "this validator's file")] if cfg.path else []
+        taken += [(Path(cfg.load_file), "[node] load_file")] if cfg.load_file else []
+        for other, what in taken:
+            try:
+                o = os.stat(other)
+            except OSError:
+                continue
+            if {(o.st_dev, o.st_ino)} == same:
+                raise refuse(f"is {what} ({other}) under another name; give the events their own file")
+        os.set_blocking(fd, True)  # a FIFO's reader that falls behind holds the writes, as a pipe does
+        return os.fdopen(fd, "a", buffering=1)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class StartupError(Exception):
@@ -403,7 +484,28 @@ class StartupError(Exception):
 
 
 class DataDirInUse(Exception):
-    """Another process holds the data directory's lock."""
+    """Another process (or an earlier store of this one) holds the data directory's lock, or its
+    filesystem takes no lock."""
+
+
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}  # flock on a filesystem without locks
+_locked_stores: "weakref.WeakSet[LockedStore]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child lets its parent's data_dir locks go (its copies of their descriptors are
+    closed; the parent's lock stands): a child that outlived its parent (killed by SIGKILL) held
+    the lock, and the validator's restart was refused as "in use" by a process long dead."""
+    for store in list(_locked_stores):
+        if store.lock >= 0:
+            try:
+                os.close(store.lock)
+            except OSError:
+                pass
+            store.lock = -1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LockedStore(Store):
@@ -415,16 +517,26 @@ class LockedStore(Store):
     view is overwritten can vote twice in one view, and two validators' blocks interleaved."""
 
     def __init__(self, data_dir: Path):
-        self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self.lock = -1
+        # not followed if a link: the file is truncated to hold the pid (a validator.lock linked to
+        # another file emptied that file)
+        self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(self.lock, 32).decode(errors="replace").strip() or "unknown"
             os.close(self.lock)
+            if holder == str(os.getpid()):  # a NodeRunner of this process whose store was never closed
+                raise DataDirInUse(f"in use by this process (pid {holder}): an earlier validator here did not "
+                                   "close its store") from None
             raise DataDirInUse(f"in use by another validator process (pid {holder}); stop it first") from None
-        except OSError:
+        except OSError as exc:
             os.close(self.lock)
+            if exc.errno in NO_LOCKS:  # was "is not a writable directory: No locks available"
+                raise DataDirInUse(f"its filesystem takes no file lock ({exc.strerror}), so two processes could "
+                                   "write one validator's votes; put data_dir on a local filesystem") from None
             raise
+        _locked_stores.add(self)
         try:
             os.ftruncate(self.lock, 0)
             os.pwrite(self.lock, f"{os.getpid()}\n".encode(), 0)
@@ -556,14 +668,21 @@ class NodeRunner:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.queued: dict[int, int] = {}  # sender -> its messages in the inbox (at most INBOX_PER_PEER)
         self.queued_bytes: dict[int, int] = {}  # sender -> their bytes, about (_weight; INBOX_BYTES_PER_PEER)
-        try:
-            self.events = open(cfg.events, "a", buffering=1)
-        except OSError as exc:
-            raise StartupError(f"validator {cfg.index}: {where}[node] events {str(cfg.events)!r}: "
-                               f"{exc.strerror or exc}") from None
+        self.events = open_events(cfg, where)
         self.rpc = None
         self.stop_reason = ""
         self.exit_with_parent: int | None = None  # the launcher's pid: stop when it is gone
+
+    def close(self) -> None:
+        """The store (and its data_dir lock) and the events file let go, once or again (run()
+        closes them as it ends; run_node after whatever else failed). A start that failed after
+        the runner was made (its [metrics] port taken, the event loop's setup) kept the lock in
+        the process, so a validator started again in it (as tests and embedders do) was refused
+        as "in use" by itself."""
+        try:
+            self.store.close()
+        finally:
+            self.events.close()
 
     def _serve_snapshot(self, height: int, chunk: int):
         return statesync.serve(self.store, height, chunk)
@@ -920,6 +1039,24 @@ def _readable_by_others(path) -> str:
             "and make a new seed (and tell the network its new key) if others may have read it")
 
 
+def _software_key_check(cfg: "NodeConfig", where: str) -> None:
+    """A software-only clearing validator still checks the keys accounts register with on the
+    accel backend ([accel], accel.toml or ACCEL_*: clearing.register's ed25519_key_is_safe, whose
+    verdicts every backend shares), so that configuration is read and that check run once here.
+    Neither was looked at before the first registration: an ACCEL_* variable that does not parse,
+    or backend = "cuda" on a machine without an NVIDIA driver, made that validator refuse every
+    registration ("internal error while applying it") in its proposals and refuse the blocks of
+    the others that held one, while the accelerated validators took them."""
+    import accel
+    try:
+        accel.ed25519_keys_are_safe([cfg.keys[cfg.index]])
+    except Exception as exc:  # ConfigError, BackendUnavailable, a driver's own error
+        raise SystemExit(f"validator {cfg.index}: {where}validation = \"software\" checks registering accounts' keys "
+                         f"on the configured accel backend ([accel], accel.toml or ACCEL_*), which cannot run: "
+                         f"{' '.join(str(exc).split()) or type(exc).__name__}; fix it, or set [accel] backend = "
+                         "\"cpu\"") from None
+
+
 def run_node(config_path, exit_with_parent: int | None = None) -> int:
     """exit_with_parent: a pid; the validator stops when its parent is no longer that process (a
     launcher such as `accel localnet` that died, even by SIGKILL)."""
@@ -936,8 +1073,10 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
         log.warning("%s%s", where, exposed)
     if cfg.accel is not None:
         config.use(cfg.accel)  # before readiness, so the check runs the backend this file names
+    if cfg.validation == "software" and cfg.app == "clearing":
+        _software_key_check(cfg, where)
     log.info("validator %d starting: %s app, %s validation", cfg.index, cfg.app, cfg.validation,
-             extra={"accel": asdict(config.get())} if cfg.validation == "accel" else {})
+             extra={"accel": asdict(config.get())} if cfg.validation == "accel" or cfg.app == "clearing" else {})
     if cfg.validation == "accel":
         device, results = readiness.check()
         failed = [r for r in results if not r.ok]
@@ -948,15 +1087,18 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
             raise SystemExit(f"validator {cfg.index}: the configured backend cannot run ({device}); not starting")
     try:
         runner = NodeRunner(cfg)
-        runner.exit_with_parent = exit_with_parent
-        if cfg.metrics is not None:
-            try:
-                runner.metrics.serve(cfg.metrics)
-            except OSError as exc:
-                raise StartupError(f"validator {cfg.index}: {where}cannot listen on {cfg.metrics[0]}:{cfg.metrics[1]} "
-                                   f"([metrics] listen, metrics): {exc.strerror or exc}") from None
-            log.info("metrics on http://%s:%d/metrics", *cfg.metrics)
-        asyncio.run(runner.run())
+        try:
+            runner.exit_with_parent = exit_with_parent
+            if cfg.metrics is not None:
+                try:
+                    runner.metrics.serve(cfg.metrics)
+                except OSError as exc:
+                    raise StartupError(f"validator {cfg.index}: {where}cannot listen on {cfg.metrics[0]}:"
+                                       f"{cfg.metrics[1]} ([metrics] listen, metrics): {exc.strerror or exc}") from None
+                log.info("metrics on http://%s:%d/metrics", *cfg.metrics)
+            asyncio.run(runner.run())
+        finally:
+            runner.close()
     except StartupError as exc:  # one line on stderr, exit status 1
         raise SystemExit(str(exc)) from None
     except (StoreError, InvariantViolation) as exc:
@@ -969,7 +1111,15 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
         if isinstance(exc, OSError) and exc.errno not in DISK_ERRNOS:
             raise
         # the disk under data_dir or events: full, read-only, failing (SQLite's "database or disk is
-        # full" was a traceback): nothing more can be recorded, so the validator stops, in one line
+        # full" was a traceback): nothing more can be recorded, so the validator stops, in one line.
+        # The first error is named: SQLite rolls a transaction back itself on a full disk, so the
+        # store's own ROLLBACK then failed with "cannot rollback - no transaction is active",
+        # which hid "database or disk is full" (the write was undone either way: nothing half done)
+        first = exc
+        while isinstance(first.__context__, (sqlite3.Error, OSError)) and first.__context__ is not exc:
+            first = first.__context__
+        if isinstance(first, sqlite3.Error) or (isinstance(first, OSError) and first.errno in DISK_ERRNOS):
+            exc = first
         log.error("validator %d stopped: cannot write %s: %s", cfg.index,
                   "[node] data_dir's store" if isinstance(exc, sqlite3.Error) else "to disk",
                   getattr(exc, "strerror", None) or exc, extra={"error": type(exc).__name__})
