@@ -10,7 +10,8 @@ Keys (all optional):
   cuda_device    CUDA device index                   env ACCEL_CUDA_DEVICE   default 0
   cuda_cubin_dir where `accel build-cuda` put the      env ACCEL_CUDA_CUBIN_DIR default "": its own
                  prebuilt CUDA modules (a module not         default, ~/.cache/accel-verify/cubin
-                 found there is compiled by NVRTC)           ($XDG_CACHE_HOME if set)
+                 found there is compiled by NVRTC; in a      ($XDG_CACHE_HOME if set)
+                 file, relative to the file's directory)
   gpu_fallback   rerun on the C fallback when a GPU  env ACCEL_GPU_FALLBACK  default true
                  backend fails mid-batch (logged)
   gpu_min_batch  batches smaller than this stay on   env ACCEL_GPU_MIN_BATCH default -1: per kernel,
@@ -182,8 +183,19 @@ def _from_file(path, shared: bool = False) -> dict:
         where = f"{path}:{line}"
         if key not in KEYS:
             raise ConfigError(f"{where}: unknown [accel] key {key!r}; known: {sorted(KEYS)}")
+        if key == "cuda_cubin_dir" and isinstance(value, str) and value and value == value.strip() \
+                and "\0" not in value:
+            value = _file_path(path, value)
         out[key] = (value, where)
     return out
+
+
+def _file_path(path, value: str) -> str:
+    """A path written in a file: ~ expanded, a relative one read from the file's own directory
+    (its links resolved), as a validator's file reads [node] data_dir. A relative cuda_cubin_dir
+    was taken from the working directory: a validator started by systemd (in /) looked for its
+    prebuilt modules in /cubin, found none and compiled each with NVRTC (a minute a module)."""
+    return str(Path(os.path.realpath(path)).parent / Path(value).expanduser())
 
 
 def load(path: str | os.PathLike | None = None, env: dict | None = None, shared: bool = False) -> AccelConfig:

@@ -290,3 +290,21 @@ def test_a_full_disk_is_named_not_the_failed_rollback_that_followed_it(tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "cannot write [node] data_dir's store: database or disk is full" in last, last
+
+
+def test_a_relative_cubin_dir_in_a_file_is_read_from_the_files_directory(tmp_path, monkeypatch):
+    """[accel] cuda_cubin_dir = "cubin" was taken from the working directory, unlike [node]
+    data_dir in the same file: a validator started by systemd (in /) looked in /cubin, found no
+    prebuilt module and compiled each with NVRTC at its first use; "~/..." was a directory named
+    "~". Both are read as the file's other paths now (ACCEL_CUDA_CUBIN_DIR stays as given)."""
+    (tmp_path / "conf").mkdir()
+    accel_toml = tmp_path / "conf" / "accel.toml"
+    accel_toml.write_text('[accel]\ncuda_cubin_dir = "cubin"\n')
+    monkeypatch.chdir("/")
+    assert config.load(accel_toml, env={}).cuda_cubin_dir == str(tmp_path / "conf" / "cubin")
+    accel_toml.write_text('[accel]\ncuda_cubin_dir = "~/prebuilt"\n')
+    assert config.load(accel_toml, env={}).cuda_cubin_dir == str(Path.home() / "prebuilt")
+    assert config.load(accel_toml, env={"ACCEL_CUDA_CUBIN_DIR": "rel"}).cuda_cubin_dir == "rel"
+    path = _config(tmp_path)[0]
+    path.write_text(path.read_text() + '\n[accel]\nbackend = "cpu"\ncuda_cubin_dir = "mods"\n')
+    assert NodeConfig.load(path).accel.cuda_cubin_dir == str(tmp_path / "mods")
