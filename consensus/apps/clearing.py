@@ -538,7 +538,7 @@ class Clearing:
     def _holders(self, series: int) -> VersionedSet:
         """The series' holders, this version's own set (to change): a copy of the shared one in
         time proportional to its recent changes, not to its holders (ledger_state.VersionedSet;
-        a plain set, as a restore or a benchmark builds it, is taken over once)."""
+        a plain set, as a benchmark builds it, is taken over once; a restore builds VersionedSets)."""
         if series not in self._private_holders:
             held = self.holders.get(series)
             self.holders[series] = held.copy() if isinstance(held, VersionedSet) else VersionedSet(held or ())
@@ -1065,6 +1065,10 @@ class Clearing:
             acct = self._mut(holder)
             sizes[holder] = acct.positions.pop(series)
             _credit(acct, asset, sizes[holder] * value)
+        # its kept order (auto-deleveraging's) goes with its holders: nobody holds it from here on,
+        # so nothing reads it again, and a chain of expiring series would keep every one for ever
+        self._sizes.pop(series, None)
+        self._private_sizes.discard(series)
         self.fixings[series] = value
         if paid is not None:
             factor = {sign: _gain(pools, series, sign) for sign in (1, -1)}
@@ -1651,6 +1655,8 @@ class Clearing:
                 out.append(f"series {i}: open interest sums to {sum(held.values())}, not 0")
             if set(held) != self.holders.get(i, set()):
                 out.append(f"series {i}: the holders index differs from the positions")
+            if i in self._sizes and self._sizes[i].sizes() != held:
+                out.append(f"series {i}: the kept order of its holders (auto-deleveraging's) differs from the positions")
             if i in self.fixings and held:
                 out.append(f"series {i}: settled but still held")
         for k, acct in self.accounts.items():

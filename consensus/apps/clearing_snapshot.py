@@ -12,7 +12,7 @@ import functools
 import struct
 
 from .clearing import Account, Clearing, Mark
-from .ledger_state import Log, MerkleTree, Versioned
+from .ledger_state import Log, MerkleTree, Versioned, VersionedSet
 
 MAGIC = b"AVSNAP1"
 
@@ -50,6 +50,10 @@ def restore(genesis: Clearing, blob: bytes, state_root: bytes, sha256_many) -> C
                 if i not in c.series:
                     raise ValueError(f"account {key.hex()[:16]} holds series {i}, which the genesis does not list")
                 c.holders.setdefault(i, set()).add(key)
+        # each series' holders as the versions share them (ledger_state.VersionedSet), once here: a
+        # plain set would be taken over (copied) by every version built on this one (each proposal
+        # pass, each fork) until one of them commits
+        c.holders = {i: VersionedSet(held) for i, held in c.holders.items()}
         _globals(c, globals_)
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise ValueError(f"not a clearing snapshot: {exc}") from None

@@ -284,6 +284,14 @@ class SizeIndex:
     def set(self, key, size: int) -> None:
         self._delta[key] = size
 
+    def sizes(self) -> dict:
+        """Every key's size now, the zeros left out (an audit: Clearing.violations)."""
+        merged: dict = {}
+        for layer in self._layers:
+            merged.update(layer.entries)
+        merged.update(self._delta)
+        return {k: p for k, p in merged.items() if p}
+
     def copy(self) -> "SizeIndex":
         if len(self._delta) > SET_DELTA:
             layers = [*self._layers, _Sizes(self._delta)]
