@@ -402,13 +402,16 @@ class Client:
         object, however nested or cut short, or one trickled in past `timeout` seconds in all) is
         an RpcError naming the URL, never another exception."""
         where = f"{url}{path}"
+        # a retry has what is left of the timeout, not all of it again: a validator that answered
+        # 429 and then held the retried request held the call up to twice the timeout
+        limit = self.timeout if until is None else round(min(self.timeout, max(0.001, until - time.monotonic())), 3)
         until = time.monotonic() + self.timeout if until is None else until
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"} if data else {})
-        with _Deadline(self.timeout) as deadline:
+        with _Deadline(limit) as deadline:
             try:
                 try:
-                    with _OPENER.open(req, timeout=self.timeout) as resp:
+                    with _OPENER.open(req, timeout=limit) as resp:
                         answer = _loads(_bounded(resp, where))
                 except urllib.error.HTTPError as exc:
                     error = exc

@@ -5,6 +5,7 @@ failed (or hung) before its fix."""
 import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -308,3 +309,43 @@ def test_a_relative_cubin_dir_in_a_file_is_read_from_the_files_directory(tmp_pat
     path = _config(tmp_path)[0]
     path.write_text(path.read_text() + '\n[accel]\nbackend = "cpu"\ncuda_cubin_dir = "mods"\n')
     assert NodeConfig.load(path).accel.cuda_cubin_dir == str(tmp_path / "mods")
+
+
+def test_a_retry_after_429_has_what_is_left_of_the_timeout():
+    """The s9 fix bounded the pauses between 429 retries by the timeout, but each retried request
+    had the whole timeout again: a validator that answered 429 at once and then held the retried
+    request held the call about twice the timeout. The retry's own bound is what is left now
+    (the error names it: below the timeout)."""
+    import http.server
+    import threading
+    from consensus.client import Client, RpcError
+    seen, release = [], threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            if len(seen) > 1:  # the retry: held
+                release.wait(10)
+                return
+            body = b'{"error": "busy"}'
+            self.send_response(429)
+            self.send_header("Retry-After", "0")  # the client's shortest pause, 0.25 s
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(RpcError) as err:
+            Client(f"http://127.0.0.1:{server.server_port}", timeout=3.0).status()
+        assert len(seen) == 2, seen
+        bound = float(re.search(r"no complete answer within ([0-9.e-]+) s", str(err.value)).group(1))
+        assert bound < 3.0 - 0.2  # what was left after the first answer and the 0.25 s pause
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
