@@ -86,7 +86,7 @@ class Store:
         self.db = sqlite3.connect(str(path), isolation_level=None, factory=_Connection)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a vote may leave only after its state is on disk
-        for statement in _TABLES:
+        for statement in _TABLES + _TRIGGERS:
             self.db.execute(statement)
         problem = _schema_problem(self.db)
         if problem:
@@ -390,7 +390,8 @@ _TABLES = (
     # the safety row's digest (_safety_digest), written with it: SQLite keeps no checksum of a
     # page, and a flipped bit of last_voted_view read back as a lower view let a restarted
     # validator vote again in views it had voted in; one of the high QC's signatures, a high QC
-    # whose timeouts nobody accepts. A store written before it has no row (taken as it is).
+    # whose timeouts nobody accepts. A store written before it has no row (taken as it is), nor
+    # has one whose safety row an older release wrote since (_TRIGGERS).
     "CREATE TABLE IF NOT EXISTS safety_check (one INTEGER PRIMARY KEY CHECK (one = 1), digest BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS committed (height INTEGER PRIMARY KEY, id BLOB NOT NULL, proposal BLOB NOT NULL)",
     # uncommitted blocks of the safety state (Safety.blocks), dropped as their height commits
@@ -402,6 +403,18 @@ _TABLES = (
     # written once, by the first claim_network of an empty store
     "CREATE TABLE IF NOT EXISTS network (one INTEGER PRIMARY KEY CHECK (one = 1), id BLOB NOT NULL)",
 )
+
+
+# Any SQL write of the safety row deletes its digest; _write_safety writes the digest after the row,
+# in the same transaction. A release from before the digest, run on a store that has one (an
+# operator's rollback), writes the row alone: without these the digest of the row before stayed,
+# and the next start of this release refused an intact store as damaged ("remove the data
+# directory": a validator that forgot its votes). With them such a store reads as one written
+# before the digest (taken, and given one at its next save); a row changed on disk, never through
+# SQL, still fails its digest. (SQLite runs a store's triggers whichever program writes to it.)
+_TRIGGERS = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS safety_{event.lower()} AFTER {event} ON safety "
+    "BEGIN DELETE FROM safety_check; END" for event in ("INSERT", "UPDATE"))
 
 
 def _columns(db) -> dict:
