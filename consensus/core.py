@@ -296,8 +296,24 @@ class Core:
             if b.parent != self.genesis.id:  # only the newest block's state is needed to go on
                 del self.blocks[b.parent], self.states[b.parent]
         self._check_proposers(((base.proposal,) if base is not None else ()) + tuple(history))
+        self._check_high_qc()
         for p in sorted(safety.blocks if safety is not None else (), key=lambda p: p.block.height):
             self._restore(p)  # the uncommitted blocks stored with the safety state
+
+    def _check_high_qc(self) -> None:
+        """The stored high QC's signatures (2f+1, once a start). A store written before its safety
+        row had a digest (store.py) read a damaged high QC back as it was: the validator started,
+        and every timeout and proposal it made carried a QC nobody verifies, so every peer took
+        it for a Byzantine one and stopped listening to it for the view (_faulty), silently."""
+        qc = self.safety.high_qc
+        try:
+            ok = self.app.verifier.verify_lists(*self.qc_certs(qc))
+        except InvalidCertificate:
+            ok = False
+        if not ok:
+            raise InvariantViolation(f"the stored high QC (view {qc.view}, block {qc.block_id.hex()[:16]}) does not "
+                                     "verify: the store is damaged; restore a backup, or remove the data directory "
+                                     "to start again")
 
     def _restore(self, p: Proposal) -> None:
         """Take back a stored uncommitted block: validated again like any proposal (its state is
@@ -395,6 +411,9 @@ class Core:
             return []
         if isinstance(msg, (Proposal, Timeout, BlockResponse)) and self.muted.get(sender) == self.view:
             self.counters["muted"] += 1
+            if isinstance(msg, Proposal):  # (refused unchecked, as a block breaking a rule on its face)
+                return [Rejected(msg.block.id, msg.block.proposer, "not checked: its sender sent a certificate, "
+                                 "signature or block that does not verify or validate in this view")]
             return []
         if isinstance(msg, Proposal):
             return self._on_proposal(sender, msg)
@@ -481,14 +500,16 @@ class Core:
         out, todo = [], [(sender, p)]
         while todo:
             s, q = todo.pop()
-            out += self._on_one_proposal(s, q, vouch if q is p else None)
+            out += self._on_one_proposal(s, q, vouch if q is p else None, resumed=q is not p)
             if q.block.id in self.blocks:
                 for child in self.waiting.pop(q.block.id, []):
                     self.parked.pop(child[1].block.id, None)
                     todo.append(child)
         return out
 
-    def _on_one_proposal(self, sender: int, p: Proposal, vouch: QC | None = None) -> list:
+    def _on_one_proposal(self, sender: int, p: Proposal, vouch: QC | None = None, resumed: bool = False) -> list:
+        """resumed: a parked proposal whose parent came (its certificates, signature and
+        transactions were checked when it was parked), taken under the sender it was parked from."""
         b = p.block
         if b.id in self.blocks:
             return self._proposers_copy(sender, p)
@@ -521,8 +542,12 @@ class Core:
             return [Rejected(b.id, b.proposer, "the QC's view or height is not its block's")]
         if b.height != parent.height + 1:  # implied by the two checks above; the rule itself
             return [Rejected(b.id, b.proposer, "a block's height must be its parent's plus one")]
-        if self.refused.get(sender) == b.view and sender != self.cfg.me:
-            self.counters["muted"] += 1  # another block of a view whose block from this sender did not validate
+        if self.refused.get(sender) == b.view and sender != self.cfg.me and not resumed:
+            # another block of a view whose block from this sender did not validate. Never a parked
+            # one resumed: it was parked under the first sender of its id, maybe a relayer (the
+            # proposer's own copy then only re-asks for the parent), which could otherwise send
+            # any failing block of that view (no key needed) and have the leader's block dropped
+            self.counters["muted"] += 1
             return []
         try:
             certs = self._proposal_certs(p)
@@ -535,8 +560,12 @@ class Core:
             return [Rejected(b.id, b.proposer, f"validation raised {type(exc).__name__}: {exc}")]
         if not verdict.ok:
             # (its signatures checked, maybe executed: the sender's other blocks of that view are
-            # refused unchecked; a leader that is not the sender never made one that fails)
+            # refused unchecked; a leader that is not the sender never made one that fails). And
+            # the sender is not listened to for the rest of this view (_faulty): no honest one
+            # sends a block that does not validate, while another view each frame (a made-up TC
+            # of the view before, any proposer index: no key needed) cost a full validation a frame
             self.refused[sender] = b.view
+            self._faulty(sender)
             return [Rejected(b.id, b.proposer, verdict.reason)]
         self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
         self.timings[b.id] = verdict.timings_ms
