@@ -72,6 +72,7 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # a disk tha
 KV_TX_BYTES = 85 + 64 + 8  # a key-value transfer's body, its signature and its offset in a proposal's frame
 KV_MAX_TXS = (MAX_MESSAGE // 2) // KV_TX_BYTES  # a kv proposal fits one message, with room for its certificates
 ACCOUNT_BYTES = 1024  # about the memory of one bulk genesis account (bench.add_accounts; ~830 B measured)
+EVENTS_HEAD = 1 << 16  # the bytes of an existing events file read for its first line (one event: < 1 KiB)
 MAX_VALIDATORS = 65_535  # validator indices and a QC's voter count are u16 (messages.py)
 
 REQUIRED = object()
@@ -472,6 +473,19 @@ def open_events(cfg: "NodeConfig", where: str = ""):
                 continue
             if {(o.st_dev, o.st_ino)} == same:
                 raise refuse(f"is {what} ({other}) under another name; give the events their own file")
+        if stat.S_ISREG(info.st_mode) and info.st_size:
+            # a file that is not an events file already (another validator's validator.db, a key
+            # file, a log given by mistake) would have JSON lines appended to it: the names above
+            # are this validator's own, and another's store took the lines as it took them
+            with open(cfg.events, "rb") as fh:  # the descriptor above is write-only
+                first = fh.read(EVENTS_HEAD).split(b"\n", 1)[0]
+            try:
+                ok = "kind" in json.loads(first)
+            except (ValueError, TypeError):  # not JSON, or JSON that is not an object
+                ok = False
+            if not ok:
+                raise refuse(f"holds something other than a validator's events (it begins {first[:16]!r}); "
+                             "give the events their own file")
         os.set_blocking(fd, True)  # a FIFO's reader that falls behind holds the writes, as a pipe does
         return os.fdopen(fd, "a", buffering=1)
     except BaseException:

@@ -349,3 +349,34 @@ def test_a_retry_after_429_has_what_is_left_of_the_timeout():
         release.set()
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("target", ["another_store", "key_file", "log"])
+def test_events_never_append_to_a_file_that_is_not_an_events_file(tmp_path, target):
+    """The events check named this validator's own files only: events = another validator's
+    validator.db on the same host (a file copied and half edited) appended JSON lines into that
+    validator's SQLite store; a client key file or a log was appended to as well. An existing
+    file must begin with an event line; an empty or absent one, and this validator's own events
+    across restarts, are taken."""
+    paths = _config(tmp_path)
+    other = NodeRunner(NodeConfig.load(paths[1]))
+    _close(other)
+    events = {"another_store": NodeConfig.load(paths[1]).data_dir / "validator.db",
+              "key_file": tmp_path / "client-key.json", "log": tmp_path / "node.log"}[target]
+    if target == "key_file":
+        events.write_text(json.dumps({"seed": "00" * 32}) + "\n")
+    elif target == "log":
+        events.write_text("2026-12-06 12:00:00 node0 INFO starting\n")
+    before = events.read_bytes()
+    _set(paths[0], events=json.dumps(str(events)))
+    with pytest.raises(StartupError) as err:
+        NodeRunner(NodeConfig.load(paths[0]))
+    assert "[node] events" in str(err.value) and "something other than" in str(err.value)
+    assert events.read_bytes() == before
+    own = tmp_path / "own.jsonl"
+    _set(paths[0], events=json.dumps(str(own)))
+    for _ in range(2):  # written, then taken again at the restart
+        runner = NodeRunner(NodeConfig.load(paths[0]))
+        runner._event(kind="probe")
+        _close(runner)
+    assert own.read_text().count('"kind": "probe"') == 2
