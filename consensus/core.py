@@ -260,6 +260,12 @@ class Core:
         # responses are dropped unchecked for the rest of that view (_faulty). Each of those
         # costs a QC's 2f+1 signatures to refuse, and one frame can carry 64 of them
         self.muted: dict[int, int] = {}
+        # the same for a sender whose block response held such a proposal: only its responses are
+        # dropped. An honest validator may serve a block whose certificates it never verified: a
+        # state-synced one holds its snapshot's block and the proof's blocks as its snapshot
+        # server sent them, and a block id covers neither its QC nor its TC (a Byzantine server
+        # can forge those); its proposals and timeouts must still count
+        self.muted_responses: dict[int, int] = {}
         self.refused: dict[int, int] = {}  # sender -> the view of its last block that did not validate
         self.good_qcs: dict[tuple, None] = {}  # (block id, view, voters, sigs) of QCs verified (GOOD_QCS)
         if base is not None:
@@ -409,7 +415,8 @@ class Core:
         if bad:
             self.counters[f"{bad}_malformed"] += 1
             return []
-        if isinstance(msg, (Proposal, Timeout, BlockResponse)) and self.muted.get(sender) == self.view:
+        if isinstance(msg, (Proposal, Timeout, BlockResponse)) and (self.muted.get(sender) == self.view or (
+                isinstance(msg, BlockResponse) and self.muted_responses.get(sender) == self.view)):
             self.counters["muted"] += 1
             if isinstance(msg, Proposal):  # (refused unchecked, as a block breaking a rule on its face)
                 return [Rejected(msg.block.id, msg.block.proposer, "not checked: its sender sent a certificate, "
@@ -494,7 +501,8 @@ class Core:
         """Validate a proposal and act on it; then, in a loop (never recursion, however long the
         chain that was waiting for it), each parked proposal whose parent it was. vouch: a QC that
         may certify p (the next proposal's in a BlockResponse), see _vouched."""
-        if self.muted.get(sender) == self.view:  # (the rest of a response from a sender found faulty in it)
+        if self.muted.get(sender) == self.view or (self.answering and self.muted_responses.get(sender) == self.view):
+            # (the rest of a response from a sender found faulty in it)
             self.counters["muted"] += 1
             return []
         out, todo = [], [(sender, p)]
@@ -1091,7 +1099,8 @@ class Core:
         reusing one signature of its own, a response of 64 proposals each "certified" by the
         next one's forged QC) and now cost that once a view."""
         if 0 <= sender < self.cfg.n and sender != self.cfg.me:
-            self.muted[sender] = self.view
+            # (in a block response: only its responses; see muted_responses)
+            (self.muted_responses if self.answering else self.muted)[sender] = self.view
             self.counters["faulty_sender"] += 1
 
     def _help_behind(self, peer: int, view: int) -> list:

@@ -192,3 +192,41 @@ def test_failing_blocks_for_a_new_view_each_cost_their_signatures_once_a_view():
         assert not any(type(a).__name__ in ("Send", "Broadcast") for a in out)
     assert seen[0] <= 2 * (x.cfg.quorum + 1), seen[0]  # one block's signatures, not 40 blocks'
     assert not x.blocks.keys() - {x.genesis.id}
+
+
+# ---- an honest server of a block it never verified ----------------------------------------------
+
+def test_a_response_holding_a_forged_certificate_mutes_only_its_senders_responses():
+    """The first round took a sender whose proposal does not verify or validate for a Byzantine
+    one (Core._faulty), responses included ("a responder serves blocks it validated"). Not so: a
+    state-synced validator holds its snapshot's block and the proof's blocks as its snapshot
+    server sent them (statesync.commit_proof checks their proposers' signatures and one QC; a
+    block id covers neither its QC nor its TC), so a Byzantine snapshot server's forged QC in
+    one of them is served by an honest validator to everyone catching up from it; each muted
+    that honest validator's proposals and timeouts too for its view (a leader's block ignored,
+    its timeouts missing from a TC). A failure inside a block response now mutes only that
+    sender's responses for the view (the cost bound of the first round stays: once a view)."""
+    from consensus.messages import BlockResponse, Timeout, timeout_bytes
+    sim, x = _behind(blocks=4)
+    h = 2
+    src = sim.nodes[h].core
+    chain = sorted((p for p in src.proposals.values() if p.block.height >= 1), key=lambda p: p.block.height)[:4]
+    assert [p.block.height for p in chain] == [1, 2, 3, 4]
+    second = chain[1].block
+    forged = replace(chain[1], block=replace(second, qc=replace(second.qc, sigs=bytes(len(second.qc.sigs)))))
+    assert forged.block.id == second.id  # (the id does not cover the QC)
+    x.handle(h, BlockResponse((chain[0], forged) + tuple(chain[2:])))
+    assert second.id not in x.blocks and x.counters["faulty_sender"] == 1
+    muted = x.counters["muted"]
+    # its own timeout of this validator's view still counts
+    t = Timeout(x.view, x.safety.high_qc, h, sim.keys[h].sign(timeout_bytes(x.view, x.safety.high_qc.view,
+                                                                            sim.network)).signature)
+    x.handle(h, t)
+    assert h in x.timeouts.get(x.view, {}), x.counters
+    assert x.counters["muted"] == muted
+    # its responses stay muted for the view
+    x.handle(h, BlockResponse((forged,)))
+    assert x.counters["muted"] == muted + 1
+
+
+from dataclasses import replace  # noqa: E402
