@@ -230,3 +230,28 @@ def test_a_response_holding_a_forged_certificate_mutes_only_its_senders_response
 
 
 from dataclasses import replace  # noqa: E402
+
+
+def test_software_only_and_accelerated_verdicts_agree_on_public_vectors_with_the_c_path_or_without(monkeypatch):
+    """Every public vector (Wycheproof, ed25519-speccheck, ../shared/testdata) and test_ed25519's
+    edge cases: the software-only verifier (libsodium, then the C fallback's kernel), the same
+    with the C path failing (the plain-Python model), and the C fallback itself give one verdict."""
+    import json
+    from accel.ed25519_ref import zip215_verdict
+    from test_ed25519 import EDGE
+    cases = [(c[1], c[2], c[3]) for c in EDGE]
+    data = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "ed25519"
+    if data.is_dir():
+        wycheproof = json.loads((data / "wycheproof_ed25519_test.json").read_text())
+        for group in wycheproof["testGroups"]:
+            pk = bytes.fromhex(group["publicKey"]["pk"])
+            cases += [(pk, bytes.fromhex(t["msg"]), bytes.fromhex(t["sig"])) for t in group["tests"]
+                      if len(t["sig"]) == 128 and len(pk) == 32]
+        cases += [(bytes.fromhex(c["pub_key"]), bytes.fromhex(c["message"]), bytes.fromhex(c["signature"]))
+                  for c in json.loads((data / "speccheck_cases.json").read_text())]
+    software, c_fallback = verify.Verifier("software"), verify.Verifier("accel", backend="cpu")
+    want = [c_fallback.verify_one(*c) for c in cases]
+    assert want == [zip215_verdict(*c) for c in cases]
+    assert [software.verify_one(*c) for c in cases] == want
+    monkeypatch.setattr(accel, "ed25519_verify_batch", lambda *a, **k: 1 / 0)
+    assert [software.verify_one(*c) for c in cases] == want
