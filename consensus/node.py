@@ -243,7 +243,7 @@ class NodeConfig:
         # itself was written into (a JSON line appended to validator.db damaged the store; to this
         # file, the next start could not parse it)
         taken = {cfg.data_dir / name: f"[node] data_dir's {name}" for name in
-                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock")}
+                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock", "validator.key")}
         taken[Path(os.path.abspath(path))] = "this file"
         if cfg.load_file:
             taken[Path(cfg.load_file)] = "[node] load_file"
@@ -463,7 +463,7 @@ def open_events(cfg: "NodeConfig", where: str = ""):
             raise refuse("not a regular file, a character device or a FIFO; give the events a file")
         same = {(info.st_dev, info.st_ino)}
         taken = [(cfg.data_dir / name, f"[node] data_dir's {name}") for name in
-                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock")]
+                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock", "validator.key")]
         taken += [(Path(cfg.path), "this validator's file")] if cfg.path else []
         taken += [(Path(cfg.load_file), "[node] load_file")] if cfg.load_file else []
         for other, what in taken:
@@ -581,10 +581,40 @@ class NodeRunner:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
                                f"writable directory: {getattr(exc, 'strerror', None) or exc}") from None
         try:
+            self._claim_data_dir(cfg, where)
             self._open(cfg, where)
         except BaseException:  # a validator that does not start lets its data_dir go
             self.store.close()
             raise
+
+    @staticmethod
+    def _claim_data_dir(cfg: NodeConfig, where: str) -> None:
+        """data_dir/validator.key names the validator whose store it is (its public key), written
+        at its first start: another validator of the same network given this data_dir (a copied
+        file whose index and seed were changed, data_dir not) while its owner was stopped passed
+        the lock and the network check, took the owner's safety state as its own and wrote its
+        votes over the owner's. It is refused now, before anything is written."""
+        mine = cfg.keys[cfg.index].hex()
+        marker = cfg.data_dir / "validator.key"
+        try:
+            held = marker.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            held = None
+        except OSError as exc:
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: cannot read "
+                               f"validator.key: {exc.strerror or exc}") from None
+        if held is None:
+            part = cfg.data_dir / "validator.key.part"
+            try:
+                part.write_text(mine + "\n")
+                os.replace(part, marker)
+            except OSError as exc:
+                raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
+                                   f"writable directory: {exc.strerror or exc}") from None
+        elif held != mine:
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is the store of "
+                               f"the validator with key {held[:16]}... (its validator.key), not this one's "
+                               f"({mine[:16]}..., [network] keys[{cfg.index}]): give each validator its own data_dir")
 
     def _open(self, cfg: NodeConfig, where: str) -> None:
         """The rest of the start, with the store open."""

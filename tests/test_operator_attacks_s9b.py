@@ -172,19 +172,24 @@ def test_a_forked_child_does_not_keep_the_data_dir_locked(tmp_path):
     cfg = NodeConfig.load(_config(tmp_path)[0])
     runner = NodeRunner(cfg)
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child waits for its parent's word, holding whatever it inherited
         try:
             os.close(w)
+            os.write(ready_w, b"!")  # fork() has returned here: the at-fork handlers have run
             os.read(r, 1)
         finally:
             os._exit(0)
     os.close(r)
+    os.close(ready_w)
     try:
+        assert os.read(ready_r, 1) == b"!"
         _close(runner)
         _close(NodeRunner(cfg))
     finally:
         os.close(w)
+        os.close(ready_r)
         os.waitpid(pid, 0)
 
 
@@ -380,3 +385,23 @@ def test_events_never_append_to_a_file_that_is_not_an_events_file(tmp_path, targ
         runner._event(kind="probe")
         _close(runner)
     assert own.read_text().count('"kind": "probe"') == 2
+
+
+def test_a_data_dir_is_one_validators_even_while_its_owner_is_stopped(tmp_path):
+    """Validator 1 given validator 0's data_dir (node1's file copied from node0's, index and seed
+    changed, data_dir not) while validator 0 was stopped passed the lock (free) and the network
+    check (the same network): it took validator 0's safety state as its own and wrote its votes
+    over validator 0's. data_dir/validator.key names the owner now; another validator is refused
+    before anything is written, and the owner starts again."""
+    paths = _config(tmp_path)
+    owner = NodeConfig.load(paths[0])
+    _close(NodeRunner(owner))
+    stored = (owner.data_dir / "validator.db").read_bytes()
+    _set(paths[1], data_dir=json.dumps(str(owner.data_dir)))
+    with pytest.raises(StartupError) as err:
+        NodeRunner(NodeConfig.load(paths[1]))
+    line = str(err.value)
+    assert "[node] data_dir" in line and owner.keys[0].hex()[:16] in line and "its own data_dir" in line
+    assert (owner.data_dir / "validator.db").read_bytes() == stored
+    assert (owner.data_dir / "validator.key").read_text().strip() == owner.keys[0].hex()
+    _close(NodeRunner(owner))
