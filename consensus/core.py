@@ -196,6 +196,45 @@ class _Tally:
     sigs: dict = field(default_factory=dict)
 
 
+def _check_voters(cfg: Config, voters, sigs: bytes) -> None:
+    if len(voters) > cfg.n:  # before any pass over them: a frame may name 65,535
+        raise InvalidCertificate(f"{len(voters)} signers, {cfg.n} validators")
+    if len(set(voters)) != len(voters) or len(voters) < cfg.quorum:
+        raise InvalidCertificate(f"{len(set(voters))} distinct signers, {cfg.quorum} needed")
+    if any(not 0 <= v < cfg.n for v in voters) or len(sigs) != 64 * len(voters):
+        raise InvalidCertificate("signer index or signature length out of range")
+
+
+def qc_certs(cfg: Config, genesis_id: bytes, qc: QC) -> tuple[list, list, list]:
+    """The (keys, messages, signatures) that make `qc` valid on the network of `cfg` whose genesis
+    block is `genesis_id`; InvalidCertificate if it cannot be. The signatures cover the block id
+    and view, not the height: see Core._qc_matches. Shared by the core and state sync
+    (statesync.commit_proof), so both check a certificate the same way."""
+    if qc.view == 0:
+        if qc.block_id != genesis_id or qc.voters or qc.height != 0:
+            raise InvalidCertificate("a view-0 QC must be the genesis QC")
+        return [], [], []
+    if qc.view >= MAX_VIEW or qc.height >= MAX_HEIGHT:
+        raise InvalidCertificate("view or height out of range")
+    _check_voters(cfg, qc.voters, qc.sigs)
+    msg = vote_bytes(qc.block_id, qc.view, cfg.network)
+    return ([cfg.keys[v] for v in qc.voters], [msg] * len(qc.voters),
+            [qc.sigs[64 * i:64 * i + 64] for i in range(len(qc.voters))])
+
+
+def tc_certs(cfg: Config, genesis_id: bytes, tc: TC) -> tuple[list, list, list]:
+    """The (keys, messages, signatures) that make `tc` valid (its timeouts' and its high QC's);
+    InvalidCertificate if it cannot be."""
+    _check_voters(cfg, tc.voters, tc.sigs)
+    if not 0 <= tc.view < MAX_VIEW or len(tc.high_views) != len(tc.voters) or not tc.high_views \
+            or tc.high_qc.view != max(tc.high_views):
+        raise InvalidCertificate("a TC's QC must be the highest its timeouts name")
+    keys, msgs, sigs = qc_certs(cfg, genesis_id, tc.high_qc)
+    return (keys + [cfg.keys[v] for v in tc.voters], msgs + [timeout_bytes(tc.view, h, cfg.network)
+                                                          for h in tc.high_views],
+            sigs + [tc.sigs[64 * i:64 * i + 64] for i in range(len(tc.voters))])
+
+
 class Core:
     def __init__(self, cfg: Config, sign: Callable[[bytes], bytes], app, safety: Safety | None = None,
                  history: tuple[Proposal, ...] = (), committed_source: Callable[[int, int], list] | None = None,
@@ -457,35 +496,14 @@ class Core:
 
     # ---- certificates -------------------------------------------------------------------------
     def _voters(self, voters, sigs: bytes) -> None:
-        if len(voters) > self.cfg.n:  # before any pass over them: a frame may name 65,535
-            raise InvalidCertificate(f"{len(voters)} signers, {self.cfg.n} validators")
-        if len(set(voters)) != len(voters) or len(voters) < self.cfg.quorum:
-            raise InvalidCertificate(f"{len(set(voters))} distinct signers, {self.cfg.quorum} needed")
-        if any(not 0 <= v < self.cfg.n for v in voters) or len(sigs) != 64 * len(voters):
-            raise InvalidCertificate("signer index or signature length out of range")
+        _check_voters(self.cfg, voters, sigs)
 
     def qc_certs(self, qc: QC) -> tuple[list, list, list]:
-        """The (keys, messages, signatures) that make `qc` valid; InvalidCertificate if it cannot be.
-        The signatures cover the block id and view, not the height: see _qc_matches."""
-        if qc.view == 0:
-            if qc.block_id != self.genesis.id or qc.voters or qc.height != 0:
-                raise InvalidCertificate("a view-0 QC must be the genesis QC")
-            return [], [], []
-        if qc.view >= MAX_VIEW or qc.height >= MAX_HEIGHT:
-            raise InvalidCertificate("view or height out of range")
-        self._voters(qc.voters, qc.sigs)
-        msg = vote_bytes(qc.block_id, qc.view, self.cfg.network)
-        return ([self.cfg.keys[v] for v in qc.voters], [msg] * len(qc.voters),
-                [qc.sigs[64 * i:64 * i + 64] for i in range(len(qc.voters))])
+        """The (keys, messages, signatures) that make `qc` valid; see qc_certs (module)."""
+        return qc_certs(self.cfg, self.genesis.id, qc)
 
     def tc_certs(self, tc: TC) -> tuple[list, list, list]:
-        self._voters(tc.voters, tc.sigs)
-        if len(tc.high_views) != len(tc.voters) or tc.high_qc.view != max(tc.high_views):
-            raise InvalidCertificate("a TC's QC must be the highest its timeouts name")
-        keys, msgs, sigs = self.qc_certs(tc.high_qc)
-        return (keys + [self.cfg.keys[v] for v in tc.voters], msgs + [timeout_bytes(tc.view, h, self.cfg.network)
-                                                                  for h in tc.high_views],
-                sigs + [tc.sigs[64 * i:64 * i + 64] for i in range(len(tc.voters))])
+        return tc_certs(self.cfg, self.genesis.id, tc)
 
     def _qc_matches(self, qc: QC) -> bool:
         """Whether this validator holds the block `qc` certifies, with the QC's view and height. A

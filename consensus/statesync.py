@@ -78,7 +78,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from . import messages, snapshots
-from .core import Base, Config, SetTimer, Send
+from .core import Base, Config, InvalidCertificate, SetTimer, Send, genesis_block, qc_certs, tc_certs
 from .messages import (
     MAX_RANGE, MAX_SNAPSHOT_CHUNKS, OFFER, SNAPSHOT_CHUNK, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
     SnapshotOffer, SnapshotRequest, proposal_bytes, vote_bytes,
@@ -186,34 +186,57 @@ def _proof_of(store: Store, h: int, block_id: bytes) -> tuple[tuple, int] | None
     return out
 
 
-def commit_proof(cfg: Config, verifier, proof: tuple) -> str:
+def commit_proof(cfg: Config, verifier, proof: tuple, genesis_id: bytes | None = None) -> str:
     """Why `proof` does not show that proof[0]'s block committed ("" if it does); see the module's
-    docstring. Never raises on what a peer sent."""
+    docstring. Never raises on what a peer sent.
+
+    Every certificate the proof carries is checked too, in the same batch: each block's QC (over
+    its parent: the block before it in the proof, its view and height) and TC, as the core checks
+    a proposal's (core.qc_certs, core.tc_certs, with the network id); the QC height label (not
+    signed) must be its block's in the blocks stored (proof[0..k]; a relabelled one in the two
+    after them, never stored, is harmless). A block id covers neither
+    its QC nor its TC, so a Byzantine snapshot server could send the proof's blocks with forged
+    ones; the joiner stored them (its snapshot's block and the committed ones after it) and served
+    them to peers, which took it for a Byzantine validator. The proof must end with the QC that
+    commits: nothing after it is taken unchecked (an honest server sends exactly that, _proof_of),
+    so what one costs is at most MAX_RANGE blocks' certificates, in one verifier call.
+    genesis_id: the genesis block's id, which a view-0 QC must name (StateSync gives it; without
+    it a view-0 QC is checked for its form only)."""
     if not 3 <= len(proof) <= MAX_RANGE or not all(isinstance(p, Proposal) for p in proof):
         return f"a proof of {len(proof)} proposals (3 to {MAX_RANGE})"
-    keys, msgs, sigs = [], [], []
-    for prev, p in zip((None,) + proof[:-1], proof):
+    k = _direct_commit(proof)
+    if k is None:
+        return "no block of the proof is committed by a QC over its child in the next view"
+    if len(proof) != k + 3:
+        return f"a proof of {len(proof)} proposals: the one whose QC commits is the {k + 3}th"
+    triples: dict[tuple, None] = {}  # (key, message, signature), in order, each once
+    for i, (prev, p) in enumerate(zip((None,) + proof[:-1], proof)):
         b = p.block
         if prev is not None and (b.parent != prev.block.id or b.height != prev.block.height + 1):
             return f"the proposal at height {b.height} does not extend the one before it"
         if not 0 <= b.proposer < cfg.n or b.proposer != cfg.leader(b.view) or len(p.signature) != 64:
             return f"the proposal at height {b.height} is not its view's leader's"
+        qc, tc = b.qc, b.tc
+        if qc.block_id != b.parent or (i <= k and qc.height + 1 != b.height) or b.view <= qc.view \
+                or (prev is not None and qc.view != prev.block.view) \
+                or (tc is None and qc.view + 1 != b.view) or (tc is not None and tc.view + 1 != b.view):
+            return f"the proposal at height {b.height} does not carry a certificate of its parent and view"
+        try:
+            keys, msgs, sigs = qc_certs(cfg, qc.block_id if genesis_id is None else genesis_id, qc)
+            if tc is not None:
+                tk, tm, ts = tc_certs(cfg, tc.high_qc.block_id if genesis_id is None else genesis_id, tc)
+                keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+        except InvalidCertificate as exc:
+            return f"the proposal at height {b.height} carries an invalid certificate: {exc}"
+        except Exception:  # (whatever a peer's certificate makes the checks do: refused, never raised)
+            return f"the proposal at height {b.height} carries a malformed certificate"
         keys.append(cfg.keys[b.proposer])
         msgs.append(proposal_bytes(b.id, cfg.network))
         sigs.append(p.signature)
-    k = _direct_commit(proof)
-    if k is None:
-        return "no block of the proof is committed by a QC over its child in the next view"
-    qc = proof[k + 2].block.qc
-    if len(set(qc.voters)) != len(qc.voters) or len(qc.voters) < cfg.quorum \
-            or not all(0 <= v < cfg.n for v in qc.voters) or len(qc.sigs) != 64 * len(qc.voters):
-        return f"the QC at height {proof[k + 1].block.height} has {len(set(qc.voters))} valid signers"
-    for i, v in enumerate(qc.voters):
-        keys.append(cfg.keys[v])
-        msgs.append(vote_bytes(qc.block_id, qc.view, cfg.network))
-        sigs.append(qc.sigs[64 * i:64 * i + 64])
-    if not verifier.verify_lists(keys, msgs, sigs):
-        return "a proposer's or the QC's signature does not verify"
+        for t in zip(keys, msgs, sigs):
+            triples.setdefault(tuple(bytes(x) for x in t))
+    if not triples or not verifier.verify_lists(*(list(x) for x in zip(*triples))):
+        return "a proposer's signature or a certificate's does not verify"
     return ""
 
 
@@ -396,7 +419,7 @@ class StateSync:
             self._count("chunk_bad")
             return self._next_peer()
         if self.head is None:
-            why = commit_proof(self.cfg, self.app.verifier, msg.proof)
+            why = commit_proof(self.cfg, self.app.verifier, msg.proof, genesis_block(self.app.genesis.root).id)
             if why or msg.proof[0].block.height != msg.height or msg.height < 1 \
                     or not self._signed_txs(msg.proof):  # (the genesis needs no sync)
                 self._count("proof_bad")
