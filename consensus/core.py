@@ -300,10 +300,11 @@ class Core:
         # costs a QC's 2f+1 signatures to refuse, and one frame can carry 64 of them
         self.muted: dict[int, int] = {}
         # the same for a sender whose block response held such a proposal: only its responses are
-        # dropped. An honest validator may serve a block whose certificates it never verified: a
-        # state-synced one holds its snapshot's block and the proof's blocks as its snapshot
-        # server sent them, and a block id covers neither its QC nor its TC (a Byzantine server
-        # can forge those); its proposals and timeouts must still count
+        # dropped. An honest validator may serve a block whose certificates it never verified: one
+        # state-synced before statesync.commit_proof checked every certificate of a proof holds
+        # its snapshot's block and the proof's blocks as its snapshot server sent them, and a
+        # block id covers neither its QC nor its TC (a Byzantine server could forge those); its
+        # proposals and timeouts must still count
         self.muted_responses: dict[int, int] = {}
         self.refused: dict[int, int] = {}  # sender -> the view of its last block that did not validate
         self.good_qcs: dict[tuple, None] = {}  # (block id, view, voters, sigs) of QCs verified (GOOD_QCS)

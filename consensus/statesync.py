@@ -7,7 +7,8 @@ parent B0's plus one commits B0 (the 2-chain rule), and every ancestor of a comm
 committed. So the peer sends, with the snapshot's first chunk, the committed proposals from the
 snapshot's block S up to such a pair and the proposal whose QC certifies B1 (commit_proof checks:
 consecutive heights, each block's parent the one before, each proposer the view's leader and its
-signature, the QC's signers and signatures, all in one batch; and the transactions of the blocks
+signature, the QC's signers and signatures, and every other QC and TC the proof's blocks carry
+(a block id covers neither, and the blocks are stored and served on), all in one batch; and the transactions of the blocks
 from S to the committed one, which the validator stores and replays, those their proposers
 signed: digest and root, _signed_txs). The snapshot then must hash to S's
 state root (snapshots.restore), which the 2f + 1 validators that voted for S checked. The chunks
