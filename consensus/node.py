@@ -1068,6 +1068,30 @@ PUBLISHED_KEYS = frozenset(bytes.fromhex(k) for k in (
     "ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf"))
 
 
+def weak_seed(seed: bytes) -> str:
+    """Why a validator's 32-byte seed is one a person typed rather than drew ("" if it is not):
+    fewer than 12 distinct byte values (32 random bytes have about 30; fewer than 12 happens by
+    chance with probability below 2**-80). PUBLISHED_KEYS held five keys only: a file written by
+    hand with seed = "00" * 32, "11" * 32 or "0123456789abcdef" * 4 ran as a validator anyone
+    could sign for."""
+    distinct = len(set(seed))
+    return f"has {distinct} distinct byte value(s) of 32 (a typed pattern, not random)" if distinct < 12 else ""
+
+
+_GUESSABLE: frozenset | None = None
+
+
+def _guessable_keys() -> frozenset:
+    """The public keys of the seeds weak_seed means that anyone would try first: each byte value
+    repeated, and the bytes 0..31 and 1..32 in order (the committee's keys are checked against
+    these; another validator's seed is not known here)."""
+    global _GUESSABLE
+    if _GUESSABLE is None:
+        seeds = [bytes([b]) * 32 for b in range(256)] + [bytes(range(32)), bytes(range(1, 33))]
+        _GUESSABLE = frozenset(bytes(SigningKey(s).verify_key) for s in seeds)
+    return _GUESSABLE
+
+
 def _readable_by_others(path) -> str:
     """Why the validator's file (it holds [node] seed) is exposed: readable or writable by others
     than its owner ("" when not, or when it cannot be told). A client key file so exposed is
@@ -1111,6 +1135,15 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
         raise SystemExit(f"validator {cfg.index}: {where}[network] keys[{published[0]}] is a key whose seed is "
                          "published (RFC 8032's test keys, docs/validator.example.toml's): anyone can sign as that "
                          "validator; give every validator a new seed (`accel testnet` writes them)")
+    weak = weak_seed(cfg.seed)
+    if weak:
+        raise SystemExit(f"validator {cfg.index}: {where}[node] seed {weak}: anyone could guess it and sign as this "
+                         "validator; make a random one (`accel testnet` writes them) and tell the network its key")
+    guessable = [i for i, k in enumerate(cfg.keys) if k in _guessable_keys()]
+    if guessable:
+        raise SystemExit(f"validator {cfg.index}: {where}[network] keys[{guessable[0]}] is the key of a seed anyone "
+                         "could guess (one byte repeated, 0, 1, 2, ... in order): anyone can sign as that validator; "
+                         "it needs a random seed")
     configure_logging(cfg.index, cfg.log_format)
     exposed = _readable_by_others(cfg.path)
     if exposed:

@@ -405,3 +405,35 @@ def test_a_data_dir_is_one_validators_even_while_its_owner_is_stopped(tmp_path):
     assert (owner.data_dir / "validator.db").read_bytes() == stored
     assert (owner.data_dir / "validator.key").read_text().strip() == owner.keys[0].hex()
     _close(NodeRunner(owner))
+
+
+def _refused_line(path):
+    with pytest.raises(SystemExit) as err:  # `accel node` prints it as its one line, status 1
+        run_node(path)
+    assert isinstance(err.value.code, str) and "\n" not in err.value.code
+    return err.value.code
+
+
+@pytest.mark.parametrize("seed", [bytes(32), b"\x11" * 32, bytes.fromhex("0123456789abcdef" * 4)],
+                         ids=["zeros", "ones", "counting"])
+def test_a_typed_seed_never_runs_as_a_validator(tmp_path, seed):
+    """The published-keys refusal took RFC 8032's five keys only: a validator's file written by
+    hand with seed = "00" * 32 (or "11" * 32, "0123456789abcdef" * 4) ran, a validator anyone could
+    guess the seed of and sign for; one whose committee held such a key too. Both stop now,
+    before anything is created."""
+    from nacl.signing import SigningKey
+    path = _config(tmp_path)[0]
+    text, data_dir = path.read_text(), NodeConfig.load(path).data_dir
+    key = bytes(SigningKey(seed).verify_key).hex()
+    mine = NodeConfig.load(path).keys[0].hex()
+    path.write_text(text.replace(mine, key).replace(NodeConfig.load(path).seed.hex(), seed.hex()))
+    last = _refused_line(path)
+    assert "[node] seed" in last and "guess" in last and str(path) in last
+    (tmp_path / "b").mkdir()
+    other = NodeConfig.load(_config(tmp_path / "b")[0])  # a fine validator whose committee holds it
+    path = Path(other.path)
+    guessed = bytes(SigningKey(b"\x11" * 32).verify_key).hex()  # one byte repeated: the first seeds anyone tries
+    path.write_text(path.read_text().replace(other.keys[2].hex(), guessed))
+    last = _refused_line(path)
+    assert "[network] keys[2]" in last and "guess" in last
+    assert not data_dir.exists() and not other.data_dir.exists()
