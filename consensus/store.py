@@ -122,6 +122,12 @@ class Store:
         self.db.execute("INSERT INTO network VALUES (1, ?)", (network,))
         return ""
 
+    def _rollback(self) -> None:
+        # SQLite undoes a transaction itself on some errors (a full disk): a ROLLBACK then raises
+        # "no transaction is active" and hides the error that stopped the write
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
     def save_safety(self, safety: Safety) -> None:
         """The safety state and the uncommitted blocks it carries (those not stored yet), in one
         synchronous transaction: on disk before the caller lets a vote leave."""
@@ -134,7 +140,7 @@ class Store:
             self._write_safety(safety)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._kept.update(p.block.id for p in new)
 
@@ -207,7 +213,7 @@ class Store:
             self.db.execute("DELETE FROM uncommitted WHERE height <= ?", (b.height,))
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._kept.difference_update(gone)
 
@@ -234,7 +240,7 @@ class Store:
                             if kept else "DELETE FROM snapshots", kept)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def begin_from_snapshot(self, proposal: Proposal, txs: int, blob: bytes, safety: Safety | None = None) -> None:
@@ -255,7 +261,7 @@ class Store:
                 self._write_safety(safety)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
 
     def keep_proof(self, key: tuple, proof) -> None:
