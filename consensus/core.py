@@ -222,6 +222,11 @@ def qc_certs(cfg: Config, genesis_id: bytes, qc: QC) -> tuple[list, list, list]:
             [qc.sigs[64 * i:64 * i + 64] for i in range(len(qc.voters))])
 
 
+def _qc_key(qc: QC) -> tuple:
+    """good_qcs' key: what a QC's signatures cover and are (its height label is not signed)."""
+    return qc.block_id, qc.view, qc.voters, qc.sigs
+
+
 def tc_certs(cfg: Config, genesis_id: bytes, tc: TC) -> tuple[list, list, list]:
     """The (keys, messages, signatures) that make `tc` valid (its timeouts' and its high QC's);
     InvalidCertificate if it cannot be."""
@@ -496,9 +501,6 @@ class Core:
         return out
 
     # ---- certificates -------------------------------------------------------------------------
-    def _voters(self, voters, sigs: bytes) -> None:
-        _check_voters(self.cfg, voters, sigs)
-
     def qc_certs(self, qc: QC) -> tuple[list, list, list]:
         """The (keys, messages, signatures) that make `qc` valid; see qc_certs (module)."""
         return qc_certs(self.cfg, self.genesis.id, qc)
@@ -648,7 +650,7 @@ class Core:
             return True
         if qc is None or qc.block_id != b.id or qc.view != b.view:
             return False
-        known = (qc.block_id, qc.view, qc.voters, qc.sigs)
+        known = _qc_key(qc)
         if known in self.good_qcs:
             return True
         try:
@@ -1088,8 +1090,7 @@ class Core:
             self.counters["timeout_invalid"] += 1
             self._faulty(sender)
             return []
-        qc = t.high_qc
-        known = (qc.block_id, qc.view, qc.voters, qc.sigs)
+        known = _qc_key(t.high_qc)
         if known in self.good_qcs:  # (a QC verified before: only the timeout's own signature is left)
             keys, msgs, sigs = [], [], []
         certs = (keys + [self.cfg.keys[t.voter]], msgs + [timeout_bytes(t.view, t.high_qc.view, self.cfg.network)],

@@ -82,7 +82,7 @@ from . import messages, snapshots
 from .core import Base, Config, InvalidCertificate, SetTimer, Send, genesis_block, qc_certs, tc_certs
 from .messages import (
     MAX_RANGE, MAX_SNAPSHOT_CHUNKS, OFFER, SNAPSHOT_CHUNK, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
-    SnapshotOffer, SnapshotRequest, proposal_bytes, vote_bytes,
+    SnapshotOffer, SnapshotRequest, proposal_bytes,
 )
 from .store import Store, snapshot_row_problem
 
