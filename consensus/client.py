@@ -128,10 +128,10 @@ def quanta(amount: str | int | Decimal) -> int:
     number of quanta."""
     if isinstance(amount, bool):
         raise ValueError(f"amount {amount!r} is not a number")
-    shown = str(amount).strip()
-    shown = shown if len(shown) <= 40 else shown[:40] + "..."
+    text = str(amount).strip()
+    shown = text if len(text) <= 40 else text[:40] + "..."
     try:
-        value = Decimal(str(amount).strip()) * QUANTA
+        value = Decimal(text) * QUANTA
     except ArithmeticError:  # InvalidOperation; Overflow past the context's exponent (1e99999999)
         raise ValueError(f"amount {shown!r} is not a number a transaction can carry") from None
     if not value.is_finite():

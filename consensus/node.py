@@ -73,6 +73,8 @@ KV_TX_BYTES = 85 + 64 + 8  # a key-value transfer's body, its signature and its 
 KV_MAX_TXS = (MAX_MESSAGE // 2) // KV_TX_BYTES  # a kv proposal fits one message, with room for its certificates
 ACCOUNT_BYTES = 1024  # about the memory of one bulk genesis account (bench.add_accounts; ~830 B measured)
 EVENTS_HEAD = 1 << 16  # the bytes of an existing events file read for its first line (one event: < 1 KiB)
+# what a validator keeps in its data_dir: no other file of the node may be one of them
+DATA_DIR_FILES = ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock", "validator.key")
 MAX_VALIDATORS = 65_535  # validator indices and a QC's voter count are u16 (messages.py)
 
 REQUIRED = object()
@@ -242,8 +244,7 @@ class NodeConfig:
         # the events file is appended to: one that is the store, the lock, the load or this file
         # itself was written into (a JSON line appended to validator.db damaged the store; to this
         # file, the next start could not parse it)
-        taken = {cfg.data_dir / name: f"[node] data_dir's {name}" for name in
-                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock", "validator.key")}
+        taken = {cfg.data_dir / name: f"[node] data_dir's {name}" for name in DATA_DIR_FILES}
         taken[Path(os.path.abspath(path))] = "this file"
         if cfg.load_file:
             taken[Path(cfg.load_file)] = "[node] load_file"
@@ -462,8 +463,7 @@ def open_events(cfg: "NodeConfig", where: str = ""):
         if not (stat.S_ISREG(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
             raise refuse("not a regular file, a character device or a FIFO; give the events a file")
         same = {(info.st_dev, info.st_ino)}
-        taken = [(cfg.data_dir / name, f"[node] data_dir's {name}") for name in
-                 ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock", "validator.key")]
+        taken = [(cfg.data_dir / name, f"[node] data_dir's {name}") for name in DATA_DIR_FILES]
         taken += [(Path(cfg.path), "this validator's file")] if cfg.path else []
         taken += [(Path(cfg.load_file), "[node] load_file")] if cfg.load_file else []
         for other, what in taken:
