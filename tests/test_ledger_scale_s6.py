@@ -470,13 +470,17 @@ class Reference(Clearing):
                 ref.profit[asset] = ref.profit.get(asset, 0) + loss
 
     def _charge_profit(self, ref):
-        """s7: per asset, once: every account with a positive balance; the unpaid rest back to the debtors."""
+        """s7: per asset, once: every account with a positive balance (s10: profit_payers at a time,
+        largest first, ties by key, until paid); the unpaid rest back to the debtors."""
         for asset in sorted(ref.profit):
             loss = ref.profit[asset]
             if not loss:
                 continue
-            rest = {h: c for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0}
-            unpaid = loss - (self._charge(asset, loss, rest) if rest else 0)
+            rich = sorted((-c, h) for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0)
+            unpaid, k = loss, self.profit_payers
+            for at in range(0, len(rich), k):
+                if unpaid:
+                    unpaid -= self._charge(asset, unpaid, {h: -c for c, h in rich[at:at + k]})
             owed = ref.owed.get(asset, {})
             if unpaid and owed:
                 for j, back in zip(sorted(owed), _ref_split(unpaid, [owed[j] for j in sorted(owed)])):

@@ -186,6 +186,15 @@ def test_forks_discarded_proposals_and_restores_reach_the_records_of_a_fresh_pas
     assert _chain(seed, "kept") == kept
 
 
+# the first block of the streams through the app: registered, funded, marked, thin books long and
+# short the BTC and ETH futures
+OPENING = ([("register", i) for i in range(len(USERS))]
+           + [("deposit", i, "USD", q * USD, 0) for i, q in enumerate((30_000, 100_000, 300_000, 2_000_000))]
+           + [("mark", "BTC", 1.0, 1, 60, True, 2), ("mark", "ETH", 1.0, 1, 60, True, 2)]
+           + [("trade", 3, 0, 3, 2, 1.0, 0), ("trade", 3, 1, 2, 5, 1.0, 0), ("trade", 2, 0, 6, 3, 1.0, 0),
+              ("trade", 2, 1, 6, 2, 1.0, 0)])
+
+
 # ---- 4. through the app: a proposal dropped, a software-only validator restarting from snapshots -----
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -203,12 +212,7 @@ def test_a_restarting_software_only_validator_reaches_the_proposers_roots_and_re
         validator = ClearingApp(Verifier("software"), genesis())
         parent, vparent = proposer.genesis, validator.genesis
         rng = random.Random(len(stream))
-        first = ([("register", i) for i in range(len(USERS))]
-                 + [("deposit", i, "USD", q * USD, 0) for i, q in enumerate((30_000, 100_000, 300_000, 2_000_000))]
-                 + [("mark", "BTC", 1.0, 1, 60, True, 2), ("mark", "ETH", 1.0, 1, 60, True, 2)]
-                 + [("trade", 3, 0, 3, 2, 1.0, 0), ("trade", 3, 1, 2, 5, 1.0, 0), ("trade", 2, 0, 6, 3, 1.0, 0),
-                    ("trade", 2, 1, 6, 2, 1.0, 0)])
-        for n, ops in enumerate([first] + stream):
+        for n, ops in enumerate([OPENING] + stream):
             maker = Stream(parent.clearing)
             proposer.submit_many([signed(*maker.tx(o)) for o in ops])
             proposer.propose(parent, set())  # a proposal built and dropped

@@ -189,8 +189,8 @@ class _Pools:
     Sources: a settled series' side (series, sign) -> (asset, {holder: contracts}, factor: max(|fixing|,
     1)); a liquidation's record n -> (asset, explicit {account: weight},
     terms [(source, weight)]), never changed once made, referring only to sources made before it.
-    amount: source -> quanta owed to it; profit: asset -> quanta owed to every account with a
-    positive balance in it, charged once at the mark's end (Clearing._charge_profit); owed: asset
+    amount: source -> quanta owed to it; profit: asset -> quanta owed to the largest positive
+    balances in it, charged once at the mark's end (Clearing._charge_profit); owed: asset
     -> {index in Clearing.liquidations: quanta that liquidation put into sources or profit} (what
     the whole market cannot pay goes back to them); ("own", n): what a book liquidated by this mark
     (record n) could not pay of a drained source, owed to its own weights, then along its record's
@@ -394,6 +394,10 @@ class Clearing:
     # safe, so whatever holds it changes no verdict; a snapshot starts without it (nothing of one
     # block's set is carried into the next block's state).
     safe_keys: frozenset | set | dict = frozenset()
+    # Step 6's last resort charges the positive balances in the asset this many at a time, largest
+    # first, until the loss is paid: spread over all of them at once, a loss of L quanta touched
+    # min(L, accounts) books at one mark.
+    profit_payers = 256
 
     def __init__(self, oracle_keys: list[bytes], quorum: int, params: dict[str, MarginParams] | None = None,
                  backend=None, insurance: int | dict[str, int] = 0, assets=(USD,), breakers: Breakers | None = None):
@@ -416,6 +420,10 @@ class Clearing:
         # wherever a position changes (_set_position, the columns' write): its holders in order
         self._sizes: dict[int, SizeIndex] = {}
         self._private_sizes: set[int] = set()
+        # asset -> its positive balances (SizeIndex), kept from the first time step 6 charged
+        # everyone in profit in it: right for every account but those of dirty (_payers)
+        self._cash: dict[str, SizeIndex] = {}
+        self._private_cash: set[str] = set()
         self.tree = MerkleTree()  # over the account leaves, by slot
         self.dirty: set[bytes] = set()  # accounts changed since the tree last saw them
         self._leaves: dict[bytes, bytes] = {}  # leaves of dirty accounts already encoded (dropped by _mut)
@@ -465,6 +473,7 @@ class Clearing:
         new.tree, new.dirty, new._leaves = self.tree.copy(), set(self.dirty), dict(self._leaves)
         new.holders = dict(self.holders)
         new._sizes, new._private_sizes = dict(self._sizes), set()
+        new._cash, new._private_cash = dict(self._cash), set()
         new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
@@ -1474,16 +1483,19 @@ class Clearing:
                 pools.profit[asset] = pools.profit.get(asset, 0) + loss
 
     def _charge_profit(self, pools: "_Pools") -> None:
-        """At the mark's end, per asset, what nobody of steps 3-5 could carry: charged once to every
-        account with a positive balance in the asset, in proportion to it, capped at its equity
-        (one pass over the accounts per asset and mark, not one per liquidation); what the whole
-        market cannot pay goes back, in proportion to what each put into the sources (_split, in
+        """At the mark's end, per asset, what nobody of steps 3-5 could carry, charged once to
+        everyone in profit, largest first (_payers): to the profit_payers largest positive balances
+        in the asset, in proportion to them, capped at equity; what they cannot pay (every one of
+        them gave all its equity), to the next profit_payers, and so on. One charge per asset and
+        mark, not one per liquidation, touching the books it takes to pay the loss, not every
+        account in profit. What the whole market cannot pay goes back, in proportion to what each put into the sources (_split, in
         the order of Clearing.liquidations), to the liquidations that owed it: a debt left on the
         account, its Liquidation's socialized less it."""
         for asset in sorted(a for a, q in pools.profit.items() if q):
             loss = pools.profit[asset]
-            rest = {h: c for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0}
-            unpaid = loss - (self._charge(asset, loss, rest) if rest else 0)
+            payers, unpaid = self._payers(asset), loss
+            while unpaid and (rest := dict(itertools.islice(payers, self.profit_payers))):
+                unpaid -= self._charge(asset, unpaid, rest)
             owed = pools.owed.get(asset, {})
             if unpaid and owed:
                 at = sorted(owed)
@@ -1493,6 +1505,28 @@ class Clearing:
                         _credit(self._mut(rec.account), asset, -back)
                         self.liquidations[j] = rec._replace(socialized=rec.socialized - back)
         pools.profit.clear()
+
+    def _payers(self, asset: str):
+        """Everyone in profit in the order step 6 charges them: an iterator of (key, balance) over
+        the positive balances in asset, largest first (ties by key), as they are now; each found in
+        time proportional to the accounts changed since the index was last brought up to date, not
+        to the accounts."""
+        if asset not in self._cash:
+            self._cash[asset] = SizeIndex({h: c for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0})
+            self._private_cash.add(asset)
+        self._sync_cash()
+        return ((h, -c) for c, h in self._cash[asset].ordered(1))
+
+    def _sync_cash(self) -> None:
+        """The balance indexes brought up to date for the accounts changed since the state tree
+        last saw them (dirty: every other account's balance is as the index holds it)."""
+        for asset in self._cash:
+            idx = self._cash[asset]
+            if asset not in self._private_cash:
+                idx = self._cash[asset] = idx.copy()
+                self._private_cash.add(asset)
+            for h in self.dirty:
+                idx.set(h, max(self.accounts[h].collateral.get(asset, 0), 0))
 
     def _charge_cash(self, asset: str, loss: int, keys, pending=frozenset()) -> int:
         """Up to loss quanta charged to those of keys (the owners of earlier liquidations of the mark
@@ -1620,6 +1654,7 @@ class Clearing:
         leaves hashed whole."""
         self._flush()
         if self.dirty:
+            self._sync_cash()
             leaves = self._leaves
             changed = {(a := self.accounts[k]).slot: leaves[k] if k in leaves else self._leaf(k, a) for k in self.dirty}
             self.tree.update(changed, len(self.accounts), sha256_many)
@@ -1649,6 +1684,11 @@ class Clearing:
                 out.append(f"{a}: account cash {cash} + fund {self.funds[a]} != supply {self.supply[a]}")
             if self.funds[a] < 0:
                 out.append(f"{a}: insurance fund {self.funds[a]} below zero")
+        self._sync_cash()
+        for a, idx in sorted(self._cash.items()):
+            rich = {k: q for k, acct in self.accounts.items() if (q := acct.collateral.get(a, 0)) > 0}
+            if idx.sizes() != rich:
+                out.append(f"{a}: the kept order of the positive balances (step 6's) differs from the balances")
         for i in sorted(self.series):
             held = {k: a.positions[i] for k, a in self.accounts.items() if i in a.positions}
             if sum(held.values()):

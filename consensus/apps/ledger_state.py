@@ -261,9 +261,10 @@ class _Sizes:
 
 
 class SizeIndex:
-    """One series' positions, key -> contracts, versioned like VersionedSet (layers shared by the
-    copies, a private delta, merged log-structured), and ordered(side): its holders on a side by
-    (-|size|, key), the order auto-deleveraging closes against (clearing._Ranks), in time
+    """One series' positions, key -> contracts (or one asset's positive balances, key -> quanta),
+    versioned like VersionedSet (layers shared by the copies, a private delta, merged
+    log-structured), and ordered(side): its holders on a side by (-|size|, key), the order
+    auto-deleveraging closes against (clearing._Ranks) and step 6 charges in, in time
     proportional to the changes since the layers were sorted, not to the holders: each layer is
     sorted once, when first asked for, and the layers are merged lazily."""
     __slots__ = ("_layers", "_delta")
