@@ -121,10 +121,12 @@ def _misspelt(env) -> None:
         upper = name.upper()
         if not upper.startswith("ACCEL_") or name in SETTINGS or name == "ACCEL_CONFIG":
             continue
-        # a lower-case name is a setting's only when it is one but for case: another program's
-        # variables (accel_gpu_fallbacks, Prometheus' metric names in a script) are not typos of ours
-        meant = upper if upper in SETTINGS + ("ACCEL_CONFIG",) else next(
-            iter(difflib.get_close_matches(upper, SETTINGS, n=1, cutoff=0.85)), None) if name == upper else None
+        if upper in SETTINGS + ("ACCEL_CONFIG",):  # a setting's name in other case
+            meant = upper
+        elif name == upper:  # within a typo of one
+            meant = next(iter(difflib.get_close_matches(upper, SETTINGS, n=1, cutoff=0.85)), None)
+        else:  # a lower-case name within a typo of one: another program's variable (accel_gpu_fallbacks,
+            meant = None  # Prometheus' metric names in a script), not a typo of ours
         if meant:
             raise ConfigError(f"environment variable {name} is not a setting; did you mean {meant}? "
                               f"(settings: {', '.join(SETTINGS)})")
