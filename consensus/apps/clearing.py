@@ -246,16 +246,16 @@ class _Ranks:
         self.all: dict[tuple[int, int], _Queue] = {}  # (series, side) -> its holders by (-|position|, key)
         self.first: dict[frozenset, dict] = {}     # bankrupt set -> (series, side) -> heap
 
-    def _top(self, heap: list, series: int, side: int, skip) -> bytes | None:
-        """The first valid holder of heap (stale entries re-pushed, gone ones and skip dropped)."""
+    def _top(self, queue: "_Queue", series: int, side: int, skip) -> bytes | None:
+        """The first valid holder of queue (stale entries re-keyed, gone ones and skip dropped)."""
         accounts = self.c.accounts
-        while heap:
-            neg, h = heap[0]
+        while (entry := queue.peek()) is not None:
+            neg, h = entry
             p = accounts[h].positions.get(series)
             if p is None or (p > 0) != (side > 0) or h in skip:
-                heapq.heappop(heap)
+                queue.pop()
             elif -abs(p) != neg:
-                heapq.heapreplace(heap, (-abs(p), h))
+                queue.replace((-abs(p), h))
             else:
                 return h
         return None
@@ -264,41 +264,32 @@ class _Ranks:
         """The holder of series on side whom key's liquidation closes against next (None: none left)."""
         first = self.first.get(bankrupt)
         if first is None:  # every (series, side) of the round's books at once: their positions, not
-            first = self.first[bankrupt] = {}  # the round's books once per series
+            heaps: dict[tuple[int, int], list] = {}  # the round's books once per series
             accounts = self.c.accounts
             for b in bankrupt:
                 for j, p in accounts[b].positions.items():
-                    first.setdefault((j, 1 if p > 0 else -1), []).append((-abs(p), b))
-            for heap in first.values():
-                heapq.heapify(heap)
-        heap = first.get((series, side), [])
-        h = self._top(heap, series, side, (key,))
+                    heaps.setdefault((j, 1 if p > 0 else -1), []).append((-abs(p), b))
+            first = self.first[bankrupt] = {k: _Queue(iter(()), heap) for k, heap in heaps.items()}
+        own = first.get((series, side))
+        h = self._top(own, series, side, (key,)) if own is not None else None
         if h is not None:
             return h
         queue = self.all.get((series, side))
         if queue is None:  # the holders of the side in order, from the series' kept index (not a pass
             # over all of them: a series of another underlying was not margined by this mark)
             queue = self.all[(series, side)] = _Queue(self.c._size_index(series).ordered(side))
-        accounts = self.c.accounts
-        while (entry := queue.peek()) is not None:  # as _top
-            neg, h = entry
-            p = accounts[h].positions.get(series)
-            if p is None or (p > 0) != (side > 0) or h in bankrupt:
-                queue.pop()
-            elif -abs(p) != neg:
-                queue.replace((-abs(p), h))
-            else:
-                return h
-        return None
+        return self._top(queue, series, side, bankrupt)
 
 
 class _Queue:
     """A heap's peek, pop and replace (by a larger entry) over an ordered stream of unique entries
-    and a heap of the re-keyed ones: the same order as one heap of them all (_Ranks)."""
+    and a heap of the re-keyed ones (given: a heap of entries, the stream empty): the same order
+    as one heap of them all (_Ranks)."""
     __slots__ = ("it", "head", "heap")
 
-    def __init__(self, it):
-        self.it, self.heap = it, []
+    def __init__(self, it, heap: list | None = None):
+        self.it, self.heap = it, heap if heap is not None else []
+        heapq.heapify(self.heap)
         self.head = next(it, None)
 
     def _from_heap(self) -> bool:
