@@ -16,6 +16,7 @@ positive balances first, profit_payers (256) at a time, found through a kept Siz
    the group's share to the few in it that have equity). Design consequences of the documented
    rule, not defects of the code: asserted here so that a change to the rule shows in them."""
 import os
+import random
 import subprocess
 import sys
 
@@ -23,11 +24,11 @@ import pytest
 
 import consensus.apps.ledger_state as ledger_state
 from consensus.apps import clearing_snapshot
-from consensus.apps.clearing import Clearing
+from consensus.apps.clearing import Clearing, Rejected
 from tests.test_clearing_properties import O, USD
-from tests.test_ledger_scale_s6 import _fresh, _inject, _traded
+from tests.test_ledger_scale_s6 import _fresh, _inject, _traded, book
 from tests.test_ledger_scale_s7 import _key
-from tests.test_ledger_scale_s10 import SHA, _bystanders, _every_balance, _pair, _rally
+from tests.test_ledger_scale_s10 import SHA, _bystanders, _every_balance, _market, _pair, _rally, _round
 
 
 def _audit(c: Clearing) -> list:
@@ -108,6 +109,56 @@ def test_an_expiry_mark_settling_into_cash_reaches_the_kept_index():
     _true(c)
     c.root()
     _true(c)
+
+
+def test_random_markets_in_both_assets_keep_both_indexes_exact(monkeypatch):
+    """s6's random markets (USD and BTC cash, linear and inverse series, expiries, cascades) and
+    s10's (construction 4: step 6 reached), both indexes built before the first mark,
+    profit_payers 2 (so the cut decides): after every mark, every other one on a new version, the
+    indexes exact outside dirty and each asset's payers a fresh sort's."""
+    monkeypatch.setattr(Clearing, "profit_payers", 2)
+    monkeypatch.setattr(ledger_state, "SET_DELTA", 2)
+    charged, orig = {"USD": 0, "BTC": 0}, Clearing._charge_profit
+
+    def charge(self, pools):
+        for a, q in pools.profit.items():
+            charged[a] += q > 0
+        orig(self, pools)
+    monkeypatch.setattr(Clearing, "_charge_profit", charge)
+    def check(c, seed):
+        assert _audit(c) == [], seed
+        for asset in ("USD", "BTC"):
+            assert list(c._payers(asset)) == list(_every_balance(c, asset)), (seed, asset)
+
+    for seed in range(60):
+        c, marks = book(Clearing, seed)
+        for asset in ("USD", "BTC"):
+            c._payers(asset)
+        for n, (und, index, vols, seq, ts) in enumerate(marks):
+            if n % 2:
+                c.root()
+                c = c.snapshot()
+            try:
+                c.mark(und, index, vols, seq, ts, O[:2])
+            except Rejected:
+                pass
+            check(c, seed)
+        assert not c.violations(), seed
+        c = _market(Clearing, random.Random(seed))
+        for asset in ("USD", "BTC"):
+            c._payers(asset)
+        for r in range(3):
+            if r % 2:
+                c.root()
+                c = c.snapshot()
+            try:
+                _round(c, random.Random(seed * 10 + r), r)
+            except Rejected:
+                pass
+            check(c, seed)
+        # (debts the whole market could not pay stay, as under the old rule: only the index's line)
+        assert not [v for v in c.violations() if "step 6" in v], seed
+    assert charged["USD"] >= 20, charged
 
 
 # ---- 2. determinism ------------------------------------------------------------------------------------
