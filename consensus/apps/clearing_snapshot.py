@@ -44,7 +44,8 @@ def restore(genesis: Clearing, blob: bytes, state_root: bytes, sha256_many) -> C
         # block's proves they are its leaves, and _account reads a leaf back into the account it encodes
         c._private, c._private_holders, c.tree, c.dirty = {}, set(), MerkleTree(), set(c.accounts)
         c._leaves = {leaf[:32]: leaf for leaf in accounts}
-        c.holders, c._sizes, c._private_sizes, c._cash, c._private_cash = {}, {}, set(), {}, set()
+        c.holders, c._sizes, c._private_sizes = {}, {}, set()
+        c._cash, c._cash_fresh, c._cash_changed, c._cash_count = {}, set(), (), 0
         for key, acct in c.accounts.items():
             for i in acct.positions:
                 if i not in c.series:
