@@ -1228,7 +1228,7 @@ class Clearing:
         the debtor passed on to them; passing False, charging those, returns (charged, the rest) for
         Clearing._reach to pass along the record's chain). Only
         without one is the rest owed to step 6 (("open", asset): the mark's gainers first,
-        Clearing._drain_open, then every account with a positive balance in the asset, charged
+        Clearing._drain_open, then the positive balances in the asset, largest first, charged
         once at the mark's end, _charge_profit). Else the attacker's L, long
         the expiring call its W wrote and short futures to its X, liquidated at the expiry before
         the call's side was drained, left W's loss to everyone in profit while X kept L's gain
