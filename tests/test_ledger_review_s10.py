@@ -32,10 +32,11 @@ from tests.test_ledger_scale_s10 import SHA, _bystanders, _every_balance, _marke
 
 
 def _audit(c: Clearing) -> list:
-    """The accounts outside dirty (and the changes noted for a later sync, _cash_changed, where
-    kept) whose balance the kept index does not hold as it is (no sync first: violations() brings
-    the changed accounts up to date before it compares)."""
-    out, changed = [], set(c.dirty).union(*getattr(c, "_cash_changed", ()))
+    """The accounts outside dirty (and the changes noted for a later sync, _cash_fresh and
+    _cash_changed, where kept) whose balance the kept index does not hold as it is (no sync
+    first: violations() brings the changed accounts up to date before it compares)."""
+    out = []
+    changed = set(c.dirty).union(getattr(c, "_cash_fresh", ()), *getattr(c, "_cash_changed", ()))
     for asset, idx in c._cash.items():
         for k, a in c.accounts.items():
             if k not in changed and idx.get(k) != max(a.collateral.get(asset, 0), 0):
