@@ -1672,6 +1672,9 @@ class Clearing:
                 self._cash_changed += (frozenset(self._cash_fresh),)
                 self._cash_count += len(self._cash_fresh)
                 self._cash_fresh = set()
+                if len(self._cash_changed) >= 64:  # folded (an account changed in many blocks counted once)
+                    self._cash_changed = (frozenset().union(*self._cash_changed),)
+                    self._cash_count = len(self._cash_changed[0])
                 if self._cash_count > len(self.accounts) // 4 + CASH_SLACK:  # cheaper to rebuild at the next use
                     self._cash, self._cash_changed, self._cash_count = {}, (), 0
             leaves = self._leaves
