@@ -74,7 +74,8 @@ KV_MAX_TXS = (MAX_MESSAGE // 2) // KV_TX_BYTES  # a kv proposal fits one message
 ACCOUNT_BYTES = 1024  # about the memory of one bulk genesis account (bench.add_accounts; ~830 B measured)
 EVENTS_HEAD = 1 << 16  # the bytes of an existing events file read for its first line (one event: < 1 KiB)
 # what a validator keeps in its data_dir: no other file of the node may be one of them
-DATA_DIR_FILES = ("validator.db", "validator.db-wal", "validator.db-shm", "validator.lock", "validator.key")
+DATA_DIR_FILES = ("validator.db", "validator.db-wal", "validator.db-shm", "validator.db.safety",
+                  "validator.db.safety.tmp", "validator.lock", "validator.key")
 MAX_VALIDATORS = 65_535  # validator indices and a QC's voter count are u16 (messages.py)
 
 REQUIRED = object()
