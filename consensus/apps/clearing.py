@@ -1488,8 +1488,8 @@ class Clearing:
     def _charge_profit(self, pools: "_Pools") -> None:
         """At the mark's end, per asset, what nobody of steps 3-5 could carry, charged once to
         everyone in profit, largest first (_payers): to the profit_payers largest positive balances
-        in the asset, in proportion to them, capped at equity; what they cannot pay (every one of
-        them gave all its equity), to the next profit_payers, and so on. One charge per asset and
+        in the asset, in proportion to them, each at most its equity and its part of the group's
+        charge; what they cannot pay, to the next profit_payers, and so on. One charge per asset and
         mark, not one per liquidation, touching the books it takes to pay the loss, not every
         account in profit. What the whole market cannot pay goes back, in proportion to what each put into the sources (_split, in
         the order of Clearing.liquidations), to the liquidations that owed it: a debt left on the
@@ -1498,7 +1498,10 @@ class Clearing:
             loss = pools.profit[asset]
             payers, unpaid = self._payers(asset), loss
             while unpaid and (rest := dict(itertools.islice(payers, self.profit_payers))):
-                unpaid -= self._charge(asset, unpaid, rest)
+                # nobody past its part of what the group owes (rounded up): what members without the
+                # equity leave goes on to the next group, not to the group's members that have it
+                total = sum(rest.values())
+                unpaid -= self._charge(asset, unpaid, rest, limit={h: -(-unpaid * c // total) for h, c in rest.items()})
             owed = pools.owed.get(asset, {})
             if unpaid and owed:
                 at = sorted(owed)
