@@ -628,13 +628,17 @@ class _Seal:
         self.seq, self.state = seq, state
 
     def close(self, db) -> None:
-        """db: the store's connection, about to close (None: refused at open, nothing to mark)."""
+        """db: the store's connection, about to close (None: refused at open, nothing to mark).
+        Once or again (a node closes its store as its run ends, and again as it lets go), the
+        second time with the connection closed."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if db is not None and self.version == SEALED and not db.in_transaction:
+        if db is not None and self.version == SEALED:
+            self.version = CLEAN
             try:
-                db.execute(f"PRAGMA user_version = {CLEAN}")
+                if not db.in_transaction:
+                    db.execute(f"PRAGMA user_version = {CLEAN}")
             except sqlite3.Error:
                 pass  # (a full disk: without CLEAN a copy of the database alone is refused, the safe side)
 

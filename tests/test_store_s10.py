@@ -112,6 +112,7 @@ def test_a_restart_after_a_crash_or_a_clean_stop_starts_with_the_latest_view(tmp
     moved.save_safety(_safety(12))  # sealed from here on, in its new place
     assert os.path.exists(tmp_path / "moved" / SEAL)
     moved.close()
+    moved.close()  # again, as a node's runner does: nothing more
     moved = Store(tmp_path / "moved" / "validator.db")
     assert moved.safety().last_voted_view == 12
     moved.close()
