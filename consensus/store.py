@@ -526,8 +526,8 @@ class _Seal:
     refused. (The core only raises each, and replaces its high QC only with one of a higher view: a
     save that changes neither changes nothing a vote depends on, and is not sealed.) A store whose
     header says SEALED (user_version) and that has no seal was copied or restored without it:
-    refused too; CLEAN, written by close() (which folds the WAL into the database), lets such a
-    copy start. Opening a store writes nothing (a validator refused at start, given another's
+    refused too; CLEAN, written by the close() of a store that saved (which folds the WAL into the
+    database), lets such a copy start. Opening a store writes nothing (a validator refused at start, given another's
     data_dir, leaves it as it was): the first save seals it (arm).
 
     Two records of a sequence number each, in slots 0 and 1 by its parity, overwritten in place:
@@ -544,6 +544,9 @@ class _Seal:
         self.state = None  # the sealed (last voted view, high QC view); None: nothing sealed yet
         self.version = 0  # the store's user_version
         self.row = _UNREADABLE  # the store's safety state at open (_row_state)
+        # whether this store saved: only its writer marks it CLEAN (a reader of a running
+        # validator's store, closing, would mark a database still being written)
+        self.saving = False
 
     def check(self, db, row) -> None:
         """Refuse the store (StoreError) if its safety row `row` (_row_state) is behind the seal, or
@@ -573,8 +576,11 @@ class _Seal:
         """Before a save's transaction: a seal of the store's state (one written before this
         release, or closed cleanly and copied without its seal, has none), and SEALED in the
         database's own file, before the save can put a state into the WAL alone."""
-        if self.version == SEALED and self.fd >= 0 or self.row is _UNREADABLE:
+        if self.row is _UNREADABLE:
             return  # (a row safety() refuses: never saved over by a validator, which reads it first)
+        self.saving = True
+        if self.version == SEALED and self.fd >= 0:
+            return
         if self.fd < 0:
             self._create(self.row)
         db.execute(f"PRAGMA user_version = {SEALED}")
@@ -634,7 +640,7 @@ class _Seal:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        if db is not None and self.version == SEALED:
+        if db is not None and self.saving and self.version == SEALED:
             self.version = CLEAN
             try:
                 if not db.in_transaction:

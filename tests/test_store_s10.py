@@ -86,6 +86,11 @@ def test_validator_db_copied_alone_from_a_running_store_is_refused(tmp_path):
     _refused(_copy(live, tmp_path / "alone", ("validator.db",)), "safety seal .* is missing")
     # and with its WAL but not the seal (it holds view 9, but nothing says it holds everything)
     _refused(_copy(live, tmp_path / "no-seal", ("validator.db", "validator.db-wal")), "is missing")
+    # a reader of the running validator's store (it saves nothing) marks nothing as it closes
+    reader = Store(live / "validator.db")
+    assert reader.safety().last_voted_view == 9
+    reader.close()
+    _refused(_copy(live, tmp_path / "after-reader", ("validator.db", "validator.db-wal")), "is missing")
     # the seal deleted in place
     store.close()
     reopened = Store(live / "validator.db")
