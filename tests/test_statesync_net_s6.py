@@ -294,6 +294,7 @@ def test_a_store_file_cut_short_or_bit_flipped_starts_or_stops_with_one_store_er
     before (49 of 190 such files did)."""
     import os
     import random
+    import shutil
     from consensus.store import StoreError
     sim = _net(tmp_path)
     store = sim._node("v1").store
@@ -310,6 +311,7 @@ def test_a_store_file_cut_short_or_bit_flipped_starts_or_stops_with_one_store_er
     for i, data in enumerate(damaged):
         path = tmp_path / f"damaged{i}.db"
         path.write_bytes(data)
+        shutil.copy(tmp_path / "v1.db.safety", f"{path}.safety")  # a store is its database with its seal
         try:
             s = Store(path)
             s.safety()
@@ -320,7 +322,7 @@ def test_a_store_file_cut_short_or_bit_flipped_starts_or_stops_with_one_store_er
             outcomes["started"] += 1
         except StoreError:
             outcomes["StoreError"] += 1
-        for ext in ("", "-wal", "-shm"):
+        for ext in ("", "-wal", "-shm", ".safety"):
             if os.path.exists(f"{path}{ext}"):
                 os.remove(f"{path}{ext}")
     assert outcomes["StoreError"] >= 40 and outcomes["started"] >= 40, outcomes
