@@ -207,16 +207,16 @@ class NodeConfig:
         # link (/etc/accel/validator.toml -> /srv/v0/validator.toml) or as /dev/stdin (< file) took
         # its relative paths from the link's directory (/dev: data_dir /dev/data, a tmpfs), so one
         # validator's file named two data_dirs, as many as the ways it was given, each lock apart
-        home = Path(os.path.realpath(path)).parent
 
         def place(value: str) -> Path:
-            """A path of the file, ~ expanded, a relative one from the file's directory: it was
-            taken from the working directory, so a validator restarted from another one (a shell
-            elsewhere, systemd's /) found an empty data_dir and began again from the genesis with
-            no record of its votes, free to vote twice in a view it had voted in."""
+            """A path of the file, ~ expanded, a relative one from the file's directory
+            (config._file_path): it was taken from the working directory, so a validator restarted
+            from another one (a shell elsewhere, systemd's /) found an empty data_dir and began
+            again from the genesis with no record of its votes, free to vote twice in a view it
+            had voted in."""
             if not value.strip() or "\0" in value:
                 raise ValueError(f"{value!r} is not a path")
-            return home / Path(value).expanduser()
+            return Path(config._file_path(path, value))
 
         def convert(table, key, fn):
             try:
