@@ -1491,9 +1491,9 @@ class Clearing:
         in the asset, in proportion to them, each at most its equity and its part of the group's
         charge; what they cannot pay, to the next profit_payers, and so on. One charge per asset and
         mark, not one per liquidation, touching the books it takes to pay the loss, not every
-        account in profit. What the whole market cannot pay goes back, in proportion to what each put into the sources (_split, in
-        the order of Clearing.liquidations), to the liquidations that owed it: a debt left on the
-        account, its Liquidation's socialized less it."""
+        account in profit. What the whole market cannot pay goes back, in proportion to what each
+        put into the sources (_split, in the order of Clearing.liquidations), to the liquidations
+        that owed it: a debt left on the account, its Liquidation's socialized less it."""
         for asset in sorted(a for a, q in pools.profit.items() if q):
             loss = pools.profit[asset]
             payers, unpaid = self._payers(asset), loss
