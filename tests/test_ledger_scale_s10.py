@@ -7,20 +7,25 @@ N accounts at each mark that reached it. With the fund empty, a bankrupt book wh
 own closure was 0.001 USD took 0.48-0.59 s of one mark with 100,000 cash-only bystanders (every one
 of them charged 1 quantum), and the fund can be drained by two accounts trading with each other.
 Now the loss is charged to the `Clearing.profit_payers` (256) largest positive balances in the
-asset (ties by key), in proportion to them and capped at equity as before; what they cannot pay
-goes back to the liquidations that owed it, as what the whole market could not pay did. They are
-found through a kept index of the positive balances per asset (ledger_state.SizeIndex, shared by
-the versions), built the first time the asset reaches step 6 and brought up to date from the
-accounts each version changed: 0.002 s for that mark at 100,000 bystanders (/tmp/s10/profit_bench.py,
-bench/RESULTS.md).
+asset (ties by key), in proportion to them, each at most its equity and its part of the group's
+charge (review s10: 992c769); what they cannot pay goes to the next 256, and so on, so the whole
+market still pays before a debt stays (invariant 6). They are found through a kept index of the
+positive balances per asset (ledger_state.SizeIndex, shared by the versions), built the first time
+the asset reaches step 6; a block only notes the accounts it changed (5cae9f6 brought the indexes
+up to date at every state root: 140-260 ms a block of 20,000 changed accounts), and the next use
+reads those again, or rebuilds the indexes once more than a quarter of the accounts changed: that
+mark 0.002 s at 100,000 bystanders (/tmp/s10/profit_bench.py, bench/RESULTS.md).
 
 Tests:
-1. the payers: exactly the largest balances, in proportion, nobody else touched;
-2. work counts (calls, not time) of such a mark at N and 4N bystanders, once the index is built;
-3. random markets (tests/test_ledger_scale_s6.py) with profit_payers 2, so that the cut decides
-   who pays, against the Reference (a sort of every balance at each use), mark after mark;
-4. forks, dropped sibling versions and restores mid-stream (tests/test_ledger_scale_s9b.py) with
-   tiny layers, against a fresh sort of the balances at every use;
+1. the payers: exactly the largest balances, in proportion, nobody else touched; the next group
+   for what the first cannot pay;
+2. work counts (calls, not time): such a mark at N and 4N bystanders once the index is built; a
+   block's state root with and without kept indexes; the per-block notes folded over many blocks;
+3. random markets of construction 4 with bystanders and 1-5 payers a group, so that the cut
+   decides who pays, against tests/test_ledger_scale_s6.py's Reference (a sort of every balance
+   at each use), round after round;
+4. forks, dropped sibling versions and restores mid-stream with tiny layers, and with the indexes
+   dropped and rebuilt at every quarter (CASH_SLACK 0), against a fresh sort at every use;
 5. through the app, columnar blocks and a software-only validator restarting from snapshots, with
    the index built at genesis: Clearing.violations() (which checks the index against the
    balances) after every block on both sides."""
