@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import stat
 import struct
 import time
 from typing import Callable
@@ -106,7 +107,7 @@ class Store:
         self.seal = None if str(path) in (":memory:", "") else _Seal(f"{path}{SEAL_SUFFIX}")
         if self.seal is not None:
             try:
-                self.seal.check(self.db, _row_state(self.db))
+                self.seal.check(self.db)
             except BaseException:
                 self.seal.close(None)
                 self.db.close()
@@ -548,29 +549,49 @@ class _Seal:
         # validator's store, closing, would mark a database still being written)
         self.saving = False
 
-    def check(self, db, row) -> None:
-        """Refuse the store (StoreError) if its safety row `row` (_row_state) is behind the seal, or
-        the seal is missing (the store SEALED) or damaged."""
-        self.row, self.version = row, db.execute("PRAGMA user_version").fetchone()[0]
+    def check(self, db) -> None:
+        """Refuse the store (StoreError) if its safety row (_row_state) is behind the seal, or the
+        seal is missing (the store SEALED) or damaged. The header is read first, the seal next and
+        the row last: a reader of a running validator's store (localnet's report, an operator's
+        script) reading the row first, then a seal the validator wrote after a COMMIT in between,
+        was refused as a store that lost its writes; so was one that read no seal yet, then the
+        header the validator marked SEALED after creating it."""
+        self.version = db.execute("PRAGMA user_version").fetchone()[0]
+        data = self._open()
+        self.row = row = _row_state(db)
         if row is _UNREADABLE:
+            self.close(None)
             return
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+        if data is None:
             if self.version == SEALED:
                 raise StoreError(f"the store's safety seal {self.path} is missing though the store wrote one: the "
                                  "database was copied or restored without it (and may have lost its latest votes "
-                                 f"with its -wal file), or it was deleted; {_RESTORE}") from None
+                                 f"with its -wal file), or it was deleted; {_RESTORE}")
             return
-        except OSError as exc:
-            raise StoreError(f"the store's safety seal {self.path} does not open ({exc.strerror}); "
-                             f"{_RESTORE}") from None
-        self._read(row)
+        self._read(row, data)
         if self.state is not None and not _ahead(row, self.state, 0):
             held = f"last voted view {row[0]} (high QC view {row[1]})" if row is not None else "no safety state"
             raise StoreError(f"the store lost its latest safety writes: it holds {held}, its seal {self.path} says "
                              f"view {self.state[0]} (high QC view {self.state[1]}) was written: its -wal file was "
                              f"lost or damaged, or the database was restored or copied without it; {_RESTORE}")
+
+    def _open(self) -> bytes | None:
+        """The seal's bytes (None: no seal), its file kept open for the writes to come."""
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"the store's safety seal {self.path} does not open ({exc.strerror}); "
+                             f"{_RESTORE}") from None
+        try:
+            # (a FIFO opens read-write without blocking, and its read raised "Illegal seek")
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise self._damaged("not a regular file")
+            return os.pread(self.fd, 2 * _SLOT + 1, 0)
+        except OSError as exc:
+            raise StoreError(f"the store's safety seal {self.path} does not read ({exc.strerror}); "
+                             f"{_RESTORE}") from None
 
     def arm(self, db) -> None:
         """Before a save's transaction: a seal of the store's state (one written before this
@@ -582,7 +603,10 @@ class _Seal:
         if self.version == SEALED and self.fd >= 0:
             return
         if self.fd < 0:
-            self._create(self.row)
+            try:
+                self._create(self.row)
+            except OSError as exc:
+                raise self._unwritable(exc) from None
         db.execute(f"PRAGMA user_version = {SEALED}")
         # (a reader of another program holding the WAL: the header reaches the file with the next
         # checkpoint, and a copy of the database alone taken before then starts unsealed)
@@ -602,8 +626,7 @@ class _Seal:
         self.fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.seq, self.state = 0, row
 
-    def _read(self, row) -> None:
-        data = os.pread(self.fd, 2 * _SLOT + 1, 0)
+    def _read(self, row, data: bytes) -> None:
         if len(data) != 2 * _SLOT:
             raise self._damaged(f"{len(data)} bytes, not {2 * _SLOT}")
         slots = [_unslot(data[i * _SLOT:(i + 1) * _SLOT], i) for i in (0, 1)]
@@ -624,13 +647,23 @@ class _Seal:
     def _damaged(self, why: str) -> StoreError:
         return StoreError(f"the store's safety seal {self.path} is damaged ({why}); {_RESTORE}")
 
+    def _unwritable(self, exc: OSError) -> StoreError:
+        # (before the save's vote leaves: the node stops in one line, where an OSError other than
+        # a full or failing disk's was a traceback)
+        return StoreError(f"the store's safety seal {self.path} cannot be written ({exc.strerror}): make it a "
+                          "writable file on a working disk (free space, fix its permissions, remove what is at "
+                          "its path or its .tmp's), then restart")
+
     def write(self, state: tuple) -> None:
         """Seal a state the database committed (a save that changed nothing writes nothing)."""
         if self.fd < 0 or state == self.state:
             return
         seq = self.seq + 1
-        os.pwrite(self.fd, _slot(seq, state), seq % 2 * _SLOT)
-        os.fdatasync(self.fd)
+        try:
+            os.pwrite(self.fd, _slot(seq, state), seq % 2 * _SLOT)
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         self.seq, self.state = seq, state
 
     def close(self, db) -> None:
