@@ -548,6 +548,8 @@ class _Seal:
         # whether this store saved: only its writer marks it CLEAN (a reader of a running
         # validator's store, closing, would mark a database still being written)
         self.saving = False
+        # whether a checkpoint put SEALED into the database's own file (not only its WAL) in this run
+        self.marked = False
 
     def check(self, db) -> None:
         """Refuse the store (StoreError) if its safety row (_row_state) is behind the seal, or the
@@ -600,18 +602,23 @@ class _Seal:
         if self.row is _UNREADABLE:
             return  # (a row safety() refuses: never saved over by a validator, which reads it first)
         self.saving = True
-        if self.version == SEALED and self.fd >= 0:
+        if self.marked and self.fd >= 0:
             return
         if self.fd < 0:
             try:
                 self._create(self.row)
             except OSError as exc:
                 raise self._unwritable(exc) from None
-        db.execute(f"PRAGMA user_version = {SEALED}")
-        # (a reader of another program holding the WAL: the header reaches the file with the next
-        # checkpoint, and a copy of the database alone taken before then starts unsealed)
-        db.execute("PRAGMA wal_checkpoint(FULL)")
-        self.version = SEALED
+        mode = "PASSIVE"
+        if self.version != SEALED:
+            db.execute(f"PRAGMA user_version = {SEALED}")
+            self.version, mode = SEALED, "FULL"
+        # Another program's reader holding a read transaction keeps the header out of the file
+        # (FULL gives up after the busy timeout): a copy of validator.db alone then started at an
+        # older view. Until a checkpoint reports every frame in the file, each save tries again
+        # (PASSIVE: no wait); SEALED read at open may sit in the WAL alone (a crash before then)
+        busy, log, done = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        self.marked = not busy and log == done
 
     def _create(self, row) -> None:
         tmp = self.path + ".tmp"

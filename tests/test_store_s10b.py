@@ -5,6 +5,7 @@ naming the file, never a traceback."""
 import errno
 import os
 import shutil
+import sqlite3
 
 import pytest
 
@@ -117,3 +118,29 @@ def test_a_seal_write_that_fails_is_one_line_and_the_restart_starts(tmp_path, mo
     assert restarted.safety().last_voted_view == 6
     restarted.save_safety(_safety(7))
     restarted.close()
+
+
+def test_the_sealed_mark_reaches_the_database_file_after_a_reader_let_go(tmp_path):
+    """The first save after a start marks the database SEALED and checkpoints, so validator.db
+    copied alone (without its WAL and seal) is refused. A reader holding a read transaction then
+    (another program's) kept the checkpoint from reaching the file, its result was not read, and
+    no later save tried again: validator.db copied alone, while the validator ran on, started
+    at view 5 (CLEAN in its file) though view 10 was voted."""
+    path = tmp_path / "validator.db"
+    store = Store(path)
+    store.save_safety(_safety(5))
+    store.close()  # a clean stop: CLEAN
+    store = Store(path)
+    store.db.execute("PRAGMA busy_timeout = 10")  # (the checkpoint gives up on the reader at once)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM safety").fetchall()
+    store.save_safety(_safety(9))
+    reader.execute("COMMIT")
+    reader.close()
+    store.save_safety(_safety(10))
+    os.mkdir(tmp_path / "alone")
+    shutil.copy(path, tmp_path / "alone" / "validator.db")
+    with pytest.raises(StoreError, match="is missing"):
+        Store(tmp_path / "alone" / "validator.db")
+    store.close()
