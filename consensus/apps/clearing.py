@@ -1489,19 +1489,29 @@ class Clearing:
         """At the mark's end, per asset, what nobody of steps 3-5 could carry, charged once to
         everyone in profit, largest first (_payers): to the profit_payers largest positive balances
         in the asset, in proportion to them, each at most its equity and its part of the group's
-        charge; what they cannot pay, to the next profit_payers, and so on. One charge per asset and
-        mark, not one per liquidation, touching the books it takes to pay the loss, not every
-        account in profit. What the whole market cannot pay goes back, in proportion to what each
+        charge; what they cannot pay, to the next profit_payers, and so on; what is left once
+        every group gave its parts, to the groups again, largest first, each member up to its
+        equity. One charge per asset and mark, not one per liquidation, touching the books it
+        takes to pay the loss, not every account in profit. What the whole market cannot pay goes back, in proportion to what each
         put into the sources (_split, in the order of Clearing.liquidations), to the liquidations
         that owed it: a debt left on the account, its Liquidation's socialized less it."""
         for asset in sorted(a for a, q in pools.profit.items() if q):
             loss = pools.profit[asset]
-            payers, unpaid = self._payers(asset), loss
-            while unpaid and (rest := dict(itertools.islice(payers, self.profit_payers))):
-                # nobody past its part of what the group owes (rounded up): what members without the
-                # equity leave goes on to the next group, not to the group's members that have it
+            payers, unpaid, capped = self._payers(asset), loss, True
+            while unpaid:
+                rest = dict(itertools.islice(payers, self.profit_payers))
+                if not rest:
+                    if not capped:
+                        break
+                    # every group gave its parts: again from the largest, each up to its equity (a
+                    # debt stays only where the market's equity falls short: invariant 6)
+                    payers, capped = self._payers(asset), False
+                    continue
+                # first nobody past its part of what the group owes (rounded up): what members
+                # without the equity leave goes on to the next group, not to its members with it
                 total = sum(rest.values())
-                unpaid -= self._charge(asset, unpaid, rest, limit={h: -(-unpaid * c // total) for h, c in rest.items()})
+                parts = {h: -(-unpaid * c // total) for h, c in rest.items()} if capped else None
+                unpaid -= self._charge(asset, unpaid, rest, limit=parts)
             owed = pools.owed.get(asset, {})
             if unpaid and owed:
                 at = sorted(owed)
@@ -1675,10 +1685,12 @@ class Clearing:
                 self._cash_changed += (frozenset(self._cash_fresh),)
                 self._cash_count += len(self._cash_fresh)
                 self._cash_fresh = set()
-                if len(self._cash_changed) >= 64:  # folded (an account changed in many blocks counted once)
+                many = len(self.accounts) // 4 + CASH_SLACK
+                if len(self._cash_changed) >= 64 or self._cash_count > many:
+                    # folded: an account changed in many blocks counted once
                     self._cash_changed = (frozenset().union(*self._cash_changed),)
                     self._cash_count = len(self._cash_changed[0])
-                if self._cash_count > len(self.accounts) // 4 + CASH_SLACK:  # cheaper to rebuild at the next use
+                if self._cash_count > many:  # cheaper to rebuild at the next use
                     self._cash, self._cash_changed, self._cash_count = {}, (), 0
             leaves = self._leaves
             changed = {(a := self.accounts[k]).slot: leaves[k] if k in leaves else self._leaf(k, a) for k in self.dirty}
