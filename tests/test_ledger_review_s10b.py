@@ -20,16 +20,14 @@ and writers mixed among bystanders halve the charge group by group (16 groups, t
 of 4,000, then a debt; 8,452 _room calls at 16,000 accounts against 260 at e39232a). In the
 random streams below (seeds 0-79), 5 of the 93 charges of everyone in profit (3 of them with 256
 payers) left a debt while the positive balances' equity was 4-199x the loss."""
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 
 from consensus.apps import clearing
 from consensus.apps.clearing import Clearing, Rejected
 from tests.test_clearing_properties import O, USD
+from tests.test_ledger_review_s10 import under_hash_seeds
 from tests.test_ledger_scale_s6 import Reference, _inject, _state, _traded, book
 from tests.test_ledger_scale_s7 import _key
 from tests.test_ledger_scale_s10 import _bystanders, _every_balance, _market, _pair, _rally, _round
@@ -325,11 +323,5 @@ print(c.root().hex(), len(c.liquidations))
 
 
 def test_the_same_roots_under_any_hash_seed():
-    outs = set()
-    for seed in ("0", "1", "777"):
-        env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=300,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert out.returncode == 0, out.stderr[-2000:]
-        outs.add(out.stdout)
+    outs = under_hash_seeds(_SCRIPT, ("0", "1", "777"))
     assert len(outs) == 1, outs
