@@ -168,23 +168,24 @@ def test_a_market_whose_equity_covers_the_loss_leaves_no_debt():
     assert debts == [], (equity, debts)
 
 
-def test_a_member_pays_at_most_its_part_rounded_up_and_a_group_at_most_the_loss(monkeypatch):
+def test_a_member_pays_at_most_its_equity_and_a_group_at_most_the_loss(monkeypatch):
     """Every group of every step-6 charge over random markets (1-5 payers a group, writers mixed in):
-    what the group paid is at most what was unpaid, each member at most ceil(unpaid x its balance /
-    the group's) and its equity."""
-    groups, orig = [], Clearing._charge
+    what the group paid is at most what was unpaid, each member at most its equity. (992c769 also
+    held each member to its part of the group's charge; reverted with its second walk, review s10c.)"""
+    groups, orig, payers = [], Clearing._charge, []
 
     def charge(self, asset, loss, weights, pending=frozenset(), limit=None, taken=None):
         before = {h: (self.accounts[h].collateral.get(asset, 0), self._room(h, asset)) for h in weights}
         got = orig(self, asset, loss, weights, pending, limit, taken)
-        if limit is not None and not pending and taken is None:  # a group of _charge_profit
-            groups.append((loss, dict(weights), before, {h: before[h][0] - self.accounts[h].collateral.get(asset, 0)
-                                                        for h in weights}, got))
+        if limit is None and not pending and taken is None and len(weights) <= payers[-1]:
+            groups.append((loss, before, {h: before[h][0] - self.accounts[h].collateral.get(asset, 0)
+                                          for h in weights}, got))
         return got
     monkeypatch.setattr(Clearing, "_charge", charge)
     for seed in range(40):
         rng = random.Random(seed)
-        monkeypatch.setattr(Clearing, "profit_payers", rng.choice([1, 2, 3, 5]))
+        payers.append(rng.choice([1, 2, 3, 5]))
+        monkeypatch.setattr(Clearing, "profit_payers", payers[-1])
         c = _market(Clearing, rng)
         _writers(c, rng.randint(0, 6))
         for r in range(3):
@@ -193,11 +194,10 @@ def test_a_member_pays_at_most_its_part_rounded_up_and_a_group_at_most_the_loss(
             except Rejected:
                 pass
     assert len(groups) > 40
-    for unpaid, weights, before, paid, got in groups:
-        total = sum(weights.values())
+    for unpaid, before, paid, got in groups:
         assert sum(paid.values()) == got <= unpaid
         for h, q in paid.items():
-            assert 0 <= q <= min(-(-unpaid * weights[h] // total), before[h][1]), (unpaid, weights[h], total, q)
+            assert 0 <= q <= before[h][1], (unpaid, q)
 
 
 def _walk(n: int, writers: int, mixed: bool, monkeypatch) -> tuple:

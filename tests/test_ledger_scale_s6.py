@@ -471,20 +471,16 @@ class Reference(Clearing):
 
     def _charge_profit(self, ref):
         """s7: per asset, once: every account with a positive balance (s10: profit_payers at a time,
-        largest first, ties by key, each at most its part of the group's charge, until paid; then
-        the groups again, each member up to its equity); the unpaid rest back to the debtors."""
+        largest first, ties by key, until paid); the unpaid rest back to the debtors."""
         for asset in sorted(ref.profit):
             loss = ref.profit[asset]
             if not loss:
                 continue
+            rich = sorted((-c, h) for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0)
             unpaid, k = loss, self.profit_payers
-            for capped in (True, False):
-                rich = sorted((-c, h) for h, a in self.accounts.items() if (c := a.collateral.get(asset, 0)) > 0)
-                for at in range(0, len(rich), k):
-                    if unpaid:
-                        group = {h: -c for c, h in rich[at:at + k]}
-                        part = {h: Fraction(unpaid * c, sum(group.values())).__ceil__() for h, c in group.items()}
-                        unpaid -= self._charge(asset, unpaid, group, limit=part if capped else None)
+            for at in range(0, len(rich), k):
+                if unpaid:
+                    unpaid -= self._charge(asset, unpaid, {h: -c for c, h in rich[at:at + k]})
             owed = ref.owed.get(asset, {})
             if unpaid and owed:
                 for j, back in zip(sorted(owed), _ref_split(unpaid, [owed[j] for j in sorted(owed)])):

@@ -1488,30 +1488,20 @@ class Clearing:
     def _charge_profit(self, pools: "_Pools") -> None:
         """At the mark's end, per asset, what nobody of steps 3-5 could carry, charged once to
         everyone in profit, largest first (_payers): to the profit_payers largest positive balances
-        in the asset, in proportion to them, each at most its equity and its part of the group's
-        charge; what they cannot pay, to the next profit_payers, and so on; what is left once
-        every group gave its parts, to the groups again, largest first, each member up to its
-        equity. One charge per asset and mark, not one per liquidation, touching the books it
-        takes to pay the loss, not every account in profit. What the whole market cannot pay goes back, in proportion to what each
+        in the asset, in proportion to them, each up to its equity (what one cannot pay shared by
+        the others of the group, _charge); what the group cannot pay, to the next profit_payers,
+        and so on. (A cap at each member's part of its group's charge, tried in session 10, moved
+        the share of the largest balance onto the smallest where accounts without equity filled
+        its group, and left debts beside equity: tests/test_ledger_review_s10c.py.) One charge per
+        asset and mark, not one per liquidation, touching the books it takes to pay the loss, not
+        every account in profit. What the whole market cannot pay goes back, in proportion to what each
         put into the sources (_split, in the order of Clearing.liquidations), to the liquidations
         that owed it: a debt left on the account, its Liquidation's socialized less it."""
         for asset in sorted(a for a, q in pools.profit.items() if q):
             loss = pools.profit[asset]
-            payers, unpaid, capped = self._payers(asset), loss, True
-            while unpaid:
-                rest = dict(itertools.islice(payers, self.profit_payers))
-                if not rest:
-                    if not capped:
-                        break
-                    # every group gave its parts: again from the largest, each up to its equity (a
-                    # debt stays only where the market's equity falls short: invariant 6)
-                    payers, capped = self._payers(asset), False
-                    continue
-                # first nobody past its part of what the group owes (rounded up): what members
-                # without the equity leave goes on to the next group, not to its members with it
-                total = sum(rest.values())
-                parts = {h: -(-unpaid * c // total) for h, c in rest.items()} if capped else None
-                unpaid -= self._charge(asset, unpaid, rest, limit=parts)
+            payers, unpaid = self._payers(asset), loss
+            while unpaid and (rest := dict(itertools.islice(payers, self.profit_payers))):
+                unpaid -= self._charge(asset, unpaid, rest)
             owed = pools.owed.get(asset, {})
             if unpaid and owed:
                 at = sorted(owed)
