@@ -49,6 +49,7 @@ from consensus.apps.clearing import Clearing, Rejected
 from tests.test_clearing_properties import USD
 from tests.test_ledger_scale_s6 import Reference, _inject, _state, _traded
 from tests.test_ledger_scale_s7 import _key, construction
+from tests.test_ledger_review_s10b import _writers, profit_groups
 from tests.test_ledger_scale_s10 import _market, _pair, _rally, _round
 
 
@@ -176,10 +177,7 @@ def _paid_beside_writers(writers: int) -> tuple:
     of cash -12,000 USD: self-trades that cost their owner nothing). What H and the bystanders paid."""
     c, _ = construction(Clearing, 4, 1)
     _inject(c, _key(5, 0), {"USD": -1_000_000 * USD + 1})
-    for i in range(writers):
-        _inject(c, _key(9, i), {"USD": 1})
-        _inject(c, _key(8, i), {})
-        _traded(c, _key(8, i), _key(9, i), 6, 4)
+    _writers(c, writers)
     h = _key(6, 0)
     _inject(c, h, {"USD": 12_000 * USD})
     for i in range(1_000):
@@ -196,7 +194,8 @@ def test_writers_without_equity_do_not_move_the_largest_balances_share_to_the_sm
     parts); with 255 writers in H's group H pays its part of a group of 3,072,000 USD, 38.67, and
     the bystanders 9,861.33, 98.6% of all they hold. (Every positive balance in proportion, as
     before session 10: H 5,400, bystanders 4,500; 5cae9f6, each group up to its equity: H 9,900,
-    bystanders 0.) H's owner, owning the writers too, moves 8,126 USD of its share onto them."""
+    bystanders 0.) H's owner, owning the writers too, moves 8,126 USD of its share onto them.
+    Since the revert (8e595d2, each group up to its equity) H pays its group's share again."""
     alone, beside = _paid_beside_writers(0), _paid_beside_writers(255)
     assert alone[0] + alone[1] == beside[0] + beside[1] + 255  # the same loss; the writers gave 1 quantum each
     assert beside[1] <= alone[1], ([q / USD for q in alone], [q / USD for q in beside])
@@ -204,24 +203,23 @@ def test_writers_without_equity_do_not_move_the_largest_balances_share_to_the_sm
 
 def _writers_of(c: Clearing, n: int, tag: int, cash: int) -> None:
     """n writers short 4 ETH futures (12,000 USD) with cash left at cash: equity cash - 12,000 USD."""
+    _writers(c, n, tag)
     for i in range(n):
-        _inject(c, _key(tag, i), {"USD": 1})
-        _inject(c, _key(tag - 1, i), {})
-        _traded(c, _key(tag - 1, i), _key(tag, i), 6, 4)
         _inject(c, _key(tag, i), {"USD": cash - 12_000 * USD - 1})
 
 
 @pytest.mark.xfail(strict=True, reason="largest first (the rule, docs/CLEARING.md 'What the rule does not stop'): "
                    "an account of nearly H's size one group below pays nothing while H's group has the equity "
                    "(H 9,645 USD, A 0; every balance in proportion: 4,005 and 3,971)")
-def test_the_second_walk_charges_two_accounts_of_nearly_equal_size_and_equity_alike():
+def test_two_accounts_of_nearly_equal_size_and_equity_pay_alike():
     """H (12,000 USD) among 255 writers of 12,001 USD (equity 1 USD each); the attacker's A (11,900
     USD) below its own 255 writers of 11,950 USD (equity below 0); 1,000 bystanders of 5 USD; a loss
     of about 9,900 USD. As found (USD): H 4,607.63, A 37.37, bystanders 5,000 (all they hold). Every
     positive balance in proportion (before session 10): H 4,004.84, A 3,971.47, bystanders
     1,668.69; 5cae9f6: H 9,645, A 0, bystanders 0. The first walk gives each its part (about 38 USD:
     both groups are mostly writers), drains the bystanders, and the second walk's first group,
-    the largest balances read again, is H's, which pays the rest up to its equity."""
+    the largest balances read again, is H's, which pays the rest up to its equity. Since the revert
+    (8e595d2, each group up to its equity): H 9,645, A 0, as 5cae9f6."""
     c, _ = construction(Clearing, 4, 1)
     _inject(c, _key(5, 0), {"USD": -1_000_000 * USD + 1})
     _writers_of(c, 255, 9, 12_001 * USD)
@@ -243,16 +241,7 @@ def test_no_member_pays_past_its_equity(monkeypatch):
     """Every group of every step-6 charge over the random markets above: each member at most its
     equity, a group at most what was unpaid (992c769's first walk also held each member to its
     part of the group's charge; reverted)."""
-    groups, orig = [], Clearing._charge
-
-    def charge(self, asset, loss, weights, pending=frozenset(), limit=None, taken=None):
-        before = {h: (self.accounts[h].collateral.get(asset, 0), self._room(h, asset)) for h in weights}
-        got = orig(self, asset, loss, weights, pending, limit, taken)
-        if not pending and taken is None and limit is None:  # _charge_profit's groups, and steps 3-5's charges to cash
-            groups.append((loss, before, {h: before[h][0] - self.accounts[h].collateral.get(asset, 0) for h in weights},
-                           got))
-        return got
-    monkeypatch.setattr(Clearing, "_charge", charge)
+    groups = profit_groups(monkeypatch)  # (and steps 3-5's charges to cash with nothing pending)
     monkeypatch.setattr(Clearing, "profit_payers", Clearing.profit_payers)
     for seed in range(200):
         Clearing.profit_payers = random.Random(seed).choice([1, 2, 3, 5, 256])
@@ -263,7 +252,7 @@ def test_no_member_pays_past_its_equity(monkeypatch):
             except Rejected:
                 pass
     assert len(groups) > 20
-    for unpaid, before, paid, got in groups:
+    for unpaid, before, paid, got, _ in groups:
         assert sum(paid.values()) == got <= unpaid
         for h, q in paid.items():
             assert 0 <= q <= before[h][1], (unpaid, q)

@@ -1494,9 +1494,9 @@ class Clearing:
         the share of the largest balance onto the smallest where accounts without equity filled
         its group, and left debts beside equity: tests/test_ledger_review_s10c.py.) One charge per
         asset and mark, not one per liquidation, touching the books it takes to pay the loss, not
-        every account in profit. What the whole market cannot pay goes back, in proportion to what each
-        put into the sources (_split, in the order of Clearing.liquidations), to the liquidations
-        that owed it: a debt left on the account, its Liquidation's socialized less it."""
+        every account in profit. What the whole market cannot pay goes back, in proportion to
+        what each put into the sources (_split, in the order of Clearing.liquidations), to the
+        liquidations that owed it: a debt left on the account, its Liquidation's socialized less it."""
         for asset in sorted(a for a, q in pools.profit.items() if q):
             loss = pools.profit[asset]
             payers, unpaid = self._payers(asset), loss
@@ -1530,7 +1530,7 @@ class Clearing:
             return
         changed = self._cash_fresh.union(*self._cash_changed)
         accounts = self.accounts
-        if assets != self._cash.keys() or len(changed) > len(accounts) // 4 + CASH_SLACK:
+        if assets != self._cash.keys() or self._many_changed(len(changed)):
             held: dict[str, dict] = {a: {} for a in sorted(assets)}
             for h, acct in accounts.items():
                 for a, q in acct.collateral.items():
@@ -1543,6 +1543,10 @@ class Clearing:
                 for h in changed:
                     idx.set(h, max(accounts[h].collateral.get(a, 0), 0))
         self._cash_fresh, self._cash_changed, self._cash_count = set(), (), 0
+
+    def _many_changed(self, n: int) -> bool:
+        """Whether n changed accounts are cheaper to read in a pass over all (CASH_SLACK)."""
+        return n > len(self.accounts) // 4 + CASH_SLACK
 
     def _charge_cash(self, asset: str, loss: int, keys, pending=frozenset()) -> int:
         """Up to loss quanta charged to those of keys (the owners of earlier liquidations of the mark
@@ -1675,12 +1679,11 @@ class Clearing:
                 self._cash_changed += (frozenset(self._cash_fresh),)
                 self._cash_count += len(self._cash_fresh)
                 self._cash_fresh = set()
-                many = len(self.accounts) // 4 + CASH_SLACK
-                if len(self._cash_changed) >= 64 or self._cash_count > many:
+                if len(self._cash_changed) >= 64 or self._many_changed(self._cash_count):
                     # folded: an account changed in many blocks counted once
                     self._cash_changed = (frozenset().union(*self._cash_changed),)
                     self._cash_count = len(self._cash_changed[0])
-                if self._cash_count > many:  # cheaper to rebuild at the next use
+                if self._many_changed(self._cash_count):  # cheaper to rebuild at the next use
                     self._cash, self._cash_changed, self._cash_count = {}, (), 0
             leaves = self._leaves
             changed = {(a := self.accounts[k]).slot: leaves[k] if k in leaves else self._leaf(k, a) for k in self.dirty}
