@@ -177,29 +177,12 @@ class Store:
 
     def safety(self) -> Safety | None:
         """The safety state, with the uncommitted blocks stored above the committed chain."""
-        row = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
-        if not row:
-            held = "SELECT EXISTS (SELECT 1 FROM committed) OR EXISTS (SELECT 1 FROM uncommitted)"
-            if self.db.execute(held).fetchone()[0]:
-                raise StoreError("the store holds blocks but no safety row (last voted view): refusing to start, "
-                                 "a validator that forgot its votes could vote twice in a view")
+        row = _safety_row(self.db)
+        if row is None:
             return None
         top = self.db.execute("SELECT COALESCE(MAX(height), 0) FROM committed").fetchone()[0]
         rows = self.db.execute("SELECT id, height, proposal FROM uncommitted WHERE height > ? ORDER BY height",
                                (top,)).fetchall()
-        # a damaged row is one line naming it (StoreError), never a DecodeError or AttributeError
-        # from deep in the start-up
-        try:
-            high_qc = messages.decode_qc(bytes(row[1]))
-        except (messages.DecodeError, TypeError) as exc:
-            raise StoreError(f"the stored high QC does not decode: {exc}") from None
-        if not isinstance(row[0], int) or not 0 <= row[0] < messages.MAX_VIEW:
-            raise StoreError(f"the stored last voted view {row[0]!r} is not a view")
-        check = self.db.execute("SELECT digest FROM safety_check").fetchone()
-        if check is not None and check[0] != _safety_digest(row[0], bytes(row[1])):
-            raise StoreError(f"the stored safety row (last voted view {row[0]}, high QC view {high_qc.view}) does "
-                             "not match its digest: the store is damaged (a validator that forgot its votes could "
-                             "vote twice in a view); restore a backup, or remove the data directory to start again")
         blocks = []
         for block_id, height, frame in rows:
             try:
@@ -210,7 +193,7 @@ class Store:
                     or p.block.height != height:
                 raise StoreError(f"stored uncommitted block at height {height} is not the block its row names")
             blocks.append(p)
-        return Safety(row[0], high_qc, tuple(blocks))
+        return Safety(row[0], row[1], tuple(blocks))
 
     def add_committed(self, proposal: Proposal) -> None:
         """Append the next committed block: its height must be the last one's plus one and its
@@ -491,26 +474,49 @@ def _safety_digest(last_voted_view: int, high_qc: bytes) -> bytes:
     return hashlib.sha256(b"AV-SAFETY-ROW" + last_voted_view.to_bytes(8, "big") + bytes(high_qc)).digest()
 
 
+class _BadRow(StoreError):
+    """The safety row is missing beside blocks, or damaged (_safety_row)."""
+
+
+def _safety_row(db) -> tuple | None:
+    """The safety row checked: (last voted view, high QC), None where the store holds nothing;
+    _BadRow saying in one line what is wrong (never a DecodeError or AttributeError from deep in
+    the start-up)."""
+    row = db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
+    if row is None:
+        held = "SELECT EXISTS (SELECT 1 FROM committed) OR EXISTS (SELECT 1 FROM uncommitted)"
+        if db.execute(held).fetchone()[0]:
+            raise _BadRow("the store holds blocks but no safety row (last voted view): refusing to start, "
+                          "a validator that forgot its votes could vote twice in a view")
+        return None
+    view, qc = row
+    if not isinstance(qc, bytes):  # (bytes() of an integer would allocate that many)
+        raise _BadRow(f"the stored high QC is a {type(qc).__name__}, not a blob")
+    try:
+        high_qc = messages.decode_qc(qc)
+    except (messages.DecodeError, TypeError) as exc:
+        raise _BadRow(f"the stored high QC does not decode: {exc}") from None
+    if not isinstance(view, int) or not 0 <= view < messages.MAX_VIEW:
+        raise _BadRow(f"the stored last voted view {view!r} is not a view")
+    check = db.execute("SELECT digest FROM safety_check").fetchone()
+    if check is not None and check[0] != _safety_digest(view, qc):
+        raise _BadRow(f"the stored safety row (last voted view {view}, high QC view {high_qc.view}) does not match "
+                      "its digest: the store is damaged (a validator that forgot its votes could vote twice in a "
+                      "view); restore a backup, or remove the data directory to start again")
+    return view, high_qc
+
+
 _UNREADABLE = "unreadable"  # _row_state of a safety row that safety() refuses (it says why, in one line)
 
 
 def _row_state(db):
     """The safety row's seal state (last voted view, high QC view), None where the store holds
     nothing, or _UNREADABLE."""
-    row = db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
-    if row is None:
-        held = "SELECT EXISTS (SELECT 1 FROM committed) OR EXISTS (SELECT 1 FROM uncommitted)"
-        return _UNREADABLE if db.execute(held).fetchone()[0] else None
-    view, qc = row
-    if not isinstance(view, int) or not 0 <= view < messages.MAX_VIEW or not isinstance(qc, bytes):
-        return _UNREADABLE
-    check = db.execute("SELECT digest FROM safety_check").fetchone()
-    if check is not None and check[0] != _safety_digest(view, qc):
-        return _UNREADABLE
     try:
-        return view, messages.decode_qc(qc).view
-    except (messages.DecodeError, TypeError):
+        row = _safety_row(db)
+    except _BadRow:
         return _UNREADABLE
+    return None if row is None else (row[0], row[1].view)
 
 
 _SEAL_MAGIC = b"AV-SAFETY-SEAL-1"

@@ -192,3 +192,20 @@ def test_an_empty_store_and_a_memory_store(tmp_path):
     store = Store(tmp_path / "validator.db")
     assert store.safety().last_voted_view == 0
     store.close()
+
+
+@pytest.mark.parametrize("high_qc", [10 ** 12, "text"])
+def test_a_safety_row_whose_high_qc_is_not_a_blob_is_refused_in_one_line(tmp_path, high_qc):
+    """safety() read the high QC through bytes(): a damaged row holding the integer 10**12 asked
+    for a terabyte (MemoryError) instead of the row's one-line refusal."""
+    store = Store(tmp_path / "validator.db")
+    store.save_safety(_safety(5))
+    store.close()
+    db = sqlite3.connect(tmp_path / "validator.db")
+    db.execute("UPDATE safety SET high_qc = ?", (high_qc,))
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "validator.db")
+    with pytest.raises(StoreError, match="high QC is a (int|str), not a blob") as exc:
+        store.safety()
+    assert "\n" not in str(exc.value)
