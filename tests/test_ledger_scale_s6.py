@@ -471,7 +471,8 @@ class Reference(Clearing):
 
     def _charge_profit(self, ref):
         """s7: per asset, once: every account with a positive balance (s10: profit_payers at a time,
-        largest first, ties by key, until paid); the unpaid rest back to the debtors."""
+        largest first, ties by key, until paid; s11: then every account with equity left, by it, up
+        to it); the unpaid rest back to the debtors."""
         for asset in sorted(ref.profit):
             loss = ref.profit[asset]
             if not loss:
@@ -481,6 +482,10 @@ class Reference(Clearing):
             for at in range(0, len(rich), k):
                 if unpaid:
                     unpaid -= self._charge(asset, unpaid, {h: -c for c, h in rich[at:at + k]})
+            # s11: then equity held in positions (every account with equity left), by it
+            held = {h: r for h in sorted(self.accounts) if (r := self._room(h, asset)) > 0}
+            if unpaid and held:
+                unpaid -= self._charge(asset, unpaid, held)
             owed = ref.owed.get(asset, {})
             if unpaid and owed:
                 for j, back in zip(sorted(owed), _ref_split(unpaid, [owed[j] for j in sorted(owed)])):

@@ -1490,9 +1490,11 @@ class Clearing:
         everyone in profit, largest first (_payers): to the profit_payers largest positive balances
         in the asset, in proportion to them, each up to its equity (what one cannot pay shared by
         the others of the group, _charge); what the group cannot pay, to the next profit_payers,
-        and so on. (A cap at each member's part of its group's charge, tried in session 10, moved
-        the share of the largest balance onto the smallest where accounts without equity filled
-        its group, and left debts beside equity: tests/test_ledger_review_s10c.py.) One charge per
+        and so on; what no positive balance can pay, to the equity held in positions
+        (_equity_in_positions). (A cap at each member's part of its group's charge, tried in
+        session 10, moved the share of the largest balance onto the smallest where accounts
+        without equity filled its group, and left debts beside equity:
+        tests/test_ledger_review_s10c.py.) One charge per
         asset and mark, not one per liquidation, touching the books it takes to pay the loss, not
         every account in profit. What the whole market cannot pay goes back, in proportion to
         what each put into the sources (_split, in the order of Clearing.liquidations), to the
@@ -1502,6 +1504,8 @@ class Clearing:
             payers, unpaid = self._payers(asset), loss
             while unpaid and (rest := dict(itertools.islice(payers, self.profit_payers))):
                 unpaid -= self._charge(asset, unpaid, rest)
+            if unpaid and (held := self._equity_in_positions(asset)):
+                unpaid -= self._charge(asset, unpaid, held)
             owed = pools.owed.get(asset, {})
             if unpaid and owed:
                 at = sorted(owed)
@@ -1511,6 +1515,15 @@ class Clearing:
                         _credit(self._mut(rec.account), asset, -back)
                         self.liquidations[j] = rec._replace(socialized=rec.socialized - back)
         pools.profit.clear()
+
+    def _equity_in_positions(self, asset: str) -> dict[bytes, int]:
+        """Once every positive balance in asset gave its equity (_charge_profit): the accounts whose
+        equity there is held in positions beside cash of 0 or below, by that equity (_room), the
+        last before a debt stays (invariant 6). Found among the holders of the asset's open
+        series, the only accounts with any equity left."""
+        held = set().union(*(self.holders.get(i, ()) for i, s in self.series.items()
+                             if s.asset == asset and i not in self.fixings))
+        return {h: r for h in sorted(held) if (r := self._room(h, asset)) > 0}
 
     def _payers(self, asset: str):
         """Everyone in profit in the order step 6 charges them: an iterator of (key, balance) over
