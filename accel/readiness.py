@@ -75,6 +75,21 @@ def _signatures():
         [True, True, True, True, False, False, True]
 
 
+def _block(b: Backend):
+    """A block's worth of signatures for the batch path, what validate() calls (verify_all): the
+    valid cases of _signatures over and over, enough for every thread of the C fallback a chunk of
+    at least 8 (native/ed25519.c's ED_BATCH_MIN: smaller chunks are single checks); and the same
+    with the tampered one in the middle."""
+    sigs, want = _signatures()
+    valid = [i for i, ok in enumerate(want) if ok]
+    n = 8 * getattr(b, "threads", 16) + 1
+    batch = [[col[valid[i % len(valid)]] for i in range(n)] for col in sigs]
+    bad = [list(col) for col in batch]
+    for col, src in zip(bad, sigs):
+        col[n // 2] = src[want.index(False)]
+    return batch, bad
+
+
 def _book():
     marks = risk.Marks(index=60000.0, rate=0.02, forward=np.array([60100.0, 60200.0, 60300.0]),
                        strike=np.array([60000.0, 55000.0, 0.0]), expiry=np.array([0.1, 0.3, 0.2]),
@@ -102,6 +117,14 @@ def _cases(b: Backend) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
         got = [bool(v) for v in b.to_host(out)]
         return got == want, f"{got} (GPU-shaped kernels)"
 
+    def block():
+        batch, bad = _block(b)
+        n = len(batch[0])
+        whole, one_bad = ed25519.ed25519_verify_all(*batch, backend=b), ed25519.ed25519_verify_all(*bad, backend=b)
+        each = ed25519.ed25519_verify_batch(*bad, backend=b)
+        ok = whole and not one_bad and each.tolist() == [i != n // 2 for i in range(n)]
+        return ok, f"a block of {n}: all valid {whole}, with one tampered {one_bad}, the tampered alone refused {ok}"
+
     def safe_keys():
         got = [ed25519.ed25519_key_is_safe(k, backend=b) for k in (sigs[0][0], _SMALL_ORDER)]
         return got == [True, False], f"{got} (an RFC 8032 key, the identity)"
@@ -126,7 +149,7 @@ def _cases(b: Backend) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
         got = [a.tolist() for a in risk.standard_margin(*_book(), backend=b)]
         return got == _STANDARD_TICKS, f"2 accounts, ticks {got[1]}"
 
-    cases = [("ed25519_verify", verdicts)]
+    cases = [("ed25519_verify", verdicts), ("ed25519_verify_all", block)]
     if b.name != "cpu":
         cases.append(("ed25519_challenge + ed25519_verify_k", shaped))
     return cases + [("ed25519_key_is_safe", safe_keys), ("sha256_many", sha256),
@@ -144,7 +167,11 @@ def check(backend: str | None = None) -> tuple[str, list[KernelCheck]]:
     except BackendUnavailable as exc:
         return f"{name} (configured)" if backend is None else name, [KernelCheck("backend", False, str(exc))]
     results = []
-    for kernels, case in _cases(b):
+    # a GPU backend leaves batches below gpu_min_batch (blocks under 4,096 signatures, all risk
+    # work by default) on the C fallback: its answers decide blocks too
+    cases = _cases(b) if b.name == "cpu" else _cases(b) + [
+        (f"cpu: {kernels}", case) for kernels, case in _cases(get_backend("cpu"))]
+    for kernels, case in cases:
         try:
             with dispatch.no_fallback():
                 ok, detail = case()

@@ -1,6 +1,7 @@
 """Backend registry: one instance per backend, created on first use; `auto` prefers a GPU."""
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -108,7 +109,10 @@ def get_backend(name: str | Backend | None = None) -> Backend:
                     found = exc
                 _instances[name] = found
     if isinstance(found, BackendUnavailable):
-        raise found
+        # a copy, never the cached one: raising an exception again extends its traceback, which
+        # then held every caller's frames and their batches (a forked worker, redoing each call on
+        # the C fallback, kept all it ever hashed: 300 MiB after 300 calls of 1 MiB)
+        raise copy.copy(found).with_traceback(None)
     if configured and name == "opencl" and not found.is_gpu and name not in _warned:
         _warned.add(name)
         log.warning("backend = \"opencl\" runs on %s, a CPU driver: expect it several times slower than the C "

@@ -38,6 +38,14 @@ def _load():
     return _native
 
 
+def _kinds(cname: str) -> str:
+    """The NumPy dtype kinds an array for a C item type may have: the item size alone let a float64
+    or a negative int64 stand for uint64_t offsets, read as offsets 4.6e18 bytes away (SIGSEGV)."""
+    if cname in ("double", "float"):
+        return "f"
+    return "ub" if cname.startswith("uint") else "i"
+
+
 class CpuBackend(Backend):
     name = "cpu"
 
@@ -67,8 +75,9 @@ class CpuBackend(Backend):
             except AttributeError:
                 raise KernelError(f"the C fallback has no av_{kernel}; rebuild with `pip install -e .`") from None
             ffi = self._ffi
-            params = tuple((ctype.cname, ffi.typeof(ffi.getctype(ctype.item, "[]")), ffi.sizeof(ctype.item))
-                           if ctype.kind == "pointer" else (ctype.cname, None, None)
+            params = tuple((ctype.cname, ffi.typeof(ffi.getctype(ctype.item, "[]")), ffi.sizeof(ctype.item),
+                            _kinds(ctype.item.cname))
+                           if ctype.kind == "pointer" else (ctype.cname, None, None, None)
                            for ctype in ffi.typeof(fn).args[:-1])
             found = self._signatures[kernel] = fn, params
         return found
@@ -78,11 +87,11 @@ class CpuBackend(Backend):
         if len(args) != len(params):
             raise KernelError(f"av_{kernel} takes {len(params)} arguments before n, got {len(args)}")
         cargs = []
-        for pos, ((cname, array_type, itemsize), arg) in enumerate(zip(params, args)):
+        for pos, ((cname, array_type, itemsize, kinds), arg) in enumerate(zip(params, args)):
             if isinstance(arg, np.ndarray):
                 if array_type is None or not arg.flags.c_contiguous:
                     raise KernelError(f"av_{kernel} argument {pos}: expected a contiguous {cname} buffer")
-                if arg.dtype.itemsize != itemsize:
+                if arg.dtype.itemsize != itemsize or arg.dtype.kind not in kinds:
                     raise KernelError(f"av_{kernel} argument {pos}: {arg.dtype} array passed as {cname}")
                 cargs.append(self._ffi.from_buffer(array_type, arg, require_writable=False))
             else:
