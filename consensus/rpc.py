@@ -16,7 +16,10 @@ sha256(body), in hex. Every refusal is a 4xx with {"error": "<one line>"}: a mal
 (400), an unknown path (404) or method (405), a body over max_body_bytes (413), a client over
 its request rate or its share of the validator's verification time (429, with Retry-After), a
 full mempool (503), a client over its connections (503), an Expect header other than
-100-continue (417; a body declared over max_body_bytes with 100-continue: 413 at once). A request
+100-continue (417; a body declared over max_body_bytes with 100-continue: 413 at once), a body
+in chunks (411: Content-Length only; the connection closed, the rest not read) or compressed
+(400: Content-Encoding is never decoded, so a zlib bomb costs nothing). Reading a body is
+charged to the client's share of the verification time. A request
 the HTTP parser refuses (a bad request line, header or length) is a 400 with the same one-line
 JSON, logged at debug level only. JSON bodies are strict: no NaN or Infinity, no key twice, no
 field the endpoint does not name; hex is "0x" and an even number of hex digits, nothing else.
@@ -427,6 +430,7 @@ class _Handler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._rpc, self._client, self._idle, self._heard = rpc, None, None, 0.0
         self._conn, self._released = None, False
+        self._parsed = 0.0  # seconds the parser took of the loop, not yet charged to the WorkBudget
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
@@ -456,7 +460,28 @@ class _Handler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._client is None:
             return  # refused: its bytes are not read
-        super().data_received(data)
+        # the parser's work is the loop's time, charged like a body's JSON (Rpc._json) once the
+        # request it read was admitted (take_parsed): uncharged, a body in 1-byte chunks (a Python
+        # call per byte) held the loop 0.5 s a megabyte of JSON
+        started = self._rpc.clock()
+        try:
+            super().data_received(data)
+        finally:
+            self._parsed += self._rpc.clock() - started
+
+    def take_parsed(self) -> float:
+        """The parser's time not yet charged, now charged by the caller."""
+        parsed, self._parsed = self._parsed, 0.0
+        return parsed
+
+    async def finish_response(self, request, resp, start_time):
+        out = await super().finish_response(request, resp, start_time)
+        if "Transfer-Encoding" in request.headers and not request.content.is_eof():
+            # closed now, the rest not read: aiohttp's lingering close read it for up to 10 s, and
+            # in chunks that is a Python call per chunk (the rest of a Content-Length body, read
+            # raw, costs little, and a client still sending it then gets its answer)
+            self.force_close()
+        return out
 
     def progressed(self) -> None:
         """A request's head arrived, or its answer was given: the idle clock starts again."""
@@ -481,6 +506,7 @@ class _Handler(RequestHandler):
     def connection_lost(self, exc) -> None:
         if self._client is None:
             return
+        self._rpc.work.charge(self._client, self.take_parsed())
         self._let_go()
         self._client = None
         super().connection_lost(exc)
@@ -565,8 +591,12 @@ class Rpc:
         loop = asyncio.get_running_loop()
         server = self.runner.server
 
+        # auto_decompress off: a body of 1 MB of zlib (1 GiB of spaces) took 1 to 4 s of the loop
+        # to decompress, also in aiohttp's lingering close after a 413 or on /health, which reads
+        # no body; the API takes no compressed bodies (Rpc._json refuses them)
         def handler() -> _Handler:
-            return _Handler(self, server, loop=loop, access_log=None, keepalive_timeout=self.idle_timeout_s)
+            return _Handler(self, server, loop=loop, access_log=None, keepalive_timeout=self.idle_timeout_s,
+                            auto_decompress=False)
         try:
             self._server = await loop.create_server(handler, host, port, reuse_address=True)
         except (OverflowError, ValueError) as exc:
@@ -665,6 +695,7 @@ class Rpc:
         finally:
             if isinstance(proto, _Handler):
                 proto.progressed()
+                self.work.charge(client_of(request.remote), proto.take_parsed())
 
     async def _guarded(self, request: web.Request, handler):
         client = client_of(request.remote)
@@ -698,6 +729,7 @@ class Rpc:
             reason = {404: f"no such endpoint {request.path}; see /status, /health, /tx, /account, "
                            "/broadcast_tx_sync, /broadcast_txs",
                       405: f"{request.method} is not allowed on {request.path}",
+                      411: "a body in chunks (Transfer-Encoding) is not accepted; send it with a Content-Length",
                       413: f"request body over {self.max_body} bytes"}.get(exc.status, exc.reason)
             return _error(exc.status, reason)
         except ConnectionError:  # the client went away mid-request (or was closed as idle)
@@ -735,16 +767,27 @@ class Rpc:
     # ---- transactions ----------------------------------------------------------------------------
     async def _json(self, request: web.Request, fields: tuple[str, ...]) -> dict:
         """The body: one JSON object with no field but `fields` (strict JSON: no NaN or Infinity, no
-        key given twice, which parsers read differently). Parsing it takes the loop's time (a
-        megabyte of small objects: 50 to 100 ms), so it is charged to the client's WorkBudget
+        key given twice, which parsers read differently), sent uncompressed with a Content-Length
+        (in chunks, 1 MiB of JSON in 1-byte chunks took 0.6 s of the loop to read, half of it in
+        aiohttp's reader, which nothing can charge). Reading and parsing it take the loop's time (a
+        megabyte of small objects: 50 to 100 ms), so both are charged to the client's WorkBudget
         like a submission: refused (429) while the client or all clients are over it."""
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise BadRequest(f"the body cannot be read: Content-Encoding {encoding[:40]!r} is not accepted; "
+                             "send the JSON uncompressed")
+        if "Transfer-Encoding" in request.headers:
+            raise web.HTTPLengthRequired()
         try:
             raw = await request.read()
         except web.HTTPException:
             raise
-        except (RequestPayloadError, HttpProcessingError) as exc:  # bad chunks, a broken gzip/deflate body
+        except (RequestPayloadError, HttpProcessingError) as exc:
             raise BadRequest(f"the body cannot be read: {' '.join(str(exc).split())[:160]}") from None
-        with self._charged(client_of(request.remote)):
+        client = client_of(request.remote)
+        with self._charged(client):
+            if isinstance(request.protocol, _Handler):
+                self.work.charge(client, request.protocol.take_parsed())
             try:
                 body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique)
             except BadRequest:
