@@ -148,7 +148,9 @@ class NodeMetrics:
                 start_response("404 Not Found", [("Content-Type", "text/plain")])
                 return [b"not found: metrics are at /metrics (a validator's health: its client API's /health)\n"]
             return metrics(environ, start_response)
-        server = make_server(listen[0], listen[1], only_metrics, _Server, _Quiet)
+        # wsgiref's server is IPv4 only: an IPv6 address ("::" from `accel testnet --hosts` of
+        # IPv6 hosts) stopped the validator at start, "Address family ... not supported"
+        server = make_server(listen[0], listen[1], only_metrics, _Server6 if ":" in listen[0] else _Server, _Quiet)
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
         return server
 
@@ -215,6 +217,10 @@ class _Server(ThreadingMixIn, WSGIServer):
 
     def handle_error(self, request, client_address):  # a client gone or timed out: no traceback
         pass
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 def _site_of(client_address) -> str:

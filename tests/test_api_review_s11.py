@@ -121,3 +121,33 @@ def test_a_body_in_chunks_is_refused_and_reading_is_charged(tmp_path, monkeypatc
     assert calls >= 2 and charged >= calls + 2, (calls, charged)
     assert refused.split()[1] == b"411", refused
 
+
+# ---- 4. the metrics server on IPv6 ----------------------------------------------------------------
+@pytest.mark.parametrize("on_address", [False, True])
+def test_an_ipv6_testnet_validator_serves_its_metrics(tmp_path, on_address):
+    """`accel testnet --hosts ::1,::2,...` writes [metrics] listen = ":::PORT" (with
+    --listen-on-address "[::1]:PORT"), which loads; the metrics server (wsgiref, AF_INET only)
+    then stopped the validator at start: "Address family for hostname not supported"."""
+    import socket
+    import urllib.request
+
+    from consensus.localnet import write_network
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    paths = write_network(tmp_path / "net", ["::1", "::2", "::3", "::4"], port=port + 1 if port < 60000 else 20001,
+                          rpc_port=None, metrics_port=port, data_root=str(tmp_path / "data"),
+                          listen_on_address=on_address, validation="software")
+    cfg = NodeConfig.load(paths[0])
+    assert cfg.metrics[0] in ("::", "::1")
+    runner = NodeRunner(cfg)
+    try:
+        server = runner.metrics.serve(cfg.metrics)  # what run_node does before asyncio.run
+        try:
+            with urllib.request.urlopen(f"http://[::1]:{server.server_address[1]}/metrics", timeout=10) as resp:
+                assert resp.status == 200 and b"accel_" in resp.read()
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        runner.close()
