@@ -326,6 +326,9 @@ def _tx(args, cl) -> int:
         tx = build(asks, args.chain_id if args.chain_id is not None else c.chain_id())
     results = c.broadcast([tx])
     out = results[0]
+    if out.get("refused_by"):  # pending where it was accepted, and will commit: the refusals are those validators' own
+        print(f"accel tx: accepted by {len(out['accepted_by'])} validator(s), refused by "
+              + "; ".join(f"{url}: {reason}" for url, reason in out["refused_by"].items()), file=sys.stderr)
     if args.wait and out["accepted"]:
         out = out | {"height": c.wait_committed([out["hash"]], timeout=args.wait)[out["hash"]], "status": "committed"}
     print(json.dumps(out, indent=1))

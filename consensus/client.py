@@ -452,9 +452,13 @@ class Client:
 
     def broadcast(self, txs: list[Tx], all_validators: bool = True) -> list[dict]:
         """Submit signed transactions (in batches, in order) to every validator (or the first that
-        answers); per transaction the verdict of the first validator that answered: hash, accepted,
-        reason. A validator that cannot be reached or answers something that is not one verdict
-        per transaction (in order, each naming its transaction's hash, computed here, and accepted
+        answers); per transaction a verdict: hash, accepted, reason. Validators do not share their
+        mempools, so each one's verdict is its own (its mempool full, its committed nonce a block
+        behind): a transaction is accepted if any validator accepted it (the first that did gives
+        the verdict), and one some refused then also names them, "refused_by": {url: reason}, and
+        those that took it, "accepted_by": [url, ...]; refused by all, the first's verdict. A
+        validator that cannot be reached or answers something that is not one verdict per
+        transaction (in order, each naming its transaction's hash, computed here, and accepted
         true or false) is passed over, as BFT passes over f of them; an RpcError only when none
         answered (it names each one's failure)."""
         out = []
@@ -471,16 +475,15 @@ class Client:
                     raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
                 return got
             if all_validators:
-                results, failures = None, []
+                answers, failures = [], []
                 for url in self.urls:
                     try:
-                        got = send(url)
+                        answers.append((url, send(url)))
                     except RpcError as exc:  # a 4xx too: one hostile validator's 400 must not stop the rest
                         failures.append(exc)
-                        continue
-                    results = results or got
-                if results is None:
+                if not answers:
                     raise _none_answered(failures)
+                results = [_merged([(url, got[i]) for url, got in answers]) for i in range(len(part))]
             else:
                 results = self._any(None, send)
             out.extend(results)
@@ -523,24 +526,48 @@ class Client:
     def wait_committed(self, digests: list, timeout: float = 60.0, poll: float = 0.2,
                        url: str | None = None) -> dict[str, int]:
         """hash -> height once every transaction committed (on url, or the first validator that
-        answers); RpcError naming the first refused one, or those still pending at the timeout."""
+        answers); RpcError naming the first refused one, or those still pending at the timeout.
+        Without url, a transaction the first validator calls refused or unknown is asked of every
+        validator: one validator's refusal (evicted from its full mempool, a nonce it judged a
+        block behind) is its own, final only while no validator holds the transaction pending
+        or committed it."""
         left = {_hex_hash(d) for d in digests}
         heights: dict[str, int] = {}
         deadline = time.monotonic() + timeout
         while left:
-            for r in self.statuses(sorted(left), url):
-                if r.get("status") == "committed" and r.get("hash") in left:
-                    heights[r["hash"]] = r.get("height")
+            found = {r["hash"]: r for r in self.statuses(sorted(left), url)}
+            doubtful = sorted(h for h, r in found.items() if r.get("status") in ("refused", "unknown"))
+            if doubtful and url is None and len(self.urls) > 1:
+                found |= self._best_statuses(doubtful)
+            for digest in sorted(left):
+                r = found[digest]
+                if r.get("status") == "committed":
+                    heights[digest] = r.get("height")
                 elif r.get("status") == "refused":
-                    raise RpcError(f"transaction {r.get('hash')} refused: {r.get('reason')}", body=r)
+                    raise RpcError(f"transaction {digest} refused: {r.get('reason')}", body=r)
             left -= set(heights)
             if left:
                 if time.monotonic() > deadline:
                     first = sorted(left)[0]
                     raise RpcError(f"{len(left)} transaction(s) not committed after {timeout:.0f} s, e.g. "
-                                   f"{first}: {self.tx(first, url).get('status')}")
+                                   f"{first}: {found[first].get('status')}")
                 time.sleep(poll)
         return heights
+
+    def _best_statuses(self, digests: list[str]) -> dict[str, dict]:
+        """hash -> the most advanced status any validator that answers gives it (committed, then
+        pending, then refused, then unknown; among equals the first validator's)."""
+        rank = {"committed": 3, "pending": 2, "refused": 1, "unknown": 0}
+        best: dict[str, dict] = {}
+        for u in self.urls:
+            try:
+                answers = self.statuses(digests, u)
+            except RpcError:
+                continue
+            for r in answers:
+                if rank.get(r.get("status"), 0) > rank.get(best.get(r["hash"], {}).get("status"), -1):
+                    best[r["hash"]] = r
+        return best
 
     def statuses(self, digests: list, url: str | None = None) -> list[dict]:
         """/tx of many transactions, `batch` to a request, on url (or the first validator that
@@ -622,6 +649,18 @@ class Client:
     def health(self, url: str | None = None) -> dict:
         """{"healthy": bool, "reason": ...}; 503 is an answer here, not an error."""
         return self._call(url or self.urls[0], "/health", ok404=True)
+
+
+def _merged(answers: list[tuple[str, dict]]) -> dict:
+    """One transaction's verdict from each validator that answered (url, verdict): Client.broadcast."""
+    took = [url for url, r in answers if r["accepted"]]
+    if not took:
+        return answers[0][1]
+    out = dict(next(r for _, r in answers if r["accepted"]))
+    refused = {url: r.get("reason", "") for url, r in answers if not r["accepted"]}
+    if refused:
+        out |= {"accepted_by": took, "refused_by": refused}
+    return out
 
 
 def _none_answered(failures: list) -> RpcError:

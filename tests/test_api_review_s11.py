@@ -4,7 +4,6 @@ server was IPv4-only, the client took one validator's word for a network's verdi
 arguments let tracebacks and misleading errors through."""
 import asyncio
 import contextlib
-import logging
 import zlib
 
 import pytest
@@ -16,7 +15,6 @@ from consensus.rpc import Rpc
 
 def _serve(tmp_path, scenario):
     """scenario(rpc) on a fresh validator's API (port 0), with the runner closed after."""
-    logging.getLogger("consensus").setLevel(logging.ERROR)
     cfg = NodeConfig.load(write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none", rpc_port=0)[0])
     runner = NodeRunner(cfg)
 
@@ -151,3 +149,88 @@ def test_an_ipv6_testnet_validator_serves_its_metrics(tmp_path, on_address):
             server.server_close()
     finally:
         runner.close()
+
+
+# ---- 5. the client's verdicts: any validator's, not the first's ---------------------------------------
+def _fake_validator(answer):
+    """A validator's API on a thread: POST answers answer(request body) as JSON."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            data = json.dumps(answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _verdicts(accepted: bool, reason: str):
+    import hashlib
+    return lambda body: {"results": [{"hash": hashlib.sha256(bytes.fromhex(t["tx"][2:])).hexdigest(),
+                                      "code": 0 if accepted else 1, "accepted": accepted, "reason": reason}
+                                     for t in body["txs"]]}
+
+
+def _statuses(status: dict):
+    return lambda body: {"results": [{"hash": h[2:], **status} for h in body["hashes"]]}
+
+
+def test_a_transaction_accepted_by_three_validators_is_reported_accepted(tmp_path, capsys):
+    """The first validator's mempool is full, the other three accept: broadcast said refused (the
+    first answer won), and `accel tx` exited 1, for a transaction pending on three validators."""
+    from nacl.signing import SigningKey
+
+    from accel.cli import main
+    from consensus import client as cl
+    servers = [_fake_validator(_verdicts(False, "mempool full (100000 transactions)"))] + \
+              [_fake_validator(_verdicts(True, "")) for _ in range(3)]
+    urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+    try:
+        out = cl.Client(urls, timeout=5).broadcast([cl.register(SigningKey(bytes(32)))])[0]
+        assert out["accepted"] and out["reason"] == "" and out["accepted_by"] == urls[1:]
+        assert out["refused_by"] == {urls[0]: "mempool full (100000 transactions)"}
+        cl.write_key(tmp_path / "k.json", SigningKey(bytes(32)))
+        assert main(["tx", "--node", ",".join(urls), "--chain-id", "1", "register", "--key",
+                     str(tmp_path / "k.json")]) == 0
+        err = capsys.readouterr().err
+        assert "accepted by 3 validator(s)" in err and "mempool full" in err and err.count("\n") == 1
+        # refused by every one: the first's verdict, as before
+        refused = cl.Client(urls[:1] * 2, timeout=5).broadcast([cl.register(SigningKey(bytes(32)))])[0]
+        assert not refused["accepted"] and "refused_by" not in refused
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
+def test_wait_committed_does_not_take_one_validators_eviction_as_final():
+    """Validator 0 evicted the transaction from its full mempool (its /tx: refused); the others
+    committed it at height 7: wait_committed raised "refused" at once on validator 0's word."""
+    import hashlib
+
+    from consensus import client as cl
+    digest = hashlib.sha256(b"x").hexdigest()
+    evicted = _fake_validator(_statuses({"status": "refused", "reason": "evicted from a full mempool"}))
+    servers = [evicted] + [_fake_validator(_statuses({"status": "committed", "height": 7})) for _ in range(3)]
+    pending = _fake_validator(_statuses({"status": "pending"}))
+    urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers + [pending]]
+    try:
+        assert cl.Client(urls[:4], timeout=5).wait_committed([digest], timeout=3) == {digest: 7}
+        # pending elsewhere: waited for (here until the timeout), not refused
+        with pytest.raises(cl.RpcError, match="not committed after"):
+            cl.Client([urls[0], urls[4]], timeout=5).wait_committed([digest], timeout=0.5, poll=0.1)
+        # refused wherever it is known: final, as before
+        with pytest.raises(cl.RpcError, match="refused: evicted"):
+            cl.Client([urls[0], urls[0]], timeout=5).wait_committed([digest], timeout=3)
+    finally:
+        for s in servers + [pending]:
+            s.shutdown()
