@@ -40,6 +40,7 @@ from .apps.clearing import INDEX_RANGE, MAX_AMOUNT, MAX_PRICE, MAX_SIZE, VOL_RAN
 Tx = tuple[bytes, list[bytes]]
 QUANTA = 10**8  # quanta per unit of any asset
 MAX_QUANTA = 10**60  # quanta() refuses this or more: far past every amount and price (u64 fields)
+MAX_TIMEOUT_S = 1_000_000  # a request's timeout, at most (11 days)
 
 
 class RpcError(Exception):
@@ -384,12 +385,21 @@ class Client:
                 raise ValueError(f"validator URL {u!r}: {exc}; expected http://host:port") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"validator URL {u!r}: expected http://host:port or https://host:port")
+            # the API's paths are appended to the URL as given: a user:password@ went to DNS as
+            # the host name, and a path, query or fragment made requests like .../x?y/tx?hash=...
+            extra = "a user name" if "@" in parts.netloc else "a query" if "?" in u else \
+                "a fragment" if "#" in u else "a path" if parts.path not in ("", "/") else ""
+            if extra:
+                raise ValueError(f"validator URL {u!r}: {extra} is not part of a validator's address; "
+                                 "expected http://host:port")
             if port == 0:
                 raise ValueError(f"validator URL {u!r}: port 0 is not a port a validator listens on")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
-        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        # bounded: a socket's timeout past the platform's time_t (1e10 s) raised OverflowError at
+        # every call, neither an RpcError nor a refusal here
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT_S):
+            raise ValueError(f"timeout must be a positive number of seconds, at most {MAX_TIMEOUT_S:,}, not {timeout!r}")
         self.timeout, self.batch = timeout, batch
 
     def _call(self, url: str, path: str, body: dict | None = None, ok404: bool = False, retries: int = 20,

@@ -234,3 +234,29 @@ def test_wait_committed_does_not_take_one_validators_eviction_as_final():
     finally:
         for s in servers + [pending]:
             s.shutdown()
+
+
+# ---- 6. the client's arguments -------------------------------------------------------------------------
+def test_a_timeout_past_the_platforms_is_refused_at_construction(capsys):
+    """timeout=1e10 passed (finite, above 0), and every call then raised OverflowError from
+    socket.settimeout, not an RpcError; `accel tx --http-timeout 1e308` printed a traceback."""
+    from accel.cli import main
+    from consensus import client as cl
+    with pytest.raises(ValueError, match="timeout must be .* at most 1,000,000"):
+        cl.Client("http://127.0.0.1:1", timeout=1e10)
+    assert cl.Client("http://127.0.0.1:1", timeout=1e6).timeout == 1e6
+    assert main(["tx", "--node", "http://127.0.0.1:1", "--http-timeout", "1e308", "status", "00" * 32]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("accel: error: timeout must be") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("url,what", [("http://user:pw@127.0.0.1:1", "a user name"), ("http://127.0.0.1:1/x?y", "a query"),
+                                      ("http://127.0.0.1:1#f", "a fragment"), ("http://127.0.0.1:1/api", "a path"),
+                                      ("http://127.0.0.1:1?", "a query")])
+def test_a_url_that_is_more_than_an_address_is_refused(url, what):
+    """user:pw@ was sent to DNS as the host ("Name or service not known"); a path, query or
+    fragment made request URLs like .../x?y/tx?hash=... or a GET of / (404)."""
+    from consensus import client as cl
+    with pytest.raises(ValueError, match=f"{what} is not part of a validator's address"):
+        cl.Client(url)
+    assert cl.Client("http://127.0.0.1:1/").urls == ["http://127.0.0.1:1"]
