@@ -851,12 +851,7 @@ class Rpc:
         fresh = sum(1 for body, _ in items if hashlib.sha256(body).digest() not in app.mempool)
         if fresh and len(app.mempool) + fresh > self.max_mempool:
             raise _Full()
-        if hasattr(app, "submit_many"):
-            reasons = app.submit_many(items)
-        else:  # the key-value app: one signature per transaction, checked in blocks
-            reasons = [app.submit(body, sigs[0]) if len(sigs) == 1 else "a transfer has exactly one signature"
-                       for body, sigs in items]
-        return self._answers(items, reasons)
+        return self._answers(items, app.submit_many(items))
 
     def _answers(self, items: list[tuple[bytes, list[bytes]]], reasons: list[str]) -> list[dict]:
         out = []

@@ -134,14 +134,15 @@ class Simulation:
                 if refused:
                     raise RuntimeError(f"the clearing load made a transaction the mempool refuses: {refused[0]}")
             return
+        batch = []
         for _ in range(count):
             c = self.rng.randrange(len(self.clients))
             to = bytes(self.clients[(c + 1) % len(self.clients)].verify_key)
             body = transfer_body(bytes(self.clients[c].verify_key), self._nonces[c], to, 1)
             self._nonces[c] += 1
-            sig = self.clients[c].sign(body).signature
-            for node in self.nodes:
-                node.core.app.submit(body, sig)
+            batch.append((body, [self.clients[c].sign(body).signature]))
+        for node in self.nodes:
+            node.core.app.submit_many(batch)
 
     # ---- scheduling ---------------------------------------------------------------------------
     def _push(self, at: float, what: tuple) -> None:
@@ -296,10 +297,10 @@ class Simulation:
 
     def _restart(self, node: Node) -> None:
         app = self._make_app(self.genesis)
-        for other in self.nodes:  # the load the lost mempool had; committed ones are dropped on replay
-            if other is not node:
-                for pending in other.core.app.mempool.values():  # (body, signature(s), ...) of either app
-                    app.submit(pending[0], pending[1])
+        # the load the lost mempool had (committed ones are dropped on replay): (body, signature
+        # or signatures, ...) of either app, admitted in one batch
+        app.submit_many([(p[0], p[1] if isinstance(p[1], list) else [p[1]])
+                         for other in self.nodes if other is not node for p in other.core.app.mempool.values()])
         key = self.keys[node.index]
         start = snapshots.load(node.store, app)
         node.core = self.make_core(self.cfg[node.index], lambda m, k=key: k.sign(m).signature, app,

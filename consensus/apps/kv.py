@@ -10,7 +10,7 @@ Transaction body (what the signature signs):
 A transaction whose nonce is not the sender's next one, or that spends more than the balance, is
 skipped by the state transition (the block stays valid); a bad signature, an unknown op, a body
 whose length is not exactly its layout's, or signature rows that are not one per body make the
-block invalid (well_formed), and the mempool refuses such a transaction (submit). No input raises
+block invalid (well_formed), and the mempool refuses such a transaction (submit_many). No input raises
 out of validate, submit or propose.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from accel import Packed
+from accel.packing import pack_fixed, pack_messages
 
 from ..messages import Block, Txs
 from ..verify import Verifier
@@ -69,7 +70,6 @@ def transfer_body(sender: bytes, nonce: int, to: bytes, amount: int, chain: int 
 
 
 def pack_txs(bodies: list[bytes], sigs: list[bytes]) -> Txs:
-    from accel.packing import pack_fixed, pack_messages
     return Txs(Packed(*pack_messages(bodies)), pack_fixed(sigs, 64, "signature"))
 
 
@@ -194,17 +194,35 @@ class KvApp:
 
     # ---- proposing and mempool ----------------------------------------------------------------
     def submit(self, body: bytes, signature: bytes) -> str:
-        """Admit a transaction to the mempool; why not ("" when admitted): a body that is not a
-        well-formed transaction or a signature that is not 64 bytes (a block holding either would
-        be invalid, so no honest proposal may carry it). Signatures are checked in blocks."""
-        body, signature = bytes(body), bytes(signature)
-        if len(signature) != 64:
-            return "a signature is 64 bytes"
-        reason = self.well_formed(Packed(np.frombuffer(body, np.uint8), np.array([0, len(body)], np.uint64)))
-        if reason:
-            return reason
-        self.mempool.setdefault(hashlib.sha256(body).digest(), (body, signature))
-        return ""
+        """Admit one transaction (submit_many)."""
+        return self.submit_many([(body, [signature])])[0]
+
+    def submit_many(self, items: list[tuple[bytes, list[bytes]]]) -> list[str]:
+        """Admit (body, [signature]) pairs to the mempool; per item why not ("" when admitted): a
+        body that is not a well-formed transaction, anything but one signature of 64 bytes, or a
+        signature that does not verify (one batch for the items). A block holding any of these is
+        invalid, and only a commit takes a transaction out of the mempool: one bad signature
+        admitted was proposed by every leader in turn, each block refused, and the chain stopped."""
+        reasons, body_of, sig_of = [], {}, {}
+        for i, (body, sigs) in enumerate(items):
+            if not isinstance(body, bytes) or not isinstance(sigs, (list, tuple)) \
+                    or len(sigs) != 1 or not isinstance(sigs[0], bytes) or len(sigs[0]) != 64:
+                reasons.append("a transaction has exactly one signature of 64 bytes")
+                continue
+            reasons.append(self.well_formed(Packed(np.frombuffer(body, np.uint8), np.array([0, len(body)], np.uint64))))
+            if not reasons[-1]:
+                body_of[i], sig_of[i] = body, sigs[0]
+        if body_of:
+            at = list(body_of)
+            bodies = [body_of[i] for i in at]
+            keys = np.frombuffer(b"".join(b[4:36] for b in bodies), np.uint8).reshape(-1, 32)
+            sigs = np.frombuffer(b"".join(sig_of[i] for i in at), np.uint8).reshape(-1, 64)
+            for i, ok in zip(at, self.verifier.verify_each(keys, Packed(*pack_messages(bodies)), sigs)):
+                if ok:
+                    self.mempool.setdefault(hashlib.sha256(body_of[i]).digest(), (body_of[i], sig_of[i]))
+                else:
+                    reasons[i] = "the signature does not verify"
+        return reasons
 
     def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
         """Up to max_txs mempool transactions not already in an uncommitted ancestor, and the
