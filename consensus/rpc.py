@@ -842,23 +842,31 @@ class Rpc:
         a key not registered yet counts against: ClearingApp._owner_for) and answers per item;
         for any other, a batch that would take the mempool past max_mempool is refused whole."""
         app = self.node.app
+        digests = [hashlib.sha256(body).digest() for body, _ in items]
+        pending = {d for d in digests if d in app.mempool}
         if hasattr(app, "max_mempool"):
             app.max_mempool = self.max_mempool
             reasons = app.submit_many(items, client=site_of(client))
             if reasons and all(r.startswith("mempool full") for r in reasons):
                 raise _Full()
-            return self._answers(items, reasons)
-        fresh = sum(1 for body, _ in items if hashlib.sha256(body).digest() not in app.mempool)
-        if fresh and len(app.mempool) + fresh > self.max_mempool:
+            return self._answers(digests, reasons, pending)
+        if len(set(digests) - pending) and len(app.mempool) + len(set(digests) - pending) > self.max_mempool:
             raise _Full()
-        return self._answers(items, app.submit_many(items))
+        return self._answers(digests, app.submit_many(items), pending)
 
-    def _answers(self, items: list[tuple[bytes, list[bytes]]], reasons: list[str]) -> list[dict]:
-        out = []
-        for (body, _), reason in zip(items, reasons):
-            out.append({"hash": hashlib.sha256(body).hexdigest(), "code": 1 if reason else 0,
-                        "accepted": not reason, "reason": reason})
-        self.node.submitted += sum(1 for r in reasons if not r)
+    def _answers(self, digests: list[bytes], reasons: list[str], pending: set[bytes]) -> list[dict]:
+        """Per item its verdict; "duplicate": true where it was pending already (sent before, by
+        this request or an earlier one): `accel tx` run twice before a commit signs the same body
+        twice, and both runs were told only "accepted", for one transaction."""
+        out, seen = [], set(pending)
+        for digest, reason in zip(digests, reasons):
+            answer = {"hash": digest.hex(), "code": 1 if reason else 0, "accepted": not reason, "reason": reason}
+            if not reason and digest in seen:
+                answer["duplicate"] = True
+            elif not reason:
+                seen.add(digest)
+                self.node.submitted += 1
+            out.append(answer)
         return out
 
     async def broadcast_tx(self, request: web.Request) -> web.Response:

@@ -100,3 +100,26 @@ def test_the_kv_load_generators_fill_the_mempool_through_the_batch():
         node.core.app.verifier = Batches("accel", "cpu")
     sim.load(40)
     assert calls == [50] + [40] * 4
+
+
+def test_a_transaction_sent_again_while_pending_is_answered_as_a_duplicate(tmp_path):
+    """`accel tx deposit` run twice before a commit signs the same body twice: both runs were
+    answered {"accepted": true, "reason": ""} for one deposit. The client API now says
+    "duplicate": true for one pending already (from this request or an earlier one)."""
+    from consensus import client as cl
+    from consensus.localnet import write_configs
+    from consensus.node import NodeConfig, NodeRunner
+    from consensus.rpc import Rpc
+    cfg = NodeConfig.load(write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none", rpc_port=0)[0])
+    runner = NodeRunner(cfg)
+    try:
+        rpc = Rpc(runner, ("127.0.0.1", 0))
+        alice = SigningKey.generate()
+        register, deposit = cl.register(alice), cl.deposit(alice, 0, "USD", 100 * 10**8)
+        first = rpc._submit([register, deposit, deposit], "198.51.100.7")
+        again = rpc._submit([deposit], "198.51.100.7")
+    finally:
+        runner.close()
+    assert [a["accepted"] for a in first + again] == [True] * 4
+    assert ["duplicate" in a for a in first + again] == [False, False, True, True]
+    assert first[2]["hash"] == again[0]["hash"] == first[1]["hash"]
