@@ -156,10 +156,10 @@ def read_toml(path) -> tuple[str, dict]:
     ever, and /dev/zero (or a log given by mistake) was read until memory ran out."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, to be refused
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (before fdopen: a directory's error named the fd)
+            os.close(fd)
+            raise ConfigError(f"cannot read config {path}: not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError(f"cannot read config {path}: not a regular file")
             data = fh.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise ConfigError(f"cannot read config {path}: larger than {MAX_FILE_BYTES >> 20} MiB")

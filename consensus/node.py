@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import sqlite3
 import stat
@@ -972,7 +973,13 @@ class NodeRunner:
             if cfg.rpc is not None:
                 self.rpc = Rpc(self, cfg.rpc, **(cfg.rpc_limits or {}))
                 await self._listen("client API", "[rpc] listen", cfg.rpc, self.rpc.start)
-                log.info("client API on http://%s:%d", *cfg.rpc)
+                log.info("client API on http://%s:%d", cfg.rpc[0], self.rpc.bound_port())  # (listen port 0: the real one)
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                if soft != resource.RLIM_INFINITY and self.rpc.max_connections > soft // 2:
+                    log.warning("[rpc] max_connections = %d is above half this process's file-descriptor limit "
+                                "(%d, ulimit -n): at that many clients accept() fails, and the peers' connections "
+                                "and the store's files with it; raise LimitNOFILE or lower max_connections",
+                                self.rpc.max_connections, soft)
             if self.sync is not None:
                 log.info("state sync: the store is empty; asking peers for a snapshot")
                 self._apply(self.sync.start())

@@ -133,3 +133,11 @@ def test_an_array_of_another_kind_is_refused_not_read_as_offsets(offsets):
     with pytest.raises(KernelError, match="array passed as uint64_t"):
         b.launch("sha256_many", 1, np.zeros(4, np.uint8), offsets, b.empty((1, 32), np.uint8))
     assert accel.sha256_many([b"abcd"]) == [hashlib.sha256(b"abcd").digest()]
+
+
+def test_a_config_path_that_is_a_directory_is_refused_in_words(tmp_path):
+    """(`accel node --config DIR` ended its one line with ": 3", the descriptor fdopen was given.)"""
+    from accel import config
+    with pytest.raises(config.ConfigError) as exc:
+        config.read_toml(tmp_path)
+    assert str(exc.value) == f"cannot read config {tmp_path}: not a regular file"

@@ -260,3 +260,35 @@ def test_a_url_that_is_more_than_an_address_is_refused(url, what):
     with pytest.raises(ValueError, match=f"{what} is not part of a validator's address"):
         cl.Client(url)
     assert cl.Client("http://127.0.0.1:1/").urls == ["http://127.0.0.1:1"]
+
+
+def test_a_node_says_which_port_its_api_took_and_warns_of_too_many_connections(tmp_path):
+    """[rpc] listen on port 0 was logged as ':0' (the port the system chose appeared nowhere), and a
+    max_connections above half the file-descriptor limit started without a word (at that many
+    clients accept() fails, and the peers' connections and the store's files with it)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    import time
+    config = write_configs(tmp_path, 4, 10, "software", 0.0, 300.0, load="none", rpc_port=0)[0]
+    head, rest = config.read_text().split("\n[rpc]\n")
+    config.write_text(head + '\n[rpc]\nlisten = "127.0.0.1:0"\nmax_connections = 200\n' + rest.split("\n", 1)[1])
+
+    def few_descriptors():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=few_descriptors)
+    lines = []
+    try:
+        deadline = time.monotonic() + 90
+        while not any("client API on" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            lines.append(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        lines += proc.communicate(timeout=30)[0].splitlines()
+    (api,) = [line for line in lines if "client API on" in line]
+    assert not api.rstrip().endswith(":0") and int(api.rstrip().rsplit(":", 1)[1]) > 0, api
+    assert any("max_connections = 200 is above half this process's file-descriptor limit (256" in line
+               for line in lines), lines
