@@ -103,16 +103,13 @@ def test_a_deleveraged_counterparty_is_not_charged_beyond_its_equity():
     assert [l.account for l in after.liquidations] == [A]
     assert not after.accounts[E].positions and not after.accounts[A].positions
     no_unbacked_debt(after)
-    # since session 11 A's trades since the last mark are guaranteed first by their counterparties,
-    # up to what each gained on them at this mark: H (54,000 USD on the BTC future) pays A's whole
-    # debt, before the fund and E (until then 100 USD from the fund, 6 quanta from E, the rest H)
-    assert after.accounts[E].collateral["USD"] == deposits[E]
+    assert after.accounts[E].collateral["USD"] == deposits[E] - 6  # its 10 ETH futures gained nothing at the BTC mark: 10 quanta of weight beside H's 54,000 USD gain
     assert after.accounts[Z].collateral["USD"] == deposits[Z]  # the bystander pays nothing
     (liq,) = after.liquidations
-    assert liq.insurance == 0 and liq.socialized == 35_279 * USD and after.funds["USD"] == 100 * USD
-    # the pair ends with what it put in: H gains exactly what A lost
-    assert after.accounts[H].collateral["USD"] == deposits[H] + deposits[A]
-    assert vstate.clearing.accounts[E].collateral["USD"] == deposits[E]
+    assert liq.insurance == 100 * USD and liq.socialized == 35_179 * USD
+    # H, the other counterparty, pays the rest: 60,000 received, 6,000 paid back at the mark
+    assert after.accounts[H].collateral["USD"] == deposits[H] + 54_000 * USD - (35_179 * USD - 6)
+    assert vstate.clearing.accounts[E].collateral["USD"] == deposits[E] - 6
 
 
 # ---- 2. a write and its expiry in one block: the fund paid a book no margin check ever saw -------
@@ -210,16 +207,13 @@ def test_a_writer_left_bankrupt_by_an_expiry_is_liquidated_at_that_mark_whatever
     after = state.clearing
     assert 7 in after.fixings and [l.account for l in after.liquidations] == [X]
     (liq,) = after.liquidations
-    # since session 11 Y, the buyer of X's puts since the last ETH mark, guarantees them first (up
-    # to what it gained on them at this mark): the fund and E pay nothing (until then the fund 100
-    # USD, and E and Y the rest in proportion to the value they closed)
-    assert liq.insurance == 0 and liq.socialized > 0 and after.funds["USD"] == 100 * USD
+    assert liq.insurance == 100 * USD and liq.socialized > 0
     assert not after.accounts[X].positions and after.accounts[X].collateral.get("USD", 0) == 0
     assert not after.accounts[E].positions
     y_gain = after.accounts[Y].collateral["USD"] - deposits[Y]
     e_gain = after.accounts[E].collateral["USD"] - deposits[E]
-    assert y_gain < 20 * 2_700 * USD and e_gain == 0
-    assert y_gain == deposits[X]  # which leaves the pair no more than X put in
+    assert y_gain < 20 * 2_700 * USD and e_gain < 0  # both share X's loss
+    assert y_gain + e_gain == deposits[X] + 100 * USD  # which leaves the pair no more than X put in
     assert after.accounts[Z].collateral["USD"] == deposits[Z]
     # Y takes out everything; a later BTC mark finds nothing left to charge anyone
     assert app.submit_many([signed(ctx.withdraw(Y, 2, "USD", after.accounts[Y].collateral["USD"]), [YS])]) == [""]

@@ -47,7 +47,6 @@ MAX_AMOUNT = 10**18        # quanta per deposit or withdrawal (10^10 units)
 MAX_SIZE = 10**9           # contracts (USD of notional for inverse futures) per trade
 MAX_POSITION = 10**10      # |contracts| an account may hold in one series
 MAX_PRICE = 10**17         # quanta per contract (10^9 units)
-MAX_FRESH = 100_000        # trades of one underlying's series between two of its marks (Clearing.fresh)
 MAX_BALANCE = 10**30       # |quanta| of one asset an account may hold after its own transaction
 INDEX_RANGE = (1e-4, 1e8)  # a mark's index, USD
 VOL_RANGE = (1e-4, 100.0)  # a mark's implied vols
@@ -321,9 +320,6 @@ class Liquidation(NamedTuple):
 
 
 _EXACT = 2**62  # integer columns whose values stay below this are int64: two of them add exactly
-# a trade since its underlying's last mark, as the state keeps it (Clearing.fresh) and its root
-# commits it: buyer, seller, series, contracts
-GUARANTEE = np.dtype([("buyer", "u1", 32), ("seller", "u1", 32), ("series", ">u4"), ("size", ">u4")])
 
 
 def _column(values) -> np.ndarray:
@@ -445,12 +441,6 @@ class Clearing:
                 raise ValueError(f"insurance fund {a}: quanta >= 0, not {q!r}")
             self.funds[a] = self.supply[a] = q
         self.liquidations: Log = Log()  # every liquidation since genesis (or a restore), shared by the versions
-        # underlying -> the trades of its series since its last mark (GUARANTEE records, in chunks
-        # never changed once made, in order): their counterparties guarantee them at its next mark
-        # (_guarantee), which clears them
-        self.fresh: dict[str, list[np.ndarray]] = {}
-        self.fresh_count: dict[str, int] = {}  # underlying -> its records in fresh (at most MAX_FRESH)
-        self._guarantors: tuple | None = None  # (a mark's pools, the index _guarantee built for it)
         self.height = 0  # blocks begun (the circuit breakers' clock)
         self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
         # Software-only validation: prices and margins by accel.risk_numpy (the kernels' bits).
@@ -487,8 +477,6 @@ class Clearing:
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
         new.assets, new.liquidations, new.touched = set(self.assets), self.liquidations.copy(), set(self.touched)
-        new.fresh, new._guarantors = {u: list(chunks) for u, chunks in self.fresh.items()}, None
-        new.fresh_count = dict(self.fresh_count)
         new._instrument_cache = {}
         new.__dict__.pop("safe_keys", None)
         return new
@@ -894,8 +882,6 @@ class Clearing:
         if s is None or series in self.fixings:
             raise Rejected(f"series {series} is not open for trading")
         self._mark_for(s.underlying)
-        if self.fresh_count.get(s.underlying, 0) >= MAX_FRESH:
-            raise Rejected(f"{s.underlying} has had {MAX_FRESH} trades since its last mark: its series wait for the next")
         if s.inverse and s.kind == FUTURE:
             if price <= 0:
                 raise Rejected(f"series {series} is an inverse future: its price is a positive USD futures price")
@@ -923,32 +909,18 @@ class Clearing:
             acct.nonce += 1
         if self.defer:
             self.touched.update(((buyer, asset), (seller, asset)))
-        else:
-            try:
-                short = self._below([(buyer, asset), (seller, asset)])
-                if short:
-                    raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
-            except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
-                for key, held, _, cash in new:
-                    acct = self._mut(key)
-                    _credit(acct, asset, cash + (flow if key == buyer else -flow) - acct.collateral.get(asset, 0))
-                    self._set_position(key, acct, series, held)
-                    acct.nonce -= 1
-                raise
-        record = np.zeros(1, GUARANTEE)
-        record["buyer"], record["seller"] = np.frombuffer(buyer, np.uint8), np.frombuffer(seller, np.uint8)
-        record["series"], record["size"] = series, size
-        self.record_trades(s.underlying, record)
-
-    def record_trades(self, underlying: str, records: np.ndarray) -> None:
-        """Trades (GUARANTEE records, in order) into the underlying's since its last mark."""
-        self.fresh.setdefault(underlying, []).append(records)
-        self.fresh_count[underlying] = self.fresh_count.get(underlying, 0) + len(records)
-
-    def forget_trades(self, underlying: str) -> None:
-        """Its mark guaranteed them (_guarantee)."""
-        self.fresh.pop(underlying, None)
-        self.fresh_count.pop(underlying, None)
+            return
+        try:
+            short = self._below([(buyer, asset), (seller, asset)])
+            if short:
+                raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
+        except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
+            for key, held, _, cash in new:
+                acct = self._mut(key)
+                _credit(acct, asset, cash + (flow if key == buyer else -flow) - acct.collateral.get(asset, 0))
+                self._set_position(key, acct, series, held)
+                acct.nonce -= 1
+            raise
 
     def end_of_block(self) -> list[bytes]:
         """With deferred margin: the accounts one of whose books a trade or withdrawal of this block
@@ -1061,7 +1033,6 @@ class Clearing:
             for (key, asset), receivers in sorted(paid.items()) if not step else ():
                 self._settle_debt(key, asset, receivers, cascade)
         self._charge_profit(pools)
-        self.forget_trades(underlying)
         if halted:
             self.halted[underlying] = halted
         else:
@@ -1138,19 +1109,17 @@ class Clearing:
         if cash >= 0 or any(self.series[i].asset == asset for i in acct.positions):
             return
         acct = self._mut(key)
-        guaranteed = self._guarantee(key, asset, -cash, cascade.pools, frozenset())
-        _credit(acct, asset, guaranteed)
-        fund = min(-(cash + guaranteed), self.funds[asset])
+        fund = min(-cash, self.funds[asset])
         self.funds[asset] -= fund
         _credit(acct, asset, fund)
-        loss = -(cash + guaranteed + fund)
+        loss = -(cash + fund)
         sides = cascade.pools.sides
         terms = [(s, w) for s, w in receivers if s in sides]
         charged, pooled = self._socialize(asset, loss, {}, terms, frozenset(), cascade)
         if pooled:
             cascade.pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
         _credit(acct, asset, charged)
-        self.liquidations.append(Liquidation(key, asset, fund, guaranteed + charged))
+        self.liquidations.append(Liquidation(key, asset, fund, charged))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
                    pending: set[bytes] | None = None, settled: list | None = None,
@@ -1208,9 +1177,6 @@ class Clearing:
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)
         cash = acct.collateral.get(asset, 0)
-        guaranteed = self._guarantee(key, asset, -cash, pools, pending) if cash < 0 else 0
-        _credit(acct, asset, guaranteed)
-        cash += guaranteed
         paid = min(max(-cash, 0), self.funds[asset])
         self.funds[asset] -= paid
         _credit(acct, asset, paid)
@@ -1236,45 +1202,7 @@ class Clearing:
             pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
         charged += got
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
-        self.liquidations.append(Liquidation(key, asset, paid, guaranteed + charged))
-
-    def _guarantee(self, key: bytes, asset: str, owed: int, pools, pending) -> int:
-        """Step 2 (before the fund): what key's asset book owes, up to owed quanta, charged to the
-        counterparties of its trades since the marked underlying's previous mark (Clearing.fresh),
-        in proportion to what each gained at this mark on the contracts it traded with key
-        (contracts x pools.moves, summed over those series settling in asset; only a positive
-        sum), each at most that gain and its equity (_charge); none of pending (books this mark
-        liquidates later). Returns what was charged. Those trades were margined at a price this
-        mark replaced, which a proposer holding the mark back could see: a pair of accounts
-        trading at the stale mark, one side at its initial margin, had the fund pay the loss its
-        other side gained (the whole fund at a 30% move, tests/test_ledger_review_s11.py)."""
-        if owed <= 0:
-            return 0
-        if self._guarantors is None or self._guarantors[0] is not pools:
-            self._guarantors = (pools, self._fresh_counterparties(pools.moves))
-        gains: dict[bytes, int] = {}
-        for (h, i), contracts in self._guarantors[1].get(key, {}).items():
-            if self.series[i].asset == asset:
-                gains[h] = gains.get(h, 0) + contracts * pools.moves[i]
-        gains = {h: g for h, g in sorted(gains.items()) if g > 0 and h != key and h not in pending}
-        if not gains:
-            return 0
-        return self._charge(asset, min(owed, sum(gains.values())), gains, frozenset(), limit=gains)
-
-    def _fresh_counterparties(self, moves: dict[int, int]) -> dict[bytes, dict[tuple[bytes, int], int]]:
-        """From the trades since their underlying's last mark of the series in moves: account ->
-        (counterparty, series) -> the contracts the counterparty took from it (long: > 0), netted."""
-        out: dict[bytes, dict[tuple[bytes, int], int]] = {}
-        for chunks in self.fresh.values():
-            for chunk in chunks:
-                for b, sl, i, n in zip(map(bytes, chunk["buyer"]), map(bytes, chunk["seller"]),
-                                       chunk["series"].tolist(), chunk["size"].tolist()):
-                    if i in moves:
-                        mine = out.setdefault(b, {})
-                        mine[(sl, i)] = mine.get((sl, i), 0) - n
-                        theirs = out.setdefault(sl, {})
-                        theirs[(b, i)] = theirs.get((b, i), 0) + n
-        return out
+        self.liquidations.append(Liquidation(key, asset, paid, charged))
 
     def _socialize(self, asset: str, loss: int, explicit: dict[bytes, int], terms: list, pending,
                    cascade: "_Cascade", passing: bool = True) -> tuple[int, int]:
@@ -1750,11 +1678,6 @@ class Clearing:
             out.append(b"breaker" + _name8(und) + struct.pack(">H", len(window))
                        + b"".join(struct.pack(">Qdd", *w) for w in window) + self.halted.get(und, "").encode())
         out += [b"fixing" + struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(self.fixings.items())]
-        for und, chunks in sorted(self.fresh.items()):
-            if chunks:  # sorted by their bytes: a multiset (_guarantee nets them), whatever the block's order
-                records = np.sort(np.frombuffer(b"".join(c.tobytes() for c in chunks),
-                                                np.dtype((np.void, GUARANTEE.itemsize))))
-                out.append(b"fresh" + _name8(und) + struct.pack(">I", len(records)) + records.tobytes())
         return out
 
     def state_root(self, sha256_many) -> bytes:
@@ -1819,11 +1742,6 @@ class Clearing:
                 out.append(f"series {i}: the kept order of its holders (auto-deleveraging's) differs from the positions")
             if i in self.fixings and held:
                 out.append(f"series {i}: settled but still held")
-        for und, chunks in sorted(self.fresh.items()):  # (the trades since each underlying's last mark)
-            series = {int(i) for c in chunks for i in c["series"]}
-            if sum(map(len, chunks)) != self.fresh_count.get(und) or self.fresh_count[und] > MAX_FRESH \
-                    or any(i not in self.series or self.series[i].underlying != und for i in series):
-                out.append(f"{und}: the trades kept since its last mark are miscounted or of other series")
         for k, acct in self.accounts.items():
             if any(q == 0 for q in acct.collateral.values()) or any(n == 0 for n in acct.positions.values()):
                 out.append(f"account {k.hex()[:16]}: a zero balance or position is stored")
