@@ -1773,9 +1773,10 @@ class Clearing:
                        + b"".join(struct.pack(">Qdd", *w) for w in window) + self.halted.get(und, "").encode())
         out += [b"fixing" + struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(self.fixings.items())]
         for und, chunks in sorted(self.fresh.items()):
-            if chunks:  # (in the order applied)
-                out.append(b"fresh" + _name8(und) + struct.pack(">I", self.fresh_count[und])
-                           + b"".join(c.tobytes() for c in chunks))
+            if chunks:  # sorted by their bytes: a multiset (_guarantee nets them), whatever the block's order
+                records = np.sort(np.frombuffer(b"".join(c.tobytes() for c in chunks),
+                                                np.dtype((np.void, GUARANTEE.itemsize))))
+                out.append(b"fresh" + _name8(und) + struct.pack(">I", len(records)) + records.tobytes())
         return out
 
     def state_root(self, sha256_many) -> bytes:
