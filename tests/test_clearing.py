@@ -111,9 +111,7 @@ def test_liquidation_after_a_shock_charges_the_insurance_fund():
     c.trade(key(0), 1, key(1), 1, 3, 1, 60_000 * USD)  # key(1) short a future at 60,000 on 80,000 USD
     assert not c.liquidations
     fund = c.insurance
-    # (a mark between: until it, the long guarantees the trade before the fund pays)
-    c.mark("BTC", 60_000.0, VOLS, 2, T0 + 30, ORACLES[:2])
-    c.mark("BTC", 150_000.0, {1: 1.2, 2: 1.2, 4: 1.2}, 3, T0 + 60, ORACLES[:2])  # +150%: the short is wiped out
+    c.mark("BTC", 150_000.0, {1: 1.2, 2: 1.2, 4: 1.2}, 2, T0 + 60, ORACLES[:2])  # +150%: the short is wiped out
     loss_beyond = (150_000 - 60_000) * USD - 80_000 * USD
     assert c.liquidations == [Liquidation(key(1), "USD", loss_beyond, 0)]
     assert c.accounts[key(1)].positions == {} and c.accounts[key(1)].collateral == {}
@@ -233,8 +231,7 @@ def test_liquidation_of_an_inverse_book_charges_the_coin_insurance_fund():
     c.trade(key(1), 3, key(2), 2, 3, 1, 60_000 * USD)  # and long one linear future
     assert c.accounts[key(1)].collateral == {"USD": 940_000 * USD, "BTC": 2 * BTC}
     funds = dict(c.funds)
-    c.mark("BTC", 60_000.0, INVERSE_VOLS, 2, T0 + 30, ORACLES[:2])  # (the trades no longer guaranteed)
-    c.mark("BTC", 20_000.0, INVERSE_VOLS, 3, T0 + 60, ORACLES[:2])
+    c.mark("BTC", 20_000.0, INVERSE_VOLS, 2, T0 + 60, ORACLES[:2])
     # BTC equity: 2 BTC - 60,000 / 20,000 BTC = -1 BTC
     assert c.liquidations == [Liquidation(key(1), "BTC", BTC, 0)]
     assert c.funds == {**funds, "BTC": funds["BTC"] - BTC} and c.insurance == funds["USD"]

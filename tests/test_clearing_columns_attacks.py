@@ -316,9 +316,6 @@ def test_marks_between_runs_that_liquidate_or_catch_a_touched_book():
     t = Txs(g)
     # account 4 (30,000 USD) short 2 BTC futures: a 60% jump liquidates it
     s = accepted(app, app.genesis, [t.trade(3, 4, BTC_FUT, 2, 60_000 * USD)])
-    # a mark at the same index: the trade is no longer guaranteed by account 3 (since session 11
-    # the counterparties of a trade since the last mark pay first), so the jump drains the fund
-    s = accepted(app, s, [Txs(s.clearing).mark("BTC", 60_000.0)])
     for touch in (False, True):
         t = Txs(s.clearing)
         run = [t.dep(0, USD), t.trade(0, 1, BTC_FUT, 1, 60_000 * USD), t.trade(1, 0, BTC_FUT, 1, 60_000 * USD)]

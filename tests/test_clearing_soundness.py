@@ -201,9 +201,7 @@ def test_when_the_fund_runs_dry_the_counterparties_take_the_rest_and_the_fund_st
     c = funded(cash=(1_000_000, 40_000, 1_000_000, 1_000_000), fund=1_000 * USD)
     c.trade(K[0], 1, K[1], 1, 3, 2, 60_000 * USD)   # 1 short 2 futures to 0
     c.trade(K[2], 1, K[1], 2, 3, 1, 60_000 * USD)   # and 1 to 2
-    # (a mark between: trades since the last mark are guaranteed by their counterparties before the fund)
-    c.mark("BTC", 60_000.0, VOLS | {6: 0.6}, 2, T0 + 30, O[:2])
-    c.mark("BTC", 90_000.0, VOLS | {6: 0.6}, 3, T0 + 60, O[:2])  # +50%: user 1 owes 90,000, holds 40,000
+    c.mark("BTC", 90_000.0, VOLS | {6: 0.6}, 2, T0 + 60, O[:2])  # +50%: user 1 owes 90,000, holds 40,000
     loss = (3 * 30_000 - 40_000 - 1_000) * USD
     assert c.liquidations == [Liquidation(K[1], "USD", 1_000 * USD, loss)] and c.funds["USD"] == 0
     assert c.accounts[K[1]].collateral == {} and c.violations() == []

@@ -264,8 +264,7 @@ def test_a_settlement_debt_is_paid_by_the_fund_and_the_receivers_not_left_on_the
     else, was never liquidated: its cash stayed at -145,771 USD for good, the fund untouched,
     while Y withdrew 295,771 USD having deposited 100,000 (the pair took out 145,771 more than it
     put in, owed to every other account). Now the fund pays such a debt as far as it goes and
-    the settlement's receivers the rest, in proportion to what they received (since session 11,
-    for a write since the last mark, its buyer first, as its guarantor)."""
+    the settlement's receivers the rest, in proportion to what they received."""
     from consensus.apps.clearing import Clearing
     from tests.test_clearing_properties import DAY as _DAY, ORACLES, SERIES as _SERIES
     c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 1_000 * USD, "BTC": 0})
@@ -288,14 +287,12 @@ def test_a_settlement_debt_is_paid_by_the_fund_and_the_receivers_not_left_on_the
     after = state.clearing
     for k, a in after.accounts.items():  # no debt without a position that a mark could liquidate
         assert all(q >= 0 for q in a.collateral.values()) or a.positions, k.hex()
-    # (since session 11 the fund is untouched: the puts were written since the last mark, so
-    # their buyer Y guarantees them first, up to what it gained on them at this mark)
-    assert after.funds["USD"] == 1_000 * USD
+    assert after.funds["USD"] == 0
     assert after.accounts[Z].collateral["USD"] == deposits[Z]
-    # Y takes out everything it holds: at most what the pair put in
+    # Y takes out everything it holds: at most what the pair and the fund put in
     out = [signed(ctx.withdraw(Y, 2, "USD", after.accounts[Y].collateral["USD"]), [YS])]
     assert app.submit_many(out) == [""]
     txs, state, vstate = chain(app, validator, state, vstate, supply)
     assert len(txs) == 1
-    assert after.accounts[Y].collateral["USD"] <= deposits[X] + deposits[Y]
+    assert after.accounts[Y].collateral["USD"] <= deposits[X] + deposits[Y] + 1_000 * USD
 

@@ -129,8 +129,6 @@ class Reference(Clearing):
         if caught:
             raise ShortBooks(caught, f"would be liquidated by this {underlying} mark after a transaction of "
                                      "the same block touched its book")
-        if not self.defer and underlying in self.fresh:  # s11: a mark outside a block is a block of its own
-            self._drop_marked(underlying)
         if expiring or below:  # settlement and liquidation work on the accounts one by one
             self._flush()
         halted = self._breaker(underlying, index)
@@ -222,9 +220,6 @@ class Reference(Clearing):
         if cash >= 0 or any(self.series[i].asset == asset for i in acct.positions):
             return
         acct = self._mut(key)
-        guaranteed = self._guarantee(key, asset, -cash, cascade.pools, frozenset())  # s11: the fresh trades first
-        _credit(acct, asset, guaranteed)
-        cash += guaranteed
         fund = min(-cash, self.funds[asset])
         self.funds[asset] -= fund
         _credit(acct, asset, fund)
@@ -233,7 +228,7 @@ class Reference(Clearing):
         terms = [(s, w) for s, w in receivers if s in sides]
         charged = self._socialize(asset, loss, {}, terms, frozenset(), cascade, len(self.liquidations))
         _credit(acct, asset, charged)
-        self.liquidations.append(Liquidation(key, asset, fund, guaranteed + charged))
+        self.liquidations.append(Liquidation(key, asset, fund, charged))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
                    pending: set[bytes] | None = None, settled: list | None = None,
@@ -278,9 +273,6 @@ class Reference(Clearing):
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)
         cash = acct.collateral.get(asset, 0)
-        guaranteed = self._guarantee(key, asset, -cash, cascade.pools, pending) if cash < 0 else 0  # s11
-        _credit(acct, asset, guaranteed)
-        cash += guaranteed
         paid = min(max(-cash, 0), self.funds[asset])
         self.funds[asset] -= paid
         _credit(acct, asset, paid)
@@ -309,7 +301,7 @@ class Reference(Clearing):
         at = len(self.liquidations)
         charged += self._socialize(asset, loss - charged, closed, terms, pending, cascade, at)
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
-        self.liquidations.append(Liquidation(key, asset, paid, guaranteed + charged))
+        self.liquidations.append(Liquidation(key, asset, paid, charged))
 
     def _socialize(self, asset, loss, explicit, terms, pending, cascade, at=None, passing=True):
         """s7: the new rule's simple form (docs/CLEARING.md, steps 3-6)."""

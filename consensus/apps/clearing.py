@@ -47,7 +47,6 @@ MAX_AMOUNT = 10**18        # quanta per deposit or withdrawal (10^10 units)
 MAX_SIZE = 10**9           # contracts (USD of notional for inverse futures) per trade
 MAX_POSITION = 10**10      # |contracts| an account may hold in one series
 MAX_PRICE = 10**17         # quanta per contract (10^9 units)
-MAX_FRESH = 131_072        # trades of one underlying's series kept for its next mark (Clearing.fresh): 2 blocks' most
 MAX_BALANCE = 10**30       # |quanta| of one asset an account may hold after its own transaction
 INDEX_RANGE = (1e-4, 1e8)  # a mark's index, USD
 VOL_RANGE = (1e-4, 100.0)  # a mark's implied vols
@@ -321,11 +320,6 @@ class Liquidation(NamedTuple):
 
 
 _EXACT = 2**62  # integer columns whose values stay below this are int64: two of them add exactly
-# a trade since its underlying's last mark in an earlier block, as the state keeps it (Clearing.fresh)
-# and its root commits it: buyer, seller, series, contracts, what the buyer paid (i128, quanta of the
-# series' asset: negative for an inverse future) and its underlying's mark sequence when made
-GUARANTEE = np.dtype([("buyer", "u1", 32), ("seller", "u1", 32), ("series", ">u4"), ("size", ">u4"),
-                      ("flow_hi", ">i8"), ("flow_lo", ">u8"), ("seq", ">u8")])
 
 
 def _column(values) -> np.ndarray:
@@ -447,13 +441,6 @@ class Clearing:
                 raise ValueError(f"insurance fund {a}: quanta >= 0, not {q!r}")
             self.funds[a] = self.supply[a] = q
         self.liquidations: Log = Log()  # every liquidation since genesis (or a restore), shared by the versions
-        # underlying -> the trades of its series since its last mark in an earlier block (GUARANTEE
-        # records, in chunks never changed once made): their net gains pay their net losses first
-        # at its marks (_guarantee); a block drops those made before its underlying's last mark
-        # (begin_block), so every mark of a block sees the trades since the previous block's
-        self.fresh: dict[str, list[np.ndarray]] = {}
-        self.fresh_count: dict[str, int] = {}  # underlying -> its records in fresh (at most MAX_FRESH)
-        self._guarantors: tuple | None = None  # (a mark's pools, _fresh_gains at it, what each paid of them)
         self.height = 0  # blocks begun (the circuit breakers' clock)
         self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
         # Software-only validation: prices and margins by accel.risk_numpy (the kernels' bits).
@@ -490,8 +477,6 @@ class Clearing:
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
         new.assets, new.liquidations, new.touched = set(self.assets), self.liquidations.copy(), set(self.touched)
-        new.fresh, new._guarantors = {u: list(chunks) for u, chunks in self.fresh.items()}, None
-        new.fresh_count = dict(self.fresh_count)
         new._instrument_cache = {}
         new.__dict__.pop("safe_keys", None)
         return new
@@ -826,17 +811,6 @@ class Clearing:
     # ---- transactions -------------------------------------------------------------------------
     def begin_block(self) -> None:
         self.height += 1
-        for und in sorted(self.fresh):
-            self._drop_marked(und)
-
-    def _drop_marked(self, underlying: str) -> None:
-        """The underlying's trades made before its last mark dropped (they were margined at it)."""
-        last = self.marks[underlying].sequence
-        chunks = [c[c["seq"] >= last] for c in self.fresh[underlying]]
-        self.fresh.pop(underlying), self.fresh_count.pop(underlying)
-        for c in chunks:
-            if len(c):
-                self.record_trades(underlying, c)
 
     def register(self, key: bytes) -> None:
         if len(key) != 32:
@@ -914,8 +888,6 @@ class Clearing:
         if s is None or series in self.fixings:
             raise Rejected(f"series {series} is not open for trading")
         self._mark_for(s.underlying)
-        if self.fresh_count.get(s.underlying, 0) >= MAX_FRESH:
-            raise Rejected(f"{s.underlying} has had {MAX_FRESH} trades since its last mark: its series wait for the next")
         if s.inverse and s.kind == FUTURE:
             if price <= 0:
                 raise Rejected(f"series {series} is an inverse future: its price is a positive USD futures price")
@@ -943,28 +915,18 @@ class Clearing:
             acct.nonce += 1
         if self.defer:
             self.touched.update(((buyer, asset), (seller, asset)))
-        else:
-            try:
-                short = self._below([(buyer, asset), (seller, asset)])
-                if short:
-                    raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
-            except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
-                for key, held, _, cash in new:
-                    acct = self._mut(key)
-                    _credit(acct, asset, cash + (flow if key == buyer else -flow) - acct.collateral.get(asset, 0))
-                    self._set_position(key, acct, series, held)
-                    acct.nonce -= 1
-                raise
-        record = np.zeros(1, GUARANTEE)
-        record["buyer"], record["seller"] = np.frombuffer(buyer, np.uint8), np.frombuffer(seller, np.uint8)
-        record["series"], record["size"], record["seq"] = series, size, self.marks[s.underlying].sequence
-        record["flow_hi"], record["flow_lo"] = int(flow) >> 64, int(flow) & (2**64 - 1)
-        self.record_trades(s.underlying, record)
-
-    def record_trades(self, underlying: str, records: np.ndarray) -> None:
-        """Trades (GUARANTEE records, in order) into the underlying's kept for its marks."""
-        self.fresh.setdefault(underlying, []).append(records)
-        self.fresh_count[underlying] = self.fresh_count.get(underlying, 0) + len(records)
+            return
+        try:
+            short = self._below([(buyer, asset), (seller, asset)])
+            if short:
+                raise Rejected(f"trade leaves account {short[0][0].hex()[:16]} below initial margin in {asset}")
+        except Exception:  # refused, or the margin could not be computed: the trade leaves no trace
+            for key, held, _, cash in new:
+                acct = self._mut(key)
+                _credit(acct, asset, cash + (flow if key == buyer else -flow) - acct.collateral.get(asset, 0))
+                self._set_position(key, acct, series, held)
+                acct.nonce -= 1
+            raise
 
     def end_of_block(self) -> list[bytes]:
         """With deferred margin: the accounts one of whose books a trade or withdrawal of this block
@@ -1027,8 +989,6 @@ class Clearing:
         if caught:
             raise ShortBooks(caught, f"would be liquidated by this {underlying} mark after a transaction of "
                                      "the same block touched its book")
-        if not self.defer and underlying in self.fresh:  # (a mark outside a block is a block of its own)
-            self._drop_marked(underlying)
         if expiring or below:  # settlement and liquidation work on the accounts one by one
             self._flush()
         halted = self._breaker(underlying, index)
@@ -1155,19 +1115,17 @@ class Clearing:
         if cash >= 0 or any(self.series[i].asset == asset for i in acct.positions):
             return
         acct = self._mut(key)
-        guaranteed = self._guarantee(key, asset, -cash, cascade.pools, frozenset())
-        _credit(acct, asset, guaranteed)
-        fund = min(-(cash + guaranteed), self.funds[asset])
+        fund = min(-cash, self.funds[asset])
         self.funds[asset] -= fund
         _credit(acct, asset, fund)
-        loss = -(cash + guaranteed + fund)
+        loss = -(cash + fund)
         sides = cascade.pools.sides
         terms = [(s, w) for s, w in receivers if s in sides]
         charged, pooled = self._socialize(asset, loss, {}, terms, frozenset(), cascade)
         if pooled:
             cascade.pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
         _credit(acct, asset, charged)
-        self.liquidations.append(Liquidation(key, asset, fund, guaranteed + charged))
+        self.liquidations.append(Liquidation(key, asset, fund, charged))
 
     def _liquidate(self, key: bytes, asset: str, bankrupt: set[bytes], heirs: dict | None = None,
                    pending: set[bytes] | None = None, settled: list | None = None,
@@ -1225,9 +1183,6 @@ class Clearing:
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)
         cash = acct.collateral.get(asset, 0)
-        guaranteed = self._guarantee(key, asset, -cash, pools, pending) if cash < 0 else 0
-        _credit(acct, asset, guaranteed)
-        cash += guaranteed
         paid = min(max(-cash, 0), self.funds[asset])
         self.funds[asset] -= paid
         _credit(acct, asset, paid)
@@ -1253,50 +1208,7 @@ class Clearing:
             pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
         charged += got
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
-        self.liquidations.append(Liquidation(key, asset, paid, guaranteed + charged))
-
-    def _guarantee(self, key: bytes, asset: str, owed: int, pools, pending) -> int:
-        """Step 2 (before the fund): what key's asset book owes, up to owed quanta and up to its
-        net loss at this mark on its trades kept since the underlying's last mark in an earlier
-        block (_fresh_gains), charged to the accounts with a net gain on theirs, in proportion to
-        the gain each has not paid yet at this mark, each at most that and its equity (a book this
-        mark liquidates later: beyond it, passing it on at its turn). Returns what was charged.
-        Those trades were margined at a mark this one replaced, which their block's proposer could
-        hold back: its accounts trading at the stale mark, one at its initial margin, had the fund
-        pay the loss the other gained (tests/test_ledger_review_s11.py). Net gains from the trades'
-        prices sum to zero, so whoever ends with the gain pays, however the trades were routed,
-        and nobody pays more than its trades since then gained it."""
-        if owed <= 0:
-            return 0
-        if self._guarantors is None or self._guarantors[0] is not pools:
-            self._guarantors = (pools, self._fresh_gains(pools.moves), {})
-        gains, paid = self._guarantors[1], self._guarantors[2]
-        lost = -gains.get((key, asset), 0)
-        room = {h: g - paid.get((h, a), 0) for (h, a), g in sorted(gains.items())
-                if a == asset and h != key and g > paid.get((h, a), 0)}
-        if lost <= 0 or not room:
-            return 0
-        taken: dict[bytes, int] = {}
-        got = self._charge(asset, min(owed, lost, sum(room.values())), room, frozenset(pending), limit=room, taken=taken)
-        for h, q in taken.items():
-            paid[(h, asset)] = paid.get((h, asset), 0) + q
-        return got
-
-    def _fresh_gains(self, moves: dict[int, int]) -> dict[tuple[bytes, str], int]:
-        """(account, asset) -> its net gain at this mark on the kept trades of the marked
-        underlying (whose series are moves'): contracts x their value now (or fixing) less what it
-        paid, as buyer, and the opposite as seller; summed over accounts, zero."""
-        out: dict[tuple[bytes, str], int] = {}
-        for chunk in self.fresh.get(self.series[next(iter(moves))].underlying, ()) if moves else ():
-            for b, sl, i, n, hi, lo in zip(map(bytes, chunk["buyer"]), map(bytes, chunk["seller"]),
-                                           chunk["series"].tolist(), chunk["size"].tolist(),
-                                           chunk["flow_hi"].tolist(), chunk["flow_lo"].tolist()):
-                s = self.series[i]
-                gain = n * (self.fixings[i] if i in self.fixings else self.marks[s.underlying].values[i]) \
-                    - ((hi << 64) | lo)
-                out[(b, s.asset)] = out.get((b, s.asset), 0) + gain
-                out[(sl, s.asset)] = out.get((sl, s.asset), 0) - gain
-        return out
+        self.liquidations.append(Liquidation(key, asset, paid, charged))
 
     def _socialize(self, asset: str, loss: int, explicit: dict[bytes, int], terms: list, pending,
                    cascade: "_Cascade", passing: bool = True) -> tuple[int, int]:
@@ -1772,11 +1684,6 @@ class Clearing:
             out.append(b"breaker" + _name8(und) + struct.pack(">H", len(window))
                        + b"".join(struct.pack(">Qdd", *w) for w in window) + self.halted.get(und, "").encode())
         out += [b"fixing" + struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(self.fixings.items())]
-        for und, chunks in sorted(self.fresh.items()):
-            if chunks:  # sorted by their bytes: a multiset (_guarantee nets them), whatever the block's order
-                records = np.sort(np.frombuffer(b"".join(c.tobytes() for c in chunks),
-                                                np.dtype((np.void, GUARANTEE.itemsize))))
-                out.append(b"fresh" + _name8(und) + struct.pack(">I", len(records)) + records.tobytes())
         return out
 
     def state_root(self, sha256_many) -> bytes:
@@ -1841,12 +1748,6 @@ class Clearing:
                 out.append(f"series {i}: the kept order of its holders (auto-deleveraging's) differs from the positions")
             if i in self.fixings and held:
                 out.append(f"series {i}: settled but still held")
-        for und, chunks in sorted(self.fresh.items()):  # (the trades since each underlying's last mark)
-            series = {int(i) for c in chunks for i in c["series"]}
-            if sum(map(len, chunks)) != self.fresh_count.get(und) or self.fresh_count[und] > MAX_FRESH \
-                    or any(i not in self.series or self.series[i].underlying != und for i in series) \
-                    or any((c["seq"] > self.marks[und].sequence).any() for c in chunks):
-                out.append(f"{und}: the trades kept since its last mark are miscounted or of other series")
         for k, acct in self.accounts.items():
             if any(q == 0 for q in acct.collateral.values()) or any(n == 0 for n in acct.positions.values()):
                 out.append(f"account {k.hex()[:16]}: a zero balance or position is stored")

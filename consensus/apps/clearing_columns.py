@@ -29,7 +29,7 @@ from accel import _native as _c
 from accel.risk import FUTURE
 
 from . import clearing_tx as ctx
-from .clearing import _PER_UNIT, GUARANTEE, MAX_AMOUNT, MAX_FRESH, MAX_POSITION, MAX_PRICE, MAX_SIZE, Account, _name8
+from .clearing import _PER_UNIT, MAX_AMOUNT, MAX_POSITION, MAX_PRICE, MAX_SIZE, Account, _name8
 
 log = logging.getLogger("consensus.clearing")
 _SAFE = 2**62  # every value and running sum stays below this in magnitude: int64 cannot wrap
@@ -299,10 +299,6 @@ def _records(txs: list[ctx.Tx]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
     return ops, gather(trade, _TRADE), gather(move, _MOVE)
 
 
-def _series_of(state, underlying: str) -> list[int]:
-    return [i for i, s in state.series.items() if s.underlying == underlying]
-
-
 def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
     """The run's legs, read from the transactions' bodies, or None where a transaction would be
     refused on its own fields, or its amounts could leave the int64 range."""
@@ -332,9 +328,6 @@ def _legs(state, cols: Columns, txs: list[ctx.Tx]) -> _Legs | None:
                 return None
             per.append((cols.asset_col[s.asset], s.inverse and s.kind == FUTURE, bool(state._reduce_only(s))))
         asset, inverse, shrink = (np.array(c)[which] for c in zip(*per))
-        for und in {state.series[i].underlying for i in listed.tolist()}:  # (one by one: the trade past it refused)
-            if state.fresh_count.get(und, 0) + int(np.isin(series, _series_of(state, und)).sum()) > MAX_FRESH:
-                return None
         if (price.astype(np.float64) * size >= 2**61).any() or (inverse & (price <= 0)).any():
             return None
         flow = price * size
@@ -446,18 +439,6 @@ def _write(state, plan: _Plan) -> None:
         for i, r, n in zip((cols.line_key[kept] & _LOW).tolist(), (cols.line_key[kept] >> 32).tolist(),
                            cols.size[kept].tolist()):
             state._size_index(i).set(cols.keys[r], n)
-    buyers = np.flatnonzero((legs.kind == ctx.TRADE) & (legs.size > 0))  # (a trade's seller is the next leg)
-    if len(buyers):  # the trades, in order, into their underlyings' records since the last mark (Clearing.fresh)
-        records = np.zeros(len(buyers), GUARANTEE)
-        records["buyer"], records["seller"] = legs.key_bytes[buyers], legs.key_bytes[buyers + 1]
-        records["series"], records["size"] = legs.series[buyers], legs.size[buyers]
-        paid = -legs.flow[buyers]  # (a run's amounts are int64: _legs)
-        records["flow_hi"], records["flow_lo"] = np.where(paid < 0, -1, 0), paid.view(np.uint64)
-        ids = legs.series[buyers]
-        for und in sorted({state.series[i].underlying for i in np.unique(ids).tolist()}):
-            mine = records[np.isin(ids, _series_of(state, und))]
-            mine["seq"] = state.marks[und].sequence
-            state.record_trades(und, mine)
     for j in np.flatnonzero(legs.kind != ctx.TRADE).tolist():
         state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
     margined = legs.kind != ctx.DEPOSIT

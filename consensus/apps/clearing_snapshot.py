@@ -1,6 +1,6 @@
 """A clearing state as bytes and back (issue 20: durable state, state sync): the state tree's own
 leaves (every account in slot order, then the global leaves: funds, supply, height, marks,
-breakers, fixings, the trades since each underlying's last mark), so a snapshot is checked by rebuilding the state root from it and comparing
+breakers, fixings), so a snapshot is checked by rebuilding the state root from it and comparing
 with the root a committed block carries. What the genesis fixes (oracles, quorum, margin
 parameters, breakers' settings, listed series, assets) is not in it: restore() takes it from the
 genesis state every validator has.
@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 import struct
 
-import numpy as np
-
-from .clearing import GUARANTEE, Account, Clearing, Mark
+from .clearing import Account, Clearing, Mark
 from .ledger_state import Log, MerkleTree, Versioned, VersionedSet
 
 MAGIC = b"AVSNAP1"
@@ -117,7 +115,6 @@ def _account(leaf: bytes, slot: int, most_assets: int, most_positions: int) -> t
 
 def _globals(c: Clearing, leaves: list[bytes]) -> None:
     c.funds, c.supply, c.marks, c.history, c.halted, c.fixings = {}, {}, {}, {}, {}, {}
-    c.fresh, c.fresh_count = {}, {}
     for leaf in leaves:
         if leaf.startswith(b"insurance") or leaf.startswith(b"supply"):
             body = leaf[9:] if leaf.startswith(b"insurance") else leaf[6:]
@@ -144,12 +141,6 @@ def _globals(c: Clearing, leaves: list[bytes]) -> None:
                 c.halted[und] = reason
         elif leaf.startswith(b"fixing"):
             c.fixings[int.from_bytes(leaf[6:10], "big")] = int.from_bytes(leaf[10:26], "big", signed=True)
-        elif leaf.startswith(b"fresh"):
-            und, (n,) = leaf[5:13].rstrip(b"\0").decode("ascii"), struct.unpack_from(">I", leaf, 13)
-            records = np.frombuffer(leaf[17:], GUARANTEE).copy()
-            if len(records) != n or not np.isin(records["series"], list(c.series)).all():
-                raise ValueError(f"the {und} trades since its last mark are malformed")
-            c.record_trades(und, records)
         else:
             raise ValueError(f"unknown global leaf {leaf[:12]!r}")
     if set(c.funds) != c.assets or set(c.supply) != c.assets:
