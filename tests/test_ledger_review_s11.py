@@ -9,9 +9,9 @@ Left (strict xfails, docs/CLEARING.md "What the rule does not stop: a mark held 
 proposer chooses which pending oracle marks its block carries, so the books of its block are
 margined at a mark it knows is stale. Its accounts trading (or withdrawing) at the stale mark, at
 initial margin, have the fund pay what a move past the margin takes beyond their collateral, while
-their other side keeps the gain. A rule making the trades' counterparties guarantee them (2364be8)
-was reverted: it was bypassed (a flat third account, two withheld marks, a withdrawal) and charged
-honest flat market makers what they never gained."""
+their other side keeps the gain. Two rules were reverted after their reviews (2364be8: the trades'
+counterparties guarantee them; 5cc0dbe: net gains on the trades since the mark pay first): both
+were bypassed, and both charged honest accounts what they never gained (docs/CLEARING.md)."""
 import logging
 
 import pytest
