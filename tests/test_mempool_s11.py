@@ -24,13 +24,14 @@ def test_the_kv_mempool_refuses_a_signature_that_does_not_verify_and_keeps_the_r
     bad = transfer_body(a, 3, b, 1)
     items = [(good[0], [sim.clients[0].sign(good[0]).signature]), (bad, [bytes(64)]),
              (good[1], [sim.clients[0].sign(good[1]).signature]), (good[2], [sim.clients[1].sign(good[2]).signature]),
-             (good[2], []), (b"\x00" * 9, [bytes(64)])]
+             (good[2], []), (b"\x00" * 9, [bytes(64)]), None, (good[1],), ("text", [bytes(64)])]
     app = sim.nodes[0].core.app
     before = len(app.mempool)
     reasons = app.submit_many(items)
     assert reasons[0] == reasons[2] == ""
     assert reasons[1] == reasons[3] == "the signature does not verify"  # (3: signed by another key)
     assert reasons[4].startswith("a transaction has exactly one signature") and reasons[5]
+    assert all(r.startswith("a transaction has exactly one signature") for r in reasons[6:])
     assert len(app.mempool) == before + 2
     assert app.submit(bad, bytes(64)) == "the signature does not verify"
 

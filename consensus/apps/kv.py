@@ -204,7 +204,8 @@ class KvApp:
         invalid, and only a commit takes a transaction out of the mempool: one bad signature
         admitted was proposed by every leader in turn, each block refused, and the chain stopped."""
         reasons, body_of, sig_of = [], {}, {}
-        for i, (body, sigs) in enumerate(items):
+        for i, item in enumerate(items):
+            body, sigs = item if isinstance(item, tuple) and len(item) == 2 else (None, None)
             if not isinstance(body, bytes) or not isinstance(sigs, (list, tuple)) \
                     or len(sigs) != 1 or not isinstance(sigs[0], bytes) or len(sigs[0]) != 64:
                 reasons.append("a transaction has exactly one signature of 64 bytes")
