@@ -850,7 +850,8 @@ class Rpc:
             if reasons and all(r.startswith("mempool full") for r in reasons):
                 raise _Full()
             return self._answers(digests, reasons, pending)
-        if len(set(digests) - pending) and len(app.mempool) + len(set(digests) - pending) > self.max_mempool:
+        fresh = len(set(digests) - pending)
+        if fresh and len(app.mempool) + fresh > self.max_mempool:
             raise _Full()
         return self._answers(digests, app.submit_many(items), pending)
 
