@@ -34,6 +34,8 @@ class Packed(NamedTuple):
     def item(self, i: int) -> bytes:
         """Message i, counted from the end when negative as in a list (offsets[i + 1] of i = -1 is
         offsets[0]: that read an empty message); IndexError outside the batch."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):  # (1.0 and True read message 1)
+            raise TypeError(f"a message index is an integer, not {type(i).__name__}")
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"message {i} of a batch of {n}")

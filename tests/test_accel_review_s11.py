@@ -141,3 +141,13 @@ def test_a_config_path_that_is_a_directory_is_refused_in_words(tmp_path):
     with pytest.raises(config.ConfigError) as exc:
         config.read_toml(tmp_path)
     assert str(exc.value) == f"cannot read config {tmp_path}: not a regular file"
+
+
+@pytest.mark.parametrize("index", [1.0, True, "1"])
+def test_a_message_index_that_is_not_an_integer_is_refused(index):
+    """(Packed.item(1.0) and Packed.item(True) read message 1.)"""
+    from accel.packing import pack_messages
+    from accel import Packed
+    with pytest.raises(TypeError, match="a message index is an integer"):
+        Packed(*pack_messages([b"a", b"b"])).item(index)
+    assert Packed(*pack_messages([b"a", b"b"])).item(np.int64(1)) == b"b"
