@@ -712,13 +712,19 @@ class Clearing:
             params = self.params.get(und) or DEFAULT_PARAMS
             res = (risk_numpy.portfolio_margin(book, marks, params, checked=False) if self.software
                    else accel.portfolio_margin(book, marks, params, backend=self.backend, checked=False))
-            totals.setdefault(asset, []).append((res.initial, res.maintenance))
             # one quantum a contract for the rounding of its value to whole quanta (_series_values),
             # which the kernel's margin does not see: an inverse future's value per USD is 1.5
             # quanta at an index of 66.7M USD, so a 0.013% dip moved it by 1 quantum, 67%, and a
-            # pair at initial margin of 10^9 USD had the fund pay 0.82 BTC
-            rounding = np.bincount(owner[mine], weights=np.abs(sizes[mine]).astype(np.float64), minlength=n)
-            totals[asset].append((rounding.astype(np.int64),) * 2)
+            # pair at initial margin of 10^9 USD had the fund pay 0.82 BTC. Added in place where no
+            # margin reaches 2^62 (the quanta added stay below 2^40: int64 cannot overflow), else
+            # summed exactly as a part of its own (a mark's hundreds of calls: no part more)
+            rounding = np.bincount(owner[mine], weights=np.abs(sizes[mine]).astype(np.float64),
+                                   minlength=n).astype(np.int64)
+            margins = (res.initial, res.maintenance)
+            if max(int(m.max(initial=0)) for m in margins) < _EXACT:
+                totals.setdefault(asset, []).append(tuple(np.where(m < 0, m, m + rounding) for m in margins))
+            else:
+                totals.setdefault(asset, []).extend((margins, (rounding, rounding)))
         return {asset: tuple(_exact_sum([p[which] for p in parts]) for which in (0, 1))
                 for asset, parts in totals.items()}
 
