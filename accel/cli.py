@@ -299,9 +299,9 @@ def _tx(args, cl) -> int:
             return nonce(key, given) if nonces else given if given is not None else 0
         if args.op == "register":
             return cl.register(cl.read_key(args.key), chain)
-        if args.op in ("deposit", "withdraw"):
+        if args.op in ("deposit", "withdraw", "top-up"):
             key = cl.read_key(args.key)
-            return getattr(cl, args.op)(key, n(key, args.nonce), args.asset, cl.quanta(args.amount), chain)
+            return getattr(cl, args.op.replace("-", "_"))(key, n(key, args.nonce), args.asset, cl.quanta(args.amount), chain)
         if args.op == "trade":
             buyer, seller = cl.read_key(args.buyer), cl.read_key(args.seller)
             return cl.trade(buyer, n(buyer, args.buyer_nonce), seller, n(seller, args.seller_nonce), args.series,
@@ -320,7 +320,7 @@ def _tx(args, cl) -> int:
         return cl.mark([cl.read_key(k) for k in args.oracle], args.underlying, args.index, args.sequence,
                        args.timestamp if args.timestamp is not None else int(time.time()), vols, chain)
     tx = build(False, args.chain_id if args.chain_id is not None else 0)
-    asks = args.op in ("deposit", "withdraw", "trade") and None in (
+    asks = args.op in ("deposit", "withdraw", "top-up", "trade") and None in (
         (args.nonce,) if args.op != "trade" else (args.buyer_nonce, args.seller_nonce))
     if asks or args.chain_id is None:  # the committed nonce(s) and the chain id, asked of the validator
         tx = build(asks, args.chain_id if args.chain_id is not None else c.chain_id())
@@ -543,8 +543,9 @@ def parser() -> argparse.ArgumentParser:
     ops = tx.add_subparsers(dest="op", metavar="OP", required=True)
     r = ops.add_parser("register", help="register the key's account")
     r.add_argument("--key", required=True, help="key file (accel keygen)")
-    for name in ("deposit", "withdraw"):
-        d = ops.add_parser(name, help=f"{name} collateral")
+    for name, what in (("deposit", "deposit collateral"), ("withdraw", "withdraw collateral"),
+                       ("top-up", "pay collateral into the asset's insurance fund (lifts a fund floor's reduce-only)")):
+        d = ops.add_parser(name, help=what)
         d.add_argument("--key", required=True, help="key file (accel keygen)")
         d.add_argument("--asset", default="USD", help="USD (default), BTC, ETH")
         d.add_argument("--amount", required=True, help="in units, e.g. 1000 or 0.5")

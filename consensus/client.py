@@ -206,6 +206,12 @@ def withdraw(key: SigningKey, nonce: int, asset: str, amount: int, chain: int = 
                              _int("amount (quanta)", amount, 1, MAX_AMOUNT), _chain(chain)), key)
 
 
+def top_up(key: SigningKey, nonce: int, asset: str, amount: int, chain: int = ctx.CHAIN_ID) -> Tx:
+    """amount of the key's free collateral into the asset's insurance fund (quanta)."""
+    return sign(ctx.top_up(public(_key(key)), _int("nonce", nonce, 0, U64), _asset("asset", asset),
+                           _int("amount (quanta)", amount, 1, MAX_AMOUNT), _chain(chain)), key)
+
+
 def trade(buyer: SigningKey, buyer_nonce: int, seller: SigningKey, seller_nonce: int, series: int, size: int,
           price: int, chain: int = ctx.CHAIN_ID) -> Tx:
     """Signed by both counterparties; price in quanta of the series' settlement asset per contract."""

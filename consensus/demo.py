@@ -32,7 +32,7 @@ MAX_LOAD = 2_000_000        # transactions signed up front per run (blocks x siz
 DEMO_RUN = re.compile(r"(cuda|opencl|cpu|software)-\d+(\.json)?")  # what a demo writes in OUT/runs
 DEFAULT_BLOCKS = {100: 20, 1000: 20, 10_000: 12}  # per size; others 20 (--blocks sets every size)
 OPS = {ctx.REGISTER: "registrations", ctx.DEPOSIT: "deposits", ctx.WITHDRAW: "withdrawals", ctx.TRADE: "trades",
-       ctx.MARK: "oracle marks"}
+       ctx.MARK: "oracle marks", ctx.TOP_UP: "insurance fund top-ups"}
 
 
 def backends() -> tuple[list[str], list[str]]:

@@ -84,7 +84,9 @@ dense_withdraw = st.tuples(st.just("withdraw"), user, st.sampled_from(["USD", "B
 dense_mark = st.tuples(st.just("mark"), st.sampled_from(["BTC", "ETH"]),
                        st.one_of(st.floats(0.97, 1.03), st.sampled_from(JUMPS)), st.just(1), st.just(600),
                        st.just(True), st.just(2))
-dense_op = st.one_of(*[dense_trade] * 8, dense_deposit, dense_withdraw, dense_mark)
+dense_top_up = st.tuples(st.just("top_up"), user, st.sampled_from(["USD", "BTC"]),
+                         st.integers(1, 10**4).map(lambda x: x * USD), skew)
+dense_op = st.one_of(*[dense_trade] * 8, dense_deposit, dense_withdraw, dense_mark, dense_top_up)
 dense_blocks = st.lists(st.lists(dense_op, min_size=20, max_size=150), min_size=1, max_size=6)
 
 

@@ -71,6 +71,7 @@ weird_index = st.sampled_from([1e300, 5e-324, float("nan"), float("inf"), -1.0, 
 deposit = st.tuples(st.just("deposit"), user, st.sampled_from(["USD", "USD", "BTC", "ETH"]), amount, nonce_skew)
 withdraw = st.tuples(st.just("withdraw"), user, st.sampled_from(["USD", "BTC"]),
                      st.one_of(amount, st.just("all")), nonce_skew)
+top_up = st.tuples(st.just("top_up"), user, st.sampled_from(["USD", "BTC"]), st.one_of(amount, st.just("all")), nonce_skew)
 sane_trade = st.tuples(st.just("trade"), user, user, st.sampled_from([s.id for s in SERIES]), st.integers(1, 3),
                        st.floats(0.8, 1.2), st.just(0)).filter(lambda o: o[1] != o[2])
 trade = st.one_of(sane_trade, sane_trade, sane_trade,
@@ -81,7 +82,7 @@ mark = st.tuples(st.just("mark"), st.sampled_from(["BTC", "BTC", "ETH", "DOGE"])
                  st.sampled_from([True] * 5 + [False]), st.sampled_from([2] * 5 + [1, 3]))
 register = st.tuples(st.just("register"), user)
 garbage = st.tuples(st.just("garbage"), st.binary(max_size=80))
-op = st.one_of(deposit, withdraw, trade, trade, trade, trade, mark, mark, register, garbage)
+op = st.one_of(deposit, withdraw, trade, trade, trade, trade, mark, mark, register, garbage, top_up)
 blocks = st.lists(st.lists(op, max_size=12), min_size=4, max_size=20)
 
 
@@ -116,12 +117,12 @@ class Stream:
         if kind == "deposit":
             _, i, asset, q, skew = o
             return ctx.deposit(K[i], self._nonce(i, skew), asset, q % 2**64), [USERS[i]]
-        if kind == "withdraw":
+        if kind in ("withdraw", "top_up"):  # (a top-up: into the asset's insurance fund)
             _, i, asset, q, skew = o
             acct = self.scratch.accounts.get(K[i])
             if q == "all":
                 q = max(acct.collateral.get(asset, 0), 1) if acct else 1
-            return ctx.withdraw(K[i], self._nonce(i, skew), asset, q % 2**64), [USERS[i]]
+            return getattr(ctx, kind)(K[i], self._nonce(i, skew), asset, q % 2**64), [USERS[i]]
         if kind == "trade":
             _, b, s, sid, n, scale, skew = o
             series = next((x for x in SERIES if x.id == sid), SERIES[0])

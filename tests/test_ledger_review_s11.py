@@ -146,3 +146,38 @@ def test_a_dip_across_a_rounding_boundary_costs_the_fund_nothing():
     c.mark("BTC", f1, {}, 2, T0 + 600, O[:2])
     assert c.violations() == [] and c.funds["BTC"] == fund
     assert sum(e.get("BTC", 0) for e in c.equity([A, B])) <= need[A] + need[B]
+
+
+def test_a_top_up_lifts_the_fund_floor_and_is_the_same_both_ways():
+    """Nothing paid into a fund: one the losses took below its floor (here a crash past the margin
+    of books a mark had margined) kept every series of its asset reduce-only for good. A top-up (operation 7) pays
+    free collateral into the fund, columnar and one by one alike; conservation holds (the fund is
+    in the supply's sum), and a top-up past the account's cash is refused like a withdrawal."""
+    from consensus.apps.clearing import Rejected
+    from tests.test_clearing_columns_attacks import Txs, both
+    from tests.test_clearing_properties import K
+    app = ClearingApp(Verifier("accel", "cpu"), funded_genesis())
+    deposit = _initial_margin(app, 5) + USD
+    state = _run(app, app.genesis, _setup({A: deposit, B: deposit})
+                 + [ctx.Tx(ctx.TRADE, (B, 1, A, 1, BTC_FUT, 5, 60_000 * USD), (B, A))])
+    state = _run(app, state, [_mark(state, 60_000.0)])
+    state = _run(app, state, [_mark(state, 60_000.0 * 0.71)])
+    c = state.clearing
+    assert c.funds["USD"] == 0 and "below its floor" in c._reduce_only(c.series[BTC_FUT])
+    t = Txs(c)
+    honest = [t.trade(2, 3, BTC_FUT, 1, 42_600 * USD)]
+    assert both(app, state, honest)[0] == "refused"
+    cash = c.accounts[K[0]].collateral["USD"]
+    top = ctx.Tx(ctx.TOP_UP, (K[0], c.accounts[K[0]].nonce, "USD", 10_000 * USD), (K[0],))
+    result = both(app, state, [top] + honest)
+    assert result[0] == "ok", result
+    after = _run(app, state, [top] + honest).clearing
+    assert after.funds["USD"] == 10_000 * USD and after.accounts[K[0]].collateral["USD"] == cash - 10_000 * USD
+    assert not after._reduce_only(after.series[BTC_FUT]) and after.violations() == []
+    too_much = ctx.Tx(ctx.TOP_UP, (K[0], c.accounts[K[0]].nonce, "USD", cash + 1), (K[0],))
+    assert both(app, state, [too_much])[0] == "refused"
+    assert ctx.decode(ctx.top_up(K[0], 3, "USD", 5)) == ctx.Tx(ctx.TOP_UP, (K[0], 3, "USD", 5), (K[0],),
+                                                               ctx.top_up(K[0], 3, "USD", 5))
+    c2 = state.clearing.snapshot()
+    with pytest.raises(Rejected, match="top-up of"):
+        c2.top_up(K[0], c.accounts[K[0]].nonce, "USD", cash + 1)

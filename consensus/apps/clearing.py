@@ -859,25 +859,36 @@ class Clearing:
         acct.nonce += 1
 
     def withdraw(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
+        self._take_out(key, nonce, asset, amount, "withdrawal")
+        self.supply[asset] -= amount
+
+    def top_up(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
+        """Pays amount of the account's free collateral into the asset's insurance fund: nothing
+        else pays into a fund, so one the losses took below its floor (Breakers.fund_floor) kept
+        every series of its asset reduce-only for good."""
+        self._take_out(key, nonce, asset, amount, "top-up")
+        self.funds[asset] += amount
+
+    def _take_out(self, key: bytes, nonce: int, asset: str, amount: int, what: str) -> None:
+        """amount out of the account's free collateral in asset (a withdrawal, a top-up of the fund)."""
         self._flush()
         if not 0 < amount <= MAX_AMOUNT:
-            raise Rejected(f"a withdrawal must be 1..{MAX_AMOUNT} quanta")
+            raise Rejected(f"a {what} must be 1..{MAX_AMOUNT} quanta")
         self._asset(asset)
         self._nonce(key, nonce)
         cash = self.accounts[key].collateral.get(asset, 0)
         if self.defer:
             if amount > cash:
-                raise Rejected(f"withdrawal of {amount} {asset} exceeds the cash {max(cash, 0)}")
+                raise Rejected(f"{what} of {amount} {asset} exceeds the cash {max(cash, 0)}")
             self.touched.add((key, asset))
         else:
             (equity,), margin = self.equity([key]), self.margins([key], {asset})
             im = margin[asset][0][0] if asset in margin else 0
             free = 0 if im is None else min(cash, equity.get(asset, 0) - im)
             if amount > free:
-                raise Rejected(f"withdrawal of {amount} {asset} exceeds the free collateral {max(free, 0)}")
+                raise Rejected(f"{what} of {amount} {asset} exceeds the free collateral {max(free, 0)}")
         acct = self._mut(key)
         _credit(acct, asset, -amount)
-        self.supply[asset] -= amount
         acct.nonce += 1
 
     def trade(self, buyer: bytes, buyer_nonce: int, seller: bytes, seller_nonce: int, series: int, size: int,

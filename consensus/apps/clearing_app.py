@@ -40,7 +40,7 @@ from .clearing_columns import apply_run
 from .kv import EMPTY, Verdict
 
 log = logging.getLogger("consensus.clearing")
-_COLUMNAR = (ctx.DEPOSIT, ctx.WITHDRAW, ctx.TRADE)
+_COLUMNAR = (ctx.DEPOSIT, ctx.WITHDRAW, ctx.TRADE, ctx.TOP_UP)
 MAX_PASSES = 4  # fills of one proposal before it falls back to what no margin check refuses
 REFUSALS_KEPT = 10_000  # reasons of recently refused transactions, for clients asking
 # The mempool admits a transaction only if each account it consumes a nonce of is at most this
@@ -824,7 +824,7 @@ class ClearingApp:
             tx = candidates[pos][1].tx
             if pos < free:
                 return False
-            return bool(held_back.intersection(tx.signers)) or (only_safe and tx.op in (ctx.TRADE, ctx.WITHDRAW))
+            return bool(held_back.intersection(tx.signers)) or (only_safe and tx.op in (ctx.TRADE, ctx.WITHDRAW, ctx.TOP_UP))
 
         def last(accounts) -> dict[bytes, int]:
             """Per account, the position of the last kept transaction it signed (the short path only)."""

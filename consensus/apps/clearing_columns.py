@@ -275,8 +275,8 @@ def _body(tx: ctx.Tx) -> bytes:
     """The body of a deposit, withdrawal or trade built from its fields, not decoded."""
     if tx.op == ctx.TRADE:
         return ctx.trade(*tx.fields)
-    if tx.op in (ctx.DEPOSIT, ctx.WITHDRAW):
-        return (ctx.deposit if tx.op == ctx.DEPOSIT else ctx.withdraw)(*tx.fields)
+    if tx.op in ctx.MOVES:
+        return {ctx.DEPOSIT: ctx.deposit, ctx.WITHDRAW: ctx.withdraw, ctx.TOP_UP: ctx.top_up}[tx.op](*tx.fields)
     raise ValueError(f"operation {tx.op} is not applied in runs")
 
 
@@ -288,7 +288,7 @@ def _records(txs: list[ctx.Tx]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | N
     lengths = np.fromiter(map(len, bodies), np.int64, len(bodies))
     starts = np.cumsum(lengths) - lengths
     ops = data[starts + 4].astype(np.int64)
-    trade, move = ops == ctx.TRADE, (ops == ctx.DEPOSIT) | (ops == ctx.WITHDRAW)
+    trade, move = ops == ctx.TRADE, np.isin(ops, ctx.MOVES)
     if not (trade | move).all():
         return None
     if trade.all():  # the bodies side by side are the records
@@ -406,7 +406,7 @@ def _check(state, txs: list[ctx.Tx]) -> _Plan | None:
     line = np.full(len(rows), -1, np.int64)
     line[trade] = cols.lines((rows[trade] << 32) | legs.series[trade])
     nonce, cash, size = cols.nonce.copy(), cols.cash.copy(), cols.size.copy()
-    withdraw = (legs.kind == ctx.WITHDRAW).view(np.uint8)
+    withdraw = ((legs.kind == ctx.WITHDRAW) | (legs.kind == ctx.TOP_UP)).view(np.uint8)  # (cash kept >= 0)
     failed = _native().av_ledger_run(*(_ptr(a) for a in (rows, legs.nonce, legs.asset, legs.flow, withdraw, line,
                                                          legs.size, legs.shrink.view(np.uint8))),
                                      len(cols.assets), MAX_POSITION, _SAFE, _ptr(nonce), _ptr(cash), _ptr(size),
@@ -440,7 +440,10 @@ def _write(state, plan: _Plan) -> None:
                            cols.size[kept].tolist()):
             state._size_index(i).set(cols.keys[r], n)
     for j in np.flatnonzero(legs.kind != ctx.TRADE).tolist():
-        state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
+        if legs.kind[j] == ctx.TOP_UP:
+            state.funds[cols.assets[legs.asset[j]]] -= int(legs.flow[j])
+        else:
+            state.supply[cols.assets[legs.asset[j]]] += int(legs.flow[j])
     margined = legs.kind != ctx.DEPOSIT
     cols.touched[rows[margined], legs.asset[margined]] = True
 

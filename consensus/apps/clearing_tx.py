@@ -14,6 +14,8 @@ be replayed on another; every encoder takes it as `chain`.
               its USD futures price in USD quanta, size in USD of notional)
   5 mark      underlying 8 (ASCII, zero-padded) | index f64 | sequence u64 | timestamp u64 |
               count u16, then (series u32 | vol f64) x count | signers u8, then key 32 x signers
+  7 top-up    key 32 | nonce u64 | asset 8 | amount u64: from the signer's free collateral into the
+              asset's insurance fund
 A series settles by itself at the first mark at or after its expiry; operation 6 (settle) is
 retired and decodes as Malformed.
 """
@@ -29,9 +31,10 @@ from accel import Packed
 from .clearing import Clearing, asset_name_ok
 
 CHAIN_ID = 1
-REGISTER, DEPOSIT, WITHDRAW, TRADE, MARK = 1, 2, 3, 4, 5
+REGISTER, DEPOSIT, WITHDRAW, TRADE, MARK, TOP_UP = 1, 2, 3, 4, 5, 7
 _RETIRED = {6: "settle: a series settles by itself at the first mark at or after its expiry"}
-_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQ8sQ", WITHDRAW: ">32sQ8sQ", TRADE: ">32sQ32sQIIQ"}
+_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQ8sQ", WITHDRAW: ">32sQ8sQ", TRADE: ">32sQ32sQIIQ", TOP_UP: ">32sQ8sQ"}
+MOVES = (DEPOSIT, WITHDRAW, TOP_UP)  # one account's cash in or out of an asset: the same layout
 
 
 class Malformed(ValueError):
@@ -63,6 +66,10 @@ def withdraw(key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN
     return struct.pack(">IB32sQ8sQ", chain, WITHDRAW, key, nonce, _name(asset, "asset"), amount)
 
 
+def top_up(key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN_ID) -> bytes:
+    return struct.pack(">IB32sQ8sQ", chain, TOP_UP, key, nonce, _name(asset, "asset"), amount)
+
+
 def trade(buyer: bytes, buyer_nonce: int, seller: bytes, seller_nonce: int, series: int, size: int,
           price: int, chain: int = CHAIN_ID) -> bytes:
     return struct.pack(">IB32sQ32sQIIQ", chain, TRADE, buyer, buyer_nonce, seller, seller_nonce, series, size, price)
@@ -91,7 +98,7 @@ def decode(body: bytes, chain_id: int = CHAIN_ID) -> Tx:
             if len(body) != 5 + struct.calcsize(fmt):
                 raise Malformed(f"operation {op} takes {5 + struct.calcsize(fmt)} bytes, not {len(body)}")
             fields = struct.unpack_from(fmt, body, 5)
-            if op in (DEPOSIT, WITHDRAW):
+            if op in MOVES:
                 name = fields[2].rstrip(b"\0")
                 if not asset_name_ok(name.decode("ascii")):
                     raise Malformed(f"operation {op}: asset {fields[2]!r} is not 1 to 8 ASCII letters or digits, "
@@ -163,7 +170,7 @@ def consumed(tx: Tx) -> tuple[list[tuple[bytes, int]], bytes | None, tuple[str, 
     f = tx.fields
     if tx.op == TRADE:
         return [(f[0], f[1]), (f[2], f[3])], None, None
-    if tx.op in (DEPOSIT, WITHDRAW):
+    if tx.op in MOVES:
         return [(f[0], f[1])], None, None
     if tx.op == REGISTER:
         return [], f[0], None
@@ -179,6 +186,8 @@ def apply(state: Clearing, tx: Tx) -> None:
         state.deposit(*f)
     elif tx.op == WITHDRAW:
         state.withdraw(*f)
+    elif tx.op == TOP_UP:
+        state.top_up(*f)
     elif tx.op == TRADE:
         state.trade(*f)
     elif tx.op == MARK:
