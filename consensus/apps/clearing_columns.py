@@ -272,11 +272,11 @@ _MOVE = np.dtype([("head", "V5"), ("key", "u1", 32), ("nonce", ">u8"), ("asset",
 
 
 def _body(tx: ctx.Tx) -> bytes:
-    """The body of a deposit, withdrawal or trade built from its fields, not decoded."""
+    """The body of a deposit, withdrawal, top-up or trade built from its fields, not decoded."""
     if tx.op == ctx.TRADE:
         return ctx.trade(*tx.fields)
     if tx.op in ctx.MOVES:
-        return {ctx.DEPOSIT: ctx.deposit, ctx.WITHDRAW: ctx.withdraw, ctx.TOP_UP: ctx.top_up}[tx.op](*tx.fields)
+        return ctx.move(tx.op, *tx.fields)
     raise ValueError(f"operation {tx.op} is not applied in runs")
 
 

@@ -58,16 +58,21 @@ def _name(name: str, what: str) -> bytes:
     return name.encode("ascii").ljust(8, b"\0")
 
 
+def move(op: int, key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN_ID) -> bytes:
+    """The body of a deposit, withdrawal or top-up (MOVES: one layout)."""
+    return struct.pack(">IB32sQ8sQ", chain, op, key, nonce, _name(asset, "asset"), amount)
+
+
 def deposit(key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN_ID) -> bytes:
-    return struct.pack(">IB32sQ8sQ", chain, DEPOSIT, key, nonce, _name(asset, "asset"), amount)
+    return move(DEPOSIT, key, nonce, asset, amount, chain)
 
 
 def withdraw(key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN_ID) -> bytes:
-    return struct.pack(">IB32sQ8sQ", chain, WITHDRAW, key, nonce, _name(asset, "asset"), amount)
+    return move(WITHDRAW, key, nonce, asset, amount, chain)
 
 
 def top_up(key: bytes, nonce: int, asset: str, amount: int, chain: int = CHAIN_ID) -> bytes:
-    return struct.pack(">IB32sQ8sQ", chain, TOP_UP, key, nonce, _name(asset, "asset"), amount)
+    return move(TOP_UP, key, nonce, asset, amount, chain)
 
 
 def trade(buyer: bytes, buyer_nonce: int, seller: bytes, seller_nonce: int, series: int, size: int,
