@@ -51,6 +51,11 @@ its timeouts, proposals and block responses are dropped unchecked until this val
 changes (_faulty), and a QC verified once is not verified again (good_qcs), so a Byzantine
 validator's forged certificates cost their 2f+1 signatures once a view, not once a frame; a
 sender's block that does not validate has its other blocks of that view refused unchecked.
+A valid proposal this validator may vote for is also put to the application (app.endorse, where
+it has one): a clearing validator holding a signed oracle mark that the block leaves out does not
+vote (apps/mark_watch.py), so a leader cannot margin its block at a mark it holds back. That is a
+vote withheld, not a verdict: the block is kept and taken if others certify it, and its proposer
+is not faulted.
 Durability: Persist carries the uncommitted blocks up to the high QC's block and the last voted
 block (Safety.blocks), so a network restarted all at once still holds what its high QCs certify;
 memory is pruned below the committed block (_prune).
@@ -602,7 +607,7 @@ class Core:
         out = self._process_qc(b.qc, sender)
         if b.tc is not None:
             out += self._process_tc(b.tc)
-        if self._safe_to_vote(b):
+        if self._safe_to_vote(b) and self._endorsed(b):
             out += self._vote(b)
         qc = self.pending_qcs.pop(b.id, None)
         if qc is not None and qc.view == b.view:
@@ -639,7 +644,7 @@ class Core:
         out = self._process_qc(b.qc, sender)
         if b.tc is not None:
             out += self._process_tc(b.tc)
-        return out + (self._vote(b) if self._safe_to_vote(b) else [])
+        return out + (self._vote(b) if self._safe_to_vote(b) and self._endorsed(b) else [])
 
     def _vouched(self, b: Block, qc: QC | None, sender: int) -> bool:
         """Whether block b is known to be certified, so it is taken although another block of
@@ -861,6 +866,22 @@ class Core:
             return True
         # (a TC naming no QC view is no TC: _proposers_copy asks before its certificates are verified)
         return b.tc is not None and b.tc.view + 1 == b.view and b.qc.view >= max(b.tc.high_views, default=MAX_VIEW)
+
+    def _endorsed(self, b: Block) -> bool:
+        """Whether the application, asked of another's valid proposal this validator may vote for,
+        lets it vote (app.endorse, where the app has it: a clearing validator holding an oracle
+        mark the block leaves out does not). A refusal is no verdict: the block stays held and is
+        taken if certified, its proposer is not faulted, and the view times out unless others vote."""
+        endorse = getattr(self.app, "endorse", None)
+        if endorse is None or b.proposer == self.cfg.me:
+            return True
+        reason = endorse(self.states[b.parent], b, self.states[b.id])
+        if not reason:
+            return True
+        self.counters["vote_withheld"] += 1
+        log.warning("no vote for block %s of view %d from validator %d: %s", b.id.hex()[:16], b.view,
+                    b.proposer, reason)
+        return False
 
     def _vote(self, b: Block) -> list:
         self.safety = replace(self.safety, last_voted_view=b.view)

@@ -4,7 +4,7 @@ Its configuration is one TOML file (`accel localnet` writes them; docs/OPERATOR.
 key, docs/validator.example.toml is a complete example):
   [node]    index, listen, seed, data_dir, events, app, validation, txs_per_block, base_timeout_ms,
             delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks, load_file,
-            load, snapshot_every, genesis_accounts, state_sync
+            load, snapshot_every, genesis_accounts, state_sync, chain_id, mark_grace_ms
   [network] keys and addresses of every validator, by index
   [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
             variables still override it
@@ -88,7 +88,7 @@ SCHEMA = {
              "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
              "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, ""),
              "load": (str, "builtin"), "snapshot_every": (int, 500), "genesis_accounts": (int, 0),
-             "state_sync": (bool, False), "chain_id": (int, 1)},
+             "state_sync": (bool, False), "chain_id": (int, 1), "mark_grace_ms": (float, 500.0)},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
@@ -100,7 +100,7 @@ CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_
            "load": ("builtin", "none")}
 NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts"), ("node", "delay_ms"),
                 ("node", "crash_after_blocks"), ("node", "load_seed"), ("rpc", "max_connections"),
-                ("node", "chain_id"), ("rpc", "requests_total_per_s")}
+                ("node", "chain_id"), ("rpc", "requests_total_per_s"), ("node", "mark_grace_ms")}
 POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool"),
             ("rpc", "max_connections_per_client"), ("rpc", "idle_timeout_s"), ("rpc", "submit_share_s"),
             ("rpc", "submit_total_s"), ("node", "txs_per_block"), ("node", "base_timeout_ms")}
@@ -193,6 +193,7 @@ class NodeConfig:
     genesis_accounts: int = 0         # clearing: funded accounts with positions added to the genesis
     state_sync: bool = False          # an empty store takes a peer's snapshot before the validator joins
     chain_id: int = 1                 # clearing: the network's id, signed into every transaction
+    mark_grace_ms: float = 500.0      # clearing: an oracle mark held this long must be in a block voted for
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -238,7 +239,7 @@ class NodeConfig:
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),
                    {k: None if (k, v) == ("max_connections", 0) else v  # 0: Rpc's default
                     for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
-                   node["genesis_accounts"], node["state_sync"], node["chain_id"])
+                   node["genesis_accounts"], node["state_sync"], node["chain_id"], float(node["mark_grace_ms"]))
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
@@ -639,7 +640,8 @@ class NodeRunner:
                     from .bench import add_accounts
                     add_accounts(genesis, cfg.genesis_accounts)
                 self.app = ClearingApp(Verifier(cfg.validation), genesis, max_txs=cfg.txs_per_block,
-                                       sig_cache=cfg.sig_cache, chain_id=cfg.chain_id)
+                                       sig_cache=cfg.sig_cache, chain_id=cfg.chain_id,
+                                       mark_grace_s=cfg.mark_grace_ms / 1000)
             else:
                 gen = LoadGenerator(cfg.load_seed)  # its accounts are the genesis either way
                 self.load = gen if cfg.load == "builtin" else None

@@ -118,7 +118,8 @@ class Simulation:
             return KvApp(self.verifier, genesis, max_txs=self.txs_per_block)
         from .apps.clearing_app import ClearingApp
         from .apps.clearing_load import genesis_market
-        return ClearingApp(self.verifier, genesis_market(self.verifier.backend), max_txs=self.txs_per_block)
+        return ClearingApp(self.verifier, genesis_market(self.verifier.backend), max_txs=self.txs_per_block,
+                           clock=lambda: self.now / 1000.0)
 
     # ---- load ---------------------------------------------------------------------------------
     def load(self, count: int) -> None:

@@ -11,7 +11,10 @@ margined at a mark it knows is stale. Its accounts trading (or withdrawing) at t
 initial margin, have the fund pay what a move past the margin takes beyond their collateral, while
 their other side keeps the gain. Two rules were reverted after their reviews (2364be8: the trades'
 counterparties guarantee them; 5cc0dbe: net gains on the trades since the mark pay first): both
-were bypassed, and both charged honest accounts what they never gained (docs/CLEARING.md)."""
+were bypassed, and both charged honest accounts what they never gained (docs/CLEARING.md). Since
+the twelfth session validators vote for no block leaving out a mark they have held since before
+the previous proposal (tests/test_mark_watch.py); these tests apply the blocks directly, so they pin
+what the ledger's rules alone allow, and a mark that arrives within a view is still that."""
 import logging
 
 import pytest

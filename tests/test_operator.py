@@ -52,13 +52,15 @@ def test_the_example_file_loads_and_every_key_is_documented():
     (("txs_per_block = 1000", "txs_per_blok = 1000"), r":14: unknown \[node\] key 'txs_per_blok'"),
     (("txs_per_block = 1000", 'txs_per_block = "1000"'), r":14: \[node\] txs_per_block must be an integer"),
     (('log_format = "json"', 'log_format = "xml"'), r":18: \[node\] log_format must be one of text, json"),
-    (("gpu_fallback = true", 'gpu_fallback = "yes"'), r":42: gpu_fallback must be true or false"),
-    (("threads = 0", "thread = 0"), r":38: unknown \[accel\] key 'thread'"),
-    (("[metrics]", "[metric]"), r":45: unknown table or key 'metric'"),
-    (('listen = "127.0.0.1:9464"', 'listen = "9464"'), r":47: \[metrics\] listen: '9464' is not \"host:port\""),
+    (("gpu_fallback = true", 'gpu_fallback = "yes"'), r":43: gpu_fallback must be true or false"),
+    (("threads = 0", "thread = 0"), r":39: unknown \[accel\] key 'thread'"),
+    (("[metrics]", "[metric]"), r":46: unknown table or key 'metric'"),
+    (('listen = "127.0.0.1:9464"', 'listen = "9464"'), r":48: \[metrics\] listen: '9464' is not \"host:port\""),
     (("index = 0", "index = 1"), r":9: \[node\] seed's public key is not \[network\] keys\[1\]"),
     (("sig_cache = true", "sig_cache = 1"), r":19: \[node\] sig_cache must be true or false"),
     (("crash_after_blocks = 5", "crash_after_blocks = true"), r":20: \[node\] crash_after_blocks must be an integer"),
+    (("mark_grace_ms = 500.0", "mark_grace_ms = -1.0"), r":27: \[node\] mark_grace_ms must be 0 or more"),
+    (("mark_grace_ms = 500.0", "mark_grace_ms = inf"), r":27: \[node\] mark_grace_ms"),
 ])
 def test_a_bad_file_names_its_line(tmp_path, edit, message):
     path = tmp_path / "validator.toml"

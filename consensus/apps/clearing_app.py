@@ -24,7 +24,7 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from . import clearing_tx as ctx
 from .clearing import Clearing, Rejected, ShortBooks, TooEarly, unsafe_key
 from .clearing_columns import apply_run
 from .kv import EMPTY, Verdict
+from .mark_watch import GRACE_S, MarkWatch
 
 log = logging.getLogger("consensus.clearing")
 _COLUMNAR = (ctx.DEPOSIT, ctx.WITHDRAW, ctx.TRADE, ctx.TOP_UP)
@@ -473,13 +474,17 @@ class _Fill:
 class State:
     clearing: Clearing
     root: bytes
+    since: float = float("-inf")  # when the proposal before this block was handled here (MarkWatch)
 
 
 class ClearingApp:
     def __init__(self, verifier: Verifier, genesis: Clearing, max_txs: int = 10_000, sig_cache: bool = True,
-                 chain_id: int = ctx.CHAIN_ID):
+                 chain_id: int = ctx.CHAIN_ID, clock: Callable[[], float] = time.monotonic,
+                 mark_grace_s: float = GRACE_S):
         """chain_id: the network's (every transaction body starts with it, so what a key signed for
-        another network, or a test network, is refused here: all networks had chain id 1)."""
+        another network, or a test network, is refused here: all networks had chain id 1).
+        clock, mark_grace_s: when marks arrive, and how long one is held before a block leaving
+        it out gets no vote from this validator (endorse)."""
         if not (isinstance(chain_id, int) and 0 <= chain_id < 2**32):
             raise ValueError(f"chain id {chain_id!r}: a u32")
         self.verifier, self.max_txs, self.sig_cache = verifier, min(max_txs, MAX_BLOCK_TXS), sig_cache
@@ -500,6 +505,7 @@ class ClearingApp:
         self.head: Clearing = self.genesis.clearing
         self.refused: dict[bytes, str] = {}  # sha256(body) -> why it left the mempool unapplied
         self._safe_keys: dict[bytes, None] = {}  # keys found safe (SAFE_KEYS_KEPT), oldest first
+        self.marks_seen = MarkWatch(clock, mark_grace_s)
 
     def _check_keys(self, keys: list[bytes]) -> tuple[set[bytes], bool]:
         """(the safe keys among keys, whether every key was checked): those found safe before,
@@ -626,6 +632,8 @@ class ClearingApp:
                 if not reasons[i]:
                     self.mempool[digest] = Pending(body, signatures, tx, b"".join(signatures),
                                                    None if owner == _owner(tx) else owner)
+                    if tx.op == ctx.MARK:
+                        self.marks_seen.admitted(digest, tx)
         return self._echo(reasons, twice)
 
     @staticmethod
@@ -764,6 +772,7 @@ class ClearingApp:
     def validate(self, parent: State, block: Block, certs: tuple) -> Verdict:
         t = {}
         start = time.perf_counter()
+        since, began = self.marks_seen.last_handled, self.marks_seen.clock()
         if len(block.txs) > MAX_BLOCK_TXS:
             return Verdict(False, f"a block of {len(block.txs)} transactions (at most {MAX_BLOCK_TXS})", None, {})
         if block.txs.digest() != block.sig_digest:
@@ -797,7 +806,28 @@ class ClearingApp:
         t["total"] = (time.perf_counter() - start) * 1e3
         if state.root != block.state_root:
             return Verdict(False, "state root does not match the header", None, t)
+        state.since, self.marks_seen.last_handled = since, began
         return Verdict(True, "", state, t)
+
+    def endorse(self, parent: State, block: Block, state: State) -> str:
+        """Why this validator withholds its vote from a valid proposal ("" to vote: Core asks only
+        of a proposal it would vote for): a signed oracle mark it has held for a while, which
+        applies on the block's state, is left out (mark_watch). Never raises: a failure votes."""
+        try:
+            for tx, held in self.marks_seen.demanded(self.mempool, parent.clearing, state.since):
+                last = state.clearing.marks.get(tx.fields[0])
+                if last is not None and last.sequence >= tx.fields[2]:
+                    continue
+                try:
+                    self._run(state, [tx])
+                except Rejected:
+                    continue  # no block could apply it there: not the proposer's to carry
+                return (f"the block leaves the {tx.fields[0]} mark at sequence "
+                        f"{last.sequence if last is not None else 'none'}; this validator has held mark "
+                        f"{tx.fields[2]} for {held:.2f} s")
+        except Exception:
+            log.exception("clearing: checking a proposal's marks failed; voting for it")
+        return ""
 
     def _fill(self, parent: State, candidates: list, held_back: set[bytes], only_safe: bool,
               free: int = 0) -> _Fill:
@@ -946,6 +976,7 @@ class ClearingApp:
         accounts an attacker resubmits, and whatever a pending mark does to the attacker's other
         accounts. If that fill still finds short accounts, or after an internal error, the block
         holds only what no margin check can refuse."""
+        self.marks_seen.last_handled = self.marks_seen.clock()
         candidates = [(h, p) for h, p in self.mempool.items() if h not in exclude] if exclude else \
             list(self.mempool.items())  # (digest, Pending) in arrival order
         if len(candidates) > self.max_txs:  # (else the block may take them all: arrival order)
@@ -1156,4 +1187,5 @@ class ClearingApp:
             self.mempool.pop(digest, None)
         for digest in [h for h, p in self.mempool.items() if self._stale(p.tx)]:
             del self.mempool[digest]
+        self.marks_seen.prune(self.mempool)
 

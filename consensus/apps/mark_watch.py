@@ -1,0 +1,65 @@
+"""Which oracle marks a proposal must carry for this validator to vote for it.
+
+A proposer chooses which pending marks its block carries. Left free, it could margin its own
+accounts' trades (or withdrawals) at a mark it knows is stale and have the insurance fund pay the
+move it held back (docs/CLEARING.md, "What the rule does not stop: a mark held back"): no rule of
+the ledger can tell a stale mark from a current one, every validator must reach the same verdict
+on a block. So the check is a vote, not a verdict: a validator holding a signed mark the block
+leaves out does not vote for it, the view times out, and the next leader's block carries it. A
+block refused this way is not invalid (it is kept, and taken if the others certify it), its
+proposer is not faulted, and a replayed, fetched or restored block is never judged so.
+
+What is demanded, per underlying: of the quorum marks this validator has held for `grace_s` and
+since before the previous proposal it handled (the proposer had them by then too: it builds after
+that proposal's votes), the oldest one the parent's state has not reached; the block's state must
+reach its sequence, unless it does not apply on the block's state. An honest proposer always
+carries the oldest pending quorum mark of each underlying (ClearingApp.propose moves it ahead of a
+full block), so no honest block is refused unless the oracles' messages reached the proposer more
+than `grace_s` after this validator. What is left: a mark that arrived within about a view (after
+the previous proposal, or within grace_s) can still be held back, and where several marks of an
+underlying wait (a mempool deeper than a block) a proposer may carry the oldest alone."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from . import clearing_tx as ctx
+
+GRACE_S = 0.5  # [node] mark_grace_ms's default: oracle messages reach validators further apart than this rarely
+
+
+class MarkWatch:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, grace_s: float = GRACE_S):
+        self.clock, self.grace_s = clock, grace_s
+        self.arrived: dict[bytes, tuple[float, ctx.Tx]] = {}  # mempool digest -> (when admitted, the mark)
+        # when the latest proposal that validated here began its validation, or was built here (one
+        # that does not validate is no proposal a leader built on: a Byzantine peer's junk block sent
+        # just before the next leader's would otherwise make marks that reached it late demanded)
+        self.last_handled = float("-inf")
+
+    def admitted(self, digest: bytes, tx: ctx.Tx) -> None:
+        self.arrived.setdefault(digest, (self.clock(), tx))
+
+    def prune(self, mempool) -> None:
+        """Forget the marks gone from the mempool (committed, stale or evicted)."""
+        for digest in [d for d in self.arrived if d not in mempool]:
+            del self.arrived[digest]
+
+    def demanded(self, mempool, parent, since: float) -> list[tuple[ctx.Tx, float]]:
+        """Per underlying, the oldest mark held past grace_s and since before `since` (when the
+        proposal before the block was handled here) that the `parent` state (a Clearing) has not
+        reached, with the seconds it was held."""
+        self.prune(mempool)
+        now = self.clock()
+        cutoff = min(since, now - self.grace_s)
+        oracles, quorum, oldest = set(parent.oracles), parent.quorum, {}
+        for at, tx in self.arrived.values():
+            underlying, _, sequence, timestamp, _ = tx.fields
+            last = parent.marks.get(underlying)
+            if at > cutoff or (last is not None and (sequence <= last.sequence or timestamp <= last.timestamp)):
+                continue
+            if len(oracles.intersection(tx.signers)) < quorum:
+                continue
+            if underlying not in oldest or sequence < oldest[underlying][0].fields[2]:
+                oldest[underlying] = (tx, now - at)
+        return [oldest[u] for u in sorted(oldest)]

@@ -1,0 +1,243 @@
+"""A validator votes for no proposal that leaves out a signed oracle mark it has held a while
+(consensus/apps/mark_watch.py, ClearingApp.endorse, Core._endorsed).
+
+The attack it answers (tests/test_ledger_review_s11.py, docs/CLEARING.md "A mark held back"): a
+leader holds the oracles' -29% BTC mark back from its block, in which its accounts A and B trade 5
+futures at the stale mark, each at its initial margin; the mark, a block later, takes B past its
+collateral and the insurance fund pays. Every validator reaches the same verdict on that block (no
+rule can tell a stale mark), but a validator holding the mark need not vote for it."""
+import logging
+
+import pytest
+from nacl.signing import SigningKey
+
+from consensus.apps import clearing_tx as ctx
+from consensus.apps.clearing_app import ClearingApp, State
+from consensus.sim import Link, Simulation
+from consensus.verify import Verifier
+from tests.test_clearing_columns import funded_genesis
+from tests.test_clearing_properties import O, ORACLES, USD, block_of, signed
+
+BTC_FUT = 3
+KA, KB = SigningKey(bytes([201]) * 32), SigningKey(bytes([202]) * 32)
+A, B = bytes(KA.verify_key), bytes(KB.verify_key)
+VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
+NO_CERTS = ((), (), ())
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    logging.disable(logging.CRITICAL)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def crash_mark(sequence: int = 2, index: float = 60_000.0 * 0.71, vols=None):
+    return signed(ctx.mark("BTC", index, sequence, 1_800_000_060 + 600 * (sequence - 1), VOLS if vols is None else vols,
+                           O[:2]), ORACLES[:2])
+
+
+def initial_margin() -> int:
+    probe = funded_genesis()
+    for k in (A, B):
+        probe.register(k)
+        probe.deposit(k, 0, "USD", 10**6 * USD)
+    probe.trade(B, 1, A, 1, BTC_FUT, 5, 60_000 * USD)
+    return probe.margins([B], {"USD"})["USD"][0][0]
+
+
+def setup_items(deposit: int) -> list:
+    return ([signed(ctx.register(k), [sk]) for k, sk in ((A, KA), (B, KB))]
+            + [signed(ctx.deposit(k, 0, "USD", deposit), [sk]) for k, sk in ((A, KA), (B, KB))])
+
+
+def the_trade():
+    return signed(ctx.trade(B, 1, A, 1, BTC_FUT, 5, 60_000 * USD), [KB, KA])
+
+
+def app(clock=None, **kw) -> ClearingApp:
+    return ClearingApp(Verifier("accel", "cpu"), funded_genesis(), clock=clock or Clock(), **kw)
+
+
+def admit(a: ClearingApp, items) -> None:
+    assert a.submit_many(items) == [""] * len(items)
+
+
+def proposed(proposer: ClearingApp, parent, voter: ClearingApp, vparent):
+    """proposer's block on parent, validated by voter on vparent: (block, voter's verdict)."""
+    txs, state = proposer.propose(parent, set())
+    block = block_of(txs, bytes(32), state.root, voter)
+    verdict = voter.validate(vparent, block, NO_CERTS)
+    assert verdict.ok, verdict.reason
+    return block, verdict
+
+
+def scene(grace: float = 0.5):
+    """The leader (`attacker`, which never holds the mark) proposes A and B's setup, then their
+    trade; the `voter` was given the crash mark at t=0, before it validated the setup block at t=1."""
+    clock = Clock()
+    attacker, voter = app(), app(clock, mark_grace_s=grace)
+    admit(attacker, setup_items(initial_margin() + USD))
+    admit(voter, [crash_mark()])
+    clock.now = 1.0
+    setup, v1 = proposed(attacker, attacker.genesis, voter, voter.genesis)
+    commit(attacker, setup)
+    admit(attacker, [the_trade()])
+    return clock, attacker, voter, v1, setup
+
+
+def commit(a: ClearingApp, block) -> State:
+    """block executed and committed by a, its state returned (the parent of a's next proposal)."""
+    state = a.execute(a.genesis, block.txs.bodies)
+    a.committed(block, state)
+    return state
+
+
+def test_a_block_leaving_out_a_held_mark_gets_no_vote_and_one_carrying_it_does():
+    clock, attacker, voter, v1, setup = scene()
+    clock.now = 2.0
+    block, v2 = proposed(attacker, commit(attacker, setup), voter, v1.state)
+    assert [ctx.decode(block.txs.bodies.item(i)).op for i in range(len(block.txs))] == [ctx.TRADE]
+    reason = voter.endorse(v1.state, block, v2.state)
+    assert "BTC mark" in reason and "2.00 s" in reason
+    # an honest leader holding the mark and the trade carries the mark; the trade, which arrived
+    # first, would have B liquidated by it in its own block, so A and B are held back
+    honest = app()
+    parent = commit(honest, setup)
+    admit(honest, [the_trade(), crash_mark()])
+    block, v3 = proposed(honest, parent, voter, v1.state)
+    assert voter.endorse(v1.state, block, v3.state) == ""
+    assert v3.state.clearing.marks["BTC"].sequence == 2
+    assert v3.state.clearing.funds["USD"] == voter.genesis.clearing.funds["USD"]
+    assert v3.state.clearing.accounts[B].positions == {}
+
+
+def test_the_fund_pays_only_where_the_block_is_voted_for():
+    """What the withheld vote prevents, on the same states: the held-back block then the mark."""
+    clock, attacker, voter, v1, setup = scene()
+    clock.now = 2.0
+    block, v2 = proposed(attacker, commit(attacker, setup), voter, v1.state)
+    after, _ = voter._run(v2.state, [ctx.decode(crash_mark()[0])])
+    assert after.clearing.funds["USD"] < voter.genesis.clearing.funds["USD"]  # the attack, were it certified
+    assert voter.endorse(v1.state, block, v2.state) != ""
+
+
+@pytest.mark.parametrize("when", ["young", "after the previous proposal", "before a block that did not validate"])
+def test_a_mark_too_recent_to_be_the_leaders_is_not_demanded(when):
+    """The leader builds after the previous proposal's votes: a mark this validator got after
+    handling that proposal, or within mark_grace_s, may not have reached the leader yet; nor does a
+    block that did not validate (a Byzantine peer's, sent just before the leader's) count as one."""
+    clock = Clock()
+    attacker, voter = app(), app(clock, mark_grace_s=0.5)
+    admit(attacker, setup_items(initial_margin() + USD))
+    clock.now = 1.0
+    if when == "young":
+        admit(voter, [crash_mark()])
+        clock.now = 1.2
+    setup, v1 = proposed(attacker, attacker.genesis, voter, voter.genesis)
+    if when != "young":
+        clock.now = 1.5
+        admit(voter, [crash_mark()])
+        clock.now = 9.0
+    if when == "before a block that did not validate":
+        junk = block_of(setup.txs, bytes(32), bytes(32), voter)
+        assert not voter.validate(v1.state, junk, NO_CERTS).ok
+        clock.now = 9.5
+    else:
+        clock.now = 1.3
+    parent = commit(attacker, setup)
+    admit(attacker, [the_trade()])
+    block, v2 = proposed(attacker, parent, voter, v1.state)
+    assert voter.endorse(v1.state, block, v2.state) == ""
+
+
+def test_a_mark_no_block_could_apply_is_not_demanded():
+    """A quorum mark that lacks an option's vol is admitted (the mempool checks signatures,
+    staleness and the quorum) but refused in any block: leaving it out is no withholding."""
+    clock, attacker, voter, v1, setup = scene()
+    admit(voter, [crash_mark(sequence=3, vols={1: 0.7})])
+    voter.mempool.pop(next(h for h, p in voter.mempool.items() if p.tx.fields[2] == 2))
+    clock.now = 2.0
+    block, v2 = proposed(attacker, commit(attacker, setup), voter, v1.state)
+    assert voter.endorse(v1.state, block, v2.state) == ""
+
+
+def test_a_newer_mark_than_the_one_held_satisfies_it():
+    clock, attacker, voter, v1, setup = scene()
+    parent = commit(attacker, setup)
+    admit(attacker, [crash_mark(sequence=3, index=60_000.0)])
+    clock.now = 2.0
+    block, v2 = proposed(attacker, parent, voter, v1.state)
+    assert v2.state.clearing.marks["BTC"].sequence == 3
+    assert voter.endorse(v1.state, block, v2.state) == ""
+
+
+def test_a_committed_mark_is_forgotten():
+    clock, attacker, voter, v1, setup = scene()
+    honest = app()
+    parent = commit(honest, setup)
+    admit(honest, [crash_mark()])
+    block, v3 = proposed(honest, parent, voter, v1.state)
+    voter.committed(block, v3.state)
+    assert voter.marks_seen.demanded(voter.mempool, v1.state.clearing, float("inf")) == []
+    assert voter.marks_seen.arrived == {}
+
+
+# ---- the core: a withheld vote is no verdict -----------------------------------------------------
+
+
+def test_a_withheld_vote_times_the_view_out_without_faulting_the_leader():
+    """Three validators refuse to vote for validator 1's blocks (as if each left out a mark they
+    hold): none of its blocks is certified, the others' are, and validator 1 is never taken for a
+    faulty sender (its timeouts and votes still count)."""
+    sim = Simulation(n=4, seed=3, link=Link((1.0, 10.0)))
+    for node in sim.nodes:
+        if node.index != 1:
+            node.core.app.endorse = lambda parent, b, state: "holds a mark" if b.proposer == 1 else ""
+    sim.load(200)
+    sim.run(blocks=12, max_ms=60_000)
+    for node in sim.nodes:
+        chain = [b for b, _, _ in node.committed]
+        assert len(chain) >= 12
+        assert all(b.proposer != 1 for b in chain)
+        if node.index != 1:
+            assert node.core.counters["vote_withheld"] > 0
+            assert 1 not in node.core.refused and node.core.counters["muted"] == 0
+
+
+@pytest.mark.parametrize("seed,room", [(0, 150), (1, 150), (2, 20), (3, 12)])
+def test_an_honest_leader_under_a_deep_mempool_carries_every_mark_demanded(seed, room):
+    """The demo's market, a mempool four blocks deep (a mark about one transaction in 20, the crash
+    after 3 blocks; blocks of 12 or 20 leave the first pending mark past the block's room): every
+    block an honest leader proposes gets the vote of a validator holding the same transactions, long
+    enough for each mark to be demanded, while marks wait past the block."""
+    from consensus.apps.clearing_load import genesis_market, market_load
+    clock = Clock()
+    leader = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"), max_txs=room)
+    voter = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"), max_txs=room, clock=clock)
+    load, parent, vparent, demanded = market_load(seed, room, 3), leader.genesis, voter.genesis, 0
+    items = load.take(4 * room)
+    for height in range(max(12, 400 // room)):
+        items += load.take(room)
+        assert leader.submit_many(items) == voter.submit_many(items)
+        items = []
+        clock.now += 10.0
+        demanded += len(voter.marks_seen.demanded(voter.mempool, vparent.clearing, clock.now))
+        txs, state = leader.propose(parent, set())
+        verdict = voter.validate(vparent, block_of(txs, bytes(32), state.root, voter), NO_CERTS)
+        assert verdict.ok, verdict.reason
+        assert voter.endorse(vparent, None, verdict.state) == ""
+        block = block_of(txs, bytes(32), state.root, voter)
+        leader.committed(block, state)
+        voter.committed(block, verdict.state)
+        parent, vparent = state, verdict.state
+    assert demanded >= 6  # marks were pending and old before most blocks: the check was no formality
+    assert len(voter.mempool) > room  # and the mempool stayed deeper than a block
