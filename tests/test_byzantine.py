@@ -490,7 +490,7 @@ def test_store_checks_at_start_up(tmp_path):
     db.execute("UPDATE committed SET proposal = ? WHERE height = 2", (m.encode(bad),))
     db.commit()
     db.close()
-    with pytest.raises(InvariantViolation, match="height 2: its proposer's signature does not verify"):
+    with pytest.raises(InvariantViolation, match="height 2: its proposer.s signature or a certificate does not verify"):
         _restart_core(sim, p)
 
 
