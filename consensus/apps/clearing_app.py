@@ -214,13 +214,18 @@ def _quorum_marks_ahead(candidates: list, state: Clearing, room: int) -> list:
     of 10,000 held 2,103, then about 120 transactions. Everything that arrived after a mark
     already goes after it (_fair); what arrived before it and now goes after it is checked at its
     prices, as the block's margin is at its end anyway. A mark without a quorum (refused,
-    changing nothing) stays where it was."""
+    changing nothing) stays where it was, and so does one stale on state (the parent: an
+    uncommitted ancestor may carry a newer mark than ones still pending): moved ahead and
+    refused, it left the underlying's fresh marks past the block, and validators holding them
+    withheld their votes (mark_watch) from every honest block until the stale ones were gone."""
     oracles, quorum = set(state.oracles), state.quorum
-    first: dict[str, int] = {}  # underlying -> the place of its first quorum mark
+    first: dict[str, int] = {}  # underlying -> the place of its first quorum mark not stale on state
     for place, (_, pending) in enumerate(candidates):
         tx = pending.tx
         if tx.op == ctx.MARK and tx.fields[0] not in first and len(oracles.intersection(tx.signers)) >= quorum:
-            first[tx.fields[0]] = place
+            last = state.marks.get(tx.fields[0])
+            if last is None or (tx.fields[2] > last.sequence and tx.fields[3] > last.timestamp):
+                first[tx.fields[0]] = place
     late = sorted(place for place in first.values() if place >= room)
     if not late:
         return candidates
@@ -688,15 +693,22 @@ class ClearingApp:
         return ""
 
     def _short_of_oracles(self, tx: ctx.Tx) -> str:
-        """Why no block can apply tx, a mark without a quorum of oracle keys among its signers
-        (Clearing.mark's refusal, "" otherwise): refused before its signatures are checked. Taken,
-        one request of 30 such marks of 255 signers each cost 7,650 checks, and marks signed by
-        fresh keys, each its own owner, filled a mempool from one address (_owner_for)."""
+        """Why the mempool takes no mark tx ("" if it does): one without a quorum of oracle keys
+        among its signers (Clearing.mark's refusal), or one listing another key (no oracle service
+        signs so, and Clearing.mark counts only the oracles): refused before its signatures are
+        checked. Taken, one request of 30 marks of 255 signers each cost 7,650 checks, also with
+        the oracles' public keys listed among 253 fresh ones, and marks signed by fresh keys, each
+        its own owner, filled a mempool from one address (_owner_for)."""
         if tx.op != ctx.MARK:
             return ""
         head = self.head
-        known = len(set(head.oracles).intersection(tx.signers))
-        return f"mark signed by {known} oracle(s), {head.quorum} needed" if known < head.quorum else ""
+        oracles = set(head.oracles)
+        known = len(oracles.intersection(tx.signers))
+        if known < head.quorum:
+            return f"mark signed by {known} oracle(s), {head.quorum} needed"
+        strangers = [k for k in tx.signers if k not in oracles]
+        return (f"mark signed by {len(strangers)} key(s) that are no oracle's (first {strangers[0].hex()[:16]})"
+                if strangers else "")
 
     def _ahead(self, tx: ctx.Tx) -> str:
         """Why tx waits too far ahead of its accounts' committed nonces ("" if it does not)."""
@@ -814,17 +826,18 @@ class ClearingApp:
         of a proposal it would vote for): a signed oracle mark it has held for a while, which
         applies on the block's state, is left out (mark_watch). Never raises: a failure votes."""
         try:
-            for tx, held in self.marks_seen.demanded(self.mempool, parent.clearing, state.since):
-                last = state.clearing.marks.get(tx.fields[0])
-                if last is not None and last.sequence >= tx.fields[2]:
-                    continue
-                try:
-                    self._run(state, [tx])
-                except Rejected:
-                    continue  # no block could apply it there: not the proposer's to carry
-                return (f"the block leaves the {tx.fields[0]} mark at sequence "
-                        f"{last.sequence if last is not None else 'none'}; this validator has held mark "
-                        f"{tx.fields[2]} for {held:.2f} s")
+            for underlying, marks in self.marks_seen.demanded(self.mempool, parent.clearing, state.since).items():
+                was, now = parent.clearing.marks.get(underlying), state.clearing.marks.get(underlying)
+                if now is not None and (was is None or now.sequence > was.sequence):
+                    continue  # it carries one (maybe one this validator missed, older than those it holds)
+                for tx, held in marks:
+                    try:
+                        self._run(state, [tx])
+                    except Rejected:
+                        continue  # no block could apply it there: not the proposer's to carry
+                    return (f"the block carries no {underlying} mark; this validator has held mark "
+                            f"{tx.fields[2]} (after the parent's {was.sequence if was is not None else 'none'}) "
+                            f"for {held:.2f} s")
         except Exception:
             log.exception("clearing: checking a proposal's marks failed; voting for it")
         return ""

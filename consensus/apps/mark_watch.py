@@ -9,15 +9,17 @@ leaves out does not vote for it, the view times out, and the next leader's block
 block refused this way is not invalid (it is kept, and taken if the others certify it), its
 proposer is not faulted, and a replayed, fetched or restored block is never judged so.
 
-What is demanded, per underlying: of the quorum marks this validator has held for `grace_s` and
-since before the previous proposal it handled (the proposer had them by then too: it builds after
-that proposal's votes), the oldest one the parent's state has not reached; the block's state must
-reach its sequence, unless it does not apply on the block's state. An honest proposer always
-carries the oldest pending quorum mark of each underlying (ClearingApp.propose moves it ahead of a
-full block), so no honest block is refused unless the oracles' messages reached the proposer more
-than `grace_s` after this validator. What is left: a mark that arrived within about a view (after
-the previous proposal, or within grace_s) can still be held back, and where several marks of an
-underlying wait (a mempool deeper than a block) a proposer may carry the oldest alone."""
+What is demanded, per underlying: where this validator holds quorum marks the parent's state has
+not reached, held for `grace_s` and since before the previous proposal it handled (the proposer
+had them by then too: it builds after that proposal's votes), the block carries a mark of that
+underlying, unless none of them would apply on the block's state. Any mark past the parent's
+will do (this validator may have missed older ones the proposer carries). An honest proposer
+always carries a pending quorum mark of each underlying that is not stale on its parent
+(ClearingApp.propose moves the first ahead of a full block), so no honest block is refused unless
+the oracles' messages reached the proposer more than `grace_s` after this validator. What is
+left: a mark that arrived within about a view (after the previous proposal, or within grace_s)
+can still be held back, and where several marks of an underlying wait (a mempool deeper than a
+block) a proposer may carry the oldest alone."""
 from __future__ import annotations
 
 import time
@@ -45,21 +47,19 @@ class MarkWatch:
         for digest in [d for d in self.arrived if d not in mempool]:
             del self.arrived[digest]
 
-    def demanded(self, mempool, parent, since: float) -> list[tuple[ctx.Tx, float]]:
-        """Per underlying, the oldest mark held past grace_s and since before `since` (when the
-        proposal before the block was handled here) that the `parent` state (a Clearing) has not
-        reached, with the seconds it was held."""
+    def demanded(self, mempool, parent, since: float) -> dict[str, list[tuple[ctx.Tx, float]]]:
+        """Per underlying, the marks held past grace_s and since before `since` (when the proposal
+        before the block was handled here) that the `parent` state (a Clearing) has not reached,
+        oldest first, each with the seconds it was held."""
         self.prune(mempool)
         now = self.clock()
         cutoff = min(since, now - self.grace_s)
-        oracles, quorum, oldest = set(parent.oracles), parent.quorum, {}
+        oracles, quorum, held = set(parent.oracles), parent.quorum, {}
         for at, tx in self.arrived.values():
             underlying, _, sequence, timestamp, _ = tx.fields
             last = parent.marks.get(underlying)
             if at > cutoff or (last is not None and (sequence <= last.sequence or timestamp <= last.timestamp)):
                 continue
-            if len(oracles.intersection(tx.signers)) < quorum:
-                continue
-            if underlying not in oldest or sequence < oldest[underlying][0].fields[2]:
-                oldest[underlying] = (tx, now - at)
-        return [oldest[u] for u in sorted(oldest)]
+            if len(oracles.intersection(tx.signers)) >= quorum:
+                held.setdefault(underlying, []).append((tx, now - at))
+        return {u: sorted(marks, key=lambda m: m[0].fields[2]) for u, marks in sorted(held.items())}
