@@ -58,6 +58,8 @@ vote withheld, not a verdict: the block is kept and taken if others certify it, 
 is not faulted.
 Durability: Persist carries the uncommitted blocks up to the high QC's block and the last voted
 block (Safety.blocks), so a network restarted all at once still holds what its high QCs certify;
+a leader's block leaves after its own vote is persisted, and a leader does not propose in a view
+it voted in, so one restarted in its view signs no second block of it;
 memory is pruned below the committed block (_prune).
 """
 from __future__ import annotations
@@ -905,7 +907,8 @@ class Core:
         return out + (self._on_vote(vote) if nxt == self.cfg.me else [Send(nxt, vote)])
 
     def _propose(self, view: int) -> list:
-        if view in self.proposed or self.cfg.leader(view) != self.cfg.me:
+        if view in self.proposed or self.cfg.leader(view) != self.cfg.me or view <= self.safety.last_voted_view:
+            # (voted in it: for its own block, before a restart; a second one would be an equivocation)
             return []
         parent = self.blocks.get(self.safety.high_qc.block_id)
         if parent is None:
@@ -930,7 +933,12 @@ class Core:
         b = Block(view, parent.height + 1, parent.id, self.cfg.me, self.app.tx_root(txs), state.root, txs.digest(),
                   txs, self.safety.high_qc, tc)
         p = Proposal(b, self.sign(proposal_bytes(b.id, self.cfg.network)))
-        return [Broadcast(p)] + self._on_proposal(self.cfg.me, p)
+        out = self._on_proposal(self.cfg.me, p)
+        # the block leaves after its own vote is on disk (last_voted_view: the view's proposal made),
+        # so a leader restarted in the view does not propose it again with another mempool
+        at = max((i + 1 for i, a in enumerate(out) if isinstance(a, Persist) and a.safety.last_voted_view >= view),
+                 default=0)
+        return out[:at] + [Broadcast(p)] + out[at:]
 
     # ---- votes, QCs, commits ------------------------------------------------------------------
     def _on_vote(self, v: Vote) -> list:

@@ -72,3 +72,23 @@ def test_a_stored_block_with_a_damaged_certificate_stops_the_start(tmp_path, dam
     with pytest.raises(InvariantViolation, match="height 3: its (certificate|proposer's signature or a certificate)"):
         _restart_core(sim, path)
     _restart_core(*_store_with_blocks(tmp_path / "intact", blocks=6))  # (an intact store starts)
+
+
+def test_a_leader_restarted_in_its_view_does_not_propose_a_second_block():
+    """Core.proposed is not persisted: a leader killed after its proposal left, restarted in the
+    same view with another mempool (client transactions are not stored), signed a second block of
+    the view. Its proposal now leaves after its own vote (last_voted_view) is on disk, and a view it
+    voted in is one it does not propose in."""
+    from consensus.core import Persist
+    sim = Simulation(n=4, seed=4)
+    sim.load(20)
+    leader = sim.cfg[0].leader(1)
+    node = next(n for n in sim.nodes if n.index == leader)
+    first = node.core.start()
+    kinds = [type(a).__name__ for a in first]
+    persisted = [i for i, a in enumerate(first) if isinstance(a, Persist) and a.safety.last_voted_view == 1]
+    sent = [i for i, a in enumerate(first) if isinstance(a, Broadcast) and isinstance(a.msg, m.Proposal)]
+    assert persisted and sent and persisted[0] < sent[0], kinds
+    key = sim.keys[leader]
+    again = Core(sim.cfg[leader], lambda x: key.sign(x).signature, sim._make_app(sim.genesis), first[persisted[0]].safety)
+    assert not any(isinstance(a, Broadcast) and isinstance(a.msg, m.Proposal) for a in again.start())
