@@ -61,17 +61,23 @@ def market_story(store_path: Path) -> dict:
         history = store.history()
     finally:
         store.close()
+    topped: Counter = Counter()  # asset -> what top-ups paid into its fund (not a charge the other way)
     for p in history:
         bodies = p.block.txs.bodies
-        ops.update(OPS[t.op] for t in ctx.decode_all(bodies))
+        txs = ctx.decode_all(bodies)
+        ops.update(OPS[t.op] for t in txs)
         state = app.execute(state, bodies)
         roots_ok &= state.root == p.block.state_root
+        for t in txs:
+            if t.op == ctx.TOP_UP:
+                topped[t.fields[2]] += t.fields[3]
     c = state.clearing
+    charged = {a: (funds0.get(a, 0) + topped[a] - q) / USD for a, q in sorted(c.funds.items())}
     return {"blocks": len(history), "transactions": dict(ops), "accounts": len(c.accounts),
             "open_positions": sum(len(a.positions) for a in c.accounts.values()),
             "liquidations": len(c.liquidations),
-            "insurance_charged_usd": (funds0["USD"] - c.funds["USD"]) / USD,
-            "insurance_charged": {a: (funds0.get(a, 0) - q) / USD for a, q in sorted(c.funds.items())},
+            "insurance_charged_usd": charged["USD"],
+            "insurance_charged": charged,
             "socialized": {a: sum(x.socialized for x in c.liquidations if x.asset == a) / USD for a in sorted(c.funds)},
             "index": {u: m.index for u, m in sorted(c.marks.items())},
             "state_roots_recomputed": roots_ok}

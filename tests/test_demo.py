@@ -62,3 +62,26 @@ def test_a_second_demo_measures_afresh(tmp_path):
         committed = [json.loads(e)["height"] for e in events if '"committed"' in e]
         assert committed == sorted(set(committed))  # one network's commits, each height once
     assert "non-empty blocks behind the medians" in second.stdout
+
+
+def test_the_market_story_counts_a_top_up_as_no_charge(tmp_path):
+    """The demo's "charged to the insurance funds" was the genesis fund less the last one: a top-up
+    into a fund showed as a negative charge (the demo's market sends none; a chain replayed from an
+    operator's store may hold them)."""
+    from consensus.apps import clearing_tx as ctx
+    from consensus.demo import market_story
+    from consensus.sim import Simulation
+    sim = Simulation(n=4, seed=1, app="clearing", txs_per_block=50)
+    sim.durable("v0", tmp_path / "v0.db")
+    sim.load(150)
+    load = sim._clearing_load
+    maker = load.makers[0]
+    body = ctx.top_up(load.keys[maker], load.nonces[maker], "USD", 7 * 10**8)
+    load.nonces[maker] += 1
+    for node in sim.nodes:
+        assert node.core.app.submit_many([(body, [load.users[maker].sign(body).signature])]) == [""]
+    sim.run(blocks=6, max_ms=60_000)
+    sim._node("v0").store.close()
+    story = market_story(tmp_path / "v0.db")
+    assert story["transactions"].get("insurance fund top-ups") == 1 and story["state_roots_recomputed"]
+    assert story["insurance_charged"]["USD"] == story["insurance_charged_usd"] == 0
