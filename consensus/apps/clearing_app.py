@@ -823,8 +823,9 @@ class ClearingApp:
 
     def endorse(self, parent: State, block: Block, state: State) -> str:
         """Why this validator withholds its vote from a valid proposal ("" to vote: Core asks only
-        of a proposal it would vote for): a signed oracle mark it has held for a while, which
-        applies on the block's state, is left out (mark_watch). Never raises: a failure votes."""
+        of a proposal it would vote for): the block carries no mark of an underlying while this
+        validator has held one a while that the parent has not reached and that would apply on the
+        block's state (mark_watch). Never raises: a failure votes."""
         try:
             for underlying, marks in self.marks_seen.demanded(self.mempool, parent.clearing, state.since).items():
                 was, now = parent.clearing.marks.get(underlying), state.clearing.marks.get(underlying)
