@@ -622,7 +622,7 @@ class Core:
         out = self._process_qc(b.qc, sender)
         if b.tc is not None:
             out += self._process_tc(b.tc)
-        if self._safe_to_vote(b) and self._endorsed(b):
+        if self._safe_to_vote(b) and self._endorsed(b, fresh=not resumed and not self.answering):
             out += self._vote(b)
         qc = self.pending_qcs.pop(b.id, None)
         if qc is not None and qc.view == b.view:
@@ -882,15 +882,17 @@ class Core:
         # (a TC naming no QC view is no TC: _proposers_copy asks before its certificates are verified)
         return b.tc is not None and b.tc.view + 1 == b.view and b.qc.view >= max(b.tc.high_views, default=MAX_VIEW)
 
-    def _endorsed(self, b: Block) -> bool:
+    def _endorsed(self, b: Block, fresh: bool = False) -> bool:
         """Whether the application, asked of another's valid proposal this validator may vote for,
         lets it vote (app.endorse, where the app has it: a clearing validator holding an oracle
         mark the block leaves out does not). A refusal is no verdict: the block stays held and is
-        taken if certified, its proposer is not faulted, and the view times out unless others vote."""
+        taken if certified, its proposer is not faulted, and the view times out unless others vote.
+        fresh: the proposal came as one, not resumed after its parent was fetched nor in a fetch's
+        answer (its arrival then says nothing of when the leader built it)."""
         endorse = getattr(self.app, "endorse", None)
         if endorse is None or b.proposer == self.cfg.me:
             return True
-        reason = endorse(self.states[b.parent], b, self.states[b.id])
+        reason = endorse(self.states[b.parent], b, self.states[b.id], fresh)
         if not reason:
             return True
         self.counters["vote_withheld"] += 1

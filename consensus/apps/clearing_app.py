@@ -479,7 +479,7 @@ class _Fill:
 class State:
     clearing: Clearing
     root: bytes
-    since: float = float("-inf")  # when the proposal before this block was handled here (MarkWatch)
+    arrived: float = float("-inf")  # when its block's validation began here (MarkWatch)
 
 
 class ClearingApp:
@@ -784,7 +784,7 @@ class ClearingApp:
     def validate(self, parent: State, block: Block, certs: tuple) -> Verdict:
         t = {}
         start = time.perf_counter()
-        since, began = self.marks_seen.last_handled, self.marks_seen.clock()
+        began = self.marks_seen.clock()
         if len(block.txs) > MAX_BLOCK_TXS:
             return Verdict(False, f"a block of {len(block.txs)} transactions (at most {MAX_BLOCK_TXS})", None, {})
         if block.txs.digest() != block.sig_digest:
@@ -818,16 +818,21 @@ class ClearingApp:
         t["total"] = (time.perf_counter() - start) * 1e3
         if state.root != block.state_root:
             return Verdict(False, "state root does not match the header", None, t)
-        state.since, self.marks_seen.last_handled = since, began
+        state.arrived = began
         return Verdict(True, "", state, t)
 
-    def endorse(self, parent: State, block: Block, state: State) -> str:
+    def endorse(self, parent: State, block: Block, state: State, fresh: bool = True) -> str:
         """Why this validator withholds its vote from a valid proposal ("" to vote: Core asks only
         of a proposal it would vote for): the block carries no mark of an underlying while this
         validator has held one a while that the parent has not reached and that would apply on the
-        block's state (mark_watch). Never raises: a failure votes."""
+        block's state (mark_watch). fresh: it came as a proposal (Core._endorsed), so its arrival
+        is the reference for the next one. Never raises: a failure votes."""
+        watch = self.marks_seen
+        since = watch.last_handled
+        if fresh:
+            watch.last_handled = max(since, state.arrived)
         try:
-            for underlying, marks in self.marks_seen.demanded(self.mempool, parent.clearing, state.since).items():
+            for underlying, marks in watch.demanded(self.mempool, parent.clearing, since, state.arrived).items():
                 was, now = parent.clearing.marks.get(underlying), state.clearing.marks.get(underlying)
                 if now is not None and (was is None or now.sequence > was.sequence):
                     continue  # it carries one (maybe one this validator missed, older than those it holds)

@@ -10,8 +10,9 @@ block refused this way is not invalid (it is kept, and taken if the others certi
 proposer is not faulted, and a replayed, fetched or restored block is never judged so.
 
 What is demanded, per underlying: where this validator holds quorum marks the parent's state has
-not reached, held for `grace_s` and since before the previous proposal it handled (the proposer
-had them by then too: it builds after that proposal's votes), the block carries a mark of that
+not reached, got since before the previous proposal it was asked to vote for (or built) and
+`grace_s` before the block arrived (the proposer had them by then too: it builds after that
+proposal's votes; a block fetched or resumed moves nothing), the block carries a mark of that
 underlying, unless none of them would apply on the block's state. Any mark past the parent's
 will do (this validator may have missed older ones the proposer carries). An honest proposer
 always carries a pending quorum mark of each underlying that is not stale on its parent
@@ -34,9 +35,11 @@ class MarkWatch:
     def __init__(self, clock: Callable[[], float] = time.monotonic, grace_s: float = GRACE_S):
         self.clock, self.grace_s = clock, grace_s
         self.arrived: dict[bytes, tuple[float, ctx.Tx]] = {}  # mempool digest -> (when admitted, the mark)
-        # when the latest proposal that validated here began its validation, or was built here (one
-        # that does not validate is no proposal a leader built on: a Byzantine peer's junk block sent
-        # just before the next leader's would otherwise make marks that reached it late demanded)
+        # when the latest proposal this validator was asked to vote for (a valid one of its view,
+        # come as a proposal: ClearingApp.endorse) arrived, or it built one: not a block fetched,
+        # resumed after its parent was fetched, or of another view (a parent fetched just before its child made every mark older than grace_s demanded
+        # of the child, also ones that reached the leader after it built it), nor one that does not
+        # validate (a Byzantine peer's, sent just before the leader's)
         self.last_handled = float("-inf")
 
     def admitted(self, digest: bytes, tx: ctx.Tx) -> None:
@@ -47,13 +50,13 @@ class MarkWatch:
         for digest in [d for d in self.arrived if d not in mempool]:
             del self.arrived[digest]
 
-    def demanded(self, mempool, parent, since: float) -> dict[str, list[tuple[ctx.Tx, float]]]:
-        """Per underlying, the marks held past grace_s and since before `since` (when the proposal
-        before the block was handled here) that the `parent` state (a Clearing) has not reached,
-        oldest first, each with the seconds it was held."""
+    def demanded(self, mempool, parent, since: float, arrived: float) -> dict[str, list[tuple[ctx.Tx, float]]]:
+        """Per underlying, the marks the `parent` state (a Clearing) has not reached that this
+        validator got before `since` (the previous proposal it was asked to vote for) and
+        grace_s before the block `arrived`, oldest first, each with the seconds it was held."""
         self.prune(mempool)
         now = self.clock()
-        cutoff = min(since, now - self.grace_s)
+        cutoff = min(since, arrived - self.grace_s)
         oracles, quorum, held = set(parent.oracles), parent.quorum, {}
         for at, tx in self.arrived.values():
             underlying, _, sequence, timestamp, _ = tx.fields
