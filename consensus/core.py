@@ -888,11 +888,14 @@ class Core:
         mark the block leaves out does not). A refusal is no verdict: the block stays held and is
         taken if certified, its proposer is not faulted, and the view times out unless others vote.
         fresh: the proposal came as one, not resumed after its parent was fetched nor in a fetch's
-        answer (its arrival then says nothing of when the leader built it)."""
+        answer (its arrival then says nothing of when the leader built it). after_mine: the block's
+        certificate (its TC, else its QC) holds this validator's own timeout or vote, so the leader
+        built it after that left here."""
         endorse = getattr(self.app, "endorse", None)
         if endorse is None or b.proposer == self.cfg.me:
             return True
-        reason = endorse(self.states[b.parent], b, self.states[b.id], fresh)
+        after_mine = self.cfg.me in (b.tc.voters if b.tc is not None else b.qc.voters)
+        reason = endorse(self.states[b.parent], b, self.states[b.id], fresh, after_mine)
         if not reason:
             return True
         self.counters["vote_withheld"] += 1

@@ -190,7 +190,7 @@ def test_a_committed_mark_is_forgotten():
     admit(honest, [crash_mark()])
     block, v3 = proposed(honest, parent, voter, v1.state)
     voter.committed(block, v3.state)
-    assert voter.marks_seen.demanded(voter.mempool, v1.state.clearing, float("inf"), float("inf")) == {}
+    assert voter.marks_seen.demanded(voter.mempool, v1.state.clearing, float("inf")) == {}
     assert voter.marks_seen.arrived == {}
 
 
@@ -204,7 +204,7 @@ def test_a_withheld_vote_times_the_view_out_without_faulting_the_leader():
     sim = Simulation(n=4, seed=3, link=Link((1.0, 10.0)))
     for node in sim.nodes:
         if node.index != 1:
-            node.core.app.endorse = lambda parent, b, state, fresh: "holds a mark" if b.proposer == 1 else ""
+            node.core.app.endorse = lambda parent, b, state, *how: "holds a mark" if b.proposer == 1 else ""
     sim.load(200)
     sim.run(blocks=12, max_ms=60_000)
     for node in sim.nodes:
@@ -233,7 +233,7 @@ def test_an_honest_leader_under_a_deep_mempool_carries_every_mark_demanded(seed,
         assert leader.submit_many(items) == voter.submit_many(items)
         items = []
         clock.now += 10.0
-        demanded += len(voter.marks_seen.demanded(voter.mempool, vparent.clearing, clock.now, clock.now))
+        demanded += len(voter.marks_seen.demanded(voter.mempool, vparent.clearing, clock.now))
         txs, state = leader.propose(parent, set())
         verdict = voter.validate(vparent, block_of(txs, bytes(32), state.root, voter), NO_CERTS)
         assert verdict.ok, verdict.reason
@@ -435,4 +435,77 @@ def test_lossy_links_cost_honest_blocks_no_vote():
     sim.run(blocks=10**6, max_ms=60_000)
     assert [n.core.counters["vote_withheld"] for n in sim.nodes] == [0, 0, 0, 0]
     assert min(n.core.committed.height for n in sim.nodes) >= 50
+    assert sim.nodes[0].core.app.head.marks["BTC"].sequence >= 40
+
+
+def test_a_mark_pushed_past_the_block_by_another_moved_ahead_moves_too():
+    """Blocks of 10: nine registrations, BTC's mark (place 9, inside the block), five more, ETH's
+    (place 15, past it). Moving ETH's ahead pushed BTC's to place 10: every honest leader built a
+    block carrying ETH alone, and every validator holding the BTC mark withheld its vote
+    (simulated: four views in a row lost, 95 blocks in 40 s against 226)."""
+    from accel.risk import FUTURE
+    from consensus.apps.clearing_load import ORACLES as ORACLE_KEYS, genesis_market
+    series = genesis_market("cpu").series.values()
+
+    def mark(underlying, index):
+        vols = {s.id: 0.6 for s in series if s.underlying == underlying and s.kind != FUTURE}
+        body = ctx.mark(underlying, index, 1, 1_800_000_060, vols, [bytes(k.verify_key) for k in ORACLE_KEYS[:2]])
+        return body, [k.sign(body).signature for k in ORACLE_KEYS[:2]]
+    clock = Clock()
+    leader, voter = (ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"), max_txs=10, clock=clock)
+                     for _ in range(2))
+    items = fillers(9, "a") + [mark("BTC", 60_100.0)] + fillers(5, "b") + [mark("ETH", 3_010.0)] + fillers(10, "c")
+    for a in (leader, voter):
+        admit(a, items)
+    clock.now = 5.0
+    txs, state = leader.propose(leader.genesis, set())
+    assert {u: m.sequence for u, m in state.clearing.marks.items()} == {"BTC": 1, "ETH": 1}
+    verdict = voter.validate(voter.genesis, block_of(txs, bytes(32), state.root, voter), NO_CERTS)
+    voter.marks_seen.last_handled = 4.0
+    assert verdict.ok and voter.endorse(voter.genesis, None, verdict.state) == ""
+
+
+def test_a_validator_whose_vote_the_leader_did_not_wait_for_asks_nothing():
+    """Validator 3 sits 150 ms further away and a block takes 400 ms to build: it gets each
+    proposal after the next leader began building, so a mark it got before that proposal may have
+    reached the leader after it built. It withheld votes from honest blocks; now only a block whose
+    certificate holds this validator's own vote (or timeout) is asked for marks."""
+    from accel.risk import FUTURE
+    from consensus import messages
+    from consensus.apps.clearing_load import ORACLES as ORACLE_KEYS
+    build_ms, far_ms = 400.0, 150.0
+
+    class Far(Simulation):
+        def _deliver(self, src, to_index, msg):
+            if isinstance(msg, messages.Proposal) and msg.block.proposer == src.index and not getattr(self, "late", 0):
+                self._push(self.now + build_ms, ("call", None, lambda s, a=src, t=to_index, m=msg: s.later(a, t, m)))
+                return
+            super()._deliver(src, to_index, msg)
+
+        def later(self, src, to_index, msg):
+            self.late = 1
+            try:
+                super()._deliver(src, to_index, msg)
+            finally:
+                self.late = 0
+
+        def _paced(self, src, dst, arrives, size):
+            return super()._paced(src, dst, arrives + (far_ms if dst == self.nodes[3].name else 0.0), size)
+
+    sim = Far(n=4, seed=1, app="clearing", txs_per_block=10, link=Link((20.0, 40.0)), base_timeout_ms=3000.0)
+    vols = {s.id: 0.6 for s in genesis_series() if s.kind != FUTURE}
+    made = [0]
+
+    def feed(s):
+        made[0] += 1
+        body = ctx.mark("BTC", 60_000.0 * (1 + 0.001 * made[0]), made[0], 1_800_000_000 + 60 * made[0], vols,
+                        [bytes(k.verify_key) for k in ORACLE_KEYS[:2]])
+        batch = fillers(2, f"s{made[0]}-") + [(body, [k.sign(body).signature for k in ORACLE_KEYS[:2]])]
+        for node in s.nodes:
+            node.core.app.submit_many(batch)
+        if s.now + 1130 < 60_000:
+            s.at(s.now + 1130, feed)
+    sim.at(0.0, feed)
+    sim.run(blocks=10**6, max_ms=60_000)
+    assert [n.core.counters["vote_withheld"] for n in sim.nodes] == [0, 0, 0, 0]
     assert sim.nodes[0].core.app.head.marks["BTC"].sequence >= 40

@@ -217,7 +217,10 @@ def _quorum_marks_ahead(candidates: list, state: Clearing, room: int) -> list:
     changing nothing) stays where it was, and so does one stale on state (the parent: an
     uncommitted ancestor may carry a newer mark than ones still pending): moved ahead and
     refused, it left the underlying's fresh marks past the block, and validators holding them
-    withheld their votes (mark_watch) from every honest block until the stale ones were gone."""
+    withheld their votes (mark_watch) from every honest block until the stale ones were gone.
+    Moving one ahead pushes the others back: an underlying's first mark inside the room that a
+    move pushes past it moves too (BTC's mark at place room - 1, ETH's past the room: the block
+    carried ETH alone, and every validator holding the BTC mark withheld its vote)."""
     oracles, quorum = set(state.oracles), state.quorum
     first: dict[str, int] = {}  # underlying -> the place of its first quorum mark not stale on state
     for place, (_, pending) in enumerate(candidates):
@@ -226,12 +229,16 @@ def _quorum_marks_ahead(candidates: list, state: Clearing, room: int) -> list:
             last = state.marks.get(tx.fields[0])
             if last is None or (tx.fields[2] > last.sequence and tx.fields[3] > last.timestamp):
                 first[tx.fields[0]] = place
-    late = sorted(place for place in first.values() if place >= room)
-    if not late:
+    ahead: set[int] = set()
+    while True:  # (a mark moved ahead pushes those after it back: one inside the room went past it)
+        late = {p for p in first.values() if p not in ahead and p + sum(1 for q in ahead if q > p) >= room}
+        if not late:
+            break
+        ahead |= late
+    if not ahead:
         return candidates
-    ahead = set(late)
-    return [candidates[place] for place in late] + [item for place, item in enumerate(candidates)
-                                                   if place not in ahead]
+    return [candidates[place] for place in sorted(ahead)] + [item for place, item in enumerate(candidates)
+                                                            if place not in ahead]
 
 
 def _guarded(fn, *args):
@@ -821,18 +828,22 @@ class ClearingApp:
         state.arrived = began
         return Verdict(True, "", state, t)
 
-    def endorse(self, parent: State, block: Block, state: State, fresh: bool = True) -> str:
+    def endorse(self, parent: State, block: Block, state: State, fresh: bool = True, after_mine: bool = True) -> str:
         """Why this validator withholds its vote from a valid proposal ("" to vote: Core asks only
         of a proposal it would vote for): the block carries no mark of an underlying while this
         validator has held one a while that the parent has not reached and that would apply on the
         block's state (mark_watch). fresh: it came as a proposal (Core._endorsed), so its arrival
-        is the reference for the next one. Never raises: a failure votes."""
+        is the reference for the next one. after_mine: its certificate holds this validator's vote
+        or timeout, sent after the reference (else nothing tells when the leader built it, and
+        nothing is demanded). Never raises: a failure votes."""
         watch = self.marks_seen
         since = watch.last_handled
         if fresh:
             watch.last_handled = max(since, state.arrived)
+        if not after_mine:
+            return ""
         try:
-            for underlying, marks in watch.demanded(self.mempool, parent.clearing, since, state.arrived).items():
+            for underlying, marks in watch.demanded(self.mempool, parent.clearing, since - watch.grace_s).items():
                 was, now = parent.clearing.marks.get(underlying), state.clearing.marks.get(underlying)
                 if now is not None and (was is None or now.sequence > was.sequence):
                     continue  # it carries one (maybe one this validator missed, older than those it holds)

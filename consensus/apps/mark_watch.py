@@ -9,18 +9,22 @@ leaves out does not vote for it, the view times out, and the next leader's block
 block refused this way is not invalid (it is kept, and taken if the others certify it), its
 proposer is not faulted, and a replayed, fetched or restored block is never judged so.
 
-What is demanded, per underlying: where this validator holds quorum marks the parent's state has
-not reached, got since before the previous proposal it was asked to vote for (or built) and
-`grace_s` before the block arrived (the proposer had them by then too: it builds after that
-proposal's votes; a block fetched or resumed moves nothing), the block carries a mark of that
-underlying, unless none of them would apply on the block's state. Any mark past the parent's
-will do (this validator may have missed older ones the proposer carries). An honest proposer
-always carries a pending quorum mark of each underlying that is not stale on its parent
-(ClearingApp.propose moves the first ahead of a full block), so no honest block is refused unless
-the oracles' messages reached the proposer more than `grace_s` after this validator. What is
-left: a mark that arrived within about a view (after the previous proposal, or within grace_s)
-can still be held back, and where several marks of an underlying wait (a mempool deeper than a
-block) a proposer may carry the oldest alone."""
+What is demanded, per underlying, of a block whose certificate (its TC, else its QC) holds this
+validator's own timeout or vote, so that its leader built it after that left here: where this
+validator holds quorum marks the parent's state has not reached, got `grace_s` before the
+previous proposal it was asked to vote for as it came (or built) arrived, the block carries a mark
+of that underlying, unless none of them would apply on the block's state. The leader had those
+marks when it built (it built after this validator's vote or timeout, sent after that proposal
+came, and oracle messages reach validators less than `grace_s` apart); a block fetched, resumed
+or of another view moves nothing, and a block whose certificate lacks this validator's vote or
+timeout is asked nothing (nothing then bounds when it was built). Any mark past the parent's will
+do (this validator may have missed older ones the proposer carries). An honest proposer always
+carries a pending quorum mark of each underlying that is not stale on its parent (ClearingApp.
+propose moves the first ones ahead of a full block), so no honest block is refused unless the
+oracles' messages reached the proposer more than `grace_s` after this validator. What is left: a
+mark that arrived within about a view (after the previous proposal, less grace_s) can still be
+held back, and where several marks of an underlying wait (a mempool deeper than a block) a
+proposer may carry the oldest alone."""
 from __future__ import annotations
 
 import time
@@ -50,13 +54,11 @@ class MarkWatch:
         for digest in [d for d in self.arrived if d not in mempool]:
             del self.arrived[digest]
 
-    def demanded(self, mempool, parent, since: float, arrived: float) -> dict[str, list[tuple[ctx.Tx, float]]]:
+    def demanded(self, mempool, parent, cutoff: float) -> dict[str, list[tuple[ctx.Tx, float]]]:
         """Per underlying, the marks the `parent` state (a Clearing) has not reached that this
-        validator got before `since` (the previous proposal it was asked to vote for) and
-        grace_s before the block `arrived`, oldest first, each with the seconds it was held."""
+        validator got before `cutoff`, oldest first, each with the seconds it was held."""
         self.prune(mempool)
         now = self.clock()
-        cutoff = min(since, arrived - self.grace_s)
         oracles, quorum, held = set(parent.oracles), parent.quorum, {}
         for at, tx in self.arrived.values():
             underlying, _, sequence, timestamp, _ = tx.fields
