@@ -411,27 +411,32 @@ def test_a_parent_fetched_just_before_its_child_makes_no_mark_demanded_of_it():
     assert voter.endorse(v1.state, b2, v2.state) == ""
 
 
-def test_lossy_links_cost_honest_blocks_no_vote():
-    """One-way delays of 150-300 ms, a tenth of the frames dropped (parents fetched, children
-    resumed), a BTC mark every 1.2 s, all honest: as found, 1-2 votes a minute were withheld from
-    honest blocks (and with n = 7, one validator down, 40% fewer blocks)."""
+def _btc_ticks(sim, every_ms: float, tag: str, until_ms: float = 60_000.0) -> None:
+    """A BTC mark every every_ms to every validator at once, after two fresh registrations."""
     from accel.risk import FUTURE
     from consensus.apps.clearing_load import ORACLES as ORACLE_KEYS
     vols = {s.id: 0.6 for s in genesis_series() if s.kind != FUTURE}
-    sim = Simulation(n=4, seed=1, app="clearing", txs_per_block=20, link=Link((150.0, 300.0), drop=0.1),
-                     base_timeout_ms=1000.0)
     made = [0]
 
     def feed(s):
         made[0] += 1
         body = ctx.mark("BTC", 60_000.0 * (1 + 0.001 * made[0]), made[0], 1_800_000_000 + 60 * made[0], vols,
                         [bytes(k.verify_key) for k in ORACLE_KEYS[:2]])
-        batch = fillers(2, f"l{made[0]}-") + [(body, [k.sign(body).signature for k in ORACLE_KEYS[:2]])]
+        batch = fillers(2, f"{tag}{made[0]}-") + [(body, [k.sign(body).signature for k in ORACLE_KEYS[:2]])]
         for node in s.nodes:
             node.core.app.submit_many(batch)
-        if s.now + 1200 < 60_000:
-            s.at(s.now + 1200, feed)
+        if s.now + every_ms < until_ms:
+            s.at(s.now + every_ms, feed)
     sim.at(0.0, feed)
+
+
+def test_lossy_links_cost_honest_blocks_no_vote():
+    """One-way delays of 150-300 ms, a tenth of the frames dropped (parents fetched, children
+    resumed), a BTC mark every 1.2 s, all honest: as found, 1-2 votes a minute were withheld from
+    honest blocks (and with n = 7, one validator down, 40% fewer blocks)."""
+    sim = Simulation(n=4, seed=1, app="clearing", txs_per_block=20, link=Link((150.0, 300.0), drop=0.1),
+                     base_timeout_ms=1000.0)
+    _btc_ticks(sim, 1200.0, "l")
     sim.run(blocks=10**6, max_ms=60_000)
     assert [n.core.counters["vote_withheld"] for n in sim.nodes] == [0, 0, 0, 0]
     assert min(n.core.committed.height for n in sim.nodes) >= 50
@@ -470,9 +475,7 @@ def test_a_validator_whose_vote_the_leader_did_not_wait_for_asks_nothing():
     proposal after the next leader began building, so a mark it got before that proposal may have
     reached the leader after it built. It withheld votes from honest blocks; now only a block whose
     certificate holds this validator's own vote (or timeout) is asked for marks."""
-    from accel.risk import FUTURE
     from consensus import messages
-    from consensus.apps.clearing_load import ORACLES as ORACLE_KEYS
     build_ms, far_ms = 400.0, 150.0
 
     class Far(Simulation):
@@ -493,19 +496,7 @@ def test_a_validator_whose_vote_the_leader_did_not_wait_for_asks_nothing():
             return super()._paced(src, dst, arrives + (far_ms if dst == self.nodes[3].name else 0.0), size)
 
     sim = Far(n=4, seed=1, app="clearing", txs_per_block=10, link=Link((20.0, 40.0)), base_timeout_ms=3000.0)
-    vols = {s.id: 0.6 for s in genesis_series() if s.kind != FUTURE}
-    made = [0]
-
-    def feed(s):
-        made[0] += 1
-        body = ctx.mark("BTC", 60_000.0 * (1 + 0.001 * made[0]), made[0], 1_800_000_000 + 60 * made[0], vols,
-                        [bytes(k.verify_key) for k in ORACLE_KEYS[:2]])
-        batch = fillers(2, f"s{made[0]}-") + [(body, [k.sign(body).signature for k in ORACLE_KEYS[:2]])]
-        for node in s.nodes:
-            node.core.app.submit_many(batch)
-        if s.now + 1130 < 60_000:
-            s.at(s.now + 1130, feed)
-    sim.at(0.0, feed)
+    _btc_ticks(sim, 1130.0, "s")
     sim.run(blocks=10**6, max_ms=60_000)
     assert [n.core.counters["vote_withheld"] for n in sim.nodes] == [0, 0, 0, 0]
     assert sim.nodes[0].core.app.head.marks["BTC"].sequence >= 40
