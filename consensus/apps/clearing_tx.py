@@ -33,8 +33,8 @@ from .clearing import Clearing, asset_name_ok
 CHAIN_ID = 1
 REGISTER, DEPOSIT, WITHDRAW, TRADE, MARK, TOP_UP = 1, 2, 3, 4, 5, 7
 _RETIRED = {6: "settle: a series settles by itself at the first mark at or after its expiry"}
-_FIXED = {REGISTER: ">32s", DEPOSIT: ">32sQ8sQ", WITHDRAW: ">32sQ8sQ", TRADE: ">32sQ32sQIIQ", TOP_UP: ">32sQ8sQ"}
 MOVES = (DEPOSIT, WITHDRAW, TOP_UP)  # one account's cash in or out of an asset: the same layout
+_FIXED = {REGISTER: ">32s", TRADE: ">32sQ32sQIIQ", **dict.fromkeys(MOVES, ">32sQ8sQ")}
 
 
 class Malformed(ValueError):
