@@ -18,8 +18,9 @@ from consensus.rpc import WorkBudget
 from consensus.verify import Verifier
 from tests.test_clearing_columns import funded_genesis
 from tests.test_clearing_properties import K, USD, USERS, signed
-from tests.test_ledger_proposal_s6 import _quiet  # noqa: F401 (an autouse fixture)
 from tests.test_mempool_s8 import CountingDict, step
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def digest(item):

@@ -13,7 +13,6 @@ registrations mid-block, refused runs after columnar ones, proposals then valida
 (copy-on-write), replays and snapshots of columnar states, readers in the middle of a block, and
 the C margin's instrument table against accel.risk_numpy."""
 import contextlib
-import logging
 
 import numpy as np
 import pytest
@@ -35,12 +34,7 @@ from tests.test_clearing_properties import K, O, T0, USD, USERS, block_of, signe
 BTC_FUT, BTC_CALL, INV_FUT, INV_CALL, ETH_FUT = 3, 1, 5, 4, 6
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    """Internal errors are logged with their tracebacks; the tests look at verdicts."""
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def make_app(c=None, **kw) -> ClearingApp:

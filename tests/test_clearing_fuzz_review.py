@@ -21,7 +21,6 @@ Every block is validated by two validators that must agree (accelerated with the
 signature cache, and software-only with none), accepted states keep the ledger's invariants
 (tests.test_clearing_properties.check_invariants, Clearing.violations), and nothing may raise."""
 import hashlib
-import logging
 import os
 import random
 import struct
@@ -48,11 +47,7 @@ SECRET[bytes(STRANGER.verify_key)] = STRANGER  # a key that signs but is not reg
 U64 = 2**64 - 1
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def funded_supply(c) -> dict:

@@ -22,7 +22,6 @@ Covered here, all holding on the reviewed code:
 - submit_many / propose / validate on marks without signers and odd items."""
 import contextlib
 import hashlib
-import logging
 import os
 import random
 import subprocess
@@ -52,11 +51,7 @@ PRICE = {1: 3_000 * USD, 2: 1_000 * USD, 3: 60_000 * USD, 4: 5 * USD // 100, 5: 
          7: 150 * USD}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 # ---- keys whose first 8 bytes collide -------------------------------------------------------------

@@ -18,7 +18,6 @@ is checked by a second, software-only validator (same state root, Clearing.viola
    withdrawals ahead of the honest ones filled the first fill's reach, and the later fills look
    only at that reach (the last review's fix), so every block was empty. The fix: a block with
    room left goes on past the reach with accounts that signed nothing in it."""
-import logging
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -33,11 +32,7 @@ from tests.test_proposal_starvation_review import keys, supply_of
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def blocks(app, validator, heights, attacker, honest, at=lambda h: 0):

@@ -20,7 +20,6 @@ cost later proposals. Every block proposed here is checked by a second, software
 3. Bystanders paid for two bankrupt books trading with each other (fixed: heirs).
 4. A settlement left its writer a debt no mark would ever liquidate (fixed: fund, then the
    other side of the series)."""
-import logging
 
 import pytest
 
@@ -34,11 +33,7 @@ from tests.test_proposal_starvation_review import keys, supply_of
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 class Counter:

@@ -28,7 +28,6 @@ asset in which it holds no position, a debt no later mark could collect).
 5. The capped charge as a property (Hypothesis), and the engines' agreement on streams of books
    holding both underlyings, borrowed cash, tenfold moves and expiries (with section 1 as a
    stream)."""
-import logging
 
 import pytest
 
@@ -42,11 +41,7 @@ from tests.test_proposal_starvation_review import keys, supply_of
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def market(fund=100 * USD):

@@ -24,7 +24,6 @@ built here is checked by a second, software-only validator (same state root, no 
 7. Marks below the oracle quorum (no signature needed) cut the proposal's first fill into runs
    (fixed: refused where they stand, the run goes on)."""
 import hashlib
-import logging
 import random
 
 import pytest
@@ -41,11 +40,7 @@ from tests.test_clearing_properties import K, O, ORACLES, T0, USD, USERS, as_txs
 VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def users(base: int, n: int):

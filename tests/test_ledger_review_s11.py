@@ -15,7 +15,6 @@ were bypassed, and both charged honest accounts what they never gained (docs/CLE
 the twelfth session validators vote for no block leaving out a mark they have held since before
 the previous proposal (tests/test_mark_watch.py); these tests apply the blocks directly, so they pin
 what the ledger's rules alone allow, and a mark that arrives within a view is still that."""
-import logging
 
 import pytest
 from nacl.signing import SigningKey
@@ -32,11 +31,7 @@ LEFT = ("left (docs/CLEARING.md 'What the rule does not stop: a mark held back')
         "past the margin of books margined at a stale mark takes beyond their collateral")
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def _run(app, parent, txs):

@@ -7,7 +7,6 @@ futures at the stale mark, each at its initial margin; the mark, a block later, 
 collateral and the insurance fund pays. Every validator reaches the same verdict on that block (no
 rule can tell a stale mark), but a validator holding the mark need not vote for it."""
 import hashlib
-import logging
 
 import pytest
 from nacl.signing import SigningKey
@@ -26,11 +25,7 @@ VOLS = {1: 0.7, 2: 0.7, 4: 0.7}
 NO_CERTS = ((), (), ())
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 class Clock:

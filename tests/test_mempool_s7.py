@@ -34,7 +34,9 @@ from consensus.apps.clearing_app import ClearingApp, Mempool, _fair
 from consensus.verify import Verifier
 from tests.test_clearing_columns import funded_genesis
 from tests.test_clearing_properties import K, O, ORACLES, T0, USD, USERS, as_txs, block_of, signed
-from tests.test_ledger_proposal_s6 import VOLS, _quiet, agree, users  # noqa: F401 (_quiet: an autouse fixture)
+from tests.test_ledger_proposal_s6 import VOLS, agree, users
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def deposits(sk, k, start, n):

@@ -32,7 +32,9 @@ from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
 from tests.test_clearing_columns import funded_genesis
 from tests.test_clearing_properties import K, O, ORACLES, T0, USD, USERS, block_of, signed
-from tests.test_ledger_proposal_s6 import VOLS, _quiet, users  # noqa: F401 (_quiet: an autouse fixture)
+from tests.test_ledger_proposal_s6 import VOLS, users
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def api(app, max_mempool):

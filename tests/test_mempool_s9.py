@@ -12,8 +12,10 @@ from consensus.apps.clearing_app import ClearingApp
 from consensus.verify import Verifier
 from tests.test_clearing_columns import funded_genesis
 from tests.test_clearing_properties import K, USD, USERS, signed
-from tests.test_ledger_proposal_s6 import _quiet, users  # noqa: F401 (_quiet: an autouse fixture)
+from tests.test_ledger_proposal_s6 import users
 from tests.test_mempool_s8 import digest, step
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def test_the_ledger_says_what_an_early_transaction_waits_for_with_the_whole_key():

@@ -31,7 +31,6 @@ signature (the union-find cannot be polluted); honest accounts that traded with 
 committed blocks are not linked; the union-find takes whole components of adversarial shapes
 (chains and stars of 100,000 trades either way); every proposed block is valid for a software-only validator that reaches
 the same root, and the ledger invariants hold after each block."""
-import logging
 from types import SimpleNamespace
 
 import pytest
@@ -45,11 +44,7 @@ from tests.test_clearing_properties import O, ORACLES, T0, USD, chain, genesis, 
 P = 60_000 * USD
 
 
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.disable(logging.CRITICAL)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_logs")
 
 
 def keys(base, n):
