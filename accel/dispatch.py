@@ -98,6 +98,10 @@ def run(backend: str | Backend | None, fn: Callable[[Backend], T], n: int | None
     try:
         return fn(b)
     except Exception as exc:
+        try:
+            b.abandon()
+        except Exception:  # the verdict comes from the C fallback whatever state the GPU is in
+            log.exception("%s backend: letting go of a failed call's buffers failed", b.name)
         if not config.get().gpu_fallback or getattr(_strict, "on", False):
             raise
         _count(b.name, kernel or "other", f"{type(exc).__name__}: {exc}")

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 
+from .packing import _buffer_problem
+
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493
 D = -121665 * pow(121666, P - 2, P) % P
@@ -76,11 +78,15 @@ def encode(pt):
 
 
 def _as_bytes(name: str, value, length: int | None = None) -> bytes:
-    """value's bytes if it is bytes, a bytearray or a memoryview (of `length` bytes where given).
+    """value's bytes if it is bytes, a bytearray or a one-dimensional contiguous memoryview of
+    single bytes (of `length` bytes where given).
     Anything else is a TypeError, as accel.ed25519_verify gives: bytes() would turn an int n
     into n zero bytes (a small-order key) and a list of ints into bytes."""
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+    problem = _buffer_problem(value)
+    if problem:  # a view of 2-byte items, of two dimensions or with gaps: accel refuses them too
+        raise TypeError(f"{name} is {problem}, expected bytes")
     value = bytes(value)
     if length is not None and len(value) != length:
         raise ValueError(f"{name} is {len(value)} bytes, expected {length}")

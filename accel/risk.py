@@ -7,6 +7,7 @@ import copy
 import decimal
 import math
 import numbers
+from collections.abc import Mapping, Set as AbcSet
 from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
@@ -74,6 +75,9 @@ class MarginParams:
     def __post_init__(self):
         for name in ("moves", "extended_moves"):  # lists and arrays are fine too; keep it hashable
             value = getattr(self, name)
+            if isinstance(value, (AbcSet, Mapping)):  # a dict's keys, a set in hash order: not what was meant
+                raise ValueError(f"MarginParams.{name} must be a sequence of numbers in order, "
+                                 f"not a {type(value).__name__}")
             try:
                 items = list(value)
             except TypeError:

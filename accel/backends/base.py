@@ -126,6 +126,9 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait until every launched kernel has finished (for timing device work alone)."""
 
+    def abandon(self) -> None:
+        """Let go of what a failed call left behind (GPU backends: staging buffers of its copies)."""
+
     def _same_process(self) -> None:
         """GPU backends: refuse work in a process forked after this backend started its driver."""
         started = getattr(self, "_started_in", None)

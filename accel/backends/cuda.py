@@ -4,6 +4,7 @@ with FMA contraction off. CuPy keeps NVRTC's modules in its on-disk cache ($CUPY
 default ~/.cupy/kernel_cache), so only the first process on a machine pays for compilation."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
@@ -58,16 +59,23 @@ class CudaBackend(Backend):
         count = cp.cuda.runtime.getDeviceCount()
         if not 0 <= device_index < count:
             raise BackendUnavailable(f"cuda_device = {device_index}, but this machine has {count} CUDA device(s)")
-        self._dev = cp.cuda.Device(device_index)
-        props = cp.cuda.runtime.getDeviceProperties(device_index)
-        self.device = f"{props['name'].decode()} (CUDA device {device_index})"
-        self.arch = "sm_" + self._dev.compute_capability  # "90" on an H100
+        try:
+            self._dev = cp.cuda.Device(device_index)
+            props = cp.cuda.runtime.getDeviceProperties(device_index)
+            self.device = f"{props['name'].decode()} (CUDA device {device_index})"
+            self.arch = "sm_" + self._dev.compute_capability  # "90" on an H100
+            with self._dev:  # the device's context starts here
+                self._streams = (cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True))
+        except Exception as exc:
+            # a device that is there but cannot be opened (another process holds it in exclusive
+            # mode, no memory left for a context, an ECC error): CuPy's own error escaped every
+            # caller, `auto` included, and stopped a validator at start instead of using the C fallback
+            raise BackendUnavailable(f"CUDA device {device_index} cannot be opened "
+                                     f"({type(exc).__name__}: {exc})") from exc
         self.cubin_dir = cubin_dir or str(cubins.default_dir())
         self._modules: dict[tuple, object] = {}
         self.origins: dict[tuple, str] = {}  # (module, extra options) -> the cubin it came from, or "NVRTC"
         self._functions: dict[str, object] = {}
-        with self._dev:
-            self._streams = (cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True))
         # pinned staging buffers of copies in flight, per thread, kept until their stream syncs
         self._staged = threading.local()
 
@@ -166,11 +174,26 @@ class CudaBackend(Backend):
                         host = self._pinned(buf.shape, buf.dtype)
                         buf.get(stream=stream, out=host, blocking=False)
                         parts.append(host)
-            finally:
-                for stream in self._streams:
-                    stream.synchronize()
-                self._keep().clear()
+            except BaseException:
+                self.abandon()
+                raise
+            for stream in self._streams:
+                stream.synchronize()
+            self._keep().clear()
         return np.concatenate(parts, axis=axis)
+
+    def abandon(self):
+        """After a failed call: wait for the copies it left in flight, each stream on its own (a
+        sticky error fails every wait, and after it no copy runs), then let their pinned buffers
+        go back to the pool, where the next call may reuse them. Before, only a later call's
+        to_host let them go: while the GPU kept failing, each failed call kept its staged inputs."""
+        try:
+            with self._dev:
+                for stream in (self._cp.cuda.get_current_stream(), *self._streams):
+                    with contextlib.suppress(Exception):
+                        stream.synchronize()
+        finally:
+            self._keep().clear()
 
     def synchronize(self):
         self._same_process()
