@@ -562,10 +562,7 @@ class Core:
         b = p.block
         if b.id in self.blocks:
             return self._proposers_copy(sender, p)
-        if b.view <= self.committed.view:
-            # its view is before the committed block's: not a descendant of it (views grow along a
-            # chain), so it can never commit; dropped before any work (a Byzantine leader's old
-            # views, or a late copy)
+        if self._stale(b):
             self.counters["proposal_stale"] += 1
             return []
         if b.proposer != self.cfg.leader(b.view) or not 0 <= b.proposer < self.cfg.n:
@@ -694,6 +691,18 @@ class Core:
         return keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id, self.cfg.network)], sigs + [p.signature]
 
     # ---- fetching missing blocks --------------------------------------------------------------
+    def _stale(self, b: Block) -> bool:
+        """Whether b can no longer commit: its view, or its QC's, is before the committed block's,
+        so it does not descend from it (views grow along a chain; a QC's view is signed, unlike its
+        height label). Dropped before any work: a Byzantine leader's old views, a late copy, or a
+        block of the leader's view on a QC of a block committed long ago, whose height label it set
+        far ahead: parked, such blocks stayed until that height committed (never), and their
+        parents' fetches (of blocks pruned everywhere, served by nobody) held every fetch slot
+        again after each timeout, so a validator that missed a block never fetched it and the
+        chain stopped once the Byzantine validator stopped voting (tests/test_consensus_review_s13.py)."""
+        floor = self.committed.view
+        return b.view <= floor or b.qc.view < floor
+
     def _park(self, sender: int, p: Proposal) -> list:
         """Keep a proposal whose parent is unknown until the parent arrives, and fetch it: only a
         proposal above the committed height whose proposer's signature and certificates (QC, TC)
@@ -1058,7 +1067,8 @@ class Core:
         and blocks, states and timings below the committed height (the committed block stays,
         the parent of every block that can still commit; branches off below it never can).
         Committed proposals go too where a store serves them (committed_source); the proposals
-        of abandoned branches always do. Parked proposals at or below the committed height go."""
+        of abandoned branches always do. Parked proposals that can no longer commit go (at or
+        below the committed height, or _stale), and the fetches of their parents."""
         floor, height = self.committed.view, self.committed.height
         self.votes = {k: t for k, t in self.votes.items() if k[0] >= floor}
         self.vote_voters = {v: s for v, s in self.vote_voters.items() if v >= floor}
@@ -1073,9 +1083,27 @@ class Core:
             self.timings.pop(i, None)
             if self.committed_source is not None or self.chain[b.height] != i:
                 self.proposals.pop(i, None)
-        for parent in [k for k, v in self.waiting.items() if all(p.block.height <= height for _, p in v)]:
-            for _, p in self.waiting.pop(parent):
-                self.parked.pop(p.block.id, None)
+        forgotten = []
+        for parent, entries in list(self.waiting.items()):
+            keep = []
+            for sender, p in entries:
+                if p.block.height > height and not self._stale(p.block):
+                    keep.append((sender, p))
+                else:
+                    self.parked.pop(p.block.id, None)
+            if keep:
+                self.waiting[parent] = keep
+            else:
+                del self.waiting[parent]
+                forgotten.append(parent)
+        # the fetch of a parent nothing waits for any more gives its slot back (unless a QC over
+        # it, or the high QC, still needs it): else each timeout asked for it again, ahead of the
+        # fetches still needed
+        for block_id in forgotten:
+            if block_id in self.fetching and block_id not in self.pending_qcs and block_id != self.safety.high_qc.block_id:
+                del self.fetching[block_id]
+            self.fetched_in.pop(block_id, None)
+            self.fetch_tries.pop(block_id, None)
 
     # ---- views, timeouts ----------------------------------------------------------------------
     def _enter_view(self, view: int, via_qc: bool) -> list:
