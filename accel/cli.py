@@ -326,9 +326,19 @@ def _tx(args, cl) -> int:
         tx = build(asks, args.chain_id if args.chain_id is not None else c.chain_id())
     results = c.broadcast([tx])
     out = results[0]
-    if out.get("refused_by"):  # pending where it was accepted, and will commit: the refusals are those validators' own
+    if out.get("refused_by"):  # pending where it was accepted: the refusals are those validators' own
         print(f"accel tx: accepted by {len(out['accepted_by'])} validator(s), refused by "
               + "; ".join(f"{url}: {reason}" for url, reason in out["refused_by"].items()), file=sys.stderr)
+        # more than f refusals that a later try would not change: an honest validator among them
+        # (a stale nonce, say), so it may never commit (one lagging validator's acceptance was
+        # reported as success, exit 0)
+        f = (len(c.urls) - 1) // 3
+        final = [u for u, reason in out["refused_by"].items() if not reason.startswith("mempool full")]
+        if len(final) > f:
+            print(f"accel tx: refused by {len(final)} of the {len(out['accepted_by']) + len(out['refused_by'])} "
+                  f"validators that answered, more than f = {f}: it may never commit", file=sys.stderr)
+            print(json.dumps(out, indent=1))
+            return 1
     if args.wait and out["accepted"]:
         out = out | {"height": c.wait_committed([out["hash"]], timeout=args.wait)[out["hash"]], "status": "committed"}
     print(json.dumps(out, indent=1))

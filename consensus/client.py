@@ -44,11 +44,26 @@ MAX_TIMEOUT_S = 1_000_000  # a request's timeout, at most (11 days)
 
 
 class RpcError(Exception):
-    """A validator refused a request (4xx/5xx) or could not be reached; the message says why."""
+    """A validator refused a request (4xx/5xx) or could not be reached; the message says why.
+    From Client.broadcast: results, the verdicts of the transactions sent before the failure;
+    unsent, the indices (in the list given) of the rest, with no verdict (see broadcast)."""
 
     def __init__(self, message: str, status: int | None = None, body: dict | None = None):
         super().__init__(message)
         self.status, self.body = status, body or {}
+        self.results: list[dict] = []
+        self.unsent: list[int] = []
+
+
+def _seconds(name: str, value, positive: bool = False) -> float:
+    """A finite number of seconds, 0 or more (above 0 if positive): a NaN timeout never passed
+    its deadline (wait_committed waited for ever), and time.sleep refuses NaN, inf and negatives
+    with its own words, or an OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            value < 0 or positive and value == 0:
+        raise ValueError(f"{name} must be a finite number of seconds, {'above' if positive else 'at least'} 0, "
+                         f"not {value!r}")
+    return float(value)
 
 
 # ---- keys ------------------------------------------------------------------------------------------
@@ -476,34 +491,42 @@ class Client:
         validator that cannot be reached or answers something that is not one verdict per
         transaction (in order, each naming its transaction's hash, computed here, and accepted
         true or false) is passed over, as BFT passes over f of them; an RpcError only when none
-        answered (it names each one's failure)."""
+        answered (it names each one's failure), its `results` the verdicts of the chunks before
+        the one that failed (those transactions were sent: do not sign them again with new
+        nonces) and its `unsent` the indices of the transactions from that chunk on, with no
+        verdict (that chunk's may have reached a validator that did not answer)."""
         out = []
         for start in range(0, len(txs), self.batch):
-            part = txs[start:start + self.batch]
-            chunk = {"txs": [encode_tx(t) for t in part]}
-            hashes = [hashlib.sha256(body).hexdigest() for body, _ in part]
-
-            def send(url):
-                got = self._call(url, "/broadcast_txs", chunk).get("results")
-                if not isinstance(got, list) or len(got) != len(chunk["txs"]) or \
-                        not all(isinstance(r, dict) and r.get("hash") == h and type(r.get("accepted")) is bool
-                                for r, h in zip(got, hashes)):
-                    raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
-                return got
-            if all_validators:
-                answers, failures = [], []
-                for url in self.urls:
-                    try:
-                        answers.append((url, send(url)))
-                    except RpcError as exc:  # a 4xx too: one hostile validator's 400 must not stop the rest
-                        failures.append(exc)
-                if not answers:
-                    raise _none_answered(failures)
-                results = [_merged([(url, got[i]) for url, got in answers]) for i in range(len(part))]
-            else:
-                results = self._any(None, send)
-            out.extend(results)
+            try:
+                out.extend(self._broadcast_chunk(txs[start:start + self.batch], all_validators))
+            except RpcError as exc:
+                exc.results, exc.unsent = out, list(range(start, len(txs)))
+                raise
         return out
+
+    def _broadcast_chunk(self, part: list[Tx], all_validators: bool) -> list[dict]:
+        """One chunk's verdicts (broadcast)."""
+        chunk = {"txs": [encode_tx(t) for t in part]}
+        hashes = [hashlib.sha256(body).hexdigest() for body, _ in part]
+
+        def send(url):
+            got = self._call(url, "/broadcast_txs", chunk).get("results")
+            if not isinstance(got, list) or len(got) != len(chunk["txs"]) or \
+                    not all(isinstance(r, dict) and r.get("hash") == h and type(r.get("accepted")) is bool
+                            for r, h in zip(got, hashes)):
+                raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
+            return got
+        if all_validators:
+            answers, failures = [], []
+            for url in self.urls:
+                try:
+                    answers.append((url, send(url)))
+                except RpcError as exc:  # a 4xx too: one hostile validator's 400 must not stop the rest
+                    failures.append(exc)
+            if not answers:
+                raise _none_answered(failures)
+            return [_merged([(url, got[i]) for url, got in answers]) for i in range(len(part))]
+        return self._any(None, send)
 
     def _any(self, url: str | None, call):
         """call(url); without url, call on each validator in turn until one answers: one that
@@ -546,7 +569,8 @@ class Client:
         Without url, a transaction the first validator calls refused or unknown is asked of every
         validator: one validator's refusal (evicted from its full mempool, a nonce it judged a
         block behind) is its own, final only while no validator holds the transaction pending
-        or committed it."""
+        or committed it. timeout and poll: finite seconds, poll above 0 (else a ValueError)."""
+        timeout, poll = _seconds("timeout", timeout), _seconds("poll", poll, positive=True)
         left = {_hex_hash(d) for d in digests}
         heights: dict[str, int] = {}
         deadline = time.monotonic() + timeout
@@ -624,19 +648,38 @@ class Client:
     def next_nonce(self, key, url: str | None = None) -> int:
         """The committed nonce (0 for an account not registered yet: a 404); transactions still
         pending are not counted. An answer without an integer nonce 0..2^64-1 is an RpcError (a
-        503 or a malformed answer was read as nonce 0 before)."""
+        503 or a malformed answer was read as nonce 0 before). Without url, every validator is
+        asked, and of n, with f = (n - 1) // 3, the (f + 1)-th highest nonce reported is used
+        (the lowest if fewer answered; an RpcError if none did): at least one honest validator
+        has reached it, and one faulty validator can neither hold it back nor push it ahead. The
+        first that answered was used: a validator listed first and lagging (catching up) had
+        every transaction signed with a nonce the others refused as stale."""
+        if url is not None or len(self.urls) == 1:
+            return self._nonce(key, url or self.urls[0])
+        nonces, failures = [], []
+        for u in self.urls:
+            try:
+                nonces.append(self._nonce(key, u))
+            except RpcError as exc:
+                failures.append(exc)
+        if not nonces:
+            raise _none_answered(failures)
+        nonces.sort(reverse=True)
+        return nonces[min((len(self.urls) - 1) // 3, len(nonces) - 1)]
+
+    def _nonce(self, key, url: str) -> int:
         answer = self.account(key, url)
         if answer.get("http_status") == 404 and "nonce" not in answer:
             return 0
         nonce = answer.get("nonce")
         if type(nonce) is not int or not 0 <= nonce <= U64:
-            raise RpcError(f"{url or self.urls[0]}/account: no nonce in the answer ({str(nonce)[:40]!r})", body=answer)
+            raise RpcError(f"{url}/account: no nonce in the answer ({str(nonce)[:40]!r})", body=answer)
         return nonce
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Until every validator's /health says 200 (a validator not listening yet is waited for);
-        RpcError with the last reason at the timeout."""
-        deadline, reason = time.monotonic() + timeout, ""
+        RpcError with the last reason at the timeout (finite seconds, else a ValueError)."""
+        deadline, reason = time.monotonic() + _seconds("timeout", timeout), ""
         while True:
             try:
                 answers = [self.health(u) for u in self.urls]
