@@ -18,8 +18,9 @@ its request rate or its share of the validator's verification time (429, with Re
 full mempool (503), a client over its connections (503), an Expect header other than
 100-continue (417; a body declared over max_body_bytes with 100-continue: 413 at once), a body
 in chunks (411: Content-Length only; the connection closed, the rest not read) or compressed
-(400: Content-Encoding is never decoded, so a zlib bomb costs nothing). Reading a body is
-charged to the client's share of the verification time. A request
+(400: Content-Encoding is never decoded, so a zlib bomb costs nothing). Every request's time
+on the loop (parsing, reading, answering) is charged to the client's share of it. Bodies
+being read are bounded in all (max_body_bytes_in_flight: past it, 503). A request
 the HTTP parser refuses (a bad request line, header or length) is a 400 with the same one-line
 JSON, logged at debug level only. JSON bodies are strict: no NaN or Infinity, no key twice, no
 field the endpoint does not name; hex is "0x" and an even number of hex digits, nothing else.
@@ -293,9 +294,9 @@ def site_of(client: str) -> str:
 
 
 class WorkBudget:
-    """Seconds of the node's event loop that submissions may take, per second: `share` for one
+    """Seconds of the node's event loop that API requests may take, per second: `share` for one
     client, `total` for every client together, each a bucket holding up to 2 s worth. A
-    submission is answered while both buckets are above zero, and its measured time is taken
+    request is answered while both buckets are above zero, and its measured time is taken
     from both afterwards (a bucket may go below zero; it refills before the client's next one).
     The loop that verifies submissions also runs consensus: without this bound, batches of
     invalid signatures at the request rate kept it busy past the view timeout (1,000 bad
@@ -379,7 +380,35 @@ class _Full(Exception):
 
 
 class _Busy(Exception):
-    """Over the WorkBudget; the message says why."""
+    """Over a bound (the WorkBudget: 429; the body bytes in flight: 503); args: why, the seconds
+    to wait, the status."""
+
+    def __init__(self, reason: str, wait: float, status: int = 429):
+        super().__init__(reason, wait, status)
+
+
+class _Meter:
+    """A request's time on the loop: from its handler's start to its return, less the time spent
+    awaiting its body (the network's, not the loop's) and less what _charged charged already."""
+    __slots__ = ("clock", "spent", "since", "charged")
+
+    def __init__(self, clock):
+        self.clock, self.spent, self.charged = clock, 0.0, 0.0
+        self.since = clock()
+
+    @contextlib.contextmanager
+    def waiting(self):
+        self.spent += self.clock() - self.since
+        try:
+            yield
+        finally:
+            self.since = self.clock()
+
+    def uncharged(self) -> float:
+        return max(0.0, self.spent + self.clock() - self.since - self.charged)
+
+
+_METER = web.RequestKey("meter", _Meter)
 
 
 def _no_constant(name: str):
@@ -537,19 +566,23 @@ class Rpc:
     """The API of one NodeRunner (its app, core, committed-transaction index and liveness).
     max_connections (None: a quarter of the file-descriptor limit, at most 1,024) and
     max_connections_per_client bound the open connections; one that sends nothing for
-    idle_timeout_s seconds is closed. Submissions may take submit_share_s seconds of the node's
-    loop a second per client, submit_total_s for all, shared fairly while contended (WorkBudget);
-    past them, 429. Requests:
-    requests_per_s per client, requests_total_per_s (None or 0: TOTAL_REQUESTS x requests_per_s)
-    from all clients together."""
+    idle_timeout_s seconds is closed. Requests (all but /health checked, all charged) may take
+    submit_share_s seconds of the node's loop a second per client, submit_total_s for all,
+    shared fairly while contended (WorkBudget); past them, 429. Requests: requests_per_s per
+    client, requests_total_per_s (None or 0: TOTAL_REQUESTS x requests_per_s) from all clients
+    together. Request bodies being read: max_body_bytes_in_flight bytes in all (past it, 503)."""
 
     def __init__(self, node, listen: tuple[str, int], max_body_bytes: int = 1 << 20, requests_per_s: float = 100.0,
                  max_batch: int = 1000, max_mempool: int = 100_000, max_connections: int | None = None,
                  max_connections_per_client: int = 64, idle_timeout_s: float = 30.0,
                  submit_share_s: float = 0.1, submit_total_s: float = 0.4,
-                 requests_total_per_s: float | None = None):
+                 requests_total_per_s: float | None = None, max_body_bytes_in_flight: int = 64 << 20):
         self.node, self.listen = node, listen
         self.max_batch, self.max_mempool, self.max_body = max_batch, max_mempool, max_body_bytes
+        self.max_body_in_flight, self.body_bytes_in_flight = max_body_bytes_in_flight, 0
+        self._bodies: dict[str, dict] = {}  # site -> {its connections' handlers reading a body: bytes}, oldest first
+        self._body_sites: dict[str, int] = {}  # site -> body bytes it is reading
+        self._body_site: dict = {}  # handler reading a body -> its site
         self.limit = RateLimit(requests_per_s, requests_total_per_s or TOTAL_REQUESTS * requests_per_s)  # 0: default
         self.refused_requests = 0
         self.max_connections = _default_connections() if max_connections is None else max_connections
@@ -687,15 +720,23 @@ class Rpc:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler):
+        """Every request's loop time is charged to its client's WorkBudget: the handler's (an
+        answer to /txs, a status per hash and 100 kB of JSON, was 2/3 of its cost, and GETs
+        were not charged at all: 8 addresses sending /txs kept the loop 98% busy while 0.39 s a
+        second was charged) and the parser's (_Handler.take_parsed)."""
         proto = request.protocol
         if isinstance(proto, _Handler):
             proto.progressed()
+        request[_METER] = meter = _Meter(self.clock)
         try:
             return await self._guarded(request, handler)
         finally:
+            self._unreserve(proto)
+            parsed = 0.0
             if isinstance(proto, _Handler):
                 proto.progressed()
-                self.work.charge(client_of(request.remote), proto.take_parsed())
+                parsed = proto.take_parsed()
+            self.work.charge(client_of(request.remote), parsed + meter.uncharged())
 
     async def _guarded(self, request: web.Request, handler):
         client = client_of(request.remote)
@@ -717,13 +758,23 @@ class Rpc:
             resp.force_close()
             return resp
         try:
+            if request.method == "POST":
+                self._body_headers(request)  # a body refused for its headers costs nothing: no need to wait
+            if request.path != "/health":  # what an orchestrator polls stays cheap and answered
+                refusal, wait = self.work.refusal(client)
+                if refusal:
+                    raise _Busy(refusal, wait)
             return await handler(request)
         except BadRequest as exc:
             self.refused_requests += 1
             return _error(400, str(exc))
-        except _Busy as exc:  # over the WorkBudget (parsing a body, a submission)
+        except _Busy as exc:  # over the WorkBudget (429) or the body bytes in flight (503)
             self.refused_requests += 1
-            return _error(429, str(exc.args[0]), retry_after=exc.args[1])
+            reason, wait, status = exc.args
+            resp = _error(status, reason, retry_after=wait)
+            if status == 503:
+                resp.force_close()  # closed after it: what is read of its body meanwhile is dropped, not kept
+            return resp
         except web.HTTPException as exc:  # aiohttp's own: unknown path, method, body too large
             self.refused_requests += 1
             reason = {404: f"no such endpoint {request.path}; see /status, /health, /tx, /account, "
@@ -731,7 +782,10 @@ class Rpc:
                       405: f"{request.method} is not allowed on {request.path}",
                       411: "a body in chunks (Transfer-Encoding) is not accepted; send it with a Content-Length",
                       413: f"request body over {self.max_body} bytes"}.get(exc.status, exc.reason)
-            return _error(exc.status, reason)
+            resp = _error(exc.status, reason)
+            if exc.status == 413:
+                resp.force_close()  # (as for a 503: the body declared too large is never kept)
+            return resp
         except ConnectionError:  # the client went away mid-request (or was closed as idle)
             return _error(400, "the connection closed before the request was read")
         except Exception as exc:  # a bug: logged, answered, the node carries on
@@ -771,51 +825,90 @@ class Rpc:
         (in chunks, 1 MiB of JSON in 1-byte chunks took 0.6 s of the loop to read, half of it in
         aiohttp's reader, which nothing can charge). Reading and parsing it take the loop's time (a
         megabyte of small objects: 50 to 100 ms), so both are charged to the client's WorkBudget
-        like a submission: refused (429) while the client or all clients are over it."""
+        (_guard). The declared length is reserved from max_body_bytes_in_flight before reading
+        (_reserve): a body being read is held in memory. Its headers were checked (_body_headers)."""
+        self._reserve(request, request.content_length or 0)
+        try:
+            with request[_METER].waiting():
+                raw = await request.read()
+        except web.HTTPException:
+            raise
+        except (RequestPayloadError, HttpProcessingError) as exc:
+            raise BadRequest(f"the body cannot be read: {' '.join(str(exc).split())[:160]}") from None
+        try:
+            body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique)
+        except BadRequest:
+            raise
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("the body's JSON is nested too deeply") from None
+        _only(body, fields, "the body")
+        return body
+
+    def _body_headers(self, request: web.Request) -> None:
+        """Refuses a body compressed (400), in chunks (411) or declared over max_body_bytes (413:
+        not read)."""
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding != "identity":
             raise BadRequest(f"the body cannot be read: Content-Encoding {encoding[:40]!r} is not accepted; "
                              "send the JSON uncompressed")
         if "Transfer-Encoding" in request.headers:
             raise web.HTTPLengthRequired()
-        try:
-            raw = await request.read()
-        except web.HTTPException:
-            raise
-        except (RequestPayloadError, HttpProcessingError) as exc:
-            raise BadRequest(f"the body cannot be read: {' '.join(str(exc).split())[:160]}") from None
-        client = client_of(request.remote)
-        with self._charged(client):
-            if isinstance(request.protocol, _Handler):
-                self.work.charge(client, request.protocol.take_parsed())
-            try:
-                body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique)
-            except BadRequest:
-                raise
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise BadRequest(f"the body is not JSON: {exc}") from None
-            except RecursionError:
-                raise BadRequest("the body's JSON is nested too deeply") from None
-            _only(body, fields, "the body")
-            return body
+        if (request.content_length or 0) > self.max_body:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=request.content_length)
 
-    def _charged(self, client: str, check: bool = True):
-        """A context that charges the client's WorkBudget the time spent inside; with check, it
-        first refuses (_Busy) a client over it. A request is checked once, before its body is
-        parsed; its submission, if the body was one, is then charged without a second check
-        (a body parsed and then refused would be work for nothing)."""
+    def _reserve(self, request: web.Request, length: int) -> None:
+        """Reserves a body's declared length from max_body_bytes_in_flight (released by _guard
+        when its request ends), or raises _Busy (503). Unbounded, every connection could hold a
+        body one byte short of max_body_bytes until idle_timeout_s: 1.25 MiB of memory each,
+        1.3 GiB at 1,024 connections. Over the bound, a site reading fewer bytes than the
+        heaviest (less this body) takes the place of that site's oldest body, whose connection
+        is closed: else one address, 64 connections of slow bodies, kept every other client's
+        bodies out."""
+        proto, site = request.protocol, site_of(client_of(request.remote))
+        while self.body_bytes_in_flight + length > self.max_body_in_flight:
+            heaviest = max(self._body_sites, key=self._body_sites.get, default=None)
+            if heaviest is None or self._body_sites[heaviest] <= self._body_sites.get(site, 0) + length:
+                raise _Busy(f"this API is reading {self.body_bytes_in_flight} bytes of request bodies, its bound "
+                            f"(max_body_bytes_in_flight {self.max_body_in_flight}); try again in a second", 1.0, 503)
+            victim = next(iter(self._bodies[heaviest]))
+            self._unreserve(victim)
+            if isinstance(victim, _Handler):
+                self.displaced_connections += 1
+                victim.displace()
+        self._bodies.setdefault(site, {})[proto] = length
+        self._body_site[proto] = site
+        self._body_sites[site] = self._body_sites.get(site, 0) + length
+        self.body_bytes_in_flight += length
+
+    def _unreserve(self, proto) -> None:
+        """Releases what a connection's request reserved (_reserve), if anything."""
+        site = self._body_site.pop(proto, None)
+        if site is None:
+            return
+        length = self._bodies[site].pop(proto)
+        if not self._bodies[site]:
+            del self._bodies[site]
+        left = self._body_sites.pop(site) - length
+        if left:
+            self._body_sites[site] = left
+        self.body_bytes_in_flight -= length
+
+    def _charged(self, client: str, meter: _Meter | None = None):
+        """A context that charges the client's WorkBudget the time spent inside (and counts it
+        in the request's meter, which _guard charges the rest of)."""
         rpc = self
 
         class _Charge:
             def __enter__(self):
-                if check:
-                    refusal, wait = rpc.work.refusal(client)
-                    if refusal:
-                        raise _Busy(refusal, wait)
                 self.started = rpc.clock()
 
             def __exit__(self, *exc):
-                rpc.work.charge(client, rpc.clock() - self.started)
+                spent = rpc.clock() - self.started
+                rpc.work.charge(client, spent)
+                if meter is not None:
+                    meter.charged += spent
                 return False
         return _Charge()
 
@@ -830,9 +923,10 @@ class Rpc:
         return (decode_bytes(obj["tx"], f"{where}.tx"),
                 [decode_bytes(s, f"{where}.signatures[{i}]") for i, s in enumerate(sigs)])
 
-    def _submit(self, items: list[tuple[bytes, list[bytes]]], client: str = "?") -> list[dict]:
-        """Admits items, charging the client's WorkBudget (checked when its body was parsed)."""
-        with self._charged(client, check=False):
+    def _submit(self, items: list[tuple[bytes, list[bytes]]], client: str = "?",
+                meter: _Meter | None = None) -> list[dict]:
+        """Admits items, charging the client's WorkBudget (checked when its request came)."""
+        with self._charged(client, meter):
             return self._submit_now(items, client)
 
     def _submit_now(self, items: list[tuple[bytes, list[bytes]]], client: str = "?") -> list[dict]:
@@ -872,10 +966,9 @@ class Rpc:
 
     async def broadcast_tx(self, request: web.Request) -> web.Response:
         body, client = await self._json(request, ("tx", "signatures")), client_of(request.remote)
-        with self._charged(client, check=False):  # decoding a megabyte of hex is the loop's time too
-            item = self._item(body, "body")
+        item = self._item(body, "body")
         try:
-            return web.json_response(self._submit([item], client)[0])
+            return web.json_response(self._submit([item], client, request[_METER])[0])
         except _Full:
             return _error(503, f"mempool full ({len(self.node.app.mempool)} transactions); try again later")
 
@@ -886,11 +979,9 @@ class Rpc:
             raise BadRequest("the body must be {\"txs\": [{\"tx\": ..., \"signatures\": [...]}, ...]}")
         if len(txs) > self.max_batch:
             raise BadRequest(f"{len(txs)} transactions in one request; at most {self.max_batch}")
-        client = client_of(request.remote)
-        with self._charged(client, check=False):
-            items = [self._item(t, f"txs[{i}]") for i, t in enumerate(txs)]
+        items = [self._item(t, f"txs[{i}]") for i, t in enumerate(txs)]
         try:
-            return web.json_response({"results": self._submit(items, client)})
+            return web.json_response({"results": self._submit(items, client_of(request.remote), request[_METER])})
         except _Full:
             return _error(503, f"mempool full ({len(self.node.app.mempool)} transactions); try again later")
 
@@ -918,8 +1009,7 @@ class Rpc:
             raise BadRequest("the body must be {\"hashes\": [\"0x<64 hex>\", ...]}")
         if len(hashes) > self.max_batch:
             raise BadRequest(f"{len(hashes)} hashes in one request; at most {self.max_batch}")
-        with self._charged(client_of(request.remote), check=False):
-            digests = [decode_hash(h, f"hashes[{i}]") for i, h in enumerate(hashes)]
+        digests = [decode_hash(h, f"hashes[{i}]") for i, h in enumerate(hashes)]
         return web.json_response({"results": [self._tx_status(d) for d in digests]})
 
     # ---- state ---------------------------------------------------------------------------------------
