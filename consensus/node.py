@@ -12,7 +12,8 @@ key, docs/validator.example.toml is a complete example):
   [rpc]     optional: listen = "host:port" serves the client API (consensus/rpc.py), with its limits
 The node binds [node] listen and tells nobody: peers dial [network] addresses[index], which may
 differ (a validator behind NAT, or binding 0.0.0.0).
-Every table and key is checked: a misspelt or mistyped one is an error naming the file and line.
+Every table and key is checked: a misspelt or mistyped one is an error naming the file and line,
+as is one set that this app and load would not read (_check_read).
 Before it joins, the node runs accel's readiness check on the backend validation uses and refuses
 to start if any kernel fails."""
 from __future__ import annotations
@@ -22,6 +23,7 @@ import errno
 import fcntl
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -94,7 +96,8 @@ SCHEMA = {
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
             "max_batch": (int, 1000), "max_mempool": (int, 100_000), "max_connections": (int, 0),
             "max_connections_per_client": (int, 64), "idle_timeout_s": (float, 30.0),
-            "submit_share_s": (float, 0.1), "submit_total_s": (float, 0.4), "requests_total_per_s": (float, 0.0)},
+            "submit_share_s": (float, 0.1), "submit_total_s": (float, 0.4), "requests_total_per_s": (float, 0.0),
+            "max_body_bytes_in_flight": (int, 64 << 20)},
 }
 CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_format": ("text", "json"),
            "load": ("builtin", "none")}
@@ -103,7 +106,8 @@ NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts"), ("node
                 ("node", "chain_id"), ("rpc", "requests_total_per_s"), ("node", "mark_grace_ms")}
 POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool"),
             ("rpc", "max_connections_per_client"), ("rpc", "idle_timeout_s"), ("rpc", "submit_share_s"),
-            ("rpc", "submit_total_s"), ("node", "txs_per_block"), ("node", "base_timeout_ms")}
+            ("rpc", "submit_total_s"), ("node", "txs_per_block"), ("node", "base_timeout_ms"),
+            ("rpc", "max_body_bytes_in_flight")}
 BELOW = {("node", "load_seed"): 1 << 64,  # the load's keys are derived from its 8 bytes
          ("node", "chain_id"): 1 << 32}   # a u32 at the head of every clearing transaction
 NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
@@ -117,7 +121,39 @@ def _addr(text: str) -> tuple[str, int]:
         host = host[1:-1]
     if int(port) > 65535:
         raise ValueError(f"{text!r}: port {int(port)} is outside 0..65535")
+    try:  # what binding or dialling it does first (a label over 63 characters, say): else a traceback's words at start
+        host.encode("idna")
+    except UnicodeError as exc:
+        raise ValueError(f"{text!r}: host {host[:80]!r} is not a host name ({exc})") from None
     return host, int(port)
+
+
+def url_host(host: str) -> str:
+    """host as a URL spells it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _check_read(path, text: str, data: dict, cfg) -> None:
+    """Refuses a key set to other than its default that this app, load and [rpc] listen would not
+    read: load_file with app = "kv" or load = "none", or genesis_accounts with app = "kv", started
+    the validator without a word, its operator believing the stream or the bulk genesis in force."""
+    clearing, builtin = cfg.app == "clearing", cfg.load == "builtin"
+    generated = clearing and builtin and not cfg.load_file  # clearing_load.market_load
+    readers = {"load_file": (clearing and builtin, 'app = "clearing" and load = "builtin"'),
+               "genesis_accounts": (clearing, 'app = "clearing"'),
+               "chain_id": (clearing, 'app = "clearing"'),
+               "mark_grace_ms": (clearing, 'app = "clearing"'),
+               "crash_after_blocks": (generated, 'app = "clearing", load = "builtin" and no load_file'),
+               "load_seed": (not clearing or generated,
+                             'app = "kv", or app = "clearing", load = "builtin" and no load_file')}
+    unread = [("node", key, when) for key, (read, when) in readers.items() if not read]
+    if cfg.rpc is None:
+        unread += [("rpc", key, "[rpc] listen set") for key in SCHEMA["rpc"] if key != "listen"]
+    for table, key, when in unread:
+        given = data.get(table, {}).get(key, SCHEMA[table][key][1])
+        if given != SCHEMA[table][key][1]:
+            raise ConfigError(f"{path}:{line_of(text, table, key)}: [{table}] {key} = {given!r} would not be read: "
+                              f"only with {when}; remove it or change what it depends on")
 
 
 def _finite(value) -> bool:
@@ -272,10 +308,15 @@ class NodeConfig:
             raise ConfigError(f"{path}:{line_of(text, 'node', 'txs_per_block')}: [node] txs_per_block "
                               f"{cfg.txs_per_block}: a key-value block of more than {KV_MAX_TXS} transactions would "
                               "not fit in one message")
-        if cfg.chain_id != 1 and (cfg.app != "clearing" or cfg.load_file):
+        _check_read(path, text, data, cfg)
+        limits = cfg.rpc_limits
+        if limits["max_body_bytes_in_flight"] < limits["max_body_bytes"]:  # else no body that size could be read
+            raise ConfigError(f"{path}:{line_of(text, 'rpc', 'max_body_bytes_in_flight')}: [rpc] max_body_bytes_in_flight "
+                              f"{limits['max_body_bytes_in_flight']} must be at least [rpc] max_body_bytes "
+                              f"({limits['max_body_bytes']})")
+        if cfg.chain_id != 1 and cfg.load_file:  # (read: _check_read)
             raise ConfigError(f"{path}:{line_of(text, 'node', 'chain_id')}: [node] chain_id {cfg.chain_id}: "
-                              + ("the clearing app's key" if cfg.app != "clearing" else
-                                 "load_file's transactions are signed for chain 1"))
+                              "load_file's transactions are signed for chain 1")
         if bytes(SigningKey(cfg.seed).verify_key) != cfg.keys[cfg.index]:
             raise ConfigError(f"{path}:{line_of(text, 'node', 'seed')}: [node] seed's public key is not "
                               f"[network] keys[{cfg.index}]")
@@ -770,8 +811,8 @@ class NodeRunner:
     def _index(self, block) -> None:
         for i in range(len(block.txs)):
             self.tx_heights[hashlib.sha256(block.txs.bodies.item(i)).digest()] = block.height
-        if len(self.tx_heights) > TX_INDEX:
-            for digest in list(self.tx_heights)[:len(self.tx_heights) - TX_INDEX]:
+        if len(self.tx_heights) > TX_INDEX:  # the oldest only: list(tx_heights) copied 1M keys a block
+            for digest in list(itertools.islice(self.tx_heights, len(self.tx_heights) - TX_INDEX)):
                 del self.tx_heights[digest]
 
     # ---- liveness: /status, /health, metrics, warnings ------------------------------------------------
@@ -951,10 +992,10 @@ class NodeRunner:
     async def _listen(self, what: str, key: str, address: tuple[str, int], start) -> None:
         try:
             await start()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a host the idna codec refuses (UnicodeError)
             where = f"{self.cfg.path}: " if self.cfg.path else ""
             raise StartupError(f"validator {self.cfg.index}: {where}cannot listen on {address[0]}:{address[1]} "
-                               f"({key}, {what}): {exc.strerror or exc}") from None
+                               f"({key}, {what}): {getattr(exc, 'strerror', None) or exc}") from None
 
     async def run(self) -> None:
         from .net import Network
@@ -972,10 +1013,12 @@ class NodeRunner:
         tasks = []
         try:
             await self._listen("peers", "[node] listen", cfg.listen, self.net.start)
+            # the ports bound (listen port 0: the one the system chose)
+            log.info("peers on %s:%d", url_host(cfg.listen[0]), self.net.server.sockets[0].getsockname()[1])
             if cfg.rpc is not None:
                 self.rpc = Rpc(self, cfg.rpc, **(cfg.rpc_limits or {}))
                 await self._listen("client API", "[rpc] listen", cfg.rpc, self.rpc.start)
-                log.info("client API on http://%s:%d", cfg.rpc[0], self.rpc.bound_port())  # (listen port 0: the real one)
+                log.info("client API on http://%s:%d", url_host(cfg.rpc[0]), self.rpc.bound_port())
                 soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
                 if soft != resource.RLIM_INFINITY and self.rpc.max_connections > soft // 2:
                     log.warning("[rpc] max_connections = %d is above half this process's file-descriptor limit "
@@ -1183,11 +1226,11 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
             runner.exit_with_parent = exit_with_parent
             if cfg.metrics is not None:
                 try:
-                    runner.metrics.serve(cfg.metrics)
-                except OSError as exc:
+                    server = runner.metrics.serve(cfg.metrics)
+                except (OSError, ValueError) as exc:
                     raise StartupError(f"validator {cfg.index}: {where}cannot listen on {cfg.metrics[0]}:"
-                                       f"{cfg.metrics[1]} ([metrics] listen, metrics): {exc.strerror or exc}") from None
-                log.info("metrics on http://%s:%d/metrics", *cfg.metrics)
+                                       f"{cfg.metrics[1]} ([metrics] listen, metrics): {getattr(exc, 'strerror', None) or exc}") from None
+                log.info("metrics on http://%s:%d/metrics", url_host(cfg.metrics[0]), server.server_address[1])
             asyncio.run(runner.run())
         finally:
             runner.close()
