@@ -227,7 +227,8 @@ def test_relative_paths_are_the_files_not_the_working_directorys(tmp_path, monke
     genesis with no record of its votes. Now data_dir, events and load_file are read from the
     file's directory (and ~ is the home directory), wherever the node starts."""
     path = _config(tmp_path)[0]
-    _set(path, data_dir='"store0"', events='"sub/ev.jsonl"', load_file='"load.bin"')
+    # (a load_file is read by the clearing app's built-in load only: s13 refuses it elsewhere)
+    _set(path, data_dir='"store0"', events='"sub/ev.jsonl"', load_file='"load.bin"', app='"clearing"', load='"builtin"')
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -257,8 +258,7 @@ def test_a_path_that_is_empty_or_holds_a_nul_is_refused_naming_its_line(tmp_path
 def test_localnet_files_name_absolute_paths_whatever_directory_it_was_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("rel").mkdir()
-    paths = write_configs(Path("rel"), 4, 10, "software", 0.0, 1000.0, app="kv", load="none",
-                          load_file=Path("rel/load.bin"))
+    paths = write_configs(Path("rel"), 4, 10, "software", 0.0, 1000.0, load_file=Path("rel/load.bin"))
     monkeypatch.chdir("/")
     cfg = NodeConfig.load(tmp_path / "rel" / "node0.toml")
     assert cfg.data_dir == tmp_path / "rel" / "node0" and cfg.load_file == str(tmp_path / "rel" / "load.bin")
