@@ -502,6 +502,7 @@ class Core:
         # a view that timed out: fetches still unanswered may be asked again (of anyone)
         retry = [b for b in self.fetching if b not in self.blocks]
         retry += [b for b in self.waiting if b not in self.parked and b not in self.blocks and b not in retry]
+        retry.sort(key=self._need, reverse=True)  # the newest needs first (_fetch)
         self.fetching.clear()
         self.fetched_in.clear()
         self.fetch_tries.clear()
@@ -780,17 +781,40 @@ class Core:
             return None
         return copy if self.app.verifier.verify_lists(*certs) else None
 
-    def _fetch(self, block_id: bytes, peer: int) -> list:
+    def _fetch(self, block_id: bytes, peer: int, need: int | None = None) -> list:
         """Ask `peer` (everyone, if it is this validator) for the chain from the committed height
-        up to block_id, once: at most MAX_FETCHES outstanding, forgotten when a view times out."""
+        up to block_id, once: at most MAX_FETCHES outstanding, forgotten when a view times out.
+        With every slot taken, the fetch serving the oldest view (_need; `need`: this one's,
+        where what it serves is not recorded yet) gives its slot to a newer one."""
         if block_id in self.blocks or block_id in self.fetching:
             return []
         if len(self.fetching) >= MAX_FETCHES:
-            self.counters["fetches_full"] += 1
-            return []
+            # first come, a Byzantine leader's proposals on blocks it had certified and withheld
+            # (abandoned, pruned everywhere, served by nobody) held every slot of a validator
+            # coming back, for good: a slot freed after n unanswered tries went to them again. The
+            # honest chain's proposals and QCs are of the newest views; such blocks' are old
+            victim = min(self.fetching, key=self._need)
+            if self._need(victim) >= (self._need(block_id) if need is None else need):
+                self.counters["fetches_full"] += 1
+                return []
+            del self.fetching[victim]
+            self.fetched_in.pop(victim, None)
+            self.fetch_tries.pop(victim, None)
+            self.counters["fetch_evicted"] += 1
         self.fetching[block_id], self.fetched_in[block_id] = peer, self.ticks
         ask = BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)
         return [Broadcast(ask) if peer == self.cfg.me else Send(peer, ask)]
+
+    def _need(self, block_id: bytes) -> int:
+        """The newest view a fetch of block_id serves: of the proposals parked for it, of a QC over
+        it waiting for it (pending_qcs), of the high QC where it is that QC's block (0: none)."""
+        views = [p.block.view for _, p in self.waiting.get(block_id, ())]
+        qc = self.pending_qcs.get(block_id)
+        if qc is not None:
+            views.append(qc.view)
+        if block_id == self.safety.high_qc.block_id:
+            views.append(self.safety.high_qc.view)
+        return max(views, default=0)
 
     def _height_of(self, block_id: bytes) -> int | None:
         b = self.blocks.get(block_id)
@@ -850,7 +874,7 @@ class Core:
     def _on_block_response(self, sender: int, resp: BlockResponse) -> list:
         """Proposals of one chain, oldest first: each validated as any proposal. A fetch that the
         answer brought closer but not to its end asks the same peer for the next range."""
-        out, new = [], 0
+        out, new, floor = [], 0, self.committed.height
         self.answering = True
         try:
             for i, p in enumerate(resp.proposals):
@@ -865,9 +889,13 @@ class Core:
         # RANGE_BYTES, as _on_block_request cuts it) from an honest peer that holds the chain; a
         # short one means the peer lacks the rest or holds it back (a Byzantine peer answering
         # first, one block at a time, had every fetch go on with it at 1/64th of the speed): the
-        # next range is asked of the next validator
-        size = sum(512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes for p in resp.proposals)
-        ask = sender if len(resp.proposals) >= MAX_RANGE or size >= RANGE_BYTES else self._after(sender)
+        # next range is asked of the next validator. Only distinct blocks above the committed
+        # height that were taken count: one real block padded with 63 copies of it (or with old
+        # blocks, dropped before any check) passed for a full answer
+        useful = {p.block.id: p for p in resp.proposals
+                  if p.block.height > floor and (p.block.id in self.blocks or p.block.id in self.heights)}
+        size = sum(512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes for p in useful.values())
+        ask = sender if len(useful) >= MAX_RANGE or size >= RANGE_BYTES else self._after(sender)
         for block_id, peer in list(self.fetching.items()):
             if block_id in self.blocks:
                 del self.fetching[block_id]
@@ -990,7 +1018,7 @@ class Core:
         out, qc = [], self._labelled(qc)
         if qc.block_id not in self.blocks:  # e.g. a restarted validator's high QC: ask for the block
             if qc.view > self.safety.high_qc.view:  # (an older one's block may be pruned: nothing to do)
-                out += self._fetch(qc.block_id, sender)
+                out += self._fetch(qc.block_id, sender, need=qc.view)
                 held = self.pending_qcs.get(qc.block_id)
                 if qc.block_id in self.fetching and (held is None or held.view < qc.view):
                     self.pending_qcs[qc.block_id] = qc
@@ -1145,9 +1173,9 @@ class Core:
                 out.append(Send(peer, BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)))
         self.fetch_tries = {i: t for i, t in self.fetch_tries.items() if i in self.fetching}
         # parents of parked proposals that no fetch is for (MAX_FETCHES were out when they were parked)
-        for parent, entries in list(self.waiting.items()):
+        for parent in sorted(self.waiting, key=self._need, reverse=True):
             if parent not in self.parked and parent not in self.blocks and parent not in self.fetching:
-                out += self._fetch(parent, entries[0][0])
+                out += self._fetch(parent, self.waiting[parent][0][0])
         return out
 
     def _on_local_timeout(self, view: int) -> list:

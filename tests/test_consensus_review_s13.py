@@ -8,13 +8,25 @@ timeout ahead of every other fetch and took all MAX_FETCHES slots. A validator t
 certified block could never fetch it, and once the Byzantine validator stopped voting the chain
 stopped for good (n = 4: 64 blocks, then nothing in 600 s simulated). Now a proposal whose QC's
 view (signed) is before the committed block's is dropped on arrival, and parked ones go, with
-their parents' fetches, when a commit makes them so."""
+their parents' fetches, when a commit makes them so.
+
+The same class, found by a second review: a Byzantine leader that withholds the QCs it forms on
+others' blocks (their views time out; the blocks, abandoned, are pruned everywhere once the chain
+commits past them) keeps the proposal it would have made on each, in its own view, on the QC of
+the view before: no TC, no relabelling. A validator coming back (a partition healing, a restart
+from its store) still has an older committed view, so they are not stale for it: 20 of them
+parked took every fetch slot, a slot freed after n unanswered tries went to them again, and once
+the Byzantine validator stopped voting the three honest ones committed nothing in 120 s
+simulated. Fetch slots now go to the newest views a fetch serves (Core._need). And a peer that
+answered a fetch with one real block padded with 63 copies of it (or of old blocks) passed for a
+full answer and kept the fetch, one block per round trip."""
 from dataclasses import replace
 
 import pytest
 
-from consensus.core import Broadcast, Core
-from consensus.messages import TC, Block, Proposal, Txs, Vote, proposal_bytes, timeout_bytes
+from consensus import messages as m
+from consensus.core import Broadcast, Core, Send
+from consensus.messages import QC, TC, Block, Proposal, Txs, Vote, proposal_bytes, timeout_bytes, vote_bytes
 from consensus.sim import Link, Simulation
 
 BYZ = 1
@@ -119,3 +131,129 @@ def test_a_commit_lets_parked_proposals_it_made_stale_go_with_their_fetches():
     core._prune()
     assert b.id not in core.parked and b.parent not in core.waiting
     assert b.parent not in core.fetching and b.parent not in core.fetched_in
+
+
+LAG, WANT = 3, 20
+
+
+def _withholding_run(variant: str, tmp_path, seed: int = 1):
+    st = {"collect": False, "mute": False, "votes": {}, "junk": [], "cut": variant == "partition"}
+
+    class Byz(Core):
+        def handle(self, sender, msg):
+            if st["collect"] and isinstance(msg, Vote) and self.cfg.leader(msg.view + 1) == self.cfg.me \
+                    and (msg.view // 4) % 2 == 0 and len(st["junk"]) < WANT:
+                sigs = st["votes"].setdefault((msg.view, msg.block_id, msg.height), {})
+                sigs[msg.voter] = msg.signature
+                if len(sigs) == 2 and self.cfg.me not in sigs:  # with its own vote: a quorum
+                    sigs[self.cfg.me] = self.sign(vote_bytes(msg.block_id, msg.view, self.cfg.network))
+                    voters = tuple(sorted(sigs))
+                    qc = QC(msg.block_id, msg.view, msg.height, voters, b"".join(sigs[v] for v in voters))
+                    empty = Txs.empty()
+                    b = Block(msg.view + 1, msg.height + 1, msg.block_id, self.cfg.me, self.app.tx_root(empty),
+                              bytes(32), empty.digest(), empty, qc, None)
+                    st["junk"].append(Proposal(b, self.sign(proposal_bytes(b.id, self.cfg.network))))
+                return []  # the QC withheld: the view times out, v0's block is abandoned
+            return self._filter(super().handle(sender, msg))
+
+        def on_timer(self, view):
+            return self._filter(super().on_timer(view))
+
+        def _filter(self, out):
+            res = []
+            for a in out:
+                m = getattr(a, "msg", None)
+                if st["mute"] and isinstance(m, (Vote, Proposal)):
+                    continue
+                if st["cut"] and isinstance(a, Broadcast):  # (partition variant: nothing to v3 but the junk)
+                    res += [Send(i, m) for i in range(self.cfg.n) if i not in (self.cfg.me, LAG)]
+                elif st["cut"] and isinstance(a, Send) and a.to == LAG:
+                    continue
+                else:
+                    res.append(a)
+            return res
+
+    sim = Simulation(n=4, seed=seed, link=Link((1.0, 10.0)), txs_per_block=5,
+                     make_core=lambda cfg, sign, app, *rest: (Byz if cfg.me == BYZ else Core)(cfg, sign, app, *rest))
+    sim.load(2000)
+    if variant == "restart":
+        sim.durable("v3", tmp_path / "v3.db")
+    honest = lambda node: node.index != BYZ  # noqa: E731
+    sim.run(blocks=10, max_ms=30_000, live=honest)
+    t0 = sim.now
+    st["collect"] = True
+    if variant == "partition":  # v3 cut off from v0 and v2; v1 reaches everyone
+        sim.partitions.append((t0, 10**9, [{"v0", "v1", "v2"}, {"v1", "v3"}]))
+    else:
+        sim.kill("v3", t0, 10**12)
+    while len(st["junk"]) < WANT and sim.now < t0 + 200_000:
+        sim.run(blocks=10**9, max_ms=sim.now + 1_000, live=honest)
+    st["collect"] = False
+    sim.run(blocks=10**9, max_ms=sim.now + 3_000, live=honest)  # the chain commits past the abandoned blocks
+    assert len(st["junk"]) == WANT
+    assert not [p for p in st["junk"] if p.block.parent in sim._node("v0").core.blocks]  # pruned: nobody serves them
+    if variant == "restart":
+        sim.crashed.discard("v3")
+        sim._restart(sim._node("v3"))
+    v3 = sim._node("v3").core
+    floor = v3.committed.view
+    assert all(p.block.qc.view >= floor for p in st["junk"])  # not stale for v3
+    for p in st["junk"]:
+        sim.inject(sim.now + (1 if variant == "partition" else 0), "v3", BYZ, p)
+    sim.run(blocks=10**9, max_ms=sim.now + 100, live=honest)
+    sim.partitions.clear()
+    sim.run(blocks=10**9, max_ms=sim.now + 5_000, live=honest)
+    st["mute"] = True  # from here the honest three need v3's vote for every QC
+    before = {n.name: len(n.committed) for n in sim.nodes if honest(n)}
+    sim.run(blocks=10**9, max_ms=sim.now + 120_000, live=honest)
+    after = {n.name: len(n.committed) for n in sim.nodes if honest(n)}
+    return before, after, v3
+
+
+@pytest.mark.parametrize("variant", ["partition", "restart"])
+def test_withheld_proposals_on_abandoned_blocks_do_not_starve_a_lagging_validators_fetches(variant, tmp_path):
+    before, after, v3 = _withholding_run(variant, tmp_path)
+    assert min(after.values()) >= max(before.values()) + 20, (before, after, v3.counters["fetches_full"])
+
+
+def _trickle_setup():
+    sim = Simulation(n=4, seed=9)
+    sim.load(200)
+    sim.run(blocks=150)
+    donor = sim.nodes[0].core
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    fresh = Simulation(n=4, seed=9).nodes[2].core
+    return donor, chain, fresh
+
+
+def test_a_peer_answering_one_block_padded_with_copies_is_passed_over():
+    donor, chain, fresh = _trickle_setup()
+    target = chain[140].id
+    fresh._fetch(target, fresh.cfg.me)  # asked of everyone; validator 1 (Byzantine) answers first
+    asked, got = [], 0
+    for _ in range(20):
+        nxt = donor.proposals[chain[fresh.committed.height].id]  # the next block only
+        out = fresh.handle(1, m.BlockResponse((nxt,) * m.MAX_RANGE))
+        asked += [a.to for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)]
+        got += 1
+        if fresh.fetching.get(target) != 1:
+            break
+    # as with an unpadded one-block answer (tests/test_consensus_attacks_s5.py), the next range
+    # goes to the next validator (3; 2 is this one) after the first short answer
+    assert asked and asked[0] == 3, f"{got} one-block answers, every next range asked of {set(asked)}"
+
+
+def test_padding_with_stale_old_blocks_works_as_well():
+    donor, chain, fresh = _trickle_setup()
+    target = chain[140].id
+    fresh._fetch(target, fresh.cfg.me)
+    asked = []
+    for _ in range(20):
+        h = fresh.committed.height
+        nxt = donor.proposals[chain[h].id]
+        pad = donor.proposals[chain[max(h - 3, 0)].id] if h >= 3 else nxt  # committed: stale, dropped unchecked
+        out = fresh.handle(1, m.BlockResponse((pad,) * (m.MAX_RANGE - 1) + (nxt,)))
+        asked += [a.to for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)]
+        if fresh.fetching.get(target) != 1:
+            break
+    assert asked and asked[0] == 3, f"every next range asked of {set(asked)}"
