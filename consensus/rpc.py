@@ -19,16 +19,18 @@ full mempool (503), a client over its connections (503), an Expect header other 
 100-continue (417; a body declared over max_body_bytes with 100-continue: 413 at once), a body
 in chunks (411: Content-Length only; the connection closed, the rest not read) or compressed
 (400: Content-Encoding is never decoded, so a zlib bomb costs nothing). Every request's time
-on the loop (parsing, reading, answering) is charged to the client's share of it. Bodies
+on the loop (parsing, reading, answering) is charged to the client's share of it (/health's and
+refused requests' to the client's own only), a body's reading as it comes; a body is checked
+again once read, and no longer read once its client would be refused. Bodies
 being read are bounded in all (max_body_bytes_in_flight: past it, 503). A request
 the HTTP parser refuses (a bad request line, header or length) is a 400 with the same one-line
 JSON, logged at debug level only. JSON bodies are strict: no NaN or Infinity, no key twice, no
 field the endpoint does not name; hex is "0x" and an even number of hex digits, nothing else.
 Connections are bounded (per client address and in all) and one that does not send a request's
 head within idle_timeout_s of connecting or of its last answer (and its body within
-idle_timeout_s more) is closed, however it trickles bytes, so slow or idle connections cannot
-take the process's file descriptors from its peers and store. A handler that fails is logged
-and answered 500; no request can stop the node."""
+idle_timeout_s more) is closed (at once, its answers read or not), however it trickles bytes,
+so slow or idle connections cannot take the process's file descriptors from its peers and store.
+A handler that fails is logged and answered 500; no request can stop the node."""
 from __future__ import annotations
 
 import asyncio
@@ -57,6 +59,9 @@ RESERVE_S = 1.0  # WorkBudget: a site under its part waiting for room closes the
 # FairShare: a site's largest request is forgotten once the fair clock has allotted it this many
 # times that since (kept for good, one 0.8 s batch held an honest site to a quarter of its part)
 LARGEST_KEPT = 4.0
+# the loop's time per read of a connection besides the parser's (the selector, recv, waking the
+# handler's task and appending the chunk): measured with bodies sent a byte a segment
+SEGMENT_S = 20e-6
 
 
 class BadRequest(ValueError):
@@ -327,16 +332,23 @@ class WorkBudget:
         bucket[1] = max(at, now)
         return bucket
 
-    def refusal(self, client: str, now: float | None = None) -> tuple[str, float]:
-        """('', 0) if the client may submit now, else (why not, seconds until it may)."""
-        now = time.monotonic() if now is None else now
-        site = site_of(client)
-        credit = self.fair.credit(site, now)
+    def _mine(self, client: str, now: float) -> list:
+        """The client's bucket, refilled to now (made full the first time), most recently used last."""
         mine = self.clients.pop(client, None) or [2 * self.share, now]
-        self.clients[client] = mine  # most recently used last
+        self.clients[client] = mine
         while len(self.clients) > CLIENTS_TRACKED:
             del self.clients[next(iter(self.clients))]
-        if self._refill(mine, self.share, now)[0] <= 0:
+        return self._refill(mine, self.share, now)
+
+    def refusal(self, client: str, now: float | None = None, again: bool = False) -> tuple[str, float]:
+        """('', 0) if the client may submit now, else (why not, seconds until it may). again: the
+        same request checked once more (its body read): not a new visit to the fair clock, which
+        would split the request's charge in two and hide its size (FairShare.largest)."""
+        now = time.monotonic() if now is None else now
+        site = site_of(client)
+        credit = self.fair.credit(site, now, visit=not again)
+        mine = self._mine(client, now)
+        if mine[0] <= 0:
             wait = -mine[0] / self.share + 0.1
             return (f"{client} is over its share of this validator's verification time ({self.share:g} s a second); "
                     f"try again in {wait:.1f} s"), wait
@@ -374,6 +386,13 @@ class WorkBudget:
         self.fair.charge(site_of(client), seconds)
         self.all[0] -= seconds
 
+    def charge_own(self, client: str, seconds: float) -> None:
+        """Charges the client's bucket only: work this budget did not admit (/health, a refusal, the
+        head of a request refused), bounded by the request rate. Taken from the total too, /health
+        (never refused) or 429s from a few addresses held it at zero, and every other client was
+        refused."""
+        self._mine(client, time.monotonic())[0] -= seconds
+
 
 class _Full(Exception):
     pass
@@ -381,19 +400,20 @@ class _Full(Exception):
 
 class _Busy(Exception):
     """Over a bound (the WorkBudget: 429; the body bytes in flight: 503); args: why, the seconds
-    to wait, the status."""
+    to wait, the status, whether the connection is closed after the answer (a body left unread)."""
 
-    def __init__(self, reason: str, wait: float, status: int = 429):
-        super().__init__(reason, wait, status)
+    def __init__(self, reason: str, wait: float, status: int = 429, close: bool = False):
+        super().__init__(reason, wait, status, close or status == 503)
 
 
 class _Meter:
     """A request's time on the loop: from its handler's start to its return, less the time spent
-    awaiting its body (the network's, not the loop's) and less what _charged charged already."""
-    __slots__ = ("clock", "spent", "since", "charged")
+    awaiting its body (the network's, not the loop's) and less what _charged charged already.
+    admitted: whether the WorkBudget let it in (its cost then goes to the total too)."""
+    __slots__ = ("clock", "spent", "since", "charged", "admitted")
 
     def __init__(self, clock):
-        self.clock, self.spent, self.charged = clock, 0.0, 0.0
+        self.clock, self.spent, self.charged, self.admitted = clock, 0.0, 0.0, False
         self.since = clock()
 
     @contextlib.contextmanager
@@ -460,6 +480,7 @@ class _Handler(RequestHandler):
         self._rpc, self._client, self._idle, self._heard = rpc, None, None, 0.0
         self._conn, self._released = None, False
         self._parsed = 0.0  # seconds the parser took of the loop, not yet charged to the WorkBudget
+        self._serving = None  # the request the WorkBudget let in, being served: what is read is its cost
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
@@ -482,21 +503,41 @@ class _Handler(RequestHandler):
         quiet = time.monotonic() - self._heard
         if quiet >= self._rpc.idle_timeout_s:
             self._rpc.idle_closed += 1
-            self._conn.close()
+            self._conn.abort()  # close() waits for the answers to be read: a client not reading kept it
         else:
             self._idle = asyncio.get_running_loop().call_later(self._rpc.idle_timeout_s - quiet, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         if self._client is None:
             return  # refused: its bytes are not read
-        # the parser's work is the loop's time, charged like a body's JSON (Rpc._json) once the
-        # request it read was admitted (take_parsed): uncharged, a body in 1-byte chunks (a Python
-        # call per byte) held the loop 0.5 s a megabyte of JSON
-        started = self._rpc.clock()
+        # the loop's work on each read is charged: the parser's, measured, and the rest (the
+        # selector, recv, waking the reader; SEGMENT_S): a body in 1-byte pieces kept the loop 98%
+        # busy while 0.06 s a second was charged. A body of an admitted request is charged at once,
+        # and once the WorkBudget would refuse its client (the check it meets when read, Rpc._json)
+        # it is no longer read: its request is answered that 429 and the connection closed (one
+        # trickled body kept the loop for idle_timeout_s). A head is charged once its request is
+        # refused or admitted (take_parsed)
+        rpc = self._rpc
+        started = rpc.clock()
         try:
             super().data_received(data)
         finally:
-            self._parsed += self._rpc.clock() - started
+            spent = rpc.clock() - started + rpc.segment_cost_s
+            if self._serving is not None:
+                rpc.work.charge(self._client, spent)
+                self._check_body(self._serving)
+            else:
+                self._parsed += spent
+
+    def _check_body(self, request: web.Request) -> None:
+        """Stops reading a body whose client the WorkBudget now refuses: its read raises the 429."""
+        if request.content.is_eof() or request.content.exception() is not None:
+            return
+        refusal, wait = self._rpc.work.refusal(self._client, again=True)
+        if refusal:
+            self._rpc.starved_bodies += 1
+            self._conn.pause_reading()
+            request.content.set_exception(_Busy(refusal, wait, close=True))
 
     def take_parsed(self) -> float:
         """The parser's time not yet charged, now charged by the caller."""
@@ -528,14 +569,16 @@ class _Handler(RequestHandler):
             self._rpc._release(self._client, self)
 
     def displace(self) -> None:
-        """Closed for a client holding fewer connections (Rpc._admit): not counted from now."""
+        """Closed for another client (Rpc._admit, Rpc._reserve): not counted from now, so closed at
+        once (abort): close() waits for the answers to be read, and a client not reading kept the
+        socket and its answers for ever, uncounted, and opened more."""
         self._let_go()
-        self._conn.close()
+        self._conn.abort()
 
     def connection_lost(self, exc) -> None:
         if self._client is None:
             return
-        self._rpc.work.charge(self._client, self.take_parsed())
+        self._rpc.work.charge_own(self._client, self.take_parsed())  # (heads no request was admitted for)
         self._let_go()
         self._client = None
         super().connection_lost(exc)
@@ -566,7 +609,8 @@ class Rpc:
     """The API of one NodeRunner (its app, core, committed-transaction index and liveness).
     max_connections (None: a quarter of the file-descriptor limit, at most 1,024) and
     max_connections_per_client bound the open connections; one that sends nothing for
-    idle_timeout_s seconds is closed. Requests (all but /health checked, all charged) may take
+    idle_timeout_s seconds is closed. Requests (all but /health checked, all charged: those the
+    WorkBudget did not admit to the client's own bucket only) may take
     submit_share_s seconds of the node's loop a second per client, submit_total_s for all,
     shared fairly while contended (WorkBudget); past them, 429. Requests: requests_per_s per
     client, requests_total_per_s (None or 0: TOTAL_REQUESTS x requests_per_s) from all clients
@@ -595,6 +639,8 @@ class Rpc:
         self._server: asyncio.AbstractServer | None = None
         self.work = WorkBudget(submit_share_s, submit_total_s)
         self.clock = time.perf_counter  # what the WorkBudget's charges are measured with
+        self.segment_cost_s = SEGMENT_S
+        self.starved_bodies = 0  # bodies no longer read: the WorkBudget refused their client mid-body
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._guard])
         # every path and method has a route of the API's own (a wrong method, an unknown path: one
         # that raises the 405 or 404 _guard words), so every request's Expect header goes to
@@ -723,7 +769,8 @@ class Rpc:
         """Every request's loop time is charged to its client's WorkBudget: the handler's (an
         answer to /txs, a status per hash and 100 kB of JSON, was 2/3 of its cost, and GETs
         were not charged at all: 8 addresses sending /txs kept the loop 98% busy while 0.39 s a
-        second was charged) and the parser's (_Handler.take_parsed)."""
+        second was charged) and the parser's (_Handler.take_parsed). A request the WorkBudget
+        did not admit (/health, a refusal) is charged to its client's own bucket only."""
         proto = request.protocol
         if isinstance(proto, _Handler):
             proto.progressed()
@@ -735,8 +782,10 @@ class Rpc:
             parsed = 0.0
             if isinstance(proto, _Handler):
                 proto.progressed()
+                proto._serving = None
                 parsed = proto.take_parsed()
-            self.work.charge(client_of(request.remote), parsed + meter.uncharged())
+            charge = self.work.charge if meter.admitted else self.work.charge_own
+            charge(client_of(request.remote), parsed + meter.uncharged())
 
     async def _guarded(self, request: web.Request, handler):
         client = client_of(request.remote)
@@ -760,20 +809,25 @@ class Rpc:
         try:
             if request.method == "POST":
                 self._body_headers(request)  # a body refused for its headers costs nothing: no need to wait
-            if request.path != "/health":  # what an orchestrator polls stays cheap and answered
+            # /health, what an orchestrator polls, is answered even to a client over its share (one
+            # sharing an address with a heavy client), and charged to that client's bucket only
+            if request.path != "/health":
                 refusal, wait = self.work.refusal(client)
                 if refusal:
                     raise _Busy(refusal, wait)
+                request[_METER].admitted = True
+                if isinstance(request.protocol, _Handler):
+                    request.protocol._serving = request
             return await handler(request)
         except BadRequest as exc:
             self.refused_requests += 1
             return _error(400, str(exc))
         except _Busy as exc:  # over the WorkBudget (429) or the body bytes in flight (503)
             self.refused_requests += 1
-            reason, wait, status = exc.args
+            reason, wait, status, close = exc.args
             resp = _error(status, reason, retry_after=wait)
-            if status == 503:
-                resp.force_close()  # closed after it: what is read of its body meanwhile is dropped, not kept
+            if close:
+                resp.force_close()  # closed after it: the rest of its body is not read, nor kept
             return resp
         except web.HTTPException as exc:  # aiohttp's own: unknown path, method, body too large
             self.refused_requests += 1
@@ -825,8 +879,9 @@ class Rpc:
         (in chunks, 1 MiB of JSON in 1-byte chunks took 0.6 s of the loop to read, half of it in
         aiohttp's reader, which nothing can charge). Reading and parsing it take the loop's time (a
         megabyte of small objects: 50 to 100 ms), so both are charged to the client's WorkBudget
-        (_guard). The declared length is reserved from max_body_bytes_in_flight before reading
-        (_reserve): a body being read is held in memory. Its headers were checked (_body_headers)."""
+        (_Handler.data_received, _guard). The declared length is reserved from
+        max_body_bytes_in_flight before reading (_reserve): a body being read is held in memory. Its
+        headers were checked (_body_headers)."""
         self._reserve(request, request.content_length or 0)
         try:
             with request[_METER].waiting():
@@ -835,6 +890,11 @@ class Rpc:
             raise
         except (RequestPayloadError, HttpProcessingError) as exc:
             raise BadRequest(f"the body cannot be read: {' '.join(str(exc).split())[:160]}") from None
+        # checked again now that the body is here (its head was checked before it came): else K heads
+        # sent while the share was full, then K bodies, were all parsed and verified, K times the share
+        refusal, wait = self.work.refusal(client_of(request.remote), again=True)
+        if refusal:
+            raise _Busy(refusal, wait)
         try:
             body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique)
         except BadRequest:
