@@ -105,6 +105,9 @@ def test_a_body_in_chunks_is_refused_and_reading_is_charged(tmp_path, monkeypatc
     async def scenario(rpc):
         ticks, charged = iter(range(10**9)), []
         rpc.clock = lambda: float(next(ticks))
+        # each read costs a second on this clock: a budget no read exhausts (since s13b a body whose
+        # client is refused mid-body is no longer read)
+        rpc.work = rpc_module.WorkBudget(1e9, 1e9)
         real = rpc.work.charge
         rpc.work.charge = lambda client, seconds: (charged.append(seconds), real(client, seconds))
         answered = await _send(rpc.bound_port(), plain, payload)

@@ -66,6 +66,7 @@ def test_a_requests_whole_handler_time_is_charged_once(tmp_path):
 
     async def scenario(rpc, s, base):
         rpc.clock = lambda: clock["t"]
+        rpc.segment_cost_s = 0.0  # (the fixed cost charged per read, s13b: the charge here is exact)
         rpc._tx_status = ticking(rpc._tx_status, 1.0)
         rpc.node.status = ticking(rpc.node.status, 3.0)
         rpc._submit_now = ticking(rpc._submit_now, 5.0)
