@@ -49,6 +49,7 @@ from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persis
 from .messages import MAX_MESSAGE, RANGE_BYTES, BlockRequest, BlockResponse, Proposal, SnapshotChunk, SnapshotRequest
 from .metrics import NodeMetrics
 from . import messages, snapshots, statesync
+from .inbox import FairInbox
 from .store import Store, StoreError
 from .verify import Verifier
 
@@ -759,7 +760,7 @@ class NodeRunner:
         # of the cyclic GC would walk them all (seconds, mid-consensus). They are moved out of its
         # reach; what blocks allocate later is collected as usual (clearing_app pauses it per block).
         gc.freeze()
-        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.inbox = FairInbox()  # one peer's flood delays another's message by one of its own at most
         self.queued: dict[int, int] = {}  # sender -> its messages in the inbox (at most INBOX_PER_PEER)
         self.queued_bytes: dict[int, int] = {}  # sender -> their bytes, about (_weight; INBOX_BYTES_PER_PEER)
         self.events = open_events(cfg, where)
@@ -868,7 +869,7 @@ class NodeRunner:
             return
         self.queued[sender] = self.queued.get(sender, 0) + 1
         self.queued_bytes[sender] = self.queued_bytes.get(sender, 0) + size
-        self.inbox.put_nowait(("msg", sender, msg, size))
+        self.inbox.put(("msg", sender, msg, size), sender)
 
     def no_peer_warning(self, now: float) -> str:
         """The line logged while no peer is connected; with the handshakes that failed, since peers
@@ -931,7 +932,7 @@ class NodeRunner:
                     self._event(kind="proposed", height=a.msg.block.height, block_hash=a.msg.block.id.hex())
                 self.net.broadcast(a.msg)
             elif isinstance(a, SetTimer):
-                asyncio.get_running_loop().call_later(a.delay_ms / 1000.0, self.inbox.put_nowait, ("timer", a.view))
+                asyncio.get_running_loop().call_later(a.delay_ms / 1000.0, self.inbox.put, ("timer", a.view))
             elif isinstance(a, Committed):
                 self.store.add_committed(a.proposal)
                 b = a.block

@@ -24,6 +24,7 @@ from nacl.signing import SigningKey
 from . import messages, snapshots, statesync
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
+from .inbox import FairInbox
 from .messages import BlockRequest, SnapshotRequest, Vote
 from .net import ANSWER_TYPES, Limits
 from .node import ANSWER_BACKLOG, REQUEST_BACKLOG, request_admitted
@@ -50,6 +51,8 @@ class Node:
     snapshot_every: int = 0  # with a store: a state snapshot every this many committed blocks (0: none)
     committed_txs: int = 0   # transactions committed up to the core's committed block
     sync: statesync.StateSync | None = None  # while it takes a snapshot from its peers
+    inbox: FairInbox = field(default_factory=FairInbox)  # compute: what waits while its core is busy
+    serving: bool = False  # compute: a "serve" event (its core takes the next of its inbox) is due
 
 
 class Simulation:
@@ -58,10 +61,11 @@ class Simulation:
                  make_core: Callable[..., Core] = Core, compute: bool = False, limits: Limits = Limits(),
                  chain_id: int = 1):
         """compute: charge each validator the real time its core takes to handle an event (it is
-        busy meanwhile, and what it sends leaves after), so validation shows in time to
-        finality; off, only network delays pass and runs are exactly reproducible. limits: the
-        transport's per-sender read rates and queue bounds each link applies (see the module's
-        docstring). chain_id: in the network id only (messages.network_id)."""
+        busy meanwhile, what reaches it waits in an inbox served as the node's, consensus/inbox.py,
+        and what it sends leaves after), so validation shows in time to finality; off,
+        only network delays pass and runs are exactly reproducible. limits: the transport's
+        per-sender read rates and queue bounds each link applies (see the module's docstring).
+        chain_id: in the network id only (messages.network_id)."""
         self.rng = random.Random(seed)
         self.link = link or Link()
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
@@ -353,6 +357,7 @@ class Simulation:
                 continue
             if kind == "kill":
                 self.crashed.add(name)
+                self._node(name).inbox = FairInbox()  # what waited for its core is lost with it
                 continue
             if kind == "restart":
                 self.crashed.discard(name)
@@ -366,42 +371,65 @@ class Simulation:
                 self._apply(node, node.sync.start())
                 continue
             if name in self.crashed:
+                if kind == "serve":
+                    self._node(name).serving = False
                 continue
             node = self._node(name)
-            if node.sync is not None:  # taking a snapshot: only its own messages and timer count
-                if kind == "timer" and rest[0] <= statesync.SYNC_TIMER:
-                    self._apply(node, node.sync.on_timer(rest[0]))
-                elif kind == "msg":
-                    try:
-                        self._apply(node, node.sync.handle(rest[0], messages.decode(rest[1])))
-                    except messages.DecodeError:
-                        self.undecodable += 1
-                if node.sync.done is not None:
-                    self._synced(node)
+            if not self.compute:
+                self._event(node, at, kind, rest)
                 continue
-            if kind == "timer":
-                work = lambda: node.core.on_timer(rest[0])  # noqa: E731
+            # a busy validator's inbox is node.NodeRunner's: timers first, then its peers' messages
+            # one per peer in turn (a FIFO held every honest vote behind a Byzantine peer's flood)
+            if kind != "serve":
+                node.inbox.put((kind, *rest), rest[0] if kind == "msg" else None)
+                if not node.serving:
+                    node.serving = True
+                    self._push(max(at, node.busy_until), ("serve", name))
+                continue
+            if node.inbox.qsize():
+                kind, *rest = node.inbox.get_nowait()
+                self._event(node, at, kind, rest)
+            if node.inbox.qsize():
+                self._push(max(at, node.busy_until), ("serve", name))
             else:
-                sender, frame = rest
+                node.serving = False
+
+    def _event(self, node: Node, at: float, kind: str, rest) -> None:
+        """A timer or message (rest: view, or sender and frame) that reaches `node` at `at`."""
+        if node.sync is not None:  # taking a snapshot: only its own messages and timer count
+            if kind == "timer" and rest[0] <= statesync.SYNC_TIMER:
+                self._apply(node, node.sync.on_timer(rest[0]))
+            elif kind == "msg":
                 try:
-                    msg = messages.decode(frame)
+                    self._apply(node, node.sync.handle(rest[0], messages.decode(rest[1])))
                 except messages.DecodeError:
                     self.undecodable += 1
-                    continue
-                if self.bandwidth and isinstance(msg, (BlockRequest, SnapshotRequest)) \
-                        and not self._admitted(node, sender):
-                    node.core.counters["request_backlog"] += 1
-                    continue
-                work = lambda: node.core.handle(sender, msg)  # noqa: E731
-            if self.compute:
-                self.now = max(at, node.busy_until)
-                started = time.perf_counter()
-                actions = work()
-                self.now += (time.perf_counter() - started) * 1e3
-                node.busy_until = self.now
-            else:
-                actions = work()
-            self._apply(node, actions)
+            if node.sync.done is not None:
+                self._synced(node)
+            return
+        if kind == "timer":
+            work = lambda: node.core.on_timer(rest[0])  # noqa: E731
+        else:
+            sender, frame = rest
+            try:
+                msg = messages.decode(frame)
+            except messages.DecodeError:
+                self.undecodable += 1
+                return
+            if self.bandwidth and isinstance(msg, (BlockRequest, SnapshotRequest)) \
+                    and not self._admitted(node, sender):
+                node.core.counters["request_backlog"] += 1
+                return
+            work = lambda: node.core.handle(sender, msg)  # noqa: E731
+        if self.compute:
+            self.now = max(at, node.busy_until)
+            started = time.perf_counter()
+            actions = work()
+            self.now += (time.perf_counter() - started) * 1e3
+            node.busy_until = self.now
+        else:
+            actions = work()
+        self._apply(node, actions)
 
     def chains(self, nodes=None) -> dict[str, list[bytes]]:
         return {n.name: [b.id for b, _, _ in n.committed] for n in (nodes or self.nodes)}
