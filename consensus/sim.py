@@ -378,8 +378,8 @@ class Simulation:
             if not self.compute:
                 self._event(node, at, kind, rest)
                 continue
-            # a busy validator's inbox is node.NodeRunner's: timers first, then its peers' messages
-            # one per peer in turn (a FIFO held every honest vote behind a Byzantine peer's flood)
+            # a busy validator's inbox is node.NodeRunner's: its peers' messages one per peer in
+            # turn, timers after what came before them (a FIFO held every honest vote behind a Byzantine peer's flood)
             if kind != "serve":
                 node.inbox.put((kind, *rest), rest[0] if kind == "msg" else None)
                 if not node.serving:

@@ -28,7 +28,10 @@ def test_a_flood_delays_another_peers_message_by_one_of_its_own():
         inbox.get_nowait()
 
 
-def test_peers_in_turn_timers_first_each_peers_messages_in_order():
+def test_peers_in_turn_each_peers_messages_in_order_timers_after_what_came_before_them():
+    """A timer is served after the messages that came before it (a QC waiting while the core was
+    busy moves the view before the view's timer times it out), a message that came after it
+    does not hold it."""
     from consensus.inbox import FairInbox
     inbox = FairInbox()
     for i in range(3):
@@ -37,12 +40,26 @@ def test_peers_in_turn_timers_first_each_peers_messages_in_order():
     inbox.put(("timer", 7))
     inbox.put(("c", 0), 3)
     inbox.put(("c", 1), 3)
+    inbox.put(("a", 3), 1)
     inbox.put(("timer", 8))
     got = [inbox.get_nowait() for _ in range(inbox.qsize())]
-    assert got == [("timer", 7), ("timer", 8), ("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2)]
+    assert got == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2), ("timer", 7),
+                   ("a", 3), ("timer", 8)]
     inbox.put(("b", 1), 2)  # a peer whose messages ran out is served again once it sends more
-    inbox.put(("a", 3), 1)
-    assert [inbox.get_nowait() for _ in range(2)] == [("b", 1), ("a", 3)]
+    inbox.put(("a", 4), 1)
+    assert [inbox.get_nowait() for _ in range(2)] == [("b", 1), ("a", 4)]
+
+
+def test_a_flood_holds_a_timer_back_by_timer_wait_of_its_messages_at_most():
+    from consensus.inbox import TIMER_WAIT, FairInbox
+    inbox = FairInbox()
+    for i in range(1000):
+        inbox.put(("request", i), 1)
+    inbox.put(("vote",), 2)
+    inbox.put(("timer", 5))
+    got = [inbox.get_nowait() for _ in range(TIMER_WAIT + 2)]
+    assert got[1] == ("vote",) and got[TIMER_WAIT + 1] == ("timer", 5)
+    assert ("timer", 5) not in got[:TIMER_WAIT + 1]
 
 
 def test_get_waits_for_a_message():
