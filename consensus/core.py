@@ -183,6 +183,7 @@ def genesis_block(state_root: bytes) -> Block:
 log = logging.getLogger("consensus.core")
 MAX_PARKED = 256   # proposals kept while their parent is fetched
 MAX_FETCHES = 16   # blocks asked for and not yet received
+ASKED_FROM = 1024  # (peer, height) of the block requests sent, latest kept: what answers are measured from
 FETCH_VIEWS = 8    # views entered (not by fetched blocks) a fetch waits for its answer before it is asked again
 VOTE_WINDOW = 1_000  # votes for views further ahead of this validator's are dropped
 GOOD_QCS = 32      # QCs whose signatures verified, kept so a timeout carrying one again costs one signature
@@ -292,6 +293,7 @@ class Core:
         self.ticks = 0
         self.answering = False  # while a BlockResponse's proposals are taken
         self.fetched_in: dict[bytes, int] = {}  # block id asked for -> self.ticks when last asked (_refetch)
+        self.asked_from: dict[tuple[int, int], None] = {}  # (peer, from_height) asked, oldest first (_ask)
         self.fetch_tries: dict[bytes, int] = {}  # block id asked for -> times _refetch asked it again
         # block id -> a verified QC over it that came before the block (at most MAX_FETCHES): taken
         # when the block arrives, so a leader that formed a QC for a proposal withheld from it
@@ -502,7 +504,7 @@ class Core:
         # a view that timed out: fetches still unanswered may be asked again (of anyone)
         retry = [b for b in self.fetching if b not in self.blocks]
         retry += [b for b in self.waiting if b not in self.parked and b not in self.blocks and b not in retry]
-        retry.sort(key=self._need, reverse=True)  # the newest needs first (_fetch)
+        retry.sort(key=self._needs(), reverse=True)  # the newest needs first (_fetch)
         self.fetching.clear()
         self.fetched_in.clear()
         self.fetch_tries.clear()
@@ -725,7 +727,7 @@ class Core:
             asked = self.fetching.get(b.parent)
             if sender == b.proposer and asked is not None and asked not in (sender, self.cfg.me):
                 self.fetching[b.parent], self.fetched_in[b.parent] = sender, self.ticks
-                return [Send(sender, BlockRequest(b.parent, self.committed.height + 1, MAX_RANGE))]
+                return [self._ask(sender, b.parent, self.committed.height + 1)]
             return []
         if len(self.parked) >= MAX_PARKED:
             self.counters["parked_full"] += 1
@@ -784,7 +786,7 @@ class Core:
     def _fetch(self, block_id: bytes, peer: int, need: int | None = None) -> list:
         """Ask `peer` (everyone, if it is this validator) for the chain from the committed height
         up to block_id, once: at most MAX_FETCHES outstanding, forgotten when a view times out.
-        With every slot taken, the fetch serving the oldest view (_need; `need`: this one's,
+        With every slot taken, the fetch serving the oldest view (_needs; `need`: this one's,
         where what it serves is not recorded yet) gives its slot to a newer one."""
         if block_id in self.blocks or block_id in self.fetching:
             return []
@@ -793,8 +795,9 @@ class Core:
             # (abandoned, pruned everywhere, served by nobody) held every slot of a validator
             # coming back, for good: a slot freed after n unanswered tries went to them again. The
             # honest chain's proposals and QCs are of the newest views; such blocks' are old
-            victim = min(self.fetching, key=self._need)
-            if self._need(victim) >= (self._need(block_id) if need is None else need):
+            need_of = self._needs()
+            victim = min(self.fetching, key=need_of)
+            if need_of(victim) >= (need_of(block_id) if need is None else need):
                 self.counters["fetches_full"] += 1
                 return []
             del self.fetching[victim]
@@ -802,19 +805,53 @@ class Core:
             self.fetch_tries.pop(victim, None)
             self.counters["fetch_evicted"] += 1
         self.fetching[block_id], self.fetched_in[block_id] = peer, self.ticks
-        ask = BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)
-        return [Broadcast(ask) if peer == self.cfg.me else Send(peer, ask)]
+        return [self._ask(peer, block_id, self.committed.height + 1)]
 
-    def _need(self, block_id: bytes) -> int:
-        """The newest view a fetch of block_id serves: of the proposals parked for it, of a QC over
-        it waiting for it (pending_qcs), of the high QC where it is that QC's block (0: none)."""
-        views = [p.block.view for _, p in self.waiting.get(block_id, ())]
-        qc = self.pending_qcs.get(block_id)
-        if qc is not None:
-            views.append(qc.view)
-        if block_id == self.safety.high_qc.block_id:
-            views.append(self.safety.high_qc.view)
-        return max(views, default=0)
+    def _ask(self, peer: int, block_id: bytes, from_height: int):
+        """A request for the chain from from_height up to block_id, of `peer` (everyone, if it is
+        this validator); the height is kept per peer (at most ASKED_FROM), so that an answer is
+        measured from where it was asked (_on_block_response)."""
+        for p in (range(self.cfg.n) if peer == self.cfg.me else (peer,)):
+            if p != self.cfg.me:
+                self.asked_from.pop((p, from_height), None)
+                self.asked_from[p, from_height] = None
+        while len(self.asked_from) > ASKED_FROM:
+            del self.asked_from[next(iter(self.asked_from))]
+        ask = BlockRequest(block_id, from_height, MAX_RANGE)
+        return Broadcast(ask) if peer == self.cfg.me else Send(peer, ask)
+
+    def _needs(self) -> Callable[[bytes], int]:
+        """need(block_id): the newest view a fetch of block_id serves: of the proposals parked
+        above it (on it, or on one parked above it: a chain waits on its lowest missing block), of
+        a QC over it waiting for it (pending_qcs), of the high QC where it is that QC's block (0:
+        none). Counting only the proposals parked on it, a Byzantine leader's junk of its own view
+        tied with the honest block of that view, on which the next honest proposals were parked
+        without a fetch of their own: the junk kept every slot (a tie evicts nothing)."""
+        above: dict[bytes, int] = {}
+
+        def parked_above(root: bytes) -> int:
+            stack = [(root, False)]
+            while stack:  # (no recursion: a parked chain may be MAX_PARKED long)
+                i, expanded = stack.pop()
+                if i in above:
+                    continue
+                kids = self.waiting.get(i, ())
+                if expanded:
+                    above[i] = max((max(p.block.view, above[p.block.id]) for _, p in kids), default=0)
+                else:
+                    stack.append((i, True))
+                    stack.extend((p.block.id, False) for _, p in kids if p.block.id not in above)
+            return above[root]
+
+        def need(block_id: bytes) -> int:
+            views = [parked_above(block_id)]
+            qc = self.pending_qcs.get(block_id)
+            if qc is not None:
+                views.append(qc.view)
+            if block_id == self.safety.high_qc.block_id:
+                views.append(self.safety.high_qc.view)
+            return max(views)
+        return need
 
     def _height_of(self, block_id: bytes) -> int | None:
         b = self.blocks.get(block_id)
@@ -874,7 +911,11 @@ class Core:
     def _on_block_response(self, sender: int, resp: BlockResponse) -> list:
         """Proposals of one chain, oldest first: each validated as any proposal. A fetch that the
         answer brought closer but not to its end asks the same peer for the next range."""
-        out, new, floor = [], 0, self.committed.height
+        out, new = [], 0
+        lo = resp.proposals[0].block.height
+        # blocks from where it was asked (an answer to a request from an older height, taken after
+        # another answer committed past it, is still full); else from the committed height
+        floor = lo - 1 if self.asked_from.pop((sender, lo), False) is None else self.committed.height
         self.answering = True
         try:
             for i, p in enumerate(resp.proposals):
@@ -889,9 +930,9 @@ class Core:
         # RANGE_BYTES, as _on_block_request cuts it) from an honest peer that holds the chain; a
         # short one means the peer lacks the rest or holds it back (a Byzantine peer answering
         # first, one block at a time, had every fetch go on with it at 1/64th of the speed): the
-        # next range is asked of the next validator. Only distinct blocks above the committed
-        # height that were taken count: one real block padded with 63 copies of it (or with old
-        # blocks, dropped before any check) passed for a full answer
+        # next range is asked of the next validator. Only distinct blocks taken, from the height
+        # asked, count: one real block padded with 63 copies of it (or with old blocks, dropped
+        # before any check) passed for a full answer
         useful = {p.block.id: p for p in resp.proposals
                   if p.block.height > floor and (p.block.id in self.blocks or p.block.id in self.heights)}
         size = sum(512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes for p in useful.values())
@@ -903,7 +944,7 @@ class Core:
             elif peer in (sender, self.cfg.me) and new and last.id in self.blocks:  # progress, not there yet
                 # (a fetch asked of everyone goes on with the first to answer)
                 self.fetching[block_id], self.fetched_in[block_id] = ask, self.ticks
-                out.append(Send(ask, BlockRequest(block_id, last.height + 1, MAX_RANGE)))
+                out.append(self._ask(ask, block_id, last.height + 1))
         return out
 
     def _after(self, peer: int) -> int:
@@ -1170,10 +1211,10 @@ class Core:
                 self.fetching[block_id], self.fetched_in[block_id] = peer, self.ticks
                 self.fetch_tries[block_id] = tries
                 self.counters["fetch_retried"] += 1
-                out.append(Send(peer, BlockRequest(block_id, self.committed.height + 1, MAX_RANGE)))
+                out.append(self._ask(peer, block_id, self.committed.height + 1))
         self.fetch_tries = {i: t for i, t in self.fetch_tries.items() if i in self.fetching}
         # parents of parked proposals that no fetch is for (MAX_FETCHES were out when they were parked)
-        for parent in sorted(self.waiting, key=self._need, reverse=True):
+        for parent in sorted(self.waiting, key=self._needs(), reverse=True):
             if parent not in self.parked and parent not in self.blocks and parent not in self.fetching:
                 out += self._fetch(parent, self.waiting[parent][0][0])
         return out

@@ -19,7 +19,16 @@ parked took every fetch slot, a slot freed after n unanswered tries went to them
 the Byzantine validator stopped voting the three honest ones committed nothing in 120 s
 simulated. Fetch slots now go to the newest views a fetch serves (Core._need). And a peer that
 answered a fetch with one real block padded with 63 copies of it (or of old blocks) passed for a
-full answer and kept the fetch, one block per round trip."""
+full answer and kept the fetch, one block per round trip.
+
+A third review: counting only the proposals parked directly on a block, the Byzantine leader's
+junk of its own view V tied with its real block of V, on which the honest proposals after it were
+parked without a fetch of their own, and a tie evicts nothing: the junk kept every slot again
+(the three honest validators committed nothing in 120 s). A fetch's need is now the newest view
+parked anywhere above it. And counting an answer's blocks from the committed height made an
+honest full answer short once another answer had committed past where it was asked from: the
+fetches hopped to the next validator (maybe silent, for 8 views). Answers are now measured from
+the height they were asked from."""
 from dataclasses import replace
 
 import pytest
@@ -257,3 +266,104 @@ def test_padding_with_stale_old_blocks_works_as_well():
         if fresh.fetching.get(target) != 1:
             break
     assert asked and asked[0] == 3, f"every next range asked of {set(asked)}"
+
+
+def test_junk_of_the_newest_view_does_not_keep_the_fetch_slots(tmp_path):
+    """v1 withholds 16 QCs it forms on others' blocks while v3 is down, then, leading view V on
+    TC(V-1), sends v3 as it restarts 16 proposals of V on them and its real block of V, and stops."""
+    st = {"phase": "idle", "qcs": [], "votes": {}, "junk": [], "real": None, "mute": False}
+
+    class Byz(Core):
+        def handle(self, sender, msg):
+            if isinstance(msg, Vote) and self.cfg.leader(msg.view + 1) == self.cfg.me:
+                if st["phase"] == "collect" and (msg.view // 4) % 2 == 0 and len(st["qcs"]) < 16:
+                    sigs = st["votes"].setdefault((msg.view, msg.block_id, msg.height), {})
+                    sigs[msg.voter] = msg.signature
+                    if len(sigs) == 2 and self.cfg.me not in sigs:
+                        sigs[self.cfg.me] = self.sign(vote_bytes(msg.block_id, msg.view, self.cfg.network))
+                        voters = tuple(sorted(sigs))
+                        st["qcs"].append(QC(msg.block_id, msg.view, msg.height, voters,
+                                            b"".join(sigs[v] for v in voters)))
+                    return []
+                if st["phase"] == "arm":
+                    return []  # the view before its own times out: it leads its own on TC(V-1)
+            return self._filter(super().handle(sender, msg))
+
+        def on_timer(self, view):
+            return self._filter(super().on_timer(view))
+
+        def _filter(self, out):
+            if st["mute"]:
+                return [a for a in out if not isinstance(a, (Send, Broadcast))]
+            for a in out:
+                msg = getattr(a, "msg", None)
+                if st["phase"] == "arm" and isinstance(a, Broadcast) and isinstance(msg, Proposal) \
+                        and msg.block.proposer == self.cfg.me and msg.block.tc is not None:
+                    empty = Txs.empty()
+                    for qc in st["qcs"]:
+                        b = Block(msg.block.view, qc.height + 1, qc.block_id, self.cfg.me, self.app.tx_root(empty),
+                                  bytes(32), empty.digest(), empty, qc, msg.block.tc)
+                        st["junk"].append(Proposal(b, self.sign(proposal_bytes(b.id, self.cfg.network))))
+                    st["real"], st["phase"] = msg, "armed"
+            if st["phase"] == "armed" and any(isinstance(getattr(a, "msg", None), Vote) for a in out):
+                st["mute"] = True  # its vote for its own block of V goes; then nothing more
+            return out
+
+    sim = Simulation(n=4, seed=1, link=Link((1.0, 10.0)), txs_per_block=5,
+                     make_core=lambda cfg, sign, app, *rest: (Byz if cfg.me == BYZ else Core)(cfg, sign, app, *rest))
+    sim.load(2000)
+    sim.durable("v3", tmp_path / "v3.db")
+    honest = lambda node: node.index != BYZ  # noqa: E731
+    sim.run(blocks=10, max_ms=30_000, live=honest)
+    t0 = sim.now
+    sim.kill("v3", t0, 10**12)
+    st["phase"] = "collect"
+    while len(st["qcs"]) < 16 and sim.now < t0 + 200_000:
+        sim.run(blocks=10**9, max_ms=sim.now + 1_000, live=honest)
+    st["phase"] = "idle"
+    sim.run(blocks=10**9, max_ms=sim.now + 3_000, live=honest)  # the chain commits past the abandoned blocks
+    assert len(st["qcs"]) == 16 and not [q for q in st["qcs"] if q.block_id in sim._node("v0").core.blocks]
+    st["phase"] = "arm"
+    while st["phase"] != "armed" and sim.now < t0 + 400_000:
+        sim.run(blocks=10**9, max_ms=sim.now + 50, live=honest)
+    assert st["phase"] == "armed"
+    sim.crashed.discard("v3")
+    sim._restart(sim._node("v3"))
+    for p in st["junk"]:
+        sim.inject(sim.now, "v3", BYZ, p)
+    sim.inject(sim.now + 0.5, "v3", BYZ, st["real"])
+    before = {n.name: len(n.committed) for n in sim.nodes}
+    sim.run(blocks=10**9, max_ms=sim.now + 30_000, live=honest)
+    after = {n.name: len(n.committed) for n in sim.nodes if honest(n)}
+    assert min(after.values()) >= max(before.values()) + 20, (before, after)
+
+
+def test_an_honest_full_answer_stays_full_after_another_committed_part_of_its_range():
+    """Validator 2 catching up asks honest peer 0 for X from height 65 and for Z from 63; 0 answers
+    Z's first (63..126 committed), then X's (65..128, all taken): counted from the committed
+    height it was short, and every fetch of 0 hopped to validator 1."""
+    sim = Simulation(n=4, seed=9)
+    sim.load(200)
+    sim.run(blocks=300)
+    donor = sim.nodes[0].core
+    chain = [b for b, _, _ in sim.nodes[0].committed]
+    fresh = Simulation(n=4, seed=9).nodes[2].core
+
+    def answer(block_id, from_height):
+        out = donor.handle(2, m.BlockRequest(block_id, from_height, m.MAX_RANGE))
+        return next(a.msg for a in out if isinstance(a, Send))
+
+    X, Z = chain[250].id, chain[280].id
+    fresh._fetch(X, 0)
+    out = fresh.handle(0, answer(X, 1))
+    req_x = [a.msg for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)]
+    assert [a.to for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)] == [0]
+    req_z = fresh._fetch(Z, 0)[0].msg
+    assert req_z.from_height < req_x[0].from_height
+    fresh.handle(0, answer(Z, req_z.from_height))
+    rx = answer(X, req_x[0].from_height)
+    assert len({p.block.id for p in rx.proposals}) == m.MAX_RANGE
+    out = fresh.handle(0, rx)
+    assert all(p.block.id in fresh.blocks or p.block.id in fresh.heights for p in rx.proposals)
+    asked = [a.to for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)]
+    assert asked and set(asked) == {0} and set(fresh.fetching.values()) == {0}
