@@ -512,7 +512,7 @@ class Core:
         out = self._on_local_timeout(view)
         for block_id in retry:
             out += self._fetch(block_id, self.cfg.me)
-        return out
+        return self._one_request_per_range(out)
 
     # ---- certificates -------------------------------------------------------------------------
     def qc_certs(self, qc: QC) -> tuple[list, list, list]:
@@ -937,7 +937,8 @@ class Core:
                   if p.block.height > floor and (p.block.id in self.blocks or p.block.id in self.heights)}
         size = sum(512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes for p in useful.values())
         ask = sender if len(useful) >= MAX_RANGE or size >= RANGE_BYTES else self._after(sender)
-        for block_id, peer in list(self.fetching.items()):
+        need_of = self._needs()
+        for block_id, peer in sorted(self.fetching.items(), key=lambda kv: need_of(kv[0]), reverse=True):
             if block_id in self.blocks:
                 del self.fetching[block_id]
                 self.fetched_in.pop(block_id, None)
@@ -945,7 +946,27 @@ class Core:
                 # (a fetch asked of everyone goes on with the first to answer)
                 self.fetching[block_id], self.fetched_in[block_id] = ask, self.ticks
                 out.append(self._ask(ask, block_id, last.height + 1))
-        return out
+        return self._one_request_per_range(out)
+
+    @staticmethod
+    def _one_request_per_range(out: list) -> list:
+        """One block request per (peer, height) in `out` (a broadcast counting for every peer),
+        the first: the newest need's, whose range the others share. Each fetch asked its own
+        range from the committed height, so a validator catching up asked everyone for one range
+        up to 16 times at each timeout and again per fetch at each answer: on a slow link the
+        copies filled its peers' answer backlogs and came late, and 1,500 blocks behind at 1.6
+        Mbit/s it got 506 of 1,686 blocks in 60 s (66 times the blocks it needed) and never
+        caught up. The other fetches stay recorded as asked; the answer moves them on too."""
+        seen, kept = set(), []
+        for a in out:
+            msg = getattr(a, "msg", None)
+            if isinstance(msg, BlockRequest):
+                key = (None if isinstance(a, Broadcast) else a.to, msg.from_height)
+                if key in seen or (None, msg.from_height) in seen:
+                    continue
+                seen.add(key)
+            kept.append(a)
+        return kept
 
     def _after(self, peer: int) -> int:
         """The validator after `peer` in index order, this one skipped."""
@@ -1185,7 +1206,7 @@ class Core:
         if self.answering:
             return [SetTimer(view, delay)] + self._propose(view)
         self.ticks += 1
-        return [SetTimer(view, delay)] + self._refetch() + self._propose(view)
+        return [SetTimer(view, delay)] + self._one_request_per_range(self._refetch()) + self._propose(view)
 
     def _refetch(self) -> list:
         """Fetches unanswered for FETCH_VIEWS views, asked again of the validator after the one
