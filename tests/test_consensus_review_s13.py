@@ -225,10 +225,11 @@ def test_withheld_proposals_on_abandoned_blocks_do_not_starve_a_lagging_validato
     assert min(after.values()) >= max(before.values()) + 20, (before, after, v3.counters["fetches_full"])
 
 
-def _trickle_setup():
+def _donor_and_fresh(blocks: int = 150):
+    """Validator 0 of a chain of `blocks`, the chain, and validator 2 of a fresh network (at genesis)."""
     sim = Simulation(n=4, seed=9)
     sim.load(200)
-    sim.run(blocks=150)
+    sim.run(blocks=blocks)
     donor = sim.nodes[0].core
     chain = [b for b, _, _ in sim.nodes[0].committed]
     fresh = Simulation(n=4, seed=9).nodes[2].core
@@ -236,7 +237,7 @@ def _trickle_setup():
 
 
 def test_a_peer_answering_one_block_padded_with_copies_is_passed_over():
-    donor, chain, fresh = _trickle_setup()
+    donor, chain, fresh = _donor_and_fresh()
     target = chain[140].id
     fresh._fetch(target, fresh.cfg.me)  # asked of everyone; validator 1 (Byzantine) answers first
     asked, got = [], 0
@@ -253,7 +254,7 @@ def test_a_peer_answering_one_block_padded_with_copies_is_passed_over():
 
 
 def test_padding_with_stale_old_blocks_works_as_well():
-    donor, chain, fresh = _trickle_setup()
+    donor, chain, fresh = _donor_and_fresh()
     target = chain[140].id
     fresh._fetch(target, fresh.cfg.me)
     asked = []
@@ -342,12 +343,7 @@ def test_an_honest_full_answer_stays_full_after_another_committed_part_of_its_ra
     """Validator 2 catching up asks honest peer 0 for X from height 65 and for Z from 63; 0 answers
     Z's first (63..126 committed), then X's (65..128, all taken): counted from the committed
     height it was short, and every fetch of 0 hopped to validator 1."""
-    sim = Simulation(n=4, seed=9)
-    sim.load(200)
-    sim.run(blocks=300)
-    donor = sim.nodes[0].core
-    chain = [b for b, _, _ in sim.nodes[0].committed]
-    fresh = Simulation(n=4, seed=9).nodes[2].core
+    donor, chain, fresh = _donor_and_fresh(300)
 
     def answer(block_id, from_height):
         out = donor.handle(2, m.BlockRequest(block_id, from_height, m.MAX_RANGE))
@@ -375,12 +371,7 @@ def test_a_validator_catching_up_asks_each_peer_for_a_range_once():
     timeout and again per fetch at each answer; at 1.6 Mbit/s its peers' answer backlogs filled,
     copies were dropped or came late, and it got 506 of 1,686 blocks in 60 s simulated (66 times
     the blocks it needed). Now one request per (peer, height), of the newest need."""
-    sim = Simulation(n=4, seed=9)
-    sim.load(200)
-    sim.run(blocks=200)
-    donor = sim.nodes[0].core
-    chain = [b for b, _, _ in sim.nodes[0].committed]
-    fresh = Simulation(n=4, seed=9).nodes[2].core
+    donor, chain, fresh = _donor_and_fresh(200)
     for b in chain[100:116]:  # 16 fetches out, as with proposals parked on 16 parents
         fresh._fetch(b.id, fresh.cfg.me)
     assert len(fresh.fetching) == 16
