@@ -914,8 +914,11 @@ class Core:
         out, new = [], 0
         lo = resp.proposals[0].block.height
         # blocks from where it was asked (an answer to a request from an older height, taken after
-        # another answer committed past it, is still full); else from the committed height
-        floor = lo - 1 if self.asked_from.pop((sender, lo), False) is None else self.committed.height
+        # another answer committed part of its range, is still full); else, or where all of the
+        # range asked is committed (a Byzantine peer answering a request it left unanswered, with
+        # blocks committed since and one new one), from the committed height
+        asked = self.asked_from.pop((sender, lo), False) is None and lo + MAX_RANGE - 1 > self.committed.height
+        floor = lo - 1 if asked else self.committed.height
         self.answering = True
         try:
             for i, p in enumerate(resp.proposals):

@@ -384,3 +384,37 @@ def test_a_validator_catching_up_asks_each_peer_for_a_range_once():
     out = fresh.handle(0, answer)
     asks = [a for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)]
     assert len(asks) == 1 and asks[0].to == 0 and asks[0].msg.from_height == answer.proposals[-1].block.height + 1
+
+
+def test_a_late_answer_to_a_request_whose_range_is_committed_is_measured_from_the_commit():
+    """Validator 1 (Byzantine) leaves the requests each timeout broadcasts to it unanswered, then
+    answers them late with the 63 blocks asked (committed since, from honest 0's answers) and one
+    new one: measured from the height asked, they made a full answer and every next range was
+    asked of it again, one block per answer."""
+    donor, chain, fresh = _donor_and_fresh(400)
+    target = chain[390].id
+
+    def requests(out):
+        return [a for a in out if isinstance(getattr(a, "msg", None), m.BlockRequest)]
+
+    def honest_answer():
+        out = donor.handle(2, m.BlockRequest(target, fresh.committed.height + 1, m.MAX_RANGE))
+        return next(a.msg for a in out if isinstance(a, Send))
+
+    fresh._fetch(target, fresh.cfg.me)
+    left = []  # heights asked of validator 1, never answered
+    for _ in range(4):
+        out = fresh.on_timer(fresh.view) if fresh.view else []
+        out += fresh.handle(0, honest_answer())
+        left += [a.msg.from_height for a in requests(out) if isinstance(a, Broadcast) or a.to == 1]
+    out = fresh.on_timer(fresh.view)  # every fetch asked of everyone again: validator 1 answers first
+    left = sorted(set(left + [a.msg.from_height for a in requests(out) if isinstance(a, Broadcast)]))
+    asked = []
+    for h in left:
+        if h + 62 > fresh.committed.height:
+            break
+        pad = tuple(donor.proposals[chain[x - 1].id] for x in range(h, h + 63))  # chain[i] is height i + 1
+        top = max(b.height for b in fresh.blocks.values())
+        out = fresh.handle(1, m.BlockResponse(pad + (donor.proposals[chain[top].id],)))
+        asked += [a.to if isinstance(a, Send) else None for a in requests(out)]
+    assert asked and 1 not in asked and None not in asked, asked
