@@ -1195,8 +1195,8 @@ class Core:
         for block_id in forgotten:
             if block_id in self.fetching and block_id not in self.pending_qcs and block_id != self.safety.high_qc.block_id:
                 del self.fetching[block_id]
-            self.fetched_in.pop(block_id, None)
-            self.fetch_tries.pop(block_id, None)
+                self.fetched_in.pop(block_id, None)
+                self.fetch_tries.pop(block_id, None)
 
     # ---- views, timeouts ----------------------------------------------------------------------
     def _enter_view(self, view: int, via_qc: bool) -> list:
