@@ -13,13 +13,13 @@ from consensus.node import NodeConfig, NodeRunner
 from consensus.rpc import Rpc
 
 
-def _serve(tmp_path, scenario):
-    """scenario(rpc) on a fresh validator's API (port 0), with the runner closed after."""
+def _serve(tmp_path, scenario, **limits):
+    """scenario(rpc) on a fresh validator's API (port 0, Rpc's limits), with the runner closed after."""
     cfg = NodeConfig.load(write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none", rpc_port=0)[0])
     runner = NodeRunner(cfg)
 
     async def main():
-        rpc = Rpc(runner, ("127.0.0.1", 0))
+        rpc = Rpc(runner, ("127.0.0.1", 0), **limits)
         await rpc.start()
         try:
             return await scenario(rpc)
@@ -265,34 +265,40 @@ def test_a_url_that_is_more_than_an_address_is_refused(url, what):
     assert cl.Client("http://127.0.0.1:1/").urls == ["http://127.0.0.1:1"]
 
 
+def node_log(config, until: str, preexec_fn=None) -> list[str]:
+    """The log lines of `accel node --config config`, run until a line holds `until`, then SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
+    lines = []
+    try:
+        deadline = time.monotonic() + 90
+        while not any(until in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            lines.append(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        lines += proc.communicate(timeout=30)[0].splitlines()
+    return lines
+
+
 def test_a_node_says_which_port_its_api_took_and_warns_of_too_many_connections(tmp_path):
     """[rpc] listen on port 0 was logged as ':0' (the port the system chose appeared nowhere), and a
     max_connections above half the file-descriptor limit started without a word (at that many
     clients accept() fails, and the peers' connections and the store's files with it)."""
     import resource
-    import signal
-    import subprocess
-    import sys
-    import time
     config = write_configs(tmp_path, 4, 10, "software", 0.0, 300.0, load="none", rpc_port=0)[0]
     head, rest = config.read_text().split("\n[rpc]\n")
     config.write_text(head + '\n[rpc]\nlisten = "127.0.0.1:0"\nmax_connections = 200\n' + rest.split("\n", 1)[1])
 
     def few_descriptors():
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=few_descriptors)
-    lines = []
-    try:
-        deadline = time.monotonic() + 90
-        # (until the warning, logged just after the API's line: a SIGTERM sent on that line could
-        # stop the node between the two under load)
-        while not any("file-descriptor limit" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, lines
-            lines.append(proc.stdout.readline())
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        lines += proc.communicate(timeout=30)[0].splitlines()
+    # (until the warning, logged just after the API's line: a SIGTERM sent on that line could
+    # stop the node between the two under load)
+    lines = node_log(config, "file-descriptor limit", preexec_fn=few_descriptors)
     (api,) = [line for line in lines if "client API on" in line]
     assert not api.rstrip().endswith(":0") and int(api.rstrip().rsplit(":", 1)[1]) > 0, api
     assert any("max_connections = 200 is above half this process's file-descriptor limit (256" in line

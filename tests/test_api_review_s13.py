@@ -20,28 +20,17 @@ from accel.config import ConfigError
 from consensus import client as cl
 from consensus.localnet import write_configs
 from consensus.node import NodeConfig, NodeRunner, StartupError
+from tests.test_api_review_s11 import _serve, node_log
 
 
 def _api(tmp_path, scenario, **limits):
-    """scenario(rpc, base_url) on a fresh validator's API (port 0), with the runner closed after."""
+    """scenario(rpc, session, base_url) on a fresh validator's API (port 0), with the runner closed after."""
     import aiohttp
 
-    from consensus.rpc import Rpc
-    cfg = NodeConfig.load(write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none", rpc_port=0)[0])
-    runner = NodeRunner(cfg)
-
-    async def main():
-        rpc = Rpc(runner, ("127.0.0.1", 0), **limits)
-        await rpc.start()
-        try:
-            async with aiohttp.ClientSession() as session:
-                return await scenario(rpc, session, f"http://127.0.0.1:{rpc.bound_port()}")
-        finally:
-            await rpc.stop()
-    try:
-        return asyncio.run(main())
-    finally:
-        runner.close()
+    async def with_session(rpc):
+        async with aiohttp.ClientSession() as session:
+            return await scenario(rpc, session, f"http://127.0.0.1:{rpc.bound_port()}")
+    return _serve(tmp_path, with_session, **limits)
 
 
 def _charges(rpc) -> list:
@@ -384,26 +373,12 @@ def _ipv6() -> bool:
 
 def test_a_node_logs_the_ports_it_took_and_brackets_ipv6_hosts(tmp_path):
     """[metrics] listen on port 0 was logged as ':0/metrics', and an IPv6 host as http://:::9464."""
-    import signal
-    import subprocess
-    import sys
-    import time
     host = "::1" if _ipv6() else "127.0.0.1"
     shown = "[::1]" if host == "::1" else host
     config = write_configs(tmp_path, 4, 10, "software", 0.0, 300.0, load="none", rpc_port=0, metrics_port=0)[0]
     text = re.sub(r'(\[(?:metrics|rpc)\]\nlisten = )"[^"]*"', rf'\1"[{host}]:0"', config.read_text())
     config.write_text(text)
-    proc = subprocess.Popen([sys.executable, "-m", "accel.cli", "node", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    try:
-        deadline = time.monotonic() + 90
-        while not any("client API on" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, lines
-            lines.append(proc.stdout.readline())
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        lines += proc.communicate(timeout=30)[0].splitlines()
+    lines = node_log(config, "client API on")  # (the metrics and peers lines come before it)
     for what, tail in (("metrics on http://", "/metrics"), ("client API on http://", ""), ("peers on ", "")):
         (line,) = [line for line in lines if what in line]
         found = re.search(re.escape(what) + r"(\S+):(\d+)" + re.escape(tail), line)

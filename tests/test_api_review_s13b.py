@@ -14,26 +14,12 @@ from nacl.signing import SigningKey
 
 from consensus import client as cl
 from consensus import rpc as rpc_module
-from consensus.localnet import write_configs
-from consensus.node import NodeConfig, NodeRunner
+from tests.test_api_review_s11 import _serve
 
 
 def _api(tmp_path, scenario, **limits):
     """scenario(rpc, port) on a fresh validator's API (port 0), with the runner closed after."""
-    cfg = NodeConfig.load(write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none", rpc_port=0)[0])
-    runner = NodeRunner(cfg)
-
-    async def main():
-        rpc = rpc_module.Rpc(runner, ("127.0.0.1", 0), **limits)
-        await rpc.start()
-        try:
-            return await scenario(rpc, rpc.bound_port())
-        finally:
-            await rpc.stop()
-    try:
-        return asyncio.run(main())
-    finally:
-        runner.close()
+    return _serve(tmp_path, lambda rpc: scenario(rpc, rpc.bound_port()), **limits)
 
 
 def _fake_clock(rpc) -> dict:
