@@ -800,12 +800,15 @@ class Core:
             if need_of(victim) >= (need_of(block_id) if need is None else need):
                 self.counters["fetches_full"] += 1
                 return []
-            del self.fetching[victim]
-            self.fetched_in.pop(victim, None)
-            self.fetch_tries.pop(victim, None)
+            self._drop_fetch(victim)
             self.counters["fetch_evicted"] += 1
         self.fetching[block_id], self.fetched_in[block_id] = peer, self.ticks
         return [self._ask(peer, block_id, self.committed.height + 1)]
+
+    def _drop_fetch(self, block_id: bytes) -> None:
+        del self.fetching[block_id]
+        self.fetched_in.pop(block_id, None)
+        self.fetch_tries.pop(block_id, None)
 
     def _ask(self, peer: int, block_id: bytes, from_height: int):
         """A request for the chain from from_height up to block_id, of `peer` (everyone, if it is
@@ -1194,9 +1197,7 @@ class Core:
         # fetches still needed
         for block_id in forgotten:
             if block_id in self.fetching and block_id not in self.pending_qcs and block_id != self.safety.high_qc.block_id:
-                del self.fetching[block_id]
-                self.fetched_in.pop(block_id, None)
-                self.fetch_tries.pop(block_id, None)
+                self._drop_fetch(block_id)
 
     # ---- views, timeouts ----------------------------------------------------------------------
     def _enter_view(self, view: int, via_qc: bool) -> list:
@@ -1228,8 +1229,7 @@ class Core:
             elif self.ticks - asked >= FETCH_VIEWS:
                 tries = self.fetch_tries.get(block_id, 0) + 1
                 if tries >= self.cfg.n:  # every validator asked: a block nobody serves (an abandoned
-                    del self.fetching[block_id], self.fetched_in[block_id]  # branch's); its slot is freed
-                    self.fetch_tries.pop(block_id, None)
+                    self._drop_fetch(block_id)  # branch's); its slot is freed
                     continue
                 peer = self._after(self.fetching[block_id])
                 self.fetching[block_id], self.fetched_in[block_id] = peer, self.ticks
