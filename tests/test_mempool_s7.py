@@ -53,11 +53,16 @@ def digest(item):
 
 
 def check_index(app):
-    """The Mempool's owner counts and heaps agree with a recount of what it holds."""
+    """The Mempool's owner counts, heaps and holders agree with a recount of what it holds."""
     pool = app.mempool
     counts = Counter(clearing_app._owner(p.tx) for p in pool.values())
     assert pool.count == dict(counts)
     assert set(pool.queues) == set(counts)
+    holders = {}
+    for d, p in pool.items():
+        for item in clearing_app._touches(p.tx):
+            holders.setdefault(item, set()).add(d)
+    assert pool.holders == holders
     weights = {o: n + (o not in app.head.accounts) for o, n in counts.items()}
     top, heavy = pool.heaviest()
     assert top == max(weights.values(), default=0)
