@@ -1,14 +1,22 @@
-"""A clearing proposer's cost with refused transactions in its mempool (issue 19): propose() of a
-1,000-transaction block from a mempool holding just those, against the same mempool plus 5,000
-transactions the rules refuse (withdrawals with nonces far ahead, trades of unregistered
-accounts), half before the good ones, half after. Each round fills the mempool anew (the first proposal
-evicts what it refuses), so every round pays for them; the ratio is the cost of the refused ones."""
+"""A clearing validator's mempool costs.
+
+- test_propose (issue 19): propose() of a 1,000-transaction block from a mempool holding just
+  those, against the same mempool plus 5,000 transactions the rules refuse (withdrawals with
+  nonces far ahead, trades of unregistered accounts), half before the good ones, half after. Each
+  round fills the mempool anew (the first proposal evicts what it refuses), so every round pays
+  for them; the ratio is the cost of the refused ones.
+- test_commit: committed() of that block, following the head, with its transactions alone in the
+  mempool against the same plus 100,000 others pending (deposits of keys not registered yet): the
+  ratio is what the others cost a commit (it must scale with the block, not the mempool)."""
+import hashlib
+
 import pytest
 from nacl.signing import SigningKey
 
 from consensus.apps import clearing_tx as ctx
-from consensus.apps.clearing_app import ClearingApp
+from consensus.apps.clearing_app import ClearingApp, Pending
 from consensus.apps.clearing_load import USD, ClearingLoad, genesis_market
+from consensus.messages import QC, Block
 from consensus.verify import Verifier
 
 GOOD, REFUSED = 1_000, 5_000
@@ -46,3 +54,26 @@ def test_propose(benchmark, market, with_refused):
 
     txs, _ = benchmark.pedantic(app.propose, setup=fill, rounds=9)
     assert len(txs) == GOOD
+
+
+@pytest.mark.parametrize("others", [0, 100_000], ids=["block alone", "plus 100,000 pending"])
+def test_commit(benchmark, market, others):
+    genesis, good, _ = market
+    proposer = ClearingApp(Verifier("accel", "cpu"), genesis, max_txs=GOOD)
+    proposer.submit_many(good)
+    txs, state = proposer.propose(proposer.genesis, set())
+    assert len(txs) == GOOD
+    held = dict(proposer.mempool)
+    block = Block(2, 2, bytes(32), 2, proposer.tx_root(txs), state.root, txs.digest(), txs, QC(bytes(32), 0, 0))
+    app = ClearingApp(Verifier("accel", "cpu"), genesis, max_txs=GOOD)
+    for i in range(others):
+        body = ctx.deposit(hashlib.sha256(i.to_bytes(8, "big")).digest(), 0, "USD", USD)
+        app.mempool[hashlib.sha256(body).digest()] = Pending(body, [bytes(64)], ctx.decode(body), bytes(64))
+
+    def again():
+        app.mempool.update(held)
+        app.head, app.head_id = app.genesis.clearing, block.parent
+        return (block, state), {}
+
+    benchmark.pedantic(app.committed, setup=again, rounds=9)
+    assert len(app.mempool) == others
