@@ -313,10 +313,11 @@ def test_a_validator_that_missed_older_marks_votes_for_a_block_carrying_one_of_t
 
 
 def test_a_mark_no_block_applies_does_not_shield_a_newer_one():
-    """The voter holds an oracle mark no block can apply (a vol for a future, which admission does
-    not check) before the crash mark: only the oldest held mark of each underlying was tried, so the
-    block margined at the stale mark got the vote."""
-    bad = signed(ctx.mark("BTC", 60_000.0, 2, 1_800_000_060 + 300, {**VOLS, 3: 0.7}, O[:2]), ORACLES[:2])
+    """The voter holds an oracle mark no block can apply (one lacking an option's vol, which
+    admission does not check; a vol for a future it refuses since session 14) before the crash
+    mark: only the oldest held mark of each underlying was tried, so the block margined at the
+    stale mark got the vote."""
+    bad = signed(ctx.mark("BTC", 60_000.0, 2, 1_800_000_060 + 300, {1: 0.7, 2: 0.7}, O[:2]), ORACLES[:2])
     clock = Clock()
     attacker, voter = app(), app(clock, mark_grace_s=0.5)
     admit(attacker, setup_items(initial_margin() + USD))

@@ -959,6 +959,33 @@ class Clearing:
         self._flush()
         return short
 
+    @functools.cached_property
+    def oracle_set(self) -> frozenset:
+        return frozenset(self.oracles)
+
+    def mark_form_refusal(self, underlying: str, vols: dict, signers) -> str:
+        """Why a mark is refused whatever its numbers and whenever it comes ("" if it is not): it
+        lists fewer than a quorum of the oracles, or a key that is no oracle's, or a vol for a
+        series that is not an option listed on its underlying. Oracles and series are fixed at
+        genesis, so a validator checks this on the parent's state before a block's signatures:
+        each listed key costs a signature check of the mark's whole body, and each vol 12 bytes
+        of it (a mark of 255 listed keys and 4,000 vols made a 73 KB block cost 230 MB and
+        1,020 checks before this refused it)."""
+        oracles = self.oracle_set
+        known = sum(k in oracles for k in signers)
+        if known < self.quorum:
+            return f"mark signed by {known} oracle(s), {self.quorum} needed"
+        strangers = [k for k in signers if k not in oracles]
+        if strangers:
+            return f"mark signed by {len(strangers)} key(s) that are no oracle's (first {strangers[0].hex()[:16]})"
+        mine = {i: s for i, s in self.series.items() if s.underlying == underlying}
+        if not mine:
+            return f"no listed series has the underlying {underlying!r}"
+        for i in vols:
+            if i not in mine or mine[i].kind == FUTURE:
+                return f"{underlying} mark has a vol for series {i}, not an option on {underlying}"
+        return ""
+
     def mark(self, underlying: str, index: float, vols: dict, sequence: int, timestamp: int, signers: list[bytes],
              signatures_valid: bool = True) -> None:
         """An oracle mark; signers are the keys whose signatures over it verified (checked where the
@@ -968,16 +995,12 @@ class Clearing:
         that can refuse it is computed before anything changes."""
         if not signatures_valid:
             raise Rejected("an oracle signature does not verify")
-        known = {k for k in signers if k in self.oracles}
-        if len(known) < self.quorum:
-            raise Rejected(f"mark signed by {len(known)} oracle(s), {self.quorum} needed")
+        refusal = self.mark_form_refusal(underlying, vols, signers)
+        if refusal:
+            raise Rejected(refusal)
         mine = {i: s for i, s in self.series.items() if s.underlying == underlying}
-        if not mine:
-            raise Rejected(f"no listed series has the underlying {underlying!r}")
         _ranged(f"{underlying} index", index, INDEX_RANGE)
         for i, v in vols.items():
-            if i not in mine or mine[i].kind == FUTURE:
-                raise Rejected(f"{underlying} mark has a vol for series {i}, not an option on {underlying}")
             _ranged(f"vol of series {i}", v, VOL_RANGE)
         last = self.marks.get(underlying)
         if last is not None and (sequence <= last.sequence or timestamp <= last.timestamp):

@@ -597,7 +597,7 @@ class ClearingApp:
         the flood is one heavy owner that gives way to anyone holding less, and keeping a new
         user out takes as many addresses as half the mempool (docs/OPERATOR.md)."""
         head, owner = self.head, _owner(tx)
-        if tx.op == ctx.MARK:  # (one short of a quorum is refused: _short_of_oracles)
+        if tx.op == ctx.MARK:  # (a mark short of a quorum is refused: _misformed_mark)
             return MARKS
         if client is None or owner in head.accounts:
             return owner
@@ -625,7 +625,7 @@ class ClearingApp:
             except (ctx.Malformed, TypeError, ValueError) as exc:
                 reasons[i] = f"malformed: {exc}"
                 continue
-            reasons[i] = self._stale(tx) or self._ahead(tx) or self._short_of_oracles(tx)
+            reasons[i] = self._stale(tx) or self._ahead(tx) or self._misformed_mark(tx)
             if not reasons[i]:
                 decoded.append((i, body, signatures, tx))
         fresh, twice = [], {}  # twice: item -> the earlier item of the submission it repeats
@@ -720,23 +720,16 @@ class ClearingApp:
             return f"stale: {mark[0]} mark {mark[1]} is not after the committed mark {last.sequence}"
         return ""
 
-    def _short_of_oracles(self, tx: ctx.Tx) -> str:
-        """Why the mempool takes no mark tx ("" if it does): one without a quorum of oracle keys
-        among its signers (Clearing.mark's refusal), or one listing another key (no oracle service
-        signs so, and Clearing.mark counts only the oracles): refused before its signatures are
-        checked. Taken, one request of 30 marks of 255 signers each cost 7,650 checks, also with
-        the oracles' public keys listed among 253 fresh ones, and marks signed by fresh keys, each
-        its own owner, filled a mempool from one address (_owner_for)."""
+    def _misformed_mark(self, tx: ctx.Tx) -> str:
+        """Why the mempool takes no mark tx whatever its signatures ("" if it does, or tx is no
+        mark): Clearing.mark_form_refusal, checked before its signatures. Taken, one request of 30
+        marks of 255 signers each cost 7,650 checks, also with the oracles' public keys listed
+        among 253 fresh ones, and marks signed by fresh keys, each its own owner, filled a mempool
+        from one address (_owner_for)."""
         if tx.op != ctx.MARK:
             return ""
-        head = self.head
-        oracles = set(head.oracles)
-        known = len(oracles.intersection(tx.signers))
-        if known < head.quorum:
-            return f"mark signed by {known} oracle(s), {head.quorum} needed"
-        strangers = [k for k in tx.signers if k not in oracles]
-        return (f"mark signed by {len(strangers)} key(s) that are no oracle's (first {strangers[0].hex()[:16]})"
-                if strangers else "")
+        underlying, _, _, _, vols = tx.fields
+        return self.head.mark_form_refusal(underlying, vols, tx.signers)
 
     def _ahead(self, tx: ctx.Tx) -> str:
         """Why tx waits too far ahead of its accounts' committed nonces ("" if it does not)."""
@@ -823,6 +816,11 @@ class ClearingApp:
             counts = ctx.signer_counts(txs, sigs)
         except ctx.Malformed as exc:
             return Verdict(False, f"malformed transaction: {exc}", None, {})
+        form = parent.clearing.mark_form_refusal
+        for i, tx in enumerate(txs):  # (what the rules refuse whatever the signatures: before them)
+            refusal = form(tx.fields[0], tx.fields[4], tx.signers) if tx.op == ctx.MARK else ""
+            if refusal:
+                return Verdict(False, f"invalid transaction: transaction {i}: {refusal}", None, {})
         skip = self._cached(bodies, sigs, counts) if self.sig_cache and self.mempool else None
         keys, messages, rows = ctx.signature_batch(bodies, txs, counts, skip)
         if not self.verifier.verify_all(keys, messages, sigs[rows], certs):

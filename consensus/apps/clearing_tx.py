@@ -153,7 +153,8 @@ def signature_batch(bodies: Packed, txs: list[Tx], counts: np.ndarray,
                     skip: np.ndarray | None = None) -> tuple[np.ndarray, Packed, np.ndarray]:
     """(keys (m, 32), messages, rows): for every signature of a transaction not in `skip` (a bool
     per transaction), its signer's key, the body it signs and its row in the block's signatures;
-    bodies are repeated once per signer, gathered with array indexing."""
+    bodies are repeated once per signer, joined from slices: the messages' bytes and little
+    else (gathered through an int64 index per byte, they cost 25 bytes per byte signed)."""
     which = np.repeat(np.arange(len(txs)), counts)
     rows = np.arange(len(which))
     if skip is not None:
@@ -161,12 +162,13 @@ def signature_batch(bodies: Packed, txs: list[Tx], counts: np.ndarray,
         which = which[rows]
     signers = [k for t in txs for k in t.signers]
     keys = np.frombuffer(b"".join(signers[r] for r in rows), np.uint8).reshape(-1, 32)
-    starts, ends = bodies.offsets[:-1].astype(np.int64)[which], bodies.offsets[1:].astype(np.int64)[which]
-    lengths = ends - starts
+    starts, ends = bodies.offsets[:-1][which], bodies.offsets[1:][which]
+    data = bodies.data
+    messages = (np.concatenate([data[a:b] for a, b in zip(starts.tolist(), ends.tolist())]) if len(which)
+                else np.zeros(0, np.uint8))
     offsets = np.zeros(len(which) + 1, np.uint64)
-    np.cumsum(lengths, out=offsets[1:])
-    index = np.repeat(starts - offsets[:-1].astype(np.int64), lengths) + np.arange(int(offsets[-1]))
-    return keys, Packed(bodies.data[index], offsets), rows
+    np.cumsum(ends - starts, out=offsets[1:])
+    return keys, Packed(messages, offsets), rows
 
 
 def consumed(tx: Tx) -> tuple[list[tuple[bytes, int]], bytes | None, tuple[str, int] | None]:

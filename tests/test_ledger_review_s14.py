@@ -1,0 +1,140 @@
+"""The clearing ledger, fourteenth session's review: a block of marks made every validator allocate
+about 3,000 times the block's bytes and check far more signatures than MAX_BLOCK_TXS suggests,
+before any rule looked at a mark (fixed).
+
+A mark's body is signed by each key it lists, and validate() built the whole signature batch
+(each body copied once per listed key, gathered through an int64 index per copied byte) before
+the mark's rule ran. One mark listing 255 keys (the leader's own, every signature valid, no
+oracle among them) and 4,000 vols: a 73 KB block, 230 MB allocated and 1,020 checks; scaled to a
+64 MiB proposal, hundreds of GB. The mempool refused such marks already; the rule counted only
+the oracles among the keys and so took a quorum mark listing strangers too.
+
+Now a mark lists only oracles, at least a quorum, and vols only for options on its underlying
+(Clearing.mark_form_refusal, a rule of the network: oracles and series are fixed at genesis),
+checked by validate on the parent's state before any signature and by the mempool on admission,
+and the signature batch joins slices instead of indexing every byte."""
+import random
+import re
+import tracemalloc
+
+import numpy as np
+import pytest
+from nacl.signing import SigningKey
+
+from accel.packing import Packed, pack_messages
+from consensus.apps import clearing_tx as ctx
+from consensus.apps.clearing import Rejected
+from consensus.apps.clearing_app import ClearingApp
+from consensus.verify import Verifier
+from tests.test_clearing_columns import funded_genesis
+from tests.test_clearing_properties import K, O, ORACLES, USERS, as_txs, block_of, signed
+from tests.test_ledger_proposal_s6 import VOLS
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
+
+STRANGERS = [SigningKey(bytes([200 + i]) * 32) for i in range(3)]
+S = [bytes(s.verify_key) for s in STRANGERS]
+SEQ, TS = 5, 1_800_000_500
+
+
+def counting(app: ClearingApp) -> list:
+    """The keys of every signature batch app's verifier is asked to check."""
+    calls, verify_all = [], app.verifier.verify_all
+
+    def spy(keys, messages, sigs, certs):
+        calls.append(len(keys))
+        return verify_all(keys, messages, sigs, certs)
+    app.verifier.verify_all = spy
+    return calls
+
+
+def validate(app: ClearingApp, items):
+    block = block_of(as_txs(items), app.genesis.root, b"\0" * 32, app)
+    return app.validate(app.genesis, block, ((), (), ()))
+
+
+@pytest.mark.parametrize("vols, signers, why", [
+    (VOLS, O[:2] + S, "key(s) that are no oracle's"),
+    (VOLS, S, "mark signed by 0 oracle(s), 2 needed"),
+    ({**VOLS, 3: 0.7}, O[:2], "vol for series 3, not an option on BTC"),  # series 3: a future
+    ({**VOLS, 10_000: 0.7}, O[:2], "vol for series 10000, not an option on BTC"),
+], ids=["quorum and strangers", "strangers only", "a future's vol", "an unlisted series' vol"])
+def test_a_misformed_mark_is_refused_by_the_rule_the_mempool_and_validate_before_any_signature(vols, signers, why):
+    """Every listed key signs validly: before, the first shape applied (the rule counted only the
+    oracles), and each cost its signature checks before the rule ran."""
+    keys = {bytes(k.verify_key): k for k in ORACLES + STRANGERS}
+    item = signed(ctx.mark("BTC", 60_100.0, SEQ, TS, vols, signers), [keys[k] for k in signers])
+    c = funded_genesis()
+    with pytest.raises(Rejected, match=re.escape(why)):
+        c.mark("BTC", 60_100.0, vols, SEQ, TS, signers)
+    app = ClearingApp(Verifier("accel", "cpu"), funded_genesis())
+    calls = counting(app)
+    verdict = validate(app, [signed(ctx.deposit(K[0], 2, "USD", 1), [USERS[0]]), item])
+    assert not verdict.ok and "transaction 1" in verdict.reason and why in verdict.reason
+    assert calls == []
+    assert why in app.submit_many([item])[0]
+    assert calls == []
+
+
+def test_a_well_formed_mark_still_applies():
+    """The same mark signed by a quorum of oracles and nothing else, with the vols the genesis
+    series need: valid, and its signatures checked in the block's one batch."""
+    item = signed(ctx.mark("BTC", 60_100.0, SEQ, TS, VOLS, O[:2]), ORACLES[:2])
+    c = funded_genesis()
+    c.mark("BTC", 60_100.0, VOLS, SEQ, TS, O[:2])
+    app = ClearingApp(Verifier("accel", "cpu"), funded_genesis(), sig_cache=False)
+    calls = counting(app)
+    assert app.submit_many([item]) == [""]
+    txs, state = app.propose(app.genesis, set())
+    assert len(txs) == 1
+    verdict = app.validate(app.genesis, block_of(txs, app.genesis.root, state.root, app), ((), (), ()))
+    assert verdict.ok and verdict.state.root == state.root, verdict.reason
+    assert calls == [2]
+
+
+def test_a_block_of_a_mark_listing_255_keys_costs_a_small_multiple_of_its_bytes():
+    """As found: 4,000 vols, 255 listed keys (none an oracle): the 73 KB block allocated 230 MB
+    (3,168 times its bytes) in validate. Now it is refused before its batch is built."""
+    keys = [bytes(SigningKey(i.to_bytes(2, "big") * 16).verify_key) for i in range(255)]
+    body = ctx.mark("BTC", 60_100.0, SEQ, TS, {10_000 + i: 0.7 for i in range(4_000)}, keys)
+    app = ClearingApp(Verifier("accel", "cpu"), funded_genesis())
+    size = len(body) + 64 * len(keys)
+    tracemalloc.start()
+    try:
+        verdict = validate(app, [(body, [bytes(64)] * len(keys))])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not verdict.ok and "no oracle's" not in verdict.reason and "0 oracle(s)" in verdict.reason
+    assert peak < 16 * size, f"validate allocated {peak / size:.0f} times the block's bytes"
+
+
+def reference_batch(bodies: list[bytes], signers: list[list[bytes]], skip):
+    keys, messages, rows, row = [], [], [], 0
+    for i, (body, ks) in enumerate(zip(bodies, signers)):
+        for k in ks:
+            if skip is None or not skip[i]:
+                keys.append(k)
+                messages.append(body)
+                rows.append(row)
+            row += 1
+    return keys, messages, rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_signature_batch_pairs_each_signature_with_its_key_and_body(seed):
+    """Random bodies (empty ones too) with 0 to 4 signers each, some skipped (found in the
+    mempool), against a plain loop: the same keys, messages and rows, in order."""
+    rnd = random.Random(seed)
+    n = rnd.choice((0, 1, 7, 200))
+    bodies = [rnd.randbytes(rnd.choice((0, 1, 40, 300))) for _ in range(n)]
+    signers = [[rnd.randbytes(32) for _ in range(rnd.randrange(5))] for _ in range(n)]
+    txs = [ctx.Tx(ctx.DEPOSIT, (), tuple(ks), b) for b, ks in zip(bodies, signers)]
+    skip = np.array([rnd.random() < 0.4 for _ in range(n)], bool) if seed % 2 else None
+    packed = Packed(*pack_messages(bodies)) if n else Packed(np.zeros(0, np.uint8), np.zeros(1, np.uint64))
+    keys, messages, rows = ctx.signature_batch(packed, txs, np.array([len(k) for k in signers], np.int64), skip)
+    want_keys, want_messages, want_rows = reference_batch(bodies, signers, skip)
+    assert [bytes(k) for k in keys] == want_keys
+    assert [messages.item(i) for i in range(len(messages))] == want_messages
+    assert rows.tolist() == want_rows
+    assert messages.offsets.dtype == np.uint64 and int(messages.offsets[-1]) == len(messages.data)
