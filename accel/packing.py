@@ -43,6 +43,13 @@ class Packed(NamedTuple):
         return self.data[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
 
 
+def exact_bytes(b: bytes) -> bytes:
+    """b's own bytes as a plain bytes object: a subclass's len() or __bytes__ may say otherwise
+    (a body whose len() said 61 of its 64 bytes decoded, verified and was proposed, and every
+    validator refused the block)."""
+    return b if type(b) is bytes else bytes.__getitem__(b, slice(None))
+
+
 def _buffer_problem(m) -> str | None:
     """Why m cannot be taken as a run of bytes, or None: bytes and bytearray always can; a
     memoryview only when it is one C-contiguous dimension of 1-byte items (len() counts other

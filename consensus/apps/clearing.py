@@ -963,19 +963,21 @@ class Clearing:
     def oracle_set(self) -> frozenset:
         return frozenset(self.oracles)
 
-    def mark_form_refusal(self, underlying: str, vols: dict, signers) -> str:
+    def mark_form_refusal(self, underlying: str, vols: dict, signers, strangers_allowed: bool = False) -> str:
         """Why a mark is refused whatever its numbers and whenever it comes ("" if it is not): it
-        lists fewer than a quorum of the oracles, or a key that is no oracle's, or a vol for a
-        series that is not an option listed on its underlying. Oracles and series are fixed at
-        genesis, so a validator checks this on the parent's state before a block's signatures:
-        each listed key costs a signature check of the mark's whole body, and each vol 12 bytes
-        of it (a mark of 255 listed keys and 4,000 vols made a 73 KB block cost 230 MB and
-        1,020 checks before this refused it)."""
+        lists fewer than a quorum of distinct oracles, or a key that is no oracle's, or a vol for
+        a series that is not an option listed on its underlying. Oracles and series are fixed at
+        genesis, so a validator checks this on the parent's state before a block's signatures
+        (ClearingApp.validate, and the mempool on admission): each listed key costs a signature
+        check of the mark's whole body, and each vol 12 bytes of it (a mark of 255 listed keys
+        and 4,000 vols made a 73 KB block cost 230 MB and 1,020 checks before this refused it).
+        strangers_allowed: mark() itself, which also replays blocks committed before that rule,
+        counts only the oracles among the keys."""
         oracles = self.oracle_set
-        known = sum(k in oracles for k in signers)
+        known = len(oracles.intersection(signers))
         if known < self.quorum:
             return f"mark signed by {known} oracle(s), {self.quorum} needed"
-        strangers = [k for k in signers if k not in oracles]
+        strangers = [] if strangers_allowed else [k for k in signers if k not in oracles]
         if strangers:
             return f"mark signed by {len(strangers)} key(s) that are no oracle's (first {strangers[0].hex()[:16]})"
         mine = {i: s for i, s in self.series.items() if s.underlying == underlying}
@@ -995,7 +997,7 @@ class Clearing:
         that can refuse it is computed before anything changes."""
         if not signatures_valid:
             raise Rejected("an oracle signature does not verify")
-        refusal = self.mark_form_refusal(underlying, vols, signers)
+        refusal = self.mark_form_refusal(underlying, vols, signers, strangers_allowed=True)
         if refusal:
             raise Rejected(refusal)
         mine = {i: s for i, s in self.series.items() if s.underlying == underlying}

@@ -30,7 +30,7 @@ import numpy as np
 
 import accel
 from accel import Packed
-from accel.packing import pack_fixed, pack_messages
+from accel.packing import exact_bytes, pack_fixed, pack_messages
 
 from ..messages import Block, Txs
 from ..verify import Verifier
@@ -375,6 +375,8 @@ class Mempool(dict):
         self.update(*args, **kwargs)
 
     def __setitem__(self, digest, pending) -> None:
+        if not isinstance(getattr(pending, "tx", None), ctx.Tx):  # (before anything is written)
+            raise TypeError(f"a mempool holds Pending entries, not {type(pending).__name__}")
         if digest in self:
             self._gone(digest, dict.pop(self, digest))
         dict.__setitem__(self, digest, pending)
@@ -481,6 +483,10 @@ class Mempool(dict):
         for digest, held in dict(*args, **kwargs).items():
             self[digest] = held
 
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
 
 class Pending(NamedTuple):
     """A mempool transaction: its body, signatures (checked on admission), decoded form, and its
@@ -574,6 +580,7 @@ class ClearingApp:
         held = held if isinstance(held, Mempool) else Mempool(held)
         held.reweigh(self._weight)
         self._mempool = held
+        self.head_id = None  # (what it holds was never checked: the next commit checks it all)
 
     def _weight(self, owner, n: int) -> int:
         """An owner's weight in the mempool, holding n transactions: an account's n, one more for
@@ -617,8 +624,8 @@ class ClearingApp:
                 body, signatures = item
                 if not isinstance(body, bytes) or not all(isinstance(s, bytes) for s in signatures):
                     raise ctx.Malformed("a body and its signatures are bytes")
+                body, signatures = exact_bytes(body), [exact_bytes(s) for s in signatures]
                 tx = ctx.decode(body, self.chain_id)
-                signatures = list(signatures)
                 if len(signatures) != len(tx.signers) or any(len(s) != 64 for s in signatures):
                     raise ctx.Malformed(f"{len(tx.signers)} signer(s) need as many 64-byte signatures, "
                                         f"got {len(signatures)}")
