@@ -10,8 +10,9 @@ Keys (all optional):
   cuda_device    CUDA device index                   env ACCEL_CUDA_DEVICE   default 0
   cuda_cubin_dir where `accel build-cuda` put the      env ACCEL_CUDA_CUBIN_DIR default "": its own
                  prebuilt CUDA modules (a module not         default, ~/.cache/accel-verify/cubin
-                 found there is compiled by NVRTC; in a      ($XDG_CACHE_HOME if set)
-                 file, relative to the file's directory)
+                 found there is compiled by NVRTC; ~ is      ($XDG_CACHE_HOME if set)
+                 the home directory; relative: in a file, to the file's directory, in the
+                 variable, to the working directory)
   gpu_fallback   rerun on the C fallback when a GPU  env ACCEL_GPU_FALLBACK  default true
                  backend fails mid-batch (logged)
   gpu_min_batch  batches smaller than this stay on   env ACCEL_GPU_MIN_BATCH default -1: per kernel,
@@ -187,7 +188,10 @@ def _from_file(path, shared: bool = False) -> dict:
             raise ConfigError(f"{where}: unknown [accel] key {key!r}; known: {sorted(KEYS)}")
         if key == "cuda_cubin_dir" and isinstance(value, str) and value and value == value.strip() \
                 and "\0" not in value:
-            value = _file_path(path, value)
+            try:
+                value = _file_path(path, value)
+            except ValueError as exc:  # ~user of no such user: one line naming the file and line
+                raise ConfigError(f"{where}: cuda_cubin_dir: {exc}") from None
         out[key] = (value, where)
     return out
 
@@ -197,7 +201,16 @@ def _file_path(path, value: str) -> str:
     (its links resolved), as a validator's file reads [node] data_dir. A relative cuda_cubin_dir
     was taken from the working directory: a validator started by systemd (in /) looked for its
     prebuilt modules in /cubin, found none and compiled each with NVRTC (a minute a module)."""
-    return str(Path(os.path.realpath(path)).parent / Path(value).expanduser())
+    return str(Path(os.path.realpath(path)).parent / _home(value))
+
+
+def _home(value: str) -> Path:
+    """Path(value) with a leading ~ or ~user expanded; ValueError (not Path's RuntimeError, a
+    traceback out of `accel node` and `accel info`) when there is no such user or home."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{value!r}: {value.split('/')[0]} names no user's home directory") from None
 
 
 def load(path: str | os.PathLike | None = None, env: dict | None = None, shared: bool = False) -> AccelConfig:
@@ -211,7 +224,15 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None, shared:
         name = "ACCEL_" + key.upper()
         raw = env.get(name)
         if raw:
-            values[key] = (_env_value(name, kind, raw), name)
+            value = _env_value(name, kind, raw)
+            if key == "cuda_cubin_dir" and value.startswith("~"):
+                # as in a file (a systemd Environment= line has no shell to expand it: the backend
+                # looked in /~/cubin); a relative value stays the working directory's
+                try:
+                    value = str(_home(value))
+                except ValueError as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
+            values[key] = (value, name)
     for key, (value, where) in values.items():  # one key at a time, so the error names its source
         try:
             AccelConfig(**{key: value})
