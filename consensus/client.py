@@ -81,8 +81,9 @@ def public(key) -> bytes:
 
 def write_key(path, key: SigningKey | None = None, force: bool = False) -> SigningKey:
     """A key file: {"seed": hex, "public_key": hex}, readable by its owner only (0600); an existing
-    file is kept unless force. With force the old file (or a symbolic link) is replaced by a new
-    0600 file, never rewritten in place: an existing file's wider mode, or a link's target, would
+    file is kept unless force. With force the old file (or a symbolic link, itself, not its target)
+    is replaced by a new 0600 file, never rewritten in place (anything else, a device, a FIFO, a
+    socket, is refused): an existing file's wider mode, or a link's target, would
     otherwise receive the secret seed."""
     key = key or SigningKey.generate()
     path = Path(path)
@@ -90,6 +91,15 @@ def write_key(path, key: SigningKey | None = None, force: bool = False) -> Signi
         raise ValueError(f"{path} exists; not overwriting a key (--force does)")
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give the key file's name")
+    try:  # --force replaced a device or FIFO too: `--out /dev/null --force` as root deleted /dev/null
+        kind = os.lstat(path).st_mode
+    except FileNotFoundError:
+        kind = None
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    if kind is not None and not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+        raise ValueError(f"{path} is not a regular file (a device, FIFO or socket); --force replaces only a key "
+                         "file or a symbolic link")
     if not path.parent.is_dir():
         raise ValueError(f"{path}: no directory {path.parent} to write the key file in")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600, O_EXCL
@@ -415,6 +425,15 @@ class Client:
                                  "expected http://host:port")
             if port == 0:
                 raise ValueError(f"validator URL {u!r}: port 0 is not a port a validator listens on")
+        # one validator listed twice counted twice in n and f: given twice, a faulty validator
+        # decided the nonce (the (f+1)-th highest) and its refusal counted twice in `accel tx`
+        seen = {}
+        for u in self.urls:
+            parts = urllib.parse.urlsplit(u)
+            where = (parts.hostname, parts.port or {"http": 80, "https": 443}[parts.scheme.lower()])
+            if where in seen:
+                raise ValueError(f"validator URL {u!r}: the same validator as {seen[where]!r}; give each one once")
+            seen[where] = u
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
         # bounded: a socket's timeout past the platform's time_t (1e10 s) raised OverflowError at

@@ -198,6 +198,8 @@ def test_a_transaction_accepted_by_three_validators_is_reported_accepted(tmp_pat
     servers = [_fake_validator(_verdicts(False, "mempool full (100000 transactions)"))] + \
               [_fake_validator(_verdicts(True, "")) for _ in range(3)]
     urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+    servers.append(_fake_validator(_verdicts(False, "mempool full (100000 transactions)")))  # (a validator
+    full2 = f"http://127.0.0.1:{servers[-1].server_address[1]}"  # given twice is refused since s14)
     try:
         out = cl.Client(urls, timeout=5).broadcast([cl.register(SigningKey(bytes(32)))])[0]
         assert out["accepted"] and out["reason"] == "" and out["accepted_by"] == urls[1:]
@@ -208,7 +210,7 @@ def test_a_transaction_accepted_by_three_validators_is_reported_accepted(tmp_pat
         err = capsys.readouterr().err
         assert "accepted by 3 validator(s)" in err and "mempool full" in err and err.count("\n") == 1
         # refused by every one: the first's verdict, as before
-        refused = cl.Client(urls[:1] * 2, timeout=5).broadcast([cl.register(SigningKey(bytes(32)))])[0]
+        refused = cl.Client([urls[0], full2], timeout=5).broadcast([cl.register(SigningKey(bytes(32)))])[0]
         assert not refused["accepted"] and "refused_by" not in refused
     finally:
         for s in servers:
@@ -225,7 +227,8 @@ def test_wait_committed_does_not_take_one_validators_eviction_as_final():
     evicted = _fake_validator(_statuses({"status": "refused", "reason": "evicted from a full mempool"}))
     servers = [evicted] + [_fake_validator(_statuses({"status": "committed", "height": 7})) for _ in range(3)]
     pending = _fake_validator(_statuses({"status": "pending"}))
-    urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers + [pending]]
+    evicted2 = _fake_validator(_statuses({"status": "refused", "reason": "evicted from a full mempool"}))
+    urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers + [pending, evicted2]]
     try:
         assert cl.Client(urls[:4], timeout=5).wait_committed([digest], timeout=3) == {digest: 7}
         # pending elsewhere: waited for (here until the timeout), not refused
@@ -233,9 +236,9 @@ def test_wait_committed_does_not_take_one_validators_eviction_as_final():
             cl.Client([urls[0], urls[4]], timeout=5).wait_committed([digest], timeout=0.5, poll=0.1)
         # refused wherever it is known: final, as before
         with pytest.raises(cl.RpcError, match="refused: evicted"):
-            cl.Client([urls[0], urls[0]], timeout=5).wait_committed([digest], timeout=3)
-    finally:
-        for s in servers + [pending]:
+            cl.Client([urls[0], urls[5]], timeout=5).wait_committed([digest], timeout=3)  # (one given twice:
+    finally:  # refused since s14)
+        for s in servers + [pending, evicted2]:
             s.shutdown()
 
 

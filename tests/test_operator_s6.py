@@ -564,7 +564,8 @@ def test_the_client_passes_over_a_validator_that_is_down(tmp_path, capsys):
     that answers; an RpcError names each failure only when none answers."""
     from accel.cli import main
     live = _FakeValidator()
-    dead, hostile = _dead_url(), _Hostile(b"HELLO\r\n\r\n")
+    hostile = _Hostile(b"HELLO\r\n\r\n")
+    dead = _dead_url()  # after the others bind: its freed port could be theirs (a validator given twice)
     try:
         c = cl.Client([dead, hostile.url, live.url], timeout=5)
         tx = cl.register(K1)
@@ -578,13 +579,15 @@ def test_the_client_passes_over_a_validator_that_is_down(tmp_path, capsys):
                      str(tmp_path / "k.json"), "--amount", "5"]) == 0
         assert json.loads(capsys.readouterr().out)["height"] == 9
         refusing = _Hostile(_http("400 Bad Request", b'{"error": "no"}'))  # a hostile validator's 400
+        refusing2 = _Hostile(_http("400 Bad Request", b'{"error": "no"}'))  # (one given twice is refused: s14)
         try:
             c2 = cl.Client([refusing.url, live.url], timeout=5)
             assert c2.broadcast([tx])[0]["accepted"] and c2.next_nonce(K1) == 3
             with pytest.raises(cl.RpcError, match="400 no"):  # every one refusing: the first's refusal
-                cl.Client([refusing.url, refusing.url]).status()
+                cl.Client([refusing.url, refusing2.url]).status()
         finally:
             refusing.close()
+            refusing2.close()
         with pytest.raises(cl.RpcError, match="no validator answered: .*" + dead + ".*" + hostile.url):
             cl.Client([dead, hostile.url]).broadcast([tx])
         with pytest.raises(cl.RpcError, match="no validator answered"):
