@@ -24,7 +24,21 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _use_config(path: str | None) -> None:
+    """--config FILE: the configuration `accel node --config FILE` runs, its [accel] table (the
+    file's other tables are the node's), ACCEL_* variables over it; a file without [accel] leaves
+    accel.toml / $ACCEL_CONFIG in force, as the node does. check, info and build-cuda read only
+    accel.toml / $ACCEL_CONFIG before: a validator file's backend = "cuda" passed `accel check` on
+    the C fallback, and build-cuda wrote where that file's cuda_cubin_dir does not look."""
+    if path is None:
+        return
+    _, data = config.read_toml(path)
+    if "accel" in data:
+        config.use(config.load(path, shared=True))
+
+
 def cmd_info(args) -> int:
+    _use_config(args.config)
     cfg = config.get()
     found = probe()
     auto = get_backend("auto")
@@ -62,6 +76,7 @@ def _cuda_modules(b) -> dict:
 
 
 def cmd_check(args) -> int:
+    _use_config(args.config)
     device, results = readiness.check(args.backend)
     ok = all(r.ok for r in results)
     if args.json:
@@ -109,19 +124,36 @@ def cmd_merkle(args) -> int:
     return 0 if agree else 1
 
 
-def _report_path(path: str | None) -> None:
-    """--report's file can be written: checked before a run of minutes, whose results were lost
-    when only the write at its end found no such directory."""
+def _report_path(path: str | None, flag: str = "--report") -> None:
+    """--report's file (or another output, flag) can be written: checked before a run of minutes,
+    whose results were lost when only the write at its end found no such directory."""
     if path is None:
         return
     target = Path(path)
     if target.is_dir():
-        raise ValueError(f"--report {path}: a directory; give the report file's name")
+        raise ValueError(f"{flag} {path}: a directory; give the {flag.lstrip('-')} file's name")
     parent = target.parent
     if not parent.is_dir():
-        raise ValueError(f"--report {path}: no directory {parent} to write the report in")
+        raise ValueError(f"{flag} {path}: no directory {parent} to write the {flag.lstrip('-')} in")
     if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise ValueError(f"--report {path}: not writable")
+        raise ValueError(f"{flag} {path}: not writable")
+
+
+def comma_list(parse):
+    """An argparse type: a comma-separated list, each item read by parse (an argparse type), none
+    twice (bench/consensus_sweep.py, bench/state_scale.py)."""
+    def read(text: str) -> list:
+        items = [item.strip() for item in text.split(",")]
+        values = []
+        for item in items:
+            try:
+                values.append(parse(item))
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from None
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"{text!r}: a value given twice")
+        return values
+    return read
 
 
 def _block_size(app: str, flag: str, n: int) -> None:
@@ -180,14 +212,30 @@ def cmd_node(args) -> int:
         # it would stop half a second after starting, with the reason only in its log
         raise ValueError(f"--exit-with-parent {args.exit_with_parent}: this process's parent is pid {os.getppid()}; "
                          "give the launcher's own pid (or leave the flag out)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from consensus.node import configure_logging
+    # the file's log format from the first record on: a warning raised while the file loads
+    # ([accel] threads above the cores) came out in text ahead of a JSON log, a line no shipper
+    # parses (run_node checks the file and configures the same again)
+    log_format, index = "text", None
+    try:
+        _, data = config.read_toml(args.config)
+        node = data.get("node")
+        if isinstance(node, dict):
+            log_format = "json" if node.get("log_format") == "json" else "text"
+            index = node["index"] if type(node.get("index")) is int else None
+    except config.ConfigError:
+        pass  # run_node says what is wrong, in one line
+    configure_logging(index, log_format)
     return run_node(args.config, args.exit_with_parent)
 
 
 def cmd_localnet(args) -> int:
-    from consensus.localnet import Localnet
+    from consensus.localnet import Localnet, launch_limit
     if args.validators < 4:
         raise ValueError(f"--validators {args.validators}: BFT needs n = 3f + 1 >= 4")
+    too_many = launch_limit(args.validators)
+    if too_many:
+        raise ValueError(f"--validators {args.validators}: {too_many}")
     k = args.software_validators
     if k and args.validation != "accel":
         raise ValueError(f"--software-validators {k} mixes software-only validators into an accel network; "
@@ -195,7 +243,7 @@ def cmd_localnet(args) -> int:
     if k > args.validators:
         raise ValueError(f"--software-validators {k}: there are only {args.validators} validators")
     backend = None
-    if args.validation == "accel":
+    if args.validation == "accel" or args.backend:  # software: the backend its clearing key checks run on
         backend = get_backend(args.backend).name  # fails here, before any process starts
     if args.accounts and args.app != "clearing":
         raise ValueError("--accounts sizes the clearing app's genesis (--app clearing)")
@@ -358,6 +406,7 @@ def _local_arch() -> str | None:
 
 def cmd_build_cuda(args) -> int:
     from .backends import cubins
+    _use_config(args.config)
     archs = args.arch or [_local_arch()]
     if archs == [None]:
         raise ValueError("no NVIDIA GPU here to read the architecture from: name the target, "
@@ -460,6 +509,8 @@ def parser() -> argparse.ArgumentParser:
                           description="List every backend and what `auto` picks. Exit status 0 whether or not "
                           "the configured backend can run: use `accel check` for that.")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--config", metavar="FILE", help="the [accel] table of this file, a validator's "
+                    "(as `accel node --config FILE` reads it; default: accel.toml or $ACCEL_CONFIG)")
     info.set_defaults(fn=cmd_info)
     check = sub.add_parser("check", help="may this validator start? (exit 0 yes, 1 no)",
                            description="Load the configuration, start the configured backend (or --backend), "
@@ -467,6 +518,8 @@ def parser() -> argparse.ArgumentParser:
                            "status 0 when every kernel passes, 1 when any fails or the backend cannot start.")
     check.add_argument("--backend", choices=config.BACKENDS, help="check this backend instead of the configured one")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--config", metavar="FILE", help="the [accel] table of this file, a validator's "
+                    "(as `accel node --config FILE` reads it; default: accel.toml or $ACCEL_CONFIG)")
     check.set_defaults(fn=cmd_check)
     demo = sub.add_parser("merkle-demo", help="time a Merkle root on every available backend",
                           description="Merkle root over random 32-byte leaves on every backend, timed, with "
@@ -535,7 +588,8 @@ def parser() -> argparse.ArgumentParser:
                         description="Write a new Ed25519 signing key ({\"seed\", \"public_key\"} in hex, mode 0600) "
                         "for `accel tx`; prints the public key. An existing file is kept unless --force.")
     kg.add_argument("--out", required=True, help="the key file to write")
-    kg.add_argument("--force", action="store_true", help="overwrite an existing file")
+    kg.add_argument("--force", action="store_true", help="replace an existing key file or symbolic link (never a "
+                    "device, FIFO or socket)")
     kg.set_defaults(fn=cmd_keygen)
     tx = sub.add_parser("tx", help="sign and submit a clearing transaction to validators, or look one up",
                         description="Build a clearing transaction, sign it with the key files given, submit it "
@@ -599,7 +653,8 @@ def parser() -> argparse.ArgumentParser:
                     help="with --validation accel: the last K validators validate software-only (PyNaCl, hashlib, "
                     "NumPy/SciPy) and the others through accel, on one network (default 0); the report records "
                     "each validator's mode")
-    ln.add_argument("--backend", choices=config.BACKENDS, help="accel backend (default: the configured one)")
+    ln.add_argument("--backend", choices=config.BACKENDS, help="accel backend (default: the configured one); "
+                    "software validators check registration keys on it")
     ln.add_argument("--gpu-min-batch", type=int, help="[accel] gpu_min_batch of every validator: smaller batches "
                     "stay on the C fallback (default: the configured one)")
     ln.add_argument("--metrics-port", type=_port, metavar="BASE",
@@ -623,12 +678,15 @@ def parser() -> argparse.ArgumentParser:
                         "NVRTC at its first block. Prints ptxas's registers, stack and spills per kernel.")
     bc.add_argument("--arch", action="append", help="target, e.g. sm_90 for H100/H200 (repeatable; default: this "
                     "machine's GPU)")
-    bc.add_argument("--out", help="directory (default: [accel] cuda_cubin_dir, else ~/.cache/accel-verify/cubin)")
+    bc.add_argument("--out", help="directory (default: [accel] cuda_cubin_dir of --config FILE, accel.toml or "
+                    "$ACCEL_CONFIG, else ~/.cache/accel-verify/cubin of the user running it)")
     bc.add_argument("--module", action="append", help="only this kernels/ module, e.g. ed25519.h (repeatable)")
     bc.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                     help="build with -DNAME=VALUE (tuning variants; the backend loads only the plain build)")
     bc.add_argument("--jobs", type=_count, default=0, help="parallel nvcc processes (default: one per core)")
     bc.add_argument("--json", action="store_true", help="print ptxas's figures as JSON")
+    bc.add_argument("--config", metavar="FILE", help="cuda_cubin_dir from the [accel] table of this file, a validator's "
+                    "(as `accel node --config FILE` reads it; default: accel.toml or $ACCEL_CONFIG)")
     bc.set_defaults(fn=cmd_build_cuda)
     return ap
 

@@ -23,7 +23,7 @@ from . import report
 from .apps import clearing_tx as ctx
 from .apps.clearing_app import MAX_BLOCK_TXS, ClearingApp
 from .apps.clearing_load import USD, genesis_market
-from .localnet import Localnet
+from .localnet import Localnet, launch_limit
 from .store import Store
 from .verify import Verifier
 
@@ -161,9 +161,16 @@ def main(argv=None) -> int:
                      f"more than {MAX_LOAD:,}; ask for at most {MAX_LOAD // size:,} blocks of this size")
     if args.validators < 4:
         ap.error(f"--validators {args.validators}: BFT needs n = 3f + 1 >= 4")
+    too_many = launch_limit(args.validators)
+    if too_many:  # an EMFILE traceback after the load was signed
+        ap.error(f"--validators {args.validators}: {too_many}")
     for name in (args.backends.split(",") if args.backends is not None else ()):
         if name not in ("cuda", "opencl", "cpu"):
             ap.error(f"--backends: {name!r} is not an accel backend (cuda, opencl, cpu)")
+    for name in (args.backends.split(",") if args.backends is not None else ()):
+        found = accel.probe()[name]  # one that cannot start failed its run's first validator, after the signing
+        if isinstance(found, BackendUnavailable):
+            ap.error(f"--backends: {name} cannot run here: {str(found).splitlines()[0]}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         ap.error(f"--out {out}: a file, not a directory")
@@ -177,7 +184,10 @@ def main(argv=None) -> int:
         if foreign:
             ap.error(f"--out {out}: {runs_dir} holds {', '.join(sorted(foreign)[:3])}, which no demo wrote; "
                      "not removing it (give another --out)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a traceback before (no such parent, no permission)
+        ap.error(f"--out {out}: cannot make the directory: {exc.strerror or exc}")
     if runs_dir.exists():  # never read (or show) another run's files
         print(f"  removing the previous run's networks in {runs_dir}", flush=True)
         shutil.rmtree(runs_dir)

@@ -45,6 +45,25 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+def launch_limit(validators: int) -> str | None:
+    """Why this process cannot start `validators` validators on loopback, or None: past
+    node.MAX_VALIDATORS, or more free ports than it may hold open at once (_free_ports holds
+    two a validator): `accel localnet --validators 70000` said only "[Errno 24] Too many open
+    files", the demo a traceback."""
+    import resource
+
+    from .node import MAX_VALIDATORS
+    if validators > MAX_VALIDATORS:
+        return (f"a network has at most {MAX_VALIDATORS:,} validators (a vote's validator index is 16 bits on "
+                "the wire)")
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    need = 2 * validators + 64  # their peer and API ports at once, and this process's own files
+    if soft != resource.RLIM_INFINITY and need > soft:
+        return (f"picking {validators:,} validators' free ports needs about {need:,} open files at once; this "
+                f"process may open {soft:,} (ulimit -n)")
+    return None
+
+
 def validation_modes(validators: int, validation: str, software_validators: int = 0) -> list[str]:
     """Each validator's [node] validation: `validation`, except the last software_validators
     validators, which run "software" (a network that mixes software-only validators with
@@ -164,6 +183,9 @@ class Localnet:
         positions in every genesis, consensus.bench.add_accounts)."""
         if accounts and app != "clearing":
             raise ValueError(f"{accounts} genesis accounts: only the clearing app has bulk accounts")
+        too_many = launch_limit(validators)
+        if too_many:  # before the load is signed or a file written
+            raise ValueError(f"{validators:,} validators: {too_many}")
         self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-")).absolute()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -176,13 +198,15 @@ class Localnet:
         self.software_validators = software_validators
         self.app, self.metrics_port = app, metrics_port
         # This process's accel configuration (accel.toml, ACCEL_*), then the flags, written into
-        # every validator's file; the validators start without ACCEL_* variables, which would
-        # override their files.
-        accel = None
+        # every validator's file, software-only ones too (a clearing one checks registration keys
+        # on its backend): the validators start without ACCEL_* variables, which would override
+        # their files. (A software network had no table: its --backend and --gpu-min-batch were
+        # dropped and its validators ran whatever ACCEL_* they inherited.)
+        accel = config.get()
         if backend:
-            accel = replace(config.get(), backend=backend)
-            if gpu_min_batch is not None:
-                accel = replace(accel, gpu_min_batch=gpu_min_batch)
+            accel = replace(accel, backend=backend)
+        if gpu_min_batch is not None:
+            accel = replace(accel, gpu_min_batch=gpu_min_batch)
         load_file = None
         self.load, self.rpc_port = load, rpc_port
         if app == "clearing" and load == "builtin":

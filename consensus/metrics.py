@@ -99,8 +99,10 @@ class NodeMetrics:
     def liveness(self, node) -> None:
         """Gauges read from the node (consensus/node.py NodeRunner) at scrape time."""
         r = self.registry
-        Gauge("accel_peers_connected", "Other validators heard from in the last 5 s",
-              registry=r).set_function(lambda: len(node.peers_connected()))
+        window = getattr(node, "peer_window_s", None)  # max(5 s, 5 x base_timeout_ms), node.py
+        Gauge("accel_peers_connected", "Other validators heard from in the last "
+              + (f"{window:g} seconds (" if window is not None else "") + "5 x base_timeout_ms, and never under five seconds"
+              + (")" if window is not None else ""), registry=r).set_function(lambda: len(node.peers_connected()))
         Gauge("accel_seconds_since_commit", "Seconds since this validator last committed a block (since its "
               "start if none)", registry=r).set_function(node.seconds_since_commit)
         Gauge("accel_view", "The consensus view this validator is in", registry=r).set_function(
