@@ -14,9 +14,20 @@ import statistics
 import sys
 import time
 
+from accel.backends import BackendUnavailable, probe
+from accel.cli import _at_least, _finite, _positive, _report_path, comma_list
 from consensus.sim import Link, Simulation
 
 STAGES = ("signatures", "tx_root", "execute", "state_root", "total")
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise argparse.ArgumentTypeError(f"not a mode ({', '.join(MODES)})")
+    return text
+
+
+MODES = ("cpu", "opencl", "cuda", "software")
 
 
 def one(n: int, txs: int, delay: float, mode: str, blocks: int) -> dict:
@@ -43,21 +54,35 @@ def one(n: int, txs: int, delay: float, mode: str, blocks: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--validators", default="4,7,10")
-    ap.add_argument("--txs", default="100,1000,10000")
-    ap.add_argument("--delays", default="0,5,50")
-    ap.add_argument("--modes", default="cpu,software")
-    ap.add_argument("--blocks", type=int, default=6)
-    ap.add_argument("--json")
-    ap.add_argument("--png")
+    # every value checked before the sweep (a negative delay was simulated and reported, 0 blocks
+    # or transactions gave rows of nan, --validators 3 a traceback minutes in)
+    ap.add_argument("--validators", type=comma_list(_at_least(4)), default="4,7,10",
+                    help="validator counts, each 3f+1 >= 4 (default 4,7,10)")
+    ap.add_argument("--txs", type=comma_list(_positive), default="100,1000,10000",
+                    help="transactions per block (default 100,1000,10000)")
+    ap.add_argument("--delays", type=comma_list(_finite(False, "milliseconds")), default="0,5,50",
+                    help="one-way delays in ms, 0 or more (default 0,5,50)")
+    ap.add_argument("--modes", type=comma_list(_mode), default="cpu,software",
+                    help="cpu, opencl, cuda (accel backends) or software (default cpu,software)")
+    ap.add_argument("--blocks", type=_positive, default=6, help="blocks per point (default 6)")
+    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--png", help="write the plot here")
     args = ap.parse_args(argv)
+    for flag in ("json", "png"):  # before the sweep: a bad path lost minutes of results at its end
+        try:
+            _report_path(getattr(args, flag), f"--{flag}")
+        except ValueError as exc:
+            ap.error(str(exc))
+    for mode in args.modes:
+        if mode != "software" and isinstance(probe()[mode], BackendUnavailable):
+            ap.error(f"--modes: {mode} cannot run here: {str(probe()[mode]).splitlines()[0]}")
     rows = []
     print("| validators | txs/block | delay ms | mode | validation total ms | signatures ms | execute ms | finality ms |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|")
-    for n in map(int, args.validators.split(",")):
-        for txs in map(int, args.txs.split(",")):
-            for delay in map(float, args.delays.split(",")):
-                for mode in args.modes.split(","):
+    for n in args.validators:
+        for txs in args.txs:
+            for delay in args.delays:
+                for mode in args.modes:
                     r = one(n, txs, delay, mode, args.blocks)
                     rows.append(r)
                     v = r["validation_ms"]

@@ -15,7 +15,17 @@ import json
 import subprocess
 import sys
 
+from accel.backends import BackendUnavailable, probe
+from accel.cli import _accounts, _block_size, _count, _positive, _report_path, comma_list
+
+MODES = ("cpu", "opencl", "cuda", "software")
 STAGES = ("signatures", "tx_root", "execute", "margin", "state_root", "total")
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise argparse.ArgumentTypeError(f"not a mode ({', '.join(MODES)})")
+    return text
 
 
 def one(accounts: int, mode: str, txs: int, runs: int) -> dict:
@@ -51,21 +61,41 @@ def plot(results: list[dict], path: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--accounts", default="0,10000,100000,1000000", help="extra accounts per point")
-    p.add_argument("--modes", default="cpu,software", help="accel backends and/or software")
-    p.add_argument("--txs", type=int, default=10_000)
-    p.add_argument("--runs", type=int, default=3)
+    # every value checked before the first point (each bad one was a traceback, some minutes in)
+    p.add_argument("--accounts", type=comma_list(_count), default="0,10000,100000,1000000",
+                   help="extra accounts per point (default 0,10000,100000,1000000)")
+    p.add_argument("--modes", type=comma_list(_mode), default="cpu,software",
+                   help="accel backends (cpu, opencl, cuda) and/or software (default cpu,software)")
+    p.add_argument("--txs", type=_positive, default=10_000, help="transactions in the block (default 10,000)")
+    p.add_argument("--runs", type=_positive, default=3, help="timed runs per point (default 3)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--png", help="write the plot here")
     args = p.parse_args(argv)
+    try:
+        _block_size("clearing", "--txs", args.txs)
+        for n in args.accounts:
+            _accounts(n)
+        for flag in ("json", "png"):  # before the run: a bad path lost its results at the end
+            _report_path(getattr(args, flag), f"--{flag}")
+    except ValueError as exc:
+        p.error(str(exc))
+    for mode in args.modes:
+        if mode != "software" and isinstance(probe()[mode], BackendUnavailable):
+            p.error(f"--modes: {mode} cannot run here: {str(probe()[mode]).splitlines()[0]}")
     results = []
-    for mode in args.modes.split(","):
-        for n in (int(x) for x in args.accounts.split(",")):
+    for mode in args.modes:
+        for n in args.accounts:
             print(f"{mode}: {n:,} more accounts ...", file=sys.stderr, flush=True)
-            results.append(one(n, mode, args.txs, args.runs))
+            try:
+                results.append(one(n, mode, args.txs, args.runs))
+            except subprocess.CalledProcessError as exc:  # its one-line error, not a traceback
+                lines = (exc.stderr or "").strip().splitlines()
+                print(f"state_scale.py: error: {mode}, {n:,} accounts: {lines[-1] if lines else exc}",
+                      file=sys.stderr)
+                return 1
     print("| mode | accounts | " + " | ".join(STAGES) + " | propose | total vs smallest |")
     print("|---|---:|" + "---:|" * (len(STAGES) + 2))
-    for mode in args.modes.split(","):
+    for mode in args.modes:
         rows = [r for r in results if r["mode"] == mode]
         base = rows[0]["validation_ms"]["total"]
         for r in rows:
