@@ -271,7 +271,7 @@ def test_every_way_into_the_mempool_keeps_its_index():
     d = hashlib.sha256(body).digest()
     pool = Mempool()
     pool |= {d: clearing_app.Pending(body, sigs, ctx.decode(body), b"".join(sigs))}
-    assert pool.holders == {K[0]: {d}} and pool.count == {K[0]: 1} and pool.nonces == {(K[0], 5): 1}
+    assert pool.holders == {(K[0], 5): {d}} and pool.count == {K[0]: 1} and pool.nonces == {(K[0], 5): 1}
     other = hashlib.sha256(b"other").digest()
     with pytest.raises(TypeError):
         pool.setdefault(other)

@@ -334,11 +334,15 @@ def _who(owner) -> str:
 
 
 def _touches(tx: ctx.Tx) -> set:
-    """What a block must share with tx to make it stale (ClearingApp._stale): the accounts whose
-    nonces it consumes, the underlying (a str) of its mark. (A registration's body is its key: only
-    the same body, the block's own transaction, registers it.)"""
+    """What a block must share with tx to make it stale (ClearingApp._stale): an (account, nonce)
+    pair it consumes (admission refuses a nonce below the committed one and each commit drops
+    those a block uses, so a block makes stale only what shares one of its pairs: not every
+    transaction its accounts queue, 33,333 of them checked at each commit of one deposit of
+    each of three accounts), the underlying (a str) of its mark (a mark makes every pending one
+    of its underlying up to its sequence stale). A registration's body is its key: only the same
+    body, the block's own transaction, registers it."""
     nonces, _, mark = ctx.consumed(tx)
-    out = {account for account, _ in nonces}
+    out = set(nonces)
     if mark is not None:
         out.add(mark[0])
     return out
@@ -358,7 +362,7 @@ class Mempool(dict):
     by weight (`weight`: ClearingApp._weight), a max-heap of each owner's transactions by _place,
     and who holds what a commit can make stale (`holders`, _touches): ClearingApp.submit_many
     finds the heaviest account and its last transaction in O(log n), and ClearingApp.committed
-    looks only at the transactions that share an account or an underlying with the block. Heap
+    looks only at the transactions that share a nonce or an underlying with the block. Heap
     entries go stale as counts fall (removals do no heap work); they are checked where read, and a
     heap past twice what it indexes is rebuilt (amortized O(1) an insertion)."""
 
@@ -1238,10 +1242,10 @@ class ClearingApp:
         """block committed, with state its state: drop its transactions from the mempool, and
         those it made stale (also after a restart from a snapshot: staleness reads the state).
         Only a block's transactions use up nonces, keys and mark sequences, so after the block
-        that follows head only the transactions sharing an account or an underlying with it
-        are looked at: the work
-        scales with the block, not the mempool (a whole-mempool scan took 67 ms a commit at
-        100,000 pending). Any other block (the first, a snapshot's) is checked against all."""
+        that follows head only the transactions sharing a nonce or an underlying with it are
+        looked at (Mempool.holders): the work scales with the block, not the mempool (a
+        whole-mempool scan took 67 ms a commit at 100,000 pending). Any other block (the first,
+        a snapshot's, or after the mempool was assigned whole) is checked against all."""
         follows = self.head_id is not None and block.parent == self.head_id
         self.head, self.head_id = state.clearing, block.id
         mempool, used = self.mempool, set()
