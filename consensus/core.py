@@ -404,7 +404,13 @@ class Core:
 
     # ---- entry points -------------------------------------------------------------------------
     def start(self) -> list:
-        out = self._enter_view(max(1, self.safety.high_qc.view + 1), via_qc=True)
+        # A restart enters the last view this validator voted or timed out in, when that is past
+        # its high QC's: every view before it ended for this validator (in a TC or a QC it may not
+        # hold), and starting at high_qc.view + 1 walked them all again, each on a timer doubled
+        # from the last (a network restarted 30 TC-ended views past its last QC: ~25 minutes at
+        # the defaults). In that view it may only time out (no vote nor proposal at or below
+        # last_voted_view): its timeout and the others' form the TC that moves everyone on.
+        out = self._enter_view(max(1, self.safety.high_qc.view + 1, self.safety.last_voted_view), via_qc=True)
         if self.safety.high_qc.view == 0:  # (a state-synced validator holds no genesis block to fetch)
             return out
         return out + self._fetch(self.safety.high_qc.block_id, self.cfg.me)  # (if missing: an older store)
