@@ -77,6 +77,18 @@ from .messages import (
 )
 
 
+def _detached(p: Proposal) -> Proposal:
+    """p with its transactions copied out of the frame it was decoded from: a decoded block's
+    bodies and signatures are views into the whole frame, so a proposal parked from a 64 MiB
+    BlockResponse kept all of it alive (MAX_PARKED of them: up to 64 x 64 MiB from one Byzantine
+    leader) for the few bytes of its own transactions."""
+    txs = p.block.txs
+    if txs.bodies.data.base is None and txs.sigs.base is None:
+        return p
+    copy = Txs(type(txs.bodies)(txs.bodies.data.copy(), txs.bodies.offsets.copy()), txs.sigs.copy())
+    return Proposal(replace(p.block, txs=copy), p.signature)
+
+
 # ---- actions ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -757,7 +769,7 @@ class Core:
             self._faulty(sender)
             return [Rejected(b.id, b.proposer,
                              "its transactions do not match its signature digest or transaction root")]
-        self.waiting.setdefault(b.parent, []).append((sender, p))
+        self.waiting.setdefault(b.parent, []).append((sender, _detached(p)))
         self.parked[b.id] = b.proposer
         return [] if b.parent in self.parked else self._fetch(b.parent, sender)
 

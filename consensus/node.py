@@ -46,7 +46,8 @@ from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
 from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persist, Rejected, Send, SetTimer
-from .messages import MAX_MESSAGE, RANGE_BYTES, BlockRequest, BlockResponse, Proposal, SnapshotChunk, SnapshotRequest
+from .messages import (MAX_MESSAGE, RANGE_BYTES, TC, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
+                       SnapshotOffer, SnapshotRequest, Timeout, Vote)
 from .metrics import NodeMetrics
 from . import messages, snapshots, statesync
 from .inbox import FairInbox
@@ -1105,15 +1106,34 @@ def request_admitted(queued: int, answers: int, answer_backlog: int = ANSWER_BAC
     return answers < answer_backlog and queued < request_backlog
 
 
+def _cert_weight(c) -> int:
+    """About the bytes a decoded QC or TC holds: its signatures, and its voters (and a TC's high
+    views) as a tuple of Python ints (a pointer and an int object each, ~36 bytes), its high QC."""
+    if c is None:
+        return 0
+    if isinstance(c, TC):
+        return 128 + len(c.sigs) + 40 * (len(c.voters) + len(c.high_views)) + _cert_weight(c.high_qc)
+    return 128 + len(c.sigs) + 40 * len(c.voters)
+
+
 def _weight(msg) -> int:
-    """About the bytes a decoded message holds: its transactions' and snapshot data, 512 beside."""
+    """About the bytes a decoded message holds: its transactions', certificates' (a QC's or TC's
+    signers: up to 65,535 of them, ~100 bytes each once decoded) and snapshot data, 512 beside. A
+    frame's bulk that this did not count (a Timeout of a 65,535-signer QC: 4.3 MB weighed 512) let
+    one validator queue INBOX_PER_PEER frames of up to MAX_MESSAGE each, past INBOX_BYTES_PER_PEER."""
     if isinstance(msg, Proposal):
-        return 512 + msg.block.txs.bodies.data.nbytes + msg.block.txs.bodies.offsets.nbytes + msg.block.txs.sigs.nbytes
+        b = msg.block
+        return 512 + b.txs.bodies.data.nbytes + b.txs.bodies.offsets.nbytes + b.txs.sigs.nbytes \
+            + _cert_weight(b.qc) + _cert_weight(b.tc)
     if isinstance(msg, BlockResponse):
-        return sum(map(_weight, msg.proposals))
+        return 512 + sum(map(_weight, msg.proposals))
     if isinstance(msg, SnapshotChunk):
-        return 512 + len(msg.data) + sum(map(_weight, msg.proof))
-    return 512
+        return 512 + len(msg.data) + len(msg.manifest) + sum(map(_weight, msg.proof))
+    if isinstance(msg, Timeout):
+        return 512 + _cert_weight(msg.high_qc)
+    if isinstance(msg, (Vote, BlockRequest, SnapshotRequest, SnapshotOffer)):
+        return 512  # (fixed-size fields only)
+    return 512 + len(messages.encode(msg))  # (any other kind: what it weighs on the wire, at least)
 
 
 # The public keys of RFC 8032's test vectors (TEST 1, 2, 3, 1024, SHA(abc)): their seeds are
