@@ -51,7 +51,7 @@ from .messages import (MAX_MESSAGE, RANGE_BYTES, TC, BlockRequest, BlockResponse
 from .metrics import NodeMetrics
 from . import messages, snapshots, statesync
 from .inbox import FairInbox
-from .store import Store, StoreError
+from .store import Store, StoreError, _sync_dir
 from .verify import Verifier
 
 log = logging.getLogger("consensus.node")
@@ -657,11 +657,26 @@ class NodeRunner:
         if held is None:
             part = cfg.data_dir / "validator.key.part"
             try:
-                part.write_text(mine + "\n")
+                # durable before it is relied on (as the seal file): renamed with no fsync, a crash
+                # (power loss) before writeback could leave the name with no data (ext4 and XFS
+                # delay allocation), and every later start was refused as another validator's store
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                try:
+                    os.write(fd, (mine + "\n").encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.replace(part, marker)
+                _sync_dir(str(cfg.data_dir))
             except OSError as exc:
                 raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
                                    f"writable directory: {exc.strerror or exc}") from None
+        elif len(held) != 64 or any(c not in "0123456789abcdef" for c in held):
+            what = "empty" if not held else f"not a 64-hex-digit key ({len(held)} characters)"
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: validator.key "
+                               f"is damaged ({what}; a crash at the first start can leave it so): if this data_dir is "
+                               f"validator {cfg.index}'s own, write its key {mine} into validator.key (or delete "
+                               f"the file) and start again")
         elif held != mine:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is the store of "
                                f"the validator with key {held[:16]}... (its validator.key), not this one's "

@@ -11,6 +11,10 @@
    against INBOX_BYTES_PER_PEER (256 MiB). Certificates are weighed now, for every message kind.
 3. A proposal parked from a BlockResponse kept the whole frame alive (its transactions were views
    into it); parked proposals now hold a copy of their own transactions.
+4. validator.key was written and renamed with no fsync; a crash at the first start could leave it
+   empty, and the validator was then refused for good as "the store of the validator with key
+   ..." (another validator's). It is synced now (file and directory), and an empty or malformed
+   one is reported as damaged, with the key to write back.
 """
 import pytest
 
@@ -147,3 +151,33 @@ def test_a_parked_proposal_does_not_keep_its_frame_alive():
     assert txs.digest() == p.block.txs.digest() and parked.block.id == p.block.id
     assert messages.encode(parked) == messages.encode(p)
 
+
+# ---- 4. validator.key is made durable; a damaged one is reported as damaged ---------------------
+def test_validator_key_is_synced_and_a_damaged_one_is_named_so(tmp_path, monkeypatch):
+    """validator.key was written and renamed with no fsync: a crash before writeback could leave
+    it empty, and every later start was refused as "the store of the validator with key ..."
+    (an empty key), telling the operator the data_dir was another validator's."""
+    import os
+    from types import SimpleNamespace
+    from consensus import node
+    keys = [bytes([i]) * 32 for i in range(4)]
+    cfg = SimpleNamespace(keys=keys, index=1, data_dir=tmp_path)
+    synced, real = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd)), real(fd))[1])
+    node.NodeRunner._claim_data_dir(cfg, "")
+    monkeypatch.setattr(os, "fsync", real)
+    import stat
+    assert any(stat.S_ISREG(s.st_mode) for s in synced), "validator.key's data is not synced before the rename"
+    assert any(stat.S_ISDIR(s.st_mode) for s in synced), "data_dir is not synced after the rename"
+    assert (tmp_path / "validator.key").read_text() == keys[1].hex() + "\n"
+    node.NodeRunner._claim_data_dir(cfg, "")  # (its own: starts)
+    for damaged in ("", "\0" * 65, keys[1].hex()[:40]):
+        (tmp_path / "validator.key").write_text(damaged)
+        with pytest.raises(node.StartupError) as exc:
+            node.NodeRunner._claim_data_dir(cfg, "")
+        line = str(exc.value)
+        assert "\n" not in line and "damaged" in line and "validator.key" in line, line
+        assert keys[1].hex() in line and "another" not in line and "the store of" not in line, line
+    (tmp_path / "validator.key").write_text(keys[2].hex() + "\n")  # another validator's: as before
+    with pytest.raises(node.StartupError, match="is the store of the validator with key 0202"):
+        node.NodeRunner._claim_data_dir(cfg, "")
