@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dispatch
-from .packing import _buffer_problem, pack_messages
+from .packing import _buffer_problem, exact_bytes, pack_messages
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 MAX_TOTAL = (1 << 63) - 1  # the most leaves a proof may claim (CometBFT's int64 total)
@@ -106,15 +106,15 @@ def _root_above(nodes: list[bytes]) -> bytes:
     return nodes[0]
 
 
-def _plain_bytes(b) -> bytes:
-    """The bytes in b's buffer (bytes, bytearray or a byte memoryview) as an exact bytes object,
-    whose comparisons and length no subclass overrides."""
-    return b if type(b) is bytes else bytes(memoryview(b))
-
-
 def hashlib_root(leaves: list[bytes]) -> bytes:
     """merkle_root computed with hashlib alone: the software-only baseline and a reference."""
-    return _root_above([leaf_hash(x) for x in leaves]) if leaves else EMPTY_ROOT
+    return root_of_leaf_hashes([leaf_hash(x) for x in leaves])
+
+
+def root_of_leaf_hashes(hashes: list[bytes]) -> bytes:
+    """hashlib_root of the leaves whose leaf_hash are `hashes` (a caller keeping some leaves'
+    hashes hashes only the others)."""
+    return _root_above(hashes) if hashes else EMPTY_ROOT
 
 
 def leaf_hash(leaf: bytes) -> bytes:
@@ -139,7 +139,7 @@ def verify_merkle_proof(root: bytes, leaf: bytes, proof: MerkleProof) -> bool:
     # Every hash as plain bytes of its buffer, read once, before it is measured or compared: a bytes
     # subclass may override len(), ==, != and __bytes__ (a leaf_hash equal to anything proved any
     # leaf under a true proof of another; an aunt 32 bytes when measured and longer when hashed).
-    root, leaf = _plain_bytes(root), _plain_bytes(leaf)
+    root, leaf = exact_bytes(root), exact_bytes(leaf)
     if len(root) != 32:
         raise ValueError(f"root is {len(root)} bytes, expected 32")
     for name in ("total", "index"):
@@ -162,7 +162,7 @@ def verify_merkle_proof(root: bytes, leaf: bytes, proof: MerkleProof) -> bool:
     stated = proof.leaf_hash
     if not isinstance(stated, (bytes, bytearray, memoryview)):
         return False
-    stated, aunts = _plain_bytes(stated), [_plain_bytes(a) for a in aunts]
+    stated, aunts = exact_bytes(stated), [exact_bytes(a) for a in aunts]
     if any(len(a) != 32 for a in aunts) or leaf_hash(leaf) != stated:
         return False
     h, i, count = stated, index, total

@@ -43,11 +43,13 @@ class Packed(NamedTuple):
         return self.data[int(self.offsets[i]):int(self.offsets[i + 1])].tobytes()
 
 
-def exact_bytes(b: bytes) -> bytes:
-    """b's own bytes as a plain bytes object: a subclass's len() or __bytes__ may say otherwise
-    (a body whose len() said 61 of its 64 bytes decoded, verified and was proposed, and every
-    validator refused the block)."""
-    return b if type(b) is bytes else bytes.__getitem__(b, slice(None))
+def exact_bytes(b) -> bytes:
+    """The bytes in b (bytes, bytearray or a byte memoryview) as an exact bytes object, whose
+    length and comparisons no subclass overrides (a body whose len() said 61 of its 64 bytes
+    decoded, verified and was proposed, and every validator refused the block)."""
+    if type(b) is bytes:
+        return b
+    return bytes.__getitem__(b, slice(None)) if isinstance(b, bytes) else bytes(memoryview(b))
 
 
 def _buffer_problem(m) -> str | None:

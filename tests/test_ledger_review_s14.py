@@ -278,3 +278,34 @@ def test_every_way_into_the_mempool_keeps_its_index():
     assert other not in pool and len(pool) == 1
     del pool[d]
     assert pool.holders == {} and pool.count == {} and pool.nonces == {}
+
+
+# ---- a block's cost in the listed series ------------------------------------------------------------
+
+
+def test_a_block_touching_no_series_does_not_encode_the_marks_again(monkeypatch):
+    """As found: each block re-encoded and hashed every mark's leaf (each open series' vol and
+    value: 65 KB at 2,000 listed options), copied the series and rebuilt every margin group's
+    instruments, so 10 deposits cost 2.7 times as much at 20 times the series. Counted: after a
+    first root, blocks of deposits and a trade encode no mark leaf again and build a margin group's
+    instruments once; the root is the one the leaves give (a fresh validator computes it whole)."""
+    from accel.merkle import hashlib_root, inner_hash, merkle_root
+    from consensus.apps import clearing
+    sha = Verifier("accel", "cpu").sha256_rows
+    c = funded_genesis()
+    c.state_root(sha)
+    encoded, built = [], []
+    leaf, marks = clearing._mark_leaf, clearing.Marks
+    monkeypatch.setattr(clearing, "_mark_leaf", lambda *a: encoded.append(a[0]) or leaf(*a))
+    monkeypatch.setattr(clearing, "Marks", lambda **kw: built.append(kw["index"]) or marks(**kw))
+    for n in range(4):
+        c = c.snapshot()
+        c.begin_block()
+        c.deposit(K[0], c.accounts[K[0]].nonce, "USD", 1)
+        c.trade(K[1], c.accounts[K[1]].nonce, K[2], c.accounts[K[2]].nonce, 1, 1, 100 * 10**8)
+        c.end_of_block()
+        root = c.state_root(sha)
+    assert encoded == []
+    assert len(built) == 1  # (a margin group's instruments: built at the first block, kept since)
+    monkeypatch.undo()
+    assert root == inner_hash(merkle_root(c.leaves(), backend="cpu"), hashlib_root(c.globals_leaves()))

@@ -29,7 +29,7 @@ import numpy as np
 
 import accel
 from accel import risk_numpy
-from accel.merkle import MerkleProof, hashlib_root, inner_hash
+from accel.merkle import MerkleProof, hashlib_root, inner_hash, leaf_hash, root_of_leaf_hashes
 from accel.risk import CALL, FUTURE, INVERSE, PUT, MarginParams, Marks, Portfolio
 
 from ..verify import Verifier
@@ -372,6 +372,13 @@ def _name8(name: str) -> bytes:
     return name.encode("ascii").ljust(8, b"\0")
 
 
+def _mark_leaf(und: str, m: Mark) -> bytes:
+    return (b"mark" + _name8(und) + struct.pack(">dQQH", m.index, m.sequence, m.timestamp, len(m.vols))
+            + b"".join(struct.pack(">Id", i, v) for i, v in sorted(m.vols.items()))
+            + struct.pack(">H", len(m.values))
+            + b"".join(struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(m.values.items())))
+
+
 def _amounts(d: dict) -> bytes:
     return b"".join(_name8(a) + q.to_bytes(16, "big", signed=True) for a, q in sorted(d.items()))
 
@@ -454,7 +461,9 @@ class Clearing:
         # accounts it reaches lives in arrays; anything that reads accounts one by one writes them
         # back first (_flush).
         self._cols = None
+        # caches the versions share (their keys name all they depend on, a Mark never changes):
         self._instrument_cache: dict = {}  # (underlying, inverse, mark, ...) -> a margin group's instruments
+        self._mark_hashes: dict = {}  # (underlying, id(mark)) -> (mark, leaf_hash of its leaf)
 
     @property
     def insurance(self) -> int:
@@ -473,11 +482,10 @@ class Clearing:
         new._cash_fresh = set(self._cash_fresh)
         new.holders = dict(self.holders)
         new._sizes, new._private_sizes = dict(self._sizes), set()
-        new.series, new.fixings, new.marks = dict(self.series), dict(self.fixings), dict(self.marks)
+        new.fixings, new.marks = dict(self.fixings), dict(self.marks)  # (series: list_series replaces it)
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
         new.assets, new.liquidations, new.touched = set(self.assets), self.liquidations.copy(), set(self.touched)
-        new._instrument_cache = {}
         new.__dict__.pop("safe_keys", None)
         return new
 
@@ -843,7 +851,7 @@ class Clearing:
             raise Rejected(f"series {s.id}: underlying {s.underlying!r} must be 1 to 8 ASCII letters or digits, not USD")
         if s.inverse:
             self._add_asset(s.underlying)
-        self.series[s.id] = s
+        self.series = {**self.series, s.id: s}  # (shared by the versions: never changed in place)
 
     def deposit(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
         self._flush()
@@ -1714,19 +1722,36 @@ class Clearing:
         per asset its insurance fund and its supply, the height, per underlying its last mark
         (with each open series' value at it) and its circuit breaker's window, per settled series
         its fixing. With the account leaves, enough to rebuild the state (clearing_snapshot)."""
+        out = self._head_leaves()
+        out += [_mark_leaf(und, m) for und, m in sorted(self.marks.items())]
+        return out + self._after_marks()
+
+    def _after_marks(self) -> list[bytes]:
+        out = [b"breaker" + _name8(und) + struct.pack(">H", len(window))
+               + b"".join(struct.pack(">Qdd", *w) for w in window) + self.halted.get(und, "").encode()
+               for und, window in sorted(self.history.items())]
+        return out + [b"fixing" + struct.pack(">I", i) + q.to_bytes(16, "big", signed=True)
+                      for i, q in sorted(self.fixings.items())]
+
+    def _globals_hashes(self) -> list[bytes]:
+        """leaf_hash of each of globals_leaves(); a mark's leaf (every open series' vol and value
+        at it: 65 KB at 2,000 listed options, encoded and hashed at every block) hashed once, kept
+        with the mark (never changed) in a cache the versions share."""
+        cache = self._mark_hashes
+        marks = []
+        for und, m in sorted(self.marks.items()):
+            hit = cache.get((und, id(m)))
+            if hit is None or hit[0] is not m:
+                if len(cache) > 64:
+                    cache.clear()
+                hit = cache[(und, id(m))] = (m, leaf_hash(_mark_leaf(und, m)))
+            marks.append(hit[1])
+        return [leaf_hash(x) for x in self._head_leaves()] + marks + [leaf_hash(x) for x in self._after_marks()]
+
+    def _head_leaves(self) -> list[bytes]:
         out = [b"insurance" + _amounts({a: q}) for a, q in sorted(self.funds.items())]
         out += [b"supply" + _amounts({a: q}) for a, q in sorted(self.supply.items())]
-        out.append(b"height" + self.height.to_bytes(8, "big"))
-        for und, m in sorted(self.marks.items()):
-            out.append(b"mark" + _name8(und) + struct.pack(">dQQH", m.index, m.sequence, m.timestamp, len(m.vols))
-                       + b"".join(struct.pack(">Id", i, v) for i, v in sorted(m.vols.items()))
-                       + struct.pack(">H", len(m.values))
-                       + b"".join(struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(m.values.items())))
-        for und, window in sorted(self.history.items()):
-            out.append(b"breaker" + _name8(und) + struct.pack(">H", len(window))
-                       + b"".join(struct.pack(">Qdd", *w) for w in window) + self.halted.get(und, "").encode())
-        out += [b"fixing" + struct.pack(">I", i) + q.to_bytes(16, "big", signed=True) for i, q in sorted(self.fixings.items())]
-        return out
+        return out + [b"height" + self.height.to_bytes(8, "big")]
 
     def state_root(self, sha256_many) -> bytes:
         """inner_hash(accounts root, globals root) (docs/CLEARING.md, "State root"): the accounts'
@@ -1750,7 +1775,7 @@ class Clearing:
             changed = {(a := self.accounts[k]).slot: leaves[k] if k in leaves else self._leaf(k, a) for k in self.dirty}
             self.tree.update(changed, len(self.accounts), sha256_many)
             self.dirty, self._leaves = set(), {}
-        return inner_hash(self.tree.root, hashlib_root(self.globals_leaves()))
+        return inner_hash(self.tree.root, root_of_leaf_hashes(self._globals_hashes()))
 
     def root(self) -> bytes:
         return self.state_root(Verifier("accel", self.backend).sha256_rows)
