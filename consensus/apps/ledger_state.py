@@ -1,12 +1,15 @@
 """Versioned state for the ledger: copies that share what they do not change, so a validator holds
-the state of every uncommitted block without copying the whole ledger per block (issue 20).
+the state of every uncommitted block without copying the whole ledger per block (issue 20), and a
+block's snapshot and state root cost what the block changed, not what the state holds.
 
-- Versioned: a map whose copy() costs the entries changed since the last rebase, not the map's
-  size: a shared, never-mutated base dict and a private delta on top.
+- Versioned: a map whose copy() costs the entries changed lately (at most REBASE_AT), not the
+  map's size: a shared, never-mutated base dict, shared frozen layers merged log-structured, and
+  a private delta on top.
 - MerkleTree: the state root's tree (accel.merkle's rule: RFC 6962 hashes, neighbours paired
   level by level, an odd last node carried up) over a list of leaves that grows and changes in
-  place. update() hashes only the changed leaves and their ancestors, one batch per level;
-  copy() shares every level's array and copies the small per-level patches."""
+  place. update() hashes only the changed leaves and their ancestors, one batch per level, and
+  sorts them into each level's small newest patch (the older patches frozen, shared and merged
+  log-structured as Versioned's layers); copy() shares every level."""
 from __future__ import annotations
 
 import heapq
@@ -20,41 +23,76 @@ import numpy as np
 from accel.merkle import EMPTY_ROOT, MerkleProof
 
 _MISSING = object()
-REBASE_AT = 1 << 14  # a patch or delta larger than this (or an eighth of its base) is folded into a new base
+REBASE_AT = 1 << 10  # Versioned's delta, _Level's newest patch: frozen onto the shared layers once larger than this
 SET_DELTA = 1 << 10  # VersionedSet: a delta larger than this is frozen into the layers at the next copy
-LAYER_RATIO = 4  # VersionedSet: a layer is merged into the one under it once it is over a quarter of its size
+LAYER_RATIO = 4  # a layer is merged into the one under it once it is over a quarter of its size
+entries_copied = 0  # entries Versioned and _Level have copied or sorted (copies, merges, folds): the tests' count
 
 
 class Versioned:
-    """A dict-like map of never-deleted keys. copy() shares the base and copies the delta; writes go
-    to the delta; once the delta outgrows REBASE_AT it becomes part of a new base (the old one
-    stays with the copies that use it)."""
-    __slots__ = ("_base", "_delta", "_added")
+    """A dict-like map of never-deleted keys, versioned like VersionedSet: a shared, never-mutated
+    base dict, frozen layers over it (dicts, newest first, never changed once frozen, shared by the
+    copies) and a private delta on top. copy() freezes a delta larger than REBASE_AT onto the
+    layers, merging each layer into the one under it while it is more than 1/LAYER_RATIO of that
+    one's size, the base as the bottom one (a fold into a new base; the old base stays with the
+    copies that use it). So a copy costs at most REBASE_AT entries (or the last block's, if more),
+    each change is copied O(log n) times in all, a fold of the n entries comes after n/LAYER_RATIO
+    changes (amortized O(1) each; never where the same accounts keep changing, but one block pays
+    it, as much as the rebuild every n/8 changes did before), and a lookup reads the delta, O(log
+    n) layers and the base."""
+    __slots__ = ("_base", "_layers", "_delta", "_len")
 
     def __init__(self, data=None):
-        self._base, self._delta, self._added = dict(data or {}), {}, 0
+        self._base, self._layers, self._delta = dict(data or {}), (), {}
+        self._len = len(self._base)
 
     def copy(self) -> "Versioned":
-        if len(self._delta) > max(REBASE_AT, len(self._base) // 8):
-            self._base, self._delta, self._added = {**self._base, **self._delta}, {}, 0
+        global entries_copied
+        if len(self._delta) > REBASE_AT:  # (the same map, held differently)
+            layers = [self._delta, *self._layers]  # newest first
+            while len(layers) > 1 and len(layers[0]) * LAYER_RATIO > len(layers[1]):
+                top = layers.pop(0)
+                layers[0] = {**layers[0], **top}
+                entries_copied += len(layers[0])
+            base = self._base
+            if len(layers[-1]) * LAYER_RATIO > len(base):  # the base: the bottom of the same merge
+                base = {**base, **layers.pop()}
+                entries_copied += len(base)
+            self._base, self._layers, self._delta = base, tuple(layers), {}
         new = object.__new__(Versioned)
-        new._base, new._delta, new._added = self._base, dict(self._delta), self._added
+        new._base, new._layers, new._delta, new._len = self._base, self._layers, dict(self._delta), self._len
+        entries_copied += len(self._delta)
         return new
 
     def __getitem__(self, key):
         delta = self._delta
-        return delta[key] if key in delta else self._base[key]
+        if key in delta:
+            return delta[key]
+        for layer in self._layers:
+            if key in layer:
+                return layer[key]
+        return self._base[key]
 
     def get(self, key, default=None):
-        value = self._delta.get(key, _MISSING)
-        return self._base.get(key, default) if value is _MISSING else value
+        delta = self._delta
+        if key in delta:
+            return delta[key]
+        for layer in self._layers:
+            if key in layer:
+                return layer[key]
+        return self._base.get(key, default)
 
     def __contains__(self, key) -> bool:
-        return key in self._delta or key in self._base
+        if key in self._base or key in self._delta:  # (no key is ever deleted)
+            return True
+        for layer in self._layers:
+            if key in layer:
+                return True
+        return False
 
     def __setitem__(self, key, value) -> None:
-        if key not in self._delta and key not in self._base:
-            self._added += 1
+        if key not in self:
+            self._len += 1
         self._delta[key] = value
 
     def replace_existing(self, pairs: dict) -> None:
@@ -62,11 +100,17 @@ class Versioned:
         self._delta.update(pairs)
 
     def __len__(self) -> int:
-        return len(self._base) + self._added
+        return self._len
 
     def items(self):
-        yield from self._delta.items()
-        yield from ((k, v) for k, v in self._base.items() if k not in self._delta)
+        if self._layers:
+            decided: dict = {}
+            for layer in (*reversed(self._layers), self._delta):  # oldest first: the newest word wins
+                decided.update(layer)
+        else:
+            decided = self._delta
+        yield from decided.items()
+        yield from ((k, v) for k, v in self._base.items() if k not in decided)
 
     def __iter__(self):
         return (k for k, _ in self.items())
@@ -321,13 +365,35 @@ class SizeIndex:
         return heapq.merge(*(stream(i) for i in range(len(layers))))
 
 
-class _Level:
-    """One level of node hashes: a shared base array and a sorted patch (indices, hashes) over it;
-    indices past the base live only in the patch."""
-    __slots__ = ("base", "at", "val")
+def _merged(at: np.ndarray, val: np.ndarray, index: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted patch (at, val) with hashes written at index (sorted, unique): where both hold an
+    index, the new hash wins."""
+    global entries_copied
+    if not len(at):  # (copied: the caller's arrays are not the level's to keep)
+        entries_copied += len(index)
+        return index.copy(), hashes.copy()
+    at = np.concatenate([at, index])
+    val = np.concatenate([val, hashes])
+    order = np.argsort(at, kind="stable")
+    at, val = at[order], val[order]
+    last = np.r_[at[1:] != at[:-1], True]  # the new hash wins over the patch's old one
+    entries_copied += len(at)
+    return at[last], val[last]
 
-    def __init__(self, base: np.ndarray, at=None, val=None):
-        self.base = base
+
+class _Level:
+    """One level of node hashes: a shared base array, frozen sorted patches over it (layers, oldest
+    first, (indices, hashes) each, shared) and the newest sorted patch (at, val); indices past the
+    base live only in the patches. A _Level is never changed: patched() makes a new one. Versioned
+    as the accounts map is: the newest patch is frozen onto the layers once it outgrows REBASE_AT,
+    a layer is merged into the one under it while it is more than 1/LAYER_RATIO of that one's size,
+    the base as the bottom one (a fold into a new base), so an update sorts the block's nodes and at
+    most REBASE_AT more (plus O(log n) merges of each node in all, and a fold of the level's n nodes
+    once per n/LAYER_RATIO changed nodes), not the level."""
+    __slots__ = ("base", "layers", "at", "val")
+
+    def __init__(self, base: np.ndarray, at=None, val=None, layers=()):
+        self.base, self.layers = base, layers
         self.at = np.zeros(0, np.int64) if at is None else at
         self.val = np.zeros((0, 32), np.uint8) if val is None else val
 
@@ -335,28 +401,33 @@ class _Level:
         out = np.zeros((len(index), 32), np.uint8)
         inside = index < len(self.base)
         out[inside] = self.base[index[inside]]
-        if len(self.at):
-            pos = np.minimum(np.searchsorted(self.at, index), len(self.at) - 1)
-            hit = self.at[pos] == index
-            out[hit] = self.val[pos[hit]]
+        for at, val in (*self.layers, (self.at, self.val)):  # oldest first: a newer hash overwrites
+            if len(at):
+                pos = np.minimum(np.searchsorted(at, index), len(at) - 1)
+                hit = at[pos] == index
+                out[hit] = val[pos[hit]]
         return out
 
     def patched(self, index: np.ndarray, hashes: np.ndarray) -> "_Level":
-        """This level with hashes written at index (sorted, unique); folds the patch into a new
-        base when it grows past REBASE_AT or an eighth of the base."""
-        at = np.concatenate([self.at, index])
-        val = np.concatenate([self.val, hashes])
-        order = np.argsort(at, kind="stable")
-        at, val = at[order], val[order]
-        last = np.r_[at[1:] != at[:-1], True]  # the new hash wins over the patch's old one
-        at, val = at[last], val[last]
-        if len(at) > max(REBASE_AT, len(self.base) // 8):
-            size = max(len(self.base), int(at[-1]) + 1)
-            base = np.zeros((size, 32), np.uint8)
-            base[:len(self.base)] = self.base
-            base[at] = val
-            return _Level(base)
-        return _Level(self.base, at, val)
+        """This level with hashes written at index (sorted, unique)."""
+        global entries_copied
+        at, val = _merged(self.at, self.val, index, hashes)
+        base, layers = self.base, self.layers
+        if len(at) > REBASE_AT:
+            stack = [*layers, (at, val)]
+            while len(stack) > 1 and len(stack[-1][0]) * LAYER_RATIO > len(stack[-2][0]):
+                top = stack.pop()
+                stack.append(_merged(*stack.pop(), *top))
+            if len(stack[0][0]) * LAYER_RATIO > len(base):
+                at, val = stack.pop(0)
+                size = max(len(base), int(at[-1]) + 1)
+                new = np.zeros((size, 32), np.uint8)
+                new[:len(base)] = base
+                new[at] = val
+                base = new
+                entries_copied += size
+            at, val, layers = None, None, tuple(stack)
+        return _Level(base, at, val, layers)
 
 
 def _inner(sha256_many, left: np.ndarray, right: np.ndarray) -> np.ndarray:
