@@ -137,12 +137,14 @@ def url_host(host: str) -> str:
 
 def _check_read(path, text: str, data: dict, cfg) -> None:
     """Refuses a key set to other than its default that this app, load and [rpc] listen would not
-    read: load_file with app = "kv" or load = "none", or genesis_accounts with app = "kv", started
-    the validator without a word, its operator believing the stream or the bulk genesis in force."""
+    read: load_file with app = "kv" or load = "none", or genesis_accounts (or sig_cache) with app = "kv",
+    started the validator without a word, its operator believing the stream, the bulk genesis (or every
+    signature checked) in force."""
     clearing, builtin = cfg.app == "clearing", cfg.load == "builtin"
     generated = clearing and builtin and not cfg.load_file  # clearing_load.market_load
     readers = {"load_file": (clearing and builtin, 'app = "clearing" and load = "builtin"'),
                "genesis_accounts": (clearing, 'app = "clearing"'),
+               "sig_cache": (clearing, 'app = "clearing"'),  # only ClearingApp reads it
                "chain_id": (clearing, 'app = "clearing"'),
                "mark_grace_ms": (clearing, 'app = "clearing"'),
                "crash_after_blocks": (generated, 'app = "clearing", load = "builtin" and no load_file'),
