@@ -144,6 +144,8 @@ class Config:
     me: int
     keys: tuple[bytes, ...]  # every validator's Ed25519 public key, by index
     base_timeout_ms: float = 1000.0
+    # a view's timeout doubles per failed view up to this, or up to base_timeout_ms where that is
+    # more (timeout_ms): a base above it ran every view at this cap, not at the configured base
     max_timeout_ms: float = 60_000.0
     # the network id (messages.network_id: chain id, genesis state root, validator keys), in the
     # bytes of every vote, timeout and proposal this validator signs or checks; the drivers derive
@@ -164,6 +166,11 @@ class Config:
 
     def leader(self, view: int) -> int:
         return view % self.n
+
+    def timeout_ms(self, failures: int) -> float:
+        """A view's timer after this many failed views in a row: the base, doubled per failure, up
+        to max(max_timeout_ms, base_timeout_ms)."""
+        return min(self.base_timeout_ms * 2 ** min(failures, 16), max(self.max_timeout_ms, self.base_timeout_ms))
 
     def __post_init__(self):
         # Under 4 validators f is 0: the leader's own vote is a quorum, so a lone validator would
@@ -1224,7 +1231,7 @@ class Core:
         self.view = view
         self.helped.clear()
         self.failures = 0 if via_qc else self.failures + 1
-        delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures, 16), self.cfg.max_timeout_ms)
+        delay = self.cfg.timeout_ms(self.failures)
         if self.answering:
             return [SetTimer(view, delay)] + self._propose(view)
         self.ticks += 1
@@ -1267,7 +1274,7 @@ class Core:
         self.safety = replace(self.safety, last_voted_view=max(self.safety.last_voted_view, view))
         hq = self.safety.high_qc
         t = Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view, self.cfg.network)))
-        delay = min(self.cfg.base_timeout_ms * 2 ** min(self.failures + 1, 16), self.cfg.max_timeout_ms)
+        delay = self.cfg.timeout_ms(self.failures + 1)
         return [self._persist(), Broadcast(t), SetTimer(view, delay)] + self._tally_timeout(self.cfg.me, t)
 
     def _on_timeout(self, sender: int, t: Timeout) -> list:
