@@ -45,7 +45,8 @@ from accel.backends import get_backend
 from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
-from .core import Broadcast, Committed, Config, Core, InvariantViolation, Persist, Rejected, Send, SetTimer
+from .core import (Broadcast, Committed, Config, Core, InvariantViolation, Persist, ProposeTimer, Rejected, Send,
+                   SetTimer)
 from .messages import (MAX_MESSAGE, RANGE_BYTES, TC, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
                        SnapshotOffer, SnapshotRequest, Timeout, Vote)
 from .metrics import NodeMetrics
@@ -92,7 +93,8 @@ SCHEMA = {
              "delay_ms": (float, 0.0), "load_seed": (int, 1), "log_format": (str, "text"),
              "sig_cache": (bool, True), "crash_after_blocks": (int, 5), "load_file": (str, ""),
              "load": (str, "builtin"), "snapshot_every": (int, 500), "genesis_accounts": (int, 0),
-             "state_sync": (bool, False), "chain_id": (int, 1), "mark_grace_ms": (float, 500.0)},
+             "state_sync": (bool, False), "chain_id": (int, 1), "mark_grace_ms": (float, 500.0),
+             "empty_block_interval_ms": (float, 0.0)},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
     "metrics": {"listen": (str, "")},
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
@@ -105,7 +107,8 @@ CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_
            "load": ("builtin", "none")}
 NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts"), ("node", "delay_ms"),
                 ("node", "crash_after_blocks"), ("node", "load_seed"), ("rpc", "max_connections"),
-                ("node", "chain_id"), ("rpc", "requests_total_per_s"), ("node", "mark_grace_ms")}
+                ("node", "chain_id"), ("rpc", "requests_total_per_s"), ("node", "mark_grace_ms"),
+                ("node", "empty_block_interval_ms")}
 POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool"),
             ("rpc", "max_connections_per_client"), ("rpc", "idle_timeout_s"), ("rpc", "submit_share_s"),
             ("rpc", "submit_total_s"), ("node", "txs_per_block"), ("node", "base_timeout_ms"),
@@ -234,6 +237,7 @@ class NodeConfig:
     state_sync: bool = False          # an empty store takes a peer's snapshot before the validator joins
     chain_id: int = 1                 # clearing: the network's id, signed into every transaction
     mark_grace_ms: float = 500.0      # clearing: an oracle mark held this long must be in a block voted for
+    empty_block_interval_ms: float = 0.0  # a leader with nothing to propose waits this long (Config)
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -279,7 +283,8 @@ class NodeConfig:
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),
                    {k: None if (k, v) == ("max_connections", 0) else v  # 0: Rpc's default
                     for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
-                   node["genesis_accounts"], node["state_sync"], node["chain_id"], float(node["mark_grace_ms"]))
+                   node["genesis_accounts"], node["state_sync"], node["chain_id"], float(node["mark_grace_ms"]),
+                   float(node["empty_block_interval_ms"]))
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
@@ -313,6 +318,12 @@ class NodeConfig:
                               f"{cfg.txs_per_block}: a key-value block of more than {KV_MAX_TXS} transactions would "
                               "not fit in one message")
         _check_read(path, text, data, cfg)
+        if cfg.empty_block_interval_ms and cfg.empty_block_interval_ms >= cfg.base_timeout_ms / 2:
+            # (Config refuses it too) the followers' view timers would fire while the leader waits
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'empty_block_interval_ms')}: [node] "
+                              f"empty_block_interval_ms {cfg.empty_block_interval_ms:g} must be below half of "
+                              f"base_timeout_ms ({cfg.base_timeout_ms / 2:g}): the others' views would time out "
+                              "while an idle leader waits")
         limits = cfg.rpc_limits
         if limits["max_body_bytes_in_flight"] < limits["max_body_bytes"]:  # else no body that size could be read
             raise ConfigError(f"{path}:{line_of(text, 'rpc', 'max_body_bytes_in_flight')}: [rpc] max_body_bytes_in_flight "
@@ -737,6 +748,7 @@ class NodeRunner:
         self.tx_heights: dict[bytes, int] = {}
         for p in history[-TX_INDEX:]:
             self._index(p.block)
+        self.txs_due = False  # a ("txs",) item waits in the inbox for the core (submitted)
         self.submitted = 0  # transactions clients submitted that the mempool admitted
         self.started = self.last_commit = time.monotonic()
         self.committed_since_start = 0
@@ -759,7 +771,8 @@ class NodeRunner:
             return verdict
         self.app.validate = timed_validate
         # committed proposals leave memory once stored: peers catching up are served from the store
-        self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms, network=self.network),
+        self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms, network=self.network,
+                                empty_block_interval_ms=cfg.empty_block_interval_ms),
                          lambda m: key.sign(m).signature,
                          self.app, self.store.safety(), history, self.store.committed_range, start.base)
         self.core.snapshot_source = self._serve_snapshot
@@ -785,6 +798,22 @@ class NodeRunner:
         self.rpc = None
         self.stop_reason = ""
         self.exit_with_parent: int | None = None  # the launcher's pid: stop when it is gone
+
+    @property
+    def submitted(self) -> int:
+        """Transactions clients submitted that the mempool admitted (counted by consensus.rpc)."""
+        return self._submitted
+
+    @submitted.setter
+    def submitted(self, count: int) -> None:
+        """A transaction admitted tells the core (once per inbox turn): a leader waiting with
+        nothing to propose (Config.empty_block_interval_ms) proposes it at once."""
+        more = count > getattr(self, "_submitted", count)
+        self._submitted = count
+        core = getattr(self, "core", None)
+        if more and core is not None and self.sync is None and not self.txs_due and core.idle_view == core.view:
+            self.txs_due = True
+            self.inbox.put(("txs",))
 
     def close(self) -> None:
         """The store (and its data_dir lock) and the events file let go, once or again (run()
@@ -951,6 +980,8 @@ class NodeRunner:
                 self.net.broadcast(a.msg)
             elif isinstance(a, SetTimer):
                 asyncio.get_running_loop().call_later(a.delay_ms / 1000.0, self.inbox.put, ("timer", a.view))
+            elif isinstance(a, ProposeTimer):
+                asyncio.get_running_loop().call_later(a.delay_ms / 1000.0, self.inbox.put, ("propose", a.view))
             elif isinstance(a, Committed):
                 self.store.add_committed(a.proposal)
                 b = a.block
@@ -1072,6 +1103,8 @@ class NodeRunner:
     async def _consensus(self) -> None:
         while True:
             kind, *rest = await self.inbox.get()
+            if kind == "txs":
+                self.txs_due = False
             if kind == "msg":
                 self.queued[rest[0]] -= 1
                 self.queued_bytes[rest[0]] -= rest[2]
@@ -1084,15 +1117,21 @@ class NodeRunner:
                     self._synced()
                 continue
             if kind == "timer":
-                if rest[0] == self.core.view and rest[0] != self.timed_out:  # the view's first timeout
+                if rest[0] == self.core.view and rest[0] not in (self.timed_out, self.core.rearmed):  # its first timeout
                     self.timed_out = rest[0]
                     self.metrics.timeouts.inc()
                     log.warning("view %d timed out (leader %d); moving on", rest[0],
                                 self.core.cfg.leader(rest[0]), extra={"view": rest[0]})
                 self._apply(self.core.on_timer(rest[0]))
+            elif kind == "propose":  # an idle leader's wait (Config.empty_block_interval_ms) is over
+                self._apply(self.core.on_propose_timer(rest[0]))
+            elif kind == "txs":
+                self._apply(self.core.on_txs())
             else:
                 self._handle(rest[0], rest[1])
             self._top_up()
+            if self.load is not None:
+                self._apply(self.core.on_txs())  # (what the built-in load brought; nothing if none waits)
 
     def _handle(self, sender: int, msg) -> None:
         """A peer's message to the core. A block or snapshot request is answered only while less

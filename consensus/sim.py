@@ -23,7 +23,7 @@ from nacl.signing import SigningKey
 
 from . import messages, snapshots, statesync
 from .apps.kv import KvApp, transfer_body
-from .core import Broadcast, Committed, Config, Core, Persist, Rejected, Send, SetTimer
+from .core import Broadcast, Committed, Config, Core, Persist, ProposeTimer, Rejected, Send, SetTimer
 from .inbox import FairInbox
 from .messages import BlockRequest, SnapshotRequest, Vote
 from .net import ANSWER_TYPES, Limits
@@ -59,13 +59,14 @@ class Simulation:
     def __init__(self, n: int = 4, seed: int = 0, link: Link | None = None, txs_per_block: int = 20,
                  validation: str = "accel", base_timeout_ms: float = 200.0, app: str = "kv", backend=None,
                  make_core: Callable[..., Core] = Core, compute: bool = False, limits: Limits = Limits(),
-                 chain_id: int = 1):
+                 chain_id: int = 1, empty_block_interval_ms: float = 0.0):
         """compute: charge each validator the real time its core takes to handle an event (it is
         busy meanwhile, what reaches it waits in an inbox served as the node's, consensus/inbox.py,
         and what it sends leaves after), so validation shows in time to finality; off,
         only network delays pass and runs are exactly reproducible. limits: the transport's
         per-sender read rates and queue bounds each link applies (see the module's docstring).
-        chain_id: in the network id only (messages.network_id)."""
+        chain_id: in the network id only (messages.network_id). empty_block_interval_ms: how long
+        a leader with nothing to propose waits (Config; 0: it proposes at once)."""
         self.rng = random.Random(seed)
         self.link = link or Link()
         self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
@@ -79,7 +80,8 @@ class Simulation:
         # another seed) or chain id is another network, whose votes and proofs never verify here
         keys = tuple(bytes(k.verify_key) for k in self.keys)
         self.network = messages.network_id(chain_id, self._make_app(genesis).genesis.root, keys)
-        self.cfg = [Config(i, keys, base_timeout_ms, network=self.network) for i in range(n)]
+        self.cfg = [Config(i, keys, base_timeout_ms, network=self.network,
+                           empty_block_interval_ms=empty_block_interval_ms) for i in range(n)]
         self.make_core = make_core
         self.nodes: list[Node] = []
         for i in range(n):
@@ -138,6 +140,7 @@ class Simulation:
                 refused = [r for r in node.core.app.submit_many(batch) if r]
                 if refused:
                     raise RuntimeError(f"the clearing load made a transaction the mempool refuses: {refused[0]}")
+            self._admitted_txs()
             return
         batch = []
         for _ in range(count):
@@ -148,6 +151,14 @@ class Simulation:
             batch.append((body, [self.clients[c].sign(body).signature]))
         for node in self.nodes:
             node.core.app.submit_many(batch)
+        self._admitted_txs()
+
+    def _admitted_txs(self) -> None:
+        """Each running validator's core told of the transactions its mempool took (Core.on_txs: a
+        leader waiting with nothing to propose proposes now)."""
+        for node in self.nodes:
+            if node.name not in self.crashed and node.sync is None:
+                self._apply(node, node.core.on_txs())
 
     # ---- scheduling ---------------------------------------------------------------------------
     def _push(self, at: float, what: tuple) -> None:
@@ -264,6 +275,8 @@ class Simulation:
                         self._deliver(node, i, a.msg)
             elif isinstance(a, SetTimer):
                 self._push(self.now + a.delay_ms, ("timer", node.name, a.view))
+            elif isinstance(a, ProposeTimer):
+                self._push(self.now + a.delay_ms, ("propose", node.name, a.view))
             elif isinstance(a, Committed):
                 node.committed.append((a.block, self.now, a.validation_ms))
                 node.committed_txs += len(a.block.txs)
@@ -409,6 +422,8 @@ class Simulation:
             return
         if kind == "timer":
             work = lambda: node.core.on_timer(rest[0])  # noqa: E731
+        elif kind == "propose":
+            work = lambda: node.core.on_propose_timer(rest[0])  # noqa: E731
         else:
             sender, frame = rest
             try:

@@ -617,6 +617,11 @@ class ClearingApp:
         except Exception:
             return ("client", "?")
 
+    def has_pending(self) -> bool:
+        """Whether the mempool holds a transaction (a leader with none may wait to propose:
+        Config.empty_block_interval_ms)."""
+        return len(self.mempool) > 0
+
     def submit_many(self, items: list[tuple[bytes, list[bytes]]], client=None) -> list[str]:
         """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
         per item, "" if admitted (or already there), else why it was refused. client: who sent

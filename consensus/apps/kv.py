@@ -211,6 +211,11 @@ class KvApp:
         """Admit one transaction (submit_many)."""
         return self.submit_many([(body, [signature])])[0]
 
+    def has_pending(self) -> bool:
+        """Whether the mempool holds a transaction (a leader with none may wait to propose:
+        Config.empty_block_interval_ms)."""
+        return len(self.mempool) > 0
+
     def submit_many(self, items: list[tuple[bytes, list[bytes]]]) -> list[str]:
         """Admit (body, [signature]) pairs to the mempool; per item why not ("" when admitted): a
         body that is not a well-formed transaction, anything but one signature of 64 bytes, or a
