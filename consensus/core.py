@@ -678,8 +678,17 @@ class Core:
             # any failing block of that view (no key needed) and have the leader's block dropped
             self.counters["muted"] += 1
             return []
+        if sender != self.cfg.me and not self.app.verifier.verify_one(
+                self.cfg.keys[b.proposer], proposal_bytes(b.id, self.cfg.network), p.signature):
+            # checked alone, before the batch of the block's transactions and certificates: a
+            # validator sending a block its leader never signed (any proposer index: no key
+            # needed) made every other one verify a whole block's signatures to refuse it
+            self.counters["proposal_invalid"] += 1
+            self.refused[sender] = b.view
+            self._faulty(sender)
+            return [Rejected(b.id, b.proposer, "the proposer's signature does not verify")]
         try:
-            certs = self._proposal_certs(p)
+            certs = self._proposal_certs(p, signer=False)  # (its leader's signature: just checked, or its own)
         except InvalidCertificate as exc:
             return [Rejected(b.id, b.proposer, f"invalid certificate: {exc}")]
         try:
@@ -763,14 +772,17 @@ class Core:
             self._faulty(sender)
         return ok
 
-    def _proposal_certs(self, p: Proposal) -> tuple[list, list, list]:
-        """(keys, messages, signatures) a proposal's validity rests on: its QC's, its TC's and its
-        proposer's signature over the block id. InvalidCertificate if a certificate is malformed."""
+    def _proposal_certs(self, p: Proposal, signer: bool = True) -> tuple[list, list, list]:
+        """(keys, messages, signatures) a proposal's validity rests on: its QC's, its TC's and
+        (signer) its proposer's signature over the block id. InvalidCertificate if a certificate
+        is malformed."""
         b = p.block
         keys, msgs, sigs = self.qc_certs(b.qc)
         if b.tc is not None:
             tk, tm, ts = self.tc_certs(b.tc)
             keys, msgs, sigs = keys + tk, msgs + tm, sigs + ts
+        if not signer:
+            return keys, msgs, sigs
         return keys + [self.cfg.keys[b.proposer]], msgs + [proposal_bytes(b.id, self.cfg.network)], sigs + [p.signature]
 
     # ---- fetching missing blocks --------------------------------------------------------------

@@ -170,3 +170,30 @@ def test_testnet_paces_the_empty_blocks_of_an_idle_network(tmp_path):
         if want:
             assert f"empty_block_interval_ms = {want}\n" in text
         assert NodeConfig.load(path).empty_block_interval_ms == want  # (below base_timeout_ms / 2)
+
+
+# ---- a proposal's leader signature is checked alone, before its transactions' batch ------------------------
+def test_a_proposal_its_leader_never_signed_costs_one_signature():
+    from consensus.core import Broadcast, Rejected, Send
+    from consensus.messages import Proposal, Vote
+    from consensus.sim import Simulation
+    sim = Simulation(n=4, validation="software", txs_per_block=50)
+    sim.load(50)
+    leader, victim = sim.nodes[1].core, sim.nodes[0].core  # validator 1 leads view 1 (2 the next)
+    real = next(a.msg for a in leader.start() if isinstance(a, Broadcast) and isinstance(a.msg, Proposal))
+    assert len(real.block.txs) == 50
+    victim.start()
+    batches = []
+    verify_all = victim.app.verifier.verify_all
+
+    def counted(keys, bodies, sigs, certs=None):
+        batches.append(len(sigs) + (len(certs[0]) if certs else 0))
+        return verify_all(keys, bodies, sigs, certs)
+    victim.app.verifier.verify_all = counted
+    forged = Proposal(real.block, bytes(64))  # sent by validator 3 as if validator 1's
+    out = victim.handle(3, forged)
+    assert [a.reason for a in out if isinstance(a, Rejected)] == ["the proposer's signature does not verify"]
+    assert batches == [1]  # (was one batch of the 50 transactions' signatures and the proposer's)
+    assert real.block.id not in victim.blocks
+    out = victim.handle(1, real)  # the leader's own still gets its vote
+    assert real.block.id in victim.blocks and any(isinstance(a, Send) and isinstance(a.msg, Vote) for a in out)
