@@ -90,6 +90,31 @@ def _detached(p: Proposal) -> Proposal:
     return Proposal(replace(p.block, txs=copy), p.signature)
 
 
+def _pins_more(p: Proposal) -> bool:
+    """Whether p's transactions are views into a buffer much larger than themselves (a block taken
+    from a BlockResponse padded with stale proposals, dropped unchecked: its 596 bytes kept a
+    62.9 MB frame alive for as long as the block was held)."""
+    txs = p.block.txs
+    own = txs.bodies.data.nbytes + txs.sigs.nbytes
+    return held_bytes([txs.bodies.data, txs.sigs]) > 2 * own + (64 << 10)
+
+
+def held_bytes(arrays) -> int:
+    """The bytes of the buffers numpy arrays are views into (an array's own if none), each buffer
+    once (a decoded frame's proposals all look into the frame)."""
+    roots = {}
+    for a in arrays:
+        while True:
+            if getattr(a, "base", None) is not None:
+                a = a.base
+            elif isinstance(a, memoryview) and a.obj is not None:
+                a = a.obj
+            else:
+                roots[id(a)] = a.nbytes if hasattr(a, "nbytes") else len(a)
+                break
+    return sum(roots.values())
+
+
 # ---- actions ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -705,7 +730,8 @@ class Core:
             self.refused[sender] = b.view
             self._faulty(sender)
             return [Rejected(b.id, b.proposer, verdict.reason)]
-        self.blocks[b.id], self.states[b.id], self.proposals[b.id] = b, verdict.state, p
+        kept = _detached(p) if _pins_more(p) else p
+        self.blocks[b.id], self.states[b.id], self.proposals[b.id] = kept.block, verdict.state, kept
         self.timings[b.id] = verdict.timings_ms
         self.view_blocks.setdefault(b.view, b.id)
         out = self._process_qc(b.qc, sender)
@@ -744,7 +770,8 @@ class Core:
         if parent.view != b.qc.view or parent.height != b.qc.height:
             return []
         self.counters["proposal_recertified"] += 1
-        self.blocks[b.id], self.proposals[b.id] = b, p
+        p = _detached(p) if _pins_more(p) else p
+        self.blocks[b.id], self.proposals[b.id] = p.block, p
         out = self._process_qc(b.qc, sender)
         if b.tc is not None:
             out += self._process_tc(b.tc)
@@ -1408,12 +1435,21 @@ class Core:
         counted: without this, validators that lost the timeouts of a view the others formed a
         TC in (one of those crashed since) waited in it for ever. Once per peer between this
         validator's timer expiries and views (the peer's timeout comes again with each of its own), from
-        what is held anyway: nothing is verified or signed for it."""
-        tally = self.timeouts.get(view, {})
-        if len(tally) < self.cfg.quorum or peer in self.helped or not 0 <= peer < self.cfg.n or peer == self.cfg.me:
+        what is held anyway, else (nothing held) its own timeout of that view, signed once."""
+        if peer in self.helped or not 0 <= peer < self.cfg.n or peer == self.cfg.me:
             return []
         self.helped.add(peer)
-        return [Send(peer, t) for v, t in sorted(tally.items()) if v != peer][:self.cfg.quorum]
+        tally = self.timeouts.get(view, {})
+        if len(tally) >= self.cfg.quorum:
+            return [Send(peer, t) for v, t in sorted(tally.items()) if v != peer][:self.cfg.quorum]
+        # The timeouts are gone (a restart keeps none: it enters its last voted view, past the
+        # views TCs it formed ended): this validator's own timeout of that view, which it never
+        # votes in again (every view before its own), with its high QC. Without it, validators
+        # left in the view a TC ended for the others, with f of them down, waited for ever (all
+        # restarted: views 6, 5, 5, nothing committed; safe: its high QC only grows, so the TC
+        # it helps form hides no lock).
+        hq = self.safety.high_qc
+        return [Send(peer, Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view, self.cfg.network))))]
 
     def _tally_timeout(self, sender: int, t: Timeout) -> list:
         """Count a verified timeout (or this validator's own). Of a voter's timeouts for views

@@ -46,7 +46,7 @@ from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
 from .core import (Broadcast, Committed, Config, Core, InvariantViolation, Persist, ProposeTimer, Rejected, Send,
-                   SetTimer)
+                   SetTimer, held_bytes)
 from .messages import (MAX_MESSAGE, RANGE_BYTES, TC, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
                        SnapshotOffer, SnapshotRequest, Timeout, Vote)
 from .metrics import NodeMetrics
@@ -660,8 +660,8 @@ class NodeRunner:
         votes over the owner's. It is refused now, before anything is written."""
         mine = cfg.keys[cfg.index].hex()
         marker = cfg.data_dir / "validator.key"
-        try:
-            held = marker.read_text(errors="replace").strip()
+        try:  # (as an editor may leave it: a BOM, NULs, upper case)
+            held = marker.read_text(errors="replace").strip().strip("\ufeff\x00").strip().lower()
         except FileNotFoundError:
             held = None
         except OSError as exc:
@@ -685,6 +685,11 @@ class NodeRunner:
                 raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
                                    f"writable directory: {exc.strerror or exc}") from None
         elif len(held) != 64 or any(c not in "0123456789abcdef" for c in held):
+            others = [i for i, k in enumerate(cfg.keys) if i != cfg.index and len(held) >= 8 and held in k.hex()]
+            if others:  # (its remains name another validator: never invite taking its safety state)
+                raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: its "
+                                   f"damaged validator.key holds part of validator {others[0]}'s key: it is that "
+                                   "validator's store; give each validator its own data_dir")
             what = "empty" if not held else f"not a 64-hex-digit key ({len(held)} characters)"
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: validator.key "
                                f"is damaged ({what}; a crash at the first start can leave it so): if this data_dir is "
@@ -1164,12 +1169,20 @@ def request_admitted(queued: int, answers: int, answer_backlog: int = ANSWER_BAC
 
 def _cert_weight(c) -> int:
     """About the bytes a decoded QC or TC holds: its signatures, and its voters (and a TC's high
-    views) as a tuple of Python ints (a pointer and an int object each, ~36 bytes), its high QC."""
+    views) as Python ints in tuples and the lists decoding builds them from (~166 bytes a signer
+    measured; weighed 40, a peer's queue held 2.4 times its bound), its high QC."""
     if c is None:
         return 0
     if isinstance(c, TC):
-        return 128 + len(c.sigs) + 40 * (len(c.voters) + len(c.high_views)) + _cert_weight(c.high_qc)
-    return 128 + len(c.sigs) + 40 * len(c.voters)
+        return 128 + len(c.sigs) + 104 * (len(c.voters) + len(c.high_views)) + _cert_weight(c.high_qc)
+    return 128 + len(c.sigs) + 104 * len(c.voters)
+
+
+def _proposal_weight(p: Proposal) -> int:
+    """A decoded proposal but the buffer its transactions are views into: its block, header and
+    arrays (about 2.5 KB of objects), offsets and certificates."""
+    b = p.block
+    return 2048 + b.txs.bodies.offsets.nbytes + _cert_weight(b.qc) + _cert_weight(b.tc)
 
 
 def _weight(msg) -> int:
@@ -1177,12 +1190,10 @@ def _weight(msg) -> int:
     signers: up to 65,535 of them, ~100 bytes each once decoded) and snapshot data, 512 beside. A
     frame's bulk that this did not count (a Timeout of a 65,535-signer QC: 4.3 MB weighed 512) let
     one validator queue INBOX_PER_PEER frames of up to MAX_MESSAGE each, past INBOX_BYTES_PER_PEER."""
-    if isinstance(msg, Proposal):
-        b = msg.block
-        return 512 + b.txs.bodies.data.nbytes + b.txs.bodies.offsets.nbytes + b.txs.sigs.nbytes \
-            + _cert_weight(b.qc) + _cert_weight(b.tc)
-    if isinstance(msg, BlockResponse):
-        return 512 + sum(map(_weight, msg.proposals))
+    if isinstance(msg, (Proposal, BlockResponse)):  # (the frame its transactions are views into, once)
+        proposals = (msg,) if isinstance(msg, Proposal) else msg.proposals
+        return 512 + sum(map(_proposal_weight, proposals)) \
+            + held_bytes([a for p in proposals for a in (p.block.txs.bodies.data, p.block.txs.sigs)])
     if isinstance(msg, SnapshotChunk):
         return 512 + len(msg.data) + len(msg.manifest) + sum(map(_weight, msg.proof))
     if isinstance(msg, Timeout):
