@@ -247,6 +247,8 @@ def cmd_localnet(args) -> int:
         backend = get_backend(args.backend).name  # fails here, before any process starts
     if args.accounts and args.app != "clearing":
         raise ValueError("--accounts sizes the clearing app's genesis (--app clearing)")
+    if args.no_sig_cache and args.app != "clearing":
+        raise ValueError("--no-sig-cache turns off the clearing app's signature cache (--app clearing)")
     _block_size(args.app, "--txs-per-block", args.txs_per_block)
     _accounts(args.accounts)
     _report_path(args.report)

@@ -191,6 +191,13 @@ def test_localnet_refuses_too_many_validators_in_one_line(capsys):
     assert "at most 65,535 validators" in capsys.readouterr().err
 
 
+def test_localnet_refuses_no_sig_cache_for_kv_before_starting(capsys):
+    """kv validators refuse `sig_cache = false` at load (a key their app does not read): the
+    command says so first, rather than writing files every validator refuses."""
+    assert cli.main(["localnet", "--app", "kv", "--no-sig-cache"]) == 2
+    assert "--no-sig-cache turns off the clearing app's signature cache" in capsys.readouterr().err
+
+
 def test_launch_limit_follows_the_open_file_limit(monkeypatch):
     import resource
     monkeypatch.setattr(resource, "getrlimit", lambda what: (256, 256))
