@@ -124,6 +124,15 @@ def cmd_merkle(args) -> int:
     return 0 if agree else 1
 
 
+def _runnable_modes(modes) -> None:
+    """Each accel backend among modes (or "software") can run here: checked before a run of
+    minutes (a bench's --modes)."""
+    from accel.backends import BackendUnavailable, probe
+    for mode in modes:
+        if mode != "software" and isinstance(probe()[mode], BackendUnavailable):
+            raise ValueError(f"--modes: {mode} cannot run here: {str(probe()[mode]).splitlines()[0]}")
+
+
 def _report_path(path: str | None, flag: str = "--report") -> None:
     """--report's file (or another output, flag) can be written: checked before a run of minutes,
     whose results were lost when only the write at its end found no such directory."""

@@ -14,8 +14,7 @@ import statistics
 import sys
 import time
 
-from accel.backends import BackendUnavailable, probe
-from accel.cli import _at_least, _finite, _positive, _report_path, comma_list
+from accel.cli import _at_least, _finite, _positive, _report_path, _runnable_modes, comma_list
 from consensus.sim import Link, Simulation
 
 STAGES = ("signatures", "tx_root", "execute", "state_root", "total")
@@ -68,14 +67,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--png", help="write the plot here")
     args = ap.parse_args(argv)
-    for flag in ("json", "png"):  # before the sweep: a bad path lost minutes of results at its end
-        try:
+    try:
+        for flag in ("json", "png"):  # before the sweep: a bad path lost minutes of results at its end
             _report_path(getattr(args, flag), f"--{flag}")
-        except ValueError as exc:
-            ap.error(str(exc))
-    for mode in args.modes:
-        if mode != "software" and isinstance(probe()[mode], BackendUnavailable):
-            ap.error(f"--modes: {mode} cannot run here: {str(probe()[mode]).splitlines()[0]}")
+        _runnable_modes(args.modes)
+    except ValueError as exc:
+        ap.error(str(exc))
     rows = []
     print("| validators | txs/block | delay ms | mode | validation total ms | signatures ms | execute ms | finality ms |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|")

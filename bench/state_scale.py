@@ -15,8 +15,7 @@ import json
 import subprocess
 import sys
 
-from accel.backends import BackendUnavailable, probe
-from accel.cli import _accounts, _block_size, _count, _positive, _report_path, comma_list
+from accel.cli import _accounts, _block_size, _count, _positive, _report_path, _runnable_modes, comma_list
 
 MODES = ("cpu", "opencl", "cuda", "software")
 STAGES = ("signatures", "tx_root", "execute", "margin", "state_root", "total")
@@ -77,11 +76,9 @@ def main(argv=None) -> int:
             _accounts(n)
         for flag in ("json", "png"):  # before the run: a bad path lost its results at the end
             _report_path(getattr(args, flag), f"--{flag}")
+        _runnable_modes(args.modes)
     except ValueError as exc:
         p.error(str(exc))
-    for mode in args.modes:
-        if mode != "software" and isinstance(probe()[mode], BackendUnavailable):
-            p.error(f"--modes: {mode} cannot run here: {str(probe()[mode]).splitlines()[0]}")
     results = []
     for mode in args.modes:
         for n in args.accounts:
