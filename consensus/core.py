@@ -1435,13 +1435,17 @@ class Core:
         counted: without this, validators that lost the timeouts of a view the others formed a
         TC in (one of those crashed since) waited in it for ever. Once per peer between this
         validator's timer expiries and views (the peer's timeout comes again with each of its own), from
-        what is held anyway, else (nothing held) its own timeout of that view, signed once."""
+        what is held anyway, else (nothing held, the view just before this validator's, no QC
+        since) its own timeout of that view, signed once."""
         if peer in self.helped or not 0 <= peer < self.cfg.n or peer == self.cfg.me:
             return []
-        self.helped.add(peer)
         tally = self.timeouts.get(view, {})
         if len(tally) >= self.cfg.quorum:
+            self.helped.add(peer)
             return [Send(peer, t) for v, t in sorted(tally.items()) if v != peer][:self.cfg.quorum]
+        if view + 1 != self.view or self.safety.high_qc.view >= view:
+            return []  # (a QC moves it on, or f + 1 timeouts of views ahead)
+        self.helped.add(peer)
         # The timeouts are gone (a restart keeps none: it enters its last voted view, past the
         # views TCs it formed ended): this validator's own timeout of that view, which it never
         # votes in again (every view before its own), with its high QC. Without it, validators
