@@ -168,8 +168,9 @@ static int ed_msm_cofactored_zero(const ed_msm *ms) {
     return ed_p1p1_is_identity(&t);
 }
 
-/* Whether the combined equation holds for the signatures sel[0..m). 0 also on allocation
- * failure, which only sends the caller to smaller batches. */
+/* Whether the combined equation holds for the signatures sel[0..m): 1 or 0; -1 when memory ran
+ * out, which callers answer with smaller batches or single checks (that allocate nothing), so
+ * no verdict depends on memory. */
 static int ed_batch_holds(const ed_item *items, const u32 *sel, u32 m, const ed_p3 *base) {
     ed_msm ms;
     ms.npts = 2 * m + 1;
@@ -181,8 +182,8 @@ static int ed_batch_holds(const ed_item *items, const u32 *sel, u32 m, const ed_
     ms.dig = malloc(sizeof(int16_t) * ms.npts * ms.nw);
     ms.bucket = malloc(sizeof(ed_p3) * ms.nb);
     ms.used = malloc(ms.nb);
-    int ok = ms.pts && ms.src && ms.dig && ms.bucket && ms.used;
-    if (ok) {
+    int ok = ms.pts && ms.src && ms.dig && ms.bucket && ms.used ? 1 : -1;
+    if (ok == 1) {
         u8 b[32] = {0};
         ed_fe d2;
         ed_fe_const(&d2, ED_CONST_D2);
@@ -246,11 +247,11 @@ static void ed_split(const ed_item *items, const u32 *sel, u32 m, const ed_p3 *b
             unresolved -= size;
             continue;
         }
-        int left = ed_batch_holds(items, sel + lo, half, base);
+        int left = ed_batch_holds(items, sel + lo, half, base) == 1;
         spent += half;
         int right = 0;
         if (!left) {
-            right = ed_batch_holds(items, sel + lo + half, size - half, base);
+            right = ed_batch_holds(items, sel + lo + half, size - half, base) == 1;
             spent += size - half;
         }
         if (left || right) { /* the half that holds is settled; the other one is known bad */
@@ -284,7 +285,7 @@ static int ed_verify_chunk(u64 lo, u64 hi, const u8 *pks, const u8 *msgs, const 
     }
     if (m < ED_BATCH_MIN || !ed_weights(items, sel, m))
         ed_singles(items, sel, m, out + lo);
-    else if (ed_batch_holds(items, sel, m, base))
+    else if (ed_batch_holds(items, sel, m, base) == 1)
         for (u32 j = 0; j < m; j++) out[lo + sel[j]] = 1;
     else
         ed_split(items, sel, m, base, out + lo);
@@ -306,11 +307,11 @@ static int ed_all_chunk(u64 lo, u64 hi, const u8 *pks, const u8 *msgs, const u64
         ok = ed_prepare(&items[j], lo + j, pks, msgs, offsets, sigs);
     }
     if (ok == 1) {
-        if (cnt < ED_BATCH_MIN || !ed_weights(items, sel, cnt)) {
+        int batch = cnt < ED_BATCH_MIN || !ed_weights(items, sel, cnt) ? -1 : ed_batch_holds(items, sel, cnt, base);
+        if (batch >= 0)
+            ok = batch;
+        else /* no batch (too few, or no memory for one): single checks */
             for (u32 j = 0; ok && j < cnt; j++) ok = ed_check(&items[j].A, &items[j].R, items[j].s, items[j].k);
-        } else {
-            ok = ed_batch_holds(items, sel, cnt, base);
-        }
     }
     free(items);
     free(sel);
