@@ -97,7 +97,7 @@ class MarginParams:
             # Each scalar read once as a plain float, kept and checked as that: a subclass's
             # __float__ may answer differently on every call (checked as one number, laid out for
             # the kernels as another), and _array caches a layout only for plain floats.
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"MarginParams.{f.name} must be finite numbers, not {value!r}")
             plain = _plain_float(value)
             if plain is None:
