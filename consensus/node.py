@@ -557,6 +557,51 @@ def open_events(cfg: "NodeConfig", where: str = ""):
         raise
 
 
+class EventsLog:
+    """[node] events, opened by open_events: a regular file renamed or removed while the node runs
+    (logrotate's default, `mv`) is opened again under its name before the next line, so rotation
+    by rename works (the lines went on into the renamed file, and the configured one stayed
+    missing; copytruncate alone worked). One stat a line. A file put there that open_events
+    refuses is reported once (a warning) and the lines stay in the old one until the name holds
+    another file."""
+
+    def __init__(self, cfg: "NodeConfig", where: str = ""):
+        self.cfg, self.file = cfg, open_events(cfg, where)
+        self.refused: tuple | None | bool = False  # (dev, inode) open_events refused at the name (None: nothing)
+
+    def write(self, line: str) -> None:
+        self._follow()
+        self.file.write(line)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _follow(self) -> None:
+        held = os.fstat(self.file.fileno())
+        if not stat.S_ISREG(held.st_mode):
+            return
+        try:
+            now = os.stat(self.cfg.events)
+            at = (now.st_dev, now.st_ino)
+        except FileNotFoundError:
+            at = None
+        except OSError:
+            return  # (the directory unreadable for a moment: the same file still takes the lines)
+        if at == (held.st_dev, held.st_ino) or at == self.refused:
+            return
+        try:
+            fresh = open_events(self.cfg)
+        except StartupError as exc:
+            self.refused = at
+            log.warning("%s; its lines go on into the file it named before", exc)
+            return
+        self.file.close()
+        self.file, self.refused = fresh, False
+
+
 class StartupError(Exception):
     """A validator that cannot start: one line naming the key and the path or address."""
 
@@ -799,7 +844,7 @@ class NodeRunner:
         self.inbox = FairInbox()  # one peer's flood delays another's message by one of its own at most
         self.queued: dict[int, int] = {}  # sender -> its messages in the inbox (at most INBOX_PER_PEER)
         self.queued_bytes: dict[int, int] = {}  # sender -> their bytes, about (_weight; INBOX_BYTES_PER_PEER)
-        self.events = open_events(cfg, where)
+        self.events = EventsLog(cfg, where)
         self.rpc = None
         self.stop_reason = ""
         self.exit_with_parent: int | None = None  # the launcher's pid: stop when it is gone
