@@ -446,7 +446,7 @@ class ClearingFeed:
         taken into one list: a count of millions held them all at once)."""
         while count > 0:
             step = min(count, SKIP_BATCH)
-            self.load.take(step)
+            self.load.skip(step)
             count -= step
 
     def top_up(self, app, want: int) -> None:
