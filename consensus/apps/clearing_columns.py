@@ -16,8 +16,10 @@ reasons, so a verdict never depends on which path ran. A run is checked in two s
     order to copies of the columns by native/ledger.c, with the checks that depend on the state:
     the account's next nonce, a withdrawal leaving its cash >= 0, a position within MAX_POSITION,
     a reduce-only series' legs shrinking it (MAX_BALANCE, far above int64, cannot be reached).
-Marks and the reduce-only state do not change inside a run (only marks move them), so these are
-the one-by-one checks, in the one-by-one order."""
+Marks do not change inside a run, and the reduce-only state only loosens (a top-up may lift a
+fund above its floor; only marks tighten it): the run takes the state its first transaction
+sees, so it is never looser than the one-by-one checks in the one-by-one order, and a run where
+it is stricter is declined and applied one by one (the same verdict)."""
 from __future__ import annotations
 
 import logging
