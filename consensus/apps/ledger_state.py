@@ -9,13 +9,21 @@ block's snapshot and state root cost what the block changed, not what the state 
   level by level, an odd last node carried up) over a list of leaves that grows and changes in
   place. update() hashes only the changed leaves and their ancestors, one batch per level, and
   sorts them into each level's small newest patch (the older patches frozen, shared and merged
-  log-structured as Versioned's layers); copy() shares every level."""
+  log-structured as Versioned's layers); copy() shares every level.
+
+Every log-structured merge here (VersionedSet, SizeIndex, Versioned, the tree's levels), the fold
+of a quarter of the state into a new base included, is a _Merge done a bounded step at a time:
+a copy that freezes d entries advances each merge under way by MERGE_STEP x d entries, so no one
+block copies a whole merge (a fold was 116-266 ms at a million accounts, in one block); the reads
+use the two layers as they are until it is done. What a step still pays in proportion to n is
+CPython's: the dict a merge builds grows by doubling (the step that crosses one moves its
+entries, ~30 ns each), and the last version to drop an old base frees it."""
 from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
 from collections.abc import MutableSet, Sequence, Set
-from itertools import chain
+from itertools import chain, islice
 from typing import Callable
 
 import numpy as np
@@ -26,41 +34,153 @@ _MISSING = object()
 REBASE_AT = 1 << 10  # Versioned's delta, _Level's newest patch: frozen onto the shared layers once larger than this
 SET_DELTA = 1 << 10  # VersionedSet: a delta larger than this is frozen into the layers at the next copy
 LAYER_RATIO = 4  # a layer is merged into the one under it once it is over a quarter of its size
-entries_copied = 0  # entries Versioned and _Level have copied or sorted (copies, merges, folds): the tests' count
+# A copy that freezes d entries advances each merge under way by MERGE_STEP x d entries: a merge of
+# a layer into one of n entries (n + at most ~n/2 to copy) is then done once ~n/5 more entries are
+# frozen, about when the layers over it (under n/16 when it started) can first reach the n/4 that
+# makes the next merge into it due. One not done by then is only later: the layers over it wait
+# and stay apart (a lookup reads one more). Each merge under way (O(log n)) takes its step.
+MERGE_STEP = 8
+entries_copied = 0  # entries copied or sorted (copies, merges, folds): the tests' count
+
+
+class _Merge:
+    """Two adjacent frozen layers, lower and upper (upper's word wins), being merged into one, a
+    bounded step at a time (advance). Neither is ever changed, so the result is theirs alone: the
+    versions holding both share the merge, whichever advances it advances it for all, and each
+    reads the two layers as they are until one of its copies finds the result and puts it in their
+    place (_settle)."""
+    __slots__ = ("lower", "upper", "result", "_work")
+
+    def __init__(self, lower, upper, work):
+        self.lower, self.upper, self.result, self._work = lower, upper, None, work
+        next(work)
+
+    def advance(self, budget: int) -> None:
+        if self._work is not None:
+            try:
+                self._work.send(budget)
+            except StopIteration as done:
+                self.result, self._work = done.value, None
+
+
+def _settle(stack: list, merges: tuple, frozen: int, size: Callable, job: Callable) -> tuple[list, tuple]:
+    """The layers (oldest first, stack[0] the bottom) and the merges under way once a copy froze
+    `frozen` entries onto them (0: none; then the merges done elsewhere are only put in place).
+    Each merge under way is advanced by MERGE_STEP x frozen entries, and a new one started (and
+    advanced as much) for each two adjacent layers, neither in a merge, the upper more than
+    1/LAYER_RATIO of the lower's size; one done at once may be merged again with the one under it.
+    job(lower, upper, bottom) is the generator merging two layers (bottom: the lower one is
+    stack[0])."""
+    budget = MERGE_STEP * frozen
+    running = []
+    for m in merges:
+        if budget:
+            m.advance(budget)
+        if m.result is None:
+            running.append(m)
+        else:  # (nothing merges into a layer in a merge: its two layers are still next to each other)
+            at = next(i for i, layer in enumerate(stack) if layer is m.lower)
+            stack[at:at + 2] = [m.result]
+    busy = {id(layer) for m in running for layer in (m.lower, m.upper)}
+    i = len(stack) - 1
+    while i > 0:
+        lower, upper = stack[i - 1], stack[i]
+        if id(lower) not in busy and id(upper) not in busy and size(upper) * LAYER_RATIO > size(lower):
+            m = _Merge(lower, upper, job(lower, upper, i == 1))
+            if budget:
+                m.advance(budget)
+            if m.result is None:
+                running.append(m)
+                busy.update((id(lower), id(upper)))
+            else:
+                stack[i - 1:i + 1] = [m.result]
+        i -= 1
+    return stack, tuple(running)
+
+
+def _stepped(parts: list, result: Callable, whole: Callable | None = None):
+    """A merge as _Merge runs it: parts is a list of (n, step), step(k) doing about k of the part's
+    n entries (at least one, at most 2k) and saying how many it did; each budget sent is spent
+    across them in order, and the generator returns result() once they are done. whole, if given,
+    builds the same result at once, faster, when the first budget covers it all."""
+    global entries_copied
+    budget = yield
+    if whole is not None and sum(n for n, _ in parts) <= budget:
+        entries_copied += sum(n for n, _ in parts)
+        return whole()
+    for n, step in parts:
+        while n > 0:
+            if budget <= 0:
+                budget = yield
+            done = step(min(n, budget))
+            entries_copied += done
+            n -= done
+            budget -= done
+    return result()
+
+
+def _dict_job(lower: dict, upper: dict, bottom: bool = False):
+    """{**lower, **upper}: the same dict, in the same order."""
+    new: dict = {}
+
+    def part(layer: dict):
+        items = iter(layer.items())
+
+        def step(k: int) -> int:
+            new.update(islice(items, k))
+            return k
+        return len(layer), step
+    return _stepped([part(lower), part(upper)], lambda: new, lambda: {**lower, **upper})
+
+
+def _kept_job(lower: dict, upper: dict):
+    """{k: v for k, v in {**lower, **upper}.items() if v}: a bottom layer keeps what is present."""
+    new: dict = {}
+    low, up, get = iter(lower.items()), iter(upper.items()), upper.get
+
+    def from_lower(k: int) -> int:
+        new.update({key: w for key, v in islice(low, k) if (w := get(key, v))})
+        return k
+
+    def from_upper(k: int) -> int:  # (a key of lower's it keeps is there already, with this value)
+        new.update({key: v for key, v in islice(up, k) if v})
+        return k
+    return _stepped([(len(lower), from_lower), (len(upper), from_upper)], lambda: new)
+
+
+def _set_job(lower: dict, upper: dict, bottom: bool):
+    """The merge of two of VersionedSet's (or SizeIndex's) layers: the bottom keeps what is present."""
+    return _kept_job(lower, upper) if bottom else _dict_job(lower, upper)
 
 
 class Versioned:
     """A dict-like map of never-deleted keys, versioned like VersionedSet: a shared, never-mutated
     base dict, frozen layers over it (dicts, newest first, never changed once frozen, shared by the
     copies) and a private delta on top. copy() freezes a delta larger than REBASE_AT onto the
-    layers, merging each layer into the one under it while it is more than 1/LAYER_RATIO of that
+    layers, merging each layer into the one under it once it is more than 1/LAYER_RATIO of that
     one's size, the base as the bottom one (a fold into a new base; the old base stays with the
-    copies that use it). So a copy costs at most REBASE_AT entries (or the last block's, if more),
-    each change is copied O(log n) times in all, a fold of the n entries comes after n/LAYER_RATIO
-    changes (amortized O(1) each; never where the same accounts keep changing, but one block pays
-    it, as much as the rebuild every n/8 changes did before), and a lookup reads the delta, O(log
-    n) layers and the base."""
-    __slots__ = ("_base", "_layers", "_delta", "_len")
+    copies that use it), each merge a _Merge: a bounded step a copy. So a copy costs at most
+    REBASE_AT entries (or the last block's, if more) and MERGE_STEP times them for each merge under
+    way (O(log n) of them), never a whole merge; each change is copied O(log n) times in all; and
+    a lookup reads the delta, O(log n) layers and the base."""
+    __slots__ = ("_base", "_layers", "_delta", "_len", "_merges")
 
     def __init__(self, data=None):
-        self._base, self._layers, self._delta = dict(data or {}), (), {}
+        self._base, self._layers, self._delta, self._merges = dict(data or {}), (), {}, ()
         self._len = len(self._base)
 
     def copy(self) -> "Versioned":
         global entries_copied
-        if len(self._delta) > REBASE_AT:  # (the same map, held differently)
-            layers = [self._delta, *self._layers]  # newest first
-            while len(layers) > 1 and len(layers[0]) * LAYER_RATIO > len(layers[1]):
-                top = layers.pop(0)
-                layers[0] = {**layers[0], **top}
-                entries_copied += len(layers[0])
-            base = self._base
-            if len(layers[-1]) * LAYER_RATIO > len(base):  # the base: the bottom of the same merge
-                base = {**base, **layers.pop()}
-                entries_copied += len(base)
-            self._base, self._layers, self._delta = base, tuple(layers), {}
+        frozen = len(self._delta) if len(self._delta) > REBASE_AT else 0
+        if frozen or self._merges:  # (the same map, held differently)
+            stack = [self._base, *reversed(self._layers), *([self._delta] if frozen else ())]
+            stack, self._merges = _settle(stack, self._merges, frozen, len, _dict_job)
+            self._base, self._layers = stack[0], tuple(reversed(stack[1:]))
+            if frozen:
+                self._delta = {}
         new = object.__new__(Versioned)
         new._base, new._layers, new._delta, new._len = self._base, self._layers, dict(self._delta), self._len
+        new._merges = self._merges
         entries_copied += len(self._delta)
         return new
 
@@ -125,15 +245,16 @@ class VersionedSet(MutableSet):
     copy while uncommitted). Layers of {key: present?} dicts, oldest (the bottom, present keys
     only) first, never changed once frozen and shared by the copies; a private delta on top. A
     copy freezes a delta larger than SET_DELTA onto the layers, merging each layer into the one
-    under it while it is more than 1/LAYER_RATIO of that one's size (a log-structured merge:
-    each change is copied O(log n) times in all, a lookup reads O(log n) small layers). Iteration
-    order is not a set's either way; every user sorts or only tests membership. A MutableSet: the
-    comparisons and operators of a set, with sets or VersionedSets on either side."""
-    __slots__ = ("_layers", "_delta", "_len")
+    under it once it is more than 1/LAYER_RATIO of that one's size (a log-structured merge, each
+    merge a _Merge done a bounded step a copy: each change is copied O(log n) times in all, a
+    lookup reads O(log n) small layers). Iteration order is not a set's either way; every user
+    sorts or only tests membership. A MutableSet: the comparisons and operators of a set, with
+    sets or VersionedSets on either side."""
+    __slots__ = ("_layers", "_delta", "_len", "_merges")
 
     def __init__(self, items=()):
         bottom = dict.fromkeys(items, True)
-        self._layers, self._delta, self._len = (bottom,), {}, len(bottom)
+        self._layers, self._delta, self._len, self._merges = (bottom,), {}, len(bottom), ()
 
     def _has(self, key) -> bool:
         v = self._delta.get(key)
@@ -148,17 +269,15 @@ class VersionedSet(MutableSet):
     __contains__ = _has
 
     def copy(self) -> "VersionedSet":
-        if len(self._delta) > SET_DELTA:  # (the same set, held differently)
-            layers = [*self._layers, self._delta]
-            while len(layers) > 1 and len(layers[-1]) * LAYER_RATIO > len(layers[-2]):
-                top = layers.pop()
-                merged = {**layers.pop(), **top}
-                if not layers:  # the bottom keeps present keys only
-                    merged = {k: True for k, v in merged.items() if v}
-                layers.append(merged)
-            self._layers, self._delta = tuple(layers), {}
+        frozen = len(self._delta) if len(self._delta) > SET_DELTA else 0
+        if frozen or self._merges:  # (the same set, held differently)
+            stack = [*self._layers, *([self._delta] if frozen else ())]
+            stack, self._merges = _settle(stack, self._merges, frozen, len, _set_job)
+            self._layers = tuple(stack)
+            if frozen:
+                self._delta = {}
         new = object.__new__(VersionedSet)
-        new._layers, new._delta, new._len = self._layers, dict(self._delta), self._len
+        new._layers, new._delta, new._len, new._merges = self._layers, dict(self._delta), self._len, self._merges
         return new
 
     def add(self, key) -> None:
@@ -297,6 +416,14 @@ class _Sizes:
     def __init__(self, entries: dict):
         self.entries, self.views = entries, None
 
+    def size(self) -> int:
+        return len(self.entries)
+
+    @staticmethod
+    def job(lower: "_Sizes", upper: "_Sizes", bottom: bool):
+        """The merge of two layers' entries (_set_job's), as a layer."""
+        return _Sizes((yield from _set_job(lower.entries, upper.entries, bottom)))
+
     def view(self, side: int) -> list:
         if self.views is None:
             self.views = (sorted((-p, k) for k, p in self.entries.items() if p > 0),
@@ -310,11 +437,12 @@ class SizeIndex:
     log-structured), and ordered(side): its holders on a side by (-|size|, key), the order
     auto-deleveraging closes against (clearing._Ranks) and step 6 charges in, in time
     proportional to the changes since the layers were sorted, not to the holders: each layer is
-    sorted once, when first asked for, and the layers are merged lazily."""
-    __slots__ = ("_layers", "_delta")
+    sorted once, when first asked for, and the layers are merged lazily (ordered) and, a bounded
+    step a copy, log-structured (VersionedSet's _Merges)."""
+    __slots__ = ("_layers", "_delta", "_merges")
 
     def __init__(self, sizes: dict):
-        self._layers, self._delta = (_Sizes({k: p for k, p in sizes.items() if p}),), {}
+        self._layers, self._delta, self._merges = (_Sizes({k: p for k, p in sizes.items() if p}),), {}, ()
 
     def get(self, key) -> int:
         v = self._delta.get(key)
@@ -338,17 +466,15 @@ class SizeIndex:
         return {k: p for k, p in merged.items() if p}
 
     def copy(self) -> "SizeIndex":
-        if len(self._delta) > SET_DELTA:
-            layers = [*self._layers, _Sizes(self._delta)]
-            while len(layers) > 1 and len(layers[-1].entries) * LAYER_RATIO > len(layers[-2].entries):
-                top = layers.pop()
-                merged = {**layers.pop().entries, **top.entries}
-                if not layers:  # the bottom keeps positions only
-                    merged = {k: p for k, p in merged.items() if p}
-                layers.append(_Sizes(merged))
-            self._layers, self._delta = tuple(layers), {}
+        frozen = len(self._delta) if len(self._delta) > SET_DELTA else 0
+        if frozen or self._merges:
+            stack = [*self._layers, *([_Sizes(self._delta)] if frozen else ())]
+            stack, self._merges = _settle(stack, self._merges, frozen, _Sizes.size, _Sizes.job)
+            self._layers = tuple(stack)
+            if frozen:
+                self._delta = {}
         new = object.__new__(SizeIndex)
-        new._layers, new._delta = self._layers, dict(self._delta)
+        new._layers, new._delta, new._merges = self._layers, dict(self._delta), self._merges
         return new
 
     def ordered(self, side: int):
@@ -365,20 +491,69 @@ class SizeIndex:
         return heapq.merge(*(stream(i) for i in range(len(layers))))
 
 
-def _merged(at: np.ndarray, val: np.ndarray, index: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _union(at: np.ndarray, val: np.ndarray, index: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The sorted patch (at, val) with hashes written at index (sorted, unique): where both hold an
     index, the new hash wins."""
-    global entries_copied
-    if not len(at):  # (copied: the caller's arrays are not the level's to keep)
-        entries_copied += len(index)
-        return index.copy(), hashes.copy()
     at = np.concatenate([at, index])
     val = np.concatenate([val, hashes])
     order = np.argsort(at, kind="stable")
     at, val = at[order], val[order]
     last = np.r_[at[1:] != at[:-1], True]  # the new hash wins over the patch's old one
-    entries_copied += len(at)
     return at[last], val[last]
+
+
+def _merged(at: np.ndarray, val: np.ndarray, index: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """_union, counted (and copied where the patch is empty: the caller's arrays are not the
+    level's to keep)."""
+    global entries_copied
+    entries_copied += len(at) + len(index)
+    if not len(at):
+        return index.copy(), hashes.copy()
+    return _union(at, val, index, hashes)
+
+
+def _level_size(layer) -> int:
+    return len(layer[0]) if isinstance(layer, tuple) else len(layer)
+
+
+def _level_job(lower, upper: tuple, bottom: bool):
+    """The merge of a level's two patches (_union's), a stretch of indices a step; or, bottom, of
+    the base array and a patch into a new base."""
+    at, val = upper
+    if bottom:
+        size = max(len(lower), int(at[-1]) + 1)
+        new = np.zeros((size, 32), np.uint8)  # (rows past the old base and the patch: 0, as gather reads them)
+        done = [0, 0]
+
+        def rows(k: int) -> int:
+            new[done[0]:done[0] + k] = lower[done[0]:done[0] + k]
+            done[0] += k
+            return k
+
+        def patch(k: int) -> int:
+            new[at[done[1]:done[1] + k]] = val[done[1]:done[1] + k]
+            done[1] += k
+            return k
+        return _stepped([(len(lower), rows), (len(at), patch)], lambda: new)
+    low_at, low_val = lower
+    out_at = np.empty(len(low_at) + len(at), np.int64)  # (the union's size is known at the end: views of these)
+    out_val = np.empty((len(out_at), 32), np.uint8)
+    done = [0, 0, 0]
+
+    def stretch(k: int) -> int:  # the indices under the k-th next of either patch's, whichever is less
+        i, j, o = done
+        ends = [int(a[n + k]) for a, n in ((low_at, i), (at, j)) if n + k < len(a)]
+        i2, j2 = ((int(np.searchsorted(low_at, min(ends))), int(np.searchsorted(at, min(ends)))) if ends
+                  else (len(low_at), len(at)))
+        part_at, part_val = _union(low_at[i:i2], low_val[i:i2], at[j:j2], val[j:j2])
+        o2 = o + len(part_at)
+        out_at[o:o2], out_val[o:o2] = part_at, part_val
+        done[:] = i2, j2, o2
+        return i2 - i + j2 - j
+
+    def result():
+        return out_at[:done[2]], out_val[:done[2]]
+    return _stepped([(len(low_at) + len(at), stretch)], result, lambda: _union(low_at, low_val, at, val))
 
 
 class _Level:
@@ -386,14 +561,15 @@ class _Level:
     first, (indices, hashes) each, shared) and the newest sorted patch (at, val); indices past the
     base live only in the patches. A _Level is never changed: patched() makes a new one. Versioned
     as the accounts map is: the newest patch is frozen onto the layers once it outgrows REBASE_AT,
-    a layer is merged into the one under it while it is more than 1/LAYER_RATIO of that one's size,
-    the base as the bottom one (a fold into a new base), so an update sorts the block's nodes and at
-    most REBASE_AT more (plus O(log n) merges of each node in all, and a fold of the level's n nodes
-    once per n/LAYER_RATIO changed nodes), not the level."""
-    __slots__ = ("base", "layers", "at", "val")
+    a layer is merged into the one under it once it is more than 1/LAYER_RATIO of that one's size,
+    the base as the bottom one (a fold into a new base), each merge a _Merge (a bounded step an
+    update, shared by the levels that hold both its layers), so an update sorts the block's nodes
+    and at most REBASE_AT more, and MERGE_STEP times as many for each merge under way, not the
+    level."""
+    __slots__ = ("base", "layers", "at", "val", "merges")
 
-    def __init__(self, base: np.ndarray, at=None, val=None, layers=()):
-        self.base, self.layers = base, layers
+    def __init__(self, base: np.ndarray, at=None, val=None, layers=(), merges=()):
+        self.base, self.layers, self.merges = base, layers, merges
         self.at = np.zeros(0, np.int64) if at is None else at
         self.val = np.zeros((0, 32), np.uint8) if val is None else val
 
@@ -410,24 +586,16 @@ class _Level:
 
     def patched(self, index: np.ndarray, hashes: np.ndarray) -> "_Level":
         """This level with hashes written at index (sorted, unique)."""
-        global entries_copied
         at, val = _merged(self.at, self.val, index, hashes)
-        base, layers = self.base, self.layers
-        if len(at) > REBASE_AT:
-            stack = [*layers, (at, val)]
-            while len(stack) > 1 and len(stack[-1][0]) * LAYER_RATIO > len(stack[-2][0]):
-                top = stack.pop()
-                stack.append(_merged(*stack.pop(), *top))
-            if len(stack[0][0]) * LAYER_RATIO > len(base):
-                at, val = stack.pop(0)
-                size = max(len(base), int(at[-1]) + 1)
-                new = np.zeros((size, 32), np.uint8)
-                new[:len(base)] = base
-                new[at] = val
-                base = new
-                entries_copied += size
-            at, val, layers = None, None, tuple(stack)
-        return _Level(base, at, val, layers)
+        base, layers, merges = self.base, self.layers, self.merges
+        frozen = len(at) if len(at) > REBASE_AT else 0
+        if frozen or merges:
+            stack, merges = _settle([base, *layers, *([(at, val)] if frozen else ())], merges, frozen,
+                                    _level_size, _level_job)
+            base, layers = stack[0], tuple(stack[1:])
+            if frozen:
+                at, val = None, None
+        return _Level(base, at, val, layers, merges)
 
 
 def _inner(sha256_many, left: np.ndarray, right: np.ndarray) -> np.ndarray:
