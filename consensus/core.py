@@ -42,10 +42,12 @@ vote for it (its QC or a TC is of the view just before it), above the committed 
 one block a view unless it is known to be certified (fetched, or certified by the next proposal of
 a response, _vouched); so a leader's blocks for far views or many versions of one view are dropped
 before any validation. A parked proposal's transactions must match its digest and root (the id
-covers only those). Committed ids are looked up by a dict (self.heights), never a chain scan. A
-verified QC over a block not held yet waits for it (pending_qcs), so a next leader from whom the
-proposal was withheld still proposes; a fetch answered short (under MAX_RANGE and RANGE_BYTES)
-goes on with the next validator. Exceptions from input are logged at counts 1, 2, 4, 8...
+covers only those). Committed ids are looked up by a dict of the newest (self.heights) and, where
+a store is attached, its index of the older ones, never by a chain scan; with a store, memory holds
+the ids of the last WINDOW to 2 x WINDOW heights, not of the whole chain (_Chain). A verified QC
+over a block not held yet waits for it (pending_qcs), so a next leader from whom the proposal was
+withheld still proposes; a fetch answered short (under MAX_RANGE and RANGE_BYTES) goes on with
+the next validator. Exceptions from input are logged at counts 1, 2, 4, 8...
 A sender whose timeout or proposal does not verify (or validate) is one no honest validator is:
 its timeouts, proposals and block responses are dropped unchecked until this validator's view
 changes (_faulty), and a QC verified once is not verified again (good_qcs), so a Byzantine
@@ -65,6 +67,7 @@ memory is pruned below the committed block (_prune).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 from collections import Counter
@@ -229,11 +232,11 @@ class Config:
 @dataclass(frozen=True)
 class Base:
     """A committed block and its state to start from instead of the genesis (a snapshot, its state
-    already checked against the block's state root), with the committed block ids by height from
-    0 to it (None where not known: below a state-synced store's first block)."""
+    already checked against the block's state root). The ids below it are the store's to answer
+    (Core.chain): carried here, every id below a snapshot at height 10^8 took ~7 GB (a state
+    sync's None for each, 0.8 GB)."""
     proposal: Proposal
     state: object
-    chain: tuple
 
 
 def genesis_block(state_root: bytes) -> Block:
@@ -250,6 +253,68 @@ ASKED_FROM = 1024  # (peer, height) of the block requests sent, latest kept: wha
 FETCH_VIEWS = 8    # views entered (not by fetched blocks) a fetch waits for its answer before it is asked again
 VOTE_WINDOW = 1_000  # votes for views further ahead of this validator's are dropped
 GOOD_QCS = 32      # QCs whose signatures verified, kept so a timeout carrying one again costs one signature
+# committed ids held in memory (WINDOW to 2 x WINDOW of the newest) where a store holds them all
+# (_Chain): more than one handle() can commit (a response's MAX_RANGE blocks and the MAX_PARKED
+# proposals waiting on them), so every id let go is one the driver has stored already
+WINDOW = 1024
+
+
+def _id_store(committed_source):
+    """The store whose committed_range is committed_source (a bound method), if it answers for
+    committed ids (Store.committed_height_of, committed_ids_between); else None."""
+    store = getattr(committed_source, "__self__", None)
+    return store if hasattr(store, "committed_height_of") and hasattr(store, "committed_ids_between") else None
+
+
+class _Chain:
+    """The committed block ids by height, read as the list they were (chain[h], chain[low:high],
+    len; None where not known: below a state-synced store's first block). Where a store holds the
+    committed blocks (store), only the newest WINDOW to 2 x WINDOW ids are in memory and the older
+    ones are read from it: an idle network commits ~150 empty blocks a second, and a list of every
+    id (with Core.heights) grew each validator by ~1.5 GB a day. Without a store (the simulation's
+    validators without one, unit tests) every id stays: nothing else could answer for them."""
+
+    def __init__(self, genesis: bytes, first: int = 1, ids=(), store=None):
+        self.genesis = genesis  # height 0's, on every chain of the network
+        self.first = first  # the height of ids[0]
+        self.ids: list = list(ids)
+        self.store = store
+
+    def __len__(self) -> int:
+        return self.first + len(self.ids)
+
+    def append(self, block_id: bytes) -> None:
+        self.ids.append(block_id)
+        if self.store is not None and len(self.ids) > 2 * WINDOW:
+            gone = len(self.ids) - WINDOW
+            del self.ids[:gone]
+            self.first += gone
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            low, high, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("a chain is sliced in height order")
+            held = self.ids[max(low - self.first, 0):max(high - self.first, 0)]
+            if low >= self.first:
+                return held
+            older = [self.genesis] if low == 0 < high else []
+            top = min(high, self.first)
+            if self.store is not None:
+                older += self.store.committed_ids_between(max(low, 1), top)
+            else:
+                older += [None] * (top - max(low, 1))
+            return older + held
+        if key < 0:
+            key += len(self)
+        if not 0 <= key < len(self):
+            raise IndexError(key)
+        if key >= self.first:
+            return self.ids[key - self.first]
+        return self[key:key + 1][0]
+
+    def __add__(self, other) -> list:  # (as the list did: the whole chain, then other's items)
+        return self[:] + list(other)
 
 
 class InvalidCertificate(ValueError):
@@ -320,9 +385,9 @@ class Core:
         validator where it stopped; self.replayed counts the blocks executed to get there. committed_source(from_height,
         count): committed proposals from a store (Store.committed_range), to serve peers; with one,
         committed proposals are pruned from memory like blocks and states (see _prune), without
-        one they are kept (to serve peers catching up) and the rest is pruned."""
+        one they are kept (to serve peers catching up) and the rest is pruned; a store's committed_range
+        also has the committed ids older than WINDOW read from its store, not held (_Chain)."""
         self.cfg, self.sign, self.app = cfg, sign, app
-        self.committed_source = committed_source
         # snapshot_source(height, chunk): a SnapshotChunk from a store (statesync.serve) or None;
         # a driver with a store sets it, so validators joining late can state-sync from this one
         self.snapshot_source: Callable[[int, int], SnapshotChunk | None] | None = None
@@ -366,11 +431,13 @@ class Core:
         # when the block arrives, so a leader that formed a QC for a proposal withheld from it
         # still proposes in its view (see _process_qc)
         self.pending_qcs: dict[bytes, QC] = {}
-        self.chain: list[bytes] = [self.genesis.id]  # committed block ids by height
-        # committed block id -> height, above the genesis: a peer's BlockRequest for a block pruned
-        # from memory is looked up here, not by a scan of the chain (a Byzantine validator asking
-        # for ids nobody committed would otherwise cost a scan of the whole chain per request)
+        self.chain = _Chain(self.genesis.id, 0, [self.genesis.id])  # committed block ids by height
+        # committed block id -> height, above the genesis, of the ids self.chain holds (the older
+        # ones: the store's index, _height_of): a peer's BlockRequest for a block pruned from
+        # memory is looked up, never found by a scan of the chain (a Byzantine validator asking for
+        # ids nobody committed would otherwise cost a scan of the whole chain per request)
         self.heights: dict[bytes, int] = {}
+        self.committed_source = committed_source
         # what was dropped or refused, by reason: input from the network that failed a check
         # (a driver exports these; nothing here is an error of this validator)
         self.counters: Counter = Counter()
@@ -391,15 +458,14 @@ class Core:
         self.good_qcs: dict[tuple, None] = {}  # (block id, view, voters, sigs) of QCs verified (GOOD_QCS)
         if base is not None:
             b = base.proposal.block
-            if getattr(base.state, "root", None) != b.state_root or len(base.chain) != b.height + 1 \
-                    or base.chain[b.height] != b.id:
+            if getattr(base.state, "root", None) != b.state_root:
                 raise InvariantViolation(f"the snapshot at height {b.height} is not of its block")
             self.blocks, self.states = {b.id: b}, {b.id: base.state}
             if committed_source is None:
                 self.proposals[b.id] = base.proposal
             self.committed = b
-            self.chain = [self.genesis.id, *base.chain[1:]]
-            self.heights = {i: h for h, i in enumerate(self.chain) if h and i is not None}
+            self.chain = _Chain(self.genesis.id, b.height, [b.id], self.ids_store)
+            self.heights = {b.id: b.height}
             app.committed(b, self.states[b.id])
         self.replayed = len(history)
         for p in history:  # replay what this validator committed before it stopped
@@ -421,8 +487,7 @@ class Core:
             if committed_source is None:
                 self.proposals[b.id] = p
             self.committed = b
-            self.chain.append(b.id)
-            self.heights[b.id] = b.height
+            self._record(b)
             app.committed(b, self.states[b.id])
             if b.parent != self.genesis.id:  # only the newest block's state is needed to go on
                 del self.blocks[b.parent], self.states[b.parent]
@@ -430,6 +495,25 @@ class Core:
         self._check_high_qc()
         for p in sorted(safety.blocks if safety is not None else (), key=lambda p: p.block.height):
             self._restore(p)  # the uncommitted blocks stored with the safety state
+
+    @property
+    def committed_source(self) -> Callable[[int, int], list] | None:
+        return self._committed_source
+
+    @committed_source.setter
+    def committed_source(self, source: Callable[[int, int], list] | None) -> None:
+        # (a driver may give its store after the core is made: the simulation's durable())
+        self._committed_source = source
+        self.ids_store = _id_store(source)
+        self.chain.store = self.ids_store
+
+    def _record(self, b: Block) -> None:
+        """b committed: its id by height and its height by id, the oldest let go where a store
+        holds them (see WINDOW and _Chain)."""
+        self.chain.append(b.id)
+        self.heights[b.id] = b.height
+        if self.ids_store is not None and len(self.heights) > 2 * WINDOW:  # (in height order, as added)
+            self.heights = dict(itertools.islice(self.heights.items(), len(self.heights) - WINDOW, None))
 
     def _check_high_qc(self) -> None:
         """The stored high QC's signatures (2f+1, once a start). A store written before its safety
@@ -979,18 +1063,25 @@ class Core:
         b = self.blocks.get(block_id)
         if b is not None:
             return b.height
-        return self.heights.get(block_id)  # a committed block pruned from memory
+        height = self.heights.get(block_id)  # a committed block pruned from memory
+        if height is None and self.ids_store is not None:  # (older than the ids held: one indexed lookup)
+            height = self.ids_store.committed_height_of(block_id)
+        return height
 
     def _ancestry(self, block_id: bytes, from_height: int, limit: int) -> list[bytes]:
         """The ids of the chain ending at block_id from from_height up (0: the block alone), oldest
         first, at most `limit` (the oldest ones); committed heights are looked up by height, not
         walked."""
+        return self._ancestry_from(block_id, from_height, limit)[1]
+
+    def _ancestry_from(self, block_id: bytes, from_height: int, limit: int) -> tuple[int, list[bytes]]:
+        """(the height of the first, _ancestry's ids)."""
         top = self._height_of(block_id)
         if top is None:
-            return []
+            return 0, []
         low = max(from_height, 1) if from_height else top
         if low > top:
-            return []
+            return 0, []
         def committed(block_id, height):
             return height <= self.committed.height and self.chain[height] == block_id
         b = self.blocks.get(block_id)
@@ -1002,22 +1093,23 @@ class Core:
         # the committed part is sliced to at most `limit` ids, never from `low` to its top first:
         # a request for the tip from height 1 copied the whole chain (15 ms a request at height
         # 1,000,000, at a peer's full frame rate; and every request of a validator catching up)
-        if b is None and not ids:  # a committed block pruned from memory
-            prefix = self.chain[low:min(top, low + limit - 1) + 1] if committed(block_id, top) else []
+        if b is None and not ids:  # a committed block pruned from memory (its height is a committed one's)
+            prefix = self.chain[low:min(top, low + limit - 1) + 1]
         elif b is None:
-            return []  # a branch whose lower part this validator does not hold
+            return 0, []  # a branch whose lower part this validator does not hold
         elif b.height >= low:  # reached the committed chain
             prefix = self.chain[low:min(b.height, low + limit - 1) + 1]
         else:
             prefix = []
         out = (prefix + ids)[:limit]
-        return [] if None in out else out  # (below a state-synced validator's first block: others serve it)
+        if None in out:
+            return 0, []  # (below a state-synced validator's first block: others serve it)
+        return low, out
 
     def _on_block_request(self, sender: int, req: BlockRequest) -> list:
-        ids = self._ancestry(req.block_id, req.from_height, min(req.max_blocks, MAX_RANGE))
+        first, ids = self._ancestry_from(req.block_id, req.from_height, min(req.max_blocks, MAX_RANGE))
         stored = {}
         if self.committed_source is not None and ids and ids[0] not in self.proposals:
-            first = self._height_of(ids[0])
             stored = {p.block.id: p for p in self.committed_source(first, len(ids))}
         props, size = [], 0
         for i in ids:
@@ -1058,6 +1150,9 @@ class Core:
         # next range is asked of the next validator. Only distinct blocks taken, from the height
         # asked, count: one real block padded with 63 copies of it (or with old blocks, dropped
         # before any check) passed for a full answer
+        # (an id above the floor was committed, if at all, by this answer or at most MAX_RANGE
+        # heights before it asked: fewer than WINDOW, so self.heights holds it, and no proposal of
+        # a frame costs a store read)
         useful = {p.block.id: p for p in resp.proposals
                   if p.block.height > floor and (p.block.id in self.blocks or p.block.id in self.heights)}
         size = sum(512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes for p in useful.values())
@@ -1258,8 +1353,7 @@ class Core:
         out = []
         for b in reversed(chain):
             self.committed = b
-            self.chain.append(b.id)
-            self.heights[b.id] = b.height
+            self._record(b)
             self.app.committed(b, self.states[b.id])
             out.append(Committed(b, self.proposals[b.id], self.timings.get(b.id, {})))
         self._prune()
@@ -1351,7 +1445,7 @@ class Core:
         a validator whose link stalled while the others went on: stuck at height 46 for good)."""
         out = []
         for block_id, asked in list(self.fetched_in.items()):
-            if block_id not in self.fetching or block_id in self.blocks or block_id in self.heights:
+            if block_id not in self.fetching or self._height_of(block_id) is not None:
                 self.fetching.pop(block_id, None)  # (came another way; committed ones may be pruned already)
                 del self.fetched_in[block_id]
             elif self.ticks - asked >= FETCH_VIEWS:

@@ -125,8 +125,7 @@ def load(store: Store, app) -> Start:
             log.warning("the snapshot at height %r is refused (%s); starting from an older one or the genesis",
                         height, exc)
             continue
-        chain = [None] + store.committed_ids()[:height]
-        return Start(Base(p, state, tuple(chain)), store.history(height, block_id), txs)
+        return Start(Base(p, state), store.history(height, block_id), txs)
     if first > 1:
         raise StoreError(f"the store begins at height {first} (state sync) and holds no snapshot that restores: "
                          "remove the data directory to sync again")

@@ -527,5 +527,4 @@ def begin(store: Store, synced: Synced, safety=None) -> Base:
     store.begin_from_snapshot(synced.proposal, synced.txs, synced.blob, safety)
     for p in synced.after:
         store.add_committed(p)
-    b = synced.proposal.block
-    return Base(synced.proposal, synced.state, (None,) * b.height + (b.id,))
+    return Base(synced.proposal, synced.state)
