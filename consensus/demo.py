@@ -62,11 +62,15 @@ def market_story(store_path: Path) -> dict:
     finally:
         store.close()
     topped: Counter = Counter()  # asset -> what top-ups paid into its fund (not a charge the other way)
+    socialized: Counter = Counter()  # asset -> quanta (the ledger holds only the latest records)
     for p in history:
         bodies = p.block.txs.bodies
         txs = ctx.decode_all(bodies)
         ops.update(OPS[t.op] for t in txs)
+        before = len(state.clearing.liquidations)
         state = app.execute(state, bodies)
+        for x in state.clearing.liquidations[before:]:
+            socialized[x.asset] += x.socialized
         roots_ok &= state.root == p.block.state_root
         for t in txs:
             if t.op == ctx.TOP_UP:
@@ -78,7 +82,7 @@ def market_story(store_path: Path) -> dict:
             "liquidations": len(c.liquidations),
             "insurance_charged_usd": charged["USD"],
             "insurance_charged": charged,
-            "socialized": {a: sum(x.socialized for x in c.liquidations if x.asset == a) / USD for a in sorted(c.funds)},
+            "socialized": {a: socialized[a] / USD for a in sorted(c.funds)},
             "index": {u: m.index for u, m in sorted(c.marks.items())},
             "state_roots_recomputed": roots_ok}
 

@@ -55,6 +55,9 @@ MAX_EXPIRY = 2**40         # a listed series' expiry, unix seconds
 
 
 DEFAULT_PARAMS = MarginParams(tick=QUANTUM)  # an underlying without parameters of its own
+# Liquidation records a ledger holds (Clearing.liquidations, 223 bytes each, not in the state root):
+# at least this many of the latest, at most about 4x (ledger_state.Log's keep)
+LIQUIDATIONS_KEPT = 1 << 16
 # Changed accounts past a quarter of the accounts and this many: the balance indexes are rebuilt
 # (one pass over the accounts) rather than brought up to date one account at a time
 CASH_SLACK = 1024
@@ -447,7 +450,9 @@ class Clearing:
             if not isinstance(q, int) or q < 0:
                 raise ValueError(f"insurance fund {a}: quanta >= 0, not {q!r}")
             self.funds[a] = self.supply[a] = q
-        self.liquidations: Log = Log()  # every liquidation since genesis (or a restore), shared by the versions
+        # the liquidations since genesis (or a restore), the latest LIQUIDATIONS_KEPT or more held,
+        # shared by the versions; no rule reads one of an earlier mark's
+        self.liquidations: Log = Log(keep=LIQUIDATIONS_KEPT)
         self.height = 0  # blocks begun (the circuit breakers' clock)
         self.margin_s = 0.0  # time spent computing margins (a validation stage of its own)
         # Software-only validation: prices and margins by accel.risk_numpy (the kernels' bits).

@@ -340,30 +340,46 @@ class VersionedSet(MutableSet):
 
 
 class Log(Sequence):
-    """A list the versions share (the ledger's liquidation records since genesis or a restore):
-    frozen chunks (tuples, never changed, shared by the copies) and this version's own tail.
-    copy() freezes the tail, merging each chunk into the one before it while it is more than half
-    its size (O(log n) chunks; each record copied O(log n) times in all), so a copy costs the
-    records added lately, not the history. Compares equal to a list (or Log) of the same items."""
-    __slots__ = ("_chunks", "_starts", "_frozen", "_tail")
+    """A list the versions share (the ledger's liquidation records): frozen chunks (tuples, never
+    changed, shared by the copies) and this version's own tail. copy() freezes the tail, merging
+    each chunk into the one before it while it is more than half its size (O(log n) chunks; each
+    record copied O(log n) times in all), so a copy costs the records added lately, not the
+    history. With `keep`, copy() drops the oldest chunk while the newer ones hold at least keep
+    records (so at most about 4 x keep are held, or the records of one copy if more): the records a process accumulated for ever,
+    223 bytes each (review s15). Indexes stay those of the whole history (len() counts every
+    record); a dropped one raises IndexError, and iteration yields those held. Without a drop it
+    compares equal to a list (or Log) of the same items."""
+    __slots__ = ("_chunks", "_starts", "_frozen", "_tail", "_keep")
 
-    def __init__(self, items=()):
-        self._chunks, self._starts, self._frozen, self._tail = (), (), 0, list(items)
+    def __init__(self, items=(), keep: int | None = None):
+        self._chunks, self._starts, self._frozen, self._tail, self._keep = (), (), 0, list(items), keep
 
     def copy(self) -> "Log":
         if self._tail:
             chunks = [*self._chunks, tuple(self._tail)]
+            dropped = self.dropped
+            if self._keep is not None:  # (before the merges: a chunk the newer ones were merged into stayed)
+                rest = sum(map(len, chunks))
+                while len(chunks) > 1 and rest - len(chunks[0]) >= self._keep:
+                    rest -= len(chunks[0])
+                    dropped += len(chunks.pop(0))
             while len(chunks) > 1 and 2 * len(chunks[-1]) > len(chunks[-2]):
                 top = chunks.pop()
                 chunks.append(chunks.pop() + top)
-            starts, at = [], 0
+            at, starts = dropped, []
             for chunk in chunks:
                 starts.append(at)
                 at += len(chunk)
             self._chunks, self._starts, self._frozen, self._tail = tuple(chunks), tuple(starts), at, []
         new = object.__new__(Log)
         new._chunks, new._starts, new._frozen, new._tail = self._chunks, self._starts, self._frozen, []
+        new._keep = self._keep
         return new
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped from the front (`keep`)."""
+        return self._starts[0] if self._starts else self._frozen
 
     def __len__(self) -> int:
         return self._frozen + len(self._tail)
@@ -374,11 +390,13 @@ class Log(Sequence):
             i += n
         if not 0 <= i < n:
             raise IndexError("log index out of range")
+        if i < self.dropped:
+            raise IndexError(f"log record {i} was dropped (the latest {self._keep} are kept)")
         return i, bisect_right(self._starts, i) - 1
 
     def __getitem__(self, i):
-        if isinstance(i, slice):
-            return list(self)[i]
+        if isinstance(i, slice):  # (indexes of the whole history; the dropped ones left out)
+            return [self[j] for j in range(*i.indices(len(self))) if j >= self.dropped]
         i, c = self._place(i)
         return self._tail[i - self._frozen] if i >= self._frozen else self._chunks[c][i - self._starts[c]]
 
