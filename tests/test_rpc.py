@@ -193,7 +193,6 @@ def test_four_validators_commit_a_thousand_transactions_sent_through_the_api(tmp
     keys, nonces, txs = _market(100, 1000)
     assert len(txs) == 1000
     c = cl.Client(net.rpc_urls(), timeout=30)
-    t0 = time.monotonic()
     try:
         for i in range(4):
             net.start(i)
@@ -201,7 +200,6 @@ def test_four_validators_commit_a_thousand_transactions_sent_through_the_api(tmp
             c.wait_healthy(60)  # healthy = committing (empty blocks: no built-in load)
         except cl.RpcError:
             pytest.fail("\n".join(_tail(net, i) for i in range(4)))
-        started = time.monotonic() - t0
         verdicts = c.broadcast(txs)
         assert [v["reason"] for v in verdicts if not v["accepted"]] == []
         heights = c.wait_committed([v["hash"] for v in verdicts], timeout=60)
@@ -240,7 +238,6 @@ def test_four_validators_commit_a_thousand_transactions_sent_through_the_api(tmp
         net.stop()
     log3 = (net.dir / "node3.log").read_text()
     assert "validator 3 stopping: SIGTERM" in log3 and "validator 3 stopped at height" in log3
-    assert time.monotonic() - t0 < 90, f"took {time.monotonic() - t0:.0f} s (start {started:.0f} s)"
 
 
 def _tail(net, i) -> str:
