@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
 import json
 import math
 import os
@@ -402,6 +403,16 @@ def _status_of(r, digest: str) -> bool:
 
 
 # ---- the API -----------------------------------------------------------------------------------------
+def _addresses(host: str, port: int) -> set:
+    """The addresses a URL's host stands for (a name, or an IP address written any way the system
+    reads one); a name that does not resolve stands for itself (its requests fail as they come)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return {host.lower()}
+    return {ipaddress.ip_address(info[4][0].split("%")[0]) for info in found}
+
+
 class Client:
     def __init__(self, urls: str | list[str], timeout: float = 10.0, batch: int = 500):
         self.urls = [urls] if isinstance(urls, str) else list(urls)
@@ -426,14 +437,17 @@ class Client:
             if port == 0:
                 raise ValueError(f"validator URL {u!r}: port 0 is not a port a validator listens on")
         # one validator listed twice counted twice in n and f: given twice, a faulty validator
-        # decided the nonce (the (f+1)-th highest) and its refusal counted twice in `accel tx`
+        # decided the nonce (the (f+1)-th highest) and its refusal counted twice in `accel tx`;
+        # compared by address, so 127.0.0.1, localhost, 127.1 and 2130706433 are one (review s15)
         seen = {}
         for u in self.urls:
             parts = urllib.parse.urlsplit(u)
-            where = (parts.hostname, parts.port or {"http": 80, "https": 443}[parts.scheme.lower()])
-            if where in seen:
-                raise ValueError(f"validator URL {u!r}: the same validator as {seen[where]!r}; give each one once")
-            seen[where] = u
+            port = parts.port or {"http": 80, "https": 443}[parts.scheme.lower()]
+            here = {(where, port) for where in _addresses(parts.hostname, port)}
+            clash = next(iter(here & seen.keys()), None)
+            if clash is not None:
+                raise ValueError(f"validator URL {u!r}: the same validator as {seen[clash]!r}; give each one once")
+            seen.update(dict.fromkeys(here, u))
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
         # bounded: a socket's timeout past the platform's time_t (1e10 s) raised OverflowError at
