@@ -4,7 +4,11 @@ Suites set their own rounds (the slow baselines take seconds a round), but
 `--benchmark-min-rounds` raises them, as it does for plain benchmarks, so noise can be cut from
 the command line. The JSON's machine_info names the CPU, the flags the kernels use and the
 libraries measured, so runs stay comparable (`make bench` autosaves under .benchmarks/;
-`.venv/bin/pytest-benchmark compare` lists and compares them)."""
+`.venv/bin/pytest-benchmark compare` lists and compares them).
+
+A case on the OpenCL or CUDA backend is marked `driver`: `make bench` runs those in a process of
+their own (-m driver), after the rest (-m "not driver"), since a driver stays in the process
+that started it, and PoCL's threads (OpenCL on a CPU) would compete with the C fallback's."""
 import os
 import platform
 import re
@@ -13,7 +17,11 @@ from importlib import metadata
 
 import pytest
 
-from accel.backends import BackendUnavailable, get_backend
+from accel.backends import Backend, BackendUnavailable, get_backend, started
+
+# Not a suite (no test in it): a script that times process CPU time (python bench/bench_state_fold.py)
+collect_ignore = ["bench_state_fold.py"]
+DRIVERS = ("opencl", "cuda")
 
 CPU_FLAGS = ("sse4_2", "avx2", "avx512f", "avx512ifma", "sha_ni", "aes")
 LIBRARIES = ("accel-verify", "numpy", "scipy", "pynacl", "cryptography", "cffi", "pyopencl", "cupy-cuda13x",
@@ -27,9 +35,20 @@ def backend_or_skip(name):
         pytest.skip(f"{name} unavailable: {exc}")
 
 
-@pytest.fixture(params=["cpu", "opencl", "cuda"])
+@pytest.fixture(params=["cpu", *DRIVERS])
 def backend(request):
     return backend_or_skip(request.param)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "driver: a case that starts the OpenCL or CUDA driver (make bench runs "
+                                       "these in a process of their own)")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if getattr(item, "callspec", None) and item.callspec.params.get("backend") in DRIVERS:
+            item.add_marker(pytest.mark.driver)
 
 
 @pytest.fixture
@@ -68,11 +87,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
         gcc = "not found"
-    devices = {}
-    for name in ("cpu", "opencl", "cuda"):
-        try:
-            devices[name] = get_backend(name).device
-        except BackendUnavailable as exc:
-            devices[name] = f"unavailable: {exc}"
+    # Only the backends this process ran: creating the others here started their drivers (with
+    # --benchmark-compare, before the first case), in the process that times the C fallback.
+    devices = {name: found.device if isinstance(found, Backend) else f"unavailable: {found}"
+               for name, found in started().items()}
     machine_info["accel"] = {"cpu_model": model, "cpu_flags": flags, "cores": os.cpu_count(),
                              "libraries": versions, "compiler": gcc, "backends": devices}

@@ -1,12 +1,15 @@
-"""Turns a pytest-benchmark JSON file into a Markdown table of medians and ratios against the
-baseline run in the same process (benchmarks whose extra_info has baseline=True), plus one plot
+"""Turns pytest-benchmark JSON files of one run into a Markdown table of medians and ratios against
+the baseline run beside them (benchmarks whose extra_info has baseline=True), plus one plot
 of items per second against batch size for each benchmark group family (the group without its
 "n=..."), drawn only where a family has more than one batch size. An implementation's name
 carries its other parameters from extra_info (e.g. "bad=64"), so no two rows or lines share a
 name. Plots a previous report wrote into the same directory and this one did not are removed
 (listed in .report-plots.json there).
 
-    python bench/report.py bench/out/results.json [--md out.md] [--png-dir bench/out]
+Several files are one run's parts, read as one (`make bench` times the OpenCL and CUDA cases in a
+process apart from the C fallback's, bench/out/results-drivers.json); the machine is the first's.
+
+    python bench/report.py bench/out/results.json [bench/out/results-drivers.json] [--md out.md] [--png-dir bench/out]
 """
 from __future__ import annotations
 
@@ -21,8 +24,13 @@ SHOWN = {"impl", "n", "baseline", "device"}  # extra_info keys with a column or 
 MANIFEST = ".report-plots.json"
 
 
-def load(path):
-    data = json.loads(Path(path).read_text())
+def load(*paths):
+    """The machine (the first file's) and the rows of every file."""
+    files = [json.loads(Path(path).read_text()) for path in paths]
+    return files[0].get("machine_info", {}), [row for data in files for row in _rows(data)]
+
+
+def _rows(data) -> list[dict]:
     rows = []
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
@@ -35,7 +43,7 @@ def load(path):
             "median": b["stats"]["median"],
             "rounds": b["stats"]["rounds"],
         })
-    return data.get("machine_info", {}), rows
+    return rows
 
 
 def table(rows) -> str:
@@ -117,11 +125,11 @@ def _natural(s: str):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="+", help="one run's results, in one file or several")
     ap.add_argument("--md", help="also write the table to this file")
     ap.add_argument("--png-dir", default=None, help="where plots go (default: beside the JSON)")
     args = ap.parse_args(argv)
-    machine, rows = load(args.json)
+    machine, rows = load(*args.json)
     ours = machine.get("accel", {})
     cpu = ours.get("cpu_model") or machine.get("cpu", {}).get("brand_raw", machine.get("processor", "?"))
     label = f"{cpu}, {ours.get('cores', machine.get('cpu', {}).get('count', '?'))} cores"
@@ -132,7 +140,7 @@ def main(argv=None):
     print(text)
     if args.md:
         Path(args.md).write_text(text + "\n")
-    for p in plot(rows, Path(args.png_dir or Path(args.json).parent), label):
+    for p in plot(rows, Path(args.png_dir or Path(args.json[0]).parent), label):
         print(f"plot: {p}")
 
 

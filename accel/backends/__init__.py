@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import os
+import subprocess
+import sys
 import threading
 
 from .. import config as _config
@@ -15,6 +18,8 @@ _lock = threading.Lock()
 # on every call, since consensus verifies many small batches. reset() probes again.
 _instances: dict[str, Backend | BackendUnavailable] = {}
 _auto_pick: dict[_config.AccelConfig, Backend] = {}
+# Whether OpenCL offers a GPU here, per opencl_device, as a child process found (_try_opencl).
+_opencl_gpu_found: dict[str, bool] = {}
 _warned: set[str] = set()
 # GPU backends this process may not start, since a process it was forked from started their
 # drivers: kept by reset(), which only forgets what can be probed again.
@@ -62,6 +67,7 @@ def reset() -> None:
     with _lock:
         _instances.clear()
         _auto_pick.clear()
+        _opencl_gpu_found.clear()
         _warned.clear()
         _instances.update(_forked_away)  # a driver started before a fork stays unavailable here
 
@@ -123,6 +129,8 @@ def get_backend(name: str | Backend | None = None) -> Backend:
 def _auto(cfg) -> Backend:
     """CUDA, then an OpenCL GPU, then the C fallback."""
     for name in ("cuda", "opencl"):
+        if name == "opencl" and not _try_opencl(cfg.opencl_device):
+            continue
         try:
             b = get_backend(name)
         except BackendUnavailable:
@@ -130,6 +138,50 @@ def _auto(cfg) -> Backend:
         if b.is_gpu:
             return b
     return get_backend("cpu")
+
+
+_PYTHON_HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_apart(code: str, *args: str, timeout: float) -> subprocess.CompletedProcess | None:
+    """Runs code in a fresh Python that imports this accel, with args as sys.argv[1:]; None when it
+    ran past timeout seconds. For what would start a driver in this process: OpenCL's first
+    device listing loads PoCL and starts its threads, which stay and compete with the C fallback's
+    OpenMP threads for as long as the process lives."""
+    try:
+        return subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {_PYTHON_HERE!r})\n{code}",
+                               *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+_OPENCL_GPU = """
+from accel.backends.base import BackendUnavailable
+from accel.backends.opencl import is_gpu_device, pick_device
+try:
+    print(int(is_gpu_device(pick_device(sys.argv[1]))))
+except BackendUnavailable:
+    print(0)
+"""
+
+
+def _try_opencl(prefer: str) -> bool:
+    """Whether `auto` creates the OpenCL backend here: where it already started (nothing left to
+    spare), or where pick_device(prefer) is a GPU, asked of a child process. Created only to learn
+    that it was PoCL (a CPU), it left PoCL's threads beside the C fallback that `auto` then took."""
+    if "opencl" in _instances or "opencl" in _base.drivers_started:
+        return True
+    if importlib.util.find_spec("pyopencl") is None:
+        return False
+    if prefer not in _opencl_gpu_found:
+        done = run_apart(_OPENCL_GPU, prefer, timeout=120)
+        found = done is not None and done.returncode == 0 and done.stdout.split()[-1:] == ["1"]
+        if done is None or done.returncode != 0:
+            log.warning("auto: listing the OpenCL devices %s; taking no OpenCL device",
+                        "took over 120 s" if done is None else
+                        f"failed: {(done.stderr.strip().splitlines() or ['status %d' % done.returncode])[-1]}")
+        _opencl_gpu_found[prefer] = found
+    return _opencl_gpu_found[prefer]
 
 
 def probe() -> dict[str, Backend | BackendUnavailable]:
@@ -143,4 +195,10 @@ def probe() -> dict[str, Backend | BackendUnavailable]:
     return out
 
 
-__all__ = ["Backend", "BackendUnavailable", "ForkedAway", "KernelError", "get_backend", "probe", "reset"]
+def started() -> dict[str, Backend | BackendUnavailable]:
+    """The backends this process has created, or failed to, in the order tried; creates none."""
+    return dict(_instances)
+
+
+__all__ = ["Backend", "BackendUnavailable", "ForkedAway", "KernelError", "get_backend", "probe", "reset", "run_apart",
+           "started"]
