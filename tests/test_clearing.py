@@ -205,11 +205,11 @@ def test_withdrawal_is_limited_by_the_free_collateral_of_its_asset():
     (equity,), margin = c.equity([key(1)]), c.margins([key(1)])
     free = min(btc, equity["BTC"] - int(margin["BTC"][0][0]))
     assert 0 < free < btc
-    with pytest.raises(Rejected, match=f"withdrawal of {free + 1} BTC exceeds the free collateral {free}"):
+    with pytest.raises(Rejected, match=f"withdrawal of {free + 1} quanta of BTC exceeds the free collateral, {free} quanta"):
         c.withdraw(key(1), 3, "BTC", free + 1)
     c.withdraw(key(1), 3, "USD", 1_000_000 * USD)  # the USD book holds no position: all of it is free
     assert "USD" not in c.accounts[key(1)].collateral
-    with pytest.raises(Rejected, match="exceeds the free collateral 0"):
+    with pytest.raises(Rejected, match="exceeds the free collateral, 0 quanta"):
         c.withdraw(key(1), 4, "USD", 1)
     c.withdraw(key(1), 4, "BTC", free)
     assert c.accounts[key(1)].collateral == {"BTC": btc - free}

@@ -892,14 +892,14 @@ class Clearing:
         cash = self.accounts[key].collateral.get(asset, 0)
         if self.defer:
             if amount > cash:
-                raise Rejected(f"{what} of {amount} {asset} exceeds the cash {max(cash, 0)}")
+                raise Rejected(f"{what} of {amount} quanta of {asset} exceeds the cash, {max(cash, 0)} quanta")
             self.touched.add((key, asset))
         else:
             (equity,), margin = self.equity([key]), self.margins([key], {asset})
             im = margin[asset][0][0] if asset in margin else 0
             free = 0 if im is None else min(cash, equity.get(asset, 0) - im)
             if amount > free:
-                raise Rejected(f"{what} of {amount} {asset} exceeds the free collateral {max(free, 0)}")
+                raise Rejected(f"{what} of {amount} quanta of {asset} exceeds the free collateral, {max(free, 0)} quanta")
         acct = self._mut(key)
         _credit(acct, asset, -amount)
         acct.nonce += 1
