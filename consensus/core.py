@@ -205,7 +205,11 @@ class Config:
 
     @property
     def quorum(self) -> int:
-        return 2 * self.f + 1
+        """n - f: any two quorums share at least f + 1 validators, one of them honest, whatever n
+        (2f + 1 at n = 3f + 1; CometBFT's "more than 2/3"). 2f + 1 at every n made n = 5 certify
+        with 3 votes: two QCs of one view shared one validator, and one equivocating leader
+        could fork the chain (review s15)."""
+        return self.n - self.f
 
     def leader(self, view: int) -> int:
         return view % self.n
