@@ -116,10 +116,14 @@ run_step "consensus sweep (simulated network)" "${SWEEP_TIMEOUT:-300}" 60 consen
     env OMP_WAIT_POLICY=PASSIVE $py bench/consensus_sweep.py --validators 4,7 --txs 1000,10000 \
         --delays 0,5 --modes cuda,cpu,software --blocks 4 --json "$out/consensus.json"
 if [ "${BENCH:-0}" = 1 ]; then
+    # the OpenCL and CUDA cases in a process of their own, after the C fallback's (as make bench)
     run_step "pytest-benchmark suites" 300 60 bench.txt \
-        env ACCEL_REQUIRE_BACKENDS=cuda $py -m pytest -q -p no:cacheprovider bench --benchmark-only \
-            --benchmark-json="$out/bench.json"
-    $py bench/report.py "$out/bench.json" --md "$out/bench.md" --png-dir "$out" > /dev/null 2>&1 || status=1
+        bash -c "$py -m pytest -q -p no:cacheprovider bench --benchmark-only -m 'not driver' \
+                     --benchmark-json='$out/bench.json' && env ACCEL_REQUIRE_BACKENDS=cuda \
+                 $py -m pytest -q -p no:cacheprovider bench --benchmark-only -m driver \
+                     --benchmark-json='$out/bench-drivers.json'"
+    $py bench/report.py "$out/bench.json" "$out/bench-drivers.json" --md "$out/bench.md" --png-dir "$out" \
+        > /dev/null 2>&1 || status=1
 fi
 
 # Least wanted first: the reply keeps the end of the output (every file comes back whole anyway).
