@@ -13,7 +13,7 @@ from nacl.signing import SigningKey
 from .apps import clearing_tx as ctx
 from .apps.clearing import FUTURE, Account, Clearing, Series
 from .apps.clearing_app import ClearingApp
-from .apps.clearing_load import ORACLES, T0, USD, ClearingLoad, genesis_market
+from .apps.clearing_load import T0, USD, ClearingLoad, genesis_market
 from .apps.kv import KvApp, pack_txs, set_body, transfer_body
 from .core import Config, Core, genesis_block
 from .messages import QC, Block, Txs, proposal_bytes, vote_bytes
@@ -49,7 +49,7 @@ def add_accounts(c: Clearing, n: int) -> None:
     (BTC and ETH) margin only the traders. Keys are SHA-256 of the account's number: they never
     sign."""
     c.list_series(Series(BULK_SERIES, BULK_UNDERLYING, FUTURE, 0.0, T0 + 365 * 24 * 3600))
-    c.mark(BULK_UNDERLYING, 100.0, {}, 1, T0, [bytes(k.verify_key) for k in ORACLES[:c.quorum]])
+    c.mark(BULK_UNDERLYING, 100.0, {}, 1, T0, c.oracles[:c.quorum])  # the genesis's own oracles, whoever they are
     start = len(c.accounts)
     bulk = {hashlib.sha256(b"bulk account %d" % i).digest(): Account(0, {"USD": BULK_CASH}, {BULK_SERIES: 1 - 2 * (i % 2)}, start + i)
             for i in range(n - n % 2)}

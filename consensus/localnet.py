@@ -31,6 +31,9 @@ from .apps.clearing_load import market_load, write_stream
 from .store import Store
 
 CRASH_AFTER_BLOCKS = 5  # the market's volatility crash, as [node] crash_after_blocks' default
+# a clearing network fed by its clients (load = "none") gets oracles of its own: 3 new keys, a
+# mark signed by any 2 of them
+ORACLE_COUNT, ORACLE_QUORUM = 3, 2
 ACCEL_VARIABLES = {"ACCEL_CONFIG"} | {"ACCEL_" + key.upper() for key in config.KEYS}
 
 
@@ -101,17 +104,32 @@ def toml_string(value) -> str:
     return '"' + "".join(out) + '"'
 
 
+def write_oracles(directory: Path, force: bool = False) -> list[SigningKey]:
+    """ORACLE_COUNT new oracle keys, oracle<j>.json in directory: key files (mode 0600) that
+    `accel tx mark --oracle` signs with; an existing one is replaced only with force."""
+    from .client import write_key
+    return [write_key(Path(directory) / f"oracle{j}.json", force=force) for j in range(ORACLE_COUNT)]
+
+
+def oracle_table(oracles: list[SigningKey]) -> str:
+    """The [clearing] table naming these oracles' public keys and ORACLE_QUORUM."""
+    keys = [bytes(k.verify_key).hex() for k in oracles]
+    return f"\n[clearing]\noracles = {json.dumps(keys)}\noracle_quorum = {ORACLE_QUORUM}\n"
+
+
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
                   base_timeout_ms: float, app: str = "clearing", accel: AccelConfig | None = None,
                   metrics_port: int | None = None, sig_cache: bool = True, load_file: Path | None = None,
                   software_validators: int = 0, rpc_port: int | None = None, load: str = "builtin",
-                  snapshot_every: int | None = None, accounts: int = 0) -> list[Path]:
+                  snapshot_every: int | None = None, accounts: int = 0,
+                  oracles: list[SigningKey] | None = None) -> list[Path]:
     """One TOML file per validator (docs/OPERATOR.md); with accel, an [accel] table holding every
     key, so the file alone says what the validator runs; with metrics_port, validator i serves
     its metrics on metrics_port + i, with rpc_port its client API on rpc_port + i (0: free ports);
     the last software_validators validators get validation = "software" (validation_modes);
     load = "none": no built-in load, only what clients submit; snapshot_every: [node] snapshot_every
-    (None: its default); accounts: [node] genesis_accounts, the same bulk accounts in every genesis."""
+    (None: its default); accounts: [node] genesis_accounts, the same bulk accounts in every genesis;
+    oracles (clearing, load = "none"): the network's oracle keys, None: new ones (write_oracles)."""
     modes = validation_modes(validators, validation, software_validators)
     directory = Path(directory).absolute()  # the files name absolute paths, wherever they are read from
     seeds = [os.urandom(32) for _ in range(validators)]
@@ -133,6 +151,9 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
         f"{key} = {json.dumps(value)}\n" for key, value in asdict(accel).items())
     rpc_ports = (None if rpc_port is None else free[validators:] if rpc_port == 0
                  else [rpc_port + i for i in range(validators)])
+    clearing = ""
+    if app == "clearing" and load == "none":
+        clearing = oracle_table(write_oracles(directory, force=True) if oracles is None else oracles)
     paths = []
     for i, seed in enumerate(seeds):
         path = directory / f"node{i}.toml"
@@ -148,7 +169,8 @@ def write_configs(directory: Path, validators: int, txs: int, validation: str, d
             + (f"snapshot_every = {snapshot_every}\n" if snapshot_every is not None else "")
             + (f"genesis_accounts = {accounts}\n" if accounts else "") + "\n"
             "[network]\n"
-            f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + accel_table + metrics + rpc)
+            f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n" + clearing + accel_table + metrics
+            + rpc)
         paths.append(path)
     return paths
 
@@ -189,7 +211,8 @@ class Localnet:
         self.modes = validation_modes(validators, validation, software_validators)  # checked before anything is written
         self.dir = Path(directory or tempfile.mkdtemp(prefix="accel-localnet-")).absolute()
         self.dir.mkdir(parents=True, exist_ok=True)
-        used = sorted(p.name for p in self.dir.iterdir() if p.name.startswith("node") or p.name == "load.bin")
+        used = sorted(p.name for p in self.dir.iterdir()
+                      if p.name.startswith(("node", "oracle")) or p.name == "load.bin")
         if used:  # another network's stores and events would be read as this one's
             raise ValueError(f"{self.dir} already holds a network ({', '.join(used[:3])}"
                              f"{', ...' if len(used) > 3 else ''}); give a new or empty directory")
@@ -209,6 +232,9 @@ class Localnet:
             accel = replace(accel, gpu_min_batch=gpu_min_batch)
         load_file = None
         self.load, self.rpc_port = load, rpc_port
+        # the network's oracles (their key files in the directory), for clients to sign marks with;
+        # none where the built-in load signs them with the demo's
+        self.oracles = write_oracles(self.dir) if app == "clearing" and load == "none" else []
         if app == "clearing" and load == "builtin":
             # The clients sign the market's transactions once, here; validators read them from the
             # file and only verify them, instead of each signing the whole stream again.
@@ -219,7 +245,7 @@ class Localnet:
                 write_stream(load_file, market_load(1, txs, CRASH_AFTER_BLOCKS).take((blocks + 5) * txs))
         self.configs = write_configs(self.dir, validators, txs, validation, delay_ms, base_timeout_ms, app, accel,
                                      metrics_port, sig_cache, load_file, software_validators, rpc_port, load,
-                                     snapshot_every, accounts)
+                                     snapshot_every, accounts, self.oracles)
         self.sig_cache = sig_cache
         # Validators here share the machine's cores: OpenMP threads that spin after a parallel
         # region (libgomp's default) would take them from the other validators' Python work
@@ -429,6 +455,8 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
     inside, mode 0600), every peer at host:port, the client API and metrics on their ports, data
     under data_root/node<i>, and network.json (keys, addresses, API URLs: nothing secret).
     Validator i binds 0.0.0.0 (listen_on_address: its own host, for several on one machine).
+    A clearing network with load = "none" gets new oracles: their key files oracle<j>.json (mode
+    0600, for whoever runs each oracle), their public keys and quorum in every validator's file.
     chain_id (clearing): the network's, drawn at random when None, so that transactions signed for
     this network are refused on any other sharing its clients' keys."""
     if len(hosts) < 4:
@@ -458,9 +486,10 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"--out {directory}: a file, not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    taken = sorted(p.name for p in directory.glob("node*.toml"))
+    taken = sorted(p.name for p in [*directory.glob("node*.toml"), *directory.glob("oracle*.json")])
     if taken:
-        raise ValueError(f"{directory} already holds {', '.join(taken[:2])}: not overwriting validators' keys")
+        raise ValueError(f"{directory} already holds {', '.join(taken[:2])}: not overwriting validators' or "
+                         "oracles' keys")
     if app != "clearing" and chain_id is not None:
         raise ValueError(f"--chain-id {chain_id}: the clearing app's (transactions of --app {app} carry none)")
     if app == "clearing" and chain_id is None:
@@ -472,6 +501,7 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
     # fast as it could: ~20 GB of store, events and log a day per validator); below half the
     # view timeout, which the node requires
     idle = min(500.0, 0.4 * base_timeout_ms) if load == "none" else 0.0
+    oracles = write_oracles(directory) if app == "clearing" and load == "none" else []
     paths = []
     for i, (host, seed) in enumerate(zip(hosts, seeds)):
         # an IPv6 network binds "::" (both families on Linux): "0.0.0.0" takes IPv4 only, and
@@ -487,7 +517,8 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
                 + (f"chain_id = {chain_id}\n" if app == "clearing" else "")
                 + (f"empty_block_interval_ms = {idle}\n" if idle else "") + "\n"
                 "[network]\n"
-                f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n")
+                f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n"
+                + (oracle_table(oracles) if oracles else ""))
         if rpc_port is not None:
             text += f"\n[rpc]\nlisten = \"{bind}:{rpc_port}\"\n"
         if metrics_port is not None:
@@ -499,6 +530,9 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         paths.append(path)
     (directory / "network.json").write_text(json.dumps({
         "chain_id": chain_id if app == "clearing" else None,
+        "oracles": [{"index": j, "public_key": bytes(k.verify_key).hex(), "key_file": f"oracle{j}.json"}
+                    for j, k in enumerate(oracles)],
+        "oracle_quorum": ORACLE_QUORUM if oracles else None,
         "validators": [{"index": i, "host": h, "public_key": k, "address": a,
                         "rpc": f"http://{_url_host(h)}:{rpc_port}" if rpc_port is not None else None,
                         "metrics": f"http://{_url_host(h)}:{metrics_port}/metrics" if metrics_port is not None

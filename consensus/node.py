@@ -6,6 +6,7 @@ key, docs/validator.example.toml is a complete example):
             delay_ms, load_seed, log_format ("text" | "json"), sig_cache, crash_after_blocks, load_file,
             load, snapshot_every, genesis_accounts, state_sync, chain_id, mark_grace_ms
   [network] keys and addresses of every validator, by index
+  [clearing] oracles and oracle_quorum: who signs the index marks (app = "clearing", load = "none")
   [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
             variables still override it
   [metrics] optional: listen = "host:port" serves Prometheus metrics (consensus/metrics.py)
@@ -96,6 +97,7 @@ SCHEMA = {
              "state_sync": (bool, False), "chain_id": (int, 1), "mark_grace_ms": (float, 500.0),
              "empty_block_interval_ms": (float, 0.0)},
     "network": {"keys": (list, REQUIRED), "addresses": (list, REQUIRED)},
+    "clearing": {"oracles": (list, []), "oracle_quorum": (int, 0)},
     "metrics": {"listen": (str, "")},
     "rpc": {"listen": (str, ""), "max_body_bytes": (int, 1 << 20), "requests_per_s": (float, 100.0),
             "max_batch": (int, 1000), "max_mempool": (int, 100_000), "max_connections": (int, 0),
@@ -108,13 +110,14 @@ CHOICES = {"app": ("kv", "clearing"), "validation": ("accel", "software"), "log_
 NON_NEGATIVE = {("node", "snapshot_every"), ("node", "genesis_accounts"), ("node", "delay_ms"),
                 ("node", "crash_after_blocks"), ("node", "load_seed"), ("rpc", "max_connections"),
                 ("node", "chain_id"), ("rpc", "requests_total_per_s"), ("node", "mark_grace_ms"),
-                ("node", "empty_block_interval_ms")}
+                ("node", "empty_block_interval_ms"), ("clearing", "oracle_quorum")}
 POSITIVE = {("rpc", "max_body_bytes"), ("rpc", "requests_per_s"), ("rpc", "max_batch"), ("rpc", "max_mempool"),
             ("rpc", "max_connections_per_client"), ("rpc", "idle_timeout_s"), ("rpc", "submit_share_s"),
             ("rpc", "submit_total_s"), ("node", "txs_per_block"), ("node", "base_timeout_ms"),
             ("rpc", "max_body_bytes_in_flight")}
 BELOW = {("node", "load_seed"): 1 << 64,  # the load's keys are derived from its 8 bytes
-         ("node", "chain_id"): 1 << 32}   # a u32 at the head of every clearing transaction
+         ("node", "chain_id"): 1 << 32,   # a u32 at the head of every clearing transaction
+         ("clearing", "oracle_quorum"): 256}  # a mark lists at most 255 signers (u8)
 NOUNS = {int: "an integer", str: "a string", float: "a number", list: "an array", bool: "true or false"}
 
 
@@ -140,9 +143,10 @@ def url_host(host: str) -> str:
 
 def _check_read(path, text: str, data: dict, cfg) -> None:
     """Refuses a key set to other than its default that this app, load and [rpc] listen would not
-    read: load_file with app = "kv" or load = "none", or genesis_accounts (or sig_cache) with app = "kv",
-    started the validator without a word, its operator believing the stream, the bulk genesis (or every
-    signature checked) in force."""
+    read: load_file with app = "kv" or load = "none", genesis_accounts (or sig_cache) with app = "kv",
+    or [clearing] oracles where the demo's sign the marks (load = "builtin"), started the validator
+    without a word, its operator believing the stream, the bulk genesis, every signature checked (or
+    its own oracles) in force."""
     clearing, builtin = cfg.app == "clearing", cfg.load == "builtin"
     generated = clearing and builtin and not cfg.load_file  # clearing_load.market_load
     readers = {"load_file": (clearing and builtin, 'app = "clearing" and load = "builtin"'),
@@ -154,6 +158,8 @@ def _check_read(path, text: str, data: dict, cfg) -> None:
                "load_seed": (not clearing or generated,
                              'app = "kv", or app = "clearing", load = "builtin" and no load_file')}
     unread = [("node", key, when) for key, (read, when) in readers.items() if not read]
+    if not (clearing and not builtin):  # the built-in load signs its marks with the demo's oracles
+        unread += [("clearing", key, 'app = "clearing" and load = "none"') for key in SCHEMA["clearing"]]
     if cfg.rpc is None:
         unread += [("rpc", key, "[rpc] listen set") for key in SCHEMA["rpc"] if key != "listen"]
     for table, key, when in unread:
@@ -207,6 +213,38 @@ def _check_network(path, text: str, cfg: "NodeConfig") -> None:
                               f"addresses[{cfg.addresses.index(address)}]: each validator needs its own")
 
 
+def _check_oracles(path, text: str, cfg: "NodeConfig") -> None:
+    """A clearing network fed only by its clients (load = "none") names its oracles: a quorum of
+    them signs every index mark, and a mark moves every margin, so anyone who can sign one can
+    liquidate any leveraged account. Its genesis took the demo's oracles, whose seeds are published
+    (clearing_load.ORACLES), on every such network (review s15: a mark signed with them was
+    committed on a network `accel testnet` wrote). So each key is checked as [network] keys are,
+    and none may be a key whose seed is published or guessable (the demo's among them)."""
+    if cfg.app != "clearing" or cfg.load != "none":
+        return
+    from accel.ed25519_ref import key_is_safe
+    where = f"{path}:{line_of(text, 'clearing', 'oracles') or line_of(text, 'node', 'load')}"
+    if not cfg.oracles:
+        raise ConfigError(f"{where}: app = \"clearing\" with load = \"none\" needs [clearing] oracles = "
+                          "[\"<64 hex>\", ...] and oracle_quorum = N: the public keys of the oracles whose quorum "
+                          "signs the index marks (`accel testnet` writes them, and their key files); the built-in "
+                          "load's oracles have published seeds")
+    for i, key in enumerate(cfg.oracles):
+        if key in cfg.oracles[:i]:
+            raise ConfigError(f"{where}: [clearing] oracles[{i}] is oracles[{cfg.oracles.index(key)}] listed twice")
+        if not key_is_safe(key):
+            raise ConfigError(f"{where}: [clearing] oracles[{i}] {key.hex()} is not an oracle key: not a canonical "
+                              "encoding of a curve point, or of small order (anyone could sign for it)")
+        if key in PUBLISHED_KEYS or key in _guessable_keys():
+            raise ConfigError(f"{where}: [clearing] oracles[{i}] {key.hex()} is a key whose seed is published or "
+                              "guessable (the built-in load's oracles, RFC 8032's test keys, one byte repeated): "
+                              "anyone could sign marks; give each oracle a new key (`accel keygen`)")
+    if not 1 <= cfg.oracle_quorum <= len(cfg.oracles):
+        line = line_of(text, 'clearing', 'oracle_quorum') or line_of(text, 'clearing', None)
+        raise ConfigError(f"{path}:{line}: [clearing] oracle_quorum {cfg.oracle_quorum}: give how many of the "
+                          f"{len(cfg.oracles)} oracles sign a mark, 1..{min(len(cfg.oracles), 255)}")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     index: int
@@ -238,6 +276,8 @@ class NodeConfig:
     chain_id: int = 1                 # clearing: the network's id, signed into every transaction
     mark_grace_ms: float = 500.0      # clearing: an oracle mark held this long must be in a block voted for
     empty_block_interval_ms: float = 0.0  # a leader with nothing to propose waits this long (Config)
+    oracles: tuple[bytes, ...] = ()   # clearing, load = "none": the oracles' public keys (else the demo's)
+    oracle_quorum: int = 0            # and how many of them sign a mark
 
     @classmethod
     def load(cls, path) -> "NodeConfig":
@@ -247,7 +287,7 @@ class NodeConfig:
             if (name not in SCHEMA and name != "accel") or not isinstance(value, dict):
                 line = line_of(text, name, None) or line_of(text, None, name)
                 raise ConfigError(f"{path}:{line}: unknown table or key {name!r}; a validator's file has "
-                                  "[node], [network], [accel], [metrics] and [rpc]")
+                                  "[node], [network], [clearing], [accel], [metrics] and [rpc]")
         t = {table: cls._table(path, text, table, data) for table in SCHEMA}
         # the directory of the file itself, its symbolic links resolved: a file given through a
         # link (/etc/accel/validator.toml -> /srv/v0/validator.toml) or as /dev/stdin (< file) took
@@ -284,7 +324,8 @@ class NodeConfig:
                    {k: None if (k, v) == ("max_connections", 0) else v  # 0: Rpc's default
                     for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],
                    node["genesis_accounts"], node["state_sync"], node["chain_id"], float(node["mark_grace_ms"]),
-                   float(node["empty_block_interval_ms"]))
+                   float(node["empty_block_interval_ms"]),
+                   convert("clearing", "oracles", lambda ks: tuple(map(_hex32, ks))), t["clearing"]["oracle_quorum"])
         if len(cfg.keys) != len(cfg.addresses) or not 0 <= cfg.index < len(cfg.keys):
             raise ConfigError(f"{path}:{line_of(text, 'network', None)}: [network] needs one key and one address "
                               f"per validator, [node] index {cfg.index} among them")
@@ -318,6 +359,7 @@ class NodeConfig:
                               f"{cfg.txs_per_block}: a key-value block of more than {KV_MAX_TXS} transactions would "
                               "not fit in one message")
         _check_read(path, text, data, cfg)
+        _check_oracles(path, text, cfg)
         if cfg.empty_block_interval_ms and cfg.empty_block_interval_ms >= cfg.base_timeout_ms / 2:
             # (Config refuses it too) the followers' view timers would fire while the leader waits
             raise ConfigError(f"{path}:{line_of(text, 'node', 'empty_block_interval_ms')}: [node] "
@@ -753,7 +795,12 @@ class NodeRunner:
                 from .apps.clearing_app import ClearingApp
                 from .apps.clearing_load import genesis_market
                 self.load = ClearingFeed(cfg) if cfg.load == "builtin" else None
-                genesis = genesis_market()
+                if cfg.load == "builtin":  # the demo's oracles: the built-in load signs its marks with them
+                    genesis = genesis_market()
+                elif cfg.oracles:
+                    genesis = genesis_market(None, cfg.oracles, cfg.oracle_quorum)
+                else:  # (NodeConfig.load refuses it: a NodeConfig made otherwise)
+                    raise StartupError(f"validator {cfg.index}: {where}[clearing] oracles: none named")
                 if cfg.genesis_accounts:
                     too_many = accounts_fit(cfg.genesis_accounts)
                     if too_many:
@@ -772,7 +819,7 @@ class NodeRunner:
                                f"{exc.strerror or exc}") from None
         # the network id in every consensus signature (messages.network_id): of this chain id,
         # genesis and validator set, the same on every validator of the network and on no other
-        self.network = messages.network_id(cfg.chain_id, self.app.genesis.root, cfg.keys)
+        self.network = messages.network_id(cfg.chain_id, genesis_digest(self.app.genesis), cfg.keys)
         problem = self.store.claim_network(self.network)
         if problem:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: {problem}")
@@ -1210,6 +1257,18 @@ def request_admitted(queued: int, answers: int, answer_backlog: int = ANSWER_BAC
     range's worth of answers queued; an honest peer asks for the next range once it has the last,
     so its answers are never held back by the proposals queued beside them."""
     return answers < answer_backlog and queued < request_backlog
+
+
+def genesis_digest(genesis) -> bytes:
+    """What the network id takes of an app's genesis state: its root, and for the clearing app its
+    oracles (in sorted order: a set) and quorum, which no leaf of the state root holds, so that
+    validators configured with other oracles form no network together."""
+    clearing = getattr(genesis, "clearing", None)
+    if clearing is None:
+        return genesis.root
+    keys = sorted(clearing.oracle_set)
+    return hashlib.sha256(b"AV-ORACLES" + genesis.root + clearing.quorum.to_bytes(2, "big")
+                          + len(keys).to_bytes(2, "big") + b"".join(keys)).digest()
 
 
 def _cert_weight(c) -> int:

@@ -12,7 +12,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from consensus import client as cl
-from consensus.apps.clearing_load import ORACLES, T0
+from consensus.apps.clearing_load import T0
 from consensus.localnet import Localnet, write_configs
 from consensus.node import NodeConfig, NodeRunner
 from consensus.rpc import RateLimit, Rpc
@@ -166,9 +166,9 @@ def test_accel_tx_says_in_one_line_when_no_validator_answers(tmp_path, capsys):
 
 
 # ---- a network: 1,000 transactions through the API ----------------------------------------------
-def _market(accounts: int, total: int, chain: int = 1):
+def _market(oracles, accounts: int, total: int, chain: int = 1):
     """Signed transactions for the network chain, in an order every validator can apply:
-    registrations, deposits, a BTC mark by two oracles, then BTC-future trades between neighbours
+    registrations, deposits, a BTC mark by two of its oracles, then BTC-future trades between neighbours
     (alternating sides)."""
     keys = [SigningKey(bytes([7, i % 256, i // 256]) + bytes(29)) for i in range(accounts)]
     nonce = [0] * accounts
@@ -176,7 +176,7 @@ def _market(accounts: int, total: int, chain: int = 1):
     for i, k in enumerate(keys):
         txs.append(cl.deposit(k, nonce[i], "USD", 10_000_000 * USD, chain))
         nonce[i] += 1
-    txs.append(cl.mark(ORACLES[:2], "BTC", 60_000.0, 1, T0, {1: 0.6, 2: 0.6, 3: 0.6, 9: 0.6}, chain))
+    txs.append(cl.mark(oracles[:2], "BTC", 60_000.0, 1, T0, {1: 0.6, 2: 0.6, 3: 0.6, 9: 0.6}, chain))
     n = 0
     while len(txs) < total:
         a, b = (2 * n) % accounts, (2 * n + 1) % accounts
@@ -190,7 +190,7 @@ def _market(accounts: int, total: int, chain: int = 1):
 
 def test_four_validators_commit_a_thousand_transactions_sent_through_the_api(tmp_path):
     net = Localnet(4, 1, 250, "cpu", "accel", 0.0, str(tmp_path / "net"), 500.0, "clearing", rpc_port=0, load="none")
-    keys, nonces, txs = _market(100, 1000)
+    keys, nonces, txs = _market(net.oracles, 100, 1000)
     assert len(txs) == 1000
     c = cl.Client(net.rpc_urls(), timeout=30)
     try:
@@ -280,7 +280,7 @@ def test_the_api_through_a_validator_killed_and_restarted(tmp_path):
     validator 1 restarted from its store: healthy again, and its index tells every transaction's
     height as the others do."""
     net = Localnet(4, 1, 250, "cpu", "accel", 0.0, str(tmp_path / "net"), 500.0, "clearing", rpc_port=0, load="none")
-    keys, nonces, txs = _market(100, 1000)
+    keys, nonces, txs = _market(net.oracles, 100, 1000)
     c = cl.Client(net.rpc_urls(), timeout=30)
     try:
         for i in range(4):
@@ -332,7 +332,8 @@ def test_a_network_from_accel_testnet_on_four_loopback_addresses(tmp_path):
         c = cl.Client([v["rpc"] for v in net["validators"]], timeout=30)
         c.wait_healthy(60)
         assert c.chain_id() == net["chain_id"]  # drawn by accel testnet, in every validator's file
-        keys, nonces, txs = _market(100, 1000, net["chain_id"])
+        oracles = [cl.read_key(tmp_path / "net" / o["key_file"]) for o in net["oracles"]]  # accel testnet's
+        keys, nonces, txs = _market(oracles, 100, 1000, net["chain_id"])
         verdicts = c.broadcast(txs)
         assert all(v["accepted"] for v in verdicts)
         c.wait_committed([v["hash"] for v in verdicts], timeout=60)

@@ -38,7 +38,11 @@ from .clearing import QUANTUM, YEAR_S, Breakers, Clearing, Series
 T0 = 1_800_000_000
 DAY = 24 * 3600
 USD = int(round(1 / QUANTUM))
+# The demo's oracles, whose seeds are in this file: the built-in load signs its marks with them,
+# so anyone can sign a mark for a genesis that names them (a validator takes them only with
+# [node] load = "builtin"; node.NodeConfig refuses them as [clearing] oracles)
 ORACLES = [SigningKey(bytes([200 + i]) * 32) for i in range(3)]
+ORACLE_QUORUM = 2
 SERIES = [Series(1, "BTC", CALL, 60_000.0, T0 + 30 * DAY), Series(2, "BTC", PUT, 55_000.0, T0 + 30 * DAY),
           Series(3, "BTC", CALL, 70_000.0, T0 + 90 * DAY), Series(4, "BTC", FUTURE, 0.0, T0 + 90 * DAY),
           Series(5, "ETH", CALL, 3_000.0, T0 + 30 * DAY), Series(6, "ETH", PUT, 2_700.0, T0 + 30 * DAY),
@@ -66,9 +70,11 @@ LEVERAGED_CUSHION = 1.2
 BREAKERS = Breakers(band=0.6, window=20)
 
 
-def genesis_market(backend=None) -> Clearing:
-    c = Clearing([bytes(k.verify_key) for k in ORACLES], quorum=2, backend=backend, insurance=INSURANCE,
-                 breakers=BREAKERS)
+def genesis_market(backend=None, oracles: list[bytes] | None = None, quorum: int = ORACLE_QUORUM) -> Clearing:
+    """The market's genesis, its marks signed by a quorum of `oracles` (public keys; None: the
+    demo's ORACLES, which anyone can sign for)."""
+    oracles = [bytes(k.verify_key) for k in ORACLES] if oracles is None else list(oracles)
+    c = Clearing(oracles, quorum=quorum, backend=backend, insurance=INSURANCE, breakers=BREAKERS)
     for s in SERIES:
         c.list_series(s)
     return c
