@@ -329,6 +329,11 @@ def cmd_testnet(args) -> int:
                           args.chain_id)
     for i, (host, path) in enumerate(zip(hosts, paths)):
         print(f"validator {i} on {host}: {path} (copy it there; it holds the validator's secret seed)")
+    oracles = json.loads((Path(args.out) / "network.json").read_text())["oracles"]
+    if oracles:
+        print(f"oracle key files (a quorum of 2 signs each mark: accel tx mark --oracle FILE ...): "
+              f"{', '.join(str(Path(args.out) / o['key_file']) for o in oracles)} (give each to whoever runs "
+              "that oracle, never to a validator's host)")
     print(f"public keys, addresses and API URLs: {Path(args.out) / 'network.json'}; "
           "then on each host: accel node --config node<i>.toml (docs/OPERATOR.md)")
     return 0
