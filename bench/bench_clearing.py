@@ -7,15 +7,21 @@
   for them; the ratio is the cost of the refused ones.
 - test_commit: committed() of that block, following the head, with its transactions alone in the
   mempool against the same plus 100,000 others pending (deposits of keys not registered yet): the
-  ratio is what the others cost a commit (it must scale with the block, not the mempool)."""
+  ratio is what the others cost a commit (it must scale with the block, not the mempool).
+- test_propose_from_a_deep_mempool: propose() of a 10,000-transaction block from 10,000, 50,000
+  and 100,000 pending (deposits of 1,000 accounts in turn, each lighter than 1/FAIR_PART of a
+  block: arrival order; a quorum mark every 2,000): what the pending ones past the block cost a
+  proposal (it must scale with the block, not the mempool); and from 10,000 and 100,000 pending
+  of 50 accounts, the round-robin order (_fair), which reads every pending transaction."""
 import hashlib
 
 import pytest
 from nacl.signing import SigningKey
 
+from accel.risk import FUTURE
 from consensus.apps import clearing_tx as ctx
-from consensus.apps.clearing_app import ClearingApp, Pending
-from consensus.apps.clearing_load import USD, ClearingLoad, genesis_market
+from consensus.apps.clearing_app import MARKS, ClearingApp, Pending
+from consensus.apps.clearing_load import ORACLES, SERIES, T0, USD, ClearingLoad, genesis_market
 from consensus.messages import QC, Block
 from consensus.verify import Verifier
 
@@ -77,3 +83,43 @@ def test_commit(benchmark, market, others):
 
     benchmark.pedantic(app.committed, setup=again, rounds=9)
     assert len(app.mempool) == others
+
+
+@pytest.fixture(scope="module")
+def deep():
+    keys = [bytes(SigningKey(hashlib.sha256(b"deep %d" % i).digest()).verify_key) for i in range(1_000)]
+    genesis = genesis_market("cpu")
+    for k in keys:
+        genesis.register(k)
+        genesis.deposit(k, 0, "USD", 10**6 * USD)
+    vols = {s.id: 0.7 for s in SERIES if s.underlying == "BTC" and s.kind != FUTURE}
+    oracles = [bytes(k.verify_key) for k in ORACLES[:2]]
+
+    def pending(accounts: int, n: int) -> dict:
+        held = {}
+        for i in range(n):
+            body = ctx.deposit(keys[i % accounts], 1 + i // accounts, "USD", USD)
+            held[hashlib.sha256(body).digest()] = Pending(body, [bytes(64)], ctx.decode(body), bytes(64))
+            if i % 2_000 == 1_999:  # (as admitted: quorum marks count against MARKS)
+                body = ctx.mark("BTC", 60_000.0, 1 + i // 2_000, T0 + 60 + i, vols, oracles)
+                held[hashlib.sha256(body).digest()] = Pending(body, [bytes(64)] * 2, ctx.decode(body), bytes(128),
+                                                              MARKS)
+        return held
+    return genesis, pending
+
+
+@pytest.mark.parametrize("pending,accounts", [(10_000, 1_000), (50_000, 1_000), (100_000, 1_000),
+                                              (10_000, 50), (100_000, 50)],
+                         ids=["10,000 pending", "50,000", "100,000",
+                              "10,000, 50 accounts (round-robin)", "100,000, 50 accounts"])
+def test_propose_from_a_deep_mempool(benchmark, deep, pending, accounts):
+    genesis, make = deep
+    app = ClearingApp(Verifier("accel", "cpu"), genesis, max_txs=10_000)
+    held = make(accounts, pending)
+
+    def fill():
+        app.mempool = held
+        return (app.genesis, set()), {}
+
+    txs, _ = benchmark.pedantic(app.propose, setup=fill, rounds=9)
+    assert len(txs) == 10_000
