@@ -1321,7 +1321,8 @@ class ClearingApp:
 
     def committed(self, block: Block, state: State) -> None:
         """block committed, with state its state: drop its transactions from the mempool, and
-        those it made stale (also after a restart from a snapshot: staleness reads the state).
+        those it made stale, their reasons kept as a refusal's (also after a restart from a
+        snapshot: staleness reads the state).
         Only a block's transactions use up nonces, keys and mark sequences, so after the block
         that follows head only the transactions sharing a nonce or an underlying with it are
         looked at (Mempool.holders): the work scales with the block, not the mempool (a
@@ -1337,7 +1338,8 @@ class ClearingApp:
                 used |= _touches(held.tx if held is not None else ctx.decode(body, self.chain_id))
         look = (((h, mempool[h]) for h in set().union(*(mempool.holders.get(item, ()) for item in used)))
                 if follows else mempool.items())
-        for digest in [h for h, p in look if self._stale(p.tx)]:
-            del mempool[digest]
+        # with their reasons: /tx answered "unknown" for a transaction this validator had admitted
+        # (review s15), as for one never sent to it
+        self._evict({h: why for h, p in look if (why := self._stale(p.tx))})
         self.marks_seen.prune(mempool)
 
