@@ -1380,18 +1380,20 @@ def run_node(config_path, exit_with_parent: int | None = None) -> int:
     launcher such as `accel localnet` that died, even by SIGKILL)."""
     cfg = NodeConfig.load(config_path)
     where = f"{cfg.path}: " if cfg.path else ""
+    # configuration errors (exit 2, which the systemd unit does not restart), before anything is
+    # created, bound or signed
     published = [i for i, k in enumerate(cfg.keys) if k in PUBLISHED_KEYS]
-    if published:  # before anything is created, bound or signed
-        raise SystemExit(f"validator {cfg.index}: {where}[network] keys[{published[0]}] is a key whose seed is "
+    if published:
+        raise ConfigError(f"validator {cfg.index}: {where}[network] keys[{published[0]}] is a key whose seed is "
                          "published (RFC 8032's test keys, docs/validator.example.toml's): anyone can sign as that "
                          "validator; give every validator a new seed (`accel testnet` writes them)")
     weak = weak_seed(cfg.seed)
     if weak:
-        raise SystemExit(f"validator {cfg.index}: {where}[node] seed {weak}: anyone could guess it and sign as this "
+        raise ConfigError(f"validator {cfg.index}: {where}[node] seed {weak}: anyone could guess it and sign as this "
                          "validator; make a random one (`accel testnet` writes them) and tell the network its key")
     guessable = [i for i, k in enumerate(cfg.keys) if k in _guessable_keys()]
     if guessable:
-        raise SystemExit(f"validator {cfg.index}: {where}[network] keys[{guessable[0]}] is the key of a seed anyone "
+        raise ConfigError(f"validator {cfg.index}: {where}[network] keys[{guessable[0]}] is the key of a seed anyone "
                          "could guess (one byte repeated, 0, 1, 2, ... in order): anyone can sign as that validator; "
                          "it needs a random seed")
     configure_logging(cfg.index, cfg.log_format)
