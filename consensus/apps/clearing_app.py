@@ -1312,12 +1312,18 @@ class ClearingApp:
         return out
 
     def _evict(self, reasons: dict[bytes, str]) -> None:
-        """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept."""
+        """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept, a
+        transaction refused again counting as the latest (its old place was trimmed first, and
+        /tx said "unknown" moments after the refusal). The oldest go in one pass: one at a time,
+        each from a fresh iterator over the slots the earlier ones freed, a commit that made
+        100,000 transactions stale took 3.6 s (review s15)."""
+        refused = self.refused
         for digest, reason in reasons.items():
             self.mempool.pop(digest, None)
-            self.refused[digest] = reason
-        while len(self.refused) > REFUSALS_KEPT:
-            del self.refused[next(iter(self.refused))]
+            refused.pop(digest, None)
+            refused[digest] = reason
+        for digest in list(itertools.islice(refused, max(0, len(refused) - REFUSALS_KEPT))):
+            del refused[digest]
 
     def committed(self, block: Block, state: State) -> None:
         """block committed, with state its state: drop its transactions from the mempool, and
