@@ -79,8 +79,8 @@ def cmd_check(args) -> int:
     if args.config is not None and "node" in config.read_toml(args.config)[1]:
         # a validator's file: what `accel node` refuses at load (an unknown key, a seed that is
         # not keys[index]) got "ready: this validator may start" (review s15)
-        from consensus.node import NodeConfig
-        NodeConfig.load(args.config)
+        from consensus.node import NodeConfig, check_keys
+        check_keys(NodeConfig.load(args.config))
     _use_config(args.config)
     device, results = readiness.check(args.backend)
     ok = all(r.ok for r in results)
@@ -261,7 +261,15 @@ def cmd_node(args) -> int:
     except config.ConfigError:
         pass  # run_node says what is wrong, in one line
     configure_logging(index, log_format)
-    return run_node(args.config, args.exit_with_parent)
+    try:
+        return run_node(args.config, args.exit_with_parent)
+    except config.ConfigError:
+        raise  # status 2: the file must change first (the systemd unit does not restart it)
+    except (BackendUnavailable, KernelError, ValueError, TypeError, OSError) as exc:
+        # a failure of the running validator, not of its file: status 1, which the unit restarts
+        # (status 2 kept a validator down for good as a configuration error: review s15)
+        print(f"accel: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_localnet(args) -> int:

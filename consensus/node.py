@@ -583,11 +583,17 @@ def open_events(cfg: "NodeConfig", where: str = ""):
             # a file that is not an events file already (another validator's validator.db, a key
             # file, a log given by mistake) would have JSON lines appended to it: the names above
             # are this validator's own, and another's store took the lines as it took them
-            with open(cfg.events, "rb") as fh:  # the descriptor above is write-only
-                first = fh.read(EVENTS_HEAD).split(b"\n", 1)[0]
+            # the descriptor above is write-only: read the same file again through it where the
+            # system lets (a name replaced meanwhile is not read instead), else by its name
+            head = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else cfg.events
+            try:
+                with open(head, "rb") as fh:
+                    first = fh.read(EVENTS_HEAD).split(b"\n", 1)[0]
+            except OSError as exc:
+                raise refuse(f"cannot be read to check it holds events: {exc.strerror or exc}") from None
             try:
                 ok = "kind" in json.loads(first)
-            except (ValueError, TypeError):  # not JSON, or JSON that is not an object
+            except (ValueError, TypeError, RecursionError):  # not JSON, JSON not an object, or nested past the parser
                 ok = False
             if not ok:
                 raise refuse(f"holds something other than a validator's events (it begins {first[:16]!r}); "
@@ -605,21 +611,55 @@ class EventsLog:
     by rename works (the lines went on into the renamed file, and the configured one stayed
     missing; copytruncate alone worked). One stat a line. A file put there that open_events
     refuses is reported once (a warning) and the lines stay in the old one until the name holds
-    another file."""
+    another file. A FIFO whose reader went away (a log shipper restarting) loses the lines until
+    a reader opens it again (a warning when it goes, one when it is back): the broken pipe
+    stopped the validator (review s15)."""
 
     def __init__(self, cfg: "NodeConfig", where: str = ""):
         self.cfg, self.file = cfg, open_events(cfg, where)
         self.refused: tuple | None | bool = False  # (dev, inode) open_events refused at the name (None: nothing)
+        self.dropped = 0  # lines lost while a FIFO had no reader
 
     def write(self, line: str) -> None:
+        if self.file is None and not self._reader_back():
+            self.dropped += 1
+            return
         self._follow()
-        self.file.write(line)
+        try:
+            self.file.write(line)
+        except BrokenPipeError:
+            self._reader_gone()
+            self.dropped += 1
 
     def flush(self) -> None:
-        self.file.flush()
+        if self.file is not None:
+            try:
+                self.file.flush()
+            except BrokenPipeError:
+                self._reader_gone()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            try:
+                self.file.close()
+            except BrokenPipeError:
+                pass  # (a FIFO's reader gone: the buffered line is lost, as any written after it)
+
+    def _reader_gone(self) -> None:
+        log.warning("validator %d: [node] events %r: its reader went away; events are dropped until one "
+                    "reads it again", self.cfg.index, str(self.cfg.events))
+        self.close()
+        self.file = None
+
+    def _reader_back(self) -> bool:
+        try:
+            self.file = open_events(self.cfg)
+        except (StartupError, OSError):
+            return False
+        log.warning("validator %d: [node] events %r is read again; %d line(s) were dropped", self.cfg.index,
+                    str(self.cfg.events), self.dropped)
+        self.dropped = 0
+        return True
 
     def _follow(self) -> None:
         held = os.fstat(self.file.fileno())
@@ -636,7 +676,7 @@ class EventsLog:
             return
         try:
             fresh = open_events(self.cfg)
-        except StartupError as exc:
+        except (StartupError, OSError) as exc:
             self.refused = at
             log.warning("%s; its lines go on into the file it named before", exc)
             return
@@ -1024,7 +1064,8 @@ class NodeRunner:
                 + (f"for {now - last:.0f} s" if last else "since the start"))
         failed = getattr(getattr(self, "net", None), "handshake_failures", 0)
         if failed:
-            line += (f"; {failed} handshake(s) failed: a peer with another [network] keys, chain_id or genesis is on "
+            line += (f"; {failed} handshake(s) failed: a peer with another [network] keys, chain_id, genesis or "
+                     "[clearing] oracles is on "
                      f"another network (compare network_id in each validator's /status; this one's is "
                      f"{self.network.hex()[:16]}...), or not an accel validator")
         return line
@@ -1375,27 +1416,33 @@ def _software_key_check(cfg: "NodeConfig", where: str) -> None:
                          "\"cpu\"") from None
 
 
+def check_keys(cfg: "NodeConfig") -> None:
+    """ConfigError (exit 2, which the systemd unit does not restart) for a validator key anyone
+    can sign with: a published one, or one of a seed anyone could guess (`accel node` and
+    `accel check --config` alike)."""
+    where = f"{cfg.path}: " if cfg.path else ""
+    published = [i for i, k in enumerate(cfg.keys) if k in PUBLISHED_KEYS]
+    if published:
+        raise ConfigError(f"validator {cfg.index}: {where}[network] keys[{published[0]}] is a key whose seed is "
+                          "published (RFC 8032's test keys, docs/validator.example.toml's): anyone can sign as that "
+                          "validator; give every validator a new seed (`accel testnet` writes them)")
+    weak = weak_seed(cfg.seed)
+    if weak:
+        raise ConfigError(f"validator {cfg.index}: {where}[node] seed {weak}: anyone could guess it and sign as this "
+                          "validator; make a random one (`accel testnet` writes them) and tell the network its key")
+    guessable = [i for i, k in enumerate(cfg.keys) if k in _guessable_keys()]
+    if guessable:
+        raise ConfigError(f"validator {cfg.index}: {where}[network] keys[{guessable[0]}] is the key of a seed anyone "
+                          "could guess (one byte repeated, 0, 1, 2, ... in order): anyone can sign as that validator; "
+                          "it needs a random seed")
+
+
 def run_node(config_path, exit_with_parent: int | None = None) -> int:
     """exit_with_parent: a pid; the validator stops when its parent is no longer that process (a
     launcher such as `accel localnet` that died, even by SIGKILL)."""
     cfg = NodeConfig.load(config_path)
     where = f"{cfg.path}: " if cfg.path else ""
-    # configuration errors (exit 2, which the systemd unit does not restart), before anything is
-    # created, bound or signed
-    published = [i for i, k in enumerate(cfg.keys) if k in PUBLISHED_KEYS]
-    if published:
-        raise ConfigError(f"validator {cfg.index}: {where}[network] keys[{published[0]}] is a key whose seed is "
-                         "published (RFC 8032's test keys, docs/validator.example.toml's): anyone can sign as that "
-                         "validator; give every validator a new seed (`accel testnet` writes them)")
-    weak = weak_seed(cfg.seed)
-    if weak:
-        raise ConfigError(f"validator {cfg.index}: {where}[node] seed {weak}: anyone could guess it and sign as this "
-                         "validator; make a random one (`accel testnet` writes them) and tell the network its key")
-    guessable = [i for i, k in enumerate(cfg.keys) if k in _guessable_keys()]
-    if guessable:
-        raise ConfigError(f"validator {cfg.index}: {where}[network] keys[{guessable[0]}] is the key of a seed anyone "
-                         "could guess (one byte repeated, 0, 1, 2, ... in order): anyone can sign as that validator; "
-                         "it needs a random seed")
+    check_keys(cfg)  # before anything is created, bound or signed
     configure_logging(cfg.index, cfg.log_format)
     exposed = _readable_by_others(cfg.path)
     if exposed:

@@ -7,7 +7,9 @@ import logging
 import os
 from types import SimpleNamespace
 
-from consensus.node import EventsLog
+import pytest
+
+from consensus.node import EventsLog, StartupError
 
 
 def _cfg(tmp_path, name="node0.events.jsonl"):
@@ -50,3 +52,43 @@ def test_a_foreign_file_at_the_name_is_reported_once_and_loses_no_line(tmp_path,
     ev.close()
     assert _kinds(cfg.events) == ["e"]
 
+
+
+def test_a_fifo_whose_reader_goes_loses_lines_not_the_validator(tmp_path, caplog):
+    """A reader leaving the events FIFO (a log shipper restarting) made the next line raise
+    BrokenPipeError and stopped the validator (review s15)."""
+    cfg = _cfg(tmp_path, "events.fifo")
+    os.mkfifo(cfg.events)
+    reader = os.open(cfg.events, os.O_RDONLY | os.O_NONBLOCK)
+    ev = EventsLog(cfg)
+    ev.write(json.dumps({"kind": "a"}) + "\n")
+    assert os.read(reader, 4096).decode().count("\n") == 1
+    os.close(reader)
+    with caplog.at_level(logging.WARNING, logger="consensus.node"):
+        for kind in "bc":
+            ev.write(json.dumps({"kind": kind}) + "\n")  # no reader: dropped, no exception
+        reader = os.open(cfg.events, os.O_RDONLY | os.O_NONBLOCK)
+        ev.write(json.dumps({"kind": "d"}) + "\n")
+    got = os.read(reader, 4096).decode().splitlines()
+    os.close(reader)
+    ev.close()
+    assert [json.loads(x)["kind"] for x in got] == ["d"]
+    said = [r.getMessage() for r in caplog.records]
+    assert any("reader went away" in m for m in said) and any("2 line(s) were dropped" in m for m in said)
+
+
+def test_a_file_nested_past_the_json_parser_is_refused_in_one_line(tmp_path, caplog):
+    """A file at the events name beginning with deeply nested JSON raised RecursionError out of
+    the start and, put there while the node ran, out of the next event line (review s15)."""
+    cfg = _cfg(tmp_path)
+    cfg.events.write_text("[" * 100_000 + "\n")
+    with pytest.raises(StartupError, match="holds something other than a validator's events"):
+        EventsLog(cfg)
+    os.remove(cfg.events)
+    ev = EventsLog(cfg)
+    os.rename(cfg.events, tmp_path / "old")
+    cfg.events.write_text("[" * 100_000 + "\n")
+    with caplog.at_level(logging.WARNING, logger="consensus.node"):
+        ev.write(json.dumps({"kind": "a"}) + "\n")
+    ev.close()
+    assert _kinds(tmp_path / "old") == ["a"]

@@ -34,7 +34,14 @@ def _no_accel_env(monkeypatch):
 
 # ---- 2: check, info and build-cuda read a validator file's [accel] (--config) -------------------------
 def _validator_file(tmp_path, backend="cuda", cubin_dir="cubins"):
-    text = EXAMPLE.read_text().replace('backend = "auto" ', f'backend = "{backend}" ')
+    # new keys: the example's are published, which `accel check --config` refuses (as the node does)
+    from nacl.signing import SigningKey
+    text, example = EXAMPLE.read_text(), NodeConfig.load(EXAMPLE)
+    seeds = [os.urandom(32) for _ in example.keys]
+    for old, seed in zip(example.keys, seeds):
+        text = text.replace(old.hex(), bytes(SigningKey(seed).verify_key).hex())
+    text = text.replace(example.seed.hex(), seeds[example.index].hex())
+    text = text.replace('backend = "auto" ', f'backend = "{backend}" ')
     text = text.replace('cuda_cubin_dir = ""', f'cuda_cubin_dir = "{cubin_dir}"')
     path = tmp_path / "validator.toml"
     path.write_text(text)
