@@ -403,14 +403,46 @@ def _status_of(r, digest: str) -> bool:
 
 
 # ---- the API -----------------------------------------------------------------------------------------
-def _addresses(host: str, port: int) -> set:
-    """The addresses a URL's host stands for (a name, or an IP address written any way the system
-    reads one); a name that does not resolve stands for itself (its requests fail as they come)."""
+def _address(host: str, port: int, numeric: bool = True) -> set:
+    """The addresses host stands for, each as the host it reaches (an IPv4-mapped IPv6 address as
+    its IPv4 one, 0.0.0.0 and :: as loopback): numeric, only if host is an IP address written any
+    way the system reads one (127.1, 2130706433, [0:0:0:0:0:0:0:1]), else empty; otherwise what
+    the name resolves to (empty if it does not)."""
     try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_NUMERICHOST if numeric else 0)
     except (OSError, UnicodeError):
-        return {host.lower()}
-    return {ipaddress.ip_address(info[4][0].split("%")[0]) for info in found}
+        return set()
+    out = set()
+    for info in found:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        out.add(ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1") if ip.is_unspecified else ip)
+    return out
+
+
+def _same_validator(urls: list[str]) -> tuple[str, str] | None:
+    """Two of urls that reach one validator: the same port and the same name, the same address
+    however written, or a name that resolves to an address another URL gives. Two names resolving
+    to one address stay two validators (virtual hosts behind one proxy), and names are resolved
+    only where an address is given beside them."""
+    seen = []  # (port, name or None, addresses, url)
+    for u in urls:
+        parts = urllib.parse.urlsplit(u)
+        port = parts.port or {"http": 80, "https": 443}[parts.scheme.lower()]
+        literal = _address(parts.hostname, port)
+        seen.append((port, None if literal else parts.hostname.lower(), literal, u))
+    given = set().union(*(a for _, name, a, _ in seen if name is None))
+    resolved = {name: _address(name, port, numeric=False) & given for port, name, _, _ in seen if name and given}
+    for i, (port, name, addrs, u) in enumerate(seen):
+        for port2, name2, addrs2, u2 in seen[:i]:
+            if port != port2:
+                continue
+            if (name is not None and name == name2) or addrs & addrs2 \
+                    or (name is not None and name2 is None and resolved[name] & addrs2) \
+                    or (name is None and name2 is not None and resolved[name2] & addrs):
+                return u2, u
+    return None
 
 
 class Client:
@@ -438,16 +470,10 @@ class Client:
                 raise ValueError(f"validator URL {u!r}: port 0 is not a port a validator listens on")
         # one validator listed twice counted twice in n and f: given twice, a faulty validator
         # decided the nonce (the (f+1)-th highest) and its refusal counted twice in `accel tx`;
-        # compared by address, so 127.0.0.1, localhost, 127.1 and 2130706433 are one (review s15)
-        seen = {}
-        for u in self.urls:
-            parts = urllib.parse.urlsplit(u)
-            port = parts.port or {"http": 80, "https": 443}[parts.scheme.lower()]
-            here = {(where, port) for where in _addresses(parts.hostname, port)}
-            clash = next(iter(here & seen.keys()), None)
-            if clash is not None:
-                raise ValueError(f"validator URL {u!r}: the same validator as {seen[clash]!r}; give each one once")
-            seen.update(dict.fromkeys(here, u))
+        # 127.0.0.1, localhost, 127.1 and [::ffff:127.0.0.1] are one (review s15)
+        twice = _same_validator(self.urls)
+        if twice is not None:
+            raise ValueError(f"validator URL {twice[1]!r}: the same validator as {twice[0]!r}; give each one once")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
         # bounded: a socket's timeout past the platform's time_t (1e10 s) raised OverflowError at
