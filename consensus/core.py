@@ -265,7 +265,8 @@ WINDOW = 1024
 
 def _id_store(committed_source):
     """The store whose committed_range is committed_source (a bound method), if it answers for
-    committed ids (Store.committed_height_of, committed_ids_between); else None."""
+    committed ids (Store.committed_height_of, committed_ids_between); else None (refused with a
+    Base: see Core)."""
     store = getattr(committed_source, "__self__", None)
     return store if hasattr(store, "committed_height_of") and hasattr(store, "committed_ids_between") else None
 
@@ -390,7 +391,8 @@ class Core:
         count): committed proposals from a store (Store.committed_range), to serve peers; with one,
         committed proposals are pruned from memory like blocks and states (see _prune), without
         one they are kept (to serve peers catching up) and the rest is pruned; a store's committed_range
-        also has the committed ids older than WINDOW read from its store, not held (_Chain)."""
+        also has the committed ids older than WINDOW read from its store, not held (_Chain): with a base,
+        it must be that bound method, not a wrapper (ValueError: the ids below the base are the store's)."""
         self.cfg, self.sign, self.app = cfg, sign, app
         # snapshot_source(height, chunk): a SnapshotChunk from a store (statesync.serve) or None;
         # a driver with a store sets it, so validators joining late can state-sync from this one
@@ -468,6 +470,12 @@ class Core:
             if committed_source is None:
                 self.proposals[b.id] = base.proposal
             self.committed = b
+            if committed_source is not None and self.ids_store is None:
+                # a wrapper (a lambda, a partial) hides the store: every id below the snapshot read
+                # as unknown, and no block below it was served, without a word
+                raise ValueError("a Core started from a snapshot (Base) needs committed_source to be its store's "
+                                 "own committed_range (a bound Store.committed_range), not a wrapper: the committed "
+                                 f"ids below height {b.height} are read from that store")
             self.chain = _Chain(self.genesis.id, b.height, [b.id], self.ids_store)
             self.heights = {b.id: b.height}
             app.committed(b, self.states[b.id])
