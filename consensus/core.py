@@ -1385,8 +1385,13 @@ class Core:
                 for whole, part in zip(batch, self._proposal_certs(p)):
                     whole.extend(part)
             except InvalidCertificate as exc:
+                cfg = self.cfg
+                older = (f" (a network of {cfg.n} validators certifies with n - f = {cfg.quorum} signatures since "
+                         f"the fifteenth session, 2f + 1 = {2 * cfg.f + 1} before: a store written before restarts "
+                         "on no validator; start every validator again from an empty data_dir)"
+                         if cfg.quorum != 2 * cfg.f + 1 else "")
                 raise InvariantViolation(f"stored block at height {p.block.height}: its certificate is "
-                                         f"malformed: {exc}") from None
+                                         f"malformed: {exc}{older}") from None
         if not self.app.verifier.verify_lists(*batch):
             bad = next(p.block.height for p in history if not self.app.verifier.verify_lists(*self._proposal_certs(p)))
             raise InvariantViolation(f"stored block at height {bad}: its proposer's signature or a certificate "

@@ -140,8 +140,8 @@ class Store:
             if held == network:
                 return ""
             return (f"the store belongs to network {held.hex()[:16] or '?'}, this validator's is "
-                    f"{network.hex()[:16]} (another chain_id, genesis or [network] keys): start it with "
-                    "an empty data_dir, or give it that network's configuration")
+                    f"{network.hex()[:16]} (another chain_id, genesis, [network] keys or [clearing] oracles): "
+                    "start it with an empty data_dir, or give it that network's configuration")
         held = ("SELECT EXISTS (SELECT 1 FROM safety) OR EXISTS (SELECT 1 FROM committed) "
                 "OR EXISTS (SELECT 1 FROM uncommitted) OR EXISTS (SELECT 1 FROM snapshots)")
         if self.db.execute(held).fetchone()[0]:

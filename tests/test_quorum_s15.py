@@ -33,3 +33,21 @@ def test_three_of_five_votes_are_no_qc():
     with pytest.raises(InvalidCertificate, match="4 needed"):
         qc_certs(cfg, genesis, qc([0, 1, 2]))
     assert len(qc_certs(cfg, genesis, qc([0, 1, 2, 3]))[0]) == 4
+
+
+def test_a_store_certified_under_the_old_quorum_says_how_to_start_again(tmp_path, monkeypatch):
+    """An n = 5 store holds QCs of 2f + 1 = 3 votes: after c472d04 it cannot restart, and the one
+    line said only that a certificate was malformed (review s15, second round)."""
+    from consensus.core import InvariantViolation
+    from consensus.sim import Link, Simulation
+    quorum = Config.quorum
+    monkeypatch.setattr(Config, "quorum", property(lambda self: 2 * self.f + 1))  # the rule before
+    sim = Simulation(n=5, seed=1, link=Link((1.0, 5.0)), validation="software")
+    sim.durable("v0", tmp_path / "v0.db")
+    sim.load(10)
+    sim.run(blocks=6, max_ms=30_000)
+    node = sim._node("v0")
+    assert len(node.core.safety.high_qc.voters) == 3
+    monkeypatch.setattr(Config, "quorum", quorum)
+    with pytest.raises(InvariantViolation, match="3 distinct signers, 4 needed .*empty data_dir"):
+        sim._restart(node)
