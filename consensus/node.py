@@ -42,7 +42,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from accel import config, readiness
-from accel.backends import get_backend
+from accel.backends import BackendUnavailable, get_backend
 from accel.config import AccelConfig, ConfigError, line_of
 
 from .apps.kv import KvApp, transfer_body
@@ -878,6 +878,15 @@ class NodeRunner:
             backend, device = b.name, b.device
         else:
             backend, device = "software", "PyNaCl and accel.ed25519_ref, hashlib, accel.risk_numpy"
+            if cfg.app == "clearing":
+                # the backend registration keys are checked on, chosen here and not in a client's
+                # first request, which paid for it (auto asks a child process whether OpenCL has
+                # a GPU: 0.5 s charged to that client's share); one that cannot run is run_node's
+                # to report (_software_key_check)
+                try:
+                    get_backend()
+                except BackendUnavailable:
+                    pass
         self.backend, self.device = backend, device
         self.metrics = NodeMetrics(self.app, backend, device, cfg.validation)
         # sha256(body) -> height, for /tx: the latest TX_INDEX committed transactions (after a
