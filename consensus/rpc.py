@@ -304,9 +304,10 @@ class WorkBudget:
     request is answered while both buckets are above zero, and its measured time is taken
     from both afterwards (a bucket may go below zero; it refills before the client's next one).
     The loop that verifies submissions also runs consensus: without this bound, batches of
-    invalid signatures at the request rate kept it busy past the view timeout (1,000 bad
-    signatures take 50 ms on the C fallback, 1.6 s software-only; 100 such requests a second is
-    5 s of work a second), and strangers sending them to every validator stalled the chain.
+    invalid signatures at the request rate kept it busy past the view timeout (1,000 transactions
+    with every signature bad take 0.07-0.25 s on the C fallback, 0.27-0.56 s software-only,
+    bench/api_costs.py; 100 such requests a second is seconds of work a second), and strangers
+    sending them to every validator stalled the chain.
 
     The total is shared max-min fairly (FairShare) among the sites asking for it while it is
     contended (under CONTENDED_S seconds' worth left). It was first come first served: total /
@@ -358,8 +359,8 @@ class WorkBudget:
                     f"try again in {wait:.1f} s"), wait
         # over its part, a site may still take what the others leave (the total above CONTENDED_S
         # seconds' worth), but only as much as its largest request fits in: else, sending
-        # requests larger than that (1,000 signatures software-only: 1.6 s, twice the total's
-        # burst at the defaults) whenever the total refilled, sites over their part took it
+        # requests larger than that (a batch whose signatures take longer than the total's burst)
+        # whenever the total refilled, sites over their part took it
         # below zero each time, and the sites under theirs found it there for seconds
         largest = max(0.0, self.fair.largest(site))
         if credit < 0 and (self.all[0] - CONTENDED_S * self.total < largest or now < self.reserved_until):
