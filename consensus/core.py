@@ -318,9 +318,6 @@ class _Chain:
             return self.ids[key - self.first]
         return self[key:key + 1][0]
 
-    def __add__(self, other) -> list:  # (as the list did: the whole chain, then other's items)
-        return self[:] + list(other)
-
 
 class InvalidCertificate(ValueError):
     pass

@@ -266,7 +266,7 @@ def test_a_block_request_from_height_one_costs_no_pass_over_the_chain():
     core = sim.nodes[0].core
     n = 20_000
     ids = [os.urandom(32) for _ in range(n)]
-    chain = _SliceCounter(core.chain + ids)
+    chain = _SliceCounter(core.chain[:] + ids)
     chain.sliced = []
     core.chain = chain
     for h in range(len(chain) - n, len(chain)):
