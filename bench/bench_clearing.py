@@ -12,7 +12,11 @@
   and 100,000 pending (deposits of 1,000 accounts in turn, each lighter than 1/FAIR_PART of a
   block: arrival order; a quorum mark every 2,000): what the pending ones past the block cost a
   proposal (it must scale with the block, not the mempool); and from 10,000 and 100,000 pending
-  of 50 accounts, the round-robin order (_fair), which reads every pending transaction."""
+  of 50 accounts, the round-robin order (_fair), which reads every pending transaction.
+- test_propose_with_a_short_account: the same from 10,000 and 100,000 pending, with one account
+  whose withdrawal (first in the mempool) leaves it below initial margin, and five later deposits
+  of it (last in the mempool): the proposal evicts the withdrawal and the deposits after it
+  (_evict_short), which scanned the whole mempool for them until the sixteenth session."""
 import hashlib
 
 import pytest
@@ -123,3 +127,33 @@ def test_propose_from_a_deep_mempool(benchmark, deep, pending, accounts):
 
     txs, _ = benchmark.pedantic(app.propose, setup=fill, rounds=9)
     assert len(txs) == 10_000
+
+
+@pytest.mark.parametrize("pending", [10_000, 100_000], ids=["10,000 pending", "100,000"])
+def test_propose_with_a_short_account(benchmark, deep, pending):
+    genesis, make = deep
+    short, other = (SigningKey(hashlib.sha256(b"short %d" % i).digest()) for i in range(2))
+    a, b = bytes(short.verify_key), bytes(other.verify_key)
+    start = genesis.snapshot()
+    start.mark("BTC", 60_000.0, {s.id: 0.7 for s in SERIES if s.underlying == "BTC" and s.kind != FUTURE}, 0, T0,
+               [bytes(k.verify_key) for k in ORACLES[:2]])  # (before the pending marks: sequence 0)
+    for k in (a, b):
+        start.register(k)
+        start.deposit(k, 0, "USD", 10**6 * USD)
+    start.trade(b, 1, a, 1, 4, 10, 60_000 * USD)  # a sells 10 BTC futures
+
+    def entry(body: bytes) -> tuple:
+        return hashlib.sha256(body).digest(), Pending(body, [bytes(64)], ctx.decode(body), bytes(64))
+    withdrawal, deposits = ctx.withdraw(a, 2, "USD", 999_000 * USD), [ctx.deposit(a, n, "USD", USD) for n in range(3, 8)]
+    held = dict([entry(withdrawal)])
+    held.update(make(1_000, pending))
+    held.update(map(entry, deposits))  # past the block's reach, after the others
+    mine = {entry(body)[0] for body in [withdrawal] + deposits}
+    app = ClearingApp(Verifier("accel", "cpu"), start, max_txs=10_000)
+
+    def fill():
+        app.mempool = held
+        return (app.genesis, set()), {}
+
+    txs, _ = benchmark.pedantic(app.propose, setup=fill, rounds=9)
+    assert len(txs) > 9_900 and mine <= app.refused.keys() and mine.isdisjoint(app.mempool)

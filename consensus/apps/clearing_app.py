@@ -414,6 +414,7 @@ class Mempool(dict):
         self.owners: list = []                # heap of (-weight, seq, owner), weights possibly stale
         self.since: dict[bytes, int] = {}     # owner -> seq of its weight's last change seen
         self.nonces: dict[tuple, int] = {}    # (account, nonce) -> pending transactions consuming it
+        self.held: dict[bytes, set] = {}      # account -> the nonces of it in `nonces`
         self.holders: dict[object, set] = {}  # _touches item -> digests of the transactions it has
         self.marks: dict[str, dict] = {}      # underlying -> {digest: seq} of its marks, in arrival order
         self.seq = 0
@@ -428,7 +429,9 @@ class Mempool(dict):
         dict.__setitem__(self, digest, pending)
         owner = _owner_of(pending)
         for pair in ctx.consumed(pending.tx)[0]:
-            self.nonces[pair] = self.nonces.get(pair, 0) + 1
+            n = self.nonces[pair] = self.nonces.get(pair, 0) + 1
+            if n == 1:
+                self.held.setdefault(pair[0], set()).add(pair[1])
         for item in _touches(pending.tx):
             self.holders.setdefault(item, set()).add(digest)
         self.seq += 1
@@ -464,6 +467,10 @@ class Mempool(dict):
                 self.nonces[pair] = left
             else:
                 del self.nonces[pair]
+                held = self.held[pair[0]]
+                held.discard(pair[1])
+                if not held:
+                    del self.held[pair[0]]
         for item in _touches(pending.tx):
             held = self.holders[item]
             held.discard(digest)
@@ -526,7 +533,7 @@ class Mempool(dict):
     def clear(self) -> None:
         dict.clear(self)
         self.count, self.queues, self.owners, self.since, self.nonces, self.holders = {}, {}, [], {}, {}, {}
-        self.marks = {}
+        self.marks, self.held = {}, {}
 
     def setdefault(self, digest, default=None):
         if digest not in self:
@@ -1224,14 +1231,12 @@ class ClearingApp:
                 n = dict(ctx.consumed(candidates[pos][1].tx)[0]).get(k)
                 if n is not None:
                     cut[k] = min(cut.get(k, n), n)
-        if cut:
-            for digest, pending in self.mempool.items():
-                if digest in reasons or cut.keys().isdisjoint(pending.tx.signers):
-                    continue
-                for k, n in ctx.consumed(pending.tx)[0]:
-                    if k in cut and n >= cut[k]:
-                        reasons[digest] = f"follows a transaction of account {k.hex()[:16]} that left it below initial margin"
-                        break
+        pool = self.mempool
+        for k, first in cut.items():  # (from the account's pending nonces: a mempool scan took 10 ms at 100,000)
+            why = f"follows a transaction of account {k.hex()[:16]} that left it below initial margin"
+            for n in sorted(n for n in pool.held.get(k, ()) if n >= first):
+                for digest in sorted(pool.holders[k, n]):
+                    reasons.setdefault(digest, why)
         self._evict(reasons)
 
     def _early(self, refused: dict[bytes, Rejected]) -> dict[bytes, str]:

@@ -1,0 +1,140 @@
+"""ClearingApp._evict_short, sixteenth session: the later nonces of an account found short come
+from the mempool's per-account index (Mempool.held), not a scan of the whole mempool (about
+10 ms a proposal at 100,000 pending, whoever the short accounts were). What must not change:
+which transactions leave, and which stay."""
+import hashlib
+import random
+
+import pytest
+
+from consensus.apps import clearing_tx as ctx
+from consensus.apps.clearing_app import ClearingApp, Mempool
+from consensus.verify import Verifier
+from tests.test_clearing_properties import USD, signed
+from tests.test_ledger_proposal_s6 import short_crowd, users
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
+
+
+class NoScan(Mempool):
+    """A mempool that refuses to be read whole."""
+
+    def items(self):
+        raise AssertionError("the whole mempool was read")
+
+    __iter__ = keys = values = items
+
+
+def old_evict_short(self, candidates: list, kept: list, short: dict) -> None:
+    """ClearingApp._evict_short as it was (979dd0e), the reference: its last part scanned the
+    whole mempool."""
+    reasons: dict[bytes, str] = {}
+    cut: dict[bytes, int] = {}
+    signed: dict[bytes, list[int]] = {}
+    for pos in kept:
+        tx = candidates[pos][1].tx
+        for k in tx.signers:
+            last = short.get(k)
+            if last is not None and pos <= last and (k in signed or tx.op != ctx.DEPOSIT):
+                signed.setdefault(k, []).append(pos)
+    for k, last in short.items():
+        why = f"left account {k.hex()[:16]} below initial margin"
+        mine = signed.get(k, [])
+        if not mine or mine[-1] != last:
+            mine.append(last)
+        for pos in mine[len(mine) - max(1, len(mine) // 2):]:
+            reasons[candidates[pos][0]] = why
+            n = dict(ctx.consumed(candidates[pos][1].tx)[0]).get(k)
+            if n is not None:
+                cut[k] = min(cut.get(k, n), n)
+    if cut:
+        for digest, pending in self.mempool.items():
+            if digest in reasons or cut.keys().isdisjoint(pending.tx.signers):
+                continue
+            for k, n in ctx.consumed(pending.tx)[0]:
+                if k in cut and n >= cut[k]:
+                    reasons[digest] = f"follows a transaction of account {k.hex()[:16]} that left it below initial margin"
+                    break
+    self._evict(reasons)
+
+
+def crowd_with_tails(s: int, rng: random.Random):
+    """short_crowd's s short accounts, each also sending later deposits (some far ahead), some
+    trading with each other past their withdrawal; bystanders' deposits around them."""
+    c, items = short_crowd(s)
+    sk, ks = users(6, s + 1)
+    (bk, bks) = users(8, 3)
+    for k in bks:
+        c.register(k)
+    more = []
+    for i in range(s):
+        for n in rng.sample(range(3, 40), 4):
+            more.append(signed(ctx.deposit(ks[i], n, "USD", USD), [sk[i]]))
+    for i in range(0, s - 1, 2):  # a trade between two short accounts, later than both withdrawals
+        more.append(signed(ctx.trade(ks[i], 50, ks[i + 1], 51, 3, 1, 60_000 * USD), [sk[i], sk[i + 1]]))
+    for j, k in enumerate(bks):
+        more.extend(signed(ctx.deposit(k, n, "USD", USD), [bk[j]]) for n in range(200))
+    rng.shuffle(more)
+    return c, items + more
+
+
+def short_fill(seed: int):
+    c, items = crowd_with_tails(12, random.Random(seed))
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=100_000)
+    assert app.submit_many(items) == [""] * len(items)
+    candidates = list(app.mempool.items())
+    fill = app._fill(app.genesis, candidates, set(), False)
+    assert len(fill.short) == 12
+    return app, candidates, fill
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_short_accounts_later_nonces_leave_as_the_scan_found_them(seed):
+    app, candidates, fill = short_fill(seed)
+    ref, ref_candidates, ref_fill = short_fill(seed)
+    old_evict_short(ref, ref_candidates, ref_fill.kept, ref_fill.short)
+    app.mempool.__class__ = NoScan
+    app._evict_short(candidates, fill.kept, fill.short)
+    app.mempool.__class__ = Mempool
+    assert set(app.mempool) == set(ref.mempool)
+    assert app.refused.keys() == ref.refused.keys()
+    followers = {h for h, why in ref.refused.items() if why.startswith("follows")}
+    assert len(followers) >= 12 * 3  # (the test reaches the part that changed)
+    assert all(app.refused[h].startswith("follows a transaction of account") for h in followers)
+    # the bystanders' deposits and the honest trade stay, and the index holds exactly what is pending
+    assert len(app.mempool) >= 1 + 3 * 200
+    assert app.mempool.held == {k: {n for (a, n) in app.mempool.nonces if a == k}
+                                for k in {a for a, _ in app.mempool.nonces}}
+
+
+def test_the_per_account_index_follows_every_mutator():
+    c, items = crowd_with_tails(4, random.Random(7))
+    pool = Mempool()
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=100_000)
+    assert app.submit_many(items) == [""] * len(items)
+    for digest, pending in dict.items(app.mempool):
+        pool[digest] = pending
+    rng = random.Random(1)
+    digests = list(pool)
+    for step in range(400):
+        d = rng.choice(digests)
+        if d in pool and rng.random() < 0.6:
+            (pool.pop(d) if step % 3 else pool.__delitem__(d))
+        else:
+            pool[d] = app.mempool[d]
+        want: dict = {}
+        for (a, n) in pool.nonces:
+            want.setdefault(a, set()).add(n)
+        assert pool.held == want
+    pool.popitem()
+    pool.clear()
+    assert pool.held == {} and pool.nonces == {}
+
+
+def test_a_registration_and_a_mark_hold_no_nonce():
+    c, _ = short_crowd(1)
+    sk, ks = users(9, 1)
+    app = ClearingApp(Verifier("accel", "cpu"), c.snapshot())
+    body = ctx.register(ks[0], app.chain_id)
+    assert app.submit_many([signed(body, [sk[0]])]) == [""]
+    assert hashlib.sha256(body).digest() in app.mempool and app.mempool.held == {}
