@@ -334,12 +334,13 @@ def cmd_testnet(args) -> int:
     paths = write_network(Path(args.out), hosts, args.port, None if args.no_rpc else args.rpc_port,
                           None if args.no_metrics else args.metrics_port, args.data_root, args.listen_on_address,
                           args.app, args.validation, args.txs_per_block, args.base_timeout_ms, args.load,
-                          args.chain_id)
+                          args.chain_id, args.oracles, args.oracle_quorum)
     for i, (host, path) in enumerate(zip(hosts, paths)):
         print(f"validator {i} on {host}: {path} (copy it there; it holds the validator's secret seed)")
-    oracles = json.loads((Path(args.out) / "network.json").read_text())["oracles"]
+    network = json.loads((Path(args.out) / "network.json").read_text())
+    oracles = network["oracles"]
     if oracles:
-        print(f"oracle key files (a quorum of 2 signs each mark: accel tx mark --oracle FILE ...): "
+        print(f"oracle key files (a quorum of {network['oracle_quorum']} signs each mark: accel tx mark --oracle FILE ...): "
               f"{', '.join(str(Path(args.out) / o['key_file']) for o in oracles)} (give each to whoever runs "
               "that oracle, never to a validator's host)")
     print(f"public keys, addresses and API URLs: {Path(args.out) / 'network.json'}; "
@@ -633,6 +634,10 @@ def parser() -> argparse.ArgumentParser:
                     help="none (default): only client transactions; builtin: the market's generated load")
     tn.add_argument("--chain-id", type=_chain_id, metavar="ID",
                     help="clearing: the network's chain id, signed into every transaction (default: drawn at random)")
+    tn.add_argument("--oracles", type=_positive, metavar="M",
+                    help="clearing, --load none: how many oracle keys to write (default 3)")
+    tn.add_argument("--oracle-quorum", type=_positive, metavar="Q",
+                    help="clearing, --load none: how many of the oracles sign each mark (default 2, at most M)")
     tn.set_defaults(fn=cmd_testnet)
     kg = sub.add_parser("keygen", help="write a new Ed25519 key file for the client API",
                         description="Write a new Ed25519 signing key ({\"seed\", \"public_key\"} in hex, mode 0600) "

@@ -104,17 +104,17 @@ def toml_string(value) -> str:
     return '"' + "".join(out) + '"'
 
 
-def write_oracles(directory: Path, force: bool = False) -> list[SigningKey]:
-    """ORACLE_COUNT new oracle keys, oracle<j>.json in directory: key files (mode 0600) that
+def write_oracles(directory: Path, force: bool = False, count: int = ORACLE_COUNT) -> list[SigningKey]:
+    """count new oracle keys, oracle<j>.json in directory: key files (mode 0600) that
     `accel tx mark --oracle` signs with; an existing one is replaced only with force."""
     from .client import write_key
-    return [write_key(Path(directory) / f"oracle{j}.json", force=force) for j in range(ORACLE_COUNT)]
+    return [write_key(Path(directory) / f"oracle{j}.json", force=force) for j in range(count)]
 
 
-def oracle_table(oracles: list[SigningKey]) -> str:
-    """The [clearing] table naming these oracles' public keys and ORACLE_QUORUM."""
+def oracle_table(oracles: list[SigningKey], quorum: int = ORACLE_QUORUM) -> str:
+    """The [clearing] table naming these oracles' public keys and their quorum."""
     keys = [bytes(k.verify_key).hex() for k in oracles]
-    return f"\n[clearing]\noracles = {json.dumps(keys)}\noracle_quorum = {ORACLE_QUORUM}\n"
+    return f"\n[clearing]\noracles = {json.dumps(keys)}\noracle_quorum = {quorum}\n"
 
 
 def write_configs(directory: Path, validators: int, txs: int, validation: str, delay_ms: float,
@@ -449,14 +449,17 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
                   metrics_port: int | None = 9464, data_root: str = "/var/lib/accel-validator",
                   listen_on_address: bool = False, app: str = "clearing", validation: str = "accel",
                   txs: int = 1000, base_timeout_ms: float = 1000.0, load: str = "none",
-                  chain_id: int | None = None) -> list[Path]:
+                  chain_id: int | None = None, oracles: int | None = None,
+                  oracle_quorum: int | None = None) -> list[Path]:
     """`accel testnet`: the files of a network of len(hosts) validators on other machines, as
     `cometbft testnet` writes them: node<i>.toml for the validator on hosts[i] (its secret seed
     inside, mode 0600), every peer at host:port, the client API and metrics on their ports, data
     under data_root/node<i>, and network.json (keys, addresses, API URLs: nothing secret).
     Validator i binds 0.0.0.0 (listen_on_address: its own host, for several on one machine).
-    A clearing network with load = "none" gets new oracles: their key files oracle<j>.json (mode
-    0600, for whoever runs each oracle), their public keys and quorum in every validator's file.
+    A clearing network with load = "none" gets `oracles` new oracles (None: ORACLE_COUNT), any
+    `oracle_quorum` of whom sign a mark (None: ORACLE_QUORUM, or all of them if fewer): their key
+    files oracle<j>.json (mode 0600, for whoever runs each oracle), their public keys and quorum
+    in every validator's file.
     chain_id (clearing): the network's, drawn at random when None, so that transactions signed for
     this network are refused on any other sharing its clients' keys."""
     if len(hosts) < 4:
@@ -494,6 +497,17 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         raise ValueError(f"--chain-id {chain_id}: the clearing app's (transactions of --app {app} carry none)")
     if app == "clearing" and chain_id is None:
         chain_id = int.from_bytes(os.urandom(4), "big")
+    own_oracles = app == "clearing" and load == "none"
+    for name, value in (("--oracles", oracles), ("--oracle-quorum", oracle_quorum)):
+        if value is not None and not own_oracles:
+            raise ValueError(f"{name} {value}: only a clearing network with --load none has oracles of its own "
+                             "(the built-in load signs its marks with the demo's)")
+        if value is not None and not (isinstance(value, int) and 1 <= value <= 255):
+            raise ValueError(f"{name} {value!r}: give 1..255 (a mark lists at most 255 signers)")
+    count = ORACLE_COUNT if oracles is None else oracles
+    quorum = min(ORACLE_QUORUM, count) if oracle_quorum is None else oracle_quorum
+    if quorum > count:
+        raise ValueError(f"--oracle-quorum {quorum}: more than the {count} oracles (--oracles)")
     seeds = [os.urandom(32) for _ in hosts]
     keys = [bytes(SigningKey(s).verify_key).hex() for s in seeds]
     addresses = [f"{h}:{port}" for h in hosts]
@@ -501,7 +515,7 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
     # fast as it could: ~20 GB of store, events and log a day per validator); below half the
     # view timeout, which the node requires
     idle = min(500.0, 0.4 * base_timeout_ms) if load == "none" else 0.0
-    oracles = write_oracles(directory) if app == "clearing" and load == "none" else []
+    oracles = write_oracles(directory, count=count) if own_oracles else []
     paths = []
     for i, (host, seed) in enumerate(zip(hosts, seeds)):
         # an IPv6 network binds "::" (both families on Linux): "0.0.0.0" takes IPv4 only, and
@@ -518,7 +532,7 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
                 + (f"empty_block_interval_ms = {idle}\n" if idle else "") + "\n"
                 "[network]\n"
                 f"keys = {json.dumps(keys)}\naddresses = {json.dumps(addresses)}\n"
-                + (oracle_table(oracles) if oracles else ""))
+                + (oracle_table(oracles, quorum) if oracles else ""))
         if rpc_port is not None:
             text += f"\n[rpc]\nlisten = \"{bind}:{rpc_port}\"\n"
         if metrics_port is not None:
@@ -532,7 +546,7 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         "chain_id": chain_id if app == "clearing" else None,
         "oracles": [{"index": j, "public_key": bytes(k.verify_key).hex(), "key_file": f"oracle{j}.json"}
                     for j, k in enumerate(oracles)],
-        "oracle_quorum": ORACLE_QUORUM if oracles else None,
+        "oracle_quorum": quorum if oracles else None,
         "validators": [{"index": i, "host": h, "public_key": k, "address": a,
                         "rpc": f"http://{_url_host(h)}:{rpc_port}" if rpc_port is not None else None,
                         "metrics": f"http://{_url_host(h)}:{metrics_port}/metrics" if metrics_port is not None

@@ -235,6 +235,10 @@ def _check_oracles(path, text: str, cfg: "NodeConfig") -> None:
         if not key_is_safe(key):
             raise ConfigError(f"{where}: [clearing] oracles[{i}] {key.hex()} is not an oracle key: not a canonical "
                               "encoding of a curve point, or of small order (anyone could sign for it)")
+        if key in cfg.keys:
+            raise ConfigError(f"{where}: [clearing] oracles[{i}] is [network] keys[{cfg.keys.index(key)}], a validator's "
+                              "key: an oracle signs with a key of its own (whoever holds a validator's seed would "
+                              "also move every margin)")
         if key in PUBLISHED_KEYS or key in _guessable_keys():
             raise ConfigError(f"{where}: [clearing] oracles[{i}] {key.hex()} is a key whose seed is published or "
                               "guessable (the built-in load's oracles, RFC 8032's test keys, one byte repeated): "
@@ -1035,7 +1039,16 @@ class NodeRunner:
                 "peers": {"connected": len(self.peers_connected(now)), "validators": len(self.cfg.keys) - 1,
                           "last_heard_s": {str(i): round(now - at, 3) for i, at in sorted(self.peers_seen.items())}},
                 "mempool": len(self.app.mempool), "seconds_since_commit": round(now - self.last_commit, 3),
-                "committed_since_start": self.committed_since_start, "txs_submitted": self.submitted}
+                "committed_since_start": self.committed_since_start, "txs_submitted": self.submitted} | self._oracles()
+
+    def _oracles(self) -> dict:
+        """clearing: the oracles whose quorum signs the marks, as this validator's genesis names them
+        (an operator compares them with what the oracles' operators hold; network_id only tells
+        that two validators differ)."""
+        clearing = getattr(getattr(self.app, "genesis", None), "clearing", None)
+        if clearing is None:
+            return {}
+        return {"oracles": {"keys": [bytes(k).hex() for k in clearing.oracles], "quorum": clearing.quorum}}
 
     def unhealthy(self) -> str:
         """Why this validator is not making progress ("" when it is)."""
