@@ -697,10 +697,10 @@ class Core:
         return self._propose(self.view)
 
     def _idle(self, parent: Block) -> bool:
-        """Nothing to propose: the mempool holds nothing, no uncommitted block up to the high
-        QC's (parent) holds transactions (it needs successors, in consecutive views, to commit),
-        nor does the parent's parent (committed by the high QC here, the others learn it only
-        from the QC in this view's proposal)."""
+        """Nothing to propose: the app has nothing a proposal may take (has_pending), no
+        uncommitted block up to the high QC's (parent) holds transactions (it needs successors,
+        in consecutive views, to commit), nor does the parent's parent (committed by the high QC
+        here, the others learn it only from the QC in this view's proposal)."""
         has_pending = getattr(self.app, "has_pending", None)
         if has_pending is None or has_pending():
             return False

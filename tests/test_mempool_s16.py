@@ -138,3 +138,38 @@ def test_a_registration_and_a_mark_hold_no_nonce():
     body = ctx.register(ks[0], app.chain_id)
     assert app.submit_many([signed(body, [sk[0]])]) == [""]
     assert hashlib.sha256(body).digest() in app.mempool and app.mempool.held == {}
+
+
+# ---- has_pending: a leader whose last proposal came out empty paces its empty blocks -------------
+
+
+def test_a_mempool_no_proposal_takes_from_counts_as_idle_until_something_changes():
+    """has_pending() was len(mempool) > 0: whatever stayed pending that no proposal took kept
+    Config.empty_block_interval_ms off, and the network committed empty blocks as fast as it
+    could. Now a proposal that comes out empty marks the mempool barren until a transaction is
+    admitted or a block of transactions commits."""
+    from tests.test_clearing_columns import funded_genesis
+    from tests.test_clearing_properties import K, USERS, block_of
+    app = ClearingApp(Verifier("accel", "cpu"), funded_genesis())
+    first = signed(ctx.deposit(K[0], 2, "USD", USD), [USERS[0]])
+    assert not app.has_pending() and app.submit_many([first]) == [""] and app.has_pending()
+    digest = hashlib.sha256(first[0]).digest()
+    txs, _ = app.propose(app.genesis, {digest})  # (it sits in an uncommitted block: excluded)
+    assert len(txs) == 0 and len(app.mempool) == 1
+    assert not app.has_pending()
+    second = signed(ctx.deposit(K[1], 2, "USD", USD), [USERS[1]])
+    assert app.submit_many([second]) == [""] and app.has_pending()  # admitted: a proposal may take it
+    txs, state = app.propose(app.genesis, {digest})
+    assert len(txs) == 1 and app.has_pending()  # (a block with something: not barren)
+    txs, _ = app.propose(app.genesis, {digest, hashlib.sha256(second[0]).digest()})
+    assert len(txs) == 0 and not app.has_pending()
+    # a block of transactions committed: what the last proposal could not apply may apply now
+    other = signed(ctx.deposit(K[2], 2, "USD", USD), [USERS[2]])
+    peer = ClearingApp(Verifier("accel", "cpu"), funded_genesis())
+    assert peer.submit_many([other]) == [""]
+    block_txs, block_state = peer.propose(peer.genesis, set())
+    block = block_of(block_txs, app.genesis.root, block_state.root, app)
+    app.committed(block, app.validate(app.genesis, block, ((), (), ())).state)
+    assert app.has_pending()
+    app.mempool = dict(app.mempool)  # (a mempool assigned whole: nothing known of it)
+    assert app.has_pending()
