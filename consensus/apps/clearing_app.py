@@ -399,8 +399,8 @@ class Mempool(dict):
     """sha256(body) -> Pending in arrival order (a dict: every read is a dict's), which also keeps,
     on every insertion and removal, each owner's pending count (_owner_of), a max-heap of the owners
     by weight (`weight`: ClearingApp._weight), a max-heap of each owner's transactions by _place,
-    who holds what a commit can make stale (`holders`, _touches), and each underlying's marks in
-    arrival order (`marks`): ClearingApp.submit_many finds the heaviest account and its last
+    who holds what a commit can make stale (`holders`, _touches), each account's pending nonces
+    (`held`: _evict_short), and each underlying's marks in arrival order (`marks`): ClearingApp.submit_many finds the heaviest account and its last
     transaction in O(log n), ClearingApp.committed looks only at the transactions that share a
     nonce or an underlying with the block, and a proposal finds the marks it moves ahead
     (_quorum_marks_ahead) without reading the rest. Heap
