@@ -1276,6 +1276,10 @@ class Core:
         # so a leader restarted in the view does not propose it again with another mempool
         at = max((i + 1 for i, a in enumerate(out) if isinstance(a, Persist) and a.safety.last_voted_view >= view),
                  default=0)
+        if not at:  # its own check refused or raised (logged): sent, the block could commit with no
+            # record of the view here, and a leader restarted in it would sign a second block of it
+            self.counters["own_proposal_refused"] += 1
+            return out
         rearm = []
         if self.idle_view == view:  # it waited in its view: the view's timer starts again
             self.rearmed = view

@@ -42,7 +42,7 @@ class _Dropped:
     def collect(self):
         family = CounterMetricFamily("accel_input_dropped", "Messages from peers the consensus core dropped or "
                                      "refused, by reason (a check they failed; none is this validator's error but "
-                                     "propose_error, its own proposal's)",
+                                     "propose_error and own_proposal_refused, its own proposal's)",
                                      labels=["reason"])
         core = getattr(self.node, "core", None)
         # dict.copy runs in C under the GIL: no "changed size during iteration" against the
