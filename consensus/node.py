@@ -706,15 +706,32 @@ def _after_fork_in_child() -> None:
     closed; the parent's lock stands): a child that outlived its parent (killed by SIGKILL) held
     the lock, and the validator's restart was refused as "in use" by a process long dead."""
     for store in list(_locked_stores):
-        if store.lock >= 0:
-            try:
-                os.close(store.lock)
-            except OSError:
-                pass
-            store.lock = -1
+        for name in ("lock", "dir_lock"):
+            fd = getattr(store, name, -1)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(store, name, -1)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _in_use(holder: str) -> DataDirInUse:
+    if holder == str(os.getpid()):  # a NodeRunner of this process whose store was never closed
+        return DataDirInUse(f"in use by this process (pid {holder}): an earlier validator here did not close its store")
+    return DataDirInUse(f"in use by another validator process (pid {holder}); stop it first")
+
+
+def _read_pid(path: Path) -> str:
+    """The pid a validator.lock holds, in words ("unknown" where it cannot be read)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(32).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 class LockedStore(Store):
@@ -726,21 +743,39 @@ class LockedStore(Store):
     view is overwritten can vote twice in one view, and two validators' blocks interleaved."""
 
     def __init__(self, data_dir: Path):
-        self.lock = -1
+        self.lock = self.dir_lock = -1
+        # the directory itself is locked too: validator.lock reads like a stale pid file, and one
+        # removed while its validator ran let a second process open the store (review s16); a
+        # filesystem that locks no directory keeps the file's lock alone
+        try:
+            self.dir_lock = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self.dir_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.dir_lock)
+            self.dir_lock = -1
+            raise _in_use(_read_pid(data_dir / "validator.lock")) from None
+        except OSError:
+            if self.dir_lock >= 0:
+                os.close(self.dir_lock)
+            self.dir_lock = -1
         # not followed if a link: the file is truncated to hold the pid (a validator.lock linked to
         # another file emptied that file)
-        self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                0o600)
+        except BaseException:
+            self._unlock_dir()
+            raise
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(self.lock, 32).decode(errors="replace").strip() or "unknown"
             os.close(self.lock)
-            if holder == str(os.getpid()):  # a NodeRunner of this process whose store was never closed
-                raise DataDirInUse(f"in use by this process (pid {holder}): an earlier validator here did not "
-                                   "close its store") from None
-            raise DataDirInUse(f"in use by another validator process (pid {holder}); stop it first") from None
+            self._unlock_dir()
+            raise _in_use(holder) from None
         except OSError as exc:
             os.close(self.lock)
+            self._unlock_dir()
             if exc.errno in NO_LOCKS:  # was "is not a writable directory: No locks available"
                 raise DataDirInUse(f"its filesystem takes no file lock ({exc.strerror}), so two processes could "
                                    "write one validator's votes; put data_dir on a local filesystem") from None
@@ -752,7 +787,13 @@ class LockedStore(Store):
             super().__init__(data_dir / "validator.db")
         except BaseException:
             os.close(self.lock)  # the lock goes with it
+            self._unlock_dir()
             raise
+
+    def _unlock_dir(self) -> None:
+        if self.dir_lock >= 0:
+            os.close(self.dir_lock)
+            self.dir_lock = -1
 
     def close(self) -> None:
         try:
@@ -761,6 +802,7 @@ class LockedStore(Store):
             if self.lock >= 0:
                 os.close(self.lock)
                 self.lock = -1
+            self._unlock_dir()
 
 
 class NodeRunner:
@@ -772,9 +814,14 @@ class NodeRunner:
             self.store = LockedStore(cfg.data_dir)
         except DataDirInUse as exc:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: {exc}") from None
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:  # (store.environmental: a damaged store is a StoreError)
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: cannot open its "
+                               f"store ({exc}): the disk is full, read-only or failing, or another program holds "
+                               "validator.db; the store is not damaged: free space or stop that program, and start "
+                               "again (do not remove the data directory: the validator would forget its votes)") from None
+        except OSError as exc:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
-                               f"writable directory: {getattr(exc, 'strerror', None) or exc}") from None
+                               f"writable directory: {exc.strerror or exc}") from None
         try:
             self._claim_data_dir(cfg, where)
             self._open(cfg, where)

@@ -38,6 +38,27 @@ class StoreError(RuntimeError):
     """The store does not hold what this validator must have written (one line, with heights)."""
 
 
+# SQLite's primary result codes of a store that is intact but cannot be used now: busy, locked,
+# out of memory, read-only, I/O error, full, cannot open (the disk, or another program)
+_ENVIRONMENTAL = {5, 6, 7, 8, 10, 13, 14}
+
+
+def environmental(exc: sqlite3.Error) -> bool:
+    """Whether exc is the disk's or another program's doing (a full or read-only disk, a file
+    another process holds locked), not a damaged store: free space or stop that program and start
+    again; removing the data directory would forget this validator's votes."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _ENVIRONMENTAL
+
+
+def _overwritten(held, written) -> str:
+    """Why save_safety refuses: the safety row is not what this process last wrote or read."""
+    view = held[0] if held is not None else "none"
+    return (f"the stored safety state changed under this validator (last voted view {view}, this process wrote "
+            f"{written[0] if written is not None else 'none'}): another process writes to this data_dir (its "
+            "validator.lock was removed?); stop every validator process using it, then start one")
+
+
 def _damaged(exc: sqlite3.DatabaseError) -> StoreError:
     return StoreError(f"the store does not read back ({exc}): its file is damaged; restore a backup, or remove the "
                       "data directory to start again (from the genesis, or from a peer's snapshot with state_sync)")
@@ -109,8 +130,12 @@ class Store:
             for statement in _TABLES + _TRIGGERS + _RETIRED:
                 self.db.execute(statement)
             self._index_tail()
+            # the safety row as this process last wrote or read it (save_safety: nobody else writes it)
+            self._written = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
         except sqlite3.Error as exc:
             self._rollback()
+            if environmental(exc):  # (the disk or another program, not the store: intact, nothing to repair)
+                raise
             raise StoreError(f"the store could not be opened ({exc}): if its schema is damaged, restore a backup, "
                              "or remove the data directory to start again") from None
         self._kept = {_id(r[0], "an uncommitted row") for r in self.db.execute("SELECT id FROM uncommitted")}
@@ -165,25 +190,32 @@ class Store:
             self.seal.arm(self.db)
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            held = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
+            if held != self._written:
+                raise StoreError(_overwritten(held, self._written))
+            if held is not None and isinstance(held[0], int) and safety.last_voted_view < held[0]:
+                raise StoreError(f"refusing to lower the stored last voted view from {held[0]} to "
+                                 f"{safety.last_voted_view}: this validator could vote twice in a view")
             for p in new:
                 self.db.execute("INSERT OR IGNORE INTO uncommitted VALUES (?, ?, ?)",
                                 (p.block.id, p.block.height, messages.encode(p)))
-            state = self._write_safety(safety)
+            row, state = self._write_safety(safety)
             self.db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+        self._written = row
         self._kept.update(p.block.id for p in new)
         if self.seal is not None:
             self.seal.write(state)
 
     def _write_safety(self, safety: Safety) -> tuple:
-        """The safety row and its digest (inside the caller's transaction); the row's seal state."""
+        """The safety row and its digest (inside the caller's transaction); (the row, its seal state)."""
         qc = messages.encode_qc(safety.high_qc)
         self.db.execute("INSERT OR REPLACE INTO safety VALUES (1, ?, ?)", (safety.last_voted_view, qc))
         self.db.execute("INSERT OR REPLACE INTO safety_check VALUES (1, ?)",
                         (_safety_digest(safety.last_voted_view, qc),))
-        return safety.last_voted_view, safety.high_qc.view
+        return (safety.last_voted_view, qc), (safety.last_voted_view, safety.high_qc.view)
 
     def safety(self) -> Safety | None:
         """The safety state, with the uncommitted blocks stored above the committed chain."""
@@ -248,13 +280,20 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO committed_ids_top VALUES (1, ?)", (top,))
 
     def _index_tail(self) -> None:
-        """Index the committed ids above the id index's top (at open): those of the batch a stop
-        cut short (at most ID_BATCH - 1), or, in a store an older release wrote (or wrote to),
-        every one it committed (once: ~1 s per million blocks)."""
+        """The committed ids above the id index's top (at open): those of the batch a stop cut
+        short (at most ID_BATCH - 1) are read into _unindexed, as if never stopped (written, they
+        made nearly every start write: on a full disk, or with another program holding the file,
+        the start failed as if the store were damaged); in a store an older release wrote (or
+        wrote to), every one it committed is indexed (once: ~1 s per million blocks)."""
         row = self.db.execute("SELECT height FROM committed_ids_top").fetchone()
         indexed = row[0] if row is not None and type(row[0]) is int else 0
         top = self.top_height()
         if top <= indexed:
+            return
+        if top - indexed < ID_BATCH:
+            for height, block_id in self.db.execute("SELECT height, id FROM committed WHERE height > ?", (indexed,)):
+                if isinstance(height, int):  # (a damaged page's rows: see committed_ids)
+                    self._unindexed[_id(block_id, f"the committed row at height {height}")] = height
             return
         self.db.execute("BEGIN IMMEDIATE")
         self.db.execute("INSERT OR REPLACE INTO committed_ids SELECT id, height FROM committed WHERE height > ? "
@@ -304,11 +343,12 @@ class Store:
         try:
             self.db.execute("INSERT INTO committed VALUES (?, ?, ?)", (b.height, b.id, messages.encode(proposal)))
             self.db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?)", (b.height, b.id, b.state_root, txs, blob))
-            state = self._write_safety(safety) if safety is not None else None
+            row, state = self._write_safety(safety) if safety is not None else (self._written, None)
             self.db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+        self._written = row
         self._unindexed[b.id] = b.height
         if state is not None and self.seal is not None:
             self.seal.write(state)

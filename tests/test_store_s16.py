@@ -1,0 +1,177 @@
+"""Review s16 (crash and recovery) of the store:
+1. validator.lock, the file LockedStore locked, reads like a stale pid file: removed while its
+   validator ran, a second process opened the data_dir, and its save_safety wrote a lower last
+   voted view over the first one's (the first, restarted, could vote twice in a view). Now the
+   directory itself is locked too, and save_safety refuses a safety row that changed under it
+   (another writer) or a lower last voted view.
+2. Every start after a stop wrote the id index's tail (_index_tail): on a full disk, or with
+   another program holding the database's write lock, the start failed as a damaged store, with
+   the advice to remove the data directory (which forgets the validator's votes). Now the tail is
+   read into memory, and an error of the disk or of another program is said to be one."""
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from consensus import store as store_module
+from consensus.core import Safety
+from consensus.messages import QC
+from consensus.node import DataDirInUse, LockedStore, NodeConfig, NodeRunner, StartupError
+from consensus.sim import Simulation
+from consensus.store import Store, StoreError
+
+HOLD = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from consensus.core import Safety
+    from consensus.messages import QC
+    from consensus.node import LockedStore
+    s = LockedStore(Path(sys.argv[1]))
+    s.save_safety(Safety(10, QC(bytes([9]) * 32, 9, 1), ()))
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_a_data_dir_whose_lock_file_was_removed_is_still_refused_to_a_second_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(DataDirInUse, match=f"pid {holder.pid}"):
+            LockedStore(tmp_path)
+        os.unlink(tmp_path / "validator.lock")  # taken for a stale pid file
+        with pytest.raises(DataDirInUse, match="in use by another validator process"):
+            LockedStore(tmp_path)
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    store = LockedStore(tmp_path)  # its holder gone, the data_dir opens, its votes as they were
+    try:
+        assert store.safety().last_voted_view == 10
+    finally:
+        store.close()
+
+
+def test_a_forked_child_does_not_keep_the_directory_locked(tmp_path):
+    store = LockedStore(tmp_path)
+    pid = os.fork()
+    if pid == 0:  # the child: its copies of the locks are closed at the fork
+        os._exit(0 if store.lock == -1 and store.dir_lock == -1 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    store.close()
+    LockedStore(tmp_path).close()  # (released by close)
+
+
+def test_save_safety_refuses_a_row_another_writer_changed_or_a_lower_view(tmp_path):
+    path = tmp_path / "validator.db"
+    first, second = Store(path), Store(path)
+    try:
+        first.save_safety(Safety(10, QC(bytes([9]) * 32, 9, 1), ()))
+        for view in (5, 11):  # whatever the other one writes, it writes over a row it never read
+            with pytest.raises(StoreError, match="another process writes to this data_dir"):
+                second.save_safety(Safety(view, QC(bytes([4]) * 32, 4, 1), ()))
+        first.save_safety(Safety(12, QC(bytes([9]) * 32, 9, 1), ()))  # (the first goes on)
+        with pytest.raises(StoreError, match="refusing to lower the stored last voted view from 12 to 11"):
+            first.save_safety(Safety(11, QC(bytes([9]) * 32, 9, 1), ()))
+        assert first.safety().last_voted_view == 12
+    finally:
+        first.close()
+        second.close()
+    reopened = Store(path)
+    try:
+        assert reopened.safety().last_voted_view == 12
+        reopened.save_safety(Safety(13, QC(bytes([9]) * 32, 9, 1), ()))  # (a store opened again writes on)
+    finally:
+        reopened.close()
+
+
+def _stopped_store(tmp_path, blocks=12):
+    sim = Simulation(n=4, seed=3, txs_per_block=5, validation="software")
+    sim.durable("v1", tmp_path / "validator.db", snapshot_every=4)
+    sim.load(60)
+    sim.run(blocks=blocks)
+    store = sim._node("v1").store
+    ids = store.committed_ids()
+    assert 0 < len(ids) < store_module.ID_BATCH  # (a tail the id index has not taken: as after any stop)
+    store.close()
+    return tmp_path / "validator.db", ids
+
+
+def test_opening_a_store_writes_nothing_and_finds_the_tail(tmp_path, monkeypatch):
+    path, ids = _stopped_store(tmp_path)
+    real = store_module._Connection.execute
+
+    def full(self, *args):  # SQLite's answer to any write on a full disk
+        if str(args[0]).lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE", "BEGIN IMMEDIATE", "CREATE",
+                                                       "DROP")) and "IF NOT EXISTS" not in str(args[0]).upper() \
+                and "IF EXISTS" not in str(args[0]).upper():
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, *args)
+    monkeypatch.setattr(store_module._Connection, "execute", full)
+    store = Store(path)
+    try:
+        assert [store.committed_height_of(i) for i in ids] == list(range(1, len(ids) + 1))
+        assert store.safety() is not None
+    finally:
+        store.close()
+
+
+def test_another_program_holding_the_write_lock_does_not_stop_the_start(tmp_path):
+    path, ids = _stopped_store(tmp_path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        store = Store(path)
+        try:
+            assert store.committed_height_of(ids[-1]) == len(ids)
+        finally:
+            store.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def _sqlite_error(text: str, code: int) -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError(text)
+    exc.sqlite_errorcode = code
+    return exc
+
+
+@pytest.mark.parametrize("text,code", [("database or disk is full", 13), ("database is locked", 5),
+                                       ("disk I/O error", 10 | (3 << 8)), ("attempt to write a readonly database", 8)])
+def test_a_disk_or_another_programs_error_at_start_is_said_to_be_one(tmp_path, monkeypatch, text, code):
+    from consensus.localnet import write_configs
+    path = write_configs(tmp_path, 4, 5, "software", 0.0, 1000.0, app="kv")[0]
+    real = store_module._Connection.execute
+
+    def failing(self, *args):
+        if str(args[0]).lstrip().upper().startswith("CREATE TABLE"):
+            raise _sqlite_error(text, code)
+        return real(self, *args)
+    monkeypatch.setattr(store_module._Connection, "execute", failing)
+    with pytest.raises(StartupError) as caught:
+        NodeRunner(NodeConfig.load(path))
+    message = str(caught.value)
+    assert text in message and "the store is not damaged" in message and "do not remove" in message
+    monkeypatch.setattr(store_module._Connection, "execute", real)
+    NodeRunner(NodeConfig.load(path)).close()  # (nothing held: the data_dir opens once the disk is back)
+
+
+def test_a_damaged_schema_at_start_is_still_a_damaged_store(tmp_path, monkeypatch):
+    path, _ = _stopped_store(tmp_path)
+    real = store_module._Connection.execute
+
+    def damaged(self, *args):
+        if str(args[0]).lstrip().upper().startswith("CREATE TABLE"):
+            raise _sqlite_error("malformed database schema (committed)", 11)  # SQLITE_CORRUPT
+        return real(self, *args)
+    monkeypatch.setattr(store_module._Connection, "execute", damaged)
+    with pytest.raises(StoreError, match="restore a backup, or remove the data directory"):
+        Store(path)
