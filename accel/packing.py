@@ -21,11 +21,23 @@ class Packed(NamedTuple):
 
     @classmethod
     def join(cls, parts) -> "Packed":
-        """One Packed from several, in order (array concatenation, no per-item work)."""
-        parts = list(parts)
-        datas = [p.data for p in parts]
+        """One Packed from several, in order (array concatenation, no per-item work). Each part is
+        checked as the batch APIs check a Packed (uint8 data, uint64 offsets from 0 to the data's
+        length, never decreasing); a ValueError names the first bad part, a TypeError a part that
+        is not a Packed. (Unchecked, each part's first offset was dropped and its last never
+        compared with its data: two malformed parts joined into a well-formed batch cut in other
+        places, and int64 offsets came out as float64.)"""
+        checked = []
+        for i, p in enumerate(parts):
+            if not isinstance(p, Packed):
+                raise TypeError(f"Packed.join: part {i} is a {type(p).__name__}, not a Packed")
+            try:
+                checked.append(_check_packed(p, "message"))
+            except ValueError as exc:
+                raise ValueError(f"Packed.join: part {i}: {exc}") from None
+        datas = [d for d, _ in checked]
         sizes = np.cumsum([0] + [len(d) for d in datas[:-1]], dtype=np.uint64)
-        offsets = np.concatenate([np.zeros(1, np.uint64)] + [p.offsets[1:] + base for p, base in zip(parts, sizes)])
+        offsets = np.concatenate([np.zeros(1, np.uint64)] + [o[1:] + base for (_, o), base in zip(checked, sizes)])
         return cls(np.concatenate(datas) if datas else np.zeros(0, np.uint8), offsets)
 
     def __len__(self) -> int:

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, KernelError
+from .base import (C_TYPES, KERNEL_DIR, Backend, BackendUnavailable, KernelError, kernel_params, param,
+                   parse_params)
 
 
 # libgomp does not survive fork(): a child's first parallel region after the parent has run one
@@ -38,12 +39,36 @@ def _load():
     return _native
 
 
-def _kinds(cname: str) -> str:
-    """The NumPy dtype kinds an array for a C item type may have: the item size alone let a float64
-    or a negative int64 stand for uint64_t offsets, read as offsets 4.6e18 bytes away (SIGSEGV)."""
-    if cname in ("double", "float"):
-        return "f"
-    return "ub" if cname.startswith("uint") else "i"
+def _declared(kernel: str):
+    """av_<kernel>'s parameters as declared in source (for their names and which buffers the
+    kernel writes): native/*.h of a source checkout (what cffi compiled), else kernels/*.h; None
+    where neither can be read."""
+    native = KERNEL_DIR.parent / "native"  # beside kernels/ in a source checkout only
+    try:
+        for path in sorted(native.glob("*.h")):
+            found = parse_params(kernel, path.read_text())
+            if found is not None:
+                return found
+        return kernel_params(kernel)
+    except (KernelError, OSError):
+        return None
+
+
+def _params(kernel: str, ctypes) -> tuple:
+    """The Params of the C function's arguments before n (cffi's types: the C fallback takes
+    exactly these), with the names and constness its declaration gives where they agree."""
+    params = []
+    for ctype in ctypes:
+        pointer = ctype.kind == "pointer"
+        portable = C_TYPES.get((ctype.item if pointer else ctype).cname)
+        if portable is None:
+            raise KernelError(f"av_{kernel}: the C fallback's parameter type {ctype.cname} has no NumPy counterpart")
+        params.append(param(portable, pointer, True, shown=ctype.cname, convert=int))
+    declared = _declared(kernel)
+    if declared is not None and [(d.kinds, d.itemsize, d.buffer) for d in declared] == \
+            [(p.kinds, p.itemsize, p.buffer) for p in params]:
+        params = [p._replace(name=d.name, writes=d.writes) for p, d in zip(params, declared)]
+    return tuple(params)
 
 
 class CpuBackend(Backend):
@@ -66,8 +91,9 @@ class CpuBackend(Backend):
         return buffer
 
     def _signature(self, kernel):
-        """(function, (C type name, array type or None, item size) per argument before n), looked
-        up once per kernel: a clearing block launches the same kernel dozens of times on small batches."""
+        """(function, Params of the arguments before n, cffi array type or None per argument),
+        looked up once per kernel: a clearing block launches the same kernel dozens of times on
+        small batches."""
         found = self._signatures.get(kernel)
         if found is None:
             try:
@@ -75,29 +101,22 @@ class CpuBackend(Backend):
             except AttributeError:
                 raise KernelError(f"the C fallback has no av_{kernel}; rebuild with `pip install -e .`") from None
             ffi = self._ffi
-            params = tuple((ctype.cname, ffi.typeof(ffi.getctype(ctype.item, "[]")), ffi.sizeof(ctype.item),
-                            _kinds(ctype.item.cname))
-                           if ctype.kind == "pointer" else (ctype.cname, None, None, None)
-                           for ctype in ffi.typeof(fn).args[:-1])
-            found = self._signatures[kernel] = fn, params
+            ctypes = ffi.typeof(fn).args[:-1]
+            array_types = tuple(ffi.typeof(ffi.getctype(c.item, "[]")) if c.kind == "pointer" else None
+                                for c in ctypes)
+            found = self._signatures[kernel] = fn, _params(kernel, ctypes), array_types
         return found
 
     def launch(self, kernel, n, *args, group=None):
-        fn, params = self._signature(kernel)
-        if len(args) != len(params):
-            raise KernelError(f"av_{kernel} takes {len(params)} arguments before n, got {len(args)}")
-        cargs = []
-        for pos, ((cname, array_type, itemsize, kinds), arg) in enumerate(zip(params, args)):
-            if isinstance(arg, np.ndarray):
-                if array_type is None or not arg.flags.c_contiguous:
-                    raise KernelError(f"av_{kernel} argument {pos}: expected a contiguous {cname} buffer")
-                if arg.dtype.itemsize != itemsize or arg.dtype.kind not in kinds:
-                    raise KernelError(f"av_{kernel} argument {pos}: {arg.dtype} array passed as {cname}")
-                cargs.append(self._ffi.from_buffer(array_type, arg, require_writable=False))
-            else:
-                cargs.append(arg.item() if isinstance(arg, np.generic) else arg)
+        fn, params, array_types = self._signature(kernel)
+        # the check every backend shares (base.Backend.check_args): kind, item size, byte order,
+        # contiguity and writability of each array, the range of each scalar
+        n, args = self.check_args(kernel, n, args, params)
+        from_buffer = self._ffi.from_buffer
+        cargs = [arg if array_type is None else from_buffer(array_type, arg, require_writable=False)
+                 for array_type, arg in zip(array_types, args)]
         # OpenMP's thread count belongs to the calling thread: set it on every call
         self._lib.av_set_threads(1 if _forked else self.threads)
-        rc = fn(*cargs, int(n))
+        rc = fn(*cargs, n)
         if rc != 0:
             raise KernelError(f"av_{kernel} returned {rc}")

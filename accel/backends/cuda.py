@@ -52,6 +52,7 @@ def _import():
 
 class CudaBackend(Backend):
     name = "cuda"
+    host_buffers = False  # CuPy's arrays: device memory, always writable (their flags have no writeable)
 
     def __init__(self, device_index: int = 0, cubin_dir: str = ""):
         self._cp = cp = _import()
@@ -72,6 +73,7 @@ class CudaBackend(Backend):
             # caller, `auto` included, and stopped a validator at start instead of using the C fallback
             raise BackendUnavailable(f"CUDA device {device_index} cannot be opened "
                                      f"({type(exc).__name__}: {exc})") from exc
+        self.buffer_type = cp.ndarray  # launch takes CuPy arrays on this device (to_device, empty)
         self.cubin_dir = cubin_dir or str(cubins.default_dir())
         self._modules: dict[tuple, object] = {}
         self.origins: dict[tuple, str] = {}  # (module, extra options) -> the cubin it came from, or "NVRTC"
@@ -202,6 +204,9 @@ class CudaBackend(Backend):
 
     def launch(self, kernel, n, *args, group=None):
         self._same_process()
+        # the check every backend shares (base.Backend.check_args), against kernels/*.h's
+        # signature: CuPy passes a NumPy scalar at its own width and an array of any dtype
+        n, args = self.check_args(kernel, n, args)
         if n == 0:
             return
         with self._dev:

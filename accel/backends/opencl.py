@@ -111,6 +111,8 @@ class ClBuffer:
 
 class OpenClBackend(Backend):
     name = "opencl"
+    buffer_type = ClBuffer  # contiguous device memory (to_device, empty): no flags to read
+    buffer_flags = host_buffers = False
 
     def __init__(self, device_name: str = ""):
         self._cl = cl = _import()
@@ -187,6 +189,10 @@ class OpenClBackend(Backend):
 
     def launch(self, kernel, n, *args, group=None):
         self._same_process()
+        # the check every backend shares (base.Backend.check_args), against kernels/*.h's
+        # signature: set_args passes whatever it is given, and a float64 or big-endian offsets
+        # buffer crashed PoCL, an np.uint32 for a u64 was passed 4 bytes wide
+        n, args = self.check_args(kernel, n, args)
         if n == 0:
             return
         cargs = [a.buf if isinstance(a, ClBuffer) else a for a in args]
