@@ -72,7 +72,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Iterable
 
 from .apps.kv import EMPTY
 from .messages import (
@@ -257,6 +257,7 @@ ASKED_FROM = 1024  # (peer, height) of the block requests sent, latest kept: wha
 FETCH_VIEWS = 8    # views entered (not by fetched blocks) a fetch waits for its answer before it is asked again
 VOTE_WINDOW = 1_000  # votes for views further ahead of this validator's are dropped
 GOOD_QCS = 32      # QCs whose signatures verified, kept so a timeout carrying one again costs one signature
+REPLAY_CHECK_BATCH = 256  # stored blocks whose certificates a restart verifies in one batch
 # committed ids held in memory (WINDOW to 2 x WINDOW of the newest) where a store holds them all
 # (_Chain): more than one handle() can commit (a response's MAX_RANGE blocks and the MAX_PARKED
 # proposals waiting on them), so every id let go is one the driver has stored already
@@ -380,10 +381,11 @@ def tc_certs(cfg: Config, genesis_id: bytes, tc: TC) -> tuple[list, list, list]:
 
 class Core:
     def __init__(self, cfg: Config, sign: Callable[[bytes], bytes], app, safety: Safety | None = None,
-                 history: tuple[Proposal, ...] = (), committed_source: Callable[[int, int], list] | None = None,
+                 history: Iterable[Proposal] = (), committed_source: Callable[[int, int], list] | None = None,
                  base: Base | None = None):
         """safety and history: what a store kept (the safety state, the committed proposals in
-        height order after the genesis, or after base: a snapshot's block and state), to restart a
+        height order after the genesis, or after base: a snapshot's block and state; any iterable,
+        read once), to restart a
         validator where it stopped; self.replayed counts the blocks executed to get there. committed_source(from_height,
         count): committed proposals from a store (Store.committed_range), to serve peers; with one,
         committed proposals are pruned from memory like blocks and states (see _prune), without
@@ -476,7 +478,9 @@ class Core:
             self.chain = _Chain(self.genesis.id, b.height, [b.id], self.ids_store)
             self.heights = {b.id: b.height}
             app.committed(b, self.states[b.id])
-        self.replayed = len(history)
+        self.replayed = 0
+        # (checked a batch at a time: history is read from the store as it goes, never held whole)
+        unchecked: list[Proposal] = [base.proposal] if base is not None else []
         for p in history:  # replay what this validator committed before it stopped
             b = p.block
             if b.parent != self.committed.id or b.height != self.committed.height + 1:
@@ -500,7 +504,12 @@ class Core:
             app.committed(b, self.states[b.id])
             if b.parent != self.genesis.id:  # only the newest block's state is needed to go on
                 del self.blocks[b.parent], self.states[b.parent]
-        self._check_proposers(((base.proposal,) if base is not None else ()) + tuple(history))
+            self.replayed += 1
+            unchecked.append(p)
+            if len(unchecked) >= REPLAY_CHECK_BATCH:
+                self._check_proposers(unchecked)
+                unchecked = []
+        self._check_proposers(unchecked)
         self._check_high_qc()
         for p in sorted(safety.blocks if safety is not None else (), key=lambda p: p.block.height):
             self._restore(p)  # the uncommitted blocks stored with the safety state
@@ -1276,10 +1285,13 @@ class Core:
         # so a leader restarted in the view does not propose it again with another mempool
         at = max((i + 1 for i, a in enumerate(out) if isinstance(a, Persist) and a.safety.last_voted_view >= view),
                  default=0)
-        if not at:  # its own check refused or raised (logged): sent, the block could commit with no
-            # record of the view here, and a leader restarted in it would sign a second block of it
+        if not at:  # its own check refused or raised (logged): the block still leaves (a local failure,
+            # such as memory, does not make it invalid), but after the view is on disk: sent first,
+            # it could commit with no record of the view here, and the leader restarted in the view
+            # signed a second block of it (review s16)
             self.counters["own_proposal_refused"] += 1
-            return out
+            self.safety = replace(self.safety, last_voted_view=max(self.safety.last_voted_view, view))
+            out, at = [self._persist()] + out, 1
         rearm = []
         if self.idle_view == view:  # it waited in its view: the view's timer starts again
             self.rearmed = view

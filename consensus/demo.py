@@ -56,28 +56,29 @@ def market_story(store_path: Path) -> dict:
     app = ClearingApp(Verifier("accel", "cpu"), genesis_market("cpu"))
     state, ops, roots_ok = app.genesis, Counter(), True
     funds0 = dict(state.clearing.funds)
-    store = Store(store_path)
-    try:
-        history = store.history()
-    finally:
-        store.close()
     topped: Counter = Counter()  # asset -> what top-ups paid into its fund (not a charge the other way)
     socialized: Counter = Counter()  # asset -> quanta (the ledger holds only the latest records)
-    for p in history:
-        bodies = p.block.txs.bodies
-        txs = ctx.decode_all(bodies)
-        ops.update(OPS[t.op] for t in txs)
-        before = len(state.clearing.liquidations)
-        state = app.execute(state, bodies)
-        for x in state.clearing.liquidations[before:]:
-            socialized[x.asset] += x.socialized
-        roots_ok &= state.root == p.block.state_root
-        for t in txs:
-            if t.op == ctx.TOP_UP:
-                topped[t.fields[2]] += t.fields[3]
+    blocks = 0
+    store = Store(store_path)
+    try:
+        for p in store.history():  # (read from the store as it goes)
+            bodies = p.block.txs.bodies
+            txs = ctx.decode_all(bodies)
+            ops.update(OPS[t.op] for t in txs)
+            before = len(state.clearing.liquidations)
+            state = app.execute(state, bodies)
+            for x in state.clearing.liquidations[before:]:
+                socialized[x.asset] += x.socialized
+            roots_ok &= state.root == p.block.state_root
+            for t in txs:
+                if t.op == ctx.TOP_UP:
+                    topped[t.fields[2]] += t.fields[3]
+            blocks += 1
+    finally:
+        store.close()
     c = state.clearing
     charged = {a: (funds0.get(a, 0) + topped[a] - q) / USD for a, q in sorted(c.funds.items())}
-    return {"blocks": len(history), "transactions": dict(ops), "accounts": len(c.accounts),
+    return {"blocks": blocks, "transactions": dict(ops), "accounts": len(c.accounts),
             "open_positions": sum(len(a.positions) for a in c.accounts.values()),
             "liquidations": len(c.liquidations),
             "insurance_charged_usd": charged["USD"],

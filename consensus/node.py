@@ -917,13 +917,6 @@ class NodeRunner:
         # the newest snapshot that restores, and the committed blocks after it to replay
         started = time.monotonic()
         start = snapshots.load(self.store, self.app)
-        history = start.history
-        # committed transactions are not reissued by the built-in load
-        self.committed_txs = start.txs + sum(len(p.block.txs) for p in history)
-        if isinstance(self.load, ClearingFeed):
-            self.load.skip(self.committed_txs)
-        elif self.load is not None:
-            self.load.made = self.committed_txs
         if cfg.validation == "accel":
             b = get_backend()
             backend, device = b.name, b.device
@@ -943,8 +936,7 @@ class NodeRunner:
         # sha256(body) -> height, for /tx: the latest TX_INDEX committed transactions (after a
         # restart, those of the blocks replayed since the snapshot and the ones committed since)
         self.tx_heights: dict[bytes, int] = {}
-        for p in history[-TX_INDEX:]:
-            self._index(p.block)
+        self.committed_txs = start.txs
         self.txs_due = False  # a ("txs",) item waits in the inbox for the core (submitted)
         self.submitted = 0  # transactions clients submitted that the mempool admitted
         self.started = self.last_commit = time.monotonic()
@@ -971,7 +963,13 @@ class NodeRunner:
         self.core = Core(Config(cfg.index, cfg.keys, cfg.base_timeout_ms, network=self.network,
                                 empty_block_interval_ms=cfg.empty_block_interval_ms),
                          lambda m: key.sign(m).signature,
-                         self.app, self.store.safety(), history, self.store.committed_range, start.base)
+                         self.app, self.store.safety(), self._replaying(start.history), self.store.committed_range,
+                         start.base)
+        # committed transactions are not reissued by the built-in load
+        if isinstance(self.load, ClearingFeed):
+            self.load.skip(self.committed_txs)
+        elif self.load is not None:
+            self.load.made = self.committed_txs
         self.core.snapshot_source = self._serve_snapshot
         # an empty store with state_sync: a peer's snapshot first (see _synced)
         self.sync = (statesync.StateSync(self.core.cfg, self.app, probe=True)
@@ -1053,6 +1051,14 @@ class NodeRunner:
         self._top_up()
         self._apply(self.core.start())
 
+    def _replaying(self, history):
+        """history as the core replays it, each block counted and its transactions indexed (/tx) as
+        it goes: the store reads it a batch at a time, never whole."""
+        for p in history:
+            self.committed_txs += len(p.block.txs)
+            self._index(p.block)
+            yield p
+
     def _index(self, block) -> None:
         for i in range(len(block.txs)):
             self.tx_heights[hashlib.sha256(block.txs.bodies.item(i)).digest()] = block.height
@@ -1089,13 +1095,14 @@ class NodeRunner:
                 "committed_since_start": self.committed_since_start, "txs_submitted": self.submitted} | self._oracles()
 
     def _oracles(self) -> dict:
-        """clearing: the oracles whose quorum signs the marks, as this validator's genesis names them
-        (an operator compares them with what the oracles' operators hold; network_id only tells
+        """clearing: the oracles whose quorum signs the marks, as this validator's genesis names them,
+        in sorted order (an operator compares them with what the oracles' operators hold; network_id only tells
         that two validators differ)."""
         clearing = getattr(getattr(self.app, "genesis", None), "clearing", None)
         if clearing is None:
             return {}
-        return {"oracles": {"keys": [bytes(k).hex() for k in clearing.oracles], "quorum": clearing.quorum}}
+        # (sorted, as the network id takes them: one network's validators list them alike)
+        return {"oracles": {"keys": sorted(bytes(k).hex() for k in clearing.oracles), "quorum": clearing.quorum}}
 
     def unhealthy(self) -> str:
         """Why this validator is not making progress ("" when it is)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import struct
 from dataclasses import dataclass
+from typing import Iterable
 
 from .core import Base
 from .messages import Txs
@@ -99,7 +100,7 @@ class Start:
     """What a restarted validator begins from: a verified snapshot (base; None: the genesis), the
     committed blocks after it to replay, and the transactions committed up to the base."""
     base: Base | None
-    history: tuple
+    history: Iterable  # (store.History: read from the store as it is iterated)
     txs: int
 
 

@@ -20,7 +20,7 @@ import sqlite3
 import stat
 import struct
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from . import messages
 from .core import Safety
@@ -468,33 +468,10 @@ class Store:
             out.append(messages.decode(frame))
         return out
 
-    def history(self, after: int = 0, parent: bytes | None = None) -> tuple[Proposal, ...]:
+    def history(self, after: int = 0, parent: bytes | None = None) -> "History":
         """The committed proposals above height `after` (the first one's parent must be `parent`,
-        where given) in height order, checked: heights after + 1, after + 2, ... without a gap, each
-        block's parent the one before, each row's id its block's (StoreError, one line, naming the
-        height). The core checks the digests, proposers' signatures and state roots on replay."""
-        rows = self.db.execute("SELECT height, id, proposal FROM committed WHERE height > ? ORDER BY height",
-                               (after,)).fetchall()
-        out = []
-        for height, block_id, frame in rows:
-            if height != after + len(out) + 1:
-                raise StoreError(f"stored chain has a gap: height {height} follows height {after + len(out)}")
-            try:
-                p = messages.decode(frame)
-            except (messages.DecodeError, TypeError) as exc:
-                raise StoreError(f"stored block at height {height} does not decode: {exc}") from None
-            if not isinstance(p, Proposal):
-                raise StoreError(f"stored block at height {height} is a {type(p).__name__}, not a proposal")
-            b = p.block
-            block_id = _id(block_id, f"the committed row at height {height}")
-            if b.height != height or b.id != block_id:
-                raise StoreError(f"stored block at height {height} is not the block its row names "
-                                 f"(height {b.height}, id {b.id.hex()[:16]}, row id {block_id.hex()[:16]})")
-            if parent is not None and b.parent != parent:
-                raise StoreError(f"stored block at height {height} does not extend the one at height {height - 1}")
-            out.append(p)
-            parent = b.id
-        return tuple(out)
+        where given) in height order, checked as they are read (History)."""
+        return History(self.db, after, parent)
 
     def close(self) -> None:
         try:
@@ -502,6 +479,53 @@ class Store:
                 self.seal.close(self.db)
         finally:
             self.db.close()
+
+
+HISTORY_BATCH = 256  # committed rows History reads at a time
+
+
+class History:
+    """The committed proposals above a height, read HISTORY_BATCH rows at a time each time it is
+    iterated (a restart's replay held every one at once: about 19 KB a small block, a chain
+    replayed from the genesis could outgrow the memory it had run in; review s16), each checked:
+    heights after + 1, after + 2, ... without a gap, each block's parent the one before, each
+    row's id its block's (StoreError, one line, naming the height). The core checks the digests,
+    proposers' signatures and state roots on replay."""
+
+    def __init__(self, db, after: int, parent: bytes | None):
+        self.db, self.after, self.parent = db, after, parent
+
+    def __iter__(self) -> Iterator[Proposal]:
+        height, parent = self.after, self.parent
+        while True:
+            rows = self.db.execute("SELECT height, id, proposal FROM committed WHERE height > ? ORDER BY height "
+                                   "LIMIT ?", (height, HISTORY_BATCH)).fetchall()
+            if not rows:
+                return
+            for row_height, block_id, frame in rows:
+                if row_height != height + 1:
+                    raise StoreError(f"stored chain has a gap: height {row_height} follows height {height}")
+                p = _stored_proposal(row_height, block_id, frame, parent)
+                height, parent = row_height, p.block.id
+                yield p
+
+
+def _stored_proposal(height: int, block_id, frame, parent: bytes | None) -> Proposal:
+    """A committed row's proposal, checked (see History)."""
+    try:
+        p = messages.decode(frame)
+    except (messages.DecodeError, TypeError) as exc:
+        raise StoreError(f"stored block at height {height} does not decode: {exc}") from None
+    if not isinstance(p, Proposal):
+        raise StoreError(f"stored block at height {height} is a {type(p).__name__}, not a proposal")
+    b = p.block
+    block_id = _id(block_id, f"the committed row at height {height}")
+    if b.height != height or b.id != block_id:
+        raise StoreError(f"stored block at height {height} is not the block its row names "
+                         f"(height {b.height}, id {b.id.hex()[:16]}, row id {block_id.hex()[:16]})")
+    if parent is not None and b.parent != parent:
+        raise StoreError(f"stored block at height {height} does not extend the one at height {height - 1}")
+    return p
 
 
 _TABLES = (

@@ -108,7 +108,7 @@ def test_a_state_synced_store_without_a_good_snapshot_stops_with_one_line(tmp_pa
         synced.add_committed(q)
     app = sim._make_app(sim.genesis)
     start = snapshots.load(synced, app)
-    assert start.base.proposal.block.id == block_id and len(start.history) == src.top_height() - h
+    assert start.base.proposal.block.id == block_id and len(list(start.history)) == src.top_height() - h
     assert start.txs == txs and synced.committed_ids()[:h - 1] == [None] * (h - 1)
     _corrupt(synced, h)
     with pytest.raises(StoreError, match=f"begins at height {h} .* no snapshot that restores"):

@@ -175,3 +175,69 @@ def test_a_damaged_schema_at_start_is_still_a_damaged_store(tmp_path, monkeypatc
     monkeypatch.setattr(store_module._Connection, "execute", damaged)
     with pytest.raises(StoreError, match="restore a backup, or remove the data directory"):
         Store(path)
+
+
+# ---- a restart's replay reads the chain a batch at a time --------------------------------------
+
+
+def test_a_replay_from_the_genesis_holds_a_batch_of_blocks_not_the_chain(tmp_path):
+    """Store.history() read every committed row into one tuple and Core took it whole (and
+    verified every certificate in one batch at the end): a replay from the genesis
+    (snapshot_every = 0, or snapshots that do not restore) held the whole chain, about 19 KB a
+    small block, and a chain that outgrew memory could never restart. Now the store reads
+    HISTORY_BATCH rows at a time and the core checks REPLAY_CHECK_BATCH blocks at a time."""
+    import gc
+
+    from consensus import core as core_module
+    from consensus import snapshots
+    from consensus.core import Core
+    from consensus.messages import Proposal
+    sim = Simulation(n=4, seed=2, txs_per_block=5, validation="software")
+    sim.durable("v1", tmp_path / "v1.db")
+    sim.load(40)
+    sim.run(blocks=700, max_ms=10**9)
+    node = sim._node("v1")
+    top = node.store.top_height()
+    assert top >= 700
+    app = sim._make_app(sim.genesis)
+    start = snapshots.load(node.store, app)
+    assert start.base is None
+    gc.collect()
+    before = sum(1 for o in gc.get_objects() if type(o) is Proposal)  # (the simulation's other validators')
+    live, seen = [], [0]
+
+    def watched(history):
+        for p in history:
+            seen[0] += 1
+            if seen[0] % 100 == 1:
+                live.append(sum(1 for o in gc.get_objects() if type(o) is Proposal) - before)
+            yield p
+    key = sim.keys[node.index]
+    core = Core(sim.cfg[node.index], lambda msg: key.sign(msg).signature, app, node.store.safety(),
+                watched(start.history), node.store.committed_range, start.base)
+    assert core.replayed == top and core.committed.height == top and seen[0] == top
+    bound = store_module.HISTORY_BATCH + core_module.REPLAY_CHECK_BATCH + 64
+    assert max(live) <= bound < top, live  # (the whole chain was alive from the first block on)
+
+
+def test_a_replay_still_refuses_a_stored_block_whose_certificate_does_not_verify(tmp_path):
+    """Checked a batch at a time, a bad certificate past the first batch still stops the start."""
+    from consensus import snapshots
+    from consensus.core import Core, InvariantViolation
+    from consensus.messages import Proposal, decode, encode
+    sim = Simulation(n=4, seed=5, txs_per_block=5, validation="software")
+    sim.durable("v1", tmp_path / "v1.db")
+    sim.load(40)
+    sim.run(blocks=300, max_ms=10**9)
+    node = sim._node("v1")
+    height = 280  # (past REPLAY_CHECK_BATCH)
+    (frame,) = node.store.db.execute("SELECT proposal FROM committed WHERE height = ?", (height,)).fetchone()
+    p = decode(bytes(frame))
+    forged = Proposal(p.block, bytes(64))  # the proposer's signature zeroed: the block id is unchanged
+    node.store.db.execute("UPDATE committed SET proposal = ? WHERE height = ?", (encode(forged), height))
+    app = sim._make_app(sim.genesis)
+    start = snapshots.load(node.store, app)
+    key = sim.keys[node.index]
+    with pytest.raises(InvariantViolation, match=f"stored block at height {height}: its proposer's signature"):
+        Core(sim.cfg[node.index], lambda msg: key.sign(msg).signature, app, node.store.safety(), start.history,
+             node.store.committed_range, start.base)
