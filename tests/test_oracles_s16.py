@@ -33,7 +33,7 @@ def test_testnet_writes_the_oracles_and_quorum_asked_for(tmp_path, capsys):
         assert runner.app.submit_many([cl.mark(oracles[:2], "BTC", 60_000.0, 1, T0, VOLS, net["chain_id"])])[0] \
             == "mark signed by 2 oracle(s), 3 needed"
         assert runner.app.submit_many([cl.mark(oracles[2:], "BTC", 60_000.0, 1, T0, VOLS, net["chain_id"])]) == [""]
-        assert runner.status()["oracles"] == {"keys": [o["public_key"] for o in net["oracles"]], "quorum": 3}
+        assert runner.status()["oracles"] == {"keys": sorted(o["public_key"] for o in net["oracles"]), "quorum": 3}
     finally:
         runner.close()
 
@@ -88,3 +88,22 @@ def test_status_of_a_kv_validator_names_no_oracles(tmp_path):
         assert "oracles" not in runner.status() and runner.status()["app"] == "kv"
     finally:
         runner.close()
+
+
+def test_status_lists_one_networks_oracles_alike_whatever_order_a_file_gives(tmp_path):
+    """Review s16: the network id takes the oracles as a set (sorted), and /status listed them in
+    each file's order: two validators of one network showed two lists."""
+    out = tmp_path / "net"
+    paths = write_network(out, HOSTS, data_root=str(tmp_path / "d"), validation="software")
+    keys = [o["public_key"] for o in json.loads((out / "network.json").read_text())["oracles"]]
+    text = paths[1].read_text()
+    assert json.dumps(keys) in text
+    paths[1].write_text(text.replace(json.dumps(keys), json.dumps(keys[::-1])))
+    a, b = NodeRunner(NodeConfig.load(paths[0])), NodeRunner(NodeConfig.load(paths[1]))
+    try:
+        sa, sb = a.status(), b.status()
+        assert sa["network_id"] == sb["network_id"] and sa["oracles"] == sb["oracles"]
+        assert sa["oracles"]["keys"] == sorted(keys)
+    finally:
+        a.close()
+        b.close()

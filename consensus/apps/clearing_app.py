@@ -418,6 +418,7 @@ class Mempool(dict):
         self.holders: dict[object, set] = {}  # _touches item -> digests of the transactions it has
         self.marks: dict[str, dict] = {}      # underlying -> {digest: seq} of its marks, in arrival order
         self.seq = 0
+        self.removed = 0                      # removals so far: (seq, removed) changes with any change
         self.weight = lambda owner, n: n      # an owner's weight, holding n (ClearingApp sets it)
         self.update(*args, **kwargs)
 
@@ -461,6 +462,7 @@ class Mempool(dict):
         return held is not None and _owner_of(held) == owner
 
     def _gone(self, digest: bytes, pending) -> None:
+        self.removed += 1
         for pair in ctx.consumed(pending.tx)[0]:
             left = self.nonces[pair] - 1
             if left:
@@ -642,7 +644,9 @@ class ClearingApp:
         held.reweigh(self._weight)
         self._mempool = held
         self.head_id = None  # (what it holds was never checked: the next commit checks it all)
-        self.barren: int | None = None  # the mempool's seq when a proposal from it came out empty
+        # the mempool's (seq, removed) when a proposal from it came out empty and left it as it was
+        self.barren: tuple | None = None
+        self._proposing: tuple | None = None  # the same when the proposal under way began
 
     def _weight(self, owner, n: int) -> int:
         """An owner's weight in the mempool, holding n transactions: an account's n, one more for
@@ -678,11 +682,12 @@ class ClearingApp:
     def has_pending(self) -> bool:
         """Whether the mempool holds a transaction a proposal may take (a leader with none may wait
         to propose: Config.empty_block_interval_ms): not when this validator's last proposal came
-        out empty and nothing was admitted nor a block of transactions committed since (a
-        proposal from it would come out empty again). Any transaction left pending that no
+        out empty, evicted nothing, and nothing was admitted nor a block of transactions committed
+        since (a proposal from it would come out empty again; one that evicted, a short account's
+        later half for one, may leave what applies now). Any transaction left pending that no
         proposal takes kept the pacing off: the network committed empty blocks as fast as its
         links allowed (about 140 a second on loopback, some 20 GB of store and log a day)."""
-        return len(self.mempool) > 0 and self.barren != self.mempool.seq
+        return len(self.mempool) > 0 and self.barren != (self.mempool.seq, self.mempool.removed)
 
     def submit_many(self, items: list[tuple[bytes, list[bytes]]], client=None) -> list[str]:
         """Admit (body, signatures) pairs to the mempool, every signature checked in one batch;
@@ -1119,6 +1124,7 @@ class ClearingApp:
         block, not the mempool."""
         self.marks_seen.last_handled = self.marks_seen.clock()
         pool, room = self.mempool, self.max_txs
+        self._proposing = (pool.seq, pool.removed)  # (_block: barren if still so and empty)
         skip = set(exclude)  # what no candidate list holds: the excluded, and the marks moved ahead
         listing = pool.items()  # the candidates' order: (digest, Pending) in arrival order
         candidates = lazy = _Candidates(item for item in listing if item[0] not in skip)
@@ -1197,7 +1203,8 @@ class ClearingApp:
         """The proposal of the transactions kept, with the state they lead to."""
         state.defer = False
         vars(state).pop("safe_keys", None)  # (the app's keys: not kept with the state)
-        self.barren = None if kept else self.mempool.seq
+        now = (self.mempool.seq, self.mempool.removed)
+        self.barren = now if not kept and now == self._proposing else None
         bodies = [p.body for p in kept]
         # every mempool signature is 64 bytes (checked on admission): joined, not checked again
         sigs = b"".join([p.joined for p in kept])
