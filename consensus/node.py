@@ -823,19 +823,19 @@ class NodeRunner:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
                                f"writable directory: {exc.strerror or exc}") from None
         try:
-            self._claim_data_dir(cfg, where)
-            self._open(cfg, where)
+            self._open(cfg, where, unclaimed=self._claim_data_dir(cfg, where))
         except BaseException:  # a validator that does not start lets its data_dir go
             self.store.close()
             raise
 
     @staticmethod
-    def _claim_data_dir(cfg: NodeConfig, where: str) -> None:
+    def _claim_data_dir(cfg: NodeConfig, where: str) -> bool:
         """data_dir/validator.key names the validator whose store it is (its public key), written
-        at its first start: another validator of the same network given this data_dir (a copied
-        file whose index and seed were changed, data_dir not) while its owner was stopped passed
-        the lock and the network check, took the owner's safety state as its own and wrote its
-        votes over the owner's. It is refused now, before anything is written."""
+        at its first start (_write_key, once the store is found to be of this network): another
+        validator of the same network given this data_dir (a copied file whose index and seed
+        were changed, data_dir not) while its owner was stopped passed the lock and the network
+        check, took the owner's safety state as its own and wrote its votes over the owner's. It
+        is refused now, before anything is written. Whether the data_dir names no validator yet."""
         mine = cfg.keys[cfg.index].hex()
         marker = cfg.data_dir / "validator.key"
         try:  # (as an editor may leave it: a BOM, NULs, upper case)
@@ -846,23 +846,8 @@ class NodeRunner:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: cannot read "
                                f"validator.key: {exc.strerror or exc}") from None
         if held is None:
-            part = cfg.data_dir / "validator.key.part"
-            try:
-                # durable before it is relied on (as the seal file): renamed with no fsync, a crash
-                # (power loss) before writeback could leave the name with no data (ext4 and XFS
-                # delay allocation), and every later start was refused as another validator's store
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-                try:
-                    os.write(fd, (mine + "\n").encode())
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(part, marker)
-                _sync_dir(str(cfg.data_dir))
-            except OSError as exc:
-                raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
-                                   f"writable directory: {exc.strerror or exc}") from None
-        elif len(held) != 64 or any(c not in "0123456789abcdef" for c in held):
+            return True
+        if len(held) != 64 or any(c not in "0123456789abcdef" for c in held):
             others = [i for i, k in enumerate(cfg.keys) if i != cfg.index and len(held) >= 8 and held in k.hex()]
             if others:  # (its remains name another validator: never invite taking its safety state)
                 raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: its "
@@ -873,13 +858,39 @@ class NodeRunner:
                                f"is damaged ({what}; a crash at the first start can leave it so): if this data_dir is "
                                f"validator {cfg.index}'s own, write its key {mine} into validator.key (or delete "
                                f"the file) and start again")
-        elif held != mine:
+        if held != mine:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is the store of "
                                f"the validator with key {held[:16]}... (its validator.key), not this one's "
                                f"({mine[:16]}..., [network] keys[{cfg.index}]): give each validator its own data_dir")
+        return False
 
-    def _open(self, cfg: NodeConfig, where: str) -> None:
-        """The rest of the start, with the store open."""
+    @staticmethod
+    def _write_key(cfg: NodeConfig, where: str) -> None:
+        """validator.key written (see _claim_data_dir), after the network check: written before,
+        a validator of another network given an unnamed data_dir of this one left its key there,
+        and the data_dir's own validator was refused as another's (review s16)."""
+        mine = cfg.keys[cfg.index].hex()
+        marker = cfg.data_dir / "validator.key"
+        part = cfg.data_dir / "validator.key.part"
+        try:
+            # durable before it is relied on (as the seal file): renamed with no fsync, a crash
+            # (power loss) before writeback could leave the name with no data (ext4 and XFS
+            # delay allocation), and every later start was refused as another validator's store
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, (mine + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, marker)
+            _sync_dir(str(cfg.data_dir))
+        except OSError as exc:
+            raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
+                               f"writable directory: {exc.strerror or exc}") from None
+
+    def _open(self, cfg: NodeConfig, where: str, unclaimed: bool) -> None:
+        """The rest of the start, with the store open (unclaimed: validator.key to write, once the
+        store is found to be of this network)."""
         key = SigningKey(cfg.seed)
         try:
             if cfg.app == "clearing":
@@ -914,6 +925,8 @@ class NodeRunner:
         problem = self.store.claim_network(self.network)
         if problem:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: {problem}")
+        if unclaimed:
+            self._write_key(cfg, where)
         # the newest snapshot that restores, and the committed blocks after it to replay
         started = time.monotonic()
         start = snapshots.load(self.store, self.app)

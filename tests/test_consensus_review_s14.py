@@ -164,7 +164,8 @@ def test_validator_key_is_synced_and_a_damaged_one_is_named_so(tmp_path, monkeyp
     cfg = SimpleNamespace(keys=keys, index=1, data_dir=tmp_path)
     synced, real = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd)), real(fd))[1])
-    node.NodeRunner._claim_data_dir(cfg, "")
+    assert node.NodeRunner._claim_data_dir(cfg, "")  # (unclaimed: written once the network is checked)
+    node.NodeRunner._write_key(cfg, "")
     monkeypatch.setattr(os, "fsync", real)
     import stat
     assert any(stat.S_ISREG(s.st_mode) for s in synced), "validator.key's data is not synced before the rename"

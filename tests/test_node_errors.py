@@ -8,7 +8,9 @@ from types import SimpleNamespace
 
 from prometheus_client import generate_latest
 
+from consensus.core import Safety
 from consensus.localnet import write_configs
+from consensus.messages import QC
 from consensus.metrics import NodeMetrics
 from consensus.store import Store
 
@@ -31,6 +33,7 @@ def test_a_broken_store_stops_the_node_with_one_line(tmp_path):
     from consensus.node import NodeConfig, NodeRunner
     NodeRunner(NodeConfig.load(config)).store.close()  # a store of this network (its id recorded)
     store = Store(tmp_path / "node0" / "validator.db")
+    store.save_safety(Safety(1, QC(bytes(32), 0, 0), ()))  # (a store holding blocks holds a safety row)
     store.db.execute("INSERT INTO committed VALUES (1, ?, ?)", (bytes(32), b"not a block"))
     store.close()
     proc = subprocess.run([sys.executable, "-m", "accel.cli", "node", "--config", str(config)], capture_output=True,

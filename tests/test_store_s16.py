@@ -241,3 +241,30 @@ def test_a_replay_still_refuses_a_stored_block_whose_certificate_does_not_verify
     with pytest.raises(InvariantViolation, match=f"stored block at height {height}: its proposer's signature"):
         Core(sim.cfg[node.index], lambda msg: key.sign(msg).signature, app, node.store.safety(), start.history,
              node.store.committed_range, start.base)
+
+
+def test_a_validator_of_another_network_leaves_no_key_in_an_unnamed_data_dir(tmp_path):
+    """validator.key was written before the network check: a validator of another network given a
+    data_dir that names no validator yet (one an older release wrote) left its key there, was then
+    refused as of another network, and the data_dir's own validator was refused as another's."""
+    import dataclasses
+
+    from consensus.localnet import write_configs
+    owner = NodeConfig.load(write_configs(_made(tmp_path / "a"), 4, 10, "software", 0.0, 1000.0, app="kv", load="none")[0])
+    NodeRunner(owner).close()
+    os.unlink(owner.data_dir / "validator.key")  # (as an older release left it)
+    stranger = NodeConfig.load(write_configs(_made(tmp_path / "b"), 4, 10, "software", 0.0, 1000.0, app="kv",
+                                             load="none")[0])
+    stranger = dataclasses.replace(stranger, data_dir=owner.data_dir)
+    with pytest.raises(StartupError, match="belongs to network"):
+        NodeRunner(stranger)
+    assert not (owner.data_dir / "validator.key").exists()
+    NodeRunner(owner).close()  # its own validator starts, and names it
+    assert (owner.data_dir / "validator.key").read_text().strip() == owner.keys[owner.index].hex()
+    with pytest.raises(StartupError, match="is the store of the validator with key"):
+        NodeRunner(stranger)
+
+
+def _made(path):
+    path.mkdir()
+    return path
