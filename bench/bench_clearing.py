@@ -13,11 +13,14 @@
   block: arrival order; a quorum mark every 2,000): what the pending ones past the block cost a
   proposal (it must scale with the block, not the mempool); and from 10,000 and 100,000 pending
   of 50 accounts, the round-robin order (_fair), which reads every pending transaction.
+- test_evict_short: _evict_short alone, for that account, from 10,000 and 100,000 pending: the
+  part of the proposal that scanned the mempool.
 - test_propose_with_a_short_account: the same from 10,000 and 100,000 pending, with one account
   whose withdrawal (first in the mempool) leaves it below initial margin, and five later deposits
   of it (last in the mempool): the proposal evicts the withdrawal and the deposits after it
   (_evict_short), which scanned the whole mempool for them until the sixteenth session."""
 import hashlib
+import itertools
 
 import pytest
 from nacl.signing import SigningKey
@@ -129,8 +132,10 @@ def test_propose_from_a_deep_mempool(benchmark, deep, pending, accounts):
     assert len(txs) == 10_000
 
 
-@pytest.mark.parametrize("pending", [10_000, 100_000], ids=["10,000 pending", "100,000"])
-def test_propose_with_a_short_account(benchmark, deep, pending):
+def _short_account(deep, pending: int):
+    """(the genesis with an account a short 10 BTC futures, the mempool: its withdrawal that
+    leaves it short first, the deep fixture's pending deposits, then five later deposits of it,
+    the digests of its six transactions)."""
     genesis, make = deep
     short, other = (SigningKey(hashlib.sha256(b"short %d" % i).digest()) for i in range(2))
     a, b = bytes(short.verify_key), bytes(other.verify_key)
@@ -149,6 +154,28 @@ def test_propose_with_a_short_account(benchmark, deep, pending):
     held.update(make(1_000, pending))
     held.update(map(entry, deposits))  # past the block's reach, after the others
     mine = {entry(body)[0] for body in [withdrawal] + deposits}
+    return start, held, mine
+
+
+@pytest.mark.parametrize("pending", [10_000, 100_000], ids=["10,000 pending", "100,000"])
+def test_evict_short(benchmark, deep, pending):
+    start, held, mine = _short_account(deep, pending)
+    app = ClearingApp(Verifier("accel", "cpu"), start, max_txs=10_000)
+
+    def fill():
+        app.mempool = held
+        candidates = list(itertools.islice(app.mempool.items(), 2))
+        found = app._fill(app.genesis, candidates, set(), False)
+        assert len(found.short) == 1
+        return (candidates, found.kept, found.short), {}
+
+    benchmark.pedantic(app._evict_short, setup=fill, rounds=9)
+    assert mine <= app.refused.keys() and mine.isdisjoint(app.mempool)
+
+
+@pytest.mark.parametrize("pending", [10_000, 100_000], ids=["10,000 pending", "100,000"])
+def test_propose_with_a_short_account(benchmark, deep, pending):
+    start, held, mine = _short_account(deep, pending)
     app = ClearingApp(Verifier("accel", "cpu"), start, max_txs=10_000)
 
     def fill():
