@@ -706,7 +706,7 @@ def _after_fork_in_child() -> None:
     closed; the parent's lock stands): a child that outlived its parent (killed by SIGKILL) held
     the lock, and the validator's restart was refused as "in use" by a process long dead."""
     for store in list(_locked_stores):
-        for name in ("lock", "dir_lock"):
+        for name in ("lock", "db_lock"):
             fd = getattr(store, name, -1)
             if fd >= 0:
                 try:
@@ -743,39 +743,37 @@ class LockedStore(Store):
     view is overwritten can vote twice in one view, and two validators' blocks interleaved."""
 
     def __init__(self, data_dir: Path):
-        self.lock = self.dir_lock = -1
-        # the directory itself is locked too: validator.lock reads like a stale pid file, and one
-        # removed while its validator ran let a second process open the store (review s16); a
-        # filesystem that locks no directory keeps the file's lock alone
+        self.lock = self.db_lock = -1
+        # the database file is locked too (flock: apart from SQLite's own fcntl locks, and from
+        # a `flock <data_dir> accel node` wrapper's): validator.lock reads like a stale pid file,
+        # and one removed while its validator ran let a second process open the store (review
+        # s16); a filesystem that takes no flock keeps the refusal below
         try:
-            self.dir_lock = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            fcntl.flock(self.dir_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.db_lock = os.open(data_dir / "validator.db", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self.db_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self.dir_lock)
-            self.dir_lock = -1
+            self._unlock_db()
             raise _in_use(_read_pid(data_dir / "validator.lock")) from None
         except OSError:
-            if self.dir_lock >= 0:
-                os.close(self.dir_lock)
-            self.dir_lock = -1
+            self._unlock_db()  # (the file's own lock below says what is wrong)
         # not followed if a link: the file is truncated to hold the pid (a validator.lock linked to
         # another file emptied that file)
         try:
             self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                                 0o600)
         except BaseException:
-            self._unlock_dir()
+            self._unlock_db()
             raise
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(self.lock, 32).decode(errors="replace").strip() or "unknown"
             os.close(self.lock)
-            self._unlock_dir()
+            self._unlock_db()
             raise _in_use(holder) from None
         except OSError as exc:
             os.close(self.lock)
-            self._unlock_dir()
+            self._unlock_db()
             if exc.errno in NO_LOCKS:  # was "is not a writable directory: No locks available"
                 raise DataDirInUse(f"its filesystem takes no file lock ({exc.strerror}), so two processes could "
                                    "write one validator's votes; put data_dir on a local filesystem") from None
@@ -787,13 +785,13 @@ class LockedStore(Store):
             super().__init__(data_dir / "validator.db")
         except BaseException:
             os.close(self.lock)  # the lock goes with it
-            self._unlock_dir()
+            self._unlock_db()
             raise
 
-    def _unlock_dir(self) -> None:
-        if self.dir_lock >= 0:
-            os.close(self.dir_lock)
-            self.dir_lock = -1
+    def _unlock_db(self) -> None:
+        if self.db_lock >= 0:
+            os.close(self.db_lock)
+            self.db_lock = -1
 
     def close(self) -> None:
         try:
@@ -802,7 +800,7 @@ class LockedStore(Store):
             if self.lock >= 0:
                 os.close(self.lock)
                 self.lock = -1
-            self._unlock_dir()
+            self._unlock_db()
 
 
 class NodeRunner:

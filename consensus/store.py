@@ -287,6 +287,10 @@ class Store:
         wrote to), every one it committed is indexed (once: ~1 s per million blocks)."""
         row = self.db.execute("SELECT height FROM committed_ids_top").fetchone()
         indexed = row[0] if row is not None and type(row[0]) is int else 0
+        # (a state-synced store holds nothing below its snapshot's height: no id there to index)
+        first = self.first_height()
+        if type(first) is int:
+            indexed = max(indexed, first - 1)
         top = self.top_height()
         if top <= indexed:
             return

@@ -58,11 +58,11 @@ def test_a_data_dir_whose_lock_file_was_removed_is_still_refused_to_a_second_pro
         store.close()
 
 
-def test_a_forked_child_does_not_keep_the_directory_locked(tmp_path):
+def test_a_forked_child_does_not_keep_the_database_locked(tmp_path):
     store = LockedStore(tmp_path)
     pid = os.fork()
     if pid == 0:  # the child: its copies of the locks are closed at the fork
-        os._exit(0 if store.lock == -1 and store.dir_lock == -1 else 1)
+        os._exit(0 if store.lock == -1 and store.db_lock == -1 else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     store.close()
@@ -268,3 +268,54 @@ def test_a_validator_of_another_network_leaves_no_key_in_an_unnamed_data_dir(tmp
 def _made(path):
     path.mkdir()
     return path
+
+
+def test_a_state_synced_store_opens_without_writing(tmp_path):
+    """Review s16 of the above: a state-synced store has no committed_ids_top row, so every id
+    from height 0 counted as unindexed and the open took the older-release path, which writes:
+    another program holding the write lock (here) or a full disk failed the start."""
+    import hashlib
+
+    from consensus.messages import Block, Proposal, Txs
+
+    def block(h, parent):
+        return Block(7 + h, h, parent, 1, bytes(32), bytes([h % 251]) * 32, hashlib.sha256(b"").digest(),
+                     Txs.empty(), QC(parent, 6 + h, h - 1, (), b""), None)
+    path = tmp_path / "validator.db"
+    first = block(5_000, b"\x11" * 32)  # a snapshot past ID_BATCH blocks
+    store = Store(path)
+    store.claim_network(b"\x22" * 32)
+    store.begin_from_snapshot(Proposal(first, bytes(64)), 0, b"snapshot", Safety(0, QC(bytes(32), 0, 0), ()))
+    ids, parent = [first.id], first.id
+    for h in range(5_001, 5_011):
+        b = block(h, parent)
+        store.add_committed(Proposal(b, bytes(64)))
+        ids.append(b.id)
+        parent = b.id
+    store.close()
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        store = Store(path)
+        try:
+            assert [store.committed_height_of(i) for i in ids] == list(range(5_000, 5_011))
+        finally:
+            store.close()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_a_validator_started_under_flock_of_its_data_dir_opens_it(tmp_path):
+    """Review s16: the first fix locked the data_dir itself, so `flock <data_dir> accel node`, a
+    common guard against a second start, made the validator refuse its own data_dir. The lock is
+    now on validator.db (flock, apart from SQLite's fcntl locks)."""
+    import fcntl
+    (tmp_path / "validator.lock").write_text("424242\n")  # (a run before left its pid)
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the wrapper's lock
+        store = LockedStore(tmp_path)
+        store.close()
+    finally:
+        os.close(held)
