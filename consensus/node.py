@@ -744,40 +744,35 @@ class LockedStore(Store):
 
     def __init__(self, data_dir: Path):
         self.lock = self.db_lock = -1
-        # the database file is locked too (flock: apart from SQLite's own fcntl locks, and from
-        # a `flock <data_dir> accel node` wrapper's): validator.lock reads like a stale pid file,
-        # and one removed while its validator ran let a second process open the store (review
-        # s16); a filesystem that takes no flock keeps the refusal below
-        try:
-            self.db_lock = os.open(data_dir / "validator.db", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            fcntl.flock(self.db_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._unlock_db()
-            raise _in_use(_read_pid(data_dir / "validator.lock")) from None
-        except OSError:
-            self._unlock_db()  # (the file's own lock below says what is wrong)
         # not followed if a link: the file is truncated to hold the pid (a validator.lock linked to
         # another file emptied that file)
-        try:
-            self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                0o600)
-        except BaseException:
-            self._unlock_db()
-            raise
+        self.lock = os.open(data_dir / "validator.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(self.lock, 32).decode(errors="replace").strip() or "unknown"
             os.close(self.lock)
-            self._unlock_db()
             raise _in_use(holder) from None
         except OSError as exc:
             os.close(self.lock)
-            self._unlock_db()
             if exc.errno in NO_LOCKS:  # was "is not a writable directory: No locks available"
                 raise DataDirInUse(f"its filesystem takes no file lock ({exc.strerror}), so two processes could "
                                    "write one validator's votes; put data_dir on a local filesystem") from None
             raise
+        # the database file is locked too (flock: apart from SQLite's own fcntl locks, and from a
+        # `flock <data_dir> accel node` wrapper's): validator.lock reads like a stale pid file, and
+        # one removed while its validator ran let a second process open the store (review s16).
+        # Only once validator.lock is held: a descriptor of the database closed in a process whose
+        # SQLite connection has it open drops that connection's fcntl locks
+        try:
+            self.db_lock = os.open(data_dir / "validator.db", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self.db_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._unlock_db()
+            os.close(self.lock)
+            raise _in_use(_read_pid(data_dir / "validator.lock")) from None
+        except OSError:
+            self._unlock_db()  # (a database SQLite cannot open either says why below)
         _locked_stores.add(self)
         try:
             os.ftruncate(self.lock, 0)
