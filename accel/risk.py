@@ -306,8 +306,10 @@ def _validate_greeks(n, a):
     _first_bad("t", ~_is_nonnegative(t), t, "must be finite and >= 0")
     _first_bad("r", ~np.isfinite(r), r, "must be finite")
     _first_bad("q", ~np.isfinite(q), q, "must be finite")
-    _first_bad("r", np.abs(r * t) > _MAX_EXP_ARG, r, f"makes |r * t| exceed {_MAX_EXP_ARG}")
-    _first_bad("q", np.abs((r - q) * t) > _MAX_EXP_ARG, q, f"makes |(r - q) * t| exceed {_MAX_EXP_ARG}")
+    with np.errstate(over="ignore", invalid="ignore"):  # (an overflow is what is refused: inf > the bound)
+        rt, qt = np.abs(r * t), np.abs((r - q) * t)
+    _first_bad("r", rt > _MAX_EXP_ARG, r, f"makes |r * t| exceed {_MAX_EXP_ARG}")
+    _first_bad("q", qt > _MAX_EXP_ARG, q, f"makes |(r - q) * t| exceed {_MAX_EXP_ARG}")
 
 
 def portfolio_margin(portfolio, marks, params: MarginParams | None = None, backend=None,
@@ -523,7 +525,8 @@ def _refuse_masked(name, value) -> None:
 def _real_values(name, value) -> np.ndarray:
     """value as a float64 array of any shape, from real numbers only: integer and float arrays
     and scalars, and Python objects that are real numbers. Everything else is a ValueError naming
-    `name`: a complex array (NumPy would drop the imaginary part with a mere warning), datetimes
+    `name`: a long double nonzero but below double's range (it would become 0: an option of
+    t = 1e-4000 priced as expired), a complex array (NumPy would drop the imaginary part with a mere warning), datetimes
     and timedeltas (NumPy would read them as counts of their unit), strings (NumPy would parse
     them), bools, None, a masked array with masked entries (the mask would be dropped) and an
     integer beyond double precision (an OverflowError otherwise)."""
@@ -533,6 +536,14 @@ def _real_values(name, value) -> np.ndarray:
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{name} must be numeric: {exc}") from None
     kind = arr.dtype.kind
+    if kind == "f" and arr.dtype.itemsize > 8:  # long double: one below double's range would become 0
+        out = np.ascontiguousarray(arr, np.float64)
+        lost = np.flatnonzero((out == 0) & (arr != 0))
+        if lost.size:
+            i = int(lost[0])
+            raise ValueError(f"{name}[{i}] = {np.format_float_scientific(arr.reshape(-1)[i])}: nonzero but below "
+                             "double precision's range (it would be read as 0)")
+        return out
     if kind in "fiu":
         return np.ascontiguousarray(arr, np.float64)
     if kind == "O":
