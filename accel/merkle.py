@@ -39,7 +39,9 @@ HOST_TOP = 64
 
 
 def device_levels(b, data, offsets, n: int, keep: bool = False) -> list[np.ndarray]:
-    """_levels over leaves already in device buffers of backend b (packed data, n + 1 offsets)."""
+    """_levels over leaves already in device buffers of backend b (packed data, n + 1 offsets).
+    Launch refuses offsets fewer than n + 1 (a KernelError); their contents are trusted as
+    pack_messages builds them (from 0, never decreasing, ending within data)."""
     level = b.empty((n, 32), np.uint8)
     b.launch("merkle_leaves", n, data, offsets, level)
     levels = [b.to_host(level)] if keep else []

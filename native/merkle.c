@@ -70,8 +70,11 @@ int av_merkle_leaves(const uint8_t *data, const uint64_t *offsets, uint8_t *out,
     return hash_packed(data, offsets, out, n, 1, 0x00);
 }
 
+/* Nodes 0..n-1 of the level above `count` nodes, as the GPU kernels compute them (node i for every
+ * i < n, whatever count is; launch checks n == (count + 1) / 2). */
 int av_merkle_level(const uint8_t *below, uint64_t count, uint8_t *above, uint64_t n) {
     uint64_t pairs = count / 2; /* nodes with two children; an odd last one is copied up */
+    if (pairs > n) pairs = n;   /* never past node n - 1 (count once reached past `above`) */
     if (use_shani()) {
 #pragma omp parallel for schedule(static) if (n >= AV_PAR_MIN)
         for (int64_t g = 0; g < (int64_t)((pairs + AV_LANES - 1) / AV_LANES); ++g) {
@@ -84,7 +87,7 @@ int av_merkle_level(const uint8_t *below, uint64_t count, uint8_t *above, uint64
                 for (uint64_t j = i; j < pairs; ++j) sha256_ni_digest(above + 32 * j, 1, 0x01, below + 64 * j, 64);
             }
         }
-        if (count & 1) merkle_level_item(pairs, below, count, above);
+        for (uint64_t i = pairs; i < n; ++i) merkle_level_item(i, below, count, above); /* an odd last one */
         return 0;
     }
 #pragma omp parallel for schedule(static) if (n >= AV_PAR_MIN)

@@ -181,10 +181,11 @@ def test_every_kernel_signature_is_read_and_the_c_fallback_agrees_with_it(cpu):
 # -- CUDA (no GPU needed: a CudaBackend whose CuPy is a stand-in) --------------------------------
 
 class _DeviceArray:
-    """What CudaBackend.launch reads of a CuPy array: dtype and flags.c_contiguous."""
+    """What CudaBackend.launch reads of a CuPy array: dtype, flags.c_contiguous and size."""
 
-    def __init__(self, dtype, contiguous=True):
+    def __init__(self, dtype, contiguous=True, size=1 << 20):
         self.dtype, self.flags = np.dtype(dtype), types.SimpleNamespace(c_contiguous=contiguous)
+        self.size = size
 
 
 class _Function:

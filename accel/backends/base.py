@@ -214,15 +214,69 @@ def check_scalar(kernel: str, pos, p: Param, arg):
     if not p.lo <= value <= p.hi:
         raise _refuse(kernel, pos, p, f"{value} is out of the range of {p.ctype} ({p.lo}..{p.hi})")
     return p.convert(value)
-    try:
-        value = operator.index(arg)
-    except TypeError:
-        raise KernelError(f"av_{kernel} argument {pos}: {type(arg).__name__} passed as {p.text} "
-                          "(an integer is expected)") from None
-    if not p.lo <= value <= p.hi:
-        raise KernelError(f"av_{kernel} argument {pos}: {value} is out of the range of {p.text} "
-                          f"({p.lo}..{p.hi})")
-    return p.convert(value)
+
+
+# How many items of each buffer a kernel reads or writes for n items and its (checked) scalars:
+# kernel -> f(n, args) giving, per parameter before n, the fewest items its buffer must hold (0 for
+# a scalar, or for a buffer whose extent its contents give: messages' bytes by the offsets,
+# margin's positions and instruments by offsets and pos_inst). launch refuses a smaller buffer: a
+# raw launch whose n outran its buffers read and wrote past them (SIGSEGV on the C fallback and
+# PoCL, a digest written past `out`). What is needed at n = 0 counts too (the C fallback reads
+# offsets[0] and margin's parameter header, and writes ed25519_verify_all's verdict, at any n).
+_PACKED = lambda n, a: (0, n + 1, 32 * n)  # noqa: E731  (data by offsets, n + 1 offsets, digests)
+RK_P_HEADER = 22  # kernels/margin.h RK_P_MOVES: the parameters read before the counts they hold
+B76_OUTPUTS = 6  # kernels/black76.h: rows of greeks' out
+
+
+def _greeks_sizes(n, a):
+    """Bit j of `scalars` set: input j holds one element shared by every item."""
+    s, one = int(a[8]), 1 if n else 0
+    return (one if s & 1 else n, one if s & 2 else n, one if s & 4 else n, one if s & 8 else n,
+            one if s & 16 else n, one if s & 32 else n, one if s & 64 else n, one if s & 128 else n,
+            0, B76_OUTPUTS * n)
+
+
+def _level_sizes(n, a):
+    """merkle_level: node i of the level above `count` nodes for i < n = (count + 1) // 2 (the
+    kernels' relation; the C fallback hashed count // 2 pairs whatever n was)."""
+    count = int(a[1])
+    if n != (count + 1) // 2:
+        raise KernelError(f"av_merkle_level: n = {n} items for a level of count = {count} nodes; "
+                          f"a level above {count} nodes has (count + 1) // 2 = {(count + 1) // 2}")
+    return (32 * count, 0, 32 * n)
+
+
+SIZES = {
+    "sha256_many": _PACKED,
+    "merkle_leaves": _PACKED,
+    "merkle_level": _level_sizes,
+    # pks, msgs (by offsets), offsets, sigs, order (read when use_order), use_order, out
+    "ed25519_verify": lambda n, a: (32 * n, 0, n + 1, 64 * n, n if a[5] else 0, 0, n),
+    "ed25519_challenge": lambda n, a: (32 * n, 0, n + 1, 64 * n, n if a[5] else 0, 0, 32 * n),
+    "ed25519_verify_k": lambda n, a: (32 * n, 64 * n, 32 * n, n),
+    "ed25519_verify_all": lambda n, a: (32 * n, 0, n + 1, 64 * n, 1),  # one verdict, even for n = 0
+    "ed25519_verify_single": lambda n, a: (32 * n, 0, n + 1, 64 * n, n),
+    "ed25519_key_is_safe": lambda n, a: (32 * n, n),
+    "greeks": _greeks_sizes,
+    # offsets, pos_inst, pos_size, forward, strike, expiry, vol, kind, pp, im, mm[, worst]
+    "portfolio_margin": lambda n, a: (n + 1, 0, 0, 0, 0, 0, 0, 0, RK_P_HEADER, n, n, n),
+    "standard_margin": lambda n, a: (n + 1, 0, 0, 0, 0, 0, 0, 0, RK_P_HEADER, n, n),
+}
+# Kernels whose `order` (a permutation of 0..n-1 when use_order, parameter ORDERED[k] + 1, is set)
+# says which item work item j takes: the GPU kernels write out[order[j]] and the C fallback checks
+# item j, so launch refuses any other order (an entry >= n wrote past out on a GPU, a repeated one
+# left items unwritten there, where the C fallback wrote every one).
+ORDERED = {"ed25519_verify": 4, "ed25519_challenge": 4}
+
+
+def is_permutation(order: np.ndarray, n: int) -> bool:
+    """Whether the first n entries of a host array of unsigned integers are 0..n-1 in some order."""
+    head = np.asarray(order).reshape(-1)[:n]
+    if n == 0:
+        return True
+    if len(head) < n or int(head.max()) >= n:
+        return False
+    return bool(np.bincount(head, minlength=n).all())
 
 
 class Backend(ABC):
@@ -244,7 +298,19 @@ class Backend(ABC):
     @abstractmethod
     def launch(self, kernel: str, n: int, *args, group: int | None = None) -> None:
         """Run av_<kernel> over items 0..n-1; args are buffers or NumPy scalars of the C types.
-        group: the work-group size a kernel is written for (GPU targets; the C loop ignores it)."""
+        group: the work-group size a kernel is written for (GPU targets; the C loop ignores it),
+        None or a positive int the device allows.
+
+        Checked (check_args, a KernelError naming the argument): each argument's kind, type,
+        byte order and contiguity, each scalar's range, each buffer's size against n and the
+        scalars (SIZES), merkle_level's n against its count, and ed25519's `order`, which must be
+        a permutation of 0..n-1 when use_order is set. Trusted, not checked (checking them costs
+        a pass over the data, on a GPU a copy back): the CONTENTS of the other buffers, i.e.
+        offsets that start at 0, never decrease and end within the data; margin's pos_inst
+        entries within the instrument arrays and pp's counts within pp. Offsets that break that
+        read outside the buffers. The high-level APIs (accel.sha256_many, merkle_root,
+        ed25519_verify_batch, greeks, portfolio_margin ...) build these buffers themselves and
+        are the checked entry points; launch is for code that built them as they do."""
 
     # What this backend's buffers are (what to_device and empty return; a pointer parameter takes
     # nothing else), whether they carry a flags.c_contiguous (NumPy's and CuPy's arrays), and
@@ -261,12 +327,16 @@ class Backend(ABC):
         """The one check of every launch, before anything reaches a driver or the C fallback: n
         and the arguments for `params` (default self.params(kernel)). A buffer must be this
         backend's, its dtype of the parameter's kind and item size in this machine's byte order,
-        C-contiguous, and writable where the kernel writes; a scalar must be an integer (a real
+        C-contiguous, writable where the kernel writes, and hold at least the items SIZES says
+        the kernel reads or writes for n and the scalars; a scalar must be an integer (a real
         number for a floating parameter) in the parameter's range, and comes back converted to
-        its exact type. Anything else is a KernelError naming the kernel and the argument.
+        its exact type; ed25519's order must be a permutation of 0..n-1 when use_order is set. Anything else is a KernelError naming the kernel and the argument.
         Returns (n as an int, the arguments to pass)."""
         if params is None:
             params = self.params(kernel)
+        sizes = SIZES.get(kernel)
+        if sizes is None:
+            raise KernelError(f"av_{kernel} has no size rule (base.SIZES): launch cannot check its buffers")
         if len(args) != len(params):
             raise KernelError(f"av_{kernel} takes {len(params)} arguments before n, got {len(args)}")
         if type(n) is not int or not 0 <= n <= _N.hi:
@@ -281,7 +351,52 @@ class Backend(ABC):
             elif not (type(arg) is buffer_type and arg.dtype in p.dtypes and
                       (not flags or (arg.flags.c_contiguous and not (p.writes and host and not arg.flags.writeable)))):
                 checked[pos] = self._check_buffer(kernel, pos, p, arg)
+        for pos, (arg, need) in enumerate(zip(checked, sizes(n, checked))):
+            if need and arg.size < need:
+                p = params[pos]
+                raise _refuse(kernel, pos, p, f"a buffer of {arg.size} {p.ctype[:-2].strip()} items "
+                                              f"passed where n = {n} needs {need}")
+        at = ORDERED.get(kernel)
+        if at is not None and checked[at + 1] and n:
+            self._check_order(kernel, at, params[at], checked[at], n)
         return n, checked
+
+    def check_group(self, kernel: str, group):
+        """launch's group: None, or a positive int (not a bool); else a KernelError naming the
+        kernel (whether the device allows it, each GPU backend checks)."""
+        if group is None:
+            return None
+        if isinstance(group, (bool, np.bool_)) or not isinstance(group, (int, np.integer)) or \
+                not 1 <= group <= 0x7FFFFFFF:
+            raise KernelError(f"av_{kernel}: group={group!r}: a work-group size is a positive int or None")
+        return int(group)
+
+    # Orders uploaded by upload_order, already found permutations: {id: (buffer, n)}, a few at most
+    _orders: dict | None = None
+
+    def upload_order(self, order: np.ndarray):
+        """A device copy of `order` (a host uint32 array) after checking that it is a permutation
+        of 0..len(order)-1 (a ValueError if not): the next launch given it skips the check, which
+        on a GPU would copy it back."""
+        order = np.ascontiguousarray(order)
+        if order.dtype != np.uint32 or order.ndim != 1 or not is_permutation(order, len(order)):
+            raise ValueError("order must be a 1-D uint32 permutation of 0..n-1")
+        buffer = self.to_device(order)
+        if not self.host_buffers:
+            if self._orders is None:
+                self._orders = {}
+            while len(self._orders) >= 8:
+                del self._orders[next(iter(self._orders))]
+            self._orders[id(buffer)] = (buffer, len(order))
+        return buffer
+
+    def _check_order(self, kernel: str, pos: int, p: Param, order, n: int) -> None:
+        known = (self._orders or {}).pop(id(order), None)
+        if known is not None and known[0] is order and known[1] == n:
+            return
+        host = order if self.host_buffers else self.to_host(order)
+        if not is_permutation(host, n):
+            raise _refuse(kernel, pos, p, f"order is not a permutation of 0..{n - 1} (use_order is set)")
 
     def _check_buffer(self, kernel: str, pos: int, p: Param, arg):
         """check_args for a buffer that is not plainly right: arg (as a plain ndarray if it is a

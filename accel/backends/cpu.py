@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .base import (C_TYPES, KERNEL_DIR, Backend, BackendUnavailable, KernelError, kernel_params, param,
+from .base import (C_TYPES, Backend, BackendUnavailable, KernelError, kernel_modules, kernel_params, param,
                    parse_params)
 
 
@@ -39,19 +39,33 @@ def _load():
     return _native
 
 
+# The C fallback's kernels that kernels/*.h does not define, as native/ed25519.h declares them (a
+# test holds the two equal). Read from here, not from native/*.h, which an installed package does
+# not ship: without it these had no constness, and `out` took read-only memory.
+C_ONLY = {
+    "ed25519_verify_all": "int av_ed25519_verify_all(const uint8_t *pks, const uint8_t *msgs, "
+                          "const uint64_t *offsets, const uint8_t *sigs, uint8_t *out, uint64_t n);",
+    "ed25519_verify_single": "int av_ed25519_verify_single(const uint8_t *pks, const uint8_t *msgs, "
+                             "const uint64_t *offsets, const uint8_t *sigs, uint8_t *out, uint64_t n);",
+}
+
+
 def _declared(kernel: str):
     """av_<kernel>'s parameters as declared in source (for their names and which buffers the
-    kernel writes): native/*.h of a source checkout (what cffi compiled), else kernels/*.h; None
-    where neither can be read."""
-    native = KERNEL_DIR.parent / "native"  # beside kernels/ in a source checkout only
+    kernel writes): kernels/*.h's KERNEL definition, or C_ONLY's declaration (never native/*.h,
+    so an installed package reads the same); None where neither has it."""
     try:
-        for path in sorted(native.glob("*.h")):
-            found = parse_params(kernel, path.read_text())
-            if found is not None:
-                return found
+        if kernel in C_ONLY:
+            return parse_params(kernel, C_ONLY[kernel])
         return kernel_params(kernel)
-    except (KernelError, OSError):
+    except KernelError:
         return None
+
+
+def launchable(kernel) -> bool:
+    """Whether the C fallback's launch runs av_<kernel>: the kernels only, not the library's other
+    av_* entries (av_set_threads, av_ledger_run ...)."""
+    return isinstance(kernel, str) and (kernel in C_ONLY or kernel in kernel_modules())
 
 
 def _params(kernel: str, ctypes) -> tuple:
@@ -94,8 +108,14 @@ class CpuBackend(Backend):
         """(function, Params of the arguments before n, cffi array type or None per argument),
         looked up once per kernel: a clearing block launches the same kernel dozens of times on
         small batches."""
-        found = self._signatures.get(kernel)
+        try:
+            found = self._signatures.get(kernel)
+        except TypeError:  # unhashable
+            found = None
         if found is None:
+            if not launchable(kernel):
+                raise KernelError(f"the C fallback has no av_{kernel} to launch (its kernels: kernels/*.h's "
+                                  f"and {', '.join(sorted(C_ONLY))})")
             try:
                 fn = getattr(self._lib, "av_" + kernel)
             except AttributeError:
@@ -112,6 +132,7 @@ class CpuBackend(Backend):
         # the check every backend shares (base.Backend.check_args): kind, item size, byte order,
         # contiguity and writability of each array, the range of each scalar
         n, args = self.check_args(kernel, n, args, params)
+        self.check_group(kernel, group)  # ignored here, refused where a GPU backend refuses it
         from_buffer = self._ffi.from_buffer
         cargs = [arg if array_type is None else from_buffer(array_type, arg, require_writable=False)
                  for array_type, arg in zip(array_types, args)]

@@ -207,6 +207,7 @@ class CudaBackend(Backend):
         # the check every backend shares (base.Backend.check_args), against kernels/*.h's
         # signature: CuPy passes a NumPy scalar at its own width and an array of any dtype
         n, args = self.check_args(kernel, n, args)
+        group = self.check_group(kernel, group)
         if n == 0:
             return
         with self._dev:

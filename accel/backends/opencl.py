@@ -108,6 +108,15 @@ class ClBuffer:
     shape: tuple
     dtype: np.dtype
 
+    @property
+    def size(self) -> int:
+        """Its items, as NumPy's size (launch checks them against what the kernel needs): its
+        shape's, never more than the OpenCL buffer holds."""
+        items = 1
+        for d in self.shape:
+            items *= d
+        return min(items, self.buf.size // self.dtype.itemsize)
+
 
 class OpenClBackend(Backend):
     name = "opencl"
@@ -193,6 +202,7 @@ class OpenClBackend(Backend):
         # signature: set_args passes whatever it is given, and a float64 or big-endian offsets
         # buffer crashed PoCL, an np.uint32 for a u64 was passed 4 bytes wide
         n, args = self.check_args(kernel, n, args)
+        group = self.check_group(kernel, group)
         if n == 0:
             return
         cargs = [a.buf if isinstance(a, ClBuffer) else a for a in args]
