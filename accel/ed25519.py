@@ -97,8 +97,12 @@ def hash_order(offsets: np.ndarray) -> np.ndarray | None:
 
 
 def ordering(b, order: np.ndarray | None) -> tuple:
-    """The (order, use_order) arguments of the GPU kernels that hash, on backend b."""
-    return b.to_device(order if order is not None else np.zeros(1, np.uint32)), np.uint32(order is not None)
+    """The (order, use_order) arguments of the GPU kernels that hash, on backend b. An order goes
+    up through b.upload_order, which checks it is a permutation on the host: launch refuses any
+    other, and would otherwise copy a GPU's order back to check it."""
+    if order is None:
+        return b.to_device(np.zeros(1, np.uint32)), np.uint32(0)
+    return b.upload_order(order), np.uint32(1)
 
 
 def verify_on_gpu(b, n, pks, data, offsets, sigs, out, order) -> None:
