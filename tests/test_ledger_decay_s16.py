@@ -114,42 +114,60 @@ def test_a_straddle_opened_marks_before_expiry_is_closed_in_time(intervals):
     assert sum(e.get(asset, 0) for e in c.equity([A, W])) <= need[A] + need[W]
 
 
-def test_the_charge_is_the_time_value_lost_over_the_horizon_and_alike_in_software():
+def test_the_margin_one_horizon_later_holds_the_time_value_and_is_alike_in_software():
+    """Margin = max(the kernel's at the mark, the kernel's one horizon later plus what time took
+    from the book meanwhile): within the horizon of its expiry a long option needs its whole time
+    value (paid in full), far from it about an hour's theta more; the same integers in software."""
     far = market()[0]
     far.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 30 * 86_400, ORACLES[:2])
     near = market()[0]
     near.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 1_800, ORACLES[:2])
     decay_far, decay_near = far._decay("BTC", far.marks["BTC"]), near._decay("BTC", near.marks["BTC"])
-    # within the horizon of its expiry an option's whole time value (ATM: all of it); far from it
-    # a small part, the theta of an hour
-    assert decay_near == near.marks["BTC"].values
+    assert decay_near == near.marks["BTC"].values  # (ATM: all of it is time value)
     assert all(0 < decay_far[i] < far.marks["BTC"].values[i] // 20 for i in (1, 2))
-    for c in (far, near):
+    margins = {}
+    for name, c in (("far", far), ("near", near), ("bare", market(horizon=0)[0])):
+        if name == "bare":
+            c.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 1_800, ORACLES[:2])
         c.register(A)
         c.register(W)
         c.deposit(A, 0, "USD", 10**7 * USD)
         c.deposit(W, 0, "USD", 10**7 * USD)
         v = c.marks["BTC"].values
-        c.trade(A, 1, W, 1, 1, 3, v[1])
-        c.trade(W, 2, A, 2, 2, 5, v[2])  # W long puts, A short them
+        c.trade(A, 1, W, 1, 1, 3, v[1])  # A long 3 straddles, W short them
+        c.trade(A, 2, W, 2, 2, 3, v[2])
         soft = c.snapshot()
         soft.software = True
         hard, sw = c.margins([A, W], {"USD"})["USD"], soft.margins([A, W], {"USD"})["USD"]
         assert [np.asarray(x).tolist() for x in hard] == [np.asarray(x).tolist() for x in sw]
-    bare = market(horizon=0)[0]
-    bare.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 1_800, ORACLES[:2])
-    for c in (bare,):
-        c.register(A)
-        c.register(W)
-        c.deposit(A, 0, "USD", 10**7 * USD)
-        c.deposit(W, 0, "USD", 10**7 * USD)
-        v = c.marks["BTC"].values
-        c.trade(A, 1, W, 1, 1, 3, v[1])
-        c.trade(W, 2, A, 2, 2, 5, v[2])
-    with_charge, without = near.margins([A, W], {"USD"})["USD"][0], bare.margins([A, W], {"USD"})["USD"][0]
-    # the long side is charged its options' time value, the short side nothing more
-    assert int(with_charge[0]) - int(without[0]) == 3 * decay_near[1]
-    assert int(with_charge[1]) - int(without[1]) == 5 * decay_near[2]
+        margins[name] = [(int(i), int(m)) for i, m in zip(*hard)]
+    premium = 3 * (near.marks["BTC"].values[1] + near.marks["BTC"].values[2])
+    (a_im, a_mm), (w_im, w_mm) = margins["near"]
+    (a_im0, a_mm0), (w_im0, w_mm0) = margins["bare"]
+    assert a_im0 < premium and a_mm0 < premium  # (before: less than what the expiry takes)
+    assert premium <= a_mm <= a_im <= premium + 6  # now the premium (and a quantum a contract), no more
+    assert (w_im, w_mm) == (w_im0, w_mm0)  # the writer's: time only helps it
+
+
+def test_a_long_option_paid_in_full_is_never_liquidated_for_time():
+    """Review s16 of the first version, which added the charge on top of the kernel's margin
+    (already the option's whole value near expiry): a straddle paid in full a day out was
+    liquidated 6,600 s before expiry with flat honest marks, its writer's short closed with it."""
+    c, asset = market(fund=10**6 * USD)
+    c.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 86_400, ORACLES[:2])
+    c.register(A)
+    c.register(W)
+    v = c.marks["BTC"].values
+    premium = 10 * (v[1] + v[2])
+    c.defer = True
+    c.begin_block()
+    c.deposit(A, 0, asset, premium + premium // 1000)
+    c.deposit(W, 0, asset, 10**6 * USD)
+    c.trade(A, 1, W, 1, 1, 10, v[1])
+    c.trade(A, 2, W, 2, 2, 10, v[2])
+    assert c.end_of_block() == []
+    marks_until_expiry(c, 1, 86_400 // 600, 600)
+    assert len(c.liquidations) == 0
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "3600", True, 2**41])

@@ -22,7 +22,7 @@ import itertools
 from fractions import Fraction
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -59,12 +59,12 @@ DEFAULT_PARAMS = MarginParams(tick=QUANTUM)  # an underlying without parameters 
 # at least this many of the latest, at most about 4x (ledger_state.Log's keep)
 LIQUIDATIONS_KEPT = 1 << 16
 # The longest gap between two marks of an underlying the market expects, in seconds (a genesis
-# parameter, Clearing(decay_horizon_s=)): a long option's margin holds what its value loses to time
-# until the next mark (_decay). Without it, a straddle bought on borrowed cash at initial margin
-# (0.902 of its premium, the worst scenario being "vol down" at the same time to expiry) lost all
-# of its time value at the expiry mark with the index unchanged, and the insurance fund paid the
-# writer the rest: 2,876 USD for 200 straddles a mark interval of 600 s before expiry, the whole
-# fund at 1,400 (review s16).
+# parameter, Clearing(decay_horizon_s=)): a book's margin is also taken one horizon later, with
+# what time took from its options meanwhile (_margins, _at_horizon, _decay). Without it, a
+# straddle bought on borrowed cash at initial margin (0.902 of its premium, the worst scenario
+# being "vol down" at the same time to expiry) lost all of its time value at the expiry mark with
+# the index unchanged, and the insurance fund paid the writer the rest: 2,876 USD for 200
+# straddles a mark interval of 600 s before expiry, the whole fund at 1,400 (review s16).
 DECAY_HORIZON_S = 3600
 # Changed accounts past a quarter of the accounts and this many: the balance indexes are rebuilt
 # (one pass over the accounts) rather than brought up to date one account at a time
@@ -363,6 +363,19 @@ def _credit(acct: Account, asset: str, amount: int) -> None:
         acct.collateral[asset] = held
     else:
         acct.collateral.pop(asset, None)
+
+
+def _at_horizon(now: np.ndarray, later: np.ndarray, taken: np.ndarray) -> np.ndarray:
+    """Per account, the margin at the mark (now) or one decay horizon later plus what time took
+    from the book meanwhile (later + taken: the scenario losses of the book at the later time to
+    expiry, from its value then, plus the fall from its value now to that), whichever is larger;
+    -1 where either kernel margin is an error code (< 0). Exact: int64 where it cannot overflow."""
+    bad = (now < 0) | (later < 0)
+    if taken.dtype != object and int(np.abs(later).max(initial=0)) + int(np.abs(taken).max(initial=0)) < _EXACT:
+        out = np.maximum(now, later + taken)
+    else:
+        out = np.maximum(now.astype(object), later.astype(object) + taken.astype(object))
+    return np.where(bad, -1, out)
 
 
 def _exact_sum(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -737,8 +750,7 @@ class Clearing:
             book = Portfolio(offsets, np.searchsorted(inst, ids[mine]),
                              sizes[mine].astype(np.float64))
             params = self.params.get(und) or DEFAULT_PARAMS
-            res = (risk_numpy.portfolio_margin(book, marks, params, checked=False) if self.software
-                   else accel.portfolio_margin(book, marks, params, backend=self.backend, checked=False))
+            res = self._kernel_margin(book, marks, params)
             # one quantum a contract for the rounding of its value to whole quanta (_series_values),
             # which the kernel's margin does not see: an inverse future's value per USD is 1.5
             # quanta at an index of 66.7M USD, so a 0.013% dip moved it by 1 quantum, 67%, and a
@@ -748,22 +760,25 @@ class Clearing:
             rounding = np.bincount(owner[mine], weights=np.abs(sizes[mine]).astype(np.float64),
                                    minlength=n).astype(np.int64)
             margins = (res.initial, res.maintenance)
+            if self.decay_horizon_s:  # the book one horizon later, what time took from it added
+                later = self._kernel_margin(book, replace(marks, expiry=np.maximum(
+                    marks.expiry - self.decay_horizon_s / YEAR_S, 0.0)), params)
+                decay = self._decay(und, mark)
+                lost = np.array([decay.get(int(i), 0) for i in inst], np.int64)[np.searchsorted(inst, ids[mine])]
+                taken = self._signed_sums(n, owner[mine], sizes[mine], lost)
+                margins = tuple(_at_horizon(m, l, taken) for m, l in zip(margins, (later.initial, later.maintenance)))
             if max(int(m.max(initial=0)) for m in margins) < _EXACT:
                 totals.setdefault(asset, []).append(tuple(np.where(m < 0, m, m + rounding) for m in margins))
             else:
                 totals.setdefault(asset, []).extend((margins, (rounding, rounding)))
-            decay = self._decay(und, mark)
-            lost = np.array([decay.get(int(i), 0) for i in inst], np.int64)[np.searchsorted(inst, ids[mine])]
-            if lost.any():  # (what long options lose to time until the next mark: initial and maintenance)
-                charge = self._long_sums(n, owner[mine], sizes[mine], lost)
-                totals[asset].append((charge, charge))
         return {asset: tuple(_exact_sum([p[which] for p in parts]) for which in (0, 1))
                 for asset, parts in totals.items()}
 
     def _decay(self, und: str, mark: Mark) -> dict[int, int]:
         """Per option series of und, the quanta one contract's value at `mark` loses to time over
         decay_horizon_s at the same index and vols (its whole time value where it expires within
-        the horizon), none where it gains; kept per mark (a Mark never changes)."""
+        the horizon; none listed where it would gain: at rate 0 an option's value never grows as
+        its expiry nears); kept per mark (a Mark never changes)."""
         key = (und, id(mark))
         hit = self._decay_cache.get(key)
         if hit is not None and hit[0] is mark:
@@ -777,18 +792,20 @@ class Clearing:
         self._decay_cache[key] = (mark, out)
         return out
 
+    def _kernel_margin(self, book: Portfolio, marks: Marks, params: MarginParams):
+        return (risk_numpy.portfolio_margin(book, marks, params, checked=False) if self.software
+                else accel.portfolio_margin(book, marks, params, backend=self.backend, checked=False))
+
     @staticmethod
-    def _long_sums(n: int, owner: np.ndarray, sizes: np.ndarray, value: np.ndarray) -> np.ndarray:
-        """Per account (rows grouped by owner), the sum of size x value over its long rows, exactly
-        (a _column)."""
-        longs = np.where(sizes > 0, sizes, 0)
-        exact64 = _sums_fit(owner, longs, value)
+    def _signed_sums(n: int, owner: np.ndarray, sizes: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Per account (rows grouped by owner), the sum of size x value over its rows, exactly (int64
+        where no sum can overflow it, else Python integers)."""
+        exact64 = _sums_fit(owner, sizes, value)
         sums = np.zeros(n, np.int64 if exact64 else object)
         if len(owner):
             starts = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))
-            terms = longs.astype(sums.dtype) * value.astype(sums.dtype)
-            sums[owner[starts]] = np.add.reduceat(terms, starts)
-        return sums if exact64 else _column(sums)
+            sums[owner[starts]] = np.add.reduceat(sizes.astype(sums.dtype) * value.astype(sums.dtype), starts)
+        return sums
 
     def _instruments(self, und: str, inverse: bool, mark: Mark, skip: frozenset) -> tuple[np.ndarray, Marks]:
         """The open series of a margin group (sorted ids) and their kernel inputs at a mark; kept
