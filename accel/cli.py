@@ -340,7 +340,8 @@ def cmd_testnet(args) -> int:
     network = json.loads((Path(args.out) / "network.json").read_text())
     oracles = network["oracles"]
     if oracles:
-        print(f"oracle key files (a quorum of {network['oracle_quorum']} signs each mark: accel tx mark --oracle FILE ...): "
+        print(f"oracle key files (a quorum of {network['oracle_quorum']} signs each mark: "
+              "accel tx mark --oracle FILE ...): "
               f"{', '.join(str(Path(args.out) / o['key_file']) for o in oracles)} (give each to whoever runs "
               "that oracle, never to a validator's host)")
     print(f"public keys, addresses and API URLs: {Path(args.out) / 'network.json'}; "

@@ -236,9 +236,9 @@ def _check_oracles(path, text: str, cfg: "NodeConfig") -> None:
             raise ConfigError(f"{where}: [clearing] oracles[{i}] {key.hex()} is not an oracle key: not a canonical "
                               "encoding of a curve point, or of small order (anyone could sign for it)")
         if key in cfg.keys:
-            raise ConfigError(f"{where}: [clearing] oracles[{i}] is [network] keys[{cfg.keys.index(key)}], a validator's "
-                              "key: an oracle signs with a key of its own (whoever holds a validator's seed would "
-                              "also move every margin)")
+            raise ConfigError(f"{where}: [clearing] oracles[{i}] is [network] keys[{cfg.keys.index(key)}], a "
+                              "validator's key: an oracle signs with a key of its own (whoever holds a validator's "
+                              "seed would also move every margin)")
         if key in PUBLISHED_KEYS or key in _guessable_keys():
             raise ConfigError(f"{where}: [clearing] oracles[{i}] {key.hex()} is a key whose seed is published or "
                               "guessable (the built-in load's oracles, RFC 8032's test keys, one byte repeated): "
@@ -750,9 +750,8 @@ class LockedStore(Store):
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(self.lock, 32).decode(errors="replace").strip() or "unknown"
             os.close(self.lock)
-            raise _in_use(holder) from None
+            raise _in_use(_read_pid(data_dir / "validator.lock")) from None
         except OSError as exc:
             os.close(self.lock)
             if exc.errno in NO_LOCKS:  # was "is not a writable directory: No locks available"
@@ -811,7 +810,8 @@ class NodeRunner:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r}: cannot open its "
                                f"store ({exc}): the disk is full, read-only or failing, or another program holds "
                                "validator.db; the store is not damaged: free space or stop that program, and start "
-                               "again (do not remove the data directory: the validator would forget its votes)") from None
+                               "again (do not remove the data directory: the validator would forget its votes)") \
+                from None
         except OSError as exc:
             raise StartupError(f"validator {cfg.index}: {where}[node] data_dir {str(cfg.data_dir)!r} is not a "
                                f"writable directory: {exc.strerror or exc}") from None

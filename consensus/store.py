@@ -131,7 +131,7 @@ class Store:
                 self.db.execute(statement)
             self._index_tail()
             # the safety row as this process last wrote or read it (save_safety: nobody else writes it)
-            self._written = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
+            self._written = _raw_safety(self.db)
         except sqlite3.Error as exc:
             self._rollback()
             if environmental(exc):  # (the disk or another program, not the store: intact, nothing to repair)
@@ -190,7 +190,7 @@ class Store:
             self.seal.arm(self.db)
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            held = self.db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
+            held = _raw_safety(self.db)
             if held != self._written:
                 raise StoreError(_overwritten(held, self._written))
             if held is not None and isinstance(held[0], int) and safety.last_voted_view < held[0]:
@@ -622,11 +622,16 @@ class _BadRow(StoreError):
     """The safety row is missing beside blocks, or damaged (_safety_row)."""
 
 
+def _raw_safety(db) -> tuple | None:
+    """The safety row as stored, unchecked: (last voted view, high QC bytes), None where none."""
+    return db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
+
+
 def _safety_row(db) -> tuple | None:
     """The safety row checked: (last voted view, high QC), None where the store holds nothing;
     _BadRow saying in one line what is wrong (never a DecodeError or AttributeError from deep in
     the start-up)."""
-    row = db.execute("SELECT last_voted_view, high_qc FROM safety").fetchone()
+    row = _raw_safety(db)
     if row is None:
         held = "SELECT EXISTS (SELECT 1 FROM committed) OR EXISTS (SELECT 1 FROM uncommitted)"
         if db.execute(held).fetchone()[0]:

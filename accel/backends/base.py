@@ -330,8 +330,9 @@ class Backend(ABC):
         C-contiguous, writable where the kernel writes, and hold at least the items SIZES says
         the kernel reads or writes for n and the scalars; a scalar must be an integer (a real
         number for a floating parameter) in the parameter's range, and comes back converted to
-        its exact type; ed25519's order must be a permutation of 0..n-1 when use_order is set. Anything else is a KernelError naming the kernel and the argument.
-        Returns (n as an int, the arguments to pass)."""
+        its exact type; ed25519's order must be a permutation of 0..n-1 when use_order is set.
+        Anything else is a KernelError naming the kernel and the argument. Returns (n as an int,
+        the arguments to pass)."""
         if params is None:
             params = self.params(kernel)
         sizes = SIZES.get(kernel)

@@ -357,6 +357,16 @@ def _sums_fit(owner: np.ndarray, sizes: np.ndarray, value: np.ndarray) -> bool:
     return float(np.bincount(owner, weights=weight).max()) < 2.0**61
 
 
+def _owner_sums(n: int, owner: np.ndarray, sizes: np.ndarray, value: np.ndarray, dtype) -> np.ndarray:
+    """Per account 0..n-1, the sum of size x value over its rows (grouped by owner: one sum per
+    run of equal owners), in dtype (int64 where _sums_fit, else object: Python integers)."""
+    sums = np.zeros(n, dtype)
+    if len(owner):
+        starts = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))
+        sums[owner[starts]] = np.add.reduceat(sizes.astype(dtype) * value.astype(dtype), starts)
+    return sums
+
+
 def _credit(acct: Account, asset: str, amount: int) -> None:
     held = acct.collateral.get(asset, 0) + amount
     if held:
@@ -723,10 +733,7 @@ class Clearing:
         for a in sorted(set(asset_of)):
             mine = np.array([x == a for x in asset_of])[which]
             o = owner[mine]
-            sums = np.zeros(n, np.int64 if exact64 else object)
-            if len(o):  # rows are grouped by owner: one sum per run of equal owners
-                starts = np.flatnonzero(np.concatenate(([True], o[1:] != o[:-1])))
-                sums[o[starts]] = np.add.reduceat(sizes[mine].astype(sums.dtype) * value[mine], starts)
+            sums = _owner_sums(n, o, sizes[mine], value[mine], np.int64 if exact64 else object)
             held = np.zeros(n, bool)
             held[o] = True
             out[a] = _Sums(sums if exact64 else _column(sums), held)
@@ -800,12 +807,7 @@ class Clearing:
     def _signed_sums(n: int, owner: np.ndarray, sizes: np.ndarray, value: np.ndarray) -> np.ndarray:
         """Per account (rows grouped by owner), the sum of size x value over its rows, exactly (int64
         where no sum can overflow it, else Python integers)."""
-        exact64 = _sums_fit(owner, sizes, value)
-        sums = np.zeros(n, np.int64 if exact64 else object)
-        if len(owner):
-            starts = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))
-            sums[owner[starts]] = np.add.reduceat(sizes.astype(sums.dtype) * value.astype(sums.dtype), starts)
-        return sums
+        return _owner_sums(n, owner, sizes, value, np.int64 if _sums_fit(owner, sizes, value) else object)
 
     def _instruments(self, und: str, inverse: bool, mark: Mark, skip: frozenset) -> tuple[np.ndarray, Marks]:
         """The open series of a margin group (sorted ids) and their kernel inputs at a mark; kept

@@ -400,11 +400,11 @@ class Mempool(dict):
     on every insertion and removal, each owner's pending count (_owner_of), a max-heap of the owners
     by weight (`weight`: ClearingApp._weight), a max-heap of each owner's transactions by _place,
     who holds what a commit can make stale (`holders`, _touches), each account's pending nonces
-    (`held`: _evict_short), and each underlying's marks in arrival order (`marks`): ClearingApp.submit_many finds the heaviest account and its last
-    transaction in O(log n), ClearingApp.committed looks only at the transactions that share a
-    nonce or an underlying with the block, and a proposal finds the marks it moves ahead
-    (_quorum_marks_ahead) without reading the rest. Heap
-    entries go stale as counts fall (removals do no heap work); they are checked where read, and a
+    (`held`: _evict_short), and each underlying's marks in arrival order (`marks`):
+    ClearingApp.submit_many finds the heaviest account and its last transaction in O(log n),
+    ClearingApp.committed looks only at the transactions that share a nonce or an underlying with
+    the block, and a proposal finds the marks it moves ahead (_quorum_marks_ahead) without reading
+    the rest. Heap entries go stale as counts fall (removals do no heap work); they are checked where read, and a
     heap past twice what it indexes is rebuilt (amortized O(1) an insertion)."""
 
     def __init__(self, *args, **kwargs):
