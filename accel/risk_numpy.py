@@ -281,7 +281,8 @@ def portfolio_margin(portfolio, marks, params: MarginParams | None = None, check
         contingency = _contingency(pf, mk, pp)
         # rk_finish: the first strict maximum; a non-finite loss or contingency is an error
         nscen = loss.shape[0]
-        wl = loss[0].copy() if nscen else np.zeros(n_acc)
+        grid_rows = 3 * int(pp[_P_NMOVES]) + int(pp[_P_NEXT])  # at least 3; then the gaps
+        wl = loss[0].copy()
         wi = np.zeros(n_acc, np.int32)
         finite = np.isfinite(wl) & np.isfinite(contingency)
         for s in range(1, nscen):
@@ -289,9 +290,11 @@ def portfolio_margin(portfolio, marks, params: MarginParams | None = None, check
             better = loss[s] > wl
             wl = np.where(better, loss[s], wl)
             wi[better] = s
+            if s == grid_rows - 1:  # the grid's maintenance, which the initial multiplier takes
+                grid = _max(wl, 0.0) + contingency
         mmv = _max(wl, 0.0) + contingency
         mm = _ticks(mmv, pp[_P_TICK], finite)
-        im = _ticks(mmv * pp[_P_IM_MULT], pp[_P_TICK], finite)
+        im = _ticks(_max(grid * pp[_P_IM_MULT], mmv), pp[_P_TICK], finite)
     if checked:
         risk._check_ticks(mm, im)
     return MarginResult(im, mm, wi)
@@ -373,23 +376,36 @@ def _counts_ok(pp) -> bool:
 def _losses(pf, mk, pp):
     """Loss matrix (scenarios, accounts) with the kernel's bits: pnl[s] += size * (value - base)
     over each account's positions in row order (portfolio_margin_item), then -pnl, times the
-    weight for the extended scenarios (rk_finish)."""
+    weight for the extended scenarios, then each gap's bound -min(ga, gb) (rk_gaps_add,
+    rk_finish)."""
     _, _, weight = _scenarios(pp)
     nm = int(pp[_P_NMOVES])
     nscen = 3 * nm + len(weight)
+    first = np.array([v * nm + i - 1 for v in range(3) for i in range(1, nm)], np.int64)  # gap g's moves
     n_acc = len(pf.offsets) - 1
     inst, where_ = np.unique(pf.instrument, return_inverse=True)
     dv = _instrument_deltas(mk, pp, inst)  # (used instruments, scenarios)
     order, counts = _account_order(pf.offsets)
     starts = pf.offsets[:-1][order]
     pnl = np.zeros((n_acc, nscen))  # accounts in `order`
+    ga, gb = np.zeros((n_acc, len(first))), np.zeros((n_acc, len(first)))
     n_active = np.searchsorted(-counts, -np.arange(counts[0] if n_acc else 0), side="left")  # count > r
     for r, n_r in enumerate(n_active):  # the r-th position of every account that has one
         rows = starts[:n_r] + r
-        pnl[:n_r] += pf.size[rows][:, None] * dv[where_[rows]]
-    loss = np.empty((nscen, n_acc))
-    loss[:, order] = (-pnl).T
-    loss[3 * nm:] *= weight[:, None]  # -pnl[s] * weight[s]
+        size = pf.size[rows]
+        d = size[:, None] * dv[where_[rows]]
+        pnl[:n_r] += d
+        kind = mk.kind[pf.instrument[rows]].astype(np.int64)
+        future = (kind & FUTURE) != 0
+        chord = np.where((kind & INVERSE) != 0, future & (size > 0.0), future | (size < 0.0))[:, None]
+        x, y = d[:, first], d[:, first + 1]
+        m = _min(x, y)
+        ga[:n_r] += np.where(chord, x, m)
+        gb[:n_r] += np.where(chord, y, m)
+    loss = np.empty((nscen + len(first), n_acc))
+    loss[:nscen, order] = (-pnl).T
+    loss[3 * nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]
+    loss[nscen:, order] = (-_min(ga, gb)).T
     return loss
 
 

@@ -39,6 +39,7 @@
 #define RK_MAX_MOVES 16
 #define RK_MAX_EXT 16
 #define RK_MAX_SCEN (3 * RK_MAX_MOVES + RK_MAX_EXT)
+#define RK_MAX_GAPS (3 * (RK_MAX_MOVES - 1))
 
 /* Whether the parameter array's counts fit the per-account scenario array (RK_MAX_SCEN): 1 to
  * RK_MAX_MOVES moves, 0 to RK_MAX_EXT extended moves. accel/risk.py checks MarginParams before
@@ -153,10 +154,43 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
     return pp[RK_P_CONTINGENCY] * opt + pp[RK_P_FUT_CONTINGENCY] * offset;
 }
 
-/* Worst scenario (the largest loss, each extended move's loss times its weight, ties to the lower
- * index) and the account's margins in ticks. */
-DEVICE void rk_finish(u64 a, const double *pnl, int nm, int nscen, double contingency, GLOBAL const double *pp,
-                      GLOBAL i64 *im, GLOBAL i64 *mm, GLOBAL i32 *worst)
+/* The gaps between adjacent standard moves. A grid of moves alone misses a book whose positions
+ * offset at every move and not between them (long calls struck between two moves, short futures:
+ * flat at both, a loss in the middle). Each gap (moves a and b, array neighbours, one vol state)
+ * gets a bound of the loss anywhere between them: every instrument's value is monotone in the
+ * index, and a position whose P&L is concave or linear in the move (short vanilla options, linear
+ * futures, long inverse futures) lies above its chord, so
+ *   P(m) >= sum over those of their chord + sum over the others of min(P_p(a), P_p(b)),
+ * a line in m whose minimum is at a or b. Books whose positions all move one way get their
+ * endpoints' loss: only offsetting books pay more. */
+DEVICE int rk_chord_bounds(u32 flags, double size)
+{
+    int future = (flags & RK_FUTURE) != 0;
+    return (flags & B76_INVERSE) ? future & (size > 0.0) : future | (size < 0.0);
+}
+
+/* Adds one position's P&L in the standard scenarios (d[s], s < 3 nm) to each gap's bound at its
+ * first move (ga) and at its second (gb). Gap g = vol state * (nm - 1) + move index. */
+DEVICE void rk_gaps_add(const double *d, int nm, int chord, double *ga, double *gb)
+{
+    for (int v = 0; v < 3; v++)
+        for (int i = 1; i < nm; i++) {
+            int g = v * (nm - 1) + i - 1;
+            double x = d[v * nm + i - 1], y = d[v * nm + i];
+            double m = mx_min(x, y);
+            ga[g] += mx_sel(chord, x, m);
+            gb[g] += mx_sel(chord, y, m);
+        }
+}
+
+/* Worst scenario (the largest loss, each extended move's loss times its weight, then each gap's
+ * bound -min(ga, gb); ties to the lower index) and the account's margins in ticks. Initial margin
+ * is the grid's maintenance times the multiplier, and at least the maintenance: a gap's bound is
+ * already a bound of the loss, not a scenario's, so it is not multiplied (with it, a long straddle
+ * near expiry would need 1.3 times what it is worth). */
+DEVICE void rk_finish(u64 a, const double *pnl, const double *ga, const double *gb, int nm, int nscen,
+                      double contingency, GLOBAL const double *pp, GLOBAL i64 *im, GLOBAL i64 *mm,
+                      GLOBAL i32 *worst)
 {
     int w0 = RK_P_MOVES + nm + (nscen - 3 * nm) - 3 * nm; /* pp[w0 + s]: weight of extended scenario s */
     i32 wi = 0;
@@ -167,15 +201,22 @@ DEVICE void rk_finish(u64 a, const double *pnl, int nm, int nscen, double contin
         finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = s; }
     }
+    double grid = mx_max(wl, 0.0) + contingency;
+    for (int g = 0; g < 3 * (nm - 1); g++) {
+        double loss = -mx_min(ga[g], gb[g]);
+        finite &= mx_isfinite(loss);
+        if (loss > wl) { wl = loss; wi = nscen + g; }
+    }
     double mmv = mx_max(wl, 0.0) + contingency;
-    /* a NaN or infinite loss would be skipped by the comparison above and could leave an
+    /* a NaN or infinite loss would be skipped by the comparisons above and could leave an
      * account with no margin: it is an error (RK_NOT_FINITE), never a number */
     mm[a] = finite ? rk_ticks(mmv, pp[RK_P_TICK]) : RK_NOT_FINITE;
-    im[a] = finite ? rk_ticks(mmv * pp[RK_P_IM_MULT], pp[RK_P_TICK]) : RK_NOT_FINITE;
+    im[a] = finite ? rk_ticks(mx_max(grid * pp[RK_P_IM_MULT], mmv), pp[RK_P_TICK]) : RK_NOT_FINITE;
     worst[a] = wi;
 }
 
-/* Account a: each position revalued under every scenario, losses summed in position order. (The C
+/* Account a: each position revalued under every scenario, losses summed in position order, and
+ * each gap's bound in the same order. (The C
  * fallback batches the same rk_value calls and sums in the same order; see native/risk.c.) */
 DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,
                                   GLOBAL const double *pos_size, GLOBAL const double *forward,
@@ -192,8 +233,9 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     double index = pp[RK_P_INDEX];
-    double pnl[RK_MAX_SCEN];
+    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], ga[RK_MAX_GAPS], gb[RK_MAX_GAPS];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
+    for (int g = 0; g < 3 * (nm - 1); g++) ga[g] = gb[g] = 0.0;
     for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
         i32 j = pos_inst[p];
         double size = pos_size[p];
@@ -205,11 +247,13 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
         for (int s = 0; s < nscen; s++) {
             int vs;
             double mv = rk_scenario(s, nm, pp, &vs);
-            pnl[s] += size * (rk_value(fl, f * mv, index * mv, k, rt, vols[vs], disc) - base);
+            d[s] = size * (rk_value(fl, f * mv, index * mv, k, rt, vols[vs], disc) - base);
+            pnl[s] += d[s];
         }
+        rk_gaps_add(d, nm, rk_chord_bounds(fl, size), ga, gb);
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
-    rk_finish(a, pnl, nm, nscen, contingency, pp, im, mm, worst);
+    rk_finish(a, pnl, ga, gb, nm, nscen, contingency, pp, im, mm, worst);
 }
 
 DEVICE void standard_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,

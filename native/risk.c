@@ -126,20 +126,25 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     int per = nscen + 1;
-    double pnl[RK_MAX_SCEN];
+    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], ga[RK_MAX_GAPS], gb[RK_MAX_GAPS];
     double chunk[AV_MARGIN_TASKS];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
+    for (int g = 0; g < 3 * (nm - 1); g++) ga[g] = gb[g] = 0.0;
     for (int64_t p0 = offsets[a]; p0 < offsets[a + 1]; p0 += AV_MARGIN_CHUNK) {
         int np = (int)(offsets[a + 1] - p0 < AV_MARGIN_CHUNK ? offsets[a + 1] - p0 : AV_MARGIN_CHUNK);
         if (!table) value_chunk(pos_inst + p0, np, forward, strike, expiry, vol, kind, pp, chunk);
         for (int q = 0; q < np; q++) {
             const double *val = table ? table + (int64_t)pos_inst[p0 + q] * per : chunk + q * per;
             double size = pos_size[p0 + q], base = val[0];
-            for (int s = 0; s < nscen; s++) pnl[s] += size * (val[1 + s] - base);
+            for (int s = 0; s < nscen; s++) {
+                d[s] = size * (val[1 + s] - base);
+                pnl[s] += d[s];
+            }
+            rk_gaps_add(d, nm, rk_chord_bounds(kind[pos_inst[p0 + q]], size), ga, gb);
         }
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
-    rk_finish(a, pnl, nm, nscen, contingency, pp, im, mm, worst);
+    rk_finish(a, pnl, ga, gb, nm, nscen, contingency, pp, im, mm, worst);
 }
 
 int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,

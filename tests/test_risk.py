@@ -265,7 +265,8 @@ def test_vol_up_floor(cpu):
 def scipy_losses(kind, f, k, t, vol, size, index, p):
     """One position's loss under each scenario, written out from docs/RISK.md with SciPy: the
     vol states, floors and exponents, and each extended move's weight
-    extended_weight * min(1, extended_reference_move / |m|)."""
+    extended_weight * min(1, extended_reference_move / |m|). A gap between two moves bounds one
+    position's loss by its worse endpoint's (docs/RISK.md, "Gaps")."""
     dte = max(t * p.days_per_year, 1.0)
     shock = (p.vol_ref_days / dte) ** (p.vol_exponent if dte < p.vol_ref_days else p.vol_exponent_long)
     vols = {"up": max(vol * (1 + p.vol_up * shock), p.vol_up_floor), "same": vol,
@@ -275,6 +276,10 @@ def scipy_losses(kind, f, k, t, vol, size, index, p):
     losses = []
     for i in range(p.n_scenarios):
         move, state = p.scenario(i)
+        if isinstance(move, tuple):
+            losses.append(max(losses[p.moves.index(m) + ("up", "same", "down").index(state) * len(p.moves)]
+                              for m in move))
+            continue
         value = scipy_black(f * (1 + move), k, t, vols[state], call) / (index * (1 + move) if inverse else 1.0)
         ext = i >= 3 * len(p.moves)
         weight = p.extended_weight * min(1.0, p.extended_reference_move / abs(move)) if ext else 1.0
@@ -379,9 +384,11 @@ def test_standard_margin(cpu):
 
 def test_margin_params():
     p = MarginParams()
-    assert p.n_scenarios == 35 and p.moves[4] == 0.0 and len(p.moves) == 9
+    assert p.n_scenarios == 35 + 24 and p.moves[4] == 0.0 and len(p.moves) == 9
     assert p.scenario(9 + 4) == (0.0, "same") and p.scenario(27) == (-0.66, "up")
     assert p.scenario(34) == (5.0, "up") and p.scenario(26) == (0.16, "down")
+    assert p.scenario(35) == ((-0.16, -0.12), "up") and p.scenario(35 + 8 + 3) == ((-0.04, 0.0), "same")
+    assert p.scenario(58) == ((0.12, 0.16), "down")
     assert p.extended_weights[3] == 0.16 and len(p.extended_weights) == 8
     for bad in (dict(tick=0.0), dict(moves=()), dict(moves=(-1.0, 0.0)), dict(vol_up=-0.1),
                 dict(initial_multiplier=0.9), dict(vol_down_floor=0.0), dict(extended_weight=float("nan")),
@@ -389,8 +396,8 @@ def test_margin_params():
                 dict(extended_moves=(0.5,) * 17)):
         with pytest.raises(ValueError, match="MarginParams"):
             MarginParams(**bad)
-    with pytest.raises(ValueError, match="scenario index 35"):
-        p.scenario(35)
+    with pytest.raises(ValueError, match="scenario index 59"):
+        p.scenario(59)
 
 
 def test_param_array_layout_matches_kernel():
