@@ -381,14 +381,13 @@ def _losses(pf, mk, pp):
     _, _, weight = _scenarios(pp)
     nm = int(pp[_P_NMOVES])
     nscen = 3 * nm + len(weight)
-    first = np.array([v * nm + i - 1 for v in range(3) for i in range(1, nm)], np.int64)  # gap g's moves
     n_acc = len(pf.offsets) - 1
     inst, where_ = np.unique(pf.instrument, return_inverse=True)
     dv = _instrument_deltas(mk, pp, inst)  # (used instruments, scenarios)
     order, counts = _account_order(pf.offsets)
     starts = pf.offsets[:-1][order]
     pnl = np.zeros((n_acc, nscen))  # accounts in `order`
-    ga, gb = np.zeros((n_acc, len(first))), np.zeros((n_acc, len(first)))
+    ga, gb = np.zeros((n_acc, 3, nm - 1)), np.zeros((n_acc, 3, nm - 1))  # gap g = (vol state, move)
     n_active = np.searchsorted(-counts, -np.arange(counts[0] if n_acc else 0), side="left")  # count > r
     for r, n_r in enumerate(n_active):  # the r-th position of every account that has one
         rows = starts[:n_r] + r
@@ -397,15 +396,16 @@ def _losses(pf, mk, pp):
         pnl[:n_r] += d
         kind = mk.kind[pf.instrument[rows]].astype(np.int64)
         future = (kind & FUTURE) != 0
-        chord = np.where((kind & INVERSE) != 0, future & (size > 0.0), future | (size < 0.0))[:, None]
-        x, y = d[:, first], d[:, first + 1]
+        chord = np.where((kind & INVERSE) != 0, future & (size > 0.0), future | (size < 0.0))[:, None, None]
+        grid = d[:, :3 * nm].reshape(n_r, 3, nm)
+        x, y = grid[:, :, :-1], grid[:, :, 1:]
         m = _min(x, y)
         ga[:n_r] += np.where(chord, x, m)
         gb[:n_r] += np.where(chord, y, m)
-    loss = np.empty((nscen + len(first), n_acc))
+    loss = np.empty((nscen + 3 * (nm - 1), n_acc))
     loss[:nscen, order] = (-pnl).T
     loss[3 * nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]
-    loss[nscen:, order] = (-_min(ga, gb)).T
+    loss[nscen:, order] = (-_min(ga, gb)).reshape(n_acc, -1).T
     return loss
 
 

@@ -170,17 +170,23 @@ DEVICE int rk_chord_bounds(u32 flags, double size)
 }
 
 /* Adds one position's P&L in the standard scenarios (d[s], s < 3 nm) to each gap's bound at its
- * first move (ga) and at its second (gb). Gap g = vol state * (nm - 1) + move index. */
+ * first move (ga) and at its second (gb). Gap g = vol state * (nm - 1) + move index. (Split on
+ * `chord` outside the loops, which then vectorise in the C fallback.) */
 DEVICE void rk_gaps_add(const double *d, int nm, int chord, double *ga, double *gb)
 {
-    for (int v = 0; v < 3; v++)
-        for (int i = 1; i < nm; i++) {
-            int g = v * (nm - 1) + i - 1;
-            double x = d[v * nm + i - 1], y = d[v * nm + i];
-            double m = mx_min(x, y);
-            ga[g] += mx_sel(chord, x, m);
-            gb[g] += mx_sel(chord, y, m);
+    for (int v = 0; v < 3; v++) {
+        const double *x = d + v * nm;
+        double *a = ga + v * (nm - 1), *b = gb + v * (nm - 1);
+        if (chord) {
+            for (int i = 0; i < nm - 1; i++) { a[i] += x[i]; b[i] += x[i + 1]; }
+        } else {
+            for (int i = 0; i < nm - 1; i++) {
+                double m = mx_min(x[i], x[i + 1]);
+                a[i] += m;
+                b[i] += m;
+            }
         }
+    }
 }
 
 /* Worst scenario (the largest loss, each extended move's loss times its weight, then each gap's
