@@ -321,7 +321,8 @@ def _validate_greeks(n, a):
 def portfolio_margin(portfolio, marks, params: MarginParams | None = None, backend=None,
                      checked: bool = True) -> MarginResult:
     """Per-account initial and maintenance margin (int64 ticks) and worst scenario (int32) under
-    the portfolio model: the worst scenario loss plus the short option contingency.
+    the portfolio model: the worst loss of the scenarios and of the gaps between adjacent moves,
+    plus the short option contingency (docs/RISK.md).
 
     portfolio: a Portfolio (or a dict of its fields): account a holds the positions
       offsets[a]..offsets[a+1]-1, each an instrument index into marks and a size in contracts

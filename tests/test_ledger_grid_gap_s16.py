@@ -49,7 +49,7 @@ def open_hedge(kind, strike, a_short_futures):
     return c, need[A]
 
 
-@pytest.mark.parametrize("move", [0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, -0.01])
+@pytest.mark.parametrize("move", [0.005, 0.01, 0.02, 0.03, 0.05, 0.06, 0.07, 0.1, 0.14, -0.01])
 @pytest.mark.parametrize("kind,offset", [(CALL, 0.02), (CALL, 0.06), (PUT, -0.02)], ids=["call2", "call6", "put2"])
 def test_a_futures_hedge_of_near_expiry_options_does_not_take_the_fund_between_grid_moves(kind, offset, move):
     """Long calls struck above the index and short futures (or long puts struck below and long
