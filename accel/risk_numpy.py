@@ -319,22 +319,39 @@ def _scenarios(pp):
     return mult, state, pp[_P_MOVES + nm + ne:_P_MOVES + nm + 2 * ne]
 
 
+def _gap_mids(pp):
+    """rk_gap_mid for every gap g = vol state * (nm - 1) + i: (middle multiplier, vol state, the
+    first and second move's offsets from the middle)."""
+    nm = int(pp[_P_NMOVES])
+    ma, mb = 1.0 + pp[_P_MOVES:_P_MOVES + nm - 1], 1.0 + pp[_P_MOVES + 1:_P_MOVES + nm]
+    mc = 0.5 * (ma + mb)
+    return np.tile(mc, 3), np.repeat([0, 1, 2], nm - 1), np.tile(ma - mc, 3), np.tile(mb - mc, 3)
+
+
 def _instrument_deltas(mk, pp, inst):
-    """value - base of each instrument in `inst` under every scenario, (len(inst), scenarios):
-    rk_position and rk_value, base value first (forward and index times 1.0, which is exact)."""
+    """value - base of each instrument in `inst` under every scenario, then at every gap's middle,
+    (len(inst), scenarios + gaps), and forward * rk_dvalue at each gap's middle, (len(inst), gaps):
+    rk_position, rk_value and rk_dvalue, base value first (forward and index times 1.0, which is
+    exact)."""
     mult, state, _ = _scenarios(pp)
-    mult = np.concatenate([[1.0], mult])
-    state = np.concatenate([[1], state])  # the base value takes the instrument's own vol (state 1)
+    mid, mid_state, _, _ = _gap_mids(pp)
+    mult = np.concatenate([[1.0], mult, mid])
+    state = np.concatenate([[1], state, mid_state])  # the base value takes the instrument's own vol (state 1)
+    first_mid = len(mult) - len(mid)
     index, rate = pp[_P_INDEX], pp[_P_RATE]
     out = np.empty((len(inst), len(mult) - 1))
+    slope = np.empty((len(inst), len(mid)))
     # a block of instruments at a time, valued under every scenario: the temporaries stay small
     step = max(1, _CHUNK // len(mult))
     for lo in range(0, len(inst), step):
         j = inst[lo:lo + step]
         kind = mk.kind[j].astype(np.int64)
         inverse = ((kind & INVERSE) != 0)[:, None]
-        f = mk.forward[j][:, None] * mult  # f * mv
+        f0 = mk.forward[j][:, None]
+        f = f0 * mult  # f * mv
         futures = np.where(inverse, -1.0 / f, f)
+        fm = f[:, first_mid:]
+        dvalue = np.where(inverse, 1.0 / (fm * fm), 1.0)  # rk_dvalue of a future
         option = (kind & FUTURE) == 0
         val = futures
         if option.any():
@@ -351,12 +368,19 @@ def _instrument_deltas(mk, pp, inst):
                              vol * _max(1.0 - pp[_P_VOL_DOWN] * shock, pp[_P_VOL_DOWN_FLOOR])], axis=1)
             # rk_value of an option: b76_price, divided by index * mv where inverse
             omega = np.where((kind[o] & CALL) != 0, 1.0, -1.0)[:, None]
-            price = _b76_price(omega, f[o], mk.strike[j[o]][:, None], rt[:, None], vols[:, state],
-                               disc[:, None])
+            k = mk.strike[j[o]][:, None]
+            price = _b76_price(omega, f[o], k, rt[:, None], vols[:, state], disc[:, None])
             val = futures.copy()
             val[o] = np.where(inverse[o], price / (index * mult), price)
+            # rk_dvalue of an option at the gaps' middles
+            s = vols[:, mid_state] * rt[:, None]
+            n1 = _b76_core(omega, fm[o], k, s)[2]
+            itm = omega * (fm[o] - k)
+            step_ = np.where(itm > 0.0, 1.0, np.where(itm == 0.0, 0.5, 0.0))
+            dvalue[o] = disc[:, None] * omega * np.where(s > 0.0, n1, step_)
         out[lo:lo + len(j)] = val[:, 1:] - val[:, :1]
-    return out
+        slope[lo:lo + len(j)] = f0 * dvalue
+    return out, slope
 
 
 def _account_order(offsets):
@@ -376,36 +400,42 @@ def _counts_ok(pp) -> bool:
 def _losses(pf, mk, pp):
     """Loss matrix (scenarios, accounts) with the kernel's bits: pnl[s] += size * (value - base)
     over each account's positions in row order (portfolio_margin_item), then -pnl, times the
-    weight for the extended scenarios, then each gap's bound -min(ga, gb) (rk_gaps_add,
-    rk_finish)."""
+    weight for the extended scenarios, then each gap's -max(min(bound 1 at a, at b), min(bound 2
+    at a, at b)) (rk_gaps_add, rk_finish)."""
     _, _, weight = _scenarios(pp)
+    _, _, da, db = _gap_mids(pp)
     nm = int(pp[_P_NMOVES])
-    nscen = 3 * nm + len(weight)
+    nscen, ng = 3 * nm + len(weight), 3 * (nm - 1)
     n_acc = len(pf.offsets) - 1
     inst, where_ = np.unique(pf.instrument, return_inverse=True)
-    dv = _instrument_deltas(mk, pp, inst)  # (used instruments, scenarios)
+    dv, slope = _instrument_deltas(mk, pp, inst)  # (used instruments, scenarios + gaps), (.., gaps)
     order, counts = _account_order(pf.offsets)
     starts = pf.offsets[:-1][order]
     pnl = np.zeros((n_acc, nscen))  # accounts in `order`
-    ga, gb = np.zeros((n_acc, 3, nm - 1)), np.zeros((n_acc, 3, nm - 1))  # gap g = (vol state, move)
+    ga, gb, ta, tb = (np.zeros((n_acc, ng)) for _ in range(4))  # gap g = vol state * (nm - 1) + i
     n_active = np.searchsorted(-counts, -np.arange(counts[0] if n_acc else 0), side="left")  # count > r
     for r, n_r in enumerate(n_active):  # the r-th position of every account that has one
         rows = starts[:n_r] + r
         size = pf.size[rows]
-        d = size[:, None] * dv[where_[rows]]
+        d = size[:, None] * dv[where_[rows], :nscen]
         pnl[:n_r] += d
         kind = mk.kind[pf.instrument[rows]].astype(np.int64)
-        future = (kind & FUTURE) != 0
-        chord = np.where((kind & INVERSE) != 0, future & (size > 0.0), future | (size < 0.0))[:, None, None]
+        future, inverse = (kind & FUTURE) != 0, (kind & INVERSE) != 0
+        chord = np.where(inverse, future & (size > 0.0), future | (size < 0.0))[:, None]  # rk_gap_class
+        tangent = (np.where(inverse, future & (size < 0.0), ~future & (size > 0.0)) & ~chord[:, 0])[:, None]
         grid = d[:, :3 * nm].reshape(n_r, 3, nm)
-        x, y = grid[:, :, :-1], grid[:, :, 1:]
+        x, y = grid[:, :, :-1].reshape(n_r, ng), grid[:, :, 1:].reshape(n_r, ng)
         m = _min(x, y)
         ga[:n_r] += np.where(chord, x, m)
         gb[:n_r] += np.where(chord, y, m)
-    loss = np.empty((nscen + 3 * (nm - 1), n_acc))
+        pc = size[:, None] * dv[where_[rows], nscen:]
+        sc = size[:, None] * slope[where_[rows]]
+        ta[:n_r] += np.where(chord, x, np.where(tangent, pc + sc * da, m))
+        tb[:n_r] += np.where(chord, y, np.where(tangent, pc + sc * db, m))
+    loss = np.empty((nscen + ng, n_acc))
     loss[:nscen, order] = (-pnl).T
     loss[3 * nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]
-    loss[nscen:, order] = (-_min(ga, gb)).reshape(n_acc, -1).T
+    loss[nscen:, order] = (-_max(_min(ga, gb), _min(ta, tb))).T
     return loss
 
 

@@ -157,44 +157,105 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
 /* The gaps between adjacent standard moves. A grid of moves alone misses a book whose positions
  * offset at every move and not between them (long calls struck between two moves, short futures:
  * flat at both, a loss in the middle). Each gap (moves a and b, array neighbours, one vol state)
- * gets a bound of the loss anywhere between them: every instrument's value is monotone in the
- * index, and a position whose P&L is concave or linear in the move (short vanilla options, linear
- * futures, long inverse futures) lies above its chord, so
- *   P(m) >= sum over those of their chord + sum over the others of min(P_p(a), P_p(b)),
- * a line in m whose minimum is at a or b. Books whose positions all move one way get their
- * endpoints' loss: only offsetting books pay more. */
-DEVICE int rk_chord_bounds(u32 flags, double size)
+ * gets a bound of the loss anywhere between them, from two lines below each position's P&L, the
+ * larger bound counting (docs/RISK.md, "Gaps between the moves"):
+ *  - every instrument's value is monotone in the index, so min(P_p(a), P_p(b)) is below P_p;
+ *  - a P&L concave or linear in the move (short linear options, linear futures, long inverse
+ *    futures) lies above its chord, and a convex one (long linear options, short inverse futures)
+ *    above its tangent at the gap's middle move.
+ * Bound 1 takes the chord or the minimum, bound 2 the chord, the tangent or the minimum (inverse
+ * options); each is a line in the move, whose minimum is at a or b. Books whose positions all move
+ * one way get their endpoints' loss; a hedged long option gets about its own loss (bound 2, where
+ * bound 1 charges the hedge's whole loss at the far end of the gap). */
+#define RK_GAP_MONO 0
+#define RK_GAP_CHORD 1
+#define RK_GAP_TANGENT 2
+
+DEVICE int rk_gap_class(u32 flags, double size)
 {
-    int future = (flags & RK_FUTURE) != 0;
-    return (flags & B76_INVERSE) ? future & (size > 0.0) : future | (size < 0.0);
+    int future = (flags & RK_FUTURE) != 0, inverse = (flags & B76_INVERSE) != 0;
+    int chord = inverse ? future & (size > 0.0) : future | (size < 0.0);
+    int tangent = inverse ? future & (size < 0.0) : !future & (size > 0.0);
+    return chord ? RK_GAP_CHORD : (tangent ? RK_GAP_TANGENT : RK_GAP_MONO);
 }
 
-/* Adds one position's P&L in the standard scenarios (d[s], s < 3 nm) to each gap's bound at its
- * first move (ga) and at its second (gb). Gap g = vol state * (nm - 1) + move index. (Split on
- * `chord` outside the loops, which then vectorise in the C fallback.) */
-DEVICE void rk_gaps_add(const double *d, int nm, int chord, double *ga, double *gb)
+/* d value / d forward of one contract at forward f, for what the gaps take tangents of: a linear
+ * option's discounted Phi(omega d1) (at expiry the step: 1 in the money, 0.5 at the strike, 0 out),
+ * an inverse future's 1/f^2 (a linear future's 1). Meaningless for an inverse option. */
+DEVICE double rk_dvalue(u32 flags, double f, double k, double rt, double vol, double disc)
 {
+    double omega = mx_sel((flags & B76_CALL) != 0, 1.0, -1.0);
+    double s = vol * rt;
+    double pdf1, n1, n2;
+    b76_core(omega, f, k, s, &pdf1, &n1, &n2);
+    double itm = omega * (f - k);
+    double step = mx_sel(itm > 0.0, 1.0, mx_sel(itm == 0.0, 0.5, 0.0));
+    double option = disc * omega * mx_sel(s > 0.0, n1, step);
+    double future = mx_sel((flags & B76_INVERSE) != 0, 1.0 / (f * f), 1.0);
+    return mx_sel((flags & RK_FUTURE) != 0, future, option);
+}
+
+/* Gap i's middle multiplier (between 1 + moves[i] and 1 + moves[i + 1]) and its endpoints' offsets
+ * from it. */
+DEVICE double rk_gap_mid(int i, GLOBAL const double *pp, double *da, double *db)
+{
+    double ma = 1.0 + pp[RK_P_MOVES + i], mb = 1.0 + pp[RK_P_MOVES + i + 1];
+    double mc = 0.5 * (ma + mb);
+    *da = ma - mc;
+    *db = mb - mc;
+    return mc;
+}
+
+/* Adds one position to the gaps' bounds: gaps[0..G) bound 1 at each gap's first move, [G..2G) at
+ * its second, [2G..3G) and [3G..4G) bound 2 (G = RK_MAX_GAPS; gap g = vol state * (nm - 1) + move
+ * index). d[s]: the position's P&L in standard scenario s; vc[g], sl[g]: its instrument's value at
+ * gap g's middle and f * rk_dvalue there, read only for a tangent. (Split on the class outside the
+ * loops, which then vectorise in the C fallback.) */
+DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sl, double base, double size, int cls,
+                        int nm, GLOBAL const double *pp, double *gaps)
+{
+    double *ga = gaps, *gb = gaps + RK_MAX_GAPS, *ta = gaps + 2 * RK_MAX_GAPS, *tb = gaps + 3 * RK_MAX_GAPS;
     for (int v = 0; v < 3; v++) {
         const double *x = d + v * nm;
-        double *a = ga + v * (nm - 1), *b = gb + v * (nm - 1);
-        if (chord) {
-            for (int i = 0; i < nm - 1; i++) { a[i] += x[i]; b[i] += x[i + 1]; }
+        int g0 = v * (nm - 1);
+        if (cls == RK_GAP_CHORD) {
+            for (int i = 0; i < nm - 1; i++) {
+                ga[g0 + i] += x[i];
+                gb[g0 + i] += x[i + 1];
+                ta[g0 + i] += x[i];
+                tb[g0 + i] += x[i + 1];
+            }
+            continue;
+        }
+        for (int i = 0; i < nm - 1; i++) {
+            double m = mx_min(x[i], x[i + 1]);
+            ga[g0 + i] += m;
+            gb[g0 + i] += m;
+        }
+        if (cls == RK_GAP_TANGENT) {
+            for (int i = 0; i < nm - 1; i++) {
+                double da, db;
+                rk_gap_mid(i, pp, &da, &db);
+                double pc = size * (vc[g0 + i] - base), sc = size * sl[g0 + i];
+                ta[g0 + i] += pc + sc * da;
+                tb[g0 + i] += pc + sc * db;
+            }
         } else {
             for (int i = 0; i < nm - 1; i++) {
                 double m = mx_min(x[i], x[i + 1]);
-                a[i] += m;
-                b[i] += m;
+                ta[g0 + i] += m;
+                tb[g0 + i] += m;
             }
         }
     }
 }
 
 /* Worst scenario (the largest loss, each extended move's loss times its weight, then each gap's
- * bound -min(ga, gb); ties to the lower index) and the account's margins in ticks. Initial margin
+ * -max(min(bound 1 at a, at b), min(bound 2 at a, at b)); ties to the lower index) and the account's margins in ticks. Initial margin
  * is the grid's maintenance times the multiplier, and at least the maintenance: a gap's bound is
  * already a bound of the loss, not a scenario's, so it is not multiplied (with it, a long straddle
  * near expiry would need 1.3 times what it is worth). */
-DEVICE void rk_finish(u64 a, const double *pnl, const double *ga, const double *gb, int nm, int nscen,
+DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int nscen,
                       double contingency, GLOBAL const double *pp, GLOBAL i64 *im, GLOBAL i64 *mm,
                       GLOBAL i32 *worst)
 {
@@ -209,7 +270,8 @@ DEVICE void rk_finish(u64 a, const double *pnl, const double *ga, const double *
     }
     double grid = mx_max(wl, 0.0) + contingency;
     for (int g = 0; g < 3 * (nm - 1); g++) {
-        double loss = -mx_min(ga[g], gb[g]);
+        const double *x = gaps + g;
+        double loss = -mx_max(mx_min(x[0], x[RK_MAX_GAPS]), mx_min(x[2 * RK_MAX_GAPS], x[3 * RK_MAX_GAPS]));
         finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = nscen + g; }
     }
@@ -239,9 +301,9 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     double index = pp[RK_P_INDEX];
-    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], ga[RK_MAX_GAPS], gb[RK_MAX_GAPS];
+    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], vc[RK_MAX_GAPS], sl[RK_MAX_GAPS], gaps[4 * RK_MAX_GAPS];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
-    for (int g = 0; g < 3 * (nm - 1); g++) ga[g] = gb[g] = 0.0;
+    for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
     for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
         i32 j = pos_inst[p];
         double size = pos_size[p];
@@ -256,10 +318,18 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
             d[s] = size * (rk_value(fl, f * mv, index * mv, k, rt, vols[vs], disc) - base);
             pnl[s] += d[s];
         }
-        rk_gaps_add(d, nm, rk_chord_bounds(fl, size), ga, gb);
+        int cls = rk_gap_class(fl, size);
+        if (cls == RK_GAP_TANGENT)
+            for (int vs = 0; vs < 3; vs++)
+                for (int i = 0; i < nm - 1; i++) {
+                    double da, db, mc = rk_gap_mid(i, pp, &da, &db);
+                    vc[vs * (nm - 1) + i] = rk_value(fl, f * mc, index * mc, k, rt, vols[vs], disc);
+                    sl[vs * (nm - 1) + i] = f * rk_dvalue(fl, f * mc, k, rt, vols[vs], disc);
+                }
+        rk_gaps_add(d, vc, sl, base, size, cls, nm, pp, gaps);
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
-    rk_finish(a, pnl, ga, gb, nm, nscen, contingency, pp, im, mm, worst);
+    rk_finish(a, pnl, gaps, nm, nscen, contingency, pp, im, mm, worst);
 }
 
 DEVICE void standard_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,

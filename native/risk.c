@@ -83,40 +83,72 @@ int av_greeks(const double *x, const double *k, const double *t, const double *r
 }
 
 /* Portfolio margin as the portable item computes it, with every rk_value call of a chunk of
- * positions (the base value, then each scenario) gathered into arrays and evaluated in one
- * vectorised loop; the losses are then summed in the item's order. When the positions of a call
- * outnumber its instruments, each instrument is valued once for the call (a table of its base and
- * scenario values) instead of once per position holding it: the same rk_value calls on the same
- * inputs, so the same bits. */
+ * positions (the base value, each scenario, each gap's middle) and every rk_dvalue call (each
+ * gap's middle) gathered into arrays and evaluated in vectorised loops; the losses and the gaps'
+ * bounds are then summed in the item's order. When the positions of a call outnumber its
+ * instruments, each instrument is valued once for the call (a table of its values) instead of once
+ * per position holding it: the same calls on the same inputs, so the same bits. */
 #define AV_MARGIN_CHUNK 16 /* positions per batch */
-#define AV_MARGIN_TASKS (AV_MARGIN_CHUNK * (RK_MAX_SCEN + 1))
+#define AV_MARGIN_VALUES (RK_MAX_SCEN + 1 + RK_MAX_GAPS)
+#define AV_MARGIN_PER (AV_MARGIN_VALUES + RK_MAX_GAPS)
+#define AV_MARGIN_TASKS (AV_MARGIN_CHUNK * AV_MARGIN_PER)
 
-/* val[q * per + 0] = instrument inst[q]'s base value, val[q * per + 1 + s] its value in scenario s */
+/* Doubles per instrument in a table: base, scenarios, gap middles' values, then their slopes. */
+static int table_width(const double *pp) {
+    int nm = (int)pp[RK_P_NMOVES];
+    return 3 * nm + (int)pp[RK_P_NEXT] + 1 + 2 * 3 * (nm - 1);
+}
+
+/* val[q * per + 0] = instrument inst[q]'s base value, val[q * per + 1 + s] its value in scenario s,
+ * val[q * per + 1 + nscen + g] at gap g's middle, val[q * per + 1 + nscen + ng + g] its slope there
+ * (forward * rk_dvalue) */
 __attribute__((target_clones("avx2", "default"), flatten))
 static void value_chunk(const int32_t *inst, int np, const double *forward, const double *strike,
                         const double *expiry, const double *vol, const uint8_t *kind, const double *pp, double *val) {
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
-    int per = nscen + 1;
+    int ng = 3 * (nm - 1), nv = nscen + 1 + ng, per = nv + ng;
     double index = pp[RK_P_INDEX];
-    double tf[AV_MARGIN_TASKS], ti[AV_MARGIN_TASKS], tk[AV_MARGIN_TASKS], trt[AV_MARGIN_TASKS];
-    double tv[AV_MARGIN_TASKS], td[AV_MARGIN_TASKS];
-    uint64_t tfl[AV_MARGIN_TASKS];
+    double tf[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], ti[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
+    double tk[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], trt[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
+    double tv[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], td[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
+    double out[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
+    uint64_t tfl[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
+    double sf0[AV_MARGIN_CHUNK * RK_MAX_GAPS], sout[AV_MARGIN_CHUNK * RK_MAX_GAPS];
     for (int q = 0; q < np; q++) {
         int32_t j = inst[q];
         double disc, rt, vols[3];
         rk_position(expiry[j], vol[j], pp, &disc, &rt, vols);
-        for (int s = -1; s < nscen; s++) { /* -1: the base value, unmoved */
-            int vs = 1, o = q * per + s + 1;
-            double mv = s < 0 ? 1.0 : rk_scenario(s, nm, pp, &vs);
+        for (int s = -1; s < nscen + ng; s++) { /* -1: the base value, unmoved; from nscen: the gaps */
+            int vs = 1, o = q * nv + s + 1;
+            double da, db, mv = 1.0;
+            if (s >= nscen) {
+                vs = (s - nscen) / (nm - 1);
+                mv = rk_gap_mid((s - nscen) % (nm - 1), pp, &da, &db);
+            } else if (s >= 0) {
+                mv = rk_scenario(s, nm, pp, &vs);
+            }
             tf[o] = s < 0 ? forward[j] : forward[j] * mv;
             ti[o] = s < 0 ? index : index * mv;
             tv[o] = s < 0 ? vol[j] : vols[vs];
             tk[o] = strike[j], trt[o] = rt, td[o] = disc, tfl[o] = kind[j];
         }
+        for (int g = 0; g < ng; g++) sf0[q * ng + g] = forward[j];
     }
 #pragma omp simd
-    for (int o = 0; o < np * per; o++) val[o] = rk_value((u32)tfl[o], tf[o], ti[o], tk[o], trt[o], tv[o], td[o]);
+    for (int o = 0; o < np * nv; o++) out[o] = rk_value((u32)tfl[o], tf[o], ti[o], tk[o], trt[o], tv[o], td[o]);
+    /* the slopes at the gaps' middles: the same inputs as their values */
+    for (int q = 0; q < np; q++) {
+        int o0 = q * nv + nscen + 1;
+#pragma omp simd
+        for (int g = 0; g < ng; g++)
+            sout[q * ng + g] = sf0[q * ng + g] * rk_dvalue((u32)tfl[o0 + g], tf[o0 + g], tk[o0 + g], trt[o0 + g],
+                                                             tv[o0 + g], td[o0 + g]);
+    }
+    for (int q = 0; q < np; q++) {
+        memcpy(val + q * per, out + q * nv, (size_t)nv * sizeof(double));
+        memcpy(val + q * per + nv, sout + q * ng, (size_t)ng * sizeof(double));
+    }
 }
 
 static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
@@ -125,11 +157,11 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
                                  int32_t *worst) {
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
-    int per = nscen + 1;
-    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], ga[RK_MAX_GAPS], gb[RK_MAX_GAPS];
+    int ng = 3 * (nm - 1), per = table_width(pp);
+    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], gaps[4 * RK_MAX_GAPS];
     double chunk[AV_MARGIN_TASKS];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
-    for (int g = 0; g < 3 * (nm - 1); g++) ga[g] = gb[g] = 0.0;
+    for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
     for (int64_t p0 = offsets[a]; p0 < offsets[a + 1]; p0 += AV_MARGIN_CHUNK) {
         int np = (int)(offsets[a + 1] - p0 < AV_MARGIN_CHUNK ? offsets[a + 1] - p0 : AV_MARGIN_CHUNK);
         if (!table) value_chunk(pos_inst + p0, np, forward, strike, expiry, vol, kind, pp, chunk);
@@ -140,11 +172,12 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
                 d[s] = size * (val[1 + s] - base);
                 pnl[s] += d[s];
             }
-            rk_gaps_add(d, nm, rk_chord_bounds(kind[pos_inst[p0 + q]], size), ga, gb);
+            rk_gaps_add(d, val + 1 + nscen, val + 1 + nscen + ng, base, size,
+                        rk_gap_class(kind[pos_inst[p0 + q]], size), nm, pp, gaps);
         }
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
-    rk_finish(a, pnl, ga, gb, nm, nscen, contingency, pp, im, mm, worst);
+    rk_finish(a, pnl, gaps, nm, nscen, contingency, pp, im, mm, worst);
 }
 
 int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
@@ -159,7 +192,7 @@ int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const d
     for (int64_t p = offsets[0]; p < offsets[n]; ++p)
         if (pos_inst[p] >= ninst) ninst = (int64_t)pos_inst[p] + 1;
     double *table = NULL;
-    int per = 3 * (int)params[RK_P_NMOVES] + (int)params[RK_P_NEXT] + 1;
+    int per = table_width(params);
     if (positions > ninst && (table = malloc((size_t)ninst * per * sizeof(double))) != NULL) {
         int32_t inst[AV_MARGIN_CHUNK];
         for (int64_t j0 = 0; j0 < ninst; j0 += AV_MARGIN_CHUNK) {

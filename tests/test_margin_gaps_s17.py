@@ -57,7 +57,8 @@ def test_a_gap_bounds_the_loss_at_every_move_inside_it(seed):
 
 def test_books_whose_positions_move_one_way_pay_only_their_endpoints():
     """Long calls, short puts, long futures (and the mirror): every position gains as the index
-    rises, so a gap's bound is its worse endpoint's loss and the margin is the grid's."""
+    rises, so a gap's bound is its worse endpoint's loss (bound 2, a tangent, may come out a rounding
+    below it, never above) and the margin is the grid's."""
     rng = np.random.default_rng(7)
     up = (CALL, PUT, FUTURE, CALL | INVERSE, PUT | INVERSE, FUTURE | INVERSE)
     pf, mk = hedged_books(rng, 300, kinds=up)
@@ -70,7 +71,8 @@ def test_books_whose_positions_move_one_way_pay_only_their_endpoints():
         for v in range(3):
             for k in range(n - 1):
                 grid = np.maximum(loss[v * n + k], loss[v * n + k + 1])
-                assert (loss[first_gap + v * (n - 1) + k] == grid).all()
+                gap = loss[first_gap + v * (n - 1) + k]
+                assert (gap <= grid).all() and (gap >= grid - 1e-12 * np.abs(grid) - 1e-6).all()
         res = risk_numpy.portfolio_margin(one_way, mk, p)
         assert (res.worst < first_gap).all()
 
