@@ -277,11 +277,10 @@ def portfolio_margin(portfolio, marks, params: MarginParams | None = None, check
             risk._check_ticks(bad)
         return MarginResult(bad, bad.copy(), np.zeros(n_acc, np.int32))
     with np.errstate(all="ignore"):
-        loss = _losses(pf, mk, pp)
+        loss, long_only, long_value = _losses(pf, mk, pp)
         contingency = _contingency(pf, mk, pp)
         # rk_finish: the first strict maximum; a non-finite loss or contingency is an error
         nscen = loss.shape[0]
-        grid_rows = 3 * int(pp[_P_NMOVES]) + int(pp[_P_NEXT])  # at least 3; then the gaps
         wl = loss[0].copy()
         wi = np.zeros(n_acc, np.int32)
         finite = np.isfinite(wl) & np.isfinite(contingency)
@@ -290,11 +289,11 @@ def portfolio_margin(portfolio, marks, params: MarginParams | None = None, check
             better = loss[s] > wl
             wl = np.where(better, loss[s], wl)
             wi[better] = s
-            if s == grid_rows - 1:  # the grid's maintenance, which the initial multiplier takes
-                grid = _max(wl, 0.0) + contingency
         mmv = _max(wl, 0.0) + contingency
+        imv = mmv * pp[_P_IM_MULT]
+        imv = np.where(long_only, _min(imv, _max(mmv, long_value)), imv)
         mm = _ticks(mmv, pp[_P_TICK], finite)
-        im = _ticks(_max(grid * pp[_P_IM_MULT], mmv), pp[_P_TICK], finite)
+        im = _ticks(imv, pp[_P_TICK], finite)
     if checked:
         risk._check_ticks(mm, im)
     return MarginResult(im, mm, wi)
@@ -307,7 +306,7 @@ def scenario_losses(portfolio, marks, params: MarginParams | None = None) -> np.
     Contingencies not included."""
     pf, mk, pp = risk._margin_inputs(portfolio, marks, params)
     with np.errstate(all="ignore"):
-        return _losses(pf, mk, pp)
+        return _losses(pf, mk, pp)[0]
 
 
 def _scenarios(pp):
@@ -330,9 +329,9 @@ def _gap_mids(pp):
 
 def _instrument_deltas(mk, pp, inst):
     """value - base of each instrument in `inst` under every scenario, then at every gap's middle,
-    (len(inst), scenarios + gaps), and forward * rk_dvalue at each gap's middle, (len(inst), gaps):
-    rk_position, rk_value and rk_dvalue, base value first (forward and index times 1.0, which is
-    exact)."""
+    (len(inst), scenarios + gaps), forward * rk_dvalue at each gap's middle, (len(inst), gaps), and
+    the base value: rk_position, rk_value and rk_dvalue (the base's forward and index times 1.0,
+    which is exact)."""
     mult, state, _ = _scenarios(pp)
     mid, mid_state, _, _ = _gap_mids(pp)
     mult = np.concatenate([[1.0], mult, mid])
@@ -341,6 +340,7 @@ def _instrument_deltas(mk, pp, inst):
     index, rate = pp[_P_INDEX], pp[_P_RATE]
     out = np.empty((len(inst), len(mult) - 1))
     slope = np.empty((len(inst), len(mid)))
+    base = np.empty(len(inst))
     # a block of instruments at a time, valued under every scenario: the temporaries stay small
     step = max(1, _CHUNK // len(mult))
     for lo in range(0, len(inst), step):
@@ -380,7 +380,8 @@ def _instrument_deltas(mk, pp, inst):
             dvalue[o] = disc[:, None] * omega * np.where(s > 0.0, n1, step_)
         out[lo:lo + len(j)] = val[:, 1:] - val[:, :1]
         slope[lo:lo + len(j)] = f0 * dvalue
-    return out, slope
+        base[lo:lo + len(j)] = val[:, 0]
+    return out, slope, base
 
 
 def _account_order(offsets):
@@ -401,18 +402,20 @@ def _losses(pf, mk, pp):
     """Loss matrix (scenarios, accounts) with the kernel's bits: pnl[s] += size * (value - base)
     over each account's positions in row order (portfolio_margin_item), then -pnl, times the
     weight for the extended scenarios, then each gap's -max(min(bound 1 at a, at b), min(bound 2
-    at a, at b)) (rk_gaps_add, rk_finish)."""
+    at a, at b)) (rk_gaps_add, rk_finish); and per account whether it holds long options only and
+    their value (sum of size * base in row order)."""
     _, _, weight = _scenarios(pp)
     _, _, da, db = _gap_mids(pp)
     nm = int(pp[_P_NMOVES])
     nscen, ng = 3 * nm + len(weight), 3 * (nm - 1)
     n_acc = len(pf.offsets) - 1
     inst, where_ = np.unique(pf.instrument, return_inverse=True)
-    dv, slope = _instrument_deltas(mk, pp, inst)  # (used instruments, scenarios + gaps), (.., gaps)
+    dv, slope, base = _instrument_deltas(mk, pp, inst)  # (used instruments, scenarios + gaps), (.., gaps), (..)
     order, counts = _account_order(pf.offsets)
     starts = pf.offsets[:-1][order]
     pnl = np.zeros((n_acc, nscen))  # accounts in `order`
     ga, gb, ta, tb = (np.zeros((n_acc, ng)) for _ in range(4))  # gap g = vol state * (nm - 1) + i
+    long_only, long_value = np.ones(n_acc, bool), np.zeros(n_acc)
     n_active = np.searchsorted(-counts, -np.arange(counts[0] if n_acc else 0), side="left")  # count > r
     for r, n_r in enumerate(n_active):  # the r-th position of every account that has one
         rows = starts[:n_r] + r
@@ -421,6 +424,8 @@ def _losses(pf, mk, pp):
         pnl[:n_r] += d
         kind = mk.kind[pf.instrument[rows]].astype(np.int64)
         future, inverse = (kind & FUTURE) != 0, (kind & INVERSE) != 0
+        long_only[:n_r] &= ~future & ~(size < 0.0)
+        long_value[:n_r] += size * base[where_[rows]]
         chord = np.where(inverse, future & (size > 0.0), future | (size < 0.0))[:, None]  # rk_gap_class
         tangent = (np.where(inverse, future & (size < 0.0), ~future & (size > 0.0)) & ~chord[:, 0])[:, None]
         grid = d[:, :3 * nm].reshape(n_r, 3, nm)
@@ -436,7 +441,9 @@ def _losses(pf, mk, pp):
     loss[:nscen, order] = (-pnl).T
     loss[3 * nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]
     loss[nscen:, order] = (-_max(_min(ga, gb), _min(ta, tb))).T
-    return loss
+    only, value = np.empty(n_acc, bool), np.empty(n_acc)
+    only[order], value[order] = long_only, long_value
+    return loss, only, value
 
 
 def _contingency(pf, mk, pp):

@@ -251,12 +251,12 @@ DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sl, dou
 }
 
 /* Worst scenario (the largest loss, each extended move's loss times its weight, then each gap's
- * -max(min(bound 1 at a, at b), min(bound 2 at a, at b)); ties to the lower index) and the account's margins in ticks. Initial margin
- * is the grid's maintenance times the multiplier, and at least the maintenance: a gap's bound is
- * already a bound of the loss, not a scenario's, so it is not multiplied (with it, a long straddle
- * near expiry would need 1.3 times what it is worth). */
-DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int nscen,
-                      double contingency, GLOBAL const double *pp, GLOBAL i64 *im, GLOBAL i64 *mm,
+ * -max(min(bound 1 at a, at b), min(bound 2 at a, at b)); ties to the lower index) and the
+ * account's margins in ticks: initial = maintenance times the multiplier, except that a book of
+ * long options only (long_only) never needs more than it is worth (long_value: it cannot lose
+ * more), nor less than its maintenance. */
+DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int nscen, double contingency,
+                      int long_only, double long_value, GLOBAL const double *pp, GLOBAL i64 *im, GLOBAL i64 *mm,
                       GLOBAL i32 *worst)
 {
     int w0 = RK_P_MOVES + nm + (nscen - 3 * nm) - 3 * nm; /* pp[w0 + s]: weight of extended scenario s */
@@ -268,7 +268,6 @@ DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int 
         finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = s; }
     }
-    double grid = mx_max(wl, 0.0) + contingency;
     for (int g = 0; g < 3 * (nm - 1); g++) {
         const double *x = gaps + g;
         double loss = -mx_max(mx_min(x[0], x[RK_MAX_GAPS]), mx_min(x[2 * RK_MAX_GAPS], x[3 * RK_MAX_GAPS]));
@@ -276,10 +275,12 @@ DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int 
         if (loss > wl) { wl = loss; wi = nscen + g; }
     }
     double mmv = mx_max(wl, 0.0) + contingency;
+    double imv = mmv * pp[RK_P_IM_MULT];
+    imv = mx_sel(long_only, mx_min(imv, mx_max(mmv, long_value)), imv);
     /* a NaN or infinite loss would be skipped by the comparisons above and could leave an
      * account with no margin: it is an error (RK_NOT_FINITE), never a number */
     mm[a] = finite ? rk_ticks(mmv, pp[RK_P_TICK]) : RK_NOT_FINITE;
-    im[a] = finite ? rk_ticks(mx_max(grid * pp[RK_P_IM_MULT], mmv), pp[RK_P_TICK]) : RK_NOT_FINITE;
+    im[a] = finite ? rk_ticks(imv, pp[RK_P_TICK]) : RK_NOT_FINITE;
     worst[a] = wi;
 }
 
@@ -304,6 +305,8 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
     double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], vc[RK_MAX_GAPS], sl[RK_MAX_GAPS], gaps[4 * RK_MAX_GAPS];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
     for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
+    int long_only = 1;
+    double long_value = 0.0;
     for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
         i32 j = pos_inst[p];
         double size = pos_size[p];
@@ -312,6 +315,8 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
         double disc, rt, vols[3];
         rk_position(expiry[j], v, pp, &disc, &rt, vols);
         double base = rk_value(fl, f, index, k, rt, v, disc);
+        long_only &= ((fl & RK_FUTURE) == 0) & !(size < 0.0);
+        long_value += size * base;
         for (int s = 0; s < nscen; s++) {
             int vs;
             double mv = rk_scenario(s, nm, pp, &vs);
@@ -329,7 +334,7 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
         rk_gaps_add(d, vc, sl, base, size, cls, nm, pp, gaps);
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
-    rk_finish(a, pnl, gaps, nm, nscen, contingency, pp, im, mm, worst);
+    rk_finish(a, pnl, gaps, nm, nscen, contingency, long_only, long_value, pp, im, mm, worst);
 }
 
 DEVICE void standard_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,

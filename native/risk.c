@@ -162,12 +162,16 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
     double chunk[AV_MARGIN_TASKS];
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
     for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
+    int long_only = 1;
+    double long_value = 0.0;
     for (int64_t p0 = offsets[a]; p0 < offsets[a + 1]; p0 += AV_MARGIN_CHUNK) {
         int np = (int)(offsets[a + 1] - p0 < AV_MARGIN_CHUNK ? offsets[a + 1] - p0 : AV_MARGIN_CHUNK);
         if (!table) value_chunk(pos_inst + p0, np, forward, strike, expiry, vol, kind, pp, chunk);
         for (int q = 0; q < np; q++) {
             const double *val = table ? table + (int64_t)pos_inst[p0 + q] * per : chunk + q * per;
             double size = pos_size[p0 + q], base = val[0];
+            long_only &= ((kind[pos_inst[p0 + q]] & RK_FUTURE) == 0) & !(size < 0.0);
+            long_value += size * base;
             for (int s = 0; s < nscen; s++) {
                 d[s] = size * (val[1 + s] - base);
                 pnl[s] += d[s];
@@ -177,7 +181,7 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
         }
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
-    rk_finish(a, pnl, gaps, nm, nscen, contingency, pp, im, mm, worst);
+    rk_finish(a, pnl, gaps, nm, nscen, contingency, long_only, long_value, pp, im, mm, worst);
 }
 
 int av_portfolio_margin(const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
