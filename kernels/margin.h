@@ -206,13 +206,19 @@ DEVICE double rk_gap_mid(int i, GLOBAL const double *pp, double *da, double *db)
     return mc;
 }
 
+/* Every gap's endpoint offsets from its middle, by move index (the same in each vol state). */
+DEVICE void rk_gap_offsets(int nm, GLOBAL const double *pp, double *da, double *db)
+{
+    for (int i = 0; i < nm - 1; i++) rk_gap_mid(i, pp, &da[i], &db[i]);
+}
+
 /* Adds one position to the gaps' bounds: gaps[0..G) bound 1 at each gap's first move, [G..2G) at
  * its second, [2G..3G) and [3G..4G) bound 2 (G = RK_MAX_GAPS; gap g = vol state * (nm - 1) + move
- * index). d[s]: the position's P&L in standard scenario s; vc[g], sl[g]: its instrument's value at
- * gap g's middle and f * rk_dvalue there, read only for a tangent. (Split on the class outside the
- * loops, which then vectorise in the C fallback.) */
-DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sl, double base, double size, int cls,
-                        int nm, GLOBAL const double *pp, double *gaps)
+ * index i). d[s]: the position's P&L in standard scenario s; vc[g], sl[g]: its instrument's value
+ * at gap g's middle and f * rk_dvalue there, read only for a tangent; da, db: rk_gap_offsets.
+ * (Split on the class outside the loops, which then vectorise in the C fallback.) */
+DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sl, const double *da, const double *db,
+                        double base, double size, int cls, int nm, double *gaps)
 {
     double *ga = gaps, *gb = gaps + RK_MAX_GAPS, *ta = gaps + 2 * RK_MAX_GAPS, *tb = gaps + 3 * RK_MAX_GAPS;
     for (int v = 0; v < 3; v++) {
@@ -225,24 +231,20 @@ DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sl, dou
                 ta[g0 + i] += x[i];
                 tb[g0 + i] += x[i + 1];
             }
-            continue;
-        }
-        for (int i = 0; i < nm - 1; i++) {
-            double m = mx_min(x[i], x[i + 1]);
-            ga[g0 + i] += m;
-            gb[g0 + i] += m;
-        }
-        if (cls == RK_GAP_TANGENT) {
+        } else if (cls == RK_GAP_TANGENT) {
             for (int i = 0; i < nm - 1; i++) {
-                double da, db;
-                rk_gap_mid(i, pp, &da, &db);
+                double m = mx_min(x[i], x[i + 1]);
                 double pc = size * (vc[g0 + i] - base), sc = size * sl[g0 + i];
-                ta[g0 + i] += pc + sc * da;
-                tb[g0 + i] += pc + sc * db;
+                ga[g0 + i] += m;
+                gb[g0 + i] += m;
+                ta[g0 + i] += pc + sc * da[i];
+                tb[g0 + i] += pc + sc * db[i];
             }
         } else {
             for (int i = 0; i < nm - 1; i++) {
                 double m = mx_min(x[i], x[i + 1]);
+                ga[g0 + i] += m;
+                gb[g0 + i] += m;
                 ta[g0 + i] += m;
                 tb[g0 + i] += m;
             }
@@ -303,6 +305,8 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     double index = pp[RK_P_INDEX];
     double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], vc[RK_MAX_GAPS], sl[RK_MAX_GAPS], gaps[4 * RK_MAX_GAPS];
+    double da[RK_MAX_MOVES], db[RK_MAX_MOVES];
+    rk_gap_offsets(nm, pp, da, db);
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
     for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
     int long_only = 1;
@@ -327,11 +331,11 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
         if (cls == RK_GAP_TANGENT)
             for (int vs = 0; vs < 3; vs++)
                 for (int i = 0; i < nm - 1; i++) {
-                    double da, db, mc = rk_gap_mid(i, pp, &da, &db);
+                    double ea, eb, mc = rk_gap_mid(i, pp, &ea, &eb);
                     vc[vs * (nm - 1) + i] = rk_value(fl, f * mc, index * mc, k, rt, vols[vs], disc);
                     sl[vs * (nm - 1) + i] = f * rk_dvalue(fl, f * mc, k, rt, vols[vs], disc);
                 }
-        rk_gaps_add(d, vc, sl, base, size, cls, nm, pp, gaps);
+        rk_gaps_add(d, vc, sl, da, db, base, size, cls, nm, gaps);
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
     rk_finish(a, pnl, gaps, nm, nscen, contingency, long_only, long_value, pp, im, mm, worst);

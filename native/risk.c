@@ -158,8 +158,9 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     int ng = 3 * (nm - 1), per = table_width(pp);
-    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], gaps[4 * RK_MAX_GAPS];
+    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], gaps[4 * RK_MAX_GAPS], da[RK_MAX_MOVES], db[RK_MAX_MOVES];
     double chunk[AV_MARGIN_TASKS];
+    rk_gap_offsets(nm, pp, da, db);
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
     for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
     int long_only = 1;
@@ -176,8 +177,8 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
                 d[s] = size * (val[1 + s] - base);
                 pnl[s] += d[s];
             }
-            rk_gaps_add(d, val + 1 + nscen, val + 1 + nscen + ng, base, size,
-                        rk_gap_class(kind[pos_inst[p0 + q]], size), nm, pp, gaps);
+            rk_gaps_add(d, val + 1 + nscen, val + 1 + nscen + ng, da, db, base, size,
+                        rk_gap_class(kind[pos_inst[p0 + q]], size), nm, gaps);
         }
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
