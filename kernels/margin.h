@@ -286,9 +286,9 @@ DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int 
     worst[a] = wi;
 }
 
-/* Account a: each position revalued under every scenario, losses summed in position order, and
- * each gap's bound in the same order. (The C
- * fallback batches the same rk_value calls and sums in the same order; see native/risk.c.) */
+/* Account a: each position revalued under every scenario (and, for a tangent, at every gap's
+ * middle), losses and the gaps' bounds summed in position order. (The C fallback batches the same
+ * rk_value and rk_dvalue calls and sums in the same order; see native/risk.c.) */
 DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,
                                   GLOBAL const double *pos_size, GLOBAL const double *forward,
                                   GLOBAL const double *strike, GLOBAL const double *expiry,
