@@ -319,27 +319,29 @@ def _scenarios(pp):
 
 
 def _gap_mids(pp):
-    """rk_gap_mid for every gap g = vol state * (nm - 1) + i: (middle multiplier, vol state, the
-    first and second move's offsets from the middle)."""
+    """rk_gap_mid for every gap g = vol state * (nm - 1) + i: (middle multiplier, vol state, and
+    ma - middle, mb - middle, mb - ma)."""
     nm = int(pp[_P_NMOVES])
     ma, mb = 1.0 + pp[_P_MOVES:_P_MOVES + nm - 1], 1.0 + pp[_P_MOVES + 1:_P_MOVES + nm]
     mc = 0.5 * (ma + mb)
-    return np.tile(mc, 3), np.repeat([0, 1, 2], nm - 1), np.tile(ma - mc, 3), np.tile(mb - mc, 3)
+    return np.tile(mc, 3), np.repeat([0, 1, 2], nm - 1), np.tile(ma - mc, 3), np.tile(mb - mc, 3), np.tile(mb - ma, 3)
 
 
 def _instrument_deltas(mk, pp, inst):
-    """value - base of each instrument in `inst` under every scenario, then at every gap's middle,
-    (len(inst), scenarios + gaps), forward * rk_dvalue at each gap's middle, (len(inst), gaps), and
-    the base value: rk_position, rk_value and rk_dvalue (the base's forward and index times 1.0,
-    which is exact)."""
+    """For each instrument in `inst`: value - base under every scenario, then at every gap's middle,
+    (len(inst), scenarios + gaps); forward * rk_dvalue at every gap's middle, then in every standard
+    scenario, (len(inst), gaps + 3 moves); and the base value. rk_position, rk_value and rk_dvalue
+    (the base's forward and index times 1.0, which is exact)."""
     mult, state, _ = _scenarios(pp)
-    mid, mid_state, _, _ = _gap_mids(pp)
+    mid, mid_state = _gap_mids(pp)[:2]
+    nm = int(pp[_P_NMOVES])
     mult = np.concatenate([[1.0], mult, mid])
     state = np.concatenate([[1], state, mid_state])  # the base value takes the instrument's own vol (state 1)
     first_mid = len(mult) - len(mid)
+    sloped = np.concatenate([np.arange(first_mid, len(mult)), np.arange(1, 1 + 3 * nm)])  # columns of mult
     index, rate = pp[_P_INDEX], pp[_P_RATE]
     out = np.empty((len(inst), len(mult) - 1))
-    slope = np.empty((len(inst), len(mid)))
+    slope = np.empty((len(inst), len(sloped)))
     base = np.empty(len(inst))
     # a block of instruments at a time, valued under every scenario: the temporaries stay small
     step = max(1, _CHUNK // len(mult))
@@ -350,8 +352,8 @@ def _instrument_deltas(mk, pp, inst):
         f0 = mk.forward[j][:, None]
         f = f0 * mult  # f * mv
         futures = np.where(inverse, -1.0 / f, f)
-        fm = f[:, first_mid:]
-        dvalue = np.where(inverse, 1.0 / (fm * fm), 1.0)  # rk_dvalue of a future
+        fs = f[:, sloped]
+        dvalue = np.where(inverse, 1.0 / (fs * fs), 1.0)  # rk_dvalue of a future
         option = (kind & FUTURE) == 0
         val = futures
         if option.any():
@@ -372,10 +374,10 @@ def _instrument_deltas(mk, pp, inst):
             price = _b76_price(omega, f[o], k, rt[:, None], vols[:, state], disc[:, None])
             val = futures.copy()
             val[o] = np.where(inverse[o], price / (index * mult), price)
-            # rk_dvalue of an option at the gaps' middles
-            s = vols[:, mid_state] * rt[:, None]
-            n1 = _b76_core(omega, fm[o], k, s)[2]
-            itm = omega * (fm[o] - k)
+            # rk_dvalue of an option
+            s = vols[:, state[sloped]] * rt[:, None]
+            n1 = _b76_core(omega, fs[o], k, s)[2]
+            itm = omega * (fs[o] - k)
             step_ = np.where(itm > 0.0, 1.0, np.where(itm == 0.0, 0.5, 0.0))
             dvalue[o] = disc[:, None] * omega * np.where(s > 0.0, n1, step_)
         out[lo:lo + len(j)] = val[:, 1:] - val[:, :1]
@@ -401,20 +403,21 @@ def _counts_ok(pp) -> bool:
 def _losses(pf, mk, pp):
     """Loss matrix (scenarios, accounts) with the kernel's bits: pnl[s] += size * (value - base)
     over each account's positions in row order (portfolio_margin_item), then -pnl, times the
-    weight for the extended scenarios, then each gap's -max(min(bound 1 at a, at b), min(bound 2
-    at a, at b)) (rk_gaps_add, rk_finish); and per account whether it holds long options only and
-    their value (sum of size * base in row order)."""
+    weight for the extended scenarios, then each gap's loss from its sums (rk_gaps_add,
+    rk_gap_loss); and per account whether it holds long options only and their value (sum of
+    size * base in row order)."""
     _, _, weight = _scenarios(pp)
-    _, _, da, db = _gap_mids(pp)
+    _, _, da, db, w = _gap_mids(pp)
     nm = int(pp[_P_NMOVES])
     nscen, ng = 3 * nm + len(weight), 3 * (nm - 1)
     n_acc = len(pf.offsets) - 1
     inst, where_ = np.unique(pf.instrument, return_inverse=True)
-    dv, slope, base = _instrument_deltas(mk, pp, inst)  # (used instruments, scenarios + gaps), (.., gaps), (..)
+    dv, slope, base = _instrument_deltas(mk, pp, inst)  # (used, scenarios + gaps), (used, gaps + 3 nm), (used,)
     order, counts = _account_order(pf.offsets)
     starts = pf.offsets[:-1][order]
     pnl = np.zeros((n_acc, nscen))  # accounts in `order`
-    ga, gb, ta, tb = (np.zeros((n_acc, ng)) for _ in range(4))  # gap g = vol state * (nm - 1) + i
+    sums = np.zeros((9, n_acc, ng))  # rk_gaps_add's nine sums per gap g = vol state * (nm - 1) + i
+    first = np.array([v * nm + i for v in range(3) for i in range(nm - 1)], np.int64)  # gap g's first move
     long_only, long_value = np.ones(n_acc, bool), np.zeros(n_acc)
     n_active = np.searchsorted(-counts, -np.arange(counts[0] if n_acc else 0), side="left")  # count > r
     for r, n_r in enumerate(n_active):  # the r-th position of every account that has one
@@ -426,21 +429,28 @@ def _losses(pf, mk, pp):
         future, inverse = (kind & FUTURE) != 0, (kind & INVERSE) != 0
         long_only[:n_r] &= ~future & ~(size < 0.0)
         long_value[:n_r] += size * base[where_[rows]]
-        chord = np.where(inverse, future & (size > 0.0), future | (size < 0.0))[:, None]  # rk_gap_class
-        tangent = (np.where(inverse, future & (size < 0.0), ~future & (size > 0.0)) & ~chord[:, 0])[:, None]
-        grid = d[:, :3 * nm].reshape(n_r, 3, nm)
-        x, y = grid[:, :, :-1].reshape(n_r, ng), grid[:, :, 1:].reshape(n_r, ng)
+        chord = np.where(inverse, future & (size > 0.0), future | (size < 0.0))  # rk_gap_class
+        tangent = np.where(inverse, future & (size < 0.0), ~future & (size > 0.0)) & ~chord
+        x, y = d[:, first], d[:, first + 1]
         m = _min(x, y)
-        ga[:n_r] += np.where(chord, x, m)
-        gb[:n_r] += np.where(chord, y, m)
-        pc = size[:, None] * dv[where_[rows], nscen:]
-        sc = size[:, None] * slope[where_[rows]]
-        ta[:n_r] += np.where(chord, x, np.where(tangent, pc + sc * da, m))
-        tb[:n_r] += np.where(chord, y, np.where(tangent, pc + sc * db, m))
+        c = np.flatnonzero(~tangent)  # chords and horizontal lines: what every bound takes
+        sums[0, c] += np.where(chord[c, None], x[c], m[c])
+        sums[1, c] += np.where(chord[c, None], y[c], m[c])
+        t = np.flatnonzero(tangent)
+        if len(t):
+            rt = where_[rows[t]]
+            st = size[t, None]
+            pc, sc = st * dv[rt, nscen:], st * slope[rt, :ng]
+            sa, sb = st * slope[rt][:, ng + first], st * slope[rt][:, ng + first + 1]
+            xt, yt = x[t], y[t]
+            for k, add in enumerate((m[t], pc + sc * da, pc + sc * db, xt, xt + sa * w, yt - sb * w, yt), 2):
+                sums[k, t] += add
     loss = np.empty((nscen + ng, n_acc))
     loss[:nscen, order] = (-pnl).T
     loss[3 * nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]
-    loss[nscen:, order] = (-_max(_min(ga, gb), _min(ta, tb))).T
+    ca, cb = sums[0], sums[1]
+    b = [_min(ca + sums[k], cb + sums[k2]) for k, k2 in ((2, 2), (3, 4), (5, 6), (7, 8))]
+    loss[nscen:, order] = (-_max(_max(b[0], b[1]), _max(b[2], b[3]))).T
     only, value = np.empty(n_acc, bool), np.empty(n_acc)
     only[order], value[order] = long_only, long_value
     return loss, only, value

@@ -157,19 +157,21 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
 /* The gaps between adjacent standard moves. A grid of moves alone misses a book whose positions
  * offset at every move and not between them (long calls struck between two moves, short futures:
  * flat at both, a loss in the middle). Each gap (moves a and b, array neighbours, one vol state)
- * gets a bound of the loss anywhere between them, from two lines below each position's P&L, the
- * larger bound counting (docs/RISK.md, "Gaps between the moves"):
+ * gets a bound of the loss anywhere between them from lines below each position's P&L P_p(m)
+ * (docs/RISK.md, "Gaps between the moves"):
  *  - every instrument's value is monotone in the index, so min(P_p(a), P_p(b)) is below P_p;
  *  - a P&L concave or linear in the move (short linear options, linear futures, long inverse
- *    futures) lies above its chord, and a convex one (long linear options, short inverse futures)
- *    above its tangent at the gap's middle move.
- * Bound 1 takes the chord or the minimum, bound 2 the chord, the tangent or the minimum (inverse
- * options); each is a line in the move, whose minimum is at a or b. Books whose positions all move
- * one way get their endpoints' loss; a hedged long option gets about its own loss (bound 2, where
- * bound 1 charges the hedge's whole loss at the far end of the gap). */
+ *    futures) lies above its chord; a convex one (long linear options, short inverse futures)
+ *    above each of its tangents, here at the gap's middle, at a and at b.
+ * Four bounds: the chords (concave), the horizontal lines (inverse options, whose curvature has no
+ * sign), and for the convex positions either their horizontal lines or one of their three
+ * tangents. Each is a line in the move, whose minimum is at a or b; the largest of the four counts.
+ * Books whose positions all move one way get their endpoints' loss; hedged books about their
+ * worst loss (a long option hedged at its delta: its tangent at the hedge's move is flat). */
 #define RK_GAP_MONO 0
 #define RK_GAP_CHORD 1
 #define RK_GAP_TANGENT 2
+#define RK_GAP_SUMS 9 /* per gap, see rk_gaps_add */
 
 DEVICE int rk_gap_class(u32 flags, double size)
 {
@@ -195,68 +197,83 @@ DEVICE double rk_dvalue(u32 flags, double f, double k, double rt, double vol, do
     return mx_sel((flags & RK_FUTURE) != 0, future, option);
 }
 
-/* Gap i's middle multiplier (between 1 + moves[i] and 1 + moves[i + 1]) and its endpoints' offsets
- * from it. */
-DEVICE double rk_gap_mid(int i, GLOBAL const double *pp, double *da, double *db)
+/* Gap i's middle multiplier (between ma = 1 + moves[i] and mb = 1 + moves[i + 1]) and, in
+ * off[0..2], ma - middle, mb - middle and mb - ma. */
+DEVICE double rk_gap_mid(int i, GLOBAL const double *pp, double *off)
 {
     double ma = 1.0 + pp[RK_P_MOVES + i], mb = 1.0 + pp[RK_P_MOVES + i + 1];
     double mc = 0.5 * (ma + mb);
-    *da = ma - mc;
-    *db = mb - mc;
+    off[0] = ma - mc;
+    off[1] = mb - mc;
+    off[2] = mb - ma;
     return mc;
 }
 
-/* Every gap's endpoint offsets from its middle, by move index (the same in each vol state). */
-DEVICE void rk_gap_offsets(int nm, GLOBAL const double *pp, double *da, double *db)
+/* Every gap's offsets (rk_gap_mid), by move index (the same in each vol state): off[3 i + 0..2]. */
+DEVICE void rk_gap_offsets(int nm, GLOBAL const double *pp, double *off)
 {
-    for (int i = 0; i < nm - 1; i++) rk_gap_mid(i, pp, &da[i], &db[i]);
+    for (int i = 0; i < nm - 1; i++) rk_gap_mid(i, pp, off + 3 * i);
 }
 
-/* Adds one position to the gaps' bounds: gaps[0..G) bound 1 at each gap's first move, [G..2G) at
- * its second, [2G..3G) and [3G..4G) bound 2 (G = RK_MAX_GAPS; gap g = vol state * (nm - 1) + move
- * index i). d[s]: the position's P&L in standard scenario s; vc[g], sl[g]: its instrument's value
- * at gap g's middle and f * rk_dvalue there, read only for a tangent; da, db: rk_gap_offsets.
- * (Split on the class outside the loops, which then vectorise in the C fallback.) */
-DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sl, const double *da, const double *db,
+/* Adds one position to the gaps' sums, gaps[k * RK_MAX_GAPS + g] for gap g = vol state * (nm - 1)
+ * + move index i: k = 0, 1 what every bound takes of the chords and horizontal lines at a and at b;
+ * of the tangent positions: 2 their horizontal lines, 3 and 4 their middle tangents at a and b,
+ * 5 and 6 their tangents at a, 7 and 8 at b. d[s]: the position's P&L in standard scenario s; vc[g],
+ * sm[g]: its instrument's value and f * rk_dvalue at gap g's middle, sp[s] f * rk_dvalue in
+ * standard scenario s, read only for a tangent; off: rk_gap_offsets. (Split on the class outside
+ * the loops, which then vectorise in the C fallback.) */
+DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sm, const double *sp, const double *off,
                         double base, double size, int cls, int nm, double *gaps)
 {
-    double *ga = gaps, *gb = gaps + RK_MAX_GAPS, *ta = gaps + 2 * RK_MAX_GAPS, *tb = gaps + 3 * RK_MAX_GAPS;
+    double *ca = gaps, *cb = gaps + RK_MAX_GAPS;
     for (int v = 0; v < 3; v++) {
         const double *x = d + v * nm;
         int g0 = v * (nm - 1);
         if (cls == RK_GAP_CHORD) {
             for (int i = 0; i < nm - 1; i++) {
-                ga[g0 + i] += x[i];
-                gb[g0 + i] += x[i + 1];
-                ta[g0 + i] += x[i];
-                tb[g0 + i] += x[i + 1];
+                ca[g0 + i] += x[i];
+                cb[g0 + i] += x[i + 1];
             }
-        } else if (cls == RK_GAP_TANGENT) {
+        } else if (cls == RK_GAP_MONO) {
             for (int i = 0; i < nm - 1; i++) {
                 double m = mx_min(x[i], x[i + 1]);
-                double pc = size * (vc[g0 + i] - base), sc = size * sl[g0 + i];
-                ga[g0 + i] += m;
-                gb[g0 + i] += m;
-                ta[g0 + i] += pc + sc * da[i];
-                tb[g0 + i] += pc + sc * db[i];
+                ca[g0 + i] += m;
+                cb[g0 + i] += m;
             }
         } else {
             for (int i = 0; i < nm - 1; i++) {
-                double m = mx_min(x[i], x[i + 1]);
-                ga[g0 + i] += m;
-                gb[g0 + i] += m;
-                ta[g0 + i] += m;
-                tb[g0 + i] += m;
+                double *t = gaps + g0 + i;
+                const double *o = off + 3 * i;
+                double pc = size * (vc[g0 + i] - base), sc = size * sm[g0 + i];
+                double sa = size * sp[v * nm + i], sb = size * sp[v * nm + i + 1];
+                t[2 * RK_MAX_GAPS] += mx_min(x[i], x[i + 1]);
+                t[3 * RK_MAX_GAPS] += pc + sc * o[0];
+                t[4 * RK_MAX_GAPS] += pc + sc * o[1];
+                t[5 * RK_MAX_GAPS] += x[i];
+                t[6 * RK_MAX_GAPS] += x[i] + sa * o[2];
+                t[7 * RK_MAX_GAPS] += x[i + 1] - sb * o[2];
+                t[8 * RK_MAX_GAPS] += x[i + 1];
             }
         }
     }
 }
 
-/* Worst scenario (the largest loss, each extended move's loss times its weight, then each gap's
- * -max(min(bound 1 at a, at b), min(bound 2 at a, at b)); ties to the lower index) and the
- * account's margins in ticks: initial = maintenance times the multiplier, except that a book of
- * long options only (long_only) never needs more than it is worth (long_value: it cannot lose
- * more), nor less than its maintenance. */
+/* Gap g's loss from its sums: -(the largest over the four bounds of min(bound at a, at b)). */
+DEVICE double rk_gap_loss(const double *gaps, int g)
+{
+    const double *t = gaps + g;
+    double ca = t[0], cb = t[RK_MAX_GAPS];
+    double b1 = mx_min(ca + t[2 * RK_MAX_GAPS], cb + t[2 * RK_MAX_GAPS]);
+    double b2 = mx_min(ca + t[3 * RK_MAX_GAPS], cb + t[4 * RK_MAX_GAPS]);
+    double b3 = mx_min(ca + t[5 * RK_MAX_GAPS], cb + t[6 * RK_MAX_GAPS]);
+    double b4 = mx_min(ca + t[7 * RK_MAX_GAPS], cb + t[8 * RK_MAX_GAPS]);
+    return -mx_max(mx_max(b1, b2), mx_max(b3, b4));
+}
+
+/* Worst scenario (the largest loss, each extended move's loss times its weight, then each gap's,
+ * rk_gap_loss; ties to the lower index) and the account's margins in ticks: initial = maintenance
+ * times the multiplier, except that a book of long options only (long_only) never needs more than
+ * it is worth (long_value: it cannot lose more), nor less than its maintenance. */
 DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int nscen, double contingency,
                       int long_only, double long_value, GLOBAL const double *pp, GLOBAL i64 *im, GLOBAL i64 *mm,
                       GLOBAL i32 *worst)
@@ -271,8 +288,7 @@ DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int 
         if (loss > wl) { wl = loss; wi = s; }
     }
     for (int g = 0; g < 3 * (nm - 1); g++) {
-        const double *x = gaps + g;
-        double loss = -mx_max(mx_min(x[0], x[RK_MAX_GAPS]), mx_min(x[2 * RK_MAX_GAPS], x[3 * RK_MAX_GAPS]));
+        double loss = rk_gap_loss(gaps, g);
         finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = nscen + g; }
     }
@@ -304,11 +320,11 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     double index = pp[RK_P_INDEX];
-    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], vc[RK_MAX_GAPS], sl[RK_MAX_GAPS], gaps[4 * RK_MAX_GAPS];
-    double da[RK_MAX_MOVES], db[RK_MAX_MOVES];
-    rk_gap_offsets(nm, pp, da, db);
+    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], vc[RK_MAX_GAPS], sm[RK_MAX_GAPS], sp[3 * RK_MAX_MOVES];
+    double gaps[RK_GAP_SUMS * RK_MAX_GAPS], off[3 * RK_MAX_MOVES];
+    rk_gap_offsets(nm, pp, off);
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
-    for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
+    for (int g = 0; g < RK_GAP_SUMS * RK_MAX_GAPS; g++) gaps[g] = 0.0;
     int long_only = 1;
     double long_value = 0.0;
     for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
@@ -328,14 +344,20 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
             pnl[s] += d[s];
         }
         int cls = rk_gap_class(fl, size);
-        if (cls == RK_GAP_TANGENT)
+        if (cls == RK_GAP_TANGENT) {
+            for (int s = 0; s < 3 * nm; s++) {
+                int vs;
+                double mv = rk_scenario(s, nm, pp, &vs);
+                sp[s] = f * rk_dvalue(fl, f * mv, k, rt, vols[vs], disc);
+            }
             for (int vs = 0; vs < 3; vs++)
                 for (int i = 0; i < nm - 1; i++) {
-                    double ea, eb, mc = rk_gap_mid(i, pp, &ea, &eb);
+                    double o[3], mc = rk_gap_mid(i, pp, o);
                     vc[vs * (nm - 1) + i] = rk_value(fl, f * mc, index * mc, k, rt, vols[vs], disc);
-                    sl[vs * (nm - 1) + i] = f * rk_dvalue(fl, f * mc, k, rt, vols[vs], disc);
+                    sm[vs * (nm - 1) + i] = f * rk_dvalue(fl, f * mc, k, rt, vols[vs], disc);
                 }
-        rk_gaps_add(d, vc, sl, da, db, base, size, cls, nm, gaps);
+        }
+        rk_gaps_add(d, vc, sm, sp, off, base, size, cls, nm, gaps);
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
     rk_finish(a, pnl, gaps, nm, nscen, contingency, long_only, long_value, pp, im, mm, worst);

@@ -90,41 +90,42 @@ int av_greeks(const double *x, const double *k, const double *t, const double *r
  * per position holding it: the same calls on the same inputs, so the same bits. */
 #define AV_MARGIN_CHUNK 16 /* positions per batch */
 #define AV_MARGIN_VALUES (RK_MAX_SCEN + 1 + RK_MAX_GAPS)
-#define AV_MARGIN_PER (AV_MARGIN_VALUES + RK_MAX_GAPS)
-#define AV_MARGIN_TASKS (AV_MARGIN_CHUNK * AV_MARGIN_PER)
+#define AV_MARGIN_SLOPES (RK_MAX_GAPS + 3 * RK_MAX_MOVES)
+#define AV_MARGIN_TASKS (AV_MARGIN_CHUNK * (AV_MARGIN_VALUES + AV_MARGIN_SLOPES))
 
-/* Doubles per instrument in a table: base, scenarios, gap middles' values, then their slopes. */
+/* Doubles per instrument in a table: base, scenarios, gap middles' values, their slopes, then the
+ * slopes in the standard scenarios. */
 static int table_width(const double *pp) {
     int nm = (int)pp[RK_P_NMOVES];
-    return 3 * nm + (int)pp[RK_P_NEXT] + 1 + 2 * 3 * (nm - 1);
+    return 3 * nm + (int)pp[RK_P_NEXT] + 1 + 2 * 3 * (nm - 1) + 3 * nm;
 }
 
 /* val[q * per + 0] = instrument inst[q]'s base value, val[q * per + 1 + s] its value in scenario s,
- * val[q * per + 1 + nscen + g] at gap g's middle, val[q * per + 1 + nscen + ng + g] its slope there
- * (forward * rk_dvalue) */
+ * val[q * per + 1 + nscen + g] at gap g's middle; then forward * rk_dvalue at each gap's middle and
+ * in each standard scenario */
 __attribute__((target_clones("avx2", "default"), flatten))
 static void value_chunk(const int32_t *inst, int np, const double *forward, const double *strike,
                         const double *expiry, const double *vol, const uint8_t *kind, const double *pp, double *val) {
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
-    int ng = 3 * (nm - 1), nv = nscen + 1 + ng, per = nv + ng;
+    int ng = 3 * (nm - 1), nv = nscen + 1 + ng, ns = ng + 3 * nm, per = nv + ns;
     double index = pp[RK_P_INDEX];
     double tf[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], ti[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
     double tk[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], trt[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
     double tv[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], td[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
     double out[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
     uint64_t tfl[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
-    double sf0[AV_MARGIN_CHUNK * RK_MAX_GAPS], sout[AV_MARGIN_CHUNK * RK_MAX_GAPS];
+    double sout[AV_MARGIN_CHUNK * AV_MARGIN_SLOPES];
     for (int q = 0; q < np; q++) {
         int32_t j = inst[q];
         double disc, rt, vols[3];
         rk_position(expiry[j], vol[j], pp, &disc, &rt, vols);
         for (int s = -1; s < nscen + ng; s++) { /* -1: the base value, unmoved; from nscen: the gaps */
             int vs = 1, o = q * nv + s + 1;
-            double da, db, mv = 1.0;
+            double off[3], mv = 1.0;
             if (s >= nscen) {
                 vs = (s - nscen) / (nm - 1);
-                mv = rk_gap_mid((s - nscen) % (nm - 1), pp, &da, &db);
+                mv = rk_gap_mid((s - nscen) % (nm - 1), pp, off);
             } else if (s >= 0) {
                 mv = rk_scenario(s, nm, pp, &vs);
             }
@@ -133,21 +134,24 @@ static void value_chunk(const int32_t *inst, int np, const double *forward, cons
             tv[o] = s < 0 ? vol[j] : vols[vs];
             tk[o] = strike[j], trt[o] = rt, td[o] = disc, tfl[o] = kind[j];
         }
-        for (int g = 0; g < ng; g++) sf0[q * ng + g] = forward[j];
     }
 #pragma omp simd
     for (int o = 0; o < np * nv; o++) out[o] = rk_value((u32)tfl[o], tf[o], ti[o], tk[o], trt[o], tv[o], td[o]);
-    /* the slopes at the gaps' middles: the same inputs as their values */
+    /* the slopes: at the gaps' middles and in the standard scenarios, from the same inputs as the values */
     for (int q = 0; q < np; q++) {
-        int o0 = q * nv + nscen + 1;
+        int om = q * nv + nscen + 1, os = q * nv + 1;
+        double f0 = forward[inst[q]];
 #pragma omp simd
         for (int g = 0; g < ng; g++)
-            sout[q * ng + g] = sf0[q * ng + g] * rk_dvalue((u32)tfl[o0 + g], tf[o0 + g], tk[o0 + g], trt[o0 + g],
-                                                             tv[o0 + g], td[o0 + g]);
+            sout[q * ns + g] = f0 * rk_dvalue((u32)tfl[om + g], tf[om + g], tk[om + g], trt[om + g], tv[om + g], td[om + g]);
+#pragma omp simd
+        for (int t = 0; t < 3 * nm; t++)
+            sout[q * ns + ng + t] = f0 * rk_dvalue((u32)tfl[os + t], tf[os + t], tk[os + t], trt[os + t], tv[os + t],
+                                                   td[os + t]);
     }
     for (int q = 0; q < np; q++) {
         memcpy(val + q * per, out + q * nv, (size_t)nv * sizeof(double));
-        memcpy(val + q * per + nv, sout + q * ng, (size_t)ng * sizeof(double));
+        memcpy(val + q * per + nv, sout + q * ns, (size_t)ns * sizeof(double));
     }
 }
 
@@ -158,11 +162,11 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
     int nm = (int)pp[RK_P_NMOVES];
     int nscen = 3 * nm + (int)pp[RK_P_NEXT];
     int ng = 3 * (nm - 1), per = table_width(pp);
-    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], gaps[4 * RK_MAX_GAPS], da[RK_MAX_MOVES], db[RK_MAX_MOVES];
+    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], gaps[RK_GAP_SUMS * RK_MAX_GAPS], off[3 * RK_MAX_MOVES];
     double chunk[AV_MARGIN_TASKS];
-    rk_gap_offsets(nm, pp, da, db);
+    rk_gap_offsets(nm, pp, off);
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
-    for (int g = 0; g < 4 * RK_MAX_GAPS; g++) gaps[g] = 0.0;
+    for (int g = 0; g < RK_GAP_SUMS * RK_MAX_GAPS; g++) gaps[g] = 0.0;
     int long_only = 1;
     double long_value = 0.0;
     for (int64_t p0 = offsets[a]; p0 < offsets[a + 1]; p0 += AV_MARGIN_CHUNK) {
@@ -170,6 +174,7 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
         if (!table) value_chunk(pos_inst + p0, np, forward, strike, expiry, vol, kind, pp, chunk);
         for (int q = 0; q < np; q++) {
             const double *val = table ? table + (int64_t)pos_inst[p0 + q] * per : chunk + q * per;
+            const double *vc = val + 1 + nscen, *sm = vc + ng, *sp = sm + ng;
             double size = pos_size[p0 + q], base = val[0];
             long_only &= ((kind[pos_inst[p0 + q]] & RK_FUTURE) == 0) & !(size < 0.0);
             long_value += size * base;
@@ -177,8 +182,7 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
                 d[s] = size * (val[1 + s] - base);
                 pnl[s] += d[s];
             }
-            rk_gaps_add(d, val + 1 + nscen, val + 1 + nscen + ng, da, db, base, size,
-                        rk_gap_class(kind[pos_inst[p0 + q]], size), nm, gaps);
+            rk_gaps_add(d, vc, sm, sp, off, base, size, rk_gap_class(kind[pos_inst[p0 + q]], size), nm, gaps);
         }
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);

@@ -83,24 +83,18 @@ def test_a_straddle_bought_at_initial_margin_does_not_reach_the_fund_at_expiry(d
     assert c.accounts[A].collateral.get(asset, 0) >= 0  # (A keeps what it deposited past the premium)
 
 
-@pytest.mark.parametrize("dt", [600, 86_400])
-def test_without_the_horizon_the_gaps_hold_the_straddle_too(dt):
-    """The same market with decay_horizon_s = 0. Before s17 the fund paid the writer 2,876 USD at
-    600 s (the defect as it was); since the margin's gaps between moves (s17: each leg at its worse
-    end of a gap, the initial multiplier on top, capped at a long-only book's value) a long straddle
-    a day or less from expiry needs its whole premium at initial margin anyway, so the horizon is a
-    second line here."""
+def test_without_the_horizon_the_fund_pays_the_writer():
+    """The same market with decay_horizon_s = 0: the defect as it was (the test above is not
+    vacuous)."""
     c, asset = market(horizon=0)
-    c.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - dt, ORACLES[:2])
+    c.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 600, ORACLES[:2])
     c.register(A)
     c.register(W)
     need = at_initial_margin(c, asset, 200)
-    premium = 200 * (c.marks["BTC"].values[1] + c.marks["BTC"].values[2])
-    assert premium <= need[A] <= premium + 1_000  # (a quantum a contract for rounding, and ticks)
     fund = c.funds[asset]
     open_straddles(c, asset, 200, need)
-    marks_until_expiry(c, 1, 1, dt)
-    assert c.funds[asset] == fund
+    marks_until_expiry(c, 1, 1, 600)
+    assert fund - c.funds[asset] > 2_000 * USD
 
 
 @pytest.mark.parametrize("intervals", [2, 6, 9, 12])
@@ -150,8 +144,7 @@ def test_the_margin_one_horizon_later_holds_the_time_value_and_is_alike_in_softw
     premium = 3 * (near.marks["BTC"].values[1] + near.marks["BTC"].values[2])
     (a_im, a_mm), (w_im, w_mm) = margins["near"]
     (a_im0, a_mm0), (w_im0, w_mm0) = margins["bare"]
-    assert a_mm0 < premium  # (maintenance without the horizon: less than what the expiry takes)
-    assert a_im0 <= premium + 6  # (initial: the gaps' bound times 1.3, capped at the book's value)
+    assert a_im0 < premium and a_mm0 < premium  # (before: less than what the expiry takes)
     assert premium <= a_mm <= a_im <= premium + 6  # now the premium (and a quantum a contract), no more
     assert (w_im, w_mm) == (w_im0, w_mm0)  # the writer's: time only helps it
 
@@ -183,23 +176,20 @@ def test_the_horizon_is_whole_seconds(bad):
         Clearing(ORACLES, quorum=2, decay_horizon_s=bad)
 
 
-@pytest.mark.parametrize("horizon", [0, DECAY_HORIZON_S])
-def test_a_straddle_one_quantum_under_initial_margin_ends_its_block_short(horizon):
-    """Review s16 opened at the old initial margin (0.902 of the premium, which the horizon had
-    raised to the premium); since s17 the gaps alone ask the premium too: one quantum less leaves
-    the buyer short at the block's end, with or without the horizon."""
-    c, asset = market(horizon=horizon)
+def test_a_straddle_at_the_old_initial_margin_ends_its_block_short():
+    c, asset = market()
     c.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 600, ORACLES[:2])
-    c.register(A)
-    c.register(W)
-    need = at_initial_margin(c, asset, 200)
-    premium = 200 * (c.marks["BTC"].values[1] + c.marks["BTC"].values[2])
-    assert need[A] >= premium
+    bare, _ = market(horizon=0)
+    bare.mark("BTC", 60_000.0, {1: 0.7, 2: 0.7}, 1, EXPIRY - 600, ORACLES[:2])
+    for x in (c, bare):
+        x.register(A)
+        x.register(W)
+    old = at_initial_margin(bare, asset, 200)  # what sufficed before
     v = c.marks["BTC"].values
     c.defer = True
     c.begin_block()
-    c.deposit(A, 0, asset, need[A] - 1)
-    c.deposit(W, 0, asset, need[W])
+    c.deposit(A, 0, asset, old[A])
+    c.deposit(W, 0, asset, old[W])
     c.trade(A, 1, W, 1, 1, 200, v[1])
     c.trade(A, 2, W, 2, 2, 200, v[2])
     assert c.end_of_block() == [A]  # the buyer short (the writer's margin is unchanged)
