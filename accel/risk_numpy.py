@@ -438,10 +438,10 @@ def _losses(pf, mk, pp):
         sums[1, c] += np.where(chord[c, None], y[c], m[c])
         t = np.flatnonzero(tangent)
         if len(t):
-            rt = where_[rows[t]]
+            it = where_[rows[t]]  # their instruments
             st = size[t, None]
-            pc, sc = st * dv[rt, nscen:], st * slope[rt, :ng]
-            sa, sb = st * slope[rt][:, ng + first], st * slope[rt][:, ng + first + 1]
+            pc, sc = st * dv[it, nscen:], st * slope[it, :ng]
+            sa, sb = st * slope[it][:, ng + first], st * slope[it][:, ng + first + 1]
             xt, yt = x[t], y[t]
             for k, add in enumerate((m[t], pc + sc * da, pc + sc * db, xt, xt + sa * w, yt - sb * w, yt), 2):
                 sums[k, t] += add
