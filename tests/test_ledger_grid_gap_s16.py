@@ -21,8 +21,8 @@ A, W = (bytes(SigningKey(bytes([i]) * 32).verify_key) for i in (231, 232))
 
 
 def open_hedge(kind, strike, a_short_futures):
-    """The pair's hedge opened at exactly the margin a probe asks of each account; the clearing
-    state, the marked values and A's deposit."""
+    """The pair's hedge opened at exactly the margin a probe asks of each account: the clearing
+    state and A's deposit."""
     c = Clearing(ORACLES, quorum=2, backend="cpu", insurance={"USD": 10**7 * USD})
     c.list_series(Series(1, "BTC", kind, strike, EXPIRY))
     c.list_series(Series(3, "BTC", FUTURE, 0.0, EXPIRY + 90 * 86_400))
