@@ -658,7 +658,8 @@ def parser() -> argparse.ArgumentParser:
     tx.add_argument("--wait", type=_seconds, default=0.0, metavar="SECONDS",
                     help="wait this long for the transaction to commit, and print its height")
     tx.add_argument("--chain-id", type=_chain_id, metavar="ID",
-                    help="the network's chain id, signed into the transaction (default: the validator's, from /status)")
+                    help="the network's chain id, signed into the transaction (default: the one f + 1 of the "
+                    "validators name in /status, more than any other)")
     tx.add_argument("--http-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     ops = tx.add_subparsers(dest="op", metavar="OP", required=True)
     r = ops.add_parser("register", help="register the key's account")

@@ -109,6 +109,7 @@ def _env_value(name: str, kind: str, raw: str):
 
 
 SETTINGS = tuple("ACCEL_" + key.upper() for key in KEYS)
+VARIABLES = SETTINGS + ("ACCEL_CONFIG",)  # what a variable that looks like one is taken for a typo of
 
 
 def _misspelt(env) -> None:
@@ -117,15 +118,16 @@ def _misspelt(env) -> None:
     in lower case within a typo of one is another program's, left alone). A misspelt key in a
     file is an error;
     a misspelt variable was ignored, and the file's or the default value ran (ACCEL_BACKNED=cpu
-    left the GPU in use). Other ACCEL_* names (ACCEL_CONFIG, the tests' own) are not settings."""
+    left the GPU in use; ACCEL_CONFG=gpu.toml, every default). Other ACCEL_* names (the tests'
+    own) are not settings."""
     for name in env:
         upper = name.upper()
-        if not upper.startswith("ACCEL_") or name in SETTINGS or name == "ACCEL_CONFIG":
+        if not upper.startswith("ACCEL_") or name in VARIABLES:
             continue
-        if upper in SETTINGS + ("ACCEL_CONFIG",):  # a setting's name in other case
+        if upper in VARIABLES:  # a setting's name in other case
             meant = upper
         elif name == upper:  # within a typo of one
-            meant = next(iter(difflib.get_close_matches(upper, SETTINGS, n=1, cutoff=0.85)), None)
+            meant = next(iter(difflib.get_close_matches(upper, VARIABLES, n=1, cutoff=0.85)), None)
         else:  # a lower-case name within a typo of one: another program's variable (accel_gpu_fallbacks,
             meant = None  # Prometheus' metric names in a script), not a typo of ours
         if meant:

@@ -4,18 +4,21 @@
     from nacl.signing import SigningKey
     from consensus.client import Client, register, deposit
     alice = SigningKey.generate()
-    c = Client(["http://127.0.0.1:26800", "http://127.0.0.1:26801"])
-    results = c.broadcast([register(alice), deposit(alice, 0, "USD", 1_000 * 10**8)])
+    c = Client(["http://10.0.0.10:26657", "http://10.0.0.11:26657", "http://10.0.0.12:26657", "http://10.0.0.13:26657"])
+    chain = c.chain_id()  # the network's (/status), signed into each body: another chain's is refused
+    results = c.broadcast([register(alice, chain), deposit(alice, 0, "USD", 1_000 * 10**8, chain)])
     heights = c.wait_committed([r["hash"] for r in results])
     c.account(alice.verify_key)   # nonce, collateral, positions, proof at the last committed block
 
 A transaction is (body, [signatures]). The validators do not gossip their mempools to each other
 yet: a transaction sent to one validator is proposed when that validator leads (one view in n),
 so `broadcast` sends it to every URL the client has; validators that cannot be reached are passed
-over (as BFT passes over f of them), and reads go to the first that answers. Standard library
-only (urllib)."""
+over (as BFT passes over f of them), and reads go to the first that answers but the committed
+nonce and the chain id, asked of every one (next_nonce, chain_id). Standard library only
+(urllib)."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import http.client
 import ipaddress
@@ -755,13 +758,37 @@ class Client:
         return self._any(url, lambda u: self._call(u, "/status"))
 
     def chain_id(self, url: str | None = None) -> int:
-        """The network's chain id, from a validator's /status: what transactions for it are signed
-        with (a body of another chain is refused). A validator naming none is an RpcError."""
+        """The network's chain id, from the validators' /status: what transactions for it are
+        signed with (a body of another chain is refused). Without url, every validator is asked,
+        and of n, with f = (n - 1) // 3, the chain id named by more of them than any other and by
+        at least f + 1 is used (at least one honest validator names it), else an RpcError saying
+        what each named: the first that answered was used, and one faulty or misconfigured
+        validator listed first had every transaction signed for its chain. A validator naming
+        none is an RpcError (of that validator, passed over when others answer)."""
+        if url is not None or len(self.urls) == 1:
+            return self._chain_id(url or self.urls[0])
+        named, failures = {}, []
+        for u in self.urls:
+            try:
+                named[u] = self._chain_id(u)
+            except RpcError as exc:
+                failures.append(exc)
+        if not named:
+            raise _none_answered(failures)
+        counts = collections.Counter(named.values()).most_common()
+        (chain, most), f = counts[0], (len(self.urls) - 1) // 3
+        if most > f and (len(counts) == 1 or counts[1][1] < most):
+            return chain
+        raise RpcError(f"no chain id is named by f + 1 = {f + 1} of the {len(self.urls)} validators and by more than "
+                       f"any other: {', '.join(f'{u}: {c}' for u, c in named.items())}"
+                       + (f"; {len(failures)} did not answer" if failures else "")
+                       + "; give the chain id (accel tx --chain-id)")
+
+    def _chain_id(self, url: str) -> int:
         answer = self.status(url)
         chain = answer.get("chain_id")
         if type(chain) is not int or not 0 <= chain <= U32:
-            raise RpcError(f"{url or self.urls[0]}/status: no chain id in the answer ({str(chain)[:40]!r})",
-                           body=answer)
+            raise RpcError(f"{url}/status: no chain id in the answer ({str(chain)[:40]!r})", body=answer)
         return chain
 
     def health(self, url: str | None = None) -> dict:

@@ -432,15 +432,6 @@ def _check_host(host: str) -> None:
         raise ValueError(f"host {host!r} is neither a host name nor an IP address")
 
 
-def _host_key(host: str) -> str:
-    """A host as one spelling: an IP address compressed, a name in lower case without its
-    trailing dot."""
-    try:
-        return ipaddress.ip_address(host).compressed
-    except ValueError:
-        return host.lower().rstrip(".")
-
-
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -466,10 +457,11 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         raise ValueError(f"{len(hosts)} hosts: BFT needs n = 3f + 1 >= 4 validators")
     for host in hosts:
         _check_host(host)
+    from .node import host_key
     ipv6 = any(":" in h for h in hosts)
     same = {}
-    for host in hosts:  # one address however it is spelt: "::1" and "0::1", "Node-A" and "node-a."
-        same.setdefault(_host_key(host), []).append(host)
+    for host in hosts:  # one address however it is spelt: "::1" and "0::1", "127.1" and "127.0.0.1", "A" and "a."
+        same.setdefault(host_key(host), []).append(host)
     twice = next((names for names in same.values() if len(names) > 1), None)
     if twice:
         raise ValueError(f"two validators at the same host:port ({' and '.join(twice[:2])}, port {port})")

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import gc
 import hashlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -31,6 +32,7 @@ import math
 import os
 import resource
 import signal
+import socket
 import sqlite3
 import stat
 import time
@@ -136,6 +138,20 @@ def _addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def host_key(host: str) -> str:
+    """host as one spelling: an IP address as the system reads it however it is written (::1 and
+    0:0:0:0:0:0:0:1; 127.0.0.1, 127.1 and 2130706433, which getaddrinfo, and so every dial, reads
+    alike; an IPv4-mapped address as its IPv4 one), compressed; a name in lower case without its
+    trailing dot."""
+    try:
+        address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)[0][4]
+    except (OSError, UnicodeError):
+        return host.lower().rstrip(".")
+    ip = ipaddress.ip_address(address[0])
+    scope = f"%{address[3]}" if len(address) == 4 and address[3] else ""  # fe80::1%1 and fe80::1%2 differ
+    return (getattr(ip, "ipv4_mapped", None) or ip).compressed + scope
+
+
 def url_host(host: str) -> str:
     """host as a URL spells it: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
@@ -202,15 +218,20 @@ def _check_network(path, text: str, cfg: "NodeConfig") -> None:
         if not key_is_safe(key):
             raise ConfigError(f"{where}: [network] keys[{i}] {key.hex()} is not a validator key: not a canonical "
                               "encoding of a curve point, or of small order (anyone could sign for it)")
-    for j, address in enumerate(cfg.addresses):  # it would take the dials meant for validator j
-        if j != cfg.index and address == cfg.listen and address[1] != 0:
-            raise ConfigError(f"{path}:{line_of(text, 'node', 'listen')}: [node] listen {address[0]}:{address[1]} is "
-                              f"[network] addresses[{j}], validator {j}'s, not this validator's ({cfg.index})")
+    # compared as the system reads them: [::1] and [0:0:0:0:0:0:0:1], 127.0.0.1 and 127.1, loaded
+    spelt = [(host_key(host), port) for host, port in cfg.addresses]
+    listen = (host_key(cfg.listen[0]), cfg.listen[1])
+    for j, address in enumerate(spelt):  # it would take the dials meant for validator j
+        if j != cfg.index and address == listen and address[1] != 0:
+            raise ConfigError(f"{path}:{line_of(text, 'node', 'listen')}: [node] listen {cfg.listen[0]}:"
+                              f"{cfg.listen[1]} is [network] addresses[{j}], validator {j}'s, not this validator's "
+                              f"({cfg.index})")
     where = f"{path}:{line_of(text, 'network', 'addresses')}"
-    for i, address in enumerate(cfg.addresses):
-        if address[1] != 0 and address in cfg.addresses[:i]:
-            raise ConfigError(f"{where}: [network] addresses[{i}] {address[0]}:{address[1]} is also "
-                              f"addresses[{cfg.addresses.index(address)}]: each validator needs its own")
+    for i, address in enumerate(spelt):
+        if address[1] != 0 and address in spelt[:i]:
+            k, port = spelt.index(address), address[1]
+            raise ConfigError(f"{where}: [network] addresses[{i}] {url_host(cfg.addresses[i][0])}:{port} is also "
+                              f"addresses[{k}] ({url_host(cfg.addresses[k][0])}:{port}): each validator needs its own")
 
 
 def _check_oracles(path, text: str, cfg: "NodeConfig") -> None:
@@ -337,13 +358,23 @@ class NodeConfig:
         # the events file is appended to: one that is the store, the lock, the load or this file
         # itself was written into (a JSON line appended to validator.db damaged the store; to this
         # file, the next start could not parse it)
-        taken = {cfg.data_dir / name: f"[node] data_dir's {name}" for name in DATA_DIR_FILES}
-        taken[Path(os.path.abspath(path))] = "this file"
+        taken = {cfg.data_dir / name: (f"[node] data_dir's {name}", "data_dir") for name in DATA_DIR_FILES}
+        taken[Path(os.path.abspath(path))] = ("this file", "events")
         if cfg.load_file:
-            taken[Path(cfg.load_file)] = "[node] load_file"
+            taken[Path(cfg.load_file)] = ("[node] load_file", "load_file")
         events = Path(os.path.normpath(cfg.events))
-        clash = next((what for p, what in taken.items() if Path(os.path.normpath(p)) == events
-                      or (events.exists() and p.exists() and os.path.samefile(events, p))), None)
+
+        def exists(p: Path, what: str, key: str) -> bool:
+            # a path the system refuses to look up (a name over NAME_MAX, a directory this user may
+            # not enter) raised a bare OSError: exit 1, which the unit restarts, naming no key
+            try:
+                return p.exists()
+            except OSError as exc:
+                raise ConfigError(f"{path}:{line_of(text, 'node', key)}: {what} {str(p)!r} cannot be looked up: "
+                                  f"{exc.strerror or exc}") from None
+        clash = next((what for p, (what, key) in taken.items() if Path(os.path.normpath(p)) == events
+                      or (exists(events, "[node] events", "events") and exists(p, what, key)
+                          and os.path.samefile(events, p))), None)
         if clash:
             raise ConfigError(f"{path}:{line_of(text, 'node', 'events')}: [node] events {str(cfg.events)!r} is {clash}; "
                               "give the events their own file")
@@ -980,7 +1011,8 @@ class NodeRunner:
         # an empty store with state_sync: a peer's snapshot first (see _synced)
         self.sync = (statesync.StateSync(self.core.cfg, self.app, probe=True)
                      if cfg.state_sync and self.store.first_height() == 0 else None)
-        self.highest_seen = self.core.committed.height
+        self.highest_seen = self.core.committed.height  # of the proposals the core took (see _handle)
+        self.parked_heights: dict[bytes, tuple[int, int]] = {}  # block id -> (proposer, height): parked ones
         self.metrics.height.set(self.core.committed.height)
         self.restart_s = time.monotonic() - started
         base = start.base.proposal.block.height if start.base else 0
@@ -1084,9 +1116,23 @@ class NodeRunner:
     def catching_up(self) -> bool:
         """Proposals from peers run more than CATCH_UP_HEIGHTS ahead of what this validator committed.
         In step, the 2-chain commit lags the newest proposal by 2, and a proposal counts as seen
-        once the core took or parked it (its signatures checked, see _handle): a validator under
-        load is a few heights behind for a moment without falling behind."""
-        return self.highest_seen > self.core.committed.height + CATCH_UP_HEIGHTS
+        once the core took or parked it (its signatures checked, see _handle and seen_height): a
+        validator under load is a few heights behind for a moment without falling behind."""
+        return self.seen_height() > self.core.committed.height + CATCH_UP_HEIGHTS
+
+    def seen_height(self) -> int:
+        """The highest proposal seen: of those the core took, and of those it holds parked the
+        (f+1)-th highest of their proposers' highest. A parked block's height is a label no parent
+        proves yet (a QC's height is not signed): a Byzantine leader's block on a real QC relabelled
+        10^12 kept /health at "catching up" for ever. Validators ahead propose by turns, so one
+        behind parks proposals of more than f of them."""
+        parked, top = self.core.parked, {}
+        for block_id, (proposer, height) in self.parked_heights.items():
+            if block_id in parked:
+                top[proposer] = max(top.get(proposer, 0), height)
+        claims = sorted(top.values(), reverse=True)
+        f = self.core.cfg.f
+        return max(self.highest_seen, claims[f] if len(claims) > f else 0)
 
     def status(self) -> dict:
         now, b = time.monotonic(), self.core.committed
@@ -1094,7 +1140,7 @@ class NodeRunner:
                 "network_id": self.network.hex(), "height": b.height, "block_hash": b.id.hex(),
                 "state_root": b.state_root.hex(), "view": self.core.view, "backend": self.backend,
                 "device": self.device, "validation": self.cfg.validation, "catching_up": self.catching_up(),
-                "highest_seen_height": self.highest_seen,
+                "highest_seen_height": self.seen_height(),
                 "peers": {"connected": len(self.peers_connected(now)), "validators": len(self.cfg.keys) - 1,
                           "last_heard_s": {str(i): round(now - at, 3) for i, at in sorted(self.peers_seen.items())}},
                 "mempool": len(self.app.mempool), "seconds_since_commit": round(now - self.last_commit, 3),
@@ -1120,7 +1166,7 @@ class NodeRunner:
             return (f"nothing committed for {since:.0f} s (height {self.core.committed.height}, view "
                     f"{self.core.view}); {peers} of {others} peers connected")
         if self.catching_up():
-            return f"catching up: committed height {self.core.committed.height}, peers propose at {self.highest_seen}"
+            return f"catching up: committed height {self.core.committed.height}, peers propose at {self.seen_height()}"
         return ""
 
     def _deliver(self, sender: int, msg) -> None:
@@ -1359,8 +1405,8 @@ class NodeRunner:
         peer (request_admitted): an answer costs this validator a read and an encoding of up to
         RANGE_BYTES (or a snapshot chunk), a request 50 bytes, and an honest peer asks for the next
         range once it has the last. A proposal counts for catching_up only once the core holds or
-        parked it (its signatures checked): a height a peer merely claims would keep /health at
-        "catching up" for ever."""
+        parked it (its signatures checked), and parked ones only while parked and as seen_height says:
+        a height a peer merely claims would keep /health at "catching up" for ever."""
         if isinstance(msg, (BlockRequest, SnapshotRequest)):
             net = getattr(self, "net", None)
             if net is not None:
@@ -1368,8 +1414,16 @@ class NodeRunner:
                     self.core.counters["request_backlog"] += 1
                     return
         self._apply(self.core.handle(sender, msg))
-        if isinstance(msg, Proposal) and (msg.block.id in self.core.blocks or msg.block.id in self.core.parked):
+        core = self.core
+        if isinstance(msg, Proposal) and msg.block.id in core.blocks:
             self.highest_seen = max(self.highest_seen, msg.block.height)
+        elif isinstance(msg, Proposal) and msg.block.id in core.parked:
+            self.parked_heights[msg.block.id] = (msg.block.proposer, msg.block.height)
+        for block_id, (_, height) in list(self.parked_heights.items()):  # (at most MAX_PARKED)
+            if block_id in core.blocks:  # its parent came and it connects: its height is proven
+                self.highest_seen = max(self.highest_seen, height)
+            if block_id not in core.parked:
+                del self.parked_heights[block_id]
 
 
 def request_admitted(queued: int, answers: int, answer_backlog: int = ANSWER_BACKLOG,

@@ -547,10 +547,12 @@ class _Handler(RequestHandler):
 
     async def finish_response(self, request, resp, start_time):
         out = await super().finish_response(request, resp, start_time)
-        if "Transfer-Encoding" in request.headers and not request.content.is_eof():
-            # closed now, the rest not read: aiohttp's lingering close read it for up to 10 s, and
-            # in chunks that is a Python call per chunk (the rest of a Content-Length body, read
-            # raw, costs little, and a client still sending it then gets its answer)
+        if not request.content.is_eof() and ("Transfer-Encoding" in request.headers or request.method != "POST"):
+            # closed now, the rest not read: aiohttp's lingering close read it for up to 10 s; in
+            # chunks that is a Python call per chunk, and a body on any other method than POST is
+            # bounded by nothing (_body_headers checks POSTs: a GET /health declaring 100 GB kept
+            # the loop half busy reading it). The rest of a POST's Content-Length body, at most
+            # max_body_bytes read raw, costs little, and a client still sending it gets its answer
             self.force_close()
         return out
 
