@@ -168,12 +168,14 @@ def pack_messages(messages, what: str = "message") -> tuple[np.ndarray, np.ndarr
 
 
 def _size(what: str, i: int, m) -> int:
-    """The byte size of item i, a buffer b"".join took; TypeError if len() says otherwise."""
-    size = memoryview(m).nbytes
-    if _len(m) != size:
-        problem = _buffer_problem(m)
-        if problem is None or problem == type(m).__name__:
-            problem = f"{type(m).__name__} whose len() is not its size"
+    """The byte size of item i, a buffer b"".join took; TypeError unless it is what every entry
+    point takes as bytes (_buffer_problem) and its len() is that size. (A list of NumPy rows was
+    taken here alone: a root or verdict from the kernels, a TypeError from the single-item calls,
+    pack_fixed and the software-only models.)"""
+    problem, size = _buffer_problem(m), memoryview(m).nbytes
+    if problem is None and _len(m) != size:
+        problem = f"{type(m).__name__} whose len() is not its size"
+    if problem:
         raise TypeError(f"{what} {i} is {problem}, expected bytes")
     return size
 

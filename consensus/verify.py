@@ -78,8 +78,8 @@ class Verifier:
     def merkle_root(self, leaves) -> bytes:
         if self.validation == "accel":
             return accel.merkle_root(leaves, backend=self.backend)
-        items = [leaves.item(i) for i in range(len(leaves))] if isinstance(leaves, Packed) else list(leaves)
-        return hashlib_root(items)
+        packed = Packed(*pack_messages(leaves, "leaf"))  # (taken and refused as accel does)
+        return hashlib_root([packed.item(i) for i in range(len(packed))])
 
 
 def _software_verdicts(keys: np.ndarray, messages: Packed, sigs: np.ndarray):
