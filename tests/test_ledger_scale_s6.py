@@ -21,7 +21,8 @@ Tests:
    form of session 7's rule for socialized losses: shared sources charged once per mark, see
    tests/test_ledger_scale_s7.py; marked s8, step 6's gainers before everyone in profit, from a
    plain snapshot of every account's positions at the mark's start, see
-   tests/test_ledger_money_s8.py): the same refusals, leaves, Liquidation records, funds,
+   tests/test_ledger_money_s8.py; marked s18, the books liquidations closed against and left below
+   maintenance liquidated at the mark, see tests/test_ledger_deleverage_s18.py): the same refusals, leaves, Liquidation records, funds,
    supply, fixings and state root after every mark;
 2. work counts, not timing: the Python and C function calls the interpreter makes during a mark,
    for N and 4N, at most 5x: the expiry of N pairs (dbb05d2: 15.5x); N thin books liquidated
@@ -66,6 +67,7 @@ class _RefPools:
         self.snap = {}  # s8: account -> its positions at the mark's start (before the settlement)
         self.moves = {}  # s8: series of the marked underlying -> value (or fixing) now less value before
         self.paid = {}  # s8: asset -> {account: what step 6's gainers' charge took from it}
+        self.closed = set()  # s18: (account, asset) books the liquidations closed against, since the last look
 
 
 def _ref_gain(ref, series: int, value: int, sign: int) -> int:
@@ -149,6 +151,7 @@ class Reference(Clearing):
         cascade.settled = {b for b, other in paid.items() if other}
         cascade.done = done = {(k, a) for k, a, _ in below}
         cascade.pools = ref
+        ref.closed = set()  # s18: books the liquidations closed against, since the last look
         for key, asset, _ in below:
             pending[asset].discard(key)
             self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade)
@@ -164,6 +167,12 @@ class Reference(Clearing):
                         done.add((key, asset))
                         self._liquidate(key, asset, frozenset(k for k, a in batch if a == asset), heirs,
                                         pending[asset], paid.get((key, asset)), cascade)
+                looked, ref.closed = sorted(ref.closed - done), set()  # s18: one by one, before any drain
+                short = [(k, a) for k, a in looked if not self._touched(k, a)
+                         and self._below_by_asset({a: {k}}, initial=False)]
+                if short:
+                    cascade.extend(short)
+                    continue
                 self._drain(cascade)
                 if not cascade:
                     self._drain(cascade, sides=True)
@@ -269,6 +278,8 @@ class Reference(Clearing):
                 weights[h] = weights.get(h, 0) + abs(q) * _ref_gain(cascade.pools if cascade is not None else None,
                                                                    i, value, 1 if theirs > 0 else -1)
                 took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
+                if cascade is not None:
+                    cascade.pools.closed.add((h, asset))  # s18
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)

@@ -163,12 +163,15 @@ class Mark:
 
 
 class _Cascade(list):
-    """(account, asset) books a mark's socialized losses took all the equity of, to liquidate at
-    the same mark (Clearing._socialize); settled: the books (account, asset) that held a series
-    the mark settled, with holders on its other side; done: the books the mark liquidated so far
-    (never carriers: a mark liquidates a book once); pools: the mark's _Pools."""
+    """(account, asset) books to liquidate at the same mark: those a mark's socialized losses took
+    all the equity of (Clearing._socialize), and those its liquidations left below maintenance
+    (Clearing._deleveraged_short); settled: the books (account, asset) that held a series the mark
+    settled, with holders on its other side; done: the books the mark liquidated so far (never
+    carriers: a mark liquidates a book once); closed: the books its liquidations closed positions
+    against since the last look (_deleveraged_short); pools: the mark's _Pools."""
     settled: set = frozenset()
     done: set = frozenset()
+    closed: set = frozenset()
     pools: "_Pools | None" = None
 
 
@@ -565,9 +568,27 @@ class Clearing:
         if nonce < want:
             raise Rejected(f"account {key.hex()[:16]}: nonce {nonce}, expected {want} (replayed or out of order)")
 
-    def _asset(self, asset: str) -> None:
+    def move_refusal(self, asset: str, amount: int, what: str) -> str:
+        """Why a deposit, withdrawal or top-up (what) is refused whatever its account holds ("" if
+        it is not). Assets are fixed at genesis, so the mempool refuses it on admission
+        (clearing_tx.form_refusal) instead of answering "accepted" for the next proposal to refuse."""
+        if not 0 < amount <= MAX_AMOUNT:
+            return f"a {what} must be 1..{MAX_AMOUNT} quanta"
         if asset not in self.assets:
-            raise Rejected(f"unknown asset {asset!r} (known: {', '.join(sorted(self.assets))})")
+            return f"unknown asset {asset!r} (known: {', '.join(sorted(self.assets))})"
+        return ""
+
+    def trade_refusal(self, buyer: bytes, seller: bytes, series: int, size: int, price: int) -> str:
+        """Why a trade is refused whatever its accounts hold and whatever the marks ("" if it is
+        not): series are fixed at genesis, and a fixed one never trades again."""
+        if buyer == seller or not 0 < size <= MAX_SIZE or not 0 <= price <= MAX_PRICE:
+            return f"a trade needs two accounts, a size of 1..{MAX_SIZE} and a price of 0..{MAX_PRICE}"
+        s = self.series.get(series)
+        if s is None or series in self.fixings:
+            return f"series {series} is not open for trading"
+        if s.inverse and s.kind == FUTURE and price <= 0:
+            return f"series {series} is an inverse future: its price is a positive USD futures price"
+        return ""
 
     def _mark_for(self, underlying: str) -> Mark:
         mark = self.marks.get(underlying)
@@ -928,9 +949,9 @@ class Clearing:
 
     def deposit(self, key: bytes, nonce: int, asset: str, amount: int) -> None:
         self._flush()
-        if not 0 < amount <= MAX_AMOUNT:
-            raise Rejected(f"a deposit must be 1..{MAX_AMOUNT} quanta")
-        self._asset(asset)
+        why = self.move_refusal(asset, amount, "deposit")
+        if why:
+            raise Rejected(why)
         self._nonce(key, nonce)
         if self.accounts[key].collateral.get(asset, 0) + amount > MAX_BALANCE:
             raise Rejected(f"the deposit would take the {asset} balance past {MAX_BALANCE} quanta")
@@ -953,9 +974,9 @@ class Clearing:
     def _take_out(self, key: bytes, nonce: int, asset: str, amount: int, what: str) -> None:
         """amount out of the account's free collateral in asset (a withdrawal, a top-up of the fund)."""
         self._flush()
-        if not 0 < amount <= MAX_AMOUNT:
-            raise Rejected(f"a {what} must be 1..{MAX_AMOUNT} quanta")
-        self._asset(asset)
+        why = self.move_refusal(asset, amount, what)
+        if why:
+            raise Rejected(why)
         self._nonce(key, nonce)
         cash = self.accounts[key].collateral.get(asset, 0)
         if self.defer:
@@ -980,15 +1001,12 @@ class Clearing:
         margin afterwards (deferred: at the block's end). Both signatures are checked where the
         transaction is decoded."""
         self._flush()
-        if buyer == seller or not 0 < size <= MAX_SIZE or not 0 <= price <= MAX_PRICE:
-            raise Rejected(f"a trade needs two accounts, a size of 1..{MAX_SIZE} and a price of 0..{MAX_PRICE}")
-        s = self.series.get(series)
-        if s is None or series in self.fixings:
-            raise Rejected(f"series {series} is not open for trading")
+        why = self.trade_refusal(buyer, seller, series, size, price)
+        if why:
+            raise Rejected(why)
+        s = self.series[series]
         self._mark_for(s.underlying)
         if s.inverse and s.kind == FUTURE:
-            if price <= 0:
-                raise Rejected(f"series {series} is an inverse future: its price is a positive USD futures price")
             flow = -((size * _PER_UNIT * _PER_UNIT + price // 2) // price)  # coin quanta, buyer to seller
         else:
             flow = price * size
@@ -1132,7 +1150,7 @@ class Clearing:
         cascade = _Cascade()  # books a socialized loss took all the equity of (_socialize)
         cascade.settled = {b for b, other in paid.items() if other}
         cascade.done = done = {(k, a) for k, a, _ in below}
-        cascade.pools = pools
+        cascade.closed, cascade.pools = set(), pools
         for key, asset, _ in below:
             pending[asset].discard(key)
             self._liquidate(key, asset, bankrupt[asset], heirs, pending[asset], paid.get((key, asset)), cascade, ranks)
@@ -1150,6 +1168,8 @@ class Clearing:
                         pending[asset].discard(key)
                         done.add((key, asset))
                         self._liquidate(key, asset, frozen[asset], heirs, pending[asset], paid.get((key, asset)), cascade, ranks)
+                if self._deleveraged_short(cascade):  # hedges the closures broke: liquidated before any drain
+                    continue
                 self._drain(cascade)  # the records, each charged once with what it is owed
                 if not cascade:  # then the settled sides, only once the cascade is still: each side is
                     self._drain(cascade, sides=True)  # charged again only after a side's carriers
@@ -1166,6 +1186,24 @@ class Clearing:
             self.halted[underlying] = halted
         else:
             self.halted.pop(underlying, None)
+
+    def _deleveraged_short(self, cascade: "_Cascade") -> bool:
+        """Whether books this mark's liquidations closed positions against (cascade.closed), not
+        liquidated yet, are now below maintenance margin: listed in cascade, to be liquidated at
+        this mark too. A closure at the mark keeps a book's equity but may take one leg of its
+        hedge: a writer's calls closed against a delta-hedged holder left its short futures naked
+        with a few USD of equity, nothing looked at it before the next mark, and that mark's move
+        was the fund's (review s18: 31,497 USD at +0.5%). Its own liquidation, at this mark, costs
+        nobody anything: its equity covers it. Not a book this block touched: a mark never
+        liquidates one (the block's end finds it short of initial margin instead, _socialize)."""
+        closed, cascade.closed = cascade.closed - cascade.done, set()
+        by_asset: dict[str, set[bytes]] = {}
+        for k, a in closed:
+            if not self._touched(k, a):
+                by_asset.setdefault(a, set()).add(k)
+        short = self._below_by_asset(by_asset, initial=False) if by_asset else []
+        cascade.extend((k, a) for k, a, _ in short)
+        return bool(short)
 
     def _breaker(self, underlying: str, index: float) -> str:
         """Records the mark in the breaker's window; why the underlying is reduce-only after it
@@ -1302,6 +1340,7 @@ class Clearing:
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * _gain(pools, i, 1 if theirs > 0 else -1)
                 took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
+                cascade.closed.add((h, asset))
             if size:  # open interest sums to zero: someone always holds the other side
                 raise RuntimeError(f"series {i}: no counterparty left for {size} contracts of a liquidation")
             self._set_position(key, acct, i, 0)

@@ -670,7 +670,7 @@ class ClearingApp:
         the flood is one heavy owner that gives way to anyone holding less, and keeping a new
         user out takes as many addresses as half the mempool (docs/OPERATOR.md)."""
         head, owner = self.head, _owner(tx)
-        if tx.op == ctx.MARK:  # (a mark short of a quorum is refused: _misformed_mark)
+        if tx.op == ctx.MARK:  # (a mark short of a quorum is refused: _misformed)
             return MARKS
         if client is None or owner in head.accounts:
             return owner
@@ -708,7 +708,7 @@ class ClearingApp:
             except (ctx.Malformed, TypeError, ValueError) as exc:
                 reasons[i] = f"malformed: {exc}"
                 continue
-            reasons[i] = self._stale(tx) or self._ahead(tx) or self._misformed_mark(tx)
+            reasons[i] = self._stale(tx) or self._ahead(tx) or self._misformed(tx)
             if not reasons[i]:
                 decoded.append((i, body, signatures, tx))
         fresh, twice = [], {}  # twice: item -> the earlier item of the submission it repeats
@@ -803,16 +803,15 @@ class ClearingApp:
             return f"stale: {mark[0]} mark {mark[1]} is not after the committed mark {last.sequence}"
         return ""
 
-    def _misformed_mark(self, tx: ctx.Tx) -> str:
-        """Why the mempool takes no mark tx whatever its signatures ("" if it does, or tx is no
-        mark): Clearing.mark_form_refusal, checked before its signatures. Taken, one request of 30
-        marks of 255 signers each cost 7,650 checks, also with the oracles' public keys listed
-        among 253 fresh ones, and marks signed by fresh keys, each its own owner, filled a mempool
-        from one address (_owner_for)."""
-        if tx.op != ctx.MARK:
-            return ""
-        underlying, _, _, _, vols = tx.fields
-        return self.head.mark_form_refusal(underlying, vols, tx.signers)
+    def _misformed(self, tx: ctx.Tx) -> str:
+        """Why the mempool takes no tx whatever its signatures and whenever it comes ("" if it
+        does): ctx.form_refusal on the committed head, checked before its signatures. A deposit of
+        an asset the ledger lacks ("usd") or a trade of a series not listed was "accepted", then
+        refused by the next proposal, with the account's later transactions (a nonce gap). A mark
+        taken whatever its signers: one request of 30 marks of 255 signers each cost 7,650 checks,
+        also with the oracles' public keys listed among 253 fresh ones, and marks signed by fresh
+        keys, each its own owner, filled a mempool from one address (_owner_for)."""
+        return ctx.form_refusal(self.head, tx)
 
     def _ahead(self, tx: ctx.Tx) -> str:
         """Why tx waits too far ahead of its accounts' committed nonces ("" if it does not)."""

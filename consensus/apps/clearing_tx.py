@@ -184,6 +184,23 @@ def consumed(tx: Tx) -> tuple[list[tuple[bytes, int]], bytes | None, tuple[str, 
     return [], None, (f[0], f[2])
 
 
+_MOVE_NAMES = {DEPOSIT: "deposit", WITHDRAW: "withdrawal", TOP_UP: "top-up"}
+
+
+def form_refusal(state: Clearing, tx: Tx) -> str:
+    """Why a rule refuses tx whatever the accounts hold, the marks say and its signatures ("" if
+    none does): its fields against what the genesis fixed (assets, series, oracles) and a series
+    fixed for good, so the mempool checks it on the committed head before any signature."""
+    f = tx.fields
+    if tx.op == TRADE:
+        return state.trade_refusal(f[0], f[2], f[4], f[5], f[6])
+    if tx.op in MOVES:
+        return state.move_refusal(f[2], f[3], _MOVE_NAMES[tx.op])
+    if tx.op == MARK:
+        return state.mark_form_refusal(f[0], f[4], tx.signers)
+    return ""
+
+
 def apply(state: Clearing, tx: Tx) -> None:
     """Carry out a decoded transaction whose signatures verified (Rejected if a rule refuses it)."""
     f = tx.fields

@@ -1,0 +1,174 @@
+"""Auto-deleveraging that breaks a counterparty's hedge (review s18). A liquidation closes the
+bankrupt book against opposite positions at the mark: the counterparty's equity is unchanged, but
+one leg of its hedge may go, leaving the other naked on a few USD. Nothing looked at that book
+before the next mark of its underlying, whose move was then the fund's.
+
+B (a bystander, or the attacker's third account) is long 100 deep-in-the-money BTC calls (strike
+30,000, 30 days) bought from L and short 100 BTC futures sold to W: a delta-flat book whose
+initial margin is 5.92 USD. L and W each post exactly their initial margin. A +5% mark liquidates
+L with equity to spare; step 1 closed L's calls against B, the only long, and left B short 100
+futures with 2.63 USD of equity against a maintenance of 1,008,000 USD. The next mark, +0.5%, had
+the fund pay 31,497 USD (+5%: 314,997), all of it to W, and a fall cost the attacker nothing.
+
+Now the mark liquidates, at the same mark, every book its closures leave below maintenance
+(Clearing._deleveraged_short): B's own liquidation costs nobody anything, and the fund pays 0.
+Each block is checked by a software-only validator (same state root, invariants kept)."""
+import pytest
+from nacl.signing import SigningKey
+
+from accel.risk import CALL, FUTURE
+from consensus.apps import clearing_tx as ctx
+from consensus.apps.clearing import Clearing, Series
+from consensus.apps.clearing_app import ClearingApp
+from consensus.verify import Verifier
+from tests.test_clearing_properties import O, ORACLES, chain
+
+USD = 10**8
+T0 = 1_800_000_000
+EXP = T0 + 30 * 86_400
+L, B, W = (bytes(SigningKey(bytes([i]) * 32).verify_key) for i in (41, 42, 43))
+S0 = 60_000.0
+
+
+def opened():
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
+    c.list_series(Series(1, "BTC", CALL, 30_000.0, EXP))
+    c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
+    c.mark("BTC", S0, {1: 0.6}, 1, T0, O[:2])
+    for k in (L, B, W):
+        c.register(k)
+    v = c.marks["BTC"].values
+    big = 10**9 * USD
+    probe = c.snapshot()
+    for k in (L, B, W):
+        probe.deposit(k, 0, "USD", big)
+    probe.trade(B, 1, L, 1, 1, 100, v[1])   # B buys 100 calls from L
+    probe.trade(W, 1, B, 2, 3, 100, v[3])   # B hedges: sells 100 futures to W
+    eqs, m = probe.equity([L, B, W]), probe.margins([L, B, W], {"USD"})["USD"][0]
+    need = {k: max(int(m[i]) - (eqs[i]["USD"] - big), 1) for i, k in enumerate((L, B, W))}
+    c.defer = True
+    c.begin_block()
+    for k in (L, B, W):
+        c.deposit(k, 0, "USD", need[k])
+    c.trade(B, 1, L, 1, 1, 100, v[1])
+    c.trade(W, 1, B, 2, 3, 100, v[3])
+    assert c.end_of_block() == []
+    c.defer = False
+    return c, need
+
+
+def mark(app, index, seq, ts):
+    body = ctx.mark("BTC", index, seq, ts, {1: 0.6}, O[:2])
+    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+
+
+@pytest.mark.parametrize("second", [0.005, 0.05])
+def test_a_counterparty_whose_hedge_deleveraging_closed_does_not_take_the_fund(second):
+    c, need = opened()
+    assert need[B] < 6 * USD  # the hedged book's initial margin
+    app, validator = ClearingApp(Verifier("accel", "cpu"), c.snapshot()), ClearingApp(Verifier("software"), c.snapshot())
+    supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
+    fund = c.funds["USD"]
+    mark(app, S0 * 1.05, 2, T0 + 600)
+    _, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
+    after = state.clearing
+    assert [l.account for l in after.liquidations] == [L, B]        # B too, at the same mark
+    assert [(l.insurance, l.socialized) for l in after.liquidations] == [(0, 0), (0, 0)]
+    assert after.accounts[B].positions == {} and after.accounts[B].collateral["USD"] > 0
+    mark(app, S0 * 1.05 * (1 + second), 3, T0 + 1200)
+    _, state2, _ = chain(app, validator, state, vstate, supply)
+    paid = fund - state2.clearing.funds["USD"]
+    assert paid == 0, f"the fund paid {paid / USD} USD at an honest +{second:.1%} mark"
+
+
+def test_an_eth_mark_breaks_a_btc_hedge_and_the_next_btc_mark_takes_the_fund():
+    """The same hedge; L's USD book also holds 2,000 ETH futures bought from W at initial margin. An
+    ETH mark 12% down liquidates L's whole USD book (its BTC calls too, at the BTC mark's value):
+    B's BTC hedge is closed by a mark of another underlying, with the BTC index unchanged, and the
+    next BTC mark, 0.5% up, has the fund pay."""
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
+    c.list_series(Series(1, "BTC", CALL, 30_000.0, EXP))
+    c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
+    c.list_series(Series(5, "ETH", FUTURE, 0.0, EXP + 90 * 86_400))
+    c.mark("BTC", S0, {1: 0.6}, 1, T0, O[:2])
+    c.mark("ETH", 3_000.0, {}, 1, T0, O[:2])
+    for k in (L, B, W):
+        c.register(k)
+    v = {**c.marks["BTC"].values, **c.marks["ETH"].values}
+    big = 10**9 * USD
+    probe = c.snapshot()
+    for k in (L, B, W):
+        probe.deposit(k, 0, "USD", big)
+    probe.trade(B, 1, L, 1, 1, 100, v[1])
+    probe.trade(W, 1, B, 2, 3, 100, v[3])
+    probe.trade(L, 2, W, 2, 5, 2000, v[5])   # L long 2,000 ETH futures
+    eqs, m = probe.equity([L, B, W]), probe.margins([L, B, W], {"USD"})["USD"][0]
+    need = {k: max(int(m[i]) - (eqs[i]["USD"] - big), 1) for i, k in enumerate((L, B, W))}
+    c.defer = True
+    c.begin_block()
+    for k in (L, B, W):
+        c.deposit(k, 0, "USD", need[k])
+    c.trade(B, 1, L, 1, 1, 100, v[1])
+    c.trade(W, 1, B, 2, 3, 100, v[3])
+    c.trade(L, 2, W, 2, 5, 2000, v[5])
+    assert c.end_of_block() == []
+    c.defer = False
+    app, validator = ClearingApp(Verifier("accel", "cpu"), c.snapshot()), ClearingApp(Verifier("software"), c.snapshot())
+    supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
+    fund = c.funds["USD"]
+    body = ctx.mark("ETH", 2_640.0, 2, T0 + 600, {}, O[:2])
+    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    _, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
+    assert [l.account for l in state.clearing.liquidations] == [L, B]  # B's BTC book, by an ETH mark
+    assert state.clearing.funds["USD"] == fund
+    assert state.clearing.accounts[B].positions == {}
+    mark(app, S0 * 1.005, 2, T0 + 1200)
+    _, state2, _ = chain(app, validator, state, vstate, supply)
+    paid = fund - state2.clearing.funds["USD"]
+    assert paid == 0, f"the fund paid {paid / USD} USD at an honest +0.5% BTC mark"
+
+
+def test_a_calendar_futures_spread_whose_leg_deleveraging_closed_does_not_take_the_fund():
+    """An ordinary futures calendar spread: B long 100 BTC futures expiring in 30 days (bought
+    from L), short 100 expiring in 120 days (sold to W); its margin is the offsetting-futures
+    contingency, 1% (B posts 1.3%, 78,000 USD for 6M USD a leg). L, naked short at initial margin
+    (20.8%), is liquidated by a +12% mark with equity to spare; step 1 closes L's short against
+    B's long, the only one. B, short 6.72M USD of futures with 78,000 USD of equity, is not
+    looked at until the next mark: +2% there has the fund pay."""
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
+    c.list_series(Series(2, "BTC", FUTURE, 0.0, EXP))
+    c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
+    c.mark("BTC", S0, {}, 1, T0, O[:2])
+    for k in (L, B, W):
+        c.register(k)
+    v = c.marks["BTC"].values
+    big = 10**9 * USD
+    probe = c.snapshot()
+    for k in (L, B, W):
+        probe.deposit(k, 0, "USD", big)
+    probe.trade(B, 1, L, 1, 2, 100, v[2])
+    probe.trade(W, 1, B, 2, 3, 100, v[3])
+    eqs, m = probe.equity([L, B, W]), probe.margins([L, B, W], {"USD"})["USD"][0]
+    need = {k: max(int(m[i]) - (eqs[i]["USD"] - big), 1) for i, k in enumerate((L, B, W))}
+    c.defer = True
+    c.begin_block()
+    for k in (L, B, W):
+        c.deposit(k, 0, "USD", need[k])
+    c.trade(B, 1, L, 1, 2, 100, v[2])
+    c.trade(W, 1, B, 2, 3, 100, v[3])
+    assert c.end_of_block() == []
+    c.defer = False
+    app, validator = ClearingApp(Verifier("accel", "cpu"), c.snapshot()), ClearingApp(Verifier("software"), c.snapshot())
+    supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
+    fund = c.funds["USD"]
+    body = ctx.mark("BTC", S0 * 1.12, 2, T0 + 600, {}, O[:2])
+    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    _, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
+    assert [l.account for l in state.clearing.liquidations] == [L, B]
+    assert state.clearing.funds["USD"] == fund
+    assert state.clearing.accounts[B].positions == {}
+    body = ctx.mark("BTC", S0 * 1.12 * 1.02, 3, T0 + 1200, {}, O[:2])
+    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    _, state2, _ = chain(app, validator, state, vstate, supply)
+    paid = fund - state2.clearing.funds["USD"]
+    assert paid == 0, f"the fund paid {paid / USD} USD at an honest +2% mark"
