@@ -16,7 +16,9 @@ Safety rules (the only things that keep two honest validators from committing di
     is written (Persist) before the vote leaves;
   * vote for a block only if it extends the QC of the view just before it, or carries a TC for
     that view and extends a QC at least as high as any in the TC (_safe_to_vote);
-  * stop voting in a view once this validator has timed out in it (_on_local_timeout).
+  * stop voting in a view once this validator has timed out in it (_on_local_timeout), its own
+    timeouts sent to help a peer behind included (_help_behind): each raises last_voted_view to
+    its view, written before the timeout leaves, so no restart votes in a view timed out in.
 Commit rule (2-chain): a block B0 is committed when a QC certifies its child B1 and B1's view is
 B0's plus one (_process_qc); its uncommitted ancestors commit with it, in order.
 Pacemaker: a view ends with a QC (the leader of the next view collects the votes) or a TC (2f+1
@@ -1575,9 +1577,14 @@ class Core:
         # votes in again (every view before its own), with its high QC. Without it, validators
         # left in the view a TC ended for the others, with f of them down, waited for ever (all
         # restarted: views 6, 5, 5, nothing committed; safe: its high QC only grows, so the TC
-        # it helps form hides no lock).
+        # it helps form hides no lock). On disk before it leaves, as every signature is: restarted
+        # before anything else was saved, it entered that view again and voted in it (review s18:
+        # with one Byzantine leader building a QC and a TC of low high QCs in that view, two honest
+        # validators committed different blocks at one height).
+        self.safety = replace(self.safety, last_voted_view=max(self.safety.last_voted_view, view))
         hq = self.safety.high_qc
-        return [Send(peer, Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view, self.cfg.network))))]
+        return [self._persist(),
+                Send(peer, Timeout(view, hq, self.cfg.me, self.sign(timeout_bytes(view, hq.view, self.cfg.network))))]
 
     def _tally_timeout(self, sender: int, t: Timeout) -> list:
         """Count a verified timeout (or this validator's own). Of a voter's timeouts for views
