@@ -21,9 +21,10 @@ def _with_block(chunk: SnapshotChunk, i: int, **changes) -> SnapshotChunk:
     return replace(chunk, proof=proof)
 
 
-def _tc(sim, cfg: Config, view: int, high_qc: QC, voters=(0, 1, 2)) -> TC:
-    """A TC of `view` signed by `voters` (the simulation's validator keys), its high QC high_qc."""
-    high_views = (high_qc.view,) * len(voters)
+def _tc(sim, cfg: Config, view: int, high_qc: QC, voters=(0, 1, 2), high_views=None) -> TC:
+    """A TC of `view` signed by `voters` (the simulation's validator keys), its high QC high_qc,
+    each timeout naming high_views (default: high_qc's view)."""
+    high_views = high_views or (high_qc.view,) * len(voters)
     sigs = b"".join(sim.keys[v].sign(timeout_bytes(view, h, cfg.network)).signature
                     for v, h in zip(voters, high_views))
     return TC(view, tuple(voters), high_views, sigs, high_qc)
@@ -98,10 +99,10 @@ def test_a_forged_tc_in_a_stored_proof_block_is_refused_and_a_real_one_taken(tmp
     forgeries = {
         "timeout_sig": replace(good, sigs=_flip(good.sigs, 64 + 7)),
         "high_qc": replace(good, high_qc=bad_high),
-        "signer_repeated": replace(good, voters=(0, 0, 1)),
+        "signer_repeated": _tc(sim, cfg, b.view - 1, b.qc, voters=(0, 0, 1)),  # (every signature verifies)
         "two_signers": _tc(sim, cfg, b.view - 1, b.qc, voters=(0, 1)),
         "other_network": _tc(sim, other_net, b.view - 1, b.qc),
-        "high_view_not_its_qc": replace(good, high_views=(b.qc.view + 1,) * 3),
+        "high_view_not_its_qc": _tc(sim, cfg, b.view - 1, b.qc, high_views=(b.qc.view, b.qc.view + 1, b.qc.view)),
         "other_view": _tc(sim, cfg, b.view - 2, b.qc),
     }
     for name, tc in forgeries.items():
