@@ -772,7 +772,7 @@ class Clearing:
                 continue
             mine = np.array([g == (und, inverse) for g in group_of])[which]
             mark = override.get(und) or self.marks[und]
-            inst, marks = self._instruments(und, inverse, mark, skip)
+            inst, marks, later_marks = self._instruments(und, inverse, mark, skip)
             offsets = np.zeros(n + 1, np.int64)
             np.cumsum(np.bincount(owner[mine], minlength=n), out=offsets[1:])
             book = Portfolio(offsets, np.searchsorted(inst, ids[mine]),
@@ -789,8 +789,7 @@ class Clearing:
                                    minlength=n).astype(np.int64)
             margins = (res.initial, res.maintenance)
             if self.decay_horizon_s:  # the book one horizon later, what time took from it added
-                later = self._kernel_margin(book, replace(marks, expiry=np.maximum(
-                    marks.expiry - self.decay_horizon_s / YEAR_S, 0.0)), params)
+                later = self._kernel_margin(book, later_marks, params)
                 decay = self._decay(und, mark)
                 lost = np.array([decay.get(int(i), 0) for i in inst], np.int64)[np.searchsorted(inst, ids[mine])]
                 taken = self._signed_sums(n, owner[mine], sizes[mine], lost)
@@ -830,14 +829,15 @@ class Clearing:
         where no sum can overflow it, else Python integers)."""
         return _owner_sums(n, owner, sizes, value, np.int64 if _sums_fit(owner, sizes, value) else object)
 
-    def _instruments(self, und: str, inverse: bool, mark: Mark, skip: frozenset) -> tuple[np.ndarray, Marks]:
-        """The open series of a margin group (sorted ids) and their kernel inputs at a mark; kept
-        while the mark, the settled series and skip stay the same (a block's marks and its end
-        margin the same groups again)."""
-        key = (und, inverse, id(mark), len(self.fixings), skip)
+    def _instruments(self, und: str, inverse: bool, mark: Mark, skip: frozenset) -> tuple[np.ndarray, Marks, Marks]:
+        """The open series of a margin group (sorted ids) and their kernel inputs at a mark and one
+        decay horizon later; kept while the mark, the settled series and skip stay the same (a
+        block's marks and its end margin the same groups again, and a mark's rounds of
+        re-checks, _deleveraged_short, once a round)."""
+        key = (und, inverse, id(mark), len(self.fixings), skip, self.decay_horizon_s)
         hit = self._instrument_cache.get(key)
         if hit is not None and hit[0] is mark:
-            return hit[1], hit[2]
+            return hit[1:]
         inst = sorted(i for i, s in self.series.items() if s.underlying == und and s.inverse == inverse
                       and i not in skip and i not in self.fixings)
         series = [self.series[i] for i in inst]
@@ -847,10 +847,11 @@ class Clearing:
                       expiry=np.array([max(s.expiry - mark.timestamp, 0) / YEAR_S for s in series]),
                       vol=np.array([mark.vols.get(s.id, 1.0) for s in series]),
                       kind=np.array([s.kind | flag for s in series], np.uint8))
+        later = replace(marks, expiry=np.maximum(marks.expiry - self.decay_horizon_s / YEAR_S, 0.0))
         if len(self._instrument_cache) > 64:
             self._instrument_cache.clear()
-        self._instrument_cache[key] = (mark, np.array(inst, np.int64), marks)
-        return self._instrument_cache[key][1], marks
+        self._instrument_cache[key] = (mark, np.array(inst, np.int64), marks, later)
+        return self._instrument_cache[key][1:]
 
     def _below(self, books: list[tuple[bytes, str]], initial: bool = True, override=None,
                skip: frozenset = frozenset()) -> list[tuple[bytes, str, int]]:
