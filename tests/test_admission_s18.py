@@ -82,7 +82,8 @@ def test_a_refused_deposit_leaves_the_accounts_next_one_admitted():
     bad, good = _move(ctx.DEPOSIT, 0, "usd", 2, state), _move(ctx.DEPOSIT, 0, "USD", 3, state)
     assert app.submit_many([bad, good])[1] == ""
     txs, after = app.propose(app.genesis, set())
-    assert len(txs) == 1 and after.clearing.accounts[K[0]].collateral["USD"] == state.accounts[K[0]].collateral["USD"] + 3
+    was = state.accounts[K[0]].collateral["USD"]
+    assert len(txs) == 1 and after.clearing.accounts[K[0]].collateral["USD"] == was + 3
 
 
 assets = st.sampled_from(["USD", "BTC", "ETH", "usd", "DOGE", "A"])

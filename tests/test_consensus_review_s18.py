@@ -177,21 +177,24 @@ def test_a_byzantine_leader_and_one_restart_cannot_get_a_vote_in_a_view_timed_ou
     deliver(X, Z, B3)                          # relayed by Z (or the delayed copy): no vote, X timed out in 3
     sent = deliver(X, Z, B4)                   # X adopts QC(3), enters view 4 and votes for B4
     x_vote4 = pick(sent, Vote)
-    assert not x_vote4, "X voted for B4 in view 4 after signing a timeout of view 4: with it, Z builds a QC and a TC of view 4 and two honest validators commit different blocks at height 3"
+    assert not x_vote4, ("X voted for B4 in view 4 after signing a timeout of view 4: with it, Z builds a QC and "
+                         "a TC of view 4, and two honest validators commit different blocks at height 3")
 
 
 
 class _Durable(Simulation):
     """Checks, for every vote, timeout and proposal a validator signs and sends, that a Persist
-    before it (in the same action list, or earlier) wrote a last_voted_view at least its view: what
-    a restart enters its view from, so what keeps a restarted validator from signing twice."""
+    before it (in the same action list, or earlier) wrote a last_voted_view at least its view (what
+    a restart enters its view from, so what keeps a restarted validator from signing twice) and a
+    high QC at least the one it carries (a restart never comes back below what it signed)."""
 
     def _apply(self, node, actions):
         held = self.persisted.get(node.name)
         durable = held.last_voted_view if held is not None else 0
+        high = held.high_qc.view if held is not None else 0
         for a in actions:
             if isinstance(a, Persist):
-                durable = a.safety.last_voted_view
+                durable, high = a.safety.last_voted_view, a.safety.high_qc.view
             elif isinstance(a, (Send, Broadcast)):
                 m = a.msg
                 mine = (m.voter == node.index if isinstance(m, (Vote, Timeout))
@@ -202,6 +205,9 @@ class _Durable(Simulation):
                     self.helped += isinstance(m, Timeout) and isinstance(a, Send)
                     assert durable >= view, f"{node.name} sent its {type(m).__name__} of view {view} with " \
                                             f"last_voted_view {durable} on disk"
+                    carried = (m.high_qc.view if isinstance(m, Timeout)
+                               else m.block.qc.view if isinstance(m, Proposal) else 0)
+                    assert high >= carried, f"{node.name} sent a QC of view {carried} with {high} on disk"
         super()._apply(node, actions)
 
 

@@ -106,7 +106,8 @@ def test_the_newest_layer_wins_for_every_read(monkeypatch):
     monkeypatch.setattr(ledger_state, "REBASE_AT", 8)
     m, truth = Versioned({k: -1 for k in range(1_000)}), {k: -1 for k in range(1_000)}
     for step in range(60):
-        for k in [0, 1, 2] + [3 + (step * 9 + j) % 900 for j in range(9)]:  # 12 writes: past REBASE_AT, frozen at the copy
+        # 12 writes: past REBASE_AT, frozen at the copy
+        for k in [0, 1, 2] + [3 + (step * 9 + j) % 900 for j in range(9)]:
             m[k] = truth[k] = step
         m = m.copy()
         for k in (0, 1, 2):
