@@ -30,31 +30,39 @@ L, B, W = (bytes(SigningKey(bytes([i]) * 32).verify_key) for i in (41, 42, 43))
 S0 = 60_000.0
 
 
+def at_initial_margin(c: Clearing, keys: list[bytes], trades: list[tuple]) -> dict[bytes, int]:
+    """Registered keys' books opened in one block by trades (buyer, seller, series, size) at the
+    series' values, each account depositing exactly the initial margin its book needs (found on a
+    copy funded far beyond it): {key: its deposit}."""
+    v, big, probe = {i: x for m in c.marks.values() for i, x in m.values.items()}, 10**9 * USD, c.snapshot()
+    need = {}
+    for state, deposit in ((probe, lambda k: big), (c, lambda k: need[k])):
+        state.defer = True
+        state.begin_block()
+        nonce = dict.fromkeys(keys, 1)
+        for k in keys:
+            state.deposit(k, 0, "USD", deposit(k))
+        for b, s, i, size in trades:
+            state.trade(b, nonce[b], s, nonce[s], i, size, v[i])
+            nonce[b] += 1
+            nonce[s] += 1
+        if state is probe:
+            eqs, m = probe.equity(keys), probe.margins(keys, {"USD"})["USD"][0]
+            need = {k: max(int(m[i]) - (eqs[i]["USD"] - big), 1) for i, k in enumerate(keys)}
+    assert c.end_of_block() == []
+    c.defer = False
+    return need
+
+
 def opened():
+    """B long 100 deep-in-the-money calls from L, short 100 futures to W."""
     c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
     c.list_series(Series(1, "BTC", CALL, 30_000.0, EXP))
     c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
     c.mark("BTC", S0, {1: 0.6}, 1, T0, O[:2])
     for k in (L, B, W):
         c.register(k)
-    v = c.marks["BTC"].values
-    big = 10**9 * USD
-    probe = c.snapshot()
-    for k in (L, B, W):
-        probe.deposit(k, 0, "USD", big)
-    probe.trade(B, 1, L, 1, 1, 100, v[1])   # B buys 100 calls from L
-    probe.trade(W, 1, B, 2, 3, 100, v[3])   # B hedges: sells 100 futures to W
-    eqs, m = probe.equity([L, B, W]), probe.margins([L, B, W], {"USD"})["USD"][0]
-    need = {k: max(int(m[i]) - (eqs[i]["USD"] - big), 1) for i, k in enumerate((L, B, W))}
-    c.defer = True
-    c.begin_block()
-    for k in (L, B, W):
-        c.deposit(k, 0, "USD", need[k])
-    c.trade(B, 1, L, 1, 1, 100, v[1])
-    c.trade(W, 1, B, 2, 3, 100, v[3])
-    assert c.end_of_block() == []
-    c.defer = False
-    return c, need
+    return c, at_initial_margin(c, [L, B, W], [(B, L, 1, 100), (W, B, 3, 100)])
 
 
 def mark(app, index, seq, ts):
@@ -66,7 +74,8 @@ def mark(app, index, seq, ts):
 def test_a_counterparty_whose_hedge_deleveraging_closed_does_not_take_the_fund(second):
     c, need = opened()
     assert need[B] < 6 * USD  # the hedged book's initial margin
-    app, validator = ClearingApp(Verifier("accel", "cpu"), c.snapshot()), ClearingApp(Verifier("software"), c.snapshot())
+    app, validator = (ClearingApp(Verifier("accel", "cpu"), c.snapshot()),
+                      ClearingApp(Verifier("software"), c.snapshot()))
     supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
     fund = c.funds["USD"]
     mark(app, S0 * 1.05, 2, T0 + 600)
@@ -94,26 +103,9 @@ def test_an_eth_mark_breaks_a_btc_hedge_and_the_next_btc_mark_takes_the_fund():
     c.mark("ETH", 3_000.0, {}, 1, T0, O[:2])
     for k in (L, B, W):
         c.register(k)
-    v = {**c.marks["BTC"].values, **c.marks["ETH"].values}
-    big = 10**9 * USD
-    probe = c.snapshot()
-    for k in (L, B, W):
-        probe.deposit(k, 0, "USD", big)
-    probe.trade(B, 1, L, 1, 1, 100, v[1])
-    probe.trade(W, 1, B, 2, 3, 100, v[3])
-    probe.trade(L, 2, W, 2, 5, 2000, v[5])   # L long 2,000 ETH futures
-    eqs, m = probe.equity([L, B, W]), probe.margins([L, B, W], {"USD"})["USD"][0]
-    need = {k: max(int(m[i]) - (eqs[i]["USD"] - big), 1) for i, k in enumerate((L, B, W))}
-    c.defer = True
-    c.begin_block()
-    for k in (L, B, W):
-        c.deposit(k, 0, "USD", need[k])
-    c.trade(B, 1, L, 1, 1, 100, v[1])
-    c.trade(W, 1, B, 2, 3, 100, v[3])
-    c.trade(L, 2, W, 2, 5, 2000, v[5])
-    assert c.end_of_block() == []
-    c.defer = False
-    app, validator = ClearingApp(Verifier("accel", "cpu"), c.snapshot()), ClearingApp(Verifier("software"), c.snapshot())
+    at_initial_margin(c, [L, B, W], [(B, L, 1, 100), (W, B, 3, 100), (L, W, 5, 2000)])  # L long 2,000 ETH futures
+    app, validator = (ClearingApp(Verifier("accel", "cpu"), c.snapshot()),
+                      ClearingApp(Verifier("software"), c.snapshot()))
     supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
     fund = c.funds["USD"]
     body = ctx.mark("ETH", 2_640.0, 2, T0 + 600, {}, O[:2])
@@ -141,24 +133,9 @@ def test_a_calendar_futures_spread_whose_leg_deleveraging_closed_does_not_take_t
     c.mark("BTC", S0, {}, 1, T0, O[:2])
     for k in (L, B, W):
         c.register(k)
-    v = c.marks["BTC"].values
-    big = 10**9 * USD
-    probe = c.snapshot()
-    for k in (L, B, W):
-        probe.deposit(k, 0, "USD", big)
-    probe.trade(B, 1, L, 1, 2, 100, v[2])
-    probe.trade(W, 1, B, 2, 3, 100, v[3])
-    eqs, m = probe.equity([L, B, W]), probe.margins([L, B, W], {"USD"})["USD"][0]
-    need = {k: max(int(m[i]) - (eqs[i]["USD"] - big), 1) for i, k in enumerate((L, B, W))}
-    c.defer = True
-    c.begin_block()
-    for k in (L, B, W):
-        c.deposit(k, 0, "USD", need[k])
-    c.trade(B, 1, L, 1, 2, 100, v[2])
-    c.trade(W, 1, B, 2, 3, 100, v[3])
-    assert c.end_of_block() == []
-    c.defer = False
-    app, validator = ClearingApp(Verifier("accel", "cpu"), c.snapshot()), ClearingApp(Verifier("software"), c.snapshot())
+    at_initial_margin(c, [L, B, W], [(B, L, 2, 100), (W, B, 3, 100)])
+    app, validator = (ClearingApp(Verifier("accel", "cpu"), c.snapshot()),
+                      ClearingApp(Verifier("software"), c.snapshot()))
     supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
     fund = c.funds["USD"]
     body = ctx.mark("BTC", S0 * 1.12, 2, T0 + 600, {}, O[:2])
@@ -186,31 +163,8 @@ def _chain(n: int):
     c.mark("BTC", S0, {1: 0.6}, 1, T0, O[:2])
     for k in keys:
         c.register(k)
-    v = c.marks["BTC"].values
-    trades = [(chain[0], lead, 1)] + [(chain[j + 1] if j + 1 < n else last, chain[j], 3 if j % 2 == 0 else 1)
-                                      for j in range(n)]
-    big, probe = 10**9 * USD, c.snapshot()
-    probe.defer = True
-    probe.begin_block()
-    nonce = dict.fromkeys(keys, 1)
-    for k in keys:
-        probe.deposit(k, 0, "USD", big)
-    for b, s, i in trades:
-        probe.trade(b, nonce[b], s, nonce[s], i, 100, v[i])
-        nonce[b] += 1
-        nonce[s] += 1
-    eqs, m = probe.equity(keys), probe.margins(keys, {"USD"})["USD"][0]
-    c.defer = True
-    c.begin_block()
-    nonce = dict.fromkeys(keys, 1)
-    for i, k in enumerate(keys):
-        c.deposit(k, 0, "USD", max(int(m[i]) - (eqs[i]["USD"] - big), 1))
-    for b, s, i in trades:
-        c.trade(b, nonce[b], s, nonce[s], i, 100, v[i])
-        nonce[b] += 1
-        nonce[s] += 1
-    assert c.end_of_block() == []
-    c.defer = False
+    at_initial_margin(c, keys, [(chain[0], lead, 1, 100)] + [(chain[j + 1] if j + 1 < n else last, chain[j],
+                                                              3 if j % 2 == 0 else 1, 100) for j in range(n)])
     c.begin_block()
     calls, real = [0], c._margins
 
