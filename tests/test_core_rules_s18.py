@@ -17,11 +17,16 @@ from consensus.sim import Simulation
 
 # ---- C03: a second vote in a view voted in; C04: the lock a TC names (_safe_to_vote) -------------
 
-def _core():
+def _sim():
+    """Four validators (software-only) three blocks in: a live core to ask the rules of."""
     sim = Simulation(n=4, seed=1, validation="software")
     sim.load(10)
     sim.run(blocks=3)
-    core = sim.nodes[0].core
+    return sim
+
+
+def _core():
+    core = _sim().nodes[0].core
     b = max(core.blocks.values(), key=lambda b: b.height)
     return core, b
 
@@ -93,9 +98,7 @@ def test_a_tc_must_carry_the_highest_qc_its_timeouts_name():
 # ---- C05: the 2-chain commit needs the very next view (_commit_for) ------------------------------
 
 def test_a_qc_for_a_child_two_views_later_commits_nothing():
-    sim = Simulation(n=4, seed=1, validation="software")
-    sim.load(10)
-    sim.run(blocks=3)
+    sim = _sim()
     core = sim.nodes[0].core
     b0 = max(core.blocks.values(), key=lambda b: b.height)
     assert b0.height > core.committed.height  # held, not committed yet
@@ -112,13 +115,6 @@ def test_a_qc_for_a_child_two_views_later_commits_nothing():
 
 
 # ---- C11: a voter counted twice in a view; C14: a timeout raises last_voted_view; C10: f + 1 end a view ---
-
-def _sim():
-    sim = Simulation(n=4, seed=1, validation="software")
-    sim.load(10)
-    sim.run(blocks=3)
-    return sim
-
 
 def test_a_voter_counts_once_per_view_whatever_block_it_votes_for():
     sim = _sim()
@@ -167,9 +163,7 @@ def test_one_byzantine_timeout_does_not_end_a_view_but_f_plus_one_do():
 # ---- C07: only the view's leader proposes (_on_one_proposal) -------------------------------------
 
 def test_a_block_from_a_validator_that_does_not_lead_its_view_gets_no_vote():
-    sim = Simulation(n=4, seed=1, validation="software")
-    sim.load(10)
-    sim.run(blocks=3)
+    sim = _sim()
     me = sim.nodes[0]
     core, cfg = me.core, sim.cfg[0]
     view, hq = core.view, core.safety.high_qc
