@@ -54,30 +54,51 @@ def at_initial_margin(c: Clearing, keys: list[bytes], trades: list[tuple]) -> di
     return need
 
 
-def opened():
-    """B long 100 deep-in-the-money calls from L, short 100 futures to W."""
+def opened(eth: bool = False) -> Clearing:
+    """B long 100 deep-in-the-money calls from L, short 100 futures to W (eth: and L long 2,000 ETH
+    futures from W), every book at its initial margin."""
     c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
     c.list_series(Series(1, "BTC", CALL, 30_000.0, EXP))
     c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
+    if eth:
+        c.list_series(Series(5, "ETH", FUTURE, 0.0, EXP + 90 * 86_400))
+        c.mark("ETH", 3_000.0, {}, 1, T0, O[:2])
     c.mark("BTC", S0, {1: 0.6}, 1, T0, O[:2])
     for k in (L, B, W):
         c.register(k)
-    return c, at_initial_margin(c, [L, B, W], [(B, L, 1, 100), (W, B, 3, 100)])
+    c.need = at_initial_margin(c, [L, B, W], [(B, L, 1, 100), (W, B, 3, 100)] + [(L, W, 5, 2000)] * eth)
+    return c
 
 
-def mark(app, index, seq, ts):
-    body = ctx.mark("BTC", index, seq, ts, {1: 0.6}, O[:2])
+def calendar() -> Clearing:
+    """B long 100 BTC futures expiring in 30 days from L, short 100 expiring in 120 days to W."""
+    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
+    c.list_series(Series(2, "BTC", FUTURE, 0.0, EXP))
+    c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
+    c.mark("BTC", S0, {}, 1, T0, O[:2])
+    for k in (L, B, W):
+        c.register(k)
+    at_initial_margin(c, [L, B, W], [(B, L, 2, 100), (W, B, 3, 100)])
+    return c
+
+
+def network(build):
+    """A proposer (C fallback) and a software-only validator, each on a ledger of its own from
+    build() (no cache shared), the supply and the fund."""
+    c = build()
+    supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
+    return ClearingApp(Verifier("accel", "cpu"), c), ClearingApp(Verifier("software"), build()), supply, c.funds["USD"]
+
+
+def mark(app, index, seq, ts, underlying="BTC", vols=None):
+    body = ctx.mark(underlying, index, seq, ts, {1: 0.6} if vols is None else vols, O[:2])
     assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
 
 
 @pytest.mark.parametrize("second", [0.005, 0.05])
 def test_a_counterparty_whose_hedge_deleveraging_closed_does_not_take_the_fund(second):
-    c, need = opened()
-    assert need[B] < 6 * USD  # the hedged book's initial margin
-    app, validator = (ClearingApp(Verifier("accel", "cpu"), c.snapshot()),
-                      ClearingApp(Verifier("software"), c.snapshot()))
-    supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
-    fund = c.funds["USD"]
+    assert opened().need[B] < 6 * USD  # the hedged book's initial margin
+    app, validator, supply, fund = network(opened)
     mark(app, S0 * 1.05, 2, T0 + 600)
     _, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
     after = state.clearing
@@ -90,26 +111,13 @@ def test_a_counterparty_whose_hedge_deleveraging_closed_does_not_take_the_fund(s
     assert paid == 0, f"the fund paid {paid / USD} USD at an honest +{second:.1%} mark"
 
 
-def test_an_eth_mark_breaks_a_btc_hedge_and_the_next_btc_mark_takes_the_fund():
+def test_an_eth_mark_that_breaks_a_btc_hedge_liquidates_it_too():
     """The same hedge; L's USD book also holds 2,000 ETH futures bought from W at initial margin. An
     ETH mark 12% down liquidates L's whole USD book (its BTC calls too, at the BTC mark's value):
-    B's BTC hedge is closed by a mark of another underlying, with the BTC index unchanged, and the
-    next BTC mark, 0.5% up, has the fund pay."""
-    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
-    c.list_series(Series(1, "BTC", CALL, 30_000.0, EXP))
-    c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
-    c.list_series(Series(5, "ETH", FUTURE, 0.0, EXP + 90 * 86_400))
-    c.mark("BTC", S0, {1: 0.6}, 1, T0, O[:2])
-    c.mark("ETH", 3_000.0, {}, 1, T0, O[:2])
-    for k in (L, B, W):
-        c.register(k)
-    at_initial_margin(c, [L, B, W], [(B, L, 1, 100), (W, B, 3, 100), (L, W, 5, 2000)])  # L long 2,000 ETH futures
-    app, validator = (ClearingApp(Verifier("accel", "cpu"), c.snapshot()),
-                      ClearingApp(Verifier("software"), c.snapshot()))
-    supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
-    fund = c.funds["USD"]
-    body = ctx.mark("ETH", 2_640.0, 2, T0 + 600, {}, O[:2])
-    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    B's BTC hedge is broken by a mark of another underlying, with the BTC index unchanged. The next
+    BTC mark, 0.5% up, had the fund pay 29,994 USD; now the ETH mark liquidates B too."""
+    app, validator, supply, fund = network(lambda: opened(eth=True))
+    mark(app, 2_640.0, 2, T0 + 600, "ETH", {})
     _, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
     assert [l.account for l in state.clearing.liquidations] == [L, B]  # B's BTC book, by an ETH mark
     assert state.clearing.funds["USD"] == fund
@@ -125,27 +133,15 @@ def test_a_calendar_futures_spread_whose_leg_deleveraging_closed_does_not_take_t
     from L), short 100 expiring in 120 days (sold to W); its margin is the offsetting-futures
     contingency, 1% (B posts 1.3%, 78,000 USD for 6M USD a leg). L, naked short at initial margin
     (20.8%), is liquidated by a +12% mark with equity to spare; step 1 closes L's short against
-    B's long, the only one. B, short 6.72M USD of futures with 78,000 USD of equity, is not
-    looked at until the next mark: +2% there has the fund pay."""
-    c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 10**6 * USD})
-    c.list_series(Series(2, "BTC", FUTURE, 0.0, EXP))
-    c.list_series(Series(3, "BTC", FUTURE, 0.0, EXP + 90 * 86_400))
-    c.mark("BTC", S0, {}, 1, T0, O[:2])
-    for k in (L, B, W):
-        c.register(k)
-    at_initial_margin(c, [L, B, W], [(B, L, 2, 100), (W, B, 3, 100)])
-    app, validator = (ClearingApp(Verifier("accel", "cpu"), c.snapshot()),
-                      ClearingApp(Verifier("software"), c.snapshot()))
-    supply = {"USD": sum(a.collateral.get("USD", 0) for a in c.accounts.values()) + c.funds["USD"]}
-    fund = c.funds["USD"]
-    body = ctx.mark("BTC", S0 * 1.12, 2, T0 + 600, {}, O[:2])
-    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    B's long, the only one. B, short 6.72M USD of futures with 78,000 USD of equity, was not
+    looked at until the next mark, and +2% there had the fund pay 56,400 USD."""
+    app, validator, supply, fund = network(calendar)
+    mark(app, S0 * 1.12, 2, T0 + 600, vols={})
     _, state, vstate = chain(app, validator, app.genesis, validator.genesis, supply)
     assert [l.account for l in state.clearing.liquidations] == [L, B]
     assert state.clearing.funds["USD"] == fund
     assert state.clearing.accounts[B].positions == {}
-    body = ctx.mark("BTC", S0 * 1.12 * 1.02, 3, T0 + 1200, {}, O[:2])
-    assert app.submit_many([(body, [k.sign(body).signature for k in ORACLES[:2]])]) == [""]
+    mark(app, S0 * 1.12 * 1.02, 3, T0 + 1200, vols={})
     _, state2, _ = chain(app, validator, state, vstate, supply)
     paid = fund - state2.clearing.funds["USD"]
     assert paid == 0, f"the fund paid {paid / USD} USD at an honest +2% mark"
