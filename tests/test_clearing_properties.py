@@ -16,6 +16,7 @@ with an attacker's: unfunded accounts, sizes and prices at the wire's limits, ma
 indices, out-of-order sequences and unknown underlyings, withdrawals of everything, a trade and a
 crash in one block, expiries, fund exhaustion and circuit breakers. ACCEL_HYPOTHESIS_EXAMPLES sets
 the number of streams of each test (default 200, under a minute on 2 cores)."""
+import hashlib
 import os
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -181,11 +182,19 @@ def block_of(txs, parent_root, state_root, app):
     return Block(2, 2, parent_root, 2, app.tx_root(txs), state_root, txs.digest(), txs, QC(bytes(32), 0, 0))
 
 
+def _reported_refused(app, txs) -> list[bytes]:
+    """The transactions of app's own proposal that left its mempool as refused (/tx: "refused"):
+    none may have (review s18: a later fill applied what the first refused and evicted)."""
+    digests = (hashlib.sha256(txs.bodies.item(i)).digest() for i in range(len(txs)))
+    return [d for d in digests if d in app.refused and d not in app.mempool]
+
+
 def chain(app, validator, parent, vparent, supply):
     """One block proposed by app on parent, checked by a second (software-only) validator: valid,
     the same state root, supply (asset -> quanta, updated here) and the invariants kept, no
     violations; committed by both. (txs, app's state, validator's state)."""
     txs, state = app.propose(parent, set())
+    assert not _reported_refused(app, txs)
     block = block_of(txs, bytes(32), state.root, validator)
     v = validator.validate(vparent, block, ((), (), ()))
     assert v.ok, v.reason
@@ -228,6 +237,7 @@ def test_propose_and_validate_never_raise_and_the_ledger_balances(stream):
         else:
             assert verdict.reason
         txs, state = proposer.propose(parent, set())
+        assert not _reported_refused(proposer, txs)
         verdict = validator.validate(parent, block_of(txs, bytes(32), state.root, validator), ((), (), ()))
         assert verdict.ok, verdict.reason
         assert verdict.state.root == state.root

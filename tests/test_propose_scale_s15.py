@@ -7,7 +7,8 @@ candidates are listed only as far as the first fill reaches (_Candidates), the m
 come from the mempool's index of marks (Mempool.marks), and only the round-robin order (_fair,
 an account weighing more than 1/FAIR_PART of a block) still reads every pending transaction.
 What must not change: the block, its state, what leaves the mempool and why. The old propose is
-kept here, as it was, to compare against (its fills are today's, on the whole list)."""
+kept here, as it was, to compare against (its fills are today's, on the whole list; marked s18,
+the fills' refusals leaving the mempool with the block, but for what it keeps)."""
 import hashlib
 import random
 
@@ -63,6 +64,7 @@ def old_propose(self, parent, exclude):
         if MARKS in self.mempool.count:
             candidates = old_quorum_marks_ahead(candidates, parent.clearing, self.max_txs)
     held_back = set()
+    refusing = {}  # s18: the fills' refusals leave the mempool with the block, but for what it keeps
     tail = []
     free = 0
     for attempt in range(m.MAX_PASSES + 3):
@@ -73,7 +75,7 @@ def old_propose(self, parent, exclude):
         lead = {"free": free} if free else {}
         fill = self._fill(parent, candidates, held_back, only_safe=attempt == m.MAX_PASSES + 2, **lead)
         if attempt == 0:
-            self._evict(self._early(fill.refused))
+            refusing = self._early(fill.refused)
         if attempt in (0, m.MAX_PASSES) and fill.stop is not None:
             if attempt == 0:
                 tail = candidates[fill.stop:]
@@ -92,7 +94,7 @@ def old_propose(self, parent, exclude):
         fill = self._fill(parent, [], set(), only_safe=True)
     kept = [candidates[p][1] for p in fill.kept]
     if fill.short or fill.broken is not None or len(kept) >= self.max_txs or not tail:
-        return self._block(fill.state, kept)
+        return self._block(fill.state, kept, refusing)
     signed_ = held_back.union(*(p.tx.signers for p in kept))
     more = [c for c in tail if c[0] in self.mempool and c[1].tx.op != ctx.MARK
             and signed_.isdisjoint(c[1].tx.signers)]
@@ -100,16 +102,16 @@ def old_propose(self, parent, exclude):
     for attempt in range(2):
         ext = self._apply_fill(fill.state, False, self.max_txs - len(kept), more, out, False)
         if attempt == 0:
-            self._evict(self._early(ext.refused))
+            refusing.update(self._early(ext.refused))
             if ext.stop is not None:
                 del more[ext.stop:]
         if ext.broken is None and not ext.short:
-            return self._block(ext.state, kept + [more[p][1] for p in ext.kept])
+            return self._block(ext.state, kept + [more[p][1] for p in ext.kept], refusing)
         self._evict_short(more, ext.kept, ext.short)
         if ext.broken is not None:
             break
         out = m._trading_partners(more, out | set(ext.short))
-    return self._block(fill.state, kept)
+    return self._block(fill.state, kept, refusing)
 
 
 # ---- random mempools -------------------------------------------------------------------------------

@@ -1135,6 +1135,7 @@ class ClearingApp:
             if MARKS in pool.count:  # (quorum marks admitted)
                 _quorum_marks_ahead(lazy, parent.clearing, room, pool, skip)
         held_back: set[bytes] = set()
+        refusing: dict[bytes, str] = {}  # what the first fills refused: evicted with the block (_block)
         first: list = []  # the candidates the first fill drew, when some were left past its reach
         reach = 0  # the first fill's reach
         free = 0  # the lead of the candidates no account holds back (the last fills: _marks_first)
@@ -1153,7 +1154,7 @@ class ClearingApp:
                 elif len(candidates) > fill.stop or lazy.draw(1):
                     first, reach = list(candidates), fill.stop
                 lazy.more = None
-                self._evict(self._early(fill.refused))
+                refusing = self._early(fill.refused)
             if attempt in (0, MAX_PASSES) and fill.stop is not None:
                 candidates = candidates[:fill.stop]  # room that held-back accounts free brings in nobody new
             if fill.broken is None and not fill.short:
@@ -1170,7 +1171,7 @@ class ClearingApp:
             fill = self._fill(parent, [], set(), only_safe=True)
         kept = [candidates[p][1] for p in fill.kept]
         if fill.short or fill.broken is not None or len(kept) >= self.max_txs or not first:
-            return self._block(fill.state, kept)
+            return self._block(fill.state, kept, refusing)
         # Room left, because held-back accounts' transactions filled the first fill's reach: the
         # block goes on with the candidates past it whose signers signed nothing before nor were
         # held back (registrations too, so a new account's deposits are not refused; no mark:
@@ -1187,19 +1188,26 @@ class ClearingApp:
         for attempt in range(2):
             ext = self._apply_fill(fill.state, False, self.max_txs - len(kept), more, out, False)
             if attempt == 0:
-                self._evict(self._early(ext.refused))
+                refusing.update(self._early(ext.refused))
                 if ext.stop is not None:
                     more = more[:ext.stop]
             if ext.broken is None and not ext.short:
-                return self._block(ext.state, kept + [more[p][1] for p in ext.kept])
+                return self._block(ext.state, kept + [more[p][1] for p in ext.kept], refusing)
             self._evict_short(more, ext.kept, ext.short)
             if ext.broken is not None:
                 break
             out = _trading_partners(more, out | set(ext.short))
-        return self._block(fill.state, kept)
+        return self._block(fill.state, kept, refusing)
 
-    def _block(self, state: Clearing, kept: list) -> tuple[Txs, State]:
-        """The proposal of the transactions kept, with the state they lead to."""
+    def _block(self, state: Clearing, kept: list, refusing: dict[bytes, str]) -> tuple[Txs, State]:
+        """The proposal of the transactions kept, with the state they lead to. What the fills
+        refused (refusing: digest -> reason) leaves the mempool now, but for what the block keeps:
+        a later fill, a held-back account changing whom a mark's auto-deleveraging closed against,
+        applied a transaction the first had refused, and the proposer reported refused, and lost
+        from its mempool, a transaction its own block carried (review s18)."""
+        mine = {id(p) for p in kept}
+        pool = self.mempool
+        self._evict({d: r for d, r in refusing.items() if (p := pool.get(d)) is None or id(p) not in mine})
         state.defer = False
         vars(state).pop("safe_keys", None)  # (the app's keys: not kept with the state)
         now = (self.mempool.seq, self.mempool.removed)
