@@ -18,7 +18,12 @@
 - test_propose_with_a_short_account: the same from 10,000 and 100,000 pending, with one account
   whose withdrawal (first in the mempool) leaves it below initial margin, and five later deposits
   of it (last in the mempool): the proposal evicts the withdrawal and the deposits after it
-  (_evict_short), which scanned the whole mempool for them until the sixteenth session."""
+  (_evict_short), which scanned the whole mempool for them until the sixteenth session.
+- test_propose_past_early_transactions (review s18): propose() of a 10,000-deposit block from
+  20,000 pending, behind 0 or 30,600 deposits queued ahead of their accounts' missing nonce
+  (3,400 accounts, nonces 1..9, nonce 0 sent after the backlog): they stay pending and every
+  proposal looks at them again; the ratio is what they cost it (each was applied and refused,
+  and declined its run to one-by-one, until the nineteenth session: 463-470 ms against 68-110)."""
 import hashlib
 import itertools
 
@@ -184,3 +189,26 @@ def test_propose_with_a_short_account(benchmark, deep, pending):
 
     txs, _ = benchmark.pedantic(app.propose, setup=fill, rounds=9)
     assert len(txs) > 9_900 and mine <= app.refused.keys() and mine.isdisjoint(app.mempool)
+
+
+@pytest.mark.parametrize("attackers", [0, 3_400], ids=["no early ones", "30,600 early ones"])
+def test_propose_past_early_transactions(benchmark, deep, attackers):
+    genesis, make = deep
+    start = genesis.snapshot()
+    keys = [bytes(SigningKey(hashlib.sha256(b"early %d" % i).digest()).verify_key) for i in range(attackers)]
+    for k in keys:
+        start.register(k)
+
+    def entry(body: bytes) -> tuple:
+        return hashlib.sha256(body).digest(), Pending(body, [bytes(64)], ctx.decode(body), bytes(64))
+    held = dict(entry(ctx.deposit(k, n, "USD", USD)) for k in keys for n in range(1, 10))
+    held.update(make(1_000, 20_000))
+    held.update(entry(ctx.deposit(k, 0, "USD", USD)) for k in keys)
+    app = ClearingApp(Verifier("accel", "cpu"), start, max_txs=10_000)
+
+    def fill():
+        app.mempool = held
+        return (app.genesis, set()), {}
+
+    txs, _ = benchmark.pedantic(app.propose, setup=fill, rounds=7)
+    assert len(txs) == 10_000 and len(app.mempool) == len(held)  # (the early ones kept: each waits on a pending one)

@@ -81,9 +81,13 @@ class TooEarly(Rejected):
     refuses while what it waits for is pending (ClearingApp._early), reading these fields."""
 
     def __init__(self, account: bytes, nonce: int | None = None, expected: int | None = None):
-        tail = " is not registered" if nonce is None else f": nonce {nonce}, expected {expected} (replayed or out of order)"
-        super().__init__(f"account {account.hex()[:16]}{tail}")
+        super().__init__(account, nonce, expected)  # (worded when read: a proposal makes thousands)
         self.account, self.nonce, self.expected = account, nonce, expected
+
+    def __str__(self) -> str:
+        tail = " is not registered" if self.nonce is None else \
+            f": nonce {self.nonce}, expected {self.expected} (replayed or out of order)"
+        return f"account {self.account.hex()[:16]}{tail}"
 
 
 class ShortBooks(Rejected):
@@ -548,6 +552,15 @@ class Clearing:
             self._cols.write_back(self)
             self._cols = None
 
+    def next_nonce(self, key: bytes) -> int | None:
+        """key's next nonce (None: not registered), read through the block's columns."""
+        cols = self._cols
+        row = cols.row.get(key) if cols is not None else None
+        if row is not None:
+            return int(cols.nonce[row])
+        acct = self.accounts.get(key)
+        return None if acct is None else acct.nonce
+
     def _add_asset(self, name: str) -> None:
         if not asset_name_ok(name):
             raise ValueError(f"asset {name!r}: 1 to 8 ASCII letters or digits")
@@ -562,11 +575,21 @@ class Clearing:
         return acct
 
     def _nonce(self, key: bytes, nonce: int) -> None:
-        want = self._account(key).nonce
-        if nonce > want:
-            raise TooEarly(key, nonce, want)
-        if nonce < want:
-            raise Rejected(f"account {key.hex()[:16]}: nonce {nonce}, expected {want} (replayed or out of order)")
+        exc = self.nonce_refusal(key, nonce)
+        if exc is not None:
+            raise exc
+
+    def nonce_refusal(self, key: bytes, nonce: int) -> Rejected | None:
+        """Why a transaction of key's nonce is refused for that nonce now (None if it is not)."""
+        self._flush()
+        acct = self.accounts.get(key)
+        if acct is None:
+            return TooEarly(key)
+        if nonce > acct.nonce:
+            return TooEarly(key, nonce, acct.nonce)
+        if nonce < acct.nonce:
+            return Rejected(f"account {key.hex()[:16]}: nonce {nonce}, expected {acct.nonce} (replayed or out of order)")
+        return None
 
     def move_refusal(self, asset: str, amount: int, what: str) -> str:
         """Why a deposit, withdrawal or top-up (what) is refused whatever its account holds ("" if
