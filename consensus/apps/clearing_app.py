@@ -516,6 +516,15 @@ class Mempool(dict):
                 heapq.heappush(owners, (-now, self.seq, owner))
         return 0, None
 
+    def requeue(self, digests: list[bytes]) -> None:
+        """digests (those held) moved to the end of the arrival order, in the order given, as if
+        they had just arrived; nothing else changes (their owners' counts, queues and seq: a
+        proposal that moved only these left the mempool as it was, ClearingApp.barren)."""
+        for digest in digests:
+            held = dict.pop(self, digest, None)
+            if held is not None:
+                dict.__setitem__(self, digest, held)
+
     def __delitem__(self, digest) -> None:
         self._gone(digest, dict.pop(self, digest))
 
@@ -1271,15 +1280,19 @@ class ClearingApp:
             out = _trading_partners(more, out | set(ext.short))
         return self._block(fill.state, kept, refusing)
 
-    def _block(self, state: Clearing, kept: list, refusing: dict[bytes, str]) -> tuple[Txs, State]:
+    def _block(self, state: Clearing, kept: list, refusing: dict[bytes, str | None]) -> tuple[Txs, State]:
         """The proposal of the transactions kept, with the state they lead to. What the fills
         refused (refusing: digest -> reason) leaves the mempool now, but for what the block keeps:
         a later fill, a held-back account changing whom a mark's auto-deleveraging closed against,
         applied a transaction the first had refused, and the proposer reported refused, and lost
-        from its mempool, a transaction its own block carried (review s18)."""
+        from its mempool, a transaction its own block carried (review s18). What they refused as
+        too early and _early keeps waiting (reason None) goes to the end of the mempool's order
+        (Mempool.requeue)."""
         mine = {id(p) for p in kept}
         pool = self.mempool
-        self._evict({d: r for d, r in refusing.items() if (p := pool.get(d)) is None or id(p) not in mine})
+        left = {d: r for d, r in refusing.items() if (p := pool.get(d)) is None or id(p) not in mine}
+        self._evict({d: r for d, r in left.items() if r is not None})
+        pool.requeue([d for d, r in left.items() if r is None])
         state.defer = False
         vars(state).pop("safe_keys", None)  # (the app's keys: not kept with the state)
         now = (self.mempool.seq, self.mempool.removed)
@@ -1331,15 +1344,17 @@ class ClearingApp:
                     reasons.setdefault(digest, why)
         self._evict(reasons)
 
-    def _early(self, refused: dict[bytes, Rejected]) -> dict[bytes, str]:
-        """refused (digest -> the Rejected) less the transactions refused only for coming too
-        early (TooEarly), which stay pending for a later block; the rest, with their reasons, to
-        evict. Early: "not registered" while the key's registration is pending, or a nonce past
-        the account's next one while every nonce between is pending. Transactions arrive out of
+    def _early(self, refused: dict[bytes, Rejected]) -> dict[bytes, str | None]:
+        """refused (digest -> the Rejected), each with its reason to evict it, or None for those
+        refused only for coming too early (TooEarly), which stay pending for a later block.
+        Early: "not registered" while the key's registration is pending, or a nonce past the
+        account's next one while every nonce between is pending. Transactions arrive out of
         order (a key's deposit ahead of its registration in one submission, a client's nonces
         over two connections or relayed) and their chain still applies, so evicting them loses
         them. One kept is tried again while what it waits for is pending: that applies, and it
-        with it, or is refused and evicted, and it after it.
+        with it, or is refused and evicted, and it after it. It goes to the end of the mempool's
+        order (_block), behind what it waits for: one sent ahead of its account's missing nonce
+        was looked at again by every proposal while a backlog kept that nonce out of the blocks.
 
         What it waits for must lead to something this fill did not refuse (a nonce pair, or a
         registration, held by a transaction that applied, was not reached or was held back) or
@@ -1373,6 +1388,7 @@ class ClearingApp:
                     out[digest] = str(exc)
                 else:  # kept: the nonces it holds are not a gap (a trade's other account waits on it)
                     made.update(pairs)
+                    out[digest] = None
             else:
                 waiting.append((exc.account, exc.nonce, exc.expected, digest, pairs))
         if not waiting:
@@ -1404,6 +1420,7 @@ class ClearingApp:
                     run = (account, expected, reach(account, expected, nonce))
                 if run[2] >= nonce:  # (a chain of an account's far nonces: one reach, not one each)
                     made.update(w[4])
+                    out[w[3]] = None
                     if run[2] == nonce:
                         run = (account, run[1], nonce + 1)
                 else:
@@ -1413,7 +1430,7 @@ class ClearingApp:
             waiting = left
         for w in waiting:
             out[w[3]] = str(refused[w[3]])
-        return out
+        return {d: out[d] for d in refused}  # (in the fills' order: the waiting ones requeued in it)
 
     def _evict(self, reasons: dict[bytes, str]) -> None:
         """Refused transactions leave the mempool; the latest REFUSALS_KEPT reasons are kept, a
