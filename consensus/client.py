@@ -626,27 +626,30 @@ class Client:
 
     def wait_committed(self, digests: list, timeout: float = 60.0, poll: float = 0.2,
                        url: str | None = None) -> dict[str, int]:
-        """hash -> height once every transaction committed (on url, or the first validator that
-        answers); RpcError naming the first refused one, or those still pending at the timeout.
-        Without url, a transaction the first validator calls refused or unknown is asked of every
-        validator: one validator's refusal (evicted from its full mempool, a nonce it judged a
-        block behind) is its own, final only while no validator holds the transaction pending
-        or committed it. timeout and poll: finite seconds, poll above 0 (else a ValueError)."""
+        """hash -> height once every transaction committed (on url, or on the validators);
+        RpcError naming the first refused one, or those still pending at the timeout. Without
+        url, every validator is asked, and of n, with f = (n - 1) // 3, a transaction is
+        committed once f + 1 of them name the same height (at least one honest validator did):
+        one faulty validator saying "committed" was believed, listed anywhere, and `accel tx
+        --wait` printed a commit no honest validator had made (review s19). One validator's
+        refusal (evicted from its full mempool, a nonce it judged a block behind) is its own,
+        final only while no validator holds the transaction pending or says it committed.
+        timeout and poll: finite seconds, poll above 0 (else a ValueError)."""
         timeout, poll = _seconds("timeout", timeout), _seconds("poll", poll, positive=True)
         left = {_hex_hash(d) for d in digests}
         heights: dict[str, int] = {}
         deadline = time.monotonic() + timeout
         while left:
-            found = {r["hash"]: r for r in self.statuses(sorted(left), url)}
-            doubtful = sorted(h for h, r in found.items() if r.get("status") in ("refused", "unknown"))
-            if doubtful and url is None and len(self.urls) > 1:
-                found |= self._best_statuses(doubtful)
+            if url is not None or len(self.urls) == 1:
+                found = {r["hash"]: r for r in self.statuses(sorted(left), url)}
+                agreed = {h: r.get("height") for h, r in found.items() if r.get("status") == "committed"}
+            else:
+                found, agreed = self._agreed_statuses(sorted(left))
             for digest in sorted(left):
-                r = found[digest]
-                if r.get("status") == "committed":
-                    heights[digest] = r.get("height")
-                elif r.get("status") == "refused":
-                    raise RpcError(f"transaction {digest} refused: {r.get('reason')}", body=r)
+                if digest in agreed:
+                    heights[digest] = agreed[digest]
+                elif found[digest].get("status") == "refused":
+                    raise RpcError(f"transaction {digest} refused: {found[digest].get('reason')}", body=found[digest])
             left -= set(heights)
             if left:
                 if time.monotonic() > deadline:
@@ -656,20 +659,36 @@ class Client:
                 time.sleep(poll)
         return heights
 
-    def _best_statuses(self, digests: list[str]) -> dict[str, dict]:
-        """hash -> the most advanced status any validator that answers gives it (committed, then
-        pending, then refused, then unknown; among equals the first validator's)."""
+    def _agreed_statuses(self, digests: list[str]) -> tuple[dict[str, dict], dict[str, int]]:
+        """(hash -> the most advanced status the validators that answer give it: committed, then
+        pending, then refused, then unknown, among equals the first validator's; hash -> the
+        height f + 1 of them say it committed at, for those with one). A "committed" fewer name
+        counts as pending (a validator a block ahead of the others, or a faulty one)."""
         rank = {"committed": 3, "pending": 2, "refused": 1, "unknown": 0}
         best: dict[str, dict] = {}
+        named: dict[str, collections.Counter] = {h: collections.Counter() for h in digests}
+        failures, answered = [], 0
         for u in self.urls:
             try:
                 answers = self.statuses(digests, u)
-            except RpcError:
+            except RpcError as exc:
+                failures.append(exc)
                 continue
+            answered += 1
             for r in answers:
+                if r.get("status") == "committed":
+                    named[r["hash"]][r.get("height")] += 1
                 if rank.get(r.get("status"), 0) > rank.get(best.get(r["hash"], {}).get("status"), -1):
                     best[r["hash"]] = r
-        return best
+        if not answered:
+            raise _none_answered(failures)
+        f = (len(self.urls) - 1) // 3
+        agreed = {h: height for h, c in named.items() for height, n in c.most_common(1) if n > f}
+        for h, r in best.items():
+            if r.get("status") == "committed" and h not in agreed:
+                best[h] = {"hash": h, "status": "pending",
+                           "reason": f"{sum(named[h].values())} validator(s) say committed, {f + 1} needed"}
+        return best, agreed
 
     def statuses(self, digests: list, url: str | None = None) -> list[dict]:
         """/tx of many transactions, `batch` to a request, on url (or the first validator that
