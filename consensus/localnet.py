@@ -457,7 +457,11 @@ def write_network(directory: Path, hosts: list[str], port: int = 26700, rpc_port
         raise ValueError(f"{len(hosts)} hosts: BFT needs n = 3f + 1 >= 4 validators")
     for host in hosts:
         _check_host(host)
-    from .node import host_key
+    from .node import host_key, unspecified
+    for host in hosts:
+        if unspecified(host):
+            raise ValueError(f"host {host!r}: give each validator's host as the others reach it; 0.0.0.0 or :: "
+                             "would have every peer dial its own machine")
     ipv6 = any(":" in h for h in hosts)
     same = {}
     for host in hosts:  # one address however it is spelt: "::1" and "0::1", "127.1" and "127.0.0.1", "A" and "a."

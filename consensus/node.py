@@ -152,6 +152,15 @@ def host_key(host: str) -> str:
     return (getattr(ip, "ipv4_mapped", None) or ip).compressed + scope
 
 
+def unspecified(host: str) -> bool:
+    """Whether host is 0.0.0.0 or :: however spelt: what a server binds to take every address,
+    and what a dial reaches as the dialler's own machine, never another's."""
+    try:
+        return ipaddress.ip_address(host_key(host).split("%")[0]).is_unspecified
+    except ValueError:  # a name
+        return False
+
+
 def url_host(host: str) -> str:
     """host as a URL spells it: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
@@ -227,6 +236,11 @@ def _check_network(path, text: str, cfg: "NodeConfig") -> None:
                               f"{cfg.listen[1]} is [network] addresses[{j}], validator {j}'s, not this validator's "
                               f"({cfg.index})")
     where = f"{path}:{line_of(text, 'network', 'addresses')}"
+    for j, (host, port) in enumerate(cfg.addresses):  # (this validator's own is [node] listen's)
+        if j != cfg.index and (port == 0 or unspecified(host)):
+            raise ConfigError(f"{where}: [network] addresses[{j}] {url_host(host)}:{port} is not where validator {j} "
+                              "can be reached: give its host as the others dial it and its port (1..65535); "
+                              "0.0.0.0 or :: would dial this machine itself (review s19)")
     for i, address in enumerate(spelt):
         if address[1] != 0 and address in spelt[:i]:
             k, port = spelt.index(address), address[1]
