@@ -295,6 +295,8 @@ def cmd_localnet(args) -> int:
     _block_size(args.app, "--txs-per-block", args.txs_per_block)
     _accounts(args.accounts)
     _report_path(args.report)
+    if args.dir and os.path.exists(args.dir) and not os.path.isdir(args.dir):  # (a bare "[Errno 17] File exists")
+        raise ValueError(f"--dir {args.dir}: not a directory")
     _port_ranges(args.validators, **{"metrics-port": args.metrics_port, "rpc-port": args.rpc_port})
     try:  # building the network signs the load first (seconds): Ctrl-C there stops cleanly too
         net = Localnet(args.validators, args.blocks, args.txs_per_block, backend, args.validation, args.delay_ms,

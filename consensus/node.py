@@ -396,7 +396,9 @@ class NodeConfig:
                  if a is not None and a[1] != 0]
         for i, (first, (host1, port1)) in enumerate(bound):
             for table, (host, port) in bound[i + 1:]:
-                if port == port1 and (host == host1 or {host, host1} & {"", "0.0.0.0", "::"}):
+                # (as the system reads them: 127.1 and 127.0.0.1 one address, review s19)
+                if port == port1 and (host_key(host) == host_key(host1) or "" in (host, host1)
+                                      or unspecified(host) or unspecified(host1)):
                     raise ConfigError(f"{path}:{line_of(text, table, 'listen')}: [{table}] listen {host}:{port} "
                                       f"takes [{first}] listen's port; give each its own")
         from .apps.clearing_app import MAX_BLOCK_TXS
@@ -417,7 +419,8 @@ class NodeConfig:
                               "while an idle leader waits")
         limits = cfg.rpc_limits
         if limits["max_body_bytes_in_flight"] < limits["max_body_bytes"]:  # else no body that size could be read
-            raise ConfigError(f"{path}:{line_of(text, 'rpc', 'max_body_bytes_in_flight')}: [rpc] max_body_bytes_in_flight "
+            at = line_of(text, 'rpc', 'max_body_bytes_in_flight') or line_of(text, 'rpc', 'max_body_bytes')
+            raise ConfigError(f"{path}:{at}: [rpc] max_body_bytes_in_flight "
                               f"{limits['max_body_bytes_in_flight']} must be at least [rpc] max_body_bytes "
                               f"({limits['max_body_bytes']})")
         if cfg.chain_id != 1 and cfg.load_file:  # (read: _check_read)
