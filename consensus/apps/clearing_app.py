@@ -625,6 +625,11 @@ def _nonce_gaps(state: Clearing, txs: list) -> dict[int, TooEarly]:
     return out
 
 
+def _next_on(state: Clearing, tx: ctx.Tx) -> bool:
+    """Whether each (account, nonce) of move or trade tx is its account's next on state."""
+    return all(state.next_nonce(k) == n for k, n in ctx.consumed(tx)[0])
+
+
 def _refused_for_nonces(state: Clearing, candidate: tuple, refused: dict) -> bool:
     """Whether move or trade candidate (digest, Pending), a gap of a declined run (_nonce_gaps:
     the checks before its nonces pass), is refused for its nonces on state: its refusal then
@@ -1287,12 +1292,14 @@ class ClearingApp:
         applied a transaction the first had refused, and the proposer reported refused, and lost
         from its mempool, a transaction its own block carried (review s18). What they refused as
         too early and _early keeps waiting (reason None) goes to the end of the mempool's order
-        (Mempool.requeue)."""
+        (Mempool.requeue), unless this block brings its accounts to its nonces (what it waited
+        for is in the block: it applies in the next one where it is)."""
         mine = {id(p) for p in kept}
         pool = self.mempool
         left = {d: r for d, r in refusing.items() if (p := pool.get(d)) is None or id(p) not in mine}
         self._evict({d: r for d, r in left.items() if r is not None})
-        pool.requeue([d for d, r in left.items() if r is None])
+        pool.requeue([d for d, r in left.items() if r is None and (p := pool.get(d)) is not None
+                      and not _next_on(state, p.tx)])
         state.defer = False
         vars(state).pop("safe_keys", None)  # (the app's keys: not kept with the state)
         now = (self.mempool.seq, self.mempool.removed)
