@@ -194,7 +194,7 @@ def test_propose_with_a_short_account(benchmark, deep, pending):
 
 
 @pytest.mark.parametrize("attackers", [0, 3_400], ids=["no early ones", "30,600 early ones"])
-@pytest.mark.parametrize("which", ["first", "next"])
+@pytest.mark.parametrize("which", ["first", "next", "scattered"])
 def test_propose_past_early_transactions(benchmark, deep, attackers, which):
     genesis, make = deep
     start = genesis.snapshot()
@@ -204,8 +204,11 @@ def test_propose_past_early_transactions(benchmark, deep, attackers, which):
 
     def entry(body: bytes) -> tuple:
         return hashlib.sha256(body).digest(), Pending(body, [bytes(64)], ctx.decode(body), bytes(64))
-    held = dict(entry(ctx.deposit(k, n, "USD", USD)) for k in keys for n in range(1, 10))
-    held.update(make(1_000, 20_000))
+    early = [entry(ctx.deposit(k, n, "USD", USD)) for k in keys for n in range(1, 10)]
+    lead = min(3, len(early)) if which == "scattered" else len(early)
+    held = dict(early[:lead])
+    held.update(make(1_000, 10_000 - lead if which == "scattered" else 20_000))  # (scattered: the block's reach)
+    held.update(early[lead:])
     held.update(entry(ctx.deposit(k, 0, "USD", USD)) for k in keys)
     app = ClearingApp(Verifier("accel", "cpu"), start, max_txs=10_000)
 

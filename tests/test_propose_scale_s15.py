@@ -219,8 +219,10 @@ def test_a_proposal_is_the_one_the_old_propose_made(seed):
     0 or 1)."""
     rnd = random.Random(seed)
     part, passes, apply, apply_run = clearing_app.FAIR_PART, clearing_app.MAX_PASSES, ctx.apply, clearing_app.apply_run
+    min_run = clearing_app.MIN_RUN
     clearing_app.FAIR_PART = part if rnd.random() < 0.5 else 1
     clearing_app.MAX_PASSES = rnd.choice((passes, passes, passes, 0, 1))
+    clearing_app.MIN_RUN = rnd.choice((2, min_run))  # (short runs columnar too, as before session 19)
     try:
         c = market()
         room = rnd.randint(2, 40)
@@ -257,7 +259,7 @@ def test_a_proposal_is_the_one_the_old_propose_made(seed):
             assert now == was
             check_marks(apps[0].mempool)
     finally:
-        clearing_app.FAIR_PART, clearing_app.MAX_PASSES = part, passes
+        clearing_app.FAIR_PART, clearing_app.MAX_PASSES, clearing_app.MIN_RUN = part, passes, min_run
         ctx.apply, clearing_app.apply_run = apply, apply_run
 
 
