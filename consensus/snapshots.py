@@ -129,5 +129,6 @@ def load(store: Store, app) -> Start:
         return Start(Base(p, state), store.history(height, block_id), txs)
     if first > 1:
         raise StoreError(f"the store begins at height {first} (state sync) and holds no snapshot that restores: "
-                         "remove the data directory to sync again")
+                         "remove the data directory to sync again (it forgets this validator's votes: start it "
+                         "only once the network is past the views it voted in, or it could vote twice in a view)")
     return Start(None, store.history(), 0)
