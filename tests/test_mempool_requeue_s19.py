@@ -1,7 +1,8 @@
 """A transaction kept waiting as too early goes to the end of the mempool's order (nineteenth
-session; tests/test_propose_early_s18.py for its cost), unless the block brings its accounts to
-its nonces: a client's nonce 6 sent before its 5 keeps its place when the block carries the 5,
-and goes behind the backlog when the 5 is past the block's reach."""
+session; tests/test_propose_early_s18.py for its cost), unless the proposal reached what it waits
+for (ClearingApp._stays): a client's nonce 6 sent before its 5 keeps its place when the block
+carries the 5, and goes behind the backlog when the 5 is past the block's reach
+(tests/test_propose_review_s19.py: nonces arriving 2, 1, 4, 3, ...)."""
 from nacl.signing import SigningKey
 
 from consensus.apps import clearing_tx as ctx

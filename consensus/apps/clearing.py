@@ -580,16 +580,22 @@ class Clearing:
             raise exc
 
     def nonce_refusal(self, key: bytes, nonce: int) -> Rejected | None:
-        """Why a transaction of key's nonce is refused for that nonce now (None if it is not)."""
-        self._flush()
-        acct = self.accounts.get(key)
-        if acct is None:
+        """Why a transaction of key's nonce is refused for that nonce now (None if it is not),
+        read through the block's columns (not written back for it)."""
+        want = self.next_nonce(key)
+        if want is None:
             return TooEarly(key)
-        if nonce > acct.nonce:
-            return TooEarly(key, nonce, acct.nonce)
-        if nonce < acct.nonce:
-            return Rejected(f"account {key.hex()[:16]}: nonce {nonce}, expected {acct.nonce} (replayed or out of order)")
+        if nonce > want:
+            return TooEarly(key, nonce, want)
+        if nonce < want:
+            return Rejected(f"account {key.hex()[:16]}: nonce {nonce}, expected {want} (replayed or out of order)")
         return None
+
+    @property
+    def has_columns(self) -> bool:
+        """Whether the block's columnar working set is live (a columnar run applied since the
+        last write-back)."""
+        return self._cols is not None
 
     def move_refusal(self, asset: str, amount: int, what: str) -> str:
         """Why a deposit, withdrawal or top-up (what) is refused whatever its account holds ("" if

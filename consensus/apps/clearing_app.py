@@ -80,11 +80,14 @@ SAFE_KEYS_KEPT = 1 << 18
 
 
 EARLY_ROUNDS = 8  # passes of _early over the transactions waiting on others refused in the same fill
-# A run of fewer deposits, withdrawals and trades is applied one by one: apply_run costs about 0.2
-# ms a call whatever the run's length, and after a declined run the block's room refills with as
-# many candidates as it refused, so a stretch of refused ones went a declined run of 3 at a time
-# (review s19: 30,600 transactions kept waiting past such a run, 2.2 s a proposal). One by one, a
-# transaction costs about 10 us.
+# A shorter run of deposits, withdrawals and trades leaves out the transactions its nonces refuse
+# (_nonce_gaps) before any columnar try, and what is left is applied one by one unless the columnar
+# working set is live: apply_run costs about 0.2 ms a call whatever the run's length, and after a
+# declined run the block's room refills with as many candidates as it refused, so a stretch of
+# refused ones went a declined run of 3 at a time (review s19: 30,600 transactions kept waiting
+# past such a run, 2.2 s a proposal; one by one, a transaction costs about 10 us). Where the
+# working set is live a short run stays columnar: one by one writes it back and the next long
+# run reads it again (a write-back a round of oracle marks, review s19).
 MIN_RUN = 32
 
 
@@ -633,9 +636,18 @@ def _nonce_gaps(state: Clearing, txs: list) -> dict[int, TooEarly]:
     return out
 
 
-def _next_on(state: Clearing, tx: ctx.Tx) -> bool:
-    """Whether each (account, nonce) of move or trade tx is its account's next on state."""
-    return all(state.next_nonce(k) == n for k, n in ctx.consumed(tx)[0])
+def _stays(state: Clearing, tx: ctx.Tx, pool: Mempool, waiting: set[bytes]) -> bool:
+    """Whether a transaction kept waiting keeps its place in the mempool's order: each of its
+    (account, nonce) pairs is its account's next on the proposal's state, or what that next nonce
+    is held by was reached by the proposal and kept waiting too (a client's nonces arriving 2, 1,
+    4, 3: the block takes 1, and 2, 3 and 4 go in the next ones where they are; sent behind the
+    backlog, they went there again at every step). What waits on a nonce the proposal did not
+    reach (sent after a backlog) goes to the end."""
+    for k, n in ctx.consumed(tx)[0]:
+        m = state.next_nonce(k)
+        if n != m and (m is None or waiting.isdisjoint(pool.holders.get((k, m), ()))):
+            return False
+    return True
 
 
 def _refused_for_nonces(state: Clearing, candidate: tuple, refused: dict) -> bool:
@@ -1161,12 +1173,14 @@ class ClearingApp:
             gaps: dict[int, TooEarly] = {}
             try:
                 txs = [candidates[p][1].tx for p in run]
-                at_once = len(run) >= MIN_RUN and _guarded(apply_run, state, txs)
-                if run and not at_once:  # declined (or short): again without what its nonces refuse
+                short = len(run) < MIN_RUN  # (its gaps looked for first: no columnar run for them)
+                at_once = not short and _guarded(apply_run, state, txs)
+                if run and not at_once:  # declined, or short: without what its nonces refuse
                     gaps = _guarded(_nonce_gaps, state, txs)
                     rest = [p for i, p in enumerate(run) if i not in gaps]
-                    if gaps and (not rest or len(rest) >= MIN_RUN
-                                 and _guarded(apply_run, state, [candidates[p][1].tx for p in rest])):
+                    columnar = len(rest) >= MIN_RUN or (len(rest) > 1 and state.has_columns)
+                    if (gaps or short) and (not rest or columnar and _guarded(
+                            apply_run, state, [candidates[p][1].tx for p in rest])):
                         out.refused.update((candidates[run[i]][0], exc) for i, exc in gaps.items())
                         run, at_once = rest, True  # (their refusals apply's: the rest applied)
             except Rejected:  # no rule refuses a whole run (it declines): accel refusing an input
@@ -1307,8 +1321,8 @@ class ClearingApp:
         pool = self.mempool
         left = {d: r for d, r in refusing.items() if (p := pool.get(d)) is None or id(p) not in mine}
         self._evict({d: r for d, r in left.items() if r is not None})
-        pool.requeue([d for d, r in left.items() if r is None and (p := pool.get(d)) is not None
-                      and not _next_on(state, p.tx)])
+        waiting = {d for d, r in left.items() if r is None and d in pool}
+        pool.requeue([d for d in waiting if not _stays(state, pool[d].tx, pool, waiting)])
         state.defer = False
         vars(state).pop("safe_keys", None)  # (the app's keys: not kept with the state)
         now = (self.mempool.seq, self.mempool.removed)
