@@ -1315,8 +1315,7 @@ class ClearingApp:
         applied a transaction the first had refused, and the proposer reported refused, and lost
         from its mempool, a transaction its own block carried (review s18). What they refused as
         too early and _early keeps waiting (reason None) goes to the end of the mempool's order
-        (Mempool.requeue), unless this block brings its accounts to its nonces (what it waited
-        for is in the block: it applies in the next one where it is)."""
+        (Mempool.requeue), unless the proposal reached what it waits for (_stays)."""
         mine = {id(p) for p in kept}
         pool = self.mempool
         left = {d: r for d, r in refusing.items() if (p := pool.get(d)) is None or id(p) not in mine}
