@@ -1321,7 +1321,7 @@ class ClearingApp:
         left = {d: r for d, r in refusing.items() if (p := pool.get(d)) is None or id(p) not in mine}
         self._evict({d: r for d, r in left.items() if r is not None})
         waiting = {d for d, r in left.items() if r is None and d in pool}
-        pool.requeue([d for d in waiting if not _stays(state, pool[d].tx, pool, waiting)])
+        pool.requeue([d for d in left if d in waiting and not _stays(state, pool[d].tx, pool, waiting)])  # (in order)
         state.defer = False
         vars(state).pop("safe_keys", None)  # (the app's keys: not kept with the state)
         now = (self.mempool.seq, self.mempool.removed)
