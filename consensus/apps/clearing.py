@@ -619,11 +619,14 @@ class Clearing:
             return f"series {series} is an inverse future: its price is a positive USD futures price"
         return ""
 
-    def _mark_for(self, underlying: str) -> Mark:
-        mark = self.marks.get(underlying)
-        if mark is None:
-            raise Rejected(f"{underlying} has no oracle mark yet")
-        return mark
+    def trade_stop(self, buyer: bytes, seller: bytes, series: int, size: int, price: int) -> str:
+        """Why a trade is refused now before its nonces are read ("" if it is not): trade_refusal,
+        then its underlying's mark. What Clearing.trade checks first, and what the proposer's
+        _nonce_gaps checks before it refuses a trade for its nonces without applying it."""
+        why = self.trade_refusal(buyer, seller, series, size, price)
+        if why or self.series[series].underlying in self.marks:
+            return why
+        return f"{self.series[series].underlying} has no oracle mark yet"
 
     def _mut(self, key: bytes) -> Account:
         """The account, this version's own copy (to change)."""
@@ -1031,11 +1034,10 @@ class Clearing:
         margin afterwards (deferred: at the block's end). Both signatures are checked where the
         transaction is decoded."""
         self._flush()
-        why = self.trade_refusal(buyer, seller, series, size, price)
+        why = self.trade_stop(buyer, seller, series, size, price)
         if why:
             raise Rejected(why)
         s = self.series[series]
-        self._mark_for(s.underlying)
         if s.inverse and s.kind == FUTURE:
             flow = -((size * _PER_UNIT * _PER_UNIT + price // 2) // price)  # coin quanta, buyer to seller
         else:

@@ -598,7 +598,7 @@ def _nonce_gaps(state: Clearing, txs: list) -> dict[int, TooEarly]:
     transactions queued ahead of their account's missing nonce were applied, and refused, by
     every proposal's fills while an honest backlog kept that nonce out of the blocks (review s18:
     30,600 such deposits took a 10,000-transaction proposal from 68-110 ms to 463-470 ms).
-    Counted only where the checks before the nonces pass (Clearing.deposit, _take_out, trade)
+    Counted only where the checks before the nonces pass (move_refusal, Clearing.trade_stop)
     and every pair before the one past its account's next nonce is that account's next. Where
     the run's others do not all apply, one may apply after all (a trade whose leg a refused
     transaction had seemed to use advances its other account unseen): _refused_for_nonces checks
@@ -608,17 +608,14 @@ def _nonce_gaps(state: Clearing, txs: list) -> dict[int, TooEarly]:
 
     def refusal(tx: ctx.Tx, k: bytes, n: int) -> TooEarly | None:
         f = tx.fields
-        if tx.op == ctx.TRADE:
-            s = state.series.get(f[4])
-            if state.trade_refusal(f[0], f[2], f[4], f[5], f[6]) or state.marks.get(s.underlying) is None:
-                return None
-        elif state.move_refusal(f[2], f[3], "move"):
+        stop = state.trade_stop(f[0], f[2], f[4], f[5], f[6]) if tx.op == ctx.TRADE else \
+            state.move_refusal(f[2], f[3], "move")
+        if stop:
             return None
         return TooEarly(k) if nxt[k] is None else TooEarly(k, n, nxt[k])
 
     for i, tx in enumerate(txs):
-        f = tx.fields
-        pairs = ((f[0], f[1]), (f[2], f[3])) if tx.op == ctx.TRADE else ((f[0], f[1]),)
+        pairs = ctx.consumed(tx)[0]
         for k, n in pairs:
             if k not in nxt:
                 nxt[k] = state.next_nonce(k)
@@ -655,9 +652,8 @@ def _refused_for_nonces(state: Clearing, candidate: tuple, refused: dict) -> boo
     the checks before its nonces pass), is refused for its nonces on state: its refusal then
     goes into refused (digest -> Rejected) as apply's, without applying it. If it is not (the run's
     others did not all apply), or looking fails, it is applied."""
-    f = candidate[1].tx.fields
     try:
-        for k, n in (((f[0], f[1]), (f[2], f[3])) if candidate[1].tx.op == ctx.TRADE else ((f[0], f[1]),)):
+        for k, n in ctx.consumed(candidate[1].tx)[0]:
             exc = _guarded(state.nonce_refusal, k, n)
             if exc is not None:
                 refused[candidate[0]] = exc
@@ -1244,7 +1240,7 @@ class ClearingApp:
             if MARKS in pool.count:  # (quorum marks admitted)
                 _quorum_marks_ahead(lazy, parent.clearing, room, pool, skip)
         held_back: set[bytes] = set()
-        refusing: dict[bytes, str] = {}  # what the first fills refused: evicted with the block (_block)
+        refusing: dict[bytes, str | None] = {}  # the first fills' refusals: evicted or requeued with the block
         first: list = []  # the candidates the first fill drew, when some were left past its reach
         reach = 0  # the first fill's reach
         free = 0  # the lead of the candidates no account holds back (the last fills: _marks_first)
