@@ -126,22 +126,23 @@ class MarginParams:
 
     @property
     def n_scenarios(self) -> int:
-        """The standard grid, the extended moves, then the gaps between adjacent moves (margin.h)."""
-        return 3 * len(self.moves) + len(self.extended_moves) + 3 * (len(self.moves) - 1)
+        """The standard moves, the extended moves, then the gaps between adjacent moves (margin.h)."""
+        return len(self.moves) + len(self.extended_moves) + len(self.moves) - 1
 
     def scenario(self, i: int) -> tuple:
         """(underlying move, vol state) of scenario i as reported in MarginResult.worst; for a gap
-        between two adjacent moves ((move, next move), vol state)."""
+        between two adjacent moves ((move, next move), vol state). The vol state of a standard move
+        and of a gap is "worst": each position at its own worst of up, same and down (vols moving
+        apart are covered); the extended moves' is "up"."""
         n, ne = len(self.moves), len(self.extended_moves)
         if not 0 <= i < self.n_scenarios:
             raise ValueError(f"scenario index {i} outside 0..{self.n_scenarios - 1}")
-        states = ("up", "same", "down")
-        if i >= 3 * n + ne:
-            v, k = divmod(i - 3 * n - ne, n - 1)
-            return (self.moves[k], self.moves[k + 1]), states[v]
-        if i >= 3 * n:
-            return self.extended_moves[i - 3 * n], "up"
-        return self.moves[i % n], states[i // n]
+        if i >= n + ne:
+            k = i - n - ne
+            return (self.moves[k], self.moves[k + 1]), "worst"
+        if i >= n:
+            return self.extended_moves[i - n], "up"
+        return self.moves[i], "worst"
 
     def _array(self, index: float, rate: float) -> np.ndarray:
         """The kernel's parameter array (layout: RK_P_* in kernels/margin.h).

@@ -400,60 +400,103 @@ def _counts_ok(pp) -> bool:
     return bool(1.0 <= nm <= risk._MAX_MOVES and 0.0 <= ne <= risk._MAX_EXT)
 
 
+def _worst(a, b, c):
+    """rk_worst: the least of a position's three vol states, not finite where one is not."""
+    ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
+    return np.where(ok, _min(_min(a, b), c), a + b + c)
+
+
 def _losses(pf, mk, pp):
-    """Loss matrix (scenarios, accounts) with the kernel's bits: pnl[s] += size * (value - base)
-    over each account's positions in row order (portfolio_margin_item), then -pnl, times the
+    """Loss matrix (scenarios, accounts) with the kernel's bits: each account's positions in row
+    order (portfolio_margin_item), each adding size * (value - base) at its worst vol state to each
+    standard move's P&L and as it is to each extended move's (rk_pnl_add); then -pnl, times the
     weight for the extended scenarios, then each gap's loss from its sums (rk_gaps_add,
     rk_gap_loss); and per account whether it holds long options only and their value (sum of
     size * base in row order)."""
     _, _, weight = _scenarios(pp)
     _, _, da, db, w = _gap_mids(pp)
     nm = int(pp[_P_NMOVES])
-    nscen, ng = 3 * nm + len(weight), 3 * (nm - 1)
+    da, db, w = da[:nm - 1], db[:nm - 1], w[:nm - 1]  # the same in each vol state
+    nvals, ng = 3 * nm + len(weight), 3 * (nm - 1)
+    nscen = nm + len(weight)
     n_acc = len(pf.offsets) - 1
     inst, where_ = np.unique(pf.instrument, return_inverse=True)
     dv, slope, base = _instrument_deltas(mk, pp, inst)  # (used, scenarios + gaps), (used, gaps + 3 nm), (used,)
     order, counts = _account_order(pf.offsets)
     starts = pf.offsets[:-1][order]
     pnl = np.zeros((n_acc, nscen))  # accounts in `order`
-    sums = np.zeros((9, n_acc, ng))  # rk_gaps_add's nine sums per gap g = vol state * (nm - 1) + i
-    first = np.array([v * nm + i for v in range(3) for i in range(nm - 1)], np.int64)  # gap g's first move
+    sums = np.zeros((9, n_acc, nm - 1))  # rk_gaps_add's nine sums per gap
     long_only, long_value = np.ones(n_acc, bool), np.zeros(n_acc)
     n_active = np.searchsorted(-counts, -np.arange(counts[0] if n_acc else 0), side="left")  # count > r
+    first, net = _netted(pf)
     for r, n_r in enumerate(n_active):  # the r-th position of every account that has one
         rows = starts[:n_r] + r
-        size = pf.size[rows]
-        d = size[:, None] * dv[where_[rows], :nscen]
-        pnl[:n_r] += d
+        a = np.flatnonzero(first[rows])  # the accounts whose row r is its instrument's first (rk_net)
+        rows = rows[a]
+        size = net[rows]
         kind = mk.kind[pf.instrument[rows]].astype(np.int64)
         future, inverse = (kind & FUTURE) != 0, (kind & INVERSE) != 0
-        long_only[:n_r] &= ~future & ~(size < 0.0)
-        long_value[:n_r] += size * base[where_[rows]]
+        long_only[a] &= ~(size < 0.0) & ~(future & (size != 0.0))  # rk_long_option
+        long_value[a] += size * base[where_[rows]]
+        d = size[:, None] * dv[where_[rows], :nvals]
+        by_state = d[:, :3 * nm].reshape(len(a), 3, nm)  # (rows, vol state, move)
+        pnl[a, :nm] += _worst(*by_state.transpose(1, 0, 2))
+        pnl[a, nm:] += d[:, 3 * nm:]
         chord = np.where(inverse, future & (size > 0.0), future | (size < 0.0))  # rk_gap_class
         tangent = np.where(inverse, future & (size < 0.0), ~future & (size > 0.0)) & ~chord
-        x, y = d[:, first], d[:, first + 1]
+        x, y = by_state[:, :, :-1], by_state[:, :, 1:]  # each gap's ends, (rows, vol state, gap)
         m = _min(x, y)
+
+        def worst(lines):  # (rows, vol state, gap) -> (rows, gap)
+            return _worst(lines[:, 0], lines[:, 1], lines[:, 2])
+
         c = np.flatnonzero(~tangent)  # chords and horizontal lines: what every bound takes
-        sums[0, c] += np.where(chord[c, None], x[c], m[c])
-        sums[1, c] += np.where(chord[c, None], y[c], m[c])
+        mono = worst(m[c])
+        sums[0, a[c]] += np.where(chord[c, None], worst(x[c]), mono)
+        sums[1, a[c]] += np.where(chord[c, None], worst(y[c]), mono)
         t = np.flatnonzero(tangent)
         if len(t):
             it = where_[rows[t]]  # their instruments
-            st = size[t, None]
-            pc, sc = st * dv[it, nscen:], st * slope[it, :ng]
-            sa, sb = st * slope[it][:, ng + first], st * slope[it][:, ng + first + 1]
+            st = size[t, None, None]
+            pc = st * dv[it, nvals:].reshape(len(t), 3, nm - 1)
+            sc = st * slope[it, :ng].reshape(len(t), 3, nm - 1)
+            sp = st * slope[it, ng:].reshape(len(t), 3, nm)
+            sa, sb = sp[:, :, :-1], sp[:, :, 1:]
             xt, yt = x[t], y[t]
-            for k, add in enumerate((m[t], pc + sc * da, pc + sc * db, xt, xt + sa * w, yt - sb * w, yt), 2):
-                sums[k, t] += add
-    loss = np.empty((nscen + ng, n_acc))
+            for k, lines in enumerate((m[t], pc + sc * da, pc + sc * db, xt, xt + sa * w, yt - sb * w, yt), 2):
+                sums[k, a[t]] += worst(lines)
+    loss = np.empty((nscen + nm - 1, n_acc))
     loss[:nscen, order] = (-pnl).T
-    loss[3 * nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]
+    loss[nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]
     ca, cb = sums[0], sums[1]
     b = [_min(ca + sums[k], cb + sums[k2]) for k, k2 in ((2, 2), (3, 4), (5, 6), (7, 8))]
     loss[nscen:, order] = (-_max(_max(b[0], b[1]), _max(b[2], b[3]))).T
     only, value = np.empty(n_acc, bool), np.empty(n_acc)
     only[order], value[order] = long_only, long_value
     return loss, only, value
+
+
+def _netted(pf):
+    """rk_net for every row: whether it is its instrument's first row in its account, and the net
+    size of its instrument's rows there (0.0 plus each size, in row order)."""
+    n = len(pf.instrument)
+    first, net = np.ones(n, bool), pf.size.astype(np.float64)
+    if n == 0:
+        return first, net
+    acc = np.repeat(np.arange(len(pf.offsets) - 1), np.diff(pf.offsets))
+    order = np.lexsort((pf.instrument, acc))  # stable: each group's rows in row order
+    new = np.ones(n, bool)
+    new[1:] = (acc[order][1:] != acc[order][:-1]) | (pf.instrument[order][1:] != pf.instrument[order][:-1])
+    if new.all():  # no instrument twice in an account (the ledger's books): every row its own net
+        return first, np.zeros(n) + net
+    label = np.cumsum(new) - 1
+    rank = np.arange(n) - np.flatnonzero(new)[label]
+    sums = np.zeros(int(label[-1]) + 1)
+    for r in range(int(rank.max()) + 1):
+        m = rank == r
+        sums[label[m]] += pf.size[order[m]]
+    first[order], net[order] = new, sums[label]
+    return first, net
 
 
 def _contingency(pf, mk, pp):

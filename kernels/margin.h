@@ -1,7 +1,7 @@
 /* Per-account margin: Deribit-style portfolio margin (revalue every position under a grid of
- * underlying moves times volatility states, take the worst loss) and standard margin for short
- * options. One work item per account; positions are summed in array order, so every backend adds
- * the same numbers in the same order. Money leaves as integer ticks. docs/RISK.md documents every
+ * underlying moves, each position at its own worst volatility state, take the worst loss) and
+ * standard margin for short options. One work item per account; positions are summed in array
+ * order, so every backend adds the same numbers in the same order. Money leaves as integer ticks. docs/RISK.md documents every
  * parameter. */
 #ifndef AV_MARGIN_H
 #define AV_MARGIN_H
@@ -38,8 +38,9 @@
 
 #define RK_MAX_MOVES 16
 #define RK_MAX_EXT 16
-#define RK_MAX_SCEN (3 * RK_MAX_MOVES + RK_MAX_EXT)
-#define RK_MAX_GAPS (3 * (RK_MAX_MOVES - 1))
+#define RK_MAX_SCEN (3 * RK_MAX_MOVES + RK_MAX_EXT) /* a position's values: every move in every vol state */
+#define RK_MAX_GAPS (3 * (RK_MAX_MOVES - 1))        /* a position's gap middles, in every vol state */
+#define RK_MAX_BANDS (RK_MAX_MOVES - 1)             /* an account's gaps: one per pair of adjacent moves */
 
 /* Whether the parameter array's counts fit the per-account scenario array (RK_MAX_SCEN): 1 to
  * RK_MAX_MOVES moves, 0 to RK_MAX_EXT extended moves. accel/risk.py checks MarginParams before
@@ -79,8 +80,8 @@ DEVICE i64 rk_ticks(double money, double tick)
     return v;
 }
 
-/* Scenario s: the underlying multiplier 1 + move, and its vol state in *vs (0 up, 1 same, 2 down).
- * Standard grid s = vs * nm + move index, then the extended moves (vol up). */
+/* A position's value s: the underlying multiplier 1 + move, and its vol state in *vs (0 up, 1 same,
+ * 2 down). Standard grid s = vs * nm + move index, then the extended moves (vol up). */
 DEVICE double rk_scenario(int s, int nm, GLOBAL const double *pp, int *vs)
 {
     int ext = s >= 3 * nm;
@@ -104,6 +105,36 @@ DEVICE void rk_position(double t, double vol, GLOBAL const double *pp, double *d
     vols[0] = mx_max(vol * (1.0 + pp[RK_P_VOL_UP] * shock), pp[RK_P_VOL_UP_FLOOR]);
     vols[1] = vol;
     vols[2] = vol * mx_max(1.0 - pp[RK_P_VOL_DOWN] * shock, pp[RK_P_VOL_DOWN_FLOOR]);
+}
+
+/* A position's P&L at its own worst vol state (a, b, c: up, same, down), so that vols moving apart
+ * (one option's up, another's down, each within its range) are covered: an option's value is
+ * monotone in its vol, so its loss anywhere in its range is at most the worse end's. Not finite
+ * when one of the three is not: a NaN must not hide behind the min. */
+DEVICE double rk_worst(double a, double b, double c)
+{
+    double m = mx_min(mx_min(a, b), c);
+    return mx_sel(mx_isfinite(a) & mx_isfinite(b) & mx_isfinite(c), m, a + b + c);
+}
+
+/* Rows of one instrument in an account are one position, at one vol state: row p's net size (its
+ * and the later rows' of its instrument, summed in row order), and in *first whether p is its
+ * instrument's first row (the others add nothing). O(rows^2) per account, as rk_contingency. */
+DEVICE double rk_net(i64 p, i64 lo, i64 hi, GLOBAL const i32 *pos_inst, GLOBAL const double *pos_size, int *first)
+{
+    i32 j = pos_inst[p];
+    int seen = 0;
+    for (i64 q = lo; q < p; q++) seen |= pos_inst[q] == j;
+    double net = 0.0;
+    for (i64 q = p; q < hi; q++) net += mx_sel(pos_inst[q] == j, pos_size[q], 0.0);
+    *first = !seen;
+    return net;
+}
+
+/* Whether a position of that net size leaves a book "long options only": a long option, or none. */
+DEVICE int rk_long_option(u32 flags, double size)
+{
+    return !(size < 0.0) & !(((flags & RK_FUTURE) != 0) & (size != 0.0));
 }
 
 /* Positions that net against each other for the contingencies: options of one strike and expiry
@@ -156,8 +187,8 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
 
 /* The gaps between adjacent standard moves. A grid of moves alone misses a book whose positions
  * offset at every move and not between them (long calls struck between two moves, short futures:
- * flat at both, a loss in the middle). Each gap (moves a and b, array neighbours, one vol state)
- * gets a bound of the loss anywhere between them from lines below each position's P&L P_p(m)
+ * flat at both, a loss in the middle). Each gap (moves a and b, array neighbours) gets a bound of
+ * the loss anywhere between them from lines below each position's P&L P_p(m) in each vol state
  * (docs/RISK.md, "Gaps between the moves"):
  *  - every instrument's value is monotone in the index, so min(P_p(a), P_p(b)) is below P_p;
  *  - a P&L concave or linear in the move (short linear options, linear futures, long inverse
@@ -165,9 +196,11 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
  *    above each of its tangents, here at the gap's middle, at a and at b.
  * Four bounds: the chords (concave), the horizontal lines (inverse options, whose curvature has no
  * sign), and for the convex positions either their horizontal lines or one of their three
- * tangents. Each is a line in the move, whose minimum is at a or b; the largest of the four counts.
- * Books whose positions all move one way get their endpoints' loss; hedged books about their
- * worst loss (a long option hedged at its delta: its tangent at the hedge's move is flat). */
+ * tangents. Each position takes the least of its three vol states' lines (rk_worst), a concave
+ * function of the move, and so is the sum: each bound's minimum is at a or b; the largest of the
+ * four counts. Books whose positions all move one way get their endpoints' loss; hedged books
+ * about their worst loss (a long option hedged at its delta: its tangent at the hedge's move is
+ * flat). */
 #define RK_GAP_MONO 0
 #define RK_GAP_CHORD 1
 #define RK_GAP_TANGENT 2
@@ -209,85 +242,90 @@ DEVICE double rk_gap_mid(int i, GLOBAL const double *pp, double *off)
     return mc;
 }
 
-/* Every gap's offsets (rk_gap_mid), by move index (the same in each vol state): off[3 i + 0..2]. */
+/* Every gap's offsets (rk_gap_mid), by move index: off[3 i + 0..2]. */
 DEVICE void rk_gap_offsets(int nm, GLOBAL const double *pp, double *off)
 {
     for (int i = 0; i < nm - 1; i++) rk_gap_mid(i, pp, off + 3 * i);
 }
 
-/* Adds one position to the gaps' sums, gaps[k * RK_MAX_GAPS + g] for gap g = vol state * (nm - 1)
- * + move index i: k = 0, 1 what every bound takes of the chords and horizontal lines at a and at b;
- * of the tangent positions: 2 their horizontal lines, 3 and 4 their middle tangents at a and b,
- * 5 and 6 their tangents at a, 7 and 8 at b. d[s]: the position's P&L in standard scenario s; vc[g],
- * sm[g]: its instrument's value and f * rk_dvalue at gap g's middle, sp[s] f * rk_dvalue in
- * standard scenario s, read only for a tangent; off: rk_gap_offsets. (Split on the class outside
- * the loops, which then vectorise in the C fallback.) */
+/* Adds one position to the gaps' sums, gaps[k * RK_MAX_BANDS + i] for the gap from move i to i + 1:
+ * k = 0, 1 what every bound takes of the chords and horizontal lines at a and at b; of the tangent
+ * positions: 2 their horizontal lines, 3 and 4 their middle tangents at a and b, 5 and 6 their
+ * tangents at a, 7 and 8 at b; each the least over the position's vol states (rk_worst). d[s]: the
+ * position's P&L at its value s (rk_scenario); vc[g], sm[g]: its instrument's value and f *
+ * rk_dvalue at the middle of gap i in vol state v, g = v * (nm - 1) + i; sp[s] f * rk_dvalue at
+ * value s, read only for a tangent; off: rk_gap_offsets. (Split on the class outside the loops,
+ * which then vectorise in the C fallback.) */
 DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sm, const double *sp, const double *off,
                         double base, double size, int cls, int nm, double *gaps)
 {
-    double *ca = gaps, *cb = gaps + RK_MAX_GAPS;
-    for (int v = 0; v < 3; v++) {
-        const double *x = d + v * nm;
-        int g0 = v * (nm - 1);
-        if (cls == RK_GAP_CHORD) {
-            for (int i = 0; i < nm - 1; i++) {
-                ca[g0 + i] += x[i];
-                cb[g0 + i] += x[i + 1];
-            }
-        } else if (cls == RK_GAP_MONO) {
-            for (int i = 0; i < nm - 1; i++) {
-                double m = mx_min(x[i], x[i + 1]);
-                ca[g0 + i] += m;
-                cb[g0 + i] += m;
-            }
-        } else {
-            for (int i = 0; i < nm - 1; i++) {
-                double *t = gaps + g0 + i;
-                const double *o = off + 3 * i;
-                double pc = size * (vc[g0 + i] - base), sc = size * sm[g0 + i];
+    double *ca = gaps, *cb = gaps + RK_MAX_BANDS;
+    const double *x = d, *y = d + nm, *z = d + 2 * nm; /* vol up, same, down */
+    if (cls == RK_GAP_CHORD) {
+        for (int i = 0; i < nm - 1; i++) {
+            ca[i] += rk_worst(x[i], y[i], z[i]);
+            cb[i] += rk_worst(x[i + 1], y[i + 1], z[i + 1]);
+        }
+    } else if (cls == RK_GAP_MONO) {
+        for (int i = 0; i < nm - 1; i++) {
+            double m = rk_worst(mx_min(x[i], x[i + 1]), mx_min(y[i], y[i + 1]), mx_min(z[i], z[i + 1]));
+            ca[i] += m;
+            cb[i] += m;
+        }
+    } else {
+        for (int i = 0; i < nm - 1; i++) {
+            const double *o = off + 3 * i;
+            double line[7][3]; /* the sums 2..8 in each vol state */
+            for (int v = 0; v < 3; v++) {
+                const double *xv = d + v * nm;
+                int g = v * (nm - 1) + i;
+                double pc = size * (vc[g] - base), sc = size * sm[g];
                 double sa = size * sp[v * nm + i], sb = size * sp[v * nm + i + 1];
-                t[2 * RK_MAX_GAPS] += mx_min(x[i], x[i + 1]);
-                t[3 * RK_MAX_GAPS] += pc + sc * o[0];
-                t[4 * RK_MAX_GAPS] += pc + sc * o[1];
-                t[5 * RK_MAX_GAPS] += x[i];
-                t[6 * RK_MAX_GAPS] += x[i] + sa * o[2];
-                t[7 * RK_MAX_GAPS] += x[i + 1] - sb * o[2];
-                t[8 * RK_MAX_GAPS] += x[i + 1];
+                line[0][v] = mx_min(xv[i], xv[i + 1]);
+                line[1][v] = pc + sc * o[0];
+                line[2][v] = pc + sc * o[1];
+                line[3][v] = xv[i];
+                line[4][v] = xv[i] + sa * o[2];
+                line[5][v] = xv[i + 1] - sb * o[2];
+                line[6][v] = xv[i + 1];
             }
+            for (int k = 0; k < 7; k++) gaps[(k + 2) * RK_MAX_BANDS + i] += rk_worst(line[k][0], line[k][1], line[k][2]);
         }
     }
 }
 
-/* Gap g's loss from its sums: -(the largest over the four bounds of min(bound at a, at b)). */
-DEVICE double rk_gap_loss(const double *gaps, int g)
+/* Gap i's loss from its sums: -(the largest over the four bounds of min(bound at a, at b)). */
+DEVICE double rk_gap_loss(const double *gaps, int i)
 {
-    const double *t = gaps + g;
-    double ca = t[0], cb = t[RK_MAX_GAPS];
-    double b1 = mx_min(ca + t[2 * RK_MAX_GAPS], cb + t[2 * RK_MAX_GAPS]);
-    double b2 = mx_min(ca + t[3 * RK_MAX_GAPS], cb + t[4 * RK_MAX_GAPS]);
-    double b3 = mx_min(ca + t[5 * RK_MAX_GAPS], cb + t[6 * RK_MAX_GAPS]);
-    double b4 = mx_min(ca + t[7 * RK_MAX_GAPS], cb + t[8 * RK_MAX_GAPS]);
+    const double *t = gaps + i;
+    double ca = t[0], cb = t[RK_MAX_BANDS];
+    double b1 = mx_min(ca + t[2 * RK_MAX_BANDS], cb + t[2 * RK_MAX_BANDS]);
+    double b2 = mx_min(ca + t[3 * RK_MAX_BANDS], cb + t[4 * RK_MAX_BANDS]);
+    double b3 = mx_min(ca + t[5 * RK_MAX_BANDS], cb + t[6 * RK_MAX_BANDS]);
+    double b4 = mx_min(ca + t[7 * RK_MAX_BANDS], cb + t[8 * RK_MAX_BANDS]);
     return -mx_max(mx_max(b1, b2), mx_max(b3, b4));
 }
 
-/* Worst scenario (the largest loss, each extended move's loss times its weight, then each gap's,
- * rk_gap_loss; ties to the lower index) and the account's margins in ticks: initial = maintenance
+/* Worst scenario and the account's margins. pnl[s]: scenario s's P&L, the nm standard moves (each
+ * position at its worst vol state) then the extended moves; the worst is the largest loss, each
+ * extended move's loss times its weight, then each gap's (rk_gap_loss), ties to the lower index
+ * (the gaps numbered from nscen). Margins in ticks: initial = maintenance
  * times the multiplier, except that a book of long options only (long_only) never needs more than
  * it is worth (long_value: it cannot lose more), nor less than its maintenance. */
 DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int nscen, double contingency,
                       int long_only, double long_value, GLOBAL const double *pp, GLOBAL i64 *im, GLOBAL i64 *mm,
                       GLOBAL i32 *worst)
 {
-    int w0 = RK_P_MOVES + nm + (nscen - 3 * nm) - 3 * nm; /* pp[w0 + s]: weight of extended scenario s */
+    int w0 = RK_P_MOVES + (nscen - nm); /* pp[w0 + s]: weight of extended scenario s (after the ne moves) */
     i32 wi = 0;
     double wl = -pnl[0];
     int finite = mx_isfinite(wl) & mx_isfinite(contingency);
     for (int s = 1; s < nscen; s++) {
-        double loss = s < 3 * nm ? -pnl[s] : -pnl[s] * pp[w0 + s];
+        double loss = s < nm ? -pnl[s] : -pnl[s] * pp[w0 + s];
         finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = s; }
     }
-    for (int g = 0; g < 3 * (nm - 1); g++) {
+    for (int g = 0; g < nm - 1; g++) {
         double loss = rk_gap_loss(gaps, g);
         finite &= mx_isfinite(loss);
         if (loss > wl) { wl = loss; wi = nscen + g; }
@@ -302,9 +340,17 @@ DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int 
     worst[a] = wi;
 }
 
-/* Account a: each position revalued under every scenario (and, for a tangent, at every gap's
- * middle), losses and the gaps' bounds summed in position order. (The C fallback batches the same
- * rk_value and rk_dvalue calls and sums in the same order; see native/risk.c.) */
+/* Adds one position's values d[] (rk_scenario's order) to the account's scenario P&Ls: each
+ * standard move at the position's worst vol state, each extended move as it is. */
+DEVICE void rk_pnl_add(const double *d, int nm, int ne, double *pnl)
+{
+    for (int i = 0; i < nm; i++) pnl[i] += rk_worst(d[i], d[nm + i], d[2 * nm + i]);
+    for (int e = 0; e < ne; e++) pnl[nm + e] += d[3 * nm + e];
+}
+
+/* Account a: each position (rk_net) revalued at every move in every vol state (and, for a tangent,
+ * at every gap's middle), losses and the gaps' bounds summed in position order. (The C fallback batches the
+ * same rk_value and rk_dvalue calls and sums in the same order; see native/risk.c.) */
 DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,
                                   GLOBAL const double *pos_size, GLOBAL const double *forward,
                                   GLOBAL const double *strike, GLOBAL const double *expiry,
@@ -317,32 +363,34 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
         worst[a] = 0;
         return;
     }
-    int nm = (int)pp[RK_P_NMOVES];
-    int nscen = 3 * nm + (int)pp[RK_P_NEXT];
+    int nm = (int)pp[RK_P_NMOVES], ne = (int)pp[RK_P_NEXT];
+    int nvals = 3 * nm + ne, nscen = nm + ne;
     double index = pp[RK_P_INDEX];
-    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], vc[RK_MAX_GAPS], sm[RK_MAX_GAPS], sp[3 * RK_MAX_MOVES];
-    double gaps[RK_GAP_SUMS * RK_MAX_GAPS], off[3 * RK_MAX_MOVES];
+    double pnl[RK_MAX_MOVES + RK_MAX_EXT], d[RK_MAX_SCEN], vc[RK_MAX_GAPS], sm[RK_MAX_GAPS], sp[3 * RK_MAX_MOVES];
+    double gaps[RK_GAP_SUMS * RK_MAX_BANDS], off[3 * RK_MAX_MOVES];
     rk_gap_offsets(nm, pp, off);
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
-    for (int g = 0; g < RK_GAP_SUMS * RK_MAX_GAPS; g++) gaps[g] = 0.0;
+    for (int g = 0; g < RK_GAP_SUMS * RK_MAX_BANDS; g++) gaps[g] = 0.0;
     int long_only = 1;
     double long_value = 0.0;
     for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
         i32 j = pos_inst[p];
-        double size = pos_size[p];
         u32 fl = kind[j];
         double f = forward[j], k = strike[j], v = vol[j];
         double disc, rt, vols[3];
         rk_position(expiry[j], v, pp, &disc, &rt, vols);
         double base = rk_value(fl, f, index, k, rt, v, disc);
-        long_only &= ((fl & RK_FUTURE) == 0) & !(size < 0.0);
+        int first;
+        double size = rk_net(p, offsets[a], offsets[a + 1], pos_inst, pos_size, &first);
+        if (!first) continue;
+        long_only &= rk_long_option(fl, size);
         long_value += size * base;
-        for (int s = 0; s < nscen; s++) {
+        for (int s = 0; s < nvals; s++) {
             int vs;
             double mv = rk_scenario(s, nm, pp, &vs);
             d[s] = size * (rk_value(fl, f * mv, index * mv, k, rt, vols[vs], disc) - base);
-            pnl[s] += d[s];
         }
+        rk_pnl_add(d, nm, ne, pnl);
         int cls = rk_gap_class(fl, size);
         if (cls == RK_GAP_TANGENT) {
             for (int s = 0; s < 3 * nm; s++) {

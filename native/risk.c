@@ -93,22 +93,22 @@ int av_greeks(const double *x, const double *k, const double *t, const double *r
 #define AV_MARGIN_SLOPES (RK_MAX_GAPS + 3 * RK_MAX_MOVES)
 #define AV_MARGIN_TASKS (AV_MARGIN_CHUNK * (AV_MARGIN_VALUES + AV_MARGIN_SLOPES))
 
-/* Doubles per instrument in a table: base, scenarios, gap middles' values, their slopes, then the
- * slopes in the standard scenarios. */
+/* Doubles per instrument in a table: base, its values (every move in every vol state, then the
+ * extended moves), gap middles' values, their slopes, then the slopes at the standard moves. */
 static int table_width(const double *pp) {
     int nm = (int)pp[RK_P_NMOVES];
     return 3 * nm + (int)pp[RK_P_NEXT] + 1 + 2 * 3 * (nm - 1) + 3 * nm;
 }
 
-/* val[q * per + 0] = instrument inst[q]'s base value, val[q * per + 1 + s] its value in scenario s,
- * val[q * per + 1 + nscen + g] at gap g's middle; then forward * rk_dvalue at each gap's middle and
+/* val[q * per + 0] = instrument inst[q]'s base value, val[q * per + 1 + s] its value s (rk_scenario),
+ * val[q * per + 1 + nvals + g] at gap g's middle; then forward * rk_dvalue at each gap's middle and
  * in each standard scenario */
 __attribute__((target_clones("avx2", "default"), flatten))
 static void value_chunk(const int32_t *inst, int np, const double *forward, const double *strike,
                         const double *expiry, const double *vol, const uint8_t *kind, const double *pp, double *val) {
     int nm = (int)pp[RK_P_NMOVES];
-    int nscen = 3 * nm + (int)pp[RK_P_NEXT];
-    int ng = 3 * (nm - 1), nv = nscen + 1 + ng, ns = ng + 3 * nm, per = nv + ns;
+    int nvals = 3 * nm + (int)pp[RK_P_NEXT];
+    int ng = 3 * (nm - 1), nv = nvals + 1 + ng, ns = ng + 3 * nm, per = nv + ns;
     double index = pp[RK_P_INDEX];
     double tf[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], ti[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
     double tk[AV_MARGIN_CHUNK * AV_MARGIN_VALUES], trt[AV_MARGIN_CHUNK * AV_MARGIN_VALUES];
@@ -120,12 +120,12 @@ static void value_chunk(const int32_t *inst, int np, const double *forward, cons
         int32_t j = inst[q];
         double disc, rt, vols[3];
         rk_position(expiry[j], vol[j], pp, &disc, &rt, vols);
-        for (int s = -1; s < nscen + ng; s++) { /* -1: the base value, unmoved; from nscen: the gaps */
+        for (int s = -1; s < nvals + ng; s++) { /* -1: the base value, unmoved; from nvals: the gaps */
             int vs = 1, o = q * nv + s + 1;
             double off[3], mv = 1.0;
-            if (s >= nscen) {
-                vs = (s - nscen) / (nm - 1);
-                mv = rk_gap_mid((s - nscen) % (nm - 1), pp, off);
+            if (s >= nvals) {
+                vs = (s - nvals) / (nm - 1);
+                mv = rk_gap_mid((s - nvals) % (nm - 1), pp, off);
             } else if (s >= 0) {
                 mv = rk_scenario(s, nm, pp, &vs);
             }
@@ -139,7 +139,7 @@ static void value_chunk(const int32_t *inst, int np, const double *forward, cons
     for (int o = 0; o < np * nv; o++) out[o] = rk_value((u32)tfl[o], tf[o], ti[o], tk[o], trt[o], tv[o], td[o]);
     /* the slopes: at the gaps' middles and in the standard scenarios, from the same inputs as the values */
     for (int q = 0; q < np; q++) {
-        int om = q * nv + nscen + 1, os = q * nv + 1;
+        int om = q * nv + nvals + 1, os = q * nv + 1;
         double f0 = forward[inst[q]];
 #pragma omp simd
         for (int g = 0; g < ng; g++)
@@ -159,14 +159,14 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
                                  const double *forward, const double *strike, const double *expiry, const double *vol,
                                  const uint8_t *kind, const double *pp, const double *table, int64_t *im, int64_t *mm,
                                  int32_t *worst) {
-    int nm = (int)pp[RK_P_NMOVES];
-    int nscen = 3 * nm + (int)pp[RK_P_NEXT];
+    int nm = (int)pp[RK_P_NMOVES], ne = (int)pp[RK_P_NEXT];
+    int nvals = 3 * nm + ne, nscen = nm + ne;
     int ng = 3 * (nm - 1), per = table_width(pp);
-    double pnl[RK_MAX_SCEN], d[RK_MAX_SCEN], gaps[RK_GAP_SUMS * RK_MAX_GAPS], off[3 * RK_MAX_MOVES];
+    double pnl[RK_MAX_MOVES + RK_MAX_EXT], d[RK_MAX_SCEN], gaps[RK_GAP_SUMS * RK_MAX_BANDS], off[3 * RK_MAX_MOVES];
     double chunk[AV_MARGIN_TASKS];
     rk_gap_offsets(nm, pp, off);
     for (int s = 0; s < nscen; s++) pnl[s] = 0.0;
-    for (int g = 0; g < RK_GAP_SUMS * RK_MAX_GAPS; g++) gaps[g] = 0.0;
+    for (int g = 0; g < RK_GAP_SUMS * RK_MAX_BANDS; g++) gaps[g] = 0.0;
     int long_only = 1;
     double long_value = 0.0;
     for (int64_t p0 = offsets[a]; p0 < offsets[a + 1]; p0 += AV_MARGIN_CHUNK) {
@@ -174,14 +174,15 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
         if (!table) value_chunk(pos_inst + p0, np, forward, strike, expiry, vol, kind, pp, chunk);
         for (int q = 0; q < np; q++) {
             const double *val = table ? table + (int64_t)pos_inst[p0 + q] * per : chunk + q * per;
-            const double *vc = val + 1 + nscen, *sm = vc + ng, *sp = sm + ng;
-            double size = pos_size[p0 + q], base = val[0];
-            long_only &= ((kind[pos_inst[p0 + q]] & RK_FUTURE) == 0) & !(size < 0.0);
+            const double *vc = val + 1 + nvals, *sm = vc + ng, *sp = sm + ng;
+            double base = val[0];
+            int first;
+            double size = rk_net(p0 + q, offsets[a], offsets[a + 1], pos_inst, pos_size, &first);
+            if (!first) continue;
+            long_only &= rk_long_option(kind[pos_inst[p0 + q]], size);
             long_value += size * base;
-            for (int s = 0; s < nscen; s++) {
-                d[s] = size * (val[1 + s] - base);
-                pnl[s] += d[s];
-            }
+            for (int s = 0; s < nvals; s++) d[s] = size * (val[1 + s] - base);
+            rk_pnl_add(d, nm, ne, pnl);
             rk_gaps_add(d, vc, sm, sp, off, base, size, rk_gap_class(kind[pos_inst[p0 + q]], size), nm, gaps);
         }
     }

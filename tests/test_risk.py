@@ -199,14 +199,14 @@ def ceil_ticks(money, tick):
 
 
 def test_short_future_margin_exact(cpu):
-    """A short linear future loses 16% of F at +16% (vol states tie; the first, 'up', wins)."""
+    """A short linear future loses 16% of F at +16% (its vol states tie)."""
     p = MarginParams(extended_moves=())
     pf, mk = one_account([FUTURE], [100.0], [0.0], [0.25], [0.0], [-2.0])
     res = portfolio_margin(pf, mk, p, backend=cpu)
     loss = -(-2.0 * (100.0 * (1.0 + 0.16) - 100.0))
     assert res.maintenance.tolist() == [ceil_ticks(loss, p.tick)]
     assert res.initial.tolist() == [ceil_ticks(loss * 1.3, p.tick)]
-    assert p.scenario(int(res.worst[0])) == (0.16, "up")
+    assert p.scenario(int(res.worst[0])) == (0.16, "worst")
 
 
 def scipy_black(f, k, t, vol, call=True, r=0.0):
@@ -240,7 +240,7 @@ def test_short_call_margin(cpu, days, vol):
     f, k, t = 100.0, 110.0, days / 365
     pf, mk = one_account([CALL], [f], [k], [t], [vol], [-1.0])
     res = portfolio_margin(pf, mk, p, backend=cpu)
-    assert p.scenario(int(res.worst[0])) == (0.16, "up")
+    assert p.scenario(int(res.worst[0])) == (0.16, "worst")
     expected = scipy_black(f * 1.16, k, t, vol_up(vol, days)) - scipy_black(f, k, t, vol) + 0.01 * 100.0
     assert vol_up(vol, days) > 0.5  # the shock, not the floor, sets the vol here
     assert_ticks_near(res.maintenance[0], expected)
@@ -254,7 +254,7 @@ def test_vol_up_floor(cpu):
     pf, mk = one_account([CALL], [f], [k], [t], [vol], [-1.0])
     p = MarginParams(extended_moves=(), short_option_contingency=0.0)
     res = portfolio_margin(pf, mk, p, backend=cpu)
-    assert p.scenario(int(res.worst[0])) == (0.16, "up")
+    assert p.scenario(int(res.worst[0])) == (0.16, "worst")
     assert_ticks_near(res.maintenance[0], scipy_black(f * 1.16, k, t, 0.5) - scipy_black(f, k, t, vol))
     unfloored = portfolio_margin(pf, mk, MarginParams(extended_moves=(), short_option_contingency=0.0,
                                                       vol_up_floor=0.0), backend=cpu)
@@ -264,9 +264,10 @@ def test_vol_up_floor(cpu):
 
 def scipy_losses(kind, f, k, t, vol, size, index, p):
     """One position's loss under each scenario, written out from docs/RISK.md with SciPy: the
-    vol states, floors and exponents, and each extended move's weight
-    extended_weight * min(1, extended_reference_move / |m|). A gap between two moves bounds one
-    position's loss by its worse endpoint's (docs/RISK.md, "Gaps")."""
+    vol states, floors and exponents (a standard move at the worst of the three vol states, an
+    extended one with vol up), and each extended move's weight extended_weight * min(1,
+    extended_reference_move / |m|). A gap between two moves bounds one position's loss by its
+    worse endpoint's (docs/RISK.md, "Gaps")."""
     dte = max(t * p.days_per_year, 1.0)
     shock = (p.vol_ref_days / dte) ** (p.vol_exponent if dte < p.vol_ref_days else p.vol_exponent_long)
     vols = {"up": max(vol * (1 + p.vol_up * shock), p.vol_up_floor), "same": vol,
@@ -277,13 +278,14 @@ def scipy_losses(kind, f, k, t, vol, size, index, p):
     for i in range(p.n_scenarios):
         move, state = p.scenario(i)
         if isinstance(move, tuple):
-            losses.append(max(losses[p.moves.index(m) + ("up", "same", "down").index(state) * len(p.moves)]
-                              for m in move))
+            losses.append(max(losses[p.moves.index(m)] for m in move))
             continue
-        value = scipy_black(f * (1 + move), k, t, vols[state], call) / (index * (1 + move) if inverse else 1.0)
-        ext = i >= 3 * len(p.moves)
+        states = ("up", "same", "down") if state == "worst" else (state,)
+        value = [scipy_black(f * (1 + move), k, t, vols[v], call) / (index * (1 + move) if inverse else 1.0)
+                 for v in states]
+        ext = i >= len(p.moves)
         weight = p.extended_weight * min(1.0, p.extended_reference_move / abs(move)) if ext else 1.0
-        losses.append(-size * (value - base) * weight)
+        losses.append(max(-size * (v - base) for v in value) * weight)
     return losses
 
 
@@ -298,7 +300,7 @@ def test_extended_scenarios_and_inverse(cpu, strike, move):
     res = portfolio_margin(pf, mk, p, backend=cpu)
     losses = scipy_losses(CALL | INVERSE, f, strike, 0.1, 0.5, -1.0, index, p)
     worst = int(np.argmax(losses))
-    assert p.scenario(worst) == (move, "up") and int(res.worst[0]) == worst
+    assert p.scenario(worst) == (move, "worst" if move in p.moves else "up") and int(res.worst[0]) == worst
     assert_ticks_near(res.maintenance[0], losses[worst] + 0.01)
     undamped = MarginParams(extended_weight=0.25, extended_reference_move=5.0)  # a flat quarter
     res = portfolio_margin(pf, mk, undamped, backend=cpu)
@@ -316,7 +318,7 @@ def test_extended_table_does_not_dominate_a_future():
     pf, mk = one_account([FUTURE], [60_000.0], [0.0], [0.1], [0.0], [-1.0], index=60_000.0)
     res = portfolio_margin(pf, mk, p)
     assert_ticks_near(res.maintenance[0], 0.16 * 60_000.0)
-    assert p.scenario(int(res.worst[0])) == (0.16, "up")  # ties with +500%: the lower index wins
+    assert p.scenario(int(res.worst[0])) == (0.16, "worst")  # ties with +500%: the lower index wins
 
 
 # (kinds, strikes, expiries, sizes, expected contingency in units of index * 1%, or of 1% coin
@@ -384,11 +386,11 @@ def test_standard_margin(cpu):
 
 def test_margin_params():
     p = MarginParams()
-    assert p.n_scenarios == 35 + 24 and p.moves[4] == 0.0 and len(p.moves) == 9
-    assert p.scenario(9 + 4) == (0.0, "same") and p.scenario(27) == (-0.66, "up")
-    assert p.scenario(34) == (5.0, "up") and p.scenario(26) == (0.16, "down")
-    assert p.scenario(35) == ((-0.16, -0.12), "up") and p.scenario(35 + 8 + 3) == ((-0.04, 0.0), "same")
-    assert p.scenario(58) == ((0.12, 0.16), "down")
+    assert p.n_scenarios == 9 + 8 + 8 and p.moves[4] == 0.0 and len(p.moves) == 9
+    assert p.scenario(4) == (0.0, "worst") and p.scenario(9) == (-0.66, "up")
+    assert p.scenario(16) == (5.0, "up") and p.scenario(8) == (0.16, "worst")
+    assert p.scenario(17) == ((-0.16, -0.12), "worst") and p.scenario(17 + 3) == ((-0.04, 0.0), "worst")
+    assert p.scenario(24) == ((0.12, 0.16), "worst")
     assert p.extended_weights[3] == 0.16 and len(p.extended_weights) == 8
     for bad in (dict(tick=0.0), dict(moves=()), dict(moves=(-1.0, 0.0)), dict(vol_up=-0.1),
                 dict(initial_multiplier=0.9), dict(vol_down_floor=0.0), dict(extended_weight=float("nan")),
@@ -396,8 +398,8 @@ def test_margin_params():
                 dict(extended_moves=(0.5,) * 17)):
         with pytest.raises(ValueError, match="MarginParams"):
             MarginParams(**bad)
-    with pytest.raises(ValueError, match="scenario index 59"):
-        p.scenario(59)
+    with pytest.raises(ValueError, match="scenario index 25"):
+        p.scenario(25)
 
 
 def test_param_array_layout_matches_kernel():
