@@ -1,8 +1,8 @@
 """Options risk on each backend, against NumPy/SciPy vectorised implementations of the same math run
 in the same process: greeks of 10^6 options, and portfolio margin of 10,000 accounts x 20
-positions over the full scenario grid (9 moves x 3 vol states, each position at its worst, + 8 extended
-moves), the NumPy/SciPy
-side being accel.risk_numpy, the margin software-only validators run."""
+positions over the full scenario grid (9 moves x 3 vol states, each position at its worst, + 8
+extended moves), the NumPy/SciPy side being accel.risk_numpy, the margin software-only validators
+run."""
 import numpy as np
 from scipy.special import ndtr
 
