@@ -110,11 +110,11 @@ DEVICE void rk_position(double t, double vol, GLOBAL const double *pp, double *d
 /* A position's P&L at its own worst vol state (a, b, c: up, same, down), so that vols moving apart
  * (one option's up, another's down, each within its range) are covered: an option's value is
  * monotone in its vol, so its loss anywhere in its range is at most the worse end's. Not finite
- * when one of the three is not: a NaN must not hide behind the min. */
+ * when one of the three is not, so that a NaN or an infinity never hides behind the min: 0 * x is
+ * a zero for a finite x and NaN otherwise (cheaper than three tests in the C fallback's loops). */
 DEVICE double rk_worst(double a, double b, double c)
 {
-    double m = mx_min(mx_min(a, b), c);
-    return mx_sel(mx_isfinite(a) & mx_isfinite(b) & mx_isfinite(c), m, a + b + c);
+    return mx_min(mx_min(a, b), c) + (0.0 * a + 0.0 * b + 0.0 * c);
 }
 
 /* Rows of one instrument in an account are one position, at one vol state: row p's net size (its

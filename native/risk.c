@@ -155,6 +155,9 @@ static void value_chunk(const int32_t *inst, int np, const double *forward, cons
     }
 }
 
+/* (AVX2 where present, as value_chunk: the per-move and per-gap sums vectorise, the same IEEE
+ * operations either way) */
+__attribute__((target_clones("avx2", "default")))
 static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32_t *pos_inst, const double *pos_size,
                                  const double *forward, const double *strike, const double *expiry, const double *vol,
                                  const uint8_t *kind, const double *pp, const double *table, int64_t *im, int64_t *mm,
