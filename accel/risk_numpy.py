@@ -400,15 +400,10 @@ def _counts_ok(pp) -> bool:
     return bool(1.0 <= nm <= risk._MAX_MOVES and 0.0 <= ne <= risk._MAX_EXT)
 
 
-def _worst(a, b, c):
-    """rk_worst: the least of a position's three vol states, not finite where one is not."""
-    return _min(_min(a, b), c) + (0.0 * a + 0.0 * b + 0.0 * c)
-
-
 def _losses(pf, mk, pp):
     """Loss matrix (scenarios, accounts) with the kernel's bits: each account's positions in row
-    order (portfolio_margin_item), each adding size * (value - base) at its worst vol state to each
-    standard move's P&L and as it is to each extended move's (rk_pnl_add); then -pnl, times the
+    order (portfolio_margin_item), each adding size * (value - base) in its vol state (rk_state) to
+    each standard move's P&L and as it is to each extended move's (rk_pnl_add); then -pnl, times the
     weight for the extended scenarios, then each gap's loss from its sums (rk_gaps_add,
     rk_gap_loss); and per account whether it holds long options only and their value (sum of
     size * base in row order)."""
@@ -438,32 +433,29 @@ def _losses(pf, mk, pp):
         long_only[a] &= ~(size < 0.0) & ~(future & (size != 0.0))  # rk_long_option
         long_value[a] += size * base[where_[rows]]
         d = size[:, None] * dv[where_[rows], :nvals]
-        by_state = d[:, :3 * nm].reshape(len(a), 3, nm)  # (rows, vol state, move)
-        pnl[a, :nm] += _worst(*by_state.transpose(1, 0, 2))
+        state = np.where(size > 0.0, 2, 0)  # rk_state
+        n = np.arange(len(a))
+        xs = d[:, :3 * nm].reshape(len(a), 3, nm)[n, state]  # (rows, move) in each row's state
+        pnl[a, :nm] += xs
         pnl[a, nm:] += d[:, 3 * nm:]
         chord = np.where(inverse, future & (size > 0.0), future | (size < 0.0))  # rk_gap_class
         tangent = np.where(inverse, future & (size < 0.0), ~future & (size > 0.0)) & ~chord
-        x, y = by_state[:, :, :-1], by_state[:, :, 1:]  # each gap's ends, (rows, vol state, gap)
+        x, y = xs[:, :-1], xs[:, 1:]  # each gap's ends
         m = _min(x, y)
-
-        def worst(lines):  # (rows, vol state, gap) -> (rows, gap)
-            return _worst(lines[:, 0], lines[:, 1], lines[:, 2])
-
         c = np.flatnonzero(~tangent)  # chords and horizontal lines: what every bound takes
-        mono = worst(m[c])
-        sums[0, a[c]] += np.where(chord[c, None], worst(x[c]), mono)
-        sums[1, a[c]] += np.where(chord[c, None], worst(y[c]), mono)
+        sums[0, a[c]] += np.where(chord[c, None], x[c], m[c])
+        sums[1, a[c]] += np.where(chord[c, None], y[c], m[c])
         t = np.flatnonzero(tangent)
         if len(t):
-            it = where_[rows[t]]  # their instruments
-            st = size[t, None, None]
-            pc = st * dv[it, nvals:].reshape(len(t), 3, nm - 1)
-            sc = st * slope[it, :ng].reshape(len(t), 3, nm - 1)
-            sp = st * slope[it, ng:].reshape(len(t), 3, nm)
-            sa, sb = sp[:, :, :-1], sp[:, :, 1:]
+            it, nt, vt = where_[rows[t]], np.arange(len(t)), state[t]  # their instruments and states
+            st = size[t, None]
+            pc = st * dv[it, nvals:].reshape(len(t), 3, nm - 1)[nt, vt]
+            sc = st * slope[it, :ng].reshape(len(t), 3, nm - 1)[nt, vt]
+            sp = st * slope[it, ng:].reshape(len(t), 3, nm)[nt, vt]
+            sa, sb = sp[:, :-1], sp[:, 1:]
             xt, yt = x[t], y[t]
-            for k, lines in enumerate((m[t], pc + sc * da, pc + sc * db, xt, xt + sa * w, yt - sb * w, yt), 2):
-                sums[k, a[t]] += worst(lines)
+            for k, add in enumerate((m[t], pc + sc * da, pc + sc * db, xt, xt + sa * w, yt - sb * w, yt), 2):
+                sums[k, a[t]] += add
     loss = np.empty((nscen + nm - 1, n_acc))
     loss[:nscen, order] = (-pnl).T
     loss[nm:nscen] *= weight[:, None]  # -pnl[s] * weight[s]

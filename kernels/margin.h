@@ -1,5 +1,5 @@
 /* Per-account margin: Deribit-style portfolio margin (revalue every position under a grid of
- * underlying moves, each position at its own worst volatility state, take the worst loss) and
+ * underlying moves, each position in its own worst volatility state, take the worst loss) and
  * standard margin for short options. One work item per account; positions are summed in array
  * order, so every backend adds the same numbers in the same order. Money leaves as integer ticks. docs/RISK.md documents every
  * parameter. */
@@ -107,14 +107,15 @@ DEVICE void rk_position(double t, double vol, GLOBAL const double *pp, double *d
     vols[2] = vol * mx_max(1.0 - pp[RK_P_VOL_DOWN] * shock, pp[RK_P_VOL_DOWN_FLOOR]);
 }
 
-/* A position's P&L at its own worst vol state (a, b, c: up, same, down), so that vols moving apart
- * (one option's up, another's down, each within its range) are covered: an option's value is
- * monotone in its vol, so its loss anywhere in its range is at most the worse end's. Not finite
- * when one of the three is not, so that a NaN or an infinity never hides behind the min: 0 * x is
- * a zero for a finite x and NaN otherwise (cheaper than three tests in the C fallback's loops). */
-DEVICE double rk_worst(double a, double b, double c)
+/* The vol state (0 up, 2 down) a position is margined in: the one in which it is worth least at
+ * every move, vol down for a long option and vol up for a short one (an option's value rises with
+ * its vol; a future's does not depend on it). Each position at its own worst state covers a mark
+ * that moves each vol anywhere inside its own range, independently (one option's up, another's
+ * down: a skew steepening, a calendar's near vol falling as its far vol rises), where one state for
+ * the whole book let a long option's vega net against a short one's (docs/RISK.md). */
+DEVICE int rk_state(double size)
 {
-    return mx_min(mx_min(a, b), c) + (0.0 * a + 0.0 * b + 0.0 * c);
+    return size > 0.0 ? 2 : 0;
 }
 
 /* Rows of one instrument in an account are one position, at one vol state: row p's net size (its
@@ -188,7 +189,7 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
 /* The gaps between adjacent standard moves. A grid of moves alone misses a book whose positions
  * offset at every move and not between them (long calls struck between two moves, short futures:
  * flat at both, a loss in the middle). Each gap (moves a and b, array neighbours) gets a bound of
- * the loss anywhere between them from lines below each position's P&L P_p(m) in each vol state
+ * the loss anywhere between them from lines below each position's P&L P_p(m) in its vol state
  * (docs/RISK.md, "Gaps between the moves"):
  *  - every instrument's value is monotone in the index, so min(P_p(a), P_p(b)) is below P_p;
  *  - a P&L concave or linear in the move (short linear options, linear futures, long inverse
@@ -196,11 +197,10 @@ DEVICE double rk_contingency(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 
  *    above each of its tangents, here at the gap's middle, at a and at b.
  * Four bounds: the chords (concave), the horizontal lines (inverse options, whose curvature has no
  * sign), and for the convex positions either their horizontal lines or one of their three
- * tangents. Each position takes the least of its three vol states' lines (rk_worst), a concave
- * function of the move, and so is the sum: each bound's minimum is at a or b; the largest of the
- * four counts. Books whose positions all move one way get their endpoints' loss; hedged books
- * about their worst loss (a long option hedged at its delta: its tangent at the hedge's move is
- * flat). */
+ * tangents, each position in its own vol state (rk_state). Each is a line in the move, whose
+ * minimum is at a or b; the largest of the four counts. Books whose positions all move one way get
+ * their endpoints' loss; hedged books about their worst loss (a long option hedged at its delta:
+ * its tangent at the hedge's move is flat). */
 #define RK_GAP_MONO 0
 #define RK_GAP_CHORD 1
 #define RK_GAP_TANGENT 2
@@ -248,48 +248,43 @@ DEVICE void rk_gap_offsets(int nm, GLOBAL const double *pp, double *off)
     for (int i = 0; i < nm - 1; i++) rk_gap_mid(i, pp, off + 3 * i);
 }
 
-/* Adds one position to the gaps' sums, gaps[k * RK_MAX_BANDS + i] for the gap from move i to i + 1:
- * k = 0, 1 what every bound takes of the chords and horizontal lines at a and at b; of the tangent
- * positions: 2 their horizontal lines, 3 and 4 their middle tangents at a and b, 5 and 6 their
- * tangents at a, 7 and 8 at b; each the least over the position's vol states (rk_worst). d[s]: the
- * position's P&L at its value s (rk_scenario); vc[g], sm[g]: its instrument's value and f *
- * rk_dvalue at the middle of gap i in vol state v, g = v * (nm - 1) + i; sp[s] f * rk_dvalue at
- * value s, read only for a tangent; off: rk_gap_offsets. (Split on the class outside the loops,
- * which then vectorise in the C fallback.) */
+/* Adds one position, in vol state v (rk_state), to the gaps' sums, gaps[k * RK_MAX_BANDS + i] for
+ * the gap from move i to i + 1: k = 0, 1 what every bound takes of the chords and horizontal lines
+ * at a and at b; of the tangent positions: 2 their horizontal lines, 3 and 4 their middle tangents
+ * at a and b, 5 and 6 their tangents at a, 7 and 8 at b. d[s]: the position's P&L at its value s
+ * (rk_scenario); vc[g], sm[g]: its instrument's value and f * rk_dvalue at the middle of gap i in
+ * vol state w, g = w * (nm - 1) + i; sp[s] f * rk_dvalue at value s, read only for a tangent; off:
+ * rk_gap_offsets. (Split on the class outside the loops, which then vectorise in the C fallback.) */
 DEVICE void rk_gaps_add(const double *d, const double *vc, const double *sm, const double *sp, const double *off,
-                        double base, double size, int cls, int nm, double *gaps)
+                        double base, double size, int cls, int nm, int v, double *gaps)
 {
     double *ca = gaps, *cb = gaps + RK_MAX_BANDS;
-    const double *x = d, *y = d + nm, *z = d + 2 * nm; /* vol up, same, down */
+    const double *x = d + v * nm;
+    int g0 = v * (nm - 1);
     if (cls == RK_GAP_CHORD) {
         for (int i = 0; i < nm - 1; i++) {
-            ca[i] += rk_worst(x[i], y[i], z[i]);
-            cb[i] += rk_worst(x[i + 1], y[i + 1], z[i + 1]);
+            ca[i] += x[i];
+            cb[i] += x[i + 1];
         }
     } else if (cls == RK_GAP_MONO) {
         for (int i = 0; i < nm - 1; i++) {
-            double m = rk_worst(mx_min(x[i], x[i + 1]), mx_min(y[i], y[i + 1]), mx_min(z[i], z[i + 1]));
+            double m = mx_min(x[i], x[i + 1]);
             ca[i] += m;
             cb[i] += m;
         }
     } else {
         for (int i = 0; i < nm - 1; i++) {
+            double *t = gaps + i;
             const double *o = off + 3 * i;
-            double line[7][3]; /* the sums 2..8 in each vol state */
-            for (int v = 0; v < 3; v++) {
-                const double *xv = d + v * nm;
-                int g = v * (nm - 1) + i;
-                double pc = size * (vc[g] - base), sc = size * sm[g];
-                double sa = size * sp[v * nm + i], sb = size * sp[v * nm + i + 1];
-                line[0][v] = mx_min(xv[i], xv[i + 1]);
-                line[1][v] = pc + sc * o[0];
-                line[2][v] = pc + sc * o[1];
-                line[3][v] = xv[i];
-                line[4][v] = xv[i] + sa * o[2];
-                line[5][v] = xv[i + 1] - sb * o[2];
-                line[6][v] = xv[i + 1];
-            }
-            for (int k = 0; k < 7; k++) gaps[(k + 2) * RK_MAX_BANDS + i] += rk_worst(line[k][0], line[k][1], line[k][2]);
+            double pc = size * (vc[g0 + i] - base), sc = size * sm[g0 + i];
+            double sa = size * sp[v * nm + i], sb = size * sp[v * nm + i + 1];
+            t[2 * RK_MAX_BANDS] += mx_min(x[i], x[i + 1]);
+            t[3 * RK_MAX_BANDS] += pc + sc * o[0];
+            t[4 * RK_MAX_BANDS] += pc + sc * o[1];
+            t[5 * RK_MAX_BANDS] += x[i];
+            t[6 * RK_MAX_BANDS] += x[i] + sa * o[2];
+            t[7 * RK_MAX_BANDS] += x[i + 1] - sb * o[2];
+            t[8 * RK_MAX_BANDS] += x[i + 1];
         }
     }
 }
@@ -341,15 +336,16 @@ DEVICE void rk_finish(u64 a, const double *pnl, const double *gaps, int nm, int 
 }
 
 /* Adds one position's values d[] (rk_scenario's order) to the account's scenario P&Ls: each
- * standard move at the position's worst vol state, each extended move as it is. */
-DEVICE void rk_pnl_add(const double *d, int nm, int ne, double *pnl)
+ * standard move in its vol state v (rk_state), each extended move as it is (vol up). */
+DEVICE void rk_pnl_add(const double *d, int nm, int ne, int v, double *pnl)
 {
-    for (int i = 0; i < nm; i++) pnl[i] += rk_worst(d[i], d[nm + i], d[2 * nm + i]);
+    for (int i = 0; i < nm; i++) pnl[i] += d[v * nm + i];
     for (int e = 0; e < ne; e++) pnl[nm + e] += d[3 * nm + e];
 }
 
-/* Account a: each position (rk_net) revalued at every move in every vol state (and, for a tangent,
- * at every gap's middle), losses and the gaps' bounds summed in position order. (The C fallback batches the
+/* Account a: each position (rk_net) revalued at every move in its vol state (rk_state) and at every
+ * extended move (and, for a tangent, at every gap's middle), losses and the gaps' bounds summed in
+ * position order. (The C fallback batches the
  * same rk_value and rk_dvalue calls and sums in the same order; see native/risk.c.) */
 DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const i32 *pos_inst,
                                   GLOBAL const double *pos_size, GLOBAL const double *forward,
@@ -374,38 +370,38 @@ DEVICE void portfolio_margin_item(u64 a, GLOBAL const i64 *offsets, GLOBAL const
     int long_only = 1;
     double long_value = 0.0;
     for (i64 p = offsets[a]; p < offsets[a + 1]; p++) {
+        int first;
+        double size = rk_net(p, offsets[a], offsets[a + 1], pos_inst, pos_size, &first);
+        if (!first) continue;
         i32 j = pos_inst[p];
         u32 fl = kind[j];
         double f = forward[j], k = strike[j], v = vol[j];
         double disc, rt, vols[3];
         rk_position(expiry[j], v, pp, &disc, &rt, vols);
         double base = rk_value(fl, f, index, k, rt, v, disc);
-        int first;
-        double size = rk_net(p, offsets[a], offsets[a + 1], pos_inst, pos_size, &first);
-        if (!first) continue;
         long_only &= rk_long_option(fl, size);
         long_value += size * base;
+        int ps = rk_state(size);
         for (int s = 0; s < nvals; s++) {
             int vs;
             double mv = rk_scenario(s, nm, pp, &vs);
+            if (s < 3 * nm && vs != ps) continue; /* another state's value: no sum reads it */
             d[s] = size * (rk_value(fl, f * mv, index * mv, k, rt, vols[vs], disc) - base);
         }
-        rk_pnl_add(d, nm, ne, pnl);
+        rk_pnl_add(d, nm, ne, ps, pnl);
         int cls = rk_gap_class(fl, size);
         if (cls == RK_GAP_TANGENT) {
-            for (int s = 0; s < 3 * nm; s++) {
-                int vs;
-                double mv = rk_scenario(s, nm, pp, &vs);
-                sp[s] = f * rk_dvalue(fl, f * mv, k, rt, vols[vs], disc);
+            for (int i = 0; i < nm; i++) {
+                double mv = 1.0 + pp[RK_P_MOVES + i];
+                sp[ps * nm + i] = f * rk_dvalue(fl, f * mv, k, rt, vols[ps], disc);
             }
-            for (int vs = 0; vs < 3; vs++)
-                for (int i = 0; i < nm - 1; i++) {
-                    double o[3], mc = rk_gap_mid(i, pp, o);
-                    vc[vs * (nm - 1) + i] = rk_value(fl, f * mc, index * mc, k, rt, vols[vs], disc);
-                    sm[vs * (nm - 1) + i] = f * rk_dvalue(fl, f * mc, k, rt, vols[vs], disc);
-                }
+            for (int i = 0; i < nm - 1; i++) {
+                double o[3], mc = rk_gap_mid(i, pp, o);
+                vc[ps * (nm - 1) + i] = rk_value(fl, f * mc, index * mc, k, rt, vols[ps], disc);
+                sm[ps * (nm - 1) + i] = f * rk_dvalue(fl, f * mc, k, rt, vols[ps], disc);
+            }
         }
-        rk_gaps_add(d, vc, sm, sp, off, base, size, cls, nm, gaps);
+        rk_gaps_add(d, vc, sm, sp, off, base, size, cls, nm, ps, gaps);
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);
     rk_finish(a, pnl, gaps, nm, nscen, contingency, long_only, long_value, pp, im, mm, worst);

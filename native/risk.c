@@ -185,8 +185,9 @@ static void portfolio_margin_one(uint64_t a, const int64_t *offsets, const int32
             long_only &= rk_long_option(kind[pos_inst[p0 + q]], size);
             long_value += size * base;
             for (int s = 0; s < nvals; s++) d[s] = size * (val[1 + s] - base);
-            rk_pnl_add(d, nm, ne, pnl);
-            rk_gaps_add(d, vc, sm, sp, off, base, size, rk_gap_class(kind[pos_inst[p0 + q]], size), nm, gaps);
+            int ps = rk_state(size);
+            rk_pnl_add(d, nm, ne, ps, pnl);
+            rk_gaps_add(d, vc, sm, sp, off, base, size, rk_gap_class(kind[pos_inst[p0 + q]], size), nm, ps, gaps);
         }
     }
     double contingency = rk_contingency(a, offsets, pos_inst, pos_size, strike, expiry, kind, pp);

@@ -4,7 +4,7 @@ its initial margin, its other side the attacker's second account. An oracle mark
 stays inside its own scenario range but they move apart (OTM put vol to its vol-up state, OTM call
 vol to its vol-down state: a skew steepening) took the book past its margin when the kernel shocked
 every vol of a book the same way, and the fund paid the counterparty 107,103 USD. Each position is
-now at its own worst vol state at every move (kernels/margin.h, rk_worst)."""
+now in its own worst vol state at every move (kernels/margin.h, rk_state)."""
 import pytest
 from nacl.signing import SigningKey
 

@@ -1,8 +1,9 @@
 """Vols moving apart (docs/RISK.md, "Portfolio margin"; review s19): a mark may move each option's
 vol anywhere inside its own range, from its vol-down state to its vol-up state, independently of
 the others. The maintenance margin covers the loss of every such mark whose index move stays inside
-the standard grid: each position is taken at its own worst vol state at every move and in every gap
-(kernels/margin.h, rk_worst), so a long option's vega no longer nets against a short one's."""
+the standard grid: each position is taken in its own worst vol state (down for a long option, up
+for a short one) at every move and in every gap (kernels/margin.h, rk_state), so a long option's
+vega no longer nets against a short one's."""
 from __future__ import annotations
 
 import numpy as np
