@@ -21,6 +21,7 @@ _SPOT = 4
 _KINDS = (PUT, CALL, FUTURE, PUT | INVERSE, CALL | INVERSE, FUTURE | INVERSE)
 _IS_KIND = np.isin(np.arange(256), _KINDS)  # by uint8 kind: a lookup costs a tenth of np.isin
 _MAX_MOVES = _MAX_EXT = 16  # RK_MAX_MOVES, RK_MAX_EXT
+_MAX_SHOCK_LOG = 700.0  # the largest vol shock is e^700 (finite, so 0 * it is 0)
 _GPU_CHUNK = 1 << 20  # options per chunk on a GPU: copies of one overlap the kernel of another
 _DBL_MAX = 1.7976931348623157e308
 _MAX_EXP_ARG = 700.0  # B76_MAX_EXP_ARG: |r t|, |(r-q) t| bound keeping discount and growth finite
@@ -109,6 +110,12 @@ class MarginParams:
             raise ValueError("MarginParams: every move must be above -1 (-100%)")
         if not 0.0 < self.vol_down_floor <= 1.0:
             raise ValueError(f"MarginParams.vol_down_floor must be in (0, 1], not {self.vol_down_floor}")
+        # The shock (vol_ref_days / DTE) ** vol_exponent is largest a day from expiry: an infinite
+        # one made vol_up 0 times it NaN, an up state no longer above the vol, and a short option
+        # (margined in its up state) was margined at its intrinsic value.
+        if self.vol_exponent * math.log(max(self.vol_ref_days, 1.0)) > _MAX_SHOCK_LOG:
+            raise ValueError(f"MarginParams: the vol shock of a 1-day option, vol_ref_days ** vol_exponent = "
+                             f"{self.vol_ref_days!r} ** {self.vol_exponent!r}, must stay below e^{_MAX_SHOCK_LOG:g}")
         if self.initial_multiplier < 1.0:
             raise ValueError(f"MarginParams.initial_multiplier must be >= 1, not {self.initial_multiplier}")
         for name in ("vol_ref_days", "days_per_year", "tick"):
@@ -132,8 +139,8 @@ class MarginParams:
     def scenario(self, i: int) -> tuple:
         """(underlying move, vol state) of scenario i as reported in MarginResult.worst; for a gap
         between two adjacent moves ((move, next move), vol state). The vol state of a standard move
-        and of a gap is "worst": each position at its own worst of up, same and down (vols moving
-        apart are covered); the extended moves' is "up"."""
+        and of a gap is "worst": each position in its own worst state, down for a long option and up
+        for a short one (vols moving apart are covered); the extended moves' is "up"."""
         n, ne = len(self.moves), len(self.extended_moves)
         if not 0 <= i < self.n_scenarios:
             raise ValueError(f"scenario index {i} outside 0..{self.n_scenarios - 1}")

@@ -1,8 +1,8 @@
 /* Per-account margin: Deribit-style portfolio margin (revalue every position under a grid of
  * underlying moves, each position in its own worst volatility state, take the worst loss) and
  * standard margin for short options. One work item per account; positions are summed in array
- * order, so every backend adds the same numbers in the same order. Money leaves as integer ticks. docs/RISK.md documents every
- * parameter. */
+ * order, so every backend adds the same numbers in the same order. Money leaves as integer
+ * ticks. docs/RISK.md documents every parameter. */
 #ifndef AV_MARGIN_H
 #define AV_MARGIN_H
 #include "portable.h"

@@ -142,3 +142,22 @@ def test_rows_of_one_instrument_are_one_position_at_one_vol_state(backends):
     tick = p.tick
     assert (np.abs(got.maintenance - whole.maintenance) * tick <= 1e-9 * whole.maintenance * tick + 2 * tick).all()
     assert (np.abs(got.initial - whole.initial) * tick <= 1e-9 * whole.initial * tick + 2 * tick).all()
+
+
+@pytest.mark.parametrize("strike,days", [(60_000.0, 30.0), (69_600.0, 1.0)])
+def test_a_short_option_is_margined_in_an_up_state_at_least_its_vol_whatever_the_shock(strike, days, backends):
+    """Review s20: vol_up = 0 with a shock that overflowed to infinity (vol_exponent 250, or
+    vol_ref_days 1e300) made the up state NaN, priced as expired: 10 short calls margined at 60,876
+    USD lost 66,795 at +16% with their vol unchanged. Such parameters are refused; the largest shock
+    allowed keeps the up state at the vol, and the margin covers that mark."""
+    for bad in (dict(vol_exponent=250.0), dict(vol_ref_days=1e300, vol_exponent=2.0)):
+        with pytest.raises(ValueError, match="vol shock of a 1-day option"):
+            MarginParams(vol_up=0.0, **bad)
+    p = MarginParams(vol_up=0.0, vol_up_floor=0.0, vol_exponent=200.0, extended_moves=())  # 30^200: 1e295
+    s = 60_000.0
+    mk = Marks(index=s, rate=0.0, forward=[s], strike=[strike], expiry=[days / 365], vol=[0.6], kind=[CALL])
+    pf = Portfolio(offsets=[0, 1], instrument=[0], size=[-10.0])
+    ref = risk_numpy.portfolio_margin(pf, mk, p)
+    for b in backends:
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(ref, portfolio_margin(pf, mk, p, backend=b))), b.name
+    assert book_losses(pf, mk, 0.16, mk.vol)[0] <= ref.maintenance[0] * p.tick

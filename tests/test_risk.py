@@ -395,7 +395,7 @@ def test_margin_params():
     for bad in (dict(tick=0.0), dict(moves=()), dict(moves=(-1.0, 0.0)), dict(vol_up=-0.1),
                 dict(initial_multiplier=0.9), dict(vol_down_floor=0.0), dict(extended_weight=float("nan")),
                 dict(vol_up_floor=-0.5), dict(vol_exponent_long=float("inf")), dict(future_contingency=-0.01),
-                dict(extended_moves=(0.5,) * 17)):
+                dict(extended_moves=(0.5,) * 17), dict(vol_exponent=250.0), dict(vol_ref_days=1e300, vol_exponent=2.0)):
         with pytest.raises(ValueError, match="MarginParams"):
             MarginParams(**bad)
     with pytest.raises(ValueError, match="scenario index 25"):
