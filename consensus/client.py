@@ -77,7 +77,12 @@ def public(key) -> bytes:
         return bytes(key.verify_key)
     if isinstance(key, VerifyKey):
         return bytes(key)
-    raw = bytes.fromhex(key[2:] if key[:2] == "0x" else key) if isinstance(key, str) else bytes(key)
+    if isinstance(key, str):
+        raw = bytes.fromhex(key[2:] if key[:2] == "0x" else key)
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        raw = bytes(key)
+    else:  # bytes(32) would be 32 zero bytes (the small-order identity), a list of ints anything
+        raise TypeError(f"a public key is a SigningKey, a VerifyKey, 32 bytes or hex, not {type(key).__name__}")
     if len(raw) != 32:
         raise ValueError(f"a public key is 32 bytes, not {len(raw)}")
     return raw
@@ -270,8 +275,16 @@ def mark(oracles: list[SigningKey], underlying: str, index: float, sequence: int
 
 
 def encode_tx(tx: Tx) -> dict:
-    body, sigs = tx
-    return {"tx": "0x" + body.hex(), "signatures": ["0x" + s.hex() for s in sigs]}
+    """A transaction (body, [signature, ...]) as the API's JSON; ValueError naming what is wrong."""
+    try:
+        body, sigs = tx
+    except (TypeError, ValueError):
+        raise ValueError(f"a transaction is (body, [signature, ...]), not {type(tx).__name__}") from None
+    if not isinstance(body, (bytes, bytearray)):
+        raise ValueError(f"a transaction's body is bytes, not {type(body).__name__}")
+    if not isinstance(sigs, (list, tuple)) or not all(isinstance(g, (bytes, bytearray)) for g in sigs):
+        raise ValueError("a transaction's signatures are a list of bytes, one per signer")
+    return {"tx": "0x" + body.hex(), "signatures": ["0x" + g.hex() for g in sigs]}
 
 
 def _reason(exc: BaseException) -> str:
@@ -573,11 +586,10 @@ class Client:
 
         def send(url):
             got = self._call(url, "/broadcast_txs", chunk).get("results")
-            if not isinstance(got, list) or len(got) != len(chunk["txs"]) or \
-                    not all(isinstance(r, dict) and r.get("hash") == h and type(r.get("accepted")) is bool
-                            for r, h in zip(got, hashes)):
+            verdicts = [_verdict(r, h) for r, h in zip(got, hashes)] if isinstance(got, list) else []
+            if len(verdicts) != len(chunk["txs"]) or None in verdicts:
                 raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
-            return got
+            return verdicts
         if all_validators:
             answers, failures = [], []
             for url in self.urls:
@@ -815,13 +827,27 @@ class Client:
         return self._call(url or self.urls[0], "/health", ok404=True)
 
 
+def _verdict(r, digest: str) -> dict | None:
+    """A validator's verdict on the transaction of that hash, the API's fields only (hash, code,
+    accepted, reason: a refusal's a string, an acceptance's empty; duplicate), or None when it is
+    not one: a hostile validator's extra fields never reach the merged verdict, nor a refusal
+    without a reason its printing."""
+    if not isinstance(r, dict) or r.get("hash") != digest or type(r.get("accepted")) is not bool:
+        return None
+    reason = r.get("reason")
+    if not (reason in (None, "") if r["accepted"] else isinstance(reason, str) and reason):
+        return None
+    out = {"hash": digest, "code": 0 if r["accepted"] else 1, "accepted": r["accepted"], "reason": reason}
+    return out | {"duplicate": True} if r["accepted"] and r.get("duplicate") is True else out
+
+
 def _merged(answers: list[tuple[str, dict]]) -> dict:
     """One transaction's verdict from each validator that answered (url, verdict): Client.broadcast."""
     took = [url for url, r in answers if r["accepted"]]
     if not took:
         return answers[0][1]
     out = dict(next(r for _, r in answers if r["accepted"]))
-    refused = {url: r.get("reason", "") for url, r in answers if not r["accepted"]}
+    refused = {url: r["reason"] for url, r in answers if not r["accepted"]}
     if refused:
         out |= {"accepted_by": took, "refused_by": refused}
     return out

@@ -169,10 +169,13 @@ def main(argv=None) -> int:
     too_many = launch_limit(args.validators)
     if too_many:  # an EMFILE traceback after the load was signed
         ap.error(f"--validators {args.validators}: {too_many}")
-    for name in (args.backends.split(",") if args.backends is not None else ()):
+    names = args.backends.split(",") if args.backends is not None else []
+    for name in names:
         if name not in ("cuda", "opencl", "cpu"):
             ap.error(f"--backends: {name!r} is not an accel backend (cuda, opencl, cpu)")
-    for name in (args.backends.split(",") if args.backends is not None else ()):
+    if len(set(names)) != len(names):  # its second run found the first's network in runs/, after a full run
+        ap.error(f"--backends {args.backends!r}: a backend given twice")
+    for name in names:
         found = accel.probe()[name]  # one that cannot start failed its run's first validator, after the signing
         if isinstance(found, BackendUnavailable):
             ap.error(f"--backends: {name} cannot run here: {str(found).splitlines()[0]}")

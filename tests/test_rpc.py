@@ -65,7 +65,8 @@ def test_bad_requests_get_a_4xx_with_one_line_and_the_node_carries_on(tmp_path):
         out = {}
         out["not json"] = await _post(s, base + "/broadcast_tx_sync", data=b"{nope")
         out["no tx"] = await _post(s, base + "/broadcast_tx_sync", json={"signatures": []})
-        out["bad hex"] = await _post(s, base + "/broadcast_tx_sync", json={"tx": "0xzz", "signatures": []})
+        # (neither hex nor base64: "0xzz" is base64 of 3 bytes, a malformed transaction, since review s21)
+        out["bad hex"] = await _post(s, base + "/broadcast_tx_sync", json={"tx": "0xzzz", "signatures": []})
         out["bad base64"] = await _post(s, base + "/broadcast_tx_sync", json={"tx": "!!", "signatures": []})
         out["sigs not list"] = await _post(s, base + "/broadcast_tx_sync", json={"tx": "0x00", "signatures": "x"})
         out["too deep"] = await _post(s, base + "/broadcast_txs", data=b"[" * 2000 + b"]" * 2000)
