@@ -126,9 +126,16 @@ def _globals(c: Clearing, leaves: list[bytes]) -> None:
             und = leaf[4:12].rstrip(b"\0").decode("ascii")
             index, seq, ts, nv = struct.unpack_from(">dQQH", leaf, 12)
             pos = 12 + 26
+            # the counts are checked against the leaf's length before any loop: a slice past the
+            # end reads as 0, so a 40-byte leaf claiming 65,535 values looped that many times, and
+            # a snapshot of such leaves held a syncing validator's loop for hours (review s21)
+            if len(leaf) < pos + 12 * nv + 2:
+                raise ValueError(f"a mark leaf of {len(leaf)} bytes for {nv} vols")
             vols = dict(struct.unpack_from(">Id", leaf, pos + 12 * j) for j in range(nv))
             pos += 12 * nv
             (nq,) = struct.unpack_from(">H", leaf, pos)
+            if len(leaf) != pos + 2 + 20 * nq:
+                raise ValueError(f"a mark leaf of {len(leaf)} bytes for {nv} vols and {nq} values")
             values = {int.from_bytes(leaf[pos + 2 + 20 * j:pos + 6 + 20 * j], "big"):
                       int.from_bytes(leaf[pos + 6 + 20 * j:pos + 22 + 20 * j], "big", signed=True) for j in range(nq)}
             c.marks[und] = Mark(index, vols, seq, ts, values)
