@@ -428,19 +428,26 @@ class Log(Sequence):
 
 class _Sizes:
     """A frozen layer of a SizeIndex: {key: size} (0: no position), never changed, and its holders
-    by side in order, sorted once when first asked for."""
+    by side in order, sorted once when first asked for, or built by the merge that made it."""
     __slots__ = ("entries", "views")
 
-    def __init__(self, entries: dict):
-        self.entries, self.views = entries, None
+    def __init__(self, entries: dict, views: tuple | None = None):
+        self.entries, self.views = entries, views
 
     def size(self) -> int:
         return len(self.entries)
 
     @staticmethod
     def job(lower: "_Sizes", upper: "_Sizes", bottom: bool):
-        """The merge of two layers' entries (_set_job's), as a layer."""
-        return _Sizes((yield from _set_job(lower.entries, upper.entries, bottom)))
+        """The merge of two layers' entries (_set_job's), as a layer, with its holders in order
+        when the lower one's were asked for: merged from the two layers' in the same bounded
+        steps, or the merge's result, a whole series' holders at a fold, was sorted in one block
+        by the next liquidation against the series (review s21: 94,712 entries at 80,000
+        holders, where a block changing 300 positions sorts 8)."""
+        entries = yield from _set_job(lower.entries, upper.entries, bottom)
+        if lower.views is None:  # never ordered: sorted when first asked for, as the layers under it
+            return _Sizes(entries)
+        return _Sizes(entries, (yield from _views_job(lower, upper)))
 
     def view(self, side: int) -> list:
         if self.views is None:
@@ -449,14 +456,32 @@ class _Sizes:
         return self.views[0 if side > 0 else 1]
 
 
+def _views_job(lower: _Sizes, upper: _Sizes):
+    """The holders in order of {**lower, **upper} on each side: lower's not in upper, with upper's,
+    merged (upper, frozen after lower was sorted, is sorted already: SizeIndex.copy)."""
+    out: tuple = ([], [])
+
+    def part(side: int):
+        low, up, newer = lower.view(side), upper.view(side), upper.entries
+        merged = heapq.merge((e for e in low if e[1] not in newer), up)
+        dst = out[0 if side > 0 else 1]
+
+        def step(k: int) -> int:  # (k entries out; the ones upper overrides are skipped on the way)
+            dst.extend(islice(merged, k))
+            return k
+        return len(low) + len(up), step
+    return _stepped([part(1), part(-1)], lambda: out)
+
+
 class SizeIndex:
     """One series' positions, key -> contracts (or one asset's positive balances, key -> quanta),
     versioned like VersionedSet (layers shared by the copies, a private delta, merged
     log-structured), and ordered(side): its holders on a side by (-|size|, key), the order
     auto-deleveraging closes against (clearing._Ranks) and step 6 charges in, in time
     proportional to the changes since the layers were sorted, not to the holders: each layer is
-    sorted once, when first asked for, and the layers are merged lazily (ordered) and, a bounded
-    step a copy, log-structured (VersionedSet's _Merges)."""
+    sorted once, when first asked for (or when frozen, once the index was ordered), and the layers
+    are merged lazily (ordered) and, a bounded step a copy, log-structured (VersionedSet's
+    _Merges), each merge building its result's order from its layers'."""
     __slots__ = ("_layers", "_delta", "_merges")
 
     def __init__(self, sizes: dict):
@@ -487,6 +512,8 @@ class SizeIndex:
         frozen = len(self._delta) if len(self._delta) > SET_DELTA else 0
         if frozen or self._merges:
             stack = [*self._layers, *([_Sizes(self._delta)] if frozen else ())]
+            if frozen and self._layers[0].views is not None:  # ordered before: the new layer is sorted
+                stack[-1].view(1)  # now, at the cost of its own changes, and each merge keeps its order
             stack, self._merges = _settle(stack, self._merges, frozen, _Sizes.size, _Sizes.job)
             self._layers = tuple(stack)
             if frozen:
