@@ -505,6 +505,9 @@ class Clearing:
         # one portfolio_margin call per (underlying, settlement asset).
         self.defer = False
         self.touched: set[tuple[bytes, str]] = set()
+        # the touched books not yet checked at a mark: each mark first checks them against initial
+        # margin at the marks before it (_check_unmarked)
+        self.unchecked: set[tuple[bytes, str]] = set()
         # Columnar execution (clearing_columns): while a block executes, the hot state of the
         # accounts it reaches lives in arrays; anything that reads accounts one by one writes them
         # back first (_flush).
@@ -535,6 +538,7 @@ class Clearing:
         new.history = {u: list(h) for u, h in self.history.items()}
         new.halted, new.funds, new.supply = dict(self.halted), dict(self.funds), dict(self.supply)
         new.assets, new.liquidations, new.touched = set(self.assets), self.liquidations.copy(), set(self.touched)
+        new.unchecked = set(self.unchecked)
         new.__dict__.pop("safe_keys", None)
         return new
 
@@ -1016,6 +1020,7 @@ class Clearing:
             if amount > cash:
                 raise Rejected(f"{what} of {amount} quanta of {asset} exceeds the cash, {max(cash, 0)} quanta")
             self.touched.add((key, asset))
+            self.unchecked.add((key, asset))
         else:
             (equity,), margin = self.equity([key]), self.margins([key], {asset})
             im = margin[asset][0][0] if asset in margin else 0
@@ -1063,6 +1068,7 @@ class Clearing:
             acct.nonce += 1
         if self.defer:
             self.touched.update(((buyer, asset), (seller, asset)))
+            self.unchecked.update(((buyer, asset), (seller, asset)))
             return
         try:
             short = self._below([(buyer, asset), (seller, asset)])
@@ -1080,15 +1086,46 @@ class Clearing:
         """With deferred margin: the accounts one of whose books a trade or withdrawal of this block
         touched and that book ends it below initial margin (one margin call per group for all of
         them); clears the record."""
-        if self._cols is not None:
-            self.touched |= self._cols.take_touched()
+        self._take_touched()
         by_asset: dict[str, set[bytes]] = {}
         for k, a in self.touched:
             by_asset.setdefault(a, set()).add(k)
-        self.touched = set()
+        self.touched, self.unchecked = set(), set()
         short = sorted({k for k, _, _ in self._below_by_asset(by_asset)}) if by_asset else []
         self._flush()
         return short
+
+    def _take_touched(self) -> None:
+        """The books the columns marked touched, into the record (the same books, held here)."""
+        if self._cols is not None:
+            books = self._cols.take_touched()
+            self.touched |= books
+            self.unchecked |= books
+
+    def _check_unmarked(self, underlying: str) -> None:
+        """Before a mark changes anything: ShortBooks if a book touched since the block began or
+        the last mark is below initial margin at the marks before this one. Deferred margin is
+        deferred to the next mark, not past it: margined at the block's end, after the mark, a
+        book could spend before the mark what the mark would pay it (a long side of an expiring
+        series, a future's gain), and what the mark then charged it, capped at its equity, went
+        on to bystanders. Review s21: the attacker's T, long 100 calls its W wrote, bought a future
+        of its X for its cash plus the coming fixing and sold it back at 0, X withdrew; the expiry
+        mark (+25%) left W bankrupt and T with 1 USD, and a bystander holding only cash paid
+        157,995 USD of W's debt (all its 1,000,000 at +50%). A touched book is now as sound at
+        the mark as one margined in an earlier block."""
+        if not self.defer:
+            return
+        self._take_touched()
+        if not self.unchecked:
+            return
+        by_asset: dict[str, set[bytes]] = {}
+        for k, a in self.unchecked:
+            by_asset.setdefault(a, set()).add(k)
+        short = sorted({k for k, _, _ in self._below_by_asset(by_asset)})
+        if short:
+            raise ShortBooks(short, f"is below initial margin before this {underlying} mark, after a transaction "
+                                    "of the same block touched its book")
+        self.unchecked = set()
 
     @functools.cached_property
     def oracle_set(self) -> frozenset:
@@ -1143,6 +1180,7 @@ class Clearing:
                    and i not in self.fixings and s.expiry > timestamp]  # expired: intrinsic
         if missing:
             raise Rejected(f"{underlying} mark lacks the vol of series {missing[0]}")
+        self._check_unmarked(underlying)
         new = Mark(index, dict(vols), sequence, timestamp, self._series_values(underlying, index, vols, timestamp))
         expiring = frozenset(i for i, s in mine.items() if i not in self.fixings and s.expiry <= timestamp)
         # after settlement the expiring series are cash: equity counts them at their fixing, margin skips them.

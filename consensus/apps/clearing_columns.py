@@ -250,7 +250,9 @@ class Columns:
                 new[self.keys[r]] = Account(nonce, collateral[j], dict(zip(ids[a:b], sizes[a:b])), slot)
             state._replace_many(new, dict(zip(new, leaves)))
             self.changed[:] = False
-        state.touched |= self.take_touched()
+        books = self.take_touched()
+        state.touched |= books
+        state.unchecked |= books
 
 
 class _Legs:

@@ -58,7 +58,7 @@ def restore(genesis: Clearing, blob: bytes, state_root: bytes, sha256_many) -> C
         _globals(c, globals_)
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
         raise ValueError(f"not a clearing snapshot: {exc}") from None
-    c.liquidations, c.touched, c.defer = Log(keep=LIQUIDATIONS_KEPT), set(), False
+    c.liquidations, c.touched, c.unchecked, c.defer = Log(keep=LIQUIDATIONS_KEPT), set(), set(), False
     if c.state_root(sha256_many) != state_root:
         raise ValueError("the snapshot's state root does not match the committed block's")
     if c.globals_leaves() != globals_:
