@@ -1106,6 +1106,16 @@ class NodeRunner:
         self._top_up()
         self._apply(self.core.start())
 
+    def _unsynced(self) -> None:
+        """No peer offered a snapshot (statesync.FRUITLESS_ROUNDS rounds of them): the core starts
+        from the genesis, as without state sync, and fetches the blocks as any validator behind."""
+        sync, self.sync = self.sync, None
+        log.warning("state sync: no peer offered a snapshot in %d rounds of the peers (a young network, or "
+                    "snapshot_every = 0); starting from the genesis and fetching every block",
+                    statesync.FRUITLESS_ROUNDS, extra={"sync_counters": dict(sync.counters)})
+        self._top_up()
+        self._apply(self.core.start())
+
     def _replaying(self, history):
         """history as the core replays it, each block counted and its transactions indexed (/tx) as
         it goes: the store reads it a batch at a time, never whole."""
@@ -1398,6 +1408,8 @@ class NodeRunner:
                     self._apply(self.sync.handle(rest[0], rest[1]))
                 if self.sync.done is not None:
                     self._synced()
+                elif self.sync.from_genesis:
+                    self._unsynced()
                 continue
             if kind == "timer":
                 if rest[0] == self.core.view and rest[0] not in (self.timed_out, self.core.rearmed):  # its first timeout

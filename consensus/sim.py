@@ -419,6 +419,9 @@ class Simulation:
                     self.undecodable += 1
             if node.sync.done is not None:
                 self._synced(node)
+            elif node.sync.from_genesis:  # no peer offered a snapshot: from the genesis, as node.py does
+                node.sync = None
+                self._restart(node)
             return
         if kind == "timer":
             work = lambda: node.core.on_timer(rest[0])  # noqa: E731
