@@ -58,6 +58,8 @@ def old_propose(self, parent, exclude):
     self.marks_seen.last_handled = self.marks_seen.clock()
     candidates = [(h, p) for h, p in self.mempool.items() if h not in exclude] if exclude else \
         list(self.mempool.items())
+    # (each account's moves in nonce order over their places, as every proposal lists them since review s21)
+    candidates = list(m._nonce_order(iter(candidates), parent.clearing, self.mempool, set(exclude)))
     if len(candidates) > self.max_txs:
         if self.mempool.heaviest()[0] > self.max_txs // m.FAIR_PART:
             candidates = m._fair(candidates, parent.clearing, self.max_txs // max(1, len(self.mempool.count)))
@@ -143,7 +145,7 @@ def market():
     return c
 
 
-def stream(rnd: random.Random, head, heavy: bool) -> list:
+def stream(rnd: random.Random, head, heavy: bool, reversed_: bool = False) -> list:
     """Transactions around the committed state, in arrival order: deposits at, past (early) and
     twice at an account's next nonce, withdrawals small, large (a thin account short) and
     impossible, trades (some leaving a thin account short), fresh keys' registrations and what
@@ -188,6 +190,10 @@ def stream(rnd: random.Random, head, heavy: bool) -> list:
         k = rnd.choice(RICH_K)
         at = rnd.randint(0, len(out))
         out[at:at] = [signed(ctx.deposit(k, take(k), "USD", USD), [SK[k]]) for _ in range(rnd.randint(5, 40))]
+    if reversed_:  # a client's nonces sent last first (review s21: the candidates take each account's moves in nonce order)
+        a = rnd.randint(0, len(out))
+        b = rnd.randint(a, len(out))
+        out[a:b] = out[a:b][::-1]
     return out
 
 
@@ -227,7 +233,7 @@ def test_a_proposal_is_the_one_the_old_propose_made(seed):
         c = market()
         room = rnd.randint(2, 40)
         apps = [ClearingApp(Verifier("accel", "cpu"), c.snapshot(), max_txs=room) for _ in range(2)]
-        items = stream(rnd, c, heavy=rnd.random() < 0.3)
+        items = stream(rnd, c, heavy=rnd.random() < 0.3, reversed_=rnd.random() < 0.4)
         bad = ctx.decode(rnd.choice(items)[0]) if rnd.random() < 0.2 else None
 
         def failing(state, tx):

@@ -211,6 +211,73 @@ def _fair(candidates: list, state: Clearing, quantum: int = 1) -> list:
     return [item for one in rounds for item in one] if len(rounds) > 1 else candidates
 
 
+def _nonce_order(items: Iterator, state: Clearing, pool: "Mempool", skip: set) -> Iterator:
+    """items (digest, Pending), an order of the candidates, with each account's moves (deposits,
+    withdrawals, top-ups) in nonce order over the places its moves hold: at each place of an
+    account's move the account's next nonce is taken if a move pending holds it (pulled from
+    later in the order), else the move there; a move passed over goes at a later place of its
+    account's, or at the end, in nonce order. Trades, registrations and marks keep their places.
+    A client sending its nonces K - 1, ..., 1, 0 had each proposal look at, refuse and keep
+    waiting every one of them to take the 0 (_stays keeps a chain waiting in place): 10,000
+    candidates for a block of 20, a proposal of 100 from 100,000 pending 1.3 s against 60 ms in
+    nonce order (review s21). One dictionary look a candidate; a candidate is listed once."""
+    nxt: dict[bytes, int | None] = {}  # account -> the next nonce it is owed in this order
+    waiting: dict[bytes, list] = {}  # account -> heap of (nonce, seq, item): moves passed over
+    passed: set[bytes] = set()  # their digests
+    listed: set[bytes] = set()  # the moves listed so far (a pulled one's own place is passed over)
+    seq = 0
+
+    def next_of(k: bytes) -> int | None:
+        if k not in nxt:
+            nxt[k] = state.next_nonce(k)
+        return nxt[k]
+
+    def pulled(k: bytes, n: int):
+        for digest in sorted(pool.holders.get((k, n), ())):
+            held = pool.get(digest)
+            if held is not None and held.tx.op in ctx.MOVES and digest not in skip and digest not in listed \
+                    and digest not in passed:  # (listed: one listed at its place, its nonce passed by a trade's)
+                return digest, held
+        return None
+
+    for item in items:
+        if item[0] in listed:
+            continue
+        tx = item[1].tx
+        if tx.op not in ctx.MOVES:
+            for k, n in ctx.consumed(tx)[0]:
+                if next_of(k) == n:
+                    nxt[k] = n + 1
+            yield item
+            continue
+        k, n = tx.fields[0], tx.fields[1]
+        want = next_of(k)
+        if want is None or n == want:
+            nxt[k] = None if want is None else n + 1
+            listed.add(item[0])
+            yield item
+            continue
+        heap = waiting.get(k)
+        if heap and heap[0][0] == want:
+            out = heapq.heappop(heap)[2]
+            passed.discard(out[0])
+        else:
+            out = pulled(k, want) if n > want else None
+            if out is None:  # nothing holds the next nonce (yet): this one as it is
+                listed.add(item[0])
+                yield item
+                continue
+        listed.add(out[0])
+        seq += 1
+        heapq.heappush(waiting.setdefault(k, []), (n, seq, item))
+        passed.add(item[0])
+        nxt[k] = want + 1
+        yield out
+    for heap in waiting.values():  # what never found its place: in nonce order, at the end
+        while heap:
+            yield heapq.heappop(heap)[2]
+
+
 class _Candidates(list):
     """Candidates (digest, Pending) listed only as far as a fill reaches: the list so far, and the
     iterator `more` of those after it, which draw() appends to it (ClearingApp._apply_fill draws
@@ -1231,11 +1298,14 @@ class ClearingApp:
         self._proposing = (pool.seq, pool.removed)  # (_block: barren if still so and empty)
         skip = set(exclude)  # what no candidate list holds: the excluded, and the marks moved ahead
         listing = pool.items()  # the candidates' order: (digest, Pending) in arrival order
-        candidates = lazy = _Candidates(item for item in listing if item[0] not in skip)
+        ordered = True  # (each account's moves in nonce order: _nonce_order, or _fair over it)
+        candidates = lazy = _Candidates(_nonce_order((item for item in listing if item[0] not in skip),
+                                                     parent.clearing, pool, skip))
         if lazy.draw(room + 1) > room:  # (else the block may take them all: arrival order)
             if pool.heaviest()[0] > room // FAIR_PART:  # (the round-robin order needs them all)
                 lazy.draw(len(pool))
                 listing = _fair(lazy, parent.clearing, room // max(1, len(pool.count)))
+                ordered = False  # (listing, the round-robin order of them all, holds them in nonce order)
                 candidates = lazy = _Candidates(item for item in listing if item[0] not in skip)
             if MARKS in pool.count:  # (quorum marks admitted)
                 _quorum_marks_ahead(lazy, parent.clearing, room, pool, skip)
@@ -1243,6 +1313,7 @@ class ClearingApp:
         refusing: dict[bytes, str | None] = {}  # the first fills' refusals: evicted or requeued with the block
         first: list = []  # the candidates the first fill drew, when some were left past its reach
         reach = 0  # the first fill's reach
+        later: list = []  # the candidates in nonce order past what the first fill drew (order)
         free = 0  # the lead of the candidates no account holds back (the last fills: _marks_first)
         for attempt in range(MAX_PASSES + 3):
             if attempt == MAX_PASSES:  # the last resort: marks on a state nothing held back changes
@@ -1258,6 +1329,10 @@ class ClearingApp:
                     lazy.draw(len(pool))
                 elif len(candidates) > fill.stop or lazy.draw(1):
                     first, reach = list(candidates), fill.stop
+                    if ordered and (fill.short or fill.broken is not None):
+                        # (the rest of the nonce order, for a block going on past held-back
+                        # accounts, before anything leaves the mempool: its order is the pool's now)
+                        later = list(lazy.more) if lazy.more is not None else []
                 lazy.more = None
                 refusing = self._early(fill.refused)
             if attempt in (0, MAX_PASSES) and fill.stop is not None:
@@ -1286,7 +1361,8 @@ class ClearingApp:
         # too finds one short, the block stays as it was.
         signed = held_back.union(*(p.tx.signers for p in kept))
         seen = {digest for digest, _ in first}  # the rest of the tail: listed again, what is still pending
-        tail = itertools.chain(first[reach:], (c for c in listing if c[0] not in skip and c[0] not in seen))
+        rest = (c for c in (later if ordered else listing) if c[0] not in skip and c[0] not in seen)
+        tail = itertools.chain(first[reach:], rest)
         more = _Candidates(c for c in tail if c[0] in pool and c[1].tx.op != ctx.MARK
                            and signed.isdisjoint(c[1].tx.signers))
         out: set[bytes] = set()
