@@ -224,7 +224,7 @@ def _nonce_order(items: Iterator, state: Clearing, pool: "Mempool", skip: set) -
     nxt: dict[bytes, int | None] = {}  # account -> the next nonce it is owed in this order
     waiting: dict[bytes, list] = {}  # account -> heap of (nonce, seq, item): moves passed over
     passed: set[bytes] = set()  # their digests
-    listed: set[bytes] = set()  # the moves listed so far (a pulled one's own place is passed over)
+    listed: set[bytes] = set()  # moves listed ahead of their nonce (pulled ones: their own places passed over)
     seq = 0
 
     def next_of(k: bytes) -> int | None:
@@ -236,7 +236,7 @@ def _nonce_order(items: Iterator, state: Clearing, pool: "Mempool", skip: set) -
         for digest in sorted(pool.holders.get((k, n), ())):
             held = pool.get(digest)
             if held is not None and held.tx.op in ctx.MOVES and digest not in skip and digest not in listed \
-                    and digest not in passed:  # (listed: one listed at its place, its nonce passed by a trade's)
+                    and digest not in passed:
                 return digest, held
         return None
 
@@ -252,9 +252,8 @@ def _nonce_order(items: Iterator, state: Clearing, pool: "Mempool", skip: set) -
             continue
         k, n = tx.fields[0], tx.fields[1]
         want = next_of(k)
-        if want is None or n == want:
+        if want is None or n == want:  # (its nonce is passed for good: never pulled again)
             nxt[k] = None if want is None else n + 1
-            listed.add(item[0])
             yield item
             continue
         heap = waiting.get(k)
@@ -264,7 +263,8 @@ def _nonce_order(items: Iterator, state: Clearing, pool: "Mempool", skip: set) -
         else:
             out = pulled(k, want) if n > want else None
             if out is None:  # nothing holds the next nonce (yet): this one as it is
-                listed.add(item[0])
+                if n > want:  # (its nonce may come: it is not pulled then)
+                    listed.add(item[0])
                 yield item
                 continue
         listed.add(out[0])
