@@ -113,7 +113,7 @@ def test_the_node_handles_a_vote_queued_behind_a_flood_second(node):
 
 def test_a_node_taking_a_snapshot_serves_its_peers_in_turn_too(node):
     from types import SimpleNamespace
-    node.sync = SimpleNamespace(done=None, on_timer=lambda view: [])
+    node.sync = SimpleNamespace(done=None, from_genesis=False, on_timer=lambda view: [])
     _flood_then_vote(node._deliver)
     handled = _run_loop(node, lambda take: setattr(node.sync, "handle", take), 2)
     assert handled == [(1, "BlockRequest"), (2, "Vote")]
