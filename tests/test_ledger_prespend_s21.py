@@ -90,6 +90,19 @@ def test_the_settled_side_cannot_spend_the_fixing_before_the_expiry_mark():
     assert len(txs) == 1 and _bystander(state) == BYSTANDER and state.clearing.violations() == []
 
 
+def test_the_columnar_run_is_checked_too():
+    """The same attack inside a run of 43 moves (the columns, not one by one: MIN_RUN is 32), W's
+    deposits of a quantum after it: the positions the columns hold are the ones checked."""
+    c = _calls()
+    pay = c.accounts[K[T]].collateral["USD"] + N * 15_000 * USD - USD
+    nw = c.accounts[K[W]].nonce
+    pad = [signed(ctx.deposit(K[W], nw + j, "USD", 1), USERS[W]) for j in range(40)]
+    app, parent = app_on(c)
+    v = validate(app, parent, _prespend(c, pay, 3) + pad + [_mark(75_000.0, EXP)])
+    assert not v.ok and "below initial margin before this BTC mark" in v.reason, v.reason
+    assert validate(app, parent, pad + [_mark(75_000.0, EXP)]).ok
+
+
 def test_a_futures_gain_cannot_be_spent_before_its_mark():
     c = _futures()
     probe = c.snapshot()  # T's equity at the +60% mark less its maintenance there (W solvent in the probe)
