@@ -1107,10 +1107,10 @@ class NodeRunner:
         self._apply(self.core.start())
 
     def _unsynced(self) -> None:
-        """No peer offered a snapshot (statesync.FRUITLESS_ROUNDS rounds of them): the core starts
+        """f or fewer peers offered a snapshot (statesync.FRUITLESS_ROUNDS rounds of them): the core starts
         from the genesis, as without state sync, and fetches the blocks as any validator behind."""
         sync, self.sync = self.sync, None
-        log.warning("state sync: no peer offered a snapshot in %d rounds of the peers (a young network, or "
+        log.warning("state sync: f or fewer peers offered a snapshot in %d rounds of the peers (a young network, or "
                     "snapshot_every = 0); starting from the genesis and fetching every block",
                     statesync.FRUITLESS_ROUNDS, extra={"sync_counters": dict(sync.counters)})
         self._top_up()

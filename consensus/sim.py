@@ -419,7 +419,7 @@ class Simulation:
                     self.undecodable += 1
             if node.sync.done is not None:
                 self._synced(node)
-            elif node.sync.from_genesis:  # no peer offered a snapshot: from the genesis, as node.py does
+            elif node.sync.from_genesis:  # f or fewer peers offered a snapshot: from the genesis, as node.py does
                 node.sync = None
                 self._restart(node)
             return

@@ -93,7 +93,7 @@ MAX_TXS = 1 << 48   # a snapshot's count of committed transactions (the peer's w
 MAX_SYNC_BYTES = MAX_SNAPSHOT_CHUNKS * SNAPSHOT_CHUNK  # StateSync's default max_bytes: 4 GiB
 VOUCH_FREE = 64 << 20  # a snapshot up to this size is taken from one peer; a larger one needs f + 1 vouching
 VOUCH_FACTOR = 2       # a peer whose own snapshot is s bytes vouches for one up to 2 s + VOUCH_FREE
-FRUITLESS_ROUNDS = 2   # rounds of the peers with no snapshot offered (no chunk 0 with a valid proof) before `from_genesis`
+FRUITLESS_ROUNDS = 2   # rounds of the peers with snapshots offered by f or fewer of them before `from_genesis`
 
 
 def _direct_commit(proposals) -> int | None:
@@ -260,8 +260,8 @@ class StateSync:
     """A validator with an empty store, taking a snapshot from its peers (see the module's
     docstring). Like the core, it only computes: start(), handle(sender, msg) and on_timer() return
     Send and SetTimer actions (the timer's view is SYNC_TIMER); `done` is set once a snapshot
-    restored, `from_genesis` once FRUITLESS_ROUNDS rounds of the peers offered none (the validator
-    then starts from the genesis, as without state sync). Nothing a peer sends raises; what is refused is counted in `counters`. max_bytes:
+    restored, `from_genesis` once FRUITLESS_ROUNDS rounds of the peers had f or fewer offer one
+    (the validator then starts from the genesis, as without state sync). Nothing a peer sends raises; what is refused is counted in `counters`. max_bytes:
     the largest snapshot taken (at most MAX_SYNC_BYTES); the chunks held are never more than the
     manifest's size, which is at most this. clock: milliseconds, for a peer's snapshot's deadline
     (time.monotonic's unless given; the simulation gives its own)."""
@@ -276,10 +276,10 @@ class StateSync:
         self.asks = 0  # each ask sets its own timer (SYNC_TIMER - its number): an answered ask's timer is void
         self.tries = 0  # peers asked for a snapshot so far (each round of the n - 1 doubles chunk_ms)
         self.done: Synced | None = None
-        # no peer offered a snapshot in FRUITLESS_ROUNDS rounds: the validator starts from the
-        # genesis instead (_next_peer)
+        # f or fewer peers offered a snapshot in FRUITLESS_ROUNDS rounds: the validator starts
+        # from the genesis instead (_next_peer)
         self.from_genesis = False
-        self.offered = False  # a peer's chunk 0 came with a valid commit proof
+        self.offered: set[int] = set()  # peers whose chunk 0 came with a valid commit proof
         self.counters: dict[str, int] = {}
         self.highest = 0  # the highest snapshot restored in this sync, or begun by a peer then slow (_seen)
         self._reset()
@@ -298,12 +298,15 @@ class StateSync:
         self.counters[why] = self.counters.get(why, 0) + 1
 
     def _next_peer(self) -> list:
-        if not self.offered and self.tries >= FRUITLESS_ROUNDS * max(1, self.cfg.n - 1):
+        if len(self.offered) <= self.cfg.f and self.tries >= FRUITLESS_ROUNDS * max(1, self.cfg.n - 1):
             # A young network has no snapshot yet (the first is due at a quarter of
             # snapshot_every, and provable blocks later), nor one whose validators snapshot
             # nothing: waiting for one, a joiner never voted, and with one validator down it was
             # the 2f + 1st the chain needed to move and make one (review s21). Its peers then hold
             # every block from the genesis up, which it fetches as any validator behind does.
+            # f + 1 peers offering one: one of them is honest (a Byzantine one offers a real
+            # commit proof and junk, or goes quiet after its chunk 0: the second review), and an
+            # honest validator that holds no block from the genesis up holds snapshots.
             self.from_genesis = True
             self._count("no_snapshot")
             return []
@@ -455,7 +458,8 @@ class StateSync:
             return self._next_peer()
         probes = []
         if self.head is None:
-            self.head, self.size, self.offered = msg, size, True
+            self.head, self.size = msg, size
+            self.offered.add(sender)
             self.due = self.clock() + RETRY_MS + (msg.chunks - 1) * self.chunk_ms
             if self.probe:
                 b = msg.proof[_direct_commit(msg.proof) + 1].block

@@ -83,6 +83,20 @@ def test_a_base64_transaction_beginning_0x_is_accepted_over_http(tmp_path):
     assert status == 200 and answer["accepted"], answer
 
 
+def test_an_answer_with_more_verdicts_than_transactions_is_passed_over():
+    def extra(body):
+        got = _verdicts(True, "")(body)
+        return {"results": got["results"] + [{"junk": 1}]}
+    servers = [_fake_validator(extra)] + [_fake_validator(_verdicts(False, "stale nonce")) for _ in range(3)]
+    urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+    try:
+        out = cl.Client(urls, timeout=5).broadcast([cl.register(SigningKey(bytes(32)))])[0]
+        assert not out["accepted"] and "refused_by" not in out  # the three that answered right refused it
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
 @pytest.mark.parametrize("hostile", [{"accepted": False, "code": 1, "reason": None},
                                      {"accepted": False, "code": 1, "reason": ""},
                                      {"accepted": True, "reason": "", "refused_by": {"x": "y"}, "height": 9}])
