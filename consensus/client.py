@@ -586,8 +586,9 @@ class Client:
 
         def send(url):
             got = self._call(url, "/broadcast_txs", chunk).get("results")
-            verdicts = [_verdict(r, h) for r, h in zip(got, hashes)] if isinstance(got, list) else []
-            if len(verdicts) != len(hashes) or len(got) != len(hashes) or None in verdicts:
+            verdicts = ([_verdict(r, h) for r, h in zip(got, hashes)]
+                        if isinstance(got, list) and len(got) == len(hashes) else [None])
+            if None in verdicts:
                 raise RpcError(f"{url}/broadcast_txs: the answer does not hold one verdict per transaction")
             return verdicts
         if all_validators:

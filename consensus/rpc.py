@@ -71,6 +71,11 @@ class BadRequest(ValueError):
 _NOT_HEX = re.compile(r"[^0-9a-fA-F]")
 
 
+def _hex_digits(text: str) -> bool:
+    """An even number of hex digits and nothing else (bytes.fromhex alone would skip spaces)."""
+    return not len(text) % 2 and not _NOT_HEX.search(text)
+
+
 def decode_bytes(text, what: str) -> bytes:
     """'0x' + an even number of hex digits (nothing else: bytes.fromhex alone would skip spaces),
     else base64. '0', 'x' and 'X' are base64 digits too, so a base64 string may begin with "0x"
@@ -81,7 +86,7 @@ def decode_bytes(text, what: str) -> bytes:
     if not isinstance(text, str):
         raise BadRequest(f"{what} must be a string: \"0x\" + hex, or base64")
     try:
-        if text[:2] in ("0x", "0X") and not len(text) % 2 and not _NOT_HEX.search(text, 2):
+        if text[:2] in ("0x", "0X") and _hex_digits(text[2:]):
             return bytes.fromhex(text[2:])
         return base64.b64decode(text, validate=True)
     except (ValueError, binascii.Error):
@@ -93,7 +98,7 @@ def decode_hash(text, what: str) -> bytes:
     if not isinstance(text, str):
         raise BadRequest(f"{what} must be a string of 64 hex digits, not {type(text).__name__}")
     digits = text[2:] if text[:2] in ("0x", "0X") else text
-    if len(digits) % 2 or _NOT_HEX.search(digits):
+    if not _hex_digits(digits):
         raise BadRequest(f"{what} is not 64 hex digits")
     raw = bytes.fromhex(digits)
     if len(raw) != 32:

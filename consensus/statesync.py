@@ -261,7 +261,8 @@ class StateSync:
     docstring). Like the core, it only computes: start(), handle(sender, msg) and on_timer() return
     Send and SetTimer actions (the timer's view is SYNC_TIMER); `done` is set once a snapshot
     restored, `from_genesis` once FRUITLESS_ROUNDS rounds of the peers had f or fewer offer one
-    (the validator then starts from the genesis, as without state sync). Nothing a peer sends raises; what is refused is counted in `counters`. max_bytes:
+    (the validator then starts from the genesis, as without state sync). Nothing a peer sends
+    raises; what is refused is counted in `counters`. max_bytes:
     the largest snapshot taken (at most MAX_SYNC_BYTES); the chunks held are never more than the
     manifest's size, which is at most this. clock: milliseconds, for a peer's snapshot's deadline
     (time.monotonic's unless given; the simulation gives its own)."""
