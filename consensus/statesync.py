@@ -35,15 +35,21 @@ What a slow peer can cost is bounded too. A peer answering each chunk just insid
 held a sync for chunks x 2 s (about 8.5 minutes for a 1 GiB snapshot, and again for each such
 peer), and the chunks of one snapshot can only come from peers holding that snapshot (validators
 snapshot at staggered heights, so usually only the one). So each peer's snapshot is also due by
-a deadline, set when its chunk 0 arrives: RETRY_MS + (chunks - 1) x chunk_ms, chunk_ms being
-CHUNK_MS (500 ms) in the first round of the peers and doubling each round after, up to RETRY_MS.
+a deadline, set when its chunk 0 arrives: wait_ms + (chunks - 1) x chunk_ms. Both double each
+round of the peers: an ask waits wait_ms for its answer, RETRY_MS (2 s) in the first round, at
+most SLOW_MS (32 s); chunk_ms is CHUNK_MS (500 ms) in the first round, at most wait_ms.
 An ask's timer runs out at the deadline at the latest, and a chunk arriving after it is not
 taken: the peer is left for the next one (peer_slow), its chunks dropped, and the next peer's
 snapshot (of whatever height) is asked for. An honest peer serving 4 MiB chunks at about 64 Mbit/s
-or faster is done in the first round (each peer before it cost at most its deadline, RETRY_MS +
+or faster is done in the first round (each peer before it cost at most its deadline, 2 s +
 chunks x 500 ms); a slower one in the round whose deadline fits it, the rounds before it costing
 each peer at most its deadline: a sync takes at most about 4 (n - 1) times the longer of what the
-fastest honest peer needs and chunks x CHUNK_MS, where each slow Byzantine peer cost chunks x 2 s.
+fastest honest peer needs and chunks x CHUNK_MS, where each slow Byzantine peer cost that
+round's chunks x chunk_ms. A joiner's own link sets the pace too: until the s22 review the wait
+stayed 2 s, so one carrying less than 4 MiB in 2 s (about 17 Mbit/s) never took a chunk of a
+snapshot over 4 MiB, and its peers' chunk 0 answers, all late, counted as unasked; now a chunk 0
+late for its ask still counts as an offer and is taken while no other peer's is in (_late_head),
+and the rounds' waits grow to fit links down to about 1 Mbit/s.
 The chunk count is the peer's word, bounded by the vouched size (a snapshot over
 VOUCH_FREE needs f + 1 vouchers, one of them honest), so a Byzantine peer claiming a large
 snapshot for a long deadline gets at most the deadline of 2 x an honest snapshot + 64 MiB.
@@ -86,7 +92,8 @@ from .messages import (
 )
 from .store import Store, snapshot_row_problem
 
-RETRY_MS = 2_000.0  # a peer silent this long after an ask is left for the next one
+RETRY_MS = 2_000.0  # a peer silent this long after an ask is left for the next one (first round; doubling each round)
+SLOW_MS = 32_000.0  # ... up to this: a 4 MiB chunk at 1 Mbit/s
 CHUNK_MS = 500.0    # a peer's snapshot is due RETRY_MS + (chunks - 1) x this after its chunk 0 (doubling each round)
 SYNC_TIMER = -1     # the SetTimer view of state sync's first ask; ask n's is SYNC_TIMER - n (views are >= 0)
 MAX_TXS = 1 << 48   # a snapshot's count of committed transactions (the peer's word) beyond this is refused
@@ -94,6 +101,13 @@ MAX_SYNC_BYTES = MAX_SNAPSHOT_CHUNKS * SNAPSHOT_CHUNK  # StateSync's default max
 VOUCH_FREE = 64 << 20  # a snapshot up to this size is taken from one peer; a larger one needs f + 1 vouching
 VOUCH_FACTOR = 2       # a peer whose own snapshot is s bytes vouches for one up to 2 s + VOUCH_FREE
 FRUITLESS_ROUNDS = 2   # rounds of the peers with snapshots offered by f or fewer of them before `from_genesis`
+
+
+def _chunk_problem(msg: SnapshotChunk) -> bool:
+    """Whether a chunk is malformed: over SNAPSHOT_CHUNK bytes, short though not its snapshot's
+    last, or with a count of transactions out of range."""
+    last = msg.chunk == msg.chunks - 1
+    return len(msg.data) > SNAPSHOT_CHUNK or (not last and len(msg.data) != SNAPSHOT_CHUNK) or not 0 <= msg.txs < MAX_TXS
 
 
 def _direct_commit(proposals) -> int | None:
@@ -281,6 +295,7 @@ class StateSync:
         # from the genesis instead (_next_peer)
         self.from_genesis = False
         self.offered: set[int] = set()  # peers whose chunk 0 came with a valid commit proof
+        self.awaiting: set[int] = set()  # peers asked for a chunk 0 that has not come (see _late_head)
         self.counters: dict[str, int] = {}
         self.highest = 0  # the highest snapshot restored in this sync, or begun by a peer then slow (_seen)
         self._reset()
@@ -322,7 +337,9 @@ class StateSync:
     def _ask(self) -> list:
         height = self.head.height if self.head is not None else 0
         self.asks += 1
-        wait = RETRY_MS if self.due is None else min(RETRY_MS, max(0.0, self.due - self.clock()))
+        if self.head is None:
+            self.awaiting.add(self.peer)
+        wait = self.wait_ms if self.due is None else min(self.wait_ms, max(0.0, self.due - self.clock()))
         return [Send(self.peer, SnapshotRequest(height, len(self.parts))), SetTimer(self.timer, wait)]
 
     def _late(self) -> bool:
@@ -331,11 +348,21 @@ class StateSync:
         return self.due is not None and self.clock() >= self.due - 1.0
 
     @property
+    def _round(self) -> int:
+        return min(16, max(0, self.tries - 1) // max(1, self.cfg.n - 1))
+
+    @property
+    def wait_ms(self) -> float:
+        """How long an ask waits for its answer: RETRY_MS in the first round of the peers,
+        doubled each round after, at most SLOW_MS (a joiner whose link carries a 4 MiB chunk in
+        more than 2 s is served in the round whose wait fits it)."""
+        return min(SLOW_MS, RETRY_MS * 2 ** self._round)
+
+    @property
     def chunk_ms(self) -> float:
         """The time per chunk the peer's snapshot is given: CHUNK_MS in the first round of the
-        peers, doubled each round after, at most RETRY_MS (the silence timer's)."""
-        rounds = (self.tries - 1) // max(1, self.cfg.n - 1)
-        return min(RETRY_MS, CHUNK_MS * 2 ** min(rounds, 16))
+        peers, doubled each round after, at most wait_ms (the silence timer's)."""
+        return min(self.wait_ms, CHUNK_MS * 2 ** self._round)
 
     @property
     def timer(self) -> int:
@@ -422,46 +449,78 @@ class StateSync:
             return self._offer(sender, msg)
         if isinstance(msg, BlockResponse):
             return self._held(sender, msg)
-        if not isinstance(msg, SnapshotChunk) or self.ready is not None:
-            if isinstance(msg, SnapshotChunk):
-                self._count("chunk_unasked")
+        if not isinstance(msg, SnapshotChunk):
             return []
-        if sender != self.peer or msg.chunk != len(self.parts) or self.vouching is not None or \
-                (self.head is not None and (msg.height, msg.chunks) != (self.head.height, self.head.chunks)):
-            self._count("chunk_unasked")
-            return []
+        if self.ready is not None or sender != self.peer or msg.chunk != len(self.parts) or self.vouching is not None \
+                or (self.head is not None and (msg.height, msg.chunks) != (self.head.height, self.head.chunks)):
+            return self._late_head(sender, msg)
         if self._late():
             self._count("peer_slow")  # its snapshot not in by its deadline: dropped, the next peer's asked for
             self._seen()
             return self._next_peer()
-        last = msg.chunk == msg.chunks - 1
-        if len(msg.data) > SNAPSHOT_CHUNK or (not last and len(msg.data) != SNAPSHOT_CHUNK) or not 0 <= msg.txs < MAX_TXS:
+        if self.head is None:
+            self.awaiting.discard(sender)
+            why = self._head_problem(msg)
+            if why:
+                self._count(why)
+                return self._next_peer()
+            self.offered.add(sender)
+        elif _chunk_problem(msg):
             self._count("chunk_bad")
             return self._next_peer()
-        if self.head is None:
-            why = commit_proof(self.cfg, self.app.verifier, msg.proof, genesis_block(self.app.genesis.root).id)
-            if why or msg.proof[0].block.height != msg.height or msg.height < 1 \
-                    or not self._signed_txs(msg.proof):  # (the genesis needs no sync)
-                self._count("proof_bad")
-                return self._next_peer()
-            manifest = msg.manifest
-            size = int.from_bytes(manifest[:8], "big")
-            if len(manifest) != 8 + 32 * msg.chunks or msg.chunks != max(1, -(-size // SNAPSHOT_CHUNK)):
-                self._count("manifest_bad")
-                return self._next_peer()
-            if size > self.max_bytes:
-                self._count("snapshot_too_large")
-                return self._next_peer()
-        else:
-            manifest = self.head.manifest
-        if hashlib.sha256(msg.data).digest() != manifest[8 + 32 * msg.chunk:40 + 32 * msg.chunk]:
+        elif hashlib.sha256(msg.data).digest() != self.head.manifest[8 + 32 * msg.chunk:40 + 32 * msg.chunk]:
             self._count("snapshot_bad")  # not the chunk its manifest names: dropped, and the peer left
             return self._next_peer()
+        return self._take(sender, msg)
+
+    def _late_head(self, sender: int, msg: SnapshotChunk) -> list:
+        """A chunk not asked for, unless it is the chunk 0 of a peer asked for one whose ask's
+        timer ran out before it came. Such a peer holds a snapshot all the same: it counts
+        toward the f + 1 offers that keep the sync from starting from the genesis (where no
+        peer holds the blocks from it, all state-synced or pruned, that start never ends: the
+        s21 lead), and while no other peer's chunk 0 has come, its snapshot is taken, so a peer
+        slower than RETRY_MS to its chunk 0 in every round still serves one. Each ask of a peer
+        lets one such chunk be checked (awaiting), as the answer to the ask itself is."""
+        if msg.chunk != 0 or sender not in self.awaiting:
+            self._count("chunk_unasked")
+            return []
+        self.awaiting.discard(sender)
+        why = self._head_problem(msg)
+        if why:
+            self._count(why)
+            return []
+        self.offered.add(sender)
+        if self.head is not None or self.ready is not None:
+            self._count("chunk_late")
+            return []
+        self._count("chunk_late_taken")
+        self.peer, self.regone = sender, False
+        return self._take(sender, msg)
+
+    def _head_problem(self, msg: SnapshotChunk) -> str | None:
+        """Why a chunk 0 is refused (a counter's name), or None."""
+        if _chunk_problem(msg):
+            return "chunk_bad"
+        why = commit_proof(self.cfg, self.app.verifier, msg.proof, genesis_block(self.app.genesis.root).id)
+        if why or msg.proof[0].block.height != msg.height or msg.height < 1 \
+                or not self._signed_txs(msg.proof):  # (the genesis needs no sync)
+            return "proof_bad"
+        size = int.from_bytes(msg.manifest[:8], "big")
+        if len(msg.manifest) != 8 + 32 * msg.chunks or msg.chunks != max(1, -(-size // SNAPSHOT_CHUNK)):
+            return "manifest_bad"
+        if size > self.max_bytes:
+            return "snapshot_too_large"
+        if hashlib.sha256(msg.data).digest() != msg.manifest[8:40]:
+            return "snapshot_bad"
+        return None
+
+    def _take(self, sender: int, msg: SnapshotChunk) -> list:
+        """Holds a chunk checked against its manifest (chunk 0: its commit proof too)."""
+        last = msg.chunk == msg.chunks - 1
         probes = []
         if self.head is None:
-            self.head, self.size = msg, size
-            self.offered.add(sender)
-            self.due = self.clock() + RETRY_MS + (msg.chunks - 1) * self.chunk_ms
+            self.head, self.size = msg, int.from_bytes(msg.manifest[:8], "big")
+            self.due = self.clock() + self.wait_ms + (msg.chunks - 1) * self.chunk_ms
             if self.probe:
                 b = msg.proof[_direct_commit(msg.proof) + 1].block
                 self.probing = (b.id, b.height)
@@ -473,7 +532,7 @@ class StateSync:
                 if not self._vouched():  # (f = 0: the serving peer alone is enough)
                     self.asks += 1
                     return probes + [Send(p, SnapshotRequest(0, OFFER)) for p in range(self.cfg.n)
-                                     if p not in (sender, self.cfg.me)] + [SetTimer(self.timer, RETRY_MS)]
+                                     if p not in (sender, self.cfg.me)] + [SetTimer(self.timer, self.wait_ms)]
                 self.vouching = None
             return probes + self._ask()
         blob = b"".join(self.parts)
@@ -496,7 +555,7 @@ class StateSync:
         # have been dropped), and the snapshot is left for the next peer's if they do not in time
         self.ready, self.parts = synced, []
         self.asks += 1
-        return (probes or self._probes()) + [SetTimer(self.timer, RETRY_MS)]
+        return (probes or self._probes()) + [SetTimer(self.timer, self.wait_ms)]
 
     def _signed_txs(self, proof: tuple) -> bool:
         """Whether the transactions of the proof's blocks that a sync stores (the snapshot's block
