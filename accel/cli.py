@@ -261,15 +261,27 @@ def cmd_node(args) -> int:
     except config.ConfigError:
         pass  # run_node says what is wrong, in one line
     configure_logging(index, log_format)
+
+    def stopped(text: str, status: int) -> int:
+        """Why the validator stopped, in the log's format: in a JSON log, a plain line after the
+        records was the one line a log shipper dropped (review s22)."""
+        if log_format == "json":
+            logging.getLogger("consensus.node").error("%s", text, extra={"exit_status": status})
+        else:
+            print(text, file=sys.stderr)
+        return status
     try:
         return run_node(args.config, args.exit_with_parent)
-    except config.ConfigError:
-        raise  # status 2: the file must change first (the systemd unit does not restart it)
+    except config.ConfigError as exc:
+        return stopped(f"accel: error: {exc}", 2)  # status 2: the file must change first (the unit does not restart it)
     except (BackendUnavailable, KernelError, ValueError, TypeError, OSError) as exc:
         # a failure of the running validator, not of its file: status 1, which the unit restarts
         # (status 2 kept a validator down for good as a configuration error: review s15)
-        print(f"accel: error: {exc}", file=sys.stderr)
-        return 1
+        return stopped(f"accel: error: {exc}", 1)
+    except SystemExit as exc:  # run_node's one line (a port taken, a backend that cannot run): status 1
+        if isinstance(exc.code, str):
+            return stopped(exc.code, 1)
+        raise
 
 
 def cmd_localnet(args) -> int:
@@ -411,7 +423,7 @@ def _tx(args, cl) -> int:
         vols = {}  # mark
         for item in args.vol or ():
             series, _, vol = item.partition("=")
-            if not series.isdigit() or not vol:
+            if not (series.isascii() and series.isdigit()) or not vol:
                 raise ValueError(f"--vol {item!r}: expected SERIES=VOL, e.g. 1=0.6")
             if int(series) in vols:  # the later one silently replaced the earlier
                 raise ValueError(f"--vol {item!r}: series {int(series)} given twice")

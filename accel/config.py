@@ -136,16 +136,18 @@ def _misspelt(env) -> None:
 
 
 def line_of(text: str, table: str | None, key: str | None) -> int:
-    """Line (1-based) of `[table]` (key None) or of `key = ...` inside `table` (None: top level)."""
+    """Line (1-based) of `[table]` (key None) or of `key = ...` inside `table` (None: top level),
+    where `key` may also be given as a dotted key (`key.x = ...`) or a sub-table (`[table.key]`)."""
     current = None
+    nested = key if table is None else f"{table}.{key}"
     for no, line in enumerate(text.splitlines(), 1):
         header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
         if header:
             current = header.group(1)
-            if key is None and current == table:
+            if key is None and current == table or key is not None and (current + ".").startswith(nested + "."):
                 return no
             continue
-        if key is not None and current == table and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+        if key is not None and current == table and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*[=.]", line):
             return no
     return 0
 

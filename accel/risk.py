@@ -251,8 +251,9 @@ class Marks:
         _first_bad("strike", option & ~_is_positive(self.strike), self.strike, "must be finite and > 0 for an option")
         _first_bad("vol", option & ~_is_positive(self.vol), self.vol, "must be finite and > 0 for an option")
         _first_bad("expiry", ~_is_nonnegative(self.expiry), self.expiry, "must be finite and >= 0")
-        _first_bad("expiry", np.abs(self.rate * self.expiry) > _MAX_EXP_ARG, self.expiry,
-                   f"makes |rate * expiry| exceed {_MAX_EXP_ARG}")
+        with np.errstate(over="ignore"):  # an overflow is inf, refused here (not a warning: review s22)
+            rt = np.abs(self.rate * self.expiry)
+        _first_bad("expiry", rt > _MAX_EXP_ARG, self.expiry, f"makes |rate * expiry| exceed {_MAX_EXP_ARG}")
 
 
 def greeks(forward_or_spot, strike, t, r, vol, is_call, *, q=None, inverse=False, index=None,
@@ -551,13 +552,15 @@ def _real_values(name, value) -> np.ndarray:
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{name} must be numeric: {exc}") from None
     kind = arr.dtype.kind
-    if kind == "f" and arr.dtype.itemsize > 8:  # long double: one below double's range would become 0
-        out = np.ascontiguousarray(arr, np.float64)
-        lost = np.flatnonzero((out == 0) & (arr != 0))
-        if lost.size:
-            i = int(lost[0])
-            raise ValueError(f"{name}[{i}] = {np.format_float_scientific(arr.reshape(-1)[i])}: nonzero but below "
-                             "double precision's range (it would be read as 0)")
+    if kind == "f" and arr.dtype.itemsize > 8:  # long double: one outside double's range would become 0 or inf
+        with np.errstate(over="ignore"):  # (the cast's overflow warning is an error under -W error: review s22)
+            out = np.ascontiguousarray(arr, np.float64)
+        for lost, what in (((out == 0) & (arr != 0), "nonzero but below double precision's range (it would be read as 0)"),
+                           (np.isinf(out) & np.isfinite(arr), "beyond double precision's range")):
+            lost = np.flatnonzero(lost)
+            if lost.size:
+                i = int(lost[0])
+                raise ValueError(f"{name}[{i}] = {np.format_float_scientific(arr.reshape(-1)[i])}: {what}")
         return out
     if kind in "fiu":
         return np.ascontiguousarray(arr, np.float64)

@@ -475,6 +475,10 @@ class Client:
                 raise ValueError(f"validator URL {u!r}: {exc}; expected http://host:port") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"validator URL {u!r}: expected http://host:port or https://host:port")
+            try:  # (else refused at the first request, as if the validator's answer were not JSON)
+                parts.hostname.encode("idna")
+            except UnicodeError as exc:
+                raise ValueError(f"validator URL {u!r}: {parts.hostname!r} is not a host name ({exc})") from None
             # the API's paths are appended to the URL as given: a user:password@ went to DNS as
             # the host name, and a path, query or fragment made requests like .../x?y/tx?hash=...
             extra = "a user name" if "@" in parts.netloc else "a query" if "?" in u else \
