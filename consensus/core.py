@@ -78,8 +78,9 @@ from typing import Callable, Iterable
 
 from .apps.kv import EMPTY
 from .messages import (
-    MAX_HEIGHT, MAX_RANGE, MAX_VIEW, QC, RANGE_BYTES, TC, Block, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
-    SnapshotRequest, Timeout, Txs, Vote, proposal_bytes, timeout_bytes, vote_bytes, network_bytes,
+    MAX_HEIGHT, MAX_MESSAGE, MAX_RANGE, MAX_VIEW, QC, RANGE_BYTES, RESPONSE_HEAD, TC, Block, BlockRequest,
+    BlockResponse, Proposal, SnapshotChunk, SnapshotRequest, Timeout, Txs, Vote, proposal_bytes, proposal_size,
+    timeout_bytes, vote_bytes, network_bytes,
 )
 
 
@@ -102,6 +103,10 @@ def _pins_more(p: Proposal) -> bool:
     txs = p.block.txs
     own = txs.bodies.data.nbytes + txs.sigs.nbytes
     return held_bytes([txs.bodies.data, txs.sigs]) > 2 * own + (64 << 10)
+
+
+def _tx_bytes(b: Block) -> int:
+    return b.txs.bodies.data.nbytes + b.txs.sigs.nbytes
 
 
 def held_bytes(arrays) -> int:
@@ -254,6 +259,7 @@ def genesis_block(state_root: bytes) -> Block:
 
 log = logging.getLogger("consensus.core")
 MAX_PARKED = 256   # proposals kept while their parent is fetched
+PARKED_BYTES = 256 << 20  # their transactions' bytes; a proposer's share is this / n (one always fits)
 MAX_FETCHES = 16   # blocks asked for and not yet received
 ASKED_FROM = 1024  # (peer, height) of the block requests sent, latest kept: what answers are measured from
 FETCH_VIEWS = 8    # views entered (not by fetched blocks) a fetch waits for its answer before it is asked again
@@ -795,7 +801,7 @@ class Core:
             return []
         parent = self.blocks.get(b.parent)
         if parent is None:  # park it and fetch the missing ancestors from whoever sent it
-            return self._park(sender, p)
+            return self._park(sender, p, vouch)
         if parent.view != b.qc.view or parent.height != b.qc.height:
             return [Rejected(b.id, b.proposer, "the QC's view or height is not its block's")]
         if b.height != parent.height + 1:  # implied by the two checks above; the rule itself
@@ -868,7 +874,8 @@ class Core:
                 or not self._safe_to_vote(b) or b.parent not in self.blocks:
             return []
         p = self._recertified(held, p)
-        if p is None:
+        if p is None:  # (the proposer's own certificates do not verify: each copy cost them, unmuted)
+            self._faulty(sender)
             return []
         parent = self.blocks[b.parent]
         if parent.view != b.qc.view or parent.height != b.qc.height:
@@ -929,14 +936,19 @@ class Core:
         floor = self.committed.view
         return b.view <= floor or b.qc.view < floor
 
-    def _park(self, sender: int, p: Proposal) -> list:
+    def _park(self, sender: int, p: Proposal, vouch: QC | None = None) -> list:
         """Keep a proposal whose parent is unknown until the parent arrives, and fetch it: only a
         proposal above the committed height whose proposer's signature and certificates (QC, TC)
-        hold, at most MAX_PARKED of them and MAX_PARKED / n of one proposer's; no fetch where the parent is itself parked (the fetch
+        hold, at most MAX_PARKED of them and MAX_PARKED / n of one proposer's, whose transactions
+        take at most PARKED_BYTES / n (but one), and one of a proposer's view unless it is
+        certified (_vouched); no fetch where the parent is itself parked (the fetch
         for its own parent brings the chain) or already asked for. The certificates are checked
         here, not only once the parent is known, because the proposer's signature covers the
         block id and the id does not cover them: a relayed copy with a forged QC parked first
-        would otherwise keep the real one out (one copy is parked per id)."""
+        would otherwise keep the real one out (one copy is parked per id). The bytes and the one
+        a view (review s22): a Byzantine leader signed 64 versions of its block of one view, each
+        a frame of junk on a real QC whose block a validator behind lacked; all were parked (4 GiB
+        at 64 MiB a frame) and, once the parent came, validated in one handle() (about 10 s each)."""
         b = p.block
         if b.height <= self.committed.height:
             return []
@@ -957,6 +969,13 @@ class Core:
             return []
         if sum(1 for q in self.parked.values() if q == b.proposer) >= MAX_PARKED // self.cfg.n:
             self.counters["parked_full_proposer"] += 1  # one Byzantine leader's equivocations cannot fill it
+            return []
+        mine = [q.block for entries in self.waiting.values() for _, q in entries if q.block.proposer == b.proposer]
+        if any(q.view == b.view for q in mine) and not self._vouched(b, vouch, sender):
+            self.counters["proposal_equivocation"] += 1
+            return []
+        if mine and sum(map(_tx_bytes, mine)) + _tx_bytes(b) > PARKED_BYTES // self.cfg.n:
+            self.counters["parked_full_proposer"] += 1
             return []
         try:
             certs = self._proposal_certs(p)
@@ -992,7 +1011,9 @@ class Core:
         if s == q.block.proposer or (q.block.qc, q.block.tc) == (p.block.qc, p.block.tc):
             return
         copy = self._recertified(q.block, p)
-        if copy is not None:
+        if copy is None:
+            self._faulty(sender)
+        else:
             entries[i] = (sender, copy)
             self.counters["proposal_recertified"] += 1
 
@@ -1131,10 +1152,15 @@ class Core:
         stored = {}
         if self.committed_source is not None and ids and ids[0] not in self.proposals:
             stored = {p.block.id: p for p in self.committed_source(first, len(ids))}
-        props, size = [], 0
+        props, size, frame = [], 0, RESPONSE_HEAD
         for i in ids:
             p = self.proposals.get(i) or stored.get(i)
             if p is None:
+                break
+            frame += proposal_size(p)
+            if props and frame > MAX_MESSAGE:
+                # small blocks and then one near a frame's size made an answer no frame holds: every
+                # peer built the same one for a validator behind, which never caught up (review s22)
                 break
             props.append(p)
             size += 512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes

@@ -396,6 +396,23 @@ def _put_body(w: _Writer, msg):
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
 
 
+def _qc_size(qc: QC) -> int:
+    return 32 + 8 + 8 + 2 + 2 * len(qc.voters) + len(qc.sigs)
+
+
+def proposal_size(p: Proposal) -> int:
+    """The bytes of p's encoding within a message (as _put_body writes it), computed without
+    encoding it: what a BlockResponse adds for it."""
+    b = p.block
+    size = 146 + _qc_size(b.qc) + 1 + 4 + 4 * len(b.txs) + b.txs.bodies.data.nbytes + 4 + b.txs.sigs.nbytes + 64
+    if b.tc is not None:
+        size += 8 + 2 + 10 * len(b.tc.voters) + len(b.tc.sigs) + _qc_size(b.tc.high_qc)
+    return size
+
+
+RESPONSE_HEAD = 4  # a BlockResponse's bytes before its proposals: version, type, count
+
+
 def encode(msg) -> bytes:
     """The framed wire bytes of a message."""
     w = _Writer()

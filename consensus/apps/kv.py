@@ -26,13 +26,18 @@ import numpy as np
 from accel import Packed
 from accel.packing import exact_bytes, pack_fixed, pack_messages
 
-from ..messages import Block, Txs
+from ..messages import MAX_MESSAGE, Block, Txs
 from ..verify import Verifier
 
 CHAIN_ID = 1
 OP_SET, OP_TRANSFER = 1, 2
 HEADER = 4 + 32 + 8 + 1  # chain id, sender, nonce, op
 EMPTY = hashlib.sha256(b"").digest()
+# a block's transaction bytes (bodies, signatures, offsets): its proposal, and a BlockResponse
+# holding it, fit one message with room for its certificates. Bounded by count alone, a block of
+# 64 KiB "set" values did not: every leader proposed the same unsendable block, and the chain
+# stopped (review s22)
+BLOCK_BYTES = MAX_MESSAGE // 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,11 @@ def set_body(sender: bytes, nonce: int, key: bytes, value: bytes, chain: int = C
 
 def transfer_body(sender: bytes, nonce: int, to: bytes, amount: int, chain: int = CHAIN_ID) -> bytes:
     return struct.pack(">I", chain) + sender + struct.pack(">QB", nonce, OP_TRANSFER) + to + struct.pack(">Q", amount)
+
+
+def _block_bytes(txs: Txs) -> int:
+    """What BLOCK_BYTES bounds: each transaction's body, 64-byte signature and 4-byte offset."""
+    return txs.bodies.data.nbytes + txs.sigs.nbytes + 4 * len(txs)
 
 
 def pack_txs(bodies: list[bytes], sigs: list[bytes]) -> Txs:
@@ -183,6 +193,9 @@ class KvApp:
             return Verdict(False, reason, None, {})
         if txs.digest() != block.sig_digest:
             return Verdict(False, "signature digest does not match the header", None, {})
+        size = _block_bytes(txs)
+        if size > BLOCK_BYTES:
+            return Verdict(False, f"its transactions take {size} bytes, over {BLOCK_BYTES}", None, {})
         n = len(txs)
         starts = txs.bodies.offsets[:-1].astype(np.int64)
         keys = txs.bodies.data[starts[:, None] + np.arange(4, 36)] if n else np.zeros((0, 32), np.uint8)
@@ -249,9 +262,15 @@ class KvApp:
         return reasons
 
     def propose(self, parent: State, exclude: set[bytes]) -> tuple[Txs, State]:
-        """Up to max_txs mempool transactions not already in an uncommitted ancestor, and the
-        state after them."""
-        picked = [tx for h, tx in self.mempool.items() if h not in exclude][: self.max_txs]
+        """Up to max_txs mempool transactions not already in an uncommitted ancestor, taking at
+        most BLOCK_BYTES (one that does not fit is left for a later block), and the state after them."""
+        picked, room = [], BLOCK_BYTES
+        for h, tx in self.mempool.items():
+            if len(picked) == self.max_txs or room < HEADER + 9 + 68:
+                break
+            if h not in exclude and len(tx[0]) + 68 <= room:
+                picked.append(tx)
+                room -= len(tx[0]) + 68
         txs = pack_txs([b for b, _ in picked], [s for _, s in picked]) if picked else Txs.empty()
         return txs, self.execute(parent, txs.bodies)
 
