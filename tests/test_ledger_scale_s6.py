@@ -64,6 +64,7 @@ class _RefPools:
         self.before = {}  # s7 review: series -> value at the marked underlying's previous mark
         self.of = {}  # s7 review: (account, asset) -> the record of its liquidation at this mark
         self.takers = {}  # s7: record -> the owners of earlier liquidations that took its book's positions
+        # (s22: -> what each may still pay for it, what it gained at the mark on what it closed against the book)
         self.snap = {}  # s8: account -> its positions at the mark's start (before the settlement)
         self.moves = {}  # s8: series of the marked underlying -> value (or fixing) now less value before
         self.paid = {}  # s8: asset -> {account: what step 6's gainers' charge took from it}
@@ -261,6 +262,7 @@ class Reference(Clearing):
         pending = set(bankrupt) - {key} if pending is None else pending
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
+        kept: dict[bytes, int] = {}  # s22: what this book gained at the mark on what it closed against each
         took: set[bytes] = set()  # books being liquidated whose positions this one took
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
@@ -277,6 +279,8 @@ class Reference(Clearing):
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * _ref_gain(cascade.pools if cascade is not None else None,
                                                                    i, value, 1 if theirs > 0 else -1)
+                move = value - (cascade.pools.before.get(i, value) if cascade is not None else value)
+                kept[h] = kept.get(h, 0) + abs(q) * max(move if q > 0 else -move, 0)
                 took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
                 if cascade is not None:
                     cascade.pools.closed.add((h, asset))  # s18
@@ -291,28 +295,50 @@ class Reference(Clearing):
         closed = weights  # the value each counterparty closed against this book
         rich: dict[bytes, int] = {}  # earlier liquidations of this mark that took its positions and kept cash
         terms = []  # s7: its shared sources (source, weight): records of whom heirs charged, settled sides
+        caps = dict(heirs.get((asset, key, "kept"), {}))  # s22: each taker at most what it kept of this book's
         for h in sorted(heirs.get((asset, key), {})):  # s7: their owners' cash first, closed or not
-            if (c := self.accounts[h].collateral.get(asset, 0)) > 0:
-                rich[h] = c
+            if (c := self.accounts[h].collateral.get(asset, 0)) > 0 and caps[h] > 0:
+                rich[h] = min(c, caps[h])
             if heirs.get((asset, h, "charged")) is not None:  # weighing the value h took from key
                 terms.append((heirs[(asset, h, "charged")], heirs[(asset, key)][h]))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
+            heirs.setdefault((asset, h, "kept"), {})[key] = kept[h]
         ref = cascade.pools
         terms += [(s, w) for s, w in settled or () if s in ref.sides]
         charged = 0
-        if loss and rich:  # in proportion to cash: nobody charged beyond its own
-            charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending)
+        if loss and rich:  # in proportion to cash: nobody charged beyond its own (s22: nor its cap)
+            taken = {}
+            charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending, limit=rich, taken=taken)
+            for h, q in taken.items():
+                caps[h] -= q
         if closed or terms:  # the record of whom it charged (none: an heir of it inherits nothing)
             ref.records.append((asset, dict(closed), list(terms)))
             heirs[(asset, key, "charged")] = ref.of[(key, asset)] = len(ref.records) - 1
-            ref.takers[len(ref.records) - 1] = sorted(heirs.get((asset, key), {}))
+            ref.takers[len(ref.records) - 1] = {h: caps[h] for h in sorted(heirs.get((asset, key), {}))}
         else:
             heirs[(asset, key, "charged")] = None
         at = len(self.liquidations)
         charged += self._socialize(asset, loss - charged, closed, terms, pending, cascade, at)
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
+
+    def _capped(self, asset, loss, weights, pending, ref):
+        """s22: _charge, each at most the larger of its share (rounded up) and its net gain at the mark."""
+        total, gains = sum(weights.values()), self._ref_gains(asset, ref)
+        return self._charge(asset, loss, weights, pending,
+                            limit={h: max(Fraction(loss * w, total).__ceil__(), gains.get(h, 0))
+                                   for h, w in weights.items()})
+
+    def _ref_gains(self, asset, ref):
+        """s8: whoever held at the mark's start (snap) series of the marked underlying settling in
+        asset, by contracts x gain summed over them, where that is above 0."""
+        gains = {}
+        for h, positions in ref.snap.items():
+            for i, p in positions.items():  # s8 review: net over the underlying's series
+                if self.series[i].asset == asset and ref.moves.get(i, 0):
+                    gains[h] = gains.get(h, 0) + p * ref.moves[i]
+        return {h: g for h, g in gains.items() if g > 0}
 
     def _socialize(self, asset, loss, explicit, terms, pending, cascade, at=None, passing=True):
         """s7: the new rule's simple form (docs/CLEARING.md, steps 3-6)."""
@@ -323,7 +349,7 @@ class Reference(Clearing):
             weights = [w for _, w in terms]
             if explicit:
                 parts = _ref_split(loss, [sum(explicit.values())] + weights)
-                short = parts[0] - (self._charge(asset, parts[0], explicit, pending) if parts[0] else 0)
+                short = parts[0] - (self._capped(asset, parts[0], explicit, pending, ref) if parts[0] else 0)
                 parts = [p + q for p, q in zip(parts[1:], _ref_split(short, weights))]
             else:
                 parts = _ref_split(loss, weights)
@@ -332,12 +358,12 @@ class Reference(Clearing):
             if at is not None and sum(parts):
                 ref.owed.setdefault(asset, {})[at] = sum(parts)
             return loss
-        charged = self._charge(asset, loss, explicit, pending) if explicit else 0
+        charged = self._capped(asset, loss, explicit, pending, ref) if explicit else 0
         if loss > charged and explicit:
             carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in cascade.done
                         and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in cascade.settled)}
             if carriers:
-                charged += self._charge(asset, loss - charged, carriers, carriers)
+                charged += self._capped(asset, loss - charged, carriers, carriers, ref)
                 cascade.extend((h, asset) for h in sorted(carriers))
         on = sorted(h for h in explicit if (h, asset) in cascade.done and (h, asset) in ref.of
                     ) if loss > charged and passing else []  # s7 c2: any record, not only one with own weights
@@ -368,10 +394,14 @@ class Reference(Clearing):
                     if explicit:
                         left -= min(left, self._socialize(asset, left, explicit, [], frozenset(), cascade,
                                                           passing=False))
-                    rich = {h: self.accounts[h].collateral.get(asset, 0) for h in ref.takers.get(n, [])}
+                    caps = ref.takers.get(n, {})
+                    rich = {h: min(self.accounts[h].collateral.get(asset, 0), caps[h]) for h in caps}
                     rich = {h: c for h, c in rich.items() if c > 0}
-                    if left and rich:  # s7: then whoever took its positions earlier, by cash
-                        left -= self._charge(asset, min(left, sum(rich.values())), rich)
+                    if left and rich:  # s7: then whoever took its positions earlier, by cash (s22: capped)
+                        taken = {}
+                        left -= self._charge(asset, min(left, sum(rich.values())), rich, limit=rich, taken=taken)
+                        for h, q in taken.items():
+                            caps[h] -= q
                     if left:
                         short.setdefault(asset, []).append((n, left))
             for asset in sorted(short):
@@ -420,6 +450,14 @@ class Reference(Clearing):
             nxt = [ref.of[(h, asset)] for h in sorted(members) if (h, asset) in done and (h, asset) in ref.of]
             return live, nxt + [s for s in after if isinstance(s, int) or s in ref.sides]
 
+        def lower(dicts, taken):  # s22: what each paid off its caps, in the level's order
+            for h, q in sorted(taken.items()):
+                for d in dicts:
+                    if h in d:
+                        off = min(q, d[h])
+                        d[h] -= off
+                        q -= off
+
         seen = set(origins)
         level = [s for n in origins for s in parts(n)[1]]
         while loss and level:
@@ -431,17 +469,23 @@ class Reference(Clearing):
                 for h, w in live.items():
                     weights[h] = weights.get(h, 0) + w
                 level += nxt
-            rich = {h: self.accounts[h].collateral.get(asset, 0)
-                    for h in sorted({h for s in fresh if isinstance(s, int) for h in ref.takers.get(s, [])})}
+            kept = [ref.takers[s] for s in fresh if isinstance(s, int) and s in ref.takers]
+            cap = {}
+            for d in kept:
+                for h, q in d.items():
+                    cap[h] = cap.get(h, 0) + q
+            rich = {h: min(self.accounts[h].collateral.get(asset, 0), cap[h]) for h in sorted(cap)}
             rich = {h: c for h, c in rich.items() if c > 0}
-            if rich:  # s7: the takers' cash of the level's records first
-                loss -= self._charge(asset, min(loss, sum(rich.values())), rich)
+            if rich:  # s7: the takers' cash of the level's records first (s22: each at most what it kept)
+                taken = {}
+                loss -= self._charge(asset, min(loss, sum(rich.values())), rich, limit=rich, taken=taken)
+                lower(kept, taken)
             if weights and loss:
-                loss -= self._charge(asset, loss, weights)
+                loss -= self._capped(asset, loss, weights, frozenset(), ref)
             carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
                         and (self._holds(h, asset) or (h, asset) in cascade.settled)} if loss else {}
             if carriers:  # step 5 at the level: beyond equity, liquidated at this mark
-                loss -= self._charge(asset, loss, carriers, carriers)
+                loss -= self._capped(asset, loss, carriers, carriers, ref)
                 cascade.extend((h, asset) for h in sorted(carriers))
         return loss
 
@@ -453,12 +497,7 @@ class Reference(Clearing):
         ref = cascade.pools
         for asset in sorted(k[1] for k, q in ref.amount.items() if q and isinstance(k, tuple) and k[0] == "open"):
             loss = ref.amount.pop(("open", asset))
-            gains = {}
-            for h, positions in ref.snap.items():
-                for i, p in positions.items():  # s8 review: net over the underlying's series
-                    if self.series[i].asset == asset and ref.moves.get(i, 0):
-                        gains[h] = gains.get(h, 0) + p * ref.moves[i]
-            gains = {h: g for h, g in gains.items() if g > 0}
+            gains = self._ref_gains(asset, ref)
             paid = ref.paid.setdefault(asset, {})
             left = {h: w - paid.get(h, 0) for h, w in gains.items()}
             live = {h: w for h, w in gains.items() if left[h] > 0}

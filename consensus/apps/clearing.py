@@ -201,6 +201,37 @@ def _split(amount: int, weights: list[int]) -> list[int]:
     return parts
 
 
+def _lower(caps, taken: dict) -> None:
+    """What each paid (taken) off its cap: caps a dict, or _Caps."""
+    if isinstance(caps, _Caps):
+        caps.lower(taken)
+    else:
+        for h, q in taken.items():
+            caps[h] -= q
+
+
+class _Caps:
+    """The caps of several records (or a settled side's holders) as one (_reach's level): a
+    member's cap is the sum of its caps there, and what it paid comes off them in the records'
+    order. Indexed by member once, so a level of N records costs their members, not N x them."""
+
+    def __init__(self, caps: list[dict]):
+        self.where: dict[bytes, list[dict]] = {}
+        for part in caps:
+            for h in part:
+                self.where.setdefault(h, []).append(part)
+
+    def items(self):
+        return ((h, sum(part[h] for part in parts)) for h, parts in self.where.items())
+
+    def lower(self, taken: dict) -> None:
+        for h, q in sorted(taken.items()):
+            for part in self.where.get(h, ()):
+                off = min(q, part[h])
+                part[h] -= off
+                q -= off
+
+
 class _Pools:
     """One mark's shared sources of socialized losses (docs/CLEARING.md, "Liquidation and
     auto-deleveraging", steps 3-6): what the mark's liquidations owe a source is summed here and
@@ -228,7 +259,9 @@ class _Pools:
                  "gains", "paid")
 
     def __init__(self):
-        self.takers: dict[int, list[bytes]] = {}  # record -> the owners of earlier liquidations that took its book's positions
+        # record -> the owners of earlier liquidations that took its book's positions -> what each
+        # may still be charged for it: what it gained at the mark on what it closed against the book
+        self.takers: dict[int, dict[bytes, int]] = {}
         self.of: dict[tuple[bytes, str], int] = {}  # (account, asset) -> the record of its liquidation
         self.sides: dict[tuple[int, int], tuple] = {}
         self.records: list[tuple] = []
@@ -1396,6 +1429,7 @@ class Clearing:
         bankrupt = bankrupt if isinstance(bankrupt, frozenset) else frozenset(bankrupt)
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
+        kept: dict[bytes, int] = {}  # what this book gained at the mark on what it closed against each
         took: set[bytes] = set()  # books whose positions this one took (bankrupt or not: one this
         # mark liquidates later with nothing left to close inherits this liquidation)
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
@@ -1414,6 +1448,7 @@ class Clearing:
                 self._set_position(h, self._mut(h), i, theirs + q)
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * _gain(pools, i, 1 if theirs > 0 else -1)
+                kept[h] = kept.get(h, 0) + abs(q) * max(pools.moves.get(i, 0) * (1 if q > 0 else -1), 0)
                 took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
                 cascade.closed.add((h, asset))
             if size:  # open interest sums to zero: someone always holds the other side
@@ -1432,14 +1467,16 @@ class Clearing:
                 terms.append((n, took_mine[h]))  # then whom they charged, weighing what they took
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
             heirs.setdefault((asset, h), {})[key] = closed[h]
+            heirs.setdefault((asset, h, "kept"), {})[key] = kept[h]
         sides = pools.sides
         terms += [(s, w) for s, w in settled or () if s in sides]
-        charged = self._charge_cash(asset, loss, sorted(took_mine), pending)
+        takers = dict(heirs.get((asset, key, "kept"), {}))  # each at most what it kept of this book's
+        charged = self._charge_cash(asset, loss, takers, pending)
         heirs[(asset, key, "charged")] = n = pools.record(asset, closed, terms)  # not changed from here on
         if n is not None:
             pools.of[(key, asset)] = n
             if took_mine:
-                pools.takers[n] = sorted(took_mine)
+                pools.takers[n] = takers
         got, pooled = self._socialize(asset, loss - charged, closed, terms, pending, cascade)
         if pooled:
             pools.owed.setdefault(asset, {})[len(self.liquidations)] = pooled
@@ -1483,7 +1520,7 @@ class Clearing:
             tw = [w for _, w in terms]
             if explicit:
                 first, *rest = _split(loss, [sum(explicit.values())] + tw)
-                short = first - (self._charge(asset, first, explicit, pending) if first else 0)
+                short = first - (self._capped(asset, first, explicit, pending, pools) if first else 0)
                 if short:
                     rest = [a + b for a, b in zip(rest, _split(short, tw))]
             else:
@@ -1491,11 +1528,11 @@ class Clearing:
             for (source, _), part in zip(terms, rest):
                 pools.put(source, part)
             return loss, sum(rest)
-        charged = self._charge(asset, loss, explicit, pending) if explicit else 0
+        charged = self._capped(asset, loss, explicit, pending, pools) if explicit else 0
         if loss > charged and explicit:
             carriers = {h: w for h, w in explicit.items() if h not in pending and self._carrier(h, asset, cascade)}
             if carriers:
-                charged += self._charge(asset, loss - charged, carriers, carriers)
+                charged += self._capped(asset, loss - charged, carriers, carriers, pools)
                 cascade.extend((h, asset) for h in sorted(carriers))
         if loss > charged and explicit and passing:
             done = cascade.done
@@ -1594,15 +1631,16 @@ class Clearing:
                 for h, w in live.items():
                     weights[h] = weights.get(h, 0) + w
                 level += nxt
-            takers = {h for s in fresh if isinstance(s, int) for h in pools.takers.get(s, ())}
-            loss -= self._charge_cash(asset, loss, sorted(takers))  # who took the level's books' positions first
+            kept = [pools.takers[s] for s in fresh if isinstance(s, int) and s in pools.takers]
+            if kept:  # who took the level's books' positions first, each at most what it kept of theirs
+                loss -= self._charge_cash(asset, loss, _Caps(kept))
             if weights and loss:
-                loss -= self._charge(asset, loss, weights)
+                loss -= self._capped(asset, loss, weights, frozenset(), pools)
             if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
                 # settled) a position, liquidated at this mark in turn
                 carriers = {h: w for h, w in weights.items() if self._carrier(h, asset, cascade)}
                 if carriers:
-                    loss -= self._charge(asset, loss, carriers, carriers)
+                    loss -= self._capped(asset, loss, carriers, carriers, pools)
                     cascade.extend((h, asset) for h in sorted(carriers))
         return loss
 
@@ -1624,7 +1662,7 @@ class Clearing:
                 left = pools.amount.pop(("own", n))
                 if explicit:
                     left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
-                left -= self._charge_cash(asset, left, pools.takers.get(n, ()))  # then its takers', as in step 3
+                left -= self._charge_cash(asset, left, pools.takers.get(n, {}))  # then its takers', as in step 3
                 if left:
                     entry = short.setdefault(asset, [0, []])
                     entry[0] += left
@@ -1804,12 +1842,35 @@ class Clearing:
         """Whether n changed accounts are cheaper to read in a pass over all (CASH_SLACK)."""
         return n > len(self.accounts) // 4 + CASH_SLACK
 
-    def _charge_cash(self, asset: str, loss: int, keys, pending=frozenset()) -> int:
-        """Up to loss quanta charged to those of keys (the owners of earlier liquidations of the mark
-        that took a book's positions: they kept what it lost) with cash in asset, in proportion to
-        it, nobody beyond its own (_charge); returns what was charged."""
-        rich = {h: c for h in keys if (c := self.accounts[h].collateral.get(asset, 0)) > 0}
-        return self._charge(asset, min(loss, sum(rich.values())), rich, pending) if loss > 0 and rich else 0
+    def _capped(self, asset: str, loss: int, weights: dict[bytes, int], pending, pools: "_Pools") -> int:
+        """_charge of a socialized loss's weights (a record's own weights, step 3; its carriers,
+        step 5; a level of _reach): whom the proportion takes past its equity gives its equity,
+        and the rest is shared by the others in proportion again, each at most the larger of its
+        proportional share and what it gained at this mark on the whole (_open_gains, step 6's
+        measure). Shared up to equity alone (until the s22 review), what a tapped-out counterparty
+        could not pay all went to one that gained nothing: a bystander long one ETH future (1
+        quantum of weight) beside the attacker's hedged account paid 473,376 USD of a BTC loss,
+        while the hedge's other side (the attacker's third account) kept the gain."""
+        total, gains = sum(weights.values()), self._open_gains(asset, pools)
+        limit = {h: max(-(-loss * w // total), gains.get(h, 0)) for h, w in weights.items()}
+        return self._charge(asset, loss, weights, pending, limit=limit)
+
+    def _charge_cash(self, asset: str, loss: int, caps, pending=frozenset()) -> int:
+        """Up to loss quanta charged to the keys of caps (the owners of earlier liquidations of the
+        mark that took a book's positions: they kept what it lost) with cash in asset, in proportion
+        to it, nobody beyond its own (_charge) nor beyond its cap (what it gained at the mark on what
+        it closed against the book), each cap lowered by what it paid; returns what was charged.
+        Uncapped (until the s22 review), a bystander the mark liquidated first, closed against an
+        attacker's book at the mark's value (nothing gained from it), paid 189,600 USD of that
+        book's loss from the cash its own closure left it."""
+        rich = {h: min(c, cap) for h, cap in sorted(caps.items())
+                if (c := self.accounts[h].collateral.get(asset, 0)) > 0 and cap > 0}
+        if loss <= 0 or not rich:
+            return 0
+        taken: dict[bytes, int] = {}
+        got = self._charge(asset, min(loss, sum(rich.values())), rich, pending, limit=rich, taken=taken)
+        _lower(caps, taken)
+        return got
 
     def _touched(self, key: bytes, asset: str) -> bool:
         """Whether a trade or withdrawal of this block touched key's asset book."""
