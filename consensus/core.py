@@ -37,8 +37,10 @@ id and view, not its height: the height is trusted only where it equals the cert
 messages.MAX_VIEW / MAX_HEIGHT. handle() never raises on input: what fails a check is dropped (a
 Rejected action for a block) and counted in Core.counters; only InvariantViolation gets out.
 Missing blocks are fetched in ranges (BlockRequest from the committed height, at most MAX_RANGE a
-response), one fetch per block, at most MAX_FETCHES outstanding and MAX_PARKED proposals waiting
-(certificates and proposer's signature checked first), children processed in a loop.
+response, stopped before a proposal no frame would hold), one fetch per block, at most MAX_FETCHES
+outstanding and MAX_PARKED proposals waiting (certificates and proposer's signature checked first;
+one of a proposer's view unless certified, its transactions within its share of PARKED_BYTES),
+children processed in a loop.
 Blocks a Byzantine leader signs (review s5): a block is taken only if an honest validator could
 vote for it (its QC or a TC is of the view just before it), above the committed block's view, and
 one block a view unless it is known to be certified (fetched, or certified by the next proposal of
