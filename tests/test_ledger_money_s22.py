@@ -16,26 +16,32 @@ Both as validators see them: a signed mark in a block of its own, validated."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accel.risk import FUTURE
+from accel.risk import CALL, FUTURE, PUT
 from consensus.apps import clearing_tx as ctx
 from consensus.apps.clearing import Breakers, Clearing, Series
 from tests.test_clearing_soundness import K, O, ORACLE_KEYS, T0, USD, app_on, signed, validate
 
 
+DAY = 86400
+SERIES = [Series(3, "BTC", FUTURE, 0.0, T0 + 90 * DAY), Series(4, "BTC", FUTURE, 0.0, T0 + 180 * DAY),
+          Series(7, "ETH", FUTURE, 0.0, T0 + 90 * DAY), Series(1, "BTC", CALL, 60_000.0, T0 + 600),
+          Series(2, "BTC", PUT, 60_000.0, T0 + 600), Series(5, "BTC", CALL, 60_000.0, T0 + 30 * DAY)]
+
+
 def _market(trades, extra=None):
-    """BTC futures 3 and 4 (two expiries), ETH future 7; the fund empty; the accounts of trades
-    (buyer, seller, series, contracts) each deposit its initial margin for them (extra: account ->
-    a factor of it, or cash on top), then trade at the marks' values in one block."""
+    """BTC futures 3 and 4 (two expiries), ETH future 7, BTC call 1 and put 2 expiring at the mark,
+    30-day BTC call 5; the fund empty; the accounts of trades (buyer, seller, series, contracts)
+    each deposit its initial margin for them (extra: account -> a factor of it in percent, and cash
+    on top), then trade at the marks' values in one block."""
     c = Clearing(O, quorum=2, backend="cpu", insurance={"USD": 0}, breakers=Breakers(band=0.6, window=20))
-    for s in (Series(3, "BTC", FUTURE, 0.0, T0 + 90 * 86400), Series(4, "BTC", FUTURE, 0.0, T0 + 180 * 86400),
-              Series(7, "ETH", FUTURE, 0.0, T0 + 90 * 86400)):
+    for s in SERIES:
         c.list_series(s)
     who = sorted({k for b, s, _, _ in trades for k in (b, s)})
-    for k in range(max(who) + 1):
+    for k in range(6):
         c.register(K[k])
-    c.mark("BTC", 60_000.0, {}, 1, T0, O[:2])
+    c.mark("BTC", 60_000.0, {1: 0.6, 2: 0.6, 5: 0.6}, 1, T0, O[:2])
     c.mark("ETH", 3_000.0, {}, 1, T0, O[:2])
-    price = {i: c.marks[u].values[i] for i, u in ((3, "BTC"), (4, "BTC"), (7, "ETH"))}
+    price = {i: c.marks[s.underlying].values[i] for i, s in c.series.items()}
     probe = c.snapshot()
     probe.defer = True
     for k in who:
@@ -59,7 +65,7 @@ def _market(trades, extra=None):
 
 def _marked(c, index: float):
     app, parent = app_on(c)
-    v = validate(app, parent, [signed(ctx.mark("BTC", index, 2, T0 + 600, {}, O[:2]), *ORACLE_KEYS[:2])])
+    v = validate(app, parent, [signed(ctx.mark("BTC", index, 2, T0 + 600, {5: 0.6}, O[:2]), *ORACLE_KEYS[:2])])
     assert v.ok, v.reason
     s = v.state.clearing
     assert s.violations() == [] and s.supply == c.supply
@@ -125,3 +131,49 @@ def test_an_attacker_with_a_hedged_counterparty_takes_nothing_from_a_bystander(n
     # loss is at most that, rounded up, in each of a few charges of B's record
     rounding = 4 * (y_contracts + 1)
     assert paid <= max(pnl, 0) + rounding, (paid / USD, pnl / USD)
+
+
+def _pnl(c, s, k: int) -> int:
+    """What the mark moved k's own positions (at their values; settled ones at their fixings)."""
+    out = 0
+    for i, n in c.accounts[K[k]].positions.items():
+        u = c.series[i].underlying
+        out += n * (s.fixings.get(i, s.marks[u].values.get(i, c.marks[u].values[i])) - c.marks[u].values[i])
+    return out
+
+
+def test_a_bystander_that_gained_from_an_honest_maker_pays_no_tapped_out_counterparty_s_share():
+    """The second review: with the sharing again capped at each one's net gain at the mark, the
+    bystander Y of the first test, holding also 100 30-day calls bought from an honest maker M,
+    paid X's share all the same (473,376 USD): its gain on the calls was its cap. Now X's part
+    follows X's own positions (step 5) before anyone else's share is looked at."""
+    m = 4
+    out = []
+    for with_b in (False, True):
+        trades = [(X, B, 3, 100), (Z, X, 4, 100), (Y, m, 5, 100)] + ([(Y, B, 7, 1)] if with_b else [])
+        c, need = _market(trades, {Y: (100, 1_000_000 * USD), m: (100, 10_000_000 * USD)})
+        s = _marked(c, 78_000.0)
+        out.append((need[Y] + _pnl(c, s, Y) - _eq(s, Y), sum(_eq(s, k) - need[k] for k in (B, X, Z))))
+    (alone, _), (linked, attackers) = out
+    assert alone == 0 and linked <= 2, (alone / USD, linked / USD)  # (was 473,376 USD)
+    assert attackers <= linked
+
+
+def test_a_loss_back_at_its_own_record_is_not_charged_to_a_bystander_beyond_its_gain():
+    """The second review: A sells 100 BTC futures to L (A's key first: liquidated first), L writes
+    200 calls expiring at the mark to Z, and L bought 1 ETH future from bystander Y. At +30%, A's
+    loss goes to L, L's to Y (1 quantum of weight), A's record and the calls' side; what A's record
+    cannot pay comes back to L's own weights, Y alone: Y paid 312,514 USD (its whole equity, in a
+    variant where it also held a position: liquidated, its maker paying on). Now the own drain
+    charges its weights at most what they gained on what they closed (one quantum here)."""
+    a, l, z, m, y = 0, 3, 1, 2, 4
+    assert K[a] < K[l]
+    for maker in (False, True):
+        trades = [(l, a, 3, 100), (z, l, 1, 200), (l, y, 7, 1)] + ([(m, y, 7, 10)] if maker else [])
+        c, need = _market(trades, {y: (100, 1_000_000 * USD)} | ({m: (100, 10_000_000 * USD)} if maker else {}))
+        s = _marked(c, 78_000.0)
+        paid = need[y] + _pnl(c, s, y) - _eq(s, y)
+        assert paid <= 12, paid / USD  # (11 contracts at a quantum of weight each, at most)
+        assert K[y] not in {r.account for r in s.liquidations}
+        if maker:
+            assert need[m] + _pnl(c, s, m) - _eq(s, m) <= 12

@@ -69,6 +69,7 @@ class _RefPools:
         self.moves = {}  # s8: series of the marked underlying -> value (or fixing) now less value before
         self.paid = {}  # s8: asset -> {account: what step 6's gainers' charge took from it}
         self.closed = set()  # s18: (account, asset) books the liquidations closed against, since the last look
+        self.own_sides = {}  # s22: record -> the sides a part of whose charge its ("own", n) holds
 
 
 def _ref_gain(ref, series: int, value: int, sign: int) -> int:
@@ -323,13 +324,6 @@ class Reference(Clearing):
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
-    def _capped(self, asset, loss, weights, pending, ref):
-        """s22: _charge, each at most the larger of its share (rounded up) and its net gain at the mark."""
-        total, gains = sum(weights.values()), self._ref_gains(asset, ref)
-        return self._charge(asset, loss, weights, pending,
-                            limit={h: max(Fraction(loss * w, total).__ceil__(), gains.get(h, 0))
-                                   for h, w in weights.items()})
-
     def _ref_gains(self, asset, ref):
         """s8: whoever held at the mark's start (snap) series of the marked underlying settling in
         asset, by contracts x gain summed over them, where that is above 0."""
@@ -349,7 +343,8 @@ class Reference(Clearing):
             weights = [w for _, w in terms]
             if explicit:
                 parts = _ref_split(loss, [sum(explicit.values())] + weights)
-                short = parts[0] - (self._capped(asset, parts[0], explicit, pending, ref) if parts[0] else 0)
+                short = parts[0] - (self._share_out(asset, parts[0], explicit, pending, cascade, False)
+                                    if parts[0] else 0)  # s22
                 parts = [p + q for p, q in zip(parts[1:], _ref_split(short, weights))]
             else:
                 parts = _ref_split(loss, weights)
@@ -358,13 +353,8 @@ class Reference(Clearing):
             if at is not None and sum(parts):
                 ref.owed.setdefault(asset, {})[at] = sum(parts)
             return loss
-        charged = self._capped(asset, loss, explicit, pending, ref) if explicit else 0
-        if loss > charged and explicit:
-            carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in cascade.done
-                        and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in cascade.settled)}
-            if carriers:
-                charged += self._capped(asset, loss - charged, carriers, carriers, ref)
-                cascade.extend((h, asset) for h in sorted(carriers))
+        # s22: shares, carriers' own shortfalls, then the others' shared again (Clearing._share_out)
+        charged = self._share_out(asset, loss, explicit, pending, cascade, gains_only=not passing) if explicit else 0
         on = sorted(h for h in explicit if (h, asset) in cascade.done and (h, asset) in ref.of
                     ) if loss > charged and passing else []  # s7 c2: any record, not only one with own weights
         if on:  # s7 review: what liquidated books cannot pay goes to their own weights
@@ -405,7 +395,9 @@ class Reference(Clearing):
                     if left:
                         short.setdefault(asset, []).append((n, left))
             for asset in sorted(short):
-                left = self._reach(asset, sum(q for _, q in short[asset]), [n for n, _ in short[asset]], cascade)
+                skip = set().union(*(ref.own_sides.get(n, set()) for n, _ in short[asset]))  # s22
+                left = self._reach(asset, sum(q for _, q in short[asset]), [n for n, _ in short[asset]], skip,
+                                   cascade)
                 if left:  # s8: owed to the mark's gainers first
                     ref.amount[("open", asset)] = ref.amount.get(("open", asset), 0) + left
             return
@@ -431,9 +423,11 @@ class Reference(Clearing):
                     if part > q:  # a liquidated holder's to its record's own weights, else step 6
                         to = ("own", ref.of[(h, asset)]) if (h, asset) in cascade.done and (h, asset) in ref.of \
                             else ("open", asset)
+                        if to[0] == "own":  # s22: not charged to this side again along the chain
+                            ref.own_sides.setdefault(to[1], set()).add(side)
                         ref.amount[to] = ref.amount.get(to, 0) + part - q
 
-    def _reach(self, asset, loss, origins, cascade):
+    def _reach(self, asset, loss, origins, skip, cascade):
         """s7 c2: what the own weights of records origins could not pay (loss, summed), level by
         level along their chains at once: each level the sources the previous one refers to (a
         record's terms and the records of its own weights this mark liquidated; the records of a
@@ -458,7 +452,7 @@ class Reference(Clearing):
                         d[h] -= off
                         q -= off
 
-        seen = set(origins)
+        seen = set(origins) | skip
         level = [s for n in origins for s in parts(n)[1]]
         while loss and level:
             fresh = list(dict.fromkeys(s for s in level if s not in seen))
@@ -480,13 +474,8 @@ class Reference(Clearing):
                 taken = {}
                 loss -= self._charge(asset, min(loss, sum(rich.values())), rich, limit=rich, taken=taken)
                 lower(kept, taken)
-            if weights and loss:
-                loss -= self._capped(asset, loss, weights, frozenset(), ref)
-            carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
-                        and (self._holds(h, asset) or (h, asset) in cascade.settled)} if loss else {}
-            if carriers:  # step 5 at the level: beyond equity, liquidated at this mark
-                loss -= self._capped(asset, loss, carriers, carriers, ref)
-                cascade.extend((h, asset) for h in sorted(carriers))
+            if weights and loss:  # s22: shares, then carriers' own shortfalls (Clearing._share_out)
+                loss -= self._share_out(asset, loss, weights, frozenset(), cascade)
         return loss
 
     def _drain_open(self, cascade):

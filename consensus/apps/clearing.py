@@ -256,7 +256,7 @@ class _Pools:
     mark's start, a side of such a series that gained: contracts x the gain a contract, summed},
     built once per mark when first owed; paid: asset -> {gainer: what step 6 took from it}."""
     __slots__ = ("sides", "records", "amount", "profit", "owed", "of", "takers", "moves", "start",
-                 "gains", "paid")
+                 "gains", "paid", "own_sides")
 
     def __init__(self):
         # record -> the owners of earlier liquidations that took its book's positions -> what each
@@ -272,6 +272,9 @@ class _Pools:
         self.start: dict[int, dict[bytes, int]] = {}
         self.gains: dict[str, dict[bytes, int]] = {}
         self.paid: dict[str, dict[bytes, int]] = {}
+        # record -> the settled sides a part of whose charge its ("own", n) holds (its book, one of
+        # their holders, could not pay it): what its chain cannot pay is not charged to them again
+        self.own_sides: dict[int, set] = {}
 
     def put(self, source, amount: int) -> None:
         if amount:
@@ -1526,7 +1529,7 @@ class Clearing:
             tw = [w for _, w in terms]
             if explicit:
                 first, *rest = _split(loss, [sum(explicit.values())] + tw)
-                short = first - (self._capped(asset, first, explicit, pending, pools) if first else 0)
+                short = first - (self._share_out(asset, first, explicit, pending, cascade, False) if first else 0)
                 if short:
                     rest = [a + b for a, b in zip(rest, _split(short, tw))]
             else:
@@ -1534,12 +1537,7 @@ class Clearing:
             for (source, _), part in zip(terms, rest):
                 pools.put(source, part)
             return loss, sum(rest)
-        charged = self._capped(asset, loss, explicit, pending, pools) if explicit else 0
-        if loss > charged and explicit:
-            carriers = {h: w for h, w in explicit.items() if h not in pending and self._carrier(h, asset, cascade)}
-            if carriers:
-                charged += self._capped(asset, loss - charged, carriers, carriers, pools)
-                cascade.extend((h, asset) for h in sorted(carriers))
+        charged = self._share_out(asset, loss, explicit, pending, cascade, gains_only=not passing) if explicit else 0
         if loss > charged and explicit and passing:
             done = cascade.done
             on = [(h, n) for h in sorted(h for h in explicit if (h, asset) in done)
@@ -1555,7 +1553,8 @@ class Clearing:
             return loss, loss - charged
         return loss, 0
 
-    def _socialize_parts(self, asset: str, loss: int, weights: dict[bytes, int], cascade: "_Cascade") -> tuple[int, int]:
+    def _socialize_parts(self, asset: str, loss: int, weights: dict[bytes, int], cascade: "_Cascade",
+                         side=None) -> tuple[int, int]:
         """A settled side's charge (_drain, sides): loss split among its holders in proportion to
         their weights (floored, the remainder a quantum each to the largest weights, then by key,
         as _charge), each charged at most its part and its equity (_room; a
@@ -1588,10 +1587,12 @@ class Clearing:
             if part > q:
                 n = pools.of.get((h, asset)) if (h, asset) in done else None
                 pools.put(("own", n) if n is not None else ("open", asset), part - q)
+                if n is not None and side is not None:  # (not charged to this side again: _reach)
+                    pools.own_sides.setdefault(n, set()).add(side)
                 pooled += part - q
         return loss, pooled
 
-    def _reach(self, asset: str, loss: int, origins: list[int], cascade: "_Cascade") -> int:
+    def _reach(self, asset: str, loss: int, origins: list[int], skip: set, cascade: "_Cascade") -> int:
         """What the own weights of the records origins (in asset) could not pay of their ("own", n)
         in one pass (_drain), loss in all, charged along their records' chains at once, level by
         level: level 1 the sources the origins refer to (their terms: settled sides and inherited
@@ -1612,7 +1613,7 @@ class Clearing:
         short calls to X) left the part of a book that took its gain in cash to everyone in profit
         while X, at the chain's end, kept the gain (tests/test_ledger_money_s7.py)."""
         pools, done = cascade.pools, cascade.done
-        seen: set = set(origins)
+        seen: set = set(origins) | skip  # skip: the sides whose holders' parts the origins owe
 
         def onward(source) -> tuple[dict, list]:
             if isinstance(source, int):  # a record: its own weights, then its terms
@@ -1640,14 +1641,9 @@ class Clearing:
             kept = [pools.takers[s] for s in fresh if isinstance(s, int) and s in pools.takers]
             if kept:  # who took the level's books' positions first, each at most what it kept of theirs
                 loss -= self._charge_cash(asset, loss, _Caps(kept))
-            if weights and loss:
-                loss -= self._capped(asset, loss, weights, frozenset(), pools)
-            if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
-                # settled) a position, liquidated at this mark in turn
-                carriers = {h: w for h, w in weights.items() if self._carrier(h, asset, cascade)}
-                if carriers:
-                    loss -= self._capped(asset, loss, carriers, carriers, pools)
-                    cascade.extend((h, asset) for h in sorted(carriers))
+            if weights and loss:  # step 5 in it: what one cannot pay, beyond equity if it still holds (or
+                # just settled) a position, liquidated at this mark in turn
+                loss -= self._share_out(asset, loss, weights, frozenset(), cascade)
         return loss
 
     def _drain(self, cascade: "_Cascade", sides: bool = False, own: bool = False) -> None:
@@ -1670,18 +1666,19 @@ class Clearing:
                     left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
                 left -= self._charge_cash(asset, left, pools.takers.get(n, {}))  # then its takers', as in step 3
                 if left:
-                    entry = short.setdefault(asset, [0, []])
+                    entry = short.setdefault(asset, [0, [], set()])
                     entry[0] += left
                     entry[1].append(n)
+                    entry[2].update(pools.own_sides.get(n, ()))
             for asset in sorted(short):
-                if left := self._reach(asset, short[asset][0], short[asset][1], cascade):
+                if left := self._reach(asset, *short[asset], cascade):
                     pools.put(("open", asset), left)  # step 6: the mark's gainers first
             return
         if sides:
             for side in sorted(s for s in pools.amount if s in pools.sides):
                 asset, holders, factor = pools.sides[side]
                 self._socialize_parts(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()},
-                                      cascade)
+                                      cascade, side)
             return
         queue = [-n for n in pools.amount if isinstance(n, int)]
         heapq.heapify(queue)
@@ -1848,18 +1845,51 @@ class Clearing:
         """Whether n changed accounts are cheaper to read in a pass over all (CASH_SLACK)."""
         return n > len(self.accounts) // 4 + CASH_SLACK
 
-    def _capped(self, asset: str, loss: int, weights: dict[bytes, int], pending, pools: "_Pools") -> int:
-        """_charge of a socialized loss's weights (a record's own weights, step 3; its carriers,
-        step 5; a level of _reach): whom the proportion takes past its equity gives its equity,
-        and the rest is shared by the others in proportion again, each at most the larger of its
-        proportional share and what it gained at this mark on the whole (_open_gains, step 6's
-        measure). Shared up to equity alone (until the s22 review), what a tapped-out counterparty
-        could not pay all went to one that gained nothing: a bystander long one ETH future (1
+    def _share_out(self, asset: str, loss: int, weights: dict[bytes, int], pending, cascade: "_Cascade",
+                   carry: bool = True, gains_only: bool = False) -> int:
+        """Steps 4-5 for one charge of a socialized loss to weights (a record's own weights, or a
+        level of _reach); returns what was charged. Each pays its proportional share (to the
+        quantum: loss x w // total, the remainder a quantum each to the largest weights, then by
+        key), at most its equity (a book of pending, liquidated by this mark later: all of it);
+        gains_only (the own drain, whose weights are whom a liquidated book's positions went to:
+        they took what it gained), at most its weight too. Then (carry) a carrier (_carrier: it
+        still holds a position in the asset, or held one this mark settled) carries what it could
+        not pay of its share beyond its equity, listed in cascade to be liquidated at this mark:
+        the loss follows its positions. Only what the others (neither carriers nor books this mark
+        liquidated, whose shortfall goes to their own weights: _socialize) could not pay is shared
+        again among all of them in proportion, up to equity (gains_only: up to what is left of its
+        weight). Shared again first (until the s22 review), a tapped-out carrier's part, or a
+        liquidated one's, went to one that gained nothing: a bystander long one ETH future (1
         quantum of weight) beside the attacker's hedged account paid 473,376 USD of a BTC loss,
-        while the hedge's other side (the attacker's third account) kept the gain."""
-        total, gains = sum(weights.values()), self._open_gains(asset, pools)
-        limit = {h: max(-(-loss * w // total), gains.get(h, 0)) for h, w in weights.items()}
-        return self._charge(asset, loss, weights, pending, limit=limit)
+        while the hedge's other side (the attacker's third account) kept the gain; and the own
+        drain charged a bystander, a book's only own weight at 1 quantum, 312,514 USD."""
+        total = sum(weights.values())
+        share = {h: loss * w // total for h, w in weights.items()}
+        for h in heapq.nsmallest(loss - sum(share.values()), weights, key=lambda h: (-weights[h], h)):
+            share[h] += 1
+        if gains_only:
+            share = {h: min(q, weights[h]) for h, q in share.items()}
+        taken: dict[bytes, int] = {}
+        got = self._charge(asset, sum(share.values()), weights, pending, limit=share, taken=taken)
+        short = {h: share[h] - taken.get(h, 0) for h in sorted(weights) if share[h] > taken.get(h, 0)}
+        carriers = {h: q for h, q in short.items()
+                    if carry and h not in pending and self._carrier(h, asset, cascade)}
+        if carriers:
+            more: dict[bytes, int] = {}
+            got += self._charge(asset, sum(carriers.values()), {h: weights[h] for h in carriers}, carriers,
+                                limit=carriers, taken=more)
+            for h, q in more.items():
+                taken[h] = taken.get(h, 0) + q
+            cascade.extend((h, asset) for h in sorted(carriers))
+        done = cascade.done
+        again = sum(q for h, q in short.items() if h not in carriers and (h, asset) not in done)
+        if again:
+            if gains_only:
+                left = {h: w - taken.get(h, 0) for h, w in weights.items() if w > taken.get(h, 0)}
+                got += self._charge(asset, again, {h: weights[h] for h in left}, pending, limit=left) if left else 0
+            else:
+                got += self._charge(asset, again, weights, pending)
+        return got
 
     def _charge_cash(self, asset: str, loss: int, caps, pending=frozenset()) -> int:
         """Up to loss quanta charged to the keys of caps (the owners of earlier liquidations of the
