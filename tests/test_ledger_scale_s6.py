@@ -69,7 +69,6 @@ class _RefPools:
         self.moves = {}  # s8: series of the marked underlying -> value (or fixing) now less value before
         self.paid = {}  # s8: asset -> {account: what step 6's gainers' charge took from it}
         self.closed = set()  # s18: (account, asset) books the liquidations closed against, since the last look
-        self.own_sides = {}  # s22: record -> the sides a part of whose charge its ("own", n) holds
 
 
 def _ref_gain(ref, series: int, value: int, sign: int) -> int:
@@ -395,9 +394,7 @@ class Reference(Clearing):
                     if left:
                         short.setdefault(asset, []).append((n, left))
             for asset in sorted(short):
-                skip = set().union(*(ref.own_sides.get(n, set()) for n, _ in short[asset]))  # s22
-                left = self._reach(asset, sum(q for _, q in short[asset]), [n for n, _ in short[asset]], skip,
-                                   cascade)
+                left = self._reach(asset, sum(q for _, q in short[asset]), [n for n, _ in short[asset]], cascade)
                 if left:  # s8: owed to the mark's gainers first
                     ref.amount[("open", asset)] = ref.amount.get(("open", asset), 0) + left
             return
@@ -423,11 +420,9 @@ class Reference(Clearing):
                     if part > q:  # a liquidated holder's to its record's own weights, else step 6
                         to = ("own", ref.of[(h, asset)]) if (h, asset) in cascade.done and (h, asset) in ref.of \
                             else ("open", asset)
-                        if to[0] == "own":  # s22: not charged to this side again along the chain
-                            ref.own_sides.setdefault(to[1], set()).add(side)
                         ref.amount[to] = ref.amount.get(to, 0) + part - q
 
-    def _reach(self, asset, loss, origins, skip, cascade):
+    def _reach(self, asset, loss, origins, cascade):
         """s7 c2: what the own weights of records origins could not pay (loss, summed), level by
         level along their chains at once: each level the sources the previous one refers to (a
         record's terms and the records of its own weights this mark liquidated; the records of a
@@ -452,7 +447,7 @@ class Reference(Clearing):
                         d[h] -= off
                         q -= off
 
-        seen = set(origins) | skip
+        seen = set(origins)
         level = [s for n in origins for s in parts(n)[1]]
         while loss and level:
             fresh = list(dict.fromkeys(s for s in level if s not in seen))

@@ -256,7 +256,7 @@ class _Pools:
     mark's start, a side of such a series that gained: contracts x the gain a contract, summed},
     built once per mark when first owed; paid: asset -> {gainer: what step 6 took from it}."""
     __slots__ = ("sides", "records", "amount", "profit", "owed", "of", "takers", "moves", "start",
-                 "gains", "paid", "own_sides")
+                 "gains", "paid")
 
     def __init__(self):
         # record -> the owners of earlier liquidations that took its book's positions -> what each
@@ -272,9 +272,6 @@ class _Pools:
         self.start: dict[int, dict[bytes, int]] = {}
         self.gains: dict[str, dict[bytes, int]] = {}
         self.paid: dict[str, dict[bytes, int]] = {}
-        # record -> the settled sides a part of whose charge its ("own", n) holds (its book, one of
-        # their holders, could not pay it): what its chain cannot pay is not charged to them again
-        self.own_sides: dict[int, set] = {}
 
     def put(self, source, amount: int) -> None:
         if amount:
@@ -1553,8 +1550,7 @@ class Clearing:
             return loss, loss - charged
         return loss, 0
 
-    def _socialize_parts(self, asset: str, loss: int, weights: dict[bytes, int], cascade: "_Cascade",
-                         side=None) -> tuple[int, int]:
+    def _socialize_parts(self, asset: str, loss: int, weights: dict[bytes, int], cascade: "_Cascade") -> tuple[int, int]:
         """A settled side's charge (_drain, sides): loss split among its holders in proportion to
         their weights (floored, the remainder a quantum each to the largest weights, then by key,
         as _charge), each charged at most its part and its equity (_room; a
@@ -1587,12 +1583,10 @@ class Clearing:
             if part > q:
                 n = pools.of.get((h, asset)) if (h, asset) in done else None
                 pools.put(("own", n) if n is not None else ("open", asset), part - q)
-                if n is not None and side is not None:  # (not charged to this side again: _reach)
-                    pools.own_sides.setdefault(n, set()).add(side)
                 pooled += part - q
         return loss, pooled
 
-    def _reach(self, asset: str, loss: int, origins: list[int], skip: set, cascade: "_Cascade") -> int:
+    def _reach(self, asset: str, loss: int, origins: list[int], cascade: "_Cascade") -> int:
         """What the own weights of the records origins (in asset) could not pay of their ("own", n)
         in one pass (_drain), loss in all, charged along their records' chains at once, level by
         level: level 1 the sources the origins refer to (their terms: settled sides and inherited
@@ -1613,7 +1607,7 @@ class Clearing:
         short calls to X) left the part of a book that took its gain in cash to everyone in profit
         while X, at the chain's end, kept the gain (tests/test_ledger_money_s7.py)."""
         pools, done = cascade.pools, cascade.done
-        seen: set = set(origins) | skip  # skip: the sides whose holders' parts the origins owe
+        seen: set = set(origins)
 
         def onward(source) -> tuple[dict, list]:
             if isinstance(source, int):  # a record: its own weights, then its terms
@@ -1666,10 +1660,9 @@ class Clearing:
                     left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
                 left -= self._charge_cash(asset, left, pools.takers.get(n, {}))  # then its takers', as in step 3
                 if left:
-                    entry = short.setdefault(asset, [0, [], set()])
+                    entry = short.setdefault(asset, [0, []])
                     entry[0] += left
                     entry[1].append(n)
-                    entry[2].update(pools.own_sides.get(n, ()))
             for asset in sorted(short):
                 if left := self._reach(asset, *short[asset], cascade):
                     pools.put(("open", asset), left)  # step 6: the mark's gainers first
@@ -1678,7 +1671,7 @@ class Clearing:
             for side in sorted(s for s in pools.amount if s in pools.sides):
                 asset, holders, factor = pools.sides[side]
                 self._socialize_parts(asset, pools.amount.pop(side), {h: n * factor for h, n in holders.items()},
-                                      cascade, side)
+                                      cascade)
             return
         queue = [-n for n in pools.amount if isinstance(n, int)]
         heapq.heapify(queue)
