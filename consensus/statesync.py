@@ -47,9 +47,9 @@ each peer at most its deadline: a sync takes at most about 4 (n - 1) times the l
 fastest honest peer needs and chunks x CHUNK_MS, where each slow Byzantine peer cost that
 round's chunks x chunk_ms. A joiner's own link sets the pace too: until the s22 review the wait
 stayed 2 s, so one carrying less than 4 MiB in 2 s (about 17 Mbit/s) never took a chunk of a
-snapshot over 4 MiB, and its peers' chunk 0 answers, all late, counted as unasked; now a chunk 0
-late for its ask still counts as an offer and is taken while no other peer's is in (_late_head),
-and the rounds' waits grow to fit links down to about 1 Mbit/s.
+snapshot over 4 MiB, and its peers' chunk 0 answers, all late, counted as unasked; now the
+rounds' waits grow to fit links down to about 1 Mbit/s, and a chunk 0 late for its ask still
+counts as an offer (_late_head).
 The chunk count is the peer's word, bounded by the vouched size (a snapshot over
 VOUCH_FREE needs f + 1 vouchers, one of them honest), so a Byzantine peer claiming a large
 snapshot for a long deadline gets at most the deadline of 2 x an honest snapshot + 64 MiB.
@@ -478,9 +478,12 @@ class StateSync:
         timer ran out before it came. Such a peer holds a snapshot all the same: it counts
         toward the f + 1 offers that keep the sync from starting from the genesis (where no
         peer holds the blocks from it, all state-synced or pruned, that start never ends: the
-        s21 lead), and while no other peer's chunk 0 has come, its snapshot is taken, so a peer
-        slower than RETRY_MS to its chunk 0 in every round still serves one. Each ask of a peer
-        lets one such chunk be checked (awaiting), as the answer to the ask itself is."""
+        s21 lead). It is not taken: the peer asked now is waited for, and the rounds' waits grow
+        until a slow link's chunk 0 fits (taken, a Byzantine peer's late chunk 0 displaced an
+        honest peer's ask and, moving the sync's place among the peers, had the Byzantine peers
+        behind it asked again: f of them held a sync 2^f - 1 takeovers long, the second review).
+        Each ask of a peer lets one such chunk be checked (awaiting), as the answer to the ask
+        itself is."""
         if msg.chunk != 0 or sender not in self.awaiting:
             self._count("chunk_unasked")
             return []
@@ -490,12 +493,8 @@ class StateSync:
             self._count(why)
             return []
         self.offered.add(sender)
-        if self.head is not None or self.ready is not None:
-            self._count("chunk_late")
-            return []
-        self._count("chunk_late_taken")
-        self.peer, self.regone = sender, False
-        return self._take(sender, msg)
+        self._count("chunk_late")
+        return []
 
     def _head_problem(self, msg: SnapshotChunk) -> str | None:
         """Why a chunk 0 is refused (a counter's name), or None."""
