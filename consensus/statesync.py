@@ -37,7 +37,7 @@ peer), and the chunks of one snapshot can only come from peers holding that snap
 snapshot at staggered heights, so usually only the one). So each peer's snapshot is also due by
 a deadline, set when its chunk 0 arrives: wait_ms + (chunks - 1) x chunk_ms. Both double each
 round of the peers: an ask waits wait_ms for its answer, RETRY_MS (2 s) in the first round, at
-most SLOW_MS (32 s); chunk_ms is CHUNK_MS (500 ms) in the first round, at most wait_ms.
+most SLOW_MS (36 s); chunk_ms is CHUNK_MS (500 ms) in the first round, at most wait_ms.
 An ask's timer runs out at the deadline at the latest, and a chunk arriving after it is not
 taken: the peer is left for the next one (peer_slow), its chunks dropped, and the next peer's
 snapshot (of whatever height) is asked for. An honest peer serving 4 MiB chunks at about 64 Mbit/s
@@ -93,7 +93,7 @@ from .messages import (
 from .store import Store, snapshot_row_problem
 
 RETRY_MS = 2_000.0  # a peer silent this long after an ask is left for the next one (first round; doubling each round)
-SLOW_MS = 32_000.0  # ... up to this: a 4 MiB chunk at 1 Mbit/s
+SLOW_MS = 36_000.0  # ... up to this: a 4 MiB chunk at 1 Mbit/s takes 33.6 s
 CHUNK_MS = 500.0    # a peer's snapshot is due RETRY_MS + (chunks - 1) x this after its chunk 0 (doubling each round)
 SYNC_TIMER = -1     # the SetTimer view of state sync's first ask; ask n's is SYNC_TIMER - n (views are >= 0)
 MAX_TXS = 1 << 48   # a snapshot's count of committed transactions (the peer's word) beyond this is refused

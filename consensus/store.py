@@ -27,7 +27,7 @@ from .core import Safety
 from .messages import Proposal
 
 
-SERVING_S = 40.0  # a snapshot a chunk of which was served this recently is in a peer's transfer (see add_snapshot;
+SERVING_S = 45.0  # a snapshot a chunk of which was served this recently is in a peer's transfer (see add_snapshot;
 #                   over statesync.SLOW_MS, the longest an ask waits for a chunk)
 SEAL_SUFFIX = ".safety"  # the seal's file: the database's path with this appended
 # PRAGMA user_version of a store (0: one this release never opened, which has no seal yet):
