@@ -94,7 +94,7 @@ from .store import Store, snapshot_row_problem
 
 RETRY_MS = 2_000.0  # a peer silent this long after an ask is left for the next one (first round; doubling each round)
 SLOW_MS = 36_000.0  # ... up to this: a 4 MiB chunk at 1 Mbit/s takes 33.6 s
-CHUNK_MS = 500.0    # a peer's snapshot is due RETRY_MS + (chunks - 1) x this after its chunk 0 (doubling each round)
+CHUNK_MS = 500.0    # a peer's snapshot is due wait_ms + (chunks - 1) x this after its chunk 0 (doubling each round)
 SYNC_TIMER = -1     # the SetTimer view of state sync's first ask; ask n's is SYNC_TIMER - n (views are >= 0)
 MAX_TXS = 1 << 48   # a snapshot's count of committed transactions (the peer's word) beyond this is refused
 MAX_SYNC_BYTES = MAX_SNAPSHOT_CHUNKS * SNAPSHOT_CHUNK  # StateSync's default max_bytes: 4 GiB
