@@ -1165,7 +1165,7 @@ class Core:
                 # peer built the same one for a validator behind, which never caught up (review s22)
                 break
             props.append(p)
-            size += 512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes
+            size += 512 + _tx_bytes(p.block)
             if size >= RANGE_BYTES:
                 break
         return [Send(sender, BlockResponse(tuple(props)))] if props else []
@@ -1203,7 +1203,7 @@ class Core:
         # a frame costs a store read)
         useful = {p.block.id: p for p in resp.proposals
                   if p.block.height > floor and (p.block.id in self.blocks or p.block.id in self.heights)}
-        size = sum(512 + p.block.txs.bodies.data.nbytes + p.block.txs.sigs.nbytes for p in useful.values())
+        size = sum(512 + _tx_bytes(p.block) for p in useful.values())
         ask = sender if len(useful) >= MAX_RANGE or size >= RANGE_BYTES else self._after(sender)
         need_of = self._needs()
         for block_id, peer in sorted(self.fetching.items(), key=lambda kv: need_of(kv[0]), reverse=True):

@@ -404,7 +404,8 @@ def proposal_size(p: Proposal) -> int:
     """The bytes of p's encoding within a message (as _put_body writes it), computed without
     encoding it: what a BlockResponse adds for it."""
     b = p.block
-    size = 146 + _qc_size(b.qc) + 1 + 4 + 4 * len(b.txs) + b.txs.bodies.data.nbytes + 4 + b.txs.sigs.nbytes + 64
+    head = 8 + 8 + 32 + 2 + 32 + 32 + 32  # view, height, parent, proposer, tx root, state root, digest
+    size = head + _qc_size(b.qc) + 1 + 4 + 4 * len(b.txs) + b.txs.bodies.data.nbytes + 4 + b.txs.sigs.nbytes + 64
     if b.tc is not None:
         size += 8 + 2 + 10 * len(b.tc.voters) + len(b.tc.sigs) + _qc_size(b.tc.high_qc)
     return size

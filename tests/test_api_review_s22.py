@@ -39,30 +39,37 @@ async def _one(port: int, data: bytes) -> bytes:
     return head[9:12]
 
 
-@pytest.mark.parametrize("request_bytes, status", [(b"GARBAGE\r\n\r\n", b"400"),
-                                                   (b"GET /status HTTP/1.1\r\nHost: x\r\nExpect: nope\r\n\r\n", b"417")])
-def test_requests_refused_before_the_api_count_against_the_request_rate(tmp_path, request_bytes, status):
+def _served(tmp_path, scenario, **limits):
+    """scenario(port) run against one validator's API (limits: Rpc's), then the API and store closed."""
     from consensus.localnet import write_configs
     from consensus.node import NodeConfig, NodeRunner
     from consensus.rpc import Rpc
     runner = NodeRunner(NodeConfig.load(write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none",
                                                       rpc_port=0)[0]))
 
-    async def flood():
-        rpc = Rpc(runner, runner.cfg.rpc, requests_per_s=2.0)
+    async def run():
+        rpc = Rpc(runner, runner.cfg.rpc, **limits)
         await rpc.start()
         try:
-            seen, start = {}, time.monotonic()
-            for _ in range(40):
-                got = await _one(rpc.bound_port(), request_bytes)
-                seen[got] = seen.get(got, 0) + 1
-            return seen, time.monotonic() - start
+            return await scenario(rpc.bound_port())
         finally:
             await rpc.stop()
     try:
-        seen, took = asyncio.run(flood())
+        return asyncio.run(run())
     finally:
         runner.store.close()
+
+
+@pytest.mark.parametrize("request_bytes, status", [(b"GARBAGE\r\n\r\n", b"400"),
+                                                   (b"GET /status HTTP/1.1\r\nHost: x\r\nExpect: nope\r\n\r\n", b"417")])
+def test_requests_refused_before_the_api_count_against_the_request_rate(tmp_path, request_bytes, status):
+    async def flood(port):
+        seen, start = {}, time.monotonic()
+        for _ in range(40):
+            got = await _one(port, request_bytes)
+            seen[got] = seen.get(got, 0) + 1
+        return seen, time.monotonic() - start
+    seen, took = _served(tmp_path, flood, requests_per_s=2.0)
     # a burst of 2 s worth (4) and 2 a second after: before, all 40 were answered
     assert 1 <= seen.get(status, 0) <= 4 + 2 * took + 1 and seen.get(b"429", 0) >= 40 - 4 - 2 * took - 1, (seen, took)
 
@@ -119,27 +126,13 @@ def test_an_unknown_dotted_key_or_sub_table_is_named_at_its_line(tmp_path):
 
 
 def test_the_404_lists_every_endpoint(tmp_path):
-    from consensus.localnet import write_configs
-    from consensus.node import NodeConfig, NodeRunner
-    from consensus.rpc import Rpc
-    runner = NodeRunner(NodeConfig.load(write_configs(tmp_path, 4, 10, "software", 0.0, 1000.0, load="none",
-                                                      rpc_port=0)[0]))
-
-    async def ask():
-        rpc = Rpc(runner, runner.cfg.rpc)
-        await rpc.start()
-        try:
-            r, w = await asyncio.open_connection("127.0.0.1", rpc.bound_port())
-            w.write(b"GET /tsx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            body = await r.read()
-            w.close()
-            return body
-        finally:
-            await rpc.stop()
-    try:
-        body = asyncio.run(ask())
-    finally:
-        runner.store.close()
+    async def ask(port):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /tsx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = await r.read()
+        w.close()
+        return body
+    body = _served(tmp_path, ask)
     listed = set(re.findall(rb"(/[a-z_]+)", body.split(b"see", 1)[1]))
     assert listed == {b"/status", b"/health", b"/tx", b"/txs", b"/account", b"/broadcast_tx_sync", b"/broadcast_txs"}
 

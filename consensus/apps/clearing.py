@@ -201,19 +201,10 @@ def _split(amount: int, weights: list[int]) -> list[int]:
     return parts
 
 
-def _lower(caps, taken: dict) -> None:
-    """What each paid (taken) off its cap: caps a dict, or _Caps."""
-    if isinstance(caps, _Caps):
-        caps.lower(taken)
-    else:
-        for h, q in taken.items():
-            caps[h] -= q
-
-
 class _Caps:
-    """The caps of several records (or a settled side's holders) as one (_reach's level): a
-    member's cap is the sum of its caps there, and what it paid comes off them in the records'
-    order. Indexed by member once, so a level of N records costs their members, not N x them."""
+    """The takers' caps of one record or several (_reach's level) as one: a taker's cap is the sum
+    of its caps there, and what it paid comes off them in the records' order. Indexed by taker
+    once, so a level of N records costs their takers, not N x them."""
 
     def __init__(self, caps: list[dict]):
         self.where: dict[bytes, list[dict]] = {}
@@ -1477,7 +1468,7 @@ class Clearing:
         sides = pools.sides
         terms += [(s, w) for s, w in settled or () if s in sides]
         takers = dict(heirs.get((asset, key, "kept"), {}))  # each at most what it kept of this book's
-        charged = self._charge_cash(asset, loss, takers, pending)
+        charged = self._charge_cash(asset, loss, _Caps([takers]), pending)
         heirs[(asset, key, "charged")] = n = pools.record(asset, closed, terms)  # not changed from here on
         if n is not None:
             pools.of[(key, asset)] = n
@@ -1668,7 +1659,7 @@ class Clearing:
                 left = pools.amount.pop(("own", n))
                 if explicit:
                     left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
-                left -= self._charge_cash(asset, left, pools.takers.get(n, {}))  # then its takers', as in step 3
+                left -= self._charge_cash(asset, left, _Caps([pools.takers.get(n, {})]))  # then its takers', as in step 3
                 if left:
                     entry = short.setdefault(asset, [0, []])
                     entry[0] += left
@@ -1861,7 +1852,7 @@ class Clearing:
         limit = {h: max(-(-loss * w // total), gains.get(h, 0)) for h, w in weights.items()}
         return self._charge(asset, loss, weights, pending, limit=limit)
 
-    def _charge_cash(self, asset: str, loss: int, caps, pending=frozenset()) -> int:
+    def _charge_cash(self, asset: str, loss: int, caps: "_Caps", pending=frozenset()) -> int:
         """Up to loss quanta charged to the keys of caps (the owners of earlier liquidations of the
         mark that took a book's positions: they kept what it lost) with cash in asset, in proportion
         to it, nobody beyond its own (_charge) nor beyond its cap (what it gained at the mark on what
@@ -1875,7 +1866,7 @@ class Clearing:
             return 0
         taken: dict[bytes, int] = {}
         got = self._charge(asset, min(loss, sum(rich.values())), rich, pending, limit=rich, taken=taken)
-        _lower(caps, taken)
+        caps.lower(taken)
         return got
 
     def _touched(self, key: bytes, asset: str) -> bool:

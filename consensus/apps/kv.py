@@ -38,6 +38,7 @@ EMPTY = hashlib.sha256(b"").digest()
 # 64 KiB "set" values did not: every leader proposed the same unsendable block, and the chain
 # stopped (review s22)
 BLOCK_BYTES = MAX_MESSAGE // 2
+TX_EXTRA = 64 + 4  # a transaction's bytes in a block beside its body: its signature and offset
 
 
 @dataclass(frozen=True)
@@ -266,11 +267,11 @@ class KvApp:
         most BLOCK_BYTES (one that does not fit is left for a later block), and the state after them."""
         picked, room = [], BLOCK_BYTES
         for h, tx in self.mempool.items():
-            if len(picked) == self.max_txs or room < HEADER + 9 + 68:
+            if len(picked) == self.max_txs or room < HEADER + 9 + TX_EXTRA:
                 break
-            if h not in exclude and len(tx[0]) + 68 <= room:
+            if h not in exclude and len(tx[0]) + TX_EXTRA <= room:
                 picked.append(tx)
-                room -= len(tx[0]) + 68
+                room -= len(tx[0]) + TX_EXTRA
         txs = pack_txs([b for b, _ in picked], [s for _, s in picked]) if picked else Txs.empty()
         return txs, self.execute(parent, txs.bodies)
 
