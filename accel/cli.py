@@ -24,17 +24,22 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _use_config(path: str | None) -> None:
-    """--config FILE: the configuration `accel node --config FILE` runs, its [accel] table (the
-    file's other tables are the node's), ACCEL_* variables over it; a file without [accel] leaves
-    accel.toml / $ACCEL_CONFIG in force, as the node does. check, info and build-cuda read only
-    accel.toml / $ACCEL_CONFIG before: a validator file's backend = "cuda" passed `accel check` on
-    the C fallback, and build-cuda wrote where that file's cuda_cubin_dir does not look."""
+def _use_config(path: str | None):
+    """--config FILE: the configuration `accel node --config FILE` runs (config.for_file), installed
+    for this command, with the file checked as the node checks it (returned: its NodeConfig); a
+    file without [node] is an accel.toml, read as $ACCEL_CONFIG would be (an unknown table is an
+    error). check, info and build-cuda read only accel.toml / $ACCEL_CONFIG before: a validator
+    file's backend = "cuda" passed `accel check` on the C fallback; and a misspelt [acel] table
+    was taken for no [accel] table at all (review s23)."""
     if path is None:
-        return
-    _, data = config.read_toml(path)
-    if "accel" in data:
-        config.use(config.load(path, shared=True))
+        return None
+    if "node" not in config.read_toml(path)[1]:
+        config.use(config.load(path))
+        return None
+    from consensus.node import NodeConfig
+    node = NodeConfig.load(path)
+    config.use(node.accel)
+    return node
 
 
 def cmd_info(args) -> int:
@@ -76,12 +81,10 @@ def _cuda_modules(b) -> dict:
 
 
 def cmd_check(args) -> int:
-    if args.config is not None and "node" in config.read_toml(args.config)[1]:
-        # a validator's file: what `accel node` refuses at load (an unknown key, a seed that is
-        # not keys[index]) got "ready: this validator may start" (review s15)
-        from consensus.node import NodeConfig, check_keys
-        check_keys(NodeConfig.load(args.config))
-    _use_config(args.config)
+    node = _use_config(args.config)
+    if node is not None:  # what `accel node` refuses at start (a seed that is not keys[index]) got
+        from consensus.node import check_keys  # "ready: this validator may start" (review s15)
+        check_keys(node)
     device, results = readiness.check(args.backend)
     ok = all(r.ok for r in results)
     if args.json:
@@ -172,6 +175,19 @@ def _report_path(path: str | None, flag: str = "--report") -> None:
         raise ValueError(f"{flag} {path}: no directory {parent} to write the {flag.lstrip('-')} in")
     if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise ValueError(f"{flag} {path}: not writable")
+
+
+def _out_dir(path: Path, what: str) -> None:
+    """A directory to write into, made if missing, checked before the work: build-cuda's --out of a
+    file or of /proc/nope said only "[Errno 17] File exists" after it had started (review s23)."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot make the directory: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: not writable")
 
 
 def comma_list(parse):
@@ -481,6 +497,7 @@ def cmd_build_cuda(args) -> int:
         if not re.fullmatch(r"sm_\d+a?", arch):
             raise ValueError(f"--arch {arch!r}: expected sm_<compute capability>, e.g. sm_90")
     out = Path(args.out or config.get().cuda_cubin_dir or cubins.default_dir())
+    _out_dir(out, "--out" if args.out else "cuda_cubin_dir" if config.get().cuda_cubin_dir else "the cubin directory")
     defines = tuple(f"-D{d}" for d in args.define)
     known = sorted(set(cubins.kernel_modules().values()))
     for m in args.module or ():

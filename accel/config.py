@@ -25,9 +25,10 @@ The file is $ACCEL_CONFIG, else ./accel.toml if present. Anything else in the fi
 a key outside [accel], a misspelt key) is an error naming the file and line; every error names
 where the value came from, the file's line or the environment variable.
 
-A program with its own TOML file (a validator: consensus/node.py) reads the [accel] table of that
-file with load(path, shared=True) and installs the result with use(); the file then stands in for
-accel.toml / $ACCEL_CONFIG, and ACCEL_* variables still override it, as they override any file.
+A program with its own TOML file (a validator: consensus/node.py) reads its configuration with
+for_file() and installs the result with use(): the file's [accel] table, which stands in for
+accel.toml / $ACCEL_CONFIG; without one, $ACCEL_CONFIG, else the accel.toml beside that file (not
+the working directory's). ACCEL_* variables override either, as they override any file.
 """
 from __future__ import annotations
 
@@ -137,9 +138,13 @@ def _misspelt(env) -> None:
 
 def line_of(text: str, table: str | None, key: str | None) -> int:
     """Line (1-based) of `[table]` (key None) or of `key = ...` inside `table` (None: top level),
-    where `key` may also be given as a dotted key (`key.x = ...`) or a sub-table (`[table.key]`)."""
+    where `key` may also be given as a dotted key (`key.x = ...`) or a sub-table (`[table.key]`),
+    and a top-level table as a dotted key (`table.key = ...`) or an inline table (`table = {`)."""
     current = None
     nested = key if table is None else f"{table}.{key}"
+    name = r"\s*[\"']?{}[\"']?\s*"
+    top = None if table is None or "." in table else re.compile(
+        name.format(re.escape(table)) + ("=" if key is None else rf"(=\s*\{{|\.{name.format(re.escape(key))}[=.])"))
     for no, line in enumerate(text.splitlines(), 1):
         header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
         if header:
@@ -147,7 +152,9 @@ def line_of(text: str, table: str | None, key: str | None) -> int:
             if key is None and current == table or key is not None and (current + ".").startswith(nested + "."):
                 return no
             continue
-        if key is not None and current == table and re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*[=.]", line):
+        if key is not None and current == table and re.match(name.format(re.escape(key)) + "[=.]", line):
+            return no
+        if current is None and top is not None and top.match(line):
             return no
     return 0
 
@@ -181,13 +188,15 @@ def _from_file(path, shared: bool = False) -> dict:
     for name, value in data.items():
         if (name == "accel" or shared) and isinstance(value, dict):
             continue
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{path}:{line_of(text, name, None)}: [[{name}]] is an array of tables; "
+                              f"write one [{name}] table")
         if isinstance(value, dict):
             raise ConfigError(f"{path}:{line_of(text, name, None)}: unknown table [{name}]; settings go in [accel]")
         raise ConfigError(f"{path}:{line_of(text, None, name)}: {name!r} is outside any table; put it under [accel]")
     out = {}
     for key, value in data.get("accel", {}).items():
-        line = line_of(text, f"accel.{key}", None) if isinstance(value, dict) else line_of(text, "accel", key)
-        where = f"{path}:{line}"
+        where = f"{path}:{line_of(text, 'accel', key)}"
         if key not in KEYS:
             raise ConfigError(f"{where}: unknown [accel] key {key!r}; known: {sorted(KEYS)}")
         if key == "cuda_cubin_dir" and isinstance(value, str) and value and value == value.strip() \
@@ -217,11 +226,13 @@ def _home(value: str) -> Path:
         raise ValueError(f"{value!r}: {value.split('/')[0]} names no user's home directory") from None
 
 
-def load(path: str | os.PathLike | None = None, env: dict | None = None, shared: bool = False) -> AccelConfig:
+def load(path: str | os.PathLike | None = None, env: dict | None = None, shared: bool = False,
+         default: str | os.PathLike = "accel.toml") -> AccelConfig:
     """Read the configuration now (get() is the cached one). shared: `path` is another program's
-    TOML file; only its [accel] table is read."""
+    TOML file; only its [accel] table is read. Without path: $ACCEL_CONFIG, else default if it
+    exists."""
     env = os.environ if env is None else env
-    path = path or env.get("ACCEL_CONFIG") or ("accel.toml" if Path("accel.toml").exists() else None)
+    path = path or env.get("ACCEL_CONFIG") or (default if Path(default).exists() else None)
     values = _from_file(path, shared) if path else {}
     _misspelt(env)
     for key, kind in KEYS.items():
@@ -248,6 +259,17 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None, shared:
         log.warning("%s: threads = %d but this machine has %d cores; the C fallback will oversubscribe them",
                     values["threads"][1], cfg.threads, cores)
     return cfg
+
+
+def for_file(path, data: dict, env: dict | None = None) -> AccelConfig:
+    """The configuration of a program with its own TOML file (a validator's, parsed as data): its
+    [accel] table; without one, $ACCEL_CONFIG, else the accel.toml beside the file (not of the
+    working directory: `accel check --config /etc/accel/validator.toml` run from a shell elsewhere
+    read another accel.toml than the node under systemd, said "ready" on the C fallback, and the
+    node ran backend = "cuda"; review s23); ACCEL_* variables over either."""
+    if "accel" in data:
+        return load(path, env, shared=True)
+    return load(None, env, default=Path(os.path.realpath(path)).parent / "accel.toml")
 
 
 _lock = threading.Lock()

@@ -7,8 +7,9 @@ key, docs/validator.example.toml is a complete example):
             load, snapshot_every, genesis_accounts, state_sync, chain_id, mark_grace_ms
   [network] keys and addresses of every validator, by index
   [clearing] oracles and oracle_quorum: who signs the index marks (app = "clearing", load = "none")
-  [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml; ACCEL_*
-            variables still override it
+  [accel]   optional: the accel configuration (accel/config.py), in place of accel.toml (without
+            it: $ACCEL_CONFIG, else the accel.toml beside this file); ACCEL_* variables still
+            override it
   [metrics] optional: listen = "host:port" serves Prometheus metrics (consensus/metrics.py)
   [rpc]     optional: listen = "host:port" serves the client API (consensus/rpc.py), with its limits
 The node binds [node] listen and tells nobody: peers dial [network] addresses[index], which may
@@ -304,7 +305,7 @@ class NodeConfig:
     crash_after_blocks: int = 5
     load_file: str = ""
     metrics: tuple[str, int] | None = None
-    accel: AccelConfig | None = None  # None: the usual accel.toml / $ACCEL_CONFIG and ACCEL_*
+    accel: AccelConfig | None = None  # config.for_file's (None: the process's, config.get())
     load: str = "builtin"             # "none": only what clients submit through the API
     rpc: tuple[str, int] | None = None
     rpc_limits: dict | None = None    # [rpc]'s keys but listen: consensus.rpc.Rpc's bounds
@@ -325,6 +326,11 @@ class NodeConfig:
         for name, value in data.items():
             if (name not in SCHEMA and name != "accel") or not isinstance(value, dict):
                 line = line_of(text, name, None) or line_of(text, None, name)
+                if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                    raise ConfigError(f"{path}:{line}: [[{name}]] is an array of tables; write one [{name}] table"
+                                      if name in SCHEMA or name == "accel" else
+                                      f"{path}:{line}: unknown array of tables [[{name}]]; a validator's file has "
+                                      "[node], [network], [clearing], [accel], [metrics] and [rpc]")
                 raise ConfigError(f"{path}:{line}: unknown table or key {name!r}; a validator's file has "
                                   "[node], [network], [clearing], [accel], [metrics] and [rpc]")
         t = {table: cls._table(path, text, table, data) for table in SCHEMA}
@@ -358,7 +364,7 @@ class NodeConfig:
                    node["log_format"], node["sig_cache"], node["crash_after_blocks"],
                    convert("node", "load_file", lambda x: str(place(x)) if x else ""),
                    convert("metrics", "listen", lambda x: _addr(x) if x else None),
-                   config.load(path, shared=True) if "accel" in data else None, node["load"],
+                   config.for_file(path, data), node["load"],
                    convert("rpc", "listen", lambda x: _addr(x) if x else None),
                    {k: None if (k, v) == ("max_connections", 0) else v  # 0: Rpc's default
                     for k, v in t["rpc"].items() if k != "listen"}, str(path), node["snapshot_every"],

@@ -855,10 +855,13 @@ class Rpc:
             self.refused_requests += 1
             reason = {404: f"no such endpoint {request.path}; see /status, /health, /tx, /txs, /account, "
                            "/broadcast_tx_sync, /broadcast_txs",
-                      405: f"{request.method} is not allowed on {request.path}",
+                      405: f"{request.method} is not allowed on {request.path} (allowed: "
+                           f"{', '.join(sorted(getattr(exc, 'allowed_methods', ())))})",
                       411: "a body in chunks (Transfer-Encoding) is not accepted; send it with a Content-Length",
                       413: f"request body over {self.max_body} bytes"}.get(exc.status, exc.reason)
             resp = _error(exc.status, reason)
+            if exc.status == 405:  # (RFC 9110 15.5.6)
+                resp.headers["Allow"] = exc.headers.get("Allow", "")
             if exc.status == 413:
                 resp.force_close()  # (as for a 503: the body declared too large is never kept)
             return resp
@@ -917,12 +920,13 @@ class Rpc:
         refusal, wait = self.work.refusal(client_of(request.remote), again=True)
         if refusal:
             raise _Busy(refusal, wait)
-        try:
-            body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique)
+        try:  # UTF-8 without a BOM (RFC 8259 8.1): json.loads of bytes also took UTF-16 and -32, which
+            # a proxy checking UTF-8 reads as something else than this API does (review s23)
+            body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique)
         except BadRequest:
             raise
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body is not JSON: {exc}") from None
+            raise BadRequest(f"the body is not JSON in UTF-8: {exc}") from None
         except RecursionError:
             raise BadRequest("the body's JSON is nested too deeply") from None
         _only(body, fields, "the body")

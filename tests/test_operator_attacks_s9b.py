@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from accel import config
+from accel.backends import BackendUnavailable, get_backend
 from accel.config import ConfigError
 from consensus import node
 from consensus.localnet import write_configs
@@ -243,20 +244,32 @@ def test_another_programs_lower_case_variable_is_left_alone(name):
         config.load(None, env={"ACCEL_THREAD": "1"})
 
 
-def test_a_software_clearing_validator_with_an_accel_config_that_cannot_run_stops_at_start(tmp_path):
+@pytest.mark.parametrize("variable, value, status", [("ACCEL_THREADS", "abc", 2), ("ACCEL_BACKEND", "cuda", 1)])
+def test_a_software_clearing_validator_with_an_accel_config_that_cannot_run_stops_at_start(tmp_path, variable,
+                                                                                          value, status):
     """A software-only clearing validator still checks registering keys on the configured accel
     backend (clearing.register's ed25519_key_is_safe), and its start looked at neither the
     configuration nor that backend: with ACCEL_THREADS=abc (or backend = "cuda" on a machine
     without the driver) it ran, and refused every registration in its proposals and the blocks of
     others holding one ("internal error"), while accelerated validators took them. It stops at
-    start now, in one line."""
+    start now, in one line: a value no setting takes when the file is read (a configuration
+    error, exit status 2, as in a file with an [accel] table), a backend that cannot run at the
+    software validator's check (status 1)."""
+    if value == "cuda":
+        try:
+            get_backend("cuda")
+            pytest.skip("the CUDA backend runs here")
+        except BackendUnavailable:
+            pass
     path = _config(tmp_path, app="clearing")[0]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")} | {"ACCEL_THREADS": "abc"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCEL_")} | {variable: value}
     proc = subprocess.run(ACCEL + ["node", "--config", str(path)], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, env=env)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert 'validation = "software"' in last and "ACCEL_THREADS" in last and str(path) in last
+    assert variable in last or "cuda" in last.lower(), last
+    if status == 1:
+        assert 'validation = "software"' in last and str(path) in last
     assert not (tmp_path / "node0").exists()  # before the store
 
 
