@@ -277,7 +277,7 @@ def test_a_block_request_from_height_one_costs_no_pass_over_the_chain():
     core.committed_source = lambda first, count: asked.append((first, count)) or []
     for block_id, low in ((ids[-1], 1), (ids[-1], 5), (ids[n // 2], len(chain) - n + 7)):
         core.handle(2, m.BlockRequest(block_id, low, m.MAX_RANGE))
-        assert asked[-1] == (low, m.MAX_RANGE)
+        assert asked[-1][0] == low and 1 <= asked[-1][1] <= m.MAX_RANGE  # (read as far as the answer goes)
     assert core.counters["input_error"] == 0
     biggest = max(chain.sliced, default=None)
     assert biggest is not None and biggest <= m.MAX_RANGE, biggest
@@ -479,7 +479,7 @@ def test_bad_vote_signatures_cost_a_software_only_validator_no_python_curve_arit
         sig = bytearray(sim.keys[2].sign(vote_bytes(block_id, view, sim.network)).signature)
         sig[7] ^= 1
         core.handle(2, Vote(block_id, view, 1, 2, bytes(sig)))
-    assert core.counters["vote_invalid"] == 30
+    assert core.counters["vote_invalid"] == len({views[i % len(views)] for i in range(30)})  # one a view (s23)
     assert not calls
     # and a signature only ZIP-215 accepts (libsodium refuses it) is still accepted
     from test_ed25519 import EDGE

@@ -127,8 +127,8 @@ def test_a_voter_counts_once_per_view_whatever_block_it_votes_for():
 
     def vote(block):
         return Vote(block, view, 9, voter, sim.keys[voter].sign(vote_bytes(block, view, cfg.network)).signature)
-    core._on_vote(vote(a))
-    core._on_vote(vote(b))  # the same voter, another block of the view: an equivocation
+    core._on_vote(vote(a).voter, vote(a))
+    core._on_vote(vote(b).voter, vote(b))  # the same voter, another block of the view: an equivocation
     assert voter in core.votes[(view, a)].sigs
     assert (view, b) not in core.votes or voter not in core.votes[(view, b)].sigs
 

@@ -33,7 +33,7 @@ import accel
 from accel import Packed
 from accel.packing import exact_bytes, pack_fixed, pack_messages
 
-from ..messages import Block, Txs
+from ..messages import MAX_BLOCK_TXS, Block, Txs
 from ..verify import Verifier
 from . import clearing_tx as ctx
 from .clearing import Clearing, Rejected, ShortBooks, TooEarly, unsafe_key
@@ -51,12 +51,6 @@ REFUSALS_KEPT = 10_000  # reasons of recently refused transactions, for clients 
 # whole mempool (max_mempool, 100,000), and the API then refused every other client's
 # transaction until 1,000 default blocks drained it.
 AHEAD_BLOCKS, MIN_AHEAD = 4, 1024
-# Transactions one block may hold, on every validator (a rule of the network, not of one node's
-# configuration): a validator refuses a longer block before checking anything in it, and a
-# proposer never builds one (max_txs above it is capped). Only the 64 MiB frame bounded a
-# Byzantine proposer's block before: about 600,000 registrations or 290,000 trades, 60 times the
-# largest block the project runs (10,000) and 6,000 times a node's default (100).
-MAX_BLOCK_TXS = 65_536
 # A proposal from a mempool holding more than a block goes round-robin across accounts (_fair)
 # once an account weighs more than 1/FAIR_PART of a block; below that, arrival order, in which no
 # account's queue takes more than that part of a block ahead of anyone (many accounts still can,

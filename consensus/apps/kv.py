@@ -26,7 +26,7 @@ import numpy as np
 from accel import Packed
 from accel.packing import exact_bytes, pack_fixed, pack_messages
 
-from ..messages import MAX_MESSAGE, Block, Txs
+from ..messages import MAX_BLOCK_TXS, MAX_MESSAGE, Block, Txs
 from ..verify import Verifier
 
 CHAIN_ID = 1
@@ -95,7 +95,7 @@ class KvApp:
 
     def __init__(self, verifier: Verifier, genesis: dict[bytes, int] | None = None, max_txs: int = 10_000):
         self.verifier = verifier
-        self.max_txs = max_txs
+        self.max_txs = min(max_txs, MAX_BLOCK_TXS)
         accounts = {k: Account(balance=v) for k, v in (genesis or {}).items()}
         self.genesis = State(accounts, self._root(accounts))
         self.mempool: dict[bytes, tuple[bytes, bytes]] = {}  # sha256(body) -> (body, signature)
@@ -187,6 +187,8 @@ class KvApp:
         t = {}
         start = time.perf_counter()
         txs = block.txs
+        if len(txs) > MAX_BLOCK_TXS:
+            return Verdict(False, f"a block of {len(txs)} transactions (at most {MAX_BLOCK_TXS})", None, {})
         if txs.sigs.ndim != 2 or txs.sigs.shape[0] != len(txs):
             return Verdict(False, f"{txs.sigs.shape[0]} signature rows for {len(txs)} transactions", None, {})
         reason = self.well_formed(txs.bodies)
