@@ -943,16 +943,27 @@ class Clearing:
     def _books_below(self, by_asset, initial, override, skip) -> list[tuple[bytes, str, int]]:
         keys = list(set().union(*by_asset.values()))
         assets = sorted(by_asset)
-        held_in = self._cols.positions(self, keys) if self._cols is not None else None
+        cols = self._cols
+        inside = [k for k in keys if k in cols.row] if cols is not None else []
+        held_in = cols.positions(self, inside) if inside else None
         if held_in is None:
-            self._flush()
+            # the accounts the block's columns do not hold are read where they are, not loaded:
+            # a mark of an underlying held by H accounts made the rest of the block's marks and
+            # runs pay O(H) each (review s23); each account's margin is its own, any order gives it
+            if inside:
+                self._flush()
             keys.sort()
             rows = self._rows(keys)
             cash = {a: _column([self.accounts[k].collateral.get(a, 0) for k in keys]) for a in assets}
-        else:  # keys in the order of their rows (each account's margin is its own: any order gives it)
-            order, at_row, rows = held_in
-            keys = [keys[i] for i in order.tolist()]
-            cash = {a: self._cols.balances(at_row, a) for a in assets}
+        else:  # the columns' accounts in the order of their rows, then the others
+            order, at_row, (owner, ids, sizes) = held_in
+            outside = sorted(set(keys).difference(inside))
+            o2, i2, s2 = self._rows(outside)
+            keys = [inside[i] for i in order.tolist()] + outside
+            rows = (np.concatenate([owner, o2 + len(inside)]), np.concatenate([ids, i2]), np.concatenate([sizes, s2]))
+            cash = {a: np.concatenate([cols.balances(at_row, a),
+                                       _column([self.accounts[k].collateral.get(a, 0) for k in outside])])
+                    for a in assets}
         held = self._position_values(len(keys), rows, override)
         if skip:
             live = ~np.isin(rows[1], np.fromiter(skip, np.int64, len(skip)))
