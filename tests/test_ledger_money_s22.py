@@ -14,10 +14,11 @@
    loss. Now a taker pays at most what it gained at this mark on what it closed against the book.
 Both as validators see them: a signed mark in a block of its own, validated.
 
-Left (docs/CLEARING.md, "What the rule does not stop: a loss shared past the chain"), each an
-xfail below that turns into a failure when fixed: the same bystander holding calls bought from an
-honest maker (its net gain at the mark then lets the sharing again reach it), and a loss coming
-back to its own record charged to a lone own weight in the own drain. Stronger rules tried in this session (a tapped-out carrier's share carried
+Left (docs/CLEARING.md, "What the rule does not stop: a loss shared past the chain"), an xfail
+below that turns into a failure when fixed: the same bystander holding calls bought from an
+honest maker (its net gain at the mark then lets the sharing again reach it). (A loss coming back
+to its own record charged to a lone own weight in the own drain, left here too, is closed since
+s23.) Stronger rules tried in this session (a tapped-out carrier's share carried
 first, the own drain capped at gains, caps at what one won from the mark's liquidations) closed
 them but, over 8,000 random shapes of attackers and bystanders against the code before, made
 bystanders pay more in 22 to 85 shapes (up to 775,681 USD) and broke the hedged shapes of
@@ -170,14 +171,14 @@ def test_a_bystander_that_gained_from_an_honest_maker_pays_no_tapped_out_counter
     assert attackers <= linked
 
 
-@pytest.mark.xfail(strict=True, reason="left: the own drain charges a lone own weight whatever it gained "
-                   "(docs/CLEARING.md, 'a loss shared past the chain')")
 def test_a_loss_back_at_its_own_record_is_not_charged_to_a_bystander_beyond_its_gain():
     """The second review: A sells 100 BTC futures to L (A's key first: liquidated first), L writes
     200 calls expiring at the mark to Z, and L bought 1 ETH future from bystander Y. At +30%, A's
     loss goes to L, L's to Y (1 quantum of weight), A's record and the calls' side; what A's record
     cannot pay comes back to L's own weights, Y alone: Y paid 312,514 USD (its whole equity, in a
-    variant where it also held a position: liquidated, its maker paying on)."""
+    variant where it also held a position: liquidated, its maker paying on). Closed in s23: the own
+    drain and the chain charge each at most its weight there (what it gained on the link), and
+    step 5 liquidates only the carriers its charge left below maintenance margin."""
     a, l, z, m, y = 0, 3, 1, 2, 4
     assert K[a] < K[l]
     for maker in (False, True):

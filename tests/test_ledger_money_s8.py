@@ -233,7 +233,11 @@ def test_a_bystander_holding_the_gaining_side_pays_at_most_its_gain_there(name):
             assert lost == g_paid[-1]  # only step 6's gainers' charge took from it
         out.append(_state(c))
     assert out[0] == out[1]
-    assert g_paid[0] > 0  # the new source reached it: its check above is not vacuous
+    if name.startswith("seed 18220"):  # s23: the whole-mark caps keep the loss with the attackers'
+        # holders of the side (one of them paid 3,000 USD past its gain before), so it reaches G no more
+        assert g_paid[0] == 0
+    else:
+        assert g_paid[0] > 0  # the new source reached it: its check above is not vacuous
 
 
 def test_step_6_takes_a_gainer_s_gain_at_most_when_the_other_gainers_are_tapped_out():

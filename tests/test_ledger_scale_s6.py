@@ -67,7 +67,8 @@ class _RefPools:
         # (s22: -> what each may still pay for it, what it gained at the mark on what it closed against the book)
         self.snap = {}  # s8: account -> its positions at the mark's start (before the settlement)
         self.moves = {}  # s8: series of the marked underlying -> value (or fixing) now less value before
-        self.paid = {}  # s8: asset -> {account: what step 6's gainers' charge took from it}
+        self.paid = {}  # s8: asset -> {account: what step 6's gainers' charge took from it} (s23: every charge's)
+        self.shares = {}  # s23: asset -> {account: its proportional shares of the mark's charges, summed}
         self.closed = set()  # s18: (account, asset) books the liquidations closed against, since the last look
 
 
@@ -263,6 +264,7 @@ class Reference(Clearing):
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
         kept: dict[bytes, int] = {}  # s22: what this book gained at the mark on what it closed against each
+        gained: dict[bytes, int] = {}  # s23: the same, a quantum a contract at least: its record's weight
         took: set[bytes] = set()  # books being liquidated whose positions this one took
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
             size, value = acct.positions[i], self._value(i)
@@ -281,6 +283,7 @@ class Reference(Clearing):
                                                                    i, value, 1 if theirs > 0 else -1)
                 move = value - (cascade.pools.before.get(i, value) if cascade is not None else value)
                 kept[h] = kept.get(h, 0) + abs(q) * max(move if q > 0 else -move, 0)
+                gained[h] = gained.get(h, 0) + abs(q) * max(move if q > 0 else -move, 1)  # s23
                 took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
                 if cascade is not None:
                     cascade.pools.closed.add((h, asset))  # s18
@@ -302,7 +305,7 @@ class Reference(Clearing):
             if heirs.get((asset, h, "charged")) is not None:  # weighing the value h took from key
                 terms.append((heirs[(asset, h, "charged")], heirs[(asset, key)][h]))
         for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
-            heirs.setdefault((asset, h), {})[key] = closed[h]
+            heirs.setdefault((asset, h), {})[key] = gained[h]  # s23: not h's own gain on them
             heirs.setdefault((asset, h, "kept"), {})[key] = kept[h]
         ref = cascade.pools
         terms += [(s, w) for s, w in settled or () if s in ref.sides]
@@ -312,6 +315,7 @@ class Reference(Clearing):
             charged = self._charge(asset, min(loss, sum(rich.values())), rich, pending, limit=rich, taken=taken)
             for h, q in taken.items():
                 caps[h] -= q
+            self._ref_paid(asset, ref, taken)
         if closed or terms:  # the record of whom it charged (none: an heir of it inherits nothing)
             ref.records.append((asset, dict(closed), list(terms)))
             heirs[(asset, key, "charged")] = ref.of[(key, asset)] = len(ref.records) - 1
@@ -323,12 +327,36 @@ class Reference(Clearing):
         _credit(acct, asset, charged)  # what the market cannot pay comes back at the mark's end
         self.liquidations.append(Liquidation(key, asset, paid, charged))
 
-    def _capped(self, asset, loss, weights, pending, ref):
-        """s22: _charge, each at most the larger of its share (rounded up) and its net gain at the mark."""
+    def _capped(self, asset, loss, weights, pending, ref, at_weight=False, taken=None):
+        """s22: _charge, each at most the larger of its share (rounded up) and its net gain at the mark
+        (s23: its shares summed over the mark's charges, less all it paid in them; at_weight, the own
+        drain's and the chain's: at most its weight too)."""
         total, gains = sum(weights.values()), self._ref_gains(asset, ref)
-        return self._charge(asset, loss, weights, pending,
-                            limit={h: max(Fraction(loss * w, total).__ceil__(), gains.get(h, 0))
-                                   for h, w in weights.items()})
+        shares, paid = ref.shares.setdefault(asset, {}), ref.paid.setdefault(asset, {})
+        share = {h: Fraction(loss * w, total).__ceil__() for h, w in weights.items()}
+        limit = {h: max(max(shares.get(h, 0) + share[h], gains.get(h, 0)) - paid.get(h, 0), 0) for h in weights}
+        if at_weight:
+            limit = {h: min(q, weights[h]) for h, q in limit.items()}
+        taken = {} if taken is None else taken
+        got = self._charge(asset, loss, weights, pending, limit=limit, taken=taken)
+        for h, q in share.items():
+            shares[h] = shares.get(h, 0) + q
+        self._ref_paid(asset, ref, taken)
+        return got
+
+    def _ref_paid(self, asset, ref, taken):
+        paid = ref.paid.setdefault(asset, {})
+        for h, q in taken.items():
+            paid[h] = paid.get(h, 0) + q
+
+    def _ref_carry(self, asset, loss, carriers, ref, cascade, at_weight):
+        """s23: step 5's charge; listed for liquidation: the carriers it left below maintenance margin."""
+        taken = {}
+        got = self._capped(asset, loss, carriers, carriers, ref, at_weight, taken)
+        hit = {h for h, q in taken.items() if q}
+        if hit:
+            cascade.extend((k, a) for k, a, _ in self._below_by_asset({asset: hit}, initial=False))
+        return got
 
     def _ref_gains(self, asset, ref):
         """s8: whoever held at the mark's start (snap) series of the marked underlying settling in
@@ -349,7 +377,7 @@ class Reference(Clearing):
             weights = [w for _, w in terms]
             if explicit:
                 parts = _ref_split(loss, [sum(explicit.values())] + weights)
-                short = parts[0] - (self._capped(asset, parts[0], explicit, pending, ref) if parts[0] else 0)
+                short = parts[0] - (self._ref_own(asset, parts[0], explicit, pending, cascade, False) if parts[0] else 0)
                 parts = [p + q for p, q in zip(parts[1:], _ref_split(short, weights))]
             else:
                 parts = _ref_split(loss, weights)
@@ -358,13 +386,7 @@ class Reference(Clearing):
             if at is not None and sum(parts):
                 ref.owed.setdefault(asset, {})[at] = sum(parts)
             return loss
-        charged = self._capped(asset, loss, explicit, pending, ref) if explicit else 0
-        if loss > charged and explicit:
-            carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in cascade.done
-                        and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in cascade.settled)}
-            if carriers:
-                charged += self._capped(asset, loss - charged, carriers, carriers, ref)
-                cascade.extend((h, asset) for h in sorted(carriers))
+        charged = self._ref_own(asset, loss, explicit, pending, cascade, not passing) if explicit else 0
         on = sorted(h for h in explicit if (h, asset) in cascade.done and (h, asset) in ref.of
                     ) if loss > charged and passing else []  # s7 c2: any record, not only one with own weights
         if on:  # s7 review: what liquidated books cannot pay goes to their own weights
@@ -380,6 +402,17 @@ class Reference(Clearing):
             if at is not None:
                 ref.owed.setdefault(asset, {})[at] = loss - charged
         return loss
+
+    def _ref_own(self, asset, loss, explicit, pending, cascade, at_weight):
+        """s23: a record's own weights (capped), then their carriers (step 5), with terms or without."""
+        ref = cascade.pools
+        charged = self._capped(asset, loss, explicit, pending, ref, at_weight)
+        if loss > charged:
+            carriers = {h: w for h, w in explicit.items() if h not in pending and (h, asset) not in cascade.done
+                        and not self._touched(h, asset) and (self._holds(h, asset) or (h, asset) in cascade.settled)}
+            if carriers:
+                charged += self._ref_carry(asset, loss - charged, carriers, ref, cascade, at_weight)
+        return charged
 
     def _drain(self, cascade, sides=False, own=False):
         """s7: every record owed something, newest first; or (sides) every settled side, in order;
@@ -402,6 +435,7 @@ class Reference(Clearing):
                         left -= self._charge(asset, min(left, sum(rich.values())), rich, limit=rich, taken=taken)
                         for h, q in taken.items():
                             caps[h] -= q
+                        self._ref_paid(asset, ref, taken)
                     if left:
                         short.setdefault(asset, []).append((n, left))
             for asset in sorted(short):
@@ -480,13 +514,13 @@ class Reference(Clearing):
                 taken = {}
                 loss -= self._charge(asset, min(loss, sum(rich.values())), rich, limit=rich, taken=taken)
                 lower(kept, taken)
+                self._ref_paid(asset, ref, taken)
             if weights and loss:
-                loss -= self._capped(asset, loss, weights, frozenset(), ref)
+                loss -= self._capped(asset, loss, weights, frozenset(), ref, True)
             carriers = {h: w for h, w in weights.items() if (h, asset) not in done and not self._touched(h, asset)
                         and (self._holds(h, asset) or (h, asset) in cascade.settled)} if loss else {}
             if carriers:  # step 5 at the level: beyond equity, liquidated at this mark
-                loss -= self._capped(asset, loss, carriers, carriers, ref)
-                cascade.extend((h, asset) for h in sorted(carriers))
+                loss -= self._ref_carry(asset, loss, carriers, ref, cascade, True)
         return loss
 
     def _drain_open(self, cascade):
@@ -515,7 +549,9 @@ class Reference(Clearing):
                     loss -= self._charge(asset, loss, carriers, carriers, limit=left, taken=taken)
                     for h, q in taken.items():
                         paid[h] = paid.get(h, 0) + q
-                    cascade.extend((h, asset) for h in sorted(carriers))
+                    hit = {h for h, q in taken.items() if q}  # s23: those it left below maintenance
+                    if hit:
+                        cascade.extend((k, a) for k, a, _ in self._below_by_asset({asset: hit}, initial=False))
             if loss:
                 ref.profit[asset] = ref.profit.get(asset, 0) + loss
 

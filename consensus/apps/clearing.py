@@ -245,9 +245,11 @@ class _Pools:
     start: series -> {account: its position at the mark's start} for the positions the mark's
     liquidations changed (the others are as they were); gains: asset -> {whoever held, at the
     mark's start, a side of such a series that gained: contracts x the gain a contract, summed},
-    built once per mark when first owed; paid: asset -> {gainer: what step 6 took from it}."""
+    built once per mark when first owed; paid: asset -> {account: what the mark's charges of steps
+    3-6 took from it so far}; shares: asset -> {account: the sum of its proportional shares in
+    them} (Clearing._capped: beyond those, an account pays at most its gain over the whole mark)."""
     __slots__ = ("sides", "records", "amount", "profit", "owed", "of", "takers", "moves", "start",
-                 "gains", "paid")
+                 "gains", "paid", "shares")
 
     def __init__(self):
         # record -> the owners of earlier liquidations that took its book's positions -> what each
@@ -263,6 +265,14 @@ class _Pools:
         self.start: dict[int, dict[bytes, int]] = {}
         self.gains: dict[str, dict[bytes, int]] = {}
         self.paid: dict[str, dict[bytes, int]] = {}
+        self.shares: dict[str, dict[bytes, int]] = {}
+
+    def count(self, asset: str, taken: dict) -> None:
+        """What a charge took from each account, added to paid."""
+        paid = self.paid.setdefault(asset, {})
+        for h, q in sorted(taken.items()):
+            if q:
+                paid[h] = paid.get(h, 0) + q
 
     def put(self, source, amount: int) -> None:
         if amount:
@@ -1438,6 +1448,8 @@ class Clearing:
         acct = self._mut(key)
         weights: dict[bytes, int] = {}
         kept: dict[bytes, int] = {}  # what this book gained at the mark on what it closed against each
+        gained: dict[bytes, int] = {}  # the same, at least a quantum a contract (_gain): its record's
+        # weight in a loss the other book is left with
         took: set[bytes] = set()  # books whose positions this one took (bankrupt or not: one this
         # mark liquidates later with nothing left to close inherits this liquidation)
         for i in sorted(i for i in acct.positions if self.series[i].asset == asset):
@@ -1457,6 +1469,7 @@ class Clearing:
                 size -= q
                 weights[h] = weights.get(h, 0) + abs(q) * _gain(pools, i, 1 if theirs > 0 else -1)
                 kept[h] = kept.get(h, 0) + abs(q) * max(pools.moves.get(i, 0) * (1 if q > 0 else -1), 0)
+                gained[h] = gained.get(h, 0) + abs(q) * _gain(pools, i, 1 if q > 0 else -1)
                 took.add(h)  # s7 c2: any counterparty, bankrupt or not (a later liquidation of it inherits)
                 cascade.closed.add((h, asset))
             if size:  # open interest sums to zero: someone always holds the other side
@@ -1473,13 +1486,15 @@ class Clearing:
         for h in sorted(took_mine):  # their owners pay first, as far as their cash goes (they kept its gain)
             if (n := heirs.get((asset, h, "charged"))) is not None:
                 terms.append((n, took_mine[h]))  # then whom they charged, weighing what they took
-        for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here
-            heirs.setdefault((asset, h), {})[key] = closed[h]
+        for h in sorted(took):  # h's positions went to this book: a loss h is left with comes here, in
+            # proportion to what this book gained on them (h's own gain on them, a quantum a contract
+            # where it lost, handed a bystander beside it M : N of h's loss: review s23)
+            heirs.setdefault((asset, h), {})[key] = gained[h]
             heirs.setdefault((asset, h, "kept"), {})[key] = kept[h]
         sides = pools.sides
         terms += [(s, w) for s, w in settled or () if s in sides]
         takers = dict(heirs.get((asset, key, "kept"), {}))  # each at most what it kept of this book's
-        charged = self._charge_cash(asset, loss, _Caps([takers]), pending)
+        charged = self._charge_cash(asset, loss, _Caps([takers]), pools, pending)
         heirs[(asset, key, "charged")] = n = pools.record(asset, closed, terms)  # not changed from here on
         if n is not None:
             pools.of[(key, asset)] = n
@@ -1502,8 +1517,9 @@ class Clearing:
         those of pending), what it could not pay split among the terms again, each term's part owed
         to its source. Without terms: charged to explicit; if they cannot pay it all, every one of
         them that still holds a position in the asset, or held one this mark settled (all its
-        equity now taken), is charged the rest in proportion, beyond its equity, and listed in
-        cascade, to be liquidated at this mark: the loss follows the positions on to whoever holds
+        equity now taken), is charged the rest in proportion, beyond its equity, and, left below
+        maintenance, listed in cascade, to be liquidated at this mark (_own_weights, _carried):
+        the loss follows the positions on to whoever holds
         their other side, or held it at the settlement (a counterparty hedged by a position with
         the attacker's third account, open or just settled, cannot hand the loss to bystanders
         while that account keeps the gain). Not a book a transaction of this block touched: a mark
@@ -1526,9 +1542,11 @@ class Clearing:
         pools = cascade.pools
         if terms:
             tw = [w for _, w in terms]
-            if explicit:
+            if explicit:  # what its own weights cannot pay, carried by them first (step 5), as without
+                # terms: shared over the terms, a settled side a bystander held of one expiring option
+                # paid what the attacker's hedged counterparty could not (468,461 USD: review s23)
                 first, *rest = _split(loss, [sum(explicit.values())] + tw)
-                short = first - (self._capped(asset, first, explicit, pending, pools) if first else 0)
+                short = first - (self._own_weights(asset, first, explicit, pending, cascade) if first else 0)
                 if short:
                     rest = [a + b for a, b in zip(rest, _split(short, tw))]
             else:
@@ -1536,12 +1554,7 @@ class Clearing:
             for (source, _), part in zip(terms, rest):
                 pools.put(source, part)
             return loss, sum(rest)
-        charged = self._capped(asset, loss, explicit, pending, pools) if explicit else 0
-        if loss > charged and explicit:
-            carriers = {h: w for h, w in explicit.items() if h not in pending and self._carrier(h, asset, cascade)}
-            if carriers:
-                charged += self._capped(asset, loss - charged, carriers, carriers, pools)
-                cascade.extend((h, asset) for h in sorted(carriers))
+        charged = self._own_weights(asset, loss, explicit, pending, cascade, not passing) if explicit else 0
         if loss > charged and explicit and passing:
             done = cascade.done
             on = [(h, n) for h in sorted(h for h in explicit if (h, asset) in done)
@@ -1556,6 +1569,21 @@ class Clearing:
             pools.put(("open", asset), loss - charged)
             return loss, loss - charged
         return loss, 0
+
+    def _own_weights(self, asset: str, loss: int, weights: dict[bytes, int], pending, cascade: "_Cascade",
+                     at_weight: bool = False) -> int:
+        """Steps 3 and 5 of a record's own weights: loss charged to them (_capped), what they cannot
+        pay to those of them still holding a position in the asset (or one this mark settled),
+        untouched by the block and not liquidated by this mark, beyond their equity (_carried);
+        at_weight (the own drain): each at most its weight; returns what was charged."""
+        charged = self._capped(asset, loss, weights, pending, cascade.pools, at_weight)
+        if loss > charged:
+            carriers = {h: w for h, w in weights.items() if h not in pending and self._carrier(h, asset, cascade)}
+            if carriers:
+                taken: dict[bytes, int] = {}
+                charged += self._capped(asset, loss - charged, carriers, carriers, cascade.pools, at_weight, taken)
+                self._carried(asset, taken, cascade)
+        return charged
 
     def _socialize_parts(self, asset: str, loss: int, weights: dict[bytes, int], cascade: "_Cascade") -> tuple[int, int]:
         """A settled side's charge (_drain, sides): loss split among its holders in proportion to
@@ -1641,15 +1669,16 @@ class Clearing:
                 level += nxt
             kept = [pools.takers[s] for s in fresh if isinstance(s, int) and s in pools.takers]
             if kept:  # who took the level's books' positions first, each at most what it kept of theirs
-                loss -= self._charge_cash(asset, loss, _Caps(kept))
+                loss -= self._charge_cash(asset, loss, _Caps(kept), pools)
             if weights and loss:
-                loss -= self._capped(asset, loss, weights, frozenset(), pools)
+                loss -= self._capped(asset, loss, weights, frozenset(), pools, True)
             if loss and weights:  # step 5: the rest beyond equity to those still holding (or just
                 # settled) a position, liquidated at this mark in turn
                 carriers = {h: w for h, w in weights.items() if self._carrier(h, asset, cascade)}
                 if carriers:
-                    loss -= self._capped(asset, loss, carriers, carriers, pools)
-                    cascade.extend((h, asset) for h in sorted(carriers))
+                    taken = {}
+                    loss -= self._capped(asset, loss, carriers, carriers, pools, True, taken)
+                    self._carried(asset, taken, cascade)
         return loss
 
     def _drain(self, cascade: "_Cascade", sides: bool = False, own: bool = False) -> None:
@@ -1670,7 +1699,7 @@ class Clearing:
                 left = pools.amount.pop(("own", n))
                 if explicit:
                     left = self._socialize(asset, left, explicit, [], frozenset(), cascade, False)[1]
-                left -= self._charge_cash(asset, left, _Caps([pools.takers.get(n, {})]))  # then its takers', as in step 3
+                left -= self._charge_cash(asset, left, _Caps([pools.takers.get(n, {})]), pools)  # then its takers', as in step 3
                 if left:
                     entry = short.setdefault(asset, [0, []])
                     entry[0] += left
@@ -1735,8 +1764,8 @@ class Clearing:
         """Step 6's first part: what nobody of steps 3-5 could carry (("open", asset), summed over
         the pass) charged once per pass and asset to the mark's gainers (_open_gains: whoever gained
         at this mark, net over the marked underlying's series it held at the mark's start), in
-        proportion to that net gain, each account at most that much in all the mark's passes
-        and at most its equity (_charge; a book this mark liquidated: the cash its closure left it);
+        proportion to that net gain, each account at most that much less what the mark's charges
+        took from it already (pools.paid, steps 3-6) and at most its equity (_charge; a book this mark liquidated: the cash its closure left it);
         what they cannot pay, to those of them whose equity it took (step 5: not liquidated by this
         mark, untouched by the block, holding a position in the asset or one this mark settled)
         beyond it, still at most their gain, liquidated at this mark in turn (cascade); the rest to
@@ -1770,7 +1799,7 @@ class Clearing:
                     for h, q in taken.items():
                         if q:
                             paid[h] = paid.get(h, 0) + q
-                    cascade.extend((h, asset) for h in sorted(carriers))
+                    self._carried(asset, taken, cascade)
             if loss:
                 pools.profit[asset] = pools.profit.get(asset, 0) + loss
 
@@ -1850,7 +1879,8 @@ class Clearing:
         """Whether n changed accounts are cheaper to read in a pass over all (CASH_SLACK)."""
         return n > len(self.accounts) // 4 + CASH_SLACK
 
-    def _capped(self, asset: str, loss: int, weights: dict[bytes, int], pending, pools: "_Pools") -> int:
+    def _capped(self, asset: str, loss: int, weights: dict[bytes, int], pending, pools: "_Pools",
+                at_weight: bool = False, taken: dict | None = None) -> int:
         """_charge of a socialized loss's weights (a record's own weights, step 3; its carriers,
         step 5; a level of _reach): whom the proportion takes past its equity gives its equity,
         and the rest is shared by the others in proportion again, each at most the larger of its
@@ -1858,12 +1888,36 @@ class Clearing:
         measure). Shared up to equity alone (until the s22 review), what a tapped-out counterparty
         could not pay all went to one that gained nothing: a bystander long one ETH future (1
         quantum of weight) beside the attacker's hedged account paid 473,376 USD of a BTC loss,
-        while the hedge's other side (the attacker's third account) kept the gain."""
+        while the hedge's other side (the attacker's third account) kept the gain. Over the whole
+        mark (pools.shares, pools.paid), not each charge alone: a bystander long 10 of the
+        bankrupt book's futures paid its 180,000 USD gain at the liquidation and 174,600 more when
+        its tapped-out neighbour's carried loss came back to the book's record (review s23).
+        at_weight (the own drain, the chain's levels: _reach): each at most its weight there too,
+        what it gained on the link; a lone bystander with a quantum of weight paid a loss come
+        back to its own record whole (312,514 USD). taken: filled with what each paid."""
         total, gains = sum(weights.values()), self._open_gains(asset, pools)
-        limit = {h: max(-(-loss * w // total), gains.get(h, 0)) for h, w in weights.items()}
-        return self._charge(asset, loss, weights, pending, limit=limit)
+        shares, paid = pools.shares.setdefault(asset, {}), pools.paid.setdefault(asset, {})
+        share = {h: -(-loss * w // total) for h, w in weights.items()}
+        limit = {h: max(max(shares.get(h, 0) + share[h], gains.get(h, 0)) - paid.get(h, 0), 0) for h in weights}
+        if at_weight:
+            limit = {h: min(q, weights[h]) for h, q in limit.items()}
+        taken = {} if taken is None else taken
+        got = self._charge(asset, loss, weights, pending, limit=limit, taken=taken)
+        for h in sorted(share):
+            shares[h] = shares.get(h, 0) + share[h]
+        pools.count(asset, taken)
+        return got
 
-    def _charge_cash(self, asset: str, loss: int, caps: "_Caps", pending=frozenset()) -> int:
+    def _carried(self, asset: str, taken: dict[bytes, int], cascade: "_Cascade") -> None:
+        """Step 5's carriers that the charge left below maintenance margin (past their equity, or
+        near it), listed in cascade: liquidated at this mark, they pass the rest on. Not one it took
+        nothing from, or left healthy: every carrier was liquidated, a bystander with one ETH
+        future that paid a quantum of a BTC loss among them (review s23)."""
+        hit = {h for h, q in taken.items() if q}
+        if hit:
+            cascade.extend((k, a) for k, a, _ in self._below_by_asset({asset: hit}, initial=False))
+
+    def _charge_cash(self, asset: str, loss: int, caps: "_Caps", pools: "_Pools", pending=frozenset()) -> int:
         """Up to loss quanta charged to the keys of caps (the owners of earlier liquidations of the
         mark that took a book's positions: they kept what it lost) with cash in asset, in proportion
         to it, nobody beyond its own (_charge) nor beyond its cap (what it gained at the mark on what
@@ -1878,6 +1932,7 @@ class Clearing:
         taken: dict[bytes, int] = {}
         got = self._charge(asset, min(loss, sum(rich.values())), rich, pending, limit=rich, taken=taken)
         caps.lower(taken)
+        pools.count(asset, taken)
         return got
 
     def _touched(self, key: bytes, asset: str) -> bool:
