@@ -266,10 +266,12 @@ def for_file(path, data: dict, env: dict | None = None) -> AccelConfig:
     [accel] table; without one, $ACCEL_CONFIG, else the accel.toml beside the file (not of the
     working directory: `accel check --config /etc/accel/validator.toml` run from a shell elsewhere
     read another accel.toml than the node under systemd, said "ready" on the C fallback, and the
-    node ran backend = "cuda"; review s23); ACCEL_* variables over either."""
+    node ran backend = "cuda"; review s23); ACCEL_* variables over either. Beside the path as
+    given, a link not followed: /etc/accel/validator.toml linked into a configuration store keeps
+    /etc/accel/accel.toml (the second review)."""
     if "accel" in data:
         return load(path, env, shared=True)
-    return load(None, env, default=Path(os.path.realpath(path)).parent / "accel.toml")
+    return load(None, env, default=Path(os.path.abspath(path)).parent / "accel.toml")
 
 
 _lock = threading.Lock()

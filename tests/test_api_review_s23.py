@@ -56,6 +56,17 @@ def test_a_validator_file_without_accel_reads_the_accel_toml_beside_it_wherever_
     assert NodeConfig.load(path).accel == config.AccelConfig()  # neither: the defaults
 
 
+def test_the_accel_toml_beside_a_linked_validator_file_is_the_link_s_neighbour(tmp_path, monkeypatch):
+    path = _validator_file(tmp_path)
+    etc = tmp_path / "etc-accel"
+    etc.mkdir()
+    (etc / "validator.toml").symlink_to(path)
+    (etc / "accel.toml").write_text("[accel]\ngpu_min_batch = 7\n")
+    for k in [k for k in os.environ if k.startswith("ACCEL_")]:
+        monkeypatch.delenv(k)
+    assert NodeConfig.load(etc / "validator.toml").accel.gpu_min_batch == 7  # was -1: the target's directory
+
+
 def test_accel_info_with_a_validator_file_reports_what_the_node_runs_from_any_directory(tmp_path):
     path = _validator_file(tmp_path)
     (path.parent / "accel.toml").write_text('[accel]\nbackend = "cpu"\n')
