@@ -23,7 +23,11 @@ each as validators see it (a signed mark in a block of its own, validated).
    bystander Y; at +30% A's loss goes to the calls' long side, C's part of it (tapped out) back
    along C's record to Y's side, which lost: Y paid 1,261 USD. Now each pays there at most its
    weight (what it gained on the link), the rest going on to the mark's gainers (D); and step 5
-   liquidates only the carriers its charge left below maintenance margin."""
+   liquidates only the carriers its charge left below maintenance margin.
+Left (the second review), a strict xfail at the end: the inherited record's new weight lets a
+bankrupt taker's share of a bankrupt book's loss reach the taker's option buyer (a bystander,
+within its gain) while the book's solvent counterparty, the attacker's, pays less by as much."""
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -108,3 +112,23 @@ def test_a_bystander_beside_an_attacker_s_three_accounts_pays_at_most_its_gain(n
     s = _marked(c, move)
     rounding = 4 * (n + m + writes * n + 1)
     assert _paid(c, s, need, y) <= _gross(c, s, y) + rounding, (_paid(c, s, need, y) / USD, _gross(c, s, y) / USD)
+
+
+@pytest.mark.xfail(strict=True, reason="left: a bankrupt taker's share of a bankrupt book's loss goes along its record "
+                   "to its option buyer before the book's solvent counterparty pays (docs/CLEARING.md, 'a loss "
+                   "shared past the chain')")
+def test_a_bankrupt_taker_s_share_reaches_its_option_buyer_only_after_the_solvent_counterparty():
+    """The second review: A sells n BTC futures to G and m to L (all the attacker's), L writes k > m
+    expiring calls to bystander Y; L (key first) is liquidated first against A. At +30% A's loss is
+    split n : m between G and L's record (weighing what L gained from A, since this session), whose
+    source is the calls' side: Y pays L's share of A's loss (935,992 USD at n = 1,000, m = 100, k =
+    200, was 383,992: L's own shortfall; 9,359,923 at m = 1,000, k = 2,000), within its gain, and G,
+    who gained 18,000,000 from A, pays less by as much. The lead: a book's solvent counterparties pay
+    up to their gain before its inherited records' sources."""
+    a, g, l, y = 2, 1, 0, 3
+    assert K[l] < K[a]
+    for n, m, k in ((1000, 100, 200), (1000, 1000, 2000)):
+        c, need = _market([(g, a, 3, n), (l, a, 3, m), (y, l, 1, k)], {y: (100, 1_000_000 * USD)})
+        s = _marked(c, 78_000.0)
+        l_short = -_paid(c, s, need, l)
+        assert _paid(c, s, need, y) <= l_short + 4 * (n + m + k), (_paid(c, s, need, y) - l_short) / USD
