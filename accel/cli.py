@@ -216,8 +216,8 @@ def _block_size(app: str, flag: str, n: int) -> None:
         raise ValueError(f"{flag} {n}: a clearing block holds at most {MAX_BLOCK_TXS:,} transactions "
                          "(clearing_app.MAX_BLOCK_TXS, a rule of the network)")
     if app == "kv" and n > KV_MAX_TXS:  # validate-bench --app kv --txs 10**11 built it until memory ran out
-        raise ValueError(f"{flag} {n}: a key-value block of more than {KV_MAX_TXS:,} transactions would not fit "
-                         "in one consensus message (node.KV_MAX_TXS)")
+        raise ValueError(f"{flag} {n}: a key-value block holds at most {KV_MAX_TXS:,} transactions "
+                         "(node.KV_MAX_TXS, a rule of the network)")
 
 
 def _accounts(n: int) -> None:

@@ -268,10 +268,13 @@ def for_file(path, data: dict, env: dict | None = None) -> AccelConfig:
     read another accel.toml than the node under systemd, said "ready" on the C fallback, and the
     node ran backend = "cuda"; review s23); ACCEL_* variables over either. Beside the path as
     given, a link not followed: /etc/accel/validator.toml linked into a configuration store keeps
-    /etc/accel/accel.toml (the second review)."""
+    /etc/accel/accel.toml (the second review); a stream's (/dev/stdin) beside the file it reads."""
     if "accel" in data:
         return load(path, env, shared=True)
-    return load(None, env, default=Path(os.path.abspath(path)).parent / "accel.toml")
+    beside = Path(os.path.abspath(path)).parent
+    if str(beside).startswith(("/dev", "/proc")):  # a stream (--config /dev/stdin < file): its file's
+        beside = Path(os.path.realpath(path)).parent  # directory, where data_dir is read from too
+    return load(None, env, default=beside / "accel.toml")
 
 
 _lock = threading.Lock()

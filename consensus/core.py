@@ -1342,8 +1342,8 @@ class Core:
     def _on_vote(self, sender: int, v: Vote) -> list:
         """A vote, from its voter only: a validator sends only its own votes (to the next leader),
         and a sender's index is its authenticated link's. Another's vote was verified, a check a
-        frame, for ever (review s23); one's own that does not verify is its one vote of that view
-        (an honest validator's never fails), so a voter costs one check a view."""
+        frame, for ever (review s23); one's own that does not verify, of a view this validator is
+        in or past, is its one vote of that view (an honest validator's never fails)."""
         if self.cfg.leader(v.view + 1) != self.cfg.me or v.view + 1 < self.view or not 0 <= v.voter < self.cfg.n:
             return []
         if v.voter != sender:
@@ -1362,7 +1362,9 @@ class Core:
         if not self.app.verifier.verify_one(self.cfg.keys[v.voter], vote_bytes(v.block_id, v.view, self.cfg.network),
                                             v.signature):
             self.counters["vote_invalid"] += 1
-            self.vote_voters.setdefault(v.view, set()).add(v.voter)
+            if v.view <= self.view:  # (not views ahead: frames injected into an honest validator's
+                # link would take its votes of the next 1,000 views; the second review)
+                self.vote_voters.setdefault(v.view, set()).add(v.voter)
             return []  # (no tally is created for a vote that does not verify)
         tally = self.votes.setdefault((v.view, v.block_id), _Tally())
         tally.sigs[v.voter] = v.signature

@@ -51,7 +51,7 @@ from accel.config import AccelConfig, ConfigError, line_of
 from .apps.kv import KvApp, transfer_body
 from .core import (Broadcast, Committed, Config, Core, InvariantViolation, Persist, ProposeTimer, Rejected, Send,
                    SetTimer, held_bytes)
-from .messages import (MAX_MESSAGE, RANGE_BYTES, TC, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
+from .messages import (MAX_BLOCK_TXS, MAX_MESSAGE, RANGE_BYTES, TC, BlockRequest, BlockResponse, Proposal, SnapshotChunk,
                        SnapshotOffer, SnapshotRequest, Timeout, Vote)
 from .metrics import NodeMetrics
 from . import messages, snapshots, statesync
@@ -80,7 +80,9 @@ SKIP_BATCH = 10_000   # ClearingFeed.skip passes over the stream this many trans
 FUNDS = 10**15
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # a disk that cannot take more
 KV_TX_BYTES = 85 + 64 + 8  # a key-value transfer's body, its signature and its offset in a proposal's frame
-KV_MAX_TXS = (MAX_MESSAGE // 2) // KV_TX_BYTES  # a kv proposal fits one message, with room for its certificates
+# a kv proposal fits one message, with room for its certificates, and holds no more than any block may
+# (messages.MAX_BLOCK_TXS: 213,722 passed the configuration checks and the app capped it, review s23)
+KV_MAX_TXS = min((MAX_MESSAGE // 2) // KV_TX_BYTES, MAX_BLOCK_TXS)
 ACCOUNT_BYTES = 1024  # about the memory of one bulk genesis account (bench.add_accounts; ~830 B measured)
 EVENTS_HEAD = 1 << 16  # the bytes of an existing events file read for its first line (one event: < 1 KiB)
 # what a validator keeps in its data_dir: no other file of the node may be one of them
@@ -407,14 +409,12 @@ class NodeConfig:
                                       or unspecified(host) or unspecified(host1)):
                     raise ConfigError(f"{path}:{line_of(text, table, 'listen')}: [{table}] listen {host}:{port} "
                                       f"takes [{first}] listen's port; give each its own")
-        from .apps.clearing_app import MAX_BLOCK_TXS
         if cfg.app == "clearing" and cfg.txs_per_block > MAX_BLOCK_TXS:
             raise ConfigError(f"{path}:{line_of(text, 'node', 'txs_per_block')}: [node] txs_per_block "
                               f"{cfg.txs_per_block}: a clearing block holds at most {MAX_BLOCK_TXS} transactions")
         if cfg.app == "kv" and cfg.txs_per_block > KV_MAX_TXS:  # the built-in load signed 4x this at start, for ever
             raise ConfigError(f"{path}:{line_of(text, 'node', 'txs_per_block')}: [node] txs_per_block "
-                              f"{cfg.txs_per_block}: a key-value block of more than {KV_MAX_TXS} transactions would "
-                              "not fit in one message")
+                              f"{cfg.txs_per_block}: a key-value block holds at most {KV_MAX_TXS} transactions")
         _check_read(path, text, data, cfg)
         _check_oracles(path, text, cfg)
         if cfg.empty_block_interval_ms and cfg.empty_block_interval_ms >= cfg.base_timeout_ms / 2:

@@ -67,6 +67,16 @@ def test_the_accel_toml_beside_a_linked_validator_file_is_the_link_s_neighbour(t
     assert NodeConfig.load(etc / "validator.toml").accel.gpu_min_batch == 7  # was -1: the target's directory
 
 
+def test_a_validator_file_read_from_stdin_takes_the_accel_toml_beside_the_file(tmp_path):
+    path = _validator_file(tmp_path)
+    (path.parent / "accel.toml").write_text("[accel]\ngpu_min_batch = 7\n")
+    probe = "from consensus.node import NodeConfig; print(NodeConfig.load('/dev/stdin').accel.gpu_min_batch)"
+    with open(path) as fh:
+        r = subprocess.run([sys.executable, "-c", probe], stdin=fh, cwd=tmp_path, env=CLEAN, capture_output=True,
+                           text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "7", r.stderr  # (was -1: /dev/accel.toml)
+
+
 def test_accel_info_with_a_validator_file_reports_what_the_node_runs_from_any_directory(tmp_path):
     path = _validator_file(tmp_path)
     (path.parent / "accel.toml").write_text('[accel]\nbackend = "cpu"\n')

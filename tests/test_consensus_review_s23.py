@@ -105,11 +105,11 @@ def test_a_vote_is_taken_from_its_voter_only_and_a_bad_one_mutes_its_sender():
     frames = [Vote(bytes([i % 251]) * 32, views[i % 20], 1, (1, 3, 2)[i % 3], bytes(64)) for i in range(600)]
     for v in frames:
         core.handle(2, v)
-    assert len(checks) == len(set(v.view for v in frames if v.voter == 2)) <= len(views)  # one a view: was 600
+    own = [v for v in frames if v.voter == 2]
+    now = {v.view for v in own if v.view <= core.view}  # views it is in or past: one check each
+    assert len(checks) == len(now) + sum(v.view > core.view for v in own) < 600  # was 600
     assert core.counters["vote_not_senders"] == 400
-    assert all(2 in core.vote_voters[v.view] for v in frames)  # its vote of the view: a second is not checked
-    core.handle(2, frames[2])
-    assert len(checks) == len(set(v.view for v in frames if v.voter == 2))
+    assert all(2 in core.vote_voters[v] for v in now)  # its vote of the view: a second is not checked
 
 
 def test_a_kv_block_over_max_block_txs_is_refused_before_its_signatures(monkeypatch):
@@ -127,3 +127,23 @@ def test_a_kv_block_over_max_block_txs_is_refused_before_its_signatures(monkeypa
     verdict = app.validate(app.genesis, b, ([], [], []))
     assert not verdict.ok and "at most 30" in verdict.reason and checked == []
     assert kv.KvApp(Verifier("accel", "cpu"), {}, max_txs=100).max_txs == 30
+
+
+def test_a_bad_vote_for_a_view_ahead_takes_no_later_vote_of_its_voter():
+    """The second review: a failed own vote was its voter's vote of that view for any view up to
+    VOTE_WINDOW ahead, and frames injected into an honest validator's link (a link is not
+    authenticated frame by frame, docs/FRAME.md) took its votes of the next views: no QC, views by
+    timeouts only. Only a view this validator is in or past is taken so."""
+    sim = _ran(blocks=3)
+    core = sim.nodes[0].core
+    ahead = [v for v in range(core.view + 1, core.view + 400) if core.cfg.leader(v + 1) == 0]
+    for view in ahead:
+        core.handle(1, Vote(bytes(32), view, 1, 1, bytes(64)))
+    assert not any(1 in core.vote_voters.get(v, ()) for v in ahead)
+    sim.run(blocks=20)
+    assert all(len(x.committed) >= 20 for x in sim.nodes)
+
+
+def test_a_kv_node_s_block_size_is_bounded_by_max_block_txs():
+    from consensus.node import KV_MAX_TXS
+    assert KV_MAX_TXS == m.MAX_BLOCK_TXS

@@ -489,13 +489,13 @@ def test_a_key_value_block_too_large_for_a_message_is_refused_before_anything(tm
     _set(path, txs_per_block=str(10**9))
     with pytest.raises(ConfigError) as err:
         NodeConfig.load(path)
-    assert "[node] txs_per_block" in str(err.value) and "one message" in str(err.value)
+    assert "[node] txs_per_block" in str(err.value) and "holds at most" in str(err.value)
     for argv in (["validate-bench", "--app", "kv", "--txs", str(10**11)],
                  ["testnet", "--hosts", "a,b,c,d", "--out", str(tmp_path / "tn"), "--app", "kv",
                   "--txs-per-block", str(10**8)]):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "would not fit in one consensus message" in err
+        assert err.count("\n") == 1 and "holds at most" in err
     assert not (tmp_path / "tn").exists()
     assert f"kv: at most {KV_MAX_TXS:,}" in open(os.path.join(ROOT, "docs", "OPERATOR.md")).read()
 
