@@ -1786,19 +1786,16 @@ class Clearing:
             if live:
                 taken: dict[bytes, int] = {}
                 got = self._charge(asset, loss, live, limit=left, taken=taken)
+                pools.count(asset, taken)
                 for h, q in taken.items():
-                    if q:
-                        paid[h] = paid.get(h, 0) + q
-                        left[h] -= q
+                    left[h] -= q
                 loss -= got
             if loss and live:  # every member gave its equity or its gain: carriers for the rest
                 carriers = {h: w for h, w in live.items() if left[h] > 0 and self._carrier(h, asset, cascade)}
                 if carriers:
                     taken = {}
                     loss -= self._charge(asset, loss, carriers, carriers, limit=left, taken=taken)
-                    for h, q in taken.items():
-                        if q:
-                            paid[h] = paid.get(h, 0) + q
+                    pools.count(asset, taken)
                     self._carried(asset, taken, cascade)
             if loss:
                 pools.profit[asset] = pools.profit.get(asset, 0) + loss
